@@ -22,7 +22,7 @@ run: build
 	scripts/run
 
 test: setup
-	cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DCAIRN_CUDA=$(CUDA) -DCAIRN_SANITIZE=ON
+	cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCAIRN_CUDA=$(CUDA) -DCAIRN_SANITIZE=ON
 	cmake --build build-test -j $(JOBS)
 	cd build-test && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:protect_shadow_gap=0 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -1,0 +1,390 @@
+/*
+ * services/http.c — cairnd's HTTP layer on libmicrohttpd.
+ *
+ * Request lifecycle (libmicrohttpd calls the access handler several times per request):
+ *   1st call   allocate the per-request state; reject an announced Content-Length over the
+ *              limit with 413 straight away;
+ *   next calls append body bytes (past the limit: remember, drop the bytes, answer 413 later);
+ *   last call  (upload_data_size == 0) route and run the handler, queue its response.
+ * The completion callback frees the state and records the request's metrics.
+ */
+#include "services/http.h"
+
+#include "common/clock.h"
+#include "common/log.h"
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MAX_ROUTES 64
+
+typedef struct route {
+    char method[8];
+    char path[96];
+    size_t prefix_len; /* > 0 when path ended in '*' */
+    cairn_http_handler fn;
+    void *ctx;
+} route;
+
+struct cairn_http {
+    cairn_http_params p;
+    struct MHD_Daemon *mhd;
+    route routes[MAX_ROUTES];
+    int n_routes;
+    int port;
+    cairn_metric_family *requests; /* counter{route,code} */
+    cairn_metric_family *duration; /* histogram{route} */
+    cairn_gauge *inflight;
+};
+
+/* Per-request state, owned by libmicrohttpd's con_cls slot until completion. */
+typedef struct request {
+    char *body;
+    size_t len, cap;
+    int too_large;
+    int status;
+    const route *rt;
+    int64_t t0_ns;
+} request;
+
+/* ---- Responses --------------------------------------------------------------------- */
+
+static const char *error_type(int status)
+{
+    switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 405: return "invalid_request_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+void cairn_http_set_text(cairn_http_resp *resp, int status, const char *content_type,
+                         const char *text)
+{
+    free(resp->body);
+    resp->status = status;
+    resp->content_type = content_type;
+    resp->body_len = strlen(text);
+    resp->body = malloc(resp->body_len + 1);
+    if (resp->body) memcpy(resp->body, text, resp->body_len + 1);
+    else resp->body_len = 0;
+}
+
+void cairn_http_json_error(cairn_http_resp *resp, int status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* jansson escapes the message, so user text (field names, values) cannot break the JSON;
+     * invalid UTF-8 in it would make json_string fail, so fall back to a fixed message. */
+    json_t *m = json_string(msg);
+    if (!m) m = json_string("the request could not be processed (message was not valid UTF-8)");
+    json_t *o = json_pack("{s:{s:i,s:o,s:s}}", "error", "code", status, "message", m, "type",
+                          error_type(status));
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    free(resp->body);
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = s;
+    resp->body_len = s ? strlen(s) : 0;
+}
+
+const char *cairn_http_header(const cairn_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value((struct MHD_Connection *)req->conn, MHD_HEADER_KIND, name);
+}
+
+static enum MHD_Result queue(struct MHD_Connection *c, request *rq, cairn_http_resp *resp)
+{
+    if (!resp->body && resp->status != 204) cairn_http_json_error(resp, 500, "out of memory");
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        resp->body_len, resp->body ? resp->body : (char *)"", MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(resp->body);
+        return MHD_NO;
+    }
+    resp->body = NULL; /* libmicrohttpd owns it now */
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            resp->content_type ? resp->content_type : "application/json");
+    if (resp->retry_after_s > 0) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", resp->retry_after_s);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    }
+    rq->status = resp->status;
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)resp->status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result queue_error(struct MHD_Connection *c, request *rq, int status,
+                                   const char *fmt, const char *arg)
+{
+    cairn_http_resp resp = {0};
+    cairn_http_json_error(&resp, status, fmt, arg);
+    return queue(c, rq, &resp);
+}
+
+/* ---- Routing ------------------------------------------------------------------------ */
+
+int cairn_http_route(cairn_http *h, const char *method, const char *path, cairn_http_handler fn,
+                     void *ctx)
+{
+    if (h->n_routes == MAX_ROUTES) return CAIRN_ELIMIT;
+    size_t n = strlen(path);
+    if (n >= sizeof h->routes[0].path || strlen(method) >= sizeof h->routes[0].method)
+        return CAIRN_EINVAL;
+    route *r = &h->routes[h->n_routes++];
+    snprintf(r->method, sizeof r->method, "%s", method);
+    snprintf(r->path, sizeof r->path, "%s", path);
+    r->prefix_len = (n && path[n - 1] == '*') ? n - 1 : 0;
+    r->fn = fn;
+    r->ctx = ctx;
+    return CAIRN_OK;
+}
+
+static int path_matches(const route *r, const char *path)
+{
+    if (r->prefix_len) return strncmp(r->path, path, r->prefix_len) == 0;
+    return strcmp(r->path, path) == 0;
+}
+
+/* Finds the route for (method, path). *path_known says whether any method matched the path,
+ * which separates 405 from 404. */
+static const route *find_route(const cairn_http *h, const char *method, const char *path,
+                               int *path_known)
+{
+    *path_known = 0;
+    for (int i = 0; i < h->n_routes; i++) {
+        if (!path_matches(&h->routes[i], path)) continue;
+        *path_known = 1;
+        if (strcmp(h->routes[i].method, method) == 0) return &h->routes[i];
+    }
+    return NULL;
+}
+
+/* ---- libmicrohttpd callbacks -------------------------------------------------------- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    cairn_http *h = cls;
+    request *rq = *con_cls;
+
+    if (!rq) {
+        rq = calloc(1, sizeof *rq);
+        if (!rq) return MHD_NO;
+        rq->t0_ns = cairn_now_ns();
+        *con_cls = rq;
+        cairn_gauge_inc(h->inflight);
+        int known;
+        rq->rt = find_route(h, method, url, &known);
+        if (!rq->rt)
+            return known ? queue_error(c, rq, 405, "method %s is not allowed on this path", method)
+                         : queue_error(c, rq, 404, "no such endpoint: %s", url);
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > h->p.max_body) {
+            char detail[64];
+            snprintf(detail, sizeof detail, "%zu", h->p.max_body);
+            return queue_error(c, rq, 413, "request body exceeds the limit of %s bytes", detail);
+        }
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (rq->too_large) return MHD_YES;
+        if (n > h->p.max_body - rq->len) {
+            rq->too_large = 1; /* chunked upload past the limit: drain, answer 413 at the end */
+            free(rq->body);
+            rq->body = NULL;
+            rq->len = rq->cap = 0;
+            return MHD_YES;
+        }
+        if (rq->len + n + 1 > rq->cap) {
+            size_t cap = rq->cap ? rq->cap : 4096;
+            while (cap < rq->len + n + 1) cap *= 2;
+            char *b = realloc(rq->body, cap);
+            if (!b) return MHD_NO;
+            rq->body = b;
+            rq->cap = cap;
+        }
+        memcpy(rq->body + rq->len, upload_data, n);
+        rq->len += n;
+        rq->body[rq->len] = '\0';
+        return MHD_YES;
+    }
+
+    if (rq->too_large) {
+        char detail[64];
+        snprintf(detail, sizeof detail, "%zu", h->p.max_body);
+        return queue_error(c, rq, 413, "request body exceeds the limit of %s bytes", detail);
+    }
+    cairn_http_req req = {
+        .method = method,
+        .path = url,
+        .body = rq->body ? rq->body : "",
+        .body_len = rq->len,
+        .conn = c,
+    };
+    cairn_http_resp resp = {.status = 200, .content_type = "application/json"};
+    rq->rt->fn(rq->rt->ctx, &req, &resp);
+    return queue(c, rq, &resp);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    cairn_http *h = cls;
+    request *rq = *con_cls;
+    if (!rq) return;
+    if (h->requests) {
+        const char *rname = rq->rt ? rq->rt->path : "other";
+        char code[8];
+        snprintf(code, sizeof code, "%d", rq->status ? rq->status : 0);
+        cairn_counter_inc(cairn_counter_child(h->requests, CAIRN_LABELS(rname, code)));
+        double secs = (double)(cairn_now_ns() - rq->t0_ns) / 1e9;
+        cairn_histogram_observe(cairn_histogram_child(h->duration, CAIRN_LABELS(rname)), secs);
+    }
+    cairn_gauge_dec(h->inflight);
+    free(rq->body);
+    free(rq);
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    CAIRN_LOG_WARN("libmicrohttpd", "detail=%s", msg);
+}
+
+/* ---- Lifecycle ---------------------------------------------------------------------- */
+
+cairn_http_params cairn_http_default_params(void)
+{
+    return (cairn_http_params){
+        .host = "0.0.0.0",
+        .port = 8080,
+        .threads = 4,
+        .max_body = 1u << 20,
+        .max_connections = 1024,
+        .timeout_s = 60,
+    };
+}
+
+int cairn_http_new(cairn_http **out, const cairn_http_params *p, cairn_metrics *metrics,
+                   cairn_error *err)
+{
+    *out = NULL;
+    if (p->port < 0 || p->port > 65535)
+        return cairn_errorf(err, CAIRN_ERANGE, "port %d is outside 0..65535", p->port);
+    if (p->threads < 1)
+        return cairn_errorf(err, CAIRN_ERANGE, "http threads must be >= 1 (got %d)", p->threads);
+    if ((p->tls_cert_pem == NULL) != (p->tls_key_pem == NULL))
+        return cairn_errorf(err, CAIRN_EINVAL, "HTTPS needs both a certificate and a key");
+    cairn_http *h = calloc(1, sizeof *h);
+    if (!h) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    h->p = *p;
+    if (metrics) {
+        static const double buckets[] = {0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30};
+        static const char *const req_labels[] = {"route", "code"};
+        static const char *const dur_labels[] = {"route"};
+        /* Labels are route patterns, never raw paths, so the series stay few. */
+        int rc = cairn_counter_family_new(metrics, &h->requests, "cairn_http_requests_total",
+                                          "HTTP requests answered, by route and status code",
+                                          req_labels, 2, 0, err);
+        if (!rc)
+            rc = cairn_histogram_family_new(metrics, &h->duration,
+                                            "cairn_http_request_duration_seconds",
+                                            "Time from request start to completion, by route",
+                                            dur_labels, 1, 0, buckets,
+                                            sizeof buckets / sizeof buckets[0], err);
+        if (!rc)
+            rc = cairn_gauge_new(metrics, &h->inflight, "cairn_http_requests_in_flight",
+                                 "HTTP requests being processed", err);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+    }
+    *out = h;
+    return CAIRN_OK;
+}
+
+int cairn_http_start(cairn_http *h, cairn_error *err)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, h->p.host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)h->p.port);
+    } else if (inet_pton(AF_INET6, h->p.host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)h->p.port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "host '%s' is not a numeric IPv4 or IPv6 address", h->p.host);
+    }
+    if (h->p.tls_cert_pem) flags |= MHD_USE_TLS;
+
+    struct MHD_OptionItem tls[] = {
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)h->p.tls_cert_pem},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)h->p.tls_key_pem},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
+    h->mhd = MHD_start_daemon(
+        flags, (uint16_t)h->p.port, NULL, NULL, on_request, h,                       /* */
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first, so that it sees every message */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,                               /* */
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)h->p.threads,                        /* */
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->p.max_connections,                /* */
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)h->p.timeout_s,                    /* */
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,                               /* */
+        MHD_OPTION_ARRAY, h->p.tls_cert_pem ? tls : none,                           /* */
+        MHD_OPTION_END);
+    if (!h->mhd)
+        return cairn_errorf(err, CAIRN_EIO,
+                            "cannot listen on %s:%d (address in use, permission, or TLS setup; "
+                            "see the log line above)",
+                            h->p.host, h->p.port);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : h->p.port;
+    return CAIRN_OK;
+}
+
+int cairn_http_port(const cairn_http *h) { return h ? h->port : 0; }
+
+void cairn_http_free(cairn_http *h)
+{
+    if (!h) return;
+    if (h->mhd) MHD_stop_daemon(h->mhd);
+    free(h);
+}

@@ -1,0 +1,86 @@
+/*
+ * services/http.h — cairnd's HTTP layer on libmicrohttpd.
+ *
+ * One daemon with an epoll loop and an internal thread pool. HTTP threads parse,
+ * validate and answer or enqueue; they never run model compute. A route table maps
+ * (method, path) to a handler; the layer collects the body (bounded: 413 past the
+ * limit), answers unknown paths with 404 and wrong methods with 405, renders errors
+ * in the API's JSON shape and counts every request in the metrics registry.
+ */
+#ifndef CAIRN_SERVICES_HTTP_H
+#define CAIRN_SERVICES_HTTP_H
+
+#include "common/error.h"
+#include "common/metrics.h"
+
+#include <stddef.h>
+
+typedef struct cairn_http cairn_http;
+
+/* What a handler sees of a request. Valid only during the handler call. */
+typedef struct cairn_http_req {
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* URL path without the query string */
+    const char *body;   /* NUL-terminated body (may contain NULs; use body_len), "" when none */
+    size_t body_len;
+    void *conn; /* the libmicrohttpd connection, for header and argument lookups */
+} cairn_http_req;
+
+/* What a handler fills in. body is malloc'ed and handed over to the HTTP layer. */
+typedef struct cairn_http_resp {
+    int status;
+    const char *content_type; /* static string; default application/json */
+    char *body;               /* owned by the response once set; may be NULL */
+    size_t body_len;
+    int retry_after_s; /* > 0: adds Retry-After (429, 503) */
+} cairn_http_resp;
+
+typedef void (*cairn_http_handler)(void *ctx, const cairn_http_req *req, cairn_http_resp *resp);
+
+typedef struct cairn_http_params {
+    const char *host;    /* address to bind, e.g. "0.0.0.0", "127.0.0.1", "::1" */
+    int port;            /* 0 picks a free port; see cairn_http_port() */
+    int threads;         /* HTTP threads in the pool */
+    size_t max_body;     /* bytes; larger bodies get 413 */
+    int max_connections; /* beyond this, new connections are refused */
+    int timeout_s;       /* idle connection timeout */
+    const char *tls_cert_pem; /* both set: HTTPS; PEM text, not paths */
+    const char *tls_key_pem;
+} cairn_http_params;
+
+cairn_http_params cairn_http_default_params(void);
+
+/*
+ * Creates the server (not yet listening). metrics may be NULL (no request metrics).
+ * Returns 0 or a negative CAIRN_E* code with the detail in err. Caller owns *out.
+ */
+int cairn_http_new(cairn_http **out, const cairn_http_params *p, cairn_metrics *metrics,
+                   cairn_error *err);
+
+/* Adds a route; call before cairn_http_start. path matches exactly, or by prefix when it ends
+ * in '*'. Returns 0, or CAIRN_ELIMIT when the table is full. */
+int cairn_http_route(cairn_http *h, const char *method, const char *path,
+                     cairn_http_handler fn, void *ctx);
+
+/* Binds and starts serving. Returns 0 or CAIRN_EIO (address in use, bad host, TLS error). */
+int cairn_http_start(cairn_http *h, cairn_error *err);
+
+/* The port actually bound (useful after port 0); 0 before start. */
+int cairn_http_port(const cairn_http *h);
+
+/* Stops accepting, finishes in-flight requests, frees everything. NULL is a no-op. */
+void cairn_http_free(cairn_http *h);
+
+/*
+ * Response helpers for handlers. cairn_http_json_error fills the API's error shape
+ * {"error": {"code": N, "message": "...", "type": "..."}}; type is derived from status.
+ */
+void cairn_http_set_text(cairn_http_resp *resp, int status, const char *content_type,
+                         const char *text);
+void cairn_http_json_error(cairn_http_resp *resp, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The value of request header name (case-insensitive), or NULL. */
+const char *cairn_http_header(const cairn_http_req *req, const char *name);
+
+#endif

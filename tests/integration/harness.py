@@ -1,0 +1,113 @@
+"""Shared helpers for integration tests: free ports, processes, HTTP, and a tiny test runner.
+
+Each test file calls run_tests(globals()); every function named test_* runs, failures are
+reported with their traceback, and the closing line reads 'N passed, N failed'.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+BIN = os.environ.get("CAIRN_BIN", "build/bin")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=30):
+    """Returns (status, headers, body bytes); HTTP errors are answers, not exceptions."""
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class Daemon:
+    """cairnd on a free loopback port in a temporary data dir; stopped on exit."""
+
+    def __init__(self, *args, env=None, wait=True):
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="cairn-it-")
+        self.log_path = os.path.join(self.dir.name, "cairnd.log")
+        self.log = open(self.log_path, "wb")
+        e = dict(os.environ)
+        e.update(env or {})
+        cmd = [os.path.join(BIN, "cairnd"), "--host=127.0.0.1", f"--port={self.port}",
+               f"--data-dir={self.dir.name}", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        self.url = f"http://127.0.0.1:{self.port}"
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cairnd exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                status, _, _ = http("GET", self.url + "/health", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"cairnd not ready after {timeout}s:\n{self.output()}")
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Sends sig and returns the exit status; fails if the process hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise AssertionError(f"cairnd did not stop within {timeout}s of {sig!r}")
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.log.close()
+        self.dir.cleanup()
+
+
+def get_json(url, **kw):
+    status, headers, body = http("GET", url, **kw)
+    return status, headers, json.loads(body)
+
+
+def run_tests(ns):
+    tests = [(k, v) for k, v in ns.items() if k.startswith("test_") and callable(v)]
+    passed = failed = 0
+    for name, fn in tests:
+        t0 = time.time()
+        try:
+            fn()
+            passed += 1
+            print(f"[ PASSED ] {name} ({time.time() - t0:.2f}s)")
+        except Exception:
+            failed += 1
+            print(f"[ FAILED ] {name}")
+            traceback.print_exc()
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed or not passed else 0)

@@ -1,0 +1,152 @@
+"""cairnd end to end: health, metrics, HTTP errors, configuration errors, clean shutdown."""
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+
+from harness import BIN, Daemon, free_port, get_json, http, run_tests
+
+
+def test_health_answers_ok():
+    with Daemon() as d:
+        status, headers, body = get_json(d.url + "/health")
+        assert status == 200, status
+        assert headers["Content-Type"].startswith("application/json")
+        assert body["status"] == "ok"
+        assert body["version"]
+        assert body["uptime_s"] >= 0
+
+
+def test_metrics_prometheus_text():
+    with Daemon() as d:
+        for _ in range(3):
+            http("GET", d.url + "/health")
+        http("GET", d.url + "/nope")
+        status, headers, body = http("GET", d.url + "/metrics")
+        text = body.decode()
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "# TYPE cairn_http_requests_total counter" in text, text
+        m = re.search(r'cairn_http_requests_total\{route="/health",code="200"\} (\d+)', text)
+        assert m and int(m.group(1)) >= 3, text
+        assert re.search(r'cairn_http_requests_total\{route="other",code="404"\} 1', text), text
+        assert 'cairn_http_request_duration_seconds_bucket{route="/health",le="+Inf"}' in text
+        # Every sample line belongs to a metric announced by TYPE, and every name has our prefix.
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                assert line.startswith("cairn_"), line
+
+
+def test_unknown_path_and_method():
+    with Daemon() as d:
+        status, _, body = http("GET", d.url + "/v1/nothing")
+        err = json.loads(body)["error"]
+        assert status == 404 and err["code"] == 404 and "/v1/nothing" in err["message"], body
+        assert err["type"] == "not_found_error"
+        status, _, body = http("POST", d.url + "/health", body="{}")
+        err = json.loads(body)["error"]
+        assert status == 405 and "POST" in err["message"], body
+
+
+def test_sigint_and_sigterm_stop_cleanly():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        d = Daemon()
+        try:
+            assert http("GET", d.url + "/health")[0] == 200
+            rc = d.stop(sig)
+            out = d.output()
+            assert rc == 0, f"exit status {rc} after {sig!r}:\n{out}"
+            assert "shutting down" in out and "stopped" in out, out
+        finally:
+            d.__exit__()
+
+
+def run_cairnd(*args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([os.path.join(BIN, "cairnd"), *args], capture_output=True, text=True,
+                          env=e, timeout=30)
+
+
+def test_config_errors_name_key_and_source():
+    r = run_cairnd("--port=70000")
+    assert r.returncode == 2, r
+    assert "port" in r.stderr and "70000" in r.stderr and "--port" in r.stderr, r.stderr
+    r = run_cairnd("--prot=80")
+    assert r.returncode == 2 and "prot" in r.stderr, r.stderr
+    r = run_cairnd(env={"CAIRN_HTTP_THREADS": "zero"})
+    assert r.returncode == 2 and "http.threads" in r.stderr and "CAIRN_HTTP_THREADS" in r.stderr, \
+        r.stderr
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+        f.write("# test\nport = 8080\nlog_level = loud\n")
+    try:
+        r = run_cairnd(f"--config={f.name}")
+        assert r.returncode == 2 and "log_level" in r.stderr and ":3" in r.stderr, r.stderr
+    finally:
+        os.unlink(f.name)
+
+
+def test_config_file_env_and_flag_precedence():
+    port_file, port_env = free_port(), free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+        f.write(f"host = 127.0.0.1\nport = {port_file}\n")
+    try:
+        # A flag beats the environment and the file: Daemon passes --port and waits on it.
+        with Daemon(f"--config={f.name}", env={"CAIRN_PORT": str(port_env)}) as d:
+            assert http("GET", d.url + "/health")[0] == 200
+        # The environment beats the file.
+        e = dict(os.environ, CAIRN_PORT=str(port_env))
+        with tempfile.TemporaryDirectory() as data:
+            p = subprocess.Popen([os.path.join(BIN, "cairnd"), f"--config={f.name}",
+                                  f"--data-dir={data}"], env=e,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                for _ in range(300):
+                    try:
+                        if http("GET", f"http://127.0.0.1:{port_env}/health", timeout=1)[0] == 200:
+                            break
+                    except OSError:
+                        time.sleep(0.1)
+                else:
+                    raise AssertionError("cairnd did not listen on the port from CAIRN_PORT")
+            finally:
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(timeout=30) == 0
+    finally:
+        os.unlink(f.name)
+
+
+def test_cli_dispatch_and_help():
+    cairn = os.path.join(BIN, "cairn")
+    r = subprocess.run([cairn, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "gguf-info" in r.stdout and "serve" in r.stdout, r
+    r = subprocess.run([cairn, "gguf-info", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: cairn gguf-info" in r.stdout, r
+    r = subprocess.run([cairn, "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such command 'frobnicate'" in r.stderr, r
+    r = subprocess.run([cairn, "gguf-info", "/nonexistent.gguf"], capture_output=True, text=True)
+    assert r.returncode == 1 and "/nonexistent.gguf" in r.stderr, r
+
+
+def test_cli_gguf_info_on_real_model():
+    model = os.path.join(os.environ["CAIRN_TEST_MODELS"], "gemma-3-270m-q4_k_m.gguf")
+    assert os.path.exists(model), f"{model} missing: scripts/setup installs it"
+    r = subprocess.run([os.path.join(BIN, "cairn"), "gguf-info", model], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "gemma3" in out, out[:2000]
+    # Every tensor of the file is listed, with its type and shape.
+    for name, typ in (("token_embd.weight", "Q"), ("blk.0.attn_q.weight", "Q"),
+                      ("output_norm.weight", "F32")):
+        line = next((l for l in out.splitlines() if re.search(rf"\s{re.escape(name)}\s", l)), None)
+        assert line and typ in line, (name, line)
+    last = max(int(m.group(1)) for m in re.finditer(r"blk\.(\d+)\.", out))
+    assert last == 17, last  # gemma-3-270m has 18 blocks
+
+
+if __name__ == "__main__":
+    run_tests(globals())

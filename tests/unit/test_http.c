@@ -1,0 +1,219 @@
+/* tests/unit/test_http.c — the HTTP layer over real loopback sockets, with libcurl as client. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/metrics.h"
+#include "services/http.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct reply {
+    long status;
+    char body[8192];
+    size_t len;
+    char retry_after[32];
+} reply;
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud)
+{
+    reply *r = ud;
+    size_t k = sz * n;
+    size_t room = sizeof r->body - 1 - r->len;
+    size_t c = k < room ? k : room;
+    memcpy(r->body + r->len, p, c);
+    r->len += c;
+    r->body[r->len] = '\0';
+    return k;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud)
+{
+    reply *r = ud;
+    size_t k = sz * n;
+    if (k > 13 && strncasecmp(p, "Retry-After: ", 13) == 0)
+        snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(k - 15), p + 13);
+    return k;
+}
+
+/* chunked == 1 sends the body without Content-Length, so the limit is found while reading. */
+static reply request(int port, const char *method, const char *path, const char *body, size_t len,
+                     int chunked)
+{
+    reply r = {0};
+    CURL *c = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    struct curl_slist *h = NULL;
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        if (chunked) h = curl_slist_append(h, "Transfer-Encoding: chunked");
+        else curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        h = curl_slist_append(h, "Expect:");
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    else r.status = -1;
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return r;
+}
+
+/* An echo route: answers with the body length and the X-Test header. */
+static void on_echo(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    char buf[256];
+    const char *x = cairn_http_header(req, "X-Test");
+    snprintf(buf, sizeof buf, "{\"len\":%zu,\"x\":\"%s\"}", req->body_len, x ? x : "");
+    cairn_http_set_text(resp, 200, "application/json", buf);
+}
+
+static void on_busy(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_http_json_error(resp, 429, "queue full: %d waiting", 7);
+    resp->retry_after_s = 3;
+}
+
+typedef struct fixture {
+    cairn_metrics *m;
+    cairn_http *h;
+    int port;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    cairn_error err = {0};
+    assert_int_equal(cairn_metrics_new(&f->m, &err), 0);
+    cairn_http_params p = cairn_http_default_params();
+    p.host = "127.0.0.1";
+    p.port = 0;
+    p.threads = 2;
+    p.max_body = 1000;
+    assert_int_equal(cairn_http_new(&f->h, &p, f->m, &err), 0);
+    assert_int_equal(cairn_http_route(f->h, "POST", "/echo", on_echo, NULL), 0);
+    assert_int_equal(cairn_http_route(f->h, "GET", "/busy", on_busy, NULL), 0);
+    assert_int_equal(cairn_http_route(f->h, "GET", "/files/*", on_echo, NULL), 0);
+    assert_int_equal(cairn_http_start(f->h, &err), 0);
+    f->port = cairn_http_port(f->h);
+    assert_true(f->port > 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    cairn_http_free(f->h);
+    cairn_metrics_free(f->m);
+    free(f);
+    return 0;
+}
+
+static void test_echo_and_prefix_route(void **state)
+{
+    fixture *f = *state;
+    reply r = request(f->port, "POST", "/echo", "hello", 5, 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"len\":5,\"x\":\"\"}");
+    r = request(f->port, "GET", "/files/a/b", NULL, 0, 0);
+    assert_int_equal(r.status, 200);
+}
+
+static void test_404_405(void **state)
+{
+    fixture *f = *state;
+    reply r = request(f->port, "GET", "/nope", NULL, 0, 0);
+    assert_int_equal(r.status, 404);
+    assert_non_null(strstr(r.body, "\"type\":\"not_found_error\""));
+    assert_non_null(strstr(r.body, "/nope"));
+    r = request(f->port, "GET", "/echo", NULL, 0, 0);
+    assert_int_equal(r.status, 405);
+    assert_non_null(strstr(r.body, "method GET is not allowed"));
+}
+
+static void test_413_by_length_and_by_chunks(void **state)
+{
+    fixture *f = *state;
+    char big[5000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    reply r = request(f->port, "POST", "/echo", big, sizeof big - 1, 0);
+    assert_int_equal(r.status, 413);
+    assert_non_null(strstr(r.body, "limit of 1000 bytes"));
+    r = request(f->port, "POST", "/echo", big, sizeof big - 1, 1);
+    assert_int_equal(r.status, 413);
+    /* exactly at the limit is accepted */
+    big[1000] = '\0';
+    r = request(f->port, "POST", "/echo", big, 1000, 1);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"len\":1000,\"x\":\"\"}");
+}
+
+static void test_retry_after_and_error_shape(void **state)
+{
+    fixture *f = *state;
+    reply r = request(f->port, "GET", "/busy", NULL, 0, 0);
+    assert_int_equal(r.status, 429);
+    assert_string_equal(r.retry_after, "3");
+    assert_string_equal(r.body, "{\"error\":{\"code\":429,\"message\":\"queue full: 7 waiting\","
+                                "\"type\":\"rate_limit_error\"}}");
+}
+
+static void test_metrics_count_requests(void **state)
+{
+    fixture *f = *state;
+    for (int i = 0; i < 3; i++) request(f->port, "POST", "/echo", "x", 1, 0);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(cairn_metrics_render(f->m, &text, &len), 0);
+    assert_non_null(strstr(text, "cairn_http_requests_total{route=\"/echo\",code=\"200\"} 3"));
+    assert_non_null(strstr(text, "cairn_http_requests_in_flight 0"));
+    free(text);
+}
+
+static void test_bad_params(void **state)
+{
+    cairn_http *h = NULL;
+    cairn_error err = {0};
+    cairn_http_params p = cairn_http_default_params();
+    p.port = 70000;
+    assert_int_equal(cairn_http_new(&h, &p, NULL, &err), CAIRN_ERANGE);
+    assert_non_null(strstr(err.msg, "70000"));
+    p = cairn_http_default_params();
+    p.host = "not-an-address";
+    p.port = 0;
+    assert_int_equal(cairn_http_new(&h, &p, NULL, &err), 0);
+    assert_int_equal(cairn_http_start(h, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "not-an-address"));
+    cairn_http_free(h);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_echo_and_prefix_route, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_404_405, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_413_by_length_and_by_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_after_and_error_shape, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_metrics_count_requests, setup, teardown),
+        cmocka_unit_test(test_bad_params),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    return rc;
+}
