@@ -50,7 +50,12 @@ int cairn_error_prefix(cairn_error *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* Bounded so that the two parts cannot exceed the buffer: a long prefix keeps its end
+     * of the old message short, never the other way round. */
+    int room = (int)sizeof err->msg - 3;
+    int plen = (int)strnlen(prefix, sizeof prefix);
+    if (plen > room) plen = room;
+    snprintf(err->msg, sizeof err->msg, "%.*s: %.*s", plen, prefix, room - plen, old);
     return err->code;
 }
 
