@@ -175,6 +175,21 @@ static int start(service *s, cairn_error *err)
 
     int rc = cairn_metrics_new(&s->metrics, err);
     if (rc) return rc;
+    /* Constant series that say what is running, Prometheus-style: join on them in queries. */
+    static const char *const info_labels[] = {"version", "cuda"};
+    cairn_metric_family *info = NULL;
+    cairn_gauge *start_time = NULL;
+    rc = cairn_gauge_family_new(s->metrics, &info, "cairn_build_info",
+                                "Constant 1, labelled with the build's version and CUDA support",
+                                info_labels, 2, 1, err);
+    if (!rc)
+        rc = cairn_gauge_new(s->metrics, &start_time, "cairn_process_start_time_seconds",
+                             "Start time of the process since the Unix epoch, in seconds", err);
+    if (rc) return rc;
+    cairn_gauge_set(cairn_gauge_child(info, CAIRN_LABELS(CAIRN_VERSION_STRING,
+                                                         cairn_gpu_built() ? "yes" : "no")),
+                    1);
+    cairn_gauge_set(start_time, (double)cairn_wall_ns() / 1e9);
 
     cairn_http_params hp = cairn_http_default_params();
     hp.host = cairn_config_string(c, "host");

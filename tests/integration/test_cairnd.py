@@ -6,6 +6,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 from harness import BIN, Daemon, free_port, get_json, http, run_tests
 
@@ -34,6 +35,8 @@ def test_metrics_prometheus_text():
         assert m and int(m.group(1)) >= 3, text
         assert re.search(r'cairn_http_requests_total\{route="other",code="404"\} 1', text), text
         assert 'cairn_http_request_duration_seconds_bucket{route="/health",le="+Inf"}' in text
+        assert re.search(r'cairn_build_info\{version="[0-9.]+",cuda="(yes|no)"\} 1', text), text
+        assert re.search(r'cairn_process_start_time_seconds \d', text), text
         # Every sample line belongs to a metric announced by TYPE, and every name has our prefix.
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -62,6 +65,31 @@ def test_sigint_and_sigterm_stop_cleanly():
             assert "shutting down" in out and "stopped" in out, out
         finally:
             d.__exit__()
+
+
+def test_https_with_configured_cert():
+    import ssl
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        with Daemon(f"--tls.cert={cert}", f"--tls.key={key}", wait=False) as d:
+            ctx = ssl.create_default_context(cafile=cert)
+            ctx.check_hostname = False
+            url = f"https://127.0.0.1:{d.port}/health"
+            for _ in range(300):
+                try:
+                    with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+                        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                raise AssertionError("no HTTPS answer:\n" + d.output())
+            assert "tls=on" in d.output()
+        r = run_cairnd(f"--tls.cert={cert}")
+        assert r.returncode == 1 and "tls.cert and tls.key" in r.stderr, r.stderr
 
 
 def run_cairnd(*args, env=None):
