@@ -250,7 +250,7 @@ static int build_layer(cairn_nn_model *m, const cairn_gguf *g, int i, cairn_erro
     cairn_nn_output_shape(m, &c, &h, &w);
     switch ((cairn_nn_layer_type)type) {
     case CAIRN_NN_CONV2D: {
-        int oc, k, s, p, bias;
+        int oc = 0, k = 0, s = 0, p = 0, bias = 0; /* set by the getters; 0 keeps -O3 quiet */
         if ((rc = get_field(g, i, "out_channels", 1, CAIRN_NN_MAX_DIM, &oc, err)) ||
             (rc = get_field(g, i, "kernel", 1, CAIRN_NN_MAX_KERNEL, &k, err)) ||
             (rc = get_field(g, i, "stride", 1, CAIRN_NN_MAX_KERNEL, &s, err)) ||
@@ -272,7 +272,7 @@ static int build_layer(cairn_nn_model *m, const cairn_gguf *g, int i, cairn_erro
         return as_format(cairn_nn_add_batchnorm2d(m, lname, eps, mom, err), i, err);
     }
     case CAIRN_NN_LINEAR: {
-        int out, bias;
+        int out = 0, bias = 0;
         if ((rc = get_field(g, i, "out_features", 1, CAIRN_NN_MAX_DIM, &out, err)) ||
             (rc = get_flag(g, i, "bias", &bias, err)))
             return rc;
@@ -284,7 +284,7 @@ static int build_layer(cairn_nn_model *m, const cairn_gguf *g, int i, cairn_erro
     }
     case CAIRN_NN_MAXPOOL2D:
     case CAIRN_NN_AVGPOOL2D: {
-        int k, s;
+        int k = 0, s = 0;
         if ((rc = get_field(g, i, "kernel", 1, CAIRN_NN_MAX_KERNEL, &k, err)) ||
             (rc = get_field(g, i, "stride", 1, CAIRN_NN_MAX_KERNEL, &s, err)))
             return rc;

@@ -1,0 +1,441 @@
+/*
+ * generation/sample.c — greedy / temperature / top-k / top-p sampling and stop strings.
+ *
+ * Top-k and top-p work on a scratch copy of the candidates with quickselect-style partitions
+ * under a total order (probability descending, id ascending), so no full sort of a 262k-entry
+ * vocabulary is ever needed: top-k is an nth_element, and the nucleus is found by partitioning
+ * until the prefix whose mass first reaches top_p is isolated, then sorting only the last,
+ * small part. Expected O(n_vocab) per token.
+ */
+#define _GNU_SOURCE /* memmem */
+#include "generation/sample.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ==== Parameters ============================================================================== */
+
+cairn_sample_params cairn_sample_default_params(void)
+{
+    return (cairn_sample_params){.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0};
+}
+
+cairn_sample_params cairn_sample_greedy_params(void)
+{
+    return (cairn_sample_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+}
+
+int cairn_sample_params_validate(const cairn_sample_params *p, cairn_error *err)
+{
+    if (!p) {
+        return cairn_errorf(err, CAIRN_EINVAL, "sampling parameters: NULL");
+    }
+    if (!isfinite(p->temperature) || p->temperature < 0.0f) {
+        return cairn_errorf(err, CAIRN_EINVAL, "temperature: %g is not a finite number >= 0",
+                            (double)p->temperature);
+    }
+    if (p->top_k < 0) {
+        return cairn_errorf(err, CAIRN_EINVAL, "top_k: %d is negative (0 disables it)", p->top_k);
+    }
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f)) { /* also rejects NaN */
+        return cairn_errorf(err, CAIRN_EINVAL, "top_p: %g is outside (0, 1]", (double)p->top_p);
+    }
+    return 0;
+}
+
+/* ==== PRNG: xoshiro256** (Blackman & Vigna), seeded by splitmix64 ================================
+ */
+
+typedef struct {
+    uint64_t s[4];
+} rng;
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void rng_seed(rng *r, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++) {
+        r->s[i] = splitmix64(&seed);
+    }
+}
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return out;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double rng_uniform(rng *r)
+{
+    return (double)(rng_next(r) >> 11) * 0x1.0p-53;
+}
+
+/* ==== Sampler ================================================================================= */
+
+typedef struct {
+    float v; /* scaled logit, later the unnormalised probability */
+    int32_t id;
+} cand;
+
+struct cairn_sampler {
+    cairn_sample_params p;
+    int32_t n_vocab;
+    rng rng;
+    cand *c; /* n_vocab scratch entries */
+};
+
+int cairn_sampler_new(cairn_sampler **out, int32_t n_vocab, const cairn_sample_params *p,
+                      cairn_error *err)
+{
+    if (!out) {
+        return cairn_errorf(err, CAIRN_EINVAL, "cairn_sampler_new: NULL out");
+    }
+    *out = NULL;
+    int rc = cairn_sample_params_validate(p, err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (n_vocab <= 0) {
+        return cairn_errorf(err, CAIRN_EINVAL, "sampler: n_vocab %d must be > 0", n_vocab);
+    }
+    cairn_sampler *s = calloc(1, sizeof *s);
+    if (!s || !(s->c = malloc((size_t)n_vocab * sizeof *s->c))) {
+        free(s);
+        return cairn_errorf(err, CAIRN_ENOMEM, "sampler: out of memory for %d entries", n_vocab);
+    }
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    rng_seed(&s->rng, p->seed);
+    *out = s;
+    return 0;
+}
+
+void cairn_sampler_free(cairn_sampler *s)
+{
+    if (s) {
+        free(s->c);
+        free(s);
+    }
+}
+
+void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed)
+{
+    rng_seed(&s->rng, seed);
+}
+
+int32_t cairn_sample_argmax(const float *logits, int32_t n)
+{
+    int32_t best = -1;
+    for (int32_t i = 0; i < n; i++) {
+        if (isnan(logits[i])) {
+            continue;
+        }
+        if (best < 0 || logits[i] > logits[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* a comes before b: larger value first, then lower id. A total order (ids are distinct). */
+static inline bool before(const cand *a, const cand *b)
+{
+    return a->v > b->v || (a->v == b->v && a->id < b->id);
+}
+
+static inline void swap_c(cand *a, cand *b)
+{
+    cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Partitions c[lo..hi) (hi - lo >= 2) around a median-of-three pivot; returns the pivot's final
+ * index j: everything in [lo, j) comes before it, everything in (j, hi) after. */
+static size_t partition(cand *c, size_t lo, size_t hi)
+{
+    size_t mid = lo + (hi - lo) / 2, last = hi - 1;
+    if (before(&c[mid], &c[lo])) {
+        swap_c(&c[mid], &c[lo]);
+    }
+    if (before(&c[last], &c[lo])) {
+        swap_c(&c[last], &c[lo]);
+    }
+    if (before(&c[mid], &c[last])) {
+        swap_c(&c[mid], &c[last]); /* median now at last */
+    }
+    cand pv = c[last];
+    size_t st = lo;
+    for (size_t i = lo; i < last; i++) {
+        if (before(&c[i], &pv)) {
+            swap_c(&c[i], &c[st++]);
+        }
+    }
+    swap_c(&c[st], &c[last]);
+    return st;
+}
+
+/* Moves the k first (in `before` order) of c[0..n) into c[0..k), in no particular order. */
+static void select_first(cand *c, size_t n, size_t k)
+{
+    size_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        size_t j = partition(c, lo, hi);
+        if (j == k) {
+            return;
+        }
+        if (j < k) {
+            lo = j + 1;
+        } else {
+            hi = j;
+        }
+    }
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+    return before(a, b) ? -1 : before(b, a) ? 1 : 0;
+}
+
+/* The size of the nucleus: the fewest first (in order) entries of c[0..n) whose mass reaches
+ * need; reorders c so that they are c[0..result). */
+static size_t nucleus(cand *c, size_t n, double need)
+{
+    size_t lo = 0, hi = n;
+    double acc = 0.0; /* mass of c[0..lo), all of which is in the nucleus */
+    while (hi - lo > 32) {
+        size_t j = partition(c, lo, hi);
+        double mass = 0.0;
+        for (size_t i = lo; i <= j; i++) {
+            mass += c[i].v;
+        }
+        if (acc + mass >= need) {
+            hi = j + 1; /* the cut is within [lo, j] */
+        } else {
+            acc += mass;
+            lo = j + 1;
+        }
+    }
+    qsort(c + lo, hi - lo, sizeof *c, cmp_cand);
+    for (size_t i = lo; i < hi; i++) {
+        acc += c[i].v;
+        if (acc >= need) {
+            return i + 1;
+        }
+    }
+    return hi; /* rounding: keep everything considered */
+}
+
+int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error *err)
+{
+    const cairn_sample_params *p = &s->p;
+    int32_t n = s->n_vocab;
+    if (p->temperature == 0.0f || p->top_k == 1) {
+        int32_t best = cairn_sample_argmax(logits, n);
+        if (best < 0 || logits[best] == -INFINITY) {
+            return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
+        }
+        return best;
+    }
+    /* Candidates: finite logits as (l - max) / T, which stays finite-or--inf and keeps 0 for
+     * the maximum even when 1/T overflows. A +inf logit wins outright. */
+    float lmax = -INFINITY;
+    for (int32_t i = 0; i < n; i++) {
+        float l = logits[i];
+        if (l == INFINITY) {
+            return i;
+        }
+        if (!isnan(l) && l > lmax) {
+            lmax = l;
+        }
+    }
+    float inv_t = 1.0f / p->temperature;
+    size_t m = 0;
+    for (int32_t i = 0; i < n && lmax > -INFINITY; i++) {
+        float l = logits[i];
+        if (isnan(l) || l == -INFINITY) {
+            continue;
+        }
+        s->c[m++] = (cand){l == lmax ? 0.0f : (l - lmax) * inv_t, i};
+    }
+    if (m == 0) {
+        return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
+    }
+    if (p->top_k > 0 && (size_t)p->top_k < m) {
+        select_first(s->c, m, (size_t)p->top_k);
+        m = (size_t)p->top_k;
+    }
+    double total = 0.0;
+    for (size_t i = 0; i < m; i++) {
+        s->c[i].v = expf(s->c[i].v); /* <= 1; the maximum (1) is in the set */
+        total += s->c[i].v;
+    }
+    if (p->top_p < 1.0f) {
+        m = nucleus(s->c, m, (double)p->top_p * total);
+        total = 0.0;
+        for (size_t i = 0; i < m; i++) {
+            total += s->c[i].v;
+        }
+    }
+    double r = rng_uniform(&s->rng) * total, acc = 0.0;
+    for (size_t i = 0; i < m; i++) {
+        acc += s->c[i].v;
+        if (r < acc) {
+            return s->c[i].id;
+        }
+    }
+    return s->c[m - 1].id; /* r rounded up to the total */
+}
+
+/* ==== Stop strings ============================================================================ */
+
+struct cairn_stop {
+    char **stops;
+    size_t *lens;
+    size_t n;
+    char *buf; /* bytes of the current call: withheld tail of the last one + the new piece */
+    size_t len, cap;
+    size_t hold_off, hold_len; /* the withheld tail inside buf */
+    bool done;
+};
+
+int cairn_stop_new(cairn_stop **out, const char *const *stops, size_t n, cairn_error *err)
+{
+    *out = NULL;
+    cairn_stop *m = calloc(1, sizeof *m);
+    if (!m) {
+        return cairn_errorf(err, CAIRN_ENOMEM, "stop strings: out of memory");
+    }
+    m->stops = calloc(n ? n : 1, sizeof *m->stops);
+    m->lens = calloc(n ? n : 1, sizeof *m->lens);
+    if (!m->stops || !m->lens) {
+        cairn_stop_free(m);
+        return cairn_errorf(err, CAIRN_ENOMEM, "stop strings: out of memory");
+    }
+    m->n = n;
+    for (size_t i = 0; i < n; i++) {
+        if (!stops[i] || !stops[i][0]) {
+            cairn_stop_free(m);
+            return cairn_errorf(err, CAIRN_EINVAL, "stop[%zu]: empty stop string", i);
+        }
+        m->lens[i] = strlen(stops[i]);
+        if (!(m->stops[i] = strdup(stops[i]))) {
+            cairn_stop_free(m);
+            return cairn_errorf(err, CAIRN_ENOMEM, "stop strings: out of memory");
+        }
+    }
+    *out = m;
+    return 0;
+}
+
+void cairn_stop_free(cairn_stop *m)
+{
+    if (!m) {
+        return;
+    }
+    for (size_t i = 0; i < m->n && m->stops; i++) {
+        free(m->stops[i]);
+    }
+    free(m->stops);
+    free(m->lens);
+    free(m->buf);
+    free(m);
+}
+
+void cairn_stop_reset(cairn_stop *m)
+{
+    m->len = m->hold_off = m->hold_len = 0;
+    m->done = false;
+}
+
+int cairn_stop_feed(cairn_stop *m, const char *piece, size_t len, cairn_stop_result *r)
+{
+    *r = (cairn_stop_result){.emit = "", .emit_len = 0, .withheld = 0, .stop_index = -1};
+    if (m->done) {
+        return CAIRN_ESTATE;
+    }
+    /* Bring the withheld tail of the last call to the front, then append the piece. */
+    if (m->hold_len) {
+        memmove(m->buf, m->buf + m->hold_off, m->hold_len);
+    }
+    m->len = m->hold_len;
+    m->hold_off = m->hold_len = 0;
+    if (m->len + len > m->cap) {
+        size_t ncap = (m->len + len) * 2 + 64;
+        char *b = realloc(m->buf, ncap);
+        if (!b) {
+            return CAIRN_ENOMEM;
+        }
+        m->buf = b, m->cap = ncap;
+    }
+    if (len) {
+        memcpy(m->buf + m->len, piece, len);
+    }
+    m->len += len;
+    if (m->len == 0) {
+        return 0;
+    }
+
+    /* The earliest complete stop string (the first listed on a tie). */
+    size_t best_at = SIZE_MAX;
+    for (size_t i = 0; i < m->n; i++) {
+        const char *hit = memmem(m->buf, m->len, m->stops[i], m->lens[i]);
+        if (hit && (size_t)(hit - m->buf) < best_at) {
+            best_at = (size_t)(hit - m->buf);
+            r->stop_index = (int)i;
+        }
+    }
+    if (r->stop_index >= 0) {
+        m->done = true;
+        r->emit = m->buf;
+        r->emit_len = best_at;
+        return 0;
+    }
+    /* Withhold the longest tail that is a proper prefix of some stop string. */
+    size_t hold = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        size_t k = m->lens[i] - 1 < m->len ? m->lens[i] - 1 : m->len;
+        for (; k > hold; k--) {
+            if (memcmp(m->buf + m->len - k, m->stops[i], k) == 0) {
+                hold = k;
+                break;
+            }
+        }
+    }
+    r->emit = m->buf;
+    r->emit_len = m->len - hold;
+    r->withheld = hold;
+    m->hold_off = m->len - hold;
+    m->hold_len = hold;
+    return 0;
+}
+
+void cairn_stop_flush(cairn_stop *m, cairn_stop_result *r)
+{
+    *r = (cairn_stop_result){.emit = "", .emit_len = 0, .withheld = 0, .stop_index = -1};
+    if (!m->done && m->hold_len) {
+        r->emit = m->buf + m->hold_off;
+        r->emit_len = m->hold_len;
+    }
+    m->hold_len = 0;
+}

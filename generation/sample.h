@@ -1,0 +1,98 @@
+/*
+ * generation/sample.h — choosing the next token from a row of logits, and stop strings.
+ *
+ * Sampling: greedy (temperature 0, or top_k 1) takes the arg-max (lowest id on ties). Otherwise
+ * the logits are divided by the temperature, cut to the top_k most likely tokens (top_k > 0),
+ * then to the smallest set of most likely tokens whose probability reaches top_p (nucleus
+ * sampling, Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"), and one
+ * token is drawn from the renormalised softmax of what is left. This is the order of
+ * Hugging Face's generate() (temperature, top-k, top-p). Ties in probability are broken by
+ * the lower id, so a seed fixes the whole sequence.
+ *
+ * Each sampler owns its PRNG (xoshiro256**, seeded through splitmix64) and a scratch of
+ * n_vocab entries made at creation; sampling allocates nothing. A sampler serves one sequence
+ * at a time and is not thread-safe; use one per sequence.
+ */
+#ifndef CAIRN_GENERATION_SAMPLE_H
+#define CAIRN_GENERATION_SAMPLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+typedef struct cairn_sample_params {
+    float temperature; /* >= 0 and finite; 0 = greedy */
+    int32_t top_k;     /* >= 0; 0 = no limit */
+    float top_p;       /* in (0, 1]; 1 = no limit */
+    uint64_t seed;     /* PRNG seed */
+} cairn_sample_params;
+
+/* temperature 0.8, top_k 40, top_p 0.95, seed 0: llama.cpp's defaults. */
+cairn_sample_params cairn_sample_default_params(void);
+
+/* Greedy parameters (temperature 0). */
+cairn_sample_params cairn_sample_greedy_params(void);
+
+/* 0, or CAIRN_EINVAL naming the field and the allowed range ("top_p: 1.5 is outside (0, 1]"). */
+int cairn_sample_params_validate(const cairn_sample_params *p, cairn_error *err);
+
+typedef struct cairn_sampler cairn_sampler;
+
+/*
+ * A sampler for rows of n_vocab logits. Returns 0 and sets *out, CAIRN_EINVAL (bad params or
+ * n_vocab <= 0) or CAIRN_ENOMEM. The caller owns *out (cairn_sampler_free).
+ */
+int cairn_sampler_new(cairn_sampler **out, int32_t n_vocab, const cairn_sample_params *p,
+                      cairn_error *err);
+void cairn_sampler_free(cairn_sampler *s); /* NULL is a no-op */
+
+/* Restarts the PRNG from seed (the same seed gives the same draws again). */
+void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed);
+
+/*
+ * Picks a token from logits[0..n_vocab) (n_vocab as given at creation). NaN logits count as
+ * -inf. Returns the token id (>= 0), or CAIRN_EINVAL when no logit is finite or +inf.
+ * Not thread-safe (advances the sampler's PRNG).
+ */
+int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error *err);
+
+/* The arg-max of logits[0..n) (lowest id on ties; NaN ignored), or -1 when n <= 0 or all NaN. */
+int32_t cairn_sample_argmax(const float *logits, int32_t n);
+
+/* ---- Stop strings ---------------------------------------------------------------------------
+ * Generated text arrives in pieces. The matcher holds back the bytes that might be the start
+ * of a stop string until it knows; when a stop string completes (possibly across several
+ * pieces) it reports it, and the text before it is all that should be shown. */
+typedef struct cairn_stop cairn_stop;
+
+typedef struct cairn_stop_result {
+    const char *emit; /* bytes safe to stream now (owned by the matcher, valid until the next
+                         call); emit_len may be 0 */
+    size_t emit_len;
+    size_t withheld; /* bytes held back as a possible stop-string prefix */
+    int stop_index;  /* index of the stop string that completed, or -1 */
+} cairn_stop_result;
+
+/*
+ * A matcher for n stop strings (copied; each non-empty; n may be 0). Returns 0, CAIRN_EINVAL
+ * (an empty or NULL string) or CAIRN_ENOMEM. The caller owns *out (cairn_stop_free).
+ */
+int cairn_stop_new(cairn_stop **out, const char *const *stops, size_t n, cairn_error *err);
+void cairn_stop_free(cairn_stop *m); /* NULL is a no-op */
+
+/*
+ * Feeds one piece. On a completed stop string, r->stop_index >= 0 and r->emit is the text
+ * before it that was not yet emitted; everything after is dropped and further feeds return
+ * CAIRN_ESTATE until cairn_stop_reset. Returns 0, CAIRN_ESTATE, or CAIRN_ENOMEM.
+ */
+int cairn_stop_feed(cairn_stop *m, const char *piece, size_t len, cairn_stop_result *r);
+
+/* Generation ended without a stop string: hands back the withheld bytes. */
+void cairn_stop_flush(cairn_stop *m, cairn_stop_result *r);
+
+/* Forgets all state, for a new sequence. */
+void cairn_stop_reset(cairn_stop *m);
+
+#endif

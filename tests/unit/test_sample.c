@@ -1,0 +1,375 @@
+/* tests/unit/test_sample.c — sampling (greedy, temperature, top-k, top-p, seed), stop strings. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/error.h"
+#include "generation/sample.h"
+
+static uint64_t lcg_state = 12345;
+static float rnd_logit(void)
+{
+    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((lcg_state >> 40) % 20000) / 1000.0f - 10.0f;
+}
+
+static cairn_sampler *make(int32_t n, float temp, int32_t k, float p, uint64_t seed)
+{
+    cairn_sample_params sp = {.temperature = temp, .top_k = k, .top_p = p, .seed = seed};
+    cairn_sampler *s = NULL;
+    cairn_error err = {0};
+    assert_int_equal(cairn_sampler_new(&s, n, &sp, &err), 0);
+    return s;
+}
+
+static void test_greedy_is_argmax(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    float l[N];
+    cairn_sampler *s = make(N, 0.0f, 0, 1.0f, 1);
+    cairn_sampler *k1 = make(N, 1.3f, 1, 0.9f, 7); /* top_k = 1 is greedy at any temperature */
+    for (int round = 0; round < 50; round++) {
+        int best = 0;
+        for (int i = 0; i < N; i++) {
+            l[i] = rnd_logit();
+            if (l[i] > l[best]) {
+                best = i;
+            }
+        }
+        assert_int_equal(cairn_sampler_sample(s, l, NULL), best);
+        assert_int_equal(cairn_sampler_sample(k1, l, NULL), best);
+        assert_int_equal(cairn_sample_argmax(l, N), best);
+    }
+    /* Ties go to the lowest id; NaN is ignored. */
+    for (int i = 0; i < N; i++) {
+        l[i] = 1.0f;
+    }
+    l[3] = NAN;
+    l[700] = 5.0f;
+    l[900] = 5.0f;
+    assert_int_equal(cairn_sampler_sample(s, l, NULL), 700);
+    cairn_sampler_free(s);
+    cairn_sampler_free(k1);
+}
+
+static void test_seed_reproducible(void **state)
+{
+    (void)state;
+    enum { N = 500, DRAWS = 200 };
+    float l[N];
+    for (int i = 0; i < N; i++) {
+        l[i] = rnd_logit() * 0.3f;
+    }
+    cairn_sampler *a = make(N, 1.0f, 0, 1.0f, 42), *b = make(N, 1.0f, 0, 1.0f, 42);
+    cairn_sampler *c = make(N, 1.0f, 0, 1.0f, 43);
+    int32_t first[DRAWS];
+    int same_as_other_seed = 0;
+    for (int i = 0; i < DRAWS; i++) {
+        first[i] = cairn_sampler_sample(a, l, NULL);
+        assert_int_equal(cairn_sampler_sample(b, l, NULL), first[i]);
+        same_as_other_seed += cairn_sampler_sample(c, l, NULL) == first[i];
+    }
+    assert_true(same_as_other_seed < DRAWS / 2);
+    cairn_sampler_reseed(a, 42); /* reseeding replays the sequence */
+    for (int i = 0; i < DRAWS; i++) {
+        assert_int_equal(cairn_sampler_sample(a, l, NULL), first[i]);
+    }
+    cairn_sampler_free(a);
+    cairn_sampler_free(b);
+    cairn_sampler_free(c);
+}
+
+/* Frequencies over many draws match the expected probabilities within 5 standard errors. */
+static void check_freqs(cairn_sampler *s, const float *l, int n, const double *expect, int draws)
+{
+    int counts[16] = {0};
+    for (int i = 0; i < draws; i++) {
+        int32_t t = cairn_sampler_sample(s, l, NULL);
+        assert_true(t >= 0 && t < n);
+        counts[t]++;
+    }
+    for (int i = 0; i < n; i++) {
+        double f = (double)counts[i] / draws, p = expect[i];
+        double se = sqrt(p * (1 - p) / draws) + 1e-12;
+        if (p == 0.0) {
+            assert_int_equal(counts[i], 0);
+        } else if (fabs(f - p) > 5 * se) {
+            fail_msg("token %d: frequency %.4f, expected %.4f (±%.4f)", i, f, p, 5 * se);
+        }
+    }
+}
+
+static void test_temperature_matches_softmax(void **state)
+{
+    (void)state;
+    const float l[6] = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, -INFINITY};
+    const float temps[3] = {0.5f, 1.0f, 2.0f};
+    for (int k = 0; k < 3; k++) {
+        double e[6], sum = 0;
+        for (int i = 0; i < 6; i++) {
+            e[i] = exp((double)l[i] / temps[k]);
+            sum += e[i];
+        }
+        for (int i = 0; i < 6; i++) {
+            e[i] /= sum;
+        }
+        cairn_sampler *s = make(6, temps[k], 0, 1.0f, 100 + k);
+        check_freqs(s, l, 6, e, 100000);
+        cairn_sampler_free(s);
+    }
+}
+
+static void test_top_k_and_top_p(void **state)
+{
+    (void)state;
+    /* Probabilities 0.5, 0.3, 0.15, 0.05 at temperature 1. */
+    const float l[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    /* top_k = 2 keeps {0, 1}, renormalised. */
+    cairn_sampler *s = make(4, 1.0f, 2, 1.0f, 5);
+    check_freqs(s, l, 4, (const double[]){0.625, 0.375, 0, 0}, 50000);
+    cairn_sampler_free(s);
+    /* top_p = 0.75: 0.5 < 0.75 <= 0.8, so the nucleus is {0, 1}; the tail is never drawn. */
+    s = make(4, 1.0f, 0, 0.75f, 6);
+    check_freqs(s, l, 4, (const double[]){0.625, 0.375, 0, 0}, 50000);
+    cairn_sampler_free(s);
+    /* top_p = 0.9 takes in token 2 too. */
+    s = make(4, 1.0f, 0, 0.9f, 7);
+    check_freqs(s, l, 4, (const double[]){0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0}, 50000);
+    cairn_sampler_free(s);
+    /* Small top_p: only the most likely token. */
+    s = make(4, 1.0f, 0, 0.1f, 8);
+    check_freqs(s, l, 4, (const double[]){1, 0, 0, 0}, 2000);
+    cairn_sampler_free(s);
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* A Gemma-sized vocabulary: every draw lies in the nucleus a full sort finds. */
+static void test_top_p_large_vocab(void **state)
+{
+    (void)state;
+    enum { N = 262144 };
+    float *l = malloc(N * sizeof *l), *sorted = malloc(N * sizeof *l);
+    for (int i = 0; i < N; i++) {
+        l[i] = rnd_logit();
+        sorted[i] = l[i];
+    }
+    qsort(sorted, N, sizeof *sorted, cmp_desc);
+    double sum = 0, acc = 0;
+    for (int i = 0; i < N; i++) {
+        sum += exp((double)sorted[i] - sorted[0]);
+    }
+    float cut = sorted[0];
+    for (int i = 0; i < N; i++) {
+        acc += exp((double)sorted[i] - sorted[0]);
+        cut = sorted[i];
+        if (acc >= 0.5 * sum) {
+            break;
+        }
+    }
+    cairn_sampler *s = make(N, 1.0f, 0, 0.5f, 9);
+    cairn_sampler *k = make(N, 1.0f, 50, 1.0f, 10);
+    for (int d = 0; d < 100; d++) {
+        int32_t t = cairn_sampler_sample(s, l, NULL);
+        assert_true(l[t] >= cut - 1e-6f);
+        t = cairn_sampler_sample(k, l, NULL);
+        assert_true(l[t] >= sorted[49]);
+    }
+    cairn_sampler_free(s);
+    cairn_sampler_free(k);
+    free(l);
+    free(sorted);
+}
+
+static void test_bad_params(void **state)
+{
+    (void)state;
+    cairn_error err = {0};
+    cairn_sample_params p = cairn_sample_default_params();
+    assert_int_equal(cairn_sample_params_validate(&p, &err), 0);
+    p.temperature = -0.1f;
+    assert_int_equal(cairn_sample_params_validate(&p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "temperature"));
+    p.temperature = NAN;
+    assert_int_equal(cairn_sample_params_validate(&p, &err), CAIRN_EINVAL);
+    p = cairn_sample_default_params();
+    p.top_p = 0.0f;
+    assert_int_equal(cairn_sample_params_validate(&p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "top_p"));
+    p.top_p = 1.5f;
+    assert_int_equal(cairn_sample_params_validate(&p, &err), CAIRN_EINVAL);
+    p = cairn_sample_default_params();
+    p.top_k = -3;
+    assert_int_equal(cairn_sample_params_validate(&p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "top_k"));
+    cairn_sampler *s = NULL;
+    assert_int_equal(cairn_sampler_new(&s, 10, &p, &err), CAIRN_EINVAL);
+    assert_null(s);
+    p = cairn_sample_default_params();
+    assert_int_equal(cairn_sampler_new(&s, 0, &p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "n_vocab"));
+
+    /* A tiny temperature behaves as greedy instead of overflowing. */
+    const float row[3] = {1.0f, 3.0f, 2.0f};
+    s = make(3, 1e-30f, 0, 1.0f, 1);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(cairn_sampler_sample(s, row, &err), 1);
+    }
+    cairn_sampler_free(s);
+
+    /* A row with nothing to sample is an error, not a token. */
+    const float bad[3] = {-INFINITY, NAN, -INFINITY};
+    s = make(3, 0.8f, 0, 1.0f, 1);
+    assert_int_equal(cairn_sampler_sample(s, bad, &err), CAIRN_EINVAL);
+    cairn_sampler_free(s);
+    s = make(3, 0.0f, 0, 1.0f, 1);
+    assert_int_equal(cairn_sampler_sample(s, bad, &err), CAIRN_EINVAL);
+    cairn_sampler_free(s);
+}
+
+/* ---- stop strings ---- */
+
+static void test_stop_across_pieces(void **state)
+{
+    (void)state;
+    const char *stops[2] = {"</s>", "STOP"};
+    cairn_stop *m = NULL;
+    cairn_stop_result r;
+    assert_int_equal(cairn_stop_new(&m, stops, 2, NULL), 0);
+
+    assert_int_equal(cairn_stop_feed(m, "abc<", 4, &r), 0);
+    assert_int_equal(r.emit_len, 3);
+    assert_memory_equal(r.emit, "abc", 3);
+    assert_int_equal(r.withheld, 1);
+    assert_int_equal(r.stop_index, -1);
+    assert_int_equal(cairn_stop_feed(m, "/", 1, &r), 0);
+    assert_int_equal(r.emit_len, 0);
+    assert_int_equal(r.withheld, 2);
+    assert_int_equal(cairn_stop_feed(m, "s>tail", 6, &r), 0);
+    assert_int_equal(r.stop_index, 0);
+    assert_int_equal(r.emit_len, 0);
+    assert_int_equal(cairn_stop_feed(m, "more", 4, &r), CAIRN_ESTATE);
+
+    /* A false start is released once it cannot be a stop string any more. */
+    cairn_stop_reset(m);
+    assert_int_equal(cairn_stop_feed(m, "x</", 3, &r), 0);
+    assert_int_equal(r.emit_len, 1);
+    assert_int_equal(cairn_stop_feed(m, "y", 1, &r), 0);
+    assert_int_equal(r.emit_len, 3);
+    assert_memory_equal(r.emit, "</y", 3);
+    assert_int_equal(r.withheld, 0);
+
+    /* Three pieces, text before the stop in the last one. */
+    cairn_stop_reset(m);
+    assert_int_equal(cairn_stop_feed(m, "hi S", 4, &r), 0);
+    assert_int_equal(r.emit_len, 3);
+    assert_int_equal(cairn_stop_feed(m, "TO", 2, &r), 0);
+    assert_int_equal(r.emit_len, 0);
+    assert_int_equal(r.withheld, 3);
+    assert_int_equal(cairn_stop_feed(m, "P!", 2, &r), 0);
+    assert_int_equal(r.stop_index, 1);
+    assert_int_equal(r.emit_len, 0);
+
+    /* Flush at the end hands back what was withheld. */
+    cairn_stop_reset(m);
+    assert_int_equal(cairn_stop_feed(m, "end ST", 6, &r), 0);
+    assert_int_equal(r.emit_len, 4);
+    cairn_stop_flush(m, &r);
+    assert_int_equal(r.emit_len, 2);
+    assert_memory_equal(r.emit, "ST", 2);
+    cairn_stop_free(m);
+
+    /* An overlapping prefix: "aab" inside "aaab". */
+    const char *s2[1] = {"aab"};
+    assert_int_equal(cairn_stop_new(&m, s2, 1, NULL), 0);
+    assert_int_equal(cairn_stop_feed(m, "aa", 2, &r), 0);
+    assert_int_equal(r.emit_len, 0);
+    assert_int_equal(cairn_stop_feed(m, "ab", 2, &r), 0);
+    assert_int_equal(r.stop_index, 0);
+    assert_int_equal(r.emit_len, 1);
+    assert_memory_equal(r.emit, "a", 1);
+    cairn_stop_free(m);
+
+    const char *bad[2] = {"ok", ""};
+    cairn_error err = {0};
+    assert_int_equal(cairn_stop_new(&m, bad, 2, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "stop[1]"));
+}
+
+/* Random texts cut into random pieces: what is streamed is exactly the text up to the first
+ * stop string (or all of it), whatever the cuts. */
+static void test_stop_random_pieces(void **state)
+{
+    (void)state;
+    const char *stops[3] = {"abab", "ba!", "zz"};
+    cairn_stop *m = NULL;
+    assert_int_equal(cairn_stop_new(&m, stops, 3, NULL), 0);
+    uint64_t x = 99;
+    for (int round = 0; round < 2000; round++) {
+        char text[64], got[64];
+        size_t len = 1 + (size_t)(round % 40), got_len = 0;
+        for (size_t i = 0; i < len; i++) {
+            x = x * 6364136223846793005ull + 1;
+            text[i] = "ab!z"[(x >> 33) % 4];
+        }
+        text[len] = '\0';
+        size_t expect = len;
+        for (int k = 0; k < 3; k++) {
+            const char *h = strstr(text, stops[k]);
+            if (h && (size_t)(h - text) < expect) {
+                expect = (size_t)(h - text);
+            }
+        }
+        cairn_stop_reset(m);
+        cairn_stop_result r;
+        bool stopped = false;
+        for (size_t pos = 0; pos < len && !stopped;) {
+            x = x * 6364136223846793005ull + 1;
+            size_t n = 1 + (x >> 33) % 5;
+            if (n > len - pos) {
+                n = len - pos;
+            }
+            assert_int_equal(cairn_stop_feed(m, text + pos, n, &r), 0);
+            memcpy(got + got_len, r.emit, r.emit_len);
+            got_len += r.emit_len;
+            stopped = r.stop_index >= 0;
+            pos += n;
+        }
+        if (!stopped) {
+            cairn_stop_flush(m, &r);
+            memcpy(got + got_len, r.emit, r.emit_len);
+            got_len += r.emit_len;
+        }
+        assert_int_equal(stopped, expect < len);
+        assert_int_equal(got_len, expect);
+        assert_memory_equal(got, text, expect);
+    }
+    cairn_stop_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_is_argmax),
+        cmocka_unit_test(test_seed_reproducible),
+        cmocka_unit_test(test_temperature_matches_softmax),
+        cmocka_unit_test(test_top_k_and_top_p),
+        cmocka_unit_test(test_top_p_large_vocab),
+        cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_stop_across_pieces),
+        cmocka_unit_test(test_stop_random_pieces),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
