@@ -1,0 +1,47 @@
+/*
+ * retrieval/faiss_ext.h — what cairn needs from FAISS that its C API lacks.
+ *
+ * Not part of FAISS's C API: these are cairn's own functions (cairn_faiss_ext_*), written
+ * in C++ over the same FAISS objects that the C API's handles point to, so they work with
+ * the compat file and with a system libfaiss_c alike (both wrap the C++ library).
+ * Functions return 0 or -1; the message of the last failure on the calling thread is
+ * cairn_faiss_ext_last_error(). No C++ exception crosses into C.
+ */
+#ifndef CAIRN_RETRIEVAL_FAISS_EXT_H
+#define CAIRN_RETRIEVAL_FAISS_EXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "retrieval/faiss_c_compat.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Message of the last failed cairn_faiss_ext_* call on this thread ("" when none). */
+const char *cairn_faiss_ext_last_error(void);
+
+/*
+ * IVF search with nprobe given per call (the index's own nprobe is left alone, so
+ * concurrent searches with different nprobe are safe). index must be an IndexIVF.
+ * distances/labels hold n * k entries; missing results have label -1.
+ * Thread-safe against other searches, not against writers of the index.
+ */
+int cairn_faiss_ext_ivf_search(const FaissIndex *index, idx_t n, const float *x, idx_t k,
+                               size_t nprobe, float *distances, idx_t *labels);
+
+/*
+ * Raw access to inverted list list_no of an IndexIVFFlat: *vectors gets its n vectors
+ * (n * d floats, contiguous) and *ids their n ids. Both point into the index and stay
+ * valid until the index is modified or freed. Returns -1 when index is not an in-memory
+ * IndexIVFFlat or list_no is out of range.
+ */
+int cairn_faiss_ext_ivfflat_list(const FaissIndex *index, size_t list_no, const float **vectors,
+                                 const idx_t **ids, size_t *n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,124 @@
+/*
+ * retrieval/tier.h — IVF clusters in two tiers, with lookahead prefetch and hybrid search.
+ *
+ * After TeleRAG (MLSys 2026): the slow tier is a file holding every cluster of an IVF
+ * index — centroids, then each list's vectors and ids contiguously — mmap'ed read-only.
+ * The fast tier is a bounded RAM cache of whole clusters (GPU memory in CUDA builds, later).
+ *
+ * Lookahead: cairn_tier_prefetch(q0, budget) ranks clusters by q0's similarity to their
+ * centroids and copies them into the fast tier in rank order on the tier's I/O thread,
+ * until the byte budget is spent, the fast tier can take no more, or it is cancelled (a
+ * newer prefetch cancels an older one). When space runs out it evicts the coldest clusters
+ * (hotness: probes, decayed per search) that this prefetch did not bring, and compacts the
+ * arena in place when free space is fragmented.
+ *
+ * Hybrid search: cairn_tier_search(q1, k, nprobe) picks q1's nprobe nearest centroids;
+ * probed clusters resident in the fast tier are scanned by the calling thread while the
+ * others are scanned from the slow tier on the tier's search worker at the same time; the
+ * two top-k lists merge into one. Scores are inner products computed by the same code in
+ * both places and ties break by smaller id, so the answer does not depend on what was
+ * prefetched — prefetch changes speed, never results.
+ *
+ * The slow tier is a snapshot of the index when it was built: rebuild it after adds or
+ * removes. Threads: every function is thread-safe; searches are serialised with each
+ * other, and may run while a prefetch is in flight.
+ */
+#ifndef CAIRN_RETRIEVAL_TIER_H
+#define CAIRN_RETRIEVAL_TIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "retrieval/ivf.h"
+
+typedef struct cairn_tier cairn_tier;
+
+#define CAIRN_TIER_MAX_K 1024
+
+typedef struct {
+    size_t fast_bytes;  /* capacity of the fast tier (bytes), >= 1 */
+    bool miss_worker;   /* scan misses on the worker thread, beside the hit scan (true) */
+    double hot_decay;   /* hotness kept per search, in (0, 1] (0.98) */
+} cairn_tier_params;
+
+/* fast_bytes 64 MiB, miss_worker true, hot_decay 0.98. */
+cairn_tier_params cairn_tier_default_params(void);
+
+/*
+ * Writes the slow-tier file for ivf to path (via path.tmp and rename), recording
+ * docstore_uid. Returns 0 or CAIRN_ESTATE (untrained index), CAIRN_EIO.
+ */
+int cairn_tier_build(const cairn_ivf *ivf, const char *path, uint64_t docstore_uid,
+                     cairn_error *err);
+
+/*
+ * Opens a slow-tier file (mmap; every offset and count validated), allocates the fast tier
+ * and starts the I/O and search threads. expect_uid, when not 0, must match the file's.
+ * Returns 0 and *out (the caller closes it), or CAIRN_ENOTFOUND, CAIRN_EIO, CAIRN_EFORMAT,
+ * CAIRN_ESTATE (other docstore), CAIRN_EINVAL (params), CAIRN_ENOMEM.
+ */
+int cairn_tier_open(cairn_tier **out, const char *path, const cairn_tier_params *p,
+                    uint64_t expect_uid, cairn_error *err);
+
+/* Cancels any prefetch, stops the threads, frees everything. NULL is a no-op. */
+void cairn_tier_close(cairn_tier *t);
+
+/*
+ * Starts prefetching for q0 (dim floats, copied) and returns at once: at most budget_bytes
+ * of clusters not yet resident are copied, in rank order, stopping at the first that would
+ * exceed the budget; max_clusters (0 = no limit) bounds how many top-ranked clusters are
+ * considered. A prefetch still running is cancelled first. Returns 0 or CAIRN_EINVAL.
+ */
+int cairn_tier_prefetch(cairn_tier *t, const float *q0, size_t budget_bytes, size_t max_clusters,
+                        cairn_error *err);
+
+/* Cancels the running prefetch (if any) and waits until the I/O thread has stopped it. */
+void cairn_tier_cancel(cairn_tier *t);
+
+/* Waits until no prefetch is running (it finished, ran out of budget or was cancelled). */
+void cairn_tier_wait(cairn_tier *t);
+
+/*
+ * The k (<= CAIRN_TIER_MAX_K) best vectors for q1 among its nprobe (clamped to nlist)
+ * nearest clusters: scores and ids hold k entries, best first (ties: smaller id first);
+ * unfilled slots get id -1 and score -INFINITY. Returns 0 or CAIRN_EINVAL.
+ */
+int cairn_tier_search(cairn_tier *t, const float *q1, size_t k, size_t nprobe, float *scores,
+                      int64_t *ids, cairn_error *err);
+
+/* Drops every cluster from the fast tier (cancelling any prefetch first). */
+void cairn_tier_clear_fast(cairn_tier *t);
+
+typedef struct {
+    uint64_t searches;
+    uint64_t probed;             /* clusters probed over all searches */
+    uint64_t hits;               /* of them, found in the fast tier */
+    uint64_t prefetches;         /* prefetch calls */
+    uint64_t clusters_prefetched;
+    uint64_t bytes_prefetched;   /* copied slow -> fast */
+    uint64_t evictions;
+    uint64_t compactions;
+    uint64_t prefetch_ns;        /* I/O thread time spent copying */
+    uint64_t search_ns;          /* wall time in cairn_tier_search */
+    uint64_t hit_scan_ns;        /* fast-tier scan time (calling thread) */
+    uint64_t miss_scan_ns;       /* slow-tier scan time (worker) */
+    uint64_t overlap_ns;         /* time the hit scan and the miss scan ran at once */
+    size_t fast_used;            /* bytes resident now */
+    size_t fast_capacity;
+    size_t resident_clusters;
+} cairn_tier_stats;
+
+/* A snapshot of the counters; hit ratio = hits / probed. */
+void cairn_tier_get_stats(cairn_tier *t, cairn_tier_stats *out);
+
+/* Zeroes the counters (not the fast tier). */
+void cairn_tier_reset_stats(cairn_tier *t);
+
+size_t cairn_tier_nlist(const cairn_tier *t);
+int cairn_tier_dim(const cairn_tier *t);
+size_t cairn_tier_count(const cairn_tier *t);       /* vectors in the slow tier */
+size_t cairn_tier_total_bytes(const cairn_tier *t); /* bytes of all clusters' data */
+
+#endif
