@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/gpu.h"
 #include "proto/gguf.h"
+#include "services/cmd_adapt.h"
 #include "services/server.h"
 
 #include <stdio.h>
@@ -110,6 +111,14 @@ static const command commands[] = {
      "  --all         print arrays and strings in full\n"
      "  --no-tensors  leave out the tensor table",
      cmd_gguf_info},
+    {"adapt", "train and evaluate the edge and foundation CNNs (Fashion-MNIST)",
+     "usage: cairn adapt train --model edge|foundation --out FILE [--epochs N] [--seed S]\n"
+     "                         [--threads T]\n"
+     "       cairn adapt eval-clean --model FILE\n\n"
+     "train       trains on clean Fashion-MNIST (foundation: with generic augmentation only)\n"
+     "            and saves a GGUF; progress shows epoch, loss, accuracy, rate and ETA\n"
+     "eval-clean  prints the model's accuracy on the clean test set",
+     cairn_cmd_adapt},
     {"serve", "run the cairnd service in the foreground",
      "usage: cairn serve [--config FILE] [--KEY=VALUE ...]\n\n"
      "Runs the same service as cairnd; `cairn serve --help-config` lists every key.",

@@ -1,0 +1,147 @@
+/*
+ * adapt/cema_select.c — CEMA's edge-side sample selection (adapt/cema_select.h).
+ */
+#include "adapt/cema_select.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cairn_cema_selector {
+    cairn_cema_select_params p;
+    int k;
+    int have_ema;  /* ema_h is initialised */
+    int have_pbar; /* pbar is initialised */
+    double ema_h;
+    float *pbar;
+    uint64_t seen, kept;
+};
+
+cairn_cema_select_params cairn_cema_select_default_params(void)
+{
+    cairn_cema_select_params p = {
+        .lambda = 1.0f,
+        .entropy_decay = 0.9f,
+        .e_min = 0.0f,
+        .d_margin = 0.5f,
+        .pred_decay = 0.9f,
+    };
+    return p;
+}
+
+int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_select_params *p,
+                            cairn_error *err)
+{
+    *out = NULL;
+    if (k < 2 || k > 1000000) return cairn_errorf(err, CAIRN_EINVAL, "selector: %d classes", k);
+    if (!(p->lambda > 0) || !(p->entropy_decay >= 0 && p->entropy_decay < 1) || !(p->e_min >= 0) ||
+        !(p->d_margin > 0 && p->d_margin <= 1) || !(p->pred_decay >= 0 && p->pred_decay < 1))
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "selector: lambda %g, entropy_decay %g, e_min %g, d_margin %g, "
+                            "pred_decay %g out of range",
+                            (double)p->lambda, (double)p->entropy_decay, (double)p->e_min,
+                            (double)p->d_margin, (double)p->pred_decay);
+    cairn_cema_selector *s = calloc(1, sizeof *s);
+    if (s) s->pbar = calloc((size_t)k, sizeof *s->pbar);
+    if (!s || !s->pbar) {
+        free(s);
+        return cairn_errorf(err, CAIRN_ENOMEM, "selector");
+    }
+    s->p = *p;
+    s->k = k;
+    *out = s;
+    return 0;
+}
+
+void cairn_cema_selector_free(cairn_cema_selector *s)
+{
+    if (!s) return;
+    free(s->pbar);
+    free(s);
+}
+
+void cairn_cema_selector_reset(cairn_cema_selector *s)
+{
+    s->have_ema = s->have_pbar = 0;
+    s->ema_h = 0;
+    memset(s->pbar, 0, (size_t)s->k * sizeof *s->pbar);
+}
+
+static int row_ok(const float *p, int k, float h)
+{
+    if (!isfinite(h) || h < 0) return 0;
+    for (int j = 0; j < k; j++)
+        if (!(p[j] >= 0.0f && p[j] <= 1.0f)) return 0;
+    return 1;
+}
+
+static double cosine(const float *a, const float *b, int k)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int j = 0; j < k; j++) {
+        ab += (double)a[j] * b[j];
+        aa += (double)a[j] * a[j];
+        bb += (double)b[j] * b[j];
+    }
+    if (aa <= 0 || bb <= 0) return 0;
+    return ab / sqrt(aa * bb);
+}
+
+int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *entropies, int n,
+                      uint8_t *keep)
+{
+    const int k = s->k;
+    /* The batch enters the running mean before it is judged, so that the first batch has a
+     * threshold and a sudden shift moves E_max at once. */
+    double sum = 0;
+    int valid = 0;
+    for (int i = 0; i < n; i++)
+        if (row_ok(probs + (size_t)i * k, k, entropies[i])) {
+            sum += entropies[i];
+            valid++;
+        }
+    if (valid > 0) {
+        double mean = sum / valid;
+        s->ema_h =
+            s->have_ema ? s->p.entropy_decay * s->ema_h + (1 - s->p.entropy_decay) * mean : mean;
+        s->have_ema = 1;
+    }
+    const double e_max = s->p.lambda * s->ema_h;
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        const float *p = probs + (size_t)i * k;
+        const float h = entropies[i];
+        keep[i] = 0;
+        if (!row_ok(p, k, h)) continue;
+        s->seen++;
+        if (!(h < e_max)) continue;
+        if (s->p.e_min > 0 && !(h > s->p.e_min)) continue;
+        if (s->have_pbar && fabs(cosine(s->pbar, p, k)) >= s->p.d_margin) continue;
+        keep[i] = 1;
+        kept++;
+        s->kept++;
+        if (!s->have_pbar) {
+            memcpy(s->pbar, p, (size_t)k * sizeof *p);
+            s->have_pbar = 1;
+        } else {
+            const float a = s->p.pred_decay;
+            for (int j = 0; j < k; j++)
+                s->pbar[j] = a * s->pbar[j] + (1 - a) * p[j];
+        }
+    }
+    return kept;
+}
+
+float cairn_cema_selector_e_max(const cairn_cema_selector *s)
+{
+    return (float)(s->p.lambda * s->ema_h);
+}
+
+uint64_t cairn_cema_selector_seen(const cairn_cema_selector *s)
+{
+    return s->seen;
+}
+uint64_t cairn_cema_selector_kept(const cairn_cema_selector *s)
+{
+    return s->kept;
+}

@@ -1,0 +1,62 @@
+/*
+ * adapt/cema_select.h — the edge half of CEMA: which samples are worth uploading.
+ *
+ * After CEMA (Chen et al., "Towards Robust and Efficient Cloud-Edge Elastic Model Adaptation via
+ * Selective Entropy Distillation", ICLR 2024), whose filter extends EATA's (Niu et al., ICML
+ * 2022). A sample is kept when all hold:
+ *   - reliable:      H(p) < E_max, with E_max dynamic: E_max = lambda * EMA(H), the running mean
+ *                    entropy of everything the device has seen (updated once per batch, with the
+ *                    batch included before the batch is judged, EMA decay entropy_decay). High
+ *                    entropy samples carry mostly noise for distillation (CEMA §3.2);
+ *   - informative:   H(p) > E_min (optional, default 0: off). Near-certain samples teach little;
+ *   - non-redundant: |cos(p_bar, p)| < d_margin, p_bar an EMA (decay pred_decay) of the
+ *                    predictions of the samples kept so far (EATA §3.2). The first reliable
+ *                    sample is kept and starts p_bar.
+ * Defaults: lambda 1.0 (keep below the running mean), entropy_decay 0.9, e_min 0, d_margin 0.5,
+ * pred_decay 0.9. EATA uses d_margin 0.4 for 10 classes; 0.5 keeps a little more.
+ *
+ * BLAS-free and allocation-free after new: links into libcairn_edge and into the cloud.
+ * Thread-safety: a selector is stateful; one thread at a time (or guard it).
+ */
+#ifndef CAIRN_ADAPT_CEMA_SELECT_H
+#define CAIRN_ADAPT_CEMA_SELECT_H
+
+#include <stdint.h>
+
+#include "common/error.h"
+
+typedef struct cairn_cema_select_params {
+    float lambda;        /* E_max = lambda * EMA(entropy); > 0 */
+    float entropy_decay; /* in [0, 1) */
+    float e_min;         /* nats; 0 disables the lower bound */
+    float d_margin;      /* in (0, 1]; 1 disables the redundancy filter (cosine <= 1 always) */
+    float pred_decay;    /* in [0, 1) */
+} cairn_cema_select_params;
+
+cairn_cema_select_params cairn_cema_select_default_params(void);
+
+typedef struct cairn_cema_selector cairn_cema_selector;
+
+/* A selector for k-class predictions. The caller owns *out (cairn_cema_selector_free). Returns 0,
+ * CAIRN_EINVAL (k < 2, params out of range) or CAIRN_ENOMEM. */
+int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_select_params *p,
+                            cairn_error *err);
+void cairn_cema_selector_free(cairn_cema_selector *s); /* NULL is a no-op */
+
+/*
+ * Judges n samples (probs: n * k probabilities; entropies: n values in nats) in order, writes
+ * keep[i] = 1 or 0, and returns how many were kept. Non-finite entropies or probabilities are
+ * never kept and do not move the running statistics.
+ */
+int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *entropies, int n,
+                      uint8_t *keep);
+
+/* The current thresholds and counters (for metrics and tests). */
+float cairn_cema_selector_e_max(const cairn_cema_selector *s);
+uint64_t cairn_cema_selector_seen(const cairn_cema_selector *s);
+uint64_t cairn_cema_selector_kept(const cairn_cema_selector *s);
+
+/* Forgets the running statistics (e.g. after a model update). */
+void cairn_cema_selector_reset(cairn_cema_selector *s);
+
+#endif

@@ -1,0 +1,432 @@
+/*
+ * tests/unit/test_cema.c — CEMA: edge selection on constructed probabilities; the cloud's replay
+ * queue; an adaptation run on a shifted synthetic task that must lower the edge model's entropy
+ * and raise its accuracy, moving only batchnorm affine parameters; and a bundle from the cloud
+ * that carries the gain to a freshly loaded device model.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "adapt/bundle.h"
+#include "adapt/cema.h"
+#include "adapt/cema_select.h"
+#include "adapt/nn/nn_gguf.h"
+#include "adapt/nn/nn_train.h"
+
+/* ---- Selection ------------------------------------------------------------------------------ */
+
+static float entropy_of(const float *p, int k)
+{
+    double h = 0;
+    for (int j = 0; j < k; j++)
+        if (p[j] > 0) h -= p[j] * log(p[j]);
+    return (float)h;
+}
+
+/* Row i of probs: mass `peak` on class c, the rest spread evenly. */
+static void peaked(float *row, int k, int c, float peak)
+{
+    for (int j = 0; j < k; j++)
+        row[j] = (1.0f - peak) / (float)(k - 1);
+    row[c] = peak;
+}
+
+static void test_select_keeps_confident_novel_samples(void **state)
+{
+    (void)state;
+    enum { K = 4, N = 5 };
+    float probs[N * K], ent[N];
+    peaked(probs + 0 * K, K, 0, 0.97f); /* confident, first: kept, starts p_bar */
+    peaked(probs + 1 * K, K, 1, 0.30f); /* near uniform: high entropy, dropped */
+    peaked(probs + 2 * K, K, 0, 0.96f); /* confident but like p_bar: redundant, dropped */
+    peaked(probs + 3 * K, K, 2, 0.95f); /* confident, another class: kept */
+    peaked(probs + 4 * K, K, 3, 0.40f); /* uncertain: dropped */
+    for (int i = 0; i < N; i++)
+        ent[i] = entropy_of(probs + i * K, K);
+
+    cairn_cema_selector *s = NULL;
+    cairn_error err;
+    cairn_cema_select_params p = cairn_cema_select_default_params();
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    uint8_t keep[N];
+    assert_int_equal(cairn_cema_select(s, probs, ent, N, keep), 2);
+    const uint8_t want[N] = {1, 0, 0, 1, 0};
+    assert_memory_equal(keep, want, N);
+    /* E_max is lambda times the batch's mean entropy (first batch). */
+    double mean = 0;
+    for (int i = 0; i < N; i++)
+        mean += ent[i] / N;
+    assert_float_equal(cairn_cema_selector_e_max(s), p.lambda * mean, 1e-5);
+    assert_int_equal(cairn_cema_selector_seen(s), N);
+    assert_int_equal(cairn_cema_selector_kept(s), 2);
+    cairn_cema_selector_free(s);
+}
+
+static void test_select_e_max_follows_running_entropy(void **state)
+{
+    (void)state;
+    enum { K = 10, N = 8 };
+    cairn_cema_selector *s = NULL;
+    cairn_error err;
+    cairn_cema_select_params p = cairn_cema_select_default_params();
+    p.d_margin = 1.0f; /* isolate the entropy rule */
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    float probs[N * K], ent[N];
+    uint8_t keep[N];
+    /* A calm stream: every sample equally confident; none below the mean, so none kept. */
+    for (int i = 0; i < N; i++) {
+        peaked(probs + i * K, K, i % K, 0.9f);
+        ent[i] = entropy_of(probs + i * K, K);
+    }
+    assert_int_equal(cairn_cema_select(s, probs, ent, N, keep), 0);
+    float calm = cairn_cema_selector_e_max(s);
+    /* A shift makes everything uncertain: E_max rises with the running mean ... */
+    for (int b = 0; b < 40; b++) {
+        for (int i = 0; i < N; i++) {
+            peaked(probs + i * K, K, i % K, i < N / 2 ? 0.5f : 0.3f);
+            ent[i] = entropy_of(probs + i * K, K);
+        }
+        cairn_cema_select(s, probs, ent, N, keep);
+    }
+    assert_true(cairn_cema_selector_e_max(s) > calm);
+    /* ... so that the relatively confident half (peak 0.5, still far less sure than the calm
+     * stream) is now kept and the rest dropped. */
+    for (int i = 0; i < N; i++)
+        assert_int_equal(keep[i], i < N / 2);
+    /* E_min drops samples that are too sure to teach anything. */
+    cairn_cema_selector_free(s);
+    p.e_min = 0.5f;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    peaked(probs, K, 0, 0.999f);
+    peaked(probs + K, K, 1, 0.8f);
+    peaked(probs + 2 * K, K, 2, 0.2f);
+    for (int i = 0; i < 3; i++)
+        ent[i] = entropy_of(probs + i * K, K);
+    assert_int_equal(cairn_cema_select(s, probs, ent, 3, keep), 1);
+    assert_int_equal(keep[0], 0);
+    assert_int_equal(keep[1], 1);
+    /* NaN inputs are never kept. */
+    ent[1] = NAN;
+    assert_int_equal(cairn_cema_select(s, probs, ent, 3, keep), 0);
+    cairn_cema_selector_free(s);
+    /* Bad parameters are refused. */
+    p.d_margin = 0;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+}
+
+/* ---- A shifted synthetic task ----------------------------------------------------------- */
+
+enum { S = 8, NCLS = 3, DIM = S * S };
+
+static uint64_t rng_state;
+static float urand(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) & 0xffffff) / 16777216.0f;
+}
+
+/* Class 0: horizontal stripes, 1: vertical stripes, 2: a centred blob; plus noise. The shifted
+ * domain is low-contrast and bright (x' = 0.35 x + 0.5), like a fog/contrast corruption. */
+static void make_images(float *x, int *y, int n, int shifted)
+{
+    for (int i = 0; i < n; i++) {
+        int c = (int)(urand() * NCLS) % NCLS;
+        int phase = urand() < 0.5f;
+        y[i] = c;
+        for (int r = 0; r < S; r++)
+            for (int q = 0; q < S; q++) {
+                float v;
+                if (c == 0)
+                    v = ((r + phase) % 2) ? 0.9f : 0.1f;
+                else if (c == 1)
+                    v = ((q + phase) % 2) ? 0.9f : 0.1f;
+                else
+                    v = (abs(2 * r - 7) < 5 && abs(2 * q - 7) < 5) ? 0.9f : 0.1f;
+                v += (urand() - 0.5f) * 0.3f;
+                if (shifted) v = 0.35f * v + 0.5f;
+                x[(size_t)i * DIM + r * S + q] = v < 0 ? 0 : v > 1 ? 1 : v;
+            }
+    }
+}
+
+static cairn_nn_model *build(int c1, int c2)
+{
+    cairn_error err;
+    cairn_nn_model *m = NULL;
+    assert_int_equal(cairn_nn_model_new(&m, 1, S, S, &err), 0);
+    assert_int_equal(cairn_nn_add_conv2d(m, "conv1", c1, 3, 1, 1, 0, &err), 0);
+    assert_int_equal(cairn_nn_add_batchnorm2d(m, "bn1", 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_relu(m, &err), 0);
+    assert_int_equal(cairn_nn_add_maxpool2d(m, 2, 2, &err), 0);
+    assert_int_equal(cairn_nn_add_conv2d(m, "conv2", c2, 3, 1, 1, 0, &err), 0);
+    assert_int_equal(cairn_nn_add_batchnorm2d(m, "bn2", 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_relu(m, &err), 0);
+    assert_int_equal(cairn_nn_add_global_avgpool(m, &err), 0);
+    assert_int_equal(cairn_nn_add_flatten(m, &err), 0);
+    assert_int_equal(cairn_nn_add_linear(m, "fc", NCLS, 1, &err), 0);
+    return m;
+}
+
+/* Trains m on clean images with labels, then leaves it in eval mode. */
+static void train(cairn_nn_model *m, uint64_t seed)
+{
+    cairn_error err;
+    enum { B = 32 };
+    cairn_nn_model_params mp = cairn_nn_model_default_params();
+    mp.max_batch = B;
+    mp.training = 1;
+    mp.sgemm = cairn_nn_sgemm_blas;
+    cairn_nn_model_init_params(m, seed);
+    assert_int_equal(cairn_nn_model_prepare(m, &mp, &err), 0);
+    cairn_nn_sgd *o = NULL;
+    assert_int_equal(cairn_nn_sgd_new(&o, m, &err), 0);
+    cairn_nn_sgd_params sp = cairn_nn_sgd_default_params();
+    sp.lr = 0.05f;
+    sp.momentum = 0.9f;
+    assert_true(cairn_nn_sgd_add_group(o, cairn_nn_pred_all, NULL, &sp, &err) >= 0);
+    float x[B * DIM], g[B * NCLS], loss;
+    int y[B];
+    const float *out;
+    cairn_nn_set_bn_mode(m, CAIRN_NN_BN_TRAIN);
+    for (int step = 0; step < 150; step++) {
+        make_images(x, y, B, 0);
+        assert_int_equal(cairn_nn_forward(m, x, B, &out, &err), 0);
+        assert_int_equal(cairn_nn_cross_entropy(out, y, NULL, B, NCLS, &loss, g, &err), 0);
+        cairn_nn_zero_grad(m);
+        assert_int_equal(cairn_nn_backward(m, g, NULL, &err), 0);
+        cairn_nn_sgd_step(o);
+    }
+    cairn_nn_sgd_free(o);
+    cairn_nn_set_bn_mode(m, CAIRN_NN_BN_EVAL);
+}
+
+/* Accuracy and mean entropy of m (eval mode) on n images, in chunks of 16. */
+static void evaluate(cairn_nn_model *m, const float *x, const int *y, int n, double *acc,
+                     double *ent)
+{
+    cairn_error err;
+    cairn_nn_bn_mode was = cairn_nn_get_bn_mode(m);
+    cairn_nn_set_bn_mode(m, CAIRN_NN_BN_EVAL);
+    int correct = 0;
+    double hsum = 0;
+    for (int i = 0; i < n; i += 16) {
+        int b = n - i < 16 ? n - i : 16;
+        const float *out;
+        float h[16];
+        assert_int_equal(cairn_nn_forward(m, x + (size_t)i * DIM, b, &out, &err), 0);
+        cairn_nn_entropy(out, b, NCLS, h);
+        for (int j = 0; j < b; j++) {
+            const float *z = out + (size_t)j * NCLS;
+            int best = 0;
+            for (int c = 1; c < NCLS; c++)
+                if (z[c] > z[best]) best = c;
+            correct += best == y[i + j];
+            hsum += h[j];
+        }
+    }
+    cairn_nn_set_bn_mode(m, was);
+    *acc = (double)correct / n;
+    *ent = hsum / n;
+}
+
+typedef struct {
+    char edge_path[64], found_path[64];
+} paths;
+
+static int setup_models(void **state)
+{
+    paths *p = calloc(1, sizeof *p);
+    snprintf(p->edge_path, sizeof p->edge_path, "/tmp/cairn-cema-edge-%d.gguf", (int)getpid());
+    snprintf(p->found_path, sizeof p->found_path, "/tmp/cairn-cema-found-%d.gguf", (int)getpid());
+    cairn_error err;
+    rng_state = 42;
+    cairn_nn_model *e = build(4, 8), *f = build(12, 24);
+    train(e, 1);
+    train(f, 2);
+    assert_int_equal(cairn_nn_save(e, p->edge_path, &err), 0);
+    assert_int_equal(cairn_nn_save(f, p->found_path, &err), 0);
+    cairn_nn_model_free(e);
+    cairn_nn_model_free(f);
+    *state = p;
+    return 0;
+}
+
+static int teardown_models(void **state)
+{
+    paths *p = *state;
+    unlink(p->edge_path);
+    unlink(p->found_path);
+    free(p);
+    return 0;
+}
+
+static int is_affine(const cairn_nn_param *p)
+{
+    return p->kind == CAIRN_NN_NORM_WEIGHT || p->kind == CAIRN_NN_NORM_BIAS;
+}
+
+static void test_adaptation_on_shifted_task(void **state)
+{
+    paths *p = *state;
+    cairn_error err;
+    cairn_cema_params cp = cairn_cema_default_params();
+    cp.batch_size = 32;
+    cp.new_per_step = 16;
+    cp.lr_edge = 0.02f;
+    cairn_cema_cloud *c = NULL;
+    int rc = cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &cp, &err);
+    if (rc) fail_msg("open: %s", err.msg);
+
+    enum { NT = 256 };
+    static float tx[NT * DIM], sx[NT * DIM];
+    static int ty[NT], sy[NT];
+    rng_state = 7;
+    make_images(tx, ty, NT, 0);
+    make_images(sx, sy, NT, 1);
+    cairn_nn_model *edge = cairn_cema_cloud_edge_model(c);
+    double clean_acc, clean_h, acc0, h0;
+    evaluate(edge, tx, ty, NT, &clean_acc, &clean_h);
+    evaluate(edge, sx, sy, NT, &acc0, &h0);
+    print_message("edge: clean acc %.3f; shifted acc %.3f entropy %.3f\n", clean_acc, acc0, h0);
+    assert_true(clean_acc > 0.9);        /* the task is learnable ... */
+    assert_true(acc0 < clean_acc - 0.2); /* ... and the shift hurts */
+
+    /* Snapshot every tensor of both models. */
+    cairn_nn_model *found = cairn_cema_cloud_foundation_model(c);
+    cairn_nn_model *ms[2] = {edge, found};
+    float *before[2][32];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < cairn_nn_param_count(ms[k]); i++) {
+            cairn_nn_param *q = cairn_nn_param_at(ms[k], i);
+            before[k][i] = malloc(q->value.numel * sizeof(float));
+            memcpy(before[k][i], q->value.data, q->value.numel * sizeof(float));
+        }
+
+    /* Stream shifted uploads (fresh images, not the evaluation set) through the cloud. */
+    static float ux[16 * DIM];
+    int uy[16];
+    cairn_cema_step_stats st = {0};
+    for (int step = 0; step < 60; step++) {
+        make_images(ux, uy, 16, 1);
+        assert_int_equal(cairn_cema_cloud_add_samples(c, ux, 16, &err), 0);
+        rc = cairn_cema_cloud_step(c, &st, &err);
+        if (rc < 0) fail_msg("step: %s", err.msg);
+        assert_int_equal(rc, st.n_new + st.n_replay);
+        assert_int_equal(st.n_new, 16);
+        if (step > 0) assert_int_equal(st.n_replay, 16); /* mixed with replayed samples */
+    }
+    double acc1, h1;
+    evaluate(edge, sx, sy, NT, &acc1, &h1);
+    print_message("edge after CEMA: shifted acc %.3f entropy %.3f (agreement %.2f)\n", acc1, h1,
+                  st.agreement);
+    assert_true(acc1 > acc0 + 0.15);
+    assert_true(h1 < h0);
+
+    /* Only batchnorm affine parameters moved (and the running statistics, which are state). */
+    int affine_changed = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < cairn_nn_param_count(ms[k]); i++) {
+            cairn_nn_param *q = cairn_nn_param_at(ms[k], i);
+            int same = !memcmp(before[k][i], q->value.data, q->value.numel * sizeof(float));
+            if (q->kind == CAIRN_NN_WEIGHT || q->kind == CAIRN_NN_BIAS)
+                assert_true(same);
+            else if (is_affine(q) && !same && k == 0)
+                affine_changed++;
+            free(before[k][i]);
+        }
+    assert_int_equal(affine_changed, 4); /* bn1/bn2 weight and bias of the edge model */
+
+    /* The bundle carries the gain to a device that loads the base file. */
+    cairn_bundle_key *key = NULL;
+    assert_int_equal(cairn_bundle_key_generate(&key, &err), 0);
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    uint64_t version = 0;
+    assert_int_equal(cairn_cema_cloud_bundle(c, key, &bundle, &len, &version, &err), 0);
+    assert_int_equal(version, 1);
+    cairn_nn_model *device = NULL;
+    assert_int_equal(cairn_nn_load(&device, p->edge_path, &err), 0);
+    cairn_nn_model_params mp = cairn_nn_model_default_params();
+    mp.max_batch = 16;
+    assert_int_equal(cairn_nn_model_prepare(device, &mp, &err), 0);
+    cairn_bundle_expect x = {.model_name = "edge", .current_version = 0};
+    assert_int_equal(cairn_bundle_sha256_file(p->edge_path, x.base_sha256, &err), 0);
+    double dacc0, dh0, dacc1, dh1;
+    evaluate(device, sx, sy, NT, &dacc0, &dh0);
+    rc = cairn_bundle_apply(device, bundle, len, key, &x, &version, NULL, &err);
+    if (rc) fail_msg("apply: %s", err.msg);
+    evaluate(device, sx, sy, NT, &dacc1, &dh1);
+    assert_float_equal(dacc0, acc0, 1e-9);
+    assert_float_equal(dacc1, acc1, 1e-9);
+    free(bundle);
+    cairn_bundle_key_free(key);
+    cairn_nn_model_free(device);
+
+    cairn_cema_counters cnt;
+    cairn_cema_cloud_counters(c, &cnt);
+    assert_int_equal(cnt.received, 60 * 16);
+    assert_int_equal(cnt.steps, 60);
+    assert_int_equal(cnt.version, 1);
+    assert_int_equal(cnt.pending, 0);
+    cairn_cema_cloud_close(c);
+}
+
+static void test_pending_queue_drops_oldest(void **state)
+{
+    paths *p = *state;
+    cairn_error err;
+    cairn_cema_params cp = cairn_cema_default_params();
+    cp.batch_size = 8;
+    cp.new_per_step = 4;
+    cp.pending_capacity = 10;
+    cp.replay_capacity = 6;
+    cairn_cema_cloud *c = NULL;
+    assert_int_equal(cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &cp, &err), 0);
+    cairn_cema_step_stats st;
+    assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 0); /* nothing yet */
+    float x[13 * DIM];
+    int y[13];
+    make_images(x, y, 13, 1);
+    assert_int_equal(cairn_cema_cloud_add_samples(c, x, 13, &err), 0);
+    cairn_cema_counters cnt;
+    cairn_cema_cloud_counters(c, &cnt);
+    assert_int_equal(cnt.pending, 10);
+    assert_int_equal(cnt.dropped, 3);
+    assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 4); /* 4 new, empty replay */
+    assert_int_equal(st.n_replay, 0);
+    assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 8); /* 4 new + 4 replayed */
+    assert_int_equal(st.n_new, 4);
+    assert_int_equal(st.n_replay, 4);
+    assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 8); /* 2 new + 6 replayed (full) */
+    assert_int_equal(st.n_new, 2);
+    assert_int_equal(st.n_replay, 6);
+    cairn_cema_cloud_counters(c, &cnt);
+    assert_int_equal(cnt.replay, 6);
+    assert_int_equal(cnt.pending, 0);
+    /* A NaN upload is refused and queues nothing. */
+    x[5] = NAN;
+    assert_int_equal(cairn_cema_cloud_add_samples(c, x, 2, &err), CAIRN_EFORMAT);
+    cairn_cema_cloud_counters(c, &cnt);
+    assert_int_equal(cnt.pending, 0);
+    cairn_cema_cloud_close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_select_keeps_confident_novel_samples),
+        cmocka_unit_test(test_select_e_max_follows_running_entropy),
+        cmocka_unit_test(test_adaptation_on_shifted_task),
+        cmocka_unit_test(test_pending_queue_drops_oldest),
+    };
+    return cmocka_run_group_tests(tests, setup_models, teardown_models);
+}
