@@ -278,7 +278,7 @@ static int validate_and_load(cairn_docstore *ds, uint64_t size, cairn_error *err
 static int write_table_and_header(cairn_docstore *ds, int fd, const char *path, cairn_error *err)
 {
     size_t tbytes = ds->n_recs * DS_RECORD_SIZE;
-    uint8_t *table = malloc(tbytes ? tbytes : 1);
+    uint8_t *table = calloc(1, tbytes ? tbytes : 1);
     if (!table)
         return cairn_errorf(err, CAIRN_ENOMEM, "%s: table of %zu bytes", path, tbytes);
     for (size_t i = 0; i < ds->n_recs; i++)

@@ -9,6 +9,7 @@
 #include "common/gpu.h"
 #include "proto/gguf.h"
 #include "services/cmd_adapt.h"
+#include "services/cmd_job.h"
 #include "services/server.h"
 
 #include <stdio.h>
@@ -21,7 +22,13 @@ typedef struct command {
     const char *summary;
     const char *usage;
     int (*run)(int argc, char **argv);
+    const char *const *usage_ref; /* usage text defined by the command's own module, if any */
 } command;
+
+static const char *usage_of(const struct command *c)
+{
+    return c->usage_ref ? *c->usage_ref : c->usage;
+}
 
 static const command *find_command(const char *name);
 static void print_commands(FILE *out);
@@ -98,7 +105,7 @@ static int cmd_help(int argc, char **argv)
         print_commands(stderr);
         return 2;
     }
-    printf("%s\n", c->usage);
+    printf("%s\n", usage_of(c));
     return 0;
 }
 
@@ -110,7 +117,7 @@ static const command commands[] = {
      "(name, type, shape, elements, bytes, offset).\n\n"
      "  --all         print arrays and strings in full\n"
      "  --no-tensors  leave out the tensor table",
-     cmd_gguf_info},
+     cmd_gguf_info, NULL},
     {"adapt", "train and evaluate the edge and foundation CNNs (Fashion-MNIST)",
      "usage: cairn adapt train --model edge|foundation --out FILE [--epochs N] [--seed S]\n"
      "                         [--threads T]\n"
@@ -118,14 +125,16 @@ static const command commands[] = {
      "train       trains on clean Fashion-MNIST (foundation: with generic augmentation only)\n"
      "            and saves a GGUF; progress shows epoch, loss, accuracy, rate and ETA\n"
      "eval-clean  prints the model's accuracy on the clean test set",
-     cairn_cmd_adapt},
+     cairn_cmd_adapt, NULL},
+    {"job", "submit offline summarization jobs to Redis and read their status",
+     NULL, cairn_cmd_job, &cairn_cmd_job_usage},
     {"serve", "run the cairnd service in the foreground",
      "usage: cairn serve [--config FILE] [--KEY=VALUE ...]\n\n"
      "Runs the same service as cairnd; `cairn serve --help-config` lists every key.",
-     cmd_serve},
+     cmd_serve, NULL},
     {"version", "print the version and the GPUs this build can use",
-     "usage: cairn version", cmd_version},
-    {"help", "list the commands, or describe one", "usage: cairn help [COMMAND]", cmd_help},
+     "usage: cairn version", cmd_version, NULL},
+    {"help", "list the commands, or describe one", "usage: cairn help [COMMAND]", cmd_help, NULL},
 };
 
 static const command *find_command(const char *name)
@@ -158,7 +167,7 @@ int main(int argc, char **argv)
     if (c->run != cmd_serve)
         for (int i = 2; i < argc; i++)
             if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-                printf("%s\n", c->usage);
+                printf("%s\n", usage_of(c));
                 return 0;
             }
     return c->run(argc - 1, argv + 1);
