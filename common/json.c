@@ -1,5 +1,6 @@
 /* common/json.c — JSON on jansson: bounded parsing, validated field extraction, output. */
 #include "common/json.h"
+#include "common/utf8.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -21,36 +22,7 @@ int cairn_json_parse(json_t **out, const char *buf, size_t len, size_t max_len, 
 }
 
 /* RFC 3629 well-formedness: the shortest form, no surrogates, nothing above U+10FFFF. */
-bool cairn_json_utf8_valid(const char *str, size_t len)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        unsigned cp, min;
-        if ((c & 0xe0) == 0xc0)
-            n = 1, cp = c & 0x1f, min = 0x80;
-        else if ((c & 0xf0) == 0xe0)
-            n = 2, cp = c & 0x0f, min = 0x800;
-        else if ((c & 0xf8) == 0xf0)
-            n = 3, cp = c & 0x07, min = 0x10000;
-        else
-            return false;
-        if (len - i <= n) return false;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return false;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += n + 1;
-    }
-    return true;
-}
+bool cairn_json_utf8_valid(const char *str, size_t len) { return cairn_utf8_valid(str, len); }
 
 const char *cairn_json_type_name(const json_t *v)
 {

@@ -15,6 +15,8 @@
 #define _GNU_SOURCE /* memmem, qsort_r */
 #include "generation/tokenizer.h"
 
+#include "common/utf8.h"
+
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,29 +178,6 @@ static uint32_t utf8_next(const uint8_t *s, size_t n, size_t *off)
     return cp;
 }
 
-static size_t utf8_put(uint32_t cp, uint8_t *o)
-{
-    if (cp < 0x80) {
-        o[0] = (uint8_t)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (uint8_t)(0xC0 | (cp >> 6));
-        o[1] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (uint8_t)(0xE0 | (cp >> 12));
-        o[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (uint8_t)(0xF0 | (cp >> 18));
-    o[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (uint8_t)(0x80 | (cp & 0x3F));
-    return 4;
-}
 
 size_t cairn_tok_utf8_complete(const char *buf, size_t len)
 {
@@ -317,7 +296,7 @@ static void gpt2_byte_map(cairn_tok *t)
         bool self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
         uint32_t cp = self ? (uint32_t)b : (uint32_t)next++;
         uint8_t o[4];
-        size_t n = utf8_put(cp, o);
+        size_t n = cairn_utf8_encode(cp, o);
         t->byte_enc_len[b] = (uint8_t)n;
         memcpy(t->byte_enc[b], o, n);
     }
@@ -1068,7 +1047,7 @@ static int bpe_fragment(enc *e, const char *text, size_t len)
         size_t m = 0;
         for (size_t i = pos; i < end; i++) {
             uint8_t u[4];
-            size_t k = utf8_put(e->cps[i], u);
+            size_t k = cairn_utf8_encode(e->cps[i], u);
             for (size_t j = 0; j < k; j++) {
                 memcpy(e->buf + m, t->byte_enc[u[j]], t->byte_enc_len[u[j]]);
                 m += t->byte_enc_len[u[j]];

@@ -8,6 +8,8 @@
  */
 #include "retrieval/wordpiece.h"
 
+#include "common/utf8.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,77 +120,6 @@ static bool is_punct(uint32_t cp)
     return in_ranges(wp_punct, N_OF(wp_punct), cp);
 }
 
-/* Decodes one code point at s[*i] (n bytes); advances *i. Invalid sequences (overlong,
- * surrogates, past U+10FFFF, truncated, stray continuation bytes) give U+FFFD and consume one
- * byte, so every byte is looked at once and decoding cannot run past the end. */
-static uint32_t utf8_next(const unsigned char *s, size_t n, size_t *i)
-{
-    unsigned char c = s[*i];
-    if (c < 0x80) {
-        (*i)++;
-        return c;
-    }
-    int need;
-    uint32_t cp, min;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-        cp = c & 0x1F;
-        min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        cp = c & 0x0F;
-        min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        cp = c & 0x07;
-        min = 0x10000;
-    } else {
-        (*i)++;
-        return 0xFFFD;
-    }
-    if (n - *i <= (size_t)need) {
-        (*i)++;
-        return 0xFFFD;
-    }
-    for (int k = 1; k <= need; k++) {
-        unsigned char cc = s[*i + (size_t)k];
-        if ((cc & 0xC0) != 0x80) {
-            (*i)++;
-            return 0xFFFD;
-        }
-        cp = (cp << 6) | (cc & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-        (*i)++;
-        return 0xFFFD;
-    }
-    *i += (size_t)need + 1;
-    return cp;
-}
-
-static int utf8_put(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
 
 /* ---- Vocabulary ------------------------------------------------------------------------------ */
 
@@ -433,7 +364,7 @@ static void add_char(enc_state *st, uint32_t cp)
 {
     if (st->chars < WORD_CHARS) {
         int at = st->cstart[st->chars];
-        at += utf8_put(cp, st->buf + at);
+        at += cairn_utf8_encode(cp, (unsigned char *)st->buf + at);
         st->cstart[++st->chars] = (uint16_t)at;
     } else if (st->chars < WORD_CHARS + 1) {
         st->chars++; /* too long: remembered only as "over the limit" */
@@ -494,7 +425,7 @@ int cairn_wordpiece_encode(const cairn_wordpiece *wp, const char *text, size_t l
     const unsigned char *s = (const unsigned char *)text;
     size_t i = 0;
     while (i < len && st.n < st.limit) {
-        uint32_t cp = utf8_next(s, len, &i);
+        uint32_t cp = cairn_utf8_decode(s, len, &i, NULL);
         if (is_space(cp)) {
             flush_word(&st);
         } else if (is_control(cp)) {
