@@ -1,0 +1,433 @@
+/*
+ * generation/engine.c — sequences, step() over a caller-chosen batch, the simple run loop.
+ *
+ * A sequence's prompt and generated tokens are kept; its K/V rows live in the paged cache
+ * (one kv sequence each). A decoding sequence holds one sampled token that has not been fed
+ * yet ("pending"): the next step feeds it at position n_prompt + n_generated - 1.
+ */
+#include "generation/engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    bool used;
+    int kv_seq; /* -1 once freed */
+    int32_t *prompt;
+    int n_prompt, n_prefilled;
+    int32_t *gen;
+    int n_gen, max_tokens;
+    int32_t *stops;
+    int n_stops;
+    cairn_sampler *sampler; /* NULL: greedy */
+    cairn_token_cb cb;
+    void *user;
+    cairn_finish finish;
+    uint64_t stamp; /* last step that listed it, to catch duplicates */
+} eseq;
+
+struct cairn_engine {
+    const cairn_model *m;
+    cairn_engine_params p;
+    int n_vocab;
+    cairn_pool *pool;
+    cairn_kv *kv;
+    cairn_model_ws *ws;
+    eseq *seqs;
+    /* Batch arrays (max_batch_tokens) and logits rows (one per sequence at most). */
+    int32_t *b_tok, *b_seq, *b_pos;
+    uint8_t *b_logits;
+    int *row_of_item;
+    float *logits;
+    cairn_step_item *run_items;
+    uint64_t n_steps;
+};
+
+cairn_engine_params cairn_engine_default_params(void)
+{
+    return (cairn_engine_params){.n_threads = 0, .n_ctx = 0, .max_seqs = 8,
+                                 .max_batch_tokens = 512, .block_tokens = 16, .kv_blocks = 0};
+}
+
+cairn_gen_params cairn_gen_default_params(void)
+{
+    return (cairn_gen_params){.max_tokens = 128, .sample = cairn_sample_greedy_params()};
+}
+
+static void seq_clear(cairn_engine *e, eseq *s)
+{
+    if (s->kv_seq >= 0)
+        cairn_kv_seq_free(e->kv, s->kv_seq);
+    free(s->prompt);
+    free(s->gen);
+    free(s->stops);
+    cairn_sampler_free(s->sampler);
+    memset(s, 0, sizeof *s);
+    s->kv_seq = -1;
+}
+
+void cairn_engine_close(cairn_engine *e)
+{
+    if (!e)
+        return;
+    if (e->seqs)
+        for (int i = 0; i < e->p.max_seqs; i++)
+            if (e->seqs[i].used)
+                seq_clear(e, &e->seqs[i]);
+    free(e->seqs);
+    cairn_model_ws_free(e->ws);
+    cairn_kv_close(e->kv);
+    cairn_pool_close(e->pool);
+    free(e->b_tok);
+    free(e->b_seq);
+    free(e->b_pos);
+    free(e->b_logits);
+    free(e->row_of_item);
+    free(e->logits);
+    free(e->run_items);
+    free(e);
+}
+
+int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engine_params *pin,
+                      cairn_error *err)
+{
+    *out = NULL;
+    cairn_engine_params p = *pin;
+    const cairn_model_hparams *hp = cairn_model_hparams_of(m);
+    if (p.n_threads < 0 || p.n_threads > 256)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: n_threads %d outside [0, 256]",
+                            p.n_threads);
+    if (p.n_threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        p.n_threads = n > 0 ? (int)n : 1;
+    }
+    if (p.n_ctx == 0)
+        p.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    if (p.n_ctx < 2 || p.n_ctx > hp->n_ctx_train)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: n_ctx %d outside [2, %d] (the model's "
+                            "context_length)", p.n_ctx, hp->n_ctx_train);
+    if (p.max_seqs < 1 || p.max_seqs > 4096)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: max_seqs %d outside [1, 4096]",
+                            p.max_seqs);
+    if (p.max_batch_tokens < 1 || p.max_batch_tokens > 65536)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: max_batch_tokens %d outside [1, 65536]",
+                            p.max_batch_tokens);
+    if (p.block_tokens < 1 || p.block_tokens > 1024)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: block_tokens %d outside [1, 1024]",
+                            p.block_tokens);
+    if (p.kv_blocks < 0)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: kv_blocks %d is negative", p.kv_blocks);
+    int ctx_blocks = (p.n_ctx + p.block_tokens - 1) / p.block_tokens;
+    if (p.kv_blocks == 0)
+        p.kv_blocks = 2 * ctx_blocks;
+
+    cairn_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
+    e->m = m;
+    e->p = p;
+    e->n_vocab = hp->n_vocab;
+    int rc;
+    cairn_pool_params pp = cairn_pool_default_params();
+    pp.n_threads = p.n_threads;
+    if ((rc = cairn_pool_open(&e->pool, &pp, err)))
+        goto fail;
+
+    cairn_kv_params kp = cairn_kv_default_params();
+    cairn_model_kv_params(m, &kp);
+    kp.block_tokens = p.block_tokens;
+    kp.n_blocks = p.kv_blocks;
+    kp.max_seqs = p.max_seqs;
+    kp.max_seq_tokens = p.n_ctx;
+    if (hp->sliding_window > 0) {
+        /* Each sequence holds at most its window plus one partly filled block and the chunk
+         * being prefilled; never more than a full context. */
+        int per_seq = (hp->sliding_window + p.block_tokens - 1) / p.block_tokens + 2;
+        long need = (long)p.max_seqs * per_seq + (p.max_batch_tokens + p.block_tokens - 1) /
+                                                     p.block_tokens;
+        kp.n_blocks_window = need < p.kv_blocks ? (int)need : p.kv_blocks;
+    }
+    if ((rc = cairn_kv_open(&e->kv, &kp, err)) ||
+        (rc = cairn_model_ws_new(&e->ws, m, p.max_batch_tokens, p.n_ctx, p.n_threads, err)))
+        goto fail;
+    e->seqs = calloc((size_t)p.max_seqs, sizeof(eseq));
+    e->b_tok = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
+    e->b_seq = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
+    e->b_pos = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
+    e->b_logits = malloc((size_t)p.max_batch_tokens);
+    e->row_of_item = malloc(sizeof(int) * (size_t)p.max_seqs);
+    e->run_items = malloc(sizeof(cairn_step_item) * (size_t)p.max_seqs);
+    int rows = p.max_seqs < p.max_batch_tokens ? p.max_seqs : p.max_batch_tokens;
+    e->logits = malloc(sizeof(float) * (size_t)rows * (size_t)e->n_vocab);
+    if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->row_of_item ||
+        !e->run_items || !e->logits) {
+        rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < p.max_seqs; i++)
+        e->seqs[i].kv_seq = -1;
+    *out = e;
+    return 0;
+fail:
+    cairn_engine_close(e);
+    return rc;
+}
+
+static eseq *find(const cairn_engine *e, int id)
+{
+    if (id < 0 || id >= e->p.max_seqs || !e->seqs[id].used)
+        return NULL;
+    return &e->seqs[id];
+}
+
+int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
+                     const cairn_gen_params *gp, int *id, cairn_error *err)
+{
+    if (!prompt || n_prompt < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: empty prompt");
+    if (n_prompt >= e->p.n_ctx)
+        return cairn_errorf(err, CAIRN_ELIMIT,
+                            "engine: prompt of %d tokens does not fit the context of %d tokens",
+                            n_prompt, e->p.n_ctx);
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= e->n_vocab)
+            return cairn_errorf(err, CAIRN_EINVAL,
+                                "engine: prompt token %d at index %d is outside the vocabulary "
+                                "(%d)", prompt[i], i, e->n_vocab);
+    if (gp->max_tokens < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: max_tokens %d must be >= 1",
+                            gp->max_tokens);
+    if (gp->n_stop_tokens < 0 || (gp->n_stop_tokens > 0 && !gp->stop_tokens))
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: bad stop token list");
+    int rc = cairn_sample_params_validate(&gp->sample, err);
+    if (rc)
+        return rc;
+    int slot = -1;
+    for (int i = 0; i < e->p.max_seqs && slot < 0; i++)
+        if (!e->seqs[i].used)
+            slot = i;
+    if (slot < 0)
+        return cairn_errorf(err, CAIRN_EBUSY, "engine: all %d sequence slots are in use",
+                            e->p.max_seqs);
+    eseq *s = &e->seqs[slot];
+    memset(s, 0, sizeof *s);
+    s->kv_seq = -1;
+    int cap = gp->max_tokens < e->p.n_ctx ? gp->max_tokens : e->p.n_ctx;
+    s->prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
+    s->gen = malloc(sizeof(int32_t) * (size_t)cap);
+    s->stops = malloc(sizeof(int32_t) * (size_t)(gp->n_stop_tokens + 1));
+    if (!s->prompt || !s->gen || !s->stops) {
+        seq_clear(e, s);
+        return cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
+    }
+    bool greedy = gp->sample.temperature == 0.0f || gp->sample.top_k == 1;
+    if (!greedy && (rc = cairn_sampler_new(&s->sampler, e->n_vocab, &gp->sample, err))) {
+        seq_clear(e, s);
+        return rc;
+    }
+    if ((rc = cairn_kv_seq_new(e->kv, &s->kv_seq, err))) {
+        s->kv_seq = -1;
+        seq_clear(e, s);
+        return rc;
+    }
+    memcpy(s->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    if (gp->n_stop_tokens)
+        memcpy(s->stops, gp->stop_tokens, sizeof(int32_t) * (size_t)gp->n_stop_tokens);
+    s->n_stops = gp->n_stop_tokens;
+    s->n_prompt = n_prompt;
+    s->max_tokens = cap;
+    s->cb = gp->on_token;
+    s->user = gp->user;
+    s->used = true;
+    *id = slot;
+    return 0;
+}
+
+static void finish(cairn_engine *e, eseq *s, cairn_finish why)
+{
+    s->finish = why;
+    if (s->kv_seq >= 0) {
+        cairn_kv_seq_free(e->kv, s->kv_seq);
+        s->kv_seq = -1;
+    }
+}
+
+int cairn_engine_cancel(cairn_engine *e, int id)
+{
+    eseq *s = find(e, id);
+    if (!s)
+        return CAIRN_ENOTFOUND;
+    if (s->finish == CAIRN_FINISH_NONE)
+        finish(e, s, CAIRN_FINISH_CANCELLED);
+    return 0;
+}
+
+void cairn_engine_release(cairn_engine *e, int id)
+{
+    eseq *s = find(e, id);
+    if (s)
+        seq_clear(e, s);
+}
+
+/* Greedy pick: arg-max, lowest id on ties (what cairn_sample_argmax documents too). */
+static int32_t argmax(const float *x, int n)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* Records a sampled token and decides whether the sequence ends with it. */
+static void take_token(cairn_engine *e, int id, eseq *s, int32_t tok)
+{
+    s->gen[s->n_gen++] = tok;
+    cairn_finish why = CAIRN_FINISH_NONE;
+    for (int i = 0; i < s->n_stops; i++)
+        if (s->stops[i] == tok)
+            why = CAIRN_FINISH_STOP;
+    if (why == CAIRN_FINISH_NONE && s->n_gen >= s->max_tokens)
+        why = CAIRN_FINISH_LENGTH;
+    /* Feeding this token needs position n_prompt + n_gen - 1. */
+    if (why == CAIRN_FINISH_NONE && s->n_prompt + s->n_gen - 1 >= e->p.n_ctx)
+        why = CAIRN_FINISH_CONTEXT;
+    if (s->cb && s->cb(s->user, id, tok, why != CAIRN_FINISH_NONE) != 0 &&
+        why == CAIRN_FINISH_NONE)
+        why = CAIRN_FINISH_CALLBACK;
+    if (why != CAIRN_FINISH_NONE)
+        finish(e, s, why);
+}
+
+int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items,
+                      cairn_error *err)
+{
+    if (n_items < 1 || n_items > e->p.max_seqs)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine step: %d items (1..%d)", n_items,
+                            e->p.max_seqs);
+    uint64_t stamp = ++e->n_steps;
+    int nt = 0, rows = 0;
+    for (int i = 0; i < n_items; i++) {
+        eseq *s = find(e, items[i].id);
+        if (!s || s->finish != CAIRN_FINISH_NONE)
+            return cairn_errorf(err, CAIRN_EINVAL, "engine step: sequence %d is not running",
+                                items[i].id);
+        if (s->stamp == stamp)
+            return cairn_errorf(err, CAIRN_EINVAL, "engine step: sequence %d listed twice",
+                                items[i].id);
+        s->stamp = stamp;
+        int n;
+        bool want;
+        if (s->n_prefilled < s->n_prompt) {
+            if (items[i].n_tokens < 1)
+                return cairn_errorf(err, CAIRN_EINVAL, "engine step: n_tokens %d < 1",
+                                    items[i].n_tokens);
+            n = s->n_prompt - s->n_prefilled;
+            if (items[i].n_tokens < n)
+                n = items[i].n_tokens;
+            want = s->n_prefilled + n == s->n_prompt;
+        } else {
+            n = 1;
+            want = true;
+        }
+        if (nt + n > e->p.max_batch_tokens)
+            return cairn_errorf(err, CAIRN_EINVAL,
+                                "engine step: batch exceeds max_batch_tokens (%d)",
+                                e->p.max_batch_tokens);
+        for (int j = 0; j < n; j++) {
+            int pos;
+            if (s->n_prefilled < s->n_prompt) {
+                pos = s->n_prefilled + j;
+                e->b_tok[nt] = s->prompt[pos];
+            } else {
+                pos = s->n_prompt + s->n_gen - 1;
+                e->b_tok[nt] = s->gen[s->n_gen - 1];
+            }
+            e->b_seq[nt] = s->kv_seq;
+            e->b_pos[nt] = pos;
+            e->b_logits[nt] = want && j == n - 1;
+            nt++;
+        }
+        e->row_of_item[i] = want ? rows++ : -1;
+    }
+    cairn_batch b = {.n_tokens = nt, .tokens = e->b_tok, .seq = e->b_seq, .pos = e->b_pos,
+                     .logits = e->b_logits};
+    int rc = cairn_model_forward(e->m, e->ws, e->kv, e->pool, &b, e->logits, err);
+    if (rc)
+        return rc;
+    for (int i = 0; i < n_items; i++) {
+        eseq *s = &e->seqs[items[i].id];
+        if (s->n_prefilled < s->n_prompt) {
+            int n = s->n_prompt - s->n_prefilled;
+            s->n_prefilled += items[i].n_tokens < n ? items[i].n_tokens : n;
+        }
+        if (e->row_of_item[i] < 0)
+            continue;
+        const float *lg = e->logits + (size_t)e->row_of_item[i] * e->n_vocab;
+        int32_t tok;
+        if (s->sampler) {
+            tok = cairn_sampler_sample(s->sampler, lg, err);
+            if (tok < 0)
+                return tok; /* no finite logit: a numerical failure, reported */
+        } else {
+            tok = argmax(lg, e->n_vocab);
+        }
+        take_token(e, items[i].id, s, tok);
+    }
+    return 0;
+}
+
+int cairn_engine_run(cairn_engine *e, cairn_error *err)
+{
+    for (;;) {
+        int n = 0, budget = e->p.max_batch_tokens;
+        /* Decode tokens first: they keep running sequences' inter-token latency steady. */
+        for (int i = 0; i < e->p.max_seqs && budget > 0; i++) {
+            eseq *s = &e->seqs[i];
+            if (s->used && s->finish == CAIRN_FINISH_NONE && s->n_prefilled == s->n_prompt) {
+                e->run_items[n++] = (cairn_step_item){.id = i, .n_tokens = 1};
+                budget--;
+            }
+        }
+        for (int i = 0; i < e->p.max_seqs && budget > 0; i++) {
+            eseq *s = &e->seqs[i];
+            if (s->used && s->finish == CAIRN_FINISH_NONE && s->n_prefilled < s->n_prompt) {
+                int chunk = s->n_prompt - s->n_prefilled;
+                if (chunk > budget)
+                    chunk = budget;
+                e->run_items[n++] = (cairn_step_item){.id = i, .n_tokens = chunk};
+                budget -= chunk;
+            }
+        }
+        if (n == 0)
+            return 0;
+        int rc = cairn_engine_step(e, e->run_items, n, err);
+        if (rc)
+            return rc;
+    }
+}
+
+int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out)
+{
+    const eseq *s = find(e, id);
+    if (!s)
+        return CAIRN_ENOTFOUND;
+    out->prefilling = s->n_prefilled < s->n_prompt;
+    out->finish = s->finish;
+    out->n_prompt = s->n_prompt;
+    out->n_prefilled = s->n_prefilled;
+    out->n_generated = s->n_gen;
+    out->generated = s->gen;
+    return 0;
+}
+
+int cairn_engine_active(const cairn_engine *e)
+{
+    int n = 0;
+    for (int i = 0; i < e->p.max_seqs; i++)
+        n += e->seqs[i].used && e->seqs[i].finish == CAIRN_FINISH_NONE;
+    return n;
+}
+
+const cairn_kv *cairn_engine_kv(const cairn_engine *e) { return e->kv; }

@@ -1,0 +1,139 @@
+/*
+ * generation/engine.h — the generation engine: sequences, batched steps, sampling.
+ *
+ * An engine runs one model (borrowed; several engines may share it) with its own thread pool,
+ * paged KV cache and forward-pass workspace, all sized at open. Callers add sequences (a
+ * prompt of token ids and generation parameters) and drive the engine with cairn_engine_step():
+ * each step runs ONE forward pass over the batch the caller chose: prefill chunks of some
+ * sequences and decode tokens of others. The scheduler (a later module) decides that batch;
+ * until then cairn_engine_run() is a simple continuous-batching loop: every decoding sequence
+ * gets its token, then prefill chunks fill the rest of max_batch_tokens.
+ *
+ * Generated tokens go to a per-sequence callback as soon as they are sampled. Stop strings are
+ * the caller's business (they need the tokenizer: generation/sample.h's cairn_stop); the
+ * callback returns non-zero to end a sequence. Stop tokens (end of generation ids), max_tokens
+ * and the context length end it inside the engine.
+ *
+ * Thread-safety: an engine is used by one thread at a time (the worker that owns it).
+ */
+#ifndef CAIRN_GENERATION_ENGINE_H
+#define CAIRN_GENERATION_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "generation/model.h"
+#include "generation/sample.h"
+
+typedef struct cairn_engine cairn_engine;
+
+typedef struct {
+    int n_threads;        /* compute threads, the caller included; 0 = CPUs online */
+    int n_ctx;            /* positions per sequence; 0 = min(model's context_length, 4096) */
+    int max_seqs;         /* sequences alive at once (added and not yet released) */
+    int max_batch_tokens; /* tokens in one forward pass */
+    int block_tokens;     /* KV block size in tokens */
+    int kv_blocks;        /* KV blocks of full-attention layers; 0 = enough for 2 full contexts.
+                             Sliding-window layers get what max_seqs windows need. */
+} cairn_engine_params;
+
+/* n_threads 0, n_ctx 0, max_seqs 8, max_batch_tokens 512, block_tokens 16, kv_blocks 0. */
+cairn_engine_params cairn_engine_default_params(void);
+
+/*
+ * Opens an engine over m (which must outlive it). Returns 0 and *out (cairn_engine_close), or
+ * CAIRN_EINVAL (a parameter out of range, named in err), CAIRN_ENOMEM, CAIRN_EIO (threads).
+ */
+int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engine_params *p,
+                      cairn_error *err);
+void cairn_engine_close(cairn_engine *e); /* NULL is a no-op */
+
+/* Why a sequence ended. */
+typedef enum {
+    CAIRN_FINISH_NONE = 0,  /* still running */
+    CAIRN_FINISH_LENGTH,    /* max_tokens generated */
+    CAIRN_FINISH_STOP,      /* a stop token was sampled (it is the last generated token) */
+    CAIRN_FINISH_CALLBACK,  /* the token callback asked to stop (e.g. a stop string) */
+    CAIRN_FINISH_CONTEXT,   /* the sequence filled the context */
+    CAIRN_FINISH_CANCELLED, /* cairn_engine_cancel */
+} cairn_finish;
+
+/*
+ * Called once per generated token, in order; `last` is true when the sequence ends with it
+ * (reason in cairn_engine_seq_info). Return 0 to go on, non-zero to end the sequence after
+ * this token (CAIRN_FINISH_CALLBACK). Runs on the thread calling step/run.
+ */
+typedef int (*cairn_token_cb)(void *user, int seq_id, int32_t token, bool last);
+
+typedef struct {
+    int max_tokens;              /* tokens to generate, >= 1 */
+    cairn_sample_params sample;  /* cairn_sample_greedy_params() by default */
+    const int32_t *stop_tokens;  /* ids that end generation (copied); may be NULL */
+    int n_stop_tokens;
+    cairn_token_cb on_token;     /* may be NULL */
+    void *user;
+} cairn_gen_params;
+
+/* max_tokens 128, greedy, no stop tokens, no callback. */
+cairn_gen_params cairn_gen_default_params(void);
+
+/*
+ * Adds a sequence with prompt[0..n_prompt) (copied). Returns 0 and its id in *id, or
+ * CAIRN_EINVAL (empty prompt, a token id outside the vocabulary, bad generation parameters),
+ * CAIRN_ELIMIT (the prompt does not fit the context: n_prompt >= n_ctx), CAIRN_EBUSY (max_seqs
+ * sequences exist; release finished ones). No compute happens here.
+ */
+int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
+                     const cairn_gen_params *gp, int *id, cairn_error *err);
+
+/* Ends a sequence now (CAIRN_FINISH_CANCELLED) and frees its KV blocks; its record stays until
+ * release. Returns 0, or CAIRN_ENOTFOUND for an unknown id. Finished sequences are left as is. */
+int cairn_engine_cancel(cairn_engine *e, int id);
+
+/* Forgets a sequence (cancelling it if it still runs), freeing its id. Unknown ids: no-op. */
+void cairn_engine_release(cairn_engine *e, int id);
+
+/* One entry of a step: sequence id and how many prompt tokens to prefill (ignored, i.e. 1, for a
+ * sequence that is decoding). */
+typedef struct {
+    int id;
+    int n_tokens;
+} cairn_step_item;
+
+/*
+ * Runs one forward pass over the items: for a prefilling sequence min(n_tokens, rest of the
+ * prompt) prompt tokens, for a decoding one its last sampled token. A sequence whose prompt
+ * completes, and every decoding one, gets its next token sampled (callback). Returns 0, or
+ * CAIRN_EINVAL (unknown/finished id, an id twice, n_tokens < 1, more than max_batch_tokens),
+ * CAIRN_EBUSY (KV cache exhausted: nothing was changed; free or cancel sequences and retry).
+ */
+int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items,
+                      cairn_error *err);
+
+/*
+ * Continuous batching until no sequence runs: each iteration every decoding sequence gets its
+ * token and prefill chunks fill up to max_batch_tokens (oldest sequence first). Returns 0 or
+ * the first step error.
+ */
+int cairn_engine_run(cairn_engine *e, cairn_error *err);
+
+typedef struct {
+    bool prefilling;       /* prompt not fully processed yet */
+    cairn_finish finish;   /* CAIRN_FINISH_NONE while running */
+    int n_prompt;
+    int n_prefilled;       /* prompt tokens processed */
+    int n_generated;
+    const int32_t *generated; /* n_generated ids, owned by the engine, valid until release */
+} cairn_seq_info;
+
+/* Fills *out for id. Returns 0 or CAIRN_ENOTFOUND. */
+int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out);
+
+/* Sequences added and not finished. */
+int cairn_engine_active(const cairn_engine *e);
+
+/* The engine's KV cache (for metrics and tests; owned by the engine). */
+const cairn_kv *cairn_engine_kv(const cairn_engine *e);
+
+#endif

@@ -1,0 +1,499 @@
+/*
+ * generation/kernels/cpu.c — portable kernels and the run-time dispatch to cpu_avx2.c.
+ *
+ * Block formats follow ggml (see cpu_internal.h). The portable dot products accumulate in
+ * int32 per block and scale in float, exactly like the AVX2 ones, so both give the same
+ * result up to float summation order.
+ */
+#include "generation/kernels/cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "generation/kernels/cpu_internal.h"
+
+bool cairn_cpu_has_avx2(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+bool cairn_cpu_type_supported(uint32_t type)
+{
+    switch (type) {
+    case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16: case CAIRN_GGUF_Q4_0:
+    case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0: case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+int cairn_cpu_mat_from_gguf(cairn_cpu_mat *m, const cairn_gguf_tensor *t, cairn_error *err)
+{
+    if (!cairn_cpu_type_supported(t->type)) {
+        const char *tn = cairn_gguf_type_name(t->type);
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "tensor '%s': type %s (%u) has no CPU kernel",
+                            t->name, tn ? tn : "unknown", t->type);
+    }
+    if (t->n_dims > 2 || t->dims[2] != 1 || t->dims[3] != 1)
+        return cairn_errorf(err, CAIRN_EFORMAT, "tensor '%s': expected a matrix, got %u dims",
+                            t->name, t->n_dims);
+    uint32_t bs = cairn_gguf_type_block_size(t->type);
+    if (t->dims[0] == 0 || t->dims[0] % bs != 0)
+        return cairn_errorf(err, CAIRN_EFORMAT,
+                            "tensor '%s': row length %llu is not a multiple of the block size %u",
+                            t->name, (unsigned long long)t->dims[0], bs);
+    m->type = t->type;
+    m->cols = (int64_t)t->dims[0];
+    m->rows = (int64_t)t->dims[1];
+    m->row_bytes = (size_t)(t->dims[0] / bs) * cairn_gguf_type_block_bytes(t->type);
+    m->data = t->data;
+    if ((uint64_t)m->row_bytes * t->dims[1] != t->nbytes || !t->data)
+        return cairn_errorf(err, CAIRN_EFORMAT, "tensor '%s': size %llu does not match its shape",
+                            t->name, (unsigned long long)t->nbytes);
+    return 0;
+}
+
+/* ---- Activation quantisation ------------------------------------------------------------- */
+
+size_t cairn_cpu_act_bytes(uint32_t type, int64_t cols)
+{
+    switch (type) {
+    case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
+        return (size_t)(cols / 32) * sizeof(cairn__act_q8);
+    case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
+        return (size_t)(cols / 256) * sizeof(cairn__act_q8k);
+    default:
+        return (size_t)cols * sizeof(float);
+    }
+}
+
+/*
+ * Activation quantisers. They reproduce ggml's rounding exactly (ggml-quants.c / ggml-cpu):
+ * Q8 blocks of 32 scale by 127 / amax, round half to even and keep the scale as F16; Q8_K
+ * blocks of 256 scale by -127 / (the signed value of largest magnitude) and keep 1 / scale in
+ * float. With identical quantised activations the integer dot products are identical too, so
+ * our logits track llama.cpp's (the reference of the acceptance tests) far more closely than
+ * any other 8-bit rounding would.
+ */
+static void quant_q8(const float *x, int64_t nb, cairn__act_q8 *y)
+{
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * 32;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++)
+            amax = fmaxf(amax, fabsf(xb[j]));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(amax / 127.0f));
+        for (int j = 0; j < 32; j++)
+            y[b].qs[j] = (int8_t)lrintf(xb[j] * id);
+    }
+}
+
+static void quant_q8k(const float *x, int64_t nb, cairn__act_q8k *y)
+{
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * 256;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            if (fabsf(xb[j]) > amax) {
+                amax = fabsf(xb[j]);
+                max = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        float iscale = -127.0f / max;
+        for (int j = 0; j < 256; j++) {
+            long v = lrintf(iscale * xb[j]);
+            y[b].qs[j] = (int8_t)(v > 127 ? 127 : v);
+        }
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++)
+                s += y[b].qs[g * 16 + j];
+            y[b].bsums[g] = (int16_t)s;
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+void cairn_cpu_quantize_act(uint32_t type, const float *x, int64_t cols, void *act, bool use_avx2)
+{
+    switch (type) {
+    case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
+        if (use_avx2)
+            cairn__quant_q8_avx2(x, cols / 32, act);
+        else
+            quant_q8(x, cols / 32, act);
+        break;
+    case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
+        quant_q8k(x, cols / 256, act);
+        break;
+    default:
+        memcpy(act, x, (size_t)cols * sizeof(float));
+        break;
+    }
+}
+
+/* ---- Portable dot products ----------------------------------------------------------------- */
+
+static inline float h2f(uint16_t h) { return cairn_gguf_f16_to_f32(h); }
+
+static float dot_q8_0(int64_t nb, const cairn__blk_q8_0 *w, const cairn__act_q8 *a)
+{
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int sumi = 0;
+        for (int j = 0; j < 32; j++)
+            sumi += w[b].qs[j] * a[b].qs[j];
+        s += h2f(w[b].d) * a[b].d * (float)sumi;
+    }
+    return s;
+}
+
+static float dot_q4_0(int64_t nb, const cairn__blk_q4_0 *w, const cairn__act_q8 *a)
+{
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int sumi = 0;
+        for (int j = 0; j < 16; j++) {
+            sumi += ((w[b].qs[j] & 0xF) - 8) * a[b].qs[j];
+            sumi += ((w[b].qs[j] >> 4) - 8) * a[b].qs[j + 16];
+        }
+        s += h2f(w[b].d) * a[b].d * (float)sumi;
+    }
+    return s;
+}
+
+static float dot_q5_0(int64_t nb, const cairn__blk_q5_0 *w, const cairn__act_q8 *a)
+{
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        int sumi = 0;
+        for (int j = 0; j < 16; j++) {
+            int h0 = (int)((qh >> j) << 4) & 0x10;
+            int h1 = (int)(qh >> (j + 12)) & 0x10;
+            sumi += (((w[b].qs[j] & 0xF) | h0) - 16) * a[b].qs[j];
+            sumi += (((w[b].qs[j] >> 4) | h1) - 16) * a[b].qs[j + 16];
+        }
+        s += h2f(w[b].d) * a[b].d * (float)sumi;
+    }
+    return s;
+}
+
+static float dot_q4_k(int64_t nb, const cairn__blk_q4_k *w, const cairn__act_q8k *a)
+{
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t sc[8], mn[8];
+        cairn__q4k_scales(w[b].scales, sc, mn);
+        int sumi = 0;
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *q = w[b].qs + 32 * j;
+            const int8_t *y = a[b].qs + 64 * j;
+            int s0 = 0, s1 = 0;
+            for (int l = 0; l < 32; l++) {
+                s0 += (q[l] & 0xF) * y[l];
+                s1 += (q[l] >> 4) * y[l + 32];
+            }
+            sumi += sc[2 * j] * s0 + sc[2 * j + 1] * s1;
+        }
+        int summ = 0;
+        for (int k = 0; k < 8; k++)
+            summ += mn[k] * (a[b].bsums[2 * k] + a[b].bsums[2 * k + 1]);
+        s += a[b].d * (h2f(w[b].d) * (float)sumi - h2f(w[b].dmin) * (float)summ);
+    }
+    return s;
+}
+
+static float dot_q6_k(int64_t nb, const cairn__blk_q6_k *w, const cairn__act_q8k *a)
+{
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int sumi = 0;
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = w[b].ql + 64 * half, *qh = w[b].qh + 32 * half;
+            const int8_t *sc = w[b].scales + 8 * half, *y = a[b].qs + 128 * half;
+            for (int l = 0; l < 32; l++) {
+                int is = l / 16;
+                int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                sumi += sc[is] * q1 * y[l] + sc[is + 2] * q2 * y[l + 32] +
+                        sc[is + 4] * q3 * y[l + 64] + sc[is + 6] * q4 * y[l + 96];
+            }
+        }
+        s += h2f(w[b].d) * a[b].d * (float)sumi;
+    }
+    return s;
+}
+
+static float dot_f32(int64_t n, const float *w, const float *x)
+{
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        s += w[i] * x[i];
+    return s;
+}
+
+static float dot_f16(int64_t n, const uint16_t *w, const float *x)
+{
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        s += h2f(w[i]) * x[i];
+    return s;
+}
+
+static float dot_bf16(int64_t n, const uint16_t *w, const float *x)
+{
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        s += cairn_gguf_bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+float cairn_cpu_vec_dot(uint32_t type, int64_t cols, const void *w, const void *a, bool avx2)
+{
+    switch (type) {
+    case CAIRN_GGUF_Q8_0:
+        return avx2 ? cairn__dot_q8_0_avx2(cols / 32, w, a) : dot_q8_0(cols / 32, w, a);
+    case CAIRN_GGUF_Q4_0:
+        return avx2 ? cairn__dot_q4_0_avx2(cols / 32, w, a) : dot_q4_0(cols / 32, w, a);
+    case CAIRN_GGUF_Q5_0:
+        return avx2 ? cairn__dot_q5_0_avx2(cols / 32, w, a) : dot_q5_0(cols / 32, w, a);
+    case CAIRN_GGUF_Q4_K:
+        return avx2 ? cairn__dot_q4_k_avx2(cols / 256, w, a) : dot_q4_k(cols / 256, w, a);
+    case CAIRN_GGUF_Q6_K:
+        return avx2 ? cairn__dot_q6_k_avx2(cols / 256, w, a) : dot_q6_k(cols / 256, w, a);
+    case CAIRN_GGUF_F16:
+        return avx2 ? cairn__dot_f16_avx2(cols, w, a) : dot_f16(cols, w, a);
+    case CAIRN_GGUF_BF16:
+        return dot_bf16(cols, w, a);
+    case CAIRN_GGUF_F32:
+        return avx2 ? cairn__dot_f32_avx2(cols, w, a) : dot_f32(cols, w, a);
+    default:
+        return 0.0f; /* unreachable: cairn_cpu_mat_from_gguf rejects other types */
+    }
+}
+
+/* ---- Matrix product ------------------------------------------------------------------------ */
+
+size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok)
+{
+    switch (w->type) {
+    case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16:
+        return 0; /* float activations are used in place */
+    default:
+        return (size_t)n_tok * cairn_cpu_act_bytes(w->type, w->cols);
+    }
+}
+
+typedef struct {
+    const cairn_cpu_mat *w;
+    const float *x;
+    int64_t n_tok;
+    float *y;
+    const uint8_t *act;
+    size_t act_row;
+    uint8_t *scratch;
+    bool avx2;
+} matmul_ctx;
+
+static void quant_rows(void *p, size_t b, size_t e, int tid)
+{
+    matmul_ctx *c = p;
+    for (size_t t = b; t < e; t++)
+        cairn_cpu_quantize_act(c->w->type, c->x + t * c->w->cols, c->w->cols,
+                               c->scratch + t * c->act_row, c->avx2);
+}
+
+/* Rows in groups of 4 so that each activation row, once in cache, meets several weight rows. */
+#define MM_ROW_GROUP 4
+
+static void matmul_rows(void *p, size_t gb, size_t ge, int tid)
+{
+    const matmul_ctx *c = p;
+    const cairn_cpu_mat *w = c->w;
+    const uint8_t *wd = w->data;
+    for (size_t g = gb; g < ge; g++) {
+        size_t rb = g * MM_ROW_GROUP, re = rb + MM_ROW_GROUP;
+        if (re > (size_t)w->rows)
+            re = (size_t)w->rows;
+        for (int64_t t = 0; t < c->n_tok; t++) {
+            const void *a = c->act + t * c->act_row;
+            float *yt = c->y + t * w->rows;
+            for (size_t r = rb; r < re; r++)
+                yt[r] = cairn_cpu_vec_dot(w->type, w->cols, wd + r * w->row_bytes, a, c->avx2);
+        }
+    }
+}
+
+void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
+                      float *y, void *scratch)
+{
+    matmul_ctx c = {.w = w, .x = x, .n_tok = n_tok, .y = y, .scratch = scratch,
+                    .avx2 = cairn_cpu_has_avx2()};
+    if (cairn_cpu_matmul_scratch_bytes(w, 1) == 0) {
+        c.act = (const uint8_t *)x;
+        c.act_row = (size_t)w->cols * sizeof(float);
+    } else {
+        c.act = scratch;
+        c.act_row = cairn_cpu_act_bytes(w->type, w->cols);
+        if (pool && n_tok > 1)
+            cairn_pool_parallel_for(pool, (size_t)n_tok, quant_rows, &c);
+        else
+            quant_rows(&c, 0, (size_t)n_tok, 0);
+    }
+    size_t groups = ((size_t)w->rows + MM_ROW_GROUP - 1) / MM_ROW_GROUP;
+    if (pool)
+        cairn_pool_parallel_for(pool, groups, matmul_rows, &c);
+    else
+        matmul_rows(&c, 0, groups, 0);
+}
+
+/* ---- Element-wise ---------------------------------------------------------------------------- */
+
+void cairn_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * scale * (w ? w[i] : 1.0f);
+}
+
+void cairn_cpu_rope(float *x, int n_heads, int head_dim, int pos, float base, float freq_scale,
+                    bool neox)
+{
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float theta = (float)pos * freq_scale * powf(base, -2.0f * (float)i / (float)head_dim);
+        float c = cosf(theta), s = sinf(theta);
+        for (int h = 0; h < n_heads; h++) {
+            float *xh = x + (size_t)h * head_dim;
+            int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+            float a = xh[i0], b = xh[i1];
+            xh[i0] = a * c - b * s;
+            xh[i1] = a * s + b * c;
+        }
+    }
+}
+
+static inline float gelu1(float x)
+{
+    const float k = 0.79788456080286535588f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
+
+void cairn_cpu_gelu_tanh(float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] = gelu1(x[i]);
+}
+
+void cairn_cpu_silu(float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] = silu1(x[i]);
+}
+
+static inline float f16_round(float x) { return h2f(cairn_gguf_f32_to_f16(x)); }
+
+/*
+ * GELU at half precision, as ggml evaluates it (a table over all F16 inputs): the input is
+ * rounded to F16 and so is the result; |x| >= 10 passes x (or 0) through. The difference from
+ * float GELU (< 1e-3 relative) is far below the 8-bit activation rounding that follows, but
+ * matching it keeps our greedy choices in step with llama.cpp's.
+ */
+static inline float gelu_f16(float x)
+{
+    if (x <= -10.0f)
+        return 0.0f;
+    if (x >= 10.0f)
+        return x;
+    return f16_round(gelu1(f16_round(x)));
+}
+
+void cairn_cpu_gated(float *a, const float *b, int n, bool gelu)
+{
+    for (int i = 0; i < n; i++)
+        a[i] = (gelu ? gelu_f16(a[i]) : silu1(a[i])) * b[i];
+}
+
+void cairn_cpu_softmax(float *x, int n)
+{
+    float mx = x[0];
+    for (int i = 1; i < n; i++)
+        mx = fmaxf(mx, x[i]);
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+void cairn_cpu_round_f16(float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] = f16_round(x[i]);
+}
+
+void cairn_cpu_f32_to_f16(const float *x, uint16_t *y, int n)
+{
+    if (cairn_cpu_has_avx2()) {
+        cairn__f32_to_f16_avx2(x, y, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        y[i] = cairn_gguf_f32_to_f16(x[i]);
+}
+
+/* ---- Attention ------------------------------------------------------------------------------- */
+
+void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv, int kv_head,
+                         int lo, int hi, float scale, float *scores, float *out)
+{
+    bool avx2 = cairn_cpu_has_avx2();
+    size_t hoff = (size_t)kv_head * head_dim;
+    int n = hi - lo + 1;
+    for (int p = lo; p <= hi; p++) {
+        const uint16_t *k = kv->k + (size_t)kv->blocks[p / kv->block_tokens] * kv->block_stride +
+                            (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
+        scores[p - lo] = scale * (avx2 ? cairn__dot_f16_avx2(head_dim, k, q)
+                                       : dot_f16(head_dim, k, q));
+    }
+    cairn_cpu_softmax(scores, n);
+    /* ggml multiplies the probabilities by an F16 V cache in F16 (llama.cpp without flash
+     * attention); rounding them the same way costs nothing and tracks its results. */
+    for (int i = 0; i < n; i++)
+        scores[i] = f16_round(scores[i]);
+    memset(out, 0, (size_t)head_dim * sizeof(float));
+    for (int p = lo; p <= hi; p++) {
+        const uint16_t *v = kv->v + (size_t)kv->blocks[p / kv->block_tokens] * kv->block_stride +
+                            (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
+        float a = scores[p - lo];
+        if (avx2) {
+            cairn__axpy_f16_avx2(head_dim, a, v, out);
+        } else {
+            for (int i = 0; i < head_dim; i++)
+                out[i] += a * h2f(v[i]);
+        }
+    }
+}

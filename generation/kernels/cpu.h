@@ -1,0 +1,128 @@
+/*
+ * generation/kernels/cpu.h — CPU compute kernels for the generation engine.
+ *
+ * Matrix products run straight from the GGUF weight blocks (F32, F16, BF16, Q4_0, Q5_0, Q8_0,
+ * Q4_K, Q6_K); nothing is dequantized ahead of time. For the quantized types the activations
+ * are quantized on the fly to 8 bits per block, as llama.cpp does: Q8 blocks of 32 for the
+ * 32-element weight formats and 256-element blocks with 16-element partial sums for the
+ * K-quants. The dot products then run in integer arithmetic (AVX2 maddubs), which is what makes
+ * a decode step memory-bound instead of compute-bound, and it keeps our rounding close to
+ * llama.cpp's, the reference we are checked against. Float weights use float dot products.
+ *
+ * Every kernel has a portable C version; AVX2/FMA/F16C versions (cpu_avx2.c) are picked at run
+ * time when cairn_cpu_has_avx2() says the CPU has them. Kernels allocate nothing: callers pass
+ * scratch sized with the *_bytes helpers. All functions are thread-safe on disjoint outputs.
+ */
+#ifndef CAIRN_GENERATION_KERNELS_CPU_H
+#define CAIRN_GENERATION_KERNELS_CPU_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "common/threadpool.h"
+#include "proto/gguf.h"
+
+/* True when the CPU runs AVX2, FMA and F16C (checked once by the compiler runtime). */
+bool cairn_cpu_has_avx2(void);
+
+/* True when the matrix kernels can multiply weights of this GGUF type. */
+bool cairn_cpu_type_supported(uint32_t type);
+
+/* A row-major weight matrix in GGUF storage: rows x cols, each row `row_bytes` of blocks. */
+typedef struct cairn_cpu_mat {
+    uint32_t type;
+    int64_t rows;
+    int64_t cols;
+    size_t row_bytes;
+    const void *data; /* borrowed; rows * row_bytes bytes */
+} cairn_cpu_mat;
+
+/*
+ * Describes the 2-D GGUF tensor t (dims[0] = cols, dims[1] = rows) as a matrix. Returns 0,
+ * CAIRN_EUNSUPPORTED (a type the kernels cannot multiply) or CAIRN_EFORMAT (not 2-D, or a
+ * row length that is not a whole number of blocks). The matrix borrows t's data.
+ */
+int cairn_cpu_mat_from_gguf(cairn_cpu_mat *m, const cairn_gguf_tensor *t, cairn_error *err);
+
+/* Bytes of activation scratch that cairn_cpu_matmul needs for n_tok rows against w. */
+size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok);
+
+/*
+ * y[t * w->rows + r] = dot(row r of w, x[t * w->cols ...]) for t < n_tok, r < w->rows.
+ * scratch holds cairn_cpu_matmul_scratch_bytes() bytes (64-byte aligned is best). Work is split
+ * over the pool's threads by rows (pool may be NULL: runs on the caller). x and y must not alias.
+ */
+void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
+                      float *y, void *scratch);
+
+/*
+ * Single-row building blocks, exposed for tests and for callers that split work themselves.
+ * act_bytes: size of one quantized activation row of `cols` for weights of `type`;
+ * quantize_act: x[cols] -> act; vec_dot: one weight row against one quantized activation row.
+ * use_avx2 picks the implementation (pass cairn_cpu_has_avx2() in production; false tests
+ * the portable code).
+ */
+size_t cairn_cpu_act_bytes(uint32_t type, int64_t cols);
+void cairn_cpu_quantize_act(uint32_t type, const float *x, int64_t cols, void *act, bool use_avx2);
+float cairn_cpu_vec_dot(uint32_t type, int64_t cols, const void *wrow, const void *act,
+                        bool use_avx2);
+
+/* ---- Element-wise and normalisation ------------------------------------------------------- */
+
+/* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i] (w NULL: no weight). out may equal x. */
+void cairn_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
+/*
+ * Rotary position embedding in place over n_heads heads of head_dim (even) at position pos:
+ * frequency theta_i = pos * freq_scale * base^(-2i/head_dim). neox = true rotates the pairs
+ * (i, i + head_dim/2) (GPT-NeoX / Gemma / Qwen2 layout); false rotates (2i, 2i+1) (Llama as
+ * stored by the GGUF converter).
+ */
+void cairn_cpu_rope(float *x, int n_heads, int head_dim, int pos, float base, float freq_scale,
+                    bool neox);
+
+/* x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the GELU approximation Gemma uses. */
+void cairn_cpu_gelu_tanh(float *x, int n);
+/* x = x / (1 + exp(-x)). */
+void cairn_cpu_silu(float *x, int n);
+/* a[i] = act(a[i]) * b[i] with act GELU-tanh (gelu true) or SiLU: the gated MLP's middle.
+ * GELU is evaluated at half precision (F16 input and output), as ggml does. */
+void cairn_cpu_gated(float *a, const float *b, int n, bool gelu);
+/* Softmax in place over n values (n >= 1), max-subtracted. */
+void cairn_cpu_softmax(float *x, int n);
+
+/* ---- Attention over a paged KV cache -------------------------------------------------------- */
+
+/*
+ * Where one layer's K and V rows of one sequence live: key position p is in block
+ * blocks[p / block_tokens] (a negative id marks a freed block), at row p % block_tokens.
+ * K and V are F16; a row holds n_kv_heads * head_dim values.
+ */
+typedef struct cairn_cpu_paged {
+    const uint16_t *k; /* this layer's K at block 0, row 0 */
+    const uint16_t *v;
+    size_t block_stride; /* elements from one block to the next */
+    size_t row_stride;   /* elements from one token row to the next */
+    const int32_t *blocks;
+    int block_tokens;
+} cairn_cpu_paged;
+
+/*
+ * Attention of one query head q[head_dim] over key positions [lo, hi] (inclusive) of kv
+ * head kv_head: out[head_dim] = softmax(scale * q.k_p) . v_p. scores holds hi - lo + 1 floats.
+ * The probabilities are rounded to F16 before they weigh V (ggml's F16-cache arithmetic);
+ * callers that want the same for q round it to F16 first (cairn_cpu_round_f16).
+ * Every position in the range must be in a live block (the caller's window guarantees it).
+ */
+void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv, int kv_head,
+                         int lo, int hi, float scale, float *scores, float *out);
+
+/* Rounds n values to the nearest F16 value, in place. */
+void cairn_cpu_round_f16(float *x, int n);
+
+/* F32 -> F16 conversion of n values (used to store K/V rows). */
+void cairn_cpu_f32_to_f16(const float *x, uint16_t *y, int n);
+
+#endif

@@ -1,0 +1,257 @@
+/*
+ * tests/unit/test_engine.c — the engine on the real gemma-3-270m (skipped without it):
+ * batched equals unbatched, stop conditions, callbacks, cancel, and clear errors.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "generation/engine.h"
+#include "tests/reference/gemma3_ref.h"
+
+static cairn_model *model;
+static ref_set ref;
+
+static int setup(void **state)
+{
+    char mpath[1024], rpath[1024];
+    const char *models = getenv("CAIRN_TEST_MODELS"), *data = getenv("CAIRN_TEST_DATA");
+    snprintf(mpath, sizeof mpath, "%s/gemma-3-270m-q4_k_m.gguf", models ? models : "data/models");
+    snprintf(rpath, sizeof rpath, "%s/generation/gemma3_ref.txt", data ? data : "tests/data");
+    if (access(mpath, R_OK) != 0)
+        return 0; /* tests skip */
+    cairn_error err;
+    if (cairn_model_open(&model, mpath, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    return ref_load(&ref, rpath);
+}
+
+static int teardown(void **state)
+{
+    cairn_model_close(model);
+    ref_free(&ref);
+    return 0;
+}
+
+static cairn_engine *open_engine(int max_batch)
+{
+    cairn_engine_params p = cairn_engine_default_params();
+    p.n_threads = 2;
+    p.n_ctx = 1024;
+    p.max_batch_tokens = max_batch;
+    cairn_engine *e;
+    cairn_error err;
+    if (cairn_engine_open(&e, model, &p, &err))
+        fail_msg("engine: %s", err.msg);
+    return e;
+}
+
+enum { NP = 5, NGEN = 12, LONG = 650 };
+
+static int prompt_len(int i) { return ref.p[i].n_prompt < LONG ? ref.p[i].n_prompt : LONG; }
+
+static int add(cairn_engine *e, int i, const cairn_gen_params *gp)
+{
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)prompt_len(i));
+    for (int k = 0; k < prompt_len(i); k++)
+        t[k] = ref.p[i].prompt[k];
+    int id;
+    cairn_error err;
+    if (cairn_engine_add(e, t, prompt_len(i), gp, &id, &err))
+        fail_msg("add: %s", err.msg);
+    free(t);
+    return id;
+}
+
+/* Each prompt alone, then all together with a small batch budget so that prefill chunks of
+ * some sequences share passes with decode tokens of others: the same greedy tokens. The long
+ * prompt (650 tokens) crosses the 512-token window. */
+static void test_batched_equals_unbatched(void **state)
+{
+    if (!model) fail_msg("the model did not open (see above): run scripts/setup");
+    cairn_gen_params gp = cairn_gen_default_params();
+    gp.max_tokens = NGEN;
+    int32_t alone[NP][NGEN];
+    cairn_error err;
+    for (int i = 0; i < NP; i++) {
+        cairn_engine *e = open_engine(256);
+        int id = add(e, i, &gp);
+        assert_int_equal(cairn_engine_run(e, &err), 0);
+        cairn_seq_info info;
+        assert_int_equal(cairn_engine_seq_info(e, id, &info), 0);
+        assert_int_equal(info.n_generated, NGEN);
+        assert_int_equal(info.finish, CAIRN_FINISH_LENGTH);
+        memcpy(alone[i], info.generated, sizeof alone[i]);
+        cairn_engine_close(e);
+    }
+    cairn_engine *e = open_engine(48);
+    int ids[NP];
+    for (int i = 0; i < NP; i++)
+        ids[i] = add(e, i, &gp);
+    assert_int_equal(cairn_engine_active(e), NP);
+    int steps = 0;
+    bool mixed = false;
+    while (cairn_engine_active(e) > 0) {
+        /* Observe that some pass mixes decoding and prefilling sequences. */
+        int dec = 0, pre = 0;
+        for (int i = 0; i < NP; i++) {
+            cairn_seq_info in;
+            cairn_engine_seq_info(e, ids[i], &in);
+            if (in.finish == CAIRN_FINISH_NONE)
+                *(in.prefilling ? &pre : &dec) += 1;
+        }
+        mixed |= dec > 0 && pre > 0;
+        cairn_step_item items[NP];
+        int n = 0, budget = 48;
+        for (int i = 0; i < NP; i++) {
+            cairn_seq_info in;
+            cairn_engine_seq_info(e, ids[i], &in);
+            if (in.finish != CAIRN_FINISH_NONE || budget == 0)
+                continue;
+            int want = in.prefilling ? (in.n_prompt - in.n_prefilled < budget
+                                            ? in.n_prompt - in.n_prefilled : budget) : 1;
+            items[n++] = (cairn_step_item){ids[i], want};
+            budget -= want;
+        }
+        if (cairn_engine_step(e, items, n, &err))
+            fail_msg("step: %s", err.msg);
+        steps++;
+    }
+    assert_true(mixed);
+    for (int i = 0; i < NP; i++) {
+        cairn_seq_info info;
+        assert_int_equal(cairn_engine_seq_info(e, ids[i], &info), 0);
+        assert_int_equal(info.n_generated, NGEN);
+        for (int k = 0; k < NGEN; k++)
+            if (info.generated[k] != alone[i][k])
+                fail_msg("prompt %d token %d: batched %d, alone %d", i, k, info.generated[k],
+                         alone[i][k]);
+    }
+    fprintf(stderr, "batched run: %d steps, all %d sequences equal their solo runs\n", steps, NP);
+    cairn_engine_close(e);
+}
+
+typedef struct {
+    int calls, stop_after;
+    int32_t last;
+    bool saw_last;
+} cb_state;
+
+static int on_token(void *user, int seq, int32_t tok, bool last)
+{
+    cb_state *s = user;
+    s->calls++;
+    s->last = tok;
+    s->saw_last |= last;
+    return s->stop_after && s->calls >= s->stop_after;
+}
+
+static void test_stops_and_callbacks(void **state)
+{
+    if (!model) fail_msg("the model did not open (see above): run scripts/setup");
+    cairn_engine *e = open_engine(128);
+    cairn_error err;
+    /* Callback stop after 3 tokens. */
+    cb_state cs = {.stop_after = 3};
+    cairn_gen_params gp = cairn_gen_default_params();
+    gp.max_tokens = 50;
+    gp.on_token = on_token;
+    gp.user = &cs;
+    int a = add(e, 0, &gp);
+    /* Stop token: the first greedy token of prompt 0 (known from the solo run). */
+    cairn_gen_params gs = cairn_gen_default_params();
+    gs.max_tokens = 50;
+    int32_t stop = ref.p[0].greedy[1];
+    gs.stop_tokens = &stop;
+    gs.n_stop_tokens = 1;
+    int b = add(e, 0, &gs);
+    int c = add(e, 1, &gs);
+    assert_int_equal(cairn_engine_cancel(e, c), 0);
+    assert_int_equal(cairn_engine_run(e, &err), 0);
+    cairn_seq_info in;
+    cairn_engine_seq_info(e, a, &in);
+    assert_int_equal(in.finish, CAIRN_FINISH_CALLBACK);
+    assert_int_equal(in.n_generated, 3);
+    assert_int_equal(cs.calls, 3);
+    assert_int_equal(cs.last, in.generated[2]);
+    cairn_engine_seq_info(e, b, &in);
+    assert_int_equal(in.finish, CAIRN_FINISH_STOP);
+    assert_int_equal(in.generated[in.n_generated - 1], stop);
+    cairn_engine_seq_info(e, c, &in);
+    assert_int_equal(in.finish, CAIRN_FINISH_CANCELLED);
+    assert_int_equal(in.n_generated, 0);
+    /* A finished sequence cannot be stepped; released ids are gone. */
+    cairn_step_item it = {a, 1};
+    assert_int_equal(cairn_engine_step(e, &it, 1, &err), CAIRN_EINVAL);
+    cairn_engine_release(e, a);
+    assert_int_equal(cairn_engine_seq_info(e, a, &in), CAIRN_ENOTFOUND);
+    assert_int_equal(cairn_engine_cancel(e, 999), CAIRN_ENOTFOUND);
+    cairn_engine_close(e);
+}
+
+static void test_errors(void **state)
+{
+    if (!model) fail_msg("the model did not open (see above): run scripts/setup");
+    cairn_error err;
+    cairn_engine_params p = cairn_engine_default_params();
+    p.n_threads = 1;
+    p.n_ctx = 64;
+    p.max_seqs = 2;
+    cairn_engine *e;
+    p.max_batch_tokens = 0;
+    assert_int_equal(cairn_engine_open(&e, model, &p, &err), CAIRN_EINVAL);
+    p.max_batch_tokens = 32;
+    p.n_ctx = 1 << 30;
+    assert_int_equal(cairn_engine_open(&e, model, &p, &err), CAIRN_EINVAL);
+    p.n_ctx = 64;
+    assert_int_equal(cairn_engine_open(&e, model, &p, &err), 0);
+    cairn_gen_params gp = cairn_gen_default_params();
+    int32_t toks[100];
+    for (int i = 0; i < 100; i++)
+        toks[i] = 100 + i;
+    int id;
+    assert_int_equal(cairn_engine_add(e, toks, 64, &gp, &id, &err), CAIRN_ELIMIT);
+    assert_non_null(strstr(err.msg, "context"));
+    assert_int_equal(cairn_engine_add(e, toks, 0, &gp, &id, &err), CAIRN_EINVAL);
+    toks[3] = 1 << 30;
+    assert_int_equal(cairn_engine_add(e, toks, 10, &gp, &id, &err), CAIRN_EINVAL);
+    toks[3] = 5;
+    gp.sample.top_p = 1.5f;
+    gp.sample.temperature = 0.7f;
+    assert_int_equal(cairn_engine_add(e, toks, 10, &gp, &id, &err), CAIRN_EINVAL);
+    gp = cairn_gen_default_params();
+    gp.max_tokens = 0;
+    assert_int_equal(cairn_engine_add(e, toks, 10, &gp, &id, &err), CAIRN_EINVAL);
+    /* Generation stops at the context end with FINISH_CONTEXT. */
+    gp.max_tokens = 1000;
+    assert_int_equal(cairn_engine_add(e, toks, 60, &gp, &id, &err), 0);
+    int id2;
+    assert_int_equal(cairn_engine_add(e, toks, 5, &gp, &id2, &err), 0);
+    assert_int_equal(cairn_engine_add(e, toks, 5, &gp, &id2, &err), CAIRN_EBUSY);
+    cairn_engine_cancel(e, id2);
+    assert_int_equal(cairn_engine_run(e, &err), 0);
+    cairn_seq_info in;
+    cairn_engine_seq_info(e, id, &in);
+    assert_int_equal(in.finish, CAIRN_FINISH_CONTEXT);
+    assert_int_equal(in.n_prompt + in.n_generated, 65); /* positions 0..63 fed, +1 sampled */
+    cairn_engine_close(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_stops_and_callbacks),
+        cmocka_unit_test(test_batched_equals_unbatched),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,356 @@
+/* tests/unit/test_kernels.c — CPU kernels against plain float references on random inputs. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/threadpool.h"
+#include "generation/kernels/cpu.h"
+#include "generation/kernels/cpu_internal.h"
+#include "proto/gguf.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float frand(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
+
+/* Random weights of `type`: quantized from random floats where our quantizer can, else random
+ * block bytes with a sane f16 scale (Q4_0, Q5_0: the scale is the first 2 bytes). */
+static void *make_weights(uint32_t type, int64_t rows, int64_t cols, size_t *row_bytes)
+{
+    uint64_t nb = 0;
+    assert_int_equal(cairn_gguf_tensor_nbytes(type, (uint64_t)cols, &nb, NULL), 0);
+    *row_bytes = (size_t)nb;
+    uint8_t *w = malloc(nb * (size_t)rows);
+    assert_non_null(w);
+    if (cairn_gguf_type_can_quantize(type)) {
+        float *f = malloc(sizeof(float) * (size_t)(rows * cols));
+        for (int64_t i = 0; i < rows * cols; i++)
+            f[i] = frand();
+        assert_int_equal(cairn_gguf_quantize(type, f, (uint64_t)(rows * cols), w,
+                                             nb * (size_t)rows, NULL), 0);
+        free(f);
+    } else {
+        uint32_t bb = cairn_gguf_type_block_bytes(type);
+        for (size_t i = 0; i < nb * (size_t)rows; i++)
+            w[i] = (uint8_t)rnd();
+        for (size_t off = 0; off < nb * (size_t)rows; off += bb) {
+            uint16_t d = cairn_gguf_f32_to_f16(0.01f + 0.02f * (float)(rnd() % 100) / 100.0f);
+            memcpy(w + off, &d, 2);
+        }
+    }
+    return w;
+}
+
+static void check_type(uint32_t type, int64_t cols, bool avx2)
+{
+    const int64_t rows = 7;
+    size_t rb;
+    uint8_t *w = make_weights(type, rows, cols, &rb);
+    float *x = malloc(sizeof(float) * (size_t)cols), *wf = malloc(sizeof(float) * (size_t)cols);
+    void *act = malloc(cairn_cpu_act_bytes(type, cols));
+    for (int64_t i = 0; i < cols; i++)
+        x[i] = frand() * (i % 5 == 0 ? 3.0f : 1.0f);
+    cairn_cpu_quantize_act(type, x, cols, act, avx2);
+    for (int64_t r = 0; r < rows; r++) {
+        assert_int_equal(cairn_gguf_dequantize_raw(type, w + r * rb, rb, wf, (uint64_t)cols, NULL),
+                         0);
+        double ref = 0.0, mag = 0.0;
+        for (int64_t i = 0; i < cols; i++) {
+            ref += (double)wf[i] * x[i];
+            mag += fabs((double)wf[i] * x[i]);
+        }
+        float got = cairn_cpu_vec_dot(type, cols, w + r * rb, act, avx2);
+        /* 8-bit activations: relative error of the terms ~ 1/254; float types much tighter. */
+        bool quant = cairn_gguf_type_block_size(type) > 1;
+        double tol = (quant ? 1e-2 : 1e-5) * mag + 1e-6;
+        if (fabs(got - ref) > tol)
+            fail_msg("%s cols %lld row %lld avx2 %d: got %f want %f (tol %g)",
+                     cairn_gguf_type_name(type), (long long)cols, (long long)r, avx2, got, ref,
+                     tol);
+    }
+    free(w);
+    free(x);
+    free(wf);
+    free(act);
+}
+
+static const uint32_t types[] = {CAIRN_GGUF_F32,  CAIRN_GGUF_F16,  CAIRN_GGUF_BF16,
+                                 CAIRN_GGUF_Q4_0, CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q8_0,
+                                 CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+
+static void test_vec_dot_portable(void **state)
+{
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        check_type(types[i], 256, false);
+        check_type(types[i], 1024, false);
+    }
+}
+
+static void test_vec_dot_avx2(void **state)
+{
+    if (!cairn_cpu_has_avx2())
+        skip();
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        check_type(types[i], 256, true);
+        check_type(types[i], 768, true);
+    }
+}
+
+
+/* Exact check: the dot product against the *dequantized activation blocks* must equal the
+ * float dot product of the dequantized weights to float rounding, for every bit layout. */
+static double act_value(uint32_t type, const void *act, int64_t i)
+{
+    if (cairn_gguf_type_block_size(type) == 32) {
+        const cairn__act_q8 *a = act;
+        return (double)a[i / 32].d * a[i / 32].qs[i % 32];
+    }
+    const cairn__act_q8k *a = act;
+    return (double)a[i / 256].d * a[i / 256].qs[i % 256];
+}
+
+static void test_vec_dot_exact(void **state)
+{
+    for (int avx = 0; avx < 2; avx++) {
+        if (avx && !cairn_cpu_has_avx2())
+            continue;
+        for (size_t ti = 3; ti < sizeof(types) / sizeof(types[0]); ti++) {
+            uint32_t type = types[ti];
+            const int64_t cols = 1024, rows = 5;
+            size_t rb;
+            uint8_t *w = make_weights(type, rows, cols, &rb);
+            float x[1024], wf[1024];
+            for (int i = 0; i < cols; i++)
+                x[i] = frand();
+            void *act = malloc(cairn_cpu_act_bytes(type, cols));
+            cairn_cpu_quantize_act(type, x, cols, act, avx);
+            for (int64_t r = 0; r < rows; r++) {
+                assert_int_equal(cairn_gguf_dequantize_raw(type, w + r * rb, rb, wf,
+                                                           (uint64_t)cols, NULL), 0);
+                double ref = 0, mag = 0;
+                for (int64_t i = 0; i < cols; i++) {
+                    ref += wf[i] * act_value(type, act, i);
+                    mag += fabs(wf[i] * act_value(type, act, i));
+                }
+                float got = cairn_cpu_vec_dot(type, cols, w + r * rb, act, avx);
+                if (fabs(got - ref) > 2e-6 * mag + 1e-6)
+                    fail_msg("%s avx2 %d row %lld: got %.7f want %.7f", cairn_gguf_type_name(type),
+                             avx, (long long)r, got, ref);
+            }
+            free(w);
+            free(act);
+        }
+    }
+}
+
+/* The AVX2 and portable paths agree closely on the same quantized activations. */
+static void test_avx2_matches_portable(void **state)
+{
+    if (!cairn_cpu_has_avx2())
+        skip();
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        uint32_t type = types[i];
+        const int64_t cols = 512;
+        size_t rb;
+        uint8_t *w = make_weights(type, 1, cols, &rb);
+        float x[512];
+        for (int j = 0; j < cols; j++)
+            x[j] = frand();
+        size_t ab = cairn_cpu_act_bytes(type, cols);
+        uint8_t *a0 = malloc(ab), *a1 = malloc(ab);
+        cairn_cpu_quantize_act(type, x, cols, a0, false);
+        cairn_cpu_quantize_act(type, x, cols, a1, true);
+        assert_memory_equal(a0, a1, ab);
+        float p = cairn_cpu_vec_dot(type, cols, w, a0, false);
+        float v = cairn_cpu_vec_dot(type, cols, w, a0, true);
+        assert_true(fabsf(p - v) <= 1e-4f * (1.0f + fabsf(p)));
+        free(w);
+        free(a0);
+        free(a1);
+    }
+}
+
+/* matmul over the pool equals row-by-row vec_dot, for several token counts. */
+static void test_matmul(void **state)
+{
+    cairn_pool_params pp = cairn_pool_default_params();
+    pp.n_threads = 3;
+    cairn_pool *pool;
+    assert_int_equal(cairn_pool_open(&pool, &pp, NULL), 0);
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        const int64_t rows = 37, cols = 512;
+        size_t rb;
+        uint8_t *w = make_weights(types[ti], rows, cols, &rb);
+        cairn_cpu_mat m = {.type = types[ti], .rows = rows, .cols = cols, .row_bytes = rb,
+                           .data = w};
+        for (int64_t nt = 1; nt <= 5; nt += 4) {
+            float *x = malloc(sizeof(float) * (size_t)(nt * cols));
+            float *y = malloc(sizeof(float) * (size_t)(nt * rows));
+            for (int64_t i = 0; i < nt * cols; i++)
+                x[i] = frand();
+            void *scr = malloc(cairn_cpu_matmul_scratch_bytes(&m, nt) + 1);
+            cairn_cpu_matmul(pool, &m, x, nt, y, scr);
+            void *act = malloc(cairn_cpu_act_bytes(m.type, cols));
+            for (int64_t t = 0; t < nt; t++) {
+                cairn_cpu_quantize_act(m.type, x + t * cols, cols, act, cairn_cpu_has_avx2());
+                for (int64_t r = 0; r < rows; r++) {
+                    float want = cairn_cpu_vec_dot(m.type, cols, w + r * rb, act,
+                                                   cairn_cpu_has_avx2());
+                    assert_true(fabsf(y[t * rows + r] - want) <= 1e-5f * (1.0f + fabsf(want)));
+                }
+            }
+            free(act);
+            free(scr);
+            free(x);
+            free(y);
+        }
+        free(w);
+    }
+    cairn_pool_close(pool);
+}
+
+static void test_rmsnorm_softmax_act(void **state)
+{
+    float x[64], w[64], out[64];
+    double ss = 0;
+    for (int i = 0; i < 64; i++) {
+        x[i] = frand() * 4.0f;
+        w[i] = frand();
+        ss += x[i] * x[i];
+    }
+    cairn_cpu_rmsnorm(out, x, w, 64, 1e-6f);
+    for (int i = 0; i < 64; i++)
+        assert_true(fabs(out[i] - x[i] / sqrt(ss / 64 + 1e-6) * w[i]) < 1e-5);
+
+    float s[10] = {1, 2, 3, 1000, -5, 0, 0.5f, 2, 3, 4};
+    cairn_cpu_softmax(s, 10);
+    double sum = 0;
+    for (int i = 0; i < 10; i++)
+        sum += s[i];
+    assert_true(fabs(sum - 1.0) < 1e-6);
+    assert_true(s[3] > 0.999f);
+    float u[3] = {0.0f, 1.0f, 2.0f};
+    cairn_cpu_softmax(u, 3);
+    assert_true(fabsf(u[1] / u[0] - expf(1.0f)) < 1e-4f);
+
+    float g[4] = {-3.0f, -0.5f, 0.0f, 2.0f}, si[4];
+    memcpy(si, g, sizeof g);
+    cairn_cpu_gelu_tanh(g, 4);
+    cairn_cpu_silu(si, 4);
+    const float in[4] = {-3.0f, -0.5f, 0.0f, 2.0f};
+    for (int i = 0; i < 4; i++) {
+        double v = in[i];
+        double gr = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        assert_true(fabs(g[i] - gr) < 1e-6);
+        assert_true(fabs(si[i] - v / (1 + exp(-v))) < 1e-6);
+    }
+}
+
+/* RoPE: rotation preserves pair norms; position 0 is the identity; layouts pair differently. */
+static void test_rope(void **state)
+{
+    enum { H = 2, D = 8 };
+    float x[H * D], y[H * D], z[H * D];
+    for (int i = 0; i < H * D; i++)
+        x[i] = frand();
+    memcpy(y, x, sizeof x);
+    cairn_cpu_rope(y, H, D, 0, 10000.0f, 1.0f, true);
+    assert_memory_equal(x, y, sizeof x);
+    int pos = 7;
+    memcpy(y, x, sizeof x);
+    memcpy(z, x, sizeof x);
+    cairn_cpu_rope(y, H, D, pos, 10000.0f, 1.0f, true);
+    cairn_cpu_rope(z, H, D, pos, 10000.0f, 1.0f, false);
+    for (int h = 0; h < H; h++) {
+        for (int i = 0; i < D / 2; i++) {
+            double th = pos * pow(10000.0, -2.0 * i / D);
+            const float *xh = x + h * D;
+            /* neox pairs (i, i + D/2) */
+            double a = xh[i], b = xh[i + D / 2];
+            assert_true(fabs(y[h * D + i] - (a * cos(th) - b * sin(th))) < 1e-5);
+            assert_true(fabs(y[h * D + i + D / 2] - (a * sin(th) + b * cos(th))) < 1e-5);
+            /* normal pairs (2i, 2i+1) */
+            a = xh[2 * i];
+            b = xh[2 * i + 1];
+            assert_true(fabs(z[h * D + 2 * i] - (a * cos(th) - b * sin(th))) < 1e-5);
+            assert_true(fabs(z[h * D + 2 * i + 1] - (a * sin(th) + b * cos(th))) < 1e-5);
+        }
+    }
+}
+
+/* Paged attention over scattered blocks equals a dense float softmax(qK)V. */
+static void test_attention(void **state)
+{
+    enum { BT = 4, NB = 6, KVH = 2, D = 32, ROW = KVH * D };
+    uint16_t k[NB * BT * ROW], v[NB * BT * ROW];
+    for (int i = 0; i < NB * BT * ROW; i++) {
+        k[i] = cairn_gguf_f32_to_f16(frand());
+        v[i] = cairn_gguf_f32_to_f16(frand());
+    }
+    int32_t blocks[5] = {3, -1, 0, 5, 2}; /* block 1 was freed (out of the window) */
+    cairn_cpu_paged pg = {.k = k, .v = v, .block_stride = BT * ROW, .row_stride = ROW,
+                          .blocks = blocks, .block_tokens = BT};
+    float q[D], out[D], scores[32];
+    for (int i = 0; i < D; i++)
+        q[i] = frand();
+    int lo = 9, hi = 17;
+    for (int kh = 0; kh < KVH; kh++) {
+        cairn_cpu_attention(q, D, &pg, kh, lo, hi, 0.3f, scores, out);
+        double sc[32], mx = -1e30, sum = 0;
+        for (int p = lo; p <= hi; p++) {
+            size_t off = (size_t)blocks[p / BT] * BT * ROW + (size_t)(p % BT) * ROW + kh * D;
+            double s = 0;
+            for (int i = 0; i < D; i++)
+                s += q[i] * cairn_gguf_f16_to_f32(k[off + i]);
+            sc[p - lo] = 0.3 * s;
+            if (sc[p - lo] > mx)
+                mx = sc[p - lo];
+        }
+        for (int p = lo; p <= hi; p++)
+            sum += (sc[p - lo] = exp(sc[p - lo] - mx));
+        for (int i = 0; i < D; i++) {
+            double o = 0;
+            for (int p = lo; p <= hi; p++) {
+                size_t off = (size_t)blocks[p / BT] * BT * ROW + (size_t)(p % BT) * ROW + kh * D;
+                /* The kernel weighs V with F16-rounded probabilities (ggml's arithmetic). */
+                float prob = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16((float)(sc[p - lo] / sum)));
+                o += prob * cairn_gguf_f16_to_f32(v[off + i]);
+            }
+            assert_true(fabs(out[i] - o) < 1e-5);
+        }
+    }
+}
+
+static void test_mat_from_gguf_errors(void **state)
+{
+    cairn_gguf_tensor t = {.name = "w", .type = CAIRN_GGUF_Q4_K, .n_dims = 2,
+                           .dims = {100, 4, 1, 1}};
+    cairn_cpu_mat m;
+    cairn_error err;
+    assert_int_equal(cairn_cpu_mat_from_gguf(&m, &t, &err), CAIRN_EFORMAT);
+    t.type = CAIRN_GGUF_IQ1_M;
+    assert_int_equal(cairn_cpu_mat_from_gguf(&m, &t, &err), CAIRN_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "'w'"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vec_dot_portable),   cmocka_unit_test(test_vec_dot_avx2), cmocka_unit_test(test_vec_dot_exact),
+        cmocka_unit_test(test_avx2_matches_portable), cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_rmsnorm_softmax_act), cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),          cmocka_unit_test(test_mat_from_gguf_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
