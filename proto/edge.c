@@ -390,7 +390,7 @@ int cairn_edge_payload_encode(const cairn_edge_payload *p, const cairn_edge_limi
     }
     for (int i = 0; i < p->n_tensors; i++) {
         const cairn_edge_tensor *t = &p->tensors[i];
-        size_t numel;
+        size_t numel = 0;
         if ((rc = check_str(t->name, "tensor name", 1, err))) goto done;
         if (t->ndim < 1 || t->ndim > CAIRN_EDGE_TENSOR_DIMS) {
             rc = cairn_errorf(err, CAIRN_EINVAL, "tensor '%s': ndim %d", t->name, t->ndim);
@@ -457,7 +457,7 @@ int cairn_edge_payload_decode(const uint8_t *buf, size_t len, const cairn_edge_l
     for (size_t i = 0; i < m->n_tensors; i++) {
         const Cairn__Edge__Tensor *t = m->tensors[i];
         cairn_edge_tensor *o = &out->tensors[i];
-        size_t numel;
+        size_t numel = 0;
         if ((rc = take_str(o->name, t->name, "tensor name", 1, err))) goto fail;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(out->tensors[j].name, o->name)) {

@@ -20,6 +20,7 @@ static const char *USAGE =
     "                         [--threads T] [--shards K] [--batch B] [--lr LR] [--limit N]\n"
     "                         [--augment|--no-augment] [--data DIR]\n"
     "       cairn adapt eval-clean --model FILE [--data DIR] [--limit N]\n"
+    "       cairn adapt eval [options]   (cloud-edge adaptation benchmark; eval --help)\n"
     "\n"
     "train: SGD (momentum 0.9, weight decay 5e-4, cosine lr) on the clean Fashion-MNIST train\n"
     "       set; the foundation model uses generic augmentation (shifts, flips, random erasing)\n"
@@ -211,6 +212,9 @@ static int cmd_eval_clean(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
+/* `cairn adapt eval` (services/cmd_adapt_eval.c): the cloud–edge adaptation benchmark. */
+int cairn_cmd_adapt_eval(int argc, char **argv);
+
 int cairn_cmd_adapt(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -219,6 +223,7 @@ int cairn_cmd_adapt(int argc, char **argv)
     }
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval-clean")) return cmd_eval_clean(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "eval")) return cairn_cmd_adapt_eval(argc - 1, argv + 1);
     fprintf(stderr, "cairn adapt: no such subcommand '%s'\n%s", argv[1], USAGE);
     return 2;
 }

@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,26 @@ typedef struct request {
     int status;
     const route *rt;
     int64_t t0_ns;
+    cairn_http_async *async; /* set when the handler deferred its answer */
 } request;
+
+/* A deferred answer (see http.h). References: the producer's (until respond/end), the request's
+ * (until on_completed) and, for streams, the response's (until libmicrohttpd frees it). */
+enum { ASYNC_PENDING, ASYNC_RESPONDED, ASYNC_STREAMING };
+struct cairn_http_async {
+    pthread_mutex_t mu; /* guards everything below */
+    int refs;
+    struct MHD_Connection *conn;
+    int state;
+    bool suspended; /* the connection is suspended, waiting for us */
+    bool gone;      /* the request completed (client gone, or answer sent) */
+    bool ended;     /* the stream's last byte is written */
+    bool queued;    /* a response was queued on the connection */
+    cairn_http_resp resp;     /* ASYNC_RESPONDED */
+    const char *content_type; /* ASYNC_STREAMING */
+    char *buf;                /* stream bytes not yet handed to libmicrohttpd: [off, len) */
+    size_t off, len, cap;
+};
 
 /* ---- Responses --------------------------------------------------------------------- */
 
@@ -113,8 +133,11 @@ const char *cairn_http_header(const cairn_http_req *req, const char *name)
 static enum MHD_Result queue(struct MHD_Connection *c, request *rq, cairn_http_resp *resp)
 {
     if (!resp->body && resp->status != 204) cairn_http_json_error(resp, 500, "out of memory");
-    struct MHD_Response *r = MHD_create_response_from_buffer(
-        resp->body_len, resp->body ? resp->body : (char *)"", MHD_RESPMEM_MUST_FREE);
+    /* An empty answer (204) has no buffer to hand over: nothing may be freed then. */
+    struct MHD_Response *r =
+        resp->body ? MHD_create_response_from_buffer(resp->body_len, resp->body,
+                                                     MHD_RESPMEM_MUST_FREE)
+                   : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!r) {
         free(resp->body);
         return MHD_NO;
@@ -139,6 +162,178 @@ static enum MHD_Result queue_error(struct MHD_Connection *c, request *rq, int st
     cairn_http_resp resp = {0};
     cairn_http_json_error(&resp, status, fmt, arg);
     return queue(c, rq, &resp);
+}
+
+/* ---- Deferred answers ------------------------------------------------------------------ */
+
+static void async_unref(cairn_http_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    int left = --a->refs;
+    pthread_mutex_unlock(&a->mu);
+    if (left) return;
+    pthread_mutex_destroy(&a->mu);
+    free(a->resp.body);
+    free(a->buf);
+    free(a);
+}
+
+/* libmicrohttpd pulls stream bytes here. With nothing to send yet, the connection is suspended
+ * (returning 0 after suspending is the documented way) until a write resumes it. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    cairn_http_async *a = cls;
+    ssize_t n;
+    pthread_mutex_lock(&a->mu);
+    if (a->off < a->len) {
+        size_t k = a->len - a->off < max ? a->len - a->off : max;
+        memcpy(buf, a->buf + a->off, k);
+        a->off += k;
+        if (a->off == a->len) a->off = a->len = 0;
+        n = (ssize_t)k;
+    } else if (a->ended) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else if (a->gone) {
+        n = MHD_CONTENT_READER_END_WITH_ERROR;
+    } else {
+        MHD_suspend_connection(a->conn);
+        a->suspended = true;
+        n = 0;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+static void stream_free(void *cls) { async_unref(cls); }
+
+/* Called on the connection's thread after the handler deferred, and again after each resume:
+ * queue the answer if there is one, else suspend until there is. */
+static enum MHD_Result async_progress(struct MHD_Connection *c, request *rq)
+{
+    cairn_http_async *a = rq->async;
+    pthread_mutex_lock(&a->mu);
+    if (a->queued) { /* resumed for stream bytes: libmicrohttpd reads them itself */
+        pthread_mutex_unlock(&a->mu);
+        return MHD_YES;
+    }
+    if (a->state == ASYNC_RESPONDED) {
+        cairn_http_resp resp = a->resp;
+        a->resp.body = NULL;
+        a->queued = true;
+        pthread_mutex_unlock(&a->mu);
+        return queue(c, rq, &resp);
+    }
+    if (a->state == ASYNC_STREAMING) {
+        a->queued = true;
+        a->refs++; /* the response's reference, released by stream_free */
+        const char *ct = a->content_type;
+        pthread_mutex_unlock(&a->mu);
+        struct MHD_Response *r =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, a, stream_free);
+        if (!r) {
+            async_unref(a);
+            return MHD_NO;
+        }
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ct);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        rq->status = 200;
+        enum MHD_Result ok = MHD_queue_response(c, 200, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
+    MHD_suspend_connection(c);
+    a->suspended = true;
+    pthread_mutex_unlock(&a->mu);
+    return MHD_YES;
+}
+
+cairn_http_async *cairn_http_defer(const cairn_http_req *req, cairn_http_resp *resp)
+{
+    request *rq = req->priv;
+    if (!rq || rq->async) return NULL;
+    cairn_http_async *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    pthread_mutex_init(&a->mu, NULL);
+    a->refs = 2; /* producer + request */
+    a->conn = req->conn;
+    a->state = ASYNC_PENDING;
+    rq->async = a;
+    return a;
+}
+
+/* Resumes the connection if it waits for us. Called with a->mu held; a suspended connection
+ * cannot complete, so the connection is alive here. */
+static void wake(cairn_http_async *a)
+{
+    if (a->suspended && !a->gone) {
+        a->suspended = false;
+        MHD_resume_connection(a->conn);
+    }
+}
+
+void cairn_http_async_respond(cairn_http_async *a, cairn_http_resp *resp)
+{
+    pthread_mutex_lock(&a->mu);
+    if (a->state == ASYNC_PENDING) {
+        a->resp = *resp;
+        a->state = ASYNC_RESPONDED;
+    } else {
+        free(resp->body);
+    }
+    resp->body = NULL;
+    wake(a);
+    pthread_mutex_unlock(&a->mu);
+    async_unref(a);
+}
+
+void cairn_http_async_stream_begin(cairn_http_async *a, const char *content_type)
+{
+    pthread_mutex_lock(&a->mu);
+    if (a->state == ASYNC_PENDING) {
+        a->state = ASYNC_STREAMING;
+        a->content_type = content_type;
+        wake(a);
+    }
+    pthread_mutex_unlock(&a->mu);
+}
+
+int cairn_http_async_write(cairn_http_async *a, const char *data, size_t len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&a->mu);
+    if (a->gone) {
+        rc = CAIRN_ECANCELED;
+    } else if (a->len + len > a->cap) {
+        size_t cap = a->cap ? a->cap : 4096;
+        while (cap < a->len + len) cap *= 2;
+        char *b = realloc(a->buf, cap);
+        if (!b) rc = CAIRN_ENOMEM;
+        else a->buf = b, a->cap = cap;
+    }
+    if (!rc) {
+        memcpy(a->buf + a->len, data, len);
+        a->len += len;
+        wake(a);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+void cairn_http_async_end(cairn_http_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    a->ended = true;
+    wake(a);
+    pthread_mutex_unlock(&a->mu);
+    async_unref(a);
+}
+
+bool cairn_http_async_gone(cairn_http_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    bool g = a->gone;
+    pthread_mutex_unlock(&a->mu);
+    return g;
 }
 
 /* ---- Routing ------------------------------------------------------------------------ */
@@ -210,6 +405,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
 
+    if (rq->async) return async_progress(c, rq); /* resumed: the answer may be ready */
+
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
@@ -246,9 +443,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         .body = rq->body ? rq->body : "",
         .body_len = rq->len,
         .conn = c,
+        .priv = rq,
     };
     cairn_http_resp resp = {.status = 200, .content_type = "application/json"};
     rq->rt->fn(rq->rt->ctx, &req, &resp);
+    if (rq->async) {
+        free(resp.body);
+        return async_progress(c, rq);
+    }
     return queue(c, rq, &resp);
 }
 
@@ -267,6 +469,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         cairn_histogram_observe(cairn_histogram_child(h->duration, CAIRN_LABELS(rname)), secs);
     }
     cairn_gauge_dec(h->inflight);
+    if (rq->async) {
+        pthread_mutex_lock(&rq->async->mu);
+        rq->async->gone = true;
+        pthread_mutex_unlock(&rq->async->mu);
+        async_unref(rq->async);
+    }
     free(rq->body);
     free(rq);
     *con_cls = NULL;

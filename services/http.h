@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/metrics.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct cairn_http cairn_http;
@@ -24,6 +25,7 @@ typedef struct cairn_http_req {
     const char *body;   /* NUL-terminated body (may contain NULs; use body_len), "" when none */
     size_t body_len;
     void *conn; /* the libmicrohttpd connection, for header and argument lookups */
+    void *priv; /* the HTTP layer's request state (cairn_http_defer) */
 } cairn_http_req;
 
 /* What a handler fills in. body is malloc'ed and handed over to the HTTP layer. */
@@ -82,5 +84,37 @@ void cairn_http_json_error(cairn_http_resp *resp, int status, const char *fmt, .
 
 /* The value of request header name (case-insensitive), or NULL. */
 const char *cairn_http_header(const cairn_http_req *req, const char *name);
+
+/* ---- Deferred answers and streams ------------------------------------------------------
+ * A handler that cannot answer at once (generation) calls cairn_http_defer() and returns; the
+ * connection is suspended (no HTTP thread waits) until another thread answers through the
+ * handle: either once with cairn_http_async_respond(), or with a stream
+ * (cairn_http_async_stream_begin(), any number of cairn_http_async_write(), then
+ * cairn_http_async_end()). Each such call that finishes the answer (respond, end) also gives
+ * the producer's reference up: the handle must not be used after it. When the client goes
+ * away, writes fail with CAIRN_ECANCELED and cairn_http_async_gone() turns true; the producer
+ * should stop work and end. Every deferred request must be finished before cairn_http_free.
+ * All async functions are thread-safe. */
+typedef struct cairn_http_async cairn_http_async;
+
+/* Takes the request over; resp is then ignored. Returns the handle, or NULL when out of memory
+ * (the handler should then answer normally, e.g. 503). Call at most once per request. */
+cairn_http_async *cairn_http_defer(const cairn_http_req *req, cairn_http_resp *resp);
+
+/* Answers with resp (its body is taken over) and releases the handle. */
+void cairn_http_async_respond(cairn_http_async *a, cairn_http_resp *resp);
+
+/* Starts a 200 streamed (chunked) response with content_type (a static string); idempotent. */
+void cairn_http_async_stream_begin(cairn_http_async *a, const char *content_type);
+
+/* Appends bytes to the stream. Returns 0, CAIRN_ECANCELED (the client went away) or
+ * CAIRN_ENOMEM. */
+int cairn_http_async_write(cairn_http_async *a, const char *data, size_t len);
+
+/* Ends the stream (after what was written is sent) and releases the handle. */
+void cairn_http_async_end(cairn_http_async *a);
+
+/* Whether the client has gone (connection closed or failed). */
+bool cairn_http_async_gone(cairn_http_async *a);
 
 #endif

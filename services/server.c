@@ -15,7 +15,12 @@
 #include "common/gpu.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "services/edge_api.h"
+#include "services/api.h"
 #include "services/http.h"
+#include "services/rag.h"
+#include "services/workers.h"
+#include "retrieval/embed.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -50,6 +55,54 @@ static const cairn_config_key schema[] = {
     {"tls.cert", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM certificate file; with tls.key: HTTPS",
      NULL, 0},
     {"tls.key", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM private key file", NULL, CAIRN_CFG_SECRET},
+    /* /v1 API (services/api.c, services/workers.c) */
+    {"model.path", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "LLM GGUF (unset: data_dir/models/gemma-3-270m-q4_k_m.gguf when present)", NULL, 0},
+    {"model.name", CAIRN_CFG_STRING, "gemma-3-270m", NULL, NULL, "model id /v1/models lists",
+     NULL, 0},
+    {"embed.model", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "text embedder GGUF (unset: data_dir/models/all-minilm-l6-v2.gguf when present)", NULL, 0},
+    {"embed.name", CAIRN_CFG_STRING, "all-minilm-l6-v2", NULL, NULL,
+     "embedding model id /v1/embeddings reports", NULL, 0},
+    {"rag.dir", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "passage index directory (unset: data_dir/index); needs the embedder", NULL, 0},
+    {"rag.prefetch_bytes", CAIRN_CFG_SIZE, "16M", "0", "64G",
+     "byte budget of one lookahead prefetch", NULL, 0},
+    {"rag.corpus", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "ingested into an empty index at start: a directory, a .jsonl file, or a "
+     "debian-Translation-en (unset: data_dir/corpus/debian-Translation-en when present)", NULL,
+     0},
+    {"rag.corpus_max", CAIRN_CFG_INT, "2000", "0", "100000000",
+     "passages ingested from rag.corpus at most (0: all; embedding takes a while)", NULL, 0},
+    {"rag.fast_bytes", CAIRN_CFG_SIZE, "64M", "1M", "1T", "fast-tier capacity", NULL, 0},
+    {"workers.count", CAIRN_CFG_INT, "1", "1", "64", "generation workers (one engine each)",
+     NULL, 0},
+    {"workers.threads", CAIRN_CFG_INT, "0", "0", "1024",
+     "compute threads per engine (0: CPUs online)", NULL, 0},
+    {"workers.max_seqs", CAIRN_CFG_INT, "8", "1", "256", "sequences one engine runs at once",
+     NULL, 0},
+    {"workers.ctx", CAIRN_CFG_INT, "2048", "64", "131072", "positions per sequence", NULL, 0},
+    {"limits.max_concurrent", CAIRN_CFG_INT, "8", "1", "100000",
+     "generation requests running at once", NULL, 0},
+    {"limits.max_queue", CAIRN_CFG_INT, "64", "0", "100000",
+     "generation requests waiting beyond those (429 with Retry-After above)", NULL, 0},
+    {"limits.max_tokens", CAIRN_CFG_INT, "1024", "1", "131072", "largest max_tokens accepted",
+     NULL, 0},
+    {"limits.timeout", CAIRN_CFG_DURATION, "300s", "1s", "24h",
+     "a generation request running longer is cancelled", NULL, 0},
+    {"auth.api_keys", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "comma-separated API keys (kept only as SHA-256); unset with no hashes: /v1 is open", NULL,
+     CAIRN_CFG_SECRET},
+    {"auth.api_key_hashes", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "comma-separated hex SHA-256 digests of API keys", NULL, 0},
+    {"edge.enrollment_token", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "token devices enroll with; set: the /v1/edge endpoints are served", NULL, CAIRN_CFG_SECRET},
+    {"edge.signing_key", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "Ed25519 private key PEM file signing update bundles (unset: a per-process key)", NULL, 0},
+    {"edge.models", CAIRN_CFG_STRING, "adapt/models", NULL, NULL,
+     "directory with edge.gguf (served to devices) and foundation.gguf (cloud teacher)", NULL, 0},
+    {"edge.rate", CAIRN_CFG_INT, "200", "1", "1000000",
+     "samples per second one device may upload (429 above)", NULL, 0},
 };
 
 /* ---- Service state ---------------------------------------------------------------------- */
@@ -58,6 +111,11 @@ typedef struct service {
     cairn_config *cfg;
     cairn_metrics *metrics;
     cairn_http *http;
+    cairn_workers *workers; /* NULL when no LLM is configured */
+    cairn_api *api;
+    cairn_embed *embed; /* NULL when no embedder is configured */
+    cairn_rag *rag;     /* NULL without an embedder */
+    cairn_edge_api *edge; /* NULL unless edge.enrollment_token is set */
     atomic_int ready; /* 0 while loading: /health answers 503 */
     int64_t started_ns;
 } service;
@@ -166,6 +224,83 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
     return 0;
 }
 
+/* Loads the LLM (when one is configured or found) and adds the /v1 routes. */
+static int start_api(service *s, cairn_error *err)
+{
+    cairn_config *c = s->cfg;
+    char def[4096];
+    const char *model = cairn_config_string(c, "model.path");
+    if (!model) {
+        snprintf(def, sizeof def, "%s/models/gemma-3-270m-q4_k_m.gguf",
+                 cairn_config_string(c, "data_dir"));
+        struct stat st;
+        if (stat(def, &st) == 0) model = def;
+    }
+    int rc = 0;
+    if (model) {
+        cairn_workers_params wp = cairn_workers_default_params();
+        wp.model_path = model;
+        wp.n_workers = (int)cairn_config_int(c, "workers.count");
+        wp.engine.n_threads = (int)cairn_config_int(c, "workers.threads");
+        wp.engine.max_seqs = (int)cairn_config_int(c, "workers.max_seqs");
+        wp.engine.n_ctx = (int)cairn_config_int(c, "workers.ctx");
+        wp.max_queue = (int)cairn_config_int(c, "limits.max_queue");
+        wp.timeout_ns = cairn_config_duration_ns(c, "limits.timeout");
+        rc = cairn_workers_open(&s->workers, &wp, s->metrics, err);
+        if (rc) return cairn_error_prefix(err, "model %s", model);
+        CAIRN_LOG_INFO("model loaded", "path=%s workers=%d", model, wp.n_workers);
+    } else {
+        CAIRN_LOG_WARN("no model", "detail=%s", "generation endpoints answer 503; set model.path");
+    }
+    const char *emodel = cairn_config_string(c, "embed.model");
+    if (!emodel) {
+        snprintf(def, sizeof def, "%s/models/all-minilm-l6-v2.gguf",
+                 cairn_config_string(c, "data_dir"));
+        struct stat st;
+        if (stat(def, &st) == 0) emodel = def;
+    }
+    if (emodel) {
+        rc = cairn_embed_open(&s->embed, emodel, NULL, err);
+        if (rc) return cairn_error_prefix(err, "embedder %s", emodel);
+        CAIRN_LOG_INFO("embedder loaded", "path=%s dim=%d", emodel, cairn_embed_dim(s->embed));
+    }
+    if (s->embed) {
+        char idx[4096];
+        const char *dir = cairn_config_string(c, "rag.dir");
+        if (!dir) {
+            snprintf(idx, sizeof idx, "%s/index", cairn_config_string(c, "data_dir"));
+            dir = idx;
+        }
+        cairn_rag_params rp = cairn_rag_default_params();
+        rp.dir = dir;
+        rp.embed = s->embed;
+        rp.prefetch_bytes = (size_t)cairn_config_size(c, "rag.prefetch_bytes");
+        rp.fast_bytes = (size_t)cairn_config_size(c, "rag.fast_bytes");
+        rp.corpus = cairn_config_string(c, "rag.corpus");
+        char corpus[4096];
+        snprintf(corpus, sizeof corpus, "%s/corpus/debian-Translation-en",
+                 cairn_config_string(c, "data_dir"));
+        struct stat cst;
+        if (!rp.corpus && stat(corpus, &cst) == 0) rp.corpus = corpus;
+        rp.corpus_max = (size_t)cairn_config_int(c, "rag.corpus_max");
+        rc = cairn_rag_open(&s->rag, &rp, s->metrics, err);
+        if (rc) return cairn_error_prefix(err, "index %s", dir);
+        CAIRN_LOG_INFO("index open", "dir=%s passages=%zu", dir, cairn_rag_count(s->rag));
+    }
+    cairn_api_params ap = cairn_api_default_params();
+    ap.embed = s->embed;
+    ap.rag = s->rag;
+    ap.embed_model_name = cairn_config_string(c, "embed.name");
+    ap.limits.max_tokens_cap = (int)cairn_config_int(c, "limits.max_tokens");
+    ap.max_concurrent = (int)cairn_config_int(c, "limits.max_concurrent");
+    ap.max_queue = (int)cairn_config_int(c, "limits.max_queue");
+    ap.api_keys = cairn_config_string(c, "auth.api_keys");
+    ap.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
+    ap.model_name = cairn_config_string(c, "model.name");
+    ap.workers = s->workers;
+    return cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
+}
+
 static int start(service *s, cairn_error *err)
 {
     cairn_config *c = s->cfg;
@@ -218,6 +353,19 @@ static int start(service *s, cairn_error *err)
     rc = cairn_http_new(&s->http, &hp, s->metrics, err);
     if (!rc) rc = cairn_http_route(s->http, "GET", "/health", on_health, s);
     if (!rc) rc = cairn_http_route(s->http, "GET", "/metrics", on_metrics, s);
+    if (!rc) rc = start_api(s, err);
+    if (!rc && cairn_config_string(c, "edge.enrollment_token")) {
+        char em[4096], fm[4096];
+        snprintf(em, sizeof em, "%s/edge.gguf", cairn_config_string(c, "edge.models"));
+        snprintf(fm, sizeof fm, "%s/foundation.gguf", cairn_config_string(c, "edge.models"));
+        cairn_edge_api_params ep = cairn_edge_api_default_params();
+        ep.edge_model_path = em, ep.foundation_model_path = fm;
+        ep.enrollment_token = cairn_config_string(c, "edge.enrollment_token");
+        ep.signing_key_path = cairn_config_string(c, "edge.signing_key");
+        ep.rate_samples_per_s = (double)cairn_config_int(c, "edge.rate");
+        rc = cairn_edge_api_open(&s->edge, &ep, s->metrics, err);
+        if (!rc) rc = cairn_edge_api_routes(s->edge, s->http);
+    }
     if (!rc) rc = cairn_http_start(s->http, err);
     free(cert);
     free(key);
@@ -261,7 +409,14 @@ int cairn_serve_main(const char *prog, int argc, char **argv)
         CAIRN_LOG_INFO("shutting down", "signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     }
     atomic_store(&s.ready, 0);
+    cairn_workers_stop(s.workers); /* answers every deferred request before the server stops */
+    cairn_api_stop(s.api);
     cairn_http_free(s.http);
+    cairn_api_free(s.api);
+    cairn_workers_close(s.workers);
+    cairn_rag_close(s.rag);
+    cairn_embed_close(s.embed);
+    cairn_edge_api_close(s.edge); /* after the HTTP server: no handler may still use it */
     cairn_metrics_free(s.metrics);
     cairn_config_free(s.cfg);
     if (!status) CAIRN_LOG_INFO("stopped", "uptime_s=%.1f",

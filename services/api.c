@@ -1,0 +1,957 @@
+/*
+ * services/api.c — the /v1 handlers: OpenAI-shaped generation, models, and admission.
+ *
+ * HTTP threads authenticate, parse, render the prompt and submit; generation answers arrive
+ * from worker threads through a deferred HTTP answer (services/http.h): a whole JSON body, or
+ * an SSE stream of `data: {...}\n\n` events closed by `data: [DONE]\n\n`. A request context
+ * (gen_ctx) lives from submission to the workers' on_done.
+ *
+ * Admission: `active` counts generation requests from acceptance to on_done; beyond
+ * max_concurrent + max_queue they are shed with 429 and Retry-After, so that memory stays
+ * bounded under overload.
+ */
+#define CAIRN_LOG_TAG "api"
+#include "services/api.h"
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/strbuf.h"
+#include "common/threadpool.h"
+#include "retrieval/embed.h"
+#include "services/rag.h"
+#include "services/workers.h"
+
+#include <errno.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct cairn_api {
+    cairn_api_params p;
+    cairn_api_auth *auth;
+    atomic_int active;     /* generation requests accepted and not yet done */
+    atomic_uint_fast64_t next_id;
+    int64_t created;       /* Unix time the model was loaded (for /v1/models) */
+    cairn_counter *c_shed; /* 429s */
+    cairn_counter *c_auth; /* 401s */
+    /* Requests the API runs itself (embeddings) go to this pool; `aux_lock` (read: submit,
+     * write: stop) keeps submissions off a pool that is closing. */
+    pthread_rwlock_t aux_lock;
+    cairn_pool *aux;
+};
+
+cairn_api_params cairn_api_default_params(void)
+{
+    return (cairn_api_params){
+        .limits = cairn_api_default_limits(),
+        .max_concurrent = 8,
+        .max_queue = 64,
+        .retry_after_s = 1,
+        .model_name = "cairn",
+    };
+}
+
+/* ---- Helpers --------------------------------------------------------------------------- */
+
+/* Status for a parse or submit error code. */
+static int status_of(int rc)
+{
+    switch (rc) {
+    case CAIRN_EBUSY: return 429;
+    case CAIRN_ENOMEM: return 503;
+    case CAIRN_ESTATE: return 503;
+    default: return 400;
+    }
+}
+
+static void set_json(cairn_http_resp *resp, int status, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s) {
+        cairn_http_json_error(resp, 500, "out of memory");
+        return;
+    }
+    free(resp->body);
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = s;
+    resp->body_len = strlen(s);
+}
+
+/* A JSON string of s[0..n) with invalid UTF-8 replaced by U+FFFD (model output can hold
+ * byte-fallback tokens that do not form characters). New reference or NULL. */
+static json_t *json_text(const char *s, size_t n)
+{
+    if (cairn_json_utf8_valid(s, n)) return json_stringn(s, n);
+    cairn_strbuf sb = {0};
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t l = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (l && i + l <= n && cairn_json_utf8_valid(s + i, l)) {
+            cairn_strbuf_append(&sb, s + i, l);
+            i += l;
+        } else {
+            cairn_strbuf_puts(&sb, "\xEF\xBF\xBD");
+            i++;
+        }
+    }
+    size_t len = 0;
+    char *t = cairn_strbuf_take(&sb, &len);
+    json_t *j = t ? json_stringn(t, len) : NULL;
+    free(t);
+    return j;
+}
+
+/* Authenticates the request; on failure fills resp with 401 and returns false. */
+static bool authorized(cairn_api *a, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_error err = {0};
+    if (cairn_api_auth_check(a->auth, cairn_http_header(req, "Authorization"), &err) == 0)
+        return true;
+    cairn_counter_inc(a->c_auth);
+    cairn_http_json_error(resp, 401, "%s", err.msg);
+    return false;
+}
+
+static const char *finish_reason(const cairn_gen_result *r)
+{
+    switch (r->finish) {
+    case CAIRN_FINISH_LENGTH:
+    case CAIRN_FINISH_CONTEXT: return "length";
+    default: return "stop";
+    }
+}
+
+/* ---- Generation ------------------------------------------------------------------------ */
+
+typedef struct gen_ctx {
+    cairn_api *api;
+    cairn_http_async *async;
+    bool chat, stream, include_usage;
+    char id[48];
+    int64_t created;
+    int64_t t_start;   /* request arrival (monotonic ns) */
+    cairn_strbuf text; /* non-streaming: the answer so far */
+    bool sent_role;    /* streaming chat: the first delta carries the role */
+    json_t *sources;   /* RAG: the passages the answer was given, or NULL */
+    json_t *stages;    /* RAG: per-stage timings (object), or NULL */
+} gen_ctx;
+
+static void gen_free(gen_ctx *g)
+{
+    cairn_strbuf_free(&g->text);
+    json_decref(g->sources);
+    json_decref(g->stages);
+    free(g);
+}
+
+static json_t *chunk_base(gen_ctx *g)
+{
+    return json_pack("{s:s,s:s,s:I,s:s}", "id", g->id, "object",
+                     g->chat ? "chat.completion.chunk" : "text_completion", "created",
+                     (json_int_t)g->created, "model", g->api->p.model_name);
+}
+
+/* Sends one SSE event with o (consumed). Returns non-zero when the client is gone. */
+static int send_event(gen_ctx *g, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s) return 0; /* out of memory: drop the event, keep going */
+    cairn_strbuf sb = {0};
+    cairn_strbuf_puts(&sb, "data: ");
+    cairn_strbuf_puts(&sb, s);
+    cairn_strbuf_puts(&sb, "\n\n");
+    free(s);
+    size_t n = 0;
+    char *ev = cairn_strbuf_take(&sb, &n);
+    int rc = ev ? cairn_http_async_write(g->async, ev, n) : 0;
+    free(ev);
+    return rc == CAIRN_ECANCELED;
+}
+
+static int gen_on_text(void *user, const char *text, size_t len)
+{
+    gen_ctx *g = user;
+    if (!g->stream) {
+        cairn_strbuf_append(&g->text, text, len);
+        return cairn_http_async_gone(g->async);
+    }
+    if (len == 0) return cairn_http_async_gone(g->async);
+    json_t *o = chunk_base(g);
+    json_t *t = json_text(text, len);
+    json_t *choice = g->chat ? json_pack("{s:i,s:{s:o},s:n}", "index", 0, "delta", "content", t,
+                                         "finish_reason")
+                             : json_pack("{s:i,s:o,s:n,s:n}", "index", 0, "text", t, "logprobs",
+                                         "finish_reason");
+    if (g->chat && choice && !g->sent_role) {
+        json_object_set_new(json_object_get(choice, "delta"), "role", json_string("assistant"));
+        g->sent_role = true;
+    }
+    json_object_set_new(o, "choices", json_pack("[o]", choice));
+    return send_event(g, o);
+}
+
+static json_t *usage_json(const cairn_gen_result *r)
+{
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", r->n_prompt, "completion_tokens",
+                     r->n_generated, "total_tokens", r->n_prompt + r->n_generated);
+}
+
+/* cairn's extension object: generation timings, plus the RAG stages when there were any. */
+static json_t *timings_json(const gen_ctx *g, const cairn_gen_result *r)
+{
+    json_t *o = json_pack("{s:f,s:f,s:f,s:f}", "queue_s", r->queue_s, "ttft_s", r->ttft_s,
+                          "generation_s", r->total_s, "total_s",
+                          (double)(cairn_now_ns() - g->t_start) / 1e9);
+    if (o && g->stages) json_object_update(o, g->stages);
+    return o;
+}
+
+static void gen_on_done(void *user, const cairn_gen_result *r)
+{
+    gen_ctx *g = user;
+    cairn_api *a = g->api;
+    if (g->stream) {
+        if (r->error) {
+            json_t *e = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", 503, "message", r->error,
+                                  "type", "server_error");
+            send_event(g, e);
+        } else {
+            json_t *o = chunk_base(g);
+            json_t *choice = g->chat ? json_pack("{s:i,s:{},s:s}", "index", 0, "delta",
+                                                 "finish_reason", finish_reason(r))
+                                     : json_pack("{s:i,s:s,s:n,s:s}", "index", 0, "text", "",
+                                                 "logprobs", "finish_reason", finish_reason(r));
+            json_object_set_new(o, "choices", json_pack("[o]", choice));
+            json_object_set_new(o, "cairn", timings_json(g, r));
+            if (g->sources) json_object_set(o, "sources", g->sources);
+            if (g->include_usage) json_object_set_new(o, "usage", usage_json(r));
+            send_event(g, o);
+        }
+        cairn_http_async_write(g->async, "data: [DONE]\n\n", 14);
+        cairn_http_async_end(g->async);
+    } else {
+        cairn_http_resp resp = {0};
+        if (r->error) {
+            cairn_http_json_error(&resp, 503, "generation failed: %s", r->error);
+            resp.retry_after_s = a->p.retry_after_s;
+        } else {
+            size_t n = 0;
+            char *text = cairn_strbuf_take(&g->text, &n);
+            json_t *t = json_text(text ? text : "", text ? n : 0);
+            free(text);
+            json_t *choice =
+                g->chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role",
+                                    "assistant", "content", t, "finish_reason", finish_reason(r))
+                        : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", t, "logprobs",
+                                    "finish_reason", finish_reason(r));
+            json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:o}", "id", g->id, "object",
+                                  g->chat ? "chat.completion" : "text_completion", "created",
+                                  (json_int_t)g->created, "model", a->p.model_name, "choices",
+                                  choice, "usage", usage_json(r), "cairn", timings_json(g, r));
+            if (o && g->sources) json_object_set(o, "sources", g->sources);
+            set_json(&resp, 200, o);
+        }
+        cairn_http_async_respond(g->async, &resp);
+    }
+    gen_free(g);
+    atomic_fetch_sub(&a->active, 1);
+}
+
+/* Renders msgs with the model's template; malloc'ed text or NULL with err. */
+static char *render_chat(cairn_api *a, const cairn_chat_msg *msgs, size_t n, size_t *len,
+                         cairn_error *err)
+{
+    cairn_chat_family f = cairn_workers_chat_family(a->p.workers);
+    size_t need = 0;
+    int rc = cairn_chat_render(f, msgs, n, true, NULL, 0, &need, err);
+    if (rc && rc != CAIRN_ERANGE) return NULL;
+    char *buf = malloc(need + 1);
+    if (!buf) {
+        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (cairn_chat_render(f, msgs, n, true, buf, need + 1, len, err) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/*
+ * Submits the generation for g: msgs rendered with the chat template (g->chat), else r's
+ * prompt as is. Returns 0 (g now belongs to the workers: do not touch it), or a CAIRN_E* code
+ * with nothing submitted (the caller answers and frees g). Any thread.
+ */
+static int start_generation(cairn_api *a, gen_ctx *g, const cairn_api_req *r,
+                            const cairn_chat_msg *msgs, size_t n_msgs, cairn_error *err)
+{
+    size_t plen = r->prompt_len;
+    char *rendered = NULL;
+    if (g->chat) {
+        rendered = render_chat(a, msgs, n_msgs, &plen, err);
+        if (!rendered) return cairn_error_prefix(err, "messages");
+    }
+    cairn_gen_request gr = {
+        .prompt = g->chat ? rendered : r->prompt,
+        .prompt_len = plen,
+        .tok_flags = CAIRN_TOK_ADD_SPECIAL | (g->chat ? CAIRN_TOK_PARSE_SPECIAL : 0),
+        .max_tokens = r->max_tokens,
+        .sample = {.temperature = (float)r->temperature,
+                   .top_k = r->top_k,
+                   .top_p = (float)r->top_p,
+                   .seed = r->seed},
+        .stop = r->stop,
+        .n_stop = r->n_stop,
+        .on_text = gen_on_text,
+        .on_done = gen_on_done,
+        .user = g,
+    };
+    bool stream = g->stream;
+    cairn_http_async *async = g->async;
+    int rc = cairn_workers_submit(a->p.workers, &gr, err);
+    free(rendered);
+    /* g may be gone already (a fast finish); the handle lives until this request completes,
+     * which cannot happen before it is answered. */
+    if (!rc && stream) cairn_http_async_stream_begin(async, "text/event-stream");
+    return rc;
+}
+
+/* Answers a deferred request that failed before generation started, and releases g. */
+static void fail_deferred(cairn_api *a, gen_ctx *g, int rc, const char *msg)
+{
+    cairn_http_resp e = {0};
+    cairn_http_json_error(&e, status_of(rc), "%s", msg);
+    if (rc == CAIRN_EBUSY) {
+        e.retry_after_s = a->p.retry_after_s;
+        cairn_counter_inc(a->c_shed);
+    }
+    cairn_http_async_respond(g->async, &e);
+    gen_free(g);
+    atomic_fetch_sub(&a->active, 1);
+}
+
+/* Takes one admission slot; false (and 429 in resp) when the service is full. */
+static bool admit(cairn_api *a, cairn_http_resp *resp)
+{
+    if (atomic_fetch_add(&a->active, 1) < a->p.max_concurrent + a->p.max_queue) return true;
+    atomic_fetch_sub(&a->active, 1);
+    cairn_counter_inc(a->c_shed);
+    cairn_http_json_error(resp, 429, "too many requests in flight; retry later");
+    resp->retry_after_s = a->p.retry_after_s;
+    return false;
+}
+
+/* Defers req and queues fn(task) on the aux pool; *slot gets the handle before fn can run.
+ * Returns 0, or non-zero with the request answered (through resp or the handle). */
+static int aux_submit(cairn_api *a, const cairn_http_req *req, cairn_http_resp *resp,
+                      cairn_pool_task_fn fn, void *task, cairn_http_async **slot)
+{
+    pthread_rwlock_rdlock(&a->aux_lock);
+    *slot = a->aux ? cairn_http_defer(req, resp) : NULL;
+    int rc = *slot ? cairn_pool_submit(a->aux, fn, task) : CAIRN_ESTATE;
+    pthread_rwlock_unlock(&a->aux_lock);
+    if (!rc) return 0;
+    cairn_http_resp e = {0};
+    cairn_http_json_error(&e, rc == CAIRN_EBUSY ? 429 : 503, "%s",
+                          rc == CAIRN_EBUSY ? "the request queue is full; retry later"
+                                            : "the service is shutting down");
+    e.retry_after_s = a->p.retry_after_s;
+    if (*slot) cairn_http_async_respond(*slot, &e);
+    else *resp = e;
+    return rc;
+}
+
+/* ---- RAG ---------------------------------------------------------------------------------- */
+
+typedef struct rag_task {
+    cairn_api *api;
+    gen_ctx *g;
+    cairn_api_req r;
+} rag_task;
+
+/* A generation run to completion on the calling (aux) thread: the pre-retrieval step. */
+typedef struct sync_gen {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    const char *error;
+    cairn_strbuf text;
+} sync_gen;
+
+static int sync_on_text(void *user, const char *text, size_t len)
+{
+    cairn_strbuf_append(&((sync_gen *)user)->text, text, len);
+    return 0;
+}
+
+static void sync_on_done(void *user, const cairn_gen_result *r)
+{
+    sync_gen *s = user;
+    pthread_mutex_lock(&s->mu);
+    s->done = true;
+    s->error = r->error;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Runs the rewrite/HyDE generation for question; the text (malloc'ed) or NULL with err. */
+static char *pre_generate(cairn_api *a, cairn_rag_mode mode, const char *question,
+                          cairn_error *err)
+{
+    char *user = cairn_rag_pre_prompt(mode, question);
+    if (!user) {
+        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        return NULL;
+    }
+    cairn_chat_msg m = {.role = "user", .content = user};
+    size_t len = 0;
+    char *prompt = render_chat(a, &m, 1, &len, err);
+    free(user);
+    if (!prompt) return NULL;
+    sync_gen s = {.done = false};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    static const char *const stops[] = {"\n\n"};
+    cairn_gen_request gr = {
+        .prompt = prompt,
+        .prompt_len = len,
+        .tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL,
+        .max_tokens = mode == CAIRN_RAG_HYDE ? 64 : 24,
+        .sample = cairn_sample_greedy_params(),
+        .stop = stops,
+        .n_stop = 1,
+        .on_text = sync_on_text,
+        .on_done = sync_on_done,
+        .user = &s,
+    };
+    int rc = cairn_workers_submit(a->p.workers, &gr, err);
+    free(prompt);
+    char *out = NULL;
+    if (!rc) {
+        pthread_mutex_lock(&s.mu);
+        while (!s.done) pthread_cond_wait(&s.cv, &s.mu);
+        pthread_mutex_unlock(&s.mu);
+        if (s.error) cairn_errorf(err, CAIRN_ECANCELED, "pre-retrieval generation: %s", s.error);
+        else out = cairn_strbuf_take(&s.text, NULL);
+        if (!out && !s.error) cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
+    cairn_strbuf_free(&s.text);
+    pthread_cond_destroy(&s.cv);
+    pthread_mutex_destroy(&s.mu);
+    return out;
+}
+
+static double since(int64_t t0) { return (double)(cairn_now_ns() - t0) / 1e9; }
+
+static json_t *hits_json(const cairn_rag_hit *h, int n)
+{
+    json_t *arr = json_array();
+    for (int i = 0; arr && i < n; i++) {
+        json_t *meta = json_loads(h[i].meta, 0, NULL);
+        json_array_append_new(arr, json_pack("{s:I,s:f,s:o,s:s,s:o}", "id", (json_int_t)h[i].id,
+                                             "score", (double)h[i].score, "text",
+                                             json_text(h[i].text, strlen(h[i].text)), "key",
+                                             h[i].key, "metadata",
+                                             meta ? meta : json_object()));
+    }
+    return arr;
+}
+
+/*
+ * Steps 2-4 of a RAG request (DESIGN "A RAG request, end to end") on an aux thread: embed
+ * the question and start the prefetch; rewrite/HyDE while it runs; embed and search; then
+ * hand the answer generation, with the passages in its prompt, to the workers.
+ */
+static void rag_run(void *arg)
+{
+    rag_task *t = arg;
+    cairn_api *a = t->api;
+    gen_ctx *g = t->g;
+    cairn_api_req *r = &t->r;
+    cairn_error err = {0};
+    int dim = cairn_rag_dim(a->p.rag);
+    float *q = malloc(2 * (size_t)dim * sizeof *q);
+    cairn_rag_hit hits[100];
+    int n_hits = 0, rc = q ? 0 : CAIRN_ENOMEM;
+    char *pre = NULL, *answer_prompt = NULL;
+    cairn_chat_msg *msgs = NULL;
+    /* The question: the last user message of a chat, the prompt of /v1/rag. */
+    const char *question = r->prompt;
+    size_t last_user = 0;
+    for (size_t i = 0; i < r->n_messages; i++)
+        if (!strcmp(r->messages[i].role, "user")) question = r->messages[i].content, last_user = i;
+    if (!question) rc = cairn_errorf(&err, CAIRN_EINVAL, "messages: no user message to answer");
+
+    int64_t t0 = cairn_now_ns();
+    if (!rc) rc = cairn_rag_embed(a->p.rag, question, q, &err);
+    double embed_s = since(t0);
+    if (!rc) cairn_rag_prefetch(a->p.rag, q); /* overlaps the pre-retrieval generation */
+    int64_t t1 = cairn_now_ns();
+    float *q1 = q;
+    if (!rc && r->rag.mode != CAIRN_RAG_NONE) {
+        pre = pre_generate(a, r->rag.mode, question, &err);
+        if (!pre) rc = CAIRN_ECANCELED;
+        /* q1 = normalised mean of the question's and the generated text's embeddings: HyDE
+         * (Gao et al. 2022, "Precise Zero-Shot Dense Retrieval without Relevance Labels")
+         * averages the query with its hypothetical documents; a rewrite is treated alike, so a
+         * poor generation cannot lose the question. */
+        if (!rc && pre[0]) {
+            q1 = q + dim;
+            rc = cairn_rag_embed(a->p.rag, pre, q1, &err);
+            double norm = 0;
+            for (int i = 0; !rc && i < dim; i++) {
+                q1[i] = 0.5f * (q1[i] + q[i]);
+                norm += (double)q1[i] * q1[i];
+            }
+            for (int i = 0; !rc && norm > 0 && i < dim; i++) q1[i] /= (float)sqrt(norm);
+        }
+    }
+    double pre_s = since(t1);
+    int64_t t2 = cairn_now_ns();
+    if (!rc) rc = cairn_rag_search(a->p.rag, q1, r->rag.k, r->rag.nprobe, hits, &n_hits, &err);
+    double search_s = since(t2);
+    if (!rc) {
+        answer_prompt = cairn_rag_answer_prompt(question, hits, n_hits);
+        size_t n = r->n_messages ? r->n_messages : 1;
+        msgs = calloc(n, sizeof *msgs);
+        if (!answer_prompt || !msgs) rc = cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
+        else if (r->n_messages) {
+            memcpy(msgs, r->messages, n * sizeof *msgs);
+            msgs[last_user].content = answer_prompt;
+        } else {
+            msgs[0] = (cairn_chat_msg){.role = "user", .content = answer_prompt};
+        }
+    }
+    if (!rc) {
+        g->sources = hits_json(hits, n_hits);
+        g->stages = json_pack("{s:f,s:f,s:f,s:s}", "embed_s", embed_s, "pre_retrieval_s", pre_s,
+                              "search_s", search_s, "rag_mode",
+                              r->rag.mode == CAIRN_RAG_HYDE      ? "hyde"
+                              : r->rag.mode == CAIRN_RAG_REWRITE ? "rewrite"
+                                                                 : "none");
+        if (pre && g->stages) json_object_set_new(g->stages, "pre_retrieval_text",
+                                                  json_text(pre, strlen(pre)));
+        rc = start_generation(a, g, r, msgs, r->n_messages ? r->n_messages : 1, &err);
+    }
+    if (rc) fail_deferred(a, g, rc, err.msg[0] ? err.msg : "out of memory");
+    cairn_rag_hits_free(hits, n_hits);
+    free(q);
+    free(pre);
+    free(answer_prompt);
+    free(msgs);
+    cairn_api_req_free(r);
+    free(t);
+}
+
+/* ---- Chat and completions ------------------------------------------------------------------- */
+
+static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_req *req,
+                            cairn_http_resp *resp)
+{
+    if (!authorized(a, req, resp)) return;
+    cairn_error err = {0};
+    cairn_api_req r;
+    int rc = cairn_api_parse(kind, req->body, req->body_len, &a->p.limits, &r, &err);
+    if (rc) {
+        cairn_http_json_error(resp, status_of(rc), "%s", err.msg);
+        return;
+    }
+    gen_ctx *g = NULL;
+    rag_task *t = NULL;
+    if (r.model && strcmp(r.model, a->p.model_name) != 0) {
+        cairn_http_json_error(resp, 404, "model: '%s' is not served here (try '%s')", r.model,
+                              a->p.model_name);
+        goto out;
+    }
+    if (r.rag.enabled && !a->p.rag) {
+        cairn_http_json_error(resp, 503, "rag: no passage index is loaded on this server");
+        goto out;
+    }
+    if (!a->p.workers) {
+        cairn_http_json_error(resp, 503, "no generation model is loaded");
+        goto out;
+    }
+    if (!admit(a, resp)) goto out; /* shed before any work when the service is full */
+    g = calloc(1, sizeof *g);
+    t = r.rag.enabled ? calloc(1, sizeof *t) : NULL;
+    if (!g || (r.rag.enabled && !t)) {
+        cairn_http_json_error(resp, 503, "out of memory");
+        atomic_fetch_sub(&a->active, 1);
+        goto out;
+    }
+    g->api = a;
+    g->chat = kind != CAIRN_API_COMPLETION;
+    g->stream = r.stream;
+    json_t *so = json_object_get((json_t *)r.root, "stream_options");
+    g->include_usage = so && json_is_true(json_object_get(so, "include_usage"));
+    g->created = (int64_t)time(NULL);
+    g->t_start = cairn_now_ns();
+    snprintf(g->id, sizeof g->id, "%s-%llu", g->chat ? "chatcmpl" : "cmpl",
+             (unsigned long long)atomic_fetch_add(&a->next_id, 1));
+
+    if (r.rag.enabled) {
+        /* Embedding and search are compute: they run on the aux pool, never here. */
+        t->api = a;
+        t->g = g;
+        t->r = r;
+        if (aux_submit(a, req, resp, rag_run, t, &g->async) != 0) {
+            atomic_fetch_sub(&a->active, 1);
+            gen_free(g);
+            free(t);
+            cairn_api_req_free(&r);
+        }
+        return;
+    }
+    g->async = cairn_http_defer(req, resp);
+    if (!g->async) {
+        cairn_http_json_error(resp, 503, "out of memory");
+        atomic_fetch_sub(&a->active, 1);
+        goto out;
+    }
+    rc = start_generation(a, g, &r, r.messages, r.n_messages, &err);
+    if (rc) {
+        fail_deferred(a, g, rc, err.msg); /* nothing was queued: answer now */
+        g = NULL;
+    } else {
+        g = NULL; /* the workers own it */
+    }
+out:
+    if (g) gen_free(g);
+    free(t);
+    cairn_api_req_free(&r);
+}
+
+static void on_chat(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    handle_generate(ctx, CAIRN_API_CHAT, req, resp);
+}
+
+static void on_completions(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    handle_generate(ctx, CAIRN_API_COMPLETION, req, resp);
+}
+
+static void on_rag(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    handle_generate(ctx, CAIRN_API_RAG, req, resp);
+}
+
+static void on_models(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_api *a = ctx;
+    if (!authorized(a, req, resp)) return;
+    json_t *data = json_array();
+    if (a->p.workers)
+        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", a->p.model_name,
+                                              "object", "model", "created",
+                                              (json_int_t)a->created, "owned_by", "cairn"));
+    set_json(resp, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
+}
+
+/* ---- Embeddings ---------------------------------------------------------------------------- */
+
+typedef struct embed_task {
+    cairn_api *api;
+    cairn_http_async *async;
+    cairn_api_req r;
+} embed_task;
+
+/* OpenAI's base64 encoding: the little-endian float32 bytes, base64 (RFC 4648). */
+static json_t *base64_floats(const float *v, int n)
+{
+    size_t bytes = (size_t)n * 4;
+    unsigned char *raw = malloc(bytes);
+    char *out = malloc(4 * ((bytes + 2) / 3) + 1);
+    json_t *s = NULL;
+    if (raw && out) {
+        for (int i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &v[i], 4);
+            for (int b = 0; b < 4; b++) raw[4 * i + b] = (unsigned char)(u >> (8 * b));
+        }
+        int len = EVP_EncodeBlock((unsigned char *)out, raw, (int)bytes);
+        s = json_stringn(out, (size_t)len);
+    }
+    free(raw);
+    free(out);
+    return s;
+}
+
+static void embed_run(void *arg)
+{
+    embed_task *t = arg;
+    cairn_api *a = t->api;
+    cairn_http_resp resp = {0};
+    int dim = cairn_embed_dim(a->p.embed);
+    float *v = malloc(t->r.n_inputs * (size_t)dim * sizeof *v);
+    cairn_error err = {0};
+    if (!v) {
+        cairn_http_json_error(&resp, 503, "out of memory");
+    } else if (cairn_embed_batch(a->p.embed, t->r.inputs, (int)t->r.n_inputs, v, &err) != 0) {
+        cairn_http_json_error(&resp, 500, "embedding failed: %s", err.msg);
+    } else {
+        json_t *data = json_array();
+        int tokens = 0;
+        for (size_t i = 0; i < t->r.n_inputs; i++) {
+            json_t *e = t->r.base64 ? base64_floats(v + i * dim, dim) : json_array();
+            for (int d = 0; !t->r.base64 && d < dim; d++)
+                json_array_append_new(e, json_real(v[i * dim + d]));
+            json_array_append_new(data, json_pack("{s:s,s:I,s:o}", "object", "embedding",
+                                                  "index", (json_int_t)i, "embedding", e));
+            tokens += (int)(strlen(t->r.inputs[i]) + 3) / 4; /* approximate, as documented */
+        }
+        set_json(&resp, 200,
+                 json_pack("{s:s,s:o,s:s,s:{s:i,s:i}}", "object", "list", "data", data, "model",
+                           a->p.embed_model_name ? a->p.embed_model_name : "embedder",
+                           "usage", "prompt_tokens", tokens, "total_tokens", tokens));
+    }
+    free(v);
+    cairn_http_async_respond(t->async, &resp);
+    cairn_api_req_free(&t->r);
+    free(t);
+    atomic_fetch_sub(&a->active, 1);
+}
+
+static void on_embeddings(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_api *a = ctx;
+    if (!authorized(a, req, resp)) return;
+    cairn_error err = {0};
+    embed_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        cairn_http_json_error(resp, 503, "out of memory");
+        return;
+    }
+    int rc = cairn_api_parse(CAIRN_API_EMBEDDINGS, req->body, req->body_len, &a->p.limits, &t->r,
+                             &err);
+    if (rc) {
+        cairn_http_json_error(resp, status_of(rc), "%s", err.msg);
+        free(t);
+        return;
+    }
+    if (!a->p.embed) {
+        cairn_http_json_error(resp, 503, "no embedding model is loaded");
+        goto fail;
+    }
+    if (!admit(a, resp)) goto fail;
+    t->api = a;
+    if (aux_submit(a, req, resp, embed_run, t, &t->async) != 0) {
+        atomic_fetch_sub(&a->active, 1);
+        goto fail;
+    }
+    return;
+fail:
+    cairn_api_req_free(&t->r);
+    free(t);
+}
+
+/* ---- Retrieval and documents ------------------------------------------------------------- */
+
+typedef struct index_task {
+    cairn_api *api;
+    cairn_http_async *async;
+    cairn_api_req r;
+    uint64_t doc_id; /* DELETE */
+    int64_t t_start;
+} index_task;
+
+static void index_task_done(index_task *t, cairn_http_resp *resp)
+{
+    cairn_http_async_respond(t->async, resp);
+    atomic_fetch_sub(&t->api->active, 1);
+    cairn_api_req_free(&t->r);
+    free(t);
+}
+
+static void retrieve_run(void *arg)
+{
+    index_task *t = arg;
+    cairn_api *a = t->api;
+    cairn_http_resp resp = {0};
+    cairn_error err = {0};
+    float *q = malloc((size_t)cairn_rag_dim(a->p.rag) * sizeof *q);
+    cairn_rag_hit hits[100];
+    int n = 0;
+    int64_t t0 = cairn_now_ns();
+    int rc = q ? cairn_rag_embed(a->p.rag, t->r.prompt, q, &err) : CAIRN_ENOMEM;
+    double embed_s = since(t0);
+    int64_t t1 = cairn_now_ns();
+    int k = t->r.rag.k < 100 ? t->r.rag.k : 100;
+    if (!rc) rc = cairn_rag_search(a->p.rag, q, k, t->r.rag.nprobe, hits, &n, &err);
+    if (rc) cairn_http_json_error(&resp, 500, "retrieval failed: %s", err.msg);
+    else
+        set_json(&resp, 200,
+                 json_pack("{s:s,s:o,s:{s:f,s:f,s:f}}", "object", "list", "data",
+                           hits_json(hits, n), "cairn", "embed_s", embed_s, "search_s", since(t1),
+                           "total_s", since(t->t_start)));
+    cairn_rag_hits_free(hits, n);
+    free(q);
+    index_task_done(t, &resp);
+}
+
+static void documents_run(void *arg)
+{
+    index_task *t = arg;
+    cairn_http_resp resp = {0};
+    cairn_error err = {0};
+    uint64_t first = 0;
+    int rc = cairn_rag_add(t->api->p.rag, t->r.docs, t->r.n_docs, &first, &err);
+    if (rc) {
+        cairn_http_json_error(&resp, rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400, "%s",
+                              err.msg);
+    } else {
+        json_t *data = json_array();
+        for (size_t i = 0; i < t->r.n_docs; i++)
+            json_array_append_new(data, json_pack("{s:I}", "id", (json_int_t)(first + i)));
+        set_json(&resp, 200, json_pack("{s:s,s:o,s:I}", "object", "list", "data", data,
+                                       "total_documents",
+                                       (json_int_t)cairn_rag_count(t->api->p.rag)));
+    }
+    index_task_done(t, &resp);
+}
+
+static void delete_run(void *arg)
+{
+    index_task *t = arg;
+    cairn_http_resp resp = {0};
+    cairn_error err = {0};
+    int rc = cairn_rag_delete(t->api->p.rag, t->doc_id, &err);
+    if (rc == CAIRN_ENOTFOUND)
+        cairn_http_json_error(&resp, 404, "no document with id %llu",
+                              (unsigned long long)t->doc_id);
+    else if (rc) cairn_http_json_error(&resp, 500, "delete failed: %s", err.msg);
+    else set_json(&resp, 200, json_pack("{s:I,s:b}", "id", (json_int_t)t->doc_id, "deleted", 1));
+    index_task_done(t, &resp);
+}
+
+/* Shared path of the index endpoints: auth, parse (kind 0: no body), admission, aux pool. */
+static void handle_index(cairn_api *a, cairn_api_kind kind, cairn_pool_task_fn fn,
+                         const cairn_http_req *req, cairn_http_resp *resp)
+{
+    if (!authorized(a, req, resp)) return;
+    index_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        cairn_http_json_error(resp, 503, "out of memory");
+        return;
+    }
+    t->api = a;
+    t->t_start = cairn_now_ns();
+    cairn_error err = {0};
+    int rc = 0;
+    if (kind) {
+        rc = cairn_api_parse(kind, req->body, req->body_len, &a->p.limits, &t->r, &err);
+    } else {
+        /* DELETE /v1/documents/{id}: a decimal id, nothing else. */
+        const char *s = req->path + strlen("/v1/documents/");
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (!*s || *end || errno || *s == '-' || *s == '+' || *s == ' ')
+            rc = cairn_errorf(&err, CAIRN_EINVAL, "document id: '%.64s' is not a decimal id", s);
+        t->doc_id = v;
+    }
+    if (rc) cairn_http_json_error(resp, status_of(rc), "%s", err.msg);
+    else if (!a->p.rag)
+        cairn_http_json_error(resp, 503, "no passage index is loaded on this server");
+    else if (admit(a, resp)) {
+        if (aux_submit(a, req, resp, fn, t, &t->async) == 0) return;
+        atomic_fetch_sub(&a->active, 1);
+    }
+    cairn_api_req_free(&t->r);
+    free(t);
+}
+
+static void on_retrieve(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    handle_index(ctx, CAIRN_API_RETRIEVE, retrieve_run, req, resp);
+}
+
+static void on_documents(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    handle_index(ctx, CAIRN_API_DOCUMENTS, documents_run, req, resp);
+}
+
+static void on_document_delete(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    handle_index(ctx, 0, delete_run, req, resp);
+}
+
+/* ---- Lifecycle ------------------------------------------------------------------------------ */
+
+int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,
+                  cairn_metrics *metrics, cairn_error *err)
+{
+    *out = NULL;
+    if (p->max_concurrent < 1 || p->max_queue < 0)
+        return cairn_errorf(err, CAIRN_EINVAL, "limits: max_concurrent >= 1, max_queue >= 0");
+    cairn_api *a = calloc(1, sizeof *a);
+    if (!a) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    a->p = *p;
+    a->created = (int64_t)time(NULL);
+    atomic_init(&a->active, 0);
+    atomic_init(&a->next_id, 1);
+    pthread_rwlock_init(&a->aux_lock, NULL);
+    cairn_pool_params pp = cairn_pool_default_params();
+    /* Four workers: a RAG request holds one while its rewrite/HyDE generation runs. */
+    pp.n_threads = 5;
+    pp.queue_capacity = p->max_queue > 0 ? p->max_queue : 1;
+    int rc = cairn_pool_open(&a->aux, &pp, err);
+    if (!rc) rc = cairn_api_auth_new(&a->auth, p->api_keys, p->api_key_hashes, err);
+    if (!rc && metrics)
+        rc = cairn_counter_new(metrics, &a->c_shed, "cairn_requests_shed_total",
+                               "Requests answered 429 because the service was full", err);
+    if (!rc && metrics)
+        rc = cairn_counter_new(metrics, &a->c_auth, "cairn_requests_unauthorized_total",
+                               "Requests answered 401", err);
+    static const struct {
+        const char *method, *path;
+        cairn_http_handler fn;
+    } routes[] = {
+        {"POST", "/v1/chat/completions", on_chat},
+        {"POST", "/v1/completions", on_completions},
+        {"POST", "/v1/embeddings", on_embeddings},
+        {"GET", "/v1/models", on_models},
+        {"POST", "/v1/retrieve", on_retrieve},
+        {"POST", "/v1/rag", on_rag},
+        {"POST", "/v1/documents", on_documents},
+        {"DELETE", "/v1/documents/*", on_document_delete},
+    };
+    for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
+        rc = cairn_http_route(h, routes[i].method, routes[i].path, routes[i].fn, a);
+    if (rc) {
+        cairn_api_free(a);
+        return rc == CAIRN_ELIMIT ? cairn_errorf(err, rc, "the HTTP route table is full") : rc;
+    }
+    if (!cairn_api_auth_enabled(a->auth))
+        CAIRN_LOG_WARN("no API keys configured", "detail=%s",
+                       "every /v1 request is allowed; set auth.api_keys");
+    *out = a;
+    return 0;
+}
+
+void cairn_api_stop(cairn_api *a)
+{
+    if (!a) return;
+    pthread_rwlock_wrlock(&a->aux_lock);
+    cairn_pool *pool = a->aux;
+    a->aux = NULL;
+    pthread_rwlock_unlock(&a->aux_lock);
+    cairn_pool_close(pool); /* runs what is queued: every deferred request gets its answer */
+}
+
+void cairn_api_free(cairn_api *a)
+{
+    if (!a) return;
+    cairn_api_stop(a);
+    pthread_rwlock_destroy(&a->aux_lock);
+    cairn_api_auth_free(a->auth);
+    free(a);
+}

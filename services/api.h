@@ -1,0 +1,151 @@
+/*
+ * services/api.h — cairnd's /v1 API: request parsing, authentication, admission, handlers.
+ *
+ * The parsers are pure functions from request bytes to a request struct or an error whose
+ * message names the offending field ("max_tokens: -1 is below the minimum 1"); they touch no
+ * server state, so tests and the fuzz target (tests/fuzz/fuzz_request.c) call them directly.
+ * A parsed request keeps the parsed JSON alive: its strings point into it until
+ * cairn_api_req_free.
+ */
+#ifndef CAIRN_SERVICES_API_H
+#define CAIRN_SERVICES_API_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "common/metrics.h"
+#include "generation/chat.h"
+#include "services/http.h"
+
+/* ---- Request parsing ------------------------------------------------------------------- */
+
+#define CAIRN_API_MAX_STOP 4 /* stop strings per request (OpenAI's limit) */
+
+typedef struct cairn_api_limits {
+    int max_tokens_cap;      /* max_tokens above this: 400 */
+    int default_max_tokens;  /* when the request has none (clamped to the cap) */
+    size_t max_text_bytes;   /* one prompt, message, input or document */
+    size_t max_messages;     /* chat messages per request */
+    size_t max_inputs;       /* embedding inputs / documents per request */
+    int max_k;               /* retrieval k */
+    int max_nprobe;          /* retrieval nprobe */
+} cairn_api_limits;
+
+/* max_tokens_cap 1024, default_max_tokens 128, max_text_bytes 256 KiB, max_messages 256,
+ * max_inputs 256, max_k 100, max_nprobe 1024. */
+cairn_api_limits cairn_api_default_limits(void);
+
+typedef enum { CAIRN_RAG_NONE = 0, CAIRN_RAG_REWRITE, CAIRN_RAG_HYDE } cairn_rag_mode;
+
+typedef struct cairn_api_rag {
+    bool enabled;        /* the request asked for retrieval */
+    int k;               /* passages, 1..max_k (default 4) */
+    int nprobe;          /* clusters probed; 0 = the index's default */
+    cairn_rag_mode mode; /* pre-retrieval generation */
+} cairn_api_rag;
+
+typedef enum {
+    CAIRN_API_CHAT = 1,
+    CAIRN_API_COMPLETION,
+    CAIRN_API_EMBEDDINGS,
+    CAIRN_API_RETRIEVE,
+    CAIRN_API_RAG,
+    CAIRN_API_DOCUMENTS,
+} cairn_api_kind;
+
+typedef struct cairn_api_doc {
+    const char *text;
+    size_t text_len;
+    const char *metadata_json; /* compact JSON object (malloc'ed), or NULL */
+} cairn_api_doc;
+
+/* One parsed request; fields a kind does not use stay zero. */
+typedef struct cairn_api_req {
+    cairn_api_kind kind;
+    void *root;          /* the parsed JSON (json_t *), owned */
+    const char *model;   /* may be NULL (the served model is used) */
+    /* generation (chat, completion, rag) */
+    cairn_chat_msg *messages; /* chat: n_messages entries (malloc'ed array, strings borrowed) */
+    size_t n_messages;
+    const char *prompt;       /* completion prompt; rag question; retrieve query */
+    size_t prompt_len;
+    int max_tokens;
+    double temperature;       /* 0 = greedy */
+    double top_p;
+    int top_k;
+    uint64_t seed;
+    bool stream;
+    const char *stop[CAIRN_API_MAX_STOP];
+    int n_stop;
+    cairn_api_rag rag;
+    /* embeddings inputs, documents */
+    const char **inputs; /* n_inputs strings (malloc'ed array, strings borrowed) */
+    bool base64;         /* embeddings: encoding_format "base64" (little-endian float32) */
+    size_t n_inputs;
+    cairn_api_doc *docs; /* n_docs (malloc'ed) */
+    size_t n_docs;
+} cairn_api_req;
+
+/*
+ * Parse the body of POST /v1/chat/completions, /v1/completions, /v1/embeddings,
+ * /v1/retrieve, /v1/rag, /v1/documents. Return 0 and fill *out (release with
+ * cairn_api_req_free), or CAIRN_EFORMAT (not JSON, wrong types, missing fields, bad UTF-8),
+ * CAIRN_ERANGE (a value out of bounds), CAIRN_EINVAL (an unknown role, mode or value), with
+ * the field named in err. On error *out holds nothing to free. Pure and thread-safe.
+ */
+int cairn_api_parse(cairn_api_kind kind, const char *body, size_t len, const cairn_api_limits *lim,
+                    cairn_api_req *out, cairn_error *err);
+void cairn_api_req_free(cairn_api_req *r); /* NULL or zeroed: no-op */
+
+/* ---- Authentication -------------------------------------------------------------------- */
+
+typedef struct cairn_api_auth cairn_api_auth;
+
+/*
+ * Builds the key set from keys (comma-separated plaintext keys) and hashes (comma-separated
+ * hex SHA-256 digests of keys); either may be NULL or empty. Only the SHA-256 digests are kept.
+ * With no key at all, every request is allowed. Returns 0 and *out (cairn_api_auth_free), or
+ * CAIRN_EINVAL (a hash that is not 64 hex digits), CAIRN_ENOMEM.
+ */
+int cairn_api_auth_new(cairn_api_auth **out, const char *keys, const char *hashes,
+                       cairn_error *err);
+void cairn_api_auth_free(cairn_api_auth *a);
+/* Whether any key is configured. */
+bool cairn_api_auth_enabled(const cairn_api_auth *a);
+/* Checks an Authorization header value ("Bearer <key>"); NULL header fails when keys are
+ * configured. Returns 0 or CAIRN_EAUTH with the reason. Thread-safe (read-only). */
+int cairn_api_auth_check(const cairn_api_auth *a, const char *authorization, cairn_error *err);
+
+/* ---- The service --------------------------------------------------------------------------- */
+
+typedef struct cairn_api cairn_api;
+struct cairn_workers;
+
+typedef struct cairn_api_params {
+    cairn_api_limits limits;
+    const char *api_keys;        /* see cairn_api_auth_new */
+    const char *api_key_hashes;
+    int max_concurrent;          /* generation requests running at once */
+    int max_queue;               /* generation requests waiting beyond those; more: 429 */
+    int retry_after_s;           /* Retry-After on 429 */
+    const char *model_name;      /* the id /v1/models lists */
+    struct cairn_workers *workers; /* borrowed; NULL: generation endpoints answer 503 */
+    struct cairn_embed *embed;     /* borrowed; NULL: /v1/embeddings answers 503 */
+    struct cairn_rag *rag;         /* borrowed; NULL: retrieval endpoints answer 503 */
+    const char *embed_model_name;  /* the id /v1/embeddings reports */
+} cairn_api_params;
+
+cairn_api_params cairn_api_default_params(void);
+
+/* Creates the handlers' state and adds the /v1 routes to h. Returns 0 or a CAIRN_E* code. */
+int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,
+                  cairn_metrics *metrics, cairn_error *err);
+/* Finishes the requests the API itself runs (embeddings) and refuses new ones with 503. Call
+ * before the HTTP server is freed. Idempotent. */
+void cairn_api_stop(cairn_api *a);
+void cairn_api_free(cairn_api *a); /* after the HTTP server and the workers are stopped */
+
+#endif

@@ -1,0 +1,491 @@
+/*
+ * services/api_parse.c — pure parsers for the /v1 request bodies, and API-key checks.
+ *
+ * Chat and completion requests follow OpenAI's shapes; fields cairn does not use (user,
+ * logit_bias, ...) are accepted and ignored, as OpenAI clients send them, but every field
+ * cairn does use is type- and range-checked. cairn's own endpoints (retrieve, rag, documents)
+ * and the `rag` extension object reject unknown fields, so typos do not pass silently.
+ */
+#include "services/api.h"
+
+#include "common/json.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+cairn_api_limits cairn_api_default_limits(void)
+{
+    return (cairn_api_limits){
+        .max_tokens_cap = 1024,
+        .default_max_tokens = 128,
+        .max_text_bytes = 256u << 10,
+        .max_messages = 256,
+        .max_inputs = 256,
+        .max_k = 100,
+        .max_nprobe = 1024,
+    };
+}
+
+void cairn_api_req_free(cairn_api_req *r)
+{
+    if (!r) return;
+    for (size_t i = 0; i < r->n_docs; i++) free((char *)r->docs[i].metadata_json);
+    free(r->docs);
+    free(r->messages);
+    free(r->inputs);
+    json_decref((json_t *)r->root);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- Shared fields --------------------------------------------------------------------- */
+
+/* OpenAI's message content: a string, or an array of {"type": "text", "text": "..."} parts,
+ * which are joined into one string stored in the JSON tree itself (so it lives as long as it). */
+static int get_content(json_t *msg, const cairn_api_limits *lim, const char **out,
+                       cairn_error *err)
+{
+    json_t *c = json_object_get(msg, "content");
+    if (!c || json_is_null(c)) return cairn_errorf(err, CAIRN_EFORMAT, "content: missing");
+    if (json_is_string(c))
+        return cairn_json_get_string(msg, "content", out, NULL, 0, lim->max_text_bytes, true, err);
+    if (!json_is_array(c))
+        return cairn_errorf(err, CAIRN_EFORMAT, "content: expected a string or an array, got %s",
+                            cairn_json_type_name(c));
+    size_t total = 0, i;
+    json_t *part;
+    json_array_foreach(c, i, part) {
+        if (!json_is_object(part))
+            return cairn_errorf(err, CAIRN_EFORMAT, "content[%zu]: expected an object, got %s", i,
+                                cairn_json_type_name(part));
+        const char *type = NULL, *text = NULL;
+        size_t n = 0;
+        int rc = cairn_json_get_string(part, "type", &type, NULL, 1, 32, true, err);
+        if (!rc && strcmp(type, "text") != 0)
+            rc = cairn_errorf(err, CAIRN_EUNSUPPORTED,
+                              "type: '%s' is not supported (only 'text' parts)", type);
+        if (!rc) rc = cairn_json_get_string(part, "text", &text, &n, 0, lim->max_text_bytes, true,
+                                           err);
+        if (rc) return cairn_error_prefix(err, "content[%zu]", i);
+        total += n;
+        if (total > lim->max_text_bytes)
+            return cairn_errorf(err, CAIRN_ERANGE, "content: longer than %zu bytes",
+                                lim->max_text_bytes);
+    }
+    char *joined = malloc(total + 1);
+    if (!joined) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    size_t off = 0;
+    json_array_foreach(c, i, part) {
+        json_t *t = json_object_get(part, "text");
+        size_t n = json_string_length(t);
+        memcpy(joined + off, json_string_value(t), n);
+        off += n;
+    }
+    joined[off] = '\0';
+    json_t *s = json_stringn_nocheck(joined, off);
+    free(joined);
+    if (!s || json_object_set_new(msg, "content", s) != 0)
+        return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    *out = json_string_value(json_object_get(msg, "content"));
+    return 0;
+}
+
+static int get_stop(json_t *o, cairn_api_req *r, cairn_error *err)
+{
+    json_t *s = json_object_get(o, "stop");
+    if (!s || json_is_null(s)) return 0;
+    if (json_is_string(s)) {
+        int rc = cairn_json_get_string(o, "stop", &r->stop[0], NULL, 1, 256, true, err);
+        if (!rc) r->n_stop = 1;
+        return rc;
+    }
+    if (!json_is_array(s))
+        return cairn_errorf(err, CAIRN_EFORMAT, "stop: expected a string or an array, got %s",
+                            cairn_json_type_name(s));
+    if (json_array_size(s) > CAIRN_API_MAX_STOP)
+        return cairn_errorf(err, CAIRN_ERANGE, "stop: %zu strings, at most %d allowed",
+                            json_array_size(s), CAIRN_API_MAX_STOP);
+    size_t i;
+    json_t *v;
+    json_array_foreach(s, i, v) {
+        if (!json_is_string(v))
+            return cairn_errorf(err, CAIRN_EFORMAT, "stop[%zu]: expected a string, got %s", i,
+                                cairn_json_type_name(v));
+        size_t n = json_string_length(v);
+        if (n < 1 || n > 256 || memchr(json_string_value(v), 0, n))
+            return cairn_errorf(err, CAIRN_ERANGE,
+                                "stop[%zu]: must be 1..256 bytes without NUL", i);
+        r->stop[r->n_stop++] = json_string_value(v);
+    }
+    return 0;
+}
+
+/* The retrieval options k, nprobe and mode: inside the `rag` object (prefix "rag.") of a chat
+ * request, or at the top level of /v1/rag (prefix ""). Dotted keys make messages name the
+ * full path ("rag.k: 0 is below the minimum 1"). */
+static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, cairn_api_rag *rag,
+                   cairn_error *err)
+{
+    char kk[16], kn[16], km[16];
+    snprintf(kk, sizeof kk, "%sk", prefix);
+    snprintf(kn, sizeof kn, "%snprobe", prefix);
+    snprintf(km, sizeof km, "%smode", prefix);
+    int64_t k = 4 < lim->max_k ? 4 : lim->max_k, nprobe = 0;
+    const char *mode = NULL;
+    int rc = cairn_json_get_int(o, kk, &k, 1, lim->max_k, false, err);
+    if (!rc) rc = cairn_json_get_int(o, kn, &nprobe, 0, lim->max_nprobe, false, err);
+    if (!rc) rc = cairn_json_get_string(o, km, &mode, NULL, 1, 16, false, err);
+    if (rc) return rc;
+    rag->mode = CAIRN_RAG_NONE;
+    if (mode) {
+        if (!strcmp(mode, "none")) rag->mode = CAIRN_RAG_NONE;
+        else if (!strcmp(mode, "rewrite")) rag->mode = CAIRN_RAG_REWRITE;
+        else if (!strcmp(mode, "hyde")) rag->mode = CAIRN_RAG_HYDE;
+        else
+            return cairn_errorf(err, CAIRN_EINVAL, "%s: '%s' is not one of none, rewrite, hyde",
+                                km, mode);
+    }
+    rag->enabled = true;
+    rag->k = (int)k;
+    rag->nprobe = (int)nprobe;
+    return 0;
+}
+
+/* Generation parameters shared by chat, completions and rag. */
+static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cairn_error *err)
+{
+    int64_t max_tokens = lim->default_max_tokens < lim->max_tokens_cap ? lim->default_max_tokens
+                                                                       : lim->max_tokens_cap;
+    int64_t top_k = 0, n = 1, seed = 0;
+    double temperature = 1.0, top_p = 1.0, penalty = 0;
+    bool stream = false;
+    int rc = cairn_json_get_string(o, "model", &r->model, NULL, 1, 256, false, err);
+    /* max_completion_tokens is the newer name of max_tokens; take whichever is given. */
+    if (!rc) rc = cairn_json_get_int(o, "max_tokens", &max_tokens, 1, lim->max_tokens_cap, false,
+                                     err);
+    if (!rc) rc = cairn_json_get_int(o, "max_completion_tokens", &max_tokens, 1,
+                                     lim->max_tokens_cap, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "temperature", &temperature, 0, 2, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "top_p", &top_p, 0, 1, false, err);
+    if (!rc && top_p <= 0) rc = cairn_errorf(err, CAIRN_ERANGE, "top_p: must be above 0");
+    if (!rc) rc = cairn_json_get_int(o, "top_k", &top_k, 0, 1000000, false, err);
+    if (!rc) rc = cairn_json_get_int(o, "seed", &seed, INT64_MIN, INT64_MAX, false, err);
+    if (!rc) rc = cairn_json_get_int(o, "n", &n, 1, 1, false, err);
+    if (!rc) rc = cairn_json_get_bool(o, "stream", &stream, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "presence_penalty", &penalty, -2, 2, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "frequency_penalty", &penalty, -2, 2, false, err);
+    if (!rc) rc = get_stop(o, r, err);
+    if (rc) return rc;
+    json_t *so = NULL;
+    if ((rc = cairn_json_get_object(o, "stream_options", &so, false, err))) return rc;
+    r->max_tokens = (int)max_tokens;
+    r->temperature = temperature;
+    r->top_p = top_p;
+    r->top_k = (int)top_k;
+    r->seed = (uint64_t)seed;
+    r->stream = stream;
+    return 0;
+}
+
+/* ---- Per endpoint ---------------------------------------------------------------------- */
+
+static int parse_chat(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cairn_error *err)
+{
+    json_t *msgs = NULL;
+    int rc = cairn_json_get_array(o, "messages", &msgs, 1, lim->max_messages, true, err);
+    if (!rc) rc = get_gen(o, lim, r, err);
+    json_t *ro = NULL;
+    if (!rc) rc = cairn_json_get_object(o, "rag", &ro, false, err);
+    if (!rc && ro) {
+        static const char *const allowed[] = {"k", "nprobe", "mode", NULL};
+        rc = cairn_json_check_keys(ro, "rag", allowed, err);
+        if (!rc) rc = get_rag(o, "rag.", lim, &r->rag, err);
+    }
+    if (rc) return rc;
+    r->messages = calloc(json_array_size(msgs), sizeof *r->messages);
+    if (!r->messages) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        if (!json_is_object(m))
+            return cairn_errorf(err, CAIRN_EFORMAT, "messages[%zu]: expected an object, got %s", i,
+                                cairn_json_type_name(m));
+        const char *role = NULL, *content = NULL;
+        rc = cairn_json_get_string(m, "role", &role, NULL, 1, 32, true, err);
+        if (!rc && strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant") &&
+            strcmp(role, "developer"))
+            rc = cairn_errorf(err, CAIRN_EINVAL,
+                              "role: '%s' is not one of system, developer, user, assistant", role);
+        if (!rc) rc = get_content(m, lim, &content, err);
+        if (rc) return cairn_error_prefix(err, "messages[%zu]", i);
+        /* OpenAI's "developer" role is the newer name of "system". */
+        r->messages[i].role = strcmp(role, "developer") ? role : "system";
+        r->messages[i].content = content;
+    }
+    r->n_messages = json_array_size(msgs);
+    return 0;
+}
+
+static int parse_completion(json_t *o, const cairn_api_limits *lim, cairn_api_req *r,
+                            cairn_error *err)
+{
+    json_t *p = json_object_get(o, "prompt");
+    /* OpenAI also takes a one-element array of strings; token arrays are not supported. */
+    if (p && json_is_array(p)) {
+        if (json_array_size(p) != 1 || !json_is_string(json_array_get(p, 0)))
+            return cairn_errorf(err, CAIRN_EUNSUPPORTED,
+                                "prompt: only a string or an array of one string is supported");
+        json_object_set(o, "prompt", json_array_get(p, 0));
+    }
+    int rc = cairn_json_get_string(o, "prompt", &r->prompt, &r->prompt_len, 1, lim->max_text_bytes,
+                                   true, err);
+    if (!rc) rc = get_gen(o, lim, r, err);
+    return rc;
+}
+
+static int parse_embeddings(json_t *o, const cairn_api_limits *lim, cairn_api_req *r,
+                            cairn_error *err)
+{
+    const char *fmt = NULL;
+    int rc = cairn_json_get_string(o, "model", &r->model, NULL, 1, 256, false, err);
+    if (!rc) rc = cairn_json_get_string(o, "encoding_format", &fmt, NULL, 1, 16, false, err);
+    if (!rc && fmt && strcmp(fmt, "float") && strcmp(fmt, "base64"))
+        rc = cairn_errorf(err, CAIRN_EINVAL,
+                          "encoding_format: '%s' is not one of float, base64", fmt);
+    r->base64 = fmt && !strcmp(fmt, "base64");
+    if (rc) return rc;
+    json_t *in = json_object_get(o, "input");
+    if (in && json_is_string(in)) {
+        r->inputs = malloc(sizeof *r->inputs);
+        if (!r->inputs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        rc = cairn_json_get_string(o, "input", &r->inputs[0], NULL, 0, lim->max_text_bytes, true,
+                                   err);
+        if (!rc) r->n_inputs = 1;
+        return rc;
+    }
+    json_t *arr = NULL;
+    if ((rc = cairn_json_get_array(o, "input", &arr, 1, lim->max_inputs, true, err)))
+        return rc;
+    r->inputs = calloc(json_array_size(arr), sizeof *r->inputs);
+    if (!r->inputs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        if (!json_is_string(v))
+            return cairn_errorf(err, CAIRN_EFORMAT, "input[%zu]: expected a string, got %s", i,
+                                cairn_json_type_name(v));
+        size_t n = json_string_length(v);
+        if (n > lim->max_text_bytes || memchr(json_string_value(v), 0, n))
+            return cairn_errorf(err, CAIRN_ERANGE,
+                                "input[%zu]: must be at most %zu bytes without NUL", i,
+                                lim->max_text_bytes);
+        r->inputs[r->n_inputs++] = json_string_value(v);
+    }
+    return 0;
+}
+
+static int parse_retrieve(json_t *o, const cairn_api_limits *lim, cairn_api_req *r,
+                          cairn_error *err)
+{
+    static const char *const allowed[] = {"query", "k", "nprobe", NULL};
+    int64_t k = 4 < lim->max_k ? 4 : lim->max_k, nprobe = 0;
+    int rc = cairn_json_check_keys(o, NULL, allowed, err);
+    if (!rc) rc = cairn_json_get_string(o, "query", &r->prompt, &r->prompt_len, 1,
+                                        lim->max_text_bytes, true, err);
+    if (!rc) rc = cairn_json_get_int(o, "k", &k, 1, lim->max_k, false, err);
+    if (!rc) rc = cairn_json_get_int(o, "nprobe", &nprobe, 0, lim->max_nprobe, false, err);
+    r->rag = (cairn_api_rag){.enabled = true, .k = (int)k, .nprobe = (int)nprobe};
+    return rc;
+}
+
+static int parse_rag(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cairn_error *err)
+{
+    static const char *const allowed[] = {"question", "model", "max_tokens", "temperature",
+                                          "top_p", "top_k", "seed", "stream", "stop", "k",
+                                          "nprobe", "mode", NULL};
+    int rc = cairn_json_check_keys(o, NULL, allowed, err);
+    if (!rc) rc = cairn_json_get_string(o, "question", &r->prompt, &r->prompt_len, 1,
+                                        lim->max_text_bytes, true, err);
+    if (!rc) rc = get_gen(o, lim, r, err);
+    if (rc) return rc;
+    return get_rag(o, "", lim, &r->rag, err);
+}
+
+static int parse_documents(json_t *o, const cairn_api_limits *lim, cairn_api_req *r,
+                           cairn_error *err)
+{
+    static const char *const allowed[] = {"documents", NULL};
+    static const char *const doc_allowed[] = {"text", "metadata", NULL};
+    json_t *arr = NULL;
+    int rc = cairn_json_check_keys(o, NULL, allowed, err);
+    if (!rc) rc = cairn_json_get_array(o, "documents", &arr, 1, lim->max_inputs, true, err);
+    if (rc) return rc;
+    r->docs = calloc(json_array_size(arr), sizeof *r->docs);
+    if (!r->docs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    size_t i;
+    json_t *d;
+    json_array_foreach(arr, i, d) {
+        if (!json_is_object(d))
+            return cairn_errorf(err, CAIRN_EFORMAT, "documents[%zu]: expected an object, got %s",
+                                i, cairn_json_type_name(d));
+        cairn_api_doc *doc = &r->docs[r->n_docs++];
+        json_t *meta = NULL;
+        rc = cairn_json_check_keys(d, NULL, doc_allowed, err);
+        if (!rc) rc = cairn_json_get_string(d, "text", &doc->text, &doc->text_len, 1,
+                                            lim->max_text_bytes, true, err);
+        if (!rc) rc = cairn_json_get_object(d, "metadata", &meta, false, err);
+        if (!rc && meta) {
+            doc->metadata_json = json_dumps(meta, JSON_COMPACT);
+            if (!doc->metadata_json) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        }
+        if (rc) return cairn_error_prefix(err, "documents[%zu]", i);
+    }
+    return 0;
+}
+
+int cairn_api_parse(cairn_api_kind kind, const char *body, size_t len, const cairn_api_limits *lim,
+                    cairn_api_req *out, cairn_error *err)
+{
+    memset(out, 0, sizeof *out);
+    json_t *root = NULL;
+    /* The HTTP layer bounds the body; this bound only keeps the parser pure and safe alone. */
+    size_t max_len = lim->max_text_bytes * 4 + (1u << 20);
+    int rc = cairn_json_parse(&root, body, len, max_len, err);
+    if (rc) return rc; /* the message starts "invalid JSON at line L, column C" */
+    if (!json_is_object(root)) {
+        rc = cairn_errorf(err, CAIRN_EFORMAT, "request body: expected a JSON object, got %s",
+                          cairn_json_type_name(root));
+        json_decref(root);
+        return rc;
+    }
+    out->kind = kind;
+    out->root = root;
+    switch (kind) {
+    case CAIRN_API_CHAT: rc = parse_chat(root, lim, out, err); break;
+    case CAIRN_API_COMPLETION: rc = parse_completion(root, lim, out, err); break;
+    case CAIRN_API_EMBEDDINGS: rc = parse_embeddings(root, lim, out, err); break;
+    case CAIRN_API_RETRIEVE: rc = parse_retrieve(root, lim, out, err); break;
+    case CAIRN_API_RAG: rc = parse_rag(root, lim, out, err); break;
+    case CAIRN_API_DOCUMENTS: rc = parse_documents(root, lim, out, err); break;
+    default: rc = cairn_errorf(err, CAIRN_EINVAL, "unknown request kind %d", (int)kind);
+    }
+    if (rc) cairn_api_req_free(out);
+    return rc;
+}
+
+/* ---- API keys ----------------------------------------------------------------------------- */
+
+struct cairn_api_auth {
+    size_t n;
+    unsigned char (*digests)[SHA256_DIGEST_LENGTH];
+};
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Calls fn on each trimmed, non-empty item of a comma-separated list. */
+static int each_item(const char *list, int (*fn)(cairn_api_auth *, const char *, size_t,
+                                                 cairn_error *),
+                     cairn_api_auth *a, cairn_error *err)
+{
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        const char *s = p;
+        while (n && (*s == ' ' || *s == '\t')) s++, n--;
+        while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
+        if (n) {
+            int rc = fn(a, s, n, err);
+            if (rc) return rc;
+        }
+        p = e ? e + 1 : p + strlen(p);
+    }
+    return 0;
+}
+
+static int grow(cairn_api_auth *a, cairn_error *err)
+{
+    void *d = realloc(a->digests, (a->n + 1) * sizeof *a->digests);
+    if (!d) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    a->digests = d;
+    return 0;
+}
+
+static int add_key(cairn_api_auth *a, const char *s, size_t n, cairn_error *err)
+{
+    int rc = grow(a, err);
+    if (!rc) SHA256((const unsigned char *)s, n, a->digests[a->n++]);
+    return rc;
+}
+
+static int add_hash(cairn_api_auth *a, const char *s, size_t n, cairn_error *err)
+{
+    if (n != 2 * SHA256_DIGEST_LENGTH)
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "auth.api_key_hashes: an entry of %zu characters is not a hex "
+                            "SHA-256 digest (64 hex digits)", n);
+    int rc = grow(a, err);
+    if (rc) return rc;
+    for (size_t i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return cairn_errorf(err, CAIRN_EINVAL,
+                                "auth.api_key_hashes: entry has a non-hex character");
+        a->digests[a->n][i] = (unsigned char)(hi << 4 | lo);
+    }
+    a->n++;
+    return 0;
+}
+
+int cairn_api_auth_new(cairn_api_auth **out, const char *keys, const char *hashes,
+                       cairn_error *err)
+{
+    *out = NULL;
+    cairn_api_auth *a = calloc(1, sizeof *a);
+    if (!a) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    int rc = each_item(keys, add_key, a, err);
+    if (!rc) rc = each_item(hashes, add_hash, a, err);
+    if (rc) {
+        cairn_api_auth_free(a);
+        return rc;
+    }
+    *out = a;
+    return 0;
+}
+
+void cairn_api_auth_free(cairn_api_auth *a)
+{
+    if (!a) return;
+    free(a->digests);
+    free(a);
+}
+
+bool cairn_api_auth_enabled(const cairn_api_auth *a) { return a && a->n > 0; }
+
+int cairn_api_auth_check(const cairn_api_auth *a, const char *authorization, cairn_error *err)
+{
+    if (!cairn_api_auth_enabled(a)) return 0;
+    if (!authorization)
+        return cairn_errorf(err, CAIRN_EAUTH,
+                            "missing API key: send 'Authorization: Bearer <key>'");
+    if (strncasecmp(authorization, "Bearer ", 7) != 0)
+        return cairn_errorf(err, CAIRN_EAUTH,
+                            "the Authorization header must read 'Bearer <key>'");
+    const char *key = authorization + 7;
+    while (*key == ' ') key++;
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, strlen(key), d);
+    /* Compare against every digest in constant time, so timing tells nothing about which
+     * (or how much of a) key matched. */
+    int ok = 0;
+    for (size_t i = 0; i < a->n; i++) ok |= CRYPTO_memcmp(d, a->digests[i], sizeof d) == 0;
+    return ok ? 0 : cairn_errorf(err, CAIRN_EAUTH, "invalid API key");
+}

@@ -1,0 +1,359 @@
+/*
+ * services/rag.c — the passage index and the retrieval half of RAG (see rag.h).
+ *
+ * Locking: `lock` (a rwlock) guards the docstore, the IVF index and the tier pointer: searches
+ * and document reads hold it shared, adds and deletes alone. Embedding happens outside it.
+ */
+#define CAIRN_LOG_TAG "rag"
+#include "services/rag.h"
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/strbuf.h"
+#include "retrieval/corpus.h"
+#include "retrieval/ivf.h"
+#include "retrieval/tier.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct cairn_rag {
+    cairn_rag_params p;
+    char *dir;
+    char path_ds[4096], path_ivf[4096], path_tier[4096];
+    pthread_rwlock_t lock;
+    cairn_docstore *ds;
+    cairn_ivf *ivf;   /* NULL until the first documents */
+    cairn_tier *tier; /* NULL while the index is empty */
+    int dim;
+    cairn_gauge *g_docs;
+    cairn_counter *c_searches, *c_probed, *c_hits, *c_prefetched_bytes;
+};
+
+cairn_rag_params cairn_rag_default_params(void)
+{
+    return (cairn_rag_params){.fast_bytes = 64u << 20, .prefetch_bytes = 16u << 20};
+}
+
+/* ---- Index maintenance ------------------------------------------------------------------- */
+
+/* Rebuilds the tier file from the IVF index and swaps it in. Called with the lock held alone. */
+static int rebuild_tier(cairn_rag *r, cairn_error *err)
+{
+    cairn_tier_close(r->tier);
+    r->tier = NULL;
+    if (!r->ivf || cairn_ivf_count(r->ivf) == 0) return 0;
+    int rc = cairn_ivf_save(r->ivf, r->path_ivf, cairn_docstore_uid(r->ds), err);
+    if (!rc) rc = cairn_tier_build(r->ivf, r->path_tier, cairn_docstore_uid(r->ds), err);
+    cairn_tier_params tp = cairn_tier_default_params();
+    tp.fast_bytes = r->p.fast_bytes;
+    if (!rc) rc = cairn_tier_open(&r->tier, r->path_tier, &tp, cairn_docstore_uid(r->ds), err);
+    return rc;
+}
+
+/* Adds vectors for ids, training the index first when it has none. Lock held alone. */
+static int index_vectors(cairn_rag *r, const float *x, const int64_t *ids, size_t n,
+                         cairn_error *err)
+{
+    int rc = 0;
+    if (!r->ivf) {
+        cairn_ivf_params ip = cairn_ivf_default_params();
+        ip.dim = r->dim;
+        ip.nlist = cairn_ivf_nlist_for(n);
+        rc = cairn_ivf_new(&r->ivf, &ip, err);
+        if (!rc) rc = cairn_ivf_train(r->ivf, x, n, err);
+        if (rc) {
+            cairn_ivf_close(r->ivf);
+            r->ivf = NULL;
+            return rc;
+        }
+    }
+    rc = cairn_ivf_add(r->ivf, x, ids, n, err);
+    if (!rc) rc = rebuild_tier(r, err);
+    return rc;
+}
+
+/* Embeds and indexes every live document of the store (an index file was missing). */
+static int reindex_all(cairn_rag *r, cairn_error *err)
+{
+    size_t n = cairn_docstore_live(r->ds), recs = cairn_docstore_records(r->ds);
+    if (n == 0) return 0;
+    float *x = malloc(n * (size_t)r->dim * sizeof *x);
+    int64_t *ids = malloc(n * sizeof *ids);
+    const char **texts = malloc(n * sizeof *texts);
+    int rc = (x && ids && texts) ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; !rc && i < recs; i++) {
+        cairn_doc d;
+        cairn_docstore_at(r->ds, i, &d);
+        if (d.deleted) continue;
+        texts[k] = d.text;
+        ids[k++] = (int64_t)d.id;
+    }
+    if (!rc) rc = cairn_embed_batch(r->p.embed, texts, (int)k, x, err);
+    if (!rc) rc = index_vectors(r, x, ids, k, err);
+    if (!rc) CAIRN_LOG_INFO("reindexed", "passages=%zu", k);
+    free(x);
+    free(ids);
+    free(texts);
+    return rc;
+}
+
+/* Fills an empty store from the configured corpus (rag.h says which kinds). */
+static int ingest_corpus(cairn_rag *r, cairn_error *err)
+{
+    const char *path = r->p.corpus;
+    struct stat st;
+    if (stat(path, &st) != 0) return cairn_errorf(err, CAIRN_ENOTFOUND, "corpus %s: %s", path,
+                                                  strerror(errno));
+    cairn_corpus_params cp = cairn_corpus_default_params();
+    cp.max_passages = r->p.corpus_max;
+    cairn_corpus_stats cs = {0};
+    size_t n = strlen(path);
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    int rc;
+    if (S_ISDIR(st.st_mode)) {
+        rc = cairn_corpus_ingest_dir(r->ds, path, &cp, &cs, err);
+    } else if (n > 6 && !strcmp(path + n - 6, ".jsonl")) {
+        rc = cairn_corpus_ingest_jsonl(r->ds, path, &cp, &cs, err);
+    } else if (!strcmp(base, "debian-Translation-en")) {
+        char sections[4096];
+        snprintf(sections, sizeof sections, "%.*sdebian-sections", (int)(base - path), path);
+        rc = cairn_corpus_ingest_debian(r->ds, path, stat(sections, &st) == 0 ? sections : NULL,
+                                        &cp, &cs, err);
+    } else {
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "corpus %s: not a directory, a .jsonl file or debian-Translation-en",
+                            path);
+    }
+    if (!rc) rc = cairn_docstore_commit(r->ds, err);
+    if (!rc) CAIRN_LOG_INFO("corpus ingested", "path=%s docs=%zu passages=%zu", path, cs.docs,
+                            cs.passages);
+    return rc;
+}
+
+int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *metrics,
+                   cairn_error *err)
+{
+    *out = NULL;
+    if (!p->embed || !p->dir) return cairn_errorf(err, CAIRN_EINVAL, "rag: embedder and dir");
+    if (mkdir(p->dir, 0755) != 0 && errno != EEXIST)
+        return cairn_errorf(err, CAIRN_EIO, "%s: %s", p->dir, strerror(errno));
+    cairn_rag *r = calloc(1, sizeof *r);
+    if (!r) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    r->p = *p;
+    r->dim = cairn_embed_dim(p->embed);
+    pthread_rwlock_init(&r->lock, NULL);
+    snprintf(r->path_ds, sizeof r->path_ds, "%s/docs.cds", p->dir);
+    snprintf(r->path_ivf, sizeof r->path_ivf, "%s/index.ivf", p->dir);
+    snprintf(r->path_tier, sizeof r->path_tier, "%s/index.tier", p->dir);
+    int rc = 0;
+    if (metrics) {
+        rc = cairn_gauge_new(metrics, &r->g_docs, "cairn_rag_documents", "Passages indexed", err);
+        if (!rc) rc = cairn_counter_new(metrics, &r->c_searches, "cairn_retrieval_searches_total",
+                                        "Passage searches", err);
+        if (!rc) rc = cairn_counter_new(metrics, &r->c_probed,
+                                        "cairn_retrieval_clusters_probed_total",
+                                        "IVF clusters probed by searches", err);
+        if (!rc) rc = cairn_counter_new(metrics, &r->c_hits,
+                                        "cairn_retrieval_fast_tier_hits_total",
+                                        "Probed clusters found in the fast tier", err);
+        if (!rc) rc = cairn_counter_new(metrics, &r->c_prefetched_bytes,
+                                        "cairn_prefetch_bytes_total",
+                                        "Bytes copied into the fast tier by lookahead prefetch",
+                                        err);
+    }
+    if (!rc) rc = cairn_docstore_open(&r->ds, r->path_ds,
+                                      CAIRN_DOCSTORE_WRITE | CAIRN_DOCSTORE_CREATE, err);
+    if (!rc && cairn_docstore_live(r->ds) == 0 && p->corpus) rc = ingest_corpus(r, err);
+    if (!rc && cairn_docstore_live(r->ds) > 0) {
+        struct stat st;
+        if (stat(r->path_ivf, &st) == 0 &&
+            cairn_ivf_load(&r->ivf, r->path_ivf, cairn_docstore_uid(r->ds), NULL) == 0 &&
+            cairn_ivf_count(r->ivf) == cairn_docstore_live(r->ds)) {
+            rc = rebuild_tier(r, err);
+        } else {
+            cairn_ivf_close(r->ivf);
+            r->ivf = NULL;
+            rc = reindex_all(r, err);
+        }
+    }
+    if (rc) {
+        cairn_rag_close(r);
+        return rc;
+    }
+    cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+    *out = r;
+    return 0;
+}
+
+void cairn_rag_close(cairn_rag *r)
+{
+    if (!r) return;
+    cairn_tier_close(r->tier);
+    cairn_ivf_close(r->ivf);
+    cairn_docstore_close(r->ds);
+    pthread_rwlock_destroy(&r->lock);
+    free(r);
+}
+
+size_t cairn_rag_count(cairn_rag *r)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    size_t n = cairn_docstore_live(r->ds);
+    pthread_rwlock_unlock(&r->lock);
+    return n;
+}
+
+int cairn_rag_dim(const cairn_rag *r) { return r->dim; }
+
+int cairn_rag_embed(cairn_rag *r, const char *text, float *q, cairn_error *err)
+{
+    return cairn_embed_batch(r->p.embed, &text, 1, q, err);
+}
+
+int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *first_id,
+                  cairn_error *err)
+{
+    if (n == 0) return cairn_errorf(err, CAIRN_EINVAL, "documents: none given");
+    float *x = malloc(n * (size_t)r->dim * sizeof *x);
+    int64_t *ids = malloc(n * sizeof *ids);
+    const char **texts = malloc(n * sizeof *texts);
+    cairn_doc_input *in = calloc(n, sizeof *in);
+    int rc = (x && ids && texts && in) ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        texts[i] = docs[i].text;
+        in[i] = (cairn_doc_input){.key = "api", .text = docs[i].text, .meta = docs[i].metadata_json};
+    }
+    if (!rc) rc = cairn_embed_batch(r->p.embed, texts, (int)n, x, err); /* outside the lock */
+    if (!rc) {
+        pthread_rwlock_wrlock(&r->lock);
+        uint64_t first = 0;
+        rc = cairn_docstore_append(r->ds, in, n, &first, err);
+        if (!rc) rc = cairn_docstore_commit(r->ds, err);
+        for (size_t i = 0; !rc && i < n; i++) ids[i] = (int64_t)(first + i);
+        if (!rc) rc = index_vectors(r, x, ids, n, err);
+        if (!rc && first_id) *first_id = first;
+        cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+        pthread_rwlock_unlock(&r->lock);
+    }
+    free(x);
+    free(ids);
+    free(texts);
+    free(in);
+    return rc;
+}
+
+int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
+{
+    pthread_rwlock_wrlock(&r->lock);
+    int rc = cairn_docstore_delete(r->ds, id, err);
+    if (!rc) rc = cairn_docstore_commit(r->ds, err);
+    int64_t iid = (int64_t)id;
+    if (!rc && r->ivf) rc = cairn_ivf_remove(r->ivf, &iid, 1, NULL, err);
+    if (!rc) rc = rebuild_tier(r, err);
+    cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+    pthread_rwlock_unlock(&r->lock);
+    return rc;
+}
+
+/* ---- Search ----------------------------------------------------------------------------------- */
+
+void cairn_rag_prefetch(cairn_rag *r, const float *q0)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    if (r->tier) cairn_tier_prefetch(r->tier, q0, r->p.prefetch_bytes, 0, NULL);
+    pthread_rwlock_unlock(&r->lock);
+}
+
+void cairn_rag_hits_free(cairn_rag_hit *hits, int n)
+{
+    for (int i = 0; hits && i < n; i++) {
+        free(hits[i].text);
+        free(hits[i].key);
+        free(hits[i].title);
+        free(hits[i].meta);
+    }
+}
+
+static char *dupn(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
+                     int *n_hits, cairn_error *err)
+{
+    *n_hits = 0;
+    if (k < 1 || k > CAIRN_TIER_MAX_K)
+        return cairn_errorf(err, CAIRN_ERANGE, "k: %d is outside 1..%d", k, CAIRN_TIER_MAX_K);
+    float scores[CAIRN_TIER_MAX_K];
+    int64_t ids[CAIRN_TIER_MAX_K];
+    pthread_rwlock_rdlock(&r->lock);
+    int rc = 0;
+    if (r->tier) {
+        cairn_tier_stats before, after;
+        cairn_tier_get_stats(r->tier, &before);
+        size_t np = nprobe > 0 ? (size_t)nprobe : cairn_ivf_nprobe(r->ivf);
+        rc = cairn_tier_search(r->tier, q, (size_t)k, np, scores, ids, err);
+        cairn_tier_get_stats(r->tier, &after);
+        cairn_counter_inc(r->c_searches);
+        cairn_counter_add(r->c_probed, (double)(after.probed - before.probed));
+        cairn_counter_add(r->c_hits, (double)(after.hits - before.hits));
+        cairn_counter_add(r->c_prefetched_bytes,
+                          (double)(after.bytes_prefetched - before.bytes_prefetched));
+        for (int i = 0; !rc && i < k && ids[i] >= 0; i++) {
+            cairn_doc d;
+            if (cairn_docstore_get(r->ds, (uint64_t)ids[i], &d, NULL) != 0 || d.deleted) continue;
+            cairn_rag_hit *h = &hits[*n_hits];
+            h->id = d.id;
+            h->score = scores[i];
+            h->text = dupn(d.text, d.text_len);
+            h->key = dupn(d.key, d.key_len);
+            h->title = dupn(d.title, d.title_len);
+            h->meta = dupn(d.meta, d.meta_len);
+            (*n_hits)++;
+            if (!h->text || !h->key || !h->title || !h->meta)
+                rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        }
+    }
+    pthread_rwlock_unlock(&r->lock);
+    if (rc) {
+        cairn_rag_hits_free(hits, *n_hits);
+        *n_hits = 0;
+    }
+    return rc;
+}
+
+/* ---- Prompts ---------------------------------------------------------------------------------- */
+
+char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
+{
+    cairn_strbuf sb = {0};
+    if (mode == CAIRN_RAG_HYDE)
+        cairn_strbuf_printf(&sb, "Write a short passage that answers this question.\n\n"
+                                 "Question: %s", question);
+    else
+        cairn_strbuf_printf(&sb, "Rewrite this question as a short search query. Reply with the "
+                                 "query only.\n\nQuestion: %s", question);
+    return cairn_strbuf_take(&sb, NULL);
+}
+
+char *cairn_rag_answer_prompt(const char *question, const cairn_rag_hit *hits, int n)
+{
+    cairn_strbuf sb = {0};
+    cairn_strbuf_puts(&sb, "Answer the question using the passages below. Cite the passages you "
+                           "use as [1], [2], ...\n\n");
+    for (int i = 0; i < n; i++) cairn_strbuf_printf(&sb, "[%d] %s\n\n", i + 1, hits[i].text);
+    cairn_strbuf_printf(&sb, "Question: %s", question);
+    return cairn_strbuf_take(&sb, NULL);
+}

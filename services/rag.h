@@ -1,0 +1,94 @@
+/*
+ * services/rag.h — the passage index cairnd serves, and the retrieval half of a RAG request.
+ *
+ * A directory holds the docstore (docs.cds), the IVF index (index.ivf) and its slow-tier file
+ * (index.tier). Adding or deleting documents updates all three: the IVF index is trained on
+ * the first documents, later ones are added to it, and the tier file is rebuilt (the tier
+ * format is immutable), then swapped in under the index lock.
+ *
+ * A RAG request (DESIGN "A RAG request, end to end"):
+ *   1. embed the question -> q0; start the lookahead prefetch of q0's top clusters
+ *      (cairn_rag_prefetch);
+ *   2. the caller runs the pre-retrieval generation (rewrite or HyDE; cairn_rag_pre_prompt
+ *      makes its prompt) while the prefetch runs, and embeds the result -> q1;
+ *   3. hybrid search for q1 (cairn_rag_search) -> the top-k passages;
+ *   4. cairn_rag_answer_prompt builds the prompt that cites them as [1], [2], ...
+ *
+ * Thread-safety: every function may be called from any thread; updates and searches are
+ * serialised by the index's own lock (searches share it, updates take it alone).
+ */
+#ifndef CAIRN_SERVICES_RAG_H
+#define CAIRN_SERVICES_RAG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "common/metrics.h"
+#include "retrieval/docstore.h"
+#include "retrieval/embed.h"
+#include "services/api.h"
+
+typedef struct cairn_rag cairn_rag;
+
+typedef struct cairn_rag_params {
+    const char *dir;       /* index directory (created when missing) */
+    cairn_embed *embed;    /* borrowed */
+    size_t fast_bytes;     /* fast-tier capacity */
+    size_t prefetch_bytes; /* byte budget of one lookahead prefetch */
+    const char *corpus;    /* ingested when the store is empty at open: a directory (*.txt,
+                              *.md), a .jsonl file, or scripts/corpus's debian-Translation-en
+                              (with debian-sections beside it); NULL: none */
+    size_t corpus_max;     /* passages ingested at most; 0 = all */
+} cairn_rag_params;
+
+/* fast_bytes 64 MiB, prefetch_bytes 16 MiB. */
+cairn_rag_params cairn_rag_default_params(void);
+
+/* Opens (or creates) the index in p->dir. metrics may be NULL. Returns 0 and *out
+ * (cairn_rag_close), or the docstore/IVF/tier error with detail in err. */
+int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *metrics,
+                   cairn_error *err);
+void cairn_rag_close(cairn_rag *r); /* NULL is a no-op */
+
+/* Passages stored and live. */
+size_t cairn_rag_count(cairn_rag *r);
+
+/* Adds n documents (text + optional metadata JSON) and indexes them. *first_id (may be NULL)
+ * gets the first id; the others follow. Returns 0 or a CAIRN_E* code (CAIRN_EINVAL for a bad
+ * document, naming it). */
+int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *first_id,
+                  cairn_error *err);
+
+/* Deletes document id from the store and the index. 0 or CAIRN_ENOTFOUND. */
+int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err);
+
+/* One retrieved passage; strings are malloc'ed copies (cairn_rag_hits_free). */
+typedef struct cairn_rag_hit {
+    uint64_t id;
+    float score;
+    char *text, *key, *title, *meta;
+} cairn_rag_hit;
+void cairn_rag_hits_free(cairn_rag_hit *hits, int n);
+
+/* Embeds text into q (cairn_rag_dim floats). 0 or the embedder's error. */
+int cairn_rag_embed(cairn_rag *r, const char *text, float *q, cairn_error *err);
+int cairn_rag_dim(const cairn_rag *r);
+
+/* Starts the lookahead prefetch for q0 (returns at once). No-op on an empty index. */
+void cairn_rag_prefetch(cairn_rag *r, const float *q0);
+
+/* The k best passages for q (k <= CAIRN_TIER_MAX_K), probing nprobe clusters (0: default).
+ * hits must hold k entries; *n_hits gets how many were found. 0 or a CAIRN_E* code. */
+int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
+                     int *n_hits, cairn_error *err);
+
+/* The user message for the pre-retrieval generation of mode (rewrite: a search query;
+ * hyde: a hypothetical passage). Malloc'ed; NULL when out of memory. */
+char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question);
+
+/* The user message asking to answer question from hits[0..n), cited as [1], [2], ...
+ * Malloc'ed; NULL when out of memory. */
+char *cairn_rag_answer_prompt(const char *question, const cairn_rag_hit *hits, int n);
+
+#endif

@@ -1,0 +1,528 @@
+/*
+ * services/workers.c — generation workers (see workers.h).
+ *
+ * Shared state: the submission queue (a FIFO of jobs) is guarded by workers.mu; each worker
+ * thread alone touches its engine and the jobs it admitted. A job belongs to the queue until a
+ * worker takes it, then to that worker until on_done.
+ */
+#define CAIRN_LOG_TAG "workers"
+#include "services/workers.h"
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "generation/model.h"
+#include "generation/sample.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct job job;
+struct job {
+    job *next;
+    cairn_gen_request r; /* callbacks; prompt/stop pointers are not kept */
+    int32_t *tokens;
+    int n_tokens;
+    cairn_stop *stop;
+    char pend[8]; /* bytes of an incomplete UTF-8 character */
+    size_t n_pend;
+    int seq;      /* engine sequence id once admitted, else -1 */
+    bool stop_hit, caller_stop;
+    int64_t t_submit, t_admit, t_first, t_last;
+    struct worker *wk;
+};
+
+typedef struct worker {
+    struct cairn_workers *w;
+    int index;
+    pthread_t thread;
+    cairn_engine *engine;
+    job **active; /* max_seqs slots */
+    int n_active;
+} worker;
+
+struct cairn_workers {
+    cairn_workers_params p;
+    cairn_model *model;
+    cairn_tok *tok;
+    cairn_chat_family family;
+    int32_t *eog;
+    int n_eog;
+    int n_ctx;
+    worker *wk;
+    int n_wk;
+    pthread_mutex_t mu; /* guards the queue, n_queued, n_running, closing */
+    pthread_cond_t cv;
+    job *head, *tail;
+    int n_queued, n_running;
+    bool closing;
+    cairn_gauge *g_running, *g_queue;
+    cairn_histogram *h_ttft, *h_itl, *h_e2e, *h_queue;
+    cairn_counter *c_tokens;
+    cairn_metrics *own_metrics; /* a private registry when the caller gave none */
+};
+
+cairn_workers_params cairn_workers_default_params(void)
+{
+    return (cairn_workers_params){
+        .n_workers = 1,
+        .engine = cairn_engine_default_params(),
+        .max_queue = 64,
+        .timeout_ns = 300 * CAIRN_NS_PER_SEC,
+    };
+}
+
+/* ---- Per-token path ----------------------------------------------------------------------- */
+
+static double secs(int64_t ns) { return (double)ns / 1e9; }
+
+/* Feeds newly decoded bytes through the stop matcher to the caller. Returns non-zero to stop. */
+static int emit(job *j, const char *s, size_t n)
+{
+    cairn_stop_result r = {0};
+    if (j->stop) {
+        if (cairn_stop_feed(j->stop, s, n, &r) != 0) return 1;
+    } else {
+        r.emit = s;
+        r.emit_len = n;
+        r.stop_index = -1;
+    }
+    int rc = j->r.on_text(j->r.user, r.emit, r.emit_len);
+    if (rc) j->caller_stop = true;
+    if (r.stop_index >= 0) j->stop_hit = true;
+    return rc || r.stop_index >= 0;
+}
+
+static int on_token(void *user, int seq_id, int32_t token, bool last)
+{
+    job *j = user;
+    cairn_workers *w = j->wk->w;
+    int64_t now = cairn_now_ns();
+    if (!j->t_first) {
+        j->t_first = now;
+        cairn_histogram_observe(w->h_ttft, secs(now - j->t_submit));
+    } else {
+        cairn_histogram_observe(w->h_itl, secs(now - j->t_last));
+    }
+    j->t_last = now;
+    cairn_counter_inc(w->c_tokens);
+    if (cairn_tok_is_eog(w->tok, token)) return 0; /* the engine ends the sequence */
+    const char *piece = NULL;
+    size_t len = 0;
+    if (cairn_tok_decode_piece(w->tok, token, 0, &piece, &len) != 0) len = 0;
+    /* Join with held bytes; pass on only whole UTF-8 characters. */
+    char buf[256];
+    const char *s = piece;
+    size_t n = len;
+    if (j->n_pend) {
+        if (j->n_pend + len <= sizeof buf) {
+            memcpy(buf, j->pend, j->n_pend);
+            memcpy(buf + j->n_pend, piece, len);
+            s = buf;
+            n = j->n_pend + len;
+        }
+        j->n_pend = 0;
+    }
+    size_t ok = last ? n : cairn_tok_utf8_complete(s, n);
+    if (n - ok > sizeof j->pend) ok = n; /* not a character prefix: pass the bytes on */
+    memcpy(j->pend, s + ok, n - ok);
+    j->n_pend = n - ok;
+    return emit(j, s, ok);
+}
+
+/* ---- Jobs --------------------------------------------------------------------------------- */
+
+static void job_free(job *j)
+{
+    if (!j) return;
+    cairn_stop_free(j->stop);
+    free(j->tokens);
+    free(j);
+}
+
+/* Ends j: flushes held text, reports, frees. Worker thread (or closing thread). */
+static void job_finish(cairn_workers *w, job *j, cairn_finish finish, const char *error)
+{
+    if (!error && j->stop && !j->stop_hit && !j->caller_stop) {
+        cairn_stop_result r = {0};
+        cairn_stop_flush(j->stop, &r);
+        if (r.emit_len) j->r.on_text(j->r.user, r.emit, r.emit_len);
+    }
+    int64_t now = cairn_now_ns();
+    cairn_gen_result res = {
+        .finish = j->stop_hit ? CAIRN_FINISH_STOP : finish,
+        .error = error,
+        .n_prompt = j->n_tokens,
+        .queue_s = j->t_admit ? secs(j->t_admit - j->t_submit) : secs(now - j->t_submit),
+        .ttft_s = j->t_first ? secs(j->t_first - j->t_submit) : 0,
+        .total_s = secs(now - j->t_submit),
+    };
+    if (j->seq >= 0) {
+        cairn_seq_info info;
+        if (cairn_engine_seq_info(j->wk->engine, j->seq, &info) == 0)
+            res.n_generated = info.n_generated;
+        cairn_engine_release(j->wk->engine, j->seq);
+        cairn_gauge_dec(w->g_running);
+        pthread_mutex_lock(&w->mu);
+        w->n_running--;
+        pthread_mutex_unlock(&w->mu);
+    }
+    if (!error) cairn_histogram_observe(w->h_e2e, res.total_s);
+    j->r.on_done(j->r.user, &res);
+    job_free(j);
+}
+
+/* Engine slots not taken by running sequences: a queued job headed for one of them does not
+ * count against max_queue. Called with w->mu held. */
+static int free_slots(const cairn_workers *w)
+{
+    int n = w->n_wk * w->p.engine.max_seqs - w->n_running;
+    return n > 0 ? n : 0;
+}
+
+int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_error *err)
+{
+    if (!r->on_text || !r->on_done) return cairn_errorf(err, CAIRN_EINVAL, "callbacks missing");
+    int rc = cairn_sample_params_validate(&r->sample, err);
+    if (rc) return rc;
+    job *j = calloc(1, sizeof *j);
+    if (!j) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    j->r = *r;
+    j->r.prompt = NULL;
+    j->r.stop = NULL;
+    j->seq = -1;
+    int need = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, NULL, 0, r->tok_flags, err);
+    if (need == CAIRN_TOK_ENCODE_FAILED) {
+        job_free(j);
+        return CAIRN_ENOMEM;
+    }
+    need = need < 0 ? -need : need;
+    if (need == 0) {
+        job_free(j);
+        return cairn_errorf(err, CAIRN_EINVAL, "the prompt is empty");
+    }
+    if (need >= w->n_ctx) {
+        job_free(j);
+        return cairn_errorf(err, CAIRN_ELIMIT,
+                            "the prompt is %d tokens; the context holds %d (prompt + max_tokens)",
+                            need, w->n_ctx);
+    }
+    j->tokens = malloc((size_t)need * sizeof *j->tokens);
+    if (!j->tokens) {
+        job_free(j);
+        return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
+    j->n_tokens = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, j->tokens, need,
+                                   r->tok_flags, err);
+    if (j->n_tokens <= 0) {
+        job_free(j);
+        return cairn_errorf(err, CAIRN_EINVAL, "the prompt could not be tokenized");
+    }
+    if (r->n_stop > 0 && (rc = cairn_stop_new(&j->stop, r->stop, (size_t)r->n_stop, err))) {
+        job_free(j);
+        return rc;
+    }
+    j->t_submit = cairn_now_ns();
+    pthread_mutex_lock(&w->mu);
+    if (w->closing) rc = cairn_errorf(err, CAIRN_ESTATE, "the service is shutting down");
+    else if (w->n_queued >= w->p.max_queue + free_slots(w))
+        rc = cairn_errorf(err, CAIRN_EBUSY,
+                          "the generation queue is full (%d waiting); retry later", w->n_queued);
+    if (!rc) {
+        if (w->tail) w->tail->next = j;
+        else w->head = j;
+        w->tail = j;
+        w->n_queued++;
+        cairn_gauge_set(w->g_queue, w->n_queued);
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (rc) job_free(j);
+    return rc;
+}
+
+int cairn_workers_load(cairn_workers *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int n = w->n_queued + w->n_running;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+/* ---- The worker loop ---------------------------------------------------------------------- */
+
+/* Moves queued jobs into wk's engine while it has room. Called with w->mu held. Returns a job
+ * the engine refused although it runs nothing (it never could run: the caller finishes it). */
+static job *admit(worker *wk)
+{
+    job *rejected = NULL;
+    cairn_workers *w = wk->w;
+    int max = w->p.engine.max_seqs;
+    while (w->head && wk->n_active < max) {
+        job *j = w->head;
+        cairn_gen_params gp = cairn_gen_default_params();
+        gp.max_tokens = j->r.max_tokens;
+        gp.sample = j->r.sample;
+        gp.stop_tokens = w->eog;
+        gp.n_stop_tokens = w->n_eog;
+        gp.on_token = on_token;
+        gp.user = j;
+        int id;
+        cairn_error err = {0};
+        int rc = cairn_engine_add(wk->engine, j->tokens, j->n_tokens, &gp, &id, &err);
+        if (rc && (rc == CAIRN_EBUSY || wk->n_active > 0)) break;
+        w->head = j->next;
+        if (!w->head) w->tail = NULL;
+        w->n_queued--;
+        if (rc) {
+            CAIRN_LOG_WARN("request refused", "worker=%d error=%s", wk->index, err.msg);
+            j->next = NULL;
+            rejected = j;
+            break;
+        }
+        w->n_running++;
+        j->next = NULL;
+        j->seq = id;
+        j->wk = wk;
+        j->t_admit = cairn_now_ns();
+        cairn_histogram_observe(w->h_queue, secs(j->t_admit - j->t_submit));
+        cairn_gauge_inc(w->g_running);
+        wk->active[wk->n_active++] = j;
+    }
+    cairn_gauge_set(w->g_queue, w->n_queued);
+    return rejected;
+}
+
+static void drop_active(worker *wk, int i)
+{
+    wk->active[i] = wk->active[--wk->n_active];
+}
+
+static void *worker_main(void *arg)
+{
+    worker *wk = arg;
+    cairn_workers *w = wk->w;
+    int max_items = w->p.engine.max_seqs;
+    cairn_step_item *items = calloc((size_t)max_items, sizeof *items);
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->closing && !w->head && wk->n_active == 0) pthread_cond_wait(&w->cv, &w->mu);
+        bool closing = w->closing;
+        /* Requests that waited past the deadline in the queue are failed, oldest first. */
+        job *expired = NULL;
+        int64_t t_now = cairn_now_ns();
+        while (!closing && w->p.timeout_ns > 0 && w->head &&
+               t_now - w->head->t_submit > w->p.timeout_ns) {
+            job *j = w->head;
+            w->head = j->next;
+            if (!w->head) w->tail = NULL;
+            w->n_queued--;
+            j->next = expired;
+            expired = j;
+        }
+        job *rejected = closing ? NULL : admit(wk);
+        pthread_mutex_unlock(&w->mu);
+        if (closing) break;
+        if (rejected) job_finish(w, rejected, CAIRN_FINISH_CANCELLED, "the engine refused it");
+        while (expired) {
+            job *next = expired->next;
+            job_finish(w, expired, CAIRN_FINISH_CANCELLED, "timed out waiting for a worker");
+            expired = next;
+        }
+
+        /* Finish what ended (length, stop token, stop string, caller) and what ran too long. */
+        int64_t now = cairn_now_ns();
+        for (int i = 0; i < wk->n_active;) {
+            job *j = wk->active[i];
+            cairn_seq_info info;
+            cairn_engine_seq_info(wk->engine, j->seq, &info);
+            bool late = w->p.timeout_ns > 0 && now - j->t_submit > w->p.timeout_ns;
+            if (info.finish != CAIRN_FINISH_NONE || late) {
+                drop_active(wk, i);
+                if (late && info.finish == CAIRN_FINISH_NONE) {
+                    cairn_engine_cancel(wk->engine, j->seq);
+                    job_finish(w, j, CAIRN_FINISH_CANCELLED, "timed out");
+                } else {
+                    job_finish(w, j, info.finish, NULL);
+                }
+                continue;
+            }
+            i++;
+        }
+        if (wk->n_active == 0) continue;
+
+        /* One iteration: every decoding sequence gets its token, prefill chunks fill the rest
+         * of the token budget, oldest first (active[] keeps admission order modulo removal). */
+        int budget = w->p.engine.max_batch_tokens, n_items = 0;
+        for (int i = 0; i < wk->n_active; i++) {
+            cairn_seq_info info;
+            cairn_engine_seq_info(wk->engine, wk->active[i]->seq, &info);
+            if (!info.prefilling) {
+                items[n_items++] = (cairn_step_item){wk->active[i]->seq, 1};
+                budget--;
+            }
+        }
+        for (int i = 0; i < wk->n_active && budget > 0; i++) {
+            cairn_seq_info info;
+            cairn_engine_seq_info(wk->engine, wk->active[i]->seq, &info);
+            if (!info.prefilling) continue;
+            int rest = info.n_prompt - info.n_prefilled;
+            int n = rest < budget ? rest : budget;
+            items[n_items++] = (cairn_step_item){wk->active[i]->seq, n};
+            budget -= n;
+        }
+        cairn_error err = {0};
+        int rc = n_items ? cairn_engine_step(wk->engine, items, n_items, &err) : 0;
+        if (rc == CAIRN_EBUSY && wk->n_active > 0) {
+            /* KV cache exhausted: the newest sequence gives way. */
+            job *j = wk->active[wk->n_active - 1];
+            drop_active(wk, wk->n_active - 1);
+            cairn_engine_cancel(wk->engine, j->seq);
+            job_finish(w, j, CAIRN_FINISH_CANCELLED, "out of KV cache; retry later");
+        } else if (rc) {
+            CAIRN_LOG_ERROR("step failed", "worker=%d error=%s", wk->index, err.msg);
+            while (wk->n_active > 0) {
+                job *j = wk->active[0];
+                drop_active(wk, 0);
+                cairn_engine_cancel(wk->engine, j->seq);
+                job_finish(w, j, CAIRN_FINISH_CANCELLED, "generation failed");
+            }
+        }
+    }
+    /* Shutdown: cancel what this worker runs. */
+    while (wk->n_active > 0) {
+        job *j = wk->active[0];
+        drop_active(wk, 0);
+        cairn_engine_cancel(wk->engine, j->seq);
+        job_finish(w, j, CAIRN_FINISH_CANCELLED, "shutting down");
+    }
+    free(items);
+    return NULL;
+}
+
+/* ---- Lifecycle ------------------------------------------------------------------------------ */
+
+static int make_metrics(cairn_workers *w, cairn_metrics *m, cairn_error *err)
+{
+    static const double lat[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+    const size_t nl = sizeof lat / sizeof lat[0];
+    int rc = cairn_gauge_new(m, &w->g_running, "cairn_sequences_running",
+                             "Generation sequences admitted into an engine and not yet ended", err);
+    if (!rc) rc = cairn_gauge_new(m, &w->g_queue, "cairn_generation_queue_depth",
+                                  "Generation requests waiting for admission", err);
+    if (!rc) rc = cairn_histogram_new(m, &w->h_ttft, "cairn_ttft_seconds",
+                                      "Time to first token, from submission", lat, nl, err);
+    if (!rc) rc = cairn_histogram_new(m, &w->h_itl, "cairn_inter_token_seconds",
+                                      "Time between consecutive tokens of a sequence", lat, nl,
+                                      err);
+    if (!rc) rc = cairn_histogram_new(m, &w->h_e2e, "cairn_e2e_seconds",
+                                      "Generation request time, submission to last token", lat,
+                                      nl, err);
+    if (!rc) rc = cairn_histogram_new(m, &w->h_queue, "cairn_generation_queue_seconds",
+                                      "Time a generation request waited for admission", lat, nl,
+                                      err);
+    if (!rc) rc = cairn_counter_new(m, &w->c_tokens, "cairn_generated_tokens_total",
+                                    "Tokens generated", err);
+    return rc;
+}
+
+int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn_metrics *metrics,
+                       cairn_error *err)
+{
+    *out = NULL;
+    if (p->n_workers < 1 || p->n_workers > 64)
+        return cairn_errorf(err, CAIRN_EINVAL, "workers: %d is outside 1..64", p->n_workers);
+    if (p->max_queue < 0)
+        return cairn_errorf(err, CAIRN_EINVAL, "workers: max_queue must be >= 0");
+    cairn_workers *w = calloc(1, sizeof *w);
+    if (!w) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    w->p = *p;
+    w->p.model_path = NULL;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    int rc = 0;
+    if (!metrics) rc = cairn_metrics_new(&w->own_metrics, err);
+    if (!rc) rc = make_metrics(w, metrics ? metrics : w->own_metrics, err);
+    if (!rc) rc = cairn_model_open(&w->model, p->model_path, err);
+    if (!rc) rc = cairn_tok_open(&w->tok, cairn_model_gguf(w->model), err);
+    if (!rc && cairn_chat_detect(cairn_model_gguf(w->model), &w->family, NULL) != 0)
+        w->family = CAIRN_CHAT_GEMMA;
+    if (!rc) {
+        int32_t nv = cairn_tok_vocab_size(w->tok);
+        for (int32_t i = 0; i < nv; i++) w->n_eog += cairn_tok_is_eog(w->tok, i);
+        w->eog = malloc((size_t)(w->n_eog ? w->n_eog : 1) * sizeof *w->eog);
+        if (!w->eog) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        for (int32_t i = 0, k = 0; !rc && i < nv; i++)
+            if (cairn_tok_is_eog(w->tok, i)) w->eog[k++] = i;
+        int train = cairn_model_hparams_of(w->model)->n_ctx_train;
+        w->n_ctx = p->engine.n_ctx ? p->engine.n_ctx : (train < 4096 ? train : 4096);
+    }
+    if (!rc) {
+        w->wk = calloc((size_t)p->n_workers, sizeof *w->wk);
+        if (!w->wk) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
+    for (int i = 0; !rc && i < p->n_workers; i++) {
+        worker *wk = &w->wk[i];
+        wk->w = w;
+        wk->index = i;
+        wk->active = calloc((size_t)p->engine.max_seqs, sizeof *wk->active);
+        if (!wk->active) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        if (!rc) rc = cairn_engine_open(&wk->engine, w->model, &p->engine, err);
+        if (!rc && pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
+            cairn_engine_close(wk->engine);
+            wk->engine = NULL;
+            rc = cairn_errorf(err, CAIRN_EIO, "cannot start worker thread %d", i);
+        }
+        if (!rc) w->n_wk++;
+    }
+    if (rc) {
+        cairn_workers_close(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+void cairn_workers_stop(cairn_workers *w)
+{
+    if (!w) return;
+    pthread_mutex_lock(&w->mu);
+    bool was = w->closing;
+    w->closing = true;
+    job *q = w->head;
+    w->head = w->tail = NULL;
+    w->n_queued = 0;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (was) return;
+    for (int i = 0; i < w->n_wk; i++) pthread_join(w->wk[i].thread, NULL);
+    w->n_wk = 0;
+    while (q) {
+        job *next = q->next;
+        job_finish(w, q, CAIRN_FINISH_CANCELLED, "shutting down");
+        q = next;
+    }
+}
+
+void cairn_workers_close(cairn_workers *w)
+{
+    if (!w) return;
+    cairn_workers_stop(w);
+    if (w->wk)
+        for (int i = 0; i < w->p.n_workers; i++) {
+            cairn_engine_close(w->wk[i].engine);
+            free(w->wk[i].active);
+        }
+    free(w->wk);
+    free(w->eog);
+    cairn_tok_close(w->tok);
+    cairn_model_close(w->model);
+    cairn_metrics_free(w->own_metrics);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+const cairn_tok *cairn_workers_tokenizer(const cairn_workers *w) { return w->tok; }
+cairn_chat_family cairn_workers_chat_family(const cairn_workers *w) { return w->family; }
+int cairn_workers_n_ctx(const cairn_workers *w) { return w->n_ctx; }

@@ -1,0 +1,103 @@
+/*
+ * services/workers.h — generation workers: one engine per device, each on its own thread
+ * running a continuous-batching loop.
+ *
+ * HTTP threads (or the RAG pipeline) submit requests: the prompt is tokenized at submission
+ * (cheap, and an over-long prompt is refused at once), the request waits in a bounded queue,
+ * and the least-loaded worker admits it into its engine as soon as there is room. Each
+ * iteration every decoding sequence gets a token and prefill chunks fill the rest of the
+ * batch. Text reaches the submitter through callbacks on the worker thread, already cut at
+ * UTF-8 boundaries and stop strings. A callback asking to stop (the client went away), a
+ * deadline or shutdown cancels the sequence and frees its KV blocks.
+ *
+ * Metrics: cairn_sequences_running, cairn_generation_queue_depth, cairn_ttft_seconds,
+ * cairn_inter_token_seconds, cairn_e2e_seconds, cairn_generated_tokens_total.
+ */
+#ifndef CAIRN_SERVICES_WORKERS_H
+#define CAIRN_SERVICES_WORKERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "common/metrics.h"
+#include "generation/chat.h"
+#include "generation/engine.h"
+#include "generation/tokenizer.h"
+
+typedef struct cairn_workers cairn_workers;
+
+typedef struct cairn_workers_params {
+    const char *model_path;     /* GGUF of the LLM */
+    int n_workers;              /* engines (devices); >= 1 */
+    cairn_engine_params engine; /* per engine */
+    int max_queue;              /* requests waiting for admission; more: CAIRN_EBUSY */
+    int64_t timeout_ns;         /* a request running longer is cancelled; 0 = none */
+} cairn_workers_params;
+
+/* One CPU worker, engine defaults (max_seqs 8), max_queue 64, timeout 5 minutes. */
+cairn_workers_params cairn_workers_default_params(void);
+
+/*
+ * Loads the model and tokenizer and starts the workers. metrics may be NULL. Returns 0 and
+ * *out (cairn_workers_close), or the model/engine's error code with the detail in err.
+ */
+int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn_metrics *metrics,
+                       cairn_error *err);
+
+/* Cancels what is queued or running (their on_done sees CAIRN_FINISH_CANCELLED with error
+ * "shutting down") and stops the threads; later submissions fail with CAIRN_ESTATE. The
+ * tokenizer stays usable until close. Idempotent; call from one thread. */
+void cairn_workers_stop(cairn_workers *w);
+
+/* Stops (if not yet) and frees everything. NULL is a no-op. */
+void cairn_workers_close(cairn_workers *w);
+
+/* The tokenizer and chat family of the served model (owned by w; thread-safe to use). */
+const cairn_tok *cairn_workers_tokenizer(const cairn_workers *w);
+cairn_chat_family cairn_workers_chat_family(const cairn_workers *w);
+
+/* What a finished request reports. */
+typedef struct cairn_gen_result {
+    cairn_finish finish;
+    const char *error; /* static text when the request failed, else NULL */
+    int n_prompt;
+    int n_generated;
+    double queue_s; /* submission to admission */
+    double ttft_s;  /* submission to first token; 0 when none */
+    double total_s; /* submission to end */
+} cairn_gen_result;
+
+typedef struct cairn_gen_request {
+    const char *prompt; /* text to tokenize */
+    size_t prompt_len;
+    int tok_flags;      /* CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL (chat templates) */
+    int max_tokens;
+    cairn_sample_params sample;
+    const char *const *stop; /* stop strings (copied); may be NULL */
+    int n_stop;
+    /* Text as it becomes final (may be len 0: called once per token, so that the caller can
+     * notice a client that left). Return non-zero to end the request. Worker thread. */
+    int (*on_text)(void *user, const char *text, size_t len);
+    /* Called exactly once when the request ends (after its last on_text), on a worker thread
+     * (or the closing thread). user may be freed inside it. */
+    void (*on_done)(void *user, const cairn_gen_result *res);
+    void *user;
+} cairn_gen_request;
+
+/*
+ * Queues a request. Returns 0 (on_done will be called), or without calling anything:
+ * CAIRN_EBUSY (the queue is full: answer 429), CAIRN_ELIMIT (the prompt does not fit the
+ * context), CAIRN_EINVAL (an empty prompt, bad sampling parameters), CAIRN_ESTATE (closing),
+ * CAIRN_ENOMEM. Thread-safe.
+ */
+int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_error *err);
+
+/* Requests queued plus running. Thread-safe. */
+int cairn_workers_load(cairn_workers *w);
+
+/* The context length of the engines (positions per sequence). */
+int cairn_workers_n_ctx(const cairn_workers *w);
+
+#endif

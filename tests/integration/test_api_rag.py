@@ -1,0 +1,183 @@
+"""cairnd's retrieval endpoints and the RAG pipeline with the real embedder and gemma-3-270m:
+a JSONL corpus ingested at start, /v1/retrieve, /v1/documents (add, delete, persisted across a
+restart), /v1/rag and the `rag` extension of chat completions (modes none, rewrite, hyde)."""
+import json
+import os
+import tempfile
+
+from harness import Daemon, http, run_tests
+
+MODELS = os.environ.get("CAIRN_TEST_MODELS", "data/models")
+KEY = "rag-key"
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+# Passages with one fact each, and a question whose answer sits in exactly one of them.
+PASSAGES = {
+    "everest": "Mount Everest, on the border of Nepal and China, is the highest mountain above "
+               "sea level at 8,849 metres.",
+    "python": "The Python programming language was created by Guido van Rossum and first "
+              "released in 1991.",
+    "eiffel": "The Eiffel Tower in Paris was designed by Gustave Eiffel's company and completed "
+              "in 1889 for the World's Fair.",
+    "reef": "The Great Barrier Reef off Queensland, Australia, is the world's largest coral reef "
+            "system.",
+    "insulin": "Insulin is a hormone made by the pancreas that lets cells absorb glucose from "
+               "the blood.",
+    "jupiter": "Jupiter is the largest planet in the Solar System, a gas giant with a Great Red "
+               "Spot storm.",
+    "bread": "Sourdough bread rises thanks to wild yeast and lactic acid bacteria in a "
+             "fermented starter.",
+    "violin": "A violin has four strings tuned in perfect fifths and is played with a bow.",
+}
+QUESTIONS = {
+    "everest": "What is the tallest mountain in the world?",
+    "python": "Who invented the Python language?",
+    "eiffel": "When was the Eiffel Tower finished?",
+    "reef": "Where is the largest coral reef?",
+    "insulin": "Which organ produces insulin?",
+    "jupiter": "What is the biggest planet?",
+}
+
+_state = {}
+
+
+def setup():
+    if "d" not in _state:
+        tmp = tempfile.TemporaryDirectory(prefix="cairn-rag-")
+        corpus = os.path.join(tmp.name, "corpus.jsonl")
+        with open(corpus, "w") as f:
+            for pid, text in PASSAGES.items():
+                f.write(json.dumps({"id": pid, "text": text, "metadata": {"topic": pid}}) + "\n")
+        _state["tmp"] = tmp
+        _state["args"] = [f"--model.path={MODELS}/gemma-3-270m-q4_k_m.gguf",
+                          f"--embed.model={MODELS}/all-minilm-l6-v2.gguf",
+                          f"--auth.api_keys={KEY}", f"--rag.corpus={corpus}",
+                          f"--rag.dir={tmp.name}/index", "--workers.ctx=512",
+                          "--limits.max_tokens=24"]
+        _state["d"] = Daemon(*_state["args"])
+    return _state["d"]
+
+
+def post(path, body):
+    status, headers, raw = http("POST", setup().url + path, json.dumps(body), headers=AUTH,
+                                timeout=300)
+    return status, headers, raw
+
+
+def retrieve(query, k=3):
+    status, _, raw = post("/v1/retrieve", {"query": query, "k": k})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def topic(hit):
+    return hit["key"].split("#")[0]
+
+
+def test_retrieve_finds_the_passage_with_the_answer():
+    found = 0
+    for pid, q in QUESTIONS.items():
+        r = retrieve(q)
+        hits = r["data"]
+        assert 1 <= len(hits) <= 3
+        assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(len(hits) - 1))
+        if pid in [topic(h) for h in hits]:
+            found += 1
+        assert r["cairn"]["embed_s"] > 0 and r["cairn"]["search_s"] >= 0
+    assert found >= 5, found  # the issue's acceptance: >= 5 questions answered from the right passage
+    hit = retrieve(QUESTIONS["python"], k=1)["data"][0]
+    assert hit["metadata"]["topic"] == topic(hit)
+    assert hit["text"] == PASSAGES[topic(hit)]
+
+
+def test_rag_endpoint_sources_and_timings():
+    status, _, raw = post("/v1/rag", {"question": QUESTIONS["insulin"], "k": 2,
+                                      "max_tokens": 8, "temperature": 0})
+    assert status == 200, raw
+    r = json.loads(raw)
+    assert r["object"] == "chat.completion"
+    assert isinstance(r["choices"][0]["message"]["content"], str)
+    assert "insulin" in [topic(s) for s in r["sources"]], r["sources"]
+    assert len(r["sources"]) == 2
+    t = r["cairn"]
+    for stage in ("embed_s", "pre_retrieval_s", "search_s", "ttft_s", "total_s"):
+        assert stage in t, t
+    assert t["rag_mode"] == "none"
+    assert t["total_s"] >= t["embed_s"] + t["search_s"]
+
+
+def test_chat_rag_extension_streams_sources_last():
+    status, headers, raw = post("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": QUESTIONS["jupiter"]}],
+        "rag": {"k": 1}, "max_tokens": 6, "temperature": 0, "stream": True})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = [b[len("data: "):] for b in raw.decode().split("\n\n") if b.strip()]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert [topic(s) for s in last["sources"]] == ["jupiter"], last["sources"]
+    assert all("sources" not in json.loads(e) for e in events[:-2])
+
+
+def test_rewrite_and_hyde_modes_run_the_pre_retrieval_generation():
+    for mode in ("rewrite", "hyde"):
+        status, _, raw = post("/v1/rag", {"question": QUESTIONS["eiffel"], "mode": mode, "k": 3,
+                                          "max_tokens": 4, "temperature": 0})
+        assert status == 200, raw
+        r = json.loads(raw)
+        assert r["cairn"]["rag_mode"] == mode
+        assert r["cairn"]["pre_retrieval_s"] > 0
+        assert "pre_retrieval_text" in r["cairn"]
+        assert len(r["sources"]) == 3
+
+
+def test_documents_add_delete_and_persist():
+    d = setup()
+    status, _, raw = post("/v1/documents", {"documents": [
+        {"text": "The axolotl is a salamander that keeps its larval gills as an adult.",
+         "metadata": {"topic": "axolotl"}}]})
+    assert status == 200, raw
+    added = json.loads(raw)
+    new_id = added["data"][0]["id"]
+    assert added["total_documents"] == len(PASSAGES) + 1
+    hits = retrieve("Which salamander keeps its gills?", k=1)["data"]
+    assert hits[0]["id"] == new_id and hits[0]["metadata"]["topic"] == "axolotl"
+
+    # A restart reloads the index from rag.dir: the document is still there.
+    assert d.stop() == 0, d.output()
+    d.__exit__()
+    _state["d"] = d = Daemon(*_state["args"])
+    assert retrieve("Which salamander keeps its gills?", k=1)["data"][0]["id"] == new_id
+
+    status, _, raw = http("DELETE", f"{d.url}/v1/documents/{new_id}", headers=AUTH)
+    assert status == 200 and json.loads(raw) == {"id": new_id, "deleted": True}, raw
+    assert new_id not in [h["id"] for h in retrieve("Which salamander keeps its gills?")["data"]]
+    status, _, raw = http("DELETE", f"{d.url}/v1/documents/{new_id}", headers=AUTH)
+    assert status == 404, raw
+    status, _, raw = http("DELETE", f"{d.url}/v1/documents/12x", headers=AUTH)
+    assert status == 400 and "12x" in json.loads(raw)["error"]["message"]
+    status, _, _ = http("DELETE", f"{d.url}/v1/documents/1")
+    assert status == 401
+
+
+def test_retrieval_metrics():
+    _, _, text = http("GET", setup().url + "/metrics")
+    lines = dict(l.rsplit(" ", 1) for l in text.decode().splitlines()
+                 if l and not l.startswith("#"))
+    assert float(lines["cairn_retrieval_searches_total"]) >= 1
+    assert float(lines["cairn_rag_documents"]) == len(PASSAGES)
+    assert "cairn_prefetch_bytes_total" in lines and "cairn_retrieval_fast_tier_hits_total" in lines
+
+
+def test_zz_stop():
+    d = _state.pop("d", None)
+    if d:
+        assert d.stop() == 0, d.output()
+        out = d.output()
+        assert "AddressSanitizer" not in out and "LeakSanitizer" not in out, out[-3000:]
+        d.__exit__()
+    if "tmp" in _state:
+        _state.pop("tmp").cleanup()
+
+
+if __name__ == "__main__":
+    run_tests(globals())

@@ -1,0 +1,256 @@
+/* tests/unit/test_api.c — /v1 request parsing and API-key checks (services/api.h). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "services/api.h"
+
+static int parse(cairn_api_kind kind, const char *body, cairn_api_req *r, cairn_error *err)
+{
+    cairn_api_limits lim = cairn_api_default_limits();
+    return cairn_api_parse(kind, body, strlen(body), &lim, r, err);
+}
+
+/* Parses body expecting failure with code and a message containing want. */
+static void expect_error(cairn_api_kind kind, const char *body, int code, const char *want)
+{
+    cairn_api_req r;
+    cairn_error err = {0};
+    int rc = parse(kind, body, &r, &err);
+    if (rc != code || !strstr(err.msg, want))
+        fail_msg("body %s: got rc %d '%s', want %d containing '%s'", body, rc, err.msg, code, want);
+    assert_null(r.root); /* nothing left to free on error */
+}
+
+static void test_chat_valid(void **state)
+{
+    cairn_api_req r;
+    cairn_error err = {0};
+    int rc = parse(CAIRN_API_CHAT,
+                   "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                   "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hel\"},"
+                   "{\"type\":\"text\",\"text\":\"lo\"}]}],\"max_tokens\":7,\"temperature\":0.5,"
+                   "\"stream\":true,\"stop\":[\"a\",\"bc\"],\"seed\":3,\"user\":\"ignored\"}",
+                   &r, &err);
+    assert_int_equal(rc, 0);
+    assert_int_equal(r.n_messages, 2);
+    assert_string_equal(r.messages[0].role, "system");
+    assert_string_equal(r.messages[1].content, "hello");
+    assert_int_equal(r.max_tokens, 7);
+    assert_true(r.stream);
+    assert_int_equal(r.n_stop, 2);
+    assert_string_equal(r.stop[1], "bc");
+    assert_int_equal(r.seed, 3);
+    assert_string_equal(r.model, "m");
+    assert_false(r.rag.enabled);
+    cairn_api_req_free(&r);
+}
+
+static void test_chat_defaults_and_rag(void **state)
+{
+    cairn_api_req r;
+    cairn_error err = {0};
+    cairn_api_limits lim = cairn_api_default_limits();
+    const char *b = "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],"
+                    "\"rag\":{\"k\":3,\"mode\":\"hyde\",\"nprobe\":8}}";
+    assert_int_equal(cairn_api_parse(CAIRN_API_CHAT, b, strlen(b), &lim, &r, &err), 0);
+    assert_int_equal(r.max_tokens, lim.default_max_tokens);
+    assert_false(r.stream);
+    assert_true(r.rag.enabled);
+    assert_int_equal(r.rag.k, 3);
+    assert_int_equal(r.rag.nprobe, 8);
+    assert_int_equal(r.rag.mode, CAIRN_RAG_HYDE);
+    cairn_api_req_free(&r);
+}
+
+static void test_chat_errors(void **state)
+{
+    expect_error(CAIRN_API_CHAT, "{\"messages\":[", CAIRN_EFORMAT, "invalid JSON");
+    expect_error(CAIRN_API_CHAT, "[1,2]", CAIRN_EFORMAT, "expected a JSON object, got array");
+    expect_error(CAIRN_API_CHAT, "{}", CAIRN_EFORMAT, "messages");
+    expect_error(CAIRN_API_CHAT, "{\"messages\":[]}", CAIRN_ERANGE, "messages");
+    expect_error(CAIRN_API_CHAT, "{\"messages\":\"hi\"}", CAIRN_EFORMAT, "messages");
+    expect_error(CAIRN_API_CHAT, "{\"messages\":[{\"role\":\"pirate\",\"content\":\"x\"}]}",
+                 CAIRN_EINVAL, "messages[0]: role: 'pirate'");
+    expect_error(CAIRN_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}",
+                 CAIRN_EFORMAT, "messages[0]: content");
+    expect_error(CAIRN_API_CHAT, "{\"messages\":[{\"role\":\"user\"}]}", CAIRN_EFORMAT,
+                 "messages[0]: content");
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char b[512];
+    snprintf(b, sizeof b, "{%s,\"max_tokens\":-1}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "max_tokens: -1");
+    snprintf(b, sizeof b, "{%s,\"max_tokens\":100000000000}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "max_tokens");
+    snprintf(b, sizeof b, "{%s,\"max_tokens\":\"5\"}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "max_tokens: expected an integer");
+    snprintf(b, sizeof b, "{%s,\"temperature\":3}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "temperature");
+    snprintf(b, sizeof b, "{%s,\"top_p\":0}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "top_p");
+    snprintf(b, sizeof b, "{%s,\"stream\":\"yes\"}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "stream");
+    snprintf(b, sizeof b, "{%s,\"n\":2}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "n:");
+    snprintf(b, sizeof b, "{%s,\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "stop");
+    snprintf(b, sizeof b, "{%s,\"stop\":[\"\"]}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "stop[0]");
+    snprintf(b, sizeof b, "{%s,\"rag\":{\"mode\":\"magic\"}}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EINVAL, "rag.mode: 'magic'");
+    snprintf(b, sizeof b, "{%s,\"rag\":{\"kk\":1}}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "kk");
+    snprintf(b, sizeof b, "{%s,\"rag\":{\"k\":0}}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "rag.k");
+}
+
+static void test_bad_utf8(void **state)
+{
+    /* \xC3\x28 is an invalid two-byte sequence: jansson refuses it while parsing. */
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"a\xC3\x28\"}", CAIRN_EFORMAT,
+                 "invalid JSON");
+    /* An escaped lone surrogate decodes to invalid UTF-8 as well. */
+    cairn_api_req r;
+    cairn_error err = {0};
+    assert_int_not_equal(parse(CAIRN_API_COMPLETION, "{\"prompt\":\"\\ud800\"}", &r, &err), 0);
+    /* An escaped NUL inside a string is refused by name. */
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"a\\u0000b\"}", CAIRN_EFORMAT,
+                 "invalid JSON");
+}
+
+static void test_completion(void **state)
+{
+    cairn_api_req r;
+    cairn_error err = {0};
+    assert_int_equal(parse(CAIRN_API_COMPLETION, "{\"prompt\":[\"abc\"],\"max_tokens\":2}", &r,
+                           &err),
+                     0);
+    assert_string_equal(r.prompt, "abc");
+    assert_int_equal(r.prompt_len, 3);
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":[1,2]}", CAIRN_EUNSUPPORTED, "prompt");
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"\"}", CAIRN_ERANGE, "prompt");
+    expect_error(CAIRN_API_COMPLETION, "{\"max_tokens\":2}", CAIRN_EFORMAT, "prompt");
+}
+
+static void test_embeddings_retrieve_rag_documents(void **state)
+{
+    cairn_api_req r;
+    cairn_error err = {0};
+    assert_int_equal(parse(CAIRN_API_EMBEDDINGS, "{\"input\":\"one\"}", &r, &err), 0);
+    assert_int_equal(r.n_inputs, 1);
+    assert_string_equal(r.inputs[0], "one");
+    cairn_api_req_free(&r);
+    assert_int_equal(parse(CAIRN_API_EMBEDDINGS, "{\"input\":[\"a\",\"b\"],\"model\":\"x\"}", &r,
+                           &err),
+                     0);
+    assert_int_equal(r.n_inputs, 2);
+    assert_string_equal(r.inputs[1], "b");
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_EMBEDDINGS, "{\"input\":[\"a\",3]}", CAIRN_EFORMAT, "input[1]");
+    expect_error(CAIRN_API_EMBEDDINGS, "{\"input\":\"a\",\"encoding_format\":\"hex\"}",
+                 CAIRN_EINVAL, "encoding_format: 'hex'");
+    assert_int_equal(parse(CAIRN_API_EMBEDDINGS, "{\"input\":\"a\",\"encoding_format\":\"base64\"}",
+                           &r, &err),
+                     0);
+    assert_true(r.base64);
+    cairn_api_req_free(&r);
+
+    assert_int_equal(parse(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"k\":5}", &r, &err), 0);
+    assert_int_equal(r.rag.k, 5);
+    assert_string_equal(r.prompt, "q");
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"k\":1000}", CAIRN_ERANGE, "k:");
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"top\":1}", CAIRN_EFORMAT, "top");
+
+    assert_int_equal(parse(CAIRN_API_RAG, "{\"question\":\"q\",\"mode\":\"rewrite\",\"k\":2}", &r,
+                           &err),
+                     0);
+    assert_int_equal(r.rag.mode, CAIRN_RAG_REWRITE);
+    assert_int_equal(r.rag.k, 2);
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_RAG, "{\"question\":\"q\",\"mode\":\"x\"}", CAIRN_EINVAL, "mode: 'x'");
+
+    assert_int_equal(parse(CAIRN_API_DOCUMENTS,
+                           "{\"documents\":[{\"text\":\"t1\",\"metadata\":{\"src\":\"a\"}},"
+                           "{\"text\":\"t2\"}]}",
+                           &r, &err),
+                     0);
+    assert_int_equal(r.n_docs, 2);
+    assert_string_equal(r.docs[0].text, "t1");
+    assert_string_equal(r.docs[0].metadata_json, "{\"src\":\"a\"}");
+    assert_null(r.docs[1].metadata_json);
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_DOCUMENTS, "{\"documents\":[{\"text\":\"a\",\"metadata\":[]}]}",
+                 CAIRN_EFORMAT, "documents[0]: metadata");
+}
+
+static void test_max_tokens_cap(void **state)
+{
+    cairn_api_limits lim = cairn_api_default_limits();
+    lim.max_tokens_cap = 16;
+    lim.default_max_tokens = 100; /* clamped to the cap */
+    cairn_api_req r;
+    cairn_error err = {0};
+    const char *ok = "{\"prompt\":\"p\"}";
+    assert_int_equal(cairn_api_parse(CAIRN_API_COMPLETION, ok, strlen(ok), &lim, &r, &err), 0);
+    assert_int_equal(r.max_tokens, 16);
+    cairn_api_req_free(&r);
+    const char *big = "{\"prompt\":\"p\",\"max_tokens\":17}";
+    assert_int_equal(cairn_api_parse(CAIRN_API_COMPLETION, big, strlen(big), &lim, &r, &err),
+                     CAIRN_ERANGE);
+    assert_non_null(strstr(err.msg, "max_tokens: 17"));
+}
+
+static void test_auth(void **state)
+{
+    cairn_api_auth *a = NULL;
+    cairn_error err = {0};
+    /* No keys: open. */
+    assert_int_equal(cairn_api_auth_new(&a, NULL, "", &err), 0);
+    assert_false(cairn_api_auth_enabled(a));
+    assert_int_equal(cairn_api_auth_check(a, NULL, &err), 0);
+    cairn_api_auth_free(a);
+
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)"hashed-key", 10, d);
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    assert_int_equal(cairn_api_auth_new(&a, "k1, k2", hex, &err), 0);
+    assert_true(cairn_api_auth_enabled(a));
+    assert_int_equal(cairn_api_auth_check(a, "Bearer k1", &err), 0);
+    assert_int_equal(cairn_api_auth_check(a, "bearer k2", &err), 0);
+    assert_int_equal(cairn_api_auth_check(a, "Bearer hashed-key", &err), 0);
+    assert_int_equal(cairn_api_auth_check(a, "Bearer k3", &err), CAIRN_EAUTH);
+    assert_int_equal(cairn_api_auth_check(a, "Bearer k1 ", &err), CAIRN_EAUTH);
+    assert_int_equal(cairn_api_auth_check(a, "Basic azE=", &err), CAIRN_EAUTH);
+    assert_int_equal(cairn_api_auth_check(a, NULL, &err), CAIRN_EAUTH);
+    assert_non_null(strstr(err.msg, "Authorization"));
+    cairn_api_auth_free(a);
+
+    assert_int_equal(cairn_api_auth_new(&a, NULL, "abc", &err), CAIRN_EINVAL);
+    assert_null(a);
+    hex[5] = 'z';
+    assert_int_equal(cairn_api_auth_new(&a, NULL, hex, &err), CAIRN_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chat_valid),
+        cmocka_unit_test(test_chat_defaults_and_rag),
+        cmocka_unit_test(test_chat_errors),
+        cmocka_unit_test(test_bad_utf8),
+        cmocka_unit_test(test_completion),
+        cmocka_unit_test(test_embeddings_retrieve_rag_documents),
+        cmocka_unit_test(test_max_tokens_cap),
+        cmocka_unit_test(test_auth),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
