@@ -9,6 +9,7 @@
 #include "common/gpu.h"
 #include "proto/gguf.h"
 #include "services/cmd_adapt.h"
+#include "services/cmd_generate.h"
 #include "services/cmd_job.h"
 #include "services/server.h"
 
@@ -126,6 +127,8 @@ static const command commands[] = {
      "            and saves a GGUF; progress shows epoch, loss, accuracy, rate and ETA\n"
      "eval-clean  prints the model's accuracy on the clean test set",
      cairn_cmd_adapt, NULL},
+    {"generate", "generate text from a prompt with a GGUF model, streamed",
+     NULL, cairn_cmd_generate, &cairn_cmd_generate_usage},
     {"job", "submit offline summarization jobs to Redis and read their status",
      NULL, cairn_cmd_job, &cairn_cmd_job_usage},
     {"serve", "run the cairnd service in the foreground",
