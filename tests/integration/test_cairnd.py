@@ -26,8 +26,14 @@ def test_metrics_prometheus_text():
         for _ in range(3):
             http("GET", d.url + "/health")
         http("GET", d.url + "/nope")
-        status, headers, body = http("GET", d.url + "/metrics")
-        text = body.decode()
+        # A request is counted when its connection completes, which may trail the client's
+        # receipt of the answer by a moment: read the metrics until the count shows.
+        for _ in range(50):
+            status, headers, body = http("GET", d.url + "/metrics")
+            text = body.decode()
+            if re.search(r'cairn_http_requests_total\{route="other",code="404"\} 1', text):
+                break
+            time.sleep(0.1)
         assert status == 200
         assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert "# TYPE cairn_http_requests_total counter" in text, text
