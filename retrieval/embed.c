@@ -468,36 +468,32 @@ static void attn_tasks(void *arg, size_t begin, size_t end, int tid)
     }
 }
 
-/* x = LayerNorm(x + tmp + bias): the residual of the attention block. */
-static void add_ln1_rows(void *arg, size_t begin, size_t end, int tid)
+/* x = LayerNorm(x + tmp + bias) over rows [begin, end): the residual of either block. */
+static void add_ln(const cairn_embed *e, size_t begin, size_t end, const float *bias,
+                   const float *g, const float *beta)
 {
-    const fwd_ctx *c = arg;
-    const cairn_embed *e = c->e;
-    const layer_t *L = c->L;
     int H = e->H;
     for (size_t t = begin; t < end; t++) {
         float *x = e->x + t * (size_t)H;
         const float *y = e->tmp + t * (size_t)H;
         for (int i = 0; i < H; i++)
-            x[i] += y[i] + L->o_b[i];
-        layer_norm(x, H, L->ln1_g, L->ln1_b, e->eps);
+            x[i] += y[i] + bias[i];
+        layer_norm(x, H, g, beta, e->eps);
     }
 }
 
-/* The same after the feed-forward block. */
+/* After the attention block. */
+static void add_ln1_rows(void *arg, size_t begin, size_t end, int tid)
+{
+    const fwd_ctx *c = arg;
+    add_ln(c->e, begin, end, c->L->o_b, c->L->ln1_g, c->L->ln1_b);
+}
+
+/* After the feed-forward block. */
 static void add_ln2_rows(void *arg, size_t begin, size_t end, int tid)
 {
     const fwd_ctx *c = arg;
-    const cairn_embed *e = c->e;
-    const layer_t *L = c->L;
-    int H = e->H;
-    for (size_t t = begin; t < end; t++) {
-        float *x = e->x + t * (size_t)H;
-        const float *y = e->tmp + t * (size_t)H;
-        for (int i = 0; i < H; i++)
-            x[i] += y[i] + L->down_b[i];
-        layer_norm(x, H, L->ln2_g, L->ln2_b, e->eps);
-    }
+    add_ln(c->e, begin, end, c->L->down_b, c->L->ln2_g, c->L->ln2_b);
 }
 
 /* GELU, the exact erf form BERT uses: x/2 (1 + erf(x / sqrt 2)). */
