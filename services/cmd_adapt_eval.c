@@ -9,7 +9,8 @@
  *             samples with CEMA's filter and upload them to cairnd's edge API (in this process,
  *             on loopback, port 0); the cloud adapts and publishes signed bundles; every
  *             update_every rounds the devices flush, the cloud finishes its queue, and the
- *             devices fetch and apply the newest bundle;
+ *             devices fetch and apply the newest bundle; devices normalise with each batch's
+ *             statistics (--edge-bn batch, the default) or the running ones (--edge-bn running);
  *   all       as cema, but every sample is uploaded (the same distillation on everything).
  * Accuracy is online: each image is scored with the parameters the device had when it saw it.
  * Each stream starts from the base model and a fresh cloud. One JSON line per (stream, method)
@@ -43,20 +44,23 @@ static const char *EVAL_USAGE =
     "none,bn,cema,all]\n"
     "                        [--lambda L] [--d-margin D] [--e-min E] [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
-    "                        [--w-kl W] [--w-ent W] [--w-ce W] [--markdown FILE]\n"
+    "                        [--w-kl W] [--w-ent W] [--w-ce W] [--edge-bn batch|running]\n"
+    "                        [--markdown FILE]\n"
     "\n"
     "Streams N (default 1000) corrupted images per (corruption, severity) through the methods\n"
     "none, bn (test-time batchnorm statistics), cema (selective upload to an in-process cairnd\n"
     "on loopback) and all (upload everything); devices (default 4) infer batches of B (32) and\n"
-    "fetch bundles every U (2) rounds. --split train draws the images from the train set (to\n"
-    "choose hyperparameters without the test labels). JSON lines on stdout, then a table.\n";
+    "fetch bundles every U (2) rounds; with --edge-bn batch (the default) the devices of cema\n"
+    "and all normalise with each batch's statistics, as bn does. --split train draws the\n"
+    "images from the train set (to choose hyperparameters without the test labels). JSON lines\n"
+    "on stdout, then a table.\n";
 
 #define N_METHODS 4
 static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"};
 
 typedef struct eval_opts {
     const char *edge, *foundation, *data, *markdown;
-    int images, devices, batch, update_every, train_split;
+    int images, devices, batch, update_every, train_split, edge_batch_stats;
     int methods[N_METHODS];
     int corr[CAIRN_CORRUPT_COUNT], n_corr;
     int sev[5], n_sev;
@@ -203,6 +207,7 @@ static int run_cloud(const eval_opts *o, int upload_all, const cairn_dataset *d,
         ep.queue_capacity = 4096;
         ep.upload_batch = 32;
         ep.select = o->sel;
+        ep.batch_stats = o->edge_batch_stats;
         ep.seed = (uint64_t)i + 1;
         rc = cairn_edge_open(&dev[i], o->edge, &ep, &t, err);
     }
@@ -313,6 +318,7 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
     o->devices = 4;
     o->batch = 32;
     o->update_every = 2;
+    o->edge_batch_stats = 1;
     o->sel = cairn_cema_select_default_params();
     o->cema = cairn_cema_default_params();
     const char *corr = NULL, *sev = "3,5", *methods = "none,bn,cema,all";
@@ -342,6 +348,9 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
         else if (!strcmp(a, "--split")) {
             if (strcmp(v, "test") && strcmp(v, "train")) bad = -1;
             o->train_split = !strcmp(v, "train");
+        } else if (!strcmp(a, "--edge-bn")) {
+            if (strcmp(v, "batch") && strcmp(v, "running")) bad = -1;
+            o->edge_batch_stats = !strcmp(v, "batch");
         } else if (!strcmp(a, "--images"))
             bad = parse_int_opt(a, v, 2, 10000, &o->images);
         else if (!strcmp(a, "--devices"))

@@ -18,7 +18,11 @@
  *   cairn_edge_close(e);
  *
  * Inference: the model is a GGUF file written by adapt/nn (cairn.cnn architecture); images are
- * NCHW float32 in [0, 1]. Batchnorms run in eval mode (running statistics).
+ * NCHW float32 in [0, 1]. Batchnorms normalise with their running statistics, or, with
+ * params.batch_stats, with the statistics of each inference batch (test-time normalisation, as
+ * in Tent and CEMA's edge models: it follows a shifted input distribution at once, but needs
+ * batches of a few dozen images from one environment; bundles then adapt only the affine
+ * parameters on top of it).
  *
  * Selection: CEMA's filter (adapt/cema_select.h): a sample is uploaded only when its entropy is
  * below a dynamic threshold (lambda x the running mean entropy), optionally above E_min, and its
@@ -100,6 +104,7 @@ typedef struct cairn_edge_params {
     int backoff_base_ms;        /* default 200 */
     int backoff_max_ms;         /* default 30000 */
     int upload_u8;              /* send pixels as bytes, 4x smaller (default 1) */
+    int batch_stats;            /* batchnorm with each batch's statistics (default 0: running) */
     cairn_cema_select_params select; /* default cairn_cema_select_default_params() */
     uint64_t seed;                   /* backoff jitter (default: from the clock) */
 } cairn_edge_params;

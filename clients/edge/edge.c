@@ -270,7 +270,7 @@ int cairn_edge_open(cairn_edge **out, const char *model_path, const cairn_edge_p
     cairn_nn_model_params mp = cairn_nn_model_default_params();
     mp.max_batch = p->max_batch;
     if ((rc = cairn_nn_model_prepare(e->model, &mp, err))) goto fail;
-    cairn_nn_set_bn_mode(e->model, CAIRN_NN_BN_EVAL);
+    cairn_nn_set_bn_mode(e->model, p->batch_stats ? CAIRN_NN_BN_BATCH : CAIRN_NN_BN_EVAL);
     cairn_nn_input_shape(e->model, &e->c, &e->h, &e->w);
     e->dim = (size_t)e->c * e->h * e->w;
     e->k = (int)cairn_nn_output_size(e->model);

@@ -2,7 +2,8 @@
  * tests/unit/test_edge.c — libcairn_edge through an in-process transport (the SDK's seam):
  * asynchronous upload with retries, the bounded queue dropping its oldest sample, 4xx answers,
  * bundle updates, tampered bundles rejected with the model's outputs unchanged bit for bit,
- * automatic rollback of a bundle that breaks the model, and rollback on demand.
+ * automatic rollback of a bundle that breaks the model, rollback on demand, and inference with
+ * running or batch statistics.
  */
 #include <math.h>
 #include <pthread.h>
@@ -441,6 +442,51 @@ static void test_bundle_that_breaks_the_model_is_rolled_back(void **state)
     free(b);
 }
 
+/* The model's probabilities under the given batchnorm mode, computed by adapt/nn directly. */
+static void reference_probs(fixture *f, cairn_nn_bn_mode mode, int n, float *probs)
+{
+    cairn_error err;
+    cairn_nn_model *m = NULL;
+    assert_int_equal(cairn_nn_load(&m, f->model_path, &err), 0);
+    cairn_nn_model_params mp = cairn_nn_model_default_params();
+    mp.max_batch = 16;
+    assert_int_equal(cairn_nn_model_prepare(m, &mp, &err), 0);
+    cairn_nn_set_bn_mode(m, mode);
+    const float *logits;
+    assert_int_equal(cairn_nn_forward(m, f->images, n, &logits, &err), 0);
+    cairn_nn_softmax(logits, n, K, probs);
+    cairn_nn_model_free(m);
+}
+
+/* Running statistics by default; with batch_stats each inference batch is normalised with its
+ * own statistics, so a sample's output depends on the batch it came in. */
+static void test_batch_statistics(void **state)
+{
+    fixture *f = *state;
+    cairn_error err;
+    float want_run[16 * K], want_batch[16 * K], got[16 * K], ent[16];
+    reference_probs(f, CAIRN_NN_BN_EVAL, 16, want_run);
+    reference_probs(f, CAIRN_NN_BN_BATCH, 16, want_batch);
+    float diff = 0;
+    for (int i = 0; i < 16 * K; i++)
+        diff = fmaxf(diff, fabsf(want_run[i] - want_batch[i]));
+    assert_true(diff > 1e-3f); /* the two modes are told apart by this model and data */
+
+    cairn_edge_params p = edge_params(f);
+    open_edge(f, &p);
+    assert_int_equal(cairn_edge_infer(f->e, f->images, 16, got, ent, &err), 0);
+    for (int i = 0; i < 16 * K; i++)
+        assert_float_equal(got[i], want_run[i], 1e-6);
+    cairn_edge_close(f->e);
+
+    p.batch_stats = 1;
+    p.max_batch = 16;
+    open_edge(f, &p);
+    assert_int_equal(cairn_edge_infer(f->e, f->images, 16, got, ent, &err), 0);
+    for (int i = 0; i < 16 * K; i++)
+        assert_float_equal(got[i], want_batch[i], 1e-6);
+}
+
 static void test_open_rejects_bad_input(void **state)
 {
     fixture *f = *state;
@@ -468,6 +514,7 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_bundle_that_breaks_the_model_is_rolled_back, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_batch_statistics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_rejects_bad_input, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

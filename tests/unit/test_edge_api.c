@@ -1,7 +1,8 @@
 /*
  * tests/unit/test_edge_api.c — cairnd's edge endpoints over real HTTP on loopback: enrollment,
  * authenticated uploads, every kind of bad upload refused with its reason and counted, the
- * service still working after them, rate limiting, and signed bundles the SDK's verifier accepts.
+ * service still working after them, rate limiting, signed bundles the SDK's verifier accepts, and
+ * the SDK itself (libcurl transport) uploading to the server and applying what it publishes.
  * Uses the committed models in adapt/models.
  */
 #include <math.h>
@@ -17,6 +18,7 @@
 #include <curl/curl.h>
 
 #include "adapt/bundle.h"
+#include "clients/edge/cairn_edge.h"
 #include "common/metrics.h"
 #include "proto/edge.h"
 #include "services/edge_api.h"
@@ -423,6 +425,92 @@ static void test_models_and_bundles(void **state)
     assert_true(metric(f, "cairn_edge_bytes_down_total") > 0);
 }
 
+/* The device SDK end to end over its libcurl transport: infer and select on a batch of images,
+ * upload asynchronously, let the cloud step, then fetch, verify and apply the signed bundle.
+ * Normalising with batch statistics on the device (batch_stats) is what cairn adapt eval uses. */
+static void test_sdk_over_curl(void **state)
+{
+    fixture *f = *state;
+    cairn_error err = {0};
+    char *pem = NULL;
+    assert_int_equal(cairn_edge_api_public_key(f->a, &pem, &err), 0);
+
+    /* A wrong device key: uploads are refused (401, dropped and counted), nothing applies. */
+    for (int pass = 0; pass < 2; pass++) {
+        const int good = pass == 1;
+        cairn_edge_transport t;
+        assert_int_equal(cairn_edge_transport_curl_new(&t, f->base,
+                                                       good ? f->dev_key : "not-a-key", 20000,
+                                                       &err),
+                         0);
+        cairn_edge_params p = cairn_edge_default_params();
+        p.model_name = "edge";
+        p.device_id = f->dev_id;
+        p.public_key_pem = pem;
+        p.batch_stats = 1;
+        p.seed = 7;
+        p.select.lambda = 10.0f; /* keep nearly everything: this test is about the transport */
+        p.select.d_margin = 1.0f;
+        cairn_edge *e = NULL;
+        int rc = cairn_edge_open(&e, f->edge, &p, &t, &err);
+        if (rc) fprintf(stderr, "open: %s\n", err.msg);
+        assert_int_equal(rc, 0);
+
+        /* 48 images: smooth blobs of random position and brightness, some noise. */
+        enum { N = 48, S = 28, K = 10 };
+        float *img = malloc((size_t)N * S * S * sizeof(float));
+        float probs[N * K], ent[N];
+        uint8_t keep[N];
+        uint64_t rng = 12345;
+        for (int i = 0; i < N; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            float cx = 6 + (float)(rng >> 59), cy = 6 + (float)((rng >> 54) & 15);
+            float br = 0.3f + 0.7f * (float)((rng >> 40) & 255) / 255.0f;
+            for (int y = 0; y < S; y++)
+                for (int x = 0; x < S; x++) {
+                    float d2 = (x - cx) * (x - cx) + (y - cy) * (y - cy);
+                    img[(size_t)i * S * S + y * S + x] = br * expf(-d2 / 40.0f);
+                }
+        }
+        int queued = cairn_edge_process(e, img, N, probs, ent, keep, &err);
+        assert_true(queued >= 2);
+        for (int i = 0; i < N; i++) {
+            float sum = 0;
+            for (int k = 0; k < K; k++)
+                sum += probs[i * K + k];
+            assert_true(fabsf(sum - 1.0f) < 1e-4f && ent[i] >= 0 && ent[i] <= logf(K) + 1e-4f);
+        }
+        assert_int_equal(cairn_edge_flush(e, 60000), 0);
+        cairn_edge_stats st;
+        cairn_edge_get_stats(e, &st);
+        assert_int_equal(st.selected, (uint64_t)queued);
+        if (!good) {
+            assert_int_equal(st.uploaded, 0);
+            assert_int_equal(st.dropped_failed, (uint64_t)queued);
+            assert_int_equal(cairn_edge_update(e, &err), CAIRN_ENET); /* 401 on the bundle too */
+            assert_int_equal(cairn_edge_version(e), 0);
+        } else {
+            assert_int_equal(st.uploaded, (uint64_t)queued);
+            assert_true(st.bytes_up > (uint64_t)queued * S * S); /* pixels went up as bytes */
+            assert_int_equal(cairn_edge_api_wait_idle(f->a, 120000), 0);
+            cairn_edge_api_stats as;
+            cairn_edge_api_get_stats(f->a, &as);
+            assert_true(as.steps >= 1 && as.bundles >= 1);
+            rc = cairn_edge_update(e, &err);
+            if (rc < 0) fprintf(stderr, "update: %s\n", err.msg);
+            assert_int_equal(rc, 1);
+            assert_int_equal(cairn_edge_version(e), as.bundles);
+            assert_int_equal(cairn_edge_update(e, &err), 0); /* nothing newer */
+            cairn_edge_get_stats(e, &st);
+            assert_int_equal(st.bundles_applied, 1);
+            assert_true(st.bytes_down > 0);
+        }
+        free(img);
+        cairn_edge_close(e);
+    }
+    free(pem);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -430,6 +518,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_uploads_rejected_and_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_models_and_bundles, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sdk_over_curl, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
