@@ -28,9 +28,35 @@ struct job {
     size_t n_pend;
     int seq;      /* engine sequence id once admitted, else -1 */
     bool stop_hit, caller_stop;
-    int64_t t_submit, t_admit, t_first, t_last;
+    int64_t t_submit, t_admit, t_first, t_last, t_served;
     struct worker *wk;
 };
+
+/* A FIFO of jobs. */
+typedef struct {
+    job *head, *tail;
+    int n;
+} fifo;
+
+static void fifo_push(fifo *q, job *j)
+{
+    j->next = NULL;
+    if (q->tail) q->tail->next = j;
+    else q->head = j;
+    q->tail = j;
+    q->n++;
+}
+
+static job *fifo_pop(fifo *q)
+{
+    job *j = q->head;
+    if (!j) return NULL;
+    q->head = j->next;
+    if (!q->head) q->tail = NULL;
+    q->n--;
+    j->next = NULL;
+    return j;
+}
 
 typedef struct worker {
     struct cairn_workers *w;
@@ -39,6 +65,9 @@ typedef struct worker {
     cairn_engine *engine;
     job **active; /* max_seqs slots */
     int n_active;
+    cairn_predictor *pred;
+    cairn_sched_seq *plan; /* max_seqs entries */
+    cairn_step_item *items;
 } worker;
 
 struct cairn_workers {
@@ -51,14 +80,14 @@ struct cairn_workers {
     int n_ctx;
     worker *wk;
     int n_wk;
-    pthread_mutex_t mu; /* guards the queue, n_queued, n_running, closing */
+    pthread_mutex_t mu; /* guards the queues, n_running, n_offline_running, closing */
     pthread_cond_t cv;
-    job *head, *tail;
-    int n_queued, n_running;
+    fifo online, offline;
+    int n_running, n_offline_running;
     bool closing;
-    cairn_gauge *g_running, *g_queue;
-    cairn_histogram *h_ttft, *h_itl, *h_e2e, *h_queue;
-    cairn_counter *c_tokens;
+    cairn_gauge *g_running, *g_queue, *g_offline_queue, *g_mape, *g_budget;
+    cairn_histogram *h_ttft, *h_itl, *h_e2e, *h_queue, *h_iter;
+    cairn_counter *c_tokens, *c_offline_tokens, *c_preempt;
     cairn_metrics *own_metrics; /* a private registry when the caller gave none */
 };
 
@@ -68,7 +97,11 @@ cairn_workers_params cairn_workers_default_params(void)
         .n_workers = 1,
         .engine = cairn_engine_default_params(),
         .max_queue = 64,
+        .max_offline_queue = 64,
+        .online_reserve = 2,
         .timeout_ns = 300 * CAIRN_NS_PER_SEC,
+        .sched = cairn_sched_default_params(),
+        .predictor_window = 256,
     };
 }
 
@@ -105,7 +138,7 @@ static int on_token(void *user, int seq_id, int32_t token, bool last)
         cairn_histogram_observe(w->h_itl, secs(now - j->t_last));
     }
     j->t_last = now;
-    cairn_counter_inc(w->c_tokens);
+    cairn_counter_inc(j->r.offline ? w->c_offline_tokens : w->c_tokens);
     if (cairn_tok_is_eog(w->tok, token)) return 0; /* the engine ends the sequence */
     const char *piece = NULL;
     size_t len = 0;
@@ -165,6 +198,7 @@ static void job_finish(cairn_workers *w, job *j, cairn_finish finish, const char
         cairn_gauge_dec(w->g_running);
         pthread_mutex_lock(&w->mu);
         w->n_running--;
+        w->n_offline_running -= j->r.offline;
         pthread_mutex_unlock(&w->mu);
     }
     if (!error) cairn_histogram_observe(w->h_e2e, res.total_s);
@@ -225,15 +259,16 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
     j->t_submit = cairn_now_ns();
     pthread_mutex_lock(&w->mu);
     if (w->closing) rc = cairn_errorf(err, CAIRN_ESTATE, "the service is shutting down");
-    else if (w->n_queued >= w->p.max_queue + free_slots(w))
+    else if (r->offline && w->offline.n >= w->p.max_offline_queue)
+        rc = cairn_errorf(err, CAIRN_EBUSY, "the offline queue is full (%d waiting)",
+                          w->offline.n);
+    else if (!r->offline && w->online.n >= w->p.max_queue + free_slots(w))
         rc = cairn_errorf(err, CAIRN_EBUSY,
-                          "the generation queue is full (%d waiting); retry later", w->n_queued);
+                          "the generation queue is full (%d waiting); retry later", w->online.n);
     if (!rc) {
-        if (w->tail) w->tail->next = j;
-        else w->head = j;
-        w->tail = j;
-        w->n_queued++;
-        cairn_gauge_set(w->g_queue, w->n_queued);
+        fifo_push(r->offline ? &w->offline : &w->online, j);
+        cairn_gauge_set(r->offline ? w->g_offline_queue : w->g_queue,
+                        r->offline ? w->offline.n : w->online.n);
         pthread_cond_broadcast(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
@@ -244,53 +279,69 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
 int cairn_workers_load(cairn_workers *w)
 {
     pthread_mutex_lock(&w->mu);
-    int n = w->n_queued + w->n_running;
+    int n = w->online.n + w->offline.n + w->n_running;
     pthread_mutex_unlock(&w->mu);
     return n;
 }
 
+int cairn_workers_offline_load(cairn_workers *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int n = w->offline.n + w->n_offline_running;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+double cairn_workers_predictor_mape(cairn_workers *w, int *n)
+{
+    return cairn_predictor_mape(w->wk[0].pred, n);
+}
+
 /* ---- The worker loop ---------------------------------------------------------------------- */
 
-/* Moves queued jobs into wk's engine while it has room. Called with w->mu held. Returns a job
- * the engine refused although it runs nothing (it never could run: the caller finishes it). */
+/* Moves queued jobs into wk's engine while it has room: online ones first, offline ones only
+ * into slots beyond online_reserve. Called with w->mu held. Returns a job the engine refused
+ * although it runs nothing (it never could run: the caller finishes it). */
 static job *admit(worker *wk)
 {
-    job *rejected = NULL;
     cairn_workers *w = wk->w;
-    int max = w->p.engine.max_seqs;
-    while (w->head && wk->n_active < max) {
-        job *j = w->head;
-        cairn_gen_params gp = cairn_gen_default_params();
-        gp.max_tokens = j->r.max_tokens;
-        gp.sample = j->r.sample;
-        gp.stop_tokens = w->eog;
-        gp.n_stop_tokens = w->n_eog;
-        gp.on_token = on_token;
-        gp.user = j;
-        int id;
-        cairn_error err = {0};
-        int rc = cairn_engine_add(wk->engine, j->tokens, j->n_tokens, &gp, &id, &err);
-        if (rc && (rc == CAIRN_EBUSY || wk->n_active > 0)) break;
-        w->head = j->next;
-        if (!w->head) w->tail = NULL;
-        w->n_queued--;
-        if (rc) {
-            CAIRN_LOG_WARN("request refused", "worker=%d error=%s", wk->index, err.msg);
-            j->next = NULL;
-            rejected = j;
-            break;
+    const int max = w->p.engine.max_seqs;
+    for (int cls = 0; cls < 2; cls++) {
+        fifo *q = cls ? &w->offline : &w->online;
+        const int limit = cls ? max - w->p.online_reserve : max;
+        while (q->head && wk->n_active < limit) {
+            job *j = q->head;
+            cairn_gen_params gp = cairn_gen_default_params();
+            gp.max_tokens = j->r.max_tokens;
+            gp.sample = j->r.sample;
+            gp.stop_tokens = w->eog;
+            gp.n_stop_tokens = w->n_eog;
+            gp.on_token = on_token;
+            gp.user = j;
+            int id;
+            cairn_error err = {0};
+            int rc = cairn_engine_add(wk->engine, j->tokens, j->n_tokens, &gp, &id, &err);
+            if (rc && (rc == CAIRN_EBUSY || wk->n_active > 0)) break;
+            fifo_pop(q);
+            if (rc) {
+                CAIRN_LOG_WARN("request refused", "worker=%d error=%s", wk->index, err.msg);
+                cairn_gauge_set(w->g_queue, w->online.n);
+                cairn_gauge_set(w->g_offline_queue, w->offline.n);
+                return j;
+            }
+            w->n_running++;
+            w->n_offline_running += j->r.offline;
+            j->seq = id;
+            j->wk = wk;
+            j->t_admit = cairn_now_ns();
+            cairn_histogram_observe(w->h_queue, secs(j->t_admit - j->t_submit));
+            cairn_gauge_inc(w->g_running);
+            wk->active[wk->n_active++] = j;
         }
-        w->n_running++;
-        j->next = NULL;
-        j->seq = id;
-        j->wk = wk;
-        j->t_admit = cairn_now_ns();
-        cairn_histogram_observe(w->h_queue, secs(j->t_admit - j->t_submit));
-        cairn_gauge_inc(w->g_running);
-        wk->active[wk->n_active++] = j;
     }
-    cairn_gauge_set(w->g_queue, w->n_queued);
-    return rejected;
+    cairn_gauge_set(w->g_queue, w->online.n);
+    cairn_gauge_set(w->g_offline_queue, w->offline.n);
+    return NULL;
 }
 
 static void drop_active(worker *wk, int i)
@@ -298,27 +349,96 @@ static void drop_active(worker *wk, int i)
     wk->active[i] = wk->active[--wk->n_active];
 }
 
+/* Moves the jobs of q that waited past timeout onto *out (oldest first). w->mu held. */
+static void take_expired(fifo *q, int64_t timeout, int64_t now, job **out)
+{
+    while (timeout > 0 && q->head && now - q->head->t_submit > timeout) {
+        job *j = fifo_pop(q);
+        j->next = *out;
+        *out = j;
+    }
+}
+
+static job *find_job(worker *wk, int seq)
+{
+    for (int i = 0; i < wk->n_active; i++)
+        if (wk->active[i]->seq == seq) return wk->active[i];
+    return NULL;
+}
+
+/* The KV cache ran out: the newest offline sequence gives way, or the newest one if none is
+ * offline. Its request ends ("preempted"); an offline submitter may resubmit it. */
+static void preempt(worker *wk)
+{
+    cairn_workers *w = wk->w;
+    int victim = -1;
+    for (int i = 0; i < wk->n_active; i++) {
+        job *j = wk->active[i];
+        if (victim < 0 || (j->r.offline && !wk->active[victim]->r.offline) ||
+            (j->r.offline == wk->active[victim]->r.offline &&
+             j->t_submit > wk->active[victim]->t_submit))
+            victim = i;
+    }
+    job *j = wk->active[victim];
+    drop_active(wk, victim);
+    cairn_engine_cancel(wk->engine, j->seq);
+    cairn_counter_inc(w->c_preempt);
+    CAIRN_LOG_INFO("preempted", "worker=%d offline=%d", wk->index, (int)j->r.offline);
+    job_finish(w, j, CAIRN_FINISH_CANCELLED, "preempted: out of KV cache; retry later");
+}
+
+/* Plans one iteration with the scheduler, runs it, and teaches the predictor its time. */
+static int iterate(worker *wk, cairn_error *err)
+{
+    cairn_workers *w = wk->w;
+    int n = 0;
+    for (int i = 0; i < wk->n_active; i++) {
+        job *j = wk->active[i];
+        cairn_seq_info info;
+        cairn_engine_seq_info(wk->engine, j->seq, &info);
+        wk->plan[n++] = (cairn_sched_seq){
+            .id = j->seq,
+            .online = !j->r.offline,
+            .prefilling = info.prefilling,
+            .remaining = info.n_prompt - info.n_prefilled,
+            .ctx = info.n_prefilled + info.n_generated,
+            .t_arrival = j->t_submit,
+            .t_served = j->t_served,
+        };
+    }
+    cairn_batch_shape shape;
+    int64_t t0 = cairn_now_ns();
+    int n_items = cairn_sched_plan(&w->p.sched, wk->pred, wk->plan, n, t0, wk->items, &shape);
+    if (n_items == 0) return 0;
+    int rc = cairn_engine_step(wk->engine, wk->items, n_items, err);
+    if (rc) return rc;
+    int64_t t1 = cairn_now_ns();
+    double dt = secs(t1 - t0);
+    cairn_predictor_observe(wk->pred, &shape, dt);
+    cairn_histogram_observe(w->h_iter, dt);
+    if (wk->index == 0) cairn_gauge_set(w->g_mape, cairn_predictor_mape(wk->pred, NULL));
+    for (int i = 0; i < n_items; i++) {
+        job *j = find_job(wk, wk->items[i].id);
+        if (j) j->t_served = t1;
+    }
+    return 0;
+}
+
 static void *worker_main(void *arg)
 {
     worker *wk = arg;
     cairn_workers *w = wk->w;
-    int max_items = w->p.engine.max_seqs;
-    cairn_step_item *items = calloc((size_t)max_items, sizeof *items);
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (!w->closing && !w->head && wk->n_active == 0) pthread_cond_wait(&w->cv, &w->mu);
+        while (!w->closing && !w->online.head && !w->offline.head && wk->n_active == 0)
+            pthread_cond_wait(&w->cv, &w->mu);
         bool closing = w->closing;
         /* Requests that waited past the deadline in the queue are failed, oldest first. */
         job *expired = NULL;
-        int64_t t_now = cairn_now_ns();
-        while (!closing && w->p.timeout_ns > 0 && w->head &&
-               t_now - w->head->t_submit > w->p.timeout_ns) {
-            job *j = w->head;
-            w->head = j->next;
-            if (!w->head) w->tail = NULL;
-            w->n_queued--;
-            j->next = expired;
-            expired = j;
+        if (!closing) {
+            int64_t t_now = cairn_now_ns();
+            take_expired(&w->online, w->p.timeout_ns, t_now, &expired);
+            take_expired(&w->offline, w->p.offline_timeout_ns, t_now, &expired);
         }
         job *rejected = closing ? NULL : admit(wk);
         pthread_mutex_unlock(&w->mu);
@@ -336,7 +456,8 @@ static void *worker_main(void *arg)
             job *j = wk->active[i];
             cairn_seq_info info;
             cairn_engine_seq_info(wk->engine, j->seq, &info);
-            bool late = w->p.timeout_ns > 0 && now - j->t_submit > w->p.timeout_ns;
+            int64_t limit = j->r.offline ? w->p.offline_timeout_ns : w->p.timeout_ns;
+            bool late = limit > 0 && now - j->t_submit > limit;
             if (info.finish != CAIRN_FINISH_NONE || late) {
                 drop_active(wk, i);
                 if (late && info.finish == CAIRN_FINISH_NONE) {
@@ -351,34 +472,10 @@ static void *worker_main(void *arg)
         }
         if (wk->n_active == 0) continue;
 
-        /* One iteration: every decoding sequence gets its token, prefill chunks fill the rest
-         * of the token budget, oldest first (active[] keeps admission order modulo removal). */
-        int budget = w->p.engine.max_batch_tokens, n_items = 0;
-        for (int i = 0; i < wk->n_active; i++) {
-            cairn_seq_info info;
-            cairn_engine_seq_info(wk->engine, wk->active[i]->seq, &info);
-            if (!info.prefilling) {
-                items[n_items++] = (cairn_step_item){wk->active[i]->seq, 1};
-                budget--;
-            }
-        }
-        for (int i = 0; i < wk->n_active && budget > 0; i++) {
-            cairn_seq_info info;
-            cairn_engine_seq_info(wk->engine, wk->active[i]->seq, &info);
-            if (!info.prefilling) continue;
-            int rest = info.n_prompt - info.n_prefilled;
-            int n = rest < budget ? rest : budget;
-            items[n_items++] = (cairn_step_item){wk->active[i]->seq, n};
-            budget -= n;
-        }
         cairn_error err = {0};
-        int rc = n_items ? cairn_engine_step(wk->engine, items, n_items, &err) : 0;
+        int rc = iterate(wk, &err);
         if (rc == CAIRN_EBUSY && wk->n_active > 0) {
-            /* KV cache exhausted: the newest sequence gives way. */
-            job *j = wk->active[wk->n_active - 1];
-            drop_active(wk, wk->n_active - 1);
-            cairn_engine_cancel(wk->engine, j->seq);
-            job_finish(w, j, CAIRN_FINISH_CANCELLED, "out of KV cache; retry later");
+            preempt(wk);
         } else if (rc) {
             CAIRN_LOG_ERROR("step failed", "worker=%d error=%s", wk->index, err.msg);
             while (wk->n_active > 0) {
@@ -396,7 +493,6 @@ static void *worker_main(void *arg)
         cairn_engine_cancel(wk->engine, j->seq);
         job_finish(w, j, CAIRN_FINISH_CANCELLED, "shutting down");
     }
-    free(items);
     return NULL;
 }
 
@@ -422,7 +518,24 @@ static int make_metrics(cairn_workers *w, cairn_metrics *m, cairn_error *err)
                                       "Time a generation request waited for admission", lat, nl,
                                       err);
     if (!rc) rc = cairn_counter_new(m, &w->c_tokens, "cairn_generated_tokens_total",
-                                    "Tokens generated", err);
+                                    "Tokens generated for online requests", err);
+    if (!rc) rc = cairn_counter_new(m, &w->c_offline_tokens, "cairn_offline_tokens_total",
+                                    "Tokens generated for offline (batch job) requests", err);
+    if (!rc) rc = cairn_counter_new(m, &w->c_preempt, "cairn_sched_preemptions_total",
+                                    "Sequences ended to free KV cache blocks", err);
+    if (!rc) rc = cairn_gauge_new(m, &w->g_offline_queue, "cairn_offline_queue_depth",
+                                  "Offline generation requests waiting for admission", err);
+    if (!rc) rc = cairn_gauge_new(m, &w->g_mape, "cairn_sched_predictor_mape",
+                                  "Mean absolute percentage error (fraction) of the iteration "
+                                  "latency predictor on its recent iterations, out of sample",
+                                  err);
+    if (!rc) rc = cairn_gauge_new(m, &w->g_budget, "cairn_sched_budget_seconds",
+                                  "Per-iteration latency budget of the slo policy", err);
+    static const double it[] = {0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5};
+    if (!rc) rc = cairn_histogram_new(m, &w->h_iter, "cairn_sched_iteration_seconds",
+                                      "Time of one engine iteration (forward pass)", it,
+                                      sizeof it / sizeof it[0], err);
+    if (!rc) cairn_gauge_set(w->g_budget, w->p.sched.budget_s);
     return rc;
 }
 
@@ -432,12 +545,22 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
     *out = NULL;
     if (p->n_workers < 1 || p->n_workers > 64)
         return cairn_errorf(err, CAIRN_EINVAL, "workers: %d is outside 1..64", p->n_workers);
-    if (p->max_queue < 0)
-        return cairn_errorf(err, CAIRN_EINVAL, "workers: max_queue must be >= 0");
+    if (p->max_queue < 0 || p->max_offline_queue < 0)
+        return cairn_errorf(err, CAIRN_EINVAL, "workers: queue lengths must be >= 0");
+    if (p->online_reserve < 0 || p->online_reserve >= p->engine.max_seqs)
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "workers: online_reserve %d must be in 0..max_seqs-1 (%d)",
+                            p->online_reserve, p->engine.max_seqs - 1);
+    if (!(p->sched.budget_s > 0) || p->sched.min_chunk < 1 || p->sched.starve_ns < 0)
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "workers: scheduler budget must be > 0, min_chunk >= 1, "
+                            "starvation age >= 0");
     cairn_workers *w = calloc(1, sizeof *w);
     if (!w) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     w->p = *p;
     w->p.model_path = NULL;
+    w->p.predictor = NULL;
+    w->p.sched.max_batch_tokens = p->engine.max_batch_tokens;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     int rc = 0;
@@ -466,7 +589,12 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
         wk->w = w;
         wk->index = i;
         wk->active = calloc((size_t)p->engine.max_seqs, sizeof *wk->active);
-        if (!wk->active) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        wk->plan = calloc((size_t)p->engine.max_seqs, sizeof *wk->plan);
+        wk->items = calloc((size_t)p->engine.max_seqs, sizeof *wk->items);
+        if (!wk->active || !wk->plan || !wk->items)
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        if (!rc) rc = cairn_predictor_new(&wk->pred, p->predictor_window, err);
+        if (!rc && p->predictor) cairn_predictor_set_coefficients(wk->pred, p->predictor);
         if (!rc) rc = cairn_engine_open(&wk->engine, w->model, &p->engine, err);
         if (!rc && pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
             cairn_engine_close(wk->engine);
@@ -489,19 +617,16 @@ void cairn_workers_stop(cairn_workers *w)
     pthread_mutex_lock(&w->mu);
     bool was = w->closing;
     w->closing = true;
-    job *q = w->head;
-    w->head = w->tail = NULL;
-    w->n_queued = 0;
+    fifo q[2] = {w->online, w->offline};
+    w->online = w->offline = (fifo){0};
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     if (was) return;
     for (int i = 0; i < w->n_wk; i++) pthread_join(w->wk[i].thread, NULL);
     w->n_wk = 0;
-    while (q) {
-        job *next = q->next;
-        job_finish(w, q, CAIRN_FINISH_CANCELLED, "shutting down");
-        q = next;
-    }
+    for (int c = 0; c < 2; c++)
+        for (job *j; (j = fifo_pop(&q[c]));)
+            job_finish(w, j, CAIRN_FINISH_CANCELLED, "shutting down");
 }
 
 void cairn_workers_close(cairn_workers *w)
@@ -511,7 +636,10 @@ void cairn_workers_close(cairn_workers *w)
     if (w->wk)
         for (int i = 0; i < w->p.n_workers; i++) {
             cairn_engine_close(w->wk[i].engine);
+            cairn_predictor_free(w->wk[i].pred);
             free(w->wk[i].active);
+            free(w->wk[i].plan);
+            free(w->wk[i].items);
         }
     free(w->wk);
     free(w->eog);

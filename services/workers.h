@@ -4,14 +4,21 @@
  *
  * HTTP threads (or the RAG pipeline) submit requests: the prompt is tokenized at submission
  * (cheap, and an over-long prompt is refused at once), the request waits in a bounded queue,
- * and the least-loaded worker admits it into its engine as soon as there is room. Each
- * iteration every decoding sequence gets a token and prefill chunks fill the rest of the
- * batch. Text reaches the submitter through callbacks on the worker thread, already cut at
+ * and the least-loaded worker admits it into its engine as soon as there is room. Requests are
+ * online (a user waits) or offline (summarization jobs); online ones are admitted first, and
+ * offline ones only into slots beyond online_reserve. Each iteration is planned by
+ * generation/sched (policy slo, online-only or fcfs-hybrid): under slo, online decode tokens
+ * always run and offline work fills what the per-iteration latency budget leaves, judged by a
+ * latency predictor that each worker refits from its measured iterations. When the KV cache
+ * runs out, the newest offline sequence gives way first (its request ends with error
+ * "preempted", and its submitter may resubmit it). Text reaches the submitter through callbacks on the worker thread, already cut at
  * UTF-8 boundaries and stop strings. A callback asking to stop (the client went away), a
  * deadline or shutdown cancels the sequence and frees its KV blocks.
  *
  * Metrics: cairn_sequences_running, cairn_generation_queue_depth, cairn_ttft_seconds,
- * cairn_inter_token_seconds, cairn_e2e_seconds, cairn_generated_tokens_total.
+ * cairn_inter_token_seconds, cairn_e2e_seconds, cairn_generated_tokens_total, and the
+ * scheduler's cairn_sched_iteration_seconds, cairn_sched_predictor_mape,
+ * cairn_sched_budget_seconds, cairn_sched_preemptions_total, cairn_offline_tokens_total.
  */
 #ifndef CAIRN_SERVICES_WORKERS_H
 #define CAIRN_SERVICES_WORKERS_H
@@ -24,6 +31,7 @@
 #include "common/metrics.h"
 #include "generation/chat.h"
 #include "generation/engine.h"
+#include "generation/sched.h"
 #include "generation/tokenizer.h"
 
 typedef struct cairn_workers cairn_workers;
@@ -33,10 +41,18 @@ typedef struct cairn_workers_params {
     int n_workers;              /* engines (devices); >= 1 */
     cairn_engine_params engine; /* per engine */
     int max_queue;              /* requests waiting for admission; more: CAIRN_EBUSY */
+    int max_offline_queue;      /* offline requests waiting; more: CAIRN_EBUSY */
+    int online_reserve;         /* engine slots offline requests may not take */
     int64_t timeout_ns;         /* a request running longer is cancelled; 0 = none */
+    int64_t offline_timeout_ns; /* the same for offline requests; 0 = none */
+    cairn_sched_params sched;   /* policy, budget, starvation guard (max_batch_tokens: engine's) */
+    const double *predictor;    /* CAIRN_PREDICTOR_FEATURES fitted coefficients (a stored
+                                   profile) to start from, or NULL to learn from scratch */
+    int predictor_window;       /* iterations the predictor refits over */
 } cairn_workers_params;
 
-/* One CPU worker, engine defaults (max_seqs 8), max_queue 64, timeout 5 minutes. */
+/* One CPU worker, engine defaults (max_seqs 8), max_queue 64, max_offline_queue 64,
+ * online_reserve 2, timeout 5 minutes, no offline timeout, sched defaults, window 256. */
 cairn_workers_params cairn_workers_default_params(void);
 
 /*
@@ -74,6 +90,7 @@ typedef struct cairn_gen_request {
     size_t prompt_len;
     int tok_flags;      /* CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL (chat templates) */
     int max_tokens;
+    bool offline; /* a batch job: scheduled around online work */
     cairn_sample_params sample;
     const char *const *stop; /* stop strings (copied); may be NULL */
     int n_stop;
@@ -96,6 +113,13 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
 
 /* Requests queued plus running. Thread-safe. */
 int cairn_workers_load(cairn_workers *w);
+
+/* Offline requests queued plus running. Thread-safe. */
+int cairn_workers_offline_load(cairn_workers *w);
+
+/* The first worker's predictor MAPE over its recent iterations (fraction) and how many
+ * iterations that covers (*n may be NULL). Thread-safe. */
+double cairn_workers_predictor_mape(cairn_workers *w, int *n);
 
 /* The context length of the engines (positions per sequence). */
 int cairn_workers_n_ctx(const cairn_workers *w);
