@@ -457,11 +457,15 @@ void cairn_metrics_exponential_buckets(double start, double factor, size_t count
 
 /* ---- Rendering ---------------------------------------------------------------------- */
 
-/* The shortest "%g" form that reads back as the same double; +Inf, -Inf, NaN per the format. */
+/* The shortest "%g" form that reads back as the same double; +Inf, -Inf, NaN per the format.
+ * Whole numbers below 2^53 print as integers ("2000", not %g's "2e+03"): both parse alike,
+ * but people and grep read the integer. */
 static void put_double(cairn_strbuf *sb, double v)
 {
     if (isnan(v)) return cairn_strbuf_puts(sb, "NaN");
     if (isinf(v)) return cairn_strbuf_puts(sb, v > 0 ? "+Inf" : "-Inf");
+    if (v == floor(v) && fabs(v) < 9007199254740992.0)
+        return cairn_strbuf_printf(sb, "%lld", (long long)v);
     char buf[40];
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(buf, sizeof buf, "%.*g", prec, v);

@@ -39,6 +39,8 @@ struct cairn_api {
     int64_t created;       /* Unix time the model was loaded (for /v1/models) */
     cairn_counter *c_shed; /* 429s */
     cairn_counter *c_auth; /* 401s */
+    cairn_gauge *g_active; /* mirrors `active` */
+    cairn_histogram *h_embed, *h_pre, *h_search; /* cairn_rag_stage_seconds{stage} */
     /* Requests the API runs itself (embeddings) go to this pool; `aux_lock` (read: submit,
      * write: stop) keeps submissions off a pool that is closing. */
     pthread_rwlock_t aux_lock;
@@ -57,6 +59,13 @@ cairn_api_params cairn_api_default_params(void)
 }
 
 /* ---- Helpers --------------------------------------------------------------------------- */
+
+/* Gives back an admission slot taken by admit(). */
+static void release_slot(cairn_api *a)
+{
+    atomic_fetch_sub(&a->active, 1);
+    cairn_gauge_dec(a->g_active);
+}
 
 /* Status for a parse or submit error code. */
 static int status_of(int rc)
@@ -262,7 +271,7 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
         cairn_http_async_respond(g->async, &resp);
     }
     gen_free(g);
-    atomic_fetch_sub(&a->active, 1);
+    release_slot(a);
 }
 
 /* Renders msgs with the model's template; malloc'ed text or NULL with err. */
@@ -335,13 +344,16 @@ static void fail_deferred(cairn_api *a, gen_ctx *g, int rc, const char *msg)
     }
     cairn_http_async_respond(g->async, &e);
     gen_free(g);
-    atomic_fetch_sub(&a->active, 1);
+    release_slot(a);
 }
 
 /* Takes one admission slot; false (and 429 in resp) when the service is full. */
 static bool admit(cairn_api *a, cairn_http_resp *resp)
 {
-    if (atomic_fetch_add(&a->active, 1) < a->p.max_concurrent + a->p.max_queue) return true;
+    if (atomic_fetch_add(&a->active, 1) < a->p.max_concurrent + a->p.max_queue) {
+        cairn_gauge_inc(a->g_active);
+        return true;
+    }
     atomic_fetch_sub(&a->active, 1);
     cairn_counter_inc(a->c_shed);
     cairn_http_json_error(resp, 429, "too many requests in flight; retry later");
@@ -519,6 +531,11 @@ static void rag_run(void *arg)
     if (!rc) rc = cairn_rag_search(a->p.rag, q1, r->rag.k, r->rag.nprobe, hits, &n_hits, &err);
     double search_s = since(t2);
     if (!rc) {
+        cairn_histogram_observe(a->h_embed, embed_s);
+        if (r->rag.mode != CAIRN_RAG_NONE) cairn_histogram_observe(a->h_pre, pre_s);
+        cairn_histogram_observe(a->h_search, search_s);
+    }
+    if (!rc) {
         answer_prompt = cairn_rag_answer_prompt(question, hits, n_hits);
         size_t n = r->n_messages ? r->n_messages : 1;
         msgs = calloc(n, sizeof *msgs);
@@ -584,7 +601,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
     t = r.rag.enabled ? calloc(1, sizeof *t) : NULL;
     if (!g || (r.rag.enabled && !t)) {
         cairn_http_json_error(resp, 503, "out of memory");
-        atomic_fetch_sub(&a->active, 1);
+        release_slot(a);
         goto out;
     }
     g->api = a;
@@ -603,7 +620,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
         t->g = g;
         t->r = r;
         if (aux_submit(a, req, resp, rag_run, t, &g->async) != 0) {
-            atomic_fetch_sub(&a->active, 1);
+            release_slot(a);
             gen_free(g);
             free(t);
             cairn_api_req_free(&r);
@@ -613,7 +630,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
     g->async = cairn_http_defer(req, resp);
     if (!g->async) {
         cairn_http_json_error(resp, 503, "out of memory");
-        atomic_fetch_sub(&a->active, 1);
+        release_slot(a);
         goto out;
     }
     rc = start_generation(a, g, &r, r.messages, r.n_messages, &err);
@@ -717,7 +734,7 @@ static void embed_run(void *arg)
     cairn_http_async_respond(t->async, &resp);
     cairn_api_req_free(&t->r);
     free(t);
-    atomic_fetch_sub(&a->active, 1);
+    release_slot(a);
 }
 
 static void on_embeddings(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
@@ -744,7 +761,7 @@ static void on_embeddings(void *ctx, const cairn_http_req *req, cairn_http_resp 
     if (!admit(a, resp)) goto fail;
     t->api = a;
     if (aux_submit(a, req, resp, embed_run, t, &t->async) != 0) {
-        atomic_fetch_sub(&a->active, 1);
+        release_slot(a);
         goto fail;
     }
     return;
@@ -766,7 +783,7 @@ typedef struct index_task {
 static void index_task_done(index_task *t, cairn_http_resp *resp)
 {
     cairn_http_async_respond(t->async, resp);
-    atomic_fetch_sub(&t->api->active, 1);
+    release_slot(t->api);
     cairn_api_req_free(&t->r);
     free(t);
 }
@@ -786,12 +803,17 @@ static void retrieve_run(void *arg)
     int64_t t1 = cairn_now_ns();
     int k = t->r.rag.k < 100 ? t->r.rag.k : 100;
     if (!rc) rc = cairn_rag_search(a->p.rag, q, k, t->r.rag.nprobe, hits, &n, &err);
-    if (rc) cairn_http_json_error(&resp, 500, "retrieval failed: %s", err.msg);
-    else
+    double search_s = since(t1);
+    if (rc) {
+        cairn_http_json_error(&resp, 500, "retrieval failed: %s", err.msg);
+    } else {
+        cairn_histogram_observe(a->h_embed, embed_s);
+        cairn_histogram_observe(a->h_search, search_s);
         set_json(&resp, 200,
                  json_pack("{s:s,s:o,s:{s:f,s:f,s:f}}", "object", "list", "data",
-                           hits_json(hits, n), "cairn", "embed_s", embed_s, "search_s", since(t1),
+                           hits_json(hits, n), "cairn", "embed_s", embed_s, "search_s", search_s,
                            "total_s", since(t->t_start)));
+    }
     cairn_rag_hits_free(hits, n);
     free(q);
     index_task_done(t, &resp);
@@ -863,7 +885,7 @@ static void handle_index(cairn_api *a, cairn_api_kind kind, cairn_pool_task_fn f
         cairn_http_json_error(resp, 503, "no passage index is loaded on this server");
     else if (admit(a, resp)) {
         if (aux_submit(a, req, resp, fn, t, &t->async) == 0) return;
-        atomic_fetch_sub(&a->active, 1);
+        release_slot(a);
     }
     cairn_api_req_free(&t->r);
     free(t);
@@ -911,6 +933,26 @@ int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,
     if (!rc && metrics)
         rc = cairn_counter_new(metrics, &a->c_auth, "cairn_requests_unauthorized_total",
                                "Requests answered 401", err);
+    if (!rc && metrics)
+        rc = cairn_gauge_new(metrics, &a->g_active, "cairn_requests_admitted",
+                             "Generation, embedding and index requests admitted and not yet "
+                             "answered (running or queued); above limits.max_concurrent + "
+                             "limits.max_queue new ones get 429",
+                             err);
+    if (!rc && metrics) {
+        static const double b[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+        static const char *const stage[] = {"stage"};
+        cairn_metric_family *f = NULL;
+        rc = cairn_histogram_family_new(metrics, &f, "cairn_rag_stage_seconds",
+                                        "Retrieval stages of /v1/retrieve and RAG requests: "
+                                        "query embedding, pre-retrieval generation (rewrite or "
+                                        "HyDE), hybrid search",
+                                        stage, 1, 3, b, sizeof b / sizeof b[0], err);
+        a->h_embed = cairn_histogram_child(f, CAIRN_LABELS("embed"));
+        a->h_pre = cairn_histogram_child(f, CAIRN_LABELS("pre_retrieval"));
+        a->h_search = cairn_histogram_child(f, CAIRN_LABELS("search"));
+    }
     static const struct {
         const char *method, *path;
         cairn_http_handler fn;

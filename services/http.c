@@ -8,6 +8,7 @@
  *   last call  (upload_data_size == 0) route and run the handler, queue its response.
  * The completion callback frees the state and records the request's metrics.
  */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include "services/http.h"
 
 #include "common/clock.h"
@@ -17,6 +18,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -66,6 +68,7 @@ struct cairn_http_async {
     int state;
     bool suspended; /* the connection is suspended, waiting for us */
     bool gone;      /* the request completed (client gone, or answer sent) */
+    bool hung_up;   /* the client closed its end while the connection was suspended */
     bool ended;     /* the stream's last byte is written */
     bool queued;    /* a response was queued on the connection */
     cairn_http_resp resp;     /* ASYNC_RESPONDED */
@@ -301,7 +304,7 @@ int cairn_http_async_write(cairn_http_async *a, const char *data, size_t len)
 {
     int rc = 0;
     pthread_mutex_lock(&a->mu);
-    if (a->gone) {
+    if (a->gone || a->hung_up) {
         rc = CAIRN_ECANCELED;
     } else if (a->len + len > a->cap) {
         size_t cap = a->cap ? a->cap : 4096;
@@ -328,10 +331,28 @@ void cairn_http_async_end(cairn_http_async *a)
     async_unref(a);
 }
 
+/*
+ * Whether the client of a suspended connection has closed its end. libmicrohttpd does not watch
+ * suspended connections, so a client that gives up on a deferred answer would go unnoticed
+ * until the whole answer was computed; a zero-timeout poll for POLLRDHUP sees its FIN at once.
+ * (A client that half-closes after sending its request reads as gone too; HTTP clients keep
+ * their end open while they wait.) Called with a->mu held and a->suspended set: a suspended
+ * connection cannot complete, so its socket is open.
+ */
+static bool peer_hung_up(cairn_http_async *a)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(a->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return false;
+    struct pollfd pfd = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 bool cairn_http_async_gone(cairn_http_async *a)
 {
     pthread_mutex_lock(&a->mu);
-    bool g = a->gone;
+    if (!a->gone && !a->hung_up && a->suspended && peer_hung_up(a)) a->hung_up = true;
+    bool g = a->gone || a->hung_up;
     pthread_mutex_unlock(&a->mu);
     return g;
 }

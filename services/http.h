@@ -114,7 +114,9 @@ int cairn_http_async_write(cairn_http_async *a, const char *data, size_t len);
 /* Ends the stream (after what was written is sent) and releases the handle. */
 void cairn_http_async_end(cairn_http_async *a);
 
-/* Whether the client has gone (connection closed or failed). */
+/* Whether the client has gone: the connection closed or failed, or, while the connection waits
+ * for the answer, the client closed its end (checked with a non-blocking poll on each call, so
+ * a producer that calls this per token stops soon after a client gives up). */
 bool cairn_http_async_gone(cairn_http_async *a);
 
 #endif

@@ -111,3 +111,56 @@ def run_tests(ns):
             traceback.print_exc()
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed or not passed else 0)
+
+
+def wait_until(fn, timeout=30, every=0.05):
+    """Calls fn until it returns something true (which it returns) or timeout seconds pass
+    (then None)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = fn()
+        if v:
+            return v
+        time.sleep(every)
+    return None
+
+
+def parse_metrics(text):
+    """Parses Prometheus text exposition into (types, samples): types maps a family name to
+    its TYPE; samples maps (series name, frozenset of (label, value)) to the float value.
+    Label values with escapes (\\\\, \\", \\n) are unescaped."""
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+            continue
+        if not line or line.startswith("#"):
+            continue
+        labels = {}
+        if "{" in line:
+            name, rest = line.split("{", 1)
+            i = 0
+            while rest[i] != "}":
+                eq = rest.index("=", i)
+                key = rest[i:eq].lstrip(",")
+                j, val = eq + 2, []
+                while rest[j] != '"':
+                    if rest[j] == "\\":
+                        j += 1
+                        val.append({"n": "\n"}.get(rest[j], rest[j]))
+                    else:
+                        val.append(rest[j])
+                    j += 1
+                labels[key] = "".join(val)
+                i = j + 1
+            value = rest[i + 1:].split()[0]
+        else:
+            name, value = line.split()[:2]
+        samples[(name, frozenset(labels.items()))] = float(value)
+    return types, samples
+
+
+def sample(samples, name, **labels):
+    """The value of one series from parse_metrics' samples, or None."""
+    return samples.get((name, frozenset(labels.items())))
