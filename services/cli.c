@@ -9,6 +9,7 @@
 #include "common/gpu.h"
 #include "proto/gguf.h"
 #include "services/cmd_adapt.h"
+#include "services/cmd_bench.h"
 #include "services/cmd_generate.h"
 #include "services/cmd_job.h"
 #include "services/server.h"
@@ -129,6 +130,8 @@ static const command commands[] = {
      cairn_cmd_adapt, NULL},
     {"generate", "generate text from a prompt with a GGUF model, streamed",
      NULL, cairn_cmd_generate, &cairn_cmd_generate_usage},
+    {"bench", "scheduler benchmarks: latency predictor profile, online/offline co-location",
+     NULL, cairn_cmd_bench, &cairn_cmd_bench_usage},
     {"job", "submit offline summarization jobs to Redis and read their status",
      NULL, cairn_cmd_job, &cairn_cmd_job_usage},
     {"serve", "run the cairnd service in the foreground",

@@ -18,12 +18,14 @@
 #include "services/edge_api.h"
 #include "services/api.h"
 #include "services/http.h"
+#include "services/offline.h"
 #include "services/rag.h"
 #include "services/workers.h"
 #include "retrieval/embed.h"
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -82,6 +84,33 @@ static const cairn_config_key schema[] = {
     {"workers.max_seqs", CAIRN_CFG_INT, "8", "1", "256", "sequences one engine runs at once",
      NULL, 0},
     {"workers.ctx", CAIRN_CFG_INT, "2048", "64", "131072", "positions per sequence", NULL, 0},
+    {"sched.policy", CAIRN_CFG_STRING, "slo", NULL, NULL,
+     "iteration scheduling: slo (latency budget), online-only, fcfs-hybrid",
+     "slo|online-only|fcfs-hybrid", 0},
+    {"sched.budget", CAIRN_CFG_DURATION, "100ms", "1ms", "10s",
+     "slo: predicted iteration latency that offline work may fill up to", NULL, 0},
+    {"sched.starve", CAIRN_CFG_DURATION, "2s", "0s", "1h",
+     "slo: an offline sequence idle this long is served regardless of the budget", NULL, 0},
+    {"sched.online_reserve", CAIRN_CFG_INT, "2", "0", "255",
+     "engine slots offline requests may not take (below workers.max_seqs)", NULL, 0},
+    {"sched.profile", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "latency predictor coefficients from `cairn bench profile --out FILE` (unset: learnt "
+     "from the first iterations)", NULL, 0},
+    {"redis.url", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "Redis for offline jobs, redis://host:port/db (unset: no /v1/jobs, no job runners)", NULL,
+     CAIRN_CFG_SECRET},
+    {"jobs.runners", CAIRN_CFG_INT, "2", "0", "64",
+     "threads taking offline jobs from Redis (0: accept jobs, run none here)", NULL, 0},
+    {"jobs.max_offline", CAIRN_CFG_INT, "4", "1", "1024",
+     "jobs are claimed only while fewer offline generation requests run", NULL, 0},
+    {"jobs.summary_tokens", CAIRN_CFG_INT, "128", "8", "4096",
+     "max_tokens of each summary (map pieces and the final one)", NULL, 0},
+    {"jobs.max_deliveries", CAIRN_CFG_INT, "3", "1", "100",
+     "deliveries of a job before it is dead-lettered", NULL, 0},
+    {"jobs.claim_idle", CAIRN_CFG_DURATION, "5m", "1s", "24h",
+     "a job pending this long without a heartbeat is claimed by another worker", NULL, 0},
+    {"jobs.result_ttl", CAIRN_CFG_DURATION, "168h", "1s", "87600h",
+     "how long finished jobs' results are kept", NULL, 0},
     {"limits.max_concurrent", CAIRN_CFG_INT, "8", "1", "100000",
      "generation requests running at once", NULL, 0},
     {"limits.max_queue", CAIRN_CFG_INT, "64", "0", "100000",
@@ -116,6 +145,7 @@ typedef struct service {
     cairn_embed *embed; /* NULL when no embedder is configured */
     cairn_rag *rag;     /* NULL without an embedder */
     cairn_edge_api *edge; /* NULL unless edge.enrollment_token is set */
+    cairn_offline *offline; /* NULL unless redis.url is set and a model is loaded */
     atomic_int ready; /* 0 while loading: /health answers 503 */
     int64_t started_ns;
 } service;
@@ -224,6 +254,33 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
     return 0;
 }
 
+/* Reads a predictor profile: CAIRN_PREDICTOR_FEATURES finite numbers (cairn bench profile). */
+static int read_profile(const char *path, double coef[CAIRN_PREDICTOR_FEATURES],
+                        cairn_error *err)
+{
+    char *text = NULL;
+    int rc = read_file(path, &text, err);
+    if (rc) return cairn_error_prefix(err, "sched.profile");
+    char *p = text;
+    for (int i = 0; i < CAIRN_PREDICTOR_FEATURES && !rc; i++) {
+        char *end;
+        errno = 0;
+        coef[i] = strtod(p, &end);
+        if (end == p || errno || !isfinite(coef[i]))
+            rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: number %d of %d is missing "
+                              "or not a finite number", path, i + 1, CAIRN_PREDICTOR_FEATURES);
+        p = end;
+    }
+    while (!rc && *p) {
+        if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r')
+            rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: unexpected text after "
+                              "%d numbers", path, CAIRN_PREDICTOR_FEATURES);
+        p++;
+    }
+    free(text);
+    return rc;
+}
+
 /* Loads the LLM (when one is configured or found) and adds the /v1 routes. */
 static int start_api(service *s, cairn_error *err)
 {
@@ -246,6 +303,22 @@ static int start_api(service *s, cairn_error *err)
         wp.engine.n_ctx = (int)cairn_config_int(c, "workers.ctx");
         wp.max_queue = (int)cairn_config_int(c, "limits.max_queue");
         wp.timeout_ns = cairn_config_duration_ns(c, "limits.timeout");
+        rc = cairn_sched_policy_parse(cairn_config_string(c, "sched.policy"), &wp.sched.policy,
+                                      err);
+        if (rc) return rc;
+        wp.sched.budget_s = (double)cairn_config_duration_ns(c, "sched.budget") / 1e9;
+        wp.sched.starve_ns = cairn_config_duration_ns(c, "sched.starve");
+        wp.online_reserve = (int)cairn_config_int(c, "sched.online_reserve");
+        if (wp.online_reserve >= wp.engine.max_seqs)
+            return cairn_errorf(err, CAIRN_EINVAL,
+                                "sched.online_reserve %d must be below workers.max_seqs %d",
+                                wp.online_reserve, wp.engine.max_seqs);
+        double coef[CAIRN_PREDICTOR_FEATURES];
+        const char *prof = cairn_config_string(c, "sched.profile");
+        if (prof) {
+            if ((rc = read_profile(prof, coef, err))) return rc;
+            wp.predictor = coef;
+        }
         rc = cairn_workers_open(&s->workers, &wp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "model %s", model);
         CAIRN_LOG_INFO("model loaded", "path=%s workers=%d", model, wp.n_workers);
@@ -298,7 +371,25 @@ static int start_api(service *s, cairn_error *err)
     ap.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
     ap.model_name = cairn_config_string(c, "model.name");
     ap.workers = s->workers;
-    return cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
+    rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
+    if (rc || !cairn_config_string(c, "redis.url")) return rc;
+    if (!s->workers)
+        return cairn_errorf(err, CAIRN_EINVAL, "redis.url is set but no model is loaded to run "
+                                               "jobs; set model.path");
+    cairn_offline_params op = cairn_offline_default_params();
+    op.jobs.redis_url = cairn_config_string(c, "redis.url");
+    op.jobs.max_deliveries = (int)cairn_config_int(c, "jobs.max_deliveries");
+    op.jobs.claim_idle_ms = cairn_config_duration_ns(c, "jobs.claim_idle") / CAIRN_NS_PER_MS;
+    op.jobs.result_ttl_s = cairn_config_duration_ns(c, "jobs.result_ttl") / CAIRN_NS_PER_SEC;
+    op.runners = (int)cairn_config_int(c, "jobs.runners");
+    op.max_offline = (int)cairn_config_int(c, "jobs.max_offline");
+    op.summarize.summary_tokens = (int)cairn_config_int(c, "jobs.summary_tokens");
+    op.api_keys = ap.api_keys;
+    op.api_key_hashes = ap.api_key_hashes;
+    rc = cairn_offline_open(&s->offline, &op, s->workers, s->metrics, err);
+    if (!rc) rc = cairn_offline_routes(s->offline, s->http);
+    if (!rc) CAIRN_LOG_INFO("offline jobs", "runners=%d", op.runners);
+    return rc;
 }
 
 static int start(service *s, cairn_error *err)
@@ -410,9 +501,11 @@ int cairn_serve_main(const char *prog, int argc, char **argv)
     }
     atomic_store(&s.ready, 0);
     cairn_workers_stop(s.workers); /* answers every deferred request before the server stops */
+    cairn_offline_stop(s.offline); /* after the workers: the runners' requests have ended */
     cairn_api_stop(s.api);
     cairn_http_free(s.http);
     cairn_api_free(s.api);
+    cairn_offline_close(s.offline); /* before the workers it uses */
     cairn_workers_close(s.workers);
     cairn_rag_close(s.rag);
     cairn_embed_close(s.embed);

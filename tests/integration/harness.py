@@ -5,6 +5,7 @@ reported with their traceback, and the closing line reads 'N passed, N failed'.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,3 +165,43 @@ def parse_metrics(text):
 def sample(samples, name, **labels):
     """The value of one series from parse_metrics' samples, or None."""
     return samples.get((name, frozenset(labels.items())))
+
+
+class Redis:
+    """redis-server on a free loopback port, AOF fsynced on every write, in a temp dir."""
+
+    def __init__(self):
+        if not shutil.which("redis-server"):
+            raise AssertionError("redis-server is not installed (scripts/setup installs it)")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="cairn-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--logfile", os.path.join(self.dir, "redis.log")])
+        assert wait_until(lambda: self.cli("PING") == "PONG", timeout=20), "redis did not start"
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def cli(self, *args):
+        r = subprocess.run(["redis-cli", "-p", str(self.port), "--no-raw", *args],
+                           capture_output=True, text=True, timeout=20)
+        return r.stdout.strip().strip('"')
+
+    def raw(self, *args):
+        r = subprocess.run(["redis-cli", "-p", str(self.port), *args],
+                           capture_output=True, text=True, timeout=20)
+        return r.stdout
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,7 +10,7 @@ import tempfile
 import jsonschema
 import yaml
 
-from harness import Daemon, http, run_tests
+from harness import Daemon, Redis, http, run_tests
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 SPEC = yaml.safe_load(open(os.path.join(ROOT, "proto", "openapi.yaml")))
@@ -87,7 +87,8 @@ def daemon():
                                    "Basalt is a volcanic rock.", "Otters eat fish and crabs."]):
                 f.write(json.dumps({"id": i, "text": t}) + "\n")
         _state["tmp"] = tmp
-        _state["d"] = Daemon(f"--model.path={MODELS}/gemma-3-270m-q4_k_m.gguf",
+        _state["redis"] = Redis()
+        _state["d"] = Daemon(f"--redis.url={_state['redis'].url}", "--jobs.runners=0",f"--model.path={MODELS}/gemma-3-270m-q4_k_m.gguf",
                              f"--embed.model={MODELS}/all-minilm-l6-v2.gguf",
                              f"--auth.api_keys={KEY}", f"--rag.corpus={corpus}",
                              f"--rag.dir={tmp.name}/index", "--workers.ctx=384",
@@ -157,6 +158,21 @@ def test_retrieval_rag_and_documents():
     assert call("POST", "/v1/documents", {"documents": []}, invalid=True)[0] == 400
 
 
+def test_jobs():
+    # Runners are off (--jobs.runners=0): the job stays queued, which is what is checked here;
+    # tests/integration/test_jobs.py runs jobs.
+    status, doc = call("POST", "/v1/jobs", {"type": "summarize", "payload": "A short text."})
+    assert status == 202 and doc["status"] == "queued", doc
+    status, got = call("GET", "/v1/jobs/" + doc["id"])
+    assert status == 200 and got["status"] == "queued" and got["type"] == "summarize", got
+    assert call("POST", "/v1/jobs", {"type": "dance", "payload": "x"}, invalid=True)[0] == 400
+    assert call("POST", "/v1/jobs", {"type": "summarize"}, invalid=True)[0] == 400
+    assert call("POST", "/v1/jobs", {"type": "summarize", "payload": "x"}, headers={})[0] == 401
+    assert call("POST", "/v1/jobs", {"type": "summarize", "payload": "x" * 20000})[0] == 413
+    assert call("GET", "/v1/jobs/" + "f" * 32)[0] == 404
+    assert call("GET", "/v1/jobs/bad!id")[0] == 400
+
+
 def test_zz_every_operation_exercised_and_clean_stop():
     documented = {(m.upper(), p) for p, ops in SPEC["paths"].items() for m in ops
                   if m in ("get", "post", "delete", "put")}
@@ -167,6 +183,7 @@ def test_zz_every_operation_exercised_and_clean_stop():
     assert "AddressSanitizer" not in d.output()
     d.__exit__()
     _state.pop("tmp").cleanup()
+    _state.pop("redis").close()
 
 
 if __name__ == "__main__":

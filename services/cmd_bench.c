@@ -1,0 +1,699 @@
+/*
+ * services/cmd_bench.c — the scheduler's benchmarks.
+ *
+ * `cairn bench profile` times engine iterations of random batch shapes on the real model (decode
+ * tokens of 0..10 sequences at various context lengths, prefill chunks of 1..384 tokens, and
+ * mixes), fits the latency predictor (generation/sched.h) on the first 70% and reports its MAPE
+ * on the held-out 30%, per batch-shape bucket. The coefficients can be stored (--out) and given
+ * to cairnd (sched.profile).
+ *
+ * `cairn bench colocate` runs the generation workers in this process under each policy against
+ * a standing backlog of offline requests (summarization-shaped: long prompts, 64-token outputs)
+ * while online requests arrive as a Poisson process at a sweep of rates. Per (policy, rate) it
+ * reports online TTFT and time-between-tokens (TBT) p50/p99, SLO attainment (a request meets
+ * the SLO when its TTFT and every gap between its tokens are within the targets), and offline,
+ * online and total tokens/s. Rates are given directly or as fractions of the measured online
+ * capacity (the completion rate with max_seqs online requests always in flight).
+ */
+#define CAIRN_LOG_TAG "bench"
+#include "services/cmd_bench.h"
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "generation/engine.h"
+#include "generation/model.h"
+#include "generation/sched.h"
+#include "services/workers.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *const cairn_cmd_bench_usage =
+    "usage: cairn bench profile  [-m MODEL] [--iterations N] [--threads T] [--out FILE]\n"
+    "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
+    "                            [--duration S] [--ttft-slo MS] [--tbt-slo MS] [--budget MS]\n"
+    "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
+    "                            [--markdown FILE]\n\n"
+    "profile   times N (default 300) iterations of random batch shapes, fits the latency\n"
+    "          predictor on 70% of them and prints its MAPE on the rest per bucket (JSON\n"
+    "          lines); --out stores the coefficients (one line of 7 numbers).\n"
+    "colocate  per policy (default slo,online-only,fcfs-hybrid) and online rate, Poisson\n"
+    "          arrivals for S seconds (default 60) beside a backlog of N (default 8) offline\n"
+    "          requests; prints JSON lines, then a markdown table. Loads are fractions of the\n"
+    "          measured online capacity (default 0.25,0.5,0.75). Online prompts are 32-256\n"
+    "          tokens (uniform), outputs 32 tokens; offline prompts 300-500 tokens, outputs 64.\n"
+    "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget default 100 ms.\n";
+
+static const char *DEFAULT_MODEL = "data/models/gemma-3-270m-q4_k_m.gguf";
+
+/* ---- Small helpers ------------------------------------------------------------------------ */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) / 9007199254740992.0; }
+
+static int rng_range(uint64_t *s, int lo, int hi) /* [lo, hi] */
+{
+    return lo + (int)(rng_unit(s) * (hi - lo + 1));
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(double *v, size_t n, double p)
+{
+    if (n == 0) return NAN;
+    qsort(v, n, sizeof *v, cmp_double);
+    size_t i = (size_t)ceil(p * (double)n) - 1;
+    return v[i < n ? i : n - 1];
+}
+
+static int parse_list(const char *s, double *out, int cap)
+{
+    int n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *sp = NULL, *t = strtok_r(buf, ",", &sp); t && n < cap; t = strtok_r(NULL, ",", &sp)) {
+        char *end;
+        errno = 0;
+        double v = strtod(t, &end);
+        if (errno || *end || !(v > 0)) return -1;
+        out[n++] = v;
+    }
+    return n;
+}
+
+/* ---- profile ------------------------------------------------------------------------------- */
+
+typedef struct {
+    cairn_batch_shape shape;
+    double seconds;
+} sample;
+
+static const char *bucket_name(const cairn_batch_shape *s)
+{
+    if (s->s_p == 0) return s->n_d <= 4 ? "decode 1-4" : "decode 5-10";
+    if (s->s_d == 0) return s->s_p <= 64 ? "prefill 1-64" : "prefill 65-384";
+    return s->s_p <= 64 ? "mixed, prefill 1-64" : "mixed, prefill 65-384";
+}
+
+static const char *const BUCKETS[] = {"decode 1-4",          "decode 5-10",
+                                      "prefill 1-64",        "prefill 65-384",
+                                      "mixed, prefill 1-64", "mixed, prefill 65-384"};
+#define N_BUCKETS 6
+
+/* Adds a sequence with a random prompt of n tokens; its id, or -1 when there is no slot. */
+static int add_seq(cairn_engine *e, const cairn_gen_params *gp, int n, int32_t vocab,
+                   uint64_t *rng)
+{
+    int32_t prompt[1024];
+    for (int k = 0; k < n && k < 1024; k++)
+        prompt[k] = 100 + (int32_t)(rng_next(rng) % (uint64_t)(vocab - 200));
+    int id;
+    return cairn_engine_add(e, prompt, n < 1024 ? n : 1024, gp, &id, NULL) ? -1 : id;
+}
+
+static int bench_profile(int argc, char **argv)
+{
+    const char *model_path = DEFAULT_MODEL, *out_path = NULL;
+    int iters = 300, threads = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) goto usage;
+        i++;
+        if (!strcmp(a, "-m")) model_path = v;
+        else if (!strcmp(a, "--out")) out_path = v;
+        else if (!strcmp(a, "--iterations")) iters = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else goto usage;
+    }
+    if (iters < 50 || iters > 100000 || threads < 0) goto usage;
+
+    cairn_error err = {0};
+    cairn_model *m = NULL;
+    cairn_engine *e = NULL;
+    enum { MAX_SEQS = 12, CTX = 768, MAX_DEC = 10 };
+    cairn_engine_params ep = cairn_engine_default_params();
+    ep.n_threads = threads;
+    ep.max_seqs = MAX_SEQS;
+    ep.n_ctx = CTX;
+    ep.kv_blocks = MAX_SEQS * CTX / ep.block_tokens;
+    if (cairn_model_open(&m, model_path, &err) || cairn_engine_open(&e, m, &ep, &err)) {
+        fprintf(stderr, "cairn bench profile: %s\n", err.msg);
+        cairn_model_close(m);
+        return 1;
+    }
+    int32_t vocab = cairn_model_hparams_of(m)->n_vocab;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    int dec[MAX_SEQS], n_dec = 0; /* decoding sequences */
+    sample *smp = calloc((size_t)iters, sizeof *smp);
+    cairn_step_item items[MAX_SEQS];
+    int rc = smp ? 0 : 1;
+    cairn_gen_params gp = cairn_gen_default_params();
+    gp.max_tokens = CTX;
+
+    fprintf(stderr, "profiling %d iterations", iters);
+    for (int it = 0; !rc && it < iters; it++) {
+        /* Retire long sequences; top the decoding pool up to the wanted count (untimed). */
+        int want_dec = rng_range(&rng, 0, MAX_DEC);
+        bool prefill = want_dec == 0 || rng_unit(&rng) < 0.6;
+        for (int i = 0; i < n_dec;) {
+            cairn_seq_info info;
+            cairn_engine_seq_info(e, dec[i], &info);
+            if (info.finish != CAIRN_FINISH_NONE || info.n_prefilled + info.n_generated > 640) {
+                cairn_engine_release(e, dec[i]);
+                dec[i] = dec[--n_dec];
+            } else {
+                i++;
+            }
+        }
+        while (n_dec < want_dec) {
+            int id;
+            id = add_seq(e, &gp, rng_range(&rng, 8, 400), vocab, &rng);
+            if (id < 0) break;
+            cairn_step_item one = {id, CTX};
+            while (!rc) {
+                cairn_seq_info info;
+                cairn_engine_seq_info(e, id, &info);
+                if (!info.prefilling) break;
+                one.n_tokens = 512;
+                rc = cairn_engine_step(e, &one, 1, &err) ? 1 : 0;
+            }
+            dec[n_dec++] = id;
+        }
+        int n_items = 0, pre_id = -1;
+        cairn_batch_shape sh = {0};
+        for (int i = 0; i < n_dec && i < want_dec; i++) {
+            cairn_seq_info info;
+            cairn_engine_seq_info(e, dec[i], &info);
+            items[n_items++] = (cairn_step_item){dec[i], 1};
+            sh.s_d++, sh.n_d++, sh.ctx += info.n_prefilled + info.n_generated;
+        }
+        if (prefill) {
+            int chunk = rng_unit(&rng) < 0.5 ? rng_range(&rng, 1, 64) : rng_range(&rng, 65, 384);
+            int prefix = rng_unit(&rng) < 0.3 ? rng_range(&rng, 16, 256) : 0;
+            pre_id = add_seq(e, &gp, prefix + chunk, vocab, &rng);
+            if (pre_id >= 0 && prefix) { /* an earlier chunk of the same prompt, untimed */
+                cairn_step_item first = {pre_id, prefix};
+                rc = cairn_engine_step(e, &first, 1, &err) ? 1 : 0;
+            }
+            if (pre_id >= 0) {
+                items[n_items++] = (cairn_step_item){pre_id, chunk};
+                sh.s_p += chunk, sh.n_p++, sh.ctx += prefix;
+            }
+        }
+        if (rc || n_items == 0) {
+            it--;
+            if (pre_id >= 0) cairn_engine_release(e, pre_id);
+            if (n_items == 0 && !rc && n_dec == 0) rc = 1; /* cannot make progress */
+            continue;
+        }
+        int64_t t0 = cairn_now_ns();
+        rc = cairn_engine_step(e, items, n_items, &err) ? 1 : 0;
+        smp[it] = (sample){sh, (double)(cairn_now_ns() - t0) / 1e9};
+        if (pre_id >= 0) {
+            if (n_dec < MAX_SEQS - 1) dec[n_dec++] = pre_id;
+            else cairn_engine_release(e, pre_id);
+        }
+        if (it % 50 == 0) fprintf(stderr, ".");
+    }
+    fprintf(stderr, "\n");
+    if (rc) fprintf(stderr, "cairn bench profile: %s\n", err.msg);
+
+    /* Fit on the first 70%, evaluate on the rest. */
+    cairn_predictor *p = NULL;
+    int n_fit = iters * 7 / 10;
+    if (!rc && cairn_predictor_new(&p, n_fit, &err) != 0) rc = 1;
+    if (!rc) {
+        cairn_predictor_set_refit(p, 0);
+        for (int i = 0; i < n_fit; i++)
+            cairn_predictor_observe(p, &smp[i].shape, smp[i].seconds);
+        if (cairn_predictor_fit(p, &err) != 0) rc = 1;
+    }
+    if (!rc) {
+        double sum[N_BUCKETS] = {0}, all = 0;
+        int cnt[N_BUCKETS] = {0}, n_all = 0;
+        double *ape = malloc(sizeof(double) * (size_t)iters);
+        for (int i = n_fit; i < iters; i++) {
+            double pr = cairn_predictor_predict(p, &smp[i].shape);
+            double e_ = fabs(pr - smp[i].seconds) / smp[i].seconds;
+            const char *b = bucket_name(&smp[i].shape);
+            for (int k = 0; k < N_BUCKETS; k++)
+                if (!strcmp(b, BUCKETS[k])) sum[k] += e_, cnt[k]++;
+            all += e_;
+            if (ape) ape[n_all] = e_;
+            n_all++;
+        }
+        for (int k = 0; k < N_BUCKETS; k++)
+            printf("{\"bench\":\"sched_profile\",\"bucket\":\"%s\",\"held_out\":%d,\"mape\":%.4f}\n",
+                   BUCKETS[k], cnt[k], cnt[k] ? sum[k] / cnt[k] : 0.0);
+        double c[CAIRN_PREDICTOR_FEATURES];
+        cairn_predictor_coefficients(p, c);
+        printf("{\"bench\":\"sched_profile\",\"bucket\":\"all\",\"held_out\":%d,\"mape\":%.4f,"
+               "\"ape_p90\":%.4f,\"fit_iterations\":%d,\"coefficients\":[%.6g,%.6g,%.6g,%.6g,"
+               "%.6g,%.6g,%.6g]}\n",
+               n_all, all / n_all, ape ? pct(ape, (size_t)n_all, 0.9) : NAN, n_fit, c[0], c[1],
+               c[2], c[3], c[4], c[5], c[6]);
+        free(ape);
+        if (out_path) {
+            FILE *f = fopen(out_path, "w");
+            if (!f) {
+                fprintf(stderr, "cairn bench profile: %s: %s\n", out_path, strerror(errno));
+                rc = 1;
+            } else {
+                fprintf(f, "%.9g %.9g %.9g %.9g %.9g %.9g %.9g\n", c[0], c[1], c[2], c[3], c[4],
+                        c[5], c[6]);
+                fclose(f);
+            }
+        }
+    }
+    cairn_predictor_free(p);
+    free(smp);
+    cairn_engine_close(e);
+    cairn_model_close(m);
+    return rc;
+usage:
+    fputs(cairn_cmd_bench_usage, stderr);
+    return 2;
+}
+
+/* ---- colocate ------------------------------------------------------------------------------- */
+
+typedef struct run run;
+
+typedef struct {
+    run *r;
+    bool online;
+    int64_t t_submit, t_first, t_last;
+    double max_gap;
+    int tokens;
+} req;
+
+struct run {
+    cairn_workers *w;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int64_t t_start, t_end; /* the measured window */
+    atomic_bool stop;
+    int online_in_flight, offline_in_flight;
+    /* results (under mu) */
+    double *ttft, *gaps;
+    size_t n_ttft, cap_ttft, n_gaps, cap_gaps;
+    int online_done, online_ok, online_rejected;
+    long long online_tokens, offline_tokens; /* within the window */
+};
+
+static void push(double **v, size_t *n, size_t *cap, double x)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 1024;
+        double *t = realloc(*v, c * sizeof *t);
+        if (!t) return;
+        *v = t;
+        *cap = c;
+    }
+    (*v)[(*n)++] = x;
+}
+
+static int on_text(void *user, const char *s, size_t n)
+{
+    (void)s, (void)n;
+    req *q = user;
+    run *r = q->r;
+    int64_t now = cairn_now_ns();
+    pthread_mutex_lock(&r->mu);
+    bool in_window = now >= r->t_start && now <= r->t_end;
+    if (!q->t_first) {
+        q->t_first = now;
+    } else {
+        double g = (double)(now - q->t_last) / 1e9;
+        if (q->online) push(&r->gaps, &r->n_gaps, &r->cap_gaps, g);
+        if (g > q->max_gap) q->max_gap = g;
+    }
+    q->t_last = now;
+    q->tokens++;
+    if (in_window) {
+        if (q->online) r->online_tokens++;
+        else r->offline_tokens++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+typedef struct {
+    double ttft_slo, tbt_slo;
+} slo_t;
+static slo_t g_slo;
+
+static void on_done(void *user, const cairn_gen_result *res)
+{
+    req *q = user;
+    run *r = q->r;
+    pthread_mutex_lock(&r->mu);
+    if (q->online) {
+        r->online_in_flight--;
+        if (!res->error && q->t_first) {
+            double ttft = (double)(q->t_first - q->t_submit) / 1e9;
+            push(&r->ttft, &r->n_ttft, &r->cap_ttft, ttft);
+            r->online_done++;
+            r->online_ok += ttft <= g_slo.ttft_slo && q->max_gap <= g_slo.tbt_slo;
+        } else {
+            r->online_rejected++;
+        }
+    } else {
+        r->offline_in_flight--;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    free(q);
+}
+
+/* Prompt texts of given token lengths, built from a fixed paragraph. */
+static char *text_of_tokens(cairn_workers *w, int tokens, uint64_t *rng)
+{
+    static const char *const words[] = {
+        "the",    "river",  "runs",    "through", "a",       "valley",  "of",      "old",
+        "stone",  "where",  "farmers", "grow",    "barley",  "and",     "keep",    "sheep",
+        "near",   "mills",  "that",    "still",   "grind",   "flour",   "for",     "three",
+        "towns",  "report", "notes",   "water",   "levels",  "rise",    "in",      "spring"};
+    size_t cap = (size_t)tokens * 12 + 64, n = 0;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    s[0] = '\0';
+    for (;;) {
+        int have = cairn_tok_encode(cairn_workers_tokenizer(w), s, n, NULL, 0, 0, NULL);
+        have = have < 0 ? -have : have;
+        if (have >= tokens || n + 16 > cap) break;
+        n += (size_t)snprintf(s + n, cap - n, "%s%s", n ? " " : "",
+                              words[rng_next(rng) % (sizeof words / sizeof words[0])]);
+    }
+    return s;
+}
+
+typedef struct {
+    char **on, **off;
+    int n_on, n_off;
+} prompts;
+
+static int submit(run *r, const char *prompt, bool online, int max_tokens, uint64_t *rng)
+{
+    req *q = calloc(1, sizeof *q);
+    if (!q) return CAIRN_ENOMEM;
+    q->r = r;
+    q->online = online;
+    q->t_submit = cairn_now_ns();
+    cairn_gen_request rq = {
+        .prompt = prompt,
+        .prompt_len = strlen(prompt),
+        .tok_flags = CAIRN_TOK_ADD_SPECIAL,
+        .max_tokens = max_tokens,
+        .offline = !online,
+        .sample = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = rng_next(rng)},
+        .on_text = on_text,
+        .on_done = on_done,
+        .user = q,
+    };
+    pthread_mutex_lock(&r->mu);
+    if (online) r->online_in_flight++;
+    else r->offline_in_flight++;
+    pthread_mutex_unlock(&r->mu);
+    int rc = cairn_workers_submit(r->w, &rq, NULL);
+    if (rc) {
+        pthread_mutex_lock(&r->mu);
+        if (online) r->online_in_flight--, r->online_rejected++;
+        else r->offline_in_flight--;
+        pthread_mutex_unlock(&r->mu);
+        free(q);
+    }
+    return rc;
+}
+
+typedef struct {
+    double online_rps;   /* 0: no online arrivals; < 0: closed loop with -x in flight */
+    double duration_s;
+    int backlog;
+} run_spec;
+
+typedef struct {
+    double ttft_p50, ttft_p99, tbt_p50, tbt_p99, attainment, offline_tps, online_tps, rps_done;
+    int done, rejected;
+} run_result;
+
+static void sleep_until(int64_t t)
+{
+    int64_t now = cairn_now_ns();
+    if (t <= now) return;
+    struct timespec ts = {(time_t)((t - now) / CAIRN_NS_PER_SEC),
+                          (long)((t - now) % CAIRN_NS_PER_SEC)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static int run_once(cairn_workers *w, const prompts *pr, const run_spec *spec, uint64_t seed,
+                    run_result *out)
+{
+    run r = {.w = w};
+    pthread_mutex_init(&r.mu, NULL);
+    pthread_cond_init(&r.cv, NULL);
+    uint64_t rng = seed;
+    int64_t warm = 5 * CAIRN_NS_PER_SEC;
+    int64_t t0 = cairn_now_ns();
+    r.t_start = t0 + warm;
+    r.t_end = r.t_start + (int64_t)(spec->duration_s * 1e9);
+    int64_t next = t0;
+    while (cairn_now_ns() < r.t_end) {
+        /* Keep the offline backlog full. */
+        pthread_mutex_lock(&r.mu);
+        int need_off = spec->backlog - r.offline_in_flight;
+        int online_now = r.online_in_flight;
+        pthread_mutex_unlock(&r.mu);
+        for (int i = 0; i < need_off; i++)
+            submit(&r, pr->off[rng_next(&rng) % (uint64_t)pr->n_off], false, 64, &rng);
+        int64_t now = cairn_now_ns();
+        if (spec->online_rps < 0) {
+            for (int i = online_now; i < (int)-spec->online_rps; i++)
+                submit(&r, pr->on[rng_next(&rng) % (uint64_t)pr->n_on], true, 32, &rng);
+            sleep_until(now + 2 * CAIRN_NS_PER_MS);
+        } else if (spec->online_rps > 0) {
+            if (now >= next) {
+                submit(&r, pr->on[rng_next(&rng) % (uint64_t)pr->n_on], true, 32, &rng);
+                next += (int64_t)(-log(1.0 - rng_unit(&rng)) / spec->online_rps * 1e9);
+            }
+            int64_t wake = next < now + 10 * CAIRN_NS_PER_MS ? next : now + 10 * CAIRN_NS_PER_MS;
+            sleep_until(wake);
+        } else {
+            sleep_until(now + 10 * CAIRN_NS_PER_MS);
+        }
+    }
+    /* Drain: online requests finish; offline ones are cut short by closing the workers later,
+     * so wait only for online ones (at most 120 s). */
+    pthread_mutex_lock(&r.mu);
+    int64_t deadline = cairn_now_ns() + 120 * CAIRN_NS_PER_SEC;
+    while (r.online_in_flight > 0 && cairn_now_ns() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&r.cv, &r.mu, &ts);
+    }
+    double win = spec->duration_s;
+    /* Requests that arrived before the window are counted too (all online requests). */
+    out->ttft_p50 = pct(r.ttft, r.n_ttft, 0.5);
+    out->ttft_p99 = pct(r.ttft, r.n_ttft, 0.99);
+    out->tbt_p50 = pct(r.gaps, r.n_gaps, 0.5);
+    out->tbt_p99 = pct(r.gaps, r.n_gaps, 0.99);
+    int total = r.online_done + r.online_rejected;
+    out->attainment = total ? (double)r.online_ok / total : NAN;
+    out->offline_tps = (double)r.offline_tokens / win;
+    out->online_tps = (double)r.online_tokens / win;
+    out->done = r.online_done;
+    out->rejected = r.online_rejected;
+    out->rps_done = (double)r.online_done / (win + warm / 1e9);
+    pthread_mutex_unlock(&r.mu);
+    /* The caller closes the workers, which ends the backlog; the callbacks still use r. */
+    cairn_workers_stop(w);
+    free(r.ttft);
+    free(r.gaps);
+    pthread_cond_destroy(&r.cv);
+    pthread_mutex_destroy(&r.mu);
+    return 0;
+}
+
+static int open_workers(cairn_workers **w, const char *model, cairn_sched_policy pol,
+                        double budget_s, int max_seqs, int threads)
+{
+    cairn_workers_params wp = cairn_workers_default_params();
+    wp.model_path = model;
+    wp.engine.n_threads = threads;
+    wp.engine.max_seqs = max_seqs;
+    wp.engine.n_ctx = 1024;
+    wp.max_queue = 1024;
+    wp.max_offline_queue = 1024;
+    wp.online_reserve = max_seqs / 4 > 0 ? max_seqs / 4 : 1;
+    wp.sched.policy = pol;
+    wp.sched.budget_s = budget_s;
+    wp.timeout_ns = 0;
+    cairn_error err = {0};
+    if (cairn_workers_open(w, &wp, NULL, &err) != 0) {
+        fprintf(stderr, "cairn bench colocate: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int bench_colocate(int argc, char **argv)
+{
+    const char *model = DEFAULT_MODEL, *policies = "slo,online-only,fcfs-hybrid", *md = NULL;
+    const char *loads_s = "0.25,0.5,0.75", *rates_s = NULL;
+    double duration = 60, ttft_ms = 3000, tbt_ms = 300, budget_ms = 100;
+    int backlog = 8, max_seqs = 12, threads = 0;
+    uint64_t seed = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) goto usage;
+        i++;
+        if (!strcmp(a, "-m")) model = v;
+        else if (!strcmp(a, "--policies")) policies = v;
+        else if (!strcmp(a, "--loads")) loads_s = v;
+        else if (!strcmp(a, "--rates")) rates_s = v;
+        else if (!strcmp(a, "--duration")) duration = atof(v);
+        else if (!strcmp(a, "--ttft-slo")) ttft_ms = atof(v);
+        else if (!strcmp(a, "--tbt-slo")) tbt_ms = atof(v);
+        else if (!strcmp(a, "--budget")) budget_ms = atof(v);
+        else if (!strcmp(a, "--backlog")) backlog = atoi(v);
+        else if (!strcmp(a, "--max-seqs")) max_seqs = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--markdown")) md = v;
+        else goto usage;
+    }
+    if (!(duration >= 5) || !(ttft_ms > 0) || !(tbt_ms > 0) || !(budget_ms > 0) || backlog < 0 ||
+        max_seqs < 2 || max_seqs > 64 || threads < 0 || !seed)
+        goto usage;
+    g_slo = (slo_t){ttft_ms / 1e3, tbt_ms / 1e3};
+    cairn_sched_policy pols[3];
+    int n_pol = 0;
+    {
+        char buf[128];
+        snprintf(buf, sizeof buf, "%s", policies);
+        for (char *sp = NULL, *t = strtok_r(buf, ",", &sp); t && n_pol < 3;
+             t = strtok_r(NULL, ",", &sp)) {
+            cairn_error err = {0};
+            if (cairn_sched_policy_parse(t, &pols[n_pol++], &err)) {
+                fprintf(stderr, "cairn bench colocate: %s\n", err.msg);
+                return 2;
+            }
+        }
+    }
+    double vals[16];
+    int n_vals = parse_list(rates_s ? rates_s : loads_s, vals, 16);
+    if (n_vals <= 0 || n_pol == 0) goto usage;
+
+    /* Prompts, made once with the model's tokenizer. */
+    cairn_workers *w = NULL;
+    if (open_workers(&w, model, CAIRN_SCHED_ONLINE_ONLY, budget_ms / 1e3, max_seqs, threads))
+        return 1;
+    prompts pr = {.n_on = 48, .n_off = 16};
+    pr.on = calloc((size_t)pr.n_on, sizeof *pr.on);
+    pr.off = calloc((size_t)pr.n_off, sizeof *pr.off);
+    uint64_t rng = seed * 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < pr.n_on; i++)
+        pr.on[i] = text_of_tokens(w, rng_range(&rng, 32, 256), &rng);
+    for (int i = 0; i < pr.n_off; i++)
+        pr.off[i] = text_of_tokens(w, rng_range(&rng, 300, 500), &rng);
+
+    /* Capacity: online only, max_seqs requests always in flight, no backlog. */
+    double capacity = 0;
+    if (!rates_s) {
+        run_spec cap = {.online_rps = -(double)max_seqs, .duration_s = duration / 2, .backlog = 0};
+        run_result cr;
+        run_once(w, &pr, &cap, seed, &cr);
+        capacity = cr.rps_done;
+        printf("{\"bench\":\"colocate_capacity\",\"online_rps\":%.4f,\"online_tps\":%.2f,"
+               "\"max_seqs\":%d}\n",
+               capacity, cr.online_tps, max_seqs);
+        fflush(stdout);
+    }
+    cairn_workers_close(w);
+
+    FILE *mf = md ? fopen(md, "w") : NULL;
+    if (md && !mf) fprintf(stderr, "cairn bench colocate: cannot write %s\n", md);
+    FILE *outs[2] = {stdout, mf};
+    for (int k = 0; k < 2; k++)
+        if (outs[k] && k == 1)
+            fprintf(outs[k],
+                    "| policy | online req/s | load | TTFT p50 / p99 (s) | TBT p50 / p99 (ms) | "
+                    "SLO attained | offline tok/s | online tok/s | total tok/s |\n"
+                    "|---|---|---|---|---|---|---|---|---|\n");
+    int rc = 0;
+    for (int v = 0; v < n_vals && !rc; v++) {
+        double rps = rates_s ? vals[v] : vals[v] * capacity;
+        for (int p = 0; p < n_pol && !rc; p++) {
+            if (open_workers(&w, model, pols[p], budget_ms / 1e3, max_seqs, threads)) {
+                rc = 1;
+                break;
+            }
+            run_spec rs = {.online_rps = rps, .duration_s = duration, .backlog = backlog};
+            run_result rr;
+            run_once(w, &pr, &rs, seed + (uint64_t)v, &rr);
+            int nm = 0;
+            double mape = cairn_workers_predictor_mape(w, &nm);
+            cairn_workers_close(w);
+            bool met = rr.ttft_p99 <= g_slo.ttft_slo && rr.tbt_p99 <= g_slo.tbt_slo;
+            printf("{\"bench\":\"colocate\",\"policy\":\"%s\",\"online_rps\":%.4f,\"load\":%.3f,"
+                   "\"ttft_p50\":%.3f,\"ttft_p99\":%.3f,\"tbt_p50_ms\":%.1f,\"tbt_p99_ms\":%.1f,"
+                   "\"slo_attainment\":%.3f,\"slo_met\":%s,\"offline_tps\":%.2f,"
+                   "\"online_tps\":%.2f,\"total_tps\":%.2f,\"online_done\":%d,"
+                   "\"online_rejected\":%d,\"predictor_mape\":%.4f,\"predictor_n\":%d}\n",
+                   cairn_sched_policy_name(pols[p]), rps, capacity > 0 ? rps / capacity : NAN,
+                   rr.ttft_p50, rr.ttft_p99, rr.tbt_p50 * 1e3, rr.tbt_p99 * 1e3, rr.attainment,
+                   met ? "true" : "false", rr.offline_tps, rr.online_tps,
+                   rr.offline_tps + rr.online_tps, rr.done, rr.rejected, mape, nm);
+            fflush(stdout);
+            if (mf) {
+                fprintf(mf,
+                        "| %s | %.3f | %.2f | %.2f / %.2f | %.0f / %.0f | %.0f%%%s | %.1f | "
+                        "%.1f | %.1f |\n",
+                        cairn_sched_policy_name(pols[p]), rps,
+                        capacity > 0 ? rps / capacity : NAN, rr.ttft_p50, rr.ttft_p99,
+                        rr.tbt_p50 * 1e3, rr.tbt_p99 * 1e3, rr.attainment * 100,
+                        met ? "" : " (p99 over SLO)", rr.offline_tps, rr.online_tps,
+                        rr.offline_tps + rr.online_tps);
+                fflush(mf);
+            }
+        }
+    }
+    if (mf) fclose(mf);
+    for (int i = 0; i < pr.n_on; i++)
+        free(pr.on[i]);
+    for (int i = 0; i < pr.n_off; i++)
+        free(pr.off[i]);
+    free(pr.on);
+    free(pr.off);
+    return rc;
+usage:
+    fputs(cairn_cmd_bench_usage, stderr);
+    return 2;
+}
+
+int cairn_cmd_bench(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "profile")) return bench_profile(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "colocate")) return bench_colocate(argc, argv);
+    fputs(cairn_cmd_bench_usage, stderr);
+    return 2;
+}

@@ -1,0 +1,225 @@
+/*
+ * tests/unit/test_summarize.c — the summarize job on the real gemma-3-270m through the
+ * generation workers: a short document in one request; a long one map-reduce style, with an
+ * online request served while it runs; KV-cache pressure preempting offline pieces, which are
+ * resubmitted and still finish; bad documents and abandonment through the keepalive.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/utf8.h"
+#include "services/summarize.h"
+
+static char model_path[1024];
+
+/* A long factual document: 40 paragraphs about made-up rivers, each with numbers. */
+static char *document(int paragraphs, size_t *len)
+{
+    static const char *const names[] = {"Alder", "Brenn", "Corrow", "Dunmere", "Eskel"};
+    size_t cap = (size_t)paragraphs * 400 + 1, n = 0;
+    char *s = malloc(cap);
+    for (int i = 0; i < paragraphs; i++)
+        n += (size_t)snprintf(s + n, cap - n,
+                              "The %s river, section %d, runs %d kilometres through the valley "
+                              "of %s. Its flow doubles in spring, when snow melts on the hills, "
+                              "and %d villages draw their water from it. Fishermen report trout "
+                              "and pike; the old mill at kilometre %d still grinds flour.\n\n",
+                              names[i % 5], i + 1, 20 + 7 * i, names[(i + 2) % 5], 3 + i % 6,
+                              5 + 3 * i);
+    *len = n;
+    return s;
+}
+
+static cairn_workers *open_workers(int max_seqs, int kv_blocks)
+{
+    cairn_workers_params wp = cairn_workers_default_params();
+    wp.model_path = model_path;
+    wp.engine.n_ctx = 512;
+    wp.engine.max_seqs = max_seqs;
+    wp.engine.kv_blocks = kv_blocks;
+    wp.online_reserve = 1;
+    cairn_workers *w = NULL;
+    cairn_error err = {0};
+    int rc = cairn_workers_open(&w, &wp, NULL, &err);
+    if (rc) fail_msg("workers: %s", err.msg);
+    return w;
+}
+
+static void check_summary(const char *s, size_t n)
+{
+    assert_non_null(s);
+    assert_true(n > 10);
+    assert_int_equal(strlen(s), n);
+    assert_true(cairn_utf8_valid(s, n));
+}
+
+/* ---- An online request running beside the summary ----------------------------------------- */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    size_t chars;
+    const char *error;
+} online;
+
+static int online_text(void *user, const char *t, size_t n)
+{
+    (void)t;
+    ((online *)user)->chars += n;
+    return 0;
+}
+
+static void online_done(void *user, const cairn_gen_result *r)
+{
+    online *o = user;
+    pthread_mutex_lock(&o->mu);
+    o->done = 1;
+    o->error = r->error;
+    pthread_cond_broadcast(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+}
+
+static void test_short_and_long_documents(void **state)
+{
+    (void)state;
+    cairn_workers *w = open_workers(4, 0);
+    cairn_summarize_params p = cairn_summarize_default_params();
+    p.summary_tokens = 40;
+    cairn_summarize_stats st;
+    cairn_error err = {0};
+    char *out = NULL;
+    size_t n = 0;
+
+    size_t len;
+    char *doc = document(2, &len);
+    int rc = cairn_summarize(w, doc, len, &p, &out, &n, &st, &err);
+    if (rc) fail_msg("short: %s", err.msg);
+    check_summary(out, n);
+    assert_int_equal(st.pieces, 1);
+    assert_int_equal(st.rounds, 1);
+    assert_int_equal(st.requests, 1);
+    assert_true(st.tokens_generated >= 1 && st.tokens_generated <= 40);
+    free(out);
+    free(doc);
+
+    /* Long: more tokens than a 512-token context holds, so map-reduce. An online request
+     * submitted meanwhile is served. */
+    doc = document(14, &len);
+    online o = {.done = 0};
+    pthread_mutex_init(&o.mu, NULL);
+    pthread_cond_init(&o.cv, NULL);
+    cairn_gen_request rq = {.prompt = "The capital of France is",
+                            .prompt_len = strlen("The capital of France is"),
+                            .tok_flags = CAIRN_TOK_ADD_SPECIAL,
+                            .max_tokens = 8,
+                            .sample = cairn_sample_greedy_params(),
+                            .on_text = online_text,
+                            .on_done = online_done,
+                            .user = &o};
+    assert_int_equal(cairn_workers_submit(w, &rq, &err), 0);
+    rc = cairn_summarize(w, doc, len, &p, &out, &n, &st, &err);
+    if (rc) fail_msg("long: %s", err.msg);
+    check_summary(out, n);
+    assert_true(st.doc_tokens > 512);
+    assert_true(st.pieces >= 3);
+    assert_true(st.rounds >= 2);
+    assert_true(st.requests >= st.pieces + 1);
+    pthread_mutex_lock(&o.mu);
+    while (!o.done) pthread_cond_wait(&o.cv, &o.mu);
+    pthread_mutex_unlock(&o.mu);
+    assert_null(o.error);
+    assert_true(o.chars > 0);
+    free(out);
+    free(doc);
+    cairn_workers_close(w);
+}
+
+/* A KV cache that holds about one sequence: offline pieces preempt each other, are resubmitted,
+ * and the summary still comes out. */
+static void test_kv_pressure_preempts_and_resubmits(void **state)
+{
+    (void)state;
+    cairn_workers *w = open_workers(4, 30);
+    cairn_summarize_params p = cairn_summarize_default_params();
+    p.summary_tokens = 32;
+    p.max_attempts = 12;
+    cairn_summarize_stats st;
+    cairn_error err = {0};
+    char *out = NULL;
+    size_t n = 0, len;
+    char *doc = document(12, &len);
+    int rc = cairn_summarize(w, doc, len, &p, &out, &n, &st, &err);
+    if (rc) fail_msg("summarize: %s", err.msg);
+    check_summary(out, n);
+    assert_true(st.pieces >= 2);
+    assert_true(st.resubmitted >= 1);
+    free(out);
+    free(doc);
+    cairn_workers_close(w);
+}
+
+static int stop_now(void *ctx)
+{
+    ++*(int *)ctx;
+    return 1;
+}
+
+static void test_bad_documents_and_abandon(void **state)
+{
+    (void)state;
+    cairn_workers *w = open_workers(2, 0);
+    cairn_summarize_params p = cairn_summarize_default_params();
+    cairn_error err = {0};
+    char *out = (char *)1;
+    size_t n = 1;
+    assert_int_equal(cairn_summarize(w, "", 0, &p, &out, &n, NULL, &err), CAIRN_EINVAL);
+    assert_null(out);
+    assert_int_equal(cairn_summarize(w, " \n\t ", 4, &p, &out, &n, NULL, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "empty"));
+    assert_int_equal(cairn_summarize(w, "abc\xff", 4, &p, &out, &n, NULL, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "UTF-8"));
+    p.summary_tokens = 500; /* leaves no room in a 512-token context */
+    assert_int_equal(cairn_summarize(w, "text", 4, &p, &out, &n, NULL, &err), CAIRN_EINVAL);
+
+    /* The keepalive asks to stop: the summary is abandoned, the workers carry on. */
+    p = cairn_summarize_default_params();
+    p.summary_tokens = 300;
+    int calls = 0;
+    p.keepalive = stop_now;
+    p.keepalive_ctx = &calls;
+    p.keepalive_ms = 1;
+    size_t len;
+    char *doc = document(3, &len);
+    assert_int_equal(cairn_summarize(w, doc, len, &p, &out, &n, NULL, &err), CAIRN_ECANCELED);
+    assert_true(calls >= 1);
+    assert_null(out);
+    p.keepalive = NULL;
+    p.summary_tokens = 16;
+    assert_int_equal(cairn_summarize(w, doc, len, &p, &out, &n, NULL, &err), 0);
+    check_summary(out, n);
+    free(out);
+    free(doc);
+    cairn_workers_close(w);
+}
+
+int main(void)
+{
+    const char *models = getenv("CAIRN_TEST_MODELS");
+    snprintf(model_path, sizeof model_path, "%s/gemma-3-270m-q4_k_m.gguf",
+             models ? models : "data/models");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_short_and_long_documents),
+        cmocka_unit_test(test_kv_pressure_preempts_and_resubmits),
+        cmocka_unit_test(test_bad_documents_and_abandon),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
