@@ -168,7 +168,8 @@ static int have_fmnist(void)
 static void test_real_fashion_mnist(void **state)
 {
     (void)state;
-    if (!have_fmnist()) skip();
+    if (!have_fmnist())
+        fail_msg("no Fashion-MNIST in " CAIRN_FMNIST_DIR ": scripts/setup installs it");
     cairn_dataset tr, te, sub;
     cairn_error err;
     assert_int_equal(cairn_fmnist_load(&te, NULL, CAIRN_FMNIST_TEST, &err), 0);
