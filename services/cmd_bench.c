@@ -36,19 +36,26 @@
 
 const char *const cairn_cmd_bench_usage =
     "usage: cairn bench profile  [-m MODEL] [--iterations N] [--threads T] [--out FILE]\n"
+    "                            [--ttft-slo MS --tbt-slo MS [--load F] [--budgets MS,...]\n"
+    "                             [--duration S] [--backlog N] [--max-seqs N]]\n"
     "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
     "                            [--duration S] [--ttft-slo MS] [--tbt-slo MS] [--budget MS]\n"
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
-    "                            [--markdown FILE]\n\n"
+    "                            [--profile FILE] [--markdown FILE]\n\n"
     "profile   times N (default 300) iterations of random batch shapes, fits the latency\n"
     "          predictor on 70% of them and prints its MAPE on the rest per bucket (JSON\n"
-    "          lines); --out stores the coefficients (one line of 7 numbers).\n"
+    "          lines); --out stores the coefficients (one line of 7 numbers). With an SLO\n"
+    "          it then runs the slo policy at --load (default 0.5) of the online capacity\n"
+    "          with each budget (default 50,100,150,200,300,400 ms) for S seconds (default\n"
+    "          30) and picks the largest whose p99 TTFT and TBT meet the SLO; --out then\n"
+    "          holds an 8th number, that budget in seconds (cairnd: sched.profile).\n"
     "colocate  per policy (default slo,online-only,fcfs-hybrid) and online rate, Poisson\n"
     "          arrivals for S seconds (default 60) beside a backlog of N (default 8) offline\n"
     "          requests; prints JSON lines, then a markdown table. Loads are fractions of the\n"
-    "          measured online capacity (default 0.25,0.5,0.75). Online prompts are 32-256\n"
+    "          measured online capacity (default 0.25,0.5,0.75). Online prompts are 16-128\n"
     "          tokens (uniform), outputs 32 tokens; offline prompts 300-500 tokens, outputs 64.\n"
-    "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget default 100 ms.\n";
+    "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget default 150 ms. --profile:\n"
+    "          predictor coefficients from `bench profile --out` (else learnt as it runs).\n";
 
 static const char *DEFAULT_MODEL = "data/models/gemma-3-270m-q4_k_m.gguf";
 
@@ -117,6 +124,14 @@ static const char *const BUCKETS[] = {"decode 1-4",          "decode 5-10",
                                       "mixed, prefill 1-64", "mixed, prefill 65-384"};
 #define N_BUCKETS 6
 
+typedef struct {
+    double ttft_ms, tbt_ms, load, duration;
+    double budgets[16];
+    int n_budgets, backlog, max_seqs, threads;
+} budget_search;
+
+static double find_budget(const char *model, const double *coef, const budget_search *bs);
+
 /* Adds a sequence with a random prompt of n tokens; its id, or -1 when there is no slot. */
 static int add_seq(cairn_engine *e, const cairn_gen_params *gp, int n, int32_t vocab,
                    uint64_t *rng)
@@ -130,8 +145,9 @@ static int add_seq(cairn_engine *e, const cairn_gen_params *gp, int n, int32_t v
 
 static int bench_profile(int argc, char **argv)
 {
-    const char *model_path = DEFAULT_MODEL, *out_path = NULL;
+    const char *model_path = DEFAULT_MODEL, *out_path = NULL, *budgets = "50,100,150,200,300,400";
     int iters = 300, threads = 0;
+    budget_search bs = {.load = 0.5, .duration = 30, .backlog = 8, .max_seqs = 12};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) goto usage;
@@ -140,9 +156,22 @@ static int bench_profile(int argc, char **argv)
         else if (!strcmp(a, "--out")) out_path = v;
         else if (!strcmp(a, "--iterations")) iters = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--ttft-slo")) bs.ttft_ms = atof(v);
+        else if (!strcmp(a, "--tbt-slo")) bs.tbt_ms = atof(v);
+        else if (!strcmp(a, "--load")) bs.load = atof(v);
+        else if (!strcmp(a, "--budgets")) budgets = v;
+        else if (!strcmp(a, "--duration")) bs.duration = atof(v);
+        else if (!strcmp(a, "--backlog")) bs.backlog = atoi(v);
+        else if (!strcmp(a, "--max-seqs")) bs.max_seqs = atoi(v);
         else goto usage;
     }
-    if (iters < 50 || iters > 100000 || threads < 0) goto usage;
+    bs.threads = threads;
+    bs.n_budgets = parse_list(budgets, bs.budgets, 16);
+    const bool search = bs.ttft_ms > 0 || bs.tbt_ms > 0;
+    if (iters < 50 || iters > 100000 || threads < 0 || bs.n_budgets <= 0 ||
+        (search && !(bs.ttft_ms > 0 && bs.tbt_ms > 0)) || !(bs.load > 0) ||
+        !(bs.duration >= 5) || bs.backlog < 0 || bs.max_seqs < 2 || bs.max_seqs > 64)
+        goto usage;
 
     cairn_error err = {0};
     cairn_model *m = NULL;
@@ -270,14 +299,30 @@ static int bench_profile(int argc, char **argv)
                n_all, all / n_all, ape ? pct(ape, (size_t)n_all, 0.9) : NAN, n_fit, c[0], c[1],
                c[2], c[3], c[4], c[5], c[6]);
         free(ape);
-        if (out_path) {
+        cairn_engine_close(e); /* the budget search loads the model in its own workers */
+        cairn_model_close(m);
+        e = NULL, m = NULL;
+        double budget = search ? find_budget(model_path, c, &bs) : 0;
+        if (search && budget <= 0) {
+            fprintf(stderr, "cairn bench profile: no budget met the SLO (TTFT %.0f ms, TBT %.0f "
+                            "ms) at load %.2f\n",
+                    bs.ttft_ms, bs.tbt_ms, bs.load);
+            rc = 1;
+        }
+        if (search && budget > 0)
+            printf("{\"bench\":\"sched_profile_budget\",\"budget_s\":%.3f,\"ttft_slo_ms\":%.0f,"
+                   "\"tbt_slo_ms\":%.0f,\"load\":%.2f}\n",
+                   budget, bs.ttft_ms, bs.tbt_ms, bs.load);
+        if (out_path && !rc) {
             FILE *f = fopen(out_path, "w");
             if (!f) {
                 fprintf(stderr, "cairn bench profile: %s: %s\n", out_path, strerror(errno));
                 rc = 1;
             } else {
-                fprintf(f, "%.9g %.9g %.9g %.9g %.9g %.9g %.9g\n", c[0], c[1], c[2], c[3], c[4],
+                fprintf(f, "%.9g %.9g %.9g %.9g %.9g %.9g %.9g", c[0], c[1], c[2], c[3], c[4],
                         c[5], c[6]);
+                if (budget > 0) fprintf(f, " %.6g", budget);
+                fprintf(f, "\n");
                 fclose(f);
             }
         }
@@ -534,9 +579,10 @@ static int run_once(cairn_workers *w, const prompts *pr, const run_spec *spec, u
 }
 
 static int open_workers(cairn_workers **w, const char *model, cairn_sched_policy pol,
-                        double budget_s, int max_seqs, int threads)
+                        double budget_s, int max_seqs, int threads, const double *coef)
 {
     cairn_workers_params wp = cairn_workers_default_params();
+    wp.predictor = coef;
     wp.model_path = model;
     wp.engine.n_threads = threads;
     wp.engine.max_seqs = max_seqs;
@@ -555,11 +601,78 @@ static int open_workers(cairn_workers **w, const char *model, cairn_sched_policy
     return 0;
 }
 
+static void make_prompts(cairn_workers *w, uint64_t seed, prompts *pr)
+{
+    pr->n_on = 48;
+    pr->n_off = 16;
+    pr->on = calloc((size_t)pr->n_on, sizeof *pr->on);
+    pr->off = calloc((size_t)pr->n_off, sizeof *pr->off);
+    uint64_t rng = seed * 0x9e3779b97f4a7c15ull;
+    for (int i = 0; pr->on && i < pr->n_on; i++)
+        pr->on[i] = text_of_tokens(w, rng_range(&rng, 16, 128), &rng);
+    for (int i = 0; pr->off && i < pr->n_off; i++)
+        pr->off[i] = text_of_tokens(w, rng_range(&rng, 300, 500), &rng);
+}
+
+static void free_prompts(prompts *pr)
+{
+    for (int i = 0; pr->on && i < pr->n_on; i++)
+        free(pr->on[i]);
+    for (int i = 0; pr->off && i < pr->n_off; i++)
+        free(pr->off[i]);
+    free(pr->on);
+    free(pr->off);
+}
+
+/* Online capacity: requests/s completed with max_seqs online requests always in flight. */
+static double measure_capacity(cairn_workers *w, const prompts *pr, int max_seqs,
+                               double duration, uint64_t seed, double *tps)
+{
+    run_spec cap = {.online_rps = -(double)max_seqs, .duration_s = duration, .backlog = 0};
+    run_result cr;
+    run_once(w, pr, &cap, seed, &cr);
+    if (tps) *tps = cr.online_tps;
+    return cr.rps_done;
+}
+
+/* The SLO profiler's search (see the usage text). Returns the budget in seconds, or -1. */
+static double find_budget(const char *model, const double *coef, const budget_search *bs)
+{
+    g_slo = (slo_t){bs->ttft_ms / 1e3, bs->tbt_ms / 1e3};
+    cairn_workers *w = NULL;
+    if (open_workers(&w, model, CAIRN_SCHED_ONLINE_ONLY, 0.1, bs->max_seqs, bs->threads, coef))
+        return -1;
+    prompts pr;
+    make_prompts(w, 1, &pr);
+    double capacity = measure_capacity(w, &pr, bs->max_seqs, bs->duration / 2, 1, NULL);
+    cairn_workers_close(w);
+    double best = -1;
+    for (int i = 0; i < bs->n_budgets; i++) {
+        double b = bs->budgets[i] / 1e3;
+        if (open_workers(&w, model, CAIRN_SCHED_SLO, b, bs->max_seqs, bs->threads, coef)) break;
+        run_spec rs = {.online_rps = bs->load * capacity, .duration_s = bs->duration,
+                       .backlog = bs->backlog};
+        run_result rr;
+        run_once(w, &pr, &rs, 7, &rr);
+        cairn_workers_close(w);
+        bool met = rr.ttft_p99 <= g_slo.ttft_slo && rr.tbt_p99 <= g_slo.tbt_slo;
+        printf("{\"bench\":\"sched_profile_trial\",\"budget_s\":%.3f,\"online_rps\":%.4f,"
+               "\"ttft_p99\":%.3f,\"tbt_p99_ms\":%.1f,\"offline_tps\":%.2f,\"slo_met\":%s}\n",
+               b, rs.online_rps, rr.ttft_p99, rr.tbt_p99 * 1e3, rr.offline_tps,
+               met ? "true" : "false");
+        fflush(stdout);
+        if (met && b > best) best = b;
+    }
+    free_prompts(&pr);
+    return best;
+}
+
 static int bench_colocate(int argc, char **argv)
 {
     const char *model = DEFAULT_MODEL, *policies = "slo,online-only,fcfs-hybrid", *md = NULL;
     const char *loads_s = "0.25,0.5,0.75", *rates_s = NULL;
-    double duration = 60, ttft_ms = 3000, tbt_ms = 300, budget_ms = 100;
+    double duration = 60, ttft_ms = 3000, tbt_ms = 300, budget_ms = 150;
+    const char *profile = NULL;
     int backlog = 8, max_seqs = 12, threads = 0;
     uint64_t seed = 1;
     for (int i = 2; i < argc; i++) {
@@ -579,7 +692,22 @@ static int bench_colocate(int argc, char **argv)
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--markdown")) md = v;
+        else if (!strcmp(a, "--profile")) profile = v;
         else goto usage;
+    }
+    double coef_buf[CAIRN_PREDICTOR_FEATURES], *coef = NULL;
+    if (profile) {
+        FILE *f = fopen(profile, "r");
+        int got = 0;
+        while (f && got < CAIRN_PREDICTOR_FEATURES && fscanf(f, "%lf", &coef_buf[got]) == 1)
+            got++;
+        if (f) fclose(f);
+        if (got != CAIRN_PREDICTOR_FEATURES) {
+            fprintf(stderr, "cairn bench colocate: %s: want %d numbers (bench profile --out)\n",
+                    profile, CAIRN_PREDICTOR_FEATURES);
+            return 2;
+        }
+        coef = coef_buf;
     }
     if (!(duration >= 5) || !(ttft_ms > 0) || !(tbt_ms > 0) || !(budget_ms > 0) || backlog < 0 ||
         max_seqs < 2 || max_seqs > 64 || threads < 0 || !seed)
@@ -605,27 +733,20 @@ static int bench_colocate(int argc, char **argv)
 
     /* Prompts, made once with the model's tokenizer. */
     cairn_workers *w = NULL;
-    if (open_workers(&w, model, CAIRN_SCHED_ONLINE_ONLY, budget_ms / 1e3, max_seqs, threads))
+    if (open_workers(&w, model, CAIRN_SCHED_ONLINE_ONLY, budget_ms / 1e3, max_seqs, threads,
+                     coef))
         return 1;
-    prompts pr = {.n_on = 48, .n_off = 16};
-    pr.on = calloc((size_t)pr.n_on, sizeof *pr.on);
-    pr.off = calloc((size_t)pr.n_off, sizeof *pr.off);
-    uint64_t rng = seed * 0x9e3779b97f4a7c15ull;
-    for (int i = 0; i < pr.n_on; i++)
-        pr.on[i] = text_of_tokens(w, rng_range(&rng, 32, 256), &rng);
-    for (int i = 0; i < pr.n_off; i++)
-        pr.off[i] = text_of_tokens(w, rng_range(&rng, 300, 500), &rng);
+    prompts pr;
+    make_prompts(w, seed, &pr);
 
     /* Capacity: online only, max_seqs requests always in flight, no backlog. */
     double capacity = 0;
     if (!rates_s) {
-        run_spec cap = {.online_rps = -(double)max_seqs, .duration_s = duration / 2, .backlog = 0};
-        run_result cr;
-        run_once(w, &pr, &cap, seed, &cr);
-        capacity = cr.rps_done;
+        double tps = 0;
+        capacity = measure_capacity(w, &pr, max_seqs, duration / 2, seed, &tps);
         printf("{\"bench\":\"colocate_capacity\",\"online_rps\":%.4f,\"online_tps\":%.2f,"
                "\"max_seqs\":%d}\n",
-               capacity, cr.online_tps, max_seqs);
+               capacity, tps, max_seqs);
         fflush(stdout);
     }
     cairn_workers_close(w);
@@ -643,7 +764,7 @@ static int bench_colocate(int argc, char **argv)
     for (int v = 0; v < n_vals && !rc; v++) {
         double rps = rates_s ? vals[v] : vals[v] * capacity;
         for (int p = 0; p < n_pol && !rc; p++) {
-            if (open_workers(&w, model, pols[p], budget_ms / 1e3, max_seqs, threads)) {
+            if (open_workers(&w, model, pols[p], budget_ms / 1e3, max_seqs, threads, coef)) {
                 rc = 1;
                 break;
             }
@@ -678,12 +799,7 @@ static int bench_colocate(int argc, char **argv)
         }
     }
     if (mf) fclose(mf);
-    for (int i = 0; i < pr.n_on; i++)
-        free(pr.on[i]);
-    for (int i = 0; i < pr.n_off; i++)
-        free(pr.off[i]);
-    free(pr.on);
-    free(pr.off);
+    free_prompts(&pr);
     return rc;
 usage:
     fputs(cairn_cmd_bench_usage, stderr);

@@ -94,8 +94,8 @@ static const cairn_config_key schema[] = {
     {"sched.online_reserve", CAIRN_CFG_INT, "2", "0", "255",
      "engine slots offline requests may not take (below workers.max_seqs)", NULL, 0},
     {"sched.profile", CAIRN_CFG_STRING, NULL, NULL, NULL,
-     "latency predictor coefficients from `cairn bench profile --out FILE` (unset: learnt "
-     "from the first iterations)", NULL, 0},
+     "latency predictor coefficients and budget from `cairn bench profile --out FILE` "
+     "(unset: learnt from the first iterations; an explicit sched.budget wins)", NULL, 0},
     {"redis.url", CAIRN_CFG_STRING, NULL, NULL, NULL,
      "Redis for offline jobs, redis://host:port/db (unset: no /v1/jobs, no job runners)", NULL,
      CAIRN_CFG_SECRET},
@@ -254,9 +254,10 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
     return 0;
 }
 
-/* Reads a predictor profile: CAIRN_PREDICTOR_FEATURES finite numbers (cairn bench profile). */
+/* Reads a predictor profile (cairn bench profile --out): CAIRN_PREDICTOR_FEATURES finite
+ * coefficients, then optionally the budget in seconds the profiler found (*budget_s, else 0). */
 static int read_profile(const char *path, double coef[CAIRN_PREDICTOR_FEATURES],
-                        cairn_error *err)
+                        double *budget_s, cairn_error *err)
 {
     char *text = NULL;
     int rc = read_file(path, &text, err);
@@ -271,10 +272,22 @@ static int read_profile(const char *path, double coef[CAIRN_PREDICTOR_FEATURES],
                               "or not a finite number", path, i + 1, CAIRN_PREDICTOR_FEATURES);
         p = end;
     }
+    *budget_s = 0;
+    if (!rc) {
+        char *end;
+        double b = strtod(p, &end);
+        if (end != p) {
+            if (!(b >= 0.001 && b <= 10))
+                rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: budget %g s is outside "
+                                  "1 ms..10 s", path, b);
+            *budget_s = b;
+            p = end;
+        }
+    }
     while (!rc && *p) {
         if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r')
             rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: unexpected text after "
-                              "%d numbers", path, CAIRN_PREDICTOR_FEATURES);
+                              "the numbers", path);
         p++;
     }
     free(text);
@@ -313,11 +326,14 @@ static int start_api(service *s, cairn_error *err)
             return cairn_errorf(err, CAIRN_EINVAL,
                                 "sched.online_reserve %d must be below workers.max_seqs %d",
                                 wp.online_reserve, wp.engine.max_seqs);
-        double coef[CAIRN_PREDICTOR_FEATURES];
+        double coef[CAIRN_PREDICTOR_FEATURES], budget = 0;
         const char *prof = cairn_config_string(c, "sched.profile");
         if (prof) {
-            if ((rc = read_profile(prof, coef, err))) return rc;
+            if ((rc = read_profile(prof, coef, &budget, err))) return rc;
             wp.predictor = coef;
+            /* The profiled budget, unless one was configured explicitly. */
+            if (budget > 0 && cairn_config_origin_of(c, "sched.budget") <= CAIRN_CFG_FROM_DEFAULT)
+                wp.sched.budget_s = budget;
         }
         rc = cairn_workers_open(&s->workers, &wp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "model %s", model);

@@ -182,5 +182,27 @@ def test_cli_gguf_info_on_real_model():
     assert last == 17, last  # gemma-3-270m has 18 blocks
 
 
+def test_scheduler_profile_loaded_and_checked():
+    """sched.profile (cairn bench profile --out): coefficients and the profiled budget load at
+    start; an explicit sched.budget wins; a malformed file stops the start with the reason."""
+    model = os.path.join(os.environ["CAIRN_TEST_MODELS"], "gemma-3-270m-q4_k_m.gguf")
+    with tempfile.TemporaryDirectory() as tmp:
+        good = os.path.join(tmp, "good")
+        with open(good, "w") as f:
+            f.write("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n")
+        for extra, want in (([], "0.25"), (["--sched.budget=40ms"], "0.04")):
+            with Daemon(f"--model.path={model}", f"--sched.profile={good}", *extra) as d:
+                _, _, body = http("GET", d.url + "/metrics")
+                assert f"cairn_sched_budget_seconds {want}\n" in body.decode(), extra
+        for text, words in (("0.01 abc", "number 2 of 7"), ("1 2 3 4 5 6 7 99", "budget 99"),
+                            ("1 2 3 4 5 6 7 0.1 x", "unexpected text")):
+            bad = os.path.join(tmp, "bad")
+            with open(bad, "w") as f:
+                f.write(text)
+            r = run_cairnd(f"--model.path={model}", f"--sched.profile={bad}", "--port=0",
+                           f"--data-dir={tmp}")
+            assert r.returncode == 1 and words in r.stderr, (text, r.returncode, r.stderr)
+
+
 if __name__ == "__main__":
     run_tests(globals())
