@@ -7,9 +7,10 @@
  * cblas_sgemm(RowMajor, NoTrans, Trans). Biases are added by the element-wise stage that follows
  * each sgemm (attention, GELU, add & LayerNorm), which saves a pass over the output.
  *
- * Threads: sgemm parallelises inside BLAS; everything else is a cairn_pool parallel_for, over
- * rows for element-wise work and over (sequence, head) pairs for attention. Per-thread scratch
- * is indexed by the parallel_for tid.
+ * Threads: everything is a cairn_pool parallel_for: over rows for the sgemm calls (each pool
+ * thread one single-threaded sgemm on its rows; blas_threads 1, the default) and the
+ * element-wise work, over (sequence, head) pairs for attention. Per-thread scratch is indexed
+ * by the parallel_for tid. With blas_threads 0, sgemm parallelises inside BLAS instead.
  */
 #include "retrieval/embed.h"
 
@@ -60,6 +61,7 @@ struct cairn_embed {
     int n_owned;
 
     int max_batch, max_tokens, n_threads;
+    int gemm_in_pool; /* sgemm rows split over the pool, BLAS single-threaded */
     bool avx2; /* use the AVX2/FMA kernels */
     /* Buffers for one forward pass, sized at open. Guarded by lock. */
     int32_t *ids, *pos;                 /* [max_tokens] */
@@ -72,7 +74,8 @@ struct cairn_embed {
 cairn_embed_params cairn_embed_default_params(void)
 {
     return (cairn_embed_params){
-        .n_threads = 0, .max_batch = 32, .max_batch_tokens = 4096, .max_seq = 0, .simd = 1};
+        .n_threads = 0, .max_batch = 32, .max_batch_tokens = 4096, .max_seq = 0, .simd = 1,
+        .blas_threads = 1};
 }
 
 int cairn_embed_dim(const cairn_embed *e)
@@ -299,11 +302,13 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
     *out = NULL;
     cairn_embed_params p = params ? *params : cairn_embed_default_params();
     if (p.n_threads < 0 || p.n_threads > 1024 || p.max_batch < 1 || p.max_batch > 65536 ||
-        p.max_batch_tokens < 0 || p.max_batch_tokens > (1 << 22) || p.max_seq < 0 || p.max_seq == 1)
+        p.max_batch_tokens < 0 || p.max_batch_tokens > (1 << 22) || p.max_seq < 0 ||
+        p.max_seq == 1 || p.blas_threads < 0 || p.blas_threads > 1)
         return cairn_errorf(err, CAIRN_EINVAL,
                             "embed: bad params (n_threads %d, max_batch %d, max_batch_tokens %d, "
-                            "max_seq %d)",
-                            p.n_threads, p.max_batch, p.max_batch_tokens, p.max_seq);
+                            "max_seq %d, blas_threads %d)",
+                            p.n_threads, p.max_batch, p.max_batch_tokens, p.max_seq,
+                            p.blas_threads);
     cairn_embed *e = calloc(1, sizeof *e);
     if (!e) return cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory");
     pthread_mutex_init(&e->lock, NULL);
@@ -321,6 +326,13 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
     pp.n_threads = p.n_threads;
     if ((rc = cairn_pool_open(&e->pool, &pp, err)) < 0) goto fail;
     e->n_threads = cairn_pool_threads(e->pool);
+    if (p.blas_threads == 1 && e->n_threads > 1) {
+        /* BLAS's own threads would wait (spinning, then sched_yield) between sgemm calls
+         * beside the pool's threads, which run the attention and element-wise stages: on 2
+         * cores that is 3-4 runnable threads. One BLAS thread per pool thread instead. */
+        openblas_set_num_threads(1);
+        e->gemm_in_pool = 1;
+    }
     e->max_batch = p.max_batch;
 #ifdef HAVE_AVX2_KERNELS
     e->avx2 = p.simd && e->hd % 8 == 0 && e->hd <= 128 && __builtin_cpu_supports("avx2") &&
@@ -338,9 +350,10 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
     e->ctx = malloc(nt * H * sizeof(float));
     e->tmp = malloc(nt * H * sizeof(float));
     e->ff = malloc(nt * (size_t)e->FF * sizeof(float));
-    /* attention scratch: K^T [hd x T], V+bias [T x hd], probabilities [T], q and o [hd] */
+    /* attention scratch: K^T [hd x T], V+bias [T x hd], then the portable path's
+     * probabilities [T], q and o [hd], or the AVX2 path's two probability rows [T + 8] */
     size_t T = (size_t)e->max_seq, hd = (size_t)e->hd;
-    size_t per = 2 * hd * T + T + 2 * hd;
+    size_t per = 2 * hd * T + (T + 2 * hd > 2 * (T + 8) ? T + 2 * hd : 2 * (T + 8));
     if (per < 2 * H) /* pooling borrows the scratch as H doubles */
         per = 2 * H;
     e->scratch_per_thread = (per + 15) & ~(size_t)15;
@@ -548,9 +561,30 @@ static void pool_seqs(void *arg, size_t begin, size_t end, int tid)
     }
 }
 
-/* C[m x n] = A[m x k] W[n x k]^T */
-static void linear(int m, int n, int k, const float *a, const float *w, float *c)
+typedef struct gemm_ctx {
+    int n, k;
+    const float *a, *w;
+    float *c;
+} gemm_ctx;
+
+/* Rows [begin, end) of C = A W^T: one single-threaded sgemm per pool thread. */
+static void gemm_rows(void *arg, size_t begin, size_t end, int tid)
 {
+    (void)tid;
+    const gemm_ctx *g = arg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(end - begin), g->n, g->k, 1.0f,
+                g->a + begin * (size_t)g->k, g->k, g->w, g->k, 0.0f, g->c + begin * (size_t)g->n,
+                g->n);
+}
+
+/* C[m x n] = A[m x k] W[n x k]^T */
+static void linear(cairn_embed *e, int m, int n, int k, const float *a, const float *w, float *c)
+{
+    if (e->gemm_in_pool && m >= 2 * e->n_threads) {
+        gemm_ctx g = {.n = n, .k = k, .a = a, .w = w, .c = c};
+        cairn_pool_parallel_for(e->pool, (size_t)m, gemm_rows, &g);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, w, k, 0.0f, c, n);
 }
 
@@ -563,13 +597,13 @@ static void forward(cairn_embed *e, int nseq, int ntok, float *out)
     for (int l = 0; l < e->n_layer; l++) {
         const layer_t *L = &e->layers[l];
         c.L = L;
-        linear(ntok, 3 * e->H, e->H, e->x, L->qkv_w, e->qkv);
+        linear(e, ntok, 3 * e->H, e->H, e->x, L->qkv_w, e->qkv);
         cairn_pool_parallel_for(e->pool, (size_t)nseq * (size_t)e->n_head, attn_tasks, &c);
-        linear(ntok, e->H, e->H, e->ctx, L->o_w, e->tmp);
+        linear(e, ntok, e->H, e->H, e->ctx, L->o_w, e->tmp);
         cairn_pool_parallel_for(e->pool, n, add_ln1_rows, &c);
-        linear(ntok, e->FF, e->H, e->x, L->up_w, e->ff);
+        linear(e, ntok, e->FF, e->H, e->x, L->up_w, e->ff);
         cairn_pool_parallel_for(e->pool, n, gelu_rows, &c);
-        linear(ntok, e->H, e->FF, e->ff, L->down_w, e->tmp);
+        linear(e, ntok, e->H, e->FF, e->ff, L->down_w, e->tmp);
         cairn_pool_parallel_for(e->pool, n, add_ln2_rows, &c);
     }
     cairn_pool_parallel_for(e->pool, (size_t)nseq, pool_seqs, &c);

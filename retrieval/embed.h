@@ -35,9 +35,13 @@ typedef struct {
                              bert.max_seq_length (256 for all-MiniLM-L6-v2), else its
                              context length; never more than the context length */
     int simd;             /* 1: AVX2/FMA kernels when the CPU has them; 0: portable C only */
+    int blas_threads;     /* 1: each pool thread runs a single-threaded sgemm on its share of
+                             the rows, and open sets OpenBLAS to one thread PROCESS-WIDE (FAISS
+                             training then runs its sgemm on one thread too); 0: leave OpenBLAS
+                             alone, sgemm parallelises inside it */
 } cairn_embed_params;
 
-/* n_threads 0, max_batch 32, max_batch_tokens 4096, max_seq 0, simd 1. */
+/* n_threads 0, max_batch 32, max_batch_tokens 4096, max_seq 0, simd 1, blas_threads 1. */
 cairn_embed_params cairn_embed_default_params(void);
 
 /*

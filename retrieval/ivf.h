@@ -26,7 +26,7 @@ typedef struct cairn_ivf cairn_ivf;
 typedef struct {
     int dim;       /* vector dimension (384 for all-MiniLM-L6-v2) */
     size_t nlist;  /* clusters; 0 = cairn_ivf_nlist_for(training set size) */
-    size_t nprobe; /* clusters searched when a search passes nprobe 0; 0 = nlist / 16, >= 8 */
+    size_t nprobe; /* clusters searched when a search passes nprobe 0; 0 = nlist / 8, >= 8 */
 } cairn_ivf_params;
 
 /* dim 384, nlist 0 (sized at train time), nprobe 0 (auto). */

@@ -11,6 +11,7 @@
 #include "services/cmd_adapt.h"
 #include "services/cmd_bench.h"
 #include "services/cmd_generate.h"
+#include "services/cmd_index.h"
 #include "services/cmd_job.h"
 #include "services/server.h"
 
@@ -130,6 +131,12 @@ static const command commands[] = {
      cairn_cmd_adapt, NULL},
     {"generate", "generate text from a prompt with a GGUF model, streamed",
      NULL, cairn_cmd_generate, &cairn_cmd_generate_usage},
+    {"index", "ingest a corpus and build the passage index (cached), with progress",
+     NULL, cairn_cmd_index, &cairn_cmd_index_usage},
+    {"embed", "print the embeddings of texts as JSON arrays",
+     NULL, cairn_cmd_embed, &cairn_cmd_embed_usage},
+    {"search", "the passages of the index nearest to a text",
+     NULL, cairn_cmd_search, &cairn_cmd_search_usage},
     {"bench", "scheduler benchmarks: latency predictor profile, online/offline co-location",
      NULL, cairn_cmd_bench, &cairn_cmd_bench_usage},
     {"job", "submit offline summarization jobs to Redis and read their status",

@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "retrieval/corpus.h"
+#include "retrieval/index.h"
 #include "retrieval/ivf.h"
 #include "retrieval/tier.h"
 
@@ -24,7 +25,7 @@
 struct cairn_rag {
     cairn_rag_params p;
     char *dir;
-    char path_ds[4096], path_ivf[4096], path_tier[4096];
+    char path_ds[4096], path_ivf[4096], path_tier[4096], path_stamp[4096];
     pthread_rwlock_t lock;
     cairn_docstore *ds;
     cairn_ivf *ivf;   /* NULL until the first documents */
@@ -60,19 +61,8 @@ static int index_vectors(cairn_rag *r, const float *x, const int64_t *ids, size_
                          cairn_error *err)
 {
     int rc = 0;
-    if (!r->ivf) {
-        cairn_ivf_params ip = cairn_ivf_default_params();
-        ip.dim = r->dim;
-        ip.nlist = cairn_ivf_nlist_for(n);
-        rc = cairn_ivf_new(&r->ivf, &ip, err);
-        if (!rc) rc = cairn_ivf_train(r->ivf, x, n, err);
-        if (rc) {
-            cairn_ivf_close(r->ivf);
-            r->ivf = NULL;
-            return rc;
-        }
-    }
-    rc = cairn_ivf_add(r->ivf, x, ids, n, err);
+    if (!r->ivf) rc = cairn_index_build_ivf(&r->ivf, r->dim, x, ids, n, err); /* + add */
+    else rc = cairn_ivf_add(r->ivf, x, ids, n, err);
     if (!rc) rc = rebuild_tier(r, err);
     return rc;
 }
@@ -80,60 +70,22 @@ static int index_vectors(cairn_rag *r, const float *x, const int64_t *ids, size_
 /* Embeds and indexes every live document of the store (an index file was missing). */
 static int reindex_all(cairn_rag *r, cairn_error *err)
 {
-    size_t n = cairn_docstore_live(r->ds), recs = cairn_docstore_records(r->ds);
-    if (n == 0) return 0;
-    float *x = malloc(n * (size_t)r->dim * sizeof *x);
-    int64_t *ids = malloc(n * sizeof *ids);
-    const char **texts = malloc(n * sizeof *texts);
-    int rc = (x && ids && texts) ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-    size_t k = 0;
-    for (size_t i = 0; !rc && i < recs; i++) {
-        cairn_doc d;
-        cairn_docstore_at(r->ds, i, &d);
-        if (d.deleted) continue;
-        texts[k] = d.text;
-        ids[k++] = (int64_t)d.id;
-    }
-    if (!rc) rc = cairn_embed_batch(r->p.embed, texts, (int)k, x, err);
-    if (!rc) rc = index_vectors(r, x, ids, k, err);
-    if (!rc) CAIRN_LOG_INFO("reindexed", "passages=%zu", k);
+    float *x;
+    int64_t *ids;
+    size_t n;
+    int rc = cairn_index_embed_store(r->p.embed, r->ds, 0, NULL, NULL, &x, &ids, &n, err);
+    if (!rc && n) rc = index_vectors(r, x, ids, n, err);
+    if (!rc) CAIRN_LOG_INFO("reindexed", "passages=%zu", n);
     free(x);
     free(ids);
-    free(texts);
     return rc;
 }
 
 /* Fills an empty store from the configured corpus (rag.h says which kinds). */
 static int ingest_corpus(cairn_rag *r, cairn_error *err)
 {
-    const char *path = r->p.corpus;
-    struct stat st;
-    if (stat(path, &st) != 0) return cairn_errorf(err, CAIRN_ENOTFOUND, "corpus %s: %s", path,
-                                                  strerror(errno));
-    cairn_corpus_params cp = cairn_corpus_default_params();
-    cp.max_passages = r->p.corpus_max;
-    cairn_corpus_stats cs = {0};
-    size_t n = strlen(path);
-    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    int rc;
-    if (S_ISDIR(st.st_mode)) {
-        rc = cairn_corpus_ingest_dir(r->ds, path, &cp, &cs, err);
-    } else if (n > 6 && !strcmp(path + n - 6, ".jsonl")) {
-        rc = cairn_corpus_ingest_jsonl(r->ds, path, &cp, &cs, err);
-    } else if (!strcmp(base, "debian-Translation-en")) {
-        char sections[4096];
-        snprintf(sections, sizeof sections, "%.*sdebian-sections", (int)(base - path), path);
-        rc = cairn_corpus_ingest_debian(r->ds, path, stat(sections, &st) == 0 ? sections : NULL,
-                                        &cp, &cs, err);
-    } else {
-        return cairn_errorf(err, CAIRN_EINVAL,
-                            "corpus %s: not a directory, a .jsonl file or debian-Translation-en",
-                            path);
-    }
-    if (!rc) rc = cairn_docstore_commit(r->ds, err);
-    if (!rc) CAIRN_LOG_INFO("corpus ingested", "path=%s docs=%zu passages=%zu", path, cs.docs,
-                            cs.passages);
-    return rc;
+    return cairn_index_ingest(r->ds, r->p.corpus, r->p.corpus_max,
+                              cairn_embed_tokenizer(r->p.embed), r->path_stamp, NULL, err);
 }
 
 int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *metrics,
@@ -151,6 +103,7 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     snprintf(r->path_ds, sizeof r->path_ds, "%s/docs.cds", p->dir);
     snprintf(r->path_ivf, sizeof r->path_ivf, "%s/index.ivf", p->dir);
     snprintf(r->path_tier, sizeof r->path_tier, "%s/index.tier", p->dir);
+    snprintf(r->path_stamp, sizeof r->path_stamp, "%s/corpus.stamp", p->dir);
     int rc = 0;
     if (metrics) {
         rc = cairn_gauge_new(metrics, &r->g_docs, "cairn_rag_documents", "Passages indexed", err);
@@ -175,7 +128,13 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
         if (stat(r->path_ivf, &st) == 0 &&
             cairn_ivf_load(&r->ivf, r->path_ivf, cairn_docstore_uid(r->ds), NULL) == 0 &&
             cairn_ivf_count(r->ivf) == cairn_docstore_live(r->ds)) {
-            rc = rebuild_tier(r, err);
+            /* the tier file saved with this index, else a new one */
+            cairn_tier_params tp = cairn_tier_default_params();
+            tp.fast_bytes = p->fast_bytes;
+            if (cairn_tier_open(&r->tier, r->path_tier, &tp, cairn_docstore_uid(r->ds), NULL) ||
+                cairn_tier_count(r->tier) != cairn_ivf_count(r->ivf) ||
+                cairn_tier_nlist(r->tier) != cairn_ivf_nlist(r->ivf))
+                rc = rebuild_tier(r, err);
         } else {
             cairn_ivf_close(r->ivf);
             r->ivf = NULL;

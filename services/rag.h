@@ -1,8 +1,9 @@
 /*
  * services/rag.h — the passage index cairnd serves, and the retrieval half of a RAG request.
  *
- * A directory holds the docstore (docs.cds), the IVF index (index.ivf) and its slow-tier file
- * (index.tier). Adding or deleting documents updates all three: the IVF index is trained on
+ * A directory holds the docstore (docs.cds), the IVF index (index.ivf), its slow-tier file
+ * (index.tier) and, when a corpus filled the store, corpus.stamp (retrieval/index.h; `cairn
+ * index` builds the same directory). Adding or deleting documents updates all three: the IVF index is trained on
  * the first documents, later ones are added to it, and the tier file is rebuilt (the tier
  * format is immutable), then swapped in under the index lock.
  *

@@ -186,6 +186,33 @@ static void test_simd_matches_portable(void **state)
     cairn_embed_close(fast);
 }
 
+/* sgemm split over the pool's threads (blas_threads 1) and one sgemm call per projection
+ * (blas_threads 0) give the same vectors; other values are refused. */
+static void test_blas_split_matches_single_call(void **state)
+{
+    (void)state;
+    cairn_embed_params p = cairn_embed_default_params();
+    p.n_threads = 3; /* rows split three ways, unevenly */
+    cairn_embed *split = open_model(&p);
+    p.blas_threads = 0;
+    cairn_embed *whole = open_model(&p);
+    float a[NMIX * 384], b[NMIX * 384];
+    assert_int_equal(cairn_embed_batch(split, MIX, NMIX, a, NULL), 0);
+    assert_int_equal(cairn_embed_batch(whole, MIX, NMIX, b, NULL), 0);
+    double d = max_abs_diff(a, b, (size_t)NMIX * 384);
+    if (d > 1e-5) fail_msg("split and whole sgemm differ by %g", d);
+    cairn_embed_close(whole);
+    cairn_embed_close(split);
+    char *path = model_path();
+    cairn_embed *e = NULL;
+    cairn_error err;
+    p.blas_threads = 2;
+    assert_int_equal(cairn_embed_open(&e, path, &p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "blas_threads 2"));
+    assert_null(e);
+    free(path);
+}
+
 static void test_similarity_is_meaningful(void **state)
 {
     (void)state;
@@ -364,6 +391,7 @@ int main(void)
         cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_simd_matches_portable),
+        cmocka_unit_test(test_blas_split_matches_single_call),
         cmocka_unit_test(test_similarity_is_meaningful),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_tokens_api),
