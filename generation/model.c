@@ -40,13 +40,13 @@ struct cairn_model {
     const cairn_gguf_tensor *tok_embd;
     float *output_norm;
     cairn_cpu_mat output;
-    size_t max_act_bytes_per_tok; /* largest matmul scratch for one token */
+    float *gelu_table;            /* gemma3: GELU at F16, CAIRN_CPU_GELU_TABLE_SIZE entries */
 };
 
 struct cairn_model_ws {
     int max_tokens, max_ctx, n_threads;
     float *x, *h, *q, *k, *v, *att, *a, *ffa, *ffb, *emb_row;
-    float *scores; /* n_threads * max_ctx */
+    float *scores; /* n_threads * max_ctx * query heads per KV head */
     void *act;
     size_t act_bytes;
     int32_t *seq_next;   /* per kv seq id: expected next position, during validation */
@@ -149,6 +149,7 @@ void cairn_model_close(cairn_model *m)
     free(m->layers);
     free(m->layer_window);
     free(m->output_norm);
+    free(m->gelu_table);
     cairn_gguf_close(m->g);
     free(m);
 }
@@ -160,13 +161,6 @@ static int check_range(const char *what, long long v, long long lo, long long hi
         return cairn_errorf(err, CAIRN_ERANGE, "model: %s = %lld is outside [%lld, %lld]", what, v,
                             lo, hi);
     return 0;
-}
-
-static void track_act(cairn_model *m, const cairn_cpu_mat *w)
-{
-    size_t b = cairn_cpu_matmul_scratch_bytes(w, 1);
-    if (b > m->max_act_bytes_per_tok)
-        m->max_act_bytes_per_tok = b;
 }
 
 static int bind(cairn_model *m, cairn_error *err)
@@ -252,6 +246,10 @@ static int bind(cairn_model *m, cairn_error *err)
         for (int l = 0; l < hp->n_layer; l++)
             m->layer_window[l] = (l + 1) % (int)pattern != 0 ? (int)win : 0;
         hp->rope_base_local = 10000.0f;
+        m->gelu_table = malloc(sizeof(float) * CAIRN_CPU_GELU_TABLE_SIZE);
+        if (!m->gelu_table)
+            return cairn_errorf(err, CAIRN_ENOMEM, "model: out of memory");
+        cairn_cpu_gelu_f16_table(m->gelu_table);
     }
 
     m->tok_embd = cairn_gguf_find_tensor(g, "token_embd.weight");
@@ -274,7 +272,6 @@ static int bind(cairn_model *m, cairn_error *err)
                               err))) {
         return rc; /* tied output */
     }
-    track_act(m, &m->output);
 
     const int d = hp->n_embd, qd = hp->n_head * hp->head_dim, kd = hp->n_head_kv * hp->head_dim,
               vd = hp->n_head_kv * hp->head_dim_v, od = hp->n_head * hp->head_dim_v;
@@ -306,13 +303,6 @@ static int bind(cairn_model *m, cairn_error *err)
              (rc = load_vec(g, N("attn_v.bias"), vd, true, &L->bv, err))))
             return rc;
 #undef N
-        track_act(m, &L->wq);
-        track_act(m, &L->wk);
-        track_act(m, &L->wv);
-        track_act(m, &L->wo);
-        track_act(m, &L->wgate);
-        track_act(m, &L->wup);
-        track_act(m, &L->wdown);
     }
     return 0;
 }
@@ -372,6 +362,22 @@ void cairn_model_kv_params(const cairn_model *m, cairn_kv_params *p)
 
 /* ---- Workspace ------------------------------------------------------------------------------ */
 
+/* The largest matmul scratch any product of the model needs for n_tok tokens. */
+static size_t act_scratch_bytes(const cairn_model *m, int n_tok)
+{
+    size_t b = cairn_cpu_matmul_scratch_bytes(&m->output, n_tok);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const layer_w *L = &m->layers[l];
+        const cairn_cpu_mat *all[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup,
+                                       &L->wdown};
+        for (int i = 0; i < 7; i++) {
+            size_t s = cairn_cpu_matmul_scratch_bytes(all[i], n_tok);
+            b = s > b ? s : b;
+        }
+    }
+    return b;
+}
+
 void cairn_model_ws_free(cairn_model_ws *ws)
 {
     if (!ws)
@@ -420,8 +426,9 @@ int cairn_model_ws_new(cairn_model_ws **out, const cairn_model *m, int max_token
     ws->ffa = malloc(sizeof(float) * T * hp->n_ff);
     ws->ffb = malloc(sizeof(float) * T * hp->n_ff);
     ws->emb_row = malloc(sizeof(float) * hp->n_embd);
-    ws->scores = malloc(sizeof(float) * (size_t)n_threads * (size_t)max_ctx);
-    ws->act_bytes = m->max_act_bytes_per_tok * T + 64;
+    ws->scores = malloc(sizeof(float) * (size_t)n_threads * (size_t)max_ctx *
+                        (size_t)(hp->n_head / hp->n_head_kv));
+    ws->act_bytes = act_scratch_bytes(m, max_tokens) + 64;
     ws->act = malloc(ws->act_bytes);
     ws->seq_first = malloc(sizeof(int32_t) * T);
     ws->seq_count = malloc(sizeof(int32_t) * T);
@@ -448,6 +455,7 @@ typedef struct {
 /* Per token after the q/k/v projections: biases, q/k norms, RoPE, K/V rows into the cache. */
 static void post_qkv(void *p, size_t tb, size_t te, int tid)
 {
+    (void)tid;
     fwd_ctx *c = p;
     const cairn_model_hparams *hp = &c->m->hp;
     const layer_w *L = &c->m->layers[c->layer];
@@ -473,28 +481,42 @@ static void post_qkv(void *p, size_t tb, size_t te, int tid)
                 cairn_cpu_rmsnorm(k + h * hd, k + h * hd, L->k_norm, hd, hp->rms_eps);
         }
         int pos = c->b->pos[t], seq = c->b->seq[t];
-        cairn_cpu_rope(q, hp->n_head, hd, pos, base, fscale, hp->rope_neox);
-        cairn_cpu_rope(k, hp->n_head_kv, hd, pos, base, fscale, hp->rope_neox);
-        /* q meets the F16 K cache at F16, as in ggml. */
+        if (hd <= CAIRN_CPU_ROPE_MAX_DIM) {
+            float cs[CAIRN_CPU_ROPE_MAX_DIM];
+            cairn_cpu_rope_angles(hd, pos, base, fscale, cs);
+            cairn_cpu_rope_apply(q, hp->n_head, hd, cs, hp->rope_neox);
+            cairn_cpu_rope_apply(k, hp->n_head_kv, hd, cs, hp->rope_neox);
+        } else {
+            cairn_cpu_rope(q, hp->n_head, hd, pos, base, fscale, hp->rope_neox);
+            cairn_cpu_rope(k, hp->n_head_kv, hd, pos, base, fscale, hp->rope_neox);
+        }
+        /* Gemma 3 scales q before attention (llama.cpp: ggml_scale(Qcur, f_attention_scale),
+         * then a kq scale of 1); q then meets the F16 K cache at F16, as in ggml. */
+        if (hp->arch == CAIRN_ARCH_GEMMA3)
+            for (int i = 0; i < qd; i++)
+                q[i] *= hp->attn_scale;
         cairn_cpu_round_f16(q, qd);
         cairn_cpu_f32_to_f16(k, cairn_kv_k_row(c->kv, c->layer, seq, pos), kd);
         cairn_cpu_f32_to_f16(v, cairn_kv_v_row(c->kv, c->layer, seq, pos), vd);
     }
 }
 
-/* One task per (token, head). */
+/* One task per (token, KV head): the query heads that share a KV head read its rows once. */
 static void attend(void *p, size_t ib, size_t ie, int tid)
 {
     fwd_ctx *c = p;
     const cairn_model_hparams *hp = &c->m->hp;
     int hd = hp->head_dim, hdv = hp->head_dim_v, group = hp->n_head / hp->n_head_kv;
     int window = c->m->layer_window[c->layer];
-    float *scores = c->ws->scores + (size_t)tid * c->ws->max_ctx;
+    float *scores = c->ws->scores + (size_t)tid * c->ws->max_ctx * group;
     cairn_cpu_paged pg;
     int cur_seq = -1;
+    size_t T = (size_t)c->b->n_tokens;
     for (size_t i = ib; i < ie; i++) {
-        size_t t = i / hp->n_head;
-        int h = (int)(i % hp->n_head);
+        /* Tokens in the order 0, T-1, 1, T-2, ...: a causal prefill's late tokens attend to
+         * more positions, and the pool hands each thread a contiguous share of tasks. */
+        size_t j = i / hp->n_head_kv, t = j & 1 ? T - 1 - j / 2 : j / 2;
+        int kvh = (int)(i % hp->n_head_kv), h = kvh * group;
         int pos = c->b->pos[t], seq = c->b->seq[t];
         if (seq != cur_seq) {
             cairn_kv_paged(c->kv, c->layer, seq, &pg);
@@ -503,16 +525,75 @@ static void attend(void *p, size_t ib, size_t ie, int tid)
         int lo = window ? pos - window + 1 : 0;
         if (lo < 0)
             lo = 0;
-        cairn_cpu_attention(c->ws->q + t * (size_t)hp->n_head * hd + (size_t)h * hd, hd, &pg,
-                            h / group, lo, pos, hp->attn_scale, scores,
-                            c->ws->att + t * (size_t)hp->n_head * hdv + (size_t)h * hdv);
+        cairn_cpu_attention_heads(c->ws->q + t * (size_t)hp->n_head * hd + (size_t)h * hd, group,
+                                  hd, &pg, kvh, lo, pos,
+                                  hp->arch == CAIRN_ARCH_GEMMA3 ? 1.0f : hp->attn_scale, scores,
+                                  c->ws->att + t * (size_t)hp->n_head * hdv + (size_t)h * hdv);
     }
 }
 
-static void norm_rows(float *out, const float *x, const float *w, int n_rows, int n, float eps)
+/*
+ * The element-wise stretches between matrix products, per token (run over the pool):
+ *   ATTN_IN  h = rmsnorm(x) * attn_norm
+ *   ATTN_OUT (gemma3: a = rmsnorm(a) * post_attention_norm); x += a; h = rmsnorm(x) * ffn_norm
+ *   FFN_MID  ffa = act(ffa) * ffb
+ *   FFN_OUT  (gemma3: a = rmsnorm(a) * post_ffw_norm); x += a
+ */
+enum { ATTN_IN, ATTN_OUT, FFN_MID, FFN_OUT };
+
+/* Below this many tokens the per-token work costs less than waking the pool's threads. */
+#define EW_PARALLEL_MIN 16
+
+typedef struct {
+    const cairn_model *m;
+    cairn_model_ws *ws;
+    const layer_w *L;
+    int op;
+} ew_ctx;
+
+static void elementwise(void *p, size_t tb, size_t te, int tid)
 {
-    for (int t = 0; t < n_rows; t++)
-        cairn_cpu_rmsnorm(out + (size_t)t * n, x + (size_t)t * n, w, n, eps);
+    (void)tid;
+    const ew_ctx *c = p;
+    const cairn_model_hparams *hp = &c->m->hp;
+    const layer_w *L = c->L;
+    const int d = hp->n_embd, ff = hp->n_ff;
+    bool gemma = hp->arch == CAIRN_ARCH_GEMMA3;
+    for (size_t t = tb; t < te; t++) {
+        float *x = c->ws->x + t * d, *h = c->ws->h + t * d, *a = c->ws->a + t * d;
+        switch (c->op) {
+        case ATTN_IN:
+            cairn_cpu_rmsnorm(h, x, L->attn_norm, d, hp->rms_eps);
+            break;
+        case ATTN_OUT:
+        case FFN_OUT:
+            if (gemma)
+                cairn_cpu_rmsnorm(a, a, c->op == ATTN_OUT ? L->post_attn_norm : L->post_ffw_norm,
+                                  d, hp->rms_eps);
+            for (int i = 0; i < d; i++)
+                x[i] += a[i];
+            if (c->op == ATTN_OUT)
+                cairn_cpu_rmsnorm(h, x, L->ffn_norm, d, hp->rms_eps);
+            break;
+        default:
+            if (c->m->gelu_table)
+                cairn_cpu_gated_gelu_table(c->ws->ffa + t * ff, c->ws->ffb + t * ff, ff,
+                                           c->m->gelu_table);
+            else
+                cairn_cpu_gated(c->ws->ffa + t * ff, c->ws->ffb + t * ff, ff, gemma);
+            break;
+        }
+    }
+}
+
+static void run_elementwise(const cairn_model *m, cairn_model_ws *ws, cairn_pool *pool,
+                            const layer_w *L, int op, int T)
+{
+    ew_ctx c = {.m = m, .ws = ws, .L = L, .op = op};
+    if (pool && T >= EW_PARALLEL_MIN)
+        cairn_pool_parallel_for(pool, (size_t)T, elementwise, &c);
+    else
+        elementwise(&c, 0, (size_t)T, 0);
 }
 
 /* Checks the batch against the cache and appends its rows; all or nothing. */
@@ -588,37 +669,29 @@ int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, 
     }
 
     fwd_ctx c = {.m = m, .ws = ws, .kv = kv, .b = b};
-    bool gemma = hp->arch == CAIRN_ARCH_GEMMA3;
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_w *L = &m->layers[l];
         c.layer = l;
-        norm_rows(ws->h, ws->x, L->attn_norm, T, d, hp->rms_eps);
-        cairn_cpu_matmul(pool, &L->wq, ws->h, T, ws->q, ws->act);
-        cairn_cpu_matmul(pool, &L->wk, ws->h, T, ws->k, ws->act);
-        cairn_cpu_matmul(pool, &L->wv, ws->h, T, ws->v, ws->act);
-        if (pool && T > 1)
+        run_elementwise(m, ws, pool, L, ATTN_IN, T);
+        const cairn_cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_out[3] = {ws->q, ws->k, ws->v};
+        cairn_cpu_matmul_n(pool, qkv, 3, ws->h, T, qkv_out, ws->act);
+        if (pool && T >= EW_PARALLEL_MIN)
             cairn_pool_parallel_for(pool, (size_t)T, post_qkv, &c);
         else
             post_qkv(&c, 0, (size_t)T, 0);
         if (pool)
-            cairn_pool_parallel_for(pool, (size_t)T * hp->n_head, attend, &c);
+            cairn_pool_parallel_for(pool, (size_t)T * hp->n_head_kv, attend, &c);
         else
-            attend(&c, 0, (size_t)T * hp->n_head, 0);
+            attend(&c, 0, (size_t)T * hp->n_head_kv, 0);
         cairn_cpu_matmul(pool, &L->wo, ws->att, T, ws->a, ws->act);
-        if (gemma)
-            norm_rows(ws->a, ws->a, L->post_attn_norm, T, d, hp->rms_eps);
-        for (size_t i = 0; i < (size_t)T * d; i++)
-            ws->x[i] += ws->a[i];
-
-        norm_rows(ws->h, ws->x, L->ffn_norm, T, d, hp->rms_eps);
-        cairn_cpu_matmul(pool, &L->wgate, ws->h, T, ws->ffa, ws->act);
-        cairn_cpu_matmul(pool, &L->wup, ws->h, T, ws->ffb, ws->act);
-        cairn_cpu_gated(ws->ffa, ws->ffb, T * hp->n_ff, gemma);
+        run_elementwise(m, ws, pool, L, ATTN_OUT, T);
+        const cairn_cpu_mat *gu[2] = {&L->wgate, &L->wup};
+        float *gu_out[2] = {ws->ffa, ws->ffb};
+        cairn_cpu_matmul_n(pool, gu, 2, ws->h, T, gu_out, ws->act);
+        run_elementwise(m, ws, pool, L, FFN_MID, T);
         cairn_cpu_matmul(pool, &L->wdown, ws->ffa, T, ws->a, ws->act);
-        if (gemma)
-            norm_rows(ws->a, ws->a, L->post_ffw_norm, T, d, hp->rms_eps);
-        for (size_t i = 0; i < (size_t)T * d; i++)
-            ws->x[i] += ws->a[i];
+        run_elementwise(m, ws, pool, L, FFN_OUT, T);
     }
 
     /* Gather the rows that want logits, normalise, project. */

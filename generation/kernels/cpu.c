@@ -15,8 +15,22 @@
 bool cairn_cpu_has_avx2(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
+#if defined(__clang__) /* clang cannot ask for f16c; every AVX2 CPU has it */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
            __builtin_cpu_supports("f16c");
+#endif
+#else
+    return false;
+#endif
+}
+
+bool cairn__has_vnni(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return cairn_cpu_has_avx2() && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
 #else
     return false;
 #endif
@@ -135,7 +149,10 @@ void cairn_cpu_quantize_act(uint32_t type, const float *x, int64_t cols, void *a
             quant_q8(x, cols / 32, act);
         break;
     case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
-        quant_q8k(x, cols / 256, act);
+        if (use_avx2)
+            cairn__quant_q8k_avx2(x, cols / 256, act);
+        else
+            quant_q8k(x, cols / 256, act);
         break;
     default:
         memcpy(act, x, (size_t)cols * sizeof(float));
@@ -289,98 +306,260 @@ float cairn_cpu_vec_dot(uint32_t type, int64_t cols, const void *w, const void *
 
 /* ---- Matrix product ------------------------------------------------------------------------ */
 
+/* Token counts are padded to whole tiles of the tiled kernels (cpu_internal.h). */
 size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok)
 {
+    size_t padded = ((size_t)n_tok + CAIRN__Q8F_TILE - 1) / CAIRN__Q8F_TILE * CAIRN__Q8F_TILE;
     switch (w->type) {
     case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16:
         return 0; /* float activations are used in place */
     default:
-        return (size_t)n_tok * cairn_cpu_act_bytes(w->type, w->cols);
+        return padded * cairn_cpu_act_bytes(w->type, w->cols);
     }
 }
 
-typedef struct {
-    const cairn_cpu_mat *w;
-    const float *x;
-    int64_t n_tok;
-    float *y;
-    const uint8_t *act;
-    size_t act_row;
-    uint8_t *scratch;
-    bool avx2;
-} matmul_ctx;
-
-static void quant_rows(void *p, size_t b, size_t e, int tid)
+/* Which activation format a weight type multiplies against (0: the float rows themselves). */
+static int act_kind(uint32_t type)
 {
-    matmul_ctx *c = p;
-    for (size_t t = b; t < e; t++)
-        cairn_cpu_quantize_act(c->w->type, c->x + t * c->w->cols, c->w->cols,
-                               c->scratch + t * c->act_row, c->avx2);
+    switch (type) {
+    case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
+        return 1;
+    case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
+        return 2;
+    default:
+        return 0;
+    }
 }
 
-/* Rows in groups of 4 so that each activation row, once in cache, meets several weight rows. */
-#define MM_ROW_GROUP 4
+typedef void (*gemm_fn)(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
+                        const uint8_t *a, int nt, float *y, size_t y_stride);
 
-static void matmul_rows(void *p, size_t gb, size_t ge, int tid)
+static gemm_fn pick_gemm(uint32_t type, bool avx2)
 {
+    if (!avx2)
+        return NULL;
+    bool vnni = cairn__has_vnni();
+    switch (act_kind(type)) {
+    case 1:
+        return vnni ? cairn__gemm_q8f_vnni : cairn__gemm_q8f_avx2;
+    case 2:
+        return vnni ? cairn__gemm_kq_vnni : cairn__gemm_kq_avx2;
+    default:
+        return NULL;
+    }
+}
+
+/*
+ * The products are cut into tasks of (a chunk of weight rows) x (a block of tokens). A chunk's
+ * rows fill about half of L1 so that they stay there while the block's tokens pass; inside a
+ * task the tiled kernels decode each weight block once for several tokens. Tasks are numbered
+ * matrix-major, then row-chunk-major, so each thread's contiguous share of them reads its
+ * weight rows once.
+ */
+#define MM_CHUNK_BYTES 16384
+#define MM_TOK_BLOCK 64
+#define MM_MAX_MATS 4
+
+typedef struct {
+    const cairn_cpu_mat *w;
+    float *y;
+    size_t chunk_rows; /* weight rows per task */
+    size_t task_end;   /* one past this matrix's last task index */
+} mm_part;
+
+typedef struct {
+    mm_part part[MM_MAX_MATS];
+    int n_mats;
+    const float *x;
+    int64_t n_tok, cols, nb; /* nb: blocks per row */
+    uint32_t act_type;       /* the type the activations are quantized for */
+    const uint8_t *act;
+    size_t act_row;          /* bytes of one token's activation blocks */
+    size_t act_blk;          /* bytes of one activation block */
+    uint8_t *scratch;
+    bool avx2;
+    gemm_fn gemm;            /* tiled kernel of the family, or NULL: vec_dot on plain rows */
+    int tile;                /* gemm's token tile (its activation layout); 0 with no gemm */
+    size_t n_tblocks;        /* token blocks per row chunk */
+} matmul_ctx;
+
+/* Quantizes tokens [b, e): plain rows, or for a tiled kernel block k of token t at
+ * ((t / tile) * nb + k) * tile + t % tile blocks from the start. */
+static void quant_rows(void *p, size_t b, size_t e, int tid)
+{
+    (void)tid;
     const matmul_ctx *c = p;
-    const cairn_cpu_mat *w = c->w;
-    const uint8_t *wd = w->data;
-    for (size_t g = gb; g < ge; g++) {
-        size_t rb = g * MM_ROW_GROUP, re = rb + MM_ROW_GROUP;
-        if (re > (size_t)w->rows)
-            re = (size_t)w->rows;
-        for (int64_t t = 0; t < c->n_tok; t++) {
+    const int64_t bs = c->cols / c->nb;
+    for (size_t t = b; t < e; t++) {
+        const float *x = c->x + t * c->cols;
+        if (!c->tile) {
+            cairn_cpu_quantize_act(c->act_type, x, c->cols, c->scratch + t * c->act_row, c->avx2);
+            continue;
+        }
+        size_t tile = (size_t)c->tile, j = t % tile, base = (t - j) * (size_t)c->nb;
+        for (int64_t k = 0; k < c->nb; k++)
+            cairn_cpu_quantize_act(c->act_type, x + k * bs, bs,
+                                   c->scratch + (base + (size_t)k * tile + j) * c->act_blk, true);
+    }
+}
+
+static void matmul_tasks(void *p, size_t ib, size_t ie, int tid)
+{
+    (void)tid;
+    const matmul_ctx *c = p;
+    int m = 0;
+    for (size_t i = ib; i < ie; i++) {
+        while (i >= c->part[m].task_end)
+            m++;
+        const mm_part *pt = &c->part[m];
+        const cairn_cpu_mat *w = pt->w;
+        const uint8_t *wd = w->data;
+        size_t li = i - (m ? c->part[m - 1].task_end : 0);
+        size_t r0 = (li / c->n_tblocks) * pt->chunk_rows, t0 = (li % c->n_tblocks) * MM_TOK_BLOCK;
+        size_t nr = (size_t)w->rows - r0 < pt->chunk_rows ? (size_t)w->rows - r0 : pt->chunk_rows;
+        size_t nt = (size_t)c->n_tok - t0 < MM_TOK_BLOCK ? (size_t)c->n_tok - t0 : MM_TOK_BLOCK;
+        if (c->gemm) {
+            /* t0 is a multiple of MM_TOK_BLOCK, so a whole number of tiles */
+            c->gemm(w->type, c->nb, wd + r0 * w->row_bytes, w->row_bytes, (int)nr,
+                    c->act + t0 * c->act_row, (int)nt, pt->y + t0 * w->rows + r0,
+                    (size_t)w->rows);
+            continue;
+        }
+        for (size_t t = t0; t < t0 + nt; t++) {
             const void *a = c->act + t * c->act_row;
-            float *yt = c->y + t * w->rows;
-            for (size_t r = rb; r < re; r++)
+            float *yt = pt->y + t * w->rows;
+            for (size_t r = r0; r < r0 + nr; r++)
                 yt[r] = cairn_cpu_vec_dot(w->type, w->cols, wd + r * w->row_bytes, a, c->avx2);
         }
     }
 }
 
-void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
-                      float *y, void *scratch)
+bool cairn_cpu_matmul_can_share(const cairn_cpu_mat *a, const cairn_cpu_mat *b)
 {
-    matmul_ctx c = {.w = w, .x = x, .n_tok = n_tok, .y = y, .scratch = scratch,
-                    .avx2 = cairn_cpu_has_avx2()};
-    if (cairn_cpu_matmul_scratch_bytes(w, 1) == 0) {
+    if (a->cols != b->cols)
+        return false;
+    int ka = act_kind(a->type), kb = act_kind(b->type);
+    return ka == kb && (ka != 0 || a->type == b->type);
+}
+
+void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, const float *x,
+                        int64_t n_tok, float *const *y, void *scratch)
+{
+    bool share = n <= MM_MAX_MATS;
+    for (int i = 1; i < n && share; i++)
+        share = cairn_cpu_matmul_can_share(w[0], w[i]);
+    if (!share) {
+        for (int i = 0; i < n; i++)
+            cairn_cpu_matmul_n(pool, &w[i], 1, x, n_tok, &y[i], scratch);
+        return;
+    }
+    const cairn_cpu_mat *w0 = w[0];
+    matmul_ctx c = {.n_mats = n, .x = x, .n_tok = n_tok, .cols = w0->cols, .act_type = w0->type,
+                    .scratch = scratch, .avx2 = cairn_cpu_has_avx2()};
+    c.gemm = pick_gemm(w0->type, c.avx2);
+    c.nb = w0->cols / (int64_t)cairn_gguf_type_block_size(w0->type);
+    if (cairn_cpu_matmul_scratch_bytes(w0, 1) == 0) {
         c.act = (const uint8_t *)x;
-        c.act_row = (size_t)w->cols * sizeof(float);
+        c.act_row = (size_t)w0->cols * sizeof(float);
     } else {
         c.act = scratch;
-        c.act_row = cairn_cpu_act_bytes(w->type, w->cols);
-        if (pool && n_tok > 1)
+        c.act_row = cairn_cpu_act_bytes(w0->type, w0->cols);
+        c.act_blk = c.act_row / (size_t)c.nb;
+        if (c.gemm)
+            c.tile = act_kind(w0->type) == 1 ? CAIRN__Q8F_TILE : CAIRN__KQ_TILE;
+        if (pool && n_tok >= 16) /* fewer rows quantize faster than the pool wakes */
             cairn_pool_parallel_for(pool, (size_t)n_tok, quant_rows, &c);
         else
             quant_rows(&c, 0, (size_t)n_tok, 0);
     }
-    size_t groups = ((size_t)w->rows + MM_ROW_GROUP - 1) / MM_ROW_GROUP;
+    c.n_tblocks = ((size_t)n_tok + MM_TOK_BLOCK - 1) / MM_TOK_BLOCK;
+    size_t tasks = 0;
+    for (int i = 0; i < n; i++) {
+        mm_part *pt = &c.part[i];
+        pt->w = w[i];
+        pt->y = y[i];
+        pt->chunk_rows = MM_CHUNK_BYTES / w[i]->row_bytes;
+        if (pt->chunk_rows < 4)
+            pt->chunk_rows = 4;
+        if (pt->chunk_rows > 64)
+            pt->chunk_rows = 64;
+        tasks += ((size_t)w[i]->rows + pt->chunk_rows - 1) / pt->chunk_rows * c.n_tblocks;
+        pt->task_end = tasks;
+    }
     if (pool)
-        cairn_pool_parallel_for(pool, groups, matmul_rows, &c);
+        cairn_pool_parallel_for(pool, tasks, matmul_tasks, &c);
     else
-        matmul_rows(&c, 0, groups, 0);
+        matmul_tasks(&c, 0, tasks, 0);
+}
+
+void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
+                      float *y, void *scratch)
+{
+    cairn_cpu_matmul_n(pool, &w, 1, x, n_tok, &y, scratch);
 }
 
 /* ---- Element-wise ---------------------------------------------------------------------------- */
 
+/*
+ * As ggml computes it: squares in float summed in double, the mean and the scale in float,
+ * then (x * scale) * w. The AVX2 version sums in 8 double lanes (a different order than the
+ * sequential one only at the 1e-16 level).
+ */
 void cairn_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++)
-        ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    double ss;
+    if (cairn_cpu_has_avx2()) {
+        ss = cairn__sumsq_avx2(x, n);
+    } else {
+        ss = 0.0;
+        for (int i = 0; i < n; i++)
+            ss += (double)(x[i] * x[i]);
+    }
+    float mean = (float)(ss / n);
+    float scale = 1.0f / sqrtf(mean + eps);
     for (int i = 0; i < n; i++)
         out[i] = x[i] * scale * (w ? w[i] : 1.0f);
+}
+
+/*
+ * theta_i as ggml's rope cache builds it (ggml-cpu ops.cpp, ggml_rope_cache_init): pos times
+ * base^(-2/head_dim) multiplied in i times, in float, then times freq_scale. Equal to the
+ * closed form up to float rounding, and rounding the same way keeps us next to llama.cpp.
+ */
+void cairn_cpu_rope_angles(int head_dim, int pos, float base, float freq_scale, float *cs)
+{
+    int half = head_dim / 2;
+    float step = powf(base, -2.0f / (float)head_dim), theta = (float)pos;
+    for (int i = 0; i < half; i++) {
+        cs[i] = cosf(freq_scale * theta);
+        cs[half + i] = sinf(freq_scale * theta);
+        theta *= step;
+    }
+}
+
+void cairn_cpu_rope_apply(float *x, int n_heads, int head_dim, const float *cs, bool neox)
+{
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float c = cs[i], s = cs[half + i];
+            int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+            float a = xh[i0], b = xh[i1];
+            xh[i0] = a * c - b * s;
+            xh[i1] = a * s + b * c;
+        }
+    }
 }
 
 void cairn_cpu_rope(float *x, int n_heads, int head_dim, int pos, float base, float freq_scale,
                     bool neox)
 {
     int half = head_dim / 2;
+    float step = powf(base, -2.0f / (float)head_dim), theta = (float)pos;
     for (int i = 0; i < half; i++) {
-        float theta = (float)pos * freq_scale * powf(base, -2.0f * (float)i / (float)head_dim);
-        float c = cosf(theta), s = sinf(theta);
+        float c = cosf(freq_scale * theta), s = sinf(freq_scale * theta);
+        theta *= step;
         for (int h = 0; h < n_heads; h++) {
             float *xh = x + (size_t)h * head_dim;
             int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
@@ -434,11 +613,30 @@ void cairn_cpu_gated(float *a, const float *b, int n, bool gelu)
         a[i] = (gelu ? gelu_f16(a[i]) : silu1(a[i])) * b[i];
 }
 
+void cairn_cpu_gelu_f16_table(float *table)
+{
+    for (uint32_t h = 0; h < CAIRN_CPU_GELU_TABLE_SIZE; h++)
+        table[h] = f16_round(gelu1(h2f((uint16_t)h)));
+}
+
+void cairn_cpu_gated_gelu_table(float *a, const float *b, int n, const float *table)
+{
+    if (cairn_cpu_has_avx2()) {
+        cairn__gated_gelu_avx2(a, b, n, table);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        float x = a[i];
+        float g = x <= -10.0f ? 0.0f : x >= 10.0f ? x : table[cairn_gguf_f32_to_f16(x)];
+        a[i] = g * b[i];
+    }
+}
+
 void cairn_cpu_softmax(float *x, int n)
 {
     float mx = x[0];
     for (int i = 1; i < n; i++)
-        mx = fmaxf(mx, x[i]);
+        mx = x[i] > mx ? x[i] : mx;
     float sum = 0.0f;
     for (int i = 0; i < n; i++) {
         x[i] = expf(x[i] - mx);
@@ -451,6 +649,10 @@ void cairn_cpu_softmax(float *x, int n)
 
 void cairn_cpu_round_f16(float *x, int n)
 {
+    if (cairn_cpu_has_avx2()) {
+        cairn__round_f16_avx2(x, n);
+        return;
+    }
     for (int i = 0; i < n; i++)
         x[i] = f16_round(x[i]);
 }
@@ -494,6 +696,51 @@ void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv
         } else {
             for (int i = 0; i < head_dim; i++)
                 out[i] += a * h2f(v[i]);
+        }
+    }
+}
+
+void cairn_cpu_attention_heads(const float *q, int n_q, int head_dim, const cairn_cpu_paged *kv,
+                               int kv_head, int lo, int hi, float scale, float *scores,
+                               float *out)
+{
+    int n = hi - lo + 1;
+    if (!cairn_cpu_has_avx2() || head_dim % 16 != 0) {
+        for (int g = 0; g < n_q; g++)
+            cairn_cpu_attention(q + (size_t)g * head_dim, head_dim, kv, kv_head, lo, hi, scale,
+                                scores, out + (size_t)g * head_dim);
+        return;
+    }
+    size_t hoff = (size_t)kv_head * head_dim;
+    for (int g0 = 0; g0 < n_q; g0 += 4) {
+        int nq = n_q - g0 < 4 ? n_q - g0 : 4;
+        const float *qg = q + (size_t)g0 * head_dim;
+        float *og = out + (size_t)g0 * head_dim;
+        float dots[4];
+        for (int p = lo; p <= hi; p++) {
+            const uint16_t *k = kv->k + (size_t)kv->blocks[p / kv->block_tokens] *
+                                            kv->block_stride +
+                                (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
+            cairn__dot_f16_heads_avx2(head_dim, k, qg, nq, (size_t)head_dim, dots);
+            for (int g = 0; g < nq; g++)
+                scores[(size_t)g * n + (p - lo)] = scale * dots[g];
+        }
+        for (int g = 0; g < nq; g++) {
+            cairn_cpu_softmax(scores + (size_t)g * n, n);
+            cairn_cpu_round_f16(scores + (size_t)g * n, n);
+        }
+        memset(og, 0, sizeof(float) * (size_t)nq * head_dim);
+        /* V rows in runs of up to 64 positions; each run continues the same fmadd chains. */
+        const uint16_t *rows[64];
+        for (int p0 = lo; p0 <= hi; p0 += 64) {
+            int nr = hi - p0 + 1 < 64 ? hi - p0 + 1 : 64;
+            for (int j = 0; j < nr; j++) {
+                int p = p0 + j;
+                rows[j] = kv->v + (size_t)kv->blocks[p / kv->block_tokens] * kv->block_stride +
+                          (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
+            }
+            cairn__pv_heads_avx2(head_dim, rows, nr, scores + (p0 - lo), (size_t)n, nq, og,
+                                 (size_t)head_dim);
         }
     }
 }

@@ -10,8 +10,12 @@
  * llama.cpp's, the reference we are checked against. Float weights use float dot products.
  *
  * Every kernel has a portable C version; AVX2/FMA/F16C versions (cpu_avx2.c) are picked at run
- * time when cairn_cpu_has_avx2() says the CPU has them. Kernels allocate nothing: callers pass
- * scratch sized with the *_bytes helpers. All functions are thread-safe on disjoint outputs.
+ * time when cairn_cpu_has_avx2() says the CPU has them, with AVX-512 VNNI forms of the integer
+ * products where the CPU has that too. With several tokens, the matrix products decode each
+ * weight block once for a tile of tokens (8 for the 32-element formats, 4 for the K-quants);
+ * every tile width and instruction set gives the same bits, so a token's results never depend
+ * on the batch it is in. Kernels allocate nothing: callers pass scratch sized with the *_bytes
+ * helpers. All functions are thread-safe on disjoint outputs.
  */
 #ifndef CAIRN_GENERATION_KERNELS_CPU_H
 #define CAIRN_GENERATION_KERNELS_CPU_H
@@ -52,10 +56,24 @@ size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok);
 /*
  * y[t * w->rows + r] = dot(row r of w, x[t * w->cols ...]) for t < n_tok, r < w->rows.
  * scratch holds cairn_cpu_matmul_scratch_bytes() bytes (64-byte aligned is best). Work is split
- * over the pool's threads by rows (pool may be NULL: runs on the caller). x and y must not alias.
+ * over the pool's threads in (row chunk x token block) tasks (pool may be NULL: runs on the
+ * caller). x and y must not alias. Each y equals cairn_cpu_vec_dot of its row and token.
  */
 void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
                       float *y, void *scratch);
+
+/* True when a and b multiply the same quantized activations (same cols and activation format),
+ * so that cairn_cpu_matmul_n can quantize once for both. */
+bool cairn_cpu_matmul_can_share(const cairn_cpu_mat *a, const cairn_cpu_mat *b);
+
+/*
+ * y[i] = w[i] x for n matrices of the same x (each y[i] as in cairn_cpu_matmul): when they can
+ * share activations (q, k, v; gate, up) x is quantized once and all their rows go through the
+ * pool in one pass; otherwise it runs the products one after another. scratch holds the
+ * largest cairn_cpu_matmul_scratch_bytes() of them. Results equal cairn_cpu_matmul's.
+ */
+void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, const float *x,
+                        int64_t n_tok, float *const *y, void *scratch);
 
 /*
  * Single-row building blocks, exposed for tests and for callers that split work themselves.
@@ -83,6 +101,13 @@ void cairn_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float 
 void cairn_cpu_rope(float *x, int n_heads, int head_dim, int pos, float base, float freq_scale,
                     bool neox);
 
+/* cairn_cpu_rope in two steps, so that q and k of a token share one set of angles:
+ * rope_angles fills cs[0..head_dim/2) with cos(theta_i) and cs[head_dim/2..head_dim) with
+ * sin(theta_i); rope_apply rotates n_heads heads with them. Same results as cairn_cpu_rope. */
+#define CAIRN_CPU_ROPE_MAX_DIM 1024
+void cairn_cpu_rope_angles(int head_dim, int pos, float base, float freq_scale, float *cs);
+void cairn_cpu_rope_apply(float *x, int n_heads, int head_dim, const float *cs, bool neox);
+
 /* x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the GELU approximation Gemma uses. */
 void cairn_cpu_gelu_tanh(float *x, int n);
 /* x = x / (1 + exp(-x)). */
@@ -90,6 +115,14 @@ void cairn_cpu_silu(float *x, int n);
 /* a[i] = act(a[i]) * b[i] with act GELU-tanh (gelu true) or SiLU: the gated MLP's middle.
  * GELU is evaluated at half precision (F16 input and output), as ggml does. */
 void cairn_cpu_gated(float *a, const float *b, int n, bool gelu);
+/* Entries of a GELU table: one per F16 bit pattern. */
+#define CAIRN_CPU_GELU_TABLE_SIZE 65536
+/* Fills table[CAIRN_CPU_GELU_TABLE_SIZE] with GELU-tanh at half precision (the value ggml's
+ * F16 table holds), for cairn_cpu_gated_gelu_table. */
+void cairn_cpu_gelu_f16_table(float *table);
+/* a[i] = gelu(a[i]) * b[i], equal to cairn_cpu_gated(a, b, n, true) but through the table
+ * (a lookup instead of tanh per value). Thread-safe; the table is only read. */
+void cairn_cpu_gated_gelu_table(float *a, const float *b, int n, const float *table);
 /* Softmax in place over n values (n >= 1), max-subtracted. */
 void cairn_cpu_softmax(float *x, int n);
 
@@ -118,6 +151,16 @@ typedef struct cairn_cpu_paged {
  */
 void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv, int kv_head,
                          int lo, int hi, float scale, float *scores, float *out);
+
+/*
+ * cairn_cpu_attention for n_q query heads that share KV head kv_head (grouped-query attention):
+ * q and out hold n_q consecutive heads of head_dim; scores holds n_q * (hi - lo + 1) floats.
+ * Each K and V row is read and converted once for all of them; the results equal n_q calls of
+ * cairn_cpu_attention bit for bit.
+ */
+void cairn_cpu_attention_heads(const float *q, int n_q, int head_dim, const cairn_cpu_paged *kv,
+                               int kv_head, int lo, int hi, float scale, float *scores,
+                               float *out);
 
 /* Rounds n values to the nearest F16 value, in place. */
 void cairn_cpu_round_f16(float *x, int n);

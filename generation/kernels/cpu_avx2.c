@@ -11,6 +11,20 @@
 #include <string.h>
 
 #include "generation/kernels/cpu_internal.h"
+#include "proto/gguf.h"
+
+/* Compiles the functions between VNNI_BEGIN and VNNI_END for AVX-512 VNNI as well (GCC and
+ * clang spell it differently); they run only when cairn__has_vnni(). */
+#define VNNI_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define VNNI_BEGIN                                                                               \
+    VNNI_PRAGMA(clang attribute push(__attribute__((target("avx512vl,avx512vnni"))),            \
+                                     apply_to = function))
+#define VNNI_END VNNI_PRAGMA(clang attribute pop)
+#else
+#define VNNI_BEGIN VNNI_PRAGMA(GCC push_options) VNNI_PRAGMA(GCC target("avx512vl,avx512vnni"))
+#define VNNI_END VNNI_PRAGMA(GCC pop_options)
+#endif
 
 static inline float hsum8(__m256 v)
 {
@@ -21,13 +35,6 @@ static inline float hsum8(__m256 v)
 }
 
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-/* Signed 32 x int8 dot product -> 8 int32 partial sums. */
-static inline __m256i dot_s8(__m256i x, __m256i y)
-{
-    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
 
 /* 16 packed nibbles -> 32 bytes: low nibbles in bytes 0..15, high nibbles in 16..31. */
 static inline __m256i nibbles(const uint8_t *q)
@@ -47,127 +54,111 @@ static inline __m256i bits_to_bytes(uint32_t x)
     return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
 }
 
-float cairn__dot_q8_0_avx2(int64_t nb, const void *wv, const void *av)
+/* ---- Tiled products over 32-element blocks (Q8_0, Q5_0, Q4_0) ------------------------------ */
+
+static inline size_t q8f_block_bytes(uint32_t type)
 {
-    const cairn__blk_q8_0 *w = wv;
-    const cairn__act_q8 *a = av;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)w[b].qs);
-        __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(h2f(w[b].d) * a[b].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(x, y)), d, acc);
-    }
-    return hsum8(acc);
+    return type == CAIRN_GGUF_Q8_0   ? sizeof(cairn__blk_q8_0)
+           : type == CAIRN_GGUF_Q5_0 ? sizeof(cairn__blk_q5_0)
+                                     : sizeof(cairn__blk_q4_0);
 }
 
-float cairn__dot_q4_0_avx2(int64_t nb, const void *wv, const void *av)
+/* One weight block as 32 signed bytes, and its scale. */
+static inline __attribute__((always_inline)) __m256i q8f_decode(uint32_t type, const uint8_t *blk,
+                                                                float *d)
 {
-    const cairn__blk_q4_0 *w = wv;
-    const cairn__act_q8 *a = av;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i x = _mm256_sub_epi8(nibbles(w[b].qs), _mm256_set1_epi8(8));
-        __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(h2f(w[b].d) * a[b].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(x, y)), d, acc);
+    if (type == CAIRN_GGUF_Q8_0) {
+        const cairn__blk_q8_0 *w = (const cairn__blk_q8_0 *)blk;
+        *d = h2f(w->d);
+        return _mm256_loadu_si256((const __m256i *)w->qs);
     }
-    return hsum8(acc);
-}
-
-float cairn__dot_q5_0_avx2(int64_t nb, const void *wv, const void *av)
-{
-    const cairn__blk_q5_0 *w = wv;
-    const cairn__act_q8 *a = av;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
+    if (type == CAIRN_GGUF_Q5_0) {
+        const cairn__blk_q5_0 *w = (const cairn__blk_q5_0 *)blk;
         uint32_t qh;
-        memcpy(&qh, w[b].qh, 4);
+        memcpy(&qh, w->qh, 4);
+        *d = h2f(w->d);
         __m256i hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        __m256i x = _mm256_sub_epi8(_mm256_or_si256(nibbles(w[b].qs), hi), _mm256_set1_epi8(16));
-        __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        __m256 d = _mm256_set1_ps(h2f(w[b].d) * a[b].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(x, y)), d, acc);
+        return _mm256_sub_epi8(_mm256_or_si256(nibbles(w->qs), hi), _mm256_set1_epi8(16));
     }
-    return hsum8(acc);
+    const cairn__blk_q4_0 *w = (const cairn__blk_q4_0 *)blk;
+    *d = h2f(w->d);
+    return _mm256_sub_epi8(nibbles(w->qs), _mm256_set1_epi8(8));
 }
 
-float cairn__dot_q4_k_avx2(int64_t nb, const void *wv, const void *av)
+#define QSFX avx2
+#define QDOT(c, u, s)                                                                            \
+    _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+#include "generation/kernels/cpu_gemm_q8.inc"
+#undef QSFX
+#undef QDOT
+
+/* The same kernel with AVX-512 VNNI's u8 x s8 -> s32 dot (vpdpbusd on 256-bit registers): one
+ * instruction for maddubs + madd + add. Called only when cairn__has_vnni(). */
+VNNI_BEGIN
+
+#define QSFX vnni
+#define QDOT(c, u, s) _mm256_dpbusd_epi32(c, u, s)
+#include "generation/kernels/cpu_gemm_q8.inc"
+#undef QSFX
+#undef QDOT
+
+VNNI_END
+
+float cairn__dot_q8_0_avx2(int64_t nb, const void *w, const void *a)
 {
-    const cairn__blk_q4_k *w = wv;
-    const cairn__act_q8k *a = av;
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        uint8_t sc[8], mn[8];
-        cairn__q4k_scales(w[b].scales, sc, mn);
-        int summ = 0;
-        for (int k = 0; k < 8; k++)
-            summ += mn[k] * (a[b].bsums[2 * k] + a[b].bsums[2 * k + 1]);
-        mins += a[b].d * h2f(w[b].dmin) * (float)summ;
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
-            __m256i lo = _mm256_and_si256(raw, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            __m256i y0 = _mm256_loadu_si256((const __m256i *)(a[b].qs + 64 * j));
-            __m256i y1 = _mm256_loadu_si256((const __m256i *)(a[b].qs + 64 * j + 32));
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0),
-                                           _mm256_set1_epi16(sc[2 * j]));
-            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1),
-                                           _mm256_set1_epi16(sc[2 * j + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-        }
-        __m256 d = _mm256_set1_ps(a[b].d * h2f(w[b].d));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), d, acc);
-    }
-    return hsum8(acc) - mins;
+    return cairn__dot_q8f_avx2(CAIRN_GGUF_Q8_0, nb, w, a);
 }
 
-float cairn__dot_q6_k_avx2(int64_t nb, const void *wv, const void *av)
+float cairn__dot_q4_0_avx2(int64_t nb, const void *w, const void *a)
 {
-    const cairn__blk_q6_k *w = wv;
-    const cairn__act_q8k *a = av;
-    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    float bias = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        float d = a[b].d * h2f(w[b].d);
-        int bs = 0;
-        for (int g = 0; g < 16; g++)
-            bs += w[b].scales[g] * a[b].bsums[g];
-        bias += d * 32.0f * (float)bs;
-        __m256i sumi = _mm256_setzero_si256();
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = w[b].ql + 64 * half, *qhp = w[b].qh + 32 * half;
-            const int8_t *sc = w[b].scales + 8 * half, *y = a[b].qs + 128 * half;
-            __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            q[1] = _mm256_or_si256(
-                _mm256_and_si256(l1, m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            q[2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            q[3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-            for (int k = 0; k < 4; k++) {
-                __m256i yk = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
-                __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]),
-                                             _mm_set1_epi16(sc[2 * k]));
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], yk), s);
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(d), acc);
-    }
-    return hsum8(acc) - bias;
+    return cairn__dot_q8f_avx2(CAIRN_GGUF_Q4_0, nb, w, a);
+}
+
+float cairn__dot_q5_0_avx2(int64_t nb, const void *w, const void *a)
+{
+    return cairn__dot_q8f_avx2(CAIRN_GGUF_Q5_0, nb, w, a);
+}
+
+/* ---- Tiled products over K-quant blocks (Q4_K, Q6_K) against Q8_K rows -------------------- */
+
+static inline float hsum4(__m128 s)
+{
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum8_i32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+#define KSFX avx2
+#define KMADD(acc, p16, s16) _mm256_add_epi32(acc, _mm256_madd_epi16(p16, s16))
+#include "generation/kernels/cpu_gemm_kq.inc"
+#undef KSFX
+#undef KMADD
+
+/* With AVX-512 VNNI the scale multiply and the accumulation fuse into vpdpwssd. */
+VNNI_BEGIN
+#define KSFX vnni
+#define KMADD(acc, p16, s16) _mm256_dpwssd_epi32(acc, p16, s16)
+#include "generation/kernels/cpu_gemm_kq.inc"
+#undef KSFX
+#undef KMADD
+VNNI_END
+
+float cairn__dot_q4_k_avx2(int64_t nb, const void *w, const void *a)
+{
+    return cairn__dot_kq_avx2(CAIRN_GGUF_Q4_K, nb, w, a);
+}
+
+float cairn__dot_q6_k_avx2(int64_t nb, const void *w, const void *a)
+{
+    return cairn__dot_kq_avx2(CAIRN_GGUF_Q6_K, nb, w, a);
 }
 
 float cairn__dot_f16_avx2(int64_t n, const uint16_t *w, const float *x)
@@ -248,4 +239,186 @@ void cairn__f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n)
                          _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++)
         y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+void cairn__round_f16_avx2(float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++)
+        x[i] = h2f(_cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* a = gelu_f16(a) * b through the table (see cairn_cpu_gelu_f16_table): the F16 pattern of
+ * each input indexes it; |x| >= 10 passes x (or 0) through, as the portable version does. */
+void cairn__gated_gelu_avx2(float *a, const float *b, int64_t n, const float *table)
+{
+    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(a + i);
+        __m256i idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        __m256 g = _mm256_i32gather_ps(table, idx, 4);
+        g = _mm256_blendv_ps(g, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
+        g = _mm256_blendv_ps(g, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+        _mm256_storeu_ps(a + i, _mm256_mul_ps(g, _mm256_loadu_ps(b + i)));
+    }
+    for (; i < n; i++) {
+        float x = a[i];
+        float g = x <= -10.0f ? 0.0f
+                  : x >= 10.0f ? x
+                               : table[_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)];
+        a[i] = g * b[i];
+    }
+}
+
+/*
+ * Attention for nq <= 4 query heads that share one KV head: each K and V row is converted from
+ * F16 once for all of them, and the accumulators stay in registers. Per head the arithmetic is
+ * exactly cairn__dot_f16_avx2's (two 8-lane accumulators over 16-element steps) and a
+ * position-ordered cairn__axpy_f16_avx2's, so the results equal the one-head-at-a-time ones
+ * bit for bit. head_dim must be a multiple of 16.
+ */
+static inline __attribute__((always_inline)) void
+qk_heads(const int NQ, int64_t n, const uint16_t *k, const float *q, size_t q_stride, float *out)
+{
+    __m256 a0[4], a1[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < NQ; g++)
+        a0[g] = a1[g] = _mm256_setzero_ps();
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i)));
+        __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8)));
+#pragma GCC unroll 4
+        for (int g = 0; g < NQ; g++) {
+            const float *qg = q + (size_t)g * q_stride;
+            a0[g] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(qg + i), a0[g]);
+            a1[g] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(qg + i + 8), a1[g]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < NQ; g++)
+        out[g] = hsum8(_mm256_add_ps(a0[g], a1[g]));
+}
+
+void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int nq,
+                               size_t q_stride, float *out)
+{
+    switch (nq) {
+    case 4: qk_heads(4, n, k, q, q_stride, out); break;
+    case 3: qk_heads(3, n, k, q, q_stride, out); break;
+    case 2: qk_heads(2, n, k, q, q_stride, out); break;
+    default: qk_heads(1, n, k, q, q_stride, out); break;
+    }
+}
+
+/* out_g[0..n) += probs_g[p] * v_p for the rows p in order (one fmadd chain per element). */
+static inline __attribute__((always_inline)) void
+pv_heads(const int NQ, int64_t n, const uint16_t *const *rows, int n_rows, const float *probs,
+         size_t p_stride, float *out, size_t o_stride)
+{
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m256 a0[4], a1[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NQ; g++) {
+            a0[g] = _mm256_loadu_ps(out + (size_t)g * o_stride + i);
+            a1[g] = _mm256_loadu_ps(out + (size_t)g * o_stride + i + 8);
+        }
+        for (int p = 0; p < n_rows; p++) {
+            __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rows[p] + i)));
+            __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rows[p] + i + 8)));
+#pragma GCC unroll 4
+            for (int g = 0; g < NQ; g++) {
+                __m256 a = _mm256_broadcast_ss(probs + (size_t)g * p_stride + p);
+                a0[g] = _mm256_fmadd_ps(a, v0, a0[g]);
+                a1[g] = _mm256_fmadd_ps(a, v1, a1[g]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < NQ; g++) {
+            _mm256_storeu_ps(out + (size_t)g * o_stride + i, a0[g]);
+            _mm256_storeu_ps(out + (size_t)g * o_stride + i + 8, a1[g]);
+        }
+    }
+}
+
+void cairn__pv_heads_avx2(int64_t n, const uint16_t *const *rows, int n_rows, const float *probs,
+                          size_t p_stride, int nq, float *out, size_t o_stride)
+{
+    switch (nq) {
+    case 4: pv_heads(4, n, rows, n_rows, probs, p_stride, out, o_stride); break;
+    case 3: pv_heads(3, n, rows, n_rows, probs, p_stride, out, o_stride); break;
+    case 2: pv_heads(2, n, rows, n_rows, probs, p_stride, out, o_stride); break;
+    default: pv_heads(1, n, rows, n_rows, probs, p_stride, out, o_stride); break;
+    }
+}
+
+/* Q8_K activation blocks, bit-identical to the portable quant_q8k (cpu.c): the scale comes from
+ * the first value of largest magnitude, values round half to even and are capped at 127. */
+void cairn__quant_q8k_avx2(const float *x, int64_t nb, cairn__act_q8k *y)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * 256;
+        __m256 mx = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k++)
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + 8 * k)));
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        float amax = _mm_cvtss_f32(m);
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        float max = 0.0f;
+        __m256 va = _mm256_set1_ps(amax);
+        for (int k = 0; k < 32; k++) {
+            __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + 8 * k));
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(ax, va, _CMP_EQ_OQ));
+            if (mask) {
+                max = xb[8 * k + __builtin_ctz((unsigned)mask)];
+                break;
+            }
+        }
+        float iscale = -127.0f / max;
+        __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i cap = _mm256_set1_epi32(127);
+        for (int g = 0; g < 8; g++) { /* 32 values per step: 2 bsums groups */
+            __m256i v[4];
+            for (int k = 0; k < 4; k++)
+                v[k] = _mm256_min_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(vs, _mm256_loadu_ps(xb + 32 * g + 8 * k))),
+                    cap);
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                           _mm256_packs_epi32(v[2], v[3]));
+            _mm256_storeu_si256((__m256i *)(y[b].qs + 32 * g),
+                                _mm256_permutevar8x32_epi32(p, perm));
+            y[b].bsums[2 * g] = (int16_t)hsum8_i32(_mm256_add_epi32(v[0], v[1]));
+            y[b].bsums[2 * g + 1] = (int16_t)hsum8_i32(_mm256_add_epi32(v[2], v[3]));
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* sum of (double)(x[i] * x[i]): float squares, double sums in 8 lanes. */
+double cairn__sumsq_avx2(const float *x, int64_t n)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 sq = _mm256_mul_ps(v, v);
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
+    }
+    __m256d a = _mm256_add_pd(a0, a1);
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    double s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for (; i < n; i++)
+        s += (double)(x[i] * x[i]);
+    return s;
 }

@@ -5,7 +5,11 @@
 #ifndef CAIRN_GENERATION_KERNELS_CPU_INTERNAL_H
 #define CAIRN_GENERATION_KERNELS_CPU_INTERNAL_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "proto/gguf.h"
 
 /* Weight blocks, as GGUF stores them (ggml's layouts). */
 typedef struct { uint16_t d; int8_t qs[32]; } cairn__blk_q8_0;                   /* 34 B */
@@ -54,8 +58,42 @@ float cairn__dot_q4_k_avx2(int64_t nb, const void *w, const void *a);
 float cairn__dot_q6_k_avx2(int64_t nb, const void *w, const void *a);
 float cairn__dot_f16_avx2(int64_t n, const uint16_t *w, const float *x);
 float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
+/*
+ * Tiled products for the batched path: y[t * y_stride + r] = dot(weight row r, activation row
+ * t) for r < nr, t < nt, where weight row r starts at w + r * w_stride; nb blocks per row.
+ * The activations come in token tiles (CAIRN__Q8F_TILE tokens for q8f, CAIRN__KQ_TILE for kq;
+ * the last tile may be partly unused): tile k starts at a + k * TILE * nb * (activation block
+ * bytes) and holds block b of its token j at index b * TILE + j, so that one pointer reaches a
+ * block of every token of the tile. q8f: Q8_0, Q5_0, Q4_0; kq: Q4_K, Q6_K; the vnni variants
+ * need cairn__has_vnni(). Each result is bit-identical to cairn__dot_*_avx2 of the same row and
+ * activation.
+ */
+#define CAIRN__Q8F_TILE 8
+#define CAIRN__KQ_TILE 4
+void cairn__gemm_q8f_avx2(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
+                          const uint8_t *a, int nt, float *y, size_t y_stride);
+void cairn__gemm_q8f_vnni(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
+                          const uint8_t *a, int nt, float *y, size_t y_stride);
+void cairn__gemm_kq_avx2(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
+                         const uint8_t *a, int nt, float *y, size_t y_stride);
+void cairn__gemm_kq_vnni(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
+                         const uint8_t *a, int nt, float *y, size_t y_stride);
+/* Single rows in the plain layout (the vec_dot building blocks). */
+float cairn__dot_q8f_avx2(uint32_t type, int64_t nb, const void *w, const void *a);
+float cairn__dot_kq_avx2(uint32_t type, int64_t nb, const void *w, const void *a);
+float cairn__dot_kq_vnni(uint32_t type, int64_t nb, const void *w, const void *a);
+/* True when the CPU also has AVX-512 VNNI with 256-bit (VL) forms. */
+bool cairn__has_vnni(void);
 void cairn__quant_q8_avx2(const float *x, int64_t nb, cairn__act_q8 *y);
 void cairn__axpy_f16_avx2(int64_t n, float a, const uint16_t *v, float *y);
 void cairn__f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
+void cairn__round_f16_avx2(float *x, int64_t n);
+double cairn__sumsq_avx2(const float *x, int64_t n);
+void cairn__quant_q8k_avx2(const float *x, int64_t nb, cairn__act_q8k *y);
+void cairn__gated_gelu_avx2(float *a, const float *b, int64_t n, const float *table);
+void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int nq,
+                               size_t q_stride, float *out);
+void cairn__pv_heads_avx2(int64_t n, const uint16_t *const *rows, int n_rows, const float *probs,
+                          size_t p_stride, int nq, float *out, size_t o_stride);
 
 #endif

