@@ -25,6 +25,7 @@ typedef struct {
     void *user;
     cairn_finish finish;
     uint64_t stamp; /* last step that listed it, to catch duplicates */
+    bool held;      /* in a suspended pass (cairn_engine_step_yield) */
 } eseq;
 
 struct cairn_engine {
@@ -42,6 +43,18 @@ struct cairn_engine {
     float *logits;
     cairn_step_item *run_items;
     uint64_t n_steps;
+    int *pre_len; /* per item of the pass being prepared: its KV length before the pass */
+    /* A pass stopped at a layer boundary: its batch, items, rows and hidden states, kept until
+     * cairn_engine_resume completes it or a cancel of one of its sequences abandons it. */
+    bool susp;
+    int susp_n;
+    cairn_step_item *susp_items;
+    int *susp_row, *susp_pre_len;
+    int32_t *s_tok, *s_seq, *s_pos;
+    uint8_t *s_logits;
+    int s_nt;
+    float *x_save;
+    cairn_model_yield y;
 };
 
 cairn_engine_params cairn_engine_default_params(void)
@@ -86,6 +99,15 @@ void cairn_engine_close(cairn_engine *e)
     free(e->row_of_item);
     free(e->logits);
     free(e->run_items);
+    free(e->pre_len);
+    free(e->susp_items);
+    free(e->susp_row);
+    free(e->susp_pre_len);
+    free(e->s_tok);
+    free(e->s_seq);
+    free(e->s_pos);
+    free(e->s_logits);
+    free(e->x_save);
     free(e);
 }
 
@@ -144,8 +166,9 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
         /* Each sequence holds at most its window plus one partly filled block and the chunk
          * being prefilled; never more than a full context. */
         int per_seq = (hp->sliding_window + p.block_tokens - 1) / p.block_tokens + 2;
-        long need = (long)p.max_seqs * per_seq + (p.max_batch_tokens + p.block_tokens - 1) /
-                                                     p.block_tokens;
+        /* ... and the chunks of a suspended pass and of the pass that runs meanwhile. */
+        long need = (long)p.max_seqs * per_seq + 2L * ((p.max_batch_tokens + p.block_tokens - 1) /
+                                                       p.block_tokens);
         kp.n_blocks_window = need < p.kv_blocks ? (int)need : p.kv_blocks;
     }
     if ((rc = cairn_kv_open(&e->kv, &kp, err)) ||
@@ -158,10 +181,21 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     e->b_logits = malloc((size_t)p.max_batch_tokens);
     e->row_of_item = malloc(sizeof(int) * (size_t)p.max_seqs);
     e->run_items = malloc(sizeof(cairn_step_item) * (size_t)p.max_seqs);
+    const size_t ns = (size_t)p.max_seqs, nb = (size_t)p.max_batch_tokens;
+    e->pre_len = malloc(sizeof(int) * ns);
+    e->susp_items = malloc(sizeof(cairn_step_item) * ns);
+    e->susp_row = malloc(sizeof(int) * ns);
+    e->susp_pre_len = malloc(sizeof(int) * ns);
+    e->s_tok = malloc(sizeof(int32_t) * nb);
+    e->s_seq = malloc(sizeof(int32_t) * nb);
+    e->s_pos = malloc(sizeof(int32_t) * nb);
+    e->s_logits = malloc(nb);
+    e->x_save = malloc(sizeof(float) * nb * (size_t)hp->n_embd);
     int rows = p.max_seqs < p.max_batch_tokens ? p.max_seqs : p.max_batch_tokens;
     e->logits = malloc(sizeof(float) * (size_t)rows * (size_t)e->n_vocab);
     if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->row_of_item ||
-        !e->run_items || !e->logits) {
+        !e->run_items || !e->logits || !e->pre_len || !e->susp_items || !e->susp_row ||
+        !e->susp_pre_len || !e->s_tok || !e->s_seq || !e->s_pos || !e->s_logits || !e->x_save) {
         rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
         goto fail;
     }
@@ -253,11 +287,28 @@ static void finish(cairn_engine *e, eseq *s, cairn_finish why)
     }
 }
 
+/* Drops the suspended pass: its sequences' K/V rows go back to where they were before it, as if
+ * it never ran (the rows of finished layers are simply recomputed by a later pass). */
+static void abandon(cairn_engine *e)
+{
+    if (!e->susp)
+        return;
+    for (int i = 0; i < e->susp_n; i++) {
+        eseq *s = &e->seqs[e->susp_items[i].id];
+        if (s->kv_seq >= 0)
+            cairn_kv_truncate(e->kv, s->kv_seq, e->susp_pre_len[i], NULL);
+        s->held = false;
+    }
+    e->susp = false;
+}
+
 int cairn_engine_cancel(cairn_engine *e, int id)
 {
     eseq *s = find(e, id);
     if (!s)
         return CAIRN_ENOTFOUND;
+    if (s->held)
+        abandon(e);
     if (s->finish == CAIRN_FINISH_NONE)
         finish(e, s, CAIRN_FINISH_CANCELLED);
     return 0;
@@ -266,6 +317,8 @@ int cairn_engine_cancel(cairn_engine *e, int id)
 void cairn_engine_release(cairn_engine *e, int id)
 {
     eseq *s = find(e, id);
+    if (s && s->held)
+        abandon(e);
     if (s)
         seq_clear(e, s);
 }
@@ -300,8 +353,8 @@ static void take_token(cairn_engine *e, int id, eseq *s, int32_t tok)
         finish(e, s, why);
 }
 
-int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items,
-                      cairn_error *err)
+/* Validates items and fills the batch arrays; returns the token count or an error. */
+static int prepare(cairn_engine *e, const cairn_step_item *items, int n_items, cairn_error *err)
 {
     if (n_items < 1 || n_items > e->p.max_seqs)
         return cairn_errorf(err, CAIRN_EINVAL, "engine step: %d items (1..%d)", n_items,
@@ -316,7 +369,11 @@ int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items
         if (s->stamp == stamp)
             return cairn_errorf(err, CAIRN_EINVAL, "engine step: sequence %d listed twice",
                                 items[i].id);
+        if (s->held)
+            return cairn_errorf(err, CAIRN_ESTATE, "engine step: sequence %d is in a suspended "
+                                "pass; resume it first", items[i].id);
         s->stamp = stamp;
+        e->pre_len[i] = cairn_kv_seq_len(e->kv, s->kv_seq);
         int n;
         bool want;
         if (s->n_prefilled < s->n_prompt) {
@@ -351,20 +408,22 @@ int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items
         }
         e->row_of_item[i] = want ? rows++ : -1;
     }
-    cairn_batch b = {.n_tokens = nt, .tokens = e->b_tok, .seq = e->b_seq, .pos = e->b_pos,
-                     .logits = e->b_logits};
-    int rc = cairn_model_forward(e->m, e->ws, e->kv, e->pool, &b, e->logits, err);
-    if (rc)
-        return rc;
+    return nt;
+}
+
+/* After a completed pass: prompts advance, logits rows are sampled. */
+static int complete(cairn_engine *e, const cairn_step_item *items, int n_items,
+                    const int *row_of_item, cairn_error *err)
+{
     for (int i = 0; i < n_items; i++) {
         eseq *s = &e->seqs[items[i].id];
         if (s->n_prefilled < s->n_prompt) {
             int n = s->n_prompt - s->n_prefilled;
             s->n_prefilled += items[i].n_tokens < n ? items[i].n_tokens : n;
         }
-        if (e->row_of_item[i] < 0)
+        if (row_of_item[i] < 0)
             continue;
-        const float *lg = e->logits + (size_t)e->row_of_item[i] * e->n_vocab;
+        const float *lg = e->logits + (size_t)row_of_item[i] * e->n_vocab;
         int32_t tok;
         if (s->sampler) {
             tok = cairn_sampler_sample(s->sampler, lg, err);
@@ -377,6 +436,71 @@ int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items
     }
     return 0;
 }
+
+int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items,
+                      cairn_error *err)
+{
+    return cairn_engine_step_yield(e, items, n_items, NULL, NULL, err);
+}
+
+int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n_items,
+                            int (*should_yield)(void *ctx), void *ctx, cairn_error *err)
+{
+    int nt = prepare(e, items, n_items, err);
+    if (nt < 0)
+        return nt;
+    cairn_batch b = {.n_tokens = nt, .tokens = e->b_tok, .seq = e->b_seq, .pos = e->b_pos,
+                     .logits = e->b_logits};
+    /* One suspended pass at a time: while one waits, this pass runs to the end. */
+    cairn_model_yield y = {.should_yield = e->susp ? NULL : should_yield, .ctx = ctx,
+                           .x_save = e->x_save};
+    int rc = cairn_model_forward_ex(e->m, e->ws, e->kv, e->pool, &b, e->logits,
+                                    should_yield && !e->susp ? &y : NULL, err);
+    if (rc == CAIRN_MODEL_YIELDED) {
+        e->susp = true;
+        e->susp_n = n_items;
+        e->s_nt = nt;
+        e->y = y;
+        memcpy(e->susp_items, items, sizeof *items * (size_t)n_items);
+        memcpy(e->susp_row, e->row_of_item, sizeof(int) * (size_t)n_items);
+        memcpy(e->susp_pre_len, e->pre_len, sizeof(int) * (size_t)n_items);
+        memcpy(e->s_tok, e->b_tok, sizeof(int32_t) * (size_t)nt);
+        memcpy(e->s_seq, e->b_seq, sizeof(int32_t) * (size_t)nt);
+        memcpy(e->s_pos, e->b_pos, sizeof(int32_t) * (size_t)nt);
+        memcpy(e->s_logits, e->b_logits, (size_t)nt);
+        for (int i = 0; i < n_items; i++)
+            e->seqs[items[i].id].held = true;
+        return CAIRN_ENGINE_SUSPENDED;
+    }
+    if (rc)
+        return rc;
+    return complete(e, items, n_items, e->row_of_item, err);
+}
+
+int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *ctx,
+                        cairn_error *err)
+{
+    if (!e->susp)
+        return cairn_errorf(err, CAIRN_ESTATE, "engine resume: no pass is suspended");
+    cairn_batch b = {.n_tokens = e->s_nt, .tokens = e->s_tok, .seq = e->s_seq, .pos = e->s_pos,
+                     .logits = e->s_logits};
+    e->y.first_layer = e->y.next_layer;
+    e->y.should_yield = should_yield;
+    e->y.ctx = ctx;
+    int rc = cairn_model_forward_ex(e->m, e->ws, e->kv, e->pool, &b, e->logits, &e->y, err);
+    if (rc == CAIRN_MODEL_YIELDED)
+        return CAIRN_ENGINE_SUSPENDED;
+    if (rc) {
+        abandon(e);
+        return rc;
+    }
+    for (int i = 0; i < e->susp_n; i++)
+        e->seqs[e->susp_items[i].id].held = false;
+    e->susp = false;
+    return complete(e, e->susp_items, e->susp_n, e->susp_row, err);
+}
+
+bool cairn_engine_suspended(const cairn_engine *e) { return e->susp; }
 
 int cairn_engine_run(cairn_engine *e, cairn_error *err)
 {
@@ -419,6 +543,7 @@ int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out)
     out->n_prefilled = s->n_prefilled;
     out->n_generated = s->n_gen;
     out->generated = s->gen;
+    out->held = s->held;
     return 0;
 }
 

@@ -111,6 +111,29 @@ typedef struct {
 int cairn_engine_step(cairn_engine *e, const cairn_step_item *items, int n_items,
                       cairn_error *err);
 
+#define CAIRN_ENGINE_SUSPENDED 1
+
+/*
+ * Layer-level preemption (after QLLM): step() whose forward pass asks should_yield(ctx) before
+ * each layer but the first and, when told to, stops at that layer boundary keeping what it
+ * computed. Returns 0 (completed, as step), CAIRN_ENGINE_SUSPENDED (stopped: the batch's
+ * sequences are held, and a step naming them fails with CAIRN_ESTATE until the pass is resumed),
+ * or an error as step. Other sequences may run steps meanwhile (those never yield). Cancelling
+ * or releasing a held sequence abandons the pass: its sequences go back to where they were
+ * before it, as if it had not run.
+ */
+int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n_items,
+                            int (*should_yield)(void *ctx), void *ctx, cairn_error *err);
+
+/* Continues the suspended pass from its layer (at least one layer runs), yielding again as
+ * above. Returns 0 (completed: tokens sampled), CAIRN_ENGINE_SUSPENDED, CAIRN_ESTATE (nothing is
+ * suspended) or an error (the pass is abandoned). */
+int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *ctx,
+                        cairn_error *err);
+
+/* Whether a pass is suspended. */
+bool cairn_engine_suspended(const cairn_engine *e);
+
 /*
  * Continuous batching until no sequence runs: each iteration every decoding sequence gets its
  * token and prefill chunks fill up to max_batch_tokens (oldest sequence first). Returns 0 or
@@ -125,6 +148,7 @@ typedef struct {
     int n_prefilled;       /* prompt tokens processed */
     int n_generated;
     const int32_t *generated; /* n_generated ids, owned by the engine, valid until release */
+    bool held;                /* in a suspended pass (cairn_engine_step_yield) */
 } cairn_seq_info;
 
 /* Fills *out for id. Returns 0 or CAIRN_ENOTFOUND. */

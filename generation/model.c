@@ -645,6 +645,13 @@ static int reserve(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, const
 int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, cairn_pool *pool,
                         const cairn_batch *b, float *logits, cairn_error *err)
 {
+    return cairn_model_forward_ex(m, ws, kv, pool, b, logits, NULL, err);
+}
+
+int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
+                           cairn_pool *pool, const cairn_batch *b, float *logits,
+                           cairn_model_yield *y, cairn_error *err)
+{
     const cairn_model_hparams *hp = &m->hp;
     const int T = b->n_tokens, d = hp->n_embd;
     if (T < 1 || T > ws->max_tokens)
@@ -652,7 +659,17 @@ int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, 
                             ws->max_tokens);
     if (pool && cairn_pool_threads(pool) > ws->n_threads)
         return cairn_errorf(err, CAIRN_EINVAL, "forward: pool has more threads than the workspace");
-    int rc = reserve(m, ws, kv, b, err);
+    const int first = y ? y->first_layer : 0;
+    if (first < 0 || first >= hp->n_layer || (first > 0 && !y->x_save))
+        return cairn_errorf(err, CAIRN_EINVAL, "forward: cannot resume at layer %d of %d", first,
+                            hp->n_layer);
+    int rc = 0;
+    if (first > 0) {
+        /* Resuming: the batch's K/V rows of the layers before `first` are in the cache. */
+        memcpy(ws->x, y->x_save, (size_t)T * d * sizeof(float));
+        goto layers;
+    }
+    rc = reserve(m, ws, kv, b, err);
     if (rc)
         return rc;
 
@@ -668,8 +685,14 @@ int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, 
                 x[i] *= emb_scale;
     }
 
+layers:;
     fwd_ctx c = {.m = m, .ws = ws, .kv = kv, .b = b};
-    for (int l = 0; l < hp->n_layer; l++) {
+    for (int l = first; l < hp->n_layer; l++) {
+        if (l > first && y && y->should_yield && y->x_save && y->should_yield(y->ctx)) {
+            memcpy(y->x_save, ws->x, (size_t)T * d * sizeof(float));
+            y->next_layer = l;
+            return CAIRN_MODEL_YIELDED;
+        }
         const layer_w *L = &m->layers[l];
         c.layer = l;
         run_elementwise(m, ws, pool, L, ATTN_IN, T);

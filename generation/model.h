@@ -101,4 +101,30 @@ void cairn_model_kv_params(const cairn_model *m, cairn_kv_params *p);
 int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, cairn_pool *pool,
                         const cairn_batch *b, float *logits, cairn_error *err);
 
+/*
+ * Layer-level preemption (QLLM): a forward pass that may stop at a layer boundary and resume
+ * later, keeping what it computed. Before every layer after the first one it runs in this call,
+ * should_yield(ctx) is asked; when it returns non-zero the pass stops: the hidden states go to
+ * x_save (n_tokens * n_embd floats, the caller's), next_layer says where to resume, and the
+ * K/V rows of the layers done stay in the cache (the batch's sequences are extended already:
+ * nothing else may run them until the pass completes or they are truncated back). To resume,
+ * call again with the same batch and first_layer = next_layer; the hidden states are read back
+ * from x_save. Each call runs at least one layer.
+ */
+typedef struct {
+    int (*should_yield)(void *ctx); /* may be NULL: never yield */
+    void *ctx;
+    float *x_save;   /* n_tokens * n_embd floats */
+    int first_layer; /* 0: a new pass; else resume at this layer */
+    int next_layer;  /* out, when the pass yielded */
+} cairn_model_yield;
+
+#define CAIRN_MODEL_YIELDED 1
+
+/* cairn_model_forward with yielding (y may be NULL). Returns 0 when the pass completed (logits
+ * written), CAIRN_MODEL_YIELDED when it stopped at a layer boundary, or an error as above. */
+int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
+                           cairn_pool *pool, const cairn_batch *b, float *logits,
+                           cairn_model_yield *y, cairn_error *err);
+
 #endif

@@ -29,6 +29,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,8 @@ const char *const cairn_cmd_bench_usage =
     "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
     "                            [--duration S] [--ttft-slo MS] [--tbt-slo MS] [--budget MS]\n"
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
-    "                            [--profile FILE] [--markdown FILE]\n\n"
+    "                            [--profile FILE] [--markdown FILE]\n"
+    "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n\n"
     "profile   times N (default 300) iterations of random batch shapes, fits the latency\n"
     "          predictor on 70% of them and prints its MAPE on the rest per bucket (JSON\n"
     "          lines); --out stores the coefficients (one line of 7 numbers). With an SLO\n"
@@ -55,7 +57,11 @@ const char *const cairn_cmd_bench_usage =
     "          measured online capacity (default 0.25,0.5,0.75). Online prompts are 16-128\n"
     "          tokens (uniform), outputs 32 tokens; offline prompts 300-500 tokens, outputs 64.\n"
     "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget default 150 ms. --profile:\n"
-    "          predictor coefficients from `bench profile --out` (else learnt as it runs).\n";
+    "          predictor coefficients from `bench profile --out` (else learnt as it runs).\n"
+    "yield     layer-level preemption: an offline document (default 1500 tokens) is being\n"
+    "          prefilled in 512-token passes (policy online-only, nothing else running) when\n"
+    "          an online request (32 tokens) arrives at a random moment; its TTFT with and\n"
+    "          without layer_yield, N trials each (default 10), same arrival times.\n";
 
 static const char *DEFAULT_MODEL = "data/models/gemma-3-270m-q4_k_m.gguf";
 
@@ -578,15 +584,17 @@ static int run_once(cairn_workers *w, const prompts *pr, const run_spec *spec, u
     return 0;
 }
 
-static int open_workers(cairn_workers **w, const char *model, cairn_sched_policy pol,
-                        double budget_s, int max_seqs, int threads, const double *coef)
+static int open_workers_ex(cairn_workers **w, const char *model, cairn_sched_policy pol,
+                           double budget_s, int max_seqs, int threads, const double *coef,
+                           bool layer_yield, int n_ctx)
 {
     cairn_workers_params wp = cairn_workers_default_params();
     wp.predictor = coef;
+    wp.layer_yield = layer_yield;
     wp.model_path = model;
     wp.engine.n_threads = threads;
     wp.engine.max_seqs = max_seqs;
-    wp.engine.n_ctx = 1024;
+    wp.engine.n_ctx = n_ctx;
     wp.max_queue = 1024;
     wp.max_offline_queue = 1024;
     wp.online_reserve = max_seqs / 4 > 0 ? max_seqs / 4 : 1;
@@ -595,10 +603,89 @@ static int open_workers(cairn_workers **w, const char *model, cairn_sched_policy
     wp.timeout_ns = 0;
     cairn_error err = {0};
     if (cairn_workers_open(w, &wp, NULL, &err) != 0) {
-        fprintf(stderr, "cairn bench colocate: %s\n", err.msg);
+        fprintf(stderr, "cairn bench: %s\n", err.msg);
         return 1;
     }
     return 0;
+}
+
+static int open_workers(cairn_workers **w, const char *model, cairn_sched_policy pol,
+                        double budget_s, int max_seqs, int threads, const double *coef)
+{
+    return open_workers_ex(w, model, pol, budget_s, max_seqs, threads, coef, true, 1024);
+}
+
+/* ---- yield ------------------------------------------------------------------------------------ */
+
+static int bench_yield(int argc, char **argv)
+{
+    const char *model = DEFAULT_MODEL;
+    int trials = 10, doc_tokens = 1500, threads = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) goto usage;
+        i++;
+        if (!strcmp(a, "-m")) model = v;
+        else if (!strcmp(a, "--trials")) trials = atoi(v);
+        else if (!strcmp(a, "--doc-tokens")) doc_tokens = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else goto usage;
+    }
+    if (trials < 1 || trials > 1000 || doc_tokens < 600 || doc_tokens > 1900 || threads < 0)
+        goto usage;
+    g_slo = (slo_t){1e9, 1e9};
+    double ttft[2][1000];
+    double offline_s[2] = {0};
+    for (int mode = 0; mode < 2; mode++) {
+        cairn_workers *w = NULL;
+        if (open_workers_ex(&w, model, CAIRN_SCHED_ONLINE_ONLY, 0.1, 4, threads, NULL, mode == 1,
+                            2048))
+            return 1;
+        uint64_t rng = 42; /* the same documents and arrival times in both modes */
+        char *doc = text_of_tokens(w, doc_tokens, &rng), *q = text_of_tokens(w, 32, &rng);
+        run r = {.w = w, .t_start = 0, .t_end = INT64_MAX};
+        pthread_mutex_init(&r.mu, NULL);
+        pthread_cond_init(&r.cv, NULL);
+        for (int t = 0; t < trials; t++) {
+            int64_t t0 = cairn_now_ns();
+            /* Arrive 0.3..2.3 s into the document's prefill (a 512-token pass takes seconds). */
+            int64_t at = t0 + (int64_t)((0.3 + 2.0 * rng_unit(&rng)) * 1e9);
+            if (submit(&r, doc, false, 4, &rng) != 0) {
+                fprintf(stderr, "cairn bench yield: the document was refused\n");
+                return 1;
+            }
+            sleep_until(at);
+            if (submit(&r, q, true, 4, &rng) != 0) {
+                fprintf(stderr, "cairn bench yield: the online request was refused\n");
+                return 1;
+            }
+            pthread_mutex_lock(&r.mu);
+            while (r.online_in_flight + r.offline_in_flight > 0)
+                pthread_cond_wait(&r.cv, &r.mu);
+            pthread_mutex_unlock(&r.mu);
+            offline_s[mode] += (double)(cairn_now_ns() - t0) / 1e9;
+        }
+        for (size_t i = 0; i < r.n_ttft && i < 1000; i++)
+            ttft[mode][i] = r.ttft[i];
+        size_t n = r.n_ttft;
+        printf("{\"bench\":\"layer_yield\",\"layer_yield\":%s,\"trials\":%d,"
+               "\"doc_tokens\":%d,\"ttft_p50\":%.3f,\"ttft_p90\":%.3f,\"ttft_max\":%.3f,"
+               "\"trial_seconds_mean\":%.2f}\n",
+               mode ? "true" : "false", trials, doc_tokens, pct(ttft[mode], n, 0.5),
+               pct(ttft[mode], n, 0.9), pct(ttft[mode], n, 1.0), offline_s[mode] / trials);
+        fflush(stdout);
+        cairn_workers_close(w);
+        free(r.ttft);
+        free(r.gaps);
+        free(doc);
+        free(q);
+        pthread_cond_destroy(&r.cv);
+        pthread_mutex_destroy(&r.mu);
+    }
+    return 0;
+usage:
+    fputs(cairn_cmd_bench_usage, stderr);
+    return 2;
 }
 
 static void make_prompts(cairn_workers *w, uint64_t seed, prompts *pr)
@@ -810,6 +897,7 @@ int cairn_cmd_bench(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "profile")) return bench_profile(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "colocate")) return bench_colocate(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "yield")) return bench_yield(argc, argv);
     fputs(cairn_cmd_bench_usage, stderr);
     return 2;
 }

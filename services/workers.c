@@ -87,7 +87,7 @@ struct cairn_workers {
     bool closing;
     cairn_gauge *g_running, *g_queue, *g_offline_queue, *g_mape, *g_budget;
     cairn_histogram *h_ttft, *h_itl, *h_e2e, *h_queue, *h_iter;
-    cairn_counter *c_tokens, *c_offline_tokens, *c_preempt;
+    cairn_counter *c_tokens, *c_offline_tokens, *c_preempt, *c_yield;
     cairn_metrics *own_metrics; /* a private registry when the caller gave none */
 };
 
@@ -102,6 +102,7 @@ cairn_workers_params cairn_workers_default_params(void)
         .timeout_ns = 300 * CAIRN_NS_PER_SEC,
         .sched = cairn_sched_default_params(),
         .predictor_window = 256,
+        .layer_yield = true,
     };
 }
 
@@ -359,6 +360,8 @@ static void take_expired(fifo *q, int64_t timeout, int64_t now, job **out)
     }
 }
 
+static void record(worker *wk, const cairn_batch_shape *shape, int n_items, int64_t t0);
+
 static job *find_job(worker *wk, int seq)
 {
     for (int i = 0; i < wk->n_active; i++)
@@ -387,7 +390,18 @@ static void preempt(worker *wk)
     job_finish(w, j, CAIRN_FINISH_CANCELLED, "preempted: out of KV cache; retry later");
 }
 
-/* Plans one iteration with the scheduler, runs it, and teaches the predictor its time. */
+/* Layer-level yield: an offline-only pass stops at the next layer boundary once an online
+ * request waits for admission. Read without the lock: a stale answer only delays by a layer. */
+static int online_waiting(void *ctx)
+{
+    cairn_workers *w = ctx;
+    return __atomic_load_n(&w->online.n, __ATOMIC_RELAXED) > 0;
+}
+
+/* Plans one iteration with the scheduler, runs it, and teaches the predictor its time. An
+ * iteration with offline work only may yield at a layer boundary when online work arrives; the
+ * suspended pass is resumed after the next iteration that carries online work (or at once when
+ * there is none), at least one layer per resume. */
 static int iterate(worker *wk, cairn_error *err)
 {
     cairn_workers *w = wk->w;
@@ -396,6 +410,7 @@ static int iterate(worker *wk, cairn_error *err)
         job *j = wk->active[i];
         cairn_seq_info info;
         cairn_engine_seq_info(wk->engine, j->seq, &info);
+        if (info.held) continue; /* in the suspended pass */
         wk->plan[n++] = (cairn_sched_seq){
             .id = j->seq,
             .online = !j->r.offline,
@@ -409,19 +424,48 @@ static int iterate(worker *wk, cairn_error *err)
     cairn_batch_shape shape;
     int64_t t0 = cairn_now_ns();
     int n_items = cairn_sched_plan(&w->p.sched, wk->pred, wk->plan, n, t0, wk->items, &shape);
-    if (n_items == 0) return 0;
-    int rc = cairn_engine_step(wk->engine, wk->items, n_items, err);
-    if (rc) return rc;
+    bool online = false;
+    for (int i = 0; i < n_items && !online; i++) {
+        job *j = find_job(wk, wk->items[i].id);
+        online = j && !j->r.offline;
+    }
+    bool suspended = cairn_engine_suspended(wk->engine);
+    int rc = 0;
+    if (suspended && !online) n_items = 0; /* finish the suspended offline pass first */
+    if (n_items > 0) {
+        if (w->p.layer_yield && !online && !suspended) {
+            rc = cairn_engine_step_yield(wk->engine, wk->items, n_items, online_waiting, w, err);
+            if (rc == CAIRN_ENGINE_SUSPENDED) {
+                cairn_counter_inc(w->c_yield);
+                return 0;
+            }
+        } else {
+            rc = cairn_engine_step(wk->engine, wk->items, n_items, err);
+        }
+        if (rc) return rc;
+        record(wk, &shape, n_items, t0);
+    }
+    if (cairn_engine_suspended(wk->engine)) {
+        rc = cairn_engine_resume(wk->engine, w->p.layer_yield ? online_waiting : NULL, w, err);
+        if (rc == CAIRN_ENGINE_SUSPENDED) cairn_counter_inc(w->c_yield);
+        return rc == CAIRN_ENGINE_SUSPENDED ? 0 : rc;
+    }
+    return 0;
+}
+
+/* After a completed iteration planned at t0: its time to the predictor and the metrics. */
+static void record(worker *wk, const cairn_batch_shape *shape, int n_items, int64_t t0)
+{
+    cairn_workers *w = wk->w;
     int64_t t1 = cairn_now_ns();
     double dt = secs(t1 - t0);
-    cairn_predictor_observe(wk->pred, &shape, dt);
+    cairn_predictor_observe(wk->pred, shape, dt);
     cairn_histogram_observe(w->h_iter, dt);
     if (wk->index == 0) cairn_gauge_set(w->g_mape, cairn_predictor_mape(wk->pred, NULL));
     for (int i = 0; i < n_items; i++) {
         job *j = find_job(wk, wk->items[i].id);
         if (j) j->t_served = t1;
     }
-    return 0;
 }
 
 static void *worker_main(void *arg)
@@ -523,6 +567,9 @@ static int make_metrics(cairn_workers *w, cairn_metrics *m, cairn_error *err)
                                     "Tokens generated for offline (batch job) requests", err);
     if (!rc) rc = cairn_counter_new(m, &w->c_preempt, "cairn_sched_preemptions_total",
                                     "Sequences ended to free KV cache blocks", err);
+    if (!rc) rc = cairn_counter_new(m, &w->c_yield, "cairn_sched_layer_yields_total",
+                                    "Offline-only passes stopped at a layer boundary for online "
+                                    "work", err);
     if (!rc) rc = cairn_gauge_new(m, &w->g_offline_queue, "cairn_offline_queue_depth",
                                   "Offline generation requests waiting for admission", err);
     if (!rc) rc = cairn_gauge_new(m, &w->g_mape, "cairn_sched_predictor_mape",

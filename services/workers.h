@@ -11,14 +11,17 @@
  * always run and offline work fills what the per-iteration latency budget leaves, judged by a
  * latency predictor that each worker refits from its measured iterations. When the KV cache
  * runs out, the newest offline sequence gives way first (its request ends with error
- * "preempted", and its submitter may resubmit it). Text reaches the submitter through callbacks on the worker thread, already cut at
+ * "preempted", and its submitter may resubmit it). An iteration carrying only offline work
+ * stops at the next layer boundary when an online request arrives (layer_yield), keeps what it
+ * computed, and resumes after the online request's first iteration. Text reaches the submitter through callbacks on the worker thread, already cut at
  * UTF-8 boundaries and stop strings. A callback asking to stop (the client went away), a
  * deadline or shutdown cancels the sequence and frees its KV blocks.
  *
  * Metrics: cairn_sequences_running, cairn_generation_queue_depth, cairn_ttft_seconds,
  * cairn_inter_token_seconds, cairn_e2e_seconds, cairn_generated_tokens_total, and the
  * scheduler's cairn_sched_iteration_seconds, cairn_sched_predictor_mape,
- * cairn_sched_budget_seconds, cairn_sched_preemptions_total, cairn_offline_tokens_total.
+ * cairn_sched_budget_seconds, cairn_sched_preemptions_total, cairn_sched_layer_yields_total,
+ * cairn_offline_tokens_total.
  */
 #ifndef CAIRN_SERVICES_WORKERS_H
 #define CAIRN_SERVICES_WORKERS_H
@@ -49,10 +52,12 @@ typedef struct cairn_workers_params {
     const double *predictor;    /* CAIRN_PREDICTOR_FEATURES fitted coefficients (a stored
                                    profile) to start from, or NULL to learn from scratch */
     int predictor_window;       /* iterations the predictor refits over */
+    bool layer_yield;           /* offline-only passes stop at a layer boundary for online work */
 } cairn_workers_params;
 
 /* One CPU worker, engine defaults (max_seqs 8), max_queue 64, max_offline_queue 64,
- * online_reserve 2, timeout 5 minutes, no offline timeout, sched defaults, window 256. */
+ * online_reserve 2, timeout 5 minutes, no offline timeout, sched defaults, window 256,
+ * layer_yield on. */
 cairn_workers_params cairn_workers_default_params(void);
 
 /*
