@@ -244,6 +244,7 @@ cairn_sched_params cairn_sched_default_params(void)
         .policy = CAIRN_SCHED_SLO,
         .max_batch_tokens = 512,
         .budget_s = 0.1,
+        .online_budget_s = 0.2,
         .min_chunk = 16,
         .starve_ns = 2000000000LL,
     };
@@ -279,9 +280,10 @@ static void add(plan *pl, cairn_sched_seq *s, int n)
 static int planned(const cairn_sched_seq *s) { return s->id < 0; }
 
 /* Would adding a decode token of s (n = 1) or a prefill chunk of n keep the prediction within
- * the budget? */
+ * the budget (the online one for online sequences)? */
 static int fits(const plan *pl, const cairn_sched_seq *s, int n)
 {
+    const double limit = s->online ? pl->sp->online_budget_s : pl->sp->budget_s;
     if (!pl->pred || n > room(pl)) return n <= room(pl);
     cairn_batch_shape t = pl->shape;
     t.ctx += s->ctx;
@@ -292,7 +294,7 @@ static int fits(const plan *pl, const cairn_sched_seq *s, int n)
         t.s_d++;
         t.n_d++;
     }
-    return cairn_predictor_predict(pl->pred, &t) <= pl->sp->budget_s;
+    return cairn_predictor_predict(pl->pred, &t) <= limit;
 }
 
 /* The largest prefill chunk of s that fits the budget and the token room (0 if none). */

@@ -6,8 +6,10 @@
  * (Sun et al. 2025, "HyGen: Efficient LLM Inference by Hybrid Online and Offline Request
  * Scheduling"), the `slo` policy builds each iteration as:
  *   1. every online sequence that is decoding gets its token;
- *   2. online prefill advances in chunks, each as large as the latency budget allows (at least
- *      min_chunk tokens, so a prompt always advances);
+ *   2. online prefill advances in chunks, each as large as the online budget allows (at least
+ *      min_chunk tokens, so a prompt always advances): online_budget_s, larger than the offline
+ *      budget, bounds the iteration that running online sequences wait for (their TBT) while
+ *      letting prompts through fast (their TTFT);
  *   3. offline work is added while the PREDICTED iteration latency stays within the budget:
  *      decode tokens first (cheap, and they finish jobs), then prefill chunks;
  *   4. starvation guard: an offline sequence that has not advanced for starve_ns is served as if
@@ -101,12 +103,13 @@ const char *cairn_sched_policy_name(cairn_sched_policy p);
 typedef struct {
     cairn_sched_policy policy;
     int max_batch_tokens; /* tokens in one forward pass (the engine's limit) */
-    double budget_s;      /* slo: predicted iteration latency not to exceed (seconds) */
+    double budget_s;      /* slo: predicted iteration latency offline work may fill up to (s) */
+    double online_budget_s; /* slo: the same for online prefill chunks (s); >= budget_s */
     int min_chunk;        /* smallest prefill chunk (tokens) worth scheduling */
     int64_t starve_ns;    /* slo: offline sequences idle this long are served regardless */
 } cairn_sched_params;
 
-/* slo, 512 tokens, budget 0.1 s, min_chunk 16, starve 2 s. */
+/* slo, 512 tokens, budget 0.1 s, online budget 0.2 s, min_chunk 16, starve 2 s. */
 cairn_sched_params cairn_sched_default_params(void);
 
 /* What the planner knows of a running sequence. */

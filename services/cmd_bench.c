@@ -42,7 +42,7 @@ const char *const cairn_cmd_bench_usage =
     "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
     "                            [--duration S] [--ttft-slo MS] [--tbt-slo MS] [--budget MS]\n"
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
-    "                            [--profile FILE] [--markdown FILE]\n"
+    "                            [--online-budget MS] [--profile FILE] [--markdown FILE]\n"
     "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n\n"
     "profile   times N (default 300) iterations of random batch shapes, fits the latency\n"
     "          predictor on 70% of them and prints its MAPE on the rest per bucket (JSON\n"
@@ -56,7 +56,8 @@ const char *const cairn_cmd_bench_usage =
     "          requests; prints JSON lines, then a markdown table. Loads are fractions of the\n"
     "          measured online capacity (default 0.25,0.5,0.75). Online prompts are 16-128\n"
     "          tokens (uniform), outputs 32 tokens; offline prompts 300-500 tokens, outputs 64.\n"
-    "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget default 150 ms. --profile:\n"
+    "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget default 150 ms, online\n"
+    "          prompt chunks' budget 0.9 x the TBT SLO (--online-budget). --profile:\n"
     "          predictor coefficients from `bench profile --out` (else learnt as it runs).\n"
     "yield     layer-level preemption: an offline document (default 1500 tokens) is being\n"
     "          prefilled in 512-token passes (policy online-only, nothing else running) when\n"
@@ -64,6 +65,10 @@ const char *const cairn_cmd_bench_usage =
     "          without layer_yield, N trials each (default 10), same arrival times.\n";
 
 static const char *DEFAULT_MODEL = "data/models/gemma-3-270m-q4_k_m.gguf";
+
+/* The slo policy's online budget in every run of a command (--online-budget; default 0.9 x the
+ * TBT SLO: online prompt chunks may fill an iteration up to just under it). */
+static double g_online_budget_s = 0.2;
 
 /* ---- Small helpers ------------------------------------------------------------------------ */
 
@@ -595,11 +600,15 @@ static int open_workers_ex(cairn_workers **w, const char *model, cairn_sched_pol
     wp.engine.n_threads = threads;
     wp.engine.max_seqs = max_seqs;
     wp.engine.n_ctx = n_ctx;
+    /* Room for every sequence's full context: this measures scheduling, not KV pressure. */
+    wp.engine.kv_blocks = max_seqs * ((n_ctx + wp.engine.block_tokens - 1) /
+                                      wp.engine.block_tokens);
     wp.max_queue = 1024;
     wp.max_offline_queue = 1024;
     wp.online_reserve = max_seqs / 4 > 0 ? max_seqs / 4 : 1;
     wp.sched.policy = pol;
     wp.sched.budget_s = budget_s;
+    wp.sched.online_budget_s = g_online_budget_s > budget_s ? g_online_budget_s : budget_s;
     wp.timeout_ns = 0;
     cairn_error err = {0};
     if (cairn_workers_open(w, &wp, NULL, &err) != 0) {
@@ -726,6 +735,7 @@ static double measure_capacity(cairn_workers *w, const prompts *pr, int max_seqs
 static double find_budget(const char *model, const double *coef, const budget_search *bs)
 {
     g_slo = (slo_t){bs->ttft_ms / 1e3, bs->tbt_ms / 1e3};
+    g_online_budget_s = 0.9 * bs->tbt_ms / 1e3;
     cairn_workers *w = NULL;
     if (open_workers(&w, model, CAIRN_SCHED_ONLINE_ONLY, 0.1, bs->max_seqs, bs->threads, coef))
         return -1;
@@ -758,7 +768,7 @@ static int bench_colocate(int argc, char **argv)
 {
     const char *model = DEFAULT_MODEL, *policies = "slo,online-only,fcfs-hybrid", *md = NULL;
     const char *loads_s = "0.25,0.5,0.75", *rates_s = NULL;
-    double duration = 60, ttft_ms = 3000, tbt_ms = 300, budget_ms = 150;
+    double duration = 60, ttft_ms = 3000, tbt_ms = 300, budget_ms = 150, online_ms = 0;
     const char *profile = NULL;
     int backlog = 8, max_seqs = 12, threads = 0;
     uint64_t seed = 1;
@@ -780,6 +790,7 @@ static int bench_colocate(int argc, char **argv)
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--markdown")) md = v;
         else if (!strcmp(a, "--profile")) profile = v;
+        else if (!strcmp(a, "--online-budget")) online_ms = atof(v);
         else goto usage;
     }
     double coef_buf[CAIRN_PREDICTOR_FEATURES], *coef = NULL;
@@ -800,6 +811,7 @@ static int bench_colocate(int argc, char **argv)
         max_seqs < 2 || max_seqs > 64 || threads < 0 || !seed)
         goto usage;
     g_slo = (slo_t){ttft_ms / 1e3, tbt_ms / 1e3};
+    g_online_budget_s = online_ms > 0 ? online_ms / 1e3 : 0.9 * tbt_ms / 1e3;
     cairn_sched_policy pols[3];
     int n_pol = 0;
     {

@@ -5,6 +5,7 @@
  * plain counters. The CEMA cloud object has its own locks (add_batch from HTTP threads, step and
  * bundle from the adaptation thread). No HTTP handler ever steps or signs.
  */
+#define _GNU_SOURCE /* SCHED_IDLE */
 #define CAIRN_LOG_TAG "edge_api"
 #include "services/edge_api.h"
 
@@ -12,6 +13,7 @@
 #include <math.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -431,6 +433,13 @@ static void publish(cairn_edge_api *a)
 static void *adapt_main(void *arg)
 {
     cairn_edge_api *a = arg;
+#ifdef SCHED_IDLE
+    /* Cloud adaptation must not disturb generation latency: this thread only gets the CPU time
+     * that every other thread leaves idle (SCHED_IDLE ranks below nice 19). */
+    struct sched_param sp = {0};
+    int e = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    if (e) CAIRN_LOG_WARN("adaptation thread keeps normal priority", "error=%s", strerror(e));
+#endif
     pthread_mutex_lock(&a->lock);
     while (!a->stop) {
         uint64_t pending = pending_of(a);

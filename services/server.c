@@ -89,6 +89,9 @@ static const cairn_config_key schema[] = {
      "slo|online-only|fcfs-hybrid", 0},
     {"sched.budget", CAIRN_CFG_DURATION, "100ms", "1ms", "10s",
      "slo: predicted iteration latency that offline work may fill up to", NULL, 0},
+    {"sched.online_budget", CAIRN_CFG_DURATION, "200ms", "1ms", "10s",
+     "slo: predicted iteration latency online prompt chunks may fill up to (>= sched.budget)",
+     NULL, 0},
     {"sched.starve", CAIRN_CFG_DURATION, "2s", "0s", "1h",
      "slo: an offline sequence idle this long is served regardless of the budget", NULL, 0},
     {"sched.online_reserve", CAIRN_CFG_INT, "2", "0", "255",
@@ -321,6 +324,8 @@ static int start_api(service *s, cairn_error *err)
         if (rc) return rc;
         wp.sched.budget_s = (double)cairn_config_duration_ns(c, "sched.budget") / 1e9;
         wp.sched.starve_ns = cairn_config_duration_ns(c, "sched.starve");
+        wp.sched.online_budget_s =
+            (double)cairn_config_duration_ns(c, "sched.online_budget") / 1e9;
         wp.online_reserve = (int)cairn_config_int(c, "sched.online_reserve");
         if (wp.online_reserve >= wp.engine.max_seqs)
             return cairn_errorf(err, CAIRN_EINVAL,

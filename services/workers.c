@@ -66,6 +66,7 @@ typedef struct worker {
     job **active; /* max_seqs slots */
     int n_active;
     cairn_predictor *pred;
+    int online_active;     /* online jobs among active[], as of the last plan */
     cairn_sched_seq *plan; /* max_seqs entries */
     cairn_step_item *items;
 } worker;
@@ -398,18 +399,28 @@ static int online_waiting(void *ctx)
     return __atomic_load_n(&w->online.n, __ATOMIC_RELAXED) > 0;
 }
 
+/* A suspended offline pass resumes one layer at a time while online sequences run on this
+ * worker, so that their next tokens wait at most a layer, not the rest of the pass. */
+static int online_present(void *ctx)
+{
+    worker *wk = ctx;
+    return wk->online_active > 0 || online_waiting(wk->w);
+}
+
 /* Plans one iteration with the scheduler, runs it, and teaches the predictor its time. An
  * iteration with offline work only may yield at a layer boundary when online work arrives; the
- * suspended pass is resumed after the next iteration that carries online work (or at once when
- * there is none), at least one layer per resume. */
+ * suspended pass then advances at least one layer after each iteration that carries online work
+ * (all of it at once when there is none). */
 static int iterate(worker *wk, cairn_error *err)
 {
     cairn_workers *w = wk->w;
     int n = 0;
+    wk->online_active = 0;
     for (int i = 0; i < wk->n_active; i++) {
         job *j = wk->active[i];
         cairn_seq_info info;
         cairn_engine_seq_info(wk->engine, j->seq, &info);
+        wk->online_active += !j->r.offline;
         if (info.held) continue; /* in the suspended pass */
         wk->plan[n++] = (cairn_sched_seq){
             .id = j->seq,
@@ -446,7 +457,7 @@ static int iterate(worker *wk, cairn_error *err)
         record(wk, &shape, n_items, t0);
     }
     if (cairn_engine_suspended(wk->engine)) {
-        rc = cairn_engine_resume(wk->engine, w->p.layer_yield ? online_waiting : NULL, w, err);
+        rc = cairn_engine_resume(wk->engine, w->p.layer_yield ? online_present : NULL, wk, err);
         if (rc == CAIRN_ENGINE_SUSPENDED) cairn_counter_inc(w->c_yield);
         return rc == CAIRN_ENGINE_SUSPENDED ? 0 : rc;
     }
@@ -598,9 +609,10 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
         return cairn_errorf(err, CAIRN_EINVAL,
                             "workers: online_reserve %d must be in 0..max_seqs-1 (%d)",
                             p->online_reserve, p->engine.max_seqs - 1);
-    if (!(p->sched.budget_s > 0) || p->sched.min_chunk < 1 || p->sched.starve_ns < 0)
+    if (!(p->sched.budget_s > 0) || !(p->sched.online_budget_s > 0) ||
+        p->sched.min_chunk < 1 || p->sched.starve_ns < 0)
         return cairn_errorf(err, CAIRN_EINVAL,
-                            "workers: scheduler budget must be > 0, min_chunk >= 1, "
+                            "workers: scheduler budgets must be > 0, min_chunk >= 1, "
                             "starvation age >= 0");
     cairn_workers *w = calloc(1, sizeof *w);
     if (!w) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
@@ -608,6 +620,8 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
     w->p.model_path = NULL;
     w->p.predictor = NULL;
     w->p.sched.max_batch_tokens = p->engine.max_batch_tokens;
+    if (w->p.sched.online_budget_s < w->p.sched.budget_s) /* online never gets less */
+        w->p.sched.online_budget_s = w->p.sched.budget_s;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     int rc = 0;

@@ -13,8 +13,9 @@
  * runs out, the newest offline sequence gives way first (its request ends with error
  * "preempted", and its submitter may resubmit it). An iteration carrying only offline work
  * stops at the next layer boundary when an online request arrives (layer_yield), keeps what it
- * computed, and resumes after the online request's first iteration. Text reaches the submitter through callbacks on the worker thread, already cut at
- * UTF-8 boundaries and stop strings. A callback asking to stop (the client went away), a
+ * computed, and advances a layer after each online iteration until no online sequence is left.
+ * Text reaches the submitter through callbacks on the worker thread, already cut at UTF-8
+ * boundaries and stop strings. A callback asking to stop (the client went away), a
  * deadline or shutdown cancels the sequence and frees its KV blocks.
  *
  * Metrics: cairn_sequences_running, cairn_generation_queue_depth, cairn_ttft_seconds,
