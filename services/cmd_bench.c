@@ -874,13 +874,18 @@ static int bench_colocate(int argc, char **argv)
             double mape = cairn_workers_predictor_mape(w, &nm);
             cairn_workers_close(w);
             bool met = rr.ttft_p99 <= g_slo.ttft_slo && rr.tbt_p99 <= g_slo.tbt_slo;
-            printf("{\"bench\":\"colocate\",\"policy\":\"%s\",\"online_rps\":%.4f,\"load\":%.3f,"
-                   "\"ttft_p50\":%.3f,\"ttft_p99\":%.3f,\"tbt_p50_ms\":%.1f,\"tbt_p99_ms\":%.1f,"
-                   "\"slo_attainment\":%.3f,\"slo_met\":%s,\"offline_tps\":%.2f,"
+            /* JSON has no NaN: a figure with no samples (or no capacity run) is null. */
+            char f[6][32];
+            const double fv[6] = {capacity > 0 ? rps / capacity : NAN, rr.ttft_p50, rr.ttft_p99,
+                                  rr.tbt_p50 * 1e3, rr.tbt_p99 * 1e3, rr.attainment};
+            for (int k = 0; k < 6; k++)
+                snprintf(f[k], sizeof f[k], isfinite(fv[k]) ? "%.3f" : "null", fv[k]);
+            printf("{\"bench\":\"colocate\",\"policy\":\"%s\",\"online_rps\":%.4f,\"load\":%s,"
+                   "\"ttft_p50\":%s,\"ttft_p99\":%s,\"tbt_p50_ms\":%s,\"tbt_p99_ms\":%s,"
+                   "\"slo_attainment\":%s,\"slo_met\":%s,\"offline_tps\":%.2f,"
                    "\"online_tps\":%.2f,\"total_tps\":%.2f,\"online_done\":%d,"
                    "\"online_rejected\":%d,\"predictor_mape\":%.4f,\"predictor_n\":%d}\n",
-                   cairn_sched_policy_name(pols[p]), rps, capacity > 0 ? rps / capacity : NAN,
-                   rr.ttft_p50, rr.ttft_p99, rr.tbt_p50 * 1e3, rr.tbt_p99 * 1e3, rr.attainment,
+                   cairn_sched_policy_name(pols[p]), rps, f[0], f[1], f[2], f[3], f[4], f[5],
                    met ? "true" : "false", rr.offline_tps, rr.online_tps,
                    rr.offline_tps + rr.online_tps, rr.done, rr.rejected, mape, nm);
             fflush(stdout);

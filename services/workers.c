@@ -301,13 +301,34 @@ double cairn_workers_predictor_mape(cairn_workers *w, int *n)
 
 /* ---- The worker loop ---------------------------------------------------------------------- */
 
+static void drop_active(worker *wk, int i)
+{
+    wk->active[i] = wk->active[--wk->n_active];
+}
+
 /* Moves queued jobs into wk's engine while it has room: online ones first, offline ones only
  * into slots beyond online_reserve. Called with w->mu held. Returns a job the engine refused
  * although it runs nothing (it never could run: the caller finishes it). */
-static job *admit(worker *wk)
+static job *admit(worker *wk, job **preempted)
 {
     cairn_workers *w = wk->w;
     const int max = w->p.engine.max_seqs;
+    /* Online requests waiting while offline ones fill the engine: the newest offline sequences
+     * give their slots up (their requests end "preempted"; the caller finishes them outside the
+     * lock, and the next pass admits the online ones). */
+    for (int waiting = w->online.n; waiting > 0 && wk->n_active >= max; waiting--) {
+        int victim = -1;
+        for (int i = 0; i < wk->n_active; i++)
+            if (wk->active[i]->r.offline &&
+                (victim < 0 || wk->active[i]->t_submit > wk->active[victim]->t_submit))
+                victim = i;
+        if (victim < 0) break;
+        job *j = wk->active[victim];
+        drop_active(wk, victim);
+        cairn_engine_cancel(wk->engine, j->seq);
+        j->next = *preempted;
+        *preempted = j;
+    }
     for (int cls = 0; cls < 2; cls++) {
         fifo *q = cls ? &w->offline : &w->online;
         const int limit = cls ? max - w->p.online_reserve : max;
@@ -346,10 +367,6 @@ static job *admit(worker *wk)
     return NULL;
 }
 
-static void drop_active(worker *wk, int i)
-{
-    wk->active[i] = wk->active[--wk->n_active];
-}
 
 /* Moves the jobs of q that waited past timeout onto *out (oldest first). w->mu held. */
 static void take_expired(fifo *q, int64_t timeout, int64_t now, job **out)
@@ -495,10 +512,18 @@ static void *worker_main(void *arg)
             take_expired(&w->online, w->p.timeout_ns, t_now, &expired);
             take_expired(&w->offline, w->p.offline_timeout_ns, t_now, &expired);
         }
-        job *rejected = closing ? NULL : admit(wk);
+        job *preempted = NULL;
+        job *rejected = closing ? NULL : admit(wk, &preempted);
         pthread_mutex_unlock(&w->mu);
         if (closing) break;
         if (rejected) job_finish(w, rejected, CAIRN_FINISH_CANCELLED, "the engine refused it");
+        while (preempted) {
+            job *next = preempted->next;
+            cairn_counter_inc(w->c_preempt);
+            job_finish(w, preempted, CAIRN_FINISH_CANCELLED,
+                       "preempted: its slot went to an online request; retry later");
+            preempted = next;
+        }
         while (expired) {
             job *next = expired->next;
             job_finish(w, expired, CAIRN_FINISH_CANCELLED, "timed out waiting for a worker");
