@@ -22,7 +22,11 @@
  *     the looser rates "a passage of the same package" and "a passage with the same text"
  *     (Debian has many packages sharing one long description: -dev, -doc, -data variants);
  *   - tier_search: the same queries through cairnd's tiered search at the default nprobe,
- *     fast tier empty (all misses) and full (all hits).
+ *     fast tier empty (all misses) and full (all hits);
+ *   - lookahead: per query, from an empty fast tier of a quarter of the index, the synopsis
+ *     (q1) searched as it is and after prefetching the clusters of a question about it (q0,
+ *     "Which Debian package provides ...?"): hit ratio, latency both ways, prefetch time and
+ *     bytes; the answers must be identical.
  *
  * Usage: bench_retrieval [N]   (default 20000, or $CAIRN_BENCH_PASSAGES; 0 = the whole corpus)
  *        bench_retrieval --embed-file IN.jsonl OUT.f32 [RUNS]
@@ -530,6 +534,73 @@ int main(int argc, char **argv)
                1e3 * (double)nq / tsum, pct(lat, nq, 0.5), pct(lat, nq, 0.99));
         fflush(stdout);
         cairn_tier_close(t);
+    }
+
+    /* Lookahead: q0 is a question about the package, q1 its rewrite (the synopsis itself). Per
+     * query, from an empty fast tier holding a quarter of the index: search q1 as it is
+     * ("without"), and search q1 after prefetching q0's clusters ("with"; in cairnd the prefetch
+     * overlaps the rewrite's generation, so its time is reported apart). Same answers both
+     * ways, or the bench fails. */
+    {
+        char **qq = malloc(nq * sizeof *qq);
+        for (size_t i = 0; i < nq; i++) {
+            size_t len = strlen(sq[i].synopsis) + 64;
+            qq[i] = malloc(len);
+            snprintf(qq[i], len, "Which Debian package provides %s?", sq[i].synopsis);
+        }
+        float *q0 = malloc(nq * (size_t)dim * sizeof *q0);
+        if (cairn_embed_batch(e, (const char *const *)qq, (int)nq, q0, &err))
+            die("embed questions", &err);
+        cairn_tier_params tp = cairn_tier_default_params();
+        tp.fast_bytes = (size_t)((double)n * (dim * 4 + 8) / 4);
+        cairn_tier *t = NULL;
+        if (cairn_tier_open(&t, tier_path, &tp, cairn_docstore_uid(ds), &err)) die("tier", &err);
+        double *lat_with = malloc(nq * sizeof *lat_with), pre_sum = 0;
+        int64_t *got2 = malloc((size_t)K * sizeof *got2);
+        uint64_t hits = 0, probed = 0, bytes = 0;
+        size_t differ = 0;
+        float sc[K];
+        for (size_t i = 0; i < nq; i++) {
+            cairn_tier_clear_fast(t);
+            int64_t s0 = cairn_now_ns();
+            cairn_tier_search(t, q + i * (size_t)dim, K, def_np, sc, got + i * K, NULL);
+            lat[i] = (double)(cairn_now_ns() - s0) / 1e6;
+            cairn_tier_clear_fast(t);
+            cairn_tier_reset_stats(t);
+            int64_t p0 = cairn_now_ns();
+            cairn_tier_prefetch(t, q0 + i * (size_t)dim, tp.fast_bytes, 0, NULL);
+            cairn_tier_wait(t);
+            pre_sum += (double)(cairn_now_ns() - p0) / 1e6;
+            s0 = cairn_now_ns();
+            cairn_tier_search(t, q + i * (size_t)dim, K, def_np, sc, got2, NULL);
+            lat_with[i] = (double)(cairn_now_ns() - s0) / 1e6;
+            cairn_tier_stats st;
+            cairn_tier_get_stats(t, &st);
+            hits += st.hits, probed += st.probed, bytes += st.bytes_prefetched;
+            differ += memcmp(got2, got + i * K, (size_t)K * sizeof *got2) != 0;
+        }
+        double p50 = pct(lat, nq, 0.5), p99 = pct(lat, nq, 0.99);
+        printf("{\"bench\":\"retrieval\",\"what\":\"lookahead\",\"passages\":%zu,"
+               "\"fast_tier_bytes\":%zu,\"nprobe\":%zu,\"queries\":%zu,"
+               "\"without\":{\"hit_ratio\":0.0,\"p50_ms\":%.3f,\"p99_ms\":%.3f},"
+               "\"with\":{\"hit_ratio\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+               "\"prefetch_ms_mean\":%.3f,\"prefetched_mib_mean\":%.2f},"
+               "\"answers_differ\":%zu}\n",
+               n, tp.fast_bytes, def_np, nq, p50, p99,
+               probed ? (double)hits / (double)probed : 0.0, pct(lat_with, nq, 0.5),
+               pct(lat_with, nq, 0.99), pre_sum / (double)nq,
+               (double)bytes / (double)nq / 1048576.0, differ);
+        fflush(stdout);
+        cairn_tier_close(t);
+        for (size_t i = 0; i < nq; i++) free(qq[i]);
+        free(qq);
+        free(q0);
+        free(lat_with);
+        free(got2);
+        if (differ) {
+            fprintf(stderr, "bench_retrieval: prefetch changed %zu answers\n", differ);
+            return 1;
+        }
     }
     remove(tier_path);
 
