@@ -42,7 +42,7 @@ const char *const cairn_cmd_index_usage =
     "                  (default DATA/corpus/debian-Translation-en)\n"
     "  --dir DIR       index directory (default DATA/index, the one cairnd serves)\n"
     "  --max N         ingest the first N passages (default 2000, as cairnd's rag.corpus_max)\n"
-    "  --full          ingest the whole corpus (65,551 passages of the default corpus)\n"
+    "  --full          ingest the whole corpus (68,101 passages of the default corpus)\n"
     "  --rebuild       start from an empty directory even when the cached index would do\n"
     "  --model FILE    embedder GGUF (default DATA/models/all-minilm-l6-v2.gguf)\n"
     "  --threads T     embedding threads; 0 = CPUs online (default 0)\n"
