@@ -512,12 +512,7 @@ typedef struct {
 
 static void sleep_until(int64_t t)
 {
-    int64_t now = cairn_now_ns();
-    if (t <= now) return;
-    struct timespec ts = {(time_t)((t - now) / CAIRN_NS_PER_SEC),
-                          (long)((t - now) % CAIRN_NS_PER_SEC)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    cairn_sleep_ns(t - cairn_now_ns());
 }
 
 static int run_once(cairn_workers *w, const prompts *pr, const run_spec *spec, uint64_t seed,

@@ -56,13 +56,6 @@ cairn_offline_params cairn_offline_default_params(void)
     };
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* ---- Runners ------------------------------------------------------------------------------ */
 
 /* While a summary waits: heartbeat the job; stop when the service stops. */
@@ -146,13 +139,13 @@ static void *runner_main(void *arg)
                 CAIRN_LOG_WARN("no job queue", "runner=%d error=%s", r->index, err.msg);
                 last_complaint = now;
             }
-            sleep_ms(1000);
+            cairn_sleep_ms(1000);
             continue;
         }
         /* Only with offline capacity to spare (the scheduler fits offline work around online
          * requests; this keeps the backlog in Redis rather than in our queue). */
         if (cairn_workers_offline_load(o->w) >= o->p.max_offline) {
-            sleep_ms(100);
+            cairn_sleep_ms(100);
             continue;
         }
         cairn_job job;
@@ -162,7 +155,7 @@ static void *runner_main(void *arg)
             CAIRN_LOG_WARN("claim failed", "runner=%d error=%s", r->index, err.msg);
             cairn_jobs_close(r->q);
             r->q = NULL;
-            sleep_ms(1000);
+            cairn_sleep_ms(1000);
             continue;
         }
         if (n == 1) run_job(r, &job);

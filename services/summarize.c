@@ -100,13 +100,6 @@ static void on_done(void *user, const cairn_gen_result *res)
     pthread_mutex_unlock(&c->r->mu);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* Errors after which the same request is worth submitting again. */
 static bool retryable(const char *error)
 {
@@ -225,7 +218,7 @@ static int run_round(cairn_workers *w, call *calls, int n, const cairn_summarize
         if (rc || again == 0) break;
         /* Back off before resubmitting: the KV cache or the queue needs time to drain. */
         int pause = 200 * (pass + 1);
-        sleep_ms(pause > 2000 ? 2000 : pause);
+        cairn_sleep_ms(pause > 2000 ? 2000 : pause);
     }
     free(want);
     return rc;
