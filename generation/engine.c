@@ -38,7 +38,7 @@ struct cairn_engine {
     eseq *seqs;
     /* Batch arrays (max_batch_tokens) and logits rows (one per sequence at most). */
     int32_t *b_tok, *b_seq, *b_pos;
-    uint8_t *b_logits;
+    uint8_t *b_logits, *b_kinds;
     int *row_of_item;
     float *logits;
     cairn_step_item *run_items;
@@ -51,7 +51,7 @@ struct cairn_engine {
     cairn_step_item *susp_items;
     int *susp_row, *susp_pre_len;
     int32_t *s_tok, *s_seq, *s_pos;
-    uint8_t *s_logits;
+    uint8_t *s_logits, *s_kinds;
     int s_nt;
     float *x_save;
     cairn_model_yield y;
@@ -96,6 +96,7 @@ void cairn_engine_close(cairn_engine *e)
     free(e->b_seq);
     free(e->b_pos);
     free(e->b_logits);
+    free(e->b_kinds);
     free(e->row_of_item);
     free(e->logits);
     free(e->run_items);
@@ -107,6 +108,7 @@ void cairn_engine_close(cairn_engine *e)
     free(e->s_seq);
     free(e->s_pos);
     free(e->s_logits);
+    free(e->s_kinds);
     free(e->x_save);
     free(e);
 }
@@ -179,6 +181,7 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     e->b_seq = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
     e->b_pos = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
     e->b_logits = malloc((size_t)p.max_batch_tokens);
+    e->b_kinds = malloc((size_t)p.max_batch_tokens);
     e->row_of_item = malloc(sizeof(int) * (size_t)p.max_seqs);
     e->run_items = malloc(sizeof(cairn_step_item) * (size_t)p.max_seqs);
     const size_t ns = (size_t)p.max_seqs, nb = (size_t)p.max_batch_tokens;
@@ -190,12 +193,14 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     e->s_seq = malloc(sizeof(int32_t) * nb);
     e->s_pos = malloc(sizeof(int32_t) * nb);
     e->s_logits = malloc(nb);
+    e->s_kinds = malloc(nb);
     e->x_save = malloc(sizeof(float) * nb * (size_t)hp->n_embd);
     int rows = p.max_seqs < p.max_batch_tokens ? p.max_seqs : p.max_batch_tokens;
     e->logits = malloc(sizeof(float) * (size_t)rows * (size_t)e->n_vocab);
-    if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->row_of_item ||
-        !e->run_items || !e->logits || !e->pre_len || !e->susp_items || !e->susp_row ||
-        !e->susp_pre_len || !e->s_tok || !e->s_seq || !e->s_pos || !e->s_logits || !e->x_save) {
+    if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->b_kinds ||
+        !e->row_of_item || !e->run_items || !e->logits || !e->pre_len || !e->susp_items ||
+        !e->susp_row || !e->susp_pre_len || !e->s_tok || !e->s_seq || !e->s_pos ||
+        !e->s_logits || !e->s_kinds || !e->x_save) {
         rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
         goto fail;
     }
@@ -404,6 +409,8 @@ static int prepare(cairn_engine *e, const cairn_step_item *items, int n_items, c
             e->b_seq[nt] = s->kv_seq;
             e->b_pos[nt] = pos;
             e->b_logits[nt] = want && j == n - 1;
+            /* how llama.cpp would batch it, for its rounding (cairn_batch.kinds) */
+            e->b_kinds[nt] = (uint8_t)cairn_model_row_kind(pos, s->n_prompt);
             nt++;
         }
         e->row_of_item[i] = want ? rows++ : -1;
@@ -450,7 +457,7 @@ int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n
     if (nt < 0)
         return nt;
     cairn_batch b = {.n_tokens = nt, .tokens = e->b_tok, .seq = e->b_seq, .pos = e->b_pos,
-                     .logits = e->b_logits};
+                     .logits = e->b_logits, .kinds = e->b_kinds};
     /* One suspended pass at a time: while one waits, this pass runs to the end. */
     cairn_model_yield y = {.should_yield = e->susp ? NULL : should_yield, .ctx = ctx,
                            .x_save = e->x_save};
@@ -468,6 +475,7 @@ int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n
         memcpy(e->s_seq, e->b_seq, sizeof(int32_t) * (size_t)nt);
         memcpy(e->s_pos, e->b_pos, sizeof(int32_t) * (size_t)nt);
         memcpy(e->s_logits, e->b_logits, (size_t)nt);
+        memcpy(e->s_kinds, e->b_kinds, (size_t)nt);
         for (int i = 0; i < n_items; i++)
             e->seqs[items[i].id].held = true;
         return CAIRN_ENGINE_SUSPENDED;
@@ -483,7 +491,7 @@ int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *c
     if (!e->susp)
         return cairn_errorf(err, CAIRN_ESTATE, "engine resume: no pass is suspended");
     cairn_batch b = {.n_tokens = e->s_nt, .tokens = e->s_tok, .seq = e->s_seq, .pos = e->s_pos,
-                     .logits = e->s_logits};
+                     .logits = e->s_logits, .kinds = e->s_kinds};
     e->y.first_layer = e->y.next_layer;
     e->y.should_yield = should_yield;
     e->y.ctx = ctx;

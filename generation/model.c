@@ -52,7 +52,21 @@ struct cairn_model_ws {
     int32_t *seq_next;   /* per kv seq id: expected next position, during validation */
     int32_t *seq_first;  /* distinct seqs of the batch, in order of appearance */
     int32_t *seq_count;
+    cairn_model_trace_fn trace; /* see cairn_model_ws_set_trace */
+    void *trace_ctx;
 };
+
+void cairn_model_ws_set_trace(cairn_model_ws *ws, cairn_model_trace_fn fn, void *ctx)
+{
+    ws->trace = fn;
+    ws->trace_ctx = ctx;
+}
+
+#define TRACE(ws, layer, stage, rows, n, width)                                                 \
+    do {                                                                                       \
+        if ((ws)->trace)                                                                       \
+            (ws)->trace((ws)->trace_ctx, (layer), (stage), (rows), (n), (width));              \
+    } while (0)
 
 /* ---- Loading -------------------------------------------------------------------------------- */
 
@@ -527,7 +541,8 @@ static void attend(void *p, size_t ib, size_t ie, int tid)
             lo = 0;
         cairn_cpu_attention_heads(c->ws->q + t * (size_t)hp->n_head * hd + (size_t)h * hd, group,
                                   hd, &pg, kvh, lo, pos,
-                                  hp->arch == CAIRN_ARCH_GEMMA3 ? 1.0f : hp->attn_scale, scores,
+                                  hp->arch == CAIRN_ARCH_GEMMA3 ? 1.0f : hp->attn_scale,
+                                  c->b->kinds ? c->b->kinds[t] : CAIRN_CPU_ROW_SINGLE, scores,
                                   c->ws->att + t * (size_t)hp->n_head * hdv + (size_t)h * hdv);
     }
 }
@@ -642,6 +657,17 @@ static int reserve(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, const
     return 0;
 }
 
+int cairn_model_row_kind(int pos, int n_prompt)
+{
+    if (pos >= n_prompt)
+        return CAIRN_CPU_ROW_SINGLE;
+    int start = pos - pos % 512, len = n_prompt - start < 512 ? n_prompt - start : 512;
+    if (len < 2)
+        return CAIRN_CPU_ROW_SINGLE;
+    return CAIRN_CPU_ROW_BATCH | (pos - start < len - len % 4 ? CAIRN_CPU_ROW_TILE4 : 0) |
+           (len >= 8 ? CAIRN_CPU_ROW_WIDE : 0);
+}
+
 int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, cairn_pool *pool,
                         const cairn_batch *b, float *logits, cairn_error *err)
 {
@@ -684,6 +710,7 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
             for (int i = 0; i < d; i++)
                 x[i] *= emb_scale;
     }
+    TRACE(ws, -1, "embd", ws->x, T, d);
 
 layers:;
     fwd_ctx c = {.m = m, .ws = ws, .kv = kv, .b = b};
@@ -694,27 +721,41 @@ layers:;
             return CAIRN_MODEL_YIELDED;
         }
         const layer_w *L = &m->layers[l];
+        const cairn_cpu_mat *wo = &L->wo, *wdown = &L->wdown;
         c.layer = l;
         run_elementwise(m, ws, pool, L, ATTN_IN, T);
+        TRACE(ws, l, "attn_norm", ws->h, T, d);
         const cairn_cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
         float *qkv_out[3] = {ws->q, ws->k, ws->v};
-        cairn_cpu_matmul_n(pool, qkv, 3, ws->h, T, qkv_out, ws->act);
+        cairn_cpu_matmul_n(pool, qkv, 3, ws->h, T, qkv_out, ws->act, b->kinds);
         if (pool && T >= EW_PARALLEL_MIN)
             cairn_pool_parallel_for(pool, (size_t)T, post_qkv, &c);
         else
             post_qkv(&c, 0, (size_t)T, 0);
+        TRACE(ws, l, "q", ws->q, T, hp->n_head * hp->head_dim);
+        TRACE(ws, l, "k", ws->k, T, hp->n_head_kv * hp->head_dim);
+        TRACE(ws, l, "v", ws->v, T, hp->n_head_kv * hp->head_dim_v);
         if (pool)
             cairn_pool_parallel_for(pool, (size_t)T * hp->n_head_kv, attend, &c);
         else
             attend(&c, 0, (size_t)T * hp->n_head_kv, 0);
-        cairn_cpu_matmul(pool, &L->wo, ws->att, T, ws->a, ws->act);
+        TRACE(ws, l, "kqv_out", ws->att, T, hp->n_head * hp->head_dim_v);
+        cairn_cpu_matmul_n(pool, &wo, 1, ws->att, T, &ws->a, ws->act, b->kinds);
+        TRACE(ws, l, "attn_out", ws->a, T, d);
         run_elementwise(m, ws, pool, L, ATTN_OUT, T);
+        TRACE(ws, l, "sa_out", ws->x, T, d);
+        TRACE(ws, l, "ffn_norm", ws->h, T, d);
         const cairn_cpu_mat *gu[2] = {&L->wgate, &L->wup};
         float *gu_out[2] = {ws->ffa, ws->ffb};
-        cairn_cpu_matmul_n(pool, gu, 2, ws->h, T, gu_out, ws->act);
+        cairn_cpu_matmul_n(pool, gu, 2, ws->h, T, gu_out, ws->act, b->kinds);
+        TRACE(ws, l, "ffn_gate", ws->ffa, T, hp->n_ff);
+        TRACE(ws, l, "ffn_up", ws->ffb, T, hp->n_ff);
         run_elementwise(m, ws, pool, L, FFN_MID, T);
-        cairn_cpu_matmul(pool, &L->wdown, ws->ffa, T, ws->a, ws->act);
+        TRACE(ws, l, "ffn_act", ws->ffa, T, hp->n_ff);
+        cairn_cpu_matmul_n(pool, &wdown, 1, ws->ffa, T, &ws->a, ws->act, b->kinds);
+        TRACE(ws, l, "ffn_out", ws->a, T, d);
         run_elementwise(m, ws, pool, L, FFN_OUT, T);
+        TRACE(ws, l, "l_out", ws->x, T, d);
     }
 
     /* Gather the rows that want logits, normalise, project. */

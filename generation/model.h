@@ -67,7 +67,10 @@ const cairn_gguf *cairn_model_gguf(const cairn_model *m);
  * A ragged batch of n_tokens tokens. Token i belongs to KV sequence seq[i] at position pos[i].
  * Within a sequence the batch's tokens must continue it: positions len, len+1, ... in batch
  * order (len = cairn_kv_seq_len before the call). logits[i] != 0 asks for the next-token logits
- * after token i; logits NULL asks only for the batch's last token.
+ * after token i; logits NULL asks only for the batch's last token. kinds (optional, NULL: all
+ * CAIRN_CPU_ROW_SINGLE) gives each token the CAIRN_CPU_ROW_* kind of batch that llama.cpp
+ * would have run it in (generation/kernels/cpu.h): it changes rounding only, so that our
+ * logits are llama.cpp's bit for bit; cairn_model_row_kind computes it.
  */
 typedef struct cairn_batch {
     int n_tokens;
@@ -75,7 +78,16 @@ typedef struct cairn_batch {
     const int32_t *seq;
     const int32_t *pos;
     const uint8_t *logits;
+    const uint8_t *kinds;
 } cairn_batch;
+
+/*
+ * The CAIRN_CPU_ROW_* kind of the token at position pos of a sequence whose prompt has
+ * n_prompt tokens, as llama.cpp runs it: the prompt in batches of 512 tokens (its default
+ * n_batch and n_ubatch), then one token per batch. A prompt token is a tile row when its batch
+ * has 2+ tokens and it is in the batch's whole groups of four.
+ */
+int cairn_model_row_kind(int pos, int n_prompt);
 
 /* Scratch for forward passes of up to max_tokens tokens over sequences of up to max_ctx
  * positions, for a pool of n_threads. Sized once; a forward allocates nothing. */
@@ -83,6 +95,17 @@ typedef struct cairn_model_ws cairn_model_ws;
 int cairn_model_ws_new(cairn_model_ws **out, const cairn_model *m, int max_tokens, int max_ctx,
                        int n_threads, cairn_error *err);
 void cairn_model_ws_free(cairn_model_ws *ws); /* NULL is a no-op */
+
+/*
+ * A debugging hook, the counterpart of ggml's eval callback: when set, every forward on ws
+ * calls fn after each stage with that stage's rows (n_rows rows of width floats, one per batch
+ * token; layer -1 for the embeddings). Stages: "embd", "attn_norm", "q" (after norm, RoPE and
+ * scaling), "k", "v", "kqv_out", "attn_out", "sa_out", "ffn_norm", "ffn_gate", "ffn_up",
+ * "ffn_act", "ffn_out", "l_out". It costs nothing when unset; fn NULL unsets it.
+ */
+typedef void (*cairn_model_trace_fn)(void *ctx, int layer, const char *stage, const float *rows,
+                                     int n_rows, int width);
+void cairn_model_ws_set_trace(cairn_model_ws *ws, cairn_model_trace_fn fn, void *ctx);
 
 /*
  * The KV cache layout a model needs (n_layers, per-layer windows, kv_dim) filled into p.

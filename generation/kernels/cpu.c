@@ -136,6 +136,7 @@ static void quant_q8k(const float *x, int64_t nb, cairn__act_q8k *y)
             y[b].bsums[g] = (int16_t)s;
         }
         y[b].d = 1.0f / iscale;
+        y[b].kind = 0;
     }
 }
 
@@ -208,13 +209,15 @@ static float dot_q5_0(int64_t nb, const cairn__blk_q5_0 *w, const cairn__act_q8 
     return s;
 }
 
+/* Q4_K as llama.cpp's x86 build sums it (see cpu_gemm_kq.inc): two fma chains, fed once per
+ * block, or once per sub-block pair for a row of a 4-row tile (CAIRN_CPU_ROW_TILE4). */
 static float dot_q4_k(int64_t nb, const cairn__blk_q4_k *w, const cairn__act_q8k *a)
 {
-    float s = 0.0f;
+    float acc = 0.0f, accm = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
         cairn__q4k_scales(w[b].scales, sc, mn);
-        int sumi = 0;
+        int pair[4], pmin[4];
         for (int j = 0; j < 4; j++) {
             const uint8_t *q = w[b].qs + 32 * j;
             const int8_t *y = a[b].qs + 64 * j;
@@ -223,37 +226,70 @@ static float dot_q4_k(int64_t nb, const cairn__blk_q4_k *w, const cairn__act_q8k
                 s0 += (q[l] & 0xF) * y[l];
                 s1 += (q[l] >> 4) * y[l + 32];
             }
-            sumi += sc[2 * j] * s0 + sc[2 * j + 1] * s1;
+            pair[j] = sc[2 * j] * s0 + sc[2 * j + 1] * s1;
+            pmin[j] = mn[2 * j] * (a[b].bsums[4 * j] + a[b].bsums[4 * j + 1]) +
+                      mn[2 * j + 1] * (a[b].bsums[4 * j + 2] + a[b].bsums[4 * j + 3]);
         }
-        int summ = 0;
-        for (int k = 0; k < 8; k++)
-            summ += mn[k] * (a[b].bsums[2 * k] + a[b].bsums[2 * k + 1]);
-        s += a[b].d * (h2f(w[b].d) * (float)sumi - h2f(w[b].dmin) * (float)summ);
+        float sd = h2f(w[b].d) * a[b].d, sm = h2f(w[b].dmin) * a[b].d;
+        if (a[b].kind & CAIRN_CPU_ROW_TILE4) {
+            for (int j = 0; j < 4; j++) {
+                acc = fmaf((float)pair[j], sd, acc);
+                accm = fmaf((float)pmin[j], sm, accm);
+            }
+        } else {
+            acc = fmaf((float)(pair[0] + pair[1] + pair[2] + pair[3]), sd, acc);
+            accm = fmaf((float)(pmin[0] + pmin[1] + pmin[2] + pmin[3]), sm, accm);
+        }
     }
-    return s;
+    return acc - accm;
 }
 
+/* The 8-lane float sum of ggml's AVX2 kernels: (l + h) then (0 + 2) + (1 + 3). */
+static float hsum8_lanes(const float v[8])
+{
+    float t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = v[i] + v[i + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+/* Q6_K in ggml's 8 lanes (see cpu_gemm_kq.inc): lane j takes bytes 4j..4j+3 of every 32-value
+ * stretch, less 32 * (sc * bsum) of the 16-value groups 2j and 2j+1; lanes meet the scale in
+ * an fma per block. For a token of a batch of 8+ (CAIRN_CPU_ROW_WIDE), ggml's tiled kernel:
+ * the block's whole sum times d_w, then an fma with d_a. */
 static float dot_q6_k(int64_t nb, const cairn__blk_q6_k *w, const cairn__act_q8k *a)
 {
-    float s = 0.0f;
+    float acc[8] = {0}, wide = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
-        int sumi = 0;
+        int lane[8];
+        for (int j = 0; j < 8; j++)
+            lane[j] = -32 * (w[b].scales[2 * j] * a[b].bsums[2 * j] +
+                             w[b].scales[2 * j + 1] * a[b].bsums[2 * j + 1]);
         for (int half = 0; half < 2; half++) {
             const uint8_t *ql = w[b].ql + 64 * half, *qh = w[b].qh + 32 * half;
             const int8_t *sc = w[b].scales + 8 * half, *y = a[b].qs + 128 * half;
             for (int l = 0; l < 32; l++) {
                 int is = l / 16;
-                int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                sumi += sc[is] * q1 * y[l] + sc[is + 2] * q2 * y[l + 32] +
-                        sc[is + 4] * q3 * y[l + 64] + sc[is + 6] * q4 * y[l + 96];
+                int q1 = (ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4);
+                int q2 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                int q3 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                int q4 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                lane[l / 4] += sc[is] * q1 * y[l] + sc[is + 2] * q2 * y[l + 32] +
+                               sc[is + 4] * q3 * y[l + 64] + sc[is + 6] * q4 * y[l + 96];
             }
         }
-        s += h2f(w[b].d) * a[b].d * (float)sumi;
+        if (a[b].kind & CAIRN_CPU_ROW_WIDE) { /* ggml's tiled kernel: one sum per block */
+            int s1 = 0;
+            for (int j = 0; j < 8; j++)
+                s1 += lane[j];
+            wide = fmaf((float)s1 * h2f(w[b].d), a[b].d, wide);
+            continue;
+        }
+        float d = a[b].d * h2f(w[b].d);
+        for (int j = 0; j < 8; j++)
+            acc[j] = fmaf((float)lane[j], d, acc[j]);
     }
-    return s;
+    return nb > 0 && (a[0].kind & CAIRN_CPU_ROW_WIDE) ? wide : hsum8_lanes(acc);
 }
 
 static float dot_f32(int64_t n, const float *w, const float *x)
@@ -381,6 +417,7 @@ typedef struct {
     gemm_fn gemm;            /* tiled kernel of the family, or NULL: vec_dot on plain rows */
     int tile;                /* gemm's token tile (its activation layout); 0 with no gemm */
     size_t n_tblocks;        /* token blocks per row chunk */
+    const uint8_t *kinds;    /* per token CAIRN_CPU_ROW_*, for Q8_K activations, or NULL */
 } matmul_ctx;
 
 /* Quantizes tokens [b, e): plain rows, or for a tiled kernel block k of token t at
@@ -392,14 +429,21 @@ static void quant_rows(void *p, size_t b, size_t e, int tid)
     const int64_t bs = c->cols / c->nb;
     for (size_t t = b; t < e; t++) {
         const float *x = c->x + t * c->cols;
+        int32_t kind = c->kinds ? c->kinds[t] : 0;
         if (!c->tile) {
-            cairn_cpu_quantize_act(c->act_type, x, c->cols, c->scratch + t * c->act_row, c->avx2);
+            uint8_t *row = c->scratch + t * c->act_row;
+            cairn_cpu_quantize_act(c->act_type, x, c->cols, row, c->avx2);
+            for (int64_t k = 0; kind && k < c->nb; k++)
+                ((cairn__act_q8k *)row)[k].kind = kind;
             continue;
         }
         size_t tile = (size_t)c->tile, j = t % tile, base = (t - j) * (size_t)c->nb;
-        for (int64_t k = 0; k < c->nb; k++)
-            cairn_cpu_quantize_act(c->act_type, x + k * bs, bs,
-                                   c->scratch + (base + (size_t)k * tile + j) * c->act_blk, true);
+        for (int64_t k = 0; k < c->nb; k++) {
+            uint8_t *blk = c->scratch + (base + (size_t)k * tile + j) * c->act_blk;
+            cairn_cpu_quantize_act(c->act_type, x + k * bs, bs, blk, true);
+            if (kind)
+                ((cairn__act_q8k *)blk)->kind = kind;
+        }
     }
 }
 
@@ -443,19 +487,20 @@ bool cairn_cpu_matmul_can_share(const cairn_cpu_mat *a, const cairn_cpu_mat *b)
 }
 
 void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, const float *x,
-                        int64_t n_tok, float *const *y, void *scratch)
+                        int64_t n_tok, float *const *y, void *scratch, const uint8_t *kinds)
 {
     bool share = n <= MM_MAX_MATS;
     for (int i = 1; i < n && share; i++)
         share = cairn_cpu_matmul_can_share(w[0], w[i]);
     if (!share) {
         for (int i = 0; i < n; i++)
-            cairn_cpu_matmul_n(pool, &w[i], 1, x, n_tok, &y[i], scratch);
+            cairn_cpu_matmul_n(pool, &w[i], 1, x, n_tok, &y[i], scratch, kinds);
         return;
     }
     const cairn_cpu_mat *w0 = w[0];
     matmul_ctx c = {.n_mats = n, .x = x, .n_tok = n_tok, .cols = w0->cols, .act_type = w0->type,
-                    .scratch = scratch, .avx2 = cairn_cpu_has_avx2()};
+                    .scratch = scratch, .avx2 = cairn_cpu_has_avx2(),
+                    .kinds = act_kind(w0->type) == 2 ? kinds : NULL};
     c.gemm = pick_gemm(w0->type, c.avx2);
     c.nb = w0->cols / (int64_t)cairn_gguf_type_block_size(w0->type);
     if (cairn_cpu_matmul_scratch_bytes(w0, 1) == 0) {
@@ -495,7 +540,7 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
 void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
                       float *y, void *scratch)
 {
-    cairn_cpu_matmul_n(pool, &w, 1, x, n_tok, &y, scratch);
+    cairn_cpu_matmul_n(pool, &w, 1, x, n_tok, &y, scratch, NULL);
 }
 
 /* ---- Element-wise ---------------------------------------------------------------------------- */
@@ -537,6 +582,18 @@ void cairn_cpu_rope_angles(int head_dim, int pos, float base, float freq_scale, 
     }
 }
 
+/*
+ * One RoPE rotation, rounded as llama.cpp's build on an FMA machine rounds it: the compiler
+ * contracts x0*c - x1*s into fma(x0, c, -(x1*s)) (and the sine row likewise), so the first
+ * product is not rounded on its own. fmaf makes every machine round that way.
+ */
+static inline void rotate(float *x0, float *x1, float c, float s)
+{
+    float a = *x0, b = *x1;
+    *x0 = fmaf(a, c, -(b * s));
+    *x1 = fmaf(a, s, b * c);
+}
+
 void cairn_cpu_rope_apply(float *x, int n_heads, int head_dim, const float *cs, bool neox)
 {
     int half = head_dim / 2;
@@ -545,9 +602,7 @@ void cairn_cpu_rope_apply(float *x, int n_heads, int head_dim, const float *cs, 
         for (int i = 0; i < half; i++) {
             float c = cs[i], s = cs[half + i];
             int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-            float a = xh[i0], b = xh[i1];
-            xh[i0] = a * c - b * s;
-            xh[i1] = a * s + b * c;
+            rotate(xh + i0, xh + i1, c, s);
         }
     }
 }
@@ -563,17 +618,17 @@ void cairn_cpu_rope(float *x, int n_heads, int head_dim, int pos, float base, fl
         for (int h = 0; h < n_heads; h++) {
             float *xh = x + (size_t)h * head_dim;
             int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-            float a = xh[i0], b = xh[i1];
-            xh[i0] = a * c - b * s;
-            xh[i1] = a * s + b * c;
+            rotate(xh + i0, xh + i1, c, s);
         }
     }
 }
 
+/* GELU-tanh in ggml's expression, rounded as its FMA build rounds it (ggml_gelu_f32, the
+ * compiler fusing 1 + a x x into fma(a x, x, 1)): the F16 table built from it is ggml's. */
 static inline float gelu1(float x)
 {
-    const float k = 0.79788456080286535588f; /* sqrt(2/pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+    const float k = 0.79788456080286535587989211986876f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(k * x * fmaf(0.044715f * x, x, 1.0f)));
 }
 
 static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
@@ -632,19 +687,75 @@ void cairn_cpu_gated_gelu_table(float *a, const float *b, int n, const float *ta
     }
 }
 
-void cairn_cpu_softmax(float *x, int n)
+/*
+ * ggml's exp (ggml-cpu vec.h, ggml_v_expf in the AVX-512 form that its soft_max uses on the
+ * machines we are checked on), operation for operation: n = round(x / ln 2), a polynomial in
+ * the remainder b = x - n ln 2, scaled by 2^n; |n| > 192 saturates to 0 or infinity. Within
+ * 2 ulp of expf, and the same bits as llama.cpp's on every machine.
+ */
+static inline float expf_ggml(float x)
 {
+    const float r = 0x1.8p23f;
+    float n = fmaf(x, 0x1.715476p+0f, r) - r;
+    if (fabsf(n) > 192.0f)
+        return n <= 0.0f ? 0.0f : INFINITY;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                        fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                   u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    return ldexpf(j, (int)n);
+}
+
+/* The 16-lane float sum of an AVX-512 reduction (GCC's _mm512_reduce_add_ps): halves, then
+ * quarters, then (0 + 2) + (1 + 3). */
+static float hsum16_lanes(const float v[16])
+{
+    float t[8], u[4];
+    for (int i = 0; i < 8; i++)
+        t[i] = v[i] + v[i + 8];
+    for (int i = 0; i < 4; i++)
+        u[i] = t[i] + t[i + 4];
+    return (u[0] + u[2]) + (u[1] + u[3]);
+}
+
+/*
+ * Softmax over the KV positions lo..hi (x[0..hi-lo]) as ggml's soft_max computes it over a
+ * cache whose cell c holds position c (llama.cpp without flash attention): exp through
+ * expf_ggml, sums of 16 aligned cells (cells outside lo..hi count 0) in float, added in
+ * double, and every value times the float of 1 / the sum.
+ */
+static void softmax_cells(float *x, int lo, int hi, bool use_avx2)
+{
+    int n = hi - lo + 1;
     float mx = x[0];
     for (int i = 1; i < n; i++)
         mx = x[i] > mx ? x[i] : mx;
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        sum += x[i];
+    if (use_avx2)
+        cairn__exp_shift_avx2(x, n, mx);
+    else
+        for (int i = 0; i < n; i++)
+            x[i] = expf_ggml(x[i] - mx);
+    double sum = 0.0;
+    for (int c = lo & ~15; c <= hi; c += 16) {
+        float v[16];
+        for (int j = 0; j < 16; j++)
+            v[j] = c + j < lo || c + j > hi ? 0.0f : x[c + j - lo];
+        sum += (double)hsum16_lanes(v);
     }
-    float inv = 1.0f / sum;
+    float inv = (float)(1.0 / sum);
     for (int i = 0; i < n; i++)
         x[i] *= inv;
+}
+
+void cairn_cpu_softmax(float *x, int n)
+{
+    softmax_cells(x, 0, n - 1, cairn_cpu_has_avx2());
+}
+
+float cairn__expf_ggml(float x)
+{
+    return expf_ggml(x);
 }
 
 void cairn_cpu_round_f16(float *x, int n)
@@ -669,49 +780,92 @@ void cairn_cpu_f32_to_f16(const float *x, uint16_t *y, int n)
 
 /* ---- Attention ------------------------------------------------------------------------------- */
 
-void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv, int kv_head,
-                         int lo, int hi, float scale, float *scores, float *out)
+/*
+ * The attention products as llama.cpp computes them over its F16 cache. For a token of a
+ * larger batch tinyBLAS (llamafile sgemm, AVX-512) sums in 16 lanes: q.k with lane i % 16
+ * taking element i of the head, the V sum with lane p % 16 taking position p. For a token alone
+ * ggml_vec_dot_f16 sums in 4 x 16 = 64 lanes (lane i % 64), folds them (0 + 2) + (1 + 3) into
+ * 16 and adds what is left past a multiple of 64 in double. Each lane is an fma chain; 16
+ * lanes are summed as hsum16_lanes. These portable forms give the AVX2 kernels' bits.
+ */
+static float lanes_sum(const float *acc, int lanes)
 {
-    bool avx2 = cairn_cpu_has_avx2();
-    size_t hoff = (size_t)kv_head * head_dim;
-    int n = hi - lo + 1;
-    for (int p = lo; p <= hi; p++) {
-        const uint16_t *k = kv->k + (size_t)kv->blocks[p / kv->block_tokens] * kv->block_stride +
-                            (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
-        scores[p - lo] = scale * (avx2 ? cairn__dot_f16_avx2(head_dim, k, q)
-                                       : dot_f16(head_dim, k, q));
-    }
-    cairn_cpu_softmax(scores, n);
-    /* ggml multiplies the probabilities by an F16 V cache in F16 (llama.cpp without flash
-     * attention); rounding them the same way costs nothing and tracks its results. */
-    for (int i = 0; i < n; i++)
-        scores[i] = f16_round(scores[i]);
-    memset(out, 0, (size_t)head_dim * sizeof(float));
-    for (int p = lo; p <= hi; p++) {
-        const uint16_t *v = kv->v + (size_t)kv->blocks[p / kv->block_tokens] * kv->block_stride +
-                            (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
-        float a = scores[p - lo];
-        if (avx2) {
-            cairn__axpy_f16_avx2(head_dim, a, v, out);
-        } else {
-            for (int i = 0; i < head_dim; i++)
-                out[i] += a * h2f(v[i]);
+    if (lanes == 16)
+        return hsum16_lanes(acc);
+    float v[16];
+    for (int l = 0; l < 16; l++)
+        v[l] = (acc[l] + acc[l + 32]) + (acc[l + 16] + acc[l + 48]);
+    return hsum16_lanes(v);
+}
+
+static float dot_f16_lanes(int n, const uint16_t *k, const float *q, int lanes)
+{
+    float acc[64] = {0};
+    int main = lanes == 16 ? n : n & ~63;
+    for (int i = 0; i < main; i++)
+        acc[i % lanes] = fmaf(h2f(k[i]), q[i], acc[i % lanes]);
+    double s = lanes_sum(acc, lanes);
+    for (int i = main; i < n; i++)
+        s += (double)(h2f(k[i]) * q[i]);
+    return (float)s;
+}
+
+static void pv_acc(int w, int lanes, const uint16_t *const *rows, int first, int n_rows,
+                   const float *probs, size_t p_stride, int nq, float *acc)
+{
+    for (int r = 0; r < n_rows; r++) {
+        int lane = (first + r) & (lanes - 1);
+        for (int g = 0; g < nq; g++) {
+            float a = probs[(size_t)g * p_stride + r];
+            if (a == 0.0f) /* fma(v, 0, acc) is acc: skipping changes no bit */
+                continue;
+            float *ac = acc + ((size_t)g * lanes + lane) * w;
+            for (int i = 0; i < w; i++)
+                ac[i] = fmaf(h2f(rows[r][i]), a, ac[i]);
         }
     }
 }
 
-void cairn_cpu_attention_heads(const float *q, int n_q, int head_dim, const cairn_cpu_paged *kv,
-                               int kv_head, int lo, int hi, float scale, float *scores,
-                               float *out)
+static void pv_reduce(int w, int lanes, int nq, const float *acc, float *out, size_t o_stride)
 {
-    int n = hi - lo + 1;
-    if (!cairn_cpu_has_avx2() || head_dim % 16 != 0) {
-        for (int g = 0; g < n_q; g++)
-            cairn_cpu_attention(q + (size_t)g * head_dim, head_dim, kv, kv_head, lo, hi, scale,
-                                scores, out + (size_t)g * head_dim);
-        return;
-    }
-    size_t hoff = (size_t)kv_head * head_dim;
+    for (int g = 0; g < nq; g++)
+        for (int i = 0; i < w; i++) {
+            float v[64];
+            for (int j = 0; j < lanes; j++)
+                v[j] = acc[((size_t)g * lanes + j) * w + i];
+            out[(size_t)g * o_stride + i] = lanes_sum(v, lanes);
+        }
+}
+
+void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv, int kv_head,
+                         int lo, int hi, float scale, int kind, float *scores, float *out)
+{
+    cairn_cpu_attention_heads(q, 1, head_dim, kv, kv_head, lo, hi, scale, kind, scores, out);
+}
+
+/* Floats of V accumulators per pass: 4 heads x lanes x columns (64 KiB). */
+#define PV_ACC (4 * 16 * 256)
+
+void cairn_cpu_attention_heads(const float *q, int n_q, int head_dim, const cairn_cpu_paged *kv,
+                               int kv_head, int lo, int hi, float scale, int kind,
+                               float *scores, float *out)
+{
+    cairn__attention_heads(q, n_q, head_dim, kv, kv_head, lo, hi, scale, kind, scores, out,
+                           cairn_cpu_has_avx2());
+}
+
+void cairn__attention_heads(const float *q, int n_q, int head_dim, const cairn_cpu_paged *kv,
+                            int kv_head, int lo, int hi, float scale, int kind, float *scores,
+                            float *out, bool use_avx2)
+{
+    /* tinyBLAS takes batches of 2+ tokens when the summed length is a multiple of 16; the V
+     * sum runs over whole cache pages of 256 cells, so only q.k can fall back */
+    const int vl = kind & CAIRN_CPU_ROW_BATCH ? 16 : 64;
+    const int kl = vl == 16 && head_dim % 16 == 0 ? 16 : 64;
+    const bool avx = use_avx2 && head_dim % 16 == 0;
+    const int n = hi - lo + 1, cols = PV_ACC / 4 / vl;
+    const size_t hoff = (size_t)kv_head * head_dim;
+    float acc[PV_ACC];
     for (int g0 = 0; g0 < n_q; g0 += 4) {
         int nq = n_q - g0 < 4 ? n_q - g0 : 4;
         const float *qg = q + (size_t)g0 * head_dim;
@@ -721,26 +875,39 @@ void cairn_cpu_attention_heads(const float *q, int n_q, int head_dim, const cair
             const uint16_t *k = kv->k + (size_t)kv->blocks[p / kv->block_tokens] *
                                             kv->block_stride +
                                 (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
-            cairn__dot_f16_heads_avx2(head_dim, k, qg, nq, (size_t)head_dim, dots);
+            if (avx)
+                cairn__dot_f16_heads_avx2(head_dim, k, qg, nq, (size_t)head_dim, kl, dots);
+            else
+                for (int g = 0; g < nq; g++)
+                    dots[g] = dot_f16_lanes(head_dim, k, qg + (size_t)g * head_dim, kl);
             for (int g = 0; g < nq; g++)
                 scores[(size_t)g * n + (p - lo)] = scale * dots[g];
         }
+        /* ggml multiplies the probabilities by the F16 V cache in F16 */
         for (int g = 0; g < nq; g++) {
-            cairn_cpu_softmax(scores + (size_t)g * n, n);
+            softmax_cells(scores + (size_t)g * n, lo, hi, use_avx2);
             cairn_cpu_round_f16(scores + (size_t)g * n, n);
         }
-        memset(og, 0, sizeof(float) * (size_t)nq * head_dim);
-        /* V rows in runs of up to 64 positions; each run continues the same fmadd chains. */
-        const uint16_t *rows[64];
-        for (int p0 = lo; p0 <= hi; p0 += 64) {
-            int nr = hi - p0 + 1 < 64 ? hi - p0 + 1 : 64;
-            for (int j = 0; j < nr; j++) {
-                int p = p0 + j;
-                rows[j] = kv->v + (size_t)kv->blocks[p / kv->block_tokens] * kv->block_stride +
-                          (size_t)(p % kv->block_tokens) * kv->row_stride + hoff;
+        if (avx) {
+            cairn__pv_avx2(kv, hoff, lo, hi, scores, (size_t)n, nq, head_dim, vl, acc, og,
+                           (size_t)head_dim);
+            continue;
+        }
+        for (int d0 = 0; d0 < head_dim; d0 += cols) {
+            int w = head_dim - d0 < cols ? head_dim - d0 : cols;
+            memset(acc, 0, sizeof(float) * (size_t)nq * vl * w);
+            const uint16_t *rows[64];
+            for (int p0 = lo; p0 <= hi; p0 += 64) {
+                int nr = hi - p0 + 1 < 64 ? hi - p0 + 1 : 64;
+                for (int j = 0; j < nr; j++) {
+                    int p = p0 + j;
+                    rows[j] = kv->v + (size_t)kv->blocks[p / kv->block_tokens] *
+                                          kv->block_stride +
+                              (size_t)(p % kv->block_tokens) * kv->row_stride + hoff + d0;
+                }
+                pv_acc(w, vl, rows, p0, nr, scores + (p0 - lo), (size_t)n, nq, acc);
             }
-            cairn__pv_heads_avx2(head_dim, rows, nr, scores + (p0 - lo), (size_t)n, nq, og,
-                                 (size_t)head_dim);
+            pv_reduce(w, vl, nq, acc, og + d0, (size_t)head_dim);
         }
     }
 }

@@ -67,13 +67,30 @@ void cairn_cpu_matmul(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, 
 bool cairn_cpu_matmul_can_share(const cairn_cpu_mat *a, const cairn_cpu_mat *b);
 
 /*
+ * How llama.cpp's x86 build would have batched a token, as flags. Its rounding depends on it,
+ * and we reproduce its rounding (the parity tests compare our logits and greedy tokens with it
+ * bit for bit), so the kernels that it runs differently per batch shape take the flags per
+ * token. 0 (SINGLE): a token alone in its batch (decode): ggml's vector dot products. BATCH:
+ * a row of a batch of 2+ tokens: tinyBLAS for the F16 attention products. WIDE: a batch of
+ * 8+ tokens: ggml's tiled K-quant kernel for Q6_K. TILE4: a row of a whole 4-row tile of its
+ * batch: the repacked Q4_K kernel sums per sub-block pair. A token's results depend on its own
+ * flags only, never on its neighbours in our batch.
+ */
+#define CAIRN_CPU_ROW_SINGLE 0
+#define CAIRN_CPU_ROW_BATCH 1
+#define CAIRN_CPU_ROW_TILE4 2
+#define CAIRN_CPU_ROW_WIDE 4
+
+/*
  * y[i] = w[i] x for n matrices of the same x (each y[i] as in cairn_cpu_matmul): when they can
  * share activations (q, k, v; gate, up) x is quantized once and all their rows go through the
  * pool in one pass; otherwise it runs the products one after another. scratch holds the
  * largest cairn_cpu_matmul_scratch_bytes() of them. Results equal cairn_cpu_matmul's.
+ * kinds (may be NULL: all CAIRN_CPU_ROW_SINGLE) gives each token's CAIRN_CPU_ROW_* flags; only
+ * Q4_K (TILE4) and Q6_K (WIDE) products depend on them.
  */
 void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, const float *x,
-                        int64_t n_tok, float *const *y, void *scratch);
+                        int64_t n_tok, float *const *y, void *scratch, const uint8_t *kinds);
 
 /*
  * Single-row building blocks, exposed for tests and for callers that split work themselves.
@@ -145,12 +162,15 @@ typedef struct cairn_cpu_paged {
 /*
  * Attention of one query head q[head_dim] over key positions [lo, hi] (inclusive) of kv
  * head kv_head: out[head_dim] = softmax(scale * q.k_p) . v_p. scores holds hi - lo + 1 floats.
- * The probabilities are rounded to F16 before they weigh V (ggml's F16-cache arithmetic);
- * callers that want the same for q round it to F16 first (cairn_cpu_round_f16).
+ * The arithmetic is ggml's over an F16 cache without flash attention, as llama.cpp runs it for
+ * a token with these CAIRN_CPU_ROW_* flags, cell p of its cache holding position p: the two
+ * products sum in 16 lanes (tinyBLAS, BATCH) or 64 (ggml_vec_dot_f16, a token alone), exp is
+ * ggml's, and the probabilities are rounded to F16 before they weigh V.
+ * Callers that want q rounded like ggml's round it to F16 first (cairn_cpu_round_f16).
  * Every position in the range must be in a live block (the caller's window guarantees it).
  */
 void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv, int kv_head,
-                         int lo, int hi, float scale, float *scores, float *out);
+                         int lo, int hi, float scale, int kind, float *scores, float *out);
 
 /*
  * cairn_cpu_attention for n_q query heads that share KV head kv_head (grouped-query attention):
@@ -159,8 +179,8 @@ void cairn_cpu_attention(const float *q, int head_dim, const cairn_cpu_paged *kv
  * cairn_cpu_attention bit for bit.
  */
 void cairn_cpu_attention_heads(const float *q, int n_q, int head_dim, const cairn_cpu_paged *kv,
-                               int kv_head, int lo, int hi, float scale, float *scores,
-                               float *out);
+                               int kv_head, int lo, int hi, float scale, int kind,
+                               float *scores, float *out);
 
 /* Rounds n values to the nearest F16 value, in place. */
 void cairn_cpu_round_f16(float *x, int n);

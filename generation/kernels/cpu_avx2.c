@@ -8,8 +8,10 @@
  * 63*128*2 (Q6_K, whose -32 offset is applied afterwards through the activation block sums).
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
+#include "generation/kernels/cpu.h"
 #include "generation/kernels/cpu_internal.h"
 #include "proto/gguf.h"
 
@@ -219,18 +221,6 @@ void cairn__quant_q8_avx2(const float *x, int64_t nb, cairn__act_q8 *y)
     }
 }
 
-void cairn__axpy_f16_avx2(int64_t n, float a, const uint16_t *v, float *y)
-{
-    __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, vv, _mm256_loadu_ps(y + i)));
-    }
-    for (; i < n; i++)
-        y[i] += a * h2f(v[i]);
-}
-
 void cairn__f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n)
 {
     int64_t i = 0;
@@ -275,11 +265,11 @@ void cairn__gated_gelu_avx2(float *a, const float *b, int64_t n, const float *ta
 }
 
 /*
- * Attention for nq <= 4 query heads that share one KV head: each K and V row is converted from
- * F16 once for all of them, and the accumulators stay in registers. Per head the arithmetic is
- * exactly cairn__dot_f16_avx2's (two 8-lane accumulators over 16-element steps) and a
- * position-ordered cairn__axpy_f16_avx2's, so the results equal the one-head-at-a-time ones
- * bit for bit. head_dim must be a multiple of 16.
+ * q.k for nq <= 4 query heads that share one KV head. 16 lanes (lane i % 16 takes element i):
+ * each K row is converted once for all heads, two 8-lane fma chains per head. 64 lanes: four
+ * 16-lane accumulators per head, folded (0 + 2) + (1 + 3), the rest past a multiple of 64 added
+ * in double. The 16 lanes are summed as an AVX-512 reduction. As cpu.c's dot_f16_lanes.
+ * head_dim must be a multiple of 16.
  */
 static inline __attribute__((always_inline)) void
 qk_heads(const int NQ, int64_t n, const uint16_t *k, const float *q, size_t q_stride, float *out)
@@ -303,9 +293,33 @@ qk_heads(const int NQ, int64_t n, const uint16_t *k, const float *q, size_t q_st
         out[g] = hsum8(_mm256_add_ps(a0[g], a1[g]));
 }
 
-void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int nq,
-                               size_t q_stride, float *out)
+static float qk64(int64_t n, const uint16_t *k, const float *q)
 {
+    __m256 a[8];
+    for (int j = 0; j < 8; j++)
+        a[j] = _mm256_setzero_ps();
+    int64_t main = n & ~(int64_t)63, i = 0;
+    for (; i < main; i += 64)
+        for (int j = 0; j < 8; j++) /* accumulator j / 2, half j % 2 */
+            a[j] = _mm256_fmadd_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8 * j))),
+                _mm256_loadu_ps(q + i + 8 * j), a[j]);
+    __m256 lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+    __m256 hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+    double s = hsum8(_mm256_add_ps(lo, hi));
+    for (; i < n; i++)
+        s += (double)(h2f(k[i]) * q[i]);
+    return (float)s;
+}
+
+void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int nq,
+                               size_t q_stride, int lanes, float *out)
+{
+    if (lanes == 64) {
+        for (int g = 0; g < nq; g++)
+            out[g] = qk64(n, k, q + (size_t)g * q_stride);
+        return;
+    }
     switch (nq) {
     case 4: qk_heads(4, n, k, q, q_stride, out); break;
     case 3: qk_heads(3, n, k, q, q_stride, out); break;
@@ -314,44 +328,132 @@ void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int
     }
 }
 
-/* out_g[0..n) += probs_g[p] * v_p for the rows p in order (one fmadd chain per element). */
+/*
+ * out_g = sum_p probs_g[p] v_p over the positions lo..hi in `lanes` (16 or 64) position lanes
+ * (lane p % lanes, an fma chain in ascending p), folded and summed as cpu.c's lanes_sum.
+ * Lane-major: per 16 output columns each lane's chain runs in registers (2 ymm per head) and
+ * lands in lanebuf (lanes x 4 x 16 floats); positions of probability 0 are skipped (fma with 0
+ * changes nothing). head_dim must be a multiple of 16.
+ */
 static inline __attribute__((always_inline)) void
-pv_heads(const int NQ, int64_t n, const uint16_t *const *rows, int n_rows, const float *probs,
-         size_t p_stride, float *out, size_t o_stride)
+pv_lanes(const int NQ, const cairn_cpu_paged *kv, size_t hoff, int lo, int hi,
+         const float *probs, size_t p_stride, int head_dim, int lanes, float *lanebuf,
+         float *out, size_t o_stride)
 {
-    for (int64_t i = 0; i + 16 <= n; i += 16) {
-        __m256 a0[4], a1[4];
+    const int bt = kv->block_tokens;
+    for (int c = 0; c < head_dim; c += 16) {
+        for (int j = 0; j < lanes; j++) {
+            __m256 a0[4], a1[4];
 #pragma GCC unroll 4
-        for (int g = 0; g < NQ; g++) {
-            a0[g] = _mm256_loadu_ps(out + (size_t)g * o_stride + i);
-            a1[g] = _mm256_loadu_ps(out + (size_t)g * o_stride + i + 8);
-        }
-        for (int p = 0; p < n_rows; p++) {
-            __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rows[p] + i)));
-            __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rows[p] + i + 8)));
+            for (int g = 0; g < NQ; g++)
+                a0[g] = a1[g] = _mm256_setzero_ps();
+            int p = lo + ((j - lo % lanes) + lanes) % lanes;
+            for (; p <= hi; p += lanes) {
+                const uint16_t *v = kv->v + (size_t)kv->blocks[p / bt] * kv->block_stride +
+                                    (size_t)(p % bt) * kv->row_stride + hoff + c;
+                __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)v));
+                __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8)));
+#pragma GCC unroll 4
+                for (int g = 0; g < NQ; g++) {
+                    float a = probs[(size_t)g * p_stride + (p - lo)];
+                    if (a == 0.0f)
+                        continue;
+                    __m256 va = _mm256_set1_ps(a);
+                    a0[g] = _mm256_fmadd_ps(v0, va, a0[g]);
+                    a1[g] = _mm256_fmadd_ps(v1, va, a1[g]);
+                }
+            }
 #pragma GCC unroll 4
             for (int g = 0; g < NQ; g++) {
-                __m256 a = _mm256_broadcast_ss(probs + (size_t)g * p_stride + p);
-                a0[g] = _mm256_fmadd_ps(a, v0, a0[g]);
-                a1[g] = _mm256_fmadd_ps(a, v1, a1[g]);
+                _mm256_storeu_ps(lanebuf + ((size_t)j * 4 + g) * 16, a0[g]);
+                _mm256_storeu_ps(lanebuf + ((size_t)j * 4 + g) * 16 + 8, a1[g]);
             }
         }
 #pragma GCC unroll 4
-        for (int g = 0; g < NQ; g++) {
-            _mm256_storeu_ps(out + (size_t)g * o_stride + i, a0[g]);
-            _mm256_storeu_ps(out + (size_t)g * o_stride + i + 8, a1[g]);
-        }
+        for (int g = 0; g < NQ; g++)
+            for (int h = 0; h < 16; h += 8) {
+                __m256 x[16], t[8], u[4];
+                for (int l = 0; l < 16; l++) {
+#define LB(lane) _mm256_loadu_ps(lanebuf + ((size_t)(lane) * 4 + g) * 16 + h)
+                    x[l] = LB(l);
+                    if (lanes == 64)
+                        x[l] = _mm256_add_ps(_mm256_add_ps(x[l], LB(l + 32)),
+                                             _mm256_add_ps(LB(l + 16), LB(l + 48)));
+#undef LB
+                }
+                for (int l = 0; l < 8; l++)
+                    t[l] = _mm256_add_ps(x[l], x[l + 8]);
+                for (int l = 0; l < 4; l++)
+                    u[l] = _mm256_add_ps(t[l], t[l + 4]);
+                _mm256_storeu_ps(out + (size_t)g * o_stride + c + h,
+                                 _mm256_add_ps(_mm256_add_ps(u[0], u[2]),
+                                               _mm256_add_ps(u[1], u[3])));
+            }
     }
 }
 
-void cairn__pv_heads_avx2(int64_t n, const uint16_t *const *rows, int n_rows, const float *probs,
-                          size_t p_stride, int nq, float *out, size_t o_stride)
+void cairn__pv_avx2(const cairn_cpu_paged *kv, size_t hoff, int lo, int hi, const float *probs,
+                    size_t p_stride, int nq, int head_dim, int lanes, float *lanebuf, float *out,
+                    size_t o_stride)
 {
     switch (nq) {
-    case 4: pv_heads(4, n, rows, n_rows, probs, p_stride, out, o_stride); break;
-    case 3: pv_heads(3, n, rows, n_rows, probs, p_stride, out, o_stride); break;
-    case 2: pv_heads(2, n, rows, n_rows, probs, p_stride, out, o_stride); break;
-    default: pv_heads(1, n, rows, n_rows, probs, p_stride, out, o_stride); break;
+    case 4:
+        pv_lanes(4, kv, hoff, lo, hi, probs, p_stride, head_dim, lanes, lanebuf, out, o_stride);
+        break;
+    case 3:
+        pv_lanes(3, kv, hoff, lo, hi, probs, p_stride, head_dim, lanes, lanebuf, out, o_stride);
+        break;
+    case 2:
+        pv_lanes(2, kv, hoff, lo, hi, probs, p_stride, head_dim, lanes, lanebuf, out, o_stride);
+        break;
+    default:
+        pv_lanes(1, kv, hoff, lo, hi, probs, p_stride, head_dim, lanes, lanebuf, out, o_stride);
+        break;
+    }
+}
+
+/* ggml's exp for 8 values (cpu.c expf_ggml, operation for operation); 2^n is applied in two
+ * exact-then-rounding multiplies, which rounds as ldexpf does. */
+static inline __m256 expf_ggml8(__m256 x)
+{
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r), r);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+            _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    /* j 2^n as (j 2^n1) 2^n2 with n1 = n clamped to [-100, 127]: the first product is exact,
+     * the second rounds once (n2 in [-92, 65]), so it rounds as ldexpf */
+    __m256 big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), n), _mm256_set1_ps(192.0f),
+                               _CMP_GT_OQ);
+    __m256 nc = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-192.0f)), _mm256_set1_ps(192.0f));
+    __m256 n1 = _mm256_min_ps(_mm256_max_ps(nc, _mm256_set1_ps(-100.0f)), _mm256_set1_ps(127.0f));
+    __m256i e1 =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n1), _mm256_set1_epi32(127)), 23);
+    __m256i e2 = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_sub_ps(nc, n1)), _mm256_set1_epi32(127)), 23);
+    __m256 res = _mm256_mul_ps(_mm256_mul_ps(j, _mm256_castsi256_ps(e1)), _mm256_castsi256_ps(e2));
+    __m256 alt =
+        _mm256_and_ps(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(INFINITY));
+    return _mm256_blendv_ps(res, alt, big);
+}
+
+/* x[i] = expf_ggml(x[i] - mx) for i < n; returns nothing, the sums are cpu.c's. */
+void cairn__exp_shift_avx2(float *x, int n, float mx)
+{
+    __m256 vm = _mm256_set1_ps(mx);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, expf_ggml8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm)));
+    if (i < n) {
+        float t[8] = {0};
+        memcpy(t, x + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(t, expf_ggml8(_mm256_sub_ps(_mm256_loadu_ps(t), vm)));
+        memcpy(x + i, t, sizeof(float) * (size_t)(n - i));
     }
 }
 
@@ -401,6 +503,7 @@ void cairn__quant_q8k_avx2(const float *x, int64_t nb, cairn__act_q8k *y)
             y[b].bsums[2 * g + 1] = (int16_t)hsum8_i32(_mm256_add_epi32(v[2], v[3]));
         }
         y[b].d = 1.0f / iscale;
+        y[b].kind = 0;
     }
 }
 

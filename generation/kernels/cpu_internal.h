@@ -29,14 +29,21 @@ typedef struct {
 
 /* Activation blocks (ours, never stored): 8-bit values and a float scale. */
 typedef struct { float d; int8_t qs[32]; } cairn__act_q8;                        /* 36 B */
-typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } cairn__act_q8k;   /* 292 B */
+/* kind: the token's CAIRN_CPU_ROW_* flags (generation/kernels/cpu.h), which pick the order in
+ * which Q4_K and Q6_K products sum (llama.cpp's for such a token). Set for every block. */
+typedef struct {
+    float d;
+    int8_t qs[256];
+    int16_t bsums[16];
+    int32_t kind;
+} cairn__act_q8k; /* 296 B */
 
 _Static_assert(sizeof(cairn__blk_q8_0) == 34, "q8_0 layout");
 _Static_assert(sizeof(cairn__blk_q4_0) == 18, "q4_0 layout");
 _Static_assert(sizeof(cairn__blk_q5_0) == 22, "q5_0 layout");
 _Static_assert(sizeof(cairn__blk_q4_k) == 144, "q4_k layout");
 _Static_assert(sizeof(cairn__blk_q6_k) == 210, "q6_k layout");
-_Static_assert(sizeof(cairn__act_q8k) == 292, "q8_k layout");
+_Static_assert(sizeof(cairn__act_q8k) == 296, "q8_k layout");
 
 /* Q4_K's 6-bit sub-block scales and mins (8 of each) from its 12 packed bytes. */
 static inline void cairn__q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
@@ -85,15 +92,26 @@ float cairn__dot_kq_vnni(uint32_t type, int64_t nb, const void *w, const void *a
 /* True when the CPU also has AVX-512 VNNI with 256-bit (VL) forms. */
 bool cairn__has_vnni(void);
 void cairn__quant_q8_avx2(const float *x, int64_t nb, cairn__act_q8 *y);
-void cairn__axpy_f16_avx2(int64_t n, float a, const uint16_t *v, float *y);
 void cairn__f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 void cairn__round_f16_avx2(float *x, int64_t n);
 double cairn__sumsq_avx2(const float *x, int64_t n);
 void cairn__quant_q8k_avx2(const float *x, int64_t nb, cairn__act_q8k *y);
 void cairn__gated_gelu_avx2(float *a, const float *b, int64_t n, const float *table);
+/* q.k for nq <= 4 heads in `lanes` (16 or 64) lanes, as cpu.c's dot_f16_lanes. */
 void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int nq,
-                               size_t q_stride, float *out);
-void cairn__pv_heads_avx2(int64_t n, const uint16_t *const *rows, int n_rows, const float *probs,
-                          size_t p_stride, int nq, float *out, size_t o_stride);
+                               size_t q_stride, int lanes, float *out);
+/* The V side of attention in `lanes` (16 or 64) position lanes, as cpu.c's pv_acc and
+ * pv_reduce; lanebuf holds lanes x 4 x 16 floats; head_dim a multiple of 16. */
+struct cairn_cpu_paged;
+void cairn__pv_avx2(const struct cairn_cpu_paged *kv, size_t hoff, int lo, int hi,
+                    const float *probs, size_t p_stride, int nq, int head_dim, int lanes,
+                    float *lanebuf, float *out, size_t o_stride);
+/* x[i] = ggml's exp of x[i] - mx (cpu.c expf_ggml), bit for bit. */
+void cairn__exp_shift_avx2(float *x, int n, float mx);
+/* For tests: ggml's exp (portable), and attention with the implementation chosen. */
+float cairn__expf_ggml(float x);
+void cairn__attention_heads(const float *q, int n_q, int head_dim,
+                            const struct cairn_cpu_paged *kv, int kv_head, int lo, int hi,
+                            float scale, int kind, float *scores, float *out, bool use_avx2);
 
 #endif

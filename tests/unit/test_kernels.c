@@ -181,9 +181,93 @@ static void test_avx2_matches_portable(void **state)
     }
 }
 
+/* The kernels follow llama.cpp's summation order for each row kind; the portable and AVX2
+ * forms of every kind give the same bits (our logits must not depend on the CPU). */
+static void test_row_kinds_portable_equals_avx2(void **state)
+{
+    if (!cairn_cpu_has_avx2())
+        skip();
+    static const uint32_t kq[] = {CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+    static const int kinds[] = {CAIRN_CPU_ROW_SINGLE, CAIRN_CPU_ROW_BATCH, CAIRN_CPU_ROW_TILE4,
+                                CAIRN_CPU_ROW_WIDE,
+                                CAIRN_CPU_ROW_BATCH | CAIRN_CPU_ROW_TILE4 | CAIRN_CPU_ROW_WIDE};
+    for (size_t ti = 0; ti < 2; ti++) {
+        const int64_t cols = 1024;
+        size_t rb;
+        uint8_t *w = make_weights(kq[ti], 3, cols, &rb);
+        float x[1024];
+        for (int j = 0; j < cols; j++)
+            x[j] = 4.0f * frand();
+        cairn__act_q8k a[4];
+        cairn_cpu_quantize_act(kq[ti], x, cols, a, true);
+        float first = 0.0f;
+        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+            for (int b = 0; b < 4; b++)
+                a[b].kind = kinds[k];
+            for (int r = 0; r < 3; r++) {
+                float p = cairn_cpu_vec_dot(kq[ti], cols, w + r * rb, a, false);
+                float v = cairn_cpu_vec_dot(kq[ti], cols, w + r * rb, a, true);
+                assert_memory_equal(&p, &v, sizeof p);
+                if (r == 0 && k == 0)
+                    first = p;
+                /* every order is a rounding of the same sum */
+                assert_true(fabsf(p - first) <= 1e-4f * (1.0f + fabsf(first)) || r > 0);
+            }
+        }
+        free(w);
+    }
+    /* ggml's exp, vector against scalar, over the whole range softmax meets (x <= 0) and past
+     * the saturation points */
+    float xs[4096], ys[4096];
+    for (int i = 0; i < 4096; i++)
+        xs[i] = -0.06f * (float)i + (i % 7 == 0 ? 0.001f * frand() : 0.0f);
+    xs[1] = -87.3f, xs[2] = -103.97f, xs[3] = -120.0f, xs[4] = -133.2f, xs[5] = -200.0f;
+    memcpy(ys, xs, sizeof xs);
+    cairn__exp_shift_avx2(ys, 4096, 0.0f);
+    for (int i = 0; i < 4096; i++) {
+        float want = cairn__expf_ggml(xs[i]);
+        if (memcmp(&want, &ys[i], sizeof want) != 0)
+            fail_msg("exp(%.9g): scalar %.9g vector %.9g", xs[i], want, ys[i]);
+        assert_true(fabsf(want - expf(xs[i])) <= 4e-7f * expf(xs[i]) + 1e-45f);
+    }
+}
+
+/* Attention: the portable and AVX2 implementations give the same bits for every row kind,
+ * including windows that start mid-lane and a group of query heads. */
+static void test_attention_portable_equals_avx2(void **state)
+{
+    if (!cairn_cpu_has_avx2())
+        skip();
+    enum { BT = 16, NB = 40, D = 64, NQ = 4 };
+    static uint16_t k[NB * BT * D], v[NB * BT * D];
+    for (int i = 0; i < NB * BT * D; i++) {
+        k[i] = cairn_gguf_f32_to_f16(2.0f * frand());
+        v[i] = cairn_gguf_f32_to_f16(frand());
+    }
+    int32_t blocks[NB];
+    for (int i = 0; i < NB; i++)
+        blocks[i] = (i * 7) % NB;
+    cairn_cpu_paged pg = {.k = k, .v = v, .block_stride = BT * D, .row_stride = D,
+                          .blocks = blocks, .block_tokens = BT};
+    float q[NQ * D], a[NQ * D], b[NQ * D];
+    static float scores[NQ * NB * BT];
+    for (int i = 0; i < NQ * D; i++)
+        q[i] = frand();
+    cairn_cpu_round_f16(q, NQ * D);
+    static const int range[][2] = {{0, 0}, {0, 15}, {3, 70}, {37, 600}, {0, NB * BT - 1}};
+    for (int kind = 0; kind < 8; kind++)
+        for (int ri = 0; ri < 5; ri++) {
+            int lo = range[ri][0], hi = range[ri][1];
+            cairn__attention_heads(q, NQ, D, &pg, 0, lo, hi, 1.0f, kind, scores, a, false);
+            cairn__attention_heads(q, NQ, D, &pg, 0, lo, hi, 1.0f, kind, scores, b, true);
+            assert_memory_equal(a, b, sizeof a);
+        }
+}
+
 /* matmul over the pool equals row-by-row vec_dot bit for bit, for token counts that exercise
- * full and partial token tiles and more than one token block: a sequence's results must not
- * depend on what it is batched with (the engine's batched == unbatched guarantee). */
+ * full and partial token tiles and more than one token block, with the tokens' row kinds
+ * mixed: a sequence's results must not depend on what it is batched with (the engine's
+ * batched == unbatched guarantee). */
 static void test_matmul(void **state)
 {
     cairn_pool_params pp = cairn_pool_default_params();
@@ -204,10 +288,18 @@ static void test_matmul(void **state)
             for (int64_t i = 0; i < nt * cols; i++)
                 x[i] = frand();
             void *scr = malloc(cairn_cpu_matmul_scratch_bytes(&m, nt) + 1);
-            cairn_cpu_matmul(pool, &m, x, nt, y, scr);
+            /* mixed row kinds: each token sums in its own kind's order, whatever its tile */
+            uint8_t kinds[70];
+            for (int64_t t = 0; t < nt; t++)
+                kinds[t] = (uint8_t)((t * 5 + ci) % 8);
+            const cairn_cpu_mat *mp = &m;
+            cairn_cpu_matmul_n(pool, &mp, 1, x, nt, &y, scr, kinds);
             void *act = malloc(cairn_cpu_act_bytes(m.type, cols));
             for (int64_t t = 0; t < nt; t++) {
                 cairn_cpu_quantize_act(m.type, x + t * cols, cols, act, cairn_cpu_has_avx2());
+                if (m.type == CAIRN_GGUF_Q4_K || m.type == CAIRN_GGUF_Q6_K)
+                    for (int64_t b = 0; b < cols / 256; b++)
+                        ((cairn__act_q8k *)act)[b].kind = kinds[t];
                 for (int64_t r = 0; r < rows; r++) {
                     float want = cairn_cpu_vec_dot(m.type, cols, w + r * rb, act,
                                                    cairn_cpu_has_avx2());
@@ -313,7 +405,7 @@ static void test_attention(void **state)
         q[i] = frand();
     int lo = 9, hi = 17;
     for (int kh = 0; kh < KVH; kh++) {
-        cairn_cpu_attention(q, D, &pg, kh, lo, hi, 0.3f, scores, out);
+        cairn_cpu_attention(q, D, &pg, kh, lo, hi, 0.3f, CAIRN_CPU_ROW_SINGLE, scores, out);
         double sc[32], mx = -1e30, sum = 0;
         for (int p = lo; p <= hi; p++) {
             size_t off = (size_t)blocks[p / BT] * BT * ROW + (size_t)(p % BT) * ROW + kh * D;
@@ -331,7 +423,8 @@ static void test_attention(void **state)
             for (int p = lo; p <= hi; p++) {
                 size_t off = (size_t)blocks[p / BT] * BT * ROW + (size_t)(p % BT) * ROW + kh * D;
                 /* The kernel weighs V with F16-rounded probabilities (ggml's arithmetic). */
-                float prob = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16((float)(sc[p - lo] / sum)));
+                float prob =
+                    cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16((float)(sc[p - lo] / sum)));
                 o += prob * cairn_gguf_f16_to_f32(v[off + i]);
             }
             assert_true(fabs(out[i] - o) < 1e-5);
@@ -362,11 +455,12 @@ static void test_attention_heads(void **state)
             q[i] = frand();
         cairn_cpu_round_f16(q, NQ * D);
         static const int range[][2] = {{0, 0}, {3, 70}, {5, NB * BT - 1}};
-        for (int ri = 0; ri < 3; ri++) {
-            int lo = range[ri][0], hi = range[ri][1];
-            cairn_cpu_attention_heads(q, NQ, D, &pg, 1, lo, hi, 0.2f, scores, got);
+        for (int ri = 0; ri < 3 * 3; ri++) {
+            int lo = range[ri % 3][0], hi = range[ri % 3][1], kind = ri / 3; /* each row kind */
+            cairn_cpu_attention_heads(q, NQ, D, &pg, 1, lo, hi, 0.2f, kind, scores, got);
             for (int g = 0; g < NQ; g++)
-                cairn_cpu_attention(q + g * D, D, &pg, 1, lo, hi, 0.2f, scores, want + g * D);
+                cairn_cpu_attention(q + g * D, D, &pg, 1, lo, hi, 0.2f, kind, scores,
+                                    want + g * D);
             assert_memory_equal(got, want, sizeof(float) * (size_t)(NQ * D));
         }
     }
@@ -429,7 +523,7 @@ static void test_matmul_n(void **state)
         x[i] = frand();
     void *scr = malloc(scr_bytes);
     for (int n = 2; n <= 3; n++) {
-        cairn_cpu_matmul_n(pool, mp, n, x, nt, y, scr);
+        cairn_cpu_matmul_n(pool, mp, n, x, nt, y, scr, NULL);
         for (int i = 0; i < n; i++) {
             cairn_cpu_matmul(pool, &m[i], x, nt, want[i], scr);
             assert_memory_equal(y[i], want[i], sizeof(float) * (size_t)(nt * rows[i]));
@@ -479,6 +573,8 @@ int main(void)
         cmocka_unit_test(test_vec_dot_portable),   cmocka_unit_test(test_vec_dot_avx2), cmocka_unit_test(test_vec_dot_exact),
         cmocka_unit_test(test_avx2_matches_portable), cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_attention_heads), cmocka_unit_test(test_gated_gelu_table),
+        cmocka_unit_test(test_row_kinds_portable_equals_avx2),
+        cmocka_unit_test(test_attention_portable_equals_avx2),
         cmocka_unit_test(test_matmul_n),        cmocka_unit_test(test_rope_split),
         cmocka_unit_test(test_rmsnorm_softmax_act), cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),          cmocka_unit_test(test_mat_from_gguf_errors),
