@@ -164,49 +164,61 @@ void cairn_cpu_quantize_act(uint32_t type, const float *x, int64_t cols, void *a
 /* ---- Portable dot products ----------------------------------------------------------------- */
 
 static inline float h2f(uint16_t h) { return cairn_gguf_f16_to_f32(h); }
+static float hsum8_lanes(const float v[8]);
+
+/* The 32-value formats in ggml's 8 lanes (its AVX2 ggml_vec_dot_*_q8_0 and tinyBLAS agree):
+ * lane j takes values 4j..4j+3 of a block; each lane's integer sum meets the block's scale
+ * d_w d_a in an fma per block; the lanes are summed as hsum8_lanes. w8 holds the block's
+ * weights as signed bytes. The same bits as the AVX2 kernels. */
+static void q8f_lanes(const int8_t *w8, const cairn__act_q8 *a, float dw, float acc[8])
+{
+    float d = dw * a->d;
+    for (int j = 0; j < 8; j++) {
+        int s = 0;
+        for (int k = 0; k < 4; k++)
+            s += w8[4 * j + k] * a->qs[4 * j + k];
+        acc[j] = fmaf((float)s, d, acc[j]);
+    }
+}
 
 static float dot_q8_0(int64_t nb, const cairn__blk_q8_0 *w, const cairn__act_q8 *a)
 {
-    float s = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        int sumi = 0;
-        for (int j = 0; j < 32; j++)
-            sumi += w[b].qs[j] * a[b].qs[j];
-        s += h2f(w[b].d) * a[b].d * (float)sumi;
-    }
-    return s;
+    float acc[8] = {0};
+    for (int64_t b = 0; b < nb; b++)
+        q8f_lanes(w[b].qs, &a[b], h2f(w[b].d), acc);
+    return hsum8_lanes(acc);
 }
 
 static float dot_q4_0(int64_t nb, const cairn__blk_q4_0 *w, const cairn__act_q8 *a)
 {
-    float s = 0.0f;
+    float acc[8] = {0};
     for (int64_t b = 0; b < nb; b++) {
-        int sumi = 0;
+        int8_t w8[32];
         for (int j = 0; j < 16; j++) {
-            sumi += ((w[b].qs[j] & 0xF) - 8) * a[b].qs[j];
-            sumi += ((w[b].qs[j] >> 4) - 8) * a[b].qs[j + 16];
+            w8[j] = (int8_t)((w[b].qs[j] & 0xF) - 8);
+            w8[j + 16] = (int8_t)((w[b].qs[j] >> 4) - 8);
         }
-        s += h2f(w[b].d) * a[b].d * (float)sumi;
+        q8f_lanes(w8, &a[b], h2f(w[b].d), acc);
     }
-    return s;
+    return hsum8_lanes(acc);
 }
 
 static float dot_q5_0(int64_t nb, const cairn__blk_q5_0 *w, const cairn__act_q8 *a)
 {
-    float s = 0.0f;
+    float acc[8] = {0};
     for (int64_t b = 0; b < nb; b++) {
         uint32_t qh;
         memcpy(&qh, w[b].qh, 4);
-        int sumi = 0;
+        int8_t w8[32];
         for (int j = 0; j < 16; j++) {
             int h0 = (int)((qh >> j) << 4) & 0x10;
             int h1 = (int)(qh >> (j + 12)) & 0x10;
-            sumi += (((w[b].qs[j] & 0xF) | h0) - 16) * a[b].qs[j];
-            sumi += (((w[b].qs[j] >> 4) | h1) - 16) * a[b].qs[j + 16];
+            w8[j] = (int8_t)(((w[b].qs[j] & 0xF) | h0) - 16);
+            w8[j + 16] = (int8_t)(((w[b].qs[j] >> 4) | h1) - 16);
         }
-        s += h2f(w[b].d) * a[b].d * (float)sumi;
+        q8f_lanes(w8, &a[b], h2f(w[b].d), acc);
     }
-    return s;
+    return hsum8_lanes(acc);
 }
 
 /* Q4_K as llama.cpp's x86 build sums it (see cpu_gemm_kq.inc): two fma chains, fed once per
