@@ -332,8 +332,7 @@ void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int
  * out_g = sum_p probs_g[p] v_p over the positions lo..hi in `lanes` (16 or 64) position lanes
  * (lane p % lanes, an fma chain in ascending p), folded and summed as cpu.c's lanes_sum.
  * Lane-major: per 16 output columns each lane's chain runs in registers (2 ymm per head) and
- * lands in lanebuf (lanes x 4 x 16 floats); positions of probability 0 are skipped (fma with 0
- * changes nothing). head_dim must be a multiple of 16.
+ * lands in lanebuf (lanes x 4 x 16 floats). head_dim must be a multiple of 16.
  */
 static inline __attribute__((always_inline)) void
 pv_lanes(const int NQ, const cairn_cpu_paged *kv, size_t hoff, int lo, int hi,
@@ -348,6 +347,8 @@ pv_lanes(const int NQ, const cairn_cpu_paged *kv, size_t hoff, int lo, int hi,
             for (int g = 0; g < NQ; g++)
                 a0[g] = a1[g] = _mm256_setzero_ps();
             int p = lo + ((j - lo % lanes) + lanes) % lanes;
+            /* a probability of 0 adds an exact 0 (the sums are never -0), so every position
+             * is multiplied in: no branches */
             for (; p <= hi; p += lanes) {
                 const uint16_t *v = kv->v + (size_t)kv->blocks[p / bt] * kv->block_stride +
                                     (size_t)(p % bt) * kv->row_stride + hoff + c;
@@ -355,10 +356,7 @@ pv_lanes(const int NQ, const cairn_cpu_paged *kv, size_t hoff, int lo, int hi,
                 __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8)));
 #pragma GCC unroll 4
                 for (int g = 0; g < NQ; g++) {
-                    float a = probs[(size_t)g * p_stride + (p - lo)];
-                    if (a == 0.0f)
-                        continue;
-                    __m256 va = _mm256_set1_ps(a);
+                    __m256 va = _mm256_broadcast_ss(probs + (size_t)g * p_stride + (p - lo));
                     a0[g] = _mm256_fmadd_ps(v0, va, a0[g]);
                     a1[g] = _mm256_fmadd_ps(v1, va, a1[g]);
                 }

@@ -77,6 +77,21 @@ float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
  */
 #define CAIRN__Q8F_TILE 8
 #define CAIRN__KQ_TILE 4
+/* A q8f weight block decoded to signed bytes, and the q8f kernels' decode buffer (36 KiB: a
+ * group of rows stays in L1 while the token tiles pass). */
+typedef struct { int8_t x[32]; float d; } cairn__q8f_dec;
+#define CAIRN__Q8F_DEC_BLOCKS 1024
+/* Only in cpu_avx2.c: a K-quant weight block decoded for the kq kernels (its 8 x 32 values as
+ * bytes, its 8 scale vectors, the mins (Q4_K) or 16 scales (Q6_K) as int16, its float scales),
+ * and the size of their decode buffer (72 KiB, L2; longer rows decode as they go). */
+#ifdef __AVX2__
+#include <immintrin.h>
+typedef struct {
+    __m256i q[8], s[8], x;
+    float d, dmin;
+} cairn__kq_dec;
+#define CAIRN__KQ_DEC_BLOCKS 128
+#endif
 void cairn__gemm_q8f_avx2(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
                           const uint8_t *a, int nt, float *y, size_t y_stride);
 void cairn__gemm_q8f_vnni(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
