@@ -609,6 +609,10 @@ static inline void rotate(float *x0, float *x1, float c, float s)
 void cairn_cpu_rope_apply(float *x, int n_heads, int head_dim, const float *cs, bool neox)
 {
     int half = head_dim / 2;
+    if (neox && half % 8 == 0 && cairn_cpu_has_avx2()) {
+        cairn__rope_neox_avx2(x, n_heads, head_dim, cs);
+        return;
+    }
     for (int h = 0; h < n_heads; h++) {
         float *xh = x + (size_t)h * head_dim;
         for (int i = 0; i < half; i++) {

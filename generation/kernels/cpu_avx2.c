@@ -455,6 +455,22 @@ void cairn__exp_shift_avx2(float *x, int n, float mx)
     }
 }
 
+/* RoPE over NeoX pairs (i, i + half), 8 pairs at a time, rounded as cpu.c's rotate:
+ * x0' = fma(x0, c, -(x1 s)), x1' = fma(x0, s, x1 c). half must be a multiple of 8. */
+void cairn__rope_neox_avx2(float *x, int n_heads, int head_dim, const float *cs)
+{
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i += 8) {
+            __m256 c = _mm256_loadu_ps(cs + i), s = _mm256_loadu_ps(cs + half + i);
+            __m256 a = _mm256_loadu_ps(xh + i), b = _mm256_loadu_ps(xh + half + i);
+            _mm256_storeu_ps(xh + i, _mm256_fmsub_ps(a, c, _mm256_mul_ps(b, s)));
+            _mm256_storeu_ps(xh + half + i, _mm256_fmadd_ps(a, s, _mm256_mul_ps(b, c)));
+        }
+    }
+}
+
 /* Q8_K activation blocks, bit-identical to the portable quant_q8k (cpu.c): the scale comes from
  * the first value of largest magnitude, values round half to even and are capped at 127. */
 void cairn__quant_q8k_avx2(const float *x, int64_t nb, cairn__act_q8k *y)

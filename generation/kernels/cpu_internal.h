@@ -111,6 +111,7 @@ void cairn__f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 void cairn__round_f16_avx2(float *x, int64_t n);
 double cairn__sumsq_avx2(const float *x, int64_t n);
 void cairn__quant_q8k_avx2(const float *x, int64_t nb, cairn__act_q8k *y);
+void cairn__rope_neox_avx2(float *x, int n_heads, int head_dim, const float *cs);
 void cairn__gated_gelu_avx2(float *a, const float *b, int64_t n, const float *table);
 /* q.k for nq <= 4 heads in `lanes` (16 or 64) lanes, as cpu.c's dot_f16_lanes. */
 void cairn__dot_f16_heads_avx2(int64_t n, const uint16_t *k, const float *q, int nq,
