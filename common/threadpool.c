@@ -31,6 +31,8 @@ typedef struct {
  * claim a chunk of a later one, so the caller only waits for chunks, never for
  * stragglers, and a job's ctx is never touched after parallel_for returns.
  */
+#define PF_CHUNKS_PER_THREAD 4
+
 struct cairn_pool {
     int n_threads, n_workers, spin_us;
     pthread_t *threads;
@@ -107,7 +109,10 @@ void cairn_pool_parallel_for(cairn_pool *pool, size_t n, cairn_pool_range_fn fn,
         fn(ctx, 0, n, tls_pf_pool == pool ? tls_tid : 0);
         return;
     }
-    size_t nchunks = n < (size_t)pool->n_threads ? n : (size_t)pool->n_threads;
+    /* A few chunks per thread: a thread that was late to start, or was descheduled,
+     * leaves its remaining chunks to the others instead of holding everyone up. */
+    size_t want = (size_t)pool->n_threads * PF_CHUNKS_PER_THREAD;
+    size_t nchunks = n < want ? n : want;
     pthread_mutex_lock(&pool->pf_lock);
     pthread_mutex_lock(&pool->mu);
     uint32_t gen = atomic_load(&pool->pf_gen) + 1;
