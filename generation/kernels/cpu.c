@@ -355,14 +355,17 @@ float cairn_cpu_vec_dot(uint32_t type, int64_t cols, const void *w, const void *
 /* ---- Matrix product ------------------------------------------------------------------------ */
 
 /* Token counts are padded to whole tiles of the tiled kernels (cpu_internal.h). */
+static int act_kind(uint32_t type);
+
 size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok)
 {
     size_t padded = ((size_t)n_tok + CAIRN__Q8F_TILE - 1) / CAIRN__Q8F_TILE * CAIRN__Q8F_TILE;
     switch (w->type) {
     case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16:
         return 0; /* float activations are used in place */
-    default:
-        return padded * cairn_cpu_act_bytes(w->type, w->cols);
+    default: /* q8f tiles also keep their tokens' scales side by side: 4 more bytes a block */
+        return padded * (cairn_cpu_act_bytes(w->type, w->cols) +
+                         (act_kind(w->type) == 1 ? (size_t)(w->cols / 32) * sizeof(float) : 0));
     }
 }
 
@@ -423,6 +426,7 @@ typedef struct {
     uint32_t act_type;       /* the type the activations are quantized for */
     const uint8_t *act;
     size_t act_row;          /* bytes of one token's activation blocks */
+    size_t tok_bytes;        /* tiled layouts: a tile's bytes / its tokens */
     size_t act_blk;          /* bytes of one activation block */
     uint8_t *scratch;
     bool avx2;
@@ -450,6 +454,18 @@ static void quant_rows(void *p, size_t b, size_t e, int tid)
             continue;
         }
         size_t tile = (size_t)c->tile, j = t % tile, base = (t - j) * (size_t)c->nb;
+        if (act_kind(c->act_type) == 1) { /* q8f tile: blocks, then the scales side by side */
+            uint8_t *tb = c->scratch + (t - j) * c->tok_bytes;
+            float *ds = (float *)(tb + (size_t)c->nb * tile * sizeof(cairn__act_q8));
+            for (int64_t k = 0; k < c->nb; k++) {
+                cairn__act_q8 *blk = (cairn__act_q8 *)tb + (size_t)k * tile + j;
+                cairn_cpu_quantize_act(c->act_type, x + k * bs, bs, blk, true);
+                ds[(size_t)k * tile + j] = blk->d;
+                for (size_t u = j + 1; t + 1 == (size_t)c->n_tok && u < tile; u++)
+                    ds[(size_t)k * tile + u] = 0.0f; /* the last tile's unused tokens */
+            }
+            continue;
+        }
         for (int64_t k = 0; k < c->nb; k++) {
             uint8_t *blk = c->scratch + (base + (size_t)k * tile + j) * c->act_blk;
             cairn_cpu_quantize_act(c->act_type, x + k * bs, bs, blk, true);
@@ -477,7 +493,7 @@ static void matmul_tasks(void *p, size_t ib, size_t ie, int tid)
         if (c->gemm) {
             /* t0 is a multiple of MM_TOK_BLOCK, so a whole number of tiles */
             c->gemm(w->type, c->nb, wd + r0 * w->row_bytes, w->row_bytes, (int)nr,
-                    c->act + t0 * c->act_row, (int)nt, pt->y + t0 * w->rows + r0,
+                    c->act + t0 * c->tok_bytes, (int)nt, pt->y + t0 * w->rows + r0,
                     (size_t)w->rows);
             continue;
         }
@@ -522,6 +538,7 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
         c.act = scratch;
         c.act_row = cairn_cpu_act_bytes(w0->type, w0->cols);
         c.act_blk = c.act_row / (size_t)c.nb;
+        c.tok_bytes = c.act_row + (act_kind(w0->type) == 1 ? (size_t)c.nb * sizeof(float) : 0);
         if (c.gemm)
             c.tile = act_kind(w0->type) == 1 ? CAIRN__Q8F_TILE : CAIRN__KQ_TILE;
         if (pool && n_tok >= 16) /* fewer rows quantize faster than the pool wakes */

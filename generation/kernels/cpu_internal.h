@@ -70,8 +70,10 @@ float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
  * t) for r < nr, t < nt, where weight row r starts at w + r * w_stride; nb blocks per row.
  * The activations come in token tiles (CAIRN__Q8F_TILE tokens for q8f, CAIRN__KQ_TILE for kq;
  * the last tile may be partly unused): tile k starts at a + k * TILE * nb * (activation block
- * bytes) and holds block b of its token j at index b * TILE + j, so that one pointer reaches a
- * block of every token of the tile. q8f: Q8_0, Q5_0, Q4_0; kq: Q4_K, Q6_K; the vnni variants
+ * bytes, + 4 bytes a block for q8f) and holds block b of its token j at index b * TILE + j, so
+ * that one pointer reaches a block of every token of the tile; a q8f tile then holds its
+ * tokens' scales, TILE floats per block (unused tokens' 0), so that the scale products d_w d_a
+ * of a block take one multiply for the whole tile. q8f: Q8_0, Q5_0, Q4_0; kq: Q4_K, Q6_K; the vnni variants
  * need cairn__has_vnni(). Each result is bit-identical to cairn__dot_*_avx2 of the same row and
  * activation.
  */
