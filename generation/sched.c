@@ -3,8 +3,10 @@
  */
 #include "generation/sched.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,15 +28,43 @@ struct cairn_predictor {
     pthread_mutex_t lock; /* guards ape ring and coefficients against readers on other threads */
 };
 
+const char *const cairn_predictor_feature_names[NF] = {
+    "1",           "tokens",       "logits_rows", "prefill_chunks", "keys_prefill",
+    "keys_decode", "logits_tiles", "token_tiles",
+};
+
+void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last)
+{
+    if (prefill) {
+        s->s_p += n;
+        s->n_p++;
+        s->keys_p += (int64_t)n * ctx + (int64_t)n * (n + 1) / 2;
+        s->n_out += last;
+    } else {
+        s->s_d++;
+        s->n_d++;
+        s->keys_d += ctx;
+        s->n_out++;
+    }
+}
+
+/* How many tiles of CAIRN_PREDICTOR_TILE tokens n tokens take. */
+static double tiles(int n)
+{
+    return (double)((n + CAIRN_PREDICTOR_TILE - 1) / CAIRN_PREDICTOR_TILE);
+}
+
+/* The feature vector of a shape, in cairn_predictor_feature_names' order (sched.h says why). */
 static void features(const cairn_batch_shape *s, double f[NF])
 {
     f[0] = 1.0;
-    f[1] = s->s_p;
-    f[2] = s->s_d;
-    f[3] = (double)s->s_p * s->s_p;
-    f[4] = s->n_p;
-    f[5] = s->n_d;
-    f[6] = (double)s->ctx;
+    f[1] = s->s_p + s->s_d;
+    f[2] = s->n_out;
+    f[3] = s->n_p;
+    f[4] = (double)s->keys_p;
+    f[5] = (double)s->keys_d;
+    f[6] = tiles(s->n_out);
+    f[7] = tiles(s->s_p + s->s_d);
 }
 
 int cairn_predictor_new(cairn_predictor **out, int window, cairn_error *err)
@@ -148,7 +178,7 @@ static int cholesky_solve(double a[NF][NF], double b[NF], double x[NF])
 
 /*
  * Weighted least squares with weights 1/y^2 (minimises squared relative error). Columns are
- * scaled to a maximum of 1 first (S_p^2 reaches 10^5..10^6 while the constant is 1), and a tiny
+ * scaled to a maximum of 1 first (attention keys reach 10^5 while the constant is 1), and a tiny
  * ridge term keeps features the window never exercised (say, no prefill yet) at zero instead of
  * making the system singular.
  */
@@ -217,6 +247,181 @@ void cairn_predictor_set_coefficients(cairn_predictor *p, const double c[NF])
     pthread_mutex_unlock(&p->lock);
 }
 
+/* ---- Stored profiles ------------------------------------------------------------------------ */
+
+#define PROFILE_MAGIC "cairn-sched-profile"
+
+/* The next line of *p (without its end), advancing *p; NULL at the end of the text. Lines are
+ * copied into buf (cap bytes); a longer one is cut, which the callers then reject. */
+static const char *next_line(const char **p, char *buf, size_t cap)
+{
+    if (!**p) return NULL;
+    const char *e = strchr(*p, '\n');
+    size_t len = e ? (size_t)(e - *p) : strlen(*p);
+    size_t k = len < cap - 1 ? len : cap - 1;
+    memcpy(buf, *p, k);
+    buf[k] = 0;
+    if (k && buf[k - 1] == '\r') buf[k - 1] = 0;
+    *p += len + (e != NULL);
+    return buf;
+}
+
+/* Splits line at its first blank: the key (NUL-terminated in place) and the rest (blanks
+ * skipped). */
+static char *split_key(char *line)
+{
+    char *v = line + strcspn(line, " \t");
+    if (*v) *v++ = 0;
+    return v + strspn(v, " \t");
+}
+
+/* Whether the blank-separated words of v are exactly cairn_predictor_feature_names. */
+static bool same_features(const char *v)
+{
+    for (int j = 0; j < NF; j++) {
+        size_t n = strlen(cairn_predictor_feature_names[j]);
+        v += strspn(v, " \t");
+        if (strncmp(v, cairn_predictor_feature_names[j], n) || (v[n] && !strchr(" \t", v[n])))
+            return false;
+        v += n;
+    }
+    return v[strspn(v, " \t")] == 0;
+}
+
+/* Parses one finite number of a profile; *end after it. Returns 0 or -1. */
+static int parse_number(const char *v, double *out, const char **end)
+{
+    char *e;
+    errno = 0;
+    *out = strtod(v, &e);
+    if (e == v || errno || !isfinite(*out) || (*e && !strchr(" \t", *e))) return -1;
+    *end = e;
+    return 0;
+}
+
+int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_profile *out,
+                              cairn_error *err)
+{
+    static const char rerun[] = "re-run `cairn bench profile --out FILE`";
+    memset(out, 0, sizeof *out);
+    const char *p = text;
+    char line[1024];
+    int no = 0;
+    bool have_features = false, have_coef = false, have_budget = false;
+    while (next_line(&p, line, sizeof line)) {
+        no++;
+        if (no == 1) {
+            char *v = split_key(line), *end;
+            if (!strcmp(line, PROFILE_MAGIC)) {
+                errno = 0;
+                long ver = strtol(v, &end, 10);
+                if (end == v || errno || end[strspn(end, " \t")])
+                    return cairn_errorf(err, CAIRN_EFORMAT, "%s: line 1: '%s' is not a version "
+                                        "number", name, v);
+                if (ver != CAIRN_SCHED_PROFILE_VERSION)
+                    return cairn_errorf(err, CAIRN_EFORMAT, "%s: profile version %ld; this "
+                                        "build reads version %d: %s", name, ver,
+                                        CAIRN_SCHED_PROFILE_VERSION, rerun);
+                continue;
+            }
+            double x;
+            const char *e;
+            if (parse_number(line, &x, &e) == 0)
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: a profile of the old format (bare "
+                                    "coefficients of the first predictor's 7 features); the "
+                                    "predictor's features have changed: %s", name, rerun);
+            return cairn_errorf(err, CAIRN_EFORMAT, "%s: not a scheduler profile (line 1 is not "
+                                "'%s %d')", name, PROFILE_MAGIC, CAIRN_SCHED_PROFILE_VERSION);
+        }
+        char *v = split_key(line);
+        if (!line[0] && !*v) continue; /* a blank line */
+        if (!strcmp(line, "features") && !have_features && !have_coef) {
+            if (!same_features(v))
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: the features '%s' are not "
+                                    "this build's: %s", name, no, v, rerun);
+            have_features = true;
+        } else if (!strcmp(line, "coefficients") && have_features && !have_coef) {
+            const char *q = v;
+            int n = 0;
+            for (q += strspn(q, " \t"); *q; q += strspn(q, " \t"), n++) {
+                double x;
+                const char *e;
+                if (parse_number(q, &x, &e) != 0)
+                    return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: coefficient %d '%.*s' "
+                                        "is not a finite number", name, no, n + 1,
+                                        (int)strcspn(q, " \t"), q);
+                if (n < NF) out->coef[n] = x;
+                q = e;
+            }
+            if (n != NF)
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: %d coefficients, %d "
+                                    "expected", name, no, n, NF);
+            have_coef = true;
+        } else if (!strcmp(line, "budget") && have_coef && !have_budget) {
+            const char *e;
+            if (parse_number(v, &out->budget_s, &e) != 0 || e[strspn(e, " \t")])
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: budget '%s' is not a "
+                                    "number of seconds", name, no, v);
+            if (!(out->budget_s >= 0.001 && out->budget_s <= 10))
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: budget %g s is outside "
+                                    "1 ms..10 s", name, no, out->budget_s);
+            have_budget = true;
+        } else {
+            return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: unexpected '%s' (expected %s)",
+                                name, no, line, !have_features ? "the features line"
+                                : !have_coef ? "the coefficients line" : "at most a budget line");
+        }
+    }
+    if (no == 0)
+        return cairn_errorf(err, CAIRN_EFORMAT, "%s: empty file: %s", name, rerun);
+    if (!have_coef)
+        return cairn_errorf(err, CAIRN_EFORMAT, "%s: no %s line (the file is cut short): %s",
+                            name, have_features ? "coefficients" : "features", rerun);
+    return 0;
+}
+
+int cairn_sched_profile_load(const char *path, cairn_sched_profile *out, cairn_error *err)
+{
+    enum { CAP = 64 * 1024 };
+    FILE *f = fopen(path, "rb");
+    if (!f) return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(errno));
+    char *buf = malloc(CAP + 1);
+    if (!buf) {
+        fclose(f);
+        return cairn_errorf(err, CAIRN_ENOMEM, "%s: out of memory", path);
+    }
+    size_t n = fread(buf, 1, CAP + 1, f);
+    int bad = ferror(f);
+    fclose(f);
+    int rc;
+    if (bad) rc = cairn_errorf(err, CAIRN_EIO, "%s: read error", path);
+    else if (n > CAP) rc = cairn_errorf(err, CAIRN_ELIMIT, "%s: larger than %d bytes", path, CAP);
+    else if (memchr(buf, 0, n)) rc = cairn_errorf(err, CAIRN_EFORMAT, "%s: not a text file", path);
+    else {
+        buf[n] = 0;
+        rc = cairn_sched_profile_parse(buf, path, out, err);
+    }
+    free(buf);
+    return rc;
+}
+
+int cairn_sched_profile_save(const char *path, const cairn_sched_profile *p, cairn_error *err)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(errno));
+    fprintf(f, "%s %d\nfeatures", PROFILE_MAGIC, CAIRN_SCHED_PROFILE_VERSION);
+    for (int j = 0; j < NF; j++)
+        fprintf(f, " %s", cairn_predictor_feature_names[j]);
+    fprintf(f, "\ncoefficients");
+    for (int j = 0; j < NF; j++)
+        fprintf(f, " %.9g", p->coef[j]);
+    fprintf(f, "\n");
+    if (p->budget_s > 0) fprintf(f, "budget %.6g\n", p->budget_s);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) return cairn_errorf(err, CAIRN_EIO, "%s: write failed", path);
+    return 0;
+}
+
 /* ---- Policies ----------------------------------------------------------------------------- */
 
 static const char *const policy_names[] = {"slo", "online-only", "fcfs-hybrid"};
@@ -266,14 +471,7 @@ static void add(plan *pl, cairn_sched_seq *s, int n)
 {
     pl->items[pl->n_items++] = (cairn_step_item){s->id, n};
     pl->tokens += n;
-    pl->shape.ctx += s->ctx;
-    if (s->prefilling) {
-        pl->shape.s_p += n;
-        pl->shape.n_p++;
-    } else {
-        pl->shape.s_d++;
-        pl->shape.n_d++;
-    }
+    cairn_batch_shape_add(&pl->shape, s->prefilling, s->ctx, n, n >= s->remaining);
     s->id = -1 - s->id; /* planned: no second item for it */
 }
 
@@ -286,14 +484,7 @@ static int fits(const plan *pl, const cairn_sched_seq *s, int n)
     const double limit = s->online ? pl->sp->online_budget_s : pl->sp->budget_s;
     if (!pl->pred || n > room(pl)) return n <= room(pl);
     cairn_batch_shape t = pl->shape;
-    t.ctx += s->ctx;
-    if (s->prefilling) {
-        t.s_p += n;
-        t.n_p++;
-    } else {
-        t.s_d++;
-        t.n_d++;
-    }
+    cairn_batch_shape_add(&t, s->prefilling, s->ctx, n, n >= s->remaining);
     return cairn_predictor_predict(pl->pred, &t) <= limit;
 }
 

@@ -22,12 +22,26 @@
  * vLLM-style servers).
  *
  * The latency predictor is a linear model of an iteration's time over its batch composition
- * (DESIGN "Scheduler"): features 1, S_p (prefill tokens), S_d (decode tokens), S_p^2, N_p and
- * N_d (prefilling and decoding sequences), C (summed context length of the batch's sequences).
- * It is fitted by weighted least squares (weights 1/t^2, so that it minimises relative error:
- * a 10 ms decode iteration matters as much as a 1 s prefill) over a window of measured
- * iterations, and refitted as new ones arrive. Its MAPE is measured on each iteration BEFORE
- * the iteration is added to the fit, so it is an out-of-sample figure.
+ * (DESIGN "Scheduler"), with features that follow where a CPU forward pass spends its time:
+ *   1            fixed cost of a pass (weights streamed, per-layer synchronisation);
+ *   T            tokens in the pass (S_p prefill + S_d decode): every matrix product;
+ *   R            logits rows (decode tokens, and prefill chunks that finish their prompt): the
+ *                output projection (262k x 640 for Gemma 3) and sampling; a chunk that does
+ *                not finish its prompt computes no logits;
+ *   N_p          prefill chunks;
+ *   K_p          attention keys of the prefill tokens: a chunk of n after ctx cached tokens
+ *                attends n * ctx + n (n + 1) / 2 keys;
+ *   K_d          attention keys of the decode tokens (ctx each); few decode tokens share the
+ *                threads unevenly, so a key costs them more than a prefill key;
+ *   ceil(R / 8)  output-projection tiles and ceil(T / 8) token tiles: the tiled matrix kernels
+ *                work on tiles of CAIRN_PREDICTOR_TILE tokens (the q8 kernels'), so a pass
+ *                costs a step more when it starts a new tile (generation/kernels/cpu.c).
+ * The keys ignore sliding windows (they count every cached token). The model is fitted by
+ * weighted least squares (weights 1/t^2, so that it minimises relative error: a 10 ms decode
+ * iteration matters as much as a 1 s prefill) over a window of measured iterations, and
+ * refitted as new ones arrive. Its MAPE is measured on each iteration BEFORE the iteration is
+ * added to the fit, so it is an out-of-sample figure. A stored profile (cairn bench profile
+ * --out) holds fitted coefficients and the budget the SLO profiler chose.
  *
  * Thread-safety: a predictor and the planning function are used by one worker thread;
  * cairn_predictor_mape may be read from others (it is a snapshot behind the predictor's lock).
@@ -35,6 +49,7 @@
 #ifndef CAIRN_GENERATION_SCHED_H
 #define CAIRN_GENERATION_SCHED_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/error.h"
@@ -42,15 +57,31 @@
 
 /* ---- Batch shapes and the latency predictor ---------------------------------------------- */
 
+/* What the predictor knows of a batch; build it with cairn_batch_shape_add (from {0}). */
 typedef struct {
-    int s_p;     /* prefill tokens */
-    int s_d;     /* decode tokens */
-    int n_p;     /* sequences prefilling */
-    int n_d;     /* sequences decoding */
-    int64_t ctx; /* summed context length (tokens already in the KV cache) of those sequences */
+    int s_p;        /* prefill tokens */
+    int s_d;        /* decode tokens (one per decoding sequence) */
+    int n_p;        /* prefill chunks (sequences prefilling) */
+    int n_d;        /* sequences decoding */
+    int n_out;      /* logits rows: decode tokens and chunks that finish their prompt */
+    int64_t keys_p; /* attention keys of the prefill tokens */
+    int64_t keys_d; /* attention keys of the decode tokens */
 } cairn_batch_shape;
 
-#define CAIRN_PREDICTOR_FEATURES 7
+/*
+ * Adds an item to a shape: the decode token of a sequence with ctx tokens in its KV cache
+ * (prefill false; n and last are ignored), or a prefill chunk of n tokens after ctx cached
+ * ones (prefill true; last: the chunk finishes the prompt, so its last token's logits are
+ * computed). Cheap enough to try candidates while planning.
+ */
+void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last);
+
+#define CAIRN_PREDICTOR_FEATURES 8
+#define CAIRN_PREDICTOR_TILE 8 /* the q8 matrix kernels' token tile (CAIRN__Q8F_TILE) */
+
+/* The features' names, in coefficient order ("1", "tokens", ...): as a stored profile and the
+ * profiler's output list them. */
+extern const char *const cairn_predictor_feature_names[CAIRN_PREDICTOR_FEATURES];
 
 typedef struct cairn_predictor cairn_predictor;
 
@@ -87,6 +118,38 @@ int cairn_predictor_coefficients(const cairn_predictor *p, double out[CAIRN_PRED
 /* Sets the coefficients (e.g. from a stored profile); the predictor counts as fitted. */
 void cairn_predictor_set_coefficients(cairn_predictor *p,
                                       const double c[CAIRN_PREDICTOR_FEATURES]);
+
+/* ---- Stored profiles ------------------------------------------------------------------------ */
+
+/*
+ * A profile (`cairn bench profile --out`, cairnd's sched.profile) is a small text file:
+ *   cairn-sched-profile 2
+ *   features 1 tokens logits_rows ...      (cairn_predictor_feature_names, in order)
+ *   coefficients 0.00171 0.00129 ...       (CAIRN_PREDICTOR_FEATURES numbers, seconds per unit)
+ *   budget 0.1                             (optional: the budget the SLO search chose, seconds)
+ * Version 1 was one line of 7 bare numbers (the first predictor's features); a profile whose
+ * features differ from this build's is refused, with a request to re-run the profiler.
+ */
+#define CAIRN_SCHED_PROFILE_VERSION 2
+
+typedef struct {
+    double coef[CAIRN_PREDICTOR_FEATURES];
+    double budget_s; /* 0: none stored */
+} cairn_sched_profile;
+
+/* Parses a profile's text; name (a path) goes into error messages. Returns 0, or CAIRN_EFORMAT
+ * (old format, wrong version or features, a missing line, a wrong count, a non-finite
+ * number, a budget outside 1 ms..10 s, unexpected text) naming the line and what was wrong.
+ * These three functions keep no state: any thread may call them. */
+int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_profile *out,
+                              cairn_error *err);
+
+/* Reads and parses the file at path (at most 64 KiB). Returns 0, CAIRN_EIO, CAIRN_ELIMIT, or
+ * a parse error as above. */
+int cairn_sched_profile_load(const char *path, cairn_sched_profile *out, cairn_error *err);
+
+/* Writes p to path in the format above (budget only when > 0). Returns 0 or CAIRN_EIO. */
+int cairn_sched_profile_save(const char *path, const cairn_sched_profile *p, cairn_error *err);
 
 /* ---- Planning an iteration ----------------------------------------------------------------- */
 

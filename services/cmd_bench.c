@@ -2,10 +2,12 @@
  * services/cmd_bench.c — the scheduler's benchmarks.
  *
  * `cairn bench profile` times engine iterations of random batch shapes on the real model (decode
- * tokens of 0..10 sequences at various context lengths, prefill chunks of 1..384 tokens, and
- * mixes), fits the latency predictor (generation/sched.h) on the first 70% and reports its MAPE
- * on the held-out 30%, per batch-shape bucket. The coefficients can be stored (--out) and given
- * to cairnd (sched.profile).
+ * tokens of 0..10 sequences at various context lengths, one or two prefill chunks of 1..384
+ * tokens, some after an earlier chunk of their prompt, some not finishing it, and mixes), each
+ * shape --repeat times. It fits the latency predictor (generation/sched.h) on the first 70% of
+ * the shapes (each shape's median timing) and reports its MAPE on every timed iteration of the
+ * other 30%, per batch-shape bucket. The profile can be stored (--out) and given to cairnd
+ * (sched.profile); --samples writes the timings for offline analysis.
  *
  * `cairn bench colocate` runs the generation workers in this process under each policy against
  * a standing backlog of offline requests (summarization-shaped: long prompts, 64-token outputs)
@@ -36,7 +38,8 @@
 #include <time.h>
 
 const char *const cairn_cmd_bench_usage =
-    "usage: cairn bench profile  [-m MODEL] [--iterations N] [--threads T] [--out FILE]\n"
+    "usage: cairn bench profile  [-m MODEL] [--iterations N] [--repeat R] [--threads T]\n"
+    "                            [--out FILE] [--samples CSV]\n"
     "                            [--ttft-slo MS --tbt-slo MS [--load F] [--budgets MS,...]\n"
     "                             [--duration S] [--backlog N] [--max-seqs N]]\n"
     "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
@@ -44,13 +47,17 @@ const char *const cairn_cmd_bench_usage =
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
     "                            [--online-budget MS] [--profile FILE] [--markdown FILE]\n"
     "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n\n"
-    "profile   times N (default 300) iterations of random batch shapes, fits the latency\n"
-    "          predictor on 70% of them and prints its MAPE on the rest per bucket (JSON\n"
-    "          lines); --out stores the coefficients (one line of 7 numbers). With an SLO\n"
-    "          it then runs the slo policy at --load (default 0.5) of the online capacity\n"
-    "          with each budget (default 50,100,150,200,300,400 ms) for S seconds (default\n"
-    "          30) and picks the largest whose p99 TTFT and TBT meet the SLO; --out then\n"
-    "          holds an 8th number, that budget in seconds (cairnd: sched.profile).\n"
+    "profile   times N (default 600) iterations of random batch shapes, each shape R times\n"
+    "          in a row (default 3), fits the latency predictor on the first 70% of the shapes\n"
+    "          (each one's median time) and prints its MAPE on every timed iteration of the\n"
+    "          rest per bucket (JSON lines; cpu_stall: the share of the timed time other tasks\n"
+    "          waited for a CPU, i.e. how far from idle the machine was). --samples writes\n"
+    "          every timed iteration (shape, seconds) as CSV; --out stores the profile\n"
+    "          (cairn-sched-profile 2: features, coefficients). With an SLO it then runs the\n"
+    "          slo policy at --load (default 0.5) of the online capacity with each budget\n"
+    "          (default 50,100,150,200,300,400 ms) for S seconds (default 30) and picks the\n"
+    "          largest whose p99 TTFT and TBT meet the SLO; --out then also holds that budget\n"
+    "          (cairnd: sched.profile).\n"
     "colocate  per policy (default slo,online-only,fcfs-hybrid) and online rate, Poisson\n"
     "          arrivals for S seconds (default 60) beside a backlog of N (default 8) offline\n"
     "          requests; prints JSON lines, then a markdown table. Loads are fractions of the\n"
@@ -118,10 +125,30 @@ static int parse_list(const char *s, double *out, int cap)
 
 /* ---- profile ------------------------------------------------------------------------------- */
 
+enum { PROF_MAX_DEC = 10, PROF_MAX_PRE = 2 };
+
+/* One timed iteration: its shape, and what --samples writes besides (per-sequence detail). */
 typedef struct {
     cairn_batch_shape shape;
     double seconds;
+    int group, rep; /* the shape drawn, and which of its --repeat timings this is */
+    int n_pre, pre_prefix[PROF_MAX_PRE], pre_chunk[PROF_MAX_PRE], pre_final[PROF_MAX_PRE];
+    int n_dec, dec_ctx[PROF_MAX_DEC];
+    double stall_s; /* CPU pressure during the iteration (cpu_stall_s), -1 if unknown */
 } sample;
+
+/* Seconds so far that some runnable task of this machine waited for a CPU (Linux PSI,
+ * /proc/pressure/cpu "some"), or -1 where that is not available. Its growth during an
+ * iteration says another process competed for the cores, i.e. that timing is noisy. */
+static double cpu_stall_s(void)
+{
+    FILE *f = fopen("/proc/pressure/cpu", "r");
+    if (!f) return -1;
+    unsigned long long us = 0;
+    int got = fscanf(f, "some avg10=%*f avg60=%*f avg300=%*f total=%llu", &us);
+    fclose(f);
+    return got == 1 ? (double)us / 1e6 : -1;
+}
 
 static const char *bucket_name(const cairn_batch_shape *s)
 {
@@ -134,6 +161,37 @@ static const char *const BUCKETS[] = {"decode 1-4",          "decode 5-10",
                                       "prefill 1-64",        "prefill 65-384",
                                       "mixed, prefill 1-64", "mixed, prefill 65-384"};
 #define N_BUCKETS 6
+
+/* Writes the samples as CSV (--samples): one line per timed iteration; the per-sequence columns
+ * hold ';'-separated lists. Returns 0, or -1 with errno set. */
+static int write_samples(const char *path, const sample *smp, int n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "group,rep,seconds,stall_s,s_p,s_d,n_p,n_d,n_out,keys_p,keys_d,pre_prefix,"
+               "pre_chunk,pre_final,dec_ctx\n");
+    for (int i = 0; i < n; i++) {
+        const sample *s = &smp[i];
+        fprintf(f, "%d,%d,%.9f,%.6f,%d,%d,%d,%d,%d,%lld,%lld,", s->group, s->rep, s->seconds,
+                s->stall_s, s->shape.s_p, s->shape.s_d, s->shape.n_p, s->shape.n_d,
+                s->shape.n_out, (long long)s->shape.keys_p, (long long)s->shape.keys_d);
+        for (int k = 0; k < s->n_pre; k++)
+            fprintf(f, "%s%d", k ? ";" : "", s->pre_prefix[k]);
+        fputc(',', f);
+        for (int k = 0; k < s->n_pre; k++)
+            fprintf(f, "%s%d", k ? ";" : "", s->pre_chunk[k]);
+        fputc(',', f);
+        for (int k = 0; k < s->n_pre; k++)
+            fprintf(f, "%s%d", k ? ";" : "", s->pre_final[k]);
+        fputc(',', f);
+        for (int k = 0; k < s->n_dec; k++)
+            fprintf(f, "%s%d", k ? ";" : "", s->dec_ctx[k]);
+        fputc('\n', f);
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) return -1;
+    return 0;
+}
 
 typedef struct {
     double ttft_ms, tbt_ms, load, duration;
@@ -154,10 +212,34 @@ static int add_seq(cairn_engine *e, const cairn_gen_params *gp, int n, int32_t v
     return cairn_engine_add(e, prompt, n < 1024 ? n : 1024, gp, &id, NULL) ? -1 : id;
 }
 
+/* The batch of one draw: how many decoding sequences, and its prefill chunks (each after an
+ * earlier, untimed chunk of `prefix` tokens, with `extra` prompt tokens left after it). */
+typedef struct {
+    int want_dec, n_pre;
+    int chunk[PROF_MAX_PRE], prefix[PROF_MAX_PRE], extra[PROF_MAX_PRE];
+} draw;
+
+static draw draw_shape(uint64_t *rng, int max_batch_tokens)
+{
+    draw d = {.want_dec = rng_range(rng, 0, PROF_MAX_DEC)};
+    if (d.want_dec == 0 || rng_unit(rng) < 0.6) d.n_pre = rng_unit(rng) < 0.2 ? 2 : 1;
+    int room = max_batch_tokens - d.want_dec;
+    for (int k = 0; k < d.n_pre; k++) {
+        int c = rng_unit(rng) < 0.5 ? rng_range(rng, 1, 64) : rng_range(rng, 65, 384);
+        d.chunk[k] = c < room ? c : room;
+        room -= d.chunk[k];
+        d.prefix[k] = rng_unit(rng) < 0.3 ? rng_range(rng, 16, 256) : 0;
+        d.extra[k] = rng_unit(rng) < 0.3 ? rng_range(rng, 1, 64) : 0;
+    }
+    if (d.n_pre == 2 && d.chunk[1] < 1) d.n_pre = 1;
+    return d;
+}
+
 static int bench_profile(int argc, char **argv)
 {
     const char *model_path = DEFAULT_MODEL, *out_path = NULL, *budgets = "50,100,150,200,300,400";
-    int iters = 300, threads = 0;
+    const char *samples_path = NULL;
+    int iters = 600, threads = 0, repeat = 3;
     budget_search bs = {.load = 0.5, .duration = 30, .backlog = 8, .max_seqs = 12};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -165,7 +247,9 @@ static int bench_profile(int argc, char **argv)
         i++;
         if (!strcmp(a, "-m")) model_path = v;
         else if (!strcmp(a, "--out")) out_path = v;
+        else if (!strcmp(a, "--samples")) samples_path = v;
         else if (!strcmp(a, "--iterations")) iters = atoi(v);
+        else if (!strcmp(a, "--repeat")) repeat = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--ttft-slo")) bs.ttft_ms = atof(v);
         else if (!strcmp(a, "--tbt-slo")) bs.tbt_ms = atof(v);
@@ -179,15 +263,15 @@ static int bench_profile(int argc, char **argv)
     bs.threads = threads;
     bs.n_budgets = parse_list(budgets, bs.budgets, 16);
     const bool search = bs.ttft_ms > 0 || bs.tbt_ms > 0;
-    if (iters < 50 || iters > 100000 || threads < 0 || bs.n_budgets <= 0 ||
-        (search && !(bs.ttft_ms > 0 && bs.tbt_ms > 0)) || !(bs.load > 0) ||
+    if (repeat < 1 || repeat > 9 || iters < 50 * repeat || iters > 100000 || threads < 0 ||
+        bs.n_budgets <= 0 || (search && !(bs.ttft_ms > 0 && bs.tbt_ms > 0)) || !(bs.load > 0) ||
         !(bs.duration >= 5) || bs.backlog < 0 || bs.max_seqs < 2 || bs.max_seqs > 64)
         goto usage;
 
     cairn_error err = {0};
     cairn_model *m = NULL;
     cairn_engine *e = NULL;
-    enum { MAX_SEQS = 12, CTX = 768, MAX_DEC = 10 };
+    enum { MAX_SEQS = PROF_MAX_DEC + PROF_MAX_PRE, CTX = 768 };
     cairn_engine_params ep = cairn_engine_default_params();
     ep.n_threads = threads;
     ep.max_seqs = MAX_SEQS;
@@ -200,18 +284,17 @@ static int bench_profile(int argc, char **argv)
     }
     int32_t vocab = cairn_model_hparams_of(m)->n_vocab;
     uint64_t rng = 0x9e3779b97f4a7c15ull;
-    int dec[MAX_SEQS], n_dec = 0; /* decoding sequences */
+    int dec[PROF_MAX_DEC], n_dec = 0; /* the pool of decoding sequences */
     sample *smp = calloc((size_t)iters, sizeof *smp);
     cairn_step_item items[MAX_SEQS];
-    int rc = smp ? 0 : 1;
+    int rc = smp ? 0 : 1, n = 0, n_groups = 0;
     cairn_gen_params gp = cairn_gen_default_params();
     gp.max_tokens = CTX;
 
     fprintf(stderr, "profiling %d iterations", iters);
-    for (int it = 0; !rc && it < iters; it++) {
+    while (!rc && n < iters) {
+        draw d = draw_shape(&rng, ep.max_batch_tokens);
         /* Retire long sequences; top the decoding pool up to the wanted count (untimed). */
-        int want_dec = rng_range(&rng, 0, MAX_DEC);
-        bool prefill = want_dec == 0 || rng_unit(&rng) < 0.6;
         for (int i = 0; i < n_dec;) {
             cairn_seq_info info;
             cairn_engine_seq_info(e, dec[i], &info);
@@ -222,74 +305,104 @@ static int bench_profile(int argc, char **argv)
                 i++;
             }
         }
-        while (n_dec < want_dec) {
-            int id;
-            id = add_seq(e, &gp, rng_range(&rng, 8, 400), vocab, &rng);
+        while (!rc && n_dec < d.want_dec) {
+            int id = add_seq(e, &gp, rng_range(&rng, 8, 400), vocab, &rng);
             if (id < 0) break;
-            cairn_step_item one = {id, CTX};
-            while (!rc) {
-                cairn_seq_info info;
+            cairn_step_item one = {id, 512};
+            for (cairn_seq_info info; !rc;) {
                 cairn_engine_seq_info(e, id, &info);
                 if (!info.prefilling) break;
-                one.n_tokens = 512;
                 rc = cairn_engine_step(e, &one, 1, &err) ? 1 : 0;
             }
             dec[n_dec++] = id;
         }
-        int n_items = 0, pre_id = -1;
-        cairn_batch_shape sh = {0};
-        for (int i = 0; i < n_dec && i < want_dec; i++) {
-            cairn_seq_info info;
-            cairn_engine_seq_info(e, dec[i], &info);
-            items[n_items++] = (cairn_step_item){dec[i], 1};
-            sh.s_d++, sh.n_d++, sh.ctx += info.n_prefilled + info.n_generated;
-        }
-        if (prefill) {
-            int chunk = rng_unit(&rng) < 0.5 ? rng_range(&rng, 1, 64) : rng_range(&rng, 65, 384);
-            int prefix = rng_unit(&rng) < 0.3 ? rng_range(&rng, 16, 256) : 0;
-            pre_id = add_seq(e, &gp, prefix + chunk, vocab, &rng);
-            if (pre_id >= 0 && prefix) { /* an earlier chunk of the same prompt, untimed */
-                cairn_step_item first = {pre_id, prefix};
-                rc = cairn_engine_step(e, &first, 1, &err) ? 1 : 0;
+        /* The same draw, timed `repeat` times: the same decoding sequences (a token further on
+         * each time) and fresh prefilling ones. */
+        int g = n_groups++;
+        for (int rep = 0; !rc && rep < repeat && n < iters; rep++) {
+            sample *s = &smp[n];
+            *s = (sample){.group = g, .rep = rep};
+            int n_items = 0, pre_id[PROF_MAX_PRE];
+            for (int i = 0; i < n_dec && i < d.want_dec; i++) {
+                cairn_seq_info info;
+                cairn_engine_seq_info(e, dec[i], &info);
+                if (info.finish != CAIRN_FINISH_NONE) continue;
+                int ctx = info.n_prefilled + info.n_generated;
+                items[n_items++] = (cairn_step_item){dec[i], 1};
+                cairn_batch_shape_add(&s->shape, false, ctx, 1, true);
+                s->dec_ctx[s->n_dec++] = ctx;
             }
-            if (pre_id >= 0) {
-                items[n_items++] = (cairn_step_item){pre_id, chunk};
-                sh.s_p += chunk, sh.n_p++, sh.ctx += prefix;
+            for (int k = 0; k < d.n_pre; k++) {
+                pre_id[k] = add_seq(e, &gp, d.prefix[k] + d.chunk[k] + d.extra[k], vocab, &rng);
+                if (pre_id[k] >= 0 && d.prefix[k]) { /* an earlier chunk of the prompt, untimed */
+                    cairn_step_item first = {pre_id[k], d.prefix[k]};
+                    rc = cairn_engine_step(e, &first, 1, &err) ? 1 : 0;
+                }
+                if (pre_id[k] < 0) continue;
+                items[n_items++] = (cairn_step_item){pre_id[k], d.chunk[k]};
+                cairn_batch_shape_add(&s->shape, true, d.prefix[k], d.chunk[k], d.extra[k] == 0);
+                s->pre_prefix[s->n_pre] = d.prefix[k];
+                s->pre_chunk[s->n_pre] = d.chunk[k];
+                s->pre_final[s->n_pre++] = d.extra[k] == 0;
+            }
+            if (!rc && n_items > 0) {
+                double st0 = cpu_stall_s();
+                int64_t t0 = cairn_now_ns();
+                rc = cairn_engine_step(e, items, n_items, &err) ? 1 : 0;
+                s->seconds = (double)(cairn_now_ns() - t0) / 1e9;
+                double st1 = cpu_stall_s();
+                s->stall_s = st0 >= 0 && st1 >= 0 ? st1 - st0 : -1;
+                if (!rc && n++ % 50 == 0) fprintf(stderr, ".");
+            } else if (!rc && n_dec == 0) {
+                rc = 1; /* cannot make progress */
+                snprintf(err.msg, sizeof err.msg, "no sequence could be added");
+            }
+            /* The last timing's finished prompts join the decoding pool while it has room. */
+            for (int k = 0; k < d.n_pre; k++) {
+                if (pre_id[k] < 0) continue;
+                if (rep == repeat - 1 && !d.extra[k] && n_dec < PROF_MAX_DEC)
+                    dec[n_dec++] = pre_id[k];
+                else
+                    cairn_engine_release(e, pre_id[k]);
             }
         }
-        if (rc || n_items == 0) {
-            it--;
-            if (pre_id >= 0) cairn_engine_release(e, pre_id);
-            if (n_items == 0 && !rc && n_dec == 0) rc = 1; /* cannot make progress */
-            continue;
-        }
-        int64_t t0 = cairn_now_ns();
-        rc = cairn_engine_step(e, items, n_items, &err) ? 1 : 0;
-        smp[it] = (sample){sh, (double)(cairn_now_ns() - t0) / 1e9};
-        if (pre_id >= 0) {
-            if (n_dec < MAX_SEQS - 1) dec[n_dec++] = pre_id;
-            else cairn_engine_release(e, pre_id);
-        }
-        if (it % 50 == 0) fprintf(stderr, ".");
     }
     fprintf(stderr, "\n");
     if (rc) fprintf(stderr, "cairn bench profile: %s\n", err.msg);
-
-    /* Fit on the first 70%, evaluate on the rest. */
-    cairn_predictor *p = NULL;
-    int n_fit = iters * 7 / 10;
-    if (!rc && cairn_predictor_new(&p, n_fit, &err) != 0) rc = 1;
-    if (!rc) {
-        cairn_predictor_set_refit(p, 0);
-        for (int i = 0; i < n_fit; i++)
-            cairn_predictor_observe(p, &smp[i].shape, smp[i].seconds);
-        if (cairn_predictor_fit(p, &err) != 0) rc = 1;
+    if (!rc && samples_path && write_samples(samples_path, smp, n) != 0) {
+        fprintf(stderr, "cairn bench profile: %s: %s\n", samples_path, strerror(errno));
+        rc = 1;
     }
+
+    /* Fit on the draws of the first 70% (each draw's median timing: repeating a shape filters
+     * out the iterations that another process slowed down), evaluate on every timed iteration
+     * of the rest. */
+    cairn_predictor *p = NULL;
+    int g_fit = n_groups * 7 / 10, n_fit = 0;
+    if (!rc && cairn_predictor_new(&p, g_fit > 16 ? g_fit : 16, &err) != 0) rc = 1;
+    if (!rc) cairn_predictor_set_refit(p, 0);
+    for (int i = 0; !rc && i < n && smp[i].group < g_fit;) {
+        int j = i;
+        double t[9];
+        while (j < n && smp[j].group == smp[i].group)
+            t[j - i] = smp[j].seconds, j++;
+        qsort(t, (size_t)(j - i), sizeof *t, cmp_double);
+        double med = t[(j - i - 1) / 2];
+        for (int k = i; k < j; k++)
+            if (smp[k].seconds == med) {
+                cairn_predictor_observe(p, &smp[k].shape, med);
+                break;
+            }
+        n_fit++;
+        i = j;
+    }
+    if (!rc && cairn_predictor_fit(p, &err) != 0) rc = 1;
     if (!rc) {
         double sum[N_BUCKETS] = {0}, all = 0;
         int cnt[N_BUCKETS] = {0}, n_all = 0;
-        double *ape = malloc(sizeof(double) * (size_t)iters);
-        for (int i = n_fit; i < iters; i++) {
+        double *ape = malloc(sizeof(double) * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            if (smp[i].group < g_fit) continue;
             double pr = cairn_predictor_predict(p, &smp[i].shape);
             double e_ = fabs(pr - smp[i].seconds) / smp[i].seconds;
             const char *b = bucket_name(&smp[i].shape);
@@ -304,11 +417,29 @@ static int bench_profile(int argc, char **argv)
                    BUCKETS[k], cnt[k], cnt[k] ? sum[k] / cnt[k] : 0.0);
         double c[CAIRN_PREDICTOR_FEATURES];
         cairn_predictor_coefficients(p, c);
+        /* How much of the timed time other tasks waited for a CPU: on a busy machine the
+         * timings, hence the MAPE, carry the other processes' noise. */
+        double stall = 0, timed = 0;
+        for (int i = 0; i < n; i++)
+            stall += smp[i].stall_s > 0 ? smp[i].stall_s : 0, timed += smp[i].seconds;
+        const double stall_frac = smp[0].stall_s >= 0 && timed > 0 ? stall / timed : -1;
+        char stall_s[32] = "null"; /* no PSI on this machine */
+        if (stall_frac >= 0) snprintf(stall_s, sizeof stall_s, "%.4f", stall_frac);
         printf("{\"bench\":\"sched_profile\",\"bucket\":\"all\",\"held_out\":%d,\"mape\":%.4f,"
-               "\"ape_p90\":%.4f,\"fit_iterations\":%d,\"coefficients\":[%.6g,%.6g,%.6g,%.6g,"
-               "%.6g,%.6g,%.6g]}\n",
-               n_all, all / n_all, ape ? pct(ape, (size_t)n_all, 0.9) : NAN, n_fit, c[0], c[1],
-               c[2], c[3], c[4], c[5], c[6]);
+               "\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,\"cpu_stall\":%s,"
+               "\"coefficients\":[",
+               n_all, n_all ? all / n_all : 0.0, ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit,
+               repeat, stall_s);
+        if (stall_frac > 0.01)
+            fprintf(stderr, "cairn bench profile: other tasks waited for a CPU during %.0f%% of "
+                            "the timed iterations (Linux PSI): the machine was not idle and the "
+                            "figures carry that noise\n", 100 * stall_frac);
+        for (int j = 0; j < CAIRN_PREDICTOR_FEATURES; j++)
+            printf("%s%.6g", j ? "," : "", c[j]);
+        printf("],\"features\":[");
+        for (int j = 0; j < CAIRN_PREDICTOR_FEATURES; j++)
+            printf("%s\"%s\"", j ? "," : "", cairn_predictor_feature_names[j]);
+        printf("]}\n");
         free(ape);
         cairn_engine_close(e); /* the budget search loads the model in its own workers */
         cairn_model_close(m);
@@ -325,16 +456,11 @@ static int bench_profile(int argc, char **argv)
                    "\"tbt_slo_ms\":%.0f,\"load\":%.2f}\n",
                    budget, bs.ttft_ms, bs.tbt_ms, bs.load);
         if (out_path && !rc) {
-            FILE *f = fopen(out_path, "w");
-            if (!f) {
-                fprintf(stderr, "cairn bench profile: %s: %s\n", out_path, strerror(errno));
+            cairn_sched_profile prof = {.budget_s = budget > 0 ? budget : 0};
+            memcpy(prof.coef, c, sizeof prof.coef);
+            if (cairn_sched_profile_save(out_path, &prof, &err) != 0) {
+                fprintf(stderr, "cairn bench profile: %s\n", err.msg);
                 rc = 1;
-            } else {
-                fprintf(f, "%.9g %.9g %.9g %.9g %.9g %.9g %.9g", c[0], c[1], c[2], c[3], c[4],
-                        c[5], c[6]);
-                if (budget > 0) fprintf(f, " %.6g", budget);
-                fprintf(f, "\n");
-                fclose(f);
             }
         }
     }
@@ -788,19 +914,15 @@ static int bench_colocate(int argc, char **argv)
         else if (!strcmp(a, "--online-budget")) online_ms = atof(v);
         else goto usage;
     }
-    double coef_buf[CAIRN_PREDICTOR_FEATURES], *coef = NULL;
+    cairn_sched_profile prof;
+    const double *coef = NULL;
     if (profile) {
-        FILE *f = fopen(profile, "r");
-        int got = 0;
-        while (f && got < CAIRN_PREDICTOR_FEATURES && fscanf(f, "%lf", &coef_buf[got]) == 1)
-            got++;
-        if (f) fclose(f);
-        if (got != CAIRN_PREDICTOR_FEATURES) {
-            fprintf(stderr, "cairn bench colocate: %s: want %d numbers (bench profile --out)\n",
-                    profile, CAIRN_PREDICTOR_FEATURES);
+        cairn_error perr = {0};
+        if (cairn_sched_profile_load(profile, &prof, &perr) != 0) {
+            fprintf(stderr, "cairn bench colocate: --profile %s\n", perr.msg);
             return 2;
         }
-        coef = coef_buf;
+        coef = prof.coef;
     }
     if (!(duration >= 5) || !(ttft_ms > 0) || !(tbt_ms > 0) || !(budget_ms > 0) || backlog < 0 ||
         max_seqs < 2 || max_seqs > 64 || threads < 0 || !seed)

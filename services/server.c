@@ -257,46 +257,6 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
     return 0;
 }
 
-/* Reads a predictor profile (cairn bench profile --out): CAIRN_PREDICTOR_FEATURES finite
- * coefficients, then optionally the budget in seconds the profiler found (*budget_s, else 0). */
-static int read_profile(const char *path, double coef[CAIRN_PREDICTOR_FEATURES],
-                        double *budget_s, cairn_error *err)
-{
-    char *text = NULL;
-    int rc = read_file(path, &text, err);
-    if (rc) return cairn_error_prefix(err, "sched.profile");
-    char *p = text;
-    for (int i = 0; i < CAIRN_PREDICTOR_FEATURES && !rc; i++) {
-        char *end;
-        errno = 0;
-        coef[i] = strtod(p, &end);
-        if (end == p || errno || !isfinite(coef[i]))
-            rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: number %d of %d is missing "
-                              "or not a finite number", path, i + 1, CAIRN_PREDICTOR_FEATURES);
-        p = end;
-    }
-    *budget_s = 0;
-    if (!rc) {
-        char *end;
-        double b = strtod(p, &end);
-        if (end != p) {
-            if (!(b >= 0.001 && b <= 10))
-                rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: budget %g s is outside "
-                                  "1 ms..10 s", path, b);
-            *budget_s = b;
-            p = end;
-        }
-    }
-    while (!rc && *p) {
-        if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r')
-            rc = cairn_errorf(err, CAIRN_EFORMAT, "sched.profile %s: unexpected text after "
-                              "the numbers", path);
-        p++;
-    }
-    free(text);
-    return rc;
-}
-
 /* Loads the LLM (when one is configured or found) and adds the /v1 routes. */
 static int start_api(service *s, cairn_error *err)
 {
@@ -331,14 +291,16 @@ static int start_api(service *s, cairn_error *err)
             return cairn_errorf(err, CAIRN_EINVAL,
                                 "sched.online_reserve %d must be below workers.max_seqs %d",
                                 wp.online_reserve, wp.engine.max_seqs);
-        double coef[CAIRN_PREDICTOR_FEATURES], budget = 0;
-        const char *prof = cairn_config_string(c, "sched.profile");
-        if (prof) {
-            if ((rc = read_profile(prof, coef, &budget, err))) return rc;
-            wp.predictor = coef;
+        cairn_sched_profile prof;
+        const char *prof_path = cairn_config_string(c, "sched.profile");
+        if (prof_path) {
+            if ((rc = cairn_sched_profile_load(prof_path, &prof, err)))
+                return cairn_error_prefix(err, "sched.profile");
+            wp.predictor = prof.coef;
             /* The profiled budget, unless one was configured explicitly. */
-            if (budget > 0 && cairn_config_origin_of(c, "sched.budget") <= CAIRN_CFG_FROM_DEFAULT)
-                wp.sched.budget_s = budget;
+            if (prof.budget_s > 0 &&
+                cairn_config_origin_of(c, "sched.budget") <= CAIRN_CFG_FROM_DEFAULT)
+                wp.sched.budget_s = prof.budget_s;
         }
         rc = cairn_workers_open(&s->workers, &wp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "model %s", model);
