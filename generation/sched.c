@@ -253,12 +253,15 @@ void cairn_predictor_set_coefficients(cairn_predictor *p, const double c[NF])
 
 /* The next line of *p (without its end), advancing *p; NULL at the end of the text. Lines are
  * copied into buf (cap bytes); a longer one is cut, which the callers then reject. */
-static const char *next_line(const char **p, char *buf, size_t cap)
+/* The next line of *p into buf (without its newline or CR); NULL at the end. *too_long is set
+ * when the line did not fit in cap - 1 characters (buf then holds its start). */
+static const char *next_line(const char **p, char *buf, size_t cap, bool *too_long)
 {
     if (!**p) return NULL;
     const char *e = strchr(*p, '\n');
     size_t len = e ? (size_t)(e - *p) : strlen(*p);
     size_t k = len < cap - 1 ? len : cap - 1;
+    *too_long = len > cap - 1;
     memcpy(buf, *p, k);
     buf[k] = 0;
     if (k && buf[k - 1] == '\r') buf[k - 1] = 0;
@@ -308,8 +311,12 @@ int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_pr
     char line[1024];
     int no = 0;
     bool have_features = false, have_coef = false, have_budget = false;
-    while (next_line(&p, line, sizeof line)) {
+    bool too_long;
+    while (next_line(&p, line, sizeof line, &too_long)) {
         no++;
+        if (too_long)
+            return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d is longer than %zu characters",
+                                name, no, sizeof line - 1);
         if (no == 1) {
             char *v = split_key(line), *end;
             if (!strcmp(line, PROFILE_MAGIC)) {

@@ -123,13 +123,6 @@ float cairn__dot_q5_0_avx2(int64_t nb, const void *w, const void *a)
 
 /* ---- Tiled products over K-quant blocks (Q4_K, Q6_K) against Q8_K rows -------------------- */
 
-static inline float hsum4(__m128 s)
-{
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 static inline int hsum8_i32(__m256i v)
 {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
