@@ -220,7 +220,6 @@ static void test_profile_errors(void **state)
 {
     (void)state;
     char t[512];
-    /* The old format (7 numbers, an optional budget): re-run the profiler. */
     { /* a line too long for the parser is refused, not cut */
         char long_line[2048];
         int n = snprintf(long_line, sizeof long_line, "cairn-sched-profile 2\n%scoefficients",
@@ -229,6 +228,7 @@ static void test_profile_errors(void **state)
             n += snprintf(long_line + n, sizeof long_line - (size_t)n, " 0.000000001");
         expect_error(long_line, "longer than");
     }
+    /* The old format (7 numbers, an optional budget): re-run the profiler. */
     expect_error("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n", "old format");
     expect_error("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n", "re-run");
     expect_error("", "empty file");
