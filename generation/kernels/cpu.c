@@ -432,6 +432,7 @@ typedef struct {
     bool avx2;
     gemm_fn gemm;            /* tiled kernel of the family, or NULL: vec_dot on plain rows */
     int tile;                /* gemm's token tile (its activation layout); 0 with no gemm */
+    bool act_u8;             /* q8f tiles hold y + 128 (cairn__gemm_q8f_vnni) */
     size_t n_tblocks;        /* token blocks per row chunk */
     const uint8_t *kinds;    /* per token CAIRN_CPU_ROW_*, for Q8_K activations, or NULL */
 } matmul_ctx;
@@ -460,6 +461,8 @@ static void quant_rows(void *p, size_t b, size_t e, int tid)
             for (int64_t k = 0; k < c->nb; k++) {
                 cairn__act_q8 *blk = (cairn__act_q8 *)tb + (size_t)k * tile + j;
                 cairn_cpu_quantize_act(c->act_type, x + k * bs, bs, blk, true);
+                for (int i = 0; c->act_u8 && i < 32; i++)
+                    blk->qs[i] = (int8_t)((uint8_t)blk->qs[i] ^ 0x80);
                 ds[(size_t)k * tile + j] = blk->d;
                 for (size_t u = j + 1; t + 1 == (size_t)c->n_tok && u < tile; u++)
                     ds[(size_t)k * tile + u] = 0.0f; /* the last tile's unused tokens */
@@ -530,6 +533,7 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
                     .scratch = scratch, .avx2 = cairn_cpu_has_avx2(),
                     .kinds = act_kind(w0->type) == 2 ? kinds : NULL};
     c.gemm = pick_gemm(w0->type, c.avx2);
+    c.act_u8 = c.gemm == cairn__gemm_q8f_vnni;
     c.nb = w0->cols / (int64_t)cairn_gguf_type_block_size(w0->type);
     if (cairn_cpu_matmul_scratch_bytes(w0, 1) == 0) {
         c.act = (const uint8_t *)x;
@@ -557,6 +561,8 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
             pt->chunk_rows = 4;
         if (pt->chunk_rows > 64)
             pt->chunk_rows = 64;
+        if (act_kind(w[i]->type) == 2) /* whole groups for the 8-row K-quant kernels */
+            pt->chunk_rows = (pt->chunk_rows + 7) / 8 * 8;
         tasks += ((size_t)w[i]->rows + pt->chunk_rows - 1) / pt->chunk_rows * c.n_tblocks;
         pt->task_end = tasks;
     }

@@ -88,20 +88,25 @@ static inline __attribute__((always_inline)) __m256i q8f_decode(uint32_t type, c
 }
 
 #define QSFX avx2
+#define QU8 0
 #define QDOT(c, u, s)                                                                            \
     _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 #include "generation/kernels/cpu_gemm_q8.inc"
 #undef QSFX
+#undef QU8
 #undef QDOT
 
 /* The same kernel with AVX-512 VNNI's u8 x s8 -> s32 dot (vpdpbusd on 256-bit registers): one
- * instruction for maddubs + madd + add. Called only when cairn__has_vnni(). */
+ * instruction for maddubs + madd + add, and tiles of y + 128 (no sign moves). Called only when
+ * cairn__has_vnni(). */
 VNNI_BEGIN
 
 #define QSFX vnni
+#define QU8 1
 #define QDOT(c, u, s) _mm256_dpbusd_epi32(c, u, s)
 #include "generation/kernels/cpu_gemm_q8.inc"
 #undef QSFX
+#undef QU8
 #undef QDOT
 
 VNNI_END
@@ -133,17 +138,22 @@ static inline int hsum8_i32(__m256i v)
 
 #define KSFX avx2
 #define KMADD(acc, p16, s16) _mm256_add_epi32(acc, _mm256_madd_epi16(p16, s16))
+#define KDOT(c, u, s)                                                                            \
+    _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 #include "generation/kernels/cpu_gemm_kq.inc"
 #undef KSFX
 #undef KMADD
+#undef KDOT
 
 /* With AVX-512 VNNI the scale multiply and the accumulation fuse into vpdpwssd. */
 VNNI_BEGIN
 #define KSFX vnni
 #define KMADD(acc, p16, s16) _mm256_dpwssd_epi32(acc, p16, s16)
+#define KDOT(c, u, s) _mm256_dpbusd_epi32(c, u, s)
 #include "generation/kernels/cpu_gemm_kq.inc"
 #undef KSFX
 #undef KMADD
+#undef KDOT
 VNNI_END
 
 float cairn__dot_q4_k_avx2(int64_t nb, const void *w, const void *a)

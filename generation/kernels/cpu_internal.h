@@ -73,9 +73,10 @@ float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
  * bytes, + 4 bytes a block for q8f) and holds block b of its token j at index b * TILE + j, so
  * that one pointer reaches a block of every token of the tile; a q8f tile then holds its
  * tokens' scales, TILE floats per block (unused tokens' 0), so that the scale products d_w d_a
- * of a block take one multiply for the whole tile. q8f: Q8_0, Q5_0, Q4_0; kq: Q4_K, Q6_K; the vnni variants
- * need cairn__has_vnni(). Each result is bit-identical to cairn__dot_*_avx2 of the same row and
- * activation.
+ * of a block take one multiply for the whole tile. cairn__gemm_q8f_vnni's tiles hold each
+ * quantized value plus 128 as an unsigned byte (y ^ 0x80). q8f: Q8_0, Q5_0, Q4_0; kq: Q4_K,
+ * Q6_K; the vnni variants need cairn__has_vnni(). Each result is bit-identical to cairn__dot_*_avx2
+ * of the same row and activation.
  */
 #define CAIRN__Q8F_TILE 8
 #define CAIRN__KQ_TILE 4
@@ -93,6 +94,15 @@ typedef struct {
     float d, dmin;
 } cairn__kq_dec;
 #define CAIRN__KQ_DEC_BLOCKS 128
+/* Eight weight rows of one K-quant block for the 8-row kernels: q[i] holds value bytes
+ * 4i..4i+3 of each row (row r in 32-bit lane r), sc the int32 scale of each 32-value (Q4_K) or
+ * 16-value (Q6_K) group, mp int16 pairs per row (Q4_K: the mins of sub-blocks 2p, 2p+1; Q6_K:
+ * the scales of groups 2p, 2p+1), and the rows' float scales. */
+typedef struct {
+    __m256i q[64], sc[16], mp[8];
+    __m256 d, dmin;
+} cairn__kq8_dec;
+#define CAIRN__KQ8_DEC_BLOCKS 16
 #endif
 void cairn__gemm_q8f_avx2(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
                           const uint8_t *a, int nt, float *y, size_t y_stride);

@@ -320,6 +320,100 @@ static void test_matmul(void **state)
     cairn_pool_close(pool);
 }
 
+/* Lays nt tokens out as a tiled kernel reads them (cpu_internal.h): q8f tiles of 8 with the
+ * scales after the blocks (values + 128 for the VNNI kernel), kq tiles of 4. */
+static uint8_t *make_tiles(uint32_t type, const float *x, int64_t nt, int64_t cols,
+                           const uint8_t *kinds, bool u8)
+{
+    bool kq = type == CAIRN_GGUF_Q4_K || type == CAIRN_GGUF_Q6_K;
+    int64_t tile = kq ? CAIRN__KQ_TILE : CAIRN__Q8F_TILE, nb = cols / (kq ? 256 : 32);
+    size_t blk = kq ? sizeof(cairn__act_q8k) : sizeof(cairn__act_q8);
+    size_t tile_bytes = (size_t)(tile * nb) * (blk + (kq ? 0 : sizeof(float)));
+    size_t tiles = ((size_t)nt + (size_t)tile - 1) / (size_t)tile;
+    uint8_t *a = calloc(tiles, tile_bytes);
+    assert_non_null(a);
+    for (int64_t t = 0; t < nt; t++) {
+        uint8_t *tb = a + (size_t)(t / tile) * tile_bytes;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *ab = tb + (size_t)(b * tile + t % tile) * blk;
+            int64_t bs = kq ? 256 : 32;
+            cairn_cpu_quantize_act(type, x + t * cols + b * bs, bs, ab, true);
+            if (kq) {
+                ((cairn__act_q8k *)ab)->kind = kinds[t];
+                continue;
+            }
+            cairn__act_q8 *q = (cairn__act_q8 *)ab;
+            ((float *)(tb + (size_t)(tile * nb) * blk))[b * tile + t % tile] = q->d;
+            for (int i = 0; u8 && i < 32; i++)
+                q->qs[i] = (int8_t)((uint8_t)q->qs[i] ^ 0x80);
+        }
+    }
+    return a;
+}
+
+/* The tiled kernels of both instruction sets (AVX2, and AVX-512 VNNI where the CPU has it)
+ * equal vec_dot bit for bit, called directly so that each variant runs whatever this CPU
+ * would pick: row counts with and without whole 8-row groups, every tile fill, row kinds the
+ * K-quant 8-row kernels take and kinds they leave to the one-row kernels. */
+static void test_tiled_kernels_each_isa(void **state)
+{
+    (void)state;
+    if (!cairn_cpu_has_avx2())
+        skip();
+    static const uint32_t tt[] = {CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q4_0,
+                                  CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+    for (size_t ti = 0; ti < sizeof tt / sizeof tt[0]; ti++)
+        for (int isa = 0; isa < (cairn__has_vnni() ? 2 : 1); isa++) {
+            uint32_t type = tt[ti];
+            bool kq = type == CAIRN_GGUF_Q4_K || type == CAIRN_GGUF_Q6_K;
+            const int64_t cols = 512, nb = cols / (kq ? 256 : 32);
+            static const int rows_c[] = {8, 19};
+            static const int nt_c[] = {3, 9, 16};
+            for (size_t ri = 0; ri < 2; ri++)
+                for (size_t ni = 0; ni < 3; ni++)
+                    for (int mixed = 0; mixed < 2; mixed++) {
+                        int rows = rows_c[ri], nt = nt_c[ni];
+                        size_t rb;
+                        uint8_t *w = make_weights(type, rows, cols, &rb);
+                        float *x = malloc(sizeof(float) * (size_t)(nt * cols));
+                        float *y = malloc(sizeof(float) * (size_t)(nt * rows));
+                        uint8_t kinds[16];
+                        for (int64_t i = 0; i < nt * cols; i++)
+                            x[i] = frand();
+                        for (int t = 0; t < nt; t++)
+                            kinds[t] = (uint8_t)(mixed ? (t * 3 + 1) % 8 : 7);
+                        uint8_t *a = make_tiles(type, x, nt, cols, kinds, !kq && isa == 1);
+                        if (kq)
+                            (isa ? cairn__gemm_kq_vnni : cairn__gemm_kq_avx2)(
+                                type, nb, w, rb, rows, a, nt, y, (size_t)rows);
+                        else
+                            (isa ? cairn__gemm_q8f_vnni : cairn__gemm_q8f_avx2)(
+                                type, nb, w, rb, rows, a, nt, y, (size_t)rows);
+                        void *act = malloc(cairn_cpu_act_bytes(type, cols));
+                        for (int t = 0; t < nt; t++) {
+                            cairn_cpu_quantize_act(type, x + t * cols, cols, act, true);
+                            for (int64_t b = 0; kq && b < nb; b++)
+                                ((cairn__act_q8k *)act)[b].kind = kinds[t];
+                            for (int r = 0; r < rows; r++) {
+                                float want = cairn_cpu_vec_dot(type, cols, w + (size_t)r * rb,
+                                                               act, true);
+                                if (memcmp(&y[t * rows + r], &want, sizeof want) != 0)
+                                    fail_msg("%s %s rows %d tokens %d kinds %s: y[%d][%d] = "
+                                             "%.9g, vec_dot %.9g",
+                                             cairn_gguf_type_name(type), isa ? "vnni" : "avx2",
+                                             rows, nt, mixed ? "mixed" : "all", t, r,
+                                             y[t * rows + r], want);
+                            }
+                        }
+                        free(act);
+                        free(a);
+                        free(y);
+                        free(x);
+                        free(w);
+                    }
+        }
+}
+
 static void test_rmsnorm_softmax_act(void **state)
 {
     float x[64], w[64], out[64];
@@ -577,6 +671,7 @@ int main(void)
         cmocka_unit_test(test_row_kinds_portable_equals_avx2),
         cmocka_unit_test(test_attention_portable_equals_avx2),
         cmocka_unit_test(test_matmul_n),        cmocka_unit_test(test_rope_split),
+        cmocka_unit_test(test_tiled_kernels_each_isa),
         cmocka_unit_test(test_rmsnorm_softmax_act), cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),          cmocka_unit_test(test_mat_from_gguf_errors),
     };
