@@ -561,8 +561,9 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
             pt->chunk_rows = 4;
         if (pt->chunk_rows > 64)
             pt->chunk_rows = 64;
-        if (act_kind(w[i]->type) == 2) /* whole groups for the 8-row K-quant kernels */
-            pt->chunk_rows = (pt->chunk_rows + 7) / 8 * 8;
+        /* whole groups for the kernels that take several rows at once */
+        size_t group = act_kind(w[i]->type) == 2 ? 8 : CAIRN__Q8F_ROWS;
+        pt->chunk_rows = (pt->chunk_rows + group - 1) / group * group;
         tasks += ((size_t)w[i]->rows + pt->chunk_rows - 1) / pt->chunk_rows * c.n_tblocks;
         pt->task_end = tasks;
     }

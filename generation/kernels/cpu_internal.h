@@ -84,6 +84,8 @@ float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
  * group of rows stays in L1 while the token tiles pass). */
 typedef struct { int8_t x[32]; float d; } cairn__q8f_dec;
 #define CAIRN__Q8F_DEC_BLOCKS 1024
+/* Weight rows the VNNI q8f kernel takes at once against a full tile of pre-decoded rows. */
+#define CAIRN__Q8F_ROWS 3
 /* Only in cpu_avx2.c: a K-quant weight block decoded for the kq kernels (its 8 x 32 values as
  * bytes, its 8 scale vectors, the mins (Q4_K) or 16 scales (Q6_K) as int16, its float scales),
  * and the size of their decode buffer (72 KiB, L2; longer rows decode as they go). */
