@@ -6,7 +6,9 @@
  * tokens, some after an earlier chunk of their prompt, some not finishing it, and mixes), each
  * shape --repeat times. It fits the latency predictor (generation/sched.h) on the first 70% of
  * the shapes (each shape's median timing) and reports its MAPE on every timed iteration of the
- * other 30%, per batch-shape bucket. The profile can be stored (--out) and given to cairnd
+ * other 30%, per batch-shape bucket: as fitted (`mape`), and as cairnd runs it after loading the
+ * profile (`mape_online`: refitted over a window of the latest iterations, each iteration
+ * predicted before it joins). The profile can be stored (--out) and given to cairnd
  * (sched.profile); --samples writes the timings for offline analysis.
  *
  * `cairn bench colocate` runs the generation workers in this process under each policy against
@@ -412,11 +414,36 @@ static int bench_profile(int argc, char **argv)
             if (ape) ape[n_all] = e_;
             n_all++;
         }
-        for (int k = 0; k < N_BUCKETS; k++)
-            printf("{\"bench\":\"sched_profile\",\"bucket\":\"%s\",\"held_out\":%d,\"mape\":%.4f}\n",
-                   BUCKETS[k], cnt[k], cnt[k] ? sum[k] / cnt[k] : 0.0);
         double c[CAIRN_PREDICTOR_FEATURES];
         cairn_predictor_coefficients(p, c);
+        /* The predictor as cairnd runs it after loading this profile: these coefficients, a
+         * window of its latest iterations (cairn_workers_params) refitted every 32, and each held-out
+         * iteration predicted, in time order, before it joins the window. */
+        double osum[N_BUCKETS] = {0};
+        int ocnt[N_BUCKETS] = {0};
+        cairn_predictor *q = NULL;
+        if (cairn_predictor_new(&q, cairn_workers_default_params().predictor_window, NULL) == 0) {
+            cairn_predictor_set_coefficients(q, c);
+            for (int i = 0; i < n; i++) {
+                if (smp[i].group < g_fit) continue;
+                double pr = cairn_predictor_predict(q, &smp[i].shape);
+                const char *b = bucket_name(&smp[i].shape);
+                for (int k = 0; k < N_BUCKETS; k++)
+                    if (!strcmp(b, BUCKETS[k]))
+                        osum[k] += fabs(pr - smp[i].seconds) / smp[i].seconds, ocnt[k]++;
+                cairn_predictor_observe(q, &smp[i].shape, smp[i].seconds);
+            }
+        }
+        int o_all = 0;
+        double o_sum = 0;
+        for (int k = 0; k < N_BUCKETS; k++) {
+            printf("{\"bench\":\"sched_profile\",\"bucket\":\"%s\",\"held_out\":%d,"
+                   "\"mape\":%.4f,\"mape_online\":%.4f}\n",
+                   BUCKETS[k], cnt[k], cnt[k] ? sum[k] / cnt[k] : 0.0,
+                   ocnt[k] ? osum[k] / ocnt[k] : 0.0);
+            o_all += ocnt[k], o_sum += osum[k];
+        }
+        cairn_predictor_free(q);
         /* How much of the timed time other tasks waited for a CPU: on a busy machine the
          * timings, hence the MAPE, carry the other processes' noise. */
         double stall = 0, timed = 0;
@@ -426,10 +453,10 @@ static int bench_profile(int argc, char **argv)
         char stall_s[32] = "null"; /* no PSI on this machine */
         if (stall_frac >= 0) snprintf(stall_s, sizeof stall_s, "%.4f", stall_frac);
         printf("{\"bench\":\"sched_profile\",\"bucket\":\"all\",\"held_out\":%d,\"mape\":%.4f,"
-               "\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,\"cpu_stall\":%s,"
-               "\"coefficients\":[",
-               n_all, n_all ? all / n_all : 0.0, ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit,
-               repeat, stall_s);
+               "\"mape_online\":%.4f,\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,"
+               "\"cpu_stall\":%s,\"coefficients\":[",
+               n_all, n_all ? all / n_all : 0.0, o_all ? o_sum / o_all : 0.0,
+               ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit, repeat, stall_s);
         if (stall_frac > 0.01)
             fprintf(stderr, "cairn bench profile: other tasks waited for a CPU during %.0f%% of "
                             "the timed iterations (Linux PSI): the machine was not idle and the "
