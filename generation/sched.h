@@ -115,7 +115,9 @@ double cairn_predictor_mape(const cairn_predictor *p, int *n);
  * the predictor is fitted. */
 int cairn_predictor_coefficients(const cairn_predictor *p, double out[CAIRN_PREDICTOR_FEATURES]);
 
-/* Sets the coefficients (e.g. from a stored profile); the predictor counts as fitted. */
+/* Sets the coefficients (e.g. from a stored profile); the predictor counts as fitted, and its
+ * later refits are drawn towards these coefficients (a ridge term) so that a window of a few
+ * shapes adjusts them instead of replacing them. */
 void cairn_predictor_set_coefficients(cairn_predictor *p,
                                       const double c[CAIRN_PREDICTOR_FEATURES]);
 

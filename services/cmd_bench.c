@@ -8,8 +8,10 @@
  * the shapes (each shape's median timing) and reports its MAPE on every timed iteration of the
  * other 30%, per batch-shape bucket: as fitted (`mape`), and as cairnd runs it after loading the
  * profile (`mape_online`: refitted over a window of the latest iterations, each iteration
- * predicted before it joins). The profile can be stored (--out) and given to cairnd
- * (sched.profile); --samples writes the timings for offline analysis.
+ * predicted before it joins), beside the machine's noise floor (`noise_floor`: each held-out
+ * timing predicted by the median of its shape's other timings; needs --repeat 3+). The profile can
+ * be stored (--out) and given to cairnd (sched.profile); --samples writes the timings for offline
+ * analysis.
  *
  * `cairn bench colocate` runs the generation workers in this process under each policy against
  * a standing backlog of offline requests (summarization-shaped: long prompts, 64-token outputs)
@@ -414,6 +416,25 @@ static int bench_profile(int argc, char **argv)
             if (ape) ape[n_all] = e_;
             n_all++;
         }
+        /* The noise floor: each held-out timing predicted by the median of its shape's other
+         * timings (no model at all). A model cannot beat the machine's own repeatability. */
+        double floor_sum = 0;
+        int floor_n = 0;
+        for (int i = 0; i < n;) {
+            int j = i;
+            while (j < n && smp[j].group == smp[i].group)
+                j++;
+            for (int k = i; smp[i].group >= g_fit && j - i >= 3 && k < j; k++) {
+                double t[9];
+                int m_ = 0;
+                for (int o = i; o < j; o++)
+                    if (o != k) t[m_++] = smp[o].seconds;
+                qsort(t, (size_t)m_, sizeof *t, cmp_double);
+                double med = m_ % 2 ? t[m_ / 2] : (t[m_ / 2 - 1] + t[m_ / 2]) / 2;
+                floor_sum += fabs(med - smp[k].seconds) / smp[k].seconds, floor_n++;
+            }
+            i = j;
+        }
         double c[CAIRN_PREDICTOR_FEATURES];
         cairn_predictor_coefficients(p, c);
         /* The predictor as cairnd runs it after loading this profile: these coefficients, a
@@ -453,10 +474,11 @@ static int bench_profile(int argc, char **argv)
         char stall_s[32] = "null"; /* no PSI on this machine */
         if (stall_frac >= 0) snprintf(stall_s, sizeof stall_s, "%.4f", stall_frac);
         printf("{\"bench\":\"sched_profile\",\"bucket\":\"all\",\"held_out\":%d,\"mape\":%.4f,"
-               "\"mape_online\":%.4f,\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,"
-               "\"cpu_stall\":%s,\"coefficients\":[",
+               "\"mape_online\":%.4f,\"noise_floor\":%.4f,\"ape_p90\":%.4f,\"fit_draws\":%d,"
+               "\"repeat\":%d,\"cpu_stall\":%s,\"coefficients\":[",
                n_all, n_all ? all / n_all : 0.0, o_all ? o_sum / o_all : 0.0,
-               ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit, repeat, stall_s);
+               floor_n ? floor_sum / floor_n : 0.0, ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit,
+               repeat, stall_s);
         if (stall_frac > 0.01)
             fprintf(stderr, "cairn bench profile: other tasks waited for a CPU during %.0f%% of "
                             "the timed iterations (Linux PSI): the machine was not idle and the "

@@ -163,6 +163,39 @@ static void test_predictor_refits_on_its_own(void **state)
     cairn_predictor_free(p);
 }
 
+/* With loaded coefficients, refits over a window that only ever saw small decode batches move
+ * the decode prediction to what was measured and leave prefill where the profile put it; a
+ * predictor learning from the same window alone cannot know prefill's cost. */
+static void test_predictor_refits_towards_a_loaded_profile(void **state)
+{
+    (void)state;
+    cairn_predictor *p = NULL, *bare = NULL;
+    assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
+    assert_int_equal(cairn_predictor_new(&bare, 64, NULL), 0);
+    cairn_predictor_set_coefficients(p, TRUE_COEF);
+    /* the machine got 10% slower; only 1..4 decode tokens run for a while */
+    for (int i = 0; i < 64; i++) {
+        cairn_batch_shape s = {0};
+        int n = 1 + (int)(urand() * 4);
+        for (int k = 0; k < n; k++)
+            cairn_batch_shape_add(&s, false, 50 + (int)(urand() * 500), 1, true);
+        cairn_predictor_observe(p, &s, 1.1 * true_time(&s));
+        cairn_predictor_observe(bare, &s, 1.1 * true_time(&s));
+    }
+    cairn_batch_shape dec = {0}, pre = {0};
+    cairn_batch_shape_add(&dec, false, 300, 1, true);
+    cairn_batch_shape_add(&dec, false, 200, 1, true);
+    cairn_batch_shape_add(&pre, true, 0, 300, true);
+    double d = cairn_predictor_predict(p, &dec) / true_time(&dec);
+    double q = cairn_predictor_predict(p, &pre) / true_time(&pre);
+    if (d < 1.07 || d > 1.13) fail_msg("decode predicted at %.3f of the old cost, want ~1.1", d);
+    if (q < 0.9 || q > 1.15) fail_msg("prefill predicted at %.3f of the profile's cost", q);
+    double b = cairn_predictor_predict(bare, &pre) / true_time(&pre);
+    assert_true(fabs(b - 1.1) > 0.2); /* without the profile, prefill is a guess */
+    cairn_predictor_free(bare);
+    cairn_predictor_free(p);
+}
+
 /* ---- Stored profiles ------------------------------------------------------------------------ */
 
 static const char FEATURES_LINE[] =
@@ -438,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_batch_shape_add),
         cmocka_unit_test(test_predictor_recovers_a_cost_model),
         cmocka_unit_test(test_predictor_refits_on_its_own),
+        cmocka_unit_test(test_predictor_refits_towards_a_loaded_profile),
         cmocka_unit_test(test_profile_save_load),
         cmocka_unit_test(test_profile_errors),
         cmocka_unit_test(test_slo_plan_keeps_the_budget),
