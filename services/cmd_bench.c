@@ -438,8 +438,8 @@ static int bench_profile(int argc, char **argv)
         double c[CAIRN_PREDICTOR_FEATURES];
         cairn_predictor_coefficients(p, c);
         /* The predictor as cairnd runs it after loading this profile: these coefficients, a
-         * window of its latest iterations (cairn_workers_params) refitted every 32, and each held-out
-         * iteration predicted, in time order, before it joins the window. */
+         * window of its latest iterations (cairn_workers_params) refitted every 32 towards
+         * them, and each held-out iteration predicted, in time order, before it joins. */
         double osum[N_BUCKETS] = {0};
         int ocnt[N_BUCKETS] = {0};
         cairn_predictor *q = NULL;
