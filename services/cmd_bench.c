@@ -54,13 +54,16 @@ const char *const cairn_cmd_bench_usage =
     "profile   times N (default 600) iterations of random batch shapes, each shape R times\n"
     "          in a row (default 3), fits the latency predictor on the first 70% of the shapes\n"
     "          (each one's median time) and prints its MAPE on every timed iteration of the\n"
-    "          rest per bucket (JSON lines; cpu_stall: the share of the timed time other tasks\n"
-    "          waited for a CPU, i.e. how far from idle the machine was). --samples writes\n"
+    "          rest per bucket, as fitted and as cairnd refits it (mape_online), beside the\n"
+    "          machine's noise floor (JSON lines; cpu_stall: the share of the timed time\n"
+    "          other tasks waited for a CPU, i.e. how far from idle the machine was).\n"
+    "          --samples writes\n"
     "          every timed iteration (shape, seconds) as CSV; --out stores the profile\n"
     "          (cairn-sched-profile 2: features, coefficients). With an SLO it then runs the\n"
     "          slo policy at --load (default 0.5) of the online capacity with each budget\n"
-    "          (default 50,100,150,200,300,400 ms) for S seconds (default 30) and picks the\n"
-    "          largest whose p99 TTFT and TBT meet the SLO; --out then also holds that budget\n"
+    "          (default 50,100,150,200,300,400 ms, tried smallest first) for S seconds\n"
+    "          (default 30) and picks the largest before the first whose p99 TTFT or TBT\n"
+    "          misses the SLO; --out then also holds that budget\n"
     "          (cairnd: sched.profile).\n"
     "colocate  per policy (default slo,online-only,fcfs-hybrid) and online rate, Poisson\n"
     "          arrivals for S seconds (default 60) beside a backlog of N (default 8) offline\n"
@@ -921,9 +924,14 @@ static double find_budget(const char *model, const double *coef, const budget_se
     make_prompts(w, 1, &pr);
     double capacity = measure_capacity(w, &pr, bs->max_seqs, bs->duration / 2, 1, NULL);
     cairn_workers_close(w);
+    /* From the smallest budget up, stopping at the first that misses: on a noisy machine a
+     * larger budget can pass by luck after a smaller one failed, and is not to be trusted. */
+    double budgets[16];
+    memcpy(budgets, bs->budgets, sizeof budgets);
+    qsort(budgets, (size_t)bs->n_budgets, sizeof *budgets, cmp_double);
     double best = -1;
     for (int i = 0; i < bs->n_budgets; i++) {
-        double b = bs->budgets[i] / 1e3;
+        double b = budgets[i] / 1e3;
         if (open_workers(&w, model, CAIRN_SCHED_SLO, b, bs->max_seqs, bs->threads, coef)) break;
         run_spec rs = {.online_rps = bs->load * capacity, .duration_s = bs->duration,
                        .backlog = bs->backlog};
@@ -936,7 +944,8 @@ static double find_budget(const char *model, const double *coef, const budget_se
                b, rs.online_rps, rr.ttft_p99, rr.tbt_p99 * 1e3, rr.offline_tps,
                met ? "true" : "false");
         fflush(stdout);
-        if (met && b > best) best = b;
+        if (!met) break;
+        best = b;
     }
     free_prompts(&pr);
     return best;
