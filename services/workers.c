@@ -313,15 +313,22 @@ static job *admit(worker *wk, job **preempted)
 {
     cairn_workers *w = wk->w;
     const int max = w->p.engine.max_seqs;
-    /* Online requests waiting while offline ones fill the engine: the newest offline sequences
-     * give their slots up (their requests end "preempted"; the caller finishes them outside the
-     * lock, and the next pass admits the online ones). */
+    /* Online requests waiting while offline ones fill the engine: offline sequences give their
+     * slots up (their requests end "preempted"; the caller finishes them outside the lock, and
+     * the next pass admits the online ones). Any victim frees one slot, so it is the one with
+     * the least work done (tokens in its KV cache), the newest among equals: the least is lost. */
     for (int waiting = w->online.n; waiting > 0 && wk->n_active >= max; waiting--) {
-        int victim = -1;
-        for (int i = 0; i < wk->n_active; i++)
-            if (wk->active[i]->r.offline &&
-                (victim < 0 || wk->active[i]->t_submit > wk->active[victim]->t_submit))
-                victim = i;
+        int victim = -1, victim_work = 0;
+        for (int i = 0; i < wk->n_active; i++) {
+            job *j = wk->active[i];
+            if (!j->r.offline) continue;
+            cairn_seq_info info;
+            cairn_engine_seq_info(wk->engine, j->seq, &info);
+            int work = info.n_prefilled + info.n_generated;
+            if (victim < 0 || work < victim_work ||
+                (work == victim_work && j->t_submit > wk->active[victim]->t_submit))
+                victim = i, victim_work = work;
+        }
         if (victim < 0) break;
         job *j = wk->active[victim];
         drop_active(wk, victim);

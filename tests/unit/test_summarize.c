@@ -38,19 +38,24 @@ static char *document(int paragraphs, size_t *len)
     return s;
 }
 
-static cairn_workers *open_workers(int max_seqs, int kv_blocks)
+static cairn_workers *open_workers_reserve(int max_seqs, int kv_blocks, int reserve)
 {
     cairn_workers_params wp = cairn_workers_default_params();
     wp.model_path = model_path;
     wp.engine.n_ctx = 512;
     wp.engine.max_seqs = max_seqs;
     wp.engine.kv_blocks = kv_blocks;
-    wp.online_reserve = 1;
+    wp.online_reserve = reserve;
     cairn_workers *w = NULL;
     cairn_error err = {0};
     int rc = cairn_workers_open(&w, &wp, NULL, &err);
     if (rc) fail_msg("workers: %s", err.msg);
     return w;
+}
+
+static cairn_workers *open_workers(int max_seqs, int kv_blocks)
+{
+    return open_workers_reserve(max_seqs, kv_blocks, 1);
 }
 
 static void check_summary(const char *s, size_t n)
@@ -86,6 +91,87 @@ static void online_done(void *user, const cairn_gen_result *r)
     o->error = r->error;
     pthread_cond_broadcast(&o->cv);
     pthread_mutex_unlock(&o->mu);
+}
+
+/* A request that counts its tokens and waits for a given count (for slot preemption). */
+typedef struct {
+    online o;
+    int tokens;
+} counted;
+
+static int counted_text(void *user, const char *t, size_t n)
+{
+    (void)t, (void)n;
+    counted *c = user;
+    pthread_mutex_lock(&c->o.mu);
+    c->tokens++;
+    pthread_cond_broadcast(&c->o.cv);
+    pthread_mutex_unlock(&c->o.mu);
+    return 0;
+}
+
+static void counted_done(void *user, const cairn_gen_result *r)
+{
+    online_done(&((counted *)user)->o, r);
+}
+
+static void wait_tokens(counted *c, int n)
+{
+    pthread_mutex_lock(&c->o.mu);
+    while (c->tokens < n && !c->o.done)
+        pthread_cond_wait(&c->o.cv, &c->o.mu);
+    pthread_mutex_unlock(&c->o.mu);
+}
+
+static void submit_counted(cairn_workers *w, counted *c, const char *prompt, bool offline,
+                           int max_tokens)
+{
+    pthread_mutex_init(&c->o.mu, NULL);
+    pthread_cond_init(&c->o.cv, NULL);
+    cairn_gen_request rq = {.prompt = prompt,
+                            .prompt_len = strlen(prompt),
+                            .tok_flags = CAIRN_TOK_ADD_SPECIAL,
+                            .max_tokens = max_tokens,
+                            .offline = offline,
+                            .sample = cairn_sample_greedy_params(),
+                            .on_text = counted_text,
+                            .on_done = counted_done,
+                            .user = c};
+    cairn_error err = {0};
+    if (cairn_workers_submit(w, &rq, &err) != 0) fail_msg("submit: %s", err.msg);
+}
+
+/* An online request that finds every slot taken by offline ones takes the slot of the offline
+ * sequence with the least work done, not simply the newest: here the older one, 5 prompt tokens
+ * and a few generated, gives way, and the newer one, whose ~450-token prompt is computed, runs
+ * on. */
+static void test_slot_goes_from_the_least_work(void **state)
+{
+    (void)state;
+    cairn_workers *w = open_workers_reserve(2, 0, 0);
+    size_t len;
+    char *doc = document(5, &len); /* ~450 tokens */
+    counted older = {.tokens = 0}, newer = {.tokens = 0}, on = {.tokens = 0};
+    submit_counted(w, &older, "Count slowly from one", true, 400);
+    wait_tokens(&older, 1);
+    submit_counted(w, &newer, doc, true, 40);
+    wait_tokens(&newer, 1);
+    submit_counted(w, &on, "The capital of France is", false, 4);
+    counted *all[] = {&older, &newer, &on};
+    for (int i = 0; i < 3; i++) {
+        pthread_mutex_lock(&all[i]->o.mu);
+        while (!all[i]->o.done)
+            pthread_cond_wait(&all[i]->o.cv, &all[i]->o.mu);
+        pthread_mutex_unlock(&all[i]->o.mu);
+    }
+    if (!older.o.error || !strstr(older.o.error, "slot"))
+        fail_msg("the older offline request (less work) ended with '%s' after %d tokens",
+                 older.o.error ? older.o.error : "no error", older.tokens);
+    if (newer.o.error) fail_msg("the newer offline request ended with '%s'", newer.o.error);
+    assert_null(on.o.error);
+    assert_true(on.tokens > 0);
+    free(doc);
+    cairn_workers_close(w);
 }
 
 static void test_short_and_long_documents(void **state)
@@ -219,6 +305,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_short_and_long_documents),
         cmocka_unit_test(test_kv_pressure_preempts_and_resubmits),
+        cmocka_unit_test(test_slot_goes_from_the_least_work),
         cmocka_unit_test(test_bad_documents_and_abandon),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
