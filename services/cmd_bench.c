@@ -160,17 +160,25 @@ static double cpu_stall_s(void)
     return got == 1 ? (double)us / 1e6 : -1;
 }
 
-static const char *bucket_name(const cairn_batch_shape *s)
-{
-    if (s->s_p == 0) return s->n_d <= 4 ? "decode 1-4" : "decode 5-10";
-    if (s->s_d == 0) return s->s_p <= 64 ? "prefill 1-64" : "prefill 65-384";
-    return s->s_p <= 64 ? "mixed, prefill 1-64" : "mixed, prefill 65-384";
-}
-
 static const char *const BUCKETS[] = {"decode 1-4",          "decode 5-10",
                                       "prefill 1-64",        "prefill 65-384",
                                       "mixed, prefill 1-64", "mixed, prefill 65-384"};
 #define N_BUCKETS 6
+
+/* The index in BUCKETS of a shape's bucket. */
+static int bucket_of(const cairn_batch_shape *s)
+{
+    if (s->s_p == 0) return s->n_d <= 4 ? 0 : 1;
+    return (s->s_d == 0 ? 2 : 4) + (s->s_p > 64);
+}
+
+/* One CSV cell holding a ';'-separated list, then `end`. */
+static void write_list(FILE *f, const int *v, int n, char end)
+{
+    for (int k = 0; k < n; k++)
+        fprintf(f, "%s%d", k ? ";" : "", v[k]);
+    fputc(end, f);
+}
 
 /* Writes the samples as CSV (--samples): one line per timed iteration; the per-sequence columns
  * hold ';'-separated lists. Returns 0, or -1 with errno set. */
@@ -185,18 +193,10 @@ static int write_samples(const char *path, const sample *smp, int n)
         fprintf(f, "%d,%d,%.9f,%.6f,%d,%d,%d,%d,%d,%lld,%lld,", s->group, s->rep, s->seconds,
                 s->stall_s, s->shape.s_p, s->shape.s_d, s->shape.n_p, s->shape.n_d,
                 s->shape.n_out, (long long)s->shape.keys_p, (long long)s->shape.keys_d);
-        for (int k = 0; k < s->n_pre; k++)
-            fprintf(f, "%s%d", k ? ";" : "", s->pre_prefix[k]);
-        fputc(',', f);
-        for (int k = 0; k < s->n_pre; k++)
-            fprintf(f, "%s%d", k ? ";" : "", s->pre_chunk[k]);
-        fputc(',', f);
-        for (int k = 0; k < s->n_pre; k++)
-            fprintf(f, "%s%d", k ? ";" : "", s->pre_final[k]);
-        fputc(',', f);
-        for (int k = 0; k < s->n_dec; k++)
-            fprintf(f, "%s%d", k ? ";" : "", s->dec_ctx[k]);
-        fputc('\n', f);
+        write_list(f, s->pre_prefix, s->n_pre, ',');
+        write_list(f, s->pre_chunk, s->n_pre, ',');
+        write_list(f, s->pre_final, s->n_pre, ',');
+        write_list(f, s->dec_ctx, s->n_dec, '\n');
     }
     int bad = ferror(f);
     if (fclose(f) != 0 || bad) return -1;
@@ -415,9 +415,8 @@ static int bench_profile(int argc, char **argv)
             if (smp[i].group < g_fit) continue;
             double pr = cairn_predictor_predict(p, &smp[i].shape);
             double e_ = fabs(pr - smp[i].seconds) / smp[i].seconds;
-            const char *b = bucket_name(&smp[i].shape);
-            for (int k = 0; k < N_BUCKETS; k++)
-                if (!strcmp(b, BUCKETS[k])) sum[k] += e_, cnt[k]++;
+            int k = bucket_of(&smp[i].shape);
+            sum[k] += e_, cnt[k]++;
             all += e_;
             if (ape) ape[n_all] = e_;
             n_all++;
@@ -430,7 +429,11 @@ static int bench_profile(int argc, char **argv)
             int j = i;
             while (j < n && smp[j].group == smp[i].group)
                 j++;
-            for (int k = i; smp[i].group >= g_fit && j - i >= 3 && k < j; k++) {
+            if (smp[i].group < g_fit || j - i < 3) { /* fitted, or too few timings */
+                i = j;
+                continue;
+            }
+            for (int k = i; k < j; k++) {
                 double t[9];
                 int m_ = 0;
                 for (int o = i; o < j; o++)
@@ -454,10 +457,8 @@ static int bench_profile(int argc, char **argv)
             for (int i = 0; i < n; i++) {
                 if (smp[i].group < g_fit) continue;
                 double pr = cairn_predictor_predict(q, &smp[i].shape);
-                const char *b = bucket_name(&smp[i].shape);
-                for (int k = 0; k < N_BUCKETS; k++)
-                    if (!strcmp(b, BUCKETS[k]))
-                        osum[k] += fabs(pr - smp[i].seconds) / smp[i].seconds, ocnt[k]++;
+                int k = bucket_of(&smp[i].shape);
+                osum[k] += fabs(pr - smp[i].seconds) / smp[i].seconds, ocnt[k]++;
                 cairn_predictor_observe(q, &smp[i].shape, smp[i].seconds);
             }
         }

@@ -275,31 +275,22 @@ static void test_profile_errors(void **state)
     /* Another build's features. */
     expect_error("cairn-sched-profile 2\nfeatures 1 s_p s_d s_p2 n_p n_d ctx\n"
                  "coefficients 1 2 3 4 5 6 7\n", "not this build's");
-    /* Wrong counts, non-numbers. */
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7\n", FEATURES_LINE);
-    expect_error(t, "7 coefficients, 8 expected");
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8 9\n",
-             FEATURES_LINE);
-    expect_error(t, "9 coefficients, 8 expected");
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 abc 3 4 5 6 7 8\n",
-             FEATURES_LINE);
-    expect_error(t, "coefficient 2 'abc'");
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 nan\n",
-             FEATURES_LINE);
-    expect_error(t, "coefficient 8 'nan'");
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8x\n",
-             FEATURES_LINE);
-    expect_error(t, "coefficient 8 '8x'");
-    /* The budget and what follows. */
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8\nbudget 99\n",
-             FEATURES_LINE);
-    expect_error(t, "budget 99 s is outside");
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8\nbudget x\n",
-             FEATURES_LINE);
-    expect_error(t, "budget 'x'");
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8\nmore 1\n",
-             FEATURES_LINE);
-    expect_error(t, "line 4: unexpected 'more'");
+    /* Wrong counts, non-numbers; then the budget and what follows: each after this build's
+     * header and features line. */
+    static const char *const after_features[][2] = {
+        {"coefficients 1 2 3 4 5 6 7\n", "7 coefficients, 8 expected"},
+        {"coefficients 1 2 3 4 5 6 7 8 9\n", "9 coefficients, 8 expected"},
+        {"coefficients 1 abc 3 4 5 6 7 8\n", "coefficient 2 'abc'"},
+        {"coefficients 1 2 3 4 5 6 7 nan\n", "coefficient 8 'nan'"},
+        {"coefficients 1 2 3 4 5 6 7 8x\n", "coefficient 8 '8x'"},
+        {"coefficients 1 2 3 4 5 6 7 8\nbudget 99\n", "budget 99 s is outside"},
+        {"coefficients 1 2 3 4 5 6 7 8\nbudget x\n", "budget 'x'"},
+        {"coefficients 1 2 3 4 5 6 7 8\nmore 1\n", "line 4: unexpected 'more'"},
+    };
+    for (size_t k = 0; k < sizeof after_features / sizeof after_features[0]; k++) {
+        snprintf(t, sizeof t, "cairn-sched-profile 2\n%s%s", FEATURES_LINE, after_features[k][0]);
+        expect_error(t, after_features[k][1]);
+    }
     snprintf(t, sizeof t, "cairn-sched-profile 2\ncoefficients 1 2 3 4 5 6 7 8\n%s",
              FEATURES_LINE);
     expect_error(t, "line 2: unexpected 'coefficients' (expected the features line)");
