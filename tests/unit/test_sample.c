@@ -150,6 +150,73 @@ static void test_top_k_and_top_p(void **state)
     cairn_sampler_free(s);
 }
 
+/* The reference order: larger logit first, then lower id; NaN and -inf left out. */
+static const float *ref_l;
+static int cmp_ref(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return ref_l[x] > ref_l[y] ? -1 : ref_l[x] < ref_l[y] ? 1 : (x > y) - (x < y);
+}
+
+/* Rows full of ties, NaN and -inf, with the top-k boundary inside a run of equal logits: top-k
+ * draws exactly the k first tokens of a full sort (larger logit, then lower id), each of them,
+ * and arg-max agrees with a plain scan wherever the maximum and the NaNs fall. */
+static void test_top_k_ties_nan_inf(void **state)
+{
+    (void)state;
+    enum { N = 1003, K = 37, DRAWS = 20000 };
+    float l[N];
+    int ids[N];
+    for (int round = 0; round < 4; round++) {
+        int n = 0;
+        for (int i = 0; i < N; i++) {
+            l[i] = i % 7 == 0    ? -INFINITY
+                   : i % 11 == 0 ? NAN
+                                 : -0.5f * (float)((i * 31 + round) % 4);
+            if (round == 3 && i % 3 == 0) {
+                l[i] = NAN; /* whole blocks of 16 hold NaN here */
+            }
+            if (i == N - 1 - round * 5) {
+                l[i] = 2.0f; /* the maximum, in the last partial block for round 0 */
+            }
+            if (!isnan(l[i]) && l[i] != -INFINITY) {
+                ids[n++] = i;
+            }
+        }
+        ref_l = l;
+        qsort(ids, (size_t)n, sizeof *ids, cmp_ref);
+        cairn_sampler *s = make(N, 1.0f, K, 1.0f, 40 + (uint64_t)round);
+        int seen[N] = {0};
+        for (int d = 0; d < DRAWS; d++) {
+            seen[cairn_sampler_sample(s, l, NULL)]++;
+        }
+        for (int r = 0; r < n; r++) {
+            if (r < K) {
+                assert_true(seen[ids[r]] > 0); /* every one of the k first is drawn ... */
+            }
+            seen[ids[r]] = 0;
+        }
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(seen[i], 0); /* ... and nothing else */
+        }
+        cairn_sampler_free(s);
+        for (int r = 0; r < n; r++) {
+            seen[ids[r]] = 1; /* mark the finite ones */
+        }
+        assert_int_equal(cairn_sample_argmax(l, N), ids[0]);
+        /* argmax over every prefix length: the max in each possible block position */
+        for (int len = 1; len <= 80; len++) {
+            int best = -1;
+            for (int i = 0; i < len; i++) {
+                if (!isnan(l[i]) && (best < 0 || l[i] > l[best])) {
+                    best = i;
+                }
+            }
+            assert_int_equal(cairn_sample_argmax(l, len), best);
+        }
+    }
+}
+
 static int cmp_desc(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
@@ -367,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_temperature_matches_softmax),
         cmocka_unit_test(test_top_k_and_top_p),
         cmocka_unit_test(test_top_p_large_vocab),
+        cmocka_unit_test(test_top_k_ties_nan_inf),
         cmocka_unit_test(test_bad_params),
         cmocka_unit_test(test_stop_across_pieces),
         cmocka_unit_test(test_stop_random_pieces),
