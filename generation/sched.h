@@ -39,9 +39,11 @@
  * The keys ignore sliding windows (they count every cached token). The model is fitted by
  * weighted least squares (weights 1/t^2, so that it minimises relative error: a 10 ms decode
  * iteration matters as much as a 1 s prefill) over a window of measured iterations, and
- * refitted as new ones arrive. Its MAPE is measured on each iteration BEFORE the iteration is
- * added to the fit, so it is an out-of-sample figure. A stored profile (cairn bench profile
- * --out) holds fitted coefficients and the budget the SLO profiler chose.
+ * refitted as new ones arrive; predictions are the model times a speed factor, a moving
+ * average of measured / predicted over the latest iterations, which follows the machine's
+ * drift between refits (and under a loaded profile). Its MAPE is measured on each iteration
+ * BEFORE the iteration is added to the fit, so it is an out-of-sample figure. A stored profile
+ * (cairn bench profile --out) holds fitted coefficients and the budget the SLO profiler chose.
  *
  * Thread-safety: a predictor and the planning function are used by one worker thread;
  * cairn_predictor_mape may be read from others (it is a snapshot behind the predictor's lock).

@@ -7,11 +7,11 @@
  * shape --repeat times. It fits the latency predictor (generation/sched.h) on the first 70% of
  * the shapes (each shape's median timing) and reports its MAPE on every timed iteration of the
  * other 30%, per batch-shape bucket: as fitted (`mape`), and as cairnd runs it after loading the
- * profile (`mape_online`: refitted over a window of the latest iterations, each iteration
- * predicted before it joins), beside the machine's noise floor (`noise_floor`: each held-out
- * timing predicted by the median of its shape's other timings; needs --repeat 3+). The profile can
- * be stored (--out) and given to cairnd (sched.profile); --samples writes the timings for offline
- * analysis.
+ * profile (`mape_online`: refitted over a window of the latest iterations, with its speed
+ * factor; each shape's timings predicted before the first of them joins), beside the machine's
+ * noise floor (`noise_floor`: each held-out timing predicted by the median of its shape's other
+ * timings; needs --repeat 3+). The profile can be stored (--out) and given to cairnd
+ * (sched.profile); --samples writes the timings for offline analysis.
  *
  * `cairn bench colocate` runs the generation workers in this process under each policy against
  * a standing backlog of offline requests (summarization-shaped: long prompts, 64-token outputs)
@@ -448,18 +448,23 @@ static int bench_profile(int argc, char **argv)
         cairn_predictor_coefficients(p, c);
         /* The predictor as cairnd runs it after loading this profile: these coefficients, a
          * window of its latest iterations (cairn_workers_params) refitted every 32 towards
-         * them, and each held-out iteration predicted, in time order, before it joins. */
+         * them, a speed factor following the machine's drift, and the held-out iterations
+         * joining in time order. Each shape's timings are all predicted before the first of
+         * them joins, so that neither the refits nor the speed factor have seen the shape. */
         double osum[N_BUCKETS] = {0};
         int ocnt[N_BUCKETS] = {0};
         cairn_predictor *q = NULL;
         if (cairn_predictor_new(&q, cairn_workers_default_params().predictor_window, NULL) == 0) {
             cairn_predictor_set_coefficients(q, c);
-            for (int i = 0; i < n; i++) {
-                if (smp[i].group < g_fit) continue;
-                double pr = cairn_predictor_predict(q, &smp[i].shape);
-                int k = bucket_of(&smp[i].shape);
-                osum[k] += fabs(pr - smp[i].seconds) / smp[i].seconds, ocnt[k]++;
-                cairn_predictor_observe(q, &smp[i].shape, smp[i].seconds);
+            for (int i = 0, j; i < n; i = j) {
+                for (j = i; j < n && smp[j].group == smp[i].group; j++) {
+                    if (smp[j].group < g_fit) continue;
+                    double pr = cairn_predictor_predict(q, &smp[j].shape);
+                    int k = bucket_of(&smp[j].shape);
+                    osum[k] += fabs(pr - smp[j].seconds) / smp[j].seconds, ocnt[k]++;
+                }
+                for (int o = i; o < j && smp[o].group >= g_fit; o++)
+                    cairn_predictor_observe(q, &smp[o].shape, smp[o].seconds);
             }
         }
         int o_all = 0;

@@ -196,6 +196,34 @@ static void test_predictor_refits_towards_a_loaded_profile(void **state)
     cairn_predictor_free(p);
 }
 
+/* A machine that gets 10% slower at everything, then recovers: with no refits at all, the
+ * speed factor carries the slowdown to a shape it never measured, and back. */
+static void test_predictor_follows_the_machine_speed(void **state)
+{
+    (void)state;
+    cairn_predictor *p = NULL;
+    assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
+    cairn_predictor_set_coefficients(p, TRUE_COEF);
+    cairn_predictor_set_refit(p, 0);
+    cairn_batch_shape pre = {0};
+    cairn_batch_shape_add(&pre, true, 0, 300, true); /* never observed below */
+    const double speeds[] = {1.1, 1.0};
+    for (int phase = 0; phase < 2; phase++) {
+        for (int i = 0; i < 120; i++) {
+            cairn_batch_shape s = {0};
+            int n = 1 + (int)(urand() * 10);
+            for (int k = 0; k < n; k++)
+                cairn_batch_shape_add(&s, false, 50 + (int)(urand() * 500), 1, true);
+            cairn_predictor_observe(p, &s, speeds[phase] * true_time(&s));
+        }
+        double r = cairn_predictor_predict(p, &pre) / true_time(&pre);
+        if (fabs(r - speeds[phase]) > 0.01)
+            fail_msg("phase %d: a prefill predicted at %.3f of its cost, want %.2f", phase, r,
+                     speeds[phase]);
+    }
+    cairn_predictor_free(p);
+}
+
 /* ---- Stored profiles ------------------------------------------------------------------------ */
 
 static const char FEATURES_LINE[] =
@@ -463,6 +491,7 @@ int main(void)
         cmocka_unit_test(test_predictor_recovers_a_cost_model),
         cmocka_unit_test(test_predictor_refits_on_its_own),
         cmocka_unit_test(test_predictor_refits_towards_a_loaded_profile),
+        cmocka_unit_test(test_predictor_follows_the_machine_speed),
         cmocka_unit_test(test_profile_save_load),
         cmocka_unit_test(test_profile_errors),
         cmocka_unit_test(test_slo_plan_keeps_the_budget),
