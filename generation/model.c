@@ -40,6 +40,7 @@ struct cairn_model {
     const cairn_gguf_tensor *tok_embd;
     float *output_norm;
     cairn_cpu_mat output;
+    void *output_r16;             /* output repacked for the 16-rows kernel, or NULL */
     float *gelu_table;            /* gemma3: GELU at F16, CAIRN_CPU_GELU_TABLE_SIZE entries */
 };
 
@@ -163,6 +164,7 @@ void cairn_model_close(cairn_model *m)
     free(m->layers);
     free(m->layer_window);
     free(m->output_norm);
+    free(m->output_r16);
     free(m->gelu_table);
     cairn_gguf_close(m->g);
     free(m);
@@ -286,6 +288,7 @@ static int bind(cairn_model *m, cairn_error *err)
                               err))) {
         return rc; /* tied output */
     }
+    if ((rc = cairn_cpu_mat_repack(&m->output, &m->output_r16, err))) return rc;
 
     const int d = hp->n_embd, qd = hp->n_head * hp->head_dim, kd = hp->n_head_kv * hp->head_dim,
               vd = hp->n_head_kv * hp->head_dim_v, od = hp->n_head * hp->head_dim_v;

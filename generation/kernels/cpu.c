@@ -8,6 +8,7 @@
 #include "generation/kernels/cpu.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "generation/kernels/cpu_internal.h"
@@ -359,6 +360,7 @@ static int act_kind(uint32_t type);
 
 size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok)
 {
+    if (w->r16) return (size_t)n_tok * (size_t)(w->cols / 32) * sizeof(cairn__act_r16);
     size_t padded = ((size_t)n_tok + CAIRN__Q8F_TILE - 1) / CAIRN__Q8F_TILE * CAIRN__Q8F_TILE;
     switch (w->type) {
     case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16:
@@ -509,10 +511,93 @@ static void matmul_tasks(void *p, size_t ib, size_t ie, int tid)
     }
 }
 
+/* ---- The 16-rows-in-lanes path (cairn_cpu_mat_repack) ---- */
+
+int cairn_cpu_mat_repack(cairn_cpu_mat *m, void **owned, cairn_error *err)
+{
+    *owned = NULL;
+    if (m->type != CAIRN_GGUF_Q8_0 || m->rows % CAIRN__R16_ROWS || !cairn__has_vnni()) return 0;
+    const int64_t nb = m->cols / 32;
+    size_t bytes = (size_t)(m->rows / CAIRN__R16_ROWS) * (size_t)nb * CAIRN__R16_BLOCK;
+    void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!buf)
+        return cairn_errorf(err, CAIRN_ENOMEM,
+                            "repacking a %lld x %lld Q8_0 matrix: out of "
+                            "memory for %zu bytes",
+                            (long long)m->rows, (long long)m->cols, bytes);
+    cairn__repack_r16(m->data, m->row_bytes, nb, m->rows, buf);
+    m->r16 = buf;
+    *owned = buf;
+    return 0;
+}
+
+/* Tasks of R16_TASK_GROUPS groups of 16 rows, each against every token (a group's 11 KB stay
+ * in L1 while the token pairs pass). */
+#define R16_TASK_GROUPS 4
+
+typedef struct {
+    const cairn_cpu_mat *w;
+    const float *x;
+    int64_t n_tok, nb;
+    cairn__act_r16 *act;
+    float *y;
+    bool avx2;
+} r16_ctx;
+
+static void r16_quant(void *p, size_t b, size_t e, int tid)
+{
+    (void)tid;
+    const r16_ctx *c = p;
+    for (size_t t = b; t < e; t++)
+        for (int64_t k = 0; k < c->nb; k++) {
+            cairn__act_q8 q;
+            cairn_cpu_quantize_act(CAIRN_GGUF_Q8_0, c->x + (int64_t)t * c->w->cols + k * 32, 32, &q,
+                                   c->avx2);
+            cairn__act_r16_from_q8(&q, 1, c->act + (int64_t)t * c->nb + k);
+        }
+}
+
+static void r16_tasks(void *p, size_t b, size_t e, int tid)
+{
+    (void)tid;
+    const r16_ctx *c = p;
+    const int64_t groups = c->w->rows / CAIRN__R16_ROWS;
+    for (size_t i = b; i < e; i++) {
+        int64_t g0 = (int64_t)i * R16_TASK_GROUPS;
+        int ng = (int)(groups - g0 < R16_TASK_GROUPS ? groups - g0 : R16_TASK_GROUPS);
+        cairn__gemm_r16_vnni(
+            c->nb, (const uint8_t *)c->w->r16 + (size_t)(g0 * c->nb) * CAIRN__R16_BLOCK, ng, c->act,
+            (int)c->n_tok, c->y + g0 * CAIRN__R16_ROWS, (size_t)c->w->rows);
+    }
+}
+
+static void matmul_r16(cairn_pool *pool, const cairn_cpu_mat *w, const float *x, int64_t n_tok,
+                       float *y, void *scratch)
+{
+    r16_ctx c = {.w = w,
+                 .x = x,
+                 .n_tok = n_tok,
+                 .nb = w->cols / 32,
+                 .act = scratch,
+                 .y = y,
+                 .avx2 = cairn_cpu_has_avx2()};
+    if (pool && n_tok >= 16)
+        cairn_pool_parallel_for(pool, (size_t)n_tok, r16_quant, &c);
+    else
+        r16_quant(&c, 0, (size_t)n_tok, 0);
+    size_t groups = (size_t)(w->rows / CAIRN__R16_ROWS);
+    size_t tasks = (groups + R16_TASK_GROUPS - 1) / R16_TASK_GROUPS;
+    if (pool)
+        cairn_pool_parallel_for(pool, tasks, r16_tasks, &c);
+    else
+        r16_tasks(&c, 0, tasks, 0);
+}
+
 bool cairn_cpu_matmul_can_share(const cairn_cpu_mat *a, const cairn_cpu_mat *b)
 {
     if (a->cols != b->cols)
         return false;
+    if (a->r16 || b->r16) return false; /* its own activation layout */
     int ka = act_kind(a->type), kb = act_kind(b->type);
     return ka == kb && (ka != 0 || a->type == b->type);
 }
@@ -520,6 +605,10 @@ bool cairn_cpu_matmul_can_share(const cairn_cpu_mat *a, const cairn_cpu_mat *b)
 void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, const float *x,
                         int64_t n_tok, float *const *y, void *scratch, const uint8_t *kinds)
 {
+    if (n == 1 && w[0]->r16) {
+        matmul_r16(pool, w[0], x, n_tok, y[0], scratch);
+        return;
+    }
     bool share = n <= MM_MAX_MATS;
     for (int i = 1; i < n && share; i++)
         share = cairn_cpu_matmul_can_share(w[0], w[i]);

@@ -111,6 +111,107 @@ VNNI_BEGIN
 
 VNNI_END
 
+/* ---- Q8_0 with 16 rows in the lanes of a 512-bit vector (cpu_internal.h) ----------------- */
+
+void cairn__repack_r16(const uint8_t *w, size_t row_bytes, int64_t nb, int64_t rows, uint8_t *out)
+{
+    for (int64_t g = 0; g < rows / CAIRN__R16_ROWS; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = out + (size_t)(g * nb + b) * CAIRN__R16_BLOCK;
+            for (int l = 0; l < CAIRN__R16_ROWS; l++) {
+                const cairn__blk_q8_0 *blk =
+                    (const cairn__blk_q8_0 *)(w + (size_t)(g * CAIRN__R16_ROWS + l) * row_bytes) +
+                    b;
+                for (int j = 0; j < 8; j++)
+                    for (int k = 0; k < 4; k++)
+                        o[j * 64 + l * 4 + k] = (uint8_t)blk->qs[4 * j + k] ^ 0x80;
+                memcpy(o + 8 * 64 + 2 * l, &blk->d, 2);
+            }
+        }
+}
+
+void cairn__act_r16_from_q8(const cairn__act_q8 *a, int64_t nb, cairn__act_r16 *out)
+{
+    for (int64_t b = 0; b < nb; b++) {
+        memcpy(out[b].qs, a[b].qs, 32);
+        out[b].d = a[b].d;
+        for (int j = 0; j < 8; j++)
+            out[b].start[j] = -128 * (a[b].qs[4 * j] + a[b].qs[4 * j + 1] + a[b].qs[4 * j + 2] +
+                                      a[b].qs[4 * j + 3]);
+    }
+}
+
+#if defined(__clang__)
+#define Z512_BEGIN                                                                                 \
+    VNNI_PRAGMA(clang attribute push(                                                              \
+        __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))), apply_to = function))
+#define Z512_END VNNI_PRAGMA(clang attribute pop)
+#else
+#define Z512_BEGIN                                                                                 \
+    VNNI_PRAGMA(GCC push_options) VNNI_PRAGMA(GCC target("avx512f,avx512bw,avx512vl,avx512vnni"))
+#define Z512_END VNNI_PRAGMA(GCC pop_options)
+#endif
+
+Z512_BEGIN
+
+/* One group of 16 rows against T (1 or 2) tokens. Per row the float work is the one-row
+ * kernel's: lane j of its 8 accumulators sums d_w d_a times the integer sum of bytes 4j..4j+3,
+ * block after block (fma), and the 8 are added as hsum8 adds them. */
+static inline __attribute__((always_inline)) void
+r16_group(const int T, int64_t nb, const uint8_t *wg, const cairn__act_r16 *a0,
+          const cairn__act_r16 *a1, float *y0, float *y1)
+{
+    __m512 acc[2][8];
+#pragma GCC unroll 2
+    for (int u = 0; u < T; u++)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            acc[u][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *wb = wg + (size_t)b * CAIRN__R16_BLOCK;
+        __m512i w[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            w[j] = _mm512_loadu_si512((const void *)(wb + 64 * j));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + 8 * 64)));
+#pragma GCC unroll 2
+        for (int u = 0; u < T; u++) {
+            const cairn__act_r16 *ab = (u ? a1 : a0) + b;
+            const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(ab->d));
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                __m512i y4 = _mm512_broadcastd_epi32(_mm_loadu_si32(ab->qs + 4 * j));
+                __m512i p = _mm512_dpbusd_epi32(_mm512_set1_epi32(ab->start[j]), w[j], y4);
+                acc[u][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dd, acc[u][j]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int u = 0; u < T; u++) {
+        __m512 *c = acc[u];
+        __m512 lo = _mm512_add_ps(_mm512_add_ps(c[0], c[4]), _mm512_add_ps(c[2], c[6]));
+        __m512 hi = _mm512_add_ps(_mm512_add_ps(c[1], c[5]), _mm512_add_ps(c[3], c[7]));
+        _mm512_storeu_ps(u ? y1 : y0, _mm512_add_ps(lo, hi));
+    }
+}
+
+void cairn__gemm_r16_vnni(int64_t nb, const uint8_t *w, int n_groups, const cairn__act_r16 *a,
+                          int nt, float *y, size_t y_stride)
+{
+    const size_t gbytes = (size_t)nb * CAIRN__R16_BLOCK;
+    for (int g = 0; g < n_groups; g++) {
+        const uint8_t *wg = w + (size_t)g * gbytes;
+        float *yg = y + (size_t)g * CAIRN__R16_ROWS;
+        int t = 0;
+        for (; t + 2 <= nt; t += 2)
+            r16_group(2, nb, wg, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
+                      yg + (size_t)t * y_stride, yg + (size_t)(t + 1) * y_stride);
+        if (t < nt) r16_group(1, nb, wg, a + (size_t)t * nb, NULL, yg + (size_t)t * y_stride, NULL);
+    }
+}
+
+Z512_END
+
 float cairn__dot_q8_0_avx2(int64_t nb, const void *w, const void *a)
 {
     return cairn__dot_q8f_avx2(CAIRN_GGUF_Q8_0, nb, w, a);

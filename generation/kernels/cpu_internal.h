@@ -106,6 +106,28 @@ typedef struct {
 } cairn__kq8_dec;
 #define CAIRN__KQ8_DEC_BLOCKS 16
 #endif
+/*
+ * Q8_0 rows repacked 16 to a group, one row in each 32-bit lane of a 512-bit vector (for the
+ * output projection, whose 262k rows a decode step multiplies by a few tokens): for block b of
+ * group g, at (g * nb + b) * CAIRN__R16_BLOCK bytes, 8 vectors of 64 bytes (vector j holds
+ * bytes 4j..4j+3 of each row's block, plus 128, as unsigned bytes), then the 16 rows' fp16
+ * scales. One vpdpbusd then advances a 4-byte group of 16 rows, and no horizontal sums
+ * remain. Activations are per token: nb cairn__act_r16 blocks (the Q8 block, and -128 times
+ * the sum of each 4-byte group, where the unsigned weights' sums start).
+ */
+#define CAIRN__R16_ROWS  16
+#define CAIRN__R16_BLOCK (8 * 64 + 16 * 2)
+typedef struct {
+    int8_t qs[32];
+    float d;
+    int32_t start[8];
+} cairn__act_r16; /* 68 B */
+void cairn__repack_r16(const uint8_t *w, size_t row_bytes, int64_t nb, int64_t rows, uint8_t *out);
+void cairn__act_r16_from_q8(const cairn__act_q8 *a, int64_t nb, cairn__act_r16 *out);
+/* y[t * y_stride + 16 g + l] = row 16 g + l against token t, for g < n_groups, t < nt; a holds
+ * nt tokens of nb blocks each. Bit-identical to cairn__dot_q8_0_avx2. Needs cairn__has_vnni(). */
+void cairn__gemm_r16_vnni(int64_t nb, const uint8_t *w, int n_groups, const cairn__act_r16 *a,
+                          int nt, float *y, size_t y_stride);
 void cairn__gemm_q8f_avx2(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,
                           const uint8_t *a, int nt, float *y, size_t y_stride);
 void cairn__gemm_q8f_vnni(uint32_t type, int64_t nb, const uint8_t *w, size_t w_stride, int nr,

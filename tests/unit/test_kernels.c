@@ -414,6 +414,67 @@ static void test_tiled_kernels_each_isa(void **state)
         }
 }
 
+/* The repacked Q8_0 path (cairn_cpu_mat_repack, the output projection's) through
+ * cairn_cpu_matmul, with and without a pool, equals vec_dot bit for bit: odd and even token
+ * counts (its kernel takes tokens in pairs), one and several 16-row groups per task. Where the
+ * CPU has no AVX-512 VNNI the repack must decline and leave the plain path. */
+static void test_matmul_repacked_q8_0(void **state)
+{
+    (void)state;
+    const int64_t cols = 640;
+    static const int rows_c[] = {16, 48, 112};
+    static const int nt_c[] = {1, 2, 3, 8, 17};
+    cairn_pool_params pp = cairn_pool_default_params();
+    pp.n_threads = 2;
+    cairn_pool *pool = NULL;
+    assert_int_equal(cairn_pool_open(&pool, &pp, NULL), 0);
+    for (size_t ri = 0; ri < 3; ri++) {
+        int rows = rows_c[ri];
+        size_t rb;
+        uint8_t *w = make_weights(CAIRN_GGUF_Q8_0, rows, cols, &rb);
+        cairn_cpu_mat m = {CAIRN_GGUF_Q8_0, rows, cols, rb, w, NULL};
+        void *owned = (void *)1;
+        assert_int_equal(cairn_cpu_mat_repack(&m, &owned, NULL), 0);
+        if (!cairn__has_vnni()) {
+            assert_null(owned);
+            assert_null(m.r16);
+            print_message("no AVX-512 VNNI: the repacked kernel is not run on this CPU\n");
+            free(w);
+            continue;
+        }
+        assert_non_null(m.r16);
+        for (size_t ni = 0; ni < 5; ni++)
+            for (int use_pool = 0; use_pool < 2; use_pool++) {
+                int nt = nt_c[ni];
+                float *x = malloc(sizeof(float) * (size_t)(nt * cols));
+                float *y = malloc(sizeof(float) * (size_t)(nt * rows));
+                void *scratch = malloc(cairn_cpu_matmul_scratch_bytes(&m, nt));
+                void *act = malloc(cairn_cpu_act_bytes(CAIRN_GGUF_Q8_0, cols));
+                for (int64_t i = 0; i < nt * cols; i++)
+                    x[i] = frand() * (i % 7 == 0 ? 4.0f : 1.0f);
+                cairn_cpu_matmul(use_pool ? pool : NULL, &m, x, nt, y, scratch);
+                for (int t = 0; t < nt; t++) {
+                    cairn_cpu_quantize_act(CAIRN_GGUF_Q8_0, x + t * cols, cols, act, true);
+                    for (int r = 0; r < rows; r++) {
+                        float want =
+                            cairn_cpu_vec_dot(CAIRN_GGUF_Q8_0, cols, w + (size_t)r * rb, act, true);
+                        if (memcmp(&y[t * rows + r], &want, sizeof want) != 0)
+                            fail_msg("repacked Q8_0 rows %d tokens %d pool %d: y[%d][%d] = %.9g, "
+                                     "vec_dot %.9g",
+                                     rows, nt, use_pool, t, r, y[t * rows + r], want);
+                    }
+                }
+                free(act);
+                free(scratch);
+                free(y);
+                free(x);
+            }
+        free(owned);
+        free(w);
+    }
+    cairn_pool_close(pool);
+}
+
 static void test_rmsnorm_softmax_act(void **state)
 {
     float x[64], w[64], out[64];
@@ -665,15 +726,23 @@ static void test_mat_from_gguf_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vec_dot_portable),   cmocka_unit_test(test_vec_dot_avx2), cmocka_unit_test(test_vec_dot_exact),
-        cmocka_unit_test(test_avx2_matches_portable), cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_attention_heads), cmocka_unit_test(test_gated_gelu_table),
+        cmocka_unit_test(test_vec_dot_portable),
+        cmocka_unit_test(test_vec_dot_avx2),
+        cmocka_unit_test(test_vec_dot_exact),
+        cmocka_unit_test(test_avx2_matches_portable),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_attention_heads),
+        cmocka_unit_test(test_gated_gelu_table),
         cmocka_unit_test(test_row_kinds_portable_equals_avx2),
         cmocka_unit_test(test_attention_portable_equals_avx2),
-        cmocka_unit_test(test_matmul_n),        cmocka_unit_test(test_rope_split),
+        cmocka_unit_test(test_matmul_n),
+        cmocka_unit_test(test_rope_split),
         cmocka_unit_test(test_tiled_kernels_each_isa),
-        cmocka_unit_test(test_rmsnorm_softmax_act), cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),          cmocka_unit_test(test_mat_from_gguf_errors),
+        cmocka_unit_test(test_matmul_repacked_q8_0),
+        cmocka_unit_test(test_rmsnorm_softmax_act),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_mat_from_gguf_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
