@@ -528,13 +528,17 @@ static int planned(const cairn_sched_seq *s) { return s->id < 0; }
 
 /* Would adding a decode token of s (n = 1) or a prefill chunk of n keep the prediction within
  * the budget (the online one for online sequences)? */
-static int fits(const plan *pl, const cairn_sched_seq *s, int n)
+static int fits_within(const plan *pl, const cairn_sched_seq *s, int n, double limit)
 {
-    const double limit = s->online ? pl->sp->online_budget_s : pl->sp->budget_s;
     if (!pl->pred || n > room(pl)) return n <= room(pl);
     cairn_batch_shape t = pl->shape;
     cairn_batch_shape_add(&t, s->prefilling, s->ctx, n, n >= s->remaining);
     return cairn_predictor_predict(pl->pred, &t) <= limit;
+}
+
+static int fits(const plan *pl, const cairn_sched_seq *s, int n)
+{
+    return fits_within(pl, s, n, s->online ? pl->sp->online_budget_s : pl->sp->budget_s);
 }
 
 /* The largest prefill chunk of s that fits the budget and the token room (0 if none). */
@@ -571,10 +575,15 @@ static void plain(plan *pl, cairn_sched_seq *seqs, int n)
         }
 }
 
+/* How long s has waited for service (since its last iteration, or its arrival). */
+static int64_t waited(const cairn_sched_seq *s, int64_t now)
+{
+    return now - (s->t_served > s->t_arrival ? s->t_served : s->t_arrival);
+}
+
 static int starving(const cairn_sched_params *sp, const cairn_sched_seq *s, int64_t now)
 {
-    int64_t since = s->t_served > s->t_arrival ? s->t_served : s->t_arrival;
-    return !s->online && now - since > sp->starve_ns;
+    return !s->online && waited(s, now) > sp->starve_ns;
 }
 
 static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
@@ -583,13 +592,22 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
     /* 1. online decode tokens. */
     for (int i = 0; i < n && room(pl) > 0; i++)
         if (seqs[i].online && !seqs[i].prefilling) add(pl, &seqs[i], 1);
-    /* 2. starved offline sequences: their minimum service, whatever the budget. */
-    for (int i = 0; i < n && room(pl) > 0; i++) {
-        cairn_sched_seq *s = &seqs[i];
-        if (planned(s) || !starving(sp, s, now)) continue;
+    /* 2. starved offline sequences, longest waiting first, get their minimum service: the first
+     *    whatever the budget (so none waits forever: once served it stops starving, and the
+     *    next takes its turn), the others while the prediction stays within the online budget.
+     *    With many offline sequences behind a busy online load, serving every starved one at
+     *    once made iterations of 350-480 ms against a 200 ms TBT SLO. */
+    for (int served = 0; room(pl) > 0; served++) {
+        cairn_sched_seq *s = NULL;
+        for (int i = 0; i < n; i++)
+            if (!planned(&seqs[i]) && starving(sp, &seqs[i], now) &&
+                (!s || waited(&seqs[i], now) > waited(s, now)))
+                s = &seqs[i];
+        if (!s) break;
         int c = s->prefilling ? s->remaining : 1;
         if (c > sp->min_chunk) c = sp->min_chunk;
         if (c > room(pl)) c = room(pl);
+        if (served > 0 && !fits_within(pl, s, c, sp->online_budget_s)) break;
         add(pl, s, c);
     }
     /* 3. online prefill chunks: as large as the budget allows, at least min_chunk. */

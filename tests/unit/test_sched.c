@@ -443,6 +443,37 @@ static void test_starvation_guard(void **state)
     n = cairn_sched_plan(&sp, p, o, 2, now, it, NULL);
     assert_int_equal(n, 1);
     assert_int_equal(find(it, n, 8), sp.min_chunk);
+
+    /* Thirty starved offline sequences behind an online one: the one waiting longest is served
+     * whatever the budget, then the next longest while the prediction stays within the online
+     * budget, and no more: the guard must not break the online SLO. */
+    enum { NS = 31 };
+    cairn_sched_seq m[NS];
+    cairn_step_item mi[NS];
+    m[0] = seq(100, 1, 0, 50, now - 10 * MS);
+    for (int i = 1; i < NS; i++) {
+        m[i] = seq(100 + i, 0, 0, 300, 0);
+        m[i].t_served = now - (3000 + 10 * i) * (int64_t)MS; /* 101 waited least */
+    }
+    cairn_batch_shape one = {0}; /* the online token and one starved token */
+    cairn_batch_shape_add(&one, false, 50, 1, true);
+    cairn_batch_shape_add(&one, false, 300, 1, true);
+    sp.online_budget_s = 0.9 * cairn_predictor_predict(p, &one); /* not even one fits */
+    cairn_batch_shape sh;
+    n = cairn_sched_plan(&sp, p, m, NS, now, mi, &sh);
+    assert_int_equal(n, 2);
+    assert_int_equal(find(mi, n, 100), 1);
+    assert_int_equal(find(mi, n, 100 + NS - 1), 1); /* the longest waiting */
+    sp.online_budget_s = 0.100;
+    for (int i = 0; i < NS; i++) { /* (the plan sorted m) */
+        m[i] = seq(100 + i, i == 0, 0, i ? 300 : 50, i ? 0 : now - 10 * MS);
+        if (i) m[i].t_served = now - (3000 + 10 * i) * (int64_t)MS;
+    }
+    n = cairn_sched_plan(&sp, p, m, NS, now, mi, &sh);
+    assert_true(n > 2 && n < NS);
+    assert_true(cairn_predictor_predict(p, &sh) <= sp.online_budget_s);
+    for (int k = 1; k < n; k++) /* those served are the n - 1 that waited longest */
+        assert_int_equal(find(mi, n, 100 + NS - k), 1);
     cairn_predictor_free(p);
 }
 
