@@ -610,19 +610,14 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
         if (served > 0 && !fits_within(pl, s, c, sp->online_budget_s)) break;
         add(pl, s, c);
     }
-    /* 3. online prefill chunks, oldest first, as large as the online budget allows: the first
-     *    at least min_chunk whatever the budget (a prompt always advances), the others only
-     *    when min_chunk fits (a burst of arrivals must not push the running sequences' TBT
-     *    over the SLO; the TTFT SLO has the slack to wait an iteration). */
-    for (int i = 0, first = 1; i < n && room(pl) > 0; i++) {
+    /* 3. online prefill chunks: as large as the budget allows, at least min_chunk. */
+    for (int i = 0; i < n && room(pl) > 0; i++) {
         cairn_sched_seq *s = &seqs[i];
         if (planned(s) || !s->online || !s->prefilling) continue;
         int c = best_chunk(pl, s), floor = s->remaining < sp->min_chunk ? s->remaining
                                                                          : sp->min_chunk;
-        if (c < floor && !first) continue;
         if (c < floor) c = floor < room(pl) ? floor : room(pl);
         add(pl, s, c);
-        first = 0;
     }
     /* 4. offline decode tokens while the prediction stays within the budget. */
     for (int i = 0; i < n && room(pl) > 0; i++) {

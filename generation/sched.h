@@ -6,10 +6,10 @@
  * (Sun et al. 2025, "HyGen: Efficient LLM Inference by Hybrid Online and Offline Request
  * Scheduling"), the `slo` policy builds each iteration as:
  *   1. every online sequence that is decoding gets its token;
- *   2. online prefill advances in chunks, each as large as the online budget allows (the oldest
- *      prompt at least min_chunk tokens, so prompts always advance): online_budget_s, larger
- *      than the offline budget, bounds the iteration that running online sequences wait for
- *      (their TBT) while letting prompts through fast (their TTFT);
+ *   2. online prefill advances in chunks, each as large as the online budget allows (at least
+ *      min_chunk tokens, so a prompt always advances): online_budget_s, larger than the offline
+ *      budget, bounds the iteration that running online sequences wait for (their TBT) while
+ *      letting prompts through fast (their TTFT);
  *   3. offline work is added while the PREDICTED iteration latency stays within the budget:
  *      decode tokens first (cheap, and they finish jobs), then prefill chunks;
  *   4. starvation guard: an offline sequence that has not advanced for starve_ns is served as if
