@@ -592,11 +592,20 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
     /* 1. online decode tokens. */
     for (int i = 0; i < n && room(pl) > 0; i++)
         if (seqs[i].online && !seqs[i].prefilling) add(pl, &seqs[i], 1);
-    /* 2. starved offline sequences, longest waiting first, get their minimum service: the first
+    /* 2. online prefill chunks: as large as the budget allows, at least min_chunk. */
+    for (int i = 0; i < n && room(pl) > 0; i++) {
+        cairn_sched_seq *s = &seqs[i];
+        if (planned(s) || !s->online || !s->prefilling) continue;
+        int c = best_chunk(pl, s), floor = s->remaining < sp->min_chunk ? s->remaining
+                                                                         : sp->min_chunk;
+        if (c < floor) c = floor < room(pl) ? floor : room(pl);
+        add(pl, s, c);
+    }
+    /* 3. starved offline sequences, longest waiting first, get their minimum service: the first
      *    whatever the budget (so none waits forever: once served it stops starving, and the
-     *    next takes its turn), the others while the prediction stays within the online budget.
-     *    With many offline sequences behind a busy online load, serving every starved one at
-     *    once made iterations of 350-480 ms against a 200 ms TBT SLO. */
+     *    next takes its turn), the others while the prediction stays within the online budget
+     *    (serving every starved one whatever the budget has no bound when many wait). After
+     *    online prefill, so that the guard does not take the budget online prompts need. */
     for (int served = 0; room(pl) > 0; served++) {
         cairn_sched_seq *s = NULL;
         for (int i = 0; i < n; i++)
@@ -608,15 +617,6 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
         if (c > sp->min_chunk) c = sp->min_chunk;
         if (c > room(pl)) c = room(pl);
         if (served > 0 && !fits_within(pl, s, c, sp->online_budget_s)) break;
-        add(pl, s, c);
-    }
-    /* 3. online prefill chunks: as large as the budget allows, at least min_chunk. */
-    for (int i = 0; i < n && room(pl) > 0; i++) {
-        cairn_sched_seq *s = &seqs[i];
-        if (planned(s) || !s->online || !s->prefilling) continue;
-        int c = best_chunk(pl, s), floor = s->remaining < sp->min_chunk ? s->remaining
-                                                                         : sp->min_chunk;
-        if (c < floor) c = floor < room(pl) ? floor : room(pl);
         add(pl, s, c);
     }
     /* 4. offline decode tokens while the prediction stays within the budget. */

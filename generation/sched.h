@@ -12,9 +12,10 @@
  *      letting prompts through fast (their TTFT);
  *   3. offline work is added while the PREDICTED iteration latency stays within the budget:
  *      decode tokens first (cheap, and they finish jobs), then prefill chunks;
- *   4. starvation guard: an offline sequence that has not advanced for starve_ns is served as if
- *      it were online (one decode token, or a min_chunk prefill chunk): the one waiting longest
- *      whatever the budget, more while the prediction stays within the online budget.
+ *   4. starvation guard (before the offline work of 3, after online prefill): an offline
+ *      sequence that has not advanced for starve_ns is served as if it were online (one decode
+ *      token, or a min_chunk prefill chunk): the one waiting longest whatever the budget, more
+ *      while the prediction stays within the online budget.
  * An iteration is never empty while sequences exist: with no online work and a budget too small
  * for anything, the oldest offline sequence still gets a token or a min_chunk chunk.
  * Two policies for comparison: `online-only` (offline work runs only when no online sequence

@@ -444,6 +444,18 @@ static void test_starvation_guard(void **state)
     assert_int_equal(n, 1);
     assert_int_equal(find(it, n, 8), sp.min_chunk);
 
+    /* The guard comes after online prompts: an online prompt gets the same chunk with or
+     * without a starved offline sequence beside it, and the starved one is served as well. */
+    sp.online_budget_s = 0.150;
+    cairn_sched_seq q1[] = {seq(20, 1, 300, 0, now - 5 * MS)};
+    int alone = find(it, cairn_sched_plan(&sp, p, q1, 1, now, it, NULL), 20);
+    assert_true(alone > sp.min_chunk && alone < 300);
+    cairn_sched_seq q2[] = {seq(20, 1, 300, 0, now - 5 * MS), seq(21, 0, 0, 10, 0)};
+    q2[1].t_served = now - 3000 * (int64_t)MS;
+    n = cairn_sched_plan(&sp, p, q2, 2, now, it, NULL);
+    assert_int_equal(find(it, n, 20), alone);
+    assert_int_equal(find(it, n, 21), 1);
+
     /* Thirty starved offline sequences behind an online one: the one waiting longest is served
      * whatever the budget, then the next longest while the prediction stays within the online
      * budget, and no more: the guard must not break the online SLO. */
