@@ -122,9 +122,12 @@ void cairn__repack_r16(const uint8_t *w, size_t row_bytes, int64_t nb, int64_t r
                 const cairn__blk_q8_0 *blk =
                     (const cairn__blk_q8_0 *)(w + (size_t)(g * CAIRN__R16_ROWS + l) * row_bytes) +
                     b;
-                for (int j = 0; j < 8; j++)
-                    for (int k = 0; k < 4; k++)
-                        o[j * 64 + l * 4 + k] = (uint8_t)blk->qs[4 * j + k] ^ 0x80;
+                for (int j = 0; j < 8; j++) { /* 4 bytes at a time, each plus 128 */
+                    uint32_t v;
+                    memcpy(&v, blk->qs + 4 * j, 4);
+                    v ^= 0x80808080u;
+                    memcpy(o + j * 64 + l * 4, &v, 4);
+                }
                 memcpy(o + 8 * 64 + 2 * l, &blk->d, 2);
             }
         }
