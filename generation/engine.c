@@ -202,8 +202,8 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     int rows = p.max_seqs < p.max_batch_tokens ? p.max_seqs : p.max_batch_tokens;
     e->logits = malloc(sizeof(float) * (size_t)rows * (size_t)e->n_vocab);
     if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->b_kinds ||
-        !e->row_of_item || !e->sampled || !e->run_items || !e->logits || !e->pre_len || !e->susp_items ||
-        !e->susp_row || !e->susp_pre_len || !e->s_tok || !e->s_seq || !e->s_pos ||
+        !e->row_of_item || !e->sampled || !e->run_items || !e->logits || !e->pre_len ||
+        !e->susp_items || !e->susp_row || !e->susp_pre_len || !e->s_tok || !e->s_seq || !e->s_pos ||
         !e->s_logits || !e->s_kinds || !e->x_save) {
         rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
         goto fail;
@@ -332,8 +332,6 @@ void cairn_engine_release(cairn_engine *e, int id)
         seq_clear(e, s);
 }
 
-/* Greedy pick: arg-max, lowest id on ties (what cairn_sample_argmax documents too). */
-
 /* Records a sampled token and decides whether the sequence ends with it. */
 static void take_token(cairn_engine *e, int id, eseq *s, int32_t tok)
 {
@@ -429,8 +427,7 @@ static void sample_rows(void *p, size_t b, size_t end, int tid)
     const sample_ctx *c = p;
     cairn_engine *e = c->e;
     for (size_t i = b; i < end; i++) {
-        if (c->row_of_item[i] < 0)
-            continue;
+        if (c->row_of_item[i] < 0) continue;
         eseq *s = &e->seqs[c->items[i].id];
         const float *lg = e->logits + (size_t)c->row_of_item[i] * e->n_vocab;
         int32_t tok = s->sampler ? cairn_sampler_sample(s->sampler, lg, NULL)
