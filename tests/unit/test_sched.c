@@ -144,6 +144,16 @@ static void test_predictor_recovers_a_cost_model(void **state)
     cairn_predictor_free(p);
 }
 
+/* 1..max_n decoding sequences at contexts 50..549. */
+static cairn_batch_shape decode_shape(int max_n)
+{
+    cairn_batch_shape s = {0};
+    int n = 1 + (int)(urand() * max_n);
+    for (int k = 0; k < n; k++)
+        cairn_batch_shape_add(&s, false, 50 + (int)(urand() * 500), 1, true);
+    return s;
+}
+
 static void test_predictor_refits_on_its_own(void **state)
 {
     (void)state;
@@ -175,10 +185,7 @@ static void test_predictor_refits_towards_a_loaded_profile(void **state)
     cairn_predictor_set_coefficients(p, TRUE_COEF);
     /* the machine got 10% slower; only 1..4 decode tokens run for a while */
     for (int i = 0; i < 64; i++) {
-        cairn_batch_shape s = {0};
-        int n = 1 + (int)(urand() * 4);
-        for (int k = 0; k < n; k++)
-            cairn_batch_shape_add(&s, false, 50 + (int)(urand() * 500), 1, true);
+        cairn_batch_shape s = decode_shape(4);
         cairn_predictor_observe(p, &s, 1.1 * true_time(&s));
         cairn_predictor_observe(bare, &s, 1.1 * true_time(&s));
     }
@@ -210,10 +217,7 @@ static void test_predictor_follows_the_machine_speed(void **state)
     const double speeds[] = {1.1, 1.0};
     for (int phase = 0; phase < 2; phase++) {
         for (int i = 0; i < 120; i++) {
-            cairn_batch_shape s = {0};
-            int n = 1 + (int)(urand() * 10);
-            for (int k = 0; k < n; k++)
-                cairn_batch_shape_add(&s, false, 50 + (int)(urand() * 500), 1, true);
+            cairn_batch_shape s = decode_shape(10);
             cairn_predictor_observe(p, &s, speeds[phase] * true_time(&s));
         }
         double r = cairn_predictor_predict(p, &pre) / true_time(&pre);
