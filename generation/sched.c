@@ -601,23 +601,22 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
         if (c < floor) c = floor < room(pl) ? floor : room(pl);
         add(pl, s, c);
     }
-    /* 3. starved offline sequences, longest waiting first, get their minimum service: the first
-     *    whatever the budget (so none waits forever: once served it stops starving, and the
-     *    next takes its turn), the others while the prediction stays within the online budget
-     *    (serving every starved one whatever the budget has no bound when many wait). After
-     *    online prefill, so that the guard does not take the budget online prompts need. */
-    for (int served = 0; room(pl) > 0; served++) {
-        cairn_sched_seq *s = NULL;
-        for (int i = 0; i < n; i++)
-            if (!planned(&seqs[i]) && starving(sp, &seqs[i], now) &&
-                (!s || waited(&seqs[i], now) > waited(s, now)))
-                s = &seqs[i];
-        if (!s) break;
-        int c = s->prefilling ? s->remaining : 1;
-        if (c > sp->min_chunk) c = sp->min_chunk;
-        if (c > room(pl)) c = room(pl);
-        if (served > 0 && !fits_within(pl, s, c, sp->online_budget_s)) break;
-        add(pl, s, c);
+    /* 3. starvation guard: the oldest offline sequence, when it has not advanced for
+     *    starve_ns, gets its minimum service (a decode token or a min_chunk chunk) whatever
+     *    the budget. Only the oldest: offline work is served first come, first served (4 and
+     *    5), so the oldest advancing is what bounds every offline sequence's wait. Serving
+     *    every starved sequence in turn instead spread the offline work over all of them,
+     *    and none finished for tens of seconds. After online prefill, so that the guard does
+     *    not take the budget online prompts need. */
+    for (int i = 0; i < n && room(pl) > 0; i++) {
+        cairn_sched_seq *s = &seqs[i];
+        if (s->online || planned(s)) continue;
+        if (starving(sp, s, now)) {
+            int c = s->prefilling ? s->remaining : 1;
+            if (c > sp->min_chunk) c = sp->min_chunk;
+            add(pl, s, c < room(pl) ? c : room(pl));
+        }
+        break;
     }
     /* 4. offline decode tokens while the prediction stays within the budget. */
     for (int i = 0; i < n && room(pl) > 0; i++) {

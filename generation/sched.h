@@ -11,11 +11,13 @@
  *      budget, bounds the iteration that running online sequences wait for (their TBT) while
  *      letting prompts through fast (their TTFT);
  *   3. offline work is added while the PREDICTED iteration latency stays within the budget:
- *      decode tokens first (cheap, and they finish jobs), then prefill chunks;
- *   4. starvation guard (before the offline work of 3, after online prefill): an offline
- *      sequence that has not advanced for starve_ns is served as if it were online (one decode
- *      token, or a min_chunk prefill chunk): the one waiting longest whatever the budget, more
- *      while the prediction stays within the online budget.
+ *      decode tokens first (cheap, and they finish jobs), then prefill chunks, each class in
+ *      order of arrival (a later prompt does not overtake an earlier one);
+ *   4. starvation guard (before the offline work of 3, after online prefill): when the oldest
+ *      offline sequence has not advanced for starve_ns it is served whatever the budget (one
+ *      decode token, or a min_chunk prefill chunk). Only the oldest: with offline work first
+ *      come, first served, its progress bounds every other offline sequence's wait, and an
+ *      iteration is stretched by one sequence's minimum service at most.
  * An iteration is never empty while sequences exist: with no online work and a budget too small
  * for anything, the oldest offline sequence still gets a token or a min_chunk chunk.
  * Two policies for comparison: `online-only` (offline work runs only when no online sequence
@@ -175,7 +177,7 @@ typedef struct {
     double budget_s;      /* slo: predicted iteration latency offline work may fill up to (s) */
     double online_budget_s; /* slo: the same for online prefill chunks (s); >= budget_s */
     int min_chunk;        /* smallest prefill chunk (tokens) worth scheduling */
-    int64_t starve_ns;    /* slo: offline sequences idle this long are served regardless */
+    int64_t starve_ns;    /* slo: the oldest offline sequence idle this long is served anyway */
 } cairn_sched_params;
 
 /* slo, 512 tokens, budget 0.1 s, online budget 0.2 s, min_chunk 16, starve 2 s. */
