@@ -481,6 +481,9 @@ static int iterate(worker *wk, cairn_error *err)
         record(wk, &shape, n_items, t0);
     }
     if (cairn_engine_suspended(wk->engine)) {
+        /* online-only runs offline work only while no online sequence runs: its suspended
+         * pass waits for that, where the other policies advance it a layer at a time. */
+        if (w->p.sched.policy == CAIRN_SCHED_ONLINE_ONLY && wk->online_active > 0) return 0;
         rc = cairn_engine_resume(wk->engine, w->p.layer_yield ? online_present : NULL, wk, err);
         if (rc == CAIRN_ENGINE_SUSPENDED) cairn_counter_inc(w->c_yield);
         return rc == CAIRN_ENGINE_SUSPENDED ? 0 : rc;

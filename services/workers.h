@@ -13,7 +13,8 @@
  * runs out, the newest offline sequence gives way first (its request ends with error
  * "preempted", and its submitter may resubmit it). An iteration carrying only offline work
  * stops at the next layer boundary when an online request arrives (layer_yield), keeps what it
- * computed, and advances a layer after each online iteration until no online sequence is left.
+ * computed, and advances a layer after each online iteration until no online sequence is left
+ * (under online-only it waits until then: that policy runs no offline work beside online).
  * Text reaches the submitter through callbacks on the worker thread, already cut at UTF-8
  * boundaries and stop strings. A callback asking to stop (the client went away), a
  * deadline or shutdown cancels the sequence and frees its KV blocks.

@@ -1,0 +1,149 @@
+/*
+ * tests/unit/test_workers.c — the generation workers' scheduling policies on the real
+ * gemma-3-270m, as a submitter sees them: when tokens arrive, and the layer-yield metric.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "common/clock.h"
+#include "services/workers.h"
+
+static char model_path[1024];
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int64_t t_first, t_done; /* first text, on_done (cairn_now_ns) */
+    int tokens;
+    const char *error;
+} req;
+
+static int on_text(void *user, const char *t, size_t n)
+{
+    (void)t, (void)n;
+    req *q = user;
+    pthread_mutex_lock(&q->mu);
+    if (!q->tokens++) q->t_first = cairn_now_ns();
+    pthread_mutex_unlock(&q->mu);
+    return 0;
+}
+
+static void on_done(void *user, const cairn_gen_result *r)
+{
+    req *q = user;
+    pthread_mutex_lock(&q->mu);
+    q->t_done = cairn_now_ns();
+    q->error = r->error;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void submit(cairn_workers *w, req *q, const char *prompt, bool offline, int max_tokens)
+{
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->cv, NULL);
+    cairn_gen_request rq = {.prompt = prompt,
+                            .prompt_len = strlen(prompt),
+                            .tok_flags = CAIRN_TOK_ADD_SPECIAL,
+                            .max_tokens = max_tokens,
+                            .offline = offline,
+                            .sample = cairn_sample_greedy_params(),
+                            .on_text = on_text,
+                            .on_done = on_done,
+                            .user = q};
+    cairn_error err = {0};
+    if (cairn_workers_submit(w, &rq, &err) != 0) fail_msg("submit: %s", err.msg);
+}
+
+static void wait_done(req *q)
+{
+    pthread_mutex_lock(&q->mu);
+    while (!q->t_done)
+        pthread_cond_wait(&q->cv, &q->mu);
+    pthread_mutex_unlock(&q->mu);
+    if (q->error) fail_msg("request failed: %s", q->error);
+}
+
+/* A document of about n tokens. */
+static char *document(const cairn_workers *w, int n)
+{
+    size_t cap = (size_t)n * 16, len = 0;
+    char *s = malloc(cap);
+    s[0] = '\0';
+    for (int i = 0;; i++) {
+        int have = cairn_tok_encode(cairn_workers_tokenizer(w), s, len, NULL, 0, 0, NULL);
+        if ((have < 0 ? -have : have) >= n) break;
+        len += (size_t)snprintf(s + len, cap - len, "Section %d: the river runs %d km past the "
+                                "mill, where farmers grow barley. ", i, 10 + 3 * i);
+    }
+    return s;
+}
+
+static double metric(cairn_metrics *m, const char *name)
+{
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(cairn_metrics_render(m, &text, &len), 0);
+    double v = -1;
+    for (char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (!strncmp(l, name, strlen(name)) && l[strlen(name)] == ' ') v = atof(l + strlen(name));
+    free(text);
+    return v;
+}
+
+/* online-only runs no offline work while online work exists. A ~900-token document prefills
+ * in two passes; an online request (24 tokens, more than the model's 18 layers) arrives during
+ * the first, which yields at a layer boundary and waits, whole, until the online request has
+ * finished: the pass yielded once, and the document's first token comes after the online
+ * request's last. (Advanced a layer after each online iteration, as under slo, the pass would
+ * have yielded again after each of them: 16 yields here before this change.) */
+static void test_online_only_waits_for_online_work(void **state)
+{
+    (void)state;
+    cairn_metrics *m = NULL;
+    cairn_error err = {0};
+    assert_int_equal(cairn_metrics_new(&m, &err), 0);
+    cairn_workers_params wp = cairn_workers_default_params();
+    wp.model_path = model_path;
+    wp.engine.n_ctx = 1024;
+    wp.engine.max_seqs = 4;
+    wp.online_reserve = 1;
+    wp.sched.policy = CAIRN_SCHED_ONLINE_ONLY;
+    cairn_workers *w = NULL;
+    if (cairn_workers_open(&w, &wp, m, &err)) fail_msg("workers: %s", err.msg);
+    char *doc = document(w, 900);
+    req off = {0}, on = {0};
+    submit(w, &off, doc, true, 4);
+    /* Into the first pass: 512 tokens take far longer than this on any CPU the model runs on. */
+    cairn_sleep_ns(50 * 1000000LL);
+    submit(w, &on, "Count from one to fifty: one, two, three, four,", false, 24);
+    wait_done(&on);
+    wait_done(&off);
+    assert_int_equal(on.tokens, 24); /* more iterations than layers */
+    assert_true(off.tokens > 0);
+    assert_true(off.t_first > on.t_done);
+    assert_int_equal(metric(m, "cairn_sched_layer_yields_total"), 1);
+    cairn_workers_close(w);
+    cairn_metrics_free(m);
+    free(doc);
+}
+
+int main(void)
+{
+    const char *models = getenv("CAIRN_TEST_MODELS");
+    snprintf(model_path, sizeof model_path, "%s/gemma-3-270m-q4_k_m.gguf",
+             models ? models : "data/models");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_online_only_waits_for_online_work),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
