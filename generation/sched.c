@@ -592,14 +592,23 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
     /* 1. online decode tokens. */
     for (int i = 0; i < n && room(pl) > 0; i++)
         if (seqs[i].online && !seqs[i].prefilling) add(pl, &seqs[i], 1);
-    /* 2. online prefill chunks: as large as the budget allows, at least min_chunk. */
+    /* 2. online prefill chunks, first come, first served: each as large as the online budget
+     *    allows; the oldest prompt at least min_chunk whatever the budget (so prompts always
+     *    advance), a later one only a chunk of min_chunk or more (or its rest) within the
+     *    budget, and none overtakes an earlier one that got less. Giving every prompt its
+     *    min_chunk beyond the budget stretched the iterations of a burst of prompts past the
+     *    TBT SLO (five prompts: 16 tokens each on top of a full budget) and, by spreading the
+     *    prefill, delayed every prompt's first token. */
+    bool oldest = true;
     for (int i = 0; i < n && room(pl) > 0; i++) {
         cairn_sched_seq *s = &seqs[i];
         if (planned(s) || !s->online || !s->prefilling) continue;
         int c = best_chunk(pl, s), floor = s->remaining < sp->min_chunk ? s->remaining
                                                                          : sp->min_chunk;
+        if (c < floor && !oldest) break;
         if (c < floor) c = floor < room(pl) ? floor : room(pl);
         add(pl, s, c);
+        oldest = false;
     }
     /* 3. starvation guard: the oldest offline sequence, when it has not advanced for
      *    starve_ns, gets its minimum service (a decode token or a min_chunk chunk) whatever

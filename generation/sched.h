@@ -6,10 +6,12 @@
  * (Sun et al. 2025, "HyGen: Efficient LLM Inference by Hybrid Online and Offline Request
  * Scheduling"), the `slo` policy builds each iteration as:
  *   1. every online sequence that is decoding gets its token;
- *   2. online prefill advances in chunks, each as large as the online budget allows (at least
- *      min_chunk tokens, so a prompt always advances): online_budget_s, larger than the offline
- *      budget, bounds the iteration that running online sequences wait for (their TBT) while
- *      letting prompts through fast (their TTFT);
+ *   2. online prefill advances in chunks, first come, first served, each as large as the
+ *      online budget allows: online_budget_s, larger than the offline budget, bounds the
+ *      iteration that running online sequences wait for (their TBT) while letting prompts
+ *      through fast (their TTFT). The oldest prompt gets at least min_chunk tokens whatever
+ *      the budget, so prompts always advance; a later one runs only with a chunk of min_chunk
+ *      or more (or its rest) within the budget, and does not overtake an earlier one;
  *   3. offline work is added while the PREDICTED iteration latency stays within the budget:
  *      decode tokens first (cheap, and they finish jobs), then prefill chunks, each class in
  *      order of arrival (a later prompt does not overtake an earlier one);

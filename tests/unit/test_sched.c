@@ -416,6 +416,53 @@ static void test_slo_plan_keeps_the_budget(void **state)
     cairn_predictor_free(p);
 }
 
+/* Online prompts are prefilled first come, first served: the oldest gets the largest chunk the
+ * online budget allows (at least min_chunk whatever the budget), later ones only what is left,
+ * in whole min_chunk chunks or their rest, and none overtakes an earlier one. */
+static void test_online_prompts_first_come_first_served(void **state)
+{
+    (void)state;
+    cairn_predictor *p = fitted();
+    cairn_sched_params sp = cairn_sched_default_params();
+    sp.budget_s = 0.100;
+    sp.online_budget_s = 0.150;
+    const int64_t now = 1000 * MS;
+    enum { NP = 6 };
+    cairn_sched_seq s[NP];
+    cairn_step_item it[NP];
+    cairn_batch_shape sh;
+    /* A burst of five 300-token prompts beside a decoding online sequence. */
+    s[0] = seq(1, 1, 0, 80, 10 * MS);
+    for (int i = 1; i < NP; i++)
+        s[i] = seq(10 + i, 1, 300, 0, (100 + i) * MS); /* 11 oldest */
+    int n = cairn_sched_plan(&sp, p, s, NP, now, it, &sh);
+    assert_int_equal(n, 2);
+    assert_int_equal(find(it, n, 1), 1);
+    int chunk = find(it, n, 11);
+    assert_true(chunk >= sp.min_chunk && chunk < 300);
+    assert_true(cairn_predictor_predict(p, &sh) <= sp.online_budget_s + 1e-12);
+
+    /* An online budget nothing fits: the oldest prompt still gets min_chunk, no other any. */
+    sp.budget_s = sp.online_budget_s = 0.001;
+    for (int i = 1; i < NP; i++)
+        s[i] = seq(10 + i, 1, 300, 0, (100 + i) * MS);
+    s[0] = seq(1, 1, 0, 80, 10 * MS);
+    n = cairn_sched_plan(&sp, p, s, NP, now, it, NULL);
+    assert_int_equal(n, 2);
+    assert_int_equal(find(it, n, 11), sp.min_chunk);
+
+    /* Short prompts and room for all: every one is prefilled whole, a 5-token rest included. */
+    sp.budget_s = sp.online_budget_s = 1.0;
+    for (int i = 1; i < NP; i++)
+        s[i] = seq(10 + i, 1, i == 3 ? 5 : 40, 0, (100 + i) * MS);
+    s[0] = seq(1, 1, 0, 80, 10 * MS);
+    n = cairn_sched_plan(&sp, p, s, NP, now, it, NULL);
+    assert_int_equal(n, NP);
+    for (int i = 1; i < NP; i++)
+        assert_int_equal(find(it, n, 10 + i), i == 3 ? 5 : 40);
+    cairn_predictor_free(p);
+}
+
 static void test_starvation_guard(void **state)
 {
     (void)state;
@@ -548,6 +595,7 @@ int main(void)
         cmocka_unit_test(test_profile_save_load),
         cmocka_unit_test(test_profile_errors),
         cmocka_unit_test(test_slo_plan_keeps_the_budget),
+        cmocka_unit_test(test_online_prompts_first_come_first_served),
         cmocka_unit_test(test_starvation_guard),
         cmocka_unit_test(test_baseline_policies),
     };
