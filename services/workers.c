@@ -434,7 +434,7 @@ static int online_present(void *ctx)
 /* Plans one iteration with the scheduler, runs it, and teaches the predictor its time. An
  * iteration with offline work only may yield at a layer boundary when online work arrives; the
  * suspended pass then advances at least one layer after each iteration that carries online work
- * (all of it at once when there is none). */
+ * (all of it at once when there is none), or under online-only not until none is left. */
 static int iterate(worker *wk, cairn_error *err)
 {
     cairn_workers *w = wk->w;
