@@ -93,7 +93,7 @@ static const cairn_config_key schema[] = {
      "slo: predicted iteration latency online prompt chunks may fill up to (>= sched.budget)",
      NULL, 0},
     {"sched.starve", CAIRN_CFG_DURATION, "2s", "0s", "1h",
-     "slo: an offline sequence idle this long is served regardless of the budget", NULL, 0},
+     "slo: the oldest offline sequence idle this long is served whatever the budget", NULL, 0},
     {"sched.online_reserve", CAIRN_CFG_INT, "2", "0", "255",
      "engine slots offline requests may not take (below workers.max_seqs)", NULL, 0},
     {"sched.profile", CAIRN_CFG_STRING, NULL, NULL, NULL,
