@@ -32,7 +32,7 @@ struct cairn_predictor {
 
 const char *const cairn_predictor_feature_names[NF] = {
     "1",           "tokens",       "logits_rows", "prefill_chunks", "keys_prefill",
-    "keys_decode", "logits_tiles", "token_tiles",
+    "keys_decode", "logits_tiles", "token_tiles", "logits_pairs",
 };
 
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last)
@@ -67,6 +67,7 @@ static void features(const cairn_batch_shape *s, double f[NF])
     f[5] = (double)s->keys_d;
     f[6] = tiles(s->n_out);
     f[7] = tiles(s->s_p + s->s_d);
+    f[8] = (s->n_out + 1) / 2;
 }
 
 int cairn_predictor_new(cairn_predictor **out, int window, cairn_error *err)

@@ -41,7 +41,11 @@
  *                threads unevenly, so a key costs them more than a prefill key;
  *   ceil(R / 8)  output-projection tiles and ceil(T / 8) token tiles: the tiled matrix kernels
  *                work on tiles of CAIRN_PREDICTOR_TILE tokens (the q8 kernels'), so a pass
- *                costs a step more when it starts a new tile (generation/kernels/cpu.c).
+ *                costs a step more when it starts a new tile (generation/kernels/cpu.c);
+ *   ceil(R / 2)  output-projection pairs: where the output projection is repacked (AVX-512
+ *                VNNI) its kernel takes tokens in pairs, so an odd count costs nearly a
+ *                pair, and one or two rows are bound by streaming the matrix, not by
+ *                arithmetic (cairn_cpu_mat_repack).
  * The keys ignore sliding windows (they count every cached token). The model is fitted by
  * weighted least squares (weights 1/t^2, so that it minimises relative error: a 10 ms decode
  * iteration matters as much as a 1 s prefill) over a window of measured iterations, and
@@ -84,7 +88,7 @@ typedef struct {
  */
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last);
 
-#define CAIRN_PREDICTOR_FEATURES 8
+#define CAIRN_PREDICTOR_FEATURES 9
 #define CAIRN_PREDICTOR_TILE 8 /* the q8 matrix kernels' token tile (CAIRN__Q8F_TILE) */
 
 /* The features' names, in coefficient order ("1", "tokens", ...): as a stored profile and the

@@ -189,8 +189,8 @@ def test_scheduler_profile_loaded_and_checked():
     with tempfile.TemporaryDirectory() as tmp:
         good = os.path.join(tmp, "good")
         head = ("cairn-sched-profile 2\nfeatures 1 tokens logits_rows prefill_chunks keys_prefill "
-                "keys_decode logits_tiles token_tiles\n")
-        coef = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013\n"
+                "keys_decode logits_tiles token_tiles logits_pairs\n")
+        coef = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011\n"
         with open(good, "w") as f:
             f.write(head + coef + "budget 0.25\n")
         for extra, want in (([], "0.25"), (["--sched.budget=40ms"], "0.04")):
@@ -199,7 +199,7 @@ def test_scheduler_profile_loaded_and_checked():
                 assert f"cairn_sched_budget_seconds {want}\n" in body.decode(), extra
         for text, words in (("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n", "old format"),
                             (head + "coefficients 0.01 abc\n", "coefficient 2 'abc'"),
-                            (head + "coefficients 1 2 3 4 5 6 7\n", "7 coefficients, 8"),
+                            (head + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 9"),
                             (head, "no coefficients line"),
                             (head + coef + "budget 99\n", "budget 99"),
                             (head + coef + "budget 0.1\nx\n", "unexpected 'x'")):

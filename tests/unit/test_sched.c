@@ -27,14 +27,22 @@ static const double TRUE_COEF[CAIRN_PREDICTOR_FEATURES] = {
     3.0e-6, /* per attention key of a decode token */
     0.0036, /* per tile of 8 logits rows */
     0.0013, /* per tile of 8 tokens */
+    0.0011, /* per pair of logits rows */
 };
 
 /* The cost model restated from the shape's fields (not through the predictor's code). */
 static double true_time(const cairn_batch_shape *s)
 {
     const int tok = s->s_p + s->s_d;
-    const double f[] = {1, tok, s->n_out, s->n_p, (double)s->keys_p, (double)s->keys_d,
-                        (s->n_out + 7) / 8, (tok + 7) / 8};
+    const double f[] = {1,
+                        tok,
+                        s->n_out,
+                        s->n_p,
+                        (double)s->keys_p,
+                        (double)s->keys_d,
+                        (s->n_out + 7) / 8,
+                        (tok + 7) / 8,
+                        (s->n_out + 1) / 2};
     double t = 0;
     for (int j = 0; j < CAIRN_PREDICTOR_FEATURES; j++)
         t += TRUE_COEF[j] * f[j];
@@ -159,8 +167,9 @@ static void test_predictor_refits_on_its_own(void **state)
     (void)state;
     cairn_predictor *p = NULL;
     assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
-    cairn_predictor_set_refit(p, 16);
-    for (int i = 0; i < 15; i++) {
+    enum { FIT = 2 * CAIRN_PREDICTOR_FEATURES }; /* the fewest iterations a fit takes */
+    cairn_predictor_set_refit(p, FIT);
+    for (int i = 0; i < FIT - 1; i++) {
         cairn_batch_shape s = random_shape();
         cairn_predictor_observe(p, &s, true_time(&s));
     }
@@ -168,7 +177,7 @@ static void test_predictor_refits_on_its_own(void **state)
     cairn_batch_shape_add(&one, false, 10, 1, true);
     assert_true(cairn_predictor_predict(p, &one) == 0);
     cairn_batch_shape s = random_shape();
-    cairn_predictor_observe(p, &s, true_time(&s)); /* the 16th: refit */
+    cairn_predictor_observe(p, &s, true_time(&s)); /* the FIT-th: refit */
     assert_float_equal(cairn_predictor_predict(p, &one), true_time(&one), 1e-3 * true_time(&one));
     cairn_predictor_free(p);
 }
@@ -232,7 +241,7 @@ static void test_predictor_follows_the_machine_speed(void **state)
 
 static const char FEATURES_LINE[] =
     "features 1 tokens logits_rows prefill_chunks keys_prefill keys_decode logits_tiles "
-    "token_tiles\n";
+    "token_tiles logits_pairs\n";
 
 /* Parses text; returns the code and leaves the message in err. */
 static int parse(const char *text, cairn_sched_profile *out, cairn_error *err)
@@ -275,10 +284,12 @@ static void test_profile_save_load(void **state)
 
     /* What the parser takes: blank lines, CRLF, a budget. */
     char ok[512];
-    snprintf(ok, sizeof ok, "cairn-sched-profile 2\r\n%s\ncoefficients 1 2 3 4 5 6 7 8\r\n"
-             "budget 0.1\n", FEATURES_LINE);
+    snprintf(ok, sizeof ok,
+             "cairn-sched-profile 2\r\n%s\ncoefficients 1 2 3 4 5 6 7 8 9\r\n"
+             "budget 0.1\n",
+             FEATURES_LINE);
     assert_int_equal(parse(ok, &q, &err), 0);
-    assert_true(q.coef[0] == 1 && q.coef[7] == 8 && q.budget_s == 0.1);
+    assert_true(q.coef[0] == 1 && q.coef[8] == 9 && q.budget_s == 0.1);
 }
 
 static void test_profile_errors(void **state)
@@ -310,14 +321,14 @@ static void test_profile_errors(void **state)
     /* Wrong counts, non-numbers; then the budget and what follows: each after this build's
      * header and features line. */
     static const char *const after_features[][2] = {
-        {"coefficients 1 2 3 4 5 6 7\n", "7 coefficients, 8 expected"},
-        {"coefficients 1 2 3 4 5 6 7 8 9\n", "9 coefficients, 8 expected"},
-        {"coefficients 1 abc 3 4 5 6 7 8\n", "coefficient 2 'abc'"},
-        {"coefficients 1 2 3 4 5 6 7 nan\n", "coefficient 8 'nan'"},
-        {"coefficients 1 2 3 4 5 6 7 8x\n", "coefficient 8 '8x'"},
-        {"coefficients 1 2 3 4 5 6 7 8\nbudget 99\n", "budget 99 s is outside"},
-        {"coefficients 1 2 3 4 5 6 7 8\nbudget x\n", "budget 'x'"},
-        {"coefficients 1 2 3 4 5 6 7 8\nmore 1\n", "line 4: unexpected 'more'"},
+        {"coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 9 expected"},
+        {"coefficients 1 2 3 4 5 6 7 8 9 10\n", "10 coefficients, 9 expected"},
+        {"coefficients 1 abc 3 4 5 6 7 8 9\n", "coefficient 2 'abc'"},
+        {"coefficients 1 2 3 4 5 6 7 8 nan\n", "coefficient 9 'nan'"},
+        {"coefficients 1 2 3 4 5 6 7 8 9x\n", "coefficient 9 '9x'"},
+        {"coefficients 1 2 3 4 5 6 7 8 9\nbudget 99\n", "budget 99 s is outside"},
+        {"coefficients 1 2 3 4 5 6 7 8 9\nbudget x\n", "budget 'x'"},
+        {"coefficients 1 2 3 4 5 6 7 8 9\nmore 1\n", "line 4: unexpected 'more'"},
     };
     for (size_t k = 0; k < sizeof after_features / sizeof after_features[0]; k++) {
         snprintf(t, sizeof t, "cairn-sched-profile 2\n%s%s", FEATURES_LINE, after_features[k][0]);
