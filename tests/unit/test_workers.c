@@ -100,15 +100,11 @@ static double metric(cairn_metrics *m, const char *name)
     return v;
 }
 
-/* online-only runs no offline work while online work exists. A ~900-token document prefills
- * in two passes; an online request (24 tokens, more than the model's 18 layers) arrives during
- * the first, which yields at a layer boundary and waits, whole, until the online request has
- * finished: the pass yielded once, and the document's first token comes after the online
- * request's last. (Advanced a layer after each online iteration, as under slo, the pass would
- * have yielded again after each of them: 16 yields here before this change.) */
-static void test_online_only_waits_for_online_work(void **state)
+/* An online request (24 tokens, more than the model's 18 layers) arrives during the first pass
+ * of a ~900-token offline document (two passes). Returns the layer yields the workers counted;
+ * *first_after says whether the document's first token came after the online request's last. */
+static double yields_around_an_online_request(cairn_sched_policy policy, bool *first_after)
 {
-    (void)state;
     cairn_metrics *m = NULL;
     cairn_error err = {0};
     assert_int_equal(cairn_metrics_new(&m, &err), 0);
@@ -117,7 +113,7 @@ static void test_online_only_waits_for_online_work(void **state)
     wp.engine.n_ctx = 1024;
     wp.engine.max_seqs = 4;
     wp.online_reserve = 1;
-    wp.sched.policy = CAIRN_SCHED_ONLINE_ONLY;
+    wp.sched.policy = policy;
     cairn_workers *w = NULL;
     if (cairn_workers_open(&w, &wp, m, &err)) fail_msg("workers: %s", err.msg);
     char *doc = document(w, 900);
@@ -131,11 +127,35 @@ static void test_online_only_waits_for_online_work(void **state)
     wait_done(&off);
     assert_int_equal(on.tokens, 24); /* more iterations than layers */
     assert_true(off.tokens > 0);
-    assert_true(off.t_first > on.t_done);
-    assert_int_equal(metric(m, "cairn_sched_layer_yields_total"), 1);
+    *first_after = off.t_first > on.t_done;
+    double yields = metric(m, "cairn_sched_layer_yields_total");
     cairn_workers_close(w);
     cairn_metrics_free(m);
     free(doc);
+    return yields;
+}
+
+/* online-only runs no offline work while online work exists: the suspended pass waits, whole,
+ * until the online request has finished, so it yielded once and the document's first token
+ * comes after the online request's last. (Advanced a layer after each online iteration, as
+ * under slo, it yielded 16 times here.) */
+static void test_online_only_waits_for_online_work(void **state)
+{
+    (void)state;
+    bool after;
+    assert_int_equal(yields_around_an_online_request(CAIRN_SCHED_ONLINE_ONLY, &after), 1);
+    assert_true(after);
+}
+
+/* slo advances the suspended pass a layer after each online iteration, so that the online
+ * tokens wait at most a layer: it yields again after each of them. */
+static void test_slo_advances_a_layer_per_online_iteration(void **state)
+{
+    (void)state;
+    bool after;
+    double yields = yields_around_an_online_request(CAIRN_SCHED_SLO, &after);
+    print_message("slo: %.0f layer yields\n", yields);
+    assert_true(yields > 1);
 }
 
 int main(void)
@@ -145,6 +165,7 @@ int main(void)
              models ? models : "data/models");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_online_only_waits_for_online_work),
+        cmocka_unit_test(test_slo_advances_a_layer_per_online_iteration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
