@@ -57,6 +57,9 @@ const char *const cairn_cmd_bench_usage =
     "          rest per bucket, as fitted and as cairnd refits it (mape_online), beside the\n"
     "          machine's noise floor (JSON lines; cpu_stall: the share of the timed time\n"
     "          other tasks waited for a CPU, i.e. how far from idle the machine was).\n"
+    "          noise_floor compares back-to-back repeats; noise_floor_spread times fixed\n"
+    "          decode batches of 1, 4 and 8 tokens every 10 shapes through the run\n"
+    "          (sched_profile_probe lines), the noise a shape meets over minutes.\n"
     "          --samples writes\n"
     "          every timed iteration (shape, seconds) as CSV; --out stores the profile\n"
     "          (cairn-sched-profile 2: features, coefficients). With an SLO it then runs the\n"
@@ -247,6 +250,62 @@ static draw draw_shape(uint64_t *rng, int max_batch_tokens)
     return d;
 }
 
+/* Probes: fixed decode batches of PROBE_DEC[k] sequences (~200 tokens of context each) timed
+ * once every PROBE_EVERY draws through the run. How a probe's timings spread around their
+ * median is the noise one shape meets over minutes, which the noise floor of back-to-back
+ * repeats does not see; no predictor of shapes alone can do better on this machine. */
+enum { PROBE_EVERY = 10, PROBE_CTX = 200, PROBE_MAX_T = 256 };
+static const int PROBE_DEC[] = {1, 4, 8};
+#define N_PROBES ((int)(sizeof PROBE_DEC / sizeof PROBE_DEC[0]))
+#define PROBE_SEQS (1 + 4 + 8)
+
+typedef struct {
+    int ids[8];
+    double t[PROBE_MAX_T];
+    int n_t;
+} probe;
+
+/* Times one step of probe k, first replacing any of its sequences that ended. Returns 0 or 1. */
+static int probe_time(cairn_engine *e, const cairn_gen_params *gp, int32_t vocab, uint64_t *rng,
+                      probe *pr, int k, cairn_error *err)
+{
+    cairn_step_item items[8];
+    for (int i = 0; i < PROBE_DEC[k]; i++) {
+        cairn_seq_info info;
+        if (pr->ids[i] >= 0 && (cairn_engine_seq_info(e, pr->ids[i], &info) != 0 ||
+                                info.finish != CAIRN_FINISH_NONE)) {
+            cairn_engine_release(e, pr->ids[i]);
+            pr->ids[i] = -1;
+        }
+        if (pr->ids[i] < 0) { /* a fresh sequence, prefilled untimed */
+            if ((pr->ids[i] = add_seq(e, gp, PROBE_CTX, vocab, rng)) < 0) {
+                snprintf(err->msg, sizeof err->msg, "no room for a probe sequence");
+                return 1;
+            }
+            cairn_step_item all = {pr->ids[i], PROBE_CTX};
+            if (cairn_engine_step(e, &all, 1, err) != 0) return 1;
+        }
+        items[i] = (cairn_step_item){pr->ids[i], 1};
+    }
+    int64_t t0 = cairn_now_ns();
+    if (cairn_engine_step(e, items, PROBE_DEC[k], err) != 0) return 1;
+    if (pr->n_t < PROBE_MAX_T) pr->t[pr->n_t++] = (double)(cairn_now_ns() - t0) / 1e9;
+    return 0;
+}
+
+/* Mean |t - median| / t over a probe's timings (0 with fewer than 3); *median_s its median. */
+static double probe_spread(const probe *pr, double *median_s)
+{
+    double t[PROBE_MAX_T], sum = 0;
+    memcpy(t, pr->t, sizeof(double) * (size_t)pr->n_t);
+    qsort(t, (size_t)pr->n_t, sizeof *t, cmp_double);
+    *median_s = pr->n_t ? t[(pr->n_t - 1) / 2] : 0;
+    if (pr->n_t < 3) return 0;
+    for (int i = 0; i < pr->n_t; i++)
+        sum += fabs(pr->t[i] - *median_s) / pr->t[i];
+    return sum / pr->n_t;
+}
+
 static int bench_profile(int argc, char **argv)
 {
     const char *model_path = DEFAULT_MODEL, *out_path = NULL, *budgets = "50,100,150,200,300,400";
@@ -283,7 +342,7 @@ static int bench_profile(int argc, char **argv)
     cairn_error err = {0};
     cairn_model *m = NULL;
     cairn_engine *e = NULL;
-    enum { MAX_SEQS = PROF_MAX_DEC + PROF_MAX_PRE, CTX = 768 };
+    enum { MAX_SEQS = PROF_MAX_DEC + PROF_MAX_PRE + PROBE_SEQS, CTX = 768 };
     cairn_engine_params ep = cairn_engine_default_params();
     ep.n_threads = threads;
     ep.max_seqs = MAX_SEQS;
@@ -302,6 +361,13 @@ static int bench_profile(int argc, char **argv)
     int rc = smp ? 0 : 1, n = 0, n_groups = 0;
     cairn_gen_params gp = cairn_gen_default_params();
     gp.max_tokens = CTX;
+    probe probes[N_PROBES];
+    uint64_t probe_rng = 0x2545f4914f6cdd1dull; /* its own: the draws stay those of before */
+    for (int k = 0; k < N_PROBES; k++) {
+        probes[k].n_t = 0;
+        for (int i = 0; i < 8; i++)
+            probes[k].ids[i] = -1;
+    }
 
     fprintf(stderr, "profiling %d iterations", iters);
     while (!rc && n < iters) {
@@ -328,9 +394,11 @@ static int bench_profile(int argc, char **argv)
             }
             dec[n_dec++] = id;
         }
+        int g = n_groups++;
+        for (int k = 0; !rc && g % PROBE_EVERY == 0 && k < N_PROBES; k++)
+            rc = probe_time(e, &gp, vocab, &probe_rng, &probes[k], k, &err);
         /* The same draw, timed `repeat` times: the same decoding sequences (a token further on
          * each time) and fresh prefilling ones. */
-        int g = n_groups++;
         for (int rep = 0; !rc && rep < repeat && n < iters; rep++) {
             sample *s = &smp[n];
             *s = (sample){.group = g, .rep = rep};
@@ -446,6 +514,15 @@ static int bench_profile(int argc, char **argv)
             }
             i = j;
         }
+        double spread_sum = 0;
+        int spread_n = 0;
+        for (int k = 0; k < N_PROBES; k++) {
+            double med, sp = probe_spread(&probes[k], &med);
+            printf("{\"bench\":\"sched_profile_probe\",\"decode\":%d,\"timings\":%d,"
+                   "\"median_ms\":%.2f,\"spread\":%.4f}\n",
+                   PROBE_DEC[k], probes[k].n_t, med * 1e3, sp);
+            spread_sum += sp * probes[k].n_t, spread_n += probes[k].n_t;
+        }
         double c[CAIRN_PREDICTOR_FEATURES];
         cairn_predictor_coefficients(p, c);
         /* The predictor as cairnd runs it after loading this profile: these coefficients, a
@@ -488,11 +565,12 @@ static int bench_profile(int argc, char **argv)
         char stall_s[32] = "null"; /* no PSI on this machine */
         if (stall_frac >= 0) snprintf(stall_s, sizeof stall_s, "%.4f", stall_frac);
         printf("{\"bench\":\"sched_profile\",\"bucket\":\"all\",\"held_out\":%d,\"mape\":%.4f,"
-               "\"mape_online\":%.4f,\"noise_floor\":%.4f,\"ape_p90\":%.4f,\"fit_draws\":%d,"
-               "\"repeat\":%d,\"cpu_stall\":%s,\"coefficients\":[",
+               "\"mape_online\":%.4f,\"noise_floor\":%.4f,\"noise_floor_spread\":%.4f,"
+               "\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,\"cpu_stall\":%s,"
+               "\"coefficients\":[",
                n_all, n_all ? all / n_all : 0.0, o_all ? o_sum / o_all : 0.0,
-               floor_n ? floor_sum / floor_n : 0.0, ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit,
-               repeat, stall_s);
+               floor_n ? floor_sum / floor_n : 0.0, spread_n ? spread_sum / spread_n : 0.0,
+               ape ? pct(ape, (size_t)n_all, 0.9) : 0.0, n_fit, repeat, stall_s);
         if (stall_frac > 0.01)
             fprintf(stderr, "cairn bench profile: other tasks waited for a CPU during %.0f%% of "
                             "the timed iterations (Linux PSI): the machine was not idle and the "
