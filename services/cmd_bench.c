@@ -253,7 +253,7 @@ static draw draw_shape(uint64_t *rng, int max_batch_tokens)
 /* Probes: fixed decode batches of PROBE_DEC[k] sequences (~200 tokens of context each) timed
  * once every PROBE_EVERY draws through the run. How a probe's timings spread around their
  * median is the noise one shape meets over minutes, which the noise floor of back-to-back
- * repeats does not see; no predictor of shapes alone can do better on this machine. */
+ * repeats does not see: about the best a predictor of shapes alone can do on this machine. */
 enum { PROBE_EVERY = 10, PROBE_CTX = 200, PROBE_MAX_T = 256 };
 static const int PROBE_DEC[] = {1, 4, 8};
 #define N_PROBES ((int)(sizeof PROBE_DEC / sizeof PROBE_DEC[0]))
