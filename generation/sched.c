@@ -529,17 +529,13 @@ static int planned(const cairn_sched_seq *s) { return s->id < 0; }
 
 /* Would adding a decode token of s (n = 1) or a prefill chunk of n keep the prediction within
  * the budget (the online one for online sequences)? */
-static int fits_within(const plan *pl, const cairn_sched_seq *s, int n, double limit)
+static int fits(const plan *pl, const cairn_sched_seq *s, int n)
 {
+    const double limit = s->online ? pl->sp->online_budget_s : pl->sp->budget_s;
     if (!pl->pred || n > room(pl)) return n <= room(pl);
     cairn_batch_shape t = pl->shape;
     cairn_batch_shape_add(&t, s->prefilling, s->ctx, n, n >= s->remaining);
     return cairn_predictor_predict(pl->pred, &t) <= limit;
-}
-
-static int fits(const plan *pl, const cairn_sched_seq *s, int n)
-{
-    return fits_within(pl, s, n, s->online ? pl->sp->online_budget_s : pl->sp->budget_s);
 }
 
 /* The largest prefill chunk of s that fits the budget and the token room (0 if none). */
@@ -576,15 +572,11 @@ static void plain(plan *pl, cairn_sched_seq *seqs, int n)
         }
 }
 
-/* How long s has waited for service (since its last iteration, or its arrival). */
-static int64_t waited(const cairn_sched_seq *s, int64_t now)
-{
-    return now - (s->t_served > s->t_arrival ? s->t_served : s->t_arrival);
-}
-
+/* An offline sequence not served (since its last iteration, or its arrival) for starve_ns. */
 static int starving(const cairn_sched_params *sp, const cairn_sched_seq *s, int64_t now)
 {
-    return !s->online && waited(s, now) > sp->starve_ns;
+    int64_t since = s->t_served > s->t_arrival ? s->t_served : s->t_arrival;
+    return !s->online && now - since > sp->starve_ns;
 }
 
 static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)

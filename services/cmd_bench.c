@@ -254,13 +254,13 @@ static draw draw_shape(uint64_t *rng, int max_batch_tokens)
  * once every PROBE_EVERY draws through the run. How a probe's timings spread around their
  * median is the noise one shape meets over minutes, which the noise floor of back-to-back
  * repeats does not see: about the best a predictor of shapes alone can do on this machine. */
-enum { PROBE_EVERY = 10, PROBE_CTX = 200, PROBE_MAX_T = 256 };
-static const int PROBE_DEC[] = {1, 4, 8};
+enum { PROBE_EVERY = 10, PROBE_CTX = 200, PROBE_MAX_T = 256, PROBE_MAX_DEC = 8 };
+static const int PROBE_DEC[] = {1, 4, PROBE_MAX_DEC};
 #define N_PROBES ((int)(sizeof PROBE_DEC / sizeof PROBE_DEC[0]))
-#define PROBE_SEQS (1 + 4 + 8)
+#define PROBE_SEQS (1 + 4 + PROBE_MAX_DEC) /* the engine slots the probes hold: PROBE_DEC's sum */
 
 typedef struct {
-    int ids[8];
+    int ids[PROBE_MAX_DEC];
     double t[PROBE_MAX_T];
     int n_t;
 } probe;
@@ -269,7 +269,7 @@ typedef struct {
 static int probe_time(cairn_engine *e, const cairn_gen_params *gp, int32_t vocab, uint64_t *rng,
                       probe *pr, int k, cairn_error *err)
 {
-    cairn_step_item items[8];
+    cairn_step_item items[PROBE_MAX_DEC];
     for (int i = 0; i < PROBE_DEC[k]; i++) {
         cairn_seq_info info;
         if (pr->ids[i] >= 0 && (cairn_engine_seq_info(e, pr->ids[i], &info) != 0 ||
@@ -365,7 +365,7 @@ static int bench_profile(int argc, char **argv)
     uint64_t probe_rng = 0x2545f4914f6cdd1dull; /* its own: the draws stay those of before */
     for (int k = 0; k < N_PROBES; k++) {
         probes[k].n_t = 0;
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < PROBE_MAX_DEC; i++)
             probes[k].ids[i] = -1;
     }
 
