@@ -9,8 +9,8 @@
  * other 30%, per batch-shape bucket: as fitted (`mape`), and as cairnd runs it after loading the
  * profile (`mape_online`: refitted over a window of the latest iterations, with its speed
  * factor; each shape's timings predicted before the first of them joins), beside the machine's
- * noise floor (`noise_floor`: each held-out timing predicted by the median of its shape's other
- * timings; needs --repeat 3+). The profile can be stored (--out) and given to cairnd
+ * noise floor (`noise_floor`, per bucket and overall: each held-out timing predicted by the
+ * median of its shape's other timings; needs --repeat 3+). The profile can be stored (--out) and given to cairnd
  * (sched.profile); --samples writes the timings for offline analysis.
  *
  * `cairn bench colocate` runs the generation workers in this process under each policy against
@@ -55,8 +55,8 @@ const char *const cairn_cmd_bench_usage =
     "          in a row (default 3), fits the latency predictor on the first 70% of the shapes\n"
     "          (each one's median time) and prints its MAPE on every timed iteration of the\n"
     "          rest per bucket, as fitted and as cairnd refits it (mape_online), beside the\n"
-    "          machine's noise floor (JSON lines; cpu_stall: the share of the timed time\n"
-    "          other tasks waited for a CPU, i.e. how far from idle the machine was).\n"
+    "          machine's noise floor in that bucket (JSON lines; cpu_stall: the share of the\n"
+    "          timed time other tasks waited for a CPU, i.e. how far from idle it was).\n"
     "          noise_floor compares back-to-back repeats; noise_floor_spread times fixed\n"
     "          decode batches of 1, 4 and 8 tokens every 10 shapes through the run\n"
     "          (sched_profile_probe lines), the noise a shape meets over minutes.\n"
@@ -493,8 +493,8 @@ static int bench_profile(int argc, char **argv)
         }
         /* The noise floor: each held-out timing predicted by the median of its shape's other
          * timings (no model at all). A model cannot beat the machine's own repeatability. */
-        double floor_sum = 0;
-        int floor_n = 0;
+        double floor_sum = 0, fsum[N_BUCKETS] = {0};
+        int floor_n = 0, fcnt[N_BUCKETS] = {0};
         for (int i = 0; i < n;) {
             int j = i;
             while (j < n && smp[j].group == smp[i].group)
@@ -510,7 +510,10 @@ static int bench_profile(int argc, char **argv)
                     if (o != k) t[m_++] = smp[o].seconds;
                 qsort(t, (size_t)m_, sizeof *t, cmp_double);
                 double med = m_ % 2 ? t[m_ / 2] : (t[m_ / 2 - 1] + t[m_ / 2]) / 2;
-                floor_sum += fabs(med - smp[k].seconds) / smp[k].seconds, floor_n++;
+                double e_ = fabs(med - smp[k].seconds) / smp[k].seconds;
+                int b = bucket_of(&smp[k].shape);
+                floor_sum += e_, floor_n++;
+                fsum[b] += e_, fcnt[b]++;
             }
             i = j;
         }
@@ -550,9 +553,9 @@ static int bench_profile(int argc, char **argv)
         double o_sum = 0;
         for (int k = 0; k < N_BUCKETS; k++) {
             printf("{\"bench\":\"sched_profile\",\"bucket\":\"%s\",\"held_out\":%d,"
-                   "\"mape\":%.4f,\"mape_online\":%.4f}\n",
+                   "\"mape\":%.4f,\"mape_online\":%.4f,\"noise_floor\":%.4f}\n",
                    BUCKETS[k], cnt[k], cnt[k] ? sum[k] / cnt[k] : 0.0,
-                   ocnt[k] ? osum[k] / ocnt[k] : 0.0);
+                   ocnt[k] ? osum[k] / ocnt[k] : 0.0, fcnt[k] ? fsum[k] / fcnt[k] : 0.0);
             o_all += ocnt[k], o_sum += osum[k];
         }
         cairn_predictor_free(q);
