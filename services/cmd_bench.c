@@ -641,7 +641,7 @@ struct run {
     double *ttft, *gaps;
     size_t n_ttft, cap_ttft, n_gaps, cap_gaps;
     int online_done, online_ok, online_rejected;
-    int offline_done, offline_cut; /* offline requests finished, and ended early (preempted) */
+    int offline_done, offline_cut; /* offline requests finished, and ended with an error */
     long long online_tokens, offline_tokens; /* within the window */
 };
 

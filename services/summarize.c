@@ -100,12 +100,6 @@ static void on_done(void *user, const cairn_gen_result *res)
     pthread_mutex_unlock(&c->r->mu);
 }
 
-/* Errors after which the same request is worth submitting again. */
-static bool retryable(const char *error)
-{
-    return error && strncmp(error, "preempted", 9) == 0;
-}
-
 /* Submits c (again); 0, or the workers' error. Busy counts as an attempt, retried later. */
 static int submit(cairn_workers *w, call *c, int max_tokens, cairn_error *err)
 {
@@ -136,7 +130,7 @@ static int submit(cairn_workers *w, call *c, int max_tokens, cairn_error *err)
     return rc;
 }
 
-/* Runs every call of the round to completion (resubmitting preempted or refused ones). */
+/* Runs every call of the round to completion (resubmitting those refused as busy). */
 static int run_round(cairn_workers *w, call *calls, int n, const cairn_summarize_params *p,
                      cairn_summarize_stats *st, cairn_error *err)
 {
@@ -152,8 +146,8 @@ static int run_round(cairn_workers *w, call *calls, int n, const cairn_summarize
             if (!want[i]) continue;
             if (calls[i].attempts >= p->max_attempts) {
                 rc = cairn_errorf(err, CAIRN_EBUSY,
-                                  "piece %d of %d: still preempted or refused after %d attempts",
-                                  i + 1, n, calls[i].attempts);
+                                  "piece %d of %d: still refused (busy) after %d attempts", i + 1,
+                                  n, calls[i].attempts);
                 break;
             }
             cairn_error e = {0};
@@ -205,10 +199,7 @@ static int run_round(cairn_workers *w, call *calls, int n, const cairn_summarize
             c->done = false;
             st->tokens_generated += c->n_generated;
             if (c->oom) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-            else if (retryable(c->error)) {
-                want[i] = true;
-                again++;
-            } else if (c->error) {
+            else if (c->error) {
                 rc = cairn_errorf(err, c->error && !strncmp(c->error, "shutting", 8)
                                            ? CAIRN_ESTATE
                                            : CAIRN_EIO,
@@ -216,7 +207,7 @@ static int run_round(cairn_workers *w, call *calls, int n, const cairn_summarize
             }
         }
         if (rc || again == 0) break;
-        /* Back off before resubmitting: the KV cache or the queue needs time to drain. */
+        /* Back off before resubmitting: the queue needs time to drain. */
         int pause = 200 * (pass + 1);
         cairn_sleep_ms(pause > 2000 ? 2000 : pause);
     }

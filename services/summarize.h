@@ -6,8 +6,8 @@
  * summarized at once. A longer one is summarized map-reduce style: it is cut at whitespace into
  * k pieces of about equal size, each under chunk_tokens tokens; the k summaries are requested
  * together (the engine batches them); their concatenation is summarized again, recursively,
- * until one summary is left. A request the workers end as preempted (KV pressure) or refuse as
- * busy is submitted again after a pause, up to max_attempts times.
+ * until one summary is left. A request the workers refuse as busy (a full queue) is submitted
+ * again after a pause, up to max_attempts times; one they preempt they requeue themselves.
  *
  * Thread-safety: any number of threads may summarize at once over one cairn_workers.
  */
@@ -38,7 +38,7 @@ typedef struct {
     int pieces;      /* map pieces of the first round (1: no map-reduce) */
     int rounds;      /* generation rounds (1 + reduce rounds) */
     int requests;    /* generation requests made, resubmissions included */
-    int resubmitted; /* of which resubmissions after preemption or a full queue */
+    int resubmitted; /* of which resubmissions after a full queue */
     long long tokens_generated;
 } cairn_summarize_stats;
 
@@ -46,8 +46,8 @@ typedef struct {
  * Summarizes text[0..len) (UTF-8). On success returns 0 with a malloc'ed NUL-terminated summary
  * in *out (caller frees) and its length in *out_len; stats (may be NULL) says what it took.
  * Errors: CAIRN_EINVAL (empty or whitespace-only text, invalid UTF-8), CAIRN_ELIMIT (the
- * summaries stopped shrinking within max_depth rounds), CAIRN_EBUSY (still preempted or busy
- * after max_attempts), CAIRN_ECANCELED (keepalive asked to stop), CAIRN_ESTATE (the workers are
+ * summaries stopped shrinking within max_depth rounds), CAIRN_EBUSY (still busy after
+ * max_attempts), CAIRN_ECANCELED (keepalive asked to stop), CAIRN_ESTATE (the workers are
  * shutting down), CAIRN_ENOMEM; detail in err.
  */
 int cairn_summarize(cairn_workers *w, const char *text, size_t len,

@@ -21,13 +21,15 @@ typedef struct job job;
 struct job {
     job *next;
     cairn_gen_request r; /* callbacks; prompt/stop pointers are not kept */
-    int32_t *tokens;
+    int32_t *tokens;     /* the prompt, then what was generated before each preemption */
     int n_tokens;
+    int n_prompt, n_done; /* the prompt's tokens; tokens generated before the last admission */
     cairn_stop *stop;
     char pend[8]; /* bytes of an incomplete UTF-8 character */
     size_t n_pend;
     int seq;      /* engine sequence id once admitted, else -1 */
     bool stop_hit, caller_stop;
+    bool oom; /* a preemption could not requeue it for want of memory */
     int64_t t_submit, t_admit, t_first, t_last, t_served;
     struct worker *wk;
 };
@@ -44,6 +46,18 @@ static void fifo_push(fifo *q, job *j)
     if (q->tail) q->tail->next = j;
     else q->head = j;
     q->tail = j;
+    q->n++;
+}
+
+/* Inserts j before the first job that arrived after it: a requeued job keeps its turn. */
+static void fifo_insert(fifo *q, job *j)
+{
+    job **at = &q->head;
+    while (*at && (*at)->t_submit <= j->t_submit)
+        at = &(*at)->next;
+    j->next = *at;
+    *at = j;
+    if (!j->next) q->tail = j;
     q->n++;
 }
 
@@ -67,6 +81,7 @@ typedef struct worker {
     int n_active;
     cairn_predictor *pred;
     int online_active;     /* online jobs among active[], as of the last plan */
+    int kv_limit;          /* admit only below this many sequences (set when the KV ran out) */
     cairn_sched_seq *plan; /* max_seqs entries */
     cairn_step_item *items;
 } worker;
@@ -187,7 +202,8 @@ static void job_finish(cairn_workers *w, job *j, cairn_finish finish, const char
     cairn_gen_result res = {
         .finish = j->stop_hit ? CAIRN_FINISH_STOP : finish,
         .error = error,
-        .n_prompt = j->n_tokens,
+        .n_prompt = j->n_prompt,
+        .n_generated = j->n_done,
         .queue_s = j->t_admit ? secs(j->t_admit - j->t_submit) : secs(now - j->t_submit),
         .ttft_s = j->t_first ? secs(j->t_first - j->t_submit) : 0,
         .total_s = secs(now - j->t_submit),
@@ -195,7 +211,7 @@ static void job_finish(cairn_workers *w, job *j, cairn_finish finish, const char
     if (j->seq >= 0) {
         cairn_seq_info info;
         if (cairn_engine_seq_info(j->wk->engine, j->seq, &info) == 0)
-            res.n_generated = info.n_generated;
+            res.n_generated += info.n_generated;
         cairn_engine_release(j->wk->engine, j->seq);
         cairn_gauge_dec(w->g_running);
         pthread_mutex_lock(&w->mu);
@@ -254,6 +270,7 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
         job_free(j);
         return cairn_errorf(err, CAIRN_EINVAL, "the prompt could not be tokenized");
     }
+    j->n_prompt = j->n_tokens;
     if (r->n_stop > 0 && (rc = cairn_stop_new(&j->stop, r->stop, (size_t)r->n_stop, err))) {
         job_free(j);
         return rc;
@@ -306,18 +323,54 @@ static void drop_active(worker *wk, int i)
     wk->active[i] = wk->active[--wk->n_active];
 }
 
+/*
+ * Preemption by recompute: puts an admitted job back in its queue, in order of arrival, with
+ * what it generated appended to its prompt. Its next admission prefills that and generation
+ * goes on where it stopped; its submitter sees only a pause. Its engine sequence is released.
+ * Called with w->mu held. Returns 0; or, leaving the job admitted for the caller to end,
+ * CAIRN_ENOMEM, or CAIRN_ELIMIT when prompt and output fill the context (the engine admits no
+ * prompt that long: the job ends there, one token short of where it would have).
+ */
+static int requeue(worker *wk, job *j)
+{
+    cairn_workers *w = wk->w;
+    cairn_seq_info info;
+    if (cairn_engine_seq_info(wk->engine, j->seq, &info) != 0) info.n_generated = 0;
+    const int n = j->n_tokens + info.n_generated;
+    if (n >= w->n_ctx) return CAIRN_ELIMIT;
+    int32_t *t = realloc(j->tokens, sizeof *t * (size_t)n);
+    if (!t) return CAIRN_ENOMEM;
+    memcpy(t + j->n_tokens, info.generated, sizeof *t * (size_t)info.n_generated);
+    j->tokens = t;
+    j->n_tokens = n;
+    j->n_done += info.n_generated;
+    cairn_engine_release(wk->engine, j->seq);
+    j->seq = -1;
+    w->n_running--;
+    w->n_offline_running -= j->r.offline;
+    cairn_gauge_dec(w->g_running);
+    cairn_counter_inc(w->c_preempt);
+    fifo_insert(j->r.offline ? &w->offline : &w->online, j);
+    CAIRN_LOG_INFO("preempted", "worker=%d offline=%d requeued_tokens=%d", wk->index,
+                   (int)j->r.offline, n);
+    return 0;
+}
+
 /* Moves queued jobs into wk's engine while it has room: online ones first, offline ones only
- * into slots beyond online_reserve. Called with w->mu held. Returns a job the engine refused
- * although it runs nothing (it never could run: the caller finishes it). */
-static job *admit(worker *wk, job **preempted)
+ * into slots beyond online_reserve, and none beyond wk->kv_limit. Called with w->mu held.
+ * Returns a job the engine refused although it runs nothing (it never could run: the caller
+ * finishes it); *ended gets preempted jobs that could not be requeued (job->oom says why). */
+static job *admit(worker *wk, job **ended)
 {
     cairn_workers *w = wk->w;
     const int max = w->p.engine.max_seqs;
+    if (wk->n_active == 0) wk->kv_limit = max;
+    const int cap = wk->kv_limit < max ? wk->kv_limit : max;
     /* Online requests waiting while offline ones fill the engine: offline sequences give their
-     * slots up (their requests end "preempted"; the caller finishes them outside the lock, and
-     * the next pass admits the online ones). Any victim frees one slot, so it is the one with
-     * the least work done (tokens in its KV cache), the newest among equals: the least is lost. */
-    for (int waiting = w->online.n; waiting > 0 && wk->n_active >= max; waiting--) {
+     * slots up (requeued; the next pass admits the online ones). Any victim frees one slot, so
+     * it is the one with the least work done (tokens in its KV cache), the newest among
+     * equals: the least is recomputed. */
+    for (int waiting = w->online.n; waiting > 0 && wk->n_active >= cap; waiting--) {
         int victim = -1, victim_work = 0;
         for (int i = 0; i < wk->n_active; i++) {
             job *j = wk->active[i];
@@ -333,16 +386,20 @@ static job *admit(worker *wk, job **preempted)
         job *j = wk->active[victim];
         drop_active(wk, victim);
         cairn_engine_cancel(wk->engine, j->seq);
-        j->next = *preempted;
-        *preempted = j;
+        int rc = requeue(wk, j);
+        if (rc) {
+            j->oom = rc == CAIRN_ENOMEM;
+            j->next = *ended;
+            *ended = j;
+        }
     }
     for (int cls = 0; cls < 2; cls++) {
         fifo *q = cls ? &w->offline : &w->online;
-        const int limit = cls ? max - w->p.online_reserve : max;
+        const int room = cls ? max - w->p.online_reserve : max, limit = room < cap ? room : cap;
         while (q->head && wk->n_active < limit) {
             job *j = q->head;
             cairn_gen_params gp = cairn_gen_default_params();
-            gp.max_tokens = j->r.max_tokens;
+            gp.max_tokens = j->r.max_tokens - j->n_done;
             gp.sample = j->r.sample;
             gp.stop_tokens = w->eog;
             gp.n_stop_tokens = w->n_eog;
@@ -363,8 +420,10 @@ static job *admit(worker *wk, job **preempted)
             w->n_offline_running += j->r.offline;
             j->seq = id;
             j->wk = wk;
-            j->t_admit = cairn_now_ns();
-            cairn_histogram_observe(w->h_queue, secs(j->t_admit - j->t_submit));
+            if (!j->t_admit) { /* the first admission, not one after a preemption */
+                j->t_admit = cairn_now_ns();
+                cairn_histogram_observe(w->h_queue, secs(j->t_admit - j->t_submit));
+            }
             cairn_gauge_inc(w->g_running);
             wk->active[wk->n_active++] = j;
         }
@@ -394,8 +453,18 @@ static job *find_job(worker *wk, int seq)
     return NULL;
 }
 
+/* The ends of preempted jobs that could not be requeued (see requeue). */
+static void end_unrequeued(cairn_workers *w, job *j)
+{
+    if (j->oom)
+        job_finish(w, j, CAIRN_FINISH_CANCELLED, "out of memory");
+    else
+        job_finish(w, j, CAIRN_FINISH_CONTEXT, NULL);
+}
+
 /* The KV cache ran out: the newest offline sequence gives way, or the newest one if none is
- * offline. Its request ends ("preempted"); an offline submitter may resubmit it. */
+ * offline, and is requeued (recomputed when admitted again). No more sequences than are left
+ * are admitted until one ends. A sequence alone that outgrew the cache ends with an error. */
 static void preempt(worker *wk)
 {
     cairn_workers *w = wk->w;
@@ -410,9 +479,18 @@ static void preempt(worker *wk)
     job *j = wk->active[victim];
     drop_active(wk, victim);
     cairn_engine_cancel(wk->engine, j->seq);
-    cairn_counter_inc(w->c_preempt);
-    CAIRN_LOG_INFO("preempted", "worker=%d offline=%d", wk->index, (int)j->r.offline);
-    job_finish(w, j, CAIRN_FINISH_CANCELLED, "preempted: out of KV cache; retry later");
+    if (wk->n_active == 0) {
+        CAIRN_LOG_WARN("KV cache too small", "worker=%d", wk->index);
+        job_finish(w, j, CAIRN_FINISH_CANCELLED,
+                   "out of KV cache: the sequence alone needs more than the engine's cache");
+        return;
+    }
+    wk->kv_limit = wk->n_active;
+    pthread_mutex_lock(&w->mu);
+    int rc = requeue(wk, j);
+    if (rc) j->oom = rc == CAIRN_ENOMEM;
+    pthread_mutex_unlock(&w->mu);
+    if (rc) end_unrequeued(w, j);
 }
 
 /* Layer-level yield: an offline-only pass stops at the next layer boundary once an online
@@ -506,11 +584,39 @@ static void record(worker *wk, const cairn_batch_shape *shape, int n_items, int6
     }
 }
 
+/* Ends the active jobs that finished (length, stop token, stop string, caller) or ran too long:
+ * before admission, so that their slots and KV blocks count as free and none is preempted. */
+static void end_finished(worker *wk)
+{
+    cairn_workers *w = wk->w;
+    int64_t now = cairn_now_ns();
+    for (int i = 0; i < wk->n_active;) {
+        job *j = wk->active[i];
+        cairn_seq_info info;
+        cairn_engine_seq_info(wk->engine, j->seq, &info);
+        int64_t limit = j->r.offline ? w->p.offline_timeout_ns : w->p.timeout_ns;
+        bool late = limit > 0 && now - j->t_submit > limit;
+        if (info.finish == CAIRN_FINISH_NONE && !late) {
+            i++;
+            continue;
+        }
+        drop_active(wk, i);
+        wk->kv_limit = w->p.engine.max_seqs; /* its KV blocks are free again */
+        if (late && info.finish == CAIRN_FINISH_NONE) {
+            cairn_engine_cancel(wk->engine, j->seq);
+            job_finish(w, j, CAIRN_FINISH_CANCELLED, "timed out");
+        } else {
+            job_finish(w, j, info.finish, NULL);
+        }
+    }
+}
+
 static void *worker_main(void *arg)
 {
     worker *wk = arg;
     cairn_workers *w = wk->w;
     for (;;) {
+        end_finished(wk);
         pthread_mutex_lock(&w->mu);
         while (!w->closing && !w->online.head && !w->offline.head && wk->n_active == 0)
             pthread_cond_wait(&w->cv, &w->mu);
@@ -522,43 +628,20 @@ static void *worker_main(void *arg)
             take_expired(&w->online, w->p.timeout_ns, t_now, &expired);
             take_expired(&w->offline, w->p.offline_timeout_ns, t_now, &expired);
         }
-        job *preempted = NULL;
-        job *rejected = closing ? NULL : admit(wk, &preempted);
+        job *ended = NULL;
+        job *rejected = closing ? NULL : admit(wk, &ended);
         pthread_mutex_unlock(&w->mu);
         if (closing) break;
         if (rejected) job_finish(w, rejected, CAIRN_FINISH_CANCELLED, "the engine refused it");
-        while (preempted) {
-            job *next = preempted->next;
-            cairn_counter_inc(w->c_preempt);
-            job_finish(w, preempted, CAIRN_FINISH_CANCELLED,
-                       "preempted: its slot went to an online request; retry later");
-            preempted = next;
+        while (ended) {
+            job *next = ended->next;
+            end_unrequeued(w, ended);
+            ended = next;
         }
         while (expired) {
             job *next = expired->next;
             job_finish(w, expired, CAIRN_FINISH_CANCELLED, "timed out waiting for a worker");
             expired = next;
-        }
-
-        /* Finish what ended (length, stop token, stop string, caller) and what ran too long. */
-        int64_t now = cairn_now_ns();
-        for (int i = 0; i < wk->n_active;) {
-            job *j = wk->active[i];
-            cairn_seq_info info;
-            cairn_engine_seq_info(wk->engine, j->seq, &info);
-            int64_t limit = j->r.offline ? w->p.offline_timeout_ns : w->p.timeout_ns;
-            bool late = limit > 0 && now - j->t_submit > limit;
-            if (info.finish != CAIRN_FINISH_NONE || late) {
-                drop_active(wk, i);
-                if (late && info.finish == CAIRN_FINISH_NONE) {
-                    cairn_engine_cancel(wk->engine, j->seq);
-                    job_finish(w, j, CAIRN_FINISH_CANCELLED, "timed out");
-                } else {
-                    job_finish(w, j, info.finish, NULL);
-                }
-                continue;
-            }
-            i++;
         }
         if (wk->n_active == 0) continue;
 
@@ -611,8 +694,11 @@ static int make_metrics(cairn_workers *w, cairn_metrics *m, cairn_error *err)
                                     "Tokens generated for online requests", err);
     if (!rc) rc = cairn_counter_new(m, &w->c_offline_tokens, "cairn_offline_tokens_total",
                                     "Tokens generated for offline (batch job) requests", err);
-    if (!rc) rc = cairn_counter_new(m, &w->c_preempt, "cairn_sched_preemptions_total",
-                                    "Sequences ended to free KV cache blocks", err);
+    if (!rc)
+        rc = cairn_counter_new(m, &w->c_preempt, "cairn_sched_preemptions_total",
+                               "Sequences preempted (requeued, to be recomputed) to free KV "
+                               "cache blocks or a slot for online work",
+                               err);
     if (!rc) rc = cairn_counter_new(m, &w->c_yield, "cairn_sched_layer_yields_total",
                                     "Offline-only passes stopped at a layer boundary for online "
                                     "work", err);
@@ -684,6 +770,7 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
         worker *wk = &w->wk[i];
         wk->w = w;
         wk->index = i;
+        wk->kv_limit = p->engine.max_seqs;
         wk->active = calloc((size_t)p->engine.max_seqs, sizeof *wk->active);
         wk->plan = calloc((size_t)p->engine.max_seqs, sizeof *wk->plan);
         wk->items = calloc((size_t)p->engine.max_seqs, sizeof *wk->items);

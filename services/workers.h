@@ -10,8 +10,10 @@
  * generation/sched (policy slo, online-only or fcfs-hybrid): under slo, online decode tokens
  * always run and offline work fills what the per-iteration latency budget leaves, judged by a
  * latency predictor that each worker refits from its measured iterations. When the KV cache
- * runs out, the newest offline sequence gives way first (its request ends with error
- * "preempted", and its submitter may resubmit it). An iteration carrying only offline work
+ * runs out, the newest offline sequence gives way first, and an online request finding every
+ * slot taken displaces the offline one with the least work done: a preempted request goes back
+ * to its queue in its turn, what it generated appended to its prompt, and is recomputed when
+ * admitted again, so that its submitter sees only a pause. An iteration carrying only offline work
  * stops at the next layer boundary when an online request arrives (layer_yield), keeps what it
  * computed, and advances a layer after each online iteration until no online sequence is left
  * (under online-only it waits until then: that policy runs no offline work beside online).

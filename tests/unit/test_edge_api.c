@@ -24,6 +24,8 @@
 #include "services/edge_api.h"
 #include "services/http.h"
 
+#include "metric_value.h"
+
 typedef struct fixture {
     char edge[1024], found[1024];
     cairn_metrics *m;
@@ -105,20 +107,9 @@ static reply req(const fixture *f, const char *method, const char *path, const c
     return r;
 }
 
-/* The value of a metric line that starts with prefix (e.g. 'name{reason="nan"}'), or -1. */
-static double metric(const fixture *f, const char *prefix)
+static double metric(const fixture *f, const char *series)
 {
-    char *text = NULL;
-    assert_int_equal(cairn_metrics_render(f->m, &text, NULL), 0);
-    double v = -1;
-    for (char *line = text; line && *line;) {
-        char *nl = strchr(line, '\n');
-        if (!strncmp(line, prefix, strlen(prefix)) && line[strlen(prefix)] == ' ')
-            v = strtod(line + strlen(prefix) + 1, NULL);
-        line = nl ? nl + 1 : NULL;
-    }
-    free(text);
-    return v;
+    return metric_value(f->m, series);
 }
 
 /* ---- Sample batches ------------------------------------------------------------------------- */

@@ -34,6 +34,8 @@
 #include "services/jobs.h"
 #include "services/redis.h"
 
+#include "metric_value.h"
+
 /* ---- Fixture: a real redis-server ------------------------------------------------------- */
 
 typedef struct {
@@ -233,15 +235,7 @@ static long long pending_count(fixture *f)
 
 static double metric(fixture *f, const char *series)
 {
-    char *text = NULL;
-    assert_int_equal(cairn_metrics_render(f->reg, &text, NULL), 0);
-    double v = -1;
-    char *p = strstr(text, series);
-    while (p && p > text && p[-1] != '\n')
-        p = strstr(p + 1, series);
-    if (p) v = strtod(p + strlen(series), NULL);
-    free(text);
-    return v;
+    return metric_value(f->reg, series);
 }
 
 /* ---- Executors -------------------------------------------------------------------------- */
@@ -360,8 +354,8 @@ static void test_submit_claim_complete(void **state)
                      CAIRN_ENOTFOUND);
     assert_int_equal(cairn_jobs_status_json(q, "bad id", &json, NULL, &err), CAIRN_EINVAL);
     assert_int_equal(cairn_jobs_claim(q, 4, 0, jobs, &err), 0);
-    assert_true(metric(f, "cairn_jobs_submitted_total ") == 1);
-    assert_true(metric(f, "cairn_jobs_completed_total ") == 1);
+    assert_true(metric(f, "cairn_jobs_submitted_total") == 1);
+    assert_true(metric(f, "cairn_jobs_completed_total") == 1);
     cairn_jobs_close(q);
 }
 
@@ -387,7 +381,7 @@ static void test_own_pending_reread(void **state)
     assert_int_equal(cairn_jobs_complete(q, &job, "r", 1, NULL), 1);
     cairn_job_clear(&job);
     assert_int_equal(pending_count(f), 0);
-    assert_true(metric(f, "cairn_jobs_redelivered_total ") == 1);
+    assert_true(metric(f, "cairn_jobs_redelivered_total") == 1);
     cairn_jobs_close(q);
 }
 
@@ -468,7 +462,7 @@ static void test_result_exists_not_recomputed(void **state)
     assert_int_equal(pending_count(f), 0);
     char buf[64];
     assert_string_equal(hget(f, id, "result", buf, sizeof buf), "PRE");
-    assert_true(metric(f, "cairn_jobs_duplicates_total ") == 1);
+    assert_true(metric(f, "cairn_jobs_duplicates_total") == 1);
     cairn_jobs_close(q);
 }
 
@@ -512,7 +506,7 @@ static void test_poison_job_dead_letter(void **state)
     assert_int_equal(st, CAIRN_JOB_FAILED);
     assert_non_null(strstr(json, "boom"));
     free(json);
-    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"max_deliveries\"} ") == 1);
+    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"max_deliveries\"}") == 1);
     /* Nothing left to run. */
     assert_int_equal(cairn_jobs_process(q, 1, 200, run_echo, &ctx, NULL), 0);
     assert_int_equal(atomic_load(&ctx.calls), 3);
@@ -632,10 +626,10 @@ static void test_malformed_entries_dead_letter(void **state)
     assert_int_equal(st, CAIRN_JOB_FAILED);
     assert_non_null(strstr(json, "unknown job type 'translate'"));
     free(json);
-    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"missing_field\"} ") == 2);
-    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"bad_field\"} ") == 2);
-    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"oversized\"} ") == 1);
-    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"not_utf8\"} ") == 1);
+    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"missing_field\"}") == 2);
+    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"bad_field\"}") == 2);
+    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"oversized\"}") == 1);
+    assert_true(metric(f, "cairn_jobs_dead_total{reason=\"not_utf8\"}") == 1);
     cairn_jobs_close(q);
 }
 

@@ -17,22 +17,30 @@
 #include "common/clock.h"
 #include "services/workers.h"
 
+#include "metric_value.h"
+
 static char model_path[1024];
 
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int64_t t_first, t_done; /* first text, on_done (cairn_now_ns) */
-    int tokens;
+    int tokens;              /* text callbacks */
+    char text[2048];
+    size_t len;
+    cairn_finish finish;
+    int n_generated;
     const char *error;
 } req;
 
 static int on_text(void *user, const char *t, size_t n)
 {
-    (void)t, (void)n;
     req *q = user;
     pthread_mutex_lock(&q->mu);
     if (!q->tokens++) q->t_first = cairn_now_ns();
+    if (q->len + n < sizeof q->text) memcpy(q->text + q->len, t, n), q->len += n;
+    q->text[q->len] = '\0';
+    pthread_cond_broadcast(&q->cv);
     pthread_mutex_unlock(&q->mu);
     return 0;
 }
@@ -43,7 +51,18 @@ static void on_done(void *user, const cairn_gen_result *r)
     pthread_mutex_lock(&q->mu);
     q->t_done = cairn_now_ns();
     q->error = r->error;
+    q->finish = r->finish;
+    q->n_generated = r->n_generated;
     pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* Waits until q has had n text callbacks or ended. */
+static void wait_tokens(req *q, int n)
+{
+    pthread_mutex_lock(&q->mu);
+    while (q->tokens < n && !q->t_done)
+        pthread_cond_wait(&q->cv, &q->mu);
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -88,18 +107,6 @@ static char *document(const cairn_workers *w, int n)
     return s;
 }
 
-static double metric(cairn_metrics *m, const char *name)
-{
-    char *text = NULL;
-    size_t len = 0;
-    assert_int_equal(cairn_metrics_render(m, &text, &len), 0);
-    double v = -1;
-    for (char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-        if (!strncmp(l, name, strlen(name)) && l[strlen(name)] == ' ') v = atof(l + strlen(name));
-    free(text);
-    return v;
-}
-
 /* An online request (24 tokens, more than the model's 18 layers) arrives during the first pass
  * of a ~900-token offline document (two passes). Returns the layer yields the workers counted;
  * *first_after says whether the document's first token came after the online request's last. */
@@ -128,7 +135,7 @@ static double yields_around_an_online_request(cairn_sched_policy policy, bool *f
     assert_int_equal(on.tokens, 24); /* more iterations than layers */
     assert_true(off.tokens > 0);
     *first_after = off.t_first > on.t_done;
-    double yields = metric(m, "cairn_sched_layer_yields_total");
+    double yields = metric_value(m, "cairn_sched_layer_yields_total");
     cairn_workers_close(w);
     cairn_metrics_free(m);
     free(doc);
@@ -158,6 +165,49 @@ static void test_slo_advances_a_layer_per_online_iteration(void **state)
     assert_true(yields > 1);
 }
 
+/* An online request that finds the only slot taken by an offline one preempts it. The offline
+ * request does not end: it waits while the online one runs, then goes on where it stopped,
+ * recomputing its prompt and what it had generated. Its text and token count are those of the
+ * same request run alone (greedy), and one preemption was counted. */
+static void test_preempted_offline_request_goes_on(void **state)
+{
+    (void)state;
+    cairn_metrics *m = NULL;
+    cairn_error err = {0};
+    assert_int_equal(cairn_metrics_new(&m, &err), 0);
+    cairn_workers_params wp = cairn_workers_default_params();
+    wp.model_path = model_path;
+    wp.engine.n_ctx = 256;
+    wp.engine.max_seqs = 1;
+    wp.online_reserve = 0;
+    cairn_workers *w = NULL;
+    if (cairn_workers_open(&w, &wp, m, &err)) fail_msg("workers: %s", err.msg);
+    const char *doc = "Write a short story about a lighthouse keeper and a storm.";
+    enum { N = 32 };
+    req alone = {0}, off = {0}, on = {0};
+    submit(w, &alone, doc, true, N);
+    wait_done(&alone);
+    assert_int_equal(alone.n_generated, N);
+    assert_int_equal(metric_value(m, "cairn_sched_preemptions_total"), 0);
+
+    submit(w, &off, doc, true, N);
+    wait_tokens(&off, 8);
+    submit(w, &on, "The capital of France is", false, 6);
+    wait_done(&on);
+    pthread_mutex_lock(&off.mu);
+    int64_t off_last_before = off.t_done; /* it must not have ended while preempted */
+    pthread_mutex_unlock(&off.mu);
+    wait_done(&off);
+    assert_int_equal(off_last_before, 0);
+    assert_true(off.tokens > 8);
+    assert_int_equal(off.finish, CAIRN_FINISH_LENGTH);
+    assert_int_equal(off.n_generated, N);
+    assert_string_equal(off.text, alone.text);
+    assert_int_equal(metric_value(m, "cairn_sched_preemptions_total"), 1);
+    cairn_workers_close(w);
+    cairn_metrics_free(m);
+}
+
 int main(void)
 {
     const char *models = getenv("CAIRN_TEST_MODELS");
@@ -166,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_online_only_waits_for_online_work),
         cmocka_unit_test(test_slo_advances_a_layer_per_online_iteration),
+        cmocka_unit_test(test_preempted_offline_request_goes_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
