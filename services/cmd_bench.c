@@ -445,7 +445,7 @@ static int bench_profile(int argc, char **argv)
             probes[k].ids[i] = -1;
     }
 
-    const long fixed_reps = fixed_work_reps();
+    long fixed_reps = 0; /* calibrated after the first draw, once the engine has run */
     const int machine_cap = (iters + 1) * MACHINE_REPEAT;
     double *machine_t = malloc(sizeof(double) * (size_t)machine_cap);
     int n_machine = 0;
@@ -478,6 +478,7 @@ static int bench_profile(int argc, char **argv)
         int g = n_groups++;
         for (int k = 0; !rc && g % PROBE_EVERY == 0 && k < N_PROBES; k++)
             rc = probe_time(e, &gp, vocab, &probe_rng, &probes[k], k, &err);
+        if (!fixed_reps) fixed_reps = fixed_work_reps();
         for (int k = 0; !rc && k < MACHINE_REPEAT && n_machine < machine_cap; k++)
             machine_t[n_machine++] = time_fixed_work(fixed_reps);
         /* The same draw, timed `repeat` times: the same decoding sequences (a token further on
