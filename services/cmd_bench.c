@@ -11,9 +11,9 @@
  * factor; each shape's timings predicted before the first of them joins), beside the machine's
  * noise floor (`noise_floor`, per bucket and overall: each held-out timing predicted by the
  * median of its shape's other timings; needs --repeat 3+) and the machine's own repeatability
- * with the engine out of it (`machine_floor`: a fixed arithmetic loop timed 3 times after every
- * shape). The profile can be stored (--out) and given to cairnd (sched.profile); --samples
- * writes the timings for offline analysis.
+ * with the engine out of it (sched_profile_machine: a fixed arithmetic loop and a fixed memory
+ * stream, each timed 3 times after every shape). The profile can be stored (--out) and given
+ * to cairnd (sched.profile); --samples writes the timings for offline analysis.
  *
  * `cairn bench colocate` runs the generation workers in this process under each policy against
  * a standing backlog of offline requests (summarization-shaped: long prompts, 64-token outputs)
@@ -62,8 +62,9 @@ const char *const cairn_cmd_bench_usage =
     "          noise_floor compares back-to-back repeats; noise_floor_spread times fixed\n"
     "          decode batches of 1, 4 and 8 tokens every 10 shapes through the run\n"
     "          (sched_profile_probe lines), the noise a shape meets over minutes;\n"
-    "          sched_profile_machine times a fixed 15 ms arithmetic loop 3 times after\n"
-    "          every shape: the machine's repeatability with the engine out of it.\n"
+    "          sched_profile_machine times a fixed 15 ms arithmetic loop and a fixed\n"
+    "          15 ms memory stream 3 times each after every shape: the machine's\n"
+    "          repeatability with the engine out of it.\n"
     "          --samples writes\n"
     "          every timed iteration (shape, seconds) as CSV; --out stores the profile\n"
     "          (cairn-sched-profile 2: features, coefficients). With an SLO it then runs the\n"
@@ -310,20 +311,36 @@ static double probe_spread(const probe *pr, double *median_s)
     return sum / pr->n_t;
 }
 
-/* The machine's own repeatability, with our code out of it: a fixed loop of arithmetic (one
- * thread, nothing outside L1, no allocation, no system call) of about MACHINE_MS, timed
- * MACHINE_REPEAT times in a row after every draw. Each timing against the median of the other
- * two (`machine_floor`, the noise floor's protocol) and against the median of all
- * (`machine_spread`, the probes' one) bounds what any predictor of an iteration's time can
- * reach here: the loop's work never changes, yet its time does. */
-enum { MACHINE_MS = 15, MACHINE_REPEAT = 3 };
+/* The machine's own repeatability, with our code out of it: two fixed loops of about MACHINE_MS
+ * on one thread, with no allocation and no system call, timed MACHINE_REPEAT times in a row
+ * after every draw. `arithmetic` stays in L1; `memory` sums a MACHINE_MEM_BYTES buffer, twice
+ * the L3 of this VM, as a decode pass streams its weights. Each timing against the median of
+ * the other two (`floor`, the noise floor's protocol) and against the median of all (`spread`,
+ * the probes' one) bounds what any predictor of an iteration's time can reach here: the
+ * loops' work never changes, yet their time does. */
+enum { MACHINE_MS = 15, MACHINE_REPEAT = 3, MACHINE_MEM_BYTES = 64 << 20 };
 
-static double fixed_work(long reps)
+typedef struct {
+    const char *name;
+    const uint64_t *mem; /* the memory loop's buffer; NULL: the arithmetic loop */
+    long reps;           /* 0 until calibrated */
+    double *t;
+    int n_t, cap;
+} fixed_loop;
+
+static double fixed_work(const fixed_loop *fl)
 {
+    if (fl->mem) {
+        uint64_t s = 0;
+        for (long r = 0; r < fl->reps; r++)
+            for (size_t i = 0; i < MACHINE_MEM_BYTES / sizeof *fl->mem; i++)
+                s += fl->mem[i];
+        return (double)s;
+    }
     float a[64];
     for (int i = 0; i < 64; i++)
         a[i] = (float)i * 1e-3f;
-    for (long r = 0; r < reps; r++)
+    for (long r = 0; r < fl->reps; r++)
         for (int i = 0; i < 64; i++)
             a[i] = a[i] * 0.999f + 0.001f;
     double s = 0;
@@ -334,30 +351,44 @@ static double fixed_work(long reps)
 
 static volatile double g_fixed_sink; /* keeps fixed_work's result, so the loop is not elided */
 
-static double time_fixed_work(long reps)
+static double time_fixed_work(const fixed_loop *fl)
 {
     int64_t t0 = cairn_now_ns();
-    g_fixed_sink += fixed_work(reps);
+    g_fixed_sink += fixed_work(fl);
     return (double)(cairn_now_ns() - t0) / 1e9;
 }
 
-/* How many repetitions of fixed_work take about MACHINE_MS here at its fastest (the quickest
- * of 5 trials: this machine has spells of running at half speed). */
-static long fixed_work_reps(void)
+/* Sets fl->reps so that the loop takes about MACHINE_MS here at its fastest: scaled from the
+ * quickest of 5 short trials, then once more from the quickest of 3 full-length ones (short
+ * trials alone came out 1.6x off: 0.2 ms is too short to time this machine by). */
+static void fixed_loop_calibrate(fixed_loop *fl)
 {
-    enum { TRIAL_REPS = 20000 };
-    double t[5];
-    for (int i = 0; i < 5; i++)
-        t[i] = time_fixed_work(TRIAL_REPS);
-    qsort(t, 5, sizeof *t, cmp_double);
-    long reps = t[0] > 0 ? (long)(TRIAL_REPS * (MACHINE_MS * 1e-3) / t[0]) : TRIAL_REPS;
-    return reps > 0 ? reps : 1;
+    fl->reps = fl->mem ? 1 : 20000;
+    for (int round = 0; round < 2; round++) {
+        double t[5];
+        int n = round ? 3 : 5;
+        for (int i = 0; i < n; i++)
+            t[i] = time_fixed_work(fl);
+        qsort(t, (size_t)n, sizeof *t, cmp_double);
+        if (t[0] > 0) fl->reps = (long)((double)fl->reps * (MACHINE_MS * 1e-3) / t[0] + 0.5);
+        if (fl->reps < 1) fl->reps = 1;
+    }
 }
 
-/* The machine_floor and machine_spread of timings t[0..n) taken in runs of MACHINE_REPEAT. */
-static void machine_noise(const double *t, int n, double *floor, double *spread, double *median)
+/* Times the loop MACHINE_REPEAT times in a row (calibrating it first if need be). */
+static void fixed_loop_time(fixed_loop *fl)
 {
-    double sf = 0, ss = 0, *all = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (!fl->reps) fixed_loop_calibrate(fl);
+    for (int k = 0; k < MACHINE_REPEAT && fl->n_t < fl->cap; k++)
+        fl->t[fl->n_t++] = time_fixed_work(fl);
+}
+
+/* Prints a loop's line: its floor and spread over runs of MACHINE_REPEAT timings. */
+static void fixed_loop_report(const fixed_loop *fl)
+{
+    const double *t = fl->t;
+    const int n = fl->n_t;
+    double sf = 0, ss = 0, median = 0, *all = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
     int nf = 0;
     for (int i = 0; i + MACHINE_REPEAT <= n; i += MACHINE_REPEAT)
         for (int k = 0; k < MACHINE_REPEAT; k++) {
@@ -369,17 +400,17 @@ static void machine_noise(const double *t, int n, double *floor, double *spread,
             double med = m % 2 ? o[m / 2] : (o[m / 2 - 1] + o[m / 2]) / 2;
             sf += fabs(med - t[i + k]) / t[i + k], nf++;
         }
-    *median = 0;
     if (all && n > 0) {
         memcpy(all, t, sizeof(double) * (size_t)n);
         qsort(all, (size_t)n, sizeof *all, cmp_double);
-        *median = all[(n - 1) / 2];
+        median = all[(n - 1) / 2];
         for (int i = 0; i < n; i++)
-            ss += fabs(t[i] - *median) / t[i];
+            ss += fabs(t[i] - median) / t[i];
     }
     free(all);
-    *floor = nf ? sf / nf : 0;
-    *spread = n ? ss / n : 0;
+    printf("{\"bench\":\"sched_profile_machine\",\"work\":\"%s\",\"timings\":%d,"
+           "\"median_ms\":%.2f,\"floor\":%.4f,\"spread\":%.4f}\n",
+           fl->name, n, median * 1e3, nf ? sf / nf : 0.0, n ? ss / n : 0.0);
 }
 
 static int bench_profile(int argc, char **argv)
@@ -445,11 +476,17 @@ static int bench_profile(int argc, char **argv)
             probes[k].ids[i] = -1;
     }
 
-    long fixed_reps = 0; /* calibrated after the first draw, once the engine has run */
+    /* The fixed loops are calibrated after the first draw, once the engine has run. */
     const int machine_cap = (iters + 1) * MACHINE_REPEAT;
-    double *machine_t = malloc(sizeof(double) * (size_t)machine_cap);
-    int n_machine = 0;
-    if (!machine_t) rc = 1, snprintf(err.msg, sizeof err.msg, "out of memory");
+    uint64_t *mem = calloc(MACHINE_MEM_BYTES / sizeof(uint64_t), sizeof(uint64_t));
+    fixed_loop loops[2] = {
+        {.name = "arithmetic", .cap = machine_cap},
+        {.name = "memory", .mem = mem, .cap = machine_cap},
+    };
+    for (int k = 0; k < 2; k++)
+        loops[k].t = malloc(sizeof(double) * (size_t)machine_cap);
+    if (!mem || !loops[0].t || !loops[1].t)
+        rc = 1, snprintf(err.msg, sizeof err.msg, "out of memory");
     fprintf(stderr, "profiling %d iterations", iters);
     while (!rc && n < iters) {
         draw d = draw_shape(&rng, ep.max_batch_tokens);
@@ -478,9 +515,8 @@ static int bench_profile(int argc, char **argv)
         int g = n_groups++;
         for (int k = 0; !rc && g % PROBE_EVERY == 0 && k < N_PROBES; k++)
             rc = probe_time(e, &gp, vocab, &probe_rng, &probes[k], k, &err);
-        if (!fixed_reps) fixed_reps = fixed_work_reps();
-        for (int k = 0; !rc && k < MACHINE_REPEAT && n_machine < machine_cap; k++)
-            machine_t[n_machine++] = time_fixed_work(fixed_reps);
+        for (int k = 0; !rc && k < 2; k++)
+            fixed_loop_time(&loops[k]);
         /* The same draw, timed `repeat` times: the same decoding sequences (a token further on
          * each time) and fresh prefilling ones. */
         for (int rep = 0; !rc && rep < repeat && n < iters; rep++) {
@@ -610,11 +646,8 @@ static int bench_profile(int argc, char **argv)
                    PROBE_DEC[k], probes[k].n_t, med * 1e3, sp);
             spread_sum += sp * probes[k].n_t, spread_n += probes[k].n_t;
         }
-        double m_floor, m_spread, m_median;
-        machine_noise(machine_t, n_machine, &m_floor, &m_spread, &m_median);
-        printf("{\"bench\":\"sched_profile_machine\",\"timings\":%d,\"median_ms\":%.2f,"
-               "\"machine_floor\":%.4f,\"machine_spread\":%.4f}\n",
-               n_machine, m_median * 1e3, m_floor, m_spread);
+        for (int k = 0; k < 2; k++)
+            fixed_loop_report(&loops[k]);
         double c[CAIRN_PREDICTOR_FEATURES];
         cairn_predictor_coefficients(p, c);
         /* The predictor as cairnd runs it after loading this profile: these coefficients, a
@@ -699,7 +732,9 @@ static int bench_profile(int argc, char **argv)
     }
     cairn_predictor_free(p);
     free(smp);
-    free(machine_t);
+    free(loops[0].t);
+    free(loops[1].t);
+    free(mem);
     cairn_engine_close(e);
     cairn_model_close(m);
     return rc;
