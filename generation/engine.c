@@ -575,6 +575,24 @@ int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out)
     return 0;
 }
 
+int cairn_engine_seq_rng(const cairn_engine *e, int id, cairn_sampler_rng *out)
+{
+    const eseq *s = find(e, id);
+    if (!s) return CAIRN_ENOTFOUND;
+    if (!s->sampler) return CAIRN_ESTATE;
+    cairn_sampler_rng_get(s->sampler, out);
+    return 0;
+}
+
+int cairn_engine_seq_set_rng(cairn_engine *e, int id, const cairn_sampler_rng *r)
+{
+    eseq *s = find(e, id);
+    if (!s) return CAIRN_ENOTFOUND;
+    if (!s->sampler) return CAIRN_ESTATE;
+    cairn_sampler_rng_set(s->sampler, r);
+    return 0;
+}
+
 int cairn_engine_active(const cairn_engine *e)
 {
     int n = 0;

@@ -154,6 +154,13 @@ typedef struct {
 /* Fills *out for id. Returns 0 or CAIRN_ENOTFOUND. */
 int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out);
 
+/* Where id's sampler PRNG stands, and setting it (cairn_sampler_rng): a sequence re-added after
+ * a preemption with the same sample params carries it over, so a seeded request draws the same
+ * tokens as if it had never stopped. Return 0, CAIRN_ENOTFOUND, or CAIRN_ESTATE for a greedy
+ * sequence (it draws nothing). */
+int cairn_engine_seq_rng(const cairn_engine *e, int id, cairn_sampler_rng *out);
+int cairn_engine_seq_set_rng(cairn_engine *e, int id, const cairn_sampler_rng *r);
+
 /* Sequences added and not finished. */
 int cairn_engine_active(const cairn_engine *e);
 

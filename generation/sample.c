@@ -145,6 +145,16 @@ void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed)
     rng_seed(&s->rng, seed);
 }
 
+void cairn_sampler_rng_get(const cairn_sampler *s, cairn_sampler_rng *out)
+{
+    memcpy(out->s, s->rng.s, sizeof out->s);
+}
+
+void cairn_sampler_rng_set(cairn_sampler *s, const cairn_sampler_rng *r)
+{
+    memcpy(s->rng.s, r->s, sizeof s->rng.s);
+}
+
 /* The largest of l[0..BLOCK), NaN ignored (-inf when all are NaN); a loop compilers vectorize. */
 enum { BLOCK = 16 };
 static inline float block_max(const float *l)

@@ -51,6 +51,15 @@ void cairn_sampler_free(cairn_sampler *s); /* NULL is a no-op */
 /* Restarts the PRNG from seed (the same seed gives the same draws again). */
 void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed);
 
+/* Where a sampler's PRNG stands. A sequence that is stopped and resumed in a new sampler (with
+ * the same params) carries it over, and its draws go on as if it had never stopped. */
+typedef struct cairn_sampler_rng {
+    uint64_t s[4];
+} cairn_sampler_rng;
+
+void cairn_sampler_rng_get(const cairn_sampler *s, cairn_sampler_rng *out);
+void cairn_sampler_rng_set(cairn_sampler *s, const cairn_sampler_rng *r);
+
 /*
  * Picks a token from logits[0..n_vocab) (n_vocab as given at creation). NaN logits count as
  * -inf. Returns the token id (>= 0), or CAIRN_EINVAL when no logit is finite or +inf.

@@ -30,6 +30,8 @@ struct job {
     int seq;      /* engine sequence id once admitted, else -1 */
     bool stop_hit, caller_stop;
     bool oom; /* a preemption could not requeue it for want of memory */
+    bool has_rng;          /* rng holds its sampler's PRNG from before a preemption */
+    cairn_sampler_rng rng; /* so that a seeded request draws on as if never stopped */
     int64_t t_submit, t_admit, t_first, t_last, t_served;
     struct worker *wk;
 };
@@ -326,7 +328,8 @@ static void drop_active(worker *wk, int i)
 /*
  * Preemption by recompute: puts an admitted job back in its queue, in order of arrival, with
  * what it generated appended to its prompt. Its next admission prefills that and generation
- * goes on where it stopped; its submitter sees only a pause. Its engine sequence is released.
+ * goes on where it stopped, its sampler's PRNG where it stood (a seeded request draws what it
+ * would have); its submitter sees only a pause. Its engine sequence is released.
  * Called with w->mu held. Returns 0; or, leaving the job admitted for the caller to end,
  * CAIRN_ENOMEM, or CAIRN_ELIMIT when prompt and output fill the context (the engine admits no
  * prompt that long: the job ends there, one token short of where it would have).
@@ -344,6 +347,7 @@ static int requeue(worker *wk, job *j)
     j->tokens = t;
     j->n_tokens = n;
     j->n_done += info.n_generated;
+    j->has_rng = cairn_engine_seq_rng(wk->engine, j->seq, &j->rng) == 0;
     cairn_engine_release(wk->engine, j->seq);
     j->seq = -1;
     w->n_running--;
@@ -420,6 +424,7 @@ static job *admit(worker *wk, job **ended)
             w->n_offline_running += j->r.offline;
             j->seq = id;
             j->wk = wk;
+            if (j->has_rng) cairn_engine_seq_set_rng(wk->engine, id, &j->rng);
             if (!j->t_admit) { /* the first admission, not one after a preemption */
                 j->t_admit = cairn_now_ns();
                 cairn_histogram_observe(w->h_queue, secs(j->t_admit - j->t_submit));

@@ -198,6 +198,76 @@ static void test_stops_and_callbacks(void **state)
     cairn_engine_close(e);
 }
 
+/* The PRNG of a sequence's sampler after one more draw from r (any row takes one draw). */
+static cairn_sampler_rng one_draw_past(const cairn_sample_params *sp, const cairn_sampler_rng *r)
+{
+    enum { V = 64 };
+    float row[V] = {0};
+    cairn_sampler *s;
+    cairn_error err;
+    if (cairn_sampler_new(&s, V, sp, &err)) fail_msg("sampler: %s", err.msg);
+    cairn_sampler_rng_set(s, r);
+    assert_true(cairn_sampler_sample(s, row, &err) >= 0);
+    cairn_sampler_rng out;
+    cairn_sampler_rng_get(s, &out);
+    cairn_sampler_free(s);
+    return out;
+}
+
+/* A sampled sequence stopped after some tokens and added again (its prompt and tokens as the
+ * new prompt, as the workers requeue a preempted request) with its PRNG carried over draws on
+ * from where it stood: after its first new token its PRNG is one draw past the carried one.
+ * Added again without the carry, it starts over from the seed. Greedy sequences have none. */
+static void test_resumed_sequence_draws_on(void **state)
+{
+    (void)state;
+    if (!model) fail_msg("the model did not open (see above): run scripts/setup");
+    cairn_engine *e = open_engine(512);
+    cairn_error err;
+    cairn_gen_params gp = cairn_gen_default_params();
+    gp.sample = cairn_sample_default_params(); /* temperature 0.8, top-k 40, top-p 0.95 */
+    gp.sample.seed = 77;
+    gp.max_tokens = 6;
+    int a = add(e, 0, &gp);
+    assert_int_equal(cairn_engine_run(e, &err), 0);
+    cairn_seq_info in;
+    assert_int_equal(cairn_engine_seq_info(e, a, &in), 0);
+    assert_int_equal(in.n_generated, 6);
+    cairn_sampler_rng at, seed_rng, b_rng, c_rng;
+    assert_int_equal(cairn_engine_seq_rng(e, a, &at), 0);
+    const int n = prompt_len(0) + in.n_generated;
+    int32_t *t = malloc(sizeof *t * (size_t)n);
+    for (int k = 0; k < prompt_len(0); k++)
+        t[k] = ref.p[0].prompt[k];
+    memcpy(t + prompt_len(0), in.generated, sizeof *t * (size_t)in.n_generated);
+    cairn_engine_release(e, a);
+
+    gp.max_tokens = 1;
+    int b, c;
+    assert_int_equal(cairn_engine_add(e, t, n, &gp, &b, &err), 0);
+    assert_int_equal(cairn_engine_seq_rng(e, b, &seed_rng), 0); /* fresh: the seed's start */
+    assert_int_equal(cairn_engine_seq_set_rng(e, b, &at), 0);
+    assert_int_equal(cairn_engine_add(e, t, n, &gp, &c, &err), 0);
+    assert_int_equal(cairn_engine_run(e, &err), 0);
+    assert_int_equal(cairn_engine_seq_rng(e, b, &b_rng), 0);
+    assert_int_equal(cairn_engine_seq_rng(e, c, &c_rng), 0);
+    cairn_sampler_rng want_b = one_draw_past(&gp.sample, &at);
+    cairn_sampler_rng want_c = one_draw_past(&gp.sample, &seed_rng);
+    assert_memory_equal(b_rng.s, want_b.s, sizeof want_b.s);
+    assert_memory_equal(c_rng.s, want_c.s, sizeof want_c.s);
+    assert_memory_not_equal(b_rng.s, c_rng.s, sizeof c_rng.s);
+
+    gp.sample = cairn_sample_greedy_params();
+    int g;
+    assert_int_equal(cairn_engine_add(e, t, 8, &gp, &g, &err), 0);
+    assert_int_equal(cairn_engine_seq_rng(e, g, &at), CAIRN_ESTATE);
+    assert_int_equal(cairn_engine_seq_set_rng(e, g, &at), CAIRN_ESTATE);
+    cairn_engine_release(e, g);
+    assert_int_equal(cairn_engine_seq_rng(e, g, &at), CAIRN_ENOTFOUND);
+    free(t);
+    cairn_engine_close(e);
+}
+
 static void test_errors(void **state)
 {
     if (!model) fail_msg("the model did not open (see above): run scripts/setup");
@@ -250,6 +320,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_resumed_sequence_draws_on),
         cmocka_unit_test(test_stops_and_callbacks),
         cmocka_unit_test(test_batched_equals_unbatched),
     };

@@ -82,6 +82,24 @@ static void test_seed_reproducible(void **state)
     for (int i = 0; i < DRAWS; i++) {
         assert_int_equal(cairn_sampler_sample(a, l, NULL), first[i]);
     }
+    /* A fresh sampler given a's PRNG half-way draws what a draws from there (a preempted
+     * sequence resumed elsewhere); reseeded instead, it would replay the start. */
+    cairn_sampler_reseed(a, 42);
+    for (int i = 0; i < DRAWS / 2; i++) {
+        cairn_sampler_sample(a, l, NULL);
+    }
+    cairn_sampler_rng at;
+    cairn_sampler_rng_get(a, &at);
+    cairn_sampler *d = make(N, 1.0f, 0, 1.0f, 42);
+    cairn_sampler_rng_set(d, &at);
+    int same_as_start = 0;
+    for (int i = DRAWS / 2; i < DRAWS; i++) {
+        int32_t t = cairn_sampler_sample(d, l, NULL);
+        assert_int_equal(t, first[i]);
+        same_as_start += t == first[i - DRAWS / 2];
+    }
+    assert_true(same_as_start < DRAWS / 4);
+    cairn_sampler_free(d);
     cairn_sampler_free(a);
     cairn_sampler_free(b);
     cairn_sampler_free(c);
