@@ -155,9 +155,10 @@ typedef struct {
 int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out);
 
 /* Where id's sampler PRNG stands, and setting it (cairn_sampler_rng): a sequence re-added after
- * a preemption with the same sample params carries it over, so a seeded request draws the same
- * tokens as if it had never stopped. Return 0, CAIRN_ENOTFOUND, or CAIRN_ESTATE for a greedy
- * sequence (it draws nothing). */
+ * a preemption with the same sample params carries it over, so its draws go on from where they
+ * stood instead of replaying its seed's first ones. (Its tokens can still differ from an
+ * unpreempted run's: the recomputed positions' logits come from a prefill, not decode steps.)
+ * Return 0, CAIRN_ENOTFOUND, or CAIRN_ESTATE for a greedy sequence (it draws nothing). */
 int cairn_engine_seq_rng(const cairn_engine *e, int id, cairn_sampler_rng *out);
 int cairn_engine_seq_set_rng(cairn_engine *e, int id, const cairn_sampler_rng *r);
 

@@ -328,8 +328,8 @@ static void drop_active(worker *wk, int i)
 /*
  * Preemption by recompute: puts an admitted job back in its queue, in order of arrival, with
  * what it generated appended to its prompt. Its next admission prefills that and generation
- * goes on where it stopped, its sampler's PRNG where it stood (a seeded request draws what it
- * would have); its submitter sees only a pause. Its engine sequence is released.
+ * goes on where it stopped, its sampler's PRNG where it stood (cairn_engine_seq_rng); its
+ * submitter sees only a pause. Its engine sequence is released.
  * Called with w->mu held. Returns 0; or, leaving the job admitted for the caller to end,
  * CAIRN_ENOMEM, or CAIRN_ELIMIT when prompt and output fill the context (the engine admits no
  * prompt that long: the job ends there, one token short of where it would have).

@@ -13,11 +13,11 @@
  * runs out, the newest offline sequence gives way first, and an online request finding every
  * slot taken displaces the offline one with the least work done: a preempted request goes back
  * to its queue in its turn, what it generated appended to its prompt, and is recomputed when
- * admitted again with its sampler's PRNG where it stood, so that its submitter sees only a pause
- * (a seeded request gets the tokens it would have had). An iteration carrying only offline work
- * stops at the next layer boundary when an online request arrives (layer_yield), keeps what it
- * computed, and advances a layer after each online iteration until no online sequence is left
- * (under online-only it waits until then: that policy runs no offline work beside online).
+ * admitted again with its sampler's PRNG where it stood, so that its submitter sees only a pause.
+ * An iteration carrying only offline work stops at the next layer boundary when an online
+ * request arrives (layer_yield), keeps what it computed, and advances a layer after each online
+ * iteration until no online sequence is left (under online-only it waits until then: that
+ * policy runs no offline work beside online).
  * Text reaches the submitter through callbacks on the worker thread, already cut at UTF-8
  * boundaries and stop strings. A callback asking to stop (the client went away), a
  * deadline or shutdown cancels the sequence and frees its KV blocks.
