@@ -298,17 +298,36 @@ static int probe_time(cairn_engine *e, const cairn_gen_params *gp, int32_t vocab
     return 0;
 }
 
-/* Mean |t - median| / t over a probe's timings (0 with fewer than 3); *median_s its median. */
-static double probe_spread(const probe *pr, double *median_s)
+/* Mean |t - median| / t over timings t[0..n) (0 with fewer than 3); *median_s their median
+ * (the probes' and the fixed loops' spread). */
+static double spread(const double *t, int n, double *median_s)
 {
-    double t[PROBE_MAX_T], sum = 0;
-    memcpy(t, pr->t, sizeof(double) * (size_t)pr->n_t);
-    qsort(t, (size_t)pr->n_t, sizeof *t, cmp_double);
-    *median_s = pr->n_t ? t[(pr->n_t - 1) / 2] : 0;
-    if (pr->n_t < 3) return 0;
-    for (int i = 0; i < pr->n_t; i++)
-        sum += fabs(pr->t[i] - *median_s) / pr->t[i];
-    return sum / pr->n_t;
+    double *sorted = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1)), sum = 0;
+    *median_s = 0;
+    if (!sorted || n < 1) {
+        free(sorted);
+        return 0;
+    }
+    memcpy(sorted, t, sizeof(double) * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_double);
+    *median_s = sorted[(n - 1) / 2];
+    free(sorted);
+    if (n < 3) return 0;
+    for (int i = 0; i < n; i++)
+        sum += fabs(t[i] - *median_s) / t[i];
+    return sum / n;
+}
+
+/* The median of t[0..n) leaving t[k] out (n <= 9): the noise floor's prediction of t[k] by its
+ * back-to-back repeats. */
+static double median_of_others(const double *t, int n, int k)
+{
+    double o[8];
+    int m = 0;
+    for (int j = 0; j < n && m < 8; j++)
+        if (j != k) o[m++] = t[j];
+    qsort(o, (size_t)m, sizeof *o, cmp_double);
+    return m % 2 ? o[m / 2] : (o[m / 2 - 1] + o[m / 2]) / 2;
 }
 
 /* The machine's own repeatability, with our code out of it: two fixed loops of about MACHINE_MS
@@ -388,29 +407,15 @@ static void fixed_loop_report(const fixed_loop *fl)
 {
     const double *t = fl->t;
     const int n = fl->n_t;
-    double sf = 0, ss = 0, median = 0, *all = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    double sf = 0, median;
     int nf = 0;
     for (int i = 0; i + MACHINE_REPEAT <= n; i += MACHINE_REPEAT)
-        for (int k = 0; k < MACHINE_REPEAT; k++) {
-            double o[MACHINE_REPEAT - 1];
-            int m = 0;
-            for (int j = 0; j < MACHINE_REPEAT; j++)
-                if (j != k) o[m++] = t[i + j];
-            qsort(o, (size_t)m, sizeof *o, cmp_double);
-            double med = m % 2 ? o[m / 2] : (o[m / 2 - 1] + o[m / 2]) / 2;
-            sf += fabs(med - t[i + k]) / t[i + k], nf++;
-        }
-    if (all && n > 0) {
-        memcpy(all, t, sizeof(double) * (size_t)n);
-        qsort(all, (size_t)n, sizeof *all, cmp_double);
-        median = all[(n - 1) / 2];
-        for (int i = 0; i < n; i++)
-            ss += fabs(t[i] - median) / t[i];
-    }
-    free(all);
+        for (int k = 0; k < MACHINE_REPEAT; k++, nf++)
+            sf += fabs(median_of_others(t + i, MACHINE_REPEAT, k) - t[i + k]) / t[i + k];
+    const double sp = spread(t, n, &median);
     printf("{\"bench\":\"sched_profile_machine\",\"work\":\"%s\",\"timings\":%d,"
            "\"median_ms\":%.2f,\"floor\":%.4f,\"spread\":%.4f}\n",
-           fl->name, n, median * 1e3, nf ? sf / nf : 0.0, n ? ss / n : 0.0);
+           fl->name, n, median * 1e3, nf ? sf / nf : 0.0, sp);
 }
 
 static int bench_profile(int argc, char **argv)
@@ -627,13 +632,11 @@ static int bench_profile(int argc, char **argv)
                 i = j;
                 continue;
             }
+            double t[9];
+            for (int o = i; o < j; o++)
+                t[o - i] = smp[o].seconds;
             for (int k = i; k < j; k++) {
-                double t[9];
-                int m_ = 0;
-                for (int o = i; o < j; o++)
-                    if (o != k) t[m_++] = smp[o].seconds;
-                qsort(t, (size_t)m_, sizeof *t, cmp_double);
-                double med = m_ % 2 ? t[m_ / 2] : (t[m_ / 2 - 1] + t[m_ / 2]) / 2;
+                double med = median_of_others(t, j - i, k - i);
                 double e_ = fabs(med - smp[k].seconds) / smp[k].seconds;
                 int b = bucket_of(&smp[k].shape);
                 floor_sum += e_, floor_n++;
@@ -644,7 +647,7 @@ static int bench_profile(int argc, char **argv)
         double spread_sum = 0;
         int spread_n = 0;
         for (int k = 0; k < N_PROBES; k++) {
-            double med, sp = probe_spread(&probes[k], &med);
+            double med, sp = spread(probes[k].t, probes[k].n_t, &med);
             printf("{\"bench\":\"sched_profile_probe\",\"decode\":%d,\"timings\":%d,"
                    "\"median_ms\":%.2f,\"spread\":%.4f}\n",
                    PROBE_DEC[k], probes[k].n_t, med * 1e3, sp);

@@ -31,7 +31,7 @@ struct job {
     bool stop_hit, caller_stop;
     bool oom; /* a preemption could not requeue it for want of memory */
     bool has_rng;          /* rng holds its sampler's PRNG from before a preemption */
-    cairn_sampler_rng rng; /* so that a seeded request draws on as if never stopped */
+    cairn_sampler_rng rng; /* so that its draws go on where they stood */
     int64_t t_submit, t_admit, t_first, t_last, t_served;
     struct worker *wk;
 };
@@ -331,8 +331,8 @@ static void drop_active(worker *wk, int i)
  * goes on where it stopped, its sampler's PRNG where it stood (cairn_engine_seq_rng); its
  * submitter sees only a pause. Its engine sequence is released.
  * Called with w->mu held. Returns 0; or, leaving the job admitted for the caller to end,
- * CAIRN_ENOMEM, or CAIRN_ELIMIT when prompt and output fill the context (the engine admits no
- * prompt that long: the job ends there, one token short of where it would have).
+ * CAIRN_ENOMEM (job->oom set), or CAIRN_ELIMIT when prompt and output fill the context (the engine
+ * admits no prompt that long: the job ends there, one token short of where it would have).
  */
 static int requeue(worker *wk, job *j)
 {
@@ -342,7 +342,10 @@ static int requeue(worker *wk, job *j)
     const int n = j->n_tokens + info.n_generated;
     if (n >= w->n_ctx) return CAIRN_ELIMIT;
     int32_t *t = realloc(j->tokens, sizeof *t * (size_t)n);
-    if (!t) return CAIRN_ENOMEM;
+    if (!t) {
+        j->oom = true;
+        return CAIRN_ENOMEM;
+    }
     memcpy(t + j->n_tokens, info.generated, sizeof *t * (size_t)info.n_generated);
     j->tokens = t;
     j->n_tokens = n;
@@ -390,9 +393,7 @@ static job *admit(worker *wk, job **ended)
         job *j = wk->active[victim];
         drop_active(wk, victim);
         cairn_engine_cancel(wk->engine, j->seq);
-        int rc = requeue(wk, j);
-        if (rc) {
-            j->oom = rc == CAIRN_ENOMEM;
+        if (requeue(wk, j) != 0) {
             j->next = *ended;
             *ended = j;
         }
@@ -493,7 +494,6 @@ static void preempt(worker *wk)
     wk->kv_limit = wk->n_active;
     pthread_mutex_lock(&w->mu);
     int rc = requeue(wk, j);
-    if (rc) j->oom = rc == CAIRN_ENOMEM;
     pthread_mutex_unlock(&w->mu);
     if (rc) end_unrequeued(w, j);
 }

@@ -107,22 +107,31 @@ static char *document(const cairn_workers *w, int n)
     return s;
 }
 
+/* Workers on the test model with metrics in *m: n_ctx positions, max_seqs slots of which
+ * online_reserve are online's, and the policy. */
+static cairn_workers *open_workers(cairn_metrics **m, int n_ctx, int max_seqs, int online_reserve,
+                                   cairn_sched_policy policy)
+{
+    cairn_error err = {0};
+    assert_int_equal(cairn_metrics_new(m, &err), 0);
+    cairn_workers_params wp = cairn_workers_default_params();
+    wp.model_path = model_path;
+    wp.engine.n_ctx = n_ctx;
+    wp.engine.max_seqs = max_seqs;
+    wp.online_reserve = online_reserve;
+    wp.sched.policy = policy;
+    cairn_workers *w = NULL;
+    if (cairn_workers_open(&w, &wp, *m, &err)) fail_msg("workers: %s", err.msg);
+    return w;
+}
+
 /* An online request (24 tokens, more than the model's 18 layers) arrives during the first pass
  * of a ~900-token offline document (two passes). Returns the layer yields the workers counted;
  * *first_after says whether the document's first token came after the online request's last. */
 static double yields_around_an_online_request(cairn_sched_policy policy, bool *first_after)
 {
     cairn_metrics *m = NULL;
-    cairn_error err = {0};
-    assert_int_equal(cairn_metrics_new(&m, &err), 0);
-    cairn_workers_params wp = cairn_workers_default_params();
-    wp.model_path = model_path;
-    wp.engine.n_ctx = 1024;
-    wp.engine.max_seqs = 4;
-    wp.online_reserve = 1;
-    wp.sched.policy = policy;
-    cairn_workers *w = NULL;
-    if (cairn_workers_open(&w, &wp, m, &err)) fail_msg("workers: %s", err.msg);
+    cairn_workers *w = open_workers(&m, 1024, 4, 1, policy);
     char *doc = document(w, 900);
     req off = {0}, on = {0};
     submit(w, &off, doc, true, 4);
@@ -173,15 +182,7 @@ static void test_preempted_offline_request_goes_on(void **state)
 {
     (void)state;
     cairn_metrics *m = NULL;
-    cairn_error err = {0};
-    assert_int_equal(cairn_metrics_new(&m, &err), 0);
-    cairn_workers_params wp = cairn_workers_default_params();
-    wp.model_path = model_path;
-    wp.engine.n_ctx = 256;
-    wp.engine.max_seqs = 1;
-    wp.online_reserve = 0;
-    cairn_workers *w = NULL;
-    if (cairn_workers_open(&w, &wp, m, &err)) fail_msg("workers: %s", err.msg);
+    cairn_workers *w = open_workers(&m, 256, 1, 0, cairn_workers_default_params().sched.policy);
     const char *doc = "Write a short story about a lighthouse keeper and a storm.";
     enum { N = 32 };
     req alone = {0}, off = {0}, on = {0};
