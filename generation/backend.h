@@ -129,8 +129,10 @@ typedef struct cairn_battn {
 
 enum { CAIRN_ACT_SILU = 0, CAIRN_ACT_GELU_TANH = 1 };
 
-/* What a loaded matrix is for (flags): matrix products (matmul, logits), row lookups (embed). */
-enum { CAIRN_BMAT_MATMUL = 1, CAIRN_BMAT_ROWS = 2 };
+/* What a loaded matrix is for (flags): matrix products of the step's rows (matmul), the output
+ * projection (logits: a few rows against many, where a backend may lay it out differently),
+ * row lookups (embed). */
+enum { CAIRN_BMAT_MATMUL = 1, CAIRN_BMAT_LOGITS = 2, CAIRN_BMAT_ROWS = 4 };
 
 /* What a backend can tell the latency predictor about how its cost grows with a batch. */
 typedef struct cairn_backend_traits {
@@ -203,8 +205,8 @@ struct cairn_backend_i {
 /*
  * Opens the backend of a device: -1 the CPU (compute on pool, which must outlive it; NULL runs
  * on the caller), N >= 0 CUDA device N. Returns 0 and *out (cairn_backend_close), or
- * CAIRN_EUNSUPPORTED (a CPU-only build, or no such GPU: err says which), CAIRN_ENOMEM, CAIRN_EDEVICE
- * (a CUDA call failed; err names it).
+ * CAIRN_EUNSUPPORTED (a CPU-only build, or no such GPU: err says which), CAIRN_ENOMEM,
+ * CAIRN_EDEVICE (a CUDA call failed; err names it).
  */
 int cairn_backend_open(cairn_backend **out, int device, cairn_pool *pool, cairn_error *err);
 void cairn_backend_close(cairn_backend *be); /* NULL is a no-op */
