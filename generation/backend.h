@@ -165,7 +165,7 @@ struct cairn_backend_i {
      * bytes. */
     int (*mat_load)(cairn_backend *be, const cairn_gguf_tensor *t, const char *name, int use,
                     cairn_bmat *m, cairn_error *err);
-    void (*mat_free)(cairn_backend *be, cairn_bmat *m);
+    void (*mat_free)(cairn_backend *be, cairn_bmat *m); /* a zeroed m is a no-op */
     /* Sizes the backend's scratch for steps of up to max_tokens tokens over sequences of up
      * to max_ctx positions, with group query heads per KV head, for the matrices loaded so
      * far. Stages allocate nothing; call again after loading more matrices. */
@@ -182,9 +182,10 @@ struct cairn_backend_i {
     /* y[i][t] = w[i] x[t] for the step's n_tokens rows of x, n_w matrices of equal cols. */
     int (*matmul)(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                   float *const *y, cairn_error *err);
-    /* Per token: biases, per-head q/k norms, RoPE at its position, q *= q_scale, then its K and
-     * V rows (F16) into the cache at (layer, its sequence, its position). */
-    int (*qkv)(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, const float *v,
+    /* Per token: biases (v's too, in place), per-head q/k norms, RoPE at its position,
+     * q *= q_scale, then its K and V rows (F16) into the cache at (layer, its sequence, its
+     * position). */
+    int (*qkv)(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, float *v,
                cairn_error *err);
     /* out[t][h] = softmax(scale q[t][h].K) V over the keys p->window allows. */
     int (*attention)(cairn_backend *be, const cairn_battn *p, const float *q, float *out,
@@ -197,9 +198,9 @@ struct cairn_backend_i {
     int (*gated)(cairn_backend *be, float *a, const float *b, int n, int act, cairn_error *err);
     /* The next-token logits of the tokens whose batch logits flag is set, in batch order:
      * out_host[j] = w (rmsnorm(x[t_j]) * norm), w->rows floats each, into host memory. Waits
-     * for the step. */
+     * for the step. The pass is over: x's rows may be used as scratch. */
     int (*logits)(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
-                  const float *x, int n, float *out_host, cairn_error *err);
+                  float *x, int n, float *out_host, cairn_error *err);
 };
 
 /*

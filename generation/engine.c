@@ -34,12 +34,14 @@ struct cairn_engine {
     cairn_engine_params p;
     int n_vocab;
     cairn_pool *pool;
+    cairn_backend *be; /* the device's (p.device), computing on pool when it is the CPU */
     cairn_kv *kv;
     cairn_model_ws *ws;
     eseq *seqs;
     /* Batch arrays (max_batch_tokens) and logits rows (one per sequence at most). */
     int32_t *b_tok, *b_seq, *b_pos;
-    uint8_t *b_logits, *b_kinds;
+    uint8_t *b_logits;
+    int32_t *b_plen; /* per batch token: its prompt's length (cairn_batch.prompt_len) */
     int *row_of_item;
     float *logits;
     int32_t *sampled; /* per item of the pass being completed: its token, or an error code */
@@ -53,7 +55,8 @@ struct cairn_engine {
     cairn_step_item *susp_items;
     int *susp_row, *susp_pre_len;
     int32_t *s_tok, *s_seq, *s_pos;
-    uint8_t *s_logits, *s_kinds;
+    uint8_t *s_logits;
+    int32_t *s_plen;
     int s_nt;
     float *x_save;
     cairn_model_yield y;
@@ -62,7 +65,8 @@ struct cairn_engine {
 cairn_engine_params cairn_engine_default_params(void)
 {
     return (cairn_engine_params){.n_threads = 0, .n_ctx = 0, .max_seqs = 8,
-                                 .max_batch_tokens = 512, .block_tokens = 16, .kv_blocks = 0};
+                                 .max_batch_tokens = 512, .block_tokens = 16, .kv_blocks = 0,
+                                 .device = -1};
 }
 
 cairn_gen_params cairn_gen_default_params(void)
@@ -93,12 +97,13 @@ void cairn_engine_close(cairn_engine *e)
     free(e->seqs);
     cairn_model_ws_free(e->ws);
     cairn_kv_close(e->kv);
+    cairn_backend_close(e->be);
     cairn_pool_close(e->pool);
     free(e->b_tok);
     free(e->b_seq);
     free(e->b_pos);
     free(e->b_logits);
-    free(e->b_kinds);
+    free(e->b_plen);
     free(e->row_of_item);
     free(e->sampled);
     free(e->logits);
@@ -111,7 +116,7 @@ void cairn_engine_close(cairn_engine *e)
     free(e->s_seq);
     free(e->s_pos);
     free(e->s_logits);
-    free(e->s_kinds);
+    free(e->s_plen);
     free(e->x_save);
     free(e);
 }
@@ -161,8 +166,11 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     if ((rc = cairn_pool_open(&e->pool, &pp, err)))
         goto fail;
 
+    if ((rc = cairn_backend_open(&e->be, p.device, e->pool, err)))
+        goto fail;
     cairn_kv_params kp = cairn_kv_default_params();
     cairn_model_kv_params(m, &kp);
+    kp.backend = e->be;
     kp.block_tokens = p.block_tokens;
     kp.n_blocks = p.kv_blocks;
     kp.max_seqs = p.max_seqs;
@@ -177,14 +185,14 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
         kp.n_blocks_window = need < p.kv_blocks ? (int)need : p.kv_blocks;
     }
     if ((rc = cairn_kv_open(&e->kv, &kp, err)) ||
-        (rc = cairn_model_ws_new(&e->ws, m, p.max_batch_tokens, p.n_ctx, p.n_threads, err)))
+        (rc = cairn_model_ws_new(&e->ws, m, e->be, p.max_batch_tokens, p.n_ctx, err)))
         goto fail;
     e->seqs = calloc((size_t)p.max_seqs, sizeof(eseq));
     e->b_tok = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
     e->b_seq = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
     e->b_pos = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
     e->b_logits = malloc((size_t)p.max_batch_tokens);
-    e->b_kinds = malloc((size_t)p.max_batch_tokens);
+    e->b_plen = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
     e->row_of_item = malloc(sizeof(int) * (size_t)p.max_seqs);
     e->sampled = malloc(sizeof(int32_t) * (size_t)p.max_seqs);
     e->run_items = malloc(sizeof(cairn_step_item) * (size_t)p.max_seqs);
@@ -197,14 +205,14 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     e->s_seq = malloc(sizeof(int32_t) * nb);
     e->s_pos = malloc(sizeof(int32_t) * nb);
     e->s_logits = malloc(nb);
-    e->s_kinds = malloc(nb);
+    e->s_plen = malloc(sizeof(int32_t) * nb);
     e->x_save = malloc(sizeof(float) * nb * (size_t)hp->n_embd);
     int rows = p.max_seqs < p.max_batch_tokens ? p.max_seqs : p.max_batch_tokens;
     e->logits = malloc(sizeof(float) * (size_t)rows * (size_t)e->n_vocab);
-    if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->b_kinds ||
+    if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->b_plen ||
         !e->row_of_item || !e->sampled || !e->run_items || !e->logits || !e->pre_len ||
         !e->susp_items || !e->susp_row || !e->susp_pre_len || !e->s_tok || !e->s_seq || !e->s_pos ||
-        !e->s_logits || !e->s_kinds || !e->x_save) {
+        !e->s_logits || !e->s_plen || !e->x_save) {
         rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
         goto fail;
     }
@@ -403,8 +411,7 @@ static int prepare(cairn_engine *e, const cairn_step_item *items, int n_items, c
             e->b_seq[nt] = s->kv_seq;
             e->b_pos[nt] = pos;
             e->b_logits[nt] = want && j == n - 1;
-            /* how llama.cpp would batch it, for its rounding (cairn_batch.kinds) */
-            e->b_kinds[nt] = (uint8_t)cairn_model_row_kind(pos, s->n_prompt);
+            e->b_plen[nt] = s->n_prompt;
             nt++;
         }
         e->row_of_item[i] = want ? rows++ : -1;
@@ -477,11 +484,11 @@ int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n
     if (nt < 0)
         return nt;
     cairn_batch b = {.n_tokens = nt, .tokens = e->b_tok, .seq = e->b_seq, .pos = e->b_pos,
-                     .logits = e->b_logits, .kinds = e->b_kinds};
+                     .logits = e->b_logits, .prompt_len = e->b_plen};
     /* One suspended pass at a time: while one waits, this pass runs to the end. */
     cairn_model_yield y = {.should_yield = e->susp ? NULL : should_yield, .ctx = ctx,
                            .x_save = e->x_save};
-    int rc = cairn_model_forward_ex(e->m, e->ws, e->kv, e->pool, &b, e->logits,
+    int rc = cairn_model_forward_ex(e->m, e->ws, e->kv, &b, e->logits,
                                     should_yield && !e->susp ? &y : NULL, err);
     if (rc == CAIRN_MODEL_YIELDED) {
         e->susp = true;
@@ -495,7 +502,7 @@ int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n
         memcpy(e->s_seq, e->b_seq, sizeof(int32_t) * (size_t)nt);
         memcpy(e->s_pos, e->b_pos, sizeof(int32_t) * (size_t)nt);
         memcpy(e->s_logits, e->b_logits, (size_t)nt);
-        memcpy(e->s_kinds, e->b_kinds, (size_t)nt);
+        memcpy(e->s_plen, e->b_plen, sizeof(int32_t) * (size_t)nt);
         for (int i = 0; i < n_items; i++)
             e->seqs[items[i].id].held = true;
         return CAIRN_ENGINE_SUSPENDED;
@@ -511,11 +518,11 @@ int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *c
     if (!e->susp)
         return cairn_errorf(err, CAIRN_ESTATE, "engine resume: no pass is suspended");
     cairn_batch b = {.n_tokens = e->s_nt, .tokens = e->s_tok, .seq = e->s_seq, .pos = e->s_pos,
-                     .logits = e->s_logits, .kinds = e->s_kinds};
+                     .logits = e->s_logits, .prompt_len = e->s_plen};
     e->y.first_layer = e->y.next_layer;
     e->y.should_yield = should_yield;
     e->y.ctx = ctx;
-    int rc = cairn_model_forward_ex(e->m, e->ws, e->kv, e->pool, &b, e->logits, &e->y, err);
+    int rc = cairn_model_forward_ex(e->m, e->ws, e->kv, &b, e->logits, &e->y, err);
     if (rc == CAIRN_MODEL_YIELDED)
         return CAIRN_ENGINE_SUSPENDED;
     if (rc) {
@@ -602,3 +609,5 @@ int cairn_engine_active(const cairn_engine *e)
 }
 
 const cairn_kv *cairn_engine_kv(const cairn_engine *e) { return e->kv; }
+
+cairn_backend *cairn_engine_backend(const cairn_engine *e) { return e->be; }

@@ -36,14 +36,18 @@ typedef struct {
     int block_tokens;     /* KV block size in tokens */
     int kv_blocks;        /* KV blocks of full-attention layers; 0 = enough for 2 full contexts.
                              Sliding-window layers get what max_seqs windows need. */
+    int device;           /* -1 the CPU; N >= 0 CUDA device N (generation/backend.h) */
 } cairn_engine_params;
 
-/* n_threads 0, n_ctx 0, max_seqs 8, max_batch_tokens 512, block_tokens 16, kv_blocks 0. */
+/* n_threads 0, n_ctx 0, max_seqs 8, max_batch_tokens 512, block_tokens 16, kv_blocks 0,
+ * device -1. */
 cairn_engine_params cairn_engine_default_params(void);
 
 /*
  * Opens an engine over m (which must outlive it). Returns 0 and *out (cairn_engine_close), or
- * CAIRN_EINVAL (a parameter out of range, named in err), CAIRN_ENOMEM, CAIRN_EIO (threads).
+ * CAIRN_EINVAL (a parameter out of range, named in err), CAIRN_ENOMEM, CAIRN_EIO (threads),
+ * CAIRN_EUNSUPPORTED (no such device, or a weight type it has no kernel for: err names the
+ * tensor), CAIRN_EDEVICE (a GPU call failed).
  */
 int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engine_params *p,
                       cairn_error *err);
@@ -167,5 +171,8 @@ int cairn_engine_active(const cairn_engine *e);
 
 /* The engine's KV cache (for metrics and tests; owned by the engine). */
 const cairn_kv *cairn_engine_kv(const cairn_engine *e);
+
+/* The engine's backend (its traits and description; owned by the engine). */
+cairn_backend *cairn_engine_backend(const cairn_engine *e);
 
 #endif

@@ -43,13 +43,42 @@ cairn_kv_params cairn_kv_default_params(void)
                              .max_seqs = 64, .max_seq_tokens = 4096};
 }
 
+/* Pools come from the backend when there is one (device memory), else from the heap. */
+static int pool_alloc(cairn_kv *kv, size_t bytes, uint16_t **out, cairn_error *err)
+{
+    cairn_backend *be = kv->p.backend;
+    if (be)
+        return be->i->alloc(be, bytes, (void **)out, err);
+    *out = malloc(bytes);
+    return *out ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "kv cache: out of memory (%zu bytes)",
+                                   bytes);
+}
+
+static void pool_free(cairn_kv *kv, uint16_t *p)
+{
+    if (kv->p.backend)
+        kv->p.backend->i->free(kv->p.backend, p);
+    else
+        free(p);
+}
+
+static int page_copy(cairn_kv *kv, uint16_t *dst, const uint16_t *src, size_t n,
+                     cairn_error *err)
+{
+    cairn_backend *be = kv->p.backend;
+    if (be)
+        return be->i->copy(be, dst, src, n * sizeof(uint16_t), err);
+    memcpy(dst, src, n * sizeof(uint16_t));
+    return 0;
+}
+
 void cairn_kv_close(cairn_kv *kv)
 {
     if (!kv)
         return;
     for (int g = 0; g < kv->n_groups; g++) {
-        free(kv->groups[g].k);
-        free(kv->groups[g].v);
+        pool_free(kv, kv->groups[g].k);
+        pool_free(kv, kv->groups[g].v);
         free(kv->groups[g].refs);
         free(kv->groups[g].free_stack);
     }
@@ -112,11 +141,17 @@ int cairn_kv_open(cairn_kv **out, const cairn_kv_params *p, cairn_error *err)
             cairn_kv_close(kv);
             return cairn_errorf(err, CAIRN_EOVERFLOW, "kv cache: pool size overflows");
         }
-        gr->k = malloc(gr->block_elems * (size_t)gr->n_blocks * sizeof(uint16_t));
-        gr->v = malloc(gr->block_elems * (size_t)gr->n_blocks * sizeof(uint16_t));
+        size_t bytes = gr->block_elems * (size_t)gr->n_blocks * sizeof(uint16_t);
+        int rc;
+        if ((rc = pool_alloc(kv, bytes, &gr->k, err)) ||
+            (rc = pool_alloc(kv, bytes, &gr->v, err))) {
+            cairn_kv_close(kv);
+            return cairn_error_prefix(err, "kv cache group %d (%d blocks)", g, gr->n_blocks),
+                   rc;
+        }
         gr->refs = calloc((size_t)gr->n_blocks, sizeof(int32_t));
         gr->free_stack = malloc((size_t)gr->n_blocks * sizeof(int32_t));
-        if (!gr->k || !gr->v || !gr->refs || !gr->free_stack)
+        if (!gr->refs || !gr->free_stack)
             goto nomem;
         /* Pop order 0, 1, 2, ...: the stack holds ids in reverse. */
         for (int b = 0; b < gr->n_blocks; b++)
@@ -283,12 +318,15 @@ int cairn_kv_append(cairn_kv *kv, int seq, int n, cairn_error *err)
         }
         if (partial && gr->refs[tab[old_nb - 1]] > 1) {
             int32_t old = tab[old_nb - 1], nw = block_take(gr);
-            memcpy(gr->k + (size_t)nw * gr->block_elems, gr->k + (size_t)old * gr->block_elems,
-                   gr->block_elems * sizeof(uint16_t));
-            memcpy(gr->v + (size_t)nw * gr->block_elems, gr->v + (size_t)old * gr->block_elems,
-                   gr->block_elems * sizeof(uint16_t));
+            size_t off_new = (size_t)nw * gr->block_elems, off_old = (size_t)old * gr->block_elems;
             gr->refs[old]--;
             tab[old_nb - 1] = nw;
+            /* Only a device fault fails a copy; the table already names the new block. */
+            int rc = page_copy(kv, gr->k + off_new, gr->k + off_old, gr->block_elems, err);
+            if (!rc)
+                rc = page_copy(kv, gr->v + off_new, gr->v + off_old, gr->block_elems, err);
+            if (rc)
+                return rc;
         }
         for (int b = old_nb; b < new_nb; b++)
             tab[b] = block_take(gr);
@@ -332,18 +370,24 @@ uint16_t *cairn_kv_v_row(cairn_kv *kv, int layer, int seq, int pos)
     return row(kv, kv->groups[kv->layer_group[layer]].v, layer, seq, pos);
 }
 
-void cairn_kv_paged(const cairn_kv *kv, int layer, int seq, cairn_cpu_paged *out)
+void cairn_kv_layout(const cairn_kv *kv, cairn_bkv *out)
 {
-    int g = kv->layer_group[layer];
-    const kv_group *gr = &kv->groups[g];
-    size_t layer_off = (size_t)kv->layer_index[layer] * kv->p.block_tokens * kv->p.kv_dim;
-    out->k = gr->k + layer_off;
-    out->v = gr->v + layer_off;
-    out->block_stride = gr->block_elems;
-    out->row_stride = (size_t)kv->p.kv_dim;
-    out->blocks = kv->seqs[seq].table[g];
+    memset(out, 0, sizeof *out);
+    out->n_groups = kv->n_groups;
+    for (int g = 0; g < kv->n_groups; g++) {
+        out->group[g].k = kv->groups[g].k;
+        out->group[g].v = kv->groups[g].v;
+        out->group[g].block_elems = kv->groups[g].block_elems;
+        out->group[g].window = kv->groups[g].window;
+    }
+    out->layer_group = kv->layer_group;
+    out->layer_index = kv->layer_index;
+    out->kv_dim = kv->p.kv_dim;
     out->block_tokens = kv->p.block_tokens;
+    out->max_table = kv->max_table;
 }
+
+int cairn_kv_max_table(const cairn_kv *kv) { return kv->max_table; }
 
 int cairn_kv_n_groups(const cairn_kv *kv) { return kv->n_groups; }
 int cairn_kv_layer_group(const cairn_kv *kv, int layer) { return kv->layer_group[layer]; }

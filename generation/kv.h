@@ -13,6 +13,10 @@
  *   copies a block table (no data) and bumps the counts; appending to a shared, partly filled
  *   last block first copies it (copy-on-write). Freeing a sequence drops its references.
  * - Admission, preemption and freeing move no data: a sequence is a list of block ids.
+ * - The pools are device memory of the backend given in the params (generation/backend.h): GPU
+ *   memory on a CUDA engine. This module only keeps the tables; the forward pass reads and
+ *   writes rows through the backend's stages, handed the layout (cairn_kv_layout) and the
+ *   step's tables (cairn_kv_seq_table). Copy-on-write copies pages with the backend's copy.
  *
  * Thread-safety: none; one owner (the engine) calls it, and forward passes read/write rows of
  * distinct (sequence, position) pairs in parallel between calls.
@@ -23,9 +27,9 @@
 #include <stdint.h>
 
 #include "common/error.h"
-#include "generation/kernels/cpu.h"
+#include "generation/backend.h"
 
-#define CAIRN_KV_MAX_GROUPS 4
+#define CAIRN_KV_MAX_GROUPS CAIRN_BACKEND_MAX_GROUPS
 
 typedef struct cairn_kv cairn_kv;
 
@@ -39,6 +43,8 @@ typedef struct {
     int n_blocks_window;     /* blocks in each sliding-window group's pool (0 = n_blocks) */
     int max_seqs;            /* sequences that may exist at once */
     int max_seq_tokens;      /* longest sequence (the context length) */
+    cairn_backend *backend;  /* where the pools live (borrowed; must outlive the cache);
+                                NULL = host memory */
 } cairn_kv_params;
 
 /* block_tokens 16, n_blocks 256, n_blocks_window 0, max_seqs 64, max_seq_tokens 4096; the
@@ -80,13 +86,17 @@ int cairn_kv_append(cairn_kv *kv, int seq, int n, cairn_error *err);
  */
 int cairn_kv_truncate(cairn_kv *kv, int seq, int n, cairn_error *err);
 
-/* The K / V row of (layer, seq, pos) for writing; pos must be < len and in a live block. */
+/* The K / V row of (layer, seq, pos); pos must be < len and in a live block. A device
+ * address: host memory only when the pools are (no backend, or the CPU backend). */
 uint16_t *cairn_kv_k_row(cairn_kv *kv, int layer, int seq, int pos);
 uint16_t *cairn_kv_v_row(cairn_kv *kv, int layer, int seq, int pos);
 
-/* Fills a paged view of (layer, seq) for cairn_cpu_attention; valid until the next append,
- * truncate, fork or free. */
-void cairn_kv_paged(const cairn_kv *kv, int layer, int seq, cairn_cpu_paged *out);
+/* Where the pools are and how a block is laid out, for the backend's stages (owned by kv,
+ * valid until close). */
+void cairn_kv_layout(const cairn_kv *kv, cairn_bkv *out);
+
+/* Block-table entries per sequence and group: ceil(max_seq_tokens / block_tokens). */
+int cairn_kv_max_table(const cairn_kv *kv);
 
 /* Introspection (tests, metrics): groups, a layer's group, free blocks in a group's pool,
  * a block's reference count, a sequence's table in a group (entries, -1 = freed). */

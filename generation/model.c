@@ -23,12 +23,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "generation/kernels/cpu.h"
+#include "generation/backend.h"
 
+/* A layer's weights as the file holds them: norm weights and biases decoded to floats, the
+ * matrices as tensors of the mapped file (a backend loads them: cairn_model_ws_new). */
 typedef struct {
     float *attn_norm, *ffn_norm, *q_norm, *k_norm, *post_attn_norm, *post_ffw_norm;
     float *bq, *bk, *bv;
-    cairn_cpu_mat wq, wk, wv, wo, wgate, wup, wdown;
+    const cairn_gguf_tensor *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;
 } layer_w;
 
 struct cairn_model {
@@ -39,34 +41,77 @@ struct cairn_model {
     layer_w *layers;
     const cairn_gguf_tensor *tok_embd;
     float *output_norm;
-    cairn_cpu_mat output;
-    void *output_r16;             /* output repacked for the 16-rows kernel, or NULL */
-    float *gelu_table;            /* gemma3: GELU at F16, CAIRN_CPU_GELU_TABLE_SIZE entries */
+    const cairn_gguf_tensor *output; /* tok_embd when the output is tied */
 };
+
+/* The same weights on a backend's device. */
+typedef struct {
+    float *attn_norm, *ffn_norm, *q_norm, *k_norm, *post_attn_norm, *post_ffw_norm;
+    float *bq, *bk, *bv;
+    cairn_bmat wq, wk, wv, wo, wgate, wup, wdown;
+} dev_layer;
 
 struct cairn_model_ws {
-    int max_tokens, max_ctx, n_threads;
-    float *x, *h, *q, *k, *v, *att, *a, *ffa, *ffb, *emb_row;
-    float *scores; /* n_threads * max_ctx * query heads per KV head */
-    void *act;
-    size_t act_bytes;
-    int32_t *seq_next;   /* per kv seq id: expected next position, during validation */
+    cairn_backend *be; /* borrowed */
+    int max_tokens, max_ctx, n_layer;
+    dev_layer *layers;
+    cairn_bmat output, embd; /* embd unused (data NULL) when the output is tied */
+    float *output_norm;
+    /* Activations, device memory, max_tokens rows each. */
+    float *x, *h, *q, *k, *v, *att, *a, *ffa, *ffb;
+    /* Host: the step's sequences and block tables (cairn_bbatch). */
     int32_t *seq_first;  /* distinct seqs of the batch, in order of appearance */
     int32_t *seq_count;
+    int32_t *seq_next;   /* per distinct seq: expected next position, during validation */
+    int32_t *slot;       /* per token: its sequence's index in seq_first */
+    uint8_t *want;       /* per token: its logits are wanted */
+    int32_t *tables;     /* n_groups * n_seq * max_table; grown when a batch needs more */
+    size_t tables_cap;
+    cairn_bbatch bb;     /* the step the backend holds (it may keep pointers to it) */
     cairn_model_trace_fn trace; /* see cairn_model_ws_set_trace */
     void *trace_ctx;
+    float *trace_rows;   /* host copy of a stage's rows for the trace hook */
 };
 
-void cairn_model_ws_set_trace(cairn_model_ws *ws, cairn_model_trace_fn fn, void *ctx)
+/* The widest row a stage traces. */
+static int trace_width(const cairn_model_hparams *hp)
 {
+    int w = hp->n_embd;
+    if (hp->n_head * hp->head_dim > w)
+        w = hp->n_head * hp->head_dim;
+    if (hp->n_head * hp->head_dim_v > w)
+        w = hp->n_head * hp->head_dim_v;
+    return hp->n_ff > w ? hp->n_ff : w;
+}
+
+int cairn_model_ws_set_trace(cairn_model_ws *ws, const cairn_model *m, cairn_model_trace_fn fn,
+                             void *ctx, cairn_error *err)
+{
+    if (fn && !ws->trace_rows) {
+        ws->trace_rows = malloc(sizeof(float) * (size_t)ws->max_tokens * trace_width(&m->hp));
+        if (!ws->trace_rows)
+            return cairn_errorf(err, CAIRN_ENOMEM, "model trace: out of memory");
+    }
     ws->trace = fn;
     ws->trace_ctx = ctx;
+    return 0;
+}
+
+/* Hands a stage's rows to the trace hook (copied off the device first). */
+static int trace(cairn_model_ws *ws, int layer, const char *stage, const float *rows, int n,
+                 int width, cairn_error *err)
+{
+    int rc = ws->be->i->download(ws->be, ws->trace_rows, rows,
+                                 sizeof(float) * (size_t)n * width, err);
+    if (!rc)
+        ws->trace(ws->trace_ctx, layer, stage, ws->trace_rows, n, width);
+    return rc;
 }
 
 #define TRACE(ws, layer, stage, rows, n, width)                                                 \
     do {                                                                                       \
-        if ((ws)->trace)                                                                       \
-            (ws)->trace((ws)->trace_ctx, (layer), (stage), (rows), (n), (width));              \
+        if ((ws)->trace && (rc = trace((ws), (layer), (stage), (rows), (n), (width), err)))    \
+            return rc;                                                                         \
     } while (0)
 
 /* ---- Loading -------------------------------------------------------------------------------- */
@@ -126,20 +171,28 @@ static int load_vec(const cairn_gguf *g, const char *name, int n, bool required,
     return 0;
 }
 
+/* A 2-D tensor of rows x cols (GGUF dims[0] = cols). Its type is the backend's business: a
+ * backend without a kernel for it refuses it when it loads the weights (cairn_model_ws_new). */
 static int load_mat(const cairn_gguf *g, const char *name, int64_t rows, int64_t cols,
-                    cairn_cpu_mat *out, cairn_error *err)
+                    const cairn_gguf_tensor **out, cairn_error *err)
 {
     const cairn_gguf_tensor *t = cairn_gguf_find_tensor(g, name);
     if (!t)
         return cairn_errorf(err, CAIRN_ENOTFOUND, "model: missing tensor '%s'", name);
-    int rc = cairn_cpu_mat_from_gguf(out, t, err);
-    if (rc)
-        return rc;
-    if (out->rows != rows || out->cols != cols)
+    if (t->n_dims > 2 || t->dims[2] != 1 || t->dims[3] != 1)
+        return cairn_errorf(err, CAIRN_EFORMAT, "model: tensor '%s' is not a matrix (%u dims)",
+                            name, t->n_dims);
+    if ((int64_t)t->dims[1] != rows || (int64_t)t->dims[0] != cols)
         return cairn_errorf(err, CAIRN_EFORMAT,
                             "model: tensor '%s' is %lld x %lld (rows x cols), expected %lld x %lld",
-                            name, (long long)out->rows, (long long)out->cols, (long long)rows,
+                            name, (long long)t->dims[1], (long long)t->dims[0], (long long)rows,
                             (long long)cols);
+    uint32_t bs = cairn_gguf_type_block_size(t->type);
+    if (bs == 0 || t->dims[0] % bs != 0 || !t->data)
+        return cairn_errorf(err, CAIRN_EFORMAT,
+                            "model: tensor '%s': row length %lld is not a whole number of "
+                            "blocks of its type %u", name, (long long)cols, t->type);
+    *out = t;
     return 0;
 }
 
@@ -164,8 +217,6 @@ void cairn_model_close(cairn_model *m)
     free(m->layers);
     free(m->layer_window);
     free(m->output_norm);
-    free(m->output_r16);
-    free(m->gelu_table);
     cairn_gguf_close(m->g);
     free(m);
 }
@@ -262,10 +313,6 @@ static int bind(cairn_model *m, cairn_error *err)
         for (int l = 0; l < hp->n_layer; l++)
             m->layer_window[l] = (l + 1) % (int)pattern != 0 ? (int)win : 0;
         hp->rope_base_local = 10000.0f;
-        m->gelu_table = malloc(sizeof(float) * CAIRN_CPU_GELU_TABLE_SIZE);
-        if (!m->gelu_table)
-            return cairn_errorf(err, CAIRN_ENOMEM, "model: out of memory");
-        cairn_cpu_gelu_f16_table(m->gelu_table);
     }
 
     m->tok_embd = cairn_gguf_find_tensor(g, "token_embd.weight");
@@ -288,7 +335,6 @@ static int bind(cairn_model *m, cairn_error *err)
                               err))) {
         return rc; /* tied output */
     }
-    if ((rc = cairn_cpu_mat_repack(&m->output, &m->output_r16, err))) return rc;
 
     const int d = hp->n_embd, qd = hp->n_head * hp->head_dim, kd = hp->n_head_kv * hp->head_dim,
               vd = hp->n_head_kv * hp->head_dim_v, od = hp->n_head * hp->head_dim_v;
@@ -377,271 +423,187 @@ void cairn_model_kv_params(const cairn_model *m, cairn_kv_params *p)
     p->kv_dim = m->hp.n_head_kv * m->hp.head_dim;
 }
 
-/* ---- Workspace ------------------------------------------------------------------------------ */
+/* ---- Workspace: the weights on a backend, and the activations -------------------------------- */
 
-/* The largest matmul scratch any product of the model needs for n_tok tokens. */
-static size_t act_scratch_bytes(const cairn_model *m, int n_tok)
+static void free_vec(cairn_backend *be, float **v)
 {
-    size_t b = cairn_cpu_matmul_scratch_bytes(&m->output, n_tok);
-    for (int l = 0; l < m->hp.n_layer; l++) {
-        const layer_w *L = &m->layers[l];
-        const cairn_cpu_mat *all[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup,
-                                       &L->wdown};
-        for (int i = 0; i < 7; i++) {
-            size_t s = cairn_cpu_matmul_scratch_bytes(all[i], n_tok);
-            b = s > b ? s : b;
-        }
-    }
-    return b;
+    be->i->free(be, *v);
+    *v = NULL;
 }
 
 void cairn_model_ws_free(cairn_model_ws *ws)
 {
     if (!ws)
         return;
-    free(ws->x);
-    free(ws->h);
-    free(ws->q);
-    free(ws->k);
-    free(ws->v);
-    free(ws->att);
-    free(ws->a);
-    free(ws->ffa);
-    free(ws->ffb);
-    free(ws->emb_row);
-    free(ws->scores);
-    free(ws->act);
-    free(ws->seq_next);
+    cairn_backend *be = ws->be;
+    if (ws->layers) {
+        /* Entries the open did not reach are zero: free and mat_free take them. */
+        for (int l = 0; l < ws->n_layer; l++) {
+            dev_layer *D = &ws->layers[l];
+            cairn_bmat *mats[7] = {&D->wq, &D->wk, &D->wv, &D->wo, &D->wgate, &D->wup, &D->wdown};
+            for (int i = 0; i < 7; i++)
+                be->i->mat_free(be, mats[i]);
+            float **vecs[9] = {&D->attn_norm, &D->ffn_norm, &D->q_norm, &D->k_norm,
+                               &D->post_attn_norm, &D->post_ffw_norm, &D->bq, &D->bk, &D->bv};
+            for (int i = 0; i < 9; i++)
+                free_vec(be, vecs[i]);
+        }
+    }
+    free(ws->layers);
+    be->i->mat_free(be, &ws->output);
+    be->i->mat_free(be, &ws->embd);
+    free_vec(be, &ws->output_norm);
+    float **acts[9] = {&ws->x, &ws->h, &ws->q, &ws->k, &ws->v, &ws->att, &ws->a, &ws->ffa,
+                       &ws->ffb};
+    for (int i = 0; i < 9; i++)
+        free_vec(be, acts[i]);
     free(ws->seq_first);
     free(ws->seq_count);
+    free(ws->seq_next);
+    free(ws->slot);
+    free(ws->want);
+    free(ws->tables);
+    free(ws->trace_rows);
     free(ws);
 }
 
-int cairn_model_ws_new(cairn_model_ws **out, const cairn_model *m, int max_tokens, int max_ctx,
-                       int n_threads, cairn_error *err)
+/* A host vector of n floats on the device (NULL stays NULL). */
+static int put_vec(cairn_backend *be, const float *v, int n, float **out, cairn_error *err)
 {
     *out = NULL;
-    if (max_tokens < 1 || max_ctx < 1 || n_threads < 1)
+    if (!v)
+        return 0;
+    return cairn_backend_alloc_upload(be, v, sizeof(float) * (size_t)n, (void **)out, err);
+}
+
+static int put_mat(cairn_backend *be, const cairn_gguf_tensor *t, int use, cairn_bmat *out,
+                   cairn_error *err)
+{
+    return be->i->mat_load(be, t, t->name, use, out, err);
+}
+
+static int load_layer(cairn_backend *be, const cairn_model *m, int l, dev_layer *D,
+                      cairn_error *err)
+{
+    const cairn_model_hparams *hp = &m->hp;
+    const layer_w *L = &m->layers[l];
+    const int d = hp->n_embd, qd = hp->n_head * hp->head_dim, kd = hp->n_head_kv * hp->head_dim;
+    int rc;
+    if ((rc = put_mat(be, L->wq, CAIRN_BMAT_MATMUL, &D->wq, err)) ||
+        (rc = put_mat(be, L->wk, CAIRN_BMAT_MATMUL, &D->wk, err)) ||
+        (rc = put_mat(be, L->wv, CAIRN_BMAT_MATMUL, &D->wv, err)) ||
+        (rc = put_mat(be, L->wo, CAIRN_BMAT_MATMUL, &D->wo, err)) ||
+        (rc = put_mat(be, L->wgate, CAIRN_BMAT_MATMUL, &D->wgate, err)) ||
+        (rc = put_mat(be, L->wup, CAIRN_BMAT_MATMUL, &D->wup, err)) ||
+        (rc = put_mat(be, L->wdown, CAIRN_BMAT_MATMUL, &D->wdown, err)) ||
+        (rc = put_vec(be, L->attn_norm, d, &D->attn_norm, err)) ||
+        (rc = put_vec(be, L->ffn_norm, d, &D->ffn_norm, err)) ||
+        (rc = put_vec(be, L->q_norm, hp->head_dim, &D->q_norm, err)) ||
+        (rc = put_vec(be, L->k_norm, hp->head_dim, &D->k_norm, err)) ||
+        (rc = put_vec(be, L->post_attn_norm, d, &D->post_attn_norm, err)) ||
+        (rc = put_vec(be, L->post_ffw_norm, d, &D->post_ffw_norm, err)) ||
+        (rc = put_vec(be, L->bq, qd, &D->bq, err)) || (rc = put_vec(be, L->bk, kd, &D->bk, err)) ||
+        (rc = put_vec(be, L->bv, kd, &D->bv, err)))
+        return cairn_error_prefix(err, "model: layer %d", l), rc;
+    return 0;
+}
+
+int cairn_model_ws_new(cairn_model_ws **out, const cairn_model *m, cairn_backend *be,
+                       int max_tokens, int max_ctx, cairn_error *err)
+{
+    *out = NULL;
+    if (max_tokens < 1 || max_ctx < 1)
         return cairn_errorf(err, CAIRN_EINVAL, "model workspace: sizes must be positive");
     const cairn_model_hparams *hp = &m->hp;
     cairn_model_ws *ws = calloc(1, sizeof *ws);
     if (!ws)
         return cairn_errorf(err, CAIRN_ENOMEM, "model workspace: out of memory");
+    ws->be = be;
     ws->max_tokens = max_tokens;
     ws->max_ctx = max_ctx;
-    ws->n_threads = n_threads;
+    ws->n_layer = hp->n_layer;
+    int rc;
+    ws->layers = calloc((size_t)hp->n_layer, sizeof(dev_layer));
+    if (!ws->layers) {
+        rc = cairn_errorf(err, CAIRN_ENOMEM, "model workspace: out of memory");
+        goto fail;
+    }
+    bool tied = m->output == m->tok_embd;
+    if ((rc = put_mat(be, m->output, CAIRN_BMAT_LOGITS | (tied ? CAIRN_BMAT_ROWS : 0),
+                      &ws->output, err)) ||
+        (!tied && (rc = put_mat(be, m->tok_embd, CAIRN_BMAT_ROWS, &ws->embd, err))) ||
+        (rc = put_vec(be, m->output_norm, hp->n_embd, &ws->output_norm, err)))
+        goto fail;
+    for (int l = 0; l < hp->n_layer; l++)
+        if ((rc = load_layer(be, m, l, &ws->layers[l], err)))
+            goto fail;
     size_t T = (size_t)max_tokens;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kd = (size_t)hp->n_head_kv * hp->head_dim;
-    size_t vd = (size_t)hp->n_head_kv * hp->head_dim_v, od = (size_t)hp->n_head * hp->head_dim_v;
-    ws->x = malloc(sizeof(float) * T * hp->n_embd);
-    ws->h = malloc(sizeof(float) * T * hp->n_embd);
-    ws->a = malloc(sizeof(float) * T * hp->n_embd);
-    ws->q = malloc(sizeof(float) * T * qd);
-    ws->k = malloc(sizeof(float) * T * kd);
-    ws->v = malloc(sizeof(float) * T * vd);
-    ws->att = malloc(sizeof(float) * T * od);
-    ws->ffa = malloc(sizeof(float) * T * hp->n_ff);
-    ws->ffb = malloc(sizeof(float) * T * hp->n_ff);
-    ws->emb_row = malloc(sizeof(float) * hp->n_embd);
-    ws->scores = malloc(sizeof(float) * (size_t)n_threads * (size_t)max_ctx *
-                        (size_t)(hp->n_head / hp->n_head_kv));
-    ws->act_bytes = act_scratch_bytes(m, max_tokens) + 64;
-    ws->act = malloc(ws->act_bytes);
+    size_t od = (size_t)hp->n_head * hp->head_dim_v;
+    struct { float **p; size_t n; } acts[9] = {
+        {&ws->x, (size_t)hp->n_embd}, {&ws->h, (size_t)hp->n_embd}, {&ws->a, (size_t)hp->n_embd},
+        {&ws->q, qd}, {&ws->k, kd}, {&ws->v, kd}, {&ws->att, od}, {&ws->ffa, (size_t)hp->n_ff},
+        {&ws->ffb, (size_t)hp->n_ff}};
+    for (int i = 0; i < 9; i++)
+        if ((rc = be->i->alloc(be, sizeof(float) * T * acts[i].n, (void **)acts[i].p, err)))
+            goto fail;
+    if ((rc = be->i->reserve(be, max_tokens, max_ctx, hp->n_head / hp->n_head_kv, err)))
+        goto fail;
     ws->seq_first = malloc(sizeof(int32_t) * T);
     ws->seq_count = malloc(sizeof(int32_t) * T);
     ws->seq_next = malloc(sizeof(int32_t) * T);
-    if (!ws->seq_first || !ws->seq_count || !ws->seq_next || !ws->x || !ws->h || !ws->a || !ws->q || !ws->k || !ws->v || !ws->att || !ws->ffa ||
-        !ws->ffb || !ws->emb_row || !ws->scores || !ws->act) {
-        cairn_model_ws_free(ws);
-        return cairn_errorf(err, CAIRN_ENOMEM, "model workspace: out of memory");
+    ws->slot = malloc(sizeof(int32_t) * T);
+    ws->want = malloc(T);
+    if (!ws->seq_first || !ws->seq_count || !ws->seq_next || !ws->slot || !ws->want) {
+        rc = cairn_errorf(err, CAIRN_ENOMEM, "model workspace: out of memory");
+        goto fail;
     }
     *out = ws;
     return 0;
+fail:
+    cairn_model_ws_free(ws);
+    return rc;
 }
 
 /* ---- Forward ---------------------------------------------------------------------------------- */
 
-typedef struct {
-    const cairn_model *m;
-    cairn_model_ws *ws;
-    cairn_kv *kv;
-    const cairn_batch *b;
-    int layer;
-} fwd_ctx;
-
-/* Per token after the q/k/v projections: biases, q/k norms, RoPE, K/V rows into the cache. */
-static void post_qkv(void *p, size_t tb, size_t te, int tid)
+/* Finds the batch's distinct sequences (in order of appearance) and each token's slot among
+ * them; returns how many. Distinct sequences are few: a linear scan keeps it allocation-free. */
+static int find_seqs(cairn_model_ws *ws, const cairn_batch *b)
 {
-    (void)tid;
-    fwd_ctx *c = p;
-    const cairn_model_hparams *hp = &c->m->hp;
-    const layer_w *L = &c->m->layers[c->layer];
-    int hd = hp->head_dim, qd = hp->n_head * hd, kd = hp->n_head_kv * hd,
-        vd = hp->n_head_kv * hp->head_dim_v;
-    bool local = c->m->layer_window[c->layer] != 0;
-    float base = local ? hp->rope_base_local : hp->rope_base;
-    float fscale = local ? 1.0f : hp->rope_freq_scale;
-    for (size_t t = tb; t < te; t++) {
-        float *q = c->ws->q + t * qd, *k = c->ws->k + t * kd, *v = c->ws->v + t * vd;
-        if (L->bq) {
-            for (int i = 0; i < qd; i++)
-                q[i] += L->bq[i];
-            for (int i = 0; i < kd; i++)
-                k[i] += L->bk[i];
-            for (int i = 0; i < vd; i++)
-                v[i] += L->bv[i];
-        }
-        if (L->q_norm) {
-            for (int h = 0; h < hp->n_head; h++)
-                cairn_cpu_rmsnorm(q + h * hd, q + h * hd, L->q_norm, hd, hp->rms_eps);
-            for (int h = 0; h < hp->n_head_kv; h++)
-                cairn_cpu_rmsnorm(k + h * hd, k + h * hd, L->k_norm, hd, hp->rms_eps);
-        }
-        int pos = c->b->pos[t], seq = c->b->seq[t];
-        if (hd <= CAIRN_CPU_ROPE_MAX_DIM) {
-            float cs[CAIRN_CPU_ROPE_MAX_DIM];
-            cairn_cpu_rope_angles(hd, pos, base, fscale, cs);
-            cairn_cpu_rope_apply(q, hp->n_head, hd, cs, hp->rope_neox);
-            cairn_cpu_rope_apply(k, hp->n_head_kv, hd, cs, hp->rope_neox);
-        } else {
-            cairn_cpu_rope(q, hp->n_head, hd, pos, base, fscale, hp->rope_neox);
-            cairn_cpu_rope(k, hp->n_head_kv, hd, pos, base, fscale, hp->rope_neox);
-        }
-        /* Gemma 3 scales q before attention (llama.cpp: ggml_scale(Qcur, f_attention_scale),
-         * then a kq scale of 1); q then meets the F16 K cache at F16, as in ggml. */
-        if (hp->arch == CAIRN_ARCH_GEMMA3)
-            for (int i = 0; i < qd; i++)
-                q[i] *= hp->attn_scale;
-        cairn_cpu_round_f16(q, qd);
-        cairn_cpu_f32_to_f16(k, cairn_kv_k_row(c->kv, c->layer, seq, pos), kd);
-        cairn_cpu_f32_to_f16(v, cairn_kv_v_row(c->kv, c->layer, seq, pos), vd);
+    int n_seq = 0;
+    for (int i = 0; i < b->n_tokens; i++) {
+        int j = 0;
+        while (j < n_seq && ws->seq_first[j] != b->seq[i])
+            j++;
+        if (j == n_seq)
+            ws->seq_first[n_seq++] = b->seq[i];
+        ws->slot[i] = j;
     }
-}
-
-/* One task per (token, KV head): the query heads that share a KV head read its rows once. */
-static void attend(void *p, size_t ib, size_t ie, int tid)
-{
-    fwd_ctx *c = p;
-    const cairn_model_hparams *hp = &c->m->hp;
-    int hd = hp->head_dim, hdv = hp->head_dim_v, group = hp->n_head / hp->n_head_kv;
-    int window = c->m->layer_window[c->layer];
-    float *scores = c->ws->scores + (size_t)tid * c->ws->max_ctx * group;
-    cairn_cpu_paged pg;
-    int cur_seq = -1;
-    size_t T = (size_t)c->b->n_tokens;
-    for (size_t i = ib; i < ie; i++) {
-        /* Tokens in the order 0, T-1, 1, T-2, ...: a causal prefill's late tokens attend to
-         * more positions, and the pool hands each thread a contiguous share of tasks. */
-        size_t j = i / hp->n_head_kv, t = j & 1 ? T - 1 - j / 2 : j / 2;
-        int kvh = (int)(i % hp->n_head_kv), h = kvh * group;
-        int pos = c->b->pos[t], seq = c->b->seq[t];
-        if (seq != cur_seq) {
-            cairn_kv_paged(c->kv, c->layer, seq, &pg);
-            cur_seq = seq;
-        }
-        int lo = window ? pos - window + 1 : 0;
-        if (lo < 0)
-            lo = 0;
-        cairn_cpu_attention_heads(c->ws->q + t * (size_t)hp->n_head * hd + (size_t)h * hd, group,
-                                  hd, &pg, kvh, lo, pos,
-                                  hp->arch == CAIRN_ARCH_GEMMA3 ? 1.0f : hp->attn_scale,
-                                  c->b->kinds ? c->b->kinds[t] : CAIRN_CPU_ROW_SINGLE, scores,
-                                  c->ws->att + t * (size_t)hp->n_head * hdv + (size_t)h * hdv);
-    }
-}
-
-/*
- * The element-wise stretches between matrix products, per token (run over the pool):
- *   ATTN_IN  h = rmsnorm(x) * attn_norm
- *   ATTN_OUT (gemma3: a = rmsnorm(a) * post_attention_norm); x += a; h = rmsnorm(x) * ffn_norm
- *   FFN_MID  ffa = act(ffa) * ffb
- *   FFN_OUT  (gemma3: a = rmsnorm(a) * post_ffw_norm); x += a
- */
-enum { ATTN_IN, ATTN_OUT, FFN_MID, FFN_OUT };
-
-/* Below this many tokens the per-token work costs less than waking the pool's threads. */
-#define EW_PARALLEL_MIN 16
-
-typedef struct {
-    const cairn_model *m;
-    cairn_model_ws *ws;
-    const layer_w *L;
-    int op;
-} ew_ctx;
-
-static void elementwise(void *p, size_t tb, size_t te, int tid)
-{
-    (void)tid;
-    const ew_ctx *c = p;
-    const cairn_model_hparams *hp = &c->m->hp;
-    const layer_w *L = c->L;
-    const int d = hp->n_embd, ff = hp->n_ff;
-    bool gemma = hp->arch == CAIRN_ARCH_GEMMA3;
-    for (size_t t = tb; t < te; t++) {
-        float *x = c->ws->x + t * d, *h = c->ws->h + t * d, *a = c->ws->a + t * d;
-        switch (c->op) {
-        case ATTN_IN:
-            cairn_cpu_rmsnorm(h, x, L->attn_norm, d, hp->rms_eps);
-            break;
-        case ATTN_OUT:
-        case FFN_OUT:
-            if (gemma)
-                cairn_cpu_rmsnorm(a, a, c->op == ATTN_OUT ? L->post_attn_norm : L->post_ffw_norm,
-                                  d, hp->rms_eps);
-            for (int i = 0; i < d; i++)
-                x[i] += a[i];
-            if (c->op == ATTN_OUT)
-                cairn_cpu_rmsnorm(h, x, L->ffn_norm, d, hp->rms_eps);
-            break;
-        default:
-            if (c->m->gelu_table)
-                cairn_cpu_gated_gelu_table(c->ws->ffa + t * ff, c->ws->ffb + t * ff, ff,
-                                           c->m->gelu_table);
-            else
-                cairn_cpu_gated(c->ws->ffa + t * ff, c->ws->ffb + t * ff, ff, gemma);
-            break;
-        }
-    }
-}
-
-static void run_elementwise(const cairn_model *m, cairn_model_ws *ws, cairn_pool *pool,
-                            const layer_w *L, int op, int T)
-{
-    ew_ctx c = {.m = m, .ws = ws, .L = L, .op = op};
-    if (pool && T >= EW_PARALLEL_MIN)
-        cairn_pool_parallel_for(pool, (size_t)T, elementwise, &c);
-    else
-        elementwise(&c, 0, (size_t)T, 0);
+    return n_seq;
 }
 
 /* Checks the batch against the cache and appends its rows; all or nothing. */
 static int reserve(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, const cairn_batch *b,
                    cairn_error *err)
 {
-    /* Distinct sequences are few; a linear scan over them keeps this allocation-free. */
-    int n_seq = 0;
+    int n_seq = find_seqs(ws, b);
     int32_t *ids = ws->seq_first, *cnt = ws->seq_count, *next = ws->seq_next;
+    for (int j = 0; j < n_seq; j++) {
+        next[j] = cairn_kv_seq_len(kv, ids[j]);
+        cnt[j] = 0;
+        if (next[j] < 0)
+            return cairn_errorf(err, CAIRN_EINVAL, "forward: unknown sequence %d", ids[j]);
+    }
     for (int i = 0; i < b->n_tokens; i++) {
-        int32_t tok = b->tokens[i], s = b->seq[i];
+        int32_t tok = b->tokens[i], j = ws->slot[i];
         if (tok < 0 || tok >= m->hp.n_vocab)
             return cairn_errorf(err, CAIRN_EINVAL, "forward: token %d at batch index %d is not "
                                 "in the vocabulary (%d)", tok, i, m->hp.n_vocab);
-        int j = 0;
-        while (j < n_seq && ids[j] != s)
-            j++;
-        if (j == n_seq) {
-            int len = cairn_kv_seq_len(kv, s);
-            if (len < 0)
-                return cairn_errorf(err, CAIRN_EINVAL, "forward: unknown sequence %d", s);
-            ids[n_seq] = s;
-            cnt[n_seq] = 0;
-            next[n_seq] = len;
-            n_seq++;
-        }
         if (b->pos[i] != next[j])
             return cairn_errorf(err, CAIRN_EINVAL,
                                 "forward: sequence %d expects position %d, batch index %d has %d",
-                                s, next[j], i, b->pos[i]);
+                                ids[j], next[j], i, b->pos[i]);
         if (b->pos[i] >= ws->max_ctx)
             return cairn_errorf(err, CAIRN_ELIMIT,
                                 "forward: position %d is past the context length %d", b->pos[i],
@@ -660,118 +622,148 @@ static int reserve(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, const
     return 0;
 }
 
-int cairn_model_row_kind(int pos, int n_prompt)
+/* Hands the step to the backend: tokens, positions, slots and the sequences' block tables. */
+static int set_batch(cairn_model_ws *ws, cairn_kv *kv, const cairn_batch *b, cairn_error *err)
 {
-    if (pos >= n_prompt)
-        return CAIRN_CPU_ROW_SINGLE;
-    int start = pos - pos % 512, len = n_prompt - start < 512 ? n_prompt - start : 512;
-    if (len < 2)
-        return CAIRN_CPU_ROW_SINGLE;
-    return CAIRN_CPU_ROW_BATCH | (pos - start < len - len % 4 ? CAIRN_CPU_ROW_TILE4 : 0) |
-           (len >= 8 ? CAIRN_CPU_ROW_WIDE : 0);
+    int n_seq = find_seqs(ws, b), n_groups = cairn_kv_n_groups(kv);
+    int max_table = cairn_kv_max_table(kv);
+    size_t need = (size_t)n_groups * n_seq * max_table;
+    if (need > ws->tables_cap) {
+        /* Grows to the largest batch seen; steady state allocates nothing. */
+        int32_t *t = realloc(ws->tables, sizeof(int32_t) * need);
+        if (!t)
+            return cairn_errorf(err, CAIRN_ENOMEM, "forward: out of memory for block tables");
+        ws->tables = t;
+        ws->tables_cap = need;
+    }
+    for (int g = 0; g < n_groups; g++)
+        for (int j = 0; j < n_seq; j++) {
+            int32_t *dst = ws->tables + ((size_t)g * n_seq + j) * max_table;
+            const int32_t *src;
+            int n = cairn_kv_seq_table(kv, ws->seq_first[j], g, &src);
+            if (n < 0)
+                return cairn_errorf(err, CAIRN_EINVAL, "forward: unknown sequence %d",
+                                    ws->seq_first[j]);
+            memcpy(dst, src, sizeof(int32_t) * (size_t)n);
+            for (int e = n; e < max_table; e++)
+                dst[e] = -1;
+        }
+    cairn_bbatch bb = {.n_tokens = b->n_tokens, .tokens = b->tokens, .pos = b->pos,
+                       .slot = ws->slot, .prompt_len = b->prompt_len, .logits = ws->want,
+                       .n_seqs = n_seq, .n_groups = n_groups, .max_table = max_table,
+                       .tables = ws->tables};
+    ws->bb = bb;
+    return ws->be->i->batch_set(ws->be, &ws->bb, err);
 }
 
-int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, cairn_pool *pool,
+int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
                         const cairn_batch *b, float *logits, cairn_error *err)
 {
-    return cairn_model_forward_ex(m, ws, kv, pool, b, logits, NULL, err);
+    return cairn_model_forward_ex(m, ws, kv, b, logits, NULL, err);
 }
 
 int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
-                           cairn_pool *pool, const cairn_batch *b, float *logits,
-                           cairn_model_yield *y, cairn_error *err)
+                           const cairn_batch *b, float *logits, cairn_model_yield *y,
+                           cairn_error *err)
 {
     const cairn_model_hparams *hp = &m->hp;
+    cairn_backend *be = ws->be;
+    const cairn_backend_i *B = be->i;
     const int T = b->n_tokens, d = hp->n_embd;
     if (T < 1 || T > ws->max_tokens)
         return cairn_errorf(err, CAIRN_EINVAL, "forward: %d tokens, the workspace holds 1..%d", T,
                             ws->max_tokens);
-    if (pool && cairn_pool_threads(pool) > ws->n_threads)
-        return cairn_errorf(err, CAIRN_EINVAL, "forward: pool has more threads than the workspace");
     const int first = y ? y->first_layer : 0;
     if (first < 0 || first >= hp->n_layer || (first > 0 && !y->x_save))
         return cairn_errorf(err, CAIRN_EINVAL, "forward: cannot resume at layer %d of %d", first,
                             hp->n_layer);
     int rc = 0;
+    if (first == 0 && (rc = reserve(m, ws, kv, b, err)))
+        return rc;
+    /* Which rows want logits: the flags given, or the batch's last token. */
+    for (int t = 0; t < T; t++)
+        ws->want[t] = b->logits ? b->logits[t] != 0 : t == T - 1;
+    /* Every call sets the batch again: a resumed pass may follow other steps. */
+    if ((rc = set_batch(ws, kv, b, err)))
+        return rc;
     if (first > 0) {
         /* Resuming: the batch's K/V rows of the layers before `first` are in the cache. */
-        memcpy(ws->x, y->x_save, (size_t)T * d * sizeof(float));
-        goto layers;
-    }
-    rc = reserve(m, ws, kv, b, err);
-    if (rc)
-        return rc;
-
-    /* Embeddings. */
-    float emb_scale = hp->arch == CAIRN_ARCH_GEMMA3 ? sqrtf((float)d) : 1.0f;
-    for (int t = 0; t < T; t++) {
-        float *x = ws->x + (size_t)t * d;
-        rc = cairn_gguf_dequantize_rows(m->tok_embd, (uint64_t)b->tokens[t], 1, x, (size_t)d, err);
-        if (rc)
+        if ((rc = B->upload(be, ws->x, y->x_save, sizeof(float) * (size_t)T * d, err)))
             return rc;
-        if (emb_scale != 1.0f)
-            for (int i = 0; i < d; i++)
-                x[i] *= emb_scale;
+    } else {
+        const cairn_bmat *emb = ws->embd.data ? &ws->embd : &ws->output;
+        if ((rc = B->embed(be, emb, hp->arch == CAIRN_ARCH_GEMMA3 ? sqrtf((float)d) : 1.0f, ws->x,
+                           err)))
+            return rc;
+        TRACE(ws, -1, "embd", ws->x, T, d);
     }
-    TRACE(ws, -1, "embd", ws->x, T, d);
 
-layers:;
-    fwd_ctx c = {.m = m, .ws = ws, .kv = kv, .b = b};
+    const bool gemma = hp->arch == CAIRN_ARCH_GEMMA3;
+    const int qd = hp->n_head * hp->head_dim, kd = hp->n_head_kv * hp->head_dim;
+    cairn_bkv kvl;
+    cairn_kv_layout(kv, &kvl);
     for (int l = first; l < hp->n_layer; l++) {
         if (l > first && y && y->should_yield && y->x_save && y->should_yield(y->ctx)) {
-            memcpy(y->x_save, ws->x, (size_t)T * d * sizeof(float));
+            if ((rc = B->download(be, y->x_save, ws->x, sizeof(float) * (size_t)T * d, err)))
+                return rc;
             y->next_layer = l;
             return CAIRN_MODEL_YIELDED;
         }
-        const layer_w *L = &m->layers[l];
-        const cairn_cpu_mat *wo = &L->wo, *wdown = &L->wdown;
-        c.layer = l;
-        run_elementwise(m, ws, pool, L, ATTN_IN, T);
+        const dev_layer *D = &ws->layers[l];
+        const bool local = m->layer_window[l] != 0;
+        if ((rc = B->rmsnorm(be, ws->h, ws->x, D->attn_norm, T, d, hp->rms_eps, err)))
+            return rc;
         TRACE(ws, l, "attn_norm", ws->h, T, d);
-        const cairn_cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        const cairn_bmat *qkv[3] = {&D->wq, &D->wk, &D->wv};
         float *qkv_out[3] = {ws->q, ws->k, ws->v};
-        cairn_cpu_matmul_n(pool, qkv, 3, ws->h, T, qkv_out, ws->act, b->kinds);
-        if (pool && T >= EW_PARALLEL_MIN)
-            cairn_pool_parallel_for(pool, (size_t)T, post_qkv, &c);
-        else
-            post_qkv(&c, 0, (size_t)T, 0);
-        TRACE(ws, l, "q", ws->q, T, hp->n_head * hp->head_dim);
-        TRACE(ws, l, "k", ws->k, T, hp->n_head_kv * hp->head_dim);
+        if ((rc = B->matmul(be, qkv, 3, ws->h, qkv_out, err)))
+            return rc;
+        /* Gemma 3 scales q before attention (llama.cpp: ggml_scale(Qcur, f_attention_scale),
+         * then a kq scale of 1); the others scale q.k. */
+        cairn_bqkv qp = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                         .head_dim = hp->head_dim, .bq = D->bq, .bk = D->bk, .bv = D->bv,
+                         .q_norm = D->q_norm, .k_norm = D->k_norm, .eps = hp->rms_eps,
+                         .rope_base = local ? hp->rope_base_local : hp->rope_base,
+                         .rope_freq_scale = local ? 1.0f : hp->rope_freq_scale,
+                         .rope_neox = hp->rope_neox, .q_scale = gemma ? hp->attn_scale : 1.0f,
+                         .kv = &kvl, .layer = l};
+        if ((rc = B->qkv(be, &qp, ws->q, ws->k, ws->v, err)))
+            return rc;
+        TRACE(ws, l, "q", ws->q, T, qd);
+        TRACE(ws, l, "k", ws->k, T, kd);
         TRACE(ws, l, "v", ws->v, T, hp->n_head_kv * hp->head_dim_v);
-        if (pool)
-            cairn_pool_parallel_for(pool, (size_t)T * hp->n_head_kv, attend, &c);
-        else
-            attend(&c, 0, (size_t)T * hp->n_head_kv, 0);
+        cairn_battn ap = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                          .head_dim = hp->head_dim, .window = m->layer_window[l],
+                          .scale = gemma ? 1.0f : hp->attn_scale, .kv = &kvl, .layer = l};
+        if ((rc = B->attention(be, &ap, ws->q, ws->att, err)))
+            return rc;
         TRACE(ws, l, "kqv_out", ws->att, T, hp->n_head * hp->head_dim_v);
-        cairn_cpu_matmul_n(pool, &wo, 1, ws->att, T, &ws->a, ws->act, b->kinds);
+        const cairn_bmat *wo = &D->wo, *wdown = &D->wdown;
+        if ((rc = B->matmul(be, &wo, 1, ws->att, &ws->a, err)))
+            return rc;
         TRACE(ws, l, "attn_out", ws->a, T, d);
-        run_elementwise(m, ws, pool, L, ATTN_OUT, T);
+        if ((rc = B->add_norm(be, ws->x, ws->a, D->post_attn_norm, D->ffn_norm, ws->h, d,
+                              hp->rms_eps, err)))
+            return rc;
         TRACE(ws, l, "sa_out", ws->x, T, d);
         TRACE(ws, l, "ffn_norm", ws->h, T, d);
-        const cairn_cpu_mat *gu[2] = {&L->wgate, &L->wup};
+        const cairn_bmat *gu[2] = {&D->wgate, &D->wup};
         float *gu_out[2] = {ws->ffa, ws->ffb};
-        cairn_cpu_matmul_n(pool, gu, 2, ws->h, T, gu_out, ws->act, b->kinds);
+        if ((rc = B->matmul(be, gu, 2, ws->h, gu_out, err)))
+            return rc;
         TRACE(ws, l, "ffn_gate", ws->ffa, T, hp->n_ff);
         TRACE(ws, l, "ffn_up", ws->ffb, T, hp->n_ff);
-        run_elementwise(m, ws, pool, L, FFN_MID, T);
+        if ((rc = B->gated(be, ws->ffa, ws->ffb, hp->n_ff,
+                           gemma ? CAIRN_ACT_GELU_TANH : CAIRN_ACT_SILU, err)))
+            return rc;
         TRACE(ws, l, "ffn_act", ws->ffa, T, hp->n_ff);
-        cairn_cpu_matmul_n(pool, &wdown, 1, ws->ffa, T, &ws->a, ws->act, b->kinds);
+        if ((rc = B->matmul(be, &wdown, 1, ws->ffa, &ws->a, err)))
+            return rc;
         TRACE(ws, l, "ffn_out", ws->a, T, d);
-        run_elementwise(m, ws, pool, L, FFN_OUT, T);
+        if ((rc = B->add_norm(be, ws->x, ws->a, D->post_ffw_norm, NULL, NULL, d, hp->rms_eps,
+                              err)))
+            return rc;
         TRACE(ws, l, "l_out", ws->x, T, d);
     }
-
-    /* Gather the rows that want logits, normalise, project. */
-    int n_out = 0;
-    for (int t = 0; t < T; t++) {
-        bool want = b->logits ? b->logits[t] != 0 : t == T - 1;
-        if (!want)
-            continue;
-        cairn_cpu_rmsnorm(ws->h + (size_t)n_out * d, ws->x + (size_t)t * d, m->output_norm, d,
-                          hp->rms_eps);
-        n_out++;
-    }
-    if (n_out > 0)
-        cairn_cpu_matmul(pool, &m->output, ws->h, n_out, logits, ws->act);
-    return 0;
+    return B->logits(be, &ws->output, ws->output_norm, hp->rms_eps, ws->x, d, logits, err);
 }

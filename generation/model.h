@@ -6,7 +6,8 @@
  * their two RoPE bases, tied output), `llama` (Llama 2/3.x: SiLU gated MLP, normal-layout RoPE)
  * and `qwen2` (as llama, plus q/k/v biases and NeoX-layout RoPE). The GGUF converter already
  * stores Gemma's RMSNorm weights as (1 + w), so every architecture multiplies by the stored
- * weight. Weights stay in the mapped file; matrix products run on the blocks (kernels/cpu.h).
+ * weight. The model holds what the file says; a workspace (cairn_model_ws_new) holds the weights
+ * on a backend's device (generation/backend.h) and runs the forward pass there, stage by stage.
  *
  * One cairn_model_forward() runs a ragged batch: any mix of prefill chunks and decode tokens
  * of different sequences, each with its own positions and paged-KV blocks.
@@ -18,7 +19,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
-#include "common/threadpool.h"
+#include "generation/backend.h"
 #include "generation/kv.h"
 #include "proto/gguf.h"
 
@@ -67,10 +68,10 @@ const cairn_gguf *cairn_model_gguf(const cairn_model *m);
  * A ragged batch of n_tokens tokens. Token i belongs to KV sequence seq[i] at position pos[i].
  * Within a sequence the batch's tokens must continue it: positions len, len+1, ... in batch
  * order (len = cairn_kv_seq_len before the call). logits[i] != 0 asks for the next-token logits
- * after token i; logits NULL asks only for the batch's last token. kinds (optional, NULL: all
- * CAIRN_CPU_ROW_SINGLE) gives each token the CAIRN_CPU_ROW_* kind of batch that llama.cpp
- * would have run it in (generation/kernels/cpu.h): it changes rounding only, so that our
- * logits are llama.cpp's bit for bit; cairn_model_row_kind computes it.
+ * after token i; logits NULL asks only for the batch's last token. prompt_len (optional) gives
+ * each token its sequence's prompt length: the CPU backend rounds as llama.cpp would for the
+ * batch llama.cpp would have run the token in, which follows from it (backend_cpu.c); NULL
+ * treats every token as a decode step.
  */
 typedef struct cairn_batch {
     int n_tokens;
@@ -78,34 +79,32 @@ typedef struct cairn_batch {
     const int32_t *seq;
     const int32_t *pos;
     const uint8_t *logits;
-    const uint8_t *kinds;
+    const int32_t *prompt_len;
 } cairn_batch;
 
-/*
- * The CAIRN_CPU_ROW_* kind of the token at position pos of a sequence whose prompt has
- * n_prompt tokens, as llama.cpp runs it: the prompt in batches of 512 tokens (its default
- * n_batch and n_ubatch), then one token per batch. A prompt token is a tile row when its batch
- * has 2+ tokens and it is in the batch's whole groups of four.
- */
-int cairn_model_row_kind(int pos, int n_prompt);
-
-/* Scratch for forward passes of up to max_tokens tokens over sequences of up to max_ctx
- * positions, for a pool of n_threads. Sized once; a forward allocates nothing. */
+/* A workspace: the model's weights loaded onto backend be (borrowed; must outlive it) and the
+ * activations of forward passes of up to max_tokens tokens over sequences of up to max_ctx
+ * positions. Sized once; a forward allocates nothing (but the block tables of a batch with more
+ * sequences than any before). A weight type the backend cannot multiply fails here with
+ * CAIRN_EUNSUPPORTED naming the tensor; device memory that runs out, with CAIRN_ENOMEM naming
+ * the bytes. */
 typedef struct cairn_model_ws cairn_model_ws;
-int cairn_model_ws_new(cairn_model_ws **out, const cairn_model *m, int max_tokens, int max_ctx,
-                       int n_threads, cairn_error *err);
+int cairn_model_ws_new(cairn_model_ws **out, const cairn_model *m, cairn_backend *be,
+                       int max_tokens, int max_ctx, cairn_error *err);
 void cairn_model_ws_free(cairn_model_ws *ws); /* NULL is a no-op */
 
 /*
  * A debugging hook, the counterpart of ggml's eval callback: when set, every forward on ws
  * calls fn after each stage with that stage's rows (n_rows rows of width floats, one per batch
- * token; layer -1 for the embeddings). Stages: "embd", "attn_norm", "q" (after norm, RoPE and
- * scaling), "k", "v", "kqv_out", "attn_out", "sa_out", "ffn_norm", "ffn_gate", "ffn_up",
- * "ffn_act", "ffn_out", "l_out". It costs nothing when unset; fn NULL unsets it.
+ * token, copied to host memory; layer -1 for the embeddings). Stages: "embd", "attn_norm", "q"
+ * (after norm, RoPE and scaling), "k", "v", "kqv_out", "attn_out", "sa_out", "ffn_norm",
+ * "ffn_gate", "ffn_up", "ffn_act", "ffn_out", "l_out". It costs nothing when unset; fn NULL
+ * unsets it. Returns 0 or CAIRN_ENOMEM (the host copy of a stage's rows).
  */
 typedef void (*cairn_model_trace_fn)(void *ctx, int layer, const char *stage, const float *rows,
                                      int n_rows, int width);
-void cairn_model_ws_set_trace(cairn_model_ws *ws, cairn_model_trace_fn fn, void *ctx);
+int cairn_model_ws_set_trace(cairn_model_ws *ws, const cairn_model *m, cairn_model_trace_fn fn,
+                             void *ctx, cairn_error *err);
 
 /*
  * The KV cache layout a model needs (n_layers, per-layer windows, kv_dim) filled into p.
@@ -117,11 +116,11 @@ void cairn_model_kv_params(const cairn_model *m, cairn_kv_params *p);
  * logits asked for into logits, n_vocab floats per requested token in batch order (the caller
  * sizes it). Returns 0, or CAIRN_EINVAL (bad token id, unknown sequence, positions that do
  * not continue their sequence, more tokens than the workspace), CAIRN_EBUSY (KV blocks
- * exhausted: no sequence was changed), CAIRN_ELIMIT (past the context). Not thread-safe per
- * kv/ws; uses pool (may be NULL) for parallel work. The model itself is read-only and may be
- * shared by several engines.
+ * exhausted: no sequence was changed), CAIRN_ELIMIT (past the context), or a backend's error
+ * (CAIRN_EDEVICE). Not thread-safe per kv/ws; kv's pools must be on ws's backend. The model
+ * itself is read-only and may be shared by several engines.
  */
-int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv, cairn_pool *pool,
+int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
                         const cairn_batch *b, float *logits, cairn_error *err);
 
 /*
@@ -147,7 +146,7 @@ typedef struct {
 /* cairn_model_forward with yielding (y may be NULL). Returns 0 when the pass completed (logits
  * written), CAIRN_MODEL_YIELDED when it stopped at a layer boundary, or an error as above. */
 int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
-                           cairn_pool *pool, const cairn_batch *b, float *logits,
-                           cairn_model_yield *y, cairn_error *err);
+                           const cairn_batch *b, float *logits, cairn_model_yield *y,
+                           cairn_error *err);
 
 #endif

@@ -28,6 +28,7 @@ struct cairn_predictor {
     int n_ape, ape_head;
     double ape_sum;
     pthread_mutex_t lock; /* guards ape ring and coefficients against readers on other threads */
+    cairn_backend_traits traits; /* the steps of the backend's cost (zero: none) */
 };
 
 const char *const cairn_predictor_feature_names[NF] = {
@@ -50,14 +51,14 @@ void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, b
     }
 }
 
-/* How many tiles of CAIRN_PREDICTOR_TILE tokens n tokens take. */
-static double tiles(int n)
+/* How many groups of `size` n tokens take; 0 when the backend's cost has no such steps. */
+static double groups(int n, int size)
 {
-    return (double)((n + CAIRN_PREDICTOR_TILE - 1) / CAIRN_PREDICTOR_TILE);
+    return size > 1 ? (double)((n + size - 1) / size) : 0.0;
 }
 
 /* The feature vector of a shape, in cairn_predictor_feature_names' order (sched.h says why). */
-static void features(const cairn_batch_shape *s, double f[NF])
+static void features(const cairn_predictor *p, const cairn_batch_shape *s, double f[NF])
 {
     f[0] = 1.0;
     f[1] = s->s_p + s->s_d;
@@ -65,9 +66,9 @@ static void features(const cairn_batch_shape *s, double f[NF])
     f[3] = s->n_p;
     f[4] = (double)s->keys_p;
     f[5] = (double)s->keys_d;
-    f[6] = tiles(s->n_out);
-    f[7] = tiles(s->s_p + s->s_d);
-    f[8] = (s->n_out + 1) / 2;
+    f[6] = groups(s->n_out, p->traits.token_tile);
+    f[7] = groups(s->s_p + s->s_d, p->traits.token_tile);
+    f[8] = groups(s->n_out, p->traits.logits_pair);
 }
 
 int cairn_predictor_new(cairn_predictor **out, int window, cairn_error *err)
@@ -138,8 +139,13 @@ double cairn_predictor_predict(const cairn_predictor *p, const cairn_batch_shape
 {
     if (!p || !p->fitted) return 0;
     double f[NF];
-    features(s, f);
+    features(p, s, f);
     return predict_now(p, f);
+}
+
+void cairn_predictor_set_traits(cairn_predictor *p, const cairn_backend_traits *t)
+{
+    p->traits = *t;
 }
 
 void cairn_predictor_set_refit(cairn_predictor *p, int every)
@@ -151,7 +157,7 @@ void cairn_predictor_observe(cairn_predictor *p, const cairn_batch_shape *s, dou
 {
     if (s->s_p + s->s_d <= 0 || !(seconds > 0) || !isfinite(seconds)) return;
     double f[NF];
-    features(s, f);
+    features(p, s, f);
     pthread_mutex_lock(&p->lock);
     if (p->fitted) {
         double e = fabs(predict_now(p, f) - seconds) / seconds;

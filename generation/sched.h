@@ -39,13 +39,15 @@
  *                attends n * ctx + n (n + 1) / 2 keys;
  *   K_d          attention keys of the decode tokens (ctx each); few decode tokens share the
  *                threads unevenly, so a key costs them more than a prefill key;
- *   ceil(R / 8)  output-projection tiles and ceil(T / 8) token tiles: the tiled matrix kernels
- *                work on tiles of CAIRN_PREDICTOR_TILE tokens (the q8 kernels'), so a pass
- *                costs a step more when it starts a new tile (generation/kernels/cpu.c);
- *   ceil(R / 2)  output-projection pairs: where the output projection is repacked (AVX-512
- *                VNNI) its kernel takes tokens in pairs, so an odd count costs nearly a
- *                pair, and one or two rows are bound by streaming the matrix, not by
- *                arithmetic (cairn_cpu_mat_repack).
+ *   ceil(R / t)  output-projection tiles and ceil(T / t) token tiles: a backend whose matrix
+ *                kernels work on tiles of t tokens (cairn_backend_traits.token_tile: 8 for the
+ *                CPU's q8 kernels) costs a step more when a pass starts a new tile;
+ *   ceil(R / 2)  output-projection pairs (cairn_backend_traits.logits_pair): where the CPU's
+ *                output projection is repacked (AVX-512 VNNI) its kernel takes tokens in
+ *                pairs, so an odd count costs nearly a pair, and one or two rows are bound by
+ *                streaming the matrix, not by arithmetic (cairn_cpu_mat_repack).
+ * The step features come from the engine's backend (cairn_predictor_set_traits); a backend
+ * without such steps leaves them 0, and the fit's ridge term keeps them out of the model.
  * The keys ignore sliding windows (they count every cached token). The model is fitted by
  * weighted least squares (weights 1/t^2, so that it minimises relative error: a 10 ms decode
  * iteration matters as much as a 1 s prefill) over a window of measured iterations, and
@@ -89,7 +91,6 @@ typedef struct {
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last);
 
 #define CAIRN_PREDICTOR_FEATURES 9
-#define CAIRN_PREDICTOR_TILE 8 /* the q8 matrix kernels' token tile (CAIRN__Q8F_TILE) */
 
 /* The features' names, in coefficient order ("1", "tokens", ...): as a stored profile and the
  * profiler's output list them. */
@@ -100,6 +101,10 @@ typedef struct cairn_predictor cairn_predictor;
 /* A predictor fitting over the last `window` iterations (>= 16). Returns 0, CAIRN_EINVAL or
  * CAIRN_ENOMEM. Until it has been fitted (or loaded), predictions are 0. */
 int cairn_predictor_new(cairn_predictor **out, int window, cairn_error *err);
+
+/* The backend whose iterations it predicts (cairn_backend_i.traits): the steps of its cost.
+ * Until set, a predictor assumes none. Call before observing. */
+void cairn_predictor_set_traits(cairn_predictor *p, const cairn_backend_traits *t);
 void cairn_predictor_free(cairn_predictor *p); /* NULL is a no-op */
 
 /* Predicted seconds for an iteration of this shape (0 when not fitted). Never negative. */

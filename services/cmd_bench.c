@@ -588,8 +588,11 @@ static int bench_profile(int argc, char **argv)
      * of the rest. */
     cairn_predictor *p = NULL;
     int g_fit = n_groups * 7 / 10, n_fit = 0;
+    cairn_backend_traits traits;
+    cairn_engine_backend(e)->i->traits(cairn_engine_backend(e), &traits);
     if (!rc && cairn_predictor_new(&p, g_fit > 16 ? g_fit : 16, &err) != 0) rc = 1;
     if (!rc) cairn_predictor_set_refit(p, 0);
+    if (!rc) cairn_predictor_set_traits(p, &traits);
     for (int i = 0; !rc && i < n && smp[i].group < g_fit;) {
         int j = i;
         double t[9];
@@ -666,6 +669,7 @@ static int bench_profile(int argc, char **argv)
         int ocnt[N_BUCKETS] = {0};
         cairn_predictor *q = NULL;
         if (cairn_predictor_new(&q, cairn_workers_default_params().predictor_window, NULL) == 0) {
+            cairn_predictor_set_traits(q, &traits);
             cairn_predictor_set_coefficients(q, c);
             for (int i = 0, j; i < n; i = j) {
                 for (j = i; j < n && smp[j].group == smp[i].group; j++) {

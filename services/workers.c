@@ -784,6 +784,13 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
         if (!rc) rc = cairn_predictor_new(&wk->pred, p->predictor_window, err);
         if (!rc && p->predictor) cairn_predictor_set_coefficients(wk->pred, p->predictor);
         if (!rc) rc = cairn_engine_open(&wk->engine, w->model, &p->engine, err);
+        if (!rc) {
+            /* The predictor's step features follow the engine's device. */
+            cairn_backend *be = cairn_engine_backend(wk->engine);
+            cairn_backend_traits tr;
+            be->i->traits(be, &tr);
+            cairn_predictor_set_traits(wk->pred, &tr);
+        }
         if (!rc && pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
             cairn_engine_close(wk->engine);
             wk->engine = NULL;

@@ -142,6 +142,7 @@ typedef struct {
     cairn_kv *kv;
     cairn_model_ws *ws;
     cairn_pool *pool;
+    cairn_backend *be;
 } rig;
 
 static void rig_open(rig *r, const char *path, int n_blocks, int max_tokens, int max_ctx)
@@ -150,23 +151,26 @@ static void rig_open(rig *r, const char *path, int n_blocks, int max_tokens, int
     int rc = cairn_model_open(&r->m, path, &err);
     if (rc)
         fail_msg("open %s: %s", path, err.msg);
+    cairn_pool_params pp = cairn_pool_default_params();
+    pp.n_threads = 2;
+    assert_int_equal(cairn_pool_open(&r->pool, &pp, NULL), 0);
+    assert_int_equal(cairn_backend_open(&r->be, -1, r->pool, NULL), 0);
     cairn_kv_params kp = cairn_kv_default_params();
     cairn_model_kv_params(r->m, &kp);
     kp.n_blocks = n_blocks;
     kp.block_tokens = 4;
     kp.max_seq_tokens = max_ctx;
+    kp.backend = r->be;
     assert_int_equal(cairn_kv_open(&r->kv, &kp, &err), 0);
-    cairn_pool_params pp = cairn_pool_default_params();
-    pp.n_threads = 2;
-    assert_int_equal(cairn_pool_open(&r->pool, &pp, NULL), 0);
-    assert_int_equal(cairn_model_ws_new(&r->ws, r->m, max_tokens, max_ctx, 2, NULL), 0);
+    assert_int_equal(cairn_model_ws_new(&r->ws, r->m, r->be, max_tokens, max_ctx, NULL), 0);
 }
 
 static void rig_close(rig *r)
 {
     cairn_model_ws_free(r->ws);
-    cairn_pool_close(r->pool);
     cairn_kv_close(r->kv);
+    cairn_backend_close(r->be);
+    cairn_pool_close(r->pool);
     cairn_model_close(r->m);
 }
 
@@ -186,7 +190,7 @@ static void run_seq(rig *r, int seq, const int32_t *tokens, int n, int n_pre, fl
             want[j] = 1;
         }
         cairn_batch b = {c, tokens + i, sq, pos, want, NULL};
-        int rc = cairn_model_forward(r->m, r->ws, r->kv, r->pool, &b, out + (size_t)i * nv, &err);
+        int rc = cairn_model_forward(r->m, r->ws, r->kv, &b, out + (size_t)i * nv, &err);
         if (rc)
             fail_msg("forward: %s", err.msg);
         i += c;
@@ -321,25 +325,25 @@ static void test_forward_errors(void **state)
     /* Positions must continue the sequence. */
     pos[0] = 3;
     cairn_batch b = {3, t, sq, pos, NULL, NULL};
-    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, r.pool, &b, lg, &err), CAIRN_EINVAL);
+    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err), CAIRN_EINVAL);
     pos[0] = 0;
     /* Token outside the vocabulary. */
     t[1] = TV;
-    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, r.pool, &b, lg, &err), CAIRN_EINVAL);
+    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err), CAIRN_EINVAL);
     assert_non_null(strstr(err.msg, "vocabulary"));
     t[1] = 2;
     assert_int_equal(cairn_kv_seq_len(r.kv, a), 0);
     /* Exhaustion: seq a takes 3 blocks; a batch of a (+1 block) and b2 (2 blocks) fails whole. */
     b.n_tokens = 12;
-    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, r.pool, &b, lg, &err), 0);
+    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err), 0);
     int32_t sq2[8] = {a, b2, b2, b2, b2, b2}, pos2[8] = {12, 0, 1, 2, 3, 4};
     cairn_batch b3 = {6, t, sq2, pos2, NULL, NULL};
-    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, r.pool, &b3, lg, &err), CAIRN_EBUSY);
+    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b3, lg, &err), CAIRN_EBUSY);
     assert_int_equal(cairn_kv_seq_len(r.kv, a), 12);
     assert_int_equal(cairn_kv_seq_len(r.kv, b2), 0);
     /* Too many tokens for the workspace. */
     b.n_tokens = 33;
-    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, r.pool, &b, lg, &err), CAIRN_EINVAL);
+    assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err), CAIRN_EINVAL);
     free(lg);
     rig_close(&r);
     unlink(path);
@@ -458,7 +462,8 @@ static void test_gemma3_vs_llamacpp(void **state)
         for (int i = 0; i < total; i++)
             stream[i] = i < p->n_prompt ? p->prompt[i] : p->greedy[i - p->n_prompt];
         int32_t sq[CHUNK], pos[CHUNK];
-        uint8_t want[CHUNK], kinds[CHUNK];
+        uint8_t want[CHUNK];
+        int32_t plen[CHUNK];
         int diffs_before = st.greedy_diff;
         for (int i = 0; i < total;) {
             int c = i < p->n_prompt ? (p->n_prompt - i < CHUNK ? p->n_prompt - i : CHUNK) : 1;
@@ -473,15 +478,15 @@ static void test_gemma3_vs_llamacpp(void **state)
                 sq[j] = seq;
                 pos[j] = ps;
                 want[j] = w;
-                kinds[j] = (uint8_t)cairn_model_row_kind(ps, p->n_prompt);
+                plen[j] = p->n_prompt;
                 if (w) {
                     assert_true(rows < ROWS);
                     row_pos[rows++] = ps;
                 }
             }
-            cairn_batch b = {c, stream + i, sq, pos, want, kinds};
+            cairn_batch b = {c, stream + i, sq, pos, want, plen};
             cairn_error err;
-            if (cairn_model_forward(r.m, r.ws, r.kv, r.pool, &b, lg, &err))
+            if (cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err))
                 fail_msg("forward: %s", err.msg);
             for (int rr = 0; rr < rows; rr++) {
                 const float *row = lg + (size_t)rr * nv;

@@ -49,6 +49,15 @@ static double true_time(const cairn_batch_shape *s)
     return t;
 }
 
+/* A predictor of a backend whose cost steps as true_time's: tiles of 8 tokens, pairs of rows. */
+static int pred_new(cairn_predictor **p, int window, cairn_error *err)
+{
+    int rc = cairn_predictor_new(p, window, err);
+    if (!rc)
+        cairn_predictor_set_traits(*p, &(cairn_backend_traits){.token_tile = 8, .logits_pair = 2});
+    return rc;
+}
+
 static uint64_t rng = 88172645463325252ull;
 static double urand(void)
 {
@@ -97,8 +106,8 @@ static void test_predictor_recovers_a_cost_model(void **state)
     (void)state;
     cairn_predictor *p = NULL;
     cairn_error err = {0};
-    assert_int_equal(cairn_predictor_new(&p, 8, &err), CAIRN_EINVAL);
-    assert_int_equal(cairn_predictor_new(&p, 512, &err), 0);
+    assert_int_equal(pred_new(&p, 8, &err), CAIRN_EINVAL);
+    assert_int_equal(pred_new(&p, 512, &err), 0);
     cairn_predictor_set_refit(p, 0);
     cairn_batch_shape one = {0};
     cairn_batch_shape_add(&one, false, 10, 1, true);
@@ -144,7 +153,7 @@ static void test_predictor_recovers_a_cost_model(void **state)
 
     /* Coefficients can be set (a stored profile) and predict exactly. */
     cairn_predictor *q = NULL;
-    assert_int_equal(cairn_predictor_new(&q, 64, &err), 0);
+    assert_int_equal(pred_new(&q, 64, &err), 0);
     cairn_predictor_set_coefficients(q, TRUE_COEF);
     cairn_batch_shape s = random_shape();
     assert_float_equal(cairn_predictor_predict(q, &s), true_time(&s), 1e-12);
@@ -166,7 +175,7 @@ static void test_predictor_refits_on_its_own(void **state)
 {
     (void)state;
     cairn_predictor *p = NULL;
-    assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
+    assert_int_equal(pred_new(&p, 64, NULL), 0);
     enum { FIT = 2 * CAIRN_PREDICTOR_FEATURES }; /* the fewest iterations a fit takes */
     cairn_predictor_set_refit(p, FIT);
     for (int i = 0; i < FIT - 1; i++) {
@@ -189,8 +198,8 @@ static void test_predictor_refits_towards_a_loaded_profile(void **state)
 {
     (void)state;
     cairn_predictor *p = NULL, *bare = NULL;
-    assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
-    assert_int_equal(cairn_predictor_new(&bare, 64, NULL), 0);
+    assert_int_equal(pred_new(&p, 64, NULL), 0);
+    assert_int_equal(pred_new(&bare, 64, NULL), 0);
     cairn_predictor_set_coefficients(p, TRUE_COEF);
     /* the machine got 10% slower; only 1..4 decode tokens run for a while */
     for (int i = 0; i < 64; i++) {
@@ -218,7 +227,7 @@ static void test_predictor_follows_the_machine_speed(void **state)
 {
     (void)state;
     cairn_predictor *p = NULL;
-    assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
+    assert_int_equal(pred_new(&p, 64, NULL), 0);
     cairn_predictor_set_coefficients(p, TRUE_COEF);
     cairn_predictor_set_refit(p, 0);
     cairn_batch_shape pre = {0};
@@ -360,7 +369,7 @@ static int find(const cairn_step_item *it, int n, int id)
 static cairn_predictor *fitted(void)
 {
     cairn_predictor *p = NULL;
-    assert_int_equal(cairn_predictor_new(&p, 64, NULL), 0);
+    assert_int_equal(pred_new(&p, 64, NULL), 0);
     cairn_predictor_set_coefficients(p, TRUE_COEF);
     return p;
 }
