@@ -24,7 +24,8 @@
 
 const char *const cairn_cmd_generate_usage =
     "usage: cairn generate -m MODEL -p PROMPT [--chat] [-n N] [--temp T] [--top-k K]\n"
-    "                      [--top-p P] [--seed S] [--stop STR]... [--threads T]\n\n"
+    "                      [--top-p P] [--seed S] [--stop STR]... [--threads T]\n"
+    "                      [--device D]\n\n"
     "Streams the model's continuation of PROMPT to stdout, then prints a timings line\n"
     "(prompt tokens and tok/s, generated tokens and tok/s) on stderr.\n\n"
     "  -m, --model FILE  GGUF model (Gemma 3, Llama 2/3, Qwen2)\n"
@@ -36,7 +37,8 @@ const char *const cairn_cmd_generate_usage =
     "  --top-p P         nucleus sampling mass in (0, 1] (default 0.95)\n"
     "  --seed S          sampling seed (default 0)\n"
     "  --stop STR        stop when STR is generated (not printed); may repeat, at most 8\n"
-    "  --threads T       compute threads; 0 = CPUs online (default 0)";
+    "  --threads T       compute threads; 0 = CPUs online (default 0)\n"
+    "  --device D        -1 the CPU (default), N CUDA GPU N";
 
 #define MAX_STOPS 8
 #define MAX_PROMPT (1 << 20)
@@ -131,7 +133,7 @@ int cairn_cmd_generate(int argc, char **argv)
     const char *model_path = NULL, *prompt_arg = NULL, *stops[MAX_STOPS];
     size_t n_stops = 0;
     int chat = 0;
-    double n_max = 128, threads = 0, seed = 0;
+    double n_max = 128, threads = 0, seed = 0, device = -1;
     cairn_sample_params sp = cairn_sample_default_params();
     sp.temperature = 0; /* greedy unless --temp says otherwise */
     for (int i = 1; i < argc; i++) {
@@ -162,6 +164,8 @@ int cairn_cmd_generate(int argc, char **argv)
             if (parse_num(a, v, 0, 18446744073709551615.0, &seed)) return 2;
         } else if (!strcmp(a, "--threads")) {
             if (parse_num(a, v, 0, 1024, &threads)) return 2;
+        } else if (!strcmp(a, "--device")) {
+            if (parse_num(a, v, -1, 1024, &device)) return 2;
         } else if (!strcmp(a, "--stop")) {
             if (n_stops == MAX_STOPS) {
                 fprintf(stderr, "cairn generate: at most %d --stop strings\n", MAX_STOPS);
@@ -239,6 +243,7 @@ int cairn_cmd_generate(int argc, char **argv)
 
     cairn_engine_params ep = cairn_engine_default_params();
     ep.n_threads = (int)threads;
+    ep.device = (int)device;
     ep.max_seqs = 1;
     if (cairn_engine_open(&eng, model, &ep, &err)) {
         fprintf(stderr, "cairn generate: %s\n", err.msg);
