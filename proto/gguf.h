@@ -294,6 +294,17 @@ int cairn_gguf_dequantize_raw(uint32_t type, const void *src, size_t src_bytes, 
 int cairn_gguf_quantize(uint32_t type, const float *src, uint64_t n_elements, void *dst,
                         size_t dst_bytes, cairn_error *err);
 
+/*
+ * Synthetic weights: fills dst (dst_bytes available) with n_elements of `type` whose values are
+ * random and within about +-scale (F32, F16, BF16 uniform; the quantized types F32-free: random
+ * quants with their block scales set for that range). Far faster than quantizing random floats,
+ * for models of real shapes whose values do not matter (benchmarks, cairn gguf-synth). Types:
+ * F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K. Returns 0, CAIRN_EUNSUPPORTED or
+ * CAIRN_EINVAL. Thread-safe on distinct rng states.
+ */
+int cairn_gguf_random_blocks(uint32_t type, uint64_t n_elements, float scale, uint64_t *rng,
+                             void *dst, size_t dst_bytes, cairn_error *err);
+
 /* ---- Writer --------------------------------------------------------------------------------- */
 typedef struct cairn_gguf_writer cairn_gguf_writer;
 

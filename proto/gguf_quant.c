@@ -16,6 +16,7 @@
  * Where a low nibble / high nibble split is used, the low nibbles hold the first half of a group
  * and the high nibbles the second half.
  */
+#include "common/rand.h"
 #include "proto/gguf.h"
 
 #include <math.h>
@@ -593,6 +594,84 @@ int cairn_gguf_quantize(uint32_t type, const float *src, uint64_t n_elements, vo
         break;
     default:
         break;
+    }
+    return 0;
+}
+
+/* ---- Random blocks ----------------------------------------------------------------------------- */
+
+/*
+ * Random bits for the quants, then each block's scale fields set so that its values stay
+ * within about +-scale: the largest |value| a block can hold is (factor) x d, with the
+ * factors of each format's decoding (dequantizers above).
+ */
+int cairn_gguf_random_blocks(uint32_t type, uint64_t n_elements, float scale, uint64_t *rng,
+                             void *dst, size_t dst_bytes, cairn_error *err)
+{
+    uint64_t need;
+    int rc = cairn_gguf_tensor_nbytes(type, n_elements, &need, err);
+    if (rc)
+        return rc;
+    if (need > dst_bytes)
+        return cairn_errorf(err, CAIRN_EINVAL, "%llu elements as %s need %llu bytes, have %zu",
+                            (unsigned long long)n_elements, cairn_gguf_type_name(type),
+                            (unsigned long long)need, dst_bytes);
+    uint8_t *p = dst;
+    const type_info *ti = type_get(type);
+    const uint64_t nb = n_elements / ti->block, bb = ti->bytes;
+    switch (type) {
+    case CAIRN_GGUF_F32:
+        for (uint64_t i = 0; i < n_elements; i++) {
+            float v = scale * cairn_rand_sym(rng);
+            memcpy(p + 4 * i, &v, 4);
+        }
+        return 0;
+    case CAIRN_GGUF_F16:
+    case CAIRN_GGUF_BF16:
+        for (uint64_t i = 0; i < n_elements; i++) {
+            float v = scale * cairn_rand_sym(rng);
+            wr16(p + 2 * i, type == CAIRN_GGUF_F16 ? cairn_gguf_f32_to_f16(v)
+                                                   : cairn_gguf_f32_to_bf16(v));
+        }
+        return 0;
+    case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q4_1: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
+    case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
+        break;
+    default:
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "no random blocks of type %s (%u)",
+                            cairn_gguf_type_name(type) ? cairn_gguf_type_name(type) : "unknown",
+                            type);
+    }
+    for (uint64_t i = 0; i < need / 8; i++) {
+        uint64_t r = cairn_rand_next(rng);
+        memcpy(p + 8 * i, &r, 8);
+    }
+    for (uint64_t i = need / 8 * 8; i < need; i++)
+        p[i] = (uint8_t)cairn_rand_next(rng);
+    for (uint64_t i = 0; i < nb; i++) {
+        uint8_t *b = p + i * bb;
+        switch (type) {
+        case CAIRN_GGUF_Q4_0: /* d (q - 8), q in 0..15 */
+            wr16(b, cairn_gguf_f32_to_f16(scale / 8));
+            break;
+        case CAIRN_GGUF_Q4_1: /* d q + m */
+            wr16(b, cairn_gguf_f32_to_f16(scale / 8));
+            wr16(b + 2, cairn_gguf_f32_to_f16(-scale));
+            break;
+        case CAIRN_GGUF_Q5_0: /* d (q - 16), q in 0..31 */
+            wr16(b, cairn_gguf_f32_to_f16(scale / 16));
+            break;
+        case CAIRN_GGUF_Q8_0: /* d q, q in -128..127 */
+            wr16(b, cairn_gguf_f32_to_f16(scale / 127));
+            break;
+        case CAIRN_GGUF_Q4_K: /* d sc q - dmin m, sc and m in 0..63, q in 0..15 */
+            wr16(b, cairn_gguf_f32_to_f16(scale / 945));
+            wr16(b + 2, cairn_gguf_f32_to_f16(scale / 126));
+            break;
+        default: /* Q6_K: d sc (q - 32), sc in -128..127, d last */
+            wr16(b + 208, cairn_gguf_f32_to_f16(scale / 4096));
+            break;
+        }
     }
     return 0;
 }

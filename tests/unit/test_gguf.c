@@ -913,6 +913,43 @@ static void test_hostile_metadata(void **state)
 
 /* ---- Info printing ------------------------------------------------------------------------ */
 
+/* Random blocks of every type stay within about the scale asked for, are finite, use their
+ * range (not all zero) and differ between seeds. */
+static void test_random_blocks(void **state)
+{
+    (void)state;
+    const uint32_t ts[] = {CAIRN_GGUF_F32, CAIRN_GGUF_F16, CAIRN_GGUF_BF16, CAIRN_GGUF_Q4_0,
+                           CAIRN_GGUF_Q4_1, CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q4_K,
+                           CAIRN_GGUF_Q6_K};
+    enum { N = 4096 };
+    static float y[N];
+    static uint8_t buf[N * 4], other[N * 4];
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+        uint64_t rng = 7, rng2 = 8, bytes;
+        cairn_error err;
+        assert_int_equal(cairn_gguf_tensor_nbytes(ts[i], N, &bytes, NULL), 0);
+        assert_int_equal(cairn_gguf_random_blocks(ts[i], N, 0.5f, &rng, buf, sizeof buf, &err), 0);
+        assert_int_equal(cairn_gguf_random_blocks(ts[i], N, 0.5f, &rng2, other, sizeof other,
+                                                  &err), 0);
+        assert_int_not_equal(memcmp(buf, other, bytes), 0);
+        assert_int_equal(cairn_gguf_dequantize_raw(ts[i], buf, bytes, y, N, &err), 0);
+        float mx = 0;
+        for (int j = 0; j < N; j++) {
+            assert_true(isfinite(y[j]));
+            mx = fmaxf(mx, fabsf(y[j]));
+        }
+        assert_true(mx <= 0.5f * 1.2f);
+        assert_true(mx >= 0.5f * 0.25f);
+        /* Too small a buffer and a type without random blocks are errors, not writes. */
+        assert_int_equal(cairn_gguf_random_blocks(ts[i], N, 0.5f, &rng, buf, bytes - 1, &err),
+                         CAIRN_EINVAL);
+    }
+    uint64_t rng = 1;
+    cairn_error err;
+    assert_int_equal(cairn_gguf_random_blocks(CAIRN_GGUF_IQ4_XS, 256, 1, &rng, buf, sizeof buf,
+                                              &err), CAIRN_EUNSUPPORTED);
+}
+
 static void test_print_info(void **state)
 {
     (void)state;
@@ -1126,6 +1163,7 @@ int main(void)
         cmocka_unit_test(test_hostile_headers),
         cmocka_unit_test(test_hostile_metadata),
         cmocka_unit_test(test_print_info),
+        cmocka_unit_test(test_random_blocks),
         cmocka_unit_test(test_real_model_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
