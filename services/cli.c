@@ -11,6 +11,7 @@
 #include "services/cmd_adapt.h"
 #include "services/cmd_bench.h"
 #include "services/cmd_generate.h"
+#include "services/cmd_synth.h"
 #include "services/cmd_index.h"
 #include "services/cmd_job.h"
 #include "services/server.h"
@@ -121,6 +122,8 @@ static const command commands[] = {
      "  --all         print arrays and strings in full\n"
      "  --no-tensors  leave out the tensor table",
      cmd_gguf_info, NULL},
+    {"gguf-synth", "write a model of real shapes with random weights (benchmarks, tests)",
+     NULL, cairn_cmd_synth, &cairn_cmd_synth_usage},
     {"adapt", "train and evaluate the edge and foundation CNNs (Fashion-MNIST)",
      "usage: cairn adapt train --model edge|foundation --out FILE [--epochs N] [--seed S]\n"
      "                         [--threads T]\n"
