@@ -84,6 +84,9 @@ static const cairn_config_key schema[] = {
     {"workers.max_seqs", CAIRN_CFG_INT, "8", "1", "256", "sequences one engine runs at once",
      NULL, 0},
     {"workers.ctx", CAIRN_CFG_INT, "2048", "64", "131072", "positions per sequence", NULL, 0},
+    {"workers.device", CAIRN_CFG_STRING, "auto", NULL, NULL,
+     "where the engines run: cpu, a CUDA GPU's index, or auto (GPU 0 when this build and "
+     "machine have one, else the CPU)", NULL, 0},
     {"sched.policy", CAIRN_CFG_STRING, "slo", NULL, NULL,
      "iteration scheduling: slo (latency budget), online-only, fcfs-hybrid",
      "slo|online-only|fcfs-hybrid", 0},
@@ -258,6 +261,29 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
 }
 
 /* Loads the LLM (when one is configured or found) and adds the /v1 routes. */
+/* workers.device: "cpu" (-1), a GPU's index, or "auto" (GPU 0 when there is one). */
+static int parse_device(const char *v, int *device, cairn_error *err)
+{
+    if (!strcmp(v, "cpu")) {
+        *device = -1;
+        return 0;
+    }
+    if (!strcmp(v, "auto")) {
+        char why[160];
+        *device = cairn_gpu_count(why, sizeof why) > 0 ? 0 : -1;
+        if (*device < 0)
+            CAIRN_LOG_INFO("workers on the CPU", "why=%s", why);
+        return 0;
+    }
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || n < 0 || n > 1023)
+        return cairn_errorf(err, CAIRN_EINVAL, "workers.device '%s': expected cpu, auto or a "
+                            "GPU index 0..1023", v);
+    *device = (int)n;
+    return 0;
+}
+
 static int start_api(service *s, cairn_error *err)
 {
     cairn_config *c = s->cfg;
@@ -269,7 +295,10 @@ static int start_api(service *s, cairn_error *err)
         struct stat st;
         if (stat(def, &st) == 0) model = def;
     }
-    int rc = 0;
+    int device = -1, rc;
+    /* Checked whether or not a model is there: a bad value is a configuration error. */
+    if ((rc = parse_device(cairn_config_string(c, "workers.device"), &device, err)))
+        return rc;
     if (model) {
         cairn_workers_params wp = cairn_workers_default_params();
         wp.model_path = model;
@@ -277,6 +306,7 @@ static int start_api(service *s, cairn_error *err)
         wp.engine.n_threads = (int)cairn_config_int(c, "workers.threads");
         wp.engine.max_seqs = (int)cairn_config_int(c, "workers.max_seqs");
         wp.engine.n_ctx = (int)cairn_config_int(c, "workers.ctx");
+        wp.engine.device = device;
         wp.max_queue = (int)cairn_config_int(c, "limits.max_queue");
         wp.timeout_ns = cairn_config_duration_ns(c, "limits.timeout");
         rc = cairn_sched_policy_parse(cairn_config_string(c, "sched.policy"), &wp.sched.policy,
@@ -304,7 +334,8 @@ static int start_api(service *s, cairn_error *err)
         }
         rc = cairn_workers_open(&s->workers, &wp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "model %s", model);
-        CAIRN_LOG_INFO("model loaded", "path=%s workers=%d", model, wp.n_workers);
+        CAIRN_LOG_INFO("model loaded", "path=%s workers=%d device=%d", model, wp.n_workers,
+                       wp.engine.device);
     } else {
         CAIRN_LOG_WARN("no model", "detail=%s", "generation endpoints answer 503; set model.path");
     }

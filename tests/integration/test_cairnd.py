@@ -114,6 +114,8 @@ def test_config_errors_name_key_and_source():
     r = run_cairnd(env={"CAIRN_HTTP_THREADS": "zero"})
     assert r.returncode == 2 and "http.threads" in r.stderr and "CAIRN_HTTP_THREADS" in r.stderr, \
         r.stderr
+    r = run_cairnd("--workers.device=gpu-zero", "--port=0")
+    assert r.returncode != 0 and "workers.device" in r.stderr and "gpu-zero" in r.stderr, r.stderr
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
         f.write("# test\nport = 8080\nlog_level = loud\n")
     try:
