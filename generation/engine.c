@@ -8,6 +8,7 @@
 #include "generation/engine.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -121,6 +122,25 @@ void cairn_engine_close(cairn_engine *e)
     free(e);
 }
 
+/*
+ * KV blocks when the caller leaves it to the engine: on the CPU, two full contexts (host memory
+ * is shared with everything else); on a GPU, 90% of the memory the weights left, as llama.cpp
+ * and vLLM size theirs, but no more than every sequence's full context (a block holds
+ * block_tokens rows of K and V in F16 for every layer).
+ */
+static int default_kv_blocks(const cairn_backend *be, const cairn_model_hparams *hp,
+                             const cairn_engine_params *p, int ctx_blocks)
+{
+    size_t free_b, total_b;
+    if (p->device < 0 || be->i->mem_info(be, &free_b, &total_b))
+        return 2 * ctx_blocks;
+    long cap = (long)p->max_seqs * ctx_blocks + 2;
+    size_t per = (size_t)hp->n_layer * p->block_tokens * hp->n_head_kv * hp->head_dim * 2 * 2;
+    long fit = (long)((double)free_b * 0.9 / (double)per);
+    long n = fit < cap ? fit : cap;
+    return (int)(n < 1 ? 1 : n > INT32_MAX ? INT32_MAX : n);
+}
+
 int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engine_params *pin,
                       cairn_error *err)
 {
@@ -150,9 +170,7 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
                             p.block_tokens);
     if (p.kv_blocks < 0)
         return cairn_errorf(err, CAIRN_EINVAL, "engine: kv_blocks %d is negative", p.kv_blocks);
-    int ctx_blocks = (p.n_ctx + p.block_tokens - 1) / p.block_tokens;
-    if (p.kv_blocks == 0)
-        p.kv_blocks = 2 * ctx_blocks;
+    const int ctx_blocks = (p.n_ctx + p.block_tokens - 1) / p.block_tokens;
 
     cairn_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -166,8 +184,13 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     if ((rc = cairn_pool_open(&e->pool, &pp, err)))
         goto fail;
 
-    if ((rc = cairn_backend_open(&e->be, p.device, e->pool, err)))
+    /* The weights first: on a GPU, the KV pool takes what they leave. */
+    if ((rc = cairn_backend_open(&e->be, p.device, e->pool, err)) ||
+        (rc = cairn_model_ws_new(&e->ws, m, e->be, p.max_batch_tokens, p.n_ctx, err)))
         goto fail;
+    if (p.kv_blocks == 0)
+        p.kv_blocks = default_kv_blocks(e->be, hp, &p, ctx_blocks);
+    e->p.kv_blocks = p.kv_blocks;
     cairn_kv_params kp = cairn_kv_default_params();
     cairn_model_kv_params(m, &kp);
     kp.backend = e->be;
@@ -184,8 +207,7 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
                                                        p.block_tokens);
         kp.n_blocks_window = need < p.kv_blocks ? (int)need : p.kv_blocks;
     }
-    if ((rc = cairn_kv_open(&e->kv, &kp, err)) ||
-        (rc = cairn_model_ws_new(&e->ws, m, e->be, p.max_batch_tokens, p.n_ctx, err)))
+    if ((rc = cairn_kv_open(&e->kv, &kp, err)))
         goto fail;
     e->seqs = calloc((size_t)p.max_seqs, sizeof(eseq));
     e->b_tok = malloc(sizeof(int32_t) * (size_t)p.max_batch_tokens);
