@@ -188,7 +188,10 @@ static int load_mat(const cairn_gguf *g, const char *name, int64_t rows, int64_t
                             name, (long long)t->dims[1], (long long)t->dims[0], (long long)rows,
                             (long long)cols);
     uint32_t bs = cairn_gguf_type_block_size(t->type);
-    if (bs == 0 || t->dims[0] % bs != 0 || !t->data)
+    if (bs == 0)
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "model: tensor '%s' has type %u, unknown "
+                            "to this build", name, t->type);
+    if (t->dims[0] % bs != 0 || !t->data)
         return cairn_errorf(err, CAIRN_EFORMAT,
                             "model: tensor '%s': row length %lld is not a whole number of "
                             "blocks of its type %u", name, (long long)cols, t->type);
