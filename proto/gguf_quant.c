@@ -551,6 +551,20 @@ static void q_q6_k(const float *x, uint8_t *b)
     }
 }
 
+/* The bytes n_elements of type take, in *need, and whether dst_bytes hold them. */
+static int dst_room(uint32_t type, uint64_t n_elements, size_t dst_bytes, uint64_t *need,
+                    cairn_error *err)
+{
+    int rc = cairn_gguf_tensor_nbytes(type, n_elements, need, err);
+    if (rc)
+        return rc;
+    if (*need > dst_bytes)
+        return cairn_errorf(err, CAIRN_EINVAL, "%llu elements as %s need %llu bytes, have %zu",
+                            (unsigned long long)n_elements, cairn_gguf_type_name(type),
+                            (unsigned long long)*need, dst_bytes);
+    return 0;
+}
+
 int cairn_gguf_quantize(uint32_t type, const float *src, uint64_t n_elements, void *dst,
                         size_t dst_bytes, cairn_error *err)
 {
@@ -559,12 +573,8 @@ int cairn_gguf_quantize(uint32_t type, const float *src, uint64_t n_elements, vo
                             cairn_gguf_type_name(type) ? cairn_gguf_type_name(type) : "unknown",
                             type);
     uint64_t need;
-    int rc = cairn_gguf_tensor_nbytes(type, n_elements, &need, err);
+    int rc = dst_room(type, n_elements, dst_bytes, &need, err);
     if (rc) return rc == CAIRN_EOVERFLOW ? rc : CAIRN_EINVAL;
-    if (need > dst_bytes)
-        return cairn_errorf(err, CAIRN_EINVAL, "%llu elements as %s need %llu bytes, have %zu",
-                            (unsigned long long)n_elements, cairn_gguf_type_name(type),
-                            (unsigned long long)need, dst_bytes);
     uint8_t *p = dst;
     const type_info *ti = type_get(type);
     uint64_t nb = n_elements / ti->block;
@@ -609,13 +619,9 @@ int cairn_gguf_random_blocks(uint32_t type, uint64_t n_elements, float scale, ui
                              void *dst, size_t dst_bytes, cairn_error *err)
 {
     uint64_t need;
-    int rc = cairn_gguf_tensor_nbytes(type, n_elements, &need, err);
+    int rc = dst_room(type, n_elements, dst_bytes, &need, err);
     if (rc)
         return rc;
-    if (need > dst_bytes)
-        return cairn_errorf(err, CAIRN_EINVAL, "%llu elements as %s need %llu bytes, have %zu",
-                            (unsigned long long)n_elements, cairn_gguf_type_name(type),
-                            (unsigned long long)need, dst_bytes);
     uint8_t *p = dst;
     const type_info *ti = type_get(type);
     const uint64_t nb = n_elements / ti->block, bb = ti->bytes;
