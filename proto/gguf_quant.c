@@ -558,9 +558,10 @@ static int dst_room(uint32_t type, uint64_t n_elements, size_t dst_bytes, uint64
     int rc = cairn_gguf_tensor_nbytes(type, n_elements, need, err);
     if (rc)
         return rc;
+    const char *name = cairn_gguf_type_name(type);
     if (*need > dst_bytes)
         return cairn_errorf(err, CAIRN_EINVAL, "%llu elements as %s need %llu bytes, have %zu",
-                            (unsigned long long)n_elements, cairn_gguf_type_name(type),
+                            (unsigned long long)n_elements, name ? name : "?",
                             (unsigned long long)*need, dst_bytes);
     return 0;
 }

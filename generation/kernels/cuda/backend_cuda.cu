@@ -1,0 +1,628 @@
+/*
+ * generation/kernels/cuda/backend_cuda.cu — the CUDA backend: its table, device memory,
+ * weights, scratch and the step's batch. The stages live in matmul.cu, attention.cu,
+ * norm_rope.cu and elementwise.cu.
+ *
+ * Everything runs on one stream in the order the forward pass calls it; only download,
+ * upload and logits wait. A step's batch goes up in one copy from pinned memory (batch_set),
+ * so a decode step costs one small transfer besides the logits coming back.
+ */
+#include "generation/kernels/cuda/common.cuh"
+
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "common/gpu.h"
+}
+
+/* ---- Errors ---------------------------------------------------------------------------------- */
+
+/* The name of a call from its text: "cudaMemcpyAsync(dst, ...)" -> "cudaMemcpyAsync". */
+static int call_name_len(const char *call)
+{
+    const char *p = strchr(call, '(');
+    return p ? (int)(p - call) : (int)strlen(call);
+}
+
+int cairn__cuda_fail(cairn_error *err, const char *call, cudaError_t e)
+{
+    return cairn_errorf(err, CAIRN_EDEVICE, "cuda backend: %.*s: %s (%s)", call_name_len(call),
+                        call, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+int cairn__blas_fail(cairn_error *err, const char *call, cublasStatus_t s)
+{
+    return cairn_errorf(err, CAIRN_EDEVICE, "cuda backend: %.*s: %s", call_name_len(call), call,
+                        cublasGetStatusString(s));
+}
+
+int cairn__cuda_enter(cairn__cuda *c, cairn_error *err)
+{
+    /* One backend per device, each used by its own worker thread: the thread's current
+     * device is not ours unless we say so. */
+    CU_TRY(err, cudaSetDevice(c->device));
+    return 0;
+}
+
+int cairn__cuda_malloc(cairn__cuda *c, void **out, size_t bytes, const char *what,
+                       cairn_error *err)
+{
+    *out = NULL;
+    cudaError_t e = cudaMalloc(out, bytes ? bytes : 1);
+    if (e == cudaSuccess)
+        return 0;
+    *out = NULL;
+    (void)cudaGetLastError(); /* an allocation failure is not sticky; clear it */
+    if (e != cudaErrorMemoryAllocation)
+        return cairn__cuda_fail(err, "cudaMalloc", e);
+    size_t free_b = 0, total_b = 0;
+    (void)cudaMemGetInfo(&free_b, &total_b);
+    return cairn_errorf(err, CAIRN_ENOMEM,
+                        "cuda backend: %s: %zu bytes (%.1f MiB) do not fit in GPU %d's free "
+                        "memory, %zu bytes (%.1f MiB) of %zu",
+                        what, bytes, (double)bytes / 1048576.0, c->device, free_b,
+                        (double)free_b / 1048576.0, total_b);
+}
+
+int cairn__cuda_need_batch(cairn__cuda *c, const char *stage, cairn_error *err)
+{
+    if (!c->have_batch)
+        return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: %s before batch_set", stage);
+    return 0;
+}
+
+/* ---- Memory ---------------------------------------------------------------------------------- */
+
+static int cu_alloc(cairn_backend *be, size_t bytes, void **out, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    *out = NULL;
+    int rc = cairn__cuda_enter(c, err);
+    if (rc)
+        return rc;
+    return cairn__cuda_malloc(c, out, bytes, "alloc", err);
+}
+
+static void cu_free(cairn_backend *be, void *p)
+{
+    if (!p)
+        return;
+    cairn__cuda *c = cairn__cu(be);
+    (void)cudaSetDevice(c->device);
+    /* cudaFree waits for the device; a failure here has nobody to report to. */
+    (void)cudaFree(p);
+}
+
+/* Host memory may be pageable: the copies wait, so that src and dst can be reused at once. */
+static int cu_upload(cairn_backend *be, void *dst, const void *src, size_t bytes,
+                     cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_enter(c, err);
+    if (rc || !bytes)
+        return rc;
+    CU_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    CU_TRY(err, cudaStreamSynchronize(c->stream));
+    return 0;
+}
+
+static int cu_download(cairn_backend *be, void *dst, const void *src, size_t bytes,
+                       cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_enter(c, err);
+    if (rc || !bytes)
+        return rc;
+    CU_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CU_TRY(err, cudaStreamSynchronize(c->stream));
+    return 0;
+}
+
+static int cu_copy(cairn_backend *be, void *dst, const void *src, size_t bytes,
+                   cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_enter(c, err);
+    if (rc || !bytes)
+        return rc;
+    CU_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    return 0;
+}
+
+/* ---- Weights --------------------------------------------------------------------------------- */
+
+bool cairn__cuda_type_ok(uint32_t type)
+{
+    switch (type) {
+    case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16: case CAIRN_GGUF_Q8_0:
+    case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q4_1: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q4_K:
+    case CAIRN_GGUF_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_t *qh)
+{
+    size_t nb32 = (size_t)cols / 32, nb256 = (size_t)cols / 256;
+    *d = *qh = 0;
+    switch (type) {
+    case CAIRN_GGUF_F32: *q = (size_t)cols * 4; break;
+    case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16: *q = (size_t)cols * 2; break;
+    case CAIRN_GGUF_Q8_0: *q = (size_t)cols; *d = nb32 * 2; break;
+    case CAIRN_GGUF_Q4_0: *q = nb32 * 16; *d = nb32 * 2; break;
+    case CAIRN_GGUF_Q4_1: *q = nb32 * 16; *d = nb32 * 4; break;
+    case CAIRN_GGUF_Q5_0: *q = nb32 * 16; *d = nb32 * 2; *qh = nb32 * 4; break;
+    case CAIRN_GGUF_Q4_K: *q = nb256 * 144; break;
+    case CAIRN_GGUF_Q6_K: *q = nb256 * 208; *d = nb256 * 2; break;
+    default: *q = 0; break;
+    }
+}
+
+/* Splits one GGUF row (src) into its planes. */
+static void repack_row(uint32_t type, int64_t cols, const uint8_t *src, uint8_t *q, uint8_t *d,
+                       uint8_t *qh)
+{
+    int64_t nb32 = cols / 32, nb256 = cols / 256;
+    switch (type) {
+    case CAIRN_GGUF_Q8_0:
+        for (int64_t b = 0; b < nb32; b++) {
+            memcpy(d + 2 * b, src + 34 * b, 2);
+            memcpy(q + 32 * b, src + 34 * b + 2, 32);
+        }
+        break;
+    case CAIRN_GGUF_Q4_0:
+        for (int64_t b = 0; b < nb32; b++) {
+            memcpy(d + 2 * b, src + 18 * b, 2);
+            memcpy(q + 16 * b, src + 18 * b + 2, 16);
+        }
+        break;
+    case CAIRN_GGUF_Q4_1:
+        for (int64_t b = 0; b < nb32; b++) {
+            memcpy(d + 4 * b, src + 20 * b, 4); /* d, m */
+            memcpy(q + 16 * b, src + 20 * b + 4, 16);
+        }
+        break;
+    case CAIRN_GGUF_Q5_0:
+        for (int64_t b = 0; b < nb32; b++) {
+            memcpy(d + 2 * b, src + 22 * b, 2);
+            memcpy(qh + 4 * b, src + 22 * b + 2, 4);
+            memcpy(q + 16 * b, src + 22 * b + 6, 16);
+        }
+        break;
+    case CAIRN_GGUF_Q6_K:
+        for (int64_t b = 0; b < nb256; b++) {
+            memcpy(q + 208 * b, src + 210 * b, 208); /* ql, qh, scales */
+            memcpy(d + 2 * b, src + 210 * b + 208, 2);
+        }
+        break;
+    default: { /* the float types and Q4_K keep their bytes */
+        size_t qb, db, hb;
+        cairn__plane_bytes(type, cols, &qb, &db, &hb);
+        memcpy(q, src, qb);
+        break;
+    }
+    }
+}
+
+static void cmat_free(cairn__cmat *m)
+{
+    if (!m)
+        return;
+    (void)cudaFree(m->q);
+    (void)cudaFree(m->d);
+    (void)cudaFree(m->qh);
+    free(m);
+}
+
+static int stage_reserve(cairn__cuda *c, size_t bytes, cairn_error *err)
+{
+    if (c->stage_bytes >= bytes)
+        return 0;
+    if (c->stage)
+        (void)cudaFreeHost(c->stage);
+    c->stage = NULL;
+    c->stage_bytes = 0;
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned host memory "
+                            "for uploading weights: %s", bytes, cudaGetErrorString(e));
+    }
+    c->stage = (uint8_t *)p;
+    c->stage_bytes = bytes;
+    return 0;
+}
+
+/* Pinned staging for repacked rows: large enough that uploads run near PCIe speed. */
+#define STAGE_BYTES ((size_t)16 << 20)
+
+static int cu_mat_load(cairn_backend *be, const cairn_gguf_tensor *t, const char *name, int use,
+                       cairn_bmat *m, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    memset(m, 0, sizeof *m);
+    if (!name)
+        name = t->name;
+    int rc = cairn__cuda_enter(c, err);
+    if (rc)
+        return rc;
+    if (!cairn__cuda_type_ok(t->type)) {
+        const char *tn = cairn_gguf_type_name(t->type);
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED,
+                            "cuda backend: tensor '%s': type %s (%u) has no CUDA kernel", name,
+                            tn ? tn : "unknown", t->type);
+    }
+    if (t->n_dims < 1 || t->n_dims > 2 || t->dims[2] != 1 || t->dims[3] != 1 || !t->data)
+        return cairn_errorf(err, CAIRN_EFORMAT, "cuda backend: tensor '%s': expected a matrix "
+                            "with data, got %u dims", name, t->n_dims);
+    uint32_t bs = cairn_gguf_type_block_size(t->type);
+    int64_t cols = (int64_t)t->dims[0], rows = (int64_t)t->dims[1];
+    if (cols <= 0 || rows <= 0 || cols % bs != 0 || cols > ((int64_t)1 << 30) ||
+        rows > ((int64_t)1 << 31) - 1)
+        return cairn_errorf(err, CAIRN_EFORMAT, "cuda backend: tensor '%s': %lld x %lld is not "
+                            "a whole number of %u-value blocks a row (or too large)", name,
+                            (long long)rows, (long long)cols, bs);
+    size_t row_bytes = (size_t)(cols / bs) * cairn_gguf_type_block_bytes(t->type);
+    if ((uint64_t)row_bytes * (uint64_t)rows != t->nbytes)
+        return cairn_errorf(err, CAIRN_EFORMAT, "cuda backend: tensor '%s': %llu bytes do not "
+                            "match its shape", name, (unsigned long long)t->nbytes);
+
+    size_t qb, db, hb;
+    cairn__plane_bytes(t->type, cols, &qb, &db, &hb);
+    cairn__cmat *cm = (cairn__cmat *)calloc(1, sizeof *cm);
+    if (!cm)
+        return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: out of memory");
+    cm->type = t->type;
+    cm->rows = rows;
+    cm->cols = cols;
+    cm->nb = bs > 1 ? cols / bs : cols;
+    char what[300];
+    snprintf(what, sizeof what, "tensor '%s'", name);
+    if ((rc = cairn__cuda_malloc(c, (void **)&cm->q, qb * (size_t)rows, what, err)) ||
+        (db && (rc = cairn__cuda_malloc(c, (void **)&cm->d, db * (size_t)rows, what, err))) ||
+        (hb && (rc = cairn__cuda_malloc(c, (void **)&cm->qh, hb * (size_t)rows, what, err)))) {
+        cmat_free(cm);
+        return rc;
+    }
+    size_t per_row = qb + db + hb;
+    if ((rc = stage_reserve(c, per_row > STAGE_BYTES ? per_row : STAGE_BYTES, err))) {
+        cmat_free(cm);
+        return rc;
+    }
+    /* Rows go up in chunks: repack into the staging buffer's three regions, copy each to its
+     * plane, wait before the staging buffer is filled again. */
+    int64_t chunk = (int64_t)(c->stage_bytes / per_row);
+    const uint8_t *src = (const uint8_t *)t->data;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
+        uint8_t *sq = c->stage, *sd = sq + qb * (size_t)n, *sh = sd + db * (size_t)n;
+        for (int64_t r = 0; r < n; r++)
+            repack_row(t->type, cols, src + (size_t)(r0 + r) * row_bytes, sq + qb * (size_t)r,
+                       sd + db * (size_t)r, sh + hb * (size_t)r);
+        cudaError_t e = cudaMemcpyAsync(cm->q + qb * (size_t)r0, sq, qb * (size_t)n,
+                                        cudaMemcpyHostToDevice, c->stream);
+        if (e == cudaSuccess && db)
+            e = cudaMemcpyAsync((uint8_t *)cm->d + db * (size_t)r0, sd, db * (size_t)n,
+                                cudaMemcpyHostToDevice, c->stream);
+        if (e == cudaSuccess && hb)
+            e = cudaMemcpyAsync((uint8_t *)cm->qh + hb * (size_t)r0, sh, hb * (size_t)n,
+                                cudaMemcpyHostToDevice, c->stream);
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(c->stream);
+        if (e != cudaSuccess) {
+            cmat_free(cm);
+            rc = cairn__cuda_fail(err, "cudaMemcpyAsync", e);
+            return cairn_error_prefix(err, "uploading tensor '%s'", name), rc;
+        }
+    }
+    m->type = t->type;
+    m->rows = rows;
+    m->cols = cols;
+    m->row_bytes = row_bytes;
+    m->data = cm->q;
+    m->priv = cm;
+    if (use & (CAIRN_BMAT_MATMUL | CAIRN_BMAT_LOGITS)) {
+        if (cols > c->mm_cols)
+            c->mm_cols = cols;
+        if (rows * cols > c->mm_elems)
+            c->mm_elems = rows * cols;
+    }
+    if (use & CAIRN_BMAT_LOGITS) {
+        if (cols > c->lg_cols)
+            c->lg_cols = cols;
+        if (rows > c->lg_rows)
+            c->lg_rows = rows;
+    }
+    return 0;
+}
+
+static void cu_mat_free(cairn_backend *be, cairn_bmat *m)
+{
+    if (!m || !m->priv)
+        return;
+    (void)cudaSetDevice(cairn__cu(be)->device);
+    cmat_free((cairn__cmat *)m->priv);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---- Scratch --------------------------------------------------------------------------------- */
+
+/* Makes *p hold at least want bytes (contents not kept); *have is what it holds. */
+static int ensure(cairn__cuda *c, void **p, size_t *have, size_t want, const char *what,
+                  cairn_error *err)
+{
+    if (*p && *have >= want)
+        return 0;
+    (void)cudaFree(*p);
+    *p = NULL;
+    *have = 0;
+    int rc = cairn__cuda_malloc(c, p, want, what, err);
+    if (!rc)
+        *have = want;
+    return rc;
+}
+
+/* Sizes never shrink: a later, smaller reserve keeps what an earlier one made. */
+static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
+                      cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    if (max_tokens < 1 || max_ctx < 1 || group < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: reserve sizes must be positive");
+    int rc = cairn__cuda_enter(c, err);
+    if (rc)
+        return rc;
+    /* Queued work may still use the scratch that is about to be replaced. */
+    CU_TRY(err, cudaStreamSynchronize(c->stream));
+    size_t T = (size_t)(max_tokens > c->max_tokens ? max_tokens : c->max_tokens);
+    size_t cols = (size_t)(c->mm_cols + 31) / 32 * 32;
+    if (cols < (size_t)c->cap_cols)
+        cols = (size_t)c->cap_cols;
+    if (cols < 32)
+        cols = 32;
+    if ((rc = ensure(c, (void **)&c->act_q, &c->act_q_bytes, T * cols, "activation scratch",
+                     err)) ||
+        (rc = ensure(c, (void **)&c->act_ds, &c->act_ds_bytes, T * (cols / 32) * sizeof(float2),
+                     "activation scratch", err)))
+        return rc;
+    c->max_tokens = (int)T;
+    c->cap_cols = (int64_t)cols;
+    /* Products of many tokens go to cuBLAS: BF16 activations and a dequantized weight tile. */
+    if (T > CAIRN__GEMV_MAX_TOKENS && c->mm_elems > 0) {
+        size_t tile = (size_t)c->mm_elems < CAIRN__WTILE_ELEMS ? (size_t)c->mm_elems
+                                                               : CAIRN__WTILE_ELEMS;
+        if (tile < cols)
+            tile = cols;
+        if ((rc = ensure(c, (void **)&c->xbf, &c->xbf_bytes, T * cols * sizeof(__nv_bfloat16),
+                         "BF16 activation scratch", err)) ||
+            (rc = ensure(c, (void **)&c->wtile, &c->wtile_bytes, tile * sizeof(__nv_bfloat16),
+                         "weight tile scratch", err)))
+            return rc;
+    }
+    /* Logits: the normalised rows, then chunks of output rows on their way to the host. */
+    if (c->lg_rows > 0) {
+        size_t per = (size_t)c->lg_rows * sizeof(float);
+        size_t lt = CAIRN__LOGITS_BYTES / per;
+        lt = lt < 1 ? 1 : lt > T ? T : lt;
+        if ((rc = ensure(c, (void **)&c->lrows, &c->lrows_bytes,
+                         T * (size_t)c->lg_cols * sizeof(float), "logits scratch", err)) ||
+            (rc = ensure(c, (void **)&c->lout, &c->lout_bytes, lt * per, "logits scratch", err)))
+            return rc;
+        c->lout_tokens = (int)(c->lout_bytes / per);
+        c->lrows_cols = c->lg_cols;
+    }
+    if ((rc = ensure(c, (void **)&c->apart, &c->apart_bytes,
+                     CAIRN__ATTN_PART_FLOATS * sizeof(float), "attention scratch", err)))
+        return rc;
+    if (max_ctx > c->max_ctx)
+        c->max_ctx = max_ctx;
+    if (group > c->group)
+        c->group = group;
+    return 0;
+}
+
+/* ---- The step -------------------------------------------------------------------------------- */
+
+static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    c->have_batch = false;
+    int rc = cairn__cuda_enter(c, err);
+    if (rc)
+        return rc;
+    if (b->n_tokens < 1 || b->n_tokens > c->max_tokens)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: %d tokens, reserved 1..%d",
+                            b->n_tokens, c->max_tokens);
+    if (b->n_seqs < 1 || b->n_groups < 1 || b->n_groups > CAIRN_BACKEND_MAX_GROUPS ||
+        b->max_table < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: batch of %d sequences, %d groups, "
+                            "%d table entries", b->n_seqs, b->n_groups, b->max_table);
+    const int n = b->n_tokens;
+    for (int t = 0; t < n; t++)
+        if (b->slot[t] < 0 || b->slot[t] >= b->n_seqs || b->pos[t] < 0)
+            return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: token %d has sequence slot %d "
+                                "(of %d) and position %d", t, b->slot[t], b->n_seqs, b->pos[t]);
+    size_t n_tab = (size_t)b->n_groups * (size_t)b->n_seqs * (size_t)b->max_table;
+    size_t need = 4 * (size_t)n + n_tab;
+    /* The previous batch may still be on its way up from h_batch. */
+    if (c->batch_pending) {
+        CU_TRY(err, cudaEventSynchronize(c->batch_copied));
+        c->batch_pending = false;
+    }
+    if (need > c->batch_cap) {
+        size_t cap = need + need / 2 + 64;
+        (void)cudaFreeHost(c->h_batch);
+        (void)cudaFree(c->d_batch);
+        c->h_batch = NULL;
+        c->d_batch = NULL;
+        c->batch_cap = 0;
+        /* d_batch may be read by queued kernels of the last step */
+        CU_TRY(err, cudaStreamSynchronize(c->stream));
+        void *h = NULL;
+        cudaError_t e = cudaMallocHost(&h, cap * sizeof(int32_t));
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned host "
+                                "memory for the batch: %s", cap * 4, cudaGetErrorString(e));
+        }
+        c->h_batch = (int32_t *)h;
+        if ((rc = cairn__cuda_malloc(c, (void **)&c->d_batch, cap * sizeof(int32_t), "batch",
+                                     err)))
+            return rc;
+        c->batch_cap = cap;
+    }
+    int32_t *h = c->h_batch;
+    memcpy(h, b->tokens, sizeof(int32_t) * (size_t)n);
+    memcpy(h + n, b->pos, sizeof(int32_t) * (size_t)n);
+    memcpy(h + 2 * n, b->slot, sizeof(int32_t) * (size_t)n);
+    int n_out = 0;
+    for (int t = 0; t < n; t++)
+        if (b->logits && b->logits[t])
+            h[3 * n + n_out++] = t;
+    memcpy(h + 4 * n, b->tables, sizeof(int32_t) * n_tab);
+    CU_TRY(err, cudaMemcpyAsync(c->d_batch, h, need * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                c->stream));
+    CU_TRY(err, cudaEventRecord(c->batch_copied, c->stream));
+    c->batch_pending = true;
+    c->n_tokens = n;
+    c->n_seqs = b->n_seqs;
+    c->n_groups = b->n_groups;
+    c->max_table = b->max_table;
+    c->n_out = n_out;
+    c->have_batch = true;
+    return 0;
+}
+
+/* ---- The table ------------------------------------------------------------------------------- */
+
+static void cu_close(cairn_backend *be)
+{
+    cairn__cuda *c = cairn__cu(be);
+    (void)cudaSetDevice(c->device);
+    if (c->stream)
+        (void)cudaStreamSynchronize(c->stream);
+    (void)cudaFree(c->act_q);
+    (void)cudaFree(c->act_ds);
+    (void)cudaFree(c->xbf);
+    (void)cudaFree(c->wtile);
+    (void)cudaFree(c->lrows);
+    (void)cudaFree(c->lout);
+    (void)cudaFree(c->apart);
+    (void)cudaFree(c->d_batch);
+    if (c->h_batch)
+        (void)cudaFreeHost(c->h_batch);
+    if (c->stage)
+        (void)cudaFreeHost(c->stage);
+    if (c->batch_copied)
+        (void)cudaEventDestroy(c->batch_copied);
+    if (c->blas)
+        (void)cublasDestroy(c->blas);
+    if (c->stream)
+        (void)cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+static void cu_describe(const cairn_backend *be, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", ((const cairn__cuda *)be)->desc);
+}
+
+static void cu_traits(const cairn_backend *be, cairn_backend_traits *out)
+{
+    (void)be;
+    /* A GEMV pass reads the weights once for up to CAIRN__GEMV_TOKENS tokens. */
+    out->token_tile = CAIRN__GEMV_TOKENS;
+    out->logits_pair = 1;
+}
+
+static int cu_mem_info(const cairn_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    const cairn__cuda *c = (const cairn__cuda *)be;
+    if (cudaSetDevice(c->device) != cudaSuccess ||
+        cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return CAIRN_EDEVICE;
+    }
+    return 0;
+}
+
+static const cairn_backend_i cuda_table = {
+    .version = CAIRN_BACKEND_VERSION,
+    .name = "cuda",
+    .close = cu_close,
+    .describe = cu_describe,
+    .traits = cu_traits,
+    .mem_info = cu_mem_info,
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .upload = cu_upload,
+    .download = cu_download,
+    .copy = cu_copy,
+    .mat_load = cu_mat_load,
+    .mat_free = cu_mat_free,
+    .reserve = cu_reserve,
+    .batch_set = cu_batch_set,
+    .embed = cairn__cuda_embed,
+    .rmsnorm = cairn__cuda_rmsnorm,
+    .matmul = cairn__cuda_matmul,
+    .qkv = cairn__cuda_qkv,
+    .attention = cairn__cuda_attention,
+    .add_norm = cairn__cuda_add_norm,
+    .gated = cairn__cuda_gated,
+    .logits = cairn__cuda_logits,
+};
+
+extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err)
+{
+    *out = NULL;
+    char why[256] = "";
+    int n = cairn_gpu_count(why, sizeof why);
+    if (device < 0 || device >= n)
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: no GPU %d (%d visible%s%s)",
+                            device, n, n ? "" : ": ", n ? "" : why);
+    cairn__cuda *c = (cairn__cuda *)calloc(1, sizeof *c);
+    if (!c)
+        return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: out of memory");
+    c->base.i = &cuda_table;
+    c->device = device;
+    int rc = 0;
+    cudaDeviceProp prop;
+    cudaError_t e = cudaSetDevice(device);
+    const char *call = "cudaSetDevice";
+    if (e == cudaSuccess) {
+        call = "cudaGetDeviceProperties";
+        e = cudaGetDeviceProperties(&prop, device);
+    }
+    if (e == cudaSuccess) {
+        call = "cudaStreamCreateWithFlags";
+        e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    }
+    if (e == cudaSuccess) {
+        call = "cudaEventCreateWithFlags";
+        e = cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming);
+    }
+    if (e != cudaSuccess) {
+        rc = cairn__cuda_fail(err, call, e);
+        cu_close(&c->base);
+        return rc;
+    }
+    c->n_sm = prop.multiProcessorCount;
+    c->smem_optin = prop.sharedMemPerBlockOptin;
+    /* prop.name is at most 256 bytes; desc may cut a very long name short */
+    snprintf(c->desc, sizeof c->desc, "%.200s, sm_%d%d, %zu MiB", prop.name, prop.major,
+             prop.minor, (size_t)(prop.totalGlobalMem >> 20));
+    cublasStatus_t s = cublasCreate(&c->blas);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasSetStream(c->blas, c->stream);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        rc = cairn__blas_fail(err, "cublasCreate", s);
+        cu_close(&c->base);
+        return rc;
+    }
+    *out = &c->base;
+    return 0;
+}

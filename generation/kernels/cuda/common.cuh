@@ -1,0 +1,329 @@
+/*
+ * generation/kernels/cuda/common.cuh — what the CUDA backend's files share: the backend's state,
+ * the device layout of a weight matrix, the error helpers and the per-value decoders of the
+ * GGUF block formats. Internal to generation/kernels/cuda.
+ *
+ * Weights on the device. mat_load repacks each GGUF tensor into planes (see cairn__cmat) so
+ * that every kernel reads its quants with aligned 16-byte loads: GGUF's 32-value blocks are 18,
+ * 20, 22 or 34 bytes, which would leave most loads unaligned. The bytes read per weight stay
+ * those of the file (no padding), which is what a memory-bound decode step pays for.
+ *
+ * Errors. Every CUDA and cuBLAS call goes through CU_TRY / BLAS_TRY, which return
+ * CAIRN_EDEVICE with the call's name and CUDA's message; kernel launches are checked with
+ * cudaGetLastError right after. A fault inside a kernel surfaces at the next call that waits
+ * (download, logits), named as that call.
+ */
+#ifndef CAIRN_GENERATION_KERNELS_CUDA_COMMON_CUH
+#define CAIRN_GENERATION_KERNELS_CUDA_COMMON_CUH
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "common/error.h"
+#include "common/threadpool.h"
+#include "proto/gguf.h"
+}
+#include "generation/backend.h"
+
+/* ---- Errors ------------------------------------------------------------------------------- */
+
+/* Records a failed CUDA call (its name is the text of `call` up to the '(') and returns
+ * CAIRN_EDEVICE. */
+int cairn__cuda_fail(cairn_error *err, const char *call, cudaError_t e);
+int cairn__blas_fail(cairn_error *err, const char *call, cublasStatus_t s);
+
+#define CU_TRY(err, call)                                                                      \
+    do {                                                                                       \
+        cudaError_t cu_e_ = (call);                                                            \
+        if (cu_e_ != cudaSuccess)                                                              \
+            return cairn__cuda_fail((err), #call, cu_e_);                                      \
+    } while (0)
+
+/* After a kernel launch: a bad configuration or an earlier asynchronous fault. */
+#define CU_LAUNCHED(err, kernel_name)                                                          \
+    do {                                                                                       \
+        cudaError_t cu_e_ = cudaGetLastError();                                                \
+        if (cu_e_ != cudaSuccess)                                                              \
+            return cairn__cuda_fail((err), kernel_name, cu_e_);                                \
+    } while (0)
+
+#define BLAS_TRY(err, call)                                                                    \
+    do {                                                                                       \
+        cublasStatus_t bl_s_ = (call);                                                         \
+        if (bl_s_ != CUBLAS_STATUS_SUCCESS)                                                    \
+            return cairn__blas_fail((err), #call, bl_s_);                                      \
+    } while (0)
+
+/* ---- Weight matrices ------------------------------------------------------------------------ */
+
+/*
+ * A matrix on the device, as planes of its rows x nb blocks (row-major over (row, block)):
+ *   F32, F16, BF16  q: the values themselves
+ *   Q8_0            q: 32 int8 a block;          d: F16 scale a block
+ *   Q4_0            q: 16 nibble bytes a block;  d: F16 scale a block
+ *   Q4_1            q: 16 nibble bytes a block;  d: F16 (scale, min) pairs, two a block
+ *   Q5_0            q: 16 nibble bytes a block;  d: F16 scale a block; qh: the fifth bits
+ *   Q4_K            q: the GGUF blocks as stored (144 bytes: d, dmin, scales, qs; 16-aligned)
+ *   Q6_K            q: ql, qh, scales (208 bytes a block); d: F16 scale a block
+ * A block's nibble bytes keep GGUF's order: byte j holds value j (low) and j + 16 (high).
+ */
+typedef struct cairn__cmat {
+    uint32_t type;
+    int64_t rows, cols, nb; /* nb: blocks a row (cols for the float types) */
+    uint8_t *q;
+    uint16_t *d;
+    uint32_t *qh;
+} cairn__cmat;
+
+/* The planes by value, for kernel arguments. */
+struct cairn__mat_dev {
+    const uint8_t *q;
+    const uint16_t *d;
+    const uint32_t *qh;
+    int64_t rows, cols, nb;
+};
+
+static inline cairn__mat_dev cairn__mat_dev_of(const cairn__cmat *m)
+{
+    cairn__mat_dev v = {m->q, m->d, m->qh, m->rows, m->cols, m->nb};
+    return v;
+}
+
+/* True for the types mat_load takes. */
+bool cairn__cuda_type_ok(uint32_t type);
+
+/* Bytes of a type's planes for one row: q, then d, then qh (0 when the plane is unused). */
+void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_t *qh);
+
+/* ---- The backend's state ----------------------------------------------------------------- */
+
+/* Keys of one attention tile, and the largest scratch of the split-KV partials (floats). */
+#define CAIRN__ATTN_TILE 32
+#define CAIRN__ATTN_PART_FLOATS ((size_t)4 << 20)
+
+/* A step of at most this many tokens runs the matrix products as GEMV from the quantized
+ * blocks (in passes of CAIRN__GEMV_TOKENS tokens); more tokens go to cuBLAS over tiles
+ * dequantized to BF16. Not yet measured on a GPU: a first guess at where the tile
+ * dequantization (about 5 bytes a weight moved) costs less than repeated GEMV passes. */
+#define CAIRN__GEMV_TOKENS 8
+#define CAIRN__GEMV_MAX_TOKENS 16
+
+/* Elements of a dequantized weight tile for the cuBLAS path (BF16: 64 MiB). */
+#define CAIRN__WTILE_ELEMS ((size_t)32 << 20)
+
+/* Bytes of the logits rows produced at once before they are copied to the host. */
+#define CAIRN__LOGITS_BYTES ((size_t)256 << 20)
+
+typedef struct cairn__cuda {
+    cairn_backend base;
+    int device;
+    int n_sm;
+    size_t smem_optin; /* largest dynamic shared memory a block may opt in to */
+    size_t attn_smem_set; /* what the attention kernel has been allowed so far */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    char desc[256];
+
+    /* What the loaded matrices need of the scratch (reserve reads these). */
+    int64_t mm_cols;  /* widest matrix of matmul / logits */
+    int64_t mm_elems; /* largest rows x cols of matmul / logits */
+    int64_t lg_cols, lg_rows; /* the logits matrices */
+
+    /* Scratch, sized by reserve (each with the bytes it holds). */
+    int max_tokens, max_ctx, group;
+    int64_t cap_cols;       /* act_q / xbf hold max_tokens rows of this many values */
+    int8_t *act_q;          /* quantized activations: token-major rows of cap_cols */
+    float2 *act_ds;         /* per 32 values: (scale, scale * sum of the quants) */
+    __nv_bfloat16 *xbf;     /* BF16 activations for cuBLAS, or NULL (few tokens only) */
+    __nv_bfloat16 *wtile;   /* a dequantized weight tile, or NULL */
+    float *lrows;           /* logits: the normalised rows, max_tokens x lrows_cols */
+    float *lout;            /* logits: lout_tokens rows of lg_rows before the host copy */
+    float *apart;           /* attention partials: CAIRN__ATTN_PART_FLOATS */
+    size_t act_q_bytes, act_ds_bytes, xbf_bytes, wtile_bytes, lrows_bytes, lout_bytes,
+        apart_bytes;
+    int64_t lrows_cols;
+    int lout_tokens;
+
+    /* Repacking weights: pinned host staging. */
+    uint8_t *stage;
+    size_t stage_bytes;
+
+    /* The step: host copy (pinned) and device copy of tokens, pos, slot, the logits rows and
+     * the block tables, int32 each. */
+    int n_tokens, n_seqs, n_groups, max_table, n_out;
+    int32_t *h_batch, *d_batch;
+    size_t batch_cap; /* int32s in each */
+    cudaEvent_t batch_copied; /* the last batch copy out of h_batch finished */
+    bool batch_pending;
+    bool have_batch;
+} cairn__cuda;
+
+static inline cairn__cuda *cairn__cu(cairn_backend *be) { return (cairn__cuda *)be; }
+
+/* The step's arrays inside h_batch / d_batch. */
+static inline const int32_t *cairn__b_tokens(const int32_t *base, int n) { (void)n; return base; }
+static inline const int32_t *cairn__b_pos(const int32_t *base, int n) { return base + n; }
+static inline const int32_t *cairn__b_slot(const int32_t *base, int n) { return base + 2 * n; }
+static inline const int32_t *cairn__b_out(const int32_t *base, int n) { return base + 3 * n; }
+static inline const int32_t *cairn__b_tables(const int32_t *base, int n) { return base + 4 * n; }
+
+/* Makes the backend's device current on the calling thread. */
+int cairn__cuda_enter(cairn__cuda *c, cairn_error *err);
+
+/* cudaMalloc that names what it was for and, past free memory, returns CAIRN_ENOMEM with the
+ * bytes asked and the bytes free. */
+int cairn__cuda_malloc(cairn__cuda *c, void **out, size_t bytes, const char *what,
+                       cairn_error *err);
+
+/* A step must have been set, and reserve must cover it. */
+int cairn__cuda_need_batch(cairn__cuda *c, const char *stage, cairn_error *err);
+
+/* ---- The stages (one .cu per family) --------------------------------------------------------- */
+
+/* matmul.cu: y (n_tok rows of w->rows, token-major) = w x (n_tok rows of w->cols). */
+int cairn__cuda_mat_product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
+                            float *y, bool x_quantized, cairn_error *err);
+int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
+                       float *const *y, cairn_error *err);
+int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
+                       float *x, int n, float *out_host, cairn_error *err);
+
+/* norm_rope.cu */
+int cairn__cuda_rmsnorm(cairn_backend *be, float *out, const float *x, const float *w, int rows,
+                        int n, float eps, cairn_error *err);
+int cairn__cuda_add_norm(cairn_backend *be, float *x, float *a, const float *post,
+                         const float *next, float *h, int n, float eps, cairn_error *err);
+int cairn__cuda_qkv(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, float *v,
+                    cairn_error *err);
+/* Launches out[r] = rmsnorm(x[rows[r]]) * w for r < n_rows (rows NULL: r itself). */
+int cairn__cuda_norm_rows(cairn__cuda *c, float *out, const float *x, const int32_t *rows,
+                          const float *w, int n_rows, int n, float eps, cairn_error *err);
+
+/* attention.cu */
+int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *q, float *out,
+                          cairn_error *err);
+
+/* elementwise.cu */
+int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int act,
+                      cairn_error *err);
+int cairn__cuda_embed(cairn_backend *be, const cairn_bmat *emb, float scale, float *x,
+                      cairn_error *err);
+
+/* ---- Device helpers ---------------------------------------------------------------------- */
+
+static __device__ __forceinline__ float cairn__h2f(uint16_t h)
+{
+    return __half2float(__ushort_as_half(h));
+}
+
+static __device__ __forceinline__ float cairn__bf2f(uint16_t h)
+{
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+static __device__ __forceinline__ float cairn__warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float cairn__warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* The sum of v over the block (blockDim.x a multiple of 32, at most 1024); red holds 32 floats.
+ * Every thread gets the sum. Ends with a barrier, so red may be reused right after. */
+static __device__ __forceinline__ float cairn__block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = cairn__warp_sum(v);
+    if (lane == 0)
+        red[warp] = v;
+    __syncthreads();
+    float s = lane < nw ? red[lane] : 0.0f;
+    s = cairn__warp_sum(s);
+    __syncthreads();
+    return s;
+}
+
+/* Q4_K's 6-bit scale and min of sub-block j (0..7) from its 12 packed bytes. */
+static __device__ __forceinline__ void cairn__q4k_sm(const uint8_t *s, int j, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Value (row, col) of a matrix, decoded as proto/gguf_quant.c decodes it (same formulas, same
+ * float operations). For row lookups and the dequantized tiles; the products use the
+ * integer paths in matmul.cu. */
+static __device__ __forceinline__ float cairn__deq1(const cairn__mat_dev &m, int64_t row,
+                                                    int64_t col, uint32_t type)
+{
+    switch (type) {
+    case CAIRN_GGUF_F32:
+        return ((const float *)m.q)[row * m.cols + col];
+    case CAIRN_GGUF_F16:
+        return cairn__h2f(((const uint16_t *)m.q)[row * m.cols + col]);
+    case CAIRN_GGUF_BF16:
+        return cairn__bf2f(((const uint16_t *)m.q)[row * m.cols + col]);
+    case CAIRN_GGUF_Q8_0: {
+        int64_t b = row * m.nb + col / 32;
+        return cairn__h2f(m.d[b]) * (float)(int8_t)m.q[row * m.cols + col];
+    }
+    case CAIRN_GGUF_Q4_0:
+    case CAIRN_GGUF_Q4_1:
+    case CAIRN_GGUF_Q5_0: {
+        int64_t b = row * m.nb + col / 32;
+        int j = (int)(col % 32);
+        uint8_t byte = m.q[b * 16 + (j & 15)];
+        int v = j < 16 ? byte & 0xF : byte >> 4;
+        if (type == CAIRN_GGUF_Q4_0)
+            return cairn__h2f(m.d[b]) * (float)(v - 8);
+        if (type == CAIRN_GGUF_Q4_1)
+            return cairn__h2f(m.d[2 * b]) * (float)v + cairn__h2f(m.d[2 * b + 1]);
+        v |= (int)((m.qh[b] >> j) & 1) << 4;
+        return cairn__h2f(m.d[b]) * (float)(v - 16);
+    }
+    case CAIRN_GGUF_Q4_K: {
+        const uint8_t *blk = m.q + (row * m.nb + col / 256) * 144;
+        int i = (int)(col % 256), c = i / 64, w = i % 64, sub = 2 * c + (w >= 32), sc, mn;
+        cairn__q4k_sm(blk + 4, sub, &sc, &mn);
+        uint8_t byte = blk[16 + 32 * c + (w & 31)];
+        int v = w < 32 ? byte & 0xF : byte >> 4;
+        float d = cairn__h2f((uint16_t)(blk[0] | blk[1] << 8));
+        float dmin = cairn__h2f((uint16_t)(blk[2] | blk[3] << 8));
+        return d * (float)sc * (float)v - dmin * (float)mn;
+    }
+    case CAIRN_GGUF_Q6_K: {
+        int64_t b = row * m.nb + col / 256;
+        const uint8_t *body = m.q + b * 208;
+        int i = (int)(col % 256), hh = i / 128, r = i % 128, g = r / 32, l = r % 32;
+        uint8_t lb = body[64 * hh + (g & 1) * 32 + l];
+        int lo = g < 2 ? lb & 0xF : lb >> 4;
+        int hi = (body[128 + 32 * hh + l] >> (2 * g)) & 3;
+        int sc = (int8_t)body[192 + 8 * hh + l / 16 + 2 * g];
+        return (cairn__h2f(m.d[b]) * (float)sc) * (float)((lo | hi << 4) - 32);
+    }
+    default:
+        return 0.0f; /* mat_load refuses other types */
+    }
+}
+
+#endif

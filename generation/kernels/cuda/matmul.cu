@@ -1,0 +1,625 @@
+/*
+ * generation/kernels/cuda/matmul.cu — matrix products: the matmul and logits stages.
+ *
+ * Few tokens (decode; at most CAIRN__GEMV_MAX_TOKENS): a GEMV straight from the weight planes.
+ * Each warp takes one weight row; its lanes walk the row in units of 16 bytes of quants (one
+ * aligned 128-bit load each), so that a warp reads 512 contiguous bytes at a time, and each
+ * unit meets up to CAIRN__GEMV_TOKENS tokens' activations before the next load: the weights
+ * are read once per pass whatever the token count. The quantized types multiply against
+ * activations quantized once per call to int8 in blocks of 32 (scale amax / 127, the scale
+ * kept as F16 like the CPU's Q8 activations) with dp4a integer dot products; the float types
+ * multiply against the float activations.
+ *
+ * Many tokens (prefill): the activations are converted to BF16 once, the weights dequantized
+ * to BF16 a tile of rows at a time, and cuBLAS multiplies the two with FP32 accumulation and
+ * output (F32 weights go to cuBLAS as they are, BF16 weights without a tile).
+ *
+ * Layout: y is token-major, y[t * rows + r] = dot(row r of w, x[t]), as on the CPU. In cuBLAS's
+ * column-major terms that is C (rows x T, ldc = rows) = A^T B with A the weights (cols x rows,
+ * lda = cols) and B the activations (cols x T, ldb = cols).
+ */
+#include "generation/kernels/cuda/common.cuh"
+
+#define GEMV_WARPS 4
+
+/* Activations of a pass: token t's quants at q + t * cols, its block scales at
+ * ds + t * cols / 32, its floats at x + t * cols. */
+struct act_dev {
+    const int8_t *q;
+    const float2 *ds;
+    const float *x;
+    int64_t cols;
+};
+
+/* ---- Activation quantization ----------------------------------------------------------------- */
+
+/* One warp per block of 32 values: d = amax / 127 (kept at F16 precision), q = round(x * 127 /
+ * amax) to nearest even, and d times the sum of the quants for the weight formats with an
+ * offset or a min. */
+__global__ void quantize_q8(const float *__restrict__ x, int64_t n_blocks, int8_t *__restrict__ q,
+                            float2 *__restrict__ ds)
+{
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (blk >= n_blocks)
+        return;
+    const float v = x[blk * 32 + lane];
+    const float amax = cairn__warp_max(fabsf(v));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int qv = __float2int_rn(v * id);
+    q[blk * 32 + lane] = (int8_t)qv;
+    int s = qv;
+    for (int o = 16; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+        const float d = __half2float(__float2half_rn(amax / 127.0f));
+        ds[blk] = make_float2(d, d * (float)s);
+    }
+}
+
+__global__ void to_bf16(const float *__restrict__ x, int64_t n, __nv_bfloat16 *__restrict__ y)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16_rn(x[i]);
+}
+
+/* Rows [r0, r0 + n_rows) of m into out (row-major, cols a row) as BF16. */
+template <uint32_t TYPE>
+__global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, int64_t n_rows,
+                             __nv_bfloat16 *__restrict__ out)
+{
+    const int64_t n = n_rows * m.cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16_rn(cairn__deq1(m, r0 + i / m.cols, i % m.cols, TYPE));
+}
+
+/* ---- GEMV units ------------------------------------------------------------------------------ */
+
+static __device__ __forceinline__ int dot16(int4 w, int4 a, int s)
+{
+    s = __dp4a(w.x, a.x, s);
+    s = __dp4a(w.y, a.y, s);
+    s = __dp4a(w.z, a.z, s);
+    return __dp4a(w.w, a.w, s);
+}
+
+static __device__ __forceinline__ int4 ld16(const void *p) { return __ldg((const int4 *)p); }
+
+/* The 4 bits of h (values 4i..4i+3 of a block) moved to bit 4 of each byte. */
+static __device__ __forceinline__ int spread4(uint32_t h)
+{
+    return (int)(((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25));
+}
+
+/* Units a row: the loop over u in the kernel below walks these. */
+template <uint32_t TYPE>
+static __device__ __forceinline__ int64_t units_of(const cairn__mat_dev &m)
+{
+    if constexpr (TYPE == CAIRN_GGUF_Q8_0)
+        return m.cols / 16;
+    else if constexpr (TYPE == CAIRN_GGUF_Q4_K)
+        return m.nb * 8;
+    else if constexpr (TYPE == CAIRN_GGUF_Q6_K)
+        return m.nb * 4;
+    else if constexpr (TYPE == CAIRN_GGUF_F32)
+        return m.cols / 4;
+    else if constexpr (TYPE == CAIRN_GGUF_F16 || TYPE == CAIRN_GGUF_BF16)
+        return m.cols / 8;
+    else
+        return m.nb; /* Q4_0, Q4_1, Q5_0: a block of 32 values in 16 bytes */
+}
+
+/*
+ * Unit u of row `row` against the pass's nt tokens (acc[t] += its share of dot(row, x[t])).
+ *   Q8_0: 16 int8 values, half a block.
+ *   Q4_0/Q4_1/Q5_0: one block: 16 bytes of nibbles (value j low, j + 16 high), meeting the
+ *     activation block's 32 quants as two 16-byte halves.
+ *   Q4_K: 16 of a block's 128 quant bytes, k = u % 8: chunk c = k / 2 of 64 values, bytes
+ *     16 (k % 2) .. +16 of it, whose low nibbles are values 64c + l of sub-block 2c and whose
+ *     high nibbles are values 64c + 32 + l of sub-block 2c + 1 (l = 16 (k % 2) .. +16). The
+ *     sub-block mins meet the activations' sums once per sub-block: in the k % 2 == 0 unit.
+ *   Q6_K: a quarter of a block, k = u % 4: half hh = k / 2, l = 16 (k % 2) .. +16, the bytes
+ *     ql[64 hh + l], ql[64 hh + 32 + l], qh[32 hh + l]: 64 values in four groups of 16 (values
+ *     128 hh + 32 g + l, g = 0..3), each with its own scale.
+ *   F32: 4 values; F16, BF16: 8 values.
+ */
+template <uint32_t TYPE, int NT>
+static __device__ __forceinline__ void unit_dot(const cairn__mat_dev &m, int64_t row, int64_t u,
+                                                const act_dev &a, int nt, float *acc)
+{
+    const int64_t nba = a.cols / 32; /* activation blocks a token */
+    if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
+        const int4 w = ld16(m.q + row * m.cols + u * 16);
+        const float dw = cairn__h2f(m.d[row * m.nb + (u >> 1)]);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                const int4 av = *(const int4 *)(a.q + t * a.cols + u * 16);
+                acc[t] += dw * a.ds[t * nba + (u >> 1)].x * (float)dot16(w, av, 0);
+            }
+        }
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
+                         TYPE == CAIRN_GGUF_Q5_0) {
+        const int64_t b = row * m.nb + u;
+        const int4 w = ld16(m.q + b * 16);
+        int4 lo, hi;
+        lo.x = w.x & 0x0F0F0F0F;
+        lo.y = w.y & 0x0F0F0F0F;
+        lo.z = w.z & 0x0F0F0F0F;
+        lo.w = w.w & 0x0F0F0F0F;
+        hi.x = (w.x >> 4) & 0x0F0F0F0F;
+        hi.y = (w.y >> 4) & 0x0F0F0F0F;
+        hi.z = (w.z >> 4) & 0x0F0F0F0F;
+        hi.w = (w.w >> 4) & 0x0F0F0F0F;
+        float dw, mw = 0.0f;
+        if constexpr (TYPE == CAIRN_GGUF_Q4_1) {
+            dw = cairn__h2f(m.d[2 * b]);
+            mw = cairn__h2f(m.d[2 * b + 1]);
+        } else {
+            dw = cairn__h2f(m.d[b]);
+        }
+        if constexpr (TYPE == CAIRN_GGUF_Q5_0) {
+            const uint32_t qh = m.qh[b];
+            lo.x |= spread4(qh & 0xF);
+            lo.y |= spread4((qh >> 4) & 0xF);
+            lo.z |= spread4((qh >> 8) & 0xF);
+            lo.w |= spread4((qh >> 12) & 0xF);
+            hi.x |= spread4((qh >> 16) & 0xF);
+            hi.y |= spread4((qh >> 20) & 0xF);
+            hi.z |= spread4((qh >> 24) & 0xF);
+            hi.w |= spread4(qh >> 28);
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                const int8_t *aq = a.q + t * a.cols + u * 32;
+                const int s = dot16(hi, *(const int4 *)(aq + 16), dot16(lo, *(const int4 *)aq, 0));
+                const float2 ds = a.ds[t * nba + u];
+                if constexpr (TYPE == CAIRN_GGUF_Q4_0)
+                    acc[t] += dw * (ds.x * (float)s - 8.0f * ds.y);
+                else if constexpr (TYPE == CAIRN_GGUF_Q5_0)
+                    acc[t] += dw * (ds.x * (float)s - 16.0f * ds.y);
+                else
+                    acc[t] += dw * ds.x * (float)s + mw * ds.y;
+            }
+        }
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        const int64_t b = u >> 3;
+        const int k = (int)(u & 7), c = k >> 1, h = k & 1;
+        const uint8_t *blk = m.q + (row * m.nb + b) * 144;
+        const int4 hdr = ld16(blk);
+        const int4 w = ld16(blk + 16 + 16 * k);
+        const uint8_t *sb = (const uint8_t *)&hdr;
+        int sc0, mn0, sc1, mn1;
+        cairn__q4k_sm(sb + 4, 2 * c, &sc0, &mn0);
+        cairn__q4k_sm(sb + 4, 2 * c + 1, &sc1, &mn1);
+        const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF));
+        const float dmin = cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16));
+        int4 lo, hi;
+        lo.x = w.x & 0x0F0F0F0F;
+        lo.y = w.y & 0x0F0F0F0F;
+        lo.z = w.z & 0x0F0F0F0F;
+        lo.w = w.w & 0x0F0F0F0F;
+        hi.x = (w.x >> 4) & 0x0F0F0F0F;
+        hi.y = (w.y >> 4) & 0x0F0F0F0F;
+        hi.z = (w.z >> 4) & 0x0F0F0F0F;
+        hi.w = (w.w >> 4) & 0x0F0F0F0F;
+        const int64_t ab = b * 8 + 2 * c; /* the activation block of sub-block 2c */
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                const int8_t *aq = a.q + t * a.cols + ab * 32 + 16 * h;
+                const int s0 = dot16(lo, *(const int4 *)aq, 0);
+                const int s1 = dot16(hi, *(const int4 *)(aq + 32), 0);
+                const float2 d0 = a.ds[t * nba + ab], d1 = a.ds[t * nba + ab + 1];
+                float v = d * ((float)sc0 * d0.x * (float)s0 + (float)sc1 * d1.x * (float)s1);
+                if (h == 0)
+                    v -= dmin * ((float)mn0 * d0.y + (float)mn1 * d1.y);
+                acc[t] += v;
+            }
+        }
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+        const int64_t b = u >> 2;
+        const int k = (int)(u & 3), hh = k >> 1, is = k & 1, l0 = 16 * is;
+        const uint8_t *body = m.q + (row * m.nb + b) * 208;
+        const int4 qa = ld16(body + 64 * hh + l0), qb = ld16(body + 64 * hh + 32 + l0);
+        const int4 qh = ld16(body + 128 + 32 * hh + l0);
+        const int8_t *sc = (const int8_t *)(body + 192 + 8 * hh + is);
+        const float d = cairn__h2f(m.d[row * m.nb + b]);
+        const int *pa = (const int *)&qa, *pb = (const int *)&qb, *ph = (const int *)&qh;
+        int g4[4][4]; /* [group][word]: the 6-bit quants less 32, as signed bytes */
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            g4[0][i] = __vsub4((pa[i] & 0x0F0F0F0F) | ((ph[i] << 4) & 0x30303030), 0x20202020);
+            g4[1][i] = __vsub4((pb[i] & 0x0F0F0F0F) | ((ph[i] << 2) & 0x30303030), 0x20202020);
+            g4[2][i] = __vsub4(((pa[i] >> 4) & 0x0F0F0F0F) | (ph[i] & 0x30303030), 0x20202020);
+            g4[3][i] = __vsub4(((pb[i] >> 4) & 0x0F0F0F0F) | ((ph[i] >> 2) & 0x30303030),
+                               0x20202020);
+        }
+        const float s0 = (float)sc[0], s1 = (float)sc[2], s2 = (float)sc[4], s3 = (float)sc[6];
+        const int64_t ab = b * 8 + 4 * hh; /* activation block of group 0 */
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                const int8_t *aq = a.q + t * a.cols + ab * 32 + l0;
+                const float2 *ds = a.ds + t * nba + ab;
+                float v = 0.0f;
+                const float sg[4] = {s0, s1, s2, s3};
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                    const int4 av = *(const int4 *)(aq + 32 * g);
+                    int s = __dp4a(g4[g][0], av.x, 0);
+                    s = __dp4a(g4[g][1], av.y, s);
+                    s = __dp4a(g4[g][2], av.z, s);
+                    s = __dp4a(g4[g][3], av.w, s);
+                    v += sg[g] * ds[g].x * (float)s;
+                }
+                acc[t] += d * v;
+            }
+        }
+    } else if constexpr (TYPE == CAIRN_GGUF_F32) {
+        const float4 w = __ldg((const float4 *)(m.q) + row * (m.cols / 4) + u);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                const float4 xv = *((const float4 *)(a.x + t * a.cols) + u);
+                acc[t] += w.x * xv.x + w.y * xv.y + w.z * xv.z + w.w * xv.w;
+            }
+        }
+    } else { /* F16, BF16 */
+        const int4 w = ld16(m.q + (row * m.cols + u * 8) * 2);
+        const uint32_t *pw = (const uint32_t *)&w;
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if constexpr (TYPE == CAIRN_GGUF_F16) {
+                wf[2 * i] = cairn__h2f((uint16_t)(pw[i] & 0xFFFF));
+                wf[2 * i + 1] = cairn__h2f((uint16_t)(pw[i] >> 16));
+            } else {
+                wf[2 * i] = __uint_as_float(pw[i] << 16);
+                wf[2 * i + 1] = __uint_as_float(pw[i] & 0xFFFF0000u);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                const float4 *xv = (const float4 *)(a.x + t * a.cols + u * 8);
+                const float4 x0 = xv[0], x1 = xv[1];
+                acc[t] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w +
+                          wf[4] * x1.x + wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
+            }
+        }
+    }
+}
+
+/* One warp a row (row is warp-uniform, so a warp leaves or stays whole). */
+template <uint32_t TYPE, int NT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv(cairn__mat_dev m, act_dev a, int nt, float *__restrict__ y, int64_t ys)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= m.rows)
+        return;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    const int64_t n_units = units_of<TYPE>(m);
+    for (int64_t u = lane; u < n_units; u += 32)
+        unit_dot<TYPE, NT>(m, row, u, a, nt, acc);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float s = cairn__warp_sum(acc[t]);
+        if (lane == 0 && t < nt)
+            y[t * ys + row] = s;
+    }
+}
+
+/* Float weights against float activations that are not 16-byte aligned (or whose row length
+ * is not a multiple of a 16-byte unit): one value at a time. */
+template <uint32_t TYPE, int NT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_scalar(cairn__mat_dev m, const float *__restrict__ x, int nt, float *__restrict__ y,
+                int64_t ys)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= m.rows)
+        return;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    for (int64_t i = lane; i < m.cols; i += 32) {
+        const float w = cairn__deq1(m, row, i, TYPE);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (t < nt)
+                acc[t] += w * x[t * m.cols + i];
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float s = cairn__warp_sum(acc[t]);
+        if (lane == 0 && t < nt)
+            y[t * ys + row] = s;
+    }
+}
+
+/* ---- Host side ------------------------------------------------------------------------------- */
+
+static bool is_quant(uint32_t type)
+{
+    return type != CAIRN_GGUF_F32 && type != CAIRN_GGUF_F16 && type != CAIRN_GGUF_BF16;
+}
+
+static int blocks_for(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (int)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
+}
+
+static int prep_q8(cairn__cuda *c, const float *x, int n_tok, int64_t cols, cairn_error *err)
+{
+    const int64_t nb = (int64_t)n_tok * (cols / 32);
+    const int warps = 8;
+    quantize_q8<<<(unsigned)((nb + warps - 1) / warps), warps * 32, 0, c->stream>>>(x, nb, c->act_q,
+                                                                                   c->act_ds);
+    CU_LAUNCHED(err, "quantize_q8");
+    return 0;
+}
+
+static int prep_bf16(cairn__cuda *c, const float *x, int n_tok, int64_t cols, cairn_error *err)
+{
+    const int64_t n = (int64_t)n_tok * cols;
+    to_bf16<<<blocks_for(n, 256), 256, 0, c->stream>>>(x, n, c->xbf);
+    CU_LAUNCHED(err, "to_bf16");
+    return 0;
+}
+
+template <uint32_t TYPE>
+static void launch_gemv(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
+                        float *y, bool vec)
+{
+    const unsigned grid = (unsigned)((m.rows + GEMV_WARPS - 1) / GEMV_WARPS);
+    const int threads = GEMV_WARPS * 32;
+    constexpr bool is_float =
+        TYPE == CAIRN_GGUF_F32 || TYPE == CAIRN_GGUF_F16 || TYPE == CAIRN_GGUF_BF16;
+    if constexpr (is_float) {
+        if (!vec) {
+            if (nt <= 1)
+                gemv_scalar<TYPE, 1><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
+            else if (nt <= 2)
+                gemv_scalar<TYPE, 2><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
+            else if (nt <= 4)
+                gemv_scalar<TYPE, 4><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
+            else
+                gemv_scalar<TYPE, 8><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
+            return;
+        }
+    }
+    if (nt <= 1)
+        gemv<TYPE, 1><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    else if (nt <= 2)
+        gemv<TYPE, 2><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    else if (nt <= 4)
+        gemv<TYPE, 4><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    else
+        gemv<TYPE, 8><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+}
+
+static_assert(CAIRN__GEMV_TOKENS == 8, "launch_gemv instantiates passes of up to 8 tokens");
+
+/* y = w x for n_tok <= CAIRN__GEMV_MAX_TOKENS tokens, in passes of up to 8 tokens. */
+static int gemv_passes(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
+                       float *y, cairn_error *err)
+{
+    const cairn__mat_dev m = cairn__mat_dev_of(w);
+    bool vec = true;
+    if (w->type == CAIRN_GGUF_F32)
+        vec = w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0;
+    else if (w->type == CAIRN_GGUF_F16 || w->type == CAIRN_GGUF_BF16)
+        vec = w->cols % 8 == 0 && ((uintptr_t)x & 15) == 0;
+    for (int t0 = 0; t0 < n_tok; t0 += CAIRN__GEMV_TOKENS) {
+        const int nt = n_tok - t0 < CAIRN__GEMV_TOKENS ? n_tok - t0 : CAIRN__GEMV_TOKENS;
+        act_dev a = {c->act_q + (int64_t)t0 * w->cols, c->act_ds + (int64_t)t0 * (w->cols / 32),
+                     x + (int64_t)t0 * w->cols, w->cols};
+        float *yt = y + (int64_t)t0 * w->rows;
+        switch (w->type) {
+        case CAIRN_GGUF_F32: launch_gemv<CAIRN_GGUF_F32>(c->stream, m, a, nt, yt, vec); break;
+        case CAIRN_GGUF_F16: launch_gemv<CAIRN_GGUF_F16>(c->stream, m, a, nt, yt, vec); break;
+        case CAIRN_GGUF_BF16: launch_gemv<CAIRN_GGUF_BF16>(c->stream, m, a, nt, yt, vec); break;
+        case CAIRN_GGUF_Q8_0: launch_gemv<CAIRN_GGUF_Q8_0>(c->stream, m, a, nt, yt, true); break;
+        case CAIRN_GGUF_Q4_0: launch_gemv<CAIRN_GGUF_Q4_0>(c->stream, m, a, nt, yt, true); break;
+        case CAIRN_GGUF_Q4_1: launch_gemv<CAIRN_GGUF_Q4_1>(c->stream, m, a, nt, yt, true); break;
+        case CAIRN_GGUF_Q5_0: launch_gemv<CAIRN_GGUF_Q5_0>(c->stream, m, a, nt, yt, true); break;
+        case CAIRN_GGUF_Q4_K: launch_gemv<CAIRN_GGUF_Q4_K>(c->stream, m, a, nt, yt, true); break;
+        case CAIRN_GGUF_Q6_K: launch_gemv<CAIRN_GGUF_Q6_K>(c->stream, m, a, nt, yt, true); break;
+        default:
+            return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: no GEMV for type %u",
+                                w->type);
+        }
+        CU_LAUNCHED(err, "gemv");
+    }
+    return 0;
+}
+
+static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int64_t n_rows,
+                          cairn_error *err)
+{
+    const cairn__mat_dev m = cairn__mat_dev_of(w);
+    const int grid = blocks_for(n_rows * w->cols, 256);
+    cudaStream_t s = c->stream;
+#define DEQ(T)                                                                                 \
+    case T:                                                                                    \
+        dequant_bf16<T><<<grid, 256, 0, s>>>(m, r0, n_rows, c->wtile);                         \
+        break
+    switch (w->type) {
+        DEQ(CAIRN_GGUF_F16);
+        DEQ(CAIRN_GGUF_Q8_0);
+        DEQ(CAIRN_GGUF_Q4_0);
+        DEQ(CAIRN_GGUF_Q4_1);
+        DEQ(CAIRN_GGUF_Q5_0);
+        DEQ(CAIRN_GGUF_Q4_K);
+        DEQ(CAIRN_GGUF_Q6_K);
+    default:
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: no tile decoder for type %u",
+                            w->type);
+    }
+#undef DEQ
+    CU_LAUNCHED(err, "dequant_bf16");
+    return 0;
+}
+
+/* y = w x through cuBLAS; x's BF16 copy is in c->xbf unless the weights are F32. */
+static int gemm(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok, float *y,
+                cairn_error *err)
+{
+    const float one = 1.0f, zero = 0.0f;
+    const int rows = (int)w->rows, cols = (int)w->cols;
+    if (w->type == CAIRN_GGUF_F32) {
+        BLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n_tok, cols, &one,
+                                   w->q, CUDA_R_32F, cols, x, CUDA_R_32F, cols, &zero, y,
+                                   CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return 0;
+    }
+    if (w->type == CAIRN_GGUF_BF16) {
+        BLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n_tok, cols, &one,
+                                   w->q, CUDA_R_16BF, cols, c->xbf, CUDA_R_16BF, cols, &zero, y,
+                                   CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return 0;
+    }
+    const int64_t tile_elems = (int64_t)(c->wtile_bytes / sizeof(__nv_bfloat16));
+    const int64_t chunk = tile_elems / w->cols;
+    if (!c->wtile || chunk < 1)
+        return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: no weight tile scratch for a "
+                            "%lld-column product (call reserve after loading the weights)",
+                            (long long)w->cols);
+    for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
+        const int n = (int)(w->rows - r0 < chunk ? w->rows - r0 : chunk);
+        int rc = launch_dequant(c, w, r0, n, err);
+        if (rc)
+            return rc;
+        /* The stream orders the next tile's decoding after this product. */
+        BLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, n_tok, cols, &one,
+                                   c->wtile, CUDA_R_16BF, cols, c->xbf, CUDA_R_16BF, cols, &zero,
+                                   y + r0, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    }
+    return 0;
+}
+
+/* What a product of n_tok tokens against w reads from the scratch. */
+static bool wants_q8(const cairn__cmat *w, int n_tok)
+{
+    return n_tok <= CAIRN__GEMV_MAX_TOKENS && is_quant(w->type);
+}
+
+static bool wants_bf16(const cairn__cmat *w, int n_tok)
+{
+    return n_tok > CAIRN__GEMV_MAX_TOKENS && w->type != CAIRN_GGUF_F32;
+}
+
+static int check_scratch(cairn__cuda *c, const cairn__cmat *w, int n_tok, cairn_error *err)
+{
+    if (n_tok > c->max_tokens || w->cols > c->cap_cols ||
+        (wants_bf16(w, n_tok) && !c->xbf))
+        return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: a %d-token product with a "
+                            "%lld-column matrix needs more scratch than reserve made (%d tokens, "
+                            "%lld columns): call reserve after loading the weights", n_tok,
+                            (long long)w->cols, c->max_tokens, (long long)c->cap_cols);
+    return 0;
+}
+
+/* y = w x; have_q8 / have_bf16: x's quantized or BF16 form is already in the scratch. */
+static int product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok, float *y,
+                   bool have_q8, bool have_bf16, cairn_error *err)
+{
+    int rc = check_scratch(c, w, n_tok, err);
+    if (rc)
+        return rc;
+    if (n_tok <= CAIRN__GEMV_MAX_TOKENS) {
+        if (is_quant(w->type) && !have_q8 && (rc = prep_q8(c, x, n_tok, w->cols, err)))
+            return rc;
+        return gemv_passes(c, w, x, n_tok, y, err);
+    }
+    if (wants_bf16(w, n_tok) && !have_bf16 && (rc = prep_bf16(c, x, n_tok, w->cols, err)))
+        return rc;
+    return gemm(c, w, x, n_tok, y, err);
+}
+
+int cairn__cuda_mat_product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
+                            float *y, bool x_quantized, cairn_error *err)
+{
+    return product(c, w, x, n_tok, y, x_quantized, false, err);
+}
+
+/* ---- The stages ------------------------------------------------------------------------------ */
+
+int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
+                       float *const *y, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_need_batch(c, "matmul", err);
+    if (rc || (rc = cairn__cuda_enter(c, err)))
+        return rc;
+    if (n_w < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: matmul of %d matrices", n_w);
+    const int T = c->n_tokens;
+    /* The matrices share x: quantize (or convert) it once for all of them. */
+    bool q8 = false, bf = false;
+    for (int i = 0; i < n_w; i++) {
+        const cairn__cmat *m = (const cairn__cmat *)w[i]->priv;
+        if (!m || m->cols != ((const cairn__cmat *)w[0]->priv)->cols)
+            return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: matmul matrix %d is not "
+                                "loaded or differs in columns from the first", i);
+        if ((rc = check_scratch(c, m, T, err)))
+            return rc;
+        q8 |= wants_q8(m, T);
+        bf |= wants_bf16(m, T);
+    }
+    const int64_t cols = ((const cairn__cmat *)w[0]->priv)->cols;
+    if (q8 && (rc = prep_q8(c, x, T, cols, err)))
+        return rc;
+    if (bf && (rc = prep_bf16(c, x, T, cols, err)))
+        return rc;
+    for (int i = 0; i < n_w; i++)
+        if ((rc = product(c, (const cairn__cmat *)w[i]->priv, x, T, y[i], q8, bf, err)))
+            return rc;
+    return 0;
+}
+
+int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
+                       float *x, int n, float *out_host, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_need_batch(c, "logits", err);
+    if (rc || (rc = cairn__cuda_enter(c, err)))
+        return rc;
+    const cairn__cmat *m = (const cairn__cmat *)w->priv;
+    if (!m || m->cols != n)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: logits matrix of %lld columns "
+                            "for rows of %d", m ? (long long)m->cols : 0LL, n);
+    if (c->n_out > 0) {
+        if (!c->lrows || !c->lout || (int64_t)n > c->lrows_cols ||
+            (size_t)m->rows * sizeof(float) * (size_t)c->lout_tokens > c->lout_bytes)
+            return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: no logits scratch for this "
+                                "matrix (load it with CAIRN_BMAT_LOGITS before reserve)");
+        /* The wanted rows, normalised, side by side (their indices came with the batch). */
+        const int32_t *rows = cairn__b_out(c->d_batch, c->n_tokens);
+        if ((rc = cairn__cuda_norm_rows(c, c->lrows, x, rows, norm, c->n_out, n, eps, err)))
+            return rc;
+        for (int j0 = 0; j0 < c->n_out; j0 += c->lout_tokens) {
+            const int nj = c->n_out - j0 < c->lout_tokens ? c->n_out - j0 : c->lout_tokens;
+            if ((rc = product(c, m, c->lrows + (int64_t)j0 * n, nj, c->lout, false, false, err)))
+                return rc;
+            CU_TRY(err, cudaMemcpyAsync(out_host + (int64_t)j0 * m->rows, c->lout,
+                                        sizeof(float) * (size_t)nj * (size_t)m->rows,
+                                        cudaMemcpyDeviceToHost, c->stream));
+        }
+    }
+    CU_TRY(err, cudaStreamSynchronize(c->stream));
+    return 0;
+}

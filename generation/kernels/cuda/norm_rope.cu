@@ -1,0 +1,271 @@
+/*
+ * generation/kernels/cuda/norm_rope.cu — RMSNorm, residual + norm, and the qkv stage (biases,
+ * per-head q/k norms, RoPE, q scale, K/V rows into the paged cache), as the CPU backend
+ * computes them (generation/kernels/cpu.c):
+ *   rmsnorm: out = x * (1 / sqrt(mean(x^2) + eps)) * w;
+ *   RoPE: theta_i = pos * freq_scale * base^(-2i/head_dim), the powers built by repeated
+ *     multiplication with step = base^(-2/head_dim) as ggml's rope cache does (step comes from
+ *     the host's powf, so the angles are the CPU's), rotations as fma(a, c, -(b s)) and
+ *     fma(a, s, b c); neox pairs (i, i + head_dim/2), otherwise (2i, 2i+1);
+ *   q rounded to F16 after q_scale, as the CPU backend does (q meets an F16 cache).
+ * One block per row (norms) or per (head, token) (qkv); sums of squares in FP32 over the block
+ * (the CPU sums in double: the difference is at the 1e-7 level).
+ */
+#include "generation/kernels/cuda/common.cuh"
+
+#include <math.h>
+
+#define NORM_THREADS 256
+
+/* out[r] = rmsnorm(x[rows ? rows[r] : r]) * w. out may be x when rows is NULL: each thread
+ * reads and writes only its own elements, and the block sum sits between the two passes. */
+__global__ void __launch_bounds__(NORM_THREADS)
+    rmsnorm_rows(float *out, const float *x, const int32_t *__restrict__ rows,
+                 const float *__restrict__ w, int n, float eps)
+{
+    __shared__ float red[32];
+    const int64_t r = blockIdx.x;
+    const float *xr = x + (rows ? (int64_t)rows[r] : r) * n;
+    float *o = out + r * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += xr[i] * xr[i];
+    ss = cairn__block_sum(ss, red);
+    const float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        o[i] = xr[i] * scale * (w ? w[i] : 1.0f);
+}
+
+int cairn__cuda_norm_rows(cairn__cuda *c, float *out, const float *x, const int32_t *rows,
+                          const float *w, int n_rows, int n, float eps, cairn_error *err)
+{
+    if (n_rows <= 0)
+        return 0;
+    rmsnorm_rows<<<(unsigned)n_rows, NORM_THREADS, 0, c->stream>>>(out, x, rows, w, n, eps);
+    CU_LAUNCHED(err, "rmsnorm_rows");
+    return 0;
+}
+
+int cairn__cuda_rmsnorm(cairn_backend *be, float *out, const float *x, const float *w, int rows,
+                        int n, float eps, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_enter(c, err);
+    if (rc)
+        return rc;
+    if (rows < 0 || n < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: rmsnorm of %d rows of %d", rows,
+                            n);
+    return cairn__cuda_norm_rows(c, out, x, NULL, w, rows, n, eps, err);
+}
+
+/* a = post ? rmsnorm(a) * post : a; x += a; h = rmsnorm(x) * next when next is given. Each
+ * thread keeps to its own elements through all passes (same loop), so only the block sums
+ * need barriers. */
+__global__ void __launch_bounds__(NORM_THREADS)
+    add_norm_rows(float *__restrict__ x, float *__restrict__ a, const float *__restrict__ post,
+                  const float *__restrict__ next, float *__restrict__ h, int n, float eps)
+{
+    __shared__ float red[32];
+    const int64_t r = blockIdx.x;
+    float *xr = x + r * n, *ar = a + r * n;
+    if (post) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            ss += ar[i] * ar[i];
+        ss = cairn__block_sum(ss, red);
+        const float scale = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const float v = ar[i] * scale * post[i];
+            ar[i] = v;
+            xr[i] += v;
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            xr[i] += ar[i];
+    }
+    if (!next)
+        return;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += xr[i] * xr[i];
+    ss = cairn__block_sum(ss, red);
+    const float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        h[r * n + i] = xr[i] * scale * next[i];
+}
+
+int cairn__cuda_add_norm(cairn_backend *be, float *x, float *a, const float *post,
+                         const float *next, float *h, int n, float eps, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_need_batch(c, "add_norm", err);
+    if (rc || (rc = cairn__cuda_enter(c, err)))
+        return rc;
+    if (n < 1 || (next && !h))
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: add_norm of rows of %d%s", n,
+                            next && !h ? " with a norm and no output" : "");
+    add_norm_rows<<<(unsigned)c->n_tokens, NORM_THREADS, 0, c->stream>>>(x, a, post, next, h, n,
+                                                                         eps);
+    CU_LAUNCHED(err, "add_norm_rows");
+    return 0;
+}
+
+/* ---- qkv ------------------------------------------------------------------------------------- */
+
+#define QKV_THREADS 128
+
+struct qkv_args {
+    float *q, *k, *v;
+    const float *bq, *bk, *bv, *q_norm, *k_norm;
+    int n_head, n_head_kv, hd;
+    float eps, step, freq_scale, q_scale;
+    bool neox;
+    uint16_t *kc, *vc; /* the layer's rows in block 0 of its group's pools */
+    int64_t block_elems;
+    int kv_dim, bt;
+    const int32_t *tables;
+    int n_seqs, max_table, group;
+    const int32_t *pos, *slot;
+};
+
+/* Block (head, token); heads 0..n_head-1 are q's, then k's, then v's. */
+__global__ void __launch_bounds__(QKV_THREADS) qkv_rows(qkv_args a)
+{
+    extern __shared__ float s[]; /* the head's hd values */
+    __shared__ float red[32];
+    const int hid = blockIdx.x, hd = a.hd;
+    const int64_t t = blockIdx.y;
+    int kind, h;
+    float *ptr;
+    const float *bias, *nw;
+    if (hid < a.n_head) {
+        kind = 0;
+        h = hid;
+        ptr = a.q + (t * a.n_head + h) * hd;
+        bias = a.bq;
+        nw = a.q_norm;
+    } else if (hid < a.n_head + a.n_head_kv) {
+        kind = 1;
+        h = hid - a.n_head;
+        ptr = a.k + (t * a.n_head_kv + h) * hd;
+        bias = a.bk;
+        nw = a.k_norm;
+    } else {
+        kind = 2;
+        h = hid - a.n_head - a.n_head_kv;
+        ptr = a.v + (t * a.n_head_kv + h) * hd;
+        bias = a.bv;
+        nw = NULL;
+    }
+    for (int i = threadIdx.x; i < hd; i += blockDim.x)
+        s[i] = ptr[i] + (bias ? bias[h * hd + i] : 0.0f);
+
+    const int pos = a.pos[t];
+    uint16_t *crow = NULL;
+    if (kind != 0) {
+        const int32_t *table = a.tables + ((int64_t)a.group * a.n_seqs + a.slot[t]) * a.max_table;
+        const int bi = pos / a.bt;
+        const int blk = bi < a.max_table ? table[bi] : -1;
+        if (blk >= 0) /* a token's own block is live; -1 would be a caller's bug: no write */
+            crow = (kind == 1 ? a.kc : a.vc) + (int64_t)blk * a.block_elems +
+                   (int64_t)(pos % a.bt) * a.kv_dim + (int64_t)h * hd;
+    }
+    if (kind == 2) { /* v: the bias in place, then the cache */
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            ptr[i] = s[i];
+            if (crow)
+                crow[i] = __half_as_ushort(__float2half_rn(s[i]));
+        }
+        return;
+    }
+    if (nw) { /* kind is block-uniform, so every thread reaches the block sum */
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x)
+            ss += s[i] * s[i];
+        ss = cairn__block_sum(ss, red);
+        const float scale = 1.0f / sqrtf(ss / (float)hd + a.eps);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x)
+            s[i] = s[i] * scale * nw[i];
+    }
+    __syncthreads();
+    const int half = hd / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float theta = (float)pos;
+        for (int j = 0; j < i; j++)
+            theta *= a.step;
+        const float cv = cosf(a.freq_scale * theta), sv = sinf(a.freq_scale * theta);
+        const int i0 = a.neox ? i : 2 * i, i1 = a.neox ? i + half : 2 * i + 1;
+        const float x0 = s[i0], x1 = s[i1];
+        s[i0] = fmaf(x0, cv, -(x1 * sv));
+        s[i1] = fmaf(x0, sv, x1 * cv);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float v = s[i];
+        if (kind == 0) {
+            v = __half2float(__float2half_rn(v * a.q_scale));
+            ptr[i] = v;
+        } else {
+            ptr[i] = v;
+            if (crow)
+                crow[i] = __half_as_ushort(__float2half_rn(v));
+        }
+    }
+}
+
+int cairn__cuda_qkv(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, float *v,
+                    cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_need_batch(c, "qkv", err);
+    if (rc || (rc = cairn__cuda_enter(c, err)))
+        return rc;
+    const cairn_bkv *kv = p->kv;
+    if (p->n_head < 1 || p->n_head_kv < 1 || p->head_dim < 2 || p->head_dim % 2 != 0 || !kv ||
+        kv->kv_dim != p->n_head_kv * p->head_dim || (p->bq && (!p->bk || !p->bv)) ||
+        (p->q_norm && !p->k_norm))
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: qkv of %d heads, %d KV heads of "
+                            "%d values (cache rows of %d)", p->n_head, p->n_head_kv,
+                            p->head_dim, kv ? kv->kv_dim : 0);
+    const int g = kv->layer_group[p->layer];
+    if (g < 0 || g >= kv->n_groups || g >= c->n_groups)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: layer %d's KV group %d is not in "
+                            "the batch's %d groups", p->layer, g, c->n_groups);
+    if (c->n_tokens > 65535)
+        return cairn_errorf(err, CAIRN_ELIMIT, "cuda backend: qkv over %d tokens (at most 65535 "
+                            "a step)", c->n_tokens);
+    const size_t layer_off = (size_t)kv->layer_index[p->layer] * kv->block_tokens * kv->kv_dim;
+    qkv_args a;
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.bq = p->bq;
+    a.bk = p->bk;
+    a.bv = p->bv;
+    a.q_norm = p->q_norm;
+    a.k_norm = p->k_norm;
+    a.n_head = p->n_head;
+    a.n_head_kv = p->n_head_kv;
+    a.hd = p->head_dim;
+    a.eps = p->eps;
+    a.step = powf(p->rope_base, -2.0f / (float)p->head_dim); /* the CPU's powf, bit for bit */
+    a.freq_scale = p->rope_freq_scale;
+    a.q_scale = p->q_scale;
+    a.neox = p->rope_neox;
+    a.kc = kv->group[g].k + layer_off;
+    a.vc = kv->group[g].v + layer_off;
+    a.block_elems = (int64_t)kv->group[g].block_elems;
+    a.kv_dim = kv->kv_dim;
+    a.bt = kv->block_tokens;
+    a.tables = cairn__b_tables(c->d_batch, c->n_tokens);
+    a.n_seqs = c->n_seqs;
+    a.max_table = c->max_table;
+    a.group = g;
+    a.pos = cairn__b_pos(c->d_batch, c->n_tokens);
+    a.slot = cairn__b_slot(c->d_batch, c->n_tokens);
+    dim3 grid((unsigned)(p->n_head + 2 * p->n_head_kv), (unsigned)c->n_tokens);
+    qkv_rows<<<grid, QKV_THREADS, sizeof(float) * (size_t)p->head_dim, c->stream>>>(a);
+    CU_LAUNCHED(err, "qkv_rows");
+    return 0;
+}

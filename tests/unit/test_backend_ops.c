@@ -1,0 +1,1064 @@
+/*
+ * tests/unit/test_backend_ops.c — every stage of generation/backend.h on the CUDA backend
+ * against the CPU backend, on the same random inputs (ggml's test-backend-ops pattern).
+ *
+ * Each check runs one stage on both backends from identical device buffers and compares what
+ * comes back by the normalized max error, max |gpu - cpu| / max |cpu|, against a tolerance
+ * stated beside the check with what it rests on. Shapes: batches of 1, 2, 7, 33 and 520
+ * tokens (decode, small and large prefill chunks, mixed), head sizes 64 / 128 / 256,
+ * grouped-query groups 1, 4 and 8, a sliding-window layer group, block tables with holes
+ * (-1) and blocks shared between sequences; matrix products per weight type (F32, F16, BF16,
+ * Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K) on both the GEMV path (<= 16 tokens) and the cuBLAS
+ * path. The CPU backend has no Q4_1 product: Q4_1 is checked against the dequantized weights
+ * (proto/gguf's decoder) multiplied in double.
+ *
+ * On a machine without a usable GPU (or a build without CUDA) it prints
+ * "skipped: no CUDA device (<why>)" and exits 0, after checking that asking for a GPU fails
+ * cleanly.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/gpu.h"
+#include "generation/backend.h"
+#include "proto/gguf.h"
+
+static cairn_backend *G, *C; /* the CUDA backend, the CPU backend (the reference) */
+
+/* Tokens a step may hold here (the largest batch below is 520), context, GQA group. */
+#define MAX_TOKENS 544
+#define MAX_CTX 2048
+#define MAX_GROUP 8
+
+/* ---- Randomness, buffers, comparisons ---------------------------------------------------- */
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float frand(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
+
+static void fill(float *x, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand() * scale;
+}
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    assert_non_null(p);
+    return p;
+}
+
+static void ok(int rc, const cairn_error *err, const char *what)
+{
+    if (rc)
+        fail_msg("%s: %s (%s)", what, cairn_strerror(rc), err->msg);
+}
+
+/* One logical buffer with a copy on each backend. */
+typedef struct {
+    void *g, *c;
+    size_t bytes;
+} pbuf;
+
+static pbuf pb_new(size_t bytes, const void *init)
+{
+    pbuf b = {.bytes = bytes};
+    cairn_error err = {0};
+    ok(G->i->alloc(G, bytes, &b.g, &err), &err, "gpu alloc");
+    ok(C->i->alloc(C, bytes, &b.c, &err), &err, "cpu alloc");
+    if (init) {
+        ok(G->i->upload(G, b.g, init, bytes, &err), &err, "gpu upload");
+        ok(C->i->upload(C, b.c, init, bytes, &err), &err, "cpu upload");
+    }
+    return b;
+}
+
+static pbuf pb_rand(size_t n_floats, float scale)
+{
+    float *h = xmalloc(n_floats * sizeof(float));
+    fill(h, n_floats, scale);
+    pbuf b = pb_new(n_floats * sizeof(float), h);
+    free(h);
+    return b;
+}
+
+static void pb_put(pbuf *b, const void *src)
+{
+    cairn_error err = {0};
+    ok(G->i->upload(G, b->g, src, b->bytes, &err), &err, "gpu upload");
+    ok(C->i->upload(C, b->c, src, b->bytes, &err), &err, "cpu upload");
+}
+
+static void pb_get(const pbuf *b, void *g_out, void *c_out)
+{
+    cairn_error err = {0};
+    ok(G->i->download(G, g_out, b->g, b->bytes, &err), &err, "gpu download");
+    ok(C->i->download(C, c_out, b->c, b->bytes, &err), &err, "cpu download");
+}
+
+static void pb_free(pbuf *b)
+{
+    G->i->free(G, b->g);
+    C->i->free(C, b->c);
+    b->g = b->c = NULL;
+}
+
+/* max |got - ref| / max |ref| (a NaN in got counts as infinite). */
+static double nerr(const float *got, const float *ref, size_t n)
+{
+    double d = 0.0, m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) || isnan(ref[i]))
+            return INFINITY;
+        double e = fabs((double)got[i] - (double)ref[i]);
+        d = e > d ? e : d;
+        m = fabs((double)ref[i]) > m ? fabs((double)ref[i]) : m;
+    }
+    return m > 0.0 ? d / m : d;
+}
+
+static void expect_close(const char *what, const float *got, const float *ref, size_t n,
+                         double tol)
+{
+    double e = nerr(got, ref, n);
+    print_message("  %-58s err %.2e (tol %.0e)\n", what, e, tol);
+    if (!(e <= tol))
+        fail_msg("%s: normalized max error %.3e exceeds %.1e", what, e, tol);
+}
+
+/* Compares a float buffer of both backends. */
+static void expect_pb(const char *what, const pbuf *b, double tol)
+{
+    size_t n = b->bytes / sizeof(float);
+    float *g = xmalloc(b->bytes), *c = xmalloc(b->bytes);
+    pb_get(b, g, c);
+    expect_close(what, g, c, n, tol);
+    free(g);
+    free(c);
+}
+
+static void reserve_both(void)
+{
+    cairn_error err = {0};
+    ok(G->i->reserve(G, MAX_TOKENS, MAX_CTX, MAX_GROUP, &err), &err, "gpu reserve");
+    ok(C->i->reserve(C, MAX_TOKENS, MAX_CTX, MAX_GROUP, &err), &err, "cpu reserve");
+}
+
+/* ---- Batches ---------------------------------------------------------------------------- */
+
+/* A step: per sequence, the positions already cached (ctx) and the tokens of this step. */
+typedef struct {
+    const char *name;
+    int n_seqs;
+    int ctx[4], n_new[4];
+} scenario;
+
+static const scenario SCENARIOS[] = {
+    {"1 token, decode at 300", 1, {300}, {1}},
+    {"2 tokens, decodes at 100 and 700", 2, {100, 700}, {1, 1}},
+    {"7 tokens, a prefill chunk after 20", 1, {20}, {7}},
+    {"33 tokens, prefill 30 + decode + new 2", 3, {40, 70, 0}, {30, 1, 2}},
+    {"520 tokens, two prefills of 260", 2, {0, 5}, {260, 260}},
+};
+#define N_SCENARIOS (sizeof SCENARIOS / sizeof SCENARIOS[0])
+
+typedef struct {
+    cairn_bbatch b;
+    int32_t tokens[MAX_TOKENS], pos[MAX_TOKENS], slot[MAX_TOKENS], prompt_len[MAX_TOKENS];
+    uint8_t logits[MAX_TOKENS];
+    int32_t *tables;
+} tbatch;
+
+/* Tokens of a sequence are consecutive in the batch; a prefill's prompt ends with its step. */
+static void tbatch_init(tbatch *tb, const scenario *s, int n_groups, int max_table,
+                        int32_t *tables, int n_vocab)
+{
+    memset(tb, 0, sizeof *tb);
+    int t = 0;
+    for (int i = 0; i < s->n_seqs; i++)
+        for (int j = 0; j < s->n_new[i]; j++, t++) {
+            tb->tokens[t] = (int32_t)(rnd() % (uint32_t)n_vocab);
+            tb->pos[t] = s->ctx[i] + j;
+            tb->slot[t] = i;
+            tb->prompt_len[t] = s->n_new[i] > 1 ? s->ctx[i] + s->n_new[i] : s->ctx[i];
+            tb->logits[t] = j == s->n_new[i] - 1;
+        }
+    tb->tables = tables;
+    tb->b = (cairn_bbatch){.n_tokens = t, .tokens = tb->tokens, .pos = tb->pos,
+                           .slot = tb->slot, .prompt_len = tb->prompt_len,
+                           .logits = tb->logits, .n_seqs = s->n_seqs, .n_groups = n_groups,
+                           .max_table = max_table, .tables = tables};
+}
+
+/* A batch of n tokens of one sequence at positions 0.., for the stages without a cache. */
+static int32_t trivial_table[1] = {0};
+static void tbatch_simple(tbatch *tb, int n, int n_vocab)
+{
+    scenario s = {"simple", 1, {0}, {n}};
+    tbatch_init(tb, &s, 1, 1, trivial_table, n_vocab);
+}
+
+static void set_batch(const tbatch *tb)
+{
+    cairn_error err = {0};
+    ok(G->i->batch_set(G, &tb->b, &err), &err, "gpu batch_set");
+    ok(C->i->batch_set(C, &tb->b, &err), &err, "cpu batch_set");
+}
+
+/* ---- Weights --------------------------------------------------------------------------- */
+
+/* Random weights of `type`: quantized from random floats where proto/gguf's quantizer can,
+ * else random block bytes with sane F16 scales (Q4_0, Q5_0: d first; Q4_1: d, then m). */
+static void *make_weights(uint32_t type, int64_t rows, int64_t cols, size_t *row_bytes)
+{
+    uint64_t nb = 0;
+    assert_int_equal(cairn_gguf_tensor_nbytes(type, (uint64_t)cols, &nb, NULL), 0);
+    *row_bytes = (size_t)nb;
+    uint8_t *w = xmalloc(nb * (size_t)rows);
+    if (cairn_gguf_type_can_quantize(type)) {
+        float *f = xmalloc(sizeof(float) * (size_t)(rows * cols));
+        fill(f, (size_t)(rows * cols), 1.0f);
+        assert_int_equal(cairn_gguf_quantize(type, f, (uint64_t)(rows * cols), w,
+                                             nb * (size_t)rows, NULL), 0);
+        free(f);
+        return w;
+    }
+    uint32_t bb = cairn_gguf_type_block_bytes(type);
+    for (size_t i = 0; i < nb * (size_t)rows; i++)
+        w[i] = (uint8_t)rnd();
+    for (size_t off = 0; off < nb * (size_t)rows; off += bb) {
+        float d = 0.01f + 0.02f * (float)(rnd() % 100) / 100.0f;
+        uint16_t h = cairn_gguf_f32_to_f16(d);
+        memcpy(w + off, &h, 2);
+        if (type == CAIRN_GGUF_Q4_1) {
+            uint16_t m = cairn_gguf_f32_to_f16(-8.0f * d * (0.5f + (float)(rnd() % 100) / 100.0f));
+            memcpy(w + off + 2, &m, 2);
+        }
+    }
+    return w;
+}
+
+typedef struct {
+    cairn_gguf_tensor t;
+    void *host;
+    cairn_bmat g, c;
+    bool c_ok; /* the CPU backend took it (it has no Q4_1 product) */
+} wmat;
+
+static void wmat_make(wmat *w, const char *name, uint32_t type, int64_t rows, int64_t cols,
+                      int use)
+{
+    memset(w, 0, sizeof *w);
+    size_t rb;
+    w->host = make_weights(type, rows, cols, &rb);
+    w->t = (cairn_gguf_tensor){.name = name, .type = type, .n_dims = 2,
+                               .dims = {(uint64_t)cols, (uint64_t)rows, 1, 1},
+                               .n_elements = (uint64_t)(rows * cols),
+                               .nbytes = (uint64_t)rb * (uint64_t)rows, .data = w->host};
+    cairn_error err = {0};
+    ok(G->i->mat_load(G, &w->t, name, use, &w->g, &err), &err, "gpu mat_load");
+    int rc = C->i->mat_load(C, &w->t, name, use, &w->c, &err);
+    w->c_ok = rc == 0;
+    if (rc && !(rc == CAIRN_EUNSUPPORTED && type == CAIRN_GGUF_Q4_1))
+        ok(rc, &err, "cpu mat_load");
+}
+
+static void wmat_free(wmat *w)
+{
+    G->i->mat_free(G, &w->g);
+    if (w->c_ok)
+        C->i->mat_free(C, &w->c);
+    free(w->host);
+}
+
+/* y[t * rows + r] = dot(row r, x[t]) from the dequantized weights, in double. */
+static void wmat_ref(const wmat *w, const float *x, int n_tok, float *y)
+{
+    int64_t rows = (int64_t)w->t.dims[1], cols = (int64_t)w->t.dims[0];
+    float *wf = xmalloc(sizeof(float) * (size_t)(rows * cols));
+    assert_int_equal(cairn_gguf_dequantize(&w->t, wf, (size_t)(rows * cols), NULL), 0);
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0.0;
+            for (int64_t i = 0; i < cols; i++)
+                s += (double)wf[r * cols + i] * x[(int64_t)t * cols + i];
+            y[(int64_t)t * rows + r] = (float)s;
+        }
+    free(wf);
+}
+
+static bool is_quant(uint32_t type)
+{
+    return cairn_gguf_type_block_size(type) > 1;
+}
+
+/* The CUDA backend's token count up to which products run as GEMV (CAIRN__GEMV_MAX_TOKENS in
+ * generation/kernels/cuda/common.cuh); more tokens go to cuBLAS. */
+#define GPU_GEMV_MAX_TOKENS 16
+
+static float bf16_round(float x) { return cairn_gguf_bf16_to_f32(cairn_gguf_f32_to_bf16(x)); }
+
+/*
+ * What the CUDA backend computes, in double: on its GEMV path (few tokens) quantized weights
+ * meet the activations quantized as it quantizes them (blocks of 32 values, scale amax / 127
+ * kept at F16 precision, values rounded to nearest even); on its cuBLAS path the activations
+ * and the weights (but F32 ones) are rounded to BF16. The GPU's results then differ from these
+ * only by FP32 summation, which makes this a far tighter check of its indexing than the
+ * comparison with the CPU, whose activations round differently.
+ */
+static void gpu_model_ref(const wmat *w, const float *x, int n_tok, float *y)
+{
+    int64_t rows = (int64_t)w->t.dims[1], cols = (int64_t)w->t.dims[0];
+    uint32_t type = w->t.type;
+    float *wf = xmalloc(sizeof(float) * (size_t)(rows * cols));
+    float *xr = xmalloc(sizeof(float) * (size_t)(n_tok * cols));
+    assert_int_equal(cairn_gguf_dequantize(&w->t, wf, (size_t)(rows * cols), NULL), 0);
+    memcpy(xr, x, sizeof(float) * (size_t)(n_tok * cols));
+    if (n_tok > GPU_GEMV_MAX_TOKENS && type != CAIRN_GGUF_F32) {
+        for (int64_t i = 0; i < rows * cols; i++)
+            wf[i] = bf16_round(wf[i]);
+        for (int64_t i = 0; i < n_tok * cols; i++)
+            xr[i] = bf16_round(xr[i]);
+    } else if (n_tok <= GPU_GEMV_MAX_TOKENS && is_quant(type)) {
+        for (int64_t b = 0; b < n_tok * cols / 32; b++) {
+            float *xb = xr + b * 32, amax = 0.0f;
+            for (int j = 0; j < 32; j++)
+                amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+            float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            float d = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(amax / 127.0f));
+            for (int j = 0; j < 32; j++)
+                xb[j] = d * nearbyintf(xb[j] * id);
+        }
+    }
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0.0;
+            for (int64_t i = 0; i < cols; i++)
+                s += (double)wf[r * cols + i] * xr[(int64_t)t * cols + i];
+            y[(int64_t)t * rows + r] = (float)s;
+        }
+    free(wf);
+    free(xr);
+}
+
+/*
+ * Tolerances of the matrix products (normalized max error over all outputs):
+ *  - float weights on the GEMV path: both backends multiply in FP32, in different orders:
+ *    1e-5;
+ *  - the cuBLAS path rounds activations and (non-F32) weights to BF16 (8 significant bits,
+ *    relative error <= 2^-9 each): a sum of random-signed terms errs by about 2^-9 sqrt(2/3)
+ *    times its root-sum-square, and the largest of thousands of outputs reaches ~4 sigma of
+ *    that against a maximum ~3 sigma of the outputs: ~3e-3; we allow 1e-2 (F32 weights go to
+ *    cuBLAS in FP32: 1e-4);
+ *  - quantized weights on the GEMV path: each backend rounds the activations to 8 bits,
+ *    the CPU in blocks of 32 (Q4_0, Q5_0, Q8_0) or 256 (Q4_K, Q6_K), the GPU in blocks of 32:
+ *    each product term then errs by ~1/254 of its block's largest activation, so two
+ *    independent roundings differ by ~0.6% of a term's size, at random sign; over the largest
+ *    of the outputs that stays below 1e-2 in our runs and we allow 3e-2.
+ */
+static double product_tol(uint32_t type, int n_tok)
+{
+    if (n_tok > 16)
+        return type == CAIRN_GGUF_F32 ? 1e-4 : is_quant(type) ? 3e-2 : 1e-2;
+    return is_quant(type) ? 3e-2 : 1e-5;
+}
+
+static const uint32_t TYPES[] = {CAIRN_GGUF_F32,  CAIRN_GGUF_F16,  CAIRN_GGUF_BF16,
+                                 CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q4_0, CAIRN_GGUF_Q4_1,
+                                 CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+#define N_TYPES (sizeof TYPES / sizeof TYPES[0])
+static const int TOKEN_COUNTS[] = {1, 2, 7, 33, 520};
+#define N_COUNTS (sizeof TOKEN_COUNTS / sizeof TOKEN_COUNTS[0])
+
+/* ---- Element-wise stages ------------------------------------------------------------------- */
+
+/* rmsnorm: FP32 on both sides (the CPU sums squares in double): 1e-5. In place and not. */
+static void test_rmsnorm(void **state)
+{
+    (void)state;
+    static const int rows[] = {1, 7, 33}, ns[] = {64, 1000, 2304};
+    tbatch tb;
+    tbatch_simple(&tb, 1, 16);
+    set_batch(&tb);
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < 3; j++)
+            for (int with_w = 0; with_w < 2; with_w++) {
+                int r = rows[i], n = ns[j];
+                pbuf x = pb_rand((size_t)r * n, 3.0f), o = pb_rand((size_t)r * n, 1.0f);
+                pbuf w = pb_rand((size_t)n, 1.0f);
+                cairn_error err = {0};
+                const float *wg = with_w ? w.g : NULL, *wc = with_w ? w.c : NULL;
+                ok(G->i->rmsnorm(G, o.g, x.g, wg, r, n, 1e-6f, &err), &err, "gpu rmsnorm");
+                ok(C->i->rmsnorm(C, o.c, x.c, wc, r, n, 1e-6f, &err), &err, "cpu rmsnorm");
+                /* and in place */
+                ok(G->i->rmsnorm(G, x.g, x.g, wg, r, n, 1e-5f, &err), &err, "gpu rmsnorm");
+                ok(C->i->rmsnorm(C, x.c, x.c, wc, r, n, 1e-5f, &err), &err, "cpu rmsnorm");
+                char what[96];
+                snprintf(what, sizeof what, "rmsnorm %d x %d%s", r, n, with_w ? " * w" : "");
+                expect_pb(what, &o, 1e-5);
+                snprintf(what, sizeof what, "rmsnorm %d x %d%s, in place", r, n,
+                         with_w ? " * w" : "");
+                expect_pb(what, &x, 1e-5);
+                pb_free(&x);
+                pb_free(&o);
+                pb_free(&w);
+            }
+}
+
+/* add_norm: FP32 on both sides: 1e-5, for every combination of post and next norms. */
+static void test_add_norm(void **state)
+{
+    (void)state;
+    const int n = 640;
+    for (size_t k = 0; k < N_COUNTS; k++) {
+        int T = TOKEN_COUNTS[k];
+        tbatch tb;
+        tbatch_simple(&tb, T, 16);
+        set_batch(&tb);
+        for (int mode = 0; mode < 4; mode++) {
+            bool post = mode & 1, next = mode & 2;
+            pbuf x = pb_rand((size_t)T * n, 4.0f), a = pb_rand((size_t)T * n, 2.0f);
+            pbuf h = pb_rand((size_t)T * n, 1.0f), pw = pb_rand((size_t)n, 1.0f),
+                 nw = pb_rand((size_t)n, 1.0f);
+            cairn_error err = {0};
+            ok(G->i->add_norm(G, x.g, a.g, post ? pw.g : NULL, next ? nw.g : NULL, h.g, n,
+                              1e-6f, &err), &err, "gpu add_norm");
+            ok(C->i->add_norm(C, x.c, a.c, post ? pw.c : NULL, next ? nw.c : NULL, h.c, n,
+                              1e-6f, &err), &err, "cpu add_norm");
+            char what[96];
+            snprintf(what, sizeof what, "add_norm T=%d post=%d next=%d: x", T, post, next);
+            expect_pb(what, &x, 1e-5);
+            snprintf(what, sizeof what, "add_norm T=%d post=%d next=%d: a", T, post, next);
+            expect_pb(what, &a, 1e-5);
+            if (next) {
+                snprintf(what, sizeof what, "add_norm T=%d post=%d next=%d: h", T, post, next);
+                expect_pb(what, &h, 1e-5);
+            }
+            pb_free(&x);
+            pb_free(&a);
+            pb_free(&h);
+            pb_free(&pw);
+            pb_free(&nw);
+        }
+    }
+}
+
+/* gated: SiLU in FP32 (expf on each side: 1e-5); GELU at half precision on both sides, so a
+ * tanh one ulp apart can round to the neighbouring F16 value: 2^-11 relative, 1e-3. Inputs
+ * reach past +-10 (where GELU passes x through). */
+static void test_gated(void **state)
+{
+    (void)state;
+    const int n = 1000;
+    static const int counts[] = {1, 33};
+    for (size_t k = 0; k < 2; k++)
+        for (int act = 0; act < 2; act++) {
+            int T = counts[k];
+            tbatch tb;
+            tbatch_simple(&tb, T, 16);
+            set_batch(&tb);
+            pbuf a = pb_rand((size_t)T * n, 12.0f), b = pb_rand((size_t)T * n, 2.0f);
+            cairn_error err = {0};
+            ok(G->i->gated(G, a.g, b.g, n, act, &err), &err, "gpu gated");
+            ok(C->i->gated(C, a.c, b.c, n, act, &err), &err, "cpu gated");
+            char what[96];
+            snprintf(what, sizeof what, "gated %s T=%d", act ? "GELU-tanh" : "SiLU", T);
+            expect_pb(what, &a, act ? 1e-3 : 1e-5);
+            pb_free(&a);
+            pb_free(&b);
+        }
+}
+
+/* embed: both decode the same blocks with the same float operations: 1e-6 (a fused
+ * multiply-add on the GPU may round the Q4_K min term once instead of twice). */
+static void test_embed(void **state)
+{
+    (void)state;
+    const int n_vocab = 300;
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        uint32_t type = TYPES[ti];
+        int64_t cols = is_quant(type) ? 512 : 200;
+        wmat w;
+        wmat_make(&w, "token_embd.weight", type, n_vocab, cols, CAIRN_BMAT_ROWS);
+        assert_true(w.c_ok);
+        static const int counts[] = {1, 7, 33};
+        for (size_t k = 0; k < 3; k++) {
+            int T = counts[k];
+            tbatch tb;
+            tbatch_simple(&tb, T, n_vocab);
+            tb.tokens[0] = n_vocab - 1; /* the last row too */
+            set_batch(&tb);
+            pbuf x = pb_rand((size_t)T * cols, 1.0f);
+            cairn_error err = {0};
+            float scale = k == 1 ? sqrtf((float)cols) : 1.0f;
+            ok(G->i->embed(G, &w.g, scale, x.g, &err), &err, "gpu embed");
+            ok(C->i->embed(C, &w.c, scale, x.c, &err), &err, "cpu embed");
+            char what[96];
+            snprintf(what, sizeof what, "embed %s T=%d scale %.1f", cairn_gguf_type_name(type),
+                     T, (double)scale);
+            expect_pb(what, &x, 1e-6);
+            pb_free(&x);
+        }
+        wmat_free(&w);
+    }
+}
+
+/* ---- Matrix products --------------------------------------------------------------------- */
+
+/* One product of T tokens against w on both backends (or the GPU against the double
+ * reference where the CPU has no kernel). */
+static void check_matmul(wmat *w, int T, const char *label)
+{
+    int64_t rows = (int64_t)w->t.dims[1], cols = (int64_t)w->t.dims[0];
+    tbatch tb;
+    tbatch_simple(&tb, T, 16);
+    set_batch(&tb);
+    float *xh = xmalloc(sizeof(float) * (size_t)(T * cols));
+    fill(xh, (size_t)(T * cols), 1.0f);
+    for (int64_t i = 0; i < T * cols; i += 37)
+        xh[i] *= 4.0f; /* a few larger activations, as real ones have */
+    pbuf x = pb_new(sizeof(float) * (size_t)(T * cols), xh);
+    pbuf y = pb_rand((size_t)(T * rows), 1.0f);
+    cairn_error err = {0};
+    const cairn_bmat *wg = &w->g;
+    float *yg = y.g, *yc = y.c;
+    ok(G->i->matmul(G, &wg, 1, x.g, &yg, &err), &err, "gpu matmul");
+    float *got = xmalloc(y.bytes), *ref = xmalloc(y.bytes);
+    char what[128];
+    snprintf(what, sizeof what, "%s %s %lldx%lld T=%d%s", label,
+             cairn_gguf_type_name(w->t.type), (long long)rows, (long long)cols, T,
+             w->c_ok ? "" : " (vs dequantized, double)");
+    if (w->c_ok) {
+        const cairn_bmat *wc = &w->c;
+        ok(C->i->matmul(C, &wc, 1, x.c, &yc, &err), &err, "cpu matmul");
+        pb_get(&y, got, ref);
+    } else {
+        ok(G->i->download(G, got, y.g, y.bytes, &err), &err, "gpu download");
+        wmat_ref(w, xh, T, ref);
+    }
+    expect_close(what, got, ref, (size_t)(T * rows), product_tol(w->t.type, T));
+    /* Against its own rounding (gpu_model_ref): FP32 sums only, 1e-5; on the cuBLAS path a
+     * dequantized weight one float ulp off may round to the neighbouring BF16 value (2^-8 of
+     * one term): 2e-4. */
+    gpu_model_ref(w, xh, T, ref);
+    snprintf(what, sizeof what, "%s %s %lldx%lld T=%d vs its own rounding", label,
+             cairn_gguf_type_name(w->t.type), (long long)rows, (long long)cols, T);
+    expect_close(what, got, ref, (size_t)(T * rows), T > GPU_GEMV_MAX_TOKENS ? 2e-4 : 1e-5);
+    free(got);
+    free(ref);
+    free(xh);
+    pb_free(&x);
+    pb_free(&y);
+}
+
+static void test_matmul(void **state)
+{
+    (void)state;
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        uint32_t type = TYPES[ti];
+        /* 98 rows: not a multiple of the 4 rows of a GEMV block. Float types also run 90
+         * columns, which is no multiple of a 16-byte unit (the scalar GEMV). */
+        wmat w;
+        wmat_make(&w, "blk.0.ffn_up.weight", type, 98, 512, CAIRN_BMAT_MATMUL);
+        reserve_both();
+        for (size_t k = 0; k < N_COUNTS; k++)
+            check_matmul(&w, TOKEN_COUNTS[k], "matmul");
+        wmat_free(&w);
+        if (!is_quant(type)) {
+            wmat_make(&w, "blk.0.attn_q.weight", type, 50, 90, CAIRN_BMAT_MATMUL);
+            reserve_both();
+            check_matmul(&w, 3, "matmul");
+            check_matmul(&w, 33, "matmul");
+            wmat_free(&w);
+        }
+    }
+}
+
+/* Three matrices of one x in one call, as q, k, v are: a quantized pair that shares int8
+ * activations and a float one that does not. */
+static void test_matmul_shared(void **state)
+{
+    (void)state;
+    wmat w[3];
+    wmat_make(&w[0], "blk.0.attn_q.weight", CAIRN_GGUF_Q8_0, 128, 256, CAIRN_BMAT_MATMUL);
+    wmat_make(&w[1], "blk.0.attn_k.weight", CAIRN_GGUF_Q4_K, 64, 256, CAIRN_BMAT_MATMUL);
+    wmat_make(&w[2], "blk.0.attn_v.weight", CAIRN_GGUF_F16, 64, 256, CAIRN_BMAT_MATMUL);
+    reserve_both();
+    static const int counts[] = {1, 7, 33};
+    for (size_t k = 0; k < 3; k++) {
+        int T = counts[k];
+        tbatch tb;
+        tbatch_simple(&tb, T, 16);
+        set_batch(&tb);
+        pbuf x = pb_rand((size_t)T * 256, 1.0f);
+        pbuf y[3];
+        const cairn_bmat *wg[3], *wc[3];
+        float *yg[3], *yc[3];
+        for (int i = 0; i < 3; i++) {
+            y[i] = pb_rand((size_t)T * (size_t)w[i].t.dims[1], 1.0f);
+            wg[i] = &w[i].g;
+            wc[i] = &w[i].c;
+            yg[i] = y[i].g;
+            yc[i] = y[i].c;
+        }
+        cairn_error err = {0};
+        ok(G->i->matmul(G, wg, 3, x.g, yg, &err), &err, "gpu matmul");
+        ok(C->i->matmul(C, wc, 3, x.c, yc, &err), &err, "cpu matmul");
+        for (int i = 0; i < 3; i++) {
+            char what[96];
+            snprintf(what, sizeof what, "matmul of 3, %s T=%d", cairn_gguf_type_name(w[i].t.type),
+                     T);
+            expect_pb(what, &y[i], product_tol(w[i].t.type, T));
+            pb_free(&y[i]);
+        }
+        pb_free(&x);
+    }
+    for (int i = 0; i < 3; i++)
+        wmat_free(&w[i]);
+}
+
+/* logits: the flagged rows, normalised, projected, into host memory in batch order. The
+ * tolerances are the products' (the norm adds FP32 rounding only). */
+static void test_logits(void **state)
+{
+    (void)state;
+    static const uint32_t types[] = {CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q6_K, CAIRN_GGUF_F16,
+                                     CAIRN_GGUF_BF16, CAIRN_GGUF_Q4_1};
+    const int n = 256, vocab = 1000;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        wmat w;
+        wmat_make(&w, "output.weight", types[ti], vocab, n,
+                  CAIRN_BMAT_LOGITS | CAIRN_BMAT_ROWS);
+        reserve_both();
+        static const int counts[] = {1, 7, 40};
+        for (size_t k = 0; k < 3; k++) {
+            int T = counts[k];
+            tbatch tb;
+            tbatch_simple(&tb, T, 16);
+            /* flags: the last token; of 7, tokens 2 and 6; of 40, 20 of them (the cuBLAS
+             * path) */
+            int n_out = 0;
+            for (int t = 0; t < T; t++) {
+                tb.logits[t] = T == 1 || (T == 7 && (t == 2 || t == 6)) || (T == 40 && t % 2);
+                n_out += tb.logits[t];
+            }
+            set_batch(&tb);
+            float *xh = xmalloc(sizeof(float) * (size_t)(T * n));
+            fill(xh, (size_t)(T * n), 3.0f);
+            pbuf x = pb_new(sizeof(float) * (size_t)(T * n), xh);
+            float *nh = xmalloc(sizeof(float) * (size_t)n);
+            fill(nh, (size_t)n, 1.0f);
+            pbuf norm = pb_new(sizeof(float) * (size_t)n, nh);
+            float *got = xmalloc(sizeof(float) * (size_t)n_out * vocab);
+            float *ref = xmalloc(sizeof(float) * (size_t)n_out * vocab);
+            cairn_error err = {0};
+            ok(G->i->logits(G, &w.g, norm.g, 1e-6f, x.g, n, got, &err), &err, "gpu logits");
+            if (w.c_ok) {
+                ok(C->i->logits(C, &w.c, norm.c, 1e-6f, x.c, n, ref, &err), &err,
+                   "cpu logits");
+            } else { /* Q4_1: normalise on the host, multiply the dequantized rows */
+                float *rows = xmalloc(sizeof(float) * (size_t)n_out * n);
+                int j = 0;
+                for (int t = 0; t < T; t++) {
+                    if (!tb.logits[t])
+                        continue;
+                    double ss = 0.0;
+                    for (int i = 0; i < n; i++)
+                        ss += (double)xh[t * n + i] * xh[t * n + i];
+                    float sc = 1.0f / sqrtf((float)(ss / n) + 1e-6f);
+                    for (int i = 0; i < n; i++)
+                        rows[j * n + i] = xh[t * n + i] * sc * nh[i];
+                    j++;
+                }
+                wmat_ref(&w, rows, n_out, ref);
+                free(rows);
+            }
+            char what[96];
+            snprintf(what, sizeof what, "logits %s T=%d (%d rows)",
+                     cairn_gguf_type_name(types[ti]), T, n_out);
+            expect_close(what, got, ref, (size_t)n_out * vocab, product_tol(types[ti], n_out));
+            free(got);
+            free(ref);
+            free(xh);
+            free(nh);
+            pb_free(&x);
+            pb_free(&norm);
+        }
+        wmat_free(&w);
+    }
+}
+
+/* ---- The paged KV cache: qkv and attention -------------------------------------------------- */
+
+#define BT 16     /* token rows a block */
+#define WINDOW 40 /* group 1's sliding window */
+#define N_LAYERS 3
+
+/* Layers 0 and 2 share group 0 (full attention), layer 1 is group 1 (window). */
+static const int LAYER_GROUP[N_LAYERS] = {0, 1, 0}, LAYER_INDEX[N_LAYERS] = {0, 0, 1};
+
+typedef struct {
+    int n_head, n_head_kv, hd;
+    bool bias, norm, neox;
+    float q_scale;
+} attn_cfg;
+
+static const attn_cfg CFGS[] = {
+    {8, 8, 64, true, false, false, 1.0f},         /* Qwen2/Llama-like: biases, MHA */
+    {16, 4, 128, false, true, true, 0.08838835f}, /* Gemma-like: q/k norms, q scaled, GQA 4 */
+    {16, 2, 256, false, true, true, 1.0f},        /* head 256, GQA 8 */
+};
+
+typedef struct {
+    int kv_dim, n_blocks[2], max_table;
+    size_t block_elems[2];
+    pbuf k[2], v[2];
+    cairn_bkv kg, kc;
+    int32_t *tables; /* [group][seq][max_table] */
+} kvfix;
+
+/* Block tables for a scenario: per group and sequence, fresh random block ids for the blocks
+ * its positions 0..ctx+n_new-1 touch, except that sequence i > 0 shares the first blocks of
+ * sequence 0 that lie wholly before both their step tokens (a forked prefix), and that in the
+ * window group the blocks wholly before the window of the sequence's first step token are
+ * -1 (freed). */
+static void kvfix_init(kvfix *f, const attn_cfg *cfg, const scenario *s)
+{
+    memset(f, 0, sizeof *f);
+    f->kv_dim = cfg->n_head_kv * cfg->hd;
+    int need = 0;
+    for (int i = 0; i < s->n_seqs; i++) {
+        int nb = (s->ctx[i] + s->n_new[i] + BT - 1) / BT;
+        need += nb;
+        f->max_table = nb + 1 > f->max_table ? nb + 1 : f->max_table;
+    }
+    f->tables = xmalloc(sizeof(int32_t) * 2 * (size_t)s->n_seqs * (size_t)f->max_table);
+    for (int g = 0; g < 2; g++) {
+        f->n_blocks[g] = need + 5;
+        int *perm = xmalloc(sizeof(int) * (size_t)f->n_blocks[g]);
+        for (int i = 0; i < f->n_blocks[g]; i++)
+            perm[i] = i;
+        for (int i = f->n_blocks[g] - 1; i > 0; i--) {
+            int j = (int)(rnd() % (uint32_t)(i + 1)), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        int next = 0;
+        for (int i = 0; i < s->n_seqs; i++) {
+            int32_t *tab = f->tables + ((size_t)g * s->n_seqs + i) * f->max_table;
+            int nb = (s->ctx[i] + s->n_new[i] + BT - 1) / BT;
+            int shared = 0;
+            if (i > 0) {
+                int below = s->ctx[0] < s->ctx[i] ? s->ctx[0] : s->ctx[i];
+                shared = below / BT < 2 ? below / BT : 2;
+            }
+            int lo = g == 1 ? s->ctx[i] - WINDOW + 1 : 0;
+            for (int b = 0; b < f->max_table; b++) {
+                if (b >= nb)
+                    tab[b] = -1;
+                else if (lo > 0 && (b + 1) * BT - 1 < lo)
+                    tab[b] = -1; /* a freed window block: nothing in range reads it */
+                else if (b < shared)
+                    tab[b] = f->tables[((size_t)g * s->n_seqs) * f->max_table + b];
+                else
+                    tab[b] = perm[next++];
+            }
+        }
+        free(perm);
+        int layers = g == 0 ? 2 : 1;
+        f->block_elems[g] = (size_t)layers * BT * f->kv_dim;
+        size_t n = f->block_elems[g] * (size_t)f->n_blocks[g];
+        uint16_t *h = xmalloc(n * sizeof(uint16_t));
+        for (size_t i = 0; i < n; i++)
+            h[i] = cairn_gguf_f32_to_f16(frand());
+        f->k[g] = pb_new(n * sizeof(uint16_t), h);
+        for (size_t i = 0; i < n; i++)
+            h[i] = cairn_gguf_f32_to_f16(frand());
+        f->v[g] = pb_new(n * sizeof(uint16_t), h);
+        free(h);
+    }
+    for (int side = 0; side < 2; side++) {
+        cairn_bkv *kv = side ? &f->kc : &f->kg;
+        kv->n_groups = 2;
+        for (int g = 0; g < 2; g++) {
+            kv->group[g].k = side ? f->k[g].c : f->k[g].g;
+            kv->group[g].v = side ? f->v[g].c : f->v[g].g;
+            kv->group[g].block_elems = f->block_elems[g];
+            kv->group[g].window = g == 1 ? WINDOW : 0;
+        }
+        kv->layer_group = LAYER_GROUP;
+        kv->layer_index = LAYER_INDEX;
+        kv->kv_dim = f->kv_dim;
+        kv->block_tokens = BT;
+        kv->max_table = f->max_table;
+    }
+}
+
+static void kvfix_free(kvfix *f)
+{
+    for (int g = 0; g < 2; g++) {
+        pb_free(&f->k[g]);
+        pb_free(&f->v[g]);
+    }
+    free(f->tables);
+}
+
+/* An F16 pool of both backends as floats. */
+static void pool_get(const pbuf *b, float *g, float *c)
+{
+    size_t n = b->bytes / sizeof(uint16_t);
+    uint16_t *hg = xmalloc(b->bytes), *hc = xmalloc(b->bytes);
+    pb_get(b, hg, hc);
+    for (size_t i = 0; i < n; i++) {
+        g[i] = cairn_gguf_f16_to_f32(hg[i]);
+        c[i] = cairn_gguf_f16_to_f32(hc[i]);
+    }
+    free(hg);
+    free(hc);
+}
+
+/* The CPU's pools to the GPU as well, so that attention starts from identical caches. */
+static void pool_sync(pbuf *b)
+{
+    void *h = xmalloc(b->bytes);
+    cairn_error err = {0};
+    ok(C->i->download(C, h, b->c, b->bytes, &err), &err, "cpu download");
+    ok(G->i->upload(G, b->g, h, b->bytes, &err), &err, "gpu upload");
+    free(h);
+}
+
+/*
+ * qkv, then attention, for one configuration and scenario, on layers 2 (full attention, the
+ * second layer of its group) and 1 (window).
+ * qkv tolerances: k and v before the cache in FP32 on both sides (the norm's sum, sin/cos to
+ * an ulp or two): 1e-4; q is rounded to F16 after its scale on both sides, and values a float
+ * ulp apart may round to neighbouring F16 values: 2^-11 relative, 1e-3; the pools hold F16 on
+ * both sides, likewise 1e-3 (the whole pools are compared, so a row written to the wrong
+ * place shows as a random-sized error).
+ * attention tolerance: the CPU rounds the softmax probabilities to F16 before they weigh V
+ * (ggml's arithmetic), the GPU keeps them in FP32: each weight errs by up to 2^-11 relative
+ * at random sign, so the output errs by well under 2^-11 of the largest V value; normalized
+ * by the largest output (itself a weighted average of V rows) we allow 3e-3.
+ */
+static void check_qkv_attention(const attn_cfg *cfg, const scenario *s)
+{
+    kvfix f;
+    kvfix_init(&f, cfg, s);
+    tbatch tb;
+    tbatch_init(&tb, s, 2, f.max_table, f.tables, 16);
+    set_batch(&tb);
+    const int T = tb.b.n_tokens, hd = cfg->hd, qd = cfg->n_head * hd, kd = f.kv_dim;
+    for (int pass = 0; pass < 2; pass++) {
+        const int layer = pass == 0 ? 2 : 1;
+        pbuf q = pb_rand((size_t)T * qd, 2.0f), k = pb_rand((size_t)T * kd, 2.0f),
+             v = pb_rand((size_t)T * kd, 2.0f);
+        pbuf bq = pb_rand((size_t)qd, 0.5f), bk = pb_rand((size_t)kd, 0.5f),
+             bv = pb_rand((size_t)kd, 0.5f);
+        pbuf qn = pb_rand((size_t)hd, 1.0f), kn = pb_rand((size_t)hd, 1.0f);
+        cairn_bqkv p = {.n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv, .head_dim = hd,
+                        .eps = 1e-6f, .rope_base = pass ? 10000.0f : 1000000.0f,
+                        .rope_freq_scale = pass ? 1.0f : 0.5f, .rope_neox = cfg->neox,
+                        .q_scale = cfg->q_scale, .layer = layer};
+        cairn_bqkv pg = p, pc = p;
+        if (cfg->bias) {
+            pg.bq = bq.g, pg.bk = bk.g, pg.bv = bv.g;
+            pc.bq = bq.c, pc.bk = bk.c, pc.bv = bv.c;
+        }
+        if (cfg->norm) {
+            pg.q_norm = qn.g, pg.k_norm = kn.g;
+            pc.q_norm = qn.c, pc.k_norm = kn.c;
+        }
+        pg.kv = &f.kg;
+        pc.kv = &f.kc;
+        cairn_error err = {0};
+        ok(G->i->qkv(G, &pg, q.g, k.g, v.g, &err), &err, "gpu qkv");
+        ok(C->i->qkv(C, &pc, q.c, k.c, v.c, &err), &err, "cpu qkv");
+        char what[160];
+        snprintf(what, sizeof what, "qkv %dh/%dkv x %d, %s, layer %d: q", cfg->n_head,
+                 cfg->n_head_kv, hd, s->name, layer);
+        expect_pb(what, &q, 1e-3);
+        what[strlen(what) - 1] = 'k';
+        expect_pb(what, &k, 1e-4);
+        what[strlen(what) - 1] = 'v';
+        expect_pb(what, &v, 1e-4);
+        int g = LAYER_GROUP[layer];
+        size_t n = f.k[g].bytes / sizeof(uint16_t);
+        float *pgf = xmalloc(n * sizeof(float)), *pcf = xmalloc(n * sizeof(float));
+        pool_get(&f.k[g], pgf, pcf);
+        snprintf(what, sizeof what, "qkv %dh/%dkv x %d, %s, layer %d: K pool", cfg->n_head,
+                 cfg->n_head_kv, hd, s->name, layer);
+        expect_close(what, pgf, pcf, n, 1e-3);
+        pool_get(&f.v[g], pgf, pcf);
+        what[strlen(what) - 6] = 'V';
+        expect_close(what, pgf, pcf, n, 1e-3);
+        free(pgf);
+        free(pcf);
+        pool_sync(&f.k[g]);
+        pool_sync(&f.v[g]);
+
+        /* attention from the same q (F16 values, as the qkv stage leaves them) and caches */
+        float *qh = xmalloc(q.bytes);
+        for (size_t i = 0; i < (size_t)T * qd; i++)
+            qh[i] = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(frand() * 2.0f));
+        pb_put(&q, qh);
+        free(qh);
+        pbuf out = pb_rand((size_t)T * qd, 1.0f);
+        cairn_battn a = {.n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv, .head_dim = hd,
+                         .window = g == 1 ? WINDOW : 0, .scale = 1.0f / sqrtf((float)hd),
+                         .layer = layer};
+        cairn_battn ag = a, ac = a;
+        ag.kv = &f.kg;
+        ac.kv = &f.kc;
+        ok(G->i->attention(G, &ag, q.g, out.g, &err), &err, "gpu attention");
+        ok(C->i->attention(C, &ac, q.c, out.c, &err), &err, "cpu attention");
+        snprintf(what, sizeof what, "attention %dh/%dkv x %d, %s, %s", cfg->n_head,
+                 cfg->n_head_kv, hd, s->name, g == 1 ? "window 40" : "full");
+        expect_pb(what, &out, 3e-3);
+        pb_free(&out);
+        pb_free(&q);
+        pb_free(&k);
+        pb_free(&v);
+        pb_free(&bq);
+        pb_free(&bk);
+        pb_free(&bv);
+        pb_free(&qn);
+        pb_free(&kn);
+    }
+    kvfix_free(&f);
+}
+
+static void test_qkv_attention(void **state)
+{
+    (void)state;
+    reserve_both();
+    for (size_t c = 0; c < sizeof CFGS / sizeof CFGS[0]; c++)
+        for (size_t s = 0; s < N_SCENARIOS; s++) {
+            /* the 520-token prefill with head 256 costs the CPU reference most; the other
+             * configurations cover that batch */
+            if (c == 2 && s == N_SCENARIOS - 1)
+                continue;
+            check_qkv_attention(&CFGS[c], &SCENARIOS[s]);
+        }
+}
+
+/* ---- What the GPU backend says when it cannot ------------------------------------------------ */
+
+static void test_errors(void **state)
+{
+    (void)state;
+    char desc[256] = "";
+    G->i->describe(G, desc, sizeof desc);
+    print_message("  device: %s\n", desc);
+    assert_non_null(strstr(desc, "sm_"));
+
+    /* A type without a kernel fails at load, naming the tensor and the type. */
+    uint8_t blk[84 * 2] = {0};
+    cairn_gguf_tensor t = {.name = "blk.3.ffn_down.weight", .type = CAIRN_GGUF_Q2_K, .n_dims = 2,
+                           .dims = {256, 2, 1, 1}, .n_elements = 512, .nbytes = sizeof blk,
+                           .data = blk};
+    cairn_bmat m;
+    cairn_error err = {0};
+    assert_int_equal(G->i->mat_load(G, &t, t.name, CAIRN_BMAT_MATMUL, &m, &err),
+                     CAIRN_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "blk.3.ffn_down.weight"));
+    assert_non_null(strstr(err.msg, "Q2_K"));
+
+    /* More than the GPU has: CAIRN_ENOMEM naming the bytes asked for and the bytes free. */
+    size_t free_b = 0, total_b = 0;
+    assert_int_equal(G->i->mem_info(G, &free_b, &total_b), 0);
+    assert_true(free_b > 0 && total_b >= free_b);
+    void *p = NULL;
+    size_t too_much = total_b + ((size_t)1 << 30);
+    assert_int_equal(G->i->alloc(G, too_much, &p, &err), CAIRN_ENOMEM);
+    assert_null(p);
+    char bytes[32];
+    snprintf(bytes, sizeof bytes, "%zu", too_much);
+    assert_non_null(strstr(err.msg, bytes));
+    assert_non_null(strstr(err.msg, "free"));
+    /* and the backend still works after it */
+    assert_int_equal(G->i->alloc(G, 4096, &p, &err), 0);
+    G->i->free(G, p);
+
+    /* A stage before any batch. */
+    cairn_backend *fresh = NULL;
+    ok(cairn_backend_cuda_open(&fresh, 0, &err), &err, "cuda open");
+    float *x = NULL;
+    ok(fresh->i->alloc(fresh, 64 * sizeof(float), (void **)&x, &err), &err, "alloc");
+    assert_int_equal(fresh->i->gated(fresh, x, x, 64, CAIRN_ACT_SILU, &err), CAIRN_ESTATE);
+    fresh->i->free(fresh, x);
+    cairn_backend_close(fresh);
+
+    /* No such GPU. */
+    int n = cairn_gpu_count(NULL, 0);
+    assert_int_equal(cairn_backend_cuda_open(&fresh, n, &err), CAIRN_EUNSUPPORTED);
+    assert_null(fresh);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    cairn_error err = {0};
+    if (cairn_backend_cuda_open(&G, 0, &err)) {
+        fprintf(stderr, "cuda backend: %s\n", err.msg);
+        return -1;
+    }
+    if (cairn_backend_cpu_open(&C, NULL, &err)) {
+        fprintf(stderr, "cpu backend: %s\n", err.msg);
+        return -1;
+    }
+    reserve_both(); /* the tests that load matrices reserve again after loading */
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cairn_backend_close(G);
+    cairn_backend_close(C);
+    return 0;
+}
+
+int main(void)
+{
+    char why[256] = "";
+    if (cairn_gpu_count(why, sizeof why) == 0) {
+        /* Asking for a GPU must still fail cleanly, with a reason. */
+        cairn_backend *be = NULL;
+        cairn_error err = {0};
+        int rc = cairn_backend_cuda_open(&be, 0, &err);
+        if (rc != CAIRN_EUNSUPPORTED || be || !err.msg[0]) {
+            fprintf(stderr, "cairn_backend_cuda_open without a GPU returned %d (%s)\n", rc,
+                    err.msg);
+            return 1;
+        }
+        printf("skipped: no CUDA device (%s)\n", why);
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_add_norm),
+        cmocka_unit_test(test_gated),
+        cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_shared),
+        cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_qkv_attention),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
