@@ -31,6 +31,15 @@
 #include <unistd.h>
 
 static char card[256];
+static double peak_gflops, peak_gbs;
+
+/* A point for the roofline plot (scripts/plot-bench): flops and bytes of one step, its time. */
+static void roofline(const char *kernel, double flops, double bytes, double s)
+{
+    printf("{\"bench\":\"roofline\",\"card\":\"%s\",\"kernel\":\"%s\",\"intensity\":%.3f,"
+           "\"gflops\":%.1f,\"peak_gflops\":%.0f,\"peak_gb_s\":%.0f}\n", card, kernel,
+           flops / bytes, flops / s / 1e9, peak_gflops, peak_gbs);
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -156,6 +165,9 @@ static int bench_type(int device, const char *dir, const char *type, double read
            "\"llama3-8b\",\"type\":\"%s\",\"what\":\"decode\",\"batch\":1,\"step_ms\":%.3f,"
            "\"tok_s\":%.1f,\"eff_gbs\":%.1f,\"read_gbs\":%.1f,\"frac_of_read\":%.3f}\n",
            card, type, s1 * 1e3, 1 / s1, bytes / s1 / 1e9, read_gbs, bytes / s1 / 1e9 / read_gbs);
+    char k[64];
+    snprintf(k, sizeof k, "%s decode b1", type);
+    roofline(k, 2 * (lp + op), bytes, s1);
     fflush(stdout);
 
     /* Decode, batches of 8, 32, 64. */
@@ -181,6 +193,8 @@ static int bench_type(int device, const char *dir, const char *type, double read
         printf("{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\",\"model\":"
                "\"llama3-8b\",\"type\":\"%s\",\"what\":\"decode\",\"batch\":%d,\"step_ms\":%.3f,"
                "\"tok_s\":%.1f}\n", card, type, n, sb * 1e3, n / sb);
+        snprintf(k, sizeof k, "%s decode b%d", type, n);
+        roofline(k, 2 * (lp + op) * n, bytes, sb);
         fflush(stdout);
     }
 
@@ -207,6 +221,8 @@ static int bench_type(int device, const char *dir, const char *type, double read
            "\"llama3-8b\",\"type\":\"%s\",\"what\":\"prefill\",\"tokens\":512,\"ms\":%.2f,"
            "\"tok_s\":%.0f,\"tflops\":%.1f,\"gemm_tflops\":%.1f,\"frac_of_gemm\":%.3f}\n",
            card, type, sp * 1e3, 512 / sp, tf, gemm_prefill, tf / gemm_prefill);
+    snprintf(k, sizeof k, "%s prefill 512", type);
+    roofline(k, 2 * lp * 512 + 2 * op, bytes, sp);
     fflush(stdout);
 fail:
     if (rc)
@@ -245,6 +261,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_cuda_generate: peak: %s\n", why);
         return 1;
     }
+    peak_gflops = gemm_big * 1e3;
+    peak_gbs = read_gbs;
     printf("{\"bench\":\"generate_gpu\",\"impl\":\"peak\",\"card\":\"%s\",\"read_gbs\":%.1f,"
            "\"gemm_bf16_tflops_512x4096x14336\":%.1f,\"gemm_bf16_tflops_8192\":%.1f}\n", card,
            read_gbs, gemm_prefill, gemm_big);
