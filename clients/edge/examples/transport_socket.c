@@ -7,8 +7,8 @@
  * between the upload thread and the update thread (each request lives on its caller's stack, so
  * both may run at once). Every wait is a poll() bounded by the request's deadline, so no server
  * can hold a call longer than timeout_ms. Everything the server sends is treated as hostile: the
- * header block is bounded, the status line and Content-Length are parsed strictly, and a body
- * shorter or longer than announced is an error, not data.
+ * header block is bounded, the status line and Content-Length are parsed strictly, a body shorter
+ * than announced is an error, not data, and no body grows past 16 MiB.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem, SOCK_NONBLOCK, MSG_NOSIGNAL, getaddrinfo in strict C modes */
@@ -70,10 +70,13 @@ static int connect_to(const socket_ctx *c, long long deadline, int *fd_out, cair
     if (g)
         return cairn_errorf(err, CAIRN_ENET, "socket transport: %s: %s", c->host,
                             gai_strerror(g));
-    int rc = cairn_errorf(err, CAIRN_ENET, "socket transport: %s: no address", c->host);
+    int rc = 0;
     for (struct addrinfo *a = res; a; a = a->ai_next) {
         int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0) continue;
+        if (fd < 0) {
+            rc = cairn_errorf(err, CAIRN_ENET, "socket transport: socket: %s", strerror(errno));
+            continue;
+        }
         if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS) {
             rc = wait_fd(fd, POLLOUT, deadline, "connect timed out", err);
             int so = 0;
@@ -94,7 +97,7 @@ static int connect_to(const socket_ctx *c, long long deadline, int *fd_out, cair
         if (rc == CAIRN_ETIMEDOUT) break; /* the deadline is shared: no time for the next one */
     }
     freeaddrinfo(res);
-    return rc;
+    return rc ? rc : cairn_errorf(err, CAIRN_ENET, "socket transport: %s: no address", c->host);
 }
 
 static int send_all(int fd, const void *buf, size_t len, long long deadline, cairn_error *err)
@@ -258,19 +261,20 @@ static int request(socket_ctx *c, const char *method, const char *path, const ui
         close(fd);
         return cairn_errorf(err, CAIRN_ENOMEM, "socket transport: body of %zu bytes", cap);
     }
-    size_t have = 0;
-    if (has_len && body_have > len) {
-        rc = cairn_errorf(err, CAIRN_ENET, "socket transport: more body than Content-Length");
-        goto done;
-    }
-    memcpy(buf, head + head_len, body_have);
-    have = body_have;
+    /* Bytes past Content-Length are ignored: the connection carries this one answer only. */
+    size_t have = has_len && body_have > len ? len : body_have;
+    memcpy(buf, head + head_len, have);
     for (;;) {
         if (has_len && have == len) break;
         if (!has_len && have == cap) {
             if (cap >= BODY_MAX) {
-                rc = cairn_errorf(err, CAIRN_ELIMIT, "socket transport: body over %u bytes",
-                                  BODY_MAX);
+                char one;
+                long r = recv_some(fd, &one, 1, deadline, err); /* the end, or one too many */
+                if (r > 0)
+                    rc = cairn_errorf(err, CAIRN_ELIMIT, "socket transport: body over %u bytes",
+                                      BODY_MAX);
+                else if (r < 0)
+                    rc = (int)r;
                 goto done;
             }
             size_t ncap = cap * 2 > BODY_MAX ? BODY_MAX : cap * 2;
