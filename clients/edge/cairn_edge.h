@@ -71,6 +71,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The installed header inlines these two (clients/edge/gen_header.cmake). */
 #include "common/error.h"
 #include "adapt/cema_select.h"
@@ -238,5 +242,9 @@ typedef struct cairn_edge_stats {
 } cairn_edge_stats;
 
 void cairn_edge_get_stats(cairn_edge *e, cairn_edge_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -115,8 +115,9 @@ int main(int argc, char **argv)
     int rc = probs && ent && keep ? 0 : CAIRN_ENOMEM, refused = 0;
     for (int i = 0; i < n && !rc; i += 32) {
         int b = n - i < 32 ? n - i : 32;
-        rc = cairn_edge_process(e, images + (size_t)i * dim, b, probs + (size_t)i * k, ent + i,
-                                keep + i, &err);
+        int queued = cairn_edge_process(e, images + (size_t)i * dim, b, probs + (size_t)i * k,
+                                        ent + i, keep + i, &err);
+        if (queued < 0) rc = queued; /* else: how many went to the upload queue */
     }
     if (rc < 0) {
         fprintf(stderr, "process: %s\n", err.msg);
