@@ -3,6 +3,8 @@ edge/native_build fixture) into a temporary prefix; the installed header stands 
 installed examples build with pkg-config alone, outside cairn's tree, against the shared library
 (the installed Makefile) and against the static one; both run the edge scenario (edge_harness.py)
 against a real cairnd on loopback — one with libcurl's transport, one with the plain-socket one.
+Last, the SDK built without libcurl: nothing of curl in it, and the example works with the socket
+transport alone.
 """
 import os
 import re
@@ -17,27 +19,32 @@ NATIVE = os.path.join(eh.build_dir(), "edge-native")
 _state = {}
 
 
+def install(build):
+    """cmake --install of an SDK build into a fresh temporary prefix."""
+    tmp = tempfile.mkdtemp(prefix="cairn-edge-prefix-")
+    rc, out = eh.run(["cmake", "--install", build, "--prefix", tmp], timeout=120)
+    assert rc == 0, out
+    return tmp
+
+
 def prefix():
-    """Installs once per run into a fresh temporary prefix."""
+    """The native SDK, installed once per run."""
     if "prefix" not in _state:
-        tmp = tempfile.mkdtemp(prefix="cairn-edge-prefix-")
-        rc, out = eh.run(["cmake", "--install", NATIVE, "--prefix", tmp], timeout=120)
-        assert rc == 0, out
-        _state["prefix"] = tmp
+        _state["prefix"] = install(NATIVE)
     return _state["prefix"]
 
 
-def pkg_env():
+def pkg_env(p=None):
     """Only the installed package on pkg-config's path; the rest of the environment unchanged."""
     e = dict(os.environ)
-    e["PKG_CONFIG_PATH"] = os.path.join(prefix(), "lib", "pkgconfig")
+    e["PKG_CONFIG_PATH"] = os.path.join(p or prefix(), "lib", "pkgconfig")
     return e
 
 
-def examples_copy():
+def examples_copy(p=None):
     """The installed examples, copied to a directory outside cairn's tree."""
     d = tempfile.mkdtemp(prefix="cairn-edge-example-")
-    src = os.path.join(prefix(), "share", "cairn-edge", "examples")
+    src = os.path.join(p or prefix(), "share", "cairn-edge", "examples")
     for f in os.listdir(src):
         shutil.copy(os.path.join(src, f), d)
     return d
@@ -116,6 +123,31 @@ def test_static_example_runs_against_cairnd_with_the_socket_transport():
     rc, out = eh.run(["ldd", exe])
     assert "libcairn_edge" not in out, out
     eh.scenario([exe], "installed .a, socket transport", socket=True)
+
+
+def test_sdk_without_libcurl():
+    build = os.path.join(eh.build_dir(), "edge-nocurl")
+    rc, out = eh.run(["cmake", f"-DBIN={build}", "-DOPTIONS=-DCAIRN_EDGE_CURL=OFF",
+                      "-P", os.path.join(eh.TOP, "clients", "edge", "build_sdk.cmake")],
+                     timeout=600)
+    assert rc == 0, out
+    p = install(build)
+    rc, out = eh.run(["pkg-config", "--print-requires-private", "cairn-edge"], env=pkg_env(p))
+    assert rc == 0 and "libcurl" not in out and "libcrypto" in out, out
+    lib = os.path.join(p, "lib", "libcairn_edge.so")
+    rc, out = eh.run(["ldd", lib])
+    assert rc == 0 and "libcurl" not in out, out
+    d = examples_copy(p)
+    rc, out = eh.run(["make", "-C", d], env=pkg_env(p), timeout=120)
+    assert rc == 0, out
+    exe = os.path.join(d, "cairn_edge_example")
+    env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(p, "lib"))
+    # Asking for the curl transport is a clear error at run time, not a link failure.
+    _, pub = eh.make_keys(d)
+    rc, out = eh.run([exe, os.path.join(eh.MODELS, "edge.gguf"), pub, "http://127.0.0.1:1", "d",
+                      "k"], env=env)
+    assert rc == 1 and "built without libcurl" in out, out
+    eh.scenario([exe], "installed .so without libcurl, socket transport", socket=True, env=env)
 
 
 if __name__ == "__main__":
