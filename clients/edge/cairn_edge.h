@@ -55,10 +55,12 @@
  * cairn_cema_select_params part of adapt/cema_select.h), so that it includes nothing from cairn's
  * tree; every function it declares, and only those, is exported by libcairn_edge.so.
  *
- * Memory: everything is allocated by cairn_edge_open, sized by the params (queue_capacity,
- * upload_batch, max_batch) and the model; processing allocates nothing, an upload allocates its
- * encoded request (upload_batch samples) and the transport's buffers, an update the bundle it
- * receives (at most 16 MiB with the curl transport). docs/BENCHMARKS.md measures the peak.
+ * Memory: what persists is allocated by cairn_edge_open (and the upload thread as it starts),
+ * sized by the params (max_batch above all, then queue_capacity and upload_batch) and the model;
+ * inference allocates nothing (cairn_edge_process only a keep array for more than 256 images
+ * when keep is NULL), an upload its encoded request and the transport's buffers, an update the
+ * bundle it receives (at most 16 MiB with the curl transport) and the rollback snapshot.
+ * docs/BENCHMARKS.md ("Edge SDK footprint") measures the peak and what bounds it.
  *
  * Errors: functions return 0 (or a count) on success, a negative CAIRN_E* code (common/error.h)
  * on failure, with the detail in err when it is not NULL.

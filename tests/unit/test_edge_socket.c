@@ -237,7 +237,7 @@ static void test_answers_without_a_body_or_length(void **state)
     free(body);
 }
 
-/* ---- What it refuses -------------------------------------------------------------------------- */
+/* ---- What it refuses ------------------------------------------------------------------------- */
 
 static void test_broken_answers_are_refused(void **state)
 {
