@@ -153,8 +153,10 @@ def tamper_garbage(body):
 
 
 class TamperProxy:
-    """HTTP on a free loopback port that forwards every request to cairnd unchanged, except that
-    200 answers to bundle requests pass through `tamper` first."""
+    """HTTP on a free loopback port in front of cairnd: bundle requests are forwarded and their 200
+    answers pass through `tamper`; sample uploads are answered here (200) and go no further, so
+    that runs about refusals add no adaptation work to the cloud (on a loaded machine its
+    adaptation thread, at idle priority, would fall behind)."""
 
     def __init__(self, upstream, tamper):
         proxy = self
@@ -167,18 +169,24 @@ class TamperProxy:
             def forward(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 data = self.rfile.read(n) if n else None
-                hdrs = {k: v for k, v in self.headers.items()
-                        if k.lower() in ("authorization", "content-type", "accept")}
-                status, headers, body = http(self.command, proxy.upstream + self.path,
-                                             body=data, headers=hdrs)
+                if self.command == "POST" and self.path == "/v1/edge/samples":
+                    status, headers, body = 200, {}, b'{"accepted": 0}'
+                else:
+                    hdrs = {k: v for k, v in self.headers.items()
+                            if k.lower() in ("authorization", "content-type", "accept")}
+                    status, headers, body = http(self.command, proxy.upstream + self.path,
+                                                 body=data, headers=hdrs)
                 if status == 200 and "/bundle" in self.path:
                     body = proxy.tamper(body)
                     proxy.tampered += 1
-                self.send_response(status)
-                self.send_header("Content-Type", headers.get("Content-Type", "text/plain"))
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", headers.get("Content-Type", "text/plain"))
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the device gave up waiting (its own timeout): nothing to answer
 
             do_GET = do_POST = forward
 
@@ -239,7 +247,9 @@ def scenario(prefix, label, socket=False, env=None):
                     assert line.endswith("version 0)"), line
                     assert why in line, line
             _, other = make_keys(tmp, "other")
-            rc, out = run(prefix + example_args(model, other, d.url, dev, images, socket), env=env)
+            with TamperProxy(d.url, lambda body: body) as p:
+                rc, out = run(prefix + example_args(model, other, p.url, dev, images, socket),
+                              env=env)
             print(f"[{label}] the wrong key pinned:\n{out}")
             assert rc == 3 and re.search(r"^update: refused.*signature", out, re.M), out
 
@@ -249,6 +259,11 @@ def scenario(prefix, label, socket=False, env=None):
             assert rc == 0, f"exit {rc}"
             m = re.search(r"^update: applied \(version (\d+)\)$", out, re.M)
             assert m and int(m.group(1)) >= 1, "the bundle was not applied"
+            # cairnd finishes the adaptation step in progress before it exits, and that thread
+            # runs at idle priority: on a machine busy with other tests it can take a while.
+            t0 = time.time()
+            d.stop(timeout=180)
+            print(f"[{label}] cairnd stopped in {time.time() - t0:.1f}s")
             return first
 
 
