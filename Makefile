@@ -1,12 +1,18 @@
 # cairn — a thin front over scripts/setup, CMake and ctest.
 #   make run    set up, build, serve cairnd on :8080 with the default data
 #   make test   set up, build under ASan/UBSan, run every test
-.PHONY: all setup build run test bench fuzz clean
+#   make install-edge PREFIX=/opt/cairn-edge [EDGE_TOOLCHAIN=cmake/aarch64-linux-gnu.cmake]
+#               build the edge SDK on its own (clients/edge) and install libcairn_edge.a/.so,
+#               <cairn_edge.h>, cairn-edge.pc and the examples (docs/EDGE.md)
+.PHONY: all setup build run test bench fuzz clean install-edge
 
 JOBS       ?= $(shell nproc)
 CUDA       ?= AUTO
 CAIRN_DATA ?= $(CURDIR)/data
 FUZZ_SECONDS ?= 60
+PREFIX     ?= /usr/local
+EDGE_TOOLCHAIN ?=
+EDGE_BUILD ?= build-edge$(if $(EDGE_TOOLCHAIN),-$(basename $(notdir $(EDGE_TOOLCHAIN))))
 export CAIRN_DATA
 
 all: build
@@ -37,5 +43,14 @@ fuzz: setup
 	cmake --build build-fuzz -j $(JOBS)
 	scripts/fuzz build-fuzz $(FUZZ_SECONDS)
 
+# No setup: a device maker's machine needs only a C compiler, protoc-c and the -dev packages of
+# OpenSSL, protobuf-c and (optionally) libcurl, for the target (docs/EDGE.md).
+install-edge:
+	cmake -S clients/edge -B $(EDGE_BUILD) -DCMAKE_BUILD_TYPE=Release \
+	    -DCMAKE_INSTALL_PREFIX=$(PREFIX) \
+	    $(if $(EDGE_TOOLCHAIN),-DCMAKE_TOOLCHAIN_FILE=$(abspath $(EDGE_TOOLCHAIN)))
+	cmake --build $(EDGE_BUILD) -j $(JOBS)
+	cmake --install $(EDGE_BUILD)
+
 clean:
-	rm -rf build build-test build-fuzz
+	rm -rf build build-test build-fuzz build-edge build-edge-*

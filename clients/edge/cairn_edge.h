@@ -46,8 +46,21 @@
  * demand (one level) and refuses that version from then on.
  *
  * Dependencies: common/, proto/ (GGUF, edge messages), the forward half of adapt/nn, OpenSSL
- * (libcrypto), libcurl (only the curl transport), protobuf-c. No BLAS, FAISS, CUDA,
- * libmicrohttpd or hiredis.
+ * (libcrypto), protobuf-c, and libcurl only for the curl transport (optional: a device without
+ * it supplies its own transport, below). No BLAS, FAISS, CUDA, libmicrohttpd or hiredis.
+ *
+ * Installed (cmake --install, make install-edge; docs/EDGE.md): libcairn_edge.a and .so, this
+ * header as <cairn_edge.h> and cairn-edge.pc. The installed copy is generated from this file with
+ * the two includes below replaced by what they declare (common/error.h whole, and the
+ * cairn_cema_select_params part of adapt/cema_select.h), so that it includes nothing from cairn's
+ * tree; every function it declares, and only those, is exported by libcairn_edge.so.
+ *
+ * Memory: what persists is allocated by cairn_edge_open (and the upload thread as it starts),
+ * sized by the params (max_batch above all, then queue_capacity and upload_batch) and the model;
+ * inference allocates nothing (cairn_edge_process only a keep array for more than 256 images
+ * when keep is NULL), an upload its encoded request and the transport's buffers, an update the
+ * bundle it receives (at most 16 MiB with the curl transport) and the rollback snapshot.
+ * docs/BENCHMARKS.md ("Edge SDK footprint") measures the peak and what bounds it.
  *
  * Errors: functions return 0 (or a count) on success, a negative CAIRN_E* code (common/error.h)
  * on failure, with the detail in err when it is not NULL.
@@ -60,32 +73,68 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "adapt/cema_select.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The installed header inlines these two (clients/edge/gen_header.cmake). */
 #include "common/error.h"
+#include "adapt/cema_select.h"
+
+/* The SDK's version (the installed library's SONAME carries the major). */
+#define CAIRN_EDGE_VERSION_MAJOR 0
+#define CAIRN_EDGE_VERSION_MINOR 1
+#define CAIRN_EDGE_VERSION_PATCH 0
 
 /* ---- Transport -------------------------------------------------------------------------- */
 
 /*
- * How the SDK reaches the cloud: implement it to use another HTTP stack, or in tests. Both calls
- * return 0 when the server answered (whatever the status, written to *status) and a negative code
- * (CAIRN_ENET, CAIRN_ETIMEDOUT) when no answer came. post is called from the SDK's upload
- * thread, get from the thread calling cairn_edge_update: an implementation must allow both at
- * once. get gives back a malloc'ed body (*body, *len; the SDK frees it) when status is 200.
+ * The transport interface: how the SDK reaches the cloud. The SDK never opens a socket itself;
+ * it calls these functions, so a device may use libcurl (cairn_edge_transport_curl_new), its own
+ * HTTP stack, a TLS library of its choice, or a test double. docs/EDGE.md walks through a minimal
+ * implementation over plain POSIX sockets (clients/edge/examples/transport_socket.c).
+ *
+ * The SDK makes exactly two kinds of request, both HTTP/1.x to the cairnd the device belongs to:
+ *
+ *   post(ctx, "/v1/edge/samples", body, len, &status, err)
+ *        A SampleBatch (protobuf) upload. The request must carry "Content-Type:
+ *        application/x-protobuf" and "Authorization: Bearer <device key>" (the transport owns
+ *        the key). The answer's body is not needed: the transport reads and discards it.
+ *   get(ctx, "/v1/edge/models/<name>/bundle?after=<N>", &body, &len, &status, err)
+ *        An update bundle. Same Authorization header. When the status is 200 the transport
+ *        hands back the whole body, malloc'ed (*body, *len; the SDK frees it with free()).
+ *
+ * path always starts with "/" and is ready to send (no escaping needed); the transport prepends
+ * its scheme, host and port. Both return 0 when the server answered, whatever the status (written
+ * to *status: the SDK decides what 204, 401, 429 or 5xx mean), and a negative code when no
+ * complete answer came: CAIRN_ENET (connect, send, receive, a malformed response),
+ * CAIRN_ETIMEDOUT (the transport's own deadline passed), CAIRN_ELIMIT (a body larger than the
+ * transport accepts), CAIRN_ENOMEM; with the detail in err (cairn_errorf fills it). The SDK
+ * retries uploads that failed without an answer, with backoff.
+ *
+ * Threads: post is called from the SDK's upload thread, get from whichever thread calls
+ * cairn_edge_update: both may run at once, so keep per-request state on the stack or guard what
+ * the two share. Neither may block forever: bound every connect, send and receive. destroy is
+ * called once, by cairn_edge_close (or by cairn_edge_open when it fails), after every call has
+ * returned. Security: bundles are signed, so a transport needs no TLS for their integrity, but
+ * the device key and the uploaded samples travel in whatever the transport provides: use TLS
+ * outside a trusted network.
  */
 typedef struct cairn_edge_transport {
-    void *ctx;
+    void *ctx; /* handed to each call */
     int (*post)(void *ctx, const char *path, const uint8_t *body, size_t len, long *status,
                 cairn_error *err);
     int (*get)(void *ctx, const char *path, uint8_t **body, size_t *len, long *status,
                cairn_error *err);
-    void (*destroy)(void *ctx); /* called by cairn_edge_close; may be NULL */
+    void (*destroy)(void *ctx); /* may be NULL */
 } cairn_edge_transport;
 
 /*
  * The libcurl transport: requests go to base_url + path (e.g. "http://10.0.0.2:8080"), carry
  * "Authorization: Bearer <device_key>" and Content-Type application/x-protobuf, and time out
  * after timeout_ms. Response bodies over 16 MiB are refused. Calls curl_global_init, so create it
- * before starting other threads that use curl. Returns 0, CAIRN_EINVAL or CAIRN_ENOMEM.
+ * before starting other threads that use curl. Returns 0, CAIRN_EINVAL or CAIRN_ENOMEM; in a
+ * libcairn_edge built without libcurl, CAIRN_EUNSUPPORTED.
  */
 int cairn_edge_transport_curl_new(cairn_edge_transport *out, const char *base_url,
                                   const char *device_key, long timeout_ms, cairn_error *err);
@@ -93,7 +142,8 @@ int cairn_edge_transport_curl_new(cairn_edge_transport *out, const char *base_ur
 /* ---- The device handle ------------------------------------------------------------------ */
 
 typedef struct cairn_edge_params {
-    const char *model_name;     /* as the cloud names it (required) */
+    const char *model_name;     /* as the cloud names it (required; letters, digits and . _ - ~
+                                   only: it goes into a URL path) */
     const char *device_id;      /* from registration (required) */
     const char *public_key_pem; /* the cloud's Ed25519 public key, PEM (required) */
     size_t public_key_len;      /* 0: strlen(public_key_pem) */
@@ -194,5 +244,9 @@ typedef struct cairn_edge_stats {
 } cairn_edge_stats;
 
 void cairn_edge_get_stats(cairn_edge *e, cairn_edge_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -53,6 +53,17 @@ struct cairn_edge {
     int thread_started;
 };
 
+/* The model name goes into request paths unescaped: allow only RFC 3986's unreserved
+ * characters, so that no name can add a path segment or a query. */
+static int url_safe(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("._-~", *s)))
+            return 0;
+    return 1;
+}
+
 cairn_edge_params cairn_edge_default_params(void)
 {
     cairn_edge_params p;
@@ -248,10 +259,11 @@ int cairn_edge_open(cairn_edge **out, const char *model_path, const cairn_edge_p
         p->max_batch < 1 || p->queue_capacity < 1 || p->upload_batch < 1 || p->max_attempts < 1 ||
         p->backoff_base_ms < 0 || p->backoff_max_ms < 0 ||
         strlen(p->model_name) >= CAIRN_EDGE_STR_MAX || !*p->model_name ||
+        !url_safe(p->model_name) ||
         strlen(p->device_id) >= CAIRN_EDGE_STR_MAX || !*p->device_id) {
         rc = cairn_errorf(err, CAIRN_EINVAL,
-                          "edge: missing or out-of-range parameters "
-                          "(transport, model name, device id, key, sizes)");
+                          "edge: missing or out-of-range parameters (transport, model name "
+                          "[A-Za-z0-9._~-], device id, key, sizes)");
         goto fail;
     }
     e->p = *p;

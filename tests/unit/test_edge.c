@@ -2,8 +2,9 @@
  * tests/unit/test_edge.c — libcairn_edge through an in-process transport (the SDK's seam):
  * asynchronous upload with retries, the bounded queue dropping its oldest sample, 4xx answers,
  * bundle updates, tampered bundles rejected with the model's outputs unchanged bit for bit,
- * automatic rollback of a bundle that breaks the model, rollback on demand, and inference with
- * running or batch statistics.
+ * automatic rollback of a bundle that breaks the model, rollback on demand, inference with
+ * running or batch statistics, and every kind of bad server answer to an update (no answer, error
+ * statuses, empty, garbage and truncated bodies) refused with the model untouched.
  */
 #include <math.h>
 #include <pthread.h>
@@ -39,6 +40,8 @@ typedef struct {
     char device_id[64];
     uint8_t *bundle; /* what GET answers (200), or NULL (204) */
     size_t bundle_len;
+    int get_rc;       /* when set, GET fails with it (no answer) */
+    long get_status;  /* when set, GET answers with it and no body */
     char last_get[256];
 } fake_cloud;
 
@@ -74,13 +77,19 @@ static int fake_post(void *ctx, const char *path, const uint8_t *body, size_t le
 static int fake_get(void *ctx, const char *path, uint8_t **body, size_t *len, long *status,
                     cairn_error *err)
 {
-    (void)err;
     fake_cloud *f = ctx;
     pthread_mutex_lock(&f->lock);
     snprintf(f->last_get, sizeof f->last_get, "%s", path);
     *body = NULL;
     *len = 0;
-    if (f->bundle) {
+    if (f->get_rc) {
+        int rc = f->get_rc;
+        pthread_mutex_unlock(&f->lock);
+        return cairn_errorf(err, rc, "fake cloud: no answer");
+    }
+    if (f->get_status) {
+        *status = f->get_status;
+    } else if (f->bundle) {
         *body = malloc(f->bundle_len);
         memcpy(*body, f->bundle, f->bundle_len);
         *len = f->bundle_len;
@@ -98,7 +107,7 @@ static void set_bundle(fake_cloud *f, const uint8_t *b, size_t len)
     free(f->bundle);
     f->bundle = NULL;
     if (b) {
-        f->bundle = malloc(len);
+        f->bundle = malloc(len ? len : 1); /* a 0-byte body is still a body */
         memcpy(f->bundle, b, len);
     }
     f->bundle_len = len;
@@ -487,6 +496,57 @@ static void test_batch_statistics(void **state)
         assert_float_equal(got[i], want_batch[i], 1e-6);
 }
 
+/* An update against a cloud that answers badly: each attempt fails with a clear code, the model
+ * keeps its parameters bit for bit, and a good bundle still applies afterwards. */
+static void test_update_survives_bad_answers(void **state)
+{
+    fixture *f = *state;
+    cairn_edge_params p = edge_params(f);
+    open_edge(f, &p);
+    cairn_error err;
+    float base[4 * K], now[4 * K];
+    infer(f, base);
+
+    f->cloud.get_rc = CAIRN_ENET;
+    assert_int_equal(cairn_edge_update(f->e, &err), CAIRN_ENET);
+    assert_non_null(strstr(err.msg, "no answer"));
+    f->cloud.get_rc = 0;
+    static const long statuses[] = {500, 503, 401, 403, 302, 200 /* 200 without a body */};
+    for (size_t i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
+        f->cloud.get_status = statuses[i];
+        assert_int_equal(cairn_edge_update(f->e, &err), CAIRN_ENET);
+        char want[16];
+        snprintf(want, sizeof want, "HTTP %ld", statuses[i]);
+        assert_non_null(strstr(err.msg, want));
+    }
+    f->cloud.get_status = 0;
+
+    /* 200 with bodies that are not bundles: empty, garbage, and a real bundle cut at every
+     * length. None may crash or touch the model. */
+    size_t len;
+    uint8_t *good = cloud_bundle(f, 1, 1.5f, f->key, f->model_path, &len);
+    uint8_t garbage[4096];
+    for (size_t i = 0; i < sizeof garbage; i++)
+        garbage[i] = (uint8_t)(i * 2654435761u >> 13);
+    set_bundle(&f->cloud, garbage, 0);
+    assert_true(cairn_edge_update(f->e, &err) < 0);
+    set_bundle(&f->cloud, garbage, sizeof garbage);
+    assert_int_equal(cairn_edge_update(f->e, &err), CAIRN_EFORMAT);
+    for (size_t cut = 0; cut < len; cut++) {
+        set_bundle(&f->cloud, good, cut);
+        int rc = cairn_edge_update(f->e, &err);
+        if (rc >= 0) fail_msg("a bundle cut at %zu of %zu bytes was accepted", cut, len);
+    }
+    infer(f, now);
+    assert_memory_equal(base, now, sizeof base);
+    assert_int_equal(cairn_edge_version(f->e), 0);
+
+    set_bundle(&f->cloud, good, len);
+    assert_int_equal(cairn_edge_update(f->e, &err), 1);
+    assert_int_equal(cairn_edge_version(f->e), 1);
+    free(good);
+}
+
 static void test_open_rejects_bad_input(void **state)
 {
     fixture *f = *state;
@@ -498,6 +558,14 @@ static void test_open_rejects_bad_input(void **state)
     assert_null(f->e);
     p = edge_params(f);
     assert_int_equal(cairn_edge_open(&f->e, "/nonexistent/model.gguf", &p, &t, &err), CAIRN_EIO);
+    /* The model name goes into request paths: nothing that could add a segment or a query. */
+    static const char *names[] = {"", "a/b", "..%2f", "edge?after=9", "a b", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        p.model_name = names[i];
+        assert_int_equal(cairn_edge_open(&f->e, f->model_path, &p, &t, &err), CAIRN_EINVAL);
+        assert_null(f->e);
+    }
+    p = edge_params(f);
     open_edge(f, &p);
     float probs[K], ent[1], img[DIM] = {0};
     img[3] = NAN;
@@ -515,6 +583,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bundle_that_breaks_the_model_is_rolled_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_batch_statistics, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_survives_bad_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_rejects_bad_input, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

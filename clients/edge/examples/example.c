@@ -1,17 +1,28 @@
 /*
- * clients/edge/example.c — a minimal device loop on libcairn_edge.
+ * clients/edge/examples/example.c — a minimal device loop on libcairn_edge.
  *
- *   cairn_edge_example MODEL.gguf CLOUD_PUBKEY.pem BASE_URL DEVICE_ID DEVICE_KEY [IMAGES.f32]
+ *   cairn_edge_example [--socket] MODEL.gguf CLOUD_PUBKEY.pem BASE_URL DEVICE_ID DEVICE_KEY
+ *                      [IMAGES.f32]
  *
  * Classifies images (raw little-endian float32, C*H*W values in [0, 1] per image; without a file,
  * a few synthetic ones), queues the samples CEMA selects for upload, asks the cloud for a newer
- * bundle, waits up to 5 s for the uploads, and prints what happened.
+ * bundle, waits up to 5 s for the uploads, and prints what happened. --socket uses the plain-socket
+ * transport of transport_socket.c instead of libcurl's.
+ *
+ * Exit status: 0 done (an update applied or none newer), 1 an error, 3 the cloud offered a bundle
+ * and the SDK refused it (signature, base model, version or tensors: the model kept its
+ * parameters).
+ *
+ * Built against an installed SDK with nothing but pkg-config:
+ *   cc example.c transport_socket.c $(pkg-config --cflags --libs cairn-edge) -o example
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "clients/edge/cairn_edge.h"
+#include <cairn_edge.h>
+
+#include "transport_socket.h"
 
 static char *read_file(const char *path, size_t *len)
 {
@@ -37,9 +48,15 @@ static char *read_file(const char *path, size_t *len)
 
 int main(int argc, char **argv)
 {
+    int use_socket = argc > 1 && strcmp(argv[1], "--socket") == 0;
+    if (use_socket) {
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
     if (argc < 6) {
         fprintf(stderr,
-                "usage: %s MODEL.gguf PUBKEY.pem BASE_URL DEVICE_ID DEVICE_KEY "
+                "usage: %s [--socket] MODEL.gguf PUBKEY.pem BASE_URL DEVICE_ID DEVICE_KEY "
                 "[IMAGES.f32]\n",
                 argv[0]);
         return 2;
@@ -52,8 +69,11 @@ int main(int argc, char **argv)
         return 1;
     }
     cairn_edge_transport t;
-    if (cairn_edge_transport_curl_new(&t, argv[3], argv[5], 10000, &err)) {
+    int trc = use_socket ? socket_transport_new(&t, argv[3], argv[5], 10000, &err)
+                         : cairn_edge_transport_curl_new(&t, argv[3], argv[5], 10000, &err);
+    if (trc) {
         fprintf(stderr, "transport: %s\n", err.msg);
+        free(key);
         return 1;
     }
     cairn_edge_params p = cairn_edge_default_params();
@@ -92,11 +112,12 @@ int main(int argc, char **argv)
     }
     float *probs = malloc((size_t)n * k * sizeof(float)), *ent = malloc((size_t)n * sizeof(float));
     uint8_t *keep = malloc((size_t)n);
-    int rc = probs && ent && keep ? 0 : CAIRN_ENOMEM;
+    int rc = probs && ent && keep ? 0 : CAIRN_ENOMEM, refused = 0;
     for (int i = 0; i < n && !rc; i += 32) {
         int b = n - i < 32 ? n - i : 32;
-        rc = cairn_edge_process(e, images + (size_t)i * dim, b, probs + (size_t)i * k, ent + i,
-                                keep + i, &err);
+        int queued = cairn_edge_process(e, images + (size_t)i * dim, b, probs + (size_t)i * k,
+                                        ent + i, keep + i, &err);
+        if (queued < 0) rc = queued; /* else: how many went to the upload queue */
     }
     if (rc < 0) {
         fprintf(stderr, "process: %s\n", err.msg);
@@ -109,8 +130,12 @@ int main(int argc, char **argv)
                    probs[(size_t)i * k + best], ent[i], keep[i] ? " -> upload" : "");
         }
         int u = cairn_edge_update(e, &err);
+        /* These four: the cloud answered with a bundle that the SDK refused, and the model runs
+         * on with the parameters it had. Others: the cloud could not be asked. */
+        refused = u == CAIRN_EAUTH || u == CAIRN_ERANGE || u == CAIRN_EFORMAT || u == CAIRN_ELIMIT;
         if (u < 0)
-            printf("update: %s\n", err.msg);
+            printf("update: %s: %s (%s; version %llu)\n", refused ? "refused" : "failed",
+                   err.msg, cairn_strerror(u), (unsigned long long)cairn_edge_version(e));
         else
             printf("update: %s (version %llu)\n", u ? "applied" : "none newer",
                    (unsigned long long)cairn_edge_version(e));
@@ -128,5 +153,5 @@ int main(int argc, char **argv)
     free(ent);
     free(keep);
     free(key);
-    return rc < 0 ? 1 : 0;
+    return rc < 0 ? 1 : refused ? 3 : 0;
 }
