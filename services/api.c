@@ -121,7 +121,7 @@ static json_t *json_text(const char *s, size_t n)
 static bool authorized(cairn_api *a, const cairn_http_req *req, cairn_http_resp *resp)
 {
     cairn_error err = {0};
-    if (cairn_api_auth_check(a->auth, cairn_http_header(req, "Authorization"), &err) == 0)
+    if (cairn_api_auth_request(a->auth, req, &err) == 0)
         return true;
     cairn_counter_inc(a->c_auth);
     cairn_http_json_error(resp, 401, "%s", err.msg);

@@ -119,6 +119,17 @@ bool cairn_api_auth_enabled(const cairn_api_auth *a);
  * configured. Returns 0 or CAIRN_EAUTH with the reason. Thread-safe (read-only). */
 int cairn_api_auth_check(const cairn_api_auth *a, const char *authorization, cairn_error *err);
 
+/* A key's identifier for logs: "sha256:" and the first 8 hex digits of its digest. */
+#define CAIRN_API_KEY_ID_SIZE 16
+/* As cairn_api_auth_check; on success with keys configured, key_id (may be NULL) gets the
+ * matching key's identifier, else "". */
+int cairn_api_auth_check_id(const cairn_api_auth *a, const char *authorization,
+                            char key_id[CAIRN_API_KEY_ID_SIZE], cairn_error *err);
+/* Checks req's Authorization header and records the key's identifier on the request for the
+ * access log (cairn_http_set_key_id). Returns 0 or CAIRN_EAUTH. On an HTTP thread, in the
+ * handler. */
+int cairn_api_auth_request(const cairn_api_auth *a, const cairn_http_req *req, cairn_error *err);
+
 /* ---- The service --------------------------------------------------------------------------- */
 
 typedef struct cairn_api cairn_api;

@@ -242,6 +242,7 @@ static void on_samples(void *ctx, const cairn_http_req *req, cairn_http_resp *re
         cairn_http_json_error(resp, 401, "missing or unknown device key (Authorization: Bearer)");
         return;
     }
+    cairn_http_set_key_id(req, dev_id); /* the access log names the device, never its key */
     const char *ct = cairn_http_header(req, "Content-Type");
     if (!ct || strncasecmp(ct, "application/x-protobuf", 22) != 0) {
         reject(a, R_CONTENT_TYPE);
@@ -342,14 +343,17 @@ out:
 static void on_models(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
 {
     cairn_edge_api *a = ctx;
+    char dev_id[CAIRN_EDGE_STR_MAX];
     pthread_mutex_lock(&a->lock);
     int di = find_device(a, req);
+    if (di >= 0) memcpy(dev_id, a->devs[di].id, sizeof dev_id);
     pthread_mutex_unlock(&a->lock);
     if (di < 0) {
         reject(a, R_AUTH);
         cairn_http_json_error(resp, 401, "missing or unknown device key (Authorization: Bearer)");
         return;
     }
+    cairn_http_set_key_id(req, dev_id);
     const char *rest = req->path + strlen(MODELS_PREFIX);
     size_t n = strlen(rest), sl = strlen(BUNDLE_SUFFIX);
     int want_bundle = n > sl && strcmp(rest + n - sl, BUNDLE_SUFFIX) == 0;

@@ -54,6 +54,12 @@ static const cairn_config_key schema[] = {
     {"http.max_connections", CAIRN_CFG_INT, "1024", "1", "1000000",
      "open connections at most; more are refused", NULL, 0},
     {"http.timeout", CAIRN_CFG_DURATION, "60s", "1s", "1h", "idle connection timeout", NULL, 0},
+    {"http.cors_origins", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "origins browsers may call from (CORS), comma-separated, e.g. "
+     "https://ui.example,http://localhost:3000; * for any; unset: none", NULL, 0},
+    {"http.access_log", CAIRN_CFG_BOOL, "true", NULL, NULL,
+     "one log line per request: method, route, status, bytes, duration, request id, key id",
+     NULL, 0},
     {"tls.cert", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM certificate file; with tls.key: HTTPS",
      NULL, 0},
     {"tls.key", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM private key file", NULL, CAIRN_CFG_SECRET},
@@ -407,6 +413,8 @@ static int start(service *s, cairn_error *err)
     hp.max_body = (size_t)cairn_config_size(c, "http.max_body");
     hp.max_connections = (int)cairn_config_int(c, "http.max_connections");
     hp.timeout_s = (int)(cairn_config_duration_ns(c, "http.timeout") / CAIRN_NS_PER_SEC);
+    hp.cors_origins = cairn_config_string(c, "http.cors_origins");
+    hp.access_log = cairn_config_bool(c, "http.access_log");
 
     char *cert = NULL, *key = NULL;
     const char *cert_path = cairn_config_string(c, "tls.cert");
