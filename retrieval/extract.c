@@ -81,7 +81,10 @@ int cairn_extract_kind_for(const char *filename, const char *content_type,
         for (size_t i = 0; i < n; i++) ct[i] = (char)tolower((unsigned char)s[i]);
         ct[n] = '\0';
     }
-    if (ct[0] && strcmp(ct, "application/octet-stream") != 0) {
+    /* curl -d/--data-binary sends form-urlencoded unless told otherwise: no more a statement
+     * about the file than octet-stream is. */
+    if (ct[0] && strcmp(ct, "application/octet-stream") != 0 &&
+        strcmp(ct, "application/x-www-form-urlencoded") != 0) {
         for (size_t i = 0; i < sizeof mimes / sizeof mimes[0]; i++)
             if (!strcmp(ct, mimes[i].name)) by_type = mimes[i].kind;
         if (!by_type)
@@ -417,6 +420,10 @@ int cairn_extract(cairn_extract_kind kind, const void *data, size_t len, size_t 
     int rc;
     if (!s && len) return cairn_errorf(err, CAIRN_EINVAL, "no data");
     if (len == 0) return cairn_errorf(err, CAIRN_EINVAL, "the file is empty");
+    /* A PDF is mostly ASCII and would pass as text or markup, yielding its source code. */
+    if (kind != CAIRN_EXTRACT_PDF && len >= 5 && !memcmp(s, "%PDF-", 5))
+        return cairn_errorf(err, CAIRN_EINVAL, "the file is a PDF, not %s: name it .pdf",
+                            cairn_extract_kind_name(kind));
     switch (kind) {
     case CAIRN_EXTRACT_TEXT:
     case CAIRN_EXTRACT_MARKDOWN:

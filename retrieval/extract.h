@@ -42,7 +42,8 @@ const char *cairn_extract_mime(cairn_extract_kind kind);
 
 /*
  * The kind of a file from its content type (parameters such as "; charset=utf-8" ignored; NULL,
- * "", "application/octet-stream" mean none) and its name (by extension: .txt .text .md
+ * "", "application/octet-stream" and curl's default "application/x-www-form-urlencoded" mean
+ * none) and its name (by extension: .txt .text .md
  * .markdown .html .htm .xhtml .pdf, any case; may be NULL). Returns 0 and *out, or
  * CAIRN_EUNSUPPORTED (neither names a supported kind) or CAIRN_EINVAL (they name different
  * kinds), with the detail in err.

@@ -54,6 +54,8 @@ static const cairn_config_key schema[] = {
     {"http.max_connections", CAIRN_CFG_INT, "1024", "1", "1000000",
      "open connections at most; more are refused", NULL, 0},
     {"http.timeout", CAIRN_CFG_DURATION, "60s", "1s", "1h", "idle connection timeout", NULL, 0},
+    {"http.max_upload", CAIRN_CFG_SIZE, "16M", "1K", "1G",
+     "largest file POST /v1/documents/upload accepts (413 above)", NULL, 0},
     {"http.cors_origins", CAIRN_CFG_STRING, NULL, NULL, NULL,
      "origins browsers may call from (CORS), comma-separated, e.g. "
      "https://ui.example,http://localhost:3000; * for any; unset: none", NULL, 0},
@@ -359,6 +361,7 @@ static int start_api(service *s, cairn_error *err)
     ap.api_keys = cairn_config_string(c, "auth.api_keys");
     ap.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
     ap.model_name = cairn_config_string(c, "model.name");
+    ap.max_upload = (size_t)cairn_config_size(c, "http.max_upload");
     ap.workers = s->workers;
     rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
     if (rc || !cairn_config_string(c, "redis.url")) return rc;

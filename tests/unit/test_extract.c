@@ -129,6 +129,10 @@ static void test_pdf(void **state)
     memcpy(junk + 590, "\n%%EOF\n", 7);
     assert_int_equal(cairn_extract(CAIRN_EXTRACT_PDF, junk, 597, 4096, &r, &err), CAIRN_EFORMAT);
     assert_null(r.text);
+    /* A PDF named .html or .txt is refused, not indexed as its source code. */
+    assert_int_equal(cairn_extract(CAIRN_EXTRACT_HTML, pdf, len, 4096, &r, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "is a PDF"));
+    assert_int_equal(cairn_extract(CAIRN_EXTRACT_TEXT, pdf, len, 4096, &r, &err), CAIRN_EINVAL);
     /* More text than allowed. */
     assert_int_equal(cairn_extract(CAIRN_EXTRACT_PDF, pdf, len, 10, &r, &err), CAIRN_ELIMIT);
     free(pdf);
