@@ -448,6 +448,8 @@ static int start(service *s, cairn_error *err)
         ep.enrollment_token = cairn_config_string(c, "edge.enrollment_token");
         ep.signing_key_path = cairn_config_string(c, "edge.signing_key");
         ep.rate_samples_per_s = (double)cairn_config_int(c, "edge.rate");
+        ep.api_keys = cairn_config_string(c, "auth.api_keys");
+        ep.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
         rc = cairn_edge_api_open(&s->edge, &ep, s->metrics, err);
         if (!rc) rc = cairn_edge_api_routes(s->edge, s->http);
     }
