@@ -1106,6 +1106,7 @@ typedef struct list_task {
     bool all; /* no `after`: from the first passage */
     size_t limit;
     char *q; /* substring of key, title or text (any case), or NULL */
+    bool full; /* whole texts, not 300-byte previews */
     size_t n_filters;
     char *fkey[LIST_MAX_FILTERS], *fval[LIST_MAX_FILTERS]; /* metadata.<key>=<value> */
     json_t *data;
@@ -1156,7 +1157,7 @@ static int list_visit(void *ctx, const cairn_doc *d)
         t->more = true;
         return 1;
     }
-    size_t n = d->text_len < 300 ? d->text_len : 300;
+    size_t n = t->full || d->text_len < 300 ? d->text_len : 300;
     while (n < d->text_len && n && ((unsigned char)d->text[n] & 0xC0) == 0x80) n--;
     json_array_append_new(t->data,
                           json_pack("{s:I,s:o,s:o,s:o,s:o,s:I}", "id", (json_int_t)d->id, "key",
@@ -1209,6 +1210,12 @@ static int list_arg(void *ctx, const char *name, const char *value)
         } else {
             t->limit = (size_t)v;
         }
+    } else if (!strcmp(name, "full")) {
+        if (strcmp(value, "1") && strcmp(value, "true") && strcmp(value, "0") &&
+            strcmp(value, "false"))
+            return cairn_errorf(err, CAIRN_EINVAL, "full: '%.16s' is not 1, 0, true or false",
+                                value);
+        t->full = value[0] == '1' || value[0] == 't';
     } else if (!strcmp(name, "q")) {
         if (!*value || strlen(value) > 200)
             return cairn_errorf(err, CAIRN_ERANGE, "q: must be 1..200 bytes");
@@ -1231,7 +1238,8 @@ static int list_arg(void *ctx, const char *name, const char *value)
             return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     } else {
         return cairn_errorf(err, CAIRN_EINVAL,
-                            "unknown query parameter '%.64s' (after, limit, q, metadata.<key>)",
+                            "unknown query parameter '%.64s' (after, limit, q, full, "
+                            "metadata.<key>)",
                             name);
     }
     return 0;
