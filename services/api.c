@@ -1132,7 +1132,8 @@ static bool meta_equals(json_t *v, const char *want)
     if (json_is_string(v)) return !strcmp(json_string_value(v), want);
     if (json_is_integer(v))
         snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
-    else if (json_is_boolean(v)) snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+    else if (json_is_boolean(v))
+        snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
     else if (json_is_real(v)) snprintf(buf, sizeof buf, "%g", json_real_value(v));
     else return false;
     return !strcmp(buf, want);

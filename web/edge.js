@@ -73,7 +73,8 @@
         { scales: { x: { title: { display: true, text: 'step' }, ticks: { maxTicksLimit: 8 } } } });
       const uploads = c('edge-uploads', 'bar', ['samples', 'mean entropy (nats)'],
         { datasets: [{}, { type: 'line', yAxisID: 'y1' }],
-          scales: { y1: { position: 'right', beginAtZero: true, grid: { drawOnChartArea: false } } } });
+          scales: { y1: { position: 'right', beginAtZero: true,
+                          grid: { drawOnChartArea: false } } } });
       charts = agreement && uploads ? { agreement, uploads } : null;
     },
     show() { if (!timer) refresh(); },

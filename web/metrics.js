@@ -108,7 +108,7 @@
       ['offline tokens', fmtNumber(value(m, 'cairn_offline_tokens_total'))],
       ['jobs completed', fmtNumber(value(m, 'cairn_offline_jobs_done_total'))],
       ['requests shed (429)', fmtNumber(value(m, 'cairn_requests_shed_total'))],
-      ['build', build ? `${build.labels.version}${build.labels.cuda === 'yes' ? ' CUDA' : ''}` : '–'],
+      ['build', build ? build.labels.version + (build.labels.cuda === 'yes' ? ' CUDA' : '') : '–'],
     ];
     $('metric-cards').replaceChildren(...items.map(([k, v]) =>
       el('div', { class: 'card' }, el('div', { class: 'v', text: v }),
