@@ -69,7 +69,7 @@
     if (!t) return null;
     const parts = [];
     if (t.rag_mode !== undefined) {
-      parts.push(`retrieval ${t.rag_mode}`, `embed ${fmtSeconds(t.embed_s)}`);
+      parts.push(`retrieval (mode ${t.rag_mode})`, `embed ${fmtSeconds(t.embed_s)}`);
       if (t.rag_mode !== 'none') parts.push(`${t.rag_mode} ${fmtSeconds(t.pre_retrieval_s)}`);
       parts.push(`search ${fmtSeconds(t.search_s)}`);
     }
