@@ -208,8 +208,9 @@ static void add_headers(struct MHD_Response *r, const request *rq, const char *c
 
 static enum MHD_Result queue(struct MHD_Connection *c, request *rq, cairn_http_resp *resp)
 {
-    if (!resp->body && resp->status != 204) cairn_http_json_error(resp, 500, "out of memory");
-    /* An empty answer (204) has no buffer to hand over: nothing may be freed then. */
+    if (!resp->body && resp->status != 204 && resp->status != 304)
+        cairn_http_json_error(resp, 500, "out of memory");
+    /* An empty answer (204, 304) has no buffer to hand over: nothing may be freed then. */
     struct MHD_Response *r =
         resp->body ? MHD_create_response_from_buffer(resp->body_len, resp->body,
                                                      MHD_RESPMEM_MUST_FREE)
