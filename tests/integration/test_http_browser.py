@@ -117,6 +117,25 @@ def test_access_log_has_one_line_per_request_with_its_id():
     assert KEY not in text and "secret" not in text and "987654321" not in text
 
 
+def test_the_web_ui_is_served():
+    d = daemon()
+    status, h, body = http("GET", d.url + "/")
+    assert status == 200 and h["Content-Type"].startswith("text/html"), h
+    assert b"<title>cairn</title>" in body
+    csp = h["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'self'" in csp, csp
+    assert h["X-Content-Type-Options"] == "nosniff" and h.get("ETag")
+    status, h2, _ = http("GET", d.url + "/", headers={"If-None-Match": h["ETag"]})
+    assert status == 304
+    for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css"),
+                        ("chart.js", "text/javascript")):
+        status, h, body = http("GET", d.url + "/ui/" + name)
+        assert status == 200 and h["Content-Type"].startswith(ctype) and body, name
+    # Only the files read at start: nothing else on disk can be named.
+    for path in ("/ui/nope.js", "/ui/../services/http.c", "/ui/%2e%2e/CMakeLists.txt", "/ui/"):
+        assert http("GET", d.url + path)[0] == 404, path
+
+
 def test_zz_clean_stop():
     d = _state.pop("d")
     assert d.stop() == 0, d.output()
