@@ -10,6 +10,7 @@
  * max_concurrent + max_queue they are shed with 429 and Retry-After, so that memory stays
  * bounded under overload.
  */
+#define _GNU_SOURCE /* strcasestr */
 #define CAIRN_LOG_TAG "api"
 #include "services/api.h"
 
@@ -19,6 +20,7 @@
 #include "common/strbuf.h"
 #include "common/threadpool.h"
 #include "retrieval/embed.h"
+#include "retrieval/extract.h"
 #include "services/rag.h"
 #include "services/workers.h"
 
@@ -55,6 +57,9 @@ cairn_api_params cairn_api_default_params(void)
         .max_queue = 64,
         .retry_after_s = 1,
         .model_name = "cairn",
+        .max_upload = 16u << 20,
+        .max_upload_text = 4u << 20,
+        .max_upload_passages = 4096,
     };
 }
 
@@ -121,7 +126,7 @@ static json_t *json_text(const char *s, size_t n)
 static bool authorized(cairn_api *a, const cairn_http_req *req, cairn_http_resp *resp)
 {
     cairn_error err = {0};
-    if (cairn_api_auth_check(a->auth, cairn_http_header(req, "Authorization"), &err) == 0)
+    if (cairn_api_auth_request(a->auth, req, &err) == 0)
         return true;
     cairn_counter_inc(a->c_auth);
     cairn_http_json_error(resp, 401, "%s", err.msg);
@@ -906,6 +911,364 @@ static void on_document_delete(void *ctx, const cairn_http_req *req, cairn_http_
     handle_index(ctx, 0, delete_run, req, resp);
 }
 
+/* ---- Uploads ------------------------------------------------------------------------------ */
+
+typedef struct upload_task {
+    cairn_api *api;
+    cairn_http_async *async;
+    char *data; /* the file, copied: the request's buffer belongs to the HTTP layer */
+    size_t len;
+    cairn_extract_kind kind;
+    char *filename;
+    char *meta; /* the caller's metadata plus source, kind, content_type, upload (JSON text) */
+    char upload_id[32];
+    int64_t t_start;
+} upload_task;
+
+static void upload_task_free(upload_task *t)
+{
+    free(t->data);
+    free(t->filename);
+    free(t->meta);
+    free(t);
+}
+
+/* Status of an extraction or indexing error: the file is malformed (400), of a kind cairn
+ * does not read (415), too large (413); or the server failed (500). */
+static int upload_status(int rc)
+{
+    switch (rc) {
+    case CAIRN_EUNSUPPORTED: return 415;
+    case CAIRN_ELIMIT: return 413;
+    case CAIRN_ENOMEM:
+    case CAIRN_EIO: return 500;
+    default: return 400;
+    }
+}
+
+/* Extracts, chunks and indexes the file on an aux thread. Nothing is added unless every step
+ * succeeds (cairn_rag_add_text adds all passages or none). */
+static void upload_run(void *arg)
+{
+    upload_task *t = arg;
+    cairn_api *a = t->api;
+    cairn_http_resp resp = {0};
+    cairn_error err = {0};
+    cairn_extract_result x = {0};
+    int64_t t0 = cairn_now_ns();
+    int rc = cairn_extract(t->kind, t->data, t->len, a->p.max_upload_text, &x, &err);
+    double extract_s = since(t0);
+    int64_t t1 = cairn_now_ns();
+    uint64_t first = 0;
+    size_t n = 0;
+    const char *title = x.title && x.title[0] ? x.title : t->filename;
+    if (!rc)
+        rc = cairn_rag_add_text(a->p.rag, x.text, x.text_len, t->filename, title, t->meta,
+                                a->p.max_upload_passages, &first, &n, &err);
+    if (rc) {
+        cairn_http_json_error(&resp, upload_status(rc), "%s: %s", t->filename, err.msg);
+    } else {
+        json_t *data = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(data, json_pack("{s:I}", "id", (json_int_t)(first + i)));
+        set_json(&resp, 200,
+                 json_pack("{s:s,s:s,s:s,s:s,s:o,s:I,s:I,s:I,s:o,s:I,s:{s:f,s:f,s:f}}", "object",
+                           "upload", "upload_id", t->upload_id, "filename", t->filename, "kind",
+                           cairn_extract_kind_name(t->kind), "title",
+                           json_text(title, strlen(title)), "bytes", (json_int_t)t->len,
+                           "text_bytes", (json_int_t)x.text_len, "passages", (json_int_t)n,
+                           "data", data, "total_documents",
+                           (json_int_t)cairn_rag_count(a->p.rag), "cairn", "extract_s",
+                           extract_s, "index_s", since(t1), "total_s", since(t->t_start)));
+        CAIRN_LOG_INFO("document uploaded", "file=%s kind=%s bytes=%zu passages=%zu upload=%s",
+                       t->filename, cairn_extract_kind_name(t->kind), t->len, n, t->upload_id);
+    }
+    cairn_extract_free(&x);
+    cairn_http_async_respond(t->async, &resp);
+    release_slot(a);
+    upload_task_free(t);
+}
+
+/* The file's name without any directory part a client may have sent, checked: 1..255 bytes of
+ * UTF-8 without control characters. Returns a pointer into name, or NULL with err. */
+static const char *upload_name(const char *name, cairn_error *err)
+{
+    if (!name || !*name) {
+        cairn_errorf(err, CAIRN_EINVAL, "filename: missing (POST /v1/documents/upload?filename="
+                                        "report.pdf, with the file as the body)");
+        return NULL;
+    }
+    const char *base = name;
+    for (const char *p = name; *p; p++)
+        if (*p == '/' || *p == '\\') base = p + 1;
+    size_t n = strlen(base);
+    bool ctrl = false;
+    for (size_t i = 0; i < n; i++) ctrl |= (unsigned char)base[i] < 0x20 || base[i] == 0x7f;
+    if (n == 0 || n > 255 || ctrl || !cairn_json_utf8_valid(base, n)) {
+        cairn_errorf(err, CAIRN_EINVAL,
+                     "filename: must be 1..255 bytes of UTF-8 without control characters");
+        return NULL;
+    }
+    return base;
+}
+
+static void on_upload(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_api *a = ctx;
+    if (!authorized(a, req, resp)) return;
+    cairn_error err = {0};
+    const char *name = upload_name(cairn_http_query(req, "filename"), &err);
+    if (!name) {
+        cairn_http_json_error(resp, 400, "%s", err.msg);
+        return;
+    }
+    const char *ct = cairn_http_header(req, "Content-Type");
+    if (ct && !strncasecmp(ct, "multipart/", 10)) {
+        cairn_http_json_error(resp, 415, "send the file itself as the body, with its "
+                                         "Content-Type; multipart forms are not read");
+        return;
+    }
+    cairn_extract_kind kind;
+    int rc = cairn_extract_kind_for(name, ct, &kind, &err);
+    if (rc) {
+        cairn_http_json_error(resp, rc == CAIRN_EUNSUPPORTED ? 415 : 400, "%s", err.msg);
+        return;
+    }
+    if (req->body_len == 0) {
+        cairn_http_json_error(resp, 400, "%s: the body is empty (send the file's bytes)", name);
+        return;
+    }
+    /* Metadata: an optional JSON object of at most 4 KiB; cairn's own keys override its. */
+    const char *m = cairn_http_query(req, "metadata");
+    json_t *meta = NULL;
+    if (m && strlen(m) > 4096) {
+        cairn_http_json_error(resp, 400, "metadata: longer than 4096 bytes");
+        return;
+    }
+    if (m && *m) {
+        json_error_t je;
+        meta = json_loads(m, JSON_REJECT_DUPLICATES, &je);
+        if (!json_is_object(meta)) {
+            json_decref(meta);
+            cairn_http_json_error(resp, 400, "metadata: not a JSON object (%s)",
+                                  meta ? "another JSON value" : je.text);
+            return;
+        }
+    } else {
+        meta = json_object();
+    }
+    if (!a->p.rag) {
+        json_decref(meta);
+        cairn_http_json_error(resp, 503, "no passage index is loaded on this server");
+        return;
+    }
+    upload_task *t = calloc(1, sizeof *t);
+    if (t) {
+        t->api = a;
+        t->kind = kind;
+        t->len = req->body_len;
+        t->t_start = cairn_now_ns();
+        snprintf(t->upload_id, sizeof t->upload_id, "up-%llx-%llu",
+                 (unsigned long long)time(NULL),
+                 (unsigned long long)atomic_fetch_add(&a->next_id, 1));
+        json_object_set_new(meta, "source", json_string(name));
+        json_object_set_new(meta, "kind", json_string(cairn_extract_kind_name(kind)));
+        json_object_set_new(meta, "upload", json_string(t->upload_id));
+        t->meta = json_dumps(meta, JSON_COMPACT);
+        t->filename = strdup(name);
+        t->data = malloc(req->body_len);
+    }
+    json_decref(meta);
+    if (!t || !t->meta || !t->filename || !t->data) {
+        if (t) upload_task_free(t);
+        cairn_http_json_error(resp, 503, "out of memory");
+        return;
+    }
+    memcpy(t->data, req->body, req->body_len);
+    if (!admit(a, resp)) {
+        upload_task_free(t);
+        return;
+    }
+    if (aux_submit(a, req, resp, upload_run, t, &t->async) != 0) {
+        release_slot(a);
+        upload_task_free(t);
+    }
+}
+
+/* ---- GET /v1/documents: a page of passages, filtered --------------------------------------- */
+
+#define LIST_MAX_FILTERS 8
+
+typedef struct list_task {
+    cairn_api *api;
+    cairn_http_async *async;
+    uint64_t after;
+    bool all; /* no `after`: from the first passage */
+    size_t limit;
+    char *q; /* substring of key, title or text (any case), or NULL */
+    bool full; /* whole texts, not 300-byte previews */
+    size_t n_filters;
+    char *fkey[LIST_MAX_FILTERS], *fval[LIST_MAX_FILTERS]; /* metadata.<key>=<value> */
+    json_t *data;
+    bool more;
+    uint64_t last;
+    cairn_error err;
+    int rc;
+} list_task;
+
+static void list_task_free(list_task *t)
+{
+    free(t->q);
+    for (size_t i = 0; i < t->n_filters; i++) free(t->fkey[i]), free(t->fval[i]);
+    json_decref(t->data);
+    free(t);
+}
+
+/* A metadata value as the text a filter compares with: strings as they are, numbers and
+ * booleans as JSON writes them. */
+static bool meta_equals(json_t *v, const char *want)
+{
+    char buf[64];
+    if (json_is_string(v)) return !strcmp(json_string_value(v), want);
+    if (json_is_integer(v))
+        snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+    else if (json_is_boolean(v))
+        snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+    else if (json_is_real(v)) snprintf(buf, sizeof buf, "%g", json_real_value(v));
+    else return false;
+    return !strcmp(buf, want);
+}
+
+static int list_visit(void *ctx, const cairn_doc *d)
+{
+    list_task *t = ctx;
+    if (t->q && !strcasestr(d->key, t->q) && !strcasestr(d->title, t->q) &&
+        !strcasestr(d->text, t->q))
+        return 0;
+    json_t *meta = json_loadb(d->meta, d->meta_len, 0, NULL);
+    bool ok = true;
+    for (size_t i = 0; ok && i < t->n_filters; i++)
+        ok = meta_equals(json_object_get(meta, t->fkey[i]), t->fval[i]);
+    if (!ok) {
+        json_decref(meta);
+        return 0;
+    }
+    if (json_array_size(t->data) == t->limit) { /* one past the page: there is more */
+        json_decref(meta);
+        t->more = true;
+        return 1;
+    }
+    size_t n = t->full || d->text_len < 300 ? d->text_len : 300;
+    while (n < d->text_len && n && ((unsigned char)d->text[n] & 0xC0) == 0x80) n--;
+    json_array_append_new(t->data,
+                          json_pack("{s:I,s:o,s:o,s:o,s:o,s:I}", "id", (json_int_t)d->id, "key",
+                                    json_text(d->key, d->key_len), "title",
+                                    json_text(d->title, d->title_len), "text",
+                                    json_text(d->text, n), "metadata",
+                                    meta ? meta : json_object(), "text_bytes",
+                                    (json_int_t)d->text_len));
+    t->last = d->id;
+    return 0;
+}
+
+static void list_run(void *arg)
+{
+    list_task *t = arg;
+    cairn_http_resp resp = {0};
+    t->data = json_array();
+    if (!t->data) {
+        cairn_http_json_error(&resp, 503, "out of memory");
+    } else {
+        cairn_rag_scan(t->api->p.rag, t->after, t->all, list_visit, t);
+        json_t *o = json_pack("{s:s,s:O,s:b,s:I}", "object", "list", "data", t->data, "has_more",
+                              t->more, "total_documents",
+                              (json_int_t)cairn_rag_count(t->api->p.rag));
+        if (o && t->more) json_object_set_new(o, "next_after", json_integer((json_int_t)t->last));
+        set_json(&resp, 200, o);
+    }
+    cairn_http_async_respond(t->async, &resp);
+    release_slot(t->api);
+    list_task_free(t);
+}
+
+static int list_arg(void *ctx, const char *name, const char *value)
+{
+    list_task *t = ctx;
+    cairn_error *err = &t->err;
+    if (!value) value = "";
+    if (!strcmp(name, "after") || !strcmp(name, "limit")) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (!*value || *end || errno || *value == '-' || *value == '+' || *value == ' ')
+            return cairn_errorf(err, CAIRN_EINVAL, "%s: '%.32s' is not an unsigned integer", name,
+                                value);
+        if (name[0] == 'a') {
+            t->after = v;
+            t->all = false;
+        } else if (v < 1 || v > 500) {
+            return cairn_errorf(err, CAIRN_ERANGE, "limit: %llu is outside 1..500", v);
+        } else {
+            t->limit = (size_t)v;
+        }
+    } else if (!strcmp(name, "full")) {
+        if (strcmp(value, "1") && strcmp(value, "true") && strcmp(value, "0") &&
+            strcmp(value, "false"))
+            return cairn_errorf(err, CAIRN_EINVAL, "full: '%.16s' is not 1, 0, true or false",
+                                value);
+        t->full = value[0] == '1' || value[0] == 't';
+    } else if (!strcmp(name, "q")) {
+        if (!*value || strlen(value) > 200)
+            return cairn_errorf(err, CAIRN_ERANGE, "q: must be 1..200 bytes");
+        free(t->q);
+        t->q = strdup(value);
+        if (!t->q) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    } else if (!strncmp(name, "metadata.", 9)) {
+        const char *k = name + 9;
+        if (!*k || strlen(k) > 64 || strlen(value) > 256)
+            return cairn_errorf(err, CAIRN_ERANGE,
+                                "%.80s: the key must be 1..64 bytes and the value at most 256",
+                                name);
+        if (t->n_filters == LIST_MAX_FILTERS)
+            return cairn_errorf(err, CAIRN_ELIMIT, "at most %d metadata filters",
+                                LIST_MAX_FILTERS);
+        t->fkey[t->n_filters] = strdup(k);
+        t->fval[t->n_filters] = strdup(value);
+        t->n_filters++;
+        if (!t->fkey[t->n_filters - 1] || !t->fval[t->n_filters - 1])
+            return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    } else {
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "unknown query parameter '%.64s' (after, limit, q, full, "
+                            "metadata.<key>)",
+                            name);
+    }
+    return 0;
+}
+
+static void on_documents_list(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_api *a = ctx;
+    if (!authorized(a, req, resp)) return;
+    list_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        cairn_http_json_error(resp, 503, "out of memory");
+        return;
+    }
+    t->api = a;
+    t->all = true;
+    t->limit = 50;
+    int rc = cairn_http_query_each(req, list_arg, t);
+    if (rc) cairn_http_json_error(resp, rc == CAIRN_ENOMEM ? 503 : 400, "%s", t->err.msg);
+    else if (!a->p.rag)
+        cairn_http_json_error(resp, 503, "no passage index is loaded on this server");
+    else if (admit(a, resp)) {
+        if (aux_submit(a, req, resp, list_run, t, &t->async) == 0) return;
+        release_slot(a);
+    }
+    list_task_free(t);
+}
+
 /* ---- Lifecycle ------------------------------------------------------------------------------ */
 
 int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,
@@ -964,10 +1327,16 @@ int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,
         {"POST", "/v1/retrieve", on_retrieve},
         {"POST", "/v1/rag", on_rag},
         {"POST", "/v1/documents", on_documents},
+        {"GET", "/v1/documents", on_documents_list},
         {"DELETE", "/v1/documents/*", on_document_delete},
     };
     for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
         rc = cairn_http_route(h, routes[i].method, routes[i].path, routes[i].fn, a);
+    /* Before the DELETE prefix route matters not (methods differ), but uploads carry files:
+     * their own body limit, well above the JSON endpoints'. */
+    if (!rc)
+        rc = cairn_http_route_limit(h, "POST", "/v1/documents/upload", on_upload, a,
+                                    p->max_upload);
     if (rc) {
         cairn_api_free(a);
         return rc == CAIRN_ELIMIT ? cairn_errorf(err, rc, "the HTTP route table is full") : rc;

@@ -60,6 +60,8 @@ typedef struct cairn_api_doc {
     const char *text;
     size_t text_len;
     const char *metadata_json; /* compact JSON object (malloc'ed), or NULL */
+    const char *key;           /* where it came from; NULL: "api" */
+    const char *title;         /* NULL: none */
 } cairn_api_doc;
 
 /* One parsed request; fields a kind does not use stay zero. */
@@ -119,6 +121,17 @@ bool cairn_api_auth_enabled(const cairn_api_auth *a);
  * configured. Returns 0 or CAIRN_EAUTH with the reason. Thread-safe (read-only). */
 int cairn_api_auth_check(const cairn_api_auth *a, const char *authorization, cairn_error *err);
 
+/* A key's identifier for logs: "sha256:" and the first 8 hex digits of its digest. */
+#define CAIRN_API_KEY_ID_SIZE 16
+/* As cairn_api_auth_check; on success with keys configured, key_id (may be NULL) gets the
+ * matching key's identifier, else "". */
+int cairn_api_auth_check_id(const cairn_api_auth *a, const char *authorization,
+                            char key_id[CAIRN_API_KEY_ID_SIZE], cairn_error *err);
+/* Checks req's Authorization header and records the key's identifier on the request for the
+ * access log (cairn_http_set_key_id). Returns 0 or CAIRN_EAUTH. On an HTTP thread, in the
+ * handler. */
+int cairn_api_auth_request(const cairn_api_auth *a, const cairn_http_req *req, cairn_error *err);
+
 /* ---- The service --------------------------------------------------------------------------- */
 
 typedef struct cairn_api cairn_api;
@@ -136,9 +149,17 @@ typedef struct cairn_api_params {
     struct cairn_embed *embed;     /* borrowed; NULL: /v1/embeddings answers 503 */
     struct cairn_rag *rag;         /* borrowed; NULL: retrieval endpoints answer 503 */
     const char *embed_model_name;  /* the id /v1/embeddings reports */
+    /* POST /v1/documents/upload: the file's bytes (413 above; the route's own body limit), the
+     * text extracted from it, and the passages it may make (413 above either). */
+    size_t max_upload;
+    size_t max_upload_text;
+    size_t max_upload_passages;
 } cairn_api_params;
 
 cairn_api_params cairn_api_default_params(void);
+
+/* max_concurrent 8, max_queue 64, retry_after_s 1, max_upload 16 MiB, max_upload_text 4 MiB,
+ * max_upload_passages 4096; no keys, no components. */
 
 /* Creates the handlers' state and adds the /v1 routes to h. Returns 0 or a CAIRN_E* code. */
 int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,

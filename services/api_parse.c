@@ -472,6 +472,13 @@ bool cairn_api_auth_enabled(const cairn_api_auth *a) { return a && a->n > 0; }
 
 int cairn_api_auth_check(const cairn_api_auth *a, const char *authorization, cairn_error *err)
 {
+    return cairn_api_auth_check_id(a, authorization, NULL, err);
+}
+
+int cairn_api_auth_check_id(const cairn_api_auth *a, const char *authorization,
+                            char key_id[CAIRN_API_KEY_ID_SIZE], cairn_error *err)
+{
+    if (key_id) key_id[0] = '\0';
     if (!cairn_api_auth_enabled(a)) return 0;
     if (!authorization)
         return cairn_errorf(err, CAIRN_EAUTH,
@@ -487,5 +494,18 @@ int cairn_api_auth_check(const cairn_api_auth *a, const char *authorization, cai
      * (or how much of a) key matched. */
     int ok = 0;
     for (size_t i = 0; i < a->n; i++) ok |= CRYPTO_memcmp(d, a->digests[i], sizeof d) == 0;
-    return ok ? 0 : cairn_errorf(err, CAIRN_EAUTH, "invalid API key");
+    if (!ok) return cairn_errorf(err, CAIRN_EAUTH, "invalid API key");
+    /* The first 4 bytes of the digest operators configured (or can compute): enough to tell
+     * keys apart in a log, nothing that helps to guess one. */
+    if (key_id) snprintf(key_id, CAIRN_API_KEY_ID_SIZE, "sha256:%02x%02x%02x%02x", d[0], d[1],
+                         d[2], d[3]);
+    return 0;
+}
+
+int cairn_api_auth_request(const cairn_api_auth *a, const cairn_http_req *req, cairn_error *err)
+{
+    char id[CAIRN_API_KEY_ID_SIZE];
+    int rc = cairn_api_auth_check_id(a, cairn_http_header(req, "Authorization"), id, err);
+    if (!rc && id[0]) cairn_http_set_key_id(req, id);
+    return rc;
 }

@@ -26,6 +26,9 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "proto/edge.h"
+#include "services/api.h"
+
+#include <jansson.h>
 
 #define MODELS_PREFIX "/v1/edge/models/"
 #define BUNDLE_SUFFIX "/bundle"
@@ -51,10 +54,35 @@ static const char *const reason_names[R_COUNT] = {
 
 typedef struct device {
     char id[CAIRN_EDGE_STR_MAX];
+    char name[CAIRN_EDGE_STR_MAX];
     uint8_t key_hash[CAIRN_EDGE_SHA256_LEN];
     double tokens; /* rate bucket, in samples */
     int64_t refilled_ns;
+    /* what GET /v1/edge/fleet reports */
+    int64_t enrolled_wall_ns, last_upload_wall_ns;
+    uint64_t uploads, samples, bytes_up;
+    uint64_t model_version; /* the bundle version its last upload said it runs */
 } device;
+
+/* Recent history for GET /v1/edge/fleet, in rings of HISTORY entries (oldest overwritten). */
+#define HISTORY 256
+typedef struct step_rec {
+    int64_t wall_ns;
+    uint64_t step;
+    int n_new, n_replay;
+    float agreement, edge_entropy, foundation_entropy;
+} step_rec;
+typedef struct upload_rec {
+    int64_t wall_ns;
+    int device; /* index into devs */
+    int n;
+    float mean_entropy; /* of the samples, as the device computed them */
+} upload_rec;
+typedef struct bundle_rec {
+    int64_t wall_ns;
+    uint64_t version;
+    size_t bytes;
+} bundle_rec;
 
 struct cairn_edge_api {
     cairn_edge_api_params p;
@@ -76,6 +104,11 @@ struct cairn_edge_api {
     uint64_t stalled; /* pending count a step could not use (a lone first sample); 0: none */
     device *devs;
     int n_devs;
+    step_rec steps[HISTORY];
+    upload_rec uploads[HISTORY];
+    bundle_rec bundles[HISTORY];
+    uint64_t n_step_recs, n_upload_recs, n_bundle_recs; /* written so far; index mod HISTORY */
+    cairn_api_auth *auth; /* the /v1 keys, for GET /v1/edge/fleet */
     uint8_t *bundle; /* latest signed bundle, replaced (never mutated) on publish */
     size_t bundle_len;
     uint64_t bundle_version;
@@ -208,6 +241,8 @@ static void on_register(void *ctx, const cairn_http_req *req, cairn_http_resp *r
     device *d = &a->devs[a->n_devs];
     memset(d, 0, sizeof *d);
     snprintf(d->id, sizeof d->id, "%s", out.device_id);
+    snprintf(d->name, sizeof d->name, "%s", rq.device_name);
+    d->enrolled_wall_ns = cairn_wall_ns();
     cairn_bundle_sha256(out.device_key, strlen(out.device_key), d->key_hash);
     d->tokens = a->p.rate_burst;
     d->refilled_ns = cairn_now_ns();
@@ -242,6 +277,7 @@ static void on_samples(void *ctx, const cairn_http_req *req, cairn_http_resp *re
         cairn_http_json_error(resp, 401, "missing or unknown device key (Authorization: Bearer)");
         return;
     }
+    cairn_http_set_key_id(req, dev_id); /* the access log names the device, never its key */
     const char *ct = cairn_http_header(req, "Content-Type");
     if (!ct || strncasecmp(ct, "application/x-protobuf", 22) != 0) {
         reject(a, R_CONTENT_TYPE);
@@ -324,9 +360,26 @@ static void on_samples(void *ctx, const cairn_http_req *req, cairn_http_resp *re
     cairn_cema_counters cc;
     cairn_cema_cloud_counters(a->cloud, &cc);
     cairn_gauge_set(a->m_pending, (double)cc.pending);
+    double ent = 0;
+    for (int i = 0; i < b.n; i++) ent += b.entropies ? b.entropies[i] : 0;
     pthread_mutex_lock(&a->lock);
     a->st.samples_accepted += (uint64_t)b.n;
     a->st.bytes_up += req->body_len;
+    for (int i = 0; i < a->n_devs; i++) {
+        device *dv = &a->devs[i];
+        if (strcmp(dv->id, dev_id) != 0) continue;
+        dv->uploads++;
+        dv->samples += (uint64_t)b.n;
+        dv->bytes_up += req->body_len;
+        dv->model_version = b.model_version;
+        dv->last_upload_wall_ns = cairn_wall_ns();
+        a->uploads[a->n_upload_recs++ % HISTORY] = (upload_rec){
+            .wall_ns = dv->last_upload_wall_ns,
+            .device = i,
+            .n = b.n,
+            .mean_entropy = b.n ? (float)(ent / b.n) : 0,
+        };
+    }
     pthread_cond_signal(&a->wake);
     pthread_mutex_unlock(&a->lock);
     char body[96];
@@ -342,14 +395,17 @@ out:
 static void on_models(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
 {
     cairn_edge_api *a = ctx;
+    char dev_id[CAIRN_EDGE_STR_MAX];
     pthread_mutex_lock(&a->lock);
     int di = find_device(a, req);
+    if (di >= 0) memcpy(dev_id, a->devs[di].id, sizeof dev_id);
     pthread_mutex_unlock(&a->lock);
     if (di < 0) {
         reject(a, R_AUTH);
         cairn_http_json_error(resp, 401, "missing or unknown device key (Authorization: Bearer)");
         return;
     }
+    cairn_http_set_key_id(req, dev_id);
     const char *rest = req->path + strlen(MODELS_PREFIX);
     size_t n = strlen(rest), sl = strlen(BUNDLE_SUFFIX);
     int want_bundle = n > sl && strcmp(rest + n - sl, BUNDLE_SUFFIX) == 0;
@@ -394,6 +450,90 @@ static void on_models(void *ctx, const cairn_http_req *req, cairn_http_resp *res
     cairn_counter_add(a->m_bytes_down, (double)sent);
 }
 
+/* ---- GET /v1/edge/fleet -------------------------------------------------------------------- */
+
+static double wall_s(int64_t ns) { return ns ? (double)ns / 1e9 : 0; }
+
+/* The ring's entries oldest first: calls fn(i) for each stored index. */
+#define RING_EACH(count, i, body)                                                                  \
+    for (uint64_t k_ = (count) > HISTORY ? (count) - HISTORY : 0; k_ < (count); k_++) {           \
+        size_t i = (size_t)(k_ % HISTORY);                                                         \
+        body                                                                                       \
+    }
+
+/*
+ * What operators see of the fleet. The cloud never sees labels, so it cannot measure the edge
+ * model's accuracy; what it can report per step is how often the edge model agrees with the
+ * (adapted) foundation model on the step's batch, and both models' mean entropy — the signals
+ * CEMA itself optimises — beside the entropies devices reported with their uploads.
+ */
+static void on_fleet(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
+{
+    cairn_edge_api *a = ctx;
+    cairn_error err = {0};
+    if (cairn_api_auth_request(a->auth, req, &err) != 0) {
+        cairn_http_json_error(resp, 401, "%s", err.msg);
+        return;
+    }
+    cairn_cema_counters cc;
+    cairn_cema_cloud_counters(a->cloud, &cc);
+    json_t *devs = json_array(), *bundles = json_array(), *steps = json_array(),
+           *ups = json_array();
+    pthread_mutex_lock(&a->lock);
+    for (int i = 0; i < a->n_devs; i++) {
+        const device *d = &a->devs[i];
+        json_array_append_new(
+            devs, json_pack("{s:s,s:s,s:f,s:I,s:I,s:I,s:I,s:f}", "id", d->id, "name", d->name,
+                            "enrolled_at", wall_s(d->enrolled_wall_ns), "uploads",
+                            (json_int_t)d->uploads, "samples", (json_int_t)d->samples,
+                            "bytes_up", (json_int_t)d->bytes_up, "model_version",
+                            (json_int_t)d->model_version, "last_upload_at",
+                            wall_s(d->last_upload_wall_ns)));
+    }
+    RING_EACH(a->n_bundle_recs, i, {
+        json_array_append_new(bundles, json_pack("{s:I,s:f,s:I}", "version",
+                                                 (json_int_t)a->bundles[i].version, "published_at",
+                                                 wall_s(a->bundles[i].wall_ns), "bytes",
+                                                 (json_int_t)a->bundles[i].bytes));
+    })
+    RING_EACH(a->n_step_recs, i, {
+        const step_rec *s = &a->steps[i];
+        json_array_append_new(steps, json_pack("{s:I,s:f,s:i,s:i,s:f,s:f,s:f}", "step",
+                                               (json_int_t)s->step, "t", wall_s(s->wall_ns), "new",
+                                               s->n_new, "replay", s->n_replay, "agreement",
+                                               (double)s->agreement, "edge_entropy",
+                                               (double)s->edge_entropy, "foundation_entropy",
+                                               (double)s->foundation_entropy));
+    })
+    RING_EACH(a->n_upload_recs, i, {
+        const upload_rec *u = &a->uploads[i];
+        json_array_append_new(ups, json_pack("{s:f,s:s,s:i,s:f}", "t", wall_s(u->wall_ns),
+                                             "device", a->devs[u->device].id, "samples", u->n,
+                                             "mean_entropy", (double)u->mean_entropy));
+    })
+    cairn_edge_api_stats st = a->st;
+    uint64_t version = a->bundle_version;
+    pthread_mutex_unlock(&a->lock);
+    json_t *o = json_pack(
+        "{s:s,s:I,s:o,s:o,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}", "model",
+        a->model_name, "latest_version", (json_int_t)version, "devices", devs, "bundles", bundles,
+        "steps", steps, "uploads", ups, "totals", "devices", (json_int_t)st.devices,
+        "samples_accepted", (json_int_t)st.samples_accepted, "rejected", (json_int_t)st.rejected,
+        "bytes_up", (json_int_t)st.bytes_up, "bytes_down", (json_int_t)st.bytes_down, "steps",
+        (json_int_t)st.steps, "bundles", (json_int_t)st.bundles, "pending",
+        (json_int_t)cc.pending, "dropped", (json_int_t)cc.dropped);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s) {
+        cairn_http_json_error(resp, 500, "out of memory");
+        return;
+    }
+    resp->status = 200;
+    resp->content_type = "application/json";
+    resp->body = s;
+    resp->body_len = strlen(s);
+}
+
 /* ---- The adaptation thread ---------------------------------------------------------------- */
 
 static uint64_t pending_of(cairn_edge_api *a)
@@ -426,6 +566,8 @@ static void publish(cairn_edge_api *a)
     a->bundle_len = len;
     a->bundle_version = ver;
     a->st.bundles++;
+    a->bundles[a->n_bundle_recs++ % HISTORY] =
+        (bundle_rec){.wall_ns = cairn_wall_ns(), .version = ver, .bytes = len};
     pthread_mutex_unlock(&a->lock);
     cairn_counter_inc(a->m_bundles);
 }
@@ -452,7 +594,8 @@ static void *adapt_main(void *arg)
         a->busy = 1;
         pthread_mutex_unlock(&a->lock);
         cairn_error err = {0};
-        int rc = pending ? cairn_cema_cloud_step(a->cloud, NULL, &err) : 0;
+        cairn_cema_step_stats ss = {0};
+        int rc = pending ? cairn_cema_cloud_step(a->cloud, &ss, &err) : 0;
         if (rc < 0) {
             CAIRN_LOG_WARN("adaptation step failed", "error=%s", err.msg);
             struct timespec ts = {0, 100 * 1000 * 1000};
@@ -464,6 +607,15 @@ static void *adapt_main(void *arg)
         if (rc > 0) {
             a->st.steps++;
             a->unpublished++;
+            a->steps[a->n_step_recs++ % HISTORY] = (step_rec){
+                .wall_ns = cairn_wall_ns(),
+                .step = a->st.steps,
+                .n_new = ss.n_new,
+                .n_replay = ss.n_replay,
+                .agreement = ss.agreement,
+                .edge_entropy = ss.edge_entropy,
+                .foundation_entropy = ss.foundation_entropy,
+            };
         }
         pending = pending_of(a);
         /* A step needs 2 samples (or failed): wait for more uploads instead of spinning. */
@@ -591,7 +743,10 @@ int cairn_edge_api_open(cairn_edge_api **out, const cairn_edge_api_params *p, ca
     a->p.enrollment_token = a->token;
     a->p.signing_key_path = NULL;
 
-    rc = cairn_cema_cloud_open(&a->cloud, a->edge_path, a->foundation_path, &a->p.cema, err);
+    rc = cairn_api_auth_new(&a->auth, p->api_keys, p->api_key_hashes, err);
+    a->p.api_keys = a->p.api_key_hashes = NULL; /* only their digests are kept, in auth */
+    if (!rc)
+        rc = cairn_cema_cloud_open(&a->cloud, a->edge_path, a->foundation_path, &a->p.cema, err);
     if (!rc) rc = read_all(a->edge_path, &a->model_bytes, &a->model_len, err);
     if (!rc)
         rc = p->signing_key_path ? cairn_bundle_key_load(&a->key, p->signing_key_path, err)
@@ -624,6 +779,7 @@ int cairn_edge_api_routes(cairn_edge_api *a, cairn_http *h)
     int rc = cairn_http_route(h, "POST", "/v1/edge/devices", on_register, a);
     if (!rc) rc = cairn_http_route(h, "POST", "/v1/edge/samples", on_samples, a);
     if (!rc) rc = cairn_http_route(h, "GET", MODELS_PREFIX "*", on_models, a);
+    if (!rc) rc = cairn_http_route(h, "GET", "/v1/edge/fleet", on_fleet, a);
     return rc;
 }
 
@@ -638,6 +794,7 @@ void cairn_edge_api_close(cairn_edge_api *a)
         pthread_join(a->thread, NULL);
     }
     cairn_cema_cloud_close(a->cloud);
+    cairn_api_auth_free(a->auth);
     cairn_bundle_key_free(a->key);
     free(a->model_bytes);
     free(a->bundle);

@@ -14,6 +14,10 @@
  *   GET  /v1/edge/models/{name}                 the base model's GGUF bytes (device auth).
  *   GET  /v1/edge/models/{name}/bundle?after=N  the latest signed bundle when its version > N,
  *                                               else 204 (device auth).
+ *   GET  /v1/edge/fleet                         for operators (the /v1 API keys, not a device's):
+ *                                               JSON with the devices and what each uploaded,
+ *                                               the bundles published, and recent adaptation
+ *                                               steps and uploads over time.
  *
  * HTTP threads only decode, validate and queue samples (cairn_cema_cloud_add_batch copies them);
  * adaptation steps and bundle signing run on the API's own thread, which steps while uploads are
@@ -46,6 +50,8 @@ typedef struct cairn_edge_api_params {
     double rate_samples_per_s;         /* per device, sustained (default 200) */
     double rate_burst;                 /* per device, bucket size in samples (default 2048) */
     int bundle_every;                  /* publish after this many steps at most (default 8) */
+    const char *api_keys;              /* GET /v1/edge/fleet: as cairn_api_auth_new (NULL and */
+    const char *api_key_hashes;        /* no hashes: open, like the rest of /v1) */
     cairn_cema_params cema;            /* cloud adaptation (cairn_cema_default_params()) */
 } cairn_edge_api_params;
 
@@ -61,7 +67,7 @@ typedef struct cairn_edge_api cairn_edge_api;
 int cairn_edge_api_open(cairn_edge_api **out, const cairn_edge_api_params *p, cairn_metrics *m,
                         cairn_error *err);
 
-/* Registers the four routes on h (before cairn_http_start). Returns 0 or CAIRN_ELIMIT. The API
+/* Registers the five routes on h (before cairn_http_start). Returns 0 or CAIRN_ELIMIT. The API
  * must outlive h's serving (free h before closing the API). */
 int cairn_edge_api_routes(cairn_edge_api *a, cairn_http *h);
 

@@ -6,7 +6,12 @@
  *              limit with 413 straight away;
  *   next calls append body bytes (past the limit: remember, drop the bytes, answer 413 later);
  *   last call  (upload_data_size == 0) route and run the handler, queue its response.
- * The completion callback frees the state and records the request's metrics.
+ * The completion callback frees the state, records the request's metrics and writes its
+ * access-log line.
+ *
+ * Every response leaves through add_headers() (buffers in queue(), streams in
+ * async_progress()), which is where X-Request-Id and the CORS headers are added, so that no
+ * answer — a 404, a 413 sent before the body, a stream — goes out without them.
  */
 #define _GNU_SOURCE /* POLLRDHUP */
 #include "services/http.h"
@@ -20,18 +25,25 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 
 #define MAX_ROUTES 64
+#define MAX_ORIGINS 32
+#define ORIGIN_MAX 256 /* bytes of one Origin value, NUL included */
+#define RID_MAX 64     /* characters of a request id */
+#define KEY_ID_MAX 48  /* bytes of a key id, NUL included */
 
 typedef struct route {
     char method[8];
     char path[96];
     size_t prefix_len; /* > 0 when path ended in '*' */
+    size_t max_body;   /* 0: the server's */
     cairn_http_handler fn;
     void *ctx;
 } route;
@@ -42,6 +54,11 @@ struct cairn_http {
     route routes[MAX_ROUTES];
     int n_routes;
     int port;
+    char *origins[MAX_ORIGINS]; /* allowed CORS origins (malloc'ed), n_origins of them */
+    int n_origins;
+    bool any_origin;            /* cors_origins "*" */
+    uint32_t rid_prefix;        /* random per server: request ids differ across restarts */
+    atomic_uint_fast64_t rid_next;
     cairn_metric_family *requests; /* counter{route,code} */
     cairn_metric_family *duration; /* histogram{route} */
     cairn_gauge *inflight;
@@ -54,8 +71,14 @@ typedef struct request {
     int too_large;
     int status;
     const route *rt;
+    const char *route_name; /* route pattern for metrics and the log; "other" when none */
     int64_t t0_ns;
+    size_t bytes_out;        /* body bytes of a buffered answer */
     cairn_http_async *async; /* set when the handler deferred its answer */
+    char method[16];
+    char rid[RID_MAX + 1];
+    char key_id[KEY_ID_MAX];
+    char origin[ORIGIN_MAX]; /* set when the request came from an allowed origin */
 } request;
 
 /* A deferred answer (see http.h). References: the producer's (until respond/end), the request's
@@ -75,6 +98,7 @@ struct cairn_http_async {
     const char *content_type; /* ASYNC_STREAMING */
     char *buf;                /* stream bytes not yet handed to libmicrohttpd: [off, len) */
     size_t off, len, cap;
+    size_t sent; /* stream bytes handed to libmicrohttpd, for the access log */
 };
 
 /* ---- Responses --------------------------------------------------------------------- */
@@ -133,10 +157,60 @@ const char *cairn_http_header(const cairn_http_req *req, const char *name)
     return MHD_lookup_connection_value((struct MHD_Connection *)req->conn, MHD_HEADER_KIND, name);
 }
 
+const char *cairn_http_query(const cairn_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value((struct MHD_Connection *)req->conn, MHD_GET_ARGUMENT_KIND,
+                                       name);
+}
+
+typedef struct query_iter {
+    int (*fn)(void *ctx, const char *name, const char *value);
+    void *ctx;
+    int rc;
+} query_iter;
+
+static enum MHD_Result query_one(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    query_iter *it = cls;
+    it->rc = it->fn(it->ctx, key, value);
+    return it->rc ? MHD_NO : MHD_YES;
+}
+
+int cairn_http_query_each(const cairn_http_req *req,
+                          int (*fn)(void *ctx, const char *name, const char *value), void *ctx)
+{
+    query_iter it = {fn, ctx, 0};
+    MHD_get_connection_values((struct MHD_Connection *)req->conn, MHD_GET_ARGUMENT_KIND,
+                              query_one, &it);
+    return it.rc;
+}
+
+void cairn_http_set_key_id(const cairn_http_req *req, const char *key_id)
+{
+    request *rq = req->priv;
+    if (rq && key_id) snprintf(rq->key_id, sizeof rq->key_id, "%s", key_id);
+}
+
+/* The headers every answer carries: its request id, CORS for an allowed origin, and the
+ * handler's own (extra: name, value pairs, NULL-terminated; may be NULL). */
+static void add_headers(struct MHD_Response *r, const request *rq, const char *const *extra)
+{
+    MHD_add_response_header(r, "X-Request-Id", rq->rid);
+    if (rq->origin[0]) {
+        MHD_add_response_header(r, "Access-Control-Allow-Origin", rq->origin);
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+        MHD_add_response_header(r, "Vary", "Origin");
+    }
+    for (size_t i = 0; extra && extra[i] && extra[i + 1]; i += 2)
+        MHD_add_response_header(r, extra[i], extra[i + 1]);
+}
+
 static enum MHD_Result queue(struct MHD_Connection *c, request *rq, cairn_http_resp *resp)
 {
-    if (!resp->body && resp->status != 204) cairn_http_json_error(resp, 500, "out of memory");
-    /* An empty answer (204) has no buffer to hand over: nothing may be freed then. */
+    if (!resp->body && resp->status != 204 && resp->status != 304)
+        cairn_http_json_error(resp, 500, "out of memory");
+    /* An empty answer (204, 304) has no buffer to hand over: nothing may be freed then. */
     struct MHD_Response *r =
         resp->body ? MHD_create_response_from_buffer(resp->body_len, resp->body,
                                                      MHD_RESPMEM_MUST_FREE)
@@ -145,7 +219,9 @@ static enum MHD_Result queue(struct MHD_Connection *c, request *rq, cairn_http_r
         free(resp->body);
         return MHD_NO;
     }
+    rq->bytes_out = resp->body ? resp->body_len : 0;
     resp->body = NULL; /* libmicrohttpd owns it now */
+    add_headers(r, rq, resp->headers);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
                             resp->content_type ? resp->content_type : "application/json");
     if (resp->retry_after_s > 0) {
@@ -192,6 +268,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         size_t k = a->len - a->off < max ? a->len - a->off : max;
         memcpy(buf, a->buf + a->off, k);
         a->off += k;
+        a->sent += k;
         if (a->off == a->len) a->off = a->len = 0;
         n = (ssize_t)k;
     } else if (a->ended) {
@@ -237,6 +314,7 @@ static enum MHD_Result async_progress(struct MHD_Connection *c, request *rq)
             async_unref(a);
             return MHD_NO;
         }
+        add_headers(r, rq, NULL);
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ct);
         MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         rq->status = 200;
@@ -362,6 +440,12 @@ bool cairn_http_async_gone(cairn_http_async *a)
 int cairn_http_route(cairn_http *h, const char *method, const char *path, cairn_http_handler fn,
                      void *ctx)
 {
+    return cairn_http_route_limit(h, method, path, fn, ctx, 0);
+}
+
+int cairn_http_route_limit(cairn_http *h, const char *method, const char *path,
+                           cairn_http_handler fn, void *ctx, size_t max_body)
+{
     if (h->n_routes == MAX_ROUTES) return CAIRN_ELIMIT;
     size_t n = strlen(path);
     if (n >= sizeof h->routes[0].path || strlen(method) >= sizeof h->routes[0].method)
@@ -370,6 +454,7 @@ int cairn_http_route(cairn_http *h, const char *method, const char *path, cairn_
     snprintf(r->method, sizeof r->method, "%s", method);
     snprintf(r->path, sizeof r->path, "%s", path);
     r->prefix_len = (n && path[n - 1] == '*') ? n - 1 : 0;
+    r->max_body = max_body;
     r->fn = fn;
     r->ctx = ctx;
     return CAIRN_OK;
@@ -381,21 +466,118 @@ static int path_matches(const route *r, const char *path)
     return strcmp(r->path, path) == 0;
 }
 
-/* Finds the route for (method, path). *path_known says whether any method matched the path,
- * which separates 405 from 404. */
+/* Finds the route for (method, path). *name gets the pattern of the first route matching the
+ * path with any method ("other" when none), which separates 405 from 404 and names the route
+ * in metrics and logs without ever using the raw path. */
 static const route *find_route(const cairn_http *h, const char *method, const char *path,
-                               int *path_known)
+                               const char **name)
 {
-    *path_known = 0;
+    *name = NULL;
     for (int i = 0; i < h->n_routes; i++) {
         if (!path_matches(&h->routes[i], path)) continue;
-        *path_known = 1;
-        if (strcmp(h->routes[i].method, method) == 0) return &h->routes[i];
+        if (!*name) *name = h->routes[i].path;
+        if (strcmp(h->routes[i].method, method) == 0) {
+            *name = h->routes[i].path;
+            return &h->routes[i];
+        }
     }
+    if (!*name) *name = "other";
     return NULL;
 }
 
+/* ---- Request ids and CORS ------------------------------------------------------------- */
+
+/* A client's X-Request-Id is echoed in a header and written to the log, so only a short id of
+ * plain characters is taken: nothing that could split a header or a log line. */
+static bool request_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        unsigned char ch = (unsigned char)s[n];
+        if (n == RID_MAX) return false;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return false;
+    }
+    return n > 0;
+}
+
+static void set_request_id(cairn_http *h, struct MHD_Connection *c, request *rq)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    if (v && request_id_valid(v)) {
+        snprintf(rq->rid, sizeof rq->rid, "%s", v);
+        return;
+    }
+    uint64_t n = atomic_fetch_add(&h->rid_next, 1);
+    snprintf(rq->rid, sizeof rq->rid, "%08x%08llx", (unsigned)h->rid_prefix,
+             (unsigned long long)(n & 0xffffffffu));
+}
+
+/* Keeps the request's Origin when it is allowed, so that the answer carries CORS headers. The
+ * value is echoed in a header: anything but printable ASCII without spaces is never allowed. */
+static void match_origin(const cairn_http *h, struct MHD_Connection *c, request *rq)
+{
+    const char *o = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (!o || (!h->any_origin && h->n_origins == 0)) return;
+    size_t n = strlen(o);
+    if (n == 0 || n >= sizeof rq->origin) return;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)o[i] <= 0x20 || (unsigned char)o[i] >= 0x7f) return;
+    bool ok = h->any_origin && (!strncmp(o, "http://", 7) || !strncmp(o, "https://", 8));
+    for (int i = 0; !ok && i < h->n_origins; i++) ok = strcasecmp(h->origins[i], o) == 0;
+    if (ok) memcpy(rq->origin, o, n + 1);
+}
+
+/*
+ * OPTIONS: a CORS preflight (Origin and Access-Control-Request-Method) from an allowed origin
+ * gets 204 with what the path allows; from another origin 403 without CORS headers, so the
+ * browser refuses the call. A plain OPTIONS gets 204 with Allow.
+ */
+static enum MHD_Result answer_options(cairn_http *h, struct MHD_Connection *c, request *rq,
+                                      const char *url)
+{
+    char methods[96] = "";
+    size_t used = 0;
+    for (int i = 0; i < h->n_routes; i++) {
+        if (!path_matches(&h->routes[i], url) || strstr(methods, h->routes[i].method)) continue;
+        int k = snprintf(methods + used, sizeof methods - used, "%s, ", h->routes[i].method);
+        if (k > 0 && (size_t)k < sizeof methods - used) used += (size_t)k;
+    }
+    if (!used) return queue_error(c, rq, 404, "no such endpoint: %s", url);
+    snprintf(methods + used, sizeof methods - used, "OPTIONS");
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    const char *want =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method");
+    if (origin && want && !rq->origin[0]) {
+        char o[128];
+        snprintf(o, sizeof o, "%s", origin);
+        return queue_error(c, rq, 403, "origin %s may not call this server (http.cors_origins)",
+                           o);
+    }
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    add_headers(r, rq, NULL);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, methods);
+    if (origin && want) {
+        MHD_add_response_header(r, "Access-Control-Allow-Methods", methods);
+        MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                "Authorization, Content-Type, X-Request-Id");
+        MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    }
+    rq->status = 204;
+    enum MHD_Result ok = MHD_queue_response(c, 204, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
 /* ---- libmicrohttpd callbacks -------------------------------------------------------- */
+
+static size_t body_limit(const cairn_http *h, const request *rq)
+{
+    return rq->rt && rq->rt->max_body ? rq->rt->max_body : h->p.max_body;
+}
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version,
@@ -411,16 +593,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         rq->t0_ns = cairn_now_ns();
         *con_cls = rq;
         cairn_gauge_inc(h->inflight);
-        int known;
-        rq->rt = find_route(h, method, url, &known);
+        snprintf(rq->method, sizeof rq->method, "%s", method);
+        set_request_id(h, c, rq);
+        match_origin(h, c, rq);
+        rq->rt = find_route(h, method, url, &rq->route_name);
+        if (!strcmp(method, "OPTIONS") && !rq->rt) return answer_options(h, c, rq, url);
         if (!rq->rt)
-            return known ? queue_error(c, rq, 405, "method %s is not allowed on this path", method)
-                         : queue_error(c, rq, 404, "no such endpoint: %s", url);
+            return strcmp(rq->route_name, "other")
+                       ? queue_error(c, rq, 405, "method %s is not allowed on this path", method)
+                       : queue_error(c, rq, 404, "no such endpoint: %s", url);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > h->p.max_body) {
+        if (cl && strtoull(cl, NULL, 10) > body_limit(h, rq)) {
             char detail[64];
-            snprintf(detail, sizeof detail, "%zu", h->p.max_body);
+            snprintf(detail, sizeof detail, "%zu", body_limit(h, rq));
             return queue_error(c, rq, 413, "request body exceeds the limit of %s bytes", detail);
         }
         return MHD_YES;
@@ -432,7 +618,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         if (rq->too_large) return MHD_YES;
-        if (n > h->p.max_body - rq->len) {
+        if (n > body_limit(h, rq) - rq->len) {
             rq->too_large = 1; /* chunked upload past the limit: drain, answer 413 at the end */
             free(rq->body);
             rq->body = NULL;
@@ -455,12 +641,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
     if (rq->too_large) {
         char detail[64];
-        snprintf(detail, sizeof detail, "%zu", h->p.max_body);
+        snprintf(detail, sizeof detail, "%zu", body_limit(h, rq));
         return queue_error(c, rq, 413, "request body exceeds the limit of %s bytes", detail);
     }
     cairn_http_req req = {
         .method = method,
         .path = url,
+        .request_id = rq->rid,
         .body = rq->body ? rq->body : "",
         .body_len = rq->len,
         .conn = c,
@@ -475,27 +662,47 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return queue(c, rq, &resp);
 }
 
+static const char *end_name(enum MHD_RequestTerminationCode toe)
+{
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_COMPLETED_OK: return "ok";
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT: return "client_abort";
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED: return "timeout";
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN: return "shutdown";
+    default: return "error";
+    }
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     cairn_http *h = cls;
     request *rq = *con_cls;
     if (!rq) return;
+    double secs = (double)(cairn_now_ns() - rq->t0_ns) / 1e9;
     if (h->requests) {
-        const char *rname = rq->rt ? rq->rt->path : "other";
+        const char *rname = rq->route_name ? rq->route_name : "other";
         char code[8];
         snprintf(code, sizeof code, "%d", rq->status ? rq->status : 0);
         cairn_counter_inc(cairn_counter_child(h->requests, CAIRN_LABELS(rname, code)));
-        double secs = (double)(cairn_now_ns() - rq->t0_ns) / 1e9;
         cairn_histogram_observe(cairn_histogram_child(h->duration, CAIRN_LABELS(rname)), secs);
     }
     cairn_gauge_dec(h->inflight);
+    size_t bytes = rq->bytes_out;
     if (rq->async) {
         pthread_mutex_lock(&rq->async->mu);
         rq->async->gone = true;
+        bytes += rq->async->sent;
         pthread_mutex_unlock(&rq->async->mu);
         async_unref(rq->async);
     }
+    if (h->p.access_log && cairn_log_enabled(CAIRN_LOG_LEVEL_INFO))
+        cairn_log_write(CAIRN_LOG_LEVEL_INFO, "access", "request",
+                        " method=%s route=%s status=%d bytes=%zu bytes_in=%zu duration_ms=%.3f"
+                        " id=%s key=%s end=%s",
+                        rq->method, rq->route_name ? rq->route_name : "other", rq->status, bytes,
+                        rq->len, secs * 1e3, rq->rid, rq->key_id[0] ? rq->key_id : "-",
+                        end_name(toe));
     free(rq->body);
     free(rq);
     *con_cls = NULL;
@@ -521,7 +728,43 @@ cairn_http_params cairn_http_default_params(void)
         .max_body = 1u << 20,
         .max_connections = 1024,
         .timeout_s = 60,
+        .access_log = true,
     };
+}
+
+/*
+ * Parses cors_origins: "*", or comma-separated origins "scheme://host[:port]" (RFC 6454's
+ * serialisation, as browsers send it: no path, no trailing slash), spaces around commas allowed.
+ */
+static int parse_origins(cairn_http *h, const char *list, cairn_error *err)
+{
+    if (!list) return CAIRN_OK;
+    const char *s = list;
+    while (*s) {
+        while (*s == ' ' || *s == ',') s++;
+        if (!*s) break;
+        size_t n = strcspn(s, ", ");
+        if (n == 1 && *s == '*') {
+            h->any_origin = true;
+        } else {
+            size_t skip = (n > 7 && !strncmp(s, "http://", 7))    ? 7
+                          : (n > 8 && !strncmp(s, "https://", 8)) ? 8
+                                                                  : 0;
+            if (!skip || memchr(s + skip, '/', n - skip) || n >= ORIGIN_MAX)
+                return cairn_errorf(err, CAIRN_EINVAL,
+                                    "http.cors_origins: '%.*s' is not an origin like "
+                                    "https://example.com or http://localhost:3000 (or *)",
+                                    (int)(n < 100 ? n : 100), s);
+            if (h->n_origins == MAX_ORIGINS)
+                return cairn_errorf(err, CAIRN_ELIMIT, "http.cors_origins: more than %d origins",
+                                    MAX_ORIGINS);
+            h->origins[h->n_origins] = strndup(s, n);
+            if (!h->origins[h->n_origins]) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+            h->n_origins++;
+        }
+        s += n;
+    }
+    return CAIRN_OK;
 }
 
 int cairn_http_new(cairn_http **out, const cairn_http_params *p, cairn_metrics *metrics,
@@ -537,6 +780,15 @@ int cairn_http_new(cairn_http **out, const cairn_http_params *p, cairn_metrics *
     cairn_http *h = calloc(1, sizeof *h);
     if (!h) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     h->p = *p;
+    h->p.cors_origins = NULL; /* parsed into h->origins below; the string is not kept */
+    int orc = parse_origins(h, p->cors_origins, err);
+    if (orc) {
+        cairn_http_free(h);
+        return orc;
+    }
+    if (getrandom(&h->rid_prefix, sizeof h->rid_prefix, GRND_NONBLOCK) != sizeof h->rid_prefix)
+        h->rid_prefix = (uint32_t)cairn_now_ns() ^ (uint32_t)(uintptr_t)h;
+    atomic_init(&h->rid_next, 1);
     if (metrics) {
         static const double buckets[] = {0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30};
         static const char *const req_labels[] = {"route", "code"};
@@ -555,7 +807,7 @@ int cairn_http_new(cairn_http **out, const cairn_http_params *p, cairn_metrics *
             rc = cairn_gauge_new(metrics, &h->inflight, "cairn_http_requests_in_flight",
                                  "HTTP requests being processed", err);
         if (rc) {
-            free(h);
+            cairn_http_free(h);
             return rc;
         }
     }
@@ -615,5 +867,6 @@ void cairn_http_free(cairn_http *h)
 {
     if (!h) return;
     if (h->mhd) MHD_stop_daemon(h->mhd);
+    for (int i = 0; i < h->n_origins; i++) free(h->origins[i]);
     free(h);
 }

@@ -6,6 +6,14 @@
  * (method, path) to a handler; the layer collects the body (bounded: 413 past the
  * limit), answers unknown paths with 404 and wrong methods with 405, renders errors
  * in the API's JSON shape and counts every request in the metrics registry.
+ *
+ * For browsers and operators, every answer (errors and streams too) carries an X-Request-Id:
+ * the request's own when it sent a valid one (1..64 characters of A-Z a-z 0-9 . _ : -), else
+ * one made here. Cross-origin calls are allowed from the configured origins only (CORS): a
+ * preflight OPTIONS from one of them gets 204 with the Access-Control-* headers, from any other
+ * origin 403 without them, and answers to an allowed origin carry Access-Control-Allow-Origin.
+ * When the request completes, one access-log line records it (method, route pattern, status,
+ * bytes, duration, request id, key id — never the key itself).
  */
 #ifndef CAIRN_SERVICES_HTTP_H
 #define CAIRN_SERVICES_HTTP_H
@@ -20,8 +28,9 @@ typedef struct cairn_http cairn_http;
 
 /* What a handler sees of a request. Valid only during the handler call. */
 typedef struct cairn_http_req {
-    const char *method; /* "GET", "POST", ... */
-    const char *path;   /* URL path without the query string */
+    const char *method;     /* "GET", "POST", ... */
+    const char *path;       /* URL path without the query string */
+    const char *request_id; /* the X-Request-Id this request is answered with */
     const char *body;   /* NUL-terminated body (may contain NULs; use body_len), "" when none */
     size_t body_len;
     void *conn; /* the libmicrohttpd connection, for header and argument lookups */
@@ -35,6 +44,9 @@ typedef struct cairn_http_resp {
     char *body;               /* owned by the response once set; may be NULL */
     size_t body_len;
     int retry_after_s; /* > 0: adds Retry-After (429, 503) */
+    /* More headers: NULL, or name, value, name, value, ..., NULL; the strings must outlive the
+     * request (static strings: they are read when the answer is queued, maybe later). */
+    const char *const *headers;
 } cairn_http_resp;
 
 typedef void (*cairn_http_handler)(void *ctx, const cairn_http_req *req, cairn_http_resp *resp);
@@ -48,6 +60,10 @@ typedef struct cairn_http_params {
     int timeout_s;       /* idle connection timeout */
     const char *tls_cert_pem; /* both set: HTTPS; PEM text, not paths */
     const char *tls_key_pem;
+    /* Origins browsers may call from (CORS): comma-separated "scheme://host[:port]" entries,
+     * or "*" for any. NULL or "": none (cross-origin calls get no CORS headers). */
+    const char *cors_origins;
+    bool access_log; /* one info line per completed request (default true) */
 } cairn_http_params;
 
 cairn_http_params cairn_http_default_params(void);
@@ -60,9 +76,15 @@ int cairn_http_new(cairn_http **out, const cairn_http_params *p, cairn_metrics *
                    cairn_error *err);
 
 /* Adds a route; call before cairn_http_start. path matches exactly, or by prefix when it ends
- * in '*'. Returns 0, or CAIRN_ELIMIT when the table is full. */
+ * in '*'; routes are tried in the order they were added. Returns 0, or CAIRN_ELIMIT when the
+ * table is full. */
 int cairn_http_route(cairn_http *h, const char *method, const char *path,
                      cairn_http_handler fn, void *ctx);
+
+/* As cairn_http_route, with the route's own body limit (413 above) instead of the server's
+ * max_body: uploads take more than JSON requests should. max_body 0 keeps the server's. */
+int cairn_http_route_limit(cairn_http *h, const char *method, const char *path,
+                           cairn_http_handler fn, void *ctx, size_t max_body);
 
 /* Binds and starts serving. Returns 0 or CAIRN_EIO (address in use, bad host, TLS error). */
 int cairn_http_start(cairn_http *h, cairn_error *err);
@@ -82,8 +104,20 @@ void cairn_http_set_text(cairn_http_resp *resp, int status, const char *content_
 void cairn_http_json_error(cairn_http_resp *resp, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The value of request header name (case-insensitive), or NULL. */
+/* The value of request header name (case-insensitive), or NULL. During the handler call only. */
 const char *cairn_http_header(const cairn_http_req *req, const char *name);
+
+/* The value of query argument name (URL-decoded), or NULL. During the handler call only. */
+const char *cairn_http_query(const cairn_http_req *req, const char *name);
+
+/* Calls fn for each query argument in order (value NULL for a bare "?name") until fn returns
+ * non-zero, which is returned; 0 when every argument was seen. During the handler call only. */
+int cairn_http_query_each(const cairn_http_req *req,
+                          int (*fn)(void *ctx, const char *name, const char *value), void *ctx);
+
+/* Records who the request authenticated as, for the access log: a key's identifier (never the
+ * key), a device id. Copied (at most 47 bytes). During the handler call only. */
+void cairn_http_set_key_id(const cairn_http_req *req, const char *key_id);
 
 /* ---- Deferred answers and streams ------------------------------------------------------
  * A handler that cannot answer at once (generation) calls cairn_http_defer() and returns; the

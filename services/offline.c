@@ -169,7 +169,7 @@ static void *runner_main(void *arg)
 static bool authorized(cairn_offline *o, const cairn_http_req *req, cairn_http_resp *resp)
 {
     cairn_error err = {0};
-    if (cairn_api_auth_check(o->auth, cairn_http_header(req, "Authorization"), &err) == 0)
+    if (cairn_api_auth_request(o->auth, req, &err) == 0)
         return true;
     cairn_http_json_error(resp, 401, "%s", err.msg);
     return false;

@@ -16,6 +16,7 @@
 #include "retrieval/tier.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,7 +187,10 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
     int rc = (x && ids && texts && in) ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < n; i++) {
         texts[i] = docs[i].text;
-        in[i] = (cairn_doc_input){.key = "api", .text = docs[i].text, .meta = docs[i].metadata_json};
+        in[i] = (cairn_doc_input){.key = docs[i].key ? docs[i].key : "api",
+                                  .title = docs[i].title,
+                                  .text = docs[i].text,
+                                  .meta = docs[i].metadata_json};
     }
     if (!rc) rc = cairn_embed_batch(r->p.embed, texts, (int)n, x, err); /* outside the lock */
     if (!rc) {
@@ -204,6 +208,94 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
     free(ids);
     free(texts);
     free(in);
+    return rc;
+}
+
+/* Passages of one text, collected by cairn_corpus_chunk's callback. */
+typedef struct chunks {
+    cairn_api_doc *docs;
+    size_t n, cap, max;
+    const char *key, *title;
+    json_t *meta;
+} chunks;
+
+static int on_chunk(void *ctx, const char *s, size_t len)
+{
+    chunks *c = ctx;
+    if (c->n == c->max) return CAIRN_ELIMIT;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? 2 * c->cap : 16;
+        cairn_api_doc *d = realloc(c->docs, cap * sizeof *d);
+        if (!d) return CAIRN_ENOMEM;
+        c->docs = d;
+        c->cap = cap;
+    }
+    cairn_api_doc *d = &c->docs[c->n];
+    memset(d, 0, sizeof *d);
+    c->n++;
+    char *text = strndup(s, len);
+    char *key = malloc(strlen(c->key) + 24);
+    json_object_set_new(c->meta, "chunk", json_integer((json_int_t)(c->n - 1)));
+    char *meta = json_dumps(c->meta, JSON_COMPACT);
+    d->text = text, d->text_len = len, d->key = key, d->metadata_json = meta, d->title = c->title;
+    if (!text || !key || !meta) return CAIRN_ENOMEM;
+    sprintf(key, "%s#%zu", c->key, c->n - 1);
+    return 0;
+}
+
+int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
+                       const char *title, const char *meta_json, size_t max_passages,
+                       uint64_t *first_id, size_t *n_passages, cairn_error *err)
+{
+    chunks c = {.max = max_passages, .key = key, .title = title};
+    c.meta = meta_json ? json_loads(meta_json, 0, NULL) : json_object();
+    if (!json_is_object(c.meta)) {
+        json_decref(c.meta);
+        return cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
+    }
+    cairn_corpus_params cp = cairn_corpus_default_params();
+    cp.count_tokens = cairn_index_count_wordpiece;
+    cp.count_ctx = (void *)cairn_embed_tokenizer(r->p.embed);
+    int rc = cairn_corpus_chunk(text, len, &cp, on_chunk, &c);
+    if (rc == CAIRN_ELIMIT)
+        rc = cairn_errorf(err, CAIRN_ELIMIT, "more than %zu passages (the limit per document)",
+                          max_passages);
+    else if (rc == CAIRN_ENOMEM) rc = cairn_errorf(err, rc, "out of memory");
+    else if (rc) rc = cairn_errorf(err, rc, "chunking failed");
+    else if (c.n == 0) rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
+    uint64_t first = 0;
+    if (!rc) rc = cairn_rag_add(r, c.docs, c.n, &first, err);
+    if (!rc && first_id) *first_id = first;
+    if (!rc && n_passages) *n_passages = c.n;
+    for (size_t i = 0; i < c.n; i++) {
+        free((char *)c.docs[i].text);
+        free((char *)c.docs[i].key);
+        free((char *)c.docs[i].metadata_json);
+    }
+    free(c.docs);
+    json_decref(c.meta);
+    return rc;
+}
+
+int cairn_rag_scan(cairn_rag *r, uint64_t after, bool all,
+                   int (*visit)(void *ctx, const cairn_doc *d), void *ctx)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    /* Records are sorted by id: find the first one past `after` by bisection. */
+    size_t lo = 0, hi = cairn_docstore_records(r->ds);
+    cairn_doc d;
+    while (!all && lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        cairn_docstore_at(r->ds, mid, &d);
+        if (d.id <= after) lo = mid + 1;
+        else hi = mid;
+    }
+    int rc = 0;
+    for (size_t i = lo, n = cairn_docstore_records(r->ds); !rc && i < n; i++) {
+        cairn_docstore_at(r->ds, i, &d);
+        if (!d.deleted) rc = visit(ctx, &d);
+    }
+    pthread_rwlock_unlock(&r->lock);
     return rc;
 }
 

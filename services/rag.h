@@ -21,6 +21,7 @@
 #ifndef CAIRN_SERVICES_RAG_H
 #define CAIRN_SERVICES_RAG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +61,27 @@ size_t cairn_rag_count(cairn_rag *r);
  * document, naming it). */
 int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *first_id,
                   cairn_error *err);
+
+/*
+ * Chunks text (len bytes, checked by the caller) into passages as the corpus ingest does (at
+ * most 200 WordPiece tokens, 32 of overlap) and adds them with key "key#n", title, and metadata
+ * meta_json (a JSON object as text, may be NULL) plus "chunk": n. Nothing is added when it
+ * would make more than max_passages passages (CAIRN_ELIMIT, naming the count). *first_id and
+ * *n_passages (either may be NULL) get the first id and the count; ids are consecutive.
+ * Returns 0 or a CAIRN_E* code; on error the index is unchanged.
+ */
+int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
+                       const char *title, const char *meta_json, size_t max_passages,
+                       uint64_t *first_id, size_t *n_passages, cairn_error *err);
+
+/*
+ * Calls visit for each live passage with an id above after (all of them when all is true), in
+ * id order, until visit returns non-zero. The passage's strings are valid during the call only;
+ * visit runs under the index's read lock and must not call back into r. Returns 0, or what
+ * visit returned.
+ */
+int cairn_rag_scan(cairn_rag *r, uint64_t after, bool all,
+                   int (*visit)(void *ctx, const cairn_doc *d), void *ctx);
 
 /* Deletes document id from the store and the index. 0 or CAIRN_ENOTFOUND. */
 int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err);

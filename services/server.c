@@ -20,6 +20,7 @@
 #include "services/http.h"
 #include "services/offline.h"
 #include "services/rag.h"
+#include "services/web.h"
 #include "services/workers.h"
 #include "retrieval/embed.h"
 
@@ -54,6 +55,14 @@ static const cairn_config_key schema[] = {
     {"http.max_connections", CAIRN_CFG_INT, "1024", "1", "1000000",
      "open connections at most; more are refused", NULL, 0},
     {"http.timeout", CAIRN_CFG_DURATION, "60s", "1s", "1h", "idle connection timeout", NULL, 0},
+    {"http.max_upload", CAIRN_CFG_SIZE, "16M", "1K", "1G",
+     "largest file POST /v1/documents/upload accepts (413 above)", NULL, 0},
+    {"http.cors_origins", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "origins browsers may call from (CORS), comma-separated, e.g. "
+     "https://ui.example,http://localhost:3000; * for any; unset: none", NULL, 0},
+    {"http.access_log", CAIRN_CFG_BOOL, "true", NULL, NULL,
+     "one log line per request: method, route, status, bytes, duration, request id, key id",
+     NULL, 0},
     {"tls.cert", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM certificate file; with tls.key: HTTPS",
      NULL, 0},
     {"tls.key", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM private key file", NULL, CAIRN_CFG_SECRET},
@@ -138,6 +147,14 @@ static const cairn_config_key schema[] = {
      "directory with edge.gguf (served to devices) and foundation.gguf (cloud teacher)", NULL, 0},
     {"edge.rate", CAIRN_CFG_INT, "200", "1", "1000000",
      "samples per second one device may upload (429 above)", NULL, 0},
+    /* the web UI (services/web.c) */
+    {"web.enabled", CAIRN_CFG_BOOL, "true", NULL, NULL, "serve the web UI at /", NULL, 0},
+    {"web.dir", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "the web UI's files (unset: the installed share/cairn/web, else the source tree's web/)",
+     NULL, 0},
+    {"web.chartjs", CAIRN_CFG_STRING, "/usr/share/javascript/chart.js/chart.min.js", NULL, NULL,
+     "Chart.js (Debian's libjs-chart.js) served as /ui/chart.js for the metrics charts", NULL,
+     0},
 };
 
 /* ---- Service state ---------------------------------------------------------------------- */
@@ -152,6 +169,7 @@ typedef struct service {
     cairn_rag *rag;     /* NULL without an embedder */
     cairn_edge_api *edge; /* NULL unless edge.enrollment_token is set */
     cairn_offline *offline; /* NULL unless redis.url is set and a model is loaded */
+    cairn_web *web;         /* NULL when web.enabled is false or no UI files were found */
     atomic_int ready; /* 0 while loading: /health answers 503 */
     int64_t started_ns;
 } service;
@@ -384,6 +402,7 @@ static int start_api(service *s, cairn_error *err)
     ap.api_keys = cairn_config_string(c, "auth.api_keys");
     ap.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
     ap.model_name = cairn_config_string(c, "model.name");
+    ap.max_upload = (size_t)cairn_config_size(c, "http.max_upload");
     ap.workers = s->workers;
     rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
     if (rc || !cairn_config_string(c, "redis.url")) return rc;
@@ -404,6 +423,29 @@ static int start_api(service *s, cairn_error *err)
     if (!rc) rc = cairn_offline_routes(s->offline, s->http);
     if (!rc) CAIRN_LOG_INFO("offline jobs", "runners=%d", op.runners);
     return rc;
+}
+
+/* The UI's files: web.dir when set (an error when unusable), else the first of the installed
+ * and the source tree's directories that holds them; none found is a warning, not an error. */
+static int start_web(service *s, cairn_error *err)
+{
+    cairn_config *c = s->cfg;
+    if (!cairn_config_bool(c, "web.enabled")) return 0;
+    const char *dir = cairn_config_string(c, "web.dir");
+    static const char *const candidates[] = {CAIRN_WEB_DIR_INSTALL, CAIRN_WEB_DIR_SOURCE};
+    cairn_web_params wp = {.chartjs = cairn_config_string(c, "web.chartjs")};
+    int rc = CAIRN_ENOTFOUND;
+    for (size_t i = 0; i < (dir ? 1 : 2) && rc == CAIRN_ENOTFOUND; i++) {
+        wp.dir = dir ? dir : candidates[i];
+        rc = cairn_web_open(&s->web, &wp, err);
+    }
+    if (rc == CAIRN_ENOTFOUND && !dir) {
+        CAIRN_LOG_WARN("no web UI", "detail=%s", "no UI files installed; set web.dir");
+        return 0;
+    }
+    if (rc) return cairn_error_prefix(err, "web.dir");
+    CAIRN_LOG_INFO("web UI", "dir=%s files=%d", wp.dir, cairn_web_count(s->web));
+    return cairn_web_routes(s->web, s->http);
 }
 
 static int start(service *s, cairn_error *err)
@@ -438,6 +480,8 @@ static int start(service *s, cairn_error *err)
     hp.max_body = (size_t)cairn_config_size(c, "http.max_body");
     hp.max_connections = (int)cairn_config_int(c, "http.max_connections");
     hp.timeout_s = (int)(cairn_config_duration_ns(c, "http.timeout") / CAIRN_NS_PER_SEC);
+    hp.cors_origins = cairn_config_string(c, "http.cors_origins");
+    hp.access_log = cairn_config_bool(c, "http.access_log");
 
     char *cert = NULL, *key = NULL;
     const char *cert_path = cairn_config_string(c, "tls.cert");
@@ -468,9 +512,12 @@ static int start(service *s, cairn_error *err)
         ep.enrollment_token = cairn_config_string(c, "edge.enrollment_token");
         ep.signing_key_path = cairn_config_string(c, "edge.signing_key");
         ep.rate_samples_per_s = (double)cairn_config_int(c, "edge.rate");
+        ep.api_keys = cairn_config_string(c, "auth.api_keys");
+        ep.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
         rc = cairn_edge_api_open(&s->edge, &ep, s->metrics, err);
         if (!rc) rc = cairn_edge_api_routes(s->edge, s->http);
     }
+    if (!rc) rc = start_web(s, err);
     if (!rc) rc = cairn_http_start(s->http, err);
     free(cert);
     free(key);
@@ -524,6 +571,7 @@ int cairn_serve_main(const char *prog, int argc, char **argv)
     cairn_rag_close(s.rag);
     cairn_embed_close(s.embed);
     cairn_edge_api_close(s.edge); /* after the HTTP server: no handler may still use it */
+    cairn_web_close(s.web);
     cairn_metrics_free(s.metrics);
     cairn_config_free(s.cfg);
     if (!status) CAIRN_LOG_INFO("stopped", "uptime_s=%.1f",

@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "generation/kv.h"
 #include "generation/model.h"
 #include "generation/sample.h"
 
@@ -86,6 +87,7 @@ typedef struct worker {
     int kv_limit;          /* admit only below this many sequences (set when the KV ran out) */
     cairn_sched_seq *plan; /* max_seqs entries */
     cairn_step_item *items;
+    int kv_total; /* blocks of the full-attention group (all free at open), for cairn_kv_used */
 } worker;
 
 struct cairn_workers {
@@ -103,7 +105,7 @@ struct cairn_workers {
     fifo online, offline;
     int n_running, n_offline_running;
     bool closing;
-    cairn_gauge *g_running, *g_queue, *g_offline_queue, *g_mape, *g_budget;
+    cairn_gauge *g_running, *g_queue, *g_offline_queue, *g_mape, *g_budget, *g_kv;
     cairn_histogram *h_ttft, *h_itl, *h_e2e, *h_queue, *h_iter;
     cairn_counter *c_tokens, *c_offline_tokens, *c_preempt, *c_yield;
     cairn_metrics *own_metrics; /* a private registry when the caller gave none */
@@ -583,6 +585,9 @@ static void record(worker *wk, const cairn_batch_shape *shape, int n_items, int6
     cairn_predictor_observe(wk->pred, shape, dt);
     cairn_histogram_observe(w->h_iter, dt);
     if (wk->index == 0) cairn_gauge_set(w->g_mape, cairn_predictor_mape(wk->pred, NULL));
+    if (wk->index == 0 && wk->kv_total > 0)
+        cairn_gauge_set(w->g_kv, 1.0 - (double)cairn_kv_free_blocks(cairn_engine_kv(wk->engine),
+                                                                     0) / wk->kv_total);
     for (int i = 0; i < n_items; i++) {
         job *j = find_job(wk, wk->items[i].id);
         if (j) j->t_served = t1;
@@ -715,6 +720,9 @@ static int make_metrics(cairn_workers *w, cairn_metrics *m, cairn_error *err)
                                   err);
     if (!rc) rc = cairn_gauge_new(m, &w->g_budget, "cairn_sched_budget_seconds",
                                   "Per-iteration latency budget of the slo policy", err);
+    if (!rc) rc = cairn_gauge_new(m, &w->g_kv, "cairn_kv_used",
+                                  "Fraction of the first engine's KV cache blocks in use (its "
+                                  "full-attention layers), after its last iteration", err);
     static const double it[] = {0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5};
     if (!rc) rc = cairn_histogram_new(m, &w->h_iter, "cairn_sched_iteration_seconds",
                                       "Time of one engine iteration (forward pass)", it,
@@ -791,6 +799,7 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
             be->i->traits(be, &tr);
             cairn_predictor_set_traits(wk->pred, &tr);
         }
+        if (!rc) wk->kv_total = cairn_kv_free_blocks(cairn_engine_kv(wk->engine), 0);
         if (!rc && pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
             cairn_engine_close(wk->engine);
             wk->engine = NULL;

@@ -10,7 +10,9 @@ import tempfile
 import jsonschema
 import yaml
 
+import edgeproto
 from harness import Daemon, Redis, http, run_tests
+from pdfgen import make_pdf
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 SPEC = yaml.safe_load(open(os.path.join(ROOT, "proto", "openapi.yaml")))
@@ -28,7 +30,9 @@ def validator(schema):
 
 
 def spec_path(path):
-    """The documented path template matching a concrete path."""
+    """The documented path template matching a concrete path (its query string dropped); the
+    first in document order, so /v1/documents/upload is not taken for /v1/documents/{id}."""
+    path = path.split("?", 1)[0]
     for templ in SPEC["paths"]:
         rx = "^" + re.sub(r"\{[^}]+\}", "[^/]+", templ) + "$"
         if re.match(rx, path):
@@ -55,8 +59,9 @@ def call(method, path, body=None, headers=AUTH, raw_body=None, invalid=False):
     d = daemon()
     templ = spec_path(path)
     op = SPEC["paths"][templ][method.lower()]
-    if body is not None and "requestBody" in op:
-        req_schema = op["requestBody"]["content"]["application/json"]["schema"]
+    json_body = op.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is not None and json_body:
+        req_schema = json_body["schema"]
         ok = validator(req_schema).is_valid(body)
         assert ok != invalid, f"{method} {templ}: the spec {'accepts' if ok else 'rejects'} {body}"
     data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
@@ -73,6 +78,9 @@ def call(method, path, body=None, headers=AUTH, raw_body=None, invalid=False):
         return status, events
     if ctype.startswith("text/plain"):
         return status, raw.decode()
+    assert rh.get("X-Request-Id"), f"{method} {path}: no X-Request-Id"
+    if not raw and status in (204, 304):
+        return status, None
     doc = json.loads(raw)
     validator(schema).validate(doc)
     return status, doc
@@ -92,7 +100,9 @@ def daemon():
                              f"--embed.model={MODELS}/all-minilm-l6-v2.gguf",
                              f"--auth.api_keys={KEY}", f"--rag.corpus={corpus}",
                              f"--rag.dir={tmp.name}/index", "--workers.ctx=384",
-                             "--limits.max_tokens=16", "--http.max_body=16K")
+                             "--limits.max_tokens=16", "--http.max_body=16K",
+                             "--http.max_upload=64K", "--edge.enrollment_token=spec-token",
+                             f"--edge.models={os.path.join(ROOT, 'adapt', 'models')}")
     return _state["d"]
 
 
@@ -156,6 +166,53 @@ def test_retrieval_rag_and_documents():
     assert call("POST", "/v1/retrieve", {"query": "q", "k": 0}, invalid=True)[0] == 400
     assert call("POST", "/v1/rag", {"question": "q", "mode": "x"}, invalid=True)[0] == 400
     assert call("POST", "/v1/documents", {"documents": []}, invalid=True)[0] == 400
+
+
+def upload(name, data, ctype, expect, **query):
+    from urllib.parse import urlencode
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": ctype}
+    status, doc = call("POST", "/v1/documents/upload?" + urlencode({"filename": name, **query}),
+                       headers=headers, raw_body=data)
+    assert status == expect, (status, doc)
+    return doc
+
+
+def test_document_list_and_uploads():
+    status, doc = call("GET", "/v1/documents?limit=2")
+    assert status == 200 and len(doc["data"]) == 2 and doc["has_more"], doc
+    status, page2 = call("GET", f"/v1/documents?limit=2&after={doc['next_after']}")
+    assert status == 200 and page2["data"][0]["id"] > doc["data"][1]["id"]
+    pdf = make_pdf(["Granite cliffs ring the northern fjord."], title="Fjords")
+    got = upload("fjords.pdf", pdf, "application/pdf", 200, metadata='{"topic": "geology"}')
+    assert got["kind"] == "pdf" and got["title"] == "Fjords" and got["passages"] == 1
+    status, doc = call("GET", "/v1/documents?metadata.topic=geology&full=1")
+    assert status == 200 and [d["id"] for d in doc["data"]] == [got["data"][0]["id"]]
+    assert "Granite cliffs" in doc["data"][0]["text"]
+    status, doc = call("GET", "/v1/documents?q=GRANITE+CLIFFS")
+    assert status == 200 and len(doc["data"]) == 1
+    upload("page.html", b"<html><body><p>Tides at Ostrand.</p></body></html>", "text/html", 200)
+    upload("notes.md", b"# Notes\n\nBasalt columns.", "application/octet-stream", 200)
+    # Refused, each with its reason: truncated, binary, unknown kind, mismatch, too large.
+    upload("cut.pdf", pdf[: len(pdf) // 2], "application/pdf", 400)
+    upload("bin.txt", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "text/plain", 415)
+    upload("a.zip", b"PK\x03\x04", "application/zip", 415)
+    upload("a.pdf", b"hello", "text/html", 400)
+    upload("big.txt", b"x " * 40000, "text/plain", 413)
+    assert call("GET", "/v1/documents?limit=0")[0] == 400
+    assert call("GET", "/v1/documents?nope=1")[0] == 400
+    assert call("GET", "/v1/documents", headers={})[0] == 401
+    assert call("POST", "/v1/documents/upload?filename=a.txt", headers={},
+                raw_body=b"hi")[0] == 401
+
+
+def test_edge_fleet():
+    url = daemon().url
+    dev, key = edgeproto.enroll(url, "spec-token", "spec-device")
+    edgeproto.upload(url, dev, key, 4)
+    status, doc = call("GET", "/v1/edge/fleet")
+    assert status == 200 and doc["devices"][0]["id"] == dev and doc["devices"][0]["samples"] == 4
+    assert doc["uploads"][0]["samples"] == 4
+    assert call("GET", "/v1/edge/fleet", headers={"Authorization": f"Bearer {key}"})[0] == 401
 
 
 def test_jobs():

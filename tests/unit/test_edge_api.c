@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 #include <curl/curl.h>
+#include <jansson.h>
 
 #include "adapt/bundle.h"
 #include "clients/edge/cairn_edge.h"
@@ -175,6 +176,7 @@ static int setup(void **state)
     p.edge_model_path = f->edge;
     p.foundation_model_path = f->found;
     p.enrollment_token = "let-me-in";
+    p.api_keys = "ops-key"; /* GET /v1/edge/fleet is for operators */
     p.max_upload_samples = 64;
     p.max_upload_bytes = 256 * 1024;
     p.rate_samples_per_s = 1; /* a bucket of 200 samples that refills slowly */
@@ -414,6 +416,35 @@ static void test_models_and_bundles(void **state)
     assert_int_equal(r.status, 204);
     reply_free(&r);
     assert_true(metric(f, "cairn_edge_bytes_down_total") > 0);
+
+    /* The fleet view: operators' keys only; the device, its uploads, the bundles and steps. */
+    r = req(f, "GET", "/v1/edge/fleet", NULL, NULL, NULL, 0);
+    assert_int_equal(r.status, 401);
+    reply_free(&r);
+    r = req(f, "GET", "/v1/edge/fleet", f->dev_key, NULL, NULL, 0);
+    assert_int_equal(r.status, 401);
+    reply_free(&r);
+    r = req(f, "GET", "/v1/edge/fleet", "ops-key", NULL, NULL, 0);
+    assert_int_equal(r.status, 200);
+    json_t *fl = json_loadb((const char *)r.body, r.len, 0, NULL);
+    assert_non_null(fl);
+    json_t *d0 = json_array_get(json_object_get(fl, "devices"), 0);
+    assert_string_equal(json_string_value(json_object_get(d0, "id")), f->dev_id);
+    assert_int_equal(json_integer_value(json_object_get(d0, "samples")), 41);
+    assert_int_equal(json_integer_value(json_object_get(d0, "uploads")), 2);
+    json_t *bs = json_object_get(fl, "bundles");
+    assert_int_equal(json_array_size(bs), st.bundles);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(bs, 0), "version")), 1);
+    json_t *steps = json_object_get(fl, "steps");
+    assert_int_equal(json_array_size(steps), st.steps);
+    double ag = json_real_value(json_object_get(json_array_get(steps, 0), "agreement"));
+    assert_true(ag >= 0 && ag <= 1);
+    assert_int_equal(json_array_size(json_object_get(fl, "uploads")), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(fl, "totals"),
+                                                        "samples_accepted")),
+                     41);
+    json_decref(fl);
+    reply_free(&r);
 }
 
 /* The device SDK end to end over its libcurl transport: infer and select on a batch of images,

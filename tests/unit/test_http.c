@@ -1,10 +1,12 @@
 /* tests/unit/test_http.c — the HTTP layer over real loopback sockets, with libcurl as client. */
+#define _GNU_SOURCE /* strcasestr */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "common/log.h"
 #include "common/metrics.h"
 #include "services/http.h"
 
@@ -19,6 +21,7 @@ typedef struct reply {
     char body[8192];
     size_t len;
     char retry_after[32];
+    char headers[4096]; /* every header line as received */
 } reply;
 
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
@@ -39,12 +42,31 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud)
     size_t k = sz * n;
     if (k > 13 && strncasecmp(p, "Retry-After: ", 13) == 0)
         snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(k - 15), p + 13);
+    size_t used = strlen(r->headers);
+    snprintf(r->headers + used, sizeof r->headers - used, "%.*s", (int)k, p);
     return k;
 }
 
+/* The value of header name in r (without the line end), or NULL; static buffer. */
+static const char *header_of(const reply *r, const char *name)
+{
+    static char v[512];
+    size_t n = strlen(name);
+    for (const char *l = r->headers; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "") {
+        if (!strncasecmp(l, name, n) && l[n] == ':') {
+            const char *s = l + n + 1;
+            while (*s == ' ') s++;
+            size_t k = strcspn(s, "\r\n");
+            snprintf(v, sizeof v, "%.*s", (int)k, s);
+            return v;
+        }
+    }
+    return NULL;
+}
+
 /* chunked == 1 sends the body without Content-Length, so the limit is found while reading. */
-static reply request(int port, const char *method, const char *path, const char *body, size_t len,
-                     int chunked)
+static reply request_h(int port, const char *method, const char *path, const char *body,
+                       size_t len, int chunked, const char *const *hdrs)
 {
     reply r = {0};
     CURL *c = curl_easy_init();
@@ -58,6 +80,8 @@ static reply request(int port, const char *method, const char *path, const char 
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
     struct curl_slist *h = NULL;
+    for (size_t i = 0; hdrs && hdrs[i]; i++) h = curl_slist_append(h, hdrs[i]);
+    if (h && !body) curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         if (chunked) h = curl_slist_append(h, "Transfer-Encoding: chunked");
@@ -71,6 +95,12 @@ static reply request(int port, const char *method, const char *path, const char 
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     return r;
+}
+
+static reply request(int port, const char *method, const char *path, const char *body, size_t len,
+                     int chunked)
+{
+    return request_h(port, method, path, body, len, chunked, NULL);
 }
 
 /* An echo route: answers with the body length and the X-Test header. */
@@ -104,8 +134,10 @@ static int setup(void **state)
     p.port = 0;
     p.threads = 2;
     p.max_body = 1000;
+    p.cors_origins = "https://ui.example, http://localhost:3000";
     assert_int_equal(cairn_http_new(&f->h, &p, f->m, &err), 0);
     assert_int_equal(cairn_http_route(f->h, "POST", "/echo", on_echo, NULL), 0);
+    assert_int_equal(cairn_http_route_limit(f->h, "POST", "/upload", on_echo, NULL, 3000), 0);
     assert_int_equal(cairn_http_route(f->h, "GET", "/busy", on_busy, NULL), 0);
     assert_int_equal(cairn_http_route(f->h, "GET", "/files/*", on_echo, NULL), 0);
     assert_int_equal(cairn_http_start(f->h, &err), 0);
@@ -194,6 +226,120 @@ static void test_metrics_count_requests(void **state)
     free(text);
 }
 
+static void test_request_id(void **state)
+{
+    fixture *f = *state;
+    /* Made here when the request has none: on successes and on errors alike. */
+    reply a = request(f->port, "POST", "/echo", "x", 1, 0);
+    reply b = request(f->port, "GET", "/nope", NULL, 0, 0);
+    char id_a[80];
+    assert_non_null(header_of(&a, "X-Request-Id"));
+    snprintf(id_a, sizeof id_a, "%s", header_of(&a, "X-Request-Id"));
+    assert_int_equal(strlen(id_a), 16);
+    assert_non_null(header_of(&b, "X-Request-Id"));
+    assert_string_not_equal(id_a, header_of(&b, "X-Request-Id"));
+    /* Taken from the request when it is a plain short id... */
+    const char *mine[] = {"X-Request-Id: trace-42.a:b_C", NULL};
+    reply c = request_h(f->port, "POST", "/echo", "x", 1, 0, mine);
+    assert_string_equal(header_of(&c, "X-Request-Id"), "trace-42.a:b_C");
+    /* ...and replaced when it is not (spaces, quotes, too long). */
+    const char *bad[] = {"X-Request-Id: a b\"c", NULL};
+    reply d = request_h(f->port, "POST", "/echo", "x", 1, 0, bad);
+    assert_int_equal(strlen(header_of(&d, "X-Request-Id")), 16);
+    char longid[120] = "X-Request-Id: ";
+    memset(longid + 14, 'z', 65);
+    const char *lng[] = {longid, NULL};
+    reply e = request_h(f->port, "POST", "/echo", "x", 1, 0, lng);
+    assert_int_equal(strlen(header_of(&e, "X-Request-Id")), 16);
+}
+
+static void test_cors(void **state)
+{
+    fixture *f = *state;
+    const char *pre[] = {"Origin: https://ui.example", "Access-Control-Request-Method: POST",
+                         "Access-Control-Request-Headers: authorization, content-type", NULL};
+    reply r = request_h(f->port, "OPTIONS", "/echo", NULL, 0, 0, pre);
+    assert_int_equal(r.status, 204);
+    assert_string_equal(header_of(&r, "Access-Control-Allow-Origin"), "https://ui.example");
+    assert_non_null(strstr(header_of(&r, "Access-Control-Allow-Methods"), "POST"));
+    assert_non_null(strstr(header_of(&r, "Access-Control-Allow-Headers"), "Authorization"));
+    assert_non_null(header_of(&r, "Access-Control-Max-Age"));
+    assert_non_null(header_of(&r, "X-Request-Id"));
+    /* Another origin: refused, and no CORS header at all. */
+    const char *evil[] = {"Origin: https://evil.example", "Access-Control-Request-Method: POST",
+                          NULL};
+    r = request_h(f->port, "OPTIONS", "/echo", NULL, 0, 0, evil);
+    assert_int_equal(r.status, 403);
+    assert_null(strcasestr(r.headers, "Access-Control-"));
+    assert_non_null(strstr(r.body, "evil.example"));
+    /* The actual request from the allowed origin carries the headers; from another, none. */
+    const char *ok[] = {"Origin: http://localhost:3000", NULL};
+    r = request_h(f->port, "POST", "/echo", "x", 1, 0, ok);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(header_of(&r, "Access-Control-Allow-Origin"), "http://localhost:3000");
+    assert_non_null(strstr(header_of(&r, "Access-Control-Expose-Headers"), "X-Request-Id"));
+    r = request_h(f->port, "POST", "/echo", "x", 1, 0, evil);
+    assert_int_equal(r.status, 200);
+    assert_null(strcasestr(r.headers, "Access-Control-"));
+    /* Unknown paths are 404 for OPTIONS too; a plain OPTIONS lists the methods. */
+    r = request_h(f->port, "OPTIONS", "/nope", NULL, 0, 0, pre);
+    assert_int_equal(r.status, 404);
+    r = request(f->port, "OPTIONS", "/echo", NULL, 0, 0);
+    assert_int_equal(r.status, 204);
+    assert_string_equal(header_of(&r, "Allow"), "POST, OPTIONS");
+    assert_null(strcasestr(r.headers, "Access-Control-"));
+}
+
+static void test_route_body_limit(void **state)
+{
+    fixture *f = *state;
+    char big[2500];
+    memset(big, 'y', sizeof big);
+    reply r = request(f->port, "POST", "/upload", big, sizeof big, 0);
+    assert_int_equal(r.status, 200); /* over the server's 1000, under the route's 3000 */
+    r = request(f->port, "POST", "/echo", big, sizeof big, 0);
+    assert_int_equal(r.status, 413);
+    char huge[3500];
+    memset(huge, 'y', sizeof huge);
+    r = request(f->port, "POST", "/upload", huge, sizeof huge, 1);
+    assert_int_equal(r.status, 413);
+    assert_non_null(strstr(r.body, "limit of 3000 bytes"));
+}
+
+/* One access-log line per request, with its id, route pattern, status and sizes. */
+static void test_access_log(void **state)
+{
+    fixture *f = *state;
+    char path[] = "/tmp/cairn-access-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    cairn_log_set_fd(fd);
+    const char *id1[] = {"X-Request-Id: log-test-1", NULL};
+    const char *id2[] = {"X-Request-Id: log-test-2", NULL};
+    request_h(f->port, "POST", "/echo", "hello", 5, 0, id1);
+    request_h(f->port, "GET", "/files/a/b?q=secret", NULL, 0, 0, id2);
+    char buf[8192] = "";
+    for (int i = 0; i < 100; i++) { /* lines are written when the connection completes */
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        if (strstr(buf, "log-test-2")) break;
+        usleep(20000);
+    }
+    cairn_log_set_fd(2);
+    close(fd);
+    unlink(path);
+    const char *l1 = strstr(buf, "id=log-test-1");
+    assert_non_null(l1);
+    const char *line1 = l1;
+    while (line1 > buf && line1[-1] != '\n') line1--;
+    assert_non_null(strstr(line1, "access request method=POST route=/echo status=200 bytes=16 "
+                                  "bytes_in=5 duration_ms="));
+    assert_non_null(strstr(buf, "method=GET route=/files/* status=200"));
+    assert_null(strstr(buf, "secret")); /* patterns, never raw paths or queries */
+    /* Exactly one line each. */
+    assert_null(strstr(l1 + 1, "id=log-test-1"));
+}
+
 static void test_bad_params(void **state)
 {
     cairn_http *h = NULL;
@@ -203,6 +349,12 @@ static void test_bad_params(void **state)
     assert_int_equal(cairn_http_new(&h, &p, NULL, &err), CAIRN_ERANGE);
     assert_non_null(strstr(err.msg, "70000"));
     p = cairn_http_default_params();
+    p.cors_origins = "https://ok.example,ftp://x";
+    assert_int_equal(cairn_http_new(&h, &p, NULL, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "ftp://x"));
+    p.cors_origins = "https://ok.example/path";
+    assert_int_equal(cairn_http_new(&h, &p, NULL, &err), CAIRN_EINVAL);
+    p.cors_origins = NULL;
     p.host = "not-an-address";
     p.port = 0;
     assert_int_equal(cairn_http_new(&h, &p, NULL, &err), 0);
@@ -220,6 +372,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_413_by_length_and_by_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_after_and_error_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics_count_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_route_body_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_access_log, setup, teardown),
         cmocka_unit_test(test_bad_params),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
