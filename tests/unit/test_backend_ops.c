@@ -579,6 +579,15 @@ static void test_matmul(void **state)
         for (size_t k = 0; k < N_COUNTS; k++)
             check_matmul(&w, TOKEN_COUNTS[k], "matmul");
         wmat_free(&w);
+        /* A tall matrix: the GEMV takes two rows a warp from 4 x 4 x 132 (an H100's SMs) =
+         * 2112 rows on, the last warp here holding one; rows of 2304 values make the lanes
+         * take a second unit each trip, part of them past the row's end. */
+        wmat_make(&w, "blk.0.ffn_gate.weight", type, 2113, 2304, CAIRN_BMAT_MATMUL);
+        reserve_both();
+        check_matmul(&w, 1, "matmul");
+        check_matmul(&w, 7, "matmul");
+        check_matmul(&w, 33, "matmul");
+        wmat_free(&w);
         if (!is_quant(type)) {
             wmat_make(&w, "blk.0.attn_q.weight", type, 50, 90, CAIRN_BMAT_MATMUL);
             reserve_both();

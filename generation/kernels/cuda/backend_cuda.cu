@@ -90,7 +90,8 @@ static void cu_free(cairn_backend *be, void *p)
         return;
     cairn__cuda *c = cairn__cu(be);
     (void)cudaSetDevice(c->device);
-    /* cudaFree waits for the device; a failure here has nobody to report to. */
+    /* Queued work may still use p. A failure here has nobody to report to. */
+    (void)cudaStreamSynchronize(c->stream);
     (void)cudaFree(p);
 }
 
@@ -345,6 +346,7 @@ static void cu_mat_free(cairn_backend *be, cairn_bmat *m)
     if (!m || !m->priv)
         return;
     (void)cudaSetDevice(cairn__cu(be)->device);
+    (void)cudaStreamSynchronize(cairn__cu(be)->stream); /* queued products may still read it */
     cmat_free((cairn__cmat *)m->priv);
     memset(m, 0, sizeof *m);
 }
@@ -455,13 +457,13 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
     }
     if (need > c->batch_cap) {
         size_t cap = need + need / 2 + 64;
+        /* d_batch may still be read by queued kernels of the last step */
+        CU_TRY(err, cudaStreamSynchronize(c->stream));
         (void)cudaFreeHost(c->h_batch);
         (void)cudaFree(c->d_batch);
         c->h_batch = NULL;
         c->d_batch = NULL;
         c->batch_cap = 0;
-        /* d_batch may be read by queued kernels of the last step */
-        CU_TRY(err, cudaStreamSynchronize(c->stream));
         void *h = NULL;
         cudaError_t e = cudaMallocHost(&h, cap * sizeof(int32_t));
         if (e != cudaSuccess) {

@@ -116,8 +116,11 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
 #define CAIRN__GEMV_TOKENS 8
 #define CAIRN__GEMV_MAX_TOKENS 16
 
-/* Elements of a dequantized weight tile for the cuBLAS path (BF16: 64 MiB). */
+/* Elements of a dequantized weight tile for the cuBLAS path (BF16: 64 MiB). A build may set a
+ * smaller one to check the tiling with small matrices. */
+#ifndef CAIRN__WTILE_ELEMS
 #define CAIRN__WTILE_ELEMS ((size_t)32 << 20)
+#endif
 
 /* Bytes of the logits rows produced at once before they are copied to the host. */
 #define CAIRN__LOGITS_BYTES ((size_t)256 << 20)

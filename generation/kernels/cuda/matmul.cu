@@ -64,15 +64,31 @@ __global__ void to_bf16(const float *__restrict__ x, int64_t n, __nv_bfloat16 *_
         y[i] = __float2bfloat16_rn(x[i]);
 }
 
-/* Rows [r0, r0 + n_rows) of m into out (row-major, cols a row) as BF16. */
+/* Rows r0 + blockIdx.y of m into row blockIdx.y of out (row-major, cols a row) as BF16: a
+ * thread decodes 8 consecutive values and stores them in one 16-byte write when the row
+ * length allows (every block type: a multiple of 32). */
 template <uint32_t TYPE>
-__global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, int64_t n_rows,
-                             __nv_bfloat16 *__restrict__ out)
+__global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__restrict__ out)
 {
-    const int64_t n = n_rows * m.cols;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = __float2bfloat16_rn(cairn__deq1(m, r0 + i / m.cols, i % m.cols, TYPE));
+    const int64_t row = r0 + blockIdx.y;
+    const int64_t c0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c0 >= m.cols)
+        return;
+    __nv_bfloat16 *o = out + (int64_t)blockIdx.y * m.cols + c0;
+    if (m.cols % 8 == 0) {
+        uint32_t p[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const __nv_bfloat16 lo = __float2bfloat16_rn(cairn__deq1(m, row, c0 + 2 * i, TYPE));
+            const __nv_bfloat16 hi =
+                __float2bfloat16_rn(cairn__deq1(m, row, c0 + 2 * i + 1, TYPE));
+            p[i] = (uint32_t)__bfloat16_as_ushort(lo) | (uint32_t)__bfloat16_as_ushort(hi) << 16;
+        }
+        *(uint4 *)o = make_uint4(p[0], p[1], p[2], p[3]);
+        return;
+    }
+    for (int i = 0; i < 8 && c0 + i < m.cols; i++)
+        o[i] = __float2bfloat16_rn(cairn__deq1(m, row, c0 + i, TYPE));
 }
 
 /* ---- GEMV units ------------------------------------------------------------------------------ */
@@ -93,7 +109,18 @@ static __device__ __forceinline__ int spread4(uint32_t h)
     return (int)(((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25));
 }
 
-/* Units a row: the loop over u in the kernel below walks these. */
+static __device__ __forceinline__ int4 nib_lo(int4 w)
+{
+    return make_int4(w.x & 0x0F0F0F0F, w.y & 0x0F0F0F0F, w.z & 0x0F0F0F0F, w.w & 0x0F0F0F0F);
+}
+
+static __device__ __forceinline__ int4 nib_hi(int4 w)
+{
+    return make_int4((w.x >> 4) & 0x0F0F0F0F, (w.y >> 4) & 0x0F0F0F0F, (w.z >> 4) & 0x0F0F0F0F,
+                     (w.w >> 4) & 0x0F0F0F0F);
+}
+
+/* Units a row: the GEMV's lanes walk these. */
 template <uint32_t TYPE>
 static __device__ __forceinline__ int64_t units_of(const cairn__mat_dev &m)
 {
@@ -112,210 +139,284 @@ static __device__ __forceinline__ int64_t units_of(const cairn__mat_dev &m)
 }
 
 /*
- * Unit u of row `row` against the pass's nt tokens (acc[t] += its share of dot(row, x[t])).
+ * A unit is 16 bytes of a row's quants, one aligned 128-bit load; wunit holds it decoded (with
+ * its scales) in registers, aunit the activations of one token that meet it, and dot() their
+ * product. A warp's lanes take consecutive units, so a warp reads 512 contiguous bytes.
  *   Q8_0: 16 int8 values, half a block.
  *   Q4_0/Q4_1/Q5_0: one block: 16 bytes of nibbles (value j low, j + 16 high), meeting the
- *     activation block's 32 quants as two 16-byte halves.
+ *     activation block's 32 quants as two 16-byte halves; the offset (8, 16) or the min meets
+ *     the activations' scaled sum.
  *   Q4_K: 16 of a block's 128 quant bytes, k = u % 8: chunk c = k / 2 of 64 values, bytes
  *     16 (k % 2) .. +16 of it, whose low nibbles are values 64c + l of sub-block 2c and whose
  *     high nibbles are values 64c + 32 + l of sub-block 2c + 1 (l = 16 (k % 2) .. +16). The
  *     sub-block mins meet the activations' sums once per sub-block: in the k % 2 == 0 unit.
  *   Q6_K: a quarter of a block, k = u % 4: half hh = k / 2, l = 16 (k % 2) .. +16, the bytes
- *     ql[64 hh + l], ql[64 hh + 32 + l], qh[32 hh + l]: 64 values in four groups of 16 (values
- *     128 hh + 32 g + l, g = 0..3), each with its own scale.
+ *     ql[64 hh + l], ql[64 hh + 32 + l], qh[32 hh + l] (three loads): 64 values in four groups
+ *     of 16 (values 128 hh + 32 g + l, g = 0..3), each with its own scale.
  *   F32: 4 values; F16, BF16: 8 values.
  */
-template <uint32_t TYPE, int NT>
-static __device__ __forceinline__ void unit_dot(const cairn__mat_dev &m, int64_t row, int64_t u,
-                                                const act_dev &a, int nt, float *acc)
+template <uint32_t TYPE> struct wunit;
+template <uint32_t TYPE> struct aunit;
+
+struct wunit_q8 { int4 q; float d; };
+struct aunit_q8 { int4 q; float d; };
+struct wunit_q4 { int4 lo, hi; float d, m; };
+struct aunit_q4 { int4 a0, a1; float2 ds; };
+struct wunit_q4k { int4 lo, hi; float d0, d1, m0, m1; };
+struct aunit_q4k { int4 a0, a1; float2 ds0, ds1; };
+struct wunit_q6k { int q[4][4]; float s[4]; };
+struct aunit_q6k { int4 a[4]; float d[4]; };
+struct wunit_f8 { float w[8]; };
+struct aunit_f8 { float4 x0, x1; };
+struct wunit_f4 { float4 w; };
+struct aunit_f4 { float4 x; };
+
+template <> struct wunit<CAIRN_GGUF_Q8_0> : wunit_q8 {};
+template <> struct aunit<CAIRN_GGUF_Q8_0> : aunit_q8 {};
+template <> struct wunit<CAIRN_GGUF_Q4_0> : wunit_q4 {};
+template <> struct aunit<CAIRN_GGUF_Q4_0> : aunit_q4 {};
+template <> struct wunit<CAIRN_GGUF_Q4_1> : wunit_q4 {};
+template <> struct aunit<CAIRN_GGUF_Q4_1> : aunit_q4 {};
+template <> struct wunit<CAIRN_GGUF_Q5_0> : wunit_q4 {};
+template <> struct aunit<CAIRN_GGUF_Q5_0> : aunit_q4 {};
+template <> struct wunit<CAIRN_GGUF_Q4_K> : wunit_q4k {};
+template <> struct aunit<CAIRN_GGUF_Q4_K> : aunit_q4k {};
+template <> struct wunit<CAIRN_GGUF_Q6_K> : wunit_q6k {};
+template <> struct aunit<CAIRN_GGUF_Q6_K> : aunit_q6k {};
+template <> struct wunit<CAIRN_GGUF_F16> : wunit_f8 {};
+template <> struct aunit<CAIRN_GGUF_F16> : aunit_f8 {};
+template <> struct wunit<CAIRN_GGUF_BF16> : wunit_f8 {};
+template <> struct aunit<CAIRN_GGUF_BF16> : aunit_f8 {};
+template <> struct wunit<CAIRN_GGUF_F32> : wunit_f4 {};
+template <> struct aunit<CAIRN_GGUF_F32> : aunit_f4 {};
+
+template <uint32_t TYPE>
+static __device__ __forceinline__ void load_w(wunit<TYPE> &w, const cairn__mat_dev &m,
+                                              int64_t row, int64_t u)
 {
-    const int64_t nba = a.cols / 32; /* activation blocks a token */
     if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
-        const int4 w = ld16(m.q + row * m.cols + u * 16);
-        const float dw = cairn__h2f(m.d[row * m.nb + (u >> 1)]);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const int4 av = *(const int4 *)(a.q + t * a.cols + u * 16);
-                acc[t] += dw * a.ds[t * nba + (u >> 1)].x * (float)dot16(w, av, 0);
-            }
-        }
+        w.q = ld16(m.q + row * m.cols + u * 16);
+        w.d = cairn__h2f(m.d[row * m.nb + (u >> 1)]);
     } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
                          TYPE == CAIRN_GGUF_Q5_0) {
         const int64_t b = row * m.nb + u;
-        const int4 w = ld16(m.q + b * 16);
-        int4 lo, hi;
-        lo.x = w.x & 0x0F0F0F0F;
-        lo.y = w.y & 0x0F0F0F0F;
-        lo.z = w.z & 0x0F0F0F0F;
-        lo.w = w.w & 0x0F0F0F0F;
-        hi.x = (w.x >> 4) & 0x0F0F0F0F;
-        hi.y = (w.y >> 4) & 0x0F0F0F0F;
-        hi.z = (w.z >> 4) & 0x0F0F0F0F;
-        hi.w = (w.w >> 4) & 0x0F0F0F0F;
-        float dw, mw = 0.0f;
+        const int4 q = ld16(m.q + b * 16);
+        w.lo = nib_lo(q);
+        w.hi = nib_hi(q);
         if constexpr (TYPE == CAIRN_GGUF_Q4_1) {
-            dw = cairn__h2f(m.d[2 * b]);
-            mw = cairn__h2f(m.d[2 * b + 1]);
+            w.d = cairn__h2f(m.d[2 * b]);
+            w.m = cairn__h2f(m.d[2 * b + 1]);
         } else {
-            dw = cairn__h2f(m.d[b]);
+            w.d = cairn__h2f(m.d[b]);
+            w.m = 0.0f;
         }
         if constexpr (TYPE == CAIRN_GGUF_Q5_0) {
             const uint32_t qh = m.qh[b];
-            lo.x |= spread4(qh & 0xF);
-            lo.y |= spread4((qh >> 4) & 0xF);
-            lo.z |= spread4((qh >> 8) & 0xF);
-            lo.w |= spread4((qh >> 12) & 0xF);
-            hi.x |= spread4((qh >> 16) & 0xF);
-            hi.y |= spread4((qh >> 20) & 0xF);
-            hi.z |= spread4((qh >> 24) & 0xF);
-            hi.w |= spread4(qh >> 28);
-        }
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const int8_t *aq = a.q + t * a.cols + u * 32;
-                const int s = dot16(hi, *(const int4 *)(aq + 16), dot16(lo, *(const int4 *)aq, 0));
-                const float2 ds = a.ds[t * nba + u];
-                if constexpr (TYPE == CAIRN_GGUF_Q4_0)
-                    acc[t] += dw * (ds.x * (float)s - 8.0f * ds.y);
-                else if constexpr (TYPE == CAIRN_GGUF_Q5_0)
-                    acc[t] += dw * (ds.x * (float)s - 16.0f * ds.y);
-                else
-                    acc[t] += dw * ds.x * (float)s + mw * ds.y;
-            }
+            w.lo.x |= spread4(qh & 0xF);
+            w.lo.y |= spread4((qh >> 4) & 0xF);
+            w.lo.z |= spread4((qh >> 8) & 0xF);
+            w.lo.w |= spread4((qh >> 12) & 0xF);
+            w.hi.x |= spread4((qh >> 16) & 0xF);
+            w.hi.y |= spread4((qh >> 20) & 0xF);
+            w.hi.z |= spread4((qh >> 24) & 0xF);
+            w.hi.w |= spread4(qh >> 28);
         }
     } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
-        const int64_t b = u >> 3;
-        const int k = (int)(u & 7), c = k >> 1, h = k & 1;
-        const uint8_t *blk = m.q + (row * m.nb + b) * 144;
-        const int4 hdr = ld16(blk);
-        const int4 w = ld16(blk + 16 + 16 * k);
+        const int k = (int)(u & 7), c = k >> 1;
+        const uint8_t *blk = m.q + (row * m.nb + (u >> 3)) * 144;
+        const int4 hdr = ld16(blk); /* d, dmin, 12 bytes of scales: shared by 8 lanes */
+        const int4 q = ld16(blk + 16 + 16 * k);
         const uint8_t *sb = (const uint8_t *)&hdr;
         int sc0, mn0, sc1, mn1;
         cairn__q4k_sm(sb + 4, 2 * c, &sc0, &mn0);
         cairn__q4k_sm(sb + 4, 2 * c + 1, &sc1, &mn1);
         const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF));
-        const float dmin = cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16));
-        int4 lo, hi;
-        lo.x = w.x & 0x0F0F0F0F;
-        lo.y = w.y & 0x0F0F0F0F;
-        lo.z = w.z & 0x0F0F0F0F;
-        lo.w = w.w & 0x0F0F0F0F;
-        hi.x = (w.x >> 4) & 0x0F0F0F0F;
-        hi.y = (w.y >> 4) & 0x0F0F0F0F;
-        hi.z = (w.z >> 4) & 0x0F0F0F0F;
-        hi.w = (w.w >> 4) & 0x0F0F0F0F;
-        const int64_t ab = b * 8 + 2 * c; /* the activation block of sub-block 2c */
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const int8_t *aq = a.q + t * a.cols + ab * 32 + 16 * h;
-                const int s0 = dot16(lo, *(const int4 *)aq, 0);
-                const int s1 = dot16(hi, *(const int4 *)(aq + 32), 0);
-                const float2 d0 = a.ds[t * nba + ab], d1 = a.ds[t * nba + ab + 1];
-                float v = d * ((float)sc0 * d0.x * (float)s0 + (float)sc1 * d1.x * (float)s1);
-                if (h == 0)
-                    v -= dmin * ((float)mn0 * d0.y + (float)mn1 * d1.y);
-                acc[t] += v;
-            }
-        }
+        const float dmin = (k & 1) ? 0.0f : cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16));
+        w.lo = nib_lo(q);
+        w.hi = nib_hi(q);
+        w.d0 = d * (float)sc0;
+        w.d1 = d * (float)sc1;
+        w.m0 = dmin * (float)mn0;
+        w.m1 = dmin * (float)mn1;
     } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
-        const int64_t b = u >> 2;
         const int k = (int)(u & 3), hh = k >> 1, is = k & 1, l0 = 16 * is;
-        const uint8_t *body = m.q + (row * m.nb + b) * 208;
+        const int64_t b = row * m.nb + (u >> 2);
+        const uint8_t *body = m.q + b * 208;
         const int4 qa = ld16(body + 64 * hh + l0), qb = ld16(body + 64 * hh + 32 + l0);
         const int4 qh = ld16(body + 128 + 32 * hh + l0);
         const int8_t *sc = (const int8_t *)(body + 192 + 8 * hh + is);
-        const float d = cairn__h2f(m.d[row * m.nb + b]);
-        const int *pa = (const int *)&qa, *pb = (const int *)&qb, *ph = (const int *)&qh;
-        int g4[4][4]; /* [group][word]: the 6-bit quants less 32, as signed bytes */
+        const float d = cairn__h2f(m.d[b]);
+        const int pa[4] = {qa.x, qa.y, qa.z, qa.w}, pb[4] = {qb.x, qb.y, qb.z, qb.w};
+        const int ph[4] = {qh.x, qh.y, qh.z, qh.w};
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            g4[0][i] = __vsub4((pa[i] & 0x0F0F0F0F) | ((ph[i] << 4) & 0x30303030), 0x20202020);
-            g4[1][i] = __vsub4((pb[i] & 0x0F0F0F0F) | ((ph[i] << 2) & 0x30303030), 0x20202020);
-            g4[2][i] = __vsub4(((pa[i] >> 4) & 0x0F0F0F0F) | (ph[i] & 0x30303030), 0x20202020);
-            g4[3][i] = __vsub4(((pb[i] >> 4) & 0x0F0F0F0F) | ((ph[i] >> 2) & 0x30303030),
-                               0x20202020);
+        for (int i = 0; i < 4; i++) { /* the 6-bit quants less 32, as signed bytes */
+            w.q[0][i] = __vsub4((pa[i] & 0x0F0F0F0F) | ((ph[i] << 4) & 0x30303030), 0x20202020);
+            w.q[1][i] = __vsub4((pb[i] & 0x0F0F0F0F) | ((ph[i] << 2) & 0x30303030), 0x20202020);
+            w.q[2][i] =
+                __vsub4(((pa[i] >> 4) & 0x0F0F0F0F) | (ph[i] & 0x30303030), 0x20202020);
+            w.q[3][i] =
+                __vsub4(((pb[i] >> 4) & 0x0F0F0F0F) | ((ph[i] >> 2) & 0x30303030), 0x20202020);
         }
-        const float s0 = (float)sc[0], s1 = (float)sc[2], s2 = (float)sc[4], s3 = (float)sc[6];
-        const int64_t ab = b * 8 + 4 * hh; /* activation block of group 0 */
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const int8_t *aq = a.q + t * a.cols + ab * 32 + l0;
-                const float2 *ds = a.ds + t * nba + ab;
-                float v = 0.0f;
-                const float sg[4] = {s0, s1, s2, s3};
-#pragma unroll
-                for (int g = 0; g < 4; g++) {
-                    const int4 av = *(const int4 *)(aq + 32 * g);
-                    int s = __dp4a(g4[g][0], av.x, 0);
-                    s = __dp4a(g4[g][1], av.y, s);
-                    s = __dp4a(g4[g][2], av.z, s);
-                    s = __dp4a(g4[g][3], av.w, s);
-                    v += sg[g] * ds[g].x * (float)s;
-                }
-                acc[t] += d * v;
-            }
-        }
+        for (int g = 0; g < 4; g++)
+            w.s[g] = d * (float)sc[2 * g];
     } else if constexpr (TYPE == CAIRN_GGUF_F32) {
-        const float4 w = __ldg((const float4 *)(m.q) + row * (m.cols / 4) + u);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const float4 xv = *((const float4 *)(a.x + t * a.cols) + u);
-                acc[t] += w.x * xv.x + w.y * xv.y + w.z * xv.z + w.w * xv.w;
-            }
-        }
+        w.w = __ldg((const float4 *)m.q + row * (m.cols / 4) + u);
     } else { /* F16, BF16 */
-        const int4 w = ld16(m.q + (row * m.cols + u * 8) * 2);
-        const uint32_t *pw = (const uint32_t *)&w;
-        float wf[8];
+        const int4 q = ld16(m.q + (row * m.cols + u * 8) * 2);
+        const uint32_t pw[4] = {(uint32_t)q.x, (uint32_t)q.y, (uint32_t)q.z, (uint32_t)q.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             if constexpr (TYPE == CAIRN_GGUF_F16) {
-                wf[2 * i] = cairn__h2f((uint16_t)(pw[i] & 0xFFFF));
-                wf[2 * i + 1] = cairn__h2f((uint16_t)(pw[i] >> 16));
+                w.w[2 * i] = cairn__h2f((uint16_t)(pw[i] & 0xFFFF));
+                w.w[2 * i + 1] = cairn__h2f((uint16_t)(pw[i] >> 16));
             } else {
-                wf[2 * i] = __uint_as_float(pw[i] << 16);
-                wf[2 * i + 1] = __uint_as_float(pw[i] & 0xFFFF0000u);
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const float4 *xv = (const float4 *)(a.x + t * a.cols + u * 8);
-                const float4 x0 = xv[0], x1 = xv[1];
-                acc[t] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w +
-                          wf[4] * x1.x + wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
+                w.w[2 * i] = __uint_as_float(pw[i] << 16);
+                w.w[2 * i + 1] = __uint_as_float(pw[i] & 0xFFFF0000u);
             }
         }
     }
 }
 
-/* One warp a row (row is warp-uniform, so a warp leaves or stays whole). */
-template <uint32_t TYPE, int NT>
+/* Token t's activations for unit u (act rows: t * cols quants, t * cols / 32 scales). */
+template <uint32_t TYPE>
+static __device__ __forceinline__ void load_a(aunit<TYPE> &x, const act_dev &a, int t,
+                                              int64_t u)
+{
+    const int64_t nba = a.cols / 32;
+    if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
+        x.q = *(const int4 *)(a.q + t * a.cols + u * 16);
+        x.d = a.ds[t * nba + (u >> 1)].x;
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
+                         TYPE == CAIRN_GGUF_Q5_0) {
+        const int8_t *aq = a.q + t * a.cols + u * 32;
+        x.a0 = *(const int4 *)aq;
+        x.a1 = *(const int4 *)(aq + 16);
+        x.ds = a.ds[t * nba + u];
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        const int k = (int)(u & 7);
+        const int64_t ab = (u >> 3) * 8 + 2 * (k >> 1); /* the activation block of sub-block 2c */
+        const int8_t *aq = a.q + t * a.cols + ab * 32 + 16 * (k & 1);
+        x.a0 = *(const int4 *)aq;
+        x.a1 = *(const int4 *)(aq + 32);
+        x.ds0 = a.ds[t * nba + ab];
+        x.ds1 = a.ds[t * nba + ab + 1];
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+        const int k = (int)(u & 3);
+        const int64_t ab = (u >> 2) * 8 + 4 * (k >> 1); /* the activation block of group 0 */
+        const int8_t *aq = a.q + t * a.cols + ab * 32 + 16 * (k & 1);
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+            x.a[g] = *(const int4 *)(aq + 32 * g);
+            x.d[g] = a.ds[t * nba + ab + g].x;
+        }
+    } else if constexpr (TYPE == CAIRN_GGUF_F32) {
+        x.x = *((const float4 *)(a.x + t * a.cols) + u);
+    } else {
+        const float4 *xv = (const float4 *)(a.x + t * a.cols + u * 8);
+        x.x0 = xv[0];
+        x.x1 = xv[1];
+    }
+}
+
+template <uint32_t TYPE>
+static __device__ __forceinline__ float dot(const wunit<TYPE> &w, const aunit<TYPE> &x)
+{
+    if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
+        return w.d * x.d * (float)dot16(w.q, x.q, 0);
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
+                         TYPE == CAIRN_GGUF_Q5_0) {
+        const float s = (float)dot16(w.hi, x.a1, dot16(w.lo, x.a0, 0));
+        if constexpr (TYPE == CAIRN_GGUF_Q4_0)
+            return w.d * (x.ds.x * s - 8.0f * x.ds.y);
+        else if constexpr (TYPE == CAIRN_GGUF_Q5_0)
+            return w.d * (x.ds.x * s - 16.0f * x.ds.y);
+        else
+            return w.d * x.ds.x * s + w.m * x.ds.y;
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        const float s0 = (float)dot16(w.lo, x.a0, 0), s1 = (float)dot16(w.hi, x.a1, 0);
+        return w.d0 * x.ds0.x * s0 + w.d1 * x.ds1.x * s1 - (w.m0 * x.ds0.y + w.m1 * x.ds1.y);
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+        float v = 0.0f;
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+            int s = __dp4a(w.q[g][0], x.a[g].x, 0);
+            s = __dp4a(w.q[g][1], x.a[g].y, s);
+            s = __dp4a(w.q[g][2], x.a[g].z, s);
+            s = __dp4a(w.q[g][3], x.a[g].w, s);
+            v += w.s[g] * x.d[g] * (float)s;
+        }
+        return v;
+    } else if constexpr (TYPE == CAIRN_GGUF_F32) {
+        return w.w.x * x.x.x + w.w.y * x.x.y + w.w.z * x.x.z + w.w.w * x.x.w;
+    } else {
+        return w.w[0] * x.x0.x + w.w[1] * x.x0.y + w.w[2] * x.x0.z + w.w[3] * x.x0.w +
+               w.w[4] * x.x1.x + w.w[5] * x.x1.y + w.w[6] * x.x1.z + w.w[7] * x.x1.w;
+    }
+}
+
+/*
+ * One warp takes R consecutive rows (R is warp-uniform, and so is the number nr of them inside
+ * the matrix: a warp leaves or stays whole). Each lane handles units u and u + 32 of every row
+ * per trip, so 2R independent 16-byte loads are in flight per lane, and each token's
+ * activations, loaded once a trip, serve all R rows.
+ */
+template <uint32_t TYPE, int NT, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv(cairn__mat_dev m, act_dev a, int nt, float *__restrict__ y, int64_t ys)
 {
     const int lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= m.rows)
+    const int64_t row0 = ((int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= m.rows)
         return;
-    float acc[NT];
+    const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
+    float acc[R][NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = 0.0f;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[r][t] = 0.0f;
     const int64_t n_units = units_of<TYPE>(m);
-    for (int64_t u = lane; u < n_units; u += 32)
-        unit_dot<TYPE, NT>(m, row, u, a, nt, acc);
+    for (int64_t u0 = lane; u0 < n_units; u0 += 64) {
+        const int64_t u1 = u0 + 32;
+        const bool has1 = u1 < n_units;
+        wunit<TYPE> w0[R], w1[R];
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        const float s = cairn__warp_sum(acc[t]);
-        if (lane == 0 && t < nt)
-            y[t * ys + row] = s;
+        for (int r = 0; r < R; r++) {
+            w0[r] = wunit<TYPE>{};
+            w1[r] = wunit<TYPE>{};
+            if (r < nr) {
+                load_w<TYPE>(w0[r], m, row0 + r, u0);
+                if (has1)
+                    load_w<TYPE>(w1[r], m, row0 + r, u1);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                aunit<TYPE> x0;
+                load_a<TYPE>(x0, a, t, u0);
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r][t] += dot<TYPE>(w0[r], x0);
+                if (has1) {
+                    aunit<TYPE> x1;
+                    load_a<TYPE>(x1, a, t, u1);
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        acc[r][t] += dot<TYPE>(w1[r], x1);
+                }
+            }
+        }
     }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const float s = cairn__warp_sum(acc[r][t]);
+            if (lane == 0 && r < nr && t < nt)
+                y[t * ys + row0 + r] = s;
+        }
 }
 
 /* Float weights against float activations that are not 16-byte aligned (or whose row length
@@ -379,16 +480,34 @@ static int prep_bf16(cairn__cuda *c, const float *x, int n_tok, int64_t cols, ca
     return 0;
 }
 
+template <uint32_t TYPE, int R>
+static void launch_gemv_r(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
+                          float *y)
+{
+    const unsigned grid = (unsigned)((m.rows + GEMV_WARPS * R - 1) / (GEMV_WARPS * R));
+    const int threads = GEMV_WARPS * 32;
+    if (nt <= 1)
+        gemv<TYPE, 1, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    else if (nt <= 2)
+        gemv<TYPE, 2, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    else if (nt <= 4)
+        gemv<TYPE, 4, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    else
+        gemv<TYPE, 8, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+}
+
+/* Two rows a warp once the matrix has rows enough for every SM to hold several warps of them;
+ * smaller matrices keep one row a warp so that more warps share them. */
 template <uint32_t TYPE>
 static void launch_gemv(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
-                        float *y, bool vec)
+                        float *y, bool vec, int n_sm)
 {
-    const unsigned grid = (unsigned)((m.rows + GEMV_WARPS - 1) / GEMV_WARPS);
-    const int threads = GEMV_WARPS * 32;
     constexpr bool is_float =
         TYPE == CAIRN_GGUF_F32 || TYPE == CAIRN_GGUF_F16 || TYPE == CAIRN_GGUF_BF16;
     if constexpr (is_float) {
         if (!vec) {
+            const unsigned grid = (unsigned)((m.rows + GEMV_WARPS - 1) / GEMV_WARPS);
+            const int threads = GEMV_WARPS * 32;
             if (nt <= 1)
                 gemv_scalar<TYPE, 1><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
             else if (nt <= 2)
@@ -400,14 +519,10 @@ static void launch_gemv(cudaStream_t s, const cairn__mat_dev &m, const act_dev &
             return;
         }
     }
-    if (nt <= 1)
-        gemv<TYPE, 1><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
-    else if (nt <= 2)
-        gemv<TYPE, 2><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
-    else if (nt <= 4)
-        gemv<TYPE, 4><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+    if (m.rows >= (int64_t)4 * GEMV_WARPS * n_sm)
+        launch_gemv_r<TYPE, 2>(s, m, a, nt, y);
     else
-        gemv<TYPE, 8><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+        launch_gemv_r<TYPE, 1>(s, m, a, nt, y);
 }
 
 static_assert(CAIRN__GEMV_TOKENS == 8, "launch_gemv instantiates passes of up to 8 tokens");
@@ -427,34 +542,40 @@ static int gemv_passes(cairn__cuda *c, const cairn__cmat *w, const float *x, int
         act_dev a = {c->act_q + (int64_t)t0 * w->cols, c->act_ds + (int64_t)t0 * (w->cols / 32),
                      x + (int64_t)t0 * w->cols, w->cols};
         float *yt = y + (int64_t)t0 * w->rows;
+#define GEMV(T, VEC)                                                                           \
+    case T:                                                                                    \
+        launch_gemv<T>(c->stream, m, a, nt, yt, VEC, c->n_sm);                                 \
+        break
         switch (w->type) {
-        case CAIRN_GGUF_F32: launch_gemv<CAIRN_GGUF_F32>(c->stream, m, a, nt, yt, vec); break;
-        case CAIRN_GGUF_F16: launch_gemv<CAIRN_GGUF_F16>(c->stream, m, a, nt, yt, vec); break;
-        case CAIRN_GGUF_BF16: launch_gemv<CAIRN_GGUF_BF16>(c->stream, m, a, nt, yt, vec); break;
-        case CAIRN_GGUF_Q8_0: launch_gemv<CAIRN_GGUF_Q8_0>(c->stream, m, a, nt, yt, true); break;
-        case CAIRN_GGUF_Q4_0: launch_gemv<CAIRN_GGUF_Q4_0>(c->stream, m, a, nt, yt, true); break;
-        case CAIRN_GGUF_Q4_1: launch_gemv<CAIRN_GGUF_Q4_1>(c->stream, m, a, nt, yt, true); break;
-        case CAIRN_GGUF_Q5_0: launch_gemv<CAIRN_GGUF_Q5_0>(c->stream, m, a, nt, yt, true); break;
-        case CAIRN_GGUF_Q4_K: launch_gemv<CAIRN_GGUF_Q4_K>(c->stream, m, a, nt, yt, true); break;
-        case CAIRN_GGUF_Q6_K: launch_gemv<CAIRN_GGUF_Q6_K>(c->stream, m, a, nt, yt, true); break;
+            GEMV(CAIRN_GGUF_F32, vec);
+            GEMV(CAIRN_GGUF_F16, vec);
+            GEMV(CAIRN_GGUF_BF16, vec);
+            GEMV(CAIRN_GGUF_Q8_0, true);
+            GEMV(CAIRN_GGUF_Q4_0, true);
+            GEMV(CAIRN_GGUF_Q4_1, true);
+            GEMV(CAIRN_GGUF_Q5_0, true);
+            GEMV(CAIRN_GGUF_Q4_K, true);
+            GEMV(CAIRN_GGUF_Q6_K, true);
         default:
             return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: no GEMV for type %u",
                                 w->type);
         }
+#undef GEMV
         CU_LAUNCHED(err, "gemv");
     }
     return 0;
 }
 
+/* n_rows <= 65535 (a grid's y dimension). */
 static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int64_t n_rows,
                           cairn_error *err)
 {
     const cairn__mat_dev m = cairn__mat_dev_of(w);
-    const int grid = blocks_for(n_rows * w->cols, 256);
+    const dim3 grid((unsigned)((w->cols + 8 * 256 - 1) / (8 * 256)), (unsigned)n_rows);
     cudaStream_t s = c->stream;
 #define DEQ(T)                                                                                 \
     case T:                                                                                    \
-        dequant_bf16<T><<<grid, 256, 0, s>>>(m, r0, n_rows, c->wtile);                         \
+        dequant_bf16<T><<<grid, 256, 0, s>>>(m, r0, c->wtile);                                 \
         break
     switch (w->type) {
         DEQ(CAIRN_GGUF_F16);
@@ -492,7 +613,9 @@ static int gemm(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
         return 0;
     }
     const int64_t tile_elems = (int64_t)(c->wtile_bytes / sizeof(__nv_bfloat16));
-    const int64_t chunk = tile_elems / w->cols;
+    int64_t chunk = tile_elems / w->cols;
+    if (chunk > 65535)
+        chunk = 65535;
     if (!c->wtile || chunk < 1)
         return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: no weight tile scratch for a "
                             "%lld-column product (call reserve after loading the weights)",
