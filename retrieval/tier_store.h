@@ -92,7 +92,9 @@ struct cairn_tier_store_i {
     void (*close)(cairn_tier_store *s);
     /* Arena bytes a cluster of n vectors takes: a multiple of CAIRN_TIER_STORE_ALIGN. */
     size_t (*bytes)(const cairn_tier_store *s, size_t n);
-    /* Copies src into the slot at off (bytes(src->n) long). src may be reused on return. */
+    /* Copies src into the slot at off (bytes(src->n) long). A pageable src may be reused on
+     * return; a pinned one may still be read by DMA until the next sync (the tier's slow tier
+     * never changes while the tier is open, so it never waits for that). */
     int (*copy_in)(cairn_tier_store *s, uint32_t cluster, size_t off, const cairn_tier_block *src,
                    cairn_error *err);
     /* Moves cluster's bytes from src_off to dst_off (the ranges may overlap; memmove's sense). */
