@@ -764,6 +764,14 @@ static int open_device(cuda_store *c, const cairn_tier_store_params *p, cairn_er
     c->landing_bytes = round_up(raw > max_slot ? raw : max_slot, 256);
     if (c->landing_bytes == 0)
         c->landing_bytes = 256;
+    /* Asked first, so that a fast tier larger than the GPU is a plain error, not a failed
+     * allocation (which compute-sanitizer would also report). */
+    size_t free_b = 0, total_b = 0;
+    CK(cudaMemGetInfo(&free_b, &total_b));
+    if (c->cap + c->landing_bytes > free_b)
+        return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: GPU %d has %zu bytes free (of "
+                            "%zu); the fast tier asks %zu bytes", c->dev, free_b, total_b,
+                            c->cap + c->landing_bytes);
     cudaError_t e = cudaMalloc((void **)&c->arena, c->cap);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
