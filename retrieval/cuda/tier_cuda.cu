@@ -26,7 +26,8 @@
  * best k. A second kernel, one block per query, merges the chunks' lists into the query's top
  * k: a sorted best-so-far of pow2(k) entries plus up to 1024 candidates that beat the current
  * k-th, sorted together whenever any came. Ranking the centroids is the same two kernels over
- * the centroids laid out like a cluster, with k = nprobe.
+ * the centroids laid out like a cluster (in chunks of 256, so that one query's ranking spreads
+ * over several SMs), with k = nprobe.
  *
  * Arithmetic. fp32 scores are the CPU scan's bits: four accumulators over dims i mod 4, the
  * tail dims into the first, (s0 + s1) + (s2 + s3), every product and sum rounded on its own
@@ -51,6 +52,7 @@ extern "C" {
 #include <string.h>
 
 #define CHUNK 1024        /* vectors per scan block, and candidates per merge round */
+#define RANK_CHUNK 256    /* centroids per ranking block: 16 blocks per query for IVF4096 */
 #define MERGE_BUF 2048    /* pow2(k) <= 1024 best + 1024 candidates */
 #define THREADS 256
 #define MAX_DIM 4096      /* the query sits in shared memory */
@@ -717,7 +719,7 @@ static int cuda_rank(cairn_tier_store *s, const float *q, size_t nq, size_t npro
                             "not %zu", CAIRN_TIER_STORE_MAX_K, nprobe);
     if (nq < 1 || nq > INT_MAX / 2)
         return cairn_errorf(err, CAIRN_EINVAL, "tier cuda store: %zu queries", nq);
-    size_t per = (c->nlist + CHUNK - 1) / CHUNK, nwd = nq * per;
+    size_t per = (c->nlist + RANK_CHUNK - 1) / RANK_CHUNK, nwd = nq * per;
     int rc = work_room(c, nwd, nq, err);
     if (rc)
         return rc;
@@ -726,7 +728,8 @@ static int cuda_rank(cairn_tier_store *s, const float *q, size_t nq, size_t npro
     for (size_t i = 0; i < nq; i++) {
         qstart[i] = (int)(i * per);
         for (size_t b = 0; b < per; b++) {
-            size_t r0 = b * CHUNK, m = c->nlist - r0 < CHUNK ? c->nlist - r0 : CHUNK;
+            size_t r0 = b * RANK_CHUNK;
+            size_t m = c->nlist - r0 < RANK_CHUNK ? c->nlist - r0 : RANK_CHUNK;
             c->h_work[i * per + b] = dwork{c->cent + r0 / 32 * gb32, NULL, (long long)r0,
                                            (unsigned)m, (unsigned)i, 0, 0};
         }
