@@ -33,12 +33,35 @@ int cairn_faiss_ext_ivf_search(const FaissIndex *index, idx_t n, const float *x,
 
 /*
  * Raw access to inverted list list_no of an IndexIVFFlat: *vectors gets its n vectors
- * (n * d floats, contiguous) and *ids their n ids. Both point into the index and stay
- * valid until the index is modified or freed. Returns -1 when index is not an in-memory
- * IndexIVFFlat or list_no is out of range.
+ * (n * d floats, contiguous) and *ids their n ids. Both point into the index (or into the
+ * memory a borrowing index borrows) and stay valid until the index is modified or freed.
+ * Returns -1 when index is not an in-memory IndexIVFFlat or list_no is out of range.
  */
 int cairn_faiss_ext_ivfflat_list(const FaissIndex *index, size_t list_no, const float **vectors,
                                  const idx_t **ids, size_t *n);
+
+/*
+ * A new inner-product IndexIVFFlat (*out, freed with faiss_Index_free) whose nlist
+ * centroids are copied but whose inverted lists borrow the caller's memory: list c is n[c]
+ * ids and n[c] row-major vectors of d floats, which must stay valid and unchanged while the
+ * index lives. Adding to or removing from it fails (read-only lists). parallel_mode is
+ * FAISS's IndexIVF::parallel_mode (0: split a batch over queries, 1: over lists).
+ */
+int cairn_faiss_ext_ivfflat_borrow(FaissIndex **out, int d, size_t nlist, const float *centroids,
+                                   const idx_t *const *ids, const float *const *vecs,
+                                   const size_t *n, int parallel_mode);
+
+/*
+ * IndexIVF::search_preassigned with nprobe given per call: assign holds n * nprobe list
+ * numbers (entries < 0 are skipped), x n queries; distances/labels n * k (missing: label -1).
+ * Thread-safe against other searches, not against writers of the index.
+ */
+int cairn_faiss_ext_ivf_search_preassigned(const FaissIndex *index, idx_t n, const float *x,
+                                           idx_t k, const idx_t *assign, size_t nprobe,
+                                           float *distances, idx_t *labels);
+
+/* Sets IndexIVF::parallel_mode (not thread-safe against searches of the index). */
+int cairn_faiss_ext_ivf_set_parallel_mode(FaissIndex *index, int mode);
 
 #ifdef __cplusplus
 }

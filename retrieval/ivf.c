@@ -27,6 +27,7 @@ struct cairn_ivf {
     FaissIndex *quantizer; /* owned by index once index exists */
     FaissIndex *index;     /* IndexIVFFlat, NULL until trained or loaded */
     uint64_t docstore_uid;
+    bool borrowed;         /* lists borrowed from the caller (cairn_ivf_borrow): read-only */
 };
 
 static const char *faiss_msg(void)
@@ -66,6 +67,66 @@ int cairn_ivf_new(cairn_ivf **out, const cairn_ivf_params *p, cairn_error *err)
     ivf->nlist = p->nlist;
     ivf->nprobe_param = p->nprobe;
     *out = ivf;
+    return 0;
+}
+
+int cairn_ivf_borrow(cairn_ivf **out, int dim, size_t nlist, const float *centroids,
+                     const int64_t *const *ids, const float *const *vecs, const size_t *n,
+                     cairn_error *err)
+{
+    *out = NULL;
+    if (dim < 1 || dim > 65536 || nlist < 1 || nlist > 65536)
+        return cairn_errorf(err, CAIRN_EINVAL, "ivf: dim %d / nlist %zu out of range", dim, nlist);
+    cairn_ivf *ivf = calloc(1, sizeof(*ivf));
+    if (!ivf)
+        return cairn_errorf(err, CAIRN_ENOMEM, "ivf: out of memory");
+    FaissIndex *index = NULL;
+    if (cairn_faiss_ext_ivfflat_borrow(&index, dim, nlist, centroids, (const idx_t *const *)ids,
+                                       vecs, n, 0) != 0) {
+        free(ivf);
+        return cairn_errorf(err, CAIRN_EIO, "ivf: borrowing %zu lists: %s", nlist,
+                            cairn_faiss_ext_last_error());
+    }
+    ivf->dim = dim;
+    ivf->nlist = nlist;
+    ivf->index = index;
+    ivf->quantizer = faiss_IndexIVF_quantizer(faiss_IndexIVF_cast(index));
+    ivf->borrowed = true;
+    *out = ivf;
+    return 0;
+}
+
+int cairn_ivf_search_preassigned(const cairn_ivf *ivf, const float *q, size_t nq, size_t k,
+                                 const int64_t *assign, size_t nprobe, float *scores,
+                                 int64_t *ids, cairn_error *err)
+{
+    if (!ivf->index)
+        return cairn_errorf(err, CAIRN_ESTATE, "ivf: search before training");
+    if (k == 0 || k > 4096 || nprobe == 0)
+        return cairn_errorf(err, CAIRN_EINVAL, "ivf: k %zu outside [1, 4096] or nprobe 0", k);
+    for (size_t i = 0; i < nq * nprobe; i++)
+        if (assign[i] >= (int64_t)ivf->nlist)
+            return cairn_errorf(err, CAIRN_EINVAL, "ivf: list %lld of %zu", (long long)assign[i],
+                                ivf->nlist);
+    if (nq == 0)
+        return 0;
+    if (cairn_faiss_ext_ivf_search_preassigned(ivf->index, (idx_t)nq, q, (idx_t)k,
+                                               (const idx_t *)assign, nprobe, scores,
+                                               (idx_t *)ids) != 0)
+        return cairn_errorf(err, CAIRN_EIO, "ivf: search_preassigned: %s",
+                            cairn_faiss_ext_last_error());
+    for (size_t i = 0; i < nq * k; i++)
+        if (ids[i] < 0)
+            scores[i] = -INFINITY;
+    return 0;
+}
+
+int cairn_ivf_set_split_lists(cairn_ivf *ivf, bool split_lists, cairn_error *err)
+{
+    if (!ivf->index)
+        return cairn_errorf(err, CAIRN_ESTATE, "ivf: not trained");
+    if (cairn_faiss_ext_ivf_set_parallel_mode(ivf->index, split_lists ? 1 : 0) != 0)
+        return cairn_errorf(err, CAIRN_EIO, "ivf: %s", cairn_faiss_ext_last_error());
     return 0;
 }
 
@@ -113,6 +174,8 @@ int cairn_ivf_add(cairn_ivf *ivf, const float *x, const int64_t *ids, size_t n, 
 {
     if (!ivf->index)
         return cairn_errorf(err, CAIRN_ESTATE, "ivf: add before training");
+    if (ivf->borrowed)
+        return cairn_errorf(err, CAIRN_ESTATE, "ivf: the lists are borrowed (read-only)");
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0)
             return cairn_errorf(err, CAIRN_EINVAL, "ivf: id %lld at %zu is negative",
@@ -163,6 +226,8 @@ int cairn_ivf_remove(cairn_ivf *ivf, const int64_t *ids, size_t n, size_t *n_rem
 {
     if (n_removed)
         *n_removed = 0;
+    if (ivf->borrowed)
+        return cairn_errorf(err, CAIRN_ESTATE, "ivf: the lists are borrowed (read-only)");
     if (!ivf->index || n == 0)
         return 0;
     FaissIDSelectorBatch *sel = NULL;
@@ -208,6 +273,8 @@ int cairn_ivf_save(const cairn_ivf *ivf, const char *path, uint64_t docstore_uid
 {
     if (!ivf->index)
         return cairn_errorf(err, CAIRN_ESTATE, "ivf: save before training");
+    if (ivf->borrowed)
+        return cairn_errorf(err, CAIRN_ESTATE, "ivf: an index of borrowed lists is not saved");
     char *payload = NULL;
     size_t plen = 0;
     FILE *mem = open_memstream(&payload, &plen);

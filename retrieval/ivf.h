@@ -16,6 +16,7 @@
 #ifndef CAIRN_RETRIEVAL_IVF_H
 #define CAIRN_RETRIEVAL_IVF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,32 @@ size_t cairn_ivf_nlist_for(size_t n);
 
 /* A new, untrained index. Returns 0 and *out (caller closes), or CAIRN_EINVAL/ENOMEM. */
 int cairn_ivf_new(cairn_ivf **out, const cairn_ivf_params *p, cairn_error *err);
+
+/*
+ * An index over lists the caller already holds (a benchmark's synthetic lists, a tier's slow
+ * tier): nlist centroids (copied) and, per list c, n[c] ids and n[c] row-major vectors of dim
+ * floats, borrowed: they must outlive the index, unchanged. Searches work as on any index;
+ * add, remove and save return CAIRN_ESTATE. Returns 0 and *out, or CAIRN_EINVAL, CAIRN_EIO.
+ */
+int cairn_ivf_borrow(cairn_ivf **out, int dim, size_t nlist, const float *centroids,
+                     const int64_t *const *ids, const float *const *vecs, const size_t *n,
+                     cairn_error *err);
+
+/*
+ * Scans given lists instead of the nearest ones (FAISS search_preassigned): assign holds
+ * nq * nprobe list numbers, entries < 0 skipped. scores/ids as cairn_ivf_search. Returns 0,
+ * CAIRN_EINVAL (k, or a list number >= nlist), CAIRN_ESTATE (not trained), CAIRN_EIO.
+ */
+int cairn_ivf_search_preassigned(const cairn_ivf *ivf, const float *q, size_t nq, size_t k,
+                                 const int64_t *assign, size_t nprobe, float *scores,
+                                 int64_t *ids, cairn_error *err);
+
+/*
+ * How FAISS spreads one search call over its OpenMP threads: false (the default) splits a
+ * batch by queries, so one query runs on one thread; true splits each query's lists. Needs
+ * exclusive access (no search may run at the same time).
+ */
+int cairn_ivf_set_split_lists(cairn_ivf *ivf, bool split_lists, cairn_error *err);
 
 /* Frees the index. NULL is a no-op. */
 void cairn_ivf_close(cairn_ivf *ivf);

@@ -1,13 +1,17 @@
 /*
  * retrieval/tier.c — slow/fast cluster tiers, lookahead prefetch and hybrid search
- * (see tier.h; the design follows TeleRAG, MLSys 2026).
+ * (see tier.h; the design follows TeleRAG, MLSys 2026). The fast tier's memory is a store
+ * (tier_store.h); this file decides what it holds and where.
  *
- * Locking: mu guards the slot table, the arena bookkeeping (used, pins), the I/O job
- * fields and the stats. The arena's bytes are written only by the I/O thread: into a
- * LOADING slot (no reader looks at it) or while compacting, which it does only with mu
- * held and no pins outstanding, so no scan can be reading what moves. Searches pin the
- * READY clusters they scan; eviction skips pinned clusters. search_mu serialises searches,
- * so the search scratch and the worker's job fields belong to the one search in flight.
+ * Locking: mu guards the slot table, the arena bookkeeping (used, hi_water, pins), the I/O
+ * job fields and the stats. The fast tier is written only by the I/O thread, through the
+ * store: into a LOADING slot (no reader looks at it) or while compacting, which it does only
+ * with mu held and no pins outstanding, so no scan can be reading what moves. A store may
+ * finish a copy after copy_in returns (the CUDA store queues it on a stream); the slot turns
+ * READY at once and the store makes a scan of it wait for its bytes. Searches pin the READY
+ * clusters they scan and unpin them only after the store's scan has returned (finished
+ * reading); eviction skips pinned clusters. search_mu serialises searches, so the search
+ * scratch and the worker's job fields belong to the one search in flight.
  */
 #define _GNU_SOURCE /* qsort_r */
 #include "retrieval/tier.h"
@@ -23,14 +27,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define CAIRN_LOG_TAG "tier"
 #include "common/clock.h"
+#include "common/log.h"
+#include "retrieval/tier_score.h"
+#include "retrieval/tier_store.h"
 
 #define TIER_MAGIC "CAIRNTIR"
 #define TIER_VERSION 1u
 #define TIER_HEADER 128u
 #define TIER_ALIGN 64u
 
-/* ---- Slow-tier file ------------------------------------------------------------------------------ */
+/* ---- Slow-tier file -------------------------------------------------------------------------- */
 
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 {
@@ -151,68 +159,85 @@ int cairn_tier_build(const cairn_ivf *ivf, const char *path, uint64_t docstore_u
     return rc;
 }
 
-/* ---- The tier object ----------------------------------------------------------------------------- */
+/* ---- The tier object ------------------------------------------------------------------------- */
 
 enum { SLOT_ABSENT = 0, SLOT_LOADING, SLOT_READY };
 
 typedef struct {
-    size_t off, bytes;  /* place in the arena (bytes rounded up to TIER_ALIGN) */
+    size_t off, bytes;  /* place in the fast tier (bytes: the store's slot size) */
     int state;
-    int pins;           /* searches scanning it now */
+    int pins;           /* searches scanning it now (a batch pins once per query probing it) */
     uint64_t gen;       /* the prefetch that last brought or claimed it */
     double hot;         /* probe count, decayed per search as of hot_tick */
     uint64_t hot_tick;
 } slot;
 
-typedef struct {
-    float s;
-    int64_t id;
-} hitem;
-
 struct cairn_tier {
     cairn_tier_params p;
+    /* The slow tier: a mapped file, its lists copied to RAM, or the caller's lists. */
     int fd;
     const uint8_t *map;
     size_t map_len;
+    void *ram;            /* slow_in_ram: the file's data section */
+    bool ram_pinned;
     int dim;
-    size_t nlist, total, total_bytes;
+    size_t nlist, total, total_bytes, max_list;
     const float *centroids;
-    uint64_t *list_off, *list_n;
+    const int64_t **l_ids;
+    const float **l_vecs;
+    size_t *l_n;
+    bool slow_pinned;     /* the lists are page-locked */
+    cairn_ivf *miss_ivf;  /* miss_faiss: FAISS over the slow tier's lists (borrowed) */
+
+    cairn_tier_store *store;
 
     pthread_mutex_t mu;
     pthread_cond_t pins_cv; /* a cluster's pins dropped to 0, or a cancel */
     pthread_cond_t io_cv;   /* a job was posted, or the I/O thread went idle */
-    uint8_t *arena;
     size_t cap, used;
+    size_t hi_water;        /* every resident slot ends at or below it; == used: no holes */
     slot *slots;
     int total_pins;
     uint64_t tick;
     cairn_tier_stats st;
     /* I/O job (mu) */
     bool io_job, io_busy, io_cancel, stop;
-    float *q0;
-    size_t budget, max_clusters;
+    float *q0;              /* max_batch * dim */
+    size_t q0_n, budget, max_clusters;
     uint64_t gen;
     pthread_t io_thread;
     bool io_started;
     /* I/O thread scratch */
-    float *io_scores;
-    uint32_t *io_order, *io_res;
+    float *io_scores;       /* nlist */
+    cairn__titem *io_heap;  /* nlist */
+    uint32_t *io_order;     /* max_batch * nlist: each query's ranking */
+    uint32_t *io_plan;      /* nlist: the interleaved, deduplicated order of the job */
+    uint8_t *io_seen;       /* nlist */
+    uint32_t *io_res;       /* nlist: resident clusters by offset */
+    uint32_t *io_want;      /* nlist: TeleRAG mode's clusters to bring */
 
     /* Search (search_mu) */
     pthread_mutex_t search_mu;
-    float *s_scores;
-    uint32_t *s_order, *hit_list, *miss_list;
-    size_t *hit_off; /* arena offsets of the pinned hits, read under mu */
+    float *s_scores;        /* nlist */
+    cairn__titem *s_heap;   /* nlist */
+    uint32_t *s_order;      /* max_batch * nlist: each query's probes, best first */
+    uint32_t *s_mark;       /* nlist: TeleRAG mode, which query probes a cluster */
+    cairn_tier_work *hit_w; /* max_batch * nlist */
     size_t n_hit, n_miss;
-    hitem *hit_heap, *miss_heap, *merged;
-    size_t hit_n, miss_n;
+    int64_t *miss_assign;   /* max_batch * nlist: a query's probed misses, -1 for hits */
+    float *hit_s, *miss_s;  /* max_batch * CAIRN_TIER_MAX_K */
+    int64_t *hit_id, *miss_id;
+    size_t *hit_fill, *miss_fill; /* max_batch */
+    cairn__titem *miss_heap, *merged;
+    /* The chunk being searched (written before the worker is woken, read by it). */
+    const float *b_q;
+    size_t b_nq, b_k, b_nprobe;
+    int miss_rc;
+    cairn_error miss_err;
     /* Search worker (w_mu) */
     pthread_mutex_t w_mu;
     pthread_cond_t w_cv;
     bool w_job, w_done, w_stop;
-    const float *w_q;
-    size_t w_k;
     int64_t w_t0, w_t1;
     pthread_t worker;
     bool worker_started;
@@ -220,102 +245,37 @@ struct cairn_tier {
 
 cairn_tier_params cairn_tier_default_params(void)
 {
-    return (cairn_tier_params){.fast_bytes = 64u << 20, .miss_worker = true, .hot_decay = 0.98};
+    return (cairn_tier_params){.fast_bytes = 64u << 20,
+                               .miss_worker = true,
+                               .hot_decay = 0.98,
+                               .device = -1,
+                               .max_batch = 32,
+                               .mode = CAIRN_TIER_CAIRN};
 }
 
-/* ---- Scoring ------------------------------------------------------------------------------------- */
-
-/* The one inner product both tiers use: the same arithmetic in the same order everywhere. */
-static float dot(const float *a, const float *b, int d)
+static cairn_tier_block block_of(const cairn_tier *t, uint32_t c)
 {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= d; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < d; i++)
-        s0 += a[i] * b[i];
-    float s = (s0 + s1) + (s2 + s3);
-    return isnan(s) ? -INFINITY : s;
+    return (cairn_tier_block){t->l_ids[c], t->l_vecs[c], t->l_n[c], t->slow_pinned};
 }
 
-/* Strict total order: higher score first, then smaller id. */
-static bool better(hitem a, hitem b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+/* ---- Ranking --------------------------------------------------------------------------------- */
 
-/* A bounded heap whose root is the worst item kept. */
-static void heap_push(hitem *h, size_t *n, size_t k, hitem it)
+/* The depth clusters whose centroids score best for q, best first (ties: smaller cluster):
+ * the first depth entries of a full sort, found with a bounded heap. */
+static void rank_top(const cairn_tier *t, const float *q, size_t depth, float *scores,
+                     cairn__titem *heap, uint32_t *order)
 {
-    size_t i;
-    if (*n < k) {
-        i = (*n)++;
-        h[i] = it;
-        while (i > 0) {
-            size_t p = (i - 1) / 2;
-            if (!better(h[p], h[i]))
-                break;
-            hitem t = h[p];
-            h[p] = h[i];
-            h[i] = t;
-            i = p;
-        }
-        return;
-    }
-    if (!better(it, h[0]))
-        return;
-    h[0] = it;
-    i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, w = i;
-        if (l < *n && better(h[w], h[l]))
-            w = l;
-        if (r < *n && better(h[w], h[r]))
-            w = r;
-        if (w == i)
-            break;
-        hitem t = h[w];
-        h[w] = h[i];
-        h[i] = t;
-        i = w;
-    }
-}
-
-static void scan_block(const uint8_t *block, size_t n, int dim, const float *q, hitem *h,
-                       size_t *hn, size_t k)
-{
-    const int64_t *ids = (const int64_t *)block;
-    const float *v = (const float *)(block + 8 * n);
-    for (size_t i = 0; i < n; i++)
-        heap_push(h, hn, k, (hitem){dot(q, v + i * (size_t)dim, dim), ids[i]});
-}
-
-typedef struct {
-    const float *scores;
-} rank_ctx;
-
-static int rank_cmp(const void *a, const void *b, void *ctx)
-{
-    const float *s = ((const rank_ctx *)ctx)->scores;
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    if (s[x] != s[y])
-        return s[x] > s[y] ? -1 : 1;
-    return x < y ? -1 : (x > y);
-}
-
-/* Orders all clusters by q's similarity to their centroids, best first. */
-static void rank_clusters(const cairn_tier *t, const float *q, float *scores, uint32_t *order)
-{
+    size_t hn = 0;
     for (size_t c = 0; c < t->nlist; c++) {
-        scores[c] = dot(q, t->centroids + c * (size_t)t->dim, t->dim);
-        order[c] = (uint32_t)c;
+        scores[c] = cairn__tier_dot(q, t->centroids + c * (size_t)t->dim, t->dim);
+        cairn__tier_heap_push(heap, &hn, depth, (cairn__titem){scores[c], (int64_t)c});
     }
-    rank_ctx ctx = {scores};
-    qsort_r(order, t->nlist, sizeof(*order), rank_cmp, &ctx);
+    qsort(heap, hn, sizeof(*heap), cairn__tier_item_cmp);
+    for (size_t r = 0; r < hn; r++)
+        order[r] = (uint32_t)heap[r].id;
 }
 
-/* ---- Fast-tier space: first fit, compaction, eviction (I/O thread, mu held) ---------------------- */
+/* ---- Fast-tier space: first fit, compaction, eviction (I/O thread, mu held) ------------------ */
 
 static int off_cmp(const void *a, const void *b, void *ctx)
 {
@@ -329,15 +289,68 @@ static double hotness(const cairn_tier *t, const slot *s)
     return s->hot * pow(t->p.hot_decay, (double)(t->tick - s->hot_tick));
 }
 
-/* Finds room for alloc bytes; returns its offset or SIZE_MAX when nothing more may go. */
-static size_t reserve(cairn_tier *t, size_t alloc, uint64_t gen)
+/* Collects the resident clusters into io_res, by offset; returns how many. */
+static size_t residents_by_offset(cairn_tier *t)
 {
+    size_t nres = 0;
+    for (size_t c = 0; c < t->nlist; c++)
+        if (t->slots[c].state != SLOT_ABSENT)
+            t->io_res[nres++] = (uint32_t)c;
+    qsort_r(t->io_res, nres, sizeof(uint32_t), off_cmp, t->slots);
+    return nres;
+}
+
+/* The coldest resident of io_res[0, nres) that may go: READY, unpinned, not brought or claimed
+ * by this prefetch (gen). Ties go to the smaller cluster. SIZE_MAX when none; *at its index. */
+static size_t coldest(const cairn_tier *t, size_t nres, uint64_t gen, size_t *at)
+{
+    size_t victim = SIZE_MAX;
+    double vh = 0;
+    for (size_t i = 0; i < nres; i++) {
+        uint32_t c = t->io_res[i];
+        const slot *s = &t->slots[c];
+        if (s->state != SLOT_READY || s->pins || s->gen == gen)
+            continue;
+        double h = hotness(t, s);
+        if (victim == SIZE_MAX || h < vh || (h == vh && c < victim)) {
+            victim = c;
+            vh = h;
+            *at = i;
+        }
+    }
+    return victim;
+}
+
+static void evict(cairn_tier *t, size_t c)
+{
+    t->slots[c].state = SLOT_ABSENT;
+    t->used -= t->slots[c].bytes;
+    t->st.evictions++;
+}
+
+/* Waits (mu held) until no search pins a cluster; false when cancelled first. */
+static bool wait_unpinned(cairn_tier *t)
+{
+    while (t->total_pins > 0 && !t->io_cancel)
+        pthread_cond_wait(&t->pins_cv, &t->mu);
+    return !t->io_cancel;
+}
+
+/*
+ * Finds room for alloc bytes; returns its offset, or SIZE_MAX when nothing more may go (*rc
+ * then says whether a store call failed). Packed (no holes): the end. Otherwise first fit
+ * over the holes between residents; failing that, compaction or eviction (below).
+ */
+static size_t reserve(cairn_tier *t, size_t alloc, uint64_t gen, int *rc, cairn_error *err)
+{
+    *rc = 0;
+    if (t->used == t->hi_water && t->cap - t->hi_water >= alloc) {
+        size_t off = t->hi_water;
+        t->hi_water += alloc;
+        return off;
+    }
+    size_t nres = residents_by_offset(t);
     for (;;) {
-        size_t nres = 0;
-        for (size_t c = 0; c < t->nlist; c++)
-            if (t->slots[c].state != SLOT_ABSENT)
-                t->io_res[nres++] = (uint32_t)c;
-        qsort_r(t->io_res, nres, sizeof(uint32_t), off_cmp, t->slots);
         size_t end = 0;
         for (size_t i = 0; i < nres; i++) {
             const slot *s = &t->slots[t->io_res[i]];
@@ -345,59 +358,84 @@ static size_t reserve(cairn_tier *t, size_t alloc, uint64_t gen)
                 return end;
             end = s->off + s->bytes;
         }
-        if (t->cap - end >= alloc)
+        if (t->cap - end >= alloc) {
+            if (end + alloc > t->hi_water)
+                t->hi_water = end + alloc;
             return end;
-        /* The coldest cluster this prefetch did not bring. */
-        size_t victim = SIZE_MAX;
-        double vh = 0;
-        for (size_t c = 0; c < t->nlist; c++) {
-            const slot *s = &t->slots[c];
-            if (s->state != SLOT_READY || s->pins || s->gen == gen)
-                continue;
-            double h = hotness(t, s);
-            if (victim == SIZE_MAX || h < vh) {
-                victim = c;
-                vh = h;
-            }
         }
+        size_t at = 0, victim = coldest(t, nres, gen, &at);
         /* Enough space, but in pieces: compact (slide every cluster down, in place) when
          * the free space is worth it (>= 1/8 of the arena) or nothing can be evicted;
          * otherwise evict, which is cheaper and may open a gap that fits. */
         if (t->cap - t->used >= alloc && (t->cap - t->used >= t->cap / 8 || victim == SIZE_MAX)) {
-            while (t->total_pins > 0 && !t->io_cancel)
-                pthread_cond_wait(&t->pins_cv, &t->mu);
-            if (t->io_cancel)
+            if (!wait_unpinned(t))
                 return SIZE_MAX;
             size_t cursor = 0;
             for (size_t i = 0; i < nres; i++) {
-                slot *s = &t->slots[t->io_res[i]];
-                if (s->off != cursor)
-                    memmove(t->arena + cursor, t->arena + s->off, s->bytes);
+                uint32_t c = t->io_res[i];
+                slot *s = &t->slots[c];
+                if (s->off != cursor) {
+                    *rc = t->store->i->move(t->store, c, cursor, s->off, s->bytes, err);
+                    if (*rc) {
+                        /* What moved is in place; what did not stays; nothing is lost but
+                         * this prefetch. */
+                        return SIZE_MAX;
+                    }
+                    t->st.moved_bytes += s->bytes;
+                }
                 s->off = cursor;
                 cursor += s->bytes;
             }
             t->st.compactions++;
+            t->hi_water = cursor + alloc;
             return cursor;
         }
         if (victim == SIZE_MAX)
             return SIZE_MAX;
-        t->slots[victim].state = SLOT_ABSENT;
-        t->used -= t->slots[victim].bytes;
-        t->st.evictions++;
+        evict(t, victim);
+        memmove(t->io_res + at, t->io_res + at + 1, (nres - at - 1) * sizeof(uint32_t));
+        nres--;
     }
 }
 
-/* ---- I/O thread ---------------------------------------------------------------------------------- */
+/* ---- I/O thread ------------------------------------------------------------------------------ */
 
-static void run_prefetch(cairn_tier *t, uint64_t gen, size_t budget, size_t max_clusters)
+/* The job's clusters in the order to fetch them: each query's ranking, interleaved (every
+ * query's best, then every query's second best, ...), each cluster once. Returns how many. */
+static size_t plan_prefetch(cairn_tier *t, size_t nq, size_t max_clusters)
 {
-    rank_clusters(t, t->q0, t->io_scores, t->io_order);
-    size_t limit = max_clusters && max_clusters < t->nlist ? max_clusters : t->nlist;
-    size_t fetched = 0;
-    for (size_t r = 0; r < limit; r++) {
-        uint32_t c = t->io_order[r];
-        size_t need = (size_t)block_bytes(t->list_n[c], t->dim);
-        size_t alloc = (size_t)round_up(need, TIER_ALIGN);
+    size_t depth = max_clusters && max_clusters < t->nlist ? max_clusters : t->nlist;
+    for (size_t i = 0; i < nq; i++)
+        rank_top(t, t->q0 + i * (size_t)t->dim, depth, t->io_scores, t->io_heap,
+                 t->io_order + i * t->nlist);
+    memset(t->io_seen, 0, t->nlist);
+    size_t np = 0;
+    for (size_t r = 0; r < depth; r++)
+        for (size_t i = 0; i < nq; i++) {
+            uint32_t c = t->io_order[i * t->nlist + r];
+            if (!t->io_seen[c]) {
+                t->io_seen[c] = 1;
+                t->io_plan[np++] = c;
+            }
+        }
+    return np;
+}
+
+static void io_failed(cairn_tier *t, const cairn_error *e)
+{
+    t->st.prefetch_errors++;
+    CAIRN_LOG_WARN("prefetch stopped", "store=%s error=%s", t->store->i->name, e->msg);
+}
+
+static void run_prefetch(cairn_tier *t, uint64_t gen, size_t nq, size_t budget,
+                         size_t max_clusters)
+{
+    size_t np = plan_prefetch(t, nq, max_clusters), fetched = 0;
+    cairn_error e = {0};
+    for (size_t r = 0; r < np; r++) {
+        uint32_t c = t->io_plan[r];
+        size_t need = (size_t)block_bytes(t->l_n[c], t->dim);
+        size_t alloc = t->store->i->bytes(t->store, t->l_n[c]);
         pthread_mutex_lock(&t->mu);
         slot *s = &t->slots[c];
         if (t->io_cancel) {
@@ -417,8 +455,11 @@ static void run_prefetch(cairn_tier *t, uint64_t gen, size_t budget, size_t max_
             pthread_mutex_unlock(&t->mu);
             continue; /* never fits; the search scans it from the slow tier */
         }
-        size_t off = reserve(t, alloc, gen);
+        int rc;
+        size_t off = reserve(t, alloc, gen, &rc, &e);
         if (off == SIZE_MAX) {
+            if (rc)
+                io_failed(t, &e);
             pthread_mutex_unlock(&t->mu);
             break;
         }
@@ -430,17 +471,120 @@ static void run_prefetch(cairn_tier *t, uint64_t gen, size_t budget, size_t max_
         pthread_mutex_unlock(&t->mu);
 
         int64_t t0 = cairn_now_ns();
-        memcpy(t->arena + off, t->map + t->list_off[c], need);
+        cairn_tier_block b = block_of(t, c);
+        rc = t->store->i->copy_in(t->store, c, off, &b, &e);
         int64_t t1 = cairn_now_ns();
 
         pthread_mutex_lock(&t->mu);
+        if (rc) {
+            s->state = SLOT_ABSENT;
+            t->used -= alloc;
+            io_failed(t, &e);
+            pthread_mutex_unlock(&t->mu);
+            break;
+        }
         s->state = SLOT_READY;
         t->st.bytes_prefetched += need;
         t->st.clusters_prefetched++;
+        t->st.copies++;
         t->st.prefetch_ns += (uint64_t)(t1 - t0);
         pthread_mutex_unlock(&t->mu);
         fetched += need;
     }
+}
+
+/*
+ * TeleRAG's way (its released code, as issue 19 describes it): choose what to bring, evict
+ * the coldest clusters until it fits, and when anything was evicted rebuild the buffer by
+ * copying every kept cluster again from the slow tier, packed from offset 0; then copy the
+ * new clusters one at a time, each copy waited for before the next. All of it with mu held.
+ */
+static void run_prefetch_telerag(cairn_tier *t, uint64_t gen, size_t nq, size_t budget,
+                                 size_t max_clusters)
+{
+    size_t np = plan_prefetch(t, nq, max_clusters), fetched = 0, nwant = 0, want_bytes = 0;
+    cairn_error e = {0};
+    pthread_mutex_lock(&t->mu);
+    for (size_t r = 0; r < np && !t->io_cancel; r++) {
+        uint32_t c = t->io_plan[r];
+        size_t need = (size_t)block_bytes(t->l_n[c], t->dim);
+        size_t alloc = t->store->i->bytes(t->store, t->l_n[c]);
+        if (t->slots[c].state != SLOT_ABSENT || need == 0) {
+            t->slots[c].gen = gen;
+            continue;
+        }
+        if (fetched + need > budget)
+            break;
+        if (alloc > t->cap)
+            continue;
+        t->io_want[nwant++] = c;
+        fetched += need;
+        want_bytes += alloc;
+    }
+    size_t nres = residents_by_offset(t), evicted = 0;
+    while (t->cap - t->used < want_bytes) {
+        size_t at = 0, victim = coldest(t, nres, gen, &at);
+        if (victim == SIZE_MAX)
+            break;
+        evict(t, victim);
+        memmove(t->io_res + at, t->io_res + at + 1, (nres - at - 1) * sizeof(uint32_t));
+        nres--;
+        evicted++;
+    }
+    while (nwant > 0 && t->cap - t->used < want_bytes)
+        want_bytes -= t->store->i->bytes(t->store, t->l_n[t->io_want[--nwant]]);
+    int rc = 0;
+    if (evicted || t->used != t->hi_water) {
+        if (!wait_unpinned(t)) {
+            pthread_mutex_unlock(&t->mu);
+            return;
+        }
+        size_t cursor = 0;
+        for (size_t i = 0; i < nres && !rc; i++) {
+            uint32_t c = t->io_res[i];
+            slot *s = &t->slots[c];
+            cairn_tier_block b = block_of(t, c);
+            rc = t->store->i->copy_in(t->store, c, cursor, &b, &e);
+            if (!rc)
+                rc = t->store->i->sync(t->store, &e);
+            s->off = cursor;
+            cursor += s->bytes;
+            t->st.recopied_bytes += (uint64_t)block_bytes(b.n, t->dim);
+            t->st.copies++;
+        }
+        t->hi_water = cursor;
+        t->st.compactions++;
+    }
+    for (size_t i = 0; i < nwant && !rc && !t->io_cancel; i++) {
+        uint32_t c = t->io_want[i];
+        slot *s = &t->slots[c];
+        size_t alloc = t->store->i->bytes(t->store, t->l_n[c]);
+        cairn_tier_block b = block_of(t, c);
+        int64_t t0 = cairn_now_ns();
+        rc = t->store->i->copy_in(t->store, c, t->hi_water, &b, &e);
+        if (!rc)
+            rc = t->store->i->sync(t->store, &e);
+        if (rc)
+            break;
+        t->st.prefetch_ns += (uint64_t)(cairn_now_ns() - t0);
+        s->state = SLOT_READY;
+        s->off = t->hi_water;
+        s->bytes = alloc;
+        s->gen = gen;
+        t->hi_water += alloc;
+        t->used += alloc;
+        t->st.bytes_prefetched += (uint64_t)block_bytes(b.n, t->dim);
+        t->st.clusters_prefetched++;
+        t->st.copies++;
+    }
+    if (rc) {
+        /* A failed rebuild leaves slots whose bytes may be wrong: drop every cluster. */
+        for (size_t c = 0; c < t->nlist; c++)
+            t->slots[c].state = SLOT_ABSENT;
+        t->used = t->hi_water = 0;
+        io_failed(t, &e);
+    }
+    pthread_mutex_unlock(&t->mu);
 }
 
 static void *io_main(void *arg)
@@ -455,9 +599,12 @@ static void *io_main(void *arg)
         t->io_job = false;
         t->io_busy = true;
         uint64_t gen = ++t->gen;
-        size_t budget = t->budget, maxc = t->max_clusters;
+        size_t nq = t->q0_n, budget = t->budget, maxc = t->max_clusters;
         pthread_mutex_unlock(&t->mu);
-        run_prefetch(t, gen, budget, maxc);
+        if (t->p.mode == CAIRN_TIER_TELERAG)
+            run_prefetch_telerag(t, gen, nq, budget, maxc);
+        else
+            run_prefetch(t, gen, nq, budget, maxc);
         pthread_mutex_lock(&t->mu);
         t->io_busy = false;
         pthread_cond_broadcast(&t->io_cv);
@@ -478,15 +625,41 @@ static void cancel_locked(cairn_tier *t)
     t->io_cancel = false;
 }
 
-/* ---- Search worker ------------------------------------------------------------------------------- */
+/* ---- Misses: the slow tier, on the search worker or the caller ------------------------------- */
 
-static void scan_misses(cairn_tier *t, const float *q, size_t k)
+static int scan_misses(cairn_tier *t, cairn_error *err)
 {
-    t->miss_n = 0;
-    for (size_t i = 0; i < t->n_miss; i++) {
-        uint32_t c = t->miss_list[i];
-        scan_block(t->map + t->list_off[c], t->list_n[c], t->dim, q, t->miss_heap, &t->miss_n, k);
+    size_t nq = t->b_nq, k = t->b_k, np = t->b_nprobe;
+    if (t->miss_ivf) {
+        /* One query: FAISS splits its lists over the threads; a batch: the queries. */
+        int rc = cairn_ivf_set_split_lists(t->miss_ivf, nq == 1, err);
+        if (!rc)
+            rc = cairn_ivf_search_preassigned(t->miss_ivf, t->b_q, nq, k, t->miss_assign, np,
+                                              t->miss_s, t->miss_id, err);
+        for (size_t i = 0; i < nq && !rc; i++) {
+            size_t f = 0;
+            while (f < k && t->miss_id[i * k + f] >= 0)
+                f++;
+            t->miss_fill[i] = f;
+        }
+        return rc;
     }
+    for (size_t i = 0; i < nq; i++) {
+        size_t hn = 0;
+        const float *q = t->b_q + i * (size_t)t->dim;
+        for (size_t r = 0; r < np; r++) {
+            int64_t c = t->miss_assign[i * np + r];
+            if (c >= 0)
+                cairn__tier_scan_rows(t->l_ids[c], t->l_vecs[c], t->l_n[c], t->dim, q,
+                                      t->miss_heap, &hn, k);
+        }
+        for (size_t r = 0; r < hn; r++) {
+            t->miss_s[i * k + r] = t->miss_heap[r].s;
+            t->miss_id[i * k + r] = t->miss_heap[r].id;
+        }
+        t->miss_fill[i] = hn;
+    }
+    return 0;
 }
 
 static void *worker_main(void *arg)
@@ -501,9 +674,10 @@ static void *worker_main(void *arg)
         t->w_job = false;
         pthread_mutex_unlock(&t->w_mu);
         int64_t t0 = cairn_now_ns();
-        scan_misses(t, t->w_q, t->w_k);
+        int rc = scan_misses(t, &t->miss_err);
         int64_t t1 = cairn_now_ns();
         pthread_mutex_lock(&t->w_mu);
+        t->miss_rc = rc;
         t->w_t0 = t0;
         t->w_t1 = t1;
         t->w_done = true;
@@ -513,9 +687,10 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* ---- Open and close ------------------------------------------------------------------------------ */
+/* ---- Open and close -------------------------------------------------------------------------- */
 
-static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, cairn_error *err)
+static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, uint64_t *data_off_out,
+                     cairn_error *err)
 {
     t->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (t->fd < 0)
@@ -540,8 +715,9 @@ static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, cairn
         return cairn_errorf(err, CAIRN_EFORMAT, "%s: header checksum mismatch", path);
     uint64_t vd = get64(h + 8);
     if ((uint32_t)vd != TIER_VERSION)
-        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "%s: tier file version %u (this build reads %u)",
-                            path, (uint32_t)vd, TIER_VERSION);
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED,
+                            "%s: tier file version %u (this build reads %u)", path, (uint32_t)vd,
+                            TIER_VERSION);
     uint32_t dim = (uint32_t)(vd >> 32);
     uint64_t nlist = get64(h + 16), total = get64(h + 24), uid = get64(h + 32);
     uint64_t cent_off = get64(h + 40), table_off = get64(h + 48), data_off = get64(h + 56);
@@ -554,8 +730,9 @@ static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, cairn
     uint64_t cent_bytes = nlist * dim * 4, table_bytes = nlist * 16;
     if (cent_off != TIER_HEADER || cent_off + cent_bytes > table_off || table_off % 8 ||
         table_off + table_bytes > data_off || data_off > size)
-        return cairn_errorf(err, CAIRN_EFORMAT, "%s: sections (centroids %llu, table %llu, data "
-                            "%llu) out of order or past the end",
+        return cairn_errorf(err, CAIRN_EFORMAT,
+                            "%s: sections (centroids %llu, table %llu, data %llu) out of order "
+                            "or past the end",
                             path, (unsigned long long)cent_off, (unsigned long long)table_off,
                             (unsigned long long)data_off);
     if (get64(h + 72) != fnv1a(fnv1a(FNV_INIT, t->map + cent_off, cent_bytes),
@@ -565,13 +742,15 @@ static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, cairn
         return cairn_errorf(err, CAIRN_ESTATE,
                             "%s: tier file belongs to docstore %016llx, not to this one (%016llx)",
                             path, (unsigned long long)uid, (unsigned long long)expect_uid);
-    t->list_off = calloc(nlist, sizeof(uint64_t));
-    t->list_n = calloc(nlist, sizeof(uint64_t));
-    if (!t->list_off || !t->list_n)
+    t->l_ids = calloc(nlist, sizeof(*t->l_ids));
+    t->l_vecs = calloc(nlist, sizeof(*t->l_vecs));
+    t->l_n = calloc(nlist, sizeof(*t->l_n));
+    if (!t->l_ids || !t->l_vecs || !t->l_n)
         return cairn_errorf(err, CAIRN_ENOMEM, "tier: %llu lists", (unsigned long long)nlist);
     uint64_t sum = 0, per = 8 + 4 * (uint64_t)dim;
     for (uint64_t c = 0; c < nlist; c++) {
-        uint64_t off = get64(t->map + table_off + 16 * c), n = get64(t->map + table_off + 16 * c + 8);
+        uint64_t off = get64(t->map + table_off + 16 * c);
+        uint64_t n = get64(t->map + table_off + 16 * c + 8);
         if (off % 8 || off < data_off || off > size || n > (size - off) / per || n > total - sum)
             return cairn_errorf(err, CAIRN_EFORMAT,
                                 "%s: list %llu: %llu vectors at offset %llu outside the data "
@@ -579,8 +758,9 @@ static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, cairn
                                 path, (unsigned long long)c, (unsigned long long)n,
                                 (unsigned long long)off, (unsigned long long)data_off,
                                 (unsigned long long)size);
-        t->list_off[c] = off;
-        t->list_n[c] = n;
+        t->l_ids[c] = (const int64_t *)(t->map + off);
+        t->l_vecs[c] = (const float *)(t->map + off + 8 * n);
+        t->l_n[c] = (size_t)n;
         sum += n;
         t->total_bytes += (size_t)block_bytes(n, (int)dim);
     }
@@ -591,18 +771,42 @@ static int load_file(cairn_tier *t, const char *path, uint64_t expect_uid, cairn
     t->nlist = (size_t)nlist;
     t->total = (size_t)total;
     t->centroids = (const float *)(t->map + cent_off);
+    *data_off_out = data_off;
     return 0;
 }
 
-int cairn_tier_open(cairn_tier **out, const char *path, const cairn_tier_params *p,
-                    uint64_t expect_uid, cairn_error *err)
+/* slow_in_ram: the file's data section into host memory (page-locked for a GPU fast tier). */
+static int load_ram(cairn_tier *t, uint64_t data_off, cairn_error *err)
 {
-    *out = NULL;
-    if (p->fast_bytes < 1 || !(p->hot_decay > 0 && p->hot_decay <= 1))
-        return cairn_errorf(err, CAIRN_EINVAL, "tier: fast_bytes must be >= 1, hot_decay in (0, 1]");
+    size_t len = t->map_len - (size_t)data_off;
+    if (len == 0)
+        return 0;
+    char why[256] = "";
+    if (t->p.device >= 0) {
+        t->ram = cairn_tier_pinned_alloc(t->p.device, len, why, sizeof why);
+        t->ram_pinned = t->ram != NULL;
+        if (!t->ram)
+            CAIRN_LOG_WARN("slow tier not page-locked", "bytes=%zu why=%s", len, why);
+    }
+    if (!t->ram)
+        t->ram = malloc(len);
+    if (!t->ram)
+        return cairn_errorf(err, CAIRN_ENOMEM, "tier: slow tier of %zu bytes in RAM", len);
+    memcpy(t->ram, t->map + data_off, len);
+    for (size_t c = 0; c < t->nlist; c++) {
+        size_t off = (size_t)((const uint8_t *)t->l_ids[c] - t->map) - (size_t)data_off;
+        t->l_ids[c] = (const int64_t *)((uint8_t *)t->ram + off);
+        t->l_vecs[c] = (const float *)((uint8_t *)t->ram + off + 8 * t->l_n[c]);
+    }
+    t->slow_pinned = t->ram_pinned;
+    return 0;
+}
+
+static cairn_tier *tier_new(const cairn_tier_params *p)
+{
     cairn_tier *t = calloc(1, sizeof(*t));
     if (!t)
-        return cairn_errorf(err, CAIRN_ENOMEM, "tier: out of memory");
+        return NULL;
     t->fd = -1;
     t->p = *p;
     pthread_mutex_init(&t->mu, NULL);
@@ -611,47 +815,147 @@ int cairn_tier_open(cairn_tier **out, const char *path, const cairn_tier_params 
     pthread_cond_init(&t->pins_cv, NULL);
     pthread_cond_init(&t->io_cv, NULL);
     pthread_cond_init(&t->w_cv, NULL);
-    int rc = load_file(t, path, expect_uid, err);
+    return t;
+}
+
+static int check_params(const cairn_tier_params *p, cairn_error *err)
+{
+    if (p->fast_bytes < 1 || !(p->hot_decay > 0 && p->hot_decay <= 1))
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "tier: fast_bytes must be >= 1, hot_decay in (0, 1]");
+    if (p->max_batch < 1 || p->max_batch > 4096 || p->device < -1 ||
+        (p->mode != CAIRN_TIER_CAIRN && p->mode != CAIRN_TIER_TELERAG))
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: max_batch %zu (1..4096), device %d, mode %d",
+                            p->max_batch, p->device, p->mode);
+    return 0;
+}
+
+/* Everything after the slow tier is known: the store, the scratch, the threads. */
+static int tier_start(cairn_tier *t, cairn_error *err)
+{
+    size_t n = t->nlist, mb = t->p.max_batch;
+    for (size_t c = 0; c < n; c++)
+        if (t->l_n[c] > t->max_list)
+            t->max_list = t->l_n[c];
+    cairn_tier_store_params sp = {
+        .dim = t->dim,
+        .nlist = n,
+        .centroids = t->centroids,
+        .capacity = (size_t)round_up(t->p.fast_bytes, CAIRN_TIER_STORE_ALIGN),
+        .max_list = t->max_list,
+        .device = t->p.device,
+        .fp16 = t->p.fp16,
+    };
+    int rc = t->p.device < 0 ? cairn_tier_store_host_open(&t->store, &sp, err)
+                             : cairn_tier_store_cuda_open(&t->store, &sp, err);
     if (rc)
-        goto fail;
-    size_t n = t->nlist;
-    t->cap = (size_t)round_up(p->fast_bytes, TIER_ALIGN);
-    t->arena = aligned_alloc(TIER_ALIGN, t->cap);
+        return rc;
+    if (t->p.miss_faiss &&
+        (rc = cairn_ivf_borrow(&t->miss_ivf, t->dim, n, t->centroids,
+                               (const int64_t *const *)t->l_ids, (const float *const *)t->l_vecs,
+                               t->l_n, err)))
+        return rc;
+    t->cap = sp.capacity;
     t->slots = calloc(n, sizeof(*t->slots));
-    t->q0 = malloc((size_t)t->dim * sizeof(float));
+    t->q0 = malloc(mb * (size_t)t->dim * sizeof(float));
     t->io_scores = malloc(n * sizeof(float));
-    t->io_order = malloc(n * sizeof(uint32_t));
+    t->io_heap = malloc(n * sizeof(cairn__titem));
+    t->io_order = malloc(mb * n * sizeof(uint32_t));
+    t->io_plan = malloc(n * sizeof(uint32_t));
+    t->io_seen = malloc(n);
     t->io_res = malloc(n * sizeof(uint32_t));
+    t->io_want = malloc(n * sizeof(uint32_t));
     t->s_scores = malloc(n * sizeof(float));
-    t->s_order = malloc(n * sizeof(uint32_t));
-    t->hit_list = malloc(n * sizeof(uint32_t));
-    t->miss_list = malloc(n * sizeof(uint32_t));
-    t->hit_off = malloc(n * sizeof(size_t));
-    t->hit_heap = malloc(CAIRN_TIER_MAX_K * sizeof(hitem));
-    t->miss_heap = malloc(CAIRN_TIER_MAX_K * sizeof(hitem));
-    t->merged = malloc(2 * CAIRN_TIER_MAX_K * sizeof(hitem));
-    if (!t->arena || !t->slots || !t->q0 || !t->io_scores || !t->io_order || !t->io_res ||
-        !t->s_scores || !t->s_order || !t->hit_list || !t->miss_list || !t->hit_off || !t->hit_heap ||
-        !t->miss_heap || !t->merged) {
-        rc = cairn_errorf(err, CAIRN_ENOMEM, "tier: fast tier of %zu bytes", t->cap);
-        goto fail;
-    }
-    if (pthread_create(&t->io_thread, NULL, io_main, t) != 0) {
-        rc = cairn_errorf(err, CAIRN_EIO, "tier: starting the I/O thread failed");
-        goto fail;
-    }
+    t->s_heap = malloc(n * sizeof(cairn__titem));
+    t->s_order = malloc(mb * n * sizeof(uint32_t));
+    t->s_mark = calloc(n, sizeof(uint32_t));
+    t->hit_w = malloc(mb * n * sizeof(cairn_tier_work));
+    t->miss_assign = malloc(mb * n * sizeof(int64_t));
+    t->hit_s = malloc(mb * CAIRN_TIER_MAX_K * sizeof(float));
+    t->miss_s = malloc(mb * CAIRN_TIER_MAX_K * sizeof(float));
+    t->hit_id = malloc(mb * CAIRN_TIER_MAX_K * sizeof(int64_t));
+    t->miss_id = malloc(mb * CAIRN_TIER_MAX_K * sizeof(int64_t));
+    t->hit_fill = malloc(mb * sizeof(size_t));
+    t->miss_fill = malloc(mb * sizeof(size_t));
+    t->miss_heap = malloc(CAIRN_TIER_MAX_K * sizeof(cairn__titem));
+    t->merged = malloc(2 * CAIRN_TIER_MAX_K * sizeof(cairn__titem));
+    if (!t->slots || !t->q0 || !t->io_scores || !t->io_heap || !t->io_order || !t->io_plan ||
+        !t->io_seen || !t->io_res || !t->io_want || !t->s_scores || !t->s_heap || !t->s_order ||
+        !t->s_mark || !t->hit_w || !t->miss_assign || !t->hit_s || !t->miss_s || !t->hit_id ||
+        !t->miss_id || !t->hit_fill || !t->miss_fill || !t->miss_heap || !t->merged)
+        return cairn_errorf(err, CAIRN_ENOMEM, "tier: scratch for %zu lists x %zu queries", n, mb);
+    if (pthread_create(&t->io_thread, NULL, io_main, t) != 0)
+        return cairn_errorf(err, CAIRN_EIO, "tier: starting the I/O thread failed");
     t->io_started = true;
-    if (p->miss_worker) {
-        if (pthread_create(&t->worker, NULL, worker_main, t) != 0) {
-            rc = cairn_errorf(err, CAIRN_EIO, "tier: starting the search worker failed");
-            goto fail;
-        }
+    if (t->p.miss_worker) {
+        if (pthread_create(&t->worker, NULL, worker_main, t) != 0)
+            return cairn_errorf(err, CAIRN_EIO, "tier: starting the search worker failed");
         t->worker_started = true;
     }
     t->st.fast_capacity = t->cap;
-    *out = t;
     return 0;
-fail:
+}
+
+int cairn_tier_open(cairn_tier **out, const char *path, const cairn_tier_params *p,
+                    uint64_t expect_uid, cairn_error *err)
+{
+    *out = NULL;
+    int rc = check_params(p, err);
+    if (rc)
+        return rc;
+    cairn_tier *t = tier_new(p);
+    if (!t)
+        return cairn_errorf(err, CAIRN_ENOMEM, "tier: out of memory");
+    uint64_t data_off = 0;
+    if (!(rc = load_file(t, path, expect_uid, &data_off, err)) &&
+        !(rc = p->slow_in_ram ? load_ram(t, data_off, err) : 0) && !(rc = tier_start(t, err))) {
+        *out = t;
+        return 0;
+    }
+    cairn_tier_close(t);
+    return rc;
+}
+
+int cairn_tier_open_mem(cairn_tier **out, const cairn_tier_mem *m, const cairn_tier_params *p,
+                        cairn_error *err)
+{
+    *out = NULL;
+    int rc = check_params(p, err);
+    if (rc)
+        return rc;
+    if (!m || m->dim < 1 || m->dim > 65536 || m->nlist < 1 || m->nlist > 65536 ||
+        !m->centroids || !m->ids || !m->vecs || !m->n)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: lists in memory need dim, nlist (both in "
+                            "[1, 65536]), centroids, ids, vecs and n");
+    cairn_tier *t = tier_new(p);
+    if (!t)
+        return cairn_errorf(err, CAIRN_ENOMEM, "tier: out of memory");
+    size_t n = m->nlist;
+    t->dim = m->dim;
+    t->nlist = n;
+    t->centroids = m->centroids;
+    t->slow_pinned = m->pinned;
+    t->l_ids = calloc(n, sizeof(*t->l_ids));
+    t->l_vecs = calloc(n, sizeof(*t->l_vecs));
+    t->l_n = calloc(n, sizeof(*t->l_n));
+    if (!t->l_ids || !t->l_vecs || !t->l_n) {
+        rc = cairn_errorf(err, CAIRN_ENOMEM, "tier: %zu lists", n);
+    } else {
+        for (size_t c = 0; c < n && !rc; c++) {
+            if (m->n[c] && (!m->ids[c] || !m->vecs[c]))
+                rc = cairn_errorf(err, CAIRN_EINVAL, "tier: list %zu: %zu vectors, no memory", c,
+                                  m->n[c]);
+            t->l_ids[c] = m->ids[c];
+            t->l_vecs[c] = m->vecs[c];
+            t->l_n[c] = m->n[c];
+            t->total += m->n[c];
+            t->total_bytes += (size_t)block_bytes(m->n[c], m->dim);
+        }
+    }
+    if (!rc && !(rc = tier_start(t, err))) {
+        *out = t;
+        return 0;
+    }
     cairn_tier_close(t);
     return rc;
 }
@@ -675,24 +979,40 @@ void cairn_tier_close(cairn_tier *t)
         pthread_mutex_unlock(&t->w_mu);
         pthread_join(t->worker, NULL);
     }
+    cairn_tier_store_close(t->store);
+    cairn_ivf_close(t->miss_ivf);
+    if (t->ram_pinned)
+        cairn_tier_pinned_free(t->ram);
+    else
+        free(t->ram);
     if (t->map)
         munmap((void *)t->map, t->map_len);
     if (t->fd >= 0)
         close(t->fd);
-    free(t->list_off);
-    free(t->list_n);
-    free(t->arena);
+    free(t->l_ids);
+    free(t->l_vecs);
+    free(t->l_n);
     free(t->slots);
     free(t->q0);
     free(t->io_scores);
+    free(t->io_heap);
     free(t->io_order);
+    free(t->io_plan);
+    free(t->io_seen);
     free(t->io_res);
+    free(t->io_want);
     free(t->s_scores);
+    free(t->s_heap);
     free(t->s_order);
-    free(t->hit_list);
-    free(t->miss_list);
-    free(t->hit_off);
-    free(t->hit_heap);
+    free(t->s_mark);
+    free(t->hit_w);
+    free(t->miss_assign);
+    free(t->hit_s);
+    free(t->miss_s);
+    free(t->hit_id);
+    free(t->miss_id);
+    free(t->hit_fill);
+    free(t->miss_fill);
     free(t->miss_heap);
     free(t->merged);
     pthread_mutex_destroy(&t->mu);
@@ -704,16 +1024,18 @@ void cairn_tier_close(cairn_tier *t)
     free(t);
 }
 
-/* ---- Prefetch ------------------------------------------------------------------------------------ */
+/* ---- Prefetch -------------------------------------------------------------------------------- */
 
-int cairn_tier_prefetch(cairn_tier *t, const float *q0, size_t budget_bytes, size_t max_clusters,
-                        cairn_error *err)
+int cairn_tier_prefetch_batch(cairn_tier *t, const float *q0, size_t nq, size_t budget_bytes,
+                              size_t max_clusters, cairn_error *err)
 {
-    if (!q0)
-        return cairn_errorf(err, CAIRN_EINVAL, "tier: prefetch without a query");
+    if (!q0 || nq < 1 || nq > t->p.max_batch)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: prefetch of %zu queries (1..%zu)", nq,
+                            t->p.max_batch);
     pthread_mutex_lock(&t->mu);
     cancel_locked(t);
-    memcpy(t->q0, q0, (size_t)t->dim * sizeof(float));
+    memcpy(t->q0, q0, nq * (size_t)t->dim * sizeof(float));
+    t->q0_n = nq;
     t->budget = budget_bytes;
     t->max_clusters = max_clusters;
     t->io_job = true;
@@ -721,6 +1043,14 @@ int cairn_tier_prefetch(cairn_tier *t, const float *q0, size_t budget_bytes, siz
     pthread_cond_broadcast(&t->io_cv);
     pthread_mutex_unlock(&t->mu);
     return 0;
+}
+
+int cairn_tier_prefetch(cairn_tier *t, const float *q0, size_t budget_bytes, size_t max_clusters,
+                        cairn_error *err)
+{
+    if (!q0)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: prefetch without a query");
+    return cairn_tier_prefetch_batch(t, q0, 1, budget_bytes, max_clusters, err);
 }
 
 void cairn_tier_cancel(cairn_tier *t)
@@ -735,6 +1065,10 @@ void cairn_tier_wait(cairn_tier *t)
     pthread_mutex_lock(&t->mu);
     while (t->io_job || t->io_busy)
         pthread_cond_wait(&t->io_cv, &t->mu);
+    /* The I/O thread is idle and stays so while mu is held: the store's copy side is ours. */
+    cairn_error e;
+    if (t->store->i->sync(t->store, &e))
+        io_failed(t, &e);
     pthread_mutex_unlock(&t->mu);
 }
 
@@ -746,106 +1080,154 @@ void cairn_tier_clear_fast(cairn_tier *t)
         pthread_cond_wait(&t->pins_cv, &t->mu);
     for (size_t c = 0; c < t->nlist; c++)
         t->slots[c].state = SLOT_ABSENT;
-    t->used = 0;
+    t->used = t->hi_water = 0;
     pthread_mutex_unlock(&t->mu);
 }
 
-/* ---- Hybrid search ------------------------------------------------------------------------------- */
+/* ---- Hybrid search --------------------------------------------------------------------------- */
 
-static int item_cmp(const void *a, const void *b)
+/* Pins what a chunk of queries finds in the fast tier and lists the rest (mu held). */
+static void classify(cairn_tier *t, size_t nq, size_t nprobe)
 {
-    hitem x = *(const hitem *)a, y = *(const hitem *)b;
-    return better(x, y) ? -1 : better(y, x) ? 1 : 0;
-}
-
-int cairn_tier_search(cairn_tier *t, const float *q1, size_t k, size_t nprobe, float *scores,
-                      int64_t *ids, cairn_error *err)
-{
-    if (!q1 || k < 1 || k > CAIRN_TIER_MAX_K)
-        return cairn_errorf(err, CAIRN_EINVAL, "tier: k %zu outside [1, %d]", k, CAIRN_TIER_MAX_K);
-    if (nprobe < 1)
-        return cairn_errorf(err, CAIRN_EINVAL, "tier: nprobe must be >= 1");
-    if (nprobe > t->nlist)
-        nprobe = t->nlist;
-    int64_t start = cairn_now_ns();
-    pthread_mutex_lock(&t->search_mu);
-    rank_clusters(t, q1, t->s_scores, t->s_order);
-
-    /* Classify and pin under mu: a READY cluster cannot move or go while pinned. */
-    pthread_mutex_lock(&t->mu);
-    t->tick++;
     t->n_hit = t->n_miss = 0;
-    for (size_t r = 0; r < nprobe; r++) {
-        uint32_t c = t->s_order[r];
-        slot *s = &t->slots[c];
-        s->hot = hotness(t, s) + 1.0;
-        s->hot_tick = t->tick;
-        if (s->state == SLOT_READY) {
+    bool telerag = t->p.mode == CAIRN_TIER_TELERAG;
+    for (size_t i = 0; i < nq; i++) {
+        t->tick++;
+        const uint32_t *order = t->s_order + i * nprobe;
+        for (size_t r = 0; r < nprobe; r++) {
+            uint32_t c = order[r];
+            slot *s = &t->slots[c];
+            s->hot = hotness(t, s) + 1.0;
+            s->hot_tick = t->tick;
+            if (s->state == SLOT_READY) {
+                t->miss_assign[i * nprobe + r] = -1;
+                if (telerag) {
+                    t->s_mark[c] = (uint32_t)i + 1;
+                    continue;
+                }
+                s->pins++;
+                t->total_pins++;
+                t->hit_w[t->n_hit++] = (cairn_tier_work){
+                    .query = (uint32_t)i, .cluster = c, .off = s->off, .n = t->l_n[c]};
+            } else {
+                t->miss_assign[i * nprobe + r] = c;
+                t->n_miss++;
+            }
+        }
+        if (!telerag)
+            continue;
+        /* The whole fast tier, for every query: the probed clusters' results are kept. */
+        for (size_t c = 0; c < t->nlist; c++) {
+            slot *s = &t->slots[c];
+            if (s->state != SLOT_READY)
+                continue;
             s->pins++;
             t->total_pins++;
-            t->hit_off[t->n_hit] = s->off;
-            t->hit_list[t->n_hit++] = c;
-        } else {
-            t->miss_list[t->n_miss++] = c;
+            t->hit_w[t->n_hit++] = (cairn_tier_work){.query = (uint32_t)i,
+                                                     .cluster = (uint32_t)c,
+                                                     .off = s->off,
+                                                     .n = t->l_n[c],
+                                                     .skip = t->s_mark[c] != (uint32_t)i + 1};
         }
+        for (size_t r = 0; r < nprobe; r++)
+            t->s_mark[order[r]] = 0;
     }
+}
+
+static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size_t nprobe,
+                        float *scores, int64_t *ids, cairn_error *err)
+{
+    int64_t start = cairn_now_ns();
+    int rc = CAIRN_EUNSUPPORTED;
+    if (t->store->i->rank) {
+        rc = t->store->i->rank(t->store, q, nq, nprobe, t->s_order, err);
+        if (rc && rc != CAIRN_EUNSUPPORTED)
+            return rc;
+    }
+    if (rc == CAIRN_EUNSUPPORTED)
+        for (size_t i = 0; i < nq; i++)
+            rank_top(t, q + i * (size_t)t->dim, nprobe, t->s_scores, t->s_heap,
+                     t->s_order + i * nprobe);
+    int64_t ranked = cairn_now_ns();
+
+    pthread_mutex_lock(&t->mu);
+    classify(t, nq, nprobe);
     pthread_mutex_unlock(&t->mu);
 
+    t->b_q = q;
+    t->b_nq = nq;
+    t->b_k = k;
+    t->b_nprobe = nprobe;
     bool parallel = t->worker_started && t->n_miss > 0 && t->n_hit > 0;
     if (parallel) {
         pthread_mutex_lock(&t->w_mu);
-        t->w_q = q1;
-        t->w_k = k;
         t->w_done = false;
         t->w_job = true;
         pthread_cond_broadcast(&t->w_cv);
         pthread_mutex_unlock(&t->w_mu);
     }
     int64_t h0 = cairn_now_ns();
-    t->hit_n = 0;
-    for (size_t i = 0; i < t->n_hit; i++)
-        scan_block(t->arena + t->hit_off[i], t->list_n[t->hit_list[i]], t->dim, q1, t->hit_heap,
-                   &t->hit_n, k);
+    rc = 0;
+    uint64_t hit_bytes = 0;
+    if (t->n_hit) {
+        rc = t->store->i->scan(t->store, q, nq, t->hit_w, t->n_hit, k, t->hit_s, t->hit_id,
+                               t->hit_fill, err);
+        for (size_t i = 0; i < t->n_hit; i++)
+            hit_bytes += t->store->i->bytes(t->store, t->hit_w[i].n);
+    } else {
+        memset(t->hit_fill, 0, nq * sizeof(size_t));
+    }
     int64_t h1 = cairn_now_ns(), m0 = h1, m1 = h1;
+    int mrc = 0;
     if (parallel) {
         pthread_mutex_lock(&t->w_mu);
         while (!t->w_done)
             pthread_cond_wait(&t->w_cv, &t->w_mu);
         m0 = t->w_t0;
         m1 = t->w_t1;
+        mrc = t->miss_rc;
         pthread_mutex_unlock(&t->w_mu);
-    } else {
+        if (mrc && !rc && err)
+            *err = t->miss_err;
+    } else if (t->n_miss) {
         m0 = cairn_now_ns();
-        scan_misses(t, q1, k);
+        mrc = scan_misses(t, rc ? NULL : err);
         m1 = cairn_now_ns();
+    } else {
+        memset(t->miss_fill, 0, nq * sizeof(size_t));
     }
+    if (!rc)
+        rc = mrc;
 
     /* Merge: the top k of the union is the top k of the two top-k lists. */
-    size_t n = 0;
-    for (size_t i = 0; i < t->hit_n; i++)
-        t->merged[n++] = t->hit_heap[i];
-    for (size_t i = 0; i < t->miss_n; i++)
-        t->merged[n++] = t->miss_heap[i];
-    qsort(t->merged, n, sizeof(hitem), item_cmp);
-    for (size_t i = 0; i < k; i++) {
-        scores[i] = i < n ? t->merged[i].s : -INFINITY;
-        ids[i] = i < n ? t->merged[i].id : -1;
+    for (size_t i = 0; i < nq && !rc; i++) {
+        size_t n = 0;
+        for (size_t r = 0; r < t->hit_fill[i]; r++)
+            t->merged[n++] = (cairn__titem){t->hit_s[i * k + r], t->hit_id[i * k + r]};
+        for (size_t r = 0; r < t->miss_fill[i]; r++)
+            t->merged[n++] = (cairn__titem){t->miss_s[i * k + r], t->miss_id[i * k + r]};
+        qsort(t->merged, n, sizeof(cairn__titem), cairn__tier_item_cmp);
+        for (size_t r = 0; r < k; r++) {
+            scores[i * k + r] = r < n ? t->merged[r].s : -INFINITY;
+            ids[i * k + r] = r < n ? t->merged[r].id : -1;
+        }
     }
 
     int64_t end = cairn_now_ns();
     pthread_mutex_lock(&t->mu);
     for (size_t i = 0; i < t->n_hit; i++) {
-        slot *s = &t->slots[t->hit_list[i]];
-        s->pins--;
+        t->slots[t->hit_w[i].cluster].pins--;
         t->total_pins--;
     }
     if (t->total_pins == 0)
         pthread_cond_broadcast(&t->pins_cv);
-    t->st.searches++;
-    t->st.probed += nprobe;
-    t->st.hits += t->n_hit;
+    t->st.searches += nq;
+    t->st.probed += nq * nprobe;
+    t->st.hits += nq * nprobe - t->n_miss;
     t->st.search_ns += (uint64_t)(end - start);
+    t->st.rank_ns += (uint64_t)(ranked - start);
     t->st.hit_scan_ns += (uint64_t)(h1 - h0);
+    t->st.hit_scan_bytes += hit_bytes;
     t->st.miss_scan_ns += (uint64_t)(m1 - m0);
     if (parallel) {
         int64_t lo = h0 > m0 ? h0 : m0, hi = h1 < m1 ? h1 : m1;
@@ -853,11 +1235,36 @@ int cairn_tier_search(cairn_tier *t, const float *q1, size_t k, size_t nprobe, f
             t->st.overlap_ns += (uint64_t)(hi - lo);
     }
     pthread_mutex_unlock(&t->mu);
-    pthread_mutex_unlock(&t->search_mu);
-    return 0;
+    return rc;
 }
 
-/* ---- Stats and accessors -------------------------------------------------------------------------- */
+int cairn_tier_search_batch(cairn_tier *t, const float *q1, size_t nq, size_t k, size_t nprobe,
+                            float *scores, int64_t *ids, cairn_error *err)
+{
+    if (!q1 || k < 1 || k > CAIRN_TIER_MAX_K)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: k %zu outside [1, %d]", k, CAIRN_TIER_MAX_K);
+    if (nprobe < 1)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: nprobe must be >= 1");
+    if (nprobe > t->nlist)
+        nprobe = t->nlist;
+    int rc = 0;
+    pthread_mutex_lock(&t->search_mu);
+    for (size_t i = 0; i < nq && !rc; i += t->p.max_batch) {
+        size_t n = nq - i < t->p.max_batch ? nq - i : t->p.max_batch;
+        rc = search_chunk(t, q1 + i * (size_t)t->dim, n, k, nprobe, scores + i * k, ids + i * k,
+                          err);
+    }
+    pthread_mutex_unlock(&t->search_mu);
+    return rc;
+}
+
+int cairn_tier_search(cairn_tier *t, const float *q1, size_t k, size_t nprobe, float *scores,
+                      int64_t *ids, cairn_error *err)
+{
+    return cairn_tier_search_batch(t, q1, 1, k, nprobe, scores, ids, err);
+}
+
+/* ---- Stats and accessors --------------------------------------------------------------------- */
 
 void cairn_tier_get_stats(cairn_tier *t, cairn_tier_stats *out)
 {
@@ -883,3 +1290,8 @@ size_t cairn_tier_nlist(const cairn_tier *t) { return t->nlist; }
 int cairn_tier_dim(const cairn_tier *t) { return t->dim; }
 size_t cairn_tier_count(const cairn_tier *t) { return t->total; }
 size_t cairn_tier_total_bytes(const cairn_tier *t) { return t->total_bytes; }
+const char *cairn_tier_store_name(const cairn_tier *t) { return t->store->i->name; }
+size_t cairn_tier_slot_bytes(const cairn_tier *t, size_t n)
+{
+    return t->store->i->bytes(t->store, n);
+}

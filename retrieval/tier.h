@@ -1,23 +1,28 @@
 /*
  * retrieval/tier.h — IVF clusters in two tiers, with lookahead prefetch and hybrid search.
  *
- * After TeleRAG (MLSys 2026): the slow tier is a file holding every cluster of an IVF
- * index — centroids, then each list's vectors and ids contiguously — mmap'ed read-only.
- * The fast tier is a bounded RAM cache of whole clusters (GPU memory in CUDA builds, later).
+ * After TeleRAG (MLSys 2026): the slow tier holds every cluster of an IVF index — a file
+ * (centroids, then each list's ids and vectors contiguously) mmap'ed read-only, or lists in
+ * host memory the caller lends (cairn_tier_open_mem). The fast tier is a bounded cache of whole
+ * clusters: RAM (device -1, the host store) or GPU memory (device N, the CUDA store); the
+ * memory sits behind retrieval/tier_store.h, this file keeps the policy.
  *
  * Lookahead: cairn_tier_prefetch(q0, budget) ranks clusters by q0's similarity to their
  * centroids and copies them into the fast tier in rank order on the tier's I/O thread,
  * until the byte budget is spent, the fast tier can take no more, or it is cancelled (a
  * newer prefetch cancels an older one). When space runs out it evicts the coldest clusters
  * (hotness: probes, decayed per search) that this prefetch did not bring, and compacts the
- * arena in place when free space is fragmented.
+ * fast tier in place when free space is fragmented (device-to-device moves on a GPU).
  *
  * Hybrid search: cairn_tier_search(q1, k, nprobe) picks q1's nprobe nearest centroids;
- * probed clusters resident in the fast tier are scanned by the calling thread while the
- * others are scanned from the slow tier on the tier's search worker at the same time; the
- * two top-k lists merge into one. Scores are inner products computed by the same code in
- * both places and ties break by smaller id, so the answer does not depend on what was
- * prefetched — prefetch changes speed, never results.
+ * probed clusters resident in the fast tier are scanned there (on the GPU: only those
+ * clusters, with the top k chosen on the GPU) while the others are scanned from the slow tier
+ * on the tier's search worker at the same time; the two top-k lists merge into one. The fast
+ * tier scores a vector with the same arithmetic as the slow-tier scan and ties break by
+ * smaller id, so with the tier's own miss scan (the default) and fp32 vectors the answer does
+ * not depend on what was prefetched — prefetch changes speed, never results. With FAISS for
+ * the misses (miss_faiss) the misses' scores may differ in the last bits (FAISS sums in
+ * another order): ids then equal the tier's own except where scores tie within ~1e-6.
  *
  * The slow tier is a snapshot of the index when it was built: rebuild it after adds or
  * removes. Threads: every function is thread-safe; searches are serialised with each
@@ -37,14 +42,42 @@ typedef struct cairn_tier cairn_tier;
 
 #define CAIRN_TIER_MAX_K 1024
 
+/* How the fast tier is run: cairn's way, or TeleRAG's reproduced for comparison (its released
+ * code: every search scans the whole fast tier, keeping only the probed clusters' results; a
+ * prefetch waits for each cluster's copy before the next; an eviction re-copies every cluster
+ * kept from the slow tier instead of moving it). Answers are the same either way. */
+enum { CAIRN_TIER_CAIRN = 0, CAIRN_TIER_TELERAG = 1 };
+
 typedef struct {
     size_t fast_bytes;  /* capacity of the fast tier (bytes), >= 1 */
     bool miss_worker;   /* scan misses on the worker thread, beside the hit scan (true) */
     double hot_decay;   /* hotness kept per search, in (0, 1] (0.98) */
+    int device;         /* -1: the fast tier is RAM; N >= 0: GPU N's memory (-1) */
+    bool fp16;          /* GPU fast tier: vectors as IEEE half, scores approximate (false) */
+    bool miss_faiss;    /* scan misses with FAISS search_preassigned, not the tier's own scan
+                           (false; see above for what it changes) */
+    bool slow_in_ram;   /* a file's lists are read into host memory at open (page-locked
+                           when the fast tier is a GPU, so copies are DMA) (false) */
+    size_t max_batch;   /* queries a search call handles at once; larger batches are split
+                           (32) */
+    int mode;           /* CAIRN_TIER_CAIRN or CAIRN_TIER_TELERAG */
 } cairn_tier_params;
 
-/* fast_bytes 64 MiB, miss_worker true, hot_decay 0.98. */
+/* fast_bytes 64 MiB, miss_worker true, hot_decay 0.98, device -1, max_batch 32, the rest
+ * false / CAIRN_TIER_CAIRN. */
 cairn_tier_params cairn_tier_default_params(void);
+
+/* A slow tier in host memory, lent by the caller: list c is n[c] ids and n[c] row-major
+ * vectors of dim floats. */
+typedef struct {
+    int dim;
+    size_t nlist;
+    const float *centroids;     /* nlist * dim floats */
+    const int64_t *const *ids;  /* nlist pointers */
+    const float *const *vecs;   /* nlist pointers */
+    const size_t *n;            /* nlist counts */
+    bool pinned;                /* the lists are page-locked (cairn_tier_pinned_alloc) */
+} cairn_tier_mem;
 
 /*
  * Writes the slow-tier file for ivf to path (via path.tmp and rename), recording
@@ -62,6 +95,15 @@ int cairn_tier_build(const cairn_ivf *ivf, const char *path, uint64_t docstore_u
 int cairn_tier_open(cairn_tier **out, const char *path, const cairn_tier_params *p,
                     uint64_t expect_uid, cairn_error *err);
 
+/*
+ * Opens a tier over lists in host memory (m's arrays are copied; the centroids and the lists
+ * themselves are borrowed and must outlive the tier, unchanged). Returns 0 and *out, or
+ * CAIRN_EINVAL (m or params), CAIRN_ENOMEM, and what the fast tier's store returns
+ * (CAIRN_EUNSUPPORTED: no CUDA in this build or no such GPU; CAIRN_EDEVICE).
+ */
+int cairn_tier_open_mem(cairn_tier **out, const cairn_tier_mem *m, const cairn_tier_params *p,
+                        cairn_error *err);
+
 /* Cancels any prefetch, stops the threads, frees everything. NULL is a no-op. */
 void cairn_tier_close(cairn_tier *t);
 
@@ -74,10 +116,18 @@ void cairn_tier_close(cairn_tier *t);
 int cairn_tier_prefetch(cairn_tier *t, const float *q0, size_t budget_bytes, size_t max_clusters,
                         cairn_error *err);
 
+/*
+ * The same for the nq (<= max_batch) queries of a batch: their rankings are interleaved
+ * (every query's best cluster, then every query's second, ...) and the budget is shared.
+ */
+int cairn_tier_prefetch_batch(cairn_tier *t, const float *q0, size_t nq, size_t budget_bytes,
+                              size_t max_clusters, cairn_error *err);
+
 /* Cancels the running prefetch (if any) and waits until the I/O thread has stopped it. */
 void cairn_tier_cancel(cairn_tier *t);
 
-/* Waits until no prefetch is running (it finished, ran out of budget or was cancelled). */
+/* Waits until no prefetch is running (it finished, ran out of budget or was cancelled) and
+ * what it copied has landed in the fast tier. */
 void cairn_tier_wait(cairn_tier *t);
 
 /*
@@ -87,6 +137,14 @@ void cairn_tier_wait(cairn_tier *t);
  */
 int cairn_tier_search(cairn_tier *t, const float *q1, size_t k, size_t nprobe, float *scores,
                       int64_t *ids, cairn_error *err);
+
+/*
+ * The same for nq queries (nq * dim floats): scores and ids hold nq * k entries, query i's at
+ * i * k. Returns 0, CAIRN_EINVAL, or a fast-tier error (CAIRN_EDEVICE: a CUDA call failed;
+ * err names it).
+ */
+int cairn_tier_search_batch(cairn_tier *t, const float *q1, size_t nq, size_t k, size_t nprobe,
+                            float *scores, int64_t *ids, cairn_error *err);
 
 /* Drops every cluster from the fast tier (cancelling any prefetch first). */
 void cairn_tier_clear_fast(cairn_tier *t);
@@ -105,6 +163,12 @@ typedef struct {
     uint64_t hit_scan_ns;        /* fast-tier scan time (calling thread) */
     uint64_t miss_scan_ns;       /* slow-tier scan time (worker) */
     uint64_t overlap_ns;         /* time the hit scan and the miss scan ran at once */
+    uint64_t rank_ns;            /* choosing the probed clusters */
+    uint64_t hit_scan_bytes;     /* fast-tier bytes the hit scans read (whole clusters) */
+    uint64_t copies;             /* clusters copied in, by prefetches or TeleRAG re-copies */
+    uint64_t recopied_bytes;     /* of bytes copied in, those re-copied (TeleRAG mode) */
+    uint64_t moved_bytes;        /* bytes moved within the fast tier by compaction */
+    uint64_t prefetch_errors;    /* prefetches a store error stopped (logged) */
     size_t fast_used;            /* bytes resident now */
     size_t fast_capacity;
     size_t resident_clusters;
@@ -120,5 +184,8 @@ size_t cairn_tier_nlist(const cairn_tier *t);
 int cairn_tier_dim(const cairn_tier *t);
 size_t cairn_tier_count(const cairn_tier *t);       /* vectors in the slow tier */
 size_t cairn_tier_total_bytes(const cairn_tier *t); /* bytes of all clusters' data */
+/* The fast tier's store ("host" or "cuda") and the bytes a cluster of n vectors takes there. */
+const char *cairn_tier_store_name(const cairn_tier *t);
+size_t cairn_tier_slot_bytes(const cairn_tier *t, size_t n);
 
 #endif

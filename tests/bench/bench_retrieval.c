@@ -28,7 +28,11 @@
  *     "Which Debian package provides ...?"): hit ratio, latency both ways, prefetch time and
  *     bytes; the answers must be identical.
  *
- * Usage: bench_retrieval [N]   (default 20000, or $CAIRN_BENCH_PASSAGES; 0 = the whole corpus)
+ * Usage: bench_retrieval [--device D] [N]
+ *            N passages (default 20000, or $CAIRN_BENCH_PASSAGES; 0 = the whole corpus); D the
+ *            fast tier's device for tier_search and lookahead (-1, the default: RAM; N >= 0:
+ *            GPU N; those two lines name the device; bench_cuda_retrieval has the GPU
+ *            figures on a synthetic index of 10 GB)
  *        bench_retrieval --embed-file IN.jsonl OUT.f32 [RUNS]
  *            embeds the JSON strings of IN.jsonl (one per line) RUNS times (default 3) on 2
  *            threads, writes the vectors (raw float32) and prints the seconds of each run —
@@ -417,6 +421,12 @@ int main(int argc, char **argv)
 {
     if (argc >= 4 && !strcmp(argv[1], "--embed-file"))
         return embed_file(argv[2], argv[3], argc > 4 ? atoi(argv[4]) : RUNS);
+    int device = -1;
+    if (argc >= 3 && !strcmp(argv[1], "--device")) {
+        device = atoi(argv[2]);
+        argc -= 2;
+        argv += 2;
+    }
     const char *ns = argc > 1 ? argv[1] : getenv("CAIRN_BENCH_PASSAGES");
     size_t n_arg = ns ? (size_t)strtoull(ns, NULL, 10) : 20000;
     if (mkdir("data/bench", 0755) && errno != EEXIST) die("data/bench", NULL);
@@ -503,6 +513,7 @@ int main(int argc, char **argv)
     if (cairn_tier_build(ivf, tier_path, cairn_docstore_uid(ds), &err)) die("tier", &err);
     for (int full = 0; full < 2; full++) {
         cairn_tier_params tp = cairn_tier_default_params();
+        tp.device = device;
         tp.fast_bytes = full ? (size_t)((double)n * (dim * 4 + 8) * 1.5) + (64u << 20) : 1u << 20;
         cairn_tier *t = NULL;
         if (cairn_tier_open(&t, tier_path, &tp, cairn_docstore_uid(ds), &err)) die("tier", &err);
@@ -526,10 +537,10 @@ int main(int argc, char **argv)
             rsum += recall_tied(q + i * (size_t)dim, got + i * K, kth[i], x, xid, n, dim);
         cairn_tier_stats st;
         cairn_tier_get_stats(t, &st);
-        printf("{\"bench\":\"retrieval\",\"what\":\"tier_search\",\"fast_tier\":\"%s\","
-               "\"nprobe\":%zu,\"queries\":%zu,\"hit_ratio\":%.3f,\"recall_at_10\":%.4f,"
-               "\"qps\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
-               full ? "all clusters" : "1 MiB, cold", def_np, nq,
+        printf("{\"bench\":\"retrieval\",\"what\":\"tier_search\",\"device\":%d,"
+               "\"fast_tier\":\"%s\",\"nprobe\":%zu,\"queries\":%zu,\"hit_ratio\":%.3f,"
+               "\"recall_at_10\":%.4f,\"qps\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
+               device, full ? "all clusters" : "1 MiB, cold", def_np, nq,
                st.probed ? (double)st.hits / (double)st.probed : 0.0, rsum / (double)nq,
                1e3 * (double)nq / tsum, pct(lat, nq, 0.5), pct(lat, nq, 0.99));
         fflush(stdout);
@@ -552,6 +563,7 @@ int main(int argc, char **argv)
         if (cairn_embed_batch(e, (const char *const *)qq, (int)nq, q0, &err))
             die("embed questions", &err);
         cairn_tier_params tp = cairn_tier_default_params();
+        tp.device = device;
         tp.fast_bytes = (size_t)((double)n * (dim * 4 + 8) / 4);
         cairn_tier *t = NULL;
         if (cairn_tier_open(&t, tier_path, &tp, cairn_docstore_uid(ds), &err)) die("tier", &err);
@@ -580,13 +592,13 @@ int main(int argc, char **argv)
             differ += memcmp(got2, got + i * K, (size_t)K * sizeof *got2) != 0;
         }
         double p50 = pct(lat, nq, 0.5), p99 = pct(lat, nq, 0.99);
-        printf("{\"bench\":\"retrieval\",\"what\":\"lookahead\",\"passages\":%zu,"
+        printf("{\"bench\":\"retrieval\",\"what\":\"lookahead\",\"device\":%d,\"passages\":%zu,"
                "\"fast_tier_bytes\":%zu,\"nprobe\":%zu,\"queries\":%zu,"
                "\"without\":{\"hit_ratio\":0.0,\"p50_ms\":%.3f,\"p99_ms\":%.3f},"
                "\"with\":{\"hit_ratio\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
                "\"prefetch_ms_mean\":%.3f,\"prefetched_mib_mean\":%.2f},"
                "\"answers_differ\":%zu}\n",
-               n, tp.fast_bytes, def_np, nq, p50, p99,
+               device, n, tp.fast_bytes, def_np, nq, p50, p99,
                probed ? (double)hits / (double)probed : 0.0, pct(lat_with, nq, 0.5),
                pct(lat_with, nq, 0.99), pre_sum / (double)nq,
                (double)bytes / (double)nq / 1048576.0, differ);
