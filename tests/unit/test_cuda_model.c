@@ -371,12 +371,17 @@ static void test_open_errors(void **state)
     unlink(path);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     char why[256];
     if (cairn_gpu_count(why, sizeof why) == 0) {
         printf("skipped: no CUDA device (%s)\n", why);
         return 0;
+    }
+    /* --kernels: one small whole-model run, every kernel once (for racecheck, which is slow). */
+    if (argc > 1 && !strcmp(argv[1], "--kernels")) {
+        const struct CMUnitTest kernels[] = {cmocka_unit_test(test_batched_equals_unbatched)};
+        return cmocka_run_group_tests(kernels, NULL, NULL);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_models),

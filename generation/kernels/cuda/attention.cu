@@ -137,6 +137,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
             const float corr = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
             const float sum = cairn__warp_sum(p);
             ps[g * TK + lane] = p;
+            /* Every lane has read ms[g] and ls[g] before lane 0 overwrites them (racecheck: the
+             * shuffles order the lanes, but not their shared-memory accesses). */
+            __syncwarp();
             if (lane == 0) {
                 ms[g] = m_new;
                 ls[g] = ls[g] * corr + sum;
