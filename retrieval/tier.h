@@ -90,7 +90,9 @@ int cairn_tier_build(const cairn_ivf *ivf, const char *path, uint64_t docstore_u
  * Opens a slow-tier file (mmap; every offset and count validated), allocates the fast tier
  * and starts the I/O and search threads. expect_uid, when not 0, must match the file's.
  * Returns 0 and *out (the caller closes it), or CAIRN_ENOTFOUND, CAIRN_EIO, CAIRN_EFORMAT,
- * CAIRN_ESTATE (other docstore), CAIRN_EINVAL (params), CAIRN_ENOMEM.
+ * CAIRN_ESTATE (other docstore), CAIRN_EINVAL (params), CAIRN_ENOMEM, and what the fast
+ * tier's store returns (CAIRN_EUNSUPPORTED: no CUDA in this build or no such GPU;
+ * CAIRN_EDEVICE).
  */
 int cairn_tier_open(cairn_tier **out, const char *path, const cairn_tier_params *p,
                     uint64_t expect_uid, cairn_error *err);
@@ -157,16 +159,19 @@ typedef struct {
     uint64_t clusters_prefetched;
     uint64_t bytes_prefetched;   /* copied slow -> fast */
     uint64_t evictions;
-    uint64_t compactions;
-    uint64_t prefetch_ns;        /* I/O thread time spent copying */
+    uint64_t compactions;        /* in-place compactions (TeleRAG mode: buffer rebuilds) */
+    uint64_t prefetch_ns;        /* I/O thread time in the store's copies (a GPU store queues
+                                    them: they land later, see cairn_tier_wait) */
     uint64_t search_ns;          /* wall time in cairn_tier_search */
     uint64_t hit_scan_ns;        /* fast-tier scan time (calling thread) */
     uint64_t miss_scan_ns;       /* slow-tier scan time (worker) */
     uint64_t overlap_ns;         /* time the hit scan and the miss scan ran at once */
     uint64_t rank_ns;            /* choosing the probed clusters */
-    uint64_t hit_scan_bytes;     /* fast-tier bytes the hit scans read (whole clusters) */
+    uint64_t hit_scan_bytes;     /* fast-tier bytes the hit scans read (whole slots; TeleRAG
+                                    mode: every resident slot, per query) */
     uint64_t copies;             /* clusters copied in, by prefetches or TeleRAG re-copies */
-    uint64_t recopied_bytes;     /* of bytes copied in, those re-copied (TeleRAG mode) */
+    uint64_t recopied_bytes;     /* bytes TeleRAG mode's rebuilds copied again (not counted in
+                                    bytes_prefetched) */
     uint64_t moved_bytes;        /* bytes moved within the fast tier by compaction */
     uint64_t prefetch_errors;    /* prefetches a store error stopped (logged) */
     size_t fast_used;            /* bytes resident now */
