@@ -83,6 +83,13 @@ def visible(elem_id):
               "return !!e && !e.hidden && e.offsetParent !== null;", elem_id)
 
 
+def texts(css):
+    """The text of every element matching css, read in one step: the pages redraw their tables
+    while they poll, so element handles held across calls can go stale."""
+    return js("return Array.from(document.querySelectorAll(arguments[0]), (e) => e.innerText);",
+              css)
+
+
 def shot(name):
     if SHOTS:
         os.makedirs(SHOTS, exist_ok=True)
@@ -115,7 +122,7 @@ def test_a_page_without_a_key_gets_nothing():
     # A wrong key is refused and the page stays closed.
     b.find_element(By.ID, "gate-key").send_keys("not-the-key")
     b.find_element(By.CSS_SELECTOR, "#gate-form button").click()
-    assert wait_until(lambda: "refused" in b.find_element(By.ID, "gate-error").text, 10)
+    assert wait_until(lambda: "refused" in texts("#gate-error")[0], 10)
     assert not visible("app")
     # Whatever the page (or anything in it) asks cairnd without the key is refused.
     got = js("const paths = ['/v1/documents', '/v1/edge/fleet', '/v1/jobs/abc'];"
@@ -154,14 +161,13 @@ def test_chat_streams_an_answer_with_its_sources():
         time.sleep(0.03)
     else:
         raise AssertionError("no complete answer within 300 s")
-    answer = b.find_element(By.CSS_SELECTOR, ".msg.assistant .answer").text
+    answer = texts(".msg.assistant .answer")[0]
     final = len(js("return document.querySelector('.msg.assistant .answer').textContent;"))
     assert answer.strip(), "empty answer"
     assert any(0 < n < final for n in lengths), (lengths, final, answer)
-    sources = b.find_elements(By.CSS_SELECTOR, ".msg.assistant .sources li")
-    assert len(sources) == 2, [s.text for s in sources]
-    assert any("otters" in s.text for s in sources), [s.text for s in sources]
-    timings = b.find_element(By.CSS_SELECTOR, ".msg.assistant .timings").text
+    sources = texts(".msg.assistant .sources li")
+    assert len(sources) == 2 and any("otters" in s for s in sources), sources
+    timings = texts(".msg.assistant .timings")[0]
     for stage in ("embed", "search", "first token", "total"):
         assert stage in timings, timings
     assert not b.find_elements(By.CSS_SELECTOR, ".msg.assistant .error")
@@ -184,10 +190,10 @@ def test_uploaded_pdf_and_html_are_found_by_a_search():
     b.find_element(By.CSS_SELECTOR, "#upload-form button").click()
 
     def uploaded():
-        items = [li.text for li in b.find_elements(By.CSS_SELECTOR, "#upload-results li")]
+        items = texts("#upload-results li")
         return len(items) == 2 and all("passage" in t for t in items) and items
     items = wait_until(uploaded, 120)
-    assert items, [li.text for li in b.find_elements(By.CSS_SELECTOR, "#upload-results li")]
+    assert items, texts("#upload-results li")
     assert any("keeper.pdf (pdf" in t for t in items) and any("abbey.html (html" in t
                                                                for t in items), items
     for query, sentence in (("Who records the whales passing the lighthouse?", PDF_SENTENCE),
@@ -196,16 +202,14 @@ def test_uploaded_pdf_and_html_are_found_by_a_search():
         box.clear()
         box.send_keys(query)
         b.find_element(By.CSS_SELECTOR, "#search-form button").click()
-        first = wait_until(lambda: (b.find_elements(By.CSS_SELECTOR, "#search-results li") or
-                                    [None])[0], 60)
-        assert first and sentence in first.text, (query, first and first.text)
+        first = wait_until(lambda: (texts("#search-results li") or [None])[0], 60)
+        assert first and sentence in first, (query, first)
     # The listing, filtered by the metadata the upload gave.
     b.find_element(By.ID, "list-key").send_keys("shelf")
     b.find_element(By.ID, "list-value").send_keys("b2")
     b.find_element(By.CSS_SELECTOR, "#list-form button[type=submit]").click()
-    rows = wait_until(lambda: len(b.find_elements(By.CSS_SELECTOR, "#doc-table tbody tr")) == 2
-                      and b.find_elements(By.CSS_SELECTOR, "#doc-table tbody tr"), 30)
-    assert rows, b.find_element(By.ID, "list-info").text
+    rows = wait_until(lambda: len(texts("#doc-table tbody tr")) == 2, 30)
+    assert rows, texts("#list-info")
     shot("documents")
 
 
@@ -219,9 +223,8 @@ def test_a_queued_job_shows_its_summary():
     assert wait_until(lambda: b.find_elements(By.CSS_SELECTOR, "#job-table tbody tr"), 20)
 
     def done():
-        row = b.find_element(By.CSS_SELECTOR, "#job-table tbody tr")
-        cells = row.find_elements(By.TAG_NAME, "td")
-        return cells[1].text in ("done", "failed") and (cells[1].text, cells[3].text)
+        cells = texts("#job-table tbody tr:first-child td")
+        return len(cells) == 4 and cells[1] in ("done", "failed") and (cells[1], cells[3])
     got = wait_until(done, 400, every=0.5)
     assert got and got[0] == "done" and got[1].strip(), got
     shot("jobs")
@@ -237,10 +240,8 @@ def test_edge_fleet_page_lists_the_devices():
                                        headers={"Authorization": f"Bearer {KEY}"})[2])
                ["totals"]["steps"] >= 2, 60, every=0.5)
     tab("edge")
-    row = wait_until(lambda: [r.text for r in
-                              b.find_elements(By.CSS_SELECTOR, "#edge-devices tbody tr")
-                              if dev in r.text], 30)
-    assert row and "greenhouse-7" in row[0] and " 36 " in f" {row[0]} ", row
+    row = wait_until(lambda: [t for t in texts("#edge-devices tbody tr") if dev in t], 30)
+    assert row and "greenhouse-7" in row[0] and "36" in row[0].split(), row
     time.sleep(0.5)
     shot("edge")
 
@@ -267,9 +268,9 @@ def test_metrics_page_draws_its_charts():
     assert wait_until(lambda: js(has_ttft), 20), "no TTFT percentile drawn"
     for cid in ("m-ttft", "m-itl", "m-tput", "m-queues", "m-ratios", "m-http"):
         assert painted(cid) > 500, cid
-    cards = b.find_element(By.ID, "metric-cards").text
+    cards = texts("#metric-cards")[0]
     assert "passages indexed" in cards and "tokens generated" in cards, cards
-    assert b.find_element(By.ID, "metrics-note").text == ""
+    assert texts("#metrics-note") == [""]
     shot("metrics")
     assert console_errors() == []
 
