@@ -65,7 +65,9 @@ cairn_api_params cairn_api_default_params(void)
 
 /* ---- Helpers --------------------------------------------------------------------------- */
 
-/* Gives back an admission slot taken by admit(). */
+/* Gives back an admission slot taken by admit(). Always before the request's answer is handed
+ * to the HTTP layer: a client that sends its next request the moment it has the answer must
+ * find the slot free (given back after, a burst that followed at once could be refused). */
 static void release_slot(cairn_api *a)
 {
     atomic_fetch_sub(&a->active, 1);
@@ -232,6 +234,7 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
 {
     gen_ctx *g = user;
     cairn_api *a = g->api;
+    release_slot(a); /* before the answer goes out (see release_slot) */
     if (g->stream) {
         if (r->error) {
             json_t *e = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", 503, "message", r->error,
@@ -276,7 +279,6 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
         cairn_http_async_respond(g->async, &resp);
     }
     gen_free(g);
-    release_slot(a);
 }
 
 /* Renders msgs with the model's template; malloc'ed text or NULL with err. */
@@ -347,9 +349,9 @@ static void fail_deferred(cairn_api *a, gen_ctx *g, int rc, const char *msg)
         e.retry_after_s = a->p.retry_after_s;
         cairn_counter_inc(a->c_shed);
     }
+    release_slot(a);
     cairn_http_async_respond(g->async, &e);
     gen_free(g);
-    release_slot(a);
 }
 
 /* Takes one admission slot; false (and 429 in resp) when the service is full. */
@@ -736,10 +738,10 @@ static void embed_run(void *arg)
                            "usage", "prompt_tokens", tokens, "total_tokens", tokens));
     }
     free(v);
+    release_slot(a);
     cairn_http_async_respond(t->async, &resp);
     cairn_api_req_free(&t->r);
     free(t);
-    release_slot(a);
 }
 
 static void on_embeddings(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
@@ -787,8 +789,8 @@ typedef struct index_task {
 
 static void index_task_done(index_task *t, cairn_http_resp *resp)
 {
-    cairn_http_async_respond(t->async, resp);
     release_slot(t->api);
+    cairn_http_async_respond(t->async, resp);
     cairn_api_req_free(&t->r);
     free(t);
 }
@@ -984,8 +986,8 @@ static void upload_run(void *arg)
                        t->filename, cairn_extract_kind_name(t->kind), t->len, n, t->upload_id);
     }
     cairn_extract_free(&x);
-    cairn_http_async_respond(t->async, &resp);
     release_slot(a);
+    cairn_http_async_respond(t->async, &resp);
     upload_task_free(t);
 }
 
@@ -1186,8 +1188,8 @@ static void list_run(void *arg)
         if (o && t->more) json_object_set_new(o, "next_after", json_integer((json_int_t)t->last));
         set_json(&resp, 200, o);
     }
-    cairn_http_async_respond(t->async, &resp);
     release_slot(t->api);
+    cairn_http_async_respond(t->async, &resp);
     list_task_free(t);
 }
 
