@@ -21,11 +21,17 @@ struct cairn_cema_cloud {
     size_t dim; /* C*H*W */
     int k;      /* classes */
 
-    /* Pending uploads: a ring of pending_capacity images, guarded by qlock. */
+    /* Pending uploads: a ring of pending_capacity images, and the counters' snapshot, guarded
+     * by qlock. */
     pthread_mutex_t qlock;
     float *pending;
     size_t p_head, p_count;
     uint64_t received, dropped;
+    /* What cairn_cema_cloud_counters reports of the mlock side, copied at the end of each step
+     * and bundle, so that a reader (an HTTP thread) never waits for a step: the adaptation
+     * thread runs at idle priority and a step can take long on a loaded machine. */
+    size_t snap_replay;
+    uint64_t snap_steps, snap_version;
 
     /* Everything below is guarded by mlock (step, bundle, accessors). */
     pthread_mutex_t mlock;
@@ -307,6 +313,16 @@ static float mean(const float *v, int n)
     return n ? (float)(s / n) : 0.0f;
 }
 
+/* Copies the mlock side's counters for readers (mlock held). */
+static void publish_counters(cairn_cema_cloud *c)
+{
+    pthread_mutex_lock(&c->qlock);
+    c->snap_replay = c->r_count;
+    c->snap_steps = c->steps;
+    c->snap_version = c->version;
+    pthread_mutex_unlock(&c->qlock);
+}
+
 int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cairn_error *err)
 {
     pthread_mutex_lock(&c->mlock);
@@ -378,6 +394,7 @@ int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cai
         stats->agreement = (float)agree / (float)n;
     }
     rc = n;
+    publish_counters(c);
 done:
     pthread_mutex_unlock(&c->mlock);
     return rc;
@@ -397,6 +414,7 @@ int cairn_cema_cloud_bundle(cairn_cema_cloud *c, const cairn_bundle_key *priv, u
     if (!rc) {
         c->version = bp.version;
         if (version) *version = bp.version;
+        publish_counters(c);
     }
     pthread_mutex_unlock(&c->mlock);
     return rc;
@@ -404,16 +422,14 @@ int cairn_cema_cloud_bundle(cairn_cema_cloud *c, const cairn_bundle_key *priv, u
 
 void cairn_cema_cloud_counters(cairn_cema_cloud *c, cairn_cema_counters *out)
 {
-    pthread_mutex_lock(&c->mlock);
-    out->replay = c->r_count;
-    out->steps = c->steps;
-    out->version = c->version;
     pthread_mutex_lock(&c->qlock);
+    out->replay = c->snap_replay;
+    out->steps = c->snap_steps;
+    out->version = c->snap_version;
     out->received = c->received;
     out->dropped = c->dropped;
     out->pending = c->p_count;
     pthread_mutex_unlock(&c->qlock);
-    pthread_mutex_unlock(&c->mlock);
 }
 
 void cairn_cema_cloud_base_sha256(const cairn_cema_cloud *c, uint8_t out[CAIRN_EDGE_SHA256_LEN])

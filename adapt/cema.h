@@ -101,7 +101,8 @@ int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cai
 int cairn_cema_cloud_bundle(cairn_cema_cloud *c, const cairn_bundle_key *priv, uint8_t **out,
                             size_t *len, uint64_t *version, cairn_error *err);
 
-/* Counters. Thread-safe. */
+/* Counters. Thread-safe, and never waits for a step in progress: replay, steps and version are
+ * as of the last finished step or bundle. */
 typedef struct cairn_cema_counters {
     uint64_t received; /* samples passed to add_samples */
     uint64_t dropped;  /* pending samples dropped because the queue was full */
