@@ -965,6 +965,153 @@ static void test_qkv_attention(void **state)
         }
 }
 
+/* ---- Whole steps: the GPU backend's graphs ------------------------------------------------- */
+
+/*
+ * One layer and the logits as model.c runs them, over decode steps of one shape with new tokens
+ * and advancing positions each time. The GPU backend runs the first step call by call,
+ * captures the second into a CUDA graph and replays it from the third on, so a replay that
+ * read stale inputs or baked-in positions would show here. Then a step whose calls differ
+ * (no gated stage: the graph is dropped), one with a download in the middle (the step goes on
+ * call by call), and one of another shape. Every step's logits and residual rows are checked
+ * against the CPU's. Tolerance 5e-2: the stages chain here, and with random weights the
+ * activations grow large; a difference far below the products' tolerance in an early stage
+ * (an F16 rounding in the cache, FP32 sums in another order) flips an int8 rounding of the
+ * next product's activations now and then, and the gated stage amplifies it (1-2e-2 seen in
+ * the CUDA emulation, graphs or not). A replay reading wrong data errs by O(1).
+ */
+typedef struct {
+    wmat emb, wq, wk, wv, wo, wg, wu, wd, out;
+    pbuf attn_norm, ffn_norm, out_norm, q_norm, k_norm;
+    pbuf x, h, q, k, v, att, a, f1, f2;
+} steprig;
+
+#define SD 256 /* embedding */
+#define SFF 512
+#define SVOCAB 300
+
+static void run_step(steprig *r, kvfix *f, const attn_cfg *cfg, const tbatch *tb, int variant,
+                     bool gpu, float *logits)
+{
+    cairn_backend *be = gpu ? G : C;
+#define B(buf) ((float *)(gpu ? (buf).g : (buf).c))
+#define M(w) (gpu ? &(w).g : &(w).c)
+    cairn_error err = {0};
+    const int T = tb->b.n_tokens;
+    ok(be->i->batch_set(be, &tb->b, &err), &err, "batch_set");
+    ok(be->i->embed(be, M(r->emb), 1.0f, B(r->x), &err), &err, "embed");
+    ok(be->i->rmsnorm(be, B(r->h), B(r->x), B(r->attn_norm), T, SD, 1e-6f, &err), &err,
+       "rmsnorm");
+    const cairn_bmat *qkv[3] = {M(r->wq), M(r->wk), M(r->wv)};
+    float *qkv_out[3] = {B(r->q), B(r->k), B(r->v)};
+    ok(be->i->matmul(be, qkv, 3, B(r->h), qkv_out, &err), &err, "matmul qkv");
+    cairn_bqkv p = {.n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv, .head_dim = cfg->hd,
+                    .q_norm = B(r->q_norm), .k_norm = B(r->k_norm), .eps = 1e-6f,
+                    .rope_base = 10000.0f, .rope_freq_scale = 1.0f, .rope_neox = true,
+                    .q_scale = 1.0f, .kv = gpu ? &f->kg : &f->kc, .layer = 2};
+    ok(be->i->qkv(be, &p, B(r->q), B(r->k), B(r->v), &err), &err, "qkv");
+    if (variant == 2) { /* a download in the middle: the trace hook does this */
+        float *tmp = xmalloc(r->q.bytes);
+        ok(be->i->download(be, tmp, B(r->q), r->q.bytes, &err), &err, "download");
+        free(tmp);
+    }
+    cairn_battn a = {.n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv, .head_dim = cfg->hd,
+                     .window = 0, .scale = 1.0f / sqrtf((float)cfg->hd),
+                     .kv = gpu ? &f->kg : &f->kc, .layer = 2};
+    ok(be->i->attention(be, &a, B(r->q), B(r->att), &err), &err, "attention");
+    const cairn_bmat *wo = M(r->wo);
+    float *ao = B(r->a);
+    ok(be->i->matmul(be, &wo, 1, B(r->att), &ao, &err), &err, "matmul o");
+    ok(be->i->add_norm(be, B(r->x), B(r->a), NULL, B(r->ffn_norm), B(r->h), SD, 1e-6f, &err),
+       &err, "add_norm");
+    const cairn_bmat *gu[2] = {M(r->wg), M(r->wu)};
+    float *gu_out[2] = {B(r->f1), B(r->f2)};
+    ok(be->i->matmul(be, gu, 2, B(r->h), gu_out, &err), &err, "matmul gate/up");
+    if (variant != 1)
+        ok(be->i->gated(be, B(r->f1), B(r->f2), SFF, CAIRN_ACT_SILU, &err), &err, "gated");
+    const cairn_bmat *wd = M(r->wd);
+    ok(be->i->matmul(be, &wd, 1, B(r->f1), &ao, &err), &err, "matmul down");
+    ok(be->i->add_norm(be, B(r->x), B(r->a), NULL, NULL, NULL, SD, 1e-6f, &err), &err,
+       "add_norm");
+    ok(be->i->logits(be, M(r->out), B(r->out_norm), 1e-6f, B(r->x), SD, logits, &err), &err,
+       "logits");
+#undef B
+#undef M
+}
+
+static void test_graph_steps(void **state)
+{
+    (void)state;
+    const attn_cfg cfg = {4, 2, 64, false, true, true, 1.0f};
+    steprig r;
+    const int qd = cfg.n_head * cfg.hd, kd = cfg.n_head_kv * cfg.hd;
+    wmat_make(&r.emb, "token_embd.weight", CAIRN_GGUF_Q8_0, SVOCAB, SD, CAIRN_BMAT_ROWS);
+    wmat_make(&r.wq, "attn_q.weight", CAIRN_GGUF_Q8_0, qd, SD, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.wk, "attn_k.weight", CAIRN_GGUF_Q8_0, kd, SD, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.wv, "attn_v.weight", CAIRN_GGUF_Q8_0, kd, SD, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.wo, "attn_output.weight", CAIRN_GGUF_Q8_0, SD, qd, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.wg, "ffn_gate.weight", CAIRN_GGUF_Q8_0, SFF, SD, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.wu, "ffn_up.weight", CAIRN_GGUF_Q8_0, SFF, SD, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.wd, "ffn_down.weight", CAIRN_GGUF_Q8_0, SD, SFF, CAIRN_BMAT_MATMUL);
+    wmat_make(&r.out, "output.weight", CAIRN_GGUF_Q8_0, SVOCAB, SD, CAIRN_BMAT_LOGITS);
+    r.attn_norm = pb_rand(SD, 1.0f);
+    r.ffn_norm = pb_rand(SD, 1.0f);
+    r.out_norm = pb_rand(SD, 1.0f);
+    r.q_norm = pb_rand((size_t)cfg.hd, 1.0f);
+    r.k_norm = pb_rand((size_t)cfg.hd, 1.0f);
+    const int T = 3;
+    r.x = pb_rand((size_t)T * SD, 1.0f);
+    r.h = pb_rand((size_t)T * SD, 1.0f);
+    r.q = pb_rand((size_t)T * qd, 1.0f);
+    r.k = pb_rand((size_t)T * kd, 1.0f);
+    r.v = pb_rand((size_t)T * kd, 1.0f);
+    r.att = pb_rand((size_t)T * qd, 1.0f);
+    r.a = pb_rand((size_t)T * SD, 1.0f);
+    r.f1 = pb_rand((size_t)T * SFF, 1.0f);
+    r.f2 = pb_rand((size_t)T * SFF, 1.0f);
+    reserve_both();
+    /* Three sequences; blocks for the 12 steps' positions (kvfix takes them as new tokens). */
+    const scenario room = {"decode steps", 3, {10, 50, 100}, {12, 12, 12}};
+    kvfix f;
+    kvfix_init(&f, &cfg, &room);
+    float *lg = xmalloc(sizeof(float) * T * SVOCAB), *lc = xmalloc(sizeof(float) * T * SVOCAB);
+    /* variant: 0 the step as it is, 1 without its gated stage, 2 a download in the middle,
+     * 3 two tokens (another shape) */
+    static const int variants[] = {0, 0, 0, 0, 1, 0, 0, 2, 0, 3, 0, 0};
+    for (int step = 0; step < 12; step++) {
+        int n = variants[step] == 3 ? 2 : 3;
+        scenario s = {"step", n, {10 + step, 50 + step, 100 + step}, {1, 1, 1}};
+        tbatch tb;
+        tbatch_init(&tb, &s, 2, f.max_table, f.tables, SVOCAB);
+        tb.b.n_seqs = 3; /* the tables hold three sequences whatever the step's tokens */
+        run_step(&r, &f, &cfg, &tb, variants[step], true, lg);
+        run_step(&r, &f, &cfg, &tb, variants[step], false, lc);
+        char what[96];
+        snprintf(what, sizeof what, "step %d (variant %d): logits", step, variants[step]);
+        expect_close(what, lg, lc, (size_t)n * SVOCAB, 5e-2);
+        /* (x itself is the logits' scratch on the CPU) */
+        snprintf(what, sizeof what, "step %d (variant %d): attention", step, variants[step]);
+        float *bg = xmalloc(r.att.bytes), *bc = xmalloc(r.att.bytes);
+        pb_get(&r.att, bg, bc);
+        expect_close(what, bg, bc, (size_t)n * qd, 5e-2);
+        snprintf(what, sizeof what, "step %d (variant %d): ffn out", step, variants[step]);
+        pb_get(&r.a, bg, bc);
+        expect_close(what, bg, bc, (size_t)n * SD, 5e-2);
+        free(bg);
+        free(bc);
+    }
+    free(lg);
+    free(lc);
+    kvfix_free(&f);
+    wmat *ws[] = {&r.emb, &r.wq, &r.wk, &r.wv, &r.wo, &r.wg, &r.wu, &r.wd, &r.out};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+        wmat_free(ws[i]);
+    pbuf *bs[] = {&r.attn_norm, &r.ffn_norm, &r.out_norm, &r.q_norm, &r.k_norm, &r.x, &r.h,
+                  &r.q,         &r.k,        &r.v,        &r.att,    &r.a,      &r.f1, &r.f2};
+    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++)
+        pb_free(bs[i]);
+}
+
 /* ---- What the GPU backend says when it cannot ------------------------------------------------ */
 
 static void test_errors(void **state)
@@ -1068,6 +1215,7 @@ int main(void)
         cmocka_unit_test(test_matmul_shared),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_qkv_attention),
+        cmocka_unit_test(test_graph_steps),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -38,7 +38,7 @@ struct attn_args {
     const int32_t *pos, *slot;
     int n_head, n_head_kv, hd, G, window;
     float scale;
-    int n_split, split_len;
+    int n_split;
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
 };
@@ -69,8 +69,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     int lo = a.window ? pos - a.window + 1 : 0;
     if (lo < 0)
         lo = 0;
-    const int k0 = lo + s * a.split_len;
-    const int k1 = min(pos, k0 + a.split_len - 1);
+    /* This token's keys, cut into n_split equal runs (here, not on the host: a step's launch
+     * then does not depend on its positions, and a captured graph replays for any). */
+    const int split_len = (pos - lo + a.n_split) / a.n_split;
+    const int k0 = lo + s * split_len;
+    const int k1 = min(pos, k0 + split_len - 1);
     /* partial row of query head (kvh G + g): ((t n_head + kvh G + g) n_split + s) */
     const int64_t prow0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * a.n_split + s;
     if (k0 > pos) { /* this token has fewer keys than the longest: an empty split */
@@ -207,9 +210,15 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
 
 /* Fewer blocks than this many per SM leave the GPU underused: split the keys. */
 #define SPLIT_WAVES 2
-/* Each split keeps at least this many keys (two tiles), so the merge stays cheap. */
-#define SPLIT_MIN_KEYS (2 * TK)
 #define SPLIT_MAX 64
+
+int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
+{
+    /* Once, at open, to all the GPU allows: a call in a captured step must not need it. */
+    CU_TRY(err, cudaFuncSetAttribute(attn_tile, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)c->smem_optin));
+    return 0;
+}
 
 int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *q, float *out,
                           cairn_error *err)
@@ -238,38 +247,18 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: attention with %d query "
                             "heads per KV head of %d values needs %zu bytes of shared memory, "
                             "the GPU allows %zu", G, hd, smem, c->smem_optin);
-    if (smem > 48 * 1024 && smem > c->attn_smem_set) {
-        CU_TRY(err, cudaFuncSetAttribute(attn_tile, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem));
-        c->attn_smem_set = smem;
-    }
-
-    /* The longest key range of the step's tokens (positions from the host copy). */
-    const int32_t *hpos = cairn__b_pos(c->h_batch, T);
-    int n_keys = 1;
-    for (int t = 0; t < T; t++) {
-        int lo = p->window ? hpos[t] - p->window + 1 : 0;
-        int n = hpos[t] - (lo < 0 ? 0 : lo) + 1;
-        n_keys = n > n_keys ? n : n_keys;
-    }
+    /* The split depends on the step's shape only (each token cuts its own keys into n_split
+     * runs): enough blocks for SPLIT_WAVES per SM, as far as the partials' scratch allows. */
     int n_split = 1;
     const int base = T * p->n_head_kv;
-    if (base < SPLIT_WAVES * c->n_sm && n_keys >= 2 * SPLIT_MIN_KEYS) {
-        int want = (SPLIT_WAVES * c->n_sm + base - 1) / base;
-        int by_len = n_keys / SPLIT_MIN_KEYS;
+    if (base < SPLIT_WAVES * c->n_sm) {
         size_t fit = CAIRN__ATTN_PART_FLOATS / ((size_t)T * p->n_head * (size_t)(hd + 2));
-        n_split = want < by_len ? want : by_len;
+        n_split = (SPLIT_WAVES * c->n_sm + base - 1) / base;
         n_split = n_split < SPLIT_MAX ? n_split : SPLIT_MAX;
         if ((size_t)n_split > fit)
             n_split = (int)fit;
         if (n_split < 2)
             n_split = 1;
-    }
-    int split_len = n_keys;
-    if (n_split > 1) {
-        split_len = (n_keys + n_split - 1) / n_split;
-        split_len = (split_len + TK - 1) / TK * TK;
-        n_split = (n_keys + split_len - 1) / split_len;
     }
     const size_t layer_off = (size_t)kv->layer_index[p->layer] * kv->block_tokens * kv->kv_dim;
     const size_t rows = (size_t)T * p->n_head * n_split;
@@ -294,7 +283,6 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.window = p->window;
     a.scale = p->scale;
     a.n_split = n_split;
-    a.split_len = split_len;
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
     dim3 grid((unsigned)n_split, (unsigned)p->n_head_kv, (unsigned)T);

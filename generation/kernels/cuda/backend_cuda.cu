@@ -79,7 +79,7 @@ static int cu_alloc(cairn_backend *be, size_t bytes, void **out, cairn_error *er
     cairn__cuda *c = cairn__cu(be);
     *out = NULL;
     int rc = cairn__cuda_enter(c, err);
-    if (rc)
+    if (rc || (rc = cairn__graph_flush(c, err)))
         return rc;
     return cairn__cuda_malloc(c, out, bytes, "alloc", err);
 }
@@ -90,7 +90,10 @@ static void cu_free(cairn_backend *be, void *p)
         return;
     cairn__cuda *c = cairn__cu(be);
     (void)cudaSetDevice(c->device);
-    /* Queued work may still use p. A failure here has nobody to report to. */
+    /* Queued work may still use p, and so may a graph. A failure here has nobody to report
+     * to. */
+    (void)cairn__graph_flush(c, NULL);
+    cairn__graph_invalidate(c);
     (void)cudaStreamSynchronize(c->stream);
     (void)cudaFree(p);
 }
@@ -101,7 +104,7 @@ static int cu_upload(cairn_backend *be, void *dst, const void *src, size_t bytes
 {
     cairn__cuda *c = cairn__cu(be);
     int rc = cairn__cuda_enter(c, err);
-    if (rc || !bytes)
+    if (rc || (rc = cairn__graph_flush(c, err)) || !bytes)
         return rc;
     CU_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     CU_TRY(err, cudaStreamSynchronize(c->stream));
@@ -113,7 +116,7 @@ static int cu_download(cairn_backend *be, void *dst, const void *src, size_t byt
 {
     cairn__cuda *c = cairn__cu(be);
     int rc = cairn__cuda_enter(c, err);
-    if (rc || !bytes)
+    if (rc || (rc = cairn__graph_flush(c, err)) || !bytes)
         return rc;
     CU_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     CU_TRY(err, cudaStreamSynchronize(c->stream));
@@ -125,7 +128,7 @@ static int cu_copy(cairn_backend *be, void *dst, const void *src, size_t bytes,
 {
     cairn__cuda *c = cairn__cu(be);
     int rc = cairn__cuda_enter(c, err);
-    if (rc || !bytes)
+    if (rc || (rc = cairn__graph_flush(c, err)) || !bytes)
         return rc;
     CU_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
     return 0;
@@ -249,7 +252,7 @@ static int cu_mat_load(cairn_backend *be, const cairn_gguf_tensor *t, const char
     if (!name)
         name = t->name;
     int rc = cairn__cuda_enter(c, err);
-    if (rc)
+    if (rc || (rc = cairn__graph_flush(c, err)))
         return rc;
     if (!cairn__cuda_type_ok(t->type)) {
         const char *tn = cairn_gguf_type_name(t->type);
@@ -346,7 +349,9 @@ static void cu_mat_free(cairn_backend *be, cairn_bmat *m)
     if (!m || !m->priv)
         return;
     (void)cudaSetDevice(cairn__cu(be)->device);
-    (void)cudaStreamSynchronize(cairn__cu(be)->stream); /* queued products may still read it */
+    (void)cairn__graph_flush(cairn__cu(be), NULL); /* queued products may still read it */
+    cairn__graph_invalidate(cairn__cu(be));
+    (void)cudaStreamSynchronize(cairn__cu(be)->stream);
     cmat_free((cairn__cmat *)m->priv);
     memset(m, 0, sizeof *m);
 }
@@ -368,6 +373,9 @@ static int ensure(cairn__cuda *c, void **p, size_t *have, size_t want, const cha
     return rc;
 }
 
+/* cuBLAS's workspace: what NVIDIA advises for Hopper. */
+#define BLAS_WS_BYTES ((size_t)32 << 20)
+
 /* Sizes never shrink: a later, smaller reserve keeps what an earlier one made. */
 static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
                       cairn_error *err)
@@ -376,9 +384,10 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
     if (max_tokens < 1 || max_ctx < 1 || group < 1)
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: reserve sizes must be positive");
     int rc = cairn__cuda_enter(c, err);
-    if (rc)
+    if (rc || (rc = cairn__graph_flush(c, err)))
         return rc;
-    /* Queued work may still use the scratch that is about to be replaced. */
+    /* Queued work and graphs may still use the scratch that is about to be replaced. */
+    cairn__graph_invalidate(c);
     CU_TRY(err, cudaStreamSynchronize(c->stream));
     size_t T = (size_t)(max_tokens > c->max_tokens ? max_tokens : c->max_tokens);
     size_t cols = (size_t)(c->mm_cols + 31) / 32 * 32;
@@ -420,6 +429,13 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
     if ((rc = ensure(c, (void **)&c->apart, &c->apart_bytes,
                      CAIRN__ATTN_PART_FLOATS * sizeof(float), "attention scratch", err)))
         return rc;
+    /* cuBLAS's workspace, given once, so that a product never allocates (nor in a graph). */
+    if (!c->blas_ws) {
+        if ((rc = ensure(c, &c->blas_ws, &c->blas_ws_bytes, BLAS_WS_BYTES, "cuBLAS workspace",
+                         err)))
+            return rc;
+        BLAS_TRY(err, cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes));
+    }
     if (max_ctx > c->max_ctx)
         c->max_ctx = max_ctx;
     if (group > c->group)
@@ -432,10 +448,10 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
 static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
-    c->have_batch = false;
     int rc = cairn__cuda_enter(c, err);
-    if (rc)
+    if (rc || (rc = cairn__graph_flush(c, err))) /* a step that ended without its logits */
         return rc;
+    c->have_batch = false;
     if (b->n_tokens < 1 || b->n_tokens > c->max_tokens)
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: %d tokens, reserved 1..%d",
                             b->n_tokens, c->max_tokens);
@@ -459,6 +475,7 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
         size_t cap = need + need / 2 + 64;
         /* d_batch may still be read by queued kernels of the last step */
         CU_TRY(err, cudaStreamSynchronize(c->stream));
+        cairn__graph_invalidate(c);
         (void)cudaFreeHost(c->h_batch);
         (void)cudaFree(c->d_batch);
         c->h_batch = NULL;
@@ -496,7 +513,7 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
     c->max_table = b->max_table;
     c->n_out = n_out;
     c->have_batch = true;
-    return 0;
+    return cairn__graph_step_begin(c, err);
 }
 
 /* ---- The table ------------------------------------------------------------------------------- */
@@ -505,8 +522,10 @@ static void cu_close(cairn_backend *be)
 {
     cairn__cuda *c = cairn__cu(be);
     (void)cudaSetDevice(c->device);
+    cairn__graph_close(c);
     if (c->stream)
         (void)cudaStreamSynchronize(c->stream);
+    (void)cudaFree(c->blas_ws);
     (void)cudaFree(c->act_q);
     (void)cudaFree(c->act_ds);
     (void)cudaFree(c->xbf);
@@ -568,14 +587,14 @@ static const cairn_backend_i cuda_table = {
     .mat_free = cu_mat_free,
     .reserve = cu_reserve,
     .batch_set = cu_batch_set,
-    .embed = cairn__cuda_embed,
-    .rmsnorm = cairn__cuda_rmsnorm,
-    .matmul = cairn__cuda_matmul,
-    .qkv = cairn__cuda_qkv,
-    .attention = cairn__cuda_attention,
-    .add_norm = cairn__cuda_add_norm,
-    .gated = cairn__cuda_gated,
-    .logits = cairn__cuda_logits,
+    .embed = cairn__graph_embed,
+    .rmsnorm = cairn__graph_rmsnorm,
+    .matmul = cairn__graph_matmul,
+    .qkv = cairn__graph_qkv,
+    .attention = cairn__graph_attention,
+    .add_norm = cairn__graph_add_norm,
+    .gated = cairn__graph_gated,
+    .logits = cairn__graph_logits,
 };
 
 extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err)
@@ -591,6 +610,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
         return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: out of memory");
     c->base.i = &cuda_table;
     c->device = device;
+    const char *g = getenv("CAIRN_CUDA_GRAPHS"); /* a switch for debugging: "0" turns them off */
+    c->graphs_on = !(g && !strcmp(g, "0"));
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);
@@ -617,6 +638,10 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     /* prop.name is at most 256 bytes; desc may cut a very long name short */
     snprintf(c->desc, sizeof c->desc, "%.200s, sm_%d%d, %zu MiB", prop.name, prop.major,
              prop.minor, (size_t)(prop.totalGlobalMem >> 20));
+    if ((rc = cairn__cuda_attention_init(c, err))) {
+        cu_close(&c->base);
+        return rc;
+    }
     cublasStatus_t s = cublasCreate(&c->blas);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasSetStream(c->blas, c->stream);

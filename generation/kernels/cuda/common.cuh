@@ -125,12 +125,63 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
 /* Bytes of the logits rows produced at once before they are copied to the host. */
 #define CAIRN__LOGITS_BYTES ((size_t)256 << 20)
 
+/* ---- Graphs (graph.cu) ------------------------------------------------------------------ */
+
+/* One stage call of a step, as graph.cu records it (arguments by value; padding zeroed, so
+ * that two calls compare with memcmp). */
+enum {
+    CAIRN__ST_EMBED,
+    CAIRN__ST_RMSNORM,
+    CAIRN__ST_MATMUL,
+    CAIRN__ST_QKV,
+    CAIRN__ST_ATTN,
+    CAIRN__ST_ADD_NORM,
+    CAIRN__ST_GATED,
+    CAIRN__ST_LOGITS,
+};
+#define CAIRN__CALL_MATS 8
+
+typedef struct cairn__call {
+    int stage;
+    union {
+        struct { const cairn_bmat *emb; float scale; float *x; } embed;
+        struct { float *out; const float *x, *w; int rows, n; float eps; } rmsnorm;
+        struct {
+            const cairn_bmat *w[CAIRN__CALL_MATS];
+            float *y[CAIRN__CALL_MATS];
+            const float *x;
+            int n_w;
+        } matmul;
+        struct { cairn_bqkv p; cairn_bkv kv; float *q, *k, *v; } qkv;
+        struct { cairn_battn p; cairn_bkv kv; const float *q; float *out; } attn;
+        struct { float *x, *a, *h; const float *post, *next; int n; float eps; } add_norm;
+        struct { float *a; const float *b; int n, act; } gated;
+        struct { const cairn_bmat *w; const float *norm; float *x; int n; float eps; } logits;
+    } u;
+} cairn__call;
+
+/* What makes two steps the same shape (and the batch's device copy where the graph reads it). */
+typedef struct cairn__gkey {
+    int n_tokens, n_seqs, n_groups, max_table, n_out;
+    const int32_t *d_batch;
+} cairn__gkey;
+
+typedef struct cairn__graph {
+    cairn__gkey key;
+    cudaGraphExec_t exec; /* NULL: a free slot */
+    cairn__call *calls;
+    int n_calls;
+    uint64_t used;
+} cairn__graph;
+
+#define CAIRN__GRAPHS 8
+enum { CAIRN__G_DIRECT, CAIRN__G_CAPTURE, CAIRN__G_REPLAY };
+
 typedef struct cairn__cuda {
     cairn_backend base;
     int device;
     int n_sm;
     size_t smem_optin; /* largest dynamic shared memory a block may opt in to */
-    size_t attn_smem_set; /* what the attention kernel has been allowed so far */
     cudaStream_t stream;
     cublasHandle_t blas;
     char desc[256];
@@ -167,6 +218,19 @@ typedef struct cairn__cuda {
     cudaEvent_t batch_copied; /* the last batch copy out of h_batch finished */
     bool batch_pending;
     bool have_batch;
+
+    /* CUDA graphs of repeated step shapes (graph.cu). */
+    bool graphs_on;
+    int gmode;            /* CAIRN__G_*: how this step's stage calls run */
+    cairn__call *rec;     /* this step's calls so far */
+    int n_rec, cap_rec;
+    int replay;           /* the graph being replayed */
+    cairn__gkey cur_key, last_key;
+    bool last_done;       /* the last step ran whole, to its logits, without a break */
+    cairn__graph graphs[CAIRN__GRAPHS];
+    uint64_t gclock;
+    void *blas_ws;        /* cuBLAS's workspace (captured products must not allocate) */
+    size_t blas_ws_bytes;
 } cairn__cuda;
 
 static inline cairn__cuda *cairn__cu(cairn_backend *be) { return (cairn__cuda *)be; }
@@ -189,6 +253,31 @@ int cairn__cuda_malloc(cairn__cuda *c, void **out, size_t bytes, const char *wha
 /* A step must have been set, and reserve must cover it. */
 int cairn__cuda_need_batch(cairn__cuda *c, const char *stage, cairn_error *err);
 
+/* graph.cu: the table's stage entries (they record, capture or replay, then run the stages
+ * below), and the hooks of the other entries: flush ends a step's graph part before anything
+ * that is not a stage (its recorded calls run one by one); invalidate drops every graph (their
+ * buffers may be gone); step_begin picks how a new step's calls run. */
+int cairn__graph_flush(cairn__cuda *c, cairn_error *err);
+void cairn__graph_invalidate(cairn__cuda *c);
+int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err);
+void cairn__graph_close(cairn__cuda *c);
+int cairn__graph_embed(cairn_backend *be, const cairn_bmat *emb, float scale, float *x,
+                       cairn_error *err);
+int cairn__graph_rmsnorm(cairn_backend *be, float *out, const float *x, const float *w,
+                         int rows, int n, float eps, cairn_error *err);
+int cairn__graph_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
+                        float *const *y, cairn_error *err);
+int cairn__graph_qkv(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, float *v,
+                     cairn_error *err);
+int cairn__graph_attention(cairn_backend *be, const cairn_battn *p, const float *q, float *out,
+                           cairn_error *err);
+int cairn__graph_add_norm(cairn_backend *be, float *x, float *a, const float *post,
+                          const float *next, float *h, int n, float eps, cairn_error *err);
+int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int act,
+                       cairn_error *err);
+int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
+                        float *x, int n, float *out_host, cairn_error *err);
+
 /* ---- The stages (one .cu per family) --------------------------------------------------------- */
 
 /* matmul.cu: y (n_tok rows of w->rows, token-major) = w x (n_tok rows of w->cols). */
@@ -198,6 +287,9 @@ int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, c
                        float *const *y, cairn_error *err);
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                        float *x, int n, float *out_host, cairn_error *err);
+/* The logits rows into c->lout without the copy to the host: n_out <= lout_tokens only. */
+int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float *norm,
+                               float eps, const float *x, int n, cairn_error *err);
 
 /* norm_rope.cu */
 int cairn__cuda_rmsnorm(cairn_backend *be, float *out, const float *x, const float *w, int rows,
@@ -210,7 +302,8 @@ int cairn__cuda_qkv(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, 
 int cairn__cuda_norm_rows(cairn__cuda *c, float *out, const float *x, const int32_t *rows,
                           const float *w, int n_rows, int n, float eps, cairn_error *err);
 
-/* attention.cu */
+/* attention.cu (init: once at open) */
+int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err);
 int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *q, float *out,
                           cairn_error *err);
 
@@ -219,6 +312,8 @@ int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int ac
                       cairn_error *err);
 int cairn__cuda_embed(cairn_backend *be, const cairn_bmat *emb, float scale, float *x,
                       cairn_error *err);
+/* The host-side check of embed: every token a row of emb. */
+int cairn__cuda_embed_check(cairn__cuda *c, const cairn_bmat *emb, cairn_error *err);
 
 /* ---- Device helpers ---------------------------------------------------------------------- */
 

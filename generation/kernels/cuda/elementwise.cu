@@ -67,13 +67,8 @@ __global__ void embed_rows(cairn__mat_dev m, const int32_t *__restrict__ tokens,
         x[t * m.cols + i] = cairn__deq1(m, row, i, TYPE) * scale;
 }
 
-int cairn__cuda_embed(cairn_backend *be, const cairn_bmat *emb, float scale, float *x,
-                      cairn_error *err)
+int cairn__cuda_embed_check(cairn__cuda *c, const cairn_bmat *emb, cairn_error *err)
 {
-    cairn__cuda *c = cairn__cu(be);
-    int rc = cairn__cuda_need_batch(c, "embed", err);
-    if (rc || (rc = cairn__cuda_enter(c, err)))
-        return rc;
     const cairn__cmat *m = (const cairn__cmat *)emb->priv;
     if (!m)
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: embed from a matrix not loaded");
@@ -84,6 +79,17 @@ int cairn__cuda_embed(cairn_backend *be, const cairn_bmat *emb, float scale, flo
             return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: token %d at batch index %d is "
                                 "not a row of the embeddings (%lld)", tok[t], t,
                                 (long long)m->rows);
+    return 0;
+}
+
+int cairn__cuda_embed(cairn_backend *be, const cairn_bmat *emb, float scale, float *x,
+                      cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    int rc = cairn__cuda_need_batch(c, "embed", err);
+    if (rc || (rc = cairn__cuda_enter(c, err)) || (rc = cairn__cuda_embed_check(c, emb, err)))
+        return rc;
+    const cairn__cmat *m = (const cairn__cmat *)emb->priv;
     const cairn__mat_dev md = cairn__mat_dev_of(m);
     const int32_t *dt = cairn__b_tokens(c->d_batch, c->n_tokens);
     const unsigned grid = (unsigned)c->n_tokens;

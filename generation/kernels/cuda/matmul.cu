@@ -714,6 +714,36 @@ int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, c
     return 0;
 }
 
+/* The wanted rows, normalised, side by side in lrows (their indices came with the batch). */
+static int logits_check(cairn__cuda *c, const cairn__cmat *m, int n, cairn_error *err)
+{
+    if (!m || m->cols != n)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: logits matrix of %lld columns "
+                            "for rows of %d", m ? (long long)m->cols : 0LL, n);
+    if (c->n_out > 0 &&
+        (!c->lrows || !c->lout || (int64_t)n > c->lrows_cols ||
+         (size_t)m->rows * sizeof(float) * (size_t)c->lout_tokens > c->lout_bytes))
+        return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: no logits scratch for this "
+                            "matrix (load it with CAIRN_BMAT_LOGITS before reserve)");
+    return 0;
+}
+
+int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float *norm,
+                               float eps, const float *x, int n, cairn_error *err)
+{
+    const cairn__cmat *m = (const cairn__cmat *)w->priv;
+    int rc = cairn__cuda_need_batch(c, "logits", err);
+    if (rc || (rc = logits_check(c, m, n, err)))
+        return rc;
+    if (c->n_out > c->lout_tokens)
+        return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: %d logits rows in one pass, "
+                            "the scratch holds %d", c->n_out, c->lout_tokens);
+    const int32_t *rows = cairn__b_out(c->d_batch, c->n_tokens);
+    if ((rc = cairn__cuda_norm_rows(c, c->lrows, x, rows, norm, c->n_out, n, eps, err)))
+        return rc;
+    return product(c, m, c->lrows, c->n_out, c->lout, false, false, err);
+}
+
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                        float *x, int n, float *out_host, cairn_error *err)
 {
@@ -722,15 +752,9 @@ int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm
     if (rc || (rc = cairn__cuda_enter(c, err)))
         return rc;
     const cairn__cmat *m = (const cairn__cmat *)w->priv;
-    if (!m || m->cols != n)
-        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: logits matrix of %lld columns "
-                            "for rows of %d", m ? (long long)m->cols : 0LL, n);
+    if ((rc = logits_check(c, m, n, err)))
+        return rc;
     if (c->n_out > 0) {
-        if (!c->lrows || !c->lout || (int64_t)n > c->lrows_cols ||
-            (size_t)m->rows * sizeof(float) * (size_t)c->lout_tokens > c->lout_bytes)
-            return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: no logits scratch for this "
-                                "matrix (load it with CAIRN_BMAT_LOGITS before reserve)");
-        /* The wanted rows, normalised, side by side (their indices came with the batch). */
         const int32_t *rows = cairn__b_out(c->d_batch, c->n_tokens);
         if ((rc = cairn__cuda_norm_rows(c, c->lrows, x, rows, norm, c->n_out, n, eps, err)))
             return rc;
