@@ -64,33 +64,6 @@ __global__ void to_bf16(const float *__restrict__ x, int64_t n, __nv_bfloat16 *_
         y[i] = __float2bfloat16_rn(x[i]);
 }
 
-/* Rows r0 + blockIdx.y of m into row blockIdx.y of out (row-major, cols a row) as BF16: a
- * thread decodes 8 consecutive values and stores them in one 16-byte write when the row
- * length allows (every block type: a multiple of 32). */
-template <uint32_t TYPE>
-__global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__restrict__ out)
-{
-    const int64_t row = r0 + blockIdx.y;
-    const int64_t c0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (c0 >= m.cols)
-        return;
-    __nv_bfloat16 *o = out + (int64_t)blockIdx.y * m.cols + c0;
-    if (m.cols % 8 == 0) {
-        uint32_t p[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const __nv_bfloat16 lo = __float2bfloat16_rn(cairn__deq1(m, row, c0 + 2 * i, TYPE));
-            const __nv_bfloat16 hi =
-                __float2bfloat16_rn(cairn__deq1(m, row, c0 + 2 * i + 1, TYPE));
-            p[i] = (uint32_t)__bfloat16_as_ushort(lo) | (uint32_t)__bfloat16_as_ushort(hi) << 16;
-        }
-        *(uint4 *)o = make_uint4(p[0], p[1], p[2], p[3]);
-        return;
-    }
-    for (int i = 0; i < 8 && c0 + i < m.cols; i++)
-        o[i] = __float2bfloat16_rn(cairn__deq1(m, row, c0 + i, TYPE));
-}
-
 /* ---- GEMV units ------------------------------------------------------------------------------ */
 
 static __device__ __forceinline__ int dot16(int4 w, int4 a, int s)
@@ -419,6 +392,127 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         }
 }
 
+/* ---- Tiles for cuBLAS ------------------------------------------------------------------------ */
+
+/* 8 values into 8 BF16 at o (16-byte aligned) in one store. */
+static __device__ __forceinline__ void store8(__nv_bfloat16 *o, const float *v)
+{
+    uint32_t p[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * i])) |
+               (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * i + 1])) << 16;
+    *(uint4 *)o = make_uint4(p[0], p[1], p[2], p[3]);
+}
+
+/* 16 values q[0..15] (bytes of a, signed or not as the type's) as d * (q - off) + m. */
+static __device__ __forceinline__ void store16(__nv_bfloat16 *o, int4 q, bool is_signed,
+                                               float d, float off, float m)
+{
+    const int w[4] = {q.x, q.y, q.z, q.w};
+    float v[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        const int b = (w[i / 4] >> (8 * (i % 4))) & 0xFF;
+        const float qv = (float)(is_signed ? (int)(int8_t)b : b);
+        v[i] = d * (qv - off) + m;
+    }
+    store8(o, v);
+    store8(o + 8, v + 8);
+}
+
+/*
+ * Rows r0 + blockIdx.y of m into row blockIdx.y of out (row-major, cols a row) as BF16. A
+ * thread decodes one GEMV unit (16 quant bytes, its scales read once) into its 16 to 64 values,
+ * stored 8 at a time; each value as proto/gguf_quant.c computes it:
+ *   Q8_0 d q; Q4_0 d (q - 8); Q4_1 d q + m; Q5_0 d (q - 16); Q4_K (d sc) q - (dmin mn);
+ *   Q6_K (d sc) (q - 32); F16 itself.
+ */
+template <uint32_t TYPE>
+__global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__restrict__ out)
+{
+    const int64_t u = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (u >= units_of<TYPE>(m))
+        return;
+    const int64_t row = r0 + blockIdx.y;
+    __nv_bfloat16 *o = out + (int64_t)blockIdx.y * m.cols;
+    if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
+        const int4 q = ld16(m.q + row * m.cols + u * 16);
+        store16(o + u * 16, q, true, cairn__h2f(m.d[row * m.nb + (u >> 1)]), 0.0f, 0.0f);
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
+                         TYPE == CAIRN_GGUF_Q5_0) {
+        const int64_t b = row * m.nb + u;
+        const int4 q = ld16(m.q + b * 16);
+        int4 lo = nib_lo(q), hi = nib_hi(q);
+        float d, mn = 0.0f, off = 8.0f;
+        if constexpr (TYPE == CAIRN_GGUF_Q4_1) {
+            d = cairn__h2f(m.d[2 * b]);
+            mn = cairn__h2f(m.d[2 * b + 1]);
+            off = 0.0f;
+        } else {
+            d = cairn__h2f(m.d[b]);
+        }
+        if constexpr (TYPE == CAIRN_GGUF_Q5_0) {
+            const uint32_t qh = m.qh[b];
+            lo.x |= spread4(qh & 0xF);
+            lo.y |= spread4((qh >> 4) & 0xF);
+            lo.z |= spread4((qh >> 8) & 0xF);
+            lo.w |= spread4((qh >> 12) & 0xF);
+            hi.x |= spread4((qh >> 16) & 0xF);
+            hi.y |= spread4((qh >> 20) & 0xF);
+            hi.z |= spread4((qh >> 24) & 0xF);
+            hi.w |= spread4(qh >> 28);
+            off = 16.0f;
+        }
+        store16(o + u * 32, lo, false, d, off, mn);
+        store16(o + u * 32 + 16, hi, false, d, off, mn);
+    } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        const int64_t b = u >> 3;
+        const int k = (int)(u & 7), c = k >> 1, h = k & 1;
+        const uint8_t *blk = m.q + (row * m.nb + b) * 144;
+        const int4 hdr = ld16(blk);
+        const int4 q = ld16(blk + 16 + 16 * k);
+        const uint8_t *sb = (const uint8_t *)&hdr;
+        int sc0, mn0, sc1, mn1;
+        cairn__q4k_sm(sb + 4, 2 * c, &sc0, &mn0);
+        cairn__q4k_sm(sb + 4, 2 * c + 1, &sc1, &mn1);
+        const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF));
+        const float dmin = cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16));
+        __nv_bfloat16 *ob = o + b * 256 + 64 * c + 16 * h;
+        store16(ob, nib_lo(q), false, d * (float)sc0, 0.0f, -(dmin * (float)mn0));
+        store16(ob + 32, nib_hi(q), false, d * (float)sc1, 0.0f, -(dmin * (float)mn1));
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+        wunit<CAIRN_GGUF_Q6_K> w; /* the 6-bit quants less 32 and d sc, as the GEMV has them */
+        load_w<CAIRN_GGUF_Q6_K>(w, m, row, u);
+        const int k = (int)(u & 3), hh = k >> 1, l0 = 16 * (k & 1);
+        __nv_bfloat16 *ob = o + (u >> 2) * 256 + 128 * hh + l0;
+#pragma unroll
+        for (int g = 0; g < 4; g++)
+            store16(ob + 32 * g, make_int4(w.q[g][0], w.q[g][1], w.q[g][2], w.q[g][3]), true,
+                    w.s[g], 0.0f, 0.0f);
+    } else { /* F16 (cols a multiple of 8) */
+        const int4 q = ld16(m.q + (row * m.cols + u * 8) * 2);
+        const uint32_t pw[4] = {(uint32_t)q.x, (uint32_t)q.y, (uint32_t)q.z, (uint32_t)q.w};
+        float v[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[2 * i] = cairn__h2f((uint16_t)(pw[i] & 0xFFFF));
+            v[2 * i + 1] = cairn__h2f((uint16_t)(pw[i] >> 16));
+        }
+        store8(o + u * 8, v);
+    }
+}
+
+/* F16 rows whose length is not a multiple of 8: one value a thread. */
+__global__ void dequant_bf16_f16_scalar(cairn__mat_dev m, int64_t r0,
+                                        __nv_bfloat16 *__restrict__ out)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < m.cols)
+        out[(int64_t)blockIdx.y * m.cols + i] =
+            __float2bfloat16_rn(cairn__deq1(m, r0 + blockIdx.y, i, CAIRN_GGUF_F16));
+}
+
 /* Float weights against float activations that are not 16-byte aligned (or whose row length
  * is not a multiple of a 16-byte unit): one value at a time. */
 template <uint32_t TYPE, int NT>
@@ -571,11 +665,26 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
                           cairn_error *err)
 {
     const cairn__mat_dev m = cairn__mat_dev_of(w);
-    const dim3 grid((unsigned)((w->cols + 8 * 256 - 1) / (8 * 256)), (unsigned)n_rows);
     cudaStream_t s = c->stream;
+    if (w->type == CAIRN_GGUF_F16 && w->cols % 8) {
+        const dim3 grid((unsigned)((w->cols + 255) / 256), (unsigned)n_rows);
+        dequant_bf16_f16_scalar<<<grid, 256, 0, s>>>(m, r0, c->wtile);
+        CU_LAUNCHED(err, "dequant_bf16_f16_scalar");
+        return 0;
+    }
+    /* a thread a unit: units a row as units_of<> counts them */
+    int64_t units;
+    switch (w->type) {
+    case CAIRN_GGUF_Q8_0: units = w->cols / 16; break;
+    case CAIRN_GGUF_Q4_K: units = w->nb * 8; break;
+    case CAIRN_GGUF_Q6_K: units = w->nb * 4; break;
+    case CAIRN_GGUF_F16: units = w->cols / 8; break;
+    default: units = w->nb; break;
+    }
+    const dim3 grid((unsigned)((units + 127) / 128), (unsigned)n_rows);
 #define DEQ(T)                                                                                 \
     case T:                                                                                    \
-        dequant_bf16<T><<<grid, 256, 0, s>>>(m, r0, c->wtile);                                 \
+        dequant_bf16<T><<<grid, 128, 0, s>>>(m, r0, c->wtile);                                 \
         break
     switch (w->type) {
         DEQ(CAIRN_GGUF_F16);
