@@ -1,0 +1,2 @@
+/* The CUDA emulation stands in for <cublas_v2.h> (see emu.h). */
+#include "emu.h"
