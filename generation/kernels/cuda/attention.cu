@@ -14,6 +14,13 @@
  * writes its unnormalised o with its m and l, and a second kernel merges the splits with the
  * log-sum-exp rule o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, M = max_s m_s.
  *
+ * Prefill runs (RUN_MIN or more consecutive positions of one sequence in the batch, outside
+ * graphs) go another way: their keys are gathered into contiguous rows, and cuBLAS computes
+ * S = scale Q K^T per head in FP32 from F16 inputs (tensor cores), a kernel turns each row into
+ * causal, windowed softmax probabilities rounded to F16 (as the CPU backend rounds them), and
+ * cuBLAS computes O = P V. Each token's queries otherwise reread its keys from the cache per
+ * tile, which for a 512-token chunk cost more than the chunk's matrix products.
+ *
  * Sliding windows: keys lo = max(0, pos - window + 1) .. pos. A table entry of -1 (a freed
  * window block) inside the range is skipped as a masked key rather than read; kv.c frees
  * only blocks no query can see, so this guards memory, not results.
@@ -39,6 +46,7 @@ struct attn_args {
     int n_head, n_head_kv, hd, G, window;
     float scale;
     int n_split;
+    int t_base; /* the launch covers batch tokens t_base + blockIdx.z */
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
 };
@@ -63,7 +71,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     __half *ks = (__half *)(cs + G); /* TK x hs: K rows of the tile */
     __half *vs = ks + TK * hs;       /* TK x hs: V rows */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-    const int s = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const int s = blockIdx.x, kvh = blockIdx.y, t = a.t_base + blockIdx.z;
 
     const int pos = a.pos[t];
     int lo = a.window ? pos - a.window + 1 : 0;
@@ -182,9 +190,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 
 /* One block per (query head, token): the log-sum-exp merge of its splits. */
 __global__ void attn_merge(const float *__restrict__ part, const float *__restrict__ ml,
-                           int n_split, int hd, int n_head, float *__restrict__ out)
+                           int n_split, int hd, int n_head, int t_base, float *__restrict__ out)
 {
-    const int h = blockIdx.x, t = blockIdx.y;
+    const int h = blockIdx.x, t = t_base + blockIdx.y;
     const int64_t r0 = ((int64_t)t * n_head + h) * n_split;
     float M = -INFINITY;
     for (int s = 0; s < n_split; s++)
@@ -211,6 +219,177 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
 /* Fewer blocks than this many per SM leave the GPU underused: split the keys. */
 #define SPLIT_WAVES 2
 #define SPLIT_MAX 64
+
+/* attn_tile (and the merge when split) over batch tokens [t0, t0 + n). */
+static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int n,
+                 cairn_error *err)
+{
+    attn_args a = *base;
+    a.t_base = t0;
+    dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)n);
+    attn_tile<<<grid, ATTN_THREADS, smem, c->stream>>>(a);
+    CU_LAUNCHED(err, "attn_tile");
+    if (a.n_split > 1) {
+        int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
+        attn_merge<<<dim3((unsigned)a.n_head, (unsigned)n), threads, 0, c->stream>>>(
+            a.part, a.part_ml, a.n_split, a.hd, a.n_head, t0, a.out);
+        CU_LAUNCHED(err, "attn_merge");
+    }
+    return 0;
+}
+
+/* ---- Prefill runs through cuBLAS ----------------------------------------------------------- */
+
+#define RUN_MIN CAIRN__RUN_MIN
+
+/* Keys lo..lo + n_keys - 1 of (layer, sequence) into contiguous rows Kc, Vc (kv_dim values
+ * each); valid[j] says whether key j's block is live (a -1 entry: zeros, masked). */
+__global__ void gather_kv(const uint16_t *__restrict__ k, const uint16_t *__restrict__ v,
+                          int64_t block_elems, int kv_dim, int bt,
+                          const int32_t *__restrict__ table, int max_table, int lo,
+                          uint16_t *__restrict__ kc, uint16_t *__restrict__ vc,
+                          uint8_t *__restrict__ valid)
+{
+    const int j = blockIdx.x, p = lo + j;
+    const int blk = block_of(table, p, bt, max_table);
+    if (threadIdx.x == 0)
+        valid[j] = blk >= 0;
+    const int64_t src = (int64_t)blk * block_elems + (int64_t)(p % bt) * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kc[(int64_t)j * kv_dim + i] = blk >= 0 ? k[src + i] : 0;
+        vc[(int64_t)j * kv_dim + i] = blk >= 0 ? v[src + i] : 0;
+    }
+}
+
+__global__ void to_f16(const float *__restrict__ x, int64_t n, __half *__restrict__ y)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __float2half_rn(x[i]);
+}
+
+static __device__ __forceinline__ float block_max(float v, float *red)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = cairn__warp_max(v);
+    if (lane == 0)
+        red[warp] = v;
+    __syncthreads();
+    float m = lane < nw ? red[lane] : -INFINITY;
+    m = cairn__warp_max(m);
+    __syncthreads();
+    return m;
+}
+
+/* Block (i, h): row i of head h's scores (keys k_lo + j, j < n_keys; rows ld apart) into
+ * probabilities at F16, over the keys query i (at position qpos0 + i) may see: lo..its
+ * position, live. */
+__global__ void pf_softmax(const float *__restrict__ S, __half *__restrict__ P,
+                           const uint8_t *__restrict__ valid, int n_keys, int ld, int tq,
+                           int k_lo, int qpos0, int window)
+{
+    __shared__ float red[32];
+    const int i = blockIdx.x, h = blockIdx.y;
+    const int64_t row = ((int64_t)h * tq + i) * ld;
+    const int pos = qpos0 + i;
+    int lo = window ? pos - window + 1 : 0;
+    lo = lo > k_lo ? lo : k_lo;
+    const int j0 = lo - k_lo, j1 = pos - k_lo; /* inclusive, inside [0, n_keys) */
+    float m = -INFINITY;
+    for (int j = j0 + threadIdx.x; j <= j1; j += blockDim.x)
+        if (valid[j])
+            m = fmaxf(m, S[row + j]);
+    m = block_max(m, red);
+    float sum = 0.0f;
+    for (int j = j0 + threadIdx.x; j <= j1; j += blockDim.x)
+        if (valid[j])
+            sum += expf(S[row + j] - m);
+    sum = cairn__block_sum(sum, red);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) {
+        const bool in = j >= j0 && j <= j1 && valid[j];
+        P[row + j] = __float2half_rn(in ? expf(S[row + j] - m) * inv : 0.0f);
+    }
+}
+
+static size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+/* Score rows are n_keys rounded up to 8 apart, so that every head's and row's start is
+ * 16-byte aligned for cuBLAS's tensor-core kernels. */
+static int64_t keys_ld(int64_t n_keys) { return (n_keys + 7) / 8 * 8; }
+
+/* The scratch a run of n queries from position p0 takes: the gathered keys, the queries at
+ * F16, and per query row the scores (FP32) and probabilities (F16) of every head. Returns the
+ * query rows a pass can take (0: the run does not fit; tiles then). */
+static int run_rows(const cairn__cuda *c, const cairn_battn *p, int p0, int n)
+{
+    const int64_t kv_dim = p->kv->kv_dim, qd = (int64_t)p->n_head * p->head_dim;
+    int k_lo = p->window ? p0 - p->window + 1 : 0;
+    k_lo = k_lo < 0 ? 0 : k_lo;
+    const int64_t n_keys = p0 + n - k_lo;
+    const size_t fixed = 2 * align256((size_t)(n_keys * kv_dim) * 2) + align256((size_t)n_keys) +
+                         align256((size_t)(n * qd) * 2);
+    const size_t per_row = (size_t)p->n_head * (size_t)keys_ld(n_keys) * (4 + 2);
+    if (!c->pf || fixed >= c->pf_bytes || n_keys > (1 << 30))
+        return 0;
+    size_t rows = (c->pf_bytes - fixed - 512) / per_row;
+    return rows > (size_t)n ? n : (int)rows;
+}
+
+static int prefill_run(cairn__cuda *c, const cairn_battn *p, const attn_args *a, int t0, int n,
+                       cairn_error *err)
+{
+    const int32_t *hpos = cairn__b_pos(c->h_batch, c->n_tokens);
+    const int slot = cairn__b_slot(c->h_batch, c->n_tokens)[t0], p0 = hpos[t0];
+    const int hd = p->head_dim, G = a->G, n_kv = p->n_head_kv, kv_dim = a->kv_dim;
+    const int qd = p->n_head * hd;
+    int k_lo = p->window ? p0 - p->window + 1 : 0;
+    k_lo = k_lo < 0 ? 0 : k_lo;
+    const int n_keys = p0 + n - k_lo, ld = (int)keys_ld(n_keys);
+    const int tq_max = run_rows(c, p, p0, n);
+    uint8_t *base = (uint8_t *)c->pf;
+    uint16_t *kc = (uint16_t *)base;
+    uint16_t *vc = (uint16_t *)(base + align256((size_t)n_keys * kv_dim * 2));
+    uint8_t *valid = (uint8_t *)vc + align256((size_t)n_keys * kv_dim * 2);
+    __half *qh = (__half *)(valid + align256((size_t)n_keys));
+    float *S = (float *)((uint8_t *)qh + align256((size_t)n * qd * 2));
+    __half *P = (__half *)(S + (size_t)p->n_head * tq_max * ld);
+
+    const int32_t *table = cairn__b_tables(c->d_batch, c->n_tokens) +
+                           ((int64_t)a->group * c->n_seqs + slot) * c->max_table;
+    gather_kv<<<(unsigned)n_keys, 128, 0, c->stream>>>(a->k, a->v, a->block_elems, kv_dim, a->bt,
+                                                      table, c->max_table, k_lo, kc, vc, valid);
+    CU_LAUNCHED(err, "gather_kv");
+    const int64_t nq = (int64_t)n * qd, nqb = (nq + 255) / 256;
+    to_f16<<<(unsigned)(nqb < 65535 * 8 ? nqb : 65535 * 8), 256, 0, c->stream>>>(
+        a->q + (int64_t)t0 * qd, nq, qh);
+    CU_LAUNCHED(err, "to_f16");
+    const float zero = 0.0f, one = 1.0f, scale = p->scale;
+    for (int i0 = 0; i0 < n; i0 += tq_max) {
+        const int tq = n - i0 < tq_max ? n - i0 : tq_max;
+        const long long s_head = (long long)tq * ld; /* one head's scores */
+        /* S_h (n_keys x tq, column-major) = scale K_kvh^T Q_h for the heads h = kvh G + g */
+        for (int g = 0; g < G; g++)
+            BLAS_TRY(err, cublasGemmStridedBatchedEx(
+                              c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_keys, tq, hd, &scale, kc,
+                              CUDA_R_16F, kv_dim, hd, qh + (int64_t)i0 * qd + (int64_t)g * hd,
+                              CUDA_R_16F, qd, (long long)G * hd, &zero, S + g * s_head,
+                              CUDA_R_32F, ld, G * s_head, n_kv, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+        pf_softmax<<<dim3((unsigned)tq, (unsigned)p->n_head), 256, 0, c->stream>>>(
+            S, P, valid, n_keys, ld, tq, k_lo, p0 + i0, p->window);
+        CU_LAUNCHED(err, "pf_softmax");
+        /* O_h (hd x tq, column-major, into out's rows) = V_kvh P_h */
+        for (int g = 0; g < G; g++)
+            BLAS_TRY(err, cublasGemmStridedBatchedEx(
+                              c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, tq, n_keys, &one, vc,
+                              CUDA_R_16F, kv_dim, hd, P + g * s_head, CUDA_R_16F, ld,
+                              G * s_head, &zero, a->out + (int64_t)(t0 + i0) * qd + g * hd,
+                              CUDA_R_32F, qd, (long long)G * hd, n_kv, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    }
+    return 0;
+}
 
 int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
 {
@@ -283,16 +462,28 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.window = p->window;
     a.scale = p->scale;
     a.n_split = n_split;
+    a.t_base = 0;
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
-    dim3 grid((unsigned)n_split, (unsigned)p->n_head_kv, (unsigned)T);
-    attn_tile<<<grid, ATTN_THREADS, smem, c->stream>>>(a);
-    CU_LAUNCHED(err, "attn_tile");
-    if (n_split > 1) {
-        int threads = hd < 256 ? (hd + 31) / 32 * 32 : 256;
-        attn_merge<<<dim3((unsigned)p->n_head, (unsigned)T), threads, 0, c->stream>>>(
-            a.part, a.part_ml, n_split, hd, p->n_head, out);
-        CU_LAUNCHED(err, "attn_merge");
+    if (c->gmode != CAIRN__G_DIRECT || !c->has_runs)
+        return tiles(c, &a, smem, 0, T, err);
+    /* Prefill runs through cuBLAS, the other tokens (decode tokens, short chunks) in tiles. */
+    const int32_t *hpos = cairn__b_pos(c->h_batch, T), *hslot = cairn__b_slot(c->h_batch, T);
+    int pending = 0; /* first token not yet attended */
+    for (int t = 0; t < T;) {
+        int e = t + 1;
+        while (e < T && hslot[e] == hslot[t] && hpos[e] == hpos[e - 1] + 1)
+            e++;
+        if (e - t >= RUN_MIN && run_rows(c, p, hpos[t], e - t) > 0) {
+            if (pending < t && (rc = tiles(c, &a, smem, pending, t - pending, err)))
+                return rc;
+            if ((rc = prefill_run(c, p, &a, t, e - t, err)))
+                return rc;
+            pending = e;
+        }
+        t = e;
     }
+    if (pending < T)
+        return tiles(c, &a, smem, pending, T - pending, err);
     return 0;
 }

@@ -429,6 +429,10 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
     if ((rc = ensure(c, (void **)&c->apart, &c->apart_bytes,
                      CAIRN__ATTN_PART_FLOATS * sizeof(float), "attention scratch", err)))
         return rc;
+    if (T >= CAIRN__RUN_MIN &&
+        (rc = ensure(c, &c->pf, &c->pf_bytes, CAIRN__PF_BYTES, "prefill attention scratch",
+                     err)))
+        return rc;
     /* cuBLAS's workspace, given once, so that a product never allocates (nor in a graph). */
     if (!c->blas_ws) {
         if ((rc = ensure(c, &c->blas_ws, &c->blas_ws_bytes, BLAS_WS_BYTES, "cuBLAS workspace",
@@ -512,6 +516,11 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
     c->n_groups = b->n_groups;
     c->max_table = b->max_table;
     c->n_out = n_out;
+    c->has_runs = false;
+    for (int t = 0, run = 1; t + 1 < n && !c->has_runs; t++) {
+        run = b->slot[t + 1] == b->slot[t] && b->pos[t + 1] == b->pos[t] + 1 ? run + 1 : 1;
+        c->has_runs = run >= CAIRN__RUN_MIN;
+    }
     c->have_batch = true;
     return cairn__graph_step_begin(c, err);
 }
@@ -533,6 +542,7 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->lrows);
     (void)cudaFree(c->lout);
     (void)cudaFree(c->apart);
+    (void)cudaFree(c->pf);
     (void)cudaFree(c->d_batch);
     if (c->h_batch)
         (void)cudaFreeHost(c->h_batch);

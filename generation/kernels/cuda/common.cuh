@@ -122,6 +122,13 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
 #define CAIRN__WTILE_ELEMS ((size_t)32 << 20)
 #endif
 
+/* Runs of at least this many consecutive positions of one sequence in a step attend through
+ * cuBLAS (attention.cu), in a scratch of CAIRN__PF_BYTES. */
+#define CAIRN__RUN_MIN 16
+#ifndef CAIRN__PF_BYTES /* a build may set a smaller one to check runs taken in several passes */
+#define CAIRN__PF_BYTES ((size_t)64 << 20)
+#endif
+
 /* Bytes of the logits rows produced at once before they are copied to the host. */
 #define CAIRN__LOGITS_BYTES ((size_t)256 << 20)
 
@@ -201,8 +208,9 @@ typedef struct cairn__cuda {
     float *lrows;           /* logits: the normalised rows, max_tokens x lrows_cols */
     float *lout;            /* logits: lout_tokens rows of lg_rows before the host copy */
     float *apart;           /* attention partials: CAIRN__ATTN_PART_FLOATS */
+    void *pf;               /* prefill runs' attention scratch (CAIRN__PF_BYTES), or NULL */
     size_t act_q_bytes, act_ds_bytes, xbf_bytes, wtile_bytes, lrows_bytes, lout_bytes,
-        apart_bytes;
+        apart_bytes, pf_bytes;
     int64_t lrows_cols;
     int lout_tokens;
 
@@ -218,6 +226,7 @@ typedef struct cairn__cuda {
     cudaEvent_t batch_copied; /* the last batch copy out of h_batch finished */
     bool batch_pending;
     bool have_batch;
+    bool has_runs; /* the step holds a run of CAIRN__RUN_MIN+ positions of one sequence */
 
     /* CUDA graphs of repeated step shapes (graph.cu). */
     bool graphs_on;

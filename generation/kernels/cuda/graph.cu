@@ -21,8 +21,10 @@
  * Whatever else comes in the middle of a step (a download for the trace hook, the layer yield's
  * save, an upload, a copy, an allocation, a new batch) first flushes: the calls recorded so far
  * run one by one, and the step goes on without a graph. A call that differs from the graph's
- * flushes too and drops that graph. Anything that may free or move a buffer a graph uses
- * (free, mat_free, reserve, a larger batch buffer) drops every graph.
+ * flushes too, and drops that graph unless it was the step's first (a pass resumed at a later
+ * layer after a yield). Anything that may free or move a buffer a graph uses (free, mat_free,
+ * reserve, a larger batch buffer) drops every graph. Steps holding a prefill run never use
+ * graphs (attention splits them by the batch's contents).
  *
  * CAIRN_CUDA_GRAPHS=0 in the environment turns graphs off (every call runs as it comes).
  */
@@ -191,8 +193,9 @@ int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
     c->last_done = false;
     c->n_rec = 0;
     c->gmode = CAIRN__G_DIRECT;
-    /* Graphs for steps that end in logits that fit one pass of the scratch (decode steps). */
-    if (!c->graphs_on || c->n_out < 1 || c->n_out > c->lout_tokens)
+    /* Graphs for steps that end in logits that fit one pass of the scratch and hold no
+     * prefill run (attention takes those apart on the host, by the batch's contents). */
+    if (!c->graphs_on || c->n_out < 1 || c->n_out > c->lout_tokens || c->has_runs)
         return 0;
     int g = find_graph(c, &key);
     if (g >= 0) {
@@ -226,8 +229,11 @@ static int stage(cairn__cuda *c, const cairn__call *k, cairn_error *err)
         if (c->n_rec < g->n_calls - 1 &&
             memcmp(&g->calls[c->n_rec], k, sizeof *k) == 0)
             return record(c, k, err);
-        /* Not the graph's next call: this shape's steps are not all alike. */
-        graph_drop(&c->graphs[c->replay]);
+        /* Not the graph's next call: this shape's steps are not all alike. A step that differs
+         * from its first call on (a pass resumed at a later layer after a yield) leaves the
+         * graph to the steps it fits. */
+        if (c->n_rec > 0)
+            graph_drop(&c->graphs[c->replay]);
         if ((rc = cairn__graph_flush(c, err)))
             return rc;
         return dispatch(c, k, err);
