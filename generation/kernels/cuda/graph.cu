@@ -185,6 +185,7 @@ int cairn__graph_flush(cairn__cuda *c, cairn_error *err)
 
 int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
 {
+    (void)err;
     cairn__gkey key = {c->n_tokens, c->n_seqs, c->n_groups, c->max_table, c->n_out, c->d_batch};
     const bool was_done = c->last_done;
     const cairn__gkey last = c->last_key;
@@ -204,7 +205,12 @@ int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
         return 0;
     }
     if (was_done && key_eq(&last, &key)) {
-        CU_TRY(err, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed));
+        if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+            /* steps run one call at a time from now on: slower, not wrong */
+            (void)cudaGetLastError();
+            c->graphs_on = false;
+            return 0;
+        }
         c->gmode = CAIRN__G_CAPTURE;
     }
     return 0;
