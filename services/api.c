@@ -17,6 +17,7 @@
 #include "common/clock.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/rand.h"
 #include "common/strbuf.h"
 #include "common/threadpool.h"
 #include "retrieval/embed.h"
@@ -28,9 +29,11 @@
 #include <math.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 struct cairn_api {
@@ -72,6 +75,17 @@ static void release_slot(cairn_api *a)
 {
     atomic_fetch_sub(&a->active, 1);
     cairn_gauge_dec(a->g_active);
+}
+
+/* A seed for a request that gave none: OpenAI's (and llama.cpp's server's) unseeded calls
+ * differ from one another. From the kernel's generator; a clock-based mix if that fails. */
+static uint64_t fresh_seed(void)
+{
+    uint64_t s;
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) == (ssize_t)sizeof s) return s;
+    static _Atomic uint64_t n;
+    uint64_t x = (uint64_t)cairn_now_ns() ^ (atomic_fetch_add(&n, 1) << 48);
+    return cairn_rand_next(&x);
 }
 
 /* Status for a parse or submit error code. */
@@ -323,7 +337,13 @@ static int start_generation(cairn_api *a, gen_ctx *g, const cairn_api_req *r,
         .sample = {.temperature = (float)r->temperature,
                    .top_k = r->top_k,
                    .top_p = (float)r->top_p,
-                   .seed = r->seed},
+                   .seed = r->has_seed ? r->seed : fresh_seed(),
+                   .min_p = (float)r->min_p,
+                   .repetition_penalty = (float)r->repetition_penalty,
+                   .presence_penalty = (float)r->presence_penalty,
+                   .frequency_penalty = (float)r->frequency_penalty,
+                   .bias = r->bias,
+                   .n_bias = r->n_bias},
         .stop = r->stop,
         .n_stop = r->n_stop,
         .on_text = gen_on_text,

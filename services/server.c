@@ -132,6 +132,14 @@ static const cairn_config_key schema[] = {
      "generation requests waiting beyond those (429 with Retry-After above)", NULL, 0},
     {"limits.max_tokens", CAIRN_CFG_INT, "1024", "1", "131072", "largest max_tokens accepted",
      NULL, 0},
+    {"sampling.temperature", CAIRN_CFG_FLOAT, "1", "0", "2",
+     "temperature of requests that set none (0: greedy; OpenAI's default is 1)", NULL, 0},
+    {"sampling.top_p", CAIRN_CFG_FLOAT, "1", "0.000001", "1",
+     "top_p of requests that set none (1: off)", NULL, 0},
+    {"sampling.top_k", CAIRN_CFG_INT, "0", "0", "1000000",
+     "top_k of requests that set none (0: off)", NULL, 0},
+    {"sampling.min_p", CAIRN_CFG_FLOAT, "0", "0", "1",
+     "min_p of requests that set none (0: off; llama.cpp's server uses 0.05)", NULL, 0},
     {"limits.timeout", CAIRN_CFG_DURATION, "300s", "1s", "24h",
      "a generation request running longer is cancelled", NULL, 0},
     {"auth.api_keys", CAIRN_CFG_STRING, NULL, NULL, NULL,
@@ -397,6 +405,10 @@ static int start_api(service *s, cairn_error *err)
     ap.rag = s->rag;
     ap.embed_model_name = cairn_config_string(c, "embed.name");
     ap.limits.max_tokens_cap = (int)cairn_config_int(c, "limits.max_tokens");
+    ap.limits.temperature = cairn_config_float(c, "sampling.temperature");
+    ap.limits.top_p = cairn_config_float(c, "sampling.top_p");
+    ap.limits.top_k = (int)cairn_config_int(c, "sampling.top_k");
+    ap.limits.min_p = cairn_config_float(c, "sampling.min_p");
     ap.max_concurrent = (int)cairn_config_int(c, "limits.max_concurrent");
     ap.max_queue = (int)cairn_config_int(c, "limits.max_queue");
     ap.api_keys = cairn_config_string(c, "auth.api_keys");
