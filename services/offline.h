@@ -10,9 +10,9 @@
  * job while it runs (so no other worker claims it), stores the result before the entry is
  * acknowledged (jobs.h), and records failures (dead-lettered after max_deliveries). On
  * shutdown a job in progress is abandoned without a result and handed back
- * (cairn_jobs_release): it stays pending, marked idle, so another worker's next XAUTOCLAIM
- * takes it at once. Redis being down
- * is not fatal: runners retry, and the endpoints answer 503.
+ * (cairn_jobs_release): it stays pending, marked idle, so that another worker's next
+ * XAUTOCLAIM pass takes it. Redis being down is not fatal: runners retry, and the endpoints
+ * answer 503.
  *
  * Metrics (besides the queue's, jobs.h): cairn_offline_jobs_running, cairn_offline_job_seconds.
  */
