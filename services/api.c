@@ -99,6 +99,19 @@ static int status_of(int rc)
     }
 }
 
+/* Status of an index update's failure that is not the request's fault: the document log (on
+ * Redis, docs.log = redis) unreachable or closed (503, retry), or written but not yet applied
+ * here (504); 0 for the others. */
+static int index_status(int rc)
+{
+    switch (rc) {
+    case CAIRN_ENET:
+    case CAIRN_ESTATE: return 503;
+    case CAIRN_ETIMEDOUT: return 504;
+    default: return 0;
+    }
+}
+
 static void set_json(cairn_http_resp *resp, int status, json_t *o)
 {
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -854,8 +867,10 @@ static void documents_run(void *arg)
     uint64_t first = 0;
     int rc = cairn_rag_add(t->api->p.rag, t->r.docs, t->r.n_docs, &first, &err);
     if (rc) {
-        cairn_http_json_error(&resp, rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400, "%s",
-                              err.msg);
+        cairn_http_json_error(&resp, index_status(rc) ? index_status(rc)
+                                     : rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400,
+                              "%s", err.msg);
+        if (index_status(rc) == 503) resp.retry_after_s = 1;
     } else {
         json_t *data = json_array();
         for (size_t i = 0; i < t->r.n_docs; i++)
@@ -876,7 +891,11 @@ static void delete_run(void *arg)
     if (rc == CAIRN_ENOTFOUND)
         cairn_http_json_error(&resp, 404, "no document with id %llu",
                               (unsigned long long)t->doc_id);
-    else if (rc) cairn_http_json_error(&resp, 500, "delete failed: %s", err.msg);
+    else if (rc) {
+        cairn_http_json_error(&resp, index_status(rc) ? index_status(rc) : 500,
+                              "delete failed: %s", err.msg);
+        if (index_status(rc) == 503) resp.retry_after_s = 1;
+    }
     else set_json(&resp, 200, json_pack("{s:I,s:b}", "id", (json_int_t)t->doc_id, "deleted", 1));
     index_task_done(t, &resp);
 }
@@ -959,6 +978,7 @@ static void upload_task_free(upload_task *t)
  * does not read (415), too large (413); or the server failed (500). */
 static int upload_status(int rc)
 {
+    if (index_status(rc)) return index_status(rc);
     switch (rc) {
     case CAIRN_EUNSUPPORTED: return 415;
     case CAIRN_ELIMIT: return 413;
