@@ -425,7 +425,7 @@ static int append_at(cairn_docstore *ds, const cairn_doc_input *docs, size_t n, 
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         const cairn_doc_input *d = &docs[i];
-        size_t lk, lt, lx, lm;
+        size_t lk = 0, lt = 0, lx = 0, lm = 0; /* set by check_field; GCC -O3 cannot tell */
         if ((rc = check_field(d->key, &lk, "key", i, false, err)) ||
             (rc = check_field(d->title, &lt, "title", i, false, err)) ||
             (rc = check_field(d->text, &lx, "text", i, true, err)) ||

@@ -23,6 +23,7 @@
 
 #include "common/threadpool.h"
 #include "proto/gguf.h"
+#include "retrieval/embed_amx.h"
 
 #if defined(__x86_64__)
 #define HAVE_AVX2_KERNELS 1
@@ -44,6 +45,7 @@ typedef struct {
     float *qkv_b; /* [3H] (owned) */
     const float *o_w, *o_b, *ln1_g, *ln1_b;
     const float *up_w, *up_b, *down_w, *down_b, *ln2_g, *ln2_b;
+    cairn__amx_mat qkv_x, o_x, up_x, down_x; /* BF16 forms for AMX (e->amx) */
 } layer_t;
 
 struct cairn_embed {
@@ -63,6 +65,8 @@ struct cairn_embed {
     int max_batch, max_tokens, n_threads;
     int gemm_in_pool; /* sgemm rows split over the pool, BLAS single-threaded */
     bool avx2; /* use the AVX2/FMA kernels */
+    bool amx;  /* linear layers in BF16 on AMX tiles (embed_amx.c) */
+    uint16_t *ab; /* amx: BF16 activation rows [max_tokens rounded up to 32 x max(H, FF)] */
     /* Buffers for one forward pass, sized at open. Guarded by lock. */
     int32_t *ids, *pos;                 /* [max_tokens] */
     int *seq_start, *seq_len, *seq_out; /* [max_batch] */
@@ -75,7 +79,7 @@ cairn_embed_params cairn_embed_default_params(void)
 {
     return (cairn_embed_params){
         .n_threads = 0, .max_batch = 32, .max_batch_tokens = 4096, .max_seq = 0, .simd = 1,
-        .blas_threads = 1};
+        .amx = 1, .blas_threads = 1};
 }
 
 int cairn_embed_dim(const cairn_embed *e)
@@ -274,7 +278,14 @@ void cairn_embed_close(cairn_embed *e)
             free(e->layers[i].qkv_w);
             free(e->layers[i].qkv_b);
         }
+    for (int l = 0; e->layers && l < e->n_layer; l++) {
+        cairn__amx_free(&e->layers[l].qkv_x);
+        cairn__amx_free(&e->layers[l].o_x);
+        cairn__amx_free(&e->layers[l].up_x);
+        cairn__amx_free(&e->layers[l].down_x);
+    }
     free(e->layers);
+    free(e->ab);
     for (int i = 0; i < e->n_owned; i++)
         free(e->owned[i]);
     free(e->owned);
@@ -303,7 +314,7 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
     cairn_embed_params p = params ? *params : cairn_embed_default_params();
     if (p.n_threads < 0 || p.n_threads > 1024 || p.max_batch < 1 || p.max_batch > 65536 ||
         p.max_batch_tokens < 0 || p.max_batch_tokens > (1 << 22) || p.max_seq < 0 ||
-        p.max_seq == 1 || p.blas_threads < 0 || p.blas_threads > 1)
+        p.max_seq == 1 || p.blas_threads < 0 || p.blas_threads > 1 || p.amx < 0 || p.amx > 1)
         return cairn_errorf(err, CAIRN_EINVAL,
                             "embed: bad params (n_threads %d, max_batch %d, max_batch_tokens %d, "
                             "max_seq %d, blas_threads %d)",
@@ -339,6 +350,28 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
               __builtin_cpu_supports("fma");
 #endif
     e->max_tokens = p.max_batch_tokens < e->max_seq ? e->max_seq : p.max_batch_tokens;
+#ifdef HAVE_AVX2_KERNELS
+    e->amx = p.amx && e->H % 32 == 0 && e->FF % 32 == 0 && cairn__amx_enable();
+#endif
+    for (int l = 0; e->amx && l < e->n_layer; l++) {
+        layer_t *L = &e->layers[l];
+        if (cairn__amx_pack(&L->qkv_x, L->qkv_w, 3 * e->H, e->H) ||
+            cairn__amx_pack(&L->o_x, L->o_w, e->H, e->H) ||
+            cairn__amx_pack(&L->up_x, L->up_w, e->FF, e->H) ||
+            cairn__amx_pack(&L->down_x, L->down_w, e->H, e->FF)) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory for BF16 weights");
+            goto fail;
+        }
+    }
+    if (e->amx) {
+        size_t widest = (size_t)(e->FF > e->H ? e->FF : e->H);
+        size_t rows = ((size_t)e->max_tokens + 31) / 32 * 32;
+        e->ab = calloc(rows * widest, sizeof *e->ab); /* padding rows stay finite (zero) */
+        if (!e->ab) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory for BF16 activations");
+            goto fail;
+        }
+    }
     size_t nt = (size_t)e->max_tokens, H = (size_t)e->H;
     e->ids = malloc(nt * sizeof *e->ids);
     e->pos = malloc(nt * sizeof *e->pos);
@@ -577,9 +610,33 @@ static void gemm_rows(void *arg, size_t begin, size_t end, int tid)
                 g->n);
 }
 
-/* C[m x n] = A[m x k] W[n x k]^T */
-static void linear(cairn_embed *e, int m, int n, int k, const float *a, const float *w, float *c)
+typedef struct amx_ctx {
+    cairn_embed *e;
+    int m, k;
+    const float *a;
+    const cairn__amx_mat *w;
+    float *c;
+} amx_ctx;
+
+/* Row blocks [begin, end) of 32 rows: their activations to BF16, then their rows of C. */
+static void amx_rows(void *arg, size_t begin, size_t end, int tid)
 {
+    (void)tid;
+    const amx_ctx *g = arg;
+    int r0 = (int)begin * 32, r1 = (int)end * 32 < g->m ? (int)end * 32 : g->m;
+    cairn__amx_convert_rows(g->a, r0, r1, g->k, g->e->ab);
+    cairn__amx_gemm_rows(g->e->ab, r0, r1, g->w, g->c);
+}
+
+/* C[m x n] = A[m x k] W[n x k]^T, in BF16 on AMX tiles when e->amx (wx: W's packed form) */
+static void linear(cairn_embed *e, int m, int n, int k, const float *a, const float *w,
+                   const cairn__amx_mat *wx, float *c)
+{
+    if (e->amx) {
+        amx_ctx g = {.e = e, .m = m, .k = k, .a = a, .w = wx, .c = c};
+        cairn_pool_parallel_for(e->pool, (size_t)(m + 31) / 32, amx_rows, &g);
+        return;
+    }
     if (e->gemm_in_pool && m >= 2 * e->n_threads) {
         gemm_ctx g = {.n = n, .k = k, .a = a, .w = w, .c = c};
         cairn_pool_parallel_for(e->pool, (size_t)m, gemm_rows, &g);
@@ -597,13 +654,13 @@ static void forward(cairn_embed *e, int nseq, int ntok, float *out)
     for (int l = 0; l < e->n_layer; l++) {
         const layer_t *L = &e->layers[l];
         c.L = L;
-        linear(e, ntok, 3 * e->H, e->H, e->x, L->qkv_w, e->qkv);
+        linear(e, ntok, 3 * e->H, e->H, e->x, L->qkv_w, &L->qkv_x, e->qkv);
         cairn_pool_parallel_for(e->pool, (size_t)nseq * (size_t)e->n_head, attn_tasks, &c);
-        linear(e, ntok, e->H, e->H, e->ctx, L->o_w, e->tmp);
+        linear(e, ntok, e->H, e->H, e->ctx, L->o_w, &L->o_x, e->tmp);
         cairn_pool_parallel_for(e->pool, n, add_ln1_rows, &c);
-        linear(e, ntok, e->FF, e->H, e->x, L->up_w, e->ff);
+        linear(e, ntok, e->FF, e->H, e->x, L->up_w, &L->up_x, e->ff);
         cairn_pool_parallel_for(e->pool, n, gelu_rows, &c);
-        linear(e, ntok, e->H, e->FF, e->ff, L->down_w, e->tmp);
+        linear(e, ntok, e->H, e->FF, e->ff, L->down_w, &L->down_x, e->tmp);
         cairn_pool_parallel_for(e->pool, n, add_ln2_rows, &c);
     }
     cairn_pool_parallel_for(e->pool, (size_t)nseq, pool_seqs, &c);
@@ -670,3 +727,5 @@ int cairn_embed_tokens(cairn_embed *e, const int32_t *const *ids, const int *len
     pthread_mutex_unlock(&e->lock);
     return 0;
 }
+
+int cairn_embed_amx(const cairn_embed *e) { return e->amx; }

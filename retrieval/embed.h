@@ -35,13 +35,17 @@ typedef struct {
                              bert.max_seq_length (256 for all-MiniLM-L6-v2), else its
                              context length; never more than the context length */
     int simd;             /* 1: AVX2/FMA kernels when the CPU has them; 0: portable C only */
+    int amx;              /* 1: linear layers in BF16 on AMX tiles (FP32 accumulation) where
+                             the CPU and the kernel allow them, F32 sgemm elsewhere; 0: always
+                             F32. BF16 vectors differ slightly from F32 ones (docs/BENCHMARKS.md
+                             gives recall@10 against F32) */
     int blas_threads;     /* 1: each pool thread runs a single-threaded sgemm on its share of
                              the rows, and open sets OpenBLAS to one thread PROCESS-WIDE (FAISS
                              training then runs its sgemm on one thread too); 0: leave OpenBLAS
                              alone, sgemm parallelises inside it */
 } cairn_embed_params;
 
-/* n_threads 0, max_batch 32, max_batch_tokens 4096, max_seq 0, simd 1, blas_threads 1. */
+/* n_threads 0, max_batch 32, max_batch_tokens 4096, max_seq 0, simd 1, amx 1, blas_threads 1. */
 cairn_embed_params cairn_embed_default_params(void);
 
 /*
@@ -52,6 +56,9 @@ cairn_embed_params cairn_embed_default_params(void);
  */
 int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_params *p,
                      cairn_error *err);
+
+/* Whether the linear layers run in BF16 on AMX tiles (amx asked, and the CPU has it). */
+int cairn_embed_amx(const cairn_embed *e);
 
 /* Frees the model, buffers and threads. NULL is a no-op. Not while a batch is running. */
 void cairn_embed_close(cairn_embed *e);

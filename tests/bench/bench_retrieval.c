@@ -37,6 +37,8 @@
  *            embeds the JSON strings of IN.jsonl (one per line) RUNS times (default 3) on 2
  *            threads, writes the vectors (raw float32) and prints the seconds of each run —
  *            scripts/bench-onnx-embed interleaves this with onnxruntime.
+ * CAIRN_EMBED_AMX=0 in the environment embeds with F32 linear layers instead of BF16 on AMX
+ * tiles (scripts/bench-embed-amx compares the two).
  * Run from the repository root.
  */
 #include "common/clock.h"
@@ -92,6 +94,8 @@ static cairn_embed *open_embedder(void)
 {
     cairn_embed_params ep = cairn_embed_default_params();
     ep.n_threads = N_THREADS;
+    const char *amx = getenv("CAIRN_EMBED_AMX"); /* 0: F32 linear layers (for comparisons) */
+    if (amx) ep.amx = strcmp(amx, "0") != 0;
     cairn_embed *e = NULL;
     cairn_error err = {0};
     if (cairn_embed_open(&e, MODEL, &ep, &err)) die(MODEL, &err);
@@ -131,8 +135,8 @@ static int embed_file(const char *in, const char *out, int runs)
     int dim = cairn_embed_dim(e);
     float *x = malloc(n * (size_t)dim * sizeof *x);
     cairn_error err = {0};
-    printf("{\"bench\":\"embed_file\",\"impl\":\"cairn\",\"threads\":%d,\"passages\":%zu,"
-           "\"seconds\":[", N_THREADS, n);
+    printf("{\"bench\":\"embed_file\",\"impl\":\"cairn\",\"threads\":%d,\"amx\":%d,"
+           "\"passages\":%zu,\"seconds\":[", N_THREADS, cairn_embed_amx(e), n);
     for (int r = 0; r < runs; r++) {
         double t0 = cairn_now_sec();
         if (cairn_embed_batch(e, (const char *const *)texts, (int)n, x, &err)) die("embed", &err);

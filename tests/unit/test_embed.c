@@ -169,12 +169,14 @@ static void test_batch_invariance(void **state)
 }
 
 /* The AVX2/FMA kernels and the portable C loops give the same vectors (where the CPU has
- * AVX2; elsewhere both runs take the portable path and agree trivially). */
+ * AVX2; elsewhere both runs take the portable path and agree trivially). F32 linear layers:
+ * BF16 rounding would magnify the kernels' last-bit differences. */
 static void test_simd_matches_portable(void **state)
 {
     (void)state;
-    cairn_embed *fast = open_model(NULL);
     cairn_embed_params p = cairn_embed_default_params();
+    p.amx = 0;
+    cairn_embed *fast = open_model(&p);
     p.simd = 0;
     cairn_embed *plain = open_model(&p);
     float a[NMIX * 384], b[NMIX * 384];
@@ -186,12 +188,51 @@ static void test_simd_matches_portable(void **state)
     cairn_embed_close(fast);
 }
 
+/* BF16 linear layers on AMX tiles against F32 ones: the same vectors to BF16's precision
+ * (cosine >= 0.9999 for every text), and the same across thread counts. Where the CPU or the
+ * kernel has no AMX, the embedder says so and runs F32, which this checks instead. */
+static void test_amx_matches_f32(void **state)
+{
+    (void)state;
+    cairn_embed_params p = cairn_embed_default_params();
+    cairn_embed *amx = open_model(&p);
+    p.n_threads = 3;
+    cairn_embed *amx3 = open_model(&p);
+    p.amx = 0;
+    cairn_embed *f32 = open_model(&p);
+    assert_int_equal(cairn_embed_amx(f32), 0);
+    if (!cairn_embed_amx(amx))
+        print_message("no AMX-BF16 on this CPU (or the kernel refuses the tiles): the default "
+                      "embedder runs F32 here; checking that it does\n");
+    float a[NMIX * 384], b[NMIX * 384], c[NMIX * 384];
+    assert_int_equal(cairn_embed_batch(amx, MIX, NMIX, a, NULL), 0);
+    assert_int_equal(cairn_embed_batch(amx3, MIX, NMIX, c, NULL), 0);
+    assert_int_equal(cairn_embed_batch(f32, MIX, NMIX, b, NULL), 0);
+    double worst = 1.0;
+    for (int i = 0; i < NMIX; i++) {
+        double dot = 0;
+        for (int j = 0; j < 384; j++)
+            dot += (double)a[i * 384 + j] * b[i * 384 + j];
+        worst = dot < worst ? dot : worst;
+    }
+    print_message("AMX %s: min cosine against F32 over %d texts %.7f\n",
+                  cairn_embed_amx(amx) ? "on" : "off", NMIX, worst);
+    if (worst < 0.9999) fail_msg("BF16 vectors drift from F32: cosine %.7f", worst);
+    if (!cairn_embed_amx(amx) && max_abs_diff(a, b, (size_t)NMIX * 384) != 0)
+        fail_msg("without AMX the default must be the F32 path");
+    assert_true(max_abs_diff(a, c, (size_t)NMIX * 384) < 1e-6); /* row blocks are independent */
+    cairn_embed_close(f32);
+    cairn_embed_close(amx3);
+    cairn_embed_close(amx);
+}
+
 /* sgemm split over the pool's threads (blas_threads 1) and one sgemm call per projection
  * (blas_threads 0) give the same vectors; other values are refused. */
 static void test_blas_split_matches_single_call(void **state)
 {
     (void)state;
     cairn_embed_params p = cairn_embed_default_params();
+    p.amx = 0;       /* the sgemm path */
     p.n_threads = 3; /* rows split three ways, unevenly */
     cairn_embed *split = open_model(&p);
     p.blas_threads = 0;
@@ -391,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_simd_matches_portable),
+        cmocka_unit_test(test_amx_matches_f32),
         cmocka_unit_test(test_blas_split_matches_single_call),
         cmocka_unit_test(test_similarity_is_meaningful),
         cmocka_unit_test(test_bad_input),
