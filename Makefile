@@ -54,9 +54,10 @@ bench: setup
 bench-gpu:
 	scripts/gpu-check pack
 	@echo
-	@echo "Now run, on a GPU machine (the device tool), with .gpu-carry carried:"
-	@echo "    scripts/gpu-check run bench peer      # JSON lines to \$$OUT/bench.jsonl"
-	@echo "then, here, with the file it brought back:"
+	@echo "Now one call on a machine with an NVIDIA GPU, on a copy of this tree with .gpu-carry"
+	@echo "(git-ignored: carry it; with the device tool: run, carry [\".gpu-carry\"]):"
+	@echo "    scripts/gpu-check run bench peer     # the JSON lines go to \$$OUT/bench.jsonl"
+	@echo "and, here, with the file it brought back:"
 	@echo "    make bench-merge GPU=path/to/bench.jsonl"
 
 bench-merge:

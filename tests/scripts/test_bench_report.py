@@ -125,7 +125,7 @@ class BenchReport(unittest.TestCase):
         figs = report["cpu"]["figures"]
         self.assertEqual(len(figs), len(want))
         self.assertEqual(report["cpu"]["commit"], "test")
-        self.assertEqual(report["cpu"]["mode"], "quick")
+        self.assertEqual(report["cpu"]["mode"], "quick (5,000 passages)")  # the run line's
         self.assertEqual(len(report["cpu"]["lines"]), len(lines))
         for f, (o, p, ratio, peer_name) in zip(figs, want):
             self.assertAlmostEqual(f["ours"], o)
