@@ -56,7 +56,7 @@ bench-gpu:
 	@echo
 	@echo "Now one call on a machine with an NVIDIA GPU, on a copy of this tree with .gpu-carry"
 	@echo "(git-ignored: carry it; with the device tool: run, carry [\".gpu-carry\"]):"
-	@echo "    scripts/gpu-check run bench peer     # the JSON lines go to \$$OUT/bench.jsonl"
+	@echo "    scripts/gpu-check run bench peer     # JSON lines to \$$OUT/bench.jsonl (set OUT=dir if unset)"
 	@echo "and, here, with the file it brought back:"
 	@echo "    make bench-merge GPU=path/to/bench.jsonl"
 
