@@ -56,12 +56,12 @@ bench-gpu:
 	@echo
 	@echo "Now one call on a machine with an NVIDIA GPU, on a copy of this tree with .gpu-carry"
 	@echo "(git-ignored: carry it; with the device tool: run, carry [\".gpu-carry\"]):"
-	@echo "    scripts/gpu-check run bench peer     # JSON lines to \$$OUT/bench.jsonl (set OUT=dir if unset)"
+	@echo "    scripts/gpu-check run bench peer   # JSON lines to \$$OUT/bench.jsonl (OUT=dir)"
 	@echo "and, here, with the file it brought back:"
 	@echo "    make bench-merge GPU=path/to/bench.jsonl"
 
 bench-merge:
-	@test -n "$(GPU)" || { echo "usage: make bench-merge GPU=\"FILE.jsonl [FILE.jsonl...]\"" >&2; exit 2; }
+	@test -n "$(GPU)" || { echo 'usage: make bench-merge GPU="FILE.jsonl..."' >&2; exit 2; }
 	scripts/bench-report $(foreach f,$(GPU),--gpu $(f))
 
 fuzz: setup

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""tests/scripts/test_bench_report.py — scripts/bench-report, as `make bench` and `make bench-merge`
-run it: JSON lines in; docs/bench/latest.json and the table between the markers of BENCHMARKS.md
+"""tests/scripts/test_bench_report.py — scripts/bench-report, as `make bench` and
+`make bench-merge` run it: JSON lines in; docs/bench/latest.json and the table between the markers of BENCHMARKS.md
 out; a line claiming a figure without a peer or a unit refused (exit 1, nothing written).
 
 The sample runs are made here with random numbers (a fixed seed), so every expected figure and
