@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define IDX_MAX_FILE_BYTES ((size_t)1 << 30) /* 1 GiB decompressed: far above Fashion-MNIST */
@@ -179,19 +180,19 @@ done:
     return rc;
 }
 
-/* Picks "<dir>/<name>" or "<dir>/<name>.gz", whichever exists. */
-static int find_file(char *buf, size_t cap, const char *dir, const char *name, cairn_error *err)
+/* Picks "<dir>/<name>" or "<dir>/<name>.gz", whichever exists; hint ends the error. */
+static int find_file(char *buf, size_t cap, const char *dir, const char *name, const char *hint,
+                     cairn_error *err)
 {
     struct stat st;
     snprintf(buf, cap, "%s/%s", dir, name);
     if (stat(buf, &st) == 0) return 0;
     snprintf(buf, cap, "%s/%s.gz", dir, name);
     if (stat(buf, &st) == 0) return 0;
-    return cairn_errorf(err, CAIRN_ENOTFOUND,
-                        "%s/%s[.gz] not found (is the Debian package dataset-fashion-mnist "
-                        "installed?)",
-                        dir, name);
+    return cairn_errorf(err, CAIRN_ENOTFOUND, "%s/%s[.gz] not found (%s)", dir, name, hint);
 }
+
+#define FMNIST_HINT "is the Debian package dataset-fashion-mnist installed?"
 
 int cairn_fmnist_load(cairn_dataset *out, const char *dir, cairn_fmnist_split split,
                       cairn_error *err)
@@ -201,10 +202,10 @@ int cairn_fmnist_load(cairn_dataset *out, const char *dir, cairn_fmnist_split sp
     const char *prefix = split == CAIRN_FMNIST_TRAIN ? "train" : "t10k";
     char name[64], ip[4096], lp[4096];
     snprintf(name, sizeof(name), "%s-images-idx3-ubyte", prefix);
-    int rc = find_file(ip, sizeof(ip), dir, name, err);
+    int rc = find_file(ip, sizeof(ip), dir, name, FMNIST_HINT, err);
     if (rc) return rc;
     snprintf(name, sizeof(name), "%s-labels-idx1-ubyte", prefix);
-    if ((rc = find_file(lp, sizeof(lp), dir, name, err)) != 0) return rc;
+    if ((rc = find_file(lp, sizeof(lp), dir, name, FMNIST_HINT, err)) != 0) return rc;
     rc = cairn_idx_load_pair(out, ip, lp, CAIRN_FMNIST_CLASSES, err);
     if (rc) return rc;
     if (out->h != CAIRN_FMNIST_SIDE || out->w != CAIRN_FMNIST_SIDE) {
@@ -238,5 +239,117 @@ int cairn_dataset_subset(cairn_dataset *out, const cairn_dataset *src, int n, ca
     out->h = src->h;
     out->w = src->w;
     out->n_classes = src->n_classes;
+    return 0;
+}
+
+int cairn_dataset_head(cairn_dataset *out, const cairn_dataset *src, int n, cairn_error *err)
+{
+    memset(out, 0, sizeof(*out));
+    if (n <= 0) return cairn_errorf(err, CAIRN_EINVAL, "head of %d images", n);
+    if (n > src->n) n = src->n;
+    size_t px = (size_t)src->c * src->h * src->w;
+    out->images = malloc((size_t)n * px * sizeof(float));
+    out->labels = malloc((size_t)n * sizeof(int));
+    if (!out->images || !out->labels) {
+        cairn_dataset_free(out);
+        return cairn_errorf(err, CAIRN_ENOMEM, "head of %d images: out of memory", n);
+    }
+    memcpy(out->images, src->images, (size_t)n * px * sizeof(float));
+    memcpy(out->labels, src->labels, (size_t)n * sizeof(int));
+    out->n = n;
+    out->c = src->c;
+    out->h = src->h;
+    out->w = src->w;
+    out->n_classes = src->n_classes;
+    return 0;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* Writes header then body to path through path.tmp and a rename. */
+static int write_whole(const char *path, const uint8_t *header, size_t hlen, const uint8_t *body,
+                       size_t blen, cairn_error *err)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return cairn_errorf(err, CAIRN_EINVAL, "idx: path too long: %s", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return cairn_errorf(err, CAIRN_EIO, "%s: %s", tmp, strerror(errno));
+    int ok = fwrite(header, 1, hlen, f) == hlen && fwrite(body, 1, blen, f) == blen;
+    int saved = errno;
+    if (fclose(f) != 0 && ok) ok = 0, saved = errno;
+    if (!ok) {
+        unlink(tmp);
+        return cairn_errorf(err, CAIRN_EIO, "%s: %s", tmp, strerror(saved));
+    }
+    if (rename(tmp, path) != 0) {
+        saved = errno;
+        unlink(tmp);
+        return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(saved));
+    }
+    return 0;
+}
+
+int cairn_idx_write_pair(const cairn_dataset *d, const char *images_path,
+                         const char *labels_path, cairn_error *err)
+{
+    if (d->n <= 0 || d->c != 1 || d->h <= 0 || d->w <= 0)
+        return cairn_errorf(err, CAIRN_EINVAL, "idx: cannot write %d images of %d x %d x %d",
+                            d->n, d->c, d->h, d->w);
+    size_t px = (size_t)d->h * d->w, n = (size_t)d->n;
+    uint8_t *img = malloc(n * px), *lab = malloc(n);
+    if (!img || !lab) {
+        free(img);
+        free(lab);
+        return cairn_errorf(err, CAIRN_ENOMEM, "idx: out of memory for %zu images", n);
+    }
+    int rc = 0;
+    for (size_t i = 0; !rc && i < n * px; i++) {
+        float v = d->images[i];
+        if (!(v >= 0.0f && v <= 1.0f))
+            rc = cairn_errorf(err, CAIRN_EINVAL, "idx: pixel %zu of image %zu is %g, outside "
+                              "[0, 1]", i % px, i / px, (double)v);
+        else
+            img[i] = (uint8_t)(v * 255.0f + 0.5f);
+    }
+    for (size_t i = 0; !rc && i < n; i++) {
+        if (d->labels[i] < 0 || d->labels[i] > 255)
+            rc = cairn_errorf(err, CAIRN_EINVAL, "idx: label %d at index %zu is not a byte",
+                              d->labels[i], i);
+        else
+            lab[i] = (uint8_t)d->labels[i];
+    }
+    uint8_t ih[16] = {0, 0, 0x08, 3}, lh[8] = {0, 0, 0x08, 1};
+    put_be32(ih + 4, (uint32_t)n);
+    put_be32(ih + 8, (uint32_t)d->h);
+    put_be32(ih + 12, (uint32_t)d->w);
+    put_be32(lh + 4, (uint32_t)n);
+    if (!rc) rc = write_whole(images_path, ih, sizeof ih, img, n * px, err);
+    if (!rc) rc = write_whole(labels_path, lh, sizeof lh, lab, n, err);
+    free(img);
+    free(lab);
+    return rc;
+}
+
+int cairn_stream_load(cairn_dataset *out, const char *dir, cairn_error *err)
+{
+    memset(out, 0, sizeof(*out));
+    const char *hint = "a stream directory holds " CAIRN_STREAM_IMAGES " and "
+                       CAIRN_STREAM_LABELS ", IDX files as Fashion-MNIST's";
+    char ip[4096], lp[4096];
+    int rc = find_file(ip, sizeof(ip), dir, CAIRN_STREAM_IMAGES, hint, err);
+    if (!rc) rc = find_file(lp, sizeof(lp), dir, CAIRN_STREAM_LABELS, hint, err);
+    if (!rc) rc = cairn_idx_load_pair(out, ip, lp, CAIRN_FMNIST_CLASSES, err);
+    if (rc) return rc;
+    if (out->h != CAIRN_FMNIST_SIDE || out->w != CAIRN_FMNIST_SIDE) {
+        int h = out->h, w = out->w;
+        cairn_dataset_free(out);
+        return cairn_errorf(err, CAIRN_EFORMAT, "%s: images are %d x %d; the models take 28 x "
+                            "28", ip, h, w);
+    }
     return 0;
 }

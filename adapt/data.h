@@ -67,4 +67,32 @@ void cairn_dataset_free(cairn_dataset *d);
  */
 int cairn_dataset_subset(cairn_dataset *out, const cairn_dataset *src, int n, cairn_error *err);
 
+/*
+ * The first n images of src in their order (all when n >= src->n): a stream keeps its order,
+ * where cairn_dataset_subset spreads its picks. The caller frees out. Returns 0, CAIRN_EINVAL
+ * or CAIRN_ENOMEM.
+ */
+int cairn_dataset_head(cairn_dataset *out, const cairn_dataset *src, int n, cairn_error *err);
+
+/*
+ * Writes d (one channel, values in [0, 1], labels below 256) as two uncompressed IDX files:
+ * images as the bytes round(v * 255), labels as bytes. Each file is written under a temporary
+ * name and renamed, so a reader never sees half of one. Returns 0, CAIRN_EINVAL (a dataset
+ * IDX cannot hold) or CAIRN_EIO (with the path and the reason).
+ */
+int cairn_idx_write_pair(const cairn_dataset *d, const char *images_path,
+                         const char *labels_path, cairn_error *err);
+
+/* The files of an operator's stream directory (each may also end in .gz). */
+#define CAIRN_STREAM_IMAGES "images-idx3-ubyte"
+#define CAIRN_STREAM_LABELS "labels-idx1-ubyte"
+
+/*
+ * Loads an operator's stream of labelled images from dir (CAIRN_STREAM_IMAGES and
+ * CAIRN_STREAM_LABELS, plain or gzipped), in the order the files hold them: 28 x 28 images
+ * and labels 0..9, the Fashion-MNIST classes the models know. Same returns as
+ * cairn_fmnist_load; every error names the file and what is wrong with it.
+ */
+int cairn_stream_load(cairn_dataset *out, const char *dir, cairn_error *err);
+
 #endif

@@ -273,6 +273,9 @@ int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
                             gp->max_tokens);
     if (gp->n_stop_tokens < 0 || (gp->n_stop_tokens > 0 && !gp->stop_tokens))
         return cairn_errorf(err, CAIRN_EINVAL, "engine: bad stop token list");
+    if (gp->n_history < 0 || gp->n_history > n_prompt)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: n_history %d outside 0..%d",
+                            gp->n_history, n_prompt);
     int rc = cairn_sample_params_validate(&gp->sample, err);
     if (rc)
         return rc;
@@ -295,10 +298,13 @@ int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
         return cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
     }
     bool greedy = gp->sample.temperature == 0.0f || gp->sample.top_k == 1;
-    if (!greedy && (rc = cairn_sampler_new(&s->sampler, e->n_vocab, &gp->sample, err))) {
+    if ((!greedy || cairn_sample_params_adjusts(&gp->sample)) &&
+        (rc = cairn_sampler_new(&s->sampler, e->n_vocab, &gp->sample, err))) {
         seq_clear(e, s);
         return rc;
     }
+    for (int i = n_prompt - gp->n_history; s->sampler && i < n_prompt; i++)
+        cairn_sampler_accept(s->sampler, prompt[i]);
     if ((rc = cairn_kv_seq_new(e->kv, &s->kv_seq, err))) {
         s->kv_seq = -1;
         seq_clear(e, s);

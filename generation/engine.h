@@ -79,6 +79,8 @@ typedef struct {
     int n_stop_tokens;
     cairn_token_cb on_token;     /* may be NULL */
     void *user;
+    int n_history; /* the prompt's last n_history tokens are this sequence's earlier output
+                      (a resumed sequence): the sampler's penalties count them; 0..n_prompt */
 } cairn_gen_params;
 
 /* max_tokens 128, greedy, no stop tokens, no callback. */

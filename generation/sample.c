@@ -43,7 +43,48 @@ int cairn_sample_params_validate(const cairn_sample_params *p, cairn_error *err)
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f)) { /* also rejects NaN */
         return cairn_errorf(err, CAIRN_EINVAL, "top_p: %g is outside (0, 1]", (double)p->top_p);
     }
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f)) {
+        return cairn_errorf(err, CAIRN_EINVAL, "min_p: %g is outside [0, 1]", (double)p->min_p);
+    }
+    if (!(p->repetition_penalty >= 0.0f && p->repetition_penalty <= 10.0f) ||
+        (p->repetition_penalty > 0.0f && p->repetition_penalty < 1e-3f)) {
+        return cairn_errorf(err, CAIRN_EINVAL, "repetition_penalty: %g is outside (0, 10]",
+                            (double)p->repetition_penalty);
+    }
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f)) {
+        return cairn_errorf(err, CAIRN_EINVAL, "presence_penalty: %g is outside [-2, 2]",
+                            (double)p->presence_penalty);
+    }
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f)) {
+        return cairn_errorf(err, CAIRN_EINVAL, "frequency_penalty: %g is outside [-2, 2]",
+                            (double)p->frequency_penalty);
+    }
+    if (p->n_bias < 0 || p->n_bias > CAIRN_SAMPLE_MAX_BIAS || (p->n_bias > 0 && !p->bias)) {
+        return cairn_errorf(err, CAIRN_EINVAL, "logit_bias: %d entries (at most %d)", p->n_bias,
+                            CAIRN_SAMPLE_MAX_BIAS);
+    }
+    for (int32_t i = 0; i < p->n_bias; i++) {
+        if (p->bias[i].token < 0) {
+            return cairn_errorf(err, CAIRN_EINVAL, "logit_bias: token %d is negative",
+                                p->bias[i].token);
+        }
+        if (!(p->bias[i].bias >= -100.0f && p->bias[i].bias <= 100.0f)) {
+            return cairn_errorf(err, CAIRN_EINVAL, "logit_bias: %g for token %d is outside "
+                                "[-100, 100]", (double)p->bias[i].bias, p->bias[i].token);
+        }
+    }
     return 0;
+}
+
+static bool penalises(const cairn_sample_params *p)
+{
+    return (p->repetition_penalty > 0.0f && p->repetition_penalty != 1.0f) ||
+           p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
+}
+
+bool cairn_sample_params_adjusts(const cairn_sample_params *p)
+{
+    return p->n_bias > 0 || penalises(p);
 }
 
 /* ==== PRNG: xoshiro256** (Blackman & Vigna), seeded by splitmix64 ================================
@@ -100,10 +141,16 @@ typedef struct {
 } cand;
 
 struct cairn_sampler {
-    cairn_sample_params p;
+    cairn_sample_params p; /* p.bias points at bias below */
     int32_t n_vocab;
     rng rng;
     cand *c; /* n_vocab scratch entries */
+    /* With biases or penalties: */
+    float *row;              /* the adjusted logits */
+    cairn_logit_bias *bias;  /* p.n_bias entries, tokens < n_vocab */
+    int32_t *count;          /* with penalties: times each token is in the history */
+    int32_t *seen;           /* the distinct tokens of the history, n_seen of them */
+    int32_t n_seen;
 };
 
 int cairn_sampler_new(cairn_sampler **out, int32_t n_vocab, const cairn_sample_params *p,
@@ -120,13 +167,34 @@ int cairn_sampler_new(cairn_sampler **out, int32_t n_vocab, const cairn_sample_p
     if (n_vocab <= 0) {
         return cairn_errorf(err, CAIRN_EINVAL, "sampler: n_vocab %d must be > 0", n_vocab);
     }
+    for (int32_t i = 0; i < p->n_bias; i++) {
+        if (p->bias[i].token >= n_vocab) {
+            return cairn_errorf(err, CAIRN_EINVAL, "logit_bias: token %d is outside the "
+                                "vocabulary of %d", p->bias[i].token, n_vocab);
+        }
+    }
     cairn_sampler *s = calloc(1, sizeof *s);
-    if (!s || !(s->c = malloc((size_t)n_vocab * sizeof *s->c))) {
-        free(s);
+    bool ok = s && (s->c = malloc((size_t)n_vocab * sizeof *s->c));
+    if (ok && cairn_sample_params_adjusts(p)) {
+        ok = (s->row = malloc((size_t)n_vocab * sizeof *s->row)) != NULL;
+    }
+    if (ok && p->n_bias > 0) {
+        ok = (s->bias = malloc((size_t)p->n_bias * sizeof *s->bias)) != NULL;
+    }
+    if (ok && penalises(p)) {
+        ok = (s->count = calloc((size_t)n_vocab, sizeof *s->count)) != NULL &&
+             (s->seen = malloc((size_t)n_vocab * sizeof *s->seen)) != NULL;
+    }
+    if (!ok) {
+        cairn_sampler_free(s);
         return cairn_errorf(err, CAIRN_ENOMEM, "sampler: out of memory for %d entries", n_vocab);
     }
     s->p = *p;
     s->n_vocab = n_vocab;
+    if (p->n_bias > 0) {
+        memcpy(s->bias, p->bias, (size_t)p->n_bias * sizeof *s->bias);
+    }
+    s->p.bias = s->bias;
     rng_seed(&s->rng, p->seed);
     *out = s;
     return 0;
@@ -136,8 +204,43 @@ void cairn_sampler_free(cairn_sampler *s)
 {
     if (s) {
         free(s->c);
+        free(s->row);
+        free(s->bias);
+        free(s->count);
+        free(s->seen);
         free(s);
     }
+}
+
+void cairn_sampler_accept(cairn_sampler *s, int32_t token)
+{
+    if (!s->count || token < 0 || token >= s->n_vocab) {
+        return;
+    }
+    if (s->count[token]++ == 0) {
+        s->seen[s->n_seen++] = token;
+    }
+}
+
+/* The logits with the biases added and the history's penalties applied, in s->row. */
+static const float *adjusted(cairn_sampler *s, const float *logits)
+{
+    const cairn_sample_params *p = &s->p;
+    float *row = s->row;
+    memcpy(row, logits, (size_t)s->n_vocab * sizeof *row);
+    for (int32_t i = 0; i < p->n_bias; i++) {
+        row[p->bias[i].token] += p->bias[i].bias;
+    }
+    const float rp = p->repetition_penalty > 0.0f ? p->repetition_penalty : 1.0f;
+    for (int32_t i = 0; i < s->n_seen; i++) {
+        const int32_t t = s->seen[i];
+        float l = row[t];
+        if (rp != 1.0f) {
+            l = l > 0.0f ? l / rp : l * rp;
+        }
+        row[t] = l - p->presence_penalty - (float)s->count[t] * p->frequency_penalty;
+    }
+    return row;
 }
 
 void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed)
@@ -322,7 +425,7 @@ static size_t nucleus(cand *c, size_t n, double need)
     return hi; /* rounding: keep everything considered */
 }
 
-int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error *err)
+static int32_t pick(cairn_sampler *s, const float *logits, cairn_error *err)
 {
     const cairn_sample_params *p = &s->p;
     int32_t n = s->n_vocab;
@@ -369,6 +472,17 @@ int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error 
         s->c[i].v = expf(s->c[i].v); /* <= 1; the maximum (1) is in the set */
         total += s->c[i].v;
     }
+    if (p->min_p > 0.0f) { /* the likeliest has the value 1: keep what reaches min_p of it */
+        size_t kept = 0;
+        total = 0.0;
+        for (size_t i = 0; i < m; i++) {
+            if (s->c[i].v >= p->min_p) {
+                s->c[kept++] = s->c[i];
+                total += s->c[i].v;
+            }
+        }
+        m = kept; /* >= 1: the maximum itself */
+    }
     if (p->top_p < 1.0f) {
         m = nucleus(s->c, m, (double)p->top_p * total);
         total = 0.0;
@@ -384,6 +498,15 @@ int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error 
         }
     }
     return s->c[m - 1].id; /* r rounded up to the total */
+}
+
+int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error *err)
+{
+    int32_t tok = pick(s, s->row ? adjusted(s, logits) : logits, err);
+    if (tok >= 0) {
+        cairn_sampler_accept(s, tok);
+    }
+    return tok;
 }
 
 /* ==== Stop strings ============================================================================ */

@@ -9,9 +9,19 @@
  * Hugging Face's generate() (temperature, top-k, top-p). Ties in probability are broken by
  * the lower id, so a seed fixes the whole sequence.
  *
+ * Before all that, on the raw logits (a private copy; the row given is never written): each
+ * logit_bias entry is added to its token's logit (OpenAI's logit_bias, -100..100); then tokens
+ * already in the sequence's history (cairn_sampler_accept, and every token the sampler picked)
+ * are penalised: repetition_penalty p divides a positive logit by p and multiplies a negative
+ * one by p (CTRL, Keskar et al. 2019; llama.cpp's and transformers' rule), and OpenAI's
+ * presence and frequency penalties subtract presence + count * frequency. After top-k, min_p
+ * drops the tokens whose probability is below min_p times the likeliest one's (llama.cpp's
+ * min-p), then top-p applies. Greedy picks the arg-max of the biased, penalised logits.
+ *
  * Each sampler owns its PRNG (xoshiro256**, seeded through splitmix64) and a scratch of
- * n_vocab entries made at creation; sampling allocates nothing. A sampler serves one sequence
- * at a time and is not thread-safe; use one per sequence.
+ * n_vocab entries made at creation (and, with biases or penalties, a row of n_vocab logits and
+ * counts); sampling allocates nothing. A sampler serves one sequence at a time and is not
+ * thread-safe; use one per sequence.
  */
 #ifndef CAIRN_GENERATION_SAMPLE_H
 #define CAIRN_GENERATION_SAMPLE_H
@@ -22,12 +32,29 @@
 
 #include "common/error.h"
 
+/* A logit bias: bias added to token's logit. */
+typedef struct cairn_logit_bias {
+    int32_t token;
+    float bias; /* -100..100 */
+} cairn_logit_bias;
+
+#define CAIRN_SAMPLE_MAX_BIAS 1024 /* logit_bias entries at most */
+
 typedef struct cairn_sample_params {
     float temperature; /* >= 0 and finite; 0 = greedy */
     int32_t top_k;     /* >= 0; 0 = no limit */
     float top_p;       /* in (0, 1]; 1 = no limit */
     uint64_t seed;     /* PRNG seed */
+    float min_p;       /* in [0, 1]; 0 = off */
+    float repetition_penalty; /* in (0, 10]; 0 or 1 = off */
+    float presence_penalty;   /* in [-2, 2]; 0 = off */
+    float frequency_penalty;  /* in [-2, 2]; 0 = off */
+    const cairn_logit_bias *bias; /* n_bias entries (copied by the sampler); may be NULL */
+    int32_t n_bias;               /* 0..CAIRN_SAMPLE_MAX_BIAS */
 } cairn_sample_params;
+
+/* Whether p biases or penalises logits (a sampler is needed even for greedy decoding). */
+bool cairn_sample_params_adjusts(const cairn_sample_params *p);
 
 /* temperature 0.8, top_k 40, top_p 0.95, seed 0: llama.cpp's defaults. */
 cairn_sample_params cairn_sample_default_params(void);
@@ -35,7 +62,8 @@ cairn_sample_params cairn_sample_default_params(void);
 /* Greedy parameters (temperature 0). */
 cairn_sample_params cairn_sample_greedy_params(void);
 
-/* 0, or CAIRN_EINVAL naming the field and the allowed range ("top_p: 1.5 is outside (0, 1]"). */
+/* 0, or CAIRN_EINVAL naming the field and the allowed range ("top_p: 1.5 is outside (0, 1]").
+ * Bias tokens are checked against a vocabulary by cairn_sampler_new. */
 int cairn_sample_params_validate(const cairn_sample_params *p, cairn_error *err);
 
 typedef struct cairn_sampler cairn_sampler;
@@ -47,6 +75,11 @@ typedef struct cairn_sampler cairn_sampler;
 int cairn_sampler_new(cairn_sampler **out, int32_t n_vocab, const cairn_sample_params *p,
                       cairn_error *err);
 void cairn_sampler_free(cairn_sampler *s); /* NULL is a no-op */
+
+/* Adds token to the history the penalties see (a resumed sequence replays what it had
+ * generated). Tokens the sampler picks are added by cairn_sampler_sample itself. A no-op
+ * without penalties or for a token outside the vocabulary. */
+void cairn_sampler_accept(cairn_sampler *s, int32_t token);
 
 /* Restarts the PRNG from seed (the same seed gives the same draws again). */
 void cairn_sampler_reseed(cairn_sampler *s, uint64_t seed);

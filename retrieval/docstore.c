@@ -414,15 +414,10 @@ static int check_field(const char *s, size_t *len, const char *name, size_t i, b
     return 0;
 }
 
-int cairn_docstore_append(cairn_docstore *ds, const cairn_doc_input *docs, size_t n,
-                          uint64_t *first_id, cairn_error *err)
+/* Appends docs[0..n) with ids first, first+1, ...; first >= next_id (callers check). */
+static int append_at(cairn_docstore *ds, const cairn_doc_input *docs, size_t n, uint64_t first,
+                     cairn_error *err)
 {
-    if (!ds->writable)
-        return cairn_errorf(err, CAIRN_ESTATE, "%s: opened read-only", ds->path);
-    if (first_id)
-        *first_id = ds->next_id;
-    if (n == 0)
-        return 0;
     int rc = reserve_recs(ds, ds->n_recs + n, err);
     if (rc)
         return rc;
@@ -459,7 +454,7 @@ int cairn_docstore_append(cairn_docstore *ds, const cairn_doc_input *docs, size_
         const cairn_doc_input *d = &docs[i];
         ds_record *r = &ds->recs[ds->n_recs + i];
         memset(r, 0, sizeof(*r));
-        r->id = ds->next_id + i;
+        r->id = first + i;
         r->off = ds->write_pos + pos;
         const char *meta = (d->meta && d->meta[0]) ? d->meta : "{}";
         const char *f[4] = {d->key ? d->key : "", d->title ? d->title : "", d->text, meta};
@@ -481,9 +476,38 @@ int cairn_docstore_append(cairn_docstore *ds, const cairn_doc_input *docs, size_
         return rc;
     ds->n_recs += n;
     ds->n_live += n;
-    ds->next_id += n;
+    ds->next_id = first + n;
     ds->dirty = true;
     return 0;
+}
+
+int cairn_docstore_append(cairn_docstore *ds, const cairn_doc_input *docs, size_t n,
+                          uint64_t *first_id, cairn_error *err)
+{
+    if (!ds->writable)
+        return cairn_errorf(err, CAIRN_ESTATE, "%s: opened read-only", ds->path);
+    if (first_id)
+        *first_id = ds->next_id;
+    if (n == 0)
+        return 0;
+    return append_at(ds, docs, n, ds->next_id, err);
+}
+
+int cairn_docstore_append_ids(cairn_docstore *ds, const cairn_doc_input *docs, size_t n,
+                              uint64_t first_id, cairn_error *err)
+{
+    if (!ds->writable)
+        return cairn_errorf(err, CAIRN_ESTATE, "%s: opened read-only", ds->path);
+    if (first_id < ds->next_id)
+        return cairn_errorf(err, CAIRN_ERANGE,
+                            "%s: id %llu is not above the store's ids (next id %llu)", ds->path,
+                            (unsigned long long)first_id, (unsigned long long)ds->next_id);
+    if (n == 0)
+        return 0;
+    if (first_id > UINT64_MAX - n || first_id + n > (uint64_t)INT64_MAX)
+        return cairn_errorf(err, CAIRN_ERANGE, "%s: ids %llu + %zu overflow", ds->path,
+                            (unsigned long long)first_id, n);
+    return append_at(ds, docs, n, first_id, err);
 }
 
 static ds_record *find(const cairn_docstore *ds, uint64_t id)

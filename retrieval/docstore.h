@@ -79,6 +79,15 @@ void cairn_docstore_close(cairn_docstore *ds);
 int cairn_docstore_append(cairn_docstore *ds, const cairn_doc_input *docs, size_t n,
                           uint64_t *first_id, cairn_error *err);
 
+/*
+ * As cairn_docstore_append, with the ids given: first_id, first_id+1, ... (a replicated log
+ * assigns them). first_id must not be below cairn_docstore_next_id (ids only grow; gaps are
+ * allowed): CAIRN_ERANGE otherwise, and when the ids would pass INT64_MAX. Same validation
+ * and errors as cairn_docstore_append; next_id becomes first_id + n.
+ */
+int cairn_docstore_append_ids(cairn_docstore *ds, const cairn_doc_input *docs, size_t n,
+                              uint64_t first_id, cairn_error *err);
+
 /* Sets the tombstone of id. Returns 0, CAIRN_ENOTFOUND (no such live id), CAIRN_ESTATE. */
 int cairn_docstore_delete(cairn_docstore *ds, uint64_t id, cairn_error *err);
 

@@ -17,6 +17,7 @@
 #include "common/clock.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/rand.h"
 #include "common/strbuf.h"
 #include "common/threadpool.h"
 #include "retrieval/embed.h"
@@ -28,9 +29,11 @@
 #include <math.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 struct cairn_api {
@@ -74,6 +77,17 @@ static void release_slot(cairn_api *a)
     cairn_gauge_dec(a->g_active);
 }
 
+/* A seed for a request that gave none: OpenAI's (and llama.cpp's server's) unseeded calls
+ * differ from one another. From the kernel's generator; a clock-based mix if that fails. */
+static uint64_t fresh_seed(void)
+{
+    uint64_t s;
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) == (ssize_t)sizeof s) return s;
+    static _Atomic uint64_t n;
+    uint64_t x = (uint64_t)cairn_now_ns() ^ (atomic_fetch_add(&n, 1) << 48);
+    return cairn_rand_next(&x);
+}
+
 /* Status for a parse or submit error code. */
 static int status_of(int rc)
 {
@@ -82,6 +96,19 @@ static int status_of(int rc)
     case CAIRN_ENOMEM: return 503;
     case CAIRN_ESTATE: return 503;
     default: return 400;
+    }
+}
+
+/* Status of an index update's failure that is not the request's fault: the document log (on
+ * Redis, docs.log = redis) unreachable or closed (503, retry), or written but not yet applied
+ * here (504); 0 for the others. */
+static int index_status(int rc)
+{
+    switch (rc) {
+    case CAIRN_ENET:
+    case CAIRN_ESTATE: return 503;
+    case CAIRN_ETIMEDOUT: return 504;
+    default: return 0;
     }
 }
 
@@ -323,7 +350,13 @@ static int start_generation(cairn_api *a, gen_ctx *g, const cairn_api_req *r,
         .sample = {.temperature = (float)r->temperature,
                    .top_k = r->top_k,
                    .top_p = (float)r->top_p,
-                   .seed = r->seed},
+                   .seed = r->has_seed ? r->seed : fresh_seed(),
+                   .min_p = (float)r->min_p,
+                   .repetition_penalty = (float)r->repetition_penalty,
+                   .presence_penalty = (float)r->presence_penalty,
+                   .frequency_penalty = (float)r->frequency_penalty,
+                   .bias = r->bias,
+                   .n_bias = r->n_bias},
         .stop = r->stop,
         .n_stop = r->n_stop,
         .on_text = gen_on_text,
@@ -834,8 +867,10 @@ static void documents_run(void *arg)
     uint64_t first = 0;
     int rc = cairn_rag_add(t->api->p.rag, t->r.docs, t->r.n_docs, &first, &err);
     if (rc) {
-        cairn_http_json_error(&resp, rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400, "%s",
-                              err.msg);
+        cairn_http_json_error(&resp, index_status(rc) ? index_status(rc)
+                                     : rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400,
+                              "%s", err.msg);
+        if (index_status(rc) == 503) resp.retry_after_s = 1;
     } else {
         json_t *data = json_array();
         for (size_t i = 0; i < t->r.n_docs; i++)
@@ -856,7 +891,11 @@ static void delete_run(void *arg)
     if (rc == CAIRN_ENOTFOUND)
         cairn_http_json_error(&resp, 404, "no document with id %llu",
                               (unsigned long long)t->doc_id);
-    else if (rc) cairn_http_json_error(&resp, 500, "delete failed: %s", err.msg);
+    else if (rc) {
+        cairn_http_json_error(&resp, index_status(rc) ? index_status(rc) : 500,
+                              "delete failed: %s", err.msg);
+        if (index_status(rc) == 503) resp.retry_after_s = 1;
+    }
     else set_json(&resp, 200, json_pack("{s:I,s:b}", "id", (json_int_t)t->doc_id, "deleted", 1));
     index_task_done(t, &resp);
 }
@@ -939,6 +978,7 @@ static void upload_task_free(upload_task *t)
  * does not read (415), too large (413); or the server failed (500). */
 static int upload_status(int rc)
 {
+    if (index_status(rc)) return index_status(rc);
     switch (rc) {
     case CAIRN_EUNSUPPORTED: return 415;
     case CAIRN_ELIMIT: return 413;

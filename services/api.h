@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/metrics.h"
 #include "generation/chat.h"
+#include "generation/sample.h"
 #include "services/http.h"
 
 /* ---- Request parsing ------------------------------------------------------------------- */
@@ -32,6 +33,10 @@ typedef struct cairn_api_limits {
     size_t max_inputs;       /* embedding inputs / documents per request */
     int max_k;               /* retrieval k */
     int max_nprobe;          /* retrieval nprobe */
+    /* Sampling defaults for requests that do not set them (the config's sampling.*; OpenAI's
+     * own defaults otherwise: temperature 1, top_p 1, no top-k, no min-p). */
+    double temperature, top_p, min_p;
+    int top_k;
 } cairn_api_limits;
 
 /* max_tokens_cap 1024, default_max_tokens 128, max_text_bytes 256 KiB, max_messages 256,
@@ -78,7 +83,13 @@ typedef struct cairn_api_req {
     double temperature;       /* 0 = greedy */
     double top_p;
     int top_k;
+    double min_p;
+    double repetition_penalty; /* 1 = off */
+    double presence_penalty, frequency_penalty;
+    cairn_logit_bias *bias;    /* logit_bias: n_bias entries (malloc'ed) */
+    int n_bias;
     uint64_t seed;
+    bool has_seed;             /* false: a fresh random seed per request */
     bool stream;
     const char *stop[CAIRN_API_MAX_STOP];
     int n_stop;

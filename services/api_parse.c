@@ -1,17 +1,21 @@
 /*
  * services/api_parse.c — pure parsers for the /v1 request bodies, and API-key checks.
  *
- * Chat and completion requests follow OpenAI's shapes; fields cairn does not use (user,
- * logit_bias, ...) are accepted and ignored, as OpenAI clients send them, but every field
- * cairn does use is type- and range-checked. cairn's own endpoints (retrieve, rag, documents)
+ * Chat and completion requests follow OpenAI's shapes. Fields that change nothing a user sees
+ * (user, store, metadata, service_tier, stream_options) are accepted and ignored, as OpenAI
+ * clients send them; fields asking for what cairn does not do (tools, response_format other
+ * than text, logprobs, n > 1, ...) get a 400 naming the field, never silence; every field cairn
+ * uses is type- and range-checked. cairn's own endpoints (retrieve, rag, documents)
  * and the `rag` extension object reject unknown fields, so typos do not pass silently.
  */
 #include "services/api.h"
 
 #include "common/json.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +31,8 @@ cairn_api_limits cairn_api_default_limits(void)
         .max_inputs = 256,
         .max_k = 100,
         .max_nprobe = 1024,
+        .temperature = 1.0,
+        .top_p = 1.0,
     };
 }
 
@@ -35,6 +41,7 @@ void cairn_api_req_free(cairn_api_req *r)
     if (!r) return;
     for (size_t i = 0; i < r->n_docs; i++) free((char *)r->docs[i].metadata_json);
     free(r->docs);
+    free(r->bias);
     free(r->messages);
     free(r->inputs);
     json_decref((json_t *)r->root);
@@ -154,13 +161,103 @@ static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, c
     return 0;
 }
 
+/* A field given (not absent, not null) that asks for what cairn does not do: a 400 naming it. */
+static int refuse(json_t *o, const char *key, const char *why, cairn_error *err)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return 0;
+    return cairn_errorf(err, CAIRN_EUNSUPPORTED, "%s: %s", key, why);
+}
+
+/* The fields of OpenAI's generation requests that cairn does not honour, each refused by name
+ * (a client must not believe it got what it asked for). */
+static int refuse_unsupported(json_t *o, cairn_error *err)
+{
+    static const char *const no_tools = "tools and function calling are not supported by cairn";
+    int rc = refuse(o, "tools", no_tools, err);
+    if (!rc) rc = refuse(o, "tool_choice", no_tools, err);
+    if (!rc) rc = refuse(o, "functions", no_tools, err);
+    if (!rc) rc = refuse(o, "function_call", no_tools, err);
+    if (!rc) rc = refuse(o, "parallel_tool_calls", no_tools, err);
+    if (!rc) rc = refuse(o, "audio", "audio output is not supported by cairn", err);
+    if (!rc) rc = refuse(o, "prediction", "predicted outputs are not supported by cairn", err);
+    if (!rc) rc = refuse(o, "web_search_options", "web search is not supported by cairn", err);
+    if (!rc) rc = refuse(o, "top_logprobs", "log probabilities are not supported by cairn yet",
+                         err);
+    if (!rc) rc = refuse(o, "suffix", "suffixes (insertion) are not supported by cairn", err);
+    if (rc) return rc;
+    json_t *v = json_object_get(o, "logprobs"); /* chat: a boolean; completions: a count */
+    if (v && !json_is_null(v) && !json_is_false(v) &&
+        !(json_is_integer(v) && json_integer_value(v) == 0))
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED,
+                            "logprobs: log probabilities are not supported by cairn yet");
+    v = json_object_get(o, "echo");
+    if (v && !json_is_null(v) && !json_is_false(v))
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "echo: echoing the prompt is not supported "
+                            "by cairn");
+    v = json_object_get(o, "best_of");
+    if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1))
+        return cairn_errorf(err, CAIRN_EUNSUPPORTED, "best_of: only 1 is supported by cairn");
+    v = json_object_get(o, "response_format");
+    if (v && !json_is_null(v)) {
+        json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+        if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
+            return cairn_errorf(err, CAIRN_EUNSUPPORTED, "response_format: only {\"type\": "
+                                "\"text\"} is supported by cairn (no JSON mode or schemas)");
+    }
+    v = json_object_get(o, "modalities");
+    if (v && !json_is_null(v)) {
+        bool text_only = json_is_array(v) && json_array_size(v) >= 1;
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m) text_only = text_only && json_is_string(m) &&
+                                                !strcmp(json_string_value(m), "text");
+        if (!text_only)
+            return cairn_errorf(err, CAIRN_EUNSUPPORTED, "modalities: only [\"text\"] is "
+                                "supported by cairn");
+    }
+    return 0;
+}
+
+/* logit_bias: {"token id": bias, ...}, ids as decimal strings, biases in -100..100. */
+static int get_bias(json_t *o, cairn_api_req *r, cairn_error *err)
+{
+    json_t *b = NULL;
+    int rc = cairn_json_get_object(o, "logit_bias", &b, false, err);
+    if (rc || !b || json_object_size(b) == 0) return rc;
+    if (json_object_size(b) > CAIRN_SAMPLE_MAX_BIAS)
+        return cairn_errorf(err, CAIRN_ERANGE, "logit_bias: %zu entries (at most %d)",
+                            json_object_size(b), CAIRN_SAMPLE_MAX_BIAS);
+    r->bias = calloc(json_object_size(b), sizeof *r->bias);
+    if (!r->bias) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    const char *key;
+    json_t *v;
+    json_object_foreach(b, key, v) {
+        char *end;
+        errno = 0;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || errno || id < 0 || id > INT32_MAX)
+            return cairn_errorf(err, CAIRN_EINVAL, "logit_bias: '%s' is not a token id", key);
+        if (!json_is_number(v))
+            return cairn_errorf(err, CAIRN_EFORMAT, "logit_bias.%s: expected a number, got %s",
+                                key, cairn_json_type_name(v));
+        double bias = json_number_value(v);
+        if (!(bias >= -100 && bias <= 100))
+            return cairn_errorf(err, CAIRN_ERANGE, "logit_bias.%s: %g is outside -100..100", key,
+                                bias);
+        r->bias[r->n_bias++] = (cairn_logit_bias){(int32_t)id, (float)bias};
+    }
+    return 0;
+}
+
 /* Generation parameters shared by chat, completions and rag. */
 static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cairn_error *err)
 {
     int64_t max_tokens = lim->default_max_tokens < lim->max_tokens_cap ? lim->default_max_tokens
                                                                        : lim->max_tokens_cap;
-    int64_t top_k = 0, n = 1, seed = 0;
-    double temperature = 1.0, top_p = 1.0, penalty = 0;
+    int64_t top_k = lim->top_k, n = 1, seed = 0;
+    double temperature = lim->temperature, top_p = lim->top_p, min_p = lim->min_p;
+    double repetition = 1.0, presence = 0, frequency = 0;
     bool stream = false;
     int rc = cairn_json_get_string(o, "model", &r->model, NULL, 1, 256, false, err);
     /* max_completion_tokens is the newer name of max_tokens; take whichever is given. */
@@ -172,13 +269,29 @@ static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cai
     if (!rc) rc = cairn_json_get_number(o, "top_p", &top_p, 0, 1, false, err);
     if (!rc && top_p <= 0) rc = cairn_errorf(err, CAIRN_ERANGE, "top_p: must be above 0");
     if (!rc) rc = cairn_json_get_int(o, "top_k", &top_k, 0, 1000000, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "min_p", &min_p, 0, 1, false, err);
     if (!rc) rc = cairn_json_get_int(o, "seed", &seed, INT64_MIN, INT64_MAX, false, err);
-    if (!rc) rc = cairn_json_get_int(o, "n", &n, 1, 1, false, err);
+    if (!rc) rc = cairn_json_get_int(o, "n", &n, 1, 128, false, err);
+    if (!rc && n > 1)
+        rc = cairn_errorf(err, CAIRN_EUNSUPPORTED, "n: %lld completions asked; cairn gives one "
+                          "per request", (long long)n);
     if (!rc) rc = cairn_json_get_bool(o, "stream", &stream, false, err);
-    if (!rc) rc = cairn_json_get_number(o, "presence_penalty", &penalty, -2, 2, false, err);
-    if (!rc) rc = cairn_json_get_number(o, "frequency_penalty", &penalty, -2, 2, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "presence_penalty", &presence, -2, 2, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "frequency_penalty", &frequency, -2, 2, false, err);
+    if (!rc) rc = cairn_json_get_number(o, "repetition_penalty", &repetition, 0, 10, false,
+                                        err);
+    if (!rc && repetition <= 0)
+        rc = cairn_errorf(err, CAIRN_ERANGE, "repetition_penalty: must be above 0 (1 is off)");
+    if (!rc) rc = get_bias(o, r, err);
+    if (!rc) rc = refuse_unsupported(o, err);
     if (!rc) rc = get_stop(o, r, err);
     if (rc) return rc;
+    json_t *sv = json_object_get(o, "seed");
+    r->has_seed = sv && !json_is_null(sv);
+    r->min_p = min_p;
+    r->repetition_penalty = repetition;
+    r->presence_penalty = presence;
+    r->frequency_penalty = frequency;
     json_t *so = NULL;
     if ((rc = cairn_json_get_object(o, "stream_options", &so, false, err))) return rc;
     r->max_tokens = (int)max_tokens;
@@ -304,8 +417,10 @@ static int parse_retrieve(json_t *o, const cairn_api_limits *lim, cairn_api_req 
 static int parse_rag(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cairn_error *err)
 {
     static const char *const allowed[] = {"question", "model", "max_tokens", "temperature",
-                                          "top_p", "top_k", "seed", "stream", "stop", "k",
-                                          "nprobe", "mode", NULL};
+                                          "top_p", "top_k", "min_p", "seed", "stream", "stop",
+                                          "repetition_penalty", "presence_penalty",
+                                          "frequency_penalty", "logit_bias", "k", "nprobe",
+                                          "mode", NULL};
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_string(o, "question", &r->prompt, &r->prompt_len, 1,
                                         lim->max_text_bytes, true, err);

@@ -45,7 +45,7 @@ static const char *EVAL_USAGE =
     "                        [--lambda L] [--d-margin D] [--e-min E] [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
     "                        [--w-kl W] [--w-ent W] [--w-ce W] [--edge-bn batch|running]\n"
-    "                        [--markdown FILE]\n"
+    "                        [--markdown FILE] [--stream DIR]\n"
     "\n"
     "Streams N (default 1000) corrupted images per (corruption, severity) through the methods\n"
     "none, bn (test-time batchnorm statistics), cema (selective upload to an in-process cairnd\n"
@@ -53,13 +53,17 @@ static const char *EVAL_USAGE =
     "fetch bundles every U (2) rounds; with --edge-bn batch (the default) the devices of cema\n"
     "and all normalise with each batch's statistics, as bn does. --split train draws the\n"
     "images from the train set (to choose hyperparameters without the test labels). JSON lines\n"
-    "on stdout, then a table.\n";
+    "on stdout, then a table.\n"
+    "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
+    "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
+    "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n";
 
 #define N_METHODS 4
 static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"};
 
 typedef struct eval_opts {
     const char *edge, *foundation, *data, *markdown;
+    const char *stream; /* an operator's stream directory, in place of the corruptions */
     int images, devices, batch, update_every, train_split, edge_batch_stats;
     int methods[N_METHODS];
     int corr[CAIRN_CORRUPT_COUNT], n_corr;
@@ -337,6 +341,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             o->foundation = v;
         else if (!strcmp(a, "--data"))
             o->data = v;
+        else if (!strcmp(a, "--stream"))
+            o->stream = v;
         else if (!strcmp(a, "--markdown"))
             o->markdown = v;
         else if (!strcmp(a, "--corruptions"))
@@ -416,6 +422,11 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
         if (o->n_sev == 5 || parse_int_opt("--severities", t, 1, 5, &v)) return -1;
         o->sev[o->n_sev++] = v;
     }
+    if (o->stream) { /* one stream, as it comes: no corruption, no severity */
+        o->n_corr = 1;
+        o->n_sev = 1;
+        o->sev[0] = 0;
+    }
     return o->n_sev ? 0 : -1;
 }
 
@@ -459,9 +470,10 @@ static void print_table(FILE *f, const eval_opts *o, result (*res)[5][N_METHODS]
                 for (int k = 0; k < 2; k++)
                     bu[k] += up[k], bd[k] += dn[k];
             }
-            fprintf(f, "| %s%s%s | %d |", avg ? "**" : "",
-                    avg ? "average" : cairn_corruption_name((cairn_corruption)o->corr[ci]),
-                    avg ? "**" : "", o->sev[si]);
+            const char *name = o->stream ? "stream"
+                                         : cairn_corruption_name((cairn_corruption)o->corr[ci]);
+            fprintf(f, "| %s%s%s |", avg ? "**" : "", avg ? "average" : name, avg ? "**" : "");
+            fprintf(f, o->stream ? " – |" : " %d |", o->sev[si]);
             for (int m = 0; m < N_METHODS; m++)
                 fprintf(f, o->methods[m] ? " %.3f |" : " – |", v[m]);
             if (o->methods[0] && o->methods[2])
@@ -487,9 +499,15 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     cairn_error err = {0};
     cairn_dataset full = {0}, sub = {0};
     cairn_nn_model *m = NULL;
-    int rc = cairn_fmnist_load(&full, o.data,
+    int rc;
+    if (o.stream) {
+        rc = cairn_stream_load(&full, o.stream, &err);
+        if (!rc) rc = cairn_dataset_head(&sub, &full, o.images, &err);
+    } else {
+        rc = cairn_fmnist_load(&full, o.data,
                                o.train_split ? CAIRN_FMNIST_TRAIN : CAIRN_FMNIST_TEST, &err);
-    if (!rc) rc = cairn_dataset_subset(&sub, &full, o.images, &err);
+        if (!rc) rc = cairn_dataset_subset(&sub, &full, o.images, &err);
+    }
     if (!rc) rc = cairn_nn_load(&m, o.edge, &err);
     cairn_nn_model_params mp = cairn_nn_model_default_params();
     mp.max_batch = o.batch;
@@ -511,15 +529,22 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             o.update_every, (double)o.sel.lambda, (double)o.sel.d_margin, (double)o.sel.e_min,
             (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
             o.cema.batch_size, (double)o.cema.w_kl, (double)o.cema.w_ent, (double)o.cema.w_ce);
+    if (o.stream)
+        fprintf(stderr, "adapt eval: the stream in %s: the first %d of its %d images, in order\n",
+                o.stream, sub.n, full.n);
     int64_t t0 = cairn_now_ns();
     for (int ci = 0; res && !rc && ci < o.n_corr; ci++) {
         for (int si = 0; !rc && si < o.n_sev; si++) {
             cairn_dataset d = {0};
-            const char *cname = cairn_corruption_name((cairn_corruption)o.corr[ci]);
+            const char *cname =
+                o.stream ? "stream" : cairn_corruption_name((cairn_corruption)o.corr[ci]);
             uint64_t seed =
                 1000u * (uint64_t)o.corr[ci] + (uint64_t)o.sev[si] + (o.train_split ? 500000u : 0u);
-            rc = cairn_corrupt_dataset(&d, &sub, (cairn_corruption)o.corr[ci], o.sev[si], seed,
-                                       &err);
+            if (o.stream)
+                rc = cairn_dataset_head(&d, &sub, sub.n, &err);
+            else
+                rc = cairn_corrupt_dataset(&d, &sub, (cairn_corruption)o.corr[ci], o.sev[si],
+                                           seed, &err);
             for (int k = 0; !rc && k < N_METHODS; k++) {
                 if (!o.methods[k]) continue;
                 result *r = &res[ci][si][k];

@@ -62,6 +62,8 @@ struct cairn_http {
     cairn_metric_family *requests; /* counter{route,code} */
     cairn_metric_family *duration; /* histogram{route} */
     cairn_gauge *inflight;
+    atomic_long active;       /* requests begun and not yet completed */
+    atomic_int drain_retry_s; /* > 0: draining; new requests get 503 with this Retry-After */
 };
 
 /* Per-request state, owned by libmicrohttpd's con_cls slot until completion. */
@@ -593,11 +595,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         rq->t0_ns = cairn_now_ns();
         *con_cls = rq;
         cairn_gauge_inc(h->inflight);
+        atomic_fetch_add(&h->active, 1);
         snprintf(rq->method, sizeof rq->method, "%s", method);
         set_request_id(h, c, rq);
         match_origin(h, c, rq);
         rq->rt = find_route(h, method, url, &rq->route_name);
         if (!strcmp(method, "OPTIONS") && !rq->rt) return answer_options(h, c, rq, url);
+        int drain_s = atomic_load(&h->drain_retry_s);
+        if (drain_s > 0 && rq->rt && !(!strcmp(method, "GET") && (!strcmp(url, "/health") ||
+                                                                   !strcmp(url, "/metrics")))) {
+            cairn_http_resp resp = {0};
+            cairn_http_json_error(&resp, 503, "this server is shutting down; retry on another "
+                                              "replica");
+            resp.retry_after_s = drain_s;
+            static const char *const close_hdr[] = {"Connection", "close", NULL};
+            resp.headers = close_hdr;
+            return queue(c, rq, &resp);
+        }
         if (!rq->rt)
             return strcmp(rq->route_name, "other")
                        ? queue_error(c, rq, 405, "method %s is not allowed on this path", method)
@@ -688,6 +702,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         cairn_histogram_observe(cairn_histogram_child(h->duration, CAIRN_LABELS(rname)), secs);
     }
     cairn_gauge_dec(h->inflight);
+    atomic_fetch_sub(&h->active, 1);
     size_t bytes = rq->bytes_out;
     if (rq->async) {
         pthread_mutex_lock(&rq->async->mu);
@@ -862,6 +877,13 @@ int cairn_http_start(cairn_http *h, cairn_error *err)
 }
 
 int cairn_http_port(const cairn_http *h) { return h ? h->port : 0; }
+
+void cairn_http_drain(cairn_http *h, int retry_after_s)
+{
+    if (h) atomic_store(&h->drain_retry_s, retry_after_s > 0 ? retry_after_s : 1);
+}
+
+long cairn_http_active(cairn_http *h) { return h ? atomic_load(&h->active) : 0; }
 
 void cairn_http_free(cairn_http *h)
 {

@@ -92,6 +92,14 @@ int cairn_http_start(cairn_http *h, cairn_error *err);
 /* The port actually bound (useful after port 0); 0 before start. */
 int cairn_http_port(const cairn_http *h);
 
+/* Graceful stop, step one: from now on every new request except GET /health and GET /metrics
+ * is answered 503 with Retry-After: retry_after_s and "Connection: close" (a load balancer
+ * retries it on another replica); requests already begun go on. Thread-safe. */
+void cairn_http_drain(cairn_http *h, int retry_after_s);
+
+/* Requests begun and not yet completed (streams included). Thread-safe. */
+long cairn_http_active(cairn_http *h);
+
 /* Stops accepting, finishes in-flight requests, frees everything. NULL is a no-op. */
 void cairn_http_free(cairn_http *h);
 

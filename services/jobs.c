@@ -932,6 +932,24 @@ int cairn_jobs_fail(cairn_jobs *q, const cairn_job *job, const char *reason, cai
     return eval(q, LUA_RETRY, 1, 3, a, NULL, NULL, err);
 }
 
+int cairn_jobs_release(cairn_jobs *q, const cairn_job *job, cairn_error *err)
+{
+    inflight_remove(q, job->entry_id);
+    /* IDLE makes the entry look idle for claim_idle_ms already, so the next XAUTOCLAIM of any
+     * consumer takes it; RETRYCOUNT gives back the delivery this attempt cost (the claim that
+     * takes it counts one again). JUSTID: no entry body, and the count is not bumped here. */
+    char idle[24], retry[24];
+    snprintf(idle, sizeof idle, "%" PRId64, q->p.claim_idle_ms);
+    snprintf(retry, sizeof retry, "%" PRId64, job->deliveries > 1 ? job->deliveries - 1 : 0);
+    const char *a[] = {"XCLAIM", q->stream, q->group,   q->consumer, "0",   job->entry_id,
+                       "IDLE",   idle,      "RETRYCOUNT", retry,     "JUSTID"};
+    redisReply *rep;
+    int rc = cmd(q, &rep, 0, 11, a, NULL, err);
+    if (rc) return rc;
+    freeReplyObject(rep);
+    return 0;
+}
+
 int cairn_jobs_heartbeat(cairn_jobs *q, cairn_error *err)
 {
     for (size_t i = 0; i < q->n_inflight; i += 32) {

@@ -147,6 +147,14 @@ int cairn_jobs_complete(cairn_jobs *q, const cairn_job *job, const char *result,
 int cairn_jobs_fail(cairn_jobs *q, const cairn_job *job, const char *reason, cairn_error *err);
 
 /*
+ * Hands a claimed job back unfinished (graceful stop): the entry stays pending but is marked
+ * idle for claim_idle_ms, so another worker's next XAUTOCLAIM takes it at once instead of
+ * after claim_idle_ms; its delivery count is set back by the attempt this was. Returns 0 or
+ * CAIRN_ENET.
+ */
+int cairn_jobs_release(cairn_jobs *q, const cairn_job *job, cairn_error *err);
+
+/*
  * Resets the idle time of the entries this handle holds (XCLAIM ... JUSTID), so that a job
  * running longer than claim_idle_ms is not claimed by another worker. Returns 0 or < 0.
  */

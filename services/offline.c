@@ -93,8 +93,12 @@ static void run_job(runner *r, cairn_job *job)
     int rc = cairn_summarize(o->w, job->payload, job->payload_len, &sp, &out, &len, &st, &err);
     cairn_gauge_dec(o->g_running);
     if (rc == CAIRN_ECANCELED || rc == CAIRN_ESTATE) {
-        /* Shutting down: no result, no failure; the entry stays pending for a successor. */
-        CAIRN_LOG_INFO("job abandoned", "id=%s reason=%s", job->id, "shutdown");
+        /* Shutting down: no result, no failure; the entry is handed back so that another
+         * worker claims it at once (else it waits claim_idle_ms, or for a successor). */
+        cairn_error qerr = {0};
+        int rel = cairn_jobs_release(r->q, job, &qerr);
+        CAIRN_LOG_INFO("job handed back", "id=%s reason=%s released=%s", job->id, "shutdown",
+                       rel ? qerr.msg : "yes");
         free(out);
         return;
     }

@@ -9,9 +9,10 @@
  * time and only while the workers run fewer than max_offline offline requests, heartbeats the
  * job while it runs (so no other worker claims it), stores the result before the entry is
  * acknowledged (jobs.h), and records failures (dead-lettered after max_deliveries). On
- * shutdown a job in progress is abandoned without a result: it stays pending and is re-read by
- * this consumer's successor or claimed by another worker after claim_idle_ms. Redis being down
- * is not fatal: runners retry, and the endpoints answer 503.
+ * shutdown a job in progress is abandoned without a result and handed back
+ * (cairn_jobs_release): it stays pending, marked idle, so that another worker's next
+ * XAUTOCLAIM pass takes it. Redis being down is not fatal: runners retry, and the endpoints
+ * answer 503.
  *
  * Metrics (besides the queue's, jobs.h): cairn_offline_jobs_running, cairn_offline_job_seconds.
  */

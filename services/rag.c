@@ -16,12 +16,15 @@
 #include "retrieval/tier.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct cairn_rag {
     cairn_rag_params p;
@@ -32,6 +35,8 @@ struct cairn_rag {
     cairn_ivf *ivf;   /* NULL until the first documents */
     cairn_tier *tier; /* NULL while the index is empty */
     int dim;
+    int lock_fd;         /* dir/LOCK, flock'ed for the handle's life; -1 before */
+    cairn_rag_log log;   /* set: adds and deletes go through the document log */
     cairn_gauge *g_docs;
     cairn_counter *c_searches, *c_probed, *c_hits, *c_prefetched_bytes;
 };
@@ -89,6 +94,37 @@ static int ingest_corpus(cairn_rag *r, cairn_error *err)
                               cairn_embed_tokenizer(r->p.embed), r->path_stamp, NULL, err);
 }
 
+/* Takes dir/LOCK (flock, exclusive, non-blocking) so that a second process cannot write the
+ * same index files; the holder's pid is written into the file for the error message. */
+static int lock_dir(cairn_rag *r, cairn_error *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/LOCK", r->p.dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return cairn_errorf(err, CAIRN_EBUSY,
+                                "index dir %s is in use by another process (pid %s, holding %s); "
+                                "each cairnd needs its own rag.dir",
+                                r->p.dir, pid[0] ? pid : "unknown", path);
+        return cairn_errorf(err, CAIRN_EIO, "%s: flock: %s", path, strerror(e));
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        CAIRN_LOG_WARN("cannot write the lock holder's pid", "path=%s error=%s", path,
+                       strerror(errno));
+    r->lock_fd = fd;
+    return 0;
+}
+
 int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *metrics,
                    cairn_error *err)
 {
@@ -100,13 +136,14 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     if (!r) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     r->p = *p;
     r->dim = cairn_embed_dim(p->embed);
+    r->lock_fd = -1;
     pthread_rwlock_init(&r->lock, NULL);
     snprintf(r->path_ds, sizeof r->path_ds, "%s/docs.cds", p->dir);
     snprintf(r->path_ivf, sizeof r->path_ivf, "%s/index.ivf", p->dir);
     snprintf(r->path_tier, sizeof r->path_tier, "%s/index.tier", p->dir);
     snprintf(r->path_stamp, sizeof r->path_stamp, "%s/corpus.stamp", p->dir);
-    int rc = 0;
-    if (metrics) {
+    int rc = lock_dir(r, err);
+    if (!rc && metrics) {
         rc = cairn_gauge_new(metrics, &r->g_docs, "cairn_rag_documents", "Passages indexed", err);
         if (!rc) rc = cairn_counter_new(metrics, &r->c_searches, "cairn_retrieval_searches_total",
                                         "Passage searches", err);
@@ -157,6 +194,7 @@ void cairn_rag_close(cairn_rag *r)
     cairn_tier_close(r->tier);
     cairn_ivf_close(r->ivf);
     cairn_docstore_close(r->ds);
+    if (r->lock_fd >= 0) close(r->lock_fd); /* releases the flock */
     pthread_rwlock_destroy(&r->lock);
     free(r);
 }
@@ -180,6 +218,7 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
                   cairn_error *err)
 {
     if (n == 0) return cairn_errorf(err, CAIRN_EINVAL, "documents: none given");
+    if (r->log.add) return r->log.add(r->log.ctx, docs, n, first_id, err);
     float *x = malloc(n * (size_t)r->dim * sizeof *x);
     int64_t *ids = malloc(n * sizeof *ids);
     const char **texts = malloc(n * sizeof *texts);
@@ -301,6 +340,7 @@ int cairn_rag_scan(cairn_rag *r, uint64_t after, bool all,
 
 int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
 {
+    if (r->log.del) return r->log.del(r->log.ctx, id, err);
     pthread_rwlock_wrlock(&r->lock);
     int rc = cairn_docstore_delete(r->ds, id, err);
     if (!rc) rc = cairn_docstore_commit(r->ds, err);
@@ -309,6 +349,174 @@ int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
     if (!rc) rc = rebuild_tier(r, err);
     cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
     pthread_rwlock_unlock(&r->lock);
+    return rc;
+}
+
+/* ---- The document log's side: updates with the log's ids ----------------------------------- */
+
+void cairn_rag_set_log(cairn_rag *r, const cairn_rag_log *log)
+{
+    pthread_rwlock_wrlock(&r->lock);
+    r->log = log ? *log : (cairn_rag_log){0};
+    pthread_rwlock_unlock(&r->lock);
+}
+
+uint64_t cairn_rag_next_id(cairn_rag *r)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    uint64_t n = cairn_docstore_next_id(r->ds);
+    pthread_rwlock_unlock(&r->lock);
+    return n;
+}
+
+bool cairn_rag_is_live(cairn_rag *r, uint64_t id)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    cairn_doc d;
+    bool live = cairn_docstore_get(r->ds, id, &d, NULL) == 0 && !d.deleted;
+    pthread_rwlock_unlock(&r->lock);
+    return live;
+}
+
+/* A per-op refusal: the op is skipped, the batch goes on. */
+static void refuse(cairn_rag_op *op, int code, const char *why)
+{
+    op->result = code < 0 ? code : CAIRN_EINVAL;
+    snprintf(op->why, sizeof op->why, "%.199s", why);
+}
+
+/* Whether a docstore error is the document's fault (refuse it) rather than the store's. */
+static bool doc_fault(int rc)
+{
+    return rc == CAIRN_EINVAL || rc == CAIRN_EFORMAT || rc == CAIRN_ELIMIT || rc == CAIRN_ERANGE;
+}
+
+int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
+                    cairn_error *err)
+{
+    *n_done = 0;
+    /* Which adds are new. Only the log's applier writes while a log is set, so the store
+     * cannot change between this look and the write below. An untrained index ends the batch
+     * after its first new add: every replica then trains on the same documents whatever its
+     * batches are, and so ranks alike. */
+    pthread_rwlock_rdlock(&r->lock);
+    uint64_t next = cairn_docstore_next_id(r->ds);
+    bool trained = r->ivf != NULL;
+    pthread_rwlock_unlock(&r->lock);
+    size_t end = n, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        cairn_rag_op *op = &ops[i];
+        op->result = 0;
+        op->why[0] = '\0';
+        if (op->kind != CAIRN_RAG_OP_ADD) continue;
+        if (op->n_docs == 0 || op->id > (uint64_t)INT64_MAX - op->n_docs) {
+            refuse(op, CAIRN_EINVAL, "no passages, or ids past INT64_MAX");
+        } else if (op->id + op->n_docs <= next) {
+            op->result = 0; /* applied before (a replay) */
+        } else if (op->id < next) {
+            refuse(op, CAIRN_ERANGE, "ids overlap those already stored");
+        } else {
+            op->result = 1;
+            next = op->id + op->n_docs;
+            total += op->n_docs;
+            if (!trained) {
+                end = i + 1;
+                break;
+            }
+        }
+    }
+    float *x = total ? malloc(total * (size_t)r->dim * sizeof *x) : NULL;
+    int64_t *ids = total ? malloc(total * sizeof *ids) : NULL;
+    int64_t *gone = malloc((end ? end : 1) * sizeof *gone);
+    int rc = (!total || (x && ids)) && gone ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    /* Embed outside the lock, one op at a time, so that one bad text refuses only its op. */
+    size_t at = 0;
+    for (size_t i = 0; !rc && i < end; i++) {
+        cairn_rag_op *op = &ops[i];
+        if (op->kind != CAIRN_RAG_OP_ADD || op->result != 1) continue;
+        const char **texts = malloc(op->n_docs * sizeof *texts);
+        if (!texts) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+            break;
+        }
+        for (size_t k = 0; k < op->n_docs; k++) texts[k] = op->docs[k].text;
+        cairn_error e = {0};
+        int erc = cairn_embed_batch(r->p.embed, texts, (int)op->n_docs,
+                                    x + at * (size_t)r->dim, &e);
+        free(texts);
+        if (erc == CAIRN_ENOMEM) rc = cairn_errorf(err, erc, "%s", e.msg);
+        else if (erc) refuse(op, erc, e.msg);
+        else at += op->n_docs;
+    }
+    if (rc) {
+        free(x);
+        free(ids);
+        free(gone);
+        return rc;
+    }
+    pthread_rwlock_wrlock(&r->lock);
+    size_t src = 0, dst = 0, n_gone = 0;
+    bool changed = false;
+    for (size_t i = 0; !rc && i < end; i++) {
+        cairn_rag_op *op = &ops[i];
+        cairn_error e = {0};
+        if (op->kind == CAIRN_RAG_OP_DEL) {
+            cairn_doc d;
+            if (cairn_docstore_get(r->ds, op->id, &d, NULL) != 0 || d.deleted) {
+                op->result = 0; /* absent or deleted already: a no-op */
+                continue;
+            }
+            rc = cairn_docstore_delete(r->ds, op->id, err);
+            if (!rc) {
+                op->result = 1;
+                gone[n_gone++] = (int64_t)op->id;
+                changed = true;
+            }
+            continue;
+        }
+        if (op->kind != CAIRN_RAG_OP_ADD) {
+            refuse(op, CAIRN_EINVAL, "unknown operation");
+            continue;
+        }
+        if (op->result != 1) continue;
+        cairn_doc_input *in = calloc(op->n_docs, sizeof *in);
+        if (!in) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+            break;
+        }
+        for (size_t k = 0; k < op->n_docs; k++)
+            in[k] = (cairn_doc_input){.key = op->docs[k].key ? op->docs[k].key : "api",
+                                      .title = op->docs[k].title,
+                                      .text = op->docs[k].text,
+                                      .meta = op->docs[k].metadata_json};
+        int arc = cairn_docstore_append_ids(r->ds, in, op->n_docs, op->id, &e);
+        free(in);
+        size_t dim = (size_t)r->dim;
+        if (!arc) {
+            memmove(x + dst * dim, x + src * dim, op->n_docs * dim * sizeof *x);
+            for (size_t k = 0; k < op->n_docs; k++) ids[dst + k] = (int64_t)(op->id + k);
+            dst += op->n_docs;
+            changed = true;
+        } else if (doc_fault(arc)) {
+            refuse(op, arc, e.msg);
+        } else {
+            rc = cairn_errorf(err, arc, "%s", e.msg);
+        }
+        src += op->n_docs;
+    }
+    if (!rc && changed) rc = cairn_docstore_commit(r->ds, err);
+    if (!rc && dst) {
+        if (!r->ivf) rc = cairn_index_build_ivf(&r->ivf, r->dim, x, ids, dst, err);
+        else rc = cairn_ivf_add(r->ivf, x, ids, dst, err);
+    }
+    if (!rc && n_gone && r->ivf) rc = cairn_ivf_remove(r->ivf, gone, n_gone, NULL, err);
+    if (!rc && changed) rc = rebuild_tier(r, err);
+    cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+    pthread_rwlock_unlock(&r->lock);
+    free(x);
+    free(ids);
+    free(gone);
+    if (!rc) *n_done = end;
     return rc;
 }
 

@@ -47,8 +47,10 @@ typedef struct cairn_rag_params {
 /* fast_bytes 64 MiB, prefetch_bytes 16 MiB. */
 cairn_rag_params cairn_rag_default_params(void);
 
-/* Opens (or creates) the index in p->dir. metrics may be NULL. Returns 0 and *out
- * (cairn_rag_close), or the docstore/IVF/tier error with detail in err. */
+/* Opens (or creates) the index in p->dir, taking the directory's lock (dir/LOCK, flock) for
+ * the handle's life. metrics may be NULL. Returns 0 and *out (cairn_rag_close), CAIRN_EBUSY
+ * when another process holds the directory (the message names it and the holder's pid), or the
+ * docstore/IVF/tier error with detail in err. */
 int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *metrics,
                    cairn_error *err);
 void cairn_rag_close(cairn_rag *r); /* NULL is a no-op */
@@ -85,6 +87,55 @@ int cairn_rag_scan(cairn_rag *r, uint64_t after, bool all,
 
 /* Deletes document id from the store and the index. 0 or CAIRN_ENOTFOUND. */
 int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err);
+
+/* ---- The document log's side (services/doclog.h) ----------------------------------------- */
+
+/* Where adds and deletes go when replicas share a document log: cairn_rag_add (and so
+ * cairn_rag_add_text) and cairn_rag_delete call these instead of writing the index, and the
+ * log's applier writes it through cairn_rag_apply. Each returns what the call it replaces
+ * returns (0 or a CAIRN_E* code with err). */
+typedef struct cairn_rag_log {
+    int (*add)(void *ctx, const cairn_api_doc *docs, size_t n, uint64_t *first_id,
+               cairn_error *err);
+    int (*del)(void *ctx, uint64_t id, cairn_error *err);
+    void *ctx;
+} cairn_rag_log;
+
+/* Sets (log non-NULL) or clears the log adds and deletes go through. Call before serving. */
+void cairn_rag_set_log(cairn_rag *r, const cairn_rag_log *log);
+
+/* The id the store gives next (one past the largest ever stored). */
+uint64_t cairn_rag_next_id(cairn_rag *r);
+
+/* Whether id is stored and not deleted. */
+bool cairn_rag_is_live(cairn_rag *r, uint64_t id);
+
+typedef enum { CAIRN_RAG_OP_ADD = 1, CAIRN_RAG_OP_DEL = 2 } cairn_rag_op_kind;
+
+/* One update with its ids given (by the log). */
+typedef struct cairn_rag_op {
+    cairn_rag_op_kind kind;
+    uint64_t id;               /* add: the id of docs[0], the others follow; del: the id */
+    const cairn_api_doc *docs; /* add: n_docs passages (text, key, title, metadata_json) */
+    size_t n_docs;
+    int result;    /* out: 1 applied; 0 a no-op (stored before, or deleted/absent); negative:
+                      refused (the CAIRN_E* code), with why */
+    char why[200]; /* out: why it was refused */
+} cairn_rag_op;
+
+/*
+ * Applies ops[0..n) in order, idempotently by id: an add whose ids are all below
+ * cairn_rag_next_id is a no-op (a replay), one that overlaps them is refused; a delete of an
+ * absent or deleted id is a no-op. A bad document (empty text, invalid UTF-8, metadata not a
+ * JSON object) refuses its op only. Texts are embedded outside the lock; the store is
+ * committed once and the index and tier file are updated once for the batch. *n_done gets how
+ * many ops were handled: all of them, except that while the IVF index is untrained the batch
+ * ends after the first add (it trains the index; see rag.c). Returns 0, or CAIRN_ENOMEM /
+ * CAIRN_EIO when the store or index failed (then *n_done is 0; a retry of the same ops is
+ * safe). Called by one thread (the applier).
+ */
+int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
+                    cairn_error *err);
 
 /* One retrieved passage; strings are malloc'ed copies (cairn_rag_hits_free). */
 typedef struct cairn_rag_hit {

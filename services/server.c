@@ -15,6 +15,7 @@
 #include "common/gpu.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "services/doclog.h"
 #include "services/edge_api.h"
 #include "services/api.h"
 #include "services/http.h"
@@ -126,12 +127,30 @@ static const cairn_config_key schema[] = {
      "a job pending this long without a heartbeat is claimed by another worker", NULL, 0},
     {"jobs.result_ttl", CAIRN_CFG_DURATION, "168h", "1s", "87600h",
      "how long finished jobs' results are kept", NULL, 0},
+    /* replicas (services/doclog.c, docs/DEPLOY.md) */
+    {"docs.log", CAIRN_CFG_STRING, "off", NULL, NULL,
+     "document adds and deletes: off (this index only) or redis (the cairn:docs stream on "
+     "redis.url, shared by every replica, each applying it to its own rag.dir)", "off|redis", 0},
+    {"docs.wait", CAIRN_CFG_DURATION, "10s", "100ms", "10m",
+     "docs.log = redis: how long an add or delete waits to be applied here (504 after)", NULL,
+     0},
+    {"shutdown.grace", CAIRN_CFG_DURATION, "30s", "0s", "1h",
+     "on SIGTERM: how long requests in flight may take to finish while new ones get 503 and "
+     "/health says draining", NULL, 0},
     {"limits.max_concurrent", CAIRN_CFG_INT, "8", "1", "100000",
      "generation requests running at once", NULL, 0},
     {"limits.max_queue", CAIRN_CFG_INT, "64", "0", "100000",
      "generation requests waiting beyond those (429 with Retry-After above)", NULL, 0},
     {"limits.max_tokens", CAIRN_CFG_INT, "1024", "1", "131072", "largest max_tokens accepted",
      NULL, 0},
+    {"sampling.temperature", CAIRN_CFG_FLOAT, "1", "0", "2",
+     "temperature of requests that set none (0: greedy; OpenAI's default is 1)", NULL, 0},
+    {"sampling.top_p", CAIRN_CFG_FLOAT, "1", "0.000001", "1",
+     "top_p of requests that set none (1: off)", NULL, 0},
+    {"sampling.top_k", CAIRN_CFG_INT, "0", "0", "1000000",
+     "top_k of requests that set none (0: off)", NULL, 0},
+    {"sampling.min_p", CAIRN_CFG_FLOAT, "0", "0", "1",
+     "min_p of requests that set none (0: off; llama.cpp's server uses 0.05)", NULL, 0},
     {"limits.timeout", CAIRN_CFG_DURATION, "300s", "1s", "24h",
      "a generation request running longer is cancelled", NULL, 0},
     {"auth.api_keys", CAIRN_CFG_STRING, NULL, NULL, NULL,
@@ -170,15 +189,19 @@ typedef struct service {
     cairn_edge_api *edge; /* NULL unless edge.enrollment_token is set */
     cairn_offline *offline; /* NULL unless redis.url is set and a model is loaded */
     cairn_web *web;         /* NULL when web.enabled is false or no UI files were found */
+    cairn_doclog *doclog;   /* NULL unless docs.log = redis */
     atomic_int ready; /* 0 while loading: /health answers 503 */
+    atomic_int draining; /* 1 after SIGTERM: /health answers 503 draining */
     int64_t started_ns;
 } service;
 
 static void on_health(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
 {
     service *s = ctx;
-    int ready = atomic_load(&s->ready);
-    json_t *o = json_pack("{s:s,s:s,s:f,s:b}", "status", ready ? "ok" : "loading", "version",
+    int draining = atomic_load(&s->draining);
+    int ready = atomic_load(&s->ready) && !draining;
+    json_t *o = json_pack("{s:s,s:s,s:f,s:b}", "status",
+                          draining ? "draining" : ready ? "ok" : "loading", "version",
                           CAIRN_VERSION_STRING, "uptime_s",
                           (double)(cairn_now_ns() - s->started_ns) / 1e9, "cuda",
                           cairn_gpu_built());
@@ -391,12 +414,30 @@ static int start_api(service *s, cairn_error *err)
         rc = cairn_rag_open(&s->rag, &rp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "index %s", dir);
         CAIRN_LOG_INFO("index open", "dir=%s passages=%zu", dir, cairn_rag_count(s->rag));
+        if (!strcmp(cairn_config_string(c, "docs.log"), "redis")) {
+            cairn_doclog_params dp = cairn_doclog_default_params();
+            dp.redis_url = cairn_config_string(c, "redis.url");
+            if (!dp.redis_url)
+                return cairn_errorf(err, CAIRN_EINVAL, "docs.log = redis needs redis.url");
+            dp.dir = dir;
+            dp.corpus_name = rp.corpus;
+            dp.wait_ms = (int)(cairn_config_duration_ns(c, "docs.wait") / CAIRN_NS_PER_MS);
+            rc = cairn_doclog_open(&s->doclog, &dp, s->rag, s->metrics, err);
+            if (rc) return cairn_error_prefix(err, "docs.log");
+        }
+    } else if (!strcmp(cairn_config_string(c, "docs.log"), "redis")) {
+        return cairn_errorf(err, CAIRN_EINVAL, "docs.log = redis needs the embedder (embed.model)"
+                                               " and an index");
     }
     cairn_api_params ap = cairn_api_default_params();
     ap.embed = s->embed;
     ap.rag = s->rag;
     ap.embed_model_name = cairn_config_string(c, "embed.name");
     ap.limits.max_tokens_cap = (int)cairn_config_int(c, "limits.max_tokens");
+    ap.limits.temperature = cairn_config_float(c, "sampling.temperature");
+    ap.limits.top_p = cairn_config_float(c, "sampling.top_p");
+    ap.limits.top_k = (int)cairn_config_int(c, "sampling.top_k");
+    ap.limits.min_p = cairn_config_float(c, "sampling.min_p");
     ap.max_concurrent = (int)cairn_config_int(c, "limits.max_concurrent");
     ap.max_queue = (int)cairn_config_int(c, "limits.max_queue");
     ap.api_keys = cairn_config_string(c, "auth.api_keys");
@@ -406,6 +447,11 @@ static int start_api(service *s, cairn_error *err)
     ap.workers = s->workers;
     rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
     if (rc || !cairn_config_string(c, "redis.url")) return rc;
+    if (!s->workers && s->doclog) {
+        CAIRN_LOG_WARN("no offline jobs", "detail=%s",
+                       "redis.url serves the document log only: no model is loaded to run jobs");
+        return 0;
+    }
     if (!s->workers)
         return cairn_errorf(err, CAIRN_EINVAL, "redis.url is set but no model is loaded to run "
                                                "jobs; set model.path");
@@ -529,6 +575,34 @@ static int start(service *s, cairn_error *err)
     return CAIRN_OK;
 }
 
+/*
+ * Graceful stop: /health answers 503 draining and new requests 503 with Retry-After (a load
+ * balancer moves them to another replica), the job runners hand their jobs back at once, and
+ * requests in flight (streams too) get up to shutdown.grace to finish. A second signal ends
+ * the wait.
+ */
+static void drain(service *s, const sigset_t *stop, int sig)
+{
+    int64_t grace = cairn_config_duration_ns(s->cfg, "shutdown.grace");
+    CAIRN_LOG_INFO("draining", "signal=%s grace_s=%.1f in_flight=%ld",
+                   sig == SIGINT ? "SIGINT" : "SIGTERM", (double)grace / 1e9,
+                   cairn_http_active(s->http));
+    atomic_store(&s->draining, 1);
+    cairn_http_drain(s->http, 1);
+    cairn_offline_stop(s->offline); /* its requests end at once; jobs go back to the group */
+    int64_t t0 = cairn_now_ns();
+    struct timespec tick = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
+    long left;
+    while ((left = cairn_http_active(s->http)) > 0 && cairn_now_ns() - t0 < grace) {
+        if (sigtimedwait(stop, NULL, &tick) > 0) {
+            CAIRN_LOG_WARN("second signal: not waiting", "in_flight=%ld", left);
+            break;
+        }
+    }
+    CAIRN_LOG_INFO("shutting down", "in_flight=%ld waited_s=%.2f", cairn_http_active(s->http),
+                   (double)(cairn_now_ns() - t0) / 1e9);
+}
+
 int cairn_serve_main(const char *prog, int argc, char **argv)
 {
     service s = {.started_ns = cairn_now_ns()};
@@ -558,7 +632,7 @@ int cairn_serve_main(const char *prog, int argc, char **argv)
     } else {
         int sig = 0;
         sigwait(&stop, &sig);
-        CAIRN_LOG_INFO("shutting down", "signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        drain(&s, &stop, sig);
     }
     atomic_store(&s.ready, 0);
     cairn_workers_stop(s.workers); /* answers every deferred request before the server stops */
@@ -566,6 +640,7 @@ int cairn_serve_main(const char *prog, int argc, char **argv)
     cairn_api_stop(s.api);
     cairn_http_free(s.http);
     cairn_api_free(s.api);
+    cairn_doclog_close(s.doclog); /* after the HTTP server: no request waits on it */
     cairn_offline_close(s.offline); /* before the workers it uses */
     cairn_workers_close(s.workers);
     cairn_rag_close(s.rag);

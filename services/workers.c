@@ -191,6 +191,7 @@ static void job_free(job *j)
     if (!j) return;
     cairn_stop_free(j->stop);
     free(j->tokens);
+    free((cairn_logit_bias *)j->r.sample.bias);
     free(j);
 }
 
@@ -246,7 +247,18 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
     j->r = *r;
     j->r.prompt = NULL;
     j->r.stop = NULL;
+    j->r.sample.bias = NULL; /* the job's own copy: the caller's may go before the job ends */
     j->seq = -1;
+    if (r->sample.n_bias > 0) {
+        size_t bytes = sizeof *r->sample.bias * (size_t)r->sample.n_bias;
+        cairn_logit_bias *b = malloc(bytes);
+        if (!b) {
+            job_free(j);
+            return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        }
+        memcpy(b, r->sample.bias, bytes);
+        j->r.sample.bias = b;
+    }
     int need = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, NULL, 0, r->tok_flags, err);
     if (need == CAIRN_TOK_ENCODE_FAILED) {
         job_free(j);
@@ -408,6 +420,7 @@ static job *admit(worker *wk, job **ended)
             cairn_gen_params gp = cairn_gen_default_params();
             gp.max_tokens = j->r.max_tokens - j->n_done;
             gp.sample = j->r.sample;
+            gp.n_history = j->n_done; /* what it generated before a preemption */
             gp.stop_tokens = w->eog;
             gp.n_stop_tokens = w->n_eog;
             gp.on_token = on_token;

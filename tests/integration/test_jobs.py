@@ -162,4 +162,30 @@ def test_two_cairnd_one_killed():
         redis.close()
 
 
+def test_sigterm_hands_running_jobs_back():
+    """A replica stopped with SIGTERM hands its claimed jobs back at once: another cairnd takes
+    them without waiting out claim_idle (60 s here), and each job completes exactly once."""
+    redis = Redis()
+    try:
+        slow = ("--jobs.claim-idle=60s", "--shutdown.grace=2s")
+        a = cairnd(redis, *slow)
+        ids = [submit(a, document(12, 20 + k)) for k in range(2)]
+        assert wait_until(lambda: any(job_status(redis, i) == "running" for i in ids),
+                          timeout=120, every=0.2), a.output()[-3000:]
+        with cairnd(redis, *slow) as b:
+            t0 = time.monotonic()
+            assert a.stop(signal.SIGTERM) == 0, a.output()[-3000:]
+            out = a.output()
+            a.log.close()
+            a.dir.cleanup()
+            assert "job handed back" in out, out[-3000:]
+            assert all_done(redis, ids, timeout=300), b.output()[-3000:]
+            took = time.monotonic() - t0
+            # Without the hand-back, b could claim a job only once it had been idle for 60 s.
+            assert took < 55, took
+            check_exactly_once(redis, ids)
+    finally:
+        redis.close()
+
+
 run_tests(globals())

@@ -203,12 +203,102 @@ static void test_real_fashion_mnist(void **state)
     cairn_dataset_free(&te);
 }
 
+/* A stream written with cairn_idx_write_pair reads back exactly through cairn_stream_load;
+ * malformed stream files get errors that name the file and the fault. */
+static void test_stream_round_trip_and_errors(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/cairn_stream_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    enum { N = 37 };
+    cairn_dataset d = {.n = N, .c = 1, .h = 28, .w = 28, .n_classes = 10};
+    d.images = malloc(sizeof(float) * N * 784);
+    d.labels = malloc(sizeof(int) * N);
+    /* byte-valued pixels as the loader represents byte k: k * (1 / 255) */
+    for (int i = 0; i < N * 784; i++)
+        d.images[i] = (float)((i * 31 + i / 784) % 256) * (1.0f / 255.0f);
+    for (int i = 0; i < N; i++)
+        d.labels[i] = (i * 7) % 10;
+    char ip[256], lp[256];
+    snprintf(ip, sizeof ip, "%s/" CAIRN_STREAM_IMAGES, dir);
+    snprintf(lp, sizeof lp, "%s/" CAIRN_STREAM_LABELS, dir);
+    cairn_error err = {0};
+    assert_int_equal(cairn_idx_write_pair(&d, ip, lp, &err), 0);
+    cairn_dataset back;
+    assert_int_equal(cairn_stream_load(&back, dir, &err), 0);
+    assert_int_equal(back.n, N);
+    assert_int_equal(back.h, 28);
+    assert_int_equal(back.w, 28);
+    assert_memory_equal(back.images, d.images, sizeof(float) * N * 784); /* bit for bit */
+    assert_memory_equal(back.labels, d.labels, sizeof(int) * N);
+    /* the head keeps the stream's order */
+    cairn_dataset head;
+    assert_int_equal(cairn_dataset_head(&head, &back, 5, &err), 0);
+    assert_int_equal(head.n, 5);
+    assert_memory_equal(head.labels, d.labels, sizeof(int) * 5);
+    assert_memory_equal(head.images, d.images, sizeof(float) * 5 * 784);
+    cairn_dataset_free(&head);
+    cairn_dataset_free(&back);
+
+    /* a pixel outside [0, 1] cannot be written */
+    d.images[100] = 1.5f;
+    assert_int_equal(cairn_idx_write_pair(&d, ip, lp, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "outside [0, 1]"));
+    d.images[100] = 0.0f;
+
+    /* wrong magic */
+    uint8_t buf[16 + N * 784];
+    FILE *f = fopen(ip, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(buf, 1, sizeof buf, f), sizeof buf);
+    fclose(f);
+    uint8_t bad[sizeof buf];
+    memcpy(bad, buf, sizeof buf);
+    bad[0] = 0x1f, bad[1] = 0x00;
+    write_file(ip, bad, sizeof bad, 0);
+    assert_int_equal(cairn_stream_load(&back, dir, &err), CAIRN_EFORMAT);
+    assert_non_null(strstr(err.msg, "bad magic"));
+    assert_non_null(strstr(err.msg, CAIRN_STREAM_IMAGES));
+    /* truncated */
+    write_file(ip, buf, sizeof buf - 100, 0);
+    assert_int_equal(cairn_stream_load(&back, dir, &err), CAIRN_EFORMAT);
+    assert_non_null(strstr(err.msg, "data bytes"));
+    /* label count mismatch */
+    write_file(ip, buf, sizeof buf, 0);
+    uint8_t lb[8 + N];
+    size_t ln = make_labels(lb, N - 1, 10);
+    write_file(lp, lb, ln, 0);
+    assert_int_equal(cairn_stream_load(&back, dir, &err), CAIRN_EFORMAT);
+    assert_non_null(strstr(err.msg, "37 images"));
+    assert_non_null(strstr(err.msg, "36 labels"));
+    /* a label the models do not know */
+    ln = make_labels(lb, N, 12);
+    write_file(lp, lb, ln, 0);
+    assert_int_equal(cairn_stream_load(&back, dir, &err), CAIRN_EFORMAT);
+    assert_non_null(strstr(err.msg, "label 10"));
+    /* images of another size */
+    uint8_t small[16 + 4 * 9];
+    write_file(ip, small, make_images(small, 4, 3, 3), 0);
+    ln = make_labels(lb, 4, 10);
+    write_file(lp, lb, ln, 0);
+    assert_int_equal(cairn_stream_load(&back, dir, &err), CAIRN_EFORMAT);
+    assert_non_null(strstr(err.msg, "3 x 3"));
+    /* no files */
+    unlink(ip);
+    assert_int_equal(cairn_stream_load(&back, dir, &err), CAIRN_ENOTFOUND);
+    assert_non_null(strstr(err.msg, CAIRN_STREAM_IMAGES));
+    unlink(lp);
+    rmdir(dir);
+    cairn_dataset_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_rejects_bad_headers),
         cmocka_unit_test(test_load_pair_plain_and_gzip),
         cmocka_unit_test(test_real_fashion_mnist),
+        cmocka_unit_test(test_stream_round_trip_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,6 +97,8 @@ static void test_chat_errors(void **state)
     snprintf(b, sizeof b, "{%s,\"stream\":\"yes\"}", m);
     expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "stream");
     snprintf(b, sizeof b, "{%s,\"n\":2}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EUNSUPPORTED, "n: 2 completions");
+    snprintf(b, sizeof b, "{%s,\"n\":0}", m);
     expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "n:");
     snprintf(b, sizeof b, "{%s,\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", m);
     expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "stop");
@@ -108,6 +110,97 @@ static void test_chat_errors(void **state)
     expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "kk");
     snprintf(b, sizeof b, "{%s,\"rag\":{\"k\":0}}", m);
     expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "rag.k");
+}
+
+/* Each field asking for what cairn does not do is refused by name; null or the harmless value
+ * of it (logprobs false, response_format text, modalities ["text"], best_of 1) is accepted. */
+static void test_unsupported_fields(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *field, *value;
+    } refused[] = {
+        {"tools", "[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]"},
+        {"tool_choice", "\"auto\""},
+        {"functions", "[{\"name\":\"f\"}]"},
+        {"function_call", "\"auto\""},
+        {"parallel_tool_calls", "true"},
+        {"audio", "{\"voice\":\"alloy\",\"format\":\"wav\"}"},
+        {"prediction", "{\"type\":\"content\",\"content\":\"x\"}"},
+        {"web_search_options", "{}"},
+        {"logprobs", "true"},
+        {"top_logprobs", "2"},
+        {"response_format", "{\"type\":\"json_object\"}"},
+        {"modalities", "[\"text\",\"audio\"]"},
+        {"echo", "true"},
+        {"best_of", "3"},
+        {"suffix", "\"end\""},
+    };
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char b[512], want[64];
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        snprintf(b, sizeof b, "{%s,\"%s\":%s}", m, refused[i].field, refused[i].value);
+        snprintf(want, sizeof want, "%s:", refused[i].field);
+        expect_error(CAIRN_API_CHAT, b, CAIRN_EUNSUPPORTED, want);
+        snprintf(b, sizeof b, "{\"prompt\":\"x\",\"%s\":%s}", refused[i].field, refused[i].value);
+        expect_error(CAIRN_API_COMPLETION, b, CAIRN_EUNSUPPORTED, want);
+    }
+    static const char *const harmless[] = {
+        "\"logprobs\":false", "\"logprobs\":null", "\"tools\":null",
+        "\"response_format\":{\"type\":\"text\"}", "\"modalities\":[\"text\"]", "\"best_of\":1",
+        "\"user\":\"u\"", "\"store\":false", "\"metadata\":{\"a\":\"b\"}",
+        "\"stream_options\":{\"include_usage\":true}", "\"service_tier\":\"auto\"",
+    };
+    for (size_t i = 0; i < sizeof harmless / sizeof harmless[0]; i++) {
+        cairn_api_req r;
+        cairn_error err = {0};
+        snprintf(b, sizeof b, "{%s,%s}", m, harmless[i]);
+        if (parse(CAIRN_API_CHAT, b, &r, &err) != 0) fail_msg("%s: %s", b, err.msg);
+        cairn_api_req_free(&r);
+    }
+}
+
+/* Sampling fields: penalties, min_p, logit_bias, and whether a seed was given. */
+static void test_sampling_fields(void **state)
+{
+    (void)state;
+    cairn_api_req r;
+    cairn_error err = {0};
+    const char *b = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"min_p\":0.05,"
+                    "\"presence_penalty\":0.5,\"frequency_penalty\":-0.25,"
+                    "\"repetition_penalty\":1.1,\"logit_bias\":{\"42\":-100,\"7\":3.5}}";
+    assert_int_equal(parse(CAIRN_API_CHAT, b, &r, &err), 0);
+    assert_float_equal(r.min_p, 0.05, 1e-12);
+    assert_float_equal(r.presence_penalty, 0.5, 1e-12);
+    assert_float_equal(r.frequency_penalty, -0.25, 1e-12);
+    assert_float_equal(r.repetition_penalty, 1.1, 1e-12);
+    assert_int_equal(r.n_bias, 2);
+    int found = 0;
+    for (int i = 0; i < r.n_bias; i++)
+        found += (r.bias[i].token == 42 && r.bias[i].bias == -100.0f) ||
+                 (r.bias[i].token == 7 && r.bias[i].bias == 3.5f);
+    assert_int_equal(found, 2);
+    assert_false(r.has_seed);
+    cairn_api_req_free(&r);
+    b = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":0}";
+    assert_int_equal(parse(CAIRN_API_CHAT, b, &r, &err), 0);
+    assert_true(r.has_seed);
+    assert_float_equal(r.repetition_penalty, 1.0, 0); /* off unless asked */
+    cairn_api_req_free(&r);
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char e[512];
+    snprintf(e, sizeof e, "{%s,\"logit_bias\":{\"abc\":1}}", m);
+    expect_error(CAIRN_API_CHAT, e, CAIRN_EINVAL, "logit_bias: 'abc' is not a token id");
+    snprintf(e, sizeof e, "{%s,\"logit_bias\":{\"5\":101}}", m);
+    expect_error(CAIRN_API_CHAT, e, CAIRN_ERANGE, "logit_bias.5");
+    snprintf(e, sizeof e, "{%s,\"logit_bias\":{\"5\":\"x\"}}", m);
+    expect_error(CAIRN_API_CHAT, e, CAIRN_EFORMAT, "logit_bias.5");
+    snprintf(e, sizeof e, "{%s,\"min_p\":1.5}", m);
+    expect_error(CAIRN_API_CHAT, e, CAIRN_ERANGE, "min_p");
+    snprintf(e, sizeof e, "{%s,\"presence_penalty\":3}", m);
+    expect_error(CAIRN_API_CHAT, e, CAIRN_ERANGE, "presence_penalty");
+    snprintf(e, sizeof e, "{%s,\"repetition_penalty\":0}", m);
+    expect_error(CAIRN_API_CHAT, e, CAIRN_ERANGE, "repetition_penalty");
 }
 
 static void test_bad_utf8(void **state)
@@ -246,6 +339,8 @@ int main(void)
         cmocka_unit_test(test_chat_valid),
         cmocka_unit_test(test_chat_defaults_and_rag),
         cmocka_unit_test(test_chat_errors),
+        cmocka_unit_test(test_unsupported_fields),
+        cmocka_unit_test(test_sampling_fields),
         cmocka_unit_test(test_bad_utf8),
         cmocka_unit_test(test_completion),
         cmocka_unit_test(test_embeddings_retrieve_rag_documents),

@@ -387,16 +387,18 @@ static const int TOKEN_COUNTS[] = {1, 2, 7, 33, 520};
 
 /* ---- Element-wise stages ------------------------------------------------------------------- */
 
-/* rmsnorm: FP32 on both sides (the CPU sums squares in double): 1e-5. In place and not. */
+/* rmsnorm: FP32 on both sides (the CPU sums squares in double): 1e-5. In place and not. Rows
+ * of a multiple of 4 values up to 16384 take the vector kernel (the row in registers), the
+ * others (1002, 20000) the scalar one. */
 static void test_rmsnorm(void **state)
 {
     (void)state;
-    static const int rows[] = {1, 7, 33}, ns[] = {64, 1000, 2304};
+    static const int rows[] = {1, 7, 33}, ns[] = {64, 1000, 1002, 2304, 4096, 20000};
     tbatch tb;
     tbatch_simple(&tb, 1, 16);
     set_batch(&tb);
     for (size_t i = 0; i < 3; i++)
-        for (size_t j = 0; j < 3; j++)
+        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++)
             for (int with_w = 0; with_w < 2; with_w++) {
                 int r = rows[i], n = ns[j];
                 pbuf x = pb_rand((size_t)r * n, 3.0f), o = pb_rand((size_t)r * n, 1.0f);
@@ -420,13 +422,15 @@ static void test_rmsnorm(void **state)
             }
 }
 
-/* add_norm: FP32 on both sides: 1e-5, for every combination of post and next norms. */
+/* add_norm: FP32 on both sides: 1e-5, for every combination of post and next norms; rows of
+ * 640 and 4096 values take the vector kernel, rows of 642 the scalar one. */
 static void test_add_norm(void **state)
 {
     (void)state;
-    const int n = 640;
-    for (size_t k = 0; k < N_COUNTS; k++) {
-        int T = TOKEN_COUNTS[k];
+    static const int ns[] = {640, 642, 4096};
+    for (size_t k = 0; k < N_COUNTS * 3; k++) {
+        const int n = ns[k % 3];
+        int T = TOKEN_COUNTS[k / 3];
         tbatch tb;
         tbatch_simple(&tb, T, 16);
         set_batch(&tb);
@@ -441,12 +445,15 @@ static void test_add_norm(void **state)
             ok(C->i->add_norm(C, x.c, a.c, post ? pw.c : NULL, next ? nw.c : NULL, h.c, n,
                               1e-6f, &err), &err, "cpu add_norm");
             char what[96];
-            snprintf(what, sizeof what, "add_norm T=%d post=%d next=%d: x", T, post, next);
+            snprintf(what, sizeof what, "add_norm T=%d n=%d post=%d next=%d: x", T, n, post,
+                     next);
             expect_pb(what, &x, 1e-5);
-            snprintf(what, sizeof what, "add_norm T=%d post=%d next=%d: a", T, post, next);
+            snprintf(what, sizeof what, "add_norm T=%d n=%d post=%d next=%d: a", T, n, post,
+                     next);
             expect_pb(what, &a, 1e-5);
             if (next) {
-                snprintf(what, sizeof what, "add_norm T=%d post=%d next=%d: h", T, post, next);
+                snprintf(what, sizeof what, "add_norm T=%d n=%d post=%d next=%d: h", T, n, post,
+                         next);
                 expect_pb(what, &h, 1e-5);
             }
             pb_free(&x);
@@ -566,9 +573,13 @@ static void check_matmul(wmat *w, int T, const char *label)
     pb_free(&y);
 }
 
-static void test_matmul(void **state)
+/* Every product in one GEMV form (CAIRN_CUDA_GEMV: "warp", rows a warp, or "block", rows a
+ * block); test_matmul runs both. */
+static void matmul_form(const char *form)
 {
-    (void)state;
+    char label[32];
+    snprintf(label, sizeof label, "matmul (%s)", form);
+    setenv("CAIRN_CUDA_GEMV", form, 1);
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         uint32_t type = TYPES[ti];
         /* 98 rows: not a multiple of the 4 rows of a GEMV block. Float types also run 90
@@ -577,25 +588,33 @@ static void test_matmul(void **state)
         wmat_make(&w, "blk.0.ffn_up.weight", type, 98, 512, CAIRN_BMAT_MATMUL);
         reserve_both();
         for (size_t k = 0; k < N_COUNTS; k++)
-            check_matmul(&w, TOKEN_COUNTS[k], "matmul");
+            check_matmul(&w, TOKEN_COUNTS[k], label);
         wmat_free(&w);
         /* A tall matrix: the GEMV takes two rows a warp from 4 x 4 x 132 (an H100's SMs) =
          * 2112 rows on, the last warp here holding one; rows of 2304 values make the lanes
          * take a second unit each trip, part of them past the row's end. */
         wmat_make(&w, "blk.0.ffn_gate.weight", type, 2113, 2304, CAIRN_BMAT_MATMUL);
         reserve_both();
-        check_matmul(&w, 1, "matmul");
-        check_matmul(&w, 7, "matmul");
-        check_matmul(&w, 33, "matmul");
+        check_matmul(&w, 1, label);
+        check_matmul(&w, 7, label);
+        check_matmul(&w, 33, label);
         wmat_free(&w);
         if (!is_quant(type)) {
             wmat_make(&w, "blk.0.attn_q.weight", type, 50, 90, CAIRN_BMAT_MATMUL);
             reserve_both();
-            check_matmul(&w, 3, "matmul");
-            check_matmul(&w, 33, "matmul");
+            check_matmul(&w, 3, label);
+            check_matmul(&w, 33, label);
             wmat_free(&w);
         }
     }
+    unsetenv("CAIRN_CUDA_GEMV");
+}
+
+static void test_matmul(void **state)
+{
+    (void)state;
+    matmul_form("warp");
+    matmul_form("block");
 }
 
 /* Three matrices of one x in one call, as q, k, v are: a quantized pair that shares int8

@@ -444,6 +444,114 @@ static void test_stop_random_pieces(void **state)
     cairn_stop_free(m);
 }
 
+/* logit_bias moves the greedy pick, leaves the caller's row untouched, and a bias token
+ * outside the vocabulary is refused with its id. */
+static void test_logit_bias(void **state)
+{
+    (void)state;
+    float l[5] = {1.0f, 3.0f, 2.0f, 0.5f, -1.0f}, copy[5];
+    memcpy(copy, l, sizeof l);
+    cairn_logit_bias b[2] = {{1, -100.0f}, {4, 2.5f}};
+    cairn_sample_params sp = cairn_sample_greedy_params();
+    sp.bias = b;
+    sp.n_bias = 1;
+    cairn_sampler *s = NULL;
+    cairn_error err = {0};
+    assert_true(cairn_sample_params_adjusts(&sp));
+    assert_int_equal(cairn_sampler_new(&s, 5, &sp, &err), 0);
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 2); /* 3 - 100 loses to 2 */
+    assert_memory_equal(l, copy, sizeof l);
+    cairn_sampler_free(s);
+    sp.n_bias = 2; /* -1 + 2.5 = 1.5 still below 2 */
+    assert_int_equal(cairn_sampler_new(&s, 5, &sp, &err), 0);
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 2);
+    cairn_sampler_free(s);
+    b[1].bias = 3.5f; /* -1 + 3.5 = 2.5 wins */
+    assert_int_equal(cairn_sampler_new(&s, 5, &sp, &err), 0);
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 4);
+    cairn_sampler_free(s);
+    b[1].token = 5;
+    assert_int_equal(cairn_sampler_new(&s, 5, &sp, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "token 5"));
+    b[1].token = 4;
+    b[1].bias = 101.0f;
+    assert_int_equal(cairn_sample_params_validate(&sp, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "logit_bias"));
+}
+
+/* The penalties act on the history: repetition divides a positive logit and multiplies a
+ * negative one; presence subtracts once, frequency once per occurrence. */
+static void test_penalties(void **state)
+{
+    (void)state;
+    float l[4] = {2.0f, 1.5f, -1.0f, -1.2f};
+    cairn_error err = {0};
+    cairn_sampler *s = NULL;
+    cairn_sample_params sp = cairn_sample_greedy_params();
+    sp.repetition_penalty = 2.0f;
+    assert_int_equal(cairn_sampler_new(&s, 4, &sp, &err), 0);
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 0); /* nothing seen yet */
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 1); /* 2 / 2 = 1 < 1.5 */
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 0); /* both seen: 1 > 0.75 */
+    cairn_sampler_free(s);
+    /* a negative logit is multiplied: -1 * 2 = -2 falls below -1.2 */
+    float n[3] = {-1.0f, -1.2f, -5.0f};
+    assert_int_equal(cairn_sampler_new(&s, 3, &sp, &err), 0);
+    cairn_sampler_accept(s, 0);
+    assert_int_equal(cairn_sampler_sample(s, n, &err), 1);
+    cairn_sampler_free(s);
+    /* frequency 0.3 an occurrence; presence 0.6 once, however often */
+    sp = cairn_sample_greedy_params();
+    sp.frequency_penalty = 0.3f;
+    assert_int_equal(cairn_sampler_new(&s, 4, &sp, &err), 0);
+    cairn_sampler_accept(s, 0);
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 0); /* 2 - 0.3 = 1.7: 0 again */
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 1); /* seen twice: 2 - 0.6 = 1.4 */
+    cairn_sampler_free(s);
+    sp = cairn_sample_greedy_params();
+    sp.presence_penalty = 0.6f;
+    assert_int_equal(cairn_sampler_new(&s, 4, &sp, &err), 0);
+    cairn_sampler_accept(s, 0);
+    cairn_sampler_accept(s, 0);
+    assert_int_equal(cairn_sampler_sample(s, l, &err), 1); /* 2 - 0.6 = 1.4 < 1.5, once */
+    cairn_sampler_free(s);
+    sp.presence_penalty = 2.5f;
+    assert_int_equal(cairn_sample_params_validate(&sp, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "presence_penalty"));
+    sp.presence_penalty = 0;
+    sp.repetition_penalty = -1.0f;
+    assert_int_equal(cairn_sample_params_validate(&sp, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "repetition_penalty"));
+    sp.repetition_penalty = 1.0f; /* off */
+    assert_false(cairn_sample_params_adjusts(&sp));
+}
+
+/* min_p: a token below min_p times the likeliest's probability is never drawn; the others
+ * keep their relative odds. */
+static void test_min_p(void **state)
+{
+    (void)state;
+    /* probabilities proportional to 1, 0.5, 0.2, 0.05 */
+    float l[4] = {0.0f, logf(0.5f), logf(0.2f), logf(0.05f)};
+    cairn_sample_params sp = {.temperature = 1.0f, .top_p = 1.0f, .seed = 5, .min_p = 0.1f};
+    cairn_sampler *s = NULL;
+    cairn_error err = {0};
+    assert_int_equal(cairn_sampler_new(&s, 4, &sp, &err), 0);
+    int count[4] = {0};
+    enum { DRAWS = 20000 };
+    for (int i = 0; i < DRAWS; i++)
+        count[cairn_sampler_sample(s, l, &err)]++;
+    assert_int_equal(count[3], 0);
+    /* 1 : 0.5 : 0.2 over 1.7 */
+    assert_float_equal((double)count[0] / DRAWS, 1.0 / 1.7, 0.02);
+    assert_float_equal((double)count[1] / DRAWS, 0.5 / 1.7, 0.02);
+    assert_float_equal((double)count[2] / DRAWS, 0.2 / 1.7, 0.02);
+    cairn_sampler_free(s);
+    sp.min_p = 1.5f;
+    assert_int_equal(cairn_sample_params_validate(&sp, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "min_p"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -454,6 +562,9 @@ int main(void)
         cmocka_unit_test(test_top_p_large_vocab),
         cmocka_unit_test(test_top_k_ties_nan_inf),
         cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_logit_bias),
+        cmocka_unit_test(test_penalties),
+        cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_stop_across_pieces),
         cmocka_unit_test(test_stop_random_pieces),
     };

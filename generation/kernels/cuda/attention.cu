@@ -51,6 +51,19 @@ struct attn_args {
     float *part_ml;
 };
 
+/* Fewer blocks than this many per SM leave the GPU underused: split the keys. */
+#define SPLIT_WAVES 2
+#define SPLIT_MAX 64
+
+/* The keys a split takes when a token's n_keys are cut into at most n_split runs: equal runs,
+ * but never shorter than a tile (a short context in many splits paid a block and a merge term
+ * for each key or two). The runs past the last key are empty. */
+static __device__ __forceinline__ int split_len_of(int n_keys, int n_split)
+{
+    const int len = (n_keys + n_split - 1) / n_split;
+    return len < TK ? TK : len;
+}
+
 /* The cache block of position p in a table, or -1. */
 static __device__ __forceinline__ int block_of(const int32_t *table, int p, int bt, int max_table)
 {
@@ -77,9 +90,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     int lo = a.window ? pos - a.window + 1 : 0;
     if (lo < 0)
         lo = 0;
-    /* This token's keys, cut into n_split equal runs (here, not on the host: a step's launch
-     * then does not depend on its positions, and a captured graph replays for any). */
-    const int split_len = (pos - lo + a.n_split) / a.n_split;
+    /* This token's keys, cut into runs (here, not on the host: a step's launch then does not
+     * depend on its positions, and a captured graph replays for any). */
+    const int split_len = split_len_of(pos - lo + 1, a.n_split);
     const int k0 = lo + s * split_len;
     const int k1 = min(pos, k0 + split_len - 1);
     /* partial row of query head (kvh G + g): ((t n_head + kvh G + g) n_split + s) */
@@ -188,37 +201,50 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     }
 }
 
-/* One block per (query head, token): the log-sum-exp merge of its splits. */
+/* One block per (query head, token): the log-sum-exp merge of its splits. Warp 0 reads the
+ * splits' (m, l) pairs a lane each and leaves each split's weight e^(m_s - M) in shared
+ * memory; then every thread sums its values of o over the splits that hold keys. */
 __global__ void attn_merge(const float *__restrict__ part, const float *__restrict__ ml,
-                           int n_split, int hd, int n_head, int t_base, float *__restrict__ out)
+                           int n_split, int hd, int n_head, int t_base,
+                           const int32_t *__restrict__ pos_of, int window,
+                           float *__restrict__ out)
 {
+    __shared__ float wts[SPLIT_MAX];
+    __shared__ float Ls;
     const int h = blockIdx.x, t = t_base + blockIdx.y;
     const int64_t r0 = ((int64_t)t * n_head + h) * n_split;
-    float M = -INFINITY;
-    for (int s = 0; s < n_split; s++)
-        if (ml[2 * (r0 + s) + 1] > 0.0f)
-            M = fmaxf(M, ml[2 * (r0 + s)]);
-    float L = 0.0f;
-    for (int s = 0; s < n_split; s++) {
-        const float l = ml[2 * (r0 + s) + 1];
-        if (l > 0.0f)
-            L += l * expf(ml[2 * (r0 + s)] - M);
+    const int pos = pos_of[t];
+    const int lo = window && pos - window + 1 > 0 ? pos - window + 1 : 0;
+    const int n_keys = pos - lo + 1, len = split_len_of(n_keys, n_split);
+    const int n_used = (n_keys + len - 1) / len; /* the later splits are empty */
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        float m = -INFINITY;
+        for (int s = lane; s < n_used; s += 32)
+            if (ml[2 * (r0 + s) + 1] > 0.0f)
+                m = fmaxf(m, ml[2 * (r0 + s)]);
+        const float M = cairn__warp_max(m);
+        float L = 0.0f;
+        for (int s = lane; s < n_used; s += 32) {
+            const float l = ml[2 * (r0 + s) + 1];
+            const float w = l > 0.0f ? expf(ml[2 * (r0 + s)] - M) : 0.0f;
+            wts[s] = w;
+            L += l * w;
+        }
+        L = cairn__warp_sum(L);
+        if (lane == 0)
+            Ls = L;
     }
+    __syncthreads();
+    const float L = Ls;
     float *o = out + ((int64_t)t * n_head + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.0f;
-        for (int s = 0; s < n_split; s++) {
-            const float l = ml[2 * (r0 + s) + 1];
-            if (l > 0.0f)
-                acc += part[(r0 + s) * hd + d] * expf(ml[2 * (r0 + s)] - M);
-        }
+        for (int s = 0; s < n_used; s++)
+            acc += part[(r0 + s) * hd + d] * wts[s];
         o[d] = L > 0.0f ? acc / L : 0.0f;
     }
 }
-
-/* Fewer blocks than this many per SM leave the GPU underused: split the keys. */
-#define SPLIT_WAVES 2
-#define SPLIT_MAX 64
 
 /* attn_tile (and the merge when split) over batch tokens [t0, t0 + n). */
 static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int n,
@@ -232,7 +258,7 @@ static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int
     if (a.n_split > 1) {
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
         attn_merge<<<dim3((unsigned)a.n_head, (unsigned)n), threads, 0, c->stream>>>(
-            a.part, a.part_ml, a.n_split, a.hd, a.n_head, t0, a.out);
+            a.part, a.part_ml, a.n_split, a.hd, a.n_head, t0, a.pos, a.window, a.out);
         CU_LAUNCHED(err, "attn_merge");
     }
     return 0;

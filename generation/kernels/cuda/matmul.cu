@@ -5,7 +5,9 @@
  * Each warp takes one weight row; its lanes walk the row in units of 16 bytes of quants (one
  * aligned 128-bit load each), so that a warp reads 512 contiguous bytes at a time, and each
  * unit meets up to CAIRN__GEMV_TOKENS tokens' activations before the next load: the weights
- * are read once per pass whatever the token count. The quantized types multiply against
+ * are read once per pass whatever the token count. (The block form, gemv_sk, spreads a row's
+ * units over a block's four warps instead; each type takes the form measured faster for it.)
+ * The quantized types multiply against
  * activations quantized once per call to int8 in blocks of 32 (scale amax / 127, the scale
  * kept as F16 like the CPU's Q8 activations) with dp4a integer dot products; the float types
  * multiply against the float activations.
@@ -19,6 +21,9 @@
  * lda = cols) and B the activations (cols x T, ldb = cols).
  */
 #include "generation/kernels/cuda/common.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 #define GEMV_WARPS 4
 
@@ -392,6 +397,85 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         }
 }
 
+/*
+ * The block form ("split-K"): a block of GEMV_SK_THREADS threads takes R rows, and all its
+ * threads walk the units of those rows together (a warp still reads 512 contiguous bytes), two
+ * units a row per trip, so that a row of a few hundred units is read in one or two trips instead
+ * of a warp's five to fourteen; the block's partial sums meet in shared memory. At batch 1 the
+ * warp form leaves too few warps per SM with too few loads in flight for HBM: each of its trips
+ * waits out a full memory latency (Nsight Compute on an H100: 1.0-1.3 TB/s on Llama-3-8B's
+ * Q4_K matrices, 23-27% of the SM's warp slots active).
+ */
+#define GEMV_SK_THREADS 128
+
+template <uint32_t TYPE, int NT, int R>
+__global__ void __launch_bounds__(GEMV_SK_THREADS)
+    gemv_sk(cairn__mat_dev m, act_dev a, int nt, float *__restrict__ y, int64_t ys)
+{
+    static_assert(R * NT <= 32, "warp 0 finishes one (row, token) sum a lane");
+    __shared__ float red[GEMV_SK_THREADS / 32][R * NT];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t row0 = (int64_t)blockIdx.x * R;
+    const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
+    float acc[R][NT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[r][t] = 0.0f;
+    const int64_t n_units = units_of<TYPE>(m);
+    for (int64_t u0 = tid; u0 < n_units; u0 += 2 * GEMV_SK_THREADS) {
+        const int64_t u1 = u0 + GEMV_SK_THREADS;
+        const bool has1 = u1 < n_units;
+        wunit<TYPE> w0[R], w1[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            w0[r] = wunit<TYPE>{};
+            w1[r] = wunit<TYPE>{};
+            if (r < nr) {
+                load_w<TYPE>(w0[r], m, row0 + r, u0);
+                if (has1)
+                    load_w<TYPE>(w1[r], m, row0 + r, u1);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) {
+                aunit<TYPE> x0;
+                load_a<TYPE>(x0, a, t, u0);
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r][t] += dot<TYPE>(w0[r], x0);
+                if (has1) {
+                    aunit<TYPE> x1;
+                    load_a<TYPE>(x1, a, t, u1);
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        acc[r][t] += dot<TYPE>(w1[r], x1);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const float s = cairn__warp_sum(acc[r][t]);
+            if (lane == 0)
+                red[warp][r * NT + t] = s;
+        }
+    __syncthreads();
+    if (warp == 0 && lane < R * NT) {
+        const int r = lane / NT, t = lane % NT;
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV_SK_THREADS / 32; w++)
+            s += red[w][lane];
+        if (r < nr && t < nt)
+            y[t * ys + row0 + r] = s;
+    }
+}
+
 /* ---- Tiles for cuBLAS ------------------------------------------------------------------------ */
 
 /* 8 values into 8 BF16 at o (16-byte aligned) in one store. */
@@ -590,6 +674,37 @@ static void launch_gemv_r(cudaStream_t s, const cairn__mat_dev &m, const act_dev
         gemv<TYPE, 8, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
 }
 
+template <uint32_t TYPE, int R>
+static void launch_gemv_sk(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
+                           float *y)
+{
+    const unsigned grid = (unsigned)((m.rows + R - 1) / R);
+    if (nt <= 1)
+        gemv_sk<TYPE, 1, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
+    else if (nt <= 2)
+        gemv_sk<TYPE, 2, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
+    else if (nt <= 4)
+        gemv_sk<TYPE, 4, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
+    else
+        gemv_sk<TYPE, 8, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
+}
+
+/* Which GEMV form: CAIRN_CUDA_GEMV=warp or =block in the environment picks one (to measure the
+ * two side by side); otherwise the one measured faster for the type (H100, Llama-3-8B shapes,
+ * docs/BENCHMARKS.md): the block form for Q8_0 and the float types (batch 1: 3% and 6% less
+ * time a step; batch 8: 26% and 10%), the warp form for the K-quants (Q4_K_M batch 1: 6% less
+ * than the block form). Q4_0, Q4_1 and Q5_0 keep the warp form, unmeasured. */
+static bool gemv_block_form(uint32_t type)
+{
+    const char *g = getenv("CAIRN_CUDA_GEMV");
+    if (g && !strcmp(g, "warp"))
+        return false;
+    if (g && !strcmp(g, "block"))
+        return true;
+    return type == CAIRN_GGUF_Q8_0 || type == CAIRN_GGUF_F32 || type == CAIRN_GGUF_F16 ||
+           type == CAIRN_GGUF_BF16;
+}
+
 /* Two rows a warp once the matrix has rows enough for every SM to hold several warps of them;
  * smaller matrices keep one row a warp so that more warps share them. */
 template <uint32_t TYPE>
@@ -612,6 +727,13 @@ static void launch_gemv(cudaStream_t s, const cairn__mat_dev &m, const act_dev &
                 gemv_scalar<TYPE, 8><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
             return;
         }
+    }
+    if (gemv_block_form(TYPE)) {
+        if (m.rows >= (int64_t)16 * n_sm)
+            launch_gemv_sk<TYPE, 2>(s, m, a, nt, y);
+        else
+            launch_gemv_sk<TYPE, 1>(s, m, a, nt, y);
+        return;
     }
     if (m.rows >= (int64_t)4 * GEMV_WARPS * n_sm)
         launch_gemv_r<TYPE, 2>(s, m, a, nt, y);
