@@ -324,11 +324,11 @@ static void print_score(const char *what, const score *s, const char *extra)
 
 static int fit(bench *b, const cairn_rag_params *base)
 {
-    static const double w_titles[] = {1, 2, 4, 8, 16};
+    static const double w_titles[] = {1, 2, 4, 8, 16, 32};
     static const double ratios[] = {0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6}; /* w_lex / w_dense */
     static const double k_ranks[] = {1, 2, 5, 10, 20, 40, 60, 100};
     static const int depths[] = {10, 20, 50, 100};
-    enum { NW = 5 };
+    enum { NW = 6 };
     lists *dense = calloc((size_t)b->n, sizeof *dense);
     lists *lex = calloc((size_t)b->n * NW, sizeof *lex);
     float *q = malloc(4096 * sizeof *q);

@@ -3,7 +3,8 @@
  *
  * `cairn index` builds the same index directory cairnd serves (data/index by default) with
  * the same code (retrieval/index.h): ingest the corpus into the docstore, embed every passage,
- * train and fill the IVF index, write the tier file. Each step is skipped when the directory
+ * train and fill the IVF index, write the tier file, then fill the lexical index (lexical.db)
+ * by opening the directory as cairnd does. Each step is skipped when the directory
  * already holds its result, so the index is cached between runs; corpus.stamp tells whether
  * the cached store covers the corpus and passage limit asked for (a store cairnd filled with
  * its first 2,000 passages does not cover `--full`, and is rebuilt).
@@ -423,6 +424,28 @@ int cairn_cmd_index(int argc, char **argv)
             fprintf(stderr, "cairn index: %s\n", err.msg);
             goto out;
         }
+    }
+    /* the lexical index: opening the directory as cairnd does fills it when it is missing or
+     * holds other passages (services/rag.c) */
+    {
+        cairn_rag_params rp = cairn_rag_default_params();
+        rp.dir = o.dir;
+        rp.embed = e;
+        cairn_rag *r = NULL;
+        cairn_ivf_close(ivf); /* rag loads its own */
+        ivf = NULL;
+        double t0 = cairn_now_sec();
+        if (cairn_rag_open(&r, &rp, NULL, &err)) {
+            fprintf(stderr, "cairn index: lexical index: %s\n", err.msg);
+            goto out;
+        }
+        cairn_rag_close(r);
+        if (cairn_ivf_load(&ivf, ip.ivf, uid, &err)) {
+            fprintf(stderr, "cairn index: %s\n", err.msg);
+            goto out;
+        }
+        if (!ivf_cached)
+            fprintf(stderr, "lexical index ready in %.1f s\n", cairn_now_sec() - t0);
     }
     if (ivf_cached) {
         printf("index %s is cached: %zu passages, nlist %zu, default nprobe %zu (--rebuild "
