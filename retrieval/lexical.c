@@ -5,6 +5,7 @@
  *   lex_info(k PRIMARY KEY, v)   "format" = 1, "uid" = the docstore's uid in decimal
  *   lex USING fts5(title, body)  rowid = passage id; unicode61 + Porter stemming
  *   lex_kv(id, k, v)             one row per top-level scalar of a passage's metadata
+ *   lex_vocab                    fts5vocab over lex: documents per (stemmed) term
  * WAL journal with synchronous=NORMAL: a crash may lose the last transactions but never leaves
  * the file inconsistent, and the caller rebuilds the index whenever its count disagrees with
  * the docstore's.
@@ -27,14 +28,37 @@
 
 struct cairn_lex {
     sqlite3 *db;
-    pthread_mutex_t mu; /* guards db and the statements below */
-    sqlite3_stmt *ins, *ins_kv, *del, *del_kv, *count, *search;
+    pthread_mutex_t mu; /* guards everything below */
+    sqlite3_stmt *ins, *ins_kv, *del, *del_kv, *count, *search, *df;
+    fts5_tokenizer tok; /* the table's tokenizer, to stem query words as FTS5 will */
+    Fts5Tokenizer *tk;
+    size_t rows; /* passages indexed, refreshed after each write */
     cairn_lex_params p;
 };
 
 cairn_lex_params cairn_lex_default_params(void)
 {
-    return (cairn_lex_params){.w_title = 4.0, .w_body = 1.0};
+    return (cairn_lex_params){.w_title = 4.0, .w_body = 1.0, .common_df = 0.05};
+}
+
+/* The FTS5 extension API of db (SQLite's documented way: SELECT fts5(?) with a pointer). */
+static fts5_api *fts5_api_of(sqlite3 *db)
+{
+    fts5_api *api = NULL;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT fts5(?1)", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_pointer(st, 1, (void *)&api, "fts5_api_ptr", NULL);
+        sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+    return api;
+}
+
+static void refresh_rows(cairn_lex *lx)
+{
+    lx->rows = 0;
+    if (sqlite3_step(lx->count) == SQLITE_ROW) lx->rows = (size_t)sqlite3_column_int64(lx->count, 0);
+    sqlite3_reset(lx->count);
 }
 
 static int sql_error(cairn_lex *lx, cairn_error *err, const char *what)
@@ -93,7 +117,8 @@ static const char schema[] =
     " tokenize = 'porter unicode61 remove_diacritics 2');"
     "CREATE TABLE IF NOT EXISTS lex_kv(id INTEGER NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS lex_kv_kv ON lex_kv(k, v, id);"
-    "CREATE INDEX IF NOT EXISTS lex_kv_id ON lex_kv(id);";
+    "CREATE INDEX IF NOT EXISTS lex_kv_id ON lex_kv(id);"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS lex_vocab USING fts5vocab(lex, 'row');";
 
 int cairn_lex_open(cairn_lex **out, const char *path, uint64_t uid, const cairn_lex_params *p,
                    cairn_error *err)
@@ -106,6 +131,9 @@ int cairn_lex_open(cairn_lex **out, const char *path, uint64_t uid, const cairn_
         return cairn_errorf(err, CAIRN_EINVAL,
                             "lexical index: column weights %g, %g are outside (0, 1000]",
                             p->w_title, p->w_body);
+    if (!(p->common_df > 0 && p->common_df <= 1))
+        return cairn_errorf(err, CAIRN_EINVAL, "lexical index: common_df %g is outside (0, 1]",
+                            p->common_df);
     cairn_lex *lx = calloc(1, sizeof *lx);
     if (!lx) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     lx->p = *p;
@@ -157,6 +185,18 @@ int cairn_lex_open(cairn_lex **out, const char *path, uint64_t uid, const cairn_
     if (!rc) rc = prepare(lx, "DELETE FROM lex_kv WHERE id = ?1", &lx->del_kv, err);
     if (!rc) rc = prepare(lx, "SELECT count(*) FROM lex", &lx->count, err);
     if (!rc) rc = prepare(lx, sql, &lx->search, err);
+    if (!rc) rc = prepare(lx, "SELECT doc FROM lex_vocab WHERE term = ?1", &lx->df, err);
+    if (!rc) {
+        /* the tokenizer the table was made with (the schema above) */
+        static const char *const args[] = {"unicode61", "remove_diacritics", "2"};
+        fts5_api *api = fts5_api_of(lx->db);
+        void *ud = NULL;
+        if (!api || api->xFindTokenizer(api, "porter", &ud, &lx->tok) != SQLITE_OK ||
+            lx->tok.xCreate(ud, (const char **)args, 3, &lx->tk) != SQLITE_OK)
+            rc = cairn_errorf(err, CAIRN_EIO, "lexical index: SQLite's FTS5 porter tokenizer "
+                                              "is not available");
+    }
+    if (!rc) refresh_rows(lx);
     if (rc) {
         cairn_error_prefix(err, "%s", path);
         cairn_lex_close(lx);
@@ -175,6 +215,8 @@ void cairn_lex_close(cairn_lex *lx)
     sqlite3_finalize(lx->del_kv);
     sqlite3_finalize(lx->count);
     sqlite3_finalize(lx->search);
+    sqlite3_finalize(lx->df);
+    if (lx->tk) lx->tok.xDelete(lx->tk);
     if (lx->db && sqlite3_close(lx->db) != SQLITE_OK)
         CAIRN_LOG_WARN("lexical index close failed", "error=%s", sqlite3_errmsg(lx->db));
     pthread_mutex_destroy(&lx->mu);
@@ -230,6 +272,7 @@ int cairn_lex_add(cairn_lex *lx, const cairn_lex_doc *docs, size_t n, cairn_erro
     }
     if (!rc) rc = exec(lx, "COMMIT", err);
     if (rc) sqlite3_exec(lx->db, "ROLLBACK", NULL, NULL, NULL);
+    refresh_rows(lx);
     pthread_mutex_unlock(&lx->mu);
     return rc;
 }
@@ -242,6 +285,7 @@ int cairn_lex_delete(cairn_lex *lx, const uint64_t *ids, size_t n, cairn_error *
         if (ids[i] <= (uint64_t)INT64_MAX) rc = remove_one(lx, ids[i], err);
     if (!rc) rc = exec(lx, "COMMIT", err);
     if (rc) sqlite3_exec(lx->db, "ROLLBACK", NULL, NULL, NULL);
+    refresh_rows(lx);
     pthread_mutex_unlock(&lx->mu);
     return rc;
 }
@@ -251,6 +295,7 @@ int cairn_lex_clear(cairn_lex *lx, cairn_error *err)
     pthread_mutex_lock(&lx->mu);
     int rc = exec(lx, "BEGIN; DELETE FROM lex; DELETE FROM lex_kv; COMMIT;", err);
     if (rc) sqlite3_exec(lx->db, "ROLLBACK", NULL, NULL, NULL);
+    refresh_rows(lx);
     pthread_mutex_unlock(&lx->mu);
     return rc;
 }
@@ -258,9 +303,7 @@ int cairn_lex_clear(cairn_lex *lx, cairn_error *err)
 size_t cairn_lex_count(cairn_lex *lx)
 {
     pthread_mutex_lock(&lx->mu);
-    size_t n = 0;
-    if (sqlite3_step(lx->count) == SQLITE_ROW) n = (size_t)sqlite3_column_int64(lx->count, 0);
-    sqlite3_reset(lx->count);
+    size_t n = lx->rows;
     pthread_mutex_unlock(&lx->mu);
     return n;
 }
@@ -376,25 +419,73 @@ static void add_term(void *ctx, const char *w)
     snprintf(ts->t[ts->n++], TERM_MAX + 1, "%s", w);
 }
 
-int cairn_lex_query(const char *text, size_t len, char *out, size_t cap)
+static void collect_terms(const char *text, size_t len, terms *ts)
 {
-    terms ts;
-    ts.n = 0;
-    ts.keep_stop = false;
-    if (text) each_word(text, len, add_term, &ts);
-    if (ts.n == 0 && text) { /* only stop words: search for them after all */
-        ts.keep_stop = true;
-        each_word(text, len, add_term, &ts);
+    ts->n = 0;
+    ts->keep_stop = false;
+    if (text) each_word(text, len, add_term, ts);
+    if (ts->n == 0 && text) { /* only stop words: search for them after all */
+        ts->keep_stop = true;
+        each_word(text, len, add_term, ts);
     }
-    /* Words hold only letters and digits, so a double quote never needs escaping. */
+}
+
+/* Writes the expression of ts into out; title_only[i] (may be NULL) restricts term i to the
+ * title column. Returns the number of terms, or -(bytes needed). */
+static int write_expr(const terms *ts, const bool *title_only, char *out, size_t cap)
+{
+    /* Words hold only letters, digits and non-ASCII characters, so a double quote never
+     * needs escaping, and nothing outside the quotes is user text. */
     size_t need = 1;
-    for (int i = 0; i < ts.n; i++) need += strlen(ts.t[i]) + 2 + (i ? 4 : 0);
+    for (int i = 0; i < ts->n; i++)
+        need += strlen(ts->t[i]) + 2 + (i ? 4 : 0) + (title_only && title_only[i] ? 8 : 0);
     if (need > cap || !out) return -(int)need;
     size_t at = 0;
     out[0] = '\0';
-    for (int i = 0; i < ts.n; i++)
-        at += (size_t)snprintf(out + at, cap - at, "%s\"%s\"", i ? " OR " : "", ts.t[i]);
-    return ts.n;
+    for (int i = 0; i < ts->n; i++)
+        at += (size_t)snprintf(out + at, cap - at, "%s%s\"%s\"", i ? " OR " : "",
+                               title_only && title_only[i] ? "title : " : "", ts->t[i]);
+    return ts->n;
+}
+
+int cairn_lex_query(const char *text, size_t len, char *out, size_t cap)
+{
+    terms ts;
+    collect_terms(text, len, &ts);
+    return write_expr(&ts, NULL, out, cap);
+}
+
+typedef struct stem_ctx {
+    char *out;
+    size_t cap;
+    bool got;
+} stem_ctx;
+
+static int on_token(void *ctx, int flags, const char *tok, int n, int start, int end)
+{
+    (void)flags, (void)start, (void)end;
+    stem_ctx *c = ctx;
+    if (!c->got && n > 0 && (size_t)n < c->cap) {
+        memcpy(c->out, tok, (size_t)n);
+        c->out[n] = '\0';
+        c->got = true;
+    }
+    return SQLITE_OK;
+}
+
+/* Passages holding word (as FTS5 tokenizes it). Lock held. */
+static int64_t doc_freq(cairn_lex *lx, const char *word)
+{
+    char stem[TERM_MAX * 4 + 8];
+    stem_ctx c = {stem, sizeof stem, false};
+    lx->tok.xTokenize(lx->tk, &c, FTS5_TOKENIZE_QUERY, word, (int)strlen(word), on_token);
+    if (!c.got) return 0;
+    int64_t n = 0;
+    sqlite3_bind_text(lx->df, 1, stem, -1, SQLITE_STATIC);
+    if (sqlite3_step(lx->df) == SQLITE_ROW) n = sqlite3_column_int64(lx->df, 0);
+    sqlite3_reset(lx->df);
+    sqlite3_clear_bindings(lx->df);
+    return n;
 }
 
 int cairn_lex_search(cairn_lex *lx, const char *text, size_t len, const cairn_lex_filter *filters,
@@ -406,10 +497,22 @@ int cairn_lex_search(cairn_lex *lx, const char *text, size_t len, const cairn_le
     if (n_filters > CAIRN_LEX_MAX_FILTERS)
         return cairn_errorf(err, CAIRN_ERANGE, "filter: at most %d keys, got %zu",
                             CAIRN_LEX_MAX_FILTERS, n_filters);
-    char q[CAIRN_LEX_MAX_TERMS * (TERM_MAX + 6) + 1];
-    int nt = cairn_lex_query(text, len, q, sizeof q);
-    if (nt <= 0) return 0; /* nothing to search for (cap is always enough) */
+    char q[CAIRN_LEX_MAX_TERMS * (TERM_MAX + 14) + 1];
+    terms ts;
+    collect_terms(text, len, &ts);
+    if (ts.n == 0) return 0; /* nothing to search for */
     pthread_mutex_lock(&lx->mu);
+    bool title_only[CAIRN_LEX_MAX_TERMS];
+    int rarest = 0, n_common = 0;
+    int64_t df_min = INT64_MAX;
+    for (int i = 0; i < ts.n; i++) {
+        int64_t df = lx->p.common_df < 1 ? doc_freq(lx, ts.t[i]) : 0;
+        title_only[i] = (double)df > lx->p.common_df * (double)lx->rows;
+        n_common += title_only[i];
+        if (df < df_min) df_min = df, rarest = i;
+    }
+    if (n_common == ts.n) title_only[rarest] = false; /* something must match bodies */
+    write_expr(&ts, title_only, q, sizeof q); /* q is large enough for any terms */
     sqlite3_stmt *st = lx->search;
     int rc = 0;
     if (n_filters) {

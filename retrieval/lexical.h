@@ -10,7 +10,10 @@
  *
  * Ranking is FTS5's bm25() with a weight per column: the title (package name and synopsis for
  * the default corpus; the file name for uploads) counts w_title times a body match. Text is
- * tokenized by FTS5's unicode61 tokenizer with Porter stemming, on both sides.
+ * tokenized by FTS5's unicode61 tokenizer with Porter stemming, on both sides. A query word
+ * that many passages hold (over common_df of them: "file", "system") is looked for in titles
+ * only: in bodies it ranks little (BM25's IDF is low) yet costs a score for every one of those
+ * passages, and in a title it still says what a passage is about.
  *
  * User text never reaches FTS5's query syntax: cairn_lex_query splits it into words itself and
  * quotes each one, so quotes, NEAR, *, -, ^, :, parentheses and AND/OR/NOT are plain text.
@@ -29,11 +32,13 @@
 typedef struct cairn_lex cairn_lex;
 
 typedef struct {
-    double w_title; /* bm25() weight of the title column */
-    double w_body;  /* bm25() weight of the body column */
+    double w_title;   /* bm25() weight of the title column */
+    double w_body;    /* bm25() weight of the body column */
+    double common_df; /* a query word in more than this share of the passages ("common") is
+                         matched in titles only; (0, 1], 1: never */
 } cairn_lex_params;
 
-/* w_title 4, w_body 1 (fitted with `cairn bench retrieval-quality --fit`; docs/RETRIEVAL.md). */
+/* Fitted with `cairn bench retrieval-quality --fit` (docs/RETRIEVAL.md). */
 cairn_lex_params cairn_lex_default_params(void);
 
 /*
@@ -83,8 +88,9 @@ typedef struct {
 #define CAIRN_LEX_MAX_TERMS 32 /* words of a query kept, in order */
 
 /*
- * The k best passages for text (any bytes: it is split into words by cairn_lex_query), best
- * first, that match every filter: ids[i] and scores[i] (BM25 negated, so higher is better),
+ * The k best passages for text (any bytes: it is split into words as cairn_lex_query does;
+ * common words are matched in titles only, unless all are common, when the rarest is matched
+ * everywhere), best first, that match every filter: ids[i] and scores[i] (BM25 negated, so higher is better),
  * *n_out of them. A text without a word finds nothing (0, *n_out 0). Returns 0, CAIRN_ERANGE
  * (k < 1, more than CAIRN_LEX_MAX_FILTERS filters), CAIRN_EIO.
  */

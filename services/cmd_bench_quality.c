@@ -263,12 +263,12 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
         printf("{\"bench\":\"retrieval_quality\",\"mode\":\"%s\",\"split\":\"%s\","
                "\"questions\":%d,\"passages\":%zu,\"hit1\":%.4f,\"hit4\":%.4f,\"hit10\":%.4f,"
                "\"mrr\":%.4f,\"hits\":[%d,%d,%d],\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
-               "\"search_p50_ms\":%.3f,\"timings\":%d,\"w_title\":%g,\"w_dense\":%g,"
-               "\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d}\n",
+               "\"search_p50_ms\":%.3f,\"timings\":%d,\"w_title\":%g,\"common_df\":%g,"
+               "\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d}\n",
                cairn_search_mode_name((cairn_search_mode)m), split, s[m].n,
                cairn_rag_count(r), (double)s[m].hit1 / s[m].n, (double)s[m].hit4 / s[m].n,
                (double)s[m].hit10 / s[m].n, s[m].rr / s[m].n, s[m].hit1, s[m].hit4, s[m].hit10,
-               p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, fp.w_dense, fp.w_lex, fp.k_rank,
+               p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df, fp.w_dense, fp.w_lex, fp.k_rank,
                fp.depth);
     }
     for (int m = 0; m < 3; m++) {
@@ -325,17 +325,19 @@ static void print_score(const char *what, const score *s, const char *extra)
 static int fit(bench *b, const cairn_rag_params *base)
 {
     static const double w_titles[] = {1, 2, 4, 8, 16, 32};
+    static const double common_dfs[] = {1, 0.1, 0.05, 0.02};
     static const double ratios[] = {0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6}; /* w_lex / w_dense */
     static const double k_ranks[] = {1, 2, 5, 10, 20, 40, 60, 100};
     static const int depths[] = {10, 20, 50, 100};
-    enum { NW = 6 };
+    enum { NT = 6, NC = 4, NW = NT * NC }; /* lexical configurations: title weight x common_df */
     lists *dense = calloc((size_t)b->n, sizeof *dense);
     lists *lex = calloc((size_t)b->n * NW, sizeof *lex);
     float *q = malloc(4096 * sizeof *q);
     int rc = dense && lex && q ? 0 : 1;
     for (int w = 0; !rc && w < NW; w++) {
         cairn_rag_params p = *base;
-        p.lex.w_title = w_titles[w];
+        p.lex.w_title = w_titles[w / NC];
+        p.lex.common_df = common_dfs[w % NC];
         cairn_rag *r = NULL;
         cairn_error err = {0};
         if (cairn_rag_open(&r, &p, NULL, &err)) {
@@ -360,7 +362,7 @@ static int fit(bench *b, const cairn_rag_params *base)
     double best = -1;
     score best_s = {0};
     cairn_fuse_params best_p = {0};
-    double best_w = 0;
+    int best_w = 0;
     cairn_fused fused[10];
     for (int w = 0; !rc && w < NW; w++) {
         score sl = {0};
@@ -368,7 +370,8 @@ static int fit(bench *b, const cairn_rag_params *base)
         for (int i = 0; i < b->n; i++)
             score_add(&sl, b->q[i].package, (const char *const *)lw[i].pkg, lw[i].n);
         char extra[64];
-        snprintf(extra, sizeof extra, ",\"w_title\":%g", w_titles[w]);
+        snprintf(extra, sizeof extra, ",\"w_title\":%g,\"common_df\":%g", w_titles[w / NC],
+                 common_dfs[w % NC]);
         print_score("lexical", &sl, extra);
         for (size_t a = 0; a < sizeof ratios / sizeof *ratios; a++)
             for (size_t kr = 0; kr < sizeof k_ranks / sizeof *k_ranks; kr++)
@@ -390,15 +393,16 @@ static int fit(bench *b, const cairn_rag_params *base)
                         best = o;
                         best_s = s;
                         best_p = fp;
-                        best_w = w_titles[w];
+                        best_w = w;
                     }
                 }
     }
     if (!rc) {
         char extra[160];
         snprintf(extra, sizeof extra,
-                 ",\"w_title\":%g,\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d",
-                 best_w, best_p.w_dense, best_p.w_lex, best_p.k_rank, best_p.depth);
+ ",\"w_title\":%g,\"common_df\":%g,\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,"
+                 "\"depth\":%d",
+                 w_titles[best_w / NC], common_dfs[best_w % NC], best_p.w_dense, best_p.w_lex, best_p.k_rank, best_p.depth);
         print_score("hybrid_best", &best_s, extra);
     }
     for (int i = 0; dense && i < b->n; i++) free_pkgs(dense[i].pkg, dense[i].n);

@@ -143,6 +143,29 @@ static void test_search_ranks_and_weights_titles(void **state)
 }
 
 /* Every FTS5 syntax character and keyword in a query is text: no error, no other meaning. */
+/* A word most passages hold is looked for in titles only; the rarest word always everywhere. */
+static void test_common_words_match_titles(void **state)
+{
+    (void)state;
+    fresh(7);
+    cairn_lex *lx = NULL;
+    cairn_error err = {0};
+    cairn_lex_params p = cairn_lex_default_params();
+    p.common_df = 0.5; /* of 4 passages: "terminal" (3) is common, "ripgrep" (1) is not */
+    assert_int_equal(cairn_lex_open(&lx, dbpath, 7, &p, &err), 0);
+    assert_int_equal(cairn_lex_add(lx, docs, 4, &err), 0);
+    uint64_t ids[8];
+    int n = search(lx, "terminal ripgrep", ids, 8);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < n; i++) assert_true(ids[i] != 4); /* nginx: "terminal" in its body only */
+    /* all words common: the rarest still matches bodies */
+    n = search(lx, "terminal", ids, 8);
+    assert_int_equal(n, 3);
+    cairn_lex_close(lx);
+    p.common_df = 0;
+    assert_int_equal(cairn_lex_open(&lx, dbpath, 7, &p, &err), CAIRN_EINVAL);
+}
+
 static void test_fts5_syntax_is_text(void **state)
 {
     (void)state;
@@ -316,6 +339,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_query_quotes_every_word),
         cmocka_unit_test(test_search_ranks_and_weights_titles),
+        cmocka_unit_test(test_common_words_match_titles),
         cmocka_unit_test(test_fts5_syntax_is_text),
         cmocka_unit_test(test_filters_in_the_query),
         cmocka_unit_test(test_delete_persist_and_uid),
