@@ -841,7 +841,7 @@ static void retrieve_run(void *arg)
     int rc = !q ? cairn_errorf(&err, CAIRN_ENOMEM, "out of memory")
              : dense ? cairn_rag_embed(a->p.rag, t->r.prompt, q, &err)
                      : 0;
-    double embed_s = since(t0);
+    double embed_s = dense ? since(t0) : 0.0;
     int64_t t1 = cairn_now_ns();
     if (t->r.rag.k > 100) t->r.rag.k = 100;
     cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];

@@ -581,8 +581,8 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
     }
     pthread_rwlock_unlock(&r->lock);
     int64_t t3 = cairn_now_ns();
-    st->dense_s = (double)(t1 - t0) / 1e9;
-    st->lexical_s = (double)(t2 - t1) / 1e9;
+    st->dense_s = dense ? (double)(t1 - t0) / 1e9 : 0.0; /* a list not asked took no time */
+    st->lexical_s = lexical ? (double)(t2 - t1) / 1e9 : 0.0;
     st->fuse_s = (double)(t3 - t2) / 1e9;
     st->n_dense = nd;
     st->n_lexical = nl;
