@@ -837,18 +837,16 @@ static void retrieve_run(void *arg)
     cairn_rag_hit hits[100];
     int n = 0;
     bool dense = t->r.rag.search != CAIRN_SEARCH_LEXICAL;
-    int64_t t0 = cairn_now_ns();
-    int rc = !q ? cairn_errorf(&err, CAIRN_ENOMEM, "out of memory")
-             : dense ? cairn_rag_embed(a->p.rag, t->r.prompt, q, &err)
-                     : 0;
-    double embed_s = dense ? since(t0) : 0.0;
-    int64_t t1 = cairn_now_ns();
     if (t->r.rag.k > 100) t->r.rag.k = 100;
     cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
-    cairn_rag_query rq = rag_query(&t->r.rag, t->r.prompt, q, filters);
+    cairn_rag_query rq = rag_query(&t->r.rag, t->r.prompt, NULL, filters);
     cairn_rag_search_stats ss = {0};
-    if (!rc) rc = cairn_rag_query_run(a->p.rag, &rq, hits, &n, &ss, &err);
-    double search_s = since(t1);
+    double embed_s = 0;
+    int64_t t1 = cairn_now_ns();
+    /* embeds the query (dense, hybrid) and searches; hybrid's lexical list overlaps both */
+    int rc = !q ? cairn_errorf(&err, CAIRN_ENOMEM, "out of memory")
+                : cairn_rag_retrieve(a->p.rag, &rq, q, &embed_s, hits, &n, &ss, &err);
+    double search_s = since(t1) - embed_s;
     if (rc) {
         cairn_http_json_error(&resp, 500, "retrieval failed: %s", err.msg);
     } else {

@@ -581,21 +581,14 @@ int cairn_cmd_search(int argc, char **argv)
         fprintf(stderr, "cairn search: index %s is empty: run cairn index first\n", o.dir);
         goto out;
     }
-    double t0 = cairn_now_sec();
-    if (o.mode != CAIRN_SEARCH_LEXICAL && cairn_rag_embed(r, o.texts[0], q, &err)) {
-        fprintf(stderr, "cairn search: %s\n", err.msg);
-        goto out;
-    }
-    double t1 = cairn_now_sec();
-    cairn_rag_query rq = {.mode = o.mode,
-                          .text = o.texts[0],
-                          .q = o.mode == CAIRN_SEARCH_LEXICAL ? NULL : q,
-                          .k = (int)o.k,
+    double t0 = cairn_now_sec(), embed_s = 0;
+    cairn_rag_query rq = {.mode = o.mode, .text = o.texts[0], .k = (int)o.k,
                           .nprobe = (int)o.nprobe};
-    if (cairn_rag_query_run(r, &rq, hits, &n_hits, NULL, &err)) {
+    if (cairn_rag_retrieve(r, &rq, q, &embed_s, hits, &n_hits, NULL, &err)) {
         fprintf(stderr, "cairn search: %s\n", err.msg);
         goto out;
     }
+    double t1 = t0 + embed_s;
     double t2 = cairn_now_sec();
     for (int i = 0; i < n_hits; i++) {
         if (o.json) {

@@ -511,13 +511,45 @@ static char *dupn(const char *s, size_t n)
     return d;
 }
 
-int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *hits, int *n_hits,
-                        cairn_rag_search_stats *st, cairn_error *err)
+/* The lexical list of one search; run on a helper thread by cairn_rag_retrieve. */
+typedef struct lex_job {
+    cairn_rag *r;
+    const cairn_rag_query *q;
+    int depth, n;
+    uint64_t *ids;
+    float *scores;
+    int rc;
+    double secs;
+    cairn_error err;
+} lex_job;
+
+static void *lex_run(void *arg)
+{
+    lex_job *j = arg;
+    int64_t t0 = cairn_now_ns();
+    pthread_rwlock_rdlock(&j->r->lock);
+    j->rc = cairn_lex_search(j->r->lex, j->q->text, strlen(j->q->text), j->q->filters,
+                             j->q->n_filters, j->depth, j->ids, j->scores, &j->n, &j->err);
+    pthread_rwlock_unlock(&j->r->lock);
+    j->secs = (double)(cairn_now_ns() - t0) / 1e9;
+    return NULL;
+}
+
+/*
+ * One search. With embed (cairn_rag_retrieve) the query text is embedded into it first, for the
+ * modes that need it, and in hybrid mode the lexical list runs on a helper thread meanwhile
+ * (it needs no embedding); *embed_s gets the embedding time. The read lock is taken per list
+ * and again to copy the passages out, never held while waiting for the helper.
+ */
+static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double *embed_s,
+                  cairn_rag_hit *hits, int *n_hits, cairn_rag_search_stats *st, cairn_error *err)
 {
     *n_hits = 0;
     cairn_rag_search_stats local;
     if (!st) st = &local;
     memset(st, 0, sizeof *st);
+    cairn_rag_query qv = *qin;
+    const cairn_rag_query *q = &qv;
     int k = q->k;
     if (k < 1 || k > CAIRN_TIER_MAX_K)
         return cairn_errorf(err, CAIRN_ERANGE, "k: %d is outside 1..%d", k, CAIRN_TIER_MAX_K);
@@ -525,7 +557,7 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
         return cairn_errorf(err, CAIRN_ERANGE, "filter: at most %d keys, got %zu",
                             CAIRN_LEX_MAX_FILTERS, q->n_filters);
     bool dense = q->mode != CAIRN_SEARCH_LEXICAL, lexical = q->mode != CAIRN_SEARCH_DENSE;
-    if (dense && !q->q)
+    if (dense && !q->q && !(embed && q->text))
         return cairn_errorf(err, CAIRN_EINVAL, "%s search needs the query's embedding",
                             cairn_search_mode_name(q->mode));
     if (lexical && !q->text)
@@ -538,15 +570,35 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
     uint64_t dids[CAIRN_TIER_MAX_K], lids[CAIRN_TIER_MAX_K];
     float dsc[CAIRN_TIER_MAX_K], lsc[CAIRN_TIER_MAX_K];
     cairn_fused fused[CAIRN_TIER_MAX_K];
-    int nd = 0, nl = 0, nf = 0, rc = 0;
+    int nd = 0, nf = 0, rc = 0;
+    lex_job lj = {.r = r, .q = q, .depth = depth, .ids = lids, .scores = lsc};
+    pthread_t helper;
+    bool threaded = false;
     int64_t t0 = cairn_now_ns();
-    pthread_rwlock_rdlock(&r->lock);
-    if (dense) rc = dense_list(r, q, depth, dids, dsc, &nd, err);
+    if (lexical && dense && embed)
+        threaded = pthread_create(&helper, NULL, lex_run, &lj) == 0;
+    if (embed && dense) {
+        int64_t te = cairn_now_ns();
+        rc = cairn_rag_embed(r, q->text, embed, err);
+        qv.q = embed;
+        if (embed_s) *embed_s = (double)(cairn_now_ns() - te) / 1e9;
+    }
     int64_t t1 = cairn_now_ns();
-    if (!rc && lexical)
-        rc = cairn_lex_search(r->lex, q->text, strlen(q->text), q->filters, q->n_filters, depth,
-                              lids, lsc, &nl, err);
+    if (!rc && dense) {
+        pthread_rwlock_rdlock(&r->lock);
+        rc = dense_list(r, q, depth, dids, dsc, &nd, err);
+        pthread_rwlock_unlock(&r->lock);
+    }
+    st->dense_s = dense ? (double)(cairn_now_ns() - t1) / 1e9 : 0.0;
+    if (threaded) pthread_join(helper, NULL);
+    else if (lexical && !rc) lex_run(&lj);
+    if (!rc && lexical && lj.rc) {
+        rc = lj.rc;
+        if (err) *err = lj.err;
+    }
+    st->lexical_s = lexical ? lj.secs : 0.0; /* a list not asked took no time */
     int64_t t2 = cairn_now_ns();
+    int nl = lj.n;
     if (!rc) {
         if (q->mode == CAIRN_SEARCH_HYBRID) {
             nf = cairn_fuse(dids, nd, lids, nl, &r->p.fuse, fused, k);
@@ -562,8 +614,10 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
                                          .from = dense ? CAIRN_FUSE_DENSE : CAIRN_FUSE_LEXICAL};
         }
     }
+    pthread_rwlock_rdlock(&r->lock);
     for (int i = 0; !rc && i < nf && i < k; i++) {
         cairn_doc d;
+        /* a passage deleted since its list was made is left out */
         if (cairn_docstore_get(r->ds, fused[i].id, &d, NULL) != 0 || d.deleted) continue;
         cairn_rag_hit *h = &hits[*n_hits];
         h->id = d.id;
@@ -581,8 +635,6 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
     }
     pthread_rwlock_unlock(&r->lock);
     int64_t t3 = cairn_now_ns();
-    st->dense_s = dense ? (double)(t1 - t0) / 1e9 : 0.0; /* a list not asked took no time */
-    st->lexical_s = lexical ? (double)(t2 - t1) / 1e9 : 0.0;
     st->fuse_s = (double)(t3 - t2) / 1e9;
     st->n_dense = nd;
     st->n_lexical = nl;
@@ -595,6 +647,20 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
     for (int i = 0; i < *n_hits; i++)
         if (hits[i].from >= 1 && hits[i].from <= 3) cairn_counter_inc(r->c_from[hits[i].from - 1]);
     return 0;
+}
+
+int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *hits, int *n_hits,
+                        cairn_rag_search_stats *st, cairn_error *err)
+{
+    return search(r, q, NULL, NULL, hits, n_hits, st, err);
+}
+
+int cairn_rag_retrieve(cairn_rag *r, const cairn_rag_query *q, float *embedding, double *embed_s,
+                       cairn_rag_hit *hits, int *n_hits, cairn_rag_search_stats *st,
+                       cairn_error *err)
+{
+    if (embed_s) *embed_s = 0;
+    return search(r, q, embedding, embed_s, hits, n_hits, st, err);
 }
 
 int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,

@@ -149,6 +149,18 @@ int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *h
                         cairn_rag_search_stats *st, cairn_error *err);
 
 /*
+ * As cairn_rag_query_run, embedding q->text first (into embedding, cairn_rag_dim floats, for
+ * dense and hybrid; q->q is ignored) as /v1/retrieve and `cairn search` need: in hybrid mode the
+ * lexical list is searched on a second thread while the query is embedded and the dense list
+ * searched, so hybrid costs about the longer of the two rather than their sum. *embed_s (may be
+ * NULL) gets the embedding's seconds (0 when the mode needs none). Returns as
+ * cairn_rag_query_run, or the embedder's error.
+ */
+int cairn_rag_retrieve(cairn_rag *r, const cairn_rag_query *q, float *embedding, double *embed_s,
+                       cairn_rag_hit *hits, int *n_hits, cairn_rag_search_stats *st,
+                       cairn_error *err);
+
+/*
  * The passage ids each index holds, ascending, malloc'ed (the caller frees; NULL when the
  * count is 0): the IVF's into *dense, the lexical index's into *lexical. For checks that the
  * two agree. Returns 0 or CAIRN_ENOMEM/CAIRN_EIO.
