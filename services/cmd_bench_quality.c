@@ -259,11 +259,11 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
                "\"questions\":%d,\"passages\":%zu,\"hit1\":%.4f,\"hit4\":%.4f,\"hit10\":%.4f,"
                "\"mrr\":%.4f,\"hits\":[%d,%d,%d],\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
                "\"search_p50_ms\":%.3f,\"timings\":%d,\"w_title\":%g,\"common_df\":%g,"
-               "\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d}\n",
+               "\"method\":\"%s\",\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d}\n",
                cairn_search_mode_name((cairn_search_mode)m), split, s[m].n,
                cairn_rag_count(r), (double)s[m].hit1 / s[m].n, (double)s[m].hit4 / s[m].n,
                (double)s[m].hit10 / s[m].n, s[m].rr / s[m].n, s[m].hit1, s[m].hit4, s[m].hit10,
-               p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df, fp.w_dense, fp.w_lex, fp.k_rank,
+               p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df, cairn_fuse_method_name(fp.method), fp.w_dense, fp.w_lex, fp.k_rank,
                fp.depth);
     }
     for (int m = 0; m < 3; m++) {
@@ -278,6 +278,7 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
 
 typedef struct lists {
     uint64_t ids[LIST];
+    float scores[LIST];
     char *pkg[LIST];
     int n;
 } lists;
@@ -303,6 +304,7 @@ static int fetch_list(cairn_rag *r, cairn_search_mode m, const char *text, const
     }
     for (int i = 0; i < out->n; i++) {
         out->ids[i] = hits[i].id;
+        out->scores[i] = hits[i].score;
         out->pkg[i] = package_of(&hits[i]);
     }
     cairn_rag_hits_free(hits, out->n);
@@ -368,17 +370,22 @@ static int fit(bench *b, const cairn_rag_params *base)
         snprintf(extra, sizeof extra, ",\"w_title\":%g,\"common_df\":%g", w_titles[w / NC],
                  common_dfs[w % NC]);
         print_score("lexical", &sl, extra);
+        for (int meth = 0; meth < 2; meth++)
         for (size_t a = 0; a < sizeof ratios / sizeof *ratios; a++)
-            for (size_t kr = 0; kr < sizeof k_ranks / sizeof *k_ranks; kr++)
+            for (size_t kr = 0; kr < (meth ? 1 : sizeof k_ranks / sizeof *k_ranks); kr++)
                 for (size_t d = 0; d < sizeof depths / sizeof *depths; d++) {
-                    cairn_fuse_params fp = {.w_dense = 1, .w_lex = ratios[a],
-                                            .k_rank = k_ranks[kr], .depth = depths[d]};
+                    cairn_fuse_params fp = {.method = (cairn_fuse_method)meth,
+                                            .w_dense = 1,
+                                            .w_lex = ratios[a],
+                                            .k_rank = meth ? 0 : k_ranks[kr],
+                                            .depth = depths[d]};
                     score s = {0};
                     for (int i = 0; i < b->n; i++) {
                         uint64_t di[LIST], li[LIST];
                         for (int j = 0; j < dense[i].n; j++) di[j] = dense[i].ids[j];
                         for (int j = 0; j < lw[i].n; j++) li[j] = lw[i].ids[j];
-                        int n = cairn_fuse(di, dense[i].n, li, lw[i].n, &fp, fused, 10);
+                        int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores,
+                                           lw[i].n, &fp, fused, 10);
                         const char *pk[10];
                         for (int j = 0; j < n; j++) pk[j] = pkg_for(&dense[i], &lw[i], fused[j].id);
                         score_add(&s, b->q[i].package, pk, n);
@@ -392,12 +399,36 @@ static int fit(bench *b, const cairn_rag_params *base)
                     }
                 }
     }
+    if (!rc && getenv("CAIRN_FIT_VERBOSE")) { /* each train question's ranks, best config */
+        const lists *lw = &lex[(size_t)best_w * b->n];
+        for (int i = 0; i < b->n; i++) {
+            uint64_t di[LIST], li[LIST];
+            for (int j = 0; j < dense[i].n; j++) di[j] = dense[i].ids[j];
+            for (int j = 0; j < lw[i].n; j++) li[j] = lw[i].ids[j];
+            int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores, lw[i].n,
+                               &best_p, fused, 10),
+                rf = 0, rd = 0, rl = 0;
+            for (int j = 0; j < n && !rf; j++) {
+                const char *pk = pkg_for(&dense[i], &lw[i], fused[j].id);
+                if (pk && !strcmp(pk, b->q[i].package)) rf = j + 1;
+            }
+            for (int j = 0; j < dense[i].n && !rd; j++)
+                if (dense[i].pkg[j] && !strcmp(dense[i].pkg[j], b->q[i].package)) rd = j + 1;
+            for (int j = 0; j < lw[i].n && !rl; j++)
+                if (lw[i].pkg[j] && !strcmp(lw[i].pkg[j], b->q[i].package)) rl = j + 1;
+            fprintf(stderr, "fit: hybrid %2d dense %3d lexical %3d  %s | %s | top: %s, %s\n", rf,
+                    rd, rl, b->q[i].package, b->q[i].text, lw[i].n ? lw[i].pkg[0] : "-",
+                    dense[i].n ? dense[i].pkg[0] : "-");
+        }
+    }
     if (!rc) {
         char extra[160];
         snprintf(extra, sizeof extra,
- ",\"w_title\":%g,\"common_df\":%g,\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,"
-                 "\"depth\":%d",
-                 w_titles[best_w / NC], common_dfs[best_w % NC], best_p.w_dense, best_p.w_lex, best_p.k_rank, best_p.depth);
+                 ",\"w_title\":%g,\"common_df\":%g,\"method\":\"%s\",\"w_dense\":%g,"
+                 "\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d",
+                 w_titles[best_w / NC], common_dfs[best_w % NC],
+                 cairn_fuse_method_name(best_p.method), best_p.w_dense, best_p.w_lex,
+                 best_p.k_rank, best_p.depth);
         print_score("hybrid_best", &best_s, extra);
     }
     for (int i = 0; dense && i < b->n; i++) free_pkgs(dense[i].pkg, dense[i].n);

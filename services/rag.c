@@ -601,7 +601,7 @@ static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double
     int nl = lj.n;
     if (!rc) {
         if (q->mode == CAIRN_SEARCH_HYBRID) {
-            nf = cairn_fuse(dids, nd, lids, nl, &r->p.fuse, fused, k);
+            nf = cairn_fuse(dids, dsc, nd, lids, lsc, nl, &r->p.fuse, fused, k);
         } else {
             const uint64_t *ids = dense ? dids : lids;
             const float *sc = dense ? dsc : lsc;

@@ -301,7 +301,7 @@ static void test_fuse(void **state)
     const uint64_t dense[] = {10, 11, 12};
     const uint64_t lex[] = {12, 13, 10};
     cairn_fused out[8];
-    int n = cairn_fuse(dense, 3, lex, 3, &p, out, 8);
+    int n = cairn_fuse(dense, NULL, 3, lex, NULL, 3, &p, out, 8);
     assert_int_equal(n, 4);
     /* 10: 1/11 + 1/13; 12: 1/13 + 1/11 -> tie, broken by the better single rank, then id */
     assert_int_equal(out[0].id, 10);
@@ -317,15 +317,34 @@ static void test_fuse(void **state)
     assert_string_equal(cairn_fuse_from_name(out[0].from), "both");
     /* the weights decide between single-list passages */
     p.w_lex = 2;
-    n = cairn_fuse(dense, 3, lex, 3, &p, out, 2);
+    n = cairn_fuse(dense, NULL, 3, lex, NULL, 3, &p, out, 2);
     assert_int_equal(n, 2);
     assert_int_equal(out[0].id, 12);
     /* depth cuts each list */
     p.depth = 1;
-    n = cairn_fuse(dense, 3, lex, 3, &p, out, 8);
+    n = cairn_fuse(dense, NULL, 3, lex, NULL, 3, &p, out, 8);
     assert_int_equal(n, 2);
     /* empty lists */
-    assert_int_equal(cairn_fuse(NULL, 0, NULL, 0, &p, out, 8), 0);
+    assert_int_equal(cairn_fuse(NULL, NULL, 0, NULL, NULL, 0, &p, out, 8), 0);
+    /* convex: min-max normalised scores; a list's best counts 1, its worst 0 */
+    const float dsc[] = {0.9f, 0.5f, 0.1f}, lsc[] = {20.0f, 15.0f, 10.0f};
+    p = (cairn_fuse_params){.method = CAIRN_FUSE_CONVEX, .w_dense = 1, .w_lex = 1, .depth = 10};
+    n = cairn_fuse(dense, dsc, 3, lex, lsc, 3, &p, out, 8);
+    assert_int_equal(n, 4);
+    /* 10: 1 + 0; 12: 0 + 1; 11: 0.5; 13: 0.5 -> 10 and 12 tie (rank 1 each, smaller id first) */
+    assert_int_equal(out[0].id, 10);
+    assert_int_equal(out[1].id, 12);
+    assert_true(out[0].score > 0.99f && out[0].score < 1.01f);
+    assert_true(out[2].score > 0.49f && out[2].score < 0.51f);
+    /* a far better dense first passage outweighs lexical ranks, which rrf cannot see */
+    const float dsc2[] = {0.9f, 0.2f, 0.1f};
+    p.w_lex = 1.5;
+    n = cairn_fuse(dense, dsc2, 3, lex, lsc, 3, &p, out, 8);
+    assert_int_equal(out[0].id, 12); /* 0 + 1.5 */
+    p.w_dense = 2;
+    n = cairn_fuse(dense, dsc2, 3, lex, lsc, 3, &p, out, 8);
+    assert_int_equal(out[0].id, 10); /* 2 + 0 */
+    assert_string_equal(cairn_fuse_method_name(CAIRN_FUSE_CONVEX), "convex");
     cairn_search_mode m;
     cairn_error err = {0};
     assert_int_equal(cairn_search_mode_parse("lexical", &m, &err), 0);
