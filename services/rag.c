@@ -577,11 +577,13 @@ static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double
     int64_t t0 = cairn_now_ns();
     if (lexical && dense && embed)
         threaded = pthread_create(&helper, NULL, lex_run, &lj) == 0;
+    double emb = 0;
     if (embed && dense) {
         int64_t te = cairn_now_ns();
         rc = cairn_rag_embed(r, q->text, embed, err);
         qv.q = embed;
-        if (embed_s) *embed_s = (double)(cairn_now_ns() - te) / 1e9;
+        emb = (double)(cairn_now_ns() - te) / 1e9;
+        if (embed_s) *embed_s = emb;
     }
     int64_t t1 = cairn_now_ns();
     if (!rc && dense) {
@@ -643,7 +645,8 @@ static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double
         *n_hits = 0;
         return rc;
     }
-    cairn_histogram_observe(r->h_mode[q->mode], (double)(t3 - t0) / 1e9);
+    /* the search's own time: what the caller waited beyond the query's embedding */
+    cairn_histogram_observe(r->h_mode[q->mode], (double)(t3 - t0) / 1e9 - emb);
     for (int i = 0; i < *n_hits; i++)
         if (hits[i].from >= 1 && hits[i].from <= 3) cairn_counter_inc(r->c_from[hits[i].from - 1]);
     return 0;
