@@ -58,7 +58,8 @@ static fts5_api *fts5_api_of(sqlite3 *db)
 static void refresh_rows(cairn_lex *lx)
 {
     lx->rows = 0;
-    if (sqlite3_step(lx->count) == SQLITE_ROW) lx->rows = (size_t)sqlite3_column_int64(lx->count, 0);
+    if (sqlite3_step(lx->count) == SQLITE_ROW)
+        lx->rows = (size_t)sqlite3_column_int64(lx->count, 0);
     sqlite3_reset(lx->count);
 }
 

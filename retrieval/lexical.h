@@ -90,7 +90,8 @@ typedef struct {
 /*
  * The k best passages for text (any bytes: it is split into words as cairn_lex_query does;
  * common words are matched in titles only, unless all are common, when the rarest is matched
- * everywhere), best first, that match every filter: ids[i] and scores[i] (BM25 negated, so higher is better),
+ * everywhere), best first, that match every filter: ids[i] and scores[i] (BM25 negated, so
+ * higher is better),
  * *n_out of them. A text without a word finds nothing (0, *n_out 0). Returns 0, CAIRN_ERANGE
  * (k < 1, more than CAIRN_LEX_MAX_FILTERS filters), CAIRN_EIO.
  */

@@ -263,7 +263,8 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
                cairn_search_mode_name((cairn_search_mode)m), split, s[m].n,
                cairn_rag_count(r), (double)s[m].hit1 / s[m].n, (double)s[m].hit4 / s[m].n,
                (double)s[m].hit10 / s[m].n, s[m].rr / s[m].n, s[m].hit1, s[m].hit4, s[m].hit10,
-               p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df, cairn_fuse_method_name(fp.method), fp.w_dense, fp.w_lex, fp.k_rank,
+               p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df,
+               cairn_fuse_method_name(fp.method), fp.w_dense, fp.w_lex, fp.k_rank,
                fp.depth);
     }
     for (int m = 0; m < 3; m++) {

@@ -450,7 +450,8 @@ static bool meta_value_is(json_t *v, const char *want)
     char buf[64];
     if (json_is_string(v)) return !strcmp(json_string_value(v), want);
     if (json_is_integer(v)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
-    else if (json_is_boolean(v)) snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+    else if (json_is_boolean(v))
+        snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
     else if (json_is_real(v)) snprintf(buf, sizeof buf, "%.17g", json_real_value(v));
     else return false;
     return !strcmp(buf, want);

@@ -88,7 +88,8 @@ static void test_query_quotes_every_word(void **state)
     const char *q = "\"unbalanced (NEAR(a b, 2) foo* -bar ^baz col:x AND OR NOT {x} +y";
     int n = cairn_lex_query(q, strlen(q), out, sizeof out);
     assert_true(n > 0);
-    assert_string_equal(out, "\"unbalanced\" OR \"near\" OR \"b\" OR \"2\" OR \"foo\" OR \"bar\" OR "
+    assert_string_equal(out, "\"unbalanced\" OR \"near\" OR \"b\" OR \"2\" OR \"foo\" OR "
+                             "\"bar\" OR "
                              "\"baz\" OR \"col\" OR \"x\" OR \"y\"");
     /* only stop words: they are searched for after all */
     assert_int_equal(cairn_lex_query("what is it", 10, out, sizeof out), 3);
