@@ -503,18 +503,39 @@ static char *pre_generate(cairn_api *a, cairn_rag_mode mode, const char *questio
 
 static double since(int64_t t0) { return (double)(cairn_now_ns() - t0) / 1e9; }
 
+/* Passages as the API returns them; `retrieved_by` names the list(s) a passage came from
+ * (dense, lexical, both) and the ranks it had there (null: not in that list). */
 static json_t *hits_json(const cairn_rag_hit *h, int n)
 {
     json_t *arr = json_array();
     for (int i = 0; arr && i < n; i++) {
         json_t *meta = json_loads(h[i].meta, 0, NULL);
-        json_array_append_new(arr, json_pack("{s:I,s:f,s:o,s:s,s:o}", "id", (json_int_t)h[i].id,
-                                             "score", (double)h[i].score, "text",
-                                             json_text(h[i].text, strlen(h[i].text)), "key",
-                                             h[i].key, "metadata",
-                                             meta ? meta : json_object()));
+        json_t *o = json_pack("{s:I,s:f,s:o,s:s,s:o,s:s,s:o,s:o}", "id", (json_int_t)h[i].id,
+                              "score", (double)h[i].score, "text",
+                              json_text(h[i].text, strlen(h[i].text)), "key", h[i].key,
+                              "metadata", meta ? meta : json_object(), "retrieved_by",
+                              cairn_fuse_from_name(h[i].from), "dense_rank",
+                              h[i].dense_rank ? json_integer(h[i].dense_rank) : json_null(),
+                              "lexical_rank",
+                              h[i].lex_rank ? json_integer(h[i].lex_rank) : json_null());
+        json_array_append_new(arr, o);
     }
     return arr;
+}
+
+/* The query of a retrieval request for cairn_rag_query_run; filters point into r. */
+static cairn_rag_query rag_query(const cairn_api_rag *r, const char *text, const float *q,
+                                 cairn_lex_filter *filters)
+{
+    for (size_t i = 0; i < r->n_filters; i++)
+        filters[i] = (cairn_lex_filter){.key = r->fkey[i], .value = r->fval[i]};
+    return (cairn_rag_query){.mode = r->search,
+                             .text = text,
+                             .q = r->search == CAIRN_SEARCH_LEXICAL ? NULL : q,
+                             .k = r->k,
+                             .nprobe = r->nprobe,
+                             .filters = filters,
+                             .n_filters = r->n_filters};
 }
 
 /*
@@ -542,10 +563,11 @@ static void rag_run(void *arg)
         if (!strcmp(r->messages[i].role, "user")) question = r->messages[i].content, last_user = i;
     if (!question) rc = cairn_errorf(&err, CAIRN_EINVAL, "messages: no user message to answer");
 
+    bool dense = r->rag.search != CAIRN_SEARCH_LEXICAL;
     int64_t t0 = cairn_now_ns();
-    if (!rc) rc = cairn_rag_embed(a->p.rag, question, q, &err);
+    if (!rc && dense) rc = cairn_rag_embed(a->p.rag, question, q, &err);
     double embed_s = since(t0);
-    if (!rc) cairn_rag_prefetch(a->p.rag, q); /* overlaps the pre-retrieval generation */
+    if (!rc && dense) cairn_rag_prefetch(a->p.rag, q); /* overlaps the pre-retrieval generation */
     int64_t t1 = cairn_now_ns();
     float *q1 = q;
     if (!rc && r->rag.mode != CAIRN_RAG_NONE) {
@@ -555,7 +577,7 @@ static void rag_run(void *arg)
          * (Gao et al. 2022, "Precise Zero-Shot Dense Retrieval without Relevance Labels")
          * averages the query with its hypothetical documents; a rewrite is treated alike, so a
          * poor generation cannot lose the question. */
-        if (!rc && pre[0]) {
+        if (!rc && pre[0] && dense) {
             q1 = q + dim;
             rc = cairn_rag_embed(a->p.rag, pre, q1, &err);
             double norm = 0;
@@ -568,7 +590,15 @@ static void rag_run(void *arg)
     }
     double pre_s = since(t1);
     int64_t t2 = cairn_now_ns();
-    if (!rc) rc = cairn_rag_search(a->p.rag, q1, r->rag.k, r->rag.nprobe, hits, &n_hits, &err);
+    /* the lexical list searches the question and the generated text together */
+    char *text = NULL;
+    if (!rc && pre && pre[0] && (text = malloc(strlen(question) + strlen(pre) + 2)))
+        sprintf(text, "%s\n%s", question, pre);
+    cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
+    cairn_rag_query rq = rag_query(&r->rag, text ? text : question, q1, filters);
+    cairn_rag_search_stats ss = {0};
+    if (!rc) rc = cairn_rag_query_run(a->p.rag, &rq, hits, &n_hits, &ss, &err);
+    free(text);
     double search_s = since(t2);
     if (!rc) {
         cairn_histogram_observe(a->h_embed, embed_s);
@@ -589,11 +619,13 @@ static void rag_run(void *arg)
     }
     if (!rc) {
         g->sources = hits_json(hits, n_hits);
-        g->stages = json_pack("{s:f,s:f,s:f,s:s}", "embed_s", embed_s, "pre_retrieval_s", pre_s,
-                              "search_s", search_s, "rag_mode",
+        g->stages = json_pack("{s:f,s:f,s:f,s:s,s:s,s:f,s:f}", "embed_s", embed_s,
+                              "pre_retrieval_s", pre_s, "search_s", search_s, "rag_mode",
                               r->rag.mode == CAIRN_RAG_HYDE      ? "hyde"
                               : r->rag.mode == CAIRN_RAG_REWRITE ? "rewrite"
-                                                                 : "none");
+                                                                 : "none",
+                              "search_mode", cairn_search_mode_name(r->rag.search), "dense_s",
+                              ss.dense_s, "lexical_s", ss.lexical_s);
         if (pre && g->stages) json_object_set_new(g->stages, "pre_retrieval_text",
                                                   json_text(pre, strlen(pre)));
         rc = start_generation(a, g, r, msgs, r->n_messages ? r->n_messages : 1, &err);
@@ -837,22 +869,28 @@ static void retrieve_run(void *arg)
     float *q = malloc((size_t)cairn_rag_dim(a->p.rag) * sizeof *q);
     cairn_rag_hit hits[100];
     int n = 0;
-    int64_t t0 = cairn_now_ns();
-    int rc = q ? cairn_rag_embed(a->p.rag, t->r.prompt, q, &err) : CAIRN_ENOMEM;
-    double embed_s = since(t0);
+    bool dense = t->r.rag.search != CAIRN_SEARCH_LEXICAL;
+    if (t->r.rag.k > 100) t->r.rag.k = 100;
+    cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
+    cairn_rag_query rq = rag_query(&t->r.rag, t->r.prompt, NULL, filters);
+    cairn_rag_search_stats ss = {0};
+    double embed_s = 0;
     int64_t t1 = cairn_now_ns();
-    int k = t->r.rag.k < 100 ? t->r.rag.k : 100;
-    if (!rc) rc = cairn_rag_search(a->p.rag, q, k, t->r.rag.nprobe, hits, &n, &err);
-    double search_s = since(t1);
+    /* embeds the query (dense, hybrid) and searches; hybrid's lexical list overlaps both */
+    int rc = !q ? cairn_errorf(&err, CAIRN_ENOMEM, "out of memory")
+                : cairn_rag_retrieve(a->p.rag, &rq, q, &embed_s, hits, &n, &ss, &err);
+    double search_s = since(t1) - embed_s;
     if (rc) {
         cairn_http_json_error(&resp, 500, "retrieval failed: %s", err.msg);
     } else {
-        cairn_histogram_observe(a->h_embed, embed_s);
+        if (dense) cairn_histogram_observe(a->h_embed, embed_s);
         cairn_histogram_observe(a->h_search, search_s);
         set_json(&resp, 200,
-                 json_pack("{s:s,s:o,s:{s:f,s:f,s:f}}", "object", "list", "data",
-                           hits_json(hits, n), "cairn", "embed_s", embed_s, "search_s", search_s,
-                           "total_s", since(t->t_start)));
+                 json_pack("{s:s,s:o,s:{s:s,s:f,s:f,s:f,s:f,s:f}}", "object", "list", "data",
+                           hits_json(hits, n), "cairn", "mode",
+                           cairn_search_mode_name(t->r.rag.search), "embed_s", embed_s,
+                           "search_s", search_s, "dense_s", ss.dense_s, "lexical_s",
+                           ss.lexical_s, "total_s", since(t->t_start)));
     }
     cairn_rag_hits_free(hits, n);
     free(q);

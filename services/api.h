@@ -19,6 +19,7 @@
 #include "common/metrics.h"
 #include "generation/chat.h"
 #include "generation/sample.h"
+#include "retrieval/fuse.h"
 #include "services/http.h"
 
 /* ---- Request parsing ------------------------------------------------------------------- */
@@ -45,11 +46,20 @@ cairn_api_limits cairn_api_default_limits(void);
 
 typedef enum { CAIRN_RAG_NONE = 0, CAIRN_RAG_REWRITE, CAIRN_RAG_HYDE } cairn_rag_mode;
 
+#define CAIRN_API_MAX_FILTERS 8 /* metadata filter keys per request */
+
 typedef struct cairn_api_rag {
     bool enabled;        /* the request asked for retrieval */
     int k;               /* passages, 1..max_k (default 4) */
     int nprobe;          /* clusters probed; 0 = the index's default */
     cairn_rag_mode mode; /* pre-retrieval generation */
+    cairn_search_mode search; /* dense, lexical or hybrid (default) */
+    /* filter: {"key": value, ...}: passages whose metadata has every key with that value
+     * (strings as they are, numbers and booleans as JSON writes them). Keys point into the
+     * request's JSON; values into it or into fval_buf. */
+    size_t n_filters;
+    const char *fkey[CAIRN_API_MAX_FILTERS], *fval[CAIRN_API_MAX_FILTERS];
+    char fval_buf[CAIRN_API_MAX_FILTERS][32];
 } cairn_api_rag;
 
 typedef enum {

@@ -133,6 +133,56 @@ static int get_stop(json_t *o, cairn_api_req *r, cairn_error *err)
 /* The retrieval options k, nprobe and mode: inside the `rag` object (prefix "rag.") of a chat
  * request, or at the top level of /v1/rag (prefix ""). Dotted keys make messages name the
  * full path ("rag.k: 0 is below the minimum 1"). */
+/*
+ * The search mode (field `name`, absent: hybrid) and the metadata filter (field `fname`, an
+ * object of at most CAIRN_API_MAX_FILTERS keys of 1..64 bytes, each a string of at most 256
+ * bytes, an integer or a boolean) of a retrieval.
+ */
+static int get_search(json_t *o, const char *name, const char *fname, cairn_api_rag *rag,
+                      cairn_error *err)
+{
+    const char *mode = NULL;
+    json_t *f = NULL;
+    int rc = cairn_json_get_string(o, name, &mode, NULL, 1, 16, false, err);
+    rag->search = CAIRN_SEARCH_HYBRID;
+    if (!rc && mode && cairn_search_mode_parse(mode, &rag->search, err))
+        return cairn_error_prefix(err, "%s", name);
+    if (!rc) rc = cairn_json_get_object(o, fname, &f, false, err);
+    if (rc || !f) return rc;
+    if (json_object_size(f) > CAIRN_API_MAX_FILTERS)
+        return cairn_errorf(err, CAIRN_ERANGE, "%s: at most %d keys, got %zu", fname,
+                            CAIRN_API_MAX_FILTERS, json_object_size(f));
+    const char *key;
+    json_t *v;
+    json_object_foreach(f, key, v) {
+        size_t i = rag->n_filters;
+        size_t kl = strlen(key);
+        if (kl < 1 || kl > 64 || !cairn_json_utf8_valid(key, kl))
+            return cairn_errorf(err, CAIRN_ERANGE, "%s: a key must be 1..64 bytes of UTF-8",
+                                fname);
+        if (json_is_string(v)) {
+            size_t n = json_string_length(v);
+            if (n > 256 || memchr(json_string_value(v), 0, n))
+                return cairn_errorf(err, CAIRN_ERANGE,
+                                    "%s.%s: must be at most 256 bytes without NUL", fname, key);
+            rag->fval[i] = json_string_value(v);
+        } else if (json_is_integer(v)) {
+            snprintf(rag->fval_buf[i], sizeof rag->fval_buf[i], "%lld",
+                     (long long)json_integer_value(v));
+            rag->fval[i] = rag->fval_buf[i];
+        } else if (json_is_boolean(v)) {
+            rag->fval[i] = json_is_true(v) ? "true" : "false";
+        } else {
+            return cairn_errorf(err, CAIRN_EFORMAT,
+                                "%s.%s: expected a string, an integer or a boolean, got %s",
+                                fname, key, cairn_json_type_name(v));
+        }
+        rag->fkey[i] = key;
+        rag->n_filters++;
+    }
+    return 0;
+}
+
 static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, cairn_api_rag *rag,
                    cairn_error *err)
 {
@@ -155,6 +205,10 @@ static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, c
             return cairn_errorf(err, CAIRN_EINVAL, "%s: '%s' is not one of none, rewrite, hyde",
                                 km, mode);
     }
+    char ks[32], kf[16];
+    snprintf(ks, sizeof ks, "%ssearch_mode", prefix);
+    snprintf(kf, sizeof kf, "%sfilter", prefix);
+    if ((rc = get_search(o, ks, kf, rag, err))) return rc;
     rag->enabled = true;
     rag->k = (int)k;
     rag->nprobe = (int)nprobe;
@@ -313,7 +367,8 @@ static int parse_chat(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, 
     json_t *ro = NULL;
     if (!rc) rc = cairn_json_get_object(o, "rag", &ro, false, err);
     if (!rc && ro) {
-        static const char *const allowed[] = {"k", "nprobe", "mode", NULL};
+        static const char *const allowed[] = {"k",           "nprobe", "mode",
+                                              "search_mode", "filter", NULL};
         rc = cairn_json_check_keys(ro, "rag", allowed, err);
         if (!rc) rc = get_rag(o, "rag.", lim, &r->rag, err);
     }
@@ -403,14 +458,19 @@ static int parse_embeddings(json_t *o, const cairn_api_limits *lim, cairn_api_re
 static int parse_retrieve(json_t *o, const cairn_api_limits *lim, cairn_api_req *r,
                           cairn_error *err)
 {
-    static const char *const allowed[] = {"query", "k", "nprobe", NULL};
+    static const char *const allowed[] = {"query", "k", "nprobe", "mode", "filter", NULL};
     int64_t k = 4 < lim->max_k ? 4 : lim->max_k, nprobe = 0;
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_string(o, "query", &r->prompt, &r->prompt_len, 1,
                                         lim->max_text_bytes, true, err);
     if (!rc) rc = cairn_json_get_int(o, "k", &k, 1, lim->max_k, false, err);
     if (!rc) rc = cairn_json_get_int(o, "nprobe", &nprobe, 0, lim->max_nprobe, false, err);
-    r->rag = (cairn_api_rag){.enabled = true, .k = (int)k, .nprobe = (int)nprobe};
+    memset(&r->rag, 0, sizeof r->rag);
+    /* here `mode` is the search mode: /v1/retrieve has no pre-retrieval generation */
+    if (!rc) rc = get_search(o, "mode", "filter", &r->rag, err);
+    r->rag.enabled = true;
+    r->rag.k = (int)k;
+    r->rag.nprobe = (int)nprobe;
     return rc;
 }
 
@@ -420,7 +480,7 @@ static int parse_rag(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, c
                                           "top_p", "top_k", "min_p", "seed", "stream", "stop",
                                           "repetition_penalty", "presence_penalty",
                                           "frequency_penalty", "logit_bias", "k", "nprobe",
-                                          "mode", NULL};
+                                          "mode", "search_mode", "filter", NULL};
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_string(o, "question", &r->prompt, &r->prompt_len, 1,
                                         lim->max_text_bytes, true, err);

@@ -25,6 +25,7 @@
  */
 #define CAIRN_LOG_TAG "bench"
 #include "services/cmd_bench.h"
+#include "services/cmd_bench_quality.h"
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -52,7 +53,8 @@ const char *const cairn_cmd_bench_usage =
     "                            [--duration S] [--ttft-slo MS] [--tbt-slo MS] [--budget MS]\n"
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
     "                            [--online-budget MS] [--profile FILE] [--markdown FILE]\n"
-    "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n\n"
+    "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n"
+    "       cairn bench retrieval-quality [...]  (cairn bench retrieval-quality --help)\n\n"
     "profile   times N (default 600) iterations of random batch shapes, each shape R times\n"
     "          in a row (default 3), fits the latency predictor on the first 70% of the shapes\n"
     "          (each one's median time) and prints its MAPE on every timed iteration of the\n"
@@ -1327,6 +1329,13 @@ int cairn_cmd_bench(int argc, char **argv)
     if (argc >= 2 && !strcmp(argv[1], "profile")) return bench_profile(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "colocate")) return bench_colocate(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "yield")) return bench_yield(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "retrieval-quality")) {
+        if (argc >= 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+            fputs(cairn_cmd_bench_quality_usage, stdout);
+            return 0;
+        }
+        return cairn_cmd_bench_quality(argc, argv);
+    }
     fputs(cairn_cmd_bench_usage, stderr);
     return 2;
 }

@@ -3,7 +3,8 @@
  *
  * `cairn index` builds the same index directory cairnd serves (data/index by default) with
  * the same code (retrieval/index.h): ingest the corpus into the docstore, embed every passage,
- * train and fill the IVF index, write the tier file. Each step is skipped when the directory
+ * train and fill the IVF index, write the tier file, then fill the lexical index (lexical.db)
+ * by opening the directory as cairnd does. Each step is skipped when the directory
  * already holds its result, so the index is cached between runs; corpus.stamp tells whether
  * the cached store covers the corpus and passage limit asked for (a store cairnd filled with
  * its first 2,000 passages does not cover `--full`, and is rebuilt).
@@ -57,14 +58,18 @@ const char *const cairn_cmd_embed_usage =
     "  --data-dir DIR  where the default model lives (default ./data)";
 
 const char *const cairn_cmd_search_usage =
-    "usage: cairn search [-k K] [--nprobe P] [--json] [--dir DIR] [--model FILE]\n"
+    "usage: cairn search [-k K] [--mode M] [--nprobe P] [--json] [--dir DIR] [--model FILE]\n"
     "                    [--threads T] [--data-dir DIR] TEXT\n\n"
-    "Prints the K passages of the index nearest to TEXT, best first (rank, score, id, title\n"
-    "and the start of the text), and the embed and search times on stderr.\n\n"
+    "Prints the K passages of the index that best match TEXT, best first (rank, score, the\n"
+    "list that found it, id, title and the start of the text), and the embed and search\n"
+    "times on stderr.\n\n"
     "  -k K            passages to print, 1..1024 (default 5)\n"
+    "  --mode M        hybrid (default: both lists, fused), dense (the IVF index of\n"
+    "                  embeddings) or lexical (BM25 over titles and texts)\n"
     "  --nprobe P      IVF clusters to search, >= 1 (default: the index's own; more than the\n"
     "                  index has searches them all)\n"
-    "  --json          one JSON object per passage {rank, id, score, key, title, text, metadata}\n"
+    "  --json          one JSON object per passage {rank, id, score, retrieved_by, dense_rank,\n"
+    "                  lexical_rank, key, title, text, metadata}\n"
     "  --dir DIR       index directory (default DATA/index; `cairn index` builds it)\n"
     "  --model FILE    embedder GGUF: the one the index was built with (default\n"
     "                  DATA/models/all-minilm-l6-v2.gguf)\n"
@@ -85,11 +90,13 @@ enum {
     OPT_K = 1 << 8,
     OPT_NPROBE = 1 << 9,
     OPT_JSON = 1 << 10,
+    OPT_MODE = 1 << 11,
 };
 
 typedef struct opts {
     const char *cmd;
     const char *corpus, *dir, *model, *data_dir;
+    cairn_search_mode mode;
     long max, threads, k, nprobe;
     int full, rebuild, json, max_set;
     char **texts; /* positional arguments */
@@ -141,6 +148,7 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
             {"--full", OPT_FULL, 0},     {"--rebuild", OPT_REBUILD, 0}, {"--model", OPT_MODEL, 1},
             {"-m", OPT_MODEL, 1},        {"--threads", OPT_THREADS, 1}, {"--data-dir", OPT_DATA, 1},
             {"-k", OPT_K, 1},            {"--nprobe", OPT_NPROBE, 1},   {"--json", OPT_JSON, 0},
+            {"--mode", OPT_MODE, 1},
         };
         int bit = 0, takes = 0;
         for (size_t t = 0; t < sizeof table / sizeof table[0]; t++)
@@ -174,6 +182,14 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
         case OPT_FULL: o->full = 1; break;
         case OPT_REBUILD: o->rebuild = 1; break;
         case OPT_JSON: o->json = 1; break;
+        case OPT_MODE: {
+            cairn_error e = {0};
+            if (cairn_search_mode_parse(v, &o->mode, &e)) {
+                fprintf(stderr, "cairn %s: --mode: %s\n", o->cmd, e.msg);
+                bad = 1;
+            }
+            break;
+        }
         }
         if (bad) return 2;
         i += takes;
@@ -409,6 +425,28 @@ int cairn_cmd_index(int argc, char **argv)
             goto out;
         }
     }
+    /* the lexical index: opening the directory as cairnd does fills it when it is missing or
+     * holds other passages (services/rag.c) */
+    {
+        cairn_rag_params rp = cairn_rag_default_params();
+        rp.dir = o.dir;
+        rp.embed = e;
+        cairn_rag *r = NULL;
+        cairn_ivf_close(ivf); /* rag loads its own */
+        ivf = NULL;
+        double t0 = cairn_now_sec();
+        if (cairn_rag_open(&r, &rp, NULL, &err)) {
+            fprintf(stderr, "cairn index: lexical index: %s\n", err.msg);
+            goto out;
+        }
+        cairn_rag_close(r);
+        if (cairn_ivf_load(&ivf, ip.ivf, uid, &err)) {
+            fprintf(stderr, "cairn index: %s\n", err.msg);
+            goto out;
+        }
+        if (!ivf_cached)
+            fprintf(stderr, "lexical index ready in %.1f s\n", cairn_now_sec() - t0);
+    }
     if (ivf_cached) {
         printf("index %s is cached: %zu passages, nlist %zu, default nprobe %zu (--rebuild "
                "rebuilds it)\n",
@@ -485,6 +523,9 @@ static void print_hit_json(int rank, const cairn_rag_hit *h)
     json_object_set_new(o, "rank", json_integer(rank));
     json_object_set_new(o, "id", json_integer((json_int_t)h->id));
     json_object_set_new(o, "score", json_real(h->score));
+    json_object_set_new(o, "retrieved_by", json_string(cairn_fuse_from_name(h->from)));
+    json_object_set_new(o, "dense_rank", h->dense_rank ? json_integer(h->dense_rank) : json_null());
+    json_object_set_new(o, "lexical_rank", h->lex_rank ? json_integer(h->lex_rank) : json_null());
     json_object_set_new(o, "key", json_string(h->key));
     json_object_set_new(o, "title", json_string(h->title));
     json_object_set_new(o, "text", json_string(h->text));
@@ -500,7 +541,7 @@ int cairn_cmd_search(int argc, char **argv)
     opts o;
     int st = parse_opts(&o, argc, argv,
                         OPT_DIR | OPT_MODEL | OPT_THREADS | OPT_DATA | OPT_K | OPT_NPROBE |
-                            OPT_JSON);
+                            OPT_JSON | OPT_MODE);
     if (st) return st;
     if (o.n_texts != 1) {
         fprintf(stderr, "cairn search: %s (see cairn search --help)\n",
@@ -540,29 +581,29 @@ int cairn_cmd_search(int argc, char **argv)
         fprintf(stderr, "cairn search: index %s is empty: run cairn index first\n", o.dir);
         goto out;
     }
-    double t0 = cairn_now_sec();
-    if (cairn_rag_embed(r, o.texts[0], q, &err)) {
+    double t0 = cairn_now_sec(), embed_s = 0;
+    cairn_rag_query rq = {.mode = o.mode, .text = o.texts[0], .k = (int)o.k,
+                          .nprobe = (int)o.nprobe};
+    if (cairn_rag_retrieve(r, &rq, q, &embed_s, hits, &n_hits, NULL, &err)) {
         fprintf(stderr, "cairn search: %s\n", err.msg);
         goto out;
     }
-    double t1 = cairn_now_sec();
-    if (cairn_rag_search(r, q, (int)o.k, (int)o.nprobe, hits, &n_hits, &err)) {
-        fprintf(stderr, "cairn search: %s\n", err.msg);
-        goto out;
-    }
+    double t1 = t0 + embed_s;
     double t2 = cairn_now_sec();
     for (int i = 0; i < n_hits; i++) {
         if (o.json) {
             print_hit_json(i + 1, &hits[i]);
             continue;
         }
-        printf("%2d. %.4f  [%llu] %s\n    ", i + 1, hits[i].score,
-               (unsigned long long)hits[i].id, hits[i].title[0] ? hits[i].title : hits[i].key);
+        printf("%2d. %.4f  %-7s [%llu] %s\n    ", i + 1, hits[i].score,
+               cairn_fuse_from_name(hits[i].from), (unsigned long long)hits[i].id,
+               hits[i].title[0] ? hits[i].title : hits[i].key);
         print_snippet(hits[i].text, 200);
         putchar('\n');
     }
-    fprintf(stderr, "[timings] %d passages of %zu; embed %.1f ms, search %.2f ms\n", n_hits,
-            cairn_rag_count(r), (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+    fprintf(stderr, "[timings] %s: %d passages of %zu; embed %.1f ms, search %.2f ms\n",
+            cairn_search_mode_name(o.mode), n_hits, cairn_rag_count(r), (t1 - t0) * 1e3,
+            (t2 - t1) * 1e3);
     status = fflush(stdout) ? 1 : 0;
 out:
     cairn_rag_hits_free(hits, n_hits);

@@ -1,8 +1,9 @@
 /*
  * services/rag.c — the passage index and the retrieval half of RAG (see rag.h).
  *
- * Locking: `lock` (a rwlock) guards the docstore, the IVF index and the tier pointer: searches
- * and document reads hold it shared, adds and deletes alone. Embedding happens outside it.
+ * Locking: `lock` (a rwlock) guards the docstore, the IVF index, the tier pointer and the
+ * lexical index's contents: searches and document reads hold it shared, adds and deletes alone.
+ * Embedding happens outside it. The lexical index serialises its own SQLite calls.
  */
 #define CAIRN_LOG_TAG "rag"
 #include "services/rag.h"
@@ -17,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -29,21 +31,27 @@
 struct cairn_rag {
     cairn_rag_params p;
     char *dir;
-    char path_ds[4096], path_ivf[4096], path_tier[4096], path_stamp[4096];
+    char path_ds[4096], path_ivf[4096], path_tier[4096], path_stamp[4096], path_lex[4096];
     pthread_rwlock_t lock;
     cairn_docstore *ds;
     cairn_ivf *ivf;   /* NULL until the first documents */
     cairn_tier *tier; /* NULL while the index is empty */
+    cairn_lex *lex;   /* same passages and ids as the IVF */
     int dim;
     int lock_fd;         /* dir/LOCK, flock'ed for the handle's life; -1 before */
     cairn_rag_log log;   /* set: adds and deletes go through the document log */
     cairn_gauge *g_docs;
     cairn_counter *c_searches, *c_probed, *c_hits, *c_prefetched_bytes;
+    cairn_histogram *h_mode[3];  /* cairn_retrieval_search_seconds{mode}, by cairn_search_mode */
+    cairn_counter *c_from[3];    /* cairn_retrieval_results_total{list}: dense, lexical, both */
 };
 
 cairn_rag_params cairn_rag_default_params(void)
 {
-    return (cairn_rag_params){.fast_bytes = 64u << 20, .prefetch_bytes = 16u << 20};
+    return (cairn_rag_params){.fast_bytes = 64u << 20,
+                              .prefetch_bytes = 16u << 20,
+                              .lex = cairn_lex_default_params(),
+                              .fuse = cairn_fuse_default_params()};
 }
 
 /* ---- Index maintenance ------------------------------------------------------------------- */
@@ -70,6 +78,87 @@ static int index_vectors(cairn_rag *r, const float *x, const int64_t *ids, size_
     if (!r->ivf) rc = cairn_index_build_ivf(&r->ivf, r->dim, x, ids, n, err); /* + add */
     else rc = cairn_ivf_add(r->ivf, x, ids, n, err);
     if (!rc) rc = rebuild_tier(r, err);
+    return rc;
+}
+
+/* ---- The lexical index ----------------------------------------------------------------------- */
+
+/*
+ * The lexical title of a passage: its title, then for a document that is not the default
+ * corpus's the file name its key starts with (when the title does not already say it), then
+ * the Markdown headings inside the passage. Malloc'ed; NULL when out of memory.
+ */
+static char *lex_title(const cairn_doc_input *d)
+{
+    cairn_strbuf sb = {0};
+    const char *title = d->title ? d->title : "";
+    cairn_strbuf_puts(&sb, title);
+    if (d->key && strncmp(d->key, "debian:", 7) != 0) {
+        const char *hash = strrchr(d->key, '#');
+        size_t n = hash ? (size_t)(hash - d->key) : strlen(d->key);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(n < 255 ? n : 255), d->key);
+        if (name[0] && strcmp(name, "api") != 0 && !strstr(title, name))
+            cairn_strbuf_printf(&sb, "%s%s", sb.len ? " " : "", name);
+    }
+    for (const char *line = d->text; line && *line;) {
+        const char *end = strchr(line, '\n');
+        size_t n = end ? (size_t)(end - line) : strlen(line);
+        if (n > 1 && line[0] == '#') cairn_strbuf_printf(&sb, " %.*s", (int)n, line);
+        line = end ? end + 1 : NULL;
+    }
+    return cairn_strbuf_take(&sb, NULL);
+}
+
+/* Indexes docs (ids first..first+n) in the lexical index. Lock held alone. */
+static int lex_add_inputs(cairn_rag *r, const cairn_doc_input *in, size_t n, uint64_t first,
+                          cairn_error *err)
+{
+    cairn_lex_doc *ld = calloc(n ? n : 1, sizeof *ld);
+    int rc = ld ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    size_t made = 0;
+    for (; !rc && made < n; made++) {
+        char *t = lex_title(&in[made]);
+        if (!t) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        ld[made] = (cairn_lex_doc){
+            .id = first + made, .title = t, .body = in[made].text, .meta = in[made].meta};
+    }
+    if (!rc) rc = cairn_lex_add(r->lex, ld, n, err);
+    for (size_t i = 0; ld && i < made; i++) free((char *)ld[i].title);
+    free(ld);
+    return rc;
+}
+
+/* Refills the lexical index from every live passage of the store, in batches. */
+static int lex_rebuild(cairn_rag *r, cairn_error *err)
+{
+    enum { BATCH = 2048 };
+    int rc = cairn_lex_clear(r->lex, err);
+    size_t recs = cairn_docstore_records(r->ds);
+    cairn_doc_input *in = malloc(BATCH * sizeof *in);
+    uint64_t *ids = malloc(BATCH * sizeof *ids);
+    if (!rc && (!in || !ids)) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < recs;) {
+        size_t m = 0;
+        for (; i < recs && m < BATCH; i++) {
+            cairn_doc d;
+            cairn_docstore_at(r->ds, i, &d);
+            if (d.deleted) continue;
+            in[m] = (cairn_doc_input){.key = d.key, .title = d.title, .text = d.text,
+                                      .meta = d.meta};
+            ids[m++] = d.id;
+        }
+        /* ids of live records are increasing but not consecutive: add one run at a time */
+        for (size_t j = 0; !rc && j < m;) {
+            size_t e = j + 1;
+            while (e < m && ids[e] == ids[e - 1] + 1) e++;
+            rc = lex_add_inputs(r, in + j, e - j, ids[j], err);
+            j = e;
+        }
+    }
+    free(in);
+    free(ids);
+    if (!rc) CAIRN_LOG_INFO("lexical index rebuilt", "passages=%zu", cairn_lex_count(r->lex));
     return rc;
 }
 
@@ -142,6 +231,7 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     snprintf(r->path_ivf, sizeof r->path_ivf, "%s/index.ivf", p->dir);
     snprintf(r->path_tier, sizeof r->path_tier, "%s/index.tier", p->dir);
     snprintf(r->path_stamp, sizeof r->path_stamp, "%s/corpus.stamp", p->dir);
+    snprintf(r->path_lex, sizeof r->path_lex, "%s/lexical.db", p->dir);
     int rc = lock_dir(r, err);
     if (!rc && metrics) {
         rc = cairn_gauge_new(metrics, &r->g_docs, "cairn_rag_documents", "Passages indexed", err);
@@ -157,6 +247,23 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
                                         "cairn_prefetch_bytes_total",
                                         "Bytes copied into the fast tier by lookahead prefetch",
                                         err);
+        static const double b[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                   0.025,  0.05,    0.1,    0.25,  0.5,    1};
+        static const char *const mode[] = {"mode"}, *const list[] = {"list"};
+        cairn_metric_family *f = NULL;
+        if (!rc) rc = cairn_histogram_family_new(metrics, &f, "cairn_retrieval_search_seconds",
+                                                 "Passage search time by mode (dense, lexical, "
+                                                 "hybrid), query embedding not included",
+                                                 mode, 1, 3, b, sizeof b / sizeof b[0], err);
+        for (int m = 0; !rc && m < 3; m++)
+            r->h_mode[m] = cairn_histogram_child(
+                f, CAIRN_LABELS(cairn_search_mode_name((cairn_search_mode)m)));
+        if (!rc) rc = cairn_counter_family_new(metrics, &f, "cairn_retrieval_results_total",
+                                               "Passages returned by searches, by the list that "
+                                               "contributed them (dense, lexical, both)",
+                                               list, 1, 3, err);
+        for (unsigned m = 1; !rc && m <= 3; m++)
+            r->c_from[m - 1] = cairn_counter_child(f, CAIRN_LABELS(cairn_fuse_from_name(m)));
     }
     if (!rc) rc = cairn_docstore_open(&r->ds, r->path_ds,
                                       CAIRN_DOCSTORE_WRITE | CAIRN_DOCSTORE_CREATE, err);
@@ -179,6 +286,8 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
             rc = reindex_all(r, err);
         }
     }
+    if (!rc) rc = cairn_lex_open(&r->lex, r->path_lex, cairn_docstore_uid(r->ds), &p->lex, err);
+    if (!rc && cairn_lex_count(r->lex) != cairn_docstore_live(r->ds)) rc = lex_rebuild(r, err);
     if (rc) {
         cairn_rag_close(r);
         return rc;
@@ -191,6 +300,7 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
 void cairn_rag_close(cairn_rag *r)
 {
     if (!r) return;
+    cairn_lex_close(r->lex);
     cairn_tier_close(r->tier);
     cairn_ivf_close(r->ivf);
     cairn_docstore_close(r->ds);
@@ -239,6 +349,7 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
         if (!rc) rc = cairn_docstore_commit(r->ds, err);
         for (size_t i = 0; !rc && i < n; i++) ids[i] = (int64_t)(first + i);
         if (!rc) rc = index_vectors(r, x, ids, n, err);
+        if (!rc) rc = lex_add_inputs(r, in, n, first, err);
         if (!rc && first_id) *first_id = first;
         cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
         pthread_rwlock_unlock(&r->lock);
@@ -347,6 +458,7 @@ int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
     int64_t iid = (int64_t)id;
     if (!rc && r->ivf) rc = cairn_ivf_remove(r->ivf, &iid, 1, NULL, err);
     if (!rc) rc = rebuild_tier(r, err);
+    if (!rc) rc = cairn_lex_delete(r->lex, &id, 1, err);
     cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
     pthread_rwlock_unlock(&r->lock);
     return rc;
@@ -490,8 +602,10 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
                                       .text = op->docs[k].text,
                                       .meta = op->docs[k].metadata_json};
         int arc = cairn_docstore_append_ids(r->ds, in, op->n_docs, op->id, &e);
+        if (!arc) rc = lex_add_inputs(r, in, op->n_docs, op->id, err); /* the same ids */
         free(in);
         size_t dim = (size_t)r->dim;
+        if (rc) break;
         if (!arc) {
             memmove(x + dst * dim, x + src * dim, op->n_docs * dim * sizeof *x);
             for (size_t k = 0; k < op->n_docs; k++) ids[dst + k] = (int64_t)(op->id + k);
@@ -510,6 +624,10 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
         else rc = cairn_ivf_add(r->ivf, x, ids, dst, err);
     }
     if (!rc && n_gone && r->ivf) rc = cairn_ivf_remove(r->ivf, gone, n_gone, NULL, err);
+    for (size_t i = 0; !rc && i < n_gone; i++) {
+        uint64_t id = (uint64_t)gone[i];
+        rc = cairn_lex_delete(r->lex, &id, 1, err);
+    }
     if (!rc && changed) rc = rebuild_tier(r, err);
     cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
     pthread_rwlock_unlock(&r->lock);
@@ -539,6 +657,65 @@ void cairn_rag_hits_free(cairn_rag_hit *hits, int n)
     }
 }
 
+/* A metadata value as the text a filter compares with: strings as they are, numbers and
+ * booleans as JSON writes them (what the lexical index stores, retrieval/lexical.c). */
+static bool meta_value_is(json_t *v, const char *want)
+{
+    char buf[64];
+    if (json_is_string(v)) return !strcmp(json_string_value(v), want);
+    if (json_is_integer(v)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+    else if (json_is_boolean(v))
+        snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+    else if (json_is_real(v)) snprintf(buf, sizeof buf, "%.17g", json_real_value(v));
+    else return false;
+    return !strcmp(buf, want);
+}
+
+static bool meta_matches(const cairn_doc *d, const cairn_lex_filter *f, size_t n)
+{
+    if (n == 0) return true;
+    json_t *meta = json_loadb(d->meta, d->meta_len, 0, NULL);
+    bool ok = meta != NULL;
+    for (size_t i = 0; ok && i < n; i++) ok = meta_value_is(json_object_get(meta, f[i].key),
+                                                            f[i].value);
+    json_decref(meta);
+    return ok;
+}
+
+/*
+ * The dense list: up to want live passages matching the filters, best first, into ids. With
+ * filters the IVF is asked for CAIRN_TIER_MAX_K candidates, since some will not match. Read
+ * lock held.
+ */
+static int dense_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t *ids,
+                      float *scores, int *n, cairn_error *err)
+{
+    *n = 0;
+    if (!r->tier) return 0;
+    float sc[CAIRN_TIER_MAX_K];
+    int64_t iv[CAIRN_TIER_MAX_K];
+    int fetch = q->n_filters ? CAIRN_TIER_MAX_K : want;
+    cairn_tier_stats before, after;
+    cairn_tier_get_stats(r->tier, &before);
+    size_t np = q->nprobe > 0 ? (size_t)q->nprobe : cairn_ivf_nprobe(r->ivf);
+    int rc = cairn_tier_search(r->tier, q->q, (size_t)fetch, np, sc, iv, err);
+    cairn_tier_get_stats(r->tier, &after);
+    cairn_counter_inc(r->c_searches);
+    cairn_counter_add(r->c_probed, (double)(after.probed - before.probed));
+    cairn_counter_add(r->c_hits, (double)(after.hits - before.hits));
+    cairn_counter_add(r->c_prefetched_bytes,
+                      (double)(after.bytes_prefetched - before.bytes_prefetched));
+    for (int i = 0; !rc && i < fetch && iv[i] >= 0 && *n < want; i++) {
+        cairn_doc d;
+        if (cairn_docstore_get(r->ds, (uint64_t)iv[i], &d, NULL) != 0 || d.deleted) continue;
+        if (!meta_matches(&d, q->filters, q->n_filters)) continue;
+        ids[*n] = d.id;
+        scores[*n] = sc[i];
+        (*n)++;
+    }
+    return rc;
+}
+
 static char *dupn(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
@@ -549,48 +726,200 @@ static char *dupn(const char *s, size_t n)
     return d;
 }
 
-int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
-                     int *n_hits, cairn_error *err)
+/* The lexical list of one search; run on a helper thread by cairn_rag_retrieve. */
+typedef struct lex_job {
+    cairn_rag *r;
+    const cairn_rag_query *q;
+    int depth, n;
+    uint64_t *ids;
+    float *scores;
+    int rc;
+    double secs;
+    cairn_error err;
+} lex_job;
+
+static void *lex_run(void *arg)
+{
+    lex_job *j = arg;
+    int64_t t0 = cairn_now_ns();
+    pthread_rwlock_rdlock(&j->r->lock);
+    j->rc = cairn_lex_search(j->r->lex, j->q->text, strlen(j->q->text), j->q->filters,
+                             j->q->n_filters, j->depth, j->ids, j->scores, &j->n, &j->err);
+    pthread_rwlock_unlock(&j->r->lock);
+    j->secs = (double)(cairn_now_ns() - t0) / 1e9;
+    return NULL;
+}
+
+/*
+ * One search. With embed (cairn_rag_retrieve) the query text is embedded into it first, for the
+ * modes that need it, and in hybrid mode the lexical list runs on a helper thread meanwhile
+ * (it needs no embedding); *embed_s gets the embedding time. The read lock is taken per list
+ * and again to copy the passages out, never held while waiting for the helper.
+ */
+static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double *embed_s,
+                  cairn_rag_hit *hits, int *n_hits, cairn_rag_search_stats *st, cairn_error *err)
 {
     *n_hits = 0;
+    cairn_rag_search_stats local;
+    if (!st) st = &local;
+    memset(st, 0, sizeof *st);
+    cairn_rag_query qv = *qin;
+    const cairn_rag_query *q = &qv;
+    int k = q->k;
     if (k < 1 || k > CAIRN_TIER_MAX_K)
         return cairn_errorf(err, CAIRN_ERANGE, "k: %d is outside 1..%d", k, CAIRN_TIER_MAX_K);
-    float scores[CAIRN_TIER_MAX_K];
-    int64_t ids[CAIRN_TIER_MAX_K];
-    pthread_rwlock_rdlock(&r->lock);
-    int rc = 0;
-    if (r->tier) {
-        cairn_tier_stats before, after;
-        cairn_tier_get_stats(r->tier, &before);
-        size_t np = nprobe > 0 ? (size_t)nprobe : cairn_ivf_nprobe(r->ivf);
-        rc = cairn_tier_search(r->tier, q, (size_t)k, np, scores, ids, err);
-        cairn_tier_get_stats(r->tier, &after);
-        cairn_counter_inc(r->c_searches);
-        cairn_counter_add(r->c_probed, (double)(after.probed - before.probed));
-        cairn_counter_add(r->c_hits, (double)(after.hits - before.hits));
-        cairn_counter_add(r->c_prefetched_bytes,
-                          (double)(after.bytes_prefetched - before.bytes_prefetched));
-        for (int i = 0; !rc && i < k && ids[i] >= 0; i++) {
-            cairn_doc d;
-            if (cairn_docstore_get(r->ds, (uint64_t)ids[i], &d, NULL) != 0 || d.deleted) continue;
-            cairn_rag_hit *h = &hits[*n_hits];
-            h->id = d.id;
-            h->score = scores[i];
-            h->text = dupn(d.text, d.text_len);
-            h->key = dupn(d.key, d.key_len);
-            h->title = dupn(d.title, d.title_len);
-            h->meta = dupn(d.meta, d.meta_len);
-            (*n_hits)++;
-            if (!h->text || !h->key || !h->title || !h->meta)
-                rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    if (q->n_filters > CAIRN_LEX_MAX_FILTERS)
+        return cairn_errorf(err, CAIRN_ERANGE, "filter: at most %d keys, got %zu",
+                            CAIRN_LEX_MAX_FILTERS, q->n_filters);
+    bool dense = q->mode != CAIRN_SEARCH_LEXICAL, lexical = q->mode != CAIRN_SEARCH_DENSE;
+    if (dense && !q->q && !(embed && q->text))
+        return cairn_errorf(err, CAIRN_EINVAL, "%s search needs the query's embedding",
+                            cairn_search_mode_name(q->mode));
+    if (lexical && !q->text)
+        return cairn_errorf(err, CAIRN_EINVAL, "%s search needs the query's text",
+                            cairn_search_mode_name(q->mode));
+    /* hybrid takes `depth` from each list (at least k) before fusing */
+    int depth = k;
+    if (q->mode == CAIRN_SEARCH_HYBRID && r->p.fuse.depth > depth) depth = r->p.fuse.depth;
+    if (depth > CAIRN_TIER_MAX_K) depth = CAIRN_TIER_MAX_K;
+    uint64_t dids[CAIRN_TIER_MAX_K], lids[CAIRN_TIER_MAX_K];
+    float dsc[CAIRN_TIER_MAX_K], lsc[CAIRN_TIER_MAX_K];
+    cairn_fused fused[CAIRN_TIER_MAX_K];
+    int nd = 0, nf = 0, rc = 0;
+    lex_job lj = {.r = r, .q = q, .depth = depth, .ids = lids, .scores = lsc};
+    pthread_t helper;
+    bool threaded = false;
+    int64_t t0 = cairn_now_ns();
+    if (lexical && dense && embed)
+        threaded = pthread_create(&helper, NULL, lex_run, &lj) == 0;
+    double emb = 0;
+    if (embed && dense) {
+        int64_t te = cairn_now_ns();
+        rc = cairn_rag_embed(r, q->text, embed, err);
+        qv.q = embed;
+        emb = (double)(cairn_now_ns() - te) / 1e9;
+        if (embed_s) *embed_s = emb;
+    }
+    int64_t t1 = cairn_now_ns();
+    if (!rc && dense) {
+        pthread_rwlock_rdlock(&r->lock);
+        rc = dense_list(r, q, depth, dids, dsc, &nd, err);
+        pthread_rwlock_unlock(&r->lock);
+    }
+    st->dense_s = dense ? (double)(cairn_now_ns() - t1) / 1e9 : 0.0;
+    if (threaded) pthread_join(helper, NULL);
+    else if (lexical && !rc) lex_run(&lj);
+    if (!rc && lexical && lj.rc) {
+        rc = lj.rc;
+        if (err) *err = lj.err;
+    }
+    st->lexical_s = lexical ? lj.secs : 0.0; /* a list not asked took no time */
+    int64_t t2 = cairn_now_ns();
+    int nl = lj.n;
+    if (!rc) {
+        if (q->mode == CAIRN_SEARCH_HYBRID) {
+            nf = cairn_fuse(dids, dsc, nd, lids, lsc, nl, &r->p.fuse, fused, k);
+        } else {
+            const uint64_t *ids = dense ? dids : lids;
+            const float *sc = dense ? dsc : lsc;
+            nf = dense ? nd : nl;
+            for (int i = 0; i < nf; i++)
+                fused[i] = (cairn_fused){.id = ids[i],
+                                         .score = sc[i],
+                                         .dense_rank = dense ? i + 1 : 0,
+                                         .lex_rank = dense ? 0 : i + 1,
+                                         .from = dense ? CAIRN_FUSE_DENSE : CAIRN_FUSE_LEXICAL};
         }
     }
+    pthread_rwlock_rdlock(&r->lock);
+    for (int i = 0; !rc && i < nf && i < k; i++) {
+        cairn_doc d;
+        /* a passage deleted since its list was made is left out */
+        if (cairn_docstore_get(r->ds, fused[i].id, &d, NULL) != 0 || d.deleted) continue;
+        cairn_rag_hit *h = &hits[*n_hits];
+        h->id = d.id;
+        h->score = fused[i].score;
+        h->from = fused[i].from;
+        h->dense_rank = fused[i].dense_rank;
+        h->lex_rank = fused[i].lex_rank;
+        h->text = dupn(d.text, d.text_len);
+        h->key = dupn(d.key, d.key_len);
+        h->title = dupn(d.title, d.title_len);
+        h->meta = dupn(d.meta, d.meta_len);
+        (*n_hits)++;
+        if (!h->text || !h->key || !h->title || !h->meta)
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
     pthread_rwlock_unlock(&r->lock);
+    int64_t t3 = cairn_now_ns();
+    st->fuse_s = (double)(t3 - t2) / 1e9;
+    st->n_dense = nd;
+    st->n_lexical = nl;
     if (rc) {
         cairn_rag_hits_free(hits, *n_hits);
         *n_hits = 0;
+        return rc;
     }
-    return rc;
+    /* the search's own time: what the caller waited beyond the query's embedding */
+    cairn_histogram_observe(r->h_mode[q->mode], (double)(t3 - t0) / 1e9 - emb);
+    for (int i = 0; i < *n_hits; i++)
+        if (hits[i].from >= 1 && hits[i].from <= 3) cairn_counter_inc(r->c_from[hits[i].from - 1]);
+    return 0;
+}
+
+int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *hits, int *n_hits,
+                        cairn_rag_search_stats *st, cairn_error *err)
+{
+    return search(r, q, NULL, NULL, hits, n_hits, st, err);
+}
+
+int cairn_rag_retrieve(cairn_rag *r, const cairn_rag_query *q, float *embedding, double *embed_s,
+                       cairn_rag_hit *hits, int *n_hits, cairn_rag_search_stats *st,
+                       cairn_error *err)
+{
+    if (embed_s) *embed_s = 0;
+    return search(r, q, embedding, embed_s, hits, n_hits, st, err);
+}
+
+int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
+                     int *n_hits, cairn_error *err)
+{
+    cairn_rag_query rq = {.mode = CAIRN_SEARCH_DENSE, .q = q, .k = k, .nprobe = nprobe};
+    return cairn_rag_query_run(r, &rq, hits, n_hits, NULL, err);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int cairn_rag_index_ids(cairn_rag *r, uint64_t **dense, size_t *n_dense, uint64_t **lexical,
+                        size_t *n_lexical, cairn_error *err)
+{
+    *dense = *lexical = NULL;
+    *n_dense = *n_lexical = 0;
+    pthread_rwlock_rdlock(&r->lock);
+    size_t total = r->ivf ? cairn_ivf_count(r->ivf) : 0, n = 0;
+    uint64_t *d = total ? malloc(total * sizeof *d) : NULL;
+    int rc = total && !d ? cairn_errorf(err, CAIRN_ENOMEM, "out of memory") : 0;
+    for (size_t l = 0; !rc && total && l < cairn_ivf_nlist(r->ivf); l++) {
+        const float *v;
+        const int64_t *ids;
+        size_t m = 0;
+        rc = cairn_ivf_list(r->ivf, l, &v, &ids, &m, err);
+        for (size_t i = 0; !rc && i < m && n < total; i++) d[n++] = (uint64_t)ids[i];
+    }
+    if (!rc) rc = cairn_lex_ids(r->lex, lexical, n_lexical, err);
+    pthread_rwlock_unlock(&r->lock);
+    if (rc) {
+        free(d);
+        return rc;
+    }
+    if (n) qsort(d, n, sizeof *d, cmp_u64);
+    *dense = d;
+    *n_dense = n;
+    return 0;
 }
 
 /* ---- Prompts ---------------------------------------------------------------------------------- */

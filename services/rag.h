@@ -2,10 +2,15 @@
  * services/rag.h — the passage index cairnd serves, and the retrieval half of a RAG request.
  *
  * A directory holds the docstore (docs.cds), the IVF index (index.ivf), its slow-tier file
- * (index.tier) and, when a corpus filled the store, corpus.stamp (retrieval/index.h; `cairn
- * index` builds the same directory). Adding or deleting documents updates all three: the IVF index is trained on
- * the first documents, later ones are added to it, and the tier file is rebuilt (the tier
- * format is immutable), then swapped in under the index lock.
+ * (index.tier), the lexical index (lexical.db, retrieval/lexical.h) and, when a corpus filled
+ * the store, corpus.stamp (retrieval/index.h; `cairn index` builds the same directory). Adding
+ * or deleting documents updates all of them: the IVF index is trained on the first documents,
+ * later ones are added to it, and the tier file is rebuilt (the tier format is immutable), then
+ * swapped in under the index lock; the lexical index gets the same passages and ids. A lexical
+ * index whose count differs from the store's at open is refilled from the store.
+ *
+ * Search modes: dense (the IVF), lexical (BM25 over title and body) and hybrid (both, fused by
+ * retrieval/fuse.h), the default.
  *
  * A RAG request (DESIGN "A RAG request, end to end"):
  *   1. embed the question -> q0; start the lookahead prefetch of q0's top clusters
@@ -29,6 +34,8 @@
 #include "common/metrics.h"
 #include "retrieval/docstore.h"
 #include "retrieval/embed.h"
+#include "retrieval/fuse.h"
+#include "retrieval/lexical.h"
 #include "services/api.h"
 
 typedef struct cairn_rag cairn_rag;
@@ -42,9 +49,11 @@ typedef struct cairn_rag_params {
                               *.md), a .jsonl file, or scripts/corpus's debian-Translation-en
                               (with debian-sections beside it); NULL: none */
     size_t corpus_max;     /* passages ingested at most; 0 = all */
+    cairn_lex_params lex;  /* column weights of the lexical index */
+    cairn_fuse_params fuse; /* hybrid fusion */
 } cairn_rag_params;
 
-/* fast_bytes 64 MiB, prefetch_bytes 16 MiB. */
+/* fast_bytes 64 MiB, prefetch_bytes 16 MiB, lex and fuse their modules' defaults. */
 cairn_rag_params cairn_rag_default_params(void);
 
 /* Opens (or creates) the index in p->dir, taking the directory's lock (dir/LOCK, flock) for
@@ -140,7 +149,10 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
 /* One retrieved passage; strings are malloc'ed copies (cairn_rag_hits_free). */
 typedef struct cairn_rag_hit {
     uint64_t id;
-    float score;
+    float score;    /* dense: inner product; lexical: -BM25; hybrid: the fused score */
+    unsigned from;  /* CAIRN_FUSE_DENSE | CAIRN_FUSE_LEXICAL: the list(s) it came from */
+    int dense_rank; /* 1-based rank in the dense list, 0: not in it */
+    int lex_rank;   /* 1-based rank in the lexical list, 0: not in it */
     char *text, *key, *title, *meta;
 } cairn_rag_hit;
 void cairn_rag_hits_free(cairn_rag_hit *hits, int n);
@@ -152,10 +164,60 @@ int cairn_rag_dim(const cairn_rag *r);
 /* Starts the lookahead prefetch for q0 (returns at once). No-op on an empty index. */
 void cairn_rag_prefetch(cairn_rag *r, const float *q0);
 
-/* The k best passages for q (k <= CAIRN_TIER_MAX_K), probing nprobe clusters (0: default).
+/* The k best passages for q (k <= CAIRN_TIER_MAX_K), probing nprobe clusters (0: default), by
+ * the dense index alone (cairn_rag_query_run in dense mode).
  * hits must hold k entries; *n_hits gets how many were found. 0 or a CAIRN_E* code. */
 int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
                      int *n_hits, cairn_error *err);
+
+/* What one search asks for. */
+typedef struct cairn_rag_query {
+    cairn_search_mode mode;
+    const char *text;  /* the query text: lexical and hybrid need it */
+    const float *q;    /* its embedding (cairn_rag_dim floats): dense and hybrid need it */
+    int k;             /* passages wanted, 1..CAIRN_TIER_MAX_K */
+    int nprobe;        /* IVF clusters probed; 0: the index's default */
+    const cairn_lex_filter *filters; /* metadata key = value, all must hold; may be NULL */
+    size_t n_filters;  /* <= CAIRN_LEX_MAX_FILTERS */
+} cairn_rag_query;
+
+/* How a search went: seconds in each list, and what each list found. */
+typedef struct cairn_rag_search_stats {
+    double dense_s, lexical_s, fuse_s;
+    int n_dense, n_lexical;
+} cairn_rag_search_stats;
+
+/*
+ * The q->k best passages for q in its mode, best first, with the metadata filters applied
+ * (inside the SQL query for the lexical list; to the IVF's candidates, of which up to
+ * CAIRN_TIER_MAX_K are looked at, for the dense one). hits must hold q->k entries; *n_hits
+ * gets how many were found; st (may be NULL) gets the timings. Observes
+ * cairn_retrieval_search_seconds{mode} and counts each returned passage in
+ * cairn_retrieval_results_total{list}. Returns 0, CAIRN_EINVAL (a mode without the text or
+ * embedding it needs), CAIRN_ERANGE, CAIRN_EIO, CAIRN_ENOMEM.
+ */
+int cairn_rag_query_run(cairn_rag *r, const cairn_rag_query *q, cairn_rag_hit *hits, int *n_hits,
+                        cairn_rag_search_stats *st, cairn_error *err);
+
+/*
+ * As cairn_rag_query_run, embedding q->text first (into embedding, cairn_rag_dim floats, for
+ * dense and hybrid; q->q is ignored) as /v1/retrieve and `cairn search` need: in hybrid mode the
+ * lexical list is searched on a second thread while the query is embedded and the dense list
+ * searched, so hybrid costs about the longer of the two rather than their sum. *embed_s (may be
+ * NULL) gets the embedding's seconds (0 when the mode needs none). Returns as
+ * cairn_rag_query_run, or the embedder's error.
+ */
+int cairn_rag_retrieve(cairn_rag *r, const cairn_rag_query *q, float *embedding, double *embed_s,
+                       cairn_rag_hit *hits, int *n_hits, cairn_rag_search_stats *st,
+                       cairn_error *err);
+
+/*
+ * The passage ids each index holds, ascending, malloc'ed (the caller frees; NULL when the
+ * count is 0): the IVF's into *dense, the lexical index's into *lexical. For checks that the
+ * two agree. Returns 0 or CAIRN_ENOMEM/CAIRN_EIO.
+ */
+int cairn_rag_index_ids(cairn_rag *r, uint64_t **dense, size_t *n_dense, uint64_t **lexical,
+                        size_t *n_lexical, cairn_error *err);
 
 /* The user message for the pre-retrieval generation of mode (rewrite: a search query;
  * hyde: a hypothetical passage). Malloc'ed; NULL when out of memory. */

@@ -1,6 +1,7 @@
 """cairnd's retrieval endpoints and the RAG pipeline with the real embedder and gemma-3-270m:
 a JSONL corpus ingested at start, /v1/retrieve, /v1/documents (add, delete, persisted across a
-restart), /v1/rag and the `rag` extension of chat completions (modes none, rewrite, hyde)."""
+restart), /v1/rag and the `rag` extension of chat completions (modes none, rewrite, hyde);
+search modes dense, lexical and hybrid with metadata filters."""
 import json
 import os
 import tempfile
@@ -166,6 +167,56 @@ def test_retrieval_metrics():
     assert float(lines["cairn_retrieval_searches_total"]) >= 1
     assert float(lines["cairn_rag_documents"]) == len(PASSAGES)
     assert "cairn_prefetch_bytes_total" in lines and "cairn_retrieval_fast_tier_hits_total" in lines
+
+
+def test_search_modes_filters_and_query_text():
+    """dense, lexical and hybrid (the default) on /v1/retrieve and /v1/rag: each passage says
+    which list found it; a metadata filter holds in every mode; FTS5 syntax is searched as text."""
+    def get(body):
+        status, _, raw = post("/v1/retrieve", body)
+        assert status == 200, raw
+        return json.loads(raw)
+
+    r = get({"query": "Gustave Eiffel", "k": 2, "mode": "lexical"})
+    assert r["cairn"]["mode"] == "lexical" and r["cairn"]["embed_s"] == 0
+    assert topic(r["data"][0]) == "eiffel"
+    assert all(h["retrieved_by"] == "lexical" and h["dense_rank"] is None and
+               h["lexical_rank"] == i + 1 for i, h in enumerate(r["data"]))
+    r = get({"query": QUESTIONS["jupiter"], "k": 2, "mode": "dense"})
+    assert r["cairn"]["mode"] == "dense" and r["cairn"]["lexical_s"] == 0
+    assert all(h["retrieved_by"] == "dense" and h["lexical_rank"] is None for h in r["data"])
+    r = get({"query": "the largest planet Jupiter", "k": 3})
+    assert r["cairn"]["mode"] == "hybrid"
+    assert topic(r["data"][0]) == "jupiter" and r["data"][0]["retrieved_by"] == "both", r
+    for mode in ("dense", "lexical", "hybrid"):
+        hits = get({"query": "the largest in the world", "k": 3, "mode": mode,
+                    "filter": {"topic": "reef"}})["data"]
+        assert [topic(h) for h in hits] == ["reef"], (mode, hits)
+    for q in ['"Eiffel', "NEAR(Eiffel tower", "Eiffel*", "-Eiffel", "Eiffel (((", "AND OR NOT",
+              "title:Eiffel", "Eiffel\" OR \"x"]:
+        hits = get({"query": q, "k": 3, "mode": "lexical"})["data"]
+        if "Eiffel" in q:
+            assert "eiffel" in [topic(h) for h in hits], (q, hits)
+    status, _, raw = post("/v1/retrieve", {"query": "q", "mode": "bm25"})
+    assert status == 400 and "mode: 'bm25'" in json.loads(raw)["error"]["message"], raw
+    status, _, raw = post("/v1/retrieve", {"query": "q", "filter": {"topic": [1]}})
+    assert status == 400 and "filter.topic" in json.loads(raw)["error"]["message"], raw
+
+    status, _, raw = post("/v1/rag", {"question": QUESTIONS["insulin"], "k": 2, "max_tokens": 4,
+                                      "temperature": 0, "search_mode": "lexical",
+                                      "filter": {"topic": "insulin"}})
+    assert status == 200, raw
+    r = json.loads(raw)
+    assert r["cairn"]["search_mode"] == "lexical"
+    assert [topic(s) for s in r["sources"]] == ["insulin"], r["sources"]
+
+    _, _, text = http("GET", setup().url + "/metrics")
+    lines = dict(l.rsplit(" ", 1) for l in text.decode().splitlines()
+                 if l and not l.startswith("#"))
+    for mode in ("dense", "lexical", "hybrid"):
+        assert float(lines[f'cairn_retrieval_search_seconds_count{{mode="{mode}"}}']) >= 1
+    for lst in ("dense", "lexical", "both"):
+        assert float(lines[f'cairn_retrieval_results_total{{list="{lst}"}}']) >= 1
 
 
 def test_zz_stop():

@@ -91,12 +91,25 @@ def test_index_search_and_cache_on_jsonl():
         assert sorted(h["key"] for h in hits) == sorted(f"{k}#0" for k in DOCS), hits
         assert hits[0]["metadata"]["topic"] == "violin", hits[0]
 
-        # plain output: rank, score, id, title and the text's start
+        # plain output: rank, score, the list that found it, id, title and the text's start
+        # (hybrid by default: the fused score is in 0..w_dense + w_lex)
         r = cairn("search", "--dir", d, "--model", MODEL, "-k", "1", "bowed string instrument")
         assert r.returncode == 0, r.stderr
-        assert re.match(r" 1\. 0\.\d{4}  \[\d+\] Violin\n    A violin has four strings", r.stdout), \
-            r.stdout
-        assert "[timings] 1 passages of 8" in r.stderr, r.stderr
+        assert re.match(r" 1\. \d\.\d{4}  (dense|both) +\[\d+\] Violin\n    A violin has four "
+                        r"strings", r.stdout), r.stdout
+        assert "[timings] hybrid: 1 passages of 8" in r.stderr, r.stderr
+        # the search modes: lexical finds by words alone, without embedding the query
+        r = cairn("search", "--dir", d, "--model", MODEL, "-k", "1", "--mode", "lexical",
+                  "violin (NEAR \"bow*")
+        assert r.returncode == 0, r.stderr
+        assert re.match(r" 1\. \d+\.\d{4}  lexical \[\d+\] Violin\n", r.stdout), r.stdout
+        assert "[timings] lexical: 1 passages of 8; embed 0.0 ms" in r.stderr, r.stderr
+        r = cairn("search", "--dir", d, "--model", MODEL, "--mode", "dense", "--json", "violin")
+        assert r.returncode == 0, r.stderr
+        assert all(json.loads(l)["retrieved_by"] == "dense" for l in r.stdout.splitlines())
+        r = cairn("search", "--dir", d, "--model", MODEL, "--mode", "bm25", "violin")
+        assert r.returncode == 2 and "--mode: 'bm25' is not one of hybrid, dense, lexical" in \
+            r.stderr, r.stderr
 
 
 def test_embed_prints_normalised_vectors_that_rank_like_search():

@@ -68,9 +68,11 @@ def add(d, texts, key="doc"):
     return [x["id"] for x in json.loads(raw)["data"]]
 
 
-def search(d, query, k=5):
-    status, _, raw = http("POST", d.url + "/v1/retrieve", json.dumps({"query": query, "k": k}),
-                          AUTH, timeout=30)
+def search(d, query, k=5, mode=None):
+    body = {"query": query, "k": k}
+    if mode:
+        body["mode"] = mode
+    status, _, raw = http("POST", d.url + "/v1/retrieve", json.dumps(body), AUTH, timeout=30)
     assert status == 200, (status, raw)
     return json.loads(raw)["data"]
 
@@ -108,6 +110,9 @@ def test_add_and_delete_seen_on_another_replica_within_a_second():
                          timeout=5, every=0.02)
         took = time.time() - t0
         assert hit and took < 1.0, (took, b.output()[-2000:])
+        # The log updates each replica's lexical index as well as its dense one.
+        for d in (a, b):
+            assert search(d, "Skerryvore gannets", 1, mode="lexical")[0]["id"] == ids[0]
         # Ids come from one counter: an add on B gets the next id.
         ids_b = add(b, ["Skerryvore lighthouse stands 48 metres tall on a reef."])
         assert ids_b[0] == ids[0] + 1, (ids, ids_b)
@@ -120,6 +125,9 @@ def test_add_and_delete_seen_on_another_replica_within_a_second():
                           timeout=5, every=0.02)
         took = time.time() - t0
         assert gone and took < 1.0, took
+        for d in (a, b):
+            assert all(h["id"] != ids[0] for h in search(d, "Skerryvore gannets", 5,
+                                                          mode="lexical"))
         # Deleting it again is a 404 on either replica; the log holds add, add, del.
         for d in (a, b):
             status, _, _ = http("DELETE", f"{d.url}/v1/documents/{ids[0]}", headers=AUTH)

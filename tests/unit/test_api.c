@@ -261,6 +261,37 @@ static void test_embeddings_retrieve_rag_documents(void **state)
     cairn_api_req_free(&r);
     expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"k\":1000}", CAIRN_ERANGE, "k:");
     expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"top\":1}", CAIRN_EFORMAT, "top");
+    /* search modes and metadata filters */
+    assert_int_equal(parse(CAIRN_API_RETRIEVE, "{\"query\":\"q\"}", &r, &err), 0);
+    assert_int_equal(r.rag.search, CAIRN_SEARCH_HYBRID); /* the default */
+    assert_int_equal(r.rag.n_filters, 0);
+    cairn_api_req_free(&r);
+    assert_int_equal(parse(CAIRN_API_RETRIEVE,
+                           "{\"query\":\"q\",\"mode\":\"lexical\",\"filter\":{\"section\":"
+                           "\"utils\",\"chunk\":0,\"draft\":false}}",
+                           &r, &err),
+                     0);
+    assert_int_equal(r.rag.search, CAIRN_SEARCH_LEXICAL);
+    assert_int_equal(r.rag.n_filters, 3);
+    assert_string_equal(r.rag.fkey[0], "section");
+    assert_string_equal(r.rag.fval[0], "utils");
+    assert_string_equal(r.rag.fval[1], "0");
+    assert_string_equal(r.rag.fval[2], "false");
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"mode\":\"bm25\"}", CAIRN_EINVAL,
+                 "mode: 'bm25' is not one of hybrid, dense, lexical");
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"filter\":{\"a\":[1]}}",
+                 CAIRN_EFORMAT, "filter.a: expected a string, an integer or a boolean");
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"filter\":{\"a\":1.5}}",
+                 CAIRN_EFORMAT, "filter.a");
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"filter\":{\"\":\"x\"}}",
+                 CAIRN_ERANGE, "filter: a key must be 1..64 bytes");
+    expect_error(CAIRN_API_RETRIEVE,
+                 "{\"query\":\"q\",\"filter\":{\"a\":1,\"b\":1,\"c\":1,\"d\":1,\"e\":1,"
+                 "\"f\":1,\"g\":1,\"h\":1,\"i\":1}}",
+                 CAIRN_ERANGE, "filter: at most 8 keys");
+    expect_error(CAIRN_API_RETRIEVE, "{\"query\":\"q\",\"filter\":\"x\"}", CAIRN_EFORMAT,
+                 "filter");
 
     assert_int_equal(parse(CAIRN_API_RAG, "{\"question\":\"q\",\"mode\":\"rewrite\",\"k\":2}", &r,
                            &err),
@@ -269,6 +300,30 @@ static void test_embeddings_retrieve_rag_documents(void **state)
     assert_int_equal(r.rag.k, 2);
     cairn_api_req_free(&r);
     expect_error(CAIRN_API_RAG, "{\"question\":\"q\",\"mode\":\"x\"}", CAIRN_EINVAL, "mode: 'x'");
+    assert_int_equal(parse(CAIRN_API_RAG,
+                           "{\"question\":\"q\",\"mode\":\"hyde\",\"search_mode\":\"dense\","
+                           "\"filter\":{\"package\":\"tmux\"}}",
+                           &r, &err),
+                     0);
+    assert_int_equal(r.rag.mode, CAIRN_RAG_HYDE);
+    assert_int_equal(r.rag.search, CAIRN_SEARCH_DENSE);
+    assert_int_equal(r.rag.n_filters, 1);
+    assert_string_equal(r.rag.fval[0], "tmux");
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_RAG, "{\"question\":\"q\",\"search_mode\":\"x\"}", CAIRN_EINVAL,
+                 "search_mode: 'x'");
+    assert_int_equal(parse(CAIRN_API_CHAT,
+                           "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"rag\":"
+                           "{\"search_mode\":\"lexical\",\"filter\":{\"n\":true}}}",
+                           &r, &err),
+                     0);
+    assert_int_equal(r.rag.search, CAIRN_SEARCH_LEXICAL);
+    assert_string_equal(r.rag.fval[0], "true");
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_CHAT,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"rag\":"
+                 "{\"search_mode\":\"sparse\"}}",
+                 CAIRN_EINVAL, "rag.search_mode: 'sparse'");
 
     assert_int_equal(parse(CAIRN_API_DOCUMENTS,
                            "{\"documents\":[{\"text\":\"t1\",\"metadata\":{\"src\":\"a\"}},"

@@ -1,0 +1,208 @@
+/* tests/unit/test_rag.c — the served passage index (services/rag.h) with both of its indexes:
+ * the lexical index holds exactly the IVF's passage ids after adds, deletes and reopening (and
+ * is rebuilt when its file is lost); the three search modes and their metadata filters. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "services/rag.h"
+
+static char tmpdir[64];
+static cairn_embed *embedder;
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/cairn-test-rag-XXXXXX");
+    if (!mkdtemp(tmpdir)) return -1;
+    const char *dir = getenv("CAIRN_TEST_MODELS");
+    char path[512];
+    snprintf(path, sizeof path, "%s/all-minilm-l6-v2.gguf", dir ? dir : "data/models");
+    if (access(path, R_OK) != 0) {
+        fprintf(stderr, "the embedding model is missing: %s (scripts/setup)\n", path);
+        return -1;
+    }
+    cairn_embed_params p = cairn_embed_default_params();
+    p.n_threads = 2;
+    cairn_error err = {0};
+    if (cairn_embed_open(&embedder, path, &p, &err)) {
+        fprintf(stderr, "cairn_embed_open: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cairn_embed_close(embedder);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static cairn_rag *open_rag(void)
+{
+    cairn_rag_params p = cairn_rag_default_params();
+    p.dir = tmpdir;
+    p.embed = embedder;
+    p.fast_bytes = 1u << 20;
+    cairn_rag *r = NULL;
+    cairn_error err = {0};
+    if (cairn_rag_open(&r, &p, NULL, &err)) fail_msg("cairn_rag_open: %s", err.msg);
+    return r;
+}
+
+/* The IVF and the lexical index hold the same ids, and as many as the store has live. */
+static void assert_indexes_agree(cairn_rag *r, size_t want)
+{
+    uint64_t *d = NULL, *l = NULL;
+    size_t nd = 0, nl = 0;
+    cairn_error err = {0};
+    assert_int_equal(cairn_rag_index_ids(r, &d, &nd, &l, &nl, &err), 0);
+    assert_int_equal(nd, want);
+    assert_int_equal(nl, want);
+    assert_int_equal(cairn_rag_count(r), want);
+    for (size_t i = 0; i < nd; i++)
+        if (d[i] != l[i]) fail_msg("id %zu: IVF %llu, lexical %llu", i, (unsigned long long)d[i],
+                                   (unsigned long long)l[i]);
+    free(d);
+    free(l);
+}
+
+static const char *const texts[] = {
+    "tmux is a terminal multiplexer: detach a session and reattach it later.",
+    "ripgrep searches directories recursively for a regular expression.",
+    "nginx is a small, fast web server and reverse proxy.",
+    "PostgreSQL is an object-relational SQL database server.",
+    "ffmpeg converts audio and video between formats.",
+    "git is a distributed version control system.",
+    "htop shows running processes interactively.",
+    "rsync copies files quickly over the network, sending only differences.",
+};
+
+static int run(cairn_rag *r, cairn_search_mode mode, const char *text, const char *fk,
+               const char *fv, cairn_rag_hit *hits)
+{
+    float q[512];
+    cairn_error err = {0};
+    assert_true(cairn_rag_dim(r) <= 512);
+    assert_int_equal(cairn_rag_embed(r, text, q, &err), 0);
+    cairn_lex_filter f = {fk, fv};
+    cairn_rag_query rq = {.mode = mode, .text = text, .q = q, .k = 4, .filters = &f,
+                          .n_filters = fk ? 1 : 0};
+    int n = -1;
+    if (cairn_rag_query_run(r, &rq, hits, &n, NULL, &err)) fail_msg("search: %s", err.msg);
+    return n;
+}
+
+static void test_indexes_agree_after_adds_and_deletes(void **state)
+{
+    (void)state;
+    cairn_rag *r = open_rag();
+    assert_indexes_agree(r, 0);
+    cairn_api_doc docs[8];
+    char meta[8][64];
+    for (int i = 0; i < 8; i++) {
+        snprintf(meta[i], sizeof meta[i], "{\"n\":%d,\"half\":\"%s\"}", i, i < 4 ? "a" : "b");
+        docs[i] = (cairn_api_doc){.text = texts[i], .text_len = strlen(texts[i]),
+                                  .metadata_json = meta[i]};
+    }
+    uint64_t first = 0;
+    cairn_error err = {0};
+    assert_int_equal(cairn_rag_add(r, docs, 5, &first, &err), 0);
+    assert_indexes_agree(r, 5);
+    assert_int_equal(cairn_rag_add(r, docs + 5, 3, NULL, &err), 0);
+    assert_indexes_agree(r, 8);
+    assert_int_equal(cairn_rag_delete(r, first + 1, &err), 0);
+    assert_int_equal(cairn_rag_delete(r, first + 6, &err), 0);
+    assert_indexes_agree(r, 6);
+    assert_int_equal(cairn_rag_delete(r, first + 6, &err), CAIRN_ENOTFOUND);
+    assert_indexes_agree(r, 6);
+    /* a deleted passage is found by neither list */
+    cairn_rag_hit hits[4];
+    for (int m = 0; m < 3; m++) {
+        int n = run(r, (cairn_search_mode)m, "ripgrep regular expression search", NULL, NULL,
+                    hits);
+        for (int i = 0; i < n; i++) assert_true(hits[i].id != first + 1);
+        cairn_rag_hits_free(hits, n);
+    }
+    cairn_rag_close(r);
+
+    /* reopened: both indexes as they were */
+    r = open_rag();
+    assert_indexes_agree(r, 6);
+    cairn_rag_close(r);
+    /* the lexical file lost: rebuilt from the store at open */
+    char p[160];
+    snprintf(p, sizeof p, "%s/lexical.db", tmpdir);
+    assert_int_equal(unlink(p), 0);
+    snprintf(p, sizeof p, "%s/lexical.db-wal", tmpdir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/lexical.db-shm", tmpdir);
+    unlink(p);
+    r = open_rag();
+    assert_indexes_agree(r, 6);
+    cairn_rag_close(r);
+}
+
+static void test_modes_and_filters(void **state)
+{
+    (void)state;
+    cairn_rag *r = open_rag(); /* the 6 passages of the test before */
+    cairn_rag_hit hits[4];
+    /* lexical: the passage naming the program first, found by the lexical list */
+    int n = run(r, CAIRN_SEARCH_LEXICAL, "tmux", NULL, NULL, hits);
+    assert_int_equal(n, 1);
+    assert_non_null(strstr(hits[0].text, "tmux"));
+    assert_int_equal(hits[0].from, CAIRN_FUSE_LEXICAL);
+    assert_int_equal(hits[0].lex_rank, 1);
+    assert_int_equal(hits[0].dense_rank, 0);
+    cairn_rag_hits_free(hits, n);
+    /* dense: k passages, all from the dense list */
+    n = run(r, CAIRN_SEARCH_DENSE, "tmux", NULL, NULL, hits);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) assert_int_equal(hits[i].from, CAIRN_FUSE_DENSE);
+    cairn_rag_hits_free(hits, n);
+    /* hybrid: the passage both lists found is first and says so */
+    n = run(r, CAIRN_SEARCH_HYBRID, "tmux terminal multiplexer", NULL, NULL, hits);
+    assert_int_equal(n, 4);
+    assert_non_null(strstr(hits[0].text, "tmux"));
+    assert_int_equal(hits[0].from, CAIRN_FUSE_DENSE | CAIRN_FUSE_LEXICAL);
+    cairn_rag_hits_free(hits, n);
+    /* a filter holds in every mode */
+    for (int m = 0; m < 3; m++) {
+        n = run(r, (cairn_search_mode)m, "files network version control", "half", "b", hits);
+        assert_true(n >= 1);
+        for (int i = 0; i < n; i++) assert_non_null(strstr(hits[i].meta, "\"half\":\"b\""));
+        cairn_rag_hits_free(hits, n);
+        n = run(r, (cairn_search_mode)m, "web server", "n", "2", hits);
+        assert_int_equal(n, 1);
+        assert_non_null(strstr(hits[0].text, "nginx"));
+        cairn_rag_hits_free(hits, n);
+    }
+    /* a mode without what it needs is refused */
+    cairn_rag_query rq = {.mode = CAIRN_SEARCH_HYBRID, .text = "x", .q = NULL, .k = 4};
+    cairn_error err = {0};
+    assert_int_equal(cairn_rag_query_run(r, &rq, hits, &n, NULL, &err), CAIRN_EINVAL);
+    rq.k = 0;
+    assert_int_equal(cairn_rag_query_run(r, &rq, hits, &n, NULL, &err), CAIRN_ERANGE);
+    cairn_rag_close(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_indexes_agree_after_adds_and_deletes),
+        cmocka_unit_test(test_modes_and_filters),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
