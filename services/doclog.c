@@ -247,6 +247,7 @@ struct cairn_doclog {
     cairn_doclog_params p;
     char stream[256], counter[270], base_key[270];
     char path_pos[4200], path_base[4200];
+    char dir[4096]; /* the index dir (p.dir is borrowed during open only) */
     cairn_rag *rag;
     cairn_redis *rd;  /* the applier's */
     cairn_redis *pub; /* request threads', under pub_mu */
@@ -290,7 +291,7 @@ static int write_pos(cairn_doclog *d, cairn_doclog_pos p, cairn_error *err)
         unlink(tmp);
         return cairn_errorf(err, CAIRN_EIO, "%s: %s", d->path_pos, strerror(e));
     }
-    int dfd = open(d->p.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(d->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* the rename, durable */
     if (dfd >= 0) {
         fsync(dfd);
         close(dfd);
@@ -381,7 +382,7 @@ static int check_base(cairn_doclog *d, bool has_pos, cairn_error *err)
             return cairn_errorf(err, CAIRN_ESTATE,
                                 "%s is missing while doclog.pos exists: the index dir is "
                                 "damaged; remove %s to rebuild it from the corpus and the log",
-                                d->path_base, d->p.dir);
+                                d->path_base, d->dir);
         make_stamp(d, stamp, sizeof stamp);
         FILE *f = fopen(d->path_base, "w");
         if (!f || fprintf(f, "%s\n", stamp) < 0 || fflush(f) || fsync(fileno(f))) {
@@ -403,7 +404,7 @@ static int check_base(cairn_doclog *d, bool has_pos, cairn_error *err)
                                 "Redis has no %s but this index (%s) has applied the document "
                                 "log before: Redis lost its data; restore Redis, or remove the "
                                 "index dir of every replica to start a new log",
-                                d->base_key, d->p.dir);
+                                d->base_key, d->dir);
         const char *set[] = {"SET", d->base_key, stamp, "NX"};
         if ((rc = cmd(d->rd, &rep, 0, 4, set, NULL, err))) return rc;
         freeReplyObject(rep);
@@ -726,6 +727,7 @@ int cairn_doclog_open(cairn_doclog **out, const cairn_doclog_params *p, cairn_ra
     snprintf(d->base_key, sizeof d->base_key, "%s" BASE_SUFFIX, d->stream);
     snprintf(d->path_pos, sizeof d->path_pos, "%s/doclog.pos", p->dir);
     snprintf(d->path_base, sizeof d->path_base, "%s/doclog.base", p->dir);
+    snprintf(d->dir, sizeof d->dir, "%s", p->dir);
     d->p.dir = NULL; /* borrowed only during open */
     pthread_mutex_init(&d->pub_mu, NULL);
     pthread_mutex_init(&d->mu, NULL);

@@ -589,7 +589,10 @@ static void drain(service *s, const sigset_t *stop, int sig)
                    cairn_http_active(s->http));
     atomic_store(&s->draining, 1);
     cairn_http_drain(s->http, 1);
-    cairn_offline_stop(s->offline); /* its requests end at once; jobs go back to the group */
+    /* Offline requests end at once (their summaries stop, the jobs go back to the group),
+     * then the runners are joined; online requests go on for the grace period. */
+    cairn_workers_stop_offline(s->workers);
+    cairn_offline_stop(s->offline);
     int64_t t0 = cairn_now_ns();
     struct timespec tick = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
     long left;

@@ -105,6 +105,7 @@ struct cairn_workers {
     fifo online, offline;
     int n_running, n_offline_running;
     bool closing;
+    bool no_offline; /* cairn_workers_stop_offline: offline requests end, new ones are refused */
     cairn_gauge *g_running, *g_queue, *g_offline_queue, *g_mape, *g_budget, *g_kv;
     cairn_histogram *h_ttft, *h_itl, *h_e2e, *h_queue, *h_iter;
     cairn_counter *c_tokens, *c_offline_tokens, *c_preempt, *c_yield;
@@ -293,7 +294,8 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
     }
     j->t_submit = cairn_now_ns();
     pthread_mutex_lock(&w->mu);
-    if (w->closing) rc = cairn_errorf(err, CAIRN_ESTATE, "the service is shutting down");
+    if (w->closing || (r->offline && w->no_offline))
+        rc = cairn_errorf(err, CAIRN_ESTATE, "the service is shutting down");
     else if (r->offline && w->offline.n >= w->p.max_offline_queue)
         rc = cairn_errorf(err, CAIRN_EBUSY, "the offline queue is full (%d waiting)",
                           w->offline.n);
@@ -651,9 +653,33 @@ static void *worker_main(void *arg)
             take_expired(&w->online, w->p.timeout_ns, t_now, &expired);
             take_expired(&w->offline, w->p.offline_timeout_ns, t_now, &expired);
         }
+        /* A graceful stop sheds the offline work: what waits in the queue, and what this
+         * worker runs (below, outside the lock). */
+        const bool shed = w->no_offline;
+        job *shed_queued = NULL;
+        for (job *j; shed && (j = fifo_pop(&w->offline));) {
+            j->next = shed_queued;
+            shed_queued = j;
+        }
+        if (shed) cairn_gauge_set(w->g_offline_queue, w->offline.n);
         job *ended = NULL;
         job *rejected = closing ? NULL : admit(wk, &ended);
         pthread_mutex_unlock(&w->mu);
+        while (shed_queued) {
+            job *next = shed_queued->next;
+            job_finish(w, shed_queued, CAIRN_FINISH_CANCELLED, "shutting down");
+            shed_queued = next;
+        }
+        for (int i = 0; shed && i < wk->n_active;) {
+            job *j = wk->active[i];
+            if (!j->r.offline) {
+                i++;
+                continue;
+            }
+            drop_active(wk, i);
+            cairn_engine_cancel(wk->engine, j->seq);
+            job_finish(w, j, CAIRN_FINISH_CANCELLED, "shutting down");
+        }
         if (closing) break;
         if (rejected) job_finish(w, rejected, CAIRN_FINISH_CANCELLED, "the engine refused it");
         while (ended) {
@@ -844,6 +870,15 @@ void cairn_workers_stop(cairn_workers *w)
     for (int c = 0; c < 2; c++)
         for (job *j; (j = fifo_pop(&q[c]));)
             job_finish(w, j, CAIRN_FINISH_CANCELLED, "shutting down");
+}
+
+void cairn_workers_stop_offline(cairn_workers *w)
+{
+    if (!w) return;
+    pthread_mutex_lock(&w->mu);
+    w->no_offline = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }
 
 void cairn_workers_close(cairn_workers *w)

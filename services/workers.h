@@ -77,6 +77,11 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
  * tokenizer stays usable until close. Idempotent; call from one thread. */
 void cairn_workers_stop(cairn_workers *w);
 
+/* The first step of a graceful stop: offline requests end now, queued or running, as in
+ * cairn_workers_stop ("shutting down"; running ones at their worker's next iteration), and
+ * later offline submissions fail with CAIRN_ESTATE; online ones go on. Thread-safe. */
+void cairn_workers_stop_offline(cairn_workers *w);
+
 /* Stops (if not yet) and frees everything. NULL is a no-op. */
 void cairn_workers_close(cairn_workers *w);
 
