@@ -301,6 +301,23 @@ static void test_gemma_reference(void **state)
     free(path);
 }
 
+/* SmolLM2-135M-Instruct: byte-level BPE with the `smollm` pre-tokenizer (every digit alone,
+ * then GPT-2's split with case-sensitive contractions), FIM tokens among the EOG ones. */
+static void test_smollm2_reference(void **state)
+{
+    (void)state;
+    char *path = data_path("CAIRN_TEST_MODELS", "data/models", "smollm2-135m-instruct-q4_1.gguf");
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "skipped: %s not present\n", path);
+        free(path);
+        skip();
+    }
+    fclose(f);
+    check_reference(path, "tokenizer/smollm2.json");
+    free(path);
+}
+
 static void test_tiny_llama3_reference(void **state)
 {
     (void)state;
@@ -576,6 +593,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tiny_llama3_reference),
         cmocka_unit_test(test_tiny_qwen2_reference),
         cmocka_unit_test(test_gemma_reference),
+        cmocka_unit_test(test_smollm2_reference),
         cmocka_unit_test(test_gemma_specials_and_pieces),
         cmocka_unit_test(test_encode_capacity_and_errors),
         cmocka_unit_test(test_bad_metadata),
