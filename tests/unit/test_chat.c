@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "common/error.h"
 #include "generation/chat.h"
@@ -324,6 +325,75 @@ static void test_gemma_tokens(void **state)
     cairn_gguf_close(g);
 }
 
+/*
+ * SmolLM2-135M-Instruct's own template, rendered by jinja2 (scripts/chat-reference, committed
+ * under tests/data/chat): recognised from the GGUF as ChatML with its default system turn, our
+ * rendering of every conversation equals Jinja's, and it tokenizes to the turn markers.
+ */
+static void test_smollm2_template_vs_jinja(void **state)
+{
+    (void)state;
+    const char *dir = getenv("CAIRN_TEST_MODELS"), *data = getenv("CAIRN_TEST_DATA");
+    char path[512], ref[512];
+    snprintf(path, sizeof path, "%s/smollm2-135m-instruct-q4_1.gguf", dir ? dir : "data/models");
+    snprintf(ref, sizeof ref, "%s/chat/smollm2.json", data ? data : "tests/data");
+    cairn_gguf *g = NULL;
+    cairn_error err = {0};
+    if (cairn_gguf_open(&g, path, &err) != 0)
+        fail_msg("%s (scripts/setup installs the model)", err.msg);
+    cairn_chat_template t;
+    assert_int_equal(cairn_chat_template_of(g, NULL, &t, &err), 0);
+    assert_int_equal(t.family, CAIRN_CHAT_CHATML);
+    assert_true(t.default_system[0] != '\0');
+    json_error_t je;
+    json_t *root = json_load_file(ref, 0, &je);
+    if (!root)
+        fail_msg("%s: %s (run scripts/chat-reference)", ref, je.text);
+    json_t *cases = json_object_get(root, "cases");
+    assert_true(json_array_size(cases) >= 8);
+    for (size_t k = 0; k < json_array_size(cases); k++) {
+        json_t *c = json_array_get(cases, k), *jm = json_object_get(c, "messages");
+        cairn_chat_msg m[8];
+        size_t n = json_array_size(jm);
+        assert_true(n <= 8);
+        for (size_t i = 0; i < n; i++) {
+            m[i].role = json_string_value(json_object_get(json_array_get(jm, i), "role"));
+            m[i].content = json_string_value(json_object_get(json_array_get(jm, i), "content"));
+        }
+        bool gen = json_is_true(json_object_get(c, "add_generation_prompt"));
+        char buf[2048];
+        size_t len;
+        if (cairn_chat_render_template(&t, m, n, gen, buf, sizeof buf, &len, &err) != 0)
+            fail_msg("case %zu: %s", k, err.msg);
+        const char *want = json_string_value(json_object_get(c, "text"));
+        if (!want || strcmp(buf, want) != 0)
+            fail_msg("case %zu: we render\n%s\njinja2 renders\n%s", k, buf, want ? want : "-");
+    }
+    /* the turn markers are single control tokens */
+    cairn_tok *tk = NULL;
+    assert_int_equal(cairn_tok_open(&tk, g, &err), 0);
+    char buf[512];
+    size_t len;
+    assert_int_equal(cairn_chat_render_template(&t, conv + 1, 1, true, buf, sizeof buf, &len, &err),
+                     0);
+    int32_t ids[256];
+    int nt = cairn_tok_encode(tk, buf, len, ids, 256,
+                              CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL, &err);
+    int32_t start = cairn_tok_find(tk, "<|im_start|>", 12), end = cairn_tok_find(tk, "<|im_end|>", 10);
+    int n_start = 0, n_end = 0;
+    for (int i = 0; i < nt; i++) {
+        n_start += ids[i] == start;
+        n_end += ids[i] == end;
+    }
+    assert_int_equal(ids[0], start); /* no BOS: add_bos_token is false */
+    assert_int_equal(n_start, 3);
+    assert_int_equal(n_end, 2);
+    assert_true(cairn_tok_is_eog(tk, end));
+    cairn_tok_close(tk);
+    json_decref(root);
+    cairn_gguf_close(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -331,6 +401,7 @@ int main(void)
         cmocka_unit_test(test_chatml), cmocka_unit_test(test_errors),
         cmocka_unit_test(test_detect), cmocka_unit_test(test_gemma_tokens),
         cmocka_unit_test(test_llama2_mistral_phi3), cmocka_unit_test(test_template_parse),
+        cmocka_unit_test(test_smollm2_template_vs_jinja),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
