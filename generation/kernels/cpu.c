@@ -150,10 +150,10 @@ float cairn__q8_1_sum(const float *x, const cairn__act_q8 *blk)
 {
     float amax = 0.0f;
     int sum = 0;
-    for (int j = 0; j < 32; j++) {
+    for (int j = 0; j < 32; j++)
         amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < 32; j++)
         sum += blk->qs[j];
-    }
     float d = amax / 127.0f;
     return cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(d * (float)sum));
 }
