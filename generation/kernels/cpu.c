@@ -851,10 +851,28 @@ static inline float gelu_f16(float x)
     return f16_round(gelu1(f16_round(x)));
 }
 
+static inline float expf_ggml(float x);
+
+/*
+ * The gated MLP's middle as ggml computes it. GELU: gelu_f16 above. SiLU: ggml's SwiGLU
+ * (ggml_vec_swiglu_f32, AVX-512 build) takes whole groups of 16 values through its vector
+ * silu, x / (1 + e^-x) with its polynomial exp (expf_ggml), and the last n % 16 through the
+ * scalar one with libm's expf. The two exps differ in the last bit now and then, and a last bit
+ * is enough to move an 8-bit activation of the next product (the down projection's Q8 blocks),
+ * so llama.cpp's logits are only reproduced with its split.
+ */
 void cairn_cpu_gated(float *a, const float *b, int n, bool gelu)
 {
-    for (int i = 0; i < n; i++)
-        a[i] = (gelu ? gelu_f16(a[i]) : silu1(a[i])) * b[i];
+    if (gelu) {
+        for (int i = 0; i < n; i++)
+            a[i] = gelu_f16(a[i]) * b[i];
+        return;
+    }
+    int nv = n - n % 16;
+    for (int i = 0; i < nv; i++)
+        a[i] = a[i] / (1.0f + expf_ggml(-a[i])) * b[i];
+    for (int i = nv; i < n; i++)
+        a[i] = silu1(a[i]) * b[i];
 }
 
 void cairn_cpu_gelu_f16_table(float *table)
