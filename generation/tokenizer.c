@@ -708,7 +708,8 @@ int cairn_tok_encode(const cairn_tok *t, const char *text, size_t len, int32_t *
             continue;
         }
         if (t->kind == CAIRN_TOK_SPM) {
-            rc = cairn__tok_spm_fragment(&e, text + fa[i].off, fa[i].len, t->add_space_prefix && prev_special);
+            rc = cairn__tok_spm_fragment(&e, text + fa[i].off, fa[i].len,
+                                         t->add_space_prefix && prev_special);
         } else {
             rc = cairn__tok_bpe_fragment(&e, text + fa[i].off, fa[i].len);
         }

@@ -682,7 +682,7 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
                     .scratch = scratch, .avx2 = cairn_cpu_has_avx2(),
                     .kinds = act_kind(w0->type) == 2 ? kinds : NULL};
     c.gemm = pick_gemm(w0->type, c.avx2);
-    c.act_u8 = c.gemm == cairn__gemm_q8f_vnni;
+    c.act_u8 = c.gemm == cairn__gemm_q8f_vnni && act_kind(w0->type) != 3; /* Q4_1: plain y */
     c.nb = w0->cols / (int64_t)cairn_gguf_type_block_size(w0->type);
     if (cairn_cpu_matmul_scratch_bytes(w0, 1) == 0) {
         c.act = (const uint8_t *)x;

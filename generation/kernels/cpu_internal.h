@@ -82,10 +82,10 @@ float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
  * that one pointer reaches a block of every token of the tile; a q8f tile then holds its
  * tokens' scales, TILE floats per block (unused tokens' 0), so that the scale products d_w d_a
  * of a block take one multiply for the whole tile; a Q4_1 tile then holds its tokens' Q8_1 sums
- * s the same way. cairn__gemm_q8f_vnni's tiles hold each
- * quantized value plus 128 as an unsigned byte (y ^ 0x80). q8f: Q8_0, Q5_0, Q4_0, Q4_1; kq: Q4_K,
- * Q6_K; the vnni variants need cairn__has_vnni(). Each result is bit-identical to cairn__dot_*_avx2
- * of the same row and activation.
+ * s the same way. cairn__gemm_q8f_vnni's tiles (but Q4_1's, whose weights are unsigned) hold
+ * each quantized value plus 128 as an unsigned byte (y ^ 0x80). q8f: Q8_0, Q5_0, Q4_0, Q4_1;
+ * kq: Q4_K, Q6_K; the vnni variants need cairn__has_vnni(). Each result is bit-identical to
+ * cairn__dot_*_avx2 of the same row and activation.
  */
 #define CAIRN__Q8F_TILE 8
 #define CAIRN__KQ_TILE 4

@@ -379,7 +379,8 @@ static void test_smollm2_template_vs_jinja(void **state)
     int32_t ids[256];
     int nt = cairn_tok_encode(tk, buf, len, ids, 256,
                               CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL, &err);
-    int32_t start = cairn_tok_find(tk, "<|im_start|>", 12), end = cairn_tok_find(tk, "<|im_end|>", 10);
+    int32_t start = cairn_tok_find(tk, "<|im_start|>", 12);
+    int32_t end = cairn_tok_find(tk, "<|im_end|>", 10);
     int n_start = 0, n_end = 0;
     for (int i = 0; i < nt; i++) {
         n_start += ids[i] == start;

@@ -483,7 +483,8 @@ static void test_tiled_kernels_each_isa(void **state)
                             x[i] = frand();
                         for (int t = 0; t < nt; t++)
                             kinds[t] = (uint8_t)(mixed ? (t * 3 + 1) % 8 : 7);
-                        uint8_t *a = make_tiles(type, x, nt, cols, kinds, !kq && isa == 1);
+                        uint8_t *a = make_tiles(type, x, nt, cols, kinds,
+                                                !kq && isa == 1 && type != CAIRN_GGUF_Q4_1);
                         if (kq)
                             (isa ? cairn__gemm_kq_vnni : cairn__gemm_kq_avx2)(
                                 type, nb, w, rb, rows, a, nt, y, (size_t)rows);

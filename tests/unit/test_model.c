@@ -569,11 +569,12 @@ static void test_smollm2_vs_llamacpp(void **state)
 
 /* `test_model --llamacpp` runs only the real-model parity check against llama.cpp on Gemma,
  * `--llamacpp-smollm2` on SmolLM2; ctest registers them as their own tests,
- * unit/test_model_llamacpp_parity and unit/test_model_llamacpp_parity_smollm2. Measured (2026-11-24): all 5
- * prompts greedy-identical over their 64 steps (320 of 320), 348 of 348 checked rows with
- * llama.cpp's top-10 order, top-10 logits equal to the printed 5 decimals, full rows equal to
- * the F16 reference. Our logits do not depend on threads or on how our batches are put
- * together (each token's arithmetic follows its own row kind), so this holds run to run. */
+ * unit/test_model_llamacpp_parity and unit/test_model_llamacpp_parity_smollm2. Gemma, measured
+ * (2026-11-24): all 5 prompts greedy-identical over their 64 steps (320 of 320), 348 of 348
+ * checked rows with llama.cpp's top-10 order, top-10 logits equal to the printed 5 decimals,
+ * full rows equal to the F16 reference. Our logits do not depend on threads or on how our
+ * batches are put together (each token's arithmetic follows its own row kind), so this holds
+ * run to run. */
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--llamacpp") == 0) {
