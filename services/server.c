@@ -321,6 +321,13 @@ static int start_api(service *s, cairn_error *err)
         struct stat st;
         if (stat(def, &st) == 0) model = def;
     }
+    if (model) { /* model.name's default, the file's name: smollm2-135m-instruct-q4_1 (taken
+                  * now: def is reused for the embedder's path below) */
+        const char *base = strrchr(model, '/') ? strrchr(model, '/') + 1 : model;
+        size_t n = strlen(base);
+        if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) n -= 5;
+        snprintf(s->model_name, sizeof s->model_name, "%.*s", (int)n, base);
+    }
     int device = -1, rc;
     /* Checked whether or not a model is there: a bad value is a configuration error. */
     if ((rc = parse_device(cairn_config_string(c, "workers.device"), &device, err)))
@@ -412,11 +419,7 @@ static int start_api(service *s, cairn_error *err)
     ap.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
     if (cairn_config_string(c, "model.name")) {
         ap.model_name = cairn_config_string(c, "model.name");
-    } else if (model) { /* the file's name: smollm2-135m-instruct-q4_1 */
-        const char *base = strrchr(model, '/') ? strrchr(model, '/') + 1 : model;
-        size_t n = strlen(base);
-        if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) n -= 5;
-        snprintf(s->model_name, sizeof s->model_name, "%.*s", (int)n, base);
+    } else if (s->model_name[0]) {
         ap.model_name = s->model_name;
     }
     ap.max_upload = (size_t)cairn_config_size(c, "http.max_upload");
