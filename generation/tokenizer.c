@@ -1,11 +1,14 @@
 /*
- * generation/tokenizer.c — SentencePiece-BPE and byte-level BPE tokenizers from GGUF metadata.
+ * generation/tokenizer.c — the tokenizers' common part: the vocabulary from GGUF metadata,
+ * special and end-of-generation tokens, the special-token partition, the merge loop, encode
+ * and decode. The algorithm-specific halves are tokenizer_spm.c (SentencePiece-BPE) and
+ * tokenizer_bpe.c (byte-level BPE and its pre-tokenizers).
  *
  * The behaviour matches llama.cpp's llama-vocab (the reference the tests compare against):
  *  1. Special-token partition: every user-defined token (and, with PARSE_SPECIAL, every
  *     control/unknown token) is cut out of the raw text, longest token text first, each at all
  *     of its leftmost non-overlapping occurrences in the fragments still raw.
- *  2. Each raw fragment is tokenized on its own (SPM or BPE below); cut-out tokens pass through.
+ *  2. Each raw fragment is tokenized on its own (SPM or BPE); cut-out tokens pass through.
  *
  * SPM merge order: the pair whose merged text has the highest vocabulary score first, ties to
  * the leftmost pair. BPE merge order: the pair with the lowest merge rank first, ties leftmost.
@@ -15,79 +18,23 @@
 #define _GNU_SOURCE /* memmem, qsort_r */
 #include "generation/tokenizer.h"
 
-#include "common/utf8.h"
-
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "generation/tokenizer_unicode.h"
-
-#define MAX_EOG 16
-
-struct cairn_tok {
-    cairn_tok_kind kind;
-    int32_t n_vocab;
-    /* Vocabulary texts, NUL-terminated, in one arena: token i is text + text_off[i]. */
-    char *text;
-    uint32_t *text_off; /* n_vocab + 1 */
-    float *score;
-    uint8_t *type;
-    /* Decoded bytes of each token (what decode_piece hands out). */
-    char *piece;
-    uint32_t *piece_off; /* n_vocab + 1 */
-    /* text -> id, open addressing; the last of duplicate texts wins (as in llama.cpp). */
-    int32_t *slots;
-    uint32_t mask;
-    /* Tokens cut out of the text before tokenizing, longest text first. */
-    int32_t *special;
-    int32_t n_special;
-    int32_t byte_tok[256]; /* SPM byte fallback: <0xNN>; -1 when absent */
-    int32_t bos, eos, eot, unk;
-    int32_t eog[MAX_EOG];
-    int n_eog;
-    bool add_bos, add_eos, add_space_prefix, ignore_merges;
-    int digits_max; /* BPE pre-tokenizer: longest run of digits in one word (3 or 1) */
-    /* BPE merges "left right": arena, split position, hash of indices (rank = index). */
-    char *merge_text;
-    uint32_t *merge_off; /* n_merges + 1 */
-    uint32_t *merge_split;
-    int32_t n_merges;
-    int32_t *merge_slots;
-    uint32_t merge_mask;
-    /* GPT-2 byte -> unicode alphabet, as UTF-8 (1 or 2 bytes). */
-    uint8_t byte_enc[256][2];
-    uint8_t byte_enc_len[256];
-};
+#include "generation/tokenizer_internal.h"
 
 /* ==== Small helpers ============================================================================
  */
 
-static uint32_t hash_bytes(uint32_t h, const char *s, size_t n)
-{
-    /* FNV-1a: cheap and good enough for vocabulary strings. */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (uint8_t)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-#define HASH_INIT 2166136261u
-
-static uint32_t table_size_for(uint64_t n)
+uint32_t cairn__tok_table_size(uint64_t n)
 {
     uint32_t cap = 16;
     while (cap < 2 * n) {
         cap <<= 1;
     }
     return cap;
-}
-
-static inline const char *tok_text(const cairn_tok *t, int32_t id, size_t *len)
-{
-    *len = t->text_off[id + 1] - t->text_off[id] - 1;
-    return t->text + t->text_off[id];
 }
 
 int32_t cairn_tok_find(const cairn_tok *t, const char *s, size_t n)
@@ -107,78 +54,6 @@ int32_t cairn_tok_find(const cairn_tok *t, const char *s, size_t n)
     }
 }
 
-/* Rank of the merge (left, right), or -1. */
-static int32_t merge_rank(const cairn_tok *t, const char *l, size_t ln, const char *r, size_t rn)
-{
-    uint32_t h = hash_bytes(HASH_INIT, l, ln);
-    h = hash_bytes(h, " ", 1);
-    h = hash_bytes(h, r, rn);
-    uint32_t i = h & t->merge_mask;
-    for (;;) {
-        int32_t m = t->merge_slots[i];
-        if (m < 0) {
-            return -1;
-        }
-        const char *s = t->merge_text + t->merge_off[m];
-        size_t len = t->merge_off[m + 1] - t->merge_off[m] - 1;
-        if (t->merge_split[m] == ln && len == ln + 1 + rn && memcmp(s, l, ln) == 0 &&
-            memcmp(s + ln + 1, r, rn) == 0) {
-            return m;
-        }
-        i = (i + 1) & t->merge_mask;
-    }
-}
-
-/* Byte length of the UTF-8 sequence a lead byte announces, as llama.cpp's unicode_len_utf8
- * (continuation and invalid bytes count as 1; 0xF8.. as 4); the caller clamps to the text. */
-static inline size_t utf8_len(uint8_t b)
-{
-    static const uint8_t lens[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-    return lens[b >> 4];
-}
-
-/* Decodes one code point at s[*off..n), advancing *off. An invalid sequence consumes one byte
- * and yields U+FFFD (llama.cpp's unicode_cpts_from_utf8; overlongs and surrogates pass). */
-static uint32_t utf8_next(const uint8_t *s, size_t n, size_t *off)
-{
-    size_t i = *off;
-    uint8_t b = s[i];
-    if (b < 0x80) {
-        *off = i + 1;
-        return b;
-    }
-    size_t need;
-    uint32_t cp;
-    if ((b & 0xE0) == 0xC0) {
-        need = 2, cp = b & 0x1F;
-    } else if ((b & 0xF0) == 0xE0) {
-        need = 3, cp = b & 0x0F;
-    } else if ((b & 0xF8) == 0xF0) {
-        need = 4, cp = b & 0x07;
-    } else {
-        *off = i + 1;
-        return 0xFFFD;
-    }
-    if (i + need > n) {
-        *off = i + 1;
-        return 0xFFFD;
-    }
-    for (size_t k = 1; k < need; k++) {
-        if ((s[i + k] & 0xC0) != 0x80) {
-            *off = i + 1;
-            return 0xFFFD;
-        }
-        cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    if (cp > 0x10FFFF) {
-        *off = i + 1;
-        return 0xFFFD;
-    }
-    *off = i + need;
-    return cp;
-}
-
-
 size_t cairn_tok_utf8_complete(const char *buf, size_t len)
 {
     /* Look back at most 3 bytes for a lead byte whose sequence runs past the end. */
@@ -192,46 +67,6 @@ size_t cairn_tok_utf8_complete(const char *buf, size_t len)
         return need > back ? len - back : len;
     }
     return len;
-}
-
-/* ---- Unicode classes for the BPE pre-tokenizer ---- */
-enum { UC_LETTER = 1, UC_NUMBER = 2, UC_SPACE = 4, UC_OTHER = 8 };
-
-static bool is_space_cp(uint32_t c)
-{
-    if (c <= 0x20) {
-        return c == 0x20 || (c >= 0x09 && c <= 0x0D);
-    }
-    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
-           c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-static int uclass(uint32_t c)
-{
-    if (c < 0x80) {
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-            return UC_LETTER;
-        }
-        if (c >= '0' && c <= '9') {
-            return UC_NUMBER;
-        }
-        return is_space_cp(c) ? UC_SPACE : UC_OTHER;
-    }
-    if (is_space_cp(c)) {
-        return UC_SPACE;
-    }
-    size_t lo = 0, hi = sizeof cairn_tok__uranges / sizeof cairn_tok__uranges[0];
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (c < cairn_tok__uranges[mid].first) {
-            hi = mid;
-        } else if (c > cairn_tok__uranges[mid].last) {
-            lo = mid + 1;
-        } else {
-            return cairn_tok__uranges[mid].cls == 1 ? UC_LETTER : UC_NUMBER;
-        }
-    }
-    return UC_OTHER;
 }
 
 /* ==== Open / close =============================================================================
@@ -285,40 +120,6 @@ static int get_opt_bool(const cairn_gguf *g, const char *key, bool *v, cairn_err
         return 0;
     }
     return rc;
-}
-
-static void gpt2_byte_map(cairn_tok *t)
-{
-    /* GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 bytes
-     * to U+0100.. in byte order, so every byte has a visible, non-space character. */
-    int next = 256;
-    for (int b = 0; b < 256; b++) {
-        bool self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-        uint32_t cp = self ? (uint32_t)b : (uint32_t)next++;
-        uint8_t o[4];
-        size_t n = cairn_utf8_encode(cp, o);
-        t->byte_enc_len[b] = (uint8_t)n;
-        memcpy(t->byte_enc[b], o, n);
-    }
-}
-
-/* Inverse of the GPT-2 map for one code point: the byte, or -1. */
-static int gpt2_cp_to_byte(uint32_t cp)
-{
-    if ((cp >= 0x21 && cp <= 0x7E) || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF)) {
-        return (int)cp;
-    }
-    if (cp < 256 || cp >= 256 + 68) {
-        return -1;
-    }
-    int k = (int)(cp - 256);
-    for (int b = 0; b < 256; b++) {
-        bool self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-        if (!self && k-- == 0) {
-            return b;
-        }
-    }
-    return -1;
 }
 
 static int hexval(char c)
@@ -379,18 +180,7 @@ static int build_pieces(cairn_tok *t, cairn_error *err)
                     }
                 }
             } else {
-                size_t off = 0;
-                while (off < n) {
-                    size_t start = off;
-                    uint32_t cp = utf8_next((const uint8_t *)s, n, &off);
-                    int b = gpt2_cp_to_byte(cp);
-                    if (b >= 0) {
-                        t->piece[used++] = (char)b;
-                    } else { /* not in the byte alphabet: keep the text as it is */
-                        memcpy(t->piece + used, s + start, off - start);
-                        used += off - start;
-                    }
-                }
+                used += cairn__tok_bpe_piece(s, n, t->piece + used);
             }
         }
         /* UNUSED / UNDEFINED decode to nothing. */
@@ -410,73 +200,6 @@ static int cmp_special(const void *a, const void *b, void *ctx)
     return x < y ? -1 : x > y;
 }
 
-static int load_merges(cairn_tok *t, const cairn_gguf *g, cairn_error *err)
-{
-    const cairn_gguf_kv *kv = cairn_gguf_find_kv(g, "tokenizer.ggml.merges");
-    if (!kv) {
-        return cairn_errorf(err, CAIRN_EFORMAT,
-                            "tokenizer: gpt2 model without tokenizer.ggml.merges");
-    }
-    if (kv->type != CAIRN_GGUF_KV_ARRAY || kv->arr_type != CAIRN_GGUF_KV_STRING) {
-        return cairn_errorf(err, CAIRN_EFORMAT,
-                            "tokenizer.ggml.merges: expected an array of strings");
-    }
-    if (kv->arr_count > (1u << 24)) { /* ranks must stay exact as float heap keys */
-        return cairn_errorf(err, CAIRN_EFORMAT, "tokenizer.ggml.merges: %llu entries is too many",
-                            (unsigned long long)kv->arr_count);
-    }
-    int32_t n = (int32_t)kv->arr_count;
-    uint64_t total = 0;
-    for (int32_t i = 0; i < n; i++) {
-        total += kv->strs[i].len + 1;
-    }
-    if (total > UINT32_MAX - 16) {
-        return cairn_errorf(err, CAIRN_EFORMAT, "tokenizer.ggml.merges: too large");
-    }
-    t->n_merges = n;
-    t->merge_text = malloc(total + 1);
-    t->merge_off = malloc(((size_t)n + 1) * sizeof *t->merge_off);
-    t->merge_split = malloc(((size_t)n + 1) * sizeof *t->merge_split);
-    t->merge_mask = table_size_for((uint64_t)n) - 1;
-    t->merge_slots = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_slots);
-    if (!t->merge_text || !t->merge_off || !t->merge_split || !t->merge_slots) {
-        return cairn_errorf(err, CAIRN_ENOMEM, "tokenizer: out of memory for merges");
-    }
-    memset(t->merge_slots, 0xFF, ((size_t)t->merge_mask + 1) * sizeof *t->merge_slots);
-    uint32_t used = 0;
-    for (int32_t i = 0; i < n; i++) {
-        const char *s = kv->strs[i].ptr;
-        size_t len = (size_t)kv->strs[i].len;
-        t->merge_off[i] = used;
-        memcpy(t->merge_text + used, s, len);
-        t->merge_text[used + len] = '\0';
-        used += (uint32_t)len + 1;
-        /* Split at the first space after the first byte (llama.cpp: word.find(' ', 1)); an
-         * entry without one can never match and is kept only to preserve the ranks. */
-        const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
-        if (!sp) {
-            t->merge_split[i] = UINT32_MAX;
-            continue;
-        }
-        t->merge_split[i] = (uint32_t)(sp - s);
-        uint32_t h = hash_bytes(HASH_INIT, s, len) & t->merge_mask;
-        for (;;) {
-            int32_t m = t->merge_slots[h];
-            if (m < 0) {
-                t->merge_slots[h] = i;
-                break;
-            }
-            size_t ml = t->merge_off[m + 1] - t->merge_off[m] - 1; /* m < i: both set */
-            if (ml == len && memcmp(t->merge_text + t->merge_off[m], s, len) == 0) {
-                break; /* duplicate: the first (lowest) rank stays */
-            }
-            h = (h + 1) & t->merge_mask;
-        }
-    }
-    t->merge_off[n] = used;
-    return 0;
-}
-
 /*
  * End of generation, as llama.cpp decides it (llama-vocab.cpp, load): tokens named like an
  * end of turn/text are end-of-generation tokens and are treated as control tokens whatever
@@ -484,14 +207,16 @@ static int load_merges(cairn_tok *t, const cairn_gguf *g, cairn_error *err)
  * to nothing without DECODE_SPECIAL); EOS and EOT always are. Two exceptions: with
  * <|return|>/<|call|> (or <|calls|>/<|flush|>) present, <|end|> is a plain user-defined token;
  * with <|tool_response> or <|plamo:eos|> present, </s> is a normal one. The EOT id, when the
- * file does not give it, is the first of eot_names present.
+ * file does not give it, is the first of eot_names present. The fill-in-the-middle pad, repo
+ * and separator tokens (tokenizer.ggml.fim_{pad,rep,sep}_token_id, else found by name: SmolLM2's
+ * <reponame>) end generation too, as control tokens.
  */
 #define DEEPSEEK_EOS                                                                               \
     "<\xEF\xBD\x9C"                                                                                \
     "end\xE2\x96\x81"                                                                              \
     "of\xE2\x96\x81"                                                                               \
     "sentence\xEF\xBD\x9C>"
-static void mark_end_of_generation(cairn_tok *t)
+static void mark_end_of_generation(cairn_tok *t, int32_t fim[3])
 {
     static const char *const eot_names[] = {
         "<end_of_turn>",     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>",
@@ -520,6 +245,16 @@ static void mark_end_of_generation(cairn_tok *t)
                                             DEEPSEEK_EOS,
                                             "[e~["};
 #define FIND(s) cairn_tok_find(t, (s), strlen(s))
+    /* FIM pad, repo, separator: the file's ids (fim[]) or the first of their names present */
+    static const char *const fim_names[3][6] = {
+        {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", NULL},
+        {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL},
+        {"<|file_sep|>", "<fim-sep>", "<SEP>", NULL}};
+    for (int f = 0; f < 3; f++) {
+        for (int k = 0; fim[f] < 0 && fim_names[f][k]; k++) {
+            fim[f] = FIND(fim_names[f][k]);
+        }
+    }
     for (size_t k = 0; t->eot < 0 && k < sizeof eot_names / sizeof eot_names[0]; k++) {
         t->eot = FIND(eot_names[k]);
     }
@@ -527,8 +262,13 @@ static void mark_end_of_generation(cairn_tok *t)
     bool end_plain = end_id >= 0 && ((FIND("<|return|>") >= 0 && FIND("<|call|>") >= 0) ||
                                      (FIND("<|calls|>") >= 0 && FIND("<|flush|>") >= 0));
     bool s_plain = s_id >= 0 && (FIND("<|tool_response>") >= 0 || FIND("<|plamo:eos|>") >= 0);
-    int32_t extra[3] = {t->eos, t->eot, FIND("<|eom_id|>")};
-    for (size_t k = 0; k < sizeof eog_names / sizeof eog_names[0] + 3; k++) {
+    int32_t extra[6] = {t->eos, t->eot, FIND("<|eom_id|>"), fim[0], fim[1], fim[2]};
+    for (int f = 0; f < 3; f++) {
+        if (fim[f] >= 0) {
+            t->type[fim[f]] = CAIRN_TOK_TYPE_CONTROL;
+        }
+    }
+    for (size_t k = 0; k < sizeof eog_names / sizeof eog_names[0] + 6; k++) {
         bool named = k < sizeof eog_names / sizeof eog_names[0];
         int32_t id = named ? FIND(eog_names[k]) : extra[k - sizeof eog_names / sizeof eog_names[0]];
         if (id < 0 || (end_plain && id == end_id) || (s_plain && id == s_id)) {
@@ -621,7 +361,7 @@ int cairn_tok_open(cairn_tok **out, const cairn_gguf *g, cairn_error *err)
     t->text_off = malloc(((size_t)n + 1) * sizeof *t->text_off);
     t->score = malloc((size_t)n * sizeof *t->score);
     t->type = malloc((size_t)n);
-    t->mask = table_size_for((uint64_t)n) - 1;
+    t->mask = cairn__tok_table_size((uint64_t)n) - 1;
     t->slots = malloc(((size_t)t->mask + 1) * sizeof *t->slots);
     if (!t->text || !t->text_off || !t->score || !t->type || !t->slots) {
         cairn_tok_close(t);
@@ -667,7 +407,6 @@ int cairn_tok_open(cairn_tok **out, const cairn_gguf *g, cairn_error *err)
     }
 
     /* Flags and special ids: llama.cpp's defaults per model, then the file's keys. */
-    const char *pre = "default";
     if (kind == CAIRN_TOK_SPM) {
         t->bos = n > 1 ? 1 : -1;
         t->eos = n > 2 ? 2 : -1;
@@ -675,33 +414,12 @@ int cairn_tok_open(cairn_tok **out, const cairn_gguf *g, cairn_error *err)
         t->add_bos = true;
         t->add_space_prefix = true;
     } else {
-        rc = cairn_gguf_get_str(g, "tokenizer.ggml.pre", &pre, NULL, err);
-        if (rc == CAIRN_ENOTFOUND) {
-            cairn_error_clear(err);
-            pre = "default";
-        } else if (rc < 0) {
-            cairn_tok_close(t);
-            return rc;
-        }
         t->bos = t->eos = n > 11 ? 11 : -1;
-        if (!strcmp(pre, "llama3") || !strcmp(pre, "llama-v3") || !strcmp(pre, "llama-bpe")) {
-            t->digits_max = 3;
-            t->ignore_merges = true;
-            t->add_bos = true;
-        } else if (!strcmp(pre, "qwen2")) {
-            t->digits_max = 1;
-        } else {
-            cairn_tok_close(t);
-            return cairn_errorf(
-                err, CAIRN_EUNSUPPORTED,
-                "tokenizer.ggml.pre '%s' is not supported (llama-bpe, llama3, qwen2)", pre);
-        }
-        rc = load_merges(t, g, err);
+        rc = cairn__tok_bpe_open(t, g, err);
         if (rc < 0) {
             cairn_tok_close(t);
             return rc;
         }
-        gpt2_byte_map(t);
     }
     if ((rc = get_opt_id(g, "tokenizer.ggml.bos_token_id", n, &t->bos, err)) < 0 ||
         (rc = get_opt_id(g, "tokenizer.ggml.eos_token_id", n, &t->eos, err)) < 0 ||
@@ -720,7 +438,14 @@ int cairn_tok_open(cairn_tok **out, const cairn_gguf *g, cairn_error *err)
         t->unk = -1;
     }
 
-    mark_end_of_generation(t);
+    int32_t fim[3] = {-1, -1, -1};
+    if ((rc = get_opt_id(g, "tokenizer.ggml.fim_pad_token_id", n, &fim[0], err)) < 0 ||
+        (rc = get_opt_id(g, "tokenizer.ggml.fim_rep_token_id", n, &fim[1], err)) < 0 ||
+        (rc = get_opt_id(g, "tokenizer.ggml.fim_sep_token_id", n, &fim[2], err)) < 0) {
+        cairn_tok_close(t);
+        return rc;
+    }
+    mark_end_of_generation(t, fim);
 
     /* Byte fallback ids. */
     for (int b = 0; b < 256; b++) {
@@ -760,45 +485,7 @@ int cairn_tok_open(cairn_tok **out, const cairn_gguf *g, cairn_error *err)
 
 /* ==== Encode ================================================================================== */
 
-typedef struct {
-    int32_t prev, next;
-    uint32_t start, n;
-} sym;
-
-typedef struct {
-    int32_t left, right;
-    float key; /* SPM: score (higher first); BPE: rank (lower first) */
-    uint32_t size;
-} bigram;
-
-/* Work memory of one encode call. */
-typedef struct {
-    const cairn_tok *t;
-    int32_t *out;
-    int cap;
-    int64_t n; /* tokens produced so far (may exceed cap: then only counted) */
-    uint8_t *buf;
-    size_t buf_cap;
-    sym *syms;
-    size_t syms_cap;
-    bigram *heap;
-    size_t heap_len, heap_cap;
-    uint32_t *cps;
-    size_t cps_cap;
-} enc;
-
-static inline void emit(enc *e, int32_t id)
-{
-    if (id < 0) {
-        return;
-    }
-    if (e->n < e->cap) {
-        e->out[e->n] = id;
-    }
-    e->n++;
-}
-
-static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+bool cairn__tok_grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (*cap >= need) {
         return true;
@@ -871,8 +558,8 @@ static void try_bigram(enc *e, const uint8_t *s, int32_t l, int32_t r)
         }
         bg.key = e->t->score[id];
     } else {
-        int32_t rank =
-            merge_rank(e->t, (const char *)s + a->start, a->n, (const char *)s + b->start, b->n);
+        int32_t rank = cairn__tok_merge_rank(e->t, (const char *)s + a->start, a->n,
+                                             (const char *)s + b->start, b->n);
         if (rank < 0) {
             return;
         }
@@ -881,11 +568,10 @@ static void try_bigram(enc *e, const uint8_t *s, int32_t l, int32_t r)
     heap_push(e, bg);
 }
 
-/* Runs the merge loop over s[0..len) split into UTF-8 characters; leaves the chain in syms. */
-static int merge_symbols(enc *e, const uint8_t *s, size_t len, int32_t *nsym)
+int cairn__tok_merge(enc *e, const uint8_t *s, size_t len, int32_t *nsym)
 {
-    if (!grow((void **)&e->syms, &e->syms_cap, len + 1, sizeof(sym)) ||
-        !grow((void **)&e->heap, &e->heap_cap, 3 * len + 4, sizeof(bigram))) {
+    if (!cairn__tok_grow((void **)&e->syms, &e->syms_cap, len + 1, sizeof(sym)) ||
+        !cairn__tok_grow((void **)&e->heap, &e->heap_cap, 3 * len + 4, sizeof(bigram))) {
         return CAIRN_ENOMEM;
     }
     int32_t k = 0;
@@ -916,167 +602,6 @@ static int merge_symbols(enc *e, const uint8_t *s, size_t len, int32_t *nsym)
         }
         try_bigram(e, s, a->prev, bg.left);
         try_bigram(e, s, bg.left, a->next);
-    }
-    return 0;
-}
-
-static int spm_fragment(enc *e, const char *text, size_t len, bool prefix_space)
-{
-    const cairn_tok *t = e->t;
-    if (!grow((void **)&e->buf, &e->buf_cap, 3 * len + 4, 1)) {
-        return CAIRN_ENOMEM;
-    }
-    size_t m = 0;
-    if (prefix_space) {
-        memcpy(e->buf, "\xE2\x96\x81", 3), m = 3;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') {
-            memcpy(e->buf + m, "\xE2\x96\x81", 3), m += 3;
-        } else {
-            e->buf[m++] = (uint8_t)text[i];
-        }
-    }
-    if (m == 0) {
-        return 0;
-    }
-    int32_t nsym;
-    int rc = merge_symbols(e, e->buf, m, &nsym);
-    if (rc < 0) {
-        return rc;
-    }
-    for (int32_t i = 0; i != -1; i = e->syms[i].next) {
-        const sym *y = &e->syms[i];
-        int32_t id = cairn_tok_find(t, (const char *)e->buf + y->start, y->n);
-        if (id >= 0) {
-            emit(e, id);
-            continue;
-        }
-        for (uint32_t j = 0; j < y->n; j++) {
-            emit(e, t->byte_tok[e->buf[y->start + j]]);
-        }
-    }
-    return 0;
-}
-
-/* End (exclusive) of the pre-tokenizer word that starts at cps[pos] (pos < n): the llama3 /
- * qwen2 rules, tried in order, as the regex alternation
- *   '(s|t|re|ve|m|ll|d)  |  [^\r\n\p{L}\p{N}]?\p{L}+  |  \p{N}{1,D}  |  ' '?[^\s\p{L}\p{N}]+[\r\n]*
- *   | \s*[\r\n]+  |  \s+(?!\S)  |  \s+
- * with case-insensitive contractions and D = digits_max. */
-static size_t bpe_word_end(const uint32_t *cps, size_t n, size_t pos, int digits_max)
-{
-#define CLS(i) ((i) < n ? uclass(cps[i]) : 0)
-    uint32_t c = cps[pos];
-    int f = uclass(c);
-    if (c == '\'' && pos + 1 < n) {
-        uint32_t c1 = cps[pos + 1] | (cps[pos + 1] < 0x80 ? 0x20 : 0);
-        if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-            return pos + 2;
-        }
-        if (pos + 2 < n) {
-            uint32_t c2 = cps[pos + 2] | (cps[pos + 2] < 0x80 ? 0x20 : 0);
-            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
-                return pos + 3;
-            }
-        }
-    }
-    if (!(c == '\r' || c == '\n' || f == UC_NUMBER)) {
-        if (f == UC_LETTER || CLS(pos + 1) == UC_LETTER) {
-            size_t p = pos + 1;
-            while (CLS(p) == UC_LETTER) {
-                p++;
-            }
-            return p;
-        }
-    }
-    if (f == UC_NUMBER) {
-        size_t p = pos;
-        while (p < n && p - pos < (size_t)digits_max && uclass(cps[p]) == UC_NUMBER) {
-            p++;
-        }
-        return p;
-    }
-    int f2 = c == ' ' ? CLS(pos + 1) : f;
-    if (!(f2 & (UC_SPACE | UC_LETTER | UC_NUMBER))) {
-        size_t p = pos + (c == ' ');
-        while (p < n && (CLS(p) & UC_OTHER)) {
-            p++;
-        }
-        while (p < n && (cps[p] == '\r' || cps[p] == '\n')) {
-            p++;
-        }
-        return p;
-    }
-    size_t ws = 0, last_nl = 0;
-    while (CLS(pos + ws) == UC_SPACE) {
-        if (cps[pos + ws] == '\r' || cps[pos + ws] == '\n') {
-            last_nl = pos + ws + 1;
-        }
-        ws++;
-    }
-    if (last_nl > 0) {
-        return last_nl;
-    }
-    if (ws > 1 && pos + ws < n) {
-        return pos + ws - 1;
-    }
-    if (ws > 0) {
-        return pos + ws;
-    }
-    return pos + 1;
-#undef CLS
-}
-
-static int bpe_fragment(enc *e, const char *text, size_t len)
-{
-    const cairn_tok *t = e->t;
-    if (!grow((void **)&e->cps, &e->cps_cap, len + 1, sizeof(uint32_t))) {
-        return CAIRN_ENOMEM;
-    }
-    size_t ncp = 0;
-    for (size_t off = 0; off < len;) {
-        e->cps[ncp++] = utf8_next((const uint8_t *)text, len, &off);
-    }
-    for (size_t pos = 0; pos < ncp;) {
-        size_t end = bpe_word_end(e->cps, ncp, pos, t->digits_max);
-        /* The word in the GPT-2 byte alphabet: at most 4 bytes per code point, 2 per byte. */
-        if (!grow((void **)&e->buf, &e->buf_cap, 8 * (end - pos) + 8, 1)) {
-            return CAIRN_ENOMEM;
-        }
-        size_t m = 0;
-        for (size_t i = pos; i < end; i++) {
-            uint8_t u[4];
-            size_t k = cairn_utf8_encode(e->cps[i], u);
-            for (size_t j = 0; j < k; j++) {
-                memcpy(e->buf + m, t->byte_enc[u[j]], t->byte_enc_len[u[j]]);
-                m += t->byte_enc_len[u[j]];
-            }
-        }
-        pos = end;
-        if (t->ignore_merges) {
-            int32_t id = cairn_tok_find(t, (const char *)e->buf, m);
-            if (id >= 0) {
-                emit(e, id);
-                continue;
-            }
-        }
-        int32_t nsym;
-        int rc = merge_symbols(e, e->buf, m, &nsym);
-        if (rc < 0) {
-            return rc;
-        }
-        for (int32_t i = 0; i != -1 && nsym > 0; i = e->syms[i].next) {
-            const sym *y = &e->syms[i];
-            int32_t id = cairn_tok_find(t, (const char *)e->buf + y->start, y->n);
-            if (id >= 0) {
-                emit(e, id);
-                continue;
-            }
-            for (uint32_t j = 0; j < y->n; j++) { /* single bytes of the mapped text */
-                emit(e, cairn_tok_find(t, (const char *)e->buf + y->start + j, 1));
-            }
-        }
     }
     return 0;
 }
@@ -1183,9 +708,10 @@ int cairn_tok_encode(const cairn_tok *t, const char *text, size_t len, int32_t *
             continue;
         }
         if (t->kind == CAIRN_TOK_SPM) {
-            rc = spm_fragment(&e, text + fa[i].off, fa[i].len, t->add_space_prefix && prev_special);
+            rc = cairn__tok_spm_fragment(&e, text + fa[i].off, fa[i].len,
+                                         t->add_space_prefix && prev_special);
         } else {
-            rc = bpe_fragment(&e, text + fa[i].off, fa[i].len);
+            rc = cairn__tok_bpe_fragment(&e, text + fa[i].off, fa[i].len);
         }
         prev_special = false;
     }

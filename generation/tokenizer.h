@@ -6,10 +6,12 @@
  *    become U+2581, and adjacent symbols are merged highest-score-first while the merged text is
  *    a vocabulary entry; a symbol left outside the vocabulary falls back to <0xNN> byte tokens.
  *    A leading space is added only when `tokenizer.ggml.add_space_prefix` says so (Gemma: no).
- *  - "gpt2": byte-level BPE (Llama 3, Qwen2). Text is pre-split by the rules of
+ *  - "gpt2": byte-level BPE (Llama 3, Qwen2, SmolLM2). Text is pre-split by the rules of
  *    `tokenizer.ggml.pre` ("llama-bpe"/"llama3"/"llama-v3": digits in runs of up to 3;
- *    "qwen2": single digits), bytes are mapped to the GPT-2 byte↔unicode alphabet, and the
- *    `tokenizer.ggml.merges` pairs are applied lowest-rank-first.
+ *    "qwen2": single digits; "smollm": every digit alone, then GPT-2's split with
+ *    case-sensitive contractions), bytes are mapped to the GPT-2 byte↔unicode alphabet, and
+ *    the `tokenizer.ggml.merges` pairs are applied lowest-rank-first.
+ * The SentencePiece half lives in tokenizer_spm.c, the byte-level BPE half in tokenizer_bpe.c.
  * Both follow llama.cpp's behaviour token for token (tests/data/tokenizer holds its output):
  * user-defined tokens are always cut out of the text first (longest first); control tokens
  * such as <start_of_turn> only with CAIRN_TOK_PARSE_SPECIAL.

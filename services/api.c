@@ -312,16 +312,16 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
 static char *render_chat(cairn_api *a, const cairn_chat_msg *msgs, size_t n, size_t *len,
                          cairn_error *err)
 {
-    cairn_chat_family f = cairn_workers_chat_family(a->p.workers);
+    const cairn_chat_template *f = cairn_workers_chat_template(a->p.workers);
     size_t need = 0;
-    int rc = cairn_chat_render(f, msgs, n, true, NULL, 0, &need, err);
+    int rc = cairn_chat_render_template(f, msgs, n, true, NULL, 0, &need, err);
     if (rc && rc != CAIRN_ERANGE) return NULL;
     char *buf = malloc(need + 1);
     if (!buf) {
         cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
         return NULL;
     }
-    if (cairn_chat_render(f, msgs, n, true, buf, need + 1, len, err) != 0) {
+    if (cairn_chat_render_template(f, msgs, n, true, buf, need + 1, len, err) != 0) {
         free(buf);
         return NULL;
     }

@@ -23,14 +23,16 @@
 #include <string.h>
 
 const char *const cairn_cmd_generate_usage =
-    "usage: cairn generate -m MODEL -p PROMPT [--chat] [-n N] [--temp T] [--top-k K]\n"
-    "                      [--top-p P] [--seed S] [--stop STR]... [--threads T]\n"
-    "                      [--device D]\n\n"
+    "usage: cairn generate -m MODEL -p PROMPT [--chat] [--chat-template NAME] [-n N]\n"
+    "                      [--temp T] [--top-k K] [--top-p P] [--seed S] [--stop STR]...\n"
+    "                      [--threads T] [--device D]\n\n"
     "Streams the model's continuation of PROMPT to stdout, then prints a timings line\n"
     "(prompt tokens and tok/s, generated tokens and tok/s) on stderr.\n\n"
-    "  -m, --model FILE  GGUF model (Gemma 3, Llama 2/3, Qwen2)\n"
+    "  -m, --model FILE  GGUF model (Gemma 3, Llama 2/3 and SmolLM2, Qwen2)\n"
     "  -p, --prompt TEXT the prompt ('-' reads it from stdin)\n"
     "  --chat            wrap the prompt as one user turn of the model's chat template\n"
+    "  --chat-template NAME  --chat in this format (gemma, llama3, chatml, llama2, mistral,\n"
+    "                    phi3) instead of the one the model file's template is recognised as\n"
     "  -n N              tokens to generate at most (default 128)\n"
     "  --temp T          temperature; 0 = greedy (default 0)\n"
     "  --top-k K         keep the K most likely tokens; 0 = all (default 40)\n"
@@ -130,7 +132,7 @@ static char *read_stdin(void)
 
 int cairn_cmd_generate(int argc, char **argv)
 {
-    const char *model_path = NULL, *prompt_arg = NULL, *stops[MAX_STOPS];
+    const char *model_path = NULL, *prompt_arg = NULL, *stops[MAX_STOPS], *chat_template = NULL;
     size_t n_stops = 0;
     int chat = 0;
     double n_max = 128, threads = 0, seed = 0, device = -1;
@@ -149,6 +151,10 @@ int cairn_cmd_generate(int argc, char **argv)
             return 2;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt_arg = v;
+        else if (!strcmp(a, "--chat-template")) {
+            chat_template = v;
+            chat = 1;
+        }
         else if (!strcmp(a, "-n")) {
             if (parse_num(a, v, 1, 1 << 20, &n_max)) return 2;
         } else if (!strcmp(a, "--temp")) {
@@ -208,17 +214,17 @@ int cairn_cmd_generate(int argc, char **argv)
     }
     int flags = CAIRN_TOK_ADD_SPECIAL;
     if (chat) {
-        cairn_chat_family fam;
+        cairn_chat_template fam;
         cairn_chat_msg msg = {"user", prompt};
         size_t cap = strlen(prompt) + 256, len = 0;
-        int rc = cairn_chat_detect(cairn_model_gguf(model), &fam, &err);
+        int rc = cairn_chat_template_of(cairn_model_gguf(model), chat_template, &fam, &err);
         for (int tries = 0; !rc && tries < 2; tries++) {
             free(rendered);
             if (!(rendered = malloc(cap))) {
                 rc = cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
                 break;
             }
-            rc = cairn_chat_render(fam, &msg, 1, true, rendered, cap, &len, &err);
+            rc = cairn_chat_render_template(&fam, &msg, 1, true, rendered, cap, &len, &err);
             if (rc != CAIRN_ERANGE) break;
             cap = len + 1; /* the size it needs; the second try fits */
         }

@@ -69,8 +69,15 @@ static const cairn_config_key schema[] = {
     {"tls.key", CAIRN_CFG_STRING, NULL, NULL, NULL, "PEM private key file", NULL, CAIRN_CFG_SECRET},
     /* /v1 API (services/api.c, services/workers.c) */
     {"model.path", CAIRN_CFG_STRING, NULL, NULL, NULL,
-     "LLM GGUF (unset: data_dir/models/gemma-3-270m-q4_k_m.gguf when present)", NULL, 0},
-    {"model.name", CAIRN_CFG_STRING, "gemma-3-270m", NULL, NULL, "model id /v1/models lists",
+     "LLM GGUF (unset: data_dir/models/smollm2-135m-instruct-q4_1.gguf when present, the "
+     "instruct model scripts/setup installs; Gemma 3 270M, a base model: "
+     "data_dir/models/gemma-3-270m-q4_k_m.gguf)",
+     NULL, 0},
+    {"model.name", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "model id /v1/models lists (unset: the model file's name without .gguf)", NULL, 0},
+    {"model.chat_template", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "chat format: gemma, llama3, chatml, llama2, mistral or phi3 (unset: recognised from the "
+     "model file's tokenizer.chat_template; a template cairn does not know is refused)",
      NULL, 0},
     {"embed.model", CAIRN_CFG_STRING, NULL, NULL, NULL,
      "text embedder GGUF (unset: data_dir/models/all-minilm-l6-v2.gguf when present)", NULL, 0},
@@ -193,6 +200,7 @@ typedef struct service {
     atomic_int ready; /* 0 while loading: /health answers 503 */
     atomic_int draining; /* 1 after SIGTERM: /health answers 503 draining */
     int64_t started_ns;
+    char model_name[256]; /* model.name when unset: from the model file's name */
 } service;
 
 static void on_health(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
@@ -331,10 +339,17 @@ static int start_api(service *s, cairn_error *err)
     char def[4096];
     const char *model = cairn_config_string(c, "model.path");
     if (!model) {
-        snprintf(def, sizeof def, "%s/models/gemma-3-270m-q4_k_m.gguf",
+        snprintf(def, sizeof def, "%s/models/smollm2-135m-instruct-q4_1.gguf",
                  cairn_config_string(c, "data_dir"));
         struct stat st;
         if (stat(def, &st) == 0) model = def;
+    }
+    if (model) { /* model.name's default, the file's name: smollm2-135m-instruct-q4_1 (taken
+                  * now: def is reused for the embedder's path below) */
+        const char *base = strrchr(model, '/') ? strrchr(model, '/') + 1 : model;
+        size_t n = strlen(base);
+        if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) n -= 5;
+        snprintf(s->model_name, sizeof s->model_name, "%.*s", (int)n, base);
     }
     int device = -1, rc;
     /* Checked whether or not a model is there: a bad value is a configuration error. */
@@ -343,6 +358,7 @@ static int start_api(service *s, cairn_error *err)
     if (model) {
         cairn_workers_params wp = cairn_workers_default_params();
         wp.model_path = model;
+        wp.chat_template = cairn_config_string(c, "model.chat_template");
         wp.n_workers = (int)cairn_config_int(c, "workers.count");
         wp.engine.n_threads = (int)cairn_config_int(c, "workers.threads");
         wp.engine.max_seqs = (int)cairn_config_int(c, "workers.max_seqs");
@@ -442,7 +458,11 @@ static int start_api(service *s, cairn_error *err)
     ap.max_queue = (int)cairn_config_int(c, "limits.max_queue");
     ap.api_keys = cairn_config_string(c, "auth.api_keys");
     ap.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
-    ap.model_name = cairn_config_string(c, "model.name");
+    if (cairn_config_string(c, "model.name")) {
+        ap.model_name = cairn_config_string(c, "model.name");
+    } else if (s->model_name[0]) {
+        ap.model_name = s->model_name;
+    }
     ap.max_upload = (size_t)cairn_config_size(c, "http.max_upload");
     ap.workers = s->workers;
     rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);

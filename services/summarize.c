@@ -234,13 +234,13 @@ static int make_prompt(cairn_workers *w, int kind, const char *text, size_t n, c
     memcpy(content + il, text, n);
     content[il + n] = '\0';
     cairn_chat_msg m = {.role = "user", .content = content};
-    cairn_chat_family f = cairn_workers_chat_family(w);
+    const cairn_chat_template *f = cairn_workers_chat_template(w);
     size_t need = 0;
-    int rc = cairn_chat_render(f, &m, 1, true, NULL, 0, &need, err);
+    int rc = cairn_chat_render_template(f, &m, 1, true, NULL, 0, &need, err);
     char *buf = NULL;
     if (rc == 0 || rc == CAIRN_ERANGE) {
         rc = (buf = malloc(need + 1)) ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-        if (!rc) rc = cairn_chat_render(f, &m, 1, true, buf, need + 1, len, err);
+        if (!rc) rc = cairn_chat_render_template(f, &m, 1, true, buf, need + 1, len, err);
     }
     free(content);
     if (rc) free(buf);

@@ -94,7 +94,7 @@ struct cairn_workers {
     cairn_workers_params p;
     cairn_model *model;
     cairn_tok *tok;
-    cairn_chat_family family;
+    cairn_chat_template tmpl; /* the model's chat format (immutable after open) */
     int32_t *eog;
     int n_eog;
     int n_ctx;
@@ -791,6 +791,7 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
     if (!w) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     w->p = *p;
     w->p.model_path = NULL;
+    w->p.chat_template = NULL;
     w->p.predictor = NULL;
     w->p.sched.max_batch_tokens = p->engine.max_batch_tokens;
     if (w->p.sched.online_budget_s < w->p.sched.budget_s) /* online never gets less */
@@ -802,8 +803,8 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
     if (!rc) rc = make_metrics(w, metrics ? metrics : w->own_metrics, err);
     if (!rc) rc = cairn_model_open(&w->model, p->model_path, err);
     if (!rc) rc = cairn_tok_open(&w->tok, cairn_model_gguf(w->model), err);
-    if (!rc && cairn_chat_detect(cairn_model_gguf(w->model), &w->family, NULL) != 0)
-        w->family = CAIRN_CHAT_GEMMA;
+    if (!rc) rc = cairn_chat_template_of(cairn_model_gguf(w->model), p->chat_template, &w->tmpl,
+                                         err);
     if (!rc) {
         int32_t nv = cairn_tok_vocab_size(w->tok);
         for (int32_t i = 0; i < nv; i++) w->n_eog += cairn_tok_is_eog(w->tok, i);
@@ -904,5 +905,6 @@ void cairn_workers_close(cairn_workers *w)
 }
 
 const cairn_tok *cairn_workers_tokenizer(const cairn_workers *w) { return w->tok; }
-cairn_chat_family cairn_workers_chat_family(const cairn_workers *w) { return w->family; }
+cairn_chat_family cairn_workers_chat_family(const cairn_workers *w) { return w->tmpl.family; }
+const cairn_chat_template *cairn_workers_chat_template(const cairn_workers *w) { return &w->tmpl; }
 int cairn_workers_n_ctx(const cairn_workers *w) { return w->n_ctx; }

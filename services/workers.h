@@ -46,6 +46,8 @@ typedef struct cairn_workers cairn_workers;
 
 typedef struct cairn_workers_params {
     const char *model_path;     /* GGUF of the LLM */
+    const char *chat_template;  /* chat family name (cairn_chat_family_from_name), or NULL:
+                                   recognised from the model file (an unknown one fails open) */
     int n_workers;              /* engines (devices); >= 1 */
     cairn_engine_params engine; /* per engine */
     int max_queue;              /* requests waiting for admission; more: CAIRN_EBUSY */
@@ -88,6 +90,8 @@ void cairn_workers_close(cairn_workers *w);
 /* The tokenizer and chat family of the served model (owned by w; thread-safe to use). */
 const cairn_tok *cairn_workers_tokenizer(const cairn_workers *w);
 cairn_chat_family cairn_workers_chat_family(const cairn_workers *w);
+/* The model's chat format (family and default system turn); owned by w, immutable. */
+const cairn_chat_template *cairn_workers_chat_template(const cairn_workers *w);
 
 /* What a finished request reports. */
 typedef struct cairn_gen_result {

@@ -41,7 +41,8 @@ bool cairn_cpu_type_supported(uint32_t type)
 {
     switch (type) {
     case CAIRN_GGUF_F32: case CAIRN_GGUF_F16: case CAIRN_GGUF_BF16: case CAIRN_GGUF_Q4_0:
-    case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0: case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
+    case CAIRN_GGUF_Q4_1: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0: case CAIRN_GGUF_Q4_K:
+    case CAIRN_GGUF_Q6_K:
         return true;
     default:
         return false;
@@ -81,6 +82,8 @@ size_t cairn_cpu_act_bytes(uint32_t type, int64_t cols)
     switch (type) {
     case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
         return (size_t)(cols / 32) * sizeof(cairn__act_q8);
+    case CAIRN_GGUF_Q4_1: /* Q8_1: the blocks, then their sums s */
+        return (size_t)(cols / 32) * (sizeof(cairn__act_q8) + sizeof(float));
     case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
         return (size_t)(cols / 256) * sizeof(cairn__act_q8k);
     default:
@@ -141,9 +144,35 @@ static void quant_q8k(const float *x, int64_t nb, cairn__act_q8k *y)
     }
 }
 
+/* ggml's quantize_row_q8_1 (x86) rounds the values as Q8_0 does and keeps
+ * s = FP16(d * sum(qs)) with d = amax / 127 as a float, before its F16 rounding. */
+float cairn__q8_1_sum(const float *x, const cairn__act_q8 *blk)
+{
+    float amax = 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; j++)
+        amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < 32; j++)
+        sum += blk->qs[j];
+    float d = amax / 127.0f;
+    return cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(d * (float)sum));
+}
+
 void cairn_cpu_quantize_act(uint32_t type, const float *x, int64_t cols, void *act, bool use_avx2)
 {
     switch (type) {
+    case CAIRN_GGUF_Q4_1: {
+        const int64_t nb = cols / 32;
+        cairn__act_q8 *blk = act;
+        float *s = (float *)(blk + nb);
+        if (use_avx2)
+            cairn__quant_q8_avx2(x, nb, blk);
+        else
+            quant_q8(x, nb, blk);
+        for (int64_t b = 0; b < nb; b++)
+            s[b] = cairn__q8_1_sum(x + b * 32, &blk[b]);
+        break;
+    }
     case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
         if (use_avx2)
             cairn__quant_q8_avx2(x, cols / 32, act);
@@ -220,6 +249,26 @@ static float dot_q5_0(int64_t nb, const cairn__blk_q5_0 *w, const cairn__act_q8 
         q8f_lanes(w8, &a[b], h2f(w[b].d), acc);
     }
     return hsum8_lanes(acc);
+}
+
+/* Q4_1 against Q8_1 as ggml_vec_dot_q4_1_q8_1 (x86) sums it: the unsigned nibbles in the
+ * q8f lanes, and the offsets m * s in one float, fused per block (its compiler contracts
+ * `summs += m * s`), added after the lanes' sum. */
+static float dot_q4_1(int64_t nb, const cairn__blk_q4_1 *w, const void *act)
+{
+    const cairn__act_q8 *a = act;
+    const float *s = (const float *)(a + nb);
+    float acc[8] = {0}, summs = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int8_t w8[32];
+        for (int j = 0; j < 16; j++) {
+            w8[j] = (int8_t)(w[b].qs[j] & 0xF);
+            w8[j + 16] = (int8_t)(w[b].qs[j] >> 4);
+        }
+        summs = fmaf(h2f(w[b].m), s[b], summs);
+        q8f_lanes(w8, &a[b], h2f(w[b].d), acc);
+    }
+    return hsum8_lanes(acc) + summs;
 }
 
 /* Q4_K as llama.cpp's x86 build sums it (see cpu_gemm_kq.inc): two fma chains, fed once per
@@ -336,6 +385,8 @@ float cairn_cpu_vec_dot(uint32_t type, int64_t cols, const void *w, const void *
         return avx2 ? cairn__dot_q8_0_avx2(cols / 32, w, a) : dot_q8_0(cols / 32, w, a);
     case CAIRN_GGUF_Q4_0:
         return avx2 ? cairn__dot_q4_0_avx2(cols / 32, w, a) : dot_q4_0(cols / 32, w, a);
+    case CAIRN_GGUF_Q4_1:
+        return avx2 ? cairn__dot_q4_1_avx2(cols / 32, w, a) : dot_q4_1(cols / 32, w, a);
     case CAIRN_GGUF_Q5_0:
         return avx2 ? cairn__dot_q5_0_avx2(cols / 32, w, a) : dot_q5_0(cols / 32, w, a);
     case CAIRN_GGUF_Q4_K:
@@ -367,16 +418,19 @@ size_t cairn_cpu_matmul_scratch_bytes(const cairn_cpu_mat *w, int64_t n_tok)
         return 0; /* float activations are used in place */
     default: /* q8f tiles also keep their tokens' scales side by side: 4 more bytes a block */
         return padded * (cairn_cpu_act_bytes(w->type, w->cols) +
-                         (act_kind(w->type) == 1 ? (size_t)(w->cols / 32) * sizeof(float) : 0));
+                         (act_kind(w->type) & 1 ? (size_t)(w->cols / 32) * sizeof(float) : 0));
     }
 }
 
-/* Which activation format a weight type multiplies against (0: the float rows themselves). */
+/* Which activation format a weight type multiplies against (0: the float rows themselves;
+ * 1: Q8 blocks of 32; 3: the same with Q8_1's sums; 2: Q8_K). Odd kinds use the q8f kernels. */
 static int act_kind(uint32_t type)
 {
     switch (type) {
     case CAIRN_GGUF_Q4_0: case CAIRN_GGUF_Q5_0: case CAIRN_GGUF_Q8_0:
         return 1;
+    case CAIRN_GGUF_Q4_1:
+        return 3;
     case CAIRN_GGUF_Q4_K: case CAIRN_GGUF_Q6_K:
         return 2;
     default:
@@ -393,7 +447,7 @@ static gemm_fn pick_gemm(uint32_t type, bool avx2)
         return NULL;
     bool vnni = cairn__has_vnni();
     switch (act_kind(type)) {
-    case 1:
+    case 1: case 3:
         return vnni ? cairn__gemm_q8f_vnni : cairn__gemm_q8f_avx2;
     case 2:
         return vnni ? cairn__gemm_kq_vnni : cairn__gemm_kq_avx2;
@@ -457,17 +511,23 @@ static void quant_rows(void *p, size_t b, size_t e, int tid)
             continue;
         }
         size_t tile = (size_t)c->tile, j = t % tile, base = (t - j) * (size_t)c->nb;
-        if (act_kind(c->act_type) == 1) { /* q8f tile: blocks, then the scales side by side */
+        if (act_kind(c->act_type) & 1) { /* q8f tile: blocks, then the scales side by side */
             uint8_t *tb = c->scratch + (t - j) * c->tok_bytes;
             float *ds = (float *)(tb + (size_t)c->nb * tile * sizeof(cairn__act_q8));
+            float *ss = act_kind(c->act_type) == 3 ? ds + (size_t)c->nb * tile : NULL;
             for (int64_t k = 0; k < c->nb; k++) {
                 cairn__act_q8 *blk = (cairn__act_q8 *)tb + (size_t)k * tile + j;
-                cairn_cpu_quantize_act(c->act_type, x + k * bs, bs, blk, true);
+                cairn_cpu_quantize_act(CAIRN_GGUF_Q8_0, x + k * bs, bs, blk, true);
+                if (ss) /* Q8_1: the sums s after the scales */
+                    ss[(size_t)k * tile + j] = cairn__q8_1_sum(x + k * bs, blk);
                 for (int i = 0; c->act_u8 && i < 32; i++)
                     blk->qs[i] = (int8_t)((uint8_t)blk->qs[i] ^ 0x80);
                 ds[(size_t)k * tile + j] = blk->d;
-                for (size_t u = j + 1; t + 1 == (size_t)c->n_tok && u < tile; u++)
+                for (size_t u = j + 1; t + 1 == (size_t)c->n_tok && u < tile; u++) {
                     ds[(size_t)k * tile + u] = 0.0f; /* the last tile's unused tokens */
+                    if (ss)
+                        ss[(size_t)k * tile + u] = 0.0f;
+                }
             }
             continue;
         }
@@ -622,7 +682,7 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
                     .scratch = scratch, .avx2 = cairn_cpu_has_avx2(),
                     .kinds = act_kind(w0->type) == 2 ? kinds : NULL};
     c.gemm = pick_gemm(w0->type, c.avx2);
-    c.act_u8 = c.gemm == cairn__gemm_q8f_vnni;
+    c.act_u8 = c.gemm == cairn__gemm_q8f_vnni && act_kind(w0->type) != 3; /* Q4_1: plain y */
     c.nb = w0->cols / (int64_t)cairn_gguf_type_block_size(w0->type);
     if (cairn_cpu_matmul_scratch_bytes(w0, 1) == 0) {
         c.act = (const uint8_t *)x;
@@ -631,9 +691,9 @@ void cairn_cpu_matmul_n(cairn_pool *pool, const cairn_cpu_mat *const *w, int n, 
         c.act = scratch;
         c.act_row = cairn_cpu_act_bytes(w0->type, w0->cols);
         c.act_blk = c.act_row / (size_t)c.nb;
-        c.tok_bytes = c.act_row + (act_kind(w0->type) == 1 ? (size_t)c.nb * sizeof(float) : 0);
+        c.tok_bytes = c.act_row + (act_kind(w0->type) & 1 ? (size_t)c.nb * sizeof(float) : 0);
         if (c.gemm)
-            c.tile = act_kind(w0->type) == 1 ? CAIRN__Q8F_TILE : CAIRN__KQ_TILE;
+            c.tile = act_kind(w0->type) & 1 ? CAIRN__Q8F_TILE : CAIRN__KQ_TILE;
         if (pool && n_tok >= 16) /* fewer rows quantize faster than the pool wakes */
             cairn_pool_parallel_for(pool, (size_t)n_tok, quant_rows, &c);
         else
@@ -791,10 +851,28 @@ static inline float gelu_f16(float x)
     return f16_round(gelu1(f16_round(x)));
 }
 
+static inline float expf_ggml(float x);
+
+/*
+ * The gated MLP's middle as ggml computes it. GELU: gelu_f16 above. SiLU: ggml's SwiGLU
+ * (ggml_vec_swiglu_f32, AVX-512 build) takes whole groups of 16 values through its vector
+ * silu, x / (1 + e^-x) with its polynomial exp (expf_ggml), and the last n % 16 through the
+ * scalar one with libm's expf. The two exps differ in the last bit now and then, and a last bit
+ * is enough to move an 8-bit activation of the next product (the down projection's Q8 blocks),
+ * so llama.cpp's logits are only reproduced with its split.
+ */
 void cairn_cpu_gated(float *a, const float *b, int n, bool gelu)
 {
-    for (int i = 0; i < n; i++)
-        a[i] = (gelu ? gelu_f16(a[i]) : silu1(a[i])) * b[i];
+    if (gelu) {
+        for (int i = 0; i < n; i++)
+            a[i] = gelu_f16(a[i]) * b[i];
+        return;
+    }
+    int nv = n - n % 16;
+    for (int i = 0; i < nv; i++)
+        a[i] = a[i] / (1.0f + expf_ggml(-a[i])) * b[i];
+    for (int i = nv; i < n; i++)
+        a[i] = silu1(a[i]) * b[i];
 }
 
 void cairn_cpu_gelu_f16_table(float *table)

@@ -1,10 +1,11 @@
 /*
  * generation/kernels/cpu.h — CPU compute kernels for the generation engine.
  *
- * Matrix products run straight from the GGUF weight blocks (F32, F16, BF16, Q4_0, Q5_0, Q8_0,
- * Q4_K, Q6_K); nothing is dequantized ahead of time. For the quantized types the activations
- * are quantized on the fly to 8 bits per block, as llama.cpp does: Q8 blocks of 32 for the
- * 32-element weight formats and 256-element blocks with 16-element partial sums for the
+ * Matrix products run straight from the GGUF weight blocks (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+ * Q8_0, Q4_K, Q6_K); nothing is dequantized ahead of time. For the quantized types the
+ * activations are quantized on the fly to 8 bits per block, as llama.cpp does: Q8 blocks of 32
+ * for the 32-element weight formats (Q8_1 for Q4_1: the blocks and each one's d * sum, which
+ * carries Q4_1's offsets) and 256-element blocks with 16-element partial sums for the
  * K-quants. The dot products then run in integer arithmetic (AVX2 maddubs), which is what makes
  * a decode step memory-bound instead of compute-bound, and it keeps our rounding close to
  * llama.cpp's, the reference we are checked against. Float weights use float dot products.

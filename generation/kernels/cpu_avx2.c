@@ -56,19 +56,34 @@ static inline __m256i bits_to_bytes(uint32_t x)
     return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
 }
 
-/* ---- Tiled products over 32-element blocks (Q8_0, Q5_0, Q4_0) ------------------------------ */
+/* ---- Tiled products over 32-element blocks (Q8_0, Q5_0, Q4_0, Q4_1) ------------------------ */
 
 static inline size_t q8f_block_bytes(uint32_t type)
 {
     return type == CAIRN_GGUF_Q8_0   ? sizeof(cairn__blk_q8_0)
            : type == CAIRN_GGUF_Q5_0 ? sizeof(cairn__blk_q5_0)
+           : type == CAIRN_GGUF_Q4_1 ? sizeof(cairn__blk_q4_1)
                                      : sizeof(cairn__blk_q4_0);
 }
 
-/* One weight block as 32 signed bytes, and its scale. */
-static inline __attribute__((always_inline)) __m256i q8f_decode(uint32_t type, const uint8_t *blk,
-                                                                float *d)
+/* Bytes of one token's share of a q8f activation tile: its blocks, their scales, and for Q4_1
+ * their Q8_1 sums. */
+static inline size_t q8f_tok_bytes(uint32_t type)
 {
+    return sizeof(cairn__act_q8) + sizeof(float) + (type == CAIRN_GGUF_Q4_1 ? sizeof(float) : 0);
+}
+
+/* One weight block as 32 signed bytes, and its scale (and, for Q4_1, its offset *m; Q4_1's
+ * values are the unsigned nibbles 0..15, the offset is added through the activations' sums). */
+static inline __attribute__((always_inline)) __m256i q8f_decode(uint32_t type, const uint8_t *blk,
+                                                                float *d, float *m)
+{
+    if (type == CAIRN_GGUF_Q4_1) {
+        const cairn__blk_q4_1 *w = (const cairn__blk_q4_1 *)blk;
+        *d = h2f(w->d);
+        *m = h2f(w->m);
+        return nibbles(w->qs);
+    }
     if (type == CAIRN_GGUF_Q8_0) {
         const cairn__blk_q8_0 *w = (const cairn__blk_q8_0 *)blk;
         *d = h2f(w->d);
@@ -223,6 +238,11 @@ float cairn__dot_q8_0_avx2(int64_t nb, const void *w, const void *a)
 float cairn__dot_q4_0_avx2(int64_t nb, const void *w, const void *a)
 {
     return cairn__dot_q8f_avx2(CAIRN_GGUF_Q4_0, nb, w, a);
+}
+
+float cairn__dot_q4_1_avx2(int64_t nb, const void *w, const void *a)
+{
+    return cairn__dot_q8f_avx2(CAIRN_GGUF_Q4_1, nb, w, a);
 }
 
 float cairn__dot_q5_0_avx2(int64_t nb, const void *w, const void *a)

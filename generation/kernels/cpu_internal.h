@@ -14,6 +14,7 @@
 /* Weight blocks, as GGUF stores them (ggml's layouts). */
 typedef struct { uint16_t d; int8_t qs[32]; } cairn__blk_q8_0;                   /* 34 B */
 typedef struct { uint16_t d; uint8_t qs[16]; } cairn__blk_q4_0;                  /* 18 B */
+typedef struct { uint16_t d, m; uint8_t qs[16]; } cairn__blk_q4_1;               /* 20 B */
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } cairn__blk_q5_0;   /* 22 B */
 typedef struct {
     uint16_t d, dmin;
@@ -29,6 +30,11 @@ typedef struct {
 
 /* Activation blocks (ours, never stored): 8-bit values and a float scale. */
 typedef struct { float d; int8_t qs[32]; } cairn__act_q8;                        /* 36 B */
+/* Q4_1 weights multiply ggml's Q8_1 activations: the Q8 block plus s = d * sum(qs), where d is
+ * the unrounded amax / 127 and s is rounded to F16 (its m * s term adds the weights' offset).
+ * A row in the plain layout is nb cairn__act_q8 blocks followed by the nb values of s; a q8f
+ * tile (below) keeps them after its scales, CAIRN__Q8F_TILE per block. */
+float cairn__q8_1_sum(const float *x, const cairn__act_q8 *blk);
 /* kind: the token's CAIRN_CPU_ROW_* flags (generation/kernels/cpu.h), which pick the order in
  * which Q4_K and Q6_K products sum (llama.cpp's for such a token). Set for every block. */
 typedef struct {
@@ -40,6 +46,7 @@ typedef struct {
 
 _Static_assert(sizeof(cairn__blk_q8_0) == 34, "q8_0 layout");
 _Static_assert(sizeof(cairn__blk_q4_0) == 18, "q4_0 layout");
+_Static_assert(sizeof(cairn__blk_q4_1) == 20, "q4_1 layout");
 _Static_assert(sizeof(cairn__blk_q5_0) == 22, "q5_0 layout");
 _Static_assert(sizeof(cairn__blk_q4_k) == 144, "q4_k layout");
 _Static_assert(sizeof(cairn__blk_q6_k) == 210, "q6_k layout");
@@ -60,6 +67,7 @@ static inline void cairn__q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn
 
 float cairn__dot_q8_0_avx2(int64_t nb, const void *w, const void *a);
 float cairn__dot_q4_0_avx2(int64_t nb, const void *w, const void *a);
+float cairn__dot_q4_1_avx2(int64_t nb, const void *w, const void *a);
 float cairn__dot_q5_0_avx2(int64_t nb, const void *w, const void *a);
 float cairn__dot_q4_k_avx2(int64_t nb, const void *w, const void *a);
 float cairn__dot_q6_k_avx2(int64_t nb, const void *w, const void *a);
@@ -73,10 +81,11 @@ float cairn__dot_f32_avx2(int64_t n, const float *w, const float *x);
  * bytes, + 4 bytes a block for q8f) and holds block b of its token j at index b * TILE + j, so
  * that one pointer reaches a block of every token of the tile; a q8f tile then holds its
  * tokens' scales, TILE floats per block (unused tokens' 0), so that the scale products d_w d_a
- * of a block take one multiply for the whole tile. cairn__gemm_q8f_vnni's tiles hold each
- * quantized value plus 128 as an unsigned byte (y ^ 0x80). q8f: Q8_0, Q5_0, Q4_0; kq: Q4_K,
- * Q6_K; the vnni variants need cairn__has_vnni(). Each result is bit-identical to cairn__dot_*_avx2
- * of the same row and activation.
+ * of a block take one multiply for the whole tile; a Q4_1 tile then holds its tokens' Q8_1 sums
+ * s the same way. cairn__gemm_q8f_vnni's tiles (but Q4_1's, whose weights are unsigned) hold
+ * each quantized value plus 128 as an unsigned byte (y ^ 0x80). q8f: Q8_0, Q5_0, Q4_0, Q4_1;
+ * kq: Q4_K, Q6_K; the vnni variants need cairn__has_vnni(). Each result is bit-identical to
+ * cairn__dot_*_avx2 of the same row and activation.
  */
 #define CAIRN__Q8F_TILE 8
 #define CAIRN__KQ_TILE 4

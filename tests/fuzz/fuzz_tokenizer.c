@@ -2,10 +2,11 @@
  * tests/fuzz/fuzz_tokenizer.c — libFuzzer target for generation/tokenizer.
  *
  * Input: byte 0 picks the tokenizer and the operation, the rest is the payload.
- *   bit 0..1  tokenizer: 0/2 a small SentencePiece vocabulary, 1 a small byte-level BPE one
- *             (llama-bpe rules), 3 qwen2 rules; all built in memory with cairn's GGUF writer
- *             at start-up; when CAIRN_FUZZ_TOKENIZER_GGUF names a model file (e.g. the real
- *             gemma-3-270m), selector 2 uses that vocabulary instead.
+ *   bit 0..1  tokenizer: 0 a small SentencePiece vocabulary, 1 a small byte-level BPE one
+ *             (llama-bpe rules), 2 the same with smollm rules, 3 qwen2 rules; all built in
+ *             memory with cairn's GGUF writer at start-up; when CAIRN_FUZZ_TOKENIZER_GGUF names
+ *             a model file (e.g. the real gemma-3-270m), selector 2 uses that vocabulary
+ *             instead.
  *   bit 2     operation: 0 encode the payload as text, 1 decode it as little-endian int32 ids
  *   bit 3..4  encode flags (ADD_SPECIAL, PARSE_SPECIAL); decode flag DECODE_SPECIAL
  * Checks: no crash or sanitizer report; encode counts agree between a sizing call and a real
@@ -122,12 +123,13 @@ static void init(void)
     toks[0] = build("llama", NULL);
     toks[1] = build("gpt2", "llama-bpe");
     toks[3] = build("gpt2", "qwen2");
-    toks[2] = toks[0];
+    toks[2] = build("gpt2", "smollm");
     const char *path = getenv("CAIRN_FUZZ_TOKENIZER_GGUF");
     cairn_gguf *g = NULL;
     if (path && cairn_gguf_open(&g, path, NULL) == 0) {
         cairn_tok *t = NULL;
         if (cairn_tok_open(&t, g, NULL) == 0) {
+            cairn_tok_close(toks[2]);
             toks[2] = t;
         }
         cairn_gguf_close(g);

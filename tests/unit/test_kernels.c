@@ -25,7 +25,8 @@ static uint32_t rnd(void)
 static float frand(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
 
 /* Random weights of `type`: quantized from random floats where our quantizer can, else random
- * block bytes with a sane f16 scale (Q4_0, Q5_0: the scale is the first 2 bytes). */
+ * block bytes with a sane f16 scale (Q4_0, Q4_1, Q5_0: the scale is the first 2 bytes; Q4_1's
+ * offset m, the next 2, is a negative multiple of the scale as a quantizer would make it). */
 static void *make_weights(uint32_t type, int64_t rows, int64_t cols, size_t *row_bytes)
 {
     uint64_t nb = 0;
@@ -45,8 +46,13 @@ static void *make_weights(uint32_t type, int64_t rows, int64_t cols, size_t *row
         for (size_t i = 0; i < nb * (size_t)rows; i++)
             w[i] = (uint8_t)rnd();
         for (size_t off = 0; off < nb * (size_t)rows; off += bb) {
-            uint16_t d = cairn_gguf_f32_to_f16(0.01f + 0.02f * (float)(rnd() % 100) / 100.0f);
+            float df = 0.01f + 0.02f * (float)(rnd() % 100) / 100.0f;
+            uint16_t d = cairn_gguf_f32_to_f16(df);
             memcpy(w + off, &d, 2);
+            if (type == CAIRN_GGUF_Q4_1) {
+                uint16_t m = cairn_gguf_f32_to_f16(-df * (float)(rnd() % 1600) / 100.0f);
+                memcpy(w + off + 2, &m, 2);
+            }
         }
     }
     return w;
@@ -87,7 +93,7 @@ static void check_type(uint32_t type, int64_t cols, bool avx2)
 
 static const uint32_t types[] = {CAIRN_GGUF_F32,  CAIRN_GGUF_F16,  CAIRN_GGUF_BF16,
                                  CAIRN_GGUF_Q4_0, CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q8_0,
-                                 CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+                                 CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K, CAIRN_GGUF_Q4_1};
 
 static void test_vec_dot_portable(void **state)
 {
@@ -127,6 +133,8 @@ static void test_vec_dot_exact(void **state)
             continue;
         for (size_t ti = 3; ti < sizeof(types) / sizeof(types[0]); ti++) {
             uint32_t type = types[ti];
+            if (type == CAIRN_GGUF_Q4_1)
+                continue; /* its m * s terms: test_q4_1_vs_scalar_reference */
             const int64_t cols = 1024, rows = 5;
             size_t rb;
             uint8_t *w = make_weights(type, rows, cols, &rb);
@@ -152,6 +160,87 @@ static void test_vec_dot_exact(void **state)
             free(act);
         }
     }
+}
+
+/*
+ * Q4_1 against a scalar reference written from the formats' definitions (ggml's Q4_1 and
+ * Q8_1): the activations x quantize per block of 32 to y = round-half-even(x * 127 / amax),
+ * d = F16(amax / 127) and s = F16(amax / 127 * sum(y)); the product is
+ * sum over blocks of d_w d_a sum(q y) + m s, where the weight values are q (0..15, low nibbles
+ * first) times d_w plus m. Both implementations (portable and AVX2) must quantize exactly so,
+ * agree with the reference to float rounding, and give each other's bits.
+ */
+static void test_q4_1_vs_scalar_reference(void **state)
+{
+    (void)state;
+    enum { COLS = 1024, NB = COLS / 32, ROWS = 9 };
+    size_t rb;
+    uint8_t *w = make_weights(CAIRN_GGUF_Q4_1, ROWS, COLS, &rb);
+    assert_int_equal(rb, (size_t)NB * 20);
+    float x[COLS];
+    for (int i = 0; i < COLS; i++)
+        x[i] = frand() * (i % 9 == 0 ? 5.0f : 1.0f);
+    x[64] = 0.0f; /* a block of zeros: d = 0, s = 0 */
+    for (int i = 64; i < 96; i++)
+        x[i] = 0.0f;
+    /* the reference quantization */
+    int8_t yq[COLS];
+    float yd[NB], ys[NB];
+    for (int b = 0; b < NB; b++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++)
+            amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            yq[b * 32 + j] = (int8_t)nearbyintf(x[b * 32 + j] * id);
+            sum += yq[b * 32 + j];
+        }
+        yd[b] = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(d));
+        ys[b] = cairn_gguf_f16_to_f32(cairn_gguf_f32_to_f16(d * (float)sum));
+    }
+    size_t ab = cairn_cpu_act_bytes(CAIRN_GGUF_Q4_1, COLS);
+    assert_int_equal(ab, (size_t)NB * (sizeof(cairn__act_q8) + sizeof(float)));
+    for (int avx = 0; avx < 2; avx++) {
+        if (avx && !cairn_cpu_has_avx2())
+            continue;
+        uint8_t *act = malloc(ab);
+        cairn_cpu_quantize_act(CAIRN_GGUF_Q4_1, x, COLS, act, avx);
+        const cairn__act_q8 *a = (const cairn__act_q8 *)act;
+        const float *s = (const float *)(a + NB);
+        for (int b = 0; b < NB; b++) {
+            assert_memory_equal(a[b].qs, yq + b * 32, 32);
+            assert_memory_equal(&a[b].d, &yd[b], sizeof(float));
+            assert_memory_equal(&s[b], &ys[b], sizeof(float));
+        }
+        for (int r = 0; r < ROWS; r++) {
+            const uint8_t *row = w + (size_t)r * rb;
+            double ref = 0.0, mag = 0.0;
+            for (int b = 0; b < NB; b++) {
+                uint16_t dh, mh;
+                memcpy(&dh, row + b * 20, 2);
+                memcpy(&mh, row + b * 20 + 2, 2);
+                const uint8_t *qs = row + b * 20 + 4;
+                long isum = 0;
+                for (int j = 0; j < 16; j++)
+                    isum += (long)(qs[j] & 0xF) * yq[b * 32 + j] +
+                            (long)(qs[j] >> 4) * yq[b * 32 + 16 + j];
+                double dw = cairn_gguf_f16_to_f32(dh), m = cairn_gguf_f16_to_f32(mh);
+                double term = dw * yd[b] * (double)isum, off = m * ys[b];
+                ref += term + off;
+                mag += fabs(term) + fabs(off);
+            }
+            float got = cairn_cpu_vec_dot(CAIRN_GGUF_Q4_1, COLS, row, act, avx);
+            if (fabs(got - ref) > 1e-6 * mag + 1e-7)
+                fail_msg("Q4_1 avx2 %d row %d: got %.9g, reference %.9g", avx, r, got, ref);
+            if (avx) { /* the AVX2 kernel gives the portable one's bits */
+                float p = cairn_cpu_vec_dot(CAIRN_GGUF_Q4_1, COLS, row, act, false);
+                assert_memory_equal(&p, &got, sizeof p);
+            }
+        }
+        free(act);
+    }
+    free(w);
 }
 
 /* The AVX2 and portable paths agree closely on the same quantized activations. */
@@ -321,14 +410,17 @@ static void test_matmul(void **state)
 }
 
 /* Lays nt tokens out as a tiled kernel reads them (cpu_internal.h): q8f tiles of 8 with the
- * scales after the blocks (values + 128 for the VNNI kernel), kq tiles of 4. */
+ * scales after the blocks (values + 128 for the VNNI kernel) and, for Q4_1, the Q8_1 sums
+ * after the scales; kq tiles of 4. */
 static uint8_t *make_tiles(uint32_t type, const float *x, int64_t nt, int64_t cols,
                            const uint8_t *kinds, bool u8)
 {
     bool kq = type == CAIRN_GGUF_Q4_K || type == CAIRN_GGUF_Q6_K;
+    bool q41 = type == CAIRN_GGUF_Q4_1;
     int64_t tile = kq ? CAIRN__KQ_TILE : CAIRN__Q8F_TILE, nb = cols / (kq ? 256 : 32);
     size_t blk = kq ? sizeof(cairn__act_q8k) : sizeof(cairn__act_q8);
-    size_t tile_bytes = (size_t)(tile * nb) * (blk + (kq ? 0 : sizeof(float)));
+    size_t tile_bytes =
+        (size_t)(tile * nb) * (blk + (kq ? 0 : sizeof(float)) + (q41 ? sizeof(float) : 0));
     size_t tiles = ((size_t)nt + (size_t)tile - 1) / (size_t)tile;
     uint8_t *a = calloc(tiles, tile_bytes);
     assert_non_null(a);
@@ -337,7 +429,16 @@ static uint8_t *make_tiles(uint32_t type, const float *x, int64_t nt, int64_t co
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *ab = tb + (size_t)(b * tile + t % tile) * blk;
             int64_t bs = kq ? 256 : 32;
-            cairn_cpu_quantize_act(type, x + t * cols + b * bs, bs, ab, true);
+            if (q41) { /* a Q8_1 row of one block: the block, then its sum */
+                uint8_t one[sizeof(cairn__act_q8) + sizeof(float)];
+                cairn_cpu_quantize_act(type, x + t * cols + b * bs, bs, one, true);
+                memcpy(ab, one, blk);
+                memcpy(tb + (size_t)(tile * nb) * (blk + sizeof(float)) +
+                           (size_t)(b * tile + t % tile) * sizeof(float),
+                       one + blk, sizeof(float));
+            } else {
+                cairn_cpu_quantize_act(type, x + t * cols + b * bs, bs, ab, true);
+            }
             if (kq) {
                 ((cairn__act_q8k *)ab)->kind = kinds[t];
                 continue;
@@ -361,7 +462,7 @@ static void test_tiled_kernels_each_isa(void **state)
     if (!cairn_cpu_has_avx2())
         skip();
     static const uint32_t tt[] = {CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q5_0, CAIRN_GGUF_Q4_0,
-                                  CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+                                  CAIRN_GGUF_Q4_1, CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
     for (size_t ti = 0; ti < sizeof tt / sizeof tt[0]; ti++)
         for (int isa = 0; isa < (cairn__has_vnni() ? 2 : 1); isa++) {
             uint32_t type = tt[ti];
@@ -382,7 +483,8 @@ static void test_tiled_kernels_each_isa(void **state)
                             x[i] = frand();
                         for (int t = 0; t < nt; t++)
                             kinds[t] = (uint8_t)(mixed ? (t * 3 + 1) % 8 : 7);
-                        uint8_t *a = make_tiles(type, x, nt, cols, kinds, !kq && isa == 1);
+                        uint8_t *a = make_tiles(type, x, nt, cols, kinds,
+                                                !kq && isa == 1 && type != CAIRN_GGUF_Q4_1);
                         if (kq)
                             (isa ? cairn__gemm_kq_vnni : cairn__gemm_kq_avx2)(
                                 type, nb, w, rb, rows, a, nt, y, (size_t)rows);
@@ -729,6 +831,7 @@ int main(void)
         cmocka_unit_test(test_vec_dot_portable),
         cmocka_unit_test(test_vec_dot_avx2),
         cmocka_unit_test(test_vec_dot_exact),
+        cmocka_unit_test(test_q4_1_vs_scalar_reference),
         cmocka_unit_test(test_avx2_matches_portable),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_attention_heads),
