@@ -9,8 +9,8 @@
  * grouped-query groups 1, 4 and 8, a sliding-window layer group, block tables with holes
  * (-1) and blocks shared between sequences; matrix products per weight type (F32, F16, BF16,
  * Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K) on both the GEMV path (<= 16 tokens) and the cuBLAS
- * path. The CPU backend has no Q4_1 product: Q4_1 is checked against the dequantized weights
- * (proto/gguf's decoder) multiplied in double.
+ * path, against the CPU backend; a type the CPU backend did not take would be checked against
+ * the dequantized weights (proto/gguf's decoder) multiplied in double.
  *
  * On a machine without a usable GPU (or a build without CUDA) it prints
  * "skipped: no CUDA device (<why>)" and exits 0, after checking that asking for a GPU fails
@@ -257,7 +257,7 @@ typedef struct {
     cairn_gguf_tensor t;
     void *host;
     cairn_bmat g, c;
-    bool c_ok; /* the CPU backend took it (it has no Q4_1 product) */
+    bool c_ok; /* the CPU backend took it (else: the dequantized weights, in double) */
 } wmat;
 
 static void wmat_make(wmat *w, const char *name, uint32_t type, int64_t rows, int64_t cols,
