@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int cairn_index_paths_for(cairn_index_paths *out, const char *dir, cairn_error *err)
 {
@@ -30,6 +31,7 @@ int cairn_index_paths_for(cairn_index_paths *out, const char *dir, cairn_error *
         return cairn_errorf(err, CAIRN_EINVAL, "index directory: path of %zu bytes is too long",
                             strlen(dir));
     snprintf(out->docs, sizeof out->docs, "%s/docs.cds", dir);
+    snprintf(out->format, sizeof out->format, "%s/embed.format", dir);
     snprintf(out->ivf, sizeof out->ivf, "%s/index.ivf", dir);
     snprintf(out->tier, sizeof out->tier, "%s/index.tier", dir);
     snprintf(out->stamp, sizeof out->stamp, "%s/corpus.stamp", dir);
@@ -170,6 +172,48 @@ int cairn_index_ingest(cairn_docstore *ds, const char *corpus, size_t max_passag
 
 /* ---- Embed and build -------------------------------------------------------------------- */
 
+bool cairn_index_format_current(const char *path)
+{
+    char buf[128] = {0};
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    if (n && buf[n - 1] == '\n') buf[n - 1] = '\0';
+    return strcmp(buf, CAIRN_INDEX_EMBED_FORMAT) == 0;
+}
+
+int cairn_index_format_write(const char *path, cairn_error *err)
+{
+    char tmp[CAIRN_INDEX_PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return cairn_errorf(err, CAIRN_EIO, "%s: %s", tmp, strerror(errno));
+    int ok = fputs(CAIRN_INDEX_EMBED_FORMAT "\n", f) >= 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+char *cairn_index_passage_text(const char *title, const char *text)
+{
+    size_t lt = title ? strlen(title) : 0, lx = text ? strlen(text) : 0;
+    char *s = malloc(lt + lx + 3);
+    if (!s) return NULL;
+    if (lt) {
+        memcpy(s, title, lt);
+        memcpy(s + lt, ". ", 2);
+        lt += 2;
+    }
+    memcpy(s + lt, text ? text : "", lx + 1);
+    return s;
+}
+
 int cairn_index_embed_store(cairn_embed *e, const cairn_docstore *ds, size_t chunk,
                             cairn_index_progress_fn progress, void *ctx, float **x,
                             int64_t **ids, size_t *n, cairn_error *err)
@@ -196,7 +240,14 @@ int cairn_index_embed_store(cairn_embed *e, const cairn_docstore *ds, size_t chu
         cairn_doc d;
         cairn_docstore_at(ds, i, &d);
         if (d.deleted) continue;
-        texts[k] = d.text;
+        texts[k] = cairn_index_passage_text(d.title, d.text);
+        if (!texts[k]) {
+            for (size_t j = 0; j < k; j++) free((char *)texts[j]);
+            free(xv);
+            free(iv);
+            free(texts);
+            return cairn_errorf(err, CAIRN_ENOMEM, "embedding %zu passages: out of memory", live);
+        }
         iv[k++] = (int64_t)d.id;
     }
     int rc = 0;
@@ -206,6 +257,7 @@ int cairn_index_embed_store(cairn_embed *e, const cairn_docstore *ds, size_t chu
         done += m;
         if (!rc && progress) progress(ctx, done, k);
     }
+    for (size_t j = 0; j < k; j++) free((char *)texts[j]);
     free(texts);
     if (rc) {
         free(xv);

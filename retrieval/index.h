@@ -31,6 +31,7 @@ typedef struct {
     char ivf[CAIRN_INDEX_PATH_MAX];   /* dir/index.ivf */
     char tier[CAIRN_INDEX_PATH_MAX];  /* dir/index.tier */
     char stamp[CAIRN_INDEX_PATH_MAX]; /* dir/corpus.stamp */
+    char format[CAIRN_INDEX_PATH_MAX]; /* dir/embed.format */
 } cairn_index_paths;
 
 /* Fills out with dir's file names. Returns 0 or CAIRN_EINVAL (dir NULL or too long). */
@@ -73,6 +74,21 @@ size_t cairn_index_count_wordpiece(void *ctx, const char *word, size_t len);
 int cairn_index_ingest(cairn_docstore *ds, const char *corpus, size_t max_passages,
                        const cairn_wordpiece *wp, const char *stamp_path,
                        cairn_corpus_stats *st, cairn_error *err);
+
+/* What the embedder sees of a passage: "title. text" (text alone without a title), malloc'ed;
+ * NULL when out of memory. Queries are embedded as they are. */
+char *cairn_index_passage_text(const char *title, const char *text);
+
+/* The passage text's format, written to dir/embed.format beside the vectors it made: an index
+ * whose file is missing or says otherwise was embedded another way and must be embedded again
+ * (before this file existed, passages were embedded without their titles). */
+#define CAIRN_INDEX_EMBED_FORMAT "passage text: title. text"
+
+/* Whether path holds CAIRN_INDEX_EMBED_FORMAT. */
+bool cairn_index_format_current(const char *path);
+
+/* Writes CAIRN_INDEX_EMBED_FORMAT to path (temp file and rename). Returns 0 or CAIRN_EIO. */
+int cairn_index_format_write(const char *path, cairn_error *err);
 
 /* Called after each chunk of embedded passages: done of total so far. */
 typedef void (*cairn_index_progress_fn)(void *ctx, size_t done, size_t total);

@@ -392,7 +392,8 @@ int cairn_cmd_index(int argc, char **argv)
     size_t live = cairn_docstore_live(ds);
     uint64_t uid = cairn_docstore_uid(ds);
     double embed_s = 0, build_s = 0;
-    int ivf_cached = cached && cairn_ivf_load(&ivf, ip.ivf, uid, NULL) == 0 &&
+    int ivf_cached = cached && cairn_index_format_current(ip.format) &&
+                     cairn_ivf_load(&ivf, ip.ivf, uid, NULL) == 0 &&
                      cairn_ivf_count(ivf) == live && cairn_ivf_dim(ivf) == cairn_embed_dim(e);
     if (!ivf_cached) {
         cairn_ivf_close(ivf);
@@ -409,7 +410,7 @@ int cairn_cmd_index(int argc, char **argv)
         fprintf(stderr, "training the IVF index (nlist %zu) and adding %zu vectors\n",
                 cairn_ivf_nlist_for(n), n);
         if (cairn_index_build_ivf(&ivf, cairn_embed_dim(e), x, ids, n, &err) ||
-            cairn_ivf_save(ivf, ip.ivf, uid, &err)) {
+            cairn_ivf_save(ivf, ip.ivf, uid, &err) || cairn_index_format_write(ip.format, &err)) {
             fprintf(stderr, "cairn index: %s\n", err.msg);
             goto out;
         }

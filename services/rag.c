@@ -32,6 +32,7 @@ struct cairn_rag {
     cairn_rag_params p;
     char *dir;
     char path_ds[4096], path_ivf[4096], path_tier[4096], path_stamp[4096], path_lex[4096];
+    char path_format[4096]; /* embed.format: how the passages were embedded (index.h) */
     pthread_rwlock_t lock;
     cairn_docstore *ds;
     cairn_ivf *ivf;   /* NULL until the first documents */
@@ -231,6 +232,7 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     snprintf(r->path_ivf, sizeof r->path_ivf, "%s/index.ivf", p->dir);
     snprintf(r->path_tier, sizeof r->path_tier, "%s/index.tier", p->dir);
     snprintf(r->path_stamp, sizeof r->path_stamp, "%s/corpus.stamp", p->dir);
+    snprintf(r->path_format, sizeof r->path_format, "%s/embed.format", p->dir);
     snprintf(r->path_lex, sizeof r->path_lex, "%s/lexical.db", p->dir);
     int rc = lock_dir(r, err);
     if (!rc && metrics) {
@@ -270,7 +272,7 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     if (!rc && cairn_docstore_live(r->ds) == 0 && p->corpus) rc = ingest_corpus(r, err);
     if (!rc && cairn_docstore_live(r->ds) > 0) {
         struct stat st;
-        if (stat(r->path_ivf, &st) == 0 &&
+        if (stat(r->path_ivf, &st) == 0 && cairn_index_format_current(r->path_format) &&
             cairn_ivf_load(&r->ivf, r->path_ivf, cairn_docstore_uid(r->ds), NULL) == 0 &&
             cairn_ivf_count(r->ivf) == cairn_docstore_live(r->ds)) {
             /* the tier file saved with this index, else a new one */
@@ -286,6 +288,8 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
             rc = reindex_all(r, err);
         }
     }
+    /* Every vector now is in the current format (kept, embedded again, or none yet). */
+    if (!rc) rc = cairn_index_format_write(r->path_format, err);
     if (!rc) rc = cairn_lex_open(&r->lex, r->path_lex, cairn_docstore_uid(r->ds), &p->lex, err);
     if (!rc && cairn_lex_count(r->lex) != cairn_docstore_live(r->ds)) rc = lex_rebuild(r, err);
     if (rc) {
@@ -331,11 +335,12 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
     if (r->log.add) return r->log.add(r->log.ctx, docs, n, first_id, err);
     float *x = malloc(n * (size_t)r->dim * sizeof *x);
     int64_t *ids = malloc(n * sizeof *ids);
-    const char **texts = malloc(n * sizeof *texts);
+    const char **texts = calloc(n, sizeof *texts);
     cairn_doc_input *in = calloc(n, sizeof *in);
     int rc = (x && ids && texts && in) ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < n; i++) {
-        texts[i] = docs[i].text;
+        texts[i] = cairn_index_passage_text(docs[i].title, docs[i].text);
+        if (!texts[i]) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
         in[i] = (cairn_doc_input){.key = docs[i].key ? docs[i].key : "api",
                                   .title = docs[i].title,
                                   .text = docs[i].text,
@@ -354,6 +359,7 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
         cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
         pthread_rwlock_unlock(&r->lock);
     }
+    for (size_t i = 0; texts && i < n; i++) free((char *)texts[i]);
     free(x);
     free(ids);
     free(texts);
@@ -546,15 +552,16 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
     for (size_t i = 0; !rc && i < end; i++) {
         cairn_rag_op *op = &ops[i];
         if (op->kind != CAIRN_RAG_OP_ADD || op->result != 1) continue;
-        const char **texts = malloc(op->n_docs * sizeof *texts);
-        if (!texts) {
-            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-            break;
-        }
-        for (size_t k = 0; k < op->n_docs; k++) texts[k] = op->docs[k].text;
+        const char **texts = calloc(op->n_docs, sizeof *texts);
+        bool oom = !texts;
+        for (size_t k = 0; !oom && k < op->n_docs; k++)
+            oom = !(texts[k] = cairn_index_passage_text(op->docs[k].title, op->docs[k].text));
         cairn_error e = {0};
-        int erc = cairn_embed_batch(r->p.embed, texts, (int)op->n_docs,
-                                    x + at * (size_t)r->dim, &e);
+        int erc = oom ? CAIRN_ENOMEM
+                      : cairn_embed_batch(r->p.embed, texts, (int)op->n_docs,
+                                          x + at * (size_t)r->dim, &e);
+        if (oom) snprintf(e.msg, sizeof e.msg, "out of memory");
+        for (size_t k = 0; texts && k < op->n_docs; k++) free((char *)texts[k]);
         free(texts);
         if (erc == CAIRN_ENOMEM) rc = cairn_errorf(err, erc, "%s", e.msg);
         else if (erc) refuse(op, erc, e.msg);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "retrieval/index.h"
 #include "services/rag.h"
 
 static char tmpdir[64];
@@ -198,11 +199,50 @@ static void test_modes_and_filters(void **state)
     cairn_rag_close(r);
 }
 
+/* A passage is embedded with its title: a dense search for what only the title says finds it.
+ * An index whose embed.format is missing or stale (embedded another way) is embedded again at
+ * open, and its searches then agree with the ones before. */
+static void test_title_is_embedded_and_format_checked(void **state)
+{
+    (void)state;
+    cairn_rag *r = open_rag();
+    cairn_api_doc doc = {.text = "Detach a session and reattach it later from another login.",
+                         .title = "tmux: terminal multiplexer", .key = "title-test"};
+    uint64_t id = 0;
+    cairn_error err = {0};
+    assert_int_equal(cairn_rag_add(r, &doc, 1, &id, &err), 0);
+    cairn_rag_hit hits[4], again[4];
+    int n = run(r, CAIRN_SEARCH_DENSE, "terminal multiplexer", NULL, NULL, hits);
+    assert_true(n >= 1);
+    assert_int_equal(hits[0].id, id); /* only its title says "terminal multiplexer" */
+    cairn_rag_close(r);
+    char path[128];
+    snprintf(path, sizeof path, "%s/embed.format", tmpdir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("passage text: text\n", f); /* as an older build would have embedded it */
+    fclose(f);
+    r = open_rag();
+    f = fopen(path, "r");
+    char line[128] = {0};
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    assert_string_equal(line, CAIRN_INDEX_EMBED_FORMAT "\n");
+    int m = run(r, CAIRN_SEARCH_DENSE, "terminal multiplexer", NULL, NULL, again);
+    assert_int_equal(m, n);
+    for (int i = 0; i < n; i++) assert_int_equal(again[i].id, hits[i].id);
+    cairn_rag_hits_free(hits, n);
+    cairn_rag_hits_free(again, m);
+    assert_int_equal(cairn_rag_delete(r, id, &err), 0);
+    cairn_rag_close(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_indexes_agree_after_adds_and_deletes),
         cmocka_unit_test(test_modes_and_filters),
+        cmocka_unit_test(test_title_is_embedded_and_format_checked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
