@@ -2,6 +2,7 @@
 #include "adapt/data.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,20 +218,23 @@ int cairn_fmnist_load(cairn_dataset *out, const char *dir, cairn_fmnist_split sp
     return 0;
 }
 
-int cairn_dataset_subset(cairn_dataset *out, const cairn_dataset *src, int n, cairn_error *err)
+/* n images of src (all when n >= src->n) into out: at the evenly spaced indices i * src->n / n
+ * (spread), or the first n in order. what names the operation in errors. */
+static int pick(cairn_dataset *out, const cairn_dataset *src, int n, bool spread,
+                const char *what, cairn_error *err)
 {
     memset(out, 0, sizeof(*out));
-    if (n <= 0) return cairn_errorf(err, CAIRN_EINVAL, "subset of %d images", n);
+    if (n <= 0) return cairn_errorf(err, CAIRN_EINVAL, "%s of %d images", what, n);
     if (n > src->n) n = src->n;
     size_t px = (size_t)src->c * src->h * src->w;
     out->images = malloc((size_t)n * px * sizeof(float));
     out->labels = malloc((size_t)n * sizeof(int));
     if (!out->images || !out->labels) {
         cairn_dataset_free(out);
-        return cairn_errorf(err, CAIRN_ENOMEM, "subset of %d images: out of memory", n);
+        return cairn_errorf(err, CAIRN_ENOMEM, "%s of %d images: out of memory", what, n);
     }
     for (int i = 0; i < n; i++) {
-        size_t j = (size_t)i * (size_t)src->n / (size_t)n;
+        size_t j = spread ? (size_t)i * (size_t)src->n / (size_t)n : (size_t)i;
         memcpy(out->images + (size_t)i * px, src->images + j * px, px * sizeof(float));
         out->labels[i] = src->labels[j];
     }
@@ -242,26 +246,14 @@ int cairn_dataset_subset(cairn_dataset *out, const cairn_dataset *src, int n, ca
     return 0;
 }
 
+int cairn_dataset_subset(cairn_dataset *out, const cairn_dataset *src, int n, cairn_error *err)
+{
+    return pick(out, src, n, true, "subset", err);
+}
+
 int cairn_dataset_head(cairn_dataset *out, const cairn_dataset *src, int n, cairn_error *err)
 {
-    memset(out, 0, sizeof(*out));
-    if (n <= 0) return cairn_errorf(err, CAIRN_EINVAL, "head of %d images", n);
-    if (n > src->n) n = src->n;
-    size_t px = (size_t)src->c * src->h * src->w;
-    out->images = malloc((size_t)n * px * sizeof(float));
-    out->labels = malloc((size_t)n * sizeof(int));
-    if (!out->images || !out->labels) {
-        cairn_dataset_free(out);
-        return cairn_errorf(err, CAIRN_ENOMEM, "head of %d images: out of memory", n);
-    }
-    memcpy(out->images, src->images, (size_t)n * px * sizeof(float));
-    memcpy(out->labels, src->labels, (size_t)n * sizeof(int));
-    out->n = n;
-    out->c = src->c;
-    out->h = src->h;
-    out->w = src->w;
-    out->n_classes = src->n_classes;
-    return 0;
+    return pick(out, src, n, false, "head", err);
 }
 
 static void put_be32(uint8_t *p, uint32_t v)
