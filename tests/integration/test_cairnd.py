@@ -27,11 +27,14 @@ def test_metrics_prometheus_text():
             http("GET", d.url + "/health")
         http("GET", d.url + "/nope")
         # A request is counted when its connection completes, which may trail the client's
-        # receipt of the answer by a moment: read the metrics until the count shows.
+        # receipt of the answer by a moment: read the metrics until every count shows.
         for _ in range(50):
             status, headers, body = http("GET", d.url + "/metrics")
             text = body.decode()
-            if re.search(r'cairn_http_requests_total\{route="other",code="404"\} 1', text):
+            health = re.search(r'cairn_http_requests_total\{route="/health",code="200"\} (\d+)',
+                               text)
+            if (re.search(r'cairn_http_requests_total\{route="other",code="404"\} 1', text) and
+                    health and int(health.group(1)) >= 3):
                 break
             time.sleep(0.1)
         assert status == 200
