@@ -1,6 +1,7 @@
 // retrieval/faiss_ext.cpp — cairn's extensions beside the FAISS C API (see faiss_ext.h).
 #include <exception>
 #include <stdexcept>
+#include <omp.h>
 #include <string>
 #include <vector>
 
@@ -149,14 +150,47 @@ int cairn_faiss_ext_ivf_search_preassigned(const FaissIndex *index, idx_t n, con
         params.nprobe = nprobe;
         // Scores of the lists are not used by IndexIVFFlat's inner-product scanner.
         std::vector<float> coarse((size_t)n * nprobe, 0.0f);
-        p->search_preassigned(n, x, k, reinterpret_cast<const fidx *>(assign), coarse.data(),
-                              distances, reinterpret_cast<fidx *>(labels), false, &params);
+        const fidx *as = reinterpret_cast<const fidx *>(assign);
+        fidx *lab = reinterpret_cast<fidx *>(labels);
+        // IndexIVF::search splits a batch over its threads itself when parallel_mode is 0
+        // and search_preassigned then runs on one thread; called directly, a batch would run
+        // on one thread. So split it here the way search does.
+        int nt = omp_get_max_threads();
+        if ((p->parallel_mode & ~1024) == 0 && n > 1 && nt > 1) {
+            if (nt > n)
+                nt = (int)n;
+            std::string failed;
+#pragma omp parallel for num_threads(nt)
+            for (int s = 0; s < nt; s++) {
+                idx_t i0 = n * s / nt, i1 = n * (s + 1) / nt;
+                try {
+                    p->search_preassigned(i1 - i0, x + i0 * p->d, k, as + i0 * nprobe,
+                                          coarse.data() + i0 * nprobe, distances + i0 * k,
+                                          lab + i0 * k, false, &params);
+                } catch (const std::exception &e) {
+#pragma omp critical
+                    failed = e.what();
+                }
+            }
+            if (!failed.empty())
+                return fail(failed.c_str());
+            return 0;
+        }
+        p->search_preassigned(n, x, k, as, coarse.data(), distances, lab, false, &params);
         return 0;
     } catch (const std::exception &e) {
         return fail(e.what());
     } catch (...) {
         return fail("unknown C++ exception");
     }
+}
+
+int cairn_faiss_ext_set_threads(int n)
+{
+    int was = omp_get_max_threads();
+    if (n > 0)
+        omp_set_num_threads(n);
+    return was;
 }
 
 int cairn_faiss_ext_ivf_set_parallel_mode(FaissIndex *index, int mode)

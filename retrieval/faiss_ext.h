@@ -54,11 +54,17 @@ int cairn_faiss_ext_ivfflat_borrow(FaissIndex **out, int d, size_t nlist, const 
 /*
  * IndexIVF::search_preassigned with nprobe given per call: assign holds n * nprobe list
  * numbers (entries < 0 are skipped), x n queries; distances/labels n * k (missing: label -1).
+ * With parallel_mode 0 a batch is split over the threads by queries, as IndexIVF::search
+ * does (FAISS's search_preassigned alone would run it on one thread).
  * Thread-safe against other searches, not against writers of the index.
  */
 int cairn_faiss_ext_ivf_search_preassigned(const FaissIndex *index, idx_t n, const float *x,
                                            idx_t k, const idx_t *assign, size_t nprobe,
                                            float *distances, idx_t *labels);
+
+/* OpenMP threads of the FAISS calls the calling thread makes from now on (n >= 1; 0 leaves
+ * them); returns the count before. Other threads keep theirs. */
+int cairn_faiss_ext_set_threads(int n);
 
 /* Sets IndexIVF::parallel_mode (not thread-safe against searches of the index). */
 int cairn_faiss_ext_ivf_set_parallel_mode(FaissIndex *index, int mode);

@@ -130,6 +130,8 @@ int cairn_ivf_set_split_lists(cairn_ivf *ivf, bool split_lists, cairn_error *err
     return 0;
 }
 
+int cairn_ivf_set_threads(int n) { return cairn_faiss_ext_set_threads(n); }
+
 void cairn_ivf_close(cairn_ivf *ivf)
 {
     if (!ivf)

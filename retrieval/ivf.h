@@ -66,6 +66,10 @@ int cairn_ivf_search_preassigned(const cairn_ivf *ivf, const float *q, size_t nq
  */
 int cairn_ivf_set_split_lists(cairn_ivf *ivf, bool split_lists, cairn_error *err);
 
+/* OpenMP threads of the FAISS searches the calling thread makes from now on (n >= 1; 0 leaves
+ * them); returns the count before. Other threads keep theirs. */
+int cairn_ivf_set_threads(int n);
+
 /* Frees the index. NULL is a no-op. */
 void cairn_ivf_close(cairn_ivf *ivf);
 

@@ -229,6 +229,17 @@ struct cairn_tier {
     int64_t *hit_id, *miss_id;
     size_t *hit_fill, *miss_fill; /* max_batch */
     cairn__titem *miss_heap, *merged;
+    /* The misses the store scans (miss_split): per cluster of the chunk, the queries missing
+     * it and its block; the blocks and (query, block) pairs handed to scan_host. */
+    uint32_t *m_cnt;          /* nlist, zero between searches */
+    int32_t *m_blk;           /* nlist, -1 between searches */
+    uint32_t *m_list;         /* nlist: the chunk's missed clusters */
+    cairn_tier_block *m_blocks; /* nlist */
+    cairn_tier_pair *m_pairs; /* max_batch * nlist */
+    size_t m_nb, m_np, n_cpu_miss;
+    double m_cpu_bytes;       /* what the worker's scan reads ((query, cluster) pairs) */
+    double cpu_bps[2];        /* the worker's miss scan per thread, batch 1 / larger (EWMA) */
+    int cpu_threads;          /* threads the worker's miss scan uses */
     /* The chunk being searched (written before the worker is woken, read by it). */
     const float *b_q;
     size_t b_nq, b_k, b_nprobe;
@@ -250,7 +261,9 @@ cairn_tier_params cairn_tier_default_params(void)
                                .hot_decay = 0.98,
                                .device = -1,
                                .max_batch = 32,
-                               .mode = CAIRN_TIER_CAIRN};
+                               .mode = CAIRN_TIER_CAIRN,
+                               .miss_split = CAIRN_TIER_MISS_SPLIT,
+                               .stage_bytes = 64u << 20};
 }
 
 static cairn_tier_block block_of(const cairn_tier *t, uint32_t c)
@@ -400,8 +413,24 @@ static size_t reserve(cairn_tier *t, size_t alloc, uint64_t gen, int *rc, cairn_
 
 /* ---- I/O thread ------------------------------------------------------------------------------ */
 
-/* The job's clusters in the order to fetch them: each query's ranking, interleaved (every
- * query's best, then every query's second best, ...), each cluster once. Returns how many. */
+/* Demand order of a batch prefetch: more queries first, then the better best rank, then the
+ * smaller cluster. io_scores holds each cluster's count and io_res its best rank (both are
+ * scratch of the I/O thread, free again once the plan is made). */
+static int demand_cmp(const void *a, const void *b, void *ctx)
+{
+    const cairn_tier *t = ctx;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    float cx = t->io_scores[x], cy = t->io_scores[y];
+    if (cx != cy)
+        return cx > cy ? -1 : 1;
+    if (t->io_res[x] != t->io_res[y])
+        return t->io_res[x] < t->io_res[y] ? -1 : 1;
+    return x < y ? -1 : (x > y);
+}
+
+/* The job's clusters in the order to fetch them, each once; returns how many. One query: its
+ * ranking. A batch: each query's ranking, interleaved (every query's best, then every query's
+ * second best, ...); in cairn's mode with max_clusters, by demand instead (tier.h). */
 static size_t plan_prefetch(cairn_tier *t, size_t nq, size_t max_clusters)
 {
     size_t depth = max_clusters && max_clusters < t->nlist ? max_clusters : t->nlist;
@@ -410,6 +439,26 @@ static size_t plan_prefetch(cairn_tier *t, size_t nq, size_t max_clusters)
                  t->io_order + i * t->nlist);
     memset(t->io_seen, 0, t->nlist);
     size_t np = 0;
+    if (nq > 1 && max_clusters && t->p.mode == CAIRN_TIER_CAIRN) {
+        /* io_scores: how many queries rank the cluster within depth; io_res: its best rank. */
+        for (size_t c = 0; c < t->nlist; c++) {
+            t->io_scores[c] = 0;
+            t->io_res[c] = UINT32_MAX;
+        }
+        for (size_t i = 0; i < nq; i++)
+            for (size_t r = 0; r < depth; r++) {
+                uint32_t c = t->io_order[i * t->nlist + r];
+                t->io_scores[c] += 1;
+                if (r < t->io_res[c])
+                    t->io_res[c] = (uint32_t)r;
+                if (!t->io_seen[c]) {
+                    t->io_seen[c] = 1;
+                    t->io_plan[np++] = c;
+                }
+            }
+        qsort_r(t->io_plan, np, sizeof(uint32_t), demand_cmp, t);
+        return np;
+    }
     for (size_t r = 0; r < depth; r++)
         for (size_t i = 0; i < nq; i++) {
             uint32_t c = t->io_order[i * t->nlist + r];
@@ -665,6 +714,10 @@ static int scan_misses(cairn_tier *t, cairn_error *err)
 static void *worker_main(void *arg)
 {
     cairn_tier *t = arg;
+    /* FAISS's threads leave a core to the search thread (which waits on the GPU's scan) and
+     * one to the I/O thread, so that no OpenMP thread of the miss scan shares a core. */
+    if (t->miss_ivf)
+        cairn_ivf_set_threads(t->cpu_threads);
     pthread_mutex_lock(&t->w_mu);
     for (;;) {
         while (!t->w_job && !t->w_stop)
@@ -824,9 +877,11 @@ static int check_params(const cairn_tier_params *p, cairn_error *err)
         return cairn_errorf(err, CAIRN_EINVAL,
                             "tier: fast_bytes must be >= 1, hot_decay in (0, 1]");
     if (p->max_batch < 1 || p->max_batch > 4096 || p->device < -1 ||
-        (p->mode != CAIRN_TIER_CAIRN && p->mode != CAIRN_TIER_TELERAG))
-        return cairn_errorf(err, CAIRN_EINVAL, "tier: max_batch %zu (1..4096), device %d, mode %d",
-                            p->max_batch, p->device, p->mode);
+        (p->mode != CAIRN_TIER_CAIRN && p->mode != CAIRN_TIER_TELERAG) ||
+        p->miss_split < CAIRN_TIER_MISS_CPU || p->miss_split > CAIRN_TIER_MISS_STORE)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier: max_batch %zu (1..4096), device %d, mode "
+                            "%d, miss_split %d", p->max_batch, p->device, p->mode,
+                            p->miss_split);
     return 0;
 }
 
@@ -845,6 +900,9 @@ static int tier_start(cairn_tier *t, cairn_error *err)
         .max_list = t->max_list,
         .device = t->p.device,
         .fp16 = t->p.fp16,
+        .stage_bytes = t->p.mode == CAIRN_TIER_CAIRN && t->p.miss_split != CAIRN_TIER_MISS_CPU
+                           ? t->p.stage_bytes
+                           : 0,
     };
     int rc = t->p.device < 0 ? cairn_tier_store_host_open(&t->store, &sp, err)
                              : cairn_tier_store_cuda_open(&t->store, &sp, err);
@@ -879,10 +937,21 @@ static int tier_start(cairn_tier *t, cairn_error *err)
     t->miss_fill = malloc(mb * sizeof(size_t));
     t->miss_heap = malloc(CAIRN_TIER_MAX_K * sizeof(cairn__titem));
     t->merged = malloc(2 * CAIRN_TIER_MAX_K * sizeof(cairn__titem));
+    t->m_cnt = calloc(n, sizeof(uint32_t));
+    t->m_blk = malloc(n * sizeof(int32_t));
+    t->m_list = malloc(n * sizeof(uint32_t));
+    t->m_blocks = malloc(n * sizeof(cairn_tier_block));
+    t->m_pairs = malloc(mb * n * sizeof(cairn_tier_pair));
+    if (t->m_blk)
+        for (size_t c = 0; c < n; c++)
+            t->m_blk[c] = -1;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    t->cpu_threads = t->p.miss_faiss ? (ncpu > 3 ? (int)ncpu - 2 : 1) : 1;
     if (!t->slots || !t->q0 || !t->io_scores || !t->io_heap || !t->io_order || !t->io_plan ||
         !t->io_seen || !t->io_res || !t->io_want || !t->s_scores || !t->s_heap || !t->s_order ||
         !t->s_mark || !t->hit_w || !t->miss_assign || !t->hit_s || !t->miss_s || !t->hit_id ||
-        !t->miss_id || !t->hit_fill || !t->miss_fill || !t->miss_heap || !t->merged)
+        !t->miss_id || !t->hit_fill || !t->miss_fill || !t->miss_heap || !t->merged ||
+        !t->m_cnt || !t->m_blk || !t->m_list || !t->m_blocks || !t->m_pairs)
         return cairn_errorf(err, CAIRN_ENOMEM, "tier: scratch for %zu lists x %zu queries", n, mb);
     if (pthread_create(&t->io_thread, NULL, io_main, t) != 0)
         return cairn_errorf(err, CAIRN_EIO, "tier: starting the I/O thread failed");
@@ -1015,6 +1084,11 @@ void cairn_tier_close(cairn_tier *t)
     free(t->miss_fill);
     free(t->miss_heap);
     free(t->merged);
+    free(t->m_cnt);
+    free(t->m_blk);
+    free(t->m_list);
+    free(t->m_blocks);
+    free(t->m_pairs);
     pthread_mutex_destroy(&t->mu);
     pthread_mutex_destroy(&t->search_mu);
     pthread_mutex_destroy(&t->w_mu);
@@ -1040,6 +1114,8 @@ int cairn_tier_prefetch_batch(cairn_tier *t, const float *q0, size_t nq, size_t 
     t->max_clusters = max_clusters;
     t->io_job = true;
     t->st.prefetches++;
+    if (budget_bytes != SIZE_MAX)
+        t->st.budget_bytes += budget_bytes;
     pthread_cond_broadcast(&t->io_cv);
     pthread_mutex_unlock(&t->mu);
     return 0;
@@ -1134,6 +1210,106 @@ static void classify(cairn_tier *t, size_t nq, size_t nprobe)
     }
 }
 
+/* ---- Misses: who scans what ------------------------------------------------------------------ */
+
+static double pair_bytes(const cairn_tier *t, uint32_t c) { return (double)block_bytes(t->l_n[c], t->dim); }
+
+/* The worker's miss scan per thread for a chunk of nq queries: measured, or a first guess. */
+static double cpu_rate(const cairn_tier *t, size_t nq)
+{
+    double r = t->cpu_bps[nq > 1];
+    return r > 0 ? r : 2e9;
+}
+
+/* Threads a CPU miss scan of `units` pieces of parallel work keeps busy (FAISS splits one
+ * query's lists over its threads, a batch by queries; the tier's own scan is one thread). */
+static double cpu_lanes(const cairn_tier *t, size_t units)
+{
+    size_t p = (size_t)t->cpu_threads;
+    return (double)(units < p ? (units ? units : 1) : p);
+}
+
+static int miss_cmp(const void *a, const void *b, void *ctx)
+{
+    const cairn_tier *t = ctx;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    if (t->m_cnt[x] != t->m_cnt[y])
+        return t->m_cnt[x] > t->m_cnt[y] ? -1 : 1;
+    if (t->l_n[x] != t->l_n[y])
+        return t->l_n[x] > t->l_n[y] ? -1 : 1;
+    return x < y ? -1 : (x > y);
+}
+
+/*
+ * Chooses the misses the store scans itself (miss_split): fills m_blocks and m_pairs and takes
+ * those out of miss_assign; n_cpu_miss and m_cpu_bytes say what is left for the worker. The
+ * worker's time is modelled as its (query, cluster) bytes over its per-thread rate times the
+ * threads it keeps busy; the store's as its clusters' bytes over its copy rate (measured at
+ * open; one copy serves every query of the batch that probes the cluster) plus a fixed cost
+ * per cluster. Clusters move to the store, the most-probed (then largest) first, whenever that
+ * lowers the later of the two finishing times, so both finish about together.
+ */
+static void split_misses(cairn_tier *t, size_t nq, size_t nprobe)
+{
+    size_t total = nq * nprobe, nm = 0;
+    t->m_nb = t->m_np = 0;
+    t->n_cpu_miss = t->n_miss;
+    t->m_cpu_bytes = 0;
+    for (size_t i = 0; i < total; i++)
+        if (t->miss_assign[i] >= 0)
+            t->m_cpu_bytes += pair_bytes(t, (uint32_t)t->miss_assign[i]);
+    if (t->n_miss == 0 || t->p.mode != CAIRN_TIER_CAIRN ||
+        t->p.miss_split == CAIRN_TIER_MISS_CPU || !t->store->i->scan_host)
+        return;
+    for (size_t i = 0; i < total; i++) {
+        int64_t c = t->miss_assign[i];
+        if (c >= 0 && t->m_cnt[c]++ == 0)
+            t->m_list[nm++] = (uint32_t)c;
+    }
+    qsort_r(t->m_list, nm, sizeof(uint32_t), miss_cmp, t);
+    double r = cpu_rate(t, nq);
+    double copy = t->store->i->copy_rate ? t->store->i->copy_rate(t->store) : 0;
+    if (copy <= 0)
+        copy = r * t->cpu_threads; /* not known: as fast as the worker */
+    copy *= 0.9;
+    const double per_cluster = 5e-6;
+    size_t half = t->p.stage_bytes / 2 / 256 * 256, cpu_clusters = nm;
+    bool all = t->p.miss_split == CAIRN_TIER_MISS_STORE;
+    double cpu_bytes = t->m_cpu_bytes, t_store = 0;
+    for (size_t j = 0; j < nm; j++) {
+        uint32_t c = t->m_list[j];
+        if (t->l_n[c] == 0 || cairn_tier_store_stage_need(t->l_n[c], t->dim) > half)
+            continue;
+        double b = pair_bytes(t, c), cb = t->m_cnt[c] * b;
+        double tc = cpu_bytes / (r * cpu_lanes(t, nq == 1 ? cpu_clusters : nq));
+        double tc2 = cpu_clusters > 1
+                         ? (cpu_bytes - cb) / (r * cpu_lanes(t, nq == 1 ? cpu_clusters - 1 : nq))
+                         : 0;
+        double ts2 = t_store + b / copy + per_cluster;
+        if (!all && fmax(ts2, tc2) >= fmax(t_store, tc))
+            continue;
+        t->m_blk[c] = (int32_t)t->m_nb;
+        t->m_blocks[t->m_nb++] = block_of(t, c);
+        t_store = ts2;
+        cpu_bytes -= cb;
+        cpu_clusters--;
+    }
+    for (size_t i = 0; i < nq; i++)
+        for (size_t k = 0; k < nprobe; k++) {
+            int64_t c = t->miss_assign[i * nprobe + k];
+            if (c < 0 || t->m_blk[c] < 0)
+                continue;
+            t->m_pairs[t->m_np++] = (cairn_tier_pair){(uint32_t)i, (uint32_t)t->m_blk[c]};
+            t->miss_assign[i * nprobe + k] = -1;
+            t->n_cpu_miss--;
+        }
+    for (size_t j = 0; j < nm; j++) {
+        t->m_cnt[t->m_list[j]] = 0;
+        t->m_blk[t->m_list[j]] = -1;
+    }
+    t->m_cpu_bytes = cpu_bytes < 0 ? 0 : cpu_bytes;
+}
+
 static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size_t nprobe,
                         float *scores, int64_t *ids, cairn_error *err)
 {
@@ -1153,12 +1329,14 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
     pthread_mutex_lock(&t->mu);
     classify(t, nq, nprobe);
     pthread_mutex_unlock(&t->mu);
+    split_misses(t, nq, nprobe);
 
     t->b_q = q;
     t->b_nq = nq;
     t->b_k = k;
     t->b_nprobe = nprobe;
-    bool parallel = t->worker_started && t->n_miss > 0 && t->n_hit > 0;
+    bool on_store = t->m_np > 0;
+    bool parallel = t->worker_started && t->n_cpu_miss > 0 && (t->n_hit > 0 || on_store);
     if (parallel) {
         pthread_mutex_lock(&t->w_mu);
         t->w_done = false;
@@ -1168,12 +1346,20 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
     }
     int64_t h0 = cairn_now_ns();
     rc = 0;
-    uint64_t hit_bytes = 0;
-    if (t->n_hit) {
-        rc = t->store->i->scan(t->store, q, nq, t->hit_w, t->n_hit, k, t->hit_s, t->hit_id,
-                               t->hit_fill, err);
-        for (size_t i = 0; i < t->n_hit; i++)
-            hit_bytes += t->store->i->bytes(t->store, t->hit_w[i].n);
+    double hit_bytes = 0, hit_pair_bytes = 0, store_bytes = 0;
+    if (t->n_hit || on_store) {
+        rc = on_store ? t->store->i->scan_host(t->store, q, nq, t->hit_w, t->n_hit, t->m_blocks,
+                                               t->m_nb, t->m_pairs, t->m_np, k, t->hit_s,
+                                               t->hit_id, t->hit_fill, err)
+                      : t->store->i->scan(t->store, q, nq, t->hit_w, t->n_hit, k, t->hit_s,
+                                          t->hit_id, t->hit_fill, err);
+        for (size_t i = 0; i < t->n_hit; i++) {
+            hit_bytes += (double)t->store->i->bytes(t->store, t->hit_w[i].n);
+            if (!t->hit_w[i].skip)
+                hit_pair_bytes += pair_bytes(t, t->hit_w[i].cluster);
+        }
+        for (size_t b = 0; b < t->m_nb; b++)
+            store_bytes += (double)block_bytes(t->m_blocks[b].n, t->dim);
     } else {
         memset(t->hit_fill, 0, nq * sizeof(size_t));
     }
@@ -1189,7 +1375,7 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
         pthread_mutex_unlock(&t->w_mu);
         if (mrc && !rc && err)
             *err = t->miss_err;
-    } else if (t->n_miss) {
+    } else if (t->n_cpu_miss) {
         m0 = cairn_now_ns();
         mrc = scan_misses(t, rc ? NULL : err);
         m1 = cairn_now_ns();
@@ -1213,6 +1399,15 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
         }
     }
 
+    /* The worker's measured rate per thread (large enough scans only: small ones are mostly
+     * the cost of starting). */
+    size_t cpu_units = nq == 1 ? t->n_cpu_miss : nq;
+    double lanes = cpu_lanes(t, cpu_units), rate_now = cpu_rate(t, nq);
+    if (!rc && t->n_cpu_miss && t->m_cpu_bytes >= (double)(1u << 20) && m1 > m0) {
+        double obs = t->m_cpu_bytes / ((double)(m1 - m0) / 1e9 * lanes);
+        double *r = &t->cpu_bps[nq > 1];
+        *r = *r > 0 ? 0.7 * *r + 0.3 * obs : obs;
+    }
     int64_t end = cairn_now_ns();
     pthread_mutex_lock(&t->mu);
     for (size_t i = 0; i < t->n_hit; i++) {
@@ -1227,8 +1422,14 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
     t->st.search_ns += (uint64_t)(end - start);
     t->st.rank_ns += (uint64_t)(ranked - start);
     t->st.hit_scan_ns += (uint64_t)(h1 - h0);
-    t->st.hit_scan_bytes += hit_bytes;
+    t->st.hit_scan_bytes += (uint64_t)hit_bytes;
     t->st.miss_scan_ns += (uint64_t)(m1 - m0);
+    t->st.cpu_miss_bytes += (uint64_t)t->m_cpu_bytes;
+    t->st.store_miss_bytes += (uint64_t)store_bytes;
+    t->st.store_miss_clusters += t->m_nb;
+    t->st.store_miss_pairs += t->m_np;
+    t->st.saved_ns += (uint64_t)(1e9 * hit_pair_bytes /
+                                 (rate_now * cpu_lanes(t, nq == 1 ? t->n_hit : nq)));
     if (parallel) {
         int64_t lo = h0 > m0 ? h0 : m0, hi = h1 < m1 ? h1 : m1;
         if (hi > lo)
@@ -1291,6 +1492,22 @@ int cairn_tier_dim(const cairn_tier *t) { return t->dim; }
 size_t cairn_tier_count(const cairn_tier *t) { return t->total; }
 size_t cairn_tier_total_bytes(const cairn_tier *t) { return t->total_bytes; }
 const char *cairn_tier_store_name(const cairn_tier *t) { return t->store->i->name; }
+double cairn_tier_copy_rate(const cairn_tier *t)
+{
+    return t->store->i->copy_rate ? t->store->i->copy_rate(t->store) : 0;
+}
+
+size_t cairn_tier_budget_for(const cairn_tier *t, double seconds)
+{
+    double r = cairn_tier_copy_rate(t);
+    if (!(seconds > 0))
+        return 0;
+    if (r <= 0)
+        return SIZE_MAX;
+    double b = r * seconds;
+    return b >= (double)SIZE_MAX ? SIZE_MAX : (size_t)b;
+}
+
 size_t cairn_tier_slot_bytes(const cairn_tier *t, size_t n)
 {
     return t->store->i->bytes(t->store, n);

@@ -48,6 +48,15 @@ typedef struct cairn_tier cairn_tier;
  * kept from the slow tier instead of moving it). Answers are the same either way. */
 enum { CAIRN_TIER_CAIRN = 0, CAIRN_TIER_TELERAG = 1 };
 
+/* Who scans the misses (probed clusters not in the fast tier). CPU: the tier's search worker,
+ * from the slow tier. SPLIT: the store copies some of them on demand into its staging space
+ * and scans them itself (on a GPU: the copy engine and the SMs) while the worker scans the
+ * rest; the split balances the two by their rates (the store's copy rate measured at open,
+ * the worker's scan rate measured on earlier searches), taking first the clusters that most
+ * queries of a batch probe (one copy serves them all). STORE: every miss goes to the store
+ * (tests). Answers are the same whichever scans what. TeleRAG's mode always uses CPU. */
+enum { CAIRN_TIER_MISS_CPU = 0, CAIRN_TIER_MISS_SPLIT = 1, CAIRN_TIER_MISS_STORE = 2 };
+
 typedef struct {
     size_t fast_bytes;  /* capacity of the fast tier (bytes), >= 1 */
     bool miss_worker;   /* scan misses on the worker thread, beside the hit scan (true) */
@@ -61,10 +70,13 @@ typedef struct {
     size_t max_batch;   /* queries a search call handles at once; larger batches are split
                            (32) */
     int mode;           /* CAIRN_TIER_CAIRN or CAIRN_TIER_TELERAG */
+    int miss_split;     /* CAIRN_TIER_MISS_* (SPLIT) */
+    size_t stage_bytes; /* the store's staging space for misses it scans (64 MiB; a cluster
+                           larger than half of it always goes to the CPU) */
 } cairn_tier_params;
 
-/* fast_bytes 64 MiB, miss_worker true, hot_decay 0.98, device -1, max_batch 32, the rest
- * false / CAIRN_TIER_CAIRN. */
+/* fast_bytes 64 MiB, miss_worker true, hot_decay 0.98, device -1, max_batch 32, miss_split
+ * SPLIT, stage_bytes 64 MiB, the rest false / CAIRN_TIER_CAIRN. */
 cairn_tier_params cairn_tier_default_params(void);
 
 /* A slow tier in host memory, lent by the caller: list c is n[c] ids and n[c] row-major
@@ -119,11 +131,26 @@ int cairn_tier_prefetch(cairn_tier *t, const float *q0, size_t budget_bytes, siz
                         cairn_error *err);
 
 /*
- * The same for the nq (<= max_batch) queries of a batch: their rankings are interleaved
- * (every query's best cluster, then every query's second, ...) and the budget is shared.
+ * The same for the nq (<= max_batch) queries of a batch, sharing the budget. In TeleRAG's
+ * mode, or without max_clusters, their rankings are interleaved (every query's best cluster,
+ * then every query's second, ...). In cairn's, with max_clusters, the clusters come in the
+ * order of how many queries rank them among their first max_clusters (then the best rank any
+ * query gives them): a cluster several queries will probe serves all of them from one copy.
  */
 int cairn_tier_prefetch_batch(cairn_tier *t, const float *q0, size_t nq, size_t budget_bytes,
                               size_t max_clusters, cairn_error *err);
+
+/*
+ * The bytes a prefetch can move in `seconds` (the predicted duration of the generation it
+ * overlaps, e.g. the scheduler's estimate of the rewrite or HyDE tokens): the store's copy
+ * rate measured at open times seconds. SIZE_MAX when the store has no measured rate (RAM), 0
+ * when seconds <= 0. Thread-safe.
+ */
+size_t cairn_tier_budget_for(const cairn_tier *t, double seconds);
+
+/* The store's copy rate from page-locked host memory, bytes per second, measured at open (0:
+ * not known). */
+double cairn_tier_copy_rate(const cairn_tier *t);
 
 /* Cancels the running prefetch (if any) and waits until the I/O thread has stopped it. */
 void cairn_tier_cancel(cairn_tier *t);
@@ -174,6 +201,14 @@ typedef struct {
                                     bytes_prefetched) */
     uint64_t moved_bytes;        /* bytes moved within the fast tier by compaction */
     uint64_t prefetch_errors;    /* prefetches a store error stopped (logged) */
+    uint64_t budget_bytes;       /* the budgets prefetch calls were given (SIZE_MAX ones: not
+                                    counted) */
+    uint64_t cpu_miss_bytes;     /* bytes the CPU's miss scans read ((query, cluster) pairs) */
+    uint64_t store_miss_bytes;   /* bytes the store copied on demand to scan misses itself */
+    uint64_t store_miss_clusters;
+    uint64_t store_miss_pairs;   /* (query, cluster) pairs those copies served */
+    uint64_t saved_ns;           /* estimated CPU scan time the hits saved: their bytes at the
+                                    CPU miss scan's measured rate */
     size_t fast_used;            /* bytes resident now */
     size_t fast_capacity;
     size_t resident_clusters;

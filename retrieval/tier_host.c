@@ -67,16 +67,25 @@ static int host_sync(cairn_tier_store *s, cairn_error *err)
     return 0;
 }
 
-static int host_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn_tier_work *w,
-                     size_t nw, size_t k, float *scores, int64_t *ids, size_t *filled,
-                     cairn_error *err)
+/* scan_host on the calling thread: resident items from the arena, host blocks where they lie.
+ * Each query's results are one heap over both, so the order of the two does not matter. */
+static int host_scan_host(cairn_tier_store *s, const float *q, size_t nq,
+                          const cairn_tier_work *w, size_t nw, const cairn_tier_block *blocks,
+                          size_t nb, const cairn_tier_pair *pairs, size_t np, size_t k,
+                          float *scores, int64_t *ids, size_t *filled, cairn_error *err)
 {
     host_store *h = (host_store *)s;
     if (k < 1 || k > CAIRN_TIER_STORE_MAX_K)
         return cairn_errorf(err, CAIRN_EINVAL, "tier host store: k %zu", k);
+    for (size_t p = 0; p < np; p++)
+        if (pairs[p].block >= nb || pairs[p].query >= nq ||
+            (p && pairs[p].query < pairs[p - 1].query))
+            return cairn_errorf(err, CAIRN_EINVAL, "tier host store: pair %zu (query %u, block "
+                                "%u) out of order or past %zu queries / %zu blocks", p,
+                                pairs[p].query, pairs[p].block, nq, nb);
     int d = h->dim;
     volatile float sink = 0; /* skipped items are read and scored all the same */
-    size_t at = 0;
+    size_t at = 0, pp = 0;
     for (size_t i = 0; i < nq; i++) {
         size_t hn = 0;
         const float *qi = q + i * (size_t)d;
@@ -93,6 +102,10 @@ static int host_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn
             }
             cairn__tier_scan_rows(bid, v, w[at].n, d, qi, h->heap, &hn, k);
         }
+        for (; pp < np && pairs[pp].query == i; pp++) {
+            const cairn_tier_block *b = &blocks[pairs[pp].block];
+            cairn__tier_scan_rows(b->ids, b->vecs, b->n, d, qi, h->heap, &hn, k);
+        }
         qsort(h->heap, hn, sizeof(cairn__titem), cairn__tier_item_cmp);
         for (size_t r = 0; r < k; r++) {
             scores[i * k + r] = r < hn ? h->heap[r].s : -INFINITY;
@@ -106,6 +119,13 @@ static int host_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn
     return 0;
 }
 
+static int host_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn_tier_work *w,
+                     size_t nw, size_t k, float *scores, int64_t *ids, size_t *filled,
+                     cairn_error *err)
+{
+    return host_scan_host(s, q, nq, w, nw, NULL, 0, NULL, 0, k, scores, ids, filled, err);
+}
+
 static const cairn_tier_store_i host_i = {
     .version = CAIRN_TIER_STORE_VERSION,
     .name = "host",
@@ -116,6 +136,8 @@ static const cairn_tier_store_i host_i = {
     .sync = host_sync,
     .scan = host_scan,
     .rank = NULL,
+    .scan_host = host_scan_host,
+    .copy_rate = NULL,
 };
 
 int cairn_tier_store_host_open(cairn_tier_store **out, const cairn_tier_store_params *p,

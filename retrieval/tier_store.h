@@ -28,8 +28,9 @@
  * Ties break by smaller id.
  *
  * Threads: one thread at a time calls copy_in, move and sync (the tier's I/O thread), and one
- * thread at a time calls scan and rank (a search); the two may run at once. Errors are 0 or a
- * negative CAIRN_E* code with the detail (the CUDA call that failed, the bytes) in err.
+ * thread at a time calls scan, scan_host and rank (a search); the two may run at once. Errors
+ * are 0 or a negative CAIRN_E* code with the detail (the CUDA call that failed, the bytes) in
+ * err.
  */
 #ifndef CAIRN_RETRIEVAL_TIER_STORE_H
 #define CAIRN_RETRIEVAL_TIER_STORE_H
@@ -44,7 +45,7 @@
 extern "C" {
 #endif
 
-#define CAIRN_TIER_STORE_VERSION 1
+#define CAIRN_TIER_STORE_VERSION 2
 #define CAIRN_TIER_STORE_ALIGN 64u
 /* The largest k a scan returns per query (tier.h's CAIRN_TIER_MAX_K). */
 #define CAIRN_TIER_STORE_MAX_K 1024
@@ -75,6 +76,12 @@ typedef struct {
                          the whole-buffer scan of tier.c's TeleRAG mode */
 } cairn_tier_work;
 
+/* A (query, host block) pair of scan_host: the query scans blocks[block]. */
+typedef struct {
+    uint32_t query;
+    uint32_t block;
+} cairn_tier_pair;
+
 typedef struct {
     int dim;
     size_t nlist;
@@ -83,6 +90,8 @@ typedef struct {
     size_t max_list;        /* vectors in the largest list */
     int device;             /* the CUDA store's GPU */
     bool fp16;              /* the CUDA store keeps vectors as IEEE half (recall: BENCHMARKS.md) */
+    size_t stage_bytes;     /* scan_host's staging space (0: none; the CUDA store then takes no
+                               host blocks) */
 } cairn_tier_store_params;
 
 struct cairn_tier_store_i {
@@ -119,7 +128,31 @@ struct cairn_tier_store_i {
      */
     int (*rank)(cairn_tier_store *s, const float *q, size_t nq, size_t nprobe, uint32_t *order,
                 cairn_error *err);
+    /*
+     * Optional (NULL: every miss is the CPU's). scan's work on resident clusters and, in the
+     * same call, nb clusters read from host memory (the slow tier's lists; page-locked ones by
+     * DMA): each block is copied once into the store's staging space, never the arena, and
+     * scanned for every pair naming it (pairs sorted by query, each (query, block) once). One
+     * merged top k per query over both. A block may take at most stage_bytes / 2 in the staging
+     * space (cairn_tier_store_stage_need); larger ones are CAIRN_ERANGE. The blocks' memory is
+     * not read after the call returns. The CUDA store copies on a stream of its own while the
+     * resident clusters are scanned, and scans each round of copies as it lands.
+     */
+    int (*scan_host)(cairn_tier_store *s, const float *q, size_t nq, const cairn_tier_work *w,
+                     size_t nw, const cairn_tier_block *blocks, size_t nb,
+                     const cairn_tier_pair *pairs, size_t np, size_t k, float *scores,
+                     int64_t *ids, size_t *filled, cairn_error *err);
+    /* Optional: bytes per second of a copy from page-locked host memory into the store,
+     * measured when it opened (0 or NULL: not known). */
+    double (*copy_rate)(const cairn_tier_store *s);
 };
+
+/* Staging bytes a host block of n vectors of dim floats takes in scan_host (ids, then the
+ * row-major vectors, rounded to 256 bytes). */
+static inline size_t cairn_tier_store_stage_need(size_t n, int dim)
+{
+    return (n * (8 + 4 * (size_t)dim) + 255) / 256 * 256;
+}
 
 /* The host store: a RAM arena. Returns 0 and *out, or CAIRN_EINVAL, CAIRN_ENOMEM. */
 int cairn_tier_store_host_open(cairn_tier_store **out, const cairn_tier_store_params *p,

@@ -58,11 +58,15 @@ extern "C" {
 #define MAX_DIM 4096      /* the query sits in shared memory */
 #define RING 4
 #define RING_BYTES (8u << 20)
+#define NLAND 2
 #define ID_SENTINEL LLONG_MAX
 
 /* ---- Kernels --------------------------------------------------------------------------------- */
 
-/* One chunk of one (query, cluster) pair; vecs points at the chunk's first group. */
+enum { LAYOUT_F32 = 0, LAYOUT_F16 = 1, LAYOUT_ROWS = 2 };
+
+/* One chunk of one (query, cluster) pair; vecs points at the chunk's first group (interleaved
+ * layouts) or its first row (LAYOUT_ROWS: a host block copied as it is into the staging). */
 struct dwork {
     const void *vecs;
     const long long *ids; /* NULL: ids are idbase + i (the centroids) */
@@ -70,7 +74,7 @@ struct dwork {
     unsigned n;           /* <= CHUNK */
     unsigned query;
     unsigned skip;        /* scored, then dropped (the tier's TeleRAG mode) */
-    unsigned pad;
+    unsigned layout;      /* LAYOUT_* */
 };
 
 /* Sorts s/id[0, n2) best first (higher score, then smaller id); n2 a power of two. Every
@@ -169,21 +173,41 @@ __device__ float dot_f16(const void *vecs, int i, int dim, int d4, const float4 
     return finish(s0, s1, s2, s3);
 }
 
+/* Row-major fp32: the same arithmetic in the same order, read a vector at a time (each thread
+ * walks its own row; the rows a warp reads share cache lines over successive dims). */
+__device__ float dot_rows(const void *vecs, int i, int dim, const float4 *qs)
+{
+    const float *v = (const float *)vecs + (size_t)i * dim;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int full = dim >> 2, rem = dim & 3;
+    for (int j = 0; j < full; j++) {
+        const float *x = v + 4 * j;
+        acc4(s0, s1, s2, s3, qs[j], __ldg(x), __ldg(x + 1), __ldg(x + 2), __ldg(x + 3));
+    }
+    if (rem) {
+        const float *x = v + 4 * full;
+        acc_tail(s0, qs[full], __ldg(x), rem > 1 ? __ldg(x + 1) : 0.0f,
+                 rem > 2 ? __ldg(x + 2) : 0.0f, rem);
+    }
+    return finish(s0, s1, s2, s3);
+}
+
 /*
- * Stage 1: block b scores work item b's vectors and writes its best min(k, n) to
- * cs/cid[b * k ...] (cn[b] = how many; 0 for a skipped item). Dynamic shared memory: the
- * query (d4 float4s), then CHUNK scores and CHUNK ids.
+ * Stage 1: block base + b scores work item base + b's vectors and writes its best min(k, n) to
+ * cs/cid[(base + b) * k ...] (cn[base + b] = how many; 0 for a skipped item). Dynamic shared
+ * memory: the query (d4 float4s), then CHUNK scores and CHUNK ids.
  */
-template <bool HALF>
-__global__ void scan_chunks(const dwork *__restrict__ w, const float *__restrict__ q, int dim,
-                            int d4, int k, float *__restrict__ cs, long long *__restrict__ cid,
+__global__ void scan_chunks(const dwork *__restrict__ w, unsigned base,
+                            const float *__restrict__ q, int dim, int d4, int k,
+                            float *__restrict__ cs, long long *__restrict__ cid,
                             int *__restrict__ cn)
 {
     extern __shared__ float4 smem4[];
     float4 *qs = smem4;
     float *ss = (float *)(smem4 + d4);
     long long *si = (long long *)(ss + CHUNK); /* d4 * 16 + CHUNK * 4: 8-byte aligned */
-    const dwork wk = w[blockIdx.x];
+    const unsigned b = base + blockIdx.x;
+    const dwork wk = w[b];
     const float *qg = q + (size_t)wk.query * dim;
     float *qf = (float *)qs;
     for (int j = threadIdx.x; j < d4 * 4; j += blockDim.x)
@@ -194,7 +218,9 @@ __global__ void scan_chunks(const dwork *__restrict__ w, const float *__restrict
         float s = -INFINITY;
         long long id = ID_SENTINEL;
         if (i < n) {
-            s = HALF ? dot_f16(wk.vecs, i, dim, d4, qs) : dot_f32(wk.vecs, i, dim, d4, qs);
+            s = wk.layout == LAYOUT_F16    ? dot_f16(wk.vecs, i, dim, d4, qs)
+                : wk.layout == LAYOUT_ROWS ? dot_rows(wk.vecs, i, dim, qs)
+                                           : dot_f32(wk.vecs, i, dim, d4, qs);
             id = wk.ids ? wk.ids[i] : wk.idbase + i;
         }
         ss[i] = s;
@@ -202,21 +228,23 @@ __global__ void scan_chunks(const dwork *__restrict__ w, const float *__restrict
     }
     bitonic_best_first(ss, si, pow2_at_least(n > 0 ? n : 1));
     int f = wk.skip ? 0 : (n < k ? n : k);
-    float *os = cs + (size_t)blockIdx.x * k;
-    long long *oi = cid + (size_t)blockIdx.x * k;
+    float *os = cs + (size_t)b * k;
+    long long *oi = cid + (size_t)b * k;
     for (int r = threadIdx.x; r < f; r += blockDim.x) {
         os[r] = ss[r];
         oi[r] = si[r];
     }
     if (threadIdx.x == 0)
-        cn[blockIdx.x] = f;
+        cn[b] = f;
 }
 
 /*
- * Stage 2: block i merges the lists of work items [qstart[i], qstart[i + 1]) (each cn[w] long,
- * at stride k) into query i's best min(k, total): os/oi[i * k ...], on[i]. kp = pow2(k).
+ * Stage 2: block i merges the lists of work items qitem[qstart[i] .. qstart[i + 1]) (each
+ * cn[w] long, at stride k) into query i's best min(k, total): os/oi[i * k ...], on[i].
+ * kp = pow2(k).
  */
-__global__ void merge_topk(const int *__restrict__ qstart, const float *__restrict__ cs,
+__global__ void merge_topk(const int *__restrict__ qstart, const int *__restrict__ qitem,
+                           const float *__restrict__ cs,
                            const long long *__restrict__ cid, const int *__restrict__ cn, int k,
                            int kp, float *__restrict__ os, long long *__restrict__ oi,
                            int *__restrict__ on)
@@ -241,12 +269,13 @@ __global__ void merge_topk(const int *__restrict__ qstart, const float *__restri
         long long ti = si[k - 1];
         size_t end = base + CHUNK < p1 ? base + CHUNK : p1;
         for (size_t p = base + threadIdx.x; p < end; p += blockDim.x) {
-            size_t wi = p / (size_t)k;
-            int r = (int)(p - wi * (size_t)k);
+            size_t slot = p / (size_t)k;
+            int r = (int)(p - slot * (size_t)k);
+            size_t wi = (size_t)qitem[slot];
             if (r >= cn[wi])
                 continue;
-            float s = cs[p];
-            long long id = cid[p];
+            float s = cs[wi * k + r];
+            long long id = cid[wi * k + r];
             if (!full || s > ts || (s == ts && id < ti)) {
                 int at = atomicAdd(&cnt, 1);
                 ss[kp + at] = s;
@@ -319,20 +348,33 @@ typedef struct {
     bool half;
     size_t nlist, cap, max_list, elem, group_bytes;
     unsigned char *arena;
-    /* Copy side (the tier's I/O thread) */
-    cudaStream_t copy;
-    unsigned char *landing; /* raw ids at 0, raw vectors at land_vec; also the move scratch */
-    size_t landing_bytes, land_vec;
+    /* Copy side (the tier's I/O thread). Host-to-device copies go on dma into one of NLAND
+     * landing buffers; the interleaving kernel that empties it, and every move, go on copy,
+     * the one stream that writes the arena. land_ready[l]: landing l is filled (dma);
+     * land_free[l]: its kernel has read it (copy). So the DMA engine fills the next landing
+     * buffer while the previous one is interleaved, instead of waiting for each kernel. */
+    cudaStream_t dma, copy;
+    unsigned char *landing[NLAND]; /* raw ids at 0, raw vectors right after them */
+    size_t landing_bytes;
+    cudaEvent_t land_ready[NLAND], land_free[NLAND];
+    int land_next;
+    unsigned char *scratch; /* overlapping moves go through it */
+    size_t scratch_bytes;
     unsigned char *ring[RING]; /* page-locked staging */
     cudaEvent_t ring_ev[RING];
     int ring_next;
-    cudaEvent_t *ev;      /* per cluster: its last copy or move */
+    cudaEvent_t *ev;      /* per cluster: its last copy or move (recorded on copy) */
     unsigned long long *seq, next_seq; /* seq[c]: when ev[c] was last recorded (0: never) */
+    double copy_bps;      /* a page-locked copy's rate, measured at open */
     /* Search side */
     cudaStream_t search;
+    cudaStream_t miss;    /* scan_host's copies into the staging halves */
+    unsigned char *stage; /* scan_host's staging: two halves, filled and scanned in turn */
+    size_t stage_half;
+    cudaEvent_t half_ready[2], half_free[2];
     unsigned char *cent_alloc; /* the centroids, laid out as a cluster of fp32 vectors ... */
     unsigned char *cent;       /* ... whose first group starts here */
-    unsigned char *h_up, *d_up;  /* [queries | qstart | work] */
+    unsigned char *h_up, *d_up;  /* [queries | qstart | qitem | work] */
     size_t up_cap, d_up_cap;
     unsigned char *h_down, *d_down; /* [filled (int) | scores | ids] */
     size_t down_cap, d_down_cap;
@@ -340,9 +382,21 @@ typedef struct {
     size_t cand_cap;
     dwork *h_work;          /* built here, copied into h_up */
     size_t work_cap;
-    int *h_qs;              /* nq + 1: each query's first work item */
+    int *h_qitem;           /* each query's work items, query by query */
+    size_t qitem_cap;
+    int *h_qs;              /* nq + 1: each query's first entry in h_qitem */
     size_t qs_cap;
+    size_t *h_boff;         /* scan_host: each block's offset in the staging */
+    unsigned *h_bround;     /* ... and its round */
+    size_t *h_rpos;         /* per round: next work item */
+    size_t blk_cap, bround_cap, round_cap;
 } cuda_store;
+
+/* A round of scan_host: blocks [b0, b1) copied into half (r & 1), then work items
+ * [base, base + count) scanned. */
+typedef struct {
+    size_t b0, b1, base, count;
+} round_t;
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
@@ -401,24 +455,30 @@ static int set_device(const cuda_store *c, cairn_error *err)
     return 0;
 }
 
+/* Grows a host array of elements of size es to at least need (kept between calls). */
+static int grow_arr(void **p, size_t *cap, size_t need, size_t es, cairn_error *err,
+                    const char *what)
+{
+    if (need <= *cap)
+        return 0;
+    size_t want = need > 2 * *cap ? need : 2 * *cap;
+    void *q = realloc(*p, want * es);
+    if (!q)
+        return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: %zu %s", want, what);
+    *p = q;
+    *cap = want;
+    return 0;
+}
+
 /* Room for nwd work items and nq + 1 query starts (kept between searches). */
 static int work_room(cuda_store *c, size_t nwd, size_t nq, cairn_error *err)
 {
-    if (nwd > c->work_cap) {
-        dwork *p = (dwork *)realloc(c->h_work, nwd * sizeof(dwork));
-        if (!p)
-            return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: %zu work items", nwd);
-        c->h_work = p;
-        c->work_cap = nwd;
-    }
-    if (nq + 1 > c->qs_cap) {
-        int *p = (int *)realloc(c->h_qs, (nq + 1) * sizeof(int));
-        if (!p)
-            return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: %zu queries", nq);
-        c->h_qs = p;
-        c->qs_cap = nq + 1;
-    }
-    return 0;
+    int rc = grow_arr((void **)&c->h_work, &c->work_cap, nwd, sizeof(dwork), err, "work items");
+    if (!rc)
+        rc = grow_arr((void **)&c->h_qitem, &c->qitem_cap, nwd, sizeof(int), err, "work items");
+    if (!rc)
+        rc = grow_arr((void **)&c->h_qs, &c->qs_cap, nq + 1, sizeof(int), err, "queries");
+    return rc;
 }
 
 static void cuda_close(cairn_tier_store *s)
@@ -426,10 +486,10 @@ static void cuda_close(cairn_tier_store *s)
     cuda_store *c = (cuda_store *)s;
     /* Best effort: a failing GPU still gets its memory back from the driver at exit. */
     cudaSetDevice(c->dev);
-    if (c->copy)
-        cudaStreamSynchronize(c->copy);
-    if (c->search)
-        cudaStreamSynchronize(c->search);
+    cudaStream_t streams[4] = {c->dma, c->copy, c->search, c->miss};
+    for (int i = 0; i < 4; i++)
+        if (streams[i])
+            cudaStreamSynchronize(streams[i]);
     if (c->ev)
         for (size_t i = 0; i < c->nlist; i++)
             if (c->ev[i])
@@ -439,30 +499,47 @@ static void cuda_close(cairn_tier_store *s)
             cudaEventDestroy(c->ring_ev[r]);
         cudaFreeHost(c->ring[r]);
     }
+    for (int l = 0; l < NLAND; l++) {
+        if (c->land_ready[l])
+            cudaEventDestroy(c->land_ready[l]);
+        if (c->land_free[l])
+            cudaEventDestroy(c->land_free[l]);
+        cudaFree(c->landing[l]);
+    }
+    for (int h = 0; h < 2; h++) {
+        if (c->half_ready[h])
+            cudaEventDestroy(c->half_ready[h]);
+        if (c->half_free[h])
+            cudaEventDestroy(c->half_free[h]);
+    }
     cudaFree(c->arena);
-    cudaFree(c->landing);
+    cudaFree(c->scratch);
+    cudaFree(c->stage);
     cudaFree(c->cent_alloc);
     cudaFree(c->d_up);
     cudaFree(c->d_down);
     cudaFree(c->d_cand);
     cudaFreeHost(c->h_up);
     cudaFreeHost(c->h_down);
-    if (c->copy)
-        cudaStreamDestroy(c->copy);
-    if (c->search)
-        cudaStreamDestroy(c->search);
+    for (int i = 0; i < 4; i++)
+        if (streams[i])
+            cudaStreamDestroy(streams[i]);
     free(c->ev);
     free(c->seq);
     free(c->h_work);
+    free(c->h_qitem);
     free(c->h_qs);
+    free(c->h_boff);
+    free(c->h_bround);
+    free(c->h_rpos);
     free(c);
 }
 
 /* ---- Copy side ------------------------------------------------------------------------------- */
 
-/* bytes from pageable host memory to the device, through the staging ring. */
+/* bytes from pageable host memory to the device on stream st, through the staging ring. */
 static int staged_copy(cuda_store *c, unsigned char *dst, const void *src, size_t bytes,
-                       cairn_error *err)
+                       cudaStream_t st, cairn_error *err)
 {
     const unsigned char *from = (const unsigned char *)src;
     for (size_t o = 0; o < bytes; o += RING_BYTES) {
@@ -471,22 +548,33 @@ static int staged_copy(cuda_store *c, unsigned char *dst, const void *src, size_
         c->ring_next = (r + 1) % RING;
         CK(cudaEventSynchronize(c->ring_ev[r])); /* its previous DMA has drained it */
         memcpy(c->ring[r], from + o, len);
-        CK(cudaMemcpyAsync(dst + o, c->ring[r], len, cudaMemcpyHostToDevice, c->copy));
-        CK(cudaEventRecord(c->ring_ev[r], c->copy));
+        CK(cudaMemcpyAsync(dst + o, c->ring[r], len, cudaMemcpyHostToDevice, st));
+        CK(cudaEventRecord(c->ring_ev[r], st));
     }
     return 0;
 }
 
-static int upload(cuda_store *c, unsigned char *dst, const void *src, size_t bytes, bool pinned,
-                  cairn_error *err)
+/* The raw block (n ids, then n row-major vectors) to dst on the dma stream: one copy when the
+ * ids and vectors lie back to back in host memory (the slow-tier file, lists packed as the
+ * benchmark packs them), else two. */
+static int upload_block(cuda_store *c, unsigned char *dst, const cairn_tier_block *b,
+                        cairn_error *err)
 {
-    if (bytes == 0)
-        return 0;
-    if (pinned) {
-        CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy));
+    size_t idb = 8 * b->n, vb = 4 * b->n * (size_t)c->dim;
+    bool packed = (const unsigned char *)b->vecs == (const unsigned char *)b->ids + idb;
+    if (b->pinned) {
+        if (packed) {
+            CK(cudaMemcpyAsync(dst, b->ids, idb + vb, cudaMemcpyHostToDevice, c->dma));
+        } else {
+            CK(cudaMemcpyAsync(dst, b->ids, idb, cudaMemcpyHostToDevice, c->dma));
+            CK(cudaMemcpyAsync(dst + idb, b->vecs, vb, cudaMemcpyHostToDevice, c->dma));
+        }
         return 0;
     }
-    return staged_copy(c, dst, src, bytes, err);
+    if (packed)
+        return staged_copy(c, dst, b->ids, idb + vb, c->dma, err);
+    int rc = staged_copy(c, dst, b->ids, idb, c->dma, err);
+    return rc ? rc : staged_copy(c, dst + idb, b->vecs, vb, c->dma, err);
 }
 
 static int mark_written(cuda_store *c, uint32_t cluster, cairn_error *err)
@@ -526,17 +614,22 @@ static int cuda_copy_in(cairn_tier_store *s, uint32_t cluster, size_t off,
     if (n == 0)
         return 0;
     CK(cudaSetDevice(c->dev));
-    int rc = upload(c, c->landing, src->ids, 8 * n, src->pinned, err);
-    if (!rc)
-        rc = upload(c, c->landing + c->land_vec, src->vecs, 4 * n * (size_t)c->dim, src->pinned,
-                    err);
-    if (!rc)
-        rc = launch_interleave(c, c->half, (const long long *)c->landing,
-                               (const float *)(c->landing + c->land_vec), n, c->arena + off,
-                               c->copy, err);
-    if (!rc)
-        rc = mark_written(c, cluster, err);
-    return rc;
+    int l = c->land_next;
+    c->land_next = (l + 1) % NLAND;
+    unsigned char *land = c->landing[l];
+    /* The landing buffer's previous kernel has read it; then fill it, then interleave. */
+    CK(cudaStreamWaitEvent(c->dma, c->land_free[l], 0));
+    int rc = upload_block(c, land, src, err);
+    if (rc)
+        return rc;
+    CK(cudaEventRecord(c->land_ready[l], c->dma));
+    CK(cudaStreamWaitEvent(c->copy, c->land_ready[l], 0));
+    rc = launch_interleave(c, c->half, (const long long *)land,
+                           (const float *)(land + 8 * n), n, c->arena + off, c->copy, err);
+    if (rc)
+        return rc;
+    CK(cudaEventRecord(c->land_free[l], c->copy));
+    return mark_written(c, cluster, err);
 }
 
 static int cuda_move(cairn_tier_store *s, uint32_t cluster, size_t dst, size_t src, size_t bytes,
@@ -544,17 +637,17 @@ static int cuda_move(cairn_tier_store *s, uint32_t cluster, size_t dst, size_t s
 {
     cuda_store *c = (cuda_store *)s;
     if (cluster >= c->nlist || dst > c->cap || src > c->cap || bytes > c->cap - dst ||
-        bytes > c->cap - src || bytes > c->landing_bytes)
+        bytes > c->cap - src || bytes > c->scratch_bytes)
         return cairn_errorf(err, CAIRN_ERANGE, "tier cuda store: move of %zu bytes %zu -> %zu "
                             "(capacity %zu)", bytes, src, dst, c->cap);
     if (dst == src || bytes == 0)
         return 0;
     CK(cudaSetDevice(c->dev));
-    /* cudaMemcpy's ranges must not overlap: an overlapping move goes through the landing
+    /* cudaMemcpy's ranges must not overlap: an overlapping move goes through the scratch
      * buffer (two device-to-device copies, never the host). */
     if (dst < src + bytes && src < dst + bytes) {
-        CK(cudaMemcpyAsync(c->landing, c->arena + src, bytes, cudaMemcpyDeviceToDevice, c->copy));
-        CK(cudaMemcpyAsync(c->arena + dst, c->landing, bytes, cudaMemcpyDeviceToDevice, c->copy));
+        CK(cudaMemcpyAsync(c->scratch, c->arena + src, bytes, cudaMemcpyDeviceToDevice, c->copy));
+        CK(cudaMemcpyAsync(c->arena + dst, c->scratch, bytes, cudaMemcpyDeviceToDevice, c->copy));
     } else {
         CK(cudaMemcpyAsync(c->arena + dst, c->arena + src, bytes, cudaMemcpyDeviceToDevice,
                            c->copy));
@@ -566,22 +659,68 @@ static int cuda_sync(cairn_tier_store *s, cairn_error *err)
 {
     cuda_store *c = (cuda_store *)s;
     CK(cudaSetDevice(c->dev));
+    CK(cudaStreamSynchronize(c->dma));
     CK(cudaStreamSynchronize(c->copy));
     return 0;
 }
 
+static double cuda_copy_rate(const cairn_tier_store *s) { return ((const cuda_store *)s)->copy_bps; }
+
 /* ---- Search side ----------------------------------------------------------------------------- */
 
-/*
- * Uploads the queries and nwd work items, runs the two stages for k and downloads the
- * results; waits for the copy of cluster `newest` first (-1: none). On return the search
- * stream is idle, also after an error.
- */
-static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, const int *qstart,
-                    bool half_data, size_t k, long newest, cairn_error *err)
+/* Launches stage 1 over work items [base, base + count) on the search stream. */
+static cudaError_t launch_scan(cuda_store *c, const dwork *dw, size_t base, size_t count,
+                               const float *dq, size_t k, float *cs, long long *cid, int *cn)
 {
-    size_t qb = nq * (size_t)c->dim * 4, sb = round_up((nq + 1) * sizeof(int), 16);
-    size_t wb = nwd * sizeof(dwork), up = round_up(qb, 16) + sb + wb;
+    if (count == 0)
+        return cudaSuccess;
+    size_t smem = (size_t)c->d4 * 16 + CHUNK * (4 + 8);
+    scan_chunks<<<(unsigned)count, THREADS, smem, c->search>>>(dw, (unsigned)base, dq, c->dim,
+                                                               c->d4, (int)k, cs, cid, cn);
+    return cudaGetLastError();
+}
+
+/* Queues round r's copies (its blocks into half r & 1) on the miss stream, after the scan that
+ * last read that half. */
+static cudaError_t queue_round(cuda_store *c, const round_t *rd, int h,
+                               const cairn_tier_block *blocks, const char **what)
+{
+    cudaError_t e = cudaStreamWaitEvent(c->miss, c->half_free[h], 0);
+    *what = "cudaStreamWaitEvent(miss)";
+    for (size_t b = rd->b0; b < rd->b1 && e == cudaSuccess; b++) {
+        const cairn_tier_block *x = &blocks[b];
+        unsigned char *dst = c->stage + (size_t)h * c->stage_half + c->h_boff[b];
+        size_t idb = 8 * x->n, vb = 4 * x->n * (size_t)c->dim;
+        *what = "cudaMemcpyAsync(host block)";
+        if ((const unsigned char *)x->vecs == (const unsigned char *)x->ids + idb) {
+            e = cudaMemcpyAsync(dst, x->ids, idb + vb, cudaMemcpyHostToDevice, c->miss);
+        } else {
+            e = cudaMemcpyAsync(dst, x->ids, idb, cudaMemcpyHostToDevice, c->miss);
+            if (e == cudaSuccess)
+                e = cudaMemcpyAsync(dst + idb, x->vecs, vb, cudaMemcpyHostToDevice, c->miss);
+        }
+    }
+    if (e == cudaSuccess) {
+        e = cudaEventRecord(c->half_ready[h], c->miss);
+        *what = "cudaEventRecord(half_ready)";
+    }
+    return e;
+}
+
+/*
+ * Uploads the queries and nwd work items (the first nres on resident clusters, then the rounds'
+ * items on staged host blocks), runs the two stages for k and downloads the results; the
+ * resident items wait for the copy of cluster `newest` first (-1: none), each round's items
+ * for that round's copies. On return the search and miss streams are idle, also after an
+ * error (so the host blocks are no longer read).
+ */
+static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, size_t nres,
+                    const round_t *rounds, size_t nr, const cairn_tier_block *blocks,
+                    size_t k, long newest, cairn_error *err)
+{
+    size_t qb = round_up(nq * (size_t)c->dim * 4, 16), sb = round_up((nq + 1) * sizeof(int), 16);
+    size_t ib = round_up(nwd * sizeof(int), 16);
+    size_t wb = nwd * sizeof(dwork), up = qb + sb + ib + wb;
     size_t fb = round_up(nq * sizeof(int), 16), rb = nq * k;
     size_t down = fb + round_up(rb * 4, 16) + rb * 8;
     size_t cnb = round_up(nwd * sizeof(int), 16), cand = cnb + round_up(nwd * k * 4, 16) +
@@ -597,12 +736,14 @@ static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, const 
         rc = grow_dev(&c->d_cand, &c->cand_cap, cand, err);
     if (rc)
         return rc;
-    memcpy(c->h_up, q, qb);
-    memcpy(c->h_up + round_up(qb, 16), qstart, (nq + 1) * sizeof(int));
-    memcpy(c->h_up + round_up(qb, 16) + sb, c->h_work, wb);
+    memcpy(c->h_up, q, nq * (size_t)c->dim * 4);
+    memcpy(c->h_up + qb, c->h_qs, (nq + 1) * sizeof(int));
+    memcpy(c->h_up + qb + sb, c->h_qitem, nwd * sizeof(int));
+    memcpy(c->h_up + qb + sb + ib, c->h_work, wb);
     const float *dq = (const float *)c->d_up;
-    const int *dqs = (const int *)(c->d_up + round_up(qb, 16));
-    const dwork *dw = (const dwork *)(c->d_up + round_up(qb, 16) + sb);
+    const int *dqs = (const int *)(c->d_up + qb);
+    const int *dqi = (const int *)(c->d_up + qb + sb);
+    const dwork *dw = (const dwork *)(c->d_up + qb + sb + ib);
     int *cn = (int *)c->d_cand;
     float *cs = (float *)(c->d_cand + cnb);
     long long *cid = (long long *)(c->d_cand + cnb + round_up(nwd * k * 4, 16));
@@ -612,26 +753,43 @@ static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, const 
     int kp = 1;
     while ((size_t)kp < k)
         kp <<= 1;
-    size_t smem = (size_t)c->d4 * 16 + CHUNK * (4 + 8);
-    cudaError_t e = cudaMemcpyAsync(c->d_up, c->h_up, up, cudaMemcpyHostToDevice, c->search);
-    const char *what = "cudaMemcpyAsync(upload)";
-    if (e == cudaSuccess && newest >= 0) {
+    const char *what = "queueing the host blocks' first copies";
+    cudaError_t e = cudaSuccess;
+    /* The first two rounds' copies start at once, beside the resident scan. */
+    for (size_t r = 0; r < nr && r < 2 && e == cudaSuccess; r++)
+        e = queue_round(c, &rounds[r], (int)(r & 1), blocks, &what);
+    if (e == cudaSuccess) {
+        e = cudaMemcpyAsync(c->d_up, c->h_up, up, cudaMemcpyHostToDevice, c->search);
+        what = "cudaMemcpyAsync(upload)";
+    }
+    if (e == cudaSuccess && newest >= 0 && nres > 0) {
         e = cudaStreamWaitEvent(c->search, c->ev[newest], 0);
         what = "cudaStreamWaitEvent";
     }
-    if (e == cudaSuccess && nwd > 0) {
-        if (half_data)
-            scan_chunks<true><<<(unsigned)nwd, THREADS, smem, c->search>>>(dw, dq, c->dim, c->d4,
-                                                                          (int)k, cs, cid, cn);
-        else
-            scan_chunks<false><<<(unsigned)nwd, THREADS, smem, c->search>>>(
-                dw, dq, c->dim, c->d4, (int)k, cs, cid, cn);
-        e = cudaGetLastError();
+    if (e == cudaSuccess) {
+        e = launch_scan(c, dw, 0, nres, dq, k, cs, cid, cn);
         what = "scan_chunks<<<>>>";
     }
+    for (size_t r = 0; r < nr && e == cudaSuccess; r++) {
+        int h = (int)(r & 1);
+        if (r >= 2)
+            e = queue_round(c, &rounds[r], h, blocks, &what);
+        if (e == cudaSuccess) {
+            e = cudaStreamWaitEvent(c->search, c->half_ready[h], 0);
+            what = "cudaStreamWaitEvent(half_ready)";
+        }
+        if (e == cudaSuccess) {
+            e = launch_scan(c, dw, rounds[r].base, rounds[r].count, dq, k, cs, cid, cn);
+            what = "scan_chunks<<<>>>(host blocks)";
+        }
+        if (e == cudaSuccess) {
+            e = cudaEventRecord(c->half_free[h], c->search);
+            what = "cudaEventRecord(half_free)";
+        }
+    }
     if (e == cudaSuccess) {
-        merge_topk<<<(unsigned)nq, THREADS, 0, c->search>>>(dqs, cs, cid, cn, (int)k, kp, os, oi,
-                                                             on);
+        merge_topk<<<(unsigned)nq, THREADS, 0, c->search>>>(dqs, dqi, cs, cid, cn, (int)k, kp, os,
+                                                             oi, on);
         e = cudaGetLastError();
         what = "merge_topk<<<>>>";
     }
@@ -644,57 +802,20 @@ static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, const 
         e = se;
         what = "cudaStreamSynchronize(search)";
     }
+    se = nr ? cudaStreamSynchronize(c->miss) : cudaSuccess;
+    if (e == cudaSuccess && se != cudaSuccess) {
+        e = se;
+        what = "cudaStreamSynchronize(miss)";
+    }
     if (e != cudaSuccess)
         return fail(err, what, e);
     return 0;
 }
 
-static int cuda_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn_tier_work *w,
-                     size_t nw, size_t k, float *scores, int64_t *ids, size_t *filled,
-                     cairn_error *err)
+/* Copies the downloaded top k of each query out. */
+static void take_results(const cuda_store *c, size_t nq, size_t k, float *scores, int64_t *ids,
+                         size_t *filled)
 {
-    cuda_store *c = (cuda_store *)s;
-    if (k < 1 || k > CAIRN_TIER_STORE_MAX_K || nq < 1 || nq > INT_MAX / 2)
-        return cairn_errorf(err, CAIRN_EINVAL, "tier cuda store: k %zu, %zu queries", k, nq);
-    /* Cut the items into chunks, checking what the tier hands over. */
-    size_t nwd = 0;
-    for (size_t i = 0; i < nw; i++)
-        nwd += (w[i].n + CHUNK - 1) / CHUNK;
-    int rc = work_room(c, nwd, nq, err);
-    if (rc)
-        return rc;
-    int *qstart = c->h_qs;
-    long newest = -1;
-    size_t at = 0, wd = 0;
-    for (size_t i = 0; i < nq; i++) {
-        qstart[i] = (int)wd;
-        for (; at < nw && w[at].query == i; at++) {
-            const cairn_tier_work *x = &w[at];
-            if (x->cluster >= c->nlist || x->off > c->cap ||
-                cuda_bytes(s, x->n) > c->cap - x->off)
-                return cairn_errorf(err, CAIRN_ERANGE, "tier cuda store: cluster %u (%zu "
-                                    "vectors) at %zu past the capacity %zu", x->cluster, x->n,
-                                    x->off, c->cap);
-            if (c->seq[x->cluster] &&
-                (newest < 0 || c->seq[x->cluster] > c->seq[newest]))
-                newest = (long)x->cluster;
-            const unsigned char *slot = c->arena + x->off;
-            const unsigned char *vec = slot + ids_bytes(x->n);
-            for (size_t r0 = 0; r0 < x->n; r0 += CHUNK) {
-                size_t m = x->n - r0 < CHUNK ? x->n - r0 : CHUNK;
-                c->h_work[wd++] = dwork{vec + r0 / 32 * c->group_bytes,
-                                        (const long long *)slot + r0, 0, (unsigned)m,
-                                        (unsigned)i, x->skip ? 1u : 0u, 0};
-            }
-        }
-    }
-    qstart[nq] = (int)wd;
-    if (at != nw)
-        return cairn_errorf(err, CAIRN_EINVAL, "tier cuda store: work items not sorted by "
-                            "query, or a query past the batch of %zu", nq);
-    if ((rc = set_device(c, err)) ||
-        (rc = run_topk(c, q, nq, wd, qstart, c->half, k, newest, err)))
-        return rc;
     const int *f = (const int *)c->h_down;
     const float *os = (const float *)(c->h_down + round_up(nq * sizeof(int), 16));
     const long long *oi =
@@ -707,7 +828,140 @@ static int cuda_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn
             ids[i * k + r] = real ? (int64_t)oi[i * k + r] : -1;
         }
     }
+}
+
+static int cuda_scan_host(cairn_tier_store *s, const float *q, size_t nq,
+                          const cairn_tier_work *w, size_t nw, const cairn_tier_block *blocks,
+                          size_t nb, const cairn_tier_pair *pairs, size_t np, size_t k,
+                          float *scores, int64_t *ids, size_t *filled, cairn_error *err)
+{
+    cuda_store *c = (cuda_store *)s;
+    if (k < 1 || k > CAIRN_TIER_STORE_MAX_K || nq < 1 || nq > INT_MAX / 2)
+        return cairn_errorf(err, CAIRN_EINVAL, "tier cuda store: k %zu, %zu queries", k, nq);
+    /* Place the host blocks: in order, into rounds that each fill at most half the staging. */
+    int rc = grow_arr((void **)&c->h_boff, &c->blk_cap, nb, sizeof(size_t), err, "blocks");
+    if (!rc)
+        rc = grow_arr((void **)&c->h_bround, &c->bround_cap, nb, sizeof(unsigned), err,
+                      "blocks");
+    if (rc)
+        return rc;
+    size_t nr = 0, used = 0;
+    for (size_t b = 0; b < nb; b++) {
+        size_t need = cairn_tier_store_stage_need(blocks[b].n, c->dim);
+        if (need > c->stage_half || blocks[b].n > UINT_MAX)
+            return cairn_errorf(err, CAIRN_ERANGE, "tier cuda store: host block %zu of %zu "
+                                "vectors needs %zu staging bytes; %zu per round", b, blocks[b].n,
+                                need, c->stage_half);
+        if (nr == 0 || used + need > c->stage_half) {
+            nr++;
+            used = 0;
+        }
+        c->h_bround[b] = (unsigned)(nr - 1);
+        c->h_boff[b] = used;
+        used += need;
+    }
+    for (size_t p = 0; p < np; p++)
+        if (pairs[p].block >= nb || pairs[p].query >= nq ||
+            (p && pairs[p].query < pairs[p - 1].query))
+            return cairn_errorf(err, CAIRN_EINVAL, "tier cuda store: pair %zu (query %u, block "
+                                "%u) out of order or past %zu queries / %zu blocks", p,
+                                pairs[p].query, pairs[p].block, nq, nb);
+    /* Work items: the resident ones first (query by query), then each round's. */
+    size_t nres = 0, nwd;
+    for (size_t i = 0; i < nw; i++)
+        nres += (w[i].n + CHUNK - 1) / CHUNK;
+    round_t *rounds = NULL;
+    if (nr) {
+        rounds = (round_t *)calloc(nr, sizeof(round_t));
+        if (!rounds)
+            return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: %zu rounds", nr);
+    }
+    for (size_t b = 0; b < nb; b++) {
+        round_t *rd = &rounds[c->h_bround[b]];
+        if (rd->b1 == 0)
+            rd->b0 = b;
+        rd->b1 = b + 1;
+    }
+    for (size_t p = 0; p < np; p++)
+        rounds[c->h_bround[pairs[p].block]].count +=
+            (blocks[pairs[p].block].n + CHUNK - 1) / CHUNK;
+    nwd = nres;
+    for (size_t r = 0; r < nr; r++) {
+        rounds[r].base = nwd;
+        nwd += rounds[r].count;
+    }
+    rc = work_room(c, nwd, nq, err);
+    if (!rc)
+        rc = grow_arr((void **)&c->h_rpos, &c->round_cap, nr, sizeof(size_t), err, "rounds");
+    if (rc) {
+        free(rounds);
+        return rc;
+    }
+    for (size_t r = 0; r < nr; r++)
+        c->h_rpos[r] = rounds[r].base;
+    int *qstart = c->h_qs, *qitem = c->h_qitem;
+    long newest = -1;
+    size_t at = 0, pp = 0, wd = 0, qi = 0;
+    for (size_t i = 0; i < nq; i++) {
+        qstart[i] = (int)qi;
+        for (; at < nw && w[at].query == i; at++) {
+            const cairn_tier_work *x = &w[at];
+            if (x->cluster >= c->nlist || x->off > c->cap ||
+                cuda_bytes(s, x->n) > c->cap - x->off) {
+                free(rounds);
+                return cairn_errorf(err, CAIRN_ERANGE, "tier cuda store: cluster %u (%zu "
+                                    "vectors) at %zu past the capacity %zu", x->cluster, x->n,
+                                    x->off, c->cap);
+            }
+            if (c->seq[x->cluster] &&
+                (newest < 0 || c->seq[x->cluster] > c->seq[newest]))
+                newest = (long)x->cluster;
+            const unsigned char *slot = c->arena + x->off;
+            const unsigned char *vec = slot + ids_bytes(x->n);
+            for (size_t r0 = 0; r0 < x->n; r0 += CHUNK) {
+                size_t m = x->n - r0 < CHUNK ? x->n - r0 : CHUNK;
+                qitem[qi++] = (int)wd;
+                c->h_work[wd++] = dwork{vec + r0 / 32 * c->group_bytes,
+                                        (const long long *)slot + r0, 0, (unsigned)m,
+                                        (unsigned)i, x->skip ? 1u : 0u,
+                                        c->half ? (unsigned)LAYOUT_F16 : (unsigned)LAYOUT_F32};
+            }
+        }
+        for (; pp < np && pairs[pp].query == i; pp++) {
+            uint32_t b = pairs[pp].block;
+            unsigned r = c->h_bround[b];
+            const unsigned char *blk = c->stage + (size_t)(r & 1) * c->stage_half + c->h_boff[b];
+            size_t n = blocks[b].n;
+            for (size_t r0 = 0; r0 < n; r0 += CHUNK) {
+                size_t m = n - r0 < CHUNK ? n - r0 : CHUNK;
+                size_t d = c->h_rpos[r]++;
+                qitem[qi++] = (int)d;
+                c->h_work[d] = dwork{blk + 8 * n + r0 * (size_t)c->dim * 4,
+                                     (const long long *)blk + r0, 0, (unsigned)m, (unsigned)i,
+                                     0u, (unsigned)LAYOUT_ROWS};
+            }
+        }
+    }
+    qstart[nq] = (int)qi;
+    if (at != nw || pp != np) {
+        free(rounds);
+        return cairn_errorf(err, CAIRN_EINVAL, "tier cuda store: work items not sorted by "
+                            "query, or a query past the batch of %zu", nq);
+    }
+    if (!(rc = set_device(c, err)))
+        rc = run_topk(c, q, nq, nwd, nres, rounds, nr, blocks, k, newest, err);
+    free(rounds);
+    if (rc)
+        return rc;
+    take_results(c, nq, k, scores, ids, filled);
     return 0;
+}
+
+static int cuda_scan(cairn_tier_store *s, const float *q, size_t nq, const cairn_tier_work *w,
+                     size_t nw, size_t k, float *scores, int64_t *ids, size_t *filled,
+                     cairn_error *err)
+{
+    return cuda_scan_host(s, q, nq, w, nw, NULL, 0, NULL, 0, k, scores, ids, filled, err);
 }
 
 static int cuda_rank(cairn_tier_store *s, const float *q, size_t nq, size_t nprobe,
@@ -730,13 +984,14 @@ static int cuda_rank(cairn_tier_store *s, const float *q, size_t nq, size_t npro
         for (size_t b = 0; b < per; b++) {
             size_t r0 = b * RANK_CHUNK;
             size_t m = c->nlist - r0 < RANK_CHUNK ? c->nlist - r0 : RANK_CHUNK;
+            c->h_qitem[i * per + b] = (int)(i * per + b);
             c->h_work[i * per + b] = dwork{c->cent + r0 / 32 * gb32, NULL, (long long)r0,
-                                           (unsigned)m, (unsigned)i, 0, 0};
+                                           (unsigned)m, (unsigned)i, 0, (unsigned)LAYOUT_F32};
         }
     }
     qstart[nq] = (int)nwd;
     if ((rc = set_device(c, err)) ||
-        (rc = run_topk(c, q, nq, nwd, qstart, false, nprobe, -1, err)))
+        (rc = run_topk(c, q, nq, nwd, nwd, NULL, 0, NULL, nprobe, -1, err)))
         return rc;
     const int *f = (const int *)c->h_down;
     const long long *oi = (const long long *)(c->h_down + round_up(nq * sizeof(int), 16) +
@@ -752,38 +1007,91 @@ static int cuda_rank(cairn_tier_store *s, const float *q, size_t nq, size_t npro
 }
 
 static const cairn_tier_store_i cuda_i = {
-    CAIRN_TIER_STORE_VERSION, "cuda", cuda_close, cuda_bytes, cuda_copy_in,
-    cuda_move,                cuda_sync, cuda_scan, cuda_rank,
+    CAIRN_TIER_STORE_VERSION, "cuda",    cuda_close, cuda_bytes,     cuda_copy_in,
+    cuda_move,                cuda_sync, cuda_scan,  cuda_rank,      cuda_scan_host,
+    cuda_copy_rate,
 };
 
 /* ---- Open ------------------------------------------------------------------------------------ */
+
+/* The rate of a page-locked host-to-device copy (8 MiB pieces, as prefetches copy clusters of
+ * a few MiB): the ring's buffers into a scratch allocation, timed by events on the dma stream. */
+static int measure_copy(cuda_store *c, cairn_error *err)
+{
+    unsigned char *d = NULL;
+    cudaEvent_t a = NULL, b = NULL;
+    cudaError_t e = cudaMalloc((void **)&d, RING_BYTES);
+    if (e == cudaSuccess)
+        e = cudaEventCreate(&a);
+    if (e == cudaSuccess)
+        e = cudaEventCreate(&b);
+    if (e == cudaSuccess) /* warm-up */
+        e = cudaMemcpyAsync(d, c->ring[0], RING_BYTES, cudaMemcpyHostToDevice, c->dma);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(a, c->dma);
+    enum { REPS = 8 };
+    for (int r = 0; r < REPS && e == cudaSuccess; r++)
+        e = cudaMemcpyAsync(d, c->ring[r % RING], RING_BYTES, cudaMemcpyHostToDevice, c->dma);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(b, c->dma);
+    if (e == cudaSuccess)
+        e = cudaEventSynchronize(b);
+    float ms = 0;
+    if (e == cudaSuccess)
+        e = cudaEventElapsedTime(&ms, a, b);
+    if (e == cudaSuccess && ms > 0)
+        c->copy_bps = (double)REPS * RING_BYTES / (ms * 1e-3);
+    cudaStreamSynchronize(c->dma);
+    if (a)
+        cudaEventDestroy(a);
+    if (b)
+        cudaEventDestroy(b);
+    cudaFree(d);
+    return e == cudaSuccess ? 0 : fail(err, "measuring a page-locked copy", e);
+}
 
 static int open_device(cuda_store *c, const cairn_tier_store_params *p, cairn_error *err)
 {
     CK(cudaSetDevice(c->dev));
     size_t max_slot = cuda_bytes(&c->base, c->max_list);
-    c->land_vec = round_up(8 * c->max_list, 256);
-    size_t raw = c->land_vec + 4 * c->max_list * (size_t)c->dim;
-    c->landing_bytes = round_up(raw > max_slot ? raw : max_slot, 256);
+    c->landing_bytes = round_up(c->max_list * (8 + 4 * (size_t)c->dim), 256);
     if (c->landing_bytes == 0)
         c->landing_bytes = 256;
+    c->scratch_bytes = round_up(max_slot, 256);
+    if (c->scratch_bytes == 0)
+        c->scratch_bytes = 256;
+    c->stage_half = p->stage_bytes / 2 / 256 * 256;
+    size_t extra = NLAND * c->landing_bytes + c->scratch_bytes + 2 * c->stage_half;
     /* Asked first, so that a fast tier larger than the GPU is a plain error, not a failed
      * allocation (which compute-sanitizer would also report). */
     size_t free_b = 0, total_b = 0;
     CK(cudaMemGetInfo(&free_b, &total_b));
-    if (c->cap + c->landing_bytes > free_b)
+    if (c->cap + extra > free_b)
         return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: GPU %d has %zu bytes free (of "
                             "%zu); the fast tier asks %zu bytes", c->dev, free_b, total_b,
-                            c->cap + c->landing_bytes);
+                            c->cap + extra);
     cudaError_t e = cudaMalloc((void **)&c->arena, c->cap);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return cairn_errorf(err, CAIRN_ENOMEM, "tier cuda store: GPU %d: %zu bytes for the fast "
                             "tier: %s", c->dev, c->cap, cudaGetErrorString(e));
     }
-    CK(cudaMalloc((void **)&c->landing, c->landing_bytes));
+    for (int l = 0; l < NLAND; l++) {
+        CK(cudaMalloc((void **)&c->landing[l], c->landing_bytes));
+        CK(cudaEventCreateWithFlags(&c->land_ready[l], cudaEventDisableTiming));
+        CK(cudaEventCreateWithFlags(&c->land_free[l], cudaEventDisableTiming));
+    }
+    CK(cudaMalloc((void **)&c->scratch, c->scratch_bytes));
+    if (c->stage_half)
+        CK(cudaMalloc((void **)&c->stage, 2 * c->stage_half));
+    for (int h = 0; h < 2; h++) {
+        CK(cudaEventCreateWithFlags(&c->half_ready[h], cudaEventDisableTiming));
+        CK(cudaEventCreateWithFlags(&c->half_free[h], cudaEventDisableTiming));
+    }
+    CK(cudaStreamCreateWithFlags(&c->dma, cudaStreamNonBlocking));
     CK(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     CK(cudaStreamCreateWithFlags(&c->search, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&c->miss, cudaStreamNonBlocking));
     for (int r = 0; r < RING; r++) {
         CK(cudaHostAlloc((void **)&c->ring[r], RING_BYTES, cudaHostAllocDefault));
         CK(cudaEventCreateWithFlags(&c->ring_ev[r], cudaEventDisableTiming));
@@ -819,7 +1127,7 @@ static int open_device(cuda_store *c, const cairn_tier_store_params *p, cairn_er
     if (rc)
         return rc;
     c->cent = c->cent_alloc + ids_bytes(nl);
-    return 0;
+    return measure_copy(c, err);
 }
 
 extern "C" int cairn_tier_store_cuda_open(cairn_tier_store **out,

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -279,6 +280,136 @@ static void test_cancel_and_budget(void **state)
     cairn_tier_close(t);
 }
 
+static cairn_tier *open_split(size_t fast_bytes, int split, size_t stage, bool worker)
+{
+    cairn_tier_params p = cairn_tier_default_params();
+    p.fast_bytes = fast_bytes;
+    p.miss_split = split;
+    p.stage_bytes = stage;
+    p.miss_worker = worker;
+    cairn_tier *t = NULL;
+    cairn_error err;
+    int rc = cairn_tier_open(&t, tier_path, &p, 42, &err);
+    if (rc)
+        print_message("open: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    return t;
+}
+
+/* Misses scanned by the store (copied on demand into its staging) beside the worker's: the
+ * same answers, bit for bit, whoever scans what: every miss to the store, a balanced split,
+ * a staging too small for some clusters (those stay the CPU's), no worker thread. */
+static void test_miss_split_never_changes_results(void **state)
+{
+    (void)state;
+    cairn_tier *ref = open_split(64, CAIRN_TIER_MISS_CPU, 0, true);
+    size_t total = cairn_tier_total_bytes(ref), nl = cairn_ivf_nlist(ivf);
+    struct {
+        int split;
+        size_t stage;
+        bool worker;
+    } cfg[] = {
+        {CAIRN_TIER_MISS_STORE, 64u << 20, true},
+        {CAIRN_TIER_MISS_SPLIT, 64u << 20, true},
+        {CAIRN_TIER_MISS_STORE, 2 * total / nl, true}, /* about the mean cluster per round */
+        {CAIRN_TIER_MISS_SPLIT, 64u << 20, false},
+    };
+    cairn_error err;
+    for (size_t ci = 0; ci < sizeof cfg / sizeof cfg[0]; ci++) {
+        cairn_tier *t = open_split(total / 4, cfg[ci].split, cfg[ci].stage, cfg[ci].worker);
+        uint64_t seed = 17 + ci;
+        float q1[NQ * DIM];
+        for (size_t i = 0; i < NQ; i++) {
+            const float *q0 = data + (N + i) * DIM;
+            perturb(q0, q1, DIM, 0.1f, &seed);
+            assert_int_equal(cairn_tier_prefetch(t, q0, total / 16, 0, &err), 0);
+            if (i % 2)
+                cairn_tier_wait(t);
+            float sa[K], sb[K];
+            int64_t ia[K], ib[K];
+            assert_int_equal(cairn_tier_search(t, q1, K, NPROBE, sa, ia, &err), 0);
+            assert_int_equal(cairn_tier_search(ref, q1, K, NPROBE, sb, ib, &err), 0);
+            assert_memory_equal(ia, ib, sizeof(ia));
+            assert_memory_equal(sa, sb, sizeof(sa));
+        }
+        /* A batch whose queries share clusters: one copy serves all that probe it. */
+        for (size_t i = 0; i < 16; i++)
+            perturb(data + (N + i % 4) * DIM, q1 + i * DIM, DIM, 0.05f, &seed);
+        cairn_tier_clear_fast(t);
+        cairn_tier_reset_stats(t);
+        float sa[16 * K], sb[16 * K];
+        int64_t ia[16 * K], ib[16 * K];
+        assert_int_equal(cairn_tier_search_batch(t, q1, 16, K, 2 * NPROBE, sa, ia, &err), 0);
+        assert_int_equal(cairn_tier_search_batch(ref, q1, 16, K, 2 * NPROBE, sb, ib, &err), 0);
+        assert_memory_equal(ia, ib, sizeof(ia));
+        assert_memory_equal(sa, sb, sizeof(sa));
+        cairn_tier_stats st;
+        cairn_tier_get_stats(t, &st);
+        print_message("split %d stage %zu: store %llu clusters for %llu pairs (%llu B), cpu "
+                      "%llu B\n", cfg[ci].split, cfg[ci].stage,
+                      (unsigned long long)st.store_miss_clusters,
+                      (unsigned long long)st.store_miss_pairs,
+                      (unsigned long long)st.store_miss_bytes,
+                      (unsigned long long)st.cpu_miss_bytes);
+        assert_int_equal(st.hits, 0);
+        assert_true(st.store_miss_clusters > 0);
+        assert_true(st.store_miss_pairs > st.store_miss_clusters); /* shared by queries */
+        if (ci == 0)
+            assert_int_equal(st.cpu_miss_bytes, 0); /* every miss fitted the staging */
+        if (ci == 2)
+            assert_true(st.cpu_miss_bytes > 0); /* the clusters too big for a round */
+        cairn_tier_close(t);
+    }
+    cairn_tier_close(ref);
+}
+
+/* A batch prefetch brings first what most of its queries will probe: with the budget of one
+ * query's clusters, a batch where that query comes three times in five brings exactly them.
+ * Also the budget's bookkeeping and helpers. */
+static void test_batch_prefetch_by_demand(void **state)
+{
+    (void)state;
+    cairn_tier *probe = open_tier(1 << 20);
+    size_t total = cairn_tier_total_bytes(probe);
+    cairn_tier_close(probe);
+    cairn_tier *t = open_tier(total / 2);
+    const float *qa = data + (size_t)N * DIM, *qb = qa + 10 * DIM, *qc = qa + 20 * DIM;
+    cairn_error err;
+    cairn_tier_stats st;
+    float s[K];
+    int64_t id[K];
+    assert_int_equal(cairn_tier_prefetch(t, qa, total, NPROBE, &err), 0);
+    cairn_tier_wait(t);
+    cairn_tier_get_stats(t, &st);
+    size_t ba = (size_t)st.bytes_prefetched;
+    assert_int_equal(st.budget_bytes, total);
+    cairn_tier_reset_stats(t);
+    assert_int_equal(cairn_tier_search(t, qa, K, NPROBE, s, id, &err), 0);
+    cairn_tier_get_stats(t, &st);
+    uint64_t hits_alone = st.hits;
+    assert_true(hits_alone > 0);
+
+    float qs[5 * DIM];
+    const float *order[5] = {qb, qa, qc, qa, qa};
+    for (int i = 0; i < 5; i++)
+        memcpy(qs + i * DIM, order[i], DIM * sizeof(float));
+    cairn_tier_clear_fast(t);
+    assert_int_equal(cairn_tier_prefetch_batch(t, qs, 5, ba, NPROBE, &err), 0);
+    cairn_tier_wait(t);
+    cairn_tier_reset_stats(t);
+    assert_int_equal(cairn_tier_search(t, qa, K, NPROBE, s, id, &err), 0);
+    cairn_tier_get_stats(t, &st);
+    assert_int_equal(st.hits, hits_alone);
+    cairn_tier_close(t);
+
+    /* A RAM fast tier has no measured copy rate: any budget. */
+    t = open_tier(1 << 20);
+    assert_true(cairn_tier_copy_rate(t) == 0);
+    assert_int_equal(cairn_tier_budget_for(t, 0.5), SIZE_MAX);
+    assert_int_equal(cairn_tier_budget_for(t, 0), 0);
+    cairn_tier_close(t);
+}
+
 static void test_bad_tier_files(void **state)
 {
     (void)state;
@@ -335,6 +466,8 @@ int main(void)
         cmocka_unit_test(test_churn_evicts_and_stays_correct),
         cmocka_unit_test(test_hot_clusters_survive_eviction),
         cmocka_unit_test(test_cancel_and_budget),
+        cmocka_unit_test(test_miss_split_never_changes_results),
+        cmocka_unit_test(test_batch_prefetch_by_demand),
         cmocka_unit_test(test_bad_tier_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

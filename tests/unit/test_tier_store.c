@@ -190,6 +190,52 @@ static void test_host_store_ops(void **state)
         free(id);
         free(ref);
     }
+    /* scan_host: the odd lists read from host memory instead of the arena (each block once,
+     * named by several queries), the same answers as the arena's, bit for bit. */
+    {
+        enum { KK = 10 };
+        cairn_tier_work wa[12], wr[12];
+        cairn_tier_block blocks[L];
+        cairn_tier_pair pairs[12];
+        int bof[L];
+        size_t na = 0, nr = 0, nb = 0, np = 0;
+        for (int l = 0; l < L; l++)
+            bof[l] = -1;
+        for (uint32_t i = 0; i < 3; i++)
+            for (size_t l = 0; l < nl[i]; l++) {
+                uint32_t c = lists[i][l];
+                if (skip[i][l] || (i == 2 && l > 0))
+                    continue;
+                wr[nr++] = (cairn_tier_work){i, c, off[c], n[c], false};
+                if (c % 2 == 0) {
+                    wa[na++] = wr[nr - 1];
+                    continue;
+                }
+                if (bof[c] < 0) {
+                    bof[c] = (int)nb;
+                    blocks[nb++] = (cairn_tier_block){ids[c], vecs[c], n[c], false};
+                }
+                pairs[np++] = (cairn_tier_pair){i, (uint32_t)bof[c]};
+            }
+        assert_true(nb >= 2 && np > nb - 1);
+        float sa[3 * KK], sr[3 * KK];
+        int64_t ia[3 * KK], ir[3 * KK];
+        size_t fa[3], fr[3];
+        assert_non_null(st->i->scan_host);
+        assert_int_equal(st->i->scan(st, q, 3, wr, nr, KK, sr, ir, fr, &err), 0);
+        assert_int_equal(st->i->scan_host(st, q, 3, wa, na, blocks, nb, pairs, np, KK, sa, ia,
+                                          fa, &err), 0);
+        assert_memory_equal(fa, fr, sizeof(fa));
+        assert_memory_equal(ia, ir, sizeof(ia));
+        assert_memory_equal(sa, sr, sizeof(sa));
+        /* Pairs out of order, or naming a block that is not there. */
+        cairn_tier_pair badp[2] = {{1, 0}, {0, 0}};
+        assert_int_equal(st->i->scan_host(st, q, 3, wa, na, blocks, nb, badp, 2, KK, sa, ia, fa,
+                                          &err), CAIRN_EINVAL);
+        badp[0] = (cairn_tier_pair){0, (uint32_t)nb};
+        assert_int_equal(st->i->scan_host(st, q, 3, wa, na, blocks, nb, badp, 1, KK, sa, ia, fa,
+                                          &err), CAIRN_EINVAL);
+    }
     /* Out of range, unsorted work, bad k. */
     cairn_tier_block blk = {ids[4], vecs[4], n[4], false};
     assert_int_equal(st->i->copy_in(st, 4, (1 << 20) - 64, &blk, &err), CAIRN_ERANGE);
