@@ -3,25 +3,12 @@
  * side by side on one synthetic index made on the GPU (issue 19).
  *
  * Usage: bench_cuda_retrieval [--device N] [--gib G] [--queries Q] [--batches B]
- *                             [--pairs rewrite|hyde] [--sweep]
+ *                             [--pairs rewrite|hyde] [--sweep|--no-sweep] [--gen-ms MS]
+ *                             [--sched-queries Q]
  *
- * The index: 768-d, IVF4096, G GiB of fp32 vectors (default 10; 3.5 M vectors), in page-locked
- * host memory (the slow tier: "host RAM", copied from by DMA). Centroids have a three-level
- * structure like topics in a real embedding space: 8 super-topics, 64 topics, 4096 centres,
- * centre = normalize(0.55 S + 0.55 T + 0.63 g) (g ~ N(0, I/d)), so a centre shares cosine ~0.6
- * with the other centres of its topic and ~0.3 with those of its super-topic. List sizes are
- * log-normal (sigma 0.5) around the mean, as IVF lists are unbalanced. A vector of list c is
- * normalize(centre_c + g) (cosine ~0.71 to its centre); it is filed under its own centre (no
- * k-means: the assignment is the generating centre, which is also nearly always the nearest).
- *
- * Query pairs: q1 (the rewrite, which is searched) is made as a vector is, around a random
- * centre; q0 (the question as first seen, which is prefetched for) is normalize(rho q1 +
- * sqrt(1 - rho^2) u) with u a random unit vector orthogonal to q1, so cos(q0, q1) = rho
- * exactly. rho is drawn from the distribution measured on real pairs with all-MiniLM-L6-v2
- * (RHO_Q below): 600 Debian packages spread over the default corpus, q0 = "Which Debian
- * package provides <synopsis>?", q1 = the synopsis (the repository's lookahead pair, see
- * bench_retrieval.c): mean 0.866, 10-90% 0.81-0.91. --pairs hyde takes q1 = the package's long
- * description instead (a HyDE-like document): mean 0.620, 10-90% 0.44-0.78.
+ * The index (768-d, IVF4096, G GiB of fp32 vectors in page-locked host memory, made on the GPU)
+ * and the question -> rewrite pairs (cos(q0, q1) drawn from the distribution measured on real
+ * pairs; --pairs hyde: on HyDE-like pairs) are tests/bench/cuda/rag_index.c's.
  *
  * Systems (the GPU fast tier holds a quarter of the index; prefetch budget per query = nprobe
  * clusters of mean size, the clusters q0 ranks first):
@@ -31,13 +18,26 @@
  *              tier scanned for every query, one waited-for copy per cluster, every eviction
  *              re-copies what stays; misses on the CPU (FAISS search_preassigned) beside;
  *   cairn      probed-only scans with per-query top-k on the GPU, async copies with per-cluster
- *              events, device-to-device compaction; misses as above.
+ *              events (two landing buffers: the DMA never waits for the interleaving kernel),
+ *              device-to-device compaction; misses split between on-demand copies scanned on
+ *              the GPU (one copy per cluster for a whole batch) and FAISS on the CPU, balanced
+ *              by their measured rates; a batch's prefetch ordered by how many queries want a
+ *              cluster.
  * Figures (JSON lines): search latency p50/p99 per (system, nprobe 128/256, batch 1/32) after
  * the prefetch finished; hit ratio; answers against cpu_faiss (ids equal, or a swap of scores
  * within 1e-5); prefetch throughput from an empty fast tier beside a pinned copy timed in the
  * same run; scan bandwidth (all probes resident) beside a plain read kernel; fp16 storage's
- * recall@10 against fp32. --sweep adds latency against cache fraction and hit ratio against
- * budget (nprobe 128, batch 1).
+ * recall@10 against fp32. The sweep (on unless --no-sweep) adds latency against cache fraction
+ * and hit ratio against budget (nprobe 128, batch 1); scripts/plot-retrieval-gpu draws them.
+ *
+ * Two budgets: nprobe clusters per query, waited for (the table above); and the scheduler's,
+ * the tier's copy rate (measured at open) x the predicted pre-retrieval generation, --gen-ms
+ * (default 390: 64 decode steps of Llama-3-8B Q4_K_M at batch 1 on an H100, 6.1 ms each as
+ * bench_cuda_generate measured; bench_cuda_rag predicts it from the engine itself), with the
+ * prefetch cancelled when that time is up and the search started (--sched-queries calls at
+ * batch 1, 3 at batch 32). Every search line breaks its time down (ranking, the store's scan
+ * with the misses it copied, the CPU's miss scan) and says how many MB of misses each side
+ * read.
  */
 #include "common/clock.h"
 #include "common/error.h"
@@ -47,29 +47,22 @@
 #include "retrieval/tier.h"
 #include "retrieval/tier_store.h"
 #include "tests/bench/cuda/peak.h"
+#include "tests/bench/cuda/rag_index.h"
 #include "tests/bench/cuda/synth_ivf.h"
 
 #include <math.h>
 #include <stdbool.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define DIM 768
-#define NLIST 4096
+#define DIM RAG_DIM
+#define NLIST RAG_NLIST
 #define K 10
 #define MAXB 32
 
-/* Quantiles 0, 5, ..., 100% of cos(q0, q1) over 600 real pairs embedded with
- * all-MiniLM-L6-v2 (see the top): question -> synopsis (a rewrite; the default), and question
- * -> the package's long description (a HyDE-like hypothetical document; --pairs hyde). */
-static const double RHO_REWRITE[21] = {0.6922, 0.7846, 0.8086, 0.8213, 0.8340, 0.8427, 0.8494,
-                                       0.8561, 0.8628, 0.8681, 0.8731, 0.8769, 0.8834, 0.8875,
-                                       0.8926, 0.8972, 0.9029, 0.9068, 0.9144, 0.9219, 0.9532};
-static const double RHO_HYDE[21] = {0.1875, 0.3791, 0.4374, 0.4716, 0.5114, 0.5425, 0.5610,
-                                    0.5781, 0.5934, 0.6099, 0.6293, 0.6450, 0.6616, 0.6827,
-                                    0.7024, 0.7256, 0.7399, 0.7552, 0.7789, 0.8167, 0.9165};
-static const double *RHO_Q = RHO_REWRITE;
+static rag_pairs_kind pairs_kind = RAG_PAIRS_REWRITE;
 
 static char card[256];
 static int device;
@@ -78,30 +71,6 @@ static void die(const char *what, const char *msg)
 {
     fprintf(stderr, "bench_cuda_retrieval: %s: %s\n", what, msg);
     exit(1);
-}
-
-static double gauss(uint64_t *s)
-{
-    double u1 = ((double)(cairn_rand_next(s) >> 11) + 0.5) / 9007199254740992.0;
-    double u2 = ((double)(cairn_rand_next(s) >> 11) + 0.5) / 9007199254740992.0;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-static void normalize(float *v, int d)
-{
-    double n = 0;
-    for (int i = 0; i < d; i++)
-        n += (double)v[i] * v[i];
-    n = sqrt(n);
-    for (int i = 0; i < d; i++)
-        v[i] = (float)(v[i] / n);
-}
-
-static void random_unit(float *v, uint64_t *s)
-{
-    for (int j = 0; j < DIM; j++)
-        v[j] = (float)gauss(s);
-    normalize(v, DIM);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -117,96 +86,12 @@ static double pct(double *v, size_t n, double p)
     return v[i < n ? i : n - 1];
 }
 
-/* ---- The index and the queries --------------------------------------------------------------- */
+typedef rag_index index_t;
 
-typedef struct {
-    size_t n_total, total_bytes;
-    float *cent;      /* NLIST * DIM */
-    size_t *n;
-    int64_t **ids;
-    float **vecs;
-    uint8_t *pinned;  /* one page-locked block holding every list */
-    double gen_s;
-} index_t;
-
-static void make_index(index_t *x, double gib, uint64_t seed)
-{
-    uint64_t s = seed;
-    float *sup = malloc(8 * DIM * sizeof(float)), *top = malloc(64 * DIM * sizeof(float));
-    for (int i = 0; i < 8; i++)
-        random_unit(sup + i * DIM, &s);
-    for (int i = 0; i < 64; i++)
-        random_unit(top + i * DIM, &s);
-    x->cent = malloc((size_t)NLIST * DIM * sizeof(float));
-    for (size_t c = 0; c < NLIST; c++) {
-        float *v = x->cent + c * DIM;
-        for (int j = 0; j < DIM; j++)
-            v[j] = 0.55f * sup[(c / 512) * DIM + j] + 0.55f * top[(c / 64) * DIM + j] +
-                   0.63f * (float)(gauss(&s) / sqrt((double)DIM));
-        normalize(v, DIM);
-    }
-    free(sup);
-    free(top);
-    size_t per = 8 + 4 * DIM, want = (size_t)(gib * 1073741824.0 / (4.0 * DIM));
-    double *w = malloc(NLIST * sizeof(double)), sum = 0;
-    for (size_t c = 0; c < NLIST; c++)
-        sum += (w[c] = exp(0.5 * gauss(&s)));
-    x->n = malloc(NLIST * sizeof(size_t));
-    x->n_total = 0;
-    for (size_t c = 0; c < NLIST; c++)
-        x->n_total += (x->n[c] = (size_t)((double)want * w[c] / sum) + 1);
-    free(w);
-    x->total_bytes = x->n_total * per;
-    char why[256];
-    double t0 = cairn_now_sec();
-    x->pinned = cairn_tier_pinned_alloc(device, x->total_bytes, why, sizeof why);
-    if (!x->pinned)
-        die("page-locked slow tier", why);
-    x->ids = malloc(NLIST * sizeof(int64_t *));
-    x->vecs = malloc(NLIST * sizeof(float *));
-    size_t at = 0;
-    int64_t id = 0;
-    for (size_t c = 0; c < NLIST; c++) {
-        x->ids[c] = (int64_t *)(x->pinned + at);
-        for (size_t r = 0; r < x->n[c]; r++)
-            x->ids[c][r] = id++;
-        at += 8 * x->n[c];
-        x->vecs[c] = (float *)(x->pinned + at);
-        at += 4 * DIM * x->n[c];
-    }
-    if (cairn_bench_synth_lists(device, DIM, NLIST, x->cent, x->n, 1.0f, seed, x->vecs, why,
-                                sizeof why))
-        die("synthetic lists", why);
-    x->gen_s = cairn_now_sec() - t0;
-}
-
-/* n pairs: q1 near a random centre (as a vector is), q0 at cosine rho from it. */
 static void make_pairs(size_t n, float *q0, float *q1, double *rho_out, const index_t *x,
                        uint64_t *s)
 {
-    float u[DIM];
-    for (size_t i = 0; i < n; i++) {
-        float *a = q1 + i * DIM, *b = q0 + i * DIM;
-        const float *c = x->cent + (cairn_rand_next(s) % NLIST) * DIM;
-        for (int j = 0; j < DIM; j++)
-            a[j] = c[j] + (float)(gauss(s) / sqrt((double)DIM));
-        normalize(a, DIM);
-        double p = (double)(cairn_rand_next(s) >> 11) / 9007199254740992.0 * 20.0;
-        int lo = (int)p;
-        double rho = lo >= 20 ? RHO_Q[20] : RHO_Q[lo] + (p - lo) * (RHO_Q[lo + 1] - RHO_Q[lo]);
-        random_unit(u, s);
-        double d = 0;
-        for (int j = 0; j < DIM; j++)
-            d += (double)u[j] * a[j];
-        for (int j = 0; j < DIM; j++)
-            u[j] -= (float)(d * a[j]);
-        normalize(u, DIM);
-        for (int j = 0; j < DIM; j++)
-            b[j] = (float)(rho * a[j] + sqrt(1.0 - rho * rho) * u[j]);
-        normalize(b, DIM);
-        if (rho_out)
-            rho_out[i] = rho;
-    }
+    rag_make_pairs(x, pairs_kind, n, q0, q1, rho_out, s);
 }
 
 /* ---- The systems ----------------------------------------------------------------------------- */
@@ -227,6 +112,7 @@ static cairn_tier *open_gpu(const index_t *x, int mode, double fraction, bool fp
     p.miss_faiss = true;
     p.fp16 = fp16;
     p.max_batch = MAXB;
+    p.stage_bytes = (size_t)256 << 20; /* cairn's on-demand copies of misses (not TeleRAG's) */
     cairn_tier *t = NULL;
     cairn_error err;
     if (cairn_tier_open_mem(&t, &m, &p, &err))
@@ -255,31 +141,92 @@ static void compare(const int64_t *ia, const float *sa, const int64_t *ib, const
 
 typedef struct {
     const char *system;
+    const char *budget;   /* "nprobe_clusters" or "scheduler" */
     size_t nprobe, batch, calls;
     double *lat;
     double hit_ratio, pre_bytes, pre_s;
     size_t differ, swaps;
+    cairn_tier_stats d;   /* counters over the timed searches (GPU systems) */
+    double budget_bytes;  /* per call */
 } run_t;
+
+/* Counters of b minus a. */
+static cairn_tier_stats stats_delta(const cairn_tier_stats *a, const cairn_tier_stats *b)
+{
+    cairn_tier_stats d = *b;
+    d.searches -= a->searches;
+    d.probed -= a->probed;
+    d.hits -= a->hits;
+    d.search_ns -= a->search_ns;
+    d.rank_ns -= a->rank_ns;
+    d.hit_scan_ns -= a->hit_scan_ns;
+    d.miss_scan_ns -= a->miss_scan_ns;
+    d.overlap_ns -= a->overlap_ns;
+    d.cpu_miss_bytes -= a->cpu_miss_bytes;
+    d.store_miss_bytes -= a->store_miss_bytes;
+    d.store_miss_clusters -= a->store_miss_clusters;
+    d.store_miss_pairs -= a->store_miss_pairs;
+    d.saved_ns -= a->saved_ns;
+    d.bytes_prefetched -= a->bytes_prefetched;
+    return d;
+}
+
+static void add_stats(cairn_tier_stats *acc, const cairn_tier_stats *d)
+{
+    acc->searches += d->searches;
+    acc->probed += d->probed;
+    acc->hits += d->hits;
+    acc->search_ns += d->search_ns;
+    acc->rank_ns += d->rank_ns;
+    acc->hit_scan_ns += d->hit_scan_ns;
+    acc->miss_scan_ns += d->miss_scan_ns;
+    acc->overlap_ns += d->overlap_ns;
+    acc->cpu_miss_bytes += d->cpu_miss_bytes;
+    acc->store_miss_bytes += d->store_miss_bytes;
+    acc->store_miss_clusters += d->store_miss_clusters;
+    acc->store_miss_pairs += d->store_miss_pairs;
+    acc->saved_ns += d->saved_ns;
+    acc->bytes_prefetched += d->bytes_prefetched;
+}
 
 static void print_run(run_t *r)
 {
     double p50 = pct(r->lat, r->calls, 0.5), p99 = pct(r->lat, r->calls, 0.99), sum = 0;
     for (size_t i = 0; i < r->calls; i++)
         sum += r->lat[i];
+    double n = (double)r->calls;
+    /* Where a call's time goes (GPU systems): ranking, the store's scan (GPU hits and the
+     * misses it copied), the CPU's miss scan beside it; MB each side scanned of the misses. */
     printf("{\"bench\":\"retrieval_gpu\",\"what\":\"search\",\"card\":\"%s\",\"system\":\"%s\","
-           "\"nprobe\":%zu,\"batch\":%zu,\"calls\":%zu,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
-           "\"mean_ms\":%.3f,\"hit_ratio\":%.3f,\"prefetch_gib_per_call\":%.3f,"
-           "\"prefetch_ms_mean\":%.2f,\"answers_differ\":%zu,\"near_tie_swaps\":%zu}\n",
-           card, r->system, r->nprobe, r->batch, r->calls, p50, p99, sum / (double)r->calls,
-           r->hit_ratio, r->pre_bytes / (double)r->calls / 1073741824.0,
-           1e3 * r->pre_s / (double)r->calls, r->differ, r->swaps);
+           "\"budget\":\"%s\",\"nprobe\":%zu,\"batch\":%zu,\"calls\":%zu,\"p50_ms\":%.3f,"
+           "\"p99_ms\":%.3f,\"mean_ms\":%.3f,\"hit_ratio\":%.3f,\"budget_gib_per_call\":%.3f,"
+           "\"prefetch_gib_per_call\":%.3f,\"prefetch_ms_mean\":%.2f,\"rank_ms\":%.3f,"
+           "\"store_scan_ms\":%.3f,\"cpu_miss_ms\":%.3f,\"overlap_ms\":%.3f,"
+           "\"store_miss_mb\":%.1f,\"store_miss_clusters\":%.1f,\"store_miss_pairs\":%.1f,"
+           "\"cpu_miss_mb\":%.1f,\"saved_ms\":%.3f,\"answers_differ\":%zu,"
+           "\"near_tie_swaps\":%zu}\n",
+           card, r->system, r->budget ? r->budget : "-", r->nprobe, r->batch, r->calls, p50,
+           p99, sum / n, r->hit_ratio, r->budget_bytes / 1073741824.0,
+           r->pre_bytes / n / 1073741824.0, 1e3 * r->pre_s / n, r->d.rank_ns / n / 1e6,
+           r->d.hit_scan_ns / n / 1e6, r->d.miss_scan_ns / n / 1e6, r->d.overlap_ns / n / 1e6,
+           r->d.store_miss_bytes / n / 1e6, r->d.store_miss_clusters / n,
+           r->d.store_miss_pairs / n, r->d.cpu_miss_bytes / n / 1e6, r->d.saved_ns / n / 1e6,
+           r->differ, r->swaps);
     fflush(stdout);
 }
 
-/* One (nprobe, batch) point for the three systems on the same pairs. */
+/*
+ * One (nprobe, batch) point for the three systems on the same pairs. Budget per call:
+ *   gen_ms <= 0: nprobe clusters of mean size per query, the clusters q0 ranks first
+ *                (max_clusters nprobe); the prefetch is waited for before the search;
+ *   gen_ms > 0:  the scheduler's way: the bytes the tier's copy rate (measured at open) moves
+ *                in gen_ms, the predicted duration of the pre-retrieval generation; the
+ *                prefetch runs for gen_ms (as it would beside the generation), is then
+ *                cancelled, and the search starts.
+ */
 static void search_point(const index_t *x, cairn_ivf *cpu, cairn_tier *const *gpu,
                          const char *const *names, int ngpu, size_t nprobe, size_t batch,
-                         size_t calls, uint64_t seed)
+                         size_t calls, uint64_t seed, double gen_ms)
 {
     uint64_t s = seed;
     size_t nq = calls * batch, nw = 3 * batch; /* measured pairs, then warm-up pairs */
@@ -290,6 +237,7 @@ static void search_point(const index_t *x, cairn_ivf *cpu, cairn_tier *const *gp
     int64_t *ic = malloc(nq * K * sizeof(int64_t)), *ig = malloc(nq * K * sizeof(int64_t));
     double *lat = malloc(calls * sizeof(double));
     cairn_error err;
+    const char *bname = gen_ms > 0 ? "scheduler" : "nprobe_clusters";
     /* cpu_faiss */
     cairn_ivf_set_split_lists(cpu, batch == 1, NULL);
     for (size_t c = 0; c < calls; c++) {
@@ -299,28 +247,39 @@ static void search_point(const index_t *x, cairn_ivf *cpu, cairn_tier *const *gp
             die("FAISS search", err.msg);
         lat[c] = (double)(cairn_now_ns() - t0) / 1e6;
     }
-    run_t r = {"cpu_faiss", nprobe, batch, calls, lat, 0, 0, 0, 0, 0};
+    run_t r = {.system = "cpu_faiss", .budget = bname, .nprobe = nprobe, .batch = batch,
+               .calls = calls, .lat = lat};
     print_run(&r);
-    size_t budget = (size_t)((double)x->total_bytes / NLIST * (double)nprobe);
     for (int g = 0; g < ngpu; g++) {
         cairn_tier *t = gpu[g];
+        size_t budget = (size_t)((double)x->total_bytes / NLIST * (double)nprobe) * batch;
+        size_t maxc = nprobe;
+        if (gen_ms > 0) {
+            budget = cairn_tier_budget_for(t, gen_ms / 1e3);
+            maxc = batch > 1 ? nprobe : 0;
+        }
         cairn_tier_clear_fast(t);
         /* Warm-up: other pairs fill the cache first, as a running server's would be. */
         for (size_t c = 0; c < 3; c++) {
-            cairn_tier_prefetch_batch(t, q0 + (nq + c * batch) * DIM, batch, budget * batch,
-                                      nprobe, NULL);
+            cairn_tier_prefetch_batch(t, q0 + (nq + c * batch) * DIM, batch, budget, maxc, NULL);
             cairn_tier_wait(t);
         }
-        run_t rg = {names[g], nprobe, batch, calls, lat, 0, 0, 0, 0, 0};
-        uint64_t probed = 0, hits = 0;
+        run_t rg = {.system = names[g], .budget = bname, .nprobe = nprobe, .batch = batch,
+                    .calls = calls, .lat = lat, .budget_bytes = (double)budget};
         for (size_t c = 0; c < calls; c++) {
             cairn_tier_stats a, b;
             cairn_tier_get_stats(t, &a);
             int64_t p0 = cairn_now_ns();
-            if (cairn_tier_prefetch_batch(t, q0 + c * batch * DIM, batch, budget * batch, nprobe,
-                                          &err))
+            if (cairn_tier_prefetch_batch(t, q0 + c * batch * DIM, batch, budget, maxc, &err))
                 die("prefetch", err.msg);
-            cairn_tier_wait(t);
+            if (gen_ms > 0) {
+                struct timespec ts = {(time_t)(gen_ms / 1e3),
+                                      (long)(fmod(gen_ms, 1e3) * 1e6)};
+                nanosleep(&ts, NULL);
+                cairn_tier_cancel(t);
+            } else {
+                cairn_tier_wait(t);
+            }
             int64_t t0 = cairn_now_ns();
             if (cairn_tier_search_batch(t, q1 + c * batch * DIM, batch, K, nprobe,
                                         sg + c * batch * K, ig + c * batch * K, &err))
@@ -330,12 +289,15 @@ static void search_point(const index_t *x, cairn_ivf *cpu, cairn_tier *const *gp
             cairn_tier_get_stats(t, &b);
             rg.pre_s += (double)(t0 - p0) / 1e9;
             rg.pre_bytes += (double)(b.bytes_prefetched - a.bytes_prefetched);
-            probed += b.probed - a.probed;
-            hits += b.hits - a.hits;
+            cairn_tier_stats d = stats_delta(&a, &b);
+            d.bytes_prefetched = 0;
+            add_stats(&rg.d, &d);
             if (b.prefetch_errors != a.prefetch_errors)
                 die("prefetch", "the store reported an error (see the log)");
         }
-        rg.hit_ratio = probed ? (double)hits / (double)probed : 0;
+        if (gen_ms > 0)
+            cairn_tier_wait(t);
+        rg.hit_ratio = rg.d.probed ? (double)rg.d.hits / (double)rg.d.probed : 0;
         compare(ig, sg, ic, sc, nq, &rg.differ, &rg.swaps);
         print_run(&rg);
     }
@@ -368,8 +330,10 @@ static void prefetch_rate(const index_t *x, cairn_tier *t, const char *name, dou
     }
     double gbs = bytes / secs / 1e9;
     printf("{\"bench\":\"retrieval_gpu\",\"what\":\"prefetch\",\"card\":\"%s\",\"system\":\"%s\","
-           "\"gib\":%.2f,\"gbs\":%.2f,\"pinned_copy_gbs\":%.2f,\"fraction_of_pinned\":%.3f}\n",
-           card, name, bytes / 3 / 1073741824.0, gbs, pinned_gbs, gbs / pinned_gbs);
+           "\"gib\":%.2f,\"gbs\":%.2f,\"pinned_copy_gbs\":%.2f,\"fraction_of_pinned\":%.3f,"
+           "\"store_copy_rate_at_open_gbs\":%.2f}\n",
+           card, name, bytes / 3 / 1073741824.0, gbs, pinned_gbs, gbs / pinned_gbs,
+           cairn_tier_copy_rate(t) / 1e9);
     fflush(stdout);
 }
 
@@ -382,8 +346,8 @@ static void scan_rate(const index_t *x, cairn_tier *t, const char *name, double 
     make_pairs(1, q0, q1, NULL, x, &s);
     for (int i = 1; i < MAXB; i++) {
         for (int j = 0; j < DIM; j++)
-            q1[i * DIM + j] = q1[j] + 0.1f * (float)(gauss(&s) / sqrt((double)DIM));
-        normalize(q1 + i * DIM, DIM);
+            q1[i * DIM + j] = q1[j] + 0.1f * (float)(rag_gauss(&s) / sqrt((double)DIM));
+        rag_normalize(q1 + i * DIM, DIM);
     }
     cairn_tier_clear_fast(t);
     cairn_tier_prefetch_batch(t, q1, MAXB, SIZE_MAX, 128, NULL);
@@ -490,7 +454,9 @@ int main(int argc, char **argv)
 {
     double gib = 10.0;
     size_t queries = 100, batches = 6;
-    bool do_sweep = false;
+    bool do_sweep = true;
+    double gen_ms = 390;
+    size_t sched_queries = 20;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = atoi(argv[++i]);
@@ -502,15 +468,22 @@ int main(int argc, char **argv)
             batches = (size_t)atol(argv[++i]);
         else if (!strcmp(argv[i], "--sweep"))
             do_sweep = true;
+        else if (!strcmp(argv[i], "--no-sweep"))
+            do_sweep = false;
+        else if (!strcmp(argv[i], "--gen-ms") && i + 1 < argc)
+            gen_ms = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--sched-queries") && i + 1 < argc)
+            sched_queries = (size_t)atol(argv[++i]);
         else if (!strcmp(argv[i], "--pairs") && i + 1 < argc && !strcmp(argv[i + 1], "hyde") &&
                  ++i)
-            RHO_Q = RHO_HYDE;
+            pairs_kind = RAG_PAIRS_HYDE;
         else if (!strcmp(argv[i], "--pairs") && i + 1 < argc && !strcmp(argv[i + 1], "rewrite") &&
                  ++i)
-            RHO_Q = RHO_REWRITE;
+            pairs_kind = RAG_PAIRS_REWRITE;
         else {
             fprintf(stderr, "usage: bench_cuda_retrieval [--device N] [--gib G] [--queries Q] "
-                            "[--batches B] [--pairs rewrite|hyde] [--sweep]\n");
+                            "[--batches B] [--pairs rewrite|hyde] [--sweep|--no-sweep] "
+                            "[--gen-ms MS] [--sched-queries Q]\n");
             return 2;
         }
     }
@@ -532,7 +505,8 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     index_t x;
-    make_index(&x, gib, 20261206);
+    if (rag_index_make(&x, device, gib, 20261206, why, sizeof why))
+        die("index", why);
     double rho[600], rsum = 0;
     uint64_t s = 5;
     float *a = malloc(600 * DIM * sizeof(float)), *b = malloc(600 * DIM * sizeof(float));
@@ -547,7 +521,7 @@ int main(int argc, char **argv)
            "\"pairs_rho_p90\":%.3f}\n",
            card, DIM, NLIST, x.n_total, (double)x.total_bytes / 1073741824.0,
            (double)x.total_bytes / 4 / 1073741824.0, x.gen_s,
-           RHO_Q == RHO_HYDE ? "hyde" : "rewrite", rsum / 600, pct(rho, 600, 0.1),
+           pairs_kind == RAG_PAIRS_HYDE ? "hyde" : "rewrite", rsum / 600, pct(rho, 600, 0.1),
            pct(rho, 600, 0.9));
     fflush(stdout);
 
@@ -565,9 +539,17 @@ int main(int argc, char **argv)
     scan_rate(&x, gpu[1], "cairn", read_gbs);
     size_t probes[2] = {128, 256};
     for (int p = 0; p < 2; p++) {
-        search_point(&x, cpu, gpu, names, 2, probes[p], 1, queries, 100 + (uint64_t)p);
-        search_point(&x, cpu, gpu, names, 2, probes[p], MAXB, batches, 200 + (uint64_t)p);
+        search_point(&x, cpu, gpu, names, 2, probes[p], 1, queries, 100 + (uint64_t)p, 0);
+        search_point(&x, cpu, gpu, names, 2, probes[p], MAXB, batches, 200 + (uint64_t)p, 0);
     }
+    /* The scheduler's budget: the copy rate x the predicted pre-retrieval generation. */
+    if (gen_ms > 0)
+        for (int p = 0; p < 2; p++) {
+            search_point(&x, cpu, gpu, names, 2, probes[p], 1, sched_queries, 300 + (uint64_t)p,
+                         gen_ms);
+            search_point(&x, cpu, gpu, names, 2, probes[p], MAXB, 3, 400 + (uint64_t)p,
+                         gen_ms);
+        }
     cairn_tier_close(gpu[0]);
     cairn_tier *f16 = open_gpu(&x, CAIRN_TIER_CAIRN, 0.25, true);
     fp16_recall(&x, gpu[1], f16, 50);
@@ -578,10 +560,6 @@ int main(int argc, char **argv)
     printf("{\"bench\":\"retrieval_gpu\",\"what\":\"done\",\"card\":\"%s\",\"seconds\":%.1f}\n",
            card, cairn_now_sec() - t_start);
     cairn_ivf_close(cpu);
-    cairn_tier_pinned_free(x.pinned);
-    free(x.cent);
-    free(x.n);
-    free(x.ids);
-    free(x.vecs);
+    rag_index_free(&x);
     return 0;
 }

@@ -11,6 +11,10 @@
  *     compact (device-to-device moves), batched searches, the file read into page-locked RAM,
  *     lists lent from page-locked memory, and TeleRAG's mode;
  *   - a prefetch thread racing searches, cancels and clears: every answer still the reference's;
+ *   - misses copied on demand and scanned on the GPU (scan_host: host blocks in rounds through
+ *     the staging, row-major), against the host store bit for bit, alone and beside resident
+ *     clusters; a tier sending every miss there, or splitting them with the CPU, answers as
+ *     the tier in RAM;
  *   - FAISS for the misses beside the GPU hits: FAISS IVF's ids at the same nprobe up to
  *     near-ties (scores within 1e-5);
  *   - fp16 storage: recall@10 against fp32 (printed, at least 0.95);
@@ -208,7 +212,9 @@ static void stores_agree(int dim, bool pinned, bool fp16_too)
                                   .centroids = L.cent,
                                   .capacity = (total + 4096) / 64 * 64,
                                   .max_list = 4100,
-                                  .device = 0};
+                                  .device = 0,
+                                  /* rounds of at most one 2500-vector list: several rounds */
+                                  .stage_bytes = 2 * cairn_tier_store_stage_need(2500, dim)};
     cairn_tier_store *h = NULL, *g = NULL, *g16 = NULL;
     cairn_error err;
     assert_int_equal(cairn_tier_store_host_open(&h, &sp, &err), 0);
@@ -275,6 +281,74 @@ static void stores_agree(int dim, bool pinned, bool fp16_too)
         free(sg);
         free(ih);
         free(ig);
+    }
+    /* scan_host: the odd lists read from host memory (each copied once, for every query naming
+     * it; in rounds through a staging that holds one 2500-vector list per half), the even
+     * ones resident: the host store's answers, bit for bit. */
+    {
+        cairn_tier_work *ah = malloc(BQ * nl * sizeof(*ah)), *ag = malloc(BQ * nl * sizeof(*ag));
+        cairn_tier_block *blocks = malloc(nl * sizeof(*blocks));
+        cairn_tier_pair *pairs = malloc(BQ * nl * sizeof(*pairs));
+        int *bof = malloc(nl * sizeof(int));
+        for (size_t l = 0; l < nl; l++)
+            bof[l] = -1;
+        size_t na = 0, nb = 0, np = 0;
+        for (uint32_t i = 0; i < BQ; i++)
+            for (size_t l = 0; l < nl; l++) {
+                if (i == 3 || rng_next(&s) % 4 == 0)
+                    continue;
+                if (l % 2 == 0 || l == 11) { /* 11: 4100 vectors, more than a round */
+                    ah[na] = (cairn_tier_work){i, (uint32_t)l, oh[l], L.n[l], false};
+                    ag[na++] = (cairn_tier_work){i, (uint32_t)l, og[l], L.n[l], false};
+                    continue;
+                }
+                if (bof[l] < 0) {
+                    bof[l] = (int)nb;
+                    blocks[nb++] = (cairn_tier_block){L.ids[l], L.vecs[l], L.n[l], pinned};
+                }
+                pairs[np++] = (cairn_tier_pair){i, (uint32_t)bof[l]};
+            }
+        assert_true(nb >= 4 && np > nb);
+        size_t kh[] = {1, 10, 1024};
+        for (size_t ki = 0; ki < 3; ki++) {
+            size_t k = kh[ki];
+            float *sh = malloc(BQ * k * sizeof(float)), *sg = malloc(BQ * k * sizeof(float));
+            int64_t *ih = malloc(BQ * k * sizeof(int64_t)), *ig = malloc(BQ * k * sizeof(int64_t));
+            size_t fh[BQ], fg[BQ];
+            assert_int_equal(h->i->scan_host(h, q, BQ, ah, na, blocks, nb, pairs, np, k, sh, ih,
+                                             fh, &err), 0);
+            if (g->i->scan_host(g, q, BQ, ag, na, blocks, nb, pairs, np, k, sg, ig, fg, &err))
+                fail_msg("cuda scan_host k %zu: %s", k, err.msg);
+            assert_memory_equal(fh, fg, sizeof fh);
+            assert_memory_equal(ih, ig, BQ * k * sizeof(int64_t));
+            assert_memory_equal(sh, sg, BQ * k * sizeof(float));
+            /* Host blocks only. */
+            assert_int_equal(h->i->scan_host(h, q, BQ, NULL, 0, blocks, nb, pairs, np, k, sh, ih,
+                                             fh, &err), 0);
+            if (g->i->scan_host(g, q, BQ, NULL, 0, blocks, nb, pairs, np, k, sg, ig, fg, &err))
+                fail_msg("cuda scan_host, blocks only, k %zu: %s", k, err.msg);
+            assert_memory_equal(fh, fg, sizeof fh);
+            assert_memory_equal(ih, ig, BQ * k * sizeof(int64_t));
+            assert_memory_equal(sh, sg, BQ * k * sizeof(float));
+            free(sh);
+            free(sg);
+            free(ih);
+            free(ig);
+        }
+        /* A block larger than a round of the staging; a store without staging. */
+        cairn_tier_block big = {L.ids[11], L.vecs[11], L.n[11], pinned};
+        cairn_tier_pair one = {0, 0};
+        float s1[BQ];
+        int64_t i1[BQ];
+        size_t f1[BQ];
+        assert_int_equal(g->i->scan_host(g, q, BQ, NULL, 0, &big, 1, &one, 1, 1, s1, i1, f1,
+                                         &err), CAIRN_ERANGE);
+        print_message("too big for a round: %s\n", err.msg);
+        free(ah);
+        free(ag);
+        free(blocks);
+        free(pairs);
+        free(bof);
     }
     /* Bad work: unsorted, past the arena. */
     float s1[BQ];
@@ -358,6 +432,13 @@ static void ram(cairn_tier_params *p) { p->slow_in_ram = true; }
 static void telerag(cairn_tier_params *p) { p->mode = CAIRN_TIER_TELERAG; }
 static void faiss_misses(cairn_tier_params *p) { p->miss_faiss = true; }
 static void half(cairn_tier_params *p) { p->fp16 = true; }
+static void store_misses(cairn_tier_params *p) { p->miss_split = CAIRN_TIER_MISS_STORE; }
+static void store_misses_small(cairn_tier_params *p)
+{
+    p->miss_split = CAIRN_TIER_MISS_STORE;
+    p->stage_bytes = 96 << 10; /* rounds of a few clusters; the largest ones stay the CPU's */
+}
+
 
 /* A run of prefetches (evicting, compacting) and searches, single and batched, on t and on the
  * reference tier; every answer bit for bit the reference's. */
@@ -403,6 +484,12 @@ static void test_tier_gpu_equals_ram(void **state)
     size_t total = cairn_tier_total_bytes(ref);
     cairn_tier *g = open_tier(0, total / 4, NULL);
     assert_string_equal(cairn_tier_store_name(g), "cuda");
+    /* The copy rate measured at open, and the budget it gives. */
+    double rate = cairn_tier_copy_rate(g);
+    print_message("page-locked copy at open: %.1f GB/s\n", rate / 1e9);
+    assert_true(rate > 1e9);
+    assert_true(cairn_tier_budget_for(g, 0.01) > (size_t)1e7);
+    assert_int_equal(cairn_tier_budget_for(g, 0), 0);
     churn_against(g, ref, total / 8, 1);
     cairn_tier_stats st;
     cairn_tier_get_stats(g, &st);
@@ -421,6 +508,21 @@ static void test_tier_gpu_equals_ram(void **state)
     /* The file in page-locked RAM (DMA straight from it), and TeleRAG's mode. */
     g = open_tier(0, total / 4, ram);
     churn_against(g, ref, total / 8, 2);
+    cairn_tier_close(g);
+    /* Every miss copied on demand and scanned on the GPU (in rounds through a small staging,
+     * or in one), beside the hits: the same answers. */
+    g = open_tier(0, total / 4, store_misses);
+    churn_against(g, ref, total / 8, 5);
+    cairn_tier_get_stats(g, &st);
+    print_message("gpu tier, misses on the GPU: %llu clusters for %llu pairs, cpu %llu B\n",
+                  (unsigned long long)st.store_miss_clusters,
+                  (unsigned long long)st.store_miss_pairs, (unsigned long long)st.cpu_miss_bytes);
+    assert_true(st.store_miss_clusters > 0 && st.cpu_miss_bytes == 0);
+    cairn_tier_close(g);
+    g = open_tier(0, total / 4, store_misses_small);
+    churn_against(g, ref, total / 8, 6);
+    cairn_tier_get_stats(g, &st);
+    assert_true(st.store_miss_clusters > 0);
     cairn_tier_close(g);
     g = open_tier(0, total / 4, telerag);
     churn_against(g, ref, total / 8, 3);
