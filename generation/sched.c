@@ -143,6 +143,32 @@ double cairn_predictor_predict(const cairn_predictor *p, const cairn_batch_shape
     return predict_now(p, f);
 }
 
+double cairn_predictor_generation(const cairn_predictor *p, int prompt, int tokens,
+                                  int max_chunk)
+{
+    if (!p || prompt < 1 || tokens < 1 || max_chunk < 1) return 0;
+    pthread_mutex_t *l = (pthread_mutex_t *)&p->lock;
+    pthread_mutex_lock(l);
+    double t = 0, f[NF];
+    if (p->fitted) {
+        for (int at = 0; at < prompt; at += max_chunk) {
+            int n = prompt - at < max_chunk ? prompt - at : max_chunk;
+            cairn_batch_shape s = {0};
+            cairn_batch_shape_add(&s, true, at, n, at + n == prompt);
+            features(p, &s, f);
+            t += predict_now(p, f);
+        }
+        for (int j = 1; j < tokens; j++) { /* the prompt's last chunk samples the first token */
+            cairn_batch_shape s = {0};
+            cairn_batch_shape_add(&s, false, prompt + j - 1, 1, false);
+            features(p, &s, f);
+            t += predict_now(p, f);
+        }
+    }
+    pthread_mutex_unlock(l);
+    return t;
+}
+
 void cairn_predictor_set_traits(cairn_predictor *p, const cairn_backend_traits *t)
 {
     p->traits = *t;

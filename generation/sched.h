@@ -124,6 +124,16 @@ int cairn_predictor_fit(cairn_predictor *p, cairn_error *err);
 
 void cairn_predictor_set_refit(cairn_predictor *p, int every); /* 0: never refit on its own */
 
+/*
+ * The predicted time of one sequence alone generating `tokens` tokens after a `prompt`-token
+ * prompt: the prompt in chunks of at most max_chunk tokens, then each decode step at its
+ * context. 0 until fitted. Thread-safe (under the predictor's lock), so another thread may ask
+ * while the worker observes and refits: the lookahead prefetch's budget is the tier's copy rate
+ * times this estimate of the pre-retrieval generation (retrieval/tier.h).
+ */
+double cairn_predictor_generation(const cairn_predictor *p, int prompt, int tokens,
+                                  int max_chunk);
+
 /* Mean absolute percentage error (a fraction: 0.05 = 5%) of the out-of-sample predictions of
  * the last `window` observations, and how many there were (*n may be NULL). 0 when none. */
 double cairn_predictor_mape(const cairn_predictor *p, int *n);

@@ -455,6 +455,10 @@ static void sync_on_done(void *user, const cairn_gen_result *r)
 }
 
 /* Runs the rewrite/HyDE generation for question; the text (malloc'ed) or NULL with err. */
+/* Tokens the pre-retrieval step generates at most. */
+#define PRE_TOKENS_HYDE 64
+#define PRE_TOKENS_REWRITE 24
+
 static char *pre_generate(cairn_api *a, cairn_rag_mode mode, const char *question,
                           cairn_error *err)
 {
@@ -476,7 +480,7 @@ static char *pre_generate(cairn_api *a, cairn_rag_mode mode, const char *questio
         .prompt = prompt,
         .prompt_len = len,
         .tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL,
-        .max_tokens = mode == CAIRN_RAG_HYDE ? 64 : 24,
+        .max_tokens = mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE,
         .sample = cairn_sample_greedy_params(),
         .stop = stops,
         .n_stop = 1,
@@ -567,7 +571,18 @@ static void rag_run(void *arg)
     int64_t t0 = cairn_now_ns();
     if (!rc && dense) rc = cairn_rag_embed(a->p.rag, question, q, &err);
     double embed_s = since(t0);
-    if (!rc && dense) cairn_rag_prefetch(a->p.rag, q); /* overlaps the pre-retrieval generation */
+    if (!rc && dense) {
+        /* The prefetch overlaps the pre-retrieval generation: its budget is what the fast tier
+         * can copy in the predicted time of that generation (a prompt of about the question's
+         * length in tokens, at ~4 bytes a token, plus the template's ~48; pre_generate's
+         * max_tokens). No pre-retrieval step: the fixed budget. */
+        double pred = 0;
+        if (r->rag.mode != CAIRN_RAG_NONE && a->p.workers)
+            pred = cairn_workers_predict_generation(
+                a->p.workers, 48 + (int)(strlen(question) / 4),
+                r->rag.mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE);
+        cairn_rag_prefetch(a->p.rag, q, pred);
+    }
     int64_t t1 = cairn_now_ns();
     float *q1 = q;
     if (!rc && r->rag.mode != CAIRN_RAG_NONE) {

@@ -43,6 +43,7 @@ struct cairn_rag {
     cairn_rag_log log;   /* set: adds and deletes go through the document log */
     cairn_gauge *g_docs;
     cairn_counter *c_searches, *c_probed, *c_hits, *c_prefetched_bytes;
+    cairn_counter *c_budget_bytes, *c_saved_s;
     cairn_histogram *h_mode[3];  /* cairn_retrieval_search_seconds{mode}, by cairn_search_mode */
     cairn_counter *c_from[3];    /* cairn_retrieval_results_total{list}: dense, lexical, both */
 };
@@ -249,6 +250,13 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
                                         "cairn_prefetch_bytes_total",
                                         "Bytes copied into the fast tier by lookahead prefetch",
                                         err);
+        if (!rc) rc = cairn_counter_new(metrics, &r->c_budget_bytes,
+                                        "cairn_prefetch_budget_bytes_total",
+                                        "Byte budgets given to lookahead prefetches (copy rate x "
+                                        "predicted pre-retrieval generation)", err);
+        if (!rc) rc = cairn_counter_new(metrics, &r->c_saved_s,
+                                        "cairn_retrieval_saved_seconds_total",
+                                        "Estimated CPU scan time the fast tier's hits saved", err);
         static const double b[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                    0.025,  0.05,    0.1,    0.25,  0.5,    1};
         static const char *const mode[] = {"mode"}, *const list[] = {"list"};
@@ -647,10 +655,15 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
 
 /* ---- Search ----------------------------------------------------------------------------------- */
 
-void cairn_rag_prefetch(cairn_rag *r, const float *q0)
+void cairn_rag_prefetch(cairn_rag *r, const float *q0, double predicted_s)
 {
     pthread_rwlock_rdlock(&r->lock);
-    if (r->tier) cairn_tier_prefetch(r->tier, q0, r->p.prefetch_bytes, 0, NULL);
+    if (r->tier) {
+        size_t budget = predicted_s > 0 ? cairn_tier_budget_for(r->tier, predicted_s) : SIZE_MAX;
+        if (budget == SIZE_MAX) budget = r->p.prefetch_bytes;
+        cairn_tier_prefetch(r->tier, q0, budget, 0, NULL);
+        cairn_counter_add(r->c_budget_bytes, (double)budget);
+    }
     pthread_rwlock_unlock(&r->lock);
 }
 
@@ -712,6 +725,7 @@ static int dense_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t
     cairn_counter_add(r->c_hits, (double)(after.hits - before.hits));
     cairn_counter_add(r->c_prefetched_bytes,
                       (double)(after.bytes_prefetched - before.bytes_prefetched));
+    cairn_counter_add(r->c_saved_s, (double)(after.saved_ns - before.saved_ns) / 1e9);
     for (int i = 0; !rc && i < fetch && iv[i] >= 0 && *n < want; i++) {
         cairn_doc d;
         if (cairn_docstore_get(r->ds, (uint64_t)iv[i], &d, NULL) != 0 || d.deleted) continue;

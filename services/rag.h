@@ -44,7 +44,9 @@ typedef struct cairn_rag_params {
     const char *dir;       /* index directory (created when missing) */
     cairn_embed *embed;    /* borrowed */
     size_t fast_bytes;     /* fast-tier capacity */
-    size_t prefetch_bytes; /* byte budget of one lookahead prefetch */
+    size_t prefetch_bytes; /* byte budget of one lookahead prefetch when the generation it
+                              overlaps has no predicted duration, or the fast tier no measured
+                              copy rate (RAM) */
     const char *corpus;    /* ingested when the store is empty at open: a directory (*.txt,
                               *.md), a .jsonl file, or scripts/corpus's debian-Translation-en
                               (with debian-sections beside it); NULL: none */
@@ -161,8 +163,13 @@ void cairn_rag_hits_free(cairn_rag_hit *hits, int n);
 int cairn_rag_embed(cairn_rag *r, const char *text, float *q, cairn_error *err);
 int cairn_rag_dim(const cairn_rag *r);
 
-/* Starts the lookahead prefetch for q0 (returns at once). No-op on an empty index. */
-void cairn_rag_prefetch(cairn_rag *r, const float *q0);
+/*
+ * Starts the lookahead prefetch for q0 (returns at once). Its byte budget: the fast tier's copy
+ * rate (measured at open) times predicted_s, the predicted duration of the pre-retrieval
+ * generation it overlaps (the workers' predictor); prefetch_bytes when predicted_s <= 0 or the
+ * tier has no measured rate. No-op on an empty index.
+ */
+void cairn_rag_prefetch(cairn_rag *r, const float *q0, double predicted_s);
 
 /* The k best passages for q (k <= CAIRN_TIER_MAX_K), probing nprobe clusters (0: default), by
  * the dense index alone (cairn_rag_query_run in dense mode).

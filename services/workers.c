@@ -329,6 +329,11 @@ int cairn_workers_offline_load(cairn_workers *w)
     return n;
 }
 
+double cairn_workers_predict_generation(cairn_workers *w, int prompt, int tokens)
+{
+    return cairn_predictor_generation(w->wk[0].pred, prompt, tokens, w->p.engine.max_batch_tokens);
+}
+
 double cairn_workers_predictor_mape(cairn_workers *w, int *n)
 {
     return cairn_predictor_mape(w->wk[0].pred, n);

@@ -136,6 +136,10 @@ int cairn_workers_load(cairn_workers *w);
 /* Offline requests queued plus running. Thread-safe. */
 int cairn_workers_offline_load(cairn_workers *w);
 
+/* The first worker's predictor's estimate of one request alone generating `tokens` tokens after
+ * a `prompt`-token prompt (seconds; 0 while it is not fitted). Thread-safe. */
+double cairn_workers_predict_generation(cairn_workers *w, int prompt, int tokens);
+
 /* The first worker's predictor MAPE over its recent iterations (fraction) and how many
  * iterations that covers (*n may be NULL). Thread-safe. */
 double cairn_workers_predictor_mape(cairn_workers *w, int *n);

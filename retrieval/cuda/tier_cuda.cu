@@ -768,7 +768,7 @@ static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, size_t
     }
     if (e == cudaSuccess) {
         e = launch_scan(c, dw, 0, nres, dq, k, cs, cid, cn);
-        what = "scan_chunks<<<>>>";
+        what = "scan_chunks (launch)";
     }
     for (size_t r = 0; r < nr && e == cudaSuccess; r++) {
         int h = (int)(r & 1);
@@ -780,7 +780,7 @@ static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, size_t
         }
         if (e == cudaSuccess) {
             e = launch_scan(c, dw, rounds[r].base, rounds[r].count, dq, k, cs, cid, cn);
-            what = "scan_chunks<<<>>>(host blocks)";
+            what = "scan_chunks (launch, host blocks)";
         }
         if (e == cudaSuccess) {
             e = cudaEventRecord(c->half_free[h], c->search);
@@ -791,7 +791,7 @@ static int run_topk(cuda_store *c, const float *q, size_t nq, size_t nwd, size_t
         merge_topk<<<(unsigned)nq, THREADS, 0, c->search>>>(dqs, dqi, cs, cid, cn, (int)k, kp, os,
                                                              oi, on);
         e = cudaGetLastError();
-        what = "merge_topk<<<>>>";
+        what = "merge_topk (launch)";
     }
     if (e == cudaSuccess) {
         e = cudaMemcpyAsync(c->h_down, c->d_down, down, cudaMemcpyDeviceToHost, c->search);

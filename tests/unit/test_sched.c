@@ -151,6 +151,24 @@ static void test_predictor_recovers_a_cost_model(void **state)
     assert_true(mape > 0 && mape < 0.02);
     assert_true(worst < 0.08);
 
+    /* A generation's estimate (the lookahead prefetch's budget): its prompt in chunks, then one
+     * decode step per further token, each at its context. */
+    double want = 0;
+    for (int at = 0; at < 100; at += 64) {
+        cairn_batch_shape s = {0};
+        cairn_batch_shape_add(&s, true, at, at + 64 <= 100 ? 64 : 100 - at, at + 64 >= 100);
+        want += cairn_predictor_predict(p, &s);
+    }
+    for (int j = 1; j < 64; j++) {
+        cairn_batch_shape s = {0};
+        cairn_batch_shape_add(&s, false, 100 + j - 1, 1, false);
+        want += cairn_predictor_predict(p, &s);
+    }
+    double got = cairn_predictor_generation(p, 100, 64, 64);
+    assert_true(want > 0 && fabs(got - want) <= 1e-9 * want);
+    assert_true(cairn_predictor_generation(p, 100, 65, 64) > got);
+    assert_true(cairn_predictor_generation(p, 0, 64, 64) == 0);
+
     /* Coefficients can be set (a stored profile) and predict exactly. */
     cairn_predictor *q = NULL;
     assert_int_equal(pred_new(&q, 64, &err), 0);
