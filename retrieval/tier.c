@@ -11,7 +11,9 @@
  * READY at once and the store makes a scan of it wait for its bytes. Searches pin the READY
  * clusters they scan and unpin them only after the store's scan has returned (finished
  * reading); eviction skips pinned clusters. search_mu serialises searches, so the search
- * scratch and the worker's job fields belong to the one search in flight.
+ * scratch, the miss split's arrays and rates and the worker's job fields belong to the one
+ * search in flight. Misses the store scans itself (split_misses) are copied into the store's
+ * own staging, never into the arena, so they take no slot and need no pin.
  */
 #define _GNU_SOURCE /* qsort_r */
 #include "retrieval/tier.h"

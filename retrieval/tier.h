@@ -16,8 +16,12 @@
  *
  * Hybrid search: cairn_tier_search(q1, k, nprobe) picks q1's nprobe nearest centroids;
  * probed clusters resident in the fast tier are scanned there (on the GPU: only those
- * clusters, with the top k chosen on the GPU) while the others are scanned from the slow tier
- * on the tier's search worker at the same time; the two top-k lists merge into one. The fast
+ * clusters, with the top k chosen on the GPU) while the others (misses) are scanned from the
+ * slow tier on the tier's search worker at the same time; the two top-k lists merge into one.
+ * With miss_split, some misses go to the fast tier's store instead, which copies them on
+ * demand into staging space (on a GPU: the copy engine, beside the hit scan) and scans them
+ * with the hits; the split balances the store's copy rate against the worker's scan rate so
+ * both finish together, and a cluster that several queries of a batch miss is copied once. The fast
  * tier scores a vector with the same arithmetic as the slow-tier scan and ties break by
  * smaller id, so with the tier's own miss scan (the default) and fp32 vectors the answer does
  * not depend on what was prefetched — prefetch changes speed, never results. With FAISS for

@@ -329,7 +329,7 @@ static cairn_tier *open_tier(const rag_index *x, int device, int mode)
 
 int main(int argc, char **argv)
 {
-    int device = 0, requests = 8, rounds = 3;
+    int device = 0, requests = 6, rounds = 2;
     double gib = 10.0;
     size_t nprobe = 128;
     const char *dir = "/dev/shm";

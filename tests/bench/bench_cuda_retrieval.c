@@ -456,7 +456,7 @@ int main(int argc, char **argv)
     size_t queries = 100, batches = 6;
     bool do_sweep = true;
     double gen_ms = 390;
-    size_t sched_queries = 20;
+    size_t sched_queries = 12;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = atoi(argv[++i]);
