@@ -241,6 +241,8 @@ struct cairn_tier {
     size_t m_nb, m_np, n_cpu_miss;
     double m_cpu_bytes;       /* what the worker's scan reads ((query, cluster) pairs) */
     double cpu_bps[2];        /* the worker's miss scan per thread, batch 1 / larger (EWMA) */
+    double store_eff;         /* the store's measured time against its model (EWMA; 1 at open) */
+    double m_store_s;         /* the modelled time of the store's share of this search */
     int cpu_threads;          /* threads the worker's miss scan uses */
     /* The chunk being searched (written before the worker is woken, read by it). */
     const float *b_q;
@@ -947,6 +949,7 @@ static int tier_start(cairn_tier *t, cairn_error *err)
     if (t->m_blk)
         for (size_t c = 0; c < n; c++)
             t->m_blk[c] = -1;
+    t->store_eff = 1;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     t->cpu_threads = t->p.miss_faiss ? (ncpu > 3 ? (int)ncpu - 2 : 1) : 1;
     if (!t->slots || !t->q0 || !t->io_scores || !t->io_heap || !t->io_order || !t->io_plan ||
@@ -1257,6 +1260,7 @@ static void split_misses(cairn_tier *t, size_t nq, size_t nprobe)
     t->m_nb = t->m_np = 0;
     t->n_cpu_miss = t->n_miss;
     t->m_cpu_bytes = 0;
+    t->m_store_s = 0;
     for (size_t i = 0; i < total; i++)
         if (t->miss_assign[i] >= 0)
             t->m_cpu_bytes += pair_bytes(t, (uint32_t)t->miss_assign[i]);
@@ -1273,7 +1277,7 @@ static void split_misses(cairn_tier *t, size_t nq, size_t nprobe)
     double copy = t->store->i->copy_rate ? t->store->i->copy_rate(t->store) : 0;
     if (copy <= 0)
         copy = r * t->cpu_threads; /* not known: as fast as the worker */
-    copy *= 0.9;
+    copy *= 0.9 * t->store_eff;
     const double per_cluster = 5e-6;
     size_t half = t->p.stage_bytes / 2 / 256 * 256, cpu_clusters = nm;
     bool all = t->p.miss_split == CAIRN_TIER_MISS_STORE;
@@ -1310,6 +1314,7 @@ static void split_misses(cairn_tier *t, size_t nq, size_t nprobe)
         t->m_blk[t->m_list[j]] = -1;
     }
     t->m_cpu_bytes = cpu_bytes < 0 ? 0 : cpu_bytes;
+    t->m_store_s = t_store;
 }
 
 static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size_t nprobe,
@@ -1409,6 +1414,14 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
         double obs = t->m_cpu_bytes / ((double)(m1 - m0) / 1e9 * lanes);
         double *r = &t->cpu_bps[nq > 1];
         *r = *r > 0 ? 0.7 * *r + 0.3 * obs : obs;
+    }
+    /* The store's side likewise: its call took (h1 - h0) for what the model said m_store_s
+     * (a lower bound, as the hits are scanned in the same call): scale its rate to match, when
+     * its share was large enough to measure. */
+    if (!rc && on_store && t->m_store_s >= 2e-4 && h1 > h0) {
+        double e = t->store_eff * t->m_store_s / ((double)(h1 - h0) / 1e9);
+        e = 0.7 * t->store_eff + 0.3 * e;
+        t->store_eff = e < 0.2 ? 0.2 : e > 1.5 ? 1.5 : e;
     }
     int64_t end = cairn_now_ns();
     pthread_mutex_lock(&t->mu);

@@ -44,6 +44,8 @@ struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
 struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
 struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
 struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 static inline float2 make_float2(float a, float b) { return float2{a, b}; }
 static inline int4 make_int4(int a, int b, int c, int d) { return int4{a, b, c, d}; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d)
@@ -66,6 +68,10 @@ static inline __half2 __float2half2_rn(float f)
 {
     return __half2{__float2half_rn(f), __float2half_rn(f)};
 }
+static inline __half2 __floats2half2_rn(float a, float b)
+{
+    return __half2{__float2half_rn(a), __float2half_rn(b)};
+}
 static inline float2 __half22float2(__half2 h)
 {
     return make_float2(__half2float(h.a), __half2float(h.b));
@@ -84,6 +90,18 @@ static inline float __uint_as_float(unsigned u)
 static inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
 static inline int min(int a, int b) { return a < b ? a : b; }
 template <class T> static inline T __ldg(const T *p) { return *p; }
+/* Rounded on their own, never fused (the host build does not contract across a volatile). */
+static inline float __fmul_rn(float a, float b)
+{
+    volatile float r = a * b;
+    return r;
+}
+static inline float __fadd_rn(float a, float b)
+{
+    volatile float r = a + b;
+    return r;
+}
+static inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline int __dp4a(int a, int b, int c)
 {
     for (int i = 0; i < 4; i++)
@@ -128,7 +146,10 @@ struct cudaDeviceProp {
 };
 enum {
     cudaStreamNonBlocking = 1,
+    cudaEventDefault = 0,
     cudaEventDisableTiming = 2,
+    cudaHostAllocDefault = 0,
+    cudaHostAllocPortable = 1,
     cudaStreamCaptureModeRelaxed = 2,
     cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
 };
@@ -147,6 +168,37 @@ cudaError_t cudaFree(void *);
 cudaError_t cudaMallocHost(void **, size_t);
 cudaError_t cudaFreeHost(void *);
 cudaError_t cudaMemcpyAsync(void *, const void *, size_t, cudaMemcpyKind, cudaStream_t);
+/* What the retrieval store (retrieval/cuda) uses besides: streams run at once, so a wait is
+ * nothing and an elapsed time is a nominal millisecond. */
+static inline cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) { return cudaMallocHost(p, n); }
+template <class T> cudaError_t cudaHostAlloc(T **p, size_t n, unsigned f)
+{
+    return cudaHostAlloc((void **)p, n, f);
+}
+static inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned)
+{
+    return cudaSuccess;
+}
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t)
+{
+    *ms = 1.0f;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGetDeviceCount(int *n)
+{
+    *n = 1;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k)
+{
+    return cudaMemcpyAsync(d, s, n, k, nullptr);
+}
+static inline cudaError_t cudaMemset(void *d, int v, size_t n)
+{
+    memset(d, v, n);
+    return cudaSuccess;
+}
 cudaError_t cudaMemGetInfo(size_t *, size_t *);
 cudaError_t cudaGetLastError(void);
 const char *cudaGetErrorString(cudaError_t);
