@@ -148,6 +148,8 @@ def test_promised_families_are_there_with_samples():
         "cairn_retrieval_clusters_probed_total": "counter",
         "cairn_retrieval_fast_tier_hits_total": "counter",
         "cairn_prefetch_bytes_total": "counter",
+        "cairn_prefetch_budget_bytes_total": "counter",
+        "cairn_retrieval_saved_seconds_total": "counter",
         "cairn_generation_queue_depth": "gauge",
         "cairn_sequences_running": "gauge",
         "cairn_requests_admitted": "gauge",
