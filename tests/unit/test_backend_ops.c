@@ -310,6 +310,15 @@ static bool is_quant(uint32_t type)
 /* The CUDA backend's token count up to which products run as GEMV (CAIRN__GEMV_MAX_TOKENS in
  * generation/kernels/cuda/common.cuh); more tokens go to cuBLAS. */
 #define GPU_GEMV_MAX_TOKENS 16
+#define GPU_GEMV_FLOAT_MAX_TOKENS 2 /* BF16 and F32 weights: cuBLAS from 3 tokens on */
+
+/* Whether the GPU takes a product of n_tok tokens against this type through cuBLAS. */
+static bool gpu_cublas(uint32_t type, int n_tok)
+{
+    if (type == CAIRN_GGUF_BF16 || type == CAIRN_GGUF_F32)
+        return n_tok > GPU_GEMV_FLOAT_MAX_TOKENS;
+    return n_tok > GPU_GEMV_MAX_TOKENS;
+}
 
 static float bf16_round(float x) { return cairn_gguf_bf16_to_f32(cairn_gguf_f32_to_bf16(x)); }
 
@@ -329,7 +338,7 @@ static void gpu_model_ref(const wmat *w, const float *x, int n_tok, float *y)
     float *xr = xmalloc(sizeof(float) * (size_t)(n_tok * cols));
     assert_int_equal(cairn_gguf_dequantize(&w->t, wf, (size_t)(rows * cols), NULL), 0);
     memcpy(xr, x, sizeof(float) * (size_t)(n_tok * cols));
-    if (n_tok > GPU_GEMV_MAX_TOKENS && type != CAIRN_GGUF_F32) {
+    if (gpu_cublas(type, n_tok) && type != CAIRN_GGUF_F32) {
         for (int64_t i = 0; i < rows * cols; i++)
             wf[i] = bf16_round(wf[i]);
         for (int64_t i = 0; i < n_tok * cols; i++)
@@ -373,7 +382,7 @@ static void gpu_model_ref(const wmat *w, const float *x, int n_tok, float *y)
  */
 static double product_tol(uint32_t type, int n_tok)
 {
-    if (n_tok > 16)
+    if (gpu_cublas(type, n_tok))
         return type == CAIRN_GGUF_F32 ? 1e-4 : is_quant(type) ? 3e-2 : 1e-2;
     return is_quant(type) ? 3e-2 : 1e-5;
 }
@@ -565,7 +574,7 @@ static void check_matmul(wmat *w, int T, const char *label)
     gpu_model_ref(w, xh, T, ref);
     snprintf(what, sizeof what, "%s %s %lldx%lld T=%d vs its own rounding", label,
              cairn_gguf_type_name(w->t.type), (long long)rows, (long long)cols, T);
-    expect_close(what, got, ref, (size_t)(T * rows), T > GPU_GEMV_MAX_TOKENS ? 2e-4 : 1e-5);
+    expect_close(what, got, ref, (size_t)(T * rows), gpu_cublas(w->t.type, T) ? 2e-4 : 1e-5);
     free(got);
     free(ref);
     free(xh);
@@ -573,13 +582,16 @@ static void check_matmul(wmat *w, int T, const char *label)
     pb_free(&y);
 }
 
-/* Every product in one GEMV form (CAIRN_CUDA_GEMV: "warp", rows a warp, or "block", rows a
- * block); test_matmul runs both. */
-static void matmul_form(const char *form)
+/* Every product in one GEMV shape (CAIRN_CUDA_GEMV: "warp", rows a warp, or "block", rows a
+ * block; CAIRN_CUDA_GEMV_ROWS: rows a warp or block, NULL for the default's choice);
+ * test_matmul runs each form with its default rows and with the other count. */
+static void matmul_form(const char *form, const char *rows)
 {
-    char label[32];
-    snprintf(label, sizeof label, "matmul (%s)", form);
+    char label[64];
+    snprintf(label, sizeof label, "matmul (%s, rows %s)", form, rows ? rows : "auto");
     setenv("CAIRN_CUDA_GEMV", form, 1);
+    if (rows)
+        setenv("CAIRN_CUDA_GEMV_ROWS", rows, 1);
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         uint32_t type = TYPES[ti];
         /* 98 rows: not a multiple of the 4 rows of a GEMV block. Float types also run 90
@@ -608,27 +620,113 @@ static void matmul_form(const char *form)
         }
     }
     unsetenv("CAIRN_CUDA_GEMV");
+    unsetenv("CAIRN_CUDA_GEMV_ROWS");
 }
 
 static void test_matmul(void **state)
 {
     (void)state;
-    matmul_form("warp");
-    matmul_form("block");
+    matmul_form("warp", NULL);
+    matmul_form("block", NULL);
+    matmul_form("warp", "2"); /* two rows a warp on short matrices too */
+    matmul_form("block", "1");
 }
 
-/* Three matrices of one x in one call, as q, k, v are: a quantized pair that shares int8
- * activations and a float one that does not. */
-static void test_matmul_shared(void **state)
+/*
+ * The stages that write a product's input (rmsnorm, add_norm's h, gated) leave its int8 form
+ * in the scratch, and the product then skips its own quantization: the products must equal,
+ * bit for bit, those of a copy of the same rows quantized afresh; and once the rows change by
+ * another way (an upload), the product must follow the new rows, not the stale quantization.
+ */
+static void expect_same_floats(const char *what, const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)))
+            fail_msg("%s: output %zu is %.9g after the fused quantization, %.9g after a fresh "
+                     "one", what, i, (double)a[i], (double)b[i]);
+}
+
+static void product_of(const wmat *w, const float *x, float *y)
+{
+    cairn_error err = {0};
+    const cairn_bmat *wg = &w->g;
+    ok(G->i->matmul(G, &wg, 1, x, &y, &err), &err, "gpu matmul");
+}
+
+static void test_fused_quantization(void **state)
 {
     (void)state;
+    const int n = 512, rows = 96;
+    static const uint32_t types[] = {CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q8_0};
+    static const int counts[] = {1, 2, 7};
+    for (size_t ti = 0; ti < 2; ti++) {
+        wmat w;
+        wmat_make(&w, "blk.0.ffn_down.weight", types[ti], rows, n, CAIRN_BMAT_MATMUL);
+        reserve_both();
+        for (size_t k = 0; k < 3; k++) {
+            const int T = counts[k];
+            const size_t ny = (size_t)T * rows, nx = (size_t)T * n;
+            tbatch tb;
+            tbatch_simple(&tb, T, 16);
+            set_batch(&tb);
+            pbuf x = pb_rand(nx, 3.0f), a = pb_rand(nx, 2.0f), h = pb_rand(nx, 1.0f);
+            pbuf h2 = pb_rand(nx, 1.0f), nw = pb_rand((size_t)n, 1.0f);
+            pbuf y1 = pb_rand(ny, 1.0f), y2 = pb_rand(ny, 1.0f);
+            float *g1 = xmalloc(sizeof(float) * ny), *g2 = xmalloc(sizeof(float) * ny);
+            cairn_error err = {0};
+            char what[96];
+            for (int stage = 0; stage < 4; stage++) {
+                const char *name = stage == 0 ? "rmsnorm" : stage == 1 ? "add_norm"
+                                   : stage == 2 ? "gated" : "upload after add_norm";
+                if (stage == 0)
+                    ok(G->i->rmsnorm(G, h.g, x.g, nw.g, T, n, 1e-6f, &err), &err, "rmsnorm");
+                else if (stage == 2)
+                    ok(G->i->gated(G, h.g, a.g, n, CAIRN_ACT_SILU, &err), &err, "gated");
+                else
+                    ok(G->i->add_norm(G, x.g, a.g, NULL, nw.g, h.g, n, 1e-6f, &err), &err,
+                       "add_norm");
+                if (stage == 3) { /* new rows by another way: the product must see them */
+                    float *fresh = xmalloc(sizeof(float) * nx);
+                    fill(fresh, nx, 5.0f);
+                    ok(G->i->upload(G, h.g, fresh, sizeof(float) * nx, &err), &err, "upload");
+                    free(fresh);
+                }
+                product_of(&w, h.g, y1.g);
+                ok(G->i->copy(G, h2.g, h.g, sizeof(float) * nx, &err), &err, "copy");
+                product_of(&w, h2.g, y2.g);
+                ok(G->i->download(G, g1, y1.g, sizeof(float) * ny, &err), &err, "download");
+                ok(G->i->download(G, g2, y2.g, sizeof(float) * ny, &err), &err, "download");
+                snprintf(what, sizeof what, "%s then %s product, T=%d", name,
+                         cairn_gguf_type_name(types[ti]), T);
+                expect_same_floats(what, g1, g2, ny);
+            }
+            free(g1);
+            free(g2);
+            pb_free(&x);
+            pb_free(&a);
+            pb_free(&h);
+            pb_free(&h2);
+            pb_free(&nw);
+            pb_free(&y1);
+            pb_free(&y2);
+        }
+        wmat_free(&w);
+    }
+}
+
+/* Three matrices of one x in one call, as q, k, v are. Sets of one type go in one GEMV
+ * launch (rows 98, 30, 30: blocks end inside each matrix, never across two); a mixed set
+ * shares int8 activations among its quantized matrices and not with the float one. */
+static void check_shared(const uint32_t types[3], const int rows[3], int n_w)
+{
+    static const char *names[] = {"blk.0.attn_q.weight", "blk.0.attn_k.weight",
+                                  "blk.0.attn_v.weight"};
     wmat w[3];
-    wmat_make(&w[0], "blk.0.attn_q.weight", CAIRN_GGUF_Q8_0, 128, 256, CAIRN_BMAT_MATMUL);
-    wmat_make(&w[1], "blk.0.attn_k.weight", CAIRN_GGUF_Q4_K, 64, 256, CAIRN_BMAT_MATMUL);
-    wmat_make(&w[2], "blk.0.attn_v.weight", CAIRN_GGUF_F16, 64, 256, CAIRN_BMAT_MATMUL);
+    for (int i = 0; i < n_w; i++)
+        wmat_make(&w[i], names[i], types[i], rows[i], 256, CAIRN_BMAT_MATMUL);
     reserve_both();
-    static const int counts[] = {1, 7, 33};
-    for (size_t k = 0; k < 3; k++) {
+    static const int counts[] = {1, 2, 7, 33};
+    for (size_t k = 0; k < 4; k++) {
         int T = counts[k];
         tbatch tb;
         tbatch_simple(&tb, T, 16);
@@ -637,7 +735,7 @@ static void test_matmul_shared(void **state)
         pbuf y[3];
         const cairn_bmat *wg[3], *wc[3];
         float *yg[3], *yc[3];
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < n_w; i++) {
             y[i] = pb_rand((size_t)T * (size_t)w[i].t.dims[1], 1.0f);
             wg[i] = &w[i].g;
             wc[i] = &w[i].c;
@@ -645,19 +743,39 @@ static void test_matmul_shared(void **state)
             yc[i] = y[i].c;
         }
         cairn_error err = {0};
-        ok(G->i->matmul(G, wg, 3, x.g, yg, &err), &err, "gpu matmul");
-        ok(C->i->matmul(C, wc, 3, x.c, yc, &err), &err, "cpu matmul");
-        for (int i = 0; i < 3; i++) {
+        ok(G->i->matmul(G, wg, n_w, x.g, yg, &err), &err, "gpu matmul");
+        ok(C->i->matmul(C, wc, n_w, x.c, yc, &err), &err, "cpu matmul");
+        for (int i = 0; i < n_w; i++) {
             char what[96];
-            snprintf(what, sizeof what, "matmul of 3, %s T=%d", cairn_gguf_type_name(w[i].t.type),
-                     T);
+            snprintf(what, sizeof what, "matmul of %d, #%d %s %d rows, T=%d", n_w, i,
+                     cairn_gguf_type_name(w[i].t.type), rows[i], T);
             expect_pb(what, &y[i], product_tol(w[i].t.type, T));
             pb_free(&y[i]);
         }
         pb_free(&x);
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < n_w; i++)
         wmat_free(&w[i]);
+}
+
+static void test_matmul_shared(void **state)
+{
+    (void)state;
+    static const uint32_t mixed[3] = {CAIRN_GGUF_Q8_0, CAIRN_GGUF_Q4_K, CAIRN_GGUF_F16};
+    static const uint32_t q4k[3] = {CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q4_K};
+    static const uint32_t q6k[3] = {CAIRN_GGUF_Q6_K, CAIRN_GGUF_Q6_K, CAIRN_GGUF_Q6_K};
+    static const uint32_t bf16[3] = {CAIRN_GGUF_BF16, CAIRN_GGUF_BF16, CAIRN_GGUF_BF16};
+    static const uint32_t pair[3] = {CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K};
+    static const int even[3] = {128, 64, 64}, odd[3] = {98, 30, 30};
+    check_shared(mixed, even, 3);
+    check_shared(q4k, odd, 3);
+    check_shared(q6k, odd, 3);
+    check_shared(bf16, odd, 3);
+    check_shared(pair, odd, 3); /* q, k in one launch; v in its own */
+    check_shared(q4k, odd, 2);  /* gate and up */
+    setenv("CAIRN_CUDA_GEMV", "block", 1); /* the block form's sets */
+    check_shared(q4k, odd, 3);
+    unsetenv("CAIRN_CUDA_GEMV");
 }
 
 /* logits: the flagged rows, normalised, projected, into host memory in batch order. The
@@ -1232,6 +1350,7 @@ int main(void)
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_shared),
+        cmocka_unit_test(test_fused_quantization),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_qkv_attention),
         cmocka_unit_test(test_graph_steps),

@@ -429,6 +429,7 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
                           cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_need_batch(c, "attention", err);
     if (rc || (rc = cairn__cuda_enter(c, err)))
         return rc;

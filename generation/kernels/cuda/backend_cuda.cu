@@ -89,6 +89,7 @@ static void cu_free(cairn_backend *be, void *p)
     if (!p)
         return;
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     (void)cudaSetDevice(c->device);
     /* Queued work may still use p, and so may a graph. A failure here has nobody to report
      * to. */
@@ -103,6 +104,7 @@ static int cu_upload(cairn_backend *be, void *dst, const void *src, size_t bytes
                      cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_enter(c, err);
     if (rc || (rc = cairn__graph_flush(c, err)) || !bytes)
         return rc;
@@ -127,6 +129,7 @@ static int cu_copy(cairn_backend *be, void *dst, const void *src, size_t bytes,
                    cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_enter(c, err);
     if (rc || (rc = cairn__graph_flush(c, err)) || !bytes)
         return rc;
@@ -381,6 +384,7 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
                       cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     if (max_tokens < 1 || max_ctx < 1 || group < 1)
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: reserve sizes must be positive");
     int rc = cairn__cuda_enter(c, err);
@@ -402,15 +406,18 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
         return rc;
     c->max_tokens = (int)T;
     c->cap_cols = (int64_t)cols;
-    /* Products of many tokens go to cuBLAS: BF16 activations and a dequantized weight tile. */
+    /* Products of more tokens go to cuBLAS: BF16 activations (the float types from
+     * CAIRN__GEMV_FLOAT_MAX_TOKENS + 1 on), and a dequantized weight tile for the others. */
+    if (T > CAIRN__GEMV_FLOAT_MAX_TOKENS && c->mm_elems > 0 &&
+        (rc = ensure(c, (void **)&c->xbf, &c->xbf_bytes, T * cols * sizeof(__nv_bfloat16),
+                     "BF16 activation scratch", err)))
+        return rc;
     if (T > CAIRN__GEMV_MAX_TOKENS && c->mm_elems > 0) {
         size_t tile = (size_t)c->mm_elems < CAIRN__WTILE_ELEMS ? (size_t)c->mm_elems
                                                                : CAIRN__WTILE_ELEMS;
         if (tile < cols)
             tile = cols;
-        if ((rc = ensure(c, (void **)&c->xbf, &c->xbf_bytes, T * cols * sizeof(__nv_bfloat16),
-                         "BF16 activation scratch", err)) ||
-            (rc = ensure(c, (void **)&c->wtile, &c->wtile_bytes, tile * sizeof(__nv_bfloat16),
+        if ((rc = ensure(c, (void **)&c->wtile, &c->wtile_bytes, tile * sizeof(__nv_bfloat16),
                          "weight tile scratch", err)))
             return rc;
     }
@@ -452,6 +459,7 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
 static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_enter(c, err);
     if (rc || (rc = cairn__graph_flush(c, err))) /* a step that ended without its logits */
         return rc;
@@ -622,6 +630,11 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->device = device;
     const char *g = getenv("CAIRN_CUDA_GRAPHS"); /* a switch for debugging: "0" turns them off */
     c->graphs_on = !(g && !strcmp(g, "0"));
+    /* Switches to measure what each saves: "0" turns off the quantized rows left by the stages
+     * that write a product's input, and the one-launch sets of matrices. */
+    const char *f = getenv("CAIRN_CUDA_Q8_FUSE"), *st = getenv("CAIRN_CUDA_GEMV_SETS");
+    c->q8_fuse = !(f && !strcmp(f, "0"));
+    c->gemv_sets = !(st && !strcmp(st, "0"));
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);

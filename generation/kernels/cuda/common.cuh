@@ -115,6 +115,8 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
  * dequantization (about 5 bytes a weight moved) costs less than repeated GEMV passes. */
 #define CAIRN__GEMV_TOKENS 8
 #define CAIRN__GEMV_MAX_TOKENS 16
+/* The float types (BF16, F32) leave the GEMV for cuBLAS sooner: above this many tokens. */
+#define CAIRN__GEMV_FLOAT_MAX_TOKENS 2
 
 /* Elements of a dequantized weight tile for the cuBLAS path (BF16: 64 MiB). A build may set a
  * smaller one to check the tiling with small matrices. */
@@ -240,9 +242,36 @@ typedef struct cairn__cuda {
     uint64_t gclock;
     void *blas_ws;        /* cuBLAS's workspace (captured products must not allocate) */
     size_t blas_ws_bytes;
+
+    /* What act_q / act_ds hold: the quantized form of q8_tokens rows of q8_cols at q8_src, as
+     * the stage that wrote q8_src (norms, gated) or a product's own quantization left it; a
+     * product of those rows then skips its quantize_q8 launch. NULL: nothing known. Every
+     * stage and memory operation that may write device memory forgets it first. */
+    const float *q8_src;
+    int q8_tokens;
+    int64_t q8_cols;
+    bool q8_fuse;   /* CAIRN_CUDA_Q8_FUSE=0 turns the stages' quantized rows off */
+    bool gemv_sets; /* CAIRN_CUDA_GEMV_SETS=0: one matrix a GEMV launch */
 } cairn__cuda;
 
 static inline cairn__cuda *cairn__cu(cairn_backend *be) { return (cairn__cuda *)be; }
+
+static inline void cairn__cuda_q8_forget(cairn__cuda *c) { c->q8_src = NULL; }
+
+static inline void cairn__cuda_q8_note(cairn__cuda *c, const float *src, int n_tok, int64_t cols)
+{
+    c->q8_src = src;
+    c->q8_tokens = n_tok;
+    c->q8_cols = cols;
+}
+
+/* Whether a stage writing n_tok rows of cols values should leave their quantized form in the
+ * scratch too: rows a GEMV will read (few tokens), in blocks of 32, inside the scratch. */
+static inline bool cairn__cuda_q8_fits(const cairn__cuda *c, int n_tok, int64_t cols)
+{
+    return c->q8_fuse && c->act_q && n_tok <= CAIRN__GEMV_MAX_TOKENS && n_tok <= c->max_tokens &&
+           cols % 32 == 0 && cols <= c->cap_cols;
+}
 
 /* The step's arrays inside h_batch / d_batch. */
 static inline const int32_t *cairn__b_tokens(const int32_t *base, int n) { (void)n; return base; }
@@ -291,7 +320,7 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 
 /* matmul.cu: y (n_tok rows of w->rows, token-major) = w x (n_tok rows of w->cols). */
 int cairn__cuda_mat_product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
-                            float *y, bool x_quantized, cairn_error *err);
+                            float *y, cairn_error *err);
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                        float *const *y, cairn_error *err);
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
@@ -363,6 +392,55 @@ static __device__ __forceinline__ float cairn__block_sum(float v, float *red)
     s = cairn__warp_sum(s);
     __syncthreads();
     return s;
+}
+
+/*
+ * Activations quantized for the GEMV, in blocks of 32 values: d = amax / 127 (kept at F16
+ * precision), q = round(x * 127 / amax) to nearest even, and (d, d times the sum of the quants)
+ * into ds for the weight formats with an offset or a min. Two shapes of the same arithmetic:
+ *   cairn__q8_lane: a warp's 32 lanes hold one value each of block blk;
+ *   cairn__q8_quad: groups of 8 lanes hold 4 consecutive values each (value index 4 i of the
+ *     row for the lane's float4 index i), a group a block.
+ * Every lane of the warp must call (the shuffles take the whole warp).
+ */
+static __device__ __forceinline__ void cairn__q8_lane(float v, int8_t *__restrict__ q,
+                                                      float2 *__restrict__ ds, int64_t blk)
+{
+    const int lane = threadIdx.x & 31;
+    const float amax = cairn__warp_max(fabsf(v));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int qv = __float2int_rn(v * id);
+    q[blk * 32 + lane] = (int8_t)qv;
+    int s = qv;
+    for (int o = 16; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+        const float d = __half2float(__float2half_rn(amax / 127.0f));
+        ds[blk] = make_float2(d, d * (float)s);
+    }
+}
+
+static __device__ __forceinline__ void cairn__q8_quad(float4 v, int8_t *__restrict__ q,
+                                                      float2 *__restrict__ ds, int64_t i,
+                                                      bool store)
+{
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    for (int o = 4; o > 0; o >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
+    const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
+    int s = q0 + q1 + q2 + q3;
+    for (int o = 4; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (!store)
+        return;
+    ((uint32_t *)q)[i] = (uint32_t)(q0 & 0xFF) | (uint32_t)(q1 & 0xFF) << 8 |
+                         (uint32_t)(q2 & 0xFF) << 16 | (uint32_t)(q3 & 0xFF) << 24;
+    if ((threadIdx.x & 7) == 0) {
+        const float d = __half2float(__float2half_rn(amax / 127.0f));
+        ds[i / 8] = make_float2(d, d * (float)s);
+    }
 }
 
 /* Q4_K's 6-bit scale and min of sub-block j (0..7) from its 12 packed bytes. */

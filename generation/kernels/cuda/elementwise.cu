@@ -37,6 +37,23 @@ __global__ void gated_rows(float *__restrict__ a, const float *__restrict__ b, i
     }
 }
 
+/* gated_rows for rows of n % 32 == 0 that a GEMV reads next: a warp a block of 32 values, which
+ * it also leaves quantized in q / ds (cairn__q8_lane; the rows are contiguous, so block blk of
+ * the whole step is block blk of the scratch). */
+__global__ void gated_rows_q8(float *__restrict__ a, const float *__restrict__ b,
+                              int64_t n_blocks, int gelu, int8_t *__restrict__ q,
+                              float2 *__restrict__ ds)
+{
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (blk >= n_blocks)
+        return; /* warp-uniform */
+    const int64_t i = blk * 32 + (threadIdx.x & 31);
+    const float x = a[i];
+    const float g = (gelu ? gelu_f16(x) : x / (1.0f + expf(-x))) * b[i];
+    a[i] = g;
+    cairn__q8_lane(g, q, ds, blk);
+}
+
 int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int act,
                       cairn_error *err)
 {
@@ -47,7 +64,16 @@ int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int ac
     if (n < 1 || (act != CAIRN_ACT_SILU && act != CAIRN_ACT_GELU_TANH))
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: gated over rows of %d, "
                             "activation %d", n, act);
+    cairn__cuda_q8_forget(c);
     const int64_t total = (int64_t)c->n_tokens * n;
+    if (cairn__cuda_q8_fits(c, c->n_tokens, n)) { /* a is the down product's input */
+        const int64_t nb = total / 32;
+        gated_rows_q8<<<(unsigned)((nb + 7) / 8), 256, 0, c->stream>>>(
+            a, b, nb, act == CAIRN_ACT_GELU_TANH, c->act_q, c->act_ds);
+        CU_LAUNCHED(err, "gated_rows_q8");
+        cairn__cuda_q8_note(c, a, c->n_tokens, n);
+        return 0;
+    }
     int64_t blocks = (total + 255) / 256;
     if (blocks > 65535 * 8)
         blocks = 65535 * 8;
@@ -86,6 +112,7 @@ int cairn__cuda_embed(cairn_backend *be, const cairn_bmat *emb, float scale, flo
                       cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_need_batch(c, "embed", err);
     if (rc || (rc = cairn__cuda_enter(c, err)) || (rc = cairn__cuda_embed_check(c, emb, err)))
         return rc;

@@ -38,28 +38,14 @@ struct act_dev {
 
 /* ---- Activation quantization ----------------------------------------------------------------- */
 
-/* One warp per block of 32 values: d = amax / 127 (kept at F16 precision), q = round(x * 127 /
- * amax) to nearest even, and d times the sum of the quants for the weight formats with an
- * offset or a min. */
+/* One warp per block of 32 values (cairn__q8_lane). */
 __global__ void quantize_q8(const float *__restrict__ x, int64_t n_blocks, int8_t *__restrict__ q,
                             float2 *__restrict__ ds)
 {
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
     if (blk >= n_blocks)
-        return;
-    const float v = x[blk * 32 + lane];
-    const float amax = cairn__warp_max(fabsf(v));
-    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    const int qv = __float2int_rn(v * id);
-    q[blk * 32 + lane] = (int8_t)qv;
-    int s = qv;
-    for (int o = 16; o > 0; o >>= 1)
-        s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) {
-        const float d = __half2float(__float2half_rn(amax / 127.0f));
-        ds[blk] = make_float2(d, d * (float)s);
-    }
+        return; /* warp-uniform */
+    cairn__q8_lane(x[blk * 32 + (threadIdx.x & 31)], q, ds, blk);
 }
 
 __global__ void to_bf16(const float *__restrict__ x, int64_t n, __nv_bfloat16 *__restrict__ y)
@@ -334,145 +320,155 @@ static __device__ __forceinline__ float dot(const wunit<TYPE> &w, const aunit<TY
 }
 
 /*
- * One warp takes R consecutive rows (R is warp-uniform, and so is the number nr of them inside
- * the matrix: a warp leaves or stays whole). Each lane handles units u and u + 32 of every row
- * per trip, so 2R independent 16-byte loads are in flight per lane, and each token's
- * activations, loaded once a trip, serve all R rows.
+ * A set of up to GEMV_SET matrices of one type that share the activations (q, k and v; gate
+ * and up): one launch covers all their rows, so that the small ones (k and v, a quarter of q's
+ * rows under grouped-query attention) fill the GPU beside the large one instead of running
+ * alone, and a layer pays for fewer launches. Blocks [blk_end[i - 1], blk_end[i]) take matrix
+ * i; a block never straddles two.
+ */
+#define GEMV_SET 3
+
+struct gemv_set {
+    cairn__mat_dev m[GEMV_SET];
+    float *y[GEMV_SET]; /* y[i][t * m[i].rows + r] */
+    unsigned blk_end[GEMV_SET];
+    int n;
+};
+
+/* This block's matrix, its output and the block's index within that matrix. */
+static __device__ __forceinline__ int set_pick(const gemv_set &s, cairn__mat_dev &m, float *&y,
+                                               int64_t &blk)
+{
+    int i = 0;
+#pragma unroll
+    for (int k = 1; k < GEMV_SET; k++)
+        if (k < s.n && blockIdx.x >= s.blk_end[k - 1])
+            i = k;
+    m = i == 0 ? s.m[0] : i == 1 ? s.m[1] : s.m[2];
+    y = i == 0 ? s.y[0] : i == 1 ? s.y[1] : s.y[2];
+    blk = (int64_t)blockIdx.x - (i == 0 ? 0 : (int64_t)s.blk_end[i - 1]);
+    return i;
+}
+
+/*
+ * The walk both forms share: the caller's thread (index tid of `step` threads on the row)
+ * takes units u, u + step, ... of rows row0 .. row0 + nr - 1, U = 2 units a row per trip, so
+ * that 2 R independent 16-byte loads are in flight a thread; each token's activations, loaded
+ * once a trip, serve all R rows. acc[r][t] gets the thread's partial sums.
  */
 template <uint32_t TYPE, int NT, int R>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv(cairn__mat_dev m, act_dev a, int nt, float *__restrict__ y, int64_t ys)
+static __device__ __forceinline__ void gemv_walk(const cairn__mat_dev &m, const act_dev &a,
+                                                 int nt, int64_t row0, int nr, int tid, int step,
+                                                 float (&acc)[R][NT])
 {
-    const int lane = threadIdx.x & 31;
-    const int64_t row0 = ((int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * R;
-    if (row0 >= m.rows)
-        return;
-    const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
-    float acc[R][NT];
+    constexpr int U = 2;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++)
             acc[r][t] = 0.0f;
     const int64_t n_units = units_of<TYPE>(m);
-    for (int64_t u0 = lane; u0 < n_units; u0 += 64) {
-        const int64_t u1 = u0 + 32;
-        const bool has1 = u1 < n_units;
-        wunit<TYPE> w0[R], w1[R];
+    for (int64_t u0 = tid; u0 < n_units; u0 += (int64_t)U * step) {
+        wunit<TYPE> w[U][R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            w0[r] = wunit<TYPE>{};
-            w1[r] = wunit<TYPE>{};
-            if (r < nr) {
-                load_w<TYPE>(w0[r], m, row0 + r, u0);
-                if (has1)
-                    load_w<TYPE>(w1[r], m, row0 + r, u1);
+        for (int j = 0; j < U; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                w[j][r] = wunit<TYPE>{};
+                if (r < nr && u0 + (int64_t)j * step < n_units)
+                    load_w<TYPE>(w[j][r], m, row0 + r, u0 + (int64_t)j * step);
             }
-        }
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             if (t < nt) {
-                aunit<TYPE> x0;
-                load_a<TYPE>(x0, a, t, u0);
 #pragma unroll
-                for (int r = 0; r < R; r++)
-                    acc[r][t] += dot<TYPE>(w0[r], x0);
-                if (has1) {
-                    aunit<TYPE> x1;
-                    load_a<TYPE>(x1, a, t, u1);
+                for (int j = 0; j < U; j++) {
+                    const int64_t u = u0 + (int64_t)j * step;
+                    if (u < n_units) {
+                        aunit<TYPE> x;
+                        load_a<TYPE>(x, a, t, u);
 #pragma unroll
-                    for (int r = 0; r < R; r++)
-                        acc[r][t] += dot<TYPE>(w1[r], x1);
+                        for (int r = 0; r < R; r++)
+                            acc[r][t] += dot<TYPE>(w[j][r], x);
+                    }
                 }
             }
         }
     }
+}
+
+/*
+ * The warp form: one warp takes R consecutive rows (R is warp-uniform, and so is the number nr
+ * of them inside the matrix: a warp leaves or stays whole); its lanes take consecutive units.
+ */
+template <uint32_t TYPE, int NT, int R>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv(gemv_set s, act_dev a, int nt)
+{
+    cairn__mat_dev m;
+    float *y;
+    int64_t blk;
+    set_pick(s, m, y, blk);
+    const int lane = threadIdx.x & 31;
+    const int64_t row0 = (blk * GEMV_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= m.rows)
+        return;
+    const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
+    float acc[R][NT];
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, lane, 32, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            const float s = cairn__warp_sum(acc[r][t]);
+            const float v = cairn__warp_sum(acc[r][t]);
             if (lane == 0 && r < nr && t < nt)
-                y[t * ys + row0 + r] = s;
+                y[t * m.rows + row0 + r] = v;
         }
 }
 
 /*
  * The block form ("split-K"): a block of GEMV_SK_THREADS threads takes R rows, and all its
- * threads walk the units of those rows together (a warp still reads 512 contiguous bytes), two
- * units a row per trip, so that a row of a few hundred units is read in one or two trips instead
- * of a warp's five to fourteen; the block's partial sums meet in shared memory. At batch 1 the
- * warp form leaves too few warps per SM with too few loads in flight for HBM: each of its trips
- * waits out a full memory latency (Nsight Compute on an H100: 1.0-1.3 TB/s on Llama-3-8B's
- * Q4_K matrices, 23-27% of the SM's warp slots active).
+ * threads walk the units of those rows together (a warp still reads 512 contiguous bytes), so
+ * that a row of a few hundred units is read in one or two trips instead of a warp's five to
+ * fourteen; the block's partial sums meet in shared memory. At batch 1 the warp form leaves
+ * too few warps per SM with too few loads in flight for HBM: each of its trips waits out a
+ * full memory latency (Nsight Compute on an H100: 1.0-1.3 TB/s on Llama-3-8B's Q4_K matrices,
+ * 23-27% of the SM's warp slots active).
  */
 #define GEMV_SK_THREADS 128
 
 template <uint32_t TYPE, int NT, int R>
 __global__ void __launch_bounds__(GEMV_SK_THREADS)
-    gemv_sk(cairn__mat_dev m, act_dev a, int nt, float *__restrict__ y, int64_t ys)
+    gemv_sk(gemv_set s, act_dev a, int nt)
 {
     static_assert(R * NT <= 32, "warp 0 finishes one (row, token) sum a lane");
     __shared__ float red[GEMV_SK_THREADS / 32][R * NT];
+    cairn__mat_dev m;
+    float *y;
+    int64_t blk;
+    set_pick(s, m, y, blk);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int64_t row0 = (int64_t)blockIdx.x * R;
+    const int64_t row0 = blk * R;
     const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
     float acc[R][NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            acc[r][t] = 0.0f;
-    const int64_t n_units = units_of<TYPE>(m);
-    for (int64_t u0 = tid; u0 < n_units; u0 += 2 * GEMV_SK_THREADS) {
-        const int64_t u1 = u0 + GEMV_SK_THREADS;
-        const bool has1 = u1 < n_units;
-        wunit<TYPE> w0[R], w1[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            w0[r] = wunit<TYPE>{};
-            w1[r] = wunit<TYPE>{};
-            if (r < nr) {
-                load_w<TYPE>(w0[r], m, row0 + r, u0);
-                if (has1)
-                    load_w<TYPE>(w1[r], m, row0 + r, u1);
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                aunit<TYPE> x0;
-                load_a<TYPE>(x0, a, t, u0);
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                    acc[r][t] += dot<TYPE>(w0[r], x0);
-                if (has1) {
-                    aunit<TYPE> x1;
-                    load_a<TYPE>(x1, a, t, u1);
-#pragma unroll
-                    for (int r = 0; r < R; r++)
-                        acc[r][t] += dot<TYPE>(w1[r], x1);
-                }
-            }
-        }
-    }
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, GEMV_SK_THREADS, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            const float s = cairn__warp_sum(acc[r][t]);
+            const float v = cairn__warp_sum(acc[r][t]);
             if (lane == 0)
-                red[warp][r * NT + t] = s;
+                red[warp][r * NT + t] = v;
         }
     __syncthreads();
     if (warp == 0 && lane < R * NT) {
         const int r = lane / NT, t = lane % NT;
-        float s = 0.0f;
+        float v = 0.0f;
 #pragma unroll
         for (int w = 0; w < GEMV_SK_THREADS / 32; w++)
-            s += red[w][lane];
+            v += red[w][lane];
         if (r < nr && t < nt)
-            y[t * ys + row0 + r] = s;
+            y[t * m.rows + row0 + r] = v;
     }
 }
 
@@ -647,6 +643,7 @@ static int prep_q8(cairn__cuda *c, const float *x, int n_tok, int64_t cols, cair
     quantize_q8<<<(unsigned)((nb + warps - 1) / warps), warps * 32, 0, c->stream>>>(x, nb, c->act_q,
                                                                                    c->act_ds);
     CU_LAUNCHED(err, "quantize_q8");
+    cairn__cuda_q8_note(c, x, n_tok, cols);
     return 0;
 }
 
@@ -658,111 +655,147 @@ static int prep_bf16(cairn__cuda *c, const float *x, int n_tok, int64_t cols, ca
     return 0;
 }
 
+/*
+ * How a GEMV launch is shaped: the form (warp or block) and rows a warp or block (R). Chosen
+ * per type from bench_cuda_gemv on an H100 (docs/BENCHMARKS.md, one Llama-3-8B layer's
+ * products, the shapes side by side in one run):
+ *   - the block form for Q4_K (batch 1: 94 us a layer against the warp form's 120), Q8_0 and
+ *     the float types, two rows a block once the set has rows enough for every SM to hold
+ *     several blocks of them;
+ *   - the warp form for Q6_K, one row a warp at 1 and 2 tokens (100 us against 113 for two)
+ *     and two from 3 on (265 against 389 at 8 tokens);
+ *   - the warp form for Q4_0, Q4_1 and Q5_0 (unmeasured), two rows a warp for tall sets.
+ * Walking 4 units a trip instead of 2 was slower for every type, form and row count measured.
+ * The environment overrides each, to measure them side by side: CAIRN_CUDA_GEMV=warp|block,
+ * CAIRN_CUDA_GEMV_ROWS=1|2.
+ */
+struct gemv_shape {
+    bool block;
+    int r;
+};
+
+static gemv_shape gemv_shape_of(uint32_t type, int64_t rows, int nt, int n_sm)
+{
+    gemv_shape g;
+    const char *f = getenv("CAIRN_CUDA_GEMV");
+    if (f && !strcmp(f, "warp"))
+        g.block = false;
+    else if (f && !strcmp(f, "block"))
+        g.block = true;
+    else
+        g.block = type == CAIRN_GGUF_Q4_K || type == CAIRN_GGUF_Q8_0 ||
+                  type == CAIRN_GGUF_F32 || type == CAIRN_GGUF_F16 || type == CAIRN_GGUF_BF16;
+    const bool many = g.block ? rows >= (int64_t)16 * n_sm : rows >= (int64_t)4 * GEMV_WARPS * n_sm;
+    g.r = many ? 2 : 1;
+    if (type == CAIRN_GGUF_Q6_K && !g.block)
+        g.r = nt <= 2 ? 1 : 2;
+    const char *r = getenv("CAIRN_CUDA_GEMV_ROWS");
+    if (r && (!strcmp(r, "1") || !strcmp(r, "2")))
+        g.r = r[0] - '0';
+    return g;
+}
+
+template <uint32_t TYPE, int NT, int R>
+static void launch_shaped(cudaStream_t st, bool block, const gemv_set &s, const act_dev &a,
+                          int nt, unsigned grid)
+{
+    if (block)
+        gemv_sk<TYPE, NT, R><<<grid, GEMV_SK_THREADS, 0, st>>>(s, a, nt);
+    else
+        gemv<TYPE, NT, R><<<grid, GEMV_WARPS * 32, 0, st>>>(s, a, nt);
+}
+
 template <uint32_t TYPE, int R>
-static void launch_gemv_r(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
+static void launch_rows(cudaStream_t st, bool block, const gemv_set &s, const act_dev &a,
+                        int nt, unsigned grid)
+{
+    if (nt <= 1)
+        launch_shaped<TYPE, 1, R>(st, block, s, a, nt, grid);
+    else if (nt <= 2)
+        launch_shaped<TYPE, 2, R>(st, block, s, a, nt, grid);
+    else if (nt <= 4)
+        launch_shaped<TYPE, 4, R>(st, block, s, a, nt, grid);
+    else
+        launch_shaped<TYPE, 8, R>(st, block, s, a, nt, grid);
+}
+
+/* Float weights whose rows or activations are not 16-byte units: one value at a time, one
+ * matrix a launch. */
+template <uint32_t TYPE>
+static void launch_scalar(cudaStream_t st, const cairn__mat_dev &m, const float *x, int nt,
                           float *y)
 {
-    const unsigned grid = (unsigned)((m.rows + GEMV_WARPS * R - 1) / (GEMV_WARPS * R));
+    const unsigned grid = (unsigned)((m.rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const int threads = GEMV_WARPS * 32;
     if (nt <= 1)
-        gemv<TYPE, 1, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+        gemv_scalar<TYPE, 1><<<grid, threads, 0, st>>>(m, x, nt, y, m.rows);
     else if (nt <= 2)
-        gemv<TYPE, 2, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+        gemv_scalar<TYPE, 2><<<grid, threads, 0, st>>>(m, x, nt, y, m.rows);
     else if (nt <= 4)
-        gemv<TYPE, 4, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+        gemv_scalar<TYPE, 4><<<grid, threads, 0, st>>>(m, x, nt, y, m.rows);
     else
-        gemv<TYPE, 8, R><<<grid, threads, 0, s>>>(m, a, nt, y, m.rows);
+        gemv_scalar<TYPE, 8><<<grid, threads, 0, st>>>(m, x, nt, y, m.rows);
 }
 
-template <uint32_t TYPE, int R>
-static void launch_gemv_sk(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
-                           float *y)
-{
-    const unsigned grid = (unsigned)((m.rows + R - 1) / R);
-    if (nt <= 1)
-        gemv_sk<TYPE, 1, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
-    else if (nt <= 2)
-        gemv_sk<TYPE, 2, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
-    else if (nt <= 4)
-        gemv_sk<TYPE, 4, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
-    else
-        gemv_sk<TYPE, 8, R><<<grid, GEMV_SK_THREADS, 0, s>>>(m, a, nt, y, m.rows);
-}
-
-/* Which GEMV form: CAIRN_CUDA_GEMV=warp or =block in the environment picks one (to measure the
- * two side by side); otherwise the one measured faster for the type (H100, Llama-3-8B shapes,
- * docs/BENCHMARKS.md): the block form for Q8_0 and the float types (batch 1: 3% and 6% less
- * time a step; batch 8: 26% and 10%), the warp form for the K-quants (Q4_K_M batch 1: 6% less
- * than the block form). Q4_0, Q4_1 and Q5_0 keep the warp form, unmeasured. */
-static bool gemv_block_form(uint32_t type)
-{
-    const char *g = getenv("CAIRN_CUDA_GEMV");
-    if (g && !strcmp(g, "warp"))
-        return false;
-    if (g && !strcmp(g, "block"))
-        return true;
-    return type == CAIRN_GGUF_Q8_0 || type == CAIRN_GGUF_F32 || type == CAIRN_GGUF_F16 ||
-           type == CAIRN_GGUF_BF16;
-}
-
-/* Two rows a warp once the matrix has rows enough for every SM to hold several warps of them;
- * smaller matrices keep one row a warp so that more warps share them. */
+/* One pass of nt tokens over the set s (its y already offset to the pass's first token). */
 template <uint32_t TYPE>
-static void launch_gemv(cudaStream_t s, const cairn__mat_dev &m, const act_dev &a, int nt,
-                        float *y, bool vec, int n_sm)
+static void launch_gemv(cudaStream_t st, gemv_set s, const act_dev &a, int nt, bool vec,
+                        int n_sm)
 {
     constexpr bool is_float =
         TYPE == CAIRN_GGUF_F32 || TYPE == CAIRN_GGUF_F16 || TYPE == CAIRN_GGUF_BF16;
     if constexpr (is_float) {
         if (!vec) {
-            const unsigned grid = (unsigned)((m.rows + GEMV_WARPS - 1) / GEMV_WARPS);
-            const int threads = GEMV_WARPS * 32;
-            if (nt <= 1)
-                gemv_scalar<TYPE, 1><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
-            else if (nt <= 2)
-                gemv_scalar<TYPE, 2><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
-            else if (nt <= 4)
-                gemv_scalar<TYPE, 4><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
-            else
-                gemv_scalar<TYPE, 8><<<grid, threads, 0, s>>>(m, a.x, nt, y, m.rows);
+            for (int i = 0; i < s.n; i++)
+                launch_scalar<TYPE>(st, s.m[i], a.x, nt, s.y[i]);
             return;
         }
     }
-    if (gemv_block_form(TYPE)) {
-        if (m.rows >= (int64_t)16 * n_sm)
-            launch_gemv_sk<TYPE, 2>(s, m, a, nt, y);
-        else
-            launch_gemv_sk<TYPE, 1>(s, m, a, nt, y);
-        return;
+    int64_t rows = 0;
+    for (int i = 0; i < s.n; i++)
+        rows += s.m[i].rows;
+    const gemv_shape g = gemv_shape_of(TYPE, rows, nt, n_sm);
+    const int64_t per_block = g.block ? g.r : (int64_t)GEMV_WARPS * g.r;
+    unsigned grid = 0;
+    for (int i = 0; i < s.n; i++) {
+        grid += (unsigned)((s.m[i].rows + per_block - 1) / per_block);
+        s.blk_end[i] = grid;
     }
-    if (m.rows >= (int64_t)4 * GEMV_WARPS * n_sm)
-        launch_gemv_r<TYPE, 2>(s, m, a, nt, y);
+    if (g.r == 2)
+        launch_rows<TYPE, 2>(st, g.block, s, a, nt, grid);
     else
-        launch_gemv_r<TYPE, 1>(s, m, a, nt, y);
+        launch_rows<TYPE, 1>(st, g.block, s, a, nt, grid);
 }
 
 static_assert(CAIRN__GEMV_TOKENS == 8, "launch_gemv instantiates passes of up to 8 tokens");
 
-/* y = w x for n_tok <= CAIRN__GEMV_MAX_TOKENS tokens, in passes of up to 8 tokens. */
-static int gemv_passes(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
-                       float *y, cairn_error *err)
+/* y[i] = w[i] x for n_tok <= CAIRN__GEMV_MAX_TOKENS tokens, in passes of up to 8 tokens; the
+ * n <= GEMV_SET matrices are of one type and share x (and its quantized form). */
+static int gemv_passes(cairn__cuda *c, const cairn__cmat *const *w, int n, const float *x,
+                       int n_tok, float *const *y, cairn_error *err)
 {
-    const cairn__mat_dev m = cairn__mat_dev_of(w);
+    const uint32_t type = w[0]->type;
+    const int64_t cols = w[0]->cols;
     bool vec = true;
-    if (w->type == CAIRN_GGUF_F32)
-        vec = w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0;
-    else if (w->type == CAIRN_GGUF_F16 || w->type == CAIRN_GGUF_BF16)
-        vec = w->cols % 8 == 0 && ((uintptr_t)x & 15) == 0;
+    if (type == CAIRN_GGUF_F32)
+        vec = cols % 4 == 0 && ((uintptr_t)x & 15) == 0;
+    else if (type == CAIRN_GGUF_F16 || type == CAIRN_GGUF_BF16)
+        vec = cols % 8 == 0 && ((uintptr_t)x & 15) == 0;
     for (int t0 = 0; t0 < n_tok; t0 += CAIRN__GEMV_TOKENS) {
         const int nt = n_tok - t0 < CAIRN__GEMV_TOKENS ? n_tok - t0 : CAIRN__GEMV_TOKENS;
-        act_dev a = {c->act_q + (int64_t)t0 * w->cols, c->act_ds + (int64_t)t0 * (w->cols / 32),
-                     x + (int64_t)t0 * w->cols, w->cols};
-        float *yt = y + (int64_t)t0 * w->rows;
+        const act_dev a = {c->act_q + (int64_t)t0 * cols, c->act_ds + (int64_t)t0 * (cols / 32),
+                           x + (int64_t)t0 * cols, cols};
+        gemv_set s = {};
+        s.n = n;
+        for (int i = 0; i < n; i++) {
+            s.m[i] = cairn__mat_dev_of(w[i]);
+            s.y[i] = y[i] + (int64_t)t0 * w[i]->rows;
+        }
 #define GEMV(T, VEC)                                                                           \
     case T:                                                                                    \
-        launch_gemv<T>(c->stream, m, a, nt, yt, VEC, c->n_sm);                                 \
+        launch_gemv<T>(c->stream, s, a, nt, VEC, c->n_sm);                                     \
         break
-        switch (w->type) {
+        switch (type) {
             GEMV(CAIRN_GGUF_F32, vec);
             GEMV(CAIRN_GGUF_F16, vec);
             GEMV(CAIRN_GGUF_BF16, vec);
@@ -774,7 +807,7 @@ static int gemv_passes(cairn__cuda *c, const cairn__cmat *w, const float *x, int
             GEMV(CAIRN_GGUF_Q6_K, true);
         default:
             return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: no GEMV for type %u",
-                                w->type);
+                                type);
         }
 #undef GEMV
         CU_LAUNCHED(err, "gemv");
@@ -865,15 +898,25 @@ static int gemm(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
     return 0;
 }
 
+/* The most tokens a product of this type takes as a GEMV: the float types go to cuBLAS from 3
+ * tokens on (their GEMV does the float products one token at a time: BF16 at batch 8 took
+ * 15.3 ms a step where cuBLAS at batch 32 took 10.3 on an H100); the quantized types from
+ * CAIRN__GEMV_MAX_TOKENS + 1 (cuBLAS needs their tiles dequantized first). */
+static int gemv_max_tokens(uint32_t type)
+{
+    return type == CAIRN_GGUF_BF16 || type == CAIRN_GGUF_F32 ? CAIRN__GEMV_FLOAT_MAX_TOKENS
+                                                             : CAIRN__GEMV_MAX_TOKENS;
+}
+
 /* What a product of n_tok tokens against w reads from the scratch. */
 static bool wants_q8(const cairn__cmat *w, int n_tok)
 {
-    return n_tok <= CAIRN__GEMV_MAX_TOKENS && is_quant(w->type);
+    return n_tok <= gemv_max_tokens(w->type) && is_quant(w->type);
 }
 
 static bool wants_bf16(const cairn__cmat *w, int n_tok)
 {
-    return n_tok > CAIRN__GEMV_MAX_TOKENS && w->type != CAIRN_GGUF_F32;
+    return n_tok > gemv_max_tokens(w->type) && w->type != CAIRN_GGUF_F32;
 }
 
 static int check_scratch(cairn__cuda *c, const cairn__cmat *w, int n_tok, cairn_error *err)
@@ -887,17 +930,26 @@ static int check_scratch(cairn__cuda *c, const cairn__cmat *w, int n_tok, cairn_
     return 0;
 }
 
-/* y = w x; have_q8 / have_bf16: x's quantized or BF16 form is already in the scratch. */
+/* x's quantized form (n_tok rows of cols) is in the scratch when the stage that wrote x left it
+ * there (cairn__cuda_q8_note), or after prep_q8. */
+static int need_q8(cairn__cuda *c, const float *x, int n_tok, int64_t cols, cairn_error *err)
+{
+    if (c->q8_src == x && c->q8_tokens == n_tok && c->q8_cols == cols)
+        return 0;
+    return prep_q8(c, x, n_tok, cols, err);
+}
+
+/* y = w x; have_bf16: x's BF16 form is already in the scratch. */
 static int product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok, float *y,
-                   bool have_q8, bool have_bf16, cairn_error *err)
+                   bool have_bf16, cairn_error *err)
 {
     int rc = check_scratch(c, w, n_tok, err);
     if (rc)
         return rc;
-    if (n_tok <= CAIRN__GEMV_MAX_TOKENS) {
-        if (is_quant(w->type) && !have_q8 && (rc = prep_q8(c, x, n_tok, w->cols, err)))
+    if (n_tok <= gemv_max_tokens(w->type)) {
+        if (is_quant(w->type) && (rc = need_q8(c, x, n_tok, w->cols, err)))
             return rc;
-        return gemv_passes(c, w, x, n_tok, y, err);
+        return gemv_passes(c, &w, 1, x, n_tok, &y, err);
     }
     if (wants_bf16(w, n_tok) && !have_bf16 && (rc = prep_bf16(c, x, n_tok, w->cols, err)))
         return rc;
@@ -905,9 +957,9 @@ static int product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_t
 }
 
 int cairn__cuda_mat_product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
-                            float *y, bool x_quantized, cairn_error *err)
+                            float *y, cairn_error *err)
 {
-    return product(c, w, x, n_tok, y, x_quantized, false, err);
+    return product(c, w, x, n_tok, y, false, err);
 }
 
 /* ---- The stages ------------------------------------------------------------------------------ */
@@ -922,26 +974,47 @@ int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, c
     if (n_w < 1)
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: matmul of %d matrices", n_w);
     const int T = c->n_tokens;
+    const cairn__cmat *m[CAIRN__CALL_MATS];
+    if (n_w > CAIRN__CALL_MATS)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: matmul of %d matrices (at most "
+                            "%d)", n_w, CAIRN__CALL_MATS);
     /* The matrices share x: quantize (or convert) it once for all of them. */
     bool q8 = false, bf = false;
     for (int i = 0; i < n_w; i++) {
-        const cairn__cmat *m = (const cairn__cmat *)w[i]->priv;
-        if (!m || m->cols != ((const cairn__cmat *)w[0]->priv)->cols)
+        m[i] = (const cairn__cmat *)w[i]->priv;
+        if (!m[i] || m[i]->cols != m[0]->cols)
             return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: matmul matrix %d is not "
                                 "loaded or differs in columns from the first", i);
-        if ((rc = check_scratch(c, m, T, err)))
+        if ((rc = check_scratch(c, m[i], T, err)))
             return rc;
-        q8 |= wants_q8(m, T);
-        bf |= wants_bf16(m, T);
+        q8 |= wants_q8(m[i], T);
+        bf |= wants_bf16(m[i], T);
     }
-    const int64_t cols = ((const cairn__cmat *)w[0]->priv)->cols;
-    if (q8 && (rc = prep_q8(c, x, T, cols, err)))
+    const int64_t cols = m[0]->cols;
+    if (q8 && (rc = need_q8(c, x, T, cols, err)))
         return rc;
     if (bf && (rc = prep_bf16(c, x, T, cols, err)))
         return rc;
-    for (int i = 0; i < n_w; i++)
-        if ((rc = product(c, (const cairn__cmat *)w[i]->priv, x, T, y[i], q8, bf, err)))
+    /* Runs of matrices of one type that take the GEMV go in one launch a pass. */
+    for (int i = 0; i < n_w;) {
+        if (T > gemv_max_tokens(m[i]->type)) {
+            if ((rc = product(c, m[i], x, T, y[i], bf, err)))
+                return rc;
+            i++;
+            continue;
+        }
+        int n = 1;
+        while (c->gemv_sets && i + n < n_w && n < GEMV_SET && m[i + n]->type == m[i]->type)
+            n++;
+        if ((rc = gemv_passes(c, m + i, n, x, T, y + i, err)))
             return rc;
+        i += n;
+    }
+    /* An output written over x leaves its quantized form stale. */
+    for (int i = 0; i < n_w; i++)
+        if (c->q8_src && y[i] < c->q8_src + (size_t)T * (size_t)cols &&
+            c->q8_src < y[i] + (size_t)T * (size_t)m[i]->rows)
+            cairn__cuda_q8_forget(c);
     return 0;
 }
 
@@ -972,13 +1045,14 @@ int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float 
     const int32_t *rows = cairn__b_out(c->d_batch, c->n_tokens);
     if ((rc = cairn__cuda_norm_rows(c, c->lrows, x, rows, norm, c->n_out, n, eps, err)))
         return rc;
-    return product(c, m, c->lrows, c->n_out, c->lout, false, false, err);
+    return product(c, m, c->lrows, c->n_out, c->lout, false, err);
 }
 
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                        float *x, int n, float *out_host, cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_need_batch(c, "logits", err);
     if (rc || (rc = cairn__cuda_enter(c, err)))
         return rc;
@@ -991,7 +1065,7 @@ int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm
             return rc;
         for (int j0 = 0; j0 < c->n_out; j0 += c->lout_tokens) {
             const int nj = c->n_out - j0 < c->lout_tokens ? c->n_out - j0 : c->lout_tokens;
-            if ((rc = product(c, m, c->lrows + (int64_t)j0 * n, nj, c->lout, false, false, err)))
+            if ((rc = product(c, m, c->lrows + (int64_t)j0 * n, nj, c->lout, false, err)))
                 return rc;
             CU_TRY(err, cudaMemcpyAsync(out_host + (int64_t)j0 * m->rows, c->lout,
                                         sizeof(float) * (size_t)nj * (size_t)m->rows,

@@ -63,9 +63,12 @@ __global__ void __launch_bounds__(NORM_THREADS)
         o[i] = xr[i] * scale * (w ? w[i] : 1.0f);
 }
 
+/* The vector form; with q non-NULL it also leaves out's quantized form (cairn__q8_quad) at
+ * q + r n, ds + r n / 32 (n a multiple of 32). */
 __global__ void __launch_bounds__(NORM_VTHREADS)
     rmsnorm_rows_vec(float *out, const float *x, const int32_t *__restrict__ rows,
-                     const float *__restrict__ w, int n, float eps)
+                     const float *__restrict__ w, int n, float eps, int8_t *__restrict__ q,
+                     float2 *__restrict__ ds)
 {
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
@@ -85,20 +88,28 @@ __global__ void __launch_bounds__(NORM_VTHREADS)
 #pragma unroll
     for (int k = 0; k < NORM_VEC; k++) {
         const int i = threadIdx.x + k * NORM_VTHREADS;
+        const float4 h = i < n4 ? f4_scale(v[k], scale, (const float4 *)w, i) : v[k];
         if (i < n4)
-            o[i] = f4_scale(v[k], scale, (const float4 *)w, i);
+            o[i] = h;
+        if (q && k * NORM_VTHREADS < n4) /* block-uniform: the whole warp calls */
+            cairn__q8_quad(h, q + r * n, ds + r * (n / 32), i, i < n4);
     }
 }
 
+/* Also leaves out's quantized form in the scratch when rows is NULL and it fits. */
 int cairn__cuda_norm_rows(cairn__cuda *c, float *out, const float *x, const int32_t *rows,
                           const float *w, int n_rows, int n, float eps, cairn_error *err)
 {
+    cairn__cuda_q8_forget(c);
     if (n_rows <= 0)
         return 0;
     if (norm_vec_ok(n, out, x, w, NULL, NULL)) {
-        rmsnorm_rows_vec<<<(unsigned)n_rows, NORM_VTHREADS, 0, c->stream>>>(out, x, rows, w, n,
-                                                                            eps);
+        const bool q8 = !rows && cairn__cuda_q8_fits(c, n_rows, n);
+        rmsnorm_rows_vec<<<(unsigned)n_rows, NORM_VTHREADS, 0, c->stream>>>(
+            out, x, rows, w, n, eps, q8 ? c->act_q : NULL, q8 ? c->act_ds : NULL);
         CU_LAUNCHED(err, "rmsnorm_rows_vec");
+        if (q8)
+            cairn__cuda_q8_note(c, out, n_rows, n);
         return 0;
     }
     rmsnorm_rows<<<(unsigned)n_rows, NORM_THREADS, 0, c->stream>>>(out, x, rows, w, n, eps);
@@ -159,7 +170,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
 __global__ void __launch_bounds__(NORM_VTHREADS)
     add_norm_rows_vec(float *__restrict__ x, float *__restrict__ a,
                       const float *__restrict__ post, const float *__restrict__ next,
-                      float *__restrict__ h, int n, float eps)
+                      float *__restrict__ h, int n, float eps, int8_t *__restrict__ q,
+                      float2 *__restrict__ ds)
 {
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
@@ -207,8 +219,11 @@ __global__ void __launch_bounds__(NORM_VTHREADS)
 #pragma unroll
     for (int k = 0; k < NORM_VEC; k++) {
         const int i = threadIdx.x + k * NORM_VTHREADS;
+        const float4 hv = i < n4 ? f4_scale(xv[k], scale, (const float4 *)next, i) : xv[k];
         if (i < n4)
-            hr[i] = f4_scale(xv[k], scale, (const float4 *)next, i);
+            hr[i] = hv;
+        if (q && k * NORM_VTHREADS < n4) /* block-uniform: the whole warp calls */
+            cairn__q8_quad(hv, q + r * n, ds + r * (n / 32), i, i < n4);
     }
 }
 
@@ -222,10 +237,15 @@ int cairn__cuda_add_norm(cairn_backend *be, float *x, float *a, const float *pos
     if (n < 1 || (next && !h))
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: add_norm of rows of %d%s", n,
                             next && !h ? " with a norm and no output" : "");
+    cairn__cuda_q8_forget(c);
     if (norm_vec_ok(n, x, a, post, next, h)) {
+        /* h is the next products' input: its quantized form comes with it. */
+        const bool q8 = next && cairn__cuda_q8_fits(c, c->n_tokens, n);
         add_norm_rows_vec<<<(unsigned)c->n_tokens, NORM_VTHREADS, 0, c->stream>>>(
-            x, a, post, next, h, n, eps);
+            x, a, post, next, h, n, eps, q8 ? c->act_q : NULL, q8 ? c->act_ds : NULL);
         CU_LAUNCHED(err, "add_norm_rows_vec");
+        if (q8)
+            cairn__cuda_q8_note(c, h, c->n_tokens, n);
         return 0;
     }
     add_norm_rows<<<(unsigned)c->n_tokens, NORM_THREADS, 0, c->stream>>>(x, a, post, next, h, n,
@@ -341,6 +361,7 @@ int cairn__cuda_qkv(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, 
                     cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
+    cairn__cuda_q8_forget(c); /* it may write where q8_src points */
     int rc = cairn__cuda_need_batch(c, "qkv", err);
     if (rc || (rc = cairn__cuda_enter(c, err)))
         return rc;
