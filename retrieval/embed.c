@@ -66,7 +66,17 @@ struct cairn_embed {
     int gemm_in_pool; /* sgemm rows split over the pool, BLAS single-threaded */
     bool avx2; /* use the AVX2/FMA kernels */
     bool amx;  /* linear layers in BF16 on AMX tiles (embed_amx.c) */
+    bool tiles;   /* amx, and the whole layer on tiles too (forward_tiles: head size 32) */
     uint16_t *ab; /* amx: BF16 activation rows [max_tokens rounded up to 32 x max(H, FF)] */
+    /* tiles: BF16 rows of x [tile_rows x H], of Q|K|V by head (Q scaled; [n_head x tile_rows x
+     * 96]: a head's Q, K, V of one token side by side) and of attention's output [tile_rows x H]:
+     * max_tokens rounded up to 32, plus 32 rows a query tile may read past the last token;
+     * per-thread scratch (tile_per_thread bytes each): a 32-row block's products [32 x max(3H, FF)]
+     * F32, its GELU output [32 x FF] BF16, attention's scratch. */
+    uint16_t *xb, *qkvb, *ctxb;
+    size_t tile_rows;
+    uint8_t *tile_scratch;
+    size_t tile_per_thread;
     /* Buffers for one forward pass, sized at open. Guarded by lock. */
     int32_t *ids, *pos;                 /* [max_tokens] */
     int *seq_start, *seq_len, *seq_out; /* [max_batch] */
@@ -286,6 +296,10 @@ void cairn_embed_close(cairn_embed *e)
     }
     free(e->layers);
     free(e->ab);
+    free(e->xb);
+    free(e->qkvb);
+    free(e->ctxb);
+    free(e->tile_scratch);
     for (int i = 0; i < e->n_owned; i++)
         free(e->owned[i]);
     free(e->owned);
@@ -363,7 +377,23 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
             goto fail;
         }
     }
-    if (e->amx) {
+    e->tiles = e->amx && e->hd == 32 && e->H % 32 == 0;
+    if (e->tiles) {
+        size_t H = (size_t)e->H, FF = (size_t)e->FF, wide = 3 * H > FF ? 3 * H : FF;
+        e->tile_rows = ((size_t)e->max_tokens + 31) / 32 * 32 + 32;
+        e->tile_per_thread =
+            (32 * wide * 4 + 32 * FF * 2 + cairn__amx_attn_scratch(e->max_seq) + 63) / 64 * 64;
+        /* zeroed: rows past the last token are read by the tiles, so they must be finite */
+        e->xb = calloc(e->tile_rows * H, 2);
+        e->qkvb = calloc(e->tile_rows * 3 * H, 2);
+        e->ctxb = calloc(e->tile_rows * H, 2);
+        e->tile_scratch = aligned_alloc(64, (size_t)e->n_threads * e->tile_per_thread);
+        if (!e->xb || !e->qkvb || !e->ctxb || !e->tile_scratch) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory for BF16 activations");
+            goto fail;
+        }
+        memset(e->tile_scratch, 0, (size_t)e->n_threads * e->tile_per_thread);
+    } else if (e->amx) {
         size_t widest = (size_t)(e->FF > e->H ? e->FF : e->H);
         size_t rows = ((size_t)e->max_tokens + 31) / 32 * 32;
         e->ab = calloc(rows * widest, sizeof *e->ab); /* padding rows stay finite (zero) */
@@ -645,9 +675,15 @@ static void linear(cairn_embed *e, int m, int n, int k, const float *a, const fl
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, w, k, 0.0f, c, n);
 }
 
+static void forward_tiles(cairn_embed *e, int nseq, int ntok, float *out);
+
 /* Runs the packed batch in e->ids / pos / seq_* through the encoder into out. */
 static void forward(cairn_embed *e, int nseq, int ntok, float *out)
 {
+    if (e->tiles) {
+        forward_tiles(e, nseq, ntok, out);
+        return;
+    }
     fwd_ctx c = {.e = e, .L = NULL, .nseq = nseq, .out = out};
     size_t n = (size_t)ntok;
     cairn_pool_parallel_for(e->pool, n, emb_rows, &c);
@@ -663,6 +699,97 @@ static void forward(cairn_embed *e, int nseq, int ntok, float *out)
         linear(e, ntok, e->H, e->FF, e->ff, L->down_w, &L->down_x, e->tmp);
         cairn_pool_parallel_for(e->pool, n, add_ln2_rows, &c);
     }
+    cairn_pool_parallel_for(e->pool, (size_t)nseq, pool_seqs, &c);
+}
+
+/* ---- The whole layer on tiles (e->tiles) ---------------------------------------------------- */
+
+/*
+ * Per layer two parallel steps instead of six: attention per (sequence, head), then per block
+ * of 32 token rows everything that reads only its own rows: the output projection, add &
+ * LayerNorm, FFN up and GELU, FFN down, add & LayerNorm, and the next layer's QKV projection
+ * (the first layer's QKV follows the embeddings). A block's products stay in its thread's
+ * scratch (L2) between the steps. Rows past the last token ride along in the last block; only
+ * the token rows of x, xb and qkvb are written, so blocks never write each other's rows.
+ */
+typedef struct tiles_ctx {
+    cairn_embed *e;
+    int ntok, layer; /* layer: the one whose attention output the rows step finishes; -1:
+                        the embeddings step */
+} tiles_ctx;
+
+static uint8_t *tile_scratch(const cairn_embed *e, int tid)
+{
+    return e->tile_scratch + (size_t)tid * e->tile_per_thread;
+}
+
+/* The QKV projection of rows [r0, r0 + rows) of xb with layer L's weights into qkvb. */
+static void tiles_qkv(const cairn_embed *e, const layer_t *L, int r0, int rows, float *c)
+{
+    const int H = e->H;
+    cairn__amx_gemm32(e->xb + (size_t)r0 * H, H, &L->qkv_x, c, 3 * H);
+    cairn__amx_epi_qkv_heads(c, 3 * H, rows, H, L->qkv_b, 1.0f / sqrtf((float)e->hd),
+                             e->qkvb + (size_t)r0 * 96, e->tile_rows * 96);
+}
+
+static void tiles_rows(void *arg, size_t begin, size_t end, int tid)
+{
+    const tiles_ctx *t = arg;
+    const cairn_embed *e = t->e;
+    const int H = e->H, FF = e->FF;
+    float *c = (float *)(void *)tile_scratch(e, tid);
+    uint16_t *ffb = (uint16_t *)(c + (size_t)32 * (3 * H > FF ? 3 * H : FF));
+    cairn__amx_tiles_on();
+    for (size_t blk = begin; blk < end; blk++) {
+        const int r0 = (int)blk * 32, rows = t->ntok - r0 < 32 ? t->ntok - r0 : 32;
+        float *x = e->x + (size_t)r0 * H;
+        uint16_t *xb = e->xb + (size_t)r0 * H;
+        if (t->layer >= 0) {
+            const layer_t *L = &e->layers[t->layer];
+            cairn__amx_gemm32(e->ctxb + (size_t)r0 * H, H, &L->o_x, c, H);
+            cairn__amx_epi_add_ln(c, H, rows, H, L->o_b, L->ln1_g, L->ln1_b, e->eps, x, xb);
+            cairn__amx_gemm32(xb, H, &L->up_x, c, FF);
+            cairn__amx_epi_gelu_bf16(c, FF, 32, FF, L->up_b, ffb, FF);
+            cairn__amx_gemm32(ffb, FF, &L->down_x, c, H);
+            cairn__amx_epi_add_ln(c, H, rows, H, L->down_b, L->ln2_g, L->ln2_b, e->eps, x, xb);
+        } else {
+            fwd_ctx fc = {.e = (cairn_embed *)e};
+            emb_rows(&fc, (size_t)r0, (size_t)(r0 + rows), tid);
+            cairn__amx_convert_rows(e->x, r0, r0 + rows, H, e->xb);
+        }
+        if (t->layer + 1 < e->n_layer) tiles_qkv(e, &e->layers[t->layer + 1], r0, rows, c);
+    }
+    cairn__amx_tiles_off();
+}
+
+static void tiles_attn(void *arg, size_t begin, size_t end, int tid)
+{
+    const tiles_ctx *t = arg;
+    const cairn_embed *e = t->e;
+    const int H = e->H;
+    void *sc = tile_scratch(e, tid) + (size_t)32 * (3 * H > e->FF ? 3 * H : e->FF) * 4 +
+               (size_t)32 * e->FF * 2;
+    cairn__amx_tiles_on();
+    for (size_t task = begin; task < end; task++) {
+        int s = (int)(task / (size_t)e->n_head), h = (int)(task % (size_t)e->n_head);
+        const uint16_t *q = e->qkvb + ((size_t)h * e->tile_rows + e->seq_start[s]) * 96;
+        cairn__amx_attn_head32(q, q + 32, q + 64, 96, e->seq_len[s], sc,
+                               e->ctxb + (size_t)e->seq_start[s] * H + h * 32, H);
+    }
+    cairn__amx_tiles_off();
+}
+
+static void forward_tiles(cairn_embed *e, int nseq, int ntok, float *out)
+{
+    tiles_ctx t = {.e = e, .ntok = ntok, .layer = -1};
+    size_t blocks = ((size_t)ntok + 31) / 32;
+    cairn_pool_parallel_for(e->pool, blocks, tiles_rows, &t);
+    for (int l = 0; l < e->n_layer; l++) {
+        cairn_pool_parallel_for(e->pool, (size_t)nseq * (size_t)e->n_head, tiles_attn, &t);
+        t.layer = l;
+        cairn_pool_parallel_for(e->pool, blocks, tiles_rows, &t);
+    }
+    fwd_ctx c = {.e = e, .nseq = nseq, .out = out};
     cairn_pool_parallel_for(e->pool, (size_t)nseq, pool_seqs, &c);
 }
 

@@ -7,6 +7,7 @@
 #define CAIRN_RETRIEVAL_EMBED_AMX_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* W [n x k] in BF16, packed for the tile products: for each block of 16 rows of W and each
@@ -31,5 +32,48 @@ void cairn__amx_convert_rows(const float *a, int r0, int r1, int k, uint16_t *ab
  * multiple of 32; rows of ab from r1 up to the next multiple of 32 are read (their values do
  * not matter) but not written to C. */
 void cairn__amx_gemm_rows(const uint16_t *ab, int r0, int r1, const cairn__amx_mat *w, float *c);
+
+/* ---- The whole-layer path (embed.c's forward_tiles) ------------------------------------------
+ * A layer there runs in two parallel steps: attention per (sequence, head), and everything
+ * row-local per block of 32 token rows: output projection, add & LayerNorm, FFN up, GELU, FFN
+ * down, add & LayerNorm, and the next layer's QKV projection. Activations between products stay
+ * BF16 (what the tiles take); the residual stream x and LayerNorm stay FP32. */
+
+/* Loads the tile configuration (all eight tiles 16 rows x 64 bytes) for this thread / drops it.
+ * Every function below needs it loaded. */
+void cairn__amx_tiles_on(void);
+void cairn__amx_tiles_off(void);
+
+/* C [32 x w->n] (row stride ldc floats) = A W^T for the 32 BF16 rows at a (row stride lda
+ * elements); all 32 rows are read and written (the caller pads). */
+void cairn__amx_gemm32(const uint16_t *a, int lda, const cairn__amx_mat *w, float *c, int ldc);
+
+/* dst = BF16(c + bias) over rows x n (n % 16 == 0), columns below n_scaled also times scale. */
+void cairn__amx_epi_bias_bf16(const float *c, int ldc, int rows, int n, const float *bias,
+                              int n_scaled, float scale, uint16_t *dst, int ldd);
+
+/* The QKV projection's epilogue: for each of rows rows and each head h (H / 32 heads of 32),
+ * dst + h * head_stride + row * 96 gets BF16 of that head's Q (plus bias, times scale), K and V
+ * (plus bias), 32 values each: a head's rows lie contiguous for attention. */
+void cairn__amx_epi_qkv_heads(const float *c, int ldc, int rows, int H, const float *bias,
+                              float scale, uint16_t *dst, size_t head_stride);
+
+/* dst = BF16(GELU(c + bias)), GELU's erf form (erf to 2e-7 absolute). */
+void cairn__amx_epi_gelu_bf16(const float *c, int ldc, int rows, int n, const float *bias,
+                              uint16_t *dst, int ldd);
+
+/* x = LayerNorm(x + c + bias) * g + b per row (x and xb row stride n); xb = BF16(x). */
+void cairn__amx_epi_add_ln(const float *c, int ldc, int rows, int n, const float *bias,
+                           const float *g, const float *b, float eps, float *x, uint16_t *xb);
+
+/* 16 values of the erf approximation above (for tests). */
+void cairn__amx_erf16(const float *x, float *y);
+
+/* Bytes of scratch cairn__amx_attn_head32 needs for sequences of up to max_seq tokens. */
+size_t cairn__amx_attn_scratch(int max_seq);
+
+/* softmax(Q K^T) V for one head of 32 dims over one sequence of T tokens (see embed_amx.c). */
+void cairn__amx_attn_head32(const uint16_t *q, const uint16_t *k, const uint16_t *v, int ld, int T,
+                            void *scratch, uint16_t *dst, int ldd);
 
 #endif

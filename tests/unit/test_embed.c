@@ -14,6 +14,9 @@
 
 #include "proto/gguf.h"
 #include "retrieval/embed.h"
+#if defined(__x86_64__)
+#include "retrieval/embed_amx.h"
+#endif
 
 static char *path_in(const char *env, const char *fallback, const char *name)
 {
@@ -226,6 +229,32 @@ static void test_amx_matches_f32(void **state)
     cairn_embed_close(amx);
 }
 
+/* The tiles path's GELU takes erf from a rational approximation: within 5e-7 of libm's erff
+ * over [-8, 8] (it saturates to +-1 past |x| = 4, where erff is within 2e-8 of it). */
+static void test_tiles_erf(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    if (!cairn__amx_enable()) {
+        print_message("no AMX here: the tiles path (and its erf) does not run\n");
+        return;
+    }
+    double worst = 0.0;
+    for (int i = 0; i < 20000; i += 16) {
+        float x[16], y[16];
+        for (int k = 0; k < 16; k++)
+            x[k] = -8.0f + (float)(i + k) * 8e-4f;
+        cairn__amx_erf16(x, y);
+        for (int k = 0; k < 16; k++) {
+            double d = fabs((double)y[k] - (double)erff(x[k]));
+            worst = d > worst ? d : worst;
+        }
+    }
+    print_message("erf approximation: max |error| %.3g\n", worst);
+    assert_true(worst < 5e-7);
+#endif
+}
+
 /* sgemm split over the pool's threads (blas_threads 1) and one sgemm call per projection
  * (blas_threads 0) give the same vectors; other values are refused. */
 static void test_blas_split_matches_single_call(void **state)
@@ -433,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_simd_matches_portable),
         cmocka_unit_test(test_amx_matches_f32),
+        cmocka_unit_test(test_tiles_erf),
         cmocka_unit_test(test_blas_split_matches_single_call),
         cmocka_unit_test(test_similarity_is_meaningful),
         cmocka_unit_test(test_bad_input),
