@@ -643,6 +643,7 @@ static void rag_run(void *arg)
                               ss.dense_s, "lexical_s", ss.lexical_s);
         if (pre && g->stages) json_object_set_new(g->stages, "pre_retrieval_text",
                                                   json_text(pre, strlen(pre)));
+        if (g->stages) json_object_set_new(g->stages, "index", cairn_rag_status_json(a->p.rag));
         rc = start_generation(a, g, r, msgs, r->n_messages ? r->n_messages : 1, &err);
     }
     if (rc) fail_deferred(a, g, rc, err.msg[0] ? err.msg : "out of memory");
@@ -901,11 +902,11 @@ static void retrieve_run(void *arg)
         if (dense) cairn_histogram_observe(a->h_embed, embed_s);
         cairn_histogram_observe(a->h_search, search_s);
         set_json(&resp, 200,
-                 json_pack("{s:s,s:o,s:{s:s,s:f,s:f,s:f,s:f,s:f}}", "object", "list", "data",
+                 json_pack("{s:s,s:o,s:{s:s,s:f,s:f,s:f,s:f,s:f,s:o}}", "object", "list", "data",
                            hits_json(hits, n), "cairn", "mode",
-                           cairn_search_mode_name(t->r.rag.search), "embed_s", embed_s,
-                           "search_s", search_s, "dense_s", ss.dense_s, "lexical_s",
-                           ss.lexical_s, "total_s", since(t->t_start)));
+                           cairn_search_mode_name(t->r.rag.search), "embed_s", embed_s, "search_s",
+                           search_s, "dense_s", ss.dense_s, "lexical_s", ss.lexical_s, "total_s",
+                           since(t->t_start), "index", cairn_rag_status_json(a->p.rag)));
     }
     cairn_rag_hits_free(hits, n);
     free(q);

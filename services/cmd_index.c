@@ -6,8 +6,8 @@
  * train and fill the IVF index, write the tier file, then fill the lexical index (lexical.db)
  * by opening the directory as cairnd does. Each step is skipped when the directory
  * already holds its result, so the index is cached between runs; corpus.stamp tells whether
- * the cached store covers the corpus and passage limit asked for (a store cairnd filled with
- * its first 2,000 passages does not cover `--full`, and is rebuilt).
+ * the cached store covers the corpus and passage limit asked for (a store filled with its
+ * first 2,000 passages, the old default, does not cover the whole corpus, and is rebuilt).
  * `cairn search` opens the directory through services/rag.c, exactly as cairnd does.
  */
 #include "services/cmd_index.h"
@@ -29,8 +29,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define DEFAULT_MAX 2000 /* cairnd's rag.corpus_max */
-
 const char *const cairn_cmd_index_usage =
     "usage: cairn index [--full | --max N] [--corpus PATH] [--dir DIR] [--rebuild]\n"
     "                   [--model FILE] [--threads T] [--data-dir DIR]\n\n"
@@ -42,8 +40,9 @@ const char *const cairn_cmd_index_usage =
     "                  title}), or debian-Translation-en\n"
     "                  (default DATA/corpus/debian-Translation-en)\n"
     "  --dir DIR       index directory (default DATA/index, the one cairnd serves)\n"
-    "  --max N         ingest the first N passages (default 2000, as cairnd's rag.corpus_max)\n"
-    "  --full          ingest the whole corpus (68,101 passages of the default corpus)\n"
+    "  --max N         ingest the first N passages (default: all of them, as cairnd does)\n"
+    "  --full          ingest the whole corpus (68,199 passages of the default corpus; the\n"
+    "                  default)\n"
     "  --rebuild       start from an empty directory even when the cached index would do\n"
     "  --model FILE    embedder GGUF (default DATA/models/all-minilm-l6-v2.gguf)\n"
     "  --threads T     embedding threads; 0 = CPUs online (default 0)\n"
@@ -126,7 +125,7 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
     o->cmd = argv[0];
     o->data_dir = "./data";
     o->k = 5;
-    o->max = DEFAULT_MAX;
+    o->full = 1; /* the whole corpus unless --max says otherwise */
     o->texts = argv + 1;
     int only_texts = 0;
     for (int i = 1; i < argc; i++) {
@@ -179,7 +178,9 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
         case OPT_THREADS: bad = parse_long(o, a, v, 0, 1024, &o->threads); break;
         case OPT_K: bad = parse_long(o, a, v, 1, CAIRN_TIER_MAX_K, &o->k); break;
         case OPT_NPROBE: bad = parse_long(o, a, v, 1, 65536, &o->nprobe); break;
-        case OPT_FULL: o->full = 1; break;
+        case OPT_FULL:
+            o->full = 2;
+            break; /* said, not only the default */
         case OPT_REBUILD: o->rebuild = 1; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_MODE: {
@@ -194,10 +195,11 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
         if (bad) return 2;
         i += takes;
     }
-    if (o->full && o->max_set) {
+    if (o->full == 2 && o->max_set) {
         fprintf(stderr, "cairn %s: --full and --max exclude each other\n", o->cmd);
         return 2;
     }
+    if (o->max_set) o->full = 0;
     if (!o->model) {
         snprintf(o->model_buf, sizeof o->model_buf, "%s/models/all-minilm-l6-v2.gguf",
                  o->data_dir);

@@ -16,11 +16,15 @@
 #include "retrieval/ivf.h"
 #include "retrieval/tier.h"
 
+#include <cblas.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +37,7 @@ struct cairn_rag {
     char *dir;
     char path_ds[4096], path_ivf[4096], path_tier[4096], path_stamp[4096], path_lex[4096];
     char path_format[4096]; /* embed.format: how the passages were embedded (index.h) */
+    char path_partial[4096]; /* index.partial: a background build's vectors so far */
     pthread_rwlock_t lock;
     cairn_docstore *ds;
     cairn_ivf *ivf;   /* NULL until the first documents */
@@ -41,7 +46,25 @@ struct cairn_rag {
     int dim;
     int lock_fd;         /* dir/LOCK, flock'ed for the handle's life; -1 before */
     cairn_rag_log log;   /* set: adds and deletes go through the document log */
-    cairn_gauge *g_docs;
+    /* The background build (rag.h): while `building`, the dense side is the flat set fx/fids
+     * (every vector embedded so far, searched exactly) and each batch is appended to
+     * index.partial, so a restart resumes; when it holds every live passage, the IVF index
+     * is trained on it and takes its place. Guarded by lock, except the atomics. */
+    bool building;
+    float *fx;
+    int64_t *fids;
+    size_t fn, fcap;
+    FILE *partial;
+    pthread_t builder;
+    bool builder_started;
+    atomic_bool stop;         /* close asks the builder to stop between batches */
+    atomic_bool failed;       /* the build stopped on an error; what it indexed is served */
+    atomic_bool a_building;   /* building, for status without the lock */
+    atomic_size_t a_indexed;  /* passages in both indexes (for status without the lock) */
+    atomic_size_t a_total;    /* live passages in the store */
+    atomic_size_t a_embedded; /* passages the build embedded itself (its rate) */
+    atomic_llong build_t0;    /* when the build started embedding (cairn_now_ns) */
+    cairn_gauge *g_docs, *g_build_progress, *g_build_indexed, *g_build_eta;
     cairn_counter *c_searches, *c_probed, *c_hits, *c_prefetched_bytes;
     cairn_counter *c_budget_bytes, *c_saved_s;
     cairn_histogram *h_mode[3];  /* cairn_retrieval_search_seconds{mode}, by cairn_search_mode */
@@ -72,10 +95,164 @@ static int rebuild_tier(cairn_rag *r, cairn_error *err)
     return rc;
 }
 
-/* Adds vectors for ids, training the index first when it has none. Lock held alone. */
+/* ---- The flat set of a background build -------------------------------------------------- */
+
+/*
+ * index.partial: what a background build embedded so far, so that a restart resumes instead of
+ * embedding everything again. A 64-byte header (magic "CAIRNPV1", u32 dim, u32 0, u64 the
+ * docstore's uid, the passage text format, CAIRN_INDEX_EMBED_FORMAT, NUL-padded to 40 bytes),
+ * then records of an i64 id and dim floats, appended and fdatasync'ed per batch. A torn last
+ * record is cut off at load; records of passages deleted since, duplicates and non-finite
+ * vectors are skipped.
+ */
+#define PARTIAL_MAGIC  "CAIRNPV1"
+#define PARTIAL_HEADER 64
+
+static void partial_header(const cairn_rag *r, unsigned char h[PARTIAL_HEADER])
+{
+    memset(h, 0, PARTIAL_HEADER);
+    memcpy(h, PARTIAL_MAGIC, 8);
+    uint32_t dim = (uint32_t)r->dim;
+    uint64_t uid = cairn_docstore_uid(r->ds);
+    memcpy(h + 8, &dim, 4);
+    memcpy(h + 16, &uid, 8);
+    snprintf((char *)h + 24, 40, "%s", CAIRN_INDEX_EMBED_FORMAT);
+}
+
+/* Appends n vectors to the flat set and to index.partial. Lock held alone. */
+static int flat_add(cairn_rag *r, const float *x, const int64_t *ids, size_t n, cairn_error *err)
+{
+    size_t dim = (size_t)r->dim;
+    if (r->fn + n > r->fcap) {
+        size_t cap = r->fcap ? r->fcap : 1024;
+        while (cap < r->fn + n)
+            cap *= 2;
+        float *fx = realloc(r->fx, cap * dim * sizeof *fx);
+        if (fx) r->fx = fx;
+        int64_t *fids = fx ? realloc(r->fids, cap * sizeof *fids) : NULL;
+        if (!fids) return cairn_errorf(err, CAIRN_ENOMEM, "index build: out of memory");
+        r->fids = fids;
+        r->fcap = cap;
+    }
+    memcpy(r->fx + r->fn * dim, x, n * dim * sizeof *x);
+    memcpy(r->fids + r->fn, ids, n * sizeof *ids);
+    r->fn += n;
+    if (!r->partial) return 0;
+    bool ok = true;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = fwrite(&ids[i], sizeof ids[i], 1, r->partial) == 1 &&
+             fwrite(x + i * dim, sizeof *x, dim, r->partial) == dim;
+    ok = ok && fflush(r->partial) == 0 && fdatasync(fileno(r->partial)) == 0;
+    if (!ok) return cairn_errorf(err, CAIRN_EIO, "%s: %s", r->path_partial, strerror(errno));
+    return 0;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Whether id is a live passage of the store. Lock held. */
+static bool live_id(const cairn_rag *r, int64_t id)
+{
+    cairn_doc d;
+    return id >= 0 && cairn_docstore_get(r->ds, (uint64_t)id, &d, NULL) == 0 && !d.deleted;
+}
+
+/* Loads index.partial into the flat set (none, another store's or another format's: starts
+ * it afresh) and opens it for appending. Called at open, before any other thread. */
+static int partial_open(cairn_rag *r, cairn_error *err)
+{
+    const char *path = r->path_partial;
+    unsigned char want[PARTIAL_HEADER], have[PARTIAL_HEADER];
+    partial_header(r, want);
+    size_t dim = (size_t)r->dim, rec = sizeof(int64_t) + dim * sizeof(float);
+    FILE *f = fopen(path, "rb");
+    size_t kept = 0, good = 0; /* good: whole records before any torn one */
+    if (f && fread(have, 1, PARTIAL_HEADER, f) == PARTIAL_HEADER &&
+        memcmp(have, want, PARTIAL_HEADER) == 0) {
+        unsigned char *buf = malloc(rec);
+        int64_t *seen = NULL;
+        size_t n_seen = 0, cap_seen = 0;
+        bool oom = !buf;
+        while (!oom && fread(buf, 1, rec, f) == rec) {
+            good++;
+            int64_t id;
+            memcpy(&id, buf, sizeof id);
+            const float *v = (const float *)(void *)(buf + sizeof id);
+            bool ok = live_id(r, id);
+            for (size_t k = 0; ok && k < dim; k++)
+                ok = isfinite(v[k]);
+            if (!ok) continue;
+            if (n_seen == cap_seen) {
+                cap_seen = cap_seen ? 2 * cap_seen : 1024;
+                int64_t *g = realloc(seen, cap_seen * sizeof *g);
+                if (!(oom = !g))
+                    seen = g;
+                else
+                    break;
+            }
+            seen[n_seen++] = id;
+            if ((oom = flat_add(r, v, &id, 1, err) != 0)) break;
+            kept++;
+        }
+        /* a duplicate id cannot come from the build's own appends: a file with one is not
+         * trusted at all */
+        bool dup = false;
+        if (seen && n_seen) qsort(seen, n_seen, sizeof *seen, cmp_i64);
+        for (size_t i = 1; i < n_seen && !dup; i++)
+            dup = seen[i] == seen[i - 1];
+        if (dup || oom) {
+            CAIRN_LOG_WARN("index.partial not trusted: starting the build afresh", "path=%s", path);
+            r->fn = kept = good = 0;
+        }
+        free(seen);
+        free(buf);
+    }
+    if (f) fclose(f);
+    if (good == 0) {
+        f = fopen(path, "wb");
+        bool ok = f && fwrite(want, 1, PARTIAL_HEADER, f) == PARTIAL_HEADER && fflush(f) == 0;
+        if (f) fclose(f);
+        if (!ok) return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(errno));
+    } else if (truncate(path, (off_t)(PARTIAL_HEADER + good * rec)) != 0) {
+        return cairn_errorf(err, CAIRN_EIO, "%s: truncate: %s", path, strerror(errno));
+    }
+    r->partial = fopen(path, "ab");
+    if (!r->partial) return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(errno));
+    if (kept) CAIRN_LOG_INFO("index build resumes", "passages=%zu file=%s", kept, path);
+    return 0;
+}
+
+/* The live passages among the flat set. Lock held. */
+static size_t flat_live(const cairn_rag *r)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->fn; i++)
+        n += live_id(r, r->fids[i]);
+    return n;
+}
+
+/* Refreshes the counts status and /metrics read without the lock. Lock held. */
+static void counts_update(cairn_rag *r, size_t indexed)
+{
+    size_t live = cairn_docstore_live(r->ds);
+    atomic_store(&r->a_total, live);
+    atomic_store(&r->a_indexed, r->building ? indexed : live);
+    cairn_gauge_set(r->g_docs, (double)live);
+    cairn_gauge_set(r->g_build_indexed, (double)(r->building ? indexed : live));
+    cairn_gauge_set(r->g_build_progress,
+                    r->building && live ? (double)indexed / (double)live : 1.0);
+    if (!r->building) cairn_gauge_set(r->g_build_eta, 0);
+}
+
+/* Adds vectors for ids: to the flat set while building, else to the IVF index (training it
+ * first when it has none) and a new tier file. Lock held alone. */
 static int index_vectors(cairn_rag *r, const float *x, const int64_t *ids, size_t n,
                          cairn_error *err)
 {
+    if (r->building) return flat_add(r, x, ids, n, err);
     int rc = 0;
     if (!r->ivf) rc = cairn_index_build_ivf(&r->ivf, r->dim, x, ids, n, err); /* + add */
     else rc = cairn_ivf_add(r->ivf, x, ids, n, err);
@@ -178,6 +355,320 @@ static int reindex_all(cairn_rag *r, cairn_error *err)
     return rc;
 }
 
+/* ---- The background build -------------------------------------------------------------- */
+
+#define BUILD_BATCH 256 /* passages per commit to both indexes and index.partial */
+#define BUILD_EMBED 32  /* passages per embedder call: a query's embedding waits one at most */
+
+/* Adds the lexical entries of ids[0..n) (ascending) from the store, runs of consecutive ids
+ * at a time; ids no longer live are left out. Lock held alone. */
+static int lex_add_ids(cairn_rag *r, const int64_t *ids, size_t n, cairn_error *err)
+{
+    cairn_doc_input *in = malloc((n ? n : 1) * sizeof *in);
+    if (!in) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t j = 0; !rc && j < n;) {
+        size_t m = 0;
+        cairn_doc d;
+        while (j + m < n && (m == 0 || ids[j + m] == ids[j + m - 1] + 1) &&
+               cairn_docstore_get(r->ds, (uint64_t)ids[j + m], &d, NULL) == 0 && !d.deleted) {
+            in[m++] =
+                (cairn_doc_input){.key = d.key, .title = d.title, .text = d.text, .meta = d.meta};
+        }
+        if (m) rc = lex_add_inputs(r, in, m, (uint64_t)ids[j], err);
+        j += m ? m : 1;
+    }
+    free(in);
+    return rc;
+}
+
+/* The ids of live passages the flat set lacks, ascending, malloc'ed. Lock held. */
+static int build_todo(cairn_rag *r, int64_t **out, size_t *n, cairn_error *err)
+{
+    size_t recs = cairn_docstore_records(r->ds), m = 0;
+    int64_t *have = malloc((r->fn ? r->fn : 1) * sizeof *have);
+    int64_t *todo = malloc((recs ? recs : 1) * sizeof *todo);
+    if (!have || !todo) {
+        free(have);
+        free(todo);
+        return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
+    memcpy(have, r->fids, r->fn * sizeof *have);
+    qsort(have, r->fn, sizeof *have, cmp_i64);
+    for (size_t i = 0; i < recs; i++) {
+        cairn_doc d;
+        cairn_docstore_at(r->ds, i, &d);
+        int64_t id = (int64_t)d.id;
+        if (!d.deleted && !bsearch(&id, have, r->fn, sizeof *have, cmp_i64)) todo[m++] = id;
+    }
+    free(have);
+    *out = todo;
+    *n = m;
+    return 0;
+}
+
+/* A progress line and the build's gauges: at most every 30 s or 10% of the passages, and
+ * always at the end (final). */
+static void build_report(cairn_rag *r, bool final, int64_t *last_ns, size_t *last_done)
+{
+    size_t done = atomic_load(&r->a_indexed), total = atomic_load(&r->a_total);
+    int64_t now = cairn_now_ns();
+    double secs = (double)(now - atomic_load(&r->build_t0)) / 1e9;
+    double rate = secs > 0 ? (double)atomic_load(&r->a_embedded) / secs : 0;
+    double eta = rate > 0 && total > done ? (double)(total - done) / rate : 0;
+    cairn_gauge_set(r->g_build_eta, eta);
+    if (!final && now - *last_ns < 30 * CAIRN_NS_PER_SEC && (done - *last_done) * 10 < total)
+        return;
+    *last_ns = now;
+    *last_done = done;
+    CAIRN_LOG_INFO(final ? "index built" : "indexing in the background",
+                   "passages=%zu/%zu percent=%.1f rate=%.1f/s eta_s=%.0f elapsed_s=%.0f", done,
+                   total, total ? 100.0 * (double)done / (double)total : 100.0, rate, eta, secs);
+}
+
+/* The lexical index made to hold exactly the live passages of the flat set (a build that
+ * resumes after a stop between the two, or a lost lexical.db). */
+static int build_lex_catch_up(cairn_rag *r, cairn_error *err)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    size_t want = flat_live(r), have = cairn_lex_count(r->lex);
+    int64_t *ids = malloc((r->fn ? r->fn : 1) * sizeof *ids);
+    size_t n = 0;
+    for (size_t i = 0; ids && i < r->fn; i++)
+        if (live_id(r, r->fids[i])) ids[n++] = r->fids[i];
+    pthread_rwlock_unlock(&r->lock);
+    if (!ids) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    int rc = 0;
+    if (have != want) {
+        CAIRN_LOG_INFO("lexical index refilled for the resumed build", "passages=%zu", n);
+        qsort(ids, n, sizeof *ids, cmp_i64);
+        pthread_rwlock_wrlock(&r->lock);
+        rc = cairn_lex_clear(r->lex, err);
+        pthread_rwlock_unlock(&r->lock);
+        for (size_t j = 0; !rc && j < n && !atomic_load(&r->stop); j += 2048) {
+            pthread_rwlock_wrlock(&r->lock);
+            rc = lex_add_ids(r, ids + j, n - j < 2048 ? n - j : 2048, err);
+            pthread_rwlock_unlock(&r->lock);
+        }
+    }
+    free(ids);
+    return rc;
+}
+
+/* Embeds the passages the flat set lacks, a batch at a time, adding each batch to both
+ * indexes and index.partial under the lock. Returns 0 (done, or stopped), or an error. */
+static int build_embed(cairn_rag *r, cairn_error *err)
+{
+    int64_t *todo = NULL;
+    size_t n = 0;
+    pthread_rwlock_rdlock(&r->lock);
+    int rc = build_todo(r, &todo, &n, err);
+    pthread_rwlock_unlock(&r->lock);
+    if (rc) return rc;
+    size_t dim = (size_t)r->dim;
+    float *x = malloc(BUILD_BATCH * dim * sizeof *x);
+    char **texts = calloc(BUILD_BATCH, sizeof *texts);
+    int64_t *ids = malloc(BUILD_BATCH * sizeof *ids);
+    if (!x || !texts || !ids) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    int64_t last_ns = cairn_now_ns();
+    size_t last_done = atomic_load(&r->a_indexed);
+    atomic_store(&r->build_t0, cairn_now_ns());
+    for (size_t at = 0; !rc && at < n && !atomic_load(&r->stop);) {
+        /* the texts are copied under the lock: an add may remap the store */
+        size_t m = 0;
+        pthread_rwlock_rdlock(&r->lock);
+        for (; at < n && m < BUILD_BATCH; at++) {
+            cairn_doc d;
+            if (cairn_docstore_get(r->ds, (uint64_t)todo[at], &d, NULL) != 0 || d.deleted) continue;
+            if (!(texts[m] = cairn_index_passage_text(d.title, d.text))) {
+                rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+                break;
+            }
+            ids[m++] = todo[at];
+        }
+        pthread_rwlock_unlock(&r->lock);
+        for (size_t k = 0; !rc && k < m; k += BUILD_EMBED) {
+            if (atomic_load(&r->stop)) {
+                m = 0; /* nothing of this batch is added: the next start embeds it */
+                break;
+            }
+            int c = (int)(m - k < BUILD_EMBED ? m - k : BUILD_EMBED);
+            rc = cairn_embed_batch(r->p.embed, (const char *const *)texts + k, c, x + k * dim, err);
+        }
+        for (size_t k = 0; k < m; k++) {
+            free(texts[k]);
+            texts[k] = NULL;
+        }
+        if (rc || m == 0) continue;
+        pthread_rwlock_wrlock(&r->lock);
+        /* passages deleted while they were embedded are left out */
+        size_t w = 0;
+        for (size_t k = 0; k < m; k++) {
+            if (!live_id(r, ids[k])) continue;
+            memmove(x + w * dim, x + k * dim, dim * sizeof *x);
+            ids[w++] = ids[k];
+        }
+        rc = lex_add_ids(r, ids, w, err); /* first: a stop between leaves lexical ahead */
+        if (!rc) rc = flat_add(r, x, ids, w, err);
+        if (!rc) counts_update(r, flat_live(r));
+        pthread_rwlock_unlock(&r->lock);
+        atomic_fetch_add(&r->a_embedded, m);
+        build_report(r, false, &last_ns, &last_done);
+    }
+    free(x);
+    free(texts);
+    free(ids);
+    free(todo);
+    return rc;
+}
+
+/* Trains the IVF index on the flat set (outside the lock: k-means takes seconds), then, under
+ * it, adds what came meanwhile, drops what was deleted, writes index.ivf, index.tier and
+ * embed.format (last: an index is served as complete only with it) and ends the build. */
+static int build_finish(cairn_rag *r, cairn_error *err)
+{
+    size_t dim = (size_t)r->dim;
+    pthread_rwlock_rdlock(&r->lock);
+    size_t n0 = r->fn, m = 0;
+    float *sx = malloc((n0 ? n0 : 1) * dim * sizeof *sx);
+    int64_t *sids = malloc((n0 ? n0 : 1) * sizeof *sids);
+    for (size_t i = 0; sx && sids && i < n0; i++) {
+        if (!live_id(r, r->fids[i])) continue;
+        memcpy(sx + m * dim, r->fx + i * dim, dim * sizeof *sx);
+        sids[m++] = r->fids[i];
+    }
+    pthread_rwlock_unlock(&r->lock);
+    int rc = sx && sids ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    cairn_ivf *ivf = NULL;
+    int64_t t0 = cairn_now_ns();
+    if (!rc && m) rc = cairn_index_build_ivf(&ivf, r->dim, sx, sids, m, err);
+    double train_s = (double)(cairn_now_ns() - t0) / 1e9;
+    free(sx);
+    pthread_rwlock_wrlock(&r->lock);
+    for (size_t i = n0; !rc && i < r->fn; i++) {
+        if (!live_id(r, r->fids[i])) continue;
+        if (!ivf)
+            rc = cairn_index_build_ivf(&ivf, r->dim, r->fx + i * dim, &r->fids[i], 1, err);
+        else
+            rc = cairn_ivf_add(ivf, r->fx + i * dim, &r->fids[i], 1, err);
+    }
+    size_t gone = 0;
+    for (size_t i = 0; !rc && i < m; i++)
+        if (!live_id(r, sids[i])) sids[gone++] = sids[i];
+    if (!rc && gone) rc = cairn_ivf_remove(ivf, sids, gone, NULL, err);
+    free(sids);
+    if (!rc) {
+        cairn_ivf_close(r->ivf);
+        r->ivf = ivf;
+        ivf = NULL;
+        rc = rebuild_tier(r, err);
+        if (!rc) rc = cairn_index_format_write(r->path_format, err);
+    }
+    if (rc) {
+        /* the flat set stays what is served */
+        cairn_tier_close(r->tier);
+        r->tier = NULL;
+        cairn_ivf_close(r->ivf);
+        r->ivf = NULL;
+        cairn_ivf_close(ivf);
+    } else {
+        r->building = false;
+        atomic_store(&r->a_building, false);
+        fclose(r->partial);
+        r->partial = NULL;
+        unlink(r->path_partial);
+        free(r->fx);
+        free(r->fids);
+        r->fx = NULL;
+        r->fids = NULL;
+        r->fn = r->fcap = 0;
+        counts_update(r, 0);
+        CAIRN_LOG_INFO("IVF index trained", "passages=%zu nlist=%zu train_s=%.1f",
+                       r->ivf ? cairn_ivf_count(r->ivf) : (size_t)0,
+                       r->ivf ? cairn_ivf_nlist(r->ivf) : (size_t)0, train_s);
+    }
+    pthread_rwlock_unlock(&r->lock);
+    return rc;
+}
+
+static void *build_main(void *arg)
+{
+    cairn_rag *r = arg;
+    cairn_error err = {0};
+    int64_t last_ns = 0;
+    size_t last_done = 0;
+    int rc = build_lex_catch_up(r, &err);
+    if (!rc) rc = build_embed(r, &err);
+    if (!rc && !atomic_load(&r->stop)) rc = build_finish(r, &err);
+    if (rc) {
+        atomic_store(&r->failed, true);
+        CAIRN_LOG_ERROR("index build failed; serving what it indexed", "error=%s", err.msg);
+    } else if (atomic_load(&r->stop)) {
+        CAIRN_LOG_INFO("index build stopped; the next start resumes it", "passages=%zu/%zu",
+                       atomic_load(&r->a_indexed), atomic_load(&r->a_total));
+    } else {
+        build_report(r, true, &last_ns, &last_done);
+    }
+    return NULL;
+}
+
+/* Starts a background build: the stale index files go first (an index is complete only when
+ * the build writes embed.format last), then index.partial is loaded and the builder thread
+ * started. Called at open, before any other thread uses r. */
+static int build_start(cairn_rag *r, cairn_error *err)
+{
+    unlink(r->path_format);
+    unlink(r->path_ivf);
+    unlink(r->path_tier);
+    r->building = true;
+    atomic_store(&r->a_building, true);
+    int rc = partial_open(r, err);
+    if (rc) return rc;
+    counts_update(r, flat_live(r));
+    CAIRN_LOG_INFO("indexing in the background", "passages=%zu/%zu dir=%s",
+                   atomic_load(&r->a_indexed), atomic_load(&r->a_total), r->path_partial);
+    if (pthread_create(&r->builder, NULL, build_main, r) != 0)
+        return cairn_errorf(err, CAIRN_EIO, "index build: cannot start a thread");
+    r->builder_started = true;
+    return 0;
+}
+
+/*
+ * A store filled by an earlier start with a smaller rag.corpus_max (the default was 2,000
+ * passages) and nothing else since (no upload, no delete): it is emptied, so that the corpus is
+ * ingested as now asked. A store that holds more than that ingest is kept as it is, with a
+ * warning (`cairn index --rebuild` starts over).
+ */
+static int refresh_corpus_slice(cairn_rag *r, cairn_error *err)
+{
+    size_t live = cairn_docstore_live(r->ds);
+    cairn_index_stamp st;
+    char abs[PATH_MAX];
+    if (live == 0 || cairn_index_stamp_read(r->path_stamp, &st, NULL) != 0 ||
+        cairn_index_stamp_covers(&st, r->p.corpus, r->p.corpus_max) ||
+        !realpath(r->p.corpus, abs) || strcmp(abs, st.corpus) != 0)
+        return 0;
+    if (cairn_docstore_records(r->ds) != st.passages || live != st.passages) {
+        CAIRN_LOG_WARN("the index holds a smaller slice of the corpus and other documents; "
+                       "keeping it",
+                       "passages=%zu corpus=%s max_passages=%zu", live, st.corpus, st.max_passages);
+        return 0;
+    }
+    CAIRN_LOG_INFO("the index holds a smaller slice of the corpus; ingesting it again",
+                   "passages=%zu max_passages=%zu want=%zu", live, st.max_passages,
+                   r->p.corpus_max);
+    cairn_docstore_close(r->ds);
+    r->ds = NULL;
+    unlink(r->path_stamp); /* first: a store without its stamp is never taken for a cached one */
+    unlink(r->path_format);
+    unlink(r->path_ivf);
+    unlink(r->path_tier);
+    unlink(r->path_partial);
+    unlink(r->path_ds);
+    return cairn_docstore_open(&r->ds, r->path_ds, CAIRN_DOCSTORE_WRITE | CAIRN_DOCSTORE_CREATE,
+                               err);
+}
+
 /* Fills an empty store from the configured corpus (rag.h says which kinds). */
 static int ingest_corpus(cairn_rag *r, cairn_error *err)
 {
@@ -235,9 +726,23 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     snprintf(r->path_stamp, sizeof r->path_stamp, "%s/corpus.stamp", p->dir);
     snprintf(r->path_format, sizeof r->path_format, "%s/embed.format", p->dir);
     snprintf(r->path_lex, sizeof r->path_lex, "%s/lexical.db", p->dir);
+    snprintf(r->path_partial, sizeof r->path_partial, "%s/index.partial", p->dir);
     int rc = lock_dir(r, err);
     if (!rc && metrics) {
         rc = cairn_gauge_new(metrics, &r->g_docs, "cairn_rag_documents", "Passages indexed", err);
+        if (!rc)
+            rc = cairn_gauge_new(metrics, &r->g_build_progress, "cairn_index_build_progress",
+                                 "Share of the stored passages indexed (1 when the index "
+                                 "is complete; below 1 while it is built in the background)",
+                                 err);
+        if (!rc)
+            rc = cairn_gauge_new(metrics, &r->g_build_indexed, "cairn_index_build_passages",
+                                 "Passages indexed and searchable (both indexes)", err);
+        if (!rc)
+            rc = cairn_gauge_new(metrics, &r->g_build_eta, "cairn_index_build_eta_seconds",
+                                 "Seconds the background build expects to take still (0 "
+                                 "when none runs)",
+                                 err);
         if (!rc) rc = cairn_counter_new(metrics, &r->c_searches, "cairn_retrieval_searches_total",
                                         "Passage searches", err);
         if (!rc) rc = cairn_counter_new(metrics, &r->c_probed,
@@ -277,7 +782,9 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     }
     if (!rc) rc = cairn_docstore_open(&r->ds, r->path_ds,
                                       CAIRN_DOCSTORE_WRITE | CAIRN_DOCSTORE_CREATE, err);
+    if (!rc && p->corpus) rc = refresh_corpus_slice(r, err);
     if (!rc && cairn_docstore_live(r->ds) == 0 && p->corpus) rc = ingest_corpus(r, err);
+    bool build = false; /* p->background and the index must be (re)built */
     if (!rc && cairn_docstore_live(r->ds) > 0) {
         struct stat st;
         if (stat(r->path_ivf, &st) == 0 && cairn_index_format_current(r->path_format) &&
@@ -293,18 +800,24 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
         } else {
             cairn_ivf_close(r->ivf);
             r->ivf = NULL;
-            rc = reindex_all(r, err);
+            if (p->background)
+                build = true;
+            else
+                rc = reindex_all(r, err);
         }
     }
-    /* Every vector now is in the current format (kept, embedded again, or none yet). */
-    if (!rc) rc = cairn_index_format_write(r->path_format, err);
+    /* Every vector now is in the current format (kept, embedded again, or none yet); a
+     * background build writes the file when it ends. */
+    if (!rc && !build) rc = cairn_index_format_write(r->path_format, err);
     if (!rc) rc = cairn_lex_open(&r->lex, r->path_lex, cairn_docstore_uid(r->ds), &p->lex, err);
-    if (!rc && cairn_lex_count(r->lex) != cairn_docstore_live(r->ds)) rc = lex_rebuild(r, err);
+    if (!rc && !build && cairn_lex_count(r->lex) != cairn_docstore_live(r->ds))
+        rc = lex_rebuild(r, err);
+    if (!rc && build) rc = build_start(r, err);
     if (rc) {
         cairn_rag_close(r);
         return rc;
     }
-    cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+    if (!build) counts_update(r, 0);
     *out = r;
     return 0;
 }
@@ -312,6 +825,13 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
 void cairn_rag_close(cairn_rag *r)
 {
     if (!r) return;
+    if (r->builder_started) {
+        atomic_store(&r->stop, true);
+        pthread_join(r->builder, NULL);
+    }
+    if (r->partial) fclose(r->partial);
+    free(r->fx);
+    free(r->fids);
     cairn_lex_close(r->lex);
     cairn_tier_close(r->tier);
     cairn_ivf_close(r->ivf);
@@ -330,6 +850,31 @@ size_t cairn_rag_count(cairn_rag *r)
 }
 
 int cairn_rag_dim(const cairn_rag *r) { return r->dim; }
+
+void cairn_rag_get_status(cairn_rag *r, cairn_rag_status *st)
+{
+    memset(st, 0, sizeof *st);
+    st->indexed = atomic_load(&r->a_indexed);
+    st->total = atomic_load(&r->a_total);
+    st->complete = !atomic_load(&r->a_building);
+    st->failed = atomic_load(&r->failed);
+    st->eta_s = -1;
+    int64_t t0 = atomic_load(&r->build_t0);
+    size_t emb = atomic_load(&r->a_embedded);
+    if (!st->complete && t0 && emb) {
+        double secs = (double)(cairn_now_ns() - t0) / 1e9;
+        st->rate = secs > 0 ? (double)emb / secs : 0;
+        if (st->rate > 0) st->eta_s = (double)(st->total - st->indexed) / st->rate;
+    }
+}
+
+json_t *cairn_rag_status_json(cairn_rag *r)
+{
+    cairn_rag_status st;
+    cairn_rag_get_status(r, &st);
+    return json_pack("{s:b,s:I,s:I}", "complete", st.complete, "passages", (json_int_t)st.indexed,
+                     "total", (json_int_t)st.total);
+}
 
 int cairn_rag_embed(cairn_rag *r, const char *text, float *q, cairn_error *err)
 {
@@ -364,7 +909,7 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
         if (!rc) rc = index_vectors(r, x, ids, n, err);
         if (!rc) rc = lex_add_inputs(r, in, n, first, err);
         if (!rc && first_id) *first_id = first;
-        cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+        counts_update(r, r->building ? flat_live(r) : 0);
         pthread_rwlock_unlock(&r->lock);
     }
     for (size_t i = 0; texts && i < n; i++) free((char *)texts[i]);
@@ -471,9 +1016,9 @@ int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
     if (!rc) rc = cairn_docstore_commit(r->ds, err);
     int64_t iid = (int64_t)id;
     if (!rc && r->ivf) rc = cairn_ivf_remove(r->ivf, &iid, 1, NULL, err);
-    if (!rc) rc = rebuild_tier(r, err);
+    if (!rc && !r->building) rc = rebuild_tier(r, err);
     if (!rc) rc = cairn_lex_delete(r->lex, &id, 1, err);
-    cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+    counts_update(r, r->building ? flat_live(r) : 0);
     pthread_rwlock_unlock(&r->lock);
     return rc;
 }
@@ -635,7 +1180,10 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
     }
     if (!rc && changed) rc = cairn_docstore_commit(r->ds, err);
     if (!rc && dst) {
-        if (!r->ivf) rc = cairn_index_build_ivf(&r->ivf, r->dim, x, ids, dst, err);
+        if (r->building)
+            rc = flat_add(r, x, ids, dst, err);
+        else if (!r->ivf)
+            rc = cairn_index_build_ivf(&r->ivf, r->dim, x, ids, dst, err);
         else rc = cairn_ivf_add(r->ivf, x, ids, dst, err);
     }
     if (!rc && n_gone && r->ivf) rc = cairn_ivf_remove(r->ivf, gone, n_gone, NULL, err);
@@ -643,8 +1191,8 @@ int cairn_rag_apply(cairn_rag *r, cairn_rag_op *ops, size_t n, size_t *n_done,
         uint64_t id = (uint64_t)gone[i];
         rc = cairn_lex_delete(r->lex, &id, 1, err);
     }
-    if (!rc && changed) rc = rebuild_tier(r, err);
-    cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+    if (!rc && changed && !r->building) rc = rebuild_tier(r, err);
+    counts_update(r, r->building ? flat_live(r) : 0);
     pthread_rwlock_unlock(&r->lock);
     free(x);
     free(ids);
@@ -707,10 +1255,14 @@ static bool meta_matches(const cairn_doc *d, const cairn_lex_filter *f, size_t n
  * filters the IVF is asked for CAIRN_TIER_MAX_K candidates, since some will not match. Read
  * lock held.
  */
+static int flat_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t *ids, float *scores,
+                     int *n, cairn_error *err);
+
 static int dense_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t *ids,
                       float *scores, int *n, cairn_error *err)
 {
     *n = 0;
+    if (r->building) return flat_list(r, q, want, ids, scores, n, err);
     if (!r->tier) return 0;
     float sc[CAIRN_TIER_MAX_K];
     int64_t iv[CAIRN_TIER_MAX_K];
@@ -735,6 +1287,49 @@ static int dense_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t
         (*n)++;
     }
     return rc;
+}
+
+/*
+ * The dense list while a build runs: exact inner products with every vector embedded so far
+ * (one sgemv: ~10 ms over the whole default corpus), the best kept in order (score, then the
+ * smaller id), deleted and filtered-out passages skipped. Read lock held.
+ */
+static int flat_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t *ids, float *scores,
+                     int *n, cairn_error *err)
+{
+    *n = 0;
+    if (r->fn == 0) return 0;
+    float *sc = malloc(r->fn * sizeof *sc); /* only while building: no pool for it */
+    if (!sc) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)r->fn, r->dim, 1.0f, r->fx, r->dim, q->q, 1, 0.0f,
+                sc, 1);
+    int fetch = q->n_filters ? CAIRN_TIER_MAX_K : want;
+    int64_t top[CAIRN_TIER_MAX_K];
+    float ts[CAIRN_TIER_MAX_K];
+    int nt = 0;
+    for (size_t i = 0; i < r->fn; i++) {
+        float v = sc[i];
+        int64_t id = r->fids[i];
+        if (nt == fetch && (v < ts[nt - 1] || (v == ts[nt - 1] && id > top[nt - 1]))) continue;
+        int at = nt < fetch ? nt++ : nt - 1;
+        while (at > 0 && (ts[at - 1] < v || (ts[at - 1] == v && top[at - 1] > id))) {
+            ts[at] = ts[at - 1];
+            top[at] = top[at - 1];
+            at--;
+        }
+        ts[at] = v;
+        top[at] = id;
+    }
+    free(sc);
+    for (int i = 0; i < nt && *n < want; i++) {
+        cairn_doc d;
+        if (cairn_docstore_get(r->ds, (uint64_t)top[i], &d, NULL) != 0 || d.deleted) continue;
+        if (!meta_matches(&d, q->filters, q->n_filters)) continue;
+        ids[*n] = d.id;
+        scores[*n] = ts[i];
+        (*n)++;
+    }
+    return 0;
 }
 
 static char *dupn(const char *s, size_t n)

@@ -20,6 +20,16 @@
  *   3. hybrid search for q1 (cairn_rag_search) -> the top-k passages;
  *   4. cairn_rag_answer_prompt builds the prompt that cites them as [1], [2], ...
  *
+ * Building in the background (params.background, what cairnd does): when the store holds
+ * passages that the index lacks (a fresh corpus ingest, a lost or outdated index), open returns
+ * at once and a thread embeds them, a batch at a time, adding each batch to the lexical index and
+ * to a flat set of vectors that dense search scans exactly; searches answer over what is indexed
+ * so far (cairn_rag_get_status says how much). Each batch is also appended to index.partial, so
+ * a stop (close, SIGTERM, a crash) loses at most a batch and the next open resumes. When every
+ * passage is in, the IVF index is trained on the flat set and written with its tier file, and
+ * embed.format last: an index without it is never served as complete. Adds and deletes during
+ * the build go to the flat set and the lexical index.
+ *
  * Thread-safety: every function may be called from any thread; updates and searches are
  * serialised by the index's own lock (searches share it, updates take it alone).
  */
@@ -29,6 +39,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "common/error.h"
 #include "common/metrics.h"
@@ -41,6 +53,7 @@
 typedef struct cairn_rag cairn_rag;
 
 typedef struct cairn_rag_params {
+    /* The strings are read during cairn_rag_open only: they need not outlive it. */
     const char *dir;       /* index directory (created when missing) */
     cairn_embed *embed;    /* borrowed */
     size_t fast_bytes;     /* fast-tier capacity */
@@ -51,6 +64,8 @@ typedef struct cairn_rag_params {
                               *.md), a .jsonl file, or scripts/corpus's debian-Translation-en
                               (with debian-sections beside it); NULL: none */
     size_t corpus_max;     /* passages ingested at most; 0 = all */
+    bool background;       /* embed what the index lacks on a thread of its own (see above);
+                              false: open embeds it before returning */
     cairn_lex_params lex;  /* column weights of the lexical index */
     cairn_fuse_params fuse; /* hybrid fusion */
 } cairn_rag_params;
@@ -68,6 +83,23 @@ void cairn_rag_close(cairn_rag *r); /* NULL is a no-op */
 
 /* Passages stored and live. */
 size_t cairn_rag_count(cairn_rag *r);
+
+/* How far the index is: a background build's progress. */
+typedef struct cairn_rag_status {
+    bool complete;  /* no build runs: every live passage is in both indexes */
+    bool failed;    /* the build stopped on an error (logged); what it indexed is served */
+    size_t indexed; /* passages searchable (in both indexes) */
+    size_t total;   /* live passages in the store */
+    double rate;    /* passages/s the build embeds (0 before its first batch) */
+    double eta_s;   /* seconds left at that rate; -1 when unknown */
+} cairn_rag_status;
+
+/* Fills st. Lock-free: for /health and progress lines, from any thread. */
+void cairn_rag_get_status(cairn_rag *r, cairn_rag_status *st);
+
+/* {"complete": bool, "passages": indexed, "total": total}: what a response says of the index
+ * it searched. A new reference (NULL when out of memory). */
+json_t *cairn_rag_status_json(cairn_rag *r);
 
 /* Adds n documents (text + optional metadata JSON) and indexes them. *first_id (may be NULL)
  * gets the first id; the others follow. Returns 0 or a CAIRN_E* code (CAIRN_EINVAL for a bad

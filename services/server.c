@@ -91,8 +91,10 @@ static const cairn_config_key schema[] = {
      "ingested into an empty index at start: a directory, a .jsonl file, or a "
      "debian-Translation-en (unset: data_dir/corpus/debian-Translation-en when present)", NULL,
      0},
-    {"rag.corpus_max", CAIRN_CFG_INT, "2000", "0", "100000000",
-     "passages ingested from rag.corpus at most (0: all; embedding takes a while)", NULL, 0},
+    {"rag.corpus_max", CAIRN_CFG_INT, "0", "0", "100000000",
+     "passages ingested from rag.corpus at most (0: all of it; cairnd serves at once and embeds "
+     "them in the background, /health answering 503 with the progress until it is done)", NULL,
+     0},
     {"rag.fast_bytes", CAIRN_CFG_SIZE, "64M", "1M", "1T", "fast-tier capacity", NULL, 0},
     {"workers.count", CAIRN_CFG_INT, "1", "1", "64", "generation workers (one engine each)",
      NULL, 0},
@@ -203,16 +205,33 @@ typedef struct service {
     char model_name[256]; /* model.name when unset: from the model file's name */
 } service;
 
+/*
+ * 200 once everything is loaded and the index is complete; 503 "loading" before, with the
+ * background index build's progress (passages indexed of the store's, the rate, an ETA), so a
+ * load balancer keeps traffic away while a person can watch it; 503 "draining" after SIGTERM.
+ * Requests are served meanwhile: retrieval answers over what is indexed and says so.
+ */
 static void on_health(void *ctx, const cairn_http_req *req, cairn_http_resp *resp)
 {
     service *s = ctx;
     int draining = atomic_load(&s->draining);
-    int ready = atomic_load(&s->ready) && !draining;
+    cairn_rag_status st = {.complete = true};
+    if (s->rag) cairn_rag_get_status(s->rag, &st);
+    int ready = atomic_load(&s->ready) && !draining && st.complete;
     json_t *o = json_pack("{s:s,s:s,s:f,s:b}", "status",
                           draining ? "draining" : ready ? "ok" : "loading", "version",
                           CAIRN_VERSION_STRING, "uptime_s",
                           (double)(cairn_now_ns() - s->started_ns) / 1e9, "cuda",
                           cairn_gpu_built());
+    if (o && !st.complete) {
+        json_t *p = json_pack("{s:I,s:I,s:f,s:f,s:b}", "passages", (json_int_t)st.indexed,
+                              "total", (json_int_t)st.total, "fraction",
+                              st.total ? (double)st.indexed / (double)st.total : 0.0,
+                              "passages_per_s", st.rate, "failed", st.failed);
+        if (p)
+            json_object_set_new(p, "eta_s", st.eta_s >= 0 ? json_real(st.eta_s) : json_null());
+        json_object_set_new(o, "progress", p);
+    }
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!body) {
@@ -427,6 +446,7 @@ static int start_api(service *s, cairn_error *err)
         struct stat cst;
         if (!rp.corpus && stat(corpus, &cst) == 0) rp.corpus = corpus;
         rp.corpus_max = (size_t)cairn_config_int(c, "rag.corpus_max");
+        rp.background = true;
         rc = cairn_rag_open(&s->rag, &rp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "index %s", dir);
         CAIRN_LOG_INFO("index open", "dir=%s passages=%zu", dir, cairn_rag_count(s->rag));
