@@ -813,6 +813,7 @@ int cairn_rag_open(cairn_rag **out, const cairn_rag_params *p, cairn_metrics *me
     if (!rc && !build && cairn_lex_count(r->lex) != cairn_docstore_live(r->ds))
         rc = lex_rebuild(r, err);
     if (!rc && build) rc = build_start(r, err);
+    if (!rc && !build) unlink(r->path_partial); /* a stopped build's, made complete another way */
     if (rc) {
         cairn_rag_close(r);
         return rc;
