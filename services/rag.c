@@ -123,6 +123,7 @@ static void partial_header(const cairn_rag *r, unsigned char h[PARTIAL_HEADER])
 static int flat_add(cairn_rag *r, const float *x, const int64_t *ids, size_t n, cairn_error *err)
 {
     size_t dim = (size_t)r->dim;
+    if (n == 0) return 0;
     if (r->fn + n > r->fcap) {
         size_t cap = r->fcap ? r->fcap : 1024;
         while (cap < r->fn + n)
@@ -393,7 +394,7 @@ static int build_todo(cairn_rag *r, int64_t **out, size_t *n, cairn_error *err)
         free(todo);
         return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     }
-    memcpy(have, r->fids, r->fn * sizeof *have);
+    if (r->fn) memcpy(have, r->fids, r->fn * sizeof *have); /* fids is NULL while empty */
     qsort(have, r->fn, sizeof *have, cmp_i64);
     for (size_t i = 0; i < recs; i++) {
         cairn_doc d;
