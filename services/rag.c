@@ -488,6 +488,7 @@ static int build_embed(cairn_rag *r, cairn_error *err)
             ids[m++] = todo[at];
         }
         pthread_rwlock_unlock(&r->lock);
+        size_t got = m;
         for (size_t k = 0; !rc && k < m; k += BUILD_EMBED) {
             if (atomic_load(&r->stop)) {
                 m = 0; /* nothing of this batch is added: the next start embeds it */
@@ -496,7 +497,7 @@ static int build_embed(cairn_rag *r, cairn_error *err)
             int c = (int)(m - k < BUILD_EMBED ? m - k : BUILD_EMBED);
             rc = cairn_embed_batch(r->p.embed, (const char *const *)texts + k, c, x + k * dim, err);
         }
-        for (size_t k = 0; k < m; k++) {
+        for (size_t k = 0; k < got; k++) {
             free(texts[k]);
             texts[k] = NULL;
         }
