@@ -509,6 +509,46 @@ int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error 
     return tok;
 }
 
+/* ==== Log probabilities ======================================================================= */
+
+int cairn_sample_logprobs(const float *logits, int32_t n, int32_t token, int k,
+                          cairn_token_logprobs *out)
+{
+    if (n <= 0 || token < 0 || token >= n || k < 0 || k > CAIRN_SAMPLE_MAX_LOGPROBS)
+        return CAIRN_EINVAL;
+    float lmax = -INFINITY;
+    int32_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        float m = block_max(logits + i);
+        lmax = m > lmax ? m : lmax;
+    }
+    for (; i < n; i++)
+        lmax = logits[i] > lmax ? logits[i] : lmax;
+    if (!(lmax > -INFINITY) || lmax == INFINITY)
+        return CAIRN_EINVAL;
+    /* log Z = max + log sum exp(l - max); the sum in double over 262k terms. */
+    double sum = 0.0;
+    for (i = 0; i < n; i++) {
+        float l = logits[i];
+        if (l > -INFINITY) /* NaN compares false */
+            sum += exp((double)l - (double)lmax);
+    }
+    const double logz = (double)lmax + log(sum);
+    const float lt = logits[token];
+    out->chosen = (cairn_logprob){token, lt > -INFINITY ? (float)((double)lt - logz) : -INFINITY};
+    out->n_top = 0;
+    if (k > 0) {
+        cand h[CAIRN_SAMPLE_MAX_LOGPROBS];
+        size_t m = top_k(h, (size_t)k, logits, n, lmax, 1.0f);
+        for (size_t j = 0; j < m; j++) {
+            int32_t id = h[j].id;
+            out->top[j] = (cairn_logprob){id, (float)((double)logits[id] - logz)};
+        }
+        out->n_top = (int)m;
+    }
+    return 0;
+}
+
 /* ==== Stop strings ============================================================================ */
 
 struct cairn_stop {

@@ -103,6 +103,36 @@ int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error 
 /* The arg-max of logits[0..n) (lowest id on ties; NaN ignored), or -1 when n <= 0 or all NaN. */
 int32_t cairn_sample_argmax(const float *logits, int32_t n);
 
+/* ---- Log probabilities -----------------------------------------------------------------------
+ * What OpenAI's logprobs / top_logprobs report. The values are the log-softmax of the model's
+ * raw logits: before logit_bias, penalties, temperature, top-k, top-p and min-p (vLLM's default
+ * "raw_logprobs"), so they describe the model, do not change with the sampling settings, and
+ * the greedy token is the top-1 entry. */
+
+#define CAIRN_SAMPLE_MAX_LOGPROBS 20 /* alternatives per token at most (OpenAI's top_logprobs) */
+
+typedef struct cairn_logprob {
+    int32_t token;
+    float logprob; /* <= 0; -inf for a token of probability 0 (a -inf or NaN logit) */
+} cairn_logprob;
+
+typedef struct cairn_token_logprobs {
+    cairn_logprob chosen;                        /* the token that was picked */
+    int n_top;                                   /* entries in top */
+    cairn_logprob top[CAIRN_SAMPLE_MAX_LOGPROBS]; /* the likeliest tokens, most likely first
+                                                    (lowest id first on ties) */
+} cairn_token_logprobs;
+
+/*
+ * Fills *out with the log-probability of token and of the k likeliest tokens (0..
+ * CAIRN_SAMPLE_MAX_LOGPROBS; fewer when fewer logits are finite) under the softmax of
+ * logits[0..n). NaN logits count as -inf. Returns 0, or CAIRN_EINVAL (k or token out of range,
+ * or no finite logit). Allocates nothing; thread-safe (reads logits only). One pass for the
+ * maximum, one for the normaliser (in double), one for the top k.
+ */
+int cairn_sample_logprobs(const float *logits, int32_t n, int32_t token, int k,
+                          cairn_token_logprobs *out);
+
 /* ---- Stop strings ---------------------------------------------------------------------------
  * Generated text arrives in pieces. The matcher holds back the bytes that might be the start
  * of a stop string until it knows; when a stop string completes (possibly across several

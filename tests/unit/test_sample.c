@@ -552,6 +552,71 @@ static void test_min_p(void **state)
     assert_non_null(strstr(err.msg, "min_p"));
 }
 
+/* Log-probabilities equal a log-softmax computed here in long double (a two-pass sum), for
+ * rows of several sizes with NaN and -inf entries; the top entries are the k largest logits in
+ * order (lowest id first on ties), and the chosen token's value equals its top entry's. */
+static void test_logprobs_are_log_softmax(void **state)
+{
+    (void)state;
+    static const int32_t sizes[] = {1, 7, 16, 33, 1000, 49152};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int32_t n = sizes[si];
+        float *l = malloc(sizeof *l * (size_t)n);
+        for (int32_t i = 0; i < n; i++) l[i] = rnd_logit() * 3.0f;
+        if (n > 10) {
+            l[3] = NAN;
+            l[5] = -INFINITY;
+            l[8] = l[9]; /* a tie */
+        }
+        long double mx = -INFINITY, sum = 0;
+        for (int32_t i = 0; i < n; i++)
+            if (l[i] > mx) mx = l[i];
+        for (int32_t i = 0; i < n; i++)
+            if (l[i] > -INFINITY) sum += expl((long double)l[i] - mx);
+        const long double logz = mx + logl(sum);
+        for (int k = 0; k <= CAIRN_SAMPLE_MAX_LOGPROBS; k += 5) {
+            int32_t tok = n > 100 ? 99 : n - 1;
+            cairn_token_logprobs lp;
+            assert_int_equal(cairn_sample_logprobs(l, n, tok, k, &lp), 0);
+            assert_int_equal(lp.chosen.token, tok);
+            assert_true(fabsl((long double)lp.chosen.logprob - (l[tok] - logz)) < 1e-4L);
+            assert_true(lp.chosen.logprob <= 0.0f);
+            int finite = 0;
+            for (int32_t i = 0; i < n; i++) finite += l[i] > -INFINITY;
+            assert_int_equal(lp.n_top, k < finite ? k : finite);
+            for (int j = 0; j < lp.n_top; j++) {
+                int32_t id = lp.top[j].token;
+                assert_true(fabsl((long double)lp.top[j].logprob - (l[id] - logz)) < 1e-4L);
+                /* no token outside the list beats this entry */
+                int beaten = 0;
+                for (int32_t i = 0; i < n; i++)
+                    beaten += l[i] > l[id] || (l[i] == l[id] && i < id);
+                assert_int_equal(beaten, j);
+                if (j > 0) assert_true(lp.top[j - 1].logprob >= lp.top[j].logprob);
+                if (id == tok) assert_true(lp.top[j].logprob == lp.chosen.logprob);
+            }
+            if (lp.n_top > 0) assert_int_equal(lp.top[0].token, cairn_sample_argmax(l, n));
+        }
+        free(l);
+    }
+    /* Errors: k out of range, a token outside the row, no finite logit. */
+    float row[4] = {1, 2, 3, 4};
+    cairn_token_logprobs lp;
+    assert_int_equal(cairn_sample_logprobs(row, 4, 0, CAIRN_SAMPLE_MAX_LOGPROBS + 1, &lp),
+                     CAIRN_EINVAL);
+    assert_int_equal(cairn_sample_logprobs(row, 4, 4, 1, &lp), CAIRN_EINVAL);
+    assert_int_equal(cairn_sample_logprobs(row, 4, -1, 1, &lp), CAIRN_EINVAL);
+    float none[3] = {NAN, -INFINITY, NAN};
+    assert_int_equal(cairn_sample_logprobs(none, 3, 0, 1, &lp), CAIRN_EINVAL);
+    /* A token of probability 0 is -inf (the API writes -9999). */
+    float some[3] = {0.0f, -INFINITY, 1.0f};
+    assert_int_equal(cairn_sample_logprobs(some, 3, 1, 3, &lp), 0);
+    assert_true(isinf(lp.chosen.logprob) && lp.chosen.logprob < 0);
+    assert_int_equal(lp.n_top, 2);
+    assert_int_equal(lp.top[0].token, 2);
+    assert_true(fabsf(expf(lp.top[0].logprob) + expf(lp.top[1].logprob) - 1.0f) < 1e-6f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -565,6 +630,7 @@ int main(void)
         cmocka_unit_test(test_logit_bias),
         cmocka_unit_test(test_penalties),
         cmocka_unit_test(test_min_p),
+        cmocka_unit_test(test_logprobs_are_log_softmax),
         cmocka_unit_test(test_stop_across_pieces),
         cmocka_unit_test(test_stop_random_pieces),
     };
