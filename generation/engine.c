@@ -4,6 +4,11 @@
  * A sequence's prompt and generated tokens are kept; its K/V rows live in the paged cache
  * (one kv sequence each). A decoding sequence holds one sampled token that has not been fed
  * yet ("pending"): the next step feeds it at position n_prompt + n_generated - 1.
+ *
+ * A follower (cairn_engine_add_follower: choice 2..n of one prompt) has no kv sequence while
+ * it waits; the pass that completes its leader's prompt forks the leader's blocks for it and
+ * samples its first token from the leader's logits row, before the leader's own token is taken
+ * (which may end the leader and free its blocks).
  */
 #include "generation/engine.h"
 
@@ -28,6 +33,11 @@ typedef struct {
     cairn_finish finish;
     uint64_t stamp; /* last step that listed it, to catch duplicates */
     bool held;      /* in a suspended pass (cairn_engine_step_yield) */
+    int follow;     /* the leader whose prompt's blocks it waits to share, or -1 */
+    bool want_lp;   /* compute logprobs of each sampled token */
+    int top_lp;     /* alternatives with them */
+    bool has_lp;    /* lp holds the latest token's */
+    cairn_token_logprobs lp;
 } eseq;
 
 struct cairn_engine {
@@ -75,8 +85,11 @@ cairn_gen_params cairn_gen_default_params(void)
     return (cairn_gen_params){.max_tokens = 128, .sample = cairn_sample_greedy_params()};
 }
 
+static void promote_followers(cairn_engine *e, eseq *leader);
+
 static void seq_clear(cairn_engine *e, eseq *s)
 {
+    promote_followers(e, s);
     if (s->kv_seq >= 0)
         cairn_kv_seq_free(e->kv, s->kv_seq);
     free(s->prompt);
@@ -85,6 +98,7 @@ static void seq_clear(cairn_engine *e, eseq *s)
     cairn_sampler_free(s->sampler);
     memset(s, 0, sizeof *s);
     s->kv_seq = -1;
+    s->follow = -1;
 }
 
 void cairn_engine_close(cairn_engine *e)
@@ -238,8 +252,10 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
         rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
         goto fail;
     }
-    for (int i = 0; i < p.max_seqs; i++)
+    for (int i = 0; i < p.max_seqs; i++) {
         e->seqs[i].kv_seq = -1;
+        e->seqs[i].follow = -1;
+    }
     *out = e;
     return 0;
 fail:
@@ -276,6 +292,9 @@ int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
     if (gp->n_history < 0 || gp->n_history > n_prompt)
         return cairn_errorf(err, CAIRN_EINVAL, "engine: n_history %d outside 0..%d",
                             gp->n_history, n_prompt);
+    if (gp->logprobs && (gp->top_logprobs < 0 || gp->top_logprobs > CAIRN_SAMPLE_MAX_LOGPROBS))
+        return cairn_errorf(err, CAIRN_EINVAL, "top_logprobs: %d is outside 0..%d",
+                            gp->top_logprobs, CAIRN_SAMPLE_MAX_LOGPROBS);
     int rc = cairn_sample_params_validate(&gp->sample, err);
     if (rc)
         return rc;
@@ -289,6 +308,7 @@ int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
     eseq *s = &e->seqs[slot];
     memset(s, 0, sizeof *s);
     s->kv_seq = -1;
+    s->follow = -1;
     int cap = gp->max_tokens < e->p.n_ctx ? gp->max_tokens : e->p.n_ctx;
     s->prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
     s->gen = malloc(sizeof(int32_t) * (size_t)cap);
@@ -318,13 +338,57 @@ int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
     s->max_tokens = cap;
     s->cb = gp->on_token;
     s->user = gp->user;
+    s->want_lp = gp->logprobs;
+    s->top_lp = gp->logprobs ? gp->top_logprobs : 0;
     s->used = true;
     *id = slot;
     return 0;
 }
 
+static eseq *find(const cairn_engine *e, int id);
+
+int cairn_engine_add_follower(cairn_engine *e, int leader, const cairn_gen_params *gp, int *id,
+                              cairn_error *err)
+{
+    eseq *l = find(e, leader);
+    if (!l)
+        return cairn_errorf(err, CAIRN_EINVAL, "engine: no sequence %d to follow", leader);
+    if (l->finish != CAIRN_FINISH_NONE || l->n_prefilled >= l->n_prompt || l->follow >= 0 ||
+        l->held)
+        return cairn_errorf(err, CAIRN_ESTATE, "engine: sequence %d is not a prefilling leader",
+                            leader);
+    int rc = cairn_engine_add(e, l->prompt, l->n_prompt, gp, id, err);
+    if (rc)
+        return rc;
+    eseq *s = &e->seqs[*id];
+    cairn_kv_seq_free(e->kv, s->kv_seq); /* it shares the leader's once they exist */
+    s->kv_seq = -1;
+    s->follow = leader;
+    return 0;
+}
+
+/* leader ends before its prompt completed: its followers go on as ordinary sequences that
+ * prefill the prompt themselves (a kv sequence id is always free: the cache has one per
+ * engine slot). */
+static void promote_followers(cairn_engine *e, eseq *leader)
+{
+    const int lid = (int)(leader - e->seqs);
+    for (int i = 0; i < e->p.max_seqs; i++) {
+        eseq *f = &e->seqs[i];
+        if (!f->used || f->follow != lid)
+            continue;
+        f->follow = -1;
+        if (f->finish == CAIRN_FINISH_NONE && cairn_kv_seq_new(e->kv, &f->kv_seq, NULL) != 0) {
+            f->kv_seq = -1;
+            f->finish = CAIRN_FINISH_CANCELLED;
+        }
+    }
+}
+
 static void finish(cairn_engine *e, eseq *s, cairn_finish why)
 {
+    if (s->n_prefilled < s->n_prompt)
+        promote_followers(e, s);
     s->finish = why;
     if (s->kv_seq >= 0) {
         cairn_kv_seq_free(e->kv, s->kv_seq);
@@ -407,6 +471,9 @@ static int prepare(cairn_engine *e, const cairn_step_item *items, int n_items, c
         if (s->held)
             return cairn_errorf(err, CAIRN_ESTATE, "engine step: sequence %d is in a suspended "
                                 "pass; resume it first", items[i].id);
+        if (s->follow >= 0)
+            return cairn_errorf(err, CAIRN_EINVAL, "engine step: sequence %d waits for the "
+                                "prompt of sequence %d", items[i].id, s->follow);
         s->stamp = stamp;
         e->pre_len[i] = cairn_kv_seq_len(e->kv, s->kv_seq);
         int n;
@@ -468,6 +535,40 @@ static void sample_rows(void *p, size_t b, size_t end, int tid)
         int32_t tok = s->sampler ? cairn_sampler_sample(s->sampler, lg, NULL)
                                  : cairn_sample_argmax(lg, e->n_vocab);
         e->sampled[i] = tok >= 0 && lg[tok] > -INFINITY ? tok : CAIRN_EINVAL;
+        if (s->want_lp && e->sampled[i] >= 0)
+            s->has_lp = cairn_sample_logprobs(lg, e->n_vocab, tok, s->top_lp, &s->lp) == 0;
+    }
+}
+
+/* leader's prompt completed in this pass with logits row lg: each follower forks its blocks
+ * and takes its first token from the row with its own sampler. A follower that cannot fork
+ * (window rows already gone) prefills the prompt itself. */
+static void spawn_followers(cairn_engine *e, int lid, eseq *leader, const float *lg)
+{
+    for (int i = 0; i < e->p.max_seqs; i++) {
+        eseq *f = &e->seqs[i];
+        if (!f->used || f->follow != lid)
+            continue;
+        f->follow = -1;
+        if (f->finish != CAIRN_FINISH_NONE)
+            continue;
+        if (cairn_kv_seq_fork(e->kv, leader->kv_seq, leader->n_prompt, &f->kv_seq, NULL) != 0) {
+            if (cairn_kv_seq_new(e->kv, &f->kv_seq, NULL) != 0) {
+                f->kv_seq = -1;
+                finish(e, f, CAIRN_FINISH_CANCELLED);
+            }
+            continue;
+        }
+        f->n_prefilled = f->n_prompt;
+        int32_t tok = f->sampler ? cairn_sampler_sample(f->sampler, lg, NULL)
+                                 : cairn_sample_argmax(lg, e->n_vocab);
+        if (tok < 0 || !(lg[tok] > -INFINITY)) {
+            finish(e, f, CAIRN_FINISH_CANCELLED);
+            continue;
+        }
+        if (f->want_lp)
+            f->has_lp = cairn_sample_logprobs(lg, e->n_vocab, tok, f->top_lp, &f->lp) == 0;
+        take_token(e, i, f, tok);
     }
 }
 
@@ -485,7 +586,8 @@ static int complete(cairn_engine *e, const cairn_step_item *items, int n_items,
         sample_rows(&c, 0, (size_t)n_items, 0);
     for (int i = 0; i < n_items; i++) {
         eseq *s = &e->seqs[items[i].id];
-        if (s->n_prefilled < s->n_prompt) {
+        const bool was_prefilling = s->n_prefilled < s->n_prompt;
+        if (was_prefilling) {
             int n = s->n_prompt - s->n_prefilled;
             s->n_prefilled += items[i].n_tokens < n ? items[i].n_tokens : n;
         }
@@ -494,6 +596,9 @@ static int complete(cairn_engine *e, const cairn_step_item *items, int n_items,
         if (e->sampled[i] < 0) /* no finite logit: a numerical failure, reported */
             return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d",
                                 e->n_vocab);
+        if (was_prefilling) /* before the leader's token, which may end it and free its blocks */
+            spawn_followers(e, items[i].id, s,
+                            e->logits + (size_t)row_of_item[i] * e->n_vocab);
         take_token(e, items[i].id, s, e->sampled[i]);
     }
     return 0;
@@ -579,7 +684,8 @@ int cairn_engine_run(cairn_engine *e, cairn_error *err)
         }
         for (int i = 0; i < e->p.max_seqs && budget > 0; i++) {
             eseq *s = &e->seqs[i];
-            if (s->used && s->finish == CAIRN_FINISH_NONE && s->n_prefilled < s->n_prompt) {
+            if (s->used && s->finish == CAIRN_FINISH_NONE && s->n_prefilled < s->n_prompt &&
+                s->follow < 0) {
                 int chunk = s->n_prompt - s->n_prefilled;
                 if (chunk > budget)
                     chunk = budget;
@@ -607,7 +713,14 @@ int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out)
     out->n_generated = s->n_gen;
     out->generated = s->gen;
     out->held = s->held;
+    out->following = s->follow;
     return 0;
+}
+
+const cairn_token_logprobs *cairn_engine_seq_logprobs(const cairn_engine *e, int id)
+{
+    const eseq *s = find(e, id);
+    return s && s->want_lp && s->has_lp ? &s->lp : NULL;
 }
 
 int cairn_engine_seq_rng(const cairn_engine *e, int id, cairn_sampler_rng *out)

@@ -81,6 +81,10 @@ typedef struct {
     void *user;
     int n_history; /* the prompt's last n_history tokens are this sequence's earlier output
                       (a resumed sequence): the sampler's penalties count them; 0..n_prompt */
+    bool logprobs;    /* compute each sampled token's log-probability (cairn_sample_logprobs),
+                         readable in on_token through cairn_engine_seq_logprobs; off: no cost */
+    int top_logprobs; /* with logprobs: the likeliest alternatives too, 0..
+                         CAIRN_SAMPLE_MAX_LOGPROBS */
 } cairn_gen_params;
 
 /* max_tokens 128, greedy, no stop tokens, no callback. */
@@ -94,6 +98,19 @@ cairn_gen_params cairn_gen_default_params(void);
  */
 int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
                      const cairn_gen_params *gp, int *id, cairn_error *err);
+
+/*
+ * Adds a sequence with leader's prompt that shares the leader's KV blocks instead of prefilling
+ * the prompt again (n choices for one prompt): it is never stepped while it follows; when the
+ * leader's prompt completes, it forks the leader's block table (cairn_kv_seq_fork: no copy,
+ * reference counts) and draws its first token from the same logits row with its own sampler
+ * (gp->sample: its own seed), then decodes as any sequence. Should the leader end before its
+ * prompt completes, the follower becomes an ordinary sequence that prefills the prompt itself.
+ * The leader must exist, be prefilling and follow no one. Returns 0 and *id, or the errors of
+ * cairn_engine_add, CAIRN_ESTATE (the leader is not prefilling or is itself a follower).
+ */
+int cairn_engine_add_follower(cairn_engine *e, int leader, const cairn_gen_params *gp, int *id,
+                              cairn_error *err);
 
 /* Ends a sequence now (CAIRN_FINISH_CANCELLED) and frees its KV blocks; its record stays until
  * release. Returns 0, or CAIRN_ENOTFOUND for an unknown id. Finished sequences are left as is. */
@@ -157,6 +174,8 @@ typedef struct {
     int n_generated;
     const int32_t *generated; /* n_generated ids, owned by the engine, valid until release */
     bool held;                /* in a suspended pass (cairn_engine_step_yield) */
+    int following;            /* the leader it waits for (cairn_engine_add_follower), or -1:
+                                 a follower is not to be stepped */
 } cairn_seq_info;
 
 /* Fills *out for id. Returns 0 or CAIRN_ENOTFOUND. */
@@ -169,6 +188,11 @@ int cairn_engine_seq_info(const cairn_engine *e, int id, cairn_seq_info *out);
  * Return 0, CAIRN_ENOTFOUND, or CAIRN_ESTATE for a greedy sequence (it draws nothing). */
 int cairn_engine_seq_rng(const cairn_engine *e, int id, cairn_sampler_rng *out);
 int cairn_engine_seq_set_rng(cairn_engine *e, int id, const cairn_sampler_rng *r);
+
+/* The log-probabilities of id's latest sampled token (gen params' logprobs), valid until its
+ * next token or release: NULL for an unknown id, one that did not ask, or before its first
+ * token. Read it in on_token. */
+const cairn_token_logprobs *cairn_engine_seq_logprobs(const cairn_engine *e, int id);
 
 /* Sequences added and not finished. */
 int cairn_engine_active(const cairn_engine *e);

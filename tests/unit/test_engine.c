@@ -1,6 +1,7 @@
 /*
  * tests/unit/test_engine.c — the engine on the real gemma-3-270m (skipped without it):
- * batched equals unbatched, stop conditions, callbacks, cancel, and clear errors.
+ * batched equals unbatched, stop conditions, callbacks, cancel, followers sharing a prompt's
+ * KV blocks, log-probabilities, and clear errors.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <cmocka.h>
 
 #include "generation/engine.h"
+#include "generation/kv.h"
 #include "tests/reference/gemma3_ref.h"
 
 static cairn_model *model;
@@ -268,6 +270,154 @@ static void test_resumed_sequence_draws_on(void **state)
     cairn_engine_close(e);
 }
 
+/* prompt i generated alone with gp (NGEN tokens) into out. */
+static void solo(int i, const cairn_gen_params *gp, int32_t *out)
+{
+    cairn_engine *e = open_engine(256);
+    cairn_error err;
+    int id = add(e, i, gp);
+    assert_int_equal(cairn_engine_run(e, &err), 0);
+    cairn_seq_info in;
+    assert_int_equal(cairn_engine_seq_info(e, id, &in), 0);
+    assert_int_equal(in.n_generated, gp->max_tokens);
+    memcpy(out, in.generated, sizeof *out * (size_t)in.n_generated);
+    cairn_engine_close(e);
+}
+
+typedef struct {
+    cairn_engine *e;
+    int id, calls;
+} lp_state;
+
+/* Greedy tokens with logprobs: the token is the top-1 entry and has its value; the list is
+ * sorted; every value is a log-probability. */
+static int check_logprobs(void *user, int seq, int32_t tok, bool last)
+{
+    (void)last;
+    lp_state *st = user;
+    const cairn_token_logprobs *lp = cairn_engine_seq_logprobs(st->e, seq);
+    assert_non_null(lp);
+    assert_int_equal(lp->chosen.token, tok);
+    assert_int_equal(lp->n_top, 5);
+    assert_int_equal(lp->top[0].token, tok);
+    assert_true(lp->top[0].logprob == lp->chosen.logprob);
+    for (int j = 0; j < lp->n_top; j++) {
+        assert_true(lp->top[j].logprob <= 0.0f);
+        if (j) assert_true(lp->top[j - 1].logprob >= lp->top[j].logprob);
+    }
+    st->calls++;
+    return 0;
+}
+
+/*
+ * n choices of one prompt: followers share the leader's KV blocks once its prompt is prefilled
+ * (every kv sequence has the same table and each block three references, the pool spent once)
+ * and each continues as it would alone: the greedy follower as the greedy solo run, the
+ * sampled one as a solo run with its seed. For the short prompt and the longest (which crosses
+ * the 512-token sliding window of Gemma 3's local layers).
+ */
+static void test_followers_share_the_prompt(void **state)
+{
+    (void)state;
+    if (!model) fail_msg("the model did not open (see above): run scripts/setup");
+    int longest = 0;
+    for (int i = 1; i < NP; i++)
+        if (prompt_len(i) > prompt_len(longest)) longest = i;
+    const int prompts[2] = {0, longest};
+    for (int pi = 0; pi < 2; pi++) {
+        const int i = prompts[pi];
+        cairn_gen_params greedy = cairn_gen_default_params();
+        greedy.max_tokens = NGEN;
+        cairn_gen_params sampled = greedy;
+        sampled.sample = cairn_sample_default_params();
+        sampled.sample.seed = 11;
+        int32_t want_g[NGEN], want_s[NGEN];
+        solo(i, &greedy, want_g);
+        solo(i, &sampled, want_s);
+
+        cairn_engine *e = open_engine(256);
+        const cairn_kv *kv = cairn_engine_kv(e);
+        int free0[CAIRN_KV_MAX_GROUPS];
+        for (int g = 0; g < cairn_kv_n_groups(kv); g++) free0[g] = cairn_kv_free_blocks(kv, g);
+        cairn_error err;
+        lp_state st = {.e = e};
+        cairn_gen_params lead = greedy;
+        lead.logprobs = true;
+        lead.top_logprobs = 5;
+        lead.on_token = check_logprobs;
+        lead.user = &st;
+        int l = add(e, i, &lead), f1, f2;
+        st.id = l;
+        assert_int_equal(cairn_engine_add_follower(e, l, &greedy, &f1, &err), 0);
+        assert_int_equal(cairn_engine_add_follower(e, l, &sampled, &f2, &err), 0);
+        assert_int_equal(cairn_engine_add_follower(e, f1, &greedy, &f2, &err), CAIRN_ESTATE);
+        cairn_seq_info in;
+        cairn_engine_seq_info(e, f1, &in);
+        assert_int_equal(in.following, l);
+        cairn_step_item it = {f1, 8};
+        assert_int_equal(cairn_engine_step(e, &it, 1, &err), CAIRN_EINVAL); /* it waits */
+        do { /* the leader's prompt alone, in chunks */
+            it = (cairn_step_item){l, 200};
+            assert_int_equal(cairn_engine_step(e, &it, 1, &err), 0);
+            cairn_engine_seq_info(e, l, &in);
+        } while (in.prefilling);
+        for (int f = 0; f < 2; f++) {
+            cairn_engine_seq_info(e, f ? f2 : f1, &in);
+            assert_int_equal(in.following, -1);
+            assert_false(in.prefilling);
+            assert_int_equal(in.n_generated, 1); /* its first token, from the leader's row */
+        }
+        /* Three kv sequences with one table: every live block referenced three times. */
+        int seqs[8], n_seqs = 0;
+        for (int k = 0; k < 8; k++)
+            if (cairn_kv_seq_len(kv, k) >= 0) seqs[n_seqs++] = k;
+        assert_int_equal(n_seqs, 3);
+        for (int g = 0; g < cairn_kv_n_groups(kv); g++) {
+            const int32_t *t0, *t;
+            int nb = cairn_kv_seq_table(kv, seqs[0], g, &t0), live = 0;
+            for (int k = 1; k < 3; k++) {
+                assert_int_equal(cairn_kv_seq_table(kv, seqs[k], g, &t), nb);
+                assert_memory_equal(t, t0, sizeof *t * (size_t)nb);
+            }
+            for (int b = 0; b < nb; b++)
+                if (t0[b] >= 0) {
+                    assert_int_equal(cairn_kv_block_refs(kv, g, t0[b]), 3);
+                    live++;
+                }
+            assert_true(live > 0);
+            assert_int_equal(free0[g] - cairn_kv_free_blocks(kv, g), live); /* spent once */
+        }
+        assert_int_equal(cairn_engine_run(e, &err), 0);
+        const int ids[3] = {l, f1, f2};
+        const int32_t *want[3] = {want_g, want_g, want_s};
+        for (int k = 0; k < 3; k++) {
+            cairn_engine_seq_info(e, ids[k], &in);
+            assert_int_equal(in.n_generated, NGEN);
+            for (int t = 0; t < NGEN; t++)
+                if (in.generated[t] != want[k][t])
+                    fail_msg("prompt %d choice %d token %d: %d, alone %d", i, k, t,
+                             in.generated[t], want[k][t]);
+        }
+        assert_int_equal(st.calls, NGEN);
+        cairn_engine_close(e);
+
+        /* A leader cancelled before its prompt: the follower prefills it itself. */
+        e = open_engine(256);
+        l = add(e, i, &greedy);
+        assert_int_equal(cairn_engine_add_follower(e, l, &greedy, &f1, &err), 0);
+        assert_int_equal(cairn_engine_cancel(e, l), 0);
+        cairn_engine_seq_info(e, f1, &in);
+        assert_int_equal(in.following, -1);
+        assert_int_equal(cairn_engine_run(e, &err), 0);
+        cairn_engine_seq_info(e, f1, &in);
+        assert_int_equal(in.n_generated, NGEN);
+        assert_memory_equal(in.generated, want_g, sizeof want_g);
+        /* A leader past its prompt takes no followers. */
+        assert_int_equal(cairn_engine_add_follower(e, f1, &greedy, &f2, &err), CAIRN_ESTATE);
+        cairn_engine_close(e);
+    }
+}
+
 static void test_errors(void **state)
 {
     if (!model) fail_msg("the model did not open (see above): run scripts/setup");
@@ -323,6 +473,7 @@ int main(void)
         cmocka_unit_test(test_resumed_sequence_draws_on),
         cmocka_unit_test(test_stops_and_callbacks),
         cmocka_unit_test(test_batched_equals_unbatched),
+        cmocka_unit_test(test_followers_share_the_prompt),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
