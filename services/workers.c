@@ -31,6 +31,8 @@ struct job {
     int seq;      /* engine sequence id once admitted, else -1 */
     bool stop_hit, caller_stop;
     bool oom; /* a preemption could not requeue it for want of memory */
+    uint64_t group;        /* choices of one request share it (0: alone); admitted together,
+                              the later ones follow the first's prompt (shared KV blocks) */
     bool has_rng;          /* rng holds its sampler's PRNG from before a preemption */
     cairn_sampler_rng rng; /* so that its draws go on where they stood */
     int64_t t_submit, t_admit, t_first, t_last, t_served;
@@ -148,6 +150,31 @@ static int emit(job *j, const char *s, size_t n)
     return rc || r.stop_index >= 0;
 }
 
+/* Hands the caller the log-probabilities of seq's latest token, with the tokens' texts. */
+static void report_logprobs(cairn_workers *w, job *j, int seq)
+{
+    const cairn_token_logprobs *lp = cairn_engine_seq_logprobs(j->wk->engine, seq);
+    if (!lp) return;
+    cairn_gen_logprob g;
+    const cairn_logprob *src[1 + CAIRN_SAMPLE_MAX_LOGPROBS];
+    cairn_gen_logprob_entry *dst[1 + CAIRN_SAMPLE_MAX_LOGPROBS];
+    src[0] = &lp->chosen;
+    dst[0] = &g.chosen;
+    g.n_top = lp->n_top;
+    for (int i = 0; i < lp->n_top; i++) {
+        src[1 + i] = &lp->top[i];
+        dst[1 + i] = &g.top[i];
+    }
+    for (int i = 0; i < 1 + lp->n_top; i++) {
+        const char *t = "";
+        size_t n = 0;
+        if (cairn_tok_decode_piece(w->tok, src[i]->token, CAIRN_TOK_DECODE_SPECIAL, &t, &n))
+            t = "", n = 0;
+        *dst[i] = (cairn_gen_logprob_entry){t, n, src[i]->token, src[i]->logprob};
+    }
+    j->r.on_logprob(j->r.user, &g);
+}
+
 static int on_token(void *user, int seq_id, int32_t token, bool last)
 {
     job *j = user;
@@ -162,6 +189,7 @@ static int on_token(void *user, int seq_id, int32_t token, bool last)
     j->t_last = now;
     cairn_counter_inc(j->r.offline ? w->c_offline_tokens : w->c_tokens);
     if (cairn_tok_is_eog(w->tok, token)) return 0; /* the engine ends the sequence */
+    if (j->r.logprobs && j->r.on_logprob) report_logprobs(w, j, seq_id);
     const char *piece = NULL;
     size_t len = 0;
     if (cairn_tok_decode_piece(w->tok, token, 0, &piece, &len) != 0) len = 0;
@@ -238,78 +266,105 @@ static int free_slots(const cairn_workers *w)
     return n > 0 ? n : 0;
 }
 
-int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_error *err)
+/* Choice i of r as a job of its own: its copy of the prompt's tokens, the logit biases and a
+ * stop matcher, its seed (seed + i) and its callback user. NULL with err on failure. */
+static job *job_new(const cairn_gen_request *r, const int32_t *tokens, int n_tokens, int i,
+                    uint64_t group, int64_t t_submit, cairn_error *err)
 {
-    if (!r->on_text || !r->on_done) return cairn_errorf(err, CAIRN_EINVAL, "callbacks missing");
-    int rc = cairn_sample_params_validate(&r->sample, err);
-    if (rc) return rc;
     job *j = calloc(1, sizeof *j);
-    if (!j) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    if (!j) {
+        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        return NULL;
+    }
     j->r = *r;
     j->r.prompt = NULL;
     j->r.stop = NULL;
+    j->r.choice_user = NULL;
+    j->r.user = r->n > 1 ? r->choice_user[i] : r->user;
+    j->r.sample.seed = r->sample.seed + (uint64_t)i; /* wraps, as a seed may */
     j->r.sample.bias = NULL; /* the job's own copy: the caller's may go before the job ends */
     j->seq = -1;
+    j->group = group;
+    j->t_submit = t_submit;
     if (r->sample.n_bias > 0) {
         size_t bytes = sizeof *r->sample.bias * (size_t)r->sample.n_bias;
         cairn_logit_bias *b = malloc(bytes);
-        if (!b) {
-            job_free(j);
-            return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-        }
-        memcpy(b, r->sample.bias, bytes);
+        if (b) memcpy(b, r->sample.bias, bytes);
         j->r.sample.bias = b;
     }
+    j->tokens = malloc((size_t)n_tokens * sizeof *j->tokens);
+    if (!j->tokens || (r->sample.n_bias > 0 && !j->r.sample.bias)) {
+        job_free(j);
+        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        return NULL;
+    }
+    memcpy(j->tokens, tokens, (size_t)n_tokens * sizeof *j->tokens);
+    j->n_tokens = j->n_prompt = n_tokens;
+    if (r->n_stop > 0 && cairn_stop_new(&j->stop, r->stop, (size_t)r->n_stop, err)) {
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_error *err)
+{
+    if (!r->on_text || !r->on_done) return cairn_errorf(err, CAIRN_EINVAL, "callbacks missing");
+    const int n = r->n > 1 ? r->n : 1;
+    if (n > CAIRN_WORKERS_MAX_N || (n > 1 && !r->choice_user))
+        return cairn_errorf(err, CAIRN_EINVAL, "n: %d is above the maximum %d", r->n,
+                            CAIRN_WORKERS_MAX_N);
+    if (r->logprobs && (r->top_logprobs < 0 || r->top_logprobs > CAIRN_SAMPLE_MAX_LOGPROBS))
+        return cairn_errorf(err, CAIRN_EINVAL, "top_logprobs: %d is outside 0..%d",
+                            r->top_logprobs, CAIRN_SAMPLE_MAX_LOGPROBS);
+    int rc = cairn_sample_params_validate(&r->sample, err);
+    if (rc) return rc;
     int need = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, NULL, 0, r->tok_flags, err);
-    if (need == CAIRN_TOK_ENCODE_FAILED) {
-        job_free(j);
-        return CAIRN_ENOMEM;
-    }
+    if (need == CAIRN_TOK_ENCODE_FAILED) return CAIRN_ENOMEM;
     need = need < 0 ? -need : need;
-    if (need == 0) {
-        job_free(j);
-        return cairn_errorf(err, CAIRN_EINVAL, "the prompt is empty");
-    }
-    if (need >= w->n_ctx) {
-        job_free(j);
+    if (need == 0) return cairn_errorf(err, CAIRN_EINVAL, "the prompt is empty");
+    if (need >= w->n_ctx)
         return cairn_errorf(err, CAIRN_ELIMIT,
                             "the prompt is %d tokens; the context holds %d (prompt + max_tokens)",
                             need, w->n_ctx);
-    }
-    j->tokens = malloc((size_t)need * sizeof *j->tokens);
-    if (!j->tokens) {
-        job_free(j);
-        return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-    }
-    j->n_tokens = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, j->tokens, need,
-                                   r->tok_flags, err);
-    if (j->n_tokens <= 0) {
-        job_free(j);
+    int32_t *tokens = malloc((size_t)need * sizeof *tokens);
+    if (!tokens) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    int n_tokens = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, tokens, need, r->tok_flags,
+                                    err);
+    if (n_tokens <= 0) {
+        free(tokens);
         return cairn_errorf(err, CAIRN_EINVAL, "the prompt could not be tokenized");
     }
-    j->n_prompt = j->n_tokens;
-    if (r->n_stop > 0 && (rc = cairn_stop_new(&j->stop, r->stop, (size_t)r->n_stop, err))) {
-        job_free(j);
-        return rc;
-    }
-    j->t_submit = cairn_now_ns();
-    pthread_mutex_lock(&w->mu);
-    if (w->closing || (r->offline && w->no_offline))
-        rc = cairn_errorf(err, CAIRN_ESTATE, "the service is shutting down");
-    else if (r->offline && w->offline.n >= w->p.max_offline_queue)
-        rc = cairn_errorf(err, CAIRN_EBUSY, "the offline queue is full (%d waiting)",
-                          w->offline.n);
-    else if (!r->offline && w->online.n >= w->p.max_queue + free_slots(w))
-        rc = cairn_errorf(err, CAIRN_EBUSY,
-                          "the generation queue is full (%d waiting); retry later", w->online.n);
+    static _Atomic uint64_t next_group;
+    const uint64_t group = n > 1 ? __atomic_add_fetch(&next_group, 1, __ATOMIC_RELAXED) : 0;
+    const int64_t t_submit = cairn_now_ns();
+    job *jobs[CAIRN_WORKERS_MAX_N] = {0};
+    for (int i = 0; i < n && !rc; i++)
+        if (!(jobs[i] = job_new(r, tokens, n_tokens, i, group, t_submit, err)))
+            rc = err && err->code ? err->code : CAIRN_ENOMEM;
+    free(tokens);
     if (!rc) {
-        fifo_push(r->offline ? &w->offline : &w->online, j);
-        cairn_gauge_set(r->offline ? w->g_offline_queue : w->g_queue,
-                        r->offline ? w->offline.n : w->online.n);
-        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_lock(&w->mu);
+        if (w->closing || (r->offline && w->no_offline))
+            rc = cairn_errorf(err, CAIRN_ESTATE, "the service is shutting down");
+        else if (r->offline && w->offline.n + n > w->p.max_offline_queue)
+            rc = cairn_errorf(err, CAIRN_EBUSY, "the offline queue is full (%d waiting)",
+                              w->offline.n);
+        else if (!r->offline && w->online.n + n > w->p.max_queue + free_slots(w))
+            rc = cairn_errorf(err, CAIRN_EBUSY,
+                              "the generation queue is full (%d waiting); retry later",
+                              w->online.n);
+        if (!rc) {
+            /* the choices side by side: one admission pass takes them together */
+            for (int i = 0; i < n; i++) fifo_push(r->offline ? &w->offline : &w->online, jobs[i]);
+            cairn_gauge_set(r->offline ? w->g_offline_queue : w->g_queue,
+                            r->offline ? w->offline.n : w->online.n);
+            pthread_cond_broadcast(&w->cv);
+        }
+        pthread_mutex_unlock(&w->mu);
     }
-    pthread_mutex_unlock(&w->mu);
-    if (rc) job_free(j);
+    if (rc)
+        for (int i = 0; i < n; i++) job_free(jobs[i]);
     return rc;
 }
 
@@ -372,6 +427,7 @@ static int requeue(worker *wk, job *j)
     j->n_tokens = n;
     j->n_done += info.n_generated;
     j->has_rng = cairn_engine_seq_rng(wk->engine, j->seq, &j->rng) == 0;
+    j->group = 0; /* its prompt is its own now */
     cairn_engine_release(wk->engine, j->seq);
     j->seq = -1;
     w->n_running--;
@@ -422,6 +478,7 @@ static job *admit(worker *wk, job **ended)
     for (int cls = 0; cls < 2; cls++) {
         fifo *q = cls ? &w->offline : &w->online;
         const int room = cls ? max - w->p.online_reserve : max, limit = room < cap ? room : cap;
+        job *leader = NULL; /* the first choice admitted in this pass, for its siblings */
         while (q->head && wk->n_active < limit) {
             job *j = q->head;
             cairn_gen_params gp = cairn_gen_default_params();
@@ -432,9 +489,17 @@ static job *admit(worker *wk, job **ended)
             gp.n_stop_tokens = w->n_eog;
             gp.on_token = on_token;
             gp.user = j;
+            gp.logprobs = j->r.logprobs;
+            gp.top_logprobs = j->r.top_logprobs;
             int id;
             cairn_error err = {0};
-            int rc = cairn_engine_add(wk->engine, j->tokens, j->n_tokens, &gp, &id, &err);
+            int rc = -1;
+            if (leader && j->group && leader->group == j->group)
+                rc = cairn_engine_add_follower(wk->engine, leader->seq, &gp, &id, &err);
+            if (rc) { /* alone, the first of its choices, or its leader has started */
+                rc = cairn_engine_add(wk->engine, j->tokens, j->n_tokens, &gp, &id, &err);
+                leader = !rc && j->group ? j : NULL;
+            }
             if (rc && (rc == CAIRN_EBUSY || wk->n_active > 0)) break;
             fifo_pop(q);
             if (rc) {
@@ -550,7 +615,8 @@ static int iterate(worker *wk, cairn_error *err)
         cairn_seq_info info;
         cairn_engine_seq_info(wk->engine, j->seq, &info);
         wk->online_active += !j->r.offline;
-        if (info.held) continue; /* in the suspended pass */
+        if (info.held) continue;           /* in the suspended pass */
+        if (info.following >= 0) continue; /* waits for its leader's prompt */
         wk->plan[n++] = (cairn_sched_seq){
             .id = j->seq,
             .online = !j->r.offline,

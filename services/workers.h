@@ -104,6 +104,24 @@ typedef struct cairn_gen_result {
     double total_s; /* submission to end */
 } cairn_gen_result;
 
+#define CAIRN_WORKERS_MAX_N 8 /* choices of one request at most (cairn_gen_request.n) */
+
+/* One token of a choice with its log-probability and the likeliest alternatives (generation/
+ * sample.h: the softmax of the raw logits). Texts are the tokens' bytes (special tokens as
+ * written, a byte-fallback token as its byte: not always whole UTF-8), owned by the tokenizer. */
+typedef struct cairn_gen_logprob_entry {
+    const char *text;
+    size_t len;
+    int32_t token;
+    float logprob;
+} cairn_gen_logprob_entry;
+
+typedef struct cairn_gen_logprob {
+    cairn_gen_logprob_entry chosen;
+    int n_top;
+    cairn_gen_logprob_entry top[CAIRN_SAMPLE_MAX_LOGPROBS];
+} cairn_gen_logprob;
+
 typedef struct cairn_gen_request {
     const char *prompt; /* text to tokenize */
     size_t prompt_len;
@@ -120,10 +138,23 @@ typedef struct cairn_gen_request {
      * (or the closing thread). user may be freed inside it. */
     void (*on_done)(void *user, const cairn_gen_result *res);
     void *user;
+    /* n choices of one prompt (0 or 1: one; at most CAIRN_WORKERS_MAX_N). Choice i samples with
+     * seed sample.seed + i and reports through the callbacks with user choice_user[i] (the
+     * array is copied); each gets its own on_done. Choices admitted together share the
+     * prompt's KV blocks (cairn_engine_add_follower): the prompt is prefilled once. */
+    int n;
+    void *const *choice_user;
+    /* logprobs: on_logprob gets each generated token (not the end-of-generation one) with
+     * its log-probability and top_logprobs alternatives (0..CAIRN_SAMPLE_MAX_LOGPROBS), just
+     * before the on_text call that carries its text. Worker thread. */
+    bool logprobs;
+    int top_logprobs;
+    void (*on_logprob)(void *user, const cairn_gen_logprob *lp);
 } cairn_gen_request;
 
 /*
- * Queues a request. Returns 0 (on_done will be called), or without calling anything:
+ * Queues a request (its n choices). Returns 0 (on_done will be called, once per choice), or
+ * without calling anything:
  * CAIRN_EBUSY (the queue is full: answer 429), CAIRN_ELIMIT (the prompt does not fit the
  * context), CAIRN_EINVAL (an empty prompt, bad sampling parameters), CAIRN_ESTATE (closing),
  * CAIRN_ENOMEM. Thread-safe.

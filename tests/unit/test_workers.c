@@ -31,6 +31,8 @@ typedef struct {
     cairn_finish finish;
     int n_generated;
     const char *error;
+    int logprobs;      /* on_logprob callbacks */
+    bool lp_before_text; /* each came before the text of its token */
 } req;
 
 static int on_text(void *user, const char *t, size_t n)
@@ -54,6 +56,17 @@ static void on_done(void *user, const cairn_gen_result *r)
     q->finish = r->finish;
     q->n_generated = r->n_generated;
     pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void on_logprob(void *user, const cairn_gen_logprob *lp)
+{
+    req *q = user;
+    pthread_mutex_lock(&q->mu);
+    q->logprobs++;
+    q->lp_before_text = q->logprobs == q->tokens + 1;
+    assert_true(lp->chosen.logprob <= 0.0f);
+    assert_int_equal(lp->n_top, 3);
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -209,6 +222,79 @@ static void test_preempted_offline_request_goes_on(void **state)
     cairn_metrics_free(m);
 }
 
+/* n choices of one request: greedy, each equals the request alone and reports a logprob per
+ * token; sampled, choice i draws as a request alone with seed + i, so choices differ and a
+ * seed reproduces them. The prompt is tokenized and counted once per choice (n_prompt). */
+static void test_choices_of_one_request(void **state)
+{
+    (void)state;
+    cairn_metrics *m = NULL;
+    cairn_workers *w = open_workers(&m, 256, 4, 0, cairn_workers_default_params().sched.policy);
+    const char *prompt = "Write a short story about a lighthouse keeper and a storm.";
+    enum { N = 12, C = 3 };
+    for (int sampled = 0; sampled < 2; sampled++) {
+        cairn_sample_params sp = cairn_sample_greedy_params();
+        if (sampled) {
+            sp = cairn_sample_default_params();
+            sp.temperature = 1.5f;
+            sp.top_k = 0;
+            sp.top_p = 1.0f;
+            sp.seed = 41;
+        }
+        req alone[C], ch[C];
+        memset(alone, 0, sizeof alone);
+        memset(ch, 0, sizeof ch);
+        void *users[C];
+        for (int i = 0; i < C; i++) {
+            req *q = &alone[i];
+            pthread_mutex_init(&q->mu, NULL);
+            pthread_cond_init(&q->cv, NULL);
+            cairn_gen_request rq = {.prompt = prompt, .prompt_len = strlen(prompt),
+                                    .tok_flags = CAIRN_TOK_ADD_SPECIAL, .max_tokens = N,
+                                    .sample = sp, .on_text = on_text, .on_done = on_done,
+                                    .user = q};
+            rq.sample.seed = sp.seed + (uint64_t)i;
+            cairn_error err = {0};
+            if (cairn_workers_submit(w, &rq, &err)) fail_msg("submit: %s", err.msg);
+            wait_done(q);
+            pthread_mutex_init(&ch[i].mu, NULL);
+            pthread_cond_init(&ch[i].cv, NULL);
+            users[i] = &ch[i];
+        }
+        cairn_gen_request rq = {.prompt = prompt, .prompt_len = strlen(prompt),
+                                .tok_flags = CAIRN_TOK_ADD_SPECIAL, .max_tokens = N,
+                                .sample = sp, .on_text = on_text, .on_done = on_done,
+                                .n = C, .choice_user = users, .logprobs = true,
+                                .top_logprobs = 3, .on_logprob = on_logprob};
+        cairn_error err = {0};
+        if (cairn_workers_submit(w, &rq, &err)) fail_msg("submit: %s", err.msg);
+        for (int i = 0; i < C; i++) {
+            wait_done(&ch[i]);
+            assert_string_equal(ch[i].text, alone[sampled ? i : 0].text);
+            assert_int_equal(ch[i].n_generated, alone[i].n_generated);
+            assert_int_equal(ch[i].logprobs, ch[i].n_generated);
+            assert_true(ch[i].lp_before_text);
+        }
+        if (sampled) {
+            assert_string_not_equal(ch[0].text, ch[1].text);
+            assert_string_not_equal(ch[1].text, ch[2].text);
+        }
+    }
+    /* n above the limit, or without the users, is refused */
+    cairn_gen_request bad = {.prompt = prompt, .prompt_len = strlen(prompt), .max_tokens = 2,
+                             .sample = cairn_sample_greedy_params(), .on_text = on_text,
+                             .on_done = on_done, .n = CAIRN_WORKERS_MAX_N + 1};
+    void *users[CAIRN_WORKERS_MAX_N + 1] = {0};
+    bad.choice_user = users;
+    cairn_error err = {0};
+    assert_int_equal(cairn_workers_submit(w, &bad, &err), CAIRN_EINVAL);
+    bad.n = 2;
+    bad.choice_user = NULL;
+    assert_int_equal(cairn_workers_submit(w, &bad, &err), CAIRN_EINVAL);
+    cairn_workers_close(w);
+    cairn_metrics_free(m);
+}
+
 int main(void)
 {
     const char *models = getenv("CAIRN_TEST_MODELS");
@@ -218,6 +304,7 @@ int main(void)
         cmocka_unit_test(test_online_only_waits_for_online_work),
         cmocka_unit_test(test_slo_advances_a_layer_per_online_iteration),
         cmocka_unit_test(test_preempted_offline_request_goes_on),
+        cmocka_unit_test(test_choices_of_one_request),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
