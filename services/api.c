@@ -36,6 +36,11 @@
 #include <sys/random.h>
 #include <time.h>
 
+_Static_assert(CAIRN_API_MAX_N == CAIRN_WORKERS_MAX_N, "n: the API's limit is the workers'");
+_Static_assert(CAIRN_API_MAX_TOP_LOGPROBS <= CAIRN_SAMPLE_MAX_LOGPROBS &&
+                   CAIRN_API_MAX_COMPLETION_LOGPROBS <= CAIRN_SAMPLE_MAX_LOGPROBS,
+               "top_logprobs: the API's limits fit the sampler's");
+
 struct cairn_api {
     cairn_api_params p;
     cairn_api_auth *auth;
@@ -173,6 +178,26 @@ static const char *finish_reason(const cairn_gen_result *r)
 
 /* ---- Generation ------------------------------------------------------------------------ */
 
+/*
+ * A request's n choices (n > 1: OpenAI's `n`) run as n worker jobs that may end on different
+ * worker threads, so the context's state is guarded by `mu`; the last choice to end answers
+ * and frees it. Choice i's events carry `index` i; a stream interleaves them as they come.
+ * Log probabilities arrive per token (on_logprob) just before its text (on_text): a stream
+ * sends each token's with the chunk that carries its text (or with the choice's last chunk).
+ */
+struct gen_ctx;
+
+typedef struct gen_choice {
+    struct gen_ctx *g;
+    int index;
+    cairn_strbuf text;  /* non-streaming: the answer so far */
+    bool sent_role;     /* streaming chat: the first delta carries the role */
+    json_t *lp;         /* logprobs not yet sent (streaming) or all of them: chat, an array of
+                           content entries; completions, {tokens, token_logprobs, ...} */
+    size_t offset;      /* completions: characters of the choice's tokens so far */
+    cairn_gen_result res;
+} gen_choice;
+
 typedef struct gen_ctx {
     cairn_api *api;
     cairn_http_async *async;
@@ -180,17 +205,51 @@ typedef struct gen_ctx {
     char id[48];
     int64_t created;
     int64_t t_start;   /* request arrival (monotonic ns) */
-    cairn_strbuf text; /* non-streaming: the answer so far */
-    bool sent_role;    /* streaming chat: the first delta carries the role */
     json_t *sources;   /* RAG: the passages the answer was given, or NULL */
     json_t *stages;    /* RAG: per-stage timings (object), or NULL */
+    bool logprobs;     /* the request asked for them */
+    int n, n_left;     /* choices; those not yet ended */
+    const char *error; /* the first failed choice's reason (static text) */
+    pthread_mutex_t mu;
+    gen_choice *ch;    /* n */
+    void **users;      /* n: &ch[i], the workers' callback users */
 } gen_ctx;
+
+/* A context for n choices (zeroed otherwise), or NULL. */
+static gen_ctx *gen_new(int n)
+{
+    gen_ctx *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    pthread_mutex_init(&g->mu, NULL);
+    g->n = g->n_left = n;
+    g->ch = calloc((size_t)n, sizeof *g->ch);
+    g->users = calloc((size_t)n, sizeof *g->users);
+    if (!g->ch || !g->users) {
+        free(g->ch);
+        free(g->users);
+        pthread_mutex_destroy(&g->mu);
+        free(g);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        g->ch[i].g = g;
+        g->ch[i].index = i;
+        g->users[i] = &g->ch[i];
+    }
+    return g;
+}
 
 static void gen_free(gen_ctx *g)
 {
-    cairn_strbuf_free(&g->text);
+    for (int i = 0; i < g->n; i++) {
+        cairn_strbuf_free(&g->ch[i].text);
+        json_decref(g->ch[i].lp);
+    }
+    free(g->ch);
+    free(g->users);
     json_decref(g->sources);
     json_decref(g->stages);
+    pthread_mutex_destroy(&g->mu);
     free(g);
 }
 
@@ -219,26 +278,132 @@ static int send_event(gen_ctx *g, json_t *o)
     return rc == CAIRN_ECANCELED;
 }
 
+/* ---- Log probabilities: OpenAI's shapes ---- */
+
+/* A log-probability as JSON; -9999 stands for -inf, which JSON cannot hold (OpenAI's value for
+ * a token of no probability). */
+static json_t *lp_real(float v)
+{
+    return json_real(isfinite(v) ? (double)v : -9999.0);
+}
+
+/* Chat's {token, logprob, bytes}: the token as text (invalid UTF-8 replaced) and its bytes. */
+static json_t *lp_token(const cairn_gen_logprob_entry *e)
+{
+    json_t *bytes = json_array();
+    for (size_t i = 0; bytes && i < e->len; i++)
+        json_array_append_new(bytes, json_integer((unsigned char)e->text[i]));
+    return json_pack("{s:o,s:o,s:o}", "token", json_text(e->text, e->len), "logprob",
+                     lp_real(e->logprob), "bytes", bytes ? bytes : json_null());
+}
+
+/* Characters in s[0..n) as a Python str would count them (UTF-8 lead bytes; a stray
+ * continuation byte is replaced by one U+FFFD, so it counts too when it starts the text). */
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
+/* Adds one token's log-probabilities to the choice's pending ones. */
+static void gen_on_logprob(void *user, const cairn_gen_logprob *lp)
+{
+    gen_choice *ch = user;
+    gen_ctx *g = ch->g;
+    pthread_mutex_lock(&g->mu);
+    if (g->chat) {
+        if (!ch->lp) ch->lp = json_array();
+        json_t *e = lp_token(&lp->chosen), *top = json_array();
+        for (int i = 0; top && i < lp->n_top; i++)
+            json_array_append_new(top, lp_token(&lp->top[i]));
+        if (e) json_object_set_new(e, "top_logprobs", top ? top : json_array());
+        if (ch->lp && e) json_array_append_new(ch->lp, e);
+        else json_decref(e);
+    } else {
+        if (!ch->lp)
+            ch->lp = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs",
+                               "top_logprobs", "text_offset");
+        /* Legacy top_logprobs: {token text: logprob}, the sampled token always included (up
+         * to logprobs + 1 entries, as OpenAI documents). Tokens of one text share a key. */
+        json_t *top = json_object();
+        for (int i = 0; top && i < lp->n_top; i++) {
+            json_t *k = json_text(lp->top[i].text, lp->top[i].len);
+            if (k && !json_object_get(top, json_string_value(k)))
+                json_object_set_new(top, json_string_value(k), lp_real(lp->top[i].logprob));
+            json_decref(k);
+        }
+        json_t *tok = json_text(lp->chosen.text, lp->chosen.len);
+        if (top && tok && lp->n_top > 0 && !json_object_get(top, json_string_value(tok)))
+            json_object_set_new(top, json_string_value(tok), lp_real(lp->chosen.logprob));
+        if (ch->lp && tok) {
+            json_array_append(json_object_get(ch->lp, "tokens"), tok);
+            json_array_append_new(json_object_get(ch->lp, "token_logprobs"),
+                                  lp_real(lp->chosen.logprob));
+            json_array_append_new(json_object_get(ch->lp, "top_logprobs"),
+                                  top && lp->n_top > 0 ? json_incref(top) : json_null());
+            json_array_append_new(json_object_get(ch->lp, "text_offset"),
+                                  json_integer((json_int_t)ch->offset));
+        }
+        ch->offset += utf8_chars(lp->chosen.text, lp->chosen.len);
+        json_decref(top);
+        json_decref(tok);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* The choice's `logprobs` member, taking what is pending: null when none were asked for;
+ * chat's {"content": [...], "refusal": null}; completions' object of four arrays. */
+static json_t *take_logprobs(gen_ctx *g, gen_choice *ch)
+{
+    if (!g->logprobs) return json_null();
+    json_t *lp = ch->lp;
+    ch->lp = NULL;
+    if (g->chat) return json_pack("{s:o,s:n}", "content", lp ? lp : json_array(), "refusal");
+    return lp ? lp : json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs",
+                               "top_logprobs", "text_offset");
+}
+
 static int gen_on_text(void *user, const char *text, size_t len)
 {
-    gen_ctx *g = user;
+    gen_choice *ch = user;
+    gen_ctx *g = ch->g;
     if (!g->stream) {
-        cairn_strbuf_append(&g->text, text, len);
+        cairn_strbuf_append(&ch->text, text, len); /* this choice's own: no lock needed */
         return cairn_http_async_gone(g->async);
     }
     if (len == 0) return cairn_http_async_gone(g->async);
+    pthread_mutex_lock(&g->mu);
     json_t *o = chunk_base(g);
     json_t *t = json_text(text, len);
-    json_t *choice = g->chat ? json_pack("{s:i,s:{s:o},s:n}", "index", 0, "delta", "content", t,
+    json_t *choice = g->chat ? json_pack("{s:i,s:{s:o},s:o,s:n}", "index", ch->index, "delta",
+                                         "content", t, "logprobs", take_logprobs(g, ch),
                                          "finish_reason")
-                             : json_pack("{s:i,s:o,s:n,s:n}", "index", 0, "text", t, "logprobs",
-                                         "finish_reason");
-    if (g->chat && choice && !g->sent_role) {
+                             : json_pack("{s:i,s:o,s:o,s:n}", "index", ch->index, "text", t,
+                                         "logprobs", take_logprobs(g, ch), "finish_reason");
+    if (g->chat && choice && !ch->sent_role) {
         json_object_set_new(json_object_get(choice, "delta"), "role", json_string("assistant"));
-        g->sent_role = true;
+        ch->sent_role = true;
     }
     json_object_set_new(o, "choices", json_pack("[o]", choice));
-    return send_event(g, o);
+    int rc = send_event(g, o);
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+/* The choices' results as one: prompt tokens once, completion tokens summed, the earliest
+ * queue and first-token times, the latest end. */
+static cairn_gen_result gen_total(const gen_ctx *g)
+{
+    cairn_gen_result t = g->ch[0].res;
+    for (int i = 1; i < g->n; i++) {
+        const cairn_gen_result *r = &g->ch[i].res;
+        t.n_generated += r->n_generated;
+        t.queue_s = r->queue_s < t.queue_s ? r->queue_s : t.queue_s;
+        if (r->ttft_s > 0 && (t.ttft_s == 0 || r->ttft_s < t.ttft_s)) t.ttft_s = r->ttft_s;
+        t.total_s = r->total_s > t.total_s ? r->total_s : t.total_s;
+    }
+    return t;
 }
 
 static json_t *usage_json(const cairn_gen_result *r)
@@ -257,54 +422,94 @@ static json_t *timings_json(const gen_ctx *g, const cairn_gen_result *r)
     return o;
 }
 
+/* A stream's last event of one choice: its finish reason (and what logprobs are pending). */
+static json_t *finish_choice(gen_ctx *g, gen_choice *ch)
+{
+    const char *why = finish_reason(&ch->res);
+    json_t *lp = ch->lp ? take_logprobs(g, ch) : json_null(); /* nothing left: null */
+    return g->chat ? json_pack("{s:i,s:{},s:o,s:s}", "index", ch->index, "delta", "logprobs",
+                               lp, "finish_reason", why)
+                   : json_pack("{s:i,s:s,s:o,s:s}", "index", ch->index, "text", "", "logprobs",
+                               lp, "finish_reason", why);
+}
+
+/* The whole answer of a non-streaming request. */
+static json_t *answer_json(gen_ctx *g, const cairn_gen_result *total)
+{
+    json_t *choices = json_array();
+    for (int i = 0; choices && i < g->n; i++) {
+        gen_choice *ch = &g->ch[i];
+        size_t n = 0;
+        char *text = cairn_strbuf_take(&ch->text, &n);
+        json_t *t = json_text(text ? text : "", text ? n : 0);
+        free(text);
+        json_t *c = g->chat ? json_pack("{s:i,s:{s:s,s:o,s:n},s:o,s:s}", "index", i, "message",
+                                        "role", "assistant", "content", t, "refusal",
+                                        "logprobs", take_logprobs(g, ch), "finish_reason",
+                                        finish_reason(&ch->res))
+                            : json_pack("{s:i,s:o,s:o,s:s}", "index", i, "text", t, "logprobs",
+                                        take_logprobs(g, ch), "finish_reason",
+                                        finish_reason(&ch->res));
+        json_array_append_new(choices, c);
+    }
+    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:o}", "id", g->id, "object",
+                          g->chat ? "chat.completion" : "text_completion", "created",
+                          (json_int_t)g->created, "model", g->api->p.model_name, "choices",
+                          choices ? choices : json_array(), "usage", usage_json(total), "cairn",
+                          timings_json(g, total));
+    if (o && g->sources) json_object_set(o, "sources", g->sources);
+    return o;
+}
+
 static void gen_on_done(void *user, const cairn_gen_result *r)
 {
-    gen_ctx *g = user;
+    gen_choice *ch = user;
+    gen_ctx *g = ch->g;
     cairn_api *a = g->api;
+    pthread_mutex_lock(&g->mu);
+    ch->res = *r;
+    if (r->error && !g->error) g->error = r->error;
+    const bool last = --g->n_left == 0;
+    /* n > 1: each choice's finish is an event of its own; usage and timings close the stream.
+     * n = 1: one event carries them all, as before. */
+    if (g->stream && !r->error && g->n > 1) {
+        json_t *o = chunk_base(g);
+        json_object_set_new(o, "choices", json_pack("[o]", finish_choice(g, ch)));
+        send_event(g, o);
+    }
+    if (!last) {
+        pthread_mutex_unlock(&g->mu);
+        return;
+    }
+    cairn_gen_result total = gen_total(g);
     release_slot(a); /* before the answer goes out (see release_slot) */
     if (g->stream) {
-        if (r->error) {
-            json_t *e = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", 503, "message", r->error,
+        if (g->error) {
+            json_t *e = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", 503, "message", g->error,
                                   "type", "server_error");
             send_event(g, e);
         } else {
             json_t *o = chunk_base(g);
-            json_t *choice = g->chat ? json_pack("{s:i,s:{},s:s}", "index", 0, "delta",
-                                                 "finish_reason", finish_reason(r))
-                                     : json_pack("{s:i,s:s,s:n,s:s}", "index", 0, "text", "",
-                                                 "logprobs", "finish_reason", finish_reason(r));
-            json_object_set_new(o, "choices", json_pack("[o]", choice));
-            json_object_set_new(o, "cairn", timings_json(g, r));
+            json_object_set_new(o, "choices", g->n > 1 ? json_array()
+                                                       : json_pack("[o]", finish_choice(g, ch)));
+            json_object_set_new(o, "cairn", timings_json(g, &total));
             if (g->sources) json_object_set(o, "sources", g->sources);
-            if (g->include_usage) json_object_set_new(o, "usage", usage_json(r));
+            if (g->include_usage) json_object_set_new(o, "usage", usage_json(&total));
             send_event(g, o);
         }
         cairn_http_async_write(g->async, "data: [DONE]\n\n", 14);
         cairn_http_async_end(g->async);
     } else {
         cairn_http_resp resp = {0};
-        if (r->error) {
-            cairn_http_json_error(&resp, 503, "generation failed: %s", r->error);
+        if (g->error) {
+            cairn_http_json_error(&resp, 503, "generation failed: %s", g->error);
             resp.retry_after_s = a->p.retry_after_s;
         } else {
-            size_t n = 0;
-            char *text = cairn_strbuf_take(&g->text, &n);
-            json_t *t = json_text(text ? text : "", text ? n : 0);
-            free(text);
-            json_t *choice =
-                g->chat ? json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role",
-                                    "assistant", "content", t, "finish_reason", finish_reason(r))
-                        : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", t, "logprobs",
-                                    "finish_reason", finish_reason(r));
-            json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:o}", "id", g->id, "object",
-                                  g->chat ? "chat.completion" : "text_completion", "created",
-                                  (json_int_t)g->created, "model", a->p.model_name, "choices",
-                                  choice, "usage", usage_json(r), "cairn", timings_json(g, r));
-            if (o && g->sources) json_object_set(o, "sources", g->sources);
-            set_json(&resp, 200, o);
+            set_json(&resp, 200, answer_json(g, &total));
         }
         cairn_http_async_respond(g->async, &resp);
     }
+    pthread_mutex_unlock(&g->mu);
     gen_free(g);
 }
 
@@ -361,7 +566,12 @@ static int start_generation(cairn_api *a, gen_ctx *g, const cairn_api_req *r,
         .n_stop = r->n_stop,
         .on_text = gen_on_text,
         .on_done = gen_on_done,
-        .user = g,
+        .user = g->users[0],
+        .n = g->n,
+        .choice_user = g->users,
+        .logprobs = r->logprobs,
+        .top_logprobs = r->top_logprobs,
+        .on_logprob = gen_on_logprob,
     };
     bool stream = g->stream;
     cairn_http_async *async = g->async;
@@ -685,7 +895,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
         goto out;
     }
     if (!admit(a, resp)) goto out; /* shed before any work when the service is full */
-    g = calloc(1, sizeof *g);
+    g = gen_new(r.n > 1 ? r.n : 1);
     t = r.rag.enabled ? calloc(1, sizeof *t) : NULL;
     if (!g || (r.rag.enabled && !t)) {
         cairn_http_json_error(resp, 503, "out of memory");
@@ -695,6 +905,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
     g->api = a;
     g->chat = kind != CAIRN_API_COMPLETION;
     g->stream = r.stream;
+    g->logprobs = r.logprobs;
     json_t *so = json_object_get((json_t *)r.root, "stream_options");
     g->include_usage = so && json_is_true(json_object_get(so, "include_usage"));
     g->created = (int64_t)time(NULL);

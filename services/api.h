@@ -25,10 +25,14 @@
 /* ---- Request parsing ------------------------------------------------------------------- */
 
 #define CAIRN_API_MAX_STOP 4 /* stop strings per request (OpenAI's limit) */
+#define CAIRN_API_MAX_N 8    /* choices per request (n) */
+#define CAIRN_API_MAX_TOP_LOGPROBS 20        /* chat top_logprobs (OpenAI's limit) */
+#define CAIRN_API_MAX_COMPLETION_LOGPROBS 5  /* completions logprobs (OpenAI's limit) */
 
 typedef struct cairn_api_limits {
-    int max_tokens_cap;      /* max_tokens above this: 400 */
-    int default_max_tokens;  /* when the request has none (clamped to the cap) */
+    int max_tokens_cap;      /* max_tokens above this: 400. A request without max_tokens gets
+                                it: generation then runs until the end of generation, a stop,
+                                this cap or the end of the context, whichever comes first */
     size_t max_text_bytes;   /* one prompt, message, input or document */
     size_t max_messages;     /* chat messages per request */
     size_t max_inputs;       /* embedding inputs / documents per request */
@@ -40,7 +44,7 @@ typedef struct cairn_api_limits {
     int top_k;
 } cairn_api_limits;
 
-/* max_tokens_cap 1024, default_max_tokens 128, max_text_bytes 256 KiB, max_messages 256,
+/* max_tokens_cap 4096, max_text_bytes 256 KiB, max_messages 256,
  * max_inputs 256, max_k 100, max_nprobe 1024. */
 cairn_api_limits cairn_api_default_limits(void);
 
@@ -101,6 +105,9 @@ typedef struct cairn_api_req {
     uint64_t seed;
     bool has_seed;             /* false: a fresh random seed per request */
     bool stream;
+    int n;                     /* choices, 1..CAIRN_API_MAX_N */
+    bool logprobs;             /* chat logprobs: true; completions logprobs: N */
+    int top_logprobs;          /* alternatives per token: chat top_logprobs, completions N */
     const char *stop[CAIRN_API_MAX_STOP];
     int n_stop;
     cairn_api_rag rag;

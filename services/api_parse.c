@@ -4,7 +4,7 @@
  * Chat and completion requests follow OpenAI's shapes. Fields that change nothing a user sees
  * (user, store, metadata, service_tier, stream_options) are accepted and ignored, as OpenAI
  * clients send them; fields asking for what cairn does not do (tools, response_format other
- * than text, logprobs, n > 1, ...) get a 400 naming the field, never silence; every field cairn
+ * than text, echo, best_of > 1, ...) get a 400 naming the field, never silence; every field cairn
  * uses is type- and range-checked. cairn's own endpoints (retrieve, rag, documents)
  * and the `rag` extension object reject unknown fields, so typos do not pass silently.
  */
@@ -24,8 +24,7 @@
 cairn_api_limits cairn_api_default_limits(void)
 {
     return (cairn_api_limits){
-        .max_tokens_cap = 1024,
-        .default_max_tokens = 128,
+        .max_tokens_cap = 4096,
         .max_text_bytes = 256u << 10,
         .max_messages = 256,
         .max_inputs = 256,
@@ -236,16 +235,9 @@ static int refuse_unsupported(json_t *o, cairn_error *err)
     if (!rc) rc = refuse(o, "audio", "audio output is not supported by cairn", err);
     if (!rc) rc = refuse(o, "prediction", "predicted outputs are not supported by cairn", err);
     if (!rc) rc = refuse(o, "web_search_options", "web search is not supported by cairn", err);
-    if (!rc) rc = refuse(o, "top_logprobs", "log probabilities are not supported by cairn yet",
-                         err);
     if (!rc) rc = refuse(o, "suffix", "suffixes (insertion) are not supported by cairn", err);
     if (rc) return rc;
-    json_t *v = json_object_get(o, "logprobs"); /* chat: a boolean; completions: a count */
-    if (v && !json_is_null(v) && !json_is_false(v) &&
-        !(json_is_integer(v) && json_integer_value(v) == 0))
-        return cairn_errorf(err, CAIRN_EUNSUPPORTED,
-                            "logprobs: log probabilities are not supported by cairn yet");
-    v = json_object_get(o, "echo");
+    json_t *v = json_object_get(o, "echo");
     if (v && !json_is_null(v) && !json_is_false(v))
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "echo: echoing the prompt is not supported "
                             "by cairn");
@@ -307,8 +299,8 @@ static int get_bias(json_t *o, cairn_api_req *r, cairn_error *err)
 /* Generation parameters shared by chat, completions and rag. */
 static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cairn_error *err)
 {
-    int64_t max_tokens = lim->default_max_tokens < lim->max_tokens_cap ? lim->default_max_tokens
-                                                                       : lim->max_tokens_cap;
+    /* none given: what the context leaves, up to the cap (the engine stops at the context) */
+    int64_t max_tokens = lim->max_tokens_cap;
     int64_t top_k = lim->top_k, n = 1, seed = 0;
     double temperature = lim->temperature, top_p = lim->top_p, min_p = lim->min_p;
     double repetition = 1.0, presence = 0, frequency = 0;
@@ -325,10 +317,7 @@ static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cai
     if (!rc) rc = cairn_json_get_int(o, "top_k", &top_k, 0, 1000000, false, err);
     if (!rc) rc = cairn_json_get_number(o, "min_p", &min_p, 0, 1, false, err);
     if (!rc) rc = cairn_json_get_int(o, "seed", &seed, INT64_MIN, INT64_MAX, false, err);
-    if (!rc) rc = cairn_json_get_int(o, "n", &n, 1, 128, false, err);
-    if (!rc && n > 1)
-        rc = cairn_errorf(err, CAIRN_EUNSUPPORTED, "n: %lld completions asked; cairn gives one "
-                          "per request", (long long)n);
+    if (!rc) rc = cairn_json_get_int(o, "n", &n, 1, CAIRN_API_MAX_N, false, err);
     if (!rc) rc = cairn_json_get_bool(o, "stream", &stream, false, err);
     if (!rc) rc = cairn_json_get_number(o, "presence_penalty", &presence, -2, 2, false, err);
     if (!rc) rc = cairn_json_get_number(o, "frequency_penalty", &frequency, -2, 2, false, err);
@@ -354,7 +343,43 @@ static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cai
     r->top_k = (int)top_k;
     r->seed = (uint64_t)seed;
     r->stream = stream;
+    r->n = (int)n;
     return 0;
+}
+
+/* chat: logprobs (a boolean) and top_logprobs (0..20, only with logprobs: true). */
+static int get_chat_logprobs(json_t *o, cairn_api_req *r, cairn_error *err)
+{
+    bool want = false;
+    int64_t top = 0;
+    int rc = 0;
+    if (!json_is_null(json_object_get(o, "logprobs")))
+        rc = cairn_json_get_bool(o, "logprobs", &want, false, err);
+    if (!rc && !json_is_null(json_object_get(o, "top_logprobs"))) {
+        rc = cairn_json_get_int(o, "top_logprobs", &top, 0, CAIRN_API_MAX_TOP_LOGPROBS, false,
+                                err);
+        if (!rc && json_object_get(o, "top_logprobs") && !want)
+            rc = cairn_errorf(err, CAIRN_EINVAL, "top_logprobs: needs logprobs: true");
+    }
+    r->logprobs = want;
+    r->top_logprobs = (int)top;
+    return rc;
+}
+
+/* completions (legacy): logprobs is a count of alternatives, 0..5; top_logprobs is chat's. */
+static int get_completion_logprobs(json_t *o, cairn_api_req *r, cairn_error *err)
+{
+    int64_t n = -1;
+    int rc = 0;
+    if (!json_is_null(json_object_get(o, "logprobs")))
+        rc = cairn_json_get_int(o, "logprobs", &n, 0, CAIRN_API_MAX_COMPLETION_LOGPROBS, false,
+                                err);
+    if (!rc)
+        rc = refuse(o, "top_logprobs", "a chat field; /v1/completions takes logprobs: N "
+                    "(0..5 alternatives)", err);
+    r->logprobs = n >= 0;
+    r->top_logprobs = n > 0 ? (int)n : 0;
+    return rc;
 }
 
 /* ---- Per endpoint ---------------------------------------------------------------------- */
@@ -364,6 +389,7 @@ static int parse_chat(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, 
     json_t *msgs = NULL;
     int rc = cairn_json_get_array(o, "messages", &msgs, 1, lim->max_messages, true, err);
     if (!rc) rc = get_gen(o, lim, r, err);
+    if (!rc) rc = get_chat_logprobs(o, r, err);
     json_t *ro = NULL;
     if (!rc) rc = cairn_json_get_object(o, "rag", &ro, false, err);
     if (!rc && ro) {
@@ -411,6 +437,7 @@ static int parse_completion(json_t *o, const cairn_api_limits *lim, cairn_api_re
     int rc = cairn_json_get_string(o, "prompt", &r->prompt, &r->prompt_len, 1, lim->max_text_bytes,
                                    true, err);
     if (!rc) rc = get_gen(o, lim, r, err);
+    if (!rc) rc = get_completion_logprobs(o, r, err);
     return rc;
 }
 

@@ -4,8 +4,8 @@
  * Input: byte 0 picks the endpoint (modulo 6: chat, completion, embeddings, retrieve, rag,
  * documents), the rest is the request body. Checks: no crash or sanitizer report; a parse
  * either fails with a negative code and a non-empty message, leaving nothing to free, or
- * succeeds with every field inside the limits it was given (max_tokens, k, stop count, text
- * lengths) and strings that are valid UTF-8.
+ * succeeds with every field inside the limits it was given (max_tokens, k, stop count, n,
+ * top_logprobs, text lengths) and strings that are valid UTF-8.
  *
  * Seed corpus: tests/fuzz/corpus/request/.
  */
@@ -47,6 +47,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (r.n_stop < 0 || r.n_stop > CAIRN_API_MAX_STOP) abort();
         for (int i = 0; i < r.n_stop; i++) check_text(r.stop[i], 256);
         if (!(r.temperature >= 0 && r.temperature <= 2 && r.top_p > 0 && r.top_p <= 1)) abort();
+        if (r.n < 1 || r.n > CAIRN_API_MAX_N) abort();
+        if (r.top_logprobs < 0 || (!r.logprobs && r.top_logprobs != 0)) abort();
+        if (r.top_logprobs > (kind == CAIRN_API_CHAT ? CAIRN_API_MAX_TOP_LOGPROBS
+                                                     : CAIRN_API_MAX_COMPLETION_LOGPROBS))
+            abort();
     }
     if (r.rag.enabled && (r.rag.k < 1 || r.rag.k > lim.max_k)) abort();
     for (size_t i = 0; i < r.n_messages; i++) {

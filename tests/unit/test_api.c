@@ -60,7 +60,9 @@ static void test_chat_defaults_and_rag(void **state)
     const char *b = "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],"
                     "\"rag\":{\"k\":3,\"mode\":\"hyde\",\"nprobe\":8}}";
     assert_int_equal(cairn_api_parse(CAIRN_API_CHAT, b, strlen(b), &lim, &r, &err), 0);
-    assert_int_equal(r.max_tokens, lim.default_max_tokens);
+    assert_int_equal(r.max_tokens, lim.max_tokens_cap); /* what the context leaves, capped */
+    assert_int_equal(r.n, 1);
+    assert_false(r.logprobs);
     assert_false(r.stream);
     assert_true(r.rag.enabled);
     assert_int_equal(r.rag.k, 3);
@@ -96,8 +98,10 @@ static void test_chat_errors(void **state)
     expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "top_p");
     snprintf(b, sizeof b, "{%s,\"stream\":\"yes\"}", m);
     expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "stream");
-    snprintf(b, sizeof b, "{%s,\"n\":2}", m);
-    expect_error(CAIRN_API_CHAT, b, CAIRN_EUNSUPPORTED, "n: 2 completions");
+    snprintf(b, sizeof b, "{%s,\"n\":9}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "n: 9 is above the maximum 8");
+    snprintf(b, sizeof b, "{%s,\"n\":\"2\"}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "n: expected an integer");
     snprintf(b, sizeof b, "{%s,\"n\":0}", m);
     expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "n:");
     snprintf(b, sizeof b, "{%s,\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", m);
@@ -128,8 +132,6 @@ static void test_unsupported_fields(void **state)
         {"audio", "{\"voice\":\"alloy\",\"format\":\"wav\"}"},
         {"prediction", "{\"type\":\"content\",\"content\":\"x\"}"},
         {"web_search_options", "{}"},
-        {"logprobs", "true"},
-        {"top_logprobs", "2"},
         {"response_format", "{\"type\":\"json_object\"}"},
         {"modalities", "[\"text\",\"audio\"]"},
         {"echo", "true"},
@@ -158,6 +160,67 @@ static void test_unsupported_fields(void **state)
         if (parse(CAIRN_API_CHAT, b, &r, &err) != 0) fail_msg("%s: %s", b, err.msg);
         cairn_api_req_free(&r);
     }
+}
+
+/* n, and logprobs in their two shapes: chat's boolean with top_logprobs 0..20, completions'
+ * count 0..5; each wrong type or range is a 400 naming the field. */
+static void test_n_and_logprobs(void **state)
+{
+    (void)state;
+    cairn_api_req r;
+    cairn_error err = {0};
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char b[256];
+    snprintf(b, sizeof b, "{%s,\"n\":3,\"logprobs\":true,\"top_logprobs\":20}", m);
+    assert_int_equal(parse(CAIRN_API_CHAT, b, &r, &err), 0);
+    assert_int_equal(r.n, 3);
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 20);
+    cairn_api_req_free(&r);
+    snprintf(b, sizeof b, "{%s,\"logprobs\":true}", m);
+    assert_int_equal(parse(CAIRN_API_CHAT, b, &r, &err), 0);
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 0);
+    cairn_api_req_free(&r);
+    snprintf(b, sizeof b, "{%s,\"logprobs\":false,\"top_logprobs\":null}", m);
+    assert_int_equal(parse(CAIRN_API_CHAT, b, &r, &err), 0);
+    assert_false(r.logprobs);
+    cairn_api_req_free(&r);
+    snprintf(b, sizeof b, "{%s,\"top_logprobs\":2}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EINVAL, "top_logprobs: needs logprobs: true");
+    snprintf(b, sizeof b, "{%s,\"logprobs\":true,\"top_logprobs\":21}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "top_logprobs: 21 is above the maximum 20");
+    snprintf(b, sizeof b, "{%s,\"logprobs\":true,\"top_logprobs\":-1}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_ERANGE, "top_logprobs: -1 is below");
+    snprintf(b, sizeof b, "{%s,\"logprobs\":2}", m);
+    expect_error(CAIRN_API_CHAT, b, CAIRN_EFORMAT, "logprobs: expected a boolean");
+
+    const char *c = "{\"prompt\":\"x\",\"logprobs\":5,\"n\":2}";
+    assert_int_equal(parse(CAIRN_API_COMPLETION, c, &r, &err), 0);
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 5);
+    assert_int_equal(r.n, 2);
+    cairn_api_req_free(&r);
+    c = "{\"prompt\":\"x\",\"logprobs\":0}";
+    assert_int_equal(parse(CAIRN_API_COMPLETION, c, &r, &err), 0);
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 0);
+    cairn_api_req_free(&r);
+    c = "{\"prompt\":\"x\",\"logprobs\":null}";
+    assert_int_equal(parse(CAIRN_API_COMPLETION, c, &r, &err), 0);
+    assert_false(r.logprobs);
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":6}", CAIRN_ERANGE,
+                 "logprobs: 6 is above the maximum 5");
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":true}",
+                 CAIRN_EFORMAT, "logprobs: expected an integer");
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"x\",\"top_logprobs\":2}",
+                 CAIRN_EUNSUPPORTED, "top_logprobs: a chat field");
+    expect_error(CAIRN_API_COMPLETION, "{\"prompt\":\"x\",\"n\":0}", CAIRN_ERANGE, "n: 0");
+    /* /v1/rag takes neither */
+    expect_error(CAIRN_API_RAG, "{\"question\":\"x\",\"n\":2}", CAIRN_EFORMAT, "n");
+    expect_error(CAIRN_API_RAG, "{\"question\":\"x\",\"logprobs\":true}", CAIRN_EFORMAT,
+                 "logprobs");
 }
 
 /* Sampling fields: penalties, min_p, logit_bias, and whether a seed was given. */
@@ -342,8 +405,7 @@ static void test_embeddings_retrieve_rag_documents(void **state)
 static void test_max_tokens_cap(void **state)
 {
     cairn_api_limits lim = cairn_api_default_limits();
-    lim.max_tokens_cap = 16;
-    lim.default_max_tokens = 100; /* clamped to the cap */
+    lim.max_tokens_cap = 16; /* a request without max_tokens gets the cap */
     cairn_api_req r;
     cairn_error err = {0};
     const char *ok = "{\"prompt\":\"p\"}";
@@ -395,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_chat_defaults_and_rag),
         cmocka_unit_test(test_chat_errors),
         cmocka_unit_test(test_unsupported_fields),
+        cmocka_unit_test(test_n_and_logprobs),
         cmocka_unit_test(test_sampling_fields),
         cmocka_unit_test(test_bad_utf8),
         cmocka_unit_test(test_completion),
