@@ -150,8 +150,9 @@ static const cairn_config_key schema[] = {
      "generation requests running at once", NULL, 0},
     {"limits.max_queue", CAIRN_CFG_INT, "64", "0", "100000",
      "generation requests waiting beyond those (429 with Retry-After above)", NULL, 0},
-    {"limits.max_tokens", CAIRN_CFG_INT, "1024", "1", "131072", "largest max_tokens accepted",
-     NULL, 0},
+    {"limits.max_tokens", CAIRN_CFG_INT, "4096", "1", "131072",
+     "largest max_tokens accepted; a request without one generates up to this or the end of "
+     "the context, whichever comes first", NULL, 0},
     {"sampling.temperature", CAIRN_CFG_FLOAT, "1", "0", "2",
      "temperature of requests that set none (0: greedy; OpenAI's default is 1)", NULL, 0},
     {"sampling.top_p", CAIRN_CFG_FLOAT, "1", "0.000001", "1",

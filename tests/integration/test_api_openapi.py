@@ -128,6 +128,17 @@ def test_generation_endpoints():
     assert call("POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 3})[0] == 200
     assert call("POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 3,
                                             "stream": True})[0] == 200
+    # n choices and logprobs, whole and streamed (the last event of n > 1 has no choices)
+    for stream in (False, True):
+        body = {"messages": msgs, "max_tokens": 3, "n": 2, "logprobs": True,
+                "top_logprobs": 2, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        status, out = call("POST", "/v1/chat/completions", body)
+        assert status == 200, out
+        status, out = call("POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 3,
+                                                       "n": 2, "logprobs": 2, "stream": stream})
+        assert status == 200, out
     # Errors: bad field, unknown model, oversized body, missing key.
     assert call("POST", "/v1/completions", {"prompt": "x", "max_tokens": -17},
                 invalid=True)[0] == 400
