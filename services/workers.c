@@ -311,9 +311,11 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
 {
     if (!r->on_text || !r->on_done) return cairn_errorf(err, CAIRN_EINVAL, "callbacks missing");
     const int n = r->n > 1 ? r->n : 1;
-    if (n > CAIRN_WORKERS_MAX_N || (n > 1 && !r->choice_user))
+    if (n > CAIRN_WORKERS_MAX_N)
         return cairn_errorf(err, CAIRN_EINVAL, "n: %d is above the maximum %d", r->n,
                             CAIRN_WORKERS_MAX_N);
+    if (n > 1 && !r->choice_user)
+        return cairn_errorf(err, CAIRN_EINVAL, "n: %d choices without their callback users", n);
     if (r->logprobs && (r->top_logprobs < 0 || r->top_logprobs > CAIRN_SAMPLE_MAX_LOGPROBS))
         return cairn_errorf(err, CAIRN_EINVAL, "top_logprobs: %d is outside 0..%d",
                             r->top_logprobs, CAIRN_SAMPLE_MAX_LOGPROBS);
