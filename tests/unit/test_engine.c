@@ -401,6 +401,8 @@ static void test_followers_share_the_prompt(void **state)
         assert_int_equal(st.calls, NGEN);
         cairn_engine_close(e);
 
+        if (pi > 0)
+            continue; /* the rest once: a long prompt under ASan costs seconds a prefill */
         /* A leader cancelled before its prompt: the follower prefills it itself. */
         e = open_engine(256);
         l = add(e, i, &greedy);
