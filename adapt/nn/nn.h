@@ -50,6 +50,7 @@ typedef enum {
     CAIRN_NN_AVGPOOL2D,
     CAIRN_NN_GLOBAL_AVGPOOL,
     CAIRN_NN_FLATTEN,
+    CAIRN_NN_RESBLOCK,
 } cairn_nn_layer_type;
 
 /* What a named tensor of the model is. Running statistics are state, not trainable parameters. */
@@ -124,6 +125,19 @@ int cairn_nn_add_avgpool2d(cairn_nn_model *m, int kernel, int stride, cairn_erro
 int cairn_nn_add_global_avgpool(cairn_nn_model *m, cairn_error *err);
 /* Output [C*H*W, 1, 1]; costs nothing (it aliases its input). */
 int cairn_nn_add_flatten(cairn_nn_model *m, cairn_error *err);
+/*
+ * A residual block (He et al., CVPR 2016, the "basic block"):
+ *   y = relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x))
+ * conv1 3x3 with `stride`, conv2 3x3 stride 1, both padding 1 and without bias; skip is the
+ * identity when the shape is kept (stride 1, out_c == C), else a 1x1 convolution with `stride`
+ * and its own batchnorm ("projection"). Tensors: "<name>.conv1.weight", "<name>.bn1.weight|bias|
+ * running_mean|running_var", the same for conv2/bn2, and "<name>.proj.weight", "<name>.pbn.*"
+ * with a projection. Its batchnorms are ordinary norm parameters (CAIRN_NN_NORM_WEIGHT ...,
+ * layer_type CAIRN_NN_BATCHNORM2D), so norm-only adaptation and bundles see them; eps and
+ * momentum as for cairn_nn_add_batchnorm2d.
+ */
+int cairn_nn_add_resblock(cairn_nn_model *m, const char *name, int out_c, int stride, float eps,
+                          float momentum, cairn_error *err);
 
 typedef struct cairn_nn_model_params {
     int max_batch;           /* largest batch cairn_nn_forward will see (default 64) */

@@ -179,6 +179,40 @@ static void gap_backward(const cairn_nn__layer *l, const float *dy, float *dx, i
     }
 }
 
+/* ---- Residual block ------------------------------------------------------------------------ */
+
+/*
+ * Backward of res_forward. g = dy where the output was positive; the main path takes g back
+ * through bn2, conv2, relu, bn1 and conv1 into dx; the skip adds g (identity) or its gradient
+ * through pbn and the projection conv. dx may be NULL (parameter gradients only).
+ */
+static void res_backward(cairn_nn_model *m, const cairn_nn__layer *l, const float *x,
+                         const float *y, const float *dy, float *dx, int n, cairn_nn_bn_mode mode)
+{
+    const cairn_nn__layer *sub = l->sub;
+    const size_t cnt = (size_t)n * l->out_c * l->out_h * l->out_w;
+    const size_t in_cnt = (size_t)n * l->in_c * l->in_h * l->in_w;
+    float *g = m->res_s[0], *a = m->res_s[1], *b = m->res_s[2];
+    for (size_t j = 0; j < cnt; j++)
+        g[j] = y[j] > 0.0f ? dy[j] : 0.0f;
+    bn_backward(m, &sub[RES_BN2], l->r_t4, g, a, n, mode);
+    conv_backward(m, &sub[RES_CONV2], l->r_u, a, b, n);
+    for (size_t j = 0; j < cnt; j++)
+        if (!(l->r_u[j] > 0.0f)) b[j] = 0.0f;
+    bn_backward(m, &sub[RES_BN1], l->r_t1, b, a, n, mode);
+    conv_backward(m, &sub[RES_CONV1], x, a, dx, n);
+    if (l->n_sub == 6) {
+        bn_backward(m, &sub[RES_PBN], l->r_p1, g, a, n, mode);
+        conv_backward(m, &sub[RES_PCONV], x, a, dx ? b : NULL, n);
+        if (dx)
+            for (size_t j = 0; j < in_cnt; j++)
+                dx[j] += b[j];
+    } else if (dx) {
+        for (size_t j = 0; j < cnt; j++)
+            dx[j] += g[j];
+    }
+}
+
 /* ---- The model ----------------------------------------------------------------------------- */
 
 void cairn_nn_zero_grad(cairn_nn_model *m)
@@ -241,6 +275,9 @@ int cairn_nn_backward(cairn_nn_model *m, const float *dout, float *dx, cairn_err
             break;
         case CAIRN_NN_GLOBAL_AVGPOOL:
             if (gx) gap_backward(l, gy, gx, n);
+            break;
+        case CAIRN_NN_RESBLOCK:
+            res_backward(m, l, x, m->act[i + 1], gy, gx, n, m->last_bn);
             break;
         case CAIRN_NN_FLATTEN:
             if (gx && i == 0)

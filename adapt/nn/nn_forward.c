@@ -189,6 +189,35 @@ static void gap_forward(const cairn_nn__layer *l, const float *x, float *y, int 
     }
 }
 
+/* ---- Residual block ------------------------------------------------------------------------ */
+
+/*
+ * y = relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x)); keeps conv1's, relu's, conv2's and the
+ * projection conv's outputs for backward (the batchnorms' own inputs, as their backward needs).
+ */
+static void res_forward(cairn_nn_model *m, const cairn_nn__layer *l, const float *x, float *y,
+                        int n, cairn_nn_bn_mode mode)
+{
+    const cairn_nn__layer *sub = l->sub;
+    const size_t cnt = (size_t)n * l->out_c * l->out_h * l->out_w;
+    conv_forward(m, &sub[RES_CONV1], x, l->r_t1, n);
+    bn_forward(m, &sub[RES_BN1], l->r_t1, l->r_u, n, mode);
+    for (size_t j = 0; j < cnt; j++)
+        l->r_u[j] = l->r_u[j] > 0.0f ? l->r_u[j] : 0.0f;
+    conv_forward(m, &sub[RES_CONV2], l->r_u, l->r_t4, n);
+    bn_forward(m, &sub[RES_BN2], l->r_t4, y, n, mode);
+    const float *skip = x;
+    if (l->n_sub == 6) {
+        conv_forward(m, &sub[RES_PCONV], x, l->r_p1, n);
+        bn_forward(m, &sub[RES_PBN], l->r_p1, m->res_s[0], n, mode);
+        skip = m->res_s[0];
+    }
+    for (size_t j = 0; j < cnt; j++) {
+        float v = y[j] + skip[j];
+        y[j] = v > 0.0f ? v : 0.0f;
+    }
+}
+
 /* ---- The model ----------------------------------------------------------------------------- */
 
 int cairn_nn_forward(cairn_nn_model *m, const float *x, int n, const float **out, cairn_error *err)
@@ -200,7 +229,8 @@ int cairn_nn_forward(cairn_nn_model *m, const float *x, int n, const float **out
     if (mode != CAIRN_NN_BN_EVAL)
         for (int i = 0; i < m->n_layers; i++) {
             const cairn_nn__layer *l = &m->layers[i];
-            if (l->type == CAIRN_NN_BATCHNORM2D && (size_t)n * l->in_h * l->in_w < 2)
+            if ((l->type == CAIRN_NN_BATCHNORM2D && (size_t)n * l->in_h * l->in_w < 2) ||
+                (l->type == CAIRN_NN_RESBLOCK && (size_t)n * l->out_h * l->out_w < 2))
                 return cairn_errorf(err, CAIRN_ERANGE,
                                     "nn: batchnorm layer %d needs more than 1 value per channel "
                                     "in a batch-statistics mode (batch %d)",
@@ -238,6 +268,9 @@ int cairn_nn_forward(cairn_nn_model *m, const float *x, int n, const float **out
             break;
         case CAIRN_NN_FLATTEN:
             break; /* act[i + 1] aliases act[i] */
+        case CAIRN_NN_RESBLOCK:
+            res_forward(m, l, in, y, n, mode);
+            break;
         }
     }
     m->last_n = n;

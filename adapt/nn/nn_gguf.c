@@ -23,6 +23,7 @@ static const char *const type_names[] = {
     [CAIRN_NN_AVGPOOL2D] = "avgpool2d",
     [CAIRN_NN_GLOBAL_AVGPOOL] = "global_avgpool",
     [CAIRN_NN_FLATTEN] = "flatten",
+    [CAIRN_NN_RESBLOCK] = "resblock",
 };
 #define N_TYPES ((int)(sizeof(type_names) / sizeof(type_names[0])))
 
@@ -61,12 +62,18 @@ static int put_f32(cairn_gguf_writer *w, int i, const char *field, float v, cair
     return cairn_gguf_writer_add_f32(w, key, v, err);
 }
 
-/* The layer's name is its first parameter's name without the ".suffix". */
+/* The layer's name is its first parameter's name without the ".suffix" (a residual block's:
+ * without ".conv1.weight"). */
 static void layer_name(const cairn_nn_model *m, const cairn_nn__layer *l, char *out)
 {
     const char *full = m->params[l->p_weight].name;
-    const char *dot = strrchr(full, '.');
-    size_t len = dot ? (size_t)(dot - full) : strlen(full);
+    size_t len = strlen(full);
+    if (l->type == CAIRN_NN_RESBLOCK) {
+        len -= strlen(".conv1.weight");
+    } else {
+        const char *dot = strrchr(full, '.');
+        if (dot) len = (size_t)(dot - full);
+    }
     memcpy(out, full, len);
     out[len] = '\0';
 }
@@ -111,6 +118,13 @@ int cairn_nn_save_to_writer(const cairn_nn_model *m, cairn_gguf_writer *w, cairn
         case CAIRN_NN_AVGPOOL2D:
             if ((rc = put_u32(w, i, "kernel", l->kernel, err)) ||
                 (rc = put_u32(w, i, "stride", l->stride, err)))
+                return rc;
+            break;
+        case CAIRN_NN_RESBLOCK:
+            if ((rc = put_u32(w, i, "out_channels", l->out_c, err)) ||
+                (rc = put_u32(w, i, "stride", l->stride, err)) ||
+                (rc = put_f32(w, i, "eps", l->eps, err)) ||
+                (rc = put_f32(w, i, "momentum", l->momentum, err)))
                 return rc;
             break;
         default:
@@ -237,7 +251,8 @@ static int build_layer(cairn_nn_model *m, const cairn_gguf *g, int i, cairn_erro
     if (type < 0)
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "nn load: layer %d has unknown type '%.40s'",
                             i, tname);
-    if (type == CAIRN_NN_CONV2D || type == CAIRN_NN_BATCHNORM2D || type == CAIRN_NN_LINEAR) {
+    if (type == CAIRN_NN_CONV2D || type == CAIRN_NN_BATCHNORM2D || type == CAIRN_NN_LINEAR ||
+        type == CAIRN_NN_RESBLOCK) {
         layer_key(key, i, "name");
         size_t len;
         if (cairn_gguf_get_str(g, key, &lname, &len, err) || len == 0 || len != strlen(lname) ||
@@ -291,6 +306,39 @@ static int build_layer(cairn_nn_model *m, const cairn_gguf *g, int i, cairn_erro
         rc = type == CAIRN_NN_MAXPOOL2D ? cairn_nn_add_maxpool2d(m, k, s, err)
                                         : cairn_nn_add_avgpool2d(m, k, s, err);
         return as_format(rc, i, err);
+    }
+    case CAIRN_NN_RESBLOCK: {
+        int oc = 0, s = 0;
+        float eps, mom;
+        if ((rc = get_field(g, i, "out_channels", 1, CAIRN_NN_MAX_DIM, &oc, err)) ||
+            (rc = get_field(g, i, "stride", 1, CAIRN_NN__MAX_RES_STRIDE, &s, err)) ||
+            (rc = get_real(g, i, "eps", &eps, err)) || (rc = get_real(g, i, "momentum", &mom, err)))
+            return rc;
+        if (strlen(lname) > CAIRN_NN_NAME_MAX - 24)
+            return cairn_errorf(err, CAIRN_EFORMAT, "nn load: layer %d name longer than %d", i,
+                                CAIRN_NN_NAME_MAX - 24);
+        const int proj = s != 1 || oc != c;
+        static const char *const bsfx[4] = {"weight", "bias", "running_mean", "running_var"};
+        char sub[CAIRN_NN_NAME_MAX];
+        const char *bns[3] = {"bn1", "bn2", "pbn"};
+        snprintf(sub, sizeof(sub), "%s.conv1", lname);
+        if ((rc = expect_tensor(g, sub, "weight", 4, (const int64_t[]){oc, c, 3, 3}, err)))
+            return rc;
+        snprintf(sub, sizeof(sub), "%s.conv2", lname);
+        if ((rc = expect_tensor(g, sub, "weight", 4, (const int64_t[]){oc, oc, 3, 3}, err)))
+            return rc;
+        if (proj) {
+            snprintf(sub, sizeof(sub), "%s.proj", lname);
+            if ((rc = expect_tensor(g, sub, "weight", 4, (const int64_t[]){oc, c, 1, 1}, err)))
+                return rc;
+        }
+        for (int b = 0; b < (proj ? 3 : 2); b++) {
+            snprintf(sub, sizeof(sub), "%s.%s", lname, bns[b]);
+            for (int j = 0; j < 4; j++)
+                if ((rc = expect_tensor(g, sub, bsfx[j], 1, (const int64_t[]){oc}, err)))
+                    return rc;
+        }
+        return as_format(cairn_nn_add_resblock(m, lname, oc, s, eps, mom, err), i, err);
     }
     case CAIRN_NN_RELU:
         return cairn_nn_add_relu(m, err);

@@ -8,12 +8,15 @@
  *   cairn.cnn.input_shape       i32[3]: C, H, W
  *   cairn.cnn.layer_count       u32
  *   cairn.cnn.layer.<i>.type    "conv2d" | "batchnorm2d" | "linear" | "relu" | "maxpool2d" |
- *                               "avgpool2d" | "global_avgpool" | "flatten"
+ *                               "avgpool2d" | "global_avgpool" | "flatten" | "resblock"
  *   cairn.cnn.layer.<i>.name    layers with parameters
  *   conv2d:      .out_channels .kernel .stride .padding (u32), .bias (bool)
  *   batchnorm2d: .eps .momentum (f32)
  *   linear:      .out_features (u32), .bias (bool)
  *   pools:       .kernel .stride (u32)
+ *   resblock:    .out_channels .stride (u32), .eps .momentum (f32); its tensors are named
+ *                "<name>.conv1.weight" ... (cairn_nn_add_resblock), the projection present exactly
+ *                when stride != 1 or out_channels != the input's channels
  * Tensor dims are written in GGUF order (fastest first): a PyTorch [OC, IC, KH, KW] conv weight
  * is stored with dims {KW, KH, IC, OC}. Tensors are saved as F32; load accepts any type that
  * cairn_gguf_dequantize decodes (F16, BF16, Q8_0, ...).

@@ -19,7 +19,19 @@ typedef struct cairn_nn__layer {
     /* Forward state kept for backward (allocated by prepare). */
     float *bn_mean, *bn_invstd; /* per channel: the statistics the last forward normalised with */
     int *argmax;                /* maxpool: flat input index per output element */
+    /* Residual block: its convs and batchnorms (RES_* order; n_sub 4, or 6 with a projection),
+     * run by the block, and the inner activations backward needs (max_batch samples each). */
+    struct cairn_nn__layer *sub;
+    int n_sub;
+    float *r_t1; /* conv1 output (bn1's input) */
+    float *r_u;  /* relu(bn1(...)) (conv2's input) */
+    float *r_t4; /* conv2 output (bn2's input) */
+    float *r_p1; /* projection conv output (pbn's input), NULL without a projection */
 } cairn_nn__layer;
+
+/* Indices into a residual block's sub-layers. */
+#define CAIRN_NN__MAX_RES_STRIDE 8
+enum { RES_CONV1, RES_BN1, RES_CONV2, RES_BN2, RES_PCONV, RES_PBN };
 
 struct cairn_nn_model {
     int in_c, in_h, in_w;
@@ -41,6 +53,8 @@ struct cairn_nn_model {
     float *grad_b;
     float *bn_store;   /* per-layer bn_mean/bn_invstd blocks */
     int *argmax_store; /* per-layer argmax blocks */
+    float *res_store;  /* residual blocks' kept activations */
+    float *res_s[3];   /* residual scratch, max activation * max_batch each ([1], [2]: training) */
 
     int last_n;               /* batch of the last forward; 0: none since prepare */
     cairn_nn_bn_mode last_bn; /* batchnorm mode that forward used */

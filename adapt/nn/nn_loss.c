@@ -4,6 +4,7 @@
  */
 #include "adapt/nn/nn_train.h"
 
+#include <assert.h>
 #include <math.h>
 
 /* log(sum_j exp(z_j)), stable. */
@@ -109,6 +110,51 @@ float cairn_nn_entropy_loss(const float *logits, const float *w, int n, int k, f
                 float lpj = z[j] - lse;
                 dlogits[(size_t)i * k + j] = -expf(lpj) * (lpj + h) * scale;
             }
+    }
+    return (float)(total / n);
+}
+
+/*
+ * Jensen–Shannon consistency over V views (AugMix, Hendrycks et al., ICLR 2020, eq. 2 and its
+ * reference code): with p_v = softmax(z_v) and M = (1/V) sum_v p_v,
+ *   JS = (1/V) sum_v KL(p_v || M) = (1/V) sum_v sum_j p_vj (log p_vj - log M_j),
+ * averaged over the n samples. dJS/dp_vj = (log p_vj - log M_j) / V (the terms through M cancel,
+ * since sum_v p_vj / M_j = V), then through each row's softmax. M is clamped below at 1e-7 before
+ * the log, as the reference code does, which only matters for probabilities that underflow.
+ */
+float cairn_nn_jsd_loss(const float *logits, int views, int n, int k, float *dlogits)
+{
+    assert(views >= 2 && views <= CAIRN_NN_JSD_MAX_VIEWS && k >= 1 && k <= CAIRN_NN_JSD_MAX_K);
+    double total = 0.0;
+    float lp[CAIRN_NN_JSD_MAX_VIEWS][CAIRN_NN_JSD_MAX_K], lm[CAIRN_NN_JSD_MAX_K];
+    const float inv_v = 1.0f / (float)views, inv_n = 1.0f / (float)n;
+    for (int i = 0; i < n; i++) {
+        for (int v = 0; v < views; v++) {
+            const float *z = logits + ((size_t)v * n + i) * k;
+            float lse = row_lse(z, k);
+            for (int j = 0; j < k; j++)
+                lp[v][j] = z[j] - lse;
+        }
+        for (int j = 0; j < k; j++) {
+            float mj = 0.0f;
+            for (int v = 0; v < views; v++)
+                mj += expf(lp[v][j]);
+            mj *= inv_v;
+            lm[j] = logf(mj > 1e-7f ? mj : 1e-7f);
+        }
+        for (int v = 0; v < views; v++) {
+            float g[CAIRN_NN_JSD_MAX_K], dot = 0.0f;
+            for (int j = 0; j < k; j++) {
+                float p = expf(lp[v][j]);
+                total += (double)(p * (lp[v][j] - lm[j])) * inv_v;
+                g[j] = (lp[v][j] - lm[j]) * inv_v * inv_n;
+                dot += g[j] * p;
+            }
+            if (!dlogits) continue;
+            float *d = dlogits + ((size_t)v * n + i) * k;
+            for (int j = 0; j < k; j++)
+                d[j] = expf(lp[v][j]) * (g[j] - dot);
+        }
     }
     return (float)(total / n);
 }

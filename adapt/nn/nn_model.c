@@ -42,12 +42,21 @@ static void free_buffers(cairn_nn_model *m)
     free(m->grad_b);
     free(m->bn_store);
     free(m->argmax_store);
+    free(m->res_store);
+    for (int i = 0; i < 3; i++) {
+        free(m->res_s[i]);
+        m->res_s[i] = NULL;
+    }
+    m->res_store = NULL;
     m->act = NULL;
     m->act_store = m->col = m->dcol = m->grad_a = m->grad_b = m->bn_store = NULL;
     m->argmax_store = NULL;
     for (int i = 0; i < m->n_layers; i++) {
         m->layers[i].bn_mean = m->layers[i].bn_invstd = NULL;
         m->layers[i].argmax = NULL;
+        m->layers[i].r_t1 = m->layers[i].r_u = m->layers[i].r_t4 = m->layers[i].r_p1 = NULL;
+        for (int j = 0; j < m->layers[i].n_sub; j++)
+            m->layers[i].sub[j].bn_mean = m->layers[i].sub[j].bn_invstd = NULL;
     }
     for (int i = 0; i < m->n_params; i++) {
         free(m->params[i].grad);
@@ -62,6 +71,8 @@ void cairn_nn_model_free(cairn_nn_model *m)
     for (int i = 0; i < m->n_params; i++)
         cairn_tensor_free(&m->params[i].value);
     free(m->params);
+    for (int i = 0; i < m->n_layers; i++)
+        free(m->layers[i].sub);
     free(m->layers);
     free(m);
 }
@@ -310,6 +321,95 @@ int cairn_nn_add_flatten(cairn_nn_model *m, cairn_error *err)
     return 0;
 }
 
+/* Fills a block's conv sub-layer (no bias) and adds its weight "<block>.<sub>.weight". */
+static int res_conv(cairn_nn_model *m, const char *block, const char *sub, cairn_nn__layer *l,
+                    int in_c, int in_h, int in_w, int out_c, int kernel, int stride, int padding,
+                    cairn_error *err)
+{
+    char lname[CAIRN_NN_NAME_MAX];
+    snprintf(lname, sizeof(lname), "%s.%s", block, sub);
+    *l = (cairn_nn__layer){.type = CAIRN_NN_CONV2D, .in_c = in_c, .in_h = in_h, .in_w = in_w};
+    l->p_weight = l->p_bias = l->p_mean = l->p_var = -1;
+    l->kernel = kernel, l->stride = stride, l->padding = padding;
+    l->out_c = out_c;
+    l->out_h = (in_h + 2 * padding - kernel) / stride + 1;
+    l->out_w = (in_w + 2 * padding - kernel) / stride + 1;
+    int rc = add_param(m, lname, "weight", CAIRN_NN_WEIGHT, CAIRN_NN_CONV2D, 4,
+                       (const int[]){out_c, in_c, kernel, kernel}, err);
+    if (rc < 0) return rc;
+    l->p_weight = rc;
+    return 0;
+}
+
+/* Fills a block's batchnorm sub-layer over c channels of h x w and adds its four tensors. */
+static int res_bn(cairn_nn_model *m, const char *block, const char *sub, cairn_nn__layer *l,
+                  int c, int h, int w, float eps, float momentum, cairn_error *err)
+{
+    char lname[CAIRN_NN_NAME_MAX];
+    snprintf(lname, sizeof(lname), "%s.%s", block, sub);
+    *l = (cairn_nn__layer){.type = CAIRN_NN_BATCHNORM2D, .in_c = c, .in_h = h, .in_w = w};
+    l->out_c = c, l->out_h = h, l->out_w = w;
+    l->eps = eps, l->momentum = momentum;
+    static const char *const suffix[4] = {"weight", "bias", "running_mean", "running_var"};
+    static const cairn_nn_param_kind kinds[4] = {CAIRN_NN_NORM_WEIGHT, CAIRN_NN_NORM_BIAS,
+                                                 CAIRN_NN_RUNNING_MEAN, CAIRN_NN_RUNNING_VAR};
+    int idx[4];
+    for (int i = 0; i < 4; i++) {
+        idx[i] = add_param(m, lname, suffix[i], kinds[i], CAIRN_NN_BATCHNORM2D, 1,
+                           (const int[]){c}, err);
+        if (idx[i] < 0) return idx[i];
+    }
+    l->p_weight = idx[0], l->p_bias = idx[1], l->p_mean = idx[2], l->p_var = idx[3];
+    for (int j = 0; j < c; j++) {
+        m->params[idx[0]].value.data[j] = 1.0f;
+        m->params[idx[3]].value.data[j] = 1.0f;
+    }
+    return 0;
+}
+
+int cairn_nn_add_resblock(cairn_nn_model *m, const char *name, int out_c, int stride, float eps,
+                          float momentum, cairn_error *err)
+{
+    int rc = need_name(name, "resblock", err);
+    if (rc) return rc;
+    if (strlen(name) > CAIRN_NN_NAME_MAX - 24)
+        return cairn_errorf(err, CAIRN_EINVAL, "nn: resblock name '%s' longer than %d", name,
+                            CAIRN_NN_NAME_MAX - 24);
+    if (out_c < 1 || stride < 1 || stride > CAIRN_NN__MAX_RES_STRIDE || !(eps > 0) ||
+        !(momentum >= 0 && momentum <= 1))
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "nn: resblock '%s': out_c %d, stride %d, eps %g, momentum %g invalid",
+                            name, out_c, stride, (double)eps, (double)momentum);
+    cairn_nn__layer *l = push_layer(m, CAIRN_NN_RESBLOCK, err, &rc);
+    if (!l) return rc;
+    const int proj = stride != 1 || out_c != l->in_c;
+    cairn_nn__layer *sub = calloc(6, sizeof(*sub));
+    if (!sub) return cairn_errorf(err, CAIRN_ENOMEM, "nn: out of memory");
+    const int C = l->in_c, H = l->in_h, W = l->in_w;
+    const int OH = (H + 2 - 3) / stride + 1, OW = (W + 2 - 3) / stride + 1;
+    int first = m->n_params;
+    rc = res_conv(m, name, "conv1", &sub[RES_CONV1], C, H, W, out_c, 3, stride, 1, err);
+    if (!rc) rc = res_bn(m, name, "bn1", &sub[RES_BN1], out_c, OH, OW, eps, momentum, err);
+    if (!rc) rc = res_conv(m, name, "conv2", &sub[RES_CONV2], out_c, OH, OW, out_c, 3, 1, 1, err);
+    if (!rc) rc = res_bn(m, name, "bn2", &sub[RES_BN2], out_c, OH, OW, eps, momentum, err);
+    if (!rc && proj)
+        rc = res_conv(m, name, "proj", &sub[RES_PCONV], C, H, W, out_c, 1, stride, 0, err);
+    if (!rc && proj) rc = res_bn(m, name, "pbn", &sub[RES_PBN], out_c, OH, OW, eps, momentum, err);
+    if (rc) {
+        drop_params_from(m, first);
+        free(sub);
+        return rc;
+    }
+    l->sub = sub;
+    l->n_sub = proj ? 6 : 4;
+    l->stride = stride;
+    l->eps = eps, l->momentum = momentum;
+    l->out_c = out_c, l->out_h = OH, l->out_w = OW;
+    l->p_weight = sub[RES_CONV1].p_weight; /* the block's first tensor, for its name */
+    m->n_layers++;
+    return 0;
+}
+
 /* ---- Sizing -------------------------------------------------------------------------------- */
 
 size_t cairn_nn__act_size(const cairn_nn_model *m, int i)
@@ -348,6 +448,7 @@ int cairn_nn_model_prepare(cairn_nn_model *m, const cairn_nn_model_params *p, ca
     m->last_n = 0;
 
     size_t B = (size_t)p->max_batch, total = 0, max_act = 0, max_col = 0, n_bn = 0, n_arg = 0;
+    size_t n_res = 0; /* residual blocks' kept activations per sample */
     for (int i = 0; i <= m->n_layers; i++) {
         size_t s = cairn_nn__act_size(m, i);
         if (s > max_act) max_act = s;
@@ -363,9 +464,21 @@ int cairn_nn_model_prepare(cairn_nn_model *m, const cairn_nn_model_params *p, ca
             n_bn += 2 * (size_t)l->in_c;
         } else if (l->type == CAIRN_NN_MAXPOOL2D) {
             n_arg += (size_t)l->out_c * l->out_h * l->out_w;
+        } else if (l->type == CAIRN_NN_RESBLOCK) {
+            for (int j = 0; j < l->n_sub; j++) {
+                const cairn_nn__layer *u = &l->sub[j];
+                if (u->type == CAIRN_NN_CONV2D) {
+                    size_t c = (size_t)u->in_c * u->kernel * u->kernel * u->out_h * u->out_w;
+                    if (c > max_col) max_col = c;
+                } else {
+                    n_bn += 2 * (size_t)u->in_c;
+                }
+            }
+            n_res += (size_t)(l->n_sub == 6 ? 4 : 3) * l->out_c * l->out_h * l->out_w;
         }
     }
-    if (total > SIZE_MAX / sizeof(float) / B || n_arg > SIZE_MAX / sizeof(int) / B)
+    if (total > SIZE_MAX / sizeof(float) / B || n_res > SIZE_MAX / sizeof(float) / B ||
+        n_arg > SIZE_MAX / sizeof(int) / B)
         return m->prepared = 0, cairn_errorf(err, CAIRN_EOVERFLOW, "nn: buffers too large");
 
     int fail = 0;
@@ -374,6 +487,14 @@ int cairn_nn_model_prepare(cairn_nn_model *m, const cairn_nn_model_params *p, ca
     m->col = xcalloc(max_col, sizeof(float), &fail);
     m->bn_store = xcalloc(n_bn, sizeof(float), &fail);
     m->argmax_store = xcalloc(n_arg * B, sizeof(int), &fail);
+    if (n_res) {
+        m->res_store = xcalloc(n_res * B, sizeof(float), &fail);
+        m->res_s[0] = xcalloc(max_act * B, sizeof(float), &fail);
+        if (m->training) {
+            m->res_s[1] = xcalloc(max_act * B, sizeof(float), &fail);
+            m->res_s[2] = xcalloc(max_act * B, sizeof(float), &fail);
+        }
+    }
     if (m->training) {
         m->dcol = xcalloc(max_col, sizeof(float), &fail);
         m->grad_a = xcalloc(max_act * B, sizeof(float), &fail);
@@ -388,7 +509,7 @@ int cairn_nn_model_prepare(cairn_nn_model *m, const cairn_nn_model_params *p, ca
         return cairn_errorf(err, CAIRN_ENOMEM, "nn: cannot allocate buffers for batch %d",
                             p->max_batch);
     }
-    float *a = m->act_store, *bn = m->bn_store;
+    float *a = m->act_store, *bn = m->bn_store, *rs = m->res_store;
     int *am = m->argmax_store;
     for (int i = 0; i <= m->n_layers; i++) {
         if (i > 0 && m->layers[i - 1].type == CAIRN_NN_FLATTEN) {
@@ -407,6 +528,19 @@ int cairn_nn_model_prepare(cairn_nn_model *m, const cairn_nn_model_params *p, ca
         } else if (l->type == CAIRN_NN_MAXPOOL2D) {
             l->argmax = am;
             am += (size_t)l->out_c * l->out_h * l->out_w * B;
+        } else if (l->type == CAIRN_NN_RESBLOCK) {
+            for (int j = 0; j < l->n_sub; j++) {
+                cairn_nn__layer *u = &l->sub[j];
+                if (u->type != CAIRN_NN_BATCHNORM2D) continue;
+                u->bn_mean = bn;
+                u->bn_invstd = bn + u->in_c;
+                bn += 2 * (size_t)u->in_c;
+            }
+            const size_t os = (size_t)l->out_c * l->out_h * l->out_w * B;
+            l->r_t1 = rs, rs += os;
+            l->r_u = rs, rs += os;
+            l->r_t4 = rs, rs += os;
+            if (l->n_sub == 6) l->r_p1 = rs, rs += os;
         }
     }
     return 0;

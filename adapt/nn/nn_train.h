@@ -79,6 +79,17 @@ float cairn_nn_kl_div(const float *logits_p, const float *logits_q, const float 
  */
 float cairn_nn_entropy_loss(const float *logits, const float *w, int n, int k, float *dlogits);
 
+/*
+ * Jensen–Shannon consistency of `views` predictions of the same n samples (AugMix, Hendrycks et
+ * al., ICLR 2020): logits holds views * n rows, view-major (row v * n + i is view v of sample i).
+ * Returns (1/n) sum_i (1/V) sum_v KL(p_vi || M_i), M_i the mean of the views' softmaxes (clamped
+ * at 1e-7 before the log, as the paper's code). dlogits (may be NULL; same layout) receives the
+ * gradient. views in 2..CAIRN_NN_JSD_MAX_VIEWS, k in 1..CAIRN_NN_JSD_MAX_K (asserted).
+ */
+#define CAIRN_NN_JSD_MAX_VIEWS 4
+#define CAIRN_NN_JSD_MAX_K     64
+float cairn_nn_jsd_loss(const float *logits, int views, int n, int k, float *dlogits);
+
 /* ---- SGD with parameter groups ------------------------------------------------------------- */
 
 typedef struct cairn_nn_sgd cairn_nn_sgd;

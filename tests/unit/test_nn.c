@@ -14,8 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adapt/nn/nn.h"
+#include "adapt/nn/nn_gguf.h"
 #include "adapt/nn/nn_train.h"
 
 /* ---- Helpers ------------------------------------------------------------------------------- */
@@ -591,6 +593,152 @@ static void test_grad_small_cnn(void **state)
     }
 }
 
+/* ---- Residual block ------------------------------------------------------------------------ */
+
+/* One residual block alone, identity skip (stride 1, same channels) or projection (stride 2,
+ * more channels), in every batchnorm mode, checked by finite differences (kinks of the two
+ * ReLUs skipped, as for the small CNN). */
+static void test_grad_resblock(void **state)
+{
+    (void)state;
+    const cairn_nn_bn_mode modes[3] = {CAIRN_NN_BN_TRAIN, CAIRN_NN_BN_BATCH, CAIRN_NN_BN_EVAL};
+    const struct {
+        int c, hw, oc, stride, params;
+    } cfg[2] = {{2, 5, 2, 1, 2 + 8}, {2, 5, 3, 2, 3 + 12}};
+    for (int ci = 0; ci < 2; ci++)
+        for (int mi = 0; mi < 3; mi++) {
+            cairn_error err;
+            cairn_nn_model *m = new_model(cfg[ci].c, cfg[ci].hw, cfg[ci].hw);
+            assert_int_equal(
+                cairn_nn_add_resblock(m, "res", cfg[ci].oc, cfg[ci].stride, 1e-5f, 0.1f, &err), 0);
+            /* convs + 4 tensors per batchnorm: 2 + 8 without projection, 3 + 12 with */
+            assert_int_equal(cairn_nn_param_count(m), cfg[ci].params);
+            int oc, oh, ow;
+            cairn_nn_output_shape(m, &oc, &oh, &ow);
+            assert_int_equal(oc, cfg[ci].oc);
+            assert_int_equal(oh, (cfg[ci].hw - 1) / cfg[ci].stride + 1);
+            randomize_params(m, 2100 + 10 * ci + mi);
+            prepare_train(m, 3);
+            cairn_nn_set_bn_mode(m, modes[mi]);
+            size_t in_n = (size_t)3 * cfg[ci].c * cfg[ci].hw * cfg[ci].hw;
+            float *x = falloc(in_n);
+            rng r = {2200 + 10 * ci + mi};
+            fill_uniform(&r, x, in_n, -1, 1);
+            int skipped = gradcheck_kinks(m, x, 3, 2300 + 10 * ci + mi, 1e-3, 2e-3, 2e-2, 1);
+            print_message("resblock cfg %d, bn mode %d: %d elements skipped at kinks\n", ci, mi,
+                          skipped);
+            free(x);
+            cairn_nn_model_free(m);
+        }
+}
+
+/*
+ * Forward values: with both convs of the main path zero, bn2 outputs its shift beta2 - mean2 *
+ * gamma2 / sqrt(var2 + eps) (eval mode), so the block is relu(x + that shift) per channel with
+ * the identity skip; with a projection the skip is pbn(proj(x)), computed here by hand.
+ */
+static void test_resblock_forward_values(void **state)
+{
+    (void)state;
+    cairn_error err;
+    for (int proj = 0; proj < 2; proj++) {
+        const int C = 2, H = 4, OC = proj ? 3 : 2, S = proj ? 2 : 1, OH = proj ? 2 : 4;
+        cairn_nn_model *m = new_model(C, H, H);
+        assert_int_equal(cairn_nn_add_resblock(m, "blk", OC, S, 1e-5f, 0.1f, &err), 0);
+        randomize_params(m, 3000 + proj);
+        memset(cairn_nn_param_find(m, "blk.conv1.weight")->value.data, 0,
+               sizeof(float) * (size_t)OC * C * 9);
+        memset(cairn_nn_param_find(m, "blk.conv2.weight")->value.data, 0,
+               sizeof(float) * (size_t)OC * OC * 9);
+        cairn_nn_model_params p = cairn_nn_model_default_params();
+        p.max_batch = 2;
+        assert_int_equal(cairn_nn_model_prepare(m, &p, &err), 0);
+        float x[2 * 2 * 4 * 4];
+        rng r = {3100 + proj};
+        fill_uniform(&r, x, 64, -1, 1);
+        const float *y;
+        assert_int_equal(cairn_nn_forward(m, x, 2, &y, &err), 0);
+        const float *g2 = cairn_nn_param_find(m, "blk.bn2.weight")->value.data;
+        const float *b2 = cairn_nn_param_find(m, "blk.bn2.bias")->value.data;
+        const float *m2 = cairn_nn_param_find(m, "blk.bn2.running_mean")->value.data;
+        const float *v2 = cairn_nn_param_find(m, "blk.bn2.running_var")->value.data;
+        for (int s = 0; s < 2; s++)
+            for (int oc = 0; oc < OC; oc++)
+                for (int i = 0; i < OH; i++)
+                    for (int j = 0; j < OH; j++) {
+                        double main = b2[oc] - m2[oc] * g2[oc] / sqrt(v2[oc] + 1e-5);
+                        double skip;
+                        if (!proj) {
+                            skip = x[((s * C + oc) * H + i) * H + j];
+                        } else {
+                            const float *pw = cairn_nn_param_find(m, "blk.proj.weight")->value.data;
+                            const char *nm[4] = {"blk.pbn.weight", "blk.pbn.bias",
+                                                 "blk.pbn.running_mean", "blk.pbn.running_var"};
+                            float bn[4];
+                            for (int t = 0; t < 4; t++)
+                                bn[t] = cairn_nn_param_find(m, nm[t])->value.data[oc];
+                            double acc = 0;
+                            for (int ic = 0; ic < C; ic++)
+                                acc += pw[oc * C + ic] * x[((s * C + ic) * H + i * S) * H + j * S];
+                            skip = (acc - bn[2]) * bn[0] / sqrt(bn[3] + 1e-5) + bn[1];
+                        }
+                        double want = fmax(0.0, main + skip);
+                        assert_true(fabs(y[((s * OC + oc) * OH + i) * OH + j] - want) < 1e-5);
+                    }
+        cairn_nn_model_free(m);
+    }
+}
+
+/* Save and load keep a residual model's architecture and values (same outputs), and its
+ * batchnorms are the norm-affine parameters norm-only adaptation trains. */
+static void test_resblock_gguf_and_norms(void **state)
+{
+    (void)state;
+    cairn_error err;
+    cairn_nn_model *m = new_model(1, 6, 6);
+    assert_int_equal(cairn_nn_add_conv2d(m, "stem", 4, 3, 1, 1, 0, &err), 0);
+    assert_int_equal(cairn_nn_add_batchnorm2d(m, "bn", 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_relu(m, &err), 0);
+    assert_int_equal(cairn_nn_add_resblock(m, "s1.b0", 4, 1, 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_resblock(m, "s2.b0", 6, 2, 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_global_avgpool(m, &err), 0);
+    assert_int_equal(cairn_nn_add_flatten(m, &err), 0);
+    assert_int_equal(cairn_nn_add_linear(m, "fc", 3, 1, &err), 0);
+    randomize_params(m, 4000);
+    /* norm-affine: bn, s1.b0.bn1/bn2, s2.b0.bn1/bn2/pbn = 6 batchnorms, 12 tensors */
+    int affine = 0;
+    for (int i = 0; i < cairn_nn_param_count(m); i++)
+        affine += cairn_nn_pred_norm_affine(cairn_nn_param_at(m, i), NULL);
+    assert_int_equal(affine, 12);
+
+    char path[] = "/tmp/test_nn_res_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(cairn_nn_save(m, path, &err), 0);
+    cairn_nn_model *m2;
+    assert_int_equal(cairn_nn_load(&m2, path, &err), 0);
+    unlink(path);
+    assert_int_equal(cairn_nn_layer_count(m2), cairn_nn_layer_count(m));
+    assert_int_equal(cairn_nn_param_count(m2), cairn_nn_param_count(m));
+    assert_int_equal(cairn_nn_layer_type_of(m2, 3), CAIRN_NN_RESBLOCK);
+    cairn_nn_model_params p = cairn_nn_model_default_params();
+    p.max_batch = 2;
+    assert_int_equal(cairn_nn_model_prepare(m, &p, &err), 0);
+    assert_int_equal(cairn_nn_model_prepare(m2, &p, &err), 0);
+    float x[2 * 36];
+    rng r = {4100};
+    fill_uniform(&r, x, 72, 0, 1);
+    const float *y1, *y2;
+    assert_int_equal(cairn_nn_forward(m, x, 2, &y1, &err), 0);
+    float keep[6];
+    memcpy(keep, y1, sizeof(keep));
+    assert_int_equal(cairn_nn_forward(m2, x, 2, &y2, &err), 0);
+    assert_memory_equal(keep, y2, sizeof(keep));
+    cairn_nn_model_free(m);
+    cairn_nn_model_free(m2);
+}
+
 /* ---- Batchnorm modes ----------------------------------------------------------------------- */
 
 static void test_batchnorm_modes(void **state)
@@ -895,6 +1043,45 @@ static void test_losses(void **state)
 
 /* ---- SGD and parameter groups -------------------------------------------------------------- */
 
+/* JSD over 3 views of LN samples: value against a double reference, the gradient against
+ * finite differences; identical views give 0 and a zero gradient. */
+static double f_jsd(const float *z, void *vc)
+{
+    (void)vc;
+    return cairn_nn_jsd_loss(z, 3, LN, LK, NULL);
+}
+
+static void test_jsd_loss(void **state)
+{
+    (void)state;
+    float z[3 * LN * LK], g[3 * LN * LK];
+    rng r = {77};
+    fill_uniform(&r, z, 3 * LN * LK, -3, 3);
+    double ref = 0;
+    for (int i = 0; i < LN; i++) {
+        double lp[3][LK], mix[LK] = {0};
+        for (int v = 0; v < 3; v++) {
+            ref_log_softmax(z + (v * LN + i) * LK, LK, lp[v]);
+            for (int j = 0; j < LK; j++)
+                mix[j] += exp(lp[v][j]) / 3;
+        }
+        for (int v = 0; v < 3; v++)
+            for (int j = 0; j < LK; j++)
+                ref += exp(lp[v][j]) * (lp[v][j] - log(mix[j])) / 3;
+    }
+    ref /= LN;
+    float l = cairn_nn_jsd_loss(z, 3, LN, LK, g);
+    assert_true(ref > 0.01);
+    assert_true(fabs(l - ref) < 1e-5);
+    fd_check(f_jsd, NULL, z, 3 * LN * LK, g);
+    /* three copies of the same logits: no disagreement, no gradient */
+    for (int v = 1; v < 3; v++)
+        memcpy(z + v * LN * LK, z, sizeof(float) * LN * LK);
+    assert_true(fabs(cairn_nn_jsd_loss(z, 3, LN, LK, g)) < 1e-6);
+    for (int j = 0; j < 3 * LN * LK; j++)
+        assert_true(fabs(g[j]) < 1e-6);
+}
+
 static void test_sgd_rule(void **state)
 {
     (void)state;
@@ -1129,9 +1316,13 @@ int main(void)
         cmocka_unit_test(test_grad_relu),
         cmocka_unit_test(test_grad_pools),
         cmocka_unit_test(test_grad_small_cnn),
+        cmocka_unit_test(test_grad_resblock),
+        cmocka_unit_test(test_resblock_forward_values),
+        cmocka_unit_test(test_resblock_gguf_and_norms),
         cmocka_unit_test(test_batchnorm_modes),
         cmocka_unit_test(test_softmax_values),
         cmocka_unit_test(test_losses),
+        cmocka_unit_test(test_jsd_loss),
         cmocka_unit_test(test_sgd_rule),
         cmocka_unit_test(test_param_groups),
         cmocka_unit_test(test_learns_toy_problem),
