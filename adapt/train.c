@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "adapt/augmix.h"
 #include "adapt/nn/nn_gguf.h"
 #include "adapt/nn/nn_train.h"
 #include "common/threadpool.h"
@@ -29,6 +30,8 @@ cairn_train_params cairn_train_default_params(void)
     p.shift_px = 2;
     p.erase_prob = 0.5f;
     p.progress_every = 50;
+    p.jsd_lambda = 12.0f;
+    p.augmix_severity = 3;
     return p;
 }
 
@@ -113,7 +116,8 @@ typedef struct shard {
     cairn_nn_model *m;
     float *x;       /* shard_n * px inputs */
     int *y;         /* shard_n labels */
-    float *dlogits; /* shard_n * k */
+    float *dlogits; /* views * shard_n * k */
+    float *djsd;    /* views * shard_n * k: the JS term's gradient (AugMix) */
     double loss;
     int correct;
     int rc;
@@ -137,10 +141,11 @@ static void shard_work(void *ctx, size_t begin, size_t end, int tid)
     run *R = ctx;
     const cairn_dataset *d = R->d;
     size_t px = (size_t)d->c * d->h * d->w;
+    const int views = R->p->augmix ? 3 : 1, sn = R->shard_n;
     for (size_t s = begin; s < end; s++) {
         shard *S = &R->shards[s];
-        for (int i = 0; i < R->shard_n; i++) {
-            int pos = R->batch_start + (int)s * R->shard_n + i;
+        for (int i = 0; i < sn && !S->rc; i++) {
+            int pos = R->batch_start + (int)s * sn + i;
             int idx = R->order[pos];
             const float *src = d->images + (size_t)idx * px;
             float *dst = S->x + (size_t)i * px;
@@ -151,15 +156,31 @@ static void shard_work(void *ctx, size_t begin, size_t end, int tid)
                 memcpy(dst, src, px * sizeof(float));
             }
             S->y[i] = d->labels[idx];
+            /* rows [sn, 2 sn) and [2 sn, 3 sn): two AugMix views of the clean row i */
+            cairn_augmix_params ap = cairn_augmix_default_params();
+            ap.severity = R->p->augmix_severity;
+            for (int v = 1; v < views && !S->rc; v++) {
+                rng r = rng_at(R->p->seed, 1000003ull * (uint64_t)v + (uint64_t)R->epoch,
+                               (uint64_t)pos);
+                S->rc = cairn_augmix_image(dst, S->x + ((size_t)v * sn + i) * px, d->h, d->w,
+                                           &ap, rng_next(&r), &S->err);
+            }
         }
+        if (S->rc) continue;
         const float *logits;
-        S->rc = cairn_nn_forward(S->m, S->x, R->shard_n, &logits, &S->err);
+        S->rc = cairn_nn_forward(S->m, S->x, views * sn, &logits, &S->err);
         if (S->rc) continue;
         int k = d->n_classes;
         float loss;
-        S->rc =
-            cairn_nn_cross_entropy(logits, S->y, NULL, R->shard_n, k, &loss, S->dlogits, &S->err);
+        S->rc = cairn_nn_cross_entropy(logits, S->y, NULL, sn, k, &loss, S->dlogits, &S->err);
         if (S->rc) continue;
+        if (views > 1) {
+            const float lam = R->p->jsd_lambda;
+            loss += lam * cairn_nn_jsd_loss(logits, views, sn, k, S->djsd);
+            memset(S->dlogits + (size_t)sn * k, 0, (size_t)(views - 1) * sn * k * sizeof(float));
+            for (size_t j = 0; j < (size_t)views * sn * k; j++)
+                S->dlogits[j] += lam * S->djsd[j];
+        }
         S->loss = loss;
         S->correct = 0;
         for (int i = 0; i < R->shard_n; i++) {
@@ -205,13 +226,54 @@ static int check_params(const cairn_dataset *d, const cairn_train_params *p, cai
                             p->epochs, p->batch_size, p->shards);
     if (!(p->lr > 0) || p->momentum < 0 || p->momentum >= 1 || p->weight_decay < 0 ||
         p->warmup_steps < 0 || p->shift_px < 0 || p->shift_px > 8 || p->erase_prob < 0 ||
-        p->erase_prob > 1 || p->threads < 0 || p->limit < 0)
+        p->erase_prob > 1 || p->threads < 0 || p->limit < 0 || p->width < 0 ||
+        !(p->jsd_lambda >= 0) || p->augmix_severity < 1 || p->augmix_severity > 10 ||
+        p->start_epoch < 0 || p->start_epoch >= p->epochs || (p->start_epoch > 0 && !p->resume))
         return cairn_errorf(err, CAIRN_EINVAL, "train: a hyper-parameter is out of range");
     int n = p->limit > 0 && p->limit < d->n ? p->limit : d->n;
     if (n < p->batch_size)
         return cairn_errorf(err, CAIRN_EINVAL, "train: %d images, fewer than one batch of %d", n,
                             p->batch_size);
     return 0;
+}
+
+/* Loads the weights of a checkpoint (same architecture and width) into m. */
+static int load_resume(cairn_nn_model *m, const char *path, cairn_error *err)
+{
+    cairn_nn_model *c;
+    int rc = cairn_nn_load(&c, path, err);
+    if (rc) return cairn_error_prefix(err, "train: resume from %s", path), rc;
+    int np = cairn_nn_param_count(m);
+    if (cairn_nn_param_count(c) != np) rc = CAIRN_EINVAL;
+    for (int i = 0; !rc && i < np; i++) {
+        cairn_nn_param *a = cairn_nn_param_at(m, i), *b = cairn_nn_param_at(c, i);
+        if (strcmp(a->name, b->name) || a->value.numel != b->value.numel)
+            rc = CAIRN_EINVAL;
+        else
+            memcpy(a->value.data, b->value.data, a->value.numel * sizeof(float));
+    }
+    cairn_nn_model_free(c);
+    if (rc)
+        return cairn_errorf(err, rc, "train: %s is not a checkpoint of this architecture", path);
+    return 0;
+}
+
+/* The master's weights after epochs_done epochs, with enough metadata to resume. */
+static int save_checkpoint(const cairn_nn_model *m, cairn_model_arch a, const cairn_train_params *p,
+                           int epochs_done, cairn_error *err)
+{
+    cairn_gguf_writer *w;
+    int rc = cairn_gguf_writer_new(&w, err);
+    if (rc) return rc;
+    rc = cairn_nn_save_to_writer(m, w, err);
+    if (!rc) rc = cairn_gguf_writer_add_str(w, "cairn.model.arch", cairn_model_arch_name(a), err);
+    if (!rc) rc = cairn_gguf_writer_add_u64(w, "cairn.train.seed", p->seed, err);
+    if (!rc) rc = cairn_gguf_writer_add_u32(w, "cairn.train.epochs", (uint32_t)p->epochs, err);
+    if (!rc)
+        rc = cairn_gguf_writer_add_u32(w, "cairn.train.epochs_done", (uint32_t)epochs_done, err);
+    if (!rc) rc = cairn_gguf_writer_write_file(w, p->checkpoint, err);
+    cairn_gguf_writer_free(w);
+    return rc;
 }
 
 /* Copies every named tensor (parameters and running statistics) of src into dst. */
@@ -238,6 +300,7 @@ int cairn_train_model(cairn_model_arch a, const cairn_dataset *d, const cairn_tr
     const int n = p->limit > 0 && p->limit < d->n ? p->limit : d->n;
     const int steps = n / p->batch_size; /* the remainder of each epoch is dropped */
     const uint64_t total = (uint64_t)steps * p->epochs;
+    const uint64_t first_step = (uint64_t)steps * p->start_epoch; /* resumed runs skip these */
     const size_t px = (size_t)d->c * d->h * d->w;
 
     shard *shards = calloc((size_t)S_n, sizeof(shard));
@@ -248,25 +311,28 @@ int cairn_train_model(cairn_model_arch a, const cairn_dataset *d, const cairn_tr
         rc = cairn_errorf(err, CAIRN_ENOMEM, "train: out of memory");
         goto done;
     }
+    const int views = p->augmix ? 3 : 1;
     cairn_nn_model_params mp = cairn_nn_model_default_params();
-    mp.max_batch = shard_n;
+    mp.max_batch = views * shard_n;
     mp.training = 1;
     mp.sgemm = cairn_nn_sgemm_blas;
     for (int s = 0; s < S_n; s++) {
         shard *S = &shards[s];
-        if ((rc = cairn_model_build(a, &S->m, err)) != 0) goto done;
+        if ((rc = cairn_model_build_width(a, p->width, &S->m, err)) != 0) goto done;
         if ((rc = cairn_nn_model_prepare(S->m, &mp, err)) != 0) goto done;
         cairn_nn_set_bn_mode(S->m, CAIRN_NN_BN_TRAIN);
-        S->x = malloc((size_t)shard_n * px * sizeof(float));
+        S->x = malloc((size_t)views * shard_n * px * sizeof(float));
         S->y = malloc((size_t)shard_n * sizeof(int));
-        S->dlogits = malloc((size_t)shard_n * k * sizeof(float));
-        if (!S->x || !S->y || !S->dlogits) {
+        S->dlogits = malloc((size_t)views * shard_n * k * sizeof(float));
+        S->djsd = malloc((size_t)views * shard_n * k * sizeof(float));
+        if (!S->x || !S->y || !S->dlogits || !S->djsd) {
             rc = cairn_errorf(err, CAIRN_ENOMEM, "train: out of memory");
             goto done;
         }
     }
     cairn_nn_model *master = shards[0].m; /* shard 0 doubles as the master copy */
     cairn_nn_model_init_params(master, p->seed);
+    if (p->resume && (rc = load_resume(master, p->resume, err)) != 0) goto done;
     for (int s = 1; s < S_n; s++)
         copy_values(shards[s].m, master);
 
@@ -296,6 +362,10 @@ int cairn_train_model(cairn_model_arch a, const cairn_dataset *d, const cairn_tr
             int j = rng_int(&r, i + 1), t = order[i];
             order[i] = order[j];
             order[j] = t;
+        }
+        if (ep < p->start_epoch) { /* done by the run being resumed: replay its shuffle only */
+            R.step_global += (uint64_t)steps;
+            continue;
         }
         R.epoch = ep;
         ep_loss = 0;
@@ -349,13 +419,16 @@ int cairn_train_model(cairn_model_arch a, const cairn_dataset *d, const cairn_tr
                     .steps = steps,
                     .loss = ep_loss / ep_seen,
                     .accuracy = (double)ep_correct / ep_seen,
-                    .images_per_s = R.step_global * (double)p->batch_size / (el > 0 ? el : 1e-9),
-                    .eta_s = el / R.step_global * (double)(total - R.step_global),
+                    .images_per_s = (double)(R.step_global - first_step) * p->batch_size /
+                                    (el > 0 ? el : 1e-9),
+                    .eta_s = el / (double)(R.step_global - first_step) *
+                             (double)(total - R.step_global),
                     .lr = lr,
                     .epoch_done = last};
                 p->progress(&pr, p->progress_ctx);
             }
         }
+        if (p->checkpoint && (rc = save_checkpoint(master, a, p, ep + 1, err)) != 0) goto done;
     }
     if (res) {
         res->train_loss = ep_loss / (ep_seen ? ep_seen : 1);
@@ -380,6 +453,7 @@ done:
             free(shards[s].x);
             free(shards[s].y);
             free(shards[s].dlogits);
+            free(shards[s].djsd);
         }
     }
     free(shards);
@@ -446,6 +520,9 @@ int cairn_train_save(const cairn_nn_model *m, cairn_model_arch a, const cairn_tr
     if (!rc) rc = cairn_gguf_writer_add_u32(w, "cairn.train.shards", (uint32_t)p->shards, err);
     if (!rc) rc = cairn_gguf_writer_add_f32(w, "cairn.train.lr", p->lr, err);
     if (!rc) rc = cairn_gguf_writer_add_bool(w, "cairn.train.augment", p->augment != 0, err);
+    if (!rc) rc = cairn_gguf_writer_add_bool(w, "cairn.train.augmix", p->augmix != 0, err);
+    if (!rc && p->augmix)
+        rc = cairn_gguf_writer_add_f32(w, "cairn.train.jsd_lambda", p->jsd_lambda, err);
     if (!rc)
         rc = cairn_gguf_writer_add_f32(w, "cairn.train.accuracy",
                                        res ? (float)res->train_accuracy : -1.0f, err);

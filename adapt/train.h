@@ -13,6 +13,17 @@
  * random shifts of up to shift_px pixels (zero fill), horizontal flips, random erasing (a
  * rectangle of 2–20% of the image, aspect 0.3–3.3, set to 0; Zhong et al. 2020).
  *
+ * AugMix with the Jensen–Shannon consistency loss (params.augmix; Hendrycks et al., ICLR 2020):
+ * each sample enters the batch three times — the (shifted/flipped) clean image and two AugMix
+ * views of it (adapt/augmix.h) — in one forward pass (so batchnorm sees all three, as in the
+ * paper's code); the loss is CE(clean) + jsd_lambda * JS(p_clean, p_aug1, p_aug2). Accuracy
+ * and the reported loss are the clean rows' CE plus the weighted JS term.
+ *
+ * Checkpoints: with params.checkpoint set, the master weights are saved there after every epoch
+ * (cairn.train.epochs_done records how many); params.resume and params.start_epoch continue
+ * such a run: the weights come from the file, the shuffles and the learning-rate schedule pick
+ * up at start_epoch, the momentum buffers start from 0 (not saved).
+ *
  * Thread-safety: one training run per model at a time; distinct runs are independent.
  */
 #ifndef CAIRN_ADAPT_TRAIN_H
@@ -52,6 +63,13 @@ typedef struct cairn_train_params {
     int shift_px;       /* maximum shift, default 2 */
     float erase_prob;   /* probability of random erasing, default 0.5 */
     int limit;          /* use only the first `limit` training images (0: all); tests */
+    int width;          /* foundation-res width (0: CAIRN_MODEL_RES_WIDTH); 0 for the others */
+    int augmix;         /* 1: AugMix views + JSD consistency loss (default 0) */
+    float jsd_lambda;   /* weight of the JS term, default 12 (the paper's) */
+    int augmix_severity; /* 1..10, default 3 (the paper's) */
+    const char *checkpoint; /* saved after every epoch when not NULL */
+    const char *resume;     /* weights to start from (a checkpoint) instead of the init */
+    int start_epoch;        /* epochs already done by the resumed run (0..epochs-1) */
     cairn_train_progress_fn progress; /* called every progress_every steps and at epoch end */
     void *progress_ctx;
     int progress_every; /* default 50 */
@@ -83,9 +101,10 @@ int cairn_eval_accuracy(cairn_nn_model *m, const cairn_dataset *d, double *acc, 
 
 /*
  * Saves m as GGUF at path with training metadata added to cairn_nn_save_to_writer's:
- *   cairn.model.arch ("edge"/"foundation"), cairn.train.dataset ("fashion-mnist"),
+ *   cairn.model.arch ("edge"/"foundation"/"foundation-res"), cairn.train.dataset ("fashion-mnist"),
  *   cairn.train.seed (u64), cairn.train.epochs (u32), cairn.train.batch_size (u32),
- *   cairn.train.lr (f32), cairn.train.augment (bool), cairn.train.accuracy (f32, training),
+ *   cairn.train.lr (f32), cairn.train.augment (bool), cairn.train.augmix (bool),
+ *   cairn.train.jsd_lambda (f32), cairn.train.accuracy (f32, training),
  *   cairn.train.test_accuracy (f32; < 0: not measured).
  * Returns 0 or a negative code.
  */

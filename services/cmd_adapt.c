@@ -16,18 +16,23 @@
 #include "adapt/train.h"
 
 static const char *USAGE =
-    "usage: cairn adapt train --model edge|foundation --out FILE [--epochs N] [--seed S]\n"
-    "                         [--threads T] [--shards K] [--batch B] [--lr LR] [--limit N]\n"
-    "                         [--augment|--no-augment] [--data DIR]\n"
+    "usage: cairn adapt train --model edge|foundation|foundation-res --out FILE [--epochs N]\n"
+    "                         [--seed S] [--threads T] [--shards K] [--batch B] [--lr LR]\n"
+    "                         [--limit N] [--augment|--no-augment] [--augmix|--no-augmix]\n"
+    "                         [--jsd-lambda L] [--augmix-severity S] [--width W]\n"
+    "                         [--checkpoint FILE] [--resume FILE --start-epoch E] [--data DIR]\n"
     "       cairn adapt eval-clean --model FILE [--data DIR] [--limit N]\n"
     "       cairn adapt eval [options]   (cloud-edge adaptation benchmark; eval --help)\n"
     "\n"
     "train: SGD (momentum 0.9, weight decay 5e-4, cosine lr) on the clean Fashion-MNIST train\n"
     "       set; the foundation model uses generic augmentation (shifts, flips, random erasing)\n"
     "       by default. Defaults: edge 6 epochs, batch 128 in 2 shards, lr 0.05; foundation 12\n"
-    "       epochs, batch 256 in 16 shards, lr 0.1; seed 1; threads: one per CPU (at most one\n"
+    "       epochs, batch 256 in 16 shards, lr 0.1; foundation-res (residual, width 64) 10\n"
+    "       epochs, batch 256 in 16 shards, lr 0.1, shifts and flips plus AugMix with the JSD\n"
+    "       consistency loss (lambda 12, severity 3); seed 1; threads: one per CPU (at most one\n"
     "       per shard; the weights depend on the shards, never on the threads). Saves a GGUF\n"
-    "       with training metadata.\n"
+    "       with training metadata. --checkpoint saves the weights after every epoch; --resume\n"
+    "       with --start-epoch (the epochs it holds) continues a run with the same options.\n"
     "eval-clean: accuracy on the clean Fashion-MNIST test set (--limit N: an evenly spaced\n"
     "       subset of N images).\n";
 
@@ -67,6 +72,7 @@ static int cmd_train(int argc, char **argv)
     const char *model = NULL, *out = NULL, *dir = NULL;
     cairn_train_params p = cairn_train_default_params();
     int epochs = 0, threads = -1, augment = -1, shards_set = 0, batch_set = 0, lr_set = 0;
+    int augmix = -1;
     long v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -80,6 +86,34 @@ static int cmd_train(int argc, char **argv)
             augment = 1;
         else if (!strcmp(a, "--no-augment"))
             augment = 0;
+        else if (!strcmp(a, "--augmix"))
+            augmix = 1;
+        else if (!strcmp(a, "--no-augmix"))
+            augmix = 0;
+        else if (!strcmp(a, "--checkpoint") && next)
+            p.checkpoint = argv[++i];
+        else if (!strcmp(a, "--resume") && next)
+            p.resume = argv[++i];
+        else if (!strcmp(a, "--jsd-lambda") && next) {
+            char *end;
+            p.jsd_lambda = strtof(argv[++i], &end);
+            if (*end || !(p.jsd_lambda >= 0 && p.jsd_lambda <= 1000)) {
+                fprintf(stderr, "cairn adapt train: --jsd-lambda wants a number in [0, 1000]\n");
+                return 2;
+            }
+        } else if ((!strcmp(a, "--width") || !strcmp(a, "--augmix-severity") ||
+                    !strcmp(a, "--start-epoch")) &&
+                   next) {
+            int w = a[2] == 'w', sev = a[2] == 'a';
+            if (parse_long(a, argv[++i], w ? 2 : sev ? 1 : 0, w ? 1024 : sev ? 10 : 100000, &v))
+                return 2;
+            if (w)
+                p.width = (int)v;
+            else if (sev)
+                p.augmix_severity = (int)v;
+            else
+                p.start_epoch = (int)v;
+        }
         else if (!strcmp(a, "--lr") && next) {
             char *end;
             p.lr = strtof(argv[++i], &end);
@@ -126,9 +160,16 @@ static int cmd_train(int argc, char **argv)
         fprintf(stderr, "cairn adapt train: %s\n", err.msg);
         return 2;
     }
-    const int fnd = arch == CAIRN_MODEL_FOUNDATION;
-    p.epochs = epochs ? epochs : (fnd ? 12 : 6);
+    const int resnet = arch == CAIRN_MODEL_FOUNDATION_RES;
+    const int fnd = arch == CAIRN_MODEL_FOUNDATION || resnet;
+    p.epochs = epochs ? epochs : (resnet ? 10 : fnd ? 12 : 6);
     p.augment = augment >= 0 ? augment : fnd;
+    p.augmix = augmix >= 0 ? augmix : resnet;
+    if (resnet) p.erase_prob = 0; /* AugMix's base augmentation: shifts and flips only */
+    if (p.width && !resnet) {
+        fprintf(stderr, "cairn adapt train: --width is for foundation-res only\n");
+        return 2;
+    }
     p.threads = threads >= 0 ? threads : 0;
     if (!shards_set) p.shards = fnd ? 16 : 2;
     if (!batch_set) p.batch_size = fnd ? 256 : 128;
@@ -148,9 +189,11 @@ static int cmd_train(int argc, char **argv)
     }
     fprintf(stderr,
             "training %s on %d images: %d epochs, batch %d in %d shards, threads %d (0: one per "
-            "CPU), lr %g, seed %llu, augment %s\n",
+            "CPU), lr %g, seed %llu, augment %s, augmix %s (jsd lambda %g, severity %d)%s%s\n",
             model, p.limit ? p.limit : train.n, p.epochs, p.batch_size, p.shards, p.threads, p.lr,
-            (unsigned long long)p.seed, p.augment ? "on" : "off");
+            (unsigned long long)p.seed, p.augment ? "on" : "off", p.augmix ? "on" : "off",
+            (double)p.jsd_lambda, p.augmix_severity, p.resume ? ", resuming from " : "",
+            p.resume ? p.resume : "");
     cairn_train_result res = {0};
     double test_acc = -1;
     rc = cairn_train_model(arch, &train, &p, &m, &res, &err);

@@ -58,23 +58,27 @@ static fixture *data(void **state)
 static void test_architectures(void **state)
 {
     (void)state;
-    for (int a = 0; a < 2; a++) {
+    for (int a = 0; a < 3; a++) {
         cairn_nn_model *m;
         assert_int_equal(cairn_model_build((cairn_model_arch)a, &m, NULL), 0);
         size_t np = cairn_nn_trainable_count(m);
         if (a == CAIRN_MODEL_EDGE)
             assert_true(np <= 100000);
-        else
+        else if (a == CAIRN_MODEL_FOUNDATION)
             assert_true(np >= 500000 && np <= 2000000);
-        /* every conv is followed by a batchnorm */
-        int convs = 0;
+        else
+            assert_true(np >= 2000000 && np <= 4000000); /* issue 22: a few million */
+        /* every conv is followed by a batchnorm (residual blocks have theirs inside) */
+        int convs = 0, blocks = 0;
         for (int i = 0; i < cairn_nn_layer_count(m); i++) {
+            blocks += cairn_nn_layer_type_of(m, i) == CAIRN_NN_RESBLOCK;
             if (cairn_nn_layer_type_of(m, i) != CAIRN_NN_CONV2D) continue;
             convs++;
             assert_true(i + 1 < cairn_nn_layer_count(m));
             assert_int_equal(cairn_nn_layer_type_of(m, i + 1), CAIRN_NN_BATCHNORM2D);
         }
-        assert_true(convs >= 3);
+        assert_true(convs + 2 * blocks >= 3);
+        assert_true(a == CAIRN_MODEL_FOUNDATION_RES ? blocks == 5 : blocks == 0);
         int c, h, w;
         cairn_nn_output_shape(m, &c, &h, &w);
         assert_int_equal(c * h * w, 10);
@@ -85,6 +89,15 @@ static void test_architectures(void **state)
     }
     cairn_model_arch back;
     assert_int_equal(cairn_model_arch_parse("resnet", &back, NULL), CAIRN_EINVAL);
+    /* width: foundation-res only; a narrower one is smaller */
+    cairn_nn_model *m;
+    assert_int_equal(cairn_model_build_width(CAIRN_MODEL_EDGE, 8, &m, NULL), CAIRN_EINVAL);
+    assert_int_equal(cairn_model_build_width(CAIRN_MODEL_FOUNDATION_RES, 3, &m, NULL),
+                     CAIRN_EINVAL);
+    assert_int_equal(cairn_model_build_width(CAIRN_MODEL_FOUNDATION_RES, 32, &m, NULL), 0);
+    size_t n32 = cairn_nn_trainable_count(m);
+    assert_true(n32 > 500000 && n32 < 1000000); /* about a quarter of width 64's */
+    cairn_nn_model_free(m);
 }
 
 /* Bitwise comparison of every named tensor of two models with the same architecture. */
@@ -208,6 +221,80 @@ static void test_learns_and_saves(void **state)
     cairn_nn_model_free(back);
 }
 
+/* AugMix + JSD training: reproducible from the seed whatever the threads, and different from
+ * the same run without it (the views and the consistency term change the steps); a checkpoint
+ * is written after each epoch and a run resumes from it. */
+static void test_augmix_training(void **state)
+{
+    fixture *f = data(state);
+    cairn_train_params p = cairn_train_default_params();
+    p.epochs = 2;
+    p.batch_size = 16;
+    p.shards = 2;
+    p.limit = 64;
+    p.warmup_steps = 2;
+    p.seed = 5;
+    p.width = 4;
+    p.augment = 1;
+    p.augmix = 1;
+    char ck[] = "/tmp/cairn_train_ck_XXXXXX";
+    int fd = mkstemp(ck);
+    assert_true(fd >= 0);
+    close(fd);
+    p.checkpoint = ck;
+    cairn_nn_model *m1, *m2, *m3, *m4;
+    cairn_train_result r1, r2;
+    cairn_error err;
+    p.threads = 1;
+    assert_int_equal(cairn_train_model(CAIRN_MODEL_FOUNDATION_RES, &f->train, &p, &m1, &r1, &err),
+                     0);
+    /* the checkpoint holds the final weights after 2 epochs */
+    cairn_nn_model *ckm;
+    assert_int_equal(cairn_nn_load(&ckm, ck, &err), 0);
+    assert_true(same_weights(m1, ckm));
+    cairn_nn_model_free(ckm);
+    cairn_gguf *g;
+    uint32_t done;
+    assert_int_equal(cairn_gguf_open(&g, ck, &err), 0);
+    assert_int_equal(cairn_gguf_get_u32(g, "cairn.train.epochs_done", &done, &err), 0);
+    assert_int_equal(done, 2);
+    cairn_gguf_close(g);
+    p.threads = 2;
+    p.checkpoint = NULL;
+    assert_int_equal(cairn_train_model(CAIRN_MODEL_FOUNDATION_RES, &f->train, &p, &m2, &r2, &err),
+                     0);
+    assert_true(same_weights(m1, m2));
+    assert_true(r1.train_loss == r2.train_loss);
+    p.augmix = 0;
+    assert_int_equal(cairn_train_model(CAIRN_MODEL_FOUNDATION_RES, &f->train, &p, &m3, NULL, &err),
+                     0);
+    assert_false(same_weights(m1, m3));
+    /* resume the 2-epoch run's checkpoint for a third epoch */
+    p.augmix = 1;
+    p.epochs = 3;
+    p.resume = ck;
+    p.start_epoch = 2;
+    assert_int_equal(cairn_train_model(CAIRN_MODEL_FOUNDATION_RES, &f->train, &p, &m4, NULL, &err),
+                     0);
+    assert_false(same_weights(m1, m4));
+    /* a checkpoint of another width is refused */
+    cairn_nn_model *bad;
+    p.width = 6;
+    assert_int_equal(cairn_train_model(CAIRN_MODEL_FOUNDATION_RES, &f->train, &p, &bad, NULL, &err),
+                     CAIRN_EINVAL);
+    assert_null(bad);
+    /* start_epoch without a checkpoint to resume from */
+    p.width = 4;
+    p.resume = NULL;
+    assert_int_equal(cairn_train_model(CAIRN_MODEL_FOUNDATION_RES, &f->train, &p, &bad, NULL, &err),
+                     CAIRN_EINVAL);
+    unlink(ck);
+    cairn_nn_model_free(m1);
+    cairn_nn_model_free(m2);
+    cairn_nn_model_free(m3);
+    cairn_nn_model_free(m4);
+}
+
 static void test_bad_params(void **state)
 {
     fixture *f = data(state);
@@ -282,6 +369,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_architectures),    cmocka_unit_test(test_reproducible_from_seed),
         cmocka_unit_test(test_learns_and_saves), cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_augmix_training),
         cmocka_unit_test(test_committed_edge),   cmocka_unit_test(test_committed_foundation),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
