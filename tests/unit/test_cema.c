@@ -380,6 +380,75 @@ static void test_adaptation_on_shifted_task(void **state)
     cairn_cema_cloud_close(c);
 }
 
+/*
+ * A residual teacher (adapt/nn resblocks, as foundation-res): CEMA adapts its batchnorms — those
+ * inside the blocks included — by entropy minimisation and leaves every conv and linear weight
+ * as it was; the edge model is distilled from it as from a plain one.
+ */
+static void test_residual_teacher(void **state)
+{
+    paths *p = *state;
+    cairn_error err;
+    char rpath[64];
+    snprintf(rpath, sizeof rpath, "/tmp/cairn-cema-res-%d.gguf", (int)getpid());
+    cairn_nn_model *r = NULL;
+    assert_int_equal(cairn_nn_model_new(&r, 1, S, S, &err), 0);
+    assert_int_equal(cairn_nn_add_conv2d(r, "stem", 8, 3, 1, 1, 0, &err), 0);
+    assert_int_equal(cairn_nn_add_batchnorm2d(r, "stem_bn", 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_relu(r, &err), 0);
+    assert_int_equal(cairn_nn_add_resblock(r, "s1.b0", 8, 1, 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_resblock(r, "s2.b0", 16, 2, 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_add_global_avgpool(r, &err), 0);
+    assert_int_equal(cairn_nn_add_flatten(r, &err), 0);
+    assert_int_equal(cairn_nn_add_linear(r, "fc", NCLS, 1, &err), 0);
+    rng_state = 43;
+    train(r, 3);
+    assert_int_equal(cairn_nn_save(r, rpath, &err), 0);
+    cairn_nn_model_free(r);
+
+    cairn_cema_params cp = cairn_cema_default_params();
+    cp.batch_size = 32;
+    cp.new_per_step = 16;
+    cp.lr_foundation = 0.01f;
+    cairn_cema_cloud *c = NULL;
+    int rc = cairn_cema_cloud_open(&c, p->edge_path, rpath, &cp, &err);
+    unlink(rpath);
+    if (rc) fail_msg("open: %s", err.msg);
+    cairn_nn_model *found = cairn_cema_cloud_foundation_model(c);
+    int np = cairn_nn_param_count(found);
+    float **before = calloc((size_t)np, sizeof(float *));
+    for (int i = 0; i < np; i++) {
+        cairn_nn_param *q = cairn_nn_param_at(found, i);
+        before[i] = malloc(q->value.numel * sizeof(float));
+        memcpy(before[i], q->value.data, q->value.numel * sizeof(float));
+    }
+    static float ux[16 * DIM];
+    int uy[16];
+    cairn_cema_step_stats st = {0};
+    for (int step = 0; step < 10; step++) {
+        make_images(ux, uy, 16, 1);
+        assert_int_equal(cairn_cema_cloud_add_samples(c, ux, 16, &err), 0);
+        rc = cairn_cema_cloud_step(c, &st, &err);
+        if (rc < 0) fail_msg("step: %s", err.msg);
+    }
+    int block_affine_moved = 0, affine = 0;
+    for (int i = 0; i < np; i++) {
+        cairn_nn_param *q = cairn_nn_param_at(found, i);
+        int same = !memcmp(before[i], q->value.data, q->value.numel * sizeof(float));
+        if (q->kind == CAIRN_NN_WEIGHT || q->kind == CAIRN_NN_BIAS) assert_true(same);
+        if (is_affine(q)) {
+            affine++;
+            block_affine_moved += !same && strchr(q->name, '.') != strrchr(q->name, '.');
+        }
+        free(before[i]);
+    }
+    free(before);
+    /* stem_bn, s1.b0 bn1/bn2, s2.b0 bn1/bn2/pbn: 6 batchnorms, 12 affine tensors, 10 in blocks */
+    assert_int_equal(affine, 12);
+    assert_int_equal(block_affine_moved, 10);
+    cairn_cema_cloud_close(c);
+}
+
 static void test_pending_queue_drops_oldest(void **state)
 {
     paths *p = *state;
@@ -426,6 +495,7 @@ int main(void)
         cmocka_unit_test(test_select_keeps_confident_novel_samples),
         cmocka_unit_test(test_select_e_max_follows_running_entropy),
         cmocka_unit_test(test_adaptation_on_shifted_task),
+        cmocka_unit_test(test_residual_teacher),
         cmocka_unit_test(test_pending_queue_drops_oldest),
     };
     return cmocka_run_group_tests(tests, setup_models, teardown_models);
