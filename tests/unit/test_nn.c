@@ -739,6 +739,55 @@ static void test_resblock_gguf_and_norms(void **state)
     cairn_nn_model_free(m2);
 }
 
+/*
+ * A hostile file: a resblock whose metadata asks for stride 2 (so a projection) while the file
+ * holds only an identity block's tensors is refused with the missing tensor named.
+ */
+static void test_resblock_gguf_missing_projection(void **state)
+{
+    (void)state;
+    cairn_error err;
+    cairn_nn_model *m = new_model(4, 6, 6);
+    assert_int_equal(cairn_nn_add_resblock(m, "blk", 4, 1, 1e-5f, 0.1f, &err), 0);
+    assert_int_equal(cairn_nn_param_count(m), 10); /* identity: no proj / pbn */
+    cairn_gguf_writer *w;
+    assert_int_equal(cairn_gguf_writer_new(&w, &err), 0);
+    const int32_t shape[3] = {4, 6, 6};
+    assert_int_equal(cairn_gguf_writer_add_str(w, "general.architecture", "cairn.cnn", &err), 0);
+    assert_int_equal(
+        cairn_gguf_writer_add_arr(w, "cairn.cnn.input_shape", CAIRN_GGUF_KV_I32, shape, 3, &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_u32(w, "cairn.cnn.layer_count", 1, &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_str(w, "cairn.cnn.layer.0.type", "resblock", &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_str(w, "cairn.cnn.layer.0.name", "blk", &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_u32(w, "cairn.cnn.layer.0.out_channels", 4, &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_u32(w, "cairn.cnn.layer.0.stride", 2, &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_f32(w, "cairn.cnn.layer.0.eps", 1e-5f, &err), 0);
+    assert_int_equal(cairn_gguf_writer_add_f32(w, "cairn.cnn.layer.0.momentum", 0.1f, &err), 0);
+    for (int i = 0; i < cairn_nn_param_count(m); i++) {
+        cairn_nn_param *p = cairn_nn_param_at(m, i);
+        uint64_t dims[4];
+        for (int d = 0; d < p->value.ndim; d++)
+            dims[d] = (uint64_t)p->value.shape[p->value.ndim - 1 - d];
+        assert_int_equal(cairn_gguf_writer_add_tensor(w, p->name, CAIRN_GGUF_F32,
+                                                      (uint32_t)p->value.ndim, dims, p->value.data,
+                                                      p->value.numel * sizeof(float), &err),
+                         0);
+    }
+    void *buf;
+    size_t len;
+    assert_int_equal(cairn_gguf_writer_write_memory(w, &buf, &len, &err), 0);
+    cairn_gguf *g;
+    assert_int_equal(cairn_gguf_open_memory(&g, buf, len, &err), 0);
+    cairn_nn_model *back = (cairn_nn_model *)1;
+    assert_int_equal(cairn_nn_load_gguf(&back, g, &err), CAIRN_EFORMAT);
+    assert_null(back);
+    assert_non_null(strstr(err.msg, "blk.proj.weight"));
+    cairn_gguf_close(g);
+    free(buf);
+    cairn_gguf_writer_free(w);
+    cairn_nn_model_free(m);
+}
+
 /* ---- Batchnorm modes ----------------------------------------------------------------------- */
 
 static void test_batchnorm_modes(void **state)
@@ -1319,6 +1368,7 @@ int main(void)
         cmocka_unit_test(test_grad_resblock),
         cmocka_unit_test(test_resblock_forward_values),
         cmocka_unit_test(test_resblock_gguf_and_norms),
+        cmocka_unit_test(test_resblock_gguf_missing_projection),
         cmocka_unit_test(test_batchnorm_modes),
         cmocka_unit_test(test_softmax_values),
         cmocka_unit_test(test_losses),
