@@ -1,5 +1,5 @@
 /*
- * services/rag.c — the passage index and the retrieval half of RAG (see rag.h).
+ * services/rag.c — the passage index and the RAG pipeline up to the answer (see rag.h).
  *
  * Locking: `lock` (a rwlock) guards the docstore, the IVF index, the tier pointer and the
  * lexical index's contents: searches and document reads hold it shared, adds and deletes alone.
@@ -9,20 +9,22 @@
 #include "services/rag.h"
 
 #include "common/clock.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "retrieval/corpus.h"
 #include "retrieval/index.h"
 #include "retrieval/ivf.h"
 #include "retrieval/tier.h"
+#include "services/workers.h"
 
 #include <cblas.h>
 #include <errno.h>
-#include <math.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +33,8 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+_Static_assert(CAIRN_RAG_MAX_K <= CAIRN_TIER_MAX_K, "a request's k must be one a search returns");
 
 struct cairn_rag {
     cairn_rag_params p;
@@ -1539,6 +1543,223 @@ int cairn_rag_index_ids(cairn_rag *r, uint64_t **dense, size_t *n_dense, uint64_
     *dense = d;
     *n_dense = n;
     return 0;
+}
+
+/* ---- The pipeline ------------------------------------------------------------------------- */
+
+cairn_rag_query cairn_rag_query_of(const cairn_api_rag *o, const char *text, const float *q,
+                                   cairn_lex_filter *filters)
+{
+    for (size_t i = 0; i < o->n_filters; i++)
+        filters[i] = (cairn_lex_filter){.key = o->fkey[i], .value = o->fval[i]};
+    return (cairn_rag_query){.mode = o->search,
+                             .text = text,
+                             .q = o->search == CAIRN_SEARCH_LEXICAL ? NULL : q,
+                             .k = o->k,
+                             .nprobe = o->nprobe,
+                             .filters = filters,
+                             .n_filters = o->n_filters};
+}
+
+json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n)
+{
+    json_t *arr = json_array();
+    for (int i = 0; arr && i < n; i++) {
+        json_t *meta = json_loads(h[i].meta, 0, NULL);
+        json_t *o = json_pack("{s:I,s:f,s:o,s:s,s:o,s:s,s:o,s:o}", "id", (json_int_t)h[i].id,
+                              "score", (double)h[i].score, "text",
+                              cairn_json_text(h[i].text, strlen(h[i].text)), "key", h[i].key,
+                              "metadata", meta ? meta : json_object(), "retrieved_by",
+                              cairn_fuse_from_name(h[i].from), "dense_rank",
+                              h[i].dense_rank ? json_integer(h[i].dense_rank) : json_null(),
+                              "lexical_rank",
+                              h[i].lex_rank ? json_integer(h[i].lex_rank) : json_null());
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
+/* A generation run to its end on the calling thread: the pre-retrieval step, the benchmark. */
+typedef struct sync_gen {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    const char *error;
+    cairn_strbuf text;
+} sync_gen;
+
+static int sync_on_text(void *user, const char *text, size_t len)
+{
+    cairn_strbuf_append(&((sync_gen *)user)->text, text, len);
+    return 0;
+}
+
+static void sync_on_done(void *user, const cairn_gen_result *r)
+{
+    sync_gen *s = user;
+    pthread_mutex_lock(&s->mu);
+    s->done = true;
+    s->error = r->error;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+char *cairn_rag_generate(cairn_workers *w, const char *prompt, size_t len, int tok_flags,
+                         int max_tokens, const char *const *stop, int n_stop, cairn_error *err)
+{
+    sync_gen s = {.done = false};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    cairn_gen_request gr = {
+        .prompt = prompt,
+        .prompt_len = len,
+        .tok_flags = tok_flags,
+        .max_tokens = max_tokens,
+        .sample = cairn_sample_greedy_params(),
+        .stop = stop,
+        .n_stop = n_stop,
+        .on_text = sync_on_text,
+        .on_done = sync_on_done,
+        .user = &s,
+    };
+    int rc = cairn_workers_submit(w, &gr, err);
+    char *out = NULL;
+    if (!rc) {
+        pthread_mutex_lock(&s.mu);
+        while (!s.done) pthread_cond_wait(&s.cv, &s.mu);
+        pthread_mutex_unlock(&s.mu);
+        if (s.error) cairn_errorf(err, CAIRN_ECANCELED, "generation: %s", s.error);
+        else out = cairn_strbuf_take(&s.text, NULL);
+        if (!out && !s.error) cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
+    cairn_strbuf_free(&s.text);
+    pthread_cond_destroy(&s.cv);
+    pthread_mutex_destroy(&s.mu);
+    return out;
+}
+
+/* Tokens the pre-retrieval step generates at most. */
+#define PRE_TOKENS_HYDE 64
+#define PRE_TOKENS_REWRITE 24
+
+/* Runs the rewrite/HyDE generation for question; the text (malloc'ed) or NULL with err. */
+static char *pre_generate(cairn_workers *w, cairn_rag_mode mode, const char *question,
+                          cairn_error *err)
+{
+    char *user = cairn_rag_pre_prompt(mode, question);
+    if (!user) {
+        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        return NULL;
+    }
+    cairn_chat_msg m = {.role = "user", .content = user};
+    size_t len = 0;
+    char *prompt = cairn_chat_render_alloc(cairn_workers_chat_template(w), &m, 1, true, &len, err);
+    free(user);
+    if (!prompt) return NULL;
+    static const char *const stops[] = {"\n\n"};
+    char *out = cairn_rag_generate(w, prompt, len, CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL,
+                                   mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE,
+                                   stops, 1, err);
+    free(prompt);
+    if (!out) cairn_error_prefix(err, "pre-retrieval");
+    return out;
+}
+
+static double since(int64_t t0) { return (double)(cairn_now_ns() - t0) / 1e9; }
+
+void cairn_rag_result_free(cairn_rag_result *res)
+{
+    if (!res) return;
+    cairn_rag_hits_free(res->hits, res->n_hits);
+    free(res->hits);
+    free(res->pre_text);
+    free(res->msgs);
+    free(res->user);
+    memset(res, 0, sizeof *res);
+}
+
+int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result *out,
+                       cairn_error *err)
+{
+    memset(out, 0, sizeof *out);
+    const cairn_api_rag *o = ask->opts;
+    int dim = r->dim;
+    float *q = malloc(2 * (size_t)dim * sizeof *q);
+    out->hits = calloc((size_t)o->k, sizeof *out->hits);
+    int rc = q && out->hits ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    /* The question: the last user message of a chat, the prompt of /v1/rag. */
+    const char *question = ask->question;
+    size_t last_user = 0;
+    for (size_t i = 0; i < ask->n_msgs; i++)
+        if (!strcmp(ask->msgs[i].role, "user"))
+            question = ask->msgs[i].content, last_user = i;
+    if (!rc && !question)
+        rc = cairn_errorf(err, CAIRN_EINVAL, "messages: no user message to answer");
+
+    bool dense = o->search != CAIRN_SEARCH_LEXICAL;
+    int64_t t0 = cairn_now_ns();
+    if (!rc && dense) rc = cairn_rag_embed(r, question, q, err);
+    out->embed_s = since(t0);
+    if (!rc && dense) {
+        /* The prefetch overlaps the pre-retrieval generation: its budget is what the fast tier
+         * can copy in the predicted time of that generation (a prompt of about the question's
+         * length in tokens, at ~4 bytes a token, plus the template's ~48; pre_generate's
+         * max_tokens). No pre-retrieval step: the fixed budget. */
+        double pred = 0;
+        if (o->mode != CAIRN_RAG_NONE && ask->workers)
+            pred = cairn_workers_predict_generation(
+                ask->workers, 48 + (int)(strlen(question) / 4),
+                o->mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE);
+        cairn_rag_prefetch(r, q, pred);
+    }
+    int64_t t1 = cairn_now_ns();
+    float *q1 = q;
+    if (!rc && o->mode != CAIRN_RAG_NONE) {
+        out->pre_text = pre_generate(ask->workers, o->mode, question, err);
+        if (!out->pre_text) rc = CAIRN_ECANCELED;
+        /* q1 = normalised mean of the question's and the generated text's embeddings: HyDE
+         * (Gao et al. 2022, "Precise Zero-Shot Dense Retrieval without Relevance Labels")
+         * averages the query with its hypothetical documents; a rewrite is treated alike, so a
+         * poor generation cannot lose the question. */
+        if (!rc && out->pre_text[0] && dense) {
+            q1 = q + dim;
+            rc = cairn_rag_embed(r, out->pre_text, q1, err);
+            double norm = 0;
+            for (int i = 0; !rc && i < dim; i++) {
+                q1[i] = 0.5f * (q1[i] + q[i]);
+                norm += (double)q1[i] * q1[i];
+            }
+            for (int i = 0; !rc && norm > 0 && i < dim; i++) q1[i] /= (float)sqrt(norm);
+        }
+    }
+    out->pre_s = since(t1);
+    int64_t t2 = cairn_now_ns();
+    /* the lexical list searches the question and the generated text together */
+    char *text = NULL;
+    const char *pre = out->pre_text;
+    if (!rc && pre && pre[0] && (text = malloc(strlen(question) + strlen(pre) + 2)))
+        sprintf(text, "%s\n%s", question, pre);
+    cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
+    cairn_rag_query rq = cairn_rag_query_of(o, text ? text : question, q1, filters);
+    if (!rc) rc = cairn_rag_query_run(r, &rq, out->hits, &out->n_hits, &out->ss, err);
+    free(text);
+    out->search_s = since(t2);
+    free(q);
+    if (!rc) {
+        out->user = cairn_rag_answer_prompt(question, out->hits, out->n_hits);
+        out->n_msgs = ask->n_msgs ? ask->n_msgs : 1;
+        out->msgs = calloc(out->n_msgs, sizeof *out->msgs);
+        if (!out->user || !out->msgs) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        } else if (ask->n_msgs) {
+            memcpy(out->msgs, ask->msgs, ask->n_msgs * sizeof *out->msgs);
+            out->msgs[last_user].content = out->user;
+        } else {
+            out->msgs[0] = (cairn_chat_msg){.role = "user", .content = out->user};
+        }
+    }
+    if (rc) cairn_rag_result_free(out);
+    return rc;
 }
 
 /* ---- Prompts ---------------------------------------------------------------------------------- */

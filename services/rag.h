@@ -1,5 +1,5 @@
 /*
- * services/rag.h — the passage index cairnd serves, and the retrieval half of a RAG request.
+ * services/rag.h — the passage index cairnd serves, and the RAG pipeline up to the answer.
  *
  * A directory holds the docstore (docs.cds), the IVF index (index.ivf), its slow-tier file
  * (index.tier), the lexical index (lexical.db, retrieval/lexical.h) and, when a corpus filled
@@ -12,13 +12,14 @@
  * Search modes: dense (the IVF), lexical (BM25 over title and body) and hybrid (both, fused by
  * retrieval/fuse.h), the default.
  *
- * A RAG request (DESIGN "A RAG request, end to end"):
+ * A RAG request (DESIGN "A RAG request, end to end"), cairn_rag_pipeline:
  *   1. embed the question -> q0; start the lookahead prefetch of q0's top clusters
  *      (cairn_rag_prefetch);
- *   2. the caller runs the pre-retrieval generation (rewrite or HyDE; cairn_rag_pre_prompt
- *      makes its prompt) while the prefetch runs, and embeds the result -> q1;
- *   3. hybrid search for q1 (cairn_rag_search) -> the top-k passages;
- *   4. cairn_rag_answer_prompt builds the prompt that cites them as [1], [2], ...
+ *   2. run the pre-retrieval generation (rewrite or HyDE; cairn_rag_pre_prompt makes its
+ *      prompt) on the workers while the prefetch runs, and embed the result -> q1;
+ *   3. hybrid search for q1 (cairn_rag_query_run) -> the top-k passages;
+ *   4. build the messages that cite them as [1], [2], ... (cairn_rag_answer_prompt); the
+ *      caller hands them to the workers for the answer (services/api.c streams it out).
  *
  * Building in the background (params.background, what cairnd does): when the store holds
  * passages that the index lacks (a fresh corpus ingest, a lost or outdated index), open returns
@@ -44,11 +45,14 @@
 
 #include "common/error.h"
 #include "common/metrics.h"
+#include "generation/chat.h"
 #include "retrieval/docstore.h"
 #include "retrieval/embed.h"
 #include "retrieval/fuse.h"
 #include "retrieval/lexical.h"
-#include "services/api.h"
+#include "services/api_types.h"
+
+struct cairn_workers;
 
 typedef struct cairn_rag cairn_rag;
 
@@ -257,6 +261,60 @@ int cairn_rag_retrieve(cairn_rag *r, const cairn_rag_query *q, float *embedding,
  */
 int cairn_rag_index_ids(cairn_rag *r, uint64_t **dense, size_t *n_dense, uint64_t **lexical,
                         size_t *n_lexical, cairn_error *err);
+
+/* The query of a retrieval request's options o for cairn_rag_query_run: text, and q (ignored
+ * in lexical mode); filters (CAIRN_API_MAX_FILTERS entries, the caller's) get o's filters and
+ * point into o. */
+cairn_rag_query cairn_rag_query_of(const cairn_api_rag *o, const char *text, const float *q,
+                                   cairn_lex_filter *filters);
+
+/* Passages as the API returns them: id, score, text, key, metadata, and `retrieved_by` (dense,
+ * lexical, both) with the rank each list gave (null: not in that list). A new JSON array, or
+ * NULL when out of memory. */
+json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n);
+
+/* ---- The pipeline ------------------------------------------------------------------------ */
+
+/* What one RAG request asks. */
+typedef struct cairn_rag_ask {
+    const char *question;        /* /v1/rag's question; NULL: the last user message of msgs */
+    const cairn_chat_msg *msgs;  /* a chat's messages (borrowed), or NULL */
+    size_t n_msgs;
+    const cairn_api_rag *opts;   /* k, nprobe, rewrite/HyDE, search mode, filters */
+    struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation */
+} cairn_rag_ask;
+
+/* What the pipeline hands to the answer step; cairn_rag_result_free releases it. */
+typedef struct cairn_rag_result {
+    cairn_rag_hit *hits;   /* the passages, best first (n_hits) */
+    int n_hits;
+    char *pre_text;        /* the rewrite/HyDE text, or NULL */
+    cairn_chat_msg *msgs;  /* the messages to answer (n_msgs): the question's turn carries the
+                              passages; other strings are borrowed from the ask */
+    size_t n_msgs;
+    char *user;            /* the content of that turn (owned) */
+    double embed_s, pre_s, search_s;
+    cairn_rag_search_stats ss;
+} cairn_rag_result;
+
+/*
+ * Steps 1-4 of a RAG request on the calling thread (the pre-retrieval generation waits for the
+ * workers). Returns 0 and *out (cairn_rag_result_free), or a CAIRN_E* code with err:
+ * CAIRN_EINVAL (no user message), CAIRN_ECANCELED (the rewrite/HyDE generation failed), the
+ * embedder's, the search's or the workers' error. Any thread but a worker's.
+ */
+int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result *out,
+                       cairn_error *err);
+void cairn_rag_result_free(cairn_rag_result *res); /* zeroed: no-op */
+
+/*
+ * Runs one generation of prompt (tokenized with tok_flags) on the workers, greedy, to its end
+ * or max_tokens or a stop string, and waits for it. Returns the text (malloc'ed), or NULL with
+ * err (the workers' refusal, or CAIRN_ECANCELED naming why the generation failed). Any thread
+ * but a worker's.
+ */
+char *cairn_rag_generate(struct cairn_workers *w, const char *prompt, size_t len, int tok_flags,
+                         int max_tokens, const char *const *stop, int n_stop, cairn_error *err);
 
 /* The user message for the pre-retrieval generation of mode (rewrite: a search query;
  * hyde: a hypothetical passage). Malloc'ed; NULL when out of memory. */
