@@ -413,6 +413,7 @@ static void rag_run(void *arg)
                          .msgs = r->messages,
                          .n_msgs = r->n_messages,
                          .opts = &r->rag,
+                         .max_tokens = r->max_tokens,
                          .workers = a->p.workers};
     cairn_rag_result res;
     int rc = cairn_rag_pipeline(a->p.rag, &ask, &res, &err);
@@ -420,19 +421,23 @@ static void rag_run(void *arg)
         cairn_histogram_observe(a->h_embed, res.embed_s);
         if (r->rag.mode != CAIRN_RAG_NONE) cairn_histogram_observe(a->h_pre, res.pre_s);
         cairn_histogram_observe(a->h_search, res.search_s);
-        g->sources = cairn_rag_hits_json(res.hits, res.n_hits);
-        g->stages = json_pack("{s:f,s:f,s:f,s:s,s:s,s:f,s:f}", "embed_s", res.embed_s,
+        /* the sources are the passages the prompt holds; it says how many were cut or left out
+         * to fit the context */
+        g->sources = cairn_rag_hits_json(res.hits, res.prompt.n_passages);
+        g->stages = json_pack("{s:f,s:f,s:f,s:s,s:s,s:f,s:f,s:i,s:i,s:i}", "embed_s", res.embed_s,
                               "pre_retrieval_s", res.pre_s, "search_s", res.search_s, "rag_mode",
                               r->rag.mode == CAIRN_RAG_HYDE      ? "hyde"
                               : r->rag.mode == CAIRN_RAG_REWRITE ? "rewrite"
                                                                  : "none",
                               "search_mode", cairn_search_mode_name(r->rag.search), "dense_s",
-                              res.ss.dense_s, "lexical_s", res.ss.lexical_s);
+                              res.ss.dense_s, "lexical_s", res.ss.lexical_s, "rag_prompt_tokens",
+                              res.prompt.tokens, "passages_truncated", res.prompt.n_truncated,
+                              "passages_left_out", res.n_hits - res.prompt.n_passages);
         if (res.pre_text && g->stages)
             json_object_set_new(g->stages, "pre_retrieval_text",
                                 json_text(res.pre_text, strlen(res.pre_text)));
         if (g->stages) json_object_set_new(g->stages, "index", cairn_rag_status_json(a->p.rag));
-        rc = start_generation(a, g, r, res.msgs, res.n_msgs, &err);
+        rc = start_generation(a, g, r, res.prompt.msgs, res.prompt.n_msgs, &err);
         cairn_rag_result_free(&res);
     }
     if (rc) fail_deferred(a, g, rc, err.msg[0] ? err.msg : "out of memory");

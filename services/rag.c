@@ -1673,8 +1673,7 @@ void cairn_rag_result_free(cairn_rag_result *res)
     cairn_rag_hits_free(res->hits, res->n_hits);
     free(res->hits);
     free(res->pre_text);
-    free(res->msgs);
-    free(res->user);
+    cairn_rag_prompt_free(&res->prompt);
     memset(res, 0, sizeof *res);
 }
 
@@ -1689,10 +1688,8 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
     int rc = q && out->hits ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     /* The question: the last user message of a chat, the prompt of /v1/rag. */
     const char *question = ask->question;
-    size_t last_user = 0;
     for (size_t i = 0; i < ask->n_msgs; i++)
-        if (!strcmp(ask->msgs[i].role, "user"))
-            question = ask->msgs[i].content, last_user = i;
+        if (!strcmp(ask->msgs[i].role, "user")) question = ask->msgs[i].content;
     if (!rc && !question)
         rc = cairn_errorf(err, CAIRN_EINVAL, "messages: no user message to answer");
 
@@ -1746,17 +1743,17 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
     out->search_s = since(t2);
     free(q);
     if (!rc) {
-        out->user = cairn_rag_answer_prompt(question, out->hits, out->n_hits);
-        out->n_msgs = ask->n_msgs ? ask->n_msgs : 1;
-        out->msgs = calloc(out->n_msgs, sizeof *out->msgs);
-        if (!out->user || !out->msgs) {
-            rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-        } else if (ask->n_msgs) {
-            memcpy(out->msgs, ask->msgs, ask->n_msgs * sizeof *out->msgs);
-            out->msgs[last_user].content = out->user;
-        } else {
-            out->msgs[0] = (cairn_chat_msg){.role = "user", .content = out->user};
-        }
+        /* The answer keeps max_tokens of the context (at most half of it) for itself. */
+        int n_ctx = ask->workers ? cairn_workers_n_ctx(ask->workers) : 0;
+        int reserve = ask->max_tokens < n_ctx / 2 ? ask->max_tokens : n_ctx / 2;
+        cairn_rag_prompt_params pp = {
+            .tmpl = ask->plain || !ask->workers ? NULL : cairn_workers_chat_template(ask->workers),
+            .tok = ask->workers ? cairn_workers_tokenizer(ask->workers) : NULL,
+            .budget = n_ctx - reserve,
+            .system = ask->system,
+        };
+        rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
+                                    &out->prompt, err);
     }
     if (rc) cairn_rag_result_free(out);
     return rc;
@@ -1776,12 +1773,201 @@ char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
     return cairn_strbuf_take(&sb, NULL);
 }
 
-char *cairn_rag_answer_prompt(const char *question, const cairn_rag_hit *hits, int n)
+/* ---- The answer's prompt ---------------------------------------------------------------------- */
+
+const char *const cairn_rag_default_system =
+    "You answer questions from the numbered passages the user gives you. Each passage begins "
+    "with its title; for software the title starts with the package name. Answer in one or two "
+    "sentences: first name the package (or document) that answers the question, then say what "
+    "it does, and cite the passage as [1], [2], ... If no passage answers the question, say so.";
+
+#define MIN_PASSAGE_TOKENS 32 /* fewer left per passage: passages at the end are left out */
+
+/* Tokens of s[0..len) (flags: CAIRN_TOK_*), or -1 when the tokenizer failed. */
+static int count_tokens(const cairn_tok *t, const char *s, size_t len, int flags)
+{
+    cairn_error e = {0};
+    int n = cairn_tok_encode(t, s, len, NULL, 0, flags, &e);
+    if (n == CAIRN_TOK_ENCODE_FAILED) return -1;
+    return n < 0 ? -n : n;
+}
+
+/* The longest prefix of s[0..len), ending on a character boundary, of at most max tokens; cut
+ * back to the last space when one is near the end, so that no word is halved. */
+static size_t prefix_within(const cairn_tok *t, const char *s, size_t len, int max)
+{
+    size_t lo = 0, hi = len; /* count(lo) <= max; the answer is in [lo, hi] */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo + 1) / 2;
+        while (mid > lo && mid < len && ((unsigned char)s[mid] & 0xC0) == 0x80) mid--;
+        if (mid == lo) break;
+        int c = count_tokens(t, s, mid, 0);
+        if (c >= 0 && c <= max) lo = mid;
+        else hi = mid - 1;
+    }
+    size_t cut = lo;
+    while (cut > lo * 5 / 6 && cut > 0 && s[cut - 1] != ' ' && s[cut - 1] != '\n') cut--;
+    return cut > lo * 5 / 6 && cut > 0 ? cut : lo;
+}
+
+/* The question's turn: the passages hits[0..n) (each text cut to lens[i] bytes, marked when
+ * cut) and the question; plain, with the system text first and "Answer:" last. */
+static char *user_turn(const char *question, const cairn_rag_hit *hits, const size_t *lens,
+                       int n, const char *system, bool plain)
 {
     cairn_strbuf sb = {0};
-    cairn_strbuf_puts(&sb, "Answer the question using the passages below. Cite the passages you "
-                           "use as [1], [2], ...\n\n");
-    for (int i = 0; i < n; i++) cairn_strbuf_printf(&sb, "[%d] %s\n\n", i + 1, hits[i].text);
+    if (plain) cairn_strbuf_printf(&sb, "%s\n\n", system);
+    cairn_strbuf_puts(&sb, n ? "Passages:\n\n" : "No passage was found.\n\n");
+    for (int i = 0; i < n; i++) {
+        const cairn_rag_hit *h = &hits[i];
+        size_t full = strlen(h->text);
+        cairn_strbuf_printf(&sb, "[%d] %s\n", i + 1, h->title && h->title[0] ? h->title : h->key);
+        cairn_strbuf_append(&sb, h->text, lens[i]);
+        cairn_strbuf_puts(&sb, lens[i] < full ? " [...]\n\n" : "\n\n");
+    }
     cairn_strbuf_printf(&sb, "Question: %s", question);
+    if (plain) cairn_strbuf_puts(&sb, "\nAnswer:");
     return cairn_strbuf_take(&sb, NULL);
+}
+
+void cairn_rag_prompt_free(cairn_rag_prompt *pr)
+{
+    if (!pr) return;
+    free(pr->text);
+    free(pr->msgs);
+    free(pr->strs[0]);
+    free(pr->strs[1]);
+    memset(pr, 0, sizeof *pr);
+}
+
+/* Fills out's text (and messages) from the passages at lens[0..n). */
+static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_msgs,
+                    size_t last_user, const cairn_rag_hit *hits, const size_t *lens, int n,
+                    const cairn_rag_prompt_params *p, cairn_rag_prompt *out, cairn_error *err)
+{
+    const char *system = p->system ? p->system : cairn_rag_default_system;
+    free(out->text), free(out->msgs), free(out->strs[0]), free(out->strs[1]);
+    out->text = NULL, out->msgs = NULL, out->strs[0] = out->strs[1] = NULL, out->n_msgs = 0;
+    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl);
+    if (!turn) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    if (!p->tmpl) {
+        out->text = turn;
+        out->len = strlen(turn);
+        out->tok_flags = CAIRN_TOK_ADD_SPECIAL;
+        return 0;
+    }
+    out->strs[1] = turn;
+    /* [system] + the chat's turns (its own system message merged after ours) */
+    bool own_system = n_msgs && !strcmp(msgs[0].role, "system");
+    size_t n_out = 1 + (n_msgs ? n_msgs - own_system : 1);
+    out->msgs = calloc(n_out, sizeof *out->msgs);
+    if (!out->msgs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    out->msgs[0] = (cairn_chat_msg){.role = "system", .content = system};
+    if (own_system) {
+        cairn_strbuf sb = {0};
+        cairn_strbuf_printf(&sb, "%s\n\n%s", system, msgs[0].content);
+        out->strs[0] = cairn_strbuf_take(&sb, NULL);
+        if (!out->strs[0]) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        out->msgs[0].content = out->strs[0];
+    }
+    if (!n_msgs) out->msgs[1] = (cairn_chat_msg){.role = "user", .content = turn};
+    for (size_t i = own_system; i < n_msgs; i++) {
+        out->msgs[1 + i - own_system] = msgs[i];
+        if (i == last_user) out->msgs[1 + i - own_system].content = turn;
+    }
+    out->n_msgs = n_out;
+    out->text = cairn_chat_render_alloc(p->tmpl, out->msgs, n_out, true, &out->len, err);
+    if (!out->text) return cairn_error_prefix(err, "messages");
+    out->tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL;
+    return 0;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, size_t n_msgs,
+                           const cairn_rag_hit *hits, int n, const cairn_rag_prompt_params *p,
+                           cairn_rag_prompt *out, cairn_error *err)
+{
+    memset(out, 0, sizeof *out);
+    size_t last_user = 0;
+    for (size_t i = 0; i < n_msgs; i++)
+        if (!strcmp(msgs[i].role, "user")) question = msgs[i].content, last_user = i;
+    if (!question) return cairn_errorf(err, CAIRN_EINVAL, "messages: no user message to answer");
+    size_t *lens = calloc((size_t)n + 1, sizeof *lens);
+    int *toks = calloc((size_t)n + 1, sizeof *toks), *sorted = calloc((size_t)n + 1, sizeof *sorted);
+    int rc = lens && toks && sorted ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    for (int i = 0; !rc && i < n; i++) lens[i] = strlen(hits[i].text);
+    int use = n;
+    if (!rc) rc = assemble(question, msgs, n_msgs, last_user, hits, lens, use, p, out, err);
+    int total = !rc && p->tok ? count_tokens(p->tok, out->text, out->len, out->tok_flags) : 0;
+    if (!rc && total > p->budget) {
+        /* What the prompt takes without the passages' texts; the rest is shared among them,
+         * at least MIN_PASSAGE_TOKENS each: passages at the end are left out until it is. */
+        size_t *zero = calloc((size_t)n + 1, sizeof *zero);
+        if (!zero) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        int fixed = 0, avail = 0;
+        for (use = n + 1; !rc && use > 0;) {
+            use--;
+            rc = assemble(question, msgs, n_msgs, last_user, hits, zero, use, p, out, err);
+            fixed = rc ? 0 : count_tokens(p->tok, out->text, out->len, out->tok_flags);
+            avail = p->budget - fixed;
+            if (avail >= MIN_PASSAGE_TOKENS * use) break;
+        }
+        free(zero);
+        if (!rc && avail < 0)
+            rc = cairn_errorf(err, CAIRN_ELIMIT,
+                              "the question and the instructions take %d tokens; the context "
+                              "leaves %d for the prompt",
+                              fixed, p->budget);
+        for (int i = 0; !rc && i < use; i++)
+            sorted[i] = toks[i] = count_tokens(p->tok, hits[i].text, lens[i], 0);
+        /* Water-filling: the largest cap c with sum(min(t_i, c)) <= avail; then, should the
+         * joins tokenize longer than counted apart, lower c until the whole prompt fits. */
+        qsort(sorted, (size_t)use, sizeof *sorted, cmp_int);
+        int cap = INT32_MAX, rem = avail;
+        for (int j = 0; j < use; j++) {
+            int share = rem / (use - j);
+            if (sorted[j] > share) {
+                cap = share;
+                break;
+            }
+            rem -= sorted[j];
+        }
+        for (int round = 0; !rc; round++) {
+            out->n_truncated = 0;
+            for (int i = 0; i < use; i++) {
+                lens[i] = strlen(hits[i].text);
+                if (toks[i] > cap) {
+                    lens[i] = prefix_within(p->tok, hits[i].text, lens[i], cap);
+                    out->n_truncated++;
+                }
+            }
+            rc = assemble(question, msgs, n_msgs, last_user, hits, lens, use, p, out, err);
+            total = rc ? 0 : count_tokens(p->tok, out->text, out->len, out->tok_flags);
+            if (rc || total <= p->budget) break;
+            if (round == 8 || cap <= 1) {
+                rc = cairn_errorf(err, CAIRN_ELIMIT, "the passages do not fit the context");
+                break;
+            }
+            int over = (total - p->budget + use - 1) / (use ? use : 1);
+            if (cap == INT32_MAX) {
+                for (int i = 0; i < use; i++) cap = i == 0 || toks[i] > cap ? toks[i] : cap;
+            }
+            cap -= over > cap / 10 ? over : cap / 10 + 1;
+        }
+    }
+    if (!rc) {
+        out->n_passages = use;
+        out->tokens = total;
+    } else {
+        cairn_rag_prompt_free(out);
+    }
+    free(lens);
+    free(toks);
+    free(sorted);
+    return rc;
 }

@@ -53,6 +53,7 @@
 #include "services/api_types.h"
 
 struct cairn_workers;
+struct cairn_tok;
 
 typedef struct cairn_rag cairn_rag;
 
@@ -273,6 +274,53 @@ cairn_rag_query cairn_rag_query_of(const cairn_api_rag *o, const char *text, con
  * NULL when out of memory. */
 json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n);
 
+/* ---- The answer's prompt ------------------------------------------------------------------- */
+
+/* The system prompt of a RAG answer: answer from the numbered passages, name the package or
+ * document the answer comes from, cite [n]. Static text. */
+extern const char *const cairn_rag_default_system;
+
+/* How the answer's prompt is made. */
+typedef struct cairn_rag_prompt_params {
+    const cairn_chat_template *tmpl; /* the model's chat format; NULL: a plain prompt (a model
+                                        without a template) */
+    const struct cairn_tok *tok;     /* counts tokens for budget; NULL: no budget */
+    int budget;                      /* tokens the whole prompt may take (with tok) */
+    const char *system;              /* NULL: cairn_rag_default_system */
+} cairn_rag_prompt_params;
+
+/* An answer's prompt; cairn_rag_prompt_free releases it. */
+typedef struct cairn_rag_prompt {
+    char *text;            /* the prompt (malloc'ed, NUL-terminated) */
+    size_t len;
+    int tok_flags;         /* how to tokenize it (special tokens parsed for a template) */
+    cairn_chat_msg *msgs;  /* with a template: the messages rendered into text (n_msgs); the
+                              system and the question's turn are owned here, the rest borrowed
+                              from the caller's messages */
+    size_t n_msgs;
+    char *strs[2];         /* the owned strings msgs point to */
+    int n_passages;        /* passages in it: the first n_passages hits */
+    int n_truncated;       /* of them, cut short to fit the budget */
+    int tokens;            /* its length in tokens (0 without a tokenizer) */
+} cairn_rag_prompt;
+
+/*
+ * The prompt that answers question (or, with msgs, the last user message of a chat, whose
+ * other turns are kept) from hits[0..n): a system turn (p->system, merged before a system
+ * message of the chat's own), then the user's turn with the passages numbered [1], [2], ...,
+ * each headed by its title (the default corpus: "package: synopsis") or key, and the question;
+ * rendered with p->tmpl, or as plain text ending in "Answer:" without one. With p->tok the
+ * prompt is kept within p->budget tokens: the passages are cut to a common length (the
+ * shortest kept whole, water-filling), and passages at the end are left out when fewer than
+ * 32 tokens each would remain. Returns 0 and *out (cairn_rag_prompt_free), CAIRN_EINVAL (no
+ * question, a role the template refuses), CAIRN_ELIMIT (the question alone is over the
+ * budget), CAIRN_ENOMEM. Pure and thread-safe.
+ */
+int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, size_t n_msgs,
+                           const cairn_rag_hit *hits, int n, const cairn_rag_prompt_params *p,
+                           cairn_rag_prompt *out, cairn_error *err);
+void cairn_rag_prompt_free(cairn_rag_prompt *pr); /* zeroed: no-op */
+
 /* ---- The pipeline ------------------------------------------------------------------------ */
 
 /* What one RAG request asks. */
@@ -281,7 +329,12 @@ typedef struct cairn_rag_ask {
     const cairn_chat_msg *msgs;  /* a chat's messages (borrowed), or NULL */
     size_t n_msgs;
     const cairn_api_rag *opts;   /* k, nprobe, rewrite/HyDE, search mode, filters */
-    struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation */
+    int max_tokens;              /* the answer's tokens: kept free in the context (at most half
+                                    of it) */
+    bool plain;                  /* a plain prompt, not the model's chat template */
+    const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
+    struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation; its chat
+                                      template, tokenizer and context shape the prompt */
 } cairn_rag_ask;
 
 /* What the pipeline hands to the answer step; cairn_rag_result_free releases it. */
@@ -289,10 +342,7 @@ typedef struct cairn_rag_result {
     cairn_rag_hit *hits;   /* the passages, best first (n_hits) */
     int n_hits;
     char *pre_text;        /* the rewrite/HyDE text, or NULL */
-    cairn_chat_msg *msgs;  /* the messages to answer (n_msgs): the question's turn carries the
-                              passages; other strings are borrowed from the ask */
-    size_t n_msgs;
-    char *user;            /* the content of that turn (owned) */
+    cairn_rag_prompt prompt; /* the answer's prompt: the passages in it, truncation */
     double embed_s, pre_s, search_s;
     cairn_rag_search_stats ss;
 } cairn_rag_result;
@@ -300,8 +350,9 @@ typedef struct cairn_rag_result {
 /*
  * Steps 1-4 of a RAG request on the calling thread (the pre-retrieval generation waits for the
  * workers). Returns 0 and *out (cairn_rag_result_free), or a CAIRN_E* code with err:
- * CAIRN_EINVAL (no user message), CAIRN_ECANCELED (the rewrite/HyDE generation failed), the
- * embedder's, the search's or the workers' error. Any thread but a worker's.
+ * CAIRN_EINVAL (no user message), CAIRN_ECANCELED (the rewrite/HyDE generation failed),
+ * CAIRN_ELIMIT (the question alone fills the context), the embedder's, the search's or the
+ * workers' error. Any thread but a worker's.
  */
 int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result *out,
                        cairn_error *err);
@@ -319,9 +370,5 @@ char *cairn_rag_generate(struct cairn_workers *w, const char *prompt, size_t len
 /* The user message for the pre-retrieval generation of mode (rewrite: a search query;
  * hyde: a hypothetical passage). Malloc'ed; NULL when out of memory. */
 char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question);
-
-/* The user message asking to answer question from hits[0..n), cited as [1], [2], ...
- * Malloc'ed; NULL when out of memory. */
-char *cairn_rag_answer_prompt(const char *question, const cairn_rag_hit *hits, int n);
 
 #endif

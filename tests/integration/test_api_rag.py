@@ -105,6 +105,9 @@ def test_rag_endpoint_sources_and_timings():
         assert stage in t, t
     assert t["rag_mode"] == "none"
     assert t["total_s"] >= t["embed_s"] + t["search_s"]
+    # the answer's prompt: the model's chat template around the system prompt and the passages
+    assert t["passages_truncated"] == 0 and t["passages_left_out"] == 0, t
+    assert 0 < t["rag_prompt_tokens"] <= r["usage"]["prompt_tokens"], (t, r["usage"])
 
 
 def test_chat_rag_extension_streams_sources_last():
