@@ -653,7 +653,8 @@ typedef struct index_task {
     cairn_api *api;
     cairn_http_async *async;
     cairn_api_req r;
-    uint64_t doc_id; /* DELETE */
+    uint64_t doc_id; /* DELETE of a passage */
+    char doc_key[CAIRN_API_DOC_ID_SIZE]; /* DELETE of a document: its id, else "" */
     int64_t t_start;
 } index_task;
 
@@ -702,43 +703,103 @@ static void retrieve_run(void *arg)
     index_task_done(t, &resp);
 }
 
+/* A new document's id: "doc-" and 16 hex digits from the kernel's generator (unique across
+ * replicas without coordination). */
+static void new_document_id(char out[CAIRN_API_DOC_ID_SIZE])
+{
+    uint64_t v = fresh_seed();
+    snprintf(out, CAIRN_API_DOC_ID_SIZE, "doc-%016llx", (unsigned long long)v);
+}
+
+/* Whether s is a document id as new_document_id makes them. */
+static bool is_document_id(const char *s)
+{
+    if (strncmp(s, "doc-", 4) || strlen(s) != 20) return false;
+    for (const char *p = s + 4; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) return false;
+    return true;
+}
+
+/* POST /v1/documents: each document is chunked as the corpus is (cairn_rag_add_texts), each
+ * chunk a passage whose metadata holds the document's id ("document") and its number
+ * ("chunk"), beside the caller's metadata; all documents' passages are added together or not
+ * at all. */
 static void documents_run(void *arg)
 {
     index_task *t = arg;
+    cairn_api *a = t->api;
     cairn_http_resp resp = {0};
     cairn_error err = {0};
+    size_t n = t->r.n_docs;
+    cairn_api_doc *docs = calloc(n, sizeof *docs);
+    char (*ids)[CAIRN_API_DOC_ID_SIZE] = calloc(n, sizeof *ids);
+    size_t *counts = calloc(n, sizeof *counts);
+    int rc = docs && ids && counts ? 0 : cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        docs[i] = t->r.docs[i];
+        new_document_id(ids[i]);
+        json_t *meta = docs[i].metadata_json ? json_loads(docs[i].metadata_json, 0, NULL)
+                                             : json_object();
+        json_object_set_new(meta, "document", json_string(ids[i]));
+        docs[i].metadata_json = json_dumps(meta, JSON_COMPACT);
+        json_decref(meta);
+        docs[i].key = ids[i];
+        if (!docs[i].metadata_json) rc = cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
+    }
     uint64_t first = 0;
-    int rc = cairn_rag_add(t->api->p.rag, t->r.docs, t->r.n_docs, &first, &err);
+    if (!rc) rc = cairn_rag_add_texts(a->p.rag, docs, n, a->p.max_upload_passages, &first, counts,
+                                      &err);
     if (rc) {
-        cairn_http_json_error(&resp, index_status(rc) ? index_status(rc)
-                                     : rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400,
+        cairn_http_json_error(&resp, index_status(rc)                       ? index_status(rc)
+                                     : rc == CAIRN_ELIMIT                   ? 413
+                                     : rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500
+                                                                            : 400,
                               "%s", err.msg);
         if (index_status(rc) == 503) resp.retry_after_s = 1;
     } else {
         json_t *data = json_array();
-        for (size_t i = 0; i < t->r.n_docs; i++)
-            json_array_append_new(data, json_pack("{s:I}", "id", (json_int_t)(first + i)));
+        uint64_t id = first;
+        for (size_t i = 0; i < n; i++) {
+            json_t *pids = json_array();
+            for (size_t j = 0; j < counts[i]; j++)
+                json_array_append_new(pids, json_integer((json_int_t)(id + j)));
+            json_array_append_new(data, json_pack("{s:I,s:s,s:I,s:o}", "id", (json_int_t)id,
+                                                  "document", ids[i], "passages",
+                                                  (json_int_t)counts[i], "passage_ids", pids));
+            id += counts[i];
+        }
         set_json(&resp, 200, json_pack("{s:s,s:o,s:I}", "object", "list", "data", data,
-                                       "total_documents",
-                                       (json_int_t)cairn_rag_count(t->api->p.rag)));
+                                       "total_documents", (json_int_t)cairn_rag_count(a->p.rag)));
     }
+    for (size_t i = 0; docs && i < n; i++) free((char *)docs[i].metadata_json);
+    free(docs);
+    free(ids);
+    free(counts);
     index_task_done(t, &resp);
 }
 
+/* DELETE /v1/documents/{id}: a passage by its id, or a document's every chunk by its id. */
 static void delete_run(void *arg)
 {
     index_task *t = arg;
     cairn_http_resp resp = {0};
     cairn_error err = {0};
-    int rc = cairn_rag_delete(t->api->p.rag, t->doc_id, &err);
-    if (rc == CAIRN_ENOTFOUND)
+    size_t n = 1;
+    int rc = t->doc_key[0]
+                 ? cairn_rag_delete_where(t->api->p.rag, "document", t->doc_key, &n, &err)
+                 : cairn_rag_delete(t->api->p.rag, t->doc_id, &err);
+    if (rc == CAIRN_ENOTFOUND && t->doc_key[0])
+        cairn_http_json_error(&resp, 404, "no document %s", t->doc_key);
+    else if (rc == CAIRN_ENOTFOUND)
         cairn_http_json_error(&resp, 404, "no document with id %llu",
                               (unsigned long long)t->doc_id);
     else if (rc) {
         cairn_http_json_error(&resp, index_status(rc) ? index_status(rc) : 500,
                               "delete failed: %s", err.msg);
         if (index_status(rc) == 503) resp.retry_after_s = 1;
-    }
+    } else if (t->doc_key[0])
+        set_json(&resp, 200, json_pack("{s:s,s:b,s:I}", "id", t->doc_key, "deleted", 1,
+                                        "passages", (json_int_t)n));
     else set_json(&resp, 200, json_pack("{s:I,s:b}", "id", (json_int_t)t->doc_id, "deleted", 1));
     index_task_done(t, &resp);
 }
@@ -760,13 +821,18 @@ static void handle_index(cairn_api *a, cairn_api_kind kind, cairn_pool_task_fn f
     if (kind) {
         rc = cairn_api_parse(kind, req->body, req->body_len, &a->p.limits, &t->r, &err);
     } else {
-        /* DELETE /v1/documents/{id}: a decimal id, nothing else. */
+        /* DELETE /v1/documents/{id}: a passage's decimal id, or a document's doc-<16 hex>. */
         const char *s = req->path + strlen("/v1/documents/");
         char *end = NULL;
         errno = 0;
         unsigned long long v = strtoull(s, &end, 10);
-        if (!*s || *end || errno || *s == '-' || *s == '+' || *s == ' ')
-            rc = cairn_errorf(&err, CAIRN_EINVAL, "document id: '%.64s' is not a decimal id", s);
+        if (is_document_id(s))
+            snprintf(t->doc_key, sizeof t->doc_key, "%s", s);
+        else if (!*s || *end || errno || *s == '-' || *s == '+' || *s == ' ')
+            rc = cairn_errorf(&err, CAIRN_EINVAL,
+                              "document id: '%.64s' is neither a passage id (decimal) nor a "
+                              "document id (doc-<16 hex digits>)",
+                              s);
         t->doc_id = v;
     }
     if (rc) cairn_http_json_error(resp, status_of(rc), "%s", err.msg);

@@ -499,7 +499,7 @@ static int parse_documents(json_t *o, const cairn_api_limits *lim, cairn_api_req
                            cairn_error *err)
 {
     static const char *const allowed[] = {"documents", NULL};
-    static const char *const doc_allowed[] = {"text", "metadata", NULL};
+    static const char *const doc_allowed[] = {"text", "title", "metadata", NULL};
     json_t *arr = NULL;
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_array(o, "documents", &arr, 1, lim->max_inputs, true, err);
@@ -517,6 +517,7 @@ static int parse_documents(json_t *o, const cairn_api_limits *lim, cairn_api_req
         rc = cairn_json_check_keys(d, NULL, doc_allowed, err);
         if (!rc) rc = cairn_json_get_string(d, "text", &doc->text, &doc->text_len, 1,
                                             lim->max_text_bytes, true, err);
+        if (!rc) rc = cairn_json_get_string(d, "title", &doc->title, NULL, 0, 512, false, err);
         if (!rc) rc = cairn_json_get_object(d, "metadata", &meta, false, err);
         if (!rc && meta) {
             doc->metadata_json = json_dumps(meta, JSON_COMPACT);

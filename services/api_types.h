@@ -36,6 +36,9 @@ typedef struct cairn_api_rag {
     char fval_buf[CAIRN_API_MAX_FILTERS][32];
 } cairn_api_rag;
 
+/* A document's id as POST /v1/documents makes it ("doc-" and 16 hex digits), with its NUL. */
+#define CAIRN_API_DOC_ID_SIZE 21
+
 typedef struct cairn_api_doc {
     const char *text;
     size_t text_len;

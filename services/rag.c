@@ -5,6 +5,7 @@
  * lexical index's contents: searches and document reads hold it shared, adds and deletes alone.
  * Embedding happens outside it. The lexical index serialises its own SQLite calls.
  */
+#define _GNU_SOURCE /* memmem */
 #define CAIRN_LOG_TAG "rag"
 #include "services/rag.h"
 
@@ -927,10 +928,12 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
     return rc;
 }
 
-/* Passages of one text, collected by cairn_corpus_chunk's callback. */
+/* Passages of the texts being chunked, collected by cairn_corpus_chunk's callback: those of
+ * the current text take its key, title and metadata (with "chunk" set per passage). */
 typedef struct chunks {
     cairn_api_doc *docs;
     size_t n, cap, max;
+    size_t first; /* the current text's first passage */
     const char *key, *title;
     json_t *meta;
 } chunks;
@@ -948,48 +951,66 @@ static int on_chunk(void *ctx, const char *s, size_t len)
     }
     cairn_api_doc *d = &c->docs[c->n];
     memset(d, 0, sizeof *d);
+    size_t chunk = c->n - c->first;
     c->n++;
     char *text = strndup(s, len);
     char *key = malloc(strlen(c->key) + 24);
-    json_object_set_new(c->meta, "chunk", json_integer((json_int_t)(c->n - 1)));
+    json_object_set_new(c->meta, "chunk", json_integer((json_int_t)chunk));
     char *meta = json_dumps(c->meta, JSON_COMPACT);
     d->text = text, d->text_len = len, d->key = key, d->metadata_json = meta, d->title = c->title;
     if (!text || !key || !meta) return CAIRN_ENOMEM;
-    sprintf(key, "%s#%zu", c->key, c->n - 1);
+    sprintf(key, "%s#%zu", c->key, chunk);
     return 0;
 }
 
-int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
-                       const char *title, const char *meta_json, size_t max_passages,
-                       uint64_t *first_id, size_t *n_passages, cairn_error *err)
+int cairn_rag_add_texts(cairn_rag *r, const cairn_api_doc *texts, size_t n, size_t max_passages,
+                        uint64_t *first_id, size_t *counts, cairn_error *err)
 {
-    chunks c = {.max = max_passages, .key = key, .title = title};
-    c.meta = meta_json ? json_loads(meta_json, 0, NULL) : json_object();
-    if (!json_is_object(c.meta)) {
-        json_decref(c.meta);
-        return cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
-    }
+    chunks c = {.max = max_passages};
     cairn_corpus_params cp = cairn_corpus_default_params();
     cp.count_tokens = cairn_index_count_wordpiece;
     cp.count_ctx = (void *)cairn_embed_tokenizer(r->p.embed);
-    int rc = cairn_corpus_chunk(text, len, &cp, on_chunk, &c);
-    if (rc == CAIRN_ELIMIT)
-        rc = cairn_errorf(err, CAIRN_ELIMIT, "more than %zu passages (the limit per document)",
-                          max_passages);
-    else if (rc == CAIRN_ENOMEM) rc = cairn_errorf(err, rc, "out of memory");
-    else if (rc) rc = cairn_errorf(err, rc, "chunking failed");
-    else if (c.n == 0) rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
+    int rc = n ? 0 : cairn_errorf(err, CAIRN_EINVAL, "documents: none given");
+    for (size_t i = 0; !rc && i < n; i++) {
+        const cairn_api_doc *t = &texts[i];
+        c.first = c.n;
+        c.key = t->key ? t->key : "api";
+        c.title = t->title;
+        c.meta = t->metadata_json ? json_loads(t->metadata_json, 0, NULL) : json_object();
+        if (!json_is_object(c.meta)) rc = cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
+        if (!rc) rc = cairn_corpus_chunk(t->text, t->text_len, &cp, on_chunk, &c);
+        if (rc == CAIRN_ELIMIT)
+            rc = cairn_errorf(err, CAIRN_ELIMIT, "more than %zu passages (the limit per request)",
+                              max_passages);
+        else if (rc == CAIRN_ENOMEM) rc = cairn_errorf(err, rc, "out of memory");
+        else if (rc && !err->msg[0]) rc = cairn_errorf(err, rc, "chunking failed");
+        else if (!rc && c.n == c.first) rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
+        if (rc && n > 1) cairn_error_prefix(err, "documents[%zu]", i);
+        if (!rc && counts) counts[i] = c.n - c.first;
+        json_decref(c.meta);
+        c.meta = NULL;
+    }
     uint64_t first = 0;
     if (!rc) rc = cairn_rag_add(r, c.docs, c.n, &first, err);
     if (!rc && first_id) *first_id = first;
-    if (!rc && n_passages) *n_passages = c.n;
     for (size_t i = 0; i < c.n; i++) {
         free((char *)c.docs[i].text);
         free((char *)c.docs[i].key);
         free((char *)c.docs[i].metadata_json);
     }
     free(c.docs);
-    json_decref(c.meta);
+    return rc;
+}
+
+int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
+                       const char *title, const char *meta_json, size_t max_passages,
+                       uint64_t *first_id, size_t *n_passages, cairn_error *err)
+{
+    cairn_api_doc d = {.text = text, .text_len = len, .key = key, .title = title,
+                       .metadata_json = meta_json};
+    size_t count = 0;
+    int rc = cairn_rag_add_texts(r, &d, 1, max_passages, first_id, &count, err);
+    if (!rc && n_passages) *n_passages = count;
     return rc;
 }
 
@@ -1027,6 +1048,72 @@ int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
     if (!rc) rc = cairn_lex_delete(r->lex, &id, 1, err);
     counts_update(r, r->building ? flat_live(r) : 0);
     pthread_rwlock_unlock(&r->lock);
+    return rc;
+}
+
+/* The ids of live passages whose metadata has key = value (as a string). */
+typedef struct where {
+    const char *key, *value;
+    uint64_t *ids;
+    size_t n, cap;
+} where;
+
+static int where_visit(void *ctx, const cairn_doc *d)
+{
+    where *w = ctx;
+    /* most passages do not hold the value at all: skip them before parsing */
+    if (!d->meta_len || !memmem(d->meta, d->meta_len, w->value, strlen(w->value))) return 0;
+    json_t *meta = json_loadb(d->meta, d->meta_len, 0, NULL);
+    json_t *v = json_object_get(meta, w->key);
+    bool match = json_is_string(v) && !strcmp(json_string_value(v), w->value);
+    json_decref(meta);
+    if (!match) return 0;
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 16;
+        uint64_t *ids = realloc(w->ids, cap * sizeof *ids);
+        if (!ids) return CAIRN_ENOMEM;
+        w->ids = ids;
+        w->cap = cap;
+    }
+    w->ids[w->n++] = d->id;
+    return 0;
+}
+
+int cairn_rag_delete_where(cairn_rag *r, const char *key, const char *value, size_t *n_deleted,
+                           cairn_error *err)
+{
+    where w = {.key = key, .value = value};
+    size_t done = 0;
+    int rc = cairn_rag_scan(r, 0, true, where_visit, &w);
+    if (rc) rc = cairn_errorf(err, rc, "out of memory");
+    else if (!w.n) rc = cairn_errorf(err, CAIRN_ENOTFOUND, "no passage has %s = %s", key, value);
+    if (!rc && r->log.del) {
+        /* through the document log, one entry per passage; one deleted meanwhile is no loss */
+        for (size_t i = 0; !rc && i < w.n; i++) {
+            rc = r->log.del(r->log.ctx, w.ids[i], err);
+            if (rc == CAIRN_ENOTFOUND) rc = 0;
+            else if (!rc) done++;
+        }
+    } else if (!rc) {
+        /* one commit, one IVF removal and one tier rebuild for all of them */
+        pthread_rwlock_wrlock(&r->lock);
+        for (size_t i = 0; !rc && i < w.n; i++) {
+            cairn_doc d;
+            if (cairn_docstore_get(r->ds, w.ids[i], &d, NULL) || d.deleted)
+                continue; /* deleted meanwhile */
+            rc = cairn_docstore_delete(r->ds, w.ids[i], err);
+            w.ids[done++] = w.ids[i];
+        }
+        if (!rc) rc = cairn_docstore_commit(r->ds, err);
+        if (!rc && r->ivf && done) rc = cairn_ivf_remove(r->ivf, (const int64_t *)w.ids, done, NULL, err);
+        if (!rc && done) rc = rebuild_tier(r, err);
+        if (!rc && done) rc = cairn_lex_delete(r->lex, w.ids, done, err);
+        cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+        pthread_rwlock_unlock(&r->lock);
+    }
+    if (!rc && !done) rc = cairn_errorf(err, CAIRN_ENOTFOUND, "no passage has %s = %s", key, value);
+    if (!rc && n_deleted) *n_deleted = done;
+    free(w.ids);
     return rc;
 }
 

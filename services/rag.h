@@ -125,6 +125,25 @@ int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *k
                        uint64_t *first_id, size_t *n_passages, cairn_error *err);
 
 /*
+ * cairn_rag_add_text for n texts at once (texts[i]: text, text_len, key, title, metadata_json):
+ * each is chunked with its own key ("key#n"), title and metadata plus "chunk": n, and all the
+ * passages are added in one cairn_rag_add, their ids consecutive in text order. counts (n
+ * entries; may be NULL) gets each text's passage count. max_passages bounds them all together
+ * (CAIRN_ELIMIT). Returns 0 or a CAIRN_E* code naming the text; on error nothing is added.
+ */
+int cairn_rag_add_texts(cairn_rag *r, const cairn_api_doc *texts, size_t n, size_t max_passages,
+                        uint64_t *first_id, size_t *counts, cairn_error *err);
+
+/*
+ * Deletes every live passage whose metadata has the top-level string key = value (the chunks
+ * of one document), in one update of the store and the indexes (or one document-log entry
+ * each). *n_deleted (may be NULL) gets how many. Returns 0, CAIRN_ENOTFOUND (none has it), or
+ * the store's/index's error.
+ */
+int cairn_rag_delete_where(cairn_rag *r, const char *key, const char *value, size_t *n_deleted,
+                           cairn_error *err);
+
+/*
  * Calls visit for each live passage with an id above after (all of them when all is true), in
  * id order, until visit returns non-zero. The passage's strings are valid during the call only;
  * visit runs under the index's read lock and must not call back into r. Returns 0, or what
