@@ -977,14 +977,16 @@ int cairn_rag_add_texts(cairn_rag *r, const cairn_api_doc *texts, size_t n, size
         c.key = t->key ? t->key : "api";
         c.title = t->title;
         c.meta = t->metadata_json ? json_loads(t->metadata_json, 0, NULL) : json_object();
-        if (!json_is_object(c.meta)) rc = cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
+        if (!json_is_object(c.meta))
+            rc = cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
         if (!rc) rc = cairn_corpus_chunk(t->text, t->text_len, &cp, on_chunk, &c);
         if (rc == CAIRN_ELIMIT)
             rc = cairn_errorf(err, CAIRN_ELIMIT, "more than %zu passages (the limit per request)",
                               max_passages);
         else if (rc == CAIRN_ENOMEM) rc = cairn_errorf(err, rc, "out of memory");
         else if (rc && !err->msg[0]) rc = cairn_errorf(err, rc, "chunking failed");
-        else if (!rc && c.n == c.first) rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
+        else if (!rc && c.n == c.first)
+            rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
         if (rc && n > 1) cairn_error_prefix(err, "documents[%zu]", i);
         if (!rc && counts) counts[i] = c.n - c.first;
         json_decref(c.meta);
@@ -1105,7 +1107,8 @@ int cairn_rag_delete_where(cairn_rag *r, const char *key, const char *value, siz
             w.ids[done++] = w.ids[i];
         }
         if (!rc) rc = cairn_docstore_commit(r->ds, err);
-        if (!rc && r->ivf && done) rc = cairn_ivf_remove(r->ivf, (const int64_t *)w.ids, done, NULL, err);
+        if (!rc && r->ivf && done)
+            rc = cairn_ivf_remove(r->ivf, (const int64_t *)w.ids, done, NULL, err);
         if (!rc && done) rc = rebuild_tier(r, err);
         if (!rc && done) rc = cairn_lex_delete(r->lex, w.ids, done, err);
         cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
@@ -1837,6 +1840,8 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
             .tmpl = ask->plain || !ask->workers ? NULL : cairn_workers_chat_template(ask->workers),
             .tok = ask->workers ? cairn_workers_tokenizer(ask->workers) : NULL,
             .budget = n_ctx - reserve,
+            .passage_tokens = ask->passage_tokens,
+            .answer_prefix = ask->answer_prefix,
             .system = ask->system,
         };
         rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
@@ -1860,7 +1865,7 @@ char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
     return cairn_strbuf_take(&sb, NULL);
 }
 
-/* ---- The answer's prompt ---------------------------------------------------------------------- */
+/* ---- The answer's prompt ------------------------------------------------------------------- */
 
 const char *const cairn_rag_default_system =
     "You answer questions from the numbered passages the user gives you. Each passage begins "
@@ -1900,7 +1905,7 @@ static size_t prefix_within(const cairn_tok *t, const char *s, size_t len, int m
 /* The question's turn: the passages hits[0..n) (each text cut to lens[i] bytes, marked when
  * cut) and the question; plain, with the system text first and "Answer:" last. */
 static char *user_turn(const char *question, const cairn_rag_hit *hits, const size_t *lens,
-                       int n, const char *system, bool plain)
+                       int n, const char *system, bool plain, const char *prefix)
 {
     cairn_strbuf sb = {0};
     if (plain) cairn_strbuf_printf(&sb, "%s\n\n", system);
@@ -1914,6 +1919,7 @@ static char *user_turn(const char *question, const cairn_rag_hit *hits, const si
     }
     cairn_strbuf_printf(&sb, "Question: %s", question);
     if (plain) cairn_strbuf_puts(&sb, "\nAnswer:");
+    if (plain && prefix && prefix[0]) cairn_strbuf_printf(&sb, " %s", prefix);
     return cairn_strbuf_take(&sb, NULL);
 }
 
@@ -1935,7 +1941,7 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     const char *system = p->system ? p->system : cairn_rag_default_system;
     free(out->text), free(out->msgs), free(out->strs[0]), free(out->strs[1]);
     out->text = NULL, out->msgs = NULL, out->strs[0] = out->strs[1] = NULL, out->n_msgs = 0;
-    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl);
+    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl, p->answer_prefix);
     if (!turn) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     if (!p->tmpl) {
         out->text = turn;
@@ -1965,6 +1971,14 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     out->n_msgs = n_out;
     out->text = cairn_chat_render_alloc(p->tmpl, out->msgs, n_out, true, &out->len, err);
     if (!out->text) return cairn_error_prefix(err, "messages");
+    if (p->answer_prefix && p->answer_prefix[0]) {
+        size_t n = strlen(p->answer_prefix);
+        char *t = realloc(out->text, out->len + n + 1);
+        if (!t) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        memcpy(t + out->len, p->answer_prefix, n + 1);
+        out->text = t;
+        out->len += n;
+    }
     out->tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL;
     return 0;
 }
@@ -1985,9 +1999,19 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
         if (!strcmp(msgs[i].role, "user")) question = msgs[i].content, last_user = i;
     if (!question) return cairn_errorf(err, CAIRN_EINVAL, "messages: no user message to answer");
     size_t *lens = calloc((size_t)n + 1, sizeof *lens);
-    int *toks = calloc((size_t)n + 1, sizeof *toks), *sorted = calloc((size_t)n + 1, sizeof *sorted);
-    int rc = lens && toks && sorted ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-    for (int i = 0; !rc && i < n; i++) lens[i] = strlen(hits[i].text);
+    int *toks = calloc((size_t)n + 1, sizeof *toks);
+    int *sorted = calloc((size_t)n + 1, sizeof *sorted);
+    size_t *capped = calloc((size_t)n + 1, sizeof *capped);
+    int rc = lens && toks && sorted && capped ? 0
+                                              : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    for (int i = 0; !rc && i < n; i++) {
+        lens[i] = strlen(hits[i].text);
+        if (p->tok && p->passage_tokens > 0 &&
+            count_tokens(p->tok, hits[i].text, lens[i], 0) > p->passage_tokens) {
+            lens[i] = prefix_within(p->tok, hits[i].text, lens[i], p->passage_tokens);
+            out->n_truncated++;
+        }
+    }
     int use = n;
     if (!rc) rc = assemble(question, msgs, n_msgs, last_user, hits, lens, use, p, out, err);
     int total = !rc && p->tok ? count_tokens(p->tok, out->text, out->len, out->tok_flags) : 0;
@@ -2010,8 +2034,10 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
                               "the question and the instructions take %d tokens; the context "
                               "leaves %d for the prompt",
                               fixed, p->budget);
-        for (int i = 0; !rc && i < use; i++)
+        for (int i = 0; !rc && i < use; i++) {
+            capped[i] = lens[i]; /* what the passage cap left */
             sorted[i] = toks[i] = count_tokens(p->tok, hits[i].text, lens[i], 0);
+        }
         /* Water-filling: the largest cap c with sum(min(t_i, c)) <= avail; then, should the
          * joins tokenize longer than counted apart, lower c until the whole prompt fits. */
         qsort(sorted, (size_t)use, sizeof *sorted, cmp_int);
@@ -2027,11 +2053,10 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
         for (int round = 0; !rc; round++) {
             out->n_truncated = 0;
             for (int i = 0; i < use; i++) {
-                lens[i] = strlen(hits[i].text);
-                if (toks[i] > cap) {
-                    lens[i] = prefix_within(p->tok, hits[i].text, lens[i], cap);
-                    out->n_truncated++;
-                }
+                size_t full = strlen(hits[i].text);
+                lens[i] = capped[i];
+                if (toks[i] > cap) lens[i] = prefix_within(p->tok, hits[i].text, lens[i], cap);
+                out->n_truncated += lens[i] < full;
             }
             rc = assemble(question, msgs, n_msgs, last_user, hits, lens, use, p, out, err);
             total = rc ? 0 : count_tokens(p->tok, out->text, out->len, out->tok_flags);
@@ -2056,5 +2081,6 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
     free(lens);
     free(toks);
     free(sorted);
+    free(capped);
     return rc;
 }

@@ -305,6 +305,11 @@ typedef struct cairn_rag_prompt_params {
                                         without a template) */
     const struct cairn_tok *tok;     /* counts tokens for budget; NULL: no budget */
     int budget;                      /* tokens the whole prompt may take (with tok) */
+    int passage_tokens;              /* each passage cut to this many tokens first (with tok);
+                                        0: whole */
+    const char *answer_prefix;       /* the answer's first words, written into the prompt after
+                                        the assistant's turn opens (the model goes on from them);
+                                        NULL: none */
     const char *system;              /* NULL: cairn_rag_default_system */
 } cairn_rag_prompt_params;
 
@@ -319,7 +324,7 @@ typedef struct cairn_rag_prompt {
     size_t n_msgs;
     char *strs[2];         /* the owned strings msgs point to */
     int n_passages;        /* passages in it: the first n_passages hits */
-    int n_truncated;       /* of them, cut short to fit the budget */
+    int n_truncated;       /* of them, cut short (to passage_tokens, or to fit the budget) */
     int tokens;            /* its length in tokens (0 without a tokenizer) */
 } cairn_rag_prompt;
 
@@ -351,6 +356,8 @@ typedef struct cairn_rag_ask {
     int max_tokens;              /* the answer's tokens: kept free in the context (at most half
                                     of it) */
     bool plain;                  /* a plain prompt, not the model's chat template */
+    int passage_tokens;          /* cairn_rag_prompt_params.passage_tokens */
+    const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix */
     const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
     struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation; its chat
                                       template, tokenizer and context shape the prompt */

@@ -306,6 +306,16 @@ static void test_answer_prompt_template_and_plain(void **state)
     assert_int_equal(count_substr(pr.text, "<|im_start|>user"), 2);
     cairn_rag_prompt_free(&pr);
 
+    /* an answer prefix: the assistant's turn opens with it, for the model to go on from */
+    pp.answer_prefix = "The package is";
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    const char *tail = "<|im_start|>assistant\nThe package is";
+    assert_int_equal(pr.len, strlen(pr.text));
+    assert_string_equal(pr.text + pr.len - strlen(tail), tail);
+    cairn_rag_prompt_free(&pr);
+    pp.answer_prefix = NULL;
+
     /* no template: plain text, the system prompt first, no turn markers */
     pp.tmpl = NULL;
     pp.system = "Answer from the passages.";
@@ -358,13 +368,23 @@ static void test_answer_prompt_fits_the_budget(void **state)
     assert_int_equal(count_substr(pr.text, "[...]"), 0);
     cairn_rag_prompt_free(&pr);
 
+    /* each passage capped at 40 tokens first: the two long ones are cut, the short one kept */
+    pp.passage_tokens = 40;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 3, &pp, &pr, &err), 0);
+    assert_int_equal(pr.n_truncated, 2);
+    assert_true(pr.tokens < 300);
+    assert_int_equal(count_substr(pr.text, "[...]"), 2);
+    cairn_rag_prompt_free(&pr);
+    pp.passage_tokens = 0;
+
     pp.budget = 400;
     assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 3, &pp, &pr, &err), 0);
     assert_true(pr.tokens <= 400 && pr.tokens > 300);
     assert_int_equal(pr.n_passages, 3);
     assert_int_equal(pr.n_truncated, 2); /* the short one is kept whole */
     assert_int_equal(count_substr(pr.text, "[...]"), 2);
-    assert_non_null(strstr(pr.text, "[2] pkg: a package\nwords passage words passage words \n\n[3]"));
+    assert_non_null(
+        strstr(pr.text, "[2] pkg: a package\nwords passage words passage words \n\n[3]"));
     int n = cairn_tok_encode(tok, pr.text, pr.len, NULL, 0, pr.tok_flags, &err);
     assert_int_equal(-n, pr.tokens);
     cairn_rag_prompt_free(&pr);
