@@ -783,11 +783,12 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     fputc('\n', stderr);
     double total_s = (double)(cairn_now_ns() - t_all) / 1e9;
     printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"split\":\"%s\","
-           "\"questions\":%d,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
+           "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
            "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,\"prompts_truncated\":%d,"
            "\"answer_p50_s\":%.2f,\"answer_p90_s\":%.2f,\"total_s\":%.1f,"
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
-           model_name(model), plain ? "plain" : "chat", split, b->n, k, max_tokens,
+           model_name(model), plain ? "plain" : "chat", split, b->n, cairn_rag_count(r), k,
+           max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,
            truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9), total_s);
     status = fflush(stdout) ? 1 : 0;
