@@ -24,6 +24,30 @@ int cairn_json_parse(json_t **out, const char *buf, size_t len, size_t max_len, 
 /* RFC 3629 well-formedness: the shortest form, no surrogates, nothing above U+10FFFF. */
 bool cairn_json_utf8_valid(const char *str, size_t len) { return cairn_utf8_valid(str, len); }
 
+json_t *cairn_json_text(const char *s, size_t n)
+{
+    if (cairn_utf8_valid(s, n)) return json_stringn(s, n);
+    char *t = malloc(3 * n + 1); /* each byte becomes at most the 3 bytes of U+FFFD */
+    if (!t) return NULL;
+    size_t len = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t l = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (l && i + l <= n && cairn_utf8_valid(s + i, l)) {
+            memcpy(t + len, s + i, l);
+            len += l;
+            i += l;
+        } else {
+            memcpy(t + len, "\xEF\xBF\xBD", 3);
+            len += 3;
+            i++;
+        }
+    }
+    json_t *j = json_stringn(t, len);
+    free(t);
+    return j;
+}
+
 const char *cairn_json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {

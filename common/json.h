@@ -35,6 +35,11 @@ int cairn_json_parse(json_t **out, const char *buf, size_t len, size_t max_len, 
 /* Whether s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
 bool cairn_json_utf8_valid(const char *s, size_t len);
 
+/* A JSON string of s[0..n) with each byte that does not start a well-formed UTF-8 character
+ * replaced by U+FFFD (model output can hold byte-fallback tokens that form no character; a
+ * passage can be cut inside one). New reference, or NULL when out of memory. */
+json_t *cairn_json_text(const char *s, size_t n);
+
 /* "object", "array", "string", "integer", "number", "boolean" or "null"; static. */
 const char *cairn_json_type_name(const json_t *v);
 

@@ -468,3 +468,26 @@ int cairn_chat_render_template(const cairn_chat_template *t, const cairn_chat_ms
     free(all);
     return rc;
 }
+
+char *cairn_chat_render_alloc(const cairn_chat_template *t, const cairn_chat_msg *msgs, size_t n,
+                              bool add_generation_prompt, size_t *out_len, cairn_error *err)
+{
+    size_t need = 0, len = 0;
+    int rc = cairn_chat_render_template(t, msgs, n, add_generation_prompt, NULL, 0, &need, err);
+    if (rc && rc != CAIRN_ERANGE) {
+        return NULL;
+    }
+    char *buf = malloc(need + 1);
+    if (!buf) {
+        cairn_errorf(err, CAIRN_ENOMEM, "chat: out of memory");
+        return NULL;
+    }
+    if (cairn_chat_render_template(t, msgs, n, add_generation_prompt, buf, need + 1, &len, err)) {
+        free(buf);
+        return NULL;
+    }
+    if (out_len) {
+        *out_len = len;
+    }
+    return buf;
+}

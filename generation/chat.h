@@ -110,4 +110,10 @@ int cairn_chat_render_template(const cairn_chat_template *t, const cairn_chat_ms
                                size_t n, bool add_generation_prompt, char *buf, size_t cap,
                                size_t *out_len, cairn_error *err);
 
+/* cairn_chat_render_template into a buffer of its own: the text (malloc'ed, NUL-terminated;
+ * the caller frees) with *out_len its length (out_len may be NULL), or NULL with the code in
+ * err (as cairn_chat_render_template, or CAIRN_ENOMEM). */
+char *cairn_chat_render_alloc(const cairn_chat_template *t, const cairn_chat_msg *msgs, size_t n,
+                              bool add_generation_prompt, size_t *out_len, cairn_error *err);
+
 #endif

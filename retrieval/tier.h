@@ -41,10 +41,12 @@
 
 #include "common/error.h"
 #include "retrieval/ivf.h"
+#include "retrieval/tier_store.h"
 
 typedef struct cairn_tier cairn_tier;
 
-#define CAIRN_TIER_MAX_K 1024
+/* The largest k a search returns: what a store's scan returns per query. */
+#define CAIRN_TIER_MAX_K CAIRN_TIER_STORE_MAX_K
 
 /* How the fast tier is run: cairn's way, or TeleRAG's reproduced for comparison (its released
  * code: every search scans the whole fast tier, keeping only the probed clusters' results; a

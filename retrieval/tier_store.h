@@ -47,7 +47,7 @@ extern "C" {
 
 #define CAIRN_TIER_STORE_VERSION 2
 #define CAIRN_TIER_STORE_ALIGN 64u
-/* The largest k a scan returns per query (tier.h's CAIRN_TIER_MAX_K). */
+/* The largest k a scan returns per query; tier.h's CAIRN_TIER_MAX_K is this one. */
 #define CAIRN_TIER_STORE_MAX_K 1024
 
 typedef struct cairn_tier_store cairn_tier_store;

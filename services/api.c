@@ -132,29 +132,8 @@ static void set_json(cairn_http_resp *resp, int status, json_t *o)
     resp->body_len = strlen(s);
 }
 
-/* A JSON string of s[0..n) with invalid UTF-8 replaced by U+FFFD (model output can hold
- * byte-fallback tokens that do not form characters). New reference or NULL. */
-static json_t *json_text(const char *s, size_t n)
-{
-    if (cairn_json_utf8_valid(s, n)) return json_stringn(s, n);
-    cairn_strbuf sb = {0};
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t l = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        if (l && i + l <= n && cairn_json_utf8_valid(s + i, l)) {
-            cairn_strbuf_append(&sb, s + i, l);
-            i += l;
-        } else {
-            cairn_strbuf_puts(&sb, "\xEF\xBF\xBD");
-            i++;
-        }
-    }
-    size_t len = 0;
-    char *t = cairn_strbuf_take(&sb, &len);
-    json_t *j = t ? json_stringn(t, len) : NULL;
-    free(t);
-    return j;
-}
+/* A JSON string of s[0..n), invalid UTF-8 replaced (cairn_json_text). */
+static json_t *json_text(const char *s, size_t n) { return cairn_json_text(s, n); }
 
 /* Authenticates the request; on failure fills resp with 401 and returns false. */
 static bool authorized(cairn_api *a, const cairn_http_req *req, cairn_http_resp *resp)
@@ -517,20 +496,8 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
 static char *render_chat(cairn_api *a, const cairn_chat_msg *msgs, size_t n, size_t *len,
                          cairn_error *err)
 {
-    const cairn_chat_template *f = cairn_workers_chat_template(a->p.workers);
-    size_t need = 0;
-    int rc = cairn_chat_render_template(f, msgs, n, true, NULL, 0, &need, err);
-    if (rc && rc != CAIRN_ERANGE) return NULL;
-    char *buf = malloc(need + 1);
-    if (!buf) {
-        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-        return NULL;
-    }
-    if (cairn_chat_render_template(f, msgs, n, true, buf, need + 1, len, err) != 0) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
+    return cairn_chat_render_alloc(cairn_workers_chat_template(a->p.workers), msgs, n, true, len,
+                                   err);
 }
 
 /*
@@ -639,123 +606,11 @@ typedef struct rag_task {
     cairn_api_req r;
 } rag_task;
 
-/* A generation run to completion on the calling (aux) thread: the pre-retrieval step. */
-typedef struct sync_gen {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    const char *error;
-    cairn_strbuf text;
-} sync_gen;
-
-static int sync_on_text(void *user, const char *text, size_t len)
-{
-    cairn_strbuf_append(&((sync_gen *)user)->text, text, len);
-    return 0;
-}
-
-static void sync_on_done(void *user, const cairn_gen_result *r)
-{
-    sync_gen *s = user;
-    pthread_mutex_lock(&s->mu);
-    s->done = true;
-    s->error = r->error;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
-
-/* Runs the rewrite/HyDE generation for question; the text (malloc'ed) or NULL with err. */
-/* Tokens the pre-retrieval step generates at most. */
-#define PRE_TOKENS_HYDE 64
-#define PRE_TOKENS_REWRITE 24
-
-static char *pre_generate(cairn_api *a, cairn_rag_mode mode, const char *question,
-                          cairn_error *err)
-{
-    char *user = cairn_rag_pre_prompt(mode, question);
-    if (!user) {
-        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-        return NULL;
-    }
-    cairn_chat_msg m = {.role = "user", .content = user};
-    size_t len = 0;
-    char *prompt = render_chat(a, &m, 1, &len, err);
-    free(user);
-    if (!prompt) return NULL;
-    sync_gen s = {.done = false};
-    pthread_mutex_init(&s.mu, NULL);
-    pthread_cond_init(&s.cv, NULL);
-    static const char *const stops[] = {"\n\n"};
-    cairn_gen_request gr = {
-        .prompt = prompt,
-        .prompt_len = len,
-        .tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL,
-        .max_tokens = mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE,
-        .sample = cairn_sample_greedy_params(),
-        .stop = stops,
-        .n_stop = 1,
-        .on_text = sync_on_text,
-        .on_done = sync_on_done,
-        .user = &s,
-    };
-    int rc = cairn_workers_submit(a->p.workers, &gr, err);
-    free(prompt);
-    char *out = NULL;
-    if (!rc) {
-        pthread_mutex_lock(&s.mu);
-        while (!s.done) pthread_cond_wait(&s.cv, &s.mu);
-        pthread_mutex_unlock(&s.mu);
-        if (s.error) cairn_errorf(err, CAIRN_ECANCELED, "pre-retrieval generation: %s", s.error);
-        else out = cairn_strbuf_take(&s.text, NULL);
-        if (!out && !s.error) cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-    }
-    cairn_strbuf_free(&s.text);
-    pthread_cond_destroy(&s.cv);
-    pthread_mutex_destroy(&s.mu);
-    return out;
-}
-
 static double since(int64_t t0) { return (double)(cairn_now_ns() - t0) / 1e9; }
 
-/* Passages as the API returns them; `retrieved_by` names the list(s) a passage came from
- * (dense, lexical, both) and the ranks it had there (null: not in that list). */
-static json_t *hits_json(const cairn_rag_hit *h, int n)
-{
-    json_t *arr = json_array();
-    for (int i = 0; arr && i < n; i++) {
-        json_t *meta = json_loads(h[i].meta, 0, NULL);
-        json_t *o = json_pack("{s:I,s:f,s:o,s:s,s:o,s:s,s:o,s:o}", "id", (json_int_t)h[i].id,
-                              "score", (double)h[i].score, "text",
-                              json_text(h[i].text, strlen(h[i].text)), "key", h[i].key,
-                              "metadata", meta ? meta : json_object(), "retrieved_by",
-                              cairn_fuse_from_name(h[i].from), "dense_rank",
-                              h[i].dense_rank ? json_integer(h[i].dense_rank) : json_null(),
-                              "lexical_rank",
-                              h[i].lex_rank ? json_integer(h[i].lex_rank) : json_null());
-        json_array_append_new(arr, o);
-    }
-    return arr;
-}
-
-/* The query of a retrieval request for cairn_rag_query_run; filters point into r. */
-static cairn_rag_query rag_query(const cairn_api_rag *r, const char *text, const float *q,
-                                 cairn_lex_filter *filters)
-{
-    for (size_t i = 0; i < r->n_filters; i++)
-        filters[i] = (cairn_lex_filter){.key = r->fkey[i], .value = r->fval[i]};
-    return (cairn_rag_query){.mode = r->search,
-                             .text = text,
-                             .q = r->search == CAIRN_SEARCH_LEXICAL ? NULL : q,
-                             .k = r->k,
-                             .nprobe = r->nprobe,
-                             .filters = filters,
-                             .n_filters = r->n_filters};
-}
-
 /*
- * Steps 2-4 of a RAG request (DESIGN "A RAG request, end to end") on an aux thread: embed
- * the question and start the prefetch; rewrite/HyDE while it runs; embed and search; then
- * hand the answer generation, with the passages in its prompt, to the workers.
+ * A RAG request on an aux thread: the pipeline (services/rag.c: embed, prefetch, rewrite/HyDE,
+ * search, the messages with the passages), then the answer generation handed to the workers.
  */
 static void rag_run(void *arg)
 {
@@ -764,104 +619,38 @@ static void rag_run(void *arg)
     gen_ctx *g = t->g;
     cairn_api_req *r = &t->r;
     cairn_error err = {0};
-    int dim = cairn_rag_dim(a->p.rag);
-    float *q = malloc(2 * (size_t)dim * sizeof *q);
-    cairn_rag_hit hits[100];
-    int n_hits = 0, rc = q ? 0 : CAIRN_ENOMEM;
-    char *pre = NULL, *answer_prompt = NULL;
-    cairn_chat_msg *msgs = NULL;
-    /* The question: the last user message of a chat, the prompt of /v1/rag. */
-    const char *question = r->prompt;
-    size_t last_user = 0;
-    for (size_t i = 0; i < r->n_messages; i++)
-        if (!strcmp(r->messages[i].role, "user")) question = r->messages[i].content, last_user = i;
-    if (!question) rc = cairn_errorf(&err, CAIRN_EINVAL, "messages: no user message to answer");
-
-    bool dense = r->rag.search != CAIRN_SEARCH_LEXICAL;
-    int64_t t0 = cairn_now_ns();
-    if (!rc && dense) rc = cairn_rag_embed(a->p.rag, question, q, &err);
-    double embed_s = since(t0);
-    if (!rc && dense) {
-        /* The prefetch overlaps the pre-retrieval generation: its budget is what the fast tier
-         * can copy in the predicted time of that generation (a prompt of about the question's
-         * length in tokens, at ~4 bytes a token, plus the template's ~48; pre_generate's
-         * max_tokens). No pre-retrieval step: the fixed budget. */
-        double pred = 0;
-        if (r->rag.mode != CAIRN_RAG_NONE && a->p.workers)
-            pred = cairn_workers_predict_generation(
-                a->p.workers, 48 + (int)(strlen(question) / 4),
-                r->rag.mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE);
-        cairn_rag_prefetch(a->p.rag, q, pred);
-    }
-    int64_t t1 = cairn_now_ns();
-    float *q1 = q;
-    if (!rc && r->rag.mode != CAIRN_RAG_NONE) {
-        pre = pre_generate(a, r->rag.mode, question, &err);
-        if (!pre) rc = CAIRN_ECANCELED;
-        /* q1 = normalised mean of the question's and the generated text's embeddings: HyDE
-         * (Gao et al. 2022, "Precise Zero-Shot Dense Retrieval without Relevance Labels")
-         * averages the query with its hypothetical documents; a rewrite is treated alike, so a
-         * poor generation cannot lose the question. */
-        if (!rc && pre[0] && dense) {
-            q1 = q + dim;
-            rc = cairn_rag_embed(a->p.rag, pre, q1, &err);
-            double norm = 0;
-            for (int i = 0; !rc && i < dim; i++) {
-                q1[i] = 0.5f * (q1[i] + q[i]);
-                norm += (double)q1[i] * q1[i];
-            }
-            for (int i = 0; !rc && norm > 0 && i < dim; i++) q1[i] /= (float)sqrt(norm);
-        }
-    }
-    double pre_s = since(t1);
-    int64_t t2 = cairn_now_ns();
-    /* the lexical list searches the question and the generated text together */
-    char *text = NULL;
-    if (!rc && pre && pre[0] && (text = malloc(strlen(question) + strlen(pre) + 2)))
-        sprintf(text, "%s\n%s", question, pre);
-    cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
-    cairn_rag_query rq = rag_query(&r->rag, text ? text : question, q1, filters);
-    cairn_rag_search_stats ss = {0};
-    if (!rc) rc = cairn_rag_query_run(a->p.rag, &rq, hits, &n_hits, &ss, &err);
-    free(text);
-    double search_s = since(t2);
+    cairn_rag_ask ask = {.question = r->prompt,
+                         .msgs = r->messages,
+                         .n_msgs = r->n_messages,
+                         .opts = &r->rag,
+                         .max_tokens = r->max_tokens,
+                         .workers = a->p.workers};
+    cairn_rag_result res;
+    int rc = cairn_rag_pipeline(a->p.rag, &ask, &res, &err);
     if (!rc) {
-        cairn_histogram_observe(a->h_embed, embed_s);
-        if (r->rag.mode != CAIRN_RAG_NONE) cairn_histogram_observe(a->h_pre, pre_s);
-        cairn_histogram_observe(a->h_search, search_s);
-    }
-    if (!rc) {
-        answer_prompt = cairn_rag_answer_prompt(question, hits, n_hits);
-        size_t n = r->n_messages ? r->n_messages : 1;
-        msgs = calloc(n, sizeof *msgs);
-        if (!answer_prompt || !msgs) rc = cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
-        else if (r->n_messages) {
-            memcpy(msgs, r->messages, n * sizeof *msgs);
-            msgs[last_user].content = answer_prompt;
-        } else {
-            msgs[0] = (cairn_chat_msg){.role = "user", .content = answer_prompt};
-        }
-    }
-    if (!rc) {
-        g->sources = hits_json(hits, n_hits);
-        g->stages = json_pack("{s:f,s:f,s:f,s:s,s:s,s:f,s:f}", "embed_s", embed_s,
-                              "pre_retrieval_s", pre_s, "search_s", search_s, "rag_mode",
+        cairn_histogram_observe(a->h_embed, res.embed_s);
+        if (r->rag.mode != CAIRN_RAG_NONE) cairn_histogram_observe(a->h_pre, res.pre_s);
+        cairn_histogram_observe(a->h_search, res.search_s);
+        /* the sources are the passages the prompt holds; it says how many were cut or left out
+         * to fit the context */
+        g->sources = cairn_rag_hits_json(res.hits, res.prompt.n_passages);
+        g->stages = json_pack("{s:f,s:f,s:f,s:s,s:s,s:f,s:f,s:i,s:i,s:i}", "embed_s", res.embed_s,
+                              "pre_retrieval_s", res.pre_s, "search_s", res.search_s, "rag_mode",
                               r->rag.mode == CAIRN_RAG_HYDE      ? "hyde"
                               : r->rag.mode == CAIRN_RAG_REWRITE ? "rewrite"
                                                                  : "none",
                               "search_mode", cairn_search_mode_name(r->rag.search), "dense_s",
-                              ss.dense_s, "lexical_s", ss.lexical_s);
-        if (pre && g->stages) json_object_set_new(g->stages, "pre_retrieval_text",
-                                                  json_text(pre, strlen(pre)));
+                              res.ss.dense_s, "lexical_s", res.ss.lexical_s, "rag_prompt_tokens",
+                              res.prompt.tokens, "passages_truncated", res.prompt.n_truncated,
+                              "passages_left_out", res.n_hits - res.prompt.n_passages);
+        if (res.pre_text && g->stages)
+            json_object_set_new(g->stages, "pre_retrieval_text",
+                                json_text(res.pre_text, strlen(res.pre_text)));
         if (g->stages) json_object_set_new(g->stages, "index", cairn_rag_status_json(a->p.rag));
-        rc = start_generation(a, g, r, msgs, r->n_messages ? r->n_messages : 1, &err);
+        rc = start_generation(a, g, r, res.prompt.msgs, res.prompt.n_msgs, &err);
+        cairn_rag_result_free(&res);
     }
     if (rc) fail_deferred(a, g, rc, err.msg[0] ? err.msg : "out of memory");
-    cairn_rag_hits_free(hits, n_hits);
-    free(q);
-    free(pre);
-    free(answer_prompt);
-    free(msgs);
     cairn_api_req_free(r);
     free(t);
 }
@@ -1075,7 +864,8 @@ typedef struct index_task {
     cairn_api *api;
     cairn_http_async *async;
     cairn_api_req r;
-    uint64_t doc_id; /* DELETE */
+    uint64_t doc_id; /* DELETE of a passage */
+    char doc_key[CAIRN_API_DOC_ID_SIZE]; /* DELETE of a document: its id, else "" */
     int64_t t_start;
 } index_task;
 
@@ -1094,12 +884,11 @@ static void retrieve_run(void *arg)
     cairn_http_resp resp = {0};
     cairn_error err = {0};
     float *q = malloc((size_t)cairn_rag_dim(a->p.rag) * sizeof *q);
-    cairn_rag_hit hits[100];
+    cairn_rag_hit hits[CAIRN_RAG_MAX_K]; /* the parser keeps k within it */
     int n = 0;
     bool dense = t->r.rag.search != CAIRN_SEARCH_LEXICAL;
-    if (t->r.rag.k > 100) t->r.rag.k = 100;
     cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
-    cairn_rag_query rq = rag_query(&t->r.rag, t->r.prompt, NULL, filters);
+    cairn_rag_query rq = cairn_rag_query_of(&t->r.rag, t->r.prompt, NULL, filters);
     cairn_rag_search_stats ss = {0};
     double embed_s = 0;
     int64_t t1 = cairn_now_ns();
@@ -1114,53 +903,114 @@ static void retrieve_run(void *arg)
         cairn_histogram_observe(a->h_search, search_s);
         set_json(&resp, 200,
                  json_pack("{s:s,s:o,s:{s:s,s:f,s:f,s:f,s:f,s:f,s:o}}", "object", "list", "data",
-                           hits_json(hits, n), "cairn", "mode",
-                           cairn_search_mode_name(t->r.rag.search), "embed_s", embed_s, "search_s",
-                           search_s, "dense_s", ss.dense_s, "lexical_s", ss.lexical_s, "total_s",
-                           since(t->t_start), "index", cairn_rag_status_json(a->p.rag)));
+                           cairn_rag_hits_json(hits, n), "cairn", "mode",
+                           cairn_search_mode_name(t->r.rag.search), "embed_s", embed_s,
+                           "search_s", search_s, "dense_s", ss.dense_s, "lexical_s",
+                           ss.lexical_s, "total_s", since(t->t_start), "index",
+                           cairn_rag_status_json(a->p.rag)));
     }
     cairn_rag_hits_free(hits, n);
     free(q);
     index_task_done(t, &resp);
 }
 
+/* A new document's id: "doc-" and 16 hex digits from the kernel's generator (unique across
+ * replicas without coordination). */
+static void new_document_id(char out[CAIRN_API_DOC_ID_SIZE])
+{
+    uint64_t v = fresh_seed();
+    snprintf(out, CAIRN_API_DOC_ID_SIZE, "doc-%016llx", (unsigned long long)v);
+}
+
+/* Whether s is a document id as new_document_id makes them. */
+static bool is_document_id(const char *s)
+{
+    if (strncmp(s, "doc-", 4) || strlen(s) != 20) return false;
+    for (const char *p = s + 4; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) return false;
+    return true;
+}
+
+/* POST /v1/documents: each document is chunked as the corpus is (cairn_rag_add_texts), each
+ * chunk a passage whose metadata holds the document's id ("document") and its number
+ * ("chunk"), beside the caller's metadata; all documents' passages are added together or not
+ * at all. */
 static void documents_run(void *arg)
 {
     index_task *t = arg;
+    cairn_api *a = t->api;
     cairn_http_resp resp = {0};
     cairn_error err = {0};
+    size_t n = t->r.n_docs;
+    cairn_api_doc *docs = calloc(n, sizeof *docs);
+    char (*ids)[CAIRN_API_DOC_ID_SIZE] = calloc(n, sizeof *ids);
+    size_t *counts = calloc(n, sizeof *counts);
+    int rc = docs && ids && counts ? 0 : cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        docs[i] = t->r.docs[i];
+        new_document_id(ids[i]);
+        json_t *meta = docs[i].metadata_json ? json_loads(docs[i].metadata_json, 0, NULL)
+                                             : json_object();
+        json_object_set_new(meta, "document", json_string(ids[i]));
+        docs[i].metadata_json = json_dumps(meta, JSON_COMPACT);
+        json_decref(meta);
+        docs[i].key = ids[i];
+        if (!docs[i].metadata_json) rc = cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
+    }
     uint64_t first = 0;
-    int rc = cairn_rag_add(t->api->p.rag, t->r.docs, t->r.n_docs, &first, &err);
+    if (!rc) rc = cairn_rag_add_texts(a->p.rag, docs, n, a->p.max_upload_passages, &first, counts,
+                                      &err);
     if (rc) {
-        cairn_http_json_error(&resp, index_status(rc) ? index_status(rc)
-                                     : rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500 : 400,
+        cairn_http_json_error(&resp, index_status(rc)                       ? index_status(rc)
+                                     : rc == CAIRN_ELIMIT                   ? 413
+                                     : rc == CAIRN_ENOMEM || rc == CAIRN_EIO ? 500
+                                                                            : 400,
                               "%s", err.msg);
         if (index_status(rc) == 503) resp.retry_after_s = 1;
     } else {
         json_t *data = json_array();
-        for (size_t i = 0; i < t->r.n_docs; i++)
-            json_array_append_new(data, json_pack("{s:I}", "id", (json_int_t)(first + i)));
+        uint64_t id = first;
+        for (size_t i = 0; i < n; i++) {
+            json_t *pids = json_array();
+            for (size_t j = 0; j < counts[i]; j++)
+                json_array_append_new(pids, json_integer((json_int_t)(id + j)));
+            json_array_append_new(data, json_pack("{s:I,s:s,s:I,s:o}", "id", (json_int_t)id,
+                                                  "document", ids[i], "passages",
+                                                  (json_int_t)counts[i], "passage_ids", pids));
+            id += counts[i];
+        }
         set_json(&resp, 200, json_pack("{s:s,s:o,s:I}", "object", "list", "data", data,
-                                       "total_documents",
-                                       (json_int_t)cairn_rag_count(t->api->p.rag)));
+                                       "total_documents", (json_int_t)cairn_rag_count(a->p.rag)));
     }
+    for (size_t i = 0; docs && i < n; i++) free((char *)docs[i].metadata_json);
+    free(docs);
+    free(ids);
+    free(counts);
     index_task_done(t, &resp);
 }
 
+/* DELETE /v1/documents/{id}: a passage by its id, or a document's every chunk by its id. */
 static void delete_run(void *arg)
 {
     index_task *t = arg;
     cairn_http_resp resp = {0};
     cairn_error err = {0};
-    int rc = cairn_rag_delete(t->api->p.rag, t->doc_id, &err);
-    if (rc == CAIRN_ENOTFOUND)
+    size_t n = 1;
+    int rc = t->doc_key[0]
+                 ? cairn_rag_delete_where(t->api->p.rag, "document", t->doc_key, &n, &err)
+                 : cairn_rag_delete(t->api->p.rag, t->doc_id, &err);
+    if (rc == CAIRN_ENOTFOUND && t->doc_key[0])
+        cairn_http_json_error(&resp, 404, "no document %s", t->doc_key);
+    else if (rc == CAIRN_ENOTFOUND)
         cairn_http_json_error(&resp, 404, "no document with id %llu",
                               (unsigned long long)t->doc_id);
     else if (rc) {
         cairn_http_json_error(&resp, index_status(rc) ? index_status(rc) : 500,
                               "delete failed: %s", err.msg);
         if (index_status(rc) == 503) resp.retry_after_s = 1;
-    }
+    } else if (t->doc_key[0])
+        set_json(&resp, 200, json_pack("{s:s,s:b,s:I}", "id", t->doc_key, "deleted", 1,
+                                        "passages", (json_int_t)n));
     else set_json(&resp, 200, json_pack("{s:I,s:b}", "id", (json_int_t)t->doc_id, "deleted", 1));
     index_task_done(t, &resp);
 }
@@ -1182,13 +1032,18 @@ static void handle_index(cairn_api *a, cairn_api_kind kind, cairn_pool_task_fn f
     if (kind) {
         rc = cairn_api_parse(kind, req->body, req->body_len, &a->p.limits, &t->r, &err);
     } else {
-        /* DELETE /v1/documents/{id}: a decimal id, nothing else. */
+        /* DELETE /v1/documents/{id}: a passage's decimal id, or a document's doc-<16 hex>. */
         const char *s = req->path + strlen("/v1/documents/");
         char *end = NULL;
         errno = 0;
         unsigned long long v = strtoull(s, &end, 10);
-        if (!*s || *end || errno || *s == '-' || *s == '+' || *s == ' ')
-            rc = cairn_errorf(&err, CAIRN_EINVAL, "document id: '%.64s' is not a decimal id", s);
+        if (is_document_id(s))
+            snprintf(t->doc_key, sizeof t->doc_key, "%s", s);
+        else if (!*s || *end || errno || *s == '-' || *s == '+' || *s == ' ')
+            rc = cairn_errorf(&err, CAIRN_EINVAL,
+                              "document id: '%.64s' is neither a passage id (decimal) nor a "
+                              "document id (doc-<16 hex digits>)",
+                              s);
         t->doc_id = v;
     }
     if (rc) cairn_http_json_error(resp, status_of(rc), "%s", err.msg);

@@ -19,7 +19,7 @@
 #include "common/metrics.h"
 #include "generation/chat.h"
 #include "generation/sample.h"
-#include "retrieval/fuse.h"
+#include "services/api_types.h"
 #include "services/http.h"
 
 /* ---- Request parsing ------------------------------------------------------------------- */
@@ -36,7 +36,7 @@ typedef struct cairn_api_limits {
     size_t max_text_bytes;   /* one prompt, message, input or document */
     size_t max_messages;     /* chat messages per request */
     size_t max_inputs;       /* embedding inputs / documents per request */
-    int max_k;               /* retrieval k */
+    int max_k;               /* retrieval k; at most CAIRN_RAG_MAX_K */
     int max_nprobe;          /* retrieval nprobe */
     /* Sampling defaults for requests that do not set them (the config's sampling.*; OpenAI's
      * own defaults otherwise: temperature 1, top_p 1, no top-k, no min-p). */
@@ -44,27 +44,9 @@ typedef struct cairn_api_limits {
     int top_k;
 } cairn_api_limits;
 
-/* max_tokens_cap 4096, max_text_bytes 256 KiB, max_messages 256,
- * max_inputs 256, max_k 100, max_nprobe 1024. */
+/* max_tokens_cap 4096, max_text_bytes 256 KiB, max_messages 256, max_inputs 256,
+ * max_k CAIRN_RAG_MAX_K (100), max_nprobe 1024. */
 cairn_api_limits cairn_api_default_limits(void);
-
-typedef enum { CAIRN_RAG_NONE = 0, CAIRN_RAG_REWRITE, CAIRN_RAG_HYDE } cairn_rag_mode;
-
-#define CAIRN_API_MAX_FILTERS 8 /* metadata filter keys per request */
-
-typedef struct cairn_api_rag {
-    bool enabled;        /* the request asked for retrieval */
-    int k;               /* passages, 1..max_k (default 4) */
-    int nprobe;          /* clusters probed; 0 = the index's default */
-    cairn_rag_mode mode; /* pre-retrieval generation */
-    cairn_search_mode search; /* dense, lexical or hybrid (default) */
-    /* filter: {"key": value, ...}: passages whose metadata has every key with that value
-     * (strings as they are, numbers and booleans as JSON writes them). Keys point into the
-     * request's JSON; values into it or into fval_buf. */
-    size_t n_filters;
-    const char *fkey[CAIRN_API_MAX_FILTERS], *fval[CAIRN_API_MAX_FILTERS];
-    char fval_buf[CAIRN_API_MAX_FILTERS][32];
-} cairn_api_rag;
 
 typedef enum {
     CAIRN_API_CHAT = 1,
@@ -74,14 +56,6 @@ typedef enum {
     CAIRN_API_RAG,
     CAIRN_API_DOCUMENTS,
 } cairn_api_kind;
-
-typedef struct cairn_api_doc {
-    const char *text;
-    size_t text_len;
-    const char *metadata_json; /* compact JSON object (malloc'ed), or NULL */
-    const char *key;           /* where it came from; NULL: "api" */
-    const char *title;         /* NULL: none */
-} cairn_api_doc;
 
 /* One parsed request; fields a kind does not use stay zero. */
 typedef struct cairn_api_req {

@@ -28,7 +28,7 @@ cairn_api_limits cairn_api_default_limits(void)
         .max_text_bytes = 256u << 10,
         .max_messages = 256,
         .max_inputs = 256,
-        .max_k = 100,
+        .max_k = CAIRN_RAG_MAX_K,
         .max_nprobe = 1024,
         .temperature = 1.0,
         .top_p = 1.0,
@@ -182,6 +182,12 @@ static int get_search(json_t *o, const char *name, const char *fname, cairn_api_
     return 0;
 }
 
+/* The largest k a request may ask for: the limit, never past what the passage arrays hold. */
+static int64_t max_k(const cairn_api_limits *lim)
+{
+    return lim->max_k < CAIRN_RAG_MAX_K ? lim->max_k : CAIRN_RAG_MAX_K;
+}
+
 static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, cairn_api_rag *rag,
                    cairn_error *err)
 {
@@ -189,9 +195,9 @@ static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, c
     snprintf(kk, sizeof kk, "%sk", prefix);
     snprintf(kn, sizeof kn, "%snprobe", prefix);
     snprintf(km, sizeof km, "%smode", prefix);
-    int64_t k = 4 < lim->max_k ? 4 : lim->max_k, nprobe = 0;
+    int64_t k = 4 < max_k(lim) ? 4 : max_k(lim), nprobe = 0;
     const char *mode = NULL;
-    int rc = cairn_json_get_int(o, kk, &k, 1, lim->max_k, false, err);
+    int rc = cairn_json_get_int(o, kk, &k, 1, max_k(lim), false, err);
     if (!rc) rc = cairn_json_get_int(o, kn, &nprobe, 0, lim->max_nprobe, false, err);
     if (!rc) rc = cairn_json_get_string(o, km, &mode, NULL, 1, 16, false, err);
     if (rc) return rc;
@@ -486,11 +492,11 @@ static int parse_retrieve(json_t *o, const cairn_api_limits *lim, cairn_api_req 
                           cairn_error *err)
 {
     static const char *const allowed[] = {"query", "k", "nprobe", "mode", "filter", NULL};
-    int64_t k = 4 < lim->max_k ? 4 : lim->max_k, nprobe = 0;
+    int64_t k = 4 < max_k(lim) ? 4 : max_k(lim), nprobe = 0;
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_string(o, "query", &r->prompt, &r->prompt_len, 1,
                                         lim->max_text_bytes, true, err);
-    if (!rc) rc = cairn_json_get_int(o, "k", &k, 1, lim->max_k, false, err);
+    if (!rc) rc = cairn_json_get_int(o, "k", &k, 1, max_k(lim), false, err);
     if (!rc) rc = cairn_json_get_int(o, "nprobe", &nprobe, 0, lim->max_nprobe, false, err);
     memset(&r->rag, 0, sizeof r->rag);
     /* here `mode` is the search mode: /v1/retrieve has no pre-retrieval generation */
@@ -520,7 +526,7 @@ static int parse_documents(json_t *o, const cairn_api_limits *lim, cairn_api_req
                            cairn_error *err)
 {
     static const char *const allowed[] = {"documents", NULL};
-    static const char *const doc_allowed[] = {"text", "metadata", NULL};
+    static const char *const doc_allowed[] = {"text", "title", "metadata", NULL};
     json_t *arr = NULL;
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_array(o, "documents", &arr, 1, lim->max_inputs, true, err);
@@ -538,6 +544,7 @@ static int parse_documents(json_t *o, const cairn_api_limits *lim, cairn_api_req
         rc = cairn_json_check_keys(d, NULL, doc_allowed, err);
         if (!rc) rc = cairn_json_get_string(d, "text", &doc->text, &doc->text_len, 1,
                                             lim->max_text_bytes, true, err);
+        if (!rc) rc = cairn_json_get_string(d, "title", &doc->title, NULL, 0, 512, false, err);
         if (!rc) rc = cairn_json_get_object(d, "metadata", &meta, false, err);
         if (!rc && meta) {
             doc->metadata_json = json_dumps(meta, JSON_COMPACT);

@@ -54,7 +54,8 @@ const char *const cairn_cmd_bench_usage =
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
     "                            [--online-budget MS] [--profile FILE] [--markdown FILE]\n"
     "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n"
-    "       cairn bench retrieval-quality [...]  (cairn bench retrieval-quality --help)\n\n"
+    "       cairn bench retrieval-quality [...]  (cairn bench retrieval-quality --help)\n"
+    "       cairn bench rag-answers [...]  (cairn bench rag-answers --help)\n\n"
     "profile   times N (default 600) iterations of random batch shapes, each shape R times\n"
     "          in a row (default 3), fits the latency predictor on the first 70% of the shapes\n"
     "          (each one's median time) and prints its MAPE on every timed iteration of the\n"
@@ -1335,6 +1336,13 @@ int cairn_cmd_bench(int argc, char **argv)
             return 0;
         }
         return cairn_cmd_bench_quality(argc, argv);
+    }
+    if (argc >= 2 && !strcmp(argv[1], "rag-answers")) {
+        if (argc >= 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+            fputs(cairn_cmd_bench_answers_usage, stdout);
+            return 0;
+        }
+        return cairn_cmd_bench_answers(argc, argv);
     }
     fputs(cairn_cmd_bench_usage, stderr);
     return 2;

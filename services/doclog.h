@@ -31,7 +31,7 @@
 
 #include "common/error.h"
 #include "common/metrics.h"
-#include "services/api.h"
+#include "services/api_types.h"
 #include "services/rag.h"
 
 /* Limits on one entry: passages per add (the API's per-request limit is lower) and bytes of

@@ -1,28 +1,31 @@
 /*
- * services/rag.c — the passage index and the retrieval half of RAG (see rag.h).
+ * services/rag.c — the passage index and the RAG pipeline up to the answer (see rag.h).
  *
  * Locking: `lock` (a rwlock) guards the docstore, the IVF index, the tier pointer and the
  * lexical index's contents: searches and document reads hold it shared, adds and deletes alone.
  * Embedding happens outside it. The lexical index serialises its own SQLite calls.
  */
+#define _GNU_SOURCE /* memmem */
 #define CAIRN_LOG_TAG "rag"
 #include "services/rag.h"
 
 #include "common/clock.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "retrieval/corpus.h"
 #include "retrieval/index.h"
 #include "retrieval/ivf.h"
 #include "retrieval/tier.h"
+#include "services/workers.h"
 
 #include <cblas.h>
 #include <errno.h>
-#include <math.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +34,8 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+_Static_assert(CAIRN_RAG_MAX_K <= CAIRN_TIER_MAX_K, "a request's k must be one a search returns");
 
 struct cairn_rag {
     cairn_rag_params p;
@@ -923,10 +928,12 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
     return rc;
 }
 
-/* Passages of one text, collected by cairn_corpus_chunk's callback. */
+/* Passages of the texts being chunked, collected by cairn_corpus_chunk's callback: those of
+ * the current text take its key, title and metadata (with "chunk" set per passage). */
 typedef struct chunks {
     cairn_api_doc *docs;
     size_t n, cap, max;
+    size_t first; /* the current text's first passage */
     const char *key, *title;
     json_t *meta;
 } chunks;
@@ -944,48 +951,68 @@ static int on_chunk(void *ctx, const char *s, size_t len)
     }
     cairn_api_doc *d = &c->docs[c->n];
     memset(d, 0, sizeof *d);
+    size_t chunk = c->n - c->first;
     c->n++;
     char *text = strndup(s, len);
     char *key = malloc(strlen(c->key) + 24);
-    json_object_set_new(c->meta, "chunk", json_integer((json_int_t)(c->n - 1)));
+    json_object_set_new(c->meta, "chunk", json_integer((json_int_t)chunk));
     char *meta = json_dumps(c->meta, JSON_COMPACT);
     d->text = text, d->text_len = len, d->key = key, d->metadata_json = meta, d->title = c->title;
     if (!text || !key || !meta) return CAIRN_ENOMEM;
-    sprintf(key, "%s#%zu", c->key, c->n - 1);
+    sprintf(key, "%s#%zu", c->key, chunk);
     return 0;
 }
 
-int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
-                       const char *title, const char *meta_json, size_t max_passages,
-                       uint64_t *first_id, size_t *n_passages, cairn_error *err)
+int cairn_rag_add_texts(cairn_rag *r, const cairn_api_doc *texts, size_t n, size_t max_passages,
+                        uint64_t *first_id, size_t *counts, cairn_error *err)
 {
-    chunks c = {.max = max_passages, .key = key, .title = title};
-    c.meta = meta_json ? json_loads(meta_json, 0, NULL) : json_object();
-    if (!json_is_object(c.meta)) {
-        json_decref(c.meta);
-        return cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
-    }
+    chunks c = {.max = max_passages};
     cairn_corpus_params cp = cairn_corpus_default_params();
     cp.count_tokens = cairn_index_count_wordpiece;
     cp.count_ctx = (void *)cairn_embed_tokenizer(r->p.embed);
-    int rc = cairn_corpus_chunk(text, len, &cp, on_chunk, &c);
-    if (rc == CAIRN_ELIMIT)
-        rc = cairn_errorf(err, CAIRN_ELIMIT, "more than %zu passages (the limit per document)",
-                          max_passages);
-    else if (rc == CAIRN_ENOMEM) rc = cairn_errorf(err, rc, "out of memory");
-    else if (rc) rc = cairn_errorf(err, rc, "chunking failed");
-    else if (c.n == 0) rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
+    int rc = n ? 0 : cairn_errorf(err, CAIRN_EINVAL, "documents: none given");
+    for (size_t i = 0; !rc && i < n; i++) {
+        const cairn_api_doc *t = &texts[i];
+        c.first = c.n;
+        c.key = t->key ? t->key : "api";
+        c.title = t->title;
+        c.meta = t->metadata_json ? json_loads(t->metadata_json, 0, NULL) : json_object();
+        if (!json_is_object(c.meta))
+            rc = cairn_errorf(err, CAIRN_EINVAL, "metadata: not a JSON object");
+        if (!rc) rc = cairn_corpus_chunk(t->text, t->text_len, &cp, on_chunk, &c);
+        if (rc == CAIRN_ELIMIT)
+            rc = cairn_errorf(err, CAIRN_ELIMIT, "more than %zu passages (the limit per request)",
+                              max_passages);
+        else if (rc == CAIRN_ENOMEM) rc = cairn_errorf(err, rc, "out of memory");
+        else if (rc && !err->msg[0]) rc = cairn_errorf(err, rc, "chunking failed");
+        else if (!rc && c.n == c.first)
+            rc = cairn_errorf(err, CAIRN_EINVAL, "no passages: the text is empty");
+        if (rc && n > 1) cairn_error_prefix(err, "documents[%zu]", i);
+        if (!rc && counts) counts[i] = c.n - c.first;
+        json_decref(c.meta);
+        c.meta = NULL;
+    }
     uint64_t first = 0;
     if (!rc) rc = cairn_rag_add(r, c.docs, c.n, &first, err);
     if (!rc && first_id) *first_id = first;
-    if (!rc && n_passages) *n_passages = c.n;
     for (size_t i = 0; i < c.n; i++) {
         free((char *)c.docs[i].text);
         free((char *)c.docs[i].key);
         free((char *)c.docs[i].metadata_json);
     }
     free(c.docs);
-    json_decref(c.meta);
+    return rc;
+}
+
+int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
+                       const char *title, const char *meta_json, size_t max_passages,
+                       uint64_t *first_id, size_t *n_passages, cairn_error *err)
+{
+    cairn_api_doc d = {.text = text, .text_len = len, .key = key, .title = title,
+                       .metadata_json = meta_json};
+    size_t count = 0;
+    int rc = cairn_rag_add_texts(r, &d, 1, max_passages, first_id, &count, err);
+    if (!rc && n_passages) *n_passages = count;
     return rc;
 }
 
@@ -1023,6 +1050,73 @@ int cairn_rag_delete(cairn_rag *r, uint64_t id, cairn_error *err)
     if (!rc) rc = cairn_lex_delete(r->lex, &id, 1, err);
     counts_update(r, r->building ? flat_live(r) : 0);
     pthread_rwlock_unlock(&r->lock);
+    return rc;
+}
+
+/* The ids of live passages whose metadata has key = value (as a string). */
+typedef struct where {
+    const char *key, *value;
+    uint64_t *ids;
+    size_t n, cap;
+} where;
+
+static int where_visit(void *ctx, const cairn_doc *d)
+{
+    where *w = ctx;
+    /* most passages do not hold the value at all: skip them before parsing */
+    if (!d->meta_len || !memmem(d->meta, d->meta_len, w->value, strlen(w->value))) return 0;
+    json_t *meta = json_loadb(d->meta, d->meta_len, 0, NULL);
+    json_t *v = json_object_get(meta, w->key);
+    bool match = json_is_string(v) && !strcmp(json_string_value(v), w->value);
+    json_decref(meta);
+    if (!match) return 0;
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 16;
+        uint64_t *ids = realloc(w->ids, cap * sizeof *ids);
+        if (!ids) return CAIRN_ENOMEM;
+        w->ids = ids;
+        w->cap = cap;
+    }
+    w->ids[w->n++] = d->id;
+    return 0;
+}
+
+int cairn_rag_delete_where(cairn_rag *r, const char *key, const char *value, size_t *n_deleted,
+                           cairn_error *err)
+{
+    where w = {.key = key, .value = value};
+    size_t done = 0;
+    int rc = cairn_rag_scan(r, 0, true, where_visit, &w);
+    if (rc) rc = cairn_errorf(err, rc, "out of memory");
+    else if (!w.n) rc = cairn_errorf(err, CAIRN_ENOTFOUND, "no passage has %s = %s", key, value);
+    if (!rc && r->log.del) {
+        /* through the document log, one entry per passage; one deleted meanwhile is no loss */
+        for (size_t i = 0; !rc && i < w.n; i++) {
+            rc = r->log.del(r->log.ctx, w.ids[i], err);
+            if (rc == CAIRN_ENOTFOUND) rc = 0;
+            else if (!rc) done++;
+        }
+    } else if (!rc) {
+        /* one commit, one IVF removal and one tier rebuild for all of them */
+        pthread_rwlock_wrlock(&r->lock);
+        for (size_t i = 0; !rc && i < w.n; i++) {
+            cairn_doc d;
+            if (cairn_docstore_get(r->ds, w.ids[i], &d, NULL) || d.deleted)
+                continue; /* deleted meanwhile */
+            rc = cairn_docstore_delete(r->ds, w.ids[i], err);
+            w.ids[done++] = w.ids[i];
+        }
+        if (!rc) rc = cairn_docstore_commit(r->ds, err);
+        if (!rc && r->ivf && done)
+            rc = cairn_ivf_remove(r->ivf, (const int64_t *)w.ids, done, NULL, err);
+        if (!rc && done) rc = rebuild_tier(r, err);
+        if (!rc && done) rc = cairn_lex_delete(r->lex, w.ids, done, err);
+        cairn_gauge_set(r->g_docs, (double)cairn_docstore_live(r->ds));
+        pthread_rwlock_unlock(&r->lock);
+    }
+    if (!rc && !done) rc = cairn_errorf(err, CAIRN_ENOTFOUND, "no passage has %s = %s", key, value);
+    if (!rc && n_deleted) *n_deleted = done;
+    free(w.ids);
     return rc;
 }
 
@@ -1541,6 +1635,222 @@ int cairn_rag_index_ids(cairn_rag *r, uint64_t **dense, size_t *n_dense, uint64_
     return 0;
 }
 
+/* ---- The pipeline ------------------------------------------------------------------------- */
+
+cairn_rag_query cairn_rag_query_of(const cairn_api_rag *o, const char *text, const float *q,
+                                   cairn_lex_filter *filters)
+{
+    for (size_t i = 0; i < o->n_filters; i++)
+        filters[i] = (cairn_lex_filter){.key = o->fkey[i], .value = o->fval[i]};
+    return (cairn_rag_query){.mode = o->search,
+                             .text = text,
+                             .q = o->search == CAIRN_SEARCH_LEXICAL ? NULL : q,
+                             .k = o->k,
+                             .nprobe = o->nprobe,
+                             .filters = filters,
+                             .n_filters = o->n_filters};
+}
+
+json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n)
+{
+    json_t *arr = json_array();
+    for (int i = 0; arr && i < n; i++) {
+        json_t *meta = json_loads(h[i].meta, 0, NULL);
+        json_t *o = json_pack("{s:I,s:f,s:o,s:s,s:o,s:s,s:o,s:o}", "id", (json_int_t)h[i].id,
+                              "score", (double)h[i].score, "text",
+                              cairn_json_text(h[i].text, strlen(h[i].text)), "key", h[i].key,
+                              "metadata", meta ? meta : json_object(), "retrieved_by",
+                              cairn_fuse_from_name(h[i].from), "dense_rank",
+                              h[i].dense_rank ? json_integer(h[i].dense_rank) : json_null(),
+                              "lexical_rank",
+                              h[i].lex_rank ? json_integer(h[i].lex_rank) : json_null());
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
+/* A generation run to its end on the calling thread: the pre-retrieval step, the benchmark. */
+typedef struct sync_gen {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    const char *error;
+    cairn_strbuf text;
+} sync_gen;
+
+static int sync_on_text(void *user, const char *text, size_t len)
+{
+    cairn_strbuf_append(&((sync_gen *)user)->text, text, len);
+    return 0;
+}
+
+static void sync_on_done(void *user, const cairn_gen_result *r)
+{
+    sync_gen *s = user;
+    pthread_mutex_lock(&s->mu);
+    s->done = true;
+    s->error = r->error;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+char *cairn_rag_generate(cairn_workers *w, const char *prompt, size_t len, int tok_flags,
+                         int max_tokens, const char *const *stop, int n_stop, cairn_error *err)
+{
+    sync_gen s = {.done = false};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    cairn_gen_request gr = {
+        .prompt = prompt,
+        .prompt_len = len,
+        .tok_flags = tok_flags,
+        .max_tokens = max_tokens,
+        .sample = cairn_sample_greedy_params(),
+        .stop = stop,
+        .n_stop = n_stop,
+        .on_text = sync_on_text,
+        .on_done = sync_on_done,
+        .user = &s,
+    };
+    int rc = cairn_workers_submit(w, &gr, err);
+    char *out = NULL;
+    if (!rc) {
+        pthread_mutex_lock(&s.mu);
+        while (!s.done) pthread_cond_wait(&s.cv, &s.mu);
+        pthread_mutex_unlock(&s.mu);
+        if (s.error) cairn_errorf(err, CAIRN_ECANCELED, "generation: %s", s.error);
+        else out = cairn_strbuf_take(&s.text, NULL);
+        if (!out && !s.error) cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    }
+    cairn_strbuf_free(&s.text);
+    pthread_cond_destroy(&s.cv);
+    pthread_mutex_destroy(&s.mu);
+    return out;
+}
+
+/* Tokens the pre-retrieval step generates at most. */
+#define PRE_TOKENS_HYDE 64
+#define PRE_TOKENS_REWRITE 24
+
+/* Runs the rewrite/HyDE generation for question; the text (malloc'ed) or NULL with err. */
+static char *pre_generate(cairn_workers *w, cairn_rag_mode mode, const char *question,
+                          cairn_error *err)
+{
+    char *user = cairn_rag_pre_prompt(mode, question);
+    if (!user) {
+        cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        return NULL;
+    }
+    cairn_chat_msg m = {.role = "user", .content = user};
+    size_t len = 0;
+    char *prompt = cairn_chat_render_alloc(cairn_workers_chat_template(w), &m, 1, true, &len, err);
+    free(user);
+    if (!prompt) return NULL;
+    static const char *const stops[] = {"\n\n"};
+    char *out = cairn_rag_generate(w, prompt, len, CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL,
+                                   mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE,
+                                   stops, 1, err);
+    free(prompt);
+    if (!out) cairn_error_prefix(err, "pre-retrieval");
+    return out;
+}
+
+static double since(int64_t t0) { return (double)(cairn_now_ns() - t0) / 1e9; }
+
+void cairn_rag_result_free(cairn_rag_result *res)
+{
+    if (!res) return;
+    cairn_rag_hits_free(res->hits, res->n_hits);
+    free(res->hits);
+    free(res->pre_text);
+    cairn_rag_prompt_free(&res->prompt);
+    memset(res, 0, sizeof *res);
+}
+
+int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result *out,
+                       cairn_error *err)
+{
+    memset(out, 0, sizeof *out);
+    const cairn_api_rag *o = ask->opts;
+    int dim = r->dim;
+    float *q = malloc(2 * (size_t)dim * sizeof *q);
+    out->hits = calloc((size_t)o->k, sizeof *out->hits);
+    int rc = q && out->hits ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    /* The question: the last user message of a chat, the prompt of /v1/rag. */
+    const char *question = ask->question;
+    for (size_t i = 0; i < ask->n_msgs; i++)
+        if (!strcmp(ask->msgs[i].role, "user")) question = ask->msgs[i].content;
+    if (!rc && !question)
+        rc = cairn_errorf(err, CAIRN_EINVAL, "messages: no user message to answer");
+
+    bool dense = o->search != CAIRN_SEARCH_LEXICAL;
+    int64_t t0 = cairn_now_ns();
+    if (!rc && dense) rc = cairn_rag_embed(r, question, q, err);
+    out->embed_s = since(t0);
+    if (!rc && dense) {
+        /* The prefetch overlaps the pre-retrieval generation: its budget is what the fast tier
+         * can copy in the predicted time of that generation (a prompt of about the question's
+         * length in tokens, at ~4 bytes a token, plus the template's ~48; pre_generate's
+         * max_tokens). No pre-retrieval step: the fixed budget. */
+        double pred = 0;
+        if (o->mode != CAIRN_RAG_NONE && ask->workers)
+            pred = cairn_workers_predict_generation(
+                ask->workers, 48 + (int)(strlen(question) / 4),
+                o->mode == CAIRN_RAG_HYDE ? PRE_TOKENS_HYDE : PRE_TOKENS_REWRITE);
+        cairn_rag_prefetch(r, q, pred);
+    }
+    int64_t t1 = cairn_now_ns();
+    float *q1 = q;
+    if (!rc && o->mode != CAIRN_RAG_NONE) {
+        out->pre_text = pre_generate(ask->workers, o->mode, question, err);
+        if (!out->pre_text) rc = CAIRN_ECANCELED;
+        /* q1 = normalised mean of the question's and the generated text's embeddings: HyDE
+         * (Gao et al. 2022, "Precise Zero-Shot Dense Retrieval without Relevance Labels")
+         * averages the query with its hypothetical documents; a rewrite is treated alike, so a
+         * poor generation cannot lose the question. */
+        if (!rc && out->pre_text[0] && dense) {
+            q1 = q + dim;
+            rc = cairn_rag_embed(r, out->pre_text, q1, err);
+            double norm = 0;
+            for (int i = 0; !rc && i < dim; i++) {
+                q1[i] = 0.5f * (q1[i] + q[i]);
+                norm += (double)q1[i] * q1[i];
+            }
+            for (int i = 0; !rc && norm > 0 && i < dim; i++) q1[i] /= (float)sqrt(norm);
+        }
+    }
+    out->pre_s = since(t1);
+    int64_t t2 = cairn_now_ns();
+    /* the lexical list searches the question and the generated text together */
+    char *text = NULL;
+    const char *pre = out->pre_text;
+    if (!rc && pre && pre[0] && (text = malloc(strlen(question) + strlen(pre) + 2)))
+        sprintf(text, "%s\n%s", question, pre);
+    cairn_lex_filter filters[CAIRN_API_MAX_FILTERS];
+    cairn_rag_query rq = cairn_rag_query_of(o, text ? text : question, q1, filters);
+    if (!rc) rc = cairn_rag_query_run(r, &rq, out->hits, &out->n_hits, &out->ss, err);
+    free(text);
+    out->search_s = since(t2);
+    free(q);
+    if (!rc) {
+        /* The answer keeps max_tokens of the context (at most half of it) for itself. */
+        int n_ctx = ask->workers ? cairn_workers_n_ctx(ask->workers) : 0;
+        int reserve = ask->max_tokens < n_ctx / 2 ? ask->max_tokens : n_ctx / 2;
+        cairn_rag_prompt_params pp = {
+            .tmpl = ask->plain || !ask->workers ? NULL : cairn_workers_chat_template(ask->workers),
+            .tok = ask->workers ? cairn_workers_tokenizer(ask->workers) : NULL,
+            .budget = n_ctx - reserve,
+            .passage_tokens = ask->passage_tokens,
+            .answer_prefix = ask->answer_prefix,
+            .system = ask->system,
+        };
+        rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
+                                    &out->prompt, err);
+    }
+    if (rc) cairn_rag_result_free(out);
+    return rc;
+}
+
 /* ---- Prompts ---------------------------------------------------------------------------------- */
 
 char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
@@ -1555,12 +1865,222 @@ char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
     return cairn_strbuf_take(&sb, NULL);
 }
 
-char *cairn_rag_answer_prompt(const char *question, const cairn_rag_hit *hits, int n)
+/* ---- The answer's prompt ------------------------------------------------------------------- */
+
+const char *const cairn_rag_default_system =
+    "You answer questions from the numbered passages the user gives you. Each passage begins "
+    "with its title; for software the title starts with the package name. Answer in one or two "
+    "sentences: first name the package (or document) that answers the question, then say what "
+    "it does, and cite the passage as [1], [2], ... If no passage answers the question, say so.";
+
+#define MIN_PASSAGE_TOKENS 32 /* fewer left per passage: passages at the end are left out */
+
+/* Tokens of s[0..len) (flags: CAIRN_TOK_*), or -1 when the tokenizer failed. */
+static int count_tokens(const cairn_tok *t, const char *s, size_t len, int flags)
+{
+    cairn_error e = {0};
+    int n = cairn_tok_encode(t, s, len, NULL, 0, flags, &e);
+    if (n == CAIRN_TOK_ENCODE_FAILED) return -1;
+    return n < 0 ? -n : n;
+}
+
+/* The longest prefix of s[0..len), ending on a character boundary, of at most max tokens; cut
+ * back to the last space when one is near the end, so that no word is halved. */
+static size_t prefix_within(const cairn_tok *t, const char *s, size_t len, int max)
+{
+    size_t lo = 0, hi = len; /* count(lo) <= max; the answer is in [lo, hi] */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo + 1) / 2;
+        while (mid > lo && mid < len && ((unsigned char)s[mid] & 0xC0) == 0x80) mid--;
+        if (mid == lo) break;
+        int c = count_tokens(t, s, mid, 0);
+        if (c >= 0 && c <= max) lo = mid;
+        else hi = mid - 1;
+    }
+    size_t cut = lo;
+    while (cut > lo * 5 / 6 && cut > 0 && s[cut - 1] != ' ' && s[cut - 1] != '\n') cut--;
+    return cut > lo * 5 / 6 && cut > 0 ? cut : lo;
+}
+
+/* The question's turn: the passages hits[0..n) (each text cut to lens[i] bytes, marked when
+ * cut) and the question; plain, with the system text first and "Answer:" last. */
+static char *user_turn(const char *question, const cairn_rag_hit *hits, const size_t *lens,
+                       int n, const char *system, bool plain, const char *prefix)
 {
     cairn_strbuf sb = {0};
-    cairn_strbuf_puts(&sb, "Answer the question using the passages below. Cite the passages you "
-                           "use as [1], [2], ...\n\n");
-    for (int i = 0; i < n; i++) cairn_strbuf_printf(&sb, "[%d] %s\n\n", i + 1, hits[i].text);
+    if (plain) cairn_strbuf_printf(&sb, "%s\n\n", system);
+    cairn_strbuf_puts(&sb, n ? "Passages:\n\n" : "No passage was found.\n\n");
+    for (int i = 0; i < n; i++) {
+        const cairn_rag_hit *h = &hits[i];
+        size_t full = strlen(h->text);
+        cairn_strbuf_printf(&sb, "[%d] %s\n", i + 1, h->title && h->title[0] ? h->title : h->key);
+        cairn_strbuf_append(&sb, h->text, lens[i]);
+        cairn_strbuf_puts(&sb, lens[i] < full ? " [...]\n\n" : "\n\n");
+    }
     cairn_strbuf_printf(&sb, "Question: %s", question);
+    if (plain) cairn_strbuf_puts(&sb, "\nAnswer:");
+    if (plain && prefix && prefix[0]) cairn_strbuf_printf(&sb, " %s", prefix);
     return cairn_strbuf_take(&sb, NULL);
+}
+
+void cairn_rag_prompt_free(cairn_rag_prompt *pr)
+{
+    if (!pr) return;
+    free(pr->text);
+    free(pr->msgs);
+    free(pr->strs[0]);
+    free(pr->strs[1]);
+    memset(pr, 0, sizeof *pr);
+}
+
+/* Fills out's text (and messages) from the passages at lens[0..n). */
+static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_msgs,
+                    size_t last_user, const cairn_rag_hit *hits, const size_t *lens, int n,
+                    const cairn_rag_prompt_params *p, cairn_rag_prompt *out, cairn_error *err)
+{
+    const char *system = p->system ? p->system : cairn_rag_default_system;
+    free(out->text), free(out->msgs), free(out->strs[0]), free(out->strs[1]);
+    out->text = NULL, out->msgs = NULL, out->strs[0] = out->strs[1] = NULL, out->n_msgs = 0;
+    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl, p->answer_prefix);
+    if (!turn) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    if (!p->tmpl) {
+        out->text = turn;
+        out->len = strlen(turn);
+        out->tok_flags = CAIRN_TOK_ADD_SPECIAL;
+        return 0;
+    }
+    out->strs[1] = turn;
+    /* [system] + the chat's turns (its own system message merged after ours) */
+    bool own_system = n_msgs && !strcmp(msgs[0].role, "system");
+    size_t n_out = 1 + (n_msgs ? n_msgs - own_system : 1);
+    out->msgs = calloc(n_out, sizeof *out->msgs);
+    if (!out->msgs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    out->msgs[0] = (cairn_chat_msg){.role = "system", .content = system};
+    if (own_system) {
+        cairn_strbuf sb = {0};
+        cairn_strbuf_printf(&sb, "%s\n\n%s", system, msgs[0].content);
+        out->strs[0] = cairn_strbuf_take(&sb, NULL);
+        if (!out->strs[0]) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        out->msgs[0].content = out->strs[0];
+    }
+    if (!n_msgs) out->msgs[1] = (cairn_chat_msg){.role = "user", .content = turn};
+    for (size_t i = own_system; i < n_msgs; i++) {
+        out->msgs[1 + i - own_system] = msgs[i];
+        if (i == last_user) out->msgs[1 + i - own_system].content = turn;
+    }
+    out->n_msgs = n_out;
+    out->text = cairn_chat_render_alloc(p->tmpl, out->msgs, n_out, true, &out->len, err);
+    if (!out->text) return cairn_error_prefix(err, "messages");
+    if (p->answer_prefix && p->answer_prefix[0]) {
+        size_t n = strlen(p->answer_prefix);
+        char *t = realloc(out->text, out->len + n + 1);
+        if (!t) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        memcpy(t + out->len, p->answer_prefix, n + 1);
+        out->text = t;
+        out->len += n;
+    }
+    out->tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL;
+    return 0;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, size_t n_msgs,
+                           const cairn_rag_hit *hits, int n, const cairn_rag_prompt_params *p,
+                           cairn_rag_prompt *out, cairn_error *err)
+{
+    memset(out, 0, sizeof *out);
+    size_t last_user = 0;
+    for (size_t i = 0; i < n_msgs; i++)
+        if (!strcmp(msgs[i].role, "user")) question = msgs[i].content, last_user = i;
+    if (!question) return cairn_errorf(err, CAIRN_EINVAL, "messages: no user message to answer");
+    size_t *lens = calloc((size_t)n + 1, sizeof *lens);
+    int *toks = calloc((size_t)n + 1, sizeof *toks);
+    int *sorted = calloc((size_t)n + 1, sizeof *sorted);
+    size_t *capped = calloc((size_t)n + 1, sizeof *capped);
+    int rc = lens && toks && sorted && capped ? 0
+                                              : cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+    for (int i = 0; !rc && i < n; i++) {
+        lens[i] = strlen(hits[i].text);
+        if (p->tok && p->passage_tokens > 0 &&
+            count_tokens(p->tok, hits[i].text, lens[i], 0) > p->passage_tokens) {
+            lens[i] = prefix_within(p->tok, hits[i].text, lens[i], p->passage_tokens);
+            out->n_truncated++;
+        }
+    }
+    int use = n;
+    if (!rc) rc = assemble(question, msgs, n_msgs, last_user, hits, lens, use, p, out, err);
+    int total = !rc && p->tok ? count_tokens(p->tok, out->text, out->len, out->tok_flags) : 0;
+    if (!rc && total > p->budget) {
+        /* What the prompt takes without the passages' texts; the rest is shared among them,
+         * at least MIN_PASSAGE_TOKENS each: passages at the end are left out until it is. */
+        size_t *zero = calloc((size_t)n + 1, sizeof *zero);
+        if (!zero) rc = cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
+        int fixed = 0, avail = 0;
+        for (use = n + 1; !rc && use > 0;) {
+            use--;
+            rc = assemble(question, msgs, n_msgs, last_user, hits, zero, use, p, out, err);
+            fixed = rc ? 0 : count_tokens(p->tok, out->text, out->len, out->tok_flags);
+            avail = p->budget - fixed;
+            if (avail >= MIN_PASSAGE_TOKENS * use) break;
+        }
+        free(zero);
+        if (!rc && avail < 0)
+            rc = cairn_errorf(err, CAIRN_ELIMIT,
+                              "the question and the instructions take %d tokens; the context "
+                              "leaves %d for the prompt",
+                              fixed, p->budget);
+        for (int i = 0; !rc && i < use; i++) {
+            capped[i] = lens[i]; /* what the passage cap left */
+            sorted[i] = toks[i] = count_tokens(p->tok, hits[i].text, lens[i], 0);
+        }
+        /* Water-filling: the largest cap c with sum(min(t_i, c)) <= avail; then, should the
+         * joins tokenize longer than counted apart, lower c until the whole prompt fits. */
+        qsort(sorted, (size_t)use, sizeof *sorted, cmp_int);
+        int cap = INT32_MAX, rem = avail;
+        for (int j = 0; j < use; j++) {
+            int share = rem / (use - j);
+            if (sorted[j] > share) {
+                cap = share;
+                break;
+            }
+            rem -= sorted[j];
+        }
+        for (int round = 0; !rc; round++) {
+            out->n_truncated = 0;
+            for (int i = 0; i < use; i++) {
+                size_t full = strlen(hits[i].text);
+                lens[i] = capped[i];
+                if (toks[i] > cap) lens[i] = prefix_within(p->tok, hits[i].text, lens[i], cap);
+                out->n_truncated += lens[i] < full;
+            }
+            rc = assemble(question, msgs, n_msgs, last_user, hits, lens, use, p, out, err);
+            total = rc ? 0 : count_tokens(p->tok, out->text, out->len, out->tok_flags);
+            if (rc || total <= p->budget) break;
+            if (round == 8 || cap <= 1) {
+                rc = cairn_errorf(err, CAIRN_ELIMIT, "the passages do not fit the context");
+                break;
+            }
+            int over = (total - p->budget + use - 1) / (use ? use : 1);
+            if (cap == INT32_MAX) {
+                for (int i = 0; i < use; i++) cap = i == 0 || toks[i] > cap ? toks[i] : cap;
+            }
+            cap -= over > cap / 10 ? over : cap / 10 + 1;
+        }
+    }
+    if (!rc) {
+        out->n_passages = use;
+        out->tokens = total;
+    } else {
+        cairn_rag_prompt_free(out);
+    }
+    free(lens);
+    free(toks);
+    free(sorted);
+    free(capped);
+    return rc;
 }

@@ -1,5 +1,5 @@
 /*
- * services/rag.h — the passage index cairnd serves, and the retrieval half of a RAG request.
+ * services/rag.h — the passage index cairnd serves, and the RAG pipeline up to the answer.
  *
  * A directory holds the docstore (docs.cds), the IVF index (index.ivf), its slow-tier file
  * (index.tier), the lexical index (lexical.db, retrieval/lexical.h) and, when a corpus filled
@@ -12,13 +12,14 @@
  * Search modes: dense (the IVF), lexical (BM25 over title and body) and hybrid (both, fused by
  * retrieval/fuse.h), the default.
  *
- * A RAG request (DESIGN "A RAG request, end to end"):
+ * A RAG request (DESIGN "A RAG request, end to end"), cairn_rag_pipeline:
  *   1. embed the question -> q0; start the lookahead prefetch of q0's top clusters
  *      (cairn_rag_prefetch);
- *   2. the caller runs the pre-retrieval generation (rewrite or HyDE; cairn_rag_pre_prompt
- *      makes its prompt) while the prefetch runs, and embeds the result -> q1;
- *   3. hybrid search for q1 (cairn_rag_search) -> the top-k passages;
- *   4. cairn_rag_answer_prompt builds the prompt that cites them as [1], [2], ...
+ *   2. run the pre-retrieval generation (rewrite or HyDE; cairn_rag_pre_prompt makes its
+ *      prompt) on the workers while the prefetch runs, and embed the result -> q1;
+ *   3. hybrid search for q1 (cairn_rag_query_run) -> the top-k passages;
+ *   4. build the messages that cite them as [1], [2], ... (cairn_rag_answer_prompt); the
+ *      caller hands them to the workers for the answer (services/api.c streams it out).
  *
  * Building in the background (params.background, what cairnd does): when the store holds
  * passages that the index lacks (a fresh corpus ingest, a lost or outdated index), open returns
@@ -44,11 +45,15 @@
 
 #include "common/error.h"
 #include "common/metrics.h"
+#include "generation/chat.h"
 #include "retrieval/docstore.h"
 #include "retrieval/embed.h"
 #include "retrieval/fuse.h"
 #include "retrieval/lexical.h"
-#include "services/api.h"
+#include "services/api_types.h"
+
+struct cairn_workers;
+struct cairn_tok;
 
 typedef struct cairn_rag cairn_rag;
 
@@ -118,6 +123,25 @@ int cairn_rag_add(cairn_rag *r, const cairn_api_doc *docs, size_t n, uint64_t *f
 int cairn_rag_add_text(cairn_rag *r, const char *text, size_t len, const char *key,
                        const char *title, const char *meta_json, size_t max_passages,
                        uint64_t *first_id, size_t *n_passages, cairn_error *err);
+
+/*
+ * cairn_rag_add_text for n texts at once (texts[i]: text, text_len, key, title, metadata_json):
+ * each is chunked with its own key ("key#n"), title and metadata plus "chunk": n, and all the
+ * passages are added in one cairn_rag_add, their ids consecutive in text order. counts (n
+ * entries; may be NULL) gets each text's passage count. max_passages bounds them all together
+ * (CAIRN_ELIMIT). Returns 0 or a CAIRN_E* code naming the text; on error nothing is added.
+ */
+int cairn_rag_add_texts(cairn_rag *r, const cairn_api_doc *texts, size_t n, size_t max_passages,
+                        uint64_t *first_id, size_t *counts, cairn_error *err);
+
+/*
+ * Deletes every live passage whose metadata has the top-level string key = value (the chunks
+ * of one document), in one update of the store and the indexes (or one document-log entry
+ * each). *n_deleted (may be NULL) gets how many. Returns 0, CAIRN_ENOTFOUND (none has it), or
+ * the store's/index's error.
+ */
+int cairn_rag_delete_where(cairn_rag *r, const char *key, const char *value, size_t *n_deleted,
+                           cairn_error *err);
 
 /*
  * Calls visit for each live passage with an id above after (all of them when all is true), in
@@ -258,12 +282,119 @@ int cairn_rag_retrieve(cairn_rag *r, const cairn_rag_query *q, float *embedding,
 int cairn_rag_index_ids(cairn_rag *r, uint64_t **dense, size_t *n_dense, uint64_t **lexical,
                         size_t *n_lexical, cairn_error *err);
 
+/* The query of a retrieval request's options o for cairn_rag_query_run: text, and q (ignored
+ * in lexical mode); filters (CAIRN_API_MAX_FILTERS entries, the caller's) get o's filters and
+ * point into o. */
+cairn_rag_query cairn_rag_query_of(const cairn_api_rag *o, const char *text, const float *q,
+                                   cairn_lex_filter *filters);
+
+/* Passages as the API returns them: id, score, text, key, metadata, and `retrieved_by` (dense,
+ * lexical, both) with the rank each list gave (null: not in that list). A new JSON array, or
+ * NULL when out of memory. */
+json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n);
+
+/* ---- The answer's prompt ------------------------------------------------------------------- */
+
+/* The system prompt of a RAG answer: answer from the numbered passages, name the package or
+ * document the answer comes from, cite [n]. Static text. */
+extern const char *const cairn_rag_default_system;
+
+/* How the answer's prompt is made. */
+typedef struct cairn_rag_prompt_params {
+    const cairn_chat_template *tmpl; /* the model's chat format; NULL: a plain prompt (a model
+                                        without a template) */
+    const struct cairn_tok *tok;     /* counts tokens for budget; NULL: no budget */
+    int budget;                      /* tokens the whole prompt may take (with tok) */
+    int passage_tokens;              /* each passage cut to this many tokens first (with tok);
+                                        0: whole */
+    const char *answer_prefix;       /* the answer's first words, written into the prompt after
+                                        the assistant's turn opens (the model goes on from them);
+                                        NULL: none */
+    const char *system;              /* NULL: cairn_rag_default_system */
+} cairn_rag_prompt_params;
+
+/* An answer's prompt; cairn_rag_prompt_free releases it. */
+typedef struct cairn_rag_prompt {
+    char *text;            /* the prompt (malloc'ed, NUL-terminated) */
+    size_t len;
+    int tok_flags;         /* how to tokenize it (special tokens parsed for a template) */
+    cairn_chat_msg *msgs;  /* with a template: the messages rendered into text (n_msgs); the
+                              system and the question's turn are owned here, the rest borrowed
+                              from the caller's messages */
+    size_t n_msgs;
+    char *strs[2];         /* the owned strings msgs point to */
+    int n_passages;        /* passages in it: the first n_passages hits */
+    int n_truncated;       /* of them, cut short (to passage_tokens, or to fit the budget) */
+    int tokens;            /* its length in tokens (0 without a tokenizer) */
+} cairn_rag_prompt;
+
+/*
+ * The prompt that answers question (or, with msgs, the last user message of a chat, whose
+ * other turns are kept) from hits[0..n): a system turn (p->system, merged before a system
+ * message of the chat's own), then the user's turn with the passages numbered [1], [2], ...,
+ * each headed by its title (the default corpus: "package: synopsis") or key, and the question;
+ * rendered with p->tmpl, or as plain text ending in "Answer:" without one. With p->tok the
+ * prompt is kept within p->budget tokens: the passages are cut to a common length (the
+ * shortest kept whole, water-filling), and passages at the end are left out when fewer than
+ * 32 tokens each would remain. Returns 0 and *out (cairn_rag_prompt_free), CAIRN_EINVAL (no
+ * question, a role the template refuses), CAIRN_ELIMIT (the question alone is over the
+ * budget), CAIRN_ENOMEM. Pure and thread-safe.
+ */
+int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, size_t n_msgs,
+                           const cairn_rag_hit *hits, int n, const cairn_rag_prompt_params *p,
+                           cairn_rag_prompt *out, cairn_error *err);
+void cairn_rag_prompt_free(cairn_rag_prompt *pr); /* zeroed: no-op */
+
+/* ---- The pipeline ------------------------------------------------------------------------ */
+
+/* What one RAG request asks. */
+typedef struct cairn_rag_ask {
+    const char *question;        /* /v1/rag's question; NULL: the last user message of msgs */
+    const cairn_chat_msg *msgs;  /* a chat's messages (borrowed), or NULL */
+    size_t n_msgs;
+    const cairn_api_rag *opts;   /* k, nprobe, rewrite/HyDE, search mode, filters */
+    int max_tokens;              /* the answer's tokens: kept free in the context (at most half
+                                    of it) */
+    bool plain;                  /* a plain prompt, not the model's chat template */
+    int passage_tokens;          /* cairn_rag_prompt_params.passage_tokens */
+    const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix */
+    const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
+    struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation; its chat
+                                      template, tokenizer and context shape the prompt */
+} cairn_rag_ask;
+
+/* What the pipeline hands to the answer step; cairn_rag_result_free releases it. */
+typedef struct cairn_rag_result {
+    cairn_rag_hit *hits;   /* the passages, best first (n_hits) */
+    int n_hits;
+    char *pre_text;        /* the rewrite/HyDE text, or NULL */
+    cairn_rag_prompt prompt; /* the answer's prompt: the passages in it, truncation */
+    double embed_s, pre_s, search_s;
+    cairn_rag_search_stats ss;
+} cairn_rag_result;
+
+/*
+ * Steps 1-4 of a RAG request on the calling thread (the pre-retrieval generation waits for the
+ * workers). Returns 0 and *out (cairn_rag_result_free), or a CAIRN_E* code with err:
+ * CAIRN_EINVAL (no user message), CAIRN_ECANCELED (the rewrite/HyDE generation failed),
+ * CAIRN_ELIMIT (the question alone fills the context), the embedder's, the search's or the
+ * workers' error. Any thread but a worker's.
+ */
+int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result *out,
+                       cairn_error *err);
+void cairn_rag_result_free(cairn_rag_result *res); /* zeroed: no-op */
+
+/*
+ * Runs one generation of prompt (tokenized with tok_flags) on the workers, greedy, to its end
+ * or max_tokens or a stop string, and waits for it. Returns the text (malloc'ed), or NULL with
+ * err (the workers' refusal, or CAIRN_ECANCELED naming why the generation failed). Any thread
+ * but a worker's.
+ */
+char *cairn_rag_generate(struct cairn_workers *w, const char *prompt, size_t len, int tok_flags,
+                         int max_tokens, const char *const *stop, int n_stop, cairn_error *err);
+
 /* The user message for the pre-retrieval generation of mode (rewrite: a search query;
  * hyde: a hypothetical passage). Malloc'ed; NULL when out of memory. */
 char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question);
-
-/* The user message asking to answer question from hits[0..n), cited as [1], [2], ...
- * Malloc'ed; NULL when out of memory. */
-char *cairn_rag_answer_prompt(const char *question, const cairn_rag_hit *hits, int n);
 
 #endif

@@ -105,6 +105,9 @@ def test_rag_endpoint_sources_and_timings():
         assert stage in t, t
     assert t["rag_mode"] == "none"
     assert t["total_s"] >= t["embed_s"] + t["search_s"]
+    # the answer's prompt: the model's chat template around the system prompt and the passages
+    assert t["passages_truncated"] == 0 and t["passages_left_out"] == 0, t
+    assert 0 < t["rag_prompt_tokens"] <= r["usage"]["prompt_tokens"], (t, r["usage"])
 
 
 def test_chat_rag_extension_streams_sources_last():
@@ -158,6 +161,102 @@ def test_documents_add_delete_and_persist():
     assert status == 400 and "12x" in json.loads(raw)["error"]["message"]
     status, _, _ = http("DELETE", f"{d.url}/v1/documents/1")
     assert status == 401
+
+
+# A document long enough for several passages, its paragraphs on unrelated subjects, so that
+# every passage can be told apart by what it says.
+LONG_DOC = "\n\n".join([
+    "Honey bees communicate the direction and distance of flowers through the waggle dance. A "
+    "forager returning to the hive runs a figure-eight pattern on the comb, and the angle of the "
+    "straight run relative to vertical matches the angle between the sun and the food source. "
+    "The duration of the waggle tells the other workers how far they must fly, roughly one "
+    "second for every kilometre, and the vigour of the dance signals how rich the nectar is.",
+    "Glaciers carve U-shaped valleys as they grind over bedrock for thousands of years. Ice "
+    "moving downhill plucks boulders from the valley floor and drags them along, scraping long "
+    "parallel striations into the rock. When the climate warms and the glacier retreats, it "
+    "leaves behind moraines of unsorted gravel, erratic boulders far from their origin, and "
+    "deep lakes dammed by debris, such as the finger lakes of upstate New York.",
+    "Lighthouse keepers once trimmed the wicks of oil lamps every few hours through the night. "
+    "The Fresnel lens, invented by Augustin-Jean Fresnel in 1822, used concentric rings of "
+    "glass prisms to bend scattered light into a single horizontal beam visible for more than "
+    "twenty nautical miles. Each lighthouse flashes in its own rhythm, its characteristic, so "
+    "that sailors can tell which headland they are passing in the dark.",
+    "The violin family was standardised in northern Italy in the sixteenth century, and the "
+    "workshops of Cremona, above all those of Antonio Stradivari and the Guarneri family, set "
+    "the proportions luthiers still copy. A maple back, a spruce top, a sound post wedged "
+    "between them and a bass bar glued under the lower strings shape how the wooden box "
+    "resonates when the bow sets the strings vibrating.",
+    "Sourdough starters are colonies of wild yeast and lactic acid bacteria kept alive by "
+    "regular feedings of flour and water. The bacteria produce lactic and acetic acids that "
+    "give the bread its sour taste and help it keep for days, while the yeast releases carbon "
+    "dioxide that leavens the dough. Bakers keep a starter for decades, and some in San "
+    "Francisco claim lineages that go back to the gold rush of 1849.",
+    "Chess engines search millions of positions per second using alpha-beta pruning, which "
+    "skips branches that cannot change the final decision. Modern engines such as Stockfish "
+    "evaluate positions with an efficiently updatable neural network, while AlphaZero learned "
+    "the game from self-play alone, guided by Monte Carlo tree search, and beat the strongest "
+    "engines of its day after a few hours of training.",
+    "Coral reefs are built by tiny animals called polyps that secrete skeletons of calcium "
+    "carbonate. The polyps live in symbiosis with algae, zooxanthellae, which photosynthesise "
+    "inside their tissues and supply most of their food. When the water grows too warm the "
+    "polyps expel the algae and turn white, a process called bleaching, and a reef that stays "
+    "bleached for weeks starves.",
+])
+
+
+def test_documents_are_chunked_and_deleted_whole():
+    """POST /v1/documents cuts a long text as the corpus is cut: each passage carries the
+    document's id and its chunk number, each can be found, RAG over them is cut to the context
+    (and says so), and deleting the document deletes every passage."""
+    d = setup()
+    status, _, raw = post("/v1/documents", {"documents": [
+        {"text": LONG_DOC, "title": "Field notes", "metadata": {"topic": "notes"}}]})
+    assert status == 200, raw
+    added = json.loads(raw)["data"][0]
+    doc, n, pids = added["document"], added["passages"], added["passage_ids"]
+    assert doc.startswith("doc-") and n >= 4 and len(pids) == n, added
+    assert pids == list(range(added["id"], added["id"] + n))
+    status, _, raw = http("GET", f"{d.url}/v1/documents?metadata.document={doc}&full=1",
+                          headers=AUTH)
+    listed = json.loads(raw)["data"]
+    assert [p["id"] for p in listed] == pids, listed
+    for j, p in enumerate(listed):
+        assert p["metadata"] == {"topic": "notes", "document": doc, "chunk": j}, p
+        assert p["key"] == f"{doc}#{j}" and p["title"] == "Field notes"
+        assert p["text"] in LONG_DOC
+        # each passage is found by words from its middle (not in the overlap with its neighbours)
+        mid = p["text"][len(p["text"]) // 3:len(p["text"]) // 3 + 160]
+        hits = retrieve_body({"query": mid, "k": 1, "filter": {"document": doc}})["data"]
+        assert [h["id"] for h in hits] == [p["id"]], (j, mid, hits)
+
+    # RAG over four of them does not fit --workers.ctx=512: the passages are cut, and it says so
+    status, _, raw = post("/v1/rag", {"question": "Who invented the lighthouse lens?", "k": 4,
+                                      "max_tokens": 8, "temperature": 0,
+                                      "filter": {"document": doc}})
+    assert status == 200, raw
+    r = json.loads(raw)
+    t = r["cairn"]
+    assert t["passages_truncated"] >= 1 and t["rag_prompt_tokens"] <= 512 - 8, t
+    assert len(r["sources"]) + t["passages_left_out"] == 4, (t, r["sources"])
+    assert r["usage"]["prompt_tokens"] == t["rag_prompt_tokens"]
+
+    status, _, raw = http("DELETE", f"{d.url}/v1/documents/{doc}", headers=AUTH)
+    assert status == 200, raw
+    assert json.loads(raw) == {"id": doc, "deleted": True, "passages": n}
+    status, _, raw = http("GET", f"{d.url}/v1/documents?metadata.document={doc}", headers=AUTH)
+    assert json.loads(raw)["data"] == [] and json.loads(raw)["total_documents"] == len(PASSAGES)
+    assert retrieve_body({"query": "glaciers and bees", "k": 3,
+                          "filter": {"document": doc}})["data"] == []
+    status, _, raw = http("DELETE", f"{d.url}/v1/documents/{doc}", headers=AUTH)
+    assert status == 404 and doc in json.loads(raw)["error"]["message"], raw
+    status, _, raw = http("DELETE", f"{d.url}/v1/documents/doc-12", headers=AUTH)
+    assert status == 400, raw
+
+
+def retrieve_body(body):
+    status, _, raw = post("/v1/retrieve", body)
+    assert status == 200, raw
+    return json.loads(raw)
 
 
 def test_retrieval_metrics():

@@ -249,6 +249,22 @@ static void test_dump(void **state)
     json_decref(o);
 }
 
+/* Text for a JSON string: valid UTF-8 as it is; each stray byte one U+FFFD, the rest kept. */
+static void test_text_replaces_invalid_utf8(void **state)
+{
+    (void)state;
+    json_t *j = cairn_json_text("caf\xC3\xA9", 5);
+    assert_string_equal(json_string_value(j), "caf\xC3\xA9");
+    json_decref(j);
+    /* a lone continuation byte, a truncated 3-byte character at the end */
+    j = cairn_json_text("a\x80" "b\xE2\x82", 5);
+    assert_string_equal(json_string_value(j), "a\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD");
+    json_decref(j);
+    j = cairn_json_text("", 0);
+    assert_string_equal(json_string_value(j), "");
+    json_decref(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_check_keys_and_element_prefix),
         cmocka_unit_test(test_utf8_validation),
         cmocka_unit_test(test_dump),
+        cmocka_unit_test(test_text_replaces_invalid_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* tests/unit/test_rag.c — the served passage index (services/rag.h) with both of its indexes:
  * the lexical index holds exactly the IVF's passage ids after adds, deletes and reopening (and
- * is rebuilt when its file is lost); the three search modes and their metadata filters. */
+ * is rebuilt when its file is lost); the three search modes and their metadata filters; the
+ * answer's prompt (chat template, plain fallback, truncation to the context). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "generation/tokenizer.h"
+#include "proto/gguf.h"
 #include "retrieval/index.h"
 #include "services/rag.h"
 
@@ -237,12 +240,183 @@ static void test_title_is_embedded_and_format_checked(void **state)
     cairn_rag_close(r);
 }
 
+/* ---- The answer's prompt ---------------------------------------------------------------- */
+
+static cairn_rag_hit prompt_hit(const char *title, const char *key, const char *text)
+{
+    return (cairn_rag_hit){.title = (char *)title, .key = (char *)key, .text = (char *)text};
+}
+
+static int count_substr(const char *s, const char *sub)
+{
+    int n = 0;
+    for (const char *p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
+    return n;
+}
+
+/* With a chat template: the system prompt in the system turn (the template's own default
+ * system turn is replaced), the passages numbered with their titles (the key where there is
+ * none) in the user's turn, then the question; a chat's own system message follows ours and
+ * its earlier turns are kept. Without a template: the same as plain text ending in Answer:. */
+static void test_answer_prompt_template_and_plain(void **state)
+{
+    (void)state;
+    cairn_rag_hit hits[2] = {
+        prompt_hit("tmux: terminal multiplexer", "tmux", "tmux lets you detach sessions."),
+        prompt_hit("", "notes.md#0", "Screen is older."),
+    };
+    cairn_chat_template chatml = {.family = CAIRN_CHAT_CHATML};
+    snprintf(chatml.default_system, sizeof chatml.default_system, "You are SmolLM.");
+    cairn_rag_prompt_params pp = {.tmpl = &chatml};
+    cairn_rag_prompt pr;
+    cairn_error err = {0};
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    char want[2048];
+    snprintf(want, sizeof want, "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\nPassages:",
+             cairn_rag_default_system);
+    assert_true(!strncmp(pr.text, want, strlen(want)));
+    assert_non_null(strstr(pr.text, "[1] tmux: terminal multiplexer\ntmux lets you detach"));
+    assert_non_null(strstr(pr.text, "[2] notes.md#0\nScreen is older."));
+    assert_non_null(strstr(pr.text, "Question: Which multiplexer detaches?<|im_end|>\n"
+                                    "<|im_start|>assistant\n"));
+    assert_null(strstr(pr.text, "SmolLM"));
+    assert_non_null(strstr(cairn_rag_default_system, "package"));
+    assert_int_equal(pr.tok_flags, CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL);
+    assert_int_equal(pr.n_passages, 2);
+    assert_int_equal(pr.n_truncated, 0);
+    assert_int_equal(pr.n_msgs, 2);
+    assert_string_equal(pr.msgs[0].role, "system");
+    assert_string_equal(pr.msgs[1].role, "user");
+    assert_int_equal(strlen(pr.text), pr.len);
+    cairn_rag_prompt_free(&pr);
+
+    /* a chat: its system message after ours, the earlier turns kept, the last user turn asks */
+    cairn_chat_msg chat[] = {{"system", "Be terse."},
+                             {"user", "Hi"},
+                             {"assistant", "Hello."},
+                             {"user", "Which multiplexer detaches?"}};
+    assert_int_equal(cairn_rag_prompt_build(NULL, chat, 4, hits, 1, &pp, &pr, &err), 0);
+    assert_int_equal(pr.n_msgs, 4);
+    snprintf(want, sizeof want, "%s\n\nBe terse.", cairn_rag_default_system);
+    assert_string_equal(pr.msgs[0].content, want);
+    assert_string_equal(pr.msgs[1].content, "Hi");
+    assert_non_null(strstr(pr.msgs[3].content, "[1] tmux"));
+    assert_null(strstr(pr.msgs[3].content, "[2]"));
+    assert_int_equal(count_substr(pr.text, "<|im_start|>user"), 2);
+    cairn_rag_prompt_free(&pr);
+
+    /* an answer prefix: the assistant's turn opens with it, for the model to go on from */
+    pp.answer_prefix = "The package is";
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    const char *tail = "<|im_start|>assistant\nThe package is";
+    assert_int_equal(pr.len, strlen(pr.text));
+    assert_string_equal(pr.text + pr.len - strlen(tail), tail);
+    cairn_rag_prompt_free(&pr);
+    pp.answer_prefix = NULL;
+
+    /* no template: plain text, the system prompt first, no turn markers */
+    pp.tmpl = NULL;
+    pp.system = "Answer from the passages.";
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    assert_true(!strncmp(pr.text, "Answer from the passages.\n\nPassages:\n\n[1] tmux: ", 48));
+    assert_non_null(strstr(pr.text, "\n\nQuestion: Which multiplexer detaches?\nAnswer:"));
+    assert_int_equal(pr.len, strlen(pr.text));
+    assert_null(strstr(pr.text, "<|im_start|>"));
+    assert_int_equal(pr.tok_flags, CAIRN_TOK_ADD_SPECIAL);
+    assert_null(pr.msgs);
+    cairn_rag_prompt_free(&pr);
+
+    /* no question at all */
+    cairn_chat_msg sys_only[] = {{"system", "x"}};
+    assert_int_equal(cairn_rag_prompt_build(NULL, sys_only, 1, hits, 1, &pp, &pr, &err),
+                     CAIRN_EINVAL);
+}
+
+/* With a tokenizer and a budget (SmolLM2's): passages are cut to fit, the prompt stays within
+ * the budget and says how many were cut; with less room passages at the end are left out; a
+ * question over the budget is refused. */
+static void test_answer_prompt_fits_the_budget(void **state)
+{
+    (void)state;
+    const char *dir = getenv("CAIRN_TEST_MODELS");
+    char path[512];
+    snprintf(path, sizeof path, "%s/smollm2-135m-instruct-q4_1.gguf", dir ? dir : "data/models");
+    cairn_gguf *g = NULL;
+    cairn_tok *tok = NULL;
+    cairn_chat_template t;
+    cairn_error err = {0};
+    if (cairn_gguf_open(&g, path, &err)) fail_msg("%s (scripts/setup installs the model)", err.msg);
+    assert_int_equal(cairn_tok_open(&tok, g, &err), 0);
+    assert_int_equal(cairn_chat_template_of(g, NULL, &t, &err), 0);
+    char text[3][4000];
+    cairn_rag_hit hits[3];
+    for (int i = 0; i < 3; i++) {
+        text[i][0] = 0;
+        for (int w = 0; w < (i == 1 ? 5 : 300); w++) /* the second passage is short */
+            strcat(text[i], w % 2 ? "passage " : "words ");
+        hits[i] = prompt_hit("pkg: a package", "k", text[i]);
+    }
+    cairn_rag_prompt_params pp = {.tmpl = &t, .tok = tok, .budget = 10000};
+    cairn_rag_prompt pr;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 3, &pp, &pr, &err), 0);
+    int whole = pr.tokens;
+    assert_true(whole > 600);
+    assert_int_equal(pr.n_truncated, 0);
+    assert_int_equal(count_substr(pr.text, "[...]"), 0);
+    cairn_rag_prompt_free(&pr);
+
+    /* each passage capped at 40 tokens first: the two long ones are cut, the short one kept */
+    pp.passage_tokens = 40;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 3, &pp, &pr, &err), 0);
+    assert_int_equal(pr.n_truncated, 2);
+    assert_true(pr.tokens < 300);
+    assert_int_equal(count_substr(pr.text, "[...]"), 2);
+    cairn_rag_prompt_free(&pr);
+    pp.passage_tokens = 0;
+
+    pp.budget = 400;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 3, &pp, &pr, &err), 0);
+    assert_true(pr.tokens <= 400 && pr.tokens > 300);
+    assert_int_equal(pr.n_passages, 3);
+    assert_int_equal(pr.n_truncated, 2); /* the short one is kept whole */
+    assert_int_equal(count_substr(pr.text, "[...]"), 2);
+    assert_non_null(
+        strstr(pr.text, "[2] pkg: a package\nwords passage words passage words \n\n[3]"));
+    int n = cairn_tok_encode(tok, pr.text, pr.len, NULL, 0, pr.tok_flags, &err);
+    assert_int_equal(-n, pr.tokens);
+    cairn_rag_prompt_free(&pr);
+
+    pp.budget = 0;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 0, &pp, &pr, &err),
+                     CAIRN_ELIMIT); /* instructions alone exceed a zero budget */
+    assert_non_null(strstr(err.msg, "tokens"));
+    pp.budget = 10000;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 0, &pp, &pr, &err), 0);
+    int fixed = pr.tokens;
+    cairn_rag_prompt_free(&pr);
+    /* room for two passages of 32+ tokens besides their headers (about 10 tokens each), not
+     * for three: the third is left out */
+    pp.budget = fixed + 110;
+    assert_int_equal(cairn_rag_prompt_build("What?", NULL, 0, hits, 3, &pp, &pr, &err), 0);
+    assert_int_equal(pr.n_passages, 2);
+    assert_true(pr.tokens <= pp.budget);
+    assert_null(strstr(pr.text, "[3]"));
+    cairn_rag_prompt_free(&pr);
+    cairn_tok_close(tok);
+    cairn_gguf_close(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_indexes_agree_after_adds_and_deletes),
         cmocka_unit_test(test_modes_and_filters),
         cmocka_unit_test(test_title_is_embedded_and_format_checked),
+        cmocka_unit_test(test_answer_prompt_template_and_plain),
+        cmocka_unit_test(test_answer_prompt_fits_the_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
