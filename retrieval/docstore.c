@@ -181,6 +181,20 @@ static int reserve_recs(cairn_docstore *ds, size_t n, cairn_error *err)
 
 /* ---- Open and validate ----------------------------------------------------------------------- */
 
+/* The size of the committed store in a file of `size` bytes: the header's file size when the
+ * file is longer and the header is whole (magic, checksum) — blobs and a table that a commit
+ * wrote after the end and a crash kept from their header; else `size` itself, for
+ * validate_and_load to judge. */
+static uint64_t committed_size(const cairn_docstore *ds, uint64_t size)
+{
+    const uint8_t *h = ds->map;
+    if (size < DS_HEADER_SIZE || memcmp(h + H_MAGIC, DS_MAGIC, 8) != 0 ||
+        rd64(h + H_HEADER_SUM) != fnv1a(FNV_INIT, h, H_HEADER_SUM))
+        return size;
+    uint64_t committed = rd64(h + H_FILE_SIZE);
+    return committed >= DS_HEADER_SIZE && committed < size ? committed : size;
+}
+
 static int validate_and_load(cairn_docstore *ds, uint64_t size, cairn_error *err)
 {
     const char *path = ds->path;
@@ -368,7 +382,20 @@ int cairn_docstore_open(cairn_docstore **out, const char *path, int flags, cairn
     rc = remap(ds, (uint64_t)st.st_size, err);
     if (rc)
         goto fail;
-    rc = validate_and_load(ds, (uint64_t)st.st_size, err);
+    uint64_t size = committed_size(ds, (uint64_t)st.st_size);
+    if (size < (uint64_t)st.st_size && ds->writable) {
+        /* Appends after the last commit that a crash left without their header: the
+         * header still describes the committed store, which lies whole before them. */
+        if (ftruncate(ds->fd, (off_t)size) != 0 || fsync(ds->fd) != 0) {
+            rc = cairn_errorf(err, CAIRN_EIO, "%s: dropping an uncommitted tail: %s", path,
+                              strerror(errno));
+            goto fail;
+        }
+        rc = remap(ds, size, err);
+        if (rc)
+            goto fail;
+    }
+    rc = validate_and_load(ds, size, err);
     if (rc)
         goto fail;
     *out = ds;

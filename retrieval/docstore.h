@@ -12,7 +12,9 @@
  *   record table  n_records x 40 bytes {id, blob offset, 4 lengths, flags}, sorted by id,
  *                 always last in the file
  * Appends write new blobs after the end of the file; commit writes a new table after them
- * and then the header, so a crash before the header write leaves the old state readable.
+ * and then the header, so a crash before the header write leaves the old state readable:
+ * open reads the committed store the header describes, and a writable open cuts the
+ * uncommitted tail off the file.
  * Every count, offset, length and terminator is validated on open: a corrupt or truncated
  * file gets a CAIRN_EFORMAT error naming what is wrong, never a crash.
  *

@@ -277,6 +277,58 @@ static void test_corrupt_files(void **state)
     free(bytes);
 }
 
+/* A crash after an append (or after a commit wrote its table) but before the commit's header
+ * leaves bytes after the committed file: open reads the committed store; a writable open cuts
+ * them off, and the store goes on from there. The tail here is what such a crash leaves: the
+ * blobs and table of a second commit, written after the first's end. */
+static void test_uncommitted_tail(void **state)
+{
+    (void)state;
+    unlink(path);
+    cairn_docstore *ds = NULL;
+    cairn_error err;
+    assert_int_equal(cairn_docstore_open(&ds, path, CAIRN_DOCSTORE_CREATE | CAIRN_DOCSTORE_WRITE,
+                                         &err), 0);
+    cairn_doc_input one[1] = {{"k1", "t1", "committed text", NULL}};
+    assert_int_equal(cairn_docstore_append(ds, one, 1, NULL, &err), 0);
+    cairn_docstore_close(ds);
+    const size_t committed = file_size(path);
+    FILE *f = fopen(path, "rb");
+    uint8_t *first = malloc(committed);
+    assert_int_equal(fread(first, 1, committed, f), committed);
+    fclose(f);
+    /* A second commit, whose file is the first one's plus a tail; then the first's header. */
+    assert_int_equal(cairn_docstore_open(&ds, path, CAIRN_DOCSTORE_WRITE, &err), 0);
+    cairn_doc_input two[1] = {{"k2", "t2", "never committed", NULL}};
+    assert_int_equal(cairn_docstore_append(ds, two, 1, NULL, &err), 0);
+    cairn_docstore_close(ds);
+    const size_t longer = file_size(path);
+    assert_true(longer > committed);
+    f = fopen(path, "r+b");
+    assert_int_equal(fwrite(first, 1, 128, f), 128); /* the header only */
+    fclose(f);
+    for (int writable = 0; writable < 2; writable++) {
+        assert_int_equal(cairn_docstore_open(&ds, path, writable ? CAIRN_DOCSTORE_WRITE : 0,
+                                             &err), 0);
+        assert_int_equal(cairn_docstore_live(ds), 1);
+        cairn_doc d;
+        cairn_docstore_at(ds, 0, &d);
+        assert_string_equal(d.text, "committed text");
+        if (writable) { /* cut off, and the store appends after its committed end */
+            assert_int_equal(file_size(path), committed);
+            assert_int_equal(cairn_docstore_append(ds, two, 1, NULL, &err), 0);
+            assert_int_equal(cairn_docstore_live(ds), 2);
+        } else {
+            assert_int_equal(file_size(path), longer); /* a reader changes nothing */
+        }
+        cairn_docstore_close(ds);
+    }
+    assert_int_equal(cairn_docstore_open(&ds, path, 0, &err), 0);
+    assert_int_equal(cairn_docstore_live(ds), 2);
+    cairn_docstore_close(ds);
+    free(first);
+}
+
 /* Appends with the ids a replicated log gives: gaps allowed, never at or below the store's ids;
  * the ids survive compaction and reopening, and a plain append continues after them. */
 static void test_append_with_given_ids(void **state)
@@ -333,6 +385,7 @@ int main(void)
         cmocka_unit_test(test_bad_documents_rejected_whole_batch),
         cmocka_unit_test(test_delete_and_compact),
         cmocka_unit_test(test_corrupt_files),
+        cmocka_unit_test(test_uncommitted_tail),
         cmocka_unit_test(test_append_with_given_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
