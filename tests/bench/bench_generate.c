@@ -18,8 +18,9 @@
  * shared VM; scripts/bench-llamacpp reports the same.
  *
  * The prompts are built by a rule scripts/bench-llamacpp repeats (the tokenizers agree).
- * Usage: bench_generate [MODEL]  (default data/models/gemma-3-270m-q4_k_m.gguf, or
- * $CAIRN_BENCH_MODEL). Threads: $CAIRN_BENCH_THREADS, default 2 (the 2-core machine's figure).
+ * Usage: bench_generate [MODEL]  (default $CAIRN_BENCH_MODEL, else
+ * $CAIRN_DATA/models/gemma-3-270m-q4_k_m.gguf, with ./data when CAIRN_DATA is unset).
+ * Threads: $CAIRN_BENCH_THREADS, default 2 (the 2-core machine's figure).
  */
 #include "common/clock.h"
 #include "common/error.h"
@@ -255,7 +256,12 @@ static double weight_bytes_per_token(const cairn_gguf *g, int *tied, double *emb
 int main(int argc, char **argv)
 {
     const char *path = argc > 1 ? argv[1] : getenv("CAIRN_BENCH_MODEL");
-    if (!path) path = "data/models/gemma-3-270m-q4_k_m.gguf";
+    char def[4096];
+    if (!path) {
+        const char *d = getenv("CAIRN_DATA");
+        snprintf(def, sizeof def, "%s/models/gemma-3-270m-q4_k_m.gguf", d && *d ? d : "data");
+        path = def;
+    }
     cairn_error err = {0};
     cairn_model *model = NULL;
     cairn_tok *tok = NULL;

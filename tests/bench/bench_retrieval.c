@@ -39,7 +39,8 @@
  *            scripts/bench-onnx-embed interleaves this with onnxruntime.
  * CAIRN_EMBED_AMX=0 in the environment embeds with F32 linear layers instead of BF16 on AMX
  * tiles (scripts/bench-embed-amx compares the two).
- * Run from the repository root.
+ * The data dir is $CAIRN_DATA (as scripts/setup and `make` have it), else ./data: run from the
+ * repository root.
  */
 #include "common/clock.h"
 #include "common/error.h"
@@ -67,14 +68,27 @@ extern void omp_set_num_threads(int n);
 #define SPEED_SAMPLE 512
 #define MIN_QUERIES 2000
 #define RUNS 3
-#define DIR "data/bench/retrieval"
-#define MODEL "data/models/all-minilm-l6-v2.gguf"
-#define CORPUS "data/corpus/debian-Translation-en"
+#define PATH_BYTES 4096
+/* Under the data dir: the cache, the model and the corpus. */
+#define DIR "bench/retrieval"
+#define MODEL "models/all-minilm-l6-v2.gguf"
+#define CORPUS "corpus/debian-Translation-en"
 
 static void die(const char *what, const cairn_error *err)
 {
     fprintf(stderr, "bench_retrieval: %s: %s\n", what, err ? err->msg : strerror(errno));
     exit(1);
+}
+
+/* Writes $CAIRN_DATA/rel (./data/rel when unset) into buf (PATH_BYTES) and returns buf. */
+static char *data_path(char *buf, const char *rel)
+{
+    const char *d = getenv("CAIRN_DATA");
+    if (snprintf(buf, PATH_BYTES, "%s/%s", d && *d ? d : "data", rel) >= PATH_BYTES) {
+        fprintf(stderr, "bench_retrieval: CAIRN_DATA is too long\n");
+        exit(1);
+    }
+    return buf;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -98,7 +112,8 @@ static cairn_embed *open_embedder(void)
     if (amx) ep.amx = strcmp(amx, "0") != 0;
     cairn_embed *e = NULL;
     cairn_error err = {0};
-    if (cairn_embed_open(&e, MODEL, &ep, &err)) die(MODEL, &err);
+    char model[PATH_BYTES];
+    if (cairn_embed_open(&e, data_path(model, MODEL), &ep, &err)) die(model, &err);
     return e;
 }
 
@@ -163,30 +178,31 @@ typedef struct {
 /* The store of the first n passages (n 0: all), ingested unless cached. */
 static cairn_docstore *load_store(size_t n, cairn_embed *e)
 {
-    char path[256], stamp[256];
-    snprintf(path, sizeof path, DIR "/docs-%zu.cds", n);
-    snprintf(stamp, sizeof stamp, DIR "/docs-%zu.stamp", n);
+    char path[PATH_BYTES + 32], stamp[PATH_BYTES + 32], dir[PATH_BYTES], corpus[PATH_BYTES];
+    snprintf(path, sizeof path, "%s/docs-%zu.cds", data_path(dir, DIR), n);
+    snprintf(stamp, sizeof stamp, "%s/docs-%zu.stamp", dir, n);
+    data_path(corpus, CORPUS);
     cairn_error err = {0};
     cairn_index_stamp st;
     cairn_docstore *ds = NULL;
     if (cairn_index_stamp_read(stamp, &st, NULL) == 0 &&
-        cairn_index_stamp_covers(&st, CORPUS, n) &&
+        cairn_index_stamp_covers(&st, corpus, n) &&
         cairn_docstore_open(&ds, path, 0, NULL) == 0 && cairn_docstore_live(ds) == st.passages)
         return ds;
     cairn_docstore_close(ds);
     remove(stamp);
     remove(path);
     if (cairn_docstore_open(&ds, path, CAIRN_DOCSTORE_CREATE | CAIRN_DOCSTORE_WRITE, &err) ||
-        cairn_index_ingest(ds, CORPUS, n, cairn_embed_tokenizer(e), stamp, NULL, &err))
-        die(CORPUS, &err);
+        cairn_index_ingest(ds, corpus, n, cairn_embed_tokenizer(e), stamp, NULL, &err))
+        die(corpus, &err);
     return ds;
 }
 
 static float *load_embeddings(cairn_embed *e, const cairn_docstore *ds, size_t n_arg, int64_t **ids,
                               size_t *n)
 {
-    char path[256];
-    snprintf(path, sizeof path, DIR "/emb-%zu.f32", n_arg);
+    char path[PATH_BYTES + 32], dir[PATH_BYTES];
+    snprintf(path, sizeof path, "%s/emb-%zu.f32", data_path(dir, DIR), n_arg);
     size_t live = cairn_docstore_live(ds);
     int dim = cairn_embed_dim(e);
     float *x = NULL;
@@ -223,7 +239,7 @@ static float *load_embeddings(cairn_embed *e, const cairn_docstore *ds, size_t n
     h.pad = 0;
     h.n = *n;
     h.uid = cairn_docstore_uid(ds);
-    char tmp[300];
+    char tmp[PATH_BYTES + 40];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     f = fopen(tmp, "wb");
     if (!f || fwrite(&h, sizeof h, 1, f) != 1 || fwrite(*ids, sizeof **ids, *n, f) != *n ||
@@ -239,8 +255,9 @@ static void embed_speed(cairn_embed *e, const cairn_docstore *ds)
     size_t live = cairn_docstore_live(ds), recs = cairn_docstore_records(ds), m = 0;
     size_t want = live < SPEED_SAMPLE ? live : SPEED_SAMPLE;
     const char **texts = malloc(want * sizeof *texts);
-    FILE *f = fopen(DIR "/speed-sample.jsonl", "w");
-    if (!f) die(DIR "/speed-sample.jsonl", NULL);
+    char sample[PATH_BYTES];
+    FILE *f = fopen(data_path(sample, DIR "/speed-sample.jsonl"), "w");
+    if (!f) die(sample, NULL);
     size_t tokens = 0;
     int32_t *ids = malloc(1024 * sizeof *ids);
     for (size_t i = 0; i < recs && m < want; i++) {
@@ -433,8 +450,9 @@ int main(int argc, char **argv)
     }
     const char *ns = argc > 1 ? argv[1] : getenv("CAIRN_BENCH_PASSAGES");
     size_t n_arg = ns ? (size_t)strtoull(ns, NULL, 10) : 20000;
-    if (mkdir("data/bench", 0755) && errno != EEXIST) die("data/bench", NULL);
-    if (mkdir(DIR, 0755) && errno != EEXIST) die(DIR, NULL);
+    char dir[PATH_BYTES];
+    if (mkdir(data_path(dir, "bench"), 0755) && errno != EEXIST) die(dir, NULL);
+    if (mkdir(data_path(dir, DIR), 0755) && errno != EEXIST) die(dir, NULL);
     cairn_embed *e = open_embedder();
     int dim = cairn_embed_dim(e);
     cairn_docstore *ds = load_store(n_arg, e);
@@ -512,8 +530,8 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     /* cairnd's tiered search: fast tier empty, then holding every cluster */
-    char tier_path[256];
-    snprintf(tier_path, sizeof tier_path, DIR "/tier-%zu.tier", n_arg);
+    char tier_path[PATH_BYTES + 32];
+    snprintf(tier_path, sizeof tier_path, "%s/tier-%zu.tier", dir, n_arg);
     if (cairn_tier_build(ivf, tier_path, cairn_docstore_uid(ds), &err)) die("tier", &err);
     for (int full = 0; full < 2; full++) {
         cairn_tier_params tp = cairn_tier_default_params();
