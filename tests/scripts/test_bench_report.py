@@ -179,6 +179,25 @@ class BenchReport(unittest.TestCase):
         self.assertEqual(len(rows), 7)
         self.assertIn(CARD, doc)
 
+    def test_run_keeps_the_merged_gpu_part(self):
+        # make bench after a make bench-merge: the new cpu part, the GPU part as it was merged.
+        gpu = gpu_run(self.rng)
+        write_lines(self.path("gpu.jsonl"), gpu)
+        self.assertEqual(self.report("--gpu", self.path("gpu.jsonl")).returncode, 0)
+        merged = json.loads(read(self.json))["gpu"]
+        _, merged_rows = self.table_rows()
+        cpu = cpu_run(self.rng)
+        write_lines(self.path("run.jsonl"), cpu)
+        r = self.report("--run", self.path("run.jsonl"), "--mode", "quick")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(read(self.json))
+        self.assertEqual(report["gpu"], merged)
+        self.assertEqual(len(report["cpu"]["figures"]), 5)
+        doc, rows = self.table_rows()
+        self.assertEqual(len(rows), 7)
+        self.assertEqual(rows[5:], merged_rows)  # the GPU rows, after the CPU's, unchanged
+        self.assertIn(CARD, doc)
+
     def test_refuses_figure_whose_peer_was_skipped(self):
         lines = [o for o in cpu_run(self.rng)
                  if not (o.get("impl") == "llama.cpp" and o.get("what") == "prompt")]
