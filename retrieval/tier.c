@@ -244,6 +244,12 @@ struct cairn_tier {
     double store_eff;         /* the store's measured time against its model (EWMA; 1 at open) */
     double m_store_s;         /* the modelled time of the store's share of this search */
     int cpu_threads;          /* threads the worker's miss scan uses */
+    /* Whether handing the misses to the worker pays (host store): it does when the hit scan the
+     * caller runs meanwhile outlasts the hand-off (waking the worker, waking the caller back),
+     * which on a loaded 2-core machine costs more than a small scan. */
+    double hit_bps;           /* the host store's hit scan, bytes of (query, cluster) pairs/s */
+    double handoff_ns;        /* the hand-off's measured cost (EWMA; 0 until measured) */
+    unsigned handoff_age;     /* inline searches since the hand-off was last measured */
     /* The chunk being searched (written before the worker is woken, read by it). */
     const float *b_q;
     size_t b_nq, b_k, b_nprobe;
@@ -1317,6 +1323,27 @@ static void split_misses(cairn_tier *t, size_t nq, size_t nprobe)
     t->m_store_s = t_store;
 }
 
+/*
+ * Whether the misses go to the worker while the caller scans the hits. With both sides taking h
+ * and m, in turn they take h + m and handed off max(h, w + m), w the hand-off's cost: it pays
+ * exactly when w < h. On a GPU store the caller waits on the device, so it always pays; on the
+ * host store h is predicted from the hit pairs' bytes and the measured scan rate. The hand-off
+ * is re-measured every 32nd search that could use it (load changes its cost), and used while
+ * either is not yet known.
+ */
+static bool handoff_pays(cairn_tier *t, bool on_store)
+{
+    if (on_store || t->p.device >= 0 || t->hit_bps <= 0 || t->handoff_ns <= 0)
+        return true;
+    if (++t->handoff_age >= 32)
+        return true;
+    double bytes = 0;
+    for (size_t i = 0; i < t->n_hit; i++)
+        if (!t->hit_w[i].skip)
+            bytes += pair_bytes(t, t->hit_w[i].cluster);
+    return bytes / t->hit_bps * 1e9 > t->handoff_ns;
+}
+
 static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size_t nprobe,
                         float *scores, int64_t *ids, cairn_error *err)
 {
@@ -1343,8 +1370,11 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
     t->b_k = k;
     t->b_nprobe = nprobe;
     bool on_store = t->m_np > 0;
-    bool parallel = t->worker_started && t->n_cpu_miss > 0 && (t->n_hit > 0 || on_store);
+    bool parallel = t->worker_started && t->n_cpu_miss > 0 && (t->n_hit > 0 || on_store) &&
+                    handoff_pays(t, on_store);
+    int64_t woken = 0;
     if (parallel) {
+        woken = cairn_now_ns();
         pthread_mutex_lock(&t->w_mu);
         t->w_done = false;
         t->w_job = true;
@@ -1382,6 +1412,12 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
         pthread_mutex_unlock(&t->w_mu);
         if (mrc && !rc && err)
             *err = t->miss_err;
+        /* The hand-off's cost: the worker's start after the wake-up, and the caller's own
+         * wake-up after the later of the two scans ended. */
+        int64_t joined = cairn_now_ns(), last = m1 > h1 ? m1 : h1;
+        double cost = (double)(m0 - woken) + (double)(joined > last ? joined - last : 0);
+        t->handoff_ns = t->handoff_ns > 0 ? 0.8 * t->handoff_ns + 0.2 * cost : cost;
+        t->handoff_age = 0;
     } else if (t->n_cpu_miss) {
         m0 = cairn_now_ns();
         mrc = scan_misses(t, rc ? NULL : err);
@@ -1414,6 +1450,11 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
         double obs = t->m_cpu_bytes / ((double)(m1 - m0) / 1e9 * lanes);
         double *r = &t->cpu_bps[nq > 1];
         *r = *r > 0 ? 0.7 * *r + 0.3 * obs : obs;
+    }
+    /* The host store's hit scan rate (scans long enough to time). */
+    if (!rc && !on_store && t->p.device < 0 && hit_pair_bytes > 0 && h1 - h0 >= 20000) {
+        double obs = hit_pair_bytes / ((double)(h1 - h0) / 1e9);
+        t->hit_bps = t->hit_bps > 0 ? 0.7 * t->hit_bps + 0.3 * obs : obs;
     }
     /* The store's side likewise: its call took (h1 - h0) for what the model said m_store_s
      * (a lower bound, as the hits are scanned in the same call): scale its rate to match, when

@@ -449,7 +449,15 @@ int main(int argc, char **argv)
         argv += 2;
     }
     const char *ns = argc > 1 ? argv[1] : getenv("CAIRN_BENCH_PASSAGES");
-    size_t n_arg = ns ? (size_t)strtoull(ns, NULL, 10) : 20000;
+    char *end = NULL;
+    size_t n_arg = ns ? (size_t)strtoull(ns, &end, 10) : 20000;
+    if (ns && (!*ns || *end || *ns == '-')) {
+        fprintf(stderr, "usage: bench_retrieval [--device N] [PASSAGES]  (0: the whole corpus; "
+                        "default 20000 or $CAIRN_BENCH_PASSAGES)\n"
+                        "       bench_retrieval --embed-file FILE OUT [RUNS]\n"
+                        "bench_retrieval: '%s' is not a number of passages\n", ns);
+        return 2;
+    }
     char dir[PATH_BYTES];
     if (mkdir(data_path(dir, "bench"), 0755) && errno != EEXIST) die(dir, NULL);
     if (mkdir(data_path(dir, DIR), 0755) && errno != EEXIST) die(dir, NULL);
