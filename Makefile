@@ -63,6 +63,7 @@ bench-gpu:
 bench-merge:
 	@test -n "$(GPU)" || { echo 'usage: make bench-merge GPU="FILE.jsonl..."' >&2; exit 2; }
 	scripts/bench-report $(foreach f,$(GPU),--gpu $(f))
+	scripts/plot-bench --gpu-only
 
 fuzz: setup
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \

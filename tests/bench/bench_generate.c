@@ -18,8 +18,14 @@
  * shared VM; scripts/bench-llamacpp reports the same.
  *
  * The prompts are built by a rule scripts/bench-llamacpp repeats (the tokenizers agree).
- * Usage: bench_generate [MODEL]  (default $CAIRN_BENCH_MODEL, else
+ * Usage: bench_generate [--serve] [MODEL]  (default $CAIRN_BENCH_MODEL, else
  * $CAIRN_DATA/models/gemma-3-270m-q4_k_m.gguf, with ./data when CAIRN_DATA is unset).
+ *
+ * --serve: the model loaded and the engine open, one timed run per command read from stdin
+ * ("prompt", "gen1", "gen8"; a run not timed first is the caller's to ask for), each answered by
+ * one JSON line {"bench":"generate_run",...}; at end of input, the bandwidth and bound lines.
+ * scripts/bench-llamacpp drives it so, alternating cairn's runs with llama.cpp's: on a shared
+ * machine a load change then lands on both sides of a figure, not on one.
  * Threads: $CAIRN_BENCH_THREADS, default 2 (the 2-core machine's figure).
  */
 #include "common/clock.h"
@@ -178,6 +184,47 @@ fail:
     return -1;
 }
 
+/*
+ * --serve: one timed run per command line, in the caller's order (see the file comment). An
+ * unknown command is answered by an error line, so the caller does not wait on a line that will
+ * not come; a failed run ends the loop (the engine's state is then unknown).
+ */
+static int serve(cairn_engine *eng, int32_t *long_ids, int n_long, int32_t *const *stream_ids,
+                 const int *n_stream)
+{
+    char cmd[64];
+    int32_t *pp_prompts[1] = {long_ids};
+    while (fgets(cmd, sizeof cmd, stdin)) {
+        cmd[strcspn(cmd, "\r\n")] = '\0';
+        figure fig;
+        int n_seqs;
+        const char *what;
+        if (!strcmp(cmd, "prompt")) {
+            fig = FIG_PP, n_seqs = 1, what = "prompt";
+        } else if (!strcmp(cmd, "gen1")) {
+            fig = FIG_GEN, n_seqs = 1, what = "generation";
+        } else if (!strcmp(cmd, "gen8")) {
+            fig = FIG_GEN, n_seqs = N_STREAMS, what = "generation";
+        } else {
+            printf("{\"bench\":\"generate_run\",\"impl\":\"cairn\",\"error\":\"unknown "
+                   "command (prompt, gen1 or gen8)\"}\n");
+            fflush(stdout);
+            continue;
+        }
+        double cpu = 0, tps;
+        if (fig == FIG_PP)
+            tps = run_once(eng, fig, pp_prompts, &n_long, 1, &cpu);
+        else
+            tps = run_once(eng, fig, stream_ids, n_stream, n_seqs, &cpu);
+        if (tps < 0) return -1;
+        printf("{\"bench\":\"generate_run\",\"impl\":\"cairn\",\"what\":\"%s\","
+               "\"streams\":%d,\"threads\":%d,\"tok_s\":%.3f,\"cpu_tok_s\":%.3f}\n",
+               what, n_seqs, n_threads, tps, cpu);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 static int measure(cairn_engine *eng, const char *what, figure fig, int32_t *const *prompts,
                    const int *n_prompt, int n_seqs)
 {
@@ -255,6 +302,8 @@ static double weight_bytes_per_token(const cairn_gguf *g, int *tied, double *emb
 
 int main(int argc, char **argv)
 {
+    bool serving = argc > 1 && !strcmp(argv[1], "--serve");
+    if (serving) argc--, argv++;
     const char *path = argc > 1 ? argv[1] : getenv("CAIRN_BENCH_MODEL");
     char def[4096];
     if (!path) {
@@ -304,10 +353,13 @@ int main(int argc, char **argv)
         goto out;
     }
     int32_t *pp_prompts[1] = {long_ids};
-    if (measure(eng, "prompt", FIG_PP, pp_prompts, &n_long, 1) ||
-        measure(eng, "generation", FIG_GEN, stream_ids, n_stream, 1) ||
-        measure(eng, "generation", FIG_GEN, stream_ids, n_stream, N_STREAMS))
+    if (serving) {
+        if (serve(eng, long_ids, n_long, stream_ids, n_stream)) goto out;
+    } else if (measure(eng, "prompt", FIG_PP, pp_prompts, &n_long, 1) ||
+               measure(eng, "generation", FIG_GEN, stream_ids, n_stream, 1) ||
+               measure(eng, "generation", FIG_GEN, stream_ids, n_stream, N_STREAMS)) {
         goto out;
+    }
 
     /* Bandwidth and the decode bound. */
     uint64_t *buf = malloc(BW_BYTES), sink = 0;

@@ -46,6 +46,22 @@ def cpu_run(rng):
     return lines
 
 
+def rounds_lines(rng, lines, rounds=5):
+    """What the interleaved benchmarks (scripts/bench-llamacpp, bench-onnx-embed) add: per
+    figure, the per-round ratios of its two sides, their median, lowest and highest."""
+    out = []
+    for what, streams in (("prompt", 1), ("generation", 1), ("generation", 8)):
+        rs = [round(rng.uniform(0.5, 9), 3) for _ in range(rounds)]
+        out.append({"bench": "generate", "what": "cairn_vs_llama.cpp", "of": what,
+                    "streams": streams, "rounds": rounds, "ratio_runs": rs,
+                    "ratio": sorted(rs)[rounds // 2], "ratio_min": min(rs), "ratio_max": max(rs),
+                    "loadavg": [round(rng.uniform(1, 12), 2), 4.0, 3.0]})
+    rs = [round(rng.uniform(2, 6), 3) for _ in range(3)]
+    out.append({"bench": "embed", "what": "cairn_vs_onnxruntime", "rounds": 3, "ratio_runs": rs,
+                "ratio": sorted(rs)[1], "ratio_min": min(rs), "ratio_max": max(rs)})
+    return out
+
+
 def gpu_run(rng):
     r = lambda lo, hi: round(rng.uniform(lo, hi), 3)
     lines = [{"bench": "gpu_check", "commit": "abc1234", "card": CARD.split(",")[0]}]
@@ -156,6 +172,44 @@ class BenchReport(unittest.TestCase):
         doc2, rows2 = self.table_rows()
         self.assertEqual(rows2, rows)
         self.assertEqual(doc2.count(self.history), 1)
+
+    def test_interleaved_rounds_give_the_ratio(self):
+        # Where the two sides ran in alternating rounds, the table's ratio is the median of the
+        # per-round ratios (not the quotient of the two sides' medians), with its spread.
+        lines = cpu_run(self.rng)
+        extra = rounds_lines(self.rng, lines)
+        write_lines(self.path("run.jsonl"), lines, extra)
+        r = self.report("--run", self.path("run.jsonl"), "--mode", "quick")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(read(self.json))
+        figs = report["cpu"]["figures"]
+        _, rows = self.table_rows()
+        self.assertEqual(len(figs), 5)
+        for f, row, x in zip(figs, rows, extra):
+            self.assertAlmostEqual(f["ratio"], x["ratio"])
+            self.assertNotAlmostEqual(f["ratio"], f["ours"] / f["peer"], places=3)
+            self.assertEqual(f["ratio_spread"], [x["ratio_min"], x["ratio_max"]])
+            self.assertEqual(f["rounds"], x["rounds"])
+            self.assertIn(f"**{x['ratio']:.2f}×** ({x['ratio_min']:.2f}–{x['ratio_max']:.2f} "
+                          f"over {x['rounds']} rounds)", row[5])
+        # The lookahead search has no rounds: its ratio stays the quotient.
+        self.assertNotIn("ratio_spread", figs[4])
+        self.assertAlmostEqual(figs[4]["ratio"], figs[4]["peer"] / figs[4]["ours"])
+        # The rounds' load averages count in the run's range.
+        loads = [x["loadavg"][0] for x in extra if "loadavg" in x]
+        self.assertLessEqual(report["cpu"]["load_avg"][0], min(loads))
+        self.assertGreaterEqual(report["cpu"]["load_avg"][1], max(loads))
+
+    def test_refuses_rounds_line_without_ratio(self):
+        lines = cpu_run(self.rng)
+        extra = rounds_lines(self.rng, lines)
+        del extra[2]["ratio"]
+        write_lines(self.path("run.jsonl"), lines, extra)
+        r = self.report("--run", self.path("run.jsonl"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cpu.generate.decode8", r.stderr)
+        self.assertIn("'ratio'", r.stderr)
+        self.assertFalse(os.path.exists(self.json))
 
     def test_gpu_merge_keeps_the_cpu_part(self):
         cpu = cpu_run(self.rng)
