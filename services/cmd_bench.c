@@ -16,14 +16,16 @@
 
 const char *const cairn_cmd_bench_usage =
     "usage: cairn bench profile  [-m MODEL] [--iterations N] [--repeat R] [--threads T]\n"
-    "                            [--out FILE] [--samples CSV]\n"
+    "                            [--device N] [--out FILE|DIR] [--samples CSV]\n"
     "                            [--ttft-slo MS --tbt-slo MS [--load F] [--budgets MS,...]\n"
     "                             [--duration S] [--backlog N] [--max-seqs N]]\n"
     "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
     "                            [--duration S] [--ttft-slo MS] [--tbt-slo MS] [--budget MS]\n"
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
     "                            [--online-budget MS] [--profile FILE] [--markdown FILE]\n"
+    "                            [--device N] [--as-cairnd DATA_DIR [--startup-iterations N]]\n"
     "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n"
+    "                            [--device N]\n"
     "       cairn bench retrieval-quality [...]  (cairn bench retrieval-quality --help)\n"
     "       cairn bench rag-answers [...]  (cairn bench rag-answers --help)\n\n"
     "profile   times N (default 600) iterations of random batch shapes, each shape R times\n"
@@ -40,12 +42,13 @@ const char *const cairn_cmd_bench_usage =
     "          repeatability with the engine out of it.\n"
     "          --samples writes\n"
     "          every timed iteration (shape, seconds) as CSV; --out stores the profile\n"
-    "          (cairn-sched-profile 2: features, coefficients). With an SLO it then runs the\n"
+    "          (cairn-sched-profile 3: backend, device, features, coefficients; a directory\n"
+    "          gets the name cairnd looks for in DATA/profiles/). With an SLO it then runs the\n"
     "          slo policy at --load (default 0.5) of the online capacity with each budget\n"
     "          (default 50,100,150,200,300,400 ms, tried smallest first) for S seconds\n"
     "          (default 30) and picks the largest before the first whose p99 TTFT or TBT\n"
-    "          misses the SLO; --out then also holds that budget\n"
-    "          (cairnd: sched.profile).\n"
+    "          misses the SLO; --out then also holds that budget and its SLO\n"
+    "          (cairnd: sched.profile, or DATA/profiles/<model>-<backend>-<device>.txt).\n"
     "colocate  per policy (default slo,online-only,fcfs-hybrid) and online rate, Poisson\n"
     "          arrivals for S seconds (default 60) beside a backlog of N (default 8) offline\n"
     "          requests; prints JSON lines, then a markdown table. Loads are fractions of the\n"
@@ -54,11 +57,15 @@ const char *const cairn_cmd_bench_usage =
     "          SLO defaults: TTFT 3000 ms, TBT 300 ms; slo budget: --budget, else the\n"
     "          --profile's stored one, else 150 ms; online prompt chunks' budget 0.6 x the\n"
     "          TBT SLO (--online-budget). --profile: predictor coefficients (and budget)\n"
-    "          from `bench profile --out` (else learnt as it runs).\n"
+    "          from `bench profile --out` (else learnt as it runs). --as-cairnd DATA_DIR:\n"
+    "          predictor and budgets as cairnd derives them from --ttft-slo/--tbt-slo\n"
+    "          (--profile, else DATA_DIR/profiles/'s for this backend and device, else its\n"
+    "          short profiling run of --startup-iterations, default 48).\n"
     "yield     layer-level preemption: an offline document (default 1500 tokens) is being\n"
     "          prefilled in 512-token passes (policy online-only, nothing else running) when\n"
     "          an online request (32 tokens) arrives at a random moment; its TTFT with and\n"
-    "          without layer_yield, N trials each (default 10), same arrival times.\n";
+    "          without layer_yield, N trials each (default 10), same arrival times.\n"
+    "--device N runs the engine on GPU N (default -1, the CPU).\n";
 
 int cairn_cmd_bench(int argc, char **argv)
 {

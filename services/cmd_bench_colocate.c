@@ -9,6 +9,7 @@
  * completion rate with max_seqs online requests always in flight).
  */
 #include "services/cmd_bench_run.h"
+#include "services/slo.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +19,9 @@
 typedef struct colocate_opts {
     cairn__bench_env env;
     const char *policies, *md, *loads_s, *rates_s, *profile;
+    const char *as_cairnd; /* a data dir: predictor and budgets as cairnd derives them */
+    int startup_iterations; /* with as_cairnd and no usable profile */
+    cairn_slo_plan plan;    /* as_cairnd's */
     double duration, ttft_ms, tbt_ms, budget_ms, online_ms;
     int backlog;
     uint64_t seed;
@@ -33,7 +37,7 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
     *o = (colocate_opts){.env = {.model = CAIRN__BENCH_MODEL, .max_seqs = 12, .device = -1},
                          .policies = "slo,online-only,fcfs-hybrid", .loads_s = "0.25,0.5,0.75",
                          .duration = 60, .ttft_ms = 3000, .tbt_ms = 300, .backlog = 8,
-                         .seed = 1};
+                         .seed = 1, .startup_iterations = 48};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -57,10 +61,20 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
         } else if (!strcmp(a, "--markdown")) o->md = v;
         else if (!strcmp(a, "--profile")) o->profile = v;
         else if (!strcmp(a, "--online-budget")) bad = cairn__bench_num(v, &o->online_ms);
+        else if (!strcmp(a, "--device")) bad = cairn__bench_int(v, &o->env.device);
+        else if (!strcmp(a, "--as-cairnd")) o->as_cairnd = v;
+        else if (!strcmp(a, "--startup-iterations"))
+            bad = cairn__bench_int(v, &o->startup_iterations);
         else return cairn__bench_usage_error("colocate", "unknown option '%s'", a);
         if (bad) return cairn__bench_usage_error("colocate", "%s '%s' is not a number", a, v);
     }
-    if (o->profile) {
+    if (o->env.device < -1)
+        return cairn__bench_usage_error("colocate", "--device %d: -1 (the CPU) or a GPU index",
+                                        o->env.device);
+    if (o->as_cairnd && (o->budget_ms > 0 || o->online_ms > 0))
+        return cairn__bench_usage_error("colocate", "--as-cairnd derives the budgets: leave "
+                                        "--budget and --online-budget out");
+    if (o->profile && !o->as_cairnd) {
         cairn_error perr = {0};
         if (cairn_sched_profile_load(o->profile, &o->prof, &perr) != 0) {
             fprintf(stderr, "cairn bench colocate: --profile %s\n", perr.msg);
@@ -69,10 +83,11 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
         o->env.coef = o->prof.coef;
         if (o->budget_ms == 0 && o->prof.budget_s > 0) o->budget_ms = o->prof.budget_s * 1e3;
     }
-    if (o->budget_ms == 0) o->budget_ms = 150; /* no --budget, no stored one */
+    if (o->budget_ms == 0 && !o->as_cairnd) o->budget_ms = 150; /* no --budget, no stored one */
     if (!(o->duration >= 5))
         return cairn__bench_usage_error("colocate", "--duration must be at least 5 s");
-    if (!(o->ttft_ms > 0) || !(o->tbt_ms > 0) || !(o->budget_ms > 0) || o->online_ms < 0)
+    if (!(o->ttft_ms > 0) || !(o->tbt_ms > 0) || !(o->budget_ms > 0 || o->as_cairnd) ||
+        o->online_ms < 0)
         return cairn__bench_usage_error("colocate", "SLOs and budgets must be positive");
     if (o->backlog < 0)
         return cairn__bench_usage_error("colocate", "--backlog %d is negative", o->backlog);
@@ -139,6 +154,37 @@ static void report(const colocate_opts *o, cairn_sched_policy pol, double rps, d
     }
 }
 
+/* --as-cairnd: the predictor and the budgets as cairnd derives them from its SLO
+ * (services/slo.h) for these workers' engine, logged as cairnd logs them. Returns 0 or 1. */
+static int derive_as_cairnd(colocate_opts *o)
+{
+    char name[256];
+    const char *base = strrchr(o->env.model, '/') ? strrchr(o->env.model, '/') + 1 : o->env.model;
+    size_t n = strlen(base);
+    if (n > 5 && !strcmp(base + n - 5, ".gguf")) n -= 5;
+    snprintf(name, sizeof name, "%.*s", (int)n, base);
+    cairn_engine_params ep = cairn_engine_default_params();
+    ep.n_threads = o->env.threads;
+    ep.device = o->env.device;
+    cairn_slo_params sp = {.model_path = o->env.model, .model_name = name,
+                           .data_dir = o->as_cairnd, .profile_path = o->profile,
+                           .ttft_s = o->ttft_ms / 1e3, .tbt_s = o->tbt_ms / 1e3,
+                           .startup_iterations = o->startup_iterations};
+    cairn_error err = {0};
+    if (cairn_slo_configure(&sp, &ep, &o->plan, &err)) {
+        fprintf(stderr, "cairn bench colocate: %s\n", err.msg);
+        return 1;
+    }
+    o->env.coef = o->plan.have_coef ? o->plan.coef : NULL;
+    o->budget_ms = o->plan.budget_s * 1e3;
+    o->env.online_budget_s = o->plan.online_budget_s;
+    printf("{\"bench\":\"colocate_as_cairnd\",\"ttft_slo_ms\":%.0f,\"tbt_slo_ms\":%.0f,"
+           "\"budget_ms\":%.1f,\"online_budget_ms\":%.1f,\"predictor\":\"%s\"}\n",
+           o->ttft_ms, o->tbt_ms, o->budget_ms, o->env.online_budget_s * 1e3, o->plan.source);
+    fflush(stdout);
+    return 0;
+}
+
 /* The prompts, made once with the model's tokenizer, and (without --rates) the online
  * capacity: online only, max_seqs requests always in flight, no backlog. Returns 0 or 1. */
 static int prepare(const colocate_opts *o, cairn__bench_prompts *pr, double *capacity)
@@ -166,6 +212,7 @@ int cairn__bench_colocate(int argc, char **argv)
     colocate_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc;
+    if (o.as_cairnd && derive_as_cairnd(&o)) return 1;
     cairn__bench_prompts pr;
     double capacity;
     if (prepare(&o, &pr, &capacity)) return 1;

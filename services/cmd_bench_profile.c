@@ -27,12 +27,14 @@
 #include "common/clock.h"
 #include "generation/engine.h"
 #include "generation/model.h"
+#include "services/slo.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 enum { PROF_MAX_DEC = 10, PROF_MAX_PRE = 2 };
 
@@ -313,7 +315,7 @@ typedef struct {
 
 typedef struct profile_opts {
     const char *model, *out, *samples;
-    int iters, threads, repeat;
+    int iters, threads, repeat, device;
     bool search; /* an SLO was given: search the budget */
     budget_search bs;
 } profile_opts;
@@ -348,7 +350,7 @@ typedef struct profile_ctx {
 static int parse_args(int argc, char **argv, profile_opts *o)
 {
     const char *budgets = "50,100,150,200,300,400";
-    *o = (profile_opts){.model = CAIRN__BENCH_MODEL, .iters = 600, .repeat = 3,
+    *o = (profile_opts){.model = CAIRN__BENCH_MODEL, .iters = 600, .repeat = 3, .device = -1,
                         .bs = {.load = 0.5, .duration = 30, .backlog = 8, .max_seqs = 12}};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -368,6 +370,7 @@ static int parse_args(int argc, char **argv, profile_opts *o)
         else if (!strcmp(a, "--duration")) bad = cairn__bench_num(v, &o->bs.duration);
         else if (!strcmp(a, "--backlog")) bad = cairn__bench_int(v, &o->bs.backlog);
         else if (!strcmp(a, "--max-seqs")) bad = cairn__bench_int(v, &o->bs.max_seqs);
+        else if (!strcmp(a, "--device")) bad = cairn__bench_int(v, &o->device);
         else return cairn__bench_usage_error("profile", "unknown option '%s'", a);
         if (bad) return cairn__bench_usage_error("profile", "%s '%s' is not a number", a, v);
     }
@@ -380,6 +383,9 @@ static int parse_args(int argc, char **argv, profile_opts *o)
                                         o->iters, 50 * o->repeat);
     if (o->threads < 0)
         return cairn__bench_usage_error("profile", "--threads %d is negative", o->threads);
+    if (o->device < -1)
+        return cairn__bench_usage_error("profile", "--device %d: -1 (the CPU) or a GPU index",
+                                        o->device);
     if (o->bs.n_budgets <= 0)
         return cairn__bench_usage_error("profile", "--budgets '%s' is not a list of positive "
                                         "numbers", budgets);
@@ -402,6 +408,7 @@ static int open_engine(profile_ctx *c)
     const profile_opts *o = c->o;
     cairn_engine_params ep = cairn_engine_default_params();
     ep.n_threads = o->threads;
+    ep.device = o->device;
     ep.max_seqs = MAX_SEQS;
     ep.n_ctx = CTX;
     ep.kv_blocks = MAX_SEQS * CTX / ep.block_tokens;
@@ -706,7 +713,7 @@ static double find_budget(const profile_opts *o, const double *coef)
 {
     const budget_search *bs = &o->bs;
     cairn__bench_env env = {.model = o->model, .threads = o->threads, .max_seqs = bs->max_seqs,
-                            .device = -1, .coef = coef,
+                            .device = o->device, .coef = coef,
                             .online_budget_s = CAIRN__BENCH_ONLINE_SHARE * bs->tbt_ms / 1e3,
                             .ttft_slo_s = bs->ttft_ms / 1e3, .tbt_slo_s = bs->tbt_ms / 1e3};
     cairn_workers *w = NULL;
@@ -742,6 +749,47 @@ static double find_budget(const profile_opts *o, const double *coef)
     return best;
 }
 
+/* --out: the coefficients, the backend and device they were measured on, and the budget the
+ * search chose with its SLO. A directory gets the file cairnd looks for there when it is its
+ * data dir's profiles/ (cairn_slo_profile_path). Returns 0 or 1. */
+static int save_profile(profile_ctx *c, double budget)
+{
+    const profile_opts *o = c->o;
+    cairn_sched_profile prof = {.budget_s = budget > 0 ? budget : 0};
+    if (budget > 0) prof.ttft_slo_s = o->bs.ttft_ms / 1e3, prof.tbt_slo_s = o->bs.tbt_ms / 1e3;
+    memcpy(prof.coef, c->coef, sizeof prof.coef);
+    char device[256], path[4096];
+    if (cairn_backend_identify(o->device, prof.backend, sizeof prof.backend, device,
+                               sizeof device) != 0) {
+        fprintf(stderr, "cairn bench profile: device %d: %s\n", o->device, device);
+        return 1;
+    }
+    snprintf(prof.device, sizeof prof.device, "%.*s", (int)sizeof prof.device - 1, device);
+    const char *out = o->out;
+    struct stat st;
+    if (stat(out, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* DIR/profiles/NAME is what cairnd finds; here DIR is the profiles folder itself. */
+        char name[256], full[4096];
+        const char *base = strrchr(o->model, '/') ? strrchr(o->model, '/') + 1 : o->model;
+        size_t n = strlen(base);
+        if (n > 5 && !strcmp(base + n - 5, ".gguf")) n -= 5;
+        snprintf(name, sizeof name, "%.*s", (int)n, base);
+        if (cairn_slo_profile_path(".", name, prof.backend, device, full, sizeof full) != 0) {
+            fprintf(stderr, "cairn bench profile: a path too long\n");
+            return 1;
+        }
+        snprintf(path, sizeof path, "%s/%s", out, strrchr(full, '/') + 1);
+        out = path;
+    }
+    if (cairn_sched_profile_save(out, &prof, &c->err) != 0) {
+        fprintf(stderr, "cairn bench profile: %s\n", c->err.msg);
+        return 1;
+    }
+    printf("{\"bench\":\"sched_profile_saved\",\"path\":\"%s\",\"backend\":\"%s\","
+           "\"device\":\"%s\"}\n", out, prof.backend, prof.device);
+    return 0;
+}
+
 /* The budget search (with an SLO) and --out. Returns 0 or 1. */
 static int search_and_save(profile_ctx *c)
 {
@@ -758,14 +806,7 @@ static int search_and_save(profile_ctx *c)
         printf("{\"bench\":\"sched_profile_budget\",\"budget_s\":%.3f,\"ttft_slo_ms\":%.0f,"
                "\"tbt_slo_ms\":%.0f,\"load\":%.2f}\n",
                budget, o->bs.ttft_ms, o->bs.tbt_ms, o->bs.load);
-    if (o->out && !rc) {
-        cairn_sched_profile prof = {.budget_s = budget > 0 ? budget : 0};
-        memcpy(prof.coef, c->coef, sizeof prof.coef);
-        if (cairn_sched_profile_save(o->out, &prof, &c->err) != 0) {
-            fprintf(stderr, "cairn bench profile: %s\n", c->err.msg);
-            rc = 1;
-        }
-    }
+    if (o->out && !rc) rc = save_profile(c, budget);
     return rc;
 }
 

@@ -34,6 +34,7 @@ static int parse_args(int argc, char **argv, yield_opts *o)
         else if (!strcmp(a, "--trials")) bad = cairn__bench_int(v, &o->trials);
         else if (!strcmp(a, "--doc-tokens")) bad = cairn__bench_int(v, &o->doc_tokens);
         else if (!strcmp(a, "--threads")) bad = cairn__bench_int(v, &o->env.threads);
+        else if (!strcmp(a, "--device")) bad = cairn__bench_int(v, &o->env.device);
         else return cairn__bench_usage_error("yield", "unknown option '%s'", a);
         if (bad) return cairn__bench_usage_error("yield", "%s '%s' is not a number", a, v);
     }
@@ -45,6 +46,9 @@ static int parse_args(int argc, char **argv, yield_opts *o)
                                         o->doc_tokens);
     if (o->env.threads < 0)
         return cairn__bench_usage_error("yield", "--threads %d is negative", o->env.threads);
+    if (o->env.device < -1)
+        return cairn__bench_usage_error("yield", "--device %d: -1 (the CPU) or a GPU index",
+                                        o->env.device);
     return 0;
 }
 
@@ -86,10 +90,10 @@ static int run_mode(const yield_opts *o, bool layer_yield)
         double ttft[MAX_TRIALS];
         size_t n = r.n_ttft < MAX_TRIALS ? r.n_ttft : MAX_TRIALS;
         memcpy(ttft, r.ttft, n * sizeof *ttft);
-        printf("{\"bench\":\"layer_yield\",\"layer_yield\":%s,\"trials\":%d,"
+        printf("{\"bench\":\"layer_yield\",\"device\":%d,\"layer_yield\":%s,\"trials\":%d,"
                "\"doc_tokens\":%d,\"ttft_p50\":%.3f,\"ttft_p90\":%.3f,\"ttft_max\":%.3f,"
                "\"trial_seconds_mean\":%.2f}\n",
-               layer_yield ? "true" : "false", o->trials, o->doc_tokens,
+               o->env.device, layer_yield ? "true" : "false", o->trials, o->doc_tokens,
                cairn__bench_pct(ttft, n, 0.5), cairn__bench_pct(ttft, n, 0.9),
                cairn__bench_pct(ttft, n, 1.0), trial_s / o->trials);
         fflush(stdout);

@@ -36,6 +36,11 @@ def test_bad_flags_are_named():
         (("yield", "--doc-tokens", "100"), "--doc-tokens 100 is outside 600..1900"),
         (("yield", "--threads", "-1"), "--threads -1 is negative"),
         (("yield", "--nope", "1"), "cairn bench yield: unknown option '--nope'"),
+        (("profile", "--device", "-2"), "--device -2: -1 (the CPU) or a GPU index"),
+        (("colocate", "--device", "gpu"), "--device 'gpu' is not a number"),
+        (("yield", "--device", "-5"), "cairn bench yield: --device -5"),
+        (("colocate", "--as-cairnd", "/tmp", "--budget", "100"),
+         "--as-cairnd derives the budgets: leave --budget and --online-budget out"),
         (("nosuch",), "usage: cairn bench profile"),
     ]
     for args, want in cases:
