@@ -19,6 +19,7 @@ enum { MAX_DEC = 8, SEQS = MAX_DEC + 4, CTX = 512, MIN_ITERS = 32 };
 
 typedef struct {
     cairn_engine *e;
+    int ctx; /* CTX, or the model's context when shorter */
     int32_t vocab;
     uint64_t rng;
     cairn_gen_params gp;
@@ -34,7 +35,7 @@ static int pick(prof *p, int lo, int hi) /* [lo, hi] */
 static int add_seq(prof *p, int n)
 {
     int32_t prompt[CTX];
-    n = n < CTX - 64 ? n : CTX - 64;
+    n = n < p->ctx - 64 ? n : p->ctx - 64; /* room to decode after it */
     for (int k = 0; k < n; k++)
         prompt[k] = 100 + (int32_t)(cairn_rand_next(&p->rng) % (uint64_t)(p->vocab - 200));
     int id;
@@ -47,7 +48,8 @@ static int top_up(prof *p, int want, cairn_error *err) /* 0 or the engine's erro
     for (int i = 0; i < p->n_dec;) {
         cairn_seq_info info;
         cairn_engine_seq_info(p->e, p->dec[i], &info);
-        if (info.finish != CAIRN_FINISH_NONE || info.n_prefilled + info.n_generated > 320) {
+        if (info.finish != CAIRN_FINISH_NONE ||
+            info.n_prefilled + info.n_generated > p->ctx - 192) {
             cairn_engine_release(p->e, p->dec[i]);
             p->dec[i] = p->dec[--p->n_dec];
         } else {
@@ -84,7 +86,7 @@ static int time_one(prof *p, cairn_batch_shape *shape, double *seconds, cairn_er
         cairn_batch_shape_add(shape, false, info.n_prefilled + info.n_generated, 1, true);
     }
     if (pre) {
-        int chunk = pick(p, 1, 128), prefix = pick(p, 0, 2) ? 0 : pick(p, 16, 128);
+        int chunk = pick(p, 1, p->ctx / 4), prefix = pick(p, 0, 2) ? 0 : pick(p, 16, p->ctx / 4);
         int extra = pick(p, 0, 2) ? 0 : pick(p, 1, 32);
         if ((pid = add_seq(p, prefix + chunk + extra)) >= 0) {
             cairn_step_item first = {pid, prefix};
@@ -113,13 +115,17 @@ int cairn_profiler_run(const cairn_model *m, const cairn_engine_params *ep, int 
         return cairn_errorf(err, CAIRN_EINVAL, "profiler: %d iterations; at least %d",
                             iterations, MIN_ITERS);
     int64_t t_start = cairn_now_ns();
+    const cairn_model_hparams *hp = cairn_model_hparams_of(m);
+    if (hp->n_ctx_train < 256)
+        return cairn_errorf(err, CAIRN_EINVAL, "profiler: the model's context (%d) is shorter "
+                            "than the 256 positions its shapes need", hp->n_ctx_train);
     cairn_engine_params p = *ep;
     p.max_seqs = SEQS;
-    p.n_ctx = CTX;
-    p.kv_blocks = SEQS * ((CTX + p.block_tokens - 1) / p.block_tokens);
-    prof pr = {.rng = 0x5eed5eedull, .vocab = cairn_model_hparams_of(m)->n_vocab};
+    p.n_ctx = hp->n_ctx_train < CTX ? hp->n_ctx_train : CTX;
+    p.kv_blocks = SEQS * ((p.n_ctx + p.block_tokens - 1) / p.block_tokens);
+    prof pr = {.rng = 0x5eed5eedull, .vocab = hp->n_vocab, .ctx = p.n_ctx};
     pr.gp = cairn_gen_default_params();
-    pr.gp.max_tokens = CTX;
+    pr.gp.max_tokens = p.n_ctx;
     cairn_batch_shape *shapes = malloc(sizeof *shapes * (size_t)iterations);
     double *t = malloc(sizeof *t * (size_t)iterations);
     cairn_predictor *fit = NULL, *all = NULL;

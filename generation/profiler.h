@@ -25,9 +25,9 @@ typedef struct {
 
 /*
  * Opens an engine over m with ep's device, threads and block size (12 sequences of 512
- * positions; m must outlive the call), times `iterations` steps of random shapes, fits the
+ * positions, or the model's context when shorter; m must outlive the call), times `iterations` steps of random shapes, fits the
  * predictor and writes its coefficients to coef. Returns 0, CAIRN_EINVAL (fewer than 32
- * iterations), or the engine's or the fit's error (in err). *st may be NULL.
+ * iterations, or a model context under 256 positions), or the engine's or the fit's error (in err). *st may be NULL.
  */
 int cairn_profiler_run(const cairn_model *m, const cairn_engine_params *ep, int iterations,
                        double coef[CAIRN_PREDICTOR_FEATURES], cairn_profiler_stats *st,

@@ -66,7 +66,7 @@ static int pick_profile(const cairn_slo_params *p, const char *backend, const ch
     return 0;
 }
 
-/* The short profiling run at start. Returns 0 or its error. */
+/* The short profiling run at start. Returns 0 or its error (the caller carries on without). */
 static int startup_profile(const cairn_slo_params *p, const cairn_engine_params *ep,
                            cairn_slo_plan *out, cairn_error *err)
 {
@@ -101,7 +101,10 @@ int cairn_slo_configure(const cairn_slo_params *p, const cairn_engine_params *ep
         memcpy(out->coef, prof.coef, sizeof out->coef);
         out->have_coef = true;
     } else if (p->startup_iterations > 0) {
-        if ((rc = startup_profile(p, ep, out, err))) return rc;
+        /* Not fatal: without it the predictor learns from the first iterations served. */
+        cairn_error why = {0};
+        if (startup_profile(p, ep, out, &why))
+            CAIRN_LOG_WARN("no startup profile", "why=%s", why.msg);
     }
     rc = cairn_sched_budgets_for_slo(found ? &prof : NULL, p->ttft_s, p->tbt_s, &out->budget_s,
                                      &out->online_budget_s, err);

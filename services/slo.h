@@ -52,7 +52,8 @@ int cairn_slo_profile_path(const char *data_dir, const char *model_name, const c
 /*
  * Settles the predictor and the budgets for workers whose engines use ep (its device decides
  * the backend). Returns 0 and *out, or: CAIRN_EINVAL (a bad SLO), a profile's parse or read
- * error (sched.profile, or a stored profile that exists), or the startup run's error.
+ * error (sched.profile, or a stored profile that exists). A startup run that fails is logged
+ * and left out (the predictor then learns from the first iterations).
  */
 int cairn_slo_configure(const cairn_slo_params *p, const cairn_engine_params *ep,
                         cairn_slo_plan *out, cairn_error *err);
