@@ -290,7 +290,10 @@ def test_stored_profile_per_backend_and_device():
             with open(path, "w") as f:
                 f.write(HEAD3.format(backend=backend, device=device) + COEF +
                         "budget 0.05\nslo 1.5 0.1\n")
-            with Daemon(*args) as d:
+            # The profiling run at start takes tens of seconds here, minutes under the
+            # sanitizers on a busy machine: more than Daemon's usual wait.
+            with Daemon(*args, wait=False) as d:
+                d.wait_ready(timeout=600)
                 out = d.output()
                 assert "scheduler profile refused" in out and why in out, out
                 m = re.search(r"startup profile iterations=(\d+) seconds=(\S+) "
