@@ -212,6 +212,16 @@ struct cairn_backend_i {
 int cairn_backend_open(cairn_backend **out, int device, cairn_pool *pool, cairn_error *err);
 void cairn_backend_close(cairn_backend *be); /* NULL is a no-op */
 
+/*
+ * What a device's engine would run on, without opening it: its backend's name ("cpu" for -1,
+ * "cuda" for N >= 0) into backend[blen], and the device's name into name[nlen]: the CPU's
+ * model name (/proc/cpuinfo; the machine type where there is none), or the GPU's name
+ * (common/gpu.h, without its compute capability and memory). Scheduler profiles are kept per
+ * backend and device by these names. Returns 0, or the GPU query's error (name then says
+ * why). Thread-safe.
+ */
+int cairn_backend_identify(int device, char *backend, size_t blen, char *name, size_t nlen);
+
 /* The backends themselves (cairn_backend_open picks one). */
 int cairn_backend_cpu_open(cairn_backend **out, cairn_pool *pool, cairn_error *err);
 int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err);

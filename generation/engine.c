@@ -10,7 +10,10 @@
  * samples its first token from the leader's logits row, before the leader's own token is taken
  * (which may end the leader and free its blocks).
  */
+#define CAIRN_LOG_TAG "engine"
 #include "generation/engine.h"
+
+#include "common/log.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -137,21 +140,28 @@ void cairn_engine_close(cairn_engine *e)
 }
 
 /*
- * KV blocks when the caller leaves it to the engine: on the CPU, two full contexts (host memory
- * is shared with everything else); on a GPU, 90% of the memory the weights left, as llama.cpp
- * and vLLM size theirs, but no more than every sequence's full context (a block holds
- * block_tokens rows of K and V in F16 for every layer).
+ * KV blocks when the caller leaves it to the engine: room for every sequence's full context
+ * (max_seqs x n_ctx, plus the two blocks copy-on-write may need), so that max_seqs says how
+ * many sequences really run at once; on a GPU no more than 90% of the memory the weights left,
+ * as llama.cpp and vLLM size theirs, and on the CPU no more than half the memory the OS calls
+ * available (host memory is shared with everything else; the pool is allocated, not touched,
+ * so a pool this size costs only what sequences fill). A block holds block_tokens rows of K
+ * and V in F16 for every layer. A pool cut below max_seqs contexts is logged.
  */
 static int default_kv_blocks(const cairn_backend *be, const cairn_model_hparams *hp,
                              const cairn_engine_params *p, int ctx_blocks)
 {
     size_t free_b, total_b;
-    if (p->device < 0 || be->i->mem_info(be, &free_b, &total_b))
-        return 2 * ctx_blocks;
     long cap = (long)p->max_seqs * ctx_blocks + 2;
+    if (be->i->mem_info(be, &free_b, &total_b)) return (int)(cap > INT32_MAX ? INT32_MAX : cap);
     size_t per = (size_t)hp->n_layer * p->block_tokens * hp->n_head_kv * hp->head_dim * 2 * 2;
-    long fit = (long)((double)free_b * 0.9 / (double)per);
+    double share = p->device < 0 ? 0.5 : 0.9;
+    long fit = (long)((double)free_b * share / (double)per);
     long n = fit < cap ? fit : cap;
+    if (n < cap)
+        CAIRN_LOG_WARN("KV pool cut to the memory free", "device=%d blocks=%ld wanted=%ld "
+                       "max_seqs=%d n_ctx=%d free_mib=%zu", p->device, n, cap, p->max_seqs,
+                       p->n_ctx, free_b >> 20);
     return (int)(n < 1 ? 1 : n > INT32_MAX ? INT32_MAX : n);
 }
 

@@ -34,9 +34,9 @@ typedef struct {
     int max_seqs;         /* sequences alive at once (added and not yet released) */
     int max_batch_tokens; /* tokens in one forward pass */
     int block_tokens;     /* KV block size in tokens */
-    int kv_blocks;        /* KV blocks of full-attention layers; 0 = on the CPU enough for 2
-                             full contexts, on a GPU 90% of the memory the weights leave (at
-                             most max_seqs full contexts). Sliding-window layers get what
+    int kv_blocks;        /* KV blocks of full-attention layers; 0 = max_seqs full contexts,
+                             at most 90% of the memory the weights leave on a GPU, half the
+                             available memory on the CPU. Sliding-window layers get what
                              max_seqs windows need. */
     int device;           /* -1 the CPU; N >= 0 CUDA device N (generation/backend.h) */
 } cairn_engine_params;

@@ -385,8 +385,10 @@ int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_pr
     const char *p = text;
     char line[1024];
     int no = 0;
-    bool have_features = false, have_coef = false, have_budget = false;
-    bool too_long;
+    bool have_features = false, have_coef = false, have_budget = false, have_slo = false;
+    bool have_backend = false, have_device = false, too_long;
+    int version = 0;
+    snprintf(out->backend, sizeof out->backend, "cpu"); /* version 2: every one was a CPU's */
     while (next_line(&p, line, sizeof line, &too_long)) {
         no++;
         if (too_long)
@@ -400,10 +402,11 @@ int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_pr
                 if (end == v || errno || end[strspn(end, " \t")])
                     return cairn_errorf(err, CAIRN_EFORMAT, "%s: line 1: '%s' is not a version "
                                         "number", name, v);
-                if (ver != CAIRN_SCHED_PROFILE_VERSION)
+                if (ver != 2 && ver != CAIRN_SCHED_PROFILE_VERSION)
                     return cairn_errorf(err, CAIRN_EFORMAT, "%s: profile version %ld; this "
-                                        "build reads version %d: %s", name, ver,
+                                        "build reads versions 2 and %d: %s", name, ver,
                                         CAIRN_SCHED_PROFILE_VERSION, rerun);
+                version = (int)ver;
                 continue;
             }
             double x;
@@ -417,7 +420,20 @@ int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_pr
         }
         char *v = split_key(line);
         if (!line[0] && !*v) continue; /* a blank line */
-        if (!strcmp(line, "features") && !have_features && !have_coef) {
+        if (!strcmp(line, "backend") && version >= 3 && !have_backend && !have_features) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda"))
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: backend '%s' is not cpu "
+                                    "or cuda", name, no, v);
+            snprintf(out->backend, sizeof out->backend, "%s", v);
+            have_backend = true;
+        } else if (!strcmp(line, "device") && version >= 3 && !have_device && !have_features) {
+            if (!*v || strlen(v) >= sizeof out->device)
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: the device name is empty "
+                                    "or longer than %zu characters", name, no,
+                                    sizeof out->device - 1);
+            snprintf(out->device, sizeof out->device, "%s", v);
+            have_device = true;
+        } else if (!strcmp(line, "features") && !have_features && !have_coef) {
             if (!same_features(v))
                 return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: the features '%s' are not "
                                     "this build's: %s", name, no, v, rerun);
@@ -448,10 +464,19 @@ int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_pr
                 return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: budget %g s is outside "
                                     "1 ms..10 s", name, no, out->budget_s);
             have_budget = true;
+        } else if (!strcmp(line, "slo") && have_budget && !have_slo) {
+            const char *e1, *e2;
+            if (parse_number(v, &out->ttft_slo_s, &e1) != 0 ||
+                parse_number(e1 + strspn(e1, " \t"), &out->tbt_slo_s, &e2) != 0 ||
+                e2[strspn(e2, " \t")] || !(out->ttft_slo_s > 0) || !(out->tbt_slo_s > 0))
+                return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: slo '%s' is not two "
+                                    "positive numbers of seconds (TTFT TBT)", name, no, v);
+            have_slo = true;
         } else {
             return cairn_errorf(err, CAIRN_EFORMAT, "%s: line %d: unexpected '%s' (expected %s)",
                                 name, no, line, !have_features ? "the features line"
-                                : !have_coef ? "the coefficients line" : "at most a budget line");
+                                : !have_coef ? "the coefficients line"
+                                : "at most a budget line and an slo line");
         }
     }
     if (no == 0)
@@ -489,9 +514,15 @@ int cairn_sched_profile_load(const char *path, cairn_sched_profile *out, cairn_e
 
 int cairn_sched_profile_save(const char *path, const cairn_sched_profile *p, cairn_error *err)
 {
+    const char *backend = p->backend[0] ? p->backend : "cpu";
+    if (strpbrk(backend, "\r\n") || strpbrk(p->device, "\r\n"))
+        return cairn_errorf(err, CAIRN_EINVAL, "%s: a backend or device name with a line break",
+                            path);
     FILE *f = fopen(path, "w");
     if (!f) return cairn_errorf(err, CAIRN_EIO, "%s: %s", path, strerror(errno));
-    fprintf(f, "%s %d\nfeatures", PROFILE_MAGIC, CAIRN_SCHED_PROFILE_VERSION);
+    fprintf(f, "%s %d\nbackend %s\n", PROFILE_MAGIC, CAIRN_SCHED_PROFILE_VERSION, backend);
+    if (p->device[0]) fprintf(f, "device %s\n", p->device);
+    fprintf(f, "features");
     for (int j = 0; j < NF; j++)
         fprintf(f, " %s", cairn_predictor_feature_names[j]);
     fprintf(f, "\ncoefficients");
@@ -499,8 +530,42 @@ int cairn_sched_profile_save(const char *path, const cairn_sched_profile *p, cai
         fprintf(f, " %.9g", p->coef[j]);
     fprintf(f, "\n");
     if (p->budget_s > 0) fprintf(f, "budget %.6g\n", p->budget_s);
+    if (p->budget_s > 0 && p->ttft_slo_s > 0 && p->tbt_slo_s > 0)
+        fprintf(f, "slo %.6g %.6g\n", p->ttft_slo_s, p->tbt_slo_s);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad) return cairn_errorf(err, CAIRN_EIO, "%s: write failed", path);
+    return 0;
+}
+
+int cairn_sched_profile_check(const cairn_sched_profile *p, const char *backend,
+                              const char *device, cairn_error *err)
+{
+    if (strcmp(p->backend, backend))
+        return cairn_errorf(err, CAIRN_EINVAL, "it was measured on the %s backend (%s), and "
+                            "this engine runs on the %s backend (%s): re-run `cairn bench "
+                            "profile` there", p->backend, p->device[0] ? p->device : "unknown",
+                            backend, device);
+    if (p->device[0] && strcmp(p->device, device))
+        return cairn_errorf(err, CAIRN_EINVAL, "it was measured on %s '%s', and this engine "
+                            "runs on '%s': re-run `cairn bench profile` there",
+                            !strcmp(backend, "cpu") ? "the CPU" : "the GPU", p->device, device);
+    return 0;
+}
+
+int cairn_sched_budgets_for_slo(const cairn_sched_profile *prof, double ttft_s, double tbt_s,
+                                double *budget_s, double *online_budget_s, cairn_error *err)
+{
+    if (!(ttft_s > 0) || !(tbt_s > 0) || !isfinite(ttft_s) || !isfinite(tbt_s))
+        return cairn_errorf(err, CAIRN_EINVAL, "the SLO (TTFT %g s, TBT %g s) must be positive",
+                            ttft_s, tbt_s);
+    if (!(tbt_s < ttft_s))
+        return cairn_errorf(err, CAIRN_EINVAL, "the TBT SLO %g s must be below the TTFT SLO %g s",
+                            tbt_s, ttft_s);
+    double online = CAIRN_SCHED_ONLINE_SHARE * tbt_s, b = CAIRN_SCHED_BUDGET_SHARE * tbt_s;
+    if (prof && prof->budget_s > 0 && prof->tbt_slo_s > 0)
+        b = prof->budget_s * tbt_s / prof->tbt_slo_s;
+    *online_budget_s = online;
+    *budget_s = b < online ? b : online;
     return 0;
 }
 

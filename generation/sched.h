@@ -151,25 +151,38 @@ void cairn_predictor_set_coefficients(cairn_predictor *p,
 /* ---- Stored profiles ------------------------------------------------------------------------ */
 
 /*
- * A profile (`cairn bench profile --out`, cairnd's sched.profile) is a small text file:
- *   cairn-sched-profile 2
+ * A profile (`cairn bench profile --out`, cairnd's sched.profile or its stored profiles) is a
+ * small text file:
+ *   cairn-sched-profile 3
+ *   backend cpu                            (the engine's backend: cpu or cuda)
+ *   device AMD EPYC 7B13                   (the CPU's model name, or the GPU's name)
  *   features 1 tokens logits_rows ...      (cairn_predictor_feature_names, in order)
  *   coefficients 0.00171 0.00129 ...       (CAIRN_PREDICTOR_FEATURES numbers, seconds per unit)
  *   budget 0.1                             (optional: the budget the SLO search chose, seconds)
- * Version 1 was one line of 7 bare numbers (the first predictor's features); a profile whose
- * features differ from this build's is refused, with a request to re-run the profiler.
+ *   slo 2 0.2                              (optional, after budget: the p99 TTFT and TBT, in
+ *                                           seconds, the search held that budget to)
+ * The coefficients are per backend and device: the step features count the backend's tiles
+ * (cairn_backend_traits), and their costs are the device's. Version 2 had no backend or
+ * device line; every version-2 profile was measured on a CPU, so it reads as backend cpu,
+ * device unknown. Version 1 was one line of 7 bare numbers (the first predictor's features);
+ * a profile whose features differ from this build's is refused, with a request to re-run the
+ * profiler.
  */
-#define CAIRN_SCHED_PROFILE_VERSION 2
+#define CAIRN_SCHED_PROFILE_VERSION 3
 
 typedef struct {
+    char backend[16];  /* "cpu", "cuda" */
+    char device[128];  /* the CPU's model name or the GPU's name; "" unknown (version 2) */
     double coef[CAIRN_PREDICTOR_FEATURES];
-    double budget_s; /* 0: none stored */
+    double budget_s;   /* 0: none stored */
+    double ttft_slo_s, tbt_slo_s; /* the SLO budget_s was searched for; 0: not recorded */
 } cairn_sched_profile;
 
 /* Parses a profile's text; name (a path) goes into error messages. Returns 0, or CAIRN_EFORMAT
  * (old format, wrong version or features, a missing line, a wrong count, a non-finite
- * number, a budget outside 1 ms..10 s, unexpected text) naming the line and what was wrong.
- * These three functions keep no state: any thread may call them. */
+ * number, a budget outside 1 ms..10 s, an SLO that is not two positive numbers of seconds,
+ * unexpected text) naming the line and what was wrong.
+ * These functions keep no state: any thread may call them. */
 int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_profile *out,
                               cairn_error *err);
 
@@ -177,8 +190,27 @@ int cairn_sched_profile_parse(const char *text, const char *name, cairn_sched_pr
  * a parse error as above. */
 int cairn_sched_profile_load(const char *path, cairn_sched_profile *out, cairn_error *err);
 
-/* Writes p to path in the format above (budget only when > 0). Returns 0 or CAIRN_EIO. */
+/* Writes p to path in the format above (budget only when > 0, slo only with a budget).
+ * Returns 0, CAIRN_EINVAL (a backend or device with a line break), or CAIRN_EIO. */
 int cairn_sched_profile_save(const char *path, const cairn_sched_profile *p, cairn_error *err);
+
+/* Whether p was measured on this engine's backend and device: 0, or CAIRN_EINVAL with the
+ * reason (a CPU profile for a GPU engine, another GPU, another CPU model). A profile of an
+ * unknown device (version 2) is taken for a CPU one of this CPU. */
+int cairn_sched_profile_check(const cairn_sched_profile *p, const char *backend,
+                              const char *device, cairn_error *err);
+
+/* The budgets of the slo policy for an SLO (p99 TTFT and TBT, seconds). The online budget is
+ * CAIRN_SCHED_ONLINE_SHARE x the TBT SLO. The offline budget is the profile's searched one
+ * scaled by the ratio of the TBT SLOs (the search held iterations of that budget to the
+ * profile's TBT; iteration times scale with the budget) when the profile records one and its
+ * SLO, else CAIRN_SCHED_BUDGET_SHARE x the TBT SLO; never above the online budget. prof may be
+ * NULL (no stored profile). Returns 0, or CAIRN_EINVAL when the SLO is not two positive
+ * numbers with TBT below TTFT. */
+#define CAIRN_SCHED_ONLINE_SHARE 0.6
+#define CAIRN_SCHED_BUDGET_SHARE 0.5
+int cairn_sched_budgets_for_slo(const cairn_sched_profile *prof, double ttft_s, double tbt_s,
+                                double *budget_s, double *online_budget_s, cairn_error *err);
 
 /* ---- Planning an iteration ----------------------------------------------------------------- */
 

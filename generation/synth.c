@@ -92,6 +92,49 @@ static int add_vec(cairn_gguf_writer *w, const char *name, int n, float base, fl
     free(v);
     return rc;
 }
+/*
+ * A byte-level BPE tokenizer with no merges (tokenizer.ggml.model gpt2, pre-tokenizer
+ * llama-bpe): the 256 bytes in GPT-2's byte-to-character map, then fillers up to the shape's
+ * vocabulary, the last two BOS and EOS. Every byte of a text is one token, so servers and
+ * benchmarks that take text (the workers, `cairn bench colocate`) run on a synthetic model
+ * with prompts of the lengths they ask for; the text it generates stays noise.
+ */
+static int add_tokenizer(cairn_gguf_writer *w, const shape *s, cairn_error *err)
+{
+    const int n = s->n_vocab;
+    char **toks = calloc((size_t)n, sizeof *toks);
+    char *text = malloc((size_t)n * 24);
+    int rc = toks && text ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "synth: out of memory");
+    for (int i = 0, next = 256; !rc && i < n; i++) {
+        char *t = toks[i] = text + (size_t)i * 24;
+        if (i < 256) {
+            /* GPT-2's map: printable bytes stand for themselves, the others for 256 + k. */
+            int printable = (i >= 33 && i <= 126) || (i >= 161 && i <= 172) || i >= 174;
+            int cp = printable ? i : next++;
+            if (cp < 0x80) snprintf(t, 24, "%c", cp);
+            else snprintf(t, 24, "%c%c", 0xc0 | (cp >> 6), 0x80 | (cp & 0x3f));
+        } else if (i == n - 2) {
+            snprintf(t, 24, "<|bos|>");
+        } else if (i == n - 1) {
+            snprintf(t, 24, "<|eos|>");
+        } else {
+            snprintf(t, 24, "<synth_%d>", i);
+        }
+    }
+    if (!rc) rc = cairn_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2", err);
+    if (!rc) rc = cairn_gguf_writer_add_str(w, "tokenizer.ggml.pre", "llama-bpe", err);
+    if (!rc)
+        rc = cairn_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks,
+                                           (uint64_t)n, err);
+    if (!rc) rc = cairn_gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", NULL, 0, err);
+    if (!rc)
+        rc = cairn_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)n - 2, err);
+    if (!rc)
+        rc = cairn_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)n - 1, err);
+    free(toks);
+    free(text);
+    return rc;
+}
 
 static int build(cairn_gguf_writer *w, const shape *s, int n_layer, uint32_t base_type,
                  bool mixed, uint64_t *rng, cairn_error *err)
@@ -125,6 +168,7 @@ static int build(cairn_gguf_writer *w, const shape *s, int n_layer, uint32_t bas
                                          (uint32_t)s->pattern, err))))
         return rc;
 #undef KEY
+    if ((rc = add_tokenizer(w, s, err))) return rc;
     const uint32_t hi = mixed ? CAIRN_GGUF_Q6_K : base_type;
     const int d = s->n_embd, qd = s->n_head * s->head_dim, kd = s->n_head_kv * s->head_dim;
     if ((rc = add_mat(w, "token_embd.weight", base_type, s->n_vocab, d, rng, err)) ||

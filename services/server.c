@@ -21,6 +21,7 @@
 #include "services/http.h"
 #include "services/offline.h"
 #include "services/rag.h"
+#include "services/slo.h"
 #include "services/web.h"
 #include "services/workers.h"
 #include "retrieval/embed.h"
@@ -109,18 +110,28 @@ static const cairn_config_key schema[] = {
     {"sched.policy", CAIRN_CFG_STRING, "slo", NULL, NULL,
      "iteration scheduling: slo (latency budget), online-only, fcfs-hybrid",
      "slo|online-only|fcfs-hybrid", 0},
-    {"sched.budget", CAIRN_CFG_DURATION, "100ms", "1ms", "10s",
-     "slo: predicted iteration latency that offline work may fill up to", NULL, 0},
-    {"sched.online_budget", CAIRN_CFG_DURATION, "200ms", "1ms", "10s",
-     "slo: predicted iteration latency online prompt chunks may fill up to (>= sched.budget)",
-     NULL, 0},
+    {"slo.ttft", CAIRN_CFG_DURATION, "2s", "1ms", "1h",
+     "p99 time to first token online requests are held to (the scheduler's budgets follow "
+     "from slo.ttft, slo.tbt and the engine's profile)", NULL, 0},
+    {"slo.tbt", CAIRN_CFG_DURATION, "200ms", "1ms", "10s",
+     "p99 time between an online request's tokens (below slo.ttft)", NULL, 0},
+    {"sched.budget", CAIRN_CFG_DURATION, NULL, "1ms", "10s",
+     "slo: predicted iteration latency that offline work may fill up to (unset: from the SLO "
+     "and the profile; set: wins over them, with a warning)", NULL, 0},
+    {"sched.online_budget", CAIRN_CFG_DURATION, NULL, "1ms", "10s",
+     "slo: predicted iteration latency online prompt chunks may fill up to (unset: 0.6 x "
+     "slo.tbt; set: wins, with a warning; never below the budget)", NULL, 0},
     {"sched.starve", CAIRN_CFG_DURATION, "2s", "0s", "1h",
      "slo: the oldest offline sequence idle this long is served whatever the budget", NULL, 0},
     {"sched.online_reserve", CAIRN_CFG_INT, "2", "0", "255",
      "engine slots offline requests may not take (below workers.max_seqs)", NULL, 0},
     {"sched.profile", CAIRN_CFG_STRING, NULL, NULL, NULL,
-     "latency predictor coefficients and budget from `cairn bench profile --out FILE` "
-     "(unset: learnt from the first iterations; an explicit sched.budget wins)", NULL, 0},
+     "latency predictor profile from `cairn bench profile --out FILE` (unset: "
+     "data_dir/profiles/<model>-<backend>-<device>.txt when present); one measured on another "
+     "backend or device is refused, with the reason logged", NULL, 0},
+    {"sched.startup_profile", CAIRN_CFG_INT, "48", "0", "100000",
+     "without a usable profile: iterations of a short profiling run at start (0: none; the "
+     "predictor then learns from the first iterations)", NULL, 0},
     {"redis.url", CAIRN_CFG_STRING, NULL, NULL, NULL,
      "Redis for offline jobs, redis://host:port/db (unset: no /v1/jobs, no job runners)", NULL,
      CAIRN_CFG_SECRET},
@@ -300,6 +311,18 @@ static int read_file(const char *path, char **out, cairn_error *err)
     return CAIRN_OK;
 }
 
+/* slo.tbt below slo.ttft (each is positive by the schema): the time between tokens is what
+ * one iteration takes, the first token needs at least one. */
+static int check_slo(const cairn_config *c, cairn_error *err)
+{
+    int64_t ttft = cairn_config_duration_ns(c, "slo.ttft");
+    int64_t tbt = cairn_config_duration_ns(c, "slo.tbt");
+    if (tbt < ttft) return 0;
+    return cairn_errorf(err, CAIRN_EINVAL, "slo.tbt %.0f ms (from %s) must be below slo.ttft "
+                        "%.0f ms (from %s)", (double)tbt / 1e6, cairn_config_source(c, "slo.tbt"),
+                        (double)ttft / 1e6, cairn_config_source(c, "slo.ttft"));
+}
+
 static int load_config(cairn_config **out, const char *prog, int argc, char **argv, int *exit_now)
 {
     cairn_error err = {0};
@@ -319,6 +342,7 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
     if (!rc && cairn_config_string(cfg, "config"))
         rc = cairn_config_load_file(cfg, cairn_config_string(cfg, "config"), &err);
     if (!rc) rc = cairn_config_check(cfg, &err);
+    if (!rc) rc = check_slo(cfg, &err);
     if (rc) {
         fprintf(stderr, "%s: configuration error: %s\n", prog, err.msg);
         cairn_config_free(cfg);
@@ -389,26 +413,27 @@ static int start_api(service *s, cairn_error *err)
         rc = cairn_sched_policy_parse(cairn_config_string(c, "sched.policy"), &wp.sched.policy,
                                       err);
         if (rc) return rc;
-        wp.sched.budget_s = (double)cairn_config_duration_ns(c, "sched.budget") / 1e9;
         wp.sched.starve_ns = cairn_config_duration_ns(c, "sched.starve");
-        wp.sched.online_budget_s =
-            (double)cairn_config_duration_ns(c, "sched.online_budget") / 1e9;
         wp.online_reserve = (int)cairn_config_int(c, "sched.online_reserve");
         if (wp.online_reserve >= wp.engine.max_seqs)
             return cairn_errorf(err, CAIRN_EINVAL,
                                 "sched.online_reserve %d must be below workers.max_seqs %d",
                                 wp.online_reserve, wp.engine.max_seqs);
-        cairn_sched_profile prof;
-        const char *prof_path = cairn_config_string(c, "sched.profile");
-        if (prof_path) {
-            if ((rc = cairn_sched_profile_load(prof_path, &prof, err)))
-                return cairn_error_prefix(err, "sched.profile");
-            wp.predictor = prof.coef;
-            /* The profiled budget, unless one was configured explicitly. */
-            if (prof.budget_s > 0 &&
-                cairn_config_origin_of(c, "sched.budget") <= CAIRN_CFG_FROM_DEFAULT)
-                wp.sched.budget_s = prof.budget_s;
-        }
+        /* The predictor and the budgets from the SLO and the engine's profile (services/slo.h). */
+        cairn_slo_params sp = {
+            .model_path = model, .model_name = s->model_name,
+            .data_dir = cairn_config_string(c, "data_dir"),
+            .profile_path = cairn_config_string(c, "sched.profile"),
+            .ttft_s = (double)cairn_config_duration_ns(c, "slo.ttft") / 1e9,
+            .tbt_s = (double)cairn_config_duration_ns(c, "slo.tbt") / 1e9,
+            .budget_s = (double)cairn_config_duration_ns(c, "sched.budget") / 1e9,
+            .online_budget_s = (double)cairn_config_duration_ns(c, "sched.online_budget") / 1e9,
+            .startup_iterations = (int)cairn_config_int(c, "sched.startup_profile")};
+        cairn_slo_plan plan;
+        if ((rc = cairn_slo_configure(&sp, &wp.engine, &plan, err))) return rc;
+        wp.sched.budget_s = plan.budget_s;
+        wp.sched.online_budget_s = plan.online_budget_s;
+        if (plan.have_coef) wp.predictor = plan.coef;
         rc = cairn_workers_open(&s->workers, &wp, s->metrics, err);
         if (rc) return cairn_error_prefix(err, "model %s", model);
         CAIRN_LOG_INFO("model loaded", "path=%s workers=%d device=%d", model, wp.n_workers,

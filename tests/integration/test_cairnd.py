@@ -187,33 +187,119 @@ def test_cli_gguf_info_on_real_model():
     assert last == 17, last  # gemma-3-270m has 18 blocks
 
 
+HEAD3 = ("cairn-sched-profile 3\nbackend {backend}\ndevice {device}\n"
+         "features 1 tokens logits_rows prefill_chunks keys_prefill keys_decode logits_tiles "
+         "token_tiles logits_pairs\n")
+COEF = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011\n"
+GEMMA = os.path.join(os.environ.get("CAIRN_TEST_MODELS", "data/models"), "gemma-3-270m-q4_k_m.gguf")
+
+
+def this_cpu():
+    """The CPU's model name as cairnd names the device (/proc/cpuinfo's first "model name")."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def budget_metric(d):
+    _, _, body = http("GET", d.url + "/metrics")
+    m = re.search(r"^cairn_sched_budget_seconds (\S+)$", body.decode(), re.M)
+    assert m, body[:2000]
+    return float(m.group(1))
+
+
+def test_slo_config_errors_name_the_keys():
+    """slo.ttft and slo.tbt: positive durations, the TBT below the TTFT; each error names the
+    key, its value and where it came from."""
+    for args, env, words in (
+            (["--slo.tbt=3s", "--slo.ttft=2s"], None,
+             ["slo.tbt 3000 ms (from --slo.tbt) must be below slo.ttft 2000 ms (from --slo.ttft)"]),
+            (["--slo.tbt=2s"], None, ["slo.tbt 2000 ms", "below slo.ttft 2000 ms (from default)"]),
+            ([], {"CAIRN_SLO_TTFT": "100ms"}, ["slo.tbt 200 ms (from default)", "CAIRN_SLO_TTFT"]),
+            (["--slo.ttft=0s"], None, ["slo.ttft", "below the minimum"]),
+            (["--slo.tbt=-5ms"], None, ["slo.tbt", "-5ms"]),
+            (["--slo.tbt=fast"], None, ["slo.tbt", "fast"]),
+            (["--sched.budget=0ms"], None, ["sched.budget", "below the minimum"]),
+            (["--sched.startup_profile=-1"], None, ["sched.startup_profile", "-1"])):
+        r = run_cairnd("--port=0", *args, env=env)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        for w in words:
+            assert w in r.stderr, (args, w, r.stderr)
+
+
 def test_scheduler_profile_loaded_and_checked():
-    """sched.profile (cairn bench profile --out): coefficients and the profiled budget load at
-    start; an explicit sched.budget wins; a malformed file stops the start with the reason."""
-    model = os.path.join(os.environ["CAIRN_TEST_MODELS"], "gemma-3-270m-q4_k_m.gguf")
+    """sched.profile (cairn bench profile --out): coefficients load at start and the budgets
+    follow from the SLO and the profile's searched budget; an explicit sched.budget wins (with
+    a warning); a malformed file stops the start with the reason."""
     with tempfile.TemporaryDirectory() as tmp:
         good = os.path.join(tmp, "good")
-        head = ("cairn-sched-profile 2\nfeatures 1 tokens logits_rows prefill_chunks keys_prefill "
-                "keys_decode logits_tiles token_tiles logits_pairs\n")
-        coef = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011\n"
+        head = HEAD3.format(backend="cpu", device=this_cpu())
         with open(good, "w") as f:
-            f.write(head + coef + "budget 0.25\n")
-        for extra, want in (([], "0.25"), (["--sched.budget=40ms"], "0.04")):
-            with Daemon(f"--model.path={model}", f"--sched.profile={good}", *extra) as d:
-                _, _, body = http("GET", d.url + "/metrics")
-                assert f"cairn_sched_budget_seconds {want}\n" in body.decode(), extra
+            f.write(head + COEF + "budget 0.08\nslo 2 0.2\n")
+        # The profile's budget scaled by the ratio of the TBT SLOs, at most 0.6 x the TBT.
+        for extra, want in (([], 0.08), (["--slo.tbt=300ms"], 0.08 * 0.3 / 0.2),
+                            (["--slo.tbt=100ms"], min(0.08 * 0.1 / 0.2, 0.6 * 0.1)),
+                            (["--sched.budget=40ms"], 0.04)):
+            with Daemon(f"--model.path={GEMMA}", f"--sched.profile={good}", *extra) as d:
+                assert abs(budget_metric(d) - want) < 1e-9, (extra, budget_metric(d), want)
+                out = d.output()
+                assert f"predictor=\"profile {good}\"" in out, out
+                assert ("sched.budget overrides the SLO's" in out) == ("--sched.budget=40ms" in
+                                                                        extra), out
+        old = "cairn-sched-profile 2\n" + head.split("\n", 3)[3]
         for text, words in (("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n", "old format"),
-                            (head + "coefficients 0.01 abc\n", "coefficient 2 'abc'"),
-                            (head + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 9"),
-                            (head, "no coefficients line"),
-                            (head + coef + "budget 99\n", "budget 99"),
-                            (head + coef + "budget 0.1\nx\n", "unexpected 'x'")):
+                            (old + "coefficients 0.01 abc\n", "coefficient 2 'abc'"),
+                            (old + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 9"),
+                            (old, "no coefficients line"),
+                            (old + COEF + "budget 99\n", "budget 99"),
+                            (head + COEF + "budget 0.1\nx\n", "unexpected 'x'")):
             bad = os.path.join(tmp, "bad")
             with open(bad, "w") as f:
                 f.write(text)
-            r = run_cairnd(f"--model.path={model}", f"--sched.profile={bad}", "--port=0",
+            r = run_cairnd(f"--model.path={GEMMA}", f"--sched.profile={bad}", "--port=0",
                            f"--data-dir={tmp}")
             assert r.returncode == 1 and words in r.stderr, (text, r.returncode, r.stderr)
+
+
+def test_stored_profile_per_backend_and_device():
+    """Without sched.profile cairnd reads data_dir/profiles/<model>-<backend>-<device>.txt. A
+    profile measured on another device or backend (a GPU's on this CPU engine) is refused with
+    the reason logged, and the short profiling run at start takes its place; the budgets are
+    then shares of the TBT SLO."""
+    with Daemon(f"--model.path={GEMMA}", "--sched.startup_profile=0") as d0:
+        m = re.search(r"no stored scheduler profile looked_for=(\S+)", d0.output())
+        assert m, d0.output()
+        name = os.path.basename(m.group(1))
+    assert name.startswith("gemma-3-270m-q4_k_m-cpu-") and name.endswith(".txt"), name
+    with tempfile.TemporaryDirectory() as tmp:
+        os.makedirs(os.path.join(tmp, "profiles"))
+        path = os.path.join(tmp, "profiles", name)
+        args = (f"--model.path={GEMMA}", f"--data-dir={tmp}", "--slo.tbt=250ms",
+                "--sched.startup_profile=32")
+        with open(path, "w") as f:
+            f.write(HEAD3.format(backend="cpu", device=this_cpu()) + COEF +
+                    "budget 0.05\nslo 1.5 0.1\n")
+        with Daemon(*args) as d:
+            assert abs(budget_metric(d) - min(0.05 * 0.25 / 0.1, 0.6 * 0.25)) < 1e-9
+            assert "startup profile iterations" not in d.output(), d.output()
+        for backend, device, why in (("cpu", "Some Other CPU 9000", "the CPU 'Some Other CPU 9000'"),
+                                     ("cuda", "NVIDIA H100 80GB HBM3",
+                                      "cuda backend (NVIDIA H100 80GB HBM3)")):
+            with open(path, "w") as f:
+                f.write(HEAD3.format(backend=backend, device=device) + COEF +
+                        "budget 0.05\nslo 1.5 0.1\n")
+            # The profiling run at start takes tens of seconds here, minutes under the
+            # sanitizers on a busy machine: more than Daemon's usual wait.
+            with Daemon(*args, wait=False) as d:
+                d.wait_ready(timeout=600)
+                out = d.output()
+                assert "scheduler profile refused" in out and why in out, out
+                m = re.search(r"startup profile iterations=(\d+) seconds=(\S+) "
+                              r"mape_held_out=(\S+) held_out=(\d+)", out)
+                assert m and int(m.group(1)) == 32 and int(m.group(4)) > 0, out
+                assert abs(budget_metric(d) - 0.5 * 0.25) < 1e-9
 
 
 if __name__ == "__main__":

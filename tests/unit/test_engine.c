@@ -468,9 +468,37 @@ static void test_errors(void **state)
     cairn_engine_close(e);
 }
 
+/* Without kv_blocks the pool of full-attention layers holds max_seqs full contexts (and the 2
+ * blocks copy-on-write may need), not two contexts whatever max_seqs says: a worker of
+ * workers.max_seqs sequences can run them all to their context's end. */
+static void test_kv_pool_follows_max_seqs(void **state)
+{
+    (void)state;
+    if (!model) fail_msg("the model did not open (see above): run scripts/setup");
+    const int max_seqs[] = {1, 3, 8, 20};
+    for (size_t i = 0; i < sizeof max_seqs / sizeof max_seqs[0]; i++) {
+        cairn_engine_params p = cairn_engine_default_params();
+        p.n_threads = 1;
+        p.n_ctx = 100;
+        p.max_seqs = max_seqs[i];
+        cairn_engine *e;
+        cairn_error err;
+        if (cairn_engine_open(&e, model, &p, &err)) fail_msg("engine: %s", err.msg);
+        const cairn_kv *kv = cairn_engine_kv(e);
+        int full = -1;
+        for (int g = 0; g < cairn_kv_n_groups(kv); g++)
+            if (cairn_kv_group_window(kv, g) == 0) full = g;
+        assert_true(full >= 0);
+        const int ctx_blocks = (p.n_ctx + p.block_tokens - 1) / p.block_tokens;
+        assert_int_equal(cairn_kv_free_blocks(kv, full), max_seqs[i] * ctx_blocks + 2);
+        cairn_engine_close(e);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kv_pool_follows_max_seqs),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_resumed_sequence_draws_on),
         cmocka_unit_test(test_stops_and_callbacks),

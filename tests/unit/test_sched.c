@@ -366,6 +366,117 @@ static void test_profile_errors(void **state)
     expect_error(t, "line 2: unexpected 'coefficients' (expected the features line)");
 }
 
+/* Version 3 records the backend and device and the SLO of the budget; version 2 reads as a CPU
+ * profile of an unknown device. */
+static void test_profile_backend_device_slo(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/cairn_test_sched_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    cairn_sched_profile p = {.backend = "cuda", .device = "NVIDIA H100 80GB HBM3",
+                             .budget_s = 0.03, .ttft_slo_s = 0.5, .tbt_slo_s = 0.05},
+                        q;
+    memcpy(p.coef, TRUE_COEF, sizeof p.coef);
+    cairn_error err = {0};
+    assert_int_equal(cairn_sched_profile_save(path, &p, &err), 0);
+    assert_int_equal(cairn_sched_profile_load(path, &q, &err), 0);
+    assert_string_equal(q.backend, "cuda");
+    assert_string_equal(q.device, "NVIDIA H100 80GB HBM3");
+    assert_float_equal(q.budget_s, 0.03, 1e-12);
+    assert_float_equal(q.ttft_slo_s, 0.5, 1e-12);
+    assert_float_equal(q.tbt_slo_s, 0.05, 1e-12);
+    snprintf(p.device, sizeof p.device, "two\nlines");
+    assert_int_equal(cairn_sched_profile_save(path, &p, &err), CAIRN_EINVAL);
+    unlink(path);
+
+    char t[512];
+    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8 9\n",
+             FEATURES_LINE);
+    assert_int_equal(parse(t, &q, &err), 0);
+    assert_string_equal(q.backend, "cpu");
+    assert_string_equal(q.device, "");
+    static const char *const bad[][2] = {
+        {"backend tpu\n", "backend 'tpu' is not cpu or cuda"},
+        {"device \n", "device name is empty"},
+        {"backend cpu\nbackend cuda\n", "line 3: unexpected 'backend'"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        snprintf(t, sizeof t, "cairn-sched-profile 3\n%s%scoefficients 1 2 3 4 5 6 7 8 9\n",
+                 bad[k][0], FEATURES_LINE);
+        expect_error(t, bad[k][1]);
+    }
+    /* A version-2 file has no backend line; an slo line needs a budget before it. */
+    snprintf(t, sizeof t, "cairn-sched-profile 2\nbackend cpu\n%s", FEATURES_LINE);
+    expect_error(t, "unexpected 'backend'");
+    static const char *const tail[][2] = {
+        {"slo 2 0.2\n", "unexpected 'slo'"},
+        {"budget 0.1\nslo 2\n", "slo '2' is not two positive numbers"},
+        {"budget 0.1\nslo 2 -1\n", "is not two positive numbers"},
+        {"budget 0.1\nslo 2 0.2 9\n", "is not two positive numbers"},
+    };
+    for (size_t k = 0; k < sizeof tail / sizeof tail[0]; k++) {
+        snprintf(t, sizeof t, "cairn-sched-profile 3\n%scoefficients 1 2 3 4 5 6 7 8 9\n%s",
+                 FEATURES_LINE, tail[k][0]);
+        expect_error(t, tail[k][1]);
+    }
+}
+
+/* A profile is used only on the backend and device it was measured on. */
+static void test_profile_check(void **state)
+{
+    (void)state;
+    cairn_sched_profile cpu = {.backend = "cpu", .device = "AMD EPYC 7B13"};
+    cairn_sched_profile gpu = {.backend = "cuda", .device = "NVIDIA H100 80GB HBM3"};
+    cairn_sched_profile old = {.backend = "cpu"}; /* version 2: device unknown */
+    cairn_error err = {0};
+    assert_int_equal(cairn_sched_profile_check(&cpu, "cpu", "AMD EPYC 7B13", &err), 0);
+    assert_int_equal(cairn_sched_profile_check(&cpu, "cuda", "NVIDIA H100 80GB HBM3", &err),
+                     CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "cpu backend (AMD EPYC 7B13)"));
+    assert_non_null(strstr(err.msg, "cuda backend (NVIDIA H100 80GB HBM3)"));
+    assert_int_equal(cairn_sched_profile_check(&gpu, "cpu", "AMD EPYC 7B13", &err), CAIRN_EINVAL);
+    assert_int_equal(cairn_sched_profile_check(&gpu, "cuda", "NVIDIA H200", &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "'NVIDIA H100 80GB HBM3'"));
+    assert_non_null(strstr(err.msg, "'NVIDIA H200'"));
+    assert_int_equal(cairn_sched_profile_check(&cpu, "cpu", "Intel(R) Xeon(R)", &err),
+                     CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "the CPU 'AMD EPYC 7B13'"));
+    assert_int_equal(cairn_sched_profile_check(&old, "cpu", "Intel(R) Xeon(R)", &err), 0);
+    assert_int_equal(cairn_sched_profile_check(&old, "cuda", "NVIDIA H100", &err), CAIRN_EINVAL);
+}
+
+/* The budgets for an SLO: from the profile's searched budget scaled by the TBT SLOs when it
+ * records both; else shares of the TBT SLO; never above the online budget. */
+static void test_budgets_for_slo(void **state)
+{
+    (void)state;
+    cairn_error err = {0};
+    double b, ob;
+    assert_int_equal(cairn_sched_budgets_for_slo(NULL, 2.0, 0.2, &b, &ob, &err), 0);
+    assert_float_equal(ob, CAIRN_SCHED_ONLINE_SHARE * 0.2, 1e-12);
+    assert_float_equal(b, CAIRN_SCHED_BUDGET_SHARE * 0.2, 1e-12);
+    cairn_sched_profile p = {.budget_s = 0.08, .ttft_slo_s = 2.0, .tbt_slo_s = 0.2};
+    const double tbt[] = {0.2, 0.3, 0.05};
+    for (size_t k = 0; k < 3; k++) {
+        assert_int_equal(cairn_sched_budgets_for_slo(&p, 2.0, tbt[k], &b, &ob, &err), 0);
+        double want = p.budget_s * tbt[k] / p.tbt_slo_s;
+        assert_float_equal(ob, CAIRN_SCHED_ONLINE_SHARE * tbt[k], 1e-12);
+        assert_float_equal(b, want < ob ? want : ob, 1e-12);
+    }
+    p.budget_s = 0.19; /* above the online budget: cut to it */
+    assert_int_equal(cairn_sched_budgets_for_slo(&p, 2.0, 0.2, &b, &ob, &err), 0);
+    assert_float_equal(b, ob, 1e-12);
+    cairn_sched_profile no_slo = {.budget_s = 0.05}; /* a budget without its SLO: not used */
+    assert_int_equal(cairn_sched_budgets_for_slo(&no_slo, 2.0, 0.3, &b, &ob, &err), 0);
+    assert_float_equal(b, CAIRN_SCHED_BUDGET_SHARE * 0.3, 1e-12);
+    assert_int_equal(cairn_sched_budgets_for_slo(NULL, 0.2, 0.2, &b, &ob, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "must be below the TTFT SLO"));
+    assert_int_equal(cairn_sched_budgets_for_slo(NULL, 2, 0, &b, &ob, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "positive"));
+}
+
 /* ---- Planning -------------------------------------------------------------------------------- */
 
 #define MS ((int64_t)1000000)
@@ -632,6 +743,9 @@ int main(void)
         cmocka_unit_test(test_predictor_follows_the_machine_speed),
         cmocka_unit_test(test_profile_save_load),
         cmocka_unit_test(test_profile_errors),
+        cmocka_unit_test(test_profile_backend_device_slo),
+        cmocka_unit_test(test_profile_check),
+        cmocka_unit_test(test_budgets_for_slo),
         cmocka_unit_test(test_slo_plan_keeps_the_budget),
         cmocka_unit_test(test_online_prompts_first_come_first_served),
         cmocka_unit_test(test_starvation_guard),

@@ -17,6 +17,7 @@
 #include "generation/engine.h"
 #include "generation/kernels/cpu.h"
 #include "generation/synth.h"
+#include "generation/tokenizer.h"
 
 static void synth(char *path, size_t len, const char *shape, const char *type)
 {
@@ -129,6 +130,31 @@ static void test_type_without_kernel_fails_at_open(void **state)
     unlink(path);
 }
 
+/* A synthetic model carries a byte-level tokenizer (one token a byte, BOS first), so that the
+ * workers and `cairn bench colocate` can run text on it. */
+static void test_tokenizer_one_token_a_byte(void **state)
+{
+    (void)state;
+    char path[256];
+    synth(path, sizeof path, "tiny-qwen2", "q8_0");
+    cairn_model *m;
+    cairn_error err;
+    assert_int_equal(cairn_model_open(&m, path, &err), 0);
+    cairn_tok *t = NULL;
+    if (cairn_tok_open(&t, cairn_model_gguf(m), &err)) fail_msg("tokenizer: %s", err.msg);
+    const char text[] = "a river runs through \xc3\xa9";
+    int32_t ids[64];
+    int n = cairn_tok_encode(t, text, strlen(text), ids, 64, CAIRN_TOK_ADD_SPECIAL, &err);
+    assert_int_equal(n, (int)strlen(text) + 1);
+    assert_int_equal(ids[0], cairn_tok_vocab_size(t) - 2); /* BOS */
+    for (int i = 2; i < n; i++) /* each byte its own token, below the fillers */
+        assert_true(ids[i] >= 0 && ids[i] < 256 && ids[i] != ids[0]);
+    assert_int_equal(ids[3], ids[7]); /* the two r of "river" */
+    cairn_tok_close(t);
+    cairn_model_close(m);
+    unlink(path);
+}
+
 static void test_same_seed_same_file(void **state)
 {
     (void)state;
@@ -154,6 +180,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_arch_and_type_runs),
         cmocka_unit_test(test_type_without_kernel_fails_at_open),
+        cmocka_unit_test(test_tokenizer_one_token_a_byte),
         cmocka_unit_test(test_same_seed_same_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
