@@ -519,6 +519,8 @@ static int start_generation(cairn_api *a, gen_ctx *g, const cairn_api_req *r,
         .prompt_len = plen,
         .tok_flags = CAIRN_TOK_ADD_SPECIAL | (g->chat ? CAIRN_TOK_PARSE_SPECIAL : 0),
         .max_tokens = r->max_tokens,
+        /* RAG fits its prompt to leave the answer room itself */
+        .max_tokens_strict = r->max_tokens_given && r->kind != CAIRN_API_RAG,
         .sample = {.temperature = (float)r->temperature,
                    .top_k = r->top_k,
                    .top_p = (float)r->top_p,

@@ -68,6 +68,7 @@ typedef struct cairn_api_req {
     const char *prompt;       /* completion prompt; rag question; retrieve query */
     size_t prompt_len;
     int max_tokens;
+    bool max_tokens_given;    /* max_tokens (or max_completion_tokens) was in the request */
     double temperature;       /* 0 = greedy */
     double top_p;
     int top_k;

@@ -344,6 +344,8 @@ static int get_gen(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, cai
     json_t *so = NULL;
     if ((rc = cairn_json_get_object(o, "stream_options", &so, false, err))) return rc;
     r->max_tokens = (int)max_tokens;
+    r->max_tokens_given = json_object_get(o, "max_tokens") ||
+                          json_object_get(o, "max_completion_tokens");
     r->temperature = temperature;
     r->top_p = top_p;
     r->top_k = (int)top_k;

@@ -329,6 +329,13 @@ int cairn_workers_submit(cairn_workers *w, const cairn_gen_request *r, cairn_err
         return cairn_errorf(err, CAIRN_ELIMIT,
                             "the prompt is %d tokens; the context holds %d (prompt + max_tokens)",
                             need, w->n_ctx);
+    /* The last token generated is never fed back: n_ctx - need + 1 fit. */
+    if (r->max_tokens_strict && (int64_t)need + r->max_tokens > (int64_t)w->n_ctx + 1)
+        return cairn_errorf(err, CAIRN_ERANGE,
+                            "max_tokens: %d with a prompt of %d tokens is past the context of %d "
+                            "tokens (at most %d here, or leave max_tokens out for what the "
+                            "context leaves)",
+                            r->max_tokens, need, w->n_ctx, w->n_ctx - need + 1);
     int32_t *tokens = malloc((size_t)need * sizeof *tokens);
     if (!tokens) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     int n_tokens = cairn_tok_encode(w->tok, r->prompt, r->prompt_len, tokens, need, r->tok_flags,

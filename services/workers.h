@@ -127,6 +127,9 @@ typedef struct cairn_gen_request {
     size_t prompt_len;
     int tok_flags;      /* CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL (chat templates) */
     int max_tokens;
+    /* max_tokens was asked for explicitly: a prompt that leaves the context less room is
+     * refused (CAIRN_ERANGE) rather than cut short with finish reason "length" */
+    bool max_tokens_strict;
     bool offline; /* a batch job: scheduled around online work */
     cairn_sample_params sample;
     const char *const *stop; /* stop strings (copied); may be NULL */

@@ -276,6 +276,15 @@ def test_max_tokens_absent_is_what_the_context_leaves():
     assert long.usage.completion_tokens < 32, long.usage
     assert long.usage.prompt_tokens + long.usage.completion_tokens == 257  # the last is not fed
     assert long.choices[0].finish_reason == "length"
+    # Asked for explicitly, max_tokens past what the context leaves is refused, naming the most
+    # it could be; that much is served in full.
+    room = 257 - long.usage.prompt_tokens
+    msg = bad_request(c.completions.create, "max_tokens", model="gemma-3-270m",
+                      prompt="one two " * 120, max_tokens=room + 1, temperature=0)
+    assert f"at most {room} here" in msg, msg
+    full = c.completions.create(model="gemma-3-270m", prompt="one two " * 120, temperature=0,
+                                logit_bias=ban, max_tokens=room)
+    assert full.usage.completion_tokens == room and full.choices[0].finish_reason == "length"
 
 
 def test_zz_stop():
