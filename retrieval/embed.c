@@ -92,6 +92,8 @@ cairn_embed_params cairn_embed_default_params(void)
         .amx = 1, .blas_threads = 1};
 }
 
+int cairn_embed_threads(const cairn_embed *e) { return e->n_threads; }
+
 int cairn_embed_dim(const cairn_embed *e)
 {
     return e->H;
@@ -347,8 +349,8 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
     }
     if ((rc = load_tensors(e, err)) < 0) goto fail;
 
-    cairn_pool_params pp = cairn_pool_default_params();
-    pp.n_threads = p.n_threads;
+    cairn_pool_params pp = cairn_pool_default_params(); /* CPUs online */
+    if (p.n_threads > 0) pp.n_threads = p.n_threads;
     if ((rc = cairn_pool_open(&e->pool, &pp, err)) < 0) goto fail;
     e->n_threads = cairn_pool_threads(e->pool);
     if (p.blas_threads == 1 && e->n_threads > 1) {

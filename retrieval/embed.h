@@ -63,6 +63,9 @@ int cairn_embed_amx(const cairn_embed *e);
 /* Frees the model, buffers and threads. NULL is a no-op. Not while a batch is running. */
 void cairn_embed_close(cairn_embed *e);
 
+/* Threads a batch runs on (n_threads, or the CPUs online for 0). */
+int cairn_embed_threads(const cairn_embed *e);
+
 /* Embedding width (384 for all-MiniLM-L6-v2). */
 int cairn_embed_dim(const cairn_embed *e);
 /* Tokens a text is truncated to, [CLS] and [SEP] included. */

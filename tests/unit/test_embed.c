@@ -84,6 +84,9 @@ static void test_matches_reference(void **state)
     int dim = cairn_embed_dim(e);
     assert_int_equal(dim, 384);
     assert_int_equal(cairn_embed_max_seq(e), 256);
+    /* The defaults (n_threads 0) use every CPU online, as embed.h says (they ran on one). */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    assert_int_equal(cairn_embed_threads(e), cpus < 1 ? 1 : (int)cpus);
 
     char *rpath = path_in("CAIRN_TEST_DATA", "tests/data", "embed/reference.gguf");
     cairn_gguf *ref = NULL;
