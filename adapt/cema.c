@@ -393,8 +393,7 @@ int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cai
         for (size_t j = 0; j < NK; j++)
             c->g[j] += c->p.w_ent * c->gtmp[j];
         float ce = 0;
-        if ((rc = cairn_nn_cross_entropy(out, c->pseudo, c->s, n, K, &ce, c->gtmp, err)))
-            goto done;
+        if ((rc = cairn_nn_cross_entropy(out, c->pseudo, c->s, n, K, &ce, c->gtmp, err))) goto done;
         for (size_t j = 0; j < NK; j++)
             c->g[j] += c->p.w_ce * c->gtmp[j];
         if (es == 0) l_kl = kl, l_ent = ent, l_ce = ce;

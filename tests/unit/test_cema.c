@@ -657,7 +657,7 @@ static void test_steps_per_batch(void **state)
         cp.batch_size = 16;
         cp.new_per_step = 16;
         cp.lr_foundation = 0.01f;
-        cp.e0_fraction = 1.0f; /* every sample is reliable: the teacher always moves */
+        cp.e0_fraction = 1.0f;  /* every sample is reliable: the teacher always moves */
         cp.w_ent = cp.w_ce = 0; /* the edge model's loss is the distance measured below */
         cp.lr_edge = 0.05f;
         cp.foundation_steps = fsteps[k];
