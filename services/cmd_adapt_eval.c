@@ -44,7 +44,8 @@ static const char *EVAL_USAGE =
     "                        [--devices N] [--batch B] [--update-every U] [--split test|train]\n"
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
-    "                        [--lambda L] [--d-margin D] [--e-min E] [--lr-edge LR]\n"
+    "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
+    "                        [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
     "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
     "                        [--temperature T] [--momentum M] [--adapt-foundation 0|1]\n"
@@ -457,6 +458,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_float_opt(a, v, &o->sel.d_margin);
         else if (!strcmp(a, "--e-min"))
             bad = parse_float_opt(a, v, &o->sel.e_min);
+        else if (!strcmp(a, "--lambda-min"))
+            bad = parse_float_opt(a, v, &o->sel.lambda_min);
         else if (!strcmp(a, "--lr-edge"))
             bad = parse_float_opt(a, v, &o->cema.lr_edge);
         else if (!strcmp(a, "--lr-foundation"))
@@ -538,9 +541,9 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
     if (m >= 2)
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
-               "\"lambda\":%g",
+               "\"lambda\":%g,\"lambda_min\":%g",
                r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
-               o->teacher_sha, (double)o->sel.lambda);
+               o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -624,12 +627,14 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     result(*res)[5][N_METHODS] = calloc((size_t)o.n_corr, sizeof *res);
     fprintf(stderr,
             "adapt eval: %d %s images per stream, %d corruptions x %d severities, %d devices, "
-            "batch %d, bundles every %d rounds; lambda %g d_margin %g e_min %g lr_edge %g "
+            "batch %d, bundles every %d rounds; lambda %g lambda_min %g d_margin %g e_min %g "
+            "lr_edge %g "
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
             "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
             "w_ce %g\n",
             o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
-            o.update_every, (double)o.sel.lambda, (double)o.sel.d_margin, (double)o.sel.e_min,
+            o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
+            (double)o.sel.e_min,
             (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
             o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
             o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,

@@ -118,6 +118,32 @@ static void test_select_e_max_follows_running_entropy(void **state)
     /* NaN inputs are never kept. */
     ent[1] = NAN;
     assert_int_equal(cairn_cema_select(s, probs, ent, 3, keep), 0);
+    /* lambda_min keeps the samples the model is least sure of, relative to the running mean
+     * entropy as E_max is: a stream of sure and unsure samples, with no upper bound that
+     * matters, uploads the unsure ones only, and keeps doing so when the whole stream shifts
+     * to higher entropy (a static E_min would then keep everything). */
+    cairn_cema_selector_free(s);
+    p = cairn_cema_select_default_params();
+    p.lambda = 100;
+    p.lambda_min = 1.0f;
+    p.d_margin = 1;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    for (int shift = 0; shift < 2; shift++) {
+        for (int b = 0; b < 30; b++) {
+            for (int i = 0; i < N; i++) {
+                float sure = shift ? 0.6f : 0.95f, unsure = shift ? 0.25f : 0.5f;
+                peaked(probs + i * K, K, i % K, i % 4 == 0 ? unsure : sure);
+                ent[i] = entropy_of(probs + i * K, K);
+            }
+            cairn_cema_select(s, probs, ent, N, keep);
+        }
+        for (int i = 0; i < N; i++)
+            assert_int_equal(keep[i], i % 4 == 0);
+    }
+    p.lambda_min = 100; /* not below lambda */
+    cairn_cema_selector *s2 = NULL;
+    assert_int_equal(cairn_cema_selector_new(&s2, K, &p, &err), CAIRN_EINVAL);
+    p.lambda_min = 0;
     cairn_cema_selector_free(s);
     /* Bad parameters are refused. */
     p.d_margin = 0;
