@@ -48,6 +48,7 @@ struct cairn_cema_cloud {
     float *w, *s;   /* foundation EM weights; distillation weights */
     int *pseudo;
     float *g, *gtmp; /* dlogits accumulators */
+    float *zf, *ze;  /* logits / T of foundation and edge (distillation at temperature T) */
 };
 
 cairn_cema_params cairn_cema_default_params(void)
@@ -65,6 +66,9 @@ cairn_cema_params cairn_cema_default_params(void)
         .w_kl = 1.0f,
         .w_ent = 0.2f,
         .w_ce = 0.5f,
+        .temperature = 1.0f,
+        .foundation_steps = 1,
+        .edge_steps = 1,
         .adapt_foundation = 1,
         .seed = 1,
     };
@@ -124,6 +128,8 @@ void cairn_cema_cloud_close(cairn_cema_cloud *c)
     free(c->pseudo);
     free(c->g);
     free(c->gtmp);
+    free(c->zf);
+    free(c->ze);
     free(c);
 }
 
@@ -135,7 +141,9 @@ int cairn_cema_cloud_open(cairn_cema_cloud **out, const char *edge_model_path,
     if (p->batch_size < 2 || p->new_per_step < 1 || p->new_per_step > p->batch_size ||
         p->replay_capacity < 0 || p->pending_capacity < 1 || !(p->lr_edge > 0) ||
         !(p->lr_foundation > 0) || !(p->momentum >= 0 && p->momentum < 1) ||
-        !(p->e0_fraction > 0) || !(p->w_kl >= 0) || !(p->w_ent >= 0) || !(p->w_ce >= 0))
+        !(p->e0_fraction > 0) || !(p->w_kl >= 0) || !(p->w_ent >= 0) || !(p->w_ce >= 0) ||
+        !(p->temperature > 0 && p->temperature <= 100) || p->foundation_steps < 1 ||
+        p->foundation_steps > 64 || p->edge_steps < 1 || p->edge_steps > 64)
         return cairn_errorf(err, CAIRN_EINVAL, "cema: parameters out of range");
     const char *name = p->model_name ? p->model_name : "edge";
     if (!*name || strlen(name) >= CAIRN_EDGE_STR_MAX)
@@ -188,8 +196,10 @@ int cairn_cema_cloud_open(cairn_cema_cloud **out, const char *edge_model_path,
     c->pseudo = malloc(B * sizeof(int));
     c->g = malloc(B * K * sizeof(float));
     c->gtmp = malloc(B * K * sizeof(float));
+    c->zf = malloc(B * K * sizeof(float));
+    c->ze = malloc(B * K * sizeof(float));
     if (!c->pending || !c->replay || !c->r_idx || !c->x || !c->lf || !c->le || !c->hf || !c->he ||
-        !c->w || !c->s || !c->pseudo || !c->g || !c->gtmp) {
+        !c->w || !c->s || !c->pseudo || !c->g || !c->gtmp || !c->zf || !c->ze) {
         rc = cairn_errorf(err, CAIRN_ENOMEM, "cema: buffers");
         goto fail;
     }
@@ -333,25 +343,28 @@ int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cai
     const size_t NK = (size_t)n * K;
     const float *out;
 
-    /* 2. Foundation: batch statistics, entropy minimisation on its reliable samples. */
-    cairn_nn_set_bn_mode(c->found, CAIRN_NN_BN_BATCH);
-    if ((rc = cairn_nn_forward(c->found, c->x, n, &out, err))) goto done;
-    memcpy(c->lf, out, NK * sizeof(float));
-    cairn_nn_entropy(c->lf, n, K, c->hf);
+    /* 2. Foundation: batch statistics, entropy minimisation on its reliable samples. The last
+     * forward's outputs (before its update) teach the edge model. */
     const float e0 = c->p.e0_fraction * logf((float)K);
-    int reliable = 0;
-    for (int i = 0; i < n; i++) {
-        c->w[i] = c->hf[i] < e0 ? expf(e0 - c->hf[i]) : 0.0f;
-        reliable += c->hf[i] < e0;
-    }
-    if (c->p.adapt_foundation && reliable > 0) {
+    cairn_nn_set_bn_mode(c->found, CAIRN_NN_BN_BATCH);
+    for (int fs = 0; fs < c->p.foundation_steps; fs++) {
+        if ((rc = cairn_nn_forward(c->found, c->x, n, &out, err))) goto done;
+        memcpy(c->lf, out, NK * sizeof(float));
+        cairn_nn_entropy(c->lf, n, K, c->hf);
+        int reliable = 0;
+        for (int i = 0; i < n; i++) {
+            c->w[i] = c->hf[i] < e0 ? expf(e0 - c->hf[i]) : 0.0f;
+            reliable += c->hf[i] < e0;
+        }
+        if (!c->p.adapt_foundation || reliable == 0) break; /* nothing would move */
         cairn_nn_zero_grad(c->found);
         cairn_nn_entropy_loss(c->lf, c->w, n, K, c->g);
         if ((rc = cairn_nn_backward(c->found, c->g, NULL, err))) goto done;
         cairn_nn_sgd_step(c->opt_found);
     }
 
-    /* 3. Edge: distillation from the foundation's pre-step outputs. */
+    /* 3. Edge: distillation from the teacher's outputs. */
+    const float T = c->p.temperature;
     double ssum = 0;
     for (int i = 0; i < n; i++) {
         c->s[i] = expf(-c->hf[i]);
@@ -360,23 +373,34 @@ int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cai
     }
     for (int i = 0; i < n; i++)
         c->s[i] = (float)(c->s[i] * n / ssum);
+    for (size_t j = 0; j < NK; j++)
+        c->zf[j] = c->lf[j] / T;
+    float l_kl = 0, l_ent = 0, l_ce = 0;
     cairn_nn_set_bn_mode(c->edge, CAIRN_NN_BN_TRAIN);
-    if ((rc = cairn_nn_forward(c->edge, c->x, n, &out, err))) goto done;
-    memcpy(c->le, out, NK * sizeof(float));
-    cairn_nn_entropy(c->le, n, K, c->he);
-    float l_kl = cairn_nn_kl_div(c->lf, c->le, c->s, n, K, NULL, c->g);
-    for (size_t j = 0; j < NK; j++)
-        c->g[j] *= c->p.w_kl;
-    float l_ent = cairn_nn_entropy_loss(c->le, NULL, n, K, c->gtmp);
-    for (size_t j = 0; j < NK; j++)
-        c->g[j] += c->p.w_ent * c->gtmp[j];
-    float l_ce = 0;
-    if ((rc = cairn_nn_cross_entropy(c->le, c->pseudo, c->s, n, K, &l_ce, c->gtmp, err))) goto done;
-    for (size_t j = 0; j < NK; j++)
-        c->g[j] += c->p.w_ce * c->gtmp[j];
-    cairn_nn_zero_grad(c->edge);
-    if ((rc = cairn_nn_backward(c->edge, c->g, NULL, err))) goto done;
-    cairn_nn_sgd_step(c->opt_edge);
+    for (int es = 0; es < c->p.edge_steps; es++) {
+        if ((rc = cairn_nn_forward(c->edge, c->x, n, &out, err))) goto done;
+        if (es == 0) { /* the step's statistics: the edge model as the batch found it */
+            memcpy(c->le, out, NK * sizeof(float));
+            cairn_nn_entropy(c->le, n, K, c->he);
+        }
+        /* d(T^2 KL(z_f/T, z_e/T))/dz_e = T * dKL/d(z_e/T) */
+        for (size_t j = 0; j < NK; j++)
+            c->ze[j] = out[j] / T;
+        float kl = T * T * cairn_nn_kl_div(c->zf, c->ze, c->s, n, K, NULL, c->g);
+        for (size_t j = 0; j < NK; j++)
+            c->g[j] *= c->p.w_kl * T;
+        float ent = cairn_nn_entropy_loss(out, NULL, n, K, c->gtmp);
+        for (size_t j = 0; j < NK; j++)
+            c->g[j] += c->p.w_ent * c->gtmp[j];
+        float ce = 0;
+        if ((rc = cairn_nn_cross_entropy(out, c->pseudo, c->s, n, K, &ce, c->gtmp, err))) goto done;
+        for (size_t j = 0; j < NK; j++)
+            c->g[j] += c->p.w_ce * c->gtmp[j];
+        if (es == 0) l_kl = kl, l_ent = ent, l_ce = ce;
+        cairn_nn_zero_grad(c->edge);
+        if ((rc = cairn_nn_backward(c->edge, c->g, NULL, err))) goto done;
+        cairn_nn_sgd_step(c->opt_edge);
+    }
 
     push_replay(c, n_new);
     c->steps++;

@@ -11,15 +11,18 @@
  *      model from forgetting earlier distributions (CEMA §3.3).
  *   2. Foundation: forward with test-time batch statistics; entropy minimisation of its BN
  *      affine parameters on its reliable samples (EATA's weighting, Niu et al. 2022): samples with
- *      H_f < E0 = e0_fraction * ln K get weight exp(E0 - H_f), others 0. Its pre-step outputs p_f
- *      are the teacher for this step.
- *   3. Edge: forward in batchnorm train mode (batch statistics; the running statistics follow the
- *      uploads, momentum from the model file), loss
- *        L = w_kl * mean_i(s_i * KL(p_f,i || p_e,i))        entropy-weighted distillation
- *          + w_ent * mean_i(H(p_e,i))                         entropy of the edge model
- *          + w_ce * mean_i(s_i * CE(p_e,i, argmax p_f,i))      pseudo-label cross-entropy
- *      with s_i = exp(-H_f,i) normalised to mean 1 over the batch, so that samples the teacher is
- *      sure of count more (CEMA §3.2). Defaults w_kl 1, w_ent 0.2, w_ce 0.5. Only batchnorm gamma
+ *      H_f < E0 = e0_fraction * ln K get weight exp(E0 - H_f), others 0; foundation_steps times
+ *      (a forward and an update each). The outputs p_f of the last forward, before its update,
+ *      are the teacher for this step (with one step: the pre-step outputs, as CEMA's code).
+ *   3. Edge, edge_steps times: forward in batchnorm train mode (batch statistics; the running
+ *      statistics follow the uploads, momentum from the model file), loss
+ *        L = w_kl * T^2 * mean_i(s_i * KL(p_f,i^T || p_e,i^T))  entropy-weighted distillation
+ *          + w_ent * mean_i(H(p_e,i))                           entropy of the edge model
+ *          + w_ce * mean_i(s_i * CE(p_e,i, argmax p_f,i))        pseudo-label cross-entropy
+ *      with p^T = softmax(z / T) (Hinton et al. 2015: the T^2 keeps the gradient's scale as T
+ *      changes) and s_i = exp(-H_f,i) normalised to mean 1 over the batch, so that samples the
+ *      teacher is sure of count more (CEMA §3.2). Defaults w_kl 1, w_ent 0.2, w_ce 0.5, T 1,
+ *      one step each (the stats of a step are its first edge pass). Only batchnorm gamma
  *      and beta of either model move (SGD groups from cairn_nn_pred_norm_affine); conv and linear
  *      weights never change. The edge model's running statistics do change (they are state, not
  *      parameters), and bundles ship them (cairn_bundle_build_params.with_running_stats).
@@ -50,6 +53,10 @@ typedef struct cairn_cema_params {
     float momentum;          /* both (default 0.9) */
     float e0_fraction;       /* foundation reliability threshold E0 = e0_fraction * ln K (0.4) */
     float w_kl, w_ent, w_ce; /* edge loss weights (1, 0.2, 0.5) */
+    float temperature;       /* distillation temperature T of the KL term (default 1; > 0) */
+    int foundation_steps;    /* entropy-minimisation steps of the foundation per step (1..64,
+                                default 1) */
+    int edge_steps;          /* distillation steps of the edge model per step (1..64, default 1) */
     int adapt_foundation;    /* 0 keeps the foundation fixed (default 1) */
     uint64_t seed;           /* replay sampling (default 1) */
 } cairn_cema_params;

@@ -25,6 +25,7 @@ cairn_cema_select_params cairn_cema_select_default_params(void)
         .e_min = 0.0f,
         .d_margin = 0.5f,
         .pred_decay = 0.9f,
+        .lambda_min = 0.0f,
     };
     return p;
 }
@@ -35,12 +36,13 @@ int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_s
     *out = NULL;
     if (k < 2 || k > 1000000) return cairn_errorf(err, CAIRN_EINVAL, "selector: %d classes", k);
     if (!(p->lambda > 0) || !(p->entropy_decay >= 0 && p->entropy_decay < 1) || !(p->e_min >= 0) ||
-        !(p->d_margin > 0 && p->d_margin <= 1) || !(p->pred_decay >= 0 && p->pred_decay < 1))
+        !(p->d_margin > 0 && p->d_margin <= 1) || !(p->pred_decay >= 0 && p->pred_decay < 1) ||
+        !(p->lambda_min >= 0 && p->lambda_min < p->lambda))
         return cairn_errorf(err, CAIRN_EINVAL,
                             "selector: lambda %g, entropy_decay %g, e_min %g, d_margin %g, "
-                            "pred_decay %g out of range",
+                            "pred_decay %g, lambda_min %g out of range",
                             (double)p->lambda, (double)p->entropy_decay, (double)p->e_min,
-                            (double)p->d_margin, (double)p->pred_decay);
+                            (double)p->d_margin, (double)p->pred_decay, (double)p->lambda_min);
     cairn_cema_selector *s = calloc(1, sizeof *s);
     if (s) s->pbar = calloc((size_t)k, sizeof *s->pbar);
     if (!s || !s->pbar) {
@@ -106,7 +108,7 @@ int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *e
             s->have_ema ? s->p.entropy_decay * s->ema_h + (1 - s->p.entropy_decay) * mean : mean;
         s->have_ema = 1;
     }
-    const double e_max = s->p.lambda * s->ema_h;
+    const double e_max = s->p.lambda * s->ema_h, e_min_dyn = s->p.lambda_min * s->ema_h;
     int kept = 0;
     for (int i = 0; i < n; i++) {
         const float *p = probs + (size_t)i * k;
@@ -116,6 +118,7 @@ int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *e
         s->seen++;
         if (!(h < e_max)) continue;
         if (s->p.e_min > 0 && !(h > s->p.e_min)) continue;
+        if (s->p.lambda_min > 0 && !(h > e_min_dyn)) continue;
         if (s->have_pbar && fabs(cosine(s->pbar, p, k)) >= s->p.d_margin) continue;
         keep[i] = 1;
         kept++;

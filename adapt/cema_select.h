@@ -8,7 +8,12 @@
  *                    entropy of everything the device has seen (updated once per batch, with the
  *                    batch included before the batch is judged, EMA decay entropy_decay). High
  *                    entropy samples carry mostly noise for distillation (CEMA §3.2);
- *   - informative:   H(p) > E_min (optional, default 0: off). Near-certain samples teach little;
+ *   - informative:   H(p) > E_min (optional, default 0: off), and H(p) > lambda_min * EMA(H)
+ *                    (optional, default 0: off; the dynamic counterpart of E_min, which follows
+ *                    the shift as E_max does). Near-certain samples teach little; with a teacher
+ *                    far stronger than the edge model, the samples the edge model is least sure
+ *                    of teach most (uncertainty sampling), and lambda_min > 0 with a large
+ *                    lambda uploads those;
  *   - non-redundant: |cos(p_bar, p)| < d_margin, p_bar an EMA (decay pred_decay) of the
  *                    predictions of the samples kept so far (EATA §3.2). The first reliable
  *                    sample is kept and starts p_bar.
@@ -31,6 +36,7 @@ typedef struct cairn_cema_select_params {
     float e_min;         /* nats; 0 disables the lower bound */
     float d_margin;      /* in (0, 1]; 1 disables the redundancy filter (cosine <= 1 always) */
     float pred_decay;    /* in [0, 1) */
+    float lambda_min;    /* E_min' = lambda_min * EMA(entropy); 0 disables it; < lambda */
 } cairn_cema_select_params;
 
 cairn_cema_select_params cairn_cema_select_default_params(void);

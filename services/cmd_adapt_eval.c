@@ -24,10 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapt/bundle.h"
 #include "adapt/corrupt.h"
 #include "adapt/data.h"
 #include "adapt/nn/nn.h"
 #include "adapt/nn/nn_gguf.h"
+#include "proto/gguf.h"
 #include "clients/edge/cairn_edge.h"
 #include "common/clock.h"
 #include "common/metrics.h"
@@ -38,12 +40,15 @@
 int cairn_cmd_adapt_eval(int argc, char **argv);
 
 static const char *EVAL_USAGE =
-    "usage: cairn adapt eval [--edge FILE] [--foundation FILE] [--data DIR] [--images N]\n"
+    "usage: cairn adapt eval [--edge FILE] [--teacher FILE] [--data DIR] [--images N]\n"
     "                        [--devices N] [--batch B] [--update-every U] [--split test|train]\n"
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
-    "                        [--lambda L] [--d-margin D] [--e-min E] [--lr-edge LR]\n"
+    "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
+    "                        [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
+    "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
+    "                        [--temperature T] [--momentum M] [--adapt-foundation 0|1]\n"
     "                        [--w-kl W] [--w-ent W] [--w-ce W] [--edge-bn batch|running]\n"
     "                        [--markdown FILE] [--stream DIR]\n"
     "\n"
@@ -54,6 +59,10 @@ static const char *EVAL_USAGE =
     "and all normalise with each batch's statistics, as bn does. --split train draws the\n"
     "images from the train set (to choose hyperparameters without the test labels). JSON lines\n"
     "on stdout, then a table.\n"
+    "--teacher FILE (or --foundation FILE) is the cloud's teacher: any adapt/nn GGUF with\n"
+    "batchnorms that takes the edge model's input and gives its classes (adapt/models/\n"
+    "foundation.gguf by default; a foundation-res checkpoint of any width). It is checked\n"
+    "before any stream runs.\n"
     "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
     "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
     "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n";
@@ -62,7 +71,7 @@ static const char *EVAL_USAGE =
 static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"};
 
 typedef struct eval_opts {
-    const char *edge, *foundation, *data, *markdown;
+    const char *edge, *foundation, *data, *markdown; /* foundation: the teacher (--teacher) */
     const char *stream; /* an operator's stream directory, in place of the corruptions */
     int images, devices, batch, update_every, train_split, edge_batch_stats;
     int methods[N_METHODS];
@@ -70,6 +79,12 @@ typedef struct eval_opts {
     int sev[5], n_sev;
     cairn_cema_select_params sel;
     cairn_cema_params cema;
+    /* The teacher as check_teacher found it: its architecture name (from the file's metadata,
+     * letters, digits and -._ only), epochs trained (-1: not said), trainable parameters, and
+     * the file's SHA-256 in hex. */
+    char teacher_arch[40], teacher_sha[2 * CAIRN_EDGE_SHA256_LEN + 1];
+    int teacher_epochs;
+    long teacher_params;
 } eval_opts;
 
 typedef struct result {
@@ -184,6 +199,7 @@ static int run_cloud(const eval_opts *o, int upload_all, const cairn_dataset *d,
     ap.enrollment_token = "eval-enrollment-token";
     ap.rate_samples_per_s = 1e6;
     ap.rate_burst = 1e6;
+    ap.adapt_normal_priority = 1; /* the process's nice value decides; nothing else is served */
     ap.cema = o->cema;
     if (!rc) rc = cairn_edge_api_open(&api, &ap, metrics, err);
     cairn_http_params hp = cairn_http_default_params();
@@ -284,6 +300,75 @@ static int run_cloud(const eval_opts *o, int upload_all, const cairn_dataset *d,
     return rc;
 }
 
+/* ---- The teacher ----------------------------------------------------------------------------- */
+
+/*
+ * Checks, before any stream runs, that the teacher file loads, has batchnorms for CEMA to adapt,
+ * takes the edge model's input and gives its classes, and that a cloud opens with it and the
+ * cloud parameters (so that a bad file or value fails at once, not after the local methods have
+ * run); fills o's teacher description. Returns 0 or a negative code with the reason in err.
+ */
+static int check_teacher(eval_opts *o, cairn_nn_model *edge, cairn_error *err)
+{
+    cairn_nn_model *t = NULL;
+    int rc = cairn_nn_load(&t, o->foundation, err);
+    if (rc) return cairn_error_prefix(err, "teacher %s", o->foundation);
+    int ec, eh, ew, tc, th, tw, norms = 0;
+    long params = 0;
+    cairn_nn_input_shape(edge, &ec, &eh, &ew);
+    cairn_nn_input_shape(t, &tc, &th, &tw);
+    for (int i = 0; i < cairn_nn_param_count(t); i++) {
+        const cairn_nn_param *q = cairn_nn_param_at(t, i);
+        params += q->trainable ? (long)q->value.numel : 0;
+        norms += q->kind == CAIRN_NN_NORM_WEIGHT;
+    }
+    size_t tk = cairn_nn_output_size(t), ek = cairn_nn_output_size(edge);
+    cairn_nn_model_free(t);
+    if (tc != ec || th != eh || tw != ew || tk != ek)
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "teacher %s takes %dx%dx%d and gives %zu classes; the edge model "
+                            "%s takes %dx%dx%d and gives %zu",
+                            o->foundation, tc, th, tw, tk, o->edge, ec, eh, ew, ek);
+    if (norms == 0)
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "teacher %s has no batchnorm: CEMA adapts a teacher's batchnorms",
+                            o->foundation);
+    cairn_cema_cloud *c = NULL;
+    if ((rc = cairn_cema_cloud_open(&c, o->edge, o->foundation, &o->cema, err)))
+        return cairn_error_prefix(err, "cloud with teacher %s", o->foundation);
+    cairn_cema_cloud_close(c);
+
+    uint8_t sha[CAIRN_EDGE_SHA256_LEN];
+    if ((rc = cairn_bundle_sha256_file(o->foundation, sha, err))) return rc;
+    for (int i = 0; i < CAIRN_EDGE_SHA256_LEN; i++)
+        snprintf(o->teacher_sha + 2 * i, 3, "%02x", sha[i]);
+    o->teacher_params = params;
+    o->teacher_epochs = -1;
+    snprintf(o->teacher_arch, sizeof o->teacher_arch, "unnamed");
+    cairn_gguf *g = NULL;
+    if (cairn_gguf_open(&g, o->foundation, err) == 0) {
+        const char *a;
+        size_t n;
+        uint32_t ep;
+        if (!cairn_gguf_get_str(g, "cairn.model.arch", &a, &n, err) && n > 0 &&
+            n < sizeof o->teacher_arch) {
+            for (size_t i = 0; i < n; i++) {
+                char ch = a[i];
+                int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                         (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_';
+                o->teacher_arch[i] = ok ? ch : '?';
+            }
+            o->teacher_arch[n] = 0;
+        }
+        if (!cairn_gguf_get_u32(g, "cairn.train.epochs_done", &ep, err) ||
+            !cairn_gguf_get_u32(g, "cairn.train.epochs", &ep, err))
+            o->teacher_epochs = (int)ep;
+        cairn_gguf_close(g);
+    }
+    err->msg[0] = 0;
+    return 0;
+}
+
 /* ---- Options ------------------------------------------------------------------------------ */
 
 static int parse_int_opt(const char *opt, const char *s, int lo, int hi, int *out)
@@ -337,7 +422,7 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
         int bad = 0;
         if (!strcmp(a, "--edge"))
             o->edge = v;
-        else if (!strcmp(a, "--foundation"))
+        else if (!strcmp(a, "--foundation") || !strcmp(a, "--teacher"))
             o->foundation = v;
         else if (!strcmp(a, "--data"))
             o->data = v;
@@ -373,6 +458,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_float_opt(a, v, &o->sel.d_margin);
         else if (!strcmp(a, "--e-min"))
             bad = parse_float_opt(a, v, &o->sel.e_min);
+        else if (!strcmp(a, "--lambda-min"))
+            bad = parse_float_opt(a, v, &o->sel.lambda_min);
         else if (!strcmp(a, "--lr-edge"))
             bad = parse_float_opt(a, v, &o->cema.lr_edge);
         else if (!strcmp(a, "--lr-foundation"))
@@ -385,6 +472,20 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_float_opt(a, v, &o->cema.w_ce);
         else if (!strcmp(a, "--cloud-batch"))
             bad = parse_int_opt(a, v, 2, 1024, &o->cema.batch_size);
+        else if (!strcmp(a, "--replay"))
+            bad = parse_int_opt(a, v, 0, 1 << 20, &o->cema.replay_capacity);
+        else if (!strcmp(a, "--e0"))
+            bad = parse_float_opt(a, v, &o->cema.e0_fraction);
+        else if (!strcmp(a, "--temperature"))
+            bad = parse_float_opt(a, v, &o->cema.temperature);
+        else if (!strcmp(a, "--momentum"))
+            bad = parse_float_opt(a, v, &o->cema.momentum);
+        else if (!strcmp(a, "--foundation-steps"))
+            bad = parse_int_opt(a, v, 1, 64, &o->cema.foundation_steps);
+        else if (!strcmp(a, "--edge-steps"))
+            bad = parse_int_opt(a, v, 1, 64, &o->cema.edge_steps);
+        else if (!strcmp(a, "--adapt-foundation"))
+            bad = parse_int_opt(a, v, 0, 1, &o->cema.adapt_foundation);
         else {
             fprintf(stderr, "cairn adapt eval: unexpected argument '%s'\n%s", a, EVAL_USAGE);
             return -1;
@@ -439,8 +540,10 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
            o->train_split ? "train" : "test", corr, sev, method_names[m], o->images, r->acc);
     if (m >= 2)
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
-               "\"bundles\":%llu,\"devices\":%d",
-               r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices);
+               "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
+               "\"lambda\":%g,\"lambda_min\":%g",
+               r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
+               o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -512,6 +615,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     cairn_nn_model_params mp = cairn_nn_model_default_params();
     mp.max_batch = o.batch;
     if (!rc) rc = cairn_nn_model_prepare(m, &mp, &err);
+    if (!rc && (o.methods[2] || o.methods[3])) rc = check_teacher(&o, m, &err);
     if (rc) {
         fprintf(stderr, "cairn adapt eval: %s\n", err.msg);
         cairn_dataset_free(&full);
@@ -523,12 +627,25 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     result(*res)[5][N_METHODS] = calloc((size_t)o.n_corr, sizeof *res);
     fprintf(stderr,
             "adapt eval: %d %s images per stream, %d corruptions x %d severities, %d devices, "
-            "batch %d, bundles every %d rounds; lambda %g d_margin %g e_min %g lr_edge %g "
-            "lr_foundation %g new_per_step %d cloud_batch %d w_kl %g w_ent %g w_ce %g\n",
+            "batch %d, bundles every %d rounds; lambda %g lambda_min %g d_margin %g e_min %g "
+            "lr_edge %g "
+            "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
+            "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
+            "w_ce %g\n",
             o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
-            o.update_every, (double)o.sel.lambda, (double)o.sel.d_margin, (double)o.sel.e_min,
+            o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
+            (double)o.sel.e_min,
             (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
-            o.cema.batch_size, (double)o.cema.w_kl, (double)o.cema.w_ent, (double)o.cema.w_ce);
+            o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
+            o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,
+            (double)o.cema.momentum, o.cema.adapt_foundation, (double)o.cema.w_kl,
+            (double)o.cema.w_ent, (double)o.cema.w_ce);
+    if (o.methods[2] || o.methods[3]) {
+        char eps[32] = "epochs not recorded";
+        if (o.teacher_epochs >= 0) snprintf(eps, sizeof eps, "%d epochs", o.teacher_epochs);
+        fprintf(stderr, "adapt eval: teacher %s: %s, %ld parameters, %s, sha256 %s\n", o.foundation,
+                o.teacher_arch, o.teacher_params, eps, o.teacher_sha);
+    }
     if (o.stream)
         fprintf(stderr, "adapt eval: the stream in %s: the first %d of its %d images, in order\n",
                 o.stream, sub.n, full.n);

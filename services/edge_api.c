@@ -578,9 +578,11 @@ static void *adapt_main(void *arg)
 #ifdef SCHED_IDLE
     /* Cloud adaptation must not disturb generation latency: this thread only gets the CPU time
      * that every other thread leaves idle (SCHED_IDLE ranks below nice 19). */
-    struct sched_param sp = {0};
-    int e = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
-    if (e) CAIRN_LOG_WARN("adaptation thread keeps normal priority", "error=%s", strerror(e));
+    if (!a->p.adapt_normal_priority) {
+        struct sched_param sp = {0};
+        int e = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+        if (e) CAIRN_LOG_WARN("adaptation thread keeps normal priority", "error=%s", strerror(e));
+    }
 #endif
     pthread_mutex_lock(&a->lock);
     while (!a->stop) {

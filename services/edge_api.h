@@ -50,6 +50,10 @@ typedef struct cairn_edge_api_params {
     double rate_samples_per_s;         /* per device, sustained (default 200) */
     double rate_burst;                 /* per device, bucket size in samples (default 2048) */
     int bundle_every;                  /* publish after this many steps at most (default 8) */
+    int adapt_normal_priority;         /* 1: the adaptation thread keeps the process's priority;
+                                          0 (default): SCHED_IDLE, so that it never delays
+                                          serving. `cairn adapt eval` sets 1: it serves nothing
+                                          else, and on a busy machine SCHED_IDLE starves it */
     const char *api_keys;              /* GET /v1/edge/fleet: as cairn_api_auth_new (NULL and */
     const char *api_key_hashes;        /* no hashes: open, like the rest of /v1) */
     cairn_cema_params cema;            /* cloud adaptation (cairn_cema_default_params()) */

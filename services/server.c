@@ -185,6 +185,9 @@ static const cairn_config_key schema[] = {
      "Ed25519 private key PEM file signing update bundles (unset: a per-process key)", NULL, 0},
     {"edge.models", CAIRN_CFG_STRING, "adapt/models", NULL, NULL,
      "directory with edge.gguf (served to devices) and foundation.gguf (cloud teacher)", NULL, 0},
+    {"edge.teacher", CAIRN_CFG_STRING, NULL, NULL, NULL,
+     "the cloud teacher's GGUF (e.g. a foundation-res model of any width; unset: "
+     "edge.models/foundation.gguf)", NULL, 0},
     {"edge.rate", CAIRN_CFG_INT, "200", "1", "1000000",
      "samples per second one device may upload (429 above)", NULL, 0},
     /* the web UI (services/web.c) */
@@ -618,7 +621,10 @@ static int start(service *s, cairn_error *err)
     if (!rc && cairn_config_string(c, "edge.enrollment_token")) {
         char em[4096], fm[4096];
         snprintf(em, sizeof em, "%s/edge.gguf", cairn_config_string(c, "edge.models"));
-        snprintf(fm, sizeof fm, "%s/foundation.gguf", cairn_config_string(c, "edge.models"));
+        if (cairn_config_string(c, "edge.teacher"))
+            snprintf(fm, sizeof fm, "%s", cairn_config_string(c, "edge.teacher"));
+        else
+            snprintf(fm, sizeof fm, "%s/foundation.gguf", cairn_config_string(c, "edge.models"));
         cairn_edge_api_params ep = cairn_edge_api_default_params();
         ep.edge_model_path = em, ep.foundation_model_path = fm;
         ep.enrollment_token = cairn_config_string(c, "edge.enrollment_token");
@@ -627,6 +633,7 @@ static int start(service *s, cairn_error *err)
         ep.api_keys = cairn_config_string(c, "auth.api_keys");
         ep.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
         rc = cairn_edge_api_open(&s->edge, &ep, s->metrics, err);
+        if (rc) cairn_error_prefix(err, "edge API (model %s, teacher %s)", em, fm);
         if (!rc) rc = cairn_edge_api_routes(s->edge, s->http);
     }
     if (!rc) rc = start_web(s, err);

@@ -25,7 +25,8 @@
  * parameters on top of it).
  *
  * Selection: CEMA's filter (adapt/cema_select.h): a sample is uploaded only when its entropy is
- * below a dynamic threshold (lambda x the running mean entropy), optionally above E_min, and its
+ * below a dynamic threshold (lambda x the running mean entropy), optionally above E_min and above
+ * lambda_min x the running mean entropy (0.2: uncertainty sampling, for a strong teacher), and its
  * prediction is not redundant with the average of those already uploaded.
  *
  * Upload: asynchronous. Selected samples go to a bounded queue; a background thread sends them
@@ -83,7 +84,7 @@ extern "C" {
 
 /* The SDK's version (the installed library's SONAME carries the major). */
 #define CAIRN_EDGE_VERSION_MAJOR 0
-#define CAIRN_EDGE_VERSION_MINOR 1
+#define CAIRN_EDGE_VERSION_MINOR 2
 #define CAIRN_EDGE_VERSION_PATCH 0
 
 /* ---- Transport -------------------------------------------------------------------------- */

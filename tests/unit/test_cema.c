@@ -1,8 +1,9 @@
 /*
  * tests/unit/test_cema.c — CEMA: edge selection on constructed probabilities; the cloud's replay
  * queue; an adaptation run on a shifted synthetic task that must lower the edge model's entropy
- * and raise its accuracy, moving only batchnorm affine parameters; and a bundle from the cloud
- * that carries the gain to a freshly loaded device model.
+ * and raise its accuracy, moving only batchnorm affine parameters; a bundle from the cloud
+ * that carries the gain to a freshly loaded device model; distillation at a temperature
+ * (value and gradient against the definition) and several steps per batch.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -117,6 +118,32 @@ static void test_select_e_max_follows_running_entropy(void **state)
     /* NaN inputs are never kept. */
     ent[1] = NAN;
     assert_int_equal(cairn_cema_select(s, probs, ent, 3, keep), 0);
+    /* lambda_min keeps the samples the model is least sure of, relative to the running mean
+     * entropy as E_max is: a stream of sure and unsure samples, with no upper bound that
+     * matters, uploads the unsure ones only, and keeps doing so when the whole stream shifts
+     * to higher entropy (a static E_min would then keep everything). */
+    cairn_cema_selector_free(s);
+    p = cairn_cema_select_default_params();
+    p.lambda = 100;
+    p.lambda_min = 1.0f;
+    p.d_margin = 1;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    for (int shift = 0; shift < 2; shift++) {
+        for (int b = 0; b < 30; b++) {
+            for (int i = 0; i < N; i++) {
+                float sure = shift ? 0.6f : 0.95f, unsure = shift ? 0.25f : 0.5f;
+                peaked(probs + i * K, K, i % K, i % 4 == 0 ? unsure : sure);
+                ent[i] = entropy_of(probs + i * K, K);
+            }
+            cairn_cema_select(s, probs, ent, N, keep);
+        }
+        for (int i = 0; i < N; i++)
+            assert_int_equal(keep[i], i % 4 == 0);
+    }
+    p.lambda_min = 100; /* not below lambda */
+    cairn_cema_selector *s2 = NULL;
+    assert_int_equal(cairn_cema_selector_new(&s2, K, &p, &err), CAIRN_EINVAL);
+    p.lambda_min = 0;
     cairn_cema_selector_free(s);
     /* Bad parameters are refused. */
     p.d_margin = 0;
@@ -489,6 +516,221 @@ static void test_pending_queue_drops_oldest(void **state)
     cairn_cema_cloud_close(c);
 }
 
+/* ---- Distillation at a temperature, several steps per batch --------------------------------- */
+
+/* A fresh copy of a model file, prepared for batches of 16, normalising with batch statistics
+ * (what the cloud's models do on a step's batch, without touching running statistics). */
+static cairn_nn_model *load_batch_mode(const char *path)
+{
+    cairn_error err;
+    cairn_nn_model *m = NULL;
+    assert_int_equal(cairn_nn_load(&m, path, &err), 0);
+    cairn_nn_model_params mp = cairn_nn_model_default_params();
+    mp.max_batch = 16;
+    assert_int_equal(cairn_nn_model_prepare(m, &mp, &err), 0);
+    cairn_nn_set_bn_mode(m, CAIRN_NN_BN_BATCH);
+    return m;
+}
+
+/* T^2 * mean_i s_i KL(softmax(lf_i / T) || softmax(le_i / T)), s_i = exp(-H(lf_i)) normalised to
+ * mean 1: the distillation term of cema.h, computed here from its definition in doubles. */
+static double distill_loss(const float *lf, const float *le, int n, double T)
+{
+    double s[16], ssum = 0, loss = 0;
+    for (int i = 0; i < n; i++) {
+        double mx = -INFINITY, z = 0, h = 0;
+        for (int j = 0; j < NCLS; j++)
+            mx = fmax(mx, lf[i * NCLS + j]);
+        for (int j = 0; j < NCLS; j++)
+            z += exp(lf[i * NCLS + j] - mx);
+        for (int j = 0; j < NCLS; j++) {
+            double pj = exp(lf[i * NCLS + j] - mx) / z;
+            h -= pj * log(pj);
+        }
+        s[i] = exp(-h);
+        ssum += s[i];
+    }
+    for (int i = 0; i < n; i++) {
+        double p[NCLS], q[NCLS], zp = 0, zq = 0, mp = -INFINITY, mq = -INFINITY, kl = 0;
+        for (int j = 0; j < NCLS; j++) {
+            mp = fmax(mp, lf[i * NCLS + j] / T);
+            mq = fmax(mq, le[i * NCLS + j] / T);
+        }
+        for (int j = 0; j < NCLS; j++) {
+            p[j] = exp(lf[i * NCLS + j] / T - mp);
+            q[j] = exp(le[i * NCLS + j] / T - mq);
+            zp += p[j];
+            zq += q[j];
+        }
+        for (int j = 0; j < NCLS; j++)
+            kl += p[j] / zp * log((p[j] / zp) / (q[j] / zq));
+        loss += s[i] * n / ssum * kl;
+    }
+    return T * T * loss / n;
+}
+
+static void forward16(cairn_nn_model *m, const float *x, float *logits)
+{
+    cairn_error err;
+    const float *out;
+    assert_int_equal(cairn_nn_forward(m, x, 16, &out, &err), 0);
+    memcpy(logits, out, 16 * NCLS * sizeof(float));
+}
+
+/*
+ * With w_kl alone, one step at temperature T reports the distillation loss of cema.h's formula
+ * and moves each edge batchnorm parameter by -lr times that loss's derivative, checked against
+ * central differences on a fresh copy of the edge model.
+ */
+static void test_distillation_temperature(void **state)
+{
+    paths *p = *state;
+    cairn_error err;
+    const float T = 3.0f, lr = 0.01f;
+    cairn_cema_params cp = cairn_cema_default_params();
+    cp.batch_size = 16;
+    cp.new_per_step = 16;
+    cp.temperature = T;
+    cp.w_ent = 0;
+    cp.w_ce = 0;
+    cp.momentum = 0; /* one plain SGD step: the move is -lr * gradient */
+    cp.lr_edge = lr;
+    cairn_cema_cloud *c = NULL;
+    assert_int_equal(cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &cp, &err), 0);
+
+    static float x[16 * DIM];
+    int y[16];
+    rng_state = 11;
+    make_images(x, y, 16, 1);
+    cairn_nn_model *fe = load_batch_mode(p->edge_path), *ff = load_batch_mode(p->found_path);
+    float lf[16 * NCLS], le[16 * NCLS];
+    forward16(ff, x, lf); /* the teacher's pre-step outputs */
+    forward16(fe, x, le);
+    assert_int_equal(cairn_cema_cloud_add_samples(c, x, 16, &err), 0);
+    cairn_cema_step_stats st;
+    assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 16);
+    const double want = distill_loss(lf, le, 16, T);
+    print_message("T = %g: loss_kl %.6f, from the definition %.6f\n", (double)T, st.loss_kl, want);
+    assert_true(want > 1e-4);
+    assert_float_equal(st.loss_kl, want, 1e-3 * want + 1e-6);
+    /* The same batch at T = 1 gives another value: the temperature is applied. */
+    assert_true(fabs(distill_loss(lf, le, 16, 1.0) - want) > 0.05 * want);
+
+    cairn_nn_model *ce = cairn_cema_cloud_edge_model(c);
+    int checked = 0;
+    for (int i = 0; i < cairn_nn_param_count(fe); i++) {
+        cairn_nn_param *q = cairn_nn_param_at(fe, i);
+        if (!is_affine(q)) continue;
+        float *v = q->value.data, *after = cairn_nn_param_at(ce, i)->value.data;
+        for (size_t j = 0; j < q->value.numel; j += 3) {
+            const float v0 = v[j], h = 1e-2f;
+            float lp[16 * NCLS], lm[16 * NCLS];
+            v[j] = v0 + h;
+            forward16(fe, x, lp);
+            v[j] = v0 - h;
+            forward16(fe, x, lm);
+            v[j] = v0;
+            const double fd = (distill_loss(lf, lp, 16, T) - distill_loss(lf, lm, 16, T)) / (2 * h);
+            const double moved = (v0 - after[j]) / lr;
+            /* central differences of h = 0.01 across ReLU kinks: 3% and 5e-4 absolute */
+            assert_float_equal(moved, fd, 0.03 * fabs(fd) + 5e-4);
+            checked++;
+        }
+    }
+    assert_true(checked >= 8);
+    cairn_nn_model_free(fe);
+    cairn_nn_model_free(ff);
+    cairn_cema_cloud_close(c);
+}
+
+/* Mean entropy of m's batch-statistics outputs on x (16 images). */
+static double batch_entropy(cairn_nn_model *m, const float *x)
+{
+    cairn_nn_set_bn_mode(m, CAIRN_NN_BN_BATCH);
+    float z[16 * NCLS], h[16];
+    forward16(m, x, z);
+    cairn_nn_entropy(z, 16, NCLS, h);
+    double s = 0;
+    for (int i = 0; i < 16; i++)
+        s += h[i];
+    return s / 16;
+}
+
+/*
+ * foundation_steps and edge_steps repeat the two halves of a step on its batch: the teacher's
+ * entropy on the batch falls further, the edge model comes closer to the teacher, and the step's
+ * statistics are the edge model's first pass. Out-of-range values are refused.
+ */
+static void test_steps_per_batch(void **state)
+{
+    paths *p = *state;
+    cairn_error err;
+    static float x[16 * DIM];
+    int y[16];
+    rng_state = 12;
+    make_images(x, y, 16, 1);
+    cairn_nn_model *ff = load_batch_mode(p->found_path);
+    float lf[16 * NCLS];
+    forward16(ff, x, lf);
+    cairn_nn_model_free(ff);
+
+    /* runs: 0 one step each; 1 four edge steps; 2 four foundation steps */
+    static const int fsteps[3] = {1, 1, 4}, esteps[3] = {1, 4, 1};
+    double h_found[3], dist[3];
+    cairn_cema_step_stats st[3];
+    for (int k = 0; k < 3; k++) {
+        cairn_cema_params cp = cairn_cema_default_params();
+        cp.batch_size = 16;
+        cp.new_per_step = 16;
+        cp.lr_foundation = 0.01f;
+        cp.e0_fraction = 1.0f;  /* every sample is reliable: the teacher always moves */
+        cp.w_ent = cp.w_ce = 0; /* the edge model's loss is the distance measured below */
+        cp.lr_edge = 0.05f;
+        cp.foundation_steps = fsteps[k];
+        cp.edge_steps = esteps[k];
+        cairn_cema_cloud *c = NULL;
+        assert_int_equal(cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &cp, &err), 0);
+        assert_int_equal(cairn_cema_cloud_add_samples(c, x, 16, &err), 0);
+        assert_int_equal(cairn_cema_cloud_step(c, &st[k], &err), 16);
+        h_found[k] = batch_entropy(cairn_cema_cloud_foundation_model(c), x);
+        float le[16 * NCLS];
+        cairn_nn_model *e = cairn_cema_cloud_edge_model(c);
+        cairn_nn_set_bn_mode(e, CAIRN_NN_BN_BATCH);
+        forward16(e, x, le);
+        dist[k] = distill_loss(lf, le, 16, 1.0); /* to the teacher's pre-step outputs */
+        cairn_cema_cloud_close(c);
+    }
+    print_message("steps (found, edge) 1,1 / 1,4 / 4,1: teacher entropy %.4f / %.4f / %.4f, "
+                  "edge-teacher KL %.4f / %.4f / %.4f\n",
+                  h_found[0], h_found[1], h_found[2], dist[0], dist[1], dist[2]);
+    /* Four edge steps on the batch bring the edge model closer to the (same) teacher ... */
+    assert_true(dist[1] < dist[0]);
+    assert_float_equal(h_found[1], h_found[0], 1e-6);
+    /* ... and report the first pass, as one step does. */
+    assert_float_equal(st[1].edge_entropy, st[0].edge_entropy, 1e-6);
+    assert_float_equal(st[1].loss_kl, st[0].loss_kl, 1e-6);
+    assert_float_equal(st[1].foundation_entropy, st[0].foundation_entropy, 1e-6);
+    /* Four foundation steps lower the teacher's entropy further, and the teacher of the step is
+     * its output after three updates: surer than before any. */
+    assert_true(h_found[2] < h_found[0]);
+    assert_true(st[2].foundation_entropy < st[0].foundation_entropy);
+
+    cairn_cema_params bad[5];
+    for (int k = 0; k < 5; k++)
+        bad[k] = cairn_cema_default_params();
+    bad[0].temperature = 0;
+    bad[1].temperature = NAN;
+    bad[2].foundation_steps = 0;
+    bad[3].edge_steps = 65;
+    bad[4].edge_steps = 0;
+    for (int k = 0; k < 5; k++) {
+        cairn_cema_cloud *c = (cairn_cema_cloud *)&bad[k]; /* must come back NULL */
+        assert_int_equal(cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &bad[k], &err),
+                         CAIRN_EINVAL);
+        assert_null(c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -497,6 +739,8 @@ int main(void)
         cmocka_unit_test(test_adaptation_on_shifted_task),
         cmocka_unit_test(test_residual_teacher),
         cmocka_unit_test(test_pending_queue_drops_oldest),
+        cmocka_unit_test(test_distillation_temperature),
+        cmocka_unit_test(test_steps_per_batch),
     };
     return cmocka_run_group_tests(tests, setup_models, teardown_models);
 }
