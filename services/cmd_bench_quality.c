@@ -158,6 +158,66 @@ static int check_packages(bench *b, cairn_rag *r)
     return missing ? 1 : 0;
 }
 
+/* The questions of split, once the index in dir is known to exist: 0 and *out (free with
+ * bench_free), or the exit status with the reason on stderr. */
+static int open_questions(const char *who, const char *dir, const char *questions,
+                          const char *split, bench **out)
+{
+    cairn_index_paths ip;
+    cairn_error err = {0};
+    struct stat sb;
+    if (cairn_index_paths_for(&ip, dir, &err)) {
+        fprintf(stderr, "%s: %s\n", who, err.msg);
+        return 2;
+    }
+    if (stat(ip.docs, &sb) != 0 || stat(ip.ivf, &sb) != 0) {
+        fprintf(stderr, "%s: no index in %s: build it with cairn index --full --dir %s (a few "
+                        "minutes on 2 cores)\n",
+                who, dir, dir);
+        return 1;
+    }
+    bench *b = calloc(1, sizeof *b);
+    if (b) b->who = who;
+    if (!b || load_questions(b, questions, split)) {
+        free(b);
+        return 1;
+    }
+    *out = b;
+    return 0;
+}
+
+static void bench_free(bench *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        free(b->q[i].text);
+        free(b->q[i].package);
+    }
+    free(b);
+}
+
+/* The embedder (model, threads; 0 = the CPUs online) and the index in dir served with it
+ * (*rp the parameters it opened with), checked to hold every question's package. 0, or 1 with
+ * the reason on stderr; what opened is in *e and *r either way. */
+static int open_index(bench *b, const char *dir, const char *model, long threads,
+                      cairn_rag_params *rp, cairn_embed **e, cairn_rag **r)
+{
+    cairn_error err = {0};
+    cairn_embed_params ep = cairn_embed_default_params();
+    ep.n_threads = (int)threads;
+    if (cairn_embed_open(e, model, &ep, &err)) {
+        fprintf(stderr, "%s: embedder %s: %s\n", b->who, model, err.msg);
+        return 1;
+    }
+    *rp = cairn_rag_default_params();
+    rp->dir = dir;
+    rp->embed = *e;
+    if (cairn_rag_open(r, rp, NULL, &err)) {
+        fprintf(stderr, "%s: index %s: %s\n", b->who, dir, err.msg);
+        return 1;
+    }
+    return check_packages(b, *r);
+}
+
 /* ---- Scoring ------------------------------------------------------------------------------ */
 
 typedef struct score {
@@ -500,43 +560,14 @@ int cairn_cmd_bench_quality(int argc, char **argv)
         snprintf(model_buf, sizeof model_buf, "%s/models/all-minilm-l6-v2.gguf", data);
         model = model_buf;
     }
-    cairn_index_paths ip;
-    cairn_error err = {0};
-    struct stat sb;
-    if (cairn_index_paths_for(&ip, dir, &err)) {
-        fprintf(stderr, "cairn bench retrieval-quality: %s\n", err.msg);
-        return 2;
-    }
-    if (stat(ip.docs, &sb) != 0 || stat(ip.ivf, &sb) != 0) {
-        fprintf(stderr,
-                "cairn bench retrieval-quality: no index in %s: build it with cairn index --full "
-                "--dir %s (about 20 minutes on 2 cores)\n",
-                dir, dir);
-        return 1;
-    }
-    bench *b = calloc(1, sizeof *b);
-    if (b) b->who = "cairn bench retrieval-quality";
-    if (!b || load_questions(b, questions, split)) {
-        free(b);
-        return 1;
-    }
+    bench *b = NULL;
+    int status = open_questions("cairn bench retrieval-quality", dir, questions, split, &b);
+    if (status) return status;
     cairn_embed *e = NULL;
-    cairn_embed_params ep = cairn_embed_default_params();
-    ep.n_threads = (int)threads;
-    int status = 1;
     cairn_rag *r = NULL;
-    if (cairn_embed_open(&e, model, &ep, &err)) {
-        fprintf(stderr, "cairn bench retrieval-quality: embedder %s: %s\n", model, err.msg);
-        goto out;
-    }
-    cairn_rag_params rp = cairn_rag_default_params();
-    rp.dir = dir;
-    rp.embed = e;
-    if (cairn_rag_open(&r, &rp, NULL, &err)) {
-        fprintf(stderr, "cairn bench retrieval-quality: index %s: %s\n", dir, err.msg);
-        goto out;
-    }
-    if (check_packages(b, r)) goto out;
+    cairn_rag_params rp;
+    status = 1;
+    if (open_index(b, dir, model, threads, &rp, &e, &r)) goto out;
     if (do_fit) {
         cairn_rag_close(r);
         r = NULL;
@@ -548,11 +579,7 @@ int cairn_cmd_bench_quality(int argc, char **argv)
 out:
     cairn_rag_close(r);
     cairn_embed_close(e);
-    for (int i = 0; i < b->n; i++) {
-        free(b->q[i].text);
-        free(b->q[i].package);
-    }
-    free(b);
+    bench_free(b);
     return status;
 usage:
     fputs(cairn_cmd_bench_quality_usage, stderr);
@@ -656,50 +683,23 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         snprintf(embed_buf, sizeof embed_buf, "%s/models/all-minilm-l6-v2.gguf", data);
         embed_model = embed_buf;
     }
-    cairn_index_paths ip;
-    cairn_error err = {0};
-    struct stat sb;
-    if (cairn_index_paths_for(&ip, dir, &err)) {
-        fprintf(stderr, "cairn bench rag-answers: %s\n", err.msg);
-        return 2;
-    }
-    if (stat(ip.docs, &sb) != 0 || stat(ip.ivf, &sb) != 0) {
-        fprintf(stderr, "cairn bench rag-answers: no index in %s: build it with cairn index --full "
-                        "--dir %s\n",
-                dir, dir);
-        return 1;
-    }
-    bench *b = calloc(1, sizeof *b);
-    if (b) b->who = "cairn bench rag-answers";
-    if (!b || load_questions(b, questions, split)) {
-        free(b);
-        return 1;
-    }
+    bench *b = NULL;
+    int status = open_questions("cairn bench rag-answers", dir, questions, split, &b);
+    if (status) return status;
     FILE *af = NULL;
     cairn_embed *e = NULL;
     cairn_rag *r = NULL;
     cairn_workers *w = NULL;
-    int status = 1;
+    cairn_error err = {0};
+    cairn_rag_params rp;
+    status = 1;
     double *secs = calloc((size_t)b->n, sizeof *secs);
-    cairn_embed_params ep = cairn_embed_default_params();
-    ep.n_threads = (int)threads;
     if (!secs) goto out;
     if (answers && !(af = fopen(answers, "w"))) {
         fprintf(stderr, "cairn bench rag-answers: %s: %s\n", answers, strerror(errno));
         goto out;
     }
-    if (cairn_embed_open(&e, embed_model, &ep, &err)) {
-        fprintf(stderr, "cairn bench rag-answers: embedder %s: %s\n", embed_model, err.msg);
-        goto out;
-    }
-    cairn_rag_params rp = cairn_rag_default_params();
-    rp.dir = dir;
-    rp.embed = e;
-    if (cairn_rag_open(&r, &rp, NULL, &err)) {
-        fprintf(stderr, "cairn bench rag-answers: index %s: %s\n", dir, err.msg);
-        goto out;
-    }
-    if (check_packages(b, r)) goto out;
+    if (open_index(b, dir, embed_model, threads, &rp, &e, &r)) goto out;
     cairn_workers_params wp = cairn_workers_default_params();
     wp.model_path = model;
     wp.engine.n_threads = (int)threads;
@@ -798,11 +798,7 @@ out:
     cairn_embed_close(e);
     if (af && fclose(af)) status = 1;
     free(secs);
-    for (int i = 0; i < b->n; i++) {
-        free(b->q[i].text);
-        free(b->q[i].package);
-    }
-    free(b);
+    bench_free(b);
     return status;
 usage:
     fputs(cairn_cmd_bench_answers_usage, stderr);
