@@ -73,14 +73,16 @@ cairn_api_params cairn_api_default_params(void)
 
 /* ---- Helpers --------------------------------------------------------------------------- */
 
-/* Gives back an admission slot taken by admit(). Always before the request's answer is handed
- * to the HTTP layer: a client that sends its next request the moment it has the answer must
- * find the slot free (given back after, a burst that followed at once could be refused). */
-static void release_slot(cairn_api *a)
+/* Gives back n admission slots taken by admit_n(). Always before the request's answer is
+ * handed to the HTTP layer: a client that sends its next request the moment it has the answer
+ * must find the slot free (given back after, a burst that followed at once could be refused). */
+static void release_slots(cairn_api *a, int n)
 {
-    atomic_fetch_sub(&a->active, 1);
-    cairn_gauge_dec(a->g_active);
+    atomic_fetch_sub(&a->active, n);
+    cairn_gauge_add(a->g_active, -n);
 }
+
+static void release_slot(cairn_api *a) { release_slots(a, 1); }
 
 /* A seed for a request that gave none: OpenAI's (and llama.cpp's server's) unseeded calls
  * differ from one another. From the kernel's generator; a clock-based mix if that fails. */
@@ -180,6 +182,7 @@ typedef struct gen_choice {
 typedef struct gen_ctx {
     cairn_api *api;
     cairn_http_async *async;
+    int slots; /* admission slots held: one per choice, at most max_concurrent + max_queue */
     bool chat, stream, include_usage;
     char id[48];
     int64_t created;
@@ -461,7 +464,7 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
         return;
     }
     cairn_gen_result total = gen_total(g);
-    release_slot(a); /* before the answer goes out (see release_slot) */
+    release_slots(a, g->slots); /* before the answer goes out (see release_slots) */
     if (g->stream) {
         if (g->error) {
             json_t *e = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", 503, "message", g->error,
@@ -561,24 +564,27 @@ static void fail_deferred(cairn_api *a, gen_ctx *g, int rc, const char *msg)
         e.retry_after_s = a->p.retry_after_s;
         cairn_counter_inc(a->c_shed);
     }
-    release_slot(a);
+    release_slots(a, g->slots);
     cairn_http_async_respond(g->async, &e);
     gen_free(g);
 }
 
-/* Takes one admission slot; false (and 429 in resp) when the service is full. */
-static bool admit(cairn_api *a, cairn_http_resp *resp)
+/* Takes n admission slots (a generation of n choices runs n sequences); false (and 429 in
+ * resp) when the service has not that many free. */
+static bool admit_n(cairn_api *a, cairn_http_resp *resp, int n)
 {
-    if (atomic_fetch_add(&a->active, 1) < a->p.max_concurrent + a->p.max_queue) {
-        cairn_gauge_inc(a->g_active);
+    if (atomic_fetch_add(&a->active, n) + n <= a->p.max_concurrent + a->p.max_queue) {
+        cairn_gauge_add(a->g_active, n);
         return true;
     }
-    atomic_fetch_sub(&a->active, 1);
+    atomic_fetch_sub(&a->active, n);
     cairn_counter_inc(a->c_shed);
     cairn_http_json_error(resp, 429, "too many requests in flight; retry later");
     resp->retry_after_s = a->p.retry_after_s;
     return false;
 }
+
+static bool admit(cairn_api *a, cairn_http_resp *resp) { return admit_n(a, resp, 1); }
 
 /* Defers req and queues fn(task) on the aux pool; *slot gets the handle before fn can run.
  * Returns 0, or non-zero with the request answered (through resp or the handle). */
@@ -685,15 +691,19 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
         cairn_http_json_error(resp, 503, "no generation model is loaded");
         goto out;
     }
-    if (!admit(a, resp)) goto out; /* shed before any work when the service is full */
-    g = gen_new(r.n > 1 ? r.n : 1);
+    /* n choices run n sequences: they take n slots (all there are, for n past the limits) */
+    const int n = r.n > 1 ? r.n : 1, cap = a->p.max_concurrent + a->p.max_queue,
+              slots = n < cap ? n : cap;
+    if (!admit_n(a, resp, slots)) goto out; /* shed before any work when the service is full */
+    g = gen_new(n);
     t = r.rag.enabled ? calloc(1, sizeof *t) : NULL;
     if (!g || (r.rag.enabled && !t)) {
         cairn_http_json_error(resp, 503, "out of memory");
-        release_slot(a);
+        release_slots(a, slots);
         goto out;
     }
     g->api = a;
+    g->slots = slots;
     g->chat = kind != CAIRN_API_COMPLETION;
     g->stream = r.stream;
     g->logprobs = r.logprobs;
@@ -710,7 +720,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
         t->g = g;
         t->r = r;
         if (aux_submit(a, req, resp, rag_run, t, &g->async) != 0) {
-            release_slot(a);
+            release_slots(a, slots);
             gen_free(g);
             free(t);
             cairn_api_req_free(&r);
@@ -720,7 +730,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
     g->async = cairn_http_defer(req, resp);
     if (!g->async) {
         cairn_http_json_error(resp, 503, "out of memory");
-        release_slot(a);
+        release_slots(a, slots);
         goto out;
     }
     rc = start_generation(a, g, &r, r.messages, r.n_messages, &err);
@@ -1462,9 +1472,10 @@ int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,
                                "Requests answered 401", err);
     if (!rc && metrics)
         rc = cairn_gauge_new(metrics, &a->g_active, "cairn_requests_admitted",
-                             "Generation, embedding and index requests admitted and not yet "
-                             "answered (running or queued); above limits.max_concurrent + "
-                             "limits.max_queue new ones get 429",
+                             "Admission slots held by generation, embedding and index requests "
+                             "not yet answered (running or queued; a generation of n choices "
+                             "holds n); past limits.max_concurrent + limits.max_queue new ones "
+                             "get 429",
                              err);
     if (!rc && metrics) {
         static const double b[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

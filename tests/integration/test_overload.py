@@ -189,6 +189,34 @@ def test_abandoned_requests_are_cancelled():
     assert wait_until(lambda: metric(d, "cairn_http_requests_in_flight") == 1, timeout=10)
 
 
+def test_n_choices_take_n_slots():
+    """A request for n choices runs n sequences: it holds n admission slots (of max_concurrent +
+    max_queue = 4), so beside a running n=3 request another n=2 one is shed while n=1 fits."""
+    d = daemon()
+    assert wait_until(lambda: metric(d, "cairn_requests_admitted") == 0, timeout=30)
+    body = json.dumps({"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "max_tokens": 64,
+                       "temperature": 0, "n": 3, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+              + body)
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head:  # the stream's head: admitted, its 64 tokens to come
+            head += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert metric(d, "cairn_requests_admitted") == 3, metric(d, "cairn_requests_admitted")
+        two = json.dumps({"prompt": "Hello", "max_tokens": 2, "n": 2})
+        status, headers, raw = http("POST", d.url + "/v1/completions", two, AUTH, timeout=60)
+        assert status == 429 and headers.get("Retry-After"), (status, headers, raw)
+        one = json.dumps({"prompt": "Hello", "max_tokens": 2})
+        status, _, raw = http("POST", d.url + "/v1/completions", one, AUTH, timeout=120)
+        assert status == 200, (status, raw)
+    finally:
+        s.close()
+    assert wait_until(lambda: metric(d, "cairn_requests_admitted") == 0, timeout=60)
+
+
 def test_zz_daemon_stops_cleanly():
     d = daemon()
     assert d.stop() == 0, d.output()[-3000:]
