@@ -564,19 +564,34 @@ static void end_unrequeued(cairn_workers *w, job *j)
         job_finish(w, j, CAIRN_FINISH_CONTEXT, NULL);
 }
 
-/* The KV cache ran out: the newest offline sequence gives way, or the newest one if none is
- * offline, and is requeued (recomputed when admitted again). No more sequences than are left
- * are admitted until one ends. A sequence alone that outgrew the cache ends with an error. */
+/* Whether j's sequence holds KV blocks: a follower still waiting for its leader's prompt (a
+ * choice 2..n) holds none, and preempting it would free nothing. */
+static bool holds_kv(const worker *wk, const job *j)
+{
+    cairn_seq_info info;
+    return cairn_engine_seq_info(wk->engine, j->seq, &info) != 0 || info.following < 0;
+}
+
+/* The KV cache ran out: the newest offline sequence that holds blocks gives way, or the newest
+ * one if none is offline, and is requeued (recomputed when admitted again). No more sequences
+ * than are left are admitted until one ends. A sequence alone that outgrew the cache ends with
+ * an error. */
 static void preempt(worker *wk)
 {
     cairn_workers *w = wk->w;
     int victim = -1;
+    bool victim_holds = false;
     for (int i = 0; i < wk->n_active; i++) {
         job *j = wk->active[i];
-        if (victim < 0 || (j->r.offline && !wk->active[victim]->r.offline) ||
-            (j->r.offline == wk->active[victim]->r.offline &&
-             j->t_submit > wk->active[victim]->t_submit))
+        const job *v = victim >= 0 ? wk->active[victim] : NULL;
+        bool holds = holds_kv(wk, j);
+        if (!v || (holds && !victim_holds) ||
+            (holds == victim_holds &&
+             ((j->r.offline && !v->r.offline) ||
+              (j->r.offline == v->r.offline && j->t_submit > v->t_submit)))) {
             victim = i;
+            victim_holds = holds;
+        }
     }
     job *j = wk->active[victim];
     drop_active(wk, victim);
