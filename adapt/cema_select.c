@@ -73,7 +73,8 @@ void cairn_cema_selector_reset(cairn_cema_selector *s)
 {
     s->have_ema = s->have_pbar = 0;
     s->ema_h = 0;
-    s->credit = 0;
+    /* The budget's carried fraction stays: it is the device's share, not a statistic of the
+     * model (cleared, a device that takes a bundle after every batch would upload floor(q n)). */
     memset(s->pbar, 0, (size_t)s->k * sizeof *s->pbar);
 }
 

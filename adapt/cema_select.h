@@ -75,7 +75,8 @@ float cairn_cema_selector_e_max(const cairn_cema_selector *s);
 uint64_t cairn_cema_selector_seen(const cairn_cema_selector *s);
 uint64_t cairn_cema_selector_kept(const cairn_cema_selector *s);
 
-/* Forgets the running statistics and the budget's carried fraction (e.g. after a model update). */
+/* Forgets the running statistics (e.g. after a model update); the budget's carried fraction
+ * stays. */
 void cairn_cema_selector_reset(cairn_cema_selector *s);
 
 #endif
