@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/rand.h"
+
 struct cairn_cema_selector {
     cairn_cema_select_params p;
     int k;
@@ -14,6 +16,7 @@ struct cairn_cema_selector {
     int have_pbar; /* pbar is initialised */
     double ema_h;
     double credit; /* the budget's fraction of a sample carried to the next batch, in [0, 1) */
+    uint64_t rng;  /* the budget's random share (splitmix64 state) */
     float *pbar;
     uint64_t seen, kept;
 };
@@ -28,6 +31,7 @@ cairn_cema_select_params cairn_cema_select_default_params(void)
         .pred_decay = 0.9f,
         .lambda_min = 0.0f,
         .upload_fraction = 0.0f,
+        .upload_random = 0.0f,
     };
     return p;
 }
@@ -50,6 +54,12 @@ int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_s
                             "selector: upload_fraction %g out of range: 0 (no budget) or the "
                             "fraction of each batch to upload, in (0, 1]",
                             (double)p->upload_fraction);
+    if (!(p->upload_random >= 0 && p->upload_random < 1) ||
+        (p->upload_random > 0 && !(p->upload_fraction > 0)))
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "selector: upload_random %g out of range: the share of the upload "
+                            "budget drawn at random, in [0, 1), and only with upload_fraction > 0",
+                            (double)p->upload_random);
     cairn_cema_selector *s = calloc(1, sizeof *s);
     if (s) s->pbar = calloc((size_t)k, sizeof *s->pbar);
     if (!s || !s->pbar) {
@@ -58,6 +68,7 @@ int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_s
     }
     s->p = *p;
     s->k = k;
+    s->rng = 0x43454d41u; /* fixed: a device's choices are reproducible */
     *out = s;
     return 0;
 }
@@ -157,13 +168,26 @@ int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *e
      * fills the budget with the most uncertain samples that pass the other rules. */
     for (int i = 0; i < n; i++)
         keep[i] = row_ok(probs + (size_t)i * k, k, entropies[i]) ? 2 : 0;
-    while (kept < budget) {
+    const int top = budget - (int)floor(s->p.upload_random * budget + 0.5);
+    while (kept < top) {
         int best = -1;
         for (int i = 0; i < n; i++)
             if (keep[i] == 2 && (best < 0 || entropies[i] > entropies[best])) best = i;
         if (best < 0) break;
         keep[best] = judge(s, probs + (size_t)best * k, entropies[best], e_max, e_min_dyn);
         kept += keep[best];
+    }
+    /* The random share: drawn uniformly from the samples not judged yet, so that the uploads
+     * also represent the batch (the cloud normalises the edge model with their statistics). */
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        left += keep[i] == 2;
+    for (; kept < budget && left > 0; left--) {
+        int r = (int)(cairn_rand_next(&s->rng) % (uint64_t)left), pick = -1;
+        for (int i = 0; i < n && pick < 0; i++)
+            if (keep[i] == 2 && r-- == 0) pick = i;
+        keep[pick] = judge(s, probs + (size_t)pick * k, entropies[pick], e_max, e_min_dyn);
+        kept += keep[pick];
     }
     for (int i = 0; i < n; i++)
         if (keep[i] == 2) keep[i] = 0;

@@ -29,7 +29,10 @@
  * mean); a per-batch quantile still sends that stream's most uncertain share to the teacher.
  * Combined with the rules above, they bound it further (lambda_min: only samples above the
  * running-mean bound; d_margin: a redundant sample is skipped and the next-most-uncertain one
- * takes its place).
+ * takes its place). upload_random r (default 0) gives the share r of the budget to samples drawn
+ * uniformly from the rest of the batch instead (a fixed seed per selector): uploads that only
+ * hold the most uncertain samples are a skewed sample of the batch, and the cloud normalises the
+ * edge model with their statistics.
  *
  * BLAS-free and allocation-free after new: links into libcairn_edge and into the cloud.
  * Thread-safety: a selector is stateful; one thread at a time (or guard it).
@@ -49,6 +52,7 @@ typedef struct cairn_cema_select_params {
     float pred_decay;      /* in [0, 1) */
     float lambda_min;      /* E_min' = lambda_min * EMA(entropy); 0 disables it; < lambda */
     float upload_fraction; /* q, the per-batch budget (see above); in [0, 1]; 0 disables it */
+    float upload_random;   /* share of the budget drawn at random; in [0, 1); needs q > 0 */
 } cairn_cema_select_params;
 
 cairn_cema_select_params cairn_cema_select_default_params(void);

@@ -46,7 +46,7 @@ static const char *EVAL_USAGE =
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
     "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
-    "                        [--upload-fraction Q]\n"
+    "                        [--upload-fraction Q] [--upload-random R]\n"
     "                        [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
     "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
@@ -66,7 +66,8 @@ static const char *EVAL_USAGE =
     "foundation.gguf by default; a foundation-res checkpoint of any width). It is checked\n"
     "before any stream runs.\n"
     "--upload-fraction Q (0 < Q <= 1) gives each device an upload budget: of every batch, at\n"
-    "most the fraction Q, its most uncertain samples that pass the other rules (0: no budget).\n"
+    "most the fraction Q, its most uncertain samples that pass the other rules (0: no budget);\n"
+    "--upload-random R gives the share R of that budget to samples drawn at random instead.\n"
     "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
     "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
     "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n";
@@ -466,6 +467,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_float_opt(a, v, &o->sel.lambda_min);
         else if (!strcmp(a, "--upload-fraction"))
             bad = parse_float_opt(a, v, &o->sel.upload_fraction);
+        else if (!strcmp(a, "--upload-random"))
+            bad = parse_float_opt(a, v, &o->sel.upload_random);
         else if (!strcmp(a, "--lr-edge"))
             bad = parse_float_opt(a, v, &o->cema.lr_edge);
         else if (!strcmp(a, "--lr-foundation"))
@@ -547,10 +550,12 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
     if (m >= 2)
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
-               "\"lambda\":%g,\"lambda_min\":%g,\"d_margin\":%g,\"upload_fraction\":%g",
+               "\"lambda\":%g,\"lambda_min\":%g,\"d_margin\":%g,\"upload_fraction\":%g,"
+               "\"upload_random\":%g",
                r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
                o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min,
-               (double)o->sel.d_margin, (double)o->sel.upload_fraction);
+               (double)o->sel.d_margin, (double)o->sel.upload_fraction,
+               (double)o->sel.upload_random);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -640,18 +645,18 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     fprintf(stderr,
             "adapt eval: %d %s images per stream, %d corruptions x %d severities, %d devices, "
             "batch %d, bundles every %d rounds; lambda %g lambda_min %g d_margin %g e_min %g "
-            "upload_fraction %g lr_edge %g "
+            "upload_fraction %g upload_random %g lr_edge %g "
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
             "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
             "w_ce %g\n",
             o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
             o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
-            (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.cema.lr_edge,
-            (double)o.cema.lr_foundation, o.cema.new_per_step, o.cema.batch_size,
-            o.cema.replay_capacity, (double)o.cema.e0_fraction, o.cema.foundation_steps,
-            o.cema.edge_steps, (double)o.cema.temperature, (double)o.cema.momentum,
-            o.cema.adapt_foundation, (double)o.cema.w_kl, (double)o.cema.w_ent,
-            (double)o.cema.w_ce);
+            (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.sel.upload_random,
+            (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
+            o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
+            o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,
+            (double)o.cema.momentum, o.cema.adapt_foundation, (double)o.cema.w_kl,
+            (double)o.cema.w_ent, (double)o.cema.w_ce);
     if (o.methods[2] || o.methods[3]) {
         char eps[32] = "epochs not recorded";
         if (o.teacher_epochs >= 0) snprintf(eps, sizeof eps, "%d epochs", o.teacher_epochs);

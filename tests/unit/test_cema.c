@@ -238,6 +238,34 @@ static void test_select_upload_budget(void **state)
     assert_int_equal(keep[1], 0); /* redundant with row 0 */
     cairn_cema_selector_free(s);
 
+    /* A random share: of a budget of 9 or 10, round(0.3 * budget) = 3 drawn from the rest of the
+     * batch; the 6 or 7 most uncertain are always in, and the draws reach the sure half. */
+    p.d_margin = 1;
+    p.upload_random = 0.3f;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    int low_half = 0;
+    for (int b = 0; b < 20; b++) {
+        for (int i = 0; i < N; i++) { /* entropy falls with i */
+            peaked(probs + i * K, K, i % K, 0.2f + 0.02f * (float)i);
+            ent[i] = entropy_of(probs + i * K, K);
+        }
+        int kept = cairn_cema_select(s, probs, ent, N, keep);
+        assert_true(kept == 9 || kept == 10);
+        for (int i = 0; i < kept - 3; i++)
+            assert_int_equal(keep[i], 1);
+        for (int i = N / 2; i < N; i++)
+            low_half += keep[i];
+    }
+    assert_true(low_half > 0);
+    cairn_cema_selector_free(s);
+    p.upload_random = 1; /* all at random: not a budget of uncertain samples */
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "upload_random"));
+    p.upload_random = 0.3f;
+    p.upload_fraction = 0; /* a share of no budget */
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+    p.upload_random = 0;
+
     /* Out of range: refused, naming the parameter. */
     const float bad[] = {-0.1f, 1.5f, NAN};
     for (int i = 0; i < 3; i++) {
