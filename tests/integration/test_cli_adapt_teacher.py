@@ -1,6 +1,6 @@
 """The cloud's teacher is a file of the operator's choice: `cairn adapt eval --teacher FILE` and
 cairnd's `edge.teacher`. A usable file runs and is named (architecture, SHA-256) in the output;
-a missing or malformed one, or cloud parameters out of range, fail before any stream runs with
+a missing or malformed one, or cloud or selection parameters out of range, fail before any stream runs with
 an error that names the file or the parameter."""
 import hashlib
 import json
@@ -31,7 +31,8 @@ def test_teacher_file_is_used_and_named():
         with tempfile.TemporaryDirectory() as d:
             write_stream(d, img, lab, 64)
             r = adapt_eval(teacher, "--stream", d, "--methods", "cema", "--images", "64",
-                           "--devices", "1", "--temperature", "2", "--edge-steps", "2")
+                           "--devices", "1", "--temperature", "2", "--edge-steps", "2",
+                           "--upload-fraction", "0.25")
             assert r.returncode == 0, r.stderr
             lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
             assert len(lines) == 1 and lines[0]["method"] == "cema", r.stdout
@@ -40,6 +41,9 @@ def test_teacher_file_is_used_and_named():
             assert lines[0]["teacher"] == arch and lines[0]["teacher_sha256"] == sha, lines[0]
             assert f"teacher {teacher}: {arch}," in r.stderr, r.stderr
             assert "temperature 2 " in r.stderr and "edge_steps 2 " in r.stderr, r.stderr
+            # Two batches of 32 on one device, a budget of 8 each.
+            assert lines[0]["upload_fraction"] == 0.25, lines[0]
+            assert 0 < lines[0]["uploaded_fraction"] <= 0.25, lines[0]
 
 
 def test_bad_teacher_or_parameters_fail_before_any_stream():
@@ -58,6 +62,9 @@ def test_bad_teacher_or_parameters_fail_before_any_stream():
     r = adapt_eval(teacher, "--severities", "5", "--corruptions", "fog", "--temperature", "0")
     assert r.returncode == 1 and "parameters out of range" in r.stderr, r.stderr
     assert f"cloud with teacher {teacher}" in r.stderr, r.stderr
+    r = adapt_eval(teacher, "--severities", "5", "--corruptions", "fog", "--upload-fraction", "1.5")
+    assert r.returncode == 1 and "upload_fraction 1.5 out of range" in r.stderr, r.stderr
+    assert "{" not in r.stdout, r.stdout
     r = adapt_eval(teacher, "--edge-steps", "0")
     assert r.returncode == 2 and "--edge-steps wants an integer in 1..64" in r.stderr, r.stderr
     # The teacher is not loaded when no method needs the cloud.

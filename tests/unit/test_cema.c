@@ -150,6 +150,132 @@ static void test_select_e_max_follows_running_entropy(void **state)
     assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
 }
 
+/* The upload budget: every batch keeps floor or ceil of q * its valid samples (the long-run
+ * fraction q), and they are its highest-entropy samples, also on a stream where every sample is
+ * about as unsure as the running mean (where lambda_min alone keeps almost nothing). */
+static void test_select_upload_budget(void **state)
+{
+    (void)state;
+    enum { K = 10, N = 32, BATCHES = 25 };
+    cairn_cema_selector *s = NULL;
+    cairn_error err;
+    cairn_cema_select_params p = cairn_cema_select_default_params();
+    p.lambda = 100;
+    p.d_margin = 1;
+    p.upload_fraction = 0.3f;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    float probs[N * K], ent[N];
+    uint8_t keep[N];
+    uint32_t x = 12345;
+    int total = 0, seen = 0;
+    for (int b = 0; b < BATCHES; b++) {
+        /* Peaks drawn at random; from batch 10 on, all within 0.02 of each other, as on a
+         * low-contrast stream. Row 5 of every 5th batch is NaN: never kept, not counted. */
+        for (int i = 0; i < N; i++) {
+            x = x * 1664525u + 1013904223u;
+            float u = (float)(x >> 8) / (float)(1u << 24);
+            float peak = b < 10 ? 0.15f + 0.8f * u : 0.40f + 0.02f * u;
+            peaked(probs + i * K, K, (i * 7 + b) % K, peak);
+            ent[i] = entropy_of(probs + i * K, K);
+        }
+        int valid = N;
+        if (b % 5 == 0) {
+            ent[5] = NAN;
+            valid--;
+        }
+        int kept = cairn_cema_select(s, probs, ent, N, keep);
+        seen += valid;
+        total += kept;
+        /* 0.3 * 31 or 32: 9 or 10 a batch. */
+        assert_true(kept == (int)floor(0.3 * valid) || kept == (int)ceil(0.3 * valid));
+        int n_keep = 0;
+        float lowest_kept = INFINITY, highest_left = -INFINITY;
+        for (int i = 0; i < N; i++) {
+            if (isnan(ent[i])) {
+                assert_int_equal(keep[i], 0);
+                continue;
+            }
+            n_keep += keep[i];
+            if (keep[i] && ent[i] < lowest_kept) lowest_kept = ent[i];
+            if (!keep[i] && ent[i] > highest_left) highest_left = ent[i];
+        }
+        assert_int_equal(n_keep, kept);
+        assert_true(lowest_kept >= highest_left); /* the most uncertain ones */
+        /* The budget carries its fractions: never more than q of what was seen, and less by
+         * under one sample. */
+        assert_true(total <= 0.3 * seen + 1e-6 && total > 0.3 * seen - 1);
+        /* A device that takes a bundle after every batch resets its selector: the carried
+         * fraction survives, or every batch of 32 would send 9 (28%). */
+        cairn_cema_selector_reset(s);
+    }
+    assert_int_equal(cairn_cema_selector_seen(s), seen);
+    assert_int_equal(cairn_cema_selector_kept(s), total);
+
+    /* The low-contrast stream with lambda_min 1.0 alone: about half the samples sit above the
+     * mean; with the budget on top, still 9 or 10, the most uncertain. And with the redundancy
+     * filter, a redundant top sample gives its place to the next most uncertain novel one. */
+    cairn_cema_selector_free(s);
+    p.lambda_min = 1.0f;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    for (int i = 0; i < N; i++) {
+        peaked(probs + i * K, K, i % K, 0.40f + 0.0005f * (float)i); /* row 0 most uncertain */
+        ent[i] = entropy_of(probs + i * K, K);
+    }
+    int kept = cairn_cema_select(s, probs, ent, N, keep);
+    assert_int_equal(kept, 9); /* floor(9.6); 0.6 carried */
+    for (int i = 0; i < N; i++)
+        assert_int_equal(keep[i], i < 9);
+    cairn_cema_selector_free(s);
+    p.lambda_min = 0;
+    p.d_margin = 0.5f;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    for (int i = 0; i < N; i++) { /* rows 0 and 1 most uncertain, both sure of class 0 */
+        peaked(probs + i * K, K, i < 2 ? 0 : i % K, i < 2 ? 0.89f + 0.01f * (float)i : 0.95f);
+        ent[i] = entropy_of(probs + i * K, K);
+    }
+    assert_int_equal(cairn_cema_select(s, probs, ent, N, keep), 9);
+    assert_int_equal(keep[0], 1);
+    assert_int_equal(keep[1], 0); /* redundant with row 0 */
+    cairn_cema_selector_free(s);
+
+    /* A random share: of a budget of 9 or 10, round(0.3 * budget) = 3 drawn from the rest of the
+     * batch; the 6 or 7 most uncertain are always in, and the draws reach the sure half. */
+    p.d_margin = 1;
+    p.upload_random = 0.3f;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    int low_half = 0;
+    for (int b = 0; b < 20; b++) {
+        for (int i = 0; i < N; i++) { /* entropy falls with i */
+            peaked(probs + i * K, K, i % K, 0.2f + 0.02f * (float)i);
+            ent[i] = entropy_of(probs + i * K, K);
+        }
+        int kept = cairn_cema_select(s, probs, ent, N, keep);
+        assert_true(kept == 9 || kept == 10);
+        for (int i = 0; i < kept - 3; i++)
+            assert_int_equal(keep[i], 1);
+        for (int i = N / 2; i < N; i++)
+            low_half += keep[i];
+    }
+    assert_true(low_half > 0);
+    cairn_cema_selector_free(s);
+    p.upload_random = 1; /* all at random: not a budget of uncertain samples */
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "upload_random"));
+    p.upload_random = 0.3f;
+    p.upload_fraction = 0; /* a share of no budget */
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+    p.upload_random = 0;
+
+    /* Out of range: refused, naming the parameter. */
+    const float bad[] = {-0.1f, 1.5f, NAN};
+    for (int i = 0; i < 3; i++) {
+        p.upload_fraction = bad[i];
+        assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+        assert_null(s);
+        assert_non_null(strstr(err.msg, "upload_fraction"));
+    }
+}
+
 /* ---- A shifted synthetic task ----------------------------------------------------------- */
 
 enum { S = 8, NCLS = 3, DIM = S * S };
@@ -736,6 +862,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_select_keeps_confident_novel_samples),
         cmocka_unit_test(test_select_e_max_follows_running_entropy),
+        cmocka_unit_test(test_select_upload_budget),
         cmocka_unit_test(test_adaptation_on_shifted_task),
         cmocka_unit_test(test_residual_teacher),
         cmocka_unit_test(test_pending_queue_drops_oldest),
