@@ -233,6 +233,23 @@ class BenchReport(unittest.TestCase):
         self.assertEqual(len(rows), 7)
         self.assertIn(CARD, doc)
 
+    def test_gpu_search_takes_the_nprobe_budget(self):
+        """A run with both budgets (the scheduler's lines last): the table's search figures are
+        the nprobe-clusters budget's, as the lines of before the field existed were."""
+        write_lines(self.path("run.jsonl"), cpu_run(self.rng))
+        self.assertEqual(self.report("--run", self.path("run.jsonl")).returncode, 0)
+        gpu = gpu_run(self.rng)
+        for line in gpu[1:]:
+            line["budget"] = "nprobe_clusters"
+        sched = [dict(line, budget="scheduler", p50_ms=line["p50_ms"] / 7) for line in gpu[1:]]
+        write_lines(self.path("gpu.jsonl"), gpu + sched)
+        r = self.report("--gpu", self.path("gpu.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(read(self.json))
+        ours = find(gpu, system="cairn")["p50_ms"]
+        got = sorted(f["ours"] for f in report["gpu"]["figures"])
+        self.assertEqual(got, [ours, ours])
+
     def test_run_keeps_the_merged_gpu_part(self):
         # make bench after a make bench-merge: the new cpu part, the GPU part as it was merged.
         gpu = gpu_run(self.rng)
