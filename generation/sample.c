@@ -275,6 +275,20 @@ static inline float block_max(const float *l)
     return m[0];
 }
 
+/* The largest of the n logits (a NaN is passed over; -inf for none). */
+static float row_max(const float *logits, int32_t n)
+{
+    float lmax = -INFINITY;
+    int32_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        float m = block_max(logits + i);
+        lmax = m > lmax ? m : lmax;
+    }
+    for (; i < n; i++)
+        lmax = logits[i] > lmax ? logits[i] : lmax;
+    return lmax;
+}
+
 int32_t cairn_sample_argmax(const float *logits, int32_t n)
 {
     int32_t best = -1;
@@ -438,18 +452,11 @@ static int32_t pick(cairn_sampler *s, const float *logits, cairn_error *err)
     }
     /* Candidates: finite logits as (l - max) / T, which stays finite-or--inf and keeps 0 for
      * the maximum even when 1/T overflows. A +inf logit wins outright. */
-    float lmax = -INFINITY;
-    int32_t i = 0;
-    for (; i + BLOCK <= n; i += BLOCK) {
-        float m = block_max(logits + i);
-        lmax = m > lmax ? m : lmax;
-    }
-    for (; i < n; i++) {
-        lmax = logits[i] > lmax ? logits[i] : lmax;
-    }
+    float lmax = row_max(logits, n);
     if (lmax == INFINITY) {
-        for (i = 0; logits[i] != INFINITY; i++) {
-        }
+        int32_t i = 0;
+        while (logits[i] != INFINITY)
+            i++;
         return i;
     }
     float inv_t = 1.0f / p->temperature;
@@ -516,19 +523,12 @@ int cairn_sample_logprobs(const float *logits, int32_t n, int32_t token, int k,
 {
     if (n <= 0 || token < 0 || token >= n || k < 0 || k > CAIRN_SAMPLE_MAX_LOGPROBS)
         return CAIRN_EINVAL;
-    float lmax = -INFINITY;
-    int32_t i = 0;
-    for (; i + BLOCK <= n; i += BLOCK) {
-        float m = block_max(logits + i);
-        lmax = m > lmax ? m : lmax;
-    }
-    for (; i < n; i++)
-        lmax = logits[i] > lmax ? logits[i] : lmax;
+    float lmax = row_max(logits, n);
     if (!(lmax > -INFINITY) || lmax == INFINITY)
         return CAIRN_EINVAL;
     /* log Z = max + log sum exp(l - max); the sum in double over 262k terms. */
     double sum = 0.0;
-    for (i = 0; i < n; i++) {
+    for (int32_t i = 0; i < n; i++) {
         float l = logits[i];
         if (l > -INFINITY) /* NaN compares false */
             sum += exp((double)l - (double)lmax);

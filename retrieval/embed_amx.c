@@ -98,6 +98,29 @@ static void configure(void)
     _tile_loadconfig(&tile_cfg);
 }
 
+/* Accumulators 0-3 = the 32 rows of A (a0: rows 0-15, a1: rows 16-31, stride sa bytes) times
+ * the 32 columns of packed W at w0 (columns 0-15) and w1 (16-31), over chunks of 32 of k:
+ * tile 0 rows 0-15 x cols 0-15, 1 rows 0-15 x 16-31, 2 rows 16-31 x 0-15, 3 rows 16-31 x
+ * 16-31. Tiles configured. */
+static inline void tiles_product(const uint16_t *a0, const uint16_t *a1, size_t sa,
+                                 const uint16_t *w0, const uint16_t *w1, int chunks)
+{
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int q = 0; q < chunks; q++) {
+        _tile_loadd(4, a0 + q * 32, sa);
+        _tile_loadd(5, a1 + q * 32, sa);
+        _tile_loadd(6, w0 + (size_t)q * 512, 64);
+        _tile_loadd(7, w1 + (size_t)q * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+}
+
 void cairn__amx_gemm_rows(const uint16_t *ab, int r0, int r1, const cairn__amx_mat *w, float *c)
 {
     configure();
@@ -109,20 +132,7 @@ void cairn__amx_gemm_rows(const uint16_t *ab, int r0, int r1, const cairn__amx_m
         for (int j = 0; j < n; j += 32) {
             const uint16_t *w0 = w->w + (size_t)(j / 16) * chunks * 512;
             const uint16_t *w1 = w0 + (size_t)chunks * 512;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int q = 0; q < chunks; q++) {
-                _tile_loadd(4, a0 + q * 32, lda);
-                _tile_loadd(5, a1 + q * 32, lda);
-                _tile_loadd(6, w0 + (size_t)q * 512, 64);
-                _tile_loadd(7, w1 + (size_t)q * 512, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
+            tiles_product(a0, a1, lda, w0, w1, chunks);
             /* Store each accumulator; rows past r1 stay out of C. */
             for (int t = 0; t < 4; t++) {
                 const int rr = r + (t >> 1) * 16, cc = j + (t & 1) * 16;
@@ -164,20 +174,7 @@ void cairn__amx_gemm32(const uint16_t *a, int lda, const cairn__amx_mat *w, floa
     for (int j = 0; j < n; j += 32) {
         const uint16_t *w0 = w->w + (size_t)(j / 16) * chunks * 512;
         const uint16_t *w1 = w0 + (size_t)chunks * 512;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int q = 0; q < chunks; q++) {
-            _tile_loadd(4, a0 + q * 32, sa);
-            _tile_loadd(5, a1 + q * 32, sa);
-            _tile_loadd(6, w0 + (size_t)q * 512, 64);
-            _tile_loadd(7, w1 + (size_t)q * 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
+        tiles_product(a0, a1, sa, w0, w1, chunks);
         _tile_stored(0, c + j, sc);
         _tile_stored(1, c + j + 16, sc);
         _tile_stored(2, c + (size_t)16 * ldc + j, sc);
