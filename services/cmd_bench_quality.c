@@ -158,6 +158,18 @@ static int check_packages(bench *b, cairn_rag *r)
     return missing ? 1 : 0;
 }
 
+#define INDEX_DIR "index-full"
+#define EMBED_MODEL "models/all-minilm-l6-v2.gguf"
+
+/* given, or data/rel written into buf (4096 bytes): a path option's default. */
+static const char *or_data_path(const char *given, char buf[4096], const char *data,
+                                const char *rel)
+{
+    if (given) return given;
+    snprintf(buf, 4096, "%s/%s", data, rel);
+    return buf;
+}
+
 /* The questions of split, once the index in dir is known to exist: 0 and *out (free with
  * bench_free), or the exit status with the reason on stderr. */
 static int open_questions(const char *who, const char *dir, const char *questions,
@@ -552,14 +564,8 @@ int cairn_cmd_bench_quality(int argc, char **argv)
         return 2;
     }
     char dir_buf[4096], model_buf[4096];
-    if (!dir) {
-        snprintf(dir_buf, sizeof dir_buf, "%s/index-full", data);
-        dir = dir_buf;
-    }
-    if (!model) {
-        snprintf(model_buf, sizeof model_buf, "%s/models/all-minilm-l6-v2.gguf", data);
-        model = model_buf;
-    }
+    dir = or_data_path(dir, dir_buf, data, INDEX_DIR);
+    model = or_data_path(model, model_buf, data, EMBED_MODEL);
     bench *b = NULL;
     int status = open_questions("cairn bench retrieval-quality", dir, questions, split, &b);
     if (status) return status;
@@ -674,15 +680,9 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     }
     if (strcmp(split, "test") && strcmp(split, "train") && strcmp(split, "all")) goto usage;
     char dir_buf[4096], model_buf[4096], embed_buf[4096];
-    if (!dir) snprintf(dir_buf, sizeof dir_buf, "%s/index-full", data), dir = dir_buf;
-    if (!model) {
-        snprintf(model_buf, sizeof model_buf, "%s/models/smollm2-135m-instruct-q4_1.gguf", data);
-        model = model_buf;
-    }
-    if (!embed_model) {
-        snprintf(embed_buf, sizeof embed_buf, "%s/models/all-minilm-l6-v2.gguf", data);
-        embed_model = embed_buf;
-    }
+    dir = or_data_path(dir, dir_buf, data, INDEX_DIR);
+    model = or_data_path(model, model_buf, data, "models/smollm2-135m-instruct-q4_1.gguf");
+    embed_model = or_data_path(embed_model, embed_buf, data, EMBED_MODEL);
     bench *b = NULL;
     int status = open_questions("cairn bench rag-answers", dir, questions, split, &b);
     if (status) return status;
