@@ -1331,17 +1331,13 @@ static void split_misses(cairn_tier *t, size_t nq, size_t nprobe)
  * is re-measured every 32nd search that could use it (load changes its cost), and used while
  * either is not yet known.
  */
-static bool handoff_pays(cairn_tier *t, bool on_store)
+static bool handoff_pays(cairn_tier *t, bool on_store, double hit_pair_bytes)
 {
     if (on_store || t->p.device >= 0 || t->hit_bps <= 0 || t->handoff_ns <= 0)
         return true;
     if (++t->handoff_age >= 32)
         return true;
-    double bytes = 0;
-    for (size_t i = 0; i < t->n_hit; i++)
-        if (!t->hit_w[i].skip)
-            bytes += pair_bytes(t, t->hit_w[i].cluster);
-    return bytes / t->hit_bps * 1e9 > t->handoff_ns;
+    return hit_pair_bytes / t->hit_bps * 1e9 > t->handoff_ns;
 }
 
 static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size_t nprobe,
@@ -1370,8 +1366,20 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
     t->b_k = k;
     t->b_nprobe = nprobe;
     bool on_store = t->m_np > 0;
+    /* What the store's scan reads: its hits' bytes, their (query, cluster) pairs', the misses'
+     * blocks it copies. */
+    double hit_bytes = 0, hit_pair_bytes = 0, store_bytes = 0;
+    if (t->n_hit || on_store) {
+        for (size_t i = 0; i < t->n_hit; i++) {
+            hit_bytes += (double)t->store->i->bytes(t->store, t->hit_w[i].n);
+            if (!t->hit_w[i].skip)
+                hit_pair_bytes += pair_bytes(t, t->hit_w[i].cluster);
+        }
+        for (size_t b = 0; b < t->m_nb; b++)
+            store_bytes += (double)block_bytes(t->m_blocks[b].n, t->dim);
+    }
     bool parallel = t->worker_started && t->n_cpu_miss > 0 && (t->n_hit > 0 || on_store) &&
-                    handoff_pays(t, on_store);
+                    handoff_pays(t, on_store, hit_pair_bytes);
     int64_t woken = 0;
     if (parallel) {
         woken = cairn_now_ns();
@@ -1383,20 +1391,12 @@ static int search_chunk(cairn_tier *t, const float *q, size_t nq, size_t k, size
     }
     int64_t h0 = cairn_now_ns();
     rc = 0;
-    double hit_bytes = 0, hit_pair_bytes = 0, store_bytes = 0;
     if (t->n_hit || on_store) {
         rc = on_store ? t->store->i->scan_host(t->store, q, nq, t->hit_w, t->n_hit, t->m_blocks,
                                                t->m_nb, t->m_pairs, t->m_np, k, t->hit_s,
                                                t->hit_id, t->hit_fill, err)
                       : t->store->i->scan(t->store, q, nq, t->hit_w, t->n_hit, k, t->hit_s,
                                           t->hit_id, t->hit_fill, err);
-        for (size_t i = 0; i < t->n_hit; i++) {
-            hit_bytes += (double)t->store->i->bytes(t->store, t->hit_w[i].n);
-            if (!t->hit_w[i].skip)
-                hit_pair_bytes += pair_bytes(t, t->hit_w[i].cluster);
-        }
-        for (size_t b = 0; b < t->m_nb; b++)
-            store_bytes += (double)block_bytes(t->m_blocks[b].n, t->dim);
     } else {
         memset(t->hit_fill, 0, nq * sizeof(size_t));
     }
