@@ -318,9 +318,7 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 
 /* ---- The stages (one .cu per family) --------------------------------------------------------- */
 
-/* matmul.cu: y (n_tok rows of w->rows, token-major) = w x (n_tok rows of w->cols). */
-int cairn__cuda_mat_product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
-                            float *y, cairn_error *err);
+/* matmul.cu: y[i] (n_tok rows of w[i]->rows, token-major) = w[i] x (n_tok rows of w[i]->cols). */
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                        float *const *y, cairn_error *err);
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,

@@ -956,12 +956,6 @@ static int product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_t
     return gemm(c, w, x, n_tok, y, err);
 }
 
-int cairn__cuda_mat_product(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
-                            float *y, cairn_error *err)
-{
-    return product(c, w, x, n_tok, y, false, err);
-}
-
 /* ---- The stages ------------------------------------------------------------------------------ */
 
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
