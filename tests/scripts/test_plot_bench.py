@@ -102,6 +102,22 @@ class PlotBench(unittest.TestCase):
         self.assertEqual(said["gpu-retrieval-budget"]["points"], 4)  # cache a quarter
         self.assertIn("gpu.jsonl", said["gpu-roofline"]["source"])
 
+    def test_colocate_draws_latency_and_offline_throughput(self):
+        run = self.path("colocate.jsonl")
+        policies = ("slo", "online-only", "fcfs-hybrid")
+        with open(run, "w", encoding="utf-8") as f:
+            for pol in policies:
+                for load in (0.25, 0.5, 0.75):
+                    f.write(json.dumps({"bench": "colocate", "policy": pol, "load": load,
+                                        "ttft_p99": self.rng.uniform(0.1, 2),
+                                        "tbt_p99_ms": self.rng.uniform(10, 300),
+                                        "offline_tps": self.rng.uniform(0, 900)}) + "\n")
+        said = self.plot("--jsonl", run, "--report", self.path("missing.json"))
+        col = said["colocate-p99"]
+        self.assertEqual(col["series"], list(policies))
+        self.assertEqual(col["panels"], ["ttft_p99", "tbt_p99", "offline_tps"])
+        self.assertTrue(os.path.getsize(os.path.join(self.out, "bench-colocate-p99.png")) > 0)
+
     def test_no_gpu_lines_anywhere(self):
         said = self.plot("--report", self.path("missing.json"), "--gpu-only")
         for name in ("gpu-roofline", "gpu-retrieval-cache", "gpu-retrieval-budget"):
