@@ -46,6 +46,7 @@ static const struct { const char *name; int64_t rows, cols; } LAYER[N_MATS] = {
 static const struct { const char *name, *form, *rows; } SHAPES[] = {
     {"default", NULL, NULL},          {"warp r1", "warp", "1"},   {"warp r2", "warp", "2"},
     {"block r1", "block", "1"},       {"block r2", "block", "2"},
+    {"warp r4", "warp", "4"},         {"block r4", "block", "4"},
 };
 #define N_SHAPES (sizeof SHAPES / sizeof SHAPES[0])
 

@@ -630,6 +630,8 @@ static void test_matmul(void **state)
     matmul_form("block", NULL);
     matmul_form("warp", "2"); /* two rows a warp on short matrices too */
     matmul_form("block", "1");
+    matmul_form("warp", "4"); /* four rows: 98 and 2113 leave a last warp or block short */
+    matmul_form("block", "4");
 }
 
 /*

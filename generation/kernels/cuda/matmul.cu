@@ -667,7 +667,8 @@ static int prep_bf16(cairn__cuda *c, const float *x, int n_tok, int64_t cols, ca
  *   - the warp form for Q4_0, Q4_1 and Q5_0 (unmeasured), two rows a warp for tall sets.
  * Walking 4 units a trip instead of 2 was slower for every type, form and row count measured.
  * The environment overrides each, to measure them side by side: CAIRN_CUDA_GEMV=warp|block,
- * CAIRN_CUDA_GEMV_ROWS=1|2.
+ * CAIRN_CUDA_GEMV_ROWS=1|2|4 (4: each token's activations serve four rows, a quarter of the
+ * activation loads a weight byte that one row takes; unmeasured, no default picks it).
  */
 struct gemv_shape {
     bool block;
@@ -690,7 +691,7 @@ static gemv_shape gemv_shape_of(uint32_t type, int64_t rows, int nt, int n_sm)
     if (type == CAIRN_GGUF_Q6_K && !g.block)
         g.r = nt <= 2 ? 1 : 2;
     const char *r = getenv("CAIRN_CUDA_GEMV_ROWS");
-    if (r && (!strcmp(r, "1") || !strcmp(r, "2")))
+    if (r && (!strcmp(r, "1") || !strcmp(r, "2") || !strcmp(r, "4")))
         g.r = r[0] - '0';
     return g;
 }
@@ -761,7 +762,9 @@ static void launch_gemv(cudaStream_t st, gemv_set s, const act_dev &a, int nt, b
         grid += (unsigned)((s.m[i].rows + per_block - 1) / per_block);
         s.blk_end[i] = grid;
     }
-    if (g.r == 2)
+    if (g.r == 4)
+        launch_rows<TYPE, 4>(st, g.block, s, a, nt, grid);
+    else if (g.r == 2)
         launch_rows<TYPE, 2>(st, g.block, s, a, nt, grid);
     else
         launch_rows<TYPE, 1>(st, g.block, s, a, nt, grid);
