@@ -339,13 +339,14 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
                "\"questions\":%d,\"passages\":%zu,\"hit1\":%.4f,\"hit4\":%.4f,\"hit10\":%.4f,"
                "\"mrr\":%.4f,\"hits\":[%d,%d,%d],\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
                "\"search_p50_ms\":%.3f,\"timings\":%d,\"w_title\":%g,\"common_df\":%g,"
-               "\"method\":\"%s\",\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d}\n",
+               "\"method\":\"%s\",\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d,"
+               "\"lex_norm\":\"%s\",\"fill\":%s}\n",
                cairn_search_mode_name((cairn_search_mode)m), split, s[m].n,
                cairn_rag_count(r), (double)s[m].hit1 / s[m].n, (double)s[m].hit4 / s[m].n,
                (double)s[m].hit10 / s[m].n, s[m].rr / s[m].n, s[m].hit1, s[m].hit4, s[m].hit10,
                p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df,
                cairn_fuse_method_name(fp.method), fp.w_dense, fp.w_lex, fp.k_rank,
-               fp.depth);
+               fp.depth, cairn_fuse_norm_name(fp.lex_norm), fp.fill ? "true" : "false");
     }
     for (int m = 0; m < 3; m++) {
         free(lat[m]);
@@ -360,6 +361,7 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
 typedef struct lists {
     uint64_t ids[LIST];
     float scores[LIST];
+    float dense_of[LIST]; /* a lexical list's: each passage's dense similarity (fuse.h fill) */
     char *pkg[LIST];
     int n;
 } lists;
@@ -410,8 +412,8 @@ static int fit(bench *b, const cairn_rag_params *base)
     enum { NT = 6, NC = 4, NW = NT * NC }; /* lexical configurations: title weight x common_df */
     lists *dense = calloc((size_t)b->n, sizeof *dense);
     lists *lex = calloc((size_t)b->n * NW, sizeof *lex);
-    float *q = malloc(4096 * sizeof *q);
-    int rc = dense && lex && q ? 0 : 1;
+    float *q = NULL; /* every question's embedding, dim floats each */
+    int rc = dense && lex ? 0 : 1, dim = 0;
     for (int w = 0; !rc && w < NW; w++) {
         cairn_rag_params p = *base;
         p.lex.w_title = w_titles[w / NC];
@@ -423,13 +425,20 @@ static int fit(bench *b, const cairn_rag_params *base)
             rc = 1;
             break;
         }
+        if (!q) {
+            dim = cairn_rag_dim(r);
+            if (!(q = malloc((size_t)b->n * (size_t)dim * sizeof *q))) rc = 1;
+        }
         for (int i = 0; !rc && i < b->n; i++) {
+            float *qi = q + (size_t)i * (size_t)dim;
+            lists *li = &lex[(size_t)w * b->n + i];
             if (w == 0) {
-                rc = cairn_rag_embed(r, b->q[i].text, q, &err);
-                if (!rc) rc = fetch_list(r, CAIRN_SEARCH_DENSE, b->q[i].text, q, &dense[i]);
+                rc = cairn_rag_embed(r, b->q[i].text, qi, &err);
+                if (!rc) rc = fetch_list(r, CAIRN_SEARCH_DENSE, b->q[i].text, qi, &dense[i]);
             }
-            if (!rc) rc = fetch_list(r, CAIRN_SEARCH_LEXICAL, b->q[i].text, NULL,
-                                     &lex[(size_t)w * b->n + i]);
+            if (!rc) rc = fetch_list(r, CAIRN_SEARCH_LEXICAL, b->q[i].text, NULL, li);
+            if (!rc) rc = cairn_rag_dense_scores(r, qi, li->ids, li->n, li->dense_of, &err);
+            if (rc && err.msg[0]) fprintf(stderr, "cairn bench retrieval-quality: %s\n", err.msg);
         }
         cairn_rag_close(r);
     }
@@ -451,27 +460,35 @@ static int fit(bench *b, const cairn_rag_params *base)
         snprintf(extra, sizeof extra, ",\"w_title\":%g,\"common_df\":%g", w_titles[w / NC],
                  common_dfs[w % NC]);
         print_score("lexical", &sl, extra);
+        double best_here = -1; /* this lexical configuration's best fusion */
+        score here_s = {0};
+        cairn_fuse_params here_p = {0};
+        /* rrf: one variant per k_rank; convex: the lexical scaling x fill */
         for (int meth = 0; meth < 2; meth++)
         for (size_t a = 0; a < sizeof ratios / sizeof *ratios; a++)
-            for (size_t kr = 0; kr < (meth ? 1 : sizeof k_ranks / sizeof *k_ranks); kr++)
+            for (size_t kr = 0; kr < (meth ? 4 : sizeof k_ranks / sizeof *k_ranks); kr++)
                 for (size_t d = 0; d < sizeof depths / sizeof *depths; d++) {
                     cairn_fuse_params fp = {.method = (cairn_fuse_method)meth,
                                             .w_dense = 1,
                                             .w_lex = ratios[a],
                                             .k_rank = meth ? 0 : k_ranks[kr],
-                                            .depth = depths[d]};
+                                            .depth = depths[d],
+                                            .lex_norm = meth && (kr & 1) ? CAIRN_FUSE_NORM_MAX
+                                                                         : CAIRN_FUSE_NORM_MINMAX,
+                                            .fill = meth && (kr & 2)};
                     score s = {0};
                     for (int i = 0; i < b->n; i++) {
                         uint64_t di[LIST], li[LIST];
                         for (int j = 0; j < dense[i].n; j++) di[j] = dense[i].ids[j];
                         for (int j = 0; j < lw[i].n; j++) li[j] = lw[i].ids[j];
                         int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores,
-                                           lw[i].n, &fp, fused, 10);
+                                           lw[i].dense_of, lw[i].n, &fp, fused, 10);
                         const char *pk[10];
                         for (int j = 0; j < n; j++) pk[j] = pkg_for(&dense[i], &lw[i], fused[j].id);
                         score_add(&s, b->q[i].package, pk, n);
                     }
                     double o = objective(&s);
+                    if (o > best_here + 1e-12) best_here = o, here_s = s, here_p = fp;
                     if (o > best + 1e-12) {
                         best = o;
                         best_s = s;
@@ -479,6 +496,14 @@ static int fit(bench *b, const cairn_rag_params *base)
                         best_w = w;
                     }
                 }
+        char hx[200];
+        snprintf(hx, sizeof hx,
+                 ",\"w_title\":%g,\"common_df\":%g,\"method\":\"%s\",\"w_lex\":%g,"
+                 "\"k_rank\":%g,\"depth\":%d,\"lex_norm\":\"%s\",\"fill\":%s",
+                 w_titles[w / NC], common_dfs[w % NC], cairn_fuse_method_name(here_p.method),
+                 here_p.w_lex, here_p.k_rank, here_p.depth, cairn_fuse_norm_name(here_p.lex_norm),
+                 here_p.fill ? "true" : "false");
+        print_score("hybrid_best_here", &here_s, hx);
     }
     if (!rc && getenv("CAIRN_FIT_VERBOSE")) { /* each train question's ranks, best config */
         const lists *lw = &lex[(size_t)best_w * b->n];
@@ -486,8 +511,8 @@ static int fit(bench *b, const cairn_rag_params *base)
             uint64_t di[LIST], li[LIST];
             for (int j = 0; j < dense[i].n; j++) di[j] = dense[i].ids[j];
             for (int j = 0; j < lw[i].n; j++) li[j] = lw[i].ids[j];
-            int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores, lw[i].n,
-                               &best_p, fused, 10),
+            int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores,
+                               lw[i].dense_of, lw[i].n, &best_p, fused, 10),
                 rf = 0, rd = 0, rl = 0;
             for (int j = 0; j < n && !rf; j++) {
                 const char *pk = pkg_for(&dense[i], &lw[i], fused[j].id);
@@ -503,13 +528,14 @@ static int fit(bench *b, const cairn_rag_params *base)
         }
     }
     if (!rc) {
-        char extra[160];
+        char extra[200];
         snprintf(extra, sizeof extra,
                  ",\"w_title\":%g,\"common_df\":%g,\"method\":\"%s\",\"w_dense\":%g,"
-                 "\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d",
+                 "\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d,\"lex_norm\":\"%s\",\"fill\":%s",
                  w_titles[best_w / NC], common_dfs[best_w % NC],
                  cairn_fuse_method_name(best_p.method), best_p.w_dense, best_p.w_lex,
-                 best_p.k_rank, best_p.depth);
+                 best_p.k_rank, best_p.depth, cairn_fuse_norm_name(best_p.lex_norm),
+                 best_p.fill ? "true" : "false");
         print_score("hybrid_best", &best_s, extra);
     }
     for (int i = 0; dense && i < b->n; i++) free_pkgs(dense[i].pkg, dense[i].n);

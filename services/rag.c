@@ -1429,6 +1429,58 @@ static int flat_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t 
     return 0;
 }
 
+/*
+ * The dense similarity (inner product with q) of passages ids[0..n) (n <= CAIRN_TIER_MAX_K)
+ * into out, NaN for a passage without a stored vector (deleted, or not yet embedded). Hybrid
+ * fusion's fill (retrieval/fuse.h) needs it for the passages only the lexical list found. One
+ * pass over the ids the dense side holds (the IVF's lists, or the flat set while a build runs),
+ * the wanted ones found in a small open-addressing table: about 0.2 ms over the whole default
+ * corpus, and nothing to keep in step with adds and deletes. Read lock held.
+ */
+static void dense_scores_locked(cairn_rag *r, const float *q, const uint64_t *ids, int n,
+                                float *out)
+{
+    enum { BITS = 11, SLOTS = 1 << BITS }; /* at least twice CAIRN_TIER_MAX_K: short probes */
+    _Static_assert(SLOTS >= 2 * CAIRN_TIER_MAX_K, "the table must stay half empty");
+    int16_t slot[SLOTS];
+    memset(slot, 0xff, sizeof slot); /* -1: empty */
+    for (int i = 0; i < n; i++) {
+        out[i] = NAN;
+        size_t h = (size_t)((ids[i] * 0x9E3779B97F4A7C15ull) >> (64 - BITS));
+        while (slot[h] >= 0 && ids[slot[h]] != ids[i]) h = (h + 1) & (SLOTS - 1);
+        if (slot[h] < 0) slot[h] = (int16_t)i; /* a repeated id keeps its first entry */
+    }
+    if (n == 0) return;
+    int found = 0;
+    size_t lists = r->building ? 1 : r->ivf ? cairn_ivf_nlist(r->ivf) : 0;
+    for (size_t l = 0; l < lists && found < n; l++) {
+        const float *v = NULL;
+        const int64_t *lid = NULL;
+        size_t m = 0;
+        if (r->building) v = r->fx, lid = r->fids, m = r->fn;
+        else if (cairn_ivf_list(r->ivf, l, &v, &lid, &m, NULL) != 0) continue;
+        for (size_t j = 0; j < m; j++) {
+            uint64_t id = (uint64_t)lid[j];
+            size_t h = (size_t)((id * 0x9E3779B97F4A7C15ull) >> (64 - BITS));
+            while (slot[h] >= 0 && ids[slot[h]] != id) h = (h + 1) & (SLOTS - 1);
+            if (slot[h] < 0 || out[slot[h]] == out[slot[h]]) continue; /* not wanted, or done */
+            out[slot[h]] = cblas_sdot(r->dim, q, 1, v + j * (size_t)r->dim, 1);
+            found++;
+        }
+    }
+}
+
+int cairn_rag_dense_scores(cairn_rag *r, const float *q, const uint64_t *ids, int n, float *out,
+                           cairn_error *err)
+{
+    if (n < 0 || n > CAIRN_TIER_MAX_K)
+        return cairn_errorf(err, CAIRN_ERANGE, "ids: %d is outside 0..%d", n, CAIRN_TIER_MAX_K);
+    pthread_rwlock_rdlock(&r->lock);
+    dense_scores_locked(r, q, ids, n, out);
+    pthread_rwlock_unlock(&r->lock);
+    return 0;
+}
+
 static char *dupn(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
@@ -1531,7 +1583,15 @@ static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double
     int nl = lj.n;
     if (!rc) {
         if (q->mode == CAIRN_SEARCH_HYBRID) {
-            nf = cairn_fuse(dids, dsc, nd, lids, lsc, nl, &r->p.fuse, fused, k);
+            float ldense[CAIRN_TIER_MAX_K];
+            bool fill = r->p.fuse.method == CAIRN_FUSE_CONVEX && r->p.fuse.fill;
+            if (fill) {
+                pthread_rwlock_rdlock(&r->lock);
+                dense_scores_locked(r, q->q, lids, nl, ldense);
+                pthread_rwlock_unlock(&r->lock);
+            }
+            nf = cairn_fuse(dids, dsc, nd, lids, lsc, fill ? ldense : NULL, nl, &r->p.fuse,
+                            fused, k);
         } else {
             const uint64_t *ids = dense ? dids : lids;
             const float *sc = dense ? dsc : lsc;

@@ -233,6 +233,15 @@ void cairn_rag_prefetch(cairn_rag *r, const float *q0, double predicted_s);
 int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
                      int *n_hits, cairn_error *err);
 
+/*
+ * The dense similarity (inner product with q, cairn_rag_dim floats) of the passages ids[0..n)
+ * (n <= CAIRN_TIER_MAX_K) from their stored vectors, into out; NaN for a passage without one
+ * (deleted, or not embedded yet). What hybrid fusion's fill uses (retrieval/fuse.h). Returns
+ * 0 or CAIRN_ERANGE.
+ */
+int cairn_rag_dense_scores(cairn_rag *r, const float *q, const uint64_t *ids, int n, float *out,
+                           cairn_error *err);
+
 /* What one search asks for. */
 typedef struct cairn_rag_query {
     cairn_search_mode mode;

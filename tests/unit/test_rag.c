@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "generation/tokenizer.h"
 #include "proto/gguf.h"
 #include "retrieval/index.h"
+#include "retrieval/tier.h"
 #include "services/rag.h"
 
 static char tmpdir[64];
@@ -193,6 +195,21 @@ static void test_modes_and_filters(void **state)
         assert_non_null(strstr(hits[0].text, "nginx"));
         cairn_rag_hits_free(hits, n);
     }
+    /* a passage's dense similarity from its stored vector: the dense list's own score for
+     * the passages it returns; NaN for an id without a vector (deleted, or never stored) */
+    float q[512], sims[3];
+    cairn_error e2 = {0};
+    assert_int_equal(cairn_rag_embed(r, "tmux", q, &e2), 0);
+    n = run(r, CAIRN_SEARCH_DENSE, "tmux", NULL, NULL, hits);
+    assert_true(n >= 2);
+    uint64_t ids[3] = {hits[1].id, hits[0].id, 1u << 30};
+    assert_int_equal(cairn_rag_dense_scores(r, q, ids, 3, sims, &e2), 0);
+    assert_true(fabsf(sims[0] - hits[1].score) < 1e-5f);
+    assert_true(fabsf(sims[1] - hits[0].score) < 1e-5f);
+    assert_true(isnan(sims[2]));
+    cairn_rag_hits_free(hits, n);
+    assert_int_equal(cairn_rag_dense_scores(r, q, ids, CAIRN_TIER_MAX_K + 1, sims, &e2),
+                     CAIRN_ERANGE);
     /* a mode without what it needs is refused */
     cairn_rag_query rq = {.mode = CAIRN_SEARCH_HYBRID, .text = "x", .q = NULL, .k = 4};
     cairn_error err = {0};
