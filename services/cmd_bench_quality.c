@@ -621,7 +621,7 @@ usage:
 /* ---- cairn bench rag-answers ---------------------------------------------------------------- */
 
 const char *const cairn_cmd_bench_answers_usage =
-    "usage: cairn bench rag-answers [-m MODEL] [--plain] [--questions FILE]\n"
+    "usage: cairn bench rag-answers [-m MODEL] [--plain] [--no-example] [--questions FILE]\n"
     "                               [--split test|train|all] [--dir DIR] [--data-dir DIR]\n"
     "                               [--embed-model FILE] [--k K] [--max-tokens N] [--ctx N]\n"
     "                               [--threads T] [--system TEXT] [--answers FILE]\n\n"
@@ -632,6 +632,7 @@ const char *const cairn_cmd_bench_answers_usage =
     "hold the whole default corpus (cairn index --full --dir DIR).\n\n"
     "  -m, --model FILE   the LLM (default DATA/models/smollm2-135m-instruct-q4_1.gguf)\n"
     "  --plain            a plain prompt instead of the model's chat template\n"
+    "  --no-example       leave out the prompt's worked example (cairnd shows it)\n"
     "  --questions FILE   JSON lines {id, split, package, question}\n"
     "                     (default tests/bench/rag/questions.jsonl)\n"
     "  --k K              passages in the prompt (default 4)\n"
@@ -667,13 +668,13 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     const char *dir = NULL, *data = "./data", *model = NULL, *embed_model = NULL;
     const char *system = NULL, *answers = NULL, *prefix = NULL;
     long threads = 0, k = 4, max_tokens = 64, n_ctx = 2048, passage_tokens = 0;
-    bool plain = false;
+    bool plain = false, no_example = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long *num = NULL;
         long lo = 0, hi = 0;
-        if (!strcmp(a, "--plain")) {
-            plain = true;
+        if (!strcmp(a, "--plain") || !strcmp(a, "--no-example")) {
+            *(a[2] == 'p' ? &plain : &no_example) = true;
             continue;
         }
         if (!v) goto usage;
@@ -748,6 +749,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
                              .passage_tokens = (int)passage_tokens,
                              .answer_prefix = prefix,
                              .system = system,
+                             .no_example = no_example,
                              .workers = w};
         cairn_rag_result res;
         if (cairn_rag_pipeline(r, &ask, &res, &err)) {
@@ -808,12 +810,14 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     }
     fputc('\n', stderr);
     double total_s = (double)(cairn_now_ns() - t_all) / 1e9;
-    printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"split\":\"%s\","
+    printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
+           "\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
            "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,\"prompts_truncated\":%d,"
            "\"answer_p50_s\":%.2f,\"answer_p90_s\":%.2f,\"total_s\":%.1f,"
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
-           model_name(model), plain ? "plain" : "chat", split, b->n, cairn_rag_count(r), k,
+           model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true", split,
+           b->n, cairn_rag_count(r), k,
            max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,
            truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9), total_s);

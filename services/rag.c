@@ -1903,6 +1903,8 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
             .passage_tokens = ask->passage_tokens,
             .answer_prefix = ask->answer_prefix,
             .system = ask->system,
+            .example = !ask->no_example,
+            .best_last = !ask->best_first,
         };
         rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
                                     &out->prompt, err);
@@ -1932,6 +1934,28 @@ const char *const cairn_rag_default_system =
     "with its title; for software the title starts with the package name. Answer in one or two "
     "sentences: first name the package (or document) that answers the question, then say what "
     "it does, and cite the passage as [1], [2], ... If no passage answers the question, say so.";
+
+/*
+ * A worked example shown before the question when cairn_rag_prompt_params.example is set
+ * (few-shot prompting, Brown et al. 2020, "Language Models are Few-Shot Learners"): a made-up
+ * question over made-up packages (so it names nothing of a real corpus) and an answer of the
+ * form the system prompt asks for. With a chat template it is one earlier user turn and the
+ * assistant's reply; plain, the same text before the real passages.
+ */
+#define EXAMPLE_P1                                                                                 \
+    "[1] frobview: viewer for frob image files\n"                                                 \
+    "frobview shows frob images in a window, with zoom and a slideshow.\n\n"
+#define EXAMPLE_P2                                                                                 \
+    "[2] libfrob-dev: frob image library (development files)\n"                                   \
+    "This package contains the header files of libfrob.\n\n"
+#define EXAMPLE_QUESTION "Question: How can I look at my frob pictures?"
+/* in the order the real passages are shown: best first, or best last */
+static const char *const example_user[2] = {
+    "Passages:\n\n" EXAMPLE_P1 EXAMPLE_P2 EXAMPLE_QUESTION,
+    "Passages:\n\n" EXAMPLE_P2 EXAMPLE_P1 EXAMPLE_QUESTION,
+};
+static const char example_answer[] =
+    "Use frobview: it shows frob images in a window, with zoom and a slideshow [1].";
 
 #define MIN_PASSAGE_TOKENS 32 /* fewer left per passage: passages at the end are left out */
 
@@ -1965,12 +1989,17 @@ static size_t prefix_within(const cairn_tok *t, const char *s, size_t len, int m
 /* The question's turn: the passages hits[0..n) (each text cut to lens[i] bytes, marked when
  * cut) and the question; plain, with the system text first and "Answer:" last. */
 static char *user_turn(const char *question, const cairn_rag_hit *hits, const size_t *lens,
-                       int n, const char *system, bool plain, const char *prefix)
+                       int n, const char *system, bool plain, const cairn_rag_prompt_params *p)
 {
     cairn_strbuf sb = {0};
+    const char *prefix = p->answer_prefix;
     if (plain) cairn_strbuf_printf(&sb, "%s\n\n", system);
+    if (plain && p->example)
+        cairn_strbuf_printf(&sb, "%s\nAnswer: %s\n\n", example_user[p->best_last],
+                            example_answer);
     cairn_strbuf_puts(&sb, n ? "Passages:\n\n" : "No passage was found.\n\n");
-    for (int i = 0; i < n; i++) {
+    for (int j = 0; j < n; j++) {
+        int i = p->best_last ? n - 1 - j : j; /* numbered by rank whatever the order */
         const cairn_rag_hit *h = &hits[i];
         size_t full = strlen(h->text);
         cairn_strbuf_printf(&sb, "[%d] %s\n", i + 1, h->title && h->title[0] ? h->title : h->key);
@@ -2001,7 +2030,7 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     const char *system = p->system ? p->system : cairn_rag_default_system;
     free(out->text), free(out->msgs), free(out->strs[0]), free(out->strs[1]);
     out->text = NULL, out->msgs = NULL, out->strs[0] = out->strs[1] = NULL, out->n_msgs = 0;
-    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl, p->answer_prefix);
+    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl, p);
     if (!turn) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     if (!p->tmpl) {
         out->text = turn;
@@ -2012,10 +2041,15 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     out->strs[1] = turn;
     /* [system] + the chat's turns (its own system message merged after ours) */
     bool own_system = n_msgs && !strcmp(msgs[0].role, "system");
-    size_t n_out = 1 + (n_msgs ? n_msgs - own_system : 1);
+    size_t ex = p->example ? 2 : 0; /* the worked example's two turns */
+    size_t n_out = 1 + ex + (n_msgs ? n_msgs - own_system : 1);
     out->msgs = calloc(n_out, sizeof *out->msgs);
     if (!out->msgs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     out->msgs[0] = (cairn_chat_msg){.role = "system", .content = system};
+    if (ex) {
+        out->msgs[1] = (cairn_chat_msg){.role = "user", .content = example_user[p->best_last]};
+        out->msgs[2] = (cairn_chat_msg){.role = "assistant", .content = example_answer};
+    }
     if (own_system) {
         cairn_strbuf sb = {0};
         cairn_strbuf_printf(&sb, "%s\n\n%s", system, msgs[0].content);
@@ -2023,10 +2057,10 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
         if (!out->strs[0]) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
         out->msgs[0].content = out->strs[0];
     }
-    if (!n_msgs) out->msgs[1] = (cairn_chat_msg){.role = "user", .content = turn};
+    if (!n_msgs) out->msgs[1 + ex] = (cairn_chat_msg){.role = "user", .content = turn};
     for (size_t i = own_system; i < n_msgs; i++) {
-        out->msgs[1 + i - own_system] = msgs[i];
-        if (i == last_user) out->msgs[1 + i - own_system].content = turn;
+        out->msgs[1 + ex + i - own_system] = msgs[i];
+        if (i == last_user) out->msgs[1 + ex + i - own_system].content = turn;
     }
     out->n_msgs = n_out;
     out->text = cairn_chat_render_alloc(p->tmpl, out->msgs, n_out, true, &out->len, err);

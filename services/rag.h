@@ -320,6 +320,12 @@ typedef struct cairn_rag_prompt_params {
                                         the assistant's turn opens (the model goes on from them);
                                         NULL: none */
     const char *system;              /* NULL: cairn_rag_default_system */
+    bool example;                    /* a worked example (made-up passages, a question and the
+                                        answer in the form the system prompt asks for) before
+                                        the question: two earlier turns with a template, the
+                                        same text before the passages plain */
+    bool best_last;                  /* the passages in reverse rank order, the best next to the
+                                        question (still numbered by rank: [1] is the best) */
 } cairn_rag_prompt_params;
 
 /* An answer's prompt; cairn_rag_prompt_free releases it. */
@@ -368,6 +374,10 @@ typedef struct cairn_rag_ask {
     int passage_tokens;          /* cairn_rag_prompt_params.passage_tokens */
     const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix */
     const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
+    bool no_example;             /* leave out the prompt's worked example (shown by default:
+                                    cairn_rag_prompt_params.example) */
+    bool best_first;             /* the passages best first (default: best last, next to the
+                                    question; cairn_rag_prompt_params.best_last) */
     struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation; its chat
                                       template, tokenizer and context shape the prompt */
 } cairn_rag_ask;

@@ -333,6 +333,45 @@ static void test_answer_prompt_template_and_plain(void **state)
     cairn_rag_prompt_free(&pr);
     pp.answer_prefix = NULL;
 
+    /* what cairnd sends: a worked example as two earlier turns (its made-up answer in the form
+     * the system prompt asks for), and the passages best last, next to the question, still
+     * numbered by rank */
+    pp.example = true;
+    pp.best_last = true;
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    assert_int_equal(pr.n_msgs, 4);
+    assert_string_equal(pr.msgs[1].role, "user");
+    assert_string_equal(pr.msgs[2].role, "assistant");
+    assert_string_equal(pr.msgs[3].role, "user");
+    assert_non_null(strstr(pr.msgs[1].content, "Passages:\n\n[2] "));
+    assert_true(!strncmp(pr.msgs[2].content, "Use ", 4));
+    assert_non_null(strstr(pr.msgs[2].content, "[1]"));
+    const char *p2 = strstr(pr.msgs[3].content, "[2] notes.md#0"),
+               *p1 = strstr(pr.msgs[3].content, "[1] tmux: terminal multiplexer"),
+               *pq = strstr(pr.msgs[3].content, "Question: Which multiplexer detaches?");
+    assert_true(p2 && p1 && pq && p2 < p1 && p1 < pq);
+    assert_int_equal(count_substr(pr.text, "<|im_start|>user"), 2);
+    assert_int_equal(count_substr(pr.text, "<|im_start|>assistant"), 2); /* the example's, ours */
+    assert_int_equal(pr.n_passages, 2);
+    cairn_rag_prompt_free(&pr);
+    /* a chat keeps its turns after the example */
+    assert_int_equal(cairn_rag_prompt_build(NULL, chat, 4, hits, 1, &pp, &pr, &err), 0);
+    assert_int_equal(pr.n_msgs, 6);
+    assert_string_equal(pr.msgs[3].content, "Hi");
+    assert_non_null(strstr(pr.msgs[5].content, "[1] tmux"));
+    cairn_rag_prompt_free(&pr);
+    /* plain: the example's text before the passages */
+    pp.tmpl = NULL;
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    const char *ex = strstr(pr.text, "\nAnswer: Use "), *real = strstr(pr.text, "[2] notes.md#0");
+    assert_true(ex && real && ex < real);
+    assert_non_null(strstr(pr.text, "Question: Which multiplexer detaches?\nAnswer:"));
+    cairn_rag_prompt_free(&pr);
+    pp.example = pp.best_last = false;
+    pp.tmpl = &chatml;
+
     /* no template: plain text, the system prompt first, no turn markers */
     pp.tmpl = NULL;
     pp.system = "Answer from the passages.";
