@@ -621,7 +621,8 @@ usage:
 /* ---- cairn bench rag-answers ---------------------------------------------------------------- */
 
 const char *const cairn_cmd_bench_answers_usage =
-    "usage: cairn bench rag-answers [-m MODEL] [--plain] [--no-example] [--questions FILE]\n"
+    "usage: cairn bench rag-answers [-m MODEL] [--plain] [--no-example] [--best-first]\n"
+    "                               [--no-prefix] [--prefix TEXT] [--questions FILE]\n"
     "                               [--split test|train|all] [--dir DIR] [--data-dir DIR]\n"
     "                               [--embed-model FILE] [--k K] [--max-tokens N] [--ctx N]\n"
     "                               [--threads T] [--system TEXT] [--answers FILE]\n\n"
@@ -633,6 +634,10 @@ const char *const cairn_cmd_bench_answers_usage =
     "  -m, --model FILE   the LLM (default DATA/models/smollm2-135m-instruct-q4_1.gguf)\n"
     "  --plain            a plain prompt instead of the model's chat template\n"
     "  --no-example       leave out the prompt's worked example (cairnd shows it)\n"
+    "  --best-first       the passages best first (cairnd shows them best last, next to the\n"
+    "                     question)\n"
+    "  --no-prefix        no answer prefix (cairnd opens an answer from a package's passage\n"
+    "                     with \"Use\"); --prefix TEXT: another one, for every answer\n"
     "  --questions FILE   JSON lines {id, split, package, question}\n"
     "                     (default tests/bench/rag/questions.jsonl)\n"
     "  --k K              passages in the prompt (default 4)\n"
@@ -668,13 +673,18 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     const char *dir = NULL, *data = "./data", *model = NULL, *embed_model = NULL;
     const char *system = NULL, *answers = NULL, *prefix = NULL;
     long threads = 0, k = 4, max_tokens = 64, n_ctx = 2048, passage_tokens = 0;
-    bool plain = false, no_example = false;
+    bool plain = false, no_example = false, best_first = false, no_prefix = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long *num = NULL;
         long lo = 0, hi = 0;
-        if (!strcmp(a, "--plain") || !strcmp(a, "--no-example")) {
-            *(a[2] == 'p' ? &plain : &no_example) = true;
+        bool *flag = !strcmp(a, "--plain")        ? &plain
+                     : !strcmp(a, "--no-example") ? &no_example
+                     : !strcmp(a, "--best-first") ? &best_first
+                     : !strcmp(a, "--no-prefix")  ? &no_prefix
+                                                  : NULL;
+        if (flag) {
+            *flag = true;
             continue;
         }
         if (!v) goto usage;
@@ -750,6 +760,8 @@ int cairn_cmd_bench_answers(int argc, char **argv)
                              .answer_prefix = prefix,
                              .system = system,
                              .no_example = no_example,
+                             .best_first = best_first,
+                             .no_prefix = no_prefix,
                              .workers = w};
         cairn_rag_result res;
         if (cairn_rag_pipeline(r, &ask, &res, &err)) {
@@ -769,10 +781,11 @@ int cairn_cmd_bench_answers(int argc, char **argv)
             cairn_rag_result_free(&res);
             goto out;
         }
-        if (prefix && prefix[0]) { /* the answer begins with the prefix the model went on from */
-            size_t np = strlen(prefix), na = strlen(answer);
+        const char *ap = res.prompt.answer_prefix;
+        if (ap) { /* the answer begins with the prefix the model went on from, as cairnd's */
+            size_t np = strlen(ap), na = strlen(answer);
             char *full = malloc(np + na + 1);
-            if (full) memcpy(full, prefix, np), memcpy(full + np, answer, na + 1);
+            if (full) memcpy(full, ap, np), memcpy(full + np, answer, na + 1);
             free(answer);
             answer = full;
             if (!answer) {
@@ -811,12 +824,14 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     fputc('\n', stderr);
     double total_s = (double)(cairn_now_ns() - t_all) / 1e9;
     printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
-           "\"split\":\"%s\","
+           "\"passages_order\":\"%s\",\"answer_prefix\":\"%s\",\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
            "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,\"prompts_truncated\":%d,"
            "\"answer_p50_s\":%.2f,\"answer_p90_s\":%.2f,\"total_s\":%.1f,"
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
-           model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true", split,
+           model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true",
+           best_first ? "best_first" : "best_last",
+           no_prefix ? "" : prefix ? prefix : "Use (packages)", split,
            b->n, cairn_rag_count(r), k,
            max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,

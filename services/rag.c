@@ -1892,6 +1892,17 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
     free(text);
     out->search_s = since(t2);
     free(q);
+    /* An answer recommending a package opens with "Use": SmolLM2-135M, given the form by the
+     * worked example but not the first word, named the package of the passages in 12 of the 42
+     * train questions, 21 with it (docs/BENCHMARKS.md). Only for packages: an answer from a
+     * user's documents has no package to recommend. */
+    const char *prefix = ask->answer_prefix;
+    if (!rc && !prefix && !ask->no_prefix && out->n_hits > 0) {
+        json_t *m = json_loads(out->hits[0].meta, 0, NULL);
+        if (json_is_string(json_object_get(m, "package"))) prefix = cairn_rag_package_prefix;
+        json_decref(m);
+    }
+    if (ask->no_prefix) prefix = NULL;
     if (!rc) {
         /* The answer keeps max_tokens of the context (at most half of it) for itself. */
         int n_ctx = ask->workers ? cairn_workers_n_ctx(ask->workers) : 0;
@@ -1901,7 +1912,7 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
             .tok = ask->workers ? cairn_workers_tokenizer(ask->workers) : NULL,
             .budget = n_ctx - reserve,
             .passage_tokens = ask->passage_tokens,
-            .answer_prefix = ask->answer_prefix,
+            .answer_prefix = prefix,
             .system = ask->system,
             .example = !ask->no_example,
             .best_last = !ask->best_first,
@@ -1928,6 +1939,8 @@ char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
 }
 
 /* ---- The answer's prompt ------------------------------------------------------------------- */
+
+const char *const cairn_rag_package_prefix = "Use";
 
 const char *const cairn_rag_default_system =
     "You answer questions from the numbered passages the user gives you. Each passage begins "
@@ -2169,6 +2182,7 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
     if (!rc) {
         out->n_passages = use;
         out->tokens = total;
+        out->answer_prefix = p->answer_prefix && p->answer_prefix[0] ? p->answer_prefix : NULL;
     } else {
         cairn_rag_prompt_free(out);
     }

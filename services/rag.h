@@ -308,6 +308,10 @@ json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n);
  * document the answer comes from, cite [n]. Static text. */
 extern const char *const cairn_rag_default_system;
 
+/* "Use": how an answer recommending a software package opens (the worked example's answer
+ * does too), so that a small model names the package first. Static text. */
+extern const char *const cairn_rag_package_prefix;
+
 /* How the answer's prompt is made. */
 typedef struct cairn_rag_prompt_params {
     const cairn_chat_template *tmpl; /* the model's chat format; NULL: a plain prompt (a model
@@ -338,6 +342,9 @@ typedef struct cairn_rag_prompt {
                               from the caller's messages */
     size_t n_msgs;
     char *strs[2];         /* the owned strings msgs point to */
+    const char *answer_prefix; /* the answer's first words, written after the assistant's turn
+                              opens (the model went on from them: they belong to the answer,
+                              before the generated text); NULL: none. Borrowed from the params */
     int n_passages;        /* passages in it: the first n_passages hits */
     int n_truncated;       /* of them, cut short (to passage_tokens, or to fit the budget) */
     int tokens;            /* its length in tokens (0 without a tokenizer) */
@@ -372,7 +379,11 @@ typedef struct cairn_rag_ask {
                                     of it) */
     bool plain;                  /* a plain prompt, not the model's chat template */
     int passage_tokens;          /* cairn_rag_prompt_params.passage_tokens */
-    const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix */
+    const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix; NULL: the default,
+                                    cairn_rag_package_prefix when the best passage describes a
+                                    software package (its metadata has a "package" string: the
+                                    default corpus), none otherwise */
+    bool no_prefix;              /* no answer prefix, not even the default */
     const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
     bool no_example;             /* leave out the prompt's worked example (shown by default:
                                     cairn_rag_prompt_params.example) */

@@ -303,6 +303,7 @@ static void test_answer_prompt_template_and_plain(void **state)
     assert_int_equal(pr.n_passages, 2);
     assert_int_equal(pr.n_truncated, 0);
     assert_int_equal(pr.n_msgs, 2);
+    assert_null(pr.answer_prefix);
     assert_string_equal(pr.msgs[0].role, "system");
     assert_string_equal(pr.msgs[1].role, "user");
     assert_int_equal(strlen(pr.text), pr.len);
@@ -330,6 +331,7 @@ static void test_answer_prompt_template_and_plain(void **state)
     const char *tail = "<|im_start|>assistant\nThe package is";
     assert_int_equal(pr.len, strlen(pr.text));
     assert_string_equal(pr.text + pr.len - strlen(tail), tail);
+    assert_string_equal(pr.answer_prefix, "The package is"); /* the answer begins with it */
     cairn_rag_prompt_free(&pr);
     pp.answer_prefix = NULL;
 
