@@ -661,6 +661,24 @@ static bool names_package(const char *text, const char *package)
     return false;
 }
 
+/* Whether the answer's first paragraph names package: the text before the first blank line,
+ * or before the model goes on with passages ("\n[") or a question of its own ("\nQuestion:")
+ * as a base model does. Stricter than names_package: a name echoed from the passages after the
+ * answer proper does not count. */
+static bool names_package_first(const char *text, const char *package)
+{
+    size_t n = strlen(text);
+    static const char *const ends[] = {"\n\n", "\n[", "\nQuestion:"};
+    for (size_t i = 0; i < sizeof ends / sizeof *ends; i++) {
+        const char *e = strstr(text, ends[i]);
+        if (e && (size_t)(e - text) < n) n = (size_t)(e - text);
+    }
+    char *first = strndup(text, n);
+    bool says = first && names_package(first, package);
+    free(first);
+    return says;
+}
+
 static const char *model_name(const char *path)
 {
     const char *base = strrchr(path, '/');
@@ -747,7 +765,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         goto out;
     }
     cairn_api_rag opts = {.enabled = true, .k = (int)k, .search = CAIRN_SEARCH_HYBRID};
-    int hit4 = 0, named = 0, named_hit = 0, truncated = 0;
+    int hit4 = 0, named = 0, named_hit = 0, named_first = 0, truncated = 0;
     int64_t t_all = cairn_now_ns();
     for (int i = 0; i < b->n; i++) {
         question *q = &b->q[i];
@@ -794,6 +812,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
             }
         }
         bool says = names_package(answer, q->package);
+        named_first += names_package_first(answer, q->package);
         hit4 += rank >= 1 && rank <= 4;
         named += says;
         named_hit += says && rank >= 1 && rank <= 4;
@@ -826,7 +845,8 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
            "\"passages_order\":\"%s\",\"answer_prefix\":\"%s\",\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
-           "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,\"prompts_truncated\":%d,"
+           "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,"
+           "\"names_package_first_paragraph\":%.3f,\"prompts_truncated\":%d,"
            "\"answer_p50_s\":%.2f,\"answer_p90_s\":%.2f,\"total_s\":%.1f,"
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
            model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true",
@@ -835,7 +855,8 @@ int cairn_cmd_bench_answers(int argc, char **argv)
            b->n, cairn_rag_count(r), k,
            max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,
-           truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9), total_s);
+           (double)named_first / b->n, truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9),
+           total_s);
     status = fflush(stdout) ? 1 : 0;
 out:
     cairn_workers_close(w);
