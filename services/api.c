@@ -663,7 +663,6 @@ static void rag_run(void *arg)
                          .n_msgs = r->n_messages,
                          .opts = &r->rag,
                          .max_tokens = r->max_tokens,
-                         .plain = a->p.rag_plain_prompt,
                          .workers = a->p.workers};
     cairn_rag_result res;
     int rc = cairn_rag_pipeline(a->p.rag, &ask, &res, &err);

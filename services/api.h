@@ -152,8 +152,6 @@ typedef struct cairn_api_params {
     struct cairn_embed *embed;     /* borrowed; NULL: /v1/embeddings answers 503 */
     struct cairn_rag *rag;         /* borrowed; NULL: retrieval endpoints answer 503 */
     const char *embed_model_name;  /* the id /v1/embeddings reports */
-    bool rag_plain_prompt;         /* RAG answers from the plain prompt, not the chat template
-                                      (cairn_rag_ask.plain) */
     /* POST /v1/documents/upload: the file's bytes (413 above; the route's own body limit), the
      * text extracted from it, and the passages it may make (413 above either). */
     size_t max_upload;

@@ -97,11 +97,6 @@ static const cairn_config_key schema[] = {
      "them in the background, /health answering 503 with the progress until it is done)", NULL,
      0},
     {"rag.fast_bytes", CAIRN_CFG_SIZE, "64M", "1M", "1T", "fast-tier capacity", NULL, 0},
-    {"rag.plain_prompt", CAIRN_CFG_BOOL, "false", NULL, NULL,
-     "answer RAG requests with the plain prompt (instructions, passages, question, 'Answer:') "
-     "instead of the model's chat template: for a base model such as Gemma 3 270M, which "
-     "echoes the instructions of a chat turn",
-     NULL, 0},
     {"workers.count", CAIRN_CFG_INT, "1", "1", "64", "generation workers (one engine each)",
      NULL, 0},
     {"workers.threads", CAIRN_CFG_INT, "0", "0", "1024",
@@ -519,7 +514,6 @@ static int start_api(service *s, cairn_error *err)
     }
     ap.max_upload = (size_t)cairn_config_size(c, "http.max_upload");
     ap.workers = s->workers;
-    ap.rag_plain_prompt = cairn_config_bool(c, "rag.plain_prompt");
     rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
     if (rc || !cairn_config_string(c, "redis.url")) return rc;
     if (!s->workers && s->doclog) {
