@@ -1,4 +1,4 @@
-"""`cairn bench profile|colocate|yield`: argument parsing. A bad flag, a missing value or a
+"""`cairn bench profile|colocate|yield|rag-answers`: argument parsing. A bad flag, a missing value or a
 value out of range ends with status 2 and a first line that names the flag (the usage
 follows); none of these cases loads a model."""
 import os
