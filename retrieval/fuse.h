@@ -20,7 +20,8 @@
  *    - lexical scores scaled by the list's maximum (s / max_l, BM25's theoretical minimum
  *      being 0) instead of min-max: a weak best match is not stretched to 1. A passage the
  *      lexical list does not hold scores the list's lowest score when the list was cut at
- *      `depth` (its BM25 is at most that), 0 when the list held every match.
+ *      `depth` (its BM25 is at most that), 0 when the list held every match. Scores that are
+ *      not all >= 0 with a positive maximum (not BM25's) fall back to min-max.
  * The method, weights, k_rank and depth are fitted on the training questions (`cairn bench
  * retrieval-quality --fit`; docs/RETRIEVAL.md).
  *
