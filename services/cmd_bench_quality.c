@@ -622,7 +622,7 @@ usage:
 
 const char *const cairn_cmd_bench_answers_usage =
     "usage: cairn bench rag-answers [-m MODEL] [--plain] [--no-example] [--best-first]\n"
-    "                               [--no-prefix] [--prefix TEXT] [--questions FILE]\n"
+    "                               [--no-prefix] [--prefix TEXT] [--mode M] [--questions FILE]\n"
     "                               [--split test|train|all] [--dir DIR] [--data-dir DIR]\n"
     "                               [--embed-model FILE] [--k K] [--max-tokens N] [--ctx N]\n"
     "                               [--threads T] [--system TEXT] [--answers FILE]\n\n"
@@ -638,6 +638,8 @@ const char *const cairn_cmd_bench_answers_usage =
     "                     question)\n"
     "  --no-prefix        no answer prefix (cairnd opens an answer from a package's passage\n"
     "                     with \"Use\"); --prefix TEXT: another one, for every answer\n"
+    "  --mode M           pre-retrieval generation: none (default, as /v1/rag's default),\n"
+    "                     rewrite or hyde\n"
     "  --questions FILE   JSON lines {id, split, package, question}\n"
     "                     (default tests/bench/rag/questions.jsonl)\n"
     "  --k K              passages in the prompt (default 4)\n"
@@ -689,7 +691,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
 {
     const char *questions = "tests/bench/rag/questions.jsonl", *split = "test";
     const char *dir = NULL, *data = "./data", *model = NULL, *embed_model = NULL;
-    const char *system = NULL, *answers = NULL, *prefix = NULL;
+    const char *system = NULL, *answers = NULL, *prefix = NULL, *rag_mode = "none";
     long threads = 0, k = 4, max_tokens = 64, n_ctx = 2048, passage_tokens = 0;
     bool plain = false, no_example = false, best_first = false, no_prefix = false;
     for (int i = 2; i < argc; i++) {
@@ -715,6 +717,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--answers")) answers = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--mode")) rag_mode = v;
         else if (!strcmp(a, "--threads")) num = &threads, lo = 0, hi = 1024;
         else if (!strcmp(a, "--k")) num = &k, lo = 1, hi = CAIRN_RAG_MAX_K;
         else if (!strcmp(a, "--max-tokens")) num = &max_tokens, lo = 1, hi = 4096;
@@ -734,6 +737,14 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         i++;
     }
     if (strcmp(split, "test") && strcmp(split, "train") && strcmp(split, "all")) goto usage;
+    cairn_rag_mode pre_mode = CAIRN_RAG_NONE;
+    if (!strcmp(rag_mode, "rewrite")) pre_mode = CAIRN_RAG_REWRITE;
+    else if (!strcmp(rag_mode, "hyde")) pre_mode = CAIRN_RAG_HYDE;
+    else if (strcmp(rag_mode, "none")) {
+        fprintf(stderr, "cairn bench rag-answers: --mode '%s' is not none, rewrite or hyde\n",
+                rag_mode);
+        return 2;
+    }
     char dir_buf[4096], model_buf[4096], embed_buf[4096];
     dir = or_data_path(dir, dir_buf, data, INDEX_DIR);
     model = or_data_path(model, model_buf, data, "models/smollm2-135m-instruct-q4_1.gguf");
@@ -764,7 +775,8 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         fprintf(stderr, "cairn bench rag-answers: %s: %s\n", model, err.msg);
         goto out;
     }
-    cairn_api_rag opts = {.enabled = true, .k = (int)k, .search = CAIRN_SEARCH_HYBRID};
+    cairn_api_rag opts = {.enabled = true, .k = (int)k, .search = CAIRN_SEARCH_HYBRID,
+                          .mode = pre_mode};
     int hit4 = 0, named = 0, named_hit = 0, named_first = 0, truncated = 0;
     int64_t t_all = cairn_now_ns();
     for (int i = 0; i < b->n; i++) {
@@ -843,7 +855,8 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     fputc('\n', stderr);
     double total_s = (double)(cairn_now_ns() - t_all) / 1e9;
     printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
-           "\"passages_order\":\"%s\",\"answer_prefix\":\"%s\",\"split\":\"%s\","
+           "\"passages_order\":\"%s\",\"answer_prefix\":\"%s\",\"rag_mode\":\"%s\","
+           "\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
            "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,"
            "\"names_package_first_paragraph\":%.3f,\"prompts_truncated\":%d,"
@@ -851,7 +864,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
            model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true",
            best_first ? "best_first" : "best_last",
-           no_prefix ? "" : prefix ? prefix : "Use (packages)", split,
+           no_prefix ? "" : prefix ? prefix : "Use (packages)", rag_mode, split,
            b->n, cairn_rag_count(r), k,
            max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,
