@@ -854,8 +854,13 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     }
     fputc('\n', stderr);
     double total_s = (double)(cairn_now_ns() - t_all) / 1e9;
+    /* the opening the answers had: --prefix's text (the user's, so escaped), none, or the
+     * default "Use" for answers from a package's passage */
+    json_t *pj = json_string(no_prefix ? "" : prefix ? prefix : "Use (packages)");
+    char *prefix_json = pj ? json_dumps(pj, JSON_ENCODE_ANY) : NULL;
+    json_decref(pj);
     printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
-           "\"passages_order\":\"%s\",\"answer_prefix\":\"%s\",\"rag_mode\":\"%s\","
+           "\"passages_order\":\"%s\",\"answer_prefix\":%s,\"rag_mode\":\"%s\","
            "\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
            "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,"
@@ -864,12 +869,13 @@ int cairn_cmd_bench_answers(int argc, char **argv)
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
            model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true",
            best_first ? "best_first" : "best_last",
-           no_prefix ? "" : prefix ? prefix : "Use (packages)", rag_mode, split,
+           prefix_json ? prefix_json : "null", rag_mode, split,
            b->n, cairn_rag_count(r), k,
            max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,
            (double)named_first / b->n, truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9),
            total_s);
+    free(prefix_json);
     status = fflush(stdout) ? 1 : 0;
 out:
     cairn_workers_close(w);
