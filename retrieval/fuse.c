@@ -1,5 +1,5 @@
 /*
- * retrieval/fuse.c — weighted reciprocal-rank fusion (see fuse.h).
+ * retrieval/fuse.c — hybrid fusion: weighted reciprocal ranks or convex scores (see fuse.h).
  *
  * Lists are short (depth, a few dozen), so candidates are merged by a linear scan rather than a
  * hash, in a caller-free stack array bounded by CAND_MAX.
@@ -13,9 +13,14 @@
 
 cairn_fuse_params cairn_fuse_default_params(void)
 {
-    /* Fitted on tests/bench/questions.jsonl's train half (docs/RETRIEVAL.md). */
-    return (cairn_fuse_params){
-        .method = CAIRN_FUSE_CONVEX, .w_dense = 1.0, .w_lex = 1.5, .k_rank = 60.0, .depth = 100};
+    /* Fitted on tests/bench/retrieval/questions.jsonl's train half (docs/RETRIEVAL.md). */
+    return (cairn_fuse_params){.method = CAIRN_FUSE_CONVEX,
+                               .w_dense = 1.0,
+                               .w_lex = 0.5,
+                               .k_rank = 60.0,
+                               .depth = 100,
+                               .lex_norm = CAIRN_FUSE_NORM_MAX,
+                               .fill = true};
 }
 
 const char *cairn_search_mode_name(cairn_search_mode m)
@@ -74,48 +79,86 @@ const char *cairn_fuse_method_name(cairn_fuse_method m)
     return m == CAIRN_FUSE_CONVEX ? "convex" : "rrf";
 }
 
-/* What the passage at 0-based rank i of a list adds before its weight; lo and hi are the
- * list's smallest and largest score (convex). */
-static double contribution(const cairn_fuse_params *p, const float *sc, float lo, float hi, int i)
+const char *cairn_fuse_norm_name(cairn_fuse_norm n)
 {
-    if (p->method != CAIRN_FUSE_CONVEX) return 1.0 / ((p->k_rank > 0 ? p->k_rank : 1.0) + i + 1);
-    if (!sc) return 0.0;
-    return hi > lo ? ((double)sc[i] - lo) / ((double)hi - lo) : 1.0;
+    return n == CAIRN_FUSE_NORM_MAX ? "max" : "minmax";
 }
 
-static void score_range(const float *sc, int n, float *lo, float *hi)
+/* x scaled into [0, 1] by lo and hi (1 when they are equal). */
+static double minmax(double x, double lo, double hi)
 {
-    *lo = *hi = sc && n ? sc[0] : 0.0f;
-    for (int j = 1; sc && j < n; j++) {
-        if (sc[j] < *lo) *lo = sc[j];
-        if (sc[j] > *hi) *hi = sc[j];
-    }
+    return hi > lo ? (x - lo) / (hi - lo) : 1.0;
 }
 
 int cairn_fuse(const uint64_t *dense, const float *dense_scores, int n_dense, const uint64_t *lex,
-               const float *lex_scores, int n_lex, const cairn_fuse_params *p, cairn_fused *out,
-               int k)
+               const float *lex_scores, const float *lex_dense, int n_lex,
+               const cairn_fuse_params *p, cairn_fused *out, int k)
 {
+    /* per candidate: its dense and lexical scores, when it has them */
     static _Thread_local cairn_fused c[CAND_MAX];
+    static _Thread_local float cd[CAND_MAX], cl[CAND_MAX];
+    static _Thread_local bool has_d[CAND_MAX];
     int n = 0, depth = p->depth > 0 ? p->depth : 1;
     if (depth > CAND_MAX / 2) depth = CAND_MAX / 2;
     int nd = n_dense < depth ? n_dense : depth, nl = n_lex < depth ? n_lex : depth;
-    float dlo, dhi, llo, lhi;
-    score_range(dense_scores, nd, &dlo, &dhi);
-    score_range(lex_scores, nl, &llo, &lhi);
+    bool convex = p->method == CAIRN_FUSE_CONVEX;
+    bool fill = convex && p->fill && lex_dense && dense_scores;
     for (int i = 0; i < nd; i++) {
+        int before = n;
         cairn_fused *f = candidate(c, &n, dense[i]);
         if (!f || f->dense_rank) continue;
+        size_t at = (size_t)(f - c);
+        if (n > before) has_d[at] = false;
         f->dense_rank = i + 1;
         f->from |= CAIRN_FUSE_DENSE;
-        f->score += (float)(p->w_dense * contribution(p, dense_scores, dlo, dhi, i));
+        if (dense_scores) cd[at] = dense_scores[i], has_d[at] = true;
     }
     for (int i = 0; i < nl; i++) {
+        int before = n;
         cairn_fused *f = candidate(c, &n, lex[i]);
         if (!f || f->lex_rank) continue;
+        size_t at = (size_t)(f - c);
+        if (n > before) has_d[at] = false;
         f->lex_rank = i + 1;
         f->from |= CAIRN_FUSE_LEXICAL;
-        f->score += (float)(p->w_lex * contribution(p, lex_scores, llo, lhi, i));
+        if (lex_scores) cl[at] = lex_scores[i];
+        if (fill && !f->dense_rank && lex_dense[i] == lex_dense[i]) /* not NaN */
+            cd[at] = lex_dense[i], has_d[at] = true;
+    }
+    /* convex: each side's range over the candidates that have its score */
+    double dlo = 0, dhi = 0, llo = 0, lhi = 0;
+    bool any_d = false, any_l = false;
+    for (int j = 0; convex && j < n; j++) {
+        if (has_d[j]) {
+            if (!any_d || cd[j] < dlo) dlo = cd[j];
+            if (!any_d || cd[j] > dhi) dhi = cd[j];
+            any_d = true;
+        }
+        if (c[j].lex_rank && lex_scores) {
+            if (!any_l || cl[j] < llo) llo = cl[j];
+            if (!any_l || cl[j] > lhi) lhi = cl[j];
+            any_l = true;
+        }
+    }
+    /* scaled by the maximum: a passage the list does not hold scored at most its lowest score
+     * when the list was cut at depth, nothing when it held every match */
+    bool by_max = p->lex_norm == CAIRN_FUSE_NORM_MAX && lhi > 0 && llo >= 0;
+    double floor_l = by_max && n_lex >= depth ? llo / lhi : 0.0;
+    double kr = p->k_rank > 0 ? p->k_rank : 1.0;
+    for (int j = 0; j < n; j++) {
+        cairn_fused *f = &c[j];
+        double s = 0;
+        if (!convex) {
+            if (f->dense_rank) s += p->w_dense / (kr + f->dense_rank);
+            if (f->lex_rank) s += p->w_lex / (kr + f->lex_rank);
+        } else {
+            if (has_d[j]) s += p->w_dense * minmax(cd[j], dlo, dhi);
+            if (f->lex_rank && lex_scores)
+                s += p->w_lex * (by_max ? cl[j] / lhi : minmax(cl[j], llo, lhi));
+            else if (!f->lex_rank)
+                s += p->w_lex * floor_l;
+        }
+        f->score = (float)s;
     }
     qsort(c, (size_t)n, sizeof *c, cmp_fused);
     int m = n < k ? n : k;

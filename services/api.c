@@ -173,6 +173,7 @@ typedef struct gen_choice {
     int index;
     cairn_strbuf text;  /* non-streaming: the answer so far */
     bool sent_role;     /* streaming chat: the first delta carries the role */
+    bool prefixed;      /* the answer prefix (gen_ctx.prefix) went out before its text */
     json_t *lp;         /* logprobs not yet sent (streaming) or all of them: chat, an array of
                            content entries; completions, {tokens, token_logprobs, ...} */
     size_t offset;      /* completions: characters of the choice's tokens so far */
@@ -189,6 +190,8 @@ typedef struct gen_ctx {
     int64_t t_start;   /* request arrival (monotonic ns) */
     json_t *sources;   /* RAG: the passages the answer was given, or NULL */
     json_t *stages;    /* RAG: per-stage timings (object), or NULL */
+    char *prefix;      /* RAG: the answer's first words, written into the prompt (the model
+                          went on from them): each choice's text begins with them; or NULL */
     bool logprobs;     /* the request asked for them */
     int n, n_left;     /* choices; those not yet ended */
     const char *error; /* the first failed choice's reason (static text) */
@@ -229,6 +232,7 @@ static void gen_free(gen_ctx *g)
     }
     free(g->ch);
     free(g->users);
+    free(g->prefix);
     json_decref(g->sources);
     json_decref(g->stages);
     pthread_mutex_destroy(&g->mu);
@@ -346,16 +350,9 @@ static json_t *take_logprobs(gen_ctx *g, gen_choice *ch)
                                "top_logprobs", "text_offset");
 }
 
-static int gen_on_text(void *user, const char *text, size_t len)
+/* Streams text as the choice's next delta. g->mu held. */
+static int send_text(gen_ctx *g, gen_choice *ch, const char *text, size_t len)
 {
-    gen_choice *ch = user;
-    gen_ctx *g = ch->g;
-    if (!g->stream) {
-        cairn_strbuf_append(&ch->text, text, len); /* this choice's own: no lock needed */
-        return cairn_http_async_gone(g->async);
-    }
-    if (len == 0) return cairn_http_async_gone(g->async);
-    pthread_mutex_lock(&g->mu);
     json_t *o = chunk_base(g);
     json_t *t = json_text(text, len);
     json_t *choice = g->chat ? json_pack("{s:i,s:{s:o},s:o,s:n}", "index", ch->index, "delta",
@@ -368,7 +365,36 @@ static int gen_on_text(void *user, const char *text, size_t len)
         ch->sent_role = true;
     }
     json_object_set_new(o, "choices", json_pack("[o]", choice));
-    int rc = send_event(g, o);
+    return send_event(g, o);
+}
+
+/* The answer prefix, once per choice, before its first text (or at its end when it generated
+ * none): the prompt ended in it, so the answer begins with it. Streaming: g->mu held. */
+static int send_prefix(gen_ctx *g, gen_choice *ch)
+{
+    if (ch->prefixed || !g->prefix) return 0;
+    ch->prefixed = true;
+    size_t n = strlen(g->prefix);
+    if (!g->stream) {
+        cairn_strbuf_append(&ch->text, g->prefix, n);
+        return 0;
+    }
+    return send_text(g, ch, g->prefix, n);
+}
+
+static int gen_on_text(void *user, const char *text, size_t len)
+{
+    gen_choice *ch = user;
+    gen_ctx *g = ch->g;
+    if (!g->stream) {
+        send_prefix(g, ch); /* this choice's own text: no lock needed */
+        cairn_strbuf_append(&ch->text, text, len);
+        return cairn_http_async_gone(g->async);
+    }
+    if (len == 0) return cairn_http_async_gone(g->async);
+    pthread_mutex_lock(&g->mu);
+    int rc = send_prefix(g, ch);
+    if (!rc) rc = send_text(g, ch, text, len);
     pthread_mutex_unlock(&g->mu);
     return rc;
 }
@@ -451,6 +477,7 @@ static void gen_on_done(void *user, const cairn_gen_result *r)
     pthread_mutex_lock(&g->mu);
     ch->res = *r;
     if (r->error && !g->error) g->error = r->error;
+    if (!r->error) send_prefix(g, ch); /* an answer of no text is still the prefix */
     const bool last = --g->n_left == 0;
     /* n > 1: each choice's finish is an event of its own; usage and timings close the stream.
      * n = 1: one event carries them all, as before. */
@@ -504,23 +531,27 @@ static char *render_chat(cairn_api *a, const cairn_chat_msg *msgs, size_t n, siz
 }
 
 /*
- * Submits the generation for g: msgs rendered with the chat template (g->chat), else r's
- * prompt as is. Returns 0 (g now belongs to the workers: do not touch it), or a CAIRN_E* code
- * with nothing submitted (the caller answers and frees g). Any thread.
+ * Submits the generation for g: the prompt pr when given (RAG: the text the pipeline built,
+ * so that what is answered is what `cairn bench rag-answers` measures), else msgs rendered
+ * with the chat template (g->chat), else r's prompt as is. Returns 0 (g now belongs to the
+ * workers: do not touch it), or a CAIRN_E* code with nothing submitted (the caller answers
+ * and frees g). Any thread.
  */
 static int start_generation(cairn_api *a, gen_ctx *g, const cairn_api_req *r,
-                            const cairn_chat_msg *msgs, size_t n_msgs, cairn_error *err)
+                            const cairn_chat_msg *msgs, size_t n_msgs, const cairn_rag_prompt *pr,
+                            cairn_error *err)
 {
     size_t plen = r->prompt_len;
     char *rendered = NULL;
-    if (g->chat) {
+    if (!pr && g->chat) {
         rendered = render_chat(a, msgs, n_msgs, &plen, err);
         if (!rendered) return cairn_error_prefix(err, "messages");
     }
     cairn_gen_request gr = {
-        .prompt = g->chat ? rendered : r->prompt,
-        .prompt_len = plen,
-        .tok_flags = CAIRN_TOK_ADD_SPECIAL | (g->chat ? CAIRN_TOK_PARSE_SPECIAL : 0),
+        .prompt = pr ? pr->text : g->chat ? rendered : r->prompt,
+        .prompt_len = pr ? pr->len : plen,
+        .tok_flags = pr ? pr->tok_flags
+                        : CAIRN_TOK_ADD_SPECIAL | (g->chat ? CAIRN_TOK_PARSE_SPECIAL : 0),
         .max_tokens = r->max_tokens,
         /* RAG fits its prompt to leave the answer room itself */
         .max_tokens_strict = r->max_tokens_given && r->kind != CAIRN_API_RAG,
@@ -655,7 +686,12 @@ static void rag_run(void *arg)
             json_object_set_new(g->stages, "pre_retrieval_text",
                                 json_text(res.pre_text, strlen(res.pre_text)));
         if (g->stages) json_object_set_new(g->stages, "index", cairn_rag_status_json(a->p.rag));
-        rc = start_generation(a, g, r, res.prompt.msgs, res.prompt.n_msgs, &err);
+        if (res.prompt.answer_prefix && !(g->prefix = strdup(res.prompt.answer_prefix)))
+            rc = cairn_errorf(&err, CAIRN_ENOMEM, "out of memory");
+        /* completions' text_offset counts the answer's characters, the prefix's first */
+        for (int i = 0; g->prefix && i < g->n; i++)
+            g->ch[i].offset = utf8_chars(g->prefix, strlen(g->prefix));
+        if (!rc) rc = start_generation(a, g, r, NULL, 0, &res.prompt, &err);
         cairn_rag_result_free(&res);
     }
     if (rc) fail_deferred(a, g, rc, err.msg[0] ? err.msg : "out of memory");
@@ -733,7 +769,7 @@ static void handle_generate(cairn_api *a, cairn_api_kind kind, const cairn_http_
         release_slots(a, slots);
         goto out;
     }
-    rc = start_generation(a, g, &r, r.messages, r.n_messages, &err);
+    rc = start_generation(a, g, &r, r.messages, r.n_messages, NULL, &err);
     if (rc) {
         fail_deferred(a, g, rc, err.msg); /* nothing was queued: answer now */
         g = NULL;

@@ -339,13 +339,14 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
                "\"questions\":%d,\"passages\":%zu,\"hit1\":%.4f,\"hit4\":%.4f,\"hit10\":%.4f,"
                "\"mrr\":%.4f,\"hits\":[%d,%d,%d],\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
                "\"search_p50_ms\":%.3f,\"timings\":%d,\"w_title\":%g,\"common_df\":%g,"
-               "\"method\":\"%s\",\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d}\n",
+               "\"method\":\"%s\",\"w_dense\":%g,\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d,"
+               "\"lex_norm\":\"%s\",\"fill\":%s}\n",
                cairn_search_mode_name((cairn_search_mode)m), split, s[m].n,
                cairn_rag_count(r), (double)s[m].hit1 / s[m].n, (double)s[m].hit4 / s[m].n,
                (double)s[m].hit10 / s[m].n, s[m].rr / s[m].n, s[m].hit1, s[m].hit4, s[m].hit10,
                p50 * 1e3, p90 * 1e3, s50 * 1e3, nt, lp.w_title, lp.common_df,
                cairn_fuse_method_name(fp.method), fp.w_dense, fp.w_lex, fp.k_rank,
-               fp.depth);
+               fp.depth, cairn_fuse_norm_name(fp.lex_norm), fp.fill ? "true" : "false");
     }
     for (int m = 0; m < 3; m++) {
         free(lat[m]);
@@ -360,6 +361,7 @@ static int evaluate(bench *b, cairn_rag *r, const char *split, int repeat)
 typedef struct lists {
     uint64_t ids[LIST];
     float scores[LIST];
+    float dense_of[LIST]; /* a lexical list's: each passage's dense similarity (fuse.h fill) */
     char *pkg[LIST];
     int n;
 } lists;
@@ -410,8 +412,8 @@ static int fit(bench *b, const cairn_rag_params *base)
     enum { NT = 6, NC = 4, NW = NT * NC }; /* lexical configurations: title weight x common_df */
     lists *dense = calloc((size_t)b->n, sizeof *dense);
     lists *lex = calloc((size_t)b->n * NW, sizeof *lex);
-    float *q = malloc(4096 * sizeof *q);
-    int rc = dense && lex && q ? 0 : 1;
+    float *q = NULL; /* every question's embedding, dim floats each */
+    int rc = dense && lex ? 0 : 1, dim = 0;
     for (int w = 0; !rc && w < NW; w++) {
         cairn_rag_params p = *base;
         p.lex.w_title = w_titles[w / NC];
@@ -423,13 +425,20 @@ static int fit(bench *b, const cairn_rag_params *base)
             rc = 1;
             break;
         }
+        if (!q) {
+            dim = cairn_rag_dim(r);
+            if (!(q = malloc((size_t)b->n * (size_t)dim * sizeof *q))) rc = 1;
+        }
         for (int i = 0; !rc && i < b->n; i++) {
+            float *qi = q + (size_t)i * (size_t)dim;
+            lists *li = &lex[(size_t)w * b->n + i];
             if (w == 0) {
-                rc = cairn_rag_embed(r, b->q[i].text, q, &err);
-                if (!rc) rc = fetch_list(r, CAIRN_SEARCH_DENSE, b->q[i].text, q, &dense[i]);
+                rc = cairn_rag_embed(r, b->q[i].text, qi, &err);
+                if (!rc) rc = fetch_list(r, CAIRN_SEARCH_DENSE, b->q[i].text, qi, &dense[i]);
             }
-            if (!rc) rc = fetch_list(r, CAIRN_SEARCH_LEXICAL, b->q[i].text, NULL,
-                                     &lex[(size_t)w * b->n + i]);
+            if (!rc) rc = fetch_list(r, CAIRN_SEARCH_LEXICAL, b->q[i].text, NULL, li);
+            if (!rc) rc = cairn_rag_dense_scores(r, qi, li->ids, li->n, li->dense_of, &err);
+            if (rc && err.msg[0]) fprintf(stderr, "cairn bench retrieval-quality: %s\n", err.msg);
         }
         cairn_rag_close(r);
     }
@@ -451,27 +460,35 @@ static int fit(bench *b, const cairn_rag_params *base)
         snprintf(extra, sizeof extra, ",\"w_title\":%g,\"common_df\":%g", w_titles[w / NC],
                  common_dfs[w % NC]);
         print_score("lexical", &sl, extra);
+        double best_here = -1; /* this lexical configuration's best fusion */
+        score here_s = {0};
+        cairn_fuse_params here_p = {0};
+        /* rrf: one variant per k_rank; convex: the lexical scaling x fill */
         for (int meth = 0; meth < 2; meth++)
         for (size_t a = 0; a < sizeof ratios / sizeof *ratios; a++)
-            for (size_t kr = 0; kr < (meth ? 1 : sizeof k_ranks / sizeof *k_ranks); kr++)
+            for (size_t kr = 0; kr < (meth ? 4 : sizeof k_ranks / sizeof *k_ranks); kr++)
                 for (size_t d = 0; d < sizeof depths / sizeof *depths; d++) {
                     cairn_fuse_params fp = {.method = (cairn_fuse_method)meth,
                                             .w_dense = 1,
                                             .w_lex = ratios[a],
                                             .k_rank = meth ? 0 : k_ranks[kr],
-                                            .depth = depths[d]};
+                                            .depth = depths[d],
+                                            .lex_norm = meth && (kr & 1) ? CAIRN_FUSE_NORM_MAX
+                                                                         : CAIRN_FUSE_NORM_MINMAX,
+                                            .fill = meth && (kr & 2)};
                     score s = {0};
                     for (int i = 0; i < b->n; i++) {
                         uint64_t di[LIST], li[LIST];
                         for (int j = 0; j < dense[i].n; j++) di[j] = dense[i].ids[j];
                         for (int j = 0; j < lw[i].n; j++) li[j] = lw[i].ids[j];
                         int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores,
-                                           lw[i].n, &fp, fused, 10);
+                                           lw[i].dense_of, lw[i].n, &fp, fused, 10);
                         const char *pk[10];
                         for (int j = 0; j < n; j++) pk[j] = pkg_for(&dense[i], &lw[i], fused[j].id);
                         score_add(&s, b->q[i].package, pk, n);
                     }
                     double o = objective(&s);
+                    if (o > best_here + 1e-12) best_here = o, here_s = s, here_p = fp;
                     if (o > best + 1e-12) {
                         best = o;
                         best_s = s;
@@ -479,6 +496,14 @@ static int fit(bench *b, const cairn_rag_params *base)
                         best_w = w;
                     }
                 }
+        char hx[200];
+        snprintf(hx, sizeof hx,
+                 ",\"w_title\":%g,\"common_df\":%g,\"method\":\"%s\",\"w_lex\":%g,"
+                 "\"k_rank\":%g,\"depth\":%d,\"lex_norm\":\"%s\",\"fill\":%s",
+                 w_titles[w / NC], common_dfs[w % NC], cairn_fuse_method_name(here_p.method),
+                 here_p.w_lex, here_p.k_rank, here_p.depth, cairn_fuse_norm_name(here_p.lex_norm),
+                 here_p.fill ? "true" : "false");
+        print_score("hybrid_best_here", &here_s, hx);
     }
     if (!rc && getenv("CAIRN_FIT_VERBOSE")) { /* each train question's ranks, best config */
         const lists *lw = &lex[(size_t)best_w * b->n];
@@ -486,8 +511,8 @@ static int fit(bench *b, const cairn_rag_params *base)
             uint64_t di[LIST], li[LIST];
             for (int j = 0; j < dense[i].n; j++) di[j] = dense[i].ids[j];
             for (int j = 0; j < lw[i].n; j++) li[j] = lw[i].ids[j];
-            int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores, lw[i].n,
-                               &best_p, fused, 10),
+            int n = cairn_fuse(di, dense[i].scores, dense[i].n, li, lw[i].scores,
+                               lw[i].dense_of, lw[i].n, &best_p, fused, 10),
                 rf = 0, rd = 0, rl = 0;
             for (int j = 0; j < n && !rf; j++) {
                 const char *pk = pkg_for(&dense[i], &lw[i], fused[j].id);
@@ -503,13 +528,14 @@ static int fit(bench *b, const cairn_rag_params *base)
         }
     }
     if (!rc) {
-        char extra[160];
+        char extra[200];
         snprintf(extra, sizeof extra,
                  ",\"w_title\":%g,\"common_df\":%g,\"method\":\"%s\",\"w_dense\":%g,"
-                 "\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d",
+                 "\"w_lex\":%g,\"k_rank\":%g,\"depth\":%d,\"lex_norm\":\"%s\",\"fill\":%s",
                  w_titles[best_w / NC], common_dfs[best_w % NC],
                  cairn_fuse_method_name(best_p.method), best_p.w_dense, best_p.w_lex,
-                 best_p.k_rank, best_p.depth);
+                 best_p.k_rank, best_p.depth, cairn_fuse_norm_name(best_p.lex_norm),
+                 best_p.fill ? "true" : "false");
         print_score("hybrid_best", &best_s, extra);
     }
     for (int i = 0; dense && i < b->n; i++) free_pkgs(dense[i].pkg, dense[i].n);
@@ -595,7 +621,8 @@ usage:
 /* ---- cairn bench rag-answers ---------------------------------------------------------------- */
 
 const char *const cairn_cmd_bench_answers_usage =
-    "usage: cairn bench rag-answers [-m MODEL] [--plain] [--questions FILE]\n"
+    "usage: cairn bench rag-answers [-m MODEL] [--plain] [--no-example] [--best-first]\n"
+    "                               [--no-prefix] [--prefix TEXT] [--mode M] [--questions FILE]\n"
     "                               [--split test|train|all] [--dir DIR] [--data-dir DIR]\n"
     "                               [--embed-model FILE] [--k K] [--max-tokens N] [--ctx N]\n"
     "                               [--threads T] [--system TEXT] [--answers FILE]\n\n"
@@ -606,6 +633,13 @@ const char *const cairn_cmd_bench_answers_usage =
     "hold the whole default corpus (cairn index --full --dir DIR).\n\n"
     "  -m, --model FILE   the LLM (default DATA/models/smollm2-135m-instruct-q4_1.gguf)\n"
     "  --plain            a plain prompt instead of the model's chat template\n"
+    "  --no-example       leave out the prompt's worked example (cairnd shows it)\n"
+    "  --best-first       the passages best first (cairnd shows them best last, next to the\n"
+    "                     question)\n"
+    "  --no-prefix        no answer prefix (cairnd opens an answer from a package's passage\n"
+    "                     with \"Use\"); --prefix TEXT: another one, for every answer\n"
+    "  --mode M           pre-retrieval generation: none (default, as /v1/rag's default),\n"
+    "                     rewrite or hyde\n"
     "  --questions FILE   JSON lines {id, split, package, question}\n"
     "                     (default tests/bench/rag/questions.jsonl)\n"
     "  --k K              passages in the prompt (default 4)\n"
@@ -629,6 +663,24 @@ static bool names_package(const char *text, const char *package)
     return false;
 }
 
+/* Whether the answer's first paragraph names package: the text before the first blank line,
+ * or before the model goes on with passages ("\n[") or a question of its own ("\nQuestion:")
+ * as a base model does. Stricter than names_package: a name echoed from the passages after the
+ * answer proper does not count. */
+static bool names_package_first(const char *text, const char *package)
+{
+    size_t n = strlen(text);
+    static const char *const ends[] = {"\n\n", "\n[", "\nQuestion:"};
+    for (size_t i = 0; i < sizeof ends / sizeof *ends; i++) {
+        const char *e = strstr(text, ends[i]);
+        if (e && (size_t)(e - text) < n) n = (size_t)(e - text);
+    }
+    char *first = strndup(text, n);
+    bool says = first && names_package(first, package);
+    free(first);
+    return says;
+}
+
 static const char *model_name(const char *path)
 {
     const char *base = strrchr(path, '/');
@@ -639,15 +691,20 @@ int cairn_cmd_bench_answers(int argc, char **argv)
 {
     const char *questions = "tests/bench/rag/questions.jsonl", *split = "test";
     const char *dir = NULL, *data = "./data", *model = NULL, *embed_model = NULL;
-    const char *system = NULL, *answers = NULL, *prefix = NULL;
+    const char *system = NULL, *answers = NULL, *prefix = NULL, *rag_mode = "none";
     long threads = 0, k = 4, max_tokens = 64, n_ctx = 2048, passage_tokens = 0;
-    bool plain = false;
+    bool plain = false, no_example = false, best_first = false, no_prefix = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long *num = NULL;
         long lo = 0, hi = 0;
-        if (!strcmp(a, "--plain")) {
-            plain = true;
+        bool *flag = !strcmp(a, "--plain")        ? &plain
+                     : !strcmp(a, "--no-example") ? &no_example
+                     : !strcmp(a, "--best-first") ? &best_first
+                     : !strcmp(a, "--no-prefix")  ? &no_prefix
+                                                  : NULL;
+        if (flag) {
+            *flag = true;
             continue;
         }
         if (!v) goto usage;
@@ -660,6 +717,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--answers")) answers = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--mode")) rag_mode = v;
         else if (!strcmp(a, "--threads")) num = &threads, lo = 0, hi = 1024;
         else if (!strcmp(a, "--k")) num = &k, lo = 1, hi = CAIRN_RAG_MAX_K;
         else if (!strcmp(a, "--max-tokens")) num = &max_tokens, lo = 1, hi = 4096;
@@ -679,6 +737,14 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         i++;
     }
     if (strcmp(split, "test") && strcmp(split, "train") && strcmp(split, "all")) goto usage;
+    cairn_rag_mode pre_mode = CAIRN_RAG_NONE;
+    if (!strcmp(rag_mode, "rewrite")) pre_mode = CAIRN_RAG_REWRITE;
+    else if (!strcmp(rag_mode, "hyde")) pre_mode = CAIRN_RAG_HYDE;
+    else if (strcmp(rag_mode, "none")) {
+        fprintf(stderr, "cairn bench rag-answers: --mode '%s' is not none, rewrite or hyde\n",
+                rag_mode);
+        return 2;
+    }
     char dir_buf[4096], model_buf[4096], embed_buf[4096];
     dir = or_data_path(dir, dir_buf, data, INDEX_DIR);
     model = or_data_path(model, model_buf, data, "models/smollm2-135m-instruct-q4_1.gguf");
@@ -709,8 +775,9 @@ int cairn_cmd_bench_answers(int argc, char **argv)
         fprintf(stderr, "cairn bench rag-answers: %s: %s\n", model, err.msg);
         goto out;
     }
-    cairn_api_rag opts = {.enabled = true, .k = (int)k, .search = CAIRN_SEARCH_HYBRID};
-    int hit4 = 0, named = 0, named_hit = 0, truncated = 0;
+    cairn_api_rag opts = {.enabled = true, .k = (int)k, .search = CAIRN_SEARCH_HYBRID,
+                          .mode = pre_mode};
+    int hit4 = 0, named = 0, named_hit = 0, named_first = 0, truncated = 0;
     int64_t t_all = cairn_now_ns();
     for (int i = 0; i < b->n; i++) {
         question *q = &b->q[i];
@@ -722,6 +789,9 @@ int cairn_cmd_bench_answers(int argc, char **argv)
                              .passage_tokens = (int)passage_tokens,
                              .answer_prefix = prefix,
                              .system = system,
+                             .no_example = no_example,
+                             .best_first = best_first,
+                             .no_prefix = no_prefix,
                              .workers = w};
         cairn_rag_result res;
         if (cairn_rag_pipeline(r, &ask, &res, &err)) {
@@ -741,10 +811,11 @@ int cairn_cmd_bench_answers(int argc, char **argv)
             cairn_rag_result_free(&res);
             goto out;
         }
-        if (prefix && prefix[0]) { /* the answer begins with the prefix the model went on from */
-            size_t np = strlen(prefix), na = strlen(answer);
+        const char *ap = res.prompt.answer_prefix;
+        if (ap) { /* the answer begins with the prefix the model went on from, as cairnd's */
+            size_t np = strlen(ap), na = strlen(answer);
             char *full = malloc(np + na + 1);
-            if (full) memcpy(full, prefix, np), memcpy(full + np, answer, na + 1);
+            if (full) memcpy(full, ap, np), memcpy(full + np, answer, na + 1);
             free(answer);
             answer = full;
             if (!answer) {
@@ -753,6 +824,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
             }
         }
         bool says = names_package(answer, q->package);
+        named_first += names_package_first(answer, q->package);
         hit4 += rank >= 1 && rank <= 4;
         named += says;
         named_hit += says && rank >= 1 && rank <= 4;
@@ -782,15 +854,28 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     }
     fputc('\n', stderr);
     double total_s = (double)(cairn_now_ns() - t_all) / 1e9;
-    printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"split\":\"%s\","
+    /* the opening the answers had: --prefix's text (the user's, so escaped), none, or the
+     * default "Use" for answers from a package's passage */
+    json_t *pj = json_string(no_prefix ? "" : prefix ? prefix : "Use (packages)");
+    char *prefix_json = pj ? json_dumps(pj, JSON_ENCODE_ANY) : NULL;
+    json_decref(pj);
+    printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
+           "\"passages_order\":\"%s\",\"answer_prefix\":%s,\"rag_mode\":\"%s\","
+           "\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
-           "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,\"prompts_truncated\":%d,"
+           "\"names_package\":%.3f,\"names_package_when_hit\":%.3f,"
+           "\"names_package_first_paragraph\":%.3f,\"prompts_truncated\":%d,"
            "\"answer_p50_s\":%.2f,\"answer_p90_s\":%.2f,\"total_s\":%.1f,"
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
-           model_name(model), plain ? "plain" : "chat", split, b->n, cairn_rag_count(r), k,
+           model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true",
+           best_first ? "best_first" : "best_last",
+           prefix_json ? prefix_json : "null", rag_mode, split,
+           b->n, cairn_rag_count(r), k,
            max_tokens,
            (double)hit4 / b->n, (double)named / b->n, hit4 ? (double)named_hit / hit4 : 0.0,
-           truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9), total_s);
+           (double)named_first / b->n, truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9),
+           total_s);
+    free(prefix_json);
     status = fflush(stdout) ? 1 : 0;
 out:
     cairn_workers_close(w);

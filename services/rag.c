@@ -1429,6 +1429,58 @@ static int flat_list(cairn_rag *r, const cairn_rag_query *q, int want, uint64_t 
     return 0;
 }
 
+/*
+ * The dense similarity (inner product with q) of passages ids[0..n) (n <= CAIRN_TIER_MAX_K)
+ * into out, NaN for a passage without a stored vector (deleted, or not yet embedded). Hybrid
+ * fusion's fill (retrieval/fuse.h) needs it for the passages only the lexical list found. One
+ * pass over the ids the dense side holds (the IVF's lists, or the flat set while a build runs),
+ * the wanted ones found in a small open-addressing table: about 0.2 ms over the whole default
+ * corpus, and nothing to keep in step with adds and deletes. Read lock held.
+ */
+static void dense_scores_locked(cairn_rag *r, const float *q, const uint64_t *ids, int n,
+                                float *out)
+{
+    enum { BITS = 11, SLOTS = 1 << BITS }; /* at least twice CAIRN_TIER_MAX_K: short probes */
+    _Static_assert(SLOTS >= 2 * CAIRN_TIER_MAX_K, "the table must stay half empty");
+    int16_t slot[SLOTS];
+    memset(slot, 0xff, sizeof slot); /* -1: empty */
+    for (int i = 0; i < n; i++) {
+        out[i] = NAN;
+        size_t h = (size_t)((ids[i] * 0x9E3779B97F4A7C15ull) >> (64 - BITS));
+        while (slot[h] >= 0 && ids[slot[h]] != ids[i]) h = (h + 1) & (SLOTS - 1);
+        if (slot[h] < 0) slot[h] = (int16_t)i; /* a repeated id keeps its first entry */
+    }
+    if (n == 0) return;
+    int found = 0;
+    size_t lists = r->building ? 1 : r->ivf ? cairn_ivf_nlist(r->ivf) : 0;
+    for (size_t l = 0; l < lists && found < n; l++) {
+        const float *v = NULL;
+        const int64_t *lid = NULL;
+        size_t m = 0;
+        if (r->building) v = r->fx, lid = r->fids, m = r->fn;
+        else if (cairn_ivf_list(r->ivf, l, &v, &lid, &m, NULL) != 0) continue;
+        for (size_t j = 0; j < m; j++) {
+            uint64_t id = (uint64_t)lid[j];
+            size_t h = (size_t)((id * 0x9E3779B97F4A7C15ull) >> (64 - BITS));
+            while (slot[h] >= 0 && ids[slot[h]] != id) h = (h + 1) & (SLOTS - 1);
+            if (slot[h] < 0 || out[slot[h]] == out[slot[h]]) continue; /* not wanted, or done */
+            out[slot[h]] = cblas_sdot(r->dim, q, 1, v + j * (size_t)r->dim, 1);
+            found++;
+        }
+    }
+}
+
+int cairn_rag_dense_scores(cairn_rag *r, const float *q, const uint64_t *ids, int n, float *out,
+                           cairn_error *err)
+{
+    if (n < 0 || n > CAIRN_TIER_MAX_K)
+        return cairn_errorf(err, CAIRN_ERANGE, "ids: %d is outside 0..%d", n, CAIRN_TIER_MAX_K);
+    pthread_rwlock_rdlock(&r->lock);
+    dense_scores_locked(r, q, ids, n, out);
+    pthread_rwlock_unlock(&r->lock);
+    return 0;
+}
+
 static char *dupn(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
@@ -1531,7 +1583,15 @@ static int search(cairn_rag *r, const cairn_rag_query *qin, float *embed, double
     int nl = lj.n;
     if (!rc) {
         if (q->mode == CAIRN_SEARCH_HYBRID) {
-            nf = cairn_fuse(dids, dsc, nd, lids, lsc, nl, &r->p.fuse, fused, k);
+            float ldense[CAIRN_TIER_MAX_K];
+            bool fill = r->p.fuse.method == CAIRN_FUSE_CONVEX && r->p.fuse.fill;
+            if (fill) {
+                pthread_rwlock_rdlock(&r->lock);
+                dense_scores_locked(r, q->q, lids, nl, ldense);
+                pthread_rwlock_unlock(&r->lock);
+            }
+            nf = cairn_fuse(dids, dsc, nd, lids, lsc, fill ? ldense : NULL, nl, &r->p.fuse,
+                            fused, k);
         } else {
             const uint64_t *ids = dense ? dids : lids;
             const float *sc = dense ? dsc : lsc;
@@ -1832,6 +1892,17 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
     free(text);
     out->search_s = since(t2);
     free(q);
+    /* An answer recommending a package opens with "Use": SmolLM2-135M, given the form by the
+     * worked example but not the first word, named the package of the passages in 12 of the 42
+     * train questions, 21 with it (docs/BENCHMARKS.md). Only for packages: an answer from a
+     * user's documents has no package to recommend. */
+    const char *prefix = ask->answer_prefix;
+    if (!rc && !prefix && !ask->no_prefix && out->n_hits > 0) {
+        json_t *m = json_loads(out->hits[0].meta, 0, NULL);
+        if (json_is_string(json_object_get(m, "package"))) prefix = cairn_rag_package_prefix;
+        json_decref(m);
+    }
+    if (ask->no_prefix) prefix = NULL;
     if (!rc) {
         /* The answer keeps max_tokens of the context (at most half of it) for itself. */
         int n_ctx = ask->workers ? cairn_workers_n_ctx(ask->workers) : 0;
@@ -1841,8 +1912,10 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
             .tok = ask->workers ? cairn_workers_tokenizer(ask->workers) : NULL,
             .budget = n_ctx - reserve,
             .passage_tokens = ask->passage_tokens,
-            .answer_prefix = ask->answer_prefix,
+            .answer_prefix = prefix,
             .system = ask->system,
+            .example = !ask->no_example,
+            .best_last = !ask->best_first,
         };
         rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
                                     &out->prompt, err);
@@ -1867,11 +1940,35 @@ char *cairn_rag_pre_prompt(cairn_rag_mode mode, const char *question)
 
 /* ---- The answer's prompt ------------------------------------------------------------------- */
 
+const char *const cairn_rag_package_prefix = "Use";
+
 const char *const cairn_rag_default_system =
     "You answer questions from the numbered passages the user gives you. Each passage begins "
     "with its title; for software the title starts with the package name. Answer in one or two "
     "sentences: first name the package (or document) that answers the question, then say what "
     "it does, and cite the passage as [1], [2], ... If no passage answers the question, say so.";
+
+/*
+ * A worked example shown before the question when cairn_rag_prompt_params.example is set
+ * (few-shot prompting, Brown et al. 2020, "Language Models are Few-Shot Learners"): a made-up
+ * question over made-up packages (so it names nothing of a real corpus) and an answer of the
+ * form the system prompt asks for. With a chat template it is one earlier user turn and the
+ * assistant's reply; plain, the same text before the real passages.
+ */
+#define EXAMPLE_P1                                                                                 \
+    "[1] frobview: viewer for frob image files\n"                                                 \
+    "frobview shows frob images in a window, with zoom and a slideshow.\n\n"
+#define EXAMPLE_P2                                                                                 \
+    "[2] libfrob-dev: frob image library (development files)\n"                                   \
+    "This package contains the header files of libfrob.\n\n"
+#define EXAMPLE_QUESTION "Question: How can I look at my frob pictures?"
+/* in the order the real passages are shown: best first, or best last */
+static const char *const example_user[2] = {
+    "Passages:\n\n" EXAMPLE_P1 EXAMPLE_P2 EXAMPLE_QUESTION,
+    "Passages:\n\n" EXAMPLE_P2 EXAMPLE_P1 EXAMPLE_QUESTION,
+};
+static const char example_answer[] =
+    "Use frobview: it shows frob images in a window, with zoom and a slideshow [1].";
 
 #define MIN_PASSAGE_TOKENS 32 /* fewer left per passage: passages at the end are left out */
 
@@ -1905,12 +2002,17 @@ static size_t prefix_within(const cairn_tok *t, const char *s, size_t len, int m
 /* The question's turn: the passages hits[0..n) (each text cut to lens[i] bytes, marked when
  * cut) and the question; plain, with the system text first and "Answer:" last. */
 static char *user_turn(const char *question, const cairn_rag_hit *hits, const size_t *lens,
-                       int n, const char *system, bool plain, const char *prefix)
+                       int n, const char *system, bool plain, const cairn_rag_prompt_params *p)
 {
     cairn_strbuf sb = {0};
+    const char *prefix = p->answer_prefix;
     if (plain) cairn_strbuf_printf(&sb, "%s\n\n", system);
+    if (plain && p->example)
+        cairn_strbuf_printf(&sb, "%s\nAnswer: %s\n\n", example_user[p->best_last],
+                            example_answer);
     cairn_strbuf_puts(&sb, n ? "Passages:\n\n" : "No passage was found.\n\n");
-    for (int i = 0; i < n; i++) {
+    for (int j = 0; j < n; j++) {
+        int i = p->best_last ? n - 1 - j : j; /* numbered by rank whatever the order */
         const cairn_rag_hit *h = &hits[i];
         size_t full = strlen(h->text);
         cairn_strbuf_printf(&sb, "[%d] %s\n", i + 1, h->title && h->title[0] ? h->title : h->key);
@@ -1941,7 +2043,7 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     const char *system = p->system ? p->system : cairn_rag_default_system;
     free(out->text), free(out->msgs), free(out->strs[0]), free(out->strs[1]);
     out->text = NULL, out->msgs = NULL, out->strs[0] = out->strs[1] = NULL, out->n_msgs = 0;
-    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl, p->answer_prefix);
+    char *turn = user_turn(question, hits, lens, n, system, !p->tmpl, p);
     if (!turn) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     if (!p->tmpl) {
         out->text = turn;
@@ -1952,10 +2054,15 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     out->strs[1] = turn;
     /* [system] + the chat's turns (its own system message merged after ours) */
     bool own_system = n_msgs && !strcmp(msgs[0].role, "system");
-    size_t n_out = 1 + (n_msgs ? n_msgs - own_system : 1);
+    size_t ex = p->example ? 2 : 0; /* the worked example's two turns */
+    size_t n_out = 1 + ex + (n_msgs ? n_msgs - own_system : 1);
     out->msgs = calloc(n_out, sizeof *out->msgs);
     if (!out->msgs) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     out->msgs[0] = (cairn_chat_msg){.role = "system", .content = system};
+    if (ex) {
+        out->msgs[1] = (cairn_chat_msg){.role = "user", .content = example_user[p->best_last]};
+        out->msgs[2] = (cairn_chat_msg){.role = "assistant", .content = example_answer};
+    }
     if (own_system) {
         cairn_strbuf sb = {0};
         cairn_strbuf_printf(&sb, "%s\n\n%s", system, msgs[0].content);
@@ -1963,10 +2070,10 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
         if (!out->strs[0]) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
         out->msgs[0].content = out->strs[0];
     }
-    if (!n_msgs) out->msgs[1] = (cairn_chat_msg){.role = "user", .content = turn};
+    if (!n_msgs) out->msgs[1 + ex] = (cairn_chat_msg){.role = "user", .content = turn};
     for (size_t i = own_system; i < n_msgs; i++) {
-        out->msgs[1 + i - own_system] = msgs[i];
-        if (i == last_user) out->msgs[1 + i - own_system].content = turn;
+        out->msgs[1 + ex + i - own_system] = msgs[i];
+        if (i == last_user) out->msgs[1 + ex + i - own_system].content = turn;
     }
     out->n_msgs = n_out;
     out->text = cairn_chat_render_alloc(p->tmpl, out->msgs, n_out, true, &out->len, err);
@@ -2075,6 +2182,7 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
     if (!rc) {
         out->n_passages = use;
         out->tokens = total;
+        out->answer_prefix = p->answer_prefix && p->answer_prefix[0] ? p->answer_prefix : NULL;
     } else {
         cairn_rag_prompt_free(out);
     }

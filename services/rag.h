@@ -233,6 +233,15 @@ void cairn_rag_prefetch(cairn_rag *r, const float *q0, double predicted_s);
 int cairn_rag_search(cairn_rag *r, const float *q, int k, int nprobe, cairn_rag_hit *hits,
                      int *n_hits, cairn_error *err);
 
+/*
+ * The dense similarity (inner product with q, cairn_rag_dim floats) of the passages ids[0..n)
+ * (n <= CAIRN_TIER_MAX_K) from their stored vectors, into out; NaN for a passage without one
+ * (deleted, or not embedded yet). What hybrid fusion's fill uses (retrieval/fuse.h). Returns
+ * 0 or CAIRN_ERANGE.
+ */
+int cairn_rag_dense_scores(cairn_rag *r, const float *q, const uint64_t *ids, int n, float *out,
+                           cairn_error *err);
+
 /* What one search asks for. */
 typedef struct cairn_rag_query {
     cairn_search_mode mode;
@@ -299,6 +308,10 @@ json_t *cairn_rag_hits_json(const cairn_rag_hit *h, int n);
  * document the answer comes from, cite [n]. Static text. */
 extern const char *const cairn_rag_default_system;
 
+/* "Use": how an answer recommending a software package opens (the worked example's answer
+ * does too), so that a small model names the package first. Static text. */
+extern const char *const cairn_rag_package_prefix;
+
 /* How the answer's prompt is made. */
 typedef struct cairn_rag_prompt_params {
     const cairn_chat_template *tmpl; /* the model's chat format; NULL: a plain prompt (a model
@@ -311,6 +324,12 @@ typedef struct cairn_rag_prompt_params {
                                         the assistant's turn opens (the model goes on from them);
                                         NULL: none */
     const char *system;              /* NULL: cairn_rag_default_system */
+    bool example;                    /* a worked example (made-up passages, a question and the
+                                        answer in the form the system prompt asks for) before
+                                        the question: two earlier turns with a template, the
+                                        same text before the passages plain */
+    bool best_last;                  /* the passages in reverse rank order, the best next to the
+                                        question (still numbered by rank: [1] is the best) */
 } cairn_rag_prompt_params;
 
 /* An answer's prompt; cairn_rag_prompt_free releases it. */
@@ -323,6 +342,9 @@ typedef struct cairn_rag_prompt {
                               from the caller's messages */
     size_t n_msgs;
     char *strs[2];         /* the owned strings msgs point to */
+    const char *answer_prefix; /* the answer's first words, written after the assistant's turn
+                              opens (the model went on from them: they belong to the answer,
+                              before the generated text); NULL: none. Borrowed from the params */
     int n_passages;        /* passages in it: the first n_passages hits */
     int n_truncated;       /* of them, cut short (to passage_tokens, or to fit the budget) */
     int tokens;            /* its length in tokens (0 without a tokenizer) */
@@ -357,8 +379,16 @@ typedef struct cairn_rag_ask {
                                     of it) */
     bool plain;                  /* a plain prompt, not the model's chat template */
     int passage_tokens;          /* cairn_rag_prompt_params.passage_tokens */
-    const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix */
+    const char *answer_prefix;   /* cairn_rag_prompt_params.answer_prefix; NULL: the default,
+                                    cairn_rag_package_prefix when the best passage describes a
+                                    software package (its metadata has a "package" string: the
+                                    default corpus), none otherwise */
+    bool no_prefix;              /* no answer prefix, not even the default */
     const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
+    bool no_example;             /* leave out the prompt's worked example (shown by default:
+                                    cairn_rag_prompt_params.example) */
+    bool best_first;             /* the passages best first (default: best last, next to the
+                                    question; cairn_rag_prompt_params.best_last) */
     struct cairn_workers *workers; /* borrowed: runs the rewrite/HyDE generation; its chat
                                       template, tokenizer and context shape the prompt */
 } cairn_rag_ask;

@@ -318,6 +318,31 @@ def test_search_modes_filters_and_query_text():
         assert float(lines[f'cairn_retrieval_results_total{{list="{lst}"}}']) >= 1
 
 
+def test_answer_from_a_package_opens_with_use():
+    """An answer whose best passage describes a software package (metadata "package", as the
+    default corpus's) begins with "Use", the words the prompt ended in: in the JSON answer and
+    in the streamed deltas alike; an answer from other passages has no such opening."""
+    status, _, raw = post("/v1/documents", {"documents": [
+        {"text": "zorkview shows zork maps in a window, with zoom and a slideshow.",
+         "title": "zorkview: viewer for zork maps", "metadata": {"package": "zorkview"}}]})
+    assert status == 200, raw
+    ask = {"question": "How can I look at zork maps?", "k": 1, "max_tokens": 6,
+           "temperature": 0, "filter": {"package": "zorkview"}}
+    status, _, raw = post("/v1/rag", ask)
+    assert status == 200, raw
+    r = json.loads(raw)
+    assert r["sources"][0]["metadata"]["package"] == "zorkview", r["sources"]
+    answer = r["choices"][0]["message"]["content"]
+    assert answer.startswith("Use"), answer
+    status, _, raw = post("/v1/rag", dict(ask, stream=True))
+    assert status == 200, raw
+    events = [b[len("data: "):] for b in raw.decode().split("\n\n") if b.strip()]
+    deltas = [json.loads(e)["choices"][0]["delta"].get("content", "")
+              for e in events[:-1] if json.loads(e).get("choices")]
+    assert "".join(deltas) == answer, (deltas, answer)  # greedy: the same text, prefix first
+    assert deltas[0].startswith("Use"), deltas
+
+
 def test_zz_stop():
     d = _state.pop("d", None)
     if d:

@@ -1,4 +1,4 @@
-"""`cairn bench profile|colocate|yield`: argument parsing. A bad flag, a missing value or a
+"""`cairn bench profile|colocate|yield|rag-answers`: argument parsing. A bad flag, a missing value or a
 value out of range ends with status 2 and a first line that names the flag (the usage
 follows); none of these cases loads a model."""
 import os
@@ -48,6 +48,22 @@ def test_bad_flags_are_named():
         assert r.returncode == 2, (args, r.returncode, r.stderr[:300])
         assert want in first_line(r), (args, first_line(r))
         assert r.stdout == "", (args, r.stdout[:300])
+
+
+def test_rag_answers_flags():
+    """The answer benchmark's prompt switches parse before anything loads: with them and no
+    index the run ends with status 1 naming the missing index; an unknown flag, 2 and usage."""
+    for flags in (["--no-example"], ["--best-first"], ["--no-prefix"], ["--plain"],
+                  ["--prefix", "The package is"], ["--mode", "hyde"]):
+        r = bench("rag-answers", *flags, "--dir", "/nonexistent/index")
+        assert r.returncode == 1, (flags, r.returncode, r.stderr[:300])
+        assert "no index in /nonexistent/index" in r.stderr, (flags, r.stderr[:300])
+    r = bench("rag-answers", "--mode", "bm25", "--dir", "/nonexistent/index")
+    assert r.returncode == 2 and "--mode 'bm25' is not none, rewrite or hyde" in r.stderr, r.stderr
+    r = bench("rag-answers", "--no-such-flag")
+    assert r.returncode == 2 and "usage: cairn bench rag-answers" in r.stderr, r.stderr[:300]
+    for flag in ("--no-example", "--best-first", "--no-prefix"):
+        assert flag in r.stderr, flag
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -302,7 +303,7 @@ static void test_fuse(void **state)
     const uint64_t dense[] = {10, 11, 12};
     const uint64_t lex[] = {12, 13, 10};
     cairn_fused out[8];
-    int n = cairn_fuse(dense, NULL, 3, lex, NULL, 3, &p, out, 8);
+    int n = cairn_fuse(dense, NULL, 3, lex, NULL, NULL, 3, &p, out, 8);
     assert_int_equal(n, 4);
     /* 10: 1/11 + 1/13; 12: 1/13 + 1/11 -> tie, broken by the better single rank, then id */
     assert_int_equal(out[0].id, 10);
@@ -318,19 +319,19 @@ static void test_fuse(void **state)
     assert_string_equal(cairn_fuse_from_name(out[0].from), "both");
     /* the weights decide between single-list passages */
     p.w_lex = 2;
-    n = cairn_fuse(dense, NULL, 3, lex, NULL, 3, &p, out, 2);
+    n = cairn_fuse(dense, NULL, 3, lex, NULL, NULL, 3, &p, out, 2);
     assert_int_equal(n, 2);
     assert_int_equal(out[0].id, 12);
     /* depth cuts each list */
     p.depth = 1;
-    n = cairn_fuse(dense, NULL, 3, lex, NULL, 3, &p, out, 8);
+    n = cairn_fuse(dense, NULL, 3, lex, NULL, NULL, 3, &p, out, 8);
     assert_int_equal(n, 2);
     /* empty lists */
-    assert_int_equal(cairn_fuse(NULL, NULL, 0, NULL, NULL, 0, &p, out, 8), 0);
+    assert_int_equal(cairn_fuse(NULL, NULL, 0, NULL, NULL, NULL, 0, &p, out, 8), 0);
     /* convex: min-max normalised scores; a list's best counts 1, its worst 0 */
     const float dsc[] = {0.9f, 0.5f, 0.1f}, lsc[] = {20.0f, 15.0f, 10.0f};
     p = (cairn_fuse_params){.method = CAIRN_FUSE_CONVEX, .w_dense = 1, .w_lex = 1, .depth = 10};
-    n = cairn_fuse(dense, dsc, 3, lex, lsc, 3, &p, out, 8);
+    n = cairn_fuse(dense, dsc, 3, lex, lsc, NULL, 3, &p, out, 8);
     assert_int_equal(n, 4);
     /* 10: 1 + 0; 12: 0 + 1; 11: 0.5; 13: 0.5 -> 10 and 12 tie (rank 1 each, smaller id first) */
     assert_int_equal(out[0].id, 10);
@@ -340,12 +341,52 @@ static void test_fuse(void **state)
     /* a far better dense first passage outweighs lexical ranks, which rrf cannot see */
     const float dsc2[] = {0.9f, 0.2f, 0.1f};
     p.w_lex = 1.5;
-    n = cairn_fuse(dense, dsc2, 3, lex, lsc, 3, &p, out, 8);
+    n = cairn_fuse(dense, dsc2, 3, lex, lsc, NULL, 3, &p, out, 8);
     assert_int_equal(out[0].id, 12); /* 0 + 1.5 */
     p.w_dense = 2;
-    n = cairn_fuse(dense, dsc2, 3, lex, lsc, 3, &p, out, 8);
+    n = cairn_fuse(dense, dsc2, 3, lex, lsc, NULL, 3, &p, out, 8);
     assert_int_equal(out[0].id, 10); /* 2 + 0 */
     assert_string_equal(cairn_fuse_method_name(CAIRN_FUSE_CONVEX), "convex");
+
+    /* fill: a passage only the lexical list found scores its own dense similarity, and the
+     * dense range takes it in; lexical scores scaled by their maximum */
+    const uint64_t ld[] = {13, 10};
+    const float lsc3[] = {20.0f, 10.0f}, ldense[] = {0.95f, 0.0f /* 10: the dense list's */};
+    p = (cairn_fuse_params){.method = CAIRN_FUSE_CONVEX, .w_dense = 1, .w_lex = 1, .depth = 10,
+                            .lex_norm = CAIRN_FUSE_NORM_MAX, .fill = true};
+    n = cairn_fuse(dense, dsc, 3, ld, lsc3, ldense, 2, &p, out, 8);
+    assert_int_equal(n, 4);
+    /* 13: (0.95-0.1)/0.85 + 20/20 = 2; 10: 0.8/0.85 + 10/20; 11: 0.4/0.85 + 0 (the lexical
+     * list held every match: no floor); 12: 0 */
+    assert_int_equal(out[0].id, 13);
+    assert_true(out[0].score > 1.99f && out[0].score < 2.01f);
+    assert_int_equal(out[0].from, CAIRN_FUSE_LEXICAL); /* still found by the lexical list only */
+    assert_int_equal(out[0].dense_rank, 0);
+    assert_int_equal(out[1].id, 10);
+    assert_true(out[1].score > 1.43f && out[1].score < 1.45f);
+    assert_int_equal(out[2].id, 11);
+    assert_true(out[2].score > 0.46f && out[2].score < 0.48f);
+    assert_int_equal(out[3].id, 12);
+    /* without fill 13 counts 0 on the dense side: 10 (1 + 0.5) leads it (1) */
+    p.fill = false;
+    n = cairn_fuse(dense, dsc, 3, ld, lsc3, ldense, 2, &p, out, 8);
+    assert_int_equal(out[0].id, 10);
+    assert_int_equal(out[1].id, 13);
+    /* an unknown similarity (NaN: no stored vector) counts 0, as without fill */
+    const float lnan[] = {NAN, 0.0f};
+    p.fill = true;
+    n = cairn_fuse(dense, dsc, 3, ld, lsc3, lnan, 2, &p, out, 8);
+    assert_int_equal(out[0].id, 10);
+    assert_true(out[1].id == 13 && out[1].score > 0.99f && out[1].score < 1.01f);
+    /* a lexical list cut at depth: a passage it lacks scores its floor, 10/20 here */
+    p.depth = 2;
+    n = cairn_fuse(dense, dsc, 3, ld, lsc3, ldense, 2, &p, out, 8);
+    assert_int_equal(n, 3); /* 13, 10, 11 */
+    assert_int_equal(out[2].id, 11);
+    /* dense range 0.5..0.95: 11 at 0, plus the floor 0.5 */
+    assert_true(out[2].score > 0.49f && out[2].score < 0.51f);
+    assert_string_equal(cairn_fuse_norm_name(CAIRN_FUSE_NORM_MAX), "max");
+    assert_string_equal(cairn_fuse_norm_name(CAIRN_FUSE_NORM_MINMAX), "minmax");
     cairn_search_mode m;
     cairn_error err = {0};
     assert_int_equal(cairn_search_mode_parse("lexical", &m, &err), 0);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "generation/tokenizer.h"
 #include "proto/gguf.h"
 #include "retrieval/index.h"
+#include "retrieval/tier.h"
 #include "services/rag.h"
 
 static char tmpdir[64];
@@ -193,6 +195,21 @@ static void test_modes_and_filters(void **state)
         assert_non_null(strstr(hits[0].text, "nginx"));
         cairn_rag_hits_free(hits, n);
     }
+    /* a passage's dense similarity from its stored vector: the dense list's own score for
+     * the passages it returns; NaN for an id without a vector (deleted, or never stored) */
+    float q[512], sims[3];
+    cairn_error e2 = {0};
+    assert_int_equal(cairn_rag_embed(r, "tmux", q, &e2), 0);
+    n = run(r, CAIRN_SEARCH_DENSE, "tmux", NULL, NULL, hits);
+    assert_true(n >= 2);
+    uint64_t ids[3] = {hits[1].id, hits[0].id, 1u << 30};
+    assert_int_equal(cairn_rag_dense_scores(r, q, ids, 3, sims, &e2), 0);
+    assert_true(fabsf(sims[0] - hits[1].score) < 1e-5f);
+    assert_true(fabsf(sims[1] - hits[0].score) < 1e-5f);
+    assert_true(isnan(sims[2]));
+    cairn_rag_hits_free(hits, n);
+    assert_int_equal(cairn_rag_dense_scores(r, q, ids, CAIRN_TIER_MAX_K + 1, sims, &e2),
+                     CAIRN_ERANGE);
     /* a mode without what it needs is refused */
     cairn_rag_query rq = {.mode = CAIRN_SEARCH_HYBRID, .text = "x", .q = NULL, .k = 4};
     cairn_error err = {0};
@@ -286,6 +303,7 @@ static void test_answer_prompt_template_and_plain(void **state)
     assert_int_equal(pr.n_passages, 2);
     assert_int_equal(pr.n_truncated, 0);
     assert_int_equal(pr.n_msgs, 2);
+    assert_null(pr.answer_prefix);
     assert_string_equal(pr.msgs[0].role, "system");
     assert_string_equal(pr.msgs[1].role, "user");
     assert_int_equal(strlen(pr.text), pr.len);
@@ -313,8 +331,48 @@ static void test_answer_prompt_template_and_plain(void **state)
     const char *tail = "<|im_start|>assistant\nThe package is";
     assert_int_equal(pr.len, strlen(pr.text));
     assert_string_equal(pr.text + pr.len - strlen(tail), tail);
+    assert_string_equal(pr.answer_prefix, "The package is"); /* the answer begins with it */
     cairn_rag_prompt_free(&pr);
     pp.answer_prefix = NULL;
+
+    /* what cairnd sends: a worked example as two earlier turns (its made-up answer in the form
+     * the system prompt asks for), and the passages best last, next to the question, still
+     * numbered by rank */
+    pp.example = true;
+    pp.best_last = true;
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    assert_int_equal(pr.n_msgs, 4);
+    assert_string_equal(pr.msgs[1].role, "user");
+    assert_string_equal(pr.msgs[2].role, "assistant");
+    assert_string_equal(pr.msgs[3].role, "user");
+    assert_non_null(strstr(pr.msgs[1].content, "Passages:\n\n[2] "));
+    assert_true(!strncmp(pr.msgs[2].content, "Use ", 4));
+    assert_non_null(strstr(pr.msgs[2].content, "[1]"));
+    const char *p2 = strstr(pr.msgs[3].content, "[2] notes.md#0"),
+               *p1 = strstr(pr.msgs[3].content, "[1] tmux: terminal multiplexer"),
+               *pq = strstr(pr.msgs[3].content, "Question: Which multiplexer detaches?");
+    assert_true(p2 && p1 && pq && p2 < p1 && p1 < pq);
+    assert_int_equal(count_substr(pr.text, "<|im_start|>user"), 2);
+    assert_int_equal(count_substr(pr.text, "<|im_start|>assistant"), 2); /* the example's, ours */
+    assert_int_equal(pr.n_passages, 2);
+    cairn_rag_prompt_free(&pr);
+    /* a chat keeps its turns after the example */
+    assert_int_equal(cairn_rag_prompt_build(NULL, chat, 4, hits, 1, &pp, &pr, &err), 0);
+    assert_int_equal(pr.n_msgs, 6);
+    assert_string_equal(pr.msgs[3].content, "Hi");
+    assert_non_null(strstr(pr.msgs[5].content, "[1] tmux"));
+    cairn_rag_prompt_free(&pr);
+    /* plain: the example's text before the passages */
+    pp.tmpl = NULL;
+    assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2, &pp,
+                                            &pr, &err), 0);
+    const char *ex = strstr(pr.text, "\nAnswer: Use "), *real = strstr(pr.text, "[2] notes.md#0");
+    assert_true(ex && real && ex < real);
+    assert_non_null(strstr(pr.text, "Question: Which multiplexer detaches?\nAnswer:"));
+    cairn_rag_prompt_free(&pr);
+    pp.example = pp.best_last = false;
+    pp.tmpl = &chatml;
 
     /* no template: plain text, the system prompt first, no turn markers */
     pp.tmpl = NULL;
