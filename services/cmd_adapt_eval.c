@@ -52,7 +52,7 @@ static const char *EVAL_USAGE =
     "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
     "                        [--temperature T] [--momentum M] [--adapt-foundation 0|1]\n"
     "                        [--w-kl W] [--w-ent W] [--w-ce W] [--edge-bn batch|running]\n"
-    "                        [--markdown FILE] [--stream DIR]\n"
+    "                        [--markdown FILE] [--stream DIR] [--seed S]\n"
     "\n"
     "Streams N (default 1000) corrupted images per (corruption, severity) through the methods\n"
     "none, bn (test-time batchnorm statistics), cema (selective upload to an in-process cairnd\n"
@@ -70,7 +70,9 @@ static const char *EVAL_USAGE =
     "--upload-random R gives the share R of that budget to samples drawn at random instead.\n"
     "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
     "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
-    "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n";
+    "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n"
+    "--seed S (default 1) seeds the cloud's replay draws; the images and their corruptions do\n"
+    "not depend on it, so two seeds measure the method's run-to-run spread on the same streams.\n";
 
 #define N_METHODS 4
 static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"};
@@ -403,6 +405,20 @@ static int parse_float_opt(const char *opt, const char *s, float *out)
     return 0;
 }
 
+/* An unsigned 64-bit decimal; strtoull would take "-1" as 2^64 - 1, so a sign is refused. */
+static int parse_seed_opt(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s || s[0] < '0' || s[0] > '9') {
+        fprintf(stderr, "cairn adapt eval: --seed wants an unsigned integer, got '%s'\n", s);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, eval_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -495,6 +511,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_int_opt(a, v, 1, 64, &o->cema.edge_steps);
         else if (!strcmp(a, "--adapt-foundation"))
             bad = parse_int_opt(a, v, 0, 1, &o->cema.adapt_foundation);
+        else if (!strcmp(a, "--seed"))
+            bad = parse_seed_opt(v, &o->cema.seed);
         else {
             fprintf(stderr, "cairn adapt eval: unexpected argument '%s'\n%s", a, EVAL_USAGE);
             return -1;
@@ -540,6 +558,11 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
     return o->n_sev ? 0 : -1;
 }
 
+uint64_t cairn__adapt_stream_seed(int corruption, int severity, int train_split)
+{
+    return 1000u * (uint64_t)corruption + (uint64_t)severity + (train_split ? 500000u : 0u);
+}
+
 /* ---- Report -------------------------------------------------------------------------------- */
 
 static void print_json(const eval_opts *o, const char *corr, int sev, int m, const result *r)
@@ -551,11 +574,11 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
                "\"lambda\":%g,\"lambda_min\":%g,\"d_margin\":%g,\"upload_fraction\":%g,"
-               "\"upload_random\":%g",
+               "\"upload_random\":%g,\"seed\":%llu",
                r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
                o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min,
                (double)o->sel.d_margin, (double)o->sel.upload_fraction,
-               (double)o->sel.upload_random);
+               (double)o->sel.upload_random, (unsigned long long)o->cema.seed);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -648,7 +671,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             "upload_fraction %g upload_random %g lr_edge %g "
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
             "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
-            "w_ce %g\n",
+            "w_ce %g seed %llu\n",
             o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
             o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
             (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.sel.upload_random,
@@ -656,7 +679,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
             o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,
             (double)o.cema.momentum, o.cema.adapt_foundation, (double)o.cema.w_kl,
-            (double)o.cema.w_ent, (double)o.cema.w_ce);
+            (double)o.cema.w_ent, (double)o.cema.w_ce, (unsigned long long)o.cema.seed);
     if (o.methods[2] || o.methods[3]) {
         char eps[32] = "epochs not recorded";
         if (o.teacher_epochs >= 0) snprintf(eps, sizeof eps, "%d epochs", o.teacher_epochs);
@@ -672,13 +695,12 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             cairn_dataset d = {0};
             const char *cname =
                 o.stream ? "stream" : cairn_corruption_name((cairn_corruption)o.corr[ci]);
-            uint64_t seed =
-                1000u * (uint64_t)o.corr[ci] + (uint64_t)o.sev[si] + (o.train_split ? 500000u : 0u);
+            uint64_t seed = cairn__adapt_stream_seed(o.corr[ci], o.sev[si], o.train_split);
             if (o.stream)
                 rc = cairn_dataset_head(&d, &sub, sub.n, &err);
             else
-                rc = cairn_corrupt_dataset(&d, &sub, (cairn_corruption)o.corr[ci], o.sev[si],
-                                           seed, &err);
+                rc = cairn_corrupt_dataset(&d, &sub, (cairn_corruption)o.corr[ci], o.sev[si], seed,
+                                           &err);
             for (int k = 0; !rc && k < N_METHODS; k++) {
                 if (!o.methods[k]) continue;
                 result *r = &res[ci][si][k];
