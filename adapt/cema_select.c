@@ -18,7 +18,6 @@ struct cairn_cema_selector {
     double credit; /* the budget's fraction of a sample carried to the next batch, in [0, 1) */
     uint64_t rng;  /* the budget's random share (splitmix64 state) */
     float *pbar;
-    int *count, *seats; /* stratified budget: per predicted class, valid samples and seats used */
     uint64_t seen, kept;
 };
 
@@ -33,7 +32,6 @@ cairn_cema_select_params cairn_cema_select_default_params(void)
         .lambda_min = 0.0f,
         .upload_fraction = 0.0f,
         .upload_random = 0.0f,
-        .upload_stratify = 0,
     };
     return p;
 }
@@ -62,20 +60,9 @@ int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_s
                             "selector: upload_random %g out of range: the share of the upload "
                             "budget drawn at random, in [0, 1), and only with upload_fraction > 0",
                             (double)p->upload_random);
-    if ((p->upload_stratify != 0 && p->upload_stratify != 1) ||
-        (p->upload_stratify && !(p->upload_fraction > 0)))
-        return cairn_errorf(err, CAIRN_EINVAL,
-                            "selector: upload_stratify %d out of range: 0, or 1 with "
-                            "upload_fraction > 0",
-                            p->upload_stratify);
     cairn_cema_selector *s = calloc(1, sizeof *s);
-    if (s) {
-        s->pbar = calloc((size_t)k, sizeof *s->pbar);
-        s->count = calloc((size_t)k, sizeof *s->count);
-        s->seats = calloc((size_t)k, sizeof *s->seats);
-    }
-    if (!s || !s->pbar || !s->count || !s->seats) {
-        if (s) free(s->pbar), free(s->count), free(s->seats);
+    if (s) s->pbar = calloc((size_t)k, sizeof *s->pbar);
+    if (!s || !s->pbar) {
         free(s);
         return cairn_errorf(err, CAIRN_ENOMEM, "selector");
     }
@@ -90,8 +77,6 @@ void cairn_cema_selector_free(cairn_cema_selector *s)
 {
     if (!s) return;
     free(s->pbar);
-    free(s->count);
-    free(s->seats);
     free(s);
 }
 
@@ -122,15 +107,6 @@ static double cosine(const float *a, const float *b, int k)
     }
     if (aa <= 0 || bb <= 0) return 0;
     return ab / sqrt(aa * bb);
-}
-
-/* The predicted class (the first of equal maxima). */
-static int argmax_row(const float *p, int k)
-{
-    int best = 0;
-    for (int j = 1; j < k; j++)
-        if (p[j] > p[best]) best = j;
-    return best;
 }
 
 /* The rules of adapt/cema_select.h for one valid sample; a kept sample moves p_bar. */
@@ -193,37 +169,6 @@ int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *e
     for (int i = 0; i < n; i++)
         keep[i] = row_ok(probs + (size_t)i * k, k, entropies[i]) ? 2 : 0;
     const int top = budget - (int)floor(s->p.upload_random * budget + 0.5);
-    if (s->p.upload_stratify) {
-        memset(s->count, 0, (size_t)k * sizeof *s->count);
-        memset(s->seats, 0, (size_t)k * sizeof *s->seats);
-        for (int i = 0; i < n; i++)
-            if (keep[i] == 2) s->count[argmax_row(probs + (size_t)i * k, k)]++;
-    }
-    while (kept < top && s->p.upload_stratify) {
-        /* The next seat: the class with the least (seats + 0.5) / count (ties: the lower
-         * index), then that class's most uncertain sample not judged yet. A seat is used
-         * whether or not the other rules keep the sample, so each sample is judged once. */
-        int cls = -1;
-        for (int j = 0; j < k; j++) {
-            if (s->seats[j] >= s->count[j]) continue;
-            /* (seats_j + 0.5) / count_j < (seats_cls + 0.5) / count_cls, without dividing */
-            if (cls < 0) {
-                cls = j;
-                continue;
-            }
-            double mine = (2.0 * s->seats[j] + 1) * s->count[cls];
-            if (mine < (2.0 * s->seats[cls] + 1) * s->count[j]) cls = j;
-        }
-        if (cls < 0) break;
-        int best = -1;
-        for (int i = 0; i < n; i++)
-            if (keep[i] == 2 && argmax_row(probs + (size_t)i * k, k) == cls &&
-                (best < 0 || entropies[i] > entropies[best]))
-                best = i;
-        s->seats[cls]++;
-        keep[best] = judge(s, probs + (size_t)best * k, entropies[best], e_max, e_min_dyn);
-        kept += keep[best];
-    }
     while (kept < top) {
         int best = -1;
         for (int i = 0; i < n; i++)

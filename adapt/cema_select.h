@@ -33,14 +33,6 @@
  * uniformly from the rest of the batch instead (a fixed seed per selector): uploads that only
  * hold the most uncertain samples are a skewed sample of the batch, and the cloud normalises the
  * edge model with their statistics.
- * upload_stratify (default 0) shares the budget's uncertain part among the classes the model
- * predicts for the batch, in proportion to how many samples each has (Sainte-Laguë
- * apportionment: the next seat goes to the class j with the least (seats_j + 0.5) / count_j),
- * each class filling its seats with its own most uncertain samples. Under a strong shift the
- * model often puts many samples in one class with confidence, rightly or not; a global entropy
- * ranking never uploads them, so the teacher never corrects them, and the uploads are skewed to
- * the classes the model hesitates between. Stratified, the uploads keep the batch's predicted
- * class mix (a stratified sample, uncertainty-ranked within each stratum).
  *
  * BLAS-free and allocation-free after new: links into libcairn_edge and into the cloud.
  * Thread-safety: a selector is stateful; one thread at a time (or guard it).
@@ -61,8 +53,6 @@ typedef struct cairn_cema_select_params {
     float lambda_min;      /* E_min' = lambda_min * EMA(entropy); 0 disables it; < lambda */
     float upload_fraction; /* q, the per-batch budget (see above); in [0, 1]; 0 disables it */
     float upload_random;   /* share of the budget drawn at random; in [0, 1); needs q > 0 */
-    int upload_stratify;   /* 1: the budget is shared among the predicted classes (above);
-                              0 (default) or 1; needs q > 0 */
 } cairn_cema_select_params;
 
 cairn_cema_select_params cairn_cema_select_default_params(void);

@@ -46,7 +46,7 @@ static const char *EVAL_USAGE =
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
     "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
-    "                        [--upload-fraction Q] [--upload-random R] [--upload-stratify 0|1]\n"
+    "                        [--upload-fraction Q] [--upload-random R]\n"
     "                        [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
     "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
@@ -67,9 +67,7 @@ static const char *EVAL_USAGE =
     "before any stream runs.\n"
     "--upload-fraction Q (0 < Q <= 1) gives each device an upload budget: of every batch, at\n"
     "most the fraction Q, its most uncertain samples that pass the other rules (0: no budget);\n"
-    "--upload-random R gives the share R of that budget to samples drawn at random instead;\n"
-    "--upload-stratify 1 shares it among the predicted classes in proportion to their counts,\n"
-    "each class sending its own most uncertain samples.\n"
+    "--upload-random R gives the share R of that budget to samples drawn at random instead.\n"
     "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
     "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
     "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n"
@@ -487,8 +485,6 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_float_opt(a, v, &o->sel.upload_fraction);
         else if (!strcmp(a, "--upload-random"))
             bad = parse_float_opt(a, v, &o->sel.upload_random);
-        else if (!strcmp(a, "--upload-stratify"))
-            bad = parse_int_opt(a, v, 0, 1, &o->sel.upload_stratify);
         else if (!strcmp(a, "--lr-edge"))
             bad = parse_float_opt(a, v, &o->cema.lr_edge);
         else if (!strcmp(a, "--lr-foundation"))
@@ -578,12 +574,11 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
                "\"lambda\":%g,\"lambda_min\":%g,\"d_margin\":%g,\"upload_fraction\":%g,"
-               "\"upload_random\":%g,\"upload_stratify\":%d,\"seed\":%llu",
+               "\"upload_random\":%g,\"seed\":%llu",
                r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
                o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min,
                (double)o->sel.d_margin, (double)o->sel.upload_fraction,
-               (double)o->sel.upload_random, o->sel.upload_stratify,
-               (unsigned long long)o->cema.seed);
+               (double)o->sel.upload_random, (unsigned long long)o->cema.seed);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -673,14 +668,13 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     fprintf(stderr,
             "adapt eval: %d %s images per stream, %d corruptions x %d severities, %d devices, "
             "batch %d, bundles every %d rounds; lambda %g lambda_min %g d_margin %g e_min %g "
-            "upload_fraction %g upload_random %g upload_stratify %d lr_edge %g "
+            "upload_fraction %g upload_random %g lr_edge %g "
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
             "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
             "w_ce %g seed %llu\n",
             o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
             o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
             (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.sel.upload_random,
-            o.sel.upload_stratify,
             (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
             o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
             o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,

@@ -276,74 +276,6 @@ static void test_select_upload_budget(void **state)
     }
 }
 
-/*
- * The stratified budget: a batch of 32 where 16 samples are sure of class 3 (entropy low) and
- * 16 hesitate, 8 predicting class 1 and 8 class 7. A budget of 8 (q 0.25) by entropy alone
- * takes the 8 least sure of the hesitant 16; stratified, the seats follow the predicted counts
- * 16 : 8 : 8 (Sainte-Laguë gives 4 : 2 : 2), each class sending its most uncertain samples.
- */
-static void test_select_upload_stratified(void **state)
-{
-    (void)state;
-    enum { K = 10, N = 32 };
-    cairn_cema_selector *s = NULL;
-    cairn_error err;
-    cairn_cema_select_params p = cairn_cema_select_default_params();
-    p.lambda = 100;
-    p.d_margin = 1;
-    p.upload_fraction = 0.25f;
-    float probs[N * K], ent[N];
-    uint8_t keep[N];
-    for (int i = 0; i < N; i++) {
-        /* rows 0..15 class 3, peaks 0.95 down to 0.80 (row 15 the least sure of them); rows
-         * 16..31 classes 1 (even rows) and 7 (odd rows), peaks 0.30 down to 0.15 */
-        int sure = i < 16;
-        peaked(probs + i * K, K, sure ? 3 : (i % 2 ? 7 : 1),
-               sure ? 0.95f - 0.01f * (float)i : 0.30f - 0.01f * (float)(i - 16));
-        ent[i] = entropy_of(probs + i * K, K);
-    }
-    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
-    assert_int_equal(cairn_cema_select(s, probs, ent, N, keep), 8);
-    for (int i = 0; i < N; i++) /* entropy alone: the 8 least sure, rows 24..31 */
-        assert_int_equal(keep[i], i >= 24);
-    cairn_cema_selector_free(s);
-
-    p.upload_stratify = 1;
-    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
-    assert_int_equal(cairn_cema_select(s, probs, ent, N, keep), 8);
-    int per_class[K] = {0};
-    for (int i = 0; i < N; i++)
-        if (keep[i]) per_class[i < 16 ? 3 : (i % 2 ? 7 : 1)]++;
-    assert_int_equal(per_class[3], 4);
-    assert_int_equal(per_class[1], 2);
-    assert_int_equal(per_class[7], 2);
-    for (int i = 0; i < 16; i++) /* class 3's least sure four */
-        assert_int_equal(keep[i], i >= 12);
-    /* classes 1 (rows 16, 18, ..., 30) and 7 (17, ..., 31): each its last two */
-    assert_int_equal(keep[28] + keep[30], 2);
-    assert_int_equal(keep[29] + keep[31], 2);
-    cairn_cema_selector_free(s);
-
-    /* With the redundancy filter, a rejected sample uses its class's seat and the budget is
-     * still filled from the others: the batch keeps its size bound. */
-    p.d_margin = 0.5f;
-    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
-    int kept = cairn_cema_select(s, probs, ent, N, keep);
-    assert_true(kept >= 1 && kept <= 8);
-    cairn_cema_selector_free(s);
-
-    /* Only with a budget, and only 0 or 1. */
-    p.d_margin = 1;
-    p.upload_fraction = 0;
-    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
-    assert_non_null(strstr(err.msg, "upload_stratify"));
-    p.upload_fraction = 0.25f;
-    p.upload_stratify = 2;
-    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
-    assert_null(s);
-    assert_non_null(strstr(err.msg, "upload_stratify"));
-}
-
 /* ---- A shifted synthetic task ----------------------------------------------------------- */
 
 enum { S = 8, NCLS = 3, DIM = S * S };
@@ -931,7 +863,6 @@ int main(void)
         cmocka_unit_test(test_select_keeps_confident_novel_samples),
         cmocka_unit_test(test_select_e_max_follows_running_entropy),
         cmocka_unit_test(test_select_upload_budget),
-        cmocka_unit_test(test_select_upload_stratified),
         cmocka_unit_test(test_adaptation_on_shifted_task),
         cmocka_unit_test(test_residual_teacher),
         cmocka_unit_test(test_pending_queue_drops_oldest),
