@@ -26,7 +26,7 @@ static const char *USAGE =
     "                         [--checkpoint FILE] [--resume FILE --start-epoch E] [--data DIR]\n"
     "       cairn adapt eval-clean --model FILE [--data DIR] [--limit N]\n"
     "       cairn adapt corrupt --out DIR --corruptions a,b,... [--severity S] [--images N]\n"
-    "                           [--split test|train] [--data DIR]\n"
+    "                           [--split test|train|holdout] [--data DIR]\n"
     "       cairn adapt eval [options]   (cloud-edge adaptation benchmark; eval --help)\n"
     "\n"
     "train: SGD (momentum 0.9, weight decay 5e-4, cosine lr) on the clean Fashion-MNIST train\n"
@@ -273,7 +273,7 @@ static int cmd_corrupt(int argc, char **argv)
 {
     const char *out = NULL, *dir = NULL, *list = NULL;
     long sev = 5, n = 1000;
-    int train_split = 0;
+    cairn_adapt_split split = CAIRN_ADAPT_SPLIT_TEST;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!next) {
@@ -288,12 +288,12 @@ static int cmd_corrupt(int argc, char **argv)
         else if (!strcmp(a, "--corruptions"))
             list = next;
         else if (!strcmp(a, "--split")) {
-            if (strcmp(next, "test") && strcmp(next, "train")) {
-                fprintf(stderr, "cairn adapt corrupt: --split wants test or train, got '%s'\n",
+            if (cairn__adapt_split_parse(next, &split)) {
+                fprintf(stderr,
+                        "cairn adapt corrupt: --split wants test, train or holdout, got '%s'\n",
                         next);
                 return 2;
             }
-            train_split = !strcmp(next, "train");
         } else if (!strcmp(a, "--severity")) {
             if (parse_long(a, next, 1, 5, &sev)) return 2;
         } else if (!strcmp(a, "--images")) {
@@ -337,9 +337,7 @@ static int cmd_corrupt(int argc, char **argv)
     }
 
     cairn_dataset full = {0}, sub = {0}, stream = {0};
-    int rc =
-        cairn_fmnist_load(&full, dir, train_split ? CAIRN_FMNIST_TRAIN : CAIRN_FMNIST_TEST, &err);
-    if (!rc) rc = cairn_dataset_subset(&sub, &full, (int)n, &err);
+    int rc = cairn__adapt_split_load(&full, &sub, dir, split, (int)n, &err);
     if (!rc) {
         const size_t D = (size_t)sub.c * sub.h * sub.w, total = (size_t)sub.n * n_parts;
         stream = (cairn_dataset){
@@ -349,7 +347,7 @@ static int cmd_corrupt(int argc, char **argv)
         if (!stream.images || !stream.labels) rc = cairn_errorf(&err, CAIRN_ENOMEM, "stream");
         for (int k = 0; !rc && k < n_parts; k++) {
             cairn_dataset d = {0};
-            uint64_t seed = cairn__adapt_stream_seed((int)parts[k], (int)sev, train_split);
+            uint64_t seed = cairn__adapt_stream_seed((int)parts[k], (int)sev, split);
             rc = cairn_corrupt_dataset(&d, &sub, parts[k], (int)sev, seed, &err);
             if (!rc) {
                 memcpy(stream.images + (size_t)k * sub.n * D, d.images,
@@ -366,7 +364,7 @@ static int cmd_corrupt(int argc, char **argv)
     if (!rc) rc = cairn_idx_write_pair(&stream, ip, lp, &err);
     if (!rc)
         printf("wrote %d images (%d corruptions x %d, severity %ld, %s split) to %s\n", stream.n,
-               n_parts, sub.n, sev, train_split ? "train" : "test", out);
+               n_parts, sub.n, sev, cairn__adapt_split_name(split), out);
     else
         fprintf(stderr, "cairn adapt corrupt: %s\n", err.msg);
     cairn_dataset_free(&full);

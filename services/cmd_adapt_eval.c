@@ -42,7 +42,8 @@ int cairn_cmd_adapt_eval(int argc, char **argv);
 
 static const char *EVAL_USAGE =
     "usage: cairn adapt eval [--edge FILE] [--teacher FILE] [--data DIR] [--images N]\n"
-    "                        [--devices N] [--batch B] [--update-every U] [--split test|train]\n"
+    "                        [--devices N] [--batch B] [--update-every U]\n"
+    "                        [--split test|train|holdout]\n"
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
     "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
@@ -59,8 +60,9 @@ static const char *EVAL_USAGE =
     "on loopback) and all (upload everything); devices (default 4) infer batches of B (32) and\n"
     "fetch bundles every U (2) rounds; with --edge-bn batch (the default) the devices of cema\n"
     "and all normalise with each batch's statistics, as bn does. --split train draws the\n"
-    "images from the train set (to choose hyperparameters without the test labels). JSON lines\n"
-    "on stdout, then a table.\n"
+    "images from the train set (to choose hyperparameters without the test labels); --split\n"
+    "holdout from training images 48,000..59,999, which the committed teacher never saw.\n"
+    "JSON lines on stdout, then a table.\n"
     "--teacher FILE (or --foundation FILE) is the cloud's teacher: any adapt/nn GGUF with\n"
     "batchnorms that takes the edge model's input and gives its classes (adapt/models/\n"
     "foundation.gguf by default; a foundation-res checkpoint of any width). It is checked\n"
@@ -80,7 +82,8 @@ static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"}
 typedef struct eval_opts {
     const char *edge, *foundation, *data, *markdown; /* foundation: the teacher (--teacher) */
     const char *stream; /* an operator's stream directory, in place of the corruptions */
-    int images, devices, batch, update_every, train_split, edge_batch_stats;
+    int images, devices, batch, update_every, edge_batch_stats;
+    cairn_adapt_split split;
     int methods[N_METHODS];
     int corr[CAIRN_CORRUPT_COUNT], n_corr;
     int sev[5], n_sev;
@@ -457,10 +460,9 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             sev = v;
         else if (!strcmp(a, "--methods"))
             methods = v;
-        else if (!strcmp(a, "--split")) {
-            if (strcmp(v, "test") && strcmp(v, "train")) bad = -1;
-            o->train_split = !strcmp(v, "train");
-        } else if (!strcmp(a, "--edge-bn")) {
+        else if (!strcmp(a, "--split"))
+            bad = cairn__adapt_split_parse(v, &o->split);
+        else if (!strcmp(a, "--edge-bn")) {
             if (strcmp(v, "batch") && strcmp(v, "running")) bad = -1;
             o->edge_batch_stats = !strcmp(v, "batch");
         } else if (!strcmp(a, "--images"))
@@ -558,9 +560,48 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
     return o->n_sev ? 0 : -1;
 }
 
-uint64_t cairn__adapt_stream_seed(int corruption, int severity, int train_split)
+uint64_t cairn__adapt_stream_seed(int corruption, int severity, cairn_adapt_split split)
 {
-    return 1000u * (uint64_t)corruption + (uint64_t)severity + (train_split ? 500000u : 0u);
+    return 1000u * (uint64_t)corruption + (uint64_t)severity + 500000u * (uint64_t)split;
+}
+
+int cairn__adapt_split_parse(const char *s, cairn_adapt_split *out)
+{
+    for (int i = CAIRN_ADAPT_SPLIT_TEST; i <= CAIRN_ADAPT_SPLIT_HOLDOUT; i++)
+        if (!strcmp(s, cairn__adapt_split_name((cairn_adapt_split)i))) {
+            *out = (cairn_adapt_split)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *cairn__adapt_split_name(cairn_adapt_split s)
+{
+    return s == CAIRN_ADAPT_SPLIT_TEST    ? "test"
+           : s == CAIRN_ADAPT_SPLIT_TRAIN ? "train"
+                                          : "holdout";
+}
+
+int cairn__adapt_split_load(cairn_dataset *full, cairn_dataset *sub, const char *dir,
+                            cairn_adapt_split s, int n, cairn_error *err)
+{
+    int rc = cairn_fmnist_load(
+        full, dir, s == CAIRN_ADAPT_SPLIT_TEST ? CAIRN_FMNIST_TEST : CAIRN_FMNIST_TRAIN, err);
+    if (rc || s != CAIRN_ADAPT_SPLIT_HOLDOUT)
+        return rc ? rc : cairn_dataset_subset(sub, full, n, err);
+    if (full->n <= CAIRN_ADAPT_HOLDOUT_FROM) {
+        cairn_dataset_free(full);
+        return cairn_errorf(err, CAIRN_EFORMAT,
+                            "the train set has %d images, the holdout starts at %d", full->n,
+                            CAIRN_ADAPT_HOLDOUT_FROM);
+    }
+    /* Move the tail to the front and shrink: full becomes the holdout itself. */
+    const size_t D = (size_t)full->c * full->h * full->w, from = CAIRN_ADAPT_HOLDOUT_FROM;
+    const int m = full->n - CAIRN_ADAPT_HOLDOUT_FROM;
+    memmove(full->images, full->images + from * D, (size_t)m * D * sizeof(float));
+    memmove(full->labels, full->labels + from, (size_t)m * sizeof(int));
+    full->n = m;
+    return cairn_dataset_subset(sub, full, n, err);
 }
 
 /* ---- Report -------------------------------------------------------------------------------- */
@@ -569,7 +610,7 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
 {
     printf("{\"bench\":\"adapt_eval\",\"split\":\"%s\",\"corruption\":\"%s\",\"severity\":%d,"
            "\"method\":\"%s\",\"images\":%d,\"accuracy\":%.4f",
-           o->train_split ? "train" : "test", corr, sev, method_names[m], o->images, r->acc);
+           cairn__adapt_split_name(o->split), corr, sev, method_names[m], o->images, r->acc);
     if (m >= 2)
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
@@ -642,9 +683,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
         rc = cairn_stream_load(&full, o.stream, &err);
         if (!rc) rc = cairn_dataset_head(&sub, &full, o.images, &err);
     } else {
-        rc = cairn_fmnist_load(&full, o.data,
-                               o.train_split ? CAIRN_FMNIST_TRAIN : CAIRN_FMNIST_TEST, &err);
-        if (!rc) rc = cairn_dataset_subset(&sub, &full, o.images, &err);
+        rc = cairn__adapt_split_load(&full, &sub, o.data, o.split, o.images, &err);
     }
     if (!rc) rc = cairn_nn_load(&m, o.edge, &err);
     cairn_nn_model_params mp = cairn_nn_model_default_params();
@@ -672,7 +711,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
             "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
             "w_ce %g seed %llu\n",
-            o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
+            o.images, cairn__adapt_split_name(o.split), o.n_corr, o.n_sev, o.devices, o.batch,
             o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
             (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.sel.upload_random,
             (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
@@ -695,7 +734,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             cairn_dataset d = {0};
             const char *cname =
                 o.stream ? "stream" : cairn_corruption_name((cairn_corruption)o.corr[ci]);
-            uint64_t seed = cairn__adapt_stream_seed(o.corr[ci], o.sev[si], o.train_split);
+            uint64_t seed = cairn__adapt_stream_seed(o.corr[ci], o.sev[si], o.split);
             if (o.stream)
                 rc = cairn_dataset_head(&d, &sub, sub.n, &err);
             else

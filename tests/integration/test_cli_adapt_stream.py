@@ -122,6 +122,22 @@ def test_corrupt_writes_the_suites_streams():
         assert r.returncode == 0, r.stderr
         img2, _ = read_idx(out)
         assert img2[16:] != body[:part]
+        # The holdout: training images 48,000..59,999 (the committed teacher never saw them),
+        # evenly spaced, with draws of their own.
+        with gzip.open(os.path.join(FMNIST, "train-labels-idx1-ubyte.gz")) as f:
+            train_labels = f.read()[8:]
+        r = adapt_corrupt("--out", out, "--corruptions", "brightness", "--images", str(n),
+                          "--split", "holdout")
+        assert r.returncode == 0 and "holdout split" in r.stdout, r.stderr
+        _, lab3 = read_idx(out)
+        assert lab3[8:] == bytes(train_labels[48000 + i * 12000 // n] for i in range(n))
+        r = adapt_eval("--stream", out, "--methods", "none", "--images", str(n))
+        assert r.returncode == 0, r.stderr
+        r = adapt_eval("--split", "holdout", "--methods", "none", "--severities", "5",
+                       "--corruptions", "brightness", "--images", str(n))
+        assert r.returncode == 0, r.stderr
+        line = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("{")))
+        assert line["split"] == "holdout" and line["images"] == n, line
 
 
 def test_corrupt_refuses_bad_options():
@@ -134,7 +150,7 @@ def test_corrupt_refuses_bad_options():
                           (["--corruptions", "fog", "--out", out, "--images", "0"],
                            "--images wants an integer in 1..10000"),
                           (["--corruptions", "fog", "--out", out, "--split", "val"],
-                           "--split wants test or train")):
+                           "--split wants test, train or holdout")):
             r = adapt_corrupt(*args)
             assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
         assert not os.path.exists(out)
