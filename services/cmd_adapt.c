@@ -331,6 +331,13 @@ static int cmd_corrupt(int argc, char **argv)
         fprintf(stderr, "cairn adapt corrupt: --corruptions names no corruption\n");
         return 2;
     }
+    /* A bound on memory (the stream is built in floats, 3 KiB an image) well above what
+     * `adapt eval --stream` reads (--images at most 10,000). */
+    if ((long)n_parts * n > 100000) {
+        fprintf(stderr, "cairn adapt corrupt: %d corruptions x %ld images is over 100,000\n",
+                n_parts, n);
+        return 2;
+    }
     if (mkdir(out, 0755) && errno != EEXIST) {
         fprintf(stderr, "cairn adapt corrupt: %s: %s\n", out, strerror(errno));
         return 1;

@@ -150,7 +150,9 @@ def test_corrupt_refuses_bad_options():
                           (["--corruptions", "fog", "--out", out, "--images", "0"],
                            "--images wants an integer in 1..10000"),
                           (["--corruptions", "fog", "--out", out, "--split", "val"],
-                           "--split wants test, train or holdout")):
+                           "--split wants test, train or holdout"),
+                          (["--corruptions", ",".join(["fog"] * 11), "--out", out,
+                            "--images", "10000"], "11 corruptions x 10000 images is over 100,000")):
             r = adapt_corrupt(*args)
             assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
         assert not os.path.exists(out)
