@@ -1,6 +1,7 @@
 /*
- * services/cmd_adapt.c — `cairn adapt train|eval-clean`: train the edge and foundation CNNs on
- * clean Fashion-MNIST and measure their clean test accuracy.
+ * services/cmd_adapt.c — `cairn adapt train|eval-clean|corrupt`: train the edge and foundation
+ * CNNs on clean Fashion-MNIST, measure their clean test accuracy, and write corrupted streams as
+ * IDX files for `cairn adapt eval --stream`.
  */
 #include "services/cmd_adapt.h"
 
@@ -8,8 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "adapt/corrupt.h"
 #include "adapt/data.h"
 #include "adapt/models.h"
 #include "adapt/nn/nn_gguf.h"
@@ -22,6 +25,8 @@ static const char *USAGE =
     "                         [--jsd-lambda L] [--augmix-severity S] [--width W]\n"
     "                         [--checkpoint FILE] [--resume FILE --start-epoch E] [--data DIR]\n"
     "       cairn adapt eval-clean --model FILE [--data DIR] [--limit N]\n"
+    "       cairn adapt corrupt --out DIR --corruptions a,b,... [--severity S] [--images N]\n"
+    "                           [--split test|train|holdout] [--data DIR]\n"
     "       cairn adapt eval [options]   (cloud-edge adaptation benchmark; eval --help)\n"
     "\n"
     "train: SGD (momentum 0.9, weight decay 5e-4, cosine lr) on the clean Fashion-MNIST train\n"
@@ -34,7 +39,11 @@ static const char *USAGE =
     "       with training metadata. --checkpoint saves the weights after every epoch; --resume\n"
     "       with --start-epoch (the epochs it holds) continues a run with the same options.\n"
     "eval-clean: accuracy on the clean Fashion-MNIST test set (--limit N: an evenly spaced\n"
-    "       subset of N images).\n";
+    "       subset of N images).\n"
+    "corrupt: writes DIR/images-idx3-ubyte and DIR/labels-idx1-ubyte, a stream for `adapt eval\n"
+    "       --stream DIR`: for each corruption in the order given, the N (default 1000) images\n"
+    "       and corruption draws of adapt eval's stream at severity S (default 5) on the split;\n"
+    "       several corruptions make one stream whose shift changes every N images.\n";
 
 static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
 {
@@ -255,6 +264,122 @@ static int cmd_eval_clean(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
+/*
+ * `cairn adapt corrupt`: the suite's streams as IDX files. Each corruption's images are the
+ * evenly spaced subset and the corruption seed adapt eval uses (cairn__adapt_stream_seed), so a
+ * one-corruption file holds the suite's stream, its pixels rounded to bytes.
+ */
+static int cmd_corrupt(int argc, char **argv)
+{
+    const char *out = NULL, *dir = NULL, *list = NULL;
+    long sev = 5, n = 1000;
+    cairn_adapt_split split = CAIRN_ADAPT_SPLIT_TEST;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!next) {
+            fprintf(stderr, "cairn adapt corrupt: '%s' needs a value or is unknown\n%s", a, USAGE);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--out"))
+            out = next;
+        else if (!strcmp(a, "--data"))
+            dir = next;
+        else if (!strcmp(a, "--corruptions"))
+            list = next;
+        else if (!strcmp(a, "--split")) {
+            if (cairn__adapt_split_parse(next, &split)) {
+                fprintf(stderr,
+                        "cairn adapt corrupt: --split wants test, train or holdout, got '%s'\n",
+                        next);
+                return 2;
+            }
+        } else if (!strcmp(a, "--severity")) {
+            if (parse_long(a, next, 1, 5, &sev)) return 2;
+        } else if (!strcmp(a, "--images")) {
+            if (parse_long(a, next, 1, 10000, &n)) return 2;
+        } else {
+            fprintf(stderr, "cairn adapt corrupt: unexpected argument '%s'\n%s", a, USAGE);
+            return 2;
+        }
+    }
+    if (!out || !list || !*out) {
+        fprintf(stderr, "cairn adapt corrupt: --out and --corruptions are required\n%s", USAGE);
+        return 2;
+    }
+    enum { MAX_PARTS = 64 };
+    cairn_corruption parts[MAX_PARTS];
+    int n_parts = 0;
+    cairn_error err = {0};
+    char buf[1024];
+    if (strlen(list) >= sizeof buf) {
+        fprintf(stderr, "cairn adapt corrupt: --corruptions is too long\n");
+        return 2;
+    }
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *s = NULL, *t = strtok_r(buf, ",", &s); t; t = strtok_r(NULL, ",", &s)) {
+        if (n_parts == MAX_PARTS) {
+            fprintf(stderr, "cairn adapt corrupt: at most %d corruptions\n", MAX_PARTS);
+            return 2;
+        }
+        if (cairn_corruption_parse(t, &parts[n_parts++], &err)) {
+            fprintf(stderr, "cairn adapt corrupt: %s\n", err.msg);
+            return 2;
+        }
+    }
+    if (n_parts == 0) {
+        fprintf(stderr, "cairn adapt corrupt: --corruptions names no corruption\n");
+        return 2;
+    }
+    /* A bound on memory (the stream is built in floats, 3 KiB an image) well above what
+     * `adapt eval --stream` reads (--images at most 10,000). */
+    if ((long)n_parts * n > 100000) {
+        fprintf(stderr, "cairn adapt corrupt: %d corruptions x %ld images is over 100,000\n",
+                n_parts, n);
+        return 2;
+    }
+    if (mkdir(out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "cairn adapt corrupt: %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+
+    cairn_dataset full = {0}, sub = {0}, stream = {0};
+    int rc = cairn__adapt_split_load(&full, &sub, dir, split, (int)n, &err);
+    if (!rc) {
+        const size_t D = (size_t)sub.c * sub.h * sub.w, total = (size_t)sub.n * n_parts;
+        stream = (cairn_dataset){
+            .n = (int)total, .c = sub.c, .h = sub.h, .w = sub.w, .n_classes = sub.n_classes};
+        stream.images = malloc(total * D * sizeof(float));
+        stream.labels = malloc(total * sizeof(int));
+        if (!stream.images || !stream.labels) rc = cairn_errorf(&err, CAIRN_ENOMEM, "stream");
+        for (int k = 0; !rc && k < n_parts; k++) {
+            cairn_dataset d = {0};
+            uint64_t seed = cairn__adapt_stream_seed((int)parts[k], (int)sev, split);
+            rc = cairn_corrupt_dataset(&d, &sub, parts[k], (int)sev, seed, &err);
+            if (!rc) {
+                memcpy(stream.images + (size_t)k * sub.n * D, d.images,
+                       (size_t)sub.n * D * sizeof(float));
+                memcpy(stream.labels + (size_t)k * sub.n, d.labels, (size_t)sub.n * sizeof(int));
+            }
+            cairn_dataset_free(&d);
+        }
+    }
+    char ip[4096], lp[4096];
+    if (!rc && (snprintf(ip, sizeof ip, "%s/%s", out, CAIRN_STREAM_IMAGES) >= (int)sizeof ip ||
+                snprintf(lp, sizeof lp, "%s/%s", out, CAIRN_STREAM_LABELS) >= (int)sizeof lp))
+        rc = cairn_errorf(&err, CAIRN_EINVAL, "%s: path too long", out);
+    if (!rc) rc = cairn_idx_write_pair(&stream, ip, lp, &err);
+    if (!rc)
+        printf("wrote %d images (%d corruptions x %d, severity %ld, %s split) to %s\n", stream.n,
+               n_parts, sub.n, sev, cairn__adapt_split_name(split), out);
+    else
+        fprintf(stderr, "cairn adapt corrupt: %s\n", err.msg);
+    cairn_dataset_free(&full);
+    cairn_dataset_free(&sub);
+    cairn_dataset_free(&stream);
+    return rc ? 1 : 0;
+}
+
 /* `cairn adapt eval` (services/cmd_adapt_eval.c): the cloud–edge adaptation benchmark. */
 int cairn_cmd_adapt_eval(int argc, char **argv);
 
@@ -267,6 +392,7 @@ int cairn_cmd_adapt(int argc, char **argv)
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval-clean")) return cmd_eval_clean(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return cairn_cmd_adapt_eval(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "corrupt")) return cmd_corrupt(argc - 1, argv + 1);
     fprintf(stderr, "cairn adapt: no such subcommand '%s'\n%s", argv[1], USAGE);
     return 2;
 }

@@ -42,7 +42,8 @@ int cairn_cmd_adapt_eval(int argc, char **argv);
 
 static const char *EVAL_USAGE =
     "usage: cairn adapt eval [--edge FILE] [--teacher FILE] [--data DIR] [--images N]\n"
-    "                        [--devices N] [--batch B] [--update-every U] [--split test|train]\n"
+    "                        [--devices N] [--batch B] [--update-every U]\n"
+    "                        [--split test|train|holdout]\n"
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
     "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
@@ -52,15 +53,16 @@ static const char *EVAL_USAGE =
     "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
     "                        [--temperature T] [--momentum M] [--adapt-foundation 0|1]\n"
     "                        [--w-kl W] [--w-ent W] [--w-ce W] [--edge-bn batch|running]\n"
-    "                        [--markdown FILE] [--stream DIR]\n"
+    "                        [--markdown FILE] [--stream DIR] [--seed S]\n"
     "\n"
     "Streams N (default 1000) corrupted images per (corruption, severity) through the methods\n"
     "none, bn (test-time batchnorm statistics), cema (selective upload to an in-process cairnd\n"
     "on loopback) and all (upload everything); devices (default 4) infer batches of B (32) and\n"
     "fetch bundles every U (2) rounds; with --edge-bn batch (the default) the devices of cema\n"
     "and all normalise with each batch's statistics, as bn does. --split train draws the\n"
-    "images from the train set (to choose hyperparameters without the test labels). JSON lines\n"
-    "on stdout, then a table.\n"
+    "images from the train set (to choose hyperparameters without the test labels); --split\n"
+    "holdout from training images 48,000..59,999, which the committed teacher never saw.\n"
+    "JSON lines on stdout, then a table.\n"
     "--teacher FILE (or --foundation FILE) is the cloud's teacher: any adapt/nn GGUF with\n"
     "batchnorms that takes the edge model's input and gives its classes (adapt/models/\n"
     "foundation.gguf by default; a foundation-res checkpoint of any width). It is checked\n"
@@ -70,7 +72,9 @@ static const char *EVAL_USAGE =
     "--upload-random R gives the share R of that budget to samples drawn at random instead.\n"
     "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
     "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
-    "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n";
+    "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n"
+    "--seed S (default 1) seeds the cloud's replay draws; the images and their corruptions do\n"
+    "not depend on it, so two seeds measure the method's run-to-run spread on the same streams.\n";
 
 #define N_METHODS 4
 static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"};
@@ -78,7 +82,8 @@ static const char *const method_names[N_METHODS] = {"none", "bn", "cema", "all"}
 typedef struct eval_opts {
     const char *edge, *foundation, *data, *markdown; /* foundation: the teacher (--teacher) */
     const char *stream; /* an operator's stream directory, in place of the corruptions */
-    int images, devices, batch, update_every, train_split, edge_batch_stats;
+    int images, devices, batch, update_every, edge_batch_stats;
+    cairn_adapt_split split;
     int methods[N_METHODS];
     int corr[CAIRN_CORRUPT_COUNT], n_corr;
     int sev[5], n_sev;
@@ -403,6 +408,20 @@ static int parse_float_opt(const char *opt, const char *s, float *out)
     return 0;
 }
 
+/* An unsigned 64-bit decimal; strtoull would take "-1" as 2^64 - 1, so a sign is refused. */
+static int parse_seed_opt(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s || s[0] < '0' || s[0] > '9') {
+        fprintf(stderr, "cairn adapt eval: --seed wants an unsigned integer, got '%s'\n", s);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, eval_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -441,10 +460,9 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             sev = v;
         else if (!strcmp(a, "--methods"))
             methods = v;
-        else if (!strcmp(a, "--split")) {
-            if (strcmp(v, "test") && strcmp(v, "train")) bad = -1;
-            o->train_split = !strcmp(v, "train");
-        } else if (!strcmp(a, "--edge-bn")) {
+        else if (!strcmp(a, "--split"))
+            bad = cairn__adapt_split_parse(v, &o->split);
+        else if (!strcmp(a, "--edge-bn")) {
             if (strcmp(v, "batch") && strcmp(v, "running")) bad = -1;
             o->edge_batch_stats = !strcmp(v, "batch");
         } else if (!strcmp(a, "--images"))
@@ -495,6 +513,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_int_opt(a, v, 1, 64, &o->cema.edge_steps);
         else if (!strcmp(a, "--adapt-foundation"))
             bad = parse_int_opt(a, v, 0, 1, &o->cema.adapt_foundation);
+        else if (!strcmp(a, "--seed"))
+            bad = parse_seed_opt(v, &o->cema.seed);
         else {
             fprintf(stderr, "cairn adapt eval: unexpected argument '%s'\n%s", a, EVAL_USAGE);
             return -1;
@@ -540,22 +560,66 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
     return o->n_sev ? 0 : -1;
 }
 
+uint64_t cairn__adapt_stream_seed(int corruption, int severity, cairn_adapt_split split)
+{
+    return 1000u * (uint64_t)corruption + (uint64_t)severity + 500000u * (uint64_t)split;
+}
+
+int cairn__adapt_split_parse(const char *s, cairn_adapt_split *out)
+{
+    for (int i = CAIRN_ADAPT_SPLIT_TEST; i <= CAIRN_ADAPT_SPLIT_HOLDOUT; i++)
+        if (!strcmp(s, cairn__adapt_split_name((cairn_adapt_split)i))) {
+            *out = (cairn_adapt_split)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *cairn__adapt_split_name(cairn_adapt_split s)
+{
+    return s == CAIRN_ADAPT_SPLIT_TEST    ? "test"
+           : s == CAIRN_ADAPT_SPLIT_TRAIN ? "train"
+                                          : "holdout";
+}
+
+int cairn__adapt_split_load(cairn_dataset *full, cairn_dataset *sub, const char *dir,
+                            cairn_adapt_split s, int n, cairn_error *err)
+{
+    int rc = cairn_fmnist_load(
+        full, dir, s == CAIRN_ADAPT_SPLIT_TEST ? CAIRN_FMNIST_TEST : CAIRN_FMNIST_TRAIN, err);
+    if (rc || s != CAIRN_ADAPT_SPLIT_HOLDOUT)
+        return rc ? rc : cairn_dataset_subset(sub, full, n, err);
+    if (full->n <= CAIRN_ADAPT_HOLDOUT_FROM) {
+        cairn_dataset_free(full);
+        return cairn_errorf(err, CAIRN_EFORMAT,
+                            "the train set has %d images, the holdout starts at %d", full->n,
+                            CAIRN_ADAPT_HOLDOUT_FROM);
+    }
+    /* Move the tail to the front and shrink: full becomes the holdout itself. */
+    const size_t D = (size_t)full->c * full->h * full->w, from = CAIRN_ADAPT_HOLDOUT_FROM;
+    const int m = full->n - CAIRN_ADAPT_HOLDOUT_FROM;
+    memmove(full->images, full->images + from * D, (size_t)m * D * sizeof(float));
+    memmove(full->labels, full->labels + from, (size_t)m * sizeof(int));
+    full->n = m;
+    return cairn_dataset_subset(sub, full, n, err);
+}
+
 /* ---- Report -------------------------------------------------------------------------------- */
 
 static void print_json(const eval_opts *o, const char *corr, int sev, int m, const result *r)
 {
     printf("{\"bench\":\"adapt_eval\",\"split\":\"%s\",\"corruption\":\"%s\",\"severity\":%d,"
            "\"method\":\"%s\",\"images\":%d,\"accuracy\":%.4f",
-           o->train_split ? "train" : "test", corr, sev, method_names[m], o->images, r->acc);
+           cairn__adapt_split_name(o->split), corr, sev, method_names[m], o->images, r->acc);
     if (m >= 2)
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
                "\"lambda\":%g,\"lambda_min\":%g,\"d_margin\":%g,\"upload_fraction\":%g,"
-               "\"upload_random\":%g",
+               "\"upload_random\":%g,\"seed\":%llu",
                r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
                o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min,
                (double)o->sel.d_margin, (double)o->sel.upload_fraction,
-               (double)o->sel.upload_random);
+               (double)o->sel.upload_random, (unsigned long long)o->cema.seed);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -619,9 +683,7 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
         rc = cairn_stream_load(&full, o.stream, &err);
         if (!rc) rc = cairn_dataset_head(&sub, &full, o.images, &err);
     } else {
-        rc = cairn_fmnist_load(&full, o.data,
-                               o.train_split ? CAIRN_FMNIST_TRAIN : CAIRN_FMNIST_TEST, &err);
-        if (!rc) rc = cairn_dataset_subset(&sub, &full, o.images, &err);
+        rc = cairn__adapt_split_load(&full, &sub, o.data, o.split, o.images, &err);
     }
     if (!rc) rc = cairn_nn_load(&m, o.edge, &err);
     cairn_nn_model_params mp = cairn_nn_model_default_params();
@@ -648,15 +710,15 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             "upload_fraction %g upload_random %g lr_edge %g "
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
             "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
-            "w_ce %g\n",
-            o.images, o.train_split ? "train" : "test", o.n_corr, o.n_sev, o.devices, o.batch,
+            "w_ce %g seed %llu\n",
+            o.images, cairn__adapt_split_name(o.split), o.n_corr, o.n_sev, o.devices, o.batch,
             o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
             (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.sel.upload_random,
             (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
             o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
             o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,
             (double)o.cema.momentum, o.cema.adapt_foundation, (double)o.cema.w_kl,
-            (double)o.cema.w_ent, (double)o.cema.w_ce);
+            (double)o.cema.w_ent, (double)o.cema.w_ce, (unsigned long long)o.cema.seed);
     if (o.methods[2] || o.methods[3]) {
         char eps[32] = "epochs not recorded";
         if (o.teacher_epochs >= 0) snprintf(eps, sizeof eps, "%d epochs", o.teacher_epochs);
@@ -672,13 +734,12 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
             cairn_dataset d = {0};
             const char *cname =
                 o.stream ? "stream" : cairn_corruption_name((cairn_corruption)o.corr[ci]);
-            uint64_t seed =
-                1000u * (uint64_t)o.corr[ci] + (uint64_t)o.sev[si] + (o.train_split ? 500000u : 0u);
+            uint64_t seed = cairn__adapt_stream_seed(o.corr[ci], o.sev[si], o.split);
             if (o.stream)
                 rc = cairn_dataset_head(&d, &sub, sub.n, &err);
             else
-                rc = cairn_corrupt_dataset(&d, &sub, (cairn_corruption)o.corr[ci], o.sev[si],
-                                           seed, &err);
+                rc = cairn_corrupt_dataset(&d, &sub, (cairn_corruption)o.corr[ci], o.sev[si], seed,
+                                           &err);
             for (int k = 0; !rc && k < N_METHODS; k++) {
                 if (!o.methods[k]) continue;
                 result *r = &res[ci][si][k];

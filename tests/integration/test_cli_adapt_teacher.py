@@ -26,13 +26,14 @@ def test_teacher_file_is_used_and_named():
     img, lab = fmnist_test(64)
     # The plain foundation model, and the edge model itself (any adapt/nn file with batchnorms
     # that takes 28 x 28 images and gives 10 classes can teach).
-    for teacher, arch in ((os.path.join(MODELS, "foundation.gguf"), "foundation"),
-                          (EDGE, "edge")):
+    # The second run also names the cloud's seed (the default is 1).
+    for teacher, arch, seed in ((os.path.join(MODELS, "foundation.gguf"), "foundation", []),
+                                (EDGE, "edge", ["--seed", "7"])):
         with tempfile.TemporaryDirectory() as d:
             write_stream(d, img, lab, 64)
             r = adapt_eval(teacher, "--stream", d, "--methods", "cema", "--images", "64",
                            "--devices", "1", "--temperature", "2", "--edge-steps", "2",
-                           "--upload-fraction", "0.25")
+                           "--upload-fraction", "0.25", *seed)
             assert r.returncode == 0, r.stderr
             lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
             assert len(lines) == 1 and lines[0]["method"] == "cema", r.stdout
@@ -41,6 +42,8 @@ def test_teacher_file_is_used_and_named():
             assert lines[0]["teacher"] == arch and lines[0]["teacher_sha256"] == sha, lines[0]
             assert f"teacher {teacher}: {arch}," in r.stderr, r.stderr
             assert "temperature 2 " in r.stderr and "edge_steps 2 " in r.stderr, r.stderr
+            want = int(seed[1]) if seed else 1
+            assert lines[0]["seed"] == want and f" seed {want}\n" in r.stderr, r.stderr
             # Two batches of 32 on one device, a budget of 8 each.
             assert lines[0]["upload_fraction"] == 0.25, lines[0]
             assert 0 < lines[0]["uploaded_fraction"] <= 0.25, lines[0]
@@ -65,6 +68,9 @@ def test_bad_teacher_or_parameters_fail_before_any_stream():
     r = adapt_eval(teacher, "--severities", "5", "--corruptions", "fog", "--upload-fraction", "1.5")
     assert r.returncode == 1 and "upload_fraction 1.5 out of range" in r.stderr, r.stderr
     assert "{" not in r.stdout, r.stdout
+    for bad in ("-1", "x", "", "18446744073709551616"):
+        r = adapt_eval(teacher, "--seed", bad)
+        assert r.returncode == 2 and "--seed wants an unsigned integer" in r.stderr, r.stderr
     r = adapt_eval(teacher, "--edge-steps", "0")
     assert r.returncode == 2 and "--edge-steps wants an integer in 1..64" in r.stderr, r.stderr
     # The teacher is not loaded when no method needs the cloud.

@@ -364,13 +364,19 @@ static void test_committed_foundation(void **state)
     check_committed(state, "foundation", 0.93, 10000);
 }
 
+/* The cloud's teacher for CEMA (issue 22): AugMix-trained, 0.8951 when committed. */
+static void test_committed_teacher(void **state)
+{
+    check_committed(state, "foundation-res-w32", 0.89, 10000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_architectures),    cmocka_unit_test(test_reproducible_from_seed),
-        cmocka_unit_test(test_learns_and_saves), cmocka_unit_test(test_bad_params),
-        cmocka_unit_test(test_augmix_training),
-        cmocka_unit_test(test_committed_edge),   cmocka_unit_test(test_committed_foundation),
+        cmocka_unit_test(test_architectures),        cmocka_unit_test(test_reproducible_from_seed),
+        cmocka_unit_test(test_learns_and_saves),     cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_augmix_training),      cmocka_unit_test(test_committed_edge),
+        cmocka_unit_test(test_committed_foundation), cmocka_unit_test(test_committed_teacher),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
