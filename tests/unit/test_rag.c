@@ -197,16 +197,17 @@ static void test_modes_and_filters(void **state)
     }
     /* a passage's dense similarity from its stored vector: the dense list's own score for
      * the passages it returns; NaN for an id without a vector (deleted, or never stored) */
-    float q[512], sims[3];
+    float q[512], sims[4];
     cairn_error e2 = {0};
     assert_int_equal(cairn_rag_embed(r, "tmux", q, &e2), 0);
     n = run(r, CAIRN_SEARCH_DENSE, "tmux", NULL, NULL, hits);
     assert_true(n >= 2);
-    uint64_t ids[3] = {hits[1].id, hits[0].id, 1u << 30};
-    assert_int_equal(cairn_rag_dense_scores(r, q, ids, 3, sims, &e2), 0);
+    uint64_t ids[4] = {hits[1].id, hits[0].id, 1u << 30, hits[1].id /* again */};
+    assert_int_equal(cairn_rag_dense_scores(r, q, ids, 4, sims, &e2), 0);
     assert_true(fabsf(sims[0] - hits[1].score) < 1e-5f);
     assert_true(fabsf(sims[1] - hits[0].score) < 1e-5f);
     assert_true(isnan(sims[2]));
+    assert_true(sims[3] == sims[0]); /* a repeated id has its vector too */
     cairn_rag_hits_free(hits, n);
     assert_int_equal(cairn_rag_dense_scores(r, q, ids, CAIRN_TIER_MAX_K + 1, sims, &e2),
                      CAIRN_ERANGE);
