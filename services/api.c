@@ -369,7 +369,9 @@ static int send_text(gen_ctx *g, gen_choice *ch, const char *text, size_t len)
 }
 
 /* The answer prefix, once per choice, before its first text (or at its end when it generated
- * none): the prompt ended in it, so the answer begins with it. Streaming: g->mu held. */
+ * none): the prompt ended in it, so the answer begins with it. It was not sampled, so its
+ * delta carries no logprobs: those pending are the first token's and go with its text.
+ * Streaming: g->mu held. */
 static int send_prefix(gen_ctx *g, gen_choice *ch)
 {
     if (ch->prefixed || !g->prefix) return 0;
@@ -379,7 +381,11 @@ static int send_prefix(gen_ctx *g, gen_choice *ch)
         cairn_strbuf_append(&ch->text, g->prefix, n);
         return 0;
     }
-    return send_text(g, ch, g->prefix, n);
+    json_t *pending = ch->lp;
+    ch->lp = NULL;
+    int rc = send_text(g, ch, g->prefix, n);
+    ch->lp = pending;
+    return rc;
 }
 
 static int gen_on_text(void *user, const char *text, size_t len)
