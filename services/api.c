@@ -65,6 +65,7 @@ cairn_api_params cairn_api_default_params(void)
         .max_queue = 64,
         .retry_after_s = 1,
         .model_name = "cairn",
+        .rag_answer_prefix = true,
         .max_upload = 16u << 20,
         .max_upload_text = 4u << 20,
         .max_upload_passages = 4096,
@@ -669,6 +670,7 @@ static void rag_run(void *arg)
                          .n_msgs = r->n_messages,
                          .opts = &r->rag,
                          .max_tokens = r->max_tokens,
+                         .no_prefix = !a->p.rag_answer_prefix,
                          .workers = a->p.workers};
     cairn_rag_result res;
     int rc = cairn_rag_pipeline(a->p.rag, &ask, &res, &err);

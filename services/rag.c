@@ -1901,12 +1901,13 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
      * train questions, 21 with it (docs/BENCHMARKS.md). Only for packages: an answer from a
      * user's documents has no package to recommend. */
     const char *prefix = ask->answer_prefix;
-    if (!rc && !prefix && !ask->no_prefix && out->n_hits > 0) {
+    bool no_prefix = ask->no_prefix || o->no_prefix;
+    if (!rc && !prefix && !no_prefix && out->n_hits > 0) {
         json_t *m = json_loads(out->hits[0].meta, 0, NULL);
         if (json_is_string(json_object_get(m, "package"))) prefix = cairn_rag_package_prefix;
         json_decref(m);
     }
-    if (ask->no_prefix) prefix = NULL;
+    if (no_prefix) prefix = NULL;
     if (!rc) {
         /* The answer keeps max_tokens of the context (at most half of it) for itself. */
         int n_ctx = ask->workers ? cairn_workers_n_ctx(ask->workers) : 0;

@@ -357,9 +357,10 @@ def test_answer_from_a_package_opens_with_use():
     assert deltas[0].startswith("Use"), deltas
 
 
-def test_answer_prefix_has_no_logprobs():
+def test_answer_prefix_has_no_logprobs_and_can_be_turned_off():
     """Chat with rag, streamed with logprobs: "Use" is a delta of its own with no logprobs (it
-    was not sampled) and each token's logprobs come with its own text."""
+    was not sampled) and each token's logprobs come with its own text. A request with
+    answer_prefix false gets no opening: every delta is sampled text with its logprobs."""
     add_zorkview()
     ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
            "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
@@ -372,6 +373,34 @@ def test_answer_prefix_has_no_logprobs():
     for c in content[1:]:
         toks = "".join(e["token"] for e in c["logprobs"]["content"])
         assert toks == c["delta"]["content"], c  # a token's logprobs travel with its text
+    ask["rag"]["answer_prefix"] = False
+    status, _, raw = post("/v1/chat/completions", ask)
+    assert status == 200, raw
+    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    assert content, raw
+    for c in content:
+        assert c["logprobs"]["content"], c  # sampled: no opening was sent
+    status, _, raw = post("/v1/rag", {"question": "q", "answer_prefix": "Use"})
+    assert status == 400 and b"answer_prefix" in raw, raw
+
+
+def test_answer_prefix_setting_turns_it_off():
+    """rag.answer_prefix = false: no answer opens with "Use", though the request does not ask.
+    (Restarts cairnd with the setting: the tests after this one see it.)"""
+    add_zorkview()
+    d = _state["d"]
+    assert d.stop() == 0, d.output()
+    d.__exit__()
+    _state["d"] = Daemon(*_state["args"], "--rag.answer_prefix=false")
+    ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
+           "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
+           "rag": {"k": 1, "filter": {"package": "zorkview"}}}
+    status, _, raw = post("/v1/chat/completions", ask)
+    assert status == 200, raw
+    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    assert content, raw
+    for c in content:
+        assert c["logprobs"]["content"], c  # sampled text only: no opening was sent
 
 
 def test_zz_stop():
