@@ -111,7 +111,10 @@ int cairn_fuse(const uint64_t *dense, const float *dense_scores, int n_dense, co
         if (n > before) has_d[at] = false;
         f->dense_rank = i + 1;
         f->from |= CAIRN_FUSE_DENSE;
-        if (dense_scores) cd[at] = dense_scores[i], has_d[at] = true;
+        /* a NaN score (a query embedding gone bad) counts as none: NaN must not reach the
+         * range, the comparator or the response */
+        if (dense_scores && dense_scores[i] == dense_scores[i])
+            cd[at] = dense_scores[i], has_d[at] = true;
     }
     for (int i = 0; i < nl; i++) {
         int before = n;

@@ -82,7 +82,8 @@ typedef struct {
  * repeated within a list counts at its first rank) into out, best first: at most k entries;
  * returns how many. lex_dense (may be NULL; used with convex and p->fill) holds the dense
  * similarity of each lexical passage, NaN where it is unknown (such a passage counts 0 on the
- * dense side); entries of passages the dense list holds are ignored. Ties go to the passage
+ * dense side); entries of passages the dense list holds are ignored. A NaN in dense_scores
+ * counts 0 on the dense side too (convex), never NaN in the result. Ties go to the passage
  * with the better single rank, then the smaller id, so the order is deterministic.
  */
 int cairn_fuse(const uint64_t *dense, const float *dense_scores, int n_dense, const uint64_t *lex,

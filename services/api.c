@@ -65,6 +65,7 @@ cairn_api_params cairn_api_default_params(void)
         .max_queue = 64,
         .retry_after_s = 1,
         .model_name = "cairn",
+        .rag_answer_prefix = true,
         .max_upload = 16u << 20,
         .max_upload_text = 4u << 20,
         .max_upload_passages = 4096,
@@ -369,7 +370,9 @@ static int send_text(gen_ctx *g, gen_choice *ch, const char *text, size_t len)
 }
 
 /* The answer prefix, once per choice, before its first text (or at its end when it generated
- * none): the prompt ended in it, so the answer begins with it. Streaming: g->mu held. */
+ * none): the prompt ended in it, so the answer begins with it. It was not sampled, so its
+ * delta carries no logprobs: those pending are the first token's and go with its text.
+ * Streaming: g->mu held. */
 static int send_prefix(gen_ctx *g, gen_choice *ch)
 {
     if (ch->prefixed || !g->prefix) return 0;
@@ -379,7 +382,11 @@ static int send_prefix(gen_ctx *g, gen_choice *ch)
         cairn_strbuf_append(&ch->text, g->prefix, n);
         return 0;
     }
-    return send_text(g, ch, g->prefix, n);
+    json_t *pending = ch->lp;
+    ch->lp = NULL;
+    int rc = send_text(g, ch, g->prefix, n);
+    ch->lp = pending;
+    return rc;
 }
 
 static int gen_on_text(void *user, const char *text, size_t len)
@@ -663,6 +670,7 @@ static void rag_run(void *arg)
                          .n_msgs = r->n_messages,
                          .opts = &r->rag,
                          .max_tokens = r->max_tokens,
+                         .no_prefix = !a->p.rag_answer_prefix,
                          .workers = a->p.workers};
     cairn_rag_result res;
     int rc = cairn_rag_pipeline(a->p.rag, &ask, &res, &err);

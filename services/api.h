@@ -152,6 +152,8 @@ typedef struct cairn_api_params {
     struct cairn_embed *embed;     /* borrowed; NULL: /v1/embeddings answers 503 */
     struct cairn_rag *rag;         /* borrowed; NULL: retrieval endpoints answer 503 */
     const char *embed_model_name;  /* the id /v1/embeddings reports */
+    bool rag_answer_prefix;        /* RAG: an answer from a package's passage opens with "Use"
+                                      (cairn_rag_ask.answer_prefix); false: no answer does */
     /* POST /v1/documents/upload: the file's bytes (413 above; the route's own body limit), the
      * text extracted from it, and the passages it may make (413 above either). */
     size_t max_upload;
@@ -162,7 +164,7 @@ typedef struct cairn_api_params {
 cairn_api_params cairn_api_default_params(void);
 
 /* max_concurrent 8, max_queue 64, retry_after_s 1, max_upload 16 MiB, max_upload_text 4 MiB,
- * max_upload_passages 4096; no keys, no components. */
+ * max_upload_passages 4096, rag_answer_prefix on; no keys, no components. */
 
 /* Creates the handlers' state and adds the /v1 routes to h. Returns 0 or a CAIRN_E* code. */
 int cairn_api_new(cairn_api **out, const cairn_api_params *p, cairn_http *h,

@@ -129,9 +129,9 @@ static int get_stop(json_t *o, cairn_api_req *r, cairn_error *err)
     return 0;
 }
 
-/* The retrieval options k, nprobe and mode: inside the `rag` object (prefix "rag.") of a chat
- * request, or at the top level of /v1/rag (prefix ""). Dotted keys make messages name the
- * full path ("rag.k: 0 is below the minimum 1"). */
+/* The retrieval options k, nprobe, mode and answer_prefix: inside the `rag` object (prefix
+ * "rag.") of a chat request, or at the top level of /v1/rag (prefix ""). Dotted keys make
+ * messages name the full path ("rag.k: 0 is below the minimum 1"). */
 /*
  * The search mode (field `name`, absent: hybrid) and the metadata filter (field `fname`, an
  * object of at most CAIRN_API_MAX_FILTERS keys of 1..64 bytes, each a string of at most 256
@@ -191,15 +191,18 @@ static int64_t max_k(const cairn_api_limits *lim)
 static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, cairn_api_rag *rag,
                    cairn_error *err)
 {
-    char kk[16], kn[16], km[16];
+    char kk[16], kn[16], km[16], kp[32];
     snprintf(kk, sizeof kk, "%sk", prefix);
     snprintf(kn, sizeof kn, "%snprobe", prefix);
     snprintf(km, sizeof km, "%smode", prefix);
+    snprintf(kp, sizeof kp, "%sanswer_prefix", prefix);
     int64_t k = 4 < max_k(lim) ? 4 : max_k(lim), nprobe = 0;
     const char *mode = NULL;
+    bool answer_prefix = true;
     int rc = cairn_json_get_int(o, kk, &k, 1, max_k(lim), false, err);
     if (!rc) rc = cairn_json_get_int(o, kn, &nprobe, 0, lim->max_nprobe, false, err);
     if (!rc) rc = cairn_json_get_string(o, km, &mode, NULL, 1, 16, false, err);
+    if (!rc) rc = cairn_json_get_bool(o, kp, &answer_prefix, false, err);
     if (rc) return rc;
     rag->mode = CAIRN_RAG_NONE;
     if (mode) {
@@ -217,6 +220,7 @@ static int get_rag(json_t *o, const char *prefix, const cairn_api_limits *lim, c
     rag->enabled = true;
     rag->k = (int)k;
     rag->nprobe = (int)nprobe;
+    rag->no_prefix = !answer_prefix;
     return 0;
 }
 
@@ -401,8 +405,8 @@ static int parse_chat(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, 
     json_t *ro = NULL;
     if (!rc) rc = cairn_json_get_object(o, "rag", &ro, false, err);
     if (!rc && ro) {
-        static const char *const allowed[] = {"k",           "nprobe", "mode",
-                                              "search_mode", "filter", NULL};
+        static const char *const allowed[] = {"k",      "nprobe", "mode", "search_mode",
+                                              "filter", "answer_prefix", NULL};
         rc = cairn_json_check_keys(ro, "rag", allowed, err);
         if (!rc) rc = get_rag(o, "rag.", lim, &r->rag, err);
     }
@@ -515,7 +519,8 @@ static int parse_rag(json_t *o, const cairn_api_limits *lim, cairn_api_req *r, c
                                           "top_p", "top_k", "min_p", "seed", "stream", "stop",
                                           "repetition_penalty", "presence_penalty",
                                           "frequency_penalty", "logit_bias", "k", "nprobe",
-                                          "mode", "search_mode", "filter", NULL};
+                                          "mode", "search_mode", "filter", "answer_prefix",
+                                          NULL};
     int rc = cairn_json_check_keys(o, NULL, allowed, err);
     if (!rc) rc = cairn_json_get_string(o, "question", &r->prompt, &r->prompt_len, 1,
                                         lim->max_text_bytes, true, err);

@@ -28,6 +28,8 @@ typedef struct cairn_api_rag {
     int nprobe;          /* clusters probed; 0 = the index's default */
     cairn_rag_mode mode; /* pre-retrieval generation */
     cairn_search_mode search; /* dense, lexical or hybrid (default) */
+    bool no_prefix;      /* answer_prefix: false: no opening written for the answer (rag.h,
+                            cairn_rag_ask.answer_prefix) */
     /* filter: {"key": value, ...}: passages whose metadata has every key with that value
      * (strings as they are, numbers and booleans as JSON writes them). Keys point into the
      * request's JSON; values into it or into fval_buf. */

@@ -745,6 +745,10 @@ int cairn_cmd_bench_answers(int argc, char **argv)
                 rag_mode);
         return 2;
     }
+    if (prefix && no_prefix) { /* which one the run measured would be a guess */
+        fputs("cairn bench rag-answers: --prefix and --no-prefix exclude each other\n", stderr);
+        return 2;
+    }
     char dir_buf[4096], model_buf[4096], embed_buf[4096];
     dir = or_data_path(dir, dir_buf, data, INDEX_DIR);
     model = or_data_path(model, model_buf, data, "models/smollm2-135m-instruct-q4_1.gguf");

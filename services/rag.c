@@ -1442,18 +1442,20 @@ static void dense_scores_locked(cairn_rag *r, const float *q, const uint64_t *id
 {
     enum { BITS = 11, SLOTS = 1 << BITS }; /* at least twice CAIRN_TIER_MAX_K: short probes */
     _Static_assert(SLOTS >= 2 * CAIRN_TIER_MAX_K, "the table must stay half empty");
-    int16_t slot[SLOTS];
+    int16_t slot[SLOTS], first[CAIRN_TIER_MAX_K]; /* first: the entry of ids[i]'s first copy */
     memset(slot, 0xff, sizeof slot); /* -1: empty */
+    int distinct = 0;
     for (int i = 0; i < n; i++) {
         out[i] = NAN;
         size_t h = (size_t)((ids[i] * 0x9E3779B97F4A7C15ull) >> (64 - BITS));
         while (slot[h] >= 0 && ids[slot[h]] != ids[i]) h = (h + 1) & (SLOTS - 1);
-        if (slot[h] < 0) slot[h] = (int16_t)i; /* a repeated id keeps its first entry */
+        if (slot[h] < 0) slot[h] = (int16_t)i, distinct++; /* a repeated id: its first entry */
+        first[i] = slot[h];
     }
     if (n == 0) return;
     int found = 0;
     size_t lists = r->building ? 1 : r->ivf ? cairn_ivf_nlist(r->ivf) : 0;
-    for (size_t l = 0; l < lists && found < n; l++) {
+    for (size_t l = 0; l < lists && found < distinct; l++) {
         const float *v = NULL;
         const int64_t *lid = NULL;
         size_t m = 0;
@@ -1468,6 +1470,8 @@ static void dense_scores_locked(cairn_rag *r, const float *q, const uint64_t *id
             found++;
         }
     }
+    for (int i = 0; i < n; i++)
+        out[i] = out[first[i]]; /* repeats: their first copy's */
 }
 
 int cairn_rag_dense_scores(cairn_rag *r, const float *q, const uint64_t *ids, int n, float *out,
@@ -1897,12 +1901,13 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
      * train questions, 21 with it (docs/BENCHMARKS.md). Only for packages: an answer from a
      * user's documents has no package to recommend. */
     const char *prefix = ask->answer_prefix;
-    if (!rc && !prefix && !ask->no_prefix && out->n_hits > 0) {
+    bool no_prefix = ask->no_prefix || o->no_prefix;
+    if (!rc && !prefix && !no_prefix && out->n_hits > 0) {
         json_t *m = json_loads(out->hits[0].meta, 0, NULL);
         if (json_is_string(json_object_get(m, "package"))) prefix = cairn_rag_package_prefix;
         json_decref(m);
     }
-    if (ask->no_prefix) prefix = NULL;
+    if (no_prefix) prefix = NULL;
     if (!rc) {
         /* The answer keeps max_tokens of the context (at most half of it) for itself. */
         int n_ctx = ask->workers ? cairn_workers_n_ctx(ask->workers) : 0;

@@ -383,7 +383,8 @@ typedef struct cairn_rag_ask {
                                     cairn_rag_package_prefix when the best passage describes a
                                     software package (its metadata has a "package" string: the
                                     default corpus), none otherwise */
-    bool no_prefix;              /* no answer prefix, not even the default */
+    bool no_prefix;              /* no answer prefix, not even the default (as opts->no_prefix,
+                                    a request's answer_prefix: false) */
     const char *system;          /* the system prompt; NULL: cairn_rag_default_system */
     bool no_example;             /* leave out the prompt's worked example (shown by default:
                                     cairn_rag_prompt_params.example) */

@@ -97,6 +97,9 @@ static const cairn_config_key schema[] = {
      "them in the background, /health answering 503 with the progress until it is done)", NULL,
      0},
     {"rag.fast_bytes", CAIRN_CFG_SIZE, "64M", "1M", "1T", "fast-tier capacity", NULL, 0},
+    {"rag.answer_prefix", CAIRN_CFG_BOOL, "true", NULL, NULL,
+     "an answer from a software package's passage opens with \"Use\" (false: no answer does; "
+     "a request turns it off with answer_prefix: false)", NULL, 0},
     {"workers.count", CAIRN_CFG_INT, "1", "1", "64", "generation workers (one engine each)",
      NULL, 0},
     {"workers.threads", CAIRN_CFG_INT, "0", "0", "1024",
@@ -513,6 +516,7 @@ static int start_api(service *s, cairn_error *err)
         ap.model_name = s->model_name;
     }
     ap.max_upload = (size_t)cairn_config_size(c, "http.max_upload");
+    ap.rag_answer_prefix = cairn_config_bool(c, "rag.answer_prefix");
     ap.workers = s->workers;
     rc = cairn_api_new(&s->api, &ap, s->http, s->metrics, err);
     if (rc || !cairn_config_string(c, "redis.url")) return rc;

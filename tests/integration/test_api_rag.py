@@ -318,14 +318,28 @@ def test_search_modes_filters_and_query_text():
         assert float(lines[f'cairn_retrieval_results_total{{list="{lst}"}}']) >= 1
 
 
+def add_zorkview():
+    """A passage that describes a software package (metadata "package"), added once."""
+    if "zorkview" not in _state:
+        status, _, raw = post("/v1/documents", {"documents": [
+            {"text": "zorkview shows zork maps in a window, with zoom and a slideshow.",
+             "title": "zorkview: viewer for zork maps", "metadata": {"package": "zorkview"}}]})
+        assert status == 200, raw
+        _state["zorkview"] = True
+
+
+def stream_choices(raw):
+    """A stream's choices, event by event, after checking it ends with [DONE]."""
+    events = [b[len("data: "):] for b in raw.decode().split("\n\n") if b.strip()]
+    assert events[-1] == "[DONE]", events[-3:]
+    return [c for e in events[:-1] for c in json.loads(e).get("choices", [])]
+
+
 def test_answer_from_a_package_opens_with_use():
     """An answer whose best passage describes a software package (metadata "package", as the
     default corpus's) begins with "Use", the words the prompt ended in: in the JSON answer and
     in the streamed deltas alike; an answer from other passages has no such opening."""
-    status, _, raw = post("/v1/documents", {"documents": [
-        {"text": "zorkview shows zork maps in a window, with zoom and a slideshow.",
-         "title": "zorkview: viewer for zork maps", "metadata": {"package": "zorkview"}}]})
-    assert status == 200, raw
+    add_zorkview()
     ask = {"question": "How can I look at zork maps?", "k": 1, "max_tokens": 6,
            "temperature": 0, "filter": {"package": "zorkview"}}
     status, _, raw = post("/v1/rag", ask)
@@ -341,6 +355,52 @@ def test_answer_from_a_package_opens_with_use():
               for e in events[:-1] if json.loads(e).get("choices")]
     assert "".join(deltas) == answer, (deltas, answer)  # greedy: the same text, prefix first
     assert deltas[0].startswith("Use"), deltas
+
+
+def test_answer_prefix_has_no_logprobs_and_can_be_turned_off():
+    """Chat with rag, streamed with logprobs: "Use" is a delta of its own with no logprobs (it
+    was not sampled) and each token's logprobs come with its own text. A request with
+    answer_prefix false gets no opening: every delta is sampled text with its logprobs."""
+    add_zorkview()
+    ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
+           "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
+           "rag": {"k": 1, "filter": {"package": "zorkview"}}}
+    status, _, raw = post("/v1/chat/completions", ask)
+    assert status == 200, raw
+    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    assert content[0]["delta"] == {"role": "assistant", "content": "Use"}, content[0]
+    assert content[0]["logprobs"] == {"content": [], "refusal": None}, content[0]
+    for c in content[1:]:
+        toks = "".join(e["token"] for e in c["logprobs"]["content"])
+        assert toks == c["delta"]["content"], c  # a token's logprobs travel with its text
+    ask["rag"]["answer_prefix"] = False
+    status, _, raw = post("/v1/chat/completions", ask)
+    assert status == 200, raw
+    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    assert content, raw
+    for c in content:
+        assert c["logprobs"]["content"], c  # sampled: no opening was sent
+    status, _, raw = post("/v1/rag", {"question": "q", "answer_prefix": "Use"})
+    assert status == 400 and b"answer_prefix" in raw, raw
+
+
+def test_answer_prefix_setting_turns_it_off():
+    """rag.answer_prefix = false: no answer opens with "Use", though the request does not ask.
+    (Restarts cairnd with the setting: the tests after this one see it.)"""
+    add_zorkview()
+    d = _state["d"]
+    assert d.stop() == 0, d.output()
+    d.__exit__()
+    _state["d"] = Daemon(*_state["args"], "--rag.answer_prefix=false")
+    ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
+           "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
+           "rag": {"k": 1, "filter": {"package": "zorkview"}}}
+    status, _, raw = post("/v1/chat/completions", ask)
+    assert status == 200, raw
+    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    assert content, raw
+    for c in content:
+        assert c["logprobs"]["content"], c  # sampled text only: no opening was sent
 
 
 def test_zz_stop():

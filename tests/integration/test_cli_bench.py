@@ -60,6 +60,9 @@ def test_rag_answers_flags():
         assert "no index in /nonexistent/index" in r.stderr, (flags, r.stderr[:300])
     r = bench("rag-answers", "--mode", "bm25", "--dir", "/nonexistent/index")
     assert r.returncode == 2 and "--mode 'bm25' is not none, rewrite or hyde" in r.stderr, r.stderr
+    r = bench("rag-answers", "--prefix", "Use", "--no-prefix", "--dir", "/nonexistent/index")
+    assert r.returncode == 2, (r.returncode, r.stderr[:300])
+    assert first_line(r) == "cairn bench rag-answers: --prefix and --no-prefix exclude each other"
     r = bench("rag-answers", "--no-such-flag")
     assert r.returncode == 2 and "usage: cairn bench rag-answers" in r.stderr, r.stderr[:300]
     for flag in ("--no-example", "--best-first", "--no-prefix"):

@@ -387,6 +387,27 @@ static void test_embeddings_retrieve_rag_documents(void **state)
                  "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"rag\":"
                  "{\"search_mode\":\"sparse\"}}",
                  CAIRN_EINVAL, "rag.search_mode: 'sparse'");
+    /* answer_prefix: on unless a request says false, in /v1/rag and chat's rag object alike */
+    assert_int_equal(parse(CAIRN_API_RAG, "{\"question\":\"q\"}", &r, &err), 0);
+    assert_false(r.rag.no_prefix);
+    cairn_api_req_free(&r);
+    assert_int_equal(parse(CAIRN_API_RAG, "{\"question\":\"q\",\"answer_prefix\":false}", &r, &err),
+                     0);
+    assert_true(r.rag.no_prefix);
+    cairn_api_req_free(&r);
+    assert_int_equal(parse(CAIRN_API_CHAT,
+                           "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"rag\":"
+                           "{\"answer_prefix\":false}}",
+                           &r, &err),
+                     0);
+    assert_true(r.rag.no_prefix);
+    cairn_api_req_free(&r);
+    expect_error(CAIRN_API_RAG, "{\"question\":\"q\",\"answer_prefix\":\"Use\"}", CAIRN_EFORMAT,
+                 "answer_prefix");
+    expect_error(CAIRN_API_CHAT,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"rag\":"
+                 "{\"answer_prefix\":1}}",
+                 CAIRN_EFORMAT, "rag.answer_prefix");
 
     assert_int_equal(parse(CAIRN_API_DOCUMENTS,
                            "{\"documents\":[{\"text\":\"t1\",\"metadata\":{\"src\":\"a\"}},"

@@ -387,6 +387,26 @@ static void test_fuse(void **state)
     assert_true(out[2].score > 0.49f && out[2].score < 0.51f);
     assert_string_equal(cairn_fuse_norm_name(CAIRN_FUSE_NORM_MAX), "max");
     assert_string_equal(cairn_fuse_norm_name(CAIRN_FUSE_NORM_MINMAX), "minmax");
+    /* a NaN dense score (a bad query embedding) counts 0 on the dense side: no NaN comes out,
+     * and the others' range is taken without it */
+    const float dnan[] = {NAN, 0.5f, 0.1f};
+    p.depth = 10;
+    n = cairn_fuse(dense, dnan, 3, ld, lsc3, ldense, 2, &p, out, 8);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) assert_false(isnan(out[i].score));
+    /* 13: 1 + 1; 10: 0 + 10/20; 11: 0.4/0.85; 12: 0 */
+    assert_int_equal(out[0].id, 13);
+    assert_int_equal(out[1].id, 10);
+    assert_true(out[1].score > 0.49f && out[1].score < 0.51f);
+    assert_int_equal(out[1].dense_rank, 1); /* still the dense list's first */
+    assert_int_equal(out[2].id, 11);
+    assert_int_equal(out[3].id, 12);
+    const float dall[] = {NAN, NAN, NAN}, lall[] = {NAN, NAN};
+    n = cairn_fuse(dense, dall, 3, ld, lsc3, lall, 2, &p, out, 8);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) assert_false(isnan(out[i].score));
+    assert_int_equal(out[0].id, 13); /* the lexical list alone decides */
+    assert_int_equal(out[1].id, 10);
     cairn_search_mode m;
     cairn_error err = {0};
     assert_int_equal(cairn_search_mode_parse("lexical", &m, &err), 0);

@@ -197,16 +197,17 @@ static void test_modes_and_filters(void **state)
     }
     /* a passage's dense similarity from its stored vector: the dense list's own score for
      * the passages it returns; NaN for an id without a vector (deleted, or never stored) */
-    float q[512], sims[3];
+    float q[512], sims[4];
     cairn_error e2 = {0};
     assert_int_equal(cairn_rag_embed(r, "tmux", q, &e2), 0);
     n = run(r, CAIRN_SEARCH_DENSE, "tmux", NULL, NULL, hits);
     assert_true(n >= 2);
-    uint64_t ids[3] = {hits[1].id, hits[0].id, 1u << 30};
-    assert_int_equal(cairn_rag_dense_scores(r, q, ids, 3, sims, &e2), 0);
+    uint64_t ids[4] = {hits[1].id, hits[0].id, 1u << 30, hits[1].id /* again */};
+    assert_int_equal(cairn_rag_dense_scores(r, q, ids, 4, sims, &e2), 0);
     assert_true(fabsf(sims[0] - hits[1].score) < 1e-5f);
     assert_true(fabsf(sims[1] - hits[0].score) < 1e-5f);
     assert_true(isnan(sims[2]));
+    assert_true(sims[3] == sims[0]); /* a repeated id has its vector too */
     cairn_rag_hits_free(hits, n);
     assert_int_equal(cairn_rag_dense_scores(r, q, ids, CAIRN_TIER_MAX_K + 1, sims, &e2),
                      CAIRN_ERANGE);
@@ -467,6 +468,57 @@ static void test_answer_prompt_fits_the_budget(void **state)
     cairn_gguf_close(g);
 }
 
+/* Whether s ends with tail. */
+static bool ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), m = strlen(tail);
+    return n >= m && !strcmp(s + n - m, tail);
+}
+
+/* The pipeline's answer opening: "Use" when the best passage describes a package (the default
+ * corpus's metadata), none from other passages, and none when the request (opts) or the server
+ * (the ask) turns it off. */
+static void test_pipeline_answer_prefix(void **state)
+{
+    (void)state;
+    cairn_rag *r = open_rag();
+    const char *text = "zorkview shows zork maps in a window, with zoom and a slideshow.";
+    cairn_api_doc doc = {.text = text, .text_len = strlen(text),
+                         .title = "zorkview: viewer for zork maps",
+                         .metadata_json = "{\"package\":\"zorkview\"}"};
+    uint64_t id = 0;
+    cairn_error err = {0};
+    assert_int_equal(cairn_rag_add(r, &doc, 1, &id, &err), 0);
+    cairn_api_rag o = {.enabled = true, .k = 1, .search = CAIRN_SEARCH_HYBRID, .n_filters = 1,
+                       .fkey = {"package"}, .fval = {"zorkview"}};
+    cairn_rag_ask ask = {.question = "How can I look at zork maps?", .opts = &o, .max_tokens = 16};
+    cairn_rag_result res;
+    assert_int_equal(cairn_rag_pipeline(r, &ask, &res, &err), 0);
+    assert_int_equal(res.n_hits, 1);
+    assert_int_equal(res.hits[0].id, id);
+    assert_string_equal(res.prompt.answer_prefix, "Use");
+    assert_true(ends_with(res.prompt.text, "\nAnswer: Use")); /* no template: plain */
+    cairn_rag_result_free(&res);
+    o.no_prefix = true; /* the request's answer_prefix: false */
+    assert_int_equal(cairn_rag_pipeline(r, &ask, &res, &err), 0);
+    assert_null(res.prompt.answer_prefix);
+    assert_true(ends_with(res.prompt.text, "\nAnswer:"));
+    cairn_rag_result_free(&res);
+    o.no_prefix = false;
+    ask.no_prefix = true; /* the server's rag.answer_prefix = false */
+    assert_int_equal(cairn_rag_pipeline(r, &ask, &res, &err), 0);
+    assert_null(res.prompt.answer_prefix);
+    cairn_rag_result_free(&res);
+    ask.no_prefix = false;
+    o.fkey[0] = "n", o.fval[0] = "2"; /* the nginx passage: no package in its metadata */
+    assert_int_equal(cairn_rag_pipeline(r, &ask, &res, &err), 0);
+    assert_int_equal(res.n_hits, 1);
+    assert_null(res.prompt.answer_prefix);
+    cairn_rag_result_free(&res);
+    assert_int_equal(cairn_rag_delete(r, id, &err), 0);
+    cairn_rag_close(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -475,6 +527,7 @@ int main(void)
         cmocka_unit_test(test_title_is_embedded_and_format_checked),
         cmocka_unit_test(test_answer_prompt_template_and_plain),
         cmocka_unit_test(test_answer_prompt_fits_the_budget),
+        cmocka_unit_test(test_pipeline_answer_prefix),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
