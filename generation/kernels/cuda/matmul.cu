@@ -667,8 +667,9 @@ static int prep_bf16(cairn__cuda *c, const float *x, int n_tok, int64_t cols, ca
  *   - the warp form for Q4_0, Q4_1 and Q5_0 (unmeasured), two rows a warp for tall sets.
  * Walking 4 units a trip instead of 2 was slower for every type, form and row count measured.
  * The environment overrides each, to measure them side by side: CAIRN_CUDA_GEMV=warp|block,
- * CAIRN_CUDA_GEMV_ROWS=1|2|4 (4: each token's activations serve four rows, a quarter of the
- * activation loads a weight byte that one row takes; unmeasured, no default picks it).
+ * CAIRN_CUDA_GEMV_ROWS=1|2|4 (4: each token's activations serve four rows; slower for every
+ * type and form on an H100, Q4_K's block form 112 us a layer against 94, as its 127 registers
+ * leave fewer warps in flight: no default picks it).
  */
 struct gemv_shape {
     bool block;
