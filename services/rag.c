@@ -1924,6 +1924,15 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
         };
         rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
                                     &out->prompt, err);
+        /* No passage fitted: the prompt says none was found, and an answer opening "Use" would
+         * push the model to name a package anyway. The default opening goes; one the caller
+         * asked for stays. */
+        if (!rc && prefix == cairn_rag_package_prefix && out->prompt.n_passages == 0) {
+            cairn_rag_prompt_free(&out->prompt);
+            pp.answer_prefix = NULL;
+            rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits,
+                                        &pp, &out->prompt, err);
+        }
     }
     if (rc) cairn_rag_result_free(out);
     return rc;

@@ -357,6 +357,27 @@ def test_answer_from_a_package_opens_with_use():
     assert deltas[0].startswith("Use"), deltas
 
 
+def test_no_use_opening_when_no_passage_fits():
+    """A question so long that no passage fits beside it in the context: the prompt says that no
+    passage was found, and the answer does not open with "Use" (with it, gemma-3-270m went on
+    "Use frobview: it shows", the made-up package of the prompt's worked example)."""
+    add_zorkview()
+    seen = []
+    for repeat in (40, 55, 70, 85, 100, 115):
+        question = "How can I look at zork maps? " + "Answer briefly and plainly. " * repeat
+        status, _, raw = post("/v1/rag", {"question": question, "k": 1, "max_tokens": 6,
+                                          "temperature": 0, "filter": {"package": "zorkview"}})
+        if status != 200:
+            break  # too long for the context at all: the lengths before it were tried
+        r = json.loads(raw)
+        seen.append((repeat, len(r["sources"])))
+        if not r["sources"]:
+            answer = r["choices"][0]["message"]["content"]
+            assert not answer.startswith("Use"), answer
+            return
+    raise AssertionError(f"no question length left the passage out: {seen}")
+
+
 def test_answer_prefix_has_no_logprobs_and_can_be_turned_off():
     """Chat with rag, streamed with logprobs: "Use" is a delta of its own with no logprobs (it
     was not sampled) and each token's logprobs come with its own text. A request with
