@@ -139,6 +139,9 @@ typedef struct cairn_backend_traits {
     int token_tile; /* tokens per tile of its matrix kernels (a pass costs a step more when it
                        starts a new tile); 1 when cost has no such steps */
     int logits_pair; /* logits rows taken together by the output projection; 1 when none */
+    int gemm_from;   /* tokens past which a pass's products take another path at a fixed cost
+                        (the CUDA backend dequantizes every quantized matrix into tiles for
+                        cuBLAS past 16 tokens); its token tiles count up to it only; 0: none */
 } cairn_backend_traits;
 
 struct cairn_backend_i {

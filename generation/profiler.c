@@ -136,7 +136,7 @@ int cairn_profiler_run(const cairn_model *m, const cairn_engine_params *ep, int 
         rc = time_one(&pr, &shapes[n], &t[n], err);
         if (!rc && t[n] > 0) n++;
     }
-    cairn_backend_traits traits = {1, 1};
+    cairn_backend_traits traits = {1, 1, 0};
     if (!rc) {
         cairn_backend *be = cairn_engine_backend(pr.e);
         be->i->traits(be, &traits);

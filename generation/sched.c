@@ -33,7 +33,7 @@ struct cairn_predictor {
 
 const char *const cairn_predictor_feature_names[NF] = {
     "1",           "tokens",       "logits_rows", "prefill_chunks", "keys_prefill",
-    "keys_decode", "logits_tiles", "token_tiles", "logits_pairs",
+    "keys_decode", "logits_tiles", "token_tiles", "logits_pairs", "gemm_steps",
 };
 
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last)
@@ -66,9 +66,12 @@ static void features(const cairn_predictor *p, const cairn_batch_shape *s, doubl
     f[3] = s->n_p;
     f[4] = (double)s->keys_p;
     f[5] = (double)s->keys_d;
+    const int tokens = s->s_p + s->s_d;
+    const bool gemm = p->traits.gemm_from > 0 && tokens > p->traits.gemm_from;
     f[6] = groups(s->n_out, p->traits.token_tile);
-    f[7] = groups(s->s_p + s->s_d, p->traits.token_tile);
+    f[7] = gemm ? 0.0 : groups(tokens, p->traits.token_tile);
     f[8] = groups(s->n_out, p->traits.logits_pair);
+    f[9] = gemm ? 1.0 : 0.0;
 }
 
 int cairn_predictor_new(cairn_predictor **out, int window, cairn_error *err)

@@ -45,7 +45,15 @@
  *   ceil(R / 2)  output-projection pairs (cairn_backend_traits.logits_pair): where the CPU's
  *                output projection is repacked (AVX-512 VNNI) its kernel takes tokens in
  *                pairs, so an odd count costs nearly a pair, and one or two rows are bound by
- *                streaming the matrix, not by arithmetic (cairn_cpu_mat_repack).
+ *                streaming the matrix, not by arithmetic (cairn_cpu_mat_repack);
+ *   G            1 when the pass's T tokens exceed cairn_backend_traits.gemm_from (then its
+ *                token tiles count 0): on the CUDA backend a pass of more than 16 tokens
+ *                dequantizes every quantized matrix for cuBLAS instead of reading it once per
+ *                8-token GEMV pass, a fixed cost (Llama-3-8B Q4_K_M on an H100: about 7 ms a
+ *                pass under 8 tokens, 14 ms at 8-15, 31 ms at 17-23). Without it a line through
+ *                decode and long prefills missed by 44% on 1-64-token prefills there; with it,
+ *                refitted on the same samples, about 20% there and 6% overall
+ *                (docs/BENCHMARKS.md).
  * The step features come from the engine's backend (cairn_predictor_set_traits); a backend
  * without such steps leaves them 0, and the fit's ridge term keeps them out of the model.
  * The keys ignore sliding windows (they count every cached token). The model is fitted by
@@ -90,7 +98,7 @@ typedef struct {
  */
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last);
 
-#define CAIRN_PREDICTOR_FEATURES 9
+#define CAIRN_PREDICTOR_FEATURES 10
 
 /* The features' names, in coefficient order ("1", "tokens", ...): as a stored profile and the
  * profiler's output list them. */

@@ -32,8 +32,8 @@ int cairn_slo_profile_path(const char *data_dir, const char *model_name, const c
 }
 
 /* The profile to use, if any: sched.profile, else the stored one when it exists. Returns 0
- * (*found says whether one was read and fits this backend and device), or its read or parse
- * error. */
+ * (*found says whether one was read and fits this backend and device), or sched.profile's read
+ * or parse error (a stored one that cannot be read is logged and passed over). */
 static int pick_profile(const cairn_slo_params *p, const char *backend, const char *device,
                         cairn_sched_profile *prof, bool *found, char *source, size_t slen,
                         cairn_error *err)
@@ -52,7 +52,13 @@ static int pick_profile(const cairn_slo_params *p, const char *backend, const ch
         path = stored;
     }
     int rc = cairn_sched_profile_load(path, prof, err);
-    if (rc) return cairn_error_prefix(err, "%s", p->profile_path ? "sched.profile" : "profile");
+    if (rc && !p->profile_path) {
+        /* The stored one is cairnd's own cache (an earlier build's, after an upgrade that
+         * changed the predictor's features): measure again rather than refuse to start. */
+        CAIRN_LOG_WARN("scheduler profile refused", "path=%s why=%s", path, err->msg);
+        return 0;
+    }
+    if (rc) return cairn_error_prefix(err, "sched.profile");
     cairn_error why = {0};
     if (cairn_sched_profile_check(prof, backend, device, &why)) {
         CAIRN_LOG_WARN("scheduler profile refused", "path=%s why=%s", path, why.msg);

@@ -189,8 +189,8 @@ def test_cli_gguf_info_on_real_model():
 
 HEAD3 = ("cairn-sched-profile 3\nbackend {backend}\ndevice {device}\n"
          "features 1 tokens logits_rows prefill_chunks keys_prefill keys_decode logits_tiles "
-         "token_tiles logits_pairs\n")
-COEF = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011\n"
+         "token_tiles logits_pairs gemm_steps\n")
+COEF = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011 0\n"
 GEMMA = os.path.join(os.environ.get("CAIRN_TEST_MODELS", "data/models"), "gemma-3-270m-q4_k_m.gguf")
 
 
@@ -251,7 +251,7 @@ def test_scheduler_profile_loaded_and_checked():
         old = "cairn-sched-profile 2\n" + head.split("\n", 3)[3]
         for text, words in (("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n", "old format"),
                             (old + "coefficients 0.01 abc\n", "coefficient 2 'abc'"),
-                            (old + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 9"),
+                            (old + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 10"),
                             (old, "no coefficients line"),
                             (old + COEF + "budget 99\n", "budget 99"),
                             (head + COEF + "budget 0.1\nx\n", "unexpected 'x'")):
@@ -265,9 +265,9 @@ def test_scheduler_profile_loaded_and_checked():
 
 def test_stored_profile_per_backend_and_device():
     """Without sched.profile cairnd reads data_dir/profiles/<model>-<backend>-<device>.txt. A
-    profile measured on another device or backend (a GPU's on this CPU engine) is refused with
-    the reason logged, and the short profiling run at start takes its place; the budgets are
-    then shares of the TBT SLO."""
+    profile measured on another device or backend (a GPU's on this CPU engine), or written by a
+    build whose predictor had other features, is refused with the reason logged, and the short
+    profiling run at start takes its place; the budgets are then shares of the TBT SLO."""
     with Daemon(f"--model.path={GEMMA}", "--sched.startup_profile=0") as d0:
         m = re.search(r"no stored scheduler profile looked_for=(\S+)", d0.output())
         assert m, d0.output()
@@ -284,12 +284,16 @@ def test_stored_profile_per_backend_and_device():
         with Daemon(*args) as d:
             assert abs(budget_metric(d) - min(0.05 * 0.25 / 0.1, 0.6 * 0.25)) < 1e-9
             assert "startup profile iterations" not in d.output(), d.output()
-        for backend, device, why in (("cpu", "Some Other CPU 9000", "the CPU 'Some Other CPU 9000'"),
-                                     ("cuda", "NVIDIA H100 80GB HBM3",
-                                      "cuda backend (NVIDIA H100 80GB HBM3)")):
+        # A profile of an earlier build, whose features were fewer, is refused the same way.
+        stale = (HEAD3.format(backend="cpu", device=this_cpu()).replace(" gemm_steps", "") +
+                 COEF.replace(" 0\n", "\n") + "budget 0.05\n")
+        for text, why in ((HEAD3.format(backend="cpu", device="Some Other CPU 9000") + COEF +
+                           "budget 0.05\nslo 1.5 0.1\n", "the CPU 'Some Other CPU 9000'"),
+                          (HEAD3.format(backend="cuda", device="NVIDIA H100 80GB HBM3") + COEF +
+                           "budget 0.05\nslo 1.5 0.1\n", "cuda backend (NVIDIA H100 80GB HBM3)"),
+                          (stale, "not this build's")):
             with open(path, "w") as f:
-                f.write(HEAD3.format(backend=backend, device=device) + COEF +
-                        "budget 0.05\nslo 1.5 0.1\n")
+                f.write(text)
             # The profiling run at start takes tens of seconds here, minutes under the
             # sanitizers on a busy machine: more than Daemon's usual wait.
             with Daemon(*args, wait=False) as d:

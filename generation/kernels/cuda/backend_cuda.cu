@@ -576,6 +576,7 @@ static void cu_traits(const cairn_backend *be, cairn_backend_traits *out)
     /* A GEMV pass reads the weights once for up to CAIRN__GEMV_TOKENS tokens. */
     out->token_tile = CAIRN__GEMV_TOKENS;
     out->logits_pair = 1;
+    out->gemm_from = CAIRN__GEMV_MAX_TOKENS;
 }
 
 static int cu_mem_info(const cairn_backend *be, size_t *free_bytes, size_t *total_bytes)
