@@ -378,28 +378,31 @@ def test_no_use_opening_when_no_passage_fits():
     raise AssertionError(f"no question length left the passage out: {seen}")
 
 
+def zork_chat_stream(**rag):
+    """The content deltas of a streamed chat with rag (logprobs on) about zork maps, its one
+    passage zorkview's; rag's keywords join the request's rag object."""
+    add_zorkview()
+    ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
+           "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
+           "rag": dict({"k": 1, "filter": {"package": "zorkview"}}, **rag)}
+    status, _, raw = post("/v1/chat/completions", ask)
+    assert status == 200, raw
+    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    assert content, raw
+    return content
+
+
 def test_answer_prefix_has_no_logprobs_and_can_be_turned_off():
     """Chat with rag, streamed with logprobs: "Use" is a delta of its own with no logprobs (it
     was not sampled) and each token's logprobs come with its own text. A request with
     answer_prefix false gets no opening: every delta is sampled text with its logprobs."""
-    add_zorkview()
-    ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
-           "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
-           "rag": {"k": 1, "filter": {"package": "zorkview"}}}
-    status, _, raw = post("/v1/chat/completions", ask)
-    assert status == 200, raw
-    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
+    content = zork_chat_stream()
     assert content[0]["delta"] == {"role": "assistant", "content": "Use"}, content[0]
     assert content[0]["logprobs"] == {"content": [], "refusal": None}, content[0]
     for c in content[1:]:
         toks = "".join(e["token"] for e in c["logprobs"]["content"])
         assert toks == c["delta"]["content"], c  # a token's logprobs travel with its text
-    ask["rag"]["answer_prefix"] = False
-    status, _, raw = post("/v1/chat/completions", ask)
-    assert status == 200, raw
-    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
-    assert content, raw
-    for c in content:
+    for c in zork_chat_stream(answer_prefix=False):
         assert c["logprobs"]["content"], c  # sampled: no opening was sent
     status, _, raw = post("/v1/rag", {"question": "q", "answer_prefix": "Use"})
     assert status == 400 and b"answer_prefix" in raw, raw
@@ -408,19 +411,12 @@ def test_answer_prefix_has_no_logprobs_and_can_be_turned_off():
 def test_answer_prefix_setting_turns_it_off():
     """rag.answer_prefix = false: no answer opens with "Use", though the request does not ask.
     (Restarts cairnd with the setting: the tests after this one see it.)"""
-    add_zorkview()
+    add_zorkview()  # before the restart: the new cairnd keeps the passage
     d = _state["d"]
     assert d.stop() == 0, d.output()
     d.__exit__()
     _state["d"] = Daemon(*_state["args"], "--rag.answer_prefix=false")
-    ask = {"messages": [{"role": "user", "content": "How can I look at zork maps?"}],
-           "max_tokens": 6, "temperature": 0, "stream": True, "logprobs": True,
-           "rag": {"k": 1, "filter": {"package": "zorkview"}}}
-    status, _, raw = post("/v1/chat/completions", ask)
-    assert status == 200, raw
-    content = [c for c in stream_choices(raw) if c["delta"].get("content")]
-    assert content, raw
-    for c in content:
+    for c in zork_chat_stream():
         assert c["logprobs"]["content"], c  # sampled text only: no opening was sent
 
 
