@@ -863,7 +863,12 @@ int cairn_cmd_bench_answers(int argc, char **argv)
     json_t *pj = json_string(no_prefix ? "" : prefix ? prefix : "Use (packages)");
     char *prefix_json = pj ? json_dumps(pj, JSON_ENCODE_ANY) : NULL;
     json_decref(pj);
-    printf("{\"bench\":\"rag_answers\",\"model\":\"%s\",\"prompt\":\"%s\",\"example\":%s,"
+    /* the model's file name, as the file system spells it (any bytes): escaped */
+    const char *mname = model_name(model);
+    json_t *mj = cairn_json_text(mname, strlen(mname));
+    char *model_json = mj ? json_dumps(mj, JSON_ENCODE_ANY) : NULL;
+    json_decref(mj);
+    printf("{\"bench\":\"rag_answers\",\"model\":%s,\"prompt\":\"%s\",\"example\":%s,"
            "\"passages_order\":\"%s\",\"answer_prefix\":%s,\"rag_mode\":\"%s\","
            "\"split\":\"%s\","
            "\"questions\":%d,\"passages\":%zu,\"k\":%ld,\"max_tokens\":%ld,\"hit_at_4\":%.3f,"
@@ -871,7 +876,8 @@ int cairn_cmd_bench_answers(int argc, char **argv)
            "\"names_package_first_paragraph\":%.3f,\"prompts_truncated\":%d,"
            "\"answer_p50_s\":%.2f,\"answer_p90_s\":%.2f,\"total_s\":%.1f,"
            "\"target_hit_at_4\":0.9,\"target_names_package\":0.5}\n",
-           model_name(model), plain ? "plain" : "chat", no_example ? "false" : "true",
+           model_json ? model_json : "null", plain ? "plain" : "chat",
+           no_example ? "false" : "true",
            best_first ? "best_first" : "best_last",
            prefix_json ? prefix_json : "null", rag_mode, split,
            b->n, cairn_rag_count(r), k,
@@ -880,6 +886,7 @@ int cairn_cmd_bench_answers(int argc, char **argv)
            (double)named_first / b->n, truncated, pct(secs, b->n, 0.5), pct(secs, b->n, 0.9),
            total_s);
     free(prefix_json);
+    free(model_json);
     status = fflush(stdout) ? 1 : 0;
 out:
     cairn_workers_close(w);
