@@ -1918,21 +1918,13 @@ int cairn_rag_pipeline(cairn_rag *r, const cairn_rag_ask *ask, cairn_rag_result 
             .budget = n_ctx - reserve,
             .passage_tokens = ask->passage_tokens,
             .answer_prefix = prefix,
+            .prefix_with_passages = prefix == cairn_rag_package_prefix,
             .system = ask->system,
             .example = !ask->no_example,
             .best_last = !ask->best_first,
         };
         rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits, &pp,
                                     &out->prompt, err);
-        /* No passage fitted: the prompt says none was found, and an answer opening "Use" would
-         * push the model to name a package anyway. The default opening goes; one the caller
-         * asked for stays. */
-        if (!rc && prefix == cairn_rag_package_prefix && out->prompt.n_passages == 0) {
-            cairn_rag_prompt_free(&out->prompt);
-            pp.answer_prefix = NULL;
-            rc = cairn_rag_prompt_build(question, ask->msgs, ask->n_msgs, out->hits, out->n_hits,
-                                        &pp, &out->prompt, err);
-        }
     }
     if (rc) cairn_rag_result_free(out);
     return rc;
@@ -2013,13 +2005,21 @@ static size_t prefix_within(const cairn_tok *t, const char *s, size_t len, int m
     return cut > lo * 5 / 6 && cut > 0 ? cut : lo;
 }
 
+/* The answer's opening for a prompt of n passages, or NULL. */
+static const char *opening(const cairn_rag_prompt_params *p, int n)
+{
+    if (!p->answer_prefix || !p->answer_prefix[0] || (p->prefix_with_passages && n == 0))
+        return NULL;
+    return p->answer_prefix;
+}
+
 /* The question's turn: the passages hits[0..n) (each text cut to lens[i] bytes, marked when
  * cut) and the question; plain, with the system text first and "Answer:" last. */
 static char *user_turn(const char *question, const cairn_rag_hit *hits, const size_t *lens,
                        int n, const char *system, bool plain, const cairn_rag_prompt_params *p)
 {
     cairn_strbuf sb = {0};
-    const char *prefix = p->answer_prefix;
+    const char *prefix = opening(p, n);
     if (plain) cairn_strbuf_printf(&sb, "%s\n\n", system);
     if (plain && p->example)
         cairn_strbuf_printf(&sb, "%s\nAnswer: %s\n\n", example_user[p->best_last],
@@ -2092,13 +2092,14 @@ static int assemble(const char *question, const cairn_chat_msg *msgs, size_t n_m
     out->n_msgs = n_out;
     out->text = cairn_chat_render_alloc(p->tmpl, out->msgs, n_out, true, &out->len, err);
     if (!out->text) return cairn_error_prefix(err, "messages");
-    if (p->answer_prefix && p->answer_prefix[0]) {
-        size_t n = strlen(p->answer_prefix);
-        char *t = realloc(out->text, out->len + n + 1);
+    const char *prefix = opening(p, n);
+    if (prefix) {
+        size_t len = strlen(prefix);
+        char *t = realloc(out->text, out->len + len + 1);
         if (!t) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
-        memcpy(t + out->len, p->answer_prefix, n + 1);
+        memcpy(t + out->len, prefix, len + 1);
         out->text = t;
-        out->len += n;
+        out->len += len;
     }
     out->tok_flags = CAIRN_TOK_ADD_SPECIAL | CAIRN_TOK_PARSE_SPECIAL;
     return 0;
@@ -2196,7 +2197,7 @@ int cairn_rag_prompt_build(const char *question, const cairn_chat_msg *msgs, siz
     if (!rc) {
         out->n_passages = use;
         out->tokens = total;
-        out->answer_prefix = p->answer_prefix && p->answer_prefix[0] ? p->answer_prefix : NULL;
+        out->answer_prefix = opening(p, use);
     } else {
         cairn_rag_prompt_free(out);
     }

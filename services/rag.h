@@ -323,6 +323,9 @@ typedef struct cairn_rag_prompt_params {
     const char *answer_prefix;       /* the answer's first words, written into the prompt after
                                         the assistant's turn opens (the model goes on from them);
                                         NULL: none */
+    bool prefix_with_passages;       /* answer_prefix only when a passage fits (the default
+                                        "Use" opening: with none, it would push the model to
+                                        name a package it was not shown) */
     const char *system;              /* NULL: cairn_rag_default_system */
     bool example;                    /* a worked example (made-up passages, a question and the
                                         answer in the form the system prompt asks for) before

@@ -358,6 +358,26 @@ static void test_answer_prompt_template_and_plain(void **state)
     assert_int_equal(count_substr(pr.text, "<|im_start|>assistant"), 2); /* the example's, ours */
     assert_int_equal(pr.n_passages, 2);
     cairn_rag_prompt_free(&pr);
+
+    /* the opening "Use", only with a passage when asked so: with none it would push the model
+     * to name a package it was not shown; an opening the caller asked for stays */
+    pp.answer_prefix = "Use";
+    for (int only_with = 0; only_with < 2; only_with++) {
+        pp.prefix_with_passages = only_with;
+        assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 0,
+                                                &pp, &pr, &err), 0);
+        size_t len = strlen(pr.text);
+        bool ends_use = len >= 3 && !strcmp(pr.text + len - 3, "Use");
+        assert_int_equal(ends_use, !only_with);
+        assert_int_equal(pr.answer_prefix != NULL, !only_with);
+        cairn_rag_prompt_free(&pr);
+        assert_int_equal(cairn_rag_prompt_build("Which multiplexer detaches?", NULL, 0, hits, 2,
+                                                &pp, &pr, &err), 0);
+        assert_string_equal(pr.answer_prefix, "Use");
+        cairn_rag_prompt_free(&pr);
+    }
+    pp.answer_prefix = NULL;
+    pp.prefix_with_passages = false;
     /* a chat keeps its turns after the example */
     assert_int_equal(cairn_rag_prompt_build(NULL, chat, 4, hits, 1, &pp, &pr, &err), 0);
     assert_int_equal(pr.n_msgs, 6);
