@@ -95,8 +95,10 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     const int split_len = split_len_of(pos - lo + 1, a.n_split);
     const int k0 = lo + s * split_len;
     const int k1 = min(pos, k0 + split_len - 1);
-    /* partial row of query head (kvh G + g): ((t n_head + kvh G + g) n_split + s) */
-    const int64_t prow0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * a.n_split + s;
+    /* partial row of query head (kvh G + g): ((i n_head + kvh G + g) n_split + s), i the
+     * token's place in this launch (the partials hold one launch's tokens) */
+    const int64_t prow0 =
+        ((int64_t)blockIdx.z * a.n_head + (int64_t)kvh * G) * a.n_split + s;
     if (k0 > pos) { /* this token has fewer keys than the longest: an empty split */
         for (int g = tid; g < G; g += blockDim.x) {
             a.part_ml[2 * (prow0 + (int64_t)g * a.n_split)] = -INFINITY;
@@ -212,7 +214,7 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
     __shared__ float wts[SPLIT_MAX];
     __shared__ float Ls;
     const int h = blockIdx.x, t = t_base + blockIdx.y;
-    const int64_t r0 = ((int64_t)t * n_head + h) * n_split;
+    const int64_t r0 = ((int64_t)blockIdx.y * n_head + h) * n_split; /* as attn_tile wrote */
     const int pos = pos_of[t];
     const int lo = window && pos - window + 1 > 0 ? pos - window + 1 : 0;
     const int n_keys = pos - lo + 1, len = split_len_of(n_keys, n_split);
@@ -362,6 +364,15 @@ static int run_rows(const cairn__cuda *c, const cairn_battn *p, int p0, int n)
     return rows > (size_t)n ? n : (int)rows;
 }
 
+/* The end of the run of consecutive positions of one sequence that starts at batch token t. */
+static int run_end(const int32_t *hpos, const int32_t *hslot, int T, int t)
+{
+    int e = t + 1;
+    while (e < T && hslot[e] == hslot[t] && hpos[e] == hpos[e - 1] + 1)
+        e++;
+    return e;
+}
+
 static int prefill_run(cairn__cuda *c, const cairn_battn *p, const attn_args *a, int t0, int n,
                        cairn_error *err)
 {
@@ -453,12 +464,27 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: attention with %d query "
                             "heads per KV head of %d values needs %zu bytes of shared memory, "
                             "the GPU allows %zu", G, hd, smem, c->smem_optin);
+    /* The tokens the tiles take: all of them, or those outside the prefill runs that go
+     * through cuBLAS (the same test as the launch loop below). */
+    const bool runs = c->gmode == CAIRN__G_DIRECT && c->has_runs;
+    const int32_t *hpos = cairn__b_pos(c->h_batch, T), *hslot = cairn__b_slot(c->h_batch, T);
+    int n_tile = T;
+    if (runs) {
+        n_tile = 0;
+        for (int t = 0, e; t < T; t = e) {
+            e = run_end(hpos, hslot, T, t);
+            if (!(e - t >= RUN_MIN && run_rows(c, p, hpos[t], e - t) > 0))
+                n_tile += e - t;
+        }
+    }
     /* The split depends on the step's shape only (each token cuts its own keys into n_split
-     * runs): enough blocks for SPLIT_WAVES per SM, as far as the partials' scratch allows. */
+     * runs): enough blocks for SPLIT_WAVES per SM over the tiles' tokens, as far as the
+     * partials' scratch allows. Counting every token of a mixed step here (its prefill runs
+     * included) gave its few decode tokens one block per KV head each. */
     int n_split = 1;
-    const int base = T * p->n_head_kv;
-    if (base < SPLIT_WAVES * c->n_sm) {
-        size_t fit = CAIRN__ATTN_PART_FLOATS / ((size_t)T * p->n_head * (size_t)(hd + 2));
+    const int base = n_tile * p->n_head_kv;
+    if (n_tile > 0 && base < SPLIT_WAVES * c->n_sm) {
+        size_t fit = CAIRN__ATTN_PART_FLOATS / ((size_t)n_tile * p->n_head * (size_t)(hd + 2));
         n_split = (SPLIT_WAVES * c->n_sm + base - 1) / base;
         n_split = n_split < SPLIT_MAX ? n_split : SPLIT_MAX;
         if ((size_t)n_split > fit)
@@ -467,7 +493,7 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
             n_split = 1;
     }
     const size_t layer_off = (size_t)kv->layer_index[p->layer] * kv->block_tokens * kv->kv_dim;
-    const size_t rows = (size_t)T * p->n_head * n_split;
+    const size_t rows = (size_t)n_tile * p->n_head * n_split;
     attn_args a;
     a.q = q;
     a.out = out;
@@ -492,15 +518,12 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.t_base = 0;
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
-    if (c->gmode != CAIRN__G_DIRECT || !c->has_runs)
+    if (!runs)
         return tiles(c, &a, smem, 0, T, err);
     /* Prefill runs through cuBLAS, the other tokens (decode tokens, short chunks) in tiles. */
-    const int32_t *hpos = cairn__b_pos(c->h_batch, T), *hslot = cairn__b_slot(c->h_batch, T);
     int pending = 0; /* first token not yet attended */
-    for (int t = 0; t < T;) {
-        int e = t + 1;
-        while (e < T && hslot[e] == hslot[t] && hpos[e] == hpos[e - 1] + 1)
-            e++;
+    for (int t = 0, e; t < T; t = e) {
+        e = run_end(hpos, hslot, T, t);
         if (e - t >= RUN_MIN && run_rows(c, p, hpos[t], e - t) > 0) {
             if (pending < t && (rc = tiles(c, &a, smem, pending, t - pending, err)))
                 return rc;
@@ -508,7 +531,6 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
                 return rc;
             pending = e;
         }
-        t = e;
     }
     if (pending < T)
         return tiles(c, &a, smem, pending, T - pending, err);
