@@ -44,7 +44,7 @@
 extern "C" {
 #endif
 
-#define CAIRN_BACKEND_VERSION 1
+#define CAIRN_BACKEND_VERSION 2
 #define CAIRN_BACKEND_MAX_GROUPS 4 /* KV layer groups (distinct attention windows) */
 
 typedef struct cairn_backend cairn_backend;
@@ -204,6 +204,13 @@ struct cairn_backend_i {
      * for the step. The pass is over: x's rows may be used as scratch. */
     int (*logits)(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                   float *x, int n, float *out_host, cairn_error *err);
+    /* A layer of a pass that may yield (the layer-level yield) has been queued: returns once
+     * the work queued before the previous call of this step has finished, so that about one
+     * layer runs ahead of the host and a yield check made next sees where the device is, not
+     * where the host's queueing is (on the CUDA backend a pass's 32 layers are queued in well
+     * under a millisecond, so without it a pass could never yield after its first layer).
+     * NULL where stages run synchronously (the CPU backend). Added in version 2. */
+    int (*layer_done)(cairn_backend *be, cairn_error *err);
 };
 
 /*

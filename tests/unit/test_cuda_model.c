@@ -11,6 +11,8 @@
  *   - batched == unbatched on the GPU: three sequences in one pass give each sequence's logits
  *     as its own passes do (within the stated tolerance; the GPU's kernels may sum in another
  *     order for another batch shape), and the same greedy tokens up to near-ties;
+ *   - a pass that yields at layer boundaries and resumes gives the logits of the pass run
+ *     whole (the layer-level yield on the GPU);
  *   - a type without a CUDA kernel, or more weights than the GPU holds, fails at open naming
  *     the tensor or the bytes.
  * Without a GPU it says so plainly and passes: CI has none; scripts/gpu-check runs it where
@@ -299,6 +301,92 @@ static void test_batched_equals_unbatched(void **state)
     unlink(path);
 }
 
+/* Every other yield check says yes. */
+static int every_other(void *ctx)
+{
+    int *calls = ctx;
+    return (*calls)++ % 2 == 0;
+}
+
+/* The layer-level yield on the GPU: a 40-token prefill (cuBLAS products and attention) that
+ * stops at every other layer boundary and is resumed from its saved states gives the logits
+ * of the same pass run whole, and a decode step after it the same too. The GPU queues a
+ * pass's layers ahead of the host; layer_done paces them so the checks happen between
+ * layers the device has run (a check that said yes after the whole pass had been queued
+ * would leave nothing to resume). */
+static void test_yield_resumes(void **state)
+{
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/cairn_test_cuda_yield_%d.gguf", (int)getpid());
+    cairn_error err;
+    if (cairn_synth_write(path, "tiny-gemma3", "q4_k_m", 0, 7, &err))
+        fail_msg("synth: %s", err.msg);
+    cairn_model *m;
+    assert_int_equal(cairn_model_open(&m, path, &err), 0);
+    const cairn_model_hparams *hp = cairn_model_hparams_of(m);
+    const int nv = hp->n_vocab, n = 40;
+    int32_t toks[41], sq[40], pos[40];
+    uint8_t want[40] = {0};
+    for (int i = 0; i < 41; i++)
+        toks[i] = (i * 37 + 11) % nv;
+    want[n - 1] = 1;
+    float *whole = malloc(sizeof(float) * 2 * (size_t)nv);
+    float *parts = malloc(sizeof(float) * 2 * (size_t)nv);
+    float *x_save = malloc(sizeof(float) * (size_t)n * (size_t)hp->n_embd);
+    assert_non_null(whole);
+    assert_non_null(parts);
+    assert_non_null(x_save);
+    for (int mode = 0; mode < 2; mode++) {
+        rig g;
+        rig_open(&g, m, 0, 64, 128);
+        int s;
+        assert_int_equal(cairn_kv_seq_new(g.kv, &s, &err), 0);
+        for (int i = 0; i < n; i++)
+            sq[i] = s, pos[i] = i;
+        cairn_batch b = {n, toks, sq, pos, want, NULL};
+        float *out = mode ? parts : whole;
+        if (mode == 0) {
+            if (cairn_model_forward(m, g.ws, g.kv, &b, out, &err))
+                fail_msg("whole pass: %s", err.msg);
+        } else {
+            int calls = 0, yields = 0, rc;
+            cairn_model_yield y = {every_other, &calls, x_save, 0, 0};
+            while ((rc = cairn_model_forward_ex(m, g.ws, g.kv, &b, out, &y, &err)) ==
+                   CAIRN_MODEL_YIELDED) {
+                assert_true(y.next_layer > y.first_layer && y.next_layer < hp->n_layer);
+                y.first_layer = y.next_layer;
+                yields++;
+            }
+            if (rc)
+                fail_msg("yielding pass: %s", err.msg);
+            printf("the pass yielded %d times over %d layers\n", yields, hp->n_layer);
+            assert_true(yields >= 1);
+        }
+        int32_t p = n;
+        uint8_t w = 1;
+        cairn_batch d = {1, toks + n, &s, &p, &w, NULL};
+        if (cairn_model_forward(m, g.ws, g.kv, &d, out + nv, &err))
+            fail_msg("decode after the pass: %s", err.msg);
+        rig_close(&g);
+    }
+    for (int r = 0; r < 2; r++) {
+        const float *x = parts + (size_t)r * nv, *y = whole + (size_t)r * nv;
+        float scale = 1 + max_abs(y, nv), md = 0;
+        for (int i = 0; i < nv; i++)
+            md = fmaxf(md, fabsf(x[i] - y[i]));
+        printf("yielded vs whole, %s: max |dlogit| %.6f (scale %.3f)\n",
+               r ? "the decode step after" : "the prefill", md, scale);
+        assert_true(md <= 1e-4f * scale);
+        assert_int_equal(argmax(x, nv), argmax(y, nv));
+    }
+    free(whole);
+    free(parts);
+    free(x_save);
+    cairn_model_close(m);
+    unlink(path);
+}
+
 /* gemma-3-270m's real weights, when the device has the file (docs/GPU.md says how it gets
  * there): 320 greedy steps after the first reference prompt, at least 300 equal and every
  * other one a near-tie. */
@@ -383,9 +471,15 @@ int main(int argc, char **argv)
         const struct CMUnitTest kernels[] = {cmocka_unit_test(test_batched_equals_unbatched)};
         return cmocka_run_group_tests(kernels, NULL, NULL);
     }
+    /* CAIRN_TEST_FILTER=test_yield_resumes (a cmocka pattern) runs only the tests it matches
+     * (the emulator in generation/kernels/cuda/emu runs the whole file in hours). */
+    const char *only = getenv("CAIRN_TEST_FILTER");
+    if (only && *only)
+        cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_models),
         cmocka_unit_test(test_batched_equals_unbatched),
+        cmocka_unit_test(test_yield_resumes),
         cmocka_unit_test(test_gemma3_270m),
         cmocka_unit_test(test_open_errors),
     };

@@ -529,6 +529,7 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
         run = b->slot[t + 1] == b->slot[t] && b->pos[t + 1] == b->pos[t] + 1 ? run + 1 : 1;
         c->has_runs = run >= CAIRN__RUN_MIN;
     }
+    c->n_pace = 0;
     c->have_batch = true;
     return cairn__graph_step_begin(c, err);
 }
@@ -558,6 +559,9 @@ static void cu_close(cairn_backend *be)
         (void)cudaFreeHost(c->stage);
     if (c->batch_copied)
         (void)cudaEventDestroy(c->batch_copied);
+    for (int i = 0; i < 2; i++)
+        if (c->pace[i])
+            (void)cudaEventDestroy(c->pace[i]);
     if (c->blas)
         (void)cublasDestroy(c->blas);
     if (c->stream)
@@ -590,6 +594,31 @@ static int cu_mem_info(const cairn_backend *be, size_t *free_bytes, size_t *tota
     return 0;
 }
 
+/* A layer of a pass that may yield is queued: mark the queue, then wait. A pass of many tokens
+ * (a layer of a long prefill takes milliseconds, its launches some 0.1 ms to queue) waits for
+ * the layer just queued before the next check, so a yield comes half a layer after it was
+ * asked, on average; a shorter pass waits for the mark before it, keeping a layer queued so
+ * that the device never waits for the host. Only a step run call by call waits: a captured
+ * step's calls run later, at its logits, and a replayed one runs nothing until then (both are
+ * decode steps, a graph's worth of milliseconds). */
+static int cu_layer_done(cairn_backend *be, cairn_error *err)
+{
+    cairn__cuda *c = cairn__cu(be);
+    if (c->gmode != CAIRN__G_DIRECT)
+        return 0;
+    int rc = cairn__cuda_enter(c, err);
+    if (rc)
+        return rc;
+    cudaEvent_t now = c->pace[c->n_pace & 1];
+    CU_TRY(err, cudaEventRecord(now, c->stream));
+    if (c->n_tokens >= CAIRN__PACE_CLOSE_TOKENS)
+        CU_TRY(err, cudaEventSynchronize(now));
+    else if (c->n_pace > 0)
+        CU_TRY(err, cudaEventSynchronize(c->pace[(c->n_pace - 1) & 1]));
+    c->n_pace++;
+    return 0;
+}
+
 static const cairn_backend_i cuda_table = {
     .version = CAIRN_BACKEND_VERSION,
     .name = "cuda",
@@ -614,6 +643,7 @@ static const cairn_backend_i cuda_table = {
     .add_norm = cairn__graph_add_norm,
     .gated = cairn__graph_gated,
     .logits = cairn__graph_logits,
+    .layer_done = cu_layer_done,
 };
 
 extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err)
@@ -652,6 +682,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
         call = "cudaEventCreateWithFlags";
         e = cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming);
     }
+    for (int i = 0; i < 2 && e == cudaSuccess; i++)
+        e = cudaEventCreateWithFlags(&c->pace[i], cudaEventDisableTiming);
     if (e != cudaSuccess) {
         rc = cairn__cuda_fail(err, call, e);
         cu_close(&c->base);

@@ -127,6 +127,11 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
 /* Runs of at least this many consecutive positions of one sequence in a step attend through
  * cuBLAS (attention.cu), in a scratch of CAIRN__PF_BYTES. */
 #define CAIRN__RUN_MIN 16
+
+/* A pass of this many tokens or more that may yield waits for each layer before queueing the
+ * next (backend_cuda.cu, layer_done); a shorter one keeps one layer queued ahead. */
+#define CAIRN__PACE_CLOSE_TOKENS 1024
+
 #ifndef CAIRN__PF_BYTES /* a build may set a smaller one to check runs taken in several passes */
 #define CAIRN__PF_BYTES ((size_t)64 << 20)
 #endif
@@ -229,6 +234,11 @@ typedef struct cairn__cuda {
     bool batch_pending;
     bool have_batch;
     bool has_runs; /* the step holds a run of CAIRN__RUN_MIN+ positions of one sequence */
+
+    /* layer_done's marks in the queue: the step's n_pace-th call recorded pace[n_pace & 1];
+     * steps of CAIRN__PACE_CLOSE_TOKENS or more wait for each layer before the next. */
+    cudaEvent_t pace[2];
+    int n_pace;
 
     /* CUDA graphs of repeated step shapes (graph.cu). */
     bool graphs_on;
