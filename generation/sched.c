@@ -34,6 +34,7 @@ struct cairn_predictor {
 const char *const cairn_predictor_feature_names[NF] = {
     "1",           "tokens",       "logits_rows", "prefill_chunks", "keys_prefill",
     "keys_decode", "logits_tiles", "token_tiles", "logits_pairs", "gemm_steps",
+    "gemm_tokens", "gemm_mixed",
 };
 
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last)
@@ -72,6 +73,8 @@ static void features(const cairn_predictor *p, const cairn_batch_shape *s, doubl
     f[7] = gemm ? 0.0 : groups(tokens, p->traits.token_tile);
     f[8] = groups(s->n_out, p->traits.logits_pair);
     f[9] = gemm ? 1.0 : 0.0;
+    f[10] = gemm ? tokens : 0.0;
+    f[11] = gemm && s->s_d > 0 ? 1.0 : 0.0;
 }
 
 int cairn_predictor_new(cairn_predictor **out, int window, cairn_error *err)

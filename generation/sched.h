@@ -54,6 +54,13 @@
  *                decode and long prefills missed by 44% on 1-64-token prefills there; with it,
  *                refitted on the same samples, about 20% there and 6% overall
  *                (docs/BENCHMARKS.md).
+ *   T G          tokens of a pass past gemm_from: cuBLAS's cost per token is a small fraction
+ *                of a GEMV pass's, so one slope for T cannot serve both sides of the switch;
+ *   M            1 for a pass past gemm_from that also holds decode tokens: their attention
+ *                runs in the tiled kernel beside the prefill runs' cuBLAS products, launches
+ *                a pass of prefill alone does not make (H100, Llama-3-8B Q4_K_M: 4-9 ms).
+ *                With these two the refit of the first GPU run's samples comes to 3.2%
+ *                overall on steady iterations (docs/BENCHMARKS.md).
  * The step features come from the engine's backend (cairn_predictor_set_traits); a backend
  * without such steps leaves them 0, and the fit's ridge term keeps them out of the model.
  * The keys ignore sliding windows (they count every cached token). The model is fitted by
@@ -98,7 +105,7 @@ typedef struct {
  */
 void cairn_batch_shape_add(cairn_batch_shape *s, bool prefill, int ctx, int n, bool last);
 
-#define CAIRN_PREDICTOR_FEATURES 10
+#define CAIRN_PREDICTOR_FEATURES 12
 
 /* The features' names, in coefficient order ("1", "tokens", ...): as a stored profile and the
  * profiler's output list them. */

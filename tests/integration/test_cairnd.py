@@ -189,8 +189,8 @@ def test_cli_gguf_info_on_real_model():
 
 HEAD3 = ("cairn-sched-profile 3\nbackend {backend}\ndevice {device}\n"
          "features 1 tokens logits_rows prefill_chunks keys_prefill keys_decode logits_tiles "
-         "token_tiles logits_pairs gemm_steps\n")
-COEF = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011 0\n"
+         "token_tiles logits_pairs gemm_steps gemm_tokens gemm_mixed\n")
+COEF = "coefficients 0.002 0.0013 0.0028 0.0004 1e-6 3e-6 0.0036 0.0013 0.0011 0 0 0\n"
 GEMMA = os.path.join(os.environ.get("CAIRN_TEST_MODELS", "data/models"), "gemma-3-270m-q4_k_m.gguf")
 
 
@@ -285,8 +285,9 @@ def test_stored_profile_per_backend_and_device():
             assert abs(budget_metric(d) - min(0.05 * 0.25 / 0.1, 0.6 * 0.25)) < 1e-9
             assert "startup profile iterations" not in d.output(), d.output()
         # A profile of an earlier build, whose features were fewer, is refused the same way.
-        stale = (HEAD3.format(backend="cpu", device=this_cpu()).replace(" gemm_steps", "") +
-                 COEF.replace(" 0\n", "\n") + "budget 0.05\n")
+        stale = (HEAD3.format(backend="cpu", device=this_cpu()).replace(
+                     " gemm_steps gemm_tokens gemm_mixed", "") +
+                 COEF.replace(" 0 0 0\n", "\n") + "budget 0.05\n")
         for text, why in ((HEAD3.format(backend="cpu", device="Some Other CPU 9000") + COEF +
                            "budget 0.05\nslo 1.5 0.1\n", "the CPU 'Some Other CPU 9000'"),
                           (HEAD3.format(backend="cuda", device="NVIDIA H100 80GB HBM3") + COEF +

@@ -29,6 +29,8 @@ static const double TRUE_COEF[CAIRN_PREDICTOR_FEATURES] = {
     0.0013, /* per tile of 8 tokens */
     0.0011, /* per pair of logits rows */
     0.0,    /* per pass past the backend's GEMM switch: a CPU has none (test_gemm_step's GPU) */
+    0.0,    /* per token of such a pass */
+    0.0,    /* per such pass holding decode tokens */
 };
 
 /* The cost model restated from the shape's fields (not through the predictor's code). */
@@ -44,6 +46,8 @@ static double true_time(const cairn_batch_shape *s)
                         (s->n_out + 7) / 8,
                         (tok + 7) / 8,
                         (s->n_out + 1) / 2,
+                        0,
+                        0,
                         0};
     double t = 0;
     for (int j = 0; j < CAIRN_PREDICTOR_FEATURES; j++)
@@ -86,12 +90,15 @@ static cairn_batch_shape random_shape(void)
 }
 
 /* A GPU-like cost (the CUDA backend's, issue 20's H100 run): GEMV passes of 8 tokens up to 16
- * tokens, then a fixed cost for dequantizing the weights into cuBLAS tiles, whatever the count. */
+ * tokens, each token costing its share of the GEMV's arithmetic; then a fixed cost for
+ * dequantizing the weights into cuBLAS tiles, a far smaller cost a token, and a fixed cost
+ * more when decode tokens ride in such a pass (their attention's tiled launches). */
 static double gpu_time(const cairn_batch_shape *s)
 {
     const int tok = s->s_p + s->s_d;
-    const double pass = tok > 16 ? 0.024 : 0.007 * ((tok + 7) / 8);
-    return 0.002 + pass + 2e-5 * tok + 4e-4 * s->n_out + 2e-8 * (double)(s->keys_p + s->keys_d);
+    const double pass = tok > 16 ? 0.024 + 4e-5 * tok + (s->s_d > 0 ? 0.005 : 0.0)
+                                 : 0.007 * ((tok + 7) / 8) + 8e-4 * tok;
+    return 0.002 + pass + 4e-4 * s->n_out + 2e-8 * (double)(s->keys_p + s->keys_d);
 }
 
 /* Held-out MAPE of a predictor with these traits, fitted on 300 GPU-like iterations. */
@@ -315,7 +322,7 @@ static void test_predictor_follows_the_machine_speed(void **state)
 
 static const char FEATURES_LINE[] =
     "features 1 tokens logits_rows prefill_chunks keys_prefill keys_decode logits_tiles "
-    "token_tiles logits_pairs gemm_steps\n";
+    "token_tiles logits_pairs gemm_steps gemm_tokens gemm_mixed\n";
 
 /* Parses text; returns the code and leaves the message in err. */
 static int parse(const char *text, cairn_sched_profile *out, cairn_error *err)
@@ -359,11 +366,11 @@ static void test_profile_save_load(void **state)
     /* What the parser takes: blank lines, CRLF, a budget. */
     char ok[512];
     snprintf(ok, sizeof ok,
-             "cairn-sched-profile 2\r\n%s\ncoefficients 1 2 3 4 5 6 7 8 9 10\r\n"
+             "cairn-sched-profile 2\r\n%s\ncoefficients 1 2 3 4 5 6 7 8 9 10 11 12\r\n"
              "budget 0.1\n",
              FEATURES_LINE);
     assert_int_equal(parse(ok, &q, &err), 0);
-    assert_true(q.coef[0] == 1 && q.coef[9] == 10 && q.budget_s == 0.1);
+    assert_true(q.coef[0] == 1 && q.coef[11] == 12 && q.budget_s == 0.1);
 }
 
 static void test_profile_errors(void **state)
@@ -395,14 +402,14 @@ static void test_profile_errors(void **state)
     /* Wrong counts, non-numbers; then the budget and what follows: each after this build's
      * header and features line. */
     static const char *const after_features[][2] = {
-        {"coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 10 expected"},
-        {"coefficients 1 2 3 4 5 6 7 8 9 10 11\n", "11 coefficients, 10 expected"},
+        {"coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 12 expected"},
+        {"coefficients 1 2 3 4 5 6 7 8 9 10 11 12 13\n", "13 coefficients, 12 expected"},
         {"coefficients 1 abc 3 4 5 6 7 8 9\n", "coefficient 2 'abc'"},
         {"coefficients 1 2 3 4 5 6 7 8 nan\n", "coefficient 9 'nan'"},
-        {"coefficients 1 2 3 4 5 6 7 8 9 1x\n", "coefficient 10 '1x'"},
-        {"coefficients 1 2 3 4 5 6 7 8 9 10\nbudget 99\n", "budget 99 s is outside"},
-        {"coefficients 1 2 3 4 5 6 7 8 9 10\nbudget x\n", "budget 'x'"},
-        {"coefficients 1 2 3 4 5 6 7 8 9 10\nmore 1\n", "line 4: unexpected 'more'"},
+        {"coefficients 1 2 3 4 5 6 7 8 9 10 11 1x\n", "coefficient 12 '1x'"},
+        {"coefficients 1 2 3 4 5 6 7 8 9 10 11 12\nbudget 99\n", "budget 99 s is outside"},
+        {"coefficients 1 2 3 4 5 6 7 8 9 10 11 12\nbudget x\n", "budget 'x'"},
+        {"coefficients 1 2 3 4 5 6 7 8 9 10 11 12\nmore 1\n", "line 4: unexpected 'more'"},
     };
     for (size_t k = 0; k < sizeof after_features / sizeof after_features[0]; k++) {
         snprintf(t, sizeof t, "cairn-sched-profile 2\n%s%s", FEATURES_LINE, after_features[k][0]);
@@ -439,7 +446,7 @@ static void test_profile_backend_device_slo(void **state)
     unlink(path);
 
     char t[512];
-    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8 9 10\n",
+    snprintf(t, sizeof t, "cairn-sched-profile 2\n%scoefficients 1 2 3 4 5 6 7 8 9 10 11 12\n",
              FEATURES_LINE);
     assert_int_equal(parse(t, &q, &err), 0);
     assert_string_equal(q.backend, "cpu");
@@ -450,7 +457,8 @@ static void test_profile_backend_device_slo(void **state)
         {"backend cpu\nbackend cuda\n", "line 3: unexpected 'backend'"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
-        snprintf(t, sizeof t, "cairn-sched-profile 3\n%s%scoefficients 1 2 3 4 5 6 7 8 9 10\n",
+        snprintf(t, sizeof t,
+                 "cairn-sched-profile 3\n%s%scoefficients 1 2 3 4 5 6 7 8 9 10 11 12\n",
                  bad[k][0], FEATURES_LINE);
         expect_error(t, bad[k][1]);
     }
@@ -464,7 +472,8 @@ static void test_profile_backend_device_slo(void **state)
         {"budget 0.1\nslo 2 0.2 9\n", "is not two positive numbers"},
     };
     for (size_t k = 0; k < sizeof tail / sizeof tail[0]; k++) {
-        snprintf(t, sizeof t, "cairn-sched-profile 3\n%scoefficients 1 2 3 4 5 6 7 8 9 10\n%s",
+        snprintf(t, sizeof t,
+                 "cairn-sched-profile 3\n%scoefficients 1 2 3 4 5 6 7 8 9 10 11 12\n%s",
                  FEATURES_LINE, tail[k][0]);
         expect_error(t, tail[k][1]);
     }
