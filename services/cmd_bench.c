@@ -15,8 +15,8 @@
 #include <string.h>
 
 const char *const cairn_cmd_bench_usage =
-    "usage: cairn bench profile  [-m MODEL] [--iterations N] [--repeat R] [--threads T]\n"
-    "                            [--device N] [--out FILE|DIR] [--samples CSV]\n"
+    "usage: cairn bench profile  [-m MODEL] [--iterations N] [--repeat R] [--warmup W]\n"
+    "                            [--threads T] [--device N] [--out FILE|DIR] [--samples CSV]\n"
     "                            [--ttft-slo MS --tbt-slo MS [--load F] [--budgets MS,...]\n"
     "                             [--duration S] [--backlog N] [--max-seqs N]]\n"
     "       cairn bench colocate [-m MODEL] [--policies P,...] [--loads F,...|--rates R,...]\n"
@@ -24,12 +24,14 @@ const char *const cairn_cmd_bench_usage =
     "                            [--backlog N] [--max-seqs N] [--threads T] [--seed S]\n"
     "                            [--online-budget MS] [--profile FILE] [--markdown FILE]\n"
     "                            [--device N] [--as-cairnd DATA_DIR [--startup-iterations N]]\n"
-    "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--threads T]\n"
-    "                            [--device N]\n"
+    "       cairn bench yield    [-m MODEL] [--trials N] [--doc-tokens N] [--pass-tokens N]\n"
+    "                            [--threads T] [--device N]\n"
     "       cairn bench retrieval-quality [...]  (cairn bench retrieval-quality --help)\n"
     "       cairn bench rag-answers [...]  (cairn bench rag-answers --help)\n\n"
     "profile   times N (default 600) iterations of random batch shapes, each shape R times\n"
-    "          in a row (default 3), fits the latency predictor on the first 70% of the shapes\n"
+    "          in a row (default 3) after W untimed steps of it (default 2 on a GPU, where a\n"
+    "          shape's first steps load kernels and capture a graph; 0 on the CPU), fits the\n"
+    "          latency predictor on the first 70% of the shapes\n"
     "          (each one's median time) and prints its MAPE on every timed iteration of the\n"
     "          rest per bucket, as fitted and as cairnd refits it (mape_online), beside the\n"
     "          machine's noise floor in that bucket (JSON lines; cpu_stall: the share of the\n"
@@ -61,10 +63,12 @@ const char *const cairn_cmd_bench_usage =
     "          predictor and budgets as cairnd derives them from --ttft-slo/--tbt-slo\n"
     "          (--profile, else DATA_DIR/profiles/'s for this backend and device, else its\n"
     "          short profiling run of --startup-iterations, default 48).\n"
-    "yield     layer-level preemption: an offline document (default 1500 tokens) is being\n"
-    "          prefilled in 512-token passes (policy online-only, nothing else running) when\n"
-    "          an online request (32 tokens) arrives at a random moment; its TTFT with and\n"
-    "          without layer_yield, N trials each (default 10), same arrival times.\n"
+    "yield     layer-level preemption: an offline document (default 1500 tokens, at most\n"
+    "          32768) is being prefilled in passes of --pass-tokens (default 512; policy\n"
+    "          online-only, nothing else running) when an online request (32 tokens) arrives\n"
+    "          at a random moment, 10-90% into the document's prefill as timed alone first;\n"
+    "          its TTFT with and without layer_yield, N trials each (default 10), same\n"
+    "          arrival times.\n"
     "--device N runs the engine on GPU N (default -1, the CPU).\n";
 
 int cairn_cmd_bench(int argc, char **argv)

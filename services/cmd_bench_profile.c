@@ -315,7 +315,7 @@ typedef struct {
 
 typedef struct profile_opts {
     const char *model, *out, *samples;
-    int iters, threads, repeat, device;
+    int iters, threads, repeat, warmup, device;
     bool search; /* an SLO was given: search the budget */
     budget_search bs;
 } profile_opts;
@@ -350,7 +350,8 @@ typedef struct profile_ctx {
 static int parse_args(int argc, char **argv, profile_opts *o)
 {
     const char *budgets = "50,100,150,200,300,400";
-    *o = (profile_opts){.model = CAIRN__BENCH_MODEL, .iters = 600, .repeat = 3, .device = -1,
+    *o = (profile_opts){.model = CAIRN__BENCH_MODEL, .iters = 600, .repeat = 3, .warmup = -1,
+                        .device = -1,
                         .bs = {.load = 0.5, .duration = 30, .backlog = 8, .max_seqs = 12}};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -362,6 +363,7 @@ static int parse_args(int argc, char **argv, profile_opts *o)
         else if (!strcmp(a, "--samples")) o->samples = v;
         else if (!strcmp(a, "--iterations")) bad = cairn__bench_int(v, &o->iters);
         else if (!strcmp(a, "--repeat")) bad = cairn__bench_int(v, &o->repeat);
+        else if (!strcmp(a, "--warmup")) bad = cairn__bench_int(v, &o->warmup);
         else if (!strcmp(a, "--threads")) bad = cairn__bench_int(v, &o->threads);
         else if (!strcmp(a, "--ttft-slo")) bad = cairn__bench_num(v, &o->bs.ttft_ms);
         else if (!strcmp(a, "--tbt-slo")) bad = cairn__bench_num(v, &o->bs.tbt_ms);
@@ -378,6 +380,14 @@ static int parse_args(int argc, char **argv, profile_opts *o)
     o->search = o->bs.ttft_ms > 0 || o->bs.tbt_ms > 0;
     if (o->repeat < 1 || o->repeat > 9)
         return cairn__bench_usage_error("profile", "--repeat %d is outside 1..9", o->repeat);
+    /* A GPU's first steps of a shape are not its steady ones: kernels load lazily at their
+     * first launch, and a decode shape runs call by call, then is captured into a CUDA graph,
+     * then replays it (graph.cu). Two untimed steps of each shape leave the timed ones at the
+     * replay, as a server's steps of a shape it has seen are; the CPU has no such steps. */
+    if (o->warmup < 0)
+        o->warmup = o->device >= 0 ? 2 : 0;
+    if (o->warmup > 9)
+        return cairn__bench_usage_error("profile", "--warmup %d is outside 0..9", o->warmup);
     if (o->iters < 50 * o->repeat || o->iters > 100000)
         return cairn__bench_usage_error("profile", "--iterations %d is outside %d..100000",
                                         o->iters, 50 * o->repeat);
@@ -474,8 +484,9 @@ static int top_up_pool(profile_ctx *c, const draw *d)
     return 0;
 }
 
-/* Times draw d once (the rep-th time, of shape group g): the pool's decoding sequences (a token
- * further on each time) and fresh prefilling ones. Returns 0 or 1. */
+/* Times draw d once (the rep-th time, of shape group g; rep < 0: a warm-up step, run but not
+ * kept): the pool's decoding sequences (a token further on each time) and fresh prefilling
+ * ones. Returns 0 or 1. */
 static int time_draw(profile_ctx *c, const draw *d, int g, int rep)
 {
     sample *s = &c->smp[c->n];
@@ -512,7 +523,7 @@ static int time_draw(profile_ctx *c, const draw *d, int g, int rep)
         s->seconds = (double)(cairn_now_ns() - t0) / 1e9;
         double st1 = cpu_stall_s();
         s->stall_s = st0 >= 0 && st1 >= 0 ? st1 - st0 : -1;
-        if (!rc && c->n++ % 50 == 0) fprintf(stderr, ".");
+        if (!rc && rep >= 0 && c->n++ % 50 == 0) fprintf(stderr, ".");
     } else if (!rc && c->n_dec == 0) {
         rc = 1; /* cannot make progress */
         snprintf(c->err.msg, sizeof c->err.msg, "no sequence could be added");
@@ -542,7 +553,7 @@ static int time_shapes(profile_ctx *c)
             rc = probe_time(c->e, &c->gp, c->vocab, &c->probe_rng, &c->probes[k], k, &c->err);
         for (int k = 0; !rc && k < 2; k++)
             fixed_loop_time(&c->loops[k]);
-        for (int rep = 0; !rc && rep < c->o->repeat && c->n < c->o->iters; rep++)
+        for (int rep = -c->o->warmup; !rc && rep < c->o->repeat && c->n < c->o->iters; rep++)
             rc = time_draw(c, &d, g, rep);
     }
     fprintf(stderr, "\n");
@@ -689,12 +700,12 @@ static void report_accuracy(const profile_ctx *c)
     if (stall_frac >= 0) snprintf(stall_s, sizeof stall_s, "%.4f", stall_frac);
     printf("{\"bench\":\"sched_profile\",\"bucket\":\"all\",\"held_out\":%d,\"mape\":%.4f,"
            "\"mape_online\":%.4f,\"noise_floor\":%.4f,\"noise_floor_spread\":%.4f,"
-           "\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,\"cpu_stall\":%s,"
-           "\"coefficients\":[",
+           "\"ape_p90\":%.4f,\"fit_draws\":%d,\"repeat\":%d,\"warmup\":%d,"
+           "\"cpu_stall\":%s,\"coefficients\":[",
            n_all, n_all ? all / n_all : 0.0, o_all ? o_sum / o_all : 0.0,
            floor_n ? floor_sum / floor_n : 0.0, spread_n ? spread_sum / spread_n : 0.0,
            ape ? cairn__bench_pct(ape, (size_t)n_all, 0.9) : 0.0, c->n_fit, c->o->repeat,
-           stall_s);
+           c->o->warmup, stall_s);
     if (stall_frac > 0.01)
         fprintf(stderr, "cairn bench profile: other tasks waited for a CPU during %.0f%% of "
                         "the timed iterations (Linux PSI): the machine was not idle and the "

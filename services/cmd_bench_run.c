@@ -99,6 +99,8 @@ int cairn__bench_open_workers(cairn_workers **w, const cairn__bench_env *env,
     wp.engine.max_seqs = env->max_seqs;
     wp.engine.n_ctx = n_ctx;
     wp.engine.device = env->device;
+    if (env->max_batch_tokens > 0)
+        wp.engine.max_batch_tokens = env->max_batch_tokens;
     /* Room for every sequence's full context: this measures scheduling, not KV pressure. */
     wp.engine.kv_blocks = env->max_seqs * ((n_ctx + wp.engine.block_tokens - 1) /
                                            wp.engine.block_tokens);
@@ -227,6 +229,8 @@ static void on_done(void *user, const cairn_gen_result *res)
         r->offline_in_flight--;
         if (res->error) r->offline_cut++; /* read before the shutdown cancels the rest */
         else r->offline_done++;
+        if (!res->error && q->t_first)
+            r->last_offline_ttft_s = (double)(q->t_first - q->t_submit) / 1e9;
     }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);

@@ -82,6 +82,7 @@ typedef struct cairn__bench_env {
     const double *coef;   /* predictor coefficients to start from, or NULL */
     double online_budget_s; /* the slo policy's online budget (at least the budget) */
     double ttft_slo_s, tbt_slo_s; /* what counts as meeting the SLO */
+    int max_batch_tokens; /* tokens in one forward pass (0: the engine's default) */
 } cairn__bench_env;
 
 /* Opens workers for a run: one engine, the policy and budget given, a KV cache with room for
@@ -119,6 +120,7 @@ typedef struct cairn__bench_run {
     int online_done, online_ok, online_rejected;
     int offline_done, offline_cut; /* offline requests finished, and ended with an error */
     long long online_tokens, offline_tokens; /* within the window */
+    double last_offline_ttft_s; /* the latest offline request's time to its first token */
 } cairn__bench_run;
 
 /* Initialises r for workers w (the window: t_start .. t_end, cairn_now_ns clock). */
