@@ -13,6 +13,7 @@
 #include "common/rand.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 enum { MAX_DEC = 8, SEQS = MAX_DEC + 4, CTX = 512, MIN_ITERS = 32 };
@@ -67,36 +68,47 @@ static int top_up(prof *p, int want, cairn_error *err) /* 0 or the engine's erro
     return 0;
 }
 
-/* Draws a shape, runs it and times it: *shape and *seconds (0 when nothing ran). Returns 0
- * or the engine's error code. */
-static int time_one(prof *p, cairn_batch_shape *shape, double *seconds, cairn_error *err)
+/* A drawn shape: how many decoding sequences take a token, and the prefill chunk (if any). */
+typedef struct {
+    int want;                  /* decoding sequences */
+    bool pre;                  /* a prefill chunk too */
+    int chunk, prefix, extra;  /* its tokens, the cached ones before it, the prompt after it */
+} draw;
+
+static draw draw_shape(prof *p)
 {
-    int want = pick(p, 0, MAX_DEC);
-    bool pre = want == 0 || pick(p, 0, 9) < 6;
-    int rc = top_up(p, want, err);
-    if (rc) return rc;
+    draw d = {.want = pick(p, 0, MAX_DEC)};
+    d.pre = d.want == 0 || pick(p, 0, 9) < 6;
+    d.chunk = pick(p, 1, p->ctx / 4);
+    d.prefix = pick(p, 0, 2) ? 0 : pick(p, 16, p->ctx / 4);
+    d.extra = pick(p, 0, 2) ? 0 : pick(p, 1, 32);
+    return d;
+}
+
+/* Runs draw d once and times it: *shape and *seconds (0 when nothing ran). The decoding
+ * sequences move a token on; the prefill chunk is a fresh sequence's. Returns 0 or the engine's
+ * error code. */
+static int run_draw(prof *p, const draw *d, cairn_batch_shape *shape, double *seconds,
+                    cairn_error *err)
+{
     cairn_step_item items[SEQS];
-    int n = 0, pid = -1;
+    int n = 0, pid = -1, rc = 0;
     *shape = (cairn_batch_shape){0};
     *seconds = 0;
-    for (int i = 0; i < p->n_dec && i < want; i++) {
+    for (int i = 0; i < p->n_dec && i < d->want; i++) {
         cairn_seq_info info;
         cairn_engine_seq_info(p->e, p->dec[i], &info);
         items[n++] = (cairn_step_item){p->dec[i], 1};
         cairn_batch_shape_add(shape, false, info.n_prefilled + info.n_generated, 1, true);
     }
-    if (pre) {
-        int chunk = pick(p, 1, p->ctx / 4), prefix = pick(p, 0, 2) ? 0 : pick(p, 16, p->ctx / 4);
-        int extra = pick(p, 0, 2) ? 0 : pick(p, 1, 32);
-        if ((pid = add_seq(p, prefix + chunk + extra)) >= 0) {
-            cairn_step_item first = {pid, prefix};
-            if (prefix && (rc = cairn_engine_step(p->e, &first, 1, err))) {
-                cairn_engine_release(p->e, pid);
-                return rc;
-            }
-            items[n++] = (cairn_step_item){pid, chunk};
-            cairn_batch_shape_add(shape, true, prefix, chunk, extra == 0);
+    if (d->pre && (pid = add_seq(p, d->prefix + d->chunk + d->extra)) >= 0) {
+        cairn_step_item first = {pid, d->prefix};
+        if (d->prefix && (rc = cairn_engine_step(p->e, &first, 1, err))) {
+            cairn_engine_release(p->e, pid);
+            return rc;
         }
+        items[n++] = (cairn_step_item){pid, d->chunk};
+        cairn_batch_shape_add(shape, true, d->prefix, d->chunk, d->extra == 0);
     }
     if (n > 0) {
         int64_t t0 = cairn_now_ns();
@@ -104,6 +116,18 @@ static int time_one(prof *p, cairn_batch_shape *shape, double *seconds, cairn_er
         *seconds = (double)(cairn_now_ns() - t0) / 1e9;
     }
     if (pid >= 0) cairn_engine_release(p->e, pid);
+    return rc;
+}
+
+/* Draws a shape and times it after `warmup` untimed steps of it. Returns 0 or the engine's
+ * error code. */
+static int time_one(prof *p, int warmup, cairn_batch_shape *shape, double *seconds,
+                    cairn_error *err)
+{
+    draw d = draw_shape(p);
+    int rc = top_up(p, d.want, err);
+    for (int w = 0; !rc && w <= warmup; w++)
+        rc = run_draw(p, &d, shape, seconds, err);
     return rc;
 }
 
@@ -131,9 +155,12 @@ int cairn_profiler_run(const cairn_model *m, const cairn_engine_params *ep, int 
     cairn_predictor *fit = NULL, *all = NULL;
     int rc = shapes && t ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "profiler: out of memory");
     if (!rc) rc = cairn_engine_open(&pr.e, m, &p, err);
+    /* On a GPU a shape's first steps load kernels and capture its graph: two untimed ones
+     * first, as `cairn bench profile --warmup` does (the CPU has no such steps). */
+    const int warmup = p.device >= 0 ? 2 : 0;
     int n = 0;
     while (!rc && n < iterations) {
-        rc = time_one(&pr, &shapes[n], &t[n], err);
+        rc = time_one(&pr, warmup, &shapes[n], &t[n], err);
         if (!rc && t[n] > 0) n++;
     }
     cairn_backend_traits traits = {1, 1, 0};

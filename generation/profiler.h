@@ -2,7 +2,8 @@
  * generation/profiler.h — a short profile of an engine at start: the latency predictor's
  * coefficients (generation/sched.h) from a few dozen timed iterations of random batch shapes,
  * for a server that has no stored profile (`cairn bench profile --out`) for its backend and
- * device. It is a smaller cousin of `cairn bench profile`: each shape is timed once, prompts
+ * device. It is a smaller cousin of `cairn bench profile`: each shape is timed once (after two
+ * untimed steps of it on a GPU, whose first steps of a shape are not its steady ones), prompts
  * are short (prefill chunks of 1..128 tokens, decode contexts of 8..320), and the fit is
  * checked on the last 30% of the draws before it is refitted on all of them.
  *
