@@ -115,6 +115,8 @@ void cairn_engine_close(cairn_engine *e)
     free(e->seqs);
     cairn_model_ws_free(e->ws);
     cairn_kv_close(e->kv);
+    if (e->be && e->x_save)
+        e->be->i->free(e->be, e->x_save);
     cairn_backend_close(e->be);
     cairn_pool_close(e->pool);
     free(e->b_tok);
@@ -135,7 +137,6 @@ void cairn_engine_close(cairn_engine *e)
     free(e->s_pos);
     free(e->s_logits);
     free(e->s_plen);
-    free(e->x_save);
     free(e);
 }
 
@@ -252,7 +253,12 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
     e->s_pos = malloc(sizeof(int32_t) * nb);
     e->s_logits = malloc(nb);
     e->s_plen = malloc(sizeof(int32_t) * nb);
-    e->x_save = malloc(sizeof(float) * nb * (size_t)hp->n_embd);
+    /* The suspended pass's hidden states stay on the device (a GPU's 100+ MB of a long
+     * prefill would otherwise cross the bus twice, once in an online request's wait). */
+    void *xs = NULL;
+    if ((rc = e->be->i->alloc(e->be, sizeof(float) * nb * (size_t)hp->n_embd, &xs, err)))
+        goto fail;
+    e->x_save = xs;
     int rows = p.max_seqs < p.max_batch_tokens ? p.max_seqs : p.max_batch_tokens;
     e->logits = malloc(sizeof(float) * (size_t)rows * (size_t)e->n_vocab);
     if (!e->seqs || !e->b_tok || !e->b_seq || !e->b_pos || !e->b_logits || !e->b_plen ||

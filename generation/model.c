@@ -691,7 +691,7 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
         return rc;
     if (first > 0) {
         /* Resuming: the batch's K/V rows of the layers before `first` are in the cache. */
-        if ((rc = B->upload(be, ws->x, y->x_save, sizeof(float) * (size_t)T * d, err)))
+        if ((rc = B->copy(be, ws->x, y->x_save, sizeof(float) * (size_t)T * d, err)))
             return rc;
     } else {
         const cairn_bmat *emb = ws->embd.data ? &ws->embd : &ws->output;
@@ -712,7 +712,7 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
             (rc = B->layer_done(be, err)))
             return rc;
         if (l > first && y && y->should_yield && y->x_save && y->should_yield(y->ctx)) {
-            if ((rc = B->download(be, y->x_save, ws->x, sizeof(float) * (size_t)T * d, err)))
+            if ((rc = B->copy(be, y->x_save, ws->x, sizeof(float) * (size_t)T * d, err)))
                 return rc;
             y->next_layer = l;
             return CAIRN_MODEL_YIELDED;

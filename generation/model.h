@@ -127,7 +127,8 @@ int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
  * Layer-level preemption (QLLM): a forward pass that may stop at a layer boundary and resume
  * later, keeping what it computed. Before every layer after the first one it runs in this call,
  * should_yield(ctx) is asked; when it returns non-zero the pass stops: the hidden states go to
- * x_save (n_tokens * n_embd floats, the caller's), next_layer says where to resume, and the
+ * x_save (n_tokens * n_embd floats of the caller's, in device memory of ws's backend: its
+ * alloc), next_layer says where to resume, and the
  * K/V rows of the layers done stay in the cache (the batch's sequences are extended already:
  * nothing else may run them until the pass completes or they are truncated back). To resume,
  * call again with the same batch and first_layer = next_layer; the hidden states are read back
@@ -136,7 +137,7 @@ int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
 typedef struct {
     int (*should_yield)(void *ctx); /* may be NULL: never yield */
     void *ctx;
-    float *x_save;   /* n_tokens * n_embd floats */
+    float *x_save;   /* n_tokens * n_embd floats of device memory (the backend's alloc) */
     int first_layer; /* 0: a new pass; else resume at this layer */
     int next_layer;  /* out, when the pass yielded */
 } cairn_model_yield;
