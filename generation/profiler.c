@@ -16,7 +16,9 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-enum { MAX_DEC = 8, SEQS = MAX_DEC + 4, CTX = 512, MIN_ITERS = 32 };
+/* MIN_ITERS: the fit on the first 70% needs two iterations a feature (cairn_predictor_fit). */
+enum { MAX_DEC = 8, SEQS = MAX_DEC + 4, CTX = 512,
+       MIN_ITERS = (2 * CAIRN_PREDICTOR_FEATURES * 10 + 6) / 7 };
 
 typedef struct {
     cairn_engine *e;

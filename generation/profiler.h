@@ -18,7 +18,7 @@
 #include "generation/sched.h"
 
 typedef struct {
-    int iterations;    /* timed iterations (at least 32) */
+    int iterations;    /* timed iterations (at least 35: two a feature in the 70% fitted) */
     double seconds;    /* the whole run, untimed prefill included */
     double mape;       /* the held-out MAPE of the fit on the first 70% (a fraction) */
     int held_out;      /* iterations that MAPE covers */
@@ -27,7 +27,7 @@ typedef struct {
 /*
  * Opens an engine over m with ep's device, threads and block size (12 sequences of 512
  * positions, or the model's context when shorter; m must outlive the call), times `iterations` steps of random shapes, fits the
- * predictor and writes its coefficients to coef. Returns 0, CAIRN_EINVAL (fewer than 32
+ * predictor and writes its coefficients to coef. Returns 0, CAIRN_EINVAL (fewer than 35
  * iterations, or a model context under 256 positions), or the engine's or the fit's error (in err). *st may be NULL.
  */
 int cairn_profiler_run(const cairn_model *m, const cairn_engine_params *ep, int iterations,

@@ -251,7 +251,7 @@ def test_scheduler_profile_loaded_and_checked():
         old = "cairn-sched-profile 2\n" + head.split("\n", 3)[3]
         for text, words in (("0.012 0.002 0.0015 2e-7 0.0004 0.0001 3e-6 0.25\n", "old format"),
                             (old + "coefficients 0.01 abc\n", "coefficient 2 'abc'"),
-                            (old + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 10"),
+                            (old + "coefficients 1 2 3 4 5 6 7 8\n", "8 coefficients, 12"),
                             (old, "no coefficients line"),
                             (old + COEF + "budget 99\n", "budget 99"),
                             (head + COEF + "budget 0.1\nx\n", "unexpected 'x'")):
@@ -277,7 +277,7 @@ def test_stored_profile_per_backend_and_device():
         os.makedirs(os.path.join(tmp, "profiles"))
         path = os.path.join(tmp, "profiles", name)
         args = (f"--model.path={GEMMA}", f"--data-dir={tmp}", "--slo.tbt=250ms",
-                "--sched.startup_profile=32")
+                "--sched.startup_profile=40")
         with open(path, "w") as f:
             f.write(HEAD3.format(backend="cpu", device=this_cpu()) + COEF +
                     "budget 0.05\nslo 1.5 0.1\n")
@@ -303,7 +303,7 @@ def test_stored_profile_per_backend_and_device():
                 assert "scheduler profile refused" in out and why in out, out
                 m = re.search(r"startup profile iterations=(\d+) seconds=(\S+) "
                               r"mape_held_out=(\S+) held_out=(\d+)", out)
-                assert m and int(m.group(1)) == 32 and int(m.group(4)) > 0, out
+                assert m and int(m.group(1)) == 40 and int(m.group(4)) > 0, out
                 assert abs(budget_metric(d) - 0.5 * 0.25) < 1e-9
 
 
