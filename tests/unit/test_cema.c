@@ -681,6 +681,7 @@ static void test_pending_queue_drops_oldest(void **state)
     assert_int_equal(cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &cp, &err), 0);
     cairn_cema_step_stats st;
     assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 0); /* nothing yet */
+    assert_int_equal(cairn_cema_cloud_replay_step(c, &st, &err), 0); /* nor to replay */
     float x[13 * DIM];
     int y[13];
     make_images(x, y, 13, 1);
@@ -691,6 +692,14 @@ static void test_pending_queue_drops_oldest(void **state)
     assert_int_equal(cnt.dropped, 3);
     assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 4); /* 4 new, empty replay */
     assert_int_equal(st.n_replay, 0);
+    /* A replay-only step: the 4 in the buffer, none of the 6 pending; no new sample enters. */
+    assert_int_equal(cairn_cema_cloud_replay_step(c, &st, &err), 4);
+    assert_int_equal(st.n_new, 0);
+    assert_int_equal(st.n_replay, 4);
+    cairn_cema_cloud_counters(c, &cnt);
+    assert_int_equal(cnt.pending, 6);
+    assert_int_equal(cnt.replay, 4);
+    assert_int_equal(cnt.steps, 2);
     assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 8); /* 4 new + 4 replayed */
     assert_int_equal(st.n_new, 4);
     assert_int_equal(st.n_replay, 4);
