@@ -253,17 +253,18 @@ int cairn_cema_cloud_add_batch(cairn_cema_cloud *c, const cairn_edge_batch *b, c
 
 /* ---- One step ----------------------------------------------------------------------------- */
 
-/* Fills c->x with the step's batch; returns its size and the split. Caller holds mlock. */
-static int assemble_batch(cairn_cema_cloud *c, int *n_new, int *n_rep)
+/* Fills c->x with the step's batch; returns its size and the split. replay_only: no pending
+ * sample, the whole batch from the replay buffer. Caller holds mlock. */
+static int assemble_batch(cairn_cema_cloud *c, int replay_only, int *n_new, int *n_rep)
 {
     const size_t B = (size_t)c->p.batch_size, D = c->dim;
     size_t nn = 0;
     pthread_mutex_lock(&c->qlock);
     const size_t pcap = (size_t)c->p.pending_capacity;
-    size_t avail = c->p_count;
+    size_t avail = replay_only ? 0 : c->p_count;
     nn = avail < (size_t)c->p.new_per_step ? avail : (size_t)c->p.new_per_step;
     size_t nr = B - nn < c->r_count ? B - nn : c->r_count;
-    if (nn == 0 || nn + nr < 2) {
+    if ((nn == 0 && !replay_only) || nn + nr < 2) {
         pthread_mutex_unlock(&c->qlock);
         return 0;
     }
@@ -333,11 +334,12 @@ static void publish_counters(cairn_cema_cloud *c)
     pthread_mutex_unlock(&c->qlock);
 }
 
-int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cairn_error *err)
+static int step(cairn_cema_cloud *c, int replay_only, cairn_cema_step_stats *stats,
+                cairn_error *err)
 {
     pthread_mutex_lock(&c->mlock);
     int n_new = 0, n_rep = 0, rc = 0;
-    const int n = assemble_batch(c, &n_new, &n_rep);
+    const int n = assemble_batch(c, replay_only, &n_new, &n_rep);
     if (n == 0) goto done;
     const int K = c->k;
     const size_t NK = (size_t)n * K;
@@ -422,6 +424,17 @@ int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cai
 done:
     pthread_mutex_unlock(&c->mlock);
     return rc;
+}
+
+int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cairn_error *err)
+{
+    return step(c, 0, stats, err);
+}
+
+int cairn_cema_cloud_replay_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats,
+                                 cairn_error *err)
+{
+    return step(c, 1, stats, err);
 }
 
 /* ---- Bundles and accessors --------------------------------------------------------------- */

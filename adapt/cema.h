@@ -101,6 +101,16 @@ typedef struct cairn_cema_step_stats {
 int cairn_cema_cloud_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats, cairn_error *err);
 
 /*
+ * A step on the replay buffer alone: batch_size samples (or all it holds) drawn from it, pending
+ * uploads left for the next cairn_cema_cloud_step, the rest as that step. It lets a cloud whose
+ * devices upload a small share spend as many steps on an update as one that receives every
+ * sample (services/edge_api.h, min_steps_per_bundle). Returns the number of samples used, 0 when
+ * the buffer holds fewer than 2, or a negative code. stats may be NULL.
+ */
+int cairn_cema_cloud_replay_step(cairn_cema_cloud *c, cairn_cema_step_stats *stats,
+                                 cairn_error *err);
+
+/*
  * Signs the edge model's current batchnorm tensors as the next version (1, 2, ...): *out is
  * malloc'ed (caller frees), *version (may be NULL) the version it carries. Returns 0 or as
  * cairn_bundle_build.

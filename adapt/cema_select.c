@@ -32,6 +32,7 @@ cairn_cema_select_params cairn_cema_select_default_params(void)
         .lambda_min = 0.0f,
         .upload_fraction = 0.0f,
         .upload_random = 0.0f,
+        .upload_power = 0.0f,
     };
     return p;
 }
@@ -60,6 +61,13 @@ int cairn_cema_selector_new(cairn_cema_selector **out, int k, const cairn_cema_s
                             "selector: upload_random %g out of range: the share of the upload "
                             "budget drawn at random, in [0, 1), and only with upload_fraction > 0",
                             (double)p->upload_random);
+    if (!(p->upload_power >= 0 && p->upload_power <= 64) ||
+        (p->upload_power > 0 && !(p->upload_fraction > 0)))
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "selector: upload_power %g out of range: the exponent of the upload "
+                            "budget's draw by entropy^beta, in [0, 64] (0: the most uncertain), "
+                            "and only with upload_fraction > 0",
+                            (double)p->upload_power);
     cairn_cema_selector *s = calloc(1, sizeof *s);
     if (s) s->pbar = calloc((size_t)k, sizeof *s->pbar);
     if (!s || !s->pbar) {
@@ -107,6 +115,17 @@ static double cosine(const float *a, const float *b, int k)
     }
     if (aa <= 0 || bb <= 0) return 0;
     return ab / sqrt(aa * bb);
+}
+
+/* Power acquisition's Gumbel key of sample i in a batch whose draw is keyed by seed: beta ln H +
+ * G, G = -ln(-ln U). U is a function of (seed, i), so the key is recomputed, not stored (the
+ * selector allocates nothing per batch), and a batch's draw is reproducible. */
+static double power_key(uint64_t seed, int i, double beta, float h)
+{
+    uint64_t st = seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1));
+    double u = ((double)(cairn_rand_next(&st) >> 11) + 0.5) / 9007199254740992.0; /* (0, 1) */
+    double lh = h > 0 ? log((double)h) : -1e300;
+    return beta * lh - log(-log(u));
 }
 
 /* The rules of adapt/cema_select.h for one valid sample; a kept sample moves p_bar. */
@@ -169,10 +188,16 @@ int cairn_cema_select(cairn_cema_selector *s, const float *probs, const float *e
     for (int i = 0; i < n; i++)
         keep[i] = row_ok(probs + (size_t)i * k, k, entropies[i]) ? 2 : 0;
     const int top = budget - (int)floor(s->p.upload_random * budget + 0.5);
+    const double beta = s->p.upload_power;
+    const uint64_t draw = beta > 0 ? cairn_rand_next(&s->rng) : 0;
     while (kept < top) {
         int best = -1;
-        for (int i = 0; i < n; i++)
-            if (keep[i] == 2 && (best < 0 || entropies[i] > entropies[best])) best = i;
+        double best_key = 0;
+        for (int i = 0; i < n; i++) {
+            if (keep[i] != 2) continue;
+            double key = beta > 0 ? power_key(draw, i, beta, entropies[i]) : entropies[i];
+            if (best < 0 || key > best_key) best = i, best_key = key;
+        }
         if (best < 0) break;
         keep[best] = judge(s, probs + (size_t)best * k, entropies[best], e_max, e_min_dyn);
         kept += keep[best];

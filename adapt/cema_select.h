@@ -32,7 +32,15 @@
  * takes its place). upload_random r (default 0) gives the share r of the budget to samples drawn
  * uniformly from the rest of the batch instead (a fixed seed per selector): uploads that only
  * hold the most uncertain samples are a skewed sample of the batch, and the cloud normalises the
- * edge model with their statistics.
+ * edge model with their statistics. upload_power beta (default 0: off) draws the budget's
+ * uncertain share at random with probability proportional to H^beta instead of taking the top
+ * of the batch ("power acquisition", Kirsch et al., "Stochastic Batch Acquisition: A Simple
+ * Baseline for Deep Active Learning", TMLR 2023: top-k of a score picks near-duplicates and
+ * misses whole regions where the model is sure and wrong; sampling by H^beta keeps the preference
+ * for uncertain samples and spreads the batch). It is drawn as the Gumbel top-k: each valid
+ * sample gets the key beta ln H + G, G standard Gumbel, and the samples are judged in decreasing
+ * key (a sample with H = 0 comes last); beta -> infinity is the top-k, beta -> 0 a uniform
+ * draw.
  *
  * BLAS-free and allocation-free after new: links into libcairn_edge and into the cloud.
  * Thread-safety: a selector is stateful; one thread at a time (or guard it).
@@ -53,6 +61,8 @@ typedef struct cairn_cema_select_params {
     float lambda_min;      /* E_min' = lambda_min * EMA(entropy); 0 disables it; < lambda */
     float upload_fraction; /* q, the per-batch budget (see above); in [0, 1]; 0 disables it */
     float upload_random;   /* share of the budget drawn at random; in [0, 1); needs q > 0 */
+    float upload_power;    /* beta: the uncertain share drawn ~ H^beta; 0: the top-k; in
+                              [0, 64]; needs q > 0 */
 } cairn_cema_select_params;
 
 cairn_cema_select_params cairn_cema_select_default_params(void);

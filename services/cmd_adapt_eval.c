@@ -47,11 +47,12 @@ static const char *EVAL_USAGE =
     "                        [--corruptions a,b,...] [--severities 3,5] [--methods "
     "none,bn,cema,all]\n"
     "                        [--lambda L] [--lambda-min L] [--d-margin D] [--e-min E]\n"
-    "                        [--upload-fraction Q] [--upload-random R]\n"
+    "                        [--upload-fraction Q] [--upload-random R] [--upload-power B]\n"
     "                        [--lr-edge LR]\n"
     "                        [--lr-foundation LR] [--new-per-step K] [--cloud-batch B]\n"
     "                        [--replay N] [--e0 F] [--foundation-steps S] [--edge-steps S]\n"
     "                        [--temperature T] [--momentum M] [--adapt-foundation 0|1]\n"
+    "                        [--min-steps S]\n"
     "                        [--w-kl W] [--w-ent W] [--w-ce W] [--edge-bn batch|running]\n"
     "                        [--markdown FILE] [--stream DIR] [--seed S]\n"
     "\n"
@@ -69,10 +70,15 @@ static const char *EVAL_USAGE =
     "before any stream runs.\n"
     "--upload-fraction Q (0 < Q <= 1) gives each device an upload budget: of every batch, at\n"
     "most the fraction Q, its most uncertain samples that pass the other rules (0: no budget);\n"
-    "--upload-random R gives the share R of that budget to samples drawn at random instead.\n"
+    "--upload-random R gives the share R of that budget to samples drawn at random instead;\n"
+    "--upload-power B (B > 0) draws the rest with probability proportional to entropy^B\n"
+    "(power acquisition) instead of taking the most uncertain.\n"
     "--stream DIR evaluates on an operator's own stream instead of the corruptions: DIR holds\n"
     "images-idx3-ubyte and labels-idx1-ubyte (IDX files as Fashion-MNIST's, optionally .gz:\n"
     "28 x 28 images, labels 0..9), whose first N images are streamed in their order.\n"
+    "--min-steps S (0..8, default 0) makes every update the cloud publishes at a sync carry at\n"
+    "least S steps, topped up with steps on its replay buffer alone, so that a cloud fed a\n"
+    "budget spends on an update what one fed every sample does.\n"
     "--seed S (default 1) seeds the cloud's replay draws; the images and their corruptions do\n"
     "not depend on it, so two seeds measure the method's run-to-run spread on the same streams.\n";
 
@@ -83,6 +89,7 @@ typedef struct eval_opts {
     const char *edge, *foundation, *data, *markdown; /* foundation: the teacher (--teacher) */
     const char *stream; /* an operator's stream directory, in place of the corruptions */
     int images, devices, batch, update_every, edge_batch_stats;
+    int min_steps; /* the cloud's steps per bundle at least (cairn_edge_api_params) */
     cairn_adapt_split split;
     int methods[N_METHODS];
     int corr[CAIRN_CORRUPT_COUNT], n_corr;
@@ -211,6 +218,7 @@ static int run_cloud(const eval_opts *o, int upload_all, const cairn_dataset *d,
     ap.rate_burst = 1e6;
     ap.adapt_normal_priority = 1; /* the process's nice value decides; nothing else is served */
     ap.cema = o->cema;
+    ap.min_steps_per_bundle = o->min_steps;
     if (!rc) rc = cairn_edge_api_open(&api, &ap, metrics, err);
     cairn_http_params hp = cairn_http_default_params();
     hp.host = "127.0.0.1";
@@ -487,6 +495,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_float_opt(a, v, &o->sel.upload_fraction);
         else if (!strcmp(a, "--upload-random"))
             bad = parse_float_opt(a, v, &o->sel.upload_random);
+        else if (!strcmp(a, "--upload-power"))
+            bad = parse_float_opt(a, v, &o->sel.upload_power);
         else if (!strcmp(a, "--lr-edge"))
             bad = parse_float_opt(a, v, &o->cema.lr_edge);
         else if (!strcmp(a, "--lr-foundation"))
@@ -513,6 +523,8 @@ static int parse_opts(int argc, char **argv, eval_opts *o)
             bad = parse_int_opt(a, v, 1, 64, &o->cema.edge_steps);
         else if (!strcmp(a, "--adapt-foundation"))
             bad = parse_int_opt(a, v, 0, 1, &o->cema.adapt_foundation);
+        else if (!strcmp(a, "--min-steps"))
+            bad = parse_int_opt(a, v, 0, 8, &o->min_steps);
         else if (!strcmp(a, "--seed"))
             bad = parse_seed_opt(v, &o->cema.seed);
         else {
@@ -615,11 +627,13 @@ static void print_json(const eval_opts *o, const char *corr, int sev, int m, con
         printf(",\"uploaded_fraction\":%.4f,\"bytes_up\":%llu,\"bytes_down\":%llu,\"steps\":%llu,"
                "\"bundles\":%llu,\"devices\":%d,\"teacher\":\"%s\",\"teacher_sha256\":\"%s\","
                "\"lambda\":%g,\"lambda_min\":%g,\"d_margin\":%g,\"upload_fraction\":%g,"
-               "\"upload_random\":%g,\"seed\":%llu",
+               "\"upload_random\":%g,\"upload_power\":%g,"
+               "\"new_per_step\":%d,\"min_steps\":%d,\"seed\":%llu",
                r->uploaded, r->up, r->down, r->steps, r->bundles, o->devices, o->teacher_arch,
                o->teacher_sha, (double)o->sel.lambda, (double)o->sel.lambda_min,
                (double)o->sel.d_margin, (double)o->sel.upload_fraction,
-               (double)o->sel.upload_random, (unsigned long long)o->cema.seed);
+               (double)o->sel.upload_random, (double)o->sel.upload_power, o->cema.new_per_step,
+               o->min_steps, (unsigned long long)o->cema.seed);
     printf(",\"seconds\":%.2f}\n", r->seconds);
     fflush(stdout);
 }
@@ -707,18 +721,19 @@ int cairn_cmd_adapt_eval(int argc, char **argv)
     fprintf(stderr,
             "adapt eval: %d %s images per stream, %d corruptions x %d severities, %d devices, "
             "batch %d, bundles every %d rounds; lambda %g lambda_min %g d_margin %g e_min %g "
-            "upload_fraction %g upload_random %g lr_edge %g "
+            "upload_fraction %g upload_random %g upload_power %g lr_edge %g "
             "lr_foundation %g new_per_step %d cloud_batch %d replay %d e0 %g foundation_steps %d "
-            "edge_steps %d temperature %g momentum %g adapt_foundation %d w_kl %g w_ent %g "
-            "w_ce %g seed %llu\n",
+            "edge_steps %d temperature %g momentum %g adapt_foundation %d min_steps %d w_kl %g "
+            "w_ent %g w_ce %g seed %llu\n",
             o.images, cairn__adapt_split_name(o.split), o.n_corr, o.n_sev, o.devices, o.batch,
             o.update_every, (double)o.sel.lambda, (double)o.sel.lambda_min, (double)o.sel.d_margin,
             (double)o.sel.e_min, (double)o.sel.upload_fraction, (double)o.sel.upload_random,
-            (double)o.cema.lr_edge, (double)o.cema.lr_foundation, o.cema.new_per_step,
-            o.cema.batch_size, o.cema.replay_capacity, (double)o.cema.e0_fraction,
-            o.cema.foundation_steps, o.cema.edge_steps, (double)o.cema.temperature,
-            (double)o.cema.momentum, o.cema.adapt_foundation, (double)o.cema.w_kl,
-            (double)o.cema.w_ent, (double)o.cema.w_ce, (unsigned long long)o.cema.seed);
+            (double)o.sel.upload_power, (double)o.cema.lr_edge, (double)o.cema.lr_foundation,
+            o.cema.new_per_step, o.cema.batch_size, o.cema.replay_capacity,
+            (double)o.cema.e0_fraction, o.cema.foundation_steps, o.cema.edge_steps,
+            (double)o.cema.temperature, (double)o.cema.momentum, o.cema.adapt_foundation,
+            o.min_steps, (double)o.cema.w_kl, (double)o.cema.w_ent, (double)o.cema.w_ce,
+            (unsigned long long)o.cema.seed);
     if (o.methods[2] || o.methods[3]) {
         char eps[32] = "epochs not recorded";
         if (o.teacher_epochs >= 0) snprintf(eps, sizeof eps, "%d epochs", o.teacher_epochs);

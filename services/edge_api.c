@@ -597,7 +597,13 @@ static void *adapt_main(void *arg)
         pthread_mutex_unlock(&a->lock);
         cairn_error err = {0};
         cairn_cema_step_stats ss = {0};
-        int rc = pending ? cairn_cema_cloud_step(a->cloud, &ss, &err) : 0;
+        /* The queue drained short of min_steps_per_bundle steps since the last bundle: top
+         * up on the replay buffer (the uploads of this update are in it by now). */
+        const int topup =
+            !pending && a->unpublished > 0 && a->unpublished < a->p.min_steps_per_bundle;
+        int rc = pending ? cairn_cema_cloud_step(a->cloud, &ss, &err)
+                 : topup ? cairn_cema_cloud_replay_step(a->cloud, &ss, &err)
+                         : 0;
         if (rc < 0) {
             CAIRN_LOG_WARN("adaptation step failed", "error=%s", err.msg);
             struct timespec ts = {0, 100 * 1000 * 1000};
@@ -623,7 +629,10 @@ static void *adapt_main(void *arg)
         /* A step needs 2 samples (or failed): wait for more uploads instead of spinning. */
         a->stalled = rc <= 0 ? pending : 0;
         cairn_gauge_set(a->m_pending, (double)pending);
-        int due = a->unpublished > 0 && (a->unpublished >= a->p.bundle_every || pending == 0);
+        /* Short of the minimum, and the replay buffer could still give a step: not yet. */
+        const int short_of = rc > 0 && a->unpublished < a->p.min_steps_per_bundle;
+        int due = a->unpublished > 0 &&
+                  (a->unpublished >= a->p.bundle_every || (pending == 0 && !short_of));
         if (due) {
             a->unpublished = 0;
             pthread_mutex_unlock(&a->lock);
@@ -716,7 +725,8 @@ int cairn_edge_api_open(cairn_edge_api **out, const cairn_edge_api_params *p, ca
     if (!p || !p->edge_model_path || !p->foundation_model_path)
         return cairn_errorf(err, CAIRN_EINVAL, "edge api: edge and foundation model paths needed");
     if (p->max_devices < 1 || p->max_upload_bytes < 64 || p->max_upload_samples < 1 ||
-        !(p->rate_samples_per_s > 0) || !(p->rate_burst >= 1) || p->bundle_every < 1)
+        !(p->rate_samples_per_s > 0) || !(p->rate_burst >= 1) || p->bundle_every < 1 ||
+        p->min_steps_per_bundle < 0 || p->min_steps_per_bundle > p->bundle_every)
         return cairn_errorf(err, CAIRN_EINVAL, "edge api: limits out of range");
     cairn_edge_api *a = calloc(1, sizeof *a);
     if (!a) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");

@@ -22,6 +22,9 @@
  * HTTP threads only decode, validate and queue samples (cairn_cema_cloud_add_batch copies them);
  * adaptation steps and bundle signing run on the API's own thread, which steps while uploads are
  * pending and publishes a bundle after every bundle_every steps and whenever the queue drains.
+ * With min_steps_per_bundle S, a bundle published because the queue drained carries at least S
+ * steps: the thread tops up with steps on the replay buffer alone (cairn_cema_cloud_replay_step),
+ * so that an update costs the cloud the same whether devices upload a budget or everything.
  *
  * Metrics (into the registry given at open): cairn_edge_devices, cairn_edge_samples_accepted_total,
  * cairn_edge_rejected_total{reason}, cairn_edge_bytes_up_total, cairn_edge_bytes_down_total,
@@ -50,6 +53,8 @@ typedef struct cairn_edge_api_params {
     double rate_samples_per_s;         /* per device, sustained (default 200) */
     double rate_burst;                 /* per device, bucket size in samples (default 2048) */
     int bundle_every;                  /* publish after this many steps at most (default 8) */
+    int min_steps_per_bundle;          /* at least this many steps in a bundle, topped up with
+                                          replay-only steps (0..bundle_every; default 0: off) */
     int adapt_normal_priority;         /* 1: the adaptation thread keeps the process's priority;
                                           0 (default): SCHED_IDLE, so that it never delays
                                           serving. `cairn adapt eval` sets 1: it serves nothing

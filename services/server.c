@@ -193,6 +193,9 @@ static const cairn_config_key schema[] = {
      "edge.models/foundation.gguf)", NULL, 0},
     {"edge.rate", CAIRN_CFG_INT, "200", "1", "1000000",
      "samples per second one device may upload (429 above)", NULL, 0},
+    {"edge.min_steps", CAIRN_CFG_INT, "0", "0", "8",
+     "adaptation steps an update carries at least, topped up on the replay buffer when the "
+     "uploads run out (0: off; docs/ADAPT.md)", NULL, 0},
     /* the web UI (services/web.c) */
     {"web.enabled", CAIRN_CFG_BOOL, "true", NULL, NULL, "serve the web UI at /", NULL, 0},
     {"web.dir", CAIRN_CFG_STRING, NULL, NULL, NULL,
@@ -634,6 +637,7 @@ static int start(service *s, cairn_error *err)
         ep.enrollment_token = cairn_config_string(c, "edge.enrollment_token");
         ep.signing_key_path = cairn_config_string(c, "edge.signing_key");
         ep.rate_samples_per_s = (double)cairn_config_int(c, "edge.rate");
+        ep.min_steps_per_bundle = (int)cairn_config_int(c, "edge.min_steps");
         ep.api_keys = cairn_config_string(c, "auth.api_keys");
         ep.api_key_hashes = cairn_config_string(c, "auth.api_key_hashes");
         rc = cairn_edge_api_open(&s->edge, &ep, s->metrics, err);

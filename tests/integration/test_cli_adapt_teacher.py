@@ -92,6 +92,19 @@ def test_cairnd_edge_teacher():
                 f"--edge.teacher={EDGE}") as dmn:
         status, _, body = http("GET", dmn.url + "/v1/edge/models/edge")
         assert status in (200, 401), (status, body)  # served (auth is a device's key)
+    # edge.min_steps: the cloud's steps per update at least, 0..8 (bundle_every); out of range
+    # it is refused by name, in range the edge API is served.
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([os.path.join(BIN, "cairnd"), "--host=127.0.0.1",
+                            f"--port={free_port()}", f"--data-dir={d}",
+                            "--edge.enrollment_token=t0ken", f"--edge.models={MODELS}",
+                            "--edge.min_steps=9"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "edge.min_steps" in r.stderr, r.stderr
+    with Daemon("--edge.enrollment_token=t0ken", f"--edge.models={MODELS}",
+                "--edge.min_steps=4") as dmn:
+        status, _, body = http("GET", dmn.url + "/v1/edge/models/edge")
+        assert status in (200, 401), (status, body)
 
 
 if __name__ == "__main__":

@@ -276,6 +276,72 @@ static void test_select_upload_budget(void **state)
     }
 }
 
+/* Power acquisition (upload_power beta): the budget is still filled, floor or ceil of q n, but
+ * drawn with probability ~ H^beta: the uncertain half is kept more often than the sure half, the
+ * sure half is reached, a sample with H = 0 never is while others are left, the draw repeats for
+ * the same inputs, and a large beta is the top-k. */
+static void test_select_upload_power(void **state)
+{
+    (void)state;
+    enum { K = 10, N = 32, BATCHES = 200 };
+    cairn_cema_selector *s = NULL, *s2 = NULL;
+    cairn_error err;
+    cairn_cema_select_params p = cairn_cema_select_default_params();
+    p.lambda = 100;
+    p.d_margin = 1;
+    p.upload_fraction = 0.3f;
+    p.upload_power = 2;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    assert_int_equal(cairn_cema_selector_new(&s2, K, &p, &err), 0);
+    float probs[N * K], ent[N];
+    uint8_t keep[N], keep2[N];
+    for (int i = 0; i < N; i++) { /* entropy falls with i; row N-1 is certain (H = 0) */
+        peaked(probs + i * K, K, i % K, i == N - 1 ? 1.0f : 0.12f + 0.025f * (float)i);
+        ent[i] = entropy_of(probs + i * K, K);
+    }
+    assert_true(ent[N - 1] == 0.0f);
+    int hi = 0, lo = 0, beyond_top = 0;
+    for (int b = 0; b < BATCHES; b++) {
+        int kept = cairn_cema_select(s, probs, ent, N, keep);
+        assert_true(kept == 9 || kept == 10);
+        assert_int_equal(cairn_cema_select(s2, probs, ent, N, keep2), kept);
+        assert_memory_equal(keep, keep2, N); /* reproducible */
+        assert_int_equal(keep[N - 1], 0);
+        for (int i = 0; i < N / 2; i++)
+            hi += keep[i];
+        for (int i = N / 2; i < N; i++)
+            lo += keep[i];
+        for (int i = kept; i < N; i++)
+            beyond_top += keep[i];
+    }
+    assert_true(lo > 0 && beyond_top > 0); /* not the top-k */
+    assert_true(2 * hi > 3 * lo);          /* but weighted towards the uncertain (H^2: 2.4x) */
+    cairn_cema_selector_free(s);
+    cairn_cema_selector_free(s2);
+
+    /* H^64: the top-k where entropies are apart (a ratio 1.25 is a weight 1.6e6; entropies
+     * within a few percent of each other stay a draw even at beta 64) */
+    p.upload_power = 64;
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), 0);
+    for (int i = 0; i < N; i++)
+        ent[i] = 2.0f * powf(0.8f, (float)i);
+    assert_int_equal(cairn_cema_select(s, probs, ent, N, keep), 9);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(keep[i], i < 9);
+    cairn_cema_selector_free(s);
+
+    const float bad[] = {-1.0f, 65.0f, NAN};
+    for (int i = 0; i < 3; i++) {
+        p.upload_power = bad[i];
+        assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+        assert_non_null(strstr(err.msg, "upload_power"));
+    }
+    p.upload_power = 1;
+    p.upload_fraction = 0; /* a draw of no budget */
+    assert_int_equal(cairn_cema_selector_new(&s, K, &p, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "upload_power"));
+}
+
 /* ---- A shifted synthetic task ----------------------------------------------------------- */
 
 enum { S = 8, NCLS = 3, DIM = S * S };
@@ -615,6 +681,7 @@ static void test_pending_queue_drops_oldest(void **state)
     assert_int_equal(cairn_cema_cloud_open(&c, p->edge_path, p->found_path, &cp, &err), 0);
     cairn_cema_step_stats st;
     assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 0); /* nothing yet */
+    assert_int_equal(cairn_cema_cloud_replay_step(c, &st, &err), 0); /* nor to replay */
     float x[13 * DIM];
     int y[13];
     make_images(x, y, 13, 1);
@@ -625,6 +692,14 @@ static void test_pending_queue_drops_oldest(void **state)
     assert_int_equal(cnt.dropped, 3);
     assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 4); /* 4 new, empty replay */
     assert_int_equal(st.n_replay, 0);
+    /* A replay-only step: the 4 in the buffer, none of the 6 pending; no new sample enters. */
+    assert_int_equal(cairn_cema_cloud_replay_step(c, &st, &err), 4);
+    assert_int_equal(st.n_new, 0);
+    assert_int_equal(st.n_replay, 4);
+    cairn_cema_cloud_counters(c, &cnt);
+    assert_int_equal(cnt.pending, 6);
+    assert_int_equal(cnt.replay, 4);
+    assert_int_equal(cnt.steps, 2);
     assert_int_equal(cairn_cema_cloud_step(c, &st, &err), 8); /* 4 new + 4 replayed */
     assert_int_equal(st.n_new, 4);
     assert_int_equal(st.n_replay, 4);
@@ -863,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_select_keeps_confident_novel_samples),
         cmocka_unit_test(test_select_e_max_follows_running_entropy),
         cmocka_unit_test(test_select_upload_budget),
+        cmocka_unit_test(test_select_upload_power),
         cmocka_unit_test(test_adaptation_on_shifted_task),
         cmocka_unit_test(test_residual_teacher),
         cmocka_unit_test(test_pending_queue_drops_oldest),

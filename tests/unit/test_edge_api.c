@@ -165,7 +165,7 @@ static void reply_free(reply *r)
 /* ---- Setup ------------------------------------------------------------------------------------
  */
 
-static int setup(void **state)
+static int setup_with(void **state, int min_steps_per_bundle)
 {
     fixture *f = calloc(1, sizeof *f);
     model_path(f->edge, sizeof f->edge, "edge");
@@ -181,6 +181,7 @@ static int setup(void **state)
     p.max_upload_bytes = 256 * 1024;
     p.rate_samples_per_s = 1; /* a bucket of 200 samples that refills slowly */
     p.rate_burst = 200;
+    p.min_steps_per_bundle = min_steps_per_bundle;
     int rc = cairn_edge_api_open(&f->a, &p, f->m, &err);
     if (rc) fprintf(stderr, "open: %s\n", err.msg);
     assert_int_equal(rc, 0);
@@ -218,6 +219,16 @@ static int setup(void **state)
     memcpy(f->dev_key, rr.device_key, sizeof f->dev_key);
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, 0);
+}
+
+static int setup_min_steps(void **state)
+{
+    return setup_with(state, 4);
 }
 
 static int teardown(void **state)
@@ -450,6 +461,38 @@ static void test_models_and_bundles(void **state)
 /* The device SDK end to end over its libcurl transport: infer and select on a batch of images,
  * upload asynchronously, let the cloud step, then fetch, verify and apply the signed bundle.
  * Normalising with batch statistics on the device (batch_stats) is what cairn adapt eval uses. */
+/* min_steps_per_bundle 4: 40 uploaded samples make two steps (32 new, then 8 new + 32
+ * replayed; the default gives 2 steps a bundle), and the cloud tops the update up to 4 with
+ * steps on its replay buffer before publishing it; a second upload, 4 more. An update published
+ * because bundle_every steps were reached needs none; a minimum above bundle_every is refused. */
+static void test_min_steps_per_bundle(void **state)
+{
+    fixture *f = *state;
+    size_t len;
+    uint8_t *b = batch(f, 40, 28, 10, 1, &len);
+    cairn_edge_api_stats st;
+    for (int round = 1; round <= 2; round++) {
+        reply r = upload(f, b, len);
+        assert_int_equal(r.status, 200);
+        reply_free(&r);
+        assert_int_equal(cairn_edge_api_wait_idle(f->a, 120000), 0);
+        cairn_edge_api_get_stats(f->a, &st);
+        assert_int_equal(st.steps, 4 * round);
+        assert_int_equal(st.bundles, round);
+    }
+    free(b);
+    assert_true(metric(f, "cairn_cema_steps_total") == 8.0);
+
+    cairn_edge_api_params p = cairn_edge_api_default_params();
+    p.edge_model_path = f->edge;
+    p.foundation_model_path = f->found;
+    p.min_steps_per_bundle = p.bundle_every + 1;
+    cairn_edge_api *a = NULL;
+    cairn_error err = {0};
+    assert_int_equal(cairn_edge_api_open(&a, &p, NULL, &err), CAIRN_EINVAL);
+    assert_null(a);
+}
+
 static void test_sdk_over_curl(void **state)
 {
     fixture *f = *state;
@@ -541,6 +584,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_models_and_bundles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sdk_over_curl, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_min_steps_per_bundle, setup_min_steps, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
