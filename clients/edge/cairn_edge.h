@@ -29,8 +29,8 @@
  * lambda_min x the running mean entropy (0.2: uncertainty sampling, for a strong teacher), and its
  * prediction is not redundant with the average of those already uploaded; with an upload budget
  * (select.upload_fraction q, since edge SDK 0.3.0), at most q of each cairn_edge_infer batch,
- * its most uncertain samples that pass those rules (or, with select.upload_power beta > 0, a draw
- * with probability proportional to entropy^beta).
+ * its most uncertain samples that pass those rules (or, with select.upload_power beta > 0,
+ * since edge SDK 0.4.0, a draw with probability proportional to entropy^beta).
  *
  * Upload: asynchronous. Selected samples go to a bounded queue; a background thread sends them
  * as protobuf SampleBatch messages (proto/edge.proto) with POST /v1/edge/samples through the
@@ -87,7 +87,7 @@ extern "C" {
 
 /* The SDK's version (the installed library's SONAME carries the major). */
 #define CAIRN_EDGE_VERSION_MAJOR 0
-#define CAIRN_EDGE_VERSION_MINOR 3
+#define CAIRN_EDGE_VERSION_MINOR 4
 #define CAIRN_EDGE_VERSION_PATCH 0
 
 /* ---- Transport -------------------------------------------------------------------------- */
