@@ -79,14 +79,18 @@ def test_bad_teacher_or_parameters_fail_before_any_stream():
     assert r.returncode == 0, r.stderr
 
 
-def test_cairnd_edge_teacher():
+def refused_start(flag, words):
+    """cairnd with the edge API and `flag` refuses to start, naming `words`."""
     with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([os.path.join(BIN, "cairnd"), "--host=127.0.0.1",
                             f"--port={free_port()}", f"--data-dir={d}",
-                            "--edge.enrollment_token=t0ken", f"--edge.models={MODELS}",
-                            "--edge.teacher=/nonexistent-teacher.gguf"],
+                            "--edge.enrollment_token=t0ken", f"--edge.models={MODELS}", flag],
                            capture_output=True, text=True, timeout=60)
-        assert r.returncode != 0 and "/nonexistent-teacher.gguf" in r.stderr, r.stderr
+        assert r.returncode != 0 and words in r.stderr, r.stderr
+
+
+def test_cairnd_edge_teacher():
+    refused_start("--edge.teacher=/nonexistent-teacher.gguf", "/nonexistent-teacher.gguf")
     # With a usable teacher file outside edge.models, the edge API is served.
     with Daemon("--edge.enrollment_token=t0ken", f"--edge.models={MODELS}",
                 f"--edge.teacher={EDGE}") as dmn:
@@ -94,13 +98,7 @@ def test_cairnd_edge_teacher():
         assert status in (200, 401), (status, body)  # served (auth is a device's key)
     # edge.min_steps: the cloud's steps per update at least, 0..8 (bundle_every); out of range
     # it is refused by name, in range the edge API is served.
-    with tempfile.TemporaryDirectory() as d:
-        r = subprocess.run([os.path.join(BIN, "cairnd"), "--host=127.0.0.1",
-                            f"--port={free_port()}", f"--data-dir={d}",
-                            "--edge.enrollment_token=t0ken", f"--edge.models={MODELS}",
-                            "--edge.min_steps=9"],
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode != 0 and "edge.min_steps" in r.stderr, r.stderr
+    refused_start("--edge.min_steps=9", "edge.min_steps")
     with Daemon("--edge.enrollment_token=t0ken", f"--edge.models={MODELS}",
                 "--edge.min_steps=4") as dmn:
         status, _, body = http("GET", dmn.url + "/v1/edge/models/edge")
