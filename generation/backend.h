@@ -142,6 +142,9 @@ typedef struct cairn_backend_traits {
     int gemm_from;   /* tokens past which a pass's products take another path at a fixed cost
                         (the CUDA backend dequantizes every quantized matrix into tiles for
                         cuBLAS past 16 tokens); its token tiles count up to it only; 0: none */
+    int cold_steps;  /* steps of a batch shape before its steady cost, which a profile should
+                        leave untimed (the CUDA backend: 2, the first loading kernels lazily
+                        and running call by call, the second capturing the shape's graph); 0 */
 } cairn_backend_traits;
 
 struct cairn_backend_i {

@@ -499,6 +499,7 @@ static void cpu_traits(const cairn_backend *be, cairn_backend_traits *out)
     out->token_tile = 8;
     out->logits_pair = 2;
     out->gemm_from = 0;
+    out->cold_steps = 0;
 }
 
 static int cpu_mem_info(const cairn_backend *be, size_t *free_bytes, size_t *total_bytes)

@@ -157,18 +157,17 @@ int cairn_profiler_run(const cairn_model *m, const cairn_engine_params *ep, int 
     cairn_predictor *fit = NULL, *all = NULL;
     int rc = shapes && t ? 0 : cairn_errorf(err, CAIRN_ENOMEM, "profiler: out of memory");
     if (!rc) rc = cairn_engine_open(&pr.e, m, &p, err);
-    /* On a GPU a shape's first steps load kernels and capture its graph: two untimed ones
-     * first, as `cairn bench profile --warmup` does (the CPU has no such steps). */
-    const int warmup = p.device >= 0 ? 2 : 0;
-    int n = 0;
-    while (!rc && n < iterations) {
-        rc = time_one(&pr, warmup, &shapes[n], &t[n], err);
-        if (!rc && t[n] > 0) n++;
-    }
-    cairn_backend_traits traits = {1, 1, 0};
+    /* A shape's first steps on a GPU load kernels and capture its graph: the backend's cold
+     * steps run untimed first, as `cairn bench profile --warmup` does. */
+    cairn_backend_traits traits = {1, 1, 0, 0};
     if (!rc) {
         cairn_backend *be = cairn_engine_backend(pr.e);
         be->i->traits(be, &traits);
+    }
+    int n = 0;
+    while (!rc && n < iterations) {
+        rc = time_one(&pr, traits.cold_steps, &shapes[n], &t[n], err);
+        if (!rc && t[n] > 0) n++;
     }
     cairn_engine_close(pr.e);
     /* Fit on the first 70%, measure the rest; then the coefficients of a fit on all. */

@@ -316,6 +316,7 @@ typedef struct {
 typedef struct profile_opts {
     const char *model, *out, *samples;
     int iters, threads, repeat, warmup, device;
+    bool warmup_given; /* else the backend's cold steps */
     bool search; /* an SLO was given: search the budget */
     budget_search bs;
 } profile_opts;
@@ -339,6 +340,7 @@ typedef struct profile_ctx {
     uint64_t *mem;                      /* the memory loop's buffer */
     fixed_loop loops[2];                /* arithmetic, memory */
     cairn_backend_traits traits;        /* the engine backend's, for the predictors */
+    int warmup;                         /* untimed steps of each shape: --warmup, or traits' */
     cairn_predictor *p;                 /* fitted on the first g_fit shapes */
     int g_fit, n_fit;
     double coef[CAIRN_PREDICTOR_FEATURES];
@@ -350,8 +352,7 @@ typedef struct profile_ctx {
 static int parse_args(int argc, char **argv, profile_opts *o)
 {
     const char *budgets = "50,100,150,200,300,400";
-    *o = (profile_opts){.model = CAIRN__BENCH_MODEL, .iters = 600, .repeat = 3, .warmup = -1,
-                        .device = -1,
+    *o = (profile_opts){.model = CAIRN__BENCH_MODEL, .iters = 600, .repeat = 3, .device = -1,
                         .bs = {.load = 0.5, .duration = 30, .backlog = 8, .max_seqs = 12}};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -363,7 +364,10 @@ static int parse_args(int argc, char **argv, profile_opts *o)
         else if (!strcmp(a, "--samples")) o->samples = v;
         else if (!strcmp(a, "--iterations")) bad = cairn__bench_int(v, &o->iters);
         else if (!strcmp(a, "--repeat")) bad = cairn__bench_int(v, &o->repeat);
-        else if (!strcmp(a, "--warmup")) bad = cairn__bench_int(v, &o->warmup);
+        else if (!strcmp(a, "--warmup")) {
+            o->warmup_given = true;
+            bad = cairn__bench_int(v, &o->warmup);
+        }
         else if (!strcmp(a, "--threads")) bad = cairn__bench_int(v, &o->threads);
         else if (!strcmp(a, "--ttft-slo")) bad = cairn__bench_num(v, &o->bs.ttft_ms);
         else if (!strcmp(a, "--tbt-slo")) bad = cairn__bench_num(v, &o->bs.tbt_ms);
@@ -380,13 +384,9 @@ static int parse_args(int argc, char **argv, profile_opts *o)
     o->search = o->bs.ttft_ms > 0 || o->bs.tbt_ms > 0;
     if (o->repeat < 1 || o->repeat > 9)
         return cairn__bench_usage_error("profile", "--repeat %d is outside 1..9", o->repeat);
-    /* A GPU's first steps of a shape are not its steady ones: kernels load lazily at their
-     * first launch, and a decode shape runs call by call, then is captured into a CUDA graph,
-     * then replays it (graph.cu). Two untimed steps of each shape leave the timed ones at the
-     * replay, as a server's steps of a shape it has seen are; the CPU has no such steps. */
-    if (o->warmup < 0)
-        o->warmup = o->device >= 0 ? 2 : 0;
-    if (o->warmup > 9)
+    /* Not given: the backend's cold steps (open_engine), which leave the timed steps of a
+     * shape at the steady cost a server's steps of a shape it has seen have. */
+    if (o->warmup_given && (o->warmup < 0 || o->warmup > 9))
         return cairn__bench_usage_error("profile", "--warmup %d is outside 0..9", o->warmup);
     if (o->iters < 50 * o->repeat || o->iters > 100000)
         return cairn__bench_usage_error("profile", "--iterations %d is outside %d..100000",
@@ -429,6 +429,7 @@ static int open_engine(profile_ctx *c)
     c->vocab = cairn_model_hparams_of(c->m)->n_vocab;
     cairn_backend *be = cairn_engine_backend(c->e);
     be->i->traits(be, &c->traits);
+    c->warmup = c->o->warmup_given ? c->o->warmup : c->traits.cold_steps;
     c->gp = cairn_gen_default_params();
     c->gp.max_tokens = CTX;
     c->rng = 0x9e3779b97f4a7c15ull;
@@ -553,7 +554,7 @@ static int time_shapes(profile_ctx *c)
             rc = probe_time(c->e, &c->gp, c->vocab, &c->probe_rng, &c->probes[k], k, &c->err);
         for (int k = 0; !rc && k < 2; k++)
             fixed_loop_time(&c->loops[k]);
-        for (int rep = -c->o->warmup; !rc && rep < c->o->repeat && c->n < c->o->iters; rep++)
+        for (int rep = -c->warmup; !rc && rep < c->o->repeat && c->n < c->o->iters; rep++)
             rc = time_draw(c, &d, g, rep);
     }
     fprintf(stderr, "\n");
@@ -705,7 +706,7 @@ static void report_accuracy(const profile_ctx *c)
            n_all, n_all ? all / n_all : 0.0, o_all ? o_sum / o_all : 0.0,
            floor_n ? floor_sum / floor_n : 0.0, spread_n ? spread_sum / spread_n : 0.0,
            ape ? cairn__bench_pct(ape, (size_t)n_all, 0.9) : 0.0, c->n_fit, c->o->repeat,
-           c->o->warmup, stall_s);
+           c->warmup, stall_s);
     if (stall_frac > 0.01)
         fprintf(stderr, "cairn bench profile: other tasks waited for a CPU during %.0f%% of "
                         "the timed iterations (Linux PSI): the machine was not idle and the "

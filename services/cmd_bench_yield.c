@@ -30,7 +30,8 @@ static int parse_args(int argc, char **argv, yield_opts *o)
 {
     *o = (yield_opts){.env = {.model = CAIRN__BENCH_MODEL, .max_seqs = 4, .device = -1,
                               /* the slo policy is not run; its online budget as it was */
-                              .online_budget_s = 0.2, .ttft_slo_s = 1e9, .tbt_slo_s = 1e9},
+                              .online_budget_s = 0.2, .ttft_slo_s = 1e9, .tbt_slo_s = 1e9,
+                              .max_batch_tokens = cairn_engine_default_params().max_batch_tokens},
                       .trials = 10, .doc_tokens = 1500};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -52,8 +53,6 @@ static int parse_args(int argc, char **argv, yield_opts *o)
     if (o->doc_tokens < 600 || o->doc_tokens > MAX_DOC)
         return cairn__bench_usage_error("yield", "--doc-tokens %d is outside 600..%d",
                                         o->doc_tokens, MAX_DOC);
-    if (o->env.max_batch_tokens == 0)
-        o->env.max_batch_tokens = 512;
     if (o->env.max_batch_tokens < MIN_PASS || o->env.max_batch_tokens > MAX_DOC)
         return cairn__bench_usage_error("yield", "--pass-tokens %d is outside %d..%d",
                                         o->env.max_batch_tokens, MIN_PASS, MAX_DOC);

@@ -36,6 +36,8 @@ def test_bad_flags_are_named():
         (("yield", "--doc-tokens", "100"), "--doc-tokens 100 is outside 600..32768"),
         (("yield", "--doc-tokens", "40000"), "--doc-tokens 40000 is outside 600..32768"),
         (("yield", "--pass-tokens", "8"), "--pass-tokens 8 is outside 64..32768"),
+        (("yield", "--pass-tokens", "0"), "--pass-tokens 0 is outside 64..32768"),
+        (("profile", "--warmup", "-1"), "cairn bench profile: --warmup -1 is outside 0..9"),
         (("yield", "--threads", "-1"), "--threads -1 is negative"),
         (("yield", "--nope", "1"), "cairn bench yield: unknown option '--nope'"),
         (("profile", "--device", "-2"), "--device -2: -1 (the CPU) or a GPU index"),

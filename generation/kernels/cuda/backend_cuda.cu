@@ -581,6 +581,7 @@ static void cu_traits(const cairn_backend *be, cairn_backend_traits *out)
     out->token_tile = CAIRN__GEMV_TOKENS;
     out->logits_pair = 1;
     out->gemm_from = CAIRN__GEMV_MAX_TOKENS;
+    out->cold_steps = 2; /* graph.cu: a shape runs call by call, then is captured, then replays */
 }
 
 static int cu_mem_info(const cairn_backend *be, size_t *free_bytes, size_t *total_bytes)
