@@ -208,11 +208,11 @@ struct cairn_backend_i {
     int (*logits)(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                   float *x, int n, float *out_host, cairn_error *err);
     /* A layer of a pass that may yield (the layer-level yield) has been queued: returns once
-     * the work queued before the previous call of this step has finished, so that about one
-     * layer runs ahead of the host and a yield check made next sees where the device is, not
-     * where the host's queueing is (on the CUDA backend a pass's 32 layers are queued in well
-     * under a millisecond, so without it a pass could never yield after its first layer).
-     * NULL where stages run synchronously (the CPU backend). Added in version 2. */
+     * the device is at most about a layer behind the host, so that a yield check made next
+     * sees where the device is, not where the host's queueing is (on the CUDA backend a pass's
+     * 32 layers are queued in well under a millisecond, so without it a pass could never yield
+     * after its first layer). NULL where stages run synchronously (the CPU backend). Added in
+     * version 2. */
     int (*layer_done)(cairn_backend *be, cairn_error *err);
 };
 

@@ -705,13 +705,13 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
     const int qd = hp->n_head * hp->head_dim, kd = hp->n_head_kv * hp->head_dim;
     cairn_bkv kvl;
     cairn_kv_layout(kv, &kvl);
+    const bool may_yield = y && y->should_yield && y->x_save;
     for (int l = first; l < hp->n_layer; l++) {
         /* Pace the queue first on a backend that runs stages asynchronously: the check then
          * sees the device at most a layer behind. */
-        if (l > first && y && y->should_yield && y->x_save && B->layer_done &&
-            (rc = B->layer_done(be, err)))
+        if (l > first && may_yield && B->layer_done && (rc = B->layer_done(be, err)))
             return rc;
-        if (l > first && y && y->should_yield && y->x_save && y->should_yield(y->ctx)) {
+        if (l > first && may_yield && y->should_yield(y->ctx)) {
             if ((rc = B->copy(be, y->x_save, ws->x, sizeof(float) * (size_t)T * d, err)))
                 return rc;
             y->next_layer = l;
