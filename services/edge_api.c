@@ -725,9 +725,11 @@ int cairn_edge_api_open(cairn_edge_api **out, const cairn_edge_api_params *p, ca
     if (!p || !p->edge_model_path || !p->foundation_model_path)
         return cairn_errorf(err, CAIRN_EINVAL, "edge api: edge and foundation model paths needed");
     if (p->max_devices < 1 || p->max_upload_bytes < 64 || p->max_upload_samples < 1 ||
-        !(p->rate_samples_per_s > 0) || !(p->rate_burst >= 1) || p->bundle_every < 1 ||
-        p->min_steps_per_bundle < 0 || p->min_steps_per_bundle > p->bundle_every)
+        !(p->rate_samples_per_s > 0) || !(p->rate_burst >= 1) || p->bundle_every < 1)
         return cairn_errorf(err, CAIRN_EINVAL, "edge api: limits out of range");
+    if (p->min_steps_per_bundle < 0 || p->min_steps_per_bundle > p->bundle_every)
+        return cairn_errorf(err, CAIRN_EINVAL, "edge api: min_steps_per_bundle %d is outside "
+                            "0..%d (bundle_every)", p->min_steps_per_bundle, p->bundle_every);
     cairn_edge_api *a = calloc(1, sizeof *a);
     if (!a) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     pthread_mutex_init(&a->lock, NULL);

@@ -491,6 +491,7 @@ static void test_min_steps_per_bundle(void **state)
     cairn_error err = {0};
     assert_int_equal(cairn_edge_api_open(&a, &p, NULL, &err), CAIRN_EINVAL);
     assert_null(a);
+    assert_non_null(strstr(err.msg, "min_steps_per_bundle 9 is outside 0..8"));
 }
 
 static void test_sdk_over_curl(void **state)
