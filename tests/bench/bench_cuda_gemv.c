@@ -9,7 +9,8 @@
  * copies so that a pass over them streams from HBM rather than the 50 MB L2, multiplied as
  * model.c multiplies them (q, k, v in one matmul call; o; gate and up in one; down) through the
  * CUDA backend's own table, at 1, 2 and 8 tokens. Each GEMV shape of matmul.cu (form warp or
- * block, rows a warp or block: CAIRN_CUDA_GEMV, CAIRN_CUDA_GEMV_ROWS) is timed in turn
+ * block, rows a warp or block, the block form's threads: CAIRN_CUDA_GEMV, CAIRN_CUDA_GEMV_ROWS,
+ * CAIRN_CUDA_GEMV_THREADS) is timed in turn
  * on the same matrices, and "separate" calls q, k, v and gate, up one matrix at a time (the
  * launches before matrix sets). Time: PASSES passes over the copies between two
  * synchronisations, on the host clock, best of 3; per layer and as bandwidth (weight bytes per
@@ -43,10 +44,12 @@ static const struct { const char *name; int64_t rows, cols; } LAYER[N_MATS] = {
 };
 
 /* Shapes: NULL leaves the variable unset (matmul.cu's default). */
-static const struct { const char *name, *form, *rows; } SHAPES[] = {
-    {"default", NULL, NULL},          {"warp r1", "warp", "1"},   {"warp r2", "warp", "2"},
-    {"block r1", "block", "1"},       {"block r2", "block", "2"},
-    {"warp r4", "warp", "4"},         {"block r4", "block", "4"},
+static const struct { const char *name, *form, *rows, *threads; } SHAPES[] = {
+    {"default", NULL, NULL, NULL},          {"warp r1", "warp", "1", NULL},
+    {"warp r2", "warp", "2", NULL},         {"block r1", "block", "1", NULL},
+    {"block r2", "block", "2", NULL},       {"warp r4", "warp", "4", NULL},
+    {"block r4", "block", "4", NULL},       {"block r2 t64", "block", "2", "64"},
+    {"block r4 t64", "block", "4", "64"},
 };
 #define N_SHAPES (sizeof SHAPES / sizeof SHAPES[0])
 
@@ -213,6 +216,7 @@ static int bench_type(int device, const char *tname, double read_gbs)
             const size_t k = separate ? 0 : s;
             setenv_or_unset("CAIRN_CUDA_GEMV", SHAPES[k].form);
             setenv_or_unset("CAIRN_CUDA_GEMV_ROWS", SHAPES[k].rows);
+            setenv_or_unset("CAIRN_CUDA_GEMV_THREADS", SHAPES[k].threads);
             double sec;
             if ((rc = time_layers(&r, separate, &sec, &err)))
                 break;
@@ -227,6 +231,7 @@ static int bench_type(int device, const char *tname, double read_gbs)
     }
     setenv_or_unset("CAIRN_CUDA_GEMV", NULL);
     setenv_or_unset("CAIRN_CUDA_GEMV_ROWS", NULL);
+    setenv_or_unset("CAIRN_CUDA_GEMV_THREADS", NULL);
     if (rc)
         fail(tname, &err);
     for (int i = 0; i < N_MATS; i++)

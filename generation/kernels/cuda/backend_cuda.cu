@@ -667,6 +667,13 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *f = getenv("CAIRN_CUDA_Q8_FUSE"), *st = getenv("CAIRN_CUDA_GEMV_SETS");
     c->q8_fuse = !(f && !strcmp(f, "0"));
     c->gemv_sets = !(st && !strcmp(st, "0"));
+    const char *dw = getenv("CAIRN_CUDA_DEQ_WARP"); /* "0": the tiles' older decoder */
+    c->deq_warp = !(dw && !strcmp(dw, "0"));
+    const char *ai = getenv("CAIRN_CUDA_ATTN_ILP"); /* "0": one FMA chain a dot product */
+    c->attn_ilp = !(ai && !strcmp(ai, "0"));
+    /* "1": GEMVs start beside the kernel before them; off until measured on a GPU */
+    const char *pd = getenv("CAIRN_CUDA_PDL");
+    c->pdl = pd && !strcmp(pd, "1");
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);
@@ -692,6 +699,7 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     }
     c->n_sm = prop.multiProcessorCount;
     c->smem_optin = prop.sharedMemPerBlockOptin;
+    c->pdl = c->pdl && prop.major >= 9;
     /* prop.name is at most 256 bytes; desc may cut a very long name short */
     snprintf(c->desc, sizeof c->desc, "%.200s, sm_%d%d, %zu MiB", prop.name, prop.major,
              prop.minor, (size_t)(prop.totalGlobalMem >> 20));

@@ -262,6 +262,10 @@ typedef struct cairn__cuda {
     int64_t q8_cols;
     bool q8_fuse;   /* CAIRN_CUDA_Q8_FUSE=0 turns the stages' quantized rows off */
     bool gemv_sets; /* CAIRN_CUDA_GEMV_SETS=0: one matrix a GEMV launch */
+    bool deq_warp;  /* CAIRN_CUDA_DEQ_WARP=0: K-quant and Q8_0 tiles a thread a unit */
+    bool attn_ilp;  /* CAIRN_CUDA_ATTN_ILP=0: the tiles' dot products as one FMA chain */
+    bool pdl;       /* GEMVs start beside the kernel before them (cairn__pdl_wait): with
+                       CAIRN_CUDA_PDL=1, on compute capability 9.0 and later */
 } cairn__cuda;
 
 static inline cairn__cuda *cairn__cu(cairn_backend *be) { return (cairn__cuda *)be; }
@@ -371,6 +375,32 @@ static __device__ __forceinline__ float cairn__h2f(uint16_t h)
 static __device__ __forceinline__ float cairn__bf2f(uint16_t h)
 {
     return __uint_as_float((uint32_t)h << 16);
+}
+
+/*
+ * Programmatic dependent launch (compute capability 9.0 on; CUDA programming guide, "Programmatic
+ * Dependent Launch and Synchronization"). At batch 1 a GEMV streams a layer's matrix in
+ * microseconds, and a kernel's start (launch, the first wave's first loads) is a visible part
+ * of that. So a kernel whose output a GEMV reads calls cairn__pdl_trigger as it starts, which
+ * lets a GEMV launched with the programmatic-serialization attribute start beside it; the GEMV
+ * reads its first weights (constant through a step), then cairn__pdl_wait blocks until the
+ * kernel before it has finished and its writes are visible, and only then does it read its
+ * activations or write anything. For a kernel launched without the attribute the wait returns
+ * at once, and a trigger with no such kernel after it does nothing. Elsewhere (older GPUs, the
+ * emulator) both are empty.
+ */
+static __device__ __forceinline__ void cairn__pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void cairn__pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 }
 
 static __device__ __forceinline__ float cairn__warp_sum(float v)

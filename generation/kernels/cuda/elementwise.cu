@@ -29,6 +29,7 @@ static __device__ __forceinline__ float gelu_f16(float x)
 __global__ void gated_rows(float *__restrict__ a, const float *__restrict__ b, int64_t n,
                            int gelu)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const float x = a[i];
@@ -44,6 +45,7 @@ __global__ void gated_rows_q8(float *__restrict__ a, const float *__restrict__ b
                               int64_t n_blocks, int gelu, int8_t *__restrict__ q,
                               float2 *__restrict__ ds)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= n_blocks)
         return; /* warp-uniform */

@@ -42,6 +42,7 @@ struct act_dev {
 __global__ void quantize_q8(const float *__restrict__ x, int64_t n_blocks, int8_t *__restrict__ q,
                             float2 *__restrict__ ds)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= n_blocks)
         return; /* warp-uniform */
@@ -368,6 +369,7 @@ static __device__ __forceinline__ void gemv_walk(const cairn__mat_dev &m, const 
         for (int t = 0; t < NT; t++)
             acc[r][t] = 0.0f;
     const int64_t n_units = units_of<TYPE>(m);
+    bool waited = false;
     for (int64_t u0 = tid; u0 < n_units; u0 += (int64_t)U * step) {
         wunit<TYPE> w[U][R];
 #pragma unroll
@@ -378,6 +380,10 @@ static __device__ __forceinline__ void gemv_walk(const cairn__mat_dev &m, const 
                 if (r < nr && u0 + (int64_t)j * step < n_units)
                     load_w<TYPE>(w[j][r], m, row0 + r, u0 + (int64_t)j * step);
             }
+        if (!waited) { /* the first weights are on their way: now the activations' writer */
+            cairn__pdl_wait();
+            waited = true;
+        }
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             if (t < nt) {
@@ -395,6 +401,8 @@ static __device__ __forceinline__ void gemv_walk(const cairn__mat_dev &m, const 
             }
         }
     }
+    if (!waited) /* a thread with no units still writes after the wait (the caller's sums) */
+        cairn__pdl_wait();
 }
 
 /*
@@ -437,12 +445,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
  */
 #define GEMV_SK_THREADS 128
 
-template <uint32_t TYPE, int NT, int R>
-__global__ void __launch_bounds__(GEMV_SK_THREADS)
+template <uint32_t TYPE, int NT, int R, int TH = GEMV_SK_THREADS>
+__global__ void __launch_bounds__(TH)
     gemv_sk(gemv_set s, act_dev a, int nt)
 {
     static_assert(R * NT <= 32, "warp 0 finishes one (row, token) sum a lane");
-    __shared__ float red[GEMV_SK_THREADS / 32][R * NT];
+    __shared__ float red[TH / 32][R * NT];
     cairn__mat_dev m;
     float *y;
     int64_t blk;
@@ -451,7 +459,7 @@ __global__ void __launch_bounds__(GEMV_SK_THREADS)
     const int64_t row0 = blk * R;
     const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
     float acc[R][NT];
-    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, GEMV_SK_THREADS, acc);
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, TH, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -465,7 +473,7 @@ __global__ void __launch_bounds__(GEMV_SK_THREADS)
         const int r = lane / NT, t = lane % NT;
         float v = 0.0f;
 #pragma unroll
-        for (int w = 0; w < GEMV_SK_THREADS / 32; w++)
+        for (int w = 0; w < TH / 32; w++)
             v += red[w][lane];
         if (r < nr && t < nt)
             y[t * m.rows + row0 + r] = v;
@@ -583,6 +591,84 @@ __global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__rest
     }
 }
 
+/*
+ * The same values for Q4_K, Q6_K and Q8_0 rows of a multiple of 256 values, with the writes
+ * coalesced: a warp takes DEQ_W_UNITS consecutive 256-value pieces (a K-quant block, or eight
+ * Q8_0 blocks) of the tile, rows n_rows from r0, and lane i writes values 8i .. 8i + 7 of each
+ * in one 16-byte store (a warp's store is 512 contiguous bytes). dequant_bf16's thread a
+ * unit wrote each K-quant unit's values as runs 32 or 64 values apart, so every store of a
+ * warp touched twice the sectors it filled. Each lane reads 8 quant bytes (and Q6_K 8 of the
+ * high bits) a piece; the header's scales are one address for the warp.
+ */
+#define DEQ_W_WARPS 8
+#define DEQ_W_UNITS 2
+
+template <uint32_t TYPE>
+static __device__ __forceinline__ void deq8(const cairn__mat_dev &m, int64_t row, int64_t b,
+                                            int lane, float *v)
+{
+    if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        const int c = lane >> 3, h = (lane >> 2) & 1, l0 = 8 * (lane & 3);
+        const uint8_t *blk = m.q + (row * m.nb + b) * 144;
+        const int4 hdr = ld16(blk);
+        const uint2 q = __ldg((const uint2 *)(blk + 16 + 32 * c + l0));
+        int sc, mn;
+        cairn__q4k_sm((const uint8_t *)&hdr + 4, 2 * c + h, &sc, &mn);
+        const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF)) * (float)sc;
+        const float mm = -(cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16)) * (float)mn);
+        const uint32_t w[2] = {q.x, q.y};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t byte = (w[i >> 2] >> (8 * (i & 3))) & 0xFF;
+            v[i] = d * ((float)(h ? byte >> 4 : byte & 0xF) - 0.0f) + mm;
+        }
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+        const int n = lane >> 4, g = (lane >> 2) & 3, l0 = 8 * (lane & 3);
+        const uint8_t *body = m.q + (row * m.nb + b) * 208;
+        const uint2 ql = __ldg((const uint2 *)(body + 64 * n + 32 * (g & 1) + l0));
+        const uint2 qh = __ldg((const uint2 *)(body + 128 + 32 * n + l0));
+        const int8_t sc = (int8_t)body[192 + 8 * n + 2 * g + (l0 >> 4)];
+        const float s = cairn__h2f(m.d[row * m.nb + b]) * (float)sc;
+        const uint32_t wl[2] = {ql.x, ql.y}, wh[2] = {qh.x, qh.y};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t lo = (wl[i >> 2] >> (8 * (i & 3) + (g >= 2 ? 4 : 0))) & 0xF;
+            const uint32_t hi = (wh[i >> 2] >> (8 * (i & 3) + 2 * g)) & 3;
+            v[i] = s * ((float)((int)(lo | hi << 4) - 32) - 0.0f) + 0.0f;
+        }
+    } else { /* Q8_0: piece b is blocks 8b .. 8b + 7 of the row */
+        const int64_t col = b * 256 + 8 * lane;
+        const uint2 q = __ldg((const uint2 *)(m.q + row * m.cols + col));
+        const float d = cairn__h2f(m.d[row * m.nb + (col >> 5)]);
+        const uint32_t w[2] = {q.x, q.y};
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            v[i] = d * ((float)(int8_t)((w[i >> 2] >> (8 * (i & 3))) & 0xFF) - 0.0f) + 0.0f;
+    }
+}
+
+template <uint32_t TYPE>
+__global__ void __launch_bounds__(DEQ_W_WARPS * 32)
+    dequant_bf16_w(cairn__mat_dev m, int64_t r0, int64_t n_rows, __nv_bfloat16 *__restrict__ out)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t per_row = m.cols / 256, total = n_rows * per_row;
+    const int64_t w0 = ((int64_t)blockIdx.x * DEQ_W_WARPS + (threadIdx.x >> 5)) * DEQ_W_UNITS;
+    float v[DEQ_W_UNITS][8];
+#pragma unroll
+    for (int j = 0; j < DEQ_W_UNITS; j++) /* every piece's loads before any store */
+        if (w0 + j < total) {
+            const int64_t rr = (w0 + j) / per_row;
+            deq8<TYPE>(m, r0 + rr, w0 + j - rr * per_row, lane, v[j]);
+        }
+#pragma unroll
+    for (int j = 0; j < DEQ_W_UNITS; j++)
+        if (w0 + j < total) {
+            const int64_t rr = (w0 + j) / per_row;
+            store8(out + rr * m.cols + (w0 + j - rr * per_row) * 256 + 8 * lane, v[j]);
+        }
+}
+
 /* F16 rows whose length is not a multiple of 8: one value a thread. */
 __global__ void dequant_bf16_f16_scalar(cairn__mat_dev m, int64_t r0,
                                         __nv_bfloat16 *__restrict__ out)
@@ -674,6 +760,7 @@ static int prep_bf16(cairn__cuda *c, const float *x, int n_tok, int64_t cols, ca
 struct gemv_shape {
     bool block;
     int r;
+    int threads; /* the block form's threads: 128, or 64 (CAIRN_CUDA_GEMV_THREADS=64) */
 };
 
 static gemv_shape gemv_shape_of(uint32_t type, int64_t rows, int nt, int n_sm)
@@ -694,31 +781,58 @@ static gemv_shape gemv_shape_of(uint32_t type, int64_t rows, int nt, int n_sm)
     const char *r = getenv("CAIRN_CUDA_GEMV_ROWS");
     if (r && (!strcmp(r, "1") || !strcmp(r, "2") || !strcmp(r, "4")))
         g.r = r[0] - '0';
+    /* 64 threads: a row of 128 units (Q4_K at 4096 columns) gives each thread both units of
+     * its trip, where 128 threads leave half their second loads empty; unmeasured yet, so
+     * not a default. */
+    const char *th = getenv("CAIRN_CUDA_GEMV_THREADS");
+    g.threads = th && !strcmp(th, "64") ? 64 : GEMV_SK_THREADS;
     return g;
 }
 
-template <uint32_t TYPE, int NT, int R>
-static void launch_shaped(cudaStream_t st, bool block, const gemv_set &s, const act_dev &a,
-                          int nt, unsigned grid)
+/* A GEMV launch, with pdl allowed to start beside the kernel before it (cairn__pdl_wait; its
+ * errors reach the caller's CU_LAUNCHED through cudaGetLastError, as a triple-chevron
+ * launch's do). */
+template <class... P, class... A>
+static void launch_pdl(bool pdl, void (*kern)(P...), unsigned grid, int threads,
+                       cudaStream_t st, A... args)
 {
-    if (block)
-        gemv_sk<TYPE, NT, R><<<grid, GEMV_SK_THREADS, 0, st>>>(s, a, nt);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    (void)cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
+template <uint32_t TYPE, int NT, int R>
+static void launch_shaped(cudaStream_t st, bool pdl, const gemv_shape &g, const gemv_set &s,
+                          const act_dev &a, int nt, unsigned grid)
+{
+    if (g.block && g.threads == 64)
+        launch_pdl(pdl, gemv_sk<TYPE, NT, R, 64>, grid, 64, st, s, a, nt);
+    else if (g.block)
+        launch_pdl(pdl, gemv_sk<TYPE, NT, R>, grid, GEMV_SK_THREADS, st, s, a, nt);
     else
-        gemv<TYPE, NT, R><<<grid, GEMV_WARPS * 32, 0, st>>>(s, a, nt);
+        launch_pdl(pdl, gemv<TYPE, NT, R>, grid, GEMV_WARPS * 32, st, s, a, nt);
 }
 
 template <uint32_t TYPE, int R>
-static void launch_rows(cudaStream_t st, bool block, const gemv_set &s, const act_dev &a,
-                        int nt, unsigned grid)
+static void launch_rows(cudaStream_t st, bool pdl, const gemv_shape &g, const gemv_set &s,
+                        const act_dev &a, int nt, unsigned grid)
 {
     if (nt <= 1)
-        launch_shaped<TYPE, 1, R>(st, block, s, a, nt, grid);
+        launch_shaped<TYPE, 1, R>(st, pdl, g, s, a, nt, grid);
     else if (nt <= 2)
-        launch_shaped<TYPE, 2, R>(st, block, s, a, nt, grid);
+        launch_shaped<TYPE, 2, R>(st, pdl, g, s, a, nt, grid);
     else if (nt <= 4)
-        launch_shaped<TYPE, 4, R>(st, block, s, a, nt, grid);
+        launch_shaped<TYPE, 4, R>(st, pdl, g, s, a, nt, grid);
     else
-        launch_shaped<TYPE, 8, R>(st, block, s, a, nt, grid);
+        launch_shaped<TYPE, 8, R>(st, pdl, g, s, a, nt, grid);
 }
 
 /* Float weights whose rows or activations are not 16-byte units: one value at a time, one
@@ -742,7 +856,7 @@ static void launch_scalar(cudaStream_t st, const cairn__mat_dev &m, const float 
 /* One pass of nt tokens over the set s (its y already offset to the pass's first token). */
 template <uint32_t TYPE>
 static void launch_gemv(cudaStream_t st, gemv_set s, const act_dev &a, int nt, bool vec,
-                        int n_sm)
+                        int n_sm, bool pdl)
 {
     constexpr bool is_float =
         TYPE == CAIRN_GGUF_F32 || TYPE == CAIRN_GGUF_F16 || TYPE == CAIRN_GGUF_BF16;
@@ -764,11 +878,11 @@ static void launch_gemv(cudaStream_t st, gemv_set s, const act_dev &a, int nt, b
         s.blk_end[i] = grid;
     }
     if (g.r == 4)
-        launch_rows<TYPE, 4>(st, g.block, s, a, nt, grid);
+        launch_rows<TYPE, 4>(st, pdl, g, s, a, nt, grid);
     else if (g.r == 2)
-        launch_rows<TYPE, 2>(st, g.block, s, a, nt, grid);
+        launch_rows<TYPE, 2>(st, pdl, g, s, a, nt, grid);
     else
-        launch_rows<TYPE, 1>(st, g.block, s, a, nt, grid);
+        launch_rows<TYPE, 1>(st, pdl, g, s, a, nt, grid);
 }
 
 static_assert(CAIRN__GEMV_TOKENS == 8, "launch_gemv instantiates passes of up to 8 tokens");
@@ -797,7 +911,7 @@ static int gemv_passes(cairn__cuda *c, const cairn__cmat *const *w, int n, const
         }
 #define GEMV(T, VEC)                                                                           \
     case T:                                                                                    \
-        launch_gemv<T>(c->stream, s, a, nt, VEC, c->n_sm);                                     \
+        launch_gemv<T>(c->stream, s, a, nt, VEC, c->n_sm, c->pdl);                             \
         break
         switch (type) {
             GEMV(CAIRN_GGUF_F32, vec);
@@ -829,6 +943,23 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
         const dim3 grid((unsigned)((w->cols + 255) / 256), (unsigned)n_rows);
         dequant_bf16_f16_scalar<<<grid, 256, 0, s>>>(m, r0, c->wtile);
         CU_LAUNCHED(err, "dequant_bf16_f16_scalar");
+        return 0;
+    }
+    if ((w->type == CAIRN_GGUF_Q4_K || w->type == CAIRN_GGUF_Q6_K ||
+         w->type == CAIRN_GGUF_Q8_0) && w->cols % 256 == 0 && c->deq_warp) {
+        const int64_t pieces = n_rows * (w->cols / 256);
+        const int64_t per_block = (int64_t)DEQ_W_WARPS * DEQ_W_UNITS;
+        const unsigned grid = (unsigned)((pieces + per_block - 1) / per_block);
+        if (w->type == CAIRN_GGUF_Q4_K)
+            dequant_bf16_w<CAIRN_GGUF_Q4_K><<<grid, DEQ_W_WARPS * 32, 0, s>>>(m, r0, n_rows,
+                                                                               c->wtile);
+        else if (w->type == CAIRN_GGUF_Q6_K)
+            dequant_bf16_w<CAIRN_GGUF_Q6_K><<<grid, DEQ_W_WARPS * 32, 0, s>>>(m, r0, n_rows,
+                                                                               c->wtile);
+        else
+            dequant_bf16_w<CAIRN_GGUF_Q8_0><<<grid, DEQ_W_WARPS * 32, 0, s>>>(m, r0, n_rows,
+                                                                               c->wtile);
+        CU_LAUNCHED(err, "dequant_bf16_w");
         return 0;
     }
     /* a thread a unit: units a row as units_of<> counts them */

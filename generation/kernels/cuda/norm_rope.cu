@@ -50,6 +50,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_rows(float *out, const float *x, const int32_t *__restrict__ rows,
                  const float *__restrict__ w, int n, float eps)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     const float *xr = x + (rows ? (int64_t)rows[r] : r) * n;
@@ -70,6 +71,7 @@ __global__ void __launch_bounds__(NORM_VTHREADS)
                      const float *__restrict__ w, int n, float eps, int8_t *__restrict__ q,
                      float2 *__restrict__ ds)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     const float4 *xr = (const float4 *)(x + (rows ? (int64_t)rows[r] : r) * n);
@@ -137,6 +139,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
     add_norm_rows(float *__restrict__ x, float *__restrict__ a, const float *__restrict__ post,
                   const float *__restrict__ next, float *__restrict__ h, int n, float eps)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     float *xr = x + r * n, *ar = a + r * n;
@@ -173,6 +176,7 @@ __global__ void __launch_bounds__(NORM_VTHREADS)
                       float *__restrict__ h, int n, float eps, int8_t *__restrict__ q,
                       float2 *__restrict__ ds)
 {
+    cairn__pdl_trigger(); /* a GEMV may read what this writes */
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     float4 *xr = (float4 *)(x + r * n), *ar = (float4 *)(a + r * n);

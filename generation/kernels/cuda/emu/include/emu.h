@@ -227,6 +227,31 @@ template <class F> void launch(dim3 g, dim3 b, size_t smem, cudaStream_t, F f)
 }
 } // namespace emu
 
+/* cudaLaunchKernelEx: the emulation runs every kernel after the one before it, so a launch
+ * attribute (programmatic dependent launch) changes nothing. */
+typedef enum { cudaLaunchAttributeProgrammaticStreamSerialization = 6 } cudaLaunchAttributeID;
+typedef struct {
+    int programmaticStreamSerializationAllowed;
+} cudaLaunchAttributeValue;
+typedef struct {
+    cudaLaunchAttributeID id;
+    cudaLaunchAttributeValue val;
+} cudaLaunchAttribute;
+typedef struct {
+    dim3 gridDim, blockDim;
+    size_t dynamicSmemBytes;
+    cudaStream_t stream;
+    cudaLaunchAttribute *attrs;
+    unsigned numAttrs;
+} cudaLaunchConfig_t;
+template <class... P, class... A>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *c, void (*k)(P...), A... a)
+{
+    auto args = std::make_tuple(P(a)...);
+    emu_run(c->gridDim, c->blockDim, c->dynamicSmemBytes, [args, k] { std::apply(k, args); });
+    return cudaSuccess;
+}
+
 /* ---- cuBLAS ---- */
 typedef enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 } cublasStatus_t;
 typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
