@@ -49,7 +49,7 @@ static const struct { const char *name, *form, *rows, *threads; } SHAPES[] = {
     {"warp r2", "warp", "2", NULL},         {"block r1", "block", "1", NULL},
     {"block r2", "block", "2", NULL},       {"warp r4", "warp", "4", NULL},
     {"block r4", "block", "4", NULL},       {"block r2 t64", "block", "2", "64"},
-    {"block r4 t64", "block", "4", "64"},
+    {"block r4 t64", "block", "4", "64"},   {"block r2 t128", "block", "2", "128"},
 };
 #define N_SHAPES (sizeof SHAPES / sizeof SHAPES[0])
 

@@ -671,9 +671,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->deq_warp = !(dw && !strcmp(dw, "0"));
     const char *ai = getenv("CAIRN_CUDA_ATTN_ILP"); /* "0": one FMA chain a dot product */
     c->attn_ilp = !(ai && !strcmp(ai, "0"));
-    /* "1": GEMVs start beside the kernel before them; off until measured on a GPU */
-    const char *pd = getenv("CAIRN_CUDA_PDL");
-    c->pdl = pd && !strcmp(pd, "1");
+    const char *pd = getenv("CAIRN_CUDA_PDL"); /* "0": every kernel waits for the one before */
+    c->pdl = !(pd && !strcmp(pd, "0"));
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);
