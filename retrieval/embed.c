@@ -300,7 +300,9 @@ void cairn_embed_close(cairn_embed *e)
             free(e->layers[i].qkv_w);
             free(e->layers[i].qkv_b);
         }
-    for (int l = 0; e->layers && l < e->n_layer; l++) {
+    /* Only where open packed them: embed_amx.c is built for AVX-512, and even its memset
+     * there is an AVX-512 store that a CPU without it stops on (SIGILL at -O2). */
+    for (int l = 0; e->amx && e->layers && l < e->n_layer; l++) {
         cairn__amx_free(&e->layers[l].qkv_x);
         cairn__amx_free(&e->layers[l].o_x);
         cairn__amx_free(&e->layers[l].up_x);
