@@ -22,8 +22,9 @@
  * positions and sequence table in; the pooled vectors out) are sized at open for max_tokens /
  * max_batch; a forward allocates nothing. One stream, owned here, carries the upload, every
  * kernel, the GEMMs (the cuBLAS handle is bound to it) and the download; the host waits once,
- * at the end. Every CUDA and cuBLAS call is checked and returned as CAIRN_EDEVICE (CAIRN_ENOMEM
- * for allocations) naming the call; nothing aborts.
+ * at the end (also after an error, so that nothing queued outlives the call). Every CUDA and
+ * cuBLAS call is checked and returned as CAIRN_EDEVICE (CAIRN_ENOMEM for allocations) naming
+ * the call; nothing aborts.
  */
 extern "C" {
 #include "common/error.h"
@@ -442,14 +443,10 @@ extern "C" int cairn__embed_cuda_open(cairn__embed_cuda **out, int device,
     return 0;
 }
 
-extern "C" int cairn__embed_cuda_forward(cairn__embed_cuda *g, const int32_t *ids,
-                                         const int *start, const int *len, int nseq, int ntok,
-                                         float *out, cairn_error *err)
+/* Queues the whole forward pass of a packed batch on the stream (see forward below). */
+static int enqueue(cairn__embed_cuda *g, const int32_t *ids, const int *start, const int *len,
+                   int nseq, int ntok, cairn_error *err)
 {
-    if (nseq < 1 || nseq > g->max_batch || ntok < 1 || ntok > g->max_tokens)
-        return cairn_errorf(err, CAIRN_EINVAL, "embed cuda: %d sequences, %d tokens (at most "
-                            "%d, %d)", nseq, ntok, g->max_batch, g->max_tokens);
-    CK(cudaSetDevice(g->dev));
     /* The batch's table in one copy: ids, positions, starts, lengths. */
     int *h_ids = g->meta_host, *h_pos = h_ids + ntok, *h_start = h_pos + ntok,
         *h_len = h_start + nseq;
@@ -501,9 +498,27 @@ extern "C" int cairn__embed_cuda_forward(cairn__embed_cuda *g, const int32_t *id
     }
     pool<<<nseq, POOL_THREADS, 0, st>>>(g->x, d_start, d_len, H, g->normalize, g->out);
     LAUNCHED("pool");
-    const size_t bytes = (size_t)nseq * H * sizeof(float);
-    CK(cudaMemcpyAsync(g->out_host, g->out, bytes, cudaMemcpyDeviceToHost, st));
-    CK(cudaStreamSynchronize(st));
-    memcpy(out, g->out_host, bytes);
+    CK(cudaMemcpyAsync(g->out_host, g->out, (size_t)nseq * H * sizeof(float),
+                       cudaMemcpyDeviceToHost, st));
+    return 0;
+}
+
+extern "C" int cairn__embed_cuda_forward(cairn__embed_cuda *g, const int32_t *ids,
+                                         const int *start, const int *len, int nseq, int ntok,
+                                         float *out, cairn_error *err)
+{
+    if (nseq < 1 || nseq > g->max_batch || ntok < 1 || ntok > g->max_tokens)
+        return cairn_errorf(err, CAIRN_EINVAL, "embed cuda: %d sequences, %d tokens (at most "
+                            "%d, %d)", nseq, ntok, g->max_batch, g->max_tokens);
+    CK(cudaSetDevice(g->dev));
+    int rc = enqueue(g, ids, start, len, nseq, ntok, err);
+    /* Wait even after an error: what was queued reads the staging buffers the next call
+     * refills. The first error is the one reported. */
+    cudaError_t e = cudaStreamSynchronize(g->stream);
+    if (rc)
+        return rc;
+    if (e != cudaSuccess)
+        return fail(err, "cudaStreamSynchronize", e);
+    memcpy(out, g->out_host, (size_t)nseq * g->H * sizeof(float));
     return 0;
 }
