@@ -6,7 +6,8 @@
  * which a GPU-against-CPU comparison does not need.
  *
  * The vocabulary: the specials, a-z, 0-9 and some punctuation, each also as a "##" piece, then
- * two- and three-letter words; any lowercase ASCII word tokenizes (into letters at worst).
+ * two- and three-letter words and three-letter "##" pieces; any lowercase ASCII word tokenizes
+ * (into letters at worst).
  * Weights are uniform: embeddings in [-0.5, 0.5), Q and K in [-0.1, 0.1) (so that the scores
  * spread: softmax far from uniform), the other projections in [-0.05, 0.05), biases in
  * [-0.1, 0.1), LayerNorm gains 1 +- 0.1.
@@ -65,8 +66,8 @@ static int synth_bert_write(const char *path, uint64_t seed, cairn_error *err)
             for (int j = 0, v = k; j < len; j++, v /= 26)
                 s[len - 1 - j] = (char)('a' + v % 26);
         }
-    for (int k = 0; n < SYNTH_BERT_VOCAB; k++) /* "##aa".. fill the rest */
-        snprintf(words[n++], 8, "##%c%c", 'a' + k / 26 % 26, 'a' + k % 26);
+    for (int k = 0; n < SYNTH_BERT_VOCAB; k++) /* "##aaa".. fill the rest (12,173 of 17,576) */
+        snprintf(words[n++], 8, "##%c%c%c", 'a' + k / 676 % 26, 'a' + k / 26 % 26, 'a' + k % 26);
     for (int i = 0; i < SYNTH_BERT_VOCAB; i++)
         vocab[i] = words[i];
     if ((rc = cairn_gguf_writer_add_str(w, "general.architecture", "bert", err)) ||
