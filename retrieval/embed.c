@@ -363,6 +363,11 @@ static int open_gpu(cairn_embed *e, const cairn_embed_params *p, cairn_error *er
     int rc = cairn__embed_cuda_open(&e->gpu, p->device, &m, err);
     free(ls);
     if (rc < 0) return rc;
+    for (int l = 0; l < e->n_layer; l++) { /* the fused copies live on the GPU now */
+        free(e->layers[l].qkv_w);
+        free(e->layers[l].qkv_b);
+        e->layers[l].qkv_w = e->layers[l].qkv_b = NULL;
+    }
     e->ids = malloc((size_t)e->max_tokens * sizeof *e->ids);
     e->pos = malloc((size_t)e->max_tokens * sizeof *e->pos);
     e->seq_start = malloc((size_t)e->max_batch * sizeof(int));
