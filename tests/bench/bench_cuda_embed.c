@@ -36,6 +36,14 @@ static const char QUESTION[] =
     "how does lookahead retrieval prefetch the ivf clusters that a question will probe while "
     "the language model is still rewriting it on the gpu and what does that save";
 
+/* A message fit for a JSON string: double quotes and backslashes become single quotes. */
+static const char *json_safe(char *msg)
+{
+    for (char *c = msg; *c; c++)
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20) *c = '\'';
+    return msg;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -82,7 +90,7 @@ static int run(const char *model, const char *model_name, int device, int thread
         snprintf(where, sizeof where, "\"device\":-1,\"threads\":%d", threads);
     }
     if (cairn_embed_open(&e, model, &p, &err)) {
-        printf("{\"bench\":\"embed_query\",%s,\"error\":\"%s\"}\n", where, err.msg);
+        printf("{\"bench\":\"embed_query\",%s,\"error\":\"%s\"}\n", where, json_safe(err.msg));
         return 1;
     }
     if (device < 0)
@@ -106,7 +114,7 @@ static int run(const char *model, const char *model_name, int device, int thread
         if (i >= WARMUP) ms[i - WARMUP] = (double)(cairn_now_ns() - t0) / 1e6;
     }
     if (rc) {
-        printf("{\"bench\":\"embed_query\",%s,\"error\":\"%s\"}\n", where, err.msg);
+        printf("{\"bench\":\"embed_query\",%s,\"error\":\"%s\"}\n", where, json_safe(err.msg));
         return 1;
     }
     double sum = 0;
@@ -139,7 +147,7 @@ static int run(const char *model, const char *model_name, int device, int thread
         runs[r] = (double)(cairn_now_ns() - t0) / 1e9;
     }
     if (rc) {
-        printf("{\"bench\":\"embed_batch\",%s,\"error\":\"%s\"}\n", where, err.msg);
+        printf("{\"bench\":\"embed_batch\",%s,\"error\":\"%s\"}\n", where, json_safe(err.msg));
         return 1;
     }
     qsort(runs + 1, 5, sizeof *runs, cmp_double);
