@@ -68,8 +68,8 @@ struct cairn_embed {
     int n_owned;
 
     int max_batch, max_tokens, n_threads;
-    int device;              /* -1 CPU, else the GPU that gpu runs on */
-    cairn__embed_cuda *gpu;  /* device >= 0: the forward pass (embed_cuda.h) */
+    int device; /* -1 CPU, else the GPU that gpu runs on */
+    cairn__embed_cuda *gpu; /* device >= 0: the forward pass (embed_cuda.h) */
     int gemm_in_pool; /* sgemm rows split over the pool, BLAS single-threaded */
     bool avx2; /* use the AVX2/FMA kernels */
     bool amx;  /* linear layers in BF16 on AMX tiles (embed_amx.c) */

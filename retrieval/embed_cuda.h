@@ -29,15 +29,15 @@ typedef struct {
 typedef struct {
     int n_layer, H, n_head, FF, vocab, max_pos, n_types;
     float eps;
-    int normalize;            /* L2-normalise the pooled vectors */
-    const float *tok_emb;     /* [vocab x H] */
-    const float *pos_emb;     /* [max_pos x H] */
-    const float *type_emb;    /* [n_types x H]; only type 0 is used */
+    int normalize;         /* L2-normalise the pooled vectors */
+    const float *tok_emb;  /* [vocab x H] */
+    const float *pos_emb;  /* [max_pos x H] */
+    const float *type_emb; /* [n_types x H]; only type 0 is used */
     const float *emb_ln_g, *emb_ln_b;
     const cairn__embed_cuda_layer *layers; /* [n_layer] */
-    int max_seq;              /* tokens per sequence, at most */
-    int max_batch;            /* sequences per forward, at most */
-    int max_tokens;           /* tokens per forward, at most */
+    int max_seq;                           /* tokens per sequence, at most */
+    int max_batch;                         /* sequences per forward, at most */
+    int max_tokens;                        /* tokens per forward, at most */
 } cairn__embed_cuda_model;
 
 typedef struct cairn__embed_cuda cairn__embed_cuda;

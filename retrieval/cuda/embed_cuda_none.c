@@ -18,7 +18,10 @@ int cairn__embed_cuda_open(cairn__embed_cuda **out, int device, const cairn__emb
                         device);
 }
 
-void cairn__embed_cuda_close(cairn__embed_cuda *g) { (void)g; }
+void cairn__embed_cuda_close(cairn__embed_cuda *g)
+{
+    (void)g;
+}
 
 int cairn__embed_cuda_forward(cairn__embed_cuda *g, const int32_t *ids, const int *start,
                               const int *len, int nseq, int ntok, float *out, cairn_error *err)

@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 #define QUERY_TOKENS 20
-#define BATCH 32
-#define WARMUP 20
+#define BATCH        32
+#define WARMUP       20
 
 static const char QUESTION[] =
     "how does lookahead retrieval prefetch the ivf clusters that a question will probe while "
@@ -123,8 +123,8 @@ static int run(const char *model, const char *model_name, int device, int thread
     qsort(ms, (size_t)iters, sizeof *ms, cmp_double);
     printf("{\"bench\":\"embed_query\",%s,\"model\":\"%s\",\"tokens\":%d,\"batch\":1,"
            "\"iters\":%d,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"mean_ms\":%.4f,\"min_ms\":%.4f}\n",
-           where, model_name, tokens, iters, pct(ms, iters, 0.5), pct(ms, iters, 0.99),
-           sum / iters, ms[0]);
+           where, model_name, tokens, iters, pct(ms, iters, 0.5), pct(ms, iters, 0.99), sum / iters,
+           ms[0]);
     fflush(stdout);
 
     /* 32 passages of ~128 tokens: the question repeated, cut at different words */
@@ -132,8 +132,8 @@ static int run(const char *model, const char *model_name, int device, int thread
     for (int i = 0; i < BATCH; i++) {
         size_t n = 0;
         for (int r = 0; r < 4 && n + sizeof QUESTION < sizeof passages[i]; r++) {
-            memcpy(passages[i] + n, QUESTION + (size_t)(i * 3) % 40, sizeof QUESTION - 1 -
-                   (size_t)(i * 3) % 40);
+            memcpy(passages[i] + n, QUESTION + (size_t)(i * 3) % 40,
+                   sizeof QUESTION - 1 - (size_t)(i * 3) % 40);
             n += sizeof QUESTION - 1 - (size_t)(i * 3) % 40;
             passages[i][n++] = ' ';
         }
@@ -197,12 +197,16 @@ int main(int argc, char **argv)
         if (fd >= 0) close(fd);
         cairn_error err;
         if (fd < 0 || synth_bert_write(synth, 19, &err)) {
-            fprintf(stderr, "bench_cuda_embed: %s is missing and no synthetic model could be "
-                            "written\n", model);
+            fprintf(stderr,
+                    "bench_cuda_embed: %s is missing and no synthetic model could be "
+                    "written\n",
+                    model);
             return 1;
         }
-        fprintf(stderr, "bench_cuda_embed: %s is missing: all-MiniLM-L6-v2's shapes with "
-                        "random weights instead\n", model);
+        fprintf(stderr,
+                "bench_cuda_embed: %s is missing: all-MiniLM-L6-v2's shapes with "
+                "random weights instead\n",
+                model);
         model = synth;
         name = "synthetic-minilm-l6-shapes";
     }

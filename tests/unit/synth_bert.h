@@ -84,10 +84,9 @@ static int synth_bert_write(const char *path, uint64_t seed, cairn_error *err)
                                             err)))
         goto out;
     uint64_t rng = seed;
-    if ((rc = synth_bert_tensor(w, "token_embd.weight", H, SYNTH_BERT_VOCAB, 0, 0.5f, &rng,
-                                err)) ||
-        (rc = synth_bert_tensor(w, "position_embd.weight", H, SYNTH_BERT_POS, 0, 0.5f, &rng,
-                                err)) ||
+    if ((rc = synth_bert_tensor(w, "token_embd.weight", H, SYNTH_BERT_VOCAB, 0, 0.5f, &rng, err)) ||
+        (rc =
+             synth_bert_tensor(w, "position_embd.weight", H, SYNTH_BERT_POS, 0, 0.5f, &rng, err)) ||
         (rc = synth_bert_tensor(w, "token_types.weight", H, 2, 0, 0.5f, &rng, err)) ||
         (rc = synth_bert_tensor(w, "token_embd_norm.weight", H, 0, 1, 0.1f, &rng, err)) ||
         (rc = synth_bert_tensor(w, "token_embd_norm.bias", H, 0, 0, 0.1f, &rng, err)))
@@ -97,14 +96,20 @@ static int synth_bert_write(const char *path, uint64_t seed, cairn_error *err)
         int in_ff, out_ff, vec; /* widths: FF or H; vec: a 1-D tensor */
         float center, scale;
     } parts[] = {
-        {"attn_q.weight", 0, 0, 0, 0, 0.1f},        {"attn_q.bias", 0, 0, 1, 0, 0.1f},
-        {"attn_k.weight", 0, 0, 0, 0, 0.1f},        {"attn_k.bias", 0, 0, 1, 0, 0.1f},
-        {"attn_v.weight", 0, 0, 0, 0, 0.05f},       {"attn_v.bias", 0, 0, 1, 0, 0.1f},
-        {"attn_output.weight", 0, 0, 0, 0, 0.05f},  {"attn_output.bias", 0, 0, 1, 0, 0.1f},
+        {"attn_q.weight", 0, 0, 0, 0, 0.1f},
+        {"attn_q.bias", 0, 0, 1, 0, 0.1f},
+        {"attn_k.weight", 0, 0, 0, 0, 0.1f},
+        {"attn_k.bias", 0, 0, 1, 0, 0.1f},
+        {"attn_v.weight", 0, 0, 0, 0, 0.05f},
+        {"attn_v.bias", 0, 0, 1, 0, 0.1f},
+        {"attn_output.weight", 0, 0, 0, 0, 0.05f},
+        {"attn_output.bias", 0, 0, 1, 0, 0.1f},
         {"attn_output_norm.weight", 0, 0, 1, 1, 0.1f},
         {"attn_output_norm.bias", 0, 0, 1, 0, 0.1f},
-        {"ffn_up.weight", 0, 1, 0, 0, 0.05f},       {"ffn_up.bias", 1, 0, 1, 0, 0.1f},
-        {"ffn_down.weight", 1, 0, 0, 0, 0.05f},     {"ffn_down.bias", 0, 0, 1, 0, 0.1f},
+        {"ffn_up.weight", 0, 1, 0, 0, 0.05f},
+        {"ffn_up.bias", 1, 0, 1, 0, 0.1f},
+        {"ffn_down.weight", 1, 0, 0, 0, 0.05f},
+        {"ffn_down.bias", 0, 0, 1, 0, 0.1f},
         {"layer_output_norm.weight", 0, 0, 1, 1, 0.1f},
         {"layer_output_norm.bias", 0, 0, 1, 0, 0.1f},
     };
