@@ -11,6 +11,10 @@
  * thread one single-threaded sgemm on its rows; blas_threads 1, the default) and the
  * element-wise work, over (sequence, head) pairs for attention. Per-thread scratch is indexed
  * by the parallel_for tid. With blas_threads 0, sgemm parallelises inside BLAS instead.
+ *
+ * GPU (device >= 0): open hands the F32 weights to retrieval/embed_cuda.h, which uploads them;
+ * the CPU side then keeps only the tokenizer and the batch table (ids, sequence starts and
+ * lengths), and forward() runs the whole packed batch there. No pool, no activation buffers.
  */
 #include "retrieval/embed.h"
 
@@ -24,6 +28,7 @@
 #include "common/threadpool.h"
 #include "proto/gguf.h"
 #include "retrieval/embed_amx.h"
+#include "retrieval/embed_cuda.h"
 
 #if defined(__x86_64__)
 #define HAVE_AVX2_KERNELS 1
@@ -63,6 +68,8 @@ struct cairn_embed {
     int n_owned;
 
     int max_batch, max_tokens, n_threads;
+    int device; /* -1 CPU, else the GPU that gpu runs on */
+    cairn__embed_cuda *gpu; /* device >= 0: the forward pass (embed_cuda.h) */
     int gemm_in_pool; /* sgemm rows split over the pool, BLAS single-threaded */
     bool avx2; /* use the AVX2/FMA kernels */
     bool amx;  /* linear layers in BF16 on AMX tiles (embed_amx.c) */
@@ -89,8 +96,10 @@ cairn_embed_params cairn_embed_default_params(void)
 {
     return (cairn_embed_params){
         .n_threads = 0, .max_batch = 32, .max_batch_tokens = 4096, .max_seq = 0, .simd = 1,
-        .amx = 1, .blas_threads = 1};
+        .amx = 1, .blas_threads = 1, .device = -1};
 }
+
+int cairn_embed_device(const cairn_embed *e) { return e->device; }
 
 int cairn_embed_threads(const cairn_embed *e) { return e->n_threads; }
 
@@ -284,13 +293,16 @@ static int load_tensors(cairn_embed *e, cairn_error *err)
 void cairn_embed_close(cairn_embed *e)
 {
     if (!e) return;
+    cairn__embed_cuda_close(e->gpu);
     cairn_pool_close(e->pool);
     if (e->layers)
         for (int i = 0; i < e->n_layer; i++) {
             free(e->layers[i].qkv_w);
             free(e->layers[i].qkv_b);
         }
-    for (int l = 0; e->layers && l < e->n_layer; l++) {
+    /* Only where open packed them: embed_amx.c is built for AVX-512, and even its memset
+     * there is an AVX-512 store that a CPU without it stops on (SIGILL at -O2). */
+    for (int l = 0; e->amx && e->layers && l < e->n_layer; l++) {
         cairn__amx_free(&e->layers[l].qkv_x);
         cairn__amx_free(&e->layers[l].o_x);
         cairn__amx_free(&e->layers[l].up_x);
@@ -322,6 +334,50 @@ void cairn_embed_close(cairn_embed *e)
     free(e);
 }
 
+/*
+ * The GPU form of open's second half: the weights go to the device, and the host keeps only
+ * the batch table (ids and the sequence starts, lengths and output rows) that batch/tokens
+ * fill before each forward.
+ */
+static int open_gpu(cairn_embed *e, const cairn_embed_params *p, cairn_error *err)
+{
+    e->max_batch = p->max_batch;
+    e->max_tokens = p->max_batch_tokens < e->max_seq ? e->max_seq : p->max_batch_tokens;
+    e->n_threads = 1; /* tokenization, on the caller's thread */
+    cairn__embed_cuda_layer *ls = malloc((size_t)e->n_layer * sizeof *ls);
+    if (!ls) return cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory");
+    for (int l = 0; l < e->n_layer; l++) {
+        const layer_t *L = &e->layers[l];
+        ls[l] = (cairn__embed_cuda_layer){
+            .qkv_w = L->qkv_w, .qkv_b = L->qkv_b, .o_w = L->o_w, .o_b = L->o_b,
+            .ln1_g = L->ln1_g, .ln1_b = L->ln1_b, .up_w = L->up_w, .up_b = L->up_b,
+            .down_w = L->down_w, .down_b = L->down_b, .ln2_g = L->ln2_g, .ln2_b = L->ln2_b};
+    }
+    cairn__embed_cuda_model m = {
+        .n_layer = e->n_layer, .H = e->H, .n_head = e->n_head, .FF = e->FF, .vocab = e->vocab,
+        .max_pos = e->max_pos, .n_types = e->n_types, .eps = e->eps,
+        .normalize = e->normalize, .tok_emb = e->tok_emb, .pos_emb = e->pos_emb,
+        .type_emb = e->type_emb, .emb_ln_g = e->emb_ln_g, .emb_ln_b = e->emb_ln_b,
+        .layers = ls, .max_seq = e->max_seq, .max_batch = e->max_batch,
+        .max_tokens = e->max_tokens};
+    int rc = cairn__embed_cuda_open(&e->gpu, p->device, &m, err);
+    free(ls);
+    if (rc < 0) return rc;
+    for (int l = 0; l < e->n_layer; l++) { /* the fused copies live on the GPU now */
+        free(e->layers[l].qkv_w);
+        free(e->layers[l].qkv_b);
+        e->layers[l].qkv_w = e->layers[l].qkv_b = NULL;
+    }
+    e->ids = malloc((size_t)e->max_tokens * sizeof *e->ids);
+    e->pos = malloc((size_t)e->max_tokens * sizeof *e->pos);
+    e->seq_start = malloc((size_t)e->max_batch * sizeof(int));
+    e->seq_len = malloc((size_t)e->max_batch * sizeof(int));
+    e->seq_out = malloc((size_t)e->max_batch * sizeof(int));
+    if (!e->ids || !e->pos || !e->seq_start || !e->seq_len || !e->seq_out)
+        return cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory for the batch table");
+    return 0;
+}
+
 int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_params *params,
                      cairn_error *err)
 {
@@ -330,16 +386,18 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
     cairn_embed_params p = params ? *params : cairn_embed_default_params();
     if (p.n_threads < 0 || p.n_threads > 1024 || p.max_batch < 1 || p.max_batch > 65536 ||
         p.max_batch_tokens < 0 || p.max_batch_tokens > (1 << 22) || p.max_seq < 0 ||
-        p.max_seq == 1 || p.blas_threads < 0 || p.blas_threads > 1 || p.amx < 0 || p.amx > 1)
+        p.max_seq == 1 || p.blas_threads < 0 || p.blas_threads > 1 || p.amx < 0 || p.amx > 1 ||
+        p.device < -1)
         return cairn_errorf(err, CAIRN_EINVAL,
                             "embed: bad params (n_threads %d, max_batch %d, max_batch_tokens %d, "
-                            "max_seq %d, blas_threads %d)",
+                            "max_seq %d, blas_threads %d, device %d)",
                             p.n_threads, p.max_batch, p.max_batch_tokens, p.max_seq,
-                            p.blas_threads);
+                            p.blas_threads, p.device);
     cairn_embed *e = calloc(1, sizeof *e);
     if (!e) return cairn_errorf(err, CAIRN_ENOMEM, "embed: out of memory");
     pthread_mutex_init(&e->lock, NULL);
     e->max_seq = p.max_seq;
+    e->device = p.device;
     int rc = cairn_gguf_open(&e->g, path, err);
     if (rc < 0) goto fail;
     if ((rc = load_hparams(e, err)) < 0) goto fail;
@@ -348,6 +406,12 @@ int cairn_embed_open(cairn_embed **out, const char *path, const cairn_embed_para
         goto fail;
     }
     if ((rc = load_tensors(e, err)) < 0) goto fail;
+    if (p.device >= 0) {
+        rc = open_gpu(e, &p, err);
+        if (rc < 0) goto fail;
+        *out = e;
+        return 0;
+    }
 
     cairn_pool_params pp = cairn_pool_default_params(); /* CPUs online */
     if (p.n_threads > 0) pp.n_threads = p.n_threads;
@@ -679,12 +743,16 @@ static void linear(cairn_embed *e, int m, int n, int k, const float *a, const fl
 
 static void forward_tiles(cairn_embed *e, int nseq, int ntok, float *out);
 
-/* Runs the packed batch in e->ids / pos / seq_* through the encoder into out. */
-static void forward(cairn_embed *e, int nseq, int ntok, float *out)
+/* Runs the packed batch in e->ids / pos / seq_* through the encoder into out. Returns 0, or
+ * on a GPU CAIRN_EDEVICE. */
+static int forward(cairn_embed *e, int nseq, int ntok, float *out, cairn_error *err)
 {
+    if (e->gpu) /* seq_out runs on from seq_out[0]: sequences are added in output order */
+        return cairn__embed_cuda_forward(e->gpu, e->ids, e->seq_start, e->seq_len, nseq, ntok,
+                                         out + (size_t)e->seq_out[0] * (size_t)e->H, err);
     if (e->tiles) {
         forward_tiles(e, nseq, ntok, out);
-        return;
+        return 0;
     }
     fwd_ctx c = {.e = e, .L = NULL, .nseq = nseq, .out = out};
     size_t n = (size_t)ntok;
@@ -702,6 +770,7 @@ static void forward(cairn_embed *e, int nseq, int ntok, float *out)
         cairn_pool_parallel_for(e->pool, n, add_ln2_rows, &c);
     }
     cairn_pool_parallel_for(e->pool, (size_t)nseq, pool_seqs, &c);
+    return 0;
 }
 
 /* ---- The whole layer on tiles (e->tiles) ---------------------------------------------------- */
@@ -811,19 +880,20 @@ int cairn_embed_batch(cairn_embed *e, const char *const *texts, int n, float *ou
     if (!e || n < 0 || (n > 0 && (!texts || !out)))
         return cairn_errorf(err, CAIRN_EINVAL, "embed: bad arguments (n = %d)", n);
     pthread_mutex_lock(&e->lock);
-    int nseq = 0, ntok = 0;
+    int nseq = 0, ntok = 0, rc = 0;
     for (int i = 0; i < n; i++) {
         if (nseq == e->max_batch || ntok + e->max_seq > e->max_tokens) {
-            forward(e, nseq, ntok, out);
+            rc = forward(e, nseq, ntok, out, err);
             nseq = ntok = 0;
+            if (rc) break;
         }
         const char *t = texts[i] ? texts[i] : "";
         int len = cairn_wordpiece_encode(e->wp, t, strlen(t), e->ids + ntok, e->max_seq);
         add_seq(e, &nseq, &ntok, len, i);
     }
-    if (nseq) forward(e, nseq, ntok, out);
+    if (nseq && rc == 0) rc = forward(e, nseq, ntok, out, err);
     pthread_mutex_unlock(&e->lock);
-    return 0;
+    return rc;
 }
 
 int cairn_embed_tokens(cairn_embed *e, const int32_t *const *ids, const int *lens, int n,
@@ -843,18 +913,19 @@ int cairn_embed_tokens(cairn_embed *e, const int32_t *const *ids, const int *len
                                     ids[i][k], e->vocab - 1);
     }
     pthread_mutex_lock(&e->lock);
-    int nseq = 0, ntok = 0;
+    int nseq = 0, ntok = 0, rc = 0;
     for (int i = 0; i < n; i++) {
         if (nseq == e->max_batch || ntok + lens[i] > e->max_tokens) {
-            forward(e, nseq, ntok, out);
+            rc = forward(e, nseq, ntok, out, err);
             nseq = ntok = 0;
+            if (rc) break;
         }
         memcpy(e->ids + ntok, ids[i], (size_t)lens[i] * sizeof(int32_t));
         add_seq(e, &nseq, &ntok, lens[i], i);
     }
-    if (nseq) forward(e, nseq, ntok, out);
+    if (nseq && rc == 0) rc = forward(e, nseq, ntok, out, err);
     pthread_mutex_unlock(&e->lock);
-    return 0;
+    return rc;
 }
 
 int cairn_embed_amx(const cairn_embed *e) { return e->amx; }

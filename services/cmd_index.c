@@ -46,14 +46,17 @@ const char *const cairn_cmd_index_usage =
     "  --rebuild       start from an empty directory even when the cached index would do\n"
     "  --model FILE    embedder GGUF (default DATA/models/all-minilm-l6-v2.gguf)\n"
     "  --threads T     embedding threads; 0 = CPUs online (default 0)\n"
+    "  --embed-device N  embed on CUDA GPU N (default -1: the CPU)\n"
     "  --data-dir DIR  where the defaults above live (default ./data)";
 
 const char *const cairn_cmd_embed_usage =
-    "usage: cairn embed [--model FILE] [--threads T] [--data-dir DIR] TEXT...\n\n"
+    "usage: cairn embed [--model FILE] [--threads T] [--embed-device N] [--data-dir DIR]\n"
+    "                   TEXT...\n\n"
     "Prints each TEXT's embedding (mean-pooled, L2-normalised) as a JSON array of floats on\n"
     "its own line, in the order given.\n\n"
     "  --model FILE    embedder GGUF (default DATA/models/all-minilm-l6-v2.gguf)\n"
     "  --threads T     threads; 0 = CPUs online (default 0)\n"
+    "  --embed-device N  embed on CUDA GPU N (default -1: the CPU)\n"
     "  --data-dir DIR  where the default model lives (default ./data)";
 
 const char *const cairn_cmd_search_usage =
@@ -73,6 +76,7 @@ const char *const cairn_cmd_search_usage =
     "  --model FILE    embedder GGUF: the one the index was built with (default\n"
     "                  DATA/models/all-minilm-l6-v2.gguf)\n"
     "  --threads T     threads; 0 = CPUs online (default 0)\n"
+    "  --embed-device N  embed the query on CUDA GPU N (default -1: the CPU)\n"
     "  --data-dir DIR  where the defaults above live (default ./data)";
 
 /* ---- Options -------------------------------------------------------------------------------- */
@@ -90,13 +94,14 @@ enum {
     OPT_NPROBE = 1 << 9,
     OPT_JSON = 1 << 10,
     OPT_MODE = 1 << 11,
+    OPT_EDEV = 1 << 12,
 };
 
 typedef struct opts {
     const char *cmd;
     const char *corpus, *dir, *model, *data_dir;
     cairn_search_mode mode;
-    long max, threads, k, nprobe;
+    long max, threads, k, nprobe, embed_device;
     int full, rebuild, json, max_set;
     char **texts; /* positional arguments */
     int n_texts;
@@ -126,6 +131,7 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
     o->data_dir = "./data";
     o->k = 5;
     o->full = 1; /* the whole corpus unless --max says otherwise */
+    o->embed_device = -1;
     o->texts = argv + 1;
     int only_texts = 0;
     for (int i = 1; i < argc; i++) {
@@ -147,7 +153,7 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
             {"--full", OPT_FULL, 0},     {"--rebuild", OPT_REBUILD, 0}, {"--model", OPT_MODEL, 1},
             {"-m", OPT_MODEL, 1},        {"--threads", OPT_THREADS, 1}, {"--data-dir", OPT_DATA, 1},
             {"-k", OPT_K, 1},            {"--nprobe", OPT_NPROBE, 1},   {"--json", OPT_JSON, 0},
-            {"--mode", OPT_MODE, 1},
+            {"--mode", OPT_MODE, 1},     {"--embed-device", OPT_EDEV, 1},
         };
         int bit = 0, takes = 0;
         for (size_t t = 0; t < sizeof table / sizeof table[0]; t++)
@@ -176,6 +182,7 @@ static int parse_opts(opts *o, int argc, char **argv, int allowed)
             o->max_set = 1;
             break;
         case OPT_THREADS: bad = parse_long(o, a, v, 0, 1024, &o->threads); break;
+        case OPT_EDEV: bad = parse_long(o, a, v, -1, 1023, &o->embed_device); break;
         case OPT_K: bad = parse_long(o, a, v, 1, CAIRN_TIER_MAX_K, &o->k); break;
         case OPT_NPROBE: bad = parse_long(o, a, v, 1, 65536, &o->nprobe); break;
         case OPT_FULL:
@@ -222,6 +229,7 @@ static int open_embedder(const opts *o, cairn_embed **e)
     cairn_error err = {0};
     cairn_embed_params ep = cairn_embed_default_params();
     ep.n_threads = (int)o->threads;
+    ep.device = (int)o->embed_device;
     if (cairn_embed_open(e, o->model, &ep, &err)) {
         fprintf(stderr, "cairn %s: embedder %s: %s\n", o->cmd, o->model, err.msg);
         return 1;
@@ -359,7 +367,7 @@ int cairn_cmd_index(int argc, char **argv)
     opts o;
     int st = parse_opts(&o, argc, argv,
                         OPT_CORPUS | OPT_DIR | OPT_MAX | OPT_FULL | OPT_REBUILD | OPT_MODEL |
-                            OPT_THREADS | OPT_DATA);
+                            OPT_THREADS | OPT_DATA | OPT_EDEV);
     if (st) return st;
     if (o.n_texts) {
         fprintf(stderr, "cairn index: unexpected argument '%s' (see cairn index --help)\n",
@@ -476,7 +484,7 @@ out:
 int cairn_cmd_embed(int argc, char **argv)
 {
     opts o;
-    int st = parse_opts(&o, argc, argv, OPT_MODEL | OPT_THREADS | OPT_DATA);
+    int st = parse_opts(&o, argc, argv, OPT_MODEL | OPT_THREADS | OPT_DATA | OPT_EDEV);
     if (st) return st;
     if (o.n_texts == 0) {
         fprintf(stderr, "cairn embed: no TEXT given (see cairn embed --help)\n");
@@ -544,7 +552,7 @@ int cairn_cmd_search(int argc, char **argv)
     opts o;
     int st = parse_opts(&o, argc, argv,
                         OPT_DIR | OPT_MODEL | OPT_THREADS | OPT_DATA | OPT_K | OPT_NPROBE |
-                            OPT_JSON | OPT_MODE);
+                            OPT_JSON | OPT_MODE | OPT_EDEV);
     if (st) return st;
     if (o.n_texts != 1) {
         fprintf(stderr, "cairn search: %s (see cairn search --help)\n",

@@ -84,6 +84,10 @@ static const cairn_config_key schema[] = {
      "text embedder GGUF (unset: data_dir/models/all-minilm-l6-v2.gguf when present)", NULL, 0},
     {"embed.name", CAIRN_CFG_STRING, "all-minilm-l6-v2", NULL, NULL,
      "embedding model id /v1/embeddings reports", NULL, 0},
+    {"embed.device", CAIRN_CFG_STRING, "auto", NULL, NULL,
+     "where the text embedder runs: cpu, a CUDA GPU's index, or auto (GPU 0 when this build and "
+     "machine have one, else the CPU; a GPU that will not open then falls back to the CPU, "
+     "with a warning)", NULL, 0},
     {"rag.dir", CAIRN_CFG_STRING, NULL, NULL, NULL,
      "passage index directory (unset: data_dir/index); needs the embedder", NULL, 0},
     {"rag.prefetch_bytes", CAIRN_CFG_SIZE, "16M", "0", "64G",
@@ -363,8 +367,9 @@ static int load_config(cairn_config **out, const char *prog, int argc, char **ar
 }
 
 /* Loads the LLM (when one is configured or found) and adds the /v1 routes. */
-/* workers.device: "cpu" (-1), a GPU's index, or "auto" (GPU 0 when there is one). */
-static int parse_device(const char *v, int *device, cairn_error *err)
+/* workers.device, embed.device (key): "cpu" (-1), a GPU's index, or "auto" (GPU 0 when there
+ * is one). */
+static int parse_device(const char *key, const char *v, int *device, cairn_error *err)
 {
     if (!strcmp(v, "cpu")) {
         *device = -1;
@@ -374,14 +379,14 @@ static int parse_device(const char *v, int *device, cairn_error *err)
         char why[160];
         *device = cairn_gpu_count(why, sizeof why) > 0 ? 0 : -1;
         if (*device < 0)
-            CAIRN_LOG_INFO("workers on the CPU", "why=%s", why);
+            CAIRN_LOG_INFO("on the CPU", "key=%s why=%s", key, why);
         return 0;
     }
     char *end = NULL;
     long n = strtol(v, &end, 10);
     if (!*v || *end || n < 0 || n > 1023)
-        return cairn_errorf(err, CAIRN_EINVAL, "workers.device '%s': expected cpu, auto or a "
-                            "GPU index 0..1023", v);
+        return cairn_errorf(err, CAIRN_EINVAL, "%s '%s': expected cpu, auto or a "
+                            "GPU index 0..1023", key, v);
     *device = (int)n;
     return 0;
 }
@@ -404,9 +409,12 @@ static int start_api(service *s, cairn_error *err)
         if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) n -= 5;
         snprintf(s->model_name, sizeof s->model_name, "%.*s", (int)n, base);
     }
-    int device = -1, rc;
+    int device = -1, edevice = -1, rc;
     /* Checked whether or not a model is there: a bad value is a configuration error. */
-    if ((rc = parse_device(cairn_config_string(c, "workers.device"), &device, err)))
+    if ((rc = parse_device("workers.device", cairn_config_string(c, "workers.device"), &device,
+                           err)) ||
+        (rc = parse_device("embed.device", cairn_config_string(c, "embed.device"), &edevice,
+                           err)))
         return rc;
     if (model) {
         cairn_workers_params wp = cairn_workers_default_params();
@@ -458,9 +466,19 @@ static int start_api(service *s, cairn_error *err)
         if (stat(def, &st) == 0) emodel = def;
     }
     if (emodel) {
-        rc = cairn_embed_open(&s->embed, emodel, NULL, err);
+        cairn_embed_params ep = cairn_embed_default_params();
+        ep.device = edevice;
+        rc = cairn_embed_open(&s->embed, emodel, &ep, err);
+        if (rc && edevice >= 0 && !strcmp(cairn_config_string(c, "embed.device"), "auto")) {
+            /* auto asked for the GPU only because one is there: the CPU still serves */
+            CAIRN_LOG_WARN("embedder on the CPU", "device=%d why=%s", edevice,
+                           err ? err->msg : "?");
+            ep.device = -1;
+            rc = cairn_embed_open(&s->embed, emodel, &ep, err);
+        }
         if (rc) return cairn_error_prefix(err, "embedder %s", emodel);
-        CAIRN_LOG_INFO("embedder loaded", "path=%s dim=%d", emodel, cairn_embed_dim(s->embed));
+        CAIRN_LOG_INFO("embedder loaded", "path=%s dim=%d device=%d", emodel,
+                       cairn_embed_dim(s->embed), cairn_embed_device(s->embed));
     }
     if (s->embed) {
         char idx[4096];

@@ -338,6 +338,24 @@ static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
                  const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
                  int ldb, float beta, float *C, int ldc)
 {
+    if (at == CUDA_R_32F && bt == CUDA_R_32F) {
+        /* The same sums in the same order, without load()'s type dispatch per element: the
+         * embedder's FP32 projections (retrieval/cuda/embed_cuda.cu) are most of its run here. */
+        const float *a = (const float *)A, *b = (const float *)B;
+        const bool ta_t = ta == CUBLAS_OP_T, tb_t = tb == CUBLAS_OP_T;
+        const size_t sa_i = ta_t ? (size_t)lda : 1, sa_k = ta_t ? 1 : (size_t)lda;
+        const size_t sb_j = tb_t ? 1 : (size_t)ldb, sb_k = tb_t ? (size_t)ldb : 1;
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                const float *ar = a + (size_t)i * sa_i, *bc = b + (size_t)j * sb_j;
+                float s = 0.0f;
+                for (int kk = 0; kk < k; kk++)
+                    s += ar[(size_t)kk * sa_k] * bc[(size_t)kk * sb_k];
+                float *c = C + (size_t)i + (size_t)j * ldc;
+                *c = alpha * s + (beta != 0.0f ? beta * *c : 0.0f);
+            }
+        return;
+    }
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             float s = 0.0f;
