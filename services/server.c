@@ -84,10 +84,11 @@ static const cairn_config_key schema[] = {
      "text embedder GGUF (unset: data_dir/models/all-minilm-l6-v2.gguf when present)", NULL, 0},
     {"embed.name", CAIRN_CFG_STRING, "all-minilm-l6-v2", NULL, NULL,
      "embedding model id /v1/embeddings reports", NULL, 0},
-    {"embed.device", CAIRN_CFG_STRING, "auto", NULL, NULL,
+    {"embed.device", CAIRN_CFG_STRING, "cpu", NULL, NULL,
      "where the text embedder runs: cpu, a CUDA GPU's index, or auto (GPU 0 when this build and "
      "machine have one, else the CPU; a GPU that will not open then falls back to the CPU, "
-     "with a warning)", NULL, 0},
+     "with a warning). cpu by default until the GPU embedder has run on a GPU (it has passed "
+     "the CUDA emulation only)", NULL, 0},
     {"rag.dir", CAIRN_CFG_STRING, NULL, NULL, NULL,
      "passage index directory (unset: data_dir/index); needs the embedder", NULL, 0},
     {"rag.prefetch_bytes", CAIRN_CFG_SIZE, "16M", "0", "64G",
