@@ -29,6 +29,7 @@
 extern "C" {
 #include "common/error.h"
 }
+#include "retrieval/cuda/check.cuh"
 #include "retrieval/embed_cuda.h"
 
 #include <cublas_v2.h>
@@ -245,17 +246,10 @@ struct cairn__embed_cuda {
 
 static int fail(cairn_error *err, const char *call, cudaError_t e)
 {
-    (void)cudaGetLastError(); /* clear a non-sticky error so that the next call starts clean */
-    return cairn_errorf(err, e == cudaErrorMemoryAllocation ? CAIRN_ENOMEM : CAIRN_EDEVICE,
-                        "embed cuda: %s: %s", call, cudaGetErrorString(e));
+    return cairn__rcuda_fail(err, "embed cuda", call, e);
 }
 
-#define CK(call)                                                                                 \
-    do {                                                                                         \
-        cudaError_t e_ = (call);                                                                 \
-        if (e_ != cudaSuccess)                                                                   \
-            return fail(err, #call, e_);                                                         \
-    } while (0)
+#define CK(call) CAIRN__RCUDA_CHECK("embed cuda", call)
 
 /* A launch is checked by the error it leaves (bad configuration, too much shared memory). */
 #define LAUNCHED(name)                                                                           \

@@ -53,6 +53,7 @@
 extern "C" {
 #include "common/error.h"
 }
+#include "retrieval/cuda/check.cuh"
 #include "retrieval/tier_store.h"
 
 #include <cuda_fp16.h>
@@ -414,17 +415,10 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 static int fail(cairn_error *err, const char *call, cudaError_t e)
 {
-    (void)cudaGetLastError(); /* clear a non-sticky error so the next call starts clean */
-    return cairn_errorf(err, e == cudaErrorMemoryAllocation ? CAIRN_ENOMEM : CAIRN_EDEVICE,
-                        "tier cuda store: %s: %s", call, cudaGetErrorString(e));
+    return cairn__rcuda_fail(err, "tier cuda store", call, e);
 }
 
-#define CK(call)                                                                                 \
-    do {                                                                                         \
-        cudaError_t e_ = (call);                                                                 \
-        if (e_ != cudaSuccess)                                                                   \
-            return fail(err, #call, e_);                                                         \
-    } while (0)
+#define CK(call) CAIRN__RCUDA_CHECK("tier cuda store", call)
 
 static size_t ids_bytes(size_t n) { return round_up(8 * n, CAIRN_TIER_STORE_ALIGN); }
 

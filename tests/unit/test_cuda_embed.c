@@ -40,6 +40,7 @@
 #include "retrieval/embed.h"
 
 #include "synth_bert.h"
+#include "vec_compare.h"
 
 #define MAX_TEXTS 64
 
@@ -51,24 +52,6 @@ static int n_texts;
 static int dim;
 static float *cpu_vecs, *gpu_vecs;
 static int kernels_only; /* --kernels: the fixed texts alone */
-
-static double dot(const float *a, const float *b, int n)
-{
-    double s = 0.0;
-    for (int i = 0; i < n; i++)
-        s += (double)a[i] * b[i];
-    return s;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        m = d > m ? d : m;
-    }
-    return m;
-}
 
 /* The real model where it is, else the synthetic one (written once, removed at teardown). */
 static const char *model_path(void)

@@ -17,6 +17,7 @@
 #if defined(__x86_64__)
 #include "retrieval/embed_amx.h"
 #endif
+#include "vec_compare.h"
 
 static char *path_in(const char *env, const char *fallback, const char *name)
 {
@@ -47,24 +48,6 @@ static cairn_embed *open_model(const cairn_embed_params *p)
         fail_msg("cairn_embed_open(%s): %s", path, err.msg);
     free(path);
     return e;
-}
-
-static double dot(const float *a, const float *b, int n)
-{
-    double s = 0.0;
-    for (int i = 0; i < n; i++)
-        s += (double)a[i] * b[i];
-    return s;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        m = d > m ? d : m;
-    }
-    return m;
 }
 
 static void assert_unit(const float *v, int dim)
