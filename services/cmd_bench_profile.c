@@ -34,7 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 
 enum { PROF_MAX_DEC = 10, PROF_MAX_PRE = 2 };
 
@@ -46,6 +48,11 @@ typedef struct {
     int n_pre, pre_prefix[PROF_MAX_PRE], pre_chunk[PROF_MAX_PRE], pre_final[PROF_MAX_PRE];
     int n_dec, dec_ctx[PROF_MAX_DEC];
     double stall_s; /* CPU pressure during the iteration (cpu_stall_s), -1 if unknown */
+    /* What the process did meanwhile (getrusage), to tell a slow iteration's cause: CPU
+     * seconds, page faults (minor, major), context switches (voluntary, involuntary); and
+     * when it started (seconds since the epoch, to line up with a GPU's clock log). */
+    double at_s, cpu_s;
+    long minflt, majflt, nvcsw, nivcsw;
 } sample;
 
 /* Seconds so far that some runnable task of this machine waited for a CPU (Linux PSI,
@@ -87,12 +94,13 @@ static int write_samples(const char *path, const sample *smp, int n)
 {
     FILE *f = fopen(path, "w");
     if (!f) return -1;
-    fprintf(f, "group,rep,seconds,stall_s,s_p,s_d,n_p,n_d,n_out,keys_p,keys_d,pre_prefix,"
-               "pre_chunk,pre_final,dec_ctx\n");
+    fprintf(f, "group,rep,seconds,stall_s,at_s,cpu_s,minflt,majflt,nvcsw,nivcsw,s_p,s_d,n_p,"
+               "n_d,n_out,keys_p,keys_d,pre_prefix,pre_chunk,pre_final,dec_ctx\n");
     for (int i = 0; i < n; i++) {
         const sample *s = &smp[i];
-        fprintf(f, "%d,%d,%.9f,%.6f,%d,%d,%d,%d,%d,%lld,%lld,", s->group, s->rep, s->seconds,
-                s->stall_s, s->shape.s_p, s->shape.s_d, s->shape.n_p, s->shape.n_d,
+        fprintf(f, "%d,%d,%.9f,%.6f,%.6f,%.6f,%ld,%ld,%ld,%ld,%d,%d,%d,%d,%d,%lld,%lld,",
+                s->group, s->rep, s->seconds, s->stall_s, s->at_s, s->cpu_s, s->minflt,
+                s->majflt, s->nvcsw, s->nivcsw, s->shape.s_p, s->shape.s_d, s->shape.n_p, s->shape.n_d,
                 s->shape.n_out, (long long)s->shape.keys_p, (long long)s->shape.keys_d);
         write_list(f, s->pre_prefix, s->n_pre, ',');
         write_list(f, s->pre_chunk, s->n_pre, ',');
@@ -485,6 +493,8 @@ static int top_up_pool(profile_ctx *c, const draw *d)
     return 0;
 }
 
+static double tv_s(struct timeval t) { return (double)t.tv_sec + t.tv_usec / 1e6; }
+
 /* Times draw d once (the rep-th time, of shape group g; rep < 0: a warm-up step, run but not
  * kept): the pool's decoding sequences (a token further on each time) and fresh prefilling
  * ones. Returns 0 or 1. */
@@ -519,9 +529,18 @@ static int time_draw(profile_ctx *c, const draw *d, int g, int rep)
     }
     if (!rc && n_items > 0) {
         double st0 = cpu_stall_s();
+        struct rusage u0, u1;
+        struct timespec at;
+        clock_gettime(CLOCK_REALTIME, &at);
+        getrusage(RUSAGE_SELF, &u0);
         int64_t t0 = cairn_now_ns();
         rc = cairn_engine_step(c->e, items, n_items, &c->err) ? 1 : 0;
         s->seconds = (double)(cairn_now_ns() - t0) / 1e9;
+        getrusage(RUSAGE_SELF, &u1);
+        s->at_s = (double)at.tv_sec + at.tv_nsec / 1e9;
+        s->cpu_s = tv_s(u1.ru_utime) + tv_s(u1.ru_stime) - tv_s(u0.ru_utime) - tv_s(u0.ru_stime);
+        s->minflt = u1.ru_minflt - u0.ru_minflt, s->majflt = u1.ru_majflt - u0.ru_majflt;
+        s->nvcsw = u1.ru_nvcsw - u0.ru_nvcsw, s->nivcsw = u1.ru_nivcsw - u0.ru_nivcsw;
         double st1 = cpu_stall_s();
         s->stall_s = st0 >= 0 && st1 >= 0 ? st1 - st0 : -1;
         if (!rc && rep >= 0 && c->n++ % 50 == 0) fprintf(stderr, ".");

@@ -541,6 +541,8 @@ static void cu_close(cairn_backend *be)
     cairn__cuda *c = cairn__cu(be);
     (void)cudaSetDevice(c->device);
     cairn__graph_close(c);
+    if (c->glog)
+        (void)fclose(c->glog);
     if (c->stream)
         (void)cudaStreamSynchronize(c->stream);
     (void)cudaFree(c->blas_ws);
@@ -673,6 +675,11 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->attn_ilp = !(ai && !strcmp(ai, "0"));
     const char *pd = getenv("CAIRN_CUDA_PDL"); /* "0": every kernel waits for the one before */
     c->pdl = !(pd && !strcmp(pd, "0"));
+    /* A file that gets a line per step (how its calls ran) and per graph dropped, to find
+     * which steps missed their graph (docs/GPU.md); a file that cannot be opened logs none. */
+    const char *gl = getenv("CAIRN_CUDA_GRAPH_LOG");
+    if (gl && *gl)
+        c->glog = fopen(gl, "a");
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);

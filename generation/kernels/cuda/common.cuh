@@ -250,6 +250,7 @@ typedef struct cairn__cuda {
     bool last_done;       /* the last step ran whole, to its logits, without a break */
     cairn__graph graphs[CAIRN__GRAPHS];
     uint64_t gclock;
+    FILE *glog;           /* CAIRN_CUDA_GRAPH_LOG: a line per step and per graph event */
     void *blas_ws;        /* cuBLAS's workspace (captured products must not allocate) */
     size_t blas_ws_bytes;
 

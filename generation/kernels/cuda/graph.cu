@@ -32,6 +32,18 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* A line of the graph log (CAIRN_CUDA_GRAPH_LOG): the wall clock, then what happened. */
+static void glog(cairn__cuda *c, const char *what, int a, int b)
+{
+    if (!c->glog)
+        return;
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    fprintf(c->glog, "%.6f %s %d %d tokens=%d seqs=%d out=%d\n",
+            (double)t.tv_sec + t.tv_nsec / 1e9, what, a, b, c->n_tokens, c->n_seqs, c->n_out);
+}
 
 /* ---- Running a recorded call ---------------------------------------------------------------- */
 
@@ -88,6 +100,7 @@ static void graph_drop(cairn__graph *g)
 
 void cairn__graph_invalidate(cairn__cuda *c)
 {
+    glog(c, "invalidate", 0, 0);
     for (int i = 0; i < CAIRN__GRAPHS; i++)
         graph_drop(&c->graphs[i]);
 }
@@ -129,6 +142,8 @@ static int store_graph(cairn__cuda *c, cudaGraphExec_t exec)
     cairn__call *calls = (cairn__call *)malloc(sizeof(cairn__call) * (size_t)c->n_rec);
     if (!calls)
         return CAIRN_ENOMEM;
+    if (c->graphs[slot].exec)
+        glog(c, "evict", slot, 0);
     graph_drop(&c->graphs[slot]);
     memcpy(calls, c->rec, sizeof(cairn__call) * (size_t)c->n_rec);
     cairn__graph *g = &c->graphs[slot];
@@ -170,6 +185,7 @@ int cairn__graph_flush(cairn__cuda *c, cairn_error *err)
 {
     if (c->gmode == CAIRN__G_DIRECT)
         return 0;
+    glog(c, c->gmode == CAIRN__G_CAPTURE ? "flush-capture" : "flush-replay", c->n_rec, 0);
     if (c->gmode == CAIRN__G_CAPTURE)
         abandon_capture(c);
     c->gmode = CAIRN__G_DIRECT;
@@ -196,12 +212,15 @@ int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
     c->gmode = CAIRN__G_DIRECT;
     /* Graphs for steps that end in logits that fit one pass of the scratch and hold no
      * prefill run (attention takes those apart on the host, by the batch's contents). */
-    if (!c->graphs_on || c->n_out < 1 || c->n_out > c->lout_tokens || c->has_runs)
+    if (!c->graphs_on || c->n_out < 1 || c->n_out > c->lout_tokens || c->has_runs) {
+        glog(c, "step-ungraphed", c->has_runs, 0);
         return 0;
+    }
     int g = find_graph(c, &key);
     if (g >= 0) {
         c->gmode = CAIRN__G_REPLAY;
         c->replay = g;
+        glog(c, "step-replay", g, 0);
         return 0;
     }
     if (was_done && key_eq(&last, &key)) {
@@ -213,6 +232,8 @@ int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
         }
         c->gmode = CAIRN__G_CAPTURE;
     }
+    glog(c, c->gmode == CAIRN__G_CAPTURE ? "step-capture" : "step-direct", was_done,
+         key_eq(&last, &key));
     return 0;
 }
 
@@ -238,6 +259,7 @@ static int stage(cairn__cuda *c, const cairn__call *k, cairn_error *err)
         /* Not the graph's next call: this shape's steps are not all alike. A step that differs
          * from its first call on (a pass resumed at a later layer after a yield) leaves the
          * graph to the steps it fits. */
+        glog(c, "mismatch", c->n_rec, k->stage);
         if (c->n_rec > 0)
             graph_drop(&c->graphs[c->replay]);
         if ((rc = cairn__graph_flush(c, err)))
