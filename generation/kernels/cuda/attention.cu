@@ -71,7 +71,6 @@ static __device__ __forceinline__ int block_of(const int32_t *table, int p, int 
     return i < max_table ? table[i] : -1;
 }
 
-template <bool ILP>
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 {
     cairn__pdl_trigger(); /* a GEMV may read what this writes */
@@ -146,21 +145,21 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
             if (j < nk && block_of(table, kb + j, a.bt, a.max_table) >= 0) {
                 const float *qg = qs + g * hd;
                 const __half2 *kr = (const __half2 *)(ks + j * hs);
-                /* Four sums (ILP): one chain of hd dependent FMAs was most of a decode
-                 * tile's time at short contexts. */
+                /* Four sums: fewer dependent FMAs in a row than one chain of hd (session 15
+                 * measured no difference in a whole step; docs/BENCHMARKS.md). */
                 float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                 int c = 0;
-                for (; ILP && c + 2 <= hp; c += 2) {
+                for (; c + 2 <= hp; c += 2) {
                     const float2 k0 = __half22float2(kr[c]), k1 = __half22float2(kr[c + 1]);
                     acc[0] = fmaf(qg[2 * c], k0.x, acc[0]);
                     acc[1] = fmaf(qg[2 * c + 1], k0.y, acc[1]);
                     acc[2] = fmaf(qg[2 * c + 2], k1.x, acc[2]);
                     acc[3] = fmaf(qg[2 * c + 3], k1.y, acc[3]);
                 }
-                for (; c < hp; c++) { /* hd / 2 odd, or one chain without ILP */
+                for (; c < hp; c++) { /* hd / 2 odd */
                     const float2 k0 = __half22float2(kr[c]);
                     acc[0] = fmaf(qg[2 * c], k0.x, acc[0]);
-                    acc[ILP] = fmaf(qg[2 * c + 1], k0.y, acc[ILP]);
+                    acc[1] = fmaf(qg[2 * c + 1], k0.y, acc[1]);
                 }
                 sc = a.scale * ((acc[0] + acc[1]) + (acc[2] + acc[3]));
             }
@@ -189,16 +188,16 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
         for (int i = tid; i < G * hd; i += blockDim.x) {
             const int g = i / hd, d = i - g * hd;
             const float *pg = ps + g * TK;
-            /* four chains, as for the scores (without ILP one, from the rescaled o) */
-            float acc[4] = {ILP ? 0.0f : os[i] * cs[g], 0.0f, 0.0f, 0.0f};
+            /* four chains, as for the scores */
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             int j = 0;
-            for (; ILP && j + 4 <= nk; j += 4)
+            for (; j + 4 <= nk; j += 4)
 #pragma unroll
                 for (int u = 0; u < 4; u++)
                     acc[u] = fmaf(pg[j + u], __half2float(vs[(j + u) * hs + d]), acc[u]);
             for (; j < nk; j++)
                 acc[0] = fmaf(pg[j], __half2float(vs[j * hs + d]), acc[0]);
-            os[i] = ILP ? os[i] * cs[g] + ((acc[0] + acc[1]) + (acc[2] + acc[3])) : acc[0];
+            os[i] = os[i] * cs[g] + ((acc[0] + acc[1]) + (acc[2] + acc[3]));
         }
         __syncthreads();
     }
@@ -274,10 +273,7 @@ static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int
     attn_args a = *base;
     a.t_base = t0;
     dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)n);
-    if (c->attn_ilp)
-        attn_tile<true><<<grid, ATTN_THREADS, smem, c->stream>>>(a);
-    else
-        attn_tile<false><<<grid, ATTN_THREADS, smem, c->stream>>>(a);
+    attn_tile<<<grid, ATTN_THREADS, smem, c->stream>>>(a);
     CU_LAUNCHED(err, "attn_tile");
     if (a.n_split > 1) {
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
@@ -453,11 +449,7 @@ static int prefill_run(cairn__cuda *c, const cairn_battn *p, const attn_args *a,
 int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
 {
     /* Once, at open, to all the GPU allows: a call in a captured step must not need it. */
-    CU_TRY(err, cudaFuncSetAttribute(attn_tile<true>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)c->smem_optin));
-    CU_TRY(err, cudaFuncSetAttribute(attn_tile<false>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CU_TRY(err, cudaFuncSetAttribute(attn_tile, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)c->smem_optin));
     return 0;
 }

@@ -669,10 +669,6 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *f = getenv("CAIRN_CUDA_Q8_FUSE"), *st = getenv("CAIRN_CUDA_GEMV_SETS");
     c->q8_fuse = !(f && !strcmp(f, "0"));
     c->gemv_sets = !(st && !strcmp(st, "0"));
-    const char *dw = getenv("CAIRN_CUDA_DEQ_WARP"); /* "0": the tiles' older decoder */
-    c->deq_warp = !(dw && !strcmp(dw, "0"));
-    const char *ai = getenv("CAIRN_CUDA_ATTN_ILP"); /* "0": one FMA chain a dot product */
-    c->attn_ilp = !(ai && !strcmp(ai, "0"));
     const char *pd = getenv("CAIRN_CUDA_PDL"); /* "0": every kernel waits for the one before */
     c->pdl = !(pd && !strcmp(pd, "0"));
     /* A file that gets a line per step (how its calls ran) and per graph dropped, to find

@@ -263,8 +263,6 @@ typedef struct cairn__cuda {
     int64_t q8_cols;
     bool q8_fuse;   /* CAIRN_CUDA_Q8_FUSE=0 turns the stages' quantized rows off */
     bool gemv_sets; /* CAIRN_CUDA_GEMV_SETS=0: one matrix a GEMV launch */
-    bool deq_warp;  /* CAIRN_CUDA_DEQ_WARP=0: K-quant and Q8_0 tiles a thread a unit */
-    bool attn_ilp;  /* CAIRN_CUDA_ATTN_ILP=0: the tiles' dot products as one FMA chain */
     bool pdl;       /* GEMVs start beside the kernel before them (cairn__pdl_wait), on
                        compute capability 9.0 and later unless CAIRN_CUDA_PDL=0 */
 } cairn__cuda;

@@ -120,6 +120,16 @@ static __device__ __forceinline__ int64_t units_of(const cairn__mat_dev &m)
  *     of 16 (values 128 hh + 32 g + l, g = 0..3), each with its own scale.
  *   F32: 4 values; F16, BF16: 8 values.
  */
+/* Q4_K sub-block j's scale and min (hdr: the block's first 16 bytes, d, dmin and the packed
+ * 6-bit scales), each times d or dmin: value = scale q - min. */
+static __device__ __forceinline__ void q4k_sub(const int4 &hdr, int j, float *scale, float *min)
+{
+    int sc, mn;
+    cairn__q4k_sm((const uint8_t *)&hdr + 4, j, &sc, &mn);
+    *scale = cairn__h2f((uint16_t)(hdr.x & 0xFFFF)) * (float)sc;
+    *min = cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16)) * (float)mn;
+}
+
 template <uint32_t TYPE> struct wunit;
 template <uint32_t TYPE> struct aunit;
 
@@ -191,18 +201,12 @@ static __device__ __forceinline__ void load_w(wunit<TYPE> &w, const cairn__mat_d
         const uint8_t *blk = m.q + (row * m.nb + (u >> 3)) * 144;
         const int4 hdr = ld16(blk); /* d, dmin, 12 bytes of scales: shared by 8 lanes */
         const int4 q = ld16(blk + 16 + 16 * k);
-        const uint8_t *sb = (const uint8_t *)&hdr;
-        int sc0, mn0, sc1, mn1;
-        cairn__q4k_sm(sb + 4, 2 * c, &sc0, &mn0);
-        cairn__q4k_sm(sb + 4, 2 * c + 1, &sc1, &mn1);
-        const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF));
-        const float dmin = (k & 1) ? 0.0f : cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16));
         w.lo = nib_lo(q);
         w.hi = nib_hi(q);
-        w.d0 = d * (float)sc0;
-        w.d1 = d * (float)sc1;
-        w.m0 = dmin * (float)mn0;
-        w.m1 = dmin * (float)mn1;
+        q4k_sub(hdr, 2 * c, &w.d0, &w.m0);
+        q4k_sub(hdr, 2 * c + 1, &w.d1, &w.m1);
+        if (k & 1) /* the mins meet the sums once a sub-block: in its first unit */
+            w.m0 = w.m1 = 0.0f;
     } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
         const int k = (int)(u & 3), hh = k >> 1, is = k & 1, l0 = 16 * is;
         const int64_t b = row * m.nb + (u >> 2);
@@ -510,11 +514,11 @@ static __device__ __forceinline__ void store16(__nv_bfloat16 *o, int4 q, bool is
 }
 
 /*
- * Rows r0 + blockIdx.y of m into row blockIdx.y of out (row-major, cols a row) as BF16. A
- * thread decodes one GEMV unit (16 quant bytes, its scales read once) into its 16 to 64 values,
- * stored 8 at a time; each value as proto/gguf_quant.c computes it:
- *   Q8_0 d q; Q4_0 d (q - 8); Q4_1 d q + m; Q5_0 d (q - 16); Q4_K (d sc) q - (dmin mn);
- *   Q6_K (d sc) (q - 32); F16 itself.
+ * Rows r0 + blockIdx.y of m into row blockIdx.y of out (row-major, cols a row) as BF16, for
+ * the types and rows dequant_bf16_w does not take. A thread decodes one GEMV unit (16 quant
+ * bytes, its scale read once) into its 16 or 32 values, stored 8 at a time; each value as
+ * proto/gguf_quant.c computes it: Q8_0 d q; Q4_0 d (q - 8); Q4_1 d q + m; Q5_0 d (q - 16);
+ * F16 itself.
  */
 template <uint32_t TYPE>
 __global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__restrict__ out)
@@ -554,30 +558,6 @@ __global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__rest
         }
         store16(o + u * 32, lo, false, d, off, mn);
         store16(o + u * 32 + 16, hi, false, d, off, mn);
-    } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
-        const int64_t b = u >> 3;
-        const int k = (int)(u & 7), c = k >> 1, h = k & 1;
-        const uint8_t *blk = m.q + (row * m.nb + b) * 144;
-        const int4 hdr = ld16(blk);
-        const int4 q = ld16(blk + 16 + 16 * k);
-        const uint8_t *sb = (const uint8_t *)&hdr;
-        int sc0, mn0, sc1, mn1;
-        cairn__q4k_sm(sb + 4, 2 * c, &sc0, &mn0);
-        cairn__q4k_sm(sb + 4, 2 * c + 1, &sc1, &mn1);
-        const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF));
-        const float dmin = cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16));
-        __nv_bfloat16 *ob = o + b * 256 + 64 * c + 16 * h;
-        store16(ob, nib_lo(q), false, d * (float)sc0, 0.0f, -(dmin * (float)mn0));
-        store16(ob + 32, nib_hi(q), false, d * (float)sc1, 0.0f, -(dmin * (float)mn1));
-    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
-        wunit<CAIRN_GGUF_Q6_K> w; /* the 6-bit quants less 32 and d sc, as the GEMV has them */
-        load_w<CAIRN_GGUF_Q6_K>(w, m, row, u);
-        const int k = (int)(u & 3), hh = k >> 1, l0 = 16 * (k & 1);
-        __nv_bfloat16 *ob = o + (u >> 2) * 256 + 128 * hh + l0;
-#pragma unroll
-        for (int g = 0; g < 4; g++)
-            store16(ob + 32 * g, make_int4(w.q[g][0], w.q[g][1], w.q[g][2], w.q[g][3]), true,
-                    w.s[g], 0.0f, 0.0f);
     } else { /* F16 (cols a multiple of 8) */
         const int4 q = ld16(m.q + (row * m.cols + u * 8) * 2);
         const uint32_t pw[4] = {(uint32_t)q.x, (uint32_t)q.y, (uint32_t)q.z, (uint32_t)q.w};
@@ -612,10 +592,9 @@ static __device__ __forceinline__ void deq8(const cairn__mat_dev &m, int64_t row
         const uint8_t *blk = m.q + (row * m.nb + b) * 144;
         const int4 hdr = ld16(blk);
         const uint2 q = __ldg((const uint2 *)(blk + 16 + 32 * c + l0));
-        int sc, mn;
-        cairn__q4k_sm((const uint8_t *)&hdr + 4, 2 * c + h, &sc, &mn);
-        const float d = cairn__h2f((uint16_t)(hdr.x & 0xFFFF)) * (float)sc;
-        const float mm = -(cairn__h2f((uint16_t)((uint32_t)hdr.x >> 16)) * (float)mn);
+        float d, mn;
+        q4k_sub(hdr, 2 * c + h, &d, &mn);
+        const float mm = -mn;
         const uint32_t w[2] = {q.x, q.y};
 #pragma unroll
         for (int i = 0; i < 8; i++) {
@@ -950,8 +929,9 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
         CU_LAUNCHED(err, "dequant_bf16_f16_scalar");
         return 0;
     }
-    if ((w->type == CAIRN_GGUF_Q4_K || w->type == CAIRN_GGUF_Q6_K ||
-         w->type == CAIRN_GGUF_Q8_0) && w->cols % 256 == 0 && c->deq_warp) {
+    /* K-quant rows are whole blocks of 256 values */
+    if (w->type == CAIRN_GGUF_Q4_K || w->type == CAIRN_GGUF_Q6_K ||
+        (w->type == CAIRN_GGUF_Q8_0 && w->cols % 256 == 0)) {
         const int64_t pieces = n_rows * (w->cols / 256);
         const int64_t per_block = (int64_t)DEQ_W_WARPS * DEQ_W_UNITS;
         const unsigned grid = (unsigned)((pieces + per_block - 1) / per_block);
@@ -971,8 +951,6 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
     int64_t units;
     switch (w->type) {
     case CAIRN_GGUF_Q8_0: units = w->cols / 16; break;
-    case CAIRN_GGUF_Q4_K: units = w->nb * 8; break;
-    case CAIRN_GGUF_Q6_K: units = w->nb * 4; break;
     case CAIRN_GGUF_F16: units = w->cols / 8; break;
     default: units = w->nb; break;
     }
@@ -987,8 +965,6 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
         DEQ(CAIRN_GGUF_Q4_0);
         DEQ(CAIRN_GGUF_Q4_1);
         DEQ(CAIRN_GGUF_Q5_0);
-        DEQ(CAIRN_GGUF_Q4_K);
-        DEQ(CAIRN_GGUF_Q6_K);
     default:
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: no tile decoder for type %u",
                             w->type);
