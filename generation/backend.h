@@ -38,13 +38,14 @@
 
 #include "common/error.h"
 #include "common/threadpool.h"
+#include "generation/sample.h"
 #include "proto/gguf.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define CAIRN_BACKEND_VERSION 2
+#define CAIRN_BACKEND_VERSION 3
 #define CAIRN_BACKEND_MAX_GROUPS 4 /* KV layer groups (distinct attention windows) */
 
 typedef struct cairn_backend cairn_backend;
@@ -128,6 +129,18 @@ typedef struct cairn_battn {
 } cairn_battn;
 
 enum { CAIRN_ACT_SILU = 0, CAIRN_ACT_GELU_TANH = 1 };
+
+#define CAIRN_BACKEND_MAX_PICK 256 /* the most entries logits_pick returns of a row */
+
+/* What comes back of one logits row (logits_pick): the whole row (k 0, into row), or its k
+ * first entries in cairn_sample's order (the largest logit first, ties by the lower id; NaN
+ * and -inf never taken), into cand[0..k); a row with fewer finite logits fills the rest of
+ * cand with {-inf, -1}. k 1 is the arg-max. */
+typedef struct cairn_bpick {
+    int k;             /* 0..CAIRN_BACKEND_MAX_PICK */
+    float *row;        /* host memory for the row's w->rows floats, when k is 0 */
+    cairn_cand *cand;  /* host memory for k entries, when k > 0 */
+} cairn_bpick;
 
 /* What a loaded matrix is for (flags): matrix products of the step's rows (matmul), the output
  * projection (logits: a few rows against many, where a backend may lay it out differently),
@@ -214,6 +227,12 @@ struct cairn_backend_i {
      * after its first layer). NULL where stages run synchronously (the CPU backend). Added in
      * version 2. */
     int (*layer_done)(cairn_backend *be, cairn_error *err);
+    /* logits, but logits row j comes back as picks[j] says: whole, or only its k first
+     * entries (a GPU then sends back a few bytes a row instead of the vocabulary's, and the
+     * host samples among k candidates instead of scanning the row). NULL where whole rows
+     * cost nothing to take (the CPU backend). Added in version 3. */
+    int (*logits_pick)(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
+                       float *x, int n, const cairn_bpick *picks, cairn_error *err);
 };
 
 /*

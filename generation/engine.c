@@ -37,6 +37,7 @@ typedef struct {
     uint64_t stamp; /* last step that listed it, to catch duplicates */
     bool held;      /* in a suspended pass (cairn_engine_step_yield) */
     int follow;     /* the leader whose prompt's blocks it waits to share, or -1 */
+    int pick_k;     /* entries of its logits row that stand for the row (0: the whole row) */
     bool want_lp;   /* compute logprobs of each sampled token */
     int top_lp;     /* alternatives with them */
     bool has_lp;    /* lp holds the latest token's */
@@ -58,6 +59,10 @@ struct cairn_engine {
     int32_t *b_plen; /* per batch token: its prompt's length (cairn_batch.prompt_len) */
     int *row_of_item;
     float *logits;
+    /* Per logits row, what the backend sends back (NULL: whole rows into logits): a GPU's
+     * logits_pick, its entries in cand (CAIRN_BACKEND_MAX_PICK a row). */
+    cairn_bpick *picks;
+    cairn_cand *cand;
     int32_t *sampled; /* per item of the pass being completed: its token, or an error code */
     cairn_step_item *run_items;
     uint64_t n_steps;
@@ -127,6 +132,8 @@ void cairn_engine_close(cairn_engine *e)
     free(e->row_of_item);
     free(e->sampled);
     free(e->logits);
+    free(e->picks);
+    free(e->cand);
     free(e->run_items);
     free(e->pre_len);
     free(e->susp_items);
@@ -268,6 +275,18 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
         rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
         goto fail;
     }
+    /* A backend that can send back a row's first entries instead of the row (a GPU's): rows
+     * that need no more are sampled from those. CAIRN_LOGITS_PICK=0 takes whole rows (to
+     * measure what it saves). */
+    const char *pk = getenv("CAIRN_LOGITS_PICK");
+    if (e->be->i->logits_pick && !(pk && !strcmp(pk, "0"))) {
+        e->picks = calloc((size_t)rows, sizeof *e->picks);
+        e->cand = malloc(sizeof *e->cand * (size_t)rows * CAIRN_BACKEND_MAX_PICK);
+        if (!e->picks || !e->cand) {
+            rc = cairn_errorf(err, CAIRN_ENOMEM, "engine: out of memory");
+            goto fail;
+        }
+    }
     for (int i = 0; i < p.max_seqs; i++) {
         e->seqs[i].kv_seq = -1;
         e->seqs[i].follow = -1;
@@ -341,6 +360,9 @@ int cairn_engine_add(cairn_engine *e, const int32_t *prompt, int n_prompt,
     }
     for (int i = n_prompt - gp->n_history; s->sampler && i < n_prompt; i++)
         cairn_sampler_accept(s->sampler, prompt[i]);
+    if (!gp->logprobs) /* logprobs need the whole row */
+        (void)cairn_sample_params_top(&gp->sample, e->n_vocab, CAIRN_BACKEND_MAX_PICK,
+                                      &s->pick_k);
     if ((rc = cairn_kv_seq_new(e->kv, &s->kv_seq, err))) {
         s->kv_seq = -1;
         seq_clear(e, s);
@@ -534,7 +556,38 @@ typedef struct {
     cairn_engine *e;
     const cairn_step_item *items;
     const int *row_of_item;
+    const cairn_bpick *picks; /* the pass's (NULL: whole rows in e->logits) */
 } sample_ctx;
+
+/* Whether sequence id leads followers (n > 1), which take their first token from its row. */
+static bool leads(const cairn_engine *e, int id)
+{
+    for (int i = 0; i < e->p.max_seqs; i++)
+        if (e->seqs[i].used && e->seqs[i].follow == id)
+            return true;
+    return false;
+}
+
+/* What each logits row of a pass comes back as (NULL: whole rows): the k first entries where
+ * they stand for the row (its sequence's pick_k), else the whole row into e->logits. A
+ * leader's row stays whole: its followers draw from it with their own settings. */
+static const cairn_bpick *set_picks(cairn_engine *e, const cairn_step_item *items, int n_items,
+                                    const int *row_of_item)
+{
+    if (!e->picks)
+        return NULL;
+    for (int i = 0; i < n_items; i++) {
+        const int r = row_of_item[i];
+        if (r < 0)
+            continue;
+        const eseq *s = &e->seqs[items[i].id];
+        const bool whole = !s->pick_k || (s->n_prefilled < s->n_prompt && leads(e, items[i].id));
+        e->picks[r] = (cairn_bpick){.k = whole ? 0 : s->pick_k,
+                                    .row = e->logits + (size_t)r * e->n_vocab,
+                                    .cand = e->cand + (size_t)r * CAIRN_BACKEND_MAX_PICK};
+    }
+    return e->picks;
+}
 
 /* Samples the logits rows of items [b, e) into e->sampled: each sequence has its own sampler,
  * so the rows of a pass are drawn on the pool's threads at once (a draw from a 262k vocabulary
@@ -547,7 +600,15 @@ static void sample_rows(void *p, size_t b, size_t end, int tid)
     for (size_t i = b; i < end; i++) {
         if (c->row_of_item[i] < 0) continue;
         eseq *s = &e->seqs[c->items[i].id];
-        const float *lg = e->logits + (size_t)c->row_of_item[i] * e->n_vocab;
+        const int r = c->row_of_item[i];
+        if (c->picks && c->picks[r].k > 0) { /* the row's first entries stand for it */
+            const cairn_top top = {c->picks[r].cand, c->picks[r].k};
+            int32_t tok = s->sampler ? cairn_sampler_sample_top(s->sampler, &top, NULL)
+                                     : top.c[0].id; /* the arg-max, -1 for none */
+            e->sampled[i] = tok >= 0 ? tok : CAIRN_EINVAL;
+            continue;
+        }
+        const float *lg = e->logits + (size_t)r * e->n_vocab;
         int32_t tok = s->sampler ? cairn_sampler_sample(s->sampler, lg, NULL)
                                  : cairn_sample_argmax(lg, e->n_vocab);
         e->sampled[i] = tok >= 0 && lg[tok] > -INFINITY ? tok : CAIRN_EINVAL;
@@ -590,9 +651,9 @@ static void spawn_followers(cairn_engine *e, int lid, eseq *leader, const float 
 
 /* After a completed pass: prompts advance, logits rows are sampled. */
 static int complete(cairn_engine *e, const cairn_step_item *items, int n_items,
-                    const int *row_of_item, cairn_error *err)
+                    const int *row_of_item, const cairn_bpick *picks, cairn_error *err)
 {
-    sample_ctx c = {e, items, row_of_item};
+    sample_ctx c = {e, items, row_of_item, picks};
     int rows = 0;
     for (int i = 0; i < n_items; i++)
         rows += row_of_item[i] >= 0;
@@ -633,7 +694,8 @@ int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n
     if (nt < 0)
         return nt;
     cairn_batch b = {.n_tokens = nt, .tokens = e->b_tok, .seq = e->b_seq, .pos = e->b_pos,
-                     .logits = e->b_logits, .prompt_len = e->b_plen};
+                     .logits = e->b_logits, .prompt_len = e->b_plen,
+                     .picks = set_picks(e, items, n_items, e->row_of_item)};
     /* One suspended pass at a time: while one waits, this pass runs to the end. */
     cairn_model_yield y = {.should_yield = e->susp ? NULL : should_yield, .ctx = ctx,
                            .x_save = e->x_save};
@@ -658,7 +720,7 @@ int cairn_engine_step_yield(cairn_engine *e, const cairn_step_item *items, int n
     }
     if (rc)
         return rc;
-    return complete(e, items, n_items, e->row_of_item, err);
+    return complete(e, items, n_items, e->row_of_item, b.picks, err);
 }
 
 int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *ctx,
@@ -667,7 +729,8 @@ int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *c
     if (!e->susp)
         return cairn_errorf(err, CAIRN_ESTATE, "engine resume: no pass is suspended");
     cairn_batch b = {.n_tokens = e->s_nt, .tokens = e->s_tok, .seq = e->s_seq, .pos = e->s_pos,
-                     .logits = e->s_logits, .prompt_len = e->s_plen};
+                     .logits = e->s_logits, .prompt_len = e->s_plen,
+                     .picks = set_picks(e, e->susp_items, e->susp_n, e->susp_row)};
     e->y.first_layer = e->y.next_layer;
     e->y.should_yield = should_yield;
     e->y.ctx = ctx;
@@ -681,7 +744,7 @@ int cairn_engine_resume(cairn_engine *e, int (*should_yield)(void *ctx), void *c
     for (int i = 0; i < e->susp_n; i++)
         e->seqs[e->susp_items[i].id].held = false;
     e->susp = false;
-    return complete(e, e->susp_items, e->susp_n, e->susp_row, err);
+    return complete(e, e->susp_items, e->susp_n, e->susp_row, b.picks, err);
 }
 
 bool cairn_engine_suspended(const cairn_engine *e) { return e->susp; }

@@ -773,5 +773,11 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
             return rc;
         TRACE(ws, l, "l_out", ws->x, T, d);
     }
+    if (b->picks)
+        return B->logits_pick ? B->logits_pick(be, &ws->output, ws->output_norm, hp->rms_eps,
+                                               ws->x, d, b->picks, err)
+                              : cairn_errorf(err, CAIRN_EUNSUPPORTED, "forward: the %s "
+                                             "backend returns whole logits rows only",
+                                             B->name);
     return B->logits(be, &ws->output, ws->output_norm, hp->rms_eps, ws->x, d, logits, err);
 }

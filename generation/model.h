@@ -80,6 +80,10 @@ typedef struct cairn_batch {
     const int32_t *pos;
     const uint8_t *logits;
     const int32_t *prompt_len;
+    /* Per logits row (batch order), what of it the forward returns (backend.h's cairn_bpick:
+     * the whole row, or its k first entries), through the backend's logits_pick; NULL: whole
+     * rows into the forward's logits. Only for a backend with logits_pick. */
+    const struct cairn_bpick *picks;
 } cairn_batch;
 
 /* A workspace: the model's weights loaded onto backend be (borrowed; must outlive it) and the

@@ -439,41 +439,11 @@ static size_t nucleus(cand *c, size_t n, double need)
     return hi; /* rounding: keep everything considered */
 }
 
-static int32_t pick(cairn_sampler *s, const float *logits, cairn_error *err)
+/* Draws from the m candidates in s->c (scaled logits, one of them 0: the maximum): softmax,
+ * min_p, top_p, then the PRNG. */
+static int32_t draw(cairn_sampler *s, size_t m)
 {
     const cairn_sample_params *p = &s->p;
-    int32_t n = s->n_vocab;
-    if (p->temperature == 0.0f || p->top_k == 1) {
-        int32_t best = cairn_sample_argmax(logits, n);
-        if (best < 0 || logits[best] == -INFINITY) {
-            return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
-        }
-        return best;
-    }
-    /* Candidates: finite logits as (l - max) / T, which stays finite-or--inf and keeps 0 for
-     * the maximum even when 1/T overflows. A +inf logit wins outright. */
-    float lmax = row_max(logits, n);
-    if (lmax == INFINITY) {
-        int32_t i = 0;
-        while (logits[i] != INFINITY)
-            i++;
-        return i;
-    }
-    float inv_t = 1.0f / p->temperature;
-    size_t m = 0;
-    if (lmax > -INFINITY && p->top_k > 0 && p->top_k < n) {
-        m = top_k(s->c, (size_t)p->top_k, logits, n, lmax, inv_t);
-    } else {
-        for (int32_t i = 0; i < n && lmax > -INFINITY; i++) {
-            float l = logits[i];
-            if (!isnan(l) && l != -INFINITY) {
-                s->c[m++] = (cand){scaled(l, lmax, inv_t), i};
-            }
-        }
-    }
-    if (m == 0) {
-        return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
-    }
     double total = 0.0;
     for (size_t i = 0; i < m; i++) {
         s->c[i].v = expf(s->c[i].v); /* <= 1; the maximum (1) is in the set */
@@ -505,6 +475,85 @@ static int32_t pick(cairn_sampler *s, const float *logits, cairn_error *err)
         }
     }
     return s->c[m - 1].id; /* r rounded up to the total */
+}
+
+static bool greedy(const cairn_sample_params *p)
+{
+    return p->temperature == 0.0f || p->top_k == 1;
+}
+
+static int32_t pick(cairn_sampler *s, const float *logits, cairn_error *err)
+{
+    const cairn_sample_params *p = &s->p;
+    int32_t n = s->n_vocab;
+    if (greedy(p)) {
+        int32_t best = cairn_sample_argmax(logits, n);
+        if (best < 0 || logits[best] == -INFINITY) {
+            return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
+        }
+        return best;
+    }
+    /* Candidates: finite logits as (l - max) / T, which stays finite-or--inf and keeps 0 for
+     * the maximum even when 1/T overflows. A +inf logit wins outright. */
+    float lmax = row_max(logits, n);
+    if (lmax == INFINITY) {
+        int32_t i = 0;
+        while (logits[i] != INFINITY)
+            i++;
+        return i;
+    }
+    float inv_t = 1.0f / p->temperature;
+    size_t m = 0;
+    if (lmax > -INFINITY && p->top_k > 0 && p->top_k < n) {
+        m = top_k(s->c, (size_t)p->top_k, logits, n, lmax, inv_t);
+    } else {
+        for (int32_t i = 0; i < n && lmax > -INFINITY; i++) {
+            float l = logits[i];
+            if (!isnan(l) && l != -INFINITY) {
+                s->c[m++] = (cand){scaled(l, lmax, inv_t), i};
+            }
+        }
+    }
+    if (m == 0) {
+        return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d", n);
+    }
+    return draw(s, m);
+}
+
+bool cairn_sample_params_top(const cairn_sample_params *p, int32_t n_vocab, int max, int *k)
+{
+    *k = 0;
+    if (cairn_sample_params_adjusts(p) || max < 1)
+        return false;
+    if (greedy(p))
+        *k = 1;
+    else if (p->top_k > 1 && p->top_k <= max && p->top_k < n_vocab)
+        *k = p->top_k;
+    return *k > 0;
+}
+
+int32_t cairn_sampler_sample_top(cairn_sampler *s, const cairn_top *top, cairn_error *err)
+{
+    const cairn_sample_params *p = &s->p;
+    const cairn_cand *c = top->c;
+    int k;
+    if (s->row || !cairn_sample_params_top(p, s->n_vocab, top->k, &k) || k != top->k)
+        return cairn_errorf(err, CAIRN_EINVAL, "sampler: %d entries of a row cannot stand for "
+                            "the row with these settings", top->k);
+    if (c[0].id < 0) /* the first entry is the largest finite logit, or there is none */
+        return cairn_errorf(err, CAIRN_EINVAL, "sampler: no finite logit in a row of %d",
+                            s->n_vocab);
+    int32_t tok = c[0].id; /* greedy; also a +inf logit, which wins outright (lowest id) */
+    if (!greedy(p) && c[0].logit != INFINITY) {
+        const float lmax = c[0].logit, inv_t = 1.0f / p->temperature;
+        size_t m = 0;
+        for (int i = 0; i < k && c[i].id >= 0; i++)
+            s->c[m++] = (cand){scaled(c[i].logit, lmax, inv_t), c[i].id};
+        qsort(s->c, m, sizeof *s->c, cmp_cand); /* top_k's order: by scaled value, then id */
+        tok = draw(s, m);
+    }
+    cairn_sampler_accept(s, tok);
+    return tok;
 }
 
 int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error *err)

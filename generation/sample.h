@@ -103,6 +103,31 @@ int32_t cairn_sampler_sample(cairn_sampler *s, const float *logits, cairn_error 
 /* The arg-max of logits[0..n) (lowest id on ties; NaN ignored), or -1 when n <= 0 or all NaN. */
 int32_t cairn_sample_argmax(const float *logits, int32_t n);
 
+/* A logit and its token: the first entries of a row, as a GPU sends them back instead of the
+ * whole row (backend.h's logits_pick). */
+typedef struct cairn_cand {
+    float logit;
+    int32_t id; /* -1: no entry (the row had fewer finite logits) */
+} cairn_cand;
+
+/* The k (>= 1) first entries of a row's logits, in this order: the largest logit first, ties
+ * by the lower id, NaN and -inf never. */
+typedef struct cairn_top {
+    const cairn_cand *c;
+    int k;
+} cairn_top;
+
+/* Whether a sampler with p draws the same from a row's top k entries as from the whole row:
+ * p neither biases nor penalises, and is greedy (k 1) or cuts to top_k (1 < top_k <= max and
+ * top_k below the vocabulary). Sets *k (0 when not). */
+bool cairn_sample_params_top(const cairn_sample_params *p, int32_t n_vocab, int max, int *k);
+
+/* cairn_sampler_sample from a row's first entries instead of the row (cairn_sample_params_top
+ * said k). The same draw, except where two logits either side of the k-th place differ by
+ * less than the temperature's scaling can tell apart (the whole row's order would then break
+ * the tie by id). */
+int32_t cairn_sampler_sample_top(cairn_sampler *s, const cairn_top *top, cairn_error *err);
+
 /* ---- Log probabilities -----------------------------------------------------------------------
  * What OpenAI's logprobs / top_logprobs report. The values are the log-softmax of the model's
  * raw logits: before logit_bias, penalties, temperature, top-k, top-p and min-p (vLLM's default

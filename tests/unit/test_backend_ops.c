@@ -851,6 +851,143 @@ static void test_logits(void **state)
     }
 }
 
+/* ---- What comes back of the logits rows: logits_pick ---------------------------------------- */
+
+/* e before f in cairn_sample's order: the larger logit, then the lower id. */
+static int entry_cmp(const void *a, const void *b)
+{
+    const cairn_cand *e = a, *f = b;
+    if (e->logit != f->logit)
+        return e->logit > f->logit ? -1 : 1;
+    return e->id < f->id ? -1 : e->id > f->id;
+}
+
+/* The k first entries of row l[0..n) (NaN and -inf never), the rest {-inf, -1}. */
+static void first_entries(const float *l, int n, int k, cairn_cand *out)
+{
+    cairn_cand *all = xmalloc(sizeof *all * (size_t)n);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (l[i] > -INFINITY)
+            all[m++] = (cairn_cand){l[i], i}; /* -0 and +0 tie, as floats compare */
+    qsort(all, (size_t)m, sizeof *all, entry_cmp);
+    for (int j = 0; j < k; j++)
+        out[j] = j < m ? all[j] : (cairn_cand){-INFINITY, -1};
+    free(all);
+}
+
+/* F16 output rows for the pick tests: random, but rows 0..9 a copy of row 10 (ties), row 11
+ * zero (0 logits), row 12 +inf, row 13 -inf and row 14 NaN (through columns 0 and 1, which
+ * the inputs keep positive); sparse: all but every 97th row from 20 on -inf too (fewer
+ * finite logits than a pick asks for). */
+static uint16_t *pick_weights(int vocab, int n, bool sparse)
+{
+    uint16_t *w = xmalloc(sizeof *w * (size_t)vocab * (size_t)n);
+    float *r = xmalloc(sizeof(float) * (size_t)n);
+    for (int v = 0; v < vocab; v++) {
+        fill(r, (size_t)n, 1.0f);
+        for (int i = 0; i < n; i++)
+            w[(size_t)v * n + i] = cairn_gguf_f32_to_f16(v == 11 ? 0.0f : r[i]);
+    }
+    for (int v = 0; v < 10; v++)
+        memcpy(w + (size_t)v * n, w + (size_t)10 * n, sizeof *w * (size_t)n);
+    const uint16_t pinf = 0x7C00, ninf = 0xFC00;
+    w[(size_t)12 * n] = pinf;
+    w[(size_t)13 * n] = ninf;
+    w[(size_t)14 * n] = pinf;
+    w[(size_t)14 * n + 1] = ninf;
+    for (int v = 20; sparse && v < vocab; v++)
+        if (v % 97)
+            w[(size_t)v * n] = ninf;
+    free(r);
+    return w;
+}
+
+/* logits_pick against the same rows whole (logits): whole rows bit for bit, and each pick's
+ * entries exactly the row's first k, ties, zeros, infinities and NaN included. */
+static void test_logits_pick(void **state)
+{
+    (void)state;
+    enum { T = 6 };
+    const int n = 256;
+    static const int vocabs[] = {1000, 70001}, ks[T] = {0, 1, 7, 256, 40, 2};
+    for (size_t vi = 0; vi < 2; vi++)
+        for (int sparse = 0; sparse < 2; sparse++) {
+            const int vocab = vocabs[vi];
+            uint16_t *wh = pick_weights(vocab, n, sparse);
+            cairn_gguf_tensor t = {.name = "output.weight", .type = CAIRN_GGUF_F16, .n_dims = 2,
+                                   .dims = {(uint64_t)n, (uint64_t)vocab, 1, 1},
+                                   .n_elements = (uint64_t)vocab * (uint64_t)n,
+                                   .nbytes = sizeof *wh * (uint64_t)vocab * (uint64_t)n,
+                                   .data = wh};
+            cairn_bmat wg;
+            cairn_error err = {0};
+            ok(G->i->mat_load(G, &t, t.name, CAIRN_BMAT_LOGITS | CAIRN_BMAT_ROWS, &wg, &err),
+               &err, "gpu mat_load");
+            ok(G->i->reserve(G, MAX_TOKENS, MAX_CTX, MAX_GROUP, &err), &err, "gpu reserve");
+            tbatch tb;
+            tbatch_simple(&tb, T, 16);
+            for (int i = 0; i < T; i++)
+                tb.logits[i] = 1;
+            ok(G->i->batch_set(G, &tb.b, &err), &err, "gpu batch_set");
+            float *xh = xmalloc(sizeof(float) * (size_t)(T * n));
+            fill(xh, (size_t)(T * n), 3.0f);
+            for (int i = 0; i < T; i++)
+                xh[i * n] = xh[i * n + 1] = 1.0f;
+            float *nh = xmalloc(sizeof(float) * (size_t)n);
+            for (int i = 0; i < n; i++)
+                nh[i] = 1.0f;
+            pbuf x = pb_new(sizeof(float) * (size_t)(T * n), xh), norm = pb_new(sizeof(float) * (size_t)n, nh);
+            float *whole = xmalloc(sizeof(float) * (size_t)T * vocab);
+            ok(G->i->logits(G, &wg, norm.g, 1e-6f, x.g, n, whole, &err), &err, "gpu logits");
+            /* the pass is over and x may be scratch: the same rows again for the picks */
+            pb_free(&x);
+            x = pb_new(sizeof(float) * (size_t)(T * n), xh);
+            ok(G->i->batch_set(G, &tb.b, &err), &err, "gpu batch_set");
+            float *rows = xmalloc(sizeof(float) * (size_t)T * vocab);
+            cairn_cand *cand = xmalloc(sizeof *cand * (size_t)T * CAIRN_BACKEND_MAX_PICK);
+            cairn_bpick picks[T];
+            for (int j = 0; j < T; j++)
+                picks[j] = (cairn_bpick){ks[j], rows + (size_t)j * vocab,
+                                         cand + (size_t)j * CAIRN_BACKEND_MAX_PICK};
+            ok(G->i->logits_pick(G, &wg, norm.g, 1e-6f, x.g, n, picks, &err), &err,
+               "gpu logits_pick");
+            cairn_cand want[CAIRN_BACKEND_MAX_PICK];
+            for (int j = 0; j < T; j++) {
+                const float *ref = whole + (size_t)j * vocab;
+                if (ks[j] == 0) {
+                    assert_memory_equal(rows + (size_t)j * vocab, ref, sizeof(float) * vocab);
+                    continue;
+                }
+                first_entries(ref, vocab, ks[j], want);
+                const cairn_cand *got = picks[j].cand;
+                for (int i = 0; i < ks[j]; i++)
+                    if (got[i].id != want[i].id ||
+                        memcmp(&got[i].logit, &want[i].logit, sizeof(float)))
+                        fail_msg("logits_pick vocab %d%s row %d k %d: entry %d is {%g, %d}, "
+                                 "want {%g, %d}", vocab, sparse ? " (sparse)" : "", j, ks[j], i,
+                                 (double)got[i].logit, got[i].id, (double)want[i].logit,
+                                 want[i].id);
+            }
+            print_message("  logits_pick vocab %d%s: rows of k 0, 1, 7, 256, 40, 2 as the "
+                          "whole rows say\n", vocab, sparse ? " (sparse)" : "");
+            /* a bad pick is refused, naming the row */
+            picks[2].k = CAIRN_BACKEND_MAX_PICK + 1;
+            assert_int_equal(G->i->logits_pick(G, &wg, norm.g, 1e-6f, x.g, n, picks, &err),
+                             CAIRN_EINVAL);
+            assert_non_null(strstr(err.msg, "row 2"));
+            G->i->mat_free(G, &wg);
+            free(wh);
+            free(xh);
+            free(nh);
+            free(whole);
+            free(rows);
+            free(cand);
+            pb_free(&x);
+            pb_free(&norm);
+        }
+}
+
 /* ---- The paged KV cache: qkv and attention -------------------------------------------------- */
 
 #define BT 16     /* token rows a block */
@@ -1354,6 +1491,7 @@ int main(void)
         cmocka_unit_test(test_matmul_shared),
         cmocka_unit_test(test_fused_quantization),
         cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_logits_pick),
         cmocka_unit_test(test_qkv_attention),
         cmocka_unit_test(test_graph_steps),
     };

@@ -14,7 +14,9 @@
  *   - a pass that yields at layer boundaries and resumes gives the logits of the pass run
  *     whole (the layer-level yield on the GPU);
  *   - a type without a CUDA kernel, or more weights than the GPU holds, fails at open naming
- *     the tensor or the bytes.
+ *     the tensor or the bytes;
+ *   - the CUDA engine draws the same tokens (greedy, and seeded top-k) from the first entries
+ *     of its logits rows (logits_pick) as from the whole rows.
  * Without a GPU it says so plainly and passes: CI has none; scripts/gpu-check runs it where
  * there is one.
  */
@@ -109,13 +111,13 @@ static void run(rig *r, const cairn_model *m, const int32_t *toks, int n, int n_
         pos[i] = i;
         want[i] = i == n_pre - 1;
     }
-    cairn_batch b = {n_pre, toks, sq, pos, want, NULL};
+    cairn_batch b = {n_pre, toks, sq, pos, want, NULL, NULL};
     if (cairn_model_forward(m, r->ws, r->kv, &b, out, &err))
         fail_msg("prefill: %s", err.msg);
     for (int i = n_pre; i < n; i++) {
         int32_t p = i;
         uint8_t w = 1;
-        cairn_batch d = {1, toks + i, &seq, &p, &w, NULL};
+        cairn_batch d = {1, toks + i, &seq, &p, &w, NULL, NULL};
         if (cairn_model_forward(m, r->ws, r->kv, &d, out + (size_t)(i - n_pre + 1) * nv, &err))
             fail_msg("step %d: %s", i, err.msg);
     }
@@ -154,7 +156,7 @@ static cmp_stats compare(const cairn_model *m, const int32_t *prompt, int n_prom
             pos[i] = i;
         }
         want[n_prompt - 1] = 1;
-        cairn_batch b = {n_prompt, toks, sq, pos, want, NULL};
+        cairn_batch b = {n_prompt, toks, sq, pos, want, NULL, NULL};
         if (cairn_model_forward(m, cpu.ws, cpu.kv, &b, lc, &err))
             fail_msg("cpu prefill: %s", err.msg);
         for (int i = n_prompt; i < n; i++) {
@@ -162,7 +164,7 @@ static cmp_stats compare(const cairn_model *m, const int32_t *prompt, int n_prom
             toks[i] = argmax(row, nv);
             int32_t p = i;
             uint8_t w = 1;
-            cairn_batch d = {1, toks + i, &seq, &p, &w, NULL};
+            cairn_batch d = {1, toks + i, &seq, &p, &w, NULL, NULL};
             if (cairn_model_forward(m, cpu.ws, cpu.kv, &d, lc + (size_t)(i - n_prompt + 1) * nv,
                                     &err))
                 fail_msg("cpu step: %s", err.msg);
@@ -247,7 +249,7 @@ static void test_batched_equals_unbatched(void **state)
      * prefill and a decode token each of seqs 1 and 2. */
     for (int i = 1; i < 3; i++) {
         int32_t sq[5] = {s[i], s[i], s[i], s[i], s[i]}, pos[5] = {0, 1, 2, 3, 4};
-        cairn_batch b = {5, toks + i, sq, pos, NULL, NULL};
+        cairn_batch b = {5, toks + i, sq, pos, NULL, NULL, NULL};
         float *lg = malloc(sizeof(float) * (size_t)nv);
         assert_int_equal(cairn_model_forward(m, g.ws, g.kv, &b, lg, &err), 0);
         free(lg);
@@ -263,7 +265,7 @@ static void test_batched_equals_unbatched(void **state)
     bt[7] = toks[9], bs[7] = s[1], bp[7] = 5, bw[7] = 1;
     bt[8] = toks[10], bs[8] = s[2], bp[8] = 5, bw[8] = 1;
     float *batched = malloc(sizeof(float) * 3 * (size_t)nv);
-    cairn_batch b = {9, bt, bs, bp, bw, NULL};
+    cairn_batch b = {9, bt, bs, bp, bw, NULL, NULL};
     assert_int_equal(cairn_model_forward(m, g.ws, g.kv, &b, batched, &err), 0);
     rig_close(&g);
 
@@ -342,7 +344,7 @@ static void test_yield_resumes(void **state)
         assert_int_equal(cairn_kv_seq_new(g.kv, &s, &err), 0);
         for (int i = 0; i < n; i++)
             sq[i] = s, pos[i] = i;
-        cairn_batch b = {n, toks, sq, pos, want, NULL};
+        cairn_batch b = {n, toks, sq, pos, want, NULL, NULL};
         float *out = mode ? parts : whole;
         if (mode == 0) {
             if (cairn_model_forward(m, g.ws, g.kv, &b, out, &err))
@@ -368,7 +370,7 @@ static void test_yield_resumes(void **state)
         }
         int32_t p = n;
         uint8_t w = 1;
-        cairn_batch d = {1, toks + n, &s, &p, &w, NULL};
+        cairn_batch d = {1, toks + n, &s, &p, &w, NULL, NULL};
         if (cairn_model_forward(m, g.ws, g.kv, &d, out + nv, &err))
             fail_msg("decode after the pass: %s", err.msg);
         rig_close(&g);
@@ -461,6 +463,95 @@ static void test_open_errors(void **state)
     unlink(path);
 }
 
+/* ---- The engine's logits rows: first entries (logits_pick) against whole rows ---------------- */
+
+typedef struct {
+    int32_t tok[4][64];
+    int n[4];
+} gen_out;
+
+static int record_token(void *user, int seq, int32_t token, bool last)
+{
+    (void)last;
+    gen_out *g = user;
+    if (seq >= 0 && seq < 4 && g->n[seq] < 64)
+        g->tok[seq][g->n[seq]++] = token;
+    return 0;
+}
+
+/* Four sequences on the CUDA engine, batched: greedy, top-k 40 and top-k 256 with seeds (the
+ * GPU sends back 1, 40 or 256 entries a row), and top-k 40 with logprobs (the whole row). */
+static void generate4(const cairn_model *m, gen_out *g)
+{
+    cairn_engine_params ep = cairn_engine_default_params();
+    ep.device = 0;
+    ep.max_seqs = 4;
+    ep.n_ctx = 256;
+    cairn_engine *e;
+    cairn_error err;
+    if (cairn_engine_open(&e, m, &ep, &err))
+        fail_msg("cuda engine: %s", err.msg);
+    memset(g, 0, sizeof *g);
+    const int32_t prompt[6] = {1, 17, 300, 42, 999, 5};
+    for (int i = 0; i < 4; i++) {
+        cairn_gen_params gp = cairn_gen_default_params();
+        gp.max_tokens = 48;
+        gp.on_token = record_token;
+        gp.user = g;
+        if (i > 0) {
+            gp.sample = cairn_sample_default_params();
+            gp.sample.temperature = 1.5f; /* flat: the draws reach past the first entries */
+            gp.sample.top_k = i == 2 ? 256 : 40;
+            gp.sample.top_p = 1.0f;
+            gp.sample.seed = 1000u + (uint64_t)i;
+            gp.logprobs = i == 3;
+        }
+        int id;
+        if (cairn_engine_add(e, prompt, 6, &gp, &id, &err))
+            fail_msg("add: %s", err.msg);
+        assert_int_equal(id, i);
+    }
+    if (cairn_engine_run(e, &err))
+        fail_msg("run: %s", err.msg);
+    cairn_engine_close(e);
+}
+
+/* The same tokens whether the GPU sends back whole rows (CAIRN_LOGITS_PICK=0) or their first
+ * entries: the arg-max, and seeded draws among the top k. */
+static void test_engine_picks(void **state)
+{
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/cairn_test_cuda_picks_%d.gguf", (int)getpid());
+    cairn_error err;
+    if (cairn_synth_write(path, "tiny-llama", "q8_0", 0, 3, &err))
+        fail_msg("synth: %s", err.msg);
+    cairn_model *m;
+    if (cairn_model_open(&m, path, &err))
+        fail_msg("%s: %s", path, err.msg);
+    gen_out picked, whole;
+    unsetenv("CAIRN_LOGITS_PICK");
+    generate4(m, &picked);
+    setenv("CAIRN_LOGITS_PICK", "0", 1);
+    generate4(m, &whole);
+    unsetenv("CAIRN_LOGITS_PICK");
+    static const char *const what[4] = {"greedy", "top-k 40", "top-k 256", "top-k 40, logprobs"};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(picked.n[i], 48);
+        assert_int_equal(whole.n[i], 48);
+        int same = 0;
+        while (same < 48 && picked.tok[i][same] == whole.tok[i][same])
+            same++;
+        printf("engine %-18s tokens equal with the first entries and with whole rows: %d/48\n",
+               what[i], same);
+        assert_int_equal(same, 48);
+    }
+    /* the draws are not all the arg-max: the sampled sequences differ from the greedy one */
+    assert_true(memcmp(picked.tok[0], picked.tok[1], sizeof picked.tok[0]) != 0);
+    cairn_model_close(m);
+    unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     char why[256];
@@ -484,6 +575,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_yield_resumes),
         cmocka_unit_test(test_gemma3_270m),
         cmocka_unit_test(test_open_errors),
+        cmocka_unit_test(test_engine_picks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

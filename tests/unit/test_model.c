@@ -189,7 +189,7 @@ static void run_seq(rig *r, int seq, const int32_t *tokens, int n, int n_pre, fl
             pos[j] = i + j;
             want[j] = 1;
         }
-        cairn_batch b = {c, tokens + i, sq, pos, want, NULL};
+        cairn_batch b = {c, tokens + i, sq, pos, want, NULL, NULL};
         int rc = cairn_model_forward(r->m, r->ws, r->kv, &b, out + (size_t)i * nv, &err);
         if (rc)
             fail_msg("forward: %s", err.msg);
@@ -324,7 +324,7 @@ static void test_forward_errors(void **state)
     }
     /* Positions must continue the sequence. */
     pos[0] = 3;
-    cairn_batch b = {3, t, sq, pos, NULL, NULL};
+    cairn_batch b = {3, t, sq, pos, NULL, NULL, NULL};
     assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err), CAIRN_EINVAL);
     pos[0] = 0;
     /* Token outside the vocabulary. */
@@ -337,7 +337,7 @@ static void test_forward_errors(void **state)
     b.n_tokens = 12;
     assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err), 0);
     int32_t sq2[8] = {a, b2, b2, b2, b2, b2}, pos2[8] = {12, 0, 1, 2, 3, 4};
-    cairn_batch b3 = {6, t, sq2, pos2, NULL, NULL};
+    cairn_batch b3 = {6, t, sq2, pos2, NULL, NULL, NULL};
     assert_int_equal(cairn_model_forward(r.m, r.ws, r.kv, &b3, lg, &err), CAIRN_EBUSY);
     assert_int_equal(cairn_kv_seq_len(r.kv, a), 12);
     assert_int_equal(cairn_kv_seq_len(r.kv, b2), 0);
@@ -486,7 +486,7 @@ static void vs_llamacpp(const char *model, const char *name)
                     row_pos[rows++] = ps;
                 }
             }
-            cairn_batch b = {c, stream + i, sq, pos, want, plen};
+            cairn_batch b = {c, stream + i, sq, pos, want, plen, NULL};
             cairn_error err;
             if (cairn_model_forward(r.m, r.ws, r.kv, &b, lg, &err))
                 fail_msg("forward: %s", err.msg);

@@ -432,6 +432,27 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
             return rc;
         c->lout_tokens = (int)(c->lout_bytes / per);
         c->lrows_cols = c->lg_cols;
+        /* logits_pick's entries: up to CAIRN_BACKEND_MAX_PICK a row, a row per token */
+        const size_t picks = T * CAIRN_BACKEND_MAX_PICK;
+        if (picks > c->pick_cap) {
+            (void)cudaFreeHost(c->h_pick);
+            c->h_pick = NULL;
+            c->pick_cap = 0;
+            size_t have = 0; /* replaced whole, as h_pick is */
+            if ((rc = ensure(c, (void **)&c->d_pick, &have, picks * sizeof(cairn_cand),
+                             "logits entries", err)))
+                return rc;
+            void *h = NULL;
+            cudaError_t e = cudaMallocHost(&h, picks * sizeof(cairn_cand));
+            if (e != cudaSuccess) {
+                (void)cudaGetLastError();
+                return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned "
+                                    "host memory for logits entries: %s",
+                                    picks * sizeof(cairn_cand), cudaGetErrorString(e));
+            }
+            c->h_pick = (cairn_cand *)h;
+            c->pick_cap = picks;
+        }
     }
     if ((rc = ensure(c, (void **)&c->apart, &c->apart_bytes,
                      CAIRN__ATTN_PART_FLOATS * sizeof(float), "attention scratch", err)))
@@ -552,6 +573,8 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->wtile);
     (void)cudaFree(c->lrows);
     (void)cudaFree(c->lout);
+    (void)cudaFree(c->d_pick);
+    (void)cudaFreeHost(c->h_pick);
     (void)cudaFree(c->apart);
     (void)cudaFree(c->pf);
     (void)cudaFree(c->d_batch);
@@ -647,6 +670,7 @@ static const cairn_backend_i cuda_table = {
     .gated = cairn__graph_gated,
     .logits = cairn__graph_logits,
     .layer_done = cu_layer_done,
+    .logits_pick = cairn__graph_logits_pick,
 };
 
 extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err)

@@ -220,6 +220,8 @@ typedef struct cairn__cuda {
         apart_bytes, pf_bytes;
     int64_t lrows_cols;
     int lout_tokens;
+    cairn_cand *d_pick, *h_pick; /* logits_pick's entries, pick_cap of them (h_pick pinned) */
+    size_t pick_cap;
 
     /* Repacking weights: pinned host staging. */
     uint8_t *stage;
@@ -326,6 +328,9 @@ int cairn__graph_add_norm(cairn_backend *be, float *x, float *a, const float *po
                           const float *next, float *h, int n, float eps, cairn_error *err);
 int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int act,
                        cairn_error *err);
+int cairn__graph_logits_pick(cairn_backend *be, const cairn_bmat *w, const float *norm,
+                             float eps, float *x, int n, const cairn_bpick *picks,
+                             cairn_error *err);
 int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                         float *x, int n, float *out_host, cairn_error *err);
 
@@ -334,11 +339,22 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 /* matmul.cu: y[i] (n_tok rows of w[i]->rows, token-major) = w[i] x (n_tok rows of w[i]->cols). */
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                        float *const *y, cairn_error *err);
+/* picks NULL: whole rows into out_host; else each row as its pick asks (sample.cu). */
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
-                       float *x, int n, float *out_host, cairn_error *err);
+                       float *x, int n, float *out_host, const cairn_bpick *picks,
+                       cairn_error *err);
 /* The logits rows into c->lout without the copy to the host: n_out <= lout_tokens only. */
 int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float *norm,
                                float eps, const float *x, int n, cairn_error *err);
+
+/* sample.cu: the largest k of picks[0..n) (checked: 0..CAIRN_BACKEND_MAX_PICK, host memory
+ * given), or an error; logits rows [j0, j0 + nj) of the step, in c->lout, queued on their way
+ * back as picks[j0..] ask; once the stream has finished, pick_done hands each row its
+ * entries. */
+int cairn__cuda_pick_kmax(const cairn_bpick *picks, int n, cairn_error *err);
+int cairn__cuda_pick(cairn__cuda *c, const cairn_bpick *picks, int j0, int nj, int64_t V,
+                     int kmax, cairn_error *err);
+void cairn__cuda_pick_done(cairn__cuda *c, const cairn_bpick *picks, int n, int kmax);
 
 /* norm_rope.cu */
 int cairn__cuda_rmsnorm(cairn_backend *be, float *out, const float *x, const float *w, int rows,

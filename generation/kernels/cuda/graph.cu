@@ -423,11 +423,17 @@ int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int a
 
 /* The logits end a step: capture it into a graph, or launch the graph it matched, then copy the
  * rows to the host. */
-int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
-                        float *x, int n, float *out_host, cairn_error *err)
+/* The logits entries: whole rows into out_host, or (picks) as each row's pick asks; the
+ * picks run after the graph, outside it. */
+static int logits_step(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
+                       float *x, int n, float *out_host, const cairn_bpick *picks,
+                       cairn_error *err)
 {
     cairn__call k;
     cairn__cuda *c = enter(be, &k, CAIRN__ST_LOGITS);
+    const int kmax = picks ? cairn__cuda_pick_kmax(picks, c->n_out, err) : 0;
+    if (kmax < 0)
+        return kmax;
     k.u.logits.w = w;
     k.u.logits.norm = norm;
     k.u.logits.x = x;
@@ -469,7 +475,7 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
             for (int i = 0; i < c->n_rec; i++)
                 if ((rc = dispatch(c, &c->rec[i], err)))
                     return rc;
-            rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, err);
+            rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, picks, err);
             return rc;
         }
         if (store_graph(c, exec)) {
@@ -479,7 +485,7 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
         CU_TRY(err, cudaGraphLaunch(exec, c->stream));
         goto copy_out;
     }
-    if ((rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, err)))
+    if ((rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, picks, err)))
         return rc;
     c->last_done = true;
     return 0;
@@ -487,11 +493,33 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 copy_out:
     {
         const cairn__cmat *m = (const cairn__cmat *)w->priv;
-        CU_TRY(err, cudaMemcpyAsync(out_host, c->lout,
-                                    sizeof(float) * (size_t)c->n_out * (size_t)m->rows,
-                                    cudaMemcpyDeviceToHost, c->stream));
+        if (picks)
+            rc = cairn__cuda_pick(c, picks, 0, c->n_out, m->rows, kmax, err);
+        else
+            CU_TRY(err, cudaMemcpyAsync(out_host, c->lout,
+                                        sizeof(float) * (size_t)c->n_out * (size_t)m->rows,
+                                        cudaMemcpyDeviceToHost, c->stream));
+        if (rc)
+            return rc;
         CU_TRY(err, cudaStreamSynchronize(c->stream));
+        if (picks)
+            cairn__cuda_pick_done(c, picks, c->n_out, kmax);
     }
     c->last_done = true;
     return 0;
+}
+
+int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
+                        float *x, int n, float *out_host, cairn_error *err)
+{
+    return logits_step(be, w, norm, eps, x, n, out_host, NULL, err);
+}
+
+int cairn__graph_logits_pick(cairn_backend *be, const cairn_bmat *w, const float *norm,
+                             float eps, float *x, int n, const cairn_bpick *picks,
+                             cairn_error *err)
+{
+    if (!picks)
+        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: logits_pick without picks");
+    return logits_step(be, w, norm, eps, x, n, NULL, picks, err);
 }

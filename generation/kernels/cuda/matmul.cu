@@ -1159,7 +1159,8 @@ int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float 
 }
 
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
-                       float *x, int n, float *out_host, cairn_error *err)
+                       float *x, int n, float *out_host, const cairn_bpick *picks,
+                       cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
     cairn__cuda_q8_forget(c); /* it may write where q8_src points */
@@ -1169,6 +1170,9 @@ int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm
     const cairn__cmat *m = (const cairn__cmat *)w->priv;
     if ((rc = logits_check(c, m, n, err)))
         return rc;
+    const int kmax = picks ? cairn__cuda_pick_kmax(picks, c->n_out, err) : 0;
+    if (kmax < 0)
+        return kmax;
     if (c->n_out > 0) {
         const int32_t *rows = cairn__b_out(c->d_batch, c->n_tokens);
         if ((rc = cairn__cuda_norm_rows(c, c->lrows, x, rows, norm, c->n_out, n, eps, err)))
@@ -1177,11 +1181,18 @@ int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm
             const int nj = c->n_out - j0 < c->lout_tokens ? c->n_out - j0 : c->lout_tokens;
             if ((rc = product(c, m, c->lrows + (int64_t)j0 * n, nj, c->lout, false, err)))
                 return rc;
-            CU_TRY(err, cudaMemcpyAsync(out_host + (int64_t)j0 * m->rows, c->lout,
-                                        sizeof(float) * (size_t)nj * (size_t)m->rows,
-                                        cudaMemcpyDeviceToHost, c->stream));
+            if (picks)
+                rc = cairn__cuda_pick(c, picks, j0, nj, m->rows, kmax, err);
+            else
+                CU_TRY(err, cudaMemcpyAsync(out_host + (int64_t)j0 * m->rows, c->lout,
+                                            sizeof(float) * (size_t)nj * (size_t)m->rows,
+                                            cudaMemcpyDeviceToHost, c->stream));
+            if (rc)
+                return rc;
         }
     }
     CU_TRY(err, cudaStreamSynchronize(c->stream));
+    if (picks)
+        cairn__cuda_pick_done(c, picks, c->n_out, kmax);
     return 0;
 }

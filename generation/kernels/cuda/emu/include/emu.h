@@ -87,6 +87,12 @@ static inline float __uint_as_float(unsigned u)
     memcpy(&f, &u, 4);
     return f;
 }
+static inline unsigned __float_as_uint(float f)
+{
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
+}
 static inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
 static inline int min(int a, int b) { return a < b ? a : b; }
 template <class T> static inline T __ldg(const T *p) { return *p; }
