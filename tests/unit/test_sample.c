@@ -617,6 +617,114 @@ static void test_logprobs_are_log_softmax(void **state)
     assert_true(fabsf(expf(lp.top[0].logprob) + expf(lp.top[1].logprob) - 1.0f) < 1e-6f);
 }
 
+/* The first k entries of a row, as a GPU's logits_pick returns them (the test's own sort). */
+static int entry_order(const void *a, const void *b)
+{
+    const cairn_cand *e = a, *f = b;
+    if (e->logit != f->logit)
+        return e->logit > f->logit ? -1 : 1;
+    return (e->id > f->id) - (e->id < f->id);
+}
+
+static void first_entries(const float *l, int n, int k, cairn_cand *out)
+{
+    cairn_cand *all = malloc(sizeof *all * (size_t)n);
+    assert_non_null(all);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (l[i] > -INFINITY)
+            all[m++] = (cairn_cand){l[i], i};
+    qsort(all, (size_t)m, sizeof *all, entry_order);
+    for (int j = 0; j < k; j++)
+        out[j] = j < m ? all[j] : (cairn_cand){-INFINITY, -1};
+    free(all);
+}
+
+/* Sampling from a row's first top_k entries draws what sampling from the row draws, draw after
+ * draw of one seed: greedy and top-k with temperature, min-p and top-p, over rows with ties,
+ * NaN, -inf, +inf and fewer finite logits than k; and which settings allow it. */
+static void test_sample_top(void **state)
+{
+    (void)state;
+    enum { N = 5000, STEPS = 200 };
+    static const struct { float temp; int k; float p, min_p; } cfg[] = {
+        {0.0f, 0, 1.0f, 0.0f},   {0.7f, 1, 1.0f, 0.0f},   {0.8f, 40, 0.95f, 0.0f},
+        {1.5f, 256, 1.0f, 0.0f}, {1.0f, 7, 1.0f, 0.05f},  {2.0f, 100, 0.5f, 0.01f},
+    };
+    float *row = malloc(sizeof(float) * N);
+    cairn_cand top[256];
+    assert_non_null(row);
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        cairn_sample_params sp = {.temperature = cfg[c].temp, .top_k = cfg[c].k,
+                                  .top_p = cfg[c].p, .min_p = cfg[c].min_p, .seed = 77 + c};
+        int k = 0;
+        assert_true(cairn_sample_params_top(&sp, N, 256, &k));
+        assert_int_equal(k, cfg[c].temp == 0.0f || cfg[c].k == 1 ? 1 : cfg[c].k);
+        cairn_sampler *whole = NULL, *part = NULL;
+        cairn_error err = {0};
+        assert_int_equal(cairn_sampler_new(&whole, N, &sp, &err), 0);
+        assert_int_equal(cairn_sampler_new(&part, N, &sp, &err), 0);
+        for (int step = 0; step < STEPS; step++) {
+            for (int i = 0; i < N; i++)
+                row[i] = rnd_logit();
+            if (step % 4 == 1) /* ties: a run of equal logits at the top */
+                for (int i = 100; i < 140; i++)
+                    row[i] = 11.0f;
+            if (step % 4 == 2) { /* NaN, -inf, and a +inf that wins outright */
+                row[3] = NAN, row[4] = -INFINITY, row[N - 1] = INFINITY;
+            }
+            if (step % 4 == 3) /* fewer finite logits than k */
+                for (int i = 0; i < N; i++)
+                    if (i % 500)
+                        row[i] = -INFINITY;
+            first_entries(row, N, k, top);
+            const cairn_top t = {top, k};
+            int32_t a = cairn_sampler_sample(whole, row, &err);
+            int32_t b = cairn_sampler_sample_top(part, &t, &err);
+            if (a != b)
+                fail_msg("setting %zu step %d: the whole row drew %d, its first %d entries %d",
+                         c, step, a, k, b);
+        }
+        cairn_sampler_free(whole);
+        cairn_sampler_free(part);
+    }
+    /* What the first entries cannot stand for: no top_k, top_k past the maximum or the
+     * vocabulary, biases, penalties. */
+    cairn_sample_params sp = cairn_sample_default_params();
+    int k = -1;
+    sp.top_k = 0;
+    assert_false(cairn_sample_params_top(&sp, N, 256, &k));
+    assert_int_equal(k, 0);
+    sp.top_k = 300;
+    assert_false(cairn_sample_params_top(&sp, N, 256, &k));
+    sp.top_k = 40;
+    assert_false(cairn_sample_params_top(&sp, 40, 256, &k));
+    sp.repetition_penalty = 1.1f;
+    assert_false(cairn_sample_params_top(&sp, N, 256, &k));
+    sp.repetition_penalty = 0.0f;
+    const cairn_logit_bias bias = {5, 2.0f};
+    sp.bias = &bias, sp.n_bias = 1;
+    assert_false(cairn_sample_params_top(&sp, N, 256, &k));
+    /* a sampler whose settings need the whole row refuses entries, naming why */
+    cairn_sampler *s = NULL;
+    cairn_error err = {0};
+    assert_int_equal(cairn_sampler_new(&s, N, &sp, &err), 0);
+    first_entries(row, N, 40, top);
+    const cairn_top t = {top, 40};
+    assert_int_equal(cairn_sampler_sample_top(s, &t, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "cannot stand for the row"));
+    cairn_sampler_free(s);
+    /* no finite entry */
+    sp = cairn_sample_default_params();
+    assert_int_equal(cairn_sampler_new(&s, N, &sp, &err), 0);
+    for (int j = 0; j < 40; j++)
+        top[j] = (cairn_cand){-INFINITY, -1};
+    assert_int_equal(cairn_sampler_sample_top(s, &t, &err), CAIRN_EINVAL);
+    assert_non_null(strstr(err.msg, "no finite logit"));
+    cairn_sampler_free(s);
+    free(row);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -631,6 +739,7 @@ int main(void)
         cmocka_unit_test(test_penalties),
         cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_logprobs_are_log_softmax),
+        cmocka_unit_test(test_sample_top),
         cmocka_unit_test(test_stop_across_pieces),
         cmocka_unit_test(test_stop_random_pieces),
     };
