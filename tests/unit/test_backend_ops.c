@@ -30,6 +30,7 @@
 #include "common/gpu.h"
 #include "generation/backend.h"
 #include "proto/gguf.h"
+#include "tests/unit/first_entries.h"
 
 static cairn_backend *G, *C; /* the CUDA backend, the CPU backend (the reference) */
 
@@ -852,29 +853,6 @@ static void test_logits(void **state)
 }
 
 /* ---- What comes back of the logits rows: logits_pick ---------------------------------------- */
-
-/* e before f in cairn_sample's order: the larger logit, then the lower id. */
-static int entry_cmp(const void *a, const void *b)
-{
-    const cairn_cand *e = a, *f = b;
-    if (e->logit != f->logit)
-        return e->logit > f->logit ? -1 : 1;
-    return e->id < f->id ? -1 : e->id > f->id;
-}
-
-/* The k first entries of row l[0..n) (NaN and -inf never), the rest {-inf, -1}. */
-static void first_entries(const float *l, int n, int k, cairn_cand *out)
-{
-    cairn_cand *all = xmalloc(sizeof *all * (size_t)n);
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (l[i] > -INFINITY)
-            all[m++] = (cairn_cand){l[i], i}; /* -0 and +0 tie, as floats compare */
-    qsort(all, (size_t)m, sizeof *all, entry_cmp);
-    for (int j = 0; j < k; j++)
-        out[j] = j < m ? all[j] : (cairn_cand){-INFINITY, -1};
-    free(all);
-}
 
 /* F16 output rows for the pick tests: random, but rows 0..9 a copy of row 10 (ties), row 11
  * zero (0 logits), row 12 +inf, row 13 -inf and row 14 NaN (through columns 0 and 1, which

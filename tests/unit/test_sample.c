@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "generation/sample.h"
+#include "tests/unit/first_entries.h"
 
 static uint64_t lcg_state = 12345;
 static float rnd_logit(void)
@@ -615,29 +616,6 @@ static void test_logprobs_are_log_softmax(void **state)
     assert_int_equal(lp.n_top, 2);
     assert_int_equal(lp.top[0].token, 2);
     assert_true(fabsf(expf(lp.top[0].logprob) + expf(lp.top[1].logprob) - 1.0f) < 1e-6f);
-}
-
-/* The first k entries of a row, as a GPU's logits_pick returns them (the test's own sort). */
-static int entry_order(const void *a, const void *b)
-{
-    const cairn_cand *e = a, *f = b;
-    if (e->logit != f->logit)
-        return e->logit > f->logit ? -1 : 1;
-    return (e->id > f->id) - (e->id < f->id);
-}
-
-static void first_entries(const float *l, int n, int k, cairn_cand *out)
-{
-    cairn_cand *all = malloc(sizeof *all * (size_t)n);
-    assert_non_null(all);
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (l[i] > -INFINITY)
-            all[m++] = (cairn_cand){l[i], i};
-    qsort(all, (size_t)m, sizeof *all, entry_order);
-    for (int j = 0; j < k; j++)
-        out[j] = j < m ? all[j] : (cairn_cand){-INFINITY, -1};
-    free(all);
 }
 
 /* Sampling from a row's first top_k entries draws what sampling from the row draws, draw after
