@@ -21,6 +21,11 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Whether a GPU engine takes its logits rows' first entries (logits_pick) unless
+ * CAIRN_LOGITS_PICK says: not until that path has run on a GPU (it has passed the CUDA
+ * emulation: test_backend_ops' test_logits_pick, test_cuda_model's test_engine_picks). */
+#define PICK_BY_DEFAULT false
+
 typedef struct {
     bool used;
     int kv_seq; /* -1 once freed */
@@ -276,10 +281,11 @@ int cairn_engine_open(cairn_engine **out, const cairn_model *m, const cairn_engi
         goto fail;
     }
     /* A backend that can send back a row's first entries instead of the row (a GPU's): rows
-     * that need no more are sampled from those. CAIRN_LOGITS_PICK=0 takes whole rows (to
-     * measure what it saves). */
+     * that need no more are sampled from those. CAIRN_LOGITS_PICK=1 / 0 turns it on / off
+     * (to measure what it saves); without it, PICK_BY_DEFAULT. */
     const char *pk = getenv("CAIRN_LOGITS_PICK");
-    if (e->be->i->logits_pick && !(pk && !strcmp(pk, "0"))) {
+    const bool pick = pk && *pk ? strcmp(pk, "0") != 0 : PICK_BY_DEFAULT;
+    if (e->be->i->logits_pick && pick) {
         e->picks = calloc((size_t)rows, sizeof *e->picks);
         e->cand = malloc(sizeof *e->cand * (size_t)rows * CAIRN_BACKEND_MAX_PICK);
         if (!e->picks || !e->cand) {
