@@ -22,9 +22,9 @@
 #include <unistd.h>
 
 /* Whether a GPU engine takes its logits rows' first entries (logits_pick) unless
- * CAIRN_LOGITS_PICK says: not until that path has run on a GPU (it has passed the CUDA
- * emulation: test_backend_ops' test_logits_pick, test_cuda_model's test_engine_picks). */
-#define PICK_BY_DEFAULT false
+ * CAIRN_LOGITS_PICK says: yes (test_backend_ops' test_logits_pick and test_cuda_model's
+ * test_engine_picks pass on an H100; batch 64 decodes 27% faster: docs/BENCHMARKS.md). */
+#define PICK_BY_DEFAULT true
 
 typedef struct {
     bool used;
