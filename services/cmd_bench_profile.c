@@ -36,7 +36,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <time.h>
 
 enum { PROF_MAX_DEC = 10, PROF_MAX_PRE = 2 };
 
@@ -530,14 +529,13 @@ static int time_draw(profile_ctx *c, const draw *d, int g, int rep)
     if (!rc && n_items > 0) {
         double st0 = cpu_stall_s();
         struct rusage u0, u1;
-        struct timespec at;
-        clock_gettime(CLOCK_REALTIME, &at);
+        const int64_t at = cairn_wall_ns();
         getrusage(RUSAGE_SELF, &u0);
         int64_t t0 = cairn_now_ns();
         rc = cairn_engine_step(c->e, items, n_items, &c->err) ? 1 : 0;
         s->seconds = (double)(cairn_now_ns() - t0) / 1e9;
         getrusage(RUSAGE_SELF, &u1);
-        s->at_s = (double)at.tv_sec + at.tv_nsec / 1e9;
+        s->at_s = (double)at / 1e9;
         s->cpu_s = tv_s(u1.ru_utime) + tv_s(u1.ru_stime) - tv_s(u0.ru_utime) - tv_s(u0.ru_stime);
         s->minflt = u1.ru_minflt - u0.ru_minflt, s->majflt = u1.ru_majflt - u0.ru_majflt;
         s->nvcsw = u1.ru_nvcsw - u0.ru_nvcsw, s->nivcsw = u1.ru_nivcsw - u0.ru_nivcsw;

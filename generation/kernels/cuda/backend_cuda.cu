@@ -224,6 +224,19 @@ static void cmat_free(cairn__cmat *m)
     free(m);
 }
 
+/* bytes of pinned host memory into *out (what: what for, in the error), or CAIRN_ENOMEM. */
+static int pinned_alloc(void **out, size_t bytes, const char *what, cairn_error *err)
+{
+    *out = NULL;
+    cudaError_t e = cudaMallocHost(out, bytes);
+    if (e == cudaSuccess)
+        return 0;
+    (void)cudaGetLastError();
+    *out = NULL;
+    return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned host memory for "
+                        "%s: %s", bytes, what, cudaGetErrorString(e));
+}
+
 static int stage_reserve(cairn__cuda *c, size_t bytes, cairn_error *err)
 {
     if (c->stage_bytes >= bytes)
@@ -232,16 +245,10 @@ static int stage_reserve(cairn__cuda *c, size_t bytes, cairn_error *err)
         (void)cudaFreeHost(c->stage);
     c->stage = NULL;
     c->stage_bytes = 0;
-    void *p = NULL;
-    cudaError_t e = cudaMallocHost(&p, bytes);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned host memory "
-                            "for uploading weights: %s", bytes, cudaGetErrorString(e));
-    }
-    c->stage = (uint8_t *)p;
-    c->stage_bytes = bytes;
-    return 0;
+    int rc = pinned_alloc((void **)&c->stage, bytes, "uploading weights", err);
+    if (!rc)
+        c->stage_bytes = bytes;
+    return rc;
 }
 
 /* Pinned staging for repacked rows: large enough that uploads run near PCIe speed. */
@@ -434,23 +441,15 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
         c->lrows_cols = c->lg_cols;
         /* logits_pick's entries: up to CAIRN_BACKEND_MAX_PICK a row, a row per token */
         const size_t picks = T * CAIRN_BACKEND_MAX_PICK;
-        if (picks > c->pick_cap) {
+        if (picks > c->pick_cap) { /* both replaced whole */
+            (void)cudaFree(c->d_pick);
             (void)cudaFreeHost(c->h_pick);
-            c->h_pick = NULL;
+            c->d_pick = c->h_pick = NULL;
             c->pick_cap = 0;
-            size_t have = 0; /* replaced whole, as h_pick is */
-            if ((rc = ensure(c, (void **)&c->d_pick, &have, picks * sizeof(cairn_cand),
-                             "logits entries", err)))
+            const size_t bytes = picks * sizeof(cairn_cand);
+            if ((rc = cairn__cuda_malloc(c, (void **)&c->d_pick, bytes, "logits entries", err)) ||
+                (rc = pinned_alloc((void **)&c->h_pick, bytes, "logits entries", err)))
                 return rc;
-            void *h = NULL;
-            cudaError_t e = cudaMallocHost(&h, picks * sizeof(cairn_cand));
-            if (e != cudaSuccess) {
-                (void)cudaGetLastError();
-                return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned "
-                                    "host memory for logits entries: %s",
-                                    picks * sizeof(cairn_cand), cudaGetErrorString(e));
-            }
-            c->h_pick = (cairn_cand *)h;
             c->pick_cap = picks;
         }
     }
@@ -514,15 +513,8 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
         c->h_batch = NULL;
         c->d_batch = NULL;
         c->batch_cap = 0;
-        void *h = NULL;
-        cudaError_t e = cudaMallocHost(&h, cap * sizeof(int32_t));
-        if (e != cudaSuccess) {
-            (void)cudaGetLastError();
-            return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: %zu bytes of pinned host "
-                                "memory for the batch: %s", cap * 4, cudaGetErrorString(e));
-        }
-        c->h_batch = (int32_t *)h;
-        if ((rc = cairn__cuda_malloc(c, (void **)&c->d_batch, cap * sizeof(int32_t), "batch",
+        if ((rc = pinned_alloc((void **)&c->h_batch, cap * sizeof(int32_t), "the batch", err)) ||
+            (rc = cairn__cuda_malloc(c, (void **)&c->d_batch, cap * sizeof(int32_t), "batch",
                                      err)))
             return rc;
         c->batch_cap = cap;

@@ -339,22 +339,23 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 /* matmul.cu: y[i] (n_tok rows of w[i]->rows, token-major) = w[i] x (n_tok rows of w[i]->cols). */
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                        float *const *y, cairn_error *err);
-/* picks NULL: whole rows into out_host; else each row as its pick asks (sample.cu). */
+/* picks NULL: whole rows into out_host; else each row as its pick asks (sample.cu), kmax
+ * being cairn__cuda_pick_kmax's for them (0 without). */
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
-                       float *x, int n, float *out_host, const cairn_bpick *picks,
+                       float *x, int n, float *out_host, const cairn_bpick *picks, int kmax,
                        cairn_error *err);
 /* The logits rows into c->lout without the copy to the host: n_out <= lout_tokens only. */
 int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float *norm,
                                float eps, const float *x, int n, cairn_error *err);
 
 /* sample.cu: the largest k of picks[0..n) (checked: 0..CAIRN_BACKEND_MAX_PICK, host memory
- * given), or an error; logits rows [j0, j0 + nj) of the step, in c->lout, queued on their way
- * back as picks[j0..] ask; once the stream has finished, pick_done hands each row its
- * entries. */
+ * given), or an error; logits rows [j0, j0 + nj) of the step, in c->lout (rows of V), queued
+ * on their way back: whole into out_host + j0 V (picks NULL), or as picks[j0..] ask; once the
+ * stream has finished, rows_done hands each pick its entries (nothing without picks). */
 int cairn__cuda_pick_kmax(const cairn_bpick *picks, int n, cairn_error *err);
-int cairn__cuda_pick(cairn__cuda *c, const cairn_bpick *picks, int j0, int nj, int64_t V,
-                     int kmax, cairn_error *err);
-void cairn__cuda_pick_done(cairn__cuda *c, const cairn_bpick *picks, int n, int kmax);
+int cairn__cuda_rows_out(cairn__cuda *c, float *out_host, const cairn_bpick *picks, int j0,
+                         int nj, int64_t V, int kmax, cairn_error *err);
+void cairn__cuda_rows_done(cairn__cuda *c, const cairn_bpick *picks, int n, int kmax);
 
 /* norm_rope.cu */
 int cairn__cuda_rmsnorm(cairn_backend *be, float *out, const float *x, const float *w, int rows,

@@ -32,17 +32,18 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+extern "C" {
+#include "common/clock.h"
+}
 
 /* A line of the graph log (CAIRN_CUDA_GRAPH_LOG): the wall clock, then what happened. */
 static void glog(cairn__cuda *c, const char *what, int a, int b)
 {
     if (!c->glog)
         return;
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    fprintf(c->glog, "%.6f %s %d %d tokens=%d seqs=%d out=%d\n",
-            (double)t.tv_sec + t.tv_nsec / 1e9, what, a, b, c->n_tokens, c->n_seqs, c->n_out);
+    fprintf(c->glog, "%.6f %s %d %d tokens=%d seqs=%d out=%d\n", (double)cairn_wall_ns() / 1e9,
+            what, a, b, c->n_tokens, c->n_seqs, c->n_out);
 }
 
 /* ---- Running a recorded call ---------------------------------------------------------------- */
@@ -421,10 +422,9 @@ int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int a
     return stage(c, &k, err);
 }
 
-/* The logits end a step: capture it into a graph, or launch the graph it matched, then copy the
- * rows to the host. */
-/* The logits entries: whole rows into out_host, or (picks) as each row's pick asks; the
- * picks run after the graph, outside it. */
+/* The logits end a step: capture it into a graph, or launch the graph it matched, then send the
+ * rows to the host: whole into out_host, or (picks) as each row's pick asks, the picks running
+ * after the graph, outside it. */
 static int logits_step(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                        float *x, int n, float *out_host, const cairn_bpick *picks,
                        cairn_error *err)
@@ -475,7 +475,7 @@ static int logits_step(cairn_backend *be, const cairn_bmat *w, const float *norm
             for (int i = 0; i < c->n_rec; i++)
                 if ((rc = dispatch(c, &c->rec[i], err)))
                     return rc;
-            rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, picks, err);
+            rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, picks, kmax, err);
             return rc;
         }
         if (store_graph(c, exec)) {
@@ -485,7 +485,7 @@ static int logits_step(cairn_backend *be, const cairn_bmat *w, const float *norm
         CU_TRY(err, cudaGraphLaunch(exec, c->stream));
         goto copy_out;
     }
-    if ((rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, picks, err)))
+    if ((rc = cairn__cuda_logits(be, w, norm, eps, x, n, out_host, picks, kmax, err)))
         return rc;
     c->last_done = true;
     return 0;
@@ -493,17 +493,10 @@ static int logits_step(cairn_backend *be, const cairn_bmat *w, const float *norm
 copy_out:
     {
         const cairn__cmat *m = (const cairn__cmat *)w->priv;
-        if (picks)
-            rc = cairn__cuda_pick(c, picks, 0, c->n_out, m->rows, kmax, err);
-        else
-            CU_TRY(err, cudaMemcpyAsync(out_host, c->lout,
-                                        sizeof(float) * (size_t)c->n_out * (size_t)m->rows,
-                                        cudaMemcpyDeviceToHost, c->stream));
-        if (rc)
+        if ((rc = cairn__cuda_rows_out(c, out_host, picks, 0, c->n_out, m->rows, kmax, err)))
             return rc;
         CU_TRY(err, cudaStreamSynchronize(c->stream));
-        if (picks)
-            cairn__cuda_pick_done(c, picks, c->n_out, kmax);
+        cairn__cuda_rows_done(c, picks, c->n_out, kmax);
     }
     c->last_done = true;
     return 0;

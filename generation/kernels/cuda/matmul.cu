@@ -1159,7 +1159,7 @@ int cairn__cuda_logits_compute(cairn__cuda *c, const cairn_bmat *w, const float 
 }
 
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
-                       float *x, int n, float *out_host, const cairn_bpick *picks,
+                       float *x, int n, float *out_host, const cairn_bpick *picks, int kmax,
                        cairn_error *err)
 {
     cairn__cuda *c = cairn__cu(be);
@@ -1170,9 +1170,6 @@ int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm
     const cairn__cmat *m = (const cairn__cmat *)w->priv;
     if ((rc = logits_check(c, m, n, err)))
         return rc;
-    const int kmax = picks ? cairn__cuda_pick_kmax(picks, c->n_out, err) : 0;
-    if (kmax < 0)
-        return kmax;
     if (c->n_out > 0) {
         const int32_t *rows = cairn__b_out(c->d_batch, c->n_tokens);
         if ((rc = cairn__cuda_norm_rows(c, c->lrows, x, rows, norm, c->n_out, n, eps, err)))
@@ -1181,18 +1178,11 @@ int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm
             const int nj = c->n_out - j0 < c->lout_tokens ? c->n_out - j0 : c->lout_tokens;
             if ((rc = product(c, m, c->lrows + (int64_t)j0 * n, nj, c->lout, false, err)))
                 return rc;
-            if (picks)
-                rc = cairn__cuda_pick(c, picks, j0, nj, m->rows, kmax, err);
-            else
-                CU_TRY(err, cudaMemcpyAsync(out_host + (int64_t)j0 * m->rows, c->lout,
-                                            sizeof(float) * (size_t)nj * (size_t)m->rows,
-                                            cudaMemcpyDeviceToHost, c->stream));
-            if (rc)
+            if ((rc = cairn__cuda_rows_out(c, out_host, picks, j0, nj, m->rows, kmax, err)))
                 return rc;
         }
     }
     CU_TRY(err, cudaStreamSynchronize(c->stream));
-    if (picks)
-        cairn__cuda_pick_done(c, picks, c->n_out, kmax);
+    cairn__cuda_rows_done(c, picks, c->n_out, kmax);
     return 0;
 }

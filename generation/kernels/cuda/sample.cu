@@ -206,9 +206,15 @@ int cairn__cuda_pick_kmax(const cairn_bpick *picks, int n, cairn_error *err)
     return kmax;
 }
 
-int cairn__cuda_pick(cairn__cuda *c, const cairn_bpick *picks, int j0, int nj, int64_t V,
-                     int kmax, cairn_error *err)
+int cairn__cuda_rows_out(cairn__cuda *c, float *out_host, const cairn_bpick *picks, int j0,
+                         int nj, int64_t V, int kmax, cairn_error *err)
 {
+    if (!picks) {
+        CU_TRY(err, cudaMemcpyAsync(out_host + (int64_t)j0 * V, c->lout,
+                                    sizeof(float) * (size_t)nj * (size_t)V,
+                                    cudaMemcpyDeviceToHost, c->stream));
+        return 0;
+    }
     for (int j = j0; j < j0 + nj; j++)
         if (picks[j].k == 0)
             CU_TRY(err, cudaMemcpyAsync(picks[j].row, c->lout + (int64_t)(j - j0) * V,
@@ -228,9 +234,9 @@ int cairn__cuda_pick(cairn__cuda *c, const cairn_bpick *picks, int j0, int nj, i
     return 0;
 }
 
-void cairn__cuda_pick_done(cairn__cuda *c, const cairn_bpick *picks, int n, int kmax)
+void cairn__cuda_rows_done(cairn__cuda *c, const cairn_bpick *picks, int n, int kmax)
 {
-    for (int j = 0; j < n; j++)
+    for (int j = 0; picks && j < n; j++)
         if (picks[j].k > 0)
             memcpy(picks[j].cand, c->h_pick + (size_t)j * (size_t)kmax,
                    sizeof(cairn_cand) * (size_t)picks[j].k);
