@@ -605,6 +605,8 @@ cairn_sched_params cairn_sched_default_params(void)
         .online_budget_s = 0.2,
         .min_chunk = 16,
         .starve_ns = 2000000000LL,
+        .max_seqs = 0,
+        .offline_occupancy = 0.75,
     };
 }
 
@@ -682,7 +684,19 @@ static int starving(const cairn_sched_params *sp, const cairn_sched_seq *s, int6
     return !s->online && now - since > sp->starve_ns;
 }
 
-static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
+/* The occupancy guard (sched.h, slo 5): whether the online sequences, running or waiting for
+ * a slot, hold offline_occupancy of the slots or more. */
+static bool online_crowded(const cairn_sched_params *sp, const cairn_sched_seq *seqs, int n,
+                           int online_waiting)
+{
+    if (sp->max_seqs <= 0) return false;
+    int online = online_waiting;
+    for (int i = 0; i < n; i++)
+        online += seqs[i].online;
+    return online >= sp->offline_occupancy * sp->max_seqs;
+}
+
+static void slo(plan *pl, cairn_sched_seq *seqs, int n, int online_waiting, int64_t now)
 {
     const cairn_sched_params *sp = pl->sp;
     /* 1. online decode tokens. */
@@ -723,18 +737,22 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
         }
         break;
     }
-    /* 4. offline decode tokens while the prediction stays within the budget. */
-    for (int i = 0; i < n && room(pl) > 0; i++) {
+    /* 4. offline decode tokens while the prediction stays within the budget, unless the
+     *    online sequences crowd the slots (the occupancy guard: then only 3 serves offline
+     *    work, and an iteration with nothing else still gets its oldest token below). */
+    const bool crowded = online_crowded(sp, seqs, n, online_waiting);
+    for (int i = 0; i < n && room(pl) > 0 && !(crowded && pl->n_items > 0); i++) {
         cairn_sched_seq *s = &seqs[i];
         if (planned(s) || s->online || s->prefilling) continue;
-        if (fits(pl, s, 1) || pl->n_items == 0) add(pl, s, 1); /* never an empty iteration */
+        if ((!crowded && fits(pl, s, 1)) || pl->n_items == 0)
+            add(pl, s, 1); /* never an empty iteration */
     }
     /* 5. offline prefill chunks in what remains of the budget (not below min_chunk, unless
      *    that finishes the prompt). */
-    for (int i = 0; i < n && room(pl) > 0; i++) {
+    for (int i = 0; i < n && room(pl) > 0 && !(crowded && pl->n_items > 0); i++) {
         cairn_sched_seq *s = &seqs[i];
         if (planned(s) || s->online || !s->prefilling) continue;
-        int c = best_chunk(pl, s);
+        int c = crowded ? 0 : best_chunk(pl, s);
         if (pl->n_items == 0 && c < sp->min_chunk) /* never an empty iteration */
             c = s->remaining < sp->min_chunk ? s->remaining : sp->min_chunk;
         if (c > room(pl)) c = room(pl);
@@ -744,8 +762,8 @@ static void slo(plan *pl, cairn_sched_seq *seqs, int n, int64_t now)
 }
 
 int cairn_sched_plan(const cairn_sched_params *sp, const cairn_predictor *pred,
-                     cairn_sched_seq *seqs, int n, int64_t now, cairn_step_item *items,
-                     cairn_batch_shape *shape)
+                     cairn_sched_seq *seqs, int n, int online_waiting, int64_t now,
+                     cairn_step_item *items, cairn_batch_shape *shape)
 {
     plan pl = {.sp = sp, .pred = pred && pred->fitted ? pred : NULL, .items = items};
     if (n > 0) qsort(seqs, (size_t)n, sizeof *seqs, by_arrival);
@@ -767,7 +785,7 @@ int cairn_sched_plan(const cairn_sched_params *sp, const cairn_predictor *pred,
     }
     case CAIRN_SCHED_SLO:
     default:
-        slo(&pl, seqs, n, now);
+        slo(&pl, seqs, n, online_waiting, now);
         break;
     }
     for (int i = 0; i < n; i++)

@@ -19,7 +19,16 @@
  *      offline sequence has not advanced for starve_ns it is served whatever the budget (one
  *      decode token, or a min_chunk prefill chunk). Only the oldest: with offline work first
  *      come, first served, its progress bounds every other offline sequence's wait, and an
- *      iteration is stretched by one sequence's minimum service at most.
+ *      iteration is stretched by one sequence's minimum service at most;
+ *   5. occupancy guard on 3: while the online sequences (running and waiting for a slot) hold
+ *      offline_occupancy x max_seqs of the engine's slots or more, offline work gets no budget
+ *      (only the guard of 4 serves it). By Little's law the online sequences in flight are
+ *      the arrival rate times their lifetime, and their lifetime is mostly their tokens times
+ *      the iteration time; offline work that lengthens every iteration to the budget so
+ *      lengthens it that near capacity the online sequences outgrow the slots and new prompts
+ *      queue for admission. On an H100 at 75% of capacity (max_seqs 64) the TBT median went
+ *      from 26 ms (online only) to 35 ms with a 40 ms budget, the online sequences in flight
+ *      from about 41 to 57, and 5% of requests missed the TTFT SLO (docs/BENCHMARKS.md).
  * An iteration is never empty while sequences exist: with no online work and a budget too small
  * for anything, the oldest offline sequence still gets a token or a min_chunk chunk.
  * Two policies for comparison: `online-only` (offline work runs only when no online sequence
@@ -246,9 +255,13 @@ typedef struct {
     double online_budget_s; /* slo: the same for online prefill chunks (s); >= budget_s */
     int min_chunk;        /* smallest prefill chunk (tokens) worth scheduling */
     int64_t starve_ns;    /* slo: the oldest offline sequence idle this long is served anyway */
+    int max_seqs;         /* the engine's sequence slots (0: unknown, no occupancy guard) */
+    double offline_occupancy; /* slo: offline work pauses while online sequences hold this
+                               * share of max_seqs or more (0 < x <= 1; 1: all of them) */
 } cairn_sched_params;
 
-/* slo, 512 tokens, budget 0.1 s, online budget 0.2 s, min_chunk 16, starve 2 s. */
+/* slo, 512 tokens, budget 0.1 s, online budget 0.2 s, min_chunk 16, starve 2 s, max_seqs 0,
+ * offline occupancy 0.75. */
 cairn_sched_params cairn_sched_default_params(void);
 
 /* What the planner knows of a running sequence. */
@@ -263,13 +276,14 @@ typedef struct {
 } cairn_sched_seq;
 
 /*
- * Chooses the next iteration's items from seqs[0..n) at time now. items must hold n entries;
+ * Chooses the next iteration's items from seqs[0..n) at time now; online_waiting online
+ * requests wait for a slot (they count towards the occupancy guard). items must hold n entries;
  * *shape (may be NULL) receives the batch's shape (for the predictor). With an unfitted
  * predictor the slo policy limits prefill to max_batch_tokens only. Returns how many items were
  * written (0: nothing to run). seqs is reordered (by arrival), its entries otherwise unchanged.
  */
 int cairn_sched_plan(const cairn_sched_params *sp, const cairn_predictor *pred,
-                     cairn_sched_seq *seqs, int n, int64_t now, cairn_step_item *items,
-                     cairn_batch_shape *shape);
+                     cairn_sched_seq *seqs, int n, int online_waiting, int64_t now,
+                     cairn_step_item *items, cairn_batch_shape *shape);
 
 #endif

@@ -61,6 +61,8 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
         } else if (!strcmp(a, "--markdown")) o->md = v;
         else if (!strcmp(a, "--profile")) o->profile = v;
         else if (!strcmp(a, "--online-budget")) bad = cairn__bench_num(v, &o->online_ms);
+        else if (!strcmp(a, "--offline-occupancy"))
+            bad = cairn__bench_num(v, &o->env.offline_occupancy);
         else if (!strcmp(a, "--device")) bad = cairn__bench_int(v, &o->env.device);
         else if (!strcmp(a, "--as-cairnd")) o->as_cairnd = v;
         else if (!strcmp(a, "--startup-iterations"))
@@ -91,6 +93,10 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
         return cairn__bench_usage_error("colocate", "SLOs and budgets must be positive");
     if (o->backlog < 0)
         return cairn__bench_usage_error("colocate", "--backlog %d is negative", o->backlog);
+    if (o->env.offline_occupancy != 0 &&
+        !(o->env.offline_occupancy > 0 && o->env.offline_occupancy <= 1))
+        return cairn__bench_usage_error("colocate", "--offline-occupancy %g is outside (0, 1]",
+                                        o->env.offline_occupancy);
     if (o->env.max_seqs < 2 || o->env.max_seqs > 64)
         return cairn__bench_usage_error("colocate", "--max-seqs %d is outside 2..64",
                                         o->env.max_seqs);
@@ -136,11 +142,13 @@ static void report(const colocate_opts *o, cairn_sched_policy pol, double rps, d
            "\"slo_attainment\":%s,\"slo_met\":%s,\"offline_tps\":%.2f,"
            "\"online_tps\":%.2f,\"total_tps\":%.2f,\"online_done\":%d,"
            "\"online_rejected\":%d,\"offline_done\":%d,\"offline_cut\":%d,"
-           "\"predictor_mape\":%.4f,\"predictor_n\":%d}\n",
+           "\"predictor_mape\":%.4f,\"predictor_n\":%d,\"offline_occupancy\":%.3g}\n",
            cairn_sched_policy_name(pol), rps, f[0], f[1], f[2], f[3], f[4], f[5],
            met ? "true" : "false", rr->offline_tps, rr->online_tps,
            rr->offline_tps + rr->online_tps, rr->done, rr->rejected, rr->offline_done,
-           rr->offline_cut, mape, nm);
+           rr->offline_cut, mape, nm,
+           o->env.offline_occupancy > 0 ? o->env.offline_occupancy
+                                        : cairn_sched_default_params().offline_occupancy);
     fflush(stdout);
     if (mf) {
         fprintf(mf,

@@ -110,6 +110,7 @@ int cairn__bench_open_workers(cairn_workers **w, const cairn__bench_env *env,
     wp.sched.policy = pol;
     wp.sched.budget_s = budget_s;
     wp.sched.online_budget_s = env->online_budget_s > budget_s ? env->online_budget_s : budget_s;
+    if (env->offline_occupancy > 0) wp.sched.offline_occupancy = env->offline_occupancy;
     wp.timeout_ns = 0;
     cairn_error err = {0};
     if (cairn_workers_open(w, &wp, NULL, &err) != 0) {

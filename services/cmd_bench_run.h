@@ -83,6 +83,7 @@ typedef struct cairn__bench_env {
     double online_budget_s; /* the slo policy's online budget (at least the budget) */
     double ttft_slo_s, tbt_slo_s; /* what counts as meeting the SLO */
     int max_batch_tokens; /* tokens in one forward pass (0: the engine's default) */
+    double offline_occupancy; /* the slo policy's occupancy guard (0: the default) */
 } cairn__bench_env;
 
 /* Opens workers for a run: one engine, the policy and budget given, a KV cache with room for

@@ -131,6 +131,10 @@ static const cairn_config_key schema[] = {
      "slo.tbt; set: wins, with a warning; never below the budget)", NULL, 0},
     {"sched.starve", CAIRN_CFG_DURATION, "2s", "0s", "1h",
      "slo: the oldest offline sequence idle this long is served whatever the budget", NULL, 0},
+    {"sched.offline_occupancy", CAIRN_CFG_FLOAT, "0.75", "0.01", "1",
+     "slo: offline work pauses while online requests (running or queued) hold this share of "
+     "workers.max_seqs or more, so that it never lengthens their lives until they queue for "
+     "slots", NULL, 0},
     {"sched.online_reserve", CAIRN_CFG_INT, "2", "0", "255",
      "engine slots offline requests may not take (below workers.max_seqs)", NULL, 0},
     {"sched.profile", CAIRN_CFG_STRING, NULL, NULL, NULL,
@@ -432,6 +436,7 @@ static int start_api(service *s, cairn_error *err)
                                       err);
         if (rc) return rc;
         wp.sched.starve_ns = cairn_config_duration_ns(c, "sched.starve");
+        wp.sched.offline_occupancy = cairn_config_float(c, "sched.offline_occupancy");
         wp.online_reserve = (int)cairn_config_int(c, "sched.online_reserve");
         if (wp.online_reserve >= wp.engine.max_seqs)
             return cairn_errorf(err, CAIRN_EINVAL,

@@ -653,7 +653,9 @@ static int iterate(worker *wk, cairn_error *err)
     }
     cairn_batch_shape shape;
     int64_t t0 = cairn_now_ns();
-    int n_items = cairn_sched_plan(&w->p.sched, wk->pred, wk->plan, n, t0, wk->items, &shape);
+    int n_items = cairn_sched_plan(&w->p.sched, wk->pred, wk->plan, n,
+                                   __atomic_load_n(&w->online.n, __ATOMIC_RELAXED), t0,
+                                   wk->items, &shape);
     bool online = false;
     for (int i = 0; i < n_items && !online; i++) {
         job *j = find_job(wk, wk->items[i].id);
@@ -878,10 +880,12 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
                             "workers: online_reserve %d must be in 0..max_seqs-1 (%d)",
                             p->online_reserve, p->engine.max_seqs - 1);
     if (!(p->sched.budget_s > 0) || !(p->sched.online_budget_s > 0) ||
-        p->sched.min_chunk < 1 || p->sched.starve_ns < 0)
+        p->sched.min_chunk < 1 || p->sched.starve_ns < 0 ||
+        !(p->sched.offline_occupancy > 0 && p->sched.offline_occupancy <= 1))
         return cairn_errorf(err, CAIRN_EINVAL,
                             "workers: scheduler budgets must be > 0, min_chunk >= 1, "
-                            "starvation age >= 0");
+                            "starvation age >= 0, offline occupancy in (0, 1] (got %g)",
+                            p->sched.offline_occupancy);
     cairn_workers *w = calloc(1, sizeof *w);
     if (!w) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");
     w->p = *p;
@@ -889,6 +893,7 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
     w->p.chat_template = NULL;
     w->p.predictor = NULL;
     w->p.sched.max_batch_tokens = p->engine.max_batch_tokens;
+    w->p.sched.max_seqs = p->engine.max_seqs;
     if (w->p.sched.online_budget_s < w->p.sched.budget_s) /* online never gets less */
         w->p.sched.online_budget_s = w->p.sched.budget_s;
     pthread_mutex_init(&w->mu, NULL);

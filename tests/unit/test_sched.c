@@ -577,7 +577,7 @@ static void test_slo_plan_keeps_the_budget(void **state)
         s[i].t_served = now - MS; /* nobody is starving */
     cairn_step_item it[6];
     cairn_batch_shape sh;
-    int n = cairn_sched_plan(&sp, p, s, 6, now, it, &sh);
+    int n = cairn_sched_plan(&sp, p, s, 6, 0, now, it, &sh);
     /* Online decodes always run; the online prompt gets the largest chunk within the online
      * budget. */
     assert_int_equal(find(it, n, 2), 1);
@@ -599,7 +599,7 @@ static void test_slo_plan_keeps_the_budget(void **state)
                            seq(3, 0, 0, 500, 5 * MS), seq(6, 0, 0, 700, 6 * MS)};
     for (int i = 0; i < 4; i++)
         t[i].t_served = now - MS;
-    n = cairn_sched_plan(&sp, p, t, 4, now, it, &sh);
+    n = cairn_sched_plan(&sp, p, t, 4, 0, now, it, &sh);
     assert_int_equal(find(it, n, 2), 1);
     assert_int_equal(find(it, n, 3), 1);
     assert_int_equal(find(it, n, 6), 1);
@@ -615,7 +615,7 @@ static void test_slo_plan_keeps_the_budget(void **state)
 
     /* A tight budget: the online decode still runs, offline work waits. */
     sp.budget_s = 0.001;
-    n = cairn_sched_plan(&sp, p, t, 4, now, it, &sh);
+    n = cairn_sched_plan(&sp, p, t, 4, 0, now, it, &sh);
     assert_int_equal(n, 1);
     assert_int_equal(it[0].id, 2);
     cairn_predictor_free(p);
@@ -640,7 +640,7 @@ static void test_online_prompts_first_come_first_served(void **state)
     s[0] = seq(1, 1, 0, 80, 10 * MS);
     for (int i = 1; i < NP; i++)
         s[i] = seq(10 + i, 1, 300, 0, (100 + i) * MS); /* 11 oldest */
-    int n = cairn_sched_plan(&sp, p, s, NP, now, it, &sh);
+    int n = cairn_sched_plan(&sp, p, s, NP, 0, now, it, &sh);
     assert_int_equal(n, 2);
     assert_int_equal(find(it, n, 1), 1);
     int chunk = find(it, n, 11);
@@ -652,7 +652,7 @@ static void test_online_prompts_first_come_first_served(void **state)
     for (int i = 1; i < NP; i++)
         s[i] = seq(10 + i, 1, 300, 0, (100 + i) * MS);
     s[0] = seq(1, 1, 0, 80, 10 * MS);
-    n = cairn_sched_plan(&sp, p, s, NP, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, s, NP, 0, now, it, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(find(it, n, 11), sp.min_chunk);
 
@@ -661,7 +661,7 @@ static void test_online_prompts_first_come_first_served(void **state)
     for (int i = 1; i < NP; i++)
         s[i] = seq(10 + i, 1, i == 3 ? 5 : 40, 0, (100 + i) * MS);
     s[0] = seq(1, 1, 0, 80, 10 * MS);
-    n = cairn_sched_plan(&sp, p, s, NP, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, s, NP, 0, now, it, NULL);
     assert_int_equal(n, NP);
     for (int i = 1; i < NP; i++)
         assert_int_equal(find(it, n, 10 + i), i == 3 ? 5 : 40);
@@ -685,7 +685,7 @@ static void test_starvation_guard(void **state)
     s[2].t_served = now - 2000 * (int64_t)MS; /* starved, prefilling */
     s[3].t_served = now - 100 * (int64_t)MS;  /* served recently */
     cairn_step_item it[4];
-    int n = cairn_sched_plan(&sp, p, s, 4, now, it, NULL);
+    int n = cairn_sched_plan(&sp, p, s, 4, 0, now, it, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(find(it, n, 1), 1);
     assert_int_equal(find(it, n, 2), 1);
@@ -693,7 +693,7 @@ static void test_starvation_guard(void **state)
     /* A starved prefill gets a min_chunk chunk. */
     cairn_sched_seq f[] = {seq(5, 0, 900, 0, 100 * MS), seq(6, 1, 0, 10, now - 10 * MS)};
     f[0].t_served = now - 2000 * (int64_t)MS;
-    n = cairn_sched_plan(&sp, p, f, 2, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, f, 2, 0, now, it, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(find(it, n, 5), sp.min_chunk);
 
@@ -705,18 +705,18 @@ static void test_starvation_guard(void **state)
     h[0].t_served = now - MS;
     h[1].t_served = now - 100 * (int64_t)MS;
     h[2].t_served = now - 9000 * (int64_t)MS;
-    n = cairn_sched_plan(&sp, p, h, 3, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, h, 3, 0, now, it, NULL);
     assert_int_equal(n, 1);
     assert_int_equal(find(it, n, 1), 1);
 
     /* Only offline work and a budget nothing fits: the oldest still advances. */
     cairn_sched_seq o[] = {seq(7, 0, 900, 0, now - 5), seq(8, 0, 0, 10, now - 9)};
-    n = cairn_sched_plan(&sp, p, o, 2, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, o, 2, 0, now, it, NULL);
     assert_int_equal(n, 1);
     assert_int_equal(find(it, n, 8), 1);
     o[0] = seq(7, 0, 900, 0, now - 5); /* (the plan sorted o) */
     o[1] = seq(8, 0, 900, 0, now - 9);
-    n = cairn_sched_plan(&sp, p, o, 2, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, o, 2, 0, now, it, NULL);
     assert_int_equal(n, 1);
     assert_int_equal(find(it, n, 8), sp.min_chunk);
 
@@ -724,11 +724,11 @@ static void test_starvation_guard(void **state)
      * without a starved offline sequence beside it, and the starved one is served as well. */
     sp.online_budget_s = 0.150;
     cairn_sched_seq q1[] = {seq(20, 1, 300, 0, now - 5 * MS)};
-    int alone = find(it, cairn_sched_plan(&sp, p, q1, 1, now, it, NULL), 20);
+    int alone = find(it, cairn_sched_plan(&sp, p, q1, 1, 0, now, it, NULL), 20);
     assert_true(alone > sp.min_chunk && alone < 300);
     cairn_sched_seq q2[] = {seq(20, 1, 300, 0, now - 5 * MS), seq(21, 0, 0, 10, 0)};
     q2[1].t_served = now - 3000 * (int64_t)MS;
-    n = cairn_sched_plan(&sp, p, q2, 2, now, it, NULL);
+    n = cairn_sched_plan(&sp, p, q2, 2, 0, now, it, NULL);
     assert_int_equal(find(it, n, 20), alone);
     assert_int_equal(find(it, n, 21), 1);
 
@@ -744,10 +744,77 @@ static void test_starvation_guard(void **state)
         m[i].t_served = now - (3000 + 10 * i) * (int64_t)MS;
     }
     sp.online_budget_s = 0.001;
-    n = cairn_sched_plan(&sp, p, m, NS, now, mi, NULL);
+    n = cairn_sched_plan(&sp, p, m, NS, 0, now, mi, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(find(mi, n, 100), 1);
     assert_int_equal(find(mi, n, 100 + NS - 1), sp.min_chunk); /* the oldest, prefilling */
+    cairn_predictor_free(p);
+}
+
+/* The occupancy guard: while online sequences, running or waiting for a slot, hold
+ * offline_occupancy of max_seqs, offline work gets no budget (the starvation guard still serves
+ * the oldest, and an iteration with nothing else still gets a token); below it, the budget is
+ * filled as before. */
+static void test_occupancy_guard(void **state)
+{
+    (void)state;
+    cairn_predictor *p = fitted();
+    cairn_sched_params sp = cairn_sched_default_params();
+    sp.budget_s = sp.online_budget_s = 1.0; /* room for everything */
+    sp.max_seqs = 8;
+    sp.offline_occupancy = 0.75; /* 6 online sequences crowd the 8 slots */
+    const int64_t now = 10000 * MS;
+    enum { NS = 7 };
+    cairn_sched_seq s[NS];
+    cairn_step_item it[NS];
+    /* Five online decodes, an offline decode and an offline prompt, nobody starving. */
+    for (int i = 0; i < 5; i++)
+        s[i] = seq(i + 1, 1, 0, 40, (100 + i) * MS);
+    s[5] = seq(6, 0, 0, 300, 10 * MS);
+    s[6] = seq(7, 0, 400, 0, 20 * MS);
+    for (int i = 0; i < NS; i++)
+        s[i].t_served = now - MS;
+    cairn_sched_seq t[NS];
+    memcpy(t, s, sizeof t);
+    /* Five online of 8 slots: below 6, the offline work rides along. */
+    int n = cairn_sched_plan(&sp, p, t, NS, 0, now, it, NULL);
+    assert_int_equal(n, 7);
+    assert_int_equal(find(it, n, 6), 1);
+    assert_int_equal(find(it, n, 7), 400);
+    /* One online request waiting for a slot makes six: the offline work waits. */
+    memcpy(t, s, sizeof t);
+    n = cairn_sched_plan(&sp, p, t, NS, 1, now, it, NULL);
+    assert_int_equal(n, 5);
+    assert_int_equal(find(it, n, 6) + find(it, n, 7), 0);
+    /* A share of 1 pauses it only when online work fills every slot. */
+    sp.offline_occupancy = 1.0;
+    memcpy(t, s, sizeof t);
+    n = cairn_sched_plan(&sp, p, t, NS, 1, now, it, NULL);
+    assert_int_equal(n, 7);
+    memcpy(t, s, sizeof t);
+    n = cairn_sched_plan(&sp, p, t, NS, 3, now, it, NULL);
+    assert_int_equal(n, 5);
+    /* No max_seqs (0): no guard, however many wait. */
+    sp.max_seqs = 0;
+    memcpy(t, s, sizeof t);
+    n = cairn_sched_plan(&sp, p, t, NS, 50, now, it, NULL);
+    assert_int_equal(n, 7);
+    /* Crowded, the starved oldest offline sequence is still served its token. */
+    sp.max_seqs = 8;
+    sp.offline_occupancy = 0.75;
+    memcpy(t, s, sizeof t);
+    t[5].t_served = now - 3000 * (int64_t)MS;
+    n = cairn_sched_plan(&sp, p, t, NS, 1, now, it, NULL);
+    assert_int_equal(n, 6);
+    assert_int_equal(find(it, n, 6), 1);
+    assert_int_equal(find(it, n, 7), 0);
+    /* Crowded by waiting requests alone (offline work fills the slots until the workers
+     * preempt it): an iteration is never empty, the oldest offline work advances. */
+    cairn_sched_seq o[] = {seq(6, 0, 0, 300, 10 * MS), seq(7, 0, 400, 0, 20 * MS)};
+    o[0].t_served = o[1].t_served = now - MS;
+    n = cairn_sched_plan(&sp, p, o, 2, 8, now, it, NULL);
+    assert_int_equal(n, 1);
+    assert_int_equal(find(it, n, 6), 1);
     cairn_predictor_free(p);
 }
 
@@ -761,12 +828,12 @@ static void test_baseline_policies(void **state)
     sp.policy = CAIRN_SCHED_ONLINE_ONLY;
     cairn_sched_seq a[] = {seq(1, 0, 0, 10, 1), seq(2, 1, 500, 0, 5), seq(3, 0, 50, 0, 2),
                            seq(4, 1, 0, 10, 9)};
-    int n = cairn_sched_plan(&sp, NULL, a, 4, 100, it, NULL);
+    int n = cairn_sched_plan(&sp, NULL, a, 4, 0, 100, it, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(find(it, n, 4), 1);
     assert_int_equal(find(it, n, 2), 99);
     cairn_sched_seq b[] = {seq(1, 0, 0, 10, 1), seq(3, 0, 500, 0, 2)};
-    n = cairn_sched_plan(&sp, NULL, b, 2, 100, it, NULL);
+    n = cairn_sched_plan(&sp, NULL, b, 2, 0, 100, it, NULL);
     assert_int_equal(find(it, n, 1), 1);
     assert_int_equal(find(it, n, 3), 99);
 
@@ -774,7 +841,7 @@ static void test_baseline_policies(void **state)
     sp.policy = CAIRN_SCHED_FCFS_HYBRID;
     cairn_sched_seq c[] = {seq(1, 1, 80, 0, 7), seq(2, 0, 0, 10, 9), seq(3, 0, 60, 0, 3),
                            seq(4, 1, 0, 10, 1)};
-    n = cairn_sched_plan(&sp, NULL, c, 4, 100, it, NULL);
+    n = cairn_sched_plan(&sp, NULL, c, 4, 0, 100, it, NULL);
     assert_int_equal(find(it, n, 4), 1);
     assert_int_equal(find(it, n, 2), 1);
     assert_int_equal(find(it, n, 3), 60); /* arrived before the online prompt */
@@ -806,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_slo_plan_keeps_the_budget),
         cmocka_unit_test(test_online_prompts_first_come_first_served),
         cmocka_unit_test(test_starvation_guard),
+        cmocka_unit_test(test_occupancy_guard),
         cmocka_unit_test(test_baseline_policies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
