@@ -19,6 +19,7 @@
 typedef struct colocate_opts {
     cairn__bench_env env;
     const char *policies, *md, *loads_s, *rates_s, *profile;
+    const char *requests; /* --requests: a CSV row per online request */
     const char *as_cairnd; /* a data dir: predictor and budgets as cairnd derives them */
     int startup_iterations; /* with as_cairnd and no usable profile */
     cairn_slo_plan plan;    /* as_cairnd's */
@@ -59,6 +60,7 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
             o->seed = strtoull(v, &end, 10);
             bad = !*v || *end;
         } else if (!strcmp(a, "--markdown")) o->md = v;
+        else if (!strcmp(a, "--requests")) o->requests = v;
         else if (!strcmp(a, "--profile")) o->profile = v;
         else if (!strcmp(a, "--online-budget")) bad = cairn__bench_num(v, &o->online_ms);
         else if (!strcmp(a, "--offline-occupancy"))
@@ -231,6 +233,12 @@ int cairn__bench_colocate(int argc, char **argv)
         fprintf(mf, "| policy | online req/s | load | TTFT p50 / p99 (s) | TBT p50 / p99 (ms) | "
                     "SLO attained | offline tok/s | online tok/s | total tok/s |\n"
                     "|---|---|---|---|---|---|---|---|---|\n");
+    FILE *rf = o.requests ? fopen(o.requests, "w") : NULL;
+    if (o.requests && !rf) {
+        fprintf(stderr, "cairn bench colocate: cannot write %s\n", o.requests);
+        rc = 1;
+    }
+    if (rf) fputs(CAIRN__BENCH_REQUESTS_HEADER, rf);
     for (int v = 0; v < o.n_vals && !rc; v++) {
         double rps = o.rates_s ? o.vals[v] : o.vals[v] * capacity;
         for (int p = 0; p < o.n_pol && !rc; p++) {
@@ -240,8 +248,11 @@ int cairn__bench_colocate(int argc, char **argv)
                 rc = 1;
                 break;
             }
+            char label[64];
+            snprintf(label, sizeof label, "%s %.3g", cairn_sched_policy_name(o.pols[p]),
+                     o.rates_s ? rps : o.vals[v]);
             cairn__bench_spec rs = {.online_rps = rps, .duration_s = o.duration,
-                                    .backlog = o.backlog};
+                                    .backlog = o.backlog, .requests = rf, .label = label};
             cairn__bench_result rr;
             cairn__bench_run_once(w, &o.env, &pr, &rs, o.seed + (uint64_t)v, &rr);
             int nm = 0;
@@ -251,6 +262,10 @@ int cairn__bench_colocate(int argc, char **argv)
         }
     }
     if (mf) fclose(mf);
+    if (rf && fclose(rf) != 0) {
+        fprintf(stderr, "cairn bench colocate: writing %s failed\n", o.requests);
+        rc = 1;
+    }
     cairn__bench_prompts_free(&pr);
     return rc;
 }

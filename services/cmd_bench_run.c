@@ -172,6 +172,7 @@ typedef struct {
     int64_t t_submit, t_first, t_last;
     double max_gap;
     int tokens;
+    int in_flight; /* online requests in flight when it was submitted, itself included */
 } req;
 
 static void push(double **v, size_t *n, size_t *cap, double x)
@@ -218,6 +219,11 @@ static void on_done(void *user, const cairn_gen_result *res)
     pthread_mutex_lock(&r->mu);
     if (q->online) {
         r->online_in_flight--;
+        if (r->requests)
+            fprintf(r->requests, "%s,%.6f,%.6f,%.6f,%d,%d,%d\n", r->label ? r->label : "",
+                    (double)(q->t_submit - r->t_start) / 1e9,
+                    q->t_first ? (double)(q->t_first - q->t_submit) / 1e9 : -1.0, q->max_gap,
+                    q->tokens, q->in_flight, res->error != 0);
         if (!res->error && q->t_first) {
             double ttft = (double)(q->t_first - q->t_submit) / 1e9;
             push(&r->ttft, &r->n_ttft, &r->cap_ttft, ttft);
@@ -276,7 +282,7 @@ int cairn__bench_submit(cairn__bench_run *r, const char *prompt, bool online, in
         .user = q,
     };
     pthread_mutex_lock(&r->mu);
-    if (online) r->online_in_flight++;
+    if (online) q->in_flight = ++r->online_in_flight;
     else r->offline_in_flight++;
     pthread_mutex_unlock(&r->mu);
     int rc = cairn_workers_submit(r->w, &rq, NULL);
@@ -302,6 +308,8 @@ void cairn__bench_run_once(cairn_workers *w, const cairn__bench_env *env,
     cairn__bench_run r;
     cairn__bench_run_init(&r, w, env->ttft_slo_s, env->tbt_slo_s, t0 + warm,
                           t0 + warm + (int64_t)(spec->duration_s * 1e9));
+    r.requests = spec->requests;
+    r.label = spec->label;
     int64_t next = t0;
     while (cairn_now_ns() < r.t_end) {
         /* Keep the offline backlog full. */

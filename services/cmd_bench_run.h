@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "generation/sched.h"
 #include "services/workers.h"
@@ -122,6 +123,8 @@ typedef struct cairn__bench_run {
     int offline_done, offline_cut; /* offline requests finished, and ended with an error */
     long long online_tokens, offline_tokens; /* within the window */
     double last_offline_ttft_s; /* the latest offline request's time to its first token */
+    FILE *requests;      /* a CSV row per finished online request (cairn__bench_spec), or NULL */
+    const char *label;   /* the rows' first column */
 } cairn__bench_run;
 
 /* Initialises r for workers w (the window: t_start .. t_end, cairn_now_ns clock). */
@@ -139,7 +142,16 @@ typedef struct {
     double online_rps; /* 0: no online arrivals; < 0: closed loop with -x in flight */
     double duration_s;
     int backlog;
+    FILE *requests;    /* NULL, or where each finished online request's CSV row goes:
+                        * label, submitted (s from the measured window's start; < 0: in the
+                        * warm-up), TTFT (s; -1: none), its largest gap between tokens (s),
+                        * tokens, online requests in flight at its submission (itself
+                        * included), error (0/1); CAIRN__BENCH_REQUESTS_HEADER names them */
+    const char *label; /* the rows' first column (e.g. "slo 0.75") */
 } cairn__bench_spec;
+
+#define CAIRN__BENCH_REQUESTS_HEADER \
+    "label,submitted_s,ttft_s,max_gap_s,tokens,in_flight,error\n"
 
 typedef struct {
     double ttft_p50, ttft_p99, tbt_p50, tbt_p99, attainment, offline_tps, online_tps, rps_done;
