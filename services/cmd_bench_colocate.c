@@ -25,6 +25,7 @@ typedef struct colocate_opts {
     cairn_slo_plan plan;    /* as_cairnd's */
     double duration, ttft_ms, tbt_ms, budget_ms, online_ms;
     int backlog;
+    bool occupancy_given; /* --offline-occupancy (else env's 0: the scheduler's default) */
     uint64_t seed;
     cairn_sched_profile prof; /* --profile's, when given */
     cairn_sched_policy pols[3];
@@ -63,8 +64,10 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
         else if (!strcmp(a, "--requests")) o->requests = v;
         else if (!strcmp(a, "--profile")) o->profile = v;
         else if (!strcmp(a, "--online-budget")) bad = cairn__bench_num(v, &o->online_ms);
-        else if (!strcmp(a, "--offline-occupancy"))
+        else if (!strcmp(a, "--offline-occupancy")) {
             bad = cairn__bench_num(v, &o->env.offline_occupancy);
+            o->occupancy_given = true;
+        }
         else if (!strcmp(a, "--device")) bad = cairn__bench_int(v, &o->env.device);
         else if (!strcmp(a, "--as-cairnd")) o->as_cairnd = v;
         else if (!strcmp(a, "--startup-iterations"))
@@ -95,8 +98,7 @@ static int parse_args(int argc, char **argv, colocate_opts *o)
         return cairn__bench_usage_error("colocate", "SLOs and budgets must be positive");
     if (o->backlog < 0)
         return cairn__bench_usage_error("colocate", "--backlog %d is negative", o->backlog);
-    if (o->env.offline_occupancy != 0 &&
-        !(o->env.offline_occupancy > 0 && o->env.offline_occupancy <= 1))
+    if (o->occupancy_given && !(o->env.offline_occupancy > 0 && o->env.offline_occupancy <= 1))
         return cairn__bench_usage_error("colocate", "--offline-occupancy %g is outside (0, 1]",
                                         o->env.offline_occupancy);
     if (o->env.max_seqs < 2 || o->env.max_seqs > 64)

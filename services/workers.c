@@ -880,11 +880,13 @@ int cairn_workers_open(cairn_workers **out, const cairn_workers_params *p, cairn
                             "workers: online_reserve %d must be in 0..max_seqs-1 (%d)",
                             p->online_reserve, p->engine.max_seqs - 1);
     if (!(p->sched.budget_s > 0) || !(p->sched.online_budget_s > 0) ||
-        p->sched.min_chunk < 1 || p->sched.starve_ns < 0 ||
-        !(p->sched.offline_occupancy > 0 && p->sched.offline_occupancy <= 1))
+        p->sched.min_chunk < 1 || p->sched.starve_ns < 0)
         return cairn_errorf(err, CAIRN_EINVAL,
                             "workers: scheduler budgets must be > 0, min_chunk >= 1, "
-                            "starvation age >= 0, offline occupancy in (0, 1] (got %g)",
+                            "starvation age >= 0");
+    if (!(p->sched.offline_occupancy > 0 && p->sched.offline_occupancy <= 1))
+        return cairn_errorf(err, CAIRN_EINVAL,
+                            "workers: offline occupancy %g is outside (0, 1]",
                             p->sched.offline_occupancy);
     cairn_workers *w = calloc(1, sizeof *w);
     if (!w) return cairn_errorf(err, CAIRN_ENOMEM, "out of memory");

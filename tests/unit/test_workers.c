@@ -2,6 +2,7 @@
  * tests/unit/test_workers.c — the generation workers' scheduling policies on the real
  * gemma-3-270m, as a submitter sees them: when tokens arrive, and the layer-yield metric.
  */
+#include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -225,6 +226,23 @@ static void test_preempted_offline_request_goes_on(void **state)
 /* n choices of one request: greedy, each equals the request alone and reports a logprob per
  * token; sampled, choice i draws as a request alone with seed + i, so choices differ and a
  * seed reproduces them. The prompt is tokenized and counted once per choice (n_prompt). */
+/* An occupancy share outside (0, 1] is refused at open, the error naming the value. */
+static void test_offline_occupancy_checked(void **state)
+{
+    (void)state;
+    const double bad[] = {0, -0.5, 1.5, NAN};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cairn_workers_params wp = cairn_workers_default_params();
+        wp.model_path = model_path;
+        wp.sched.offline_occupancy = bad[i];
+        cairn_workers *w = NULL;
+        cairn_error err = {0};
+        assert_int_equal(cairn_workers_open(&w, &wp, NULL, &err), CAIRN_EINVAL);
+        assert_null(w);
+        assert_non_null(strstr(err.msg, "offline occupancy"));
+    }
+}
+
 static void test_choices_of_one_request(void **state)
 {
     (void)state;
@@ -305,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_slo_advances_a_layer_per_online_iteration),
         cmocka_unit_test(test_preempted_offline_request_goes_on),
         cmocka_unit_test(test_choices_of_one_request),
+        cmocka_unit_test(test_offline_occupancy_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
