@@ -2,6 +2,10 @@
  * tests/bench/bench_cuda_generate.c — generation on a GPU, beside what the GPU can do at best.
  *
  * Usage: bench_cuda_generate [--device N] [--dir DIR] [TYPE...]
+ *        bench_cuda_generate [--device N] --model FILE
+ * With --model, a real GGUF file instead (gemma-3-270m: docs/GPU.md says how it reaches the GPU
+ * machine): the same lines on the GPU, then on the CPU engine of the same machine beside it
+ * ("device":-1, "card":"cpu").
  * For each TYPE (default q4_k_m q8_0 bf16) it writes a Llama-3-8B-shaped model with random
  * weights (generation/synth: the speed and memory traffic of the real model, whose file cannot
  * travel to the GPU machine) into DIR (default /dev/shm), opens an engine on the GPU and prints
@@ -87,13 +91,13 @@ static int step_all(cairn_engine *e, const int *ids, int n, int chunk, cairn_err
 }
 
 /* Adds n sequences of a prompt_len-token prompt and prefills them (chunk by chunk). */
-static int add_seqs(cairn_engine *e, int n, int prompt_len, int max_tokens, int *ids,
-                    cairn_error *err)
+static int add_seqs(cairn_engine *e, int n, int prompt_len, int max_tokens, int32_t vocab,
+                    int *ids, cairn_error *err)
 {
     int32_t prompt[512];
     for (int s = 0; s < n; s++) {
         for (int i = 0; i < prompt_len; i++)
-            prompt[i] = (int32_t)((s * 7919 + i * 104729) % 128000);
+            prompt[i] = (int32_t)((s * 7919 + i * 104729) % vocab);
         cairn_gen_params gp = cairn_gen_default_params();
         gp.max_tokens = max_tokens;
         int rc = cairn_engine_add(e, prompt, prompt_len, &gp, &ids[s], err);
@@ -111,18 +115,14 @@ static int add_seqs(cairn_engine *e, int n, int prompt_len, int max_tokens, int 
     return 0;
 }
 
-static int bench_type(int device, const char *dir, const char *type, double read_gbs,
-                      double gemm_prefill)
+/*
+ * One model file on one device (a GPU, or -1: the CPU engine beside it): load, decode at batch
+ * 1, 8, 32 and 64, prefill of 512 tokens. `model` and `type` label the lines.
+ */
+static int bench_file(int device, const char *path, const char *model, const char *type,
+                      double synth_s, double read_gbs, double gemm_prefill)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/cairn_bench_llama3-8b_%s.gguf", dir, type);
     cairn_error err = {0};
-    int64_t t0 = cairn_now_ns();
-    if (cairn_synth_write(path, "llama3-8b", type, 0, 1, &err)) {
-        fprintf(stderr, "bench_cuda_generate: %s\n", err.msg);
-        return 1;
-    }
-    double synth_s = (double)(cairn_now_ns() - t0) / 1e9;
     cairn_model *m = NULL;
     cairn_engine *e = NULL;
     cairn_engine_params ep = cairn_engine_default_params();
@@ -131,24 +131,29 @@ static int bench_type(int device, const char *dir, const char *type, double read
     ep.n_ctx = 1024;
     ep.max_batch_tokens = 512;
     ep.kv_blocks = 64 * 128 / ep.block_tokens; /* 64 sequences of 128 positions */
-    t0 = cairn_now_ns();
+    int64_t t0 = cairn_now_ns();
     if (cairn_model_open(&m, path, &err) || cairn_engine_open(&e, m, &ep, &err)) {
-        fprintf(stderr, "bench_cuda_generate: %s: %s\n", type, err.msg);
+        fprintf(stderr, "bench_cuda_generate: %s: %s\n", path, err.msg);
         cairn_model_close(m);
-        unlink(path);
         return 1;
     }
     double open_s = (double)(cairn_now_ns() - t0) / 1e9;
     double lp, op, bytes = step_bytes(m, &lp, &op);
-    printf("{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\",\"model\":"
-           "\"llama3-8b\",\"type\":\"%s\",\"what\":\"load\",\"synth_s\":%.2f,\"open_s\":%.2f,"
-           "\"weight_bytes_per_step\":%.0f}\n", card, type, synth_s, open_s, bytes);
+    /* Every line's head: the card (or "cpu"), the model and its weight type. */
+    char head[512];
+    snprintf(head, sizeof head,
+             "{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\","
+             "\"device\":%d,\"model\":\"%s\",\"type\":\"%s\"",
+             device >= 0 ? card : "cpu", device, model, type);
+    printf("%s,\"what\":\"load\",\"synth_s\":%.2f,\"open_s\":%.2f,"
+           "\"weight_bytes_per_step\":%.0f}\n", head, synth_s, open_s, bytes);
     int ids[64], rc = 0;
+    const int32_t vocab = cairn_model_hparams_of(m)->n_vocab;
 
     /* Decode, batch 1. */
     enum { STEPS = 64 };
     double t[STEPS];
-    if ((rc = add_seqs(e, 1, 16, STEPS + 8, ids, &err)))
+    if ((rc = add_seqs(e, 1, 16, STEPS + 8, vocab, ids, &err)))
         goto fail;
     for (int i = 0; i < 4; i++) /* warm-up steps */
         if ((rc = step_all(e, ids, 1, 1, &err)))
@@ -161,13 +166,17 @@ static int bench_type(int device, const char *dir, const char *type, double read
     }
     cairn_engine_release(e, ids[0]);
     double s1 = median(t, STEPS);
-    printf("{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\",\"model\":"
-           "\"llama3-8b\",\"type\":\"%s\",\"what\":\"decode\",\"batch\":1,\"step_ms\":%.3f,"
-           "\"tok_s\":%.1f,\"eff_gbs\":%.1f,\"read_gbs\":%.1f,\"frac_of_read\":%.3f}\n",
-           card, type, s1 * 1e3, 1 / s1, bytes / s1 / 1e9, read_gbs, bytes / s1 / 1e9 / read_gbs);
-    char k[64];
-    snprintf(k, sizeof k, "%s decode b1", type);
-    roofline(k, 2 * (lp + op), bytes, s1);
+    printf("%s,\"what\":\"decode\",\"batch\":1,\"step_ms\":%.3f,\"tok_s\":%.1f,"
+           "\"eff_gbs\":%.1f", head, s1 * 1e3, 1 / s1, bytes / s1 / 1e9);
+    if (device >= 0) /* the read kernel is the GPU's */
+        printf(",\"read_gbs\":%.1f,\"frac_of_read\":%.3f", read_gbs,
+               bytes / s1 / 1e9 / read_gbs);
+    printf("}\n");
+    char k[128];
+    if (device >= 0) {
+        snprintf(k, sizeof k, "%s decode b1", type);
+        roofline(k, 2 * (lp + op), bytes, s1);
+    }
     fflush(stdout);
 
     /* Decode, batches of 8, 32, 64. */
@@ -176,7 +185,7 @@ static int bench_type(int device, const char *dir, const char *type, double read
         int n = batches[bi];
         enum { BSTEPS = 32 };
         double bt[BSTEPS];
-        if ((rc = add_seqs(e, n, 16, BSTEPS + 4, ids, &err)))
+        if ((rc = add_seqs(e, n, 16, BSTEPS + 4, vocab, ids, &err)))
             goto fail;
         for (int i = 0; i < 2; i++)
             if ((rc = step_all(e, ids, n, 1, &err)))
@@ -190,11 +199,12 @@ static int bench_type(int device, const char *dir, const char *type, double read
         for (int i = 0; i < n; i++)
             cairn_engine_release(e, ids[i]);
         double sb = median(bt, BSTEPS);
-        printf("{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\",\"model\":"
-               "\"llama3-8b\",\"type\":\"%s\",\"what\":\"decode\",\"batch\":%d,\"step_ms\":%.3f,"
-               "\"tok_s\":%.1f}\n", card, type, n, sb * 1e3, n / sb);
-        snprintf(k, sizeof k, "%s decode b%d", type, n);
-        roofline(k, 2 * (lp + op) * n, bytes, sb);
+        printf("%s,\"what\":\"decode\",\"batch\":%d,\"step_ms\":%.3f,\"tok_s\":%.1f}\n",
+               head, n, sb * 1e3, n / sb);
+        if (device >= 0) {
+            snprintf(k, sizeof k, "%s decode b%d", type, n);
+            roofline(k, 2 * (lp + op) * n, bytes, sb);
+        }
         fflush(stdout);
     }
 
@@ -203,7 +213,7 @@ static int bench_type(int device, const char *dir, const char *type, double read
     for (int r = 0; r < 4; r++) {
         int32_t prompt[512];
         for (int i = 0; i < 512; i++)
-            prompt[i] = (int32_t)((r * 31 + i * 7919) % 128000);
+            prompt[i] = (int32_t)((r * 31 + i * 7919) % vocab);
         cairn_gen_params gp = cairn_gen_default_params();
         gp.max_tokens = 1;
         if ((rc = cairn_engine_add(e, prompt, 512, &gp, &ids[0], &err)))
@@ -217,37 +227,70 @@ static int bench_type(int device, const char *dir, const char *type, double read
             pt[r - 1] = dt;
     }
     double sp = median(pt, 3), tf = (2 * lp * 512 + 2 * op) / sp / 1e12;
-    printf("{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\",\"model\":"
-           "\"llama3-8b\",\"type\":\"%s\",\"what\":\"prefill\",\"tokens\":512,\"ms\":%.2f,"
-           "\"tok_s\":%.0f,\"tflops\":%.1f,\"gemm_tflops\":%.1f,\"frac_of_gemm\":%.3f}\n",
-           card, type, sp * 1e3, 512 / sp, tf, gemm_prefill, tf / gemm_prefill);
-    snprintf(k, sizeof k, "%s prefill 512", type);
-    roofline(k, 2 * lp * 512 + 2 * op, bytes, sp);
+    printf("%s,\"what\":\"prefill\",\"tokens\":512,\"ms\":%.2f,\"tok_s\":%.0f,"
+           "\"tflops\":%.1f", head, sp * 1e3, 512 / sp, tf);
+    if (device >= 0)
+        printf(",\"gemm_tflops\":%.1f,\"frac_of_gemm\":%.3f", gemm_prefill, tf / gemm_prefill);
+    printf("}\n");
+    if (device >= 0) {
+        snprintf(k, sizeof k, "%s prefill 512", type);
+        roofline(k, 2 * lp * 512 + 2 * op, bytes, sp);
+    }
     fflush(stdout);
 fail:
     if (rc)
-        fprintf(stderr, "bench_cuda_generate: %s: %s\n", type, err.msg);
+        fprintf(stderr, "bench_cuda_generate: %s: %s\n", path, err.msg);
     cairn_engine_close(e);
     cairn_model_close(m);
-    unlink(path);
     return rc ? 1 : 0;
+}
+
+/* A Llama-3-8B-shaped model of `type` with random weights, written into dir and benchmarked. */
+static int bench_type(int device, const char *dir, const char *type, double read_gbs,
+                      double gemm_prefill)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/cairn_bench_llama3-8b_%s.gguf", dir, type);
+    cairn_error err = {0};
+    int64_t t0 = cairn_now_ns();
+    if (cairn_synth_write(path, "llama3-8b", type, 0, 1, &err)) {
+        fprintf(stderr, "bench_cuda_generate: %s\n", err.msg);
+        return 1;
+    }
+    double synth_s = (double)(cairn_now_ns() - t0) / 1e9;
+    int rc = bench_file(device, path, "llama3-8b", type, synth_s, read_gbs, gemm_prefill);
+    unlink(path);
+    return rc;
+}
+
+/* A file's name without its folder and extensions: the label of its lines. */
+static const char *model_name(const char *path)
+{
+    static char name[256];
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
+    return name;
 }
 
 int main(int argc, char **argv)
 {
     int device = 0, first_type = argc;
-    const char *dir = "/dev/shm";
+    const char *dir = "/dev/shm", *model = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) {
             device = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
             dir = argv[++i];
+        } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
+            model = argv[++i];
         } else {
             first_type = i;
             break;
         }
     }
     char why[256];
+    if (model && device < 0) /* the CPU engine alone */
+        return bench_file(-1, model, model_name(model), "file", 0, 0, 0);
     if (cairn_gpu_count(why, sizeof why) <= device) {
         printf("{\"bench\":\"generate_gpu\",\"skipped\":\"no CUDA device %d (%s)\"}\n", device,
                why);
@@ -269,6 +312,11 @@ int main(int argc, char **argv)
     fflush(stdout);
     static const char *defaults[] = {"q4_k_m", "q8_0", "bf16"};
     int failed = 0;
+    if (model) { /* a real file: on the GPU, then on the CPU engine of this machine beside it */
+        failed |= bench_file(device, model, model_name(model), "file", 0, read_gbs, gemm_prefill);
+        failed |= bench_file(-1, model, model_name(model), "file", 0, 0, 0);
+        return failed;
+    }
     if (first_type < argc) {
         for (int i = first_type; i < argc; i++)
             failed |= bench_type(device, dir, argv[i], read_gbs, gemm_prefill);
