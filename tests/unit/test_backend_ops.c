@@ -636,6 +636,40 @@ static void test_matmul(void **state)
 }
 
 /*
+ * The cuBLAS path's weight tiles in a backend opened with small ones (CAIRN_CUDA_WTILE_MIB=1:
+ * a 2113 x 2304 matrix in ten tiles), each decoded on a stream of its own while cuBLAS
+ * multiplies the one before it (CAIRN_CUDA_TILE_OVERLAP=1): the products as test_matmul checks
+ * them, for every type that takes tiles, at 33 tokens (a prefill) and at 17 (the fewest).
+ */
+static void test_matmul_tiles(void **state)
+{
+    (void)state;
+    cairn_backend *keep = G;
+    cairn_error err = {0};
+    setenv("CAIRN_CUDA_WTILE_MIB", "1", 1);
+    setenv("CAIRN_CUDA_TILE_OVERLAP", "1", 1);
+    int rc = cairn_backend_cuda_open(&G, 0, &err);
+    unsetenv("CAIRN_CUDA_WTILE_MIB");
+    unsetenv("CAIRN_CUDA_TILE_OVERLAP");
+    ok(rc, &err, "cuda open with small overlapping tiles");
+    reserve_both();
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        uint32_t type = TYPES[ti];
+        if (!is_quant(type) && type != CAIRN_GGUF_F16)
+            continue; /* BF16 and F32 go to cuBLAS as they are */
+        wmat w;
+        wmat_make(&w, "blk.0.ffn_gate.weight", type, 2113, 2304, CAIRN_BMAT_MATMUL);
+        reserve_both();
+        check_matmul(&w, 33, "matmul (1 MiB tiles, overlapped)");
+        check_matmul(&w, GPU_GEMV_MAX_TOKENS + 1, "matmul (1 MiB tiles, overlapped)");
+        wmat_free(&w);
+    }
+    cairn_backend_close(G);
+    G = keep;
+    reserve_both();
+}
+
+/*
  * The stages that write a product's input (rmsnorm, add_norm's h, gated) leave its int8 form
  * in the scratch, and the product then skips its own quantization: the products must equal,
  * bit for bit, those of a copy of the same rows quantized afresh; and once the rows change by
@@ -1466,6 +1500,7 @@ int main(void)
         cmocka_unit_test(test_gated),
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_tiles),
         cmocka_unit_test(test_matmul_shared),
         cmocka_unit_test(test_fused_quantization),
         cmocka_unit_test(test_logits),

@@ -420,12 +420,15 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
                      "BF16 activation scratch", err)))
         return rc;
     if (T > CAIRN__GEMV_MAX_TOKENS && c->mm_elems > 0) {
-        size_t tile = (size_t)c->mm_elems < CAIRN__WTILE_ELEMS ? (size_t)c->mm_elems
-                                                               : CAIRN__WTILE_ELEMS;
+        size_t tile = (size_t)c->mm_elems < c->wtile_elems ? (size_t)c->mm_elems
+                                                           : c->wtile_elems;
         if (tile < cols)
             tile = cols;
         if ((rc = ensure(c, (void **)&c->wtile, &c->wtile_bytes, tile * sizeof(__nv_bfloat16),
-                         "weight tile scratch", err)))
+                         "weight tile scratch", err)) ||
+            (c->tile_overlap &&
+             (rc = ensure(c, (void **)&c->wtile2, &c->wtile2_bytes, tile * sizeof(__nv_bfloat16),
+                          "weight tile scratch", err))))
             return rc;
     }
     /* Logits: the normalised rows, then chunks of output rows on their way to the host. */
@@ -563,6 +566,7 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->act_ds);
     (void)cudaFree(c->xbf);
     (void)cudaFree(c->wtile);
+    (void)cudaFree(c->wtile2);
     (void)cudaFree(c->lrows);
     (void)cudaFree(c->lout);
     (void)cudaFree(c->d_pick);
@@ -579,6 +583,13 @@ static void cu_close(cairn_backend *be)
     for (int i = 0; i < 2; i++)
         if (c->pace[i])
             (void)cudaEventDestroy(c->pace[i]);
+    for (int i = 0; i < 5; i++)
+        if (c->tile_ev[i])
+            (void)cudaEventDestroy(c->tile_ev[i]);
+    if (c->side) {
+        (void)cudaStreamSynchronize(c->side);
+        (void)cudaStreamDestroy(c->side);
+    }
     if (c->blas)
         (void)cublasDestroy(c->blas);
     if (c->stream)
@@ -692,6 +703,17 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *gl = getenv("CAIRN_CUDA_GRAPH_LOG");
     if (gl && *gl)
         c->glog = fopen(gl, "a");
+    /* The cuBLAS path's tiles (matmul.cu, gemm): MiB of one (1-1024, else the default 64),
+     * and whether the next is decoded while the one before is multiplied ("0": not). On an
+     * H100 (Llama-3-8B shapes, Q4_K_M; docs/BENCHMARKS.md, session 18) the overlap took a
+     * 512-token prefill from 34.8 to 34.3 ms and batch-64 decode steps from 18.76 to 18.38;
+     * tiles of 8 or 16 MiB were much slower (56 ms): cuBLAS gets too few rows a product to
+     * fill the SMs. */
+    const char *tm = getenv("CAIRN_CUDA_WTILE_MIB"), *to = getenv("CAIRN_CUDA_TILE_OVERLAP");
+    const long mib = tm ? strtol(tm, NULL, 10) : 0;
+    c->wtile_elems = mib >= 1 && mib <= 1024 ? ((size_t)mib << 20) / sizeof(__nv_bfloat16)
+                                             : CAIRN__WTILE_ELEMS;
+    c->tile_overlap = !(to && !strcmp(to, "0"));
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);
@@ -710,6 +732,13 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     }
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         e = cudaEventCreateWithFlags(&c->pace[i], cudaEventDisableTiming);
+    if (e == cudaSuccess && c->tile_overlap) {
+        call = "cudaStreamCreateWithFlags";
+        e = cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking);
+        call = "cudaEventCreateWithFlags";
+        for (int i = 0; i < 5 && e == cudaSuccess; i++)
+            e = cudaEventCreateWithFlags(&c->tile_ev[i], cudaEventDisableTiming);
+    }
     if (e != cudaSuccess) {
         rc = cairn__cuda_fail(err, call, e);
         cu_close(&c->base);

@@ -212,11 +212,12 @@ typedef struct cairn__cuda {
     float2 *act_ds;         /* per 32 values: (scale, scale * sum of the quants) */
     __nv_bfloat16 *xbf;     /* BF16 activations for cuBLAS, or NULL (few tokens only) */
     __nv_bfloat16 *wtile;   /* a dequantized weight tile, or NULL */
+    __nv_bfloat16 *wtile2;  /* the second tile when tiles overlap (tile_overlap), or NULL */
     float *lrows;           /* logits: the normalised rows, max_tokens x lrows_cols */
     float *lout;            /* logits: lout_tokens rows of lg_rows before the host copy */
     float *apart;           /* attention partials: CAIRN__ATTN_PART_FLOATS */
     void *pf;               /* prefill runs' attention scratch (CAIRN__PF_BYTES), or NULL */
-    size_t act_q_bytes, act_ds_bytes, xbf_bytes, wtile_bytes, lrows_bytes, lout_bytes,
+    size_t act_q_bytes, act_ds_bytes, xbf_bytes, wtile_bytes, wtile2_bytes, lrows_bytes, lout_bytes,
         apart_bytes, pf_bytes;
     int64_t lrows_cols;
     int lout_tokens;
@@ -267,6 +268,14 @@ typedef struct cairn__cuda {
     bool gemv_sets; /* CAIRN_CUDA_GEMV_SETS=0: one matrix a GEMV launch */
     bool pdl;       /* GEMVs start beside the kernel before them (cairn__pdl_wait), on
                        compute capability 9.0 and later unless CAIRN_CUDA_PDL=0 */
+    /* The cuBLAS path's weight tiles: their elements (CAIRN_CUDA_WTILE_MIB sets the bytes of
+     * one), and whether a tile is decoded on `side` while cuBLAS multiplies the one before it
+     * (two tiles then; CAIRN_CUDA_TILE_OVERLAP=0 turns it off; tile_ev: the call's start,
+     * each tile's decoding done, each tile's product done). */
+    size_t wtile_elems;
+    bool tile_overlap;
+    cudaStream_t side;
+    cudaEvent_t tile_ev[5];
 } cairn__cuda;
 
 static inline cairn__cuda *cairn__cu(cairn_backend *be) { return (cairn__cuda *)be; }

@@ -917,15 +917,15 @@ static int gemv_passes(cairn__cuda *c, const cairn__cmat *const *w, int n, const
     return 0;
 }
 
-/* n_rows <= 65535 (a grid's y dimension). */
-static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int64_t n_rows,
-                          cairn_error *err)
+/* Rows r0 .. r0 + n_rows - 1 of w into the tile `out`, on stream s; n_rows <= 65535 (a grid's
+ * y dimension). */
+static int launch_dequant(const cairn__cmat *w, int64_t r0, int64_t n_rows, __nv_bfloat16 *out,
+                          cudaStream_t s, cairn_error *err)
 {
     const cairn__mat_dev m = cairn__mat_dev_of(w);
-    cudaStream_t s = c->stream;
     if (w->type == CAIRN_GGUF_F16 && w->cols % 8) {
         const dim3 grid((unsigned)((w->cols + 255) / 256), (unsigned)n_rows);
-        dequant_bf16_f16_scalar<<<grid, 256, 0, s>>>(m, r0, c->wtile);
+        dequant_bf16_f16_scalar<<<grid, 256, 0, s>>>(m, r0, out);
         CU_LAUNCHED(err, "dequant_bf16_f16_scalar");
         return 0;
     }
@@ -937,13 +937,13 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
         const unsigned grid = (unsigned)((pieces + per_block - 1) / per_block);
         if (w->type == CAIRN_GGUF_Q4_K)
             dequant_bf16_w<CAIRN_GGUF_Q4_K><<<grid, DEQ_W_WARPS * 32, 0, s>>>(m, r0, n_rows,
-                                                                               c->wtile);
+                                                                               out);
         else if (w->type == CAIRN_GGUF_Q6_K)
             dequant_bf16_w<CAIRN_GGUF_Q6_K><<<grid, DEQ_W_WARPS * 32, 0, s>>>(m, r0, n_rows,
-                                                                               c->wtile);
+                                                                               out);
         else
             dequant_bf16_w<CAIRN_GGUF_Q8_0><<<grid, DEQ_W_WARPS * 32, 0, s>>>(m, r0, n_rows,
-                                                                               c->wtile);
+                                                                               out);
         CU_LAUNCHED(err, "dequant_bf16_w");
         return 0;
     }
@@ -957,7 +957,7 @@ static int launch_dequant(cairn__cuda *c, const cairn__cmat *w, int64_t r0, int6
     const dim3 grid((unsigned)((units + 127) / 128), (unsigned)n_rows);
 #define DEQ(T)                                                                                 \
     case T:                                                                                    \
-        dequant_bf16<T><<<grid, 128, 0, s>>>(m, r0, c->wtile);                                 \
+        dequant_bf16<T><<<grid, 128, 0, s>>>(m, r0, out);                                 \
         break
     switch (w->type) {
         DEQ(CAIRN_GGUF_F16);
@@ -1000,16 +1000,33 @@ static int gemm(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
         return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: no weight tile scratch for a "
                             "%lld-column product (call reserve after loading the weights)",
                             (long long)w->cols);
-    for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
+    const bool overlap = c->tile_overlap && c->wtile2 && w->rows > chunk;
+    if (overlap) /* the side stream starts after what the stream has queued so far */
+        CU_TRY(err, cudaEventRecord(c->tile_ev[0], c->stream));
+    for (int64_t r0 = 0, i = 0; r0 < w->rows; r0 += chunk, i++) {
         const int n = (int)(w->rows - r0 < chunk ? w->rows - r0 : chunk);
-        int rc = launch_dequant(c, w, r0, n, err);
-        if (rc)
-            return rc;
-        /* The stream orders the next tile's decoding after this product. */
+        __nv_bfloat16 *tile = overlap && (i & 1) ? c->wtile2 : c->wtile;
+        int rc;
+        if (overlap) {
+            /* Tile i is decoded on the side stream once the product that last read its buffer
+             * (tile i - 2) is done, beside the product of tile i - 1; its product waits for
+             * it. Every wait names an event recorded in this call, so that a captured step
+             * (graph.cu) forks the side stream from the stream and joins it back. */
+            cudaEvent_t deq = c->tile_ev[1 + (i & 1)], done = c->tile_ev[3 + (i & 1)];
+            CU_TRY(err, cudaStreamWaitEvent(c->side, i < 2 ? c->tile_ev[0] : done, 0));
+            if ((rc = launch_dequant(w, r0, n, tile, c->side, err)))
+                return rc;
+            CU_TRY(err, cudaEventRecord(deq, c->side));
+            CU_TRY(err, cudaStreamWaitEvent(c->stream, deq, 0));
+        } else if ((rc = launch_dequant(w, r0, n, tile, c->stream, err))) {
+            return rc; /* the stream orders the next tile's decoding after this product */
+        }
         BLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, n_tok, cols, &one,
-                                   c->wtile, CUDA_R_16BF, cols, c->xbf, CUDA_R_16BF, cols, &zero,
+                                   tile, CUDA_R_16BF, cols, c->xbf, CUDA_R_16BF, cols, &zero,
                                    y + r0, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
+        if (overlap)
+            CU_TRY(err, cudaEventRecord(c->tile_ev[3 + (i & 1)], c->stream));
     }
     return 0;
 }
