@@ -636,7 +636,8 @@ static void test_matmul(void **state)
 }
 
 /*
- * The cuBLAS path's weight tiles in a backend opened with small ones (CAIRN_CUDA_WTILE_MIB=1:
+ * The cuBLAS path's weight tiles (the other tests multiply the BF16 cache's whole copies) in
+ * a backend opened with small ones (CAIRN_CUDA_WTILE_MIB=1:
  * a 2113 x 2304 matrix in ten tiles), each decoded on a stream of its own while cuBLAS
  * multiplies the one before it (CAIRN_CUDA_TILE_OVERLAP=1): the products as test_matmul checks
  * them, for every type that takes tiles, at 33 tokens (a prefill) and at 17 (the fewest).
@@ -648,9 +649,11 @@ static void test_matmul_tiles(void **state)
     cairn_error err = {0};
     setenv("CAIRN_CUDA_WTILE_MIB", "1", 1);
     setenv("CAIRN_CUDA_TILE_OVERLAP", "1", 1);
+    setenv("CAIRN_CUDA_BF16_CACHE", "0", 1); /* tiles, not the cache's whole copies */
     int rc = cairn_backend_cuda_open(&G, 0, &err);
     unsetenv("CAIRN_CUDA_WTILE_MIB");
     unsetenv("CAIRN_CUDA_TILE_OVERLAP");
+    unsetenv("CAIRN_CUDA_BF16_CACHE");
     ok(rc, &err, "cuda open with small overlapping tiles");
     reserve_both();
     for (size_t ti = 0; ti < N_TYPES; ti++) {
@@ -666,6 +669,44 @@ static void test_matmul_tiles(void **state)
     }
     cairn_backend_close(G);
     G = keep;
+    reserve_both();
+}
+
+/* Free GPU memory that reserve takes in a fresh backend (CAIRN_CUDA_BF16_CACHE=cache) after a
+ * 2113 x 2304 Q4_K matrix is loaded; the products of 33 tokens are checked there too. */
+static size_t reserve_cost(const char *cache)
+{
+    cairn_backend *keep = G;
+    cairn_error err = {0};
+    setenv("CAIRN_CUDA_BF16_CACHE", cache, 1);
+    int rc = cairn_backend_cuda_open(&G, 0, &err);
+    unsetenv("CAIRN_CUDA_BF16_CACHE");
+    ok(rc, &err, "cuda open");
+    wmat w;
+    wmat_make(&w, "blk.0.ffn_gate.weight", CAIRN_GGUF_Q4_K, 2113, 2304, CAIRN_BMAT_MATMUL);
+    size_t before, after, total;
+    assert_int_equal(G->i->mem_info(G, &before, &total), 0);
+    reserve_both();
+    assert_int_equal(G->i->mem_info(G, &after, &total), 0);
+    char label[64];
+    snprintf(label, sizeof label, "matmul (BF16 cache %s)", cache);
+    check_matmul(&w, 33, label);
+    wmat_free(&w);
+    cairn_backend_close(G);
+    G = keep;
+    return before - after;
+}
+
+/* The BF16 cache holds a loaded matrix decoded whole (2 bytes a value beyond what the tiles'
+ * reserve takes) and its products match the CPU's as the tiles' do. */
+static void test_bf16_cache(void **state)
+{
+    (void)state;
+    const size_t with = reserve_cost("1"), without = reserve_cost("0");
+    const size_t copy = (size_t)2113 * 2304 * 2;
+    if (with < without + copy)
+        fail_msg("reserve took %zu bytes with the BF16 cache and %zu without: the %zu-byte copy "
+                 "is missing", with, without, copy);
     reserve_both();
 }
 
@@ -1501,6 +1542,7 @@ int main(void)
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_tiles),
+        cmocka_unit_test(test_bf16_cache),
         cmocka_unit_test(test_matmul_shared),
         cmocka_unit_test(test_fused_quantization),
         cmocka_unit_test(test_logits),

@@ -221,6 +221,7 @@ static void cmat_free(cairn__cmat *m)
     (void)cudaFree(m->q);
     (void)cudaFree(m->d);
     (void)cudaFree(m->qh);
+    (void)cudaFree(m->bf);
     free(m);
 }
 
@@ -333,6 +334,17 @@ static int cu_mat_load(cairn_backend *be, const cairn_gguf_tensor *t, const char
             return cairn_error_prefix(err, "uploading tensor '%s'", name), rc;
         }
     }
+    if (c->n_mats == c->cap_mats) { /* the register of loaded matrices (the BF16 cache's) */
+        int cap = c->cap_mats ? 2 * c->cap_mats : 64;
+        cairn__cmat **grown = (cairn__cmat **)realloc(c->mats, sizeof *grown * (size_t)cap);
+        if (!grown) {
+            cmat_free(cm);
+            return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: out of memory");
+        }
+        c->mats = grown;
+        c->cap_mats = cap;
+    }
+    c->mats[c->n_mats++] = cm;
     m->type = t->type;
     m->rows = rows;
     m->cols = cols;
@@ -362,8 +374,51 @@ static void cu_mat_free(cairn_backend *be, cairn_bmat *m)
     (void)cairn__graph_flush(cairn__cu(be), NULL); /* queued products may still read it */
     cairn__graph_invalidate(cairn__cu(be));
     (void)cudaStreamSynchronize(cairn__cu(be)->stream);
+    cairn__cuda *c = cairn__cu(be);
+    for (int i = 0; i < c->n_mats; i++)
+        if (c->mats[i] == m->priv) {
+            memmove(c->mats + i, c->mats + i + 1, sizeof *c->mats * (size_t)(c->n_mats - i - 1));
+            c->n_mats--;
+            break;
+        }
     cmat_free((cairn__cmat *)m->priv);
     memset(m, 0, sizeof *m);
+}
+
+/*
+ * The BF16 cache: each loaded matrix whose products of many tokens would go through decoded
+ * tiles (the quantized types and F16) is decoded whole once, in load order, while at least
+ * half the GPU's memory stays free after it (so the KV pool, sized after reserve from what is
+ * free, keeps most of what the weights leave). cuBLAS then multiplies the copy: a prefill or a
+ * large batch costs what it costs in BF16 weights, with no tile decoded per product. A matrix
+ * that does not fit, or an allocation that fails, leaves the tiles to that matrix.
+ */
+static int bf16_cache_fill(cairn__cuda *c, cairn_error *err)
+{
+    size_t free_b = 0, total_b = 0;
+    if (!c->bf16_cache || cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    for (int i = 0; i < c->n_mats; i++) {
+        cairn__cmat *m = c->mats[i];
+        if (m->bf || m->type == CAIRN_GGUF_BF16 || m->type == CAIRN_GGUF_F32)
+            continue;
+        const size_t bytes = (size_t)m->rows * (size_t)m->cols * sizeof(__nv_bfloat16);
+        if (bytes > free_b || free_b - bytes < total_b / 2)
+            break;
+        if (cudaMalloc((void **)&m->bf, bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            m->bf = NULL;
+            break;
+        }
+        int rc = cairn__cuda_decode_whole(c, m, err);
+        if (rc)
+            return rc;
+        free_b -= bytes;
+    }
+    CU_TRY(err, cudaStreamSynchronize(c->stream));
+    return 0;
 }
 
 /* ---- Scratch --------------------------------------------------------------------------------- */
@@ -474,6 +529,9 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
         c->max_ctx = max_ctx;
     if (group > c->group)
         c->group = group;
+    /* The BF16 cache serves products of more tokens than a GEMV takes. */
+    if (T > CAIRN__GEMV_MAX_TOKENS && (rc = bf16_cache_fill(c, err)))
+        return rc;
     return 0;
 }
 
@@ -567,6 +625,7 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->xbf);
     (void)cudaFree(c->wtile);
     (void)cudaFree(c->wtile2);
+    free(c->mats); /* the register only: the matrices are their owners' to free */
     (void)cudaFree(c->lrows);
     (void)cudaFree(c->lout);
     (void)cudaFree(c->d_pick);
@@ -714,6 +773,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->wtile_elems = mib >= 1 && mib <= 1024 ? ((size_t)mib << 20) / sizeof(__nv_bfloat16)
                                              : CAIRN__WTILE_ELEMS;
     c->tile_overlap = !(to && !strcmp(to, "0"));
+    const char *bc = getenv("CAIRN_CUDA_BF16_CACHE"); /* "0": tiles for every product */
+    c->bf16_cache = !(bc && !strcmp(bc, "0"));
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);

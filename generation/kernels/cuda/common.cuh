@@ -81,6 +81,7 @@ typedef struct cairn__cmat {
     uint8_t *q;
     uint16_t *d;
     uint32_t *qh;
+    __nv_bfloat16 *bf; /* the whole matrix decoded to BF16 for cuBLAS (the BF16 cache), or NULL */
 } cairn__cmat;
 
 /* The planes by value, for kernel arguments. */
@@ -276,7 +277,17 @@ typedef struct cairn__cuda {
     bool tile_overlap;
     cudaStream_t side;
     cudaEvent_t tile_ev[5];
+    /* The BF16 cache (CAIRN_CUDA_BF16_CACHE=0 turns it off): reserve decodes each loaded
+     * matrix that takes tiles whole, in load order, while at least half the GPU's memory stays
+     * free after it; a product of many tokens then multiplies that copy, not tiles. mats: the
+     * loaded matrices, in load order. */
+    bool bf16_cache;
+    cairn__cmat **mats;
+    int n_mats, cap_mats;
 } cairn__cuda;
+
+/* Decodes all of m into m->bf (allocated by the caller) on the stream (matmul.cu). */
+int cairn__cuda_decode_whole(cairn__cuda *c, cairn__cmat *m, cairn_error *err);
 
 static inline cairn__cuda *cairn__cu(cairn_backend *be) { return (cairn__cuda *)be; }
 

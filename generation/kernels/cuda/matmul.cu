@@ -974,6 +974,17 @@ static int launch_dequant(const cairn__cmat *w, int64_t r0, int64_t n_rows, __nv
     return 0;
 }
 
+int cairn__cuda_decode_whole(cairn__cuda *c, cairn__cmat *m, cairn_error *err)
+{
+    for (int64_t r0 = 0; r0 < m->rows; r0 += 65535) {
+        const int64_t n = m->rows - r0 < 65535 ? m->rows - r0 : 65535;
+        int rc = launch_dequant(m, r0, n, m->bf + r0 * m->cols, c->stream, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* y = w x through cuBLAS; x's BF16 copy is in c->xbf unless the weights are F32. */
 static int gemm(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok, float *y,
                 cairn_error *err)
@@ -986,9 +997,10 @@ static int gemm(cairn__cuda *c, const cairn__cmat *w, const float *x, int n_tok,
                                    CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return 0;
     }
-    if (w->type == CAIRN_GGUF_BF16) {
+    if (w->type == CAIRN_GGUF_BF16 || w->bf) { /* BF16 weights, or the BF16 cache's copy */
+        const void *wb = w->bf ? (const void *)w->bf : (const void *)w->q;
         BLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n_tok, cols, &one,
-                                   w->q, CUDA_R_16BF, cols, c->xbf, CUDA_R_16BF, cols, &zero, y,
+                                   wb, CUDA_R_16BF, cols, c->xbf, CUDA_R_16BF, cols, &zero, y,
                                    CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return 0;
     }
