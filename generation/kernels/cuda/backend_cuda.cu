@@ -292,6 +292,7 @@ static int cu_mat_load(cairn_backend *be, const cairn_gguf_tensor *t, const char
     if (!cm)
         return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: out of memory");
     cm->type = t->type;
+    cm->use = use;
     cm->rows = rows;
     cm->cols = cols;
     cm->nb = bs > 1 ? cols / bs : cols;
@@ -387,9 +388,9 @@ static void cu_mat_free(cairn_backend *be, cairn_bmat *m)
 
 /*
  * The BF16 cache: each loaded matrix whose products of many tokens would go through decoded
- * tiles (the quantized types and F16) is decoded whole once, in load order, while at least
- * half the GPU's memory stays free after it (so the KV pool, sized after reserve from what is
- * free, keeps most of what the weights leave). cuBLAS then multiplies the copy: a prefill or a
+ * tiles (the quantized types and F16, matmul or logits matrices) is decoded whole once, in load
+ * order, while at least half the GPU's memory stays free after it (so the KV pool, sized after
+ * reserve from what is free, keeps most of what the weights leave). cuBLAS then multiplies the copy: a prefill or a
  * large batch costs what it costs in BF16 weights, with no tile decoded per product. A matrix
  * that does not fit, or an allocation that fails, leaves the tiles to that matrix.
  */
@@ -402,7 +403,10 @@ static int bf16_cache_fill(cairn__cuda *c, cairn_error *err)
     }
     for (int i = 0; i < c->n_mats; i++) {
         cairn__cmat *m = c->mats[i];
-        if (m->bf || m->type == CAIRN_GGUF_BF16 || m->type == CAIRN_GGUF_F32)
+        /* only what products read: a matrix whose rows are only looked up (a token
+         * embedding that is not also the output projection) gains nothing */
+        if (m->bf || m->type == CAIRN_GGUF_BF16 || m->type == CAIRN_GGUF_F32 ||
+            !(m->use & (CAIRN_BMAT_MATMUL | CAIRN_BMAT_LOGITS)))
             continue;
         const size_t bytes = (size_t)m->rows * (size_t)m->cols * sizeof(__nv_bfloat16);
         if (bytes > free_b || free_b - bytes < total_b / 2)

@@ -82,6 +82,7 @@ typedef struct cairn__cmat {
     uint16_t *d;
     uint32_t *qh;
     __nv_bfloat16 *bf; /* the whole matrix decoded to BF16 for cuBLAS (the BF16 cache), or NULL */
+    int use;           /* CAIRN_BMAT_*: what the stages do with it */
 } cairn__cmat;
 
 /* The planes by value, for kernel arguments. */
