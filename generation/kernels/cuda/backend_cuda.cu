@@ -14,6 +14,7 @@
 
 extern "C" {
 #include "common/gpu.h"
+#include "common/log.h"
 }
 
 /* ---- Errors ---------------------------------------------------------------------------------- */
@@ -401,27 +402,44 @@ static int bf16_cache_fill(cairn__cuda *c, cairn_error *err)
         (void)cudaGetLastError();
         return 0;
     }
+    int added = 0, left = 0, held = 0;
+    size_t added_bytes = 0;
     for (int i = 0; i < c->n_mats; i++) {
         cairn__cmat *m = c->mats[i];
         /* only what products read: a matrix whose rows are only looked up (a token
          * embedding that is not also the output projection) gains nothing */
-        if (m->bf || m->type == CAIRN_GGUF_BF16 || m->type == CAIRN_GGUF_F32 ||
+        if (m->type == CAIRN_GGUF_BF16 || m->type == CAIRN_GGUF_F32 ||
             !(m->use & (CAIRN_BMAT_MATMUL | CAIRN_BMAT_LOGITS)))
             continue;
+        if (m->bf) {
+            held++;
+            continue;
+        }
         const size_t bytes = (size_t)m->rows * (size_t)m->cols * sizeof(__nv_bfloat16);
-        if (bytes > free_b || free_b - bytes < total_b / 2)
-            break;
+        if (left > 0 || bytes > free_b || free_b - bytes < total_b / 2) {
+            left++; /* this one, and every one after it, keeps the tiles */
+            continue;
+        }
         if (cudaMalloc((void **)&m->bf, bytes) != cudaSuccess) {
             (void)cudaGetLastError();
             m->bf = NULL;
-            break;
+            left++;
+            continue;
         }
         int rc = cairn__cuda_decode_whole(c, m, err);
         if (rc)
             return rc;
         free_b -= bytes;
+        added++;
+        added_bytes += bytes;
     }
     CU_TRY(err, cudaStreamSynchronize(c->stream));
+    if (added > 0 || (left > 0 && !c->bf16_cache_told)) {
+        CAIRN_LOG_INFO("BF16 cache", "device=%d matrices=%d added_mib=%zu left_to_tiles=%d "
+                       "free_mib=%zu total_mib=%zu", c->device, held + added, added_bytes >> 20,
+                       left, free_b >> 20, total_b >> 20);
+        c->bf16_cache_told = true;
+    }
     return 0;
 }
 

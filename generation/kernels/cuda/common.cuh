@@ -283,6 +283,7 @@ typedef struct cairn__cuda {
      * free after it; a product of many tokens then multiplies that copy, not tiles. mats: the
      * loaded matrices, in load order. */
     bool bf16_cache;
+    bool bf16_cache_told; /* its log line went out (what it held, what it left to the tiles) */
     cairn__cmat **mats;
     int n_mats, cap_mats;
 } cairn__cuda;
