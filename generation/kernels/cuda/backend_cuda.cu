@@ -391,9 +391,10 @@ static void cu_mat_free(cairn_backend *be, cairn_bmat *m)
  * The BF16 cache: each loaded matrix whose products of many tokens would go through decoded
  * tiles (the quantized types and F16, matmul or logits matrices) is decoded whole once, in load
  * order, while at least half the GPU's memory stays free after it (so the KV pool, sized after
- * reserve from what is free, keeps most of what the weights leave). cuBLAS then multiplies the copy: a prefill or a
- * large batch costs what it costs in BF16 weights, with no tile decoded per product. A matrix
- * that does not fit, or an allocation that fails, leaves the tiles to that matrix.
+ * reserve from what is free, keeps most of what the weights leave). cuBLAS then multiplies the
+ * copy: a prefill or a large batch costs what it costs in BF16 weights, with no tile decoded
+ * per product. The first matrix that does not fit, or whose allocation fails, and every one
+ * loaded after it keep the tiles.
  */
 static int bf16_cache_fill(cairn__cuda *c, cairn_error *err)
 {
@@ -427,8 +428,11 @@ static int bf16_cache_fill(cairn__cuda *c, cairn_error *err)
             continue;
         }
         int rc = cairn__cuda_decode_whole(c, m, err);
-        if (rc)
+        if (rc) { /* a copy half decoded must not be multiplied */
+            (void)cudaFree(m->bf);
+            m->bf = NULL;
             return rc;
+        }
         free_b -= bytes;
         added++;
         added_bytes += bytes;

@@ -957,7 +957,7 @@ static int launch_dequant(const cairn__cmat *w, int64_t r0, int64_t n_rows, __nv
     const dim3 grid((unsigned)((units + 127) / 128), (unsigned)n_rows);
 #define DEQ(T)                                                                                 \
     case T:                                                                                    \
-        dequant_bf16<T><<<grid, 128, 0, s>>>(m, r0, out);                                 \
+        dequant_bf16<T><<<grid, 128, 0, s>>>(m, r0, out);                                      \
         break
     switch (w->type) {
         DEQ(CAIRN_GGUF_F16);
