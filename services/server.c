@@ -2,9 +2,13 @@
  * services/server.c — the cairnd service: configuration, wiring, lifecycle.
  *
  * Start-up order matters for signals: SIGINT and SIGTERM are blocked in the main thread
- * before any thread exists, so every thread inherits the mask and the main thread alone
- * receives them, synchronously, in sigwait(). Shutdown then runs in ordinary code, not in
- * a signal handler.
+ * before it starts any thread, so every thread of ours inherits the mask and the main thread
+ * alone receives them, synchronously, in sigwait(). Shutdown then runs in ordinary code, not
+ * in a signal handler. A library may have started threads before main (OpenBLAS starts its
+ * pool in a constructor) with nothing blocked; until the main thread waits in sigwait() the
+ * kernel gives them a process-wide SIGTERM, whose default action would end the process with
+ * no shutdown at all. A handler therefore catches it there and passes it on to the main
+ * thread, where it stays pending until sigwait() takes it.
  */
 #define CAIRN_LOG_TAG "cairnd"
 #include "services/server.h"
@@ -29,6 +33,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -669,6 +674,9 @@ static int start(service *s, cairn_error *err)
         if (!rc) rc = cairn_edge_api_routes(s->edge, s->http);
     }
     if (!rc) rc = start_web(s, err);
+    /* Everything is loaded: the first /health answered once the port is open says so (a
+     * failed start sets it back). */
+    if (!rc) atomic_store(&s->ready, 1);
     if (!rc) rc = cairn_http_start(s->http, err);
     free(cert);
     free(key);
@@ -676,7 +684,6 @@ static int start(service *s, cairn_error *err)
 
     CAIRN_LOG_INFO("listening", "host=%s port=%d threads=%d tls=%s", hp.host,
                    cairn_http_port(s->http), hp.threads, cert_path ? "on" : "off");
-    atomic_store(&s->ready, 1);
     return CAIRN_OK;
 }
 
@@ -711,6 +718,12 @@ static void drain(service *s, const sigset_t *stop, int sig)
                    (double)(cairn_now_ns() - t0) / 1e9);
 }
 
+static pthread_t main_thread;
+
+/* Runs only on a thread that does not block the signal (one a library started before main):
+ * the signal goes on to the main thread, which blocks it until sigwait() takes it. */
+static void forward_stop(int sig) { pthread_kill(main_thread, sig); }
+
 int cairn_serve_main(const char *prog, int argc, char **argv)
 {
     service s = {.started_ns = cairn_now_ns()};
@@ -729,6 +742,11 @@ int cairn_serve_main(const char *prog, int argc, char **argv)
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    main_thread = pthread_self();
+    struct sigaction fwd = {.sa_handler = forward_stop};
+    sigfillset(&fwd.sa_mask);
+    sigaction(SIGINT, &fwd, NULL);
+    sigaction(SIGTERM, &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     cairn_error err = {0};

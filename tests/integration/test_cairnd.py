@@ -3,6 +3,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -74,6 +75,31 @@ def test_sigint_and_sigterm_stop_cleanly():
             assert "shutting down" in out and "stopped" in out, out
         finally:
             d.__exit__()
+
+
+def test_signal_during_start_stops_cleanly():
+    """A stop signal that comes while cairnd is still starting (its port already open, the
+    main thread not yet waiting for signals) ends it by the same clean shutdown, not by the
+    signal's default action on a thread a library started before main (OpenBLAS's pool)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        for _ in range(5):
+            d = Daemon(wait=False)
+            try:
+                t0 = time.time()
+                while True:
+                    try:
+                        socket.create_connection(("127.0.0.1", d.port), timeout=1).close()
+                        break
+                    except OSError:
+                        assert d.proc.poll() is None, d.output()
+                        assert time.time() - t0 < 60, "cairnd did not listen within 60 s"
+                        time.sleep(0.001)
+                rc = d.stop(sig)
+                out = d.output()
+                assert rc == 0, f"exit status {rc} after {sig!r} during start:\n{out}"
+                assert "stopped" in out, out
+            finally:
+                d.__exit__()
 
 
 def test_https_with_configured_cert():
