@@ -8,11 +8,12 @@
  * 1024 x 4096, gate and up 14336 x 4096, down 4096 x 14336) with random blocks, in COPIES
  * copies so that a pass over them streams from HBM rather than the 50 MB L2, multiplied as
  * model.c multiplies them (q, k, v in one matmul call; o; gate and up in one; down) through the
- * CUDA backend's own table, at 1, 2 and 8 tokens. Each GEMV shape of matmul.cu (form warp or
- * block, rows a warp or block, the block form's threads: CAIRN_CUDA_GEMV, CAIRN_CUDA_GEMV_ROWS,
- * CAIRN_CUDA_GEMV_THREADS) is timed in turn
- * on the same matrices, and "separate" calls q, k, v and gate, up one matrix at a time (the
- * launches before matrix sets). Time: PASSES passes over the copies between two
+ * CUDA backend's own table, at 1, 2 and 8 tokens. The weights are loaded twice: with rows
+ * whole (CAIRN_CUDA_LANE_LAYOUT=0), where each row form of matmul.cu (warp or block, rows a
+ * warp or block, the block form's threads: CAIRN_CUDA_GEMV, CAIRN_CUDA_GEMV_ROWS,
+ * CAIRN_CUDA_GEMV_THREADS) is timed in turn, and in the lane layout (Q8_0, Q4_K, Q6_K), where
+ * the lane form is timed in each shape (CAIRN_CUDA_LANE_WARPS, CAIRN_CUDA_LANE_U); "separate"
+ * calls q, k, v and gate, up one matrix at a time (the launches before matrix sets). Time: PASSES passes over the copies between two
  * synchronisations, on the host clock, best of 3; per layer and as bandwidth (weight bytes per
  * pass / time) beside a plain read kernel timed in the same run. The launches are not in a
  * CUDA graph here (decode steps are), so the gaps between kernels count; compare the shapes
@@ -43,13 +44,25 @@ static const struct { const char *name; int64_t rows, cols; } LAYER[N_MATS] = {
     {"gate", 14336, 4096}, {"up", 14336, 4096}, {"down", 4096, 14336},
 };
 
-/* Shapes: NULL leaves the variable unset (matmul.cu's default). */
-static const struct { const char *name, *form, *rows, *threads; } SHAPES[] = {
-    {"default", NULL, NULL, NULL},          {"warp r1", "warp", "1", NULL},
-    {"warp r2", "warp", "2", NULL},         {"block r1", "block", "1", NULL},
-    {"block r2", "block", "2", NULL},       {"warp r4", "warp", "4", NULL},
-    {"block r4", "block", "4", NULL},       {"block r2 t64", "block", "2", "64"},
-    {"block r4 t64", "block", "4", "64"},   {"block r2 t128", "block", "2", "128"},
+/* Shapes: NULL leaves the variable unset (matmul.cu's default). row: the weights loaded with
+ * rows whole (CAIRN_CUDA_LANE_LAYOUT=0: the warp and block forms), else in the lane layout where
+ * the type takes it (the lane form's shapes: CAIRN_CUDA_LANE_WARPS, CAIRN_CUDA_LANE_U). */
+static const struct {
+    const char *name, *form, *rows, *threads, *lane_warps, *lane_u;
+    bool row;
+} SHAPES[] = {
+    {"row default", NULL, NULL, NULL, NULL, NULL, true},
+    {"warp r1", "warp", "1", NULL, NULL, NULL, true},
+    {"warp r2", "warp", "2", NULL, NULL, NULL, true},
+    {"block r1", "block", "1", NULL, NULL, NULL, true},
+    {"block r2", "block", "2", NULL, NULL, NULL, true},
+    {"block r2 t64", "block", "2", "64", NULL, NULL, true},
+    {"default", NULL, NULL, NULL, NULL, NULL, false},
+    {"lane w4 u1", NULL, NULL, NULL, "4", "1", false},
+    {"lane w4 u2", NULL, NULL, NULL, "4", "2", false},
+    {"lane w8 u1", NULL, NULL, NULL, "8", "1", false},
+    {"lane w8 u2", NULL, NULL, NULL, "8", "2", false},
+    {"lane w16 u1", NULL, NULL, NULL, "16", "1", false},
 };
 #define N_SHAPES (sizeof SHAPES / sizeof SHAPES[0])
 
@@ -191,15 +204,11 @@ static int bench_type(int device, const char *tname, double read_gbs)
     rig r = {0};
     if (cairn_backend_cuda_open(&r.be, device, &err))
         return fail("open", &err);
-    int rc = load(&r, type, &err);
     size_t xb = sizeof(float) * MAX_TOK * 14336;
-    if (!rc)
-        rc = r.be->i->alloc(r.be, xb, (void **)&r.x, &err);
+    int rc = r.be->i->alloc(r.be, xb, (void **)&r.x, &err);
     for (int i = 0; i < N_MATS && !rc; i++)
         rc = r.be->i->alloc(r.be, sizeof(float) * MAX_TOK * (size_t)LAYER[i].rows,
                             (void **)&r.y[i], &err);
-    if (!rc)
-        rc = r.be->i->reserve(r.be, MAX_TOK, 64, 1, &err);
     if (!rc) { /* activations of unit scale */
         float *h = malloc(xb);
         uint64_t rng = 7;
@@ -208,30 +217,50 @@ static int bench_type(int device, const char *tname, double read_gbs)
         rc = h ? r.be->i->upload(r.be, r.x, h, xb, &err) : cairn_errorf(&err, CAIRN_ENOMEM, "x");
         free(h);
     }
-    static const int toks[] = {1, 2, 8};
-    for (size_t ti = 0; ti < sizeof toks / sizeof toks[0] && !rc; ti++) {
-        rc = set_tokens(&r, toks[ti], &err);
-        for (size_t s = 0; s <= N_SHAPES && !rc; s++) {
-            const bool separate = s == N_SHAPES; /* last: default shape, one matrix a call */
-            const size_t k = separate ? 0 : s;
-            setenv_or_unset("CAIRN_CUDA_GEMV", SHAPES[k].form);
-            setenv_or_unset("CAIRN_CUDA_GEMV_ROWS", SHAPES[k].rows);
-            setenv_or_unset("CAIRN_CUDA_GEMV_THREADS", SHAPES[k].threads);
-            double sec;
-            if ((rc = time_layers(&r, separate, &sec, &err)))
-                break;
-            const double gbs = r.bytes / sec / 1e9;
-            printf("{\"bench\":\"gemv_gpu\",\"card\":\"%s\",\"type\":\"%s\",\"tokens\":%d,"
-                   "\"shape\":\"%s\",\"us_per_layer\":%.2f,\"gbs\":%.1f,\"read_gbs\":%.1f,"
-                   "\"frac_of_read\":%.3f}\n",
-                   card, tname, toks[ti], separate ? "default, one matrix a call" : SHAPES[k].name,
-                   sec * 1e6, gbs, read_gbs, gbs / read_gbs);
-            fflush(stdout);
+    const bool lane = type == CAIRN_GGUF_Q8_0 || type == CAIRN_GGUF_Q4_K ||
+                      type == CAIRN_GGUF_Q6_K; /* the types the lane layout takes */
+    /* each layout's shapes on its own load of the weights (a layout is chosen at load) */
+    for (int row = 1; row >= 0 && !rc; row--) {
+        setenv_or_unset("CAIRN_CUDA_LANE_LAYOUT", row ? "0" : NULL);
+        if ((rc = load(&r, type, &err)) || (rc = r.be->i->reserve(r.be, MAX_TOK, 64, 1, &err)))
+            break;
+        static const int toks[] = {1, 2, 8};
+        for (size_t ti = 0; ti < sizeof toks / sizeof toks[0] && !rc; ti++) {
+            rc = set_tokens(&r, toks[ti], &err);
+            for (size_t s = 0; s <= N_SHAPES && !rc; s++) {
+                /* last: the default shape, one matrix a call, on the lane load */
+                const bool separate = s == N_SHAPES;
+                const size_t k = separate ? 6 : s;
+                if (SHAPES[k].row != (row == 1) || (separate && row) ||
+                    (!row && !lane && SHAPES[k].lane_warps))
+                    continue;
+                setenv_or_unset("CAIRN_CUDA_GEMV", SHAPES[k].form);
+                setenv_or_unset("CAIRN_CUDA_GEMV_ROWS", SHAPES[k].rows);
+                setenv_or_unset("CAIRN_CUDA_GEMV_THREADS", SHAPES[k].threads);
+                setenv_or_unset("CAIRN_CUDA_LANE_WARPS", SHAPES[k].lane_warps);
+                setenv_or_unset("CAIRN_CUDA_LANE_U", SHAPES[k].lane_u);
+                double sec;
+                if ((rc = time_layers(&r, separate, &sec, &err)))
+                    break;
+                const double gbs = r.bytes / sec / 1e9;
+                printf("{\"bench\":\"gemv_gpu\",\"card\":\"%s\",\"type\":\"%s\","
+                       "\"tokens\":%d,\"layout\":\"%s\",\"shape\":\"%s\","
+                       "\"us_per_layer\":%.2f,\"gbs\":%.1f,\"read_gbs\":%.1f,"
+                       "\"frac_of_read\":%.3f}\n",
+                       card, tname, toks[ti], row ? "row" : "lane",
+                       separate ? "default, one matrix a call" : SHAPES[k].name, sec * 1e6, gbs,
+                       read_gbs, gbs / read_gbs);
+                fflush(stdout);
+            }
         }
+        unload(&r);
     }
     setenv_or_unset("CAIRN_CUDA_GEMV", NULL);
     setenv_or_unset("CAIRN_CUDA_GEMV_ROWS", NULL);
     setenv_or_unset("CAIRN_CUDA_GEMV_THREADS", NULL);
+    setenv_or_unset("CAIRN_CUDA_LANE_WARPS", NULL);
+    setenv_or_unset("CAIRN_CUDA_LANE_U", NULL);
+    setenv_or_unset("CAIRN_CUDA_LANE_LAYOUT", NULL);
     if (rc)
         fail(tname, &err);
     for (int i = 0; i < N_MATS; i++)

@@ -583,16 +583,23 @@ static void check_matmul(wmat *w, int T, const char *label)
     pb_free(&y);
 }
 
-/* Every product in one GEMV shape (CAIRN_CUDA_GEMV: "warp", rows a warp, or "block", rows a
- * block; CAIRN_CUDA_GEMV_ROWS: rows a warp or block, NULL for the default's choice);
- * test_matmul runs each form with its default rows and with the other count. */
-static void matmul_form(const char *form, const char *rows)
+/* Every product in one GEMV shape (CAIRN_CUDA_GEMV: "warp", rows a warp, "block", rows a
+ * block, or NULL: the default, the lane form for matrices in the lane layout; CAIRN_CUDA_GEMV_ROWS:
+ * rows a warp or block, NULL for the default's choice), the weights loaded in the lane layout
+ * where their type takes it, or with rows whole if rows_whole (CAIRN_CUDA_LANE_LAYOUT=0);
+ * test_matmul runs each form with its default rows and with the other count, and the row forms
+ * on both layouts. */
+static void matmul_form(const char *form, const char *rows, bool rows_whole)
 {
-    char label[64];
-    snprintf(label, sizeof label, "matmul (%s, rows %s)", form, rows ? rows : "auto");
-    setenv("CAIRN_CUDA_GEMV", form, 1);
+    char label[96];
+    snprintf(label, sizeof label, "matmul (%s, rows %s, %s layout)", form ? form : "default",
+             rows ? rows : "auto", rows_whole ? "row" : "lane");
+    if (form)
+        setenv("CAIRN_CUDA_GEMV", form, 1);
     if (rows)
         setenv("CAIRN_CUDA_GEMV_ROWS", rows, 1);
+    if (rows_whole)
+        setenv("CAIRN_CUDA_LANE_LAYOUT", "0", 1);
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         uint32_t type = TYPES[ti];
         /* 98 rows: not a multiple of the 4 rows of a GEMV block. Float types also run 90
@@ -619,20 +626,43 @@ static void matmul_form(const char *form, const char *rows)
             check_matmul(&w, 33, label);
             wmat_free(&w);
         }
+        if (type == CAIRN_GGUF_Q8_0) { /* 5 blocks a row: no whole lane pieces, rows whole */
+            wmat_make(&w, "blk.0.attn_q.weight", type, 50, 160, CAIRN_BMAT_MATMUL);
+            reserve_both();
+            check_matmul(&w, 1, label);
+            check_matmul(&w, 7, label);
+            wmat_free(&w);
+        }
     }
     unsetenv("CAIRN_CUDA_GEMV");
     unsetenv("CAIRN_CUDA_GEMV_ROWS");
+    unsetenv("CAIRN_CUDA_LANE_LAYOUT");
+}
+
+/* The lane form in one shape (CAIRN_CUDA_LANE_WARPS, CAIRN_CUDA_LANE_U). */
+static void matmul_lane(const char *warps, const char *u)
+{
+    setenv("CAIRN_CUDA_LANE_WARPS", warps, 1);
+    setenv("CAIRN_CUDA_LANE_U", u, 1);
+    matmul_form(NULL, NULL, false);
+    unsetenv("CAIRN_CUDA_LANE_WARPS");
+    unsetenv("CAIRN_CUDA_LANE_U");
 }
 
 static void test_matmul(void **state)
 {
     (void)state;
-    matmul_form("warp", NULL);
-    matmul_form("block", NULL);
-    matmul_form("warp", "2"); /* two rows a warp on short matrices too */
-    matmul_form("block", "1");
-    matmul_form("warp", "4"); /* four rows: 98 and 2113 leave a last warp or block short */
-    matmul_form("block", "4");
+    matmul_form(NULL, NULL, false); /* the defaults: the lane form where the layout is lane's */
+    matmul_lane("4", "1");          /* 2304 columns: 9 K-quant pieces over 4 warps */
+    matmul_lane("16", "2");         /* more warps than pieces */
+    matmul_form("warp", NULL, false); /* the row forms read the lane layout too */
+    matmul_form("block", NULL, false);
+    matmul_form("warp", NULL, true);
+    matmul_form("block", NULL, true);
+    matmul_form("warp", "2", true); /* two rows a warp on short matrices too */
+    matmul_form("block", "1", true);
+    matmul_form("warp", "4", true); /* four rows: 98 and 2113 leave a last warp or block short */
+    matmul_form("block", "4", true);
 }
 
 /*

@@ -253,6 +253,30 @@ static int stage_reserve(cairn__cuda *c, size_t bytes, cairn_error *err)
     return rc;
 }
 
+/* The lane layout (common.cuh) for the matrices whose GEMV reads it (matmul.cu's gemv_lane), unless
+ * CAIRN_CUDA_LANE_LAYOUT=0 keeps rows whole (to measure the two side by side). */
+static bool lane_layout(uint32_t type, int64_t cols)
+{
+    const char *e = getenv("CAIRN_CUDA_LANE_LAYOUT");
+    if (e && !strcmp(e, "0"))
+        return false;
+    /* whole pieces a row: 256 values for the K-quants (always), 128 for Q8_0 */
+    return (type == CAIRN_GGUF_Q8_0 && cols % 128 == 0) || type == CAIRN_GGUF_Q4_K ||
+           type == CAIRN_GGUF_Q6_K;
+}
+
+/* Rows of a repacked q plane (n rows of qb bytes at src) into the lane layout at dst: whole
+ * groups of 32 rows, the rows past n zero. */
+static void interleave_rows(const uint8_t *src, int64_t n, size_t qb, uint8_t *dst)
+{
+    const int64_t groups = (n + 31) / 32, units = (int64_t)(qb / 16);
+    memset(dst + qb * (size_t)n, 0, qb * (size_t)(groups * 32 - n));
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t u = 0; u < units; u++)
+            memcpy(dst + (((r >> 5) * units + u) << 9) + ((r & 31) << 4), src + qb * r + 16 * u,
+                   16);
+}
+
 /* Pinned staging for repacked rows: large enough that uploads run near PCIe speed. */
 #define STAGE_BYTES ((size_t)16 << 20)
 
@@ -297,30 +321,51 @@ static int cu_mat_load(cairn_backend *be, const cairn_gguf_tensor *t, const char
     cm->rows = rows;
     cm->cols = cols;
     cm->nb = bs > 1 ? cols / bs : cols;
+    cm->qrow = (int64_t)qb;
+    cm->lane = lane_layout(t->type, cols);
+    const int64_t q_rows = cm->lane ? (rows + 31) / 32 * 32 : rows; /* the last group padded */
     char what[300];
     snprintf(what, sizeof what, "tensor '%s'", name);
-    if ((rc = cairn__cuda_malloc(c, (void **)&cm->q, qb * (size_t)rows, what, err)) ||
+    uint8_t *row_buf = NULL; /* the lane layout: rows repacked here, then interleaved */
+    if (cm->lane && !(row_buf = (uint8_t *)malloc(qb * 32))) {
+        cmat_free(cm);
+        return cairn_errorf(err, CAIRN_ENOMEM, "cuda backend: out of memory");
+    }
+    if ((rc = cairn__cuda_malloc(c, (void **)&cm->q, qb * (size_t)q_rows, what, err)) ||
         (db && (rc = cairn__cuda_malloc(c, (void **)&cm->d, db * (size_t)rows, what, err))) ||
         (hb && (rc = cairn__cuda_malloc(c, (void **)&cm->qh, hb * (size_t)rows, what, err)))) {
+        free(row_buf);
         cmat_free(cm);
         return rc;
     }
-    size_t per_row = qb + db + hb;
-    if ((rc = stage_reserve(c, per_row > STAGE_BYTES ? per_row : STAGE_BYTES, err))) {
+    size_t per_row = qb + db + hb, least = per_row * (cm->lane ? 32 : 1);
+    if ((rc = stage_reserve(c, least > STAGE_BYTES ? least : STAGE_BYTES, err))) {
+        free(row_buf);
         cmat_free(cm);
         return rc;
     }
-    /* Rows go up in chunks: repack into the staging buffer's three regions, copy each to its
-     * plane, wait before the staging buffer is filled again. */
+    /* Rows go up in chunks (whole groups of 32 in the lane layout): repack into the staging
+     * buffer's three regions, copy each to its plane, wait before the staging buffer is filled
+     * again. */
     int64_t chunk = (int64_t)(c->stage_bytes / per_row);
+    if (cm->lane)
+        chunk = chunk / 32 * 32;
     const uint8_t *src = (const uint8_t *)t->data;
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
-        uint8_t *sq = c->stage, *sd = sq + qb * (size_t)n, *sh = sd + db * (size_t)n;
-        for (int64_t r = 0; r < n; r++)
-            repack_row(t->type, cols, src + (size_t)(r0 + r) * row_bytes, sq + qb * (size_t)r,
-                       sd + db * (size_t)r, sh + hb * (size_t)r);
-        cudaError_t e = cudaMemcpyAsync(cm->q + qb * (size_t)r0, sq, qb * (size_t)n,
+        const int64_t nq = cm->lane ? (n + 31) / 32 * 32 : n; /* q plane rows, padded */
+        uint8_t *sq = c->stage, *sd = sq + qb * (size_t)nq, *sh = sd + db * (size_t)n;
+        for (int64_t g = 0; g < n; g += 32) { /* a group at a time, through row_buf if lane */
+            const int64_t gn = n - g < 32 ? n - g : 32;
+            uint8_t *q_out = cm->lane ? row_buf : sq + qb * (size_t)g;
+            for (int64_t r = 0; r < gn; r++)
+                repack_row(t->type, cols, src + (size_t)(r0 + g + r) * row_bytes,
+                           q_out + qb * (size_t)r, sd + db * (size_t)(g + r),
+                           sh + hb * (size_t)(g + r));
+            if (cm->lane)
+                interleave_rows(row_buf, gn, qb, sq + qb * (size_t)g);
+        }
+        cudaError_t e = cudaMemcpyAsync(cm->q + qb * (size_t)r0, sq, qb * (size_t)nq,
                                         cudaMemcpyHostToDevice, c->stream);
         if (e == cudaSuccess && db)
             e = cudaMemcpyAsync((uint8_t *)cm->d + db * (size_t)r0, sd, db * (size_t)n,
@@ -331,11 +376,13 @@ static int cu_mat_load(cairn_backend *be, const cairn_gguf_tensor *t, const char
         if (e == cudaSuccess)
             e = cudaStreamSynchronize(c->stream);
         if (e != cudaSuccess) {
+            free(row_buf);
             cmat_free(cm);
             rc = cairn__cuda_fail(err, "cudaMemcpyAsync", e);
             return cairn_error_prefix(err, "uploading tensor '%s'", name), rc;
         }
     }
+    free(row_buf);
     if (c->n_mats == c->cap_mats) { /* the register of loaded matrices (the BF16 cache's) */
         int cap = c->cap_mats ? 2 * c->cap_mats : 64;
         cairn__cmat **grown = (cairn__cmat **)realloc(c->mats, sizeof *grown * (size_t)cap);

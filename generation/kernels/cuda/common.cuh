@@ -74,10 +74,21 @@ int cairn__blas_fail(cairn_error *err, const char *call, cublasStatus_t s);
  *   Q4_K            q: the GGUF blocks as stored (144 bytes: d, dmin, scales, qs; 16-aligned)
  *   Q6_K            q: ql, qh, scales (208 bytes a block); d: F16 scale a block
  * A block's nibble bytes keep GGUF's order: byte j holds value j (low) and j + 16 (high).
+ *
+ * The lane layout (lane != 0; Q8_0, Q4_K and Q6_K by default, CAIRN_CUDA_LANE_LAYOUT=0 keeps
+ * rows whole) interleaves the q plane of each group of 32 rows by 16-byte units: unit u of row
+ * r (bytes 16 u .. 16 u + 15 of the row's q plane above) lies at
+ *   q + ((r / 32) * (qrow / 16) + u) * 512 + (r % 32) * 16,
+ * so that 32 lanes, one a row, reading the same unit of their rows read 512 contiguous bytes,
+ * and each lane can take whole blocks (a K-quant block's header once for its 256 values) with
+ * every load coalesced. The last group is padded with zero rows. The other planes keep rows
+ * whole. Only the q plane moves: cairn__q_at finds a byte in either layout.
  */
 typedef struct cairn__cmat {
     uint32_t type;
     int64_t rows, cols, nb; /* nb: blocks a row (cols for the float types) */
+    int64_t qrow;           /* bytes a row in the q plane (a multiple of 16 in the lane layout) */
+    int lane;               /* the lane layout (above) */
     uint8_t *q;
     uint16_t *d;
     uint32_t *qh;
@@ -90,13 +101,24 @@ struct cairn__mat_dev {
     const uint8_t *q;
     const uint16_t *d;
     const uint32_t *qh;
-    int64_t rows, cols, nb;
+    int64_t rows, cols, nb, qrow;
+    int lane;
 };
 
 static inline cairn__mat_dev cairn__mat_dev_of(const cairn__cmat *m)
 {
-    cairn__mat_dev v = {m->q, m->d, m->qh, m->rows, m->cols, m->nb};
+    cairn__mat_dev v = {m->q, m->d, m->qh, m->rows, m->cols, m->nb, m->qrow, m->lane};
     return v;
+}
+
+/* Byte off of row's q plane, in either layout (a 16-byte unit stays whole in both). */
+static __host__ __device__ __forceinline__ const uint8_t *cairn__q_at(const cairn__mat_dev &m,
+                                                                      int64_t row, int64_t off)
+{
+    if (!m.lane)
+        return m.q + row * m.qrow + off;
+    return m.q + (((row >> 5) * (m.qrow >> 4) + (off >> 4)) << 9) + ((row & 31) << 4) +
+           (off & 15);
 }
 
 /* True for the types mat_load takes. */
@@ -546,14 +568,14 @@ static __device__ __forceinline__ float cairn__deq1(const cairn__mat_dev &m, int
         return cairn__bf2f(((const uint16_t *)m.q)[row * m.cols + col]);
     case CAIRN_GGUF_Q8_0: {
         int64_t b = row * m.nb + col / 32;
-        return cairn__h2f(m.d[b]) * (float)(int8_t)m.q[row * m.cols + col];
+        return cairn__h2f(m.d[b]) * (float)(int8_t)*cairn__q_at(m, row, col);
     }
     case CAIRN_GGUF_Q4_0:
     case CAIRN_GGUF_Q4_1:
     case CAIRN_GGUF_Q5_0: {
         int64_t b = row * m.nb + col / 32;
         int j = (int)(col % 32);
-        uint8_t byte = m.q[b * 16 + (j & 15)];
+        uint8_t byte = *cairn__q_at(m, row, col / 32 * 16 + (j & 15));
         int v = j < 16 ? byte & 0xF : byte >> 4;
         if (type == CAIRN_GGUF_Q4_0)
             return cairn__h2f(m.d[b]) * (float)(v - 8);
@@ -563,10 +585,11 @@ static __device__ __forceinline__ float cairn__deq1(const cairn__mat_dev &m, int
         return cairn__h2f(m.d[b]) * (float)(v - 16);
     }
     case CAIRN_GGUF_Q4_K: {
-        const uint8_t *blk = m.q + (row * m.nb + col / 256) * 144;
+        const int64_t o = col / 256 * 144; /* the block's header, then its quants */
+        const uint8_t *blk = cairn__q_at(m, row, o);
         int i = (int)(col % 256), c = i / 64, w = i % 64, sub = 2 * c + (w >= 32), sc, mn;
         cairn__q4k_sm(blk + 4, sub, &sc, &mn);
-        uint8_t byte = blk[16 + 32 * c + (w & 31)];
+        uint8_t byte = *cairn__q_at(m, row, o + 16 + 32 * c + (w & 31));
         int v = w < 32 ? byte & 0xF : byte >> 4;
         float d = cairn__h2f((uint16_t)(blk[0] | blk[1] << 8));
         float dmin = cairn__h2f((uint16_t)(blk[2] | blk[3] << 8));
@@ -574,12 +597,12 @@ static __device__ __forceinline__ float cairn__deq1(const cairn__mat_dev &m, int
     }
     case CAIRN_GGUF_Q6_K: {
         int64_t b = row * m.nb + col / 256;
-        const uint8_t *body = m.q + b * 208;
+        const int64_t o = col / 256 * 208; /* ql, qh, scales */
         int i = (int)(col % 256), hh = i / 128, r = i % 128, g = r / 32, l = r % 32;
-        uint8_t lb = body[64 * hh + (g & 1) * 32 + l];
+        uint8_t lb = *cairn__q_at(m, row, o + 64 * hh + (g & 1) * 32 + l);
         int lo = g < 2 ? lb & 0xF : lb >> 4;
-        int hi = (body[128 + 32 * hh + l] >> (2 * g)) & 3;
-        int sc = (int8_t)body[192 + 8 * hh + l / 16 + 2 * g];
+        int hi = (*cairn__q_at(m, row, o + 128 + 32 * hh + l) >> (2 * g)) & 3;
+        int sc = (int8_t)*cairn__q_at(m, row, o + 192 + 8 * hh + l / 16 + 2 * g);
         return (cairn__h2f(m.d[b]) * (float)sc) * (float)((lo | hi << 4) - 32);
     }
     default:

@@ -165,17 +165,39 @@ template <> struct aunit<CAIRN_GGUF_BF16> : aunit_f8 {};
 template <> struct wunit<CAIRN_GGUF_F32> : wunit_f4 {};
 template <> struct aunit<CAIRN_GGUF_F32> : aunit_f4 {};
 
+/* A Q6_K unit from its three loads (ql of groups 0, 2; ql of groups 1, 3; qh), the block's d
+ * and the unit's four group scales: the 6-bit quants less 32 as signed bytes. */
+static __device__ __forceinline__ void q6k_decode(wunit_q6k &w, const int4 &qa, const int4 &qb,
+                                                  const int4 &qh, float d, int8_t s0, int8_t s1,
+                                                  int8_t s2, int8_t s3)
+{
+    const int pa[4] = {qa.x, qa.y, qa.z, qa.w}, pb[4] = {qb.x, qb.y, qb.z, qb.w};
+    const int ph[4] = {qh.x, qh.y, qh.z, qh.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        w.q[0][i] = __vsub4((pa[i] & 0x0F0F0F0F) | ((ph[i] << 4) & 0x30303030), 0x20202020);
+        w.q[1][i] = __vsub4((pb[i] & 0x0F0F0F0F) | ((ph[i] << 2) & 0x30303030), 0x20202020);
+        w.q[2][i] = __vsub4(((pa[i] >> 4) & 0x0F0F0F0F) | (ph[i] & 0x30303030), 0x20202020);
+        w.q[3][i] =
+            __vsub4(((pb[i] >> 4) & 0x0F0F0F0F) | ((ph[i] >> 2) & 0x30303030), 0x20202020);
+    }
+    w.s[0] = d * (float)s0;
+    w.s[1] = d * (float)s1;
+    w.s[2] = d * (float)s2;
+    w.s[3] = d * (float)s3;
+}
+
 template <uint32_t TYPE>
 static __device__ __forceinline__ void load_w(wunit<TYPE> &w, const cairn__mat_dev &m,
                                               int64_t row, int64_t u)
 {
     if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
-        w.q = ld16(m.q + row * m.cols + u * 16);
+        w.q = ld16(cairn__q_at(m, row, u * 16));
         w.d = cairn__h2f(m.d[row * m.nb + (u >> 1)]);
     } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
                          TYPE == CAIRN_GGUF_Q5_0) {
         const int64_t b = row * m.nb + u;
-        const int4 q = ld16(m.q + b * 16);
+        const int4 q = ld16(cairn__q_at(m, row, u * 16));
         w.lo = nib_lo(q);
         w.hi = nib_hi(q);
         if constexpr (TYPE == CAIRN_GGUF_Q4_1) {
@@ -198,9 +220,9 @@ static __device__ __forceinline__ void load_w(wunit<TYPE> &w, const cairn__mat_d
         }
     } else if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
         const int k = (int)(u & 7), c = k >> 1;
-        const uint8_t *blk = m.q + (row * m.nb + (u >> 3)) * 144;
-        const int4 hdr = ld16(blk); /* d, dmin, 12 bytes of scales: shared by 8 lanes */
-        const int4 q = ld16(blk + 16 + 16 * k);
+        const int64_t o = (u >> 3) * 144; /* the block's header, then its quants */
+        const int4 hdr = ld16(cairn__q_at(m, row, o)); /* d, dmin, 12 bytes of scales */
+        const int4 q = ld16(cairn__q_at(m, row, o + 16 + 16 * k));
         w.lo = nib_lo(q);
         w.hi = nib_hi(q);
         q4k_sub(hdr, 2 * c, &w.d0, &w.m0);
@@ -209,26 +231,12 @@ static __device__ __forceinline__ void load_w(wunit<TYPE> &w, const cairn__mat_d
             w.m0 = w.m1 = 0.0f;
     } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
         const int k = (int)(u & 3), hh = k >> 1, is = k & 1, l0 = 16 * is;
-        const int64_t b = row * m.nb + (u >> 2);
-        const uint8_t *body = m.q + b * 208;
-        const int4 qa = ld16(body + 64 * hh + l0), qb = ld16(body + 64 * hh + 32 + l0);
-        const int4 qh = ld16(body + 128 + 32 * hh + l0);
-        const int8_t *sc = (const int8_t *)(body + 192 + 8 * hh + is);
-        const float d = cairn__h2f(m.d[b]);
-        const int pa[4] = {qa.x, qa.y, qa.z, qa.w}, pb[4] = {qb.x, qb.y, qb.z, qb.w};
-        const int ph[4] = {qh.x, qh.y, qh.z, qh.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) { /* the 6-bit quants less 32, as signed bytes */
-            w.q[0][i] = __vsub4((pa[i] & 0x0F0F0F0F) | ((ph[i] << 4) & 0x30303030), 0x20202020);
-            w.q[1][i] = __vsub4((pb[i] & 0x0F0F0F0F) | ((ph[i] << 2) & 0x30303030), 0x20202020);
-            w.q[2][i] =
-                __vsub4(((pa[i] >> 4) & 0x0F0F0F0F) | (ph[i] & 0x30303030), 0x20202020);
-            w.q[3][i] =
-                __vsub4(((pb[i] >> 4) & 0x0F0F0F0F) | ((ph[i] >> 2) & 0x30303030), 0x20202020);
-        }
-#pragma unroll
-        for (int g = 0; g < 4; g++)
-            w.s[g] = d * (float)sc[2 * g];
+        const int64_t b = row * m.nb + (u >> 2), o = (u >> 2) * 208; /* ql, qh, scales */
+        const int4 qa = ld16(cairn__q_at(m, row, o + 64 * hh + l0));
+        const int4 qb = ld16(cairn__q_at(m, row, o + 64 * hh + 32 + l0));
+        const int4 qh = ld16(cairn__q_at(m, row, o + 128 + 32 * hh + l0));
+        const int8_t *sc = (const int8_t *)cairn__q_at(m, row, o + 192 + 8 * hh + is);
+        q6k_decode(w, qa, qb, qh, cairn__h2f(m.d[b]), sc[0], sc[2], sc[4], sc[6]);
     } else if constexpr (TYPE == CAIRN_GGUF_F32) {
         w.w = __ldg((const float4 *)m.q + row * (m.cols / 4) + u);
     } else { /* F16, BF16 */
@@ -484,6 +492,208 @@ __global__ void __launch_bounds__(TH)
     }
 }
 
+/*
+ * The lane form, for matrices in the lane layout (common.cuh; Q8_0, Q4_K, Q6_K): a block of W
+ * warps takes one group of 32 rows, lane i row 32 g + i, and warp w the row's pieces w, w + W,
+ * ... (a piece: a K-quant block of 256 values, or four Q8_0 blocks), U pieces a trip with all
+ * their loads in flight before any arithmetic. A warp's load of one unit of its 32 rows is 512
+ * contiguous bytes, and every lane reads the same activations (one broadcast), so a lane
+ * decodes each K-quant header once for its 256 values and each activation load serves a whole
+ * piece, where the row forms above re-read the header and the activations for every 16 bytes
+ * of weights (Nsight Compute in session 11: Q4_K's products at 1.39 TB/s, 45% of the SM's
+ * waits on L1). The warps' partial sums meet in shared memory, in a fixed order.
+ */
+template <uint32_t TYPE> struct lane_piece;
+template <> struct lane_piece<CAIRN_GGUF_Q4_K> { int4 h, q[8]; };
+template <> struct lane_piece<CAIRN_GGUF_Q6_K> { int4 ql[8], qh[4], sc; float d; };
+template <> struct lane_piece<CAIRN_GGUF_Q8_0> { int4 q[8]; uint2 d; };
+
+template <uint32_t TYPE> static __host__ __device__ constexpr int lane_units() /* 16-byte units a piece */
+{
+    return TYPE == CAIRN_GGUF_Q4_K ? 9 : TYPE == CAIRN_GGUF_Q6_K ? 13 : 8;
+}
+
+template <uint32_t TYPE> static __host__ __device__ constexpr int lane_values() /* values a piece */
+{
+    return TYPE == CAIRN_GGUF_Q8_0 ? 128 : 256;
+}
+
+/* Piece p of the lane's row: its units from u (the lane's 16 bytes of the group's first unit of
+ * the piece; unit k is 512 bytes on), its scales from the d plane. Rows past the matrix (the
+ * last group's padding) read zero units and no scales. */
+template <uint32_t TYPE>
+static __device__ __forceinline__ void lane_load(lane_piece<TYPE> &w, const uint8_t *u,
+                                                 const cairn__mat_dev &m, int64_t row,
+                                                 int64_t p)
+{
+    const bool in = row < m.rows;
+    if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        w.h = ld16(u);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            w.q[k] = ld16(u + 512 * (k + 1));
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            w.ql[k] = ld16(u + 512 * k);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w.qh[k] = ld16(u + 512 * (8 + k));
+        w.sc = ld16(u + 512 * 12);
+        w.d = in ? cairn__h2f(m.d[row * m.nb + p]) : 0.0f;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            w.q[k] = ld16(u + 512 * k);
+        w.d.x = w.d.y = 0u;
+        if (in)
+            w.d = __ldg((const uint2 *)(m.d + row * m.nb + 4 * p));
+    }
+}
+
+static __device__ __forceinline__ int8_t byte_of(const int4 &v, int i)
+{
+    const int w = i < 4 ? v.x : i < 8 ? v.y : i < 12 ? v.z : v.w;
+    return (int8_t)(w >> (8 * (i & 3)));
+}
+
+/* acc[t] += piece p of the lane's row . token t's activations, for t < nt. */
+template <uint32_t TYPE, int NT>
+static __device__ __forceinline__ void lane_dot(const lane_piece<TYPE> &w, const act_dev &a,
+                                                int nt, int64_t p, float (&acc)[NT])
+{
+    const int64_t nba = a.cols / 32, c0 = p * lane_values<TYPE>();
+    if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
+        /* the 8 sub-blocks' 6-bit scales and mins, four to a word */
+        const uint32_t s0 = (uint32_t)w.h.y, s1 = (uint32_t)w.h.z, s2 = (uint32_t)w.h.w;
+        const uint32_t sc[2] = {s0 & 0x3F3F3F3Fu, (s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u)};
+        const uint32_t mn[2] = {s1 & 0x3F3F3F3Fu,
+                                ((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u)};
+        const float d = cairn__h2f((uint16_t)(w.h.x & 0xFFFF));
+        const float dmin = cairn__h2f((uint16_t)((uint32_t)w.h.x >> 16));
+        float sum[NT], msum[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            sum[t] = msum[t] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) { /* 64 values: sub-blocks 2c (low nibbles), 2c + 1 (high) */
+            const int4 lo0 = nib_lo(w.q[2 * c]), lo1 = nib_lo(w.q[2 * c + 1]);
+            const int4 hi0 = nib_hi(w.q[2 * c]), hi1 = nib_hi(w.q[2 * c + 1]);
+            const int j0 = 2 * c, j1 = 2 * c + 1;
+            const float f0 = (float)((sc[j0 >> 2] >> (8 * (j0 & 3))) & 0xFF);
+            const float f1 = (float)((sc[j1 >> 2] >> (8 * (j1 & 3))) & 0xFF);
+            const float g0 = (float)((mn[j0 >> 2] >> (8 * (j0 & 3))) & 0xFF);
+            const float g1 = (float)((mn[j1 >> 2] >> (8 * (j1 & 3))) & 0xFF);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t < nt) {
+                    const int8_t *aq = a.q + t * a.cols + c0 + 64 * c;
+                    const int4 *av = (const int4 *)aq;
+                    const int s_lo = dot16(lo1, av[1], dot16(lo0, av[0], 0));
+                    const int s_hi = dot16(hi1, av[3], dot16(hi0, av[2], 0));
+                    const float2 ds0 = a.ds[t * nba + c0 / 32 + j0];
+                    const float2 ds1 = a.ds[t * nba + c0 / 32 + j1];
+                    sum[t] += f0 * ds0.x * (float)s_lo + f1 * ds1.x * (float)s_hi;
+                    msum[t] += g0 * ds0.y + g1 * ds1.y;
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[t] += d * sum[t] - dmin * msum[t];
+    } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) { /* the row forms' four units: half k / 2, lanes 16 (k % 2) */
+            const int hh = k >> 1, is = k & 1;
+            wunit<CAIRN_GGUF_Q6_K> q;
+            q6k_decode(q, w.ql[4 * hh + is], w.ql[4 * hh + 2 + is], w.qh[2 * hh + is], w.d,
+                       byte_of(w.sc, 8 * hh + is), byte_of(w.sc, 8 * hh + is + 2),
+                       byte_of(w.sc, 8 * hh + is + 4), byte_of(w.sc, 8 * hh + is + 6));
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t < nt) {
+                    aunit<CAIRN_GGUF_Q6_K> x;
+                    const int64_t ab = c0 / 32 + 4 * hh;
+                    const int8_t *aq = a.q + t * a.cols + ab * 32 + 16 * is;
+#pragma unroll
+                    for (int g = 0; g < 4; g++) {
+                        x.a[g] = *(const int4 *)(aq + 32 * g);
+                        x.d[g] = a.ds[t * nba + ab + g].x;
+                    }
+                    acc[t] += dot<CAIRN_GGUF_Q6_K>(q, x);
+                }
+            }
+        }
+    } else {
+        const uint32_t dw[2] = {w.d.x, w.d.y};
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            const float d = cairn__h2f((uint16_t)(dw[b >> 1] >> (16 * (b & 1))));
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t < nt) {
+                    const int4 *av = (const int4 *)(a.q + t * a.cols + c0 + 32 * b);
+                    const int s = dot16(w.q[2 * b + 1], av[1], dot16(w.q[2 * b], av[0], 0));
+                    acc[t] += d * a.ds[t * nba + c0 / 32 + b].x * (float)s;
+                }
+            }
+        }
+    }
+}
+
+template <uint32_t TYPE, int NT, int W, int U>
+__global__ void __launch_bounds__(W * 32)
+    gemv_lane(gemv_set s, act_dev a, int nt)
+{
+    __shared__ float red[W][NT][32];
+    cairn__mat_dev m;
+    float *y;
+    int64_t g;
+    set_pick(s, m, y, g);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t row = g * 32 + lane, n_pieces = m.cols / lane_values<TYPE>();
+    const uint8_t *base = m.q + ((g * (m.qrow >> 4)) << 9) + (lane << 4);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    bool waited = false;
+    for (int64_t p0 = warp; p0 < n_pieces; p0 += W * U) {
+        lane_piece<TYPE> w[U];
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t p = p0 + (int64_t)j * W;
+            if (p < n_pieces)
+                lane_load<TYPE>(w[j], base + ((p * lane_units<TYPE>()) << 9), m, row, p);
+        }
+        if (!waited) { /* the first weights are on their way: now the activations' writer */
+            cairn__pdl_wait();
+            waited = true;
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t p = p0 + (int64_t)j * W;
+            if (p < n_pieces)
+                lane_dot<TYPE, NT>(w[j], a, nt, p, acc);
+        }
+    }
+    if (!waited)
+        cairn__pdl_wait();
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        red[warp][t][lane] = acc[t];
+    __syncthreads();
+    for (int i = threadIdx.x; i < NT * 32; i += W * 32) {
+        const int t = i >> 5, l = i & 31;
+        float v = 0.0f;
+#pragma unroll
+        for (int k = 0; k < W; k++)
+            v += red[k][t][l];
+        if (t < nt && g * 32 + l < m.rows)
+            y[t * m.rows + g * 32 + l] = v;
+    }
+}
+
 /* ---- Tiles for cuBLAS ------------------------------------------------------------------------ */
 
 /* 8 values into 8 BF16 at o (16-byte aligned) in one store. */
@@ -529,12 +739,12 @@ __global__ void dequant_bf16(cairn__mat_dev m, int64_t r0, __nv_bfloat16 *__rest
     const int64_t row = r0 + blockIdx.y;
     __nv_bfloat16 *o = out + (int64_t)blockIdx.y * m.cols;
     if constexpr (TYPE == CAIRN_GGUF_Q8_0) {
-        const int4 q = ld16(m.q + row * m.cols + u * 16);
+        const int4 q = ld16(cairn__q_at(m, row, u * 16));
         store16(o + u * 16, q, true, cairn__h2f(m.d[row * m.nb + (u >> 1)]), 0.0f, 0.0f);
     } else if constexpr (TYPE == CAIRN_GGUF_Q4_0 || TYPE == CAIRN_GGUF_Q4_1 ||
                          TYPE == CAIRN_GGUF_Q5_0) {
         const int64_t b = row * m.nb + u;
-        const int4 q = ld16(m.q + b * 16);
+        const int4 q = ld16(cairn__q_at(m, row, u * 16));
         int4 lo = nib_lo(q), hi = nib_hi(q);
         float d, mn = 0.0f, off = 8.0f;
         if constexpr (TYPE == CAIRN_GGUF_Q4_1) {
@@ -589,9 +799,8 @@ static __device__ __forceinline__ void deq8(const cairn__mat_dev &m, int64_t row
 {
     if constexpr (TYPE == CAIRN_GGUF_Q4_K) {
         const int c = lane >> 3, h = (lane >> 2) & 1, l0 = 8 * (lane & 3);
-        const uint8_t *blk = m.q + (row * m.nb + b) * 144;
-        const int4 hdr = ld16(blk);
-        const uint2 q = __ldg((const uint2 *)(blk + 16 + 32 * c + l0));
+        const int4 hdr = ld16(cairn__q_at(m, row, b * 144));
+        const uint2 q = __ldg((const uint2 *)cairn__q_at(m, row, b * 144 + 16 + 32 * c + l0));
         float d, mn;
         q4k_sub(hdr, 2 * c + h, &d, &mn);
         const float mm = -mn;
@@ -603,10 +812,10 @@ static __device__ __forceinline__ void deq8(const cairn__mat_dev &m, int64_t row
         }
     } else if constexpr (TYPE == CAIRN_GGUF_Q6_K) {
         const int n = lane >> 4, g = (lane >> 2) & 3, l0 = 8 * (lane & 3);
-        const uint8_t *body = m.q + (row * m.nb + b) * 208;
-        const uint2 ql = __ldg((const uint2 *)(body + 64 * n + 32 * (g & 1) + l0));
-        const uint2 qh = __ldg((const uint2 *)(body + 128 + 32 * n + l0));
-        const int8_t sc = (int8_t)body[192 + 8 * n + 2 * g + (l0 >> 4)];
+        const int64_t o = b * 208; /* ql, qh, scales */
+        const uint2 ql = __ldg((const uint2 *)cairn__q_at(m, row, o + 64 * n + 32 * (g & 1) + l0));
+        const uint2 qh = __ldg((const uint2 *)cairn__q_at(m, row, o + 128 + 32 * n + l0));
+        const int8_t sc = (int8_t)*cairn__q_at(m, row, o + 192 + 8 * n + 2 * g + (l0 >> 4));
         const float s = cairn__h2f(m.d[row * m.nb + b]) * (float)sc;
         const uint32_t wl[2] = {ql.x, ql.y}, wh[2] = {qh.x, qh.y};
 #pragma unroll
@@ -617,7 +826,7 @@ static __device__ __forceinline__ void deq8(const cairn__mat_dev &m, int64_t row
         }
     } else { /* Q8_0: piece b is blocks 8b .. 8b + 7 of the row */
         const int64_t col = b * 256 + 8 * lane;
-        const uint2 q = __ldg((const uint2 *)(m.q + row * m.cols + col));
+        const uint2 q = __ldg((const uint2 *)cairn__q_at(m, row, col));
         const float d = cairn__h2f(m.d[row * m.nb + (col >> 5)]);
         const uint32_t w[2] = {q.x, q.y};
 #pragma unroll
@@ -837,11 +1046,84 @@ static void launch_scalar(cudaStream_t st, const cairn__mat_dev &m, const float 
         gemv_scalar<TYPE, 8><<<grid, threads, 0, st>>>(m, x, nt, y, m.rows);
 }
 
+/*
+ * The lane form's shape: W warps a block (a group of 32 rows) and U pieces a trip. Defaults: 8
+ * warps; two pieces a trip for Q4_K and Q8_0 (36 and 34 registers of loads a piece), one for
+ * Q6_K (53). CAIRN_CUDA_LANE_WARPS=4|8|16 and CAIRN_CUDA_LANE_U=1|2 override them, to measure
+ * them side by side (bench_cuda_gemv).
+ */
+static void lane_shape(uint32_t type, int *w, int *u)
+{
+    const char *e = getenv("CAIRN_CUDA_LANE_WARPS");
+    *w = e && (!strcmp(e, "4") || !strcmp(e, "16")) ? atoi(e) : 8;
+    e = getenv("CAIRN_CUDA_LANE_U");
+    if (e && (!strcmp(e, "1") || !strcmp(e, "2")))
+        *u = atoi(e);
+    else
+        *u = type == CAIRN_GGUF_Q6_K ? 1 : 2;
+}
+
+template <uint32_t TYPE, int NT, int W>
+static void launch_lane_w(cudaStream_t st, bool pdl, int u, const gemv_set &s, const act_dev &a,
+                          int nt, unsigned grid)
+{
+    if (u == 1)
+        launch_pdl(pdl, gemv_lane<TYPE, NT, W, 1>, grid, W * 32, st, s, a, nt);
+    else
+        launch_pdl(pdl, gemv_lane<TYPE, NT, W, 2>, grid, W * 32, st, s, a, nt);
+}
+
+template <uint32_t TYPE, int NT>
+static void launch_lane_nt(cudaStream_t st, bool pdl, int w, int u, const gemv_set &s,
+                           const act_dev &a, int nt, unsigned grid)
+{
+    if (w == 4)
+        launch_lane_w<TYPE, NT, 4>(st, pdl, u, s, a, nt, grid);
+    else if (w == 16)
+        launch_lane_w<TYPE, NT, 16>(st, pdl, u, s, a, nt, grid);
+    else
+        launch_lane_w<TYPE, NT, 8>(st, pdl, u, s, a, nt, grid);
+}
+
+/* The lane form over the set s (every matrix of it in the lane layout): a block a group. */
+template <uint32_t TYPE>
+static void launch_lane(cudaStream_t st, bool pdl, gemv_set s, const act_dev &a, int nt)
+{
+    int w, u;
+    lane_shape(TYPE, &w, &u);
+    unsigned grid = 0;
+    for (int i = 0; i < s.n; i++) {
+        grid += (unsigned)((s.m[i].rows + 31) / 32);
+        s.blk_end[i] = grid;
+    }
+    if (nt <= 1)
+        launch_lane_nt<TYPE, 1>(st, pdl, w, u, s, a, nt, grid);
+    else if (nt <= 2)
+        launch_lane_nt<TYPE, 2>(st, pdl, w, u, s, a, nt, grid);
+    else if (nt <= 4)
+        launch_lane_nt<TYPE, 4>(st, pdl, w, u, s, a, nt, grid);
+    else
+        launch_lane_nt<TYPE, 8>(st, pdl, w, u, s, a, nt, grid);
+}
+
 /* One pass of nt tokens over the set s (its y already offset to the pass's first token). */
 template <uint32_t TYPE>
 static void launch_gemv(cudaStream_t st, gemv_set s, const act_dev &a, int nt, bool vec,
                         int n_sm, bool pdl)
 {
+    if constexpr (TYPE == CAIRN_GGUF_Q4_K || TYPE == CAIRN_GGUF_Q6_K ||
+                  TYPE == CAIRN_GGUF_Q8_0) {
+        /* the lane layout's own form, unless CAIRN_CUDA_GEMV names a row form (which reads
+         * either layout) */
+        const char *f = getenv("CAIRN_CUDA_GEMV");
+        bool lane = !(f && (!strcmp(f, "warp") || !strcmp(f, "block")));
+        for (int i = 0; i < s.n; i++)
+            lane = lane && s.m[i].lane;
+        if (lane) {
+            launch_lane<TYPE>(st, pdl, s, a, nt);
+            return;
+        }
+    }
     constexpr bool is_float =
         TYPE == CAIRN_GGUF_F32 || TYPE == CAIRN_GGUF_F16 || TYPE == CAIRN_GGUF_BF16;
     if constexpr (is_float) {
