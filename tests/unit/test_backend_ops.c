@@ -1090,6 +1090,7 @@ static const attn_cfg CFGS[] = {
     {8, 8, 64, true, false, false, 1.0f},         /* Qwen2/Llama-like: biases, MHA */
     {16, 4, 128, false, true, true, 0.08838835f}, /* Gemma-like: q/k norms, q scaled, GQA 4 */
     {16, 2, 256, false, true, true, 1.0f},        /* head 256, GQA 8 */
+    {6, 3, 36, false, false, false, 1.0f},        /* rows no multiple of 8: 4-byte K/V loads */
 };
 
 typedef struct {

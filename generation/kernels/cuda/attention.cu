@@ -29,8 +29,11 @@
 #include "generation/kernels/cuda/common.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define ATTN_THREADS 128
+#define ATTN_VL 4 /* 16-byte K and V loads a thread keeps in flight while filling a tile */
 #define TK CAIRN__ATTN_TILE
 static_assert(TK == 32, "the softmax step gives each key of a tile one lane of a warp");
 
@@ -47,6 +50,7 @@ struct attn_args {
     float scale;
     int n_split;
     int t_base; /* the launch covers batch tokens t_base + blockIdx.z */
+    bool vec;   /* K and V rows in 16-byte loads (attn_vec_ok) */
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
 };
@@ -120,10 +124,44 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     const int64_t hoff = (int64_t)kvh * hd;
     __syncthreads();
 
+    const bool vec = a.vec;
     for (int kb = k0; kb <= k1; kb += TK) {
         const int nk = min(TK, k1 - kb + 1);
-        /* K and V rows of the tile, two values at a time (rows are 4-byte aligned: hd even). */
-        for (int i = tid; i < nk * hp; i += blockDim.x) {
+        if (vec) {
+            /* ATTN_VL pieces of 8 values of K and of V a thread in flight before any store: a
+             * tile's rows arrive in one memory round trip or two (hd 128: one), where a loop
+             * of one load and one store a trip paid one a trip (sixteen at hd 128). */
+            const int h8 = hd / 8, n8 = nk * h8;
+            for (int i0 = 0; i0 < n8; i0 += ATTN_VL * ATTN_THREADS) {
+                int4 kk[ATTN_VL], vv[ATTN_VL];
+#pragma unroll
+                for (int u = 0; u < ATTN_VL; u++) {
+                    const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
+                    kk[u] = vv[u] = make_int4(0, 0, 0, 0);
+                    const int blk = i < n8 ? block_of(table, kb + j, a.bt, a.max_table) : -1;
+                    if (blk >= 0) {
+                        const int64_t off = (int64_t)blk * a.block_elems +
+                                            (int64_t)((kb + j) % a.bt) * a.kv_dim + hoff + 8 * c;
+                        kk[u] = __ldg((const int4 *)(a.k + off));
+                        vv[u] = __ldg((const int4 *)(a.v + off));
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < ATTN_VL; u++) {
+                    const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
+                    if (i < n8) { /* padded rows are 4-byte aligned: four stores of two */
+                        const int w[4] = {kk[u].x, kk[u].y, kk[u].z, kk[u].w};
+                        const int x[4] = {vv[u].x, vv[u].y, vv[u].z, vv[u].w};
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            *(int *)(ks + j * hs + 8 * c + 2 * e) = w[e];
+                            *(int *)(vs + j * hs + 8 * c + 2 * e) = x[e];
+                        }
+                    }
+                }
+            }
+        }
+        for (int i = tid; !vec && i < nk * hp; i += blockDim.x) {
             const int j = i / hp, c = i - j * hp, p = kb + j;
             const int blk = block_of(table, p, a.bt, a.max_table);
             __half2 kk = __float2half2_rn(0.0f), vv = kk;
@@ -446,6 +484,16 @@ static int prefill_run(cairn__cuda *c, const cairn_battn *p, const attn_args *a,
     return 0;
 }
 
+/* Whether attn_tile reads K and V rows 8 values to a 16-byte load: hd, kv_dim and the blocks
+ * multiples of 8 values, the pools 16-byte aligned (else two values at a time: rows are 4-byte
+ * aligned, hd even), unless CAIRN_CUDA_ATTN_VEC=0 (to measure the two side by side). */
+static bool attn_vec_ok(const attn_args &a)
+{
+    const char *e = getenv("CAIRN_CUDA_ATTN_VEC");
+    return !(e && !strcmp(e, "0")) && a.hd % 8 == 0 && a.kv_dim % 8 == 0 &&
+           a.block_elems % 8 == 0 && (((uintptr_t)a.k | (uintptr_t)a.v) & 15) == 0;
+}
+
 int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
 {
     /* Once, at open, to all the GPU allows: a call in a captured step must not need it. */
@@ -536,6 +584,7 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.t_base = 0;
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
+    a.vec = attn_vec_ok(a);
     if (!runs)
         return tiles(c, &a, smem, 0, T, err);
     /* Prefill runs through cuBLAS, the other tokens (decode tokens, short chunks) in tiles. */
