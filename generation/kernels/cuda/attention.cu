@@ -77,7 +77,7 @@ static __device__ __forceinline__ int block_of(const int32_t *table, int p, int 
 
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     extern __shared__ float smem[];
     const int G = a.G, hd = a.hd, hp = hd / 2, hs = hd + 2; /* hs: padded row, in halves */
     float *qs = smem;       /* G x hd queries */
@@ -266,7 +266,7 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
                            const int32_t *__restrict__ pos_of, int window,
                            float *__restrict__ out)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     __shared__ float wts[SPLIT_MAX];
     __shared__ float Ls;
     const int h = blockIdx.x, t = t_base + blockIdx.y;
@@ -311,12 +311,13 @@ static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int
     attn_args a = *base;
     a.t_base = t0;
     dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)n);
-    attn_tile<<<grid, ATTN_THREADS, smem, c->stream>>>(a);
+    cairn__launch(c->pdl_all, attn_tile, grid, dim3(ATTN_THREADS), smem, c->stream, a);
     CU_LAUNCHED(err, "attn_tile");
     if (a.n_split > 1) {
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
-        attn_merge<<<dim3((unsigned)a.n_head, (unsigned)n), threads, 0, c->stream>>>(
-            a.part, a.part_ml, a.n_split, a.hd, a.n_head, t0, a.pos, a.window, a.out);
+        cairn__launch(c->pdl_all, attn_merge, dim3((unsigned)a.n_head, (unsigned)n),
+                      dim3((unsigned)threads), 0, c->stream, a.part, a.part_ml, a.n_split, a.hd,
+                      a.n_head, t0, a.pos, a.window, a.out);
         CU_LAUNCHED(err, "attn_merge");
     }
     return 0;

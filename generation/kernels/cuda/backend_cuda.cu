@@ -828,8 +828,10 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *f = getenv("CAIRN_CUDA_Q8_FUSE"), *st = getenv("CAIRN_CUDA_GEMV_SETS");
     c->q8_fuse = !(f && !strcmp(f, "0"));
     c->gemv_sets = !(st && !strcmp(st, "0"));
-    const char *pd = getenv("CAIRN_CUDA_PDL"); /* "0": every kernel waits for the one before */
+    /* "0": every kernel waits for the one before; "gemv": only the GEMVs start early */
+    const char *pd = getenv("CAIRN_CUDA_PDL");
     c->pdl = !(pd && !strcmp(pd, "0"));
+    c->pdl_all = c->pdl && !(pd && !strcmp(pd, "gemv"));
     /* A file that gets a line per step (how its calls ran) and per graph dropped, to find
      * which steps missed their graph (docs/GPU.md); a file that cannot be opened logs none. */
     const char *gl = getenv("CAIRN_CUDA_GRAPH_LOG");
@@ -881,6 +883,7 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->n_sm = prop.multiProcessorCount;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     c->pdl = c->pdl && prop.major >= 9;
+    c->pdl_all = c->pdl_all && c->pdl;
     /* prop.name is at most 256 bytes; desc may cut a very long name short */
     snprintf(c->desc, sizeof c->desc, "%.200s, sm_%d%d, %zu MiB", prop.name, prop.major,
              prop.minor, (size_t)(prop.totalGlobalMem >> 20));

@@ -292,6 +292,8 @@ typedef struct cairn__cuda {
     bool gemv_sets; /* CAIRN_CUDA_GEMV_SETS=0: one matrix a GEMV launch */
     bool pdl;       /* GEMVs start beside the kernel before them (cairn__pdl_wait), on
                        compute capability 9.0 and later unless CAIRN_CUDA_PDL=0 */
+    bool pdl_all;   /* and so do the stages between them (the norms, qkv, attention, the
+                       gated activation), unless CAIRN_CUDA_PDL=gemv */
     /* The cuBLAS path's weight tiles: their elements (CAIRN_CUDA_WTILE_MIB sets the bytes of
      * one), and whether a tile is decoded on `side` while cuBLAS multiplies the one before it
      * (two tiles then; CAIRN_CUDA_TILE_OVERLAP=0 turns it off; tile_ev: the call's start,
@@ -461,6 +463,36 @@ static __device__ __forceinline__ void cairn__pdl_wait(void)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+/* The start of a stage between GEMVs (a norm, qkv, attention, the gated activation, the
+ * activations' quantization): the kernel after it may start beside it (cairn__launch), and it
+ * may itself have started beside the one before, so it waits before it touches memory. */
+static __device__ __forceinline__ void cairn__pdl_stage(void)
+{
+    cairn__pdl_trigger();
+    cairn__pdl_wait();
+}
+
+/* kern<<<grid, block, smem, st>>>(args), with the programmatic-serialization attribute when
+ * pdl: the kernel may then start beside the one before it on st, so it must call
+ * cairn__pdl_wait before it reads or writes anything a kernel before it uses. Its errors reach
+ * the caller's CU_LAUNCHED through cudaGetLastError, as a triple-chevron launch's do. */
+template <class... P, class... A>
+static inline void cairn__launch(bool pdl, void (*kern)(P...), dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t st, A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    (void)cudaLaunchKernelEx(&cfg, kern, args...);
 }
 
 static __device__ __forceinline__ float cairn__warp_sum(float v)

@@ -29,7 +29,7 @@ static __device__ __forceinline__ float gelu_f16(float x)
 __global__ void gated_rows(float *__restrict__ a, const float *__restrict__ b, int64_t n,
                            int gelu)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const float x = a[i];
@@ -45,7 +45,7 @@ __global__ void gated_rows_q8(float *__restrict__ a, const float *__restrict__ b
                               int64_t n_blocks, int gelu, int8_t *__restrict__ q,
                               float2 *__restrict__ ds)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= n_blocks)
         return; /* warp-uniform */
@@ -70,8 +70,8 @@ int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int ac
     const int64_t total = (int64_t)c->n_tokens * n;
     if (cairn__cuda_q8_fits(c, c->n_tokens, n)) { /* a is the down product's input */
         const int64_t nb = total / 32;
-        gated_rows_q8<<<(unsigned)((nb + 7) / 8), 256, 0, c->stream>>>(
-            a, b, nb, act == CAIRN_ACT_GELU_TANH, c->act_q, c->act_ds);
+        cairn__launch(c->pdl_all, gated_rows_q8, dim3((unsigned)((nb + 7) / 8)), dim3(256), 0,
+                      c->stream, a, b, nb, act == CAIRN_ACT_GELU_TANH, c->act_q, c->act_ds);
         CU_LAUNCHED(err, "gated_rows_q8");
         cairn__cuda_q8_note(c, a, c->n_tokens, n);
         return 0;
@@ -79,8 +79,8 @@ int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int ac
     int64_t blocks = (total + 255) / 256;
     if (blocks > 65535 * 8)
         blocks = 65535 * 8;
-    gated_rows<<<(unsigned)blocks, 256, 0, c->stream>>>(a, b, total,
-                                                        act == CAIRN_ACT_GELU_TANH);
+    cairn__launch(c->pdl_all, gated_rows, dim3((unsigned)blocks), dim3(256), 0, c->stream, a, b,
+                  total, act == CAIRN_ACT_GELU_TANH);
     CU_LAUNCHED(err, "gated_rows");
     return 0;
 }

@@ -42,7 +42,7 @@ struct act_dev {
 __global__ void quantize_q8(const float *__restrict__ x, int64_t n_blocks, int8_t *__restrict__ q,
                             float2 *__restrict__ ds)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= n_blocks)
         return; /* warp-uniform */
@@ -425,6 +425,7 @@ template <uint32_t TYPE, int NT, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv(gemv_set s, act_dev a, int nt)
 {
+    cairn__pdl_trigger(); /* the stage after it may start beside it */
     cairn__mat_dev m;
     float *y;
     int64_t blk;
@@ -461,6 +462,7 @@ template <uint32_t TYPE, int NT, int R, int TH = GEMV_SK_THREADS>
 __global__ void __launch_bounds__(TH)
     gemv_sk(gemv_set s, act_dev a, int nt)
 {
+    cairn__pdl_trigger(); /* the stage after it may start beside it */
     static_assert(R * NT <= 32, "warp 0 finishes one (row, token) sum a lane");
     __shared__ float red[TH / 32][R * NT];
     cairn__mat_dev m;
@@ -645,6 +647,7 @@ template <uint32_t TYPE, int NT, int W, int U>
 __global__ void __launch_bounds__(W * 32)
     gemv_lane(gemv_set s, act_dev a, int nt)
 {
+    cairn__pdl_trigger(); /* the stage after it may start beside it */
     __shared__ float red[W][NT][32];
     cairn__mat_dev m;
     float *y;
@@ -914,8 +917,8 @@ static int prep_q8(cairn__cuda *c, const float *x, int n_tok, int64_t cols, cair
 {
     const int64_t nb = (int64_t)n_tok * (cols / 32);
     const int warps = 8;
-    quantize_q8<<<(unsigned)((nb + warps - 1) / warps), warps * 32, 0, c->stream>>>(x, nb, c->act_q,
-                                                                                   c->act_ds);
+    cairn__launch(c->pdl_all, quantize_q8, dim3((unsigned)((nb + warps - 1) / warps)),
+                  dim3(warps * 32), 0, c->stream, x, nb, c->act_q, c->act_ds);
     CU_LAUNCHED(err, "quantize_q8");
     cairn__cuda_q8_note(c, x, n_tok, cols);
     return 0;
@@ -982,24 +985,12 @@ static gemv_shape gemv_shape_of(uint32_t type, int64_t rows, int nt, int n_sm)
     return g;
 }
 
-/* A GEMV launch, with pdl allowed to start beside the kernel before it (cairn__pdl_wait; its
- * errors reach the caller's CU_LAUNCHED through cudaGetLastError, as a triple-chevron
- * launch's do). */
+/* A GEMV launch, with pdl allowed to start beside the kernel before it (cairn__pdl_wait). */
 template <class... P, class... A>
 static void launch_pdl(bool pdl, void (*kern)(P...), unsigned grid, int threads,
                        cudaStream_t st, A... args)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3((unsigned)threads);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl ? 1 : 0;
-    (void)cudaLaunchKernelEx(&cfg, kern, args...);
+    cairn__launch(pdl, kern, dim3(grid), dim3((unsigned)threads), 0, st, args...);
 }
 
 template <uint32_t TYPE, int NT, int R>

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_rows(float *out, const float *x, const int32_t *__restrict__ rows,
                  const float *__restrict__ w, int n, float eps)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     const float *xr = x + (rows ? (int64_t)rows[r] : r) * n;
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(NORM_VTHREADS)
                      const float *__restrict__ w, int n, float eps, int8_t *__restrict__ q,
                      float2 *__restrict__ ds)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     const float4 *xr = (const float4 *)(x + (rows ? (int64_t)rows[r] : r) * n);
@@ -107,14 +107,16 @@ int cairn__cuda_norm_rows(cairn__cuda *c, float *out, const float *x, const int3
         return 0;
     if (norm_vec_ok(n, out, x, w, NULL, NULL)) {
         const bool q8 = !rows && cairn__cuda_q8_fits(c, n_rows, n);
-        rmsnorm_rows_vec<<<(unsigned)n_rows, NORM_VTHREADS, 0, c->stream>>>(
-            out, x, rows, w, n, eps, q8 ? c->act_q : NULL, q8 ? c->act_ds : NULL);
+        cairn__launch(c->pdl_all, rmsnorm_rows_vec, dim3((unsigned)n_rows), dim3(NORM_VTHREADS), 0,
+                      c->stream, out, x, rows, w, n, eps, q8 ? c->act_q : NULL,
+                      q8 ? c->act_ds : NULL);
         CU_LAUNCHED(err, "rmsnorm_rows_vec");
         if (q8)
             cairn__cuda_q8_note(c, out, n_rows, n);
         return 0;
     }
-    rmsnorm_rows<<<(unsigned)n_rows, NORM_THREADS, 0, c->stream>>>(out, x, rows, w, n, eps);
+    cairn__launch(c->pdl_all, rmsnorm_rows, dim3((unsigned)n_rows), dim3(NORM_THREADS), 0,
+                  c->stream, out, x, rows, w, n, eps);
     CU_LAUNCHED(err, "rmsnorm_rows");
     return 0;
 }
@@ -139,7 +141,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
     add_norm_rows(float *__restrict__ x, float *__restrict__ a, const float *__restrict__ post,
                   const float *__restrict__ next, float *__restrict__ h, int n, float eps)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     float *xr = x + r * n, *ar = a + r * n;
@@ -176,7 +178,7 @@ __global__ void __launch_bounds__(NORM_VTHREADS)
                       float *__restrict__ h, int n, float eps, int8_t *__restrict__ q,
                       float2 *__restrict__ ds)
 {
-    cairn__pdl_trigger(); /* a GEMV may read what this writes */
+    cairn__pdl_stage();
     __shared__ float red[32];
     const int64_t r = blockIdx.x;
     float4 *xr = (float4 *)(x + r * n), *ar = (float4 *)(a + r * n);
@@ -245,15 +247,16 @@ int cairn__cuda_add_norm(cairn_backend *be, float *x, float *a, const float *pos
     if (norm_vec_ok(n, x, a, post, next, h)) {
         /* h is the next products' input: its quantized form comes with it. */
         const bool q8 = next && cairn__cuda_q8_fits(c, c->n_tokens, n);
-        add_norm_rows_vec<<<(unsigned)c->n_tokens, NORM_VTHREADS, 0, c->stream>>>(
-            x, a, post, next, h, n, eps, q8 ? c->act_q : NULL, q8 ? c->act_ds : NULL);
+        cairn__launch(c->pdl_all, add_norm_rows_vec, dim3((unsigned)c->n_tokens),
+                      dim3(NORM_VTHREADS), 0, c->stream, x, a, post, next, h, n, eps,
+                      q8 ? c->act_q : NULL, q8 ? c->act_ds : NULL);
         CU_LAUNCHED(err, "add_norm_rows_vec");
         if (q8)
             cairn__cuda_q8_note(c, h, c->n_tokens, n);
         return 0;
     }
-    add_norm_rows<<<(unsigned)c->n_tokens, NORM_THREADS, 0, c->stream>>>(x, a, post, next, h, n,
-                                                                         eps);
+    cairn__launch(c->pdl_all, add_norm_rows, dim3((unsigned)c->n_tokens), dim3(NORM_THREADS), 0,
+                  c->stream, x, a, post, next, h, n, eps);
     CU_LAUNCHED(err, "add_norm_rows");
     return 0;
 }
@@ -279,6 +282,7 @@ struct qkv_args {
 /* Block (head, token); heads 0..n_head-1 are q's, then k's, then v's. */
 __global__ void __launch_bounds__(QKV_THREADS) qkv_rows(qkv_args a)
 {
+    cairn__pdl_stage();
     extern __shared__ float s[]; /* the head's hd values */
     __shared__ float red[32];
     const int hid = blockIdx.x, hd = a.hd;
@@ -413,7 +417,8 @@ int cairn__cuda_qkv(cairn_backend *be, const cairn_bqkv *p, float *q, float *k, 
     a.pos = cairn__b_pos(c->d_batch, c->n_tokens);
     a.slot = cairn__b_slot(c->d_batch, c->n_tokens);
     dim3 grid((unsigned)(p->n_head + 2 * p->n_head_kv), (unsigned)c->n_tokens);
-    qkv_rows<<<grid, QKV_THREADS, sizeof(float) * (size_t)p->head_dim, c->stream>>>(a);
+    cairn__launch(c->pdl_all, qkv_rows, grid, dim3(QKV_THREADS),
+                  sizeof(float) * (size_t)p->head_dim, c->stream, a);
     CU_LAUNCHED(err, "qkv_rows");
     return 0;
 }
