@@ -598,8 +598,7 @@ static void matmul_form(const char *form, const char *rows, bool rows_whole)
         setenv("CAIRN_CUDA_GEMV", form, 1);
     if (rows)
         setenv("CAIRN_CUDA_GEMV_ROWS", rows, 1);
-    if (rows_whole)
-        setenv("CAIRN_CUDA_LANE_LAYOUT", "0", 1);
+    setenv("CAIRN_CUDA_LANE_LAYOUT", rows_whole ? "0" : "1", 1);
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         uint32_t type = TYPES[ti];
         /* 98 rows: not a multiple of the 4 rows of a GEMV block. Float types also run 90
@@ -1323,6 +1322,11 @@ static void test_qkv_attention(void **state)
                 continue;
             check_qkv_attention(&CFGS[c], &SCENARIOS[s]);
         }
+    /* the tiles' K and V rows two values a load (the 16-byte loads are the default) */
+    setenv("CAIRN_CUDA_ATTN_VEC", "0", 1);
+    check_qkv_attention(&CFGS[1], &SCENARIOS[0]);
+    check_qkv_attention(&CFGS[1], &SCENARIOS[1]);
+    unsetenv("CAIRN_CUDA_ATTN_VEC");
 }
 
 /* ---- Whole steps: the GPU backend's graphs ------------------------------------------------- */
