@@ -1038,20 +1038,21 @@ static void launch_scalar(cudaStream_t st, const cairn__mat_dev &m, const float 
 }
 
 /*
- * The lane form's shape: W warps a block (a group of 32 rows) and U pieces a trip. Defaults: 8
- * warps; two pieces a trip for Q4_K and Q8_0 (36 and 34 registers of loads a piece), one for
- * Q6_K (53). CAIRN_CUDA_LANE_WARPS=4|8|16 and CAIRN_CUDA_LANE_U=1|2 override them, to measure
- * them side by side (bench_cuda_gemv).
+ * The lane form's shape: W warps a block (a group of 32 rows) and U pieces a trip. Default: 16
+ * warps, one piece a trip, for every type and token count: fastest of the six shapes in
+ * bench_cuda_gemv on an H100 (session 19, one Llama-3-8B layer's products; docs/BENCHMARKS.md):
+ * Q4_K 52.5 us a layer at 1 token against 55.8 for 8 warps and 2 pieces, 132 against 166 at 8
+ * tokens; Q6_K 76.8 against 78.3; Q8_0 88.4 against 101.1. Two pieces a trip with 16 warps
+ * spill (512 threads leave 128 registers a thread). CAIRN_CUDA_LANE_WARPS=4|8|16 and
+ * CAIRN_CUDA_LANE_U=1|2 set them, to measure them side by side.
  */
 static void lane_shape(uint32_t type, int *w, int *u)
 {
+    (void)type;
     const char *e = getenv("CAIRN_CUDA_LANE_WARPS");
-    *w = e && (!strcmp(e, "4") || !strcmp(e, "16")) ? atoi(e) : 8;
+    *w = e && (!strcmp(e, "4") || !strcmp(e, "8")) ? atoi(e) : 16;
     e = getenv("CAIRN_CUDA_LANE_U");
-    if (e && (!strcmp(e, "1") || !strcmp(e, "2")))
-        *u = atoi(e);
-    else
-        *u = type == CAIRN_GGUF_Q6_K ? 1 : 2;
+    *u = e && !strcmp(e, "2") ? 2 : 1;
 }
 
 template <uint32_t TYPE, int NT, int W>
