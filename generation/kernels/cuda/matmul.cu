@@ -1,12 +1,15 @@
 /*
  * generation/kernels/cuda/matmul.cu — matrix products: the matmul and logits stages.
  *
- * Few tokens (decode; at most CAIRN__GEMV_MAX_TOKENS): a GEMV straight from the weight planes.
- * Each warp takes one weight row; its lanes walk the row in units of 16 bytes of quants (one
- * aligned 128-bit load each), so that a warp reads 512 contiguous bytes at a time, and each
- * unit meets up to CAIRN__GEMV_TOKENS tokens' activations before the next load: the weights
- * are read once per pass whatever the token count. (The block form, gemv_sk, spreads a row's
- * units over a block's four warps instead; each type takes the form measured faster for it.)
+ * Few tokens (decode; at most CAIRN__GEMV_MAX_TOKENS): a GEMV straight from the weight planes,
+ * each weight meeting up to CAIRN__GEMV_TOKENS tokens' activations before the next load, so
+ * that the weights are read once per pass whatever the token count. Matrices in the lane
+ * layout (Q8_0, Q4_K, Q6_K; common.cuh) take the lane form, gemv_lane: a lane a row, whole
+ * blocks a lane, a warp's loads 512 contiguous bytes. The others take a row form: each warp
+ * takes one weight row and its lanes walk the row in units of 16 bytes of quants (one aligned
+ * 128-bit load each), a warp reading 512 contiguous bytes at a time (the block form, gemv_sk,
+ * spreads a row's units over a block's warps instead; each type takes the form measured faster
+ * for it).
  * The quantized types multiply against
  * activations quantized once per call to int8 in blocks of 32 (scale amax / 127, the scale
  * kept as F16 like the CPU's Q8 activations) with dp4a integer dot products; the float types
