@@ -75,6 +75,68 @@ static __device__ __forceinline__ int block_of(const int32_t *table, int p, int 
     return i < max_table ? table[i] : -1;
 }
 
+/*
+ * K and V rows kb .. kb + nk - 1 of a tile into ks, vs (rows of hd + 2 halves; a freed block's
+ * rows as zeros), kv head offset hoff, for attn_tile's threads.
+ * tile_rows_vec (a.vec): ATTN_VL pieces of 8 values of K and of V a thread in flight before any
+ * store, so the tile's rows arrive in one memory round trip or two (hd 128: one). tile_rows: two
+ * values a load (rows are 4-byte aligned: hd even), one load and one store a trip, which paid a
+ * round trip a trip (sixteen at hd 128).
+ */
+static __device__ __forceinline__ void tile_rows_vec(const attn_args &a, const int32_t *table,
+                                                     int kb, int nk, int64_t hoff, __half *ks,
+                                                     __half *vs)
+{
+    const int hs = a.hd + 2, h8 = a.hd / 8, n8 = nk * h8, tid = threadIdx.x;
+    for (int i0 = 0; i0 < n8; i0 += ATTN_VL * ATTN_THREADS) {
+        int4 kk[ATTN_VL], vv[ATTN_VL];
+#pragma unroll
+        for (int u = 0; u < ATTN_VL; u++) {
+            const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
+            kk[u] = vv[u] = make_int4(0, 0, 0, 0);
+            const int blk = i < n8 ? block_of(table, kb + j, a.bt, a.max_table) : -1;
+            if (blk >= 0) {
+                const int64_t off = (int64_t)blk * a.block_elems +
+                                    (int64_t)((kb + j) % a.bt) * a.kv_dim + hoff + 8 * c;
+                kk[u] = __ldg((const int4 *)(a.k + off));
+                vv[u] = __ldg((const int4 *)(a.v + off));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < ATTN_VL; u++) {
+            const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
+            if (i < n8) { /* padded rows are 4-byte aligned: four stores of two */
+                const int w[4] = {kk[u].x, kk[u].y, kk[u].z, kk[u].w};
+                const int x[4] = {vv[u].x, vv[u].y, vv[u].z, vv[u].w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    *(int *)(ks + j * hs + 8 * c + 2 * e) = w[e];
+                    *(int *)(vs + j * hs + 8 * c + 2 * e) = x[e];
+                }
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void tile_rows(const attn_args &a, const int32_t *table, int kb,
+                                                 int nk, int64_t hoff, __half *ks, __half *vs)
+{
+    const int hs = a.hd + 2, hp = a.hd / 2;
+    for (int i = threadIdx.x; i < nk * hp; i += blockDim.x) {
+        const int j = i / hp, c = i - j * hp, p = kb + j;
+        const int blk = block_of(table, p, a.bt, a.max_table);
+        __half2 kk = __float2half2_rn(0.0f), vv = kk;
+        if (blk >= 0) {
+            const int64_t off = (int64_t)blk * a.block_elems + (int64_t)(p % a.bt) * a.kv_dim +
+                                hoff + 2 * c;
+            kk = *(const __half2 *)(a.k + off);
+            vv = *(const __half2 *)(a.v + off);
+        }
+        *(__half2 *)(ks + j * hs + 2 * c) = kk;
+        *(__half2 *)(vs + j * hs + 2 * c) = vv;
+    }
+}
+
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 {
     cairn__pdl_stage();
@@ -124,56 +186,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     const int64_t hoff = (int64_t)kvh * hd;
     __syncthreads();
 
-    const bool vec = a.vec;
     for (int kb = k0; kb <= k1; kb += TK) {
         const int nk = min(TK, k1 - kb + 1);
-        if (vec) {
-            /* ATTN_VL pieces of 8 values of K and of V a thread in flight before any store: a
-             * tile's rows arrive in one memory round trip or two (hd 128: one), where a loop
-             * of one load and one store a trip paid one a trip (sixteen at hd 128). */
-            const int h8 = hd / 8, n8 = nk * h8;
-            for (int i0 = 0; i0 < n8; i0 += ATTN_VL * ATTN_THREADS) {
-                int4 kk[ATTN_VL], vv[ATTN_VL];
-#pragma unroll
-                for (int u = 0; u < ATTN_VL; u++) {
-                    const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
-                    kk[u] = vv[u] = make_int4(0, 0, 0, 0);
-                    const int blk = i < n8 ? block_of(table, kb + j, a.bt, a.max_table) : -1;
-                    if (blk >= 0) {
-                        const int64_t off = (int64_t)blk * a.block_elems +
-                                            (int64_t)((kb + j) % a.bt) * a.kv_dim + hoff + 8 * c;
-                        kk[u] = __ldg((const int4 *)(a.k + off));
-                        vv[u] = __ldg((const int4 *)(a.v + off));
-                    }
-                }
-#pragma unroll
-                for (int u = 0; u < ATTN_VL; u++) {
-                    const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
-                    if (i < n8) { /* padded rows are 4-byte aligned: four stores of two */
-                        const int w[4] = {kk[u].x, kk[u].y, kk[u].z, kk[u].w};
-                        const int x[4] = {vv[u].x, vv[u].y, vv[u].z, vv[u].w};
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            *(int *)(ks + j * hs + 8 * c + 2 * e) = w[e];
-                            *(int *)(vs + j * hs + 8 * c + 2 * e) = x[e];
-                        }
-                    }
-                }
-            }
-        }
-        for (int i = tid; !vec && i < nk * hp; i += blockDim.x) {
-            const int j = i / hp, c = i - j * hp, p = kb + j;
-            const int blk = block_of(table, p, a.bt, a.max_table);
-            __half2 kk = __float2half2_rn(0.0f), vv = kk;
-            if (blk >= 0) {
-                const int64_t off = (int64_t)blk * a.block_elems + (int64_t)(p % a.bt) * a.kv_dim +
-                                    hoff + 2 * c;
-                kk = *(const __half2 *)(a.k + off);
-                vv = *(const __half2 *)(a.v + off);
-            }
-            *(__half2 *)(ks + j * hs + 2 * c) = kk;
-            *(__half2 *)(vs + j * hs + 2 * c) = vv;
-        }
+        if (a.vec)
+            tile_rows_vec(a, table, kb, nk, hoff, ks, vs);
+        else
+            tile_rows(a, table, kb, nk, hoff, ks, vs);
         __syncthreads();
         /* Scores: thread (g, j); lanes take consecutive keys, whose padded rows fall in
          * different banks. */

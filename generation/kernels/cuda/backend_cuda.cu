@@ -266,11 +266,13 @@ static bool lane_layout(uint32_t type, int64_t cols)
 }
 
 /* Rows of a repacked q plane (n rows of qb bytes at src) into the lane layout at dst: whole
- * groups of 32 rows, the rows past n zero. */
+ * groups of 32 rows, the rows past n zero (their units lie between the others' in the last
+ * group, so that group is cleared whole first). */
 static void interleave_rows(const uint8_t *src, int64_t n, size_t qb, uint8_t *dst)
 {
-    const int64_t groups = (n + 31) / 32, units = (int64_t)(qb / 16);
-    memset(dst + qb * (size_t)n, 0, qb * (size_t)(groups * 32 - n));
+    const int64_t units = (int64_t)(qb / 16);
+    if (n % 32)
+        memset(dst + qb * (size_t)(n / 32 * 32), 0, qb * 32);
     for (int64_t r = 0; r < n; r++)
         for (int64_t u = 0; u < units; u++)
             memcpy(dst + (((r >> 5) * units + u) << 9) + ((r & 31) << 4), src + qb * r + 16 * u,

@@ -618,13 +618,7 @@ static __device__ __forceinline__ void lane_dot(const lane_piece<TYPE> &w, const
             for (int t = 0; t < NT; t++) {
                 if (t < nt) {
                     aunit<CAIRN_GGUF_Q6_K> x;
-                    const int64_t ab = c0 / 32 + 4 * hh;
-                    const int8_t *aq = a.q + t * a.cols + ab * 32 + 16 * is;
-#pragma unroll
-                    for (int g = 0; g < 4; g++) {
-                        x.a[g] = *(const int4 *)(aq + 32 * g);
-                        x.d[g] = a.ds[t * nba + ab + g].x;
-                    }
+                    load_a<CAIRN_GGUF_Q6_K>(x, a, t, 4 * p + k); /* the row forms' unit k */
                     acc[t] += dot<CAIRN_GGUF_Q6_K>(q, x);
                 }
             }
@@ -1049,9 +1043,8 @@ static void launch_scalar(cudaStream_t st, const cairn__mat_dev &m, const float 
  * spill (512 threads leave 128 registers a thread). CAIRN_CUDA_LANE_WARPS=4|8|16 and
  * CAIRN_CUDA_LANE_U=1|2 set them, to measure them side by side.
  */
-static void lane_shape(uint32_t type, int *w, int *u)
+static void lane_shape(int *w, int *u)
 {
-    (void)type;
     const char *e = getenv("CAIRN_CUDA_LANE_WARPS");
     *w = e && (!strcmp(e, "4") || !strcmp(e, "8")) ? atoi(e) : 16;
     e = getenv("CAIRN_CUDA_LANE_U");
@@ -1085,7 +1078,7 @@ template <uint32_t TYPE>
 static void launch_lane(cudaStream_t st, bool pdl, gemv_set s, const act_dev &a, int nt)
 {
     int w, u;
-    lane_shape(TYPE, &w, &u);
+    lane_shape(&w, &u);
     unsigned grid = 0;
     for (int i = 0; i < s.n; i++) {
         grid += (unsigned)((s.m[i].rows + 31) / 32);
