@@ -719,7 +719,10 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
         }
         const dev_layer *D = &ws->layers[l];
         const bool local = m->layer_window[l] != 0;
-        if ((rc = B->rmsnorm(be, ws->h, ws->x, D->attn_norm, T, d, hp->rms_eps, err)))
+        /* The layer before left h = rmsnorm(x) * attn_norm in its last add_norm; the first
+         * layer of a pass (or of a resumed one) makes it here. */
+        if (l == first && (rc = B->rmsnorm(be, ws->h, ws->x, D->attn_norm, T, d, hp->rms_eps,
+                                           err)))
             return rc;
         TRACE(ws, l, "attn_norm", ws->h, T, d);
         const cairn_bmat *qkv[3] = {&D->wq, &D->wk, &D->wv};
@@ -768,8 +771,9 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
         if ((rc = B->matmul(be, &wdown, 1, ws->ffa, &ws->a, err)))
             return rc;
         TRACE(ws, l, "ffn_out", ws->a, T, d);
-        if ((rc = B->add_norm(be, ws->x, ws->a, D->post_ffw_norm, NULL, NULL, d, hp->rms_eps,
-                              err)))
+        const float *next = l + 1 < hp->n_layer ? ws->layers[l + 1].attn_norm : NULL;
+        if ((rc = B->add_norm(be, ws->x, ws->a, D->post_ffw_norm, next, next ? ws->h : NULL, d,
+                              hp->rms_eps, err)))
             return rc;
         TRACE(ws, l, "l_out", ws->x, T, d);
     }

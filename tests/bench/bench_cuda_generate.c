@@ -20,6 +20,12 @@
  *     layer matrices) x 512 + 2 x (output projection) for its one logits row, and its fraction
  *     of the GEMM peak at the same shape.
  * The card is named in every line; scripts/bench-torch-generate prints the PyTorch peer's.
+ *
+ * Comparing the backend's switches (docs/GPU.md) in one run, on one file per type:
+ *   --variant NAME:VAR=VALUE[,VAR=VALUE...]   (repeatable) each TYPE's file is measured once
+ *            per variant, in the order given, with those environment variables set for that
+ *            engine only; NAME is the lines' "variant". "NAME:" alone: the defaults.
+ *   --decode1  batch-1 decode only (with variants: several short runs on one machine).
  */
 #include "common/clock.h"
 #include "common/error.h"
@@ -29,6 +35,7 @@
 #include "proto/gguf.h"
 #include "tests/bench/cuda/peak.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +43,41 @@
 
 static char card[256];
 static double peak_gflops, peak_gbs;
+
+/* --variant and --decode1. */
+#define MAX_VARIANTS 16
+static const char *variants[MAX_VARIANTS];
+static int n_variants;
+static bool decode1_only;
+static const char *variant_name = ""; /* the one being measured */
+
+/* Sets (on) or unsets the VAR=VALUE list after "NAME:" of variant v; the name into out. */
+static int variant_env(const char *v, bool on, char *name, size_t cap)
+{
+    const char *colon = strchr(v, ':');
+    if (!colon || colon == v || (size_t)(colon - v) >= cap) {
+        fprintf(stderr, "bench_cuda_generate: --variant '%s': expected NAME:VAR=VALUE,...\n", v);
+        return 1;
+    }
+    snprintf(name, cap, "%.*s", (int)(colon - v), v);
+    char list[1024];
+    snprintf(list, sizeof list, "%s", colon + 1);
+    char *save = NULL;
+    for (char *kv = strtok_r(list, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq || eq == kv) {
+            fprintf(stderr, "bench_cuda_generate: --variant '%s': '%s' is not VAR=VALUE\n", v,
+                    kv);
+            return 1;
+        }
+        *eq = '\0';
+        if (on ? setenv(kv, eq + 1, 1) : unsetenv(kv)) {
+            fprintf(stderr, "bench_cuda_generate: --variant '%s': cannot set %s\n", v, kv);
+            return 1;
+        }
+    }
+    return 0;
+}
 
 /* A point for the roofline plot (scripts/plot-bench): flops and bytes of one step, its time. */
 static void roofline(const char *kernel, double flops, double bytes, double s)
@@ -141,10 +183,12 @@ static int bench_file(int device, const char *path, const char *model, const cha
     double lp, op, bytes = step_bytes(m, &lp, &op);
     /* Every line's head: the card (or "cpu"), the model and its weight type. */
     char head[512];
-    snprintf(head, sizeof head,
-             "{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\","
-             "\"device\":%d,\"model\":\"%s\",\"type\":\"%s\"",
-             device >= 0 ? card : "cpu", device, model, type);
+    int hn = snprintf(head, sizeof head,
+                      "{\"bench\":\"generate_gpu\",\"impl\":\"cairn\",\"card\":\"%s\","
+                      "\"device\":%d,\"model\":\"%s\",\"type\":\"%s\"",
+                      device >= 0 ? card : "cpu", device, model, type);
+    if (*variant_name && hn > 0 && (size_t)hn < sizeof head)
+        snprintf(head + hn, sizeof head - (size_t)hn, ",\"variant\":\"%s\"", variant_name);
     printf("%s,\"what\":\"load\",\"synth_s\":%.2f,\"open_s\":%.2f,"
            "\"weight_bytes_per_step\":%.0f}\n", head, synth_s, open_s, bytes);
     int ids[64], rc = 0;
@@ -154,14 +198,14 @@ static int bench_file(int device, const char *path, const char *model, const cha
     enum { STEPS = 64 };
     double t[STEPS];
     if ((rc = add_seqs(e, 1, 16, STEPS + 8, vocab, ids, &err)))
-        goto fail;
+        goto out;
     for (int i = 0; i < 4; i++) /* warm-up steps */
         if ((rc = step_all(e, ids, 1, 1, &err)))
-            goto fail;
+            goto out;
     for (int i = 0; i < STEPS; i++) {
         int64_t a = cairn_now_ns();
         if ((rc = step_all(e, ids, 1, 1, &err)))
-            goto fail;
+            goto out;
         t[i] = (double)(cairn_now_ns() - a) / 1e9;
     }
     cairn_engine_release(e, ids[0]);
@@ -181,19 +225,19 @@ static int bench_file(int device, const char *path, const char *model, const cha
 
     /* Decode, batches of 8, 32, 64. */
     const int batches[3] = {8, 32, 64};
-    for (int bi = 0; bi < 3; bi++) {
+    for (int bi = 0; bi < (decode1_only ? 0 : 3); bi++) {
         int n = batches[bi];
         enum { BSTEPS = 32 };
         double bt[BSTEPS];
         if ((rc = add_seqs(e, n, 16, BSTEPS + 4, vocab, ids, &err)))
-            goto fail;
+            goto out;
         for (int i = 0; i < 2; i++)
             if ((rc = step_all(e, ids, n, 1, &err)))
-                goto fail;
+                goto out;
         for (int i = 0; i < BSTEPS; i++) {
             int64_t a = cairn_now_ns();
             if ((rc = step_all(e, ids, n, 1, &err)))
-                goto fail;
+                goto out;
             bt[i] = (double)(cairn_now_ns() - a) / 1e9;
         }
         for (int i = 0; i < n; i++)
@@ -209,6 +253,8 @@ static int bench_file(int device, const char *path, const char *model, const cha
     }
 
     /* Prefill of 512 tokens. */
+    if (decode1_only)
+        goto out; /* rc is 0 */
     double pt[3];
     for (int r = 0; r < 4; r++) {
         int32_t prompt[512];
@@ -217,10 +263,10 @@ static int bench_file(int device, const char *path, const char *model, const cha
         cairn_gen_params gp = cairn_gen_default_params();
         gp.max_tokens = 1;
         if ((rc = cairn_engine_add(e, prompt, 512, &gp, &ids[0], &err)))
-            goto fail;
+            goto out;
         int64_t a = cairn_now_ns();
         if ((rc = step_all(e, ids, 1, 512, &err)))
-            goto fail;
+            goto out;
         double dt = (double)(cairn_now_ns() - a) / 1e9;
         cairn_engine_release(e, ids[0]);
         if (r > 0)
@@ -237,7 +283,7 @@ static int bench_file(int device, const char *path, const char *model, const cha
         roofline(k, 2 * lp * 512 + 2 * op, bytes, sp);
     }
     fflush(stdout);
-fail:
+out:
     if (rc)
         fprintf(stderr, "bench_cuda_generate: %s: %s\n", path, err.msg);
     cairn_engine_close(e);
@@ -258,7 +304,18 @@ static int bench_type(int device, const char *dir, const char *type, double read
         return 1;
     }
     double synth_s = (double)(cairn_now_ns() - t0) / 1e9;
-    int rc = bench_file(device, path, "llama3-8b", type, synth_s, read_gbs, gemm_prefill);
+    int rc = 0;
+    if (!n_variants)
+        rc = bench_file(device, path, "llama3-8b", type, synth_s, read_gbs, gemm_prefill);
+    for (int v = 0; v < n_variants && !rc; v++) {
+        char name[64];
+        if ((rc = variant_env(variants[v], true, name, sizeof name)))
+            break;
+        variant_name = name;
+        rc = bench_file(device, path, "llama3-8b", type, synth_s, read_gbs, gemm_prefill);
+        variant_name = "";
+        rc |= variant_env(variants[v], false, name, sizeof name);
+    }
     unlink(path);
     return rc;
 }
@@ -283,6 +340,14 @@ int main(int argc, char **argv)
             dir = argv[++i];
         } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
             model = argv[++i];
+        } else if (!strcmp(argv[i], "--variant") && i + 1 < argc) {
+            if (n_variants == MAX_VARIANTS) {
+                fprintf(stderr, "bench_cuda_generate: at most %d variants\n", MAX_VARIANTS);
+                return 2;
+            }
+            variants[n_variants++] = argv[++i];
+        } else if (!strcmp(argv[i], "--decode1")) {
+            decode1_only = true;
         } else {
             first_type = i;
             break;

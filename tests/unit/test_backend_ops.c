@@ -1211,6 +1211,56 @@ static void pool_sync(pbuf *b)
 }
 
 /*
+ * Right after a GPU attention into out: a product over out (which reads the quantized rows the
+ * attention kernels leave for the output product, where they do) equals the same product over
+ * a copy of out (which quantizes them itself), bit for bit: the two quantize the same floats
+ * the same way. Its matrix (then reserve, whose scratch must cover its rows) and buffers are
+ * made before the attention runs: an upload forgets the quantized rows.
+ */
+typedef struct {
+    wmat w;
+    pbuf y1, y2, o2;
+    size_t ny;
+} outq8;
+
+static void outq8_matrix(outq8 *r, int qd)
+{
+    wmat_make(&r->w, "attn_output.weight", CAIRN_GGUF_Q8_0, 64, qd, CAIRN_BMAT_MATMUL);
+    reserve_both();
+}
+
+static void outq8_buffers(outq8 *r, int T, size_t out_bytes)
+{
+    r->ny = (size_t)T * 64;
+    r->y1 = pb_rand(r->ny, 1.0f);
+    r->y2 = pb_rand(r->ny, 1.0f);
+    r->o2 = pb_new(out_bytes, NULL);
+}
+
+static void outq8_check(outq8 *r, const pbuf *out, int T, int qd)
+{
+    cairn_error err = {0};
+    const cairn_bmat *m = &r->w.g;
+    float *y = r->y1.g;
+    ok(G->i->matmul(G, &m, 1, out->g, &y, &err), &err, "gpu matmul after attention");
+    ok(G->i->copy(G, r->o2.g, out->g, out->bytes, &err), &err, "gpu copy");
+    y = r->y2.g;
+    ok(G->i->matmul(G, &m, 1, r->o2.g, &y, &err), &err, "gpu matmul of a copy");
+    float *h1 = xmalloc(r->ny * sizeof(float)), *h2 = xmalloc(r->ny * sizeof(float));
+    ok(G->i->download(G, h1, r->y1.g, r->ny * sizeof(float), &err), &err, "gpu download");
+    ok(G->i->download(G, h2, r->y2.g, r->ny * sizeof(float), &err), &err, "gpu download");
+    for (size_t i = 0; i < r->ny; i++)
+        if (memcmp(&h1[i], &h2[i], sizeof(float)) != 0)
+            fail_msg("the product after attention (%d tokens, rows of %d): value %zu is %.9g, "
+                     "over a copy of its input %.9g", T, qd, i, h1[i], h2[i]);
+    free(h1);
+    free(h2);
+    pb_free(&r->y1);
+    pb_free(&r->y2);
+    pb_free(&r->o2);
+}
+
+/*
  * qkv, then attention, for one configuration and scenario, on layers 2 (full attention, the
  * second layer of its group) and 1 (window).
  * qkv tolerances: k and v before the cache in FP32 on both sides (the norm's sum, sin/cos to
@@ -1229,8 +1279,12 @@ static void check_qkv_attention(const attn_cfg *cfg, const scenario *s)
     kvfix_init(&f, cfg, s);
     tbatch tb;
     tbatch_init(&tb, s, 2, f.max_table, f.tables, 16);
-    set_batch(&tb);
     const int T = tb.b.n_tokens, hd = cfg->hd, qd = cfg->n_head * hd, kd = f.kv_dim;
+    outq8 oq;
+    const bool q8 = qd % 32 == 0; /* Q8_0 rows are whole blocks */
+    if (q8)
+        outq8_matrix(&oq, qd);
+    set_batch(&tb);
     for (int pass = 0; pass < 2; pass++) {
         const int layer = pass == 0 ? 2 : 1;
         pbuf q = pb_rand((size_t)T * qd, 2.0f), k = pb_rand((size_t)T * kd, 2.0f),
@@ -1292,7 +1346,11 @@ static void check_qkv_attention(const attn_cfg *cfg, const scenario *s)
         cairn_battn ag = a, ac = a;
         ag.kv = &f.kg;
         ac.kv = &f.kc;
+        if (q8)
+            outq8_buffers(&oq, T, out.bytes);
         ok(G->i->attention(G, &ag, q.g, out.g, &err), &err, "gpu attention");
+        if (q8)
+            outq8_check(&oq, &out, T, qd);
         ok(C->i->attention(C, &ac, q.c, out.c, &err), &err, "cpu attention");
         snprintf(what, sizeof what, "attention %dh/%dkv x %d, %s, %s", cfg->n_head,
                  cfg->n_head_kv, hd, s->name, g == 1 ? "window 40" : "full");
@@ -1307,6 +1365,8 @@ static void check_qkv_attention(const attn_cfg *cfg, const scenario *s)
         pb_free(&qn);
         pb_free(&kn);
     }
+    if (q8)
+        wmat_free(&oq.w);
     kvfix_free(&f);
 }
 
@@ -1327,6 +1387,11 @@ static void test_qkv_attention(void **state)
     check_qkv_attention(&CFGS[1], &SCENARIOS[0]);
     check_qkv_attention(&CFGS[1], &SCENARIOS[1]);
     unsetenv("CAIRN_CUDA_ATTN_VEC");
+    /* the splits merged by a kernel of their own (the last split merges by default) */
+    setenv("CAIRN_CUDA_ATTN_MERGE", "kernel", 1);
+    check_qkv_attention(&CFGS[1], &SCENARIOS[0]);
+    check_qkv_attention(&CFGS[2], &SCENARIOS[1]);
+    unsetenv("CAIRN_CUDA_ATTN_MERGE");
 }
 
 /* ---- Whole steps: the GPU backend's graphs ------------------------------------------------- */

@@ -53,11 +53,20 @@ struct attn_args {
     bool vec;   /* K and V rows in 16-byte loads (attn_vec_ok) */
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
+    /* n_split > 1 and arrived: the splits of (launch token z, KV head) count themselves in
+     * arrived[z n_head_kv + kvh] and the last merges them (merge_in_tile); zero between
+     * launches. NULL: attn_merge merges. */
+    int *arrived;
+    int8_t *q8; /* the output's quantized form too, as attn_merge's q (merge_q8_ok); or NULL */
+    float2 *q8_ds;
 };
 
 /* Fewer blocks than this many per SM leave the GPU underused: split the keys. */
 #define SPLIT_WAVES 2
 #define SPLIT_MAX 64
+/* The most query heads per KV head whose splits the last split merges (merge_in_tile's shared
+ * weights); more, and attn_merge does. */
+#define MERGE_HEADS 16
 
 /* The keys a split takes when a token's n_keys are cut into at most n_split runs: equal runs,
  * but never shorter than a tile (a short context in many splits paid a block and a merge term
@@ -137,6 +146,79 @@ static __device__ __forceinline__ void tile_rows(const attn_args &a, const int32
     }
 }
 
+/* Output value i of the step's rows, and its quantized form when a.q8 is set (every lane of
+ * the warp calls: the callers' loops run over G hd values, a multiple of 32, then). */
+static __device__ __forceinline__ void put_out(const attn_args &a, int64_t i, float v)
+{
+    a.out[i] = v;
+    if (a.q8)
+        cairn__q8_lane(v, a.q8, a.q8_ds, i / 32);
+}
+
+/* Whether this block is the last split of (its token, KV head) to finish: its partials are
+ * written; each block makes its writes visible device-wide before it counts itself (the
+ * threadfence reduction pattern of the CUDA programming guide), and the last, which sees every
+ * count, resets the counter for the next launch. Every thread of the block calls. */
+static __device__ bool last_to_arrive(const attn_args &a, int kvh)
+{
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *n = a.arrived + (int64_t)blockIdx.z * a.n_head_kv + kvh;
+        last = atomicAdd(n, 1) == a.n_split - 1;
+        if (last)
+            *n = 0;
+    }
+    __syncthreads();
+    if (last)
+        __threadfence(); /* the other splits' partials, seen after their counts */
+    return last;
+}
+
+/* attn_merge's log-sum-exp rule for the G query heads of (token t, KV head kvh), run by the
+ * last split to finish: prow0 is split 0's partial row of the first of them. The other splits'
+ * partials are read through L2 (__ldcg), where their writers' fences left them. */
+static __device__ void merge_in_tile(const attn_args &a, int t, int kvh, int64_t prow0)
+{
+    __shared__ float wts[MERGE_HEADS][SPLIT_MAX];
+    __shared__ float Ls[MERGE_HEADS];
+    const int G = a.G, hd = a.hd, ns = a.n_split;
+    const int pos = a.pos[t];
+    const int lo = a.window && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+    const int n_keys = pos - lo + 1, len = split_len_of(n_keys, ns);
+    const int n_used = (n_keys + len - 1) / len; /* the later splits are empty */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int g = warp; g < G; g += nwarps) {
+        const float *ml = a.part_ml + 2 * (prow0 + (int64_t)g * ns);
+        float m = -INFINITY;
+        for (int s = lane; s < n_used; s += 32)
+            if (__ldcg(ml + 2 * s + 1) > 0.0f)
+                m = fmaxf(m, __ldcg(ml + 2 * s));
+        const float M = cairn__warp_max(m);
+        float L = 0.0f;
+        for (int s = lane; s < n_used; s += 32) {
+            const float l = __ldcg(ml + 2 * s + 1);
+            const float w = l > 0.0f ? expf(__ldcg(ml + 2 * s) - M) : 0.0f;
+            wts[g][s] = w;
+            L += l * w;
+        }
+        L = cairn__warp_sum(L);
+        if (lane == 0)
+            Ls[g] = L;
+    }
+    __syncthreads();
+    const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
+    for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
+        const int g = i / hd, d = i - g * hd;
+        const float *p = a.part + (prow0 + (int64_t)g * ns) * hd + d;
+        float acc = 0.0f;
+        for (int s = 0; s < n_used; s++)
+            acc += __ldcg(p + (int64_t)s * hd) * wts[g][s];
+        put_out(a, o0 + i, Ls[g] > 0.0f ? acc / Ls[g] : 0.0f);
+    }
+}
+
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 {
     cairn__pdl_stage();
@@ -171,6 +253,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
             a.part_ml[2 * (prow0 + (int64_t)g * a.n_split)] = -INFINITY;
             a.part_ml[2 * (prow0 + (int64_t)g * a.n_split) + 1] = 0.0f;
         }
+        if (a.arrived && last_to_arrive(a, kvh))
+            merge_in_tile(a, t, kvh, prow0 - s);
         return;
     }
     const int32_t *table = a.tables + ((int64_t)a.group * a.n_seqs + a.slot[t]) * a.max_table;
@@ -259,10 +343,10 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     }
 
     if (a.n_split == 1) {
-        float *ot = a.out + ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
+        const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
         for (int i = tid; i < G * hd; i += blockDim.x) {
             const float l = ls[i / hd];
-            ot[i] = l > 0.0f ? os[i] / l : 0.0f;
+            put_out(a, o0 + i, l > 0.0f ? os[i] / l : 0.0f);
         }
         return;
     }
@@ -274,15 +358,21 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
         a.part_ml[2 * (prow0 + (int64_t)g * a.n_split)] = ms[g];
         a.part_ml[2 * (prow0 + (int64_t)g * a.n_split) + 1] = ls[g];
     }
+    if (a.arrived && last_to_arrive(a, kvh))
+        merge_in_tile(a, t, kvh, prow0 - s);
 }
 
 /* One block per (query head, token): the log-sum-exp merge of its splits. Warp 0 reads the
  * splits' (m, l) pairs a lane each and leaves each split's weight e^(m_s - M) in shared
- * memory; then every thread sums its values of o over the splits that hold keys. */
+ * memory; then every thread sums its values of o over the splits that hold keys. With q (the
+ * output product's input, merge_q8_ok: a thread per value, hd a multiple of 32), each warp also
+ * leaves its 32 values quantized in q / ds (cairn__q8_lane; the step's rows are contiguous, so
+ * block blk of the rows is block blk of the scratch), and the product skips quantize_q8. */
 __global__ void attn_merge(const float *__restrict__ part, const float *__restrict__ ml,
                            int n_split, int hd, int n_head, int t_base,
                            const int32_t *__restrict__ pos_of, int window,
-                           float *__restrict__ out)
+                           float *__restrict__ out, int8_t *__restrict__ q,
+                           float2 *__restrict__ ds)
 {
     cairn__pdl_stage();
     __shared__ float wts[SPLIT_MAX];
@@ -313,29 +403,47 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
     }
     __syncthreads();
     const float L = Ls;
-    float *o = out + ((int64_t)t * n_head + h) * hd;
+    const int64_t o0 = ((int64_t)t * n_head + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.0f;
         for (int s = 0; s < n_used; s++)
             acc += part[(r0 + s) * hd + d] * wts[s];
-        o[d] = L > 0.0f ? acc / L : 0.0f;
+        const float v = L > 0.0f ? acc / L : 0.0f;
+        out[o0 + d] = v;
+        if (q) /* every lane of the warp is here: blockDim.x == hd, a multiple of 32 */
+            cairn__q8_lane(v, q, ds, (o0 + d) / 32);
     }
 }
 
+/* Whether the kernel that writes the output (attn_tile unsplit or merging, attn_merge) can
+ * leave it quantized for the output product too: warps of 32 values of one head (hd a
+ * multiple of 32; attn_merge's one pass of a thread per value), rows the scratch holds. */
+static bool out_q8_ok(const cairn__cuda *c, const attn_args &a, int T)
+{
+    return a.hd % 32 == 0 && a.hd <= 256 && cairn__cuda_q8_fits(c, T, (int64_t)a.n_head * a.hd);
+}
+
 /* attn_tile (and the merge when split) over batch tokens [t0, t0 + n). */
-static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int n,
+static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int n, bool q8,
                  cairn_error *err)
 {
     attn_args a = *base;
     a.t_base = t0;
+    a.q8 = q8 ? c->act_q : NULL;
+    a.q8_ds = q8 ? c->act_ds : NULL;
+    /* The last split merges (CAIRN_CUDA_ATTN_MERGE=kernel: attn_merge, to time the two). */
+    const char *e = getenv("CAIRN_CUDA_ATTN_MERGE");
+    const bool in_tile = !(e && !strcmp(e, "kernel")) && a.n_split > 1 && a.G <= MERGE_HEADS;
+    a.arrived = in_tile ? c->attn_arrived : NULL;
     dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)n);
     cairn__launch(c->pdl_all, attn_tile, grid, dim3(ATTN_THREADS), smem, c->stream, a);
     CU_LAUNCHED(err, "attn_tile");
-    if (a.n_split > 1) {
+    if (a.n_split > 1 && !a.arrived) {
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
         cairn__launch(c->pdl_all, attn_merge, dim3((unsigned)a.n_head, (unsigned)n),
                       dim3((unsigned)threads), 0, c->stream, a.part, a.part_ml, a.n_split, a.hd,
-                      a.n_head, t0, a.pos, a.window, a.out);
+                      a.n_head, t0, a.pos, a.window, a.out, q8 ? c->act_q : NULL,
+                      q8 ? c->act_ds : NULL);
         CU_LAUNCHED(err, "attn_merge");
     }
     return 0;
@@ -515,9 +623,21 @@ static bool attn_vec_ok(const attn_args &a)
 
 int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
 {
-    /* Once, at open, to all the GPU allows: a call in a captured step must not need it. */
+    /* Once, at open, to all the GPU allows beside the kernel's static shared memory (the
+     * merge's weights): a call in a captured step must not need it. */
+    cudaFuncAttributes fa;
+    CU_TRY(err, cudaFuncGetAttributes(&fa, attn_tile));
+    c->attn_smem = c->smem_optin > fa.sharedSizeBytes ? c->smem_optin - fa.sharedSizeBytes : 0;
     CU_TRY(err, cudaFuncSetAttribute(attn_tile, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)c->smem_optin));
+                                     (int)c->attn_smem));
+    /* The splits' arrival counts (attn_args.arrived): a split launch has fewer than
+     * SPLIT_WAVES n_sm (token, KV head) pairs. */
+    const size_t bytes = sizeof(int) * SPLIT_WAVES * (size_t)c->n_sm;
+    int rc = cairn__cuda_malloc(c, (void **)&c->attn_arrived, bytes, "attention split counts",
+                                err);
+    if (rc)
+        return rc;
+    CU_TRY(err, cudaMemset(c->attn_arrived, 0, bytes));
     return 0;
 }
 
@@ -545,10 +665,10 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
                             "65535 a step)", T);
     const size_t smem = sizeof(float) * (size_t)(2 * G * hd + G * TK + 3 * G) +
                         sizeof(__half) * 2 * TK * (size_t)(hd + 2);
-    if (smem > c->smem_optin)
+    if (smem > c->attn_smem)
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: attention with %d query "
                             "heads per KV head of %d values needs %zu bytes of shared memory, "
-                            "the GPU allows %zu", G, hd, smem, c->smem_optin);
+                            "the GPU allows %zu", G, hd, smem, c->attn_smem);
     /* The tokens the tiles take: all of them, or those outside the prefill runs that go
      * through cuBLAS (the same test as the launch loop below). */
     const bool runs = c->gmode == CAIRN__G_DIRECT && c->has_runs;
@@ -604,14 +724,21 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
     a.vec = attn_vec_ok(a);
-    if (!runs)
-        return tiles(c, &a, smem, 0, T, err);
+    if (!runs) {
+        /* One launch writes the whole step's rows: it may leave them quantized too. */
+        const bool q8 = out_q8_ok(c, a, T);
+        if ((rc = tiles(c, &a, smem, 0, T, q8, err)))
+            return rc;
+        if (q8)
+            cairn__cuda_q8_note(c, out, T, (int64_t)a.n_head * a.hd);
+        return 0;
+    }
     /* Prefill runs through cuBLAS, the other tokens (decode tokens, short chunks) in tiles. */
     int pending = 0; /* first token not yet attended */
     for (int t = 0, e; t < T; t = e) {
         e = run_end(hpos, hslot, T, t);
         if (e - t >= RUN_MIN && run_rows(c, p, hpos[t], e - t) > 0) {
-            if (pending < t && (rc = tiles(c, &a, smem, pending, t - pending, err)))
+            if (pending < t && (rc = tiles(c, &a, smem, pending, t - pending, false, err)))
                 return rc;
             if ((rc = prefill_run(c, p, &a, t, e - t, err)))
                 return rc;
@@ -619,6 +746,6 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
         }
     }
     if (pending < T)
-        return tiles(c, &a, smem, pending, T - pending, err);
+        return tiles(c, &a, smem, pending, T - pending, false, err);
     return 0;
 }

@@ -706,6 +706,7 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->d_pick);
     (void)cudaFreeHost(c->h_pick);
     (void)cudaFree(c->apart);
+    (void)cudaFree(c->attn_arrived);
     (void)cudaFree(c->pf);
     (void)cudaFree(c->d_batch);
     if (c->h_batch)

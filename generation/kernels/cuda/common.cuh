@@ -220,6 +220,8 @@ typedef struct cairn__cuda {
     int device;
     int n_sm;
     size_t smem_optin; /* largest dynamic shared memory a block may opt in to */
+    size_t attn_smem;  /* what attn_tile may take of it beside its static shared memory */
+    int *attn_arrived; /* attention's split arrival counts (attention.cu), or NULL */
     cudaStream_t stream;
     cublasHandle_t blas;
     char desc[256];
