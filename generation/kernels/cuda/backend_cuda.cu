@@ -539,7 +539,11 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
     if ((rc = ensure(c, (void **)&c->act_q, &c->act_q_bytes, T * cols, "activation scratch",
                      err)) ||
         (rc = ensure(c, (void **)&c->act_ds, &c->act_ds_bytes, T * (cols / 32) * sizeof(float2),
-                     "activation scratch", err)))
+                     "activation scratch", err)) ||
+        (rc = ensure(c, (void **)&c->act_q2, &c->act_q2_bytes, T * cols, "activation scratch",
+                     err)) ||
+        (rc = ensure(c, (void **)&c->act_ds2, &c->act_ds2_bytes,
+                     T * (cols / 32) * sizeof(float2), "activation scratch", err)))
         return rc;
     c->max_tokens = (int)T;
     c->cap_cols = (int64_t)cols;
@@ -697,6 +701,8 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->blas_ws);
     (void)cudaFree(c->act_q);
     (void)cudaFree(c->act_ds);
+    (void)cudaFree(c->act_q2);
+    (void)cudaFree(c->act_ds2);
     (void)cudaFree(c->xbf);
     (void)cudaFree(c->wtile);
     (void)cudaFree(c->wtile2);
@@ -809,6 +815,7 @@ static const cairn_backend_i cuda_table = {
     .logits = cairn__graph_logits,
     .layer_done = cu_layer_done,
     .logits_pick = cairn__graph_logits_pick,
+    .matmul_gated = cairn__graph_matmul_gated,
 };
 
 extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err)
@@ -831,6 +838,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *f = getenv("CAIRN_CUDA_Q8_FUSE"), *st = getenv("CAIRN_CUDA_GEMV_SETS");
     c->q8_fuse = !(f && !strcmp(f, "0"));
     c->gemv_sets = !(st && !strcmp(st, "0"));
+    const char *gf = getenv("CAIRN_CUDA_GATED_FUSE"); /* "0": the gate/up product, then gated */
+    c->gated_fuse = !(gf && !strcmp(gf, "0"));
     /* "0": every kernel waits for the one before; "gemv": only the GEMVs start early */
     const char *pd = getenv("CAIRN_CUDA_PDL");
     c->pdl = !(pd && !strcmp(pd, "0"));
