@@ -1526,11 +1526,17 @@ static void run_step(steprig *r, kvfix *f, const attn_cfg *cfg, const tbatch *tb
     ok(be->i->matmul(be, &wo, 1, B(r->att), &ao, &err), &err, "matmul o");
     ok(be->i->add_norm(be, B(r->x), B(r->a), NULL, B(r->ffn_norm), B(r->h), SD, 1e-6f, &err),
        &err, "add_norm");
-    const cairn_bmat *gu[2] = {M(r->wg), M(r->wu)};
-    float *gu_out[2] = {B(r->f1), B(r->f2)};
-    ok(be->i->matmul(be, gu, 2, B(r->h), gu_out, &err), &err, "matmul gate/up");
-    if (variant != 1)
-        ok(be->i->gated(be, B(r->f1), B(r->f2), SFF, CAIRN_ACT_SILU, &err), &err, "gated");
+    if (variant != 1 && be->i->matmul_gated) { /* as model.c (the GPU: one kernel) */
+        ok(be->i->matmul_gated(be, M(r->wg), M(r->wu), B(r->h), B(r->f1), B(r->f2),
+                               CAIRN_ACT_SILU, &err),
+           &err, "matmul_gated");
+    } else {
+        const cairn_bmat *gu[2] = {M(r->wg), M(r->wu)};
+        float *gu_out[2] = {B(r->f1), B(r->f2)};
+        ok(be->i->matmul(be, gu, 2, B(r->h), gu_out, &err), &err, "matmul gate/up");
+        if (variant != 1)
+            ok(be->i->gated(be, B(r->f1), B(r->f2), SFF, CAIRN_ACT_SILU, &err), &err, "gated");
+    }
     const cairn_bmat *wd = M(r->wd);
     ok(be->i->matmul(be, &wd, 1, B(r->f1), &ao, &err), &err, "matmul down");
     ok(be->i->add_norm(be, B(r->x), B(r->a), NULL, NULL, NULL, SD, 1e-6f, &err), &err,
