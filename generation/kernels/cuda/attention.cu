@@ -53,20 +53,13 @@ struct attn_args {
     bool vec;   /* K and V rows in 16-byte loads (attn_vec_ok) */
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
-    /* n_split > 1 and arrived: the splits of (launch token z, KV head) count themselves in
-     * arrived[z n_head_kv + kvh] and the last merges them (merge_in_tile); zero between
-     * launches. NULL: attn_merge merges. */
-    int *arrived;
-    int8_t *q8; /* the output's quantized form too, as attn_merge's q (merge_q8_ok); or NULL */
+    int8_t *q8; /* unsplit: the output's quantized form too, as attn_merge's q; or NULL */
     float2 *q8_ds;
 };
 
 /* Fewer blocks than this many per SM leave the GPU underused: split the keys. */
 #define SPLIT_WAVES 2
 #define SPLIT_MAX 64
-/* The most query heads per KV head whose splits the last split merges (merge_in_tile's shared
- * weights); more, and attn_merge does. */
-#define MERGE_HEADS 16
 
 /* The keys a split takes when a token's n_keys are cut into at most n_split runs: equal runs,
  * but never shorter than a tile (a short context in many splits paid a block and a merge term
@@ -155,70 +148,6 @@ static __device__ __forceinline__ void put_out(const attn_args &a, int64_t i, fl
         cairn__q8_lane(v, a.q8, a.q8_ds, i / 32);
 }
 
-/* Whether this block is the last split of (its token, KV head) to finish: its partials are
- * written; each block makes its writes visible device-wide before it counts itself (the
- * threadfence reduction pattern of the CUDA programming guide), and the last, which sees every
- * count, resets the counter for the next launch. Every thread of the block calls. */
-static __device__ bool last_to_arrive(const attn_args &a, int kvh)
-{
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int *n = a.arrived + (int64_t)blockIdx.z * a.n_head_kv + kvh;
-        last = atomicAdd(n, 1) == a.n_split - 1;
-        if (last)
-            *n = 0;
-    }
-    __syncthreads();
-    if (last)
-        __threadfence(); /* the other splits' partials, seen after their counts */
-    return last;
-}
-
-/* attn_merge's log-sum-exp rule for the G query heads of (token t, KV head kvh), run by the
- * last split to finish: prow0 is split 0's partial row of the first of them. The other splits'
- * partials are read through L2 (__ldcg), where their writers' fences left them. */
-static __device__ void merge_in_tile(const attn_args &a, int t, int kvh, int64_t prow0)
-{
-    __shared__ float wts[MERGE_HEADS][SPLIT_MAX];
-    __shared__ float Ls[MERGE_HEADS];
-    const int G = a.G, hd = a.hd, ns = a.n_split;
-    const int pos = a.pos[t];
-    const int lo = a.window && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
-    const int n_keys = pos - lo + 1, len = split_len_of(n_keys, ns);
-    const int n_used = (n_keys + len - 1) / len; /* the later splits are empty */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int g = warp; g < G; g += nwarps) {
-        const float *ml = a.part_ml + 2 * (prow0 + (int64_t)g * ns);
-        float m = -INFINITY;
-        for (int s = lane; s < n_used; s += 32)
-            if (__ldcg(ml + 2 * s + 1) > 0.0f)
-                m = fmaxf(m, __ldcg(ml + 2 * s));
-        const float M = cairn__warp_max(m);
-        float L = 0.0f;
-        for (int s = lane; s < n_used; s += 32) {
-            const float l = __ldcg(ml + 2 * s + 1);
-            const float w = l > 0.0f ? expf(__ldcg(ml + 2 * s) - M) : 0.0f;
-            wts[g][s] = w;
-            L += l * w;
-        }
-        L = cairn__warp_sum(L);
-        if (lane == 0)
-            Ls[g] = L;
-    }
-    __syncthreads();
-    const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
-    for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
-        const int g = i / hd, d = i - g * hd;
-        const float *p = a.part + (prow0 + (int64_t)g * ns) * hd + d;
-        float acc = 0.0f;
-        for (int s = 0; s < n_used; s++)
-            acc += __ldcg(p + (int64_t)s * hd) * wts[g][s];
-        put_out(a, o0 + i, Ls[g] > 0.0f ? acc / Ls[g] : 0.0f);
-    }
-}
-
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 {
     cairn__pdl_stage();
@@ -253,8 +182,6 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
             a.part_ml[2 * (prow0 + (int64_t)g * a.n_split)] = -INFINITY;
             a.part_ml[2 * (prow0 + (int64_t)g * a.n_split) + 1] = 0.0f;
         }
-        if (a.arrived && last_to_arrive(a, kvh))
-            merge_in_tile(a, t, kvh, prow0 - s);
         return;
     }
     const int32_t *table = a.tables + ((int64_t)a.group * a.n_seqs + a.slot[t]) * a.max_table;
@@ -358,14 +285,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
         a.part_ml[2 * (prow0 + (int64_t)g * a.n_split)] = ms[g];
         a.part_ml[2 * (prow0 + (int64_t)g * a.n_split) + 1] = ls[g];
     }
-    if (a.arrived && last_to_arrive(a, kvh))
-        merge_in_tile(a, t, kvh, prow0 - s);
 }
 
 /* One block per (query head, token): the log-sum-exp merge of its splits. Warp 0 reads the
  * splits' (m, l) pairs a lane each and leaves each split's weight e^(m_s - M) in shared
  * memory; then every thread sums its values of o over the splits that hold keys. With q (the
- * output product's input, merge_q8_ok: a thread per value, hd a multiple of 32), each warp also
+ * output product's input, out_q8_ok: a thread per value, hd a multiple of 32), each warp also
  * leaves its 32 values quantized in q / ds (cairn__q8_lane; the step's rows are contiguous, so
  * block blk of the rows is block blk of the scratch), and the product skips quantize_q8. */
 __global__ void attn_merge(const float *__restrict__ part, const float *__restrict__ ml,
@@ -415,7 +340,7 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
     }
 }
 
-/* Whether the kernel that writes the output (attn_tile unsplit or merging, attn_merge) can
+/* Whether the kernel that writes the output (attn_tile unsplit, else attn_merge) can
  * leave it quantized for the output product too: warps of 32 values of one head (hd a
  * multiple of 32; attn_merge's one pass of a thread per value), rows the scratch holds. */
 static bool out_q8_ok(const cairn__cuda *c, const attn_args &a, int T)
@@ -431,14 +356,10 @@ static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int
     a.t_base = t0;
     a.q8 = q8 ? c->act_q : NULL;
     a.q8_ds = q8 ? c->act_ds : NULL;
-    /* The last split merges (CAIRN_CUDA_ATTN_MERGE=kernel: attn_merge, to time the two). */
-    const char *e = getenv("CAIRN_CUDA_ATTN_MERGE");
-    const bool in_tile = !(e && !strcmp(e, "kernel")) && a.n_split > 1 && a.G <= MERGE_HEADS;
-    a.arrived = in_tile ? c->attn_arrived : NULL;
     dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)n);
     cairn__launch(c->pdl_all, attn_tile, grid, dim3(ATTN_THREADS), smem, c->stream, a);
     CU_LAUNCHED(err, "attn_tile");
-    if (a.n_split > 1 && !a.arrived) {
+    if (a.n_split > 1) {
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
         cairn__launch(c->pdl_all, attn_merge, dim3((unsigned)a.n_head, (unsigned)n),
                       dim3((unsigned)threads), 0, c->stream, a.part, a.part_ml, a.n_split, a.hd,
@@ -623,21 +544,9 @@ static bool attn_vec_ok(const attn_args &a)
 
 int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
 {
-    /* Once, at open, to all the GPU allows beside the kernel's static shared memory (the
-     * merge's weights): a call in a captured step must not need it. */
-    cudaFuncAttributes fa;
-    CU_TRY(err, cudaFuncGetAttributes(&fa, attn_tile));
-    c->attn_smem = c->smem_optin > fa.sharedSizeBytes ? c->smem_optin - fa.sharedSizeBytes : 0;
+    /* Once, at open, to all the GPU allows: a call in a captured step must not need it. */
     CU_TRY(err, cudaFuncSetAttribute(attn_tile, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)c->attn_smem));
-    /* The splits' arrival counts (attn_args.arrived): a split launch has fewer than
-     * SPLIT_WAVES n_sm (token, KV head) pairs. */
-    const size_t bytes = sizeof(int) * SPLIT_WAVES * (size_t)c->n_sm;
-    int rc = cairn__cuda_malloc(c, (void **)&c->attn_arrived, bytes, "attention split counts",
-                                err);
-    if (rc)
-        return rc;
-    CU_TRY(err, cudaMemset(c->attn_arrived, 0, bytes));
+                                     (int)c->smem_optin));
     return 0;
 }
 
@@ -665,10 +574,10 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
                             "65535 a step)", T);
     const size_t smem = sizeof(float) * (size_t)(2 * G * hd + G * TK + 3 * G) +
                         sizeof(__half) * 2 * TK * (size_t)(hd + 2);
-    if (smem > c->attn_smem)
+    if (smem > c->smem_optin)
         return cairn_errorf(err, CAIRN_EUNSUPPORTED, "cuda backend: attention with %d query "
                             "heads per KV head of %d values needs %zu bytes of shared memory, "
-                            "the GPU allows %zu", G, hd, smem, c->attn_smem);
+                            "the GPU allows %zu", G, hd, smem, c->smem_optin);
     /* The tokens the tiles take: all of them, or those outside the prefill runs that go
      * through cuBLAS (the same test as the launch loop below). */
     const bool runs = c->gmode == CAIRN__G_DIRECT && c->has_runs;

@@ -712,7 +712,6 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->d_pick);
     (void)cudaFreeHost(c->h_pick);
     (void)cudaFree(c->apart);
-    (void)cudaFree(c->attn_arrived);
     (void)cudaFree(c->pf);
     (void)cudaFree(c->d_batch);
     if (c->h_batch)
@@ -838,8 +837,6 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *f = getenv("CAIRN_CUDA_Q8_FUSE"), *st = getenv("CAIRN_CUDA_GEMV_SETS");
     c->q8_fuse = !(f && !strcmp(f, "0"));
     c->gemv_sets = !(st && !strcmp(st, "0"));
-    const char *gf = getenv("CAIRN_CUDA_GATED_FUSE"); /* "0": the gate/up product, then gated */
-    c->gated_fuse = !(gf && !strcmp(gf, "0"));
     /* "0": every kernel waits for the one before; "gemv": only the GEMVs start early */
     const char *pd = getenv("CAIRN_CUDA_PDL");
     c->pdl = !(pd && !strcmp(pd, "0"));

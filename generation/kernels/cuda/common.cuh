@@ -222,8 +222,6 @@ typedef struct cairn__cuda {
     int device;
     int n_sm;
     size_t smem_optin; /* largest dynamic shared memory a block may opt in to */
-    size_t attn_smem;  /* what attn_tile may take of it beside its static shared memory */
-    int *attn_arrived; /* attention's split arrival counts (attention.cu), or NULL */
     cudaStream_t stream;
     cublasHandle_t blas;
     char desc[256];
@@ -298,7 +296,6 @@ typedef struct cairn__cuda {
     int q8_tokens;
     int64_t q8_cols;
     bool q8_fuse;   /* CAIRN_CUDA_Q8_FUSE=0 turns the stages' quantized rows off */
-    bool gated_fuse; /* matmul_gated in one kernel where it can (CAIRN_CUDA_GATED_FUSE=0: not) */
     bool gemv_sets; /* CAIRN_CUDA_GEMV_SETS=0: one matrix a GEMV launch */
     bool pdl;       /* GEMVs start beside the kernel before them (cairn__pdl_wait), on
                        compute capability 9.0 and later unless CAIRN_CUDA_PDL=0 */

@@ -677,6 +677,38 @@ static __device__ __forceinline__ void lane_walk(const cairn__mat_dev &m, const 
         cairn__pdl_wait();
 }
 
+/* lane_walk over two matrices of one shape at once (the gated product's gate and up): a
+ * trip loads piece p of both before it multiplies either, so twice the bytes are in flight a
+ * warp. Their sums come out as two lane_walks would leave them. */
+template <uint32_t TYPE, int NT, int W>
+static __device__ __forceinline__ void lane_walk_pair(const cairn__mat_dev &m0,
+                                                      const cairn__mat_dev &m1, const act_dev &a,
+                                                      int nt, int64_t g, float (&acc0)[NT],
+                                                      float (&acc1)[NT])
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t row = g * 32 + lane, n_pieces = m0.cols / lane_values<TYPE>();
+    const int64_t off = ((g * (m0.qrow >> 4)) << 9) + (lane << 4);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc0[t] = acc1[t] = 0.0f;
+    bool waited = false;
+    for (int64_t p = warp; p < n_pieces; p += W) {
+        lane_piece<TYPE> w0, w1;
+        const int64_t at = (p * lane_units<TYPE>()) << 9;
+        lane_load<TYPE>(w0, m0.q + off + at, m0, row, p);
+        lane_load<TYPE>(w1, m1.q + off + at, m1, row, p);
+        if (!waited) {
+            cairn__pdl_wait();
+            waited = true;
+        }
+        lane_dot<TYPE, NT>(w0, a, nt, p, acc0);
+        lane_dot<TYPE, NT>(w1, a, nt, p, acc1);
+    }
+    if (!waited)
+        cairn__pdl_wait();
+}
+
 /* The sum over the W warps of row (g 32 + l)'s partials for token t: red[k][t][l]. */
 template <int NT, int W>
 static __device__ __forceinline__ float lane_total(const float (&red)[W][NT][32], int t, int l)
@@ -721,7 +753,7 @@ __global__ void __launch_bounds__(W * 32)
  * token are one quantization block of the down product's input: warp t quantizes token t's
  * into q / ds (rows a multiple of 32, so block g of token t is block t rows / 32 + g).
  */
-template <uint32_t TYPE, int NT, int W>
+template <uint32_t TYPE, int NT, int W, bool PAIR>
 __global__ void __launch_bounds__(W * 32)
     gemv_lane_gated(cairn__mat_dev mg, cairn__mat_dev mu, act_dev a, int nt, int gelu,
                     float *__restrict__ out, int8_t *__restrict__ q, float2 *__restrict__ ds)
@@ -730,15 +762,18 @@ __global__ void __launch_bounds__(W * 32)
     __shared__ float red[2][W][NT][32];
     const int64_t g = blockIdx.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float acc[NT];
-    lane_walk<TYPE, NT, W, 1>(mg, a, nt, g, acc);
+    float acc[NT], acc_u[NT];
+    if constexpr (PAIR) {
+        lane_walk_pair<TYPE, NT, W>(mg, mu, a, nt, g, acc, acc_u);
+    } else {
+        lane_walk<TYPE, NT, W, 1>(mg, a, nt, g, acc);
+        lane_walk<TYPE, NT, W, 1>(mu, a, nt, g, acc_u);
+    }
 #pragma unroll
-    for (int t = 0; t < NT; t++)
+    for (int t = 0; t < NT; t++) {
         red[0][warp][t][lane] = acc[t];
-    lane_walk<TYPE, NT, W, 1>(mu, a, nt, g, acc);
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        red[1][warp][t][lane] = acc[t];
+        red[1][warp][t][lane] = acc_u[t];
+    }
     __syncthreads();
     static_assert(NT <= W, "a warp a token's block");
     const int t = warp;
@@ -1483,49 +1518,66 @@ int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, c
     return 0;
 }
 
-/* Whether the gated product of a step of T tokens runs as gemv_lane_gated: two matrices of
- * one lane type and shape, rows a multiple of 32 that the scratch can hold quantized, few
- * tokens (the GEMV's), no row form forced (CAIRN_CUDA_GEMV), CAIRN_CUDA_GATED_FUSE not 0. */
-static bool gated_one_kernel(const cairn__cuda *c, const cairn__cmat *g, const cairn__cmat *u,
-                             int T)
+/*
+ * How the gated product of a step of T tokens runs (CAIRN_CUDA_GATED_FUSE, read at each call):
+ * 0 the gate/up product, then the gated stage; 1 gemv_lane_gated, each warp walking gate's
+ * pieces, then up's; 2 (the default) gemv_lane_gated with piece p of both in flight together.
+ * The kernel takes two matrices of one lane type and shape, rows a multiple of 32 that the
+ * scratch can hold quantized, few tokens (the GEMV's), no row form forced (CAIRN_CUDA_GEMV).
+ */
+static int gated_mode(const cairn__cuda *c, const cairn__cmat *g, const cairn__cmat *u, int T)
 {
-    const char *f = getenv("CAIRN_CUDA_GEMV");
+    const char *e = getenv("CAIRN_CUDA_GATED_FUSE"), *f = getenv("CAIRN_CUDA_GEMV");
+    const int mode = e && (!strcmp(e, "0") || !strcmp(e, "1")) ? atoi(e) : 2;
     const bool lane_type = g->type == CAIRN_GGUF_Q4_K || g->type == CAIRN_GGUF_Q6_K ||
                            g->type == CAIRN_GGUF_Q8_0;
-    return c->gated_fuse && c->act_q2 && !(f && (!strcmp(f, "warp") || !strcmp(f, "block"))) &&
-           lane_type && u->type == g->type && g->lane && u->lane && g->rows == u->rows &&
-           g->cols == u->cols && g->rows % 32 == 0 && wants_q8(g, T) &&
-           cairn__cuda_q8_fits(c, T, g->rows);
+    const bool fits = c->act_q2 && !(f && (!strcmp(f, "warp") || !strcmp(f, "block"))) &&
+                      lane_type && u->type == g->type && g->lane && u->lane &&
+                      g->rows == u->rows && g->cols == u->cols && g->rows % 32 == 0 &&
+                      wants_q8(g, T) && cairn__cuda_q8_fits(c, T, g->rows);
+    return fits ? mode : 0;
 }
 
-template <uint32_t TYPE, int NT>
+template <uint32_t TYPE, int NT, bool PAIR>
 static void launch_gated_nt(cairn__cuda *c, int w, const cairn__mat_dev &g,
                             const cairn__mat_dev &u, const act_dev &a, int nt, int gelu,
                             float *out, int8_t *q, float2 *ds)
 {
     const unsigned grid = (unsigned)(g.rows / 32);
     if (w == 16)
-        launch_pdl(c->pdl, gemv_lane_gated<TYPE, NT, 16>, grid, 16 * 32, c->stream, g, u, a, nt,
-                   gelu, out, q, ds);
+        launch_pdl(c->pdl, gemv_lane_gated<TYPE, NT, 16, PAIR>, grid, 16 * 32, c->stream, g, u,
+                   a, nt, gelu, out, q, ds);
     else /* 8 warps, also for CAIRN_CUDA_LANE_WARPS=4: a warp a token's block */
-        launch_pdl(c->pdl, gemv_lane_gated<TYPE, NT, 8>, grid, 8 * 32, c->stream, g, u, a, nt,
-                   gelu, out, q, ds);
+        launch_pdl(c->pdl, gemv_lane_gated<TYPE, NT, 8, PAIR>, grid, 8 * 32, c->stream, g, u, a,
+                   nt, gelu, out, q, ds);
 }
 
-template <uint32_t TYPE>
-static void launch_gated(cairn__cuda *c, const cairn__mat_dev &g, const cairn__mat_dev &u,
-                         const act_dev &a, int nt, int gelu, float *out, int8_t *q, float2 *ds)
+template <uint32_t TYPE, bool PAIR>
+static void launch_gated_pair(cairn__cuda *c, const cairn__mat_dev &g, const cairn__mat_dev &u,
+                              const act_dev &a, int nt, int gelu, float *out, int8_t *q,
+                              float2 *ds)
 {
     int w, unused;
     lane_shape(&w, &unused);
     if (nt <= 1)
-        launch_gated_nt<TYPE, 1>(c, w, g, u, a, nt, gelu, out, q, ds);
+        launch_gated_nt<TYPE, 1, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
     else if (nt <= 2)
-        launch_gated_nt<TYPE, 2>(c, w, g, u, a, nt, gelu, out, q, ds);
+        launch_gated_nt<TYPE, 2, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
     else if (nt <= 4)
-        launch_gated_nt<TYPE, 4>(c, w, g, u, a, nt, gelu, out, q, ds);
+        launch_gated_nt<TYPE, 4, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
     else
-        launch_gated_nt<TYPE, 8>(c, w, g, u, a, nt, gelu, out, q, ds);
+        launch_gated_nt<TYPE, 8, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
+}
+
+template <uint32_t TYPE>
+static void launch_gated(cairn__cuda *c, int mode, const cairn__mat_dev &g,
+                         const cairn__mat_dev &u, const act_dev &a, int nt, int gelu, float *out,
+                         int8_t *q, float2 *ds)
+{
+    if (mode == 2)
+        launch_gated_pair<TYPE, true>(c, g, u, a, nt, gelu, out, q, ds);
+    else
+        launch_gated_pair<TYPE, false>(c, g, u, a, nt, gelu, out, q, ds);
 }
 
 int cairn__cuda_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cairn_bmat *wu,
@@ -1542,8 +1594,8 @@ int cairn__cuda_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cair
     if (act != CAIRN_ACT_SILU && act != CAIRN_ACT_GELU_TANH)
         return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: gated product with activation %d",
                             act);
-    const int T = c->n_tokens;
-    if (!gated_one_kernel(c, g, u, T)) {
+    const int T = c->n_tokens, mode = gated_mode(c, g, u, T);
+    if (mode == 0) {
         const cairn_bmat *w[2] = {wg, wu};
         float *y[2] = {a, b};
         if ((rc = cairn__cuda_matmul(be, w, 2, x, y, err)))
@@ -1562,11 +1614,12 @@ int cairn__cuda_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cair
         float *out = a + (int64_t)t0 * rows;
         int8_t *q = c->act_q2 + (int64_t)t0 * rows;
         float2 *ds = c->act_ds2 + (int64_t)t0 * (rows / 32);
-        switch (g->type) {
-        case CAIRN_GGUF_Q4_K: launch_gated<CAIRN_GGUF_Q4_K>(c, md, mu, ad, nt, gelu, out, q, ds); break;
-        case CAIRN_GGUF_Q6_K: launch_gated<CAIRN_GGUF_Q6_K>(c, md, mu, ad, nt, gelu, out, q, ds); break;
-        default: launch_gated<CAIRN_GGUF_Q8_0>(c, md, mu, ad, nt, gelu, out, q, ds); break;
-        }
+        if (g->type == CAIRN_GGUF_Q4_K)
+            launch_gated<CAIRN_GGUF_Q4_K>(c, mode, md, mu, ad, nt, gelu, out, q, ds);
+        else if (g->type == CAIRN_GGUF_Q6_K)
+            launch_gated<CAIRN_GGUF_Q6_K>(c, mode, md, mu, ad, nt, gelu, out, q, ds);
+        else
+            launch_gated<CAIRN_GGUF_Q8_0>(c, mode, md, mu, ad, nt, gelu, out, q, ds);
         CU_LAUNCHED(err, "gemv_lane_gated");
     }
     /* a's quantized form is in the second scratch: it becomes the first (x's is done with). */

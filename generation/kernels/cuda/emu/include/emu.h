@@ -96,9 +96,6 @@ static inline unsigned __float_as_uint(float f)
 static inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
 static inline int min(int a, int b) { return a < b ? a : b; }
 template <class T> static inline T __ldg(const T *p) { return *p; }
-template <class T> static inline T __ldcg(const T *p) { return *p; }
-/* Blocks run one after another: a fence orders nothing the emulation could reorder. */
-static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 /* Rounded on their own, never fused (the host build does not contract across a volatile). */
 static inline float __fmul_rn(float a, float b)
 {
@@ -212,15 +209,6 @@ cudaError_t cudaMemGetInfo(size_t *, size_t *);
 cudaError_t cudaGetLastError(void);
 const char *cudaGetErrorString(cudaError_t);
 const char *cudaGetErrorName(cudaError_t);
-/* A kernel's static shared memory is host statics here: none counts against the limit. */
-struct cudaFuncAttributes {
-    size_t sharedSizeBytes;
-};
-template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F)
-{
-    a->sharedSizeBytes = 0;
-    return cudaSuccess;
-}
 void emu_allow_smem(size_t);
 template <class F> cudaError_t cudaFuncSetAttribute(F, int, int v)
 {
