@@ -45,7 +45,7 @@
 extern "C" {
 #endif
 
-#define CAIRN_BACKEND_VERSION 4
+#define CAIRN_BACKEND_VERSION 3
 #define CAIRN_BACKEND_MAX_GROUPS 4 /* KV layer groups (distinct attention windows) */
 
 typedef struct cairn_backend cairn_backend;
@@ -233,13 +233,6 @@ struct cairn_backend_i {
      * cost nothing to take (the CPU backend). Added in version 3. */
     int (*logits_pick)(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                        float *x, int n, const cairn_bpick *picks, cairn_error *err);
-    /* The feed-forward's first half in one stage: a = act(wg x) * (wu x) over the step's rows
-     * (wg, wu of one shape; act: CAIRN_ACT_*), what matmul of {wg, wu} into {a, b} then gated
-     * leave in a, to the same arithmetic. b (rows of wu) is scratch it may or may not write.
-     * A GPU saves a kernel and a pass over the rows a layer. NULL: model.c makes those two
-     * calls (the CPU backend). Added in version 4. */
-    int (*matmul_gated)(cairn_backend *be, const cairn_bmat *wg, const cairn_bmat *wu,
-                        const float *x, float *a, float *b, int act, cairn_error *err);
 };
 
 /*

@@ -758,21 +758,15 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
             return rc;
         TRACE(ws, l, "sa_out", ws->x, T, d);
         TRACE(ws, l, "ffn_norm", ws->h, T, d);
-        const int act = gemma ? CAIRN_ACT_GELU_TANH : CAIRN_ACT_SILU;
-        if (B->matmul_gated && !ws->trace) { /* the trace wants the gate and up rows */
-            if ((rc = B->matmul_gated(be, &D->wgate, &D->wup, ws->h, ws->ffa, ws->ffb, act,
-                                      err)))
-                return rc;
-        } else {
-            const cairn_bmat *gu[2] = {&D->wgate, &D->wup};
-            float *gu_out[2] = {ws->ffa, ws->ffb};
-            if ((rc = B->matmul(be, gu, 2, ws->h, gu_out, err)))
-                return rc;
-            TRACE(ws, l, "ffn_gate", ws->ffa, T, hp->n_ff);
-            TRACE(ws, l, "ffn_up", ws->ffb, T, hp->n_ff);
-            if ((rc = B->gated(be, ws->ffa, ws->ffb, hp->n_ff, act, err)))
-                return rc;
-        }
+        const cairn_bmat *gu[2] = {&D->wgate, &D->wup};
+        float *gu_out[2] = {ws->ffa, ws->ffb};
+        if ((rc = B->matmul(be, gu, 2, ws->h, gu_out, err)))
+            return rc;
+        TRACE(ws, l, "ffn_gate", ws->ffa, T, hp->n_ff);
+        TRACE(ws, l, "ffn_up", ws->ffb, T, hp->n_ff);
+        if ((rc = B->gated(be, ws->ffa, ws->ffb, hp->n_ff,
+                           gemma ? CAIRN_ACT_GELU_TANH : CAIRN_ACT_SILU, err)))
+            return rc;
         TRACE(ws, l, "ffn_act", ws->ffa, T, hp->n_ff);
         if ((rc = B->matmul(be, &wdown, 1, ws->ffa, &ws->a, err)))
             return rc;

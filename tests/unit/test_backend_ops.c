@@ -821,92 +821,6 @@ static void test_fused_quantization(void **state)
     }
 }
 
-/*
- * matmul_gated: a = act(wg x) * (wu x). In one kernel (the lane types, rows a multiple of 32,
- * few tokens; both of its ways, CAIRN_CUDA_GATED_FUSE=1 and 2) it must equal, bit for bit, the GPU's matmul of {wg, wu} then gated (the same
- * sums in the same order, the same activation), which the tests above hold against the CPU;
- * elsewhere (Q4_0, rows of 80, 33 tokens) it makes those two calls itself. And the down
- * product right after it, over the quantized rows the kernel leaves, must equal one over a
- * copy of a (quantized afresh).
- */
-/* One matrix pair of test_matmul_gated in one way of the kernel (CAIRN_CUDA_GATED_FUSE). */
-static void gated_case(int mode, uint32_t type, int rows)
-{
-    const int cols = 512;
-    static const int counts[] = {1, 3, 8, 11, 33};
-    setenv("CAIRN_CUDA_GATED_FUSE", mode == 1 ? "1" : "2", 1);
-    wmat wg, wu, wd;
-    wmat_make(&wg, "blk.0.ffn_gate.weight", type, rows, cols, CAIRN_BMAT_MATMUL);
-    wmat_make(&wu, "blk.0.ffn_up.weight", type, rows, cols, CAIRN_BMAT_MATMUL);
-    /* the down product reads a's quantized form (F32 where rows are no whole blocks) */
-    wmat_make(&wd, "blk.0.ffn_down.weight", rows % 32 ? CAIRN_GGUF_F32 : CAIRN_GGUF_Q8_0, 64,
-              rows, CAIRN_BMAT_MATMUL);
-    reserve_both();
-    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
-        const int T = counts[k], act = k % 2 ? CAIRN_ACT_GELU_TANH : CAIRN_ACT_SILU;
-        const size_t nx = (size_t)T * cols, na = (size_t)T * rows, ny = (size_t)T * 64;
-        tbatch tb;
-        tbatch_simple(&tb, T, 16);
-        set_batch(&tb);
-        pbuf x = pb_rand(nx, 1.0f), a1 = pb_rand(na, 1.0f), b1 = pb_rand(na, 1.0f);
-        pbuf a2 = pb_rand(na, 1.0f), b2 = pb_rand(na, 1.0f), a3 = pb_rand(na, 1.0f);
-        pbuf y1 = pb_rand(ny, 1.0f), y2 = pb_rand(ny, 1.0f);
-        float *h1 = xmalloc(sizeof(float) * (na > ny ? na : ny));
-        float *h2 = xmalloc(sizeof(float) * (na > ny ? na : ny));
-        cairn_error err = {0};
-        char what[128];
-        snprintf(what, sizeof what, "%s %dx%d gated (%s, mode %d) T=%d",
-                 cairn_gguf_type_name(type), rows, cols,
-                 act == CAIRN_ACT_SILU ? "SiLU" : "GELU-tanh", mode, T);
-        ok(G->i->matmul_gated(G, &wg.g, &wu.g, x.g, a1.g, b1.g, act, &err), &err,
-           "gpu matmul_gated");
-        product_of(&wd, a1.g, y1.g);
-        ok(G->i->copy(G, a3.g, a1.g, sizeof(float) * na, &err), &err, "copy");
-        product_of(&wd, a3.g, y2.g);
-        ok(G->i->download(G, h1, y1.g, sizeof(float) * ny, &err), &err, "download");
-        ok(G->i->download(G, h2, y2.g, sizeof(float) * ny, &err), &err, "download");
-        expect_same_floats(what, h1, h2, ny);
-        const cairn_bmat *gu[2] = {&wg.g, &wu.g};
-        float *gu_out[2] = {a2.g, b2.g};
-        ok(G->i->matmul(G, gu, 2, x.g, gu_out, &err), &err, "gpu matmul");
-        ok(G->i->gated(G, a2.g, b2.g, rows, act, &err), &err, "gpu gated");
-        ok(G->i->download(G, h1, a1.g, sizeof(float) * na, &err), &err, "download");
-        ok(G->i->download(G, h2, a2.g, sizeof(float) * na, &err), &err, "download");
-        printf("  %-50s same as matmul then gated\n", what);
-        strncat(what, ": one kernel (first) against matmul then gated",
-                sizeof what - strlen(what) - 1);
-        expect_same_floats(what, h1, h2, na);
-        free(h1);
-        free(h2);
-        pb_free(&x);
-        pb_free(&a1);
-        pb_free(&b1);
-        pb_free(&a2);
-        pb_free(&b2);
-        pb_free(&a3);
-        pb_free(&y1);
-        pb_free(&y2);
-    }
-    wmat_free(&wg);
-    wmat_free(&wu);
-    wmat_free(&wd);
-    unsetenv("CAIRN_CUDA_GATED_FUSE");
-}
-
-static void test_matmul_gated(void **state)
-{
-    (void)state;
-    static const struct {
-        uint32_t type;
-        int rows;
-    } mats[] = {{CAIRN_GGUF_Q4_K, 96}, {CAIRN_GGUF_Q6_K, 64}, {CAIRN_GGUF_Q8_0, 160},
-                {CAIRN_GGUF_Q8_0, 80}, {CAIRN_GGUF_Q4_0, 96}};
-    for (int mode = 1; mode <= 2; mode++) /* each warp's pieces of gate, then up; or both */
-        for (size_t mi = 0; mi < sizeof mats / sizeof mats[0]; mi++)
-            gated_case(mode, mats[mi].type, mats[mi].rows);
-    reserve_both();
-}
-
 /* Three matrices of one x in one call, as q, k, v are. Sets of one type go in one GEMV
  * launch (rows 98, 30, 30: blocks end inside each matrix, never across two); a mixed set
  * shares int8 activations among its quantized matrices and not with the float one. */
@@ -1530,17 +1444,11 @@ static void run_step(steprig *r, kvfix *f, const attn_cfg *cfg, const tbatch *tb
     ok(be->i->matmul(be, &wo, 1, B(r->att), &ao, &err), &err, "matmul o");
     ok(be->i->add_norm(be, B(r->x), B(r->a), NULL, B(r->ffn_norm), B(r->h), SD, 1e-6f, &err),
        &err, "add_norm");
-    if (variant != 1 && be->i->matmul_gated) { /* as model.c (the GPU: one kernel) */
-        ok(be->i->matmul_gated(be, M(r->wg), M(r->wu), B(r->h), B(r->f1), B(r->f2),
-                               CAIRN_ACT_SILU, &err),
-           &err, "matmul_gated");
-    } else {
-        const cairn_bmat *gu[2] = {M(r->wg), M(r->wu)};
-        float *gu_out[2] = {B(r->f1), B(r->f2)};
-        ok(be->i->matmul(be, gu, 2, B(r->h), gu_out, &err), &err, "matmul gate/up");
-        if (variant != 1)
-            ok(be->i->gated(be, B(r->f1), B(r->f2), SFF, CAIRN_ACT_SILU, &err), &err, "gated");
-    }
+    const cairn_bmat *gu[2] = {M(r->wg), M(r->wu)};
+    float *gu_out[2] = {B(r->f1), B(r->f2)};
+    ok(be->i->matmul(be, gu, 2, B(r->h), gu_out, &err), &err, "matmul gate/up");
+    if (variant != 1)
+        ok(be->i->gated(be, B(r->f1), B(r->f2), SFF, CAIRN_ACT_SILU, &err), &err, "gated");
     const cairn_bmat *wd = M(r->wd);
     ok(be->i->matmul(be, &wd, 1, B(r->f1), &ao, &err), &err, "matmul down");
     ok(be->i->add_norm(be, B(r->x), B(r->a), NULL, NULL, NULL, SD, 1e-6f, &err), &err,
@@ -1728,7 +1636,6 @@ int main(void)
         cmocka_unit_test(test_bf16_cache),
         cmocka_unit_test(test_matmul_shared),
         cmocka_unit_test(test_fused_quantization),
-        cmocka_unit_test(test_matmul_gated),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_logits_pick),
         cmocka_unit_test(test_qkv_attention),

@@ -539,11 +539,7 @@ static int cu_reserve(cairn_backend *be, int max_tokens, int max_ctx, int group,
     if ((rc = ensure(c, (void **)&c->act_q, &c->act_q_bytes, T * cols, "activation scratch",
                      err)) ||
         (rc = ensure(c, (void **)&c->act_ds, &c->act_ds_bytes, T * (cols / 32) * sizeof(float2),
-                     "activation scratch", err)) ||
-        (rc = ensure(c, (void **)&c->act_q2, &c->act_q2_bytes, T * cols, "activation scratch",
-                     err)) ||
-        (rc = ensure(c, (void **)&c->act_ds2, &c->act_ds2_bytes,
-                     T * (cols / 32) * sizeof(float2), "activation scratch", err)))
+                     "activation scratch", err)))
         return rc;
     c->max_tokens = (int)T;
     c->cap_cols = (int64_t)cols;
@@ -701,8 +697,6 @@ static void cu_close(cairn_backend *be)
     (void)cudaFree(c->blas_ws);
     (void)cudaFree(c->act_q);
     (void)cudaFree(c->act_ds);
-    (void)cudaFree(c->act_q2);
-    (void)cudaFree(c->act_ds2);
     (void)cudaFree(c->xbf);
     (void)cudaFree(c->wtile);
     (void)cudaFree(c->wtile2);
@@ -814,7 +808,6 @@ static const cairn_backend_i cuda_table = {
     .logits = cairn__graph_logits,
     .layer_done = cu_layer_done,
     .logits_pick = cairn__graph_logits_pick,
-    .matmul_gated = cairn__graph_matmul_gated,
 };
 
 extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_error *err)

@@ -175,7 +175,6 @@ enum {
     CAIRN__ST_ATTN,
     CAIRN__ST_ADD_NORM,
     CAIRN__ST_GATED,
-    CAIRN__ST_MATMUL_GATED,
     CAIRN__ST_LOGITS,
 };
 #define CAIRN__CALL_MATS 8
@@ -195,7 +194,6 @@ typedef struct cairn__call {
         struct { cairn_battn p; cairn_bkv kv; const float *q; float *out; } attn;
         struct { float *x, *a, *h; const float *post, *next; int n; float eps; } add_norm;
         struct { float *a; const float *b; int n, act; } gated;
-        struct { const cairn_bmat *wg, *wu; const float *x; float *a, *b; int act; } mm_gated;
         struct { const cairn_bmat *w; const float *norm; float *x; int n; float eps; } logits;
     } u;
 } cairn__call;
@@ -236,11 +234,6 @@ typedef struct cairn__cuda {
     int64_t cap_cols;       /* act_q / xbf hold max_tokens rows of this many values */
     int8_t *act_q;          /* quantized activations: token-major rows of cap_cols */
     float2 *act_ds;         /* per 32 values: (scale, scale * sum of the quants) */
-    /* The same again: the gated product (matmul_gated) reads act_q / act_ds and writes its
-     * output's quantized form here, then the two swap (pointers and bytes). */
-    int8_t *act_q2;
-    float2 *act_ds2;
-    size_t act_q2_bytes, act_ds2_bytes;
     __nv_bfloat16 *xbf;     /* BF16 activations for cuBLAS, or NULL (few tokens only) */
     __nv_bfloat16 *wtile;   /* a dequantized weight tile, or NULL */
     __nv_bfloat16 *wtile2;  /* the second tile when tiles overlap (tile_overlap), or NULL */
@@ -381,8 +374,6 @@ int cairn__graph_add_norm(cairn_backend *be, float *x, float *a, const float *po
                           const float *next, float *h, int n, float eps, cairn_error *err);
 int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int act,
                        cairn_error *err);
-int cairn__graph_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cairn_bmat *wu,
-                              const float *x, float *a, float *b, int act, cairn_error *err);
 int cairn__graph_logits_pick(cairn_backend *be, const cairn_bmat *w, const float *norm,
                              float eps, float *x, int n, const cairn_bpick *picks,
                              cairn_error *err);
@@ -427,10 +418,6 @@ int cairn__cuda_norm_rows(cairn__cuda *c, float *out, const float *x, const int3
 int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err);
 int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *q, float *out,
                           cairn_error *err);
-
-/* matmul.cu: a = act(wg x) * (wu x), in one kernel where it can, else matmul then gated */
-int cairn__cuda_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cairn_bmat *wu,
-                             const float *x, float *a, float *b, int act, cairn_error *err);
 
 /* elementwise.cu */
 int cairn__cuda_gated(cairn_backend *be, float *a, const float *b, int n, int act,
@@ -506,30 +493,6 @@ static inline void cairn__launch(bool pdl, void (*kern)(P...), dim3 grid, dim3 b
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 1 : 0;
     (void)cudaLaunchKernelEx(&cfg, kern, args...);
-}
-
-/*
- * The gated activations, as the CPU backend (and ggml) evaluate them. GELU at half precision:
- * the input rounded to F16, GELU-tanh, 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), in
- * float, the result rounded to F16, |x| >= 10 passed through (or 0), so the two backends agree
- * to float rounding of tanh. SiLU is x / (1 + e^-x) in float.
- */
-static __device__ __forceinline__ float cairn__f16_round(float x)
-{
-    return __half2float(__float2half_rn(x));
-}
-
-static __device__ __forceinline__ float cairn__act(float x, int gelu)
-{
-    if (!gelu)
-        return x / (1.0f + expf(-x));
-    if (x <= -10.0f)
-        return 0.0f;
-    if (x >= 10.0f)
-        return x;
-    const float k = 0.79788456080286535587989211986876f; /* sqrt(2/pi) */
-    const float h = cairn__f16_round(x);
-    return cairn__f16_round(0.5f * h * (1.0f + tanhf(k * h * fmaf(0.044715f * h, h, 1.0f))));
 }
 
 static __device__ __forceinline__ float cairn__warp_sum(float v)

@@ -1,12 +1,30 @@
 /*
  * generation/kernels/cuda/elementwise.cu — the gated activation and the embedding lookup.
  *
- * The activations themselves (GELU at half precision, as the CPU backend and ggml evaluate it;
- * SiLU) are cairn__act in common.cuh: the gated product (matmul.cu) applies them too.
+ * GELU is evaluated at half precision as the CPU backend (and ggml) do: the input rounded to
+ * F16, GELU-tanh in float, the result rounded to F16, |x| >= 10 passed through (or 0), so the
+ * two backends agree to float rounding of tanh. SiLU is x / (1 + e^-x) in float.
  */
 #include "generation/kernels/cuda/common.cuh"
 
 #include <math.h>
+
+static __device__ __forceinline__ float f16_round(float x)
+{
+    return __half2float(__float2half_rn(x));
+}
+
+/* 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), the tanh approximation of GELU. */
+static __device__ __forceinline__ float gelu_f16(float x)
+{
+    if (x <= -10.0f)
+        return 0.0f;
+    if (x >= 10.0f)
+        return x;
+    const float k = 0.79788456080286535587989211986876f; /* sqrt(2/pi) */
+    const float h = f16_round(x);
+    return f16_round(0.5f * h * (1.0f + tanhf(k * h * fmaf(0.044715f * h, h, 1.0f))));
+}
 
 __global__ void gated_rows(float *__restrict__ a, const float *__restrict__ b, int64_t n,
                            int gelu)
@@ -15,7 +33,8 @@ __global__ void gated_rows(float *__restrict__ a, const float *__restrict__ b, i
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const float x = a[i];
-        a[i] = cairn__act(x, gelu) * b[i];
+        const float g = gelu ? gelu_f16(x) : x / (1.0f + expf(-x));
+        a[i] = g * b[i];
     }
 }
 
@@ -32,7 +51,7 @@ __global__ void gated_rows_q8(float *__restrict__ a, const float *__restrict__ b
         return; /* warp-uniform */
     const int64_t i = blk * 32 + (threadIdx.x & 31);
     const float x = a[i];
-    const float g = cairn__act(x, gelu) * b[i];
+    const float g = (gelu ? gelu_f16(x) : x / (1.0f + expf(-x))) * b[i];
     a[i] = g;
     cairn__q8_lane(g, q, ds, blk);
 }

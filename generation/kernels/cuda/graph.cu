@@ -77,10 +77,6 @@ static int dispatch(cairn__cuda *c, const cairn__call *k, cairn_error *err)
     case CAIRN__ST_GATED:
         return cairn__cuda_gated(be, k->u.gated.a, k->u.gated.b, k->u.gated.n, k->u.gated.act,
                                  err);
-    case CAIRN__ST_MATMUL_GATED:
-        return cairn__cuda_matmul_gated(be, k->u.mm_gated.wg, k->u.mm_gated.wu, k->u.mm_gated.x,
-                                        k->u.mm_gated.a, k->u.mm_gated.b, k->u.mm_gated.act,
-                                        err);
     default: /* logits are never re-run from the record: graph_logits runs them itself */
         return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: stage %d cannot be replayed",
                             k->stage);
@@ -423,20 +419,6 @@ int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int a
     k.u.gated.b = b;
     k.u.gated.n = n;
     k.u.gated.act = act;
-    return stage(c, &k, err);
-}
-
-int cairn__graph_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cairn_bmat *wu,
-                              const float *x, float *a, float *b, int act, cairn_error *err)
-{
-    cairn__call k;
-    cairn__cuda *c = enter(be, &k, CAIRN__ST_MATMUL_GATED);
-    k.u.mm_gated.wg = wg;
-    k.u.mm_gated.wu = wu;
-    k.u.mm_gated.x = x;
-    k.u.mm_gated.a = a;
-    k.u.mm_gated.b = b;
-    k.u.mm_gated.act = act;
     return stage(c, &k, err);
 }
 

@@ -640,16 +640,20 @@ static __device__ __forceinline__ void lane_dot(const lane_piece<TYPE> &w, const
     }
 }
 
-/* Warp `warp` of W's share of group g's sums: pieces warp, warp + W, ... of the 32 rows, U a
- * trip; acc[t] (token t < nt) gets the lane's row's partial sum. Waits for the activations'
- * writer (PDL) once the first weights are on their way. */
 template <uint32_t TYPE, int NT, int W, int U>
-static __device__ __forceinline__ void lane_walk(const cairn__mat_dev &m, const act_dev &a,
-                                                 int nt, int64_t g, float (&acc)[NT])
+__global__ void __launch_bounds__(W * 32)
+    gemv_lane(gemv_set s, act_dev a, int nt)
 {
+    cairn__pdl_trigger(); /* the stage after it may start beside it */
+    __shared__ float red[W][NT][32];
+    cairn__mat_dev m;
+    float *y;
+    int64_t g;
+    set_pick(s, m, y, g);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t row = g * 32 + lane, n_pieces = m.cols / lane_values<TYPE>();
     const uint8_t *base = m.q + ((g * (m.qrow >> 4)) << 9) + (lane << 4);
+    float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
@@ -675,113 +679,18 @@ static __device__ __forceinline__ void lane_walk(const cairn__mat_dev &m, const 
     }
     if (!waited)
         cairn__pdl_wait();
-}
-
-/* lane_walk over two matrices of one shape at once (the gated product's gate and up): a
- * trip loads piece p of both before it multiplies either, so twice the bytes are in flight a
- * warp. Their sums come out as two lane_walks would leave them. */
-template <uint32_t TYPE, int NT, int W>
-static __device__ __forceinline__ void lane_walk_pair(const cairn__mat_dev &m0,
-                                                      const cairn__mat_dev &m1, const act_dev &a,
-                                                      int nt, int64_t g, float (&acc0)[NT],
-                                                      float (&acc1)[NT])
-{
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t row = g * 32 + lane, n_pieces = m0.cols / lane_values<TYPE>();
-    const int64_t off = ((g * (m0.qrow >> 4)) << 9) + (lane << 4);
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc0[t] = acc1[t] = 0.0f;
-    bool waited = false;
-    for (int64_t p = warp; p < n_pieces; p += W) {
-        lane_piece<TYPE> w0, w1;
-        const int64_t at = (p * lane_units<TYPE>()) << 9;
-        lane_load<TYPE>(w0, m0.q + off + at, m0, row, p);
-        lane_load<TYPE>(w1, m1.q + off + at, m1, row, p);
-        if (!waited) {
-            cairn__pdl_wait();
-            waited = true;
-        }
-        lane_dot<TYPE, NT>(w0, a, nt, p, acc0);
-        lane_dot<TYPE, NT>(w1, a, nt, p, acc1);
-    }
-    if (!waited)
-        cairn__pdl_wait();
-}
-
-/* The sum over the W warps of row (g 32 + l)'s partials for token t: red[k][t][l]. */
-template <int NT, int W>
-static __device__ __forceinline__ float lane_total(const float (&red)[W][NT][32], int t, int l)
-{
-    float v = 0.0f;
-#pragma unroll
-    for (int k = 0; k < W; k++)
-        v += red[k][t][l];
-    return v;
-}
-
-template <uint32_t TYPE, int NT, int W, int U>
-__global__ void __launch_bounds__(W * 32)
-    gemv_lane(gemv_set s, act_dev a, int nt)
-{
-    cairn__pdl_trigger(); /* the stage after it may start beside it */
-    __shared__ float red[W][NT][32];
-    cairn__mat_dev m;
-    float *y;
-    int64_t g;
-    set_pick(s, m, y, g);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float acc[NT];
-    lane_walk<TYPE, NT, W, U>(m, a, nt, g, acc);
 #pragma unroll
     for (int t = 0; t < NT; t++)
         red[warp][t][lane] = acc[t];
     __syncthreads();
     for (int i = threadIdx.x; i < NT * 32; i += W * 32) {
         const int t = i >> 5, l = i & 31;
-        const float v = lane_total<NT, W>(red, t, l);
+        float v = 0.0f;
+#pragma unroll
+        for (int k = 0; k < W; k++)
+            v += red[k][t][l];
         if (t < nt && g * 32 + l < m.rows)
             y[t * m.rows + g * 32 + l] = v;
-    }
-}
-
-/*
- * The gated product in one kernel: block g takes rows g 32 .. g 32 + 31 of both the gate and
- * the up matrix (one after the other, as gemv_lane takes one), and writes
- * out = act(gate x) * (up x) for them: the same sums in the same order as gemv_lane, then the
- * gated stage's arithmetic, so the result is the unfused one bit for bit. Its 32 values of a
- * token are one quantization block of the down product's input: warp t quantizes token t's
- * into q / ds (rows a multiple of 32, so block g of token t is block t rows / 32 + g).
- */
-template <uint32_t TYPE, int NT, int W, bool PAIR>
-__global__ void __launch_bounds__(W * 32)
-    gemv_lane_gated(cairn__mat_dev mg, cairn__mat_dev mu, act_dev a, int nt, int gelu,
-                    float *__restrict__ out, int8_t *__restrict__ q, float2 *__restrict__ ds)
-{
-    cairn__pdl_trigger(); /* the stage after it may start beside it */
-    __shared__ float red[2][W][NT][32];
-    const int64_t g = blockIdx.x;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float acc[NT], acc_u[NT];
-    if constexpr (PAIR) {
-        lane_walk_pair<TYPE, NT, W>(mg, mu, a, nt, g, acc, acc_u);
-    } else {
-        lane_walk<TYPE, NT, W, 1>(mg, a, nt, g, acc);
-        lane_walk<TYPE, NT, W, 1>(mu, a, nt, g, acc_u);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        red[0][warp][t][lane] = acc[t];
-        red[1][warp][t][lane] = acc_u[t];
-    }
-    __syncthreads();
-    static_assert(NT <= W, "a warp a token's block");
-    const int t = warp;
-    if (t < nt) { /* warp-uniform: the whole warp quantizes its block */
-        const float v =
-            cairn__act(lane_total<NT, W>(red[0], t, lane), gelu) * lane_total<NT, W>(red[1], t, lane);
-        out[t * mg.rows + g * 32 + lane] = v;
-        cairn__q8_lane(v, q, ds, (int64_t)t * (mg.rows / 32) + g);
     }
 }
 
@@ -1515,126 +1424,6 @@ int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, c
         if (c->q8_src && y[i] < c->q8_src + (size_t)T * (size_t)cols &&
             c->q8_src < y[i] + (size_t)T * (size_t)m[i]->rows)
             cairn__cuda_q8_forget(c);
-    return 0;
-}
-
-/*
- * How the gated product of a step of T tokens runs (CAIRN_CUDA_GATED_FUSE, read at each call):
- * 0 the gate/up product, then the gated stage; 1 gemv_lane_gated, each warp walking gate's
- * pieces, then up's; 2 (the default) gemv_lane_gated with piece p of both in flight together.
- * The kernel takes two matrices of one lane type and shape, rows a multiple of 32 that the
- * scratch can hold quantized, few tokens (the GEMV's), no row form forced (CAIRN_CUDA_GEMV).
- */
-static int gated_mode(const cairn__cuda *c, const cairn__cmat *g, const cairn__cmat *u, int T)
-{
-    const char *e = getenv("CAIRN_CUDA_GATED_FUSE"), *f = getenv("CAIRN_CUDA_GEMV");
-    const int mode = e && (!strcmp(e, "0") || !strcmp(e, "1")) ? atoi(e) : 2;
-    const bool lane_type = g->type == CAIRN_GGUF_Q4_K || g->type == CAIRN_GGUF_Q6_K ||
-                           g->type == CAIRN_GGUF_Q8_0;
-    const bool fits = c->act_q2 && !(f && (!strcmp(f, "warp") || !strcmp(f, "block"))) &&
-                      lane_type && u->type == g->type && g->lane && u->lane &&
-                      g->rows == u->rows && g->cols == u->cols && g->rows % 32 == 0 &&
-                      wants_q8(g, T) && cairn__cuda_q8_fits(c, T, g->rows);
-    return fits ? mode : 0;
-}
-
-template <uint32_t TYPE, int NT, bool PAIR>
-static void launch_gated_nt(cairn__cuda *c, int w, const cairn__mat_dev &g,
-                            const cairn__mat_dev &u, const act_dev &a, int nt, int gelu,
-                            float *out, int8_t *q, float2 *ds)
-{
-    const unsigned grid = (unsigned)(g.rows / 32);
-    if (w == 16)
-        launch_pdl(c->pdl, gemv_lane_gated<TYPE, NT, 16, PAIR>, grid, 16 * 32, c->stream, g, u,
-                   a, nt, gelu, out, q, ds);
-    else /* 8 warps, also for CAIRN_CUDA_LANE_WARPS=4: a warp a token's block */
-        launch_pdl(c->pdl, gemv_lane_gated<TYPE, NT, 8, PAIR>, grid, 8 * 32, c->stream, g, u, a,
-                   nt, gelu, out, q, ds);
-}
-
-template <uint32_t TYPE, bool PAIR>
-static void launch_gated_pair(cairn__cuda *c, const cairn__mat_dev &g, const cairn__mat_dev &u,
-                              const act_dev &a, int nt, int gelu, float *out, int8_t *q,
-                              float2 *ds)
-{
-    int w, unused;
-    lane_shape(&w, &unused);
-    if (nt <= 1)
-        launch_gated_nt<TYPE, 1, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
-    else if (nt <= 2)
-        launch_gated_nt<TYPE, 2, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
-    else if (nt <= 4)
-        launch_gated_nt<TYPE, 4, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
-    else
-        launch_gated_nt<TYPE, 8, PAIR>(c, w, g, u, a, nt, gelu, out, q, ds);
-}
-
-template <uint32_t TYPE>
-static void launch_gated(cairn__cuda *c, int mode, const cairn__mat_dev &g,
-                         const cairn__mat_dev &u, const act_dev &a, int nt, int gelu, float *out,
-                         int8_t *q, float2 *ds)
-{
-    if (mode == 2)
-        launch_gated_pair<TYPE, true>(c, g, u, a, nt, gelu, out, q, ds);
-    else
-        launch_gated_pair<TYPE, false>(c, g, u, a, nt, gelu, out, q, ds);
-}
-
-int cairn__cuda_matmul_gated(cairn_backend *be, const cairn_bmat *wg, const cairn_bmat *wu,
-                             const float *x, float *a, float *b, int act, cairn_error *err)
-{
-    cairn__cuda *c = cairn__cu(be);
-    int rc = cairn__cuda_need_batch(c, "matmul_gated", err);
-    if (rc || (rc = cairn__cuda_enter(c, err)))
-        return rc;
-    const cairn__cmat *g = (const cairn__cmat *)wg->priv, *u = (const cairn__cmat *)wu->priv;
-    if (!g || !u || g->rows != u->rows || g->cols != u->cols)
-        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: a gated product needs two loaded "
-                            "matrices of one shape");
-    if (act != CAIRN_ACT_SILU && act != CAIRN_ACT_GELU_TANH)
-        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: gated product with activation %d",
-                            act);
-    const int T = c->n_tokens, mode = gated_mode(c, g, u, T);
-    if (mode == 0) {
-        const cairn_bmat *w[2] = {wg, wu};
-        float *y[2] = {a, b};
-        if ((rc = cairn__cuda_matmul(be, w, 2, x, y, err)))
-            return rc;
-        return cairn__cuda_gated(be, a, b, (int)g->rows, act, err);
-    }
-    const int64_t cols = g->cols, rows = g->rows;
-    if ((rc = check_scratch(c, g, T, err)) || (rc = need_q8(c, x, T, cols, err)))
-        return rc;
-    const cairn__mat_dev md = cairn__mat_dev_of(g), mu = cairn__mat_dev_of(u);
-    const int gelu = act == CAIRN_ACT_GELU_TANH;
-    for (int t0 = 0; t0 < T; t0 += CAIRN__GEMV_TOKENS) {
-        const int nt = T - t0 < CAIRN__GEMV_TOKENS ? T - t0 : CAIRN__GEMV_TOKENS;
-        const act_dev ad = {c->act_q + (int64_t)t0 * cols, c->act_ds + (int64_t)t0 * (cols / 32),
-                            x + (int64_t)t0 * cols, cols};
-        float *out = a + (int64_t)t0 * rows;
-        int8_t *q = c->act_q2 + (int64_t)t0 * rows;
-        float2 *ds = c->act_ds2 + (int64_t)t0 * (rows / 32);
-        if (g->type == CAIRN_GGUF_Q4_K)
-            launch_gated<CAIRN_GGUF_Q4_K>(c, mode, md, mu, ad, nt, gelu, out, q, ds);
-        else if (g->type == CAIRN_GGUF_Q6_K)
-            launch_gated<CAIRN_GGUF_Q6_K>(c, mode, md, mu, ad, nt, gelu, out, q, ds);
-        else
-            launch_gated<CAIRN_GGUF_Q8_0>(c, mode, md, mu, ad, nt, gelu, out, q, ds);
-        CU_LAUNCHED(err, "gemv_lane_gated");
-    }
-    /* a's quantized form is in the second scratch: it becomes the first (x's is done with). */
-    int8_t *tq = c->act_q;
-    float2 *tds = c->act_ds;
-    const size_t tqb = c->act_q_bytes, tdsb = c->act_ds_bytes;
-    c->act_q = c->act_q2;
-    c->act_ds = c->act_ds2;
-    c->act_q_bytes = c->act_q2_bytes;
-    c->act_ds_bytes = c->act_ds2_bytes;
-    c->act_q2 = tq;
-    c->act_ds2 = tds;
-    c->act_q2_bytes = tqb;
-    c->act_ds2_bytes = tdsb;
-    cairn__cuda_q8_note(c, a, T, rows);
     return 0;
 }
 
