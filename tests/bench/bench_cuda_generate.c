@@ -61,6 +61,11 @@ static int variant_env(const char *v, bool on, char *name, size_t cap)
     }
     snprintf(name, cap, "%.*s", (int)(colon - v), v);
     char list[1024];
+    if (strlen(colon + 1) >= sizeof list) {
+        fprintf(stderr, "bench_cuda_generate: --variant '%.40s...': its settings are longer "
+                "than %zu bytes\n", v, sizeof list - 1);
+        return 1;
+    }
     snprintf(list, sizeof list, "%s", colon + 1);
     char *save = NULL;
     for (char *kv = strtok_r(list, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {

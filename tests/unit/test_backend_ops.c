@@ -760,6 +760,24 @@ static void product_of(const wmat *w, const float *x, float *y)
     ok(G->i->matmul(G, &wg, 1, x, &y, &err), &err, "gpu matmul");
 }
 
+/* On the GPU: w x into y1 (from the int8 rows the stage that wrote x may have left), then w
+ * over a copy of x (nx floats, into copy) into y2 (quantized afresh); ny outputs, equal bit for
+ * bit. */
+static void expect_same_as_copy(const char *what, const wmat *w, const float *x, float *copy,
+                                size_t nx, float *y1, float *y2, size_t ny)
+{
+    cairn_error err = {0};
+    product_of(w, x, y1);
+    ok(G->i->copy(G, copy, x, sizeof(float) * nx, &err), &err, "gpu copy");
+    product_of(w, copy, y2);
+    float *g1 = xmalloc(sizeof(float) * ny), *g2 = xmalloc(sizeof(float) * ny);
+    ok(G->i->download(G, g1, y1, sizeof(float) * ny, &err), &err, "gpu download");
+    ok(G->i->download(G, g2, y2, sizeof(float) * ny, &err), &err, "gpu download");
+    expect_same_floats(what, g1, g2, ny);
+    free(g1);
+    free(g2);
+}
+
 static void test_fused_quantization(void **state)
 {
     (void)state;
@@ -779,7 +797,6 @@ static void test_fused_quantization(void **state)
             pbuf x = pb_rand(nx, 3.0f), a = pb_rand(nx, 2.0f), h = pb_rand(nx, 1.0f);
             pbuf h2 = pb_rand(nx, 1.0f), nw = pb_rand((size_t)n, 1.0f);
             pbuf y1 = pb_rand(ny, 1.0f), y2 = pb_rand(ny, 1.0f);
-            float *g1 = xmalloc(sizeof(float) * ny), *g2 = xmalloc(sizeof(float) * ny);
             cairn_error err = {0};
             char what[96];
             for (int stage = 0; stage < 4; stage++) {
@@ -798,17 +815,10 @@ static void test_fused_quantization(void **state)
                     ok(G->i->upload(G, h.g, fresh, sizeof(float) * nx, &err), &err, "upload");
                     free(fresh);
                 }
-                product_of(&w, h.g, y1.g);
-                ok(G->i->copy(G, h2.g, h.g, sizeof(float) * nx, &err), &err, "copy");
-                product_of(&w, h2.g, y2.g);
-                ok(G->i->download(G, g1, y1.g, sizeof(float) * ny, &err), &err, "download");
-                ok(G->i->download(G, g2, y2.g, sizeof(float) * ny, &err), &err, "download");
                 snprintf(what, sizeof what, "%s then %s product, T=%d", name,
                          cairn_gguf_type_name(types[ti]), T);
-                expect_same_floats(what, g1, g2, ny);
+                expect_same_as_copy(what, &w, h.g, h2.g, nx, y1.g, y2.g, ny);
             }
-            free(g1);
-            free(g2);
             pb_free(&x);
             pb_free(&a);
             pb_free(&h);
@@ -1239,18 +1249,10 @@ static void outq8_buffers(outq8 *r, int T, size_t out_bytes)
 
 static void outq8_check(outq8 *r, const pbuf *out, int T, int qd)
 {
-    cairn_error err = {0};
-    product_of(&r->w, out->g, r->y1.g);
-    ok(G->i->copy(G, r->o2.g, out->g, out->bytes, &err), &err, "gpu copy");
-    product_of(&r->w, r->o2.g, r->y2.g);
-    float *h1 = xmalloc(r->ny * sizeof(float)), *h2 = xmalloc(r->ny * sizeof(float));
-    ok(G->i->download(G, h1, r->y1.g, r->ny * sizeof(float), &err), &err, "gpu download");
-    ok(G->i->download(G, h2, r->y2.g, r->ny * sizeof(float), &err), &err, "gpu download");
     char what[96];
     snprintf(what, sizeof what, "the product after attention (%d tokens, rows of %d)", T, qd);
-    expect_same_floats(what, h1, h2, r->ny);
-    free(h1);
-    free(h2);
+    expect_same_as_copy(what, &r->w, out->g, r->o2.g, out->bytes / sizeof(float), r->y1.g,
+                        r->y2.g, r->ny);
     pb_free(&r->y1);
     pb_free(&r->y2);
     pb_free(&r->o2);

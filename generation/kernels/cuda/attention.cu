@@ -53,7 +53,8 @@ struct attn_args {
     bool vec;   /* K and V rows in 16-byte loads (attn_vec_ok) */
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
-    int8_t *q8; /* unsplit: the output's quantized form too, as attn_merge's q; or NULL */
+    int8_t *q8; /* the output's quantized form too (put_out), by attn_tile when unsplit, else
+                   by attn_merge; or NULL */
     float2 *q8_ds;
 };
 
@@ -139,13 +140,15 @@ static __device__ __forceinline__ void tile_rows(const attn_args &a, const int32
     }
 }
 
-/* Output value i of the step's rows, and its quantized form when a.q8 is set (every lane of
- * the warp calls: the callers' loops run over G hd values, a multiple of 32, then). */
-static __device__ __forceinline__ void put_out(const attn_args &a, int64_t i, float v)
+/* Output value i of the step's rows, and its quantized form when q is set (the output
+ * product's input: every lane of the warp calls, on 32 consecutive values of one head; the
+ * step's rows are contiguous, so block i / 32 of the rows is block i / 32 of the scratch). */
+static __device__ __forceinline__ void put_out(float *out, int8_t *q, float2 *ds, int64_t i,
+                                               float v)
 {
-    a.out[i] = v;
-    if (a.q8)
-        cairn__q8_lane(v, a.q8, a.q8_ds, i / 32);
+    out[i] = v;
+    if (q)
+        cairn__q8_lane(v, q, ds, i / 32);
 }
 
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
@@ -273,7 +276,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
         const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
         for (int i = tid; i < G * hd; i += blockDim.x) {
             const float l = ls[i / hd];
-            put_out(a, o0 + i, l > 0.0f ? os[i] / l : 0.0f);
+            put_out(a.out, a.q8, a.q8_ds, o0 + i, l > 0.0f ? os[i] / l : 0.0f);
         }
         return;
     }
@@ -291,8 +294,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
  * splits' (m, l) pairs a lane each and leaves each split's weight e^(m_s - M) in shared
  * memory; then every thread sums its values of o over the splits that hold keys. With q (the
  * output product's input, out_q8_ok: a thread per value, hd a multiple of 32), each warp also
- * leaves its 32 values quantized in q / ds (cairn__q8_lane; the step's rows are contiguous, so
- * block blk of the rows is block blk of the scratch), and the product skips quantize_q8. */
+ * leaves its 32 values quantized in q / ds (put_out), and the product skips quantize_q8. */
 __global__ void attn_merge(const float *__restrict__ part, const float *__restrict__ ml,
                            int n_split, int hd, int n_head, int t_base,
                            const int32_t *__restrict__ pos_of, int window,
@@ -333,10 +335,7 @@ __global__ void attn_merge(const float *__restrict__ part, const float *__restri
         float acc = 0.0f;
         for (int s = 0; s < n_used; s++)
             acc += part[(r0 + s) * hd + d] * wts[s];
-        const float v = L > 0.0f ? acc / L : 0.0f;
-        out[o0 + d] = v;
-        if (q) /* every lane of the warp is here: blockDim.x == hd, a multiple of 32 */
-            cairn__q8_lane(v, q, ds, (o0 + d) / 32);
+        put_out(out, q, ds, o0 + d, L > 0.0f ? acc / L : 0.0f); /* q: blockDim.x == hd */
     }
 }
 
@@ -363,8 +362,7 @@ static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
         cairn__launch(c->pdl_all, attn_merge, dim3((unsigned)a.n_head, (unsigned)n),
                       dim3((unsigned)threads), 0, c->stream, a.part, a.part_ml, a.n_split, a.hd,
-                      a.n_head, t0, a.pos, a.window, a.out, q8 ? c->act_q : NULL,
-                      q8 ? c->act_ds : NULL);
+                      a.n_head, t0, a.pos, a.window, a.out, a.q8, a.q8_ds);
         CU_LAUNCHED(err, "attn_merge");
     }
     return 0;
