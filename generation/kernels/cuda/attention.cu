@@ -598,7 +598,7 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     if (n_tile > 0 && base < SPLIT_WAVES * c->n_sm) {
         size_t fit = CAIRN__ATTN_PART_FLOATS / ((size_t)n_tile * p->n_head * (size_t)(hd + 2));
         n_split = (SPLIT_WAVES * c->n_sm + base - 1) / base;
-        n_split = n_split < SPLIT_MAX ? n_split : SPLIT_MAX;
+        n_split = n_split < c->attn_split_max ? n_split : c->attn_split_max;
         if ((size_t)n_split > fit)
             n_split = (int)fit;
         if (n_split < 2)

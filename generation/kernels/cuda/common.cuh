@@ -176,6 +176,7 @@ enum {
     CAIRN__ST_ADD_NORM,
     CAIRN__ST_GATED,
     CAIRN__ST_LOGITS,
+    CAIRN__ST_PREFETCH,
 };
 #define CAIRN__CALL_MATS 8
 
@@ -195,6 +196,7 @@ typedef struct cairn__call {
         struct { float *x, *a, *h; const float *post, *next; int n; float eps; } add_norm;
         struct { float *a; const float *b; int n, act; } gated;
         struct { const cairn_bmat *w; const float *norm; float *x; int n; float eps; } logits;
+        struct { const cairn_bmat *w[CAIRN__CALL_MATS]; int n_w; } prefetch;
     } u;
 } cairn__call;
 
@@ -294,6 +296,17 @@ typedef struct cairn__cuda {
                        compute capability 9.0 and later unless CAIRN_CUDA_PDL=0 */
     bool pdl_all;   /* and so do the stages between them (the norms, qkv, attention, the
                        gated activation), unless CAIRN_CUDA_PDL=gemv */
+    /* prefetch: the bytes of the hinted matrices streamed into L2 at most
+     * (CAIRN_CUDA_PREFETCH_MIB; 0: none; compute capability 9.0 and later only), and whether
+     * with the evict-last policy (CAIRN_CUDA_PREFETCH_LAST=1). */
+    size_t pf_cap;
+    bool pf_last;
+    int attn_split_max; /* the most splits of a token's keys (CAIRN_CUDA_ATTN_SPLITS=1-64;
+                           default 64) */
+    /* CAIRN_CUDA_SKIP=qkv,attn,add_norm,gated: a switch for measuring what each stage costs
+     * inside a step; the named stages launch nothing, so the results are wrong (a line on
+     * stderr says so at open). A bit per CAIRN__ST_*. */
+    unsigned skip;
     /* The cuBLAS path's weight tiles: their elements (CAIRN_CUDA_WTILE_MIB sets the bytes of
      * one), and whether a tile is decoded on `side` while cuBLAS multiplies the one before it
      * (two tiles then; CAIRN_CUDA_TILE_OVERLAP=0 turns it off; tile_ev: the call's start,
@@ -372,6 +385,8 @@ int cairn__graph_attention(cairn_backend *be, const cairn_battn *p, const float 
                            cairn_error *err);
 int cairn__graph_add_norm(cairn_backend *be, float *x, float *a, const float *post,
                           const float *next, float *h, int n, float eps, cairn_error *err);
+int cairn__graph_prefetch(cairn_backend *be, const cairn_bmat *const *w, int n_w,
+                          cairn_error *err);
 int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int act,
                        cairn_error *err);
 int cairn__graph_logits_pick(cairn_backend *be, const cairn_bmat *w, const float *norm,
@@ -385,6 +400,9 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 /* matmul.cu: y[i] (n_tok rows of w[i]->rows, token-major) = w[i] x (n_tok rows of w[i]->cols). */
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                        float *const *y, cairn_error *err);
+/* matmul.cu: backend.h's prefetch hint. */
+int cairn__cuda_prefetch(cairn_backend *be, const cairn_bmat *const *w, int n_w,
+                         cairn_error *err);
 /* picks NULL: whole rows into out_host; else each row as its pick asks (sample.cu), kmax
  * being cairn__cuda_pick_kmax's for them (0 without). */
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,

@@ -149,6 +149,7 @@ struct cudaDeviceProp {
     size_t totalGlobalMem;
     int multiProcessorCount;
     size_t sharedMemPerBlockOptin;
+    int l2CacheSize;
 };
 enum {
     cudaStreamNonBlocking = 1,
