@@ -896,20 +896,22 @@ static void test_matmul_shared(void **state)
 }
 
 /*
- * The prefetch hint (backend.h): a product after it equals the same product without it, bit
- * for bit, whether the hint covers the matrices whole (the default: half the L2 cache) or only
- * their first bytes (CAIRN_CUDA_PREFETCH_MIB=1: a share of each plane), for a set of two types'
- * planes (Q4_K: one plane; Q6_K and Q8_0: two) and a float type, at decode sizes and past them
- * (33 tokens: the products read the BF16 cache, the hint takes nothing). Bad calls are refused.
+ * The prefetch hint (backend.h) and CAIRN_CUDA_GEMV_PF: a product after a hint equals the same
+ * product without it, bit for bit, and the CPU's within test_matmul's tolerances, whether the
+ * hint covers the matrices whole (the default: half the L2 cache) or only their first bytes
+ * (CAIRN_CUDA_PREFETCH_MIB=1: a share of each plane), for a set of two types' planes (Q4_K:
+ * one plane; Q6_K and Q8_0: two) and a float type, at decode sizes and past them (33 tokens:
+ * the products read the BF16 cache, the hint takes nothing). Bad calls are refused.
  */
-static void prefetch_case(const char *mib)
+static void prefetch_case(const char *var, const char *val)
 {
     cairn_backend *keep = G;
     cairn_error err = {0};
-    if (mib)
-        setenv("CAIRN_CUDA_PREFETCH_MIB", mib, 1);
+    if (var)
+        setenv(var, val, 1);
     ok(cairn_backend_cuda_open(&G, 0, &err), &err, "cuda open");
-    unsetenv("CAIRN_CUDA_PREFETCH_MIB");
+    if (var)
+        unsetenv(var);
     static const uint32_t types[] = {CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K, CAIRN_GGUF_Q8_0,
                                      CAIRN_GGUF_BF16};
     wmat w[4];
@@ -933,8 +935,9 @@ static void prefetch_case(const char *mib)
             ok(G->i->download(G, g1, y1.g, sizeof(float) * ny, &err), &err, "download");
             ok(G->i->download(G, g2, y2.g, sizeof(float) * ny, &err), &err, "download");
             char what[96];
-            snprintf(what, sizeof what, "%s product after a prefetch (%s MiB), T=%d",
-                     cairn_gguf_type_name(types[i]), mib ? mib : "default", T);
+            snprintf(what, sizeof what, "%s product after a prefetch (%s=%s), T=%d",
+                     cairn_gguf_type_name(types[i]), var ? var : "defaults", var ? val : "",
+                     T);
             expect_same_floats(what, g1, g2, ny);
             free(g1);
             free(g2);
@@ -942,6 +945,13 @@ static void prefetch_case(const char *mib)
         pb_free(&x);
         pb_free(&y1);
         pb_free(&y2);
+    }
+    for (int i = 0; i < 4; i++) { /* and against the CPU */
+        char label[96];
+        snprintf(label, sizeof label, "matmul after prefetch (%s=%s)", var ? var : "defaults",
+                 var ? val : "");
+        check_matmul(&w[i], 1, label);
+        check_matmul(&w[i], 7, label);
     }
     const cairn_bmat *one = &w[0].g;
     assert_int_equal(G->i->prefetch(G, &one, 0, &err), CAIRN_EINVAL);
@@ -965,8 +975,17 @@ static void test_prefetch(void **state)
 {
     (void)state;
     assert_non_null(G->i->prefetch);
-    prefetch_case(NULL);
-    prefetch_case("1");
+    prefetch_case(NULL, NULL);
+    prefetch_case("CAIRN_CUDA_PREFETCH_MIB", "1");
+    /* each GEMV block's own later weights asked for at its start, every GEMV form */
+    prefetch_case("CAIRN_CUDA_GEMV_PF", "1");
+    setenv("CAIRN_CUDA_GEMV", "block", 1);
+    prefetch_case("CAIRN_CUDA_GEMV_PF", "1");
+    setenv("CAIRN_CUDA_GEMV", "warp", 1);
+    setenv("CAIRN_CUDA_LANE_LAYOUT", "0", 1);
+    prefetch_case("CAIRN_CUDA_GEMV_PF", "1");
+    unsetenv("CAIRN_CUDA_GEMV");
+    unsetenv("CAIRN_CUDA_LANE_LAYOUT");
 }
 
 /* logits: the flagged rows, normalised, projected, into host memory in batch order. The

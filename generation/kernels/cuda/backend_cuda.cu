@@ -874,6 +874,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *pm = getenv("CAIRN_CUDA_PREFETCH_MIB"), *pl = getenv("CAIRN_CUDA_PREFETCH_LAST");
     const long pf_mib = pm && *pm ? strtol(pm, NULL, 10) : -1;
     c->pf_last = pl && !strcmp(pl, "1");
+    const char *gp = getenv("CAIRN_CUDA_GEMV_PF");
+    c->gemv_pf = gp && !strcmp(gp, "1");
     c->skip = skip_of(getenv("CAIRN_CUDA_SKIP"));
     const char *as = getenv("CAIRN_CUDA_ATTN_SPLITS");
     const long asn = as && *as ? strtol(as, NULL, 10) : 0;

@@ -301,6 +301,8 @@ typedef struct cairn__cuda {
      * with the evict-last policy (CAIRN_CUDA_PREFETCH_LAST=1). */
     size_t pf_cap;
     bool pf_last;
+    bool gemv_pf; /* CAIRN_CUDA_GEMV_PF=1: each GEMV block asks for its own later weights in L2
+                     as it starts (matmul.cu, l2_ask) */
     int attn_split_max; /* the most splits of a token's keys (CAIRN_CUDA_ATTN_SPLITS=1-64;
                            default 64) */
     /* CAIRN_CUDA_SKIP=qkv,attn,add_norm,gated: a switch for measuring what each stage costs

@@ -349,7 +349,27 @@ struct gemv_set {
     float *y[GEMV_SET]; /* y[i][t * m[i].rows + r] */
     unsigned blk_end[GEMV_SET];
     int n;
+    bool pf; /* CAIRN_CUDA_GEMV_PF: a block asks for its later trips' weights in L2 at its start */
 };
+
+/* Bytes [from, to) after p into L2 at once (cp.async.bulk.prefetch; sm_90 on, else nothing),
+ * the first and last 16-byte units that are only partly inside left out. */
+static __device__ __forceinline__ void l2_ask(const uint8_t *p, int64_t from, int64_t to)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uintptr_t a = ((uintptr_t)(p + from) + 15) & ~(uintptr_t)15;
+    const uintptr_t e = (uintptr_t)(p + to) & ~(uintptr_t)15;
+    while (a < e) {
+        const uint32_t n = e - a < ((uintptr_t)1 << 20) ? (uint32_t)(e - a) : (1u << 20);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(n) : "memory");
+        a += n;
+    }
+#else
+    (void)p;
+    (void)from;
+    (void)to;
+#endif
+}
 
 /* This block's matrix, its output and the block's index within that matrix. */
 static __device__ __forceinline__ int set_pick(const gemv_set &s, cairn__mat_dev &m, float *&y,
@@ -375,9 +395,11 @@ static __device__ __forceinline__ int set_pick(const gemv_set &s, cairn__mat_dev
 template <uint32_t TYPE, int NT, int R>
 static __device__ __forceinline__ void gemv_walk(const cairn__mat_dev &m, const act_dev &a,
                                                  int nt, int64_t row0, int nr, int tid, int step,
-                                                 float (&acc)[R][NT])
+                                                 bool pf, float (&acc)[R][NT])
 {
     constexpr int U = 2;
+    if (pf && tid == 0 && !m.lane) /* rows whole: the nr rows' q plane is one run */
+        l2_ask(m.q, row0 * m.qrow, (row0 + nr) * m.qrow);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -439,7 +461,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         return;
     const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
     float acc[R][NT];
-    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, lane, 32, acc);
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, lane, 32, s.pf, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -476,7 +498,7 @@ __global__ void __launch_bounds__(TH)
     const int64_t row0 = blk * R;
     const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
     float acc[R][NT];
-    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, TH, acc);
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, TH, s.pf, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -653,6 +675,9 @@ __global__ void __launch_bounds__(W * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t row = g * 32 + lane, n_pieces = m.cols / lane_values<TYPE>();
     const uint8_t *base = m.q + ((g * (m.qrow >> 4)) << 9) + (lane << 4);
+    if (s.pf && threadIdx.x == 0 && n_pieces > W * U) /* the group's units past the first trip */
+        l2_ask(m.q + ((g * (m.qrow >> 4)) << 9), ((int64_t)W * U * lane_units<TYPE>()) << 9,
+               (n_pieces * lane_units<TYPE>()) << 9);
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
@@ -1159,6 +1184,7 @@ static int gemv_passes(cairn__cuda *c, const cairn__cmat *const *w, int n, const
                            x + (int64_t)t0 * cols, cols};
         gemv_set s = {};
         s.n = n;
+        s.pf = c->gemv_pf;
         for (int i = 0; i < n; i++) {
             s.m[i] = cairn__mat_dev_of(w[i]);
             s.y[i] = y[i] + (int64_t)t0 * w[i]->rows;
