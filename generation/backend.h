@@ -45,7 +45,7 @@
 extern "C" {
 #endif
 
-#define CAIRN_BACKEND_VERSION 4
+#define CAIRN_BACKEND_VERSION 3
 #define CAIRN_BACKEND_MAX_GROUPS 4 /* KV layer groups (distinct attention windows) */
 
 typedef struct cairn_backend cairn_backend;
@@ -233,12 +233,6 @@ struct cairn_backend_i {
      * cost nothing to take (the CPU backend). Added in version 3. */
     int (*logits_pick)(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,
                        float *x, int n, const cairn_bpick *picks, cairn_error *err);
-    /* A hint, in the step's order: the next matmul (or logits) reads w[0..n_w). A backend whose
-     * stages run asynchronously may start bringing those weights closer while the stages
-     * before it run (the CUDA backend streams their first bytes into L2 cache beside them).
-     * Results never depend on it. NULL where it would gain nothing (the CPU backend). Added
-     * in version 4. */
-    int (*prefetch)(cairn_backend *be, const cairn_bmat *const *w, int n_w, cairn_error *err);
 };
 
 /*

@@ -659,14 +659,6 @@ static int set_batch(cairn_model_ws *ws, cairn_kv *kv, const cairn_batch *b, cai
     return ws->be->i->batch_set(ws->be, &ws->bb, err);
 }
 
-/* Tells the backend which matrices the next product reads, right after the product before it
- * (backend.h's prefetch: a hint; results never depend on it). */
-static int hint(const cairn_backend_i *B, cairn_backend *be, const cairn_bmat *const *w, int n,
-                cairn_error *err)
-{
-    return B->prefetch ? B->prefetch(be, w, n, err) : 0;
-}
-
 int cairn_model_forward(const cairn_model *m, cairn_model_ws *ws, cairn_kv *kv,
                         const cairn_batch *b, float *logits, cairn_error *err)
 {
@@ -737,9 +729,6 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
         float *qkv_out[3] = {ws->q, ws->k, ws->v};
         if ((rc = B->matmul(be, qkv, 3, ws->h, qkv_out, err)))
             return rc;
-        const cairn_bmat *wo = &D->wo, *wdown = &D->wdown;
-        if ((rc = hint(B, be, &wo, 1, err)))
-            return rc;
         /* Gemma 3 scales q before attention (llama.cpp: ggml_scale(Qcur, f_attention_scale),
          * then a kq scale of 1); the others scale q.k. */
         cairn_bqkv qp = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
@@ -760,9 +749,8 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
         if ((rc = B->attention(be, &ap, ws->q, ws->att, err)))
             return rc;
         TRACE(ws, l, "kqv_out", ws->att, T, hp->n_head * hp->head_dim_v);
-        const cairn_bmat *gu[2] = {&D->wgate, &D->wup};
-        if ((rc = B->matmul(be, &wo, 1, ws->att, &ws->a, err)) ||
-            (rc = hint(B, be, gu, 2, err)))
+        const cairn_bmat *wo = &D->wo, *wdown = &D->wdown;
+        if ((rc = B->matmul(be, &wo, 1, ws->att, &ws->a, err)))
             return rc;
         TRACE(ws, l, "attn_out", ws->a, T, d);
         if ((rc = B->add_norm(be, ws->x, ws->a, D->post_attn_norm, D->ffn_norm, ws->h, d,
@@ -770,9 +758,9 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
             return rc;
         TRACE(ws, l, "sa_out", ws->x, T, d);
         TRACE(ws, l, "ffn_norm", ws->h, T, d);
+        const cairn_bmat *gu[2] = {&D->wgate, &D->wup};
         float *gu_out[2] = {ws->ffa, ws->ffb};
-        if ((rc = B->matmul(be, gu, 2, ws->h, gu_out, err)) ||
-            (rc = hint(B, be, &wdown, 1, err)))
+        if ((rc = B->matmul(be, gu, 2, ws->h, gu_out, err)))
             return rc;
         TRACE(ws, l, "ffn_gate", ws->ffa, T, hp->n_ff);
         TRACE(ws, l, "ffn_up", ws->ffb, T, hp->n_ff);
@@ -781,16 +769,6 @@ int cairn_model_forward_ex(const cairn_model *m, cairn_model_ws *ws, cairn_kv *k
             return rc;
         TRACE(ws, l, "ffn_act", ws->ffa, T, hp->n_ff);
         if ((rc = B->matmul(be, &wdown, 1, ws->ffa, &ws->a, err)))
-            return rc;
-        if (l + 1 < hp->n_layer) {
-            const dev_layer *N = &ws->layers[l + 1];
-            const cairn_bmat *nq[3] = {&N->wq, &N->wk, &N->wv};
-            rc = hint(B, be, nq, 3, err);
-        } else {
-            const cairn_bmat *out = &ws->output;
-            rc = hint(B, be, &out, 1, err);
-        }
-        if (rc)
             return rc;
         TRACE(ws, l, "ffn_out", ws->a, T, d);
         const float *next = l + 1 < hp->n_layer ? ws->layers[l + 1].attn_norm : NULL;

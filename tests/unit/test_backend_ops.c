@@ -895,99 +895,6 @@ static void test_matmul_shared(void **state)
     unsetenv("CAIRN_CUDA_GEMV");
 }
 
-/*
- * The prefetch hint (backend.h) and CAIRN_CUDA_GEMV_PF: a product after a hint equals the same
- * product without it, bit for bit, and the CPU's within test_matmul's tolerances, whether the
- * hint covers the matrices whole (the default: half the L2 cache) or only their first bytes
- * (CAIRN_CUDA_PREFETCH_MIB=1: a share of each plane), for a set of two types' planes (Q4_K:
- * one plane; Q6_K and Q8_0: two) and a float type, at decode sizes and past them (33 tokens:
- * the products read the BF16 cache, the hint takes nothing). Bad calls are refused.
- */
-static void prefetch_case(const char *var, const char *val)
-{
-    cairn_backend *keep = G;
-    cairn_error err = {0};
-    if (var)
-        setenv(var, val, 1);
-    ok(cairn_backend_cuda_open(&G, 0, &err), &err, "cuda open");
-    if (var)
-        unsetenv(var);
-    static const uint32_t types[] = {CAIRN_GGUF_Q4_K, CAIRN_GGUF_Q6_K, CAIRN_GGUF_Q8_0,
-                                     CAIRN_GGUF_BF16};
-    wmat w[4];
-    for (int i = 0; i < 4; i++)
-        wmat_make(&w[i], "blk.0.ffn_gate.weight", types[i], 2113, 2304, CAIRN_BMAT_MATMUL);
-    reserve_both();
-    static const int counts[] = {1, 7, 33};
-    for (size_t k = 0; k < 3; k++) {
-        const int T = counts[k];
-        tbatch tb;
-        tbatch_simple(&tb, T, 16);
-        set_batch(&tb);
-        const size_t nx = (size_t)T * 2304, ny = (size_t)T * 2113;
-        pbuf x = pb_rand(nx, 1.0f), y1 = pb_rand(ny, 1.0f), y2 = pb_rand(ny, 1.0f);
-        for (int i = 0; i < 4; i++) {
-            const cairn_bmat *set[2] = {&w[i].g, &w[(i + 1) % 4].g};
-            product_of(&w[i], x.g, y1.g);
-            ok(G->i->prefetch(G, set, 2, &err), &err, "prefetch");
-            product_of(&w[i], x.g, y2.g);
-            float *g1 = xmalloc(sizeof(float) * ny), *g2 = xmalloc(sizeof(float) * ny);
-            ok(G->i->download(G, g1, y1.g, sizeof(float) * ny, &err), &err, "download");
-            ok(G->i->download(G, g2, y2.g, sizeof(float) * ny, &err), &err, "download");
-            char what[96];
-            snprintf(what, sizeof what, "%s product after a prefetch (%s=%s), T=%d",
-                     cairn_gguf_type_name(types[i]), var ? var : "defaults", var ? val : "",
-                     T);
-            expect_same_floats(what, g1, g2, ny);
-            free(g1);
-            free(g2);
-        }
-        pb_free(&x);
-        pb_free(&y1);
-        pb_free(&y2);
-    }
-    for (int i = 0; i < 4; i++) { /* and against the CPU */
-        char label[96];
-        snprintf(label, sizeof label, "matmul after prefetch (%s=%s)", var ? var : "defaults",
-                 var ? val : "");
-        check_matmul(&w[i], 1, label);
-        check_matmul(&w[i], 7, label);
-    }
-    const cairn_bmat *one = &w[0].g;
-    assert_int_equal(G->i->prefetch(G, &one, 0, &err), CAIRN_EINVAL);
-    const cairn_bmat *nine[9];
-    for (int i = 0; i < 9; i++)
-        nine[i] = one;
-    assert_int_equal(G->i->prefetch(G, nine, 9, &err), CAIRN_EINVAL);
-    cairn_bmat none;
-    memset(&none, 0, sizeof none);
-    const cairn_bmat *unloaded = &none;
-    assert_int_equal(G->i->prefetch(G, &unloaded, 1, &err), CAIRN_EINVAL);
-    assert_non_null(strstr(err.msg, "not loaded"));
-    for (int i = 0; i < 4; i++)
-        wmat_free(&w[i]);
-    cairn_backend_close(G);
-    G = keep;
-    reserve_both();
-}
-
-static void test_prefetch(void **state)
-{
-    (void)state;
-    assert_non_null(G->i->prefetch);
-    prefetch_case(NULL, NULL);
-    prefetch_case("CAIRN_CUDA_PREFETCH_MIB", "1");
-    /* each GEMV block's own later weights asked for at its start, every GEMV form */
-    prefetch_case("CAIRN_CUDA_GEMV_PF", "1");
-    setenv("CAIRN_CUDA_GEMV", "block", 1);
-    prefetch_case("CAIRN_CUDA_GEMV_PF", "1");
-    setenv("CAIRN_CUDA_GEMV", "warp", 1);
-    setenv("CAIRN_CUDA_LANE_LAYOUT", "0", 1);
-    prefetch_case("CAIRN_CUDA_GEMV_PF", "1");
-    unsetenv("CAIRN_CUDA_GEMV");
-    unsetenv("CAIRN_CUDA_LANE_LAYOUT");
-}
-
 /* logits: the flagged rows, normalised, projected, into host memory in batch order. The
  * tolerances are the products' (the norm adds FP32 rounding only). */
 static void test_logits(void **state)
@@ -1731,7 +1638,6 @@ int main(void)
         cmocka_unit_test(test_bf16_cache),
         cmocka_unit_test(test_matmul_shared),
         cmocka_unit_test(test_fused_quantization),
-        cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_logits_pick),
         cmocka_unit_test(test_qkv_attention),

@@ -808,7 +808,6 @@ static const cairn_backend_i cuda_table = {
     .logits = cairn__graph_logits,
     .layer_done = cu_layer_done,
     .logits_pick = cairn__graph_logits_pick,
-    .prefetch = cairn__graph_prefetch,
 };
 
 /* CAIRN_CUDA_SKIP's stage names into CAIRN__ST_* bits (unknown names: none). */
@@ -816,7 +815,7 @@ static unsigned skip_of(const char *e)
 {
     static const struct { const char *name; int stage; } names[] = {
         {"qkv", CAIRN__ST_QKV}, {"attn", CAIRN__ST_ATTN}, {"add_norm", CAIRN__ST_ADD_NORM},
-        {"gated", CAIRN__ST_GATED}, {"prefetch", CAIRN__ST_PREFETCH}};
+        {"gated", CAIRN__ST_GATED}};
     unsigned bits = 0;
     for (size_t i = 0; e && i < sizeof names / sizeof names[0]; i++) {
         const size_t n = strlen(names[i].name);
@@ -869,20 +868,13 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->tile_overlap = !(to && !strcmp(to, "0"));
     const char *bc = getenv("CAIRN_CUDA_BF16_CACHE"); /* "0": tiles for every product */
     c->bf16_cache = !(bc && !strcmp(bc, "0"));
-    /* The prefetch hint's bytes (0-1024 MiB; else half the L2 cache, set below), and its
-     * policy. */
-    const char *pm = getenv("CAIRN_CUDA_PREFETCH_MIB"), *pl = getenv("CAIRN_CUDA_PREFETCH_LAST");
-    const long pf_mib = pm && *pm ? strtol(pm, NULL, 10) : -1;
-    c->pf_last = pl && !strcmp(pl, "1");
-    const char *gp = getenv("CAIRN_CUDA_GEMV_PF");
-    c->gemv_pf = gp && !strcmp(gp, "1");
     c->skip = skip_of(getenv("CAIRN_CUDA_SKIP"));
-    const char *as = getenv("CAIRN_CUDA_ATTN_SPLITS");
-    const long asn = as && *as ? strtol(as, NULL, 10) : 0;
-    c->attn_split_max = asn >= 1 && asn <= 64 ? (int)asn : 64;
     if (c->skip)
         fprintf(stderr, "cuda backend: CAIRN_CUDA_SKIP=%s: those stages launch nothing, so "
                 "results are wrong (for measuring only)\n", getenv("CAIRN_CUDA_SKIP"));
+    const char *as = getenv("CAIRN_CUDA_ATTN_SPLITS");
+    const long asn = as && *as ? strtol(as, NULL, 10) : 0;
+    c->attn_split_max = asn >= 1 && asn <= 64 ? (int)asn : 64;
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);
@@ -917,12 +909,6 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     c->smem_optin = prop.sharedMemPerBlockOptin;
     c->pdl = c->pdl && prop.major >= 9;
     c->pdl_all = c->pdl_all && c->pdl;
-    if (prop.major < 9) /* cp.async.bulk.prefetch is Hopper's */
-        c->pf_cap = 0;
-    else if (pf_mib >= 0 && pf_mib <= 1024)
-        c->pf_cap = (size_t)pf_mib << 20;
-    else
-        c->pf_cap = (size_t)prop.l2CacheSize / 2;
     /* prop.name is at most 256 bytes; desc may cut a very long name short */
     snprintf(c->desc, sizeof c->desc, "%.200s, sm_%d%d, %zu MiB", prop.name, prop.major,
              prop.minor, (size_t)(prop.totalGlobalMem >> 20));

@@ -176,7 +176,6 @@ enum {
     CAIRN__ST_ADD_NORM,
     CAIRN__ST_GATED,
     CAIRN__ST_LOGITS,
-    CAIRN__ST_PREFETCH,
 };
 #define CAIRN__CALL_MATS 8
 
@@ -196,7 +195,6 @@ typedef struct cairn__call {
         struct { float *x, *a, *h; const float *post, *next; int n; float eps; } add_norm;
         struct { float *a; const float *b; int n, act; } gated;
         struct { const cairn_bmat *w; const float *norm; float *x; int n; float eps; } logits;
-        struct { const cairn_bmat *w[CAIRN__CALL_MATS]; int n_w; } prefetch;
     } u;
 } cairn__call;
 
@@ -296,13 +294,6 @@ typedef struct cairn__cuda {
                        compute capability 9.0 and later unless CAIRN_CUDA_PDL=0 */
     bool pdl_all;   /* and so do the stages between them (the norms, qkv, attention, the
                        gated activation), unless CAIRN_CUDA_PDL=gemv */
-    /* prefetch: the bytes of the hinted matrices streamed into L2 at most
-     * (CAIRN_CUDA_PREFETCH_MIB; 0: none; compute capability 9.0 and later only), and whether
-     * with the evict-last policy (CAIRN_CUDA_PREFETCH_LAST=1). */
-    size_t pf_cap;
-    bool pf_last;
-    bool gemv_pf; /* CAIRN_CUDA_GEMV_PF=1: each GEMV block asks for its own later weights in L2
-                     as it starts (matmul.cu, l2_ask) */
     int attn_split_max; /* the most splits of a token's keys (CAIRN_CUDA_ATTN_SPLITS=1-64;
                            default 64) */
     /* CAIRN_CUDA_SKIP=qkv,attn,add_norm,gated: a switch for measuring what each stage costs
@@ -387,8 +378,6 @@ int cairn__graph_attention(cairn_backend *be, const cairn_battn *p, const float 
                            cairn_error *err);
 int cairn__graph_add_norm(cairn_backend *be, float *x, float *a, const float *post,
                           const float *next, float *h, int n, float eps, cairn_error *err);
-int cairn__graph_prefetch(cairn_backend *be, const cairn_bmat *const *w, int n_w,
-                          cairn_error *err);
 int cairn__graph_gated(cairn_backend *be, float *a, const float *b, int n, int act,
                        cairn_error *err);
 int cairn__graph_logits_pick(cairn_backend *be, const cairn_bmat *w, const float *norm,
@@ -402,9 +391,6 @@ int cairn__graph_logits(cairn_backend *be, const cairn_bmat *w, const float *nor
 /* matmul.cu: y[i] (n_tok rows of w[i]->rows, token-major) = w[i] x (n_tok rows of w[i]->cols). */
 int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, const float *x,
                        float *const *y, cairn_error *err);
-/* matmul.cu: backend.h's prefetch hint. */
-int cairn__cuda_prefetch(cairn_backend *be, const cairn_bmat *const *w, int n_w,
-                         cairn_error *err);
 /* picks NULL: whole rows into out_host; else each row as its pick asks (sample.cu), kmax
  * being cairn__cuda_pick_kmax's for them (0 without). */
 int cairn__cuda_logits(cairn_backend *be, const cairn_bmat *w, const float *norm, float eps,

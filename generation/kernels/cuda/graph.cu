@@ -77,8 +77,6 @@ static int dispatch(cairn__cuda *c, const cairn__call *k, cairn_error *err)
     case CAIRN__ST_GATED:
         return cairn__cuda_gated(be, k->u.gated.a, k->u.gated.b, k->u.gated.n, k->u.gated.act,
                                  err);
-    case CAIRN__ST_PREFETCH:
-        return cairn__cuda_prefetch(be, k->u.prefetch.w, k->u.prefetch.n_w, err);
     default: /* logits are never re-run from the record: graph_logits runs them itself */
         return cairn_errorf(err, CAIRN_ESTATE, "cuda backend: stage %d cannot be replayed",
                             k->stage);
@@ -411,20 +409,6 @@ int cairn__graph_add_norm(cairn_backend *be, float *x, float *a, const float *po
     k.u.add_norm.next = next;
     k.u.add_norm.n = n;
     k.u.add_norm.eps = eps;
-    return stage(c, &k, err);
-}
-
-int cairn__graph_prefetch(cairn_backend *be, const cairn_bmat *const *w, int n_w,
-                          cairn_error *err)
-{
-    cairn__call k;
-    cairn__cuda *c = enter(be, &k, CAIRN__ST_PREFETCH);
-    if (n_w < 1 || n_w > CAIRN__CALL_MATS)
-        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: prefetch of %d matrices (1..%d)",
-                            n_w, CAIRN__CALL_MATS);
-    for (int i = 0; i < n_w; i++)
-        k.u.prefetch.w[i] = w[i];
-    k.u.prefetch.n_w = n_w;
     return stage(c, &k, err);
 }
 

@@ -349,27 +349,7 @@ struct gemv_set {
     float *y[GEMV_SET]; /* y[i][t * m[i].rows + r] */
     unsigned blk_end[GEMV_SET];
     int n;
-    bool pf; /* CAIRN_CUDA_GEMV_PF: a block asks for its later trips' weights in L2 at its start */
 };
-
-/* Bytes [from, to) after p into L2 at once (cp.async.bulk.prefetch; sm_90 on, else nothing),
- * the first and last 16-byte units that are only partly inside left out. */
-static __device__ __forceinline__ void l2_ask(const uint8_t *p, int64_t from, int64_t to)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    uintptr_t a = ((uintptr_t)(p + from) + 15) & ~(uintptr_t)15;
-    const uintptr_t e = (uintptr_t)(p + to) & ~(uintptr_t)15;
-    while (a < e) {
-        const uint32_t n = e - a < ((uintptr_t)1 << 20) ? (uint32_t)(e - a) : (1u << 20);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(n) : "memory");
-        a += n;
-    }
-#else
-    (void)p;
-    (void)from;
-    (void)to;
-#endif
-}
 
 /* This block's matrix, its output and the block's index within that matrix. */
 static __device__ __forceinline__ int set_pick(const gemv_set &s, cairn__mat_dev &m, float *&y,
@@ -395,11 +375,9 @@ static __device__ __forceinline__ int set_pick(const gemv_set &s, cairn__mat_dev
 template <uint32_t TYPE, int NT, int R>
 static __device__ __forceinline__ void gemv_walk(const cairn__mat_dev &m, const act_dev &a,
                                                  int nt, int64_t row0, int nr, int tid, int step,
-                                                 bool pf, float (&acc)[R][NT])
+                                                 float (&acc)[R][NT])
 {
     constexpr int U = 2;
-    if (pf && tid == 0 && !m.lane) /* rows whole: the nr rows' q plane is one run */
-        l2_ask(m.q, row0 * m.qrow, (row0 + nr) * m.qrow);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -461,7 +439,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         return;
     const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
     float acc[R][NT];
-    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, lane, 32, s.pf, acc);
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, lane, 32, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -498,7 +476,7 @@ __global__ void __launch_bounds__(TH)
     const int64_t row0 = blk * R;
     const int nr = m.rows - row0 < R ? (int)(m.rows - row0) : R;
     float acc[R][NT];
-    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, TH, s.pf, acc);
+    gemv_walk<TYPE, NT, R>(m, a, nt, row0, nr, tid, TH, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -675,9 +653,6 @@ __global__ void __launch_bounds__(W * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t row = g * 32 + lane, n_pieces = m.cols / lane_values<TYPE>();
     const uint8_t *base = m.q + ((g * (m.qrow >> 4)) << 9) + (lane << 4);
-    if (s.pf && threadIdx.x == 0 && n_pieces > W * U) /* the group's units past the first trip */
-        l2_ask(m.q + ((g * (m.qrow >> 4)) << 9), ((int64_t)W * U * lane_units<TYPE>()) << 9,
-               (n_pieces * lane_units<TYPE>()) << 9);
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
@@ -1184,7 +1159,6 @@ static int gemv_passes(cairn__cuda *c, const cairn__cmat *const *w, int n, const
                            x + (int64_t)t0 * cols, cols};
         gemv_set s = {};
         s.n = n;
-        s.pf = c->gemv_pf;
         for (int i = 0; i < n; i++) {
             s.m[i] = cairn__mat_dev_of(w[i]);
             s.y[i] = y[i] + (int64_t)t0 * w[i]->rows;
@@ -1450,113 +1424,6 @@ int cairn__cuda_matmul(cairn_backend *be, const cairn_bmat *const *w, int n_w, c
         if (c->q8_src && y[i] < c->q8_src + (size_t)T * (size_t)cols &&
             c->q8_src < y[i] + (size_t)T * (size_t)m[i]->rows)
             cairn__cuda_q8_forget(c);
-    return 0;
-}
-
-/* ---- The prefetch hint ----------------------------------------------------------------------- */
-
-/*
- * backend.h's prefetch. A decode layer's products are separated by stages that read next to
- * nothing from memory (RoPE and the cache write, attention over a short context, the norms, the
- * gated activation), and each waits for the one before: HBM idles while they run, beyond what
- * the next product's first loads (cairn__pdl_wait) bring in. So the stage after a product
- * streams the first bytes of the next product's planes into L2 (cp.async.bulk.prefetch, one
- * PF_CHUNK a thread at a time), and that product then finds them there. Started beside the
- * product before (programmatic dependent launch), it waits for that product at its end, so that
- * the stages after it still see every write before them.
- */
-#define PF_RANGES (3 * CAIRN__CALL_MATS)
-#define PF_CHUNK ((uint32_t)32 << 10)
-
-struct pf_set {
-    const uint8_t *p[PF_RANGES];
-    uint32_t n[PF_RANGES];         /* bytes, multiples of 16 */
-    uint32_t first[PF_RANGES + 1]; /* each range's first chunk; first[count]: all of them */
-    int count;
-    bool last; /* the evict-last policy */
-};
-
-__global__ void l2_prefetch(pf_set s)
-{
-    cairn__pdl_trigger();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const uint32_t nth = gridDim.x * blockDim.x, tid = blockIdx.x * blockDim.x + threadIdx.x;
-    uint64_t pol = 0;
-    if (s.last)
-        asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
-    int r = 0;
-    for (uint32_t k = tid; k < s.first[s.count]; k += nth) {
-        while (k >= s.first[r + 1])
-            r++;
-        const uint32_t off = (k - s.first[r]) * PF_CHUNK;
-        const uint32_t n = min(PF_CHUNK, s.n[r] - off);
-        const uint8_t *a = s.p[r] + off;
-        if (s.last)
-            asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
-                         ::"l"(a), "r"(n), "l"(pol) : "memory");
-        else
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(n)
-                         : "memory");
-    }
-#endif
-    cairn__pdl_wait();
-}
-
-/* Range of a plane's first bytes bytes into s (none when 0). */
-static void pf_add(pf_set &s, const void *p, size_t bytes)
-{
-    bytes &= ~(size_t)15;
-    if (!p || !bytes || s.count == PF_RANGES)
-        return;
-    s.p[s.count] = (const uint8_t *)p;
-    s.n[s.count] = (uint32_t)bytes;
-    s.first[s.count + 1] = s.first[s.count] + (uint32_t)((bytes + PF_CHUNK - 1) / PF_CHUNK);
-    s.count++;
-}
-
-int cairn__cuda_prefetch(cairn_backend *be, const cairn_bmat *const *w, int n_w,
-                         cairn_error *err)
-{
-    cairn__cuda *c = cairn__cu(be);
-    int rc = cairn__cuda_need_batch(c, "prefetch", err);
-    if (rc || (rc = cairn__cuda_enter(c, err)))
-        return rc;
-    if (n_w < 1 || n_w > CAIRN__CALL_MATS)
-        return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: prefetch of %d matrices (1..%d)",
-                            n_w, CAIRN__CALL_MATS);
-    pf_set s;
-    memset(&s, 0, sizeof s);
-    s.last = c->pf_last;
-    size_t left = c->pf_cap;
-    for (int i = 0; i < n_w; i++) {
-        const cairn__cmat *m = (const cairn__cmat *)w[i]->priv;
-        if (!m)
-            return cairn_errorf(err, CAIRN_EINVAL, "cuda backend: prefetch matrix %d is not "
-                                "loaded", i);
-        /* Past the GEMV's tokens a product reads the BF16 cache or tiles, not the planes. */
-        if (!left || c->n_tokens > gemv_max_tokens(m->type))
-            continue;
-        size_t qb, db, hb;
-        cairn__plane_bytes(m->type, m->cols, &qb, &db, &hb);
-        const size_t rows = (size_t)m->rows, q_rows = m->lane ? (rows + 31) / 32 * 32 : rows;
-        const size_t plane[3] = {qb * q_rows, db * rows, hb * rows};
-        const void *ptr[3] = {m->q, m->d, m->qh};
-        const size_t total = plane[0] + plane[1] + plane[2];
-        const size_t take = total < left ? total : left;
-        /* the same share of each plane: the first rows' blocks are what the first blocks of
-         * the product read */
-        for (int j = 0; j < 3; j++)
-            pf_add(s, ptr[j], take == total ? plane[j]
-                                            : (size_t)((double)plane[j] * take / total));
-        left -= take;
-    }
-    if (!s.count)
-        return 0;
-    const uint32_t chunks = s.first[s.count];
-    const unsigned blocks = (unsigned)((chunks + 31) / 32 < (uint32_t)c->n_sm ? (chunks + 31) / 32
-                                                                             : c->n_sm);
-    cairn__launch(c->pdl_all, l2_prefetch, dim3(blocks), dim3(32), 0, c->stream, s);
-    CU_LAUNCHED(err, "l2_prefetch");
     return 0;
 }
 

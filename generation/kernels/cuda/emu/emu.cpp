@@ -187,7 +187,6 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int)
     p->totalGlobalMem = TOTAL;
     p->multiProcessorCount = 132; /* an H100's, so that the same launch shapes come out */
     p->sharedMemPerBlockOptin = 232448;
-    p->l2CacheSize = 50 << 20;
     return cudaSuccess;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)

@@ -149,7 +149,6 @@ struct cudaDeviceProp {
     size_t totalGlobalMem;
     int multiProcessorCount;
     size_t sharedMemPerBlockOptin;
-    int l2CacheSize;
 };
 enum {
     cudaStreamNonBlocking = 1,
