@@ -51,6 +51,8 @@ struct attn_args {
     int n_split;
     int t_base; /* the launch covers batch tokens t_base + blockIdx.z */
     bool vec;   /* K and V rows in 16-byte loads (attn_vec_ok) */
+    bool one_block; /* attn_short instead of attn_tile (and its merge) */
+    size_t smem;    /* the dynamic shared memory of the kernel that runs */
     float *part; /* n_split > 1: partial o, rows of hd; then (m, l) pairs from part_ml */
     float *part_ml;
     int8_t *q8; /* the output's quantized form too (put_out), by attn_tile when unsplit, else
@@ -86,16 +88,17 @@ static __device__ __forceinline__ int block_of(const int32_t *table, int p, int 
  * values a load (rows are 4-byte aligned: hd even), one load and one store a trip, which paid a
  * round trip a trip (sixteen at hd 128).
  */
+template <int NTH = ATTN_THREADS>
 static __device__ __forceinline__ void tile_rows_vec(const attn_args &a, const int32_t *table,
                                                      int kb, int nk, int64_t hoff, __half *ks,
                                                      __half *vs)
 {
     const int hs = a.hd + 2, h8 = a.hd / 8, n8 = nk * h8, tid = threadIdx.x;
-    for (int i0 = 0; i0 < n8; i0 += ATTN_VL * ATTN_THREADS) {
+    for (int i0 = 0; i0 < n8; i0 += ATTN_VL * NTH) {
         int4 kk[ATTN_VL], vv[ATTN_VL];
 #pragma unroll
         for (int u = 0; u < ATTN_VL; u++) {
-            const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
+            const int i = i0 + u * NTH + tid, j = i / h8, c = i - j * h8;
             kk[u] = vv[u] = make_int4(0, 0, 0, 0);
             const int blk = i < n8 ? block_of(table, kb + j, a.bt, a.max_table) : -1;
             if (blk >= 0) {
@@ -107,7 +110,7 @@ static __device__ __forceinline__ void tile_rows_vec(const attn_args &a, const i
         }
 #pragma unroll
         for (int u = 0; u < ATTN_VL; u++) {
-            const int i = i0 + u * ATTN_THREADS + tid, j = i / h8, c = i - j * h8;
+            const int i = i0 + u * NTH + tid, j = i / h8, c = i - j * h8;
             if (i < n8) { /* padded rows are 4-byte aligned: four stores of two */
                 const int w[4] = {kk[u].x, kk[u].y, kk[u].z, kk[u].w};
                 const int x[4] = {vv[u].x, vv[u].y, vv[u].z, vv[u].w};
@@ -290,6 +293,151 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
     }
 }
 
+/*
+ * The one-block form, for steps whose positions are all below CAIRN__ATTN_SHORT (decode over a
+ * short context, the common case of a chat turn's first hundred tokens): a block takes one
+ * (token, KV head) and all of the token's keys at once. The tile path above walks keys in
+ * tiles of 32, each a round trip to memory and four barriers, and splits them over blocks with
+ * a merge kernel after; for a hundred keys that chain, not the bytes, set attention's time (an
+ * H100, Llama-3-8B shapes, batch 1 at ~50 keys: 13.6 us a layer, CAIRN_CUDA_SKIP=attn).
+ * Here the token's position, slot and queries load together, then every K and V row of its
+ * keys in one round trip (16-byte loads, ATTN_VL in flight a thread); a warp a key computes
+ * the G scores (its lanes over the head's values, the sums by shuffles); a warp a query head
+ * takes the softmax over all keys at once; and a thread a pair of output values sums P V and
+ * leaves the output (and its int8 form for the output product) in place.
+ * Same arithmetic as the tile path: FP32 scores, exponentials and sums over the F16 cache.
+ */
+#define SHORT_THREADS 256
+#define SHORT_GMAX 8 /* query heads a KV head at most (a lane keeps a sum for each) */
+
+/* Values 2i, 2i + 1 of the output rows, and their int8 form when q is set: each half-warp's 16
+ * lanes hold a 32-value block (every lane of the warp calls; the sums stay in the half-warp).
+ * The same rounding as cairn__q8_lane's. */
+static __device__ __forceinline__ void put_pair(float *out, int8_t *q, float2 *ds, int64_t i,
+                                                float v0, float v1, bool live)
+{
+    if (live) {
+        out[2 * i] = v0;
+        out[2 * i + 1] = v1;
+    }
+    if (!q)
+        return;
+    float amax = fmaxf(fabsf(v0), fabsf(v1));
+    for (int o = 8; o > 0; o >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q0 = __float2int_rn(v0 * id), q1 = __float2int_rn(v1 * id);
+    int sum = q0 + q1;
+    for (int o = 8; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (live) {
+        q[2 * i] = (int8_t)q0;
+        q[2 * i + 1] = (int8_t)q1;
+        if ((threadIdx.x & 15) == 0) {
+            const float d = __half2float(__float2half_rn(amax / 127.0f));
+            ds[i / 16] = make_float2(d, d * (float)sum);
+        }
+    }
+}
+
+__global__ void __launch_bounds__(SHORT_THREADS) attn_short(attn_args a)
+{
+    cairn__pdl_stage();
+    extern __shared__ float smem[];
+    const int G = a.G, hd = a.hd, h2 = hd / 2, hs = hd + 2;
+    float *qs = smem;                         /* G x hd queries */
+    float *ps = qs + G * hd;                  /* G x CAIRN__ATTN_SHORT scores, probabilities */
+    float *inv = ps + G * CAIRN__ATTN_SHORT;  /* G: 1 / the sum of the head's exponentials */
+    __half *ks = (__half *)(inv + SHORT_GMAX); /* keys x hs: K rows */
+    __half *vs = ks + CAIRN__ATTN_SHORT * hs;  /* V rows */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = SHORT_THREADS / 32;
+    const int kvh = blockIdx.x, t = a.t_base + blockIdx.y;
+    const int pos = a.pos[t], slot = a.slot[t];
+    const float *qt = a.q + ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
+    for (int i = tid; i < G * hd; i += SHORT_THREADS)
+        qs[i] = qt[i];
+    int lo = a.window ? pos - a.window + 1 : 0;
+    lo = lo < 0 ? 0 : lo;
+    const int nk = pos - lo + 1; /* <= CAIRN__ATTN_SHORT: the host's test */
+    const int32_t *table = a.tables + ((int64_t)a.group * a.n_seqs + slot) * a.max_table;
+    tile_rows_vec<SHORT_THREADS>(a, table, lo, nk, (int64_t)kvh * hd, ks, vs);
+    __syncthreads();
+
+    /* Scores: a warp a key, lane l over the value pairs l, l + 32, ... of the row. */
+    for (int j = warp; j < nk; j += nw) {
+        float acc[SHORT_GMAX];
+#pragma unroll
+        for (int g = 0; g < SHORT_GMAX; g++)
+            acc[g] = 0.0f;
+        const __half2 *kr = (const __half2 *)(ks + j * hs);
+        for (int c = lane; c < h2; c += 32) {
+            const float2 k2 = __half22float2(kr[c]);
+#pragma unroll
+            for (int g = 0; g < SHORT_GMAX; g++)
+                if (g < G) {
+                    const float2 q2 = ((const float2 *)(qs + g * hd))[c];
+                    acc[g] = fmaf(q2.x, k2.x, fmaf(q2.y, k2.y, acc[g]));
+                }
+        }
+        const bool live = block_of(table, lo + j, a.bt, a.max_table) >= 0;
+#pragma unroll
+        for (int g = 0; g < SHORT_GMAX; g++)
+            if (g < G) {
+                const float sc = cairn__warp_sum(acc[g]);
+                if (lane == g)
+                    ps[g * CAIRN__ATTN_SHORT + j] = live ? a.scale * sc : -INFINITY;
+            }
+    }
+    __syncthreads();
+    /* Softmax: a warp a query head, over all its keys. */
+    for (int g = warp; g < G; g += nw) {
+        float *pg = ps + g * CAIRN__ATTN_SHORT;
+        float m = -INFINITY;
+        for (int j = lane; j < nk; j += 32)
+            m = fmaxf(m, pg[j]);
+        m = cairn__warp_max(m);
+        float l = 0.0f;
+        for (int j = lane; j < nk; j += 32) {
+            const float p = m == -INFINITY ? 0.0f : expf(pg[j] - m);
+            pg[j] = p;
+            l += p;
+        }
+        l = cairn__warp_sum(l);
+        if (lane == 0)
+            inv[g] = l > 0.0f ? 1.0f / l : 0.0f;
+    }
+    __syncthreads();
+    /* o = P V / l: thread i takes values 2c, 2c + 1 of head g (i = g h2 + c); the loop runs
+     * whole warps (put_pair's shuffles). */
+    const int n2 = G * h2, n2w = (n2 + 31) / 32 * 32;
+    const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * h2; /* in pairs */
+    for (int i = tid; i < n2w; i += SHORT_THREADS) {
+        const bool live = i < n2;
+        const int g = live ? i / h2 : 0, c = live ? i - g * h2 : 0;
+        const float *pg = ps + g * CAIRN__ATTN_SHORT;
+        float2 acc[4] = {};
+        int j = 0;
+        for (; j + 4 <= nk; j += 4)
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const float p = pg[j + u];
+                const float2 v2 = __half22float2(((const __half2 *)(vs + (j + u) * hs))[c]);
+                acc[u].x = fmaf(p, v2.x, acc[u].x);
+                acc[u].y = fmaf(p, v2.y, acc[u].y);
+            }
+        for (; j < nk; j++) {
+            const float p = pg[j];
+            const float2 v2 = __half22float2(((const __half2 *)(vs + j * hs))[c]);
+            acc[0].x = fmaf(p, v2.x, acc[0].x);
+            acc[0].y = fmaf(p, v2.y, acc[0].y);
+        }
+        const float il = inv[g];
+        put_pair(a.out, a.q8, a.q8_ds, o0 + i,
+                 ((acc[0].x + acc[1].x) + (acc[2].x + acc[3].x)) * il,
+                 ((acc[0].y + acc[1].y) + (acc[2].y + acc[3].y)) * il, live);
+    }
+}
+
 /* One block per (query head, token): the log-sum-exp merge of its splits. Warp 0 reads the
  * splits' (m, l) pairs a lane each and leaves each split's weight e^(m_s - M) in shared
  * memory; then every thread sums its values of o over the splits that hold keys. With q (the
@@ -348,15 +496,21 @@ static bool out_q8_ok(const cairn__cuda *c, const attn_args &a, int T)
 }
 
 /* attn_tile (and the merge when split) over batch tokens [t0, t0 + n). */
-static int tiles(cairn__cuda *c, const attn_args *base, size_t smem, int t0, int n, bool q8,
+static int tiles(cairn__cuda *c, const attn_args *base, int t0, int n, bool q8,
                  cairn_error *err)
 {
     attn_args a = *base;
     a.t_base = t0;
     a.q8 = q8 ? c->act_q : NULL;
     a.q8_ds = q8 ? c->act_ds : NULL;
+    if (a.one_block) {
+        cairn__launch(c->pdl_all, attn_short, dim3((unsigned)a.n_head_kv, (unsigned)n),
+                      dim3(SHORT_THREADS), a.smem, c->stream, a);
+        CU_LAUNCHED(err, "attn_short");
+        return 0;
+    }
     dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)n);
-    cairn__launch(c->pdl_all, attn_tile, grid, dim3(ATTN_THREADS), smem, c->stream, a);
+    cairn__launch(c->pdl_all, attn_tile, grid, dim3(ATTN_THREADS), a.smem, c->stream, a);
     CU_LAUNCHED(err, "attn_tile");
     if (a.n_split > 1) {
         int threads = a.hd < 256 ? (a.hd + 31) / 32 * 32 : 256;
@@ -545,6 +699,8 @@ int cairn__cuda_attention_init(cairn__cuda *c, cairn_error *err)
     /* Once, at open, to all the GPU allows: a call in a captured step must not need it. */
     CU_TRY(err, cudaFuncSetAttribute(attn_tile, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)c->smem_optin));
+    CU_TRY(err, cudaFuncSetAttribute(attn_short, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)c->smem_optin));
     return 0;
 }
 
@@ -631,10 +787,19 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
     a.vec = attn_vec_ok(a);
+    /* Every key of every token in one block when the step's positions are short (the graph's
+     * key holds the same test: graph.cu). */
+    const size_t smem_short =
+        sizeof(float) * (size_t)(G * hd + G * CAIRN__ATTN_SHORT + SHORT_GMAX) +
+        sizeof(__half) * 2 * CAIRN__ATTN_SHORT * (size_t)(hd + 2);
+    const char *e = getenv("CAIRN_CUDA_ATTN_SHORT"); /* "0": the tiles, to compare */
+    a.one_block = !(e && !strcmp(e, "0")) && c->max_pos < CAIRN__ATTN_SHORT && G <= SHORT_GMAX &&
+                  a.vec && smem_short <= c->smem_optin;
+    a.smem = a.one_block ? smem_short : smem;
     if (!runs) {
         /* One launch writes the whole step's rows: it may leave them quantized too. */
         const bool q8 = out_q8_ok(c, a, T);
-        if ((rc = tiles(c, &a, smem, 0, T, q8, err)))
+        if ((rc = tiles(c, &a, 0, T, q8, err)))
             return rc;
         if (q8)
             cairn__cuda_q8_note(c, out, T, (int64_t)a.n_head * a.hd);
@@ -645,7 +810,7 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     for (int t = 0, e; t < T; t = e) {
         e = run_end(hpos, hslot, T, t);
         if (e - t >= RUN_MIN && run_rows(c, p, hpos[t], e - t) > 0) {
-            if (pending < t && (rc = tiles(c, &a, smem, pending, t - pending, false, err)))
+            if (pending < t && (rc = tiles(c, &a, pending, t - pending, false, err)))
                 return rc;
             if ((rc = prefill_run(c, p, &a, t, e - t, err)))
                 return rc;
@@ -653,6 +818,6 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
         }
     }
     if (pending < T)
-        return tiles(c, &a, smem, pending, T - pending, false, err);
+        return tiles(c, &a, pending, T - pending, false, err);
     return 0;
 }

@@ -674,6 +674,9 @@ static int cu_batch_set(cairn_backend *be, const cairn_bbatch *b, cairn_error *e
     c->max_table = b->max_table;
     c->n_out = n_out;
     c->has_runs = false;
+    c->max_pos = 0;
+    for (int t = 0; t < n; t++)
+        c->max_pos = b->pos[t] > c->max_pos ? b->pos[t] : c->max_pos;
     for (int t = 0, run = 1; t + 1 < n && !c->has_runs; t++) {
         run = b->slot[t + 1] == b->slot[t] && b->pos[t + 1] == b->pos[t] + 1 ? run + 1 : 1;
         c->has_runs = run >= CAIRN__RUN_MIN;

@@ -132,6 +132,9 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
 /* Keys of one attention tile, and the largest scratch of the split-KV partials (floats). */
 #define CAIRN__ATTN_TILE 32
 #define CAIRN__ATTN_PART_FLOATS ((size_t)4 << 20)
+/* A step whose positions are all below this many takes attention's one-block form (every key
+ * of a (token, KV head) in one block at once, no splits, no merge: attention.cu). */
+#define CAIRN__ATTN_SHORT 128
 
 /* A step of at most this many tokens runs the matrix products as GEMV from the quantized
  * blocks (in passes of CAIRN__GEMV_TOKENS tokens); more tokens go to cuBLAS over tiles
@@ -201,6 +204,7 @@ typedef struct cairn__call {
 /* What makes two steps the same shape (and the batch's device copy where the graph reads it). */
 typedef struct cairn__gkey {
     int n_tokens, n_seqs, n_groups, max_table, n_out;
+    int short_ctx; /* every token's keys fit attention's one-block form (CAIRN__ATTN_SHORT) */
     const int32_t *d_batch;
 } cairn__gkey;
 
@@ -261,6 +265,7 @@ typedef struct cairn__cuda {
     bool batch_pending;
     bool have_batch;
     bool has_runs; /* the step holds a run of CAIRN__RUN_MIN+ positions of one sequence */
+    int max_pos;   /* the step's largest position: no token sees more than max_pos + 1 keys */
 
     /* layer_done's marks in the queue: the step's n_pace-th call recorded pace[n_pace & 1];
      * steps of CAIRN__PACE_CLOSE_TOKENS or more wait for each layer before the next. */

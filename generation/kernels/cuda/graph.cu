@@ -88,7 +88,8 @@ static int dispatch(cairn__cuda *c, const cairn__call *k, cairn_error *err)
 static bool key_eq(const cairn__gkey *a, const cairn__gkey *b)
 {
     return a->n_tokens == b->n_tokens && a->n_seqs == b->n_seqs && a->n_groups == b->n_groups &&
-           a->max_table == b->max_table && a->n_out == b->n_out && a->d_batch == b->d_batch;
+           a->max_table == b->max_table && a->n_out == b->n_out &&
+           a->short_ctx == b->short_ctx && a->d_batch == b->d_batch;
 }
 
 static void graph_drop(cairn__graph *g)
@@ -203,7 +204,9 @@ int cairn__graph_flush(cairn__cuda *c, cairn_error *err)
 int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
 {
     (void)err;
-    cairn__gkey key = {c->n_tokens, c->n_seqs, c->n_groups, c->max_table, c->n_out, c->d_batch};
+    cairn__gkey key = {c->n_tokens, c->n_seqs,  c->n_groups,
+                       c->max_table, c->n_out,   c->max_pos < CAIRN__ATTN_SHORT,
+                       c->d_batch};
     const bool was_done = c->last_done;
     const cairn__gkey last = c->last_key;
     c->cur_key = key;
