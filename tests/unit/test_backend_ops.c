@@ -1461,11 +1461,11 @@ static void run_step(steprig *r, kvfix *f, const attn_cfg *cfg, const tbatch *tb
 #undef M
 }
 
-/* Steps whose positions are all below CAIRN__ATTN_SHORT (128) take attention's one-block form
- * (every key of a token in one block): batch 1 at 90, and three sequences at 0 (one key),
- * 64 and 127 (128 keys, the most it takes), every configuration (the last, rows of 36 values,
- * takes the tiles: the form reads 16-byte units); then the tiles for the same steps
- * (CAIRN_CUDA_ATTN_SHORT=0), against the same CPU. */
+/* With CAIRN_CUDA_ATTN_SHORT=1, steps whose positions are all below CAIRN__ATTN_SHORT (128)
+ * take attention's one-block form (every key of a token in one block): batch 1 at 90, and three
+ * sequences at 0 (one key), 64 and 127 (128 keys, the most it takes), every configuration (the
+ * last, rows of 36 values, takes the tiles: the form reads 16-byte units); then the tiles (the
+ * default) for the same steps, against the same CPU. */
 static void test_attention_short(void **state)
 {
     (void)state;
@@ -1473,14 +1473,21 @@ static void test_attention_short(void **state)
         {"1 token, decode at 90", 1, {90}, {1}},
         {"3 tokens, decodes at 0, 64 and 127", 3, {0, 64, 127}, {1, 1, 1}},
     };
+    cairn_backend *keep = G;
+    cairn_error err = {0};
+    setenv("CAIRN_CUDA_ATTN_SHORT", "1", 1);
+    int rc = cairn_backend_cuda_open(&G, 0, &err);
+    unsetenv("CAIRN_CUDA_ATTN_SHORT");
+    ok(rc, &err, "cuda open with the one-block attention");
     reserve_both();
     for (size_t c = 0; c < sizeof CFGS / sizeof CFGS[0]; c++)
         for (size_t s = 0; s < 2; s++)
             check_qkv_attention(&CFGS[c], &shorts[s]);
-    setenv("CAIRN_CUDA_ATTN_SHORT", "0", 1);
+    cairn_backend_close(G);
+    G = keep;
+    reserve_both();
     check_qkv_attention(&CFGS[1], &shorts[0]);
     check_qkv_attention(&CFGS[2], &shorts[1]);
-    unsetenv("CAIRN_CUDA_ATTN_SHORT");
 }
 
 static void test_graph_steps(void **state)

@@ -227,6 +227,38 @@ static void test_tiny_models(void **state)
         }
 }
 
+/* CAIRN_CUDA_ATTN_SHORT=1 (attention's one-block form while every position is below 128): the
+ * same greedy steps as the CPU, over 130 steps so that the pass crosses position 128 and its
+ * graphs change form, on a model of each architecture (Gemma 3's sliding windows among them). */
+static void test_attention_short_models(void **state)
+{
+    (void)state;
+    const char *shapes[] = {"tiny-llama", "tiny-qwen2", "tiny-gemma3"};
+    const char *types[] = {"q4_k_m", "bf16", "q8_0"};
+    const int32_t prompt[9] = {1, 17, 300, 42, 999, 5, 77, 512, 8};
+    setenv("CAIRN_CUDA_ATTN_SHORT", "1", 1);
+    for (size_t s = 0; s < 3; s++) {
+        char path[256];
+        snprintf(path, sizeof path, "/tmp/cairn_test_cuda_short_%s_%d.gguf", shapes[s],
+                 (int)getpid());
+        cairn_error err;
+        if (cairn_synth_write(path, shapes[s], types[s], 0, 3, &err))
+            fail_msg("synth: %s", err.msg);
+        cairn_model *m;
+        if (cairn_model_open(&m, path, &err))
+            fail_msg("%s: %s", path, err.msg);
+        cmp_stats st = compare(m, prompt, 9, 130);
+        printf("%-12s %-7s one-block attention: greedy steps equal %d/%d (near-ties %d), max "
+               "|dlogit| / (1 + max|logit|) %.5f\n", shapes[s], types[s], st.equal, st.steps,
+               st.ties, st.max_rel);
+        assert_true(st.equal >= st.steps * 9 / 10);
+        assert_true(st.max_rel < 0.05f);
+        cairn_model_close(m);
+        unlink(path);
+    }
+    unsetenv("CAIRN_CUDA_ATTN_SHORT");
+}
+
 /* Three sequences in one pass (a prefill chunk and two decode tokens) against each alone. */
 static void test_batched_equals_unbatched(void **state)
 {
@@ -571,6 +603,7 @@ int main(int argc, char **argv)
         cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_models),
+        cmocka_unit_test(test_attention_short_models),
         cmocka_unit_test(test_batched_equals_unbatched),
         cmocka_unit_test(test_yield_resumes),
         cmocka_unit_test(test_gemma3_270m),

@@ -787,14 +787,13 @@ int cairn__cuda_attention(cairn_backend *be, const cairn_battn *p, const float *
     a.part = c->apart;
     a.part_ml = c->apart + rows * (size_t)hd;
     a.vec = attn_vec_ok(a);
-    /* Every key of every token in one block when the step's positions are short (the graph's
-     * key holds the same test: graph.cu). */
+    /* Every key of every token in one block when the step's positions are short and the form
+     * is on (the graph's key holds the same test: graph.cu). */
     const size_t smem_short =
         sizeof(float) * (size_t)(G * hd + G * CAIRN__ATTN_SHORT + SHORT_GMAX) +
         sizeof(__half) * 2 * CAIRN__ATTN_SHORT * (size_t)(hd + 2);
-    const char *e = getenv("CAIRN_CUDA_ATTN_SHORT"); /* "0": the tiles, to compare */
-    a.one_block = !(e && !strcmp(e, "0")) && c->max_pos < CAIRN__ATTN_SHORT && G <= SHORT_GMAX &&
-                  a.vec && smem_short <= c->smem_optin;
+    a.one_block = c->attn_short && c->max_pos < CAIRN__ATTN_SHORT && G <= SHORT_GMAX && a.vec &&
+                  smem_short <= c->smem_optin;
     a.smem = a.one_block ? smem_short : smem;
     if (!runs) {
         /* One launch writes the whole step's rows: it may leave them quantized too. */

@@ -878,6 +878,8 @@ extern "C" int cairn_backend_cuda_open(cairn_backend **out, int device, cairn_er
     const char *as = getenv("CAIRN_CUDA_ATTN_SPLITS");
     const long asn = as && *as ? strtol(as, NULL, 10) : 0;
     c->attn_split_max = asn >= 1 && asn <= 64 ? (int)asn : 64;
+    const char *ash = getenv("CAIRN_CUDA_ATTN_SHORT");
+    c->attn_short = ash && !strcmp(ash, "1");
     int rc = 0;
     cudaDeviceProp prop;
     cudaError_t e = cudaSetDevice(device);

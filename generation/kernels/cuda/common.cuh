@@ -132,8 +132,8 @@ void cairn__plane_bytes(uint32_t type, int64_t cols, size_t *q, size_t *d, size_
 /* Keys of one attention tile, and the largest scratch of the split-KV partials (floats). */
 #define CAIRN__ATTN_TILE 32
 #define CAIRN__ATTN_PART_FLOATS ((size_t)4 << 20)
-/* A step whose positions are all below this many takes attention's one-block form (every key
- * of a (token, KV head) in one block at once, no splits, no merge: attention.cu). */
+/* A step whose positions are all below this many takes attention's one-block form when it is
+ * on (every key of a (token, KV head) in one block at once, no splits, no merge: attention.cu). */
 #define CAIRN__ATTN_SHORT 128
 
 /* A step of at most this many tokens runs the matrix products as GEMV from the quantized
@@ -301,6 +301,8 @@ typedef struct cairn__cuda {
                        gated activation), unless CAIRN_CUDA_PDL=gemv */
     int attn_split_max; /* the most splits of a token's keys (CAIRN_CUDA_ATTN_SPLITS=1-64;
                            default 64) */
+    bool attn_short;    /* attention's one-block form for short steps (CAIRN_CUDA_ATTN_SHORT=1;
+                           off by default until it has been measured on a GPU) */
     /* CAIRN_CUDA_SKIP=qkv,attn,add_norm,gated: a switch for measuring what each stage costs
      * inside a step; the named stages launch nothing, so the results are wrong (a line on
      * stderr says so at open). A bit per CAIRN__ST_*. */

@@ -205,7 +205,7 @@ int cairn__graph_step_begin(cairn__cuda *c, cairn_error *err)
 {
     (void)err;
     cairn__gkey key = {c->n_tokens, c->n_seqs,  c->n_groups,
-                       c->max_table, c->n_out,   c->max_pos < CAIRN__ATTN_SHORT,
+                       c->max_table, c->n_out,   c->attn_short && c->max_pos < CAIRN__ATTN_SHORT,
                        c->d_batch};
     const bool was_done = c->last_done;
     const cairn__gkey last = c->last_key;
