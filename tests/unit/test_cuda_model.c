@@ -198,6 +198,31 @@ static cmp_stats compare(const cairn_model *m, const int32_t *prompt, int n_prom
     return st;
 }
 
+/* A tiny model of shape and type from the writer: n_gen greedy steps after the prompt, the
+ * GPU's against the CPU's (compare). Random tiny models have flat distributions: near-ties
+ * happen, but rarely. */
+static void check_tiny(const char *shape, const char *type, const int32_t *prompt, int n_prompt,
+                       int n_gen, const char *label)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/cairn_test_cuda_%s_%s_%d.gguf", shape, type,
+             (int)getpid());
+    cairn_error err;
+    if (cairn_synth_write(path, shape, type, 0, 3, &err))
+        fail_msg("synth: %s", err.msg);
+    cairn_model *m;
+    if (cairn_model_open(&m, path, &err))
+        fail_msg("%s: %s", path, err.msg);
+    cmp_stats st = compare(m, prompt, n_prompt, n_gen);
+    printf("%-12s %-7s%s greedy steps equal %d/%d (near-ties %d), max |dlogit| / "
+           "(1 + max|logit|) %.5f\n", shape, type, label, st.equal, st.steps, st.ties,
+           st.max_rel);
+    assert_true(st.equal >= st.steps * 9 / 10);
+    assert_true(st.max_rel < 0.05f);
+    cairn_model_close(m);
+    unlink(path);
+}
+
 static void test_tiny_models(void **state)
 {
     (void)state;
@@ -205,26 +230,8 @@ static void test_tiny_models(void **state)
     const char *types[] = {"q4_k_m", "q8_0", "bf16", "f16", "f32", "q4_0", "q5_0", "q6_k"};
     const int32_t prompt[9] = {1, 17, 300, 42, 999, 5, 77, 512, 8};
     for (size_t s = 0; s < 3; s++)
-        for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
-            char path[256];
-            snprintf(path, sizeof path, "/tmp/cairn_test_cuda_%s_%s_%d.gguf", shapes[s],
-                     types[t], (int)getpid());
-            cairn_error err;
-            if (cairn_synth_write(path, shapes[s], types[t], 0, 3, &err))
-                fail_msg("synth: %s", err.msg);
-            cairn_model *m;
-            if (cairn_model_open(&m, path, &err))
-                fail_msg("%s: %s", path, err.msg);
-            cmp_stats st = compare(m, prompt, 9, 40);
-            printf("%-12s %-7s greedy steps equal %d/%d (near-ties %d), max |dlogit| / "
-                   "(1 + max|logit|) %.5f\n", shapes[s], types[t], st.equal, st.steps, st.ties,
-                   st.max_rel);
-            /* Random tiny models have flat distributions: near-ties happen, but rarely. */
-            assert_true(st.equal >= st.steps * 9 / 10);
-            assert_true(st.max_rel < 0.05f);
-            cairn_model_close(m);
-            unlink(path);
-        }
+        for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+            check_tiny(shapes[s], types[t], prompt, 9, 40, "");
 }
 
 /* CAIRN_CUDA_ATTN_SHORT=1 (attention's one-block form while every position is below 128): the
@@ -237,25 +244,8 @@ static void test_attention_short_models(void **state)
     const char *types[] = {"q4_k_m", "bf16", "q8_0"};
     const int32_t prompt[9] = {1, 17, 300, 42, 999, 5, 77, 512, 8};
     setenv("CAIRN_CUDA_ATTN_SHORT", "1", 1);
-    for (size_t s = 0; s < 3; s++) {
-        char path[256];
-        snprintf(path, sizeof path, "/tmp/cairn_test_cuda_short_%s_%d.gguf", shapes[s],
-                 (int)getpid());
-        cairn_error err;
-        if (cairn_synth_write(path, shapes[s], types[s], 0, 3, &err))
-            fail_msg("synth: %s", err.msg);
-        cairn_model *m;
-        if (cairn_model_open(&m, path, &err))
-            fail_msg("%s: %s", path, err.msg);
-        cmp_stats st = compare(m, prompt, 9, 130);
-        printf("%-12s %-7s one-block attention: greedy steps equal %d/%d (near-ties %d), max "
-               "|dlogit| / (1 + max|logit|) %.5f\n", shapes[s], types[s], st.equal, st.steps,
-               st.ties, st.max_rel);
-        assert_true(st.equal >= st.steps * 9 / 10);
-        assert_true(st.max_rel < 0.05f);
-        cairn_model_close(m);
-        unlink(path);
-    }
+    for (size_t s = 0; s < 3; s++)
+        check_tiny(shapes[s], types[s], prompt, 9, 130, " one-block attention:");
     unsetenv("CAIRN_CUDA_ATTN_SHORT");
 }
 
