@@ -154,6 +154,22 @@ static __device__ __forceinline__ void put_out(float *out, int8_t *q, float2 *ds
         cairn__q8_lane(v, q, ds, i / 32);
 }
 
+/* sum over keys j < nk of p[j] V[j][d] (V rows hs halves apart in shared memory), in four
+ * chains (fewer dependent FMAs in a row), added up in a fixed order. */
+static __device__ __forceinline__ float pv_sum(const float *p, const __half *vs, int hs, int d,
+                                               int nk)
+{
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int j = 0;
+    for (; j + 4 <= nk; j += 4)
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            acc[u] = fmaf(p[j + u], __half2float(vs[(j + u) * hs + d]), acc[u]);
+    for (; j < nk; j++)
+        acc[0] = fmaf(p[j], __half2float(vs[j * hs + d]), acc[0]);
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
 {
     cairn__pdl_stage();
@@ -260,17 +276,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
         /* o = o * corr + P V: thread (g, d), lanes over consecutive d. */
         for (int i = tid; i < G * hd; i += blockDim.x) {
             const int g = i / hd, d = i - g * hd;
-            const float *pg = ps + g * TK;
-            /* four chains, as for the scores */
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            int j = 0;
-            for (; j + 4 <= nk; j += 4)
-#pragma unroll
-                for (int u = 0; u < 4; u++)
-                    acc[u] = fmaf(pg[j + u], __half2float(vs[(j + u) * hs + d]), acc[u]);
-            for (; j < nk; j++)
-                acc[0] = fmaf(pg[j], __half2float(vs[j * hs + d]), acc[0]);
-            os[i] = os[i] * cs[g] + ((acc[0] + acc[1]) + (acc[2] + acc[3]));
+            os[i] = os[i] * cs[g] + pv_sum(ps + g * TK, vs, hs, d, nk);
         }
         __syncthreads();
     }
@@ -303,42 +309,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_tile(attn_args a)
  * Here the token's position, slot and queries load together, then every K and V row of its
  * keys in one round trip (16-byte loads, ATTN_VL in flight a thread); a warp a key computes
  * the G scores (its lanes over the head's values, the sums by shuffles); a warp a query head
- * takes the softmax over all keys at once; and a thread a pair of output values sums P V and
- * leaves the output (and its int8 form for the output product) in place.
+ * takes the softmax over all keys at once; and a thread an output value sums P V and leaves
+ * it (and its int8 form for the output product, put_out) in place.
  * Same arithmetic as the tile path: FP32 scores, exponentials and sums over the F16 cache.
  */
 #define SHORT_THREADS 256
 #define SHORT_GMAX 8 /* query heads a KV head at most (a lane keeps a sum for each) */
-
-/* Values 2i, 2i + 1 of the output rows, and their int8 form when q is set: each half-warp's 16
- * lanes hold a 32-value block (every lane of the warp calls; the sums stay in the half-warp).
- * The same rounding as cairn__q8_lane's. */
-static __device__ __forceinline__ void put_pair(float *out, int8_t *q, float2 *ds, int64_t i,
-                                                float v0, float v1, bool live)
-{
-    if (live) {
-        out[2 * i] = v0;
-        out[2 * i + 1] = v1;
-    }
-    if (!q)
-        return;
-    float amax = fmaxf(fabsf(v0), fabsf(v1));
-    for (int o = 8; o > 0; o >>= 1)
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    const int q0 = __float2int_rn(v0 * id), q1 = __float2int_rn(v1 * id);
-    int sum = q0 + q1;
-    for (int o = 8; o > 0; o >>= 1)
-        sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (live) {
-        q[2 * i] = (int8_t)q0;
-        q[2 * i + 1] = (int8_t)q1;
-        if ((threadIdx.x & 15) == 0) {
-            const float d = __half2float(__float2half_rn(amax / 127.0f));
-            ds[i / 16] = make_float2(d, d * (float)sum);
-        }
-    }
-}
 
 __global__ void __launch_bounds__(SHORT_THREADS) attn_short(attn_args a)
 {
@@ -407,34 +383,13 @@ __global__ void __launch_bounds__(SHORT_THREADS) attn_short(attn_args a)
             inv[g] = l > 0.0f ? 1.0f / l : 0.0f;
     }
     __syncthreads();
-    /* o = P V / l: thread i takes values 2c, 2c + 1 of head g (i = g h2 + c); the loop runs
-     * whole warps (put_pair's shuffles). */
-    const int n2 = G * h2, n2w = (n2 + 31) / 32 * 32;
-    const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * h2; /* in pairs */
-    for (int i = tid; i < n2w; i += SHORT_THREADS) {
-        const bool live = i < n2;
-        const int g = live ? i / h2 : 0, c = live ? i - g * h2 : 0;
-        const float *pg = ps + g * CAIRN__ATTN_SHORT;
-        float2 acc[4] = {};
-        int j = 0;
-        for (; j + 4 <= nk; j += 4)
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const float p = pg[j + u];
-                const float2 v2 = __half22float2(((const __half2 *)(vs + (j + u) * hs))[c]);
-                acc[u].x = fmaf(p, v2.x, acc[u].x);
-                acc[u].y = fmaf(p, v2.y, acc[u].y);
-            }
-        for (; j < nk; j++) {
-            const float p = pg[j];
-            const float2 v2 = __half22float2(((const __half2 *)(vs + j * hs))[c]);
-            acc[0].x = fmaf(p, v2.x, acc[0].x);
-            acc[0].y = fmaf(p, v2.y, acc[0].y);
-        }
-        const float il = inv[g];
-        put_pair(a.out, a.q8, a.q8_ds, o0 + i,
-                 ((acc[0].x + acc[1].x) + (acc[2].x + acc[3].x)) * il,
-                 ((acc[0].y + acc[1].y) + (acc[2].y + acc[3].y)) * il, live);
+    /* o = P V / l: thread i takes value d of head g (i = g hd + d), lanes over consecutive d;
+     * G hd is a multiple of 32 when q is set (out_q8_ok), so whole warps call put_out. */
+    const int64_t o0 = ((int64_t)t * a.n_head + (int64_t)kvh * G) * hd;
+    for (int i = tid; i < G * hd; i += SHORT_THREADS) {
+        const int g = i / hd, d = i - g * hd;
+        put_out(a.out, a.q8, a.q8_ds, o0 + i,
+                pv_sum(ps + g * CAIRN__ATTN_SHORT, vs, hs, d, nk) * inv[g]);
     }
 }
 
